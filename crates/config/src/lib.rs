@@ -1,1 +1,862 @@
-//! placeholder
+//! Configuration of `rke2 server` and `rke2 agent`.
+//!
+//! [`load`] turns the command line, the config file (`/etc/rancher/rke2/config.yaml`
+//! unless `-c/--config` or `RKE2_CONFIG_FILE` says otherwise), its drop-ins
+//! (`<config file>.d/*.yaml|*.yml` in name order, i.e. `config.yaml.d` for the
+//! default file) and the `RKE2_*` environment into one validated [`Config`],
+//! the way RKE2/k3s do:
+//!
+//! * precedence: flags > environment > files > defaults;
+//! * a file key is the flag name without dashes; `key+:` appends to the list
+//!   built so far, otherwise a later file replaces an earlier value;
+//! * a list given on the command line (or in the environment, comma separated)
+//!   replaces the list from the files;
+//! * unknown keys produce a warning (in [`Loaded::warnings`]); keys that only
+//!   exist for the other role are ignored silently (server and agent share the
+//!   config file);
+//! * bad values produce a [`ConfigError`] naming where the value came from
+//!   (file and line, flag or env var), the key and the value.
+//!
+//! The crate never writes anything. Callers print the error and exit with
+//! [`ConfigError::exit_code`] (2 for every error, 0 for `--help`/`--version`).
+
+mod flags;
+mod yaml;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::parser::ValueSource;
+use serde_json::Value;
+
+pub use flags::{DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR, DEFAULT_WRITE_KUBECONFIG};
+use flags::{FLAGS, FlagDef, Kind};
+
+/// Which `rke2` sub-command is being configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `rke2 server`: supervisor, API server, etcd, controllers and a node.
+    Server,
+    /// `rke2 agent`: a worker node joining through `server`.
+    Agent,
+}
+
+impl Role {
+    /// The sub-command name (`"server"` or `"agent"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Effect of a node taint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaintEffect {
+    /// Pods that do not tolerate the taint are not scheduled.
+    NoSchedule,
+    /// The scheduler tries to avoid the node.
+    PreferNoSchedule,
+    /// Pods that do not tolerate the taint are evicted.
+    NoExecute,
+}
+
+impl TaintEffect {
+    /// The Kubernetes spelling (`"NoSchedule"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+impl FromStr for TaintEffect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "NoSchedule" => Ok(TaintEffect::NoSchedule),
+            "PreferNoSchedule" => Ok(TaintEffect::PreferNoSchedule),
+            "NoExecute" => Ok(TaintEffect::NoExecute),
+            other => Err(format!(
+                "taint effect {other:?} is not one of NoSchedule, PreferNoSchedule, NoExecute"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TaintEffect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node taint from `node-taint`, written `key=value:Effect` or `key:Effect`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Taint {
+    /// Taint key.
+    pub key: String,
+    /// Optional taint value.
+    pub value: Option<String>,
+    /// Taint effect.
+    pub effect: TaintEffect,
+}
+
+impl FromStr for Taint {
+    type Err = String;
+    /// Parses `key=value:Effect` or `key:Effect`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kv, effect) = s.rsplit_once(':').ok_or_else(|| {
+            "taint has no effect (want key=value:Effect or key:Effect)".to_string()
+        })?;
+        let effect: TaintEffect = effect.parse()?;
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        if key.is_empty() {
+            return Err("taint key is empty".into());
+        }
+        Ok(Taint {
+            key: key.to_string(),
+            value,
+            effect,
+        })
+    }
+}
+
+impl fmt::Display for Taint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={}:{}", self.key, v, self.effect),
+            None => write!(f, "{}:{}", self.key, self.effect),
+        }
+    }
+}
+
+/// The merged, validated configuration of one `rke2 server|agent` run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Which sub-command this configures.
+    pub role: Role,
+    /// The main config file that was used (it may not exist when it is the default).
+    pub config_file: PathBuf,
+    /// State directory (`data-dir`, default `/var/lib/rancher/rke2`).
+    pub data_dir: PathBuf,
+    /// Cluster token (`token`, or the trimmed content of `token-file`).
+    pub token: Option<String>,
+    /// Agent-only token (`agent-token` or `agent-token-file`); server only.
+    pub agent_token: Option<String>,
+    /// Supervisor URL to join (`server`, env `RKE2_URL`); always set for agents.
+    pub server: Option<String>,
+    /// Extra Subject Alternative Names for the serving certificates (server only).
+    pub tls_san: Vec<String>,
+    /// Taints registered on the node.
+    pub node_taints: Vec<Taint>,
+    /// Labels registered on the node, in the order given.
+    pub node_labels: Vec<(String, String)>,
+    /// Where the server writes the admin kubeconfig.
+    pub write_kubeconfig: PathBuf,
+    /// Mode of the admin kubeconfig; `None` means the caller applies 0600.
+    pub write_kubeconfig_mode: Option<u32>,
+    /// Node name (default: the host name, lowercased). `with-node-id` is applied by the caller.
+    pub node_name: String,
+    /// Node addresses; empty means the caller picks one.
+    pub node_ips: Vec<IpAddr>,
+    /// Address the API server advertises; `None` means the node IP.
+    pub advertise_address: Option<IpAddr>,
+    /// Address to listen on; `None` means all interfaces.
+    pub bind_address: Option<IpAddr>,
+    /// Pod network.
+    pub cluster_cidr: ipnet::IpNet,
+    /// Service network.
+    pub service_cidr: ipnet::IpNet,
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+    /// Packaged components not to deploy.
+    pub disable: Vec<String>,
+    /// Append a random id to the node name (done by the caller).
+    pub with_node_id: bool,
+    /// Kubernetes API port (6443).
+    pub https_listen_port: u16,
+    /// Supervisor port (9345).
+    pub supervisor_port: u16,
+    /// etcd executable (looked up in PATH by the caller when it has no `/`).
+    pub etcd_binary: String,
+    /// Debug logging.
+    pub debug: bool,
+}
+
+/// Result of [`load`]: the configuration plus warnings to show the user.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The merged configuration.
+    pub config: Config,
+    /// Human-readable warnings (unknown keys, ...), one per entry.
+    pub warnings: Vec<String>,
+}
+
+/// Where a value came from; used in error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A config file (main file or drop-in), with the 1-based line when known.
+    File {
+        /// Path of the file.
+        path: PathBuf,
+        /// 1-based line, 0 when unknown.
+        line: usize,
+    },
+    /// A command-line flag (`--name`).
+    Flag(String),
+    /// An environment variable.
+    Env(String),
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line } if *line > 0 => {
+                write!(f, "file {} line {}", path.display(), line)
+            }
+            Origin::File { path, .. } => write!(f, "file {}", path.display()),
+            Origin::Flag(name) => write!(f, "flag --{name}"),
+            Origin::Env(name) => write!(f, "env {name}"),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// Everything that can stop [`load`]. Callers print it and exit with
+/// [`ConfigError::exit_code`]: 2 for all errors, 0 for [`ConfigError::Display`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad command line (unknown flag, missing value, ...); the text is clap's rendered message.
+    #[error("{0}")]
+    Usage(String),
+    /// `--help` or `--version` was asked for: print the text and exit 0.
+    #[error("{0}")]
+    Display(String),
+    /// The config file or a drop-in is not valid YAML (or not a mapping).
+    #[error("file {} line {line} column {column}: invalid YAML: {message}", path.display())]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line reported by the parser (0 if unknown).
+        line: u64,
+        /// 1-based column reported by the parser (0 if unknown).
+        column: u64,
+        /// The parser's message.
+        message: String,
+    },
+    /// The config file given with `-c/--config` or `RKE2_CONFIG_FILE` does not exist.
+    #[error("config file {} (from {origin}) does not exist", path.display())]
+    MissingConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// Where the path came from.
+        origin: Origin,
+    },
+    /// A config file or drop-in directory exists but cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// A value does not parse or is not allowed.
+    #[error("{origin}: invalid value {value:?} for {key}: {reason}")]
+    InvalidValue {
+        /// Where the value came from.
+        origin: Origin,
+        /// Flag / key name.
+        key: String,
+        /// The offending value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `token-file` / `agent-token-file` cannot be read or is empty.
+    #[error("{origin}: cannot read {key} {}: {reason}", path.display())]
+    TokenFile {
+        /// Where the path came from.
+        origin: Origin,
+        /// `token-file` or `agent-token-file`.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A required setting is missing (e.g. `server` for an agent).
+    #[error(
+        "{key} is required for rke2 {role}: set flag --{key}, env {env} or `{key}:` in the config file"
+    )]
+    Missing {
+        /// The missing key.
+        key: String,
+        /// The role that requires it.
+        role: Role,
+        /// Its environment variable.
+        env: String,
+    },
+}
+
+impl ConfigError {
+    /// Process exit code for this error: 0 for `--help`/`--version`, 2 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Display(_) => 0,
+            _ => 2,
+        }
+    }
+}
+
+/// The clap command of `rke2 server` / `rke2 agent`, built from the same flag
+/// table as the config-file keys and env names. `--help` lists every flag with
+/// its help text, env var and default.
+pub fn command(role: Role) -> clap::Command {
+    flags::build_command(role)
+}
+
+/// A value as collected from the sources, before validation.
+#[derive(Clone, Debug)]
+enum RawValue {
+    Bool(bool),
+    Str(String, Origin),
+    List(Vec<(String, Origin)>),
+}
+
+/// Loads the configuration for `role`. `args` are the words after
+/// `rke2 server` / `rke2 agent`; `env` is the process environment (passed in so
+/// tests and callers control it). Reads files but writes nothing.
+pub fn load(
+    role: Role,
+    args: &[OsString],
+    env: &HashMap<String, String>,
+) -> Result<Loaded, ConfigError> {
+    let argv = std::iter::once(OsString::from(format!("rke2 {role}"))).chain(args.iter().cloned());
+    let matches = command(role).try_get_matches_from(argv).map_err(|e| {
+        use clap::error::ErrorKind;
+        let text = e.render().to_string();
+        match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ConfigError::Display(text),
+            _ => ConfigError::Usage(text),
+        }
+    })?;
+    let cli_set = |name: &str| matches.value_source(name) == Some(ValueSource::CommandLine);
+    let env_get = |name: &str| env.get(name).filter(|v| !v.is_empty());
+
+    // 1. Which config file.
+    let config_def = flags::find("config").expect("config flag");
+    let (config_file, explicit) = if cli_set("config") {
+        let p: &String = matches.get_one("config").expect("config value");
+        (PathBuf::from(p), Some(Origin::Flag("config".into())))
+    } else if let Some(p) = env_get(config_def.env) {
+        (PathBuf::from(p), Some(Origin::Env(config_def.env.into())))
+    } else {
+        (PathBuf::from(DEFAULT_CONFIG_FILE), None)
+    };
+
+    let mut values: HashMap<&'static str, RawValue> = HashMap::new();
+    let mut warnings = Vec::new();
+
+    // 2. Files, in order.
+    for path in config_files(&config_file, explicit)? {
+        let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
+            path: path.clone(),
+            error,
+        })?;
+        apply_file(role, &path, &text, &mut values, &mut warnings)?;
+    }
+
+    // 3. Environment, then 4. command line; each replaces what came before.
+    for f in FLAGS
+        .iter()
+        .filter(|f| f.for_role(role) && f.name != "config")
+    {
+        if let Some(v) = env_get(f.env) {
+            let origin = Origin::Env(f.env.to_string());
+            let raw = match f.kind {
+                Kind::Bool => RawValue::Bool(parse_bool(v, f.name, &origin)?),
+                Kind::Str => RawValue::Str(v.clone(), origin),
+                Kind::List => RawValue::List(
+                    split_list(v, true)
+                        .into_iter()
+                        .map(|s| (s, origin.clone()))
+                        .collect(),
+                ),
+            };
+            values.insert(f.name, raw);
+        }
+        if cli_set(f.name) {
+            let origin = Origin::Flag(f.name.to_string());
+            let raw = match f.kind {
+                Kind::Bool => RawValue::Bool(matches.get_flag(f.name)),
+                Kind::Str => RawValue::Str(
+                    matches
+                        .get_one::<String>(f.name)
+                        .cloned()
+                        .unwrap_or_default(),
+                    origin,
+                ),
+                Kind::List => RawValue::List(
+                    matches
+                        .get_many::<String>(f.name)
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|s| split_list(s, f.split_commas))
+                        .map(|s| (s, origin.clone()))
+                        .collect(),
+                ),
+            };
+            values.insert(f.name, raw);
+        }
+    }
+
+    let config = build(role, config_file, &values)?;
+    Ok(Loaded { config, warnings })
+}
+
+/// The main file (when it exists) followed by its `.d` drop-ins in name order.
+fn config_files(config_file: &Path, explicit: Option<Origin>) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = Vec::new();
+    match std::fs::metadata(config_file) {
+        Ok(_) => files.push(config_file.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(origin) = explicit {
+                return Err(ConfigError::MissingConfigFile {
+                    path: config_file.to_path_buf(),
+                    origin,
+                });
+            }
+        }
+        Err(error) => {
+            return Err(ConfigError::Read {
+                path: config_file.to_path_buf(),
+                error,
+            });
+        }
+    }
+    let mut dropin_dir = config_file.as_os_str().to_owned();
+    dropin_dir.push(".d");
+    let dropin_dir = PathBuf::from(dropin_dir);
+    match std::fs::read_dir(&dropin_dir) {
+        Ok(rd) => {
+            let mut dropins: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml") | Some("yml")
+                        )
+                })
+                .collect();
+            dropins.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+            files.extend(dropins);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {}
+        Err(error) => {
+            return Err(ConfigError::Read {
+                path: dropin_dir,
+                error,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Merges the entries of one file into `values`.
+fn apply_file(
+    role: Role,
+    path: &Path,
+    text: &str,
+    values: &mut HashMap<&'static str, RawValue>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for entry in yaml::parse(path, text)? {
+        let (name, append) = match entry.key.strip_suffix('+') {
+            Some(n) => (n, true),
+            None => (entry.key.as_str(), false),
+        };
+        let origin = Origin::File {
+            path: path.to_path_buf(),
+            line: entry.line,
+        };
+        let Some(def) = flags::find(name) else {
+            warnings.push(format!(
+                "unknown key {:?} in config file {} line {}: ignored",
+                entry.key,
+                path.display(),
+                entry.line
+            ));
+            continue;
+        };
+        if !def.for_role(role) || def.name == "config" {
+            // Keys of the other role: ignored silently, like RKE2 (shared config.yaml).
+            continue;
+        }
+        if entry.value.is_null() {
+            continue;
+        }
+        match def.kind {
+            Kind::Bool => {
+                let b = match &entry.value {
+                    Value::Bool(b) => *b,
+                    Value::String(s) => parse_bool(s, def.name, &origin)?,
+                    other => {
+                        return Err(invalid(&origin, def.name, other, "expected true or false"));
+                    }
+                };
+                values.insert(def.name, RawValue::Bool(b));
+            }
+            Kind::Str => {
+                if append {
+                    warnings.push(format!(
+                        "key {:?} in config file {} line {}: {} is not a list, `+` ignored",
+                        entry.key,
+                        path.display(),
+                        entry.line,
+                        def.name
+                    ));
+                }
+                let s = scalar(&entry.value, entry.raw.as_deref()).ok_or_else(|| {
+                    invalid(&origin, def.name, &entry.value, "expected a single value")
+                })?;
+                values.insert(def.name, RawValue::Str(s, origin));
+            }
+            Kind::List => {
+                let mut items = Vec::new();
+                match &entry.value {
+                    Value::Array(arr) => {
+                        let mut from = entry.line;
+                        for item in arr {
+                            if item.is_null() {
+                                continue;
+                            }
+                            let s = scalar(item, None).ok_or_else(|| {
+                                invalid(&origin, def.name, item, "list items must be scalars")
+                            })?;
+                            let line = yaml::item_line(text, from, &s);
+                            from = line;
+                            let o = Origin::File {
+                                path: path.to_path_buf(),
+                                line,
+                            };
+                            items.extend(
+                                split_list(&s, def.split_commas)
+                                    .into_iter()
+                                    .map(|s| (s, o.clone())),
+                            );
+                        }
+                    }
+                    other => {
+                        let s = scalar(other, entry.raw.as_deref()).ok_or_else(|| {
+                            invalid(
+                                &origin,
+                                def.name,
+                                other,
+                                "expected a list or a single value",
+                            )
+                        })?;
+                        items.extend(
+                            split_list(&s, def.split_commas)
+                                .into_iter()
+                                .map(|s| (s, origin.clone())),
+                        );
+                    }
+                }
+                match (append, values.get_mut(def.name)) {
+                    (true, Some(RawValue::List(existing))) => existing.extend(items),
+                    _ => {
+                        values.insert(def.name, RawValue::List(items));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn invalid(origin: &Origin, key: &str, value: &Value, reason: &str) -> ConfigError {
+    let value = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    ConfigError::InvalidValue {
+        origin: origin.clone(),
+        key: key.to_string(),
+        value,
+        reason: reason.to_string(),
+    }
+}
+
+/// A YAML scalar as a string (numbers keep their source spelling when known).
+fn scalar(v: &Value, raw: Option<&str>) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(raw.map(str::to_string).unwrap_or_else(|| n.to_string())),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn split_list(s: &str, commas: bool) -> Vec<String> {
+    if commas {
+        s.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    } else {
+        vec![s.to_string()]
+    }
+}
+
+fn parse_bool(s: &str, key: &str, origin: &Origin) -> Result<bool, ConfigError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "t" | "yes" => Ok(true),
+        "false" | "0" | "f" | "no" => Ok(false),
+        _ => Err(ConfigError::InvalidValue {
+            origin: origin.clone(),
+            key: key.into(),
+            value: s.into(),
+            reason: "expected true or false".into(),
+        }),
+    }
+}
+
+/// Parses a file mode given as octal digits: "0644", "644", "0o644".
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    if digits.is_empty() || digits.len() > 5 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {
+        return Err("want an octal file mode such as 0644 or 600".into());
+    }
+    let mode = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
+    if mode > 0o7777 {
+        return Err("mode is larger than 07777".into());
+    }
+    Ok(mode)
+}
+
+/// Accessors over the collected values with defaults from the table.
+struct Resolver<'a> {
+    values: &'a HashMap<&'static str, RawValue>,
+}
+
+impl Resolver<'_> {
+    fn def(name: &str) -> &'static FlagDef {
+        flags::find(name).expect("flag in table")
+    }
+
+    /// The string value and its origin; the table default when unset.
+    fn str(&self, name: &str) -> Option<(String, Origin)> {
+        match self.values.get(name) {
+            Some(RawValue::Str(s, o)) if !s.is_empty() => Some((s.clone(), o.clone())),
+            _ => Self::def(name)
+                .default
+                .map(|d| (d.to_string(), Origin::Default)),
+        }
+    }
+
+    fn list(&self, name: &str) -> Vec<(String, Origin)> {
+        match self.values.get(name) {
+            Some(RawValue::List(l)) => l.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn bool(&self, name: &str) -> bool {
+        matches!(self.values.get(name), Some(RawValue::Bool(true)))
+    }
+
+    fn parsed<T, E: fmt::Display>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.str(name)
+            .map(|(s, origin)| {
+                parse(&s).map_err(|e| ConfigError::InvalidValue {
+                    origin,
+                    key: name.to_string(),
+                    value: s.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    fn parsed_list<T, E: fmt::Display>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Vec<T>, ConfigError> {
+        self.list(name)
+            .into_iter()
+            .map(|(s, origin)| {
+                parse(&s).map_err(|e| ConfigError::InvalidValue {
+                    origin,
+                    key: name.to_string(),
+                    value: s.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// `token` if set, else the trimmed content of `<file_key>`.
+    fn token(&self, key: &str, file_key: &str) -> Result<Option<String>, ConfigError> {
+        if let Some((t, _)) = self.str(key) {
+            return Ok(Some(t));
+        }
+        let Some((path, origin)) = self.str(file_key) else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(path);
+        let err = |reason: String| ConfigError::TokenFile {
+            origin: origin.clone(),
+            key: file_key.to_string(),
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(err("file is empty".into()));
+        }
+        Ok(Some(t.to_string()))
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse::<IpAddr>()
+        .map_err(|_| "not an IPv4 or IPv6 address".to_string())
+}
+
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.trim()
+        .parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| "not a CIDR such as 10.42.0.0/16".to_string())
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err("not a port number (1-65535)".to_string()),
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        Some(_) => Err("label key is empty".to_string()),
+        None => Err("label has no `=` (want key=value)".to_string()),
+    }
+}
+
+fn parse_server_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("https://")
+        .ok_or_else(|| "server URL must start with https://".to_string())?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("server URL has no host".to_string());
+    }
+    Ok(s.to_string())
+}
+
+/// The host name, lowercased (`node-name` default).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is a valid writable buffer of the given length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default()
+    };
+    name.trim().to_lowercase()
+}
+
+fn build(
+    role: Role,
+    config_file: PathBuf,
+    values: &HashMap<&'static str, RawValue>,
+) -> Result<Config, ConfigError> {
+    let r = Resolver { values };
+    let server_role = role == Role::Server;
+
+    let server = r.parsed("server", parse_server_url)?;
+    if role == Role::Agent && server.is_none() {
+        return Err(ConfigError::Missing {
+            key: "server".into(),
+            role,
+            env: Resolver::def("server").env.into(),
+        });
+    }
+    let token = r.token("token", "token-file")?;
+    let agent_token = if server_role {
+        r.token("agent-token", "agent-token-file")?
+    } else {
+        None
+    };
+    let node_name = match r.str("node-name") {
+        Some((n, _)) => n,
+        None => hostname(),
+    };
+    let cluster_cidr = r.parsed("cluster-cidr", parse_cidr)?.expect("default");
+    let service_cidr = r.parsed("service-cidr", parse_cidr)?.expect("default");
+
+    Ok(Config {
+        role,
+        config_file,
+        data_dir: PathBuf::from(r.str("data-dir").expect("default").0),
+        token,
+        agent_token,
+        server,
+        tls_san: r.list("tls-san").into_iter().map(|(s, _)| s).collect(),
+        node_taints: r.parsed_list("node-taint", Taint::from_str)?,
+        node_labels: r.parsed_list("node-label", parse_label)?,
+        write_kubeconfig: PathBuf::from(r.str("write-kubeconfig").expect("default").0),
+        write_kubeconfig_mode: r.parsed("write-kubeconfig-mode", parse_mode)?,
+        node_name,
+        node_ips: r.parsed_list("node-ip", parse_ip)?,
+        advertise_address: r.parsed("advertise-address", parse_ip)?,
+        bind_address: r.parsed("bind-address", parse_ip)?,
+        cluster_cidr,
+        service_cidr,
+        cluster_domain: r.str("cluster-domain").expect("default").0,
+        disable: r.list("disable").into_iter().map(|(s, _)| s).collect(),
+        with_node_id: r.bool("with-node-id"),
+        https_listen_port: r.parsed("https-listen-port", parse_port)?.expect("default"),
+        supervisor_port: r.parsed("supervisor-port", parse_port)?.expect("default"),
+        etcd_binary: r.str("etcd-binary").expect("default").0,
+        debug: r.bool("debug"),
+    })
+}
+
+#[cfg(test)]
+mod tests;

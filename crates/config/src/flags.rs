@@ -1,0 +1,339 @@
+//! The single table of flag definitions from which the command line, the
+//! config-file keys and the `RKE2_*` environment names are all derived.
+
+use clap::{Arg, ArgAction, Command};
+
+use crate::Role;
+
+/// How a flag takes its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `--flag` on the command line, `flag: true` in a file.
+    Bool,
+    /// One value.
+    Str,
+    /// The flag may be repeated; a file gives a YAML list (or a scalar).
+    List,
+}
+
+/// One row of the flag table.
+#[derive(Debug)]
+pub(crate) struct FlagDef {
+    /// Long flag name, also the config-file key.
+    pub name: &'static str,
+    /// Optional short flag.
+    pub short: Option<char>,
+    pub kind: Kind,
+    /// Default shown in `--help` and applied when nothing else sets the flag.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    /// Environment variable that sets the flag.
+    pub env: &'static str,
+    pub server: bool,
+    pub agent: bool,
+    /// List values are also split on commas (like k3s `SplitStringSlice`).
+    pub split_commas: bool,
+}
+
+impl FlagDef {
+    /// Whether the flag exists for `role`.
+    pub fn for_role(&self, role: Role) -> bool {
+        match role {
+            Role::Server => self.server,
+            Role::Agent => self.agent,
+        }
+    }
+}
+
+const fn flag(
+    name: &'static str,
+    kind: Kind,
+    default: Option<&'static str>,
+    env: &'static str,
+    agent: bool,
+    help: &'static str,
+) -> FlagDef {
+    FlagDef {
+        name,
+        short: None,
+        kind,
+        default,
+        help,
+        env,
+        server: true,
+        agent,
+        split_commas: false,
+    }
+}
+
+const fn split(mut f: FlagDef) -> FlagDef {
+    f.split_commas = true;
+    f
+}
+
+const fn short(mut f: FlagDef, c: char) -> FlagDef {
+    f.short = Some(c);
+    f
+}
+
+/// Default path of the main config file.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/rancher/rke2/config.yaml";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/rancher/rke2";
+/// Default path of the admin kubeconfig written by the server.
+pub const DEFAULT_WRITE_KUBECONFIG: &str = "/etc/rancher/rke2/rke2.yaml";
+
+use Kind::{Bool, List, Str};
+
+/// Every flag of `rke2 server` and `rke2 agent`.
+pub(crate) const FLAGS: &[FlagDef] = &[
+    short(
+        flag(
+            "config",
+            Str,
+            Some(DEFAULT_CONFIG_FILE),
+            "RKE2_CONFIG_FILE",
+            true,
+            "Load configuration from FILE (then FILE.d/*.yaml and *.yml in name order)",
+        ),
+        'c',
+    ),
+    flag(
+        "debug",
+        Bool,
+        None,
+        "RKE2_DEBUG",
+        true,
+        "Turn on debug logs",
+    ),
+    flag(
+        "data-dir",
+        Str,
+        Some(DEFAULT_DATA_DIR),
+        "RKE2_DATA_DIR",
+        true,
+        "Folder to hold state",
+    ),
+    flag(
+        "token",
+        Str,
+        None,
+        "RKE2_TOKEN",
+        true,
+        "Shared secret used to join a server or agent to a cluster",
+    ),
+    flag(
+        "token-file",
+        Str,
+        None,
+        "RKE2_TOKEN_FILE",
+        true,
+        "File containing the cluster token (used when --token is not set)",
+    ),
+    flag(
+        "agent-token",
+        Str,
+        None,
+        "RKE2_AGENT_TOKEN",
+        false,
+        "Shared secret used to join agents to the cluster, but not servers",
+    ),
+    flag(
+        "agent-token-file",
+        Str,
+        None,
+        "RKE2_AGENT_TOKEN_FILE",
+        false,
+        "File containing the agent secret (used when --agent-token is not set)",
+    ),
+    flag(
+        "server",
+        Str,
+        None,
+        "RKE2_URL",
+        true,
+        "Server to connect to (https://host:9345); required for agents, used by servers to join",
+    ),
+    split(flag(
+        "tls-san",
+        List,
+        None,
+        "RKE2_TLS_SAN",
+        false,
+        "Add additional hostnames or IPv4/IPv6 addresses as Subject Alternative Names on the server TLS cert",
+    )),
+    flag(
+        "node-taint",
+        List,
+        None,
+        "RKE2_NODE_TAINT",
+        true,
+        "Registering kubelet with set of taints (key=value:Effect or key:Effect)",
+    ),
+    flag(
+        "node-label",
+        List,
+        None,
+        "RKE2_NODE_LABEL",
+        true,
+        "Registering and starting kubelet with set of labels (key=value)",
+    ),
+    flag(
+        "write-kubeconfig",
+        Str,
+        Some(DEFAULT_WRITE_KUBECONFIG),
+        "RKE2_KUBECONFIG_OUTPUT",
+        false,
+        "Write kubeconfig for admin client to this file",
+    ),
+    flag(
+        "write-kubeconfig-mode",
+        Str,
+        None,
+        "RKE2_KUBECONFIG_MODE",
+        false,
+        "Write kubeconfig with this octal mode (e.g. 0644); 0600 when unset",
+    ),
+    flag(
+        "node-name",
+        Str,
+        None,
+        "RKE2_NODE_NAME",
+        true,
+        "Node name (default: hostname, lowercased)",
+    ),
+    split(flag(
+        "node-ip",
+        List,
+        None,
+        "RKE2_NODE_IP",
+        true,
+        "IPv4/IPv6 addresses to advertise for node",
+    )),
+    flag(
+        "advertise-address",
+        Str,
+        None,
+        "RKE2_ADVERTISE_ADDRESS",
+        false,
+        "IPv4/IPv6 address that apiserver uses to advertise to members of the cluster (default: node-ip)",
+    ),
+    flag(
+        "bind-address",
+        Str,
+        None,
+        "RKE2_BIND_ADDRESS",
+        false,
+        "IPv4/IPv6 address to listen on (default: all interfaces)",
+    ),
+    flag(
+        "cluster-cidr",
+        Str,
+        Some("10.42.0.0/16"),
+        "RKE2_CLUSTER_CIDR",
+        false,
+        "IPv4/IPv6 network CIDR to use for pod IPs",
+    ),
+    flag(
+        "service-cidr",
+        Str,
+        Some("10.43.0.0/16"),
+        "RKE2_SERVICE_CIDR",
+        false,
+        "IPv4/IPv6 network CIDR to use for service IPs",
+    ),
+    flag(
+        "cluster-domain",
+        Str,
+        Some("cluster.local"),
+        "RKE2_CLUSTER_DOMAIN",
+        false,
+        "Cluster Domain",
+    ),
+    split(flag(
+        "disable",
+        List,
+        None,
+        "RKE2_DISABLE",
+        false,
+        "Do not deploy packaged components and delete any deployed components",
+    )),
+    flag(
+        "with-node-id",
+        Bool,
+        None,
+        "RKE2_WITH_NODE_ID",
+        true,
+        "Append id to node name",
+    ),
+    flag(
+        "https-listen-port",
+        Str,
+        Some("6443"),
+        "RKE2_HTTPS_LISTEN_PORT",
+        false,
+        "HTTPS listen port of the Kubernetes API",
+    ),
+    flag(
+        "supervisor-port",
+        Str,
+        Some("9345"),
+        "RKE2_SUPERVISOR_PORT",
+        false,
+        "HTTPS listen port of the supervisor (node registration)",
+    ),
+    flag(
+        "etcd-binary",
+        Str,
+        Some("etcd"),
+        "RKE2_ETCD_BINARY",
+        false,
+        "etcd executable to run (looked up in PATH when not a path)",
+    ),
+];
+
+/// Looks a flag up by name (any role).
+pub(crate) fn find(name: &str) -> Option<&'static FlagDef> {
+    FLAGS.iter().find(|f| f.name == name)
+}
+
+/// Builds the clap command for `rke2 server` or `rke2 agent` from [`FLAGS`].
+pub(crate) fn build_command(role: Role) -> Command {
+    let (name, about) = match role {
+        Role::Server => ("server", "Run management server"),
+        Role::Agent => ("agent", "Run node agent"),
+    };
+    let mut cmd = Command::new(name)
+        .bin_name(format!("rke2 {name}"))
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"))
+        .after_help(
+            "Every flag may also be set as a key (the flag name without dashes) in the config \
+             file and its config.yaml.d drop-ins; `key+:` appends to a list. \
+             Precedence: flags > environment > config files > defaults.",
+        );
+    for f in FLAGS.iter().filter(|f| f.for_role(role)) {
+        let mut arg = Arg::new(f.name)
+            .long(f.name)
+            .help(format!("{} [env: {}]", f.help, f.env));
+        if let Some(c) = f.short {
+            arg = arg.short(c);
+        }
+        arg = match f.kind {
+            Kind::Bool => arg.action(ArgAction::SetTrue),
+            Kind::Str => arg.action(ArgAction::Set).value_name(
+                if f.name.ends_with("file") || f.name == "config" {
+                    "FILE"
+                } else {
+                    "VALUE"
+                },
+            ),
+            Kind::List => arg.action(ArgAction::Append).value_name("VALUE"),
+        };
+        if let Some(d) = f.default {
+            arg = arg.default_value(d);
+        }
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
