@@ -226,14 +226,26 @@ fn dropins_in_name_order_and_later_wins() {
 }
 
 #[test]
-fn dropins_read_when_main_file_missing() {
-    let (_d, cfg) = setup(None, &[("a.yaml", "token: drop\n")]);
-    // Explicit missing file is an error, so point RKE2 at the default-like case:
-    // the main file missing is only allowed when not explicit; test via explicit
-    // existing main instead and check that an empty main still loads drop-ins.
-    fs::write(&cfg, "# nothing\n").unwrap();
+fn empty_main_file_still_reads_dropins_and_config_key_is_ignored() {
+    let (_d, cfg) = setup(
+        Some("# nothing\n"),
+        &[("a.yaml", "token: drop\nconfig: /elsewhere.yaml\n")],
+    );
+    let l = server(&cfg, &[]).unwrap();
+    assert_eq!(l.config.token.as_deref(), Some("drop"));
+    assert_eq!(l.config.config_file, cfg);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn custom_config_file_uses_its_own_dot_d() {
+    let dir = TempDir::new().unwrap();
+    let cfg = dir.path().join("custom.yaml");
+    fs::write(&cfg, "token: main\n").unwrap();
+    fs::create_dir(dir.path().join("custom.yaml.d")).unwrap();
+    fs::write(dir.path().join("custom.yaml.d/1.yaml"), "token: dropin\n").unwrap();
     let c = server(&cfg, &[]).unwrap().config;
-    assert_eq!(c.token.as_deref(), Some("drop"));
+    assert_eq!(c.token.as_deref(), Some("dropin"));
 }
 
 #[test]
