@@ -1,1 +1,16 @@
-//! placeholder
+//! Kubernetes API machinery without IO: strategic merge patch, label and
+//! field selectors, object name validation, human-readable ages and
+//! resource quantities.
+//!
+//! Everything here is a pure function over `serde_json::Value` (or plain
+//! strings) so the API server, the printers and the controllers can share
+//! one implementation of the upstream semantics and test it in isolation.
+
+pub mod duration;
+pub mod quantity;
+pub mod selectors;
+pub mod strategic_merge;
+pub mod validation;
+
+pub use duration::human_duration;
+pub use strategic_merge::{BuiltinSchema, ListStrategy, MergeSchema, PatchError, builtin_schema};
