@@ -42,7 +42,10 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Tru
     let mut attempt = 0u32;
     let (tmp_path, mut file) = loop {
         let suffix: u64 = rand::random();
-        let tmp = dir.join(format!(".{file_name}.tmp.{}.{suffix:016x}", std::process::id()));
+        let tmp = dir.join(format!(
+            ".{file_name}.tmp.{}.{suffix:016x}",
+            std::process::id()
+        ));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -118,10 +121,16 @@ mod tests {
         let p = dir.path().join("a/b/secret");
         write_file_atomic(&p, b"one", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"one");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         write_file_atomic(&p, b"two", 0o640).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         // No temporary files left behind.
         let names: Vec<_> = fs::read_dir(p.parent().unwrap())
             .unwrap()
@@ -136,7 +145,10 @@ mod tests {
         let p = dir.path().join("f");
         assert!(write_file_if_changed(&p, b"x", 0o600).unwrap());
         assert!(!write_file_if_changed(&p, b"x", 0o644).unwrap());
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         assert!(write_file_if_changed(&p, b"y", 0o644).unwrap());
     }
 }

@@ -24,7 +24,9 @@ pub use server::{
     CA_FILES, SERVICE_ACCOUNT_KEY_FILE, ServerTrust, ServerTrustParams, ensure_server_trust,
     tls_dir,
 };
-pub use tls::{client_tls_config, parse_certs, parse_key, peer_identity, provider, server_tls_config};
+pub use tls::{
+    client_tls_config, parse_certs, parse_key, peer_identity, provider, server_tls_config,
+};
 pub use token::{
     NODE_USER, SERVER_USER, TOKEN_PREFIX, Token, ca_hash, constant_time_eq, generate_password,
 };

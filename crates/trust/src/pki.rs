@@ -124,12 +124,18 @@ fn random_serial() -> SerialNumber {
 fn build_params(spec: &LeafSpec) -> Result<CertificateParams, String> {
     let mut params = CertificateParams::new(spec.sans.clone()).map_err(|e| e.to_string())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, spec.cn.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, spec.cn.as_str());
     match spec.orgs.as_slice() {
         [] => {}
-        [o] => params.distinguished_name.push(DnType::OrganizationName, o.as_str()),
+        [o] => params
+            .distinguished_name
+            .push(DnType::OrganizationName, o.as_str()),
         [o1, o2] => {
-            params.distinguished_name.push(DnType::OrganizationName, o1.as_str());
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, o1.as_str());
             // rcgen keeps one value per attribute type; a custom type with
             // the organizationName OID (2.5.4.10) adds a second O.
             params
@@ -392,8 +398,8 @@ fn cert_sans(cert: &X509Certificate<'_>) -> BTreeSet<San> {
 /// The SANs of a PEM certificate as strings (IPs in canonical form).
 pub fn cert_san_strings(cert_pem: &str) -> Result<Vec<String>, TrustError> {
     let der = first_cert_der(cert_pem).map_err(|e| TrustError::cert("parse certificate", "", e))?;
-    let (_, cert) =
-        X509Certificate::from_der(&der).map_err(|e| TrustError::cert("parse certificate", "", e))?;
+    let (_, cert) = X509Certificate::from_der(&der)
+        .map_err(|e| TrustError::cert("parse certificate", "", e))?;
     Ok(cert_sans(&cert)
         .into_iter()
         .map(|s| match s {
@@ -405,18 +411,22 @@ pub fn cert_san_strings(cert_pem: &str) -> Result<Vec<String>, TrustError> {
 
 fn authority_key_id<'a>(cert: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
     use x509_parser::extensions::ParsedExtension;
-    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
-        _ => None,
-    })
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        })
 }
 
 fn subject_key_id<'a>(cert: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
     use x509_parser::extensions::ParsedExtension;
-    cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
-        _ => None,
-    })
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        })
 }
 
 pub(crate) fn identity_of(cert: &X509Certificate<'_>) -> Result<(String, Vec<String>), String> {
@@ -461,7 +471,11 @@ pub fn issue_kubelet_client_cert(
     client_ca: &CertAuthority,
     node_name: &str,
 ) -> Result<(String, String), TrustError> {
-    issue_client_cert(client_ca, &format!("system:node:{node_name}"), &["system:nodes"])
+    issue_client_cert(
+        client_ca,
+        &format!("system:node:{node_name}"),
+        &["system:nodes"],
+    )
 }
 
 fn push_unique(out: &mut Vec<String>, seen: &mut BTreeSet<San>, s: &str) {
@@ -506,7 +520,11 @@ pub fn serving_sans(
     }
     let domain = cluster_domain.trim_matches('.');
     if !domain.is_empty() {
-        push_unique(&mut out, &mut seen, &format!("kubernetes.default.svc.{domain}"));
+        push_unique(
+            &mut out,
+            &mut seen,
+            &format!("kubernetes.default.svc.{domain}"),
+        );
     }
     if let Some(ip) = service_cidr_first_ip {
         push_unique(&mut out, &mut seen, &ip.to_string());

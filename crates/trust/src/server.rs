@@ -134,8 +134,16 @@ pub fn ensure_server_trust(p: &ServerTrustParams) -> Result<ServerTrust, TrustEr
         usage: Usage::ServerClient,
         validity: LEAF_VALIDITY,
     };
-    let etcd_server = leaf(&etcd_server_ca, "etcd/server-client", etcd_spec("etcd-server"))?;
-    let etcd_peer = leaf(&etcd_peer_ca, "etcd/peer-server-client", etcd_spec("etcd-peer"))?;
+    let etcd_server = leaf(
+        &etcd_server_ca,
+        "etcd/server-client",
+        etcd_spec("etcd-server"),
+    )?;
+    let etcd_peer = leaf(
+        &etcd_peer_ca,
+        "etcd/peer-server-client",
+        etcd_spec("etcd-peer"),
+    )?;
     let etcd_client = leaf(
         &etcd_server_ca,
         "etcd/client",

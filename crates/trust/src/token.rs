@@ -193,13 +193,25 @@ mod tests {
     #[test]
     fn malformed() {
         assert!(Token::parse("").is_err());
-        assert!(Token::parse(&format!("K10{H}server:pw")).is_err(), "missing ::");
+        assert!(
+            Token::parse(&format!("K10{H}server:pw")).is_err(),
+            "missing ::"
+        );
         assert!(Token::parse("K10abcd::server:pw").is_err(), "short hash");
-        assert!(Token::parse(&format!("K10{H}0::server:pw")).is_err(), "long hash");
+        assert!(
+            Token::parse(&format!("K10{H}0::server:pw")).is_err(),
+            "long hash"
+        );
         let bad_hex = "z".repeat(64);
         assert!(Token::parse(&format!("K10{bad_hex}::server:pw")).is_err());
-        assert!(Token::parse(&format!("K10{H}::serverpw")).is_err(), "no user sep");
-        assert!(Token::parse(&format!("K10{H}::server:")).is_err(), "empty pw");
+        assert!(
+            Token::parse(&format!("K10{H}::serverpw")).is_err(),
+            "no user sep"
+        );
+        assert!(
+            Token::parse(&format!("K10{H}::server:")).is_err(),
+            "empty pw"
+        );
         assert!(Token::parse(&format!("K10{H}:::pw")).is_err(), "empty user");
     }
 
