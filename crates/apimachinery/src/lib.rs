@@ -6,6 +6,8 @@
 //! strings) so the API server, the printers and the controllers can share
 //! one implementation of the upstream semantics and test it in isolation.
 
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod quantity;
 pub mod selectors;
@@ -13,4 +15,9 @@ pub mod strategic_merge;
 pub mod validation;
 
 pub use duration::human_duration;
+pub use quantity::{Quantity, QuantityError, parse_quantity};
+pub use selectors::{
+    FieldSelector, LabelSelector, SelectorError, label_selector_from_json, parse_field_selector,
+    parse_label_selector,
+};
 pub use strategic_merge::{BuiltinSchema, ListStrategy, MergeSchema, PatchError, builtin_schema};
