@@ -1,0 +1,148 @@
+//! Legacy discovery documents, `/version` and the OpenAPI answers kubectl needs.
+
+use serde_json::{Value, json};
+
+use crate::registry::{self, ResourceType};
+
+/// The Kubernetes version this server speaks.
+pub const KUBE_VERSION: (&str, &str) = ("1", "35");
+
+/// `gitVersion` of `/version` (semver, as kubectl requires).
+pub fn git_version() -> String {
+    format!("v{}.{}.0+rke2r1", KUBE_VERSION.0, KUBE_VERSION.1)
+}
+
+/// The `/version` document.
+pub fn version() -> Value {
+    json!({
+        "major": KUBE_VERSION.0,
+        "minor": KUBE_VERSION.1,
+        "gitVersion": git_version(),
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+    })
+}
+
+/// `/api`.
+pub fn core_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    })
+}
+
+fn group_entry(group: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+/// `/apis`.
+pub fn groups() -> Value {
+    let groups: Vec<Value> = registry::group_versions()
+        .into_iter()
+        .map(|(g, v)| group_entry(g, v))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/<group>`.
+pub fn group(name: &str) -> Option<Value> {
+    registry::group_versions()
+        .into_iter()
+        .find(|(g, _)| *g == name)
+        .map(|(g, v)| {
+            let mut e = group_entry(g, v);
+            e["kind"] = json!("APIGroup");
+            e["apiVersion"] = json!("v1");
+            e
+        })
+}
+
+fn resource_entry(rt: &ResourceType) -> Value {
+    let mut e = json!({
+        "name": rt.plural,
+        "singularName": rt.singular,
+        "namespaced": rt.namespaced,
+        "kind": rt.kind,
+        "verbs": rt.verbs(),
+    });
+    if !rt.short_names.is_empty() {
+        e["shortNames"] = json!(rt.short_names);
+    }
+    if !rt.categories.is_empty() {
+        e["categories"] = json!(rt.categories);
+    }
+    e
+}
+
+/// `/api/v1` or `/apis/<g>/<v>`.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let types: Vec<&ResourceType> = registry::all()
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+        .collect();
+    if types.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for rt in types {
+        resources.push(resource_entry(rt));
+        for sub in rt.subresources {
+            let (kind, verbs): (&str, &[&str]) = match *sub {
+                "status" => (rt.kind, &["get", "patch", "update"]),
+                "binding" => ("Binding", &["create"]),
+                "finalize" => (rt.kind, &["update"]),
+                // Served by later work (scale, logs, exec): not advertised.
+                _ => continue,
+            };
+            resources.push(json!({
+                "name": format!("{}/{sub}", rt.plural),
+                "singularName": "",
+                "namespaced": rt.namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_lists_every_registered_type() {
+        let core = resource_list("", "v1").unwrap();
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for n in ["pods", "pods/status", "pods/binding", "nodes", "configmaps", "namespaces/finalize"] {
+            assert!(names.contains(&n), "{n} missing");
+        }
+        assert!(!names.contains(&"pods/exec"));
+        let apps = resource_list("apps", "v1").unwrap();
+        assert_eq!(apps["groupVersion"], "apps/v1");
+        assert!(resource_list("batch", "v1").is_none());
+        assert_eq!(groups()["groups"][0]["preferredVersion"]["version"], "v1");
+    }
+
+    #[test]
+    fn version_is_semver() {
+        let v = version();
+        assert!(v["gitVersion"].as_str().unwrap().starts_with("v1.35.0"));
+    }
+}

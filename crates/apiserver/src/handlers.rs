@@ -1,0 +1,887 @@
+//! The verbs on resources: get, list, watch, create, update, patch, delete,
+//! and the `status`, `binding` and `finalize` subresources.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, StatusCode};
+use rke2_apimachinery::selectors::{FieldSelector, LabelSelector};
+use rke2_datastore::{KeyValue, StoreError, WatchEventKind};
+use serde_json::{Value, json};
+
+use crate::ApiState;
+use crate::objects::{self, name_of};
+use crate::registry::{self, ResourceType};
+use crate::request::{AnswerAs, BodyType, Query, ResourcePath, decode_body};
+use crate::status::{ApiError, ApiResult, success_status};
+use crate::table::{self, IncludeObject};
+
+/// How a handler shapes its answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    /// Object, Table or metadata.
+    pub as_: AnswerAs,
+    /// Row objects of a Table.
+    pub include: IncludeObject,
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn shape_one(rt: &ResourceType, obj: Value, ans: Answer) -> Value {
+    match ans.as_ {
+        AnswerAs::Object => obj,
+        AnswerAs::PartialMetadata => table::partial_metadata(&obj),
+        AnswerAs::Table => {
+            let rv = obj["metadata"]["resourceVersion"].clone();
+            table::table(rt, &[obj], json!({"resourceVersion": rv}), ans.include, true)
+        }
+    }
+}
+
+/// Everything one resource request needs.
+pub struct Ctx<'a> {
+    /// Shared server state.
+    pub state: &'a ApiState,
+    /// What the path named.
+    pub path: ResourcePath,
+    /// Query parameters.
+    pub query: Query,
+    /// Answer shape.
+    pub answer: Answer,
+}
+
+impl Ctx<'_> {
+    fn rt(&self) -> &'static ResourceType {
+        self.path.rt
+    }
+
+    fn ns(&self) -> Option<&str> {
+        if self.path.rt.namespaced {
+            self.path.namespace.as_deref()
+        } else {
+            None
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.rt().key(self.ns(), name)
+    }
+
+    fn dry_run(&self) -> bool {
+        self.query.get("dryRun") == Some("All")
+    }
+}
+
+/// Dispatches a resource request by method.
+pub async fn handle(ctx: Ctx<'_>, method: Method, content_type: Option<String>, body: Bytes) -> Response {
+    let result = match (&method, ctx.path.name.is_some(), ctx.path.subresource.as_deref()) {
+        (&Method::GET, false, None) => {
+            if ctx.path.legacy_watch || ctx.query.flag("watch") {
+                return watch(ctx).await.unwrap_or_else(|e| e.into_response());
+            }
+            list(&ctx).await
+        }
+        (&Method::GET, true, None | Some("status")) => {
+            if ctx.path.legacy_watch || ctx.query.flag("watch") {
+                return ApiError::bad_request("watch of a single object: use fieldSelector=metadata.name=<name>").into_response();
+            }
+            get(&ctx).await
+        }
+        (&Method::POST, false, None) => create(&ctx, content_type, &body).await,
+        (&Method::POST, true, Some("binding")) => bind(&ctx, content_type, &body).await,
+        (&Method::PUT, true, None | Some("status") | Some("finalize")) => {
+            update(&ctx, content_type, &body).await
+        }
+        (&Method::PATCH, true, None | Some("status")) => patch(&ctx, content_type, &body).await,
+        (&Method::DELETE, true, None) => delete(&ctx, content_type, &body).await,
+        (&Method::DELETE, false, None) => delete_collection(&ctx).await,
+        _ => Err(ApiError::method_not_allowed(method.as_str(), ctx.rt())),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn read_object(ctx: &Ctx<'_>, name: &str) -> ApiResult<(Value, i64)> {
+    let rt = ctx.rt();
+    match ctx.state.store.get(&ctx.key(name)).await? {
+        Some(kv) => Ok((objects::from_stored(rt, &kv.value, kv.mod_revision)?, kv.mod_revision)),
+        None => Err(ApiError::not_found(rt, name)),
+    }
+}
+
+async fn get(ctx: &Ctx<'_>) -> ApiResult<Response> {
+    let name = ctx.path.name.as_deref().unwrap_or("");
+    let (obj, _) = read_object(ctx, name).await?;
+    Ok(json_response(StatusCode::OK, &shape_one(ctx.rt(), obj, ctx.answer)))
+}
+
+struct Filters {
+    labels: Option<LabelSelector>,
+    fields: Option<FieldSelector>,
+}
+
+impl Filters {
+    fn from_query(rt: &ResourceType, q: &Query) -> ApiResult<Self> {
+        let labels = match q.get("labelSelector").filter(|s| !s.is_empty()) {
+            Some(s) => Some(
+                rke2_apimachinery::selectors::parse_label_selector(s)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let fields = match q.get("fieldSelector").filter(|s| !s.is_empty()) {
+            Some(s) => {
+                let f = rke2_apimachinery::selectors::parse_field_selector(s)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                for field in f.fields() {
+                    if !rt.supports_field(&field) {
+                        return Err(ApiError::bad_request(format!(
+                            "field label not supported: {field}"
+                        )));
+                    }
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        Ok(Self { labels, fields })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.labels.is_none() && self.fields.is_none()
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        if let Some(l) = &self.labels {
+            if !l.matches_value(obj["metadata"].get("labels")) {
+                return false;
+            }
+        }
+        if let Some(f) = &self.fields {
+            if !f.matches(obj) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: i64,
+    start: String,
+}
+
+fn encode_continue(rv: i64, start: &str) -> String {
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: start.to_string(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).unwrap_or_default())
+}
+
+fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| ApiError::bad_request("continue key is not valid: illegal base64 data"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))
+}
+
+/// The objects of one list request, with the list metadata.
+async fn list_objects(ctx: &Ctx<'_>, filters: &Filters) -> ApiResult<(Vec<Value>, Value)> {
+    let rt = ctx.rt();
+    let q = &ctx.query;
+    let prefix = rt.prefix(ctx.ns());
+    let limit = q.int("limit")?.unwrap_or(0).max(0);
+    let rv_param = q.get("resourceVersion").filter(|s| !s.is_empty());
+    let rv_match = q.get("resourceVersionMatch").filter(|s| !s.is_empty());
+    let (mut revision, mut start) = (0i64, prefix.clone());
+    if let Some(c) = q.get("continue").filter(|s| !s.is_empty()) {
+        if rv_param.is_some() && rv_param != Some("0") {
+            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        }
+        let tok = decode_continue(c)?;
+        revision = tok.rv;
+        start = format!("{prefix}{}", tok.start);
+    } else {
+        let rv: Option<i64> = match rv_param {
+            Some(s) => Some(s.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resource version: {s}"))
+            })?),
+            None => None,
+        };
+        if rv_match.is_some() && rv.is_none() {
+            return Err(ApiError::new(422, "Invalid", "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+        }
+        match (rv_match, rv) {
+            (Some("Exact"), Some(0)) => {
+                return Err(ApiError::new(422, "Invalid", "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+            }
+            (Some("Exact"), Some(n)) => revision = n,
+            (None, Some(n)) if n > 0 && limit > 0 => revision = n,
+            (Some("NotOlderThan") | None, _) => {}
+            (Some(other), _) => {
+                return Err(ApiError::new(422, "Invalid", format!("resourceVersionMatch: Unsupported value: \"{other}\"")));
+            }
+        }
+    }
+    let mut items = Vec::new();
+    let mut more;
+    let mut remaining;
+    let mut last_key: Option<String> = None;
+    loop {
+        let page = ctx
+            .state
+            .store
+            .list(&prefix, Some(&start), if limit > 0 { limit } else { 0 }, revision)
+            .await
+            .map_err(|e| match e {
+                StoreError::Compacted { .. } if q.get("continue").is_some() => ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."),
+                other => other.into(),
+            })?;
+        revision = page.revision;
+        more = page.more;
+        remaining = page.remaining;
+        for KeyValue { key, value, mod_revision } in page.items {
+            let obj = objects::from_stored(rt, &value, mod_revision)?;
+            last_key = Some(key);
+            if filters.matches(&obj) {
+                items.push(obj);
+                if limit > 0 && items.len() as i64 >= limit {
+                    break;
+                }
+            }
+        }
+        let full = limit > 0 && items.len() as i64 >= limit;
+        if !more || full || limit == 0 {
+            if full {
+                // There may be more after the last key we returned.
+                more = more || remaining > 0;
+            }
+            break;
+        }
+        start = format!("{}\u{0}", last_key.clone().unwrap_or_default());
+    }
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if limit > 0 && more {
+        if let Some(k) = &last_key {
+            let rel = k.strip_prefix(&prefix).unwrap_or(k);
+            meta["continue"] = json!(encode_continue(revision, &format!("{rel}\u{0}")));
+            if filters.is_empty() {
+                meta["remainingItemCount"] = json!(remaining);
+            }
+        }
+    }
+    Ok((items, meta))
+}
+
+async fn list(ctx: &Ctx<'_>) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let filters = Filters::from_query(rt, &ctx.query)?;
+    let (items, meta) = list_objects(ctx, &filters).await?;
+    let body = match ctx.answer.as_ {
+        AnswerAs::Table => table::table(rt, &items, meta, ctx.answer.include, true),
+        AnswerAs::PartialMetadata => json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": meta,
+            "items": items.iter().map(table::partial_metadata).collect::<Vec<_>>(),
+        }),
+        AnswerAs::Object => json!({
+            "kind": rt.list_kind(),
+            "apiVersion": rt.api_version(),
+            "metadata": meta,
+            "items": items,
+        }),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn read_body(ctx: &Ctx<'_>, content_type: Option<&str>, body: &[u8]) -> ApiResult<Value> {
+    let ty = crate::request::body_type(content_type).ok_or_else(|| {
+        ApiError::unsupported_media("application/json, application/yaml, application/vnd.kubernetes.protobuf")
+    })?;
+    if !matches!(ty, BodyType::Json | BodyType::Yaml | BodyType::Protobuf) {
+        return Err(ApiError::unsupported_media(
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        ));
+    }
+    let mut obj = decode_body(body, ty)?;
+    objects::check_type(ctx.rt(), &mut obj)?;
+    Ok(obj)
+}
+
+async fn ensure_namespace(ctx: &Ctx<'_>) -> ApiResult<()> {
+    let Some(ns) = ctx.ns() else { return Ok(()) };
+    let nsrt = registry::find("", "v1", "namespaces").expect("namespaces registered");
+    match ctx.state.store.get(&nsrt.key(None, ns)).await? {
+        None => Err(ApiError::not_found(nsrt, ns)),
+        Some(kv) => {
+            let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                Err(ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        ctx.rt().qualified(),
+                        ""
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn create(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let obj = read_body(ctx, content_type.as_deref(), body)?;
+    let created = create_object(ctx, obj).await?;
+    Ok(json_response(StatusCode::CREATED, &shape_one(rt, created, ctx.answer)))
+}
+
+/// Validates, defaults and stores a new object; returns it as stored.
+async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
+    let rt = ctx.rt();
+    objects::prepare_create(rt, &mut obj, ctx.ns())?;
+    objects::validate(rt, &obj)?;
+    ensure_namespace(ctx).await?;
+    let name = name_of(&obj).to_string();
+    if ctx.dry_run() {
+        return Ok(obj);
+    }
+    let mut claims = Vec::new();
+    if rt.kind == "Service" {
+        claims = crate::allocator::allocate_service(ctx.state, &mut obj).await?;
+    }
+    match ctx.state.store.create(&ctx.key(&name), objects::to_stored(&obj)).await {
+        Ok(rev) => {
+            objects::decorate(rt, &mut obj, rev);
+            Ok(obj)
+        }
+        Err(e) => {
+            crate::allocator::release(ctx.state, &claims).await;
+            Err(match e {
+                StoreError::AlreadyExists => ApiError::already_exists(rt, &name),
+                other => other.into(),
+            })
+        }
+    }
+}
+
+/// Writes `new` over the object at revision `rev`, finishing a pending
+/// deletion once the last finalizer is gone.
+async fn store_update(ctx: &Ctx<'_>, name: &str, mut new: Value, rev: i64) -> ApiResult<Value> {
+    let rt = ctx.rt();
+    objects::validate(rt, &new)?;
+    if ctx.dry_run() {
+        return Ok(new);
+    }
+    let finalizers_empty = new["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| a.is_empty())
+        .unwrap_or(true);
+    let key = ctx.key(name);
+    if new["metadata"]["deletionTimestamp"].is_string() && finalizers_empty {
+        return match ctx.state.store.delete(&key, rev).await {
+            Ok(r) => {
+                crate::allocator::release_for(ctx.state, rt, &new).await;
+                objects::decorate(rt, &mut new, r);
+                Ok(new)
+            }
+            Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(rt, name)),
+            Err(StoreError::NotFound) => Err(ApiError::not_found(rt, name)),
+            Err(e) => Err(e.into()),
+        };
+    }
+    match ctx.state.store.update(&key, objects::to_stored(&new), rev).await {
+        Ok(r) => {
+            objects::decorate(rt, &mut new, r);
+            Ok(new)
+        }
+        Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(rt, name)),
+        Err(StoreError::NotFound) => Err(ApiError::not_found(rt, name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn expected_rv(obj: &Value) -> ApiResult<Option<i64>> {
+    match obj["metadata"]["resourceVersion"].as_str() {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}"))),
+    }
+}
+
+async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let name = ctx.path.name.clone().unwrap_or_default();
+    let mut new = read_body(ctx, content_type.as_deref(), body)?;
+    let body_name = name_of(&new).to_string();
+    if body_name.is_empty() {
+        new["metadata"]["name"] = json!(name);
+    } else if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let (old, rev) = read_object(ctx, &name).await?;
+    if let Some(want) = expected_rv(&new)? {
+        if want != rev {
+            return Err(ApiError::conflict(rt, &name));
+        }
+    }
+    if rt.namespaced {
+        new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
+    }
+    match ctx.path.subresource.as_deref() {
+        Some("status") => objects::prepare_update(rt, &old, &mut new, true),
+        Some("finalize") => {
+            let finalizers = new["spec"]["finalizers"].clone();
+            new = old.clone();
+            new["spec"]["finalizers"] = finalizers;
+        }
+        _ => objects::prepare_update(rt, &old, &mut new, false),
+    }
+    let stored = store_update(ctx, &name, new, rev).await?;
+    Ok(json_response(StatusCode::OK, &shape_one(rt, stored, ctx.answer)))
+}
+
+fn apply_patch(ctx: &Ctx<'_>, ty: BodyType, current: &Value, patch_body: &[u8]) -> ApiResult<Value> {
+    let rt = ctx.rt();
+    let patch_err = |e: String| ApiError::new(422, "Invalid", e);
+    match ty {
+        BodyType::JsonPatch => {
+            let p: json_patch::Patch = serde_json::from_slice(patch_body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
+            let mut doc = current.clone();
+            json_patch::patch(&mut doc, &p).map_err(|e| patch_err(format!("the JSON patch could not be applied: {e}")))?;
+            Ok(doc)
+        }
+        BodyType::MergePatch => {
+            let p: Value = decode_body(patch_body, BodyType::Json)?;
+            let mut doc = current.clone();
+            json_patch::merge(&mut doc, &p);
+            Ok(doc)
+        }
+        BodyType::StrategicMergePatch => {
+            let p: Value = decode_body(patch_body, BodyType::Json)?;
+            let schema = rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
+            rke2_apimachinery::strategic_merge::apply(current, &p, &schema)
+                .map_err(|e| patch_err(format!("the strategic merge patch could not be applied: {e}")))
+        }
+        BodyType::ApplyPatch => {
+            let applied = decode_body(patch_body, BodyType::ApplyPatch)?;
+            let schema = rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
+            let mut merged = rke2_apimachinery::strategic_merge::apply(current, &applied, &schema)
+                .map_err(|e| patch_err(format!("the apply configuration could not be merged: {e}")))?;
+            set_managed_fields(ctx, &mut merged, &applied);
+            Ok(merged)
+        }
+        _ => Err(ApiError::unsupported_media(
+            "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
+        )),
+    }
+}
+
+fn fields_v1(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, val) in m {
+                if k == "apiVersion" || k == "kind" {
+                    continue;
+                }
+                out.insert(format!("f:{k}"), fields_v1(val));
+            }
+            Value::Object(out)
+        }
+        _ => json!({}),
+    }
+}
+
+fn set_managed_fields(ctx: &Ctx<'_>, obj: &mut Value, applied: &Value) {
+    let manager = ctx.query.get("fieldManager").unwrap_or("unknown").to_string();
+    let mut entries: Vec<Value> = obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"))
+        .collect();
+    let mut fields = fields_v1(applied);
+    if let Some(m) = fields.get_mut("f:metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("f:managedFields");
+        m.remove("f:resourceVersion");
+    }
+    entries.push(json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": ctx.rt().api_version(),
+        "time": objects::now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    }));
+    obj["metadata"]["managedFields"] = Value::Array(entries);
+}
+
+async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let name = ctx.path.name.clone().unwrap_or_default();
+    let ty = crate::request::body_type(content_type.as_deref())
+        .filter(|t| matches!(t, BodyType::JsonPatch | BodyType::MergePatch | BodyType::StrategicMergePatch | BodyType::ApplyPatch))
+        .ok_or_else(|| ApiError::unsupported_media("application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"))?;
+    if ty == BodyType::ApplyPatch && ctx.query.get("fieldManager").unwrap_or("").is_empty() {
+        return Err(ApiError::new(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+    }
+    if ty != BodyType::ApplyPatch && ctx.query.get("force").is_some() {
+        return Err(ApiError::new(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch"));
+    }
+    // A patch without a resourceVersion precondition is retried on
+    // conflict, as kube-apiserver does.
+    for _ in 0..5 {
+        let (old, rev) = match read_object(ctx, &name).await {
+            Ok(x) => x,
+            Err(e) if e.code == 404 && ty == BodyType::ApplyPatch && ctx.path.subresource.is_none() => {
+                let mut obj = decode_body(body, BodyType::ApplyPatch)?;
+                objects::check_type(rt, &mut obj)?;
+                if name_of(&obj) != name {
+                    return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+                }
+                let applied = obj.clone();
+                set_managed_fields(ctx, &mut obj, &applied);
+                let created = create_object(ctx, obj).await?;
+                return Ok(json_response(StatusCode::CREATED, &shape_one(rt, created, ctx.answer)));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut new = apply_patch(ctx, ty, &old, body)?;
+        if name_of(&new) != name {
+            return Err(ApiError::bad_request("the name of the object may not be changed by a patch"));
+        }
+        let precondition = expected_rv(&new)?;
+        if let Some(want) = precondition {
+            if want != rev {
+                return Err(ApiError::conflict(rt, &name));
+            }
+        }
+        objects::check_type(rt, &mut new)?;
+        objects::prepare_update(rt, &old, &mut new, ctx.path.subresource.as_deref() == Some("status"));
+        match store_update(ctx, &name, new, rev).await {
+            Ok(stored) => return Ok(json_response(StatusCode::OK, &shape_one(rt, stored, ctx.answer))),
+            Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(rt, &name))
+}
+
+async fn bind(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let name = ctx.path.name.clone().unwrap_or_default();
+    let ty = crate::request::body_type(content_type.as_deref())
+        .ok_or_else(|| ApiError::unsupported_media("application/json"))?;
+    let binding = decode_body(body, ty)?;
+    let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
+    if node.is_empty() {
+        return Err(ApiError::new(422, "Invalid", format!("Binding \"{name}\" is invalid: target.name: Required value")));
+    }
+    let (old, rev) = read_object(ctx, &name).await?;
+    if let Some(current) = old["spec"]["nodeName"].as_str().filter(|s| !s.is_empty()) {
+        return Err(ApiError::conflict_msg(rt, &name, &format!("pod {name} is already assigned to node \"{current}\"")));
+    }
+    if old["metadata"]["deletionTimestamp"].is_string() {
+        return Err(ApiError::conflict_msg(rt, &name, &format!("pod {name} is being deleted, cannot be assigned to a host")));
+    }
+    let mut new = old.clone();
+    new["spec"]["nodeName"] = json!(node);
+    let mut conditions: Vec<Value> = new["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["type"] != "PodScheduled")
+        .collect();
+    conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now_rfc3339()}));
+    new["status"]["conditions"] = Value::Array(conditions);
+    store_update(ctx, &name, new, rev).await?;
+    Ok(json_response(StatusCode::CREATED, &success_status(rt, &name)))
+}
+
+async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let name = ctx.path.name.clone().unwrap_or_default();
+    let opts: Value = if body.is_empty() {
+        json!({})
+    } else {
+        let ty = crate::request::body_type(content_type.as_deref())
+            .ok_or_else(|| ApiError::unsupported_media("application/json"))?;
+        decode_body(body, ty)?
+    };
+    let (old, rev) = read_object(ctx, &name).await?;
+    if let Some(uid) = opts["preconditions"]["uid"].as_str() {
+        if old["metadata"]["uid"] != uid {
+            return Err(ApiError::conflict_msg(rt, &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old["metadata"]["uid"].as_str().unwrap_or(""))));
+        }
+    }
+    if let Some(want) = opts["preconditions"]["resourceVersion"].as_str() {
+        if want != rev.to_string() {
+            return Err(ApiError::conflict_msg(rt, &name, &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}")));
+        }
+    }
+    let has_finalizers = old["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| !a.is_empty())
+        .unwrap_or(false);
+    if rt.kind == "Namespace" {
+        let obj = crate::namespaces::begin_delete(ctx.state, old, rev).await?;
+        return Ok(json_response(StatusCode::OK, &obj));
+    }
+    if ctx.dry_run() {
+        return Ok(json_response(StatusCode::OK, &old));
+    }
+    if has_finalizers {
+        if old["metadata"]["deletionTimestamp"].is_string() {
+            return Ok(json_response(StatusCode::OK, &old));
+        }
+        let mut new = old.clone();
+        new["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+        new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        let stored = store_update(ctx, &name, new, rev).await?;
+        return Ok(json_response(StatusCode::OK, &stored));
+    }
+    match ctx.state.store.delete(&ctx.key(&name), rev).await {
+        Ok(_) => {
+            crate::allocator::release_for(ctx.state, rt, &old).await;
+            Ok(json_response(StatusCode::OK, &old))
+        }
+        Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(rt, &name)),
+        Err(StoreError::NotFound) => Err(ApiError::not_found(rt, &name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let filters = Filters::from_query(rt, &ctx.query)?;
+    let mut q = ctx.query.clone();
+    q.0.remove("limit");
+    q.0.remove("continue");
+    let listing = Ctx { state: ctx.state, path: ctx.path.clone(), query: q, answer: ctx.answer };
+    let (items, meta) = list_objects(&listing, &filters).await?;
+    let mut deleted = Vec::new();
+    for obj in items {
+        let name = name_of(&obj).to_string();
+        let mut path = ctx.path.clone();
+        path.name = Some(name);
+        if rt.namespaced {
+            path.namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        }
+        let one = Ctx { state: ctx.state, path, query: ctx.query.clone(), answer: ctx.answer };
+        match delete(&one, None, &[]).await {
+            Ok(_) => deleted.push(obj),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": meta, "items": deleted}),
+    ))
+}
+
+/// Serializes one watch event as a line.
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+struct WatchEncoder {
+    rt: &'static ResourceType,
+    answer: Answer,
+    sent_columns: bool,
+}
+
+impl WatchEncoder {
+    fn encode(&mut self, kind: &str, obj: &Value) -> Bytes {
+        match self.answer.as_ {
+            AnswerAs::Table if kind != "BOOKMARK" && kind != "ERROR" => {
+                let rv = obj["metadata"]["resourceVersion"].clone();
+                let t = table::table(
+                    self.rt,
+                    std::slice::from_ref(obj),
+                    json!({"resourceVersion": rv}),
+                    self.answer.include,
+                    !self.sent_columns,
+                );
+                self.sent_columns = true;
+                event_line(kind, &t)
+            }
+            AnswerAs::PartialMetadata if kind != "ERROR" => event_line(kind, &table::partial_metadata(obj)),
+            _ => event_line(kind, obj),
+        }
+    }
+
+    fn bookmark(&self, rv: i64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        event_line(
+            "BOOKMARK",
+            &json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": meta}),
+        )
+    }
+}
+
+async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let q = &ctx.query;
+    let filters = Filters::from_query(rt, q)?;
+    let send_initial = q.get("sendInitialEvents").map(|v| v == "true");
+    let bookmarks = q.flag("allowWatchBookmarks");
+    let rv_param = q.get("resourceVersion").filter(|s| !s.is_empty());
+    if send_initial.is_some() {
+        if !bookmarks || q.get("resourceVersionMatch") != Some("NotOlderThan") {
+            return Err(ApiError::new(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled and allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan"));
+        }
+    } else if q.get("resourceVersionMatch").is_some() {
+        return Err(ApiError::new(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch"));
+    }
+    let timeout = match q.int("timeoutSeconds")? {
+        Some(s) if s > 0 => Duration::from_secs(s as u64),
+        _ => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
+    };
+    let mut enc = WatchEncoder { rt, answer: ctx.answer, sent_columns: false };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
+    // Initial state: a list (RV unset/"0" or sendInitialEvents=true), else
+    // only changes after the given revision.
+    let explicit_rv: Option<i64> = match rv_param {
+        Some("0") | None => None,
+        Some(s) => Some(s.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?),
+    };
+    let mut initial = Vec::new();
+    let start_rev;
+    if send_initial == Some(true) || explicit_rv.is_none() && send_initial != Some(false) {
+        let mut lq = q.clone();
+        for k in ["limit", "continue", "resourceVersion", "resourceVersionMatch", "watch"] {
+            lq.0.remove(k);
+        }
+        let listing = Ctx { state: ctx.state, path: ctx.path.clone(), query: lq, answer: ctx.answer };
+        let (items, meta) = list_objects(&listing, &filters).await?;
+        start_rev = meta["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        initial = items;
+    } else {
+        start_rev = match explicit_rv {
+            Some(rv) => rv,
+            None => ctx.state.store.current_revision().await?,
+        };
+    }
+    for obj in &initial {
+        let _ = tx.try_send(Ok(enc.encode("ADDED", obj)));
+    }
+    if send_initial == Some(true) {
+        let _ = tx.try_send(Ok(enc.bookmark(start_rev, true)));
+    }
+    let prefix = rt.prefix(ctx.ns());
+    let store = ctx.state.store.clone();
+    let stream = match store.watch(&prefix, start_rev).await {
+        Ok(s) => s,
+        Err(e) => return Err(e.into()),
+    };
+    tokio::spawn(async move {
+        let mut stream = Box::pin(stream);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut last_rev = start_rev;
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = tick.tick(), if bookmarks => {
+                    if tx.send(Ok(enc.bookmark(last_rev, false))).await.is_err() { break; }
+                }
+                _ = tx.closed() => break,
+                ev = stream.next() => {
+                    let Some(ev) = ev else { break };
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(StoreError::Compacted { requested, compacted }) => {
+                            let st = ApiError::expired(format!("too old resource version: {requested} ({compacted})")).to_status();
+                            let _ = tx.send(Ok(event_line("ERROR", &st))).await;
+                            break;
+                        }
+                        Err(e) => {
+                            let st = ApiError::internal(format!("watch of etcd failed: {e}")).to_status();
+                            let _ = tx.send(Ok(event_line("ERROR", &st))).await;
+                            break;
+                        }
+                    };
+                    last_rev = last_rev.max(ev.revision);
+                    if ev.kind == WatchEventKind::Progress {
+                        continue;
+                    }
+                    let Ok(mut obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
+                    objects::decorate(rt, &mut obj, ev.revision);
+                    let now_matches = filters.matches(&obj);
+                    let before = ev.prev_value.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
+                    let before_matches = before.as_ref().map(|b| filters.matches(b)).unwrap_or(false);
+                    let kind = match ev.kind {
+                        WatchEventKind::Created if now_matches => "ADDED",
+                        WatchEventKind::Modified if now_matches && before_matches => "MODIFIED",
+                        WatchEventKind::Modified if now_matches => "ADDED",
+                        WatchEventKind::Modified if before_matches => "DELETED",
+                        WatchEventKind::Deleted if now_matches => "DELETED",
+                        _ => continue,
+                    };
+                    if tx.send(Ok(enc.encode(kind, &obj))).await.is_err() { break; }
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream_from(rx));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .unwrap_or_default())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, Infallible>>,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let t = encode_continue(42, "a\u{0}");
+        let d = decode_continue(&t).unwrap();
+        assert_eq!((d.rv, d.start.as_str(), d.v.as_str()), (42, "a\u{0}", "meta.k8s.io/v1"));
+        assert_eq!(decode_continue("!!").unwrap_err().code, 400);
+    }
+}

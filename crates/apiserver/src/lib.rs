@@ -1,0 +1,74 @@
+//! The Kubernetes API of an rke2 server (port 6443).
+//!
+//! Layering: [`server`] accepts TLS connections and identifies the client
+//! from its certificate; [`request`] parses paths, queries and bodies;
+//! [`handlers`] implements the verbs over [`rke2_datastore::Store`];
+//! [`registry`] is the one table of served types that drives discovery,
+//! routing, storage keys and [`table`] printing.
+//!
+//! Architecture invariant: this crate is the only one that reads or writes
+//! the object keyspace (`/registry/...`) in etcd. Everything else —
+//! controllers, the node role, tests — is a client of this API.
+
+pub mod allocator;
+pub mod bootstrap;
+pub mod discovery;
+pub mod handlers;
+pub mod namespaces;
+pub mod objects;
+pub mod registry;
+pub mod request;
+pub mod server;
+pub mod status;
+pub mod table;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use server::serve;
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The Service network (ClusterIPs come from here; .1 is `kubernetes`).
+    pub service_cidr: ipnet::IpNet,
+    /// The address other nodes and clients reach this apiserver on.
+    pub advertise_address: IpAddr,
+    /// The API port.
+    pub port: u16,
+}
+
+/// State shared by every request; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<ApiConfig>,
+    /// The object store.
+    pub store: rke2_datastore::Store,
+    /// Service network, copied for quick access.
+    pub service_cidr: ipnet::IpNet,
+}
+
+impl ApiState {
+    /// Creates the state.
+    pub fn new(config: ApiConfig, store: rke2_datastore::Store) -> Self {
+        Self {
+            service_cidr: config.service_cidr,
+            inner: Arc::new(config),
+            store,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner
+    }
+}
+
+/// Who sent a request, from the client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name (certificate CN).
+    pub user: String,
+    /// The groups (certificate O).
+    pub groups: Vec<String>,
+}

@@ -1,0 +1,501 @@
+//! Per-type defaulting and validation of objects, and the metadata the
+//! server owns (uid, creationTimestamp, generation, resourceVersion).
+
+use serde_json::{Map, Value, json};
+
+use crate::registry::ResourceType;
+use crate::status::ApiError;
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `metadata.name` of an object ("" when absent).
+pub fn name_of(obj: &Value) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or("")
+}
+
+/// Sets `metadata.resourceVersion` and the type fields on a stored object.
+pub fn decorate(rt: &ResourceType, obj: &mut Value, rv: i64) {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), json!(rt.api_version()));
+        m.insert("kind".into(), json!(rt.kind));
+    }
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+}
+
+/// Parses stored bytes into an object with its resourceVersion.
+pub fn from_stored(rt: &ResourceType, bytes: &[u8], rv: i64) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::internal(format!("corrupt stored object: {e}")))?;
+    decorate(rt, &mut obj, rv);
+    Ok(obj)
+}
+
+/// The bytes stored for an object (no resourceVersion: etcd holds it).
+pub fn to_stored(obj: &Value) -> Vec<u8> {
+    let mut o = obj.clone();
+    if let Some(m) = o["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&o).unwrap_or_default()
+}
+
+fn invalid(rt: &ResourceType, name: &str, causes: Vec<(String, String, String)>) -> ApiError {
+    ApiError::invalid(rt.kind, name, rt, &causes)
+}
+
+/// Checks the body's type fields against the URL and fills them in.
+pub fn check_type(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    let api_version = rt.api_version();
+    match obj["apiVersion"].as_str() {
+        None | Some("") => obj["apiVersion"] = json!(api_version),
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+    }
+    match obj["kind"].as_str() {
+        None | Some("") => obj["kind"] = json!(rt.kind),
+        Some(k) if k == rt.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                rt.kind
+            )));
+        }
+    }
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    Ok(())
+}
+
+/// Validates names, labels and the per-type rules; 422 naming each field.
+pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    use rke2_apimachinery::validation as v;
+    let name = name_of(obj);
+    let mut causes: Vec<(String, String, String)> = Vec::new();
+    if name.is_empty() {
+        causes.push((
+            "metadata.name".into(),
+            "Required value".into(),
+            "name or generateName is required".into(),
+        ));
+    } else {
+        let label_names = matches!(rt.kind, "Namespace" | "Service");
+        for msg in v::validate_object_name(!label_names, name) {
+            causes.push((
+                "metadata.name".into(),
+                "Invalid value".into(),
+                format!("\"{name}\": {msg}"),
+            ));
+        }
+    }
+    if let Some(labels) = obj["metadata"]["labels"].as_object() {
+        for (k, val) in labels {
+            for msg in v::validate_label_key(k) {
+                causes.push((
+                    "metadata.labels".into(),
+                    "Invalid value".into(),
+                    format!("\"{k}\": {msg}"),
+                ));
+            }
+            match val.as_str() {
+                Some(s) => {
+                    for msg in v::validate_label_value(s) {
+                        causes.push((
+                            format!("metadata.labels[{k}]"),
+                            "Invalid value".into(),
+                            format!("\"{s}\": {msg}"),
+                        ));
+                    }
+                }
+                None => causes.push((
+                    format!("metadata.labels[{k}]"),
+                    "Invalid value".into(),
+                    "label values must be strings".into(),
+                )),
+            }
+        }
+    }
+    match rt.kind {
+        "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
+        "Secret" => {
+            if let Some(data) = obj["data"].as_object() {
+                use base64::Engine;
+                for (k, val) in data {
+                    let ok = val
+                        .as_str()
+                        .map(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok())
+                        .unwrap_or(false);
+                    if !ok {
+                        causes.push((
+                            format!("data[{k}]"),
+                            "Invalid value".into(),
+                            "must be base64-encoded bytes".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        "Pod" => {
+            if obj["spec"]["containers"]
+                .as_array()
+                .map(|c| c.is_empty())
+                .unwrap_or(true)
+            {
+                causes.push(("spec.containers".into(), "Required value".into(), "".into()));
+            }
+        }
+        _ => {}
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(rt, name, causes))
+    }
+}
+
+fn validate_workload(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    let spec = &obj["spec"];
+    if let Some(r) = spec["replicas"].as_i64() {
+        if r < 0 {
+            causes.push((
+                "spec.replicas".into(),
+                "Invalid value".into(),
+                format!("{r}: must be greater than or equal to 0"),
+            ));
+        }
+    }
+    let selector = &spec["selector"];
+    if !selector.is_object()
+        || (selector["matchLabels"].as_object().map(|m| m.is_empty()).unwrap_or(true)
+            && selector["matchExpressions"].as_array().map(|m| m.is_empty()).unwrap_or(true))
+    {
+        causes.push(("spec.selector".into(), "Required value".into(), "".into()));
+        return;
+    }
+    let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+    match rke2_apimachinery::selectors::label_selector_from_json(selector) {
+        Ok(sel) => {
+            if !sel.matches_value(Some(&labels)) {
+                causes.push((
+                    "spec.template.metadata.labels".into(),
+                    "Invalid value".into(),
+                    format!(
+                        "{}: `selector` does not match template `labels`",
+                        serde_json::to_string(&labels).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        Err(e) => causes.push(("spec.selector".into(), "Invalid value".into(), e.to_string())),
+    }
+    if spec["template"]["spec"]["containers"]
+        .as_array()
+        .map(|c| c.is_empty())
+        .unwrap_or(true)
+    {
+        causes.push((
+            "spec.template.spec.containers".into(),
+            "Required value".into(),
+            "".into(),
+        ));
+    }
+}
+
+fn default_str(m: &mut Map<String, Value>, k: &str, v: &str) {
+    if !m.get(k).map(|x| x.is_string()).unwrap_or(false) {
+        m.insert(k.into(), json!(v));
+    }
+}
+
+fn default_val(m: &mut Map<String, Value>, k: &str, v: Value) {
+    if m.get(k).map(|x| x.is_null()).unwrap_or(true) {
+        m.insert(k.into(), v);
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let Some(m) = c.as_object_mut() else { return };
+    default_str(m, "terminationMessagePath", "/dev/termination-log");
+    default_str(m, "terminationMessagePolicy", "File");
+    let image = m.get("image").and_then(|i| i.as_str()).unwrap_or("");
+    let last = image.rsplit('/').next().unwrap_or("");
+    let pull = if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+        "IfNotPresent"
+    } else {
+        "Always"
+    };
+    default_str(m, "imagePullPolicy", pull);
+    default_val(m, "resources", json!({}));
+    if let Some(ports) = m.get_mut("ports").and_then(|p| p.as_array_mut()) {
+        for p in ports {
+            if let Some(pm) = p.as_object_mut() {
+                default_str(pm, "protocol", "TCP");
+            }
+        }
+    }
+}
+
+/// Pod spec defaults (also used for templates).
+pub fn default_pod_spec(spec: &mut Value) {
+    let Some(m) = spec.as_object_mut() else { return };
+    default_str(m, "restartPolicy", "Always");
+    default_val(m, "terminationGracePeriodSeconds", json!(30));
+    default_str(m, "dnsPolicy", "ClusterFirst");
+    default_val(m, "securityContext", json!({}));
+    default_str(m, "schedulerName", "default-scheduler");
+    for key in ["containers", "initContainers"] {
+        if let Some(cs) = m.get_mut(key).and_then(|c| c.as_array_mut()) {
+            cs.iter_mut().for_each(default_container);
+        }
+    }
+}
+
+/// Fills in the per-type defaults kube-apiserver applies.
+pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
+    match rt.kind {
+        "Namespace" => {
+            if !obj["spec"]["finalizers"].is_array() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+            if !obj["status"]["phase"].is_string() {
+                obj["status"]["phase"] = json!("Active");
+            }
+            let name = name_of(obj).to_string();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+        }
+        "Secret" => {
+            if let Some(string_data) = obj
+                .as_object_mut()
+                .and_then(|m| m.remove("stringData"))
+                .and_then(|s| s.as_object().cloned())
+            {
+                use base64::Engine;
+                for (k, v) in string_data {
+                    let enc = base64::engine::general_purpose::STANDARD
+                        .encode(v.as_str().unwrap_or("").as_bytes());
+                    obj["data"][k] = json!(enc);
+                }
+            }
+            if !obj["type"].is_string() {
+                obj["type"] = json!("Opaque");
+            }
+        }
+        "Service" => {
+            let spec = &mut obj["spec"];
+            if !spec.is_object() {
+                *spec = json!({});
+            }
+            if let Some(m) = spec.as_object_mut() {
+                default_str(m, "type", "ClusterIP");
+                default_str(m, "sessionAffinity", "None");
+                default_str(m, "internalTrafficPolicy", "Cluster");
+                if let Some(ports) = m.get_mut("ports").and_then(|p| p.as_array_mut()) {
+                    for p in ports {
+                        if let Some(pm) = p.as_object_mut() {
+                            default_str(pm, "protocol", "TCP");
+                            if pm.get("targetPort").map(|t| t.is_null()).unwrap_or(true) {
+                                let port = pm.get("port").cloned().unwrap_or(json!(0));
+                                pm.insert("targetPort".into(), port);
+                            }
+                        }
+                    }
+                }
+            }
+            if !obj["status"].is_object() {
+                obj["status"] = json!({"loadBalancer": {}});
+            }
+        }
+        "Pod" => {
+            default_pod_spec(&mut obj["spec"]);
+            if !obj["status"]["phase"].is_string() {
+                obj["status"]["phase"] = json!("Pending");
+            }
+            if !obj["spec"]["serviceAccountName"].is_string() {
+                obj["spec"]["serviceAccountName"] = json!("default");
+            }
+        }
+        "Deployment" => {
+            let spec = &mut obj["spec"];
+            if let Some(m) = spec.as_object_mut() {
+                default_val(m, "replicas", json!(1));
+                default_val(m, "revisionHistoryLimit", json!(10));
+                default_val(m, "progressDeadlineSeconds", json!(600));
+                if m.get("strategy").map(|s| s.is_null() || s.as_object().map(|o| o.is_empty()).unwrap_or(false)).unwrap_or(true) {
+                    m.insert(
+                        "strategy".into(),
+                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+                    );
+                }
+            }
+            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+        }
+        "ReplicaSet" => {
+            if let Some(m) = obj["spec"].as_object_mut() {
+                default_val(m, "replicas", json!(1));
+            }
+            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+        }
+        "DaemonSet" => {
+            if let Some(m) = obj["spec"].as_object_mut() {
+                default_val(m, "revisionHistoryLimit", json!(10));
+                default_val(
+                    m,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                );
+            }
+            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+        }
+        _ => {}
+    }
+}
+
+/// Prepares a new object for storage: generateName, uid, timestamps.
+pub fn prepare_create(rt: &ResourceType, obj: &mut Value, namespace: Option<&str>) -> Result<(), ApiError> {
+    let meta = &mut obj["metadata"];
+    if meta["name"].as_str().unwrap_or("").is_empty() {
+        if let Some(prefix) = meta["generateName"].as_str() {
+            let suffix = random_suffix(5);
+            meta["name"] = json!(format!("{prefix}{suffix}"));
+        }
+    }
+    if rt.namespaced {
+        let ns = namespace.unwrap_or("default");
+        match meta["namespace"].as_str() {
+            None | Some("") => meta["namespace"] = json!(ns),
+            Some(n) if n == ns => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+    } else if let Some(m) = meta.as_object_mut() {
+        m.remove("namespace");
+    }
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("resourceVersion");
+        m.remove("deletionTimestamp");
+        m.remove("deletionGracePeriodSeconds");
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        if rt.tracks_generation {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+    }
+    apply_defaults(rt, obj);
+    Ok(())
+}
+
+/// Carries the server-owned fields of `old` into an update, and bumps the
+/// generation when the spec changed. `status_only` keeps everything but
+/// the status (the `status` subresource); otherwise a type with a status
+/// subresource keeps its old status.
+pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_only: bool) {
+    if status_only {
+        let status = new["status"].clone();
+        *new = old.clone();
+        new["status"] = status;
+        return;
+    }
+    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        match old["metadata"].get(k) {
+            Some(v) => new["metadata"][k] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+    if rt.kind == "Namespace" {
+        new["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name_of(old));
+    }
+    if rt.status_subresource {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    apply_defaults(rt, new);
+    if rt.tracks_generation && old["spec"] != new["spec"] {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        new["metadata"]["generation"] = json!(g + 1);
+    }
+}
+
+fn random_suffix(n: usize) -> String {
+    use rand::Rng;
+    // Same alphabet as apimachinery's utilrand: no vowels, no confusables.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::find;
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let rt = find("apps", "v1", "deployments").unwrap();
+        let d = json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let e = validate(rt, &d).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("spec.template.metadata.labels"), "{}", e.message);
+        let d2 = json!({"metadata": {"name": "web"}, "spec": {"replicas": -1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let e = validate(rt, &d2).unwrap_err();
+        assert!(e.message.contains("spec.replicas"), "{}", e.message);
+    }
+
+    #[test]
+    fn invalid_name_is_422_naming_metadata_name() {
+        let rt = find("", "v1", "configmaps").unwrap();
+        let e = validate(rt, &json!({"metadata": {"name": "Bad_Name"}})).unwrap_err();
+        assert!(e.message.starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name"), "{}", e.message);
+    }
+
+    #[test]
+    fn update_keeps_uid_and_bumps_generation_on_spec_change() {
+        let rt = find("apps", "v1", "deployments").unwrap();
+        let old = json!({"metadata": {"name": "a", "uid": "u1", "generation": 3, "creationTimestamp": "t"}, "spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let mut new = json!({"metadata": {"name": "a", "uid": "other"}, "spec": {"replicas": 2}, "status": {"replicas": 9}});
+        prepare_update(rt, &old, &mut new, false);
+        assert_eq!(new["metadata"]["uid"], "u1");
+        assert_eq!(new["metadata"]["generation"], 4);
+        assert_eq!(new["status"]["replicas"], 1);
+    }
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let rt = find("", "v1", "secrets").unwrap();
+        let mut s = json!({"metadata": {"name": "s"}, "stringData": {"a": "b"}});
+        prepare_create(rt, &mut s, Some("default")).unwrap();
+        assert_eq!(s["data"]["a"], "Yg==");
+        assert!(s.get("stringData").is_none());
+        assert_eq!(s["type"], "Opaque");
+    }
+}

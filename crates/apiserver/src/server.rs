@@ -1,0 +1,199 @@
+//! The HTTPS listener: TLS with optional client certificates, request
+//! authentication, and the top-level routing of API paths.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::handlers::{self, Answer, Ctx};
+use crate::request::{self, MAX_BODY, Query, Route};
+use crate::status::ApiError;
+use crate::table::IncludeObject;
+use crate::{ApiState, Identity, discovery};
+
+fn json(code: StatusCode, v: &Value) -> Response {
+    (code, [(http::header::CONTENT_TYPE, "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
+}
+
+/// The router of the API (without TLS), for embedding and tests.
+pub fn router(state: ApiState) -> Router {
+    Router::new().fallback(entry).with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(state);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let identity: Option<Identity> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|der| rke2_trust::peer_identity(der.as_ref()).ok())
+                .map(|(user, groups)| Identity { user, groups });
+            let svc = tower::ServiceExt::map_request(app, move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(identity.clone());
+                req.map(Body::new)
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
+                .await
+            {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/")
+}
+
+async fn health(state: &ApiState, path: &str) -> Response {
+    if path.starts_with("/readyz") && !state.store.healthy().await {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "[-]etcd failed: reason withheld\nreadyz check failed\n").into_response();
+    }
+    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
+}
+
+async fn entry(State(state): State<ApiState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    if is_public(&path) {
+        if path == "/version" {
+            return json(StatusCode::OK, &discovery::version());
+        }
+        return health(&state, &path).await;
+    }
+    let Some(Some(identity)) = parts.extensions.get::<Option<Identity>>().cloned() else {
+        return ApiError::unauthorized().into_response();
+    };
+    let query = Query::parse(parts.uri.query());
+    let route = match path.as_str() {
+        "/openapi/v2" => {
+            // An empty protobuf document is a valid, empty spec: kubectl
+            // then validates nothing client-side and uses its compiled-in
+            // schemas for strategic merge patches.
+            return (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2@v1.0+protobuf")], Vec::<u8>::new()).into_response();
+        }
+        "/openapi/v3" => return json(StatusCode::OK, &serde_json::json!({"paths": {}})),
+        _ => match request::parse_path(&path) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        },
+    };
+    let masters = identity.groups.iter().any(|g| g == "system:masters");
+    match route {
+        Route::CoreVersions => {
+            let addr = format!("{}:{}", state.config().advertise_address, state.config().port);
+            json(StatusCode::OK, &discovery::core_versions(&addr))
+        }
+        Route::Groups => json(StatusCode::OK, &discovery::groups()),
+        Route::Group(g) => match discovery::group(&g) {
+            Some(v) => json(StatusCode::OK, &v),
+            None => ApiError::no_route().into_response(),
+        },
+        Route::ResourceList(g, v) => match discovery::resource_list(&g, &v) {
+            Some(v) => json(StatusCode::OK, &v),
+            None => ApiError::no_route().into_response(),
+        },
+        Route::Resource(rp) => {
+            if !masters {
+                // RBAC and node authorization come later; until then only
+                // system:masters may touch resources.
+                let verb = verb_of(&parts.method, rp.name.is_some(), &query);
+                return ApiError::forbidden(&identity.user, verb, rp.rt, rp.namespace.as_deref()).into_response();
+            }
+            let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+            let as_ = match request::answer_as(accept) {
+                Ok(a) => a,
+                Err(e) => return e.into_response(),
+            };
+            let Some(include) = IncludeObject::parse(query.get("includeObject")) else {
+                return ApiError::bad_request(format!("invalid includeObject: {:?}", query.get("includeObject").unwrap_or(""))).into_response();
+            };
+            if let Some(len) = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                if len > MAX_BODY {
+                    return ApiError::too_large(MAX_BODY).into_response();
+                }
+            }
+            let body = match axum::body::to_bytes(body, MAX_BODY).await {
+                Ok(b) => b,
+                Err(_) => return ApiError::too_large(MAX_BODY).into_response(),
+            };
+            let content_type = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let ctx = Ctx {
+                state: &state,
+                path: rp,
+                query,
+                answer: Answer { as_, include },
+            };
+            handlers::handle(ctx, parts.method, content_type, body).await
+        }
+    }
+}
+
+fn verb_of(method: &http::Method, named: bool, q: &Query) -> &'static str {
+    match *method {
+        http::Method::GET if q.flag("watch") => "watch",
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE if named => "delete",
+        http::Method::DELETE => "deletecollection",
+        _ => "unknown",
+    }
+}

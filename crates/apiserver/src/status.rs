@@ -1,0 +1,277 @@
+//! Kubernetes `Status` errors, with kube-apiserver's reasons and messages.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::registry::ResourceType;
+
+/// An API error answered as a `Status` object.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub code: u16,
+    /// Machine-readable reason (`NotFound`, `Conflict`, ...).
+    pub reason: &'static str,
+    /// Human-readable message, as kube-apiserver words it.
+    pub message: String,
+    /// `details` of the Status (name, group, kind, causes).
+    pub details: Option<Value>,
+}
+
+/// Result type of API handlers.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// A plain error with a code, reason and message.
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, rt: &ResourceType, name: &str) -> Self {
+        self.details = Some(json!({"name": name, "group": rt.group, "kind": rt.plural}));
+        self
+    }
+
+    /// 400 BadRequest.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 401 Unauthorized.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 Forbidden for a user and verb on a resource.
+    pub fn forbidden(user: &str, verb: &str, rt: &ResourceType, ns: Option<&str>) -> Self {
+        let scope = match ns {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} is forbidden: User \"{user}\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
+                rt.qualified(),
+                rt.plural,
+                rt.group
+            ),
+        )
+    }
+
+    /// 404 NotFound for an object.
+    pub fn not_found(rt: &ResourceType, name: &str) -> Self {
+        Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.qualified()))
+            .with_details(rt, name)
+    }
+
+    /// 404 for a path that names no resource.
+    pub fn no_route() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
+    /// 405 MethodNotAllowed.
+    pub fn method_not_allowed(verb: &str, rt: &ResourceType) -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!(
+                "{verb} is not supported on resources of kind \"{}\"",
+                rt.qualified()
+            ),
+        )
+    }
+
+    /// 409 AlreadyExists.
+    pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.qualified()),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 409 Conflict on a stale resourceVersion.
+    pub fn conflict(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                rt.qualified()
+            ),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 409 Conflict with a free-form message.
+    pub fn conflict_msg(rt: &ResourceType, name: &str, msg: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {msg}",
+                rt.qualified()
+            ),
+        )
+        .with_details(rt, name)
+    }
+
+    /// 410 Expired.
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    /// 413 RequestEntityTooLarge.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
+    }
+
+    /// 415 UnsupportedMediaType.
+    pub fn unsupported_media(accepted: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {accepted}"
+            ),
+        )
+    }
+
+    /// 406 NotAcceptable.
+    pub fn not_acceptable() -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json, application/yaml",
+        )
+    }
+
+    /// 422 Invalid with field causes `(field, type, detail)`.
+    pub fn invalid(kind: &str, name: &str, rt: &ResourceType, causes: &[(String, String, String)]) -> Self {
+        let parts: Vec<String> = causes
+            .iter()
+            .map(|(field, ty, detail)| format!("{field}: {ty}: {detail}"))
+            .collect();
+        let joined = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("[{}]", parts.join(", "))
+        };
+        let causes_json: Vec<Value> = causes
+            .iter()
+            .map(|(field, ty, detail)| {
+                json!({"reason": format!("FieldValue{}", ty.replace(' ', "")), "message": format!("{ty}: {detail}"), "field": field})
+            })
+            .collect();
+        Self {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{kind} \"{name}\" is invalid: {joined}"),
+            details: Some(json!({"name": name, "group": rt.group, "kind": kind, "causes": causes_json})),
+        }
+    }
+
+    /// 500 InternalError.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
+    /// 503 ServiceUnavailable (etcd unreachable).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+
+    /// The Status object.
+    pub fn to_status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
+        (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+impl From<rke2_datastore::StoreError> for ApiError {
+    fn from(e: rke2_datastore::StoreError) -> Self {
+        use rke2_datastore::StoreError as E;
+        match e {
+            E::Compacted { requested, compacted } => ApiError::expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            E::Etcd(e) => ApiError::unavailable(format!("etcd unavailable: {e}")),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// A success Status (used by deletecollection and some deletes).
+pub fn success_status(rt: &ResourceType, name: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "group": rt.group, "kind": rt.plural},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::find;
+
+    #[test]
+    fn messages_match_kube_apiserver() {
+        let cm = find("", "v1", "configmaps").unwrap();
+        assert_eq!(ApiError::not_found(cm, "x").message, "configmaps \"x\" not found");
+        let d = find("apps", "v1", "deployments").unwrap();
+        assert_eq!(
+            ApiError::already_exists(d, "w").message,
+            "deployments.apps \"w\" already exists"
+        );
+        let e = ApiError::invalid(
+            "ConfigMap",
+            "Bad_",
+            cm,
+            &[("metadata.name".into(), "Invalid value".into(), "\"Bad_\": x".into())],
+        );
+        assert_eq!(
+            e.message,
+            "ConfigMap \"Bad_\" is invalid: metadata.name: Invalid value: \"Bad_\": x"
+        );
+        assert_eq!(e.to_status()["code"], 422);
+    }
+}

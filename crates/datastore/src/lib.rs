@@ -1,0 +1,19 @@
+//! The datastore role of an rke2 server.
+//!
+//! Two halves:
+//! * [`etcd`] runs the real `etcd` binary as a child process: TLS on the
+//!   client and peer ports, health waiting, restart when it dies, and a clean
+//!   stop (the child also dies with us through `PR_SET_PDEATHSIG`, so a
+//!   `kill -9` of the server never leaves an orphaned etcd).
+//! * [`store`] is the only code that reads and writes the object keyspace:
+//!   single-transaction, revision-checked creates, updates and deletes,
+//!   paged range reads at a revision, and watches from a revision.
+//!
+//! Architecture invariant: nothing here knows about Kubernetes objects; keys
+//! and values are bytes, versions are etcd revisions.
+
+pub mod etcd;
+pub mod store;
+
+pub use etcd::{EtcdConfig, EtcdError, EtcdProcess};
+pub use store::{KeyValue, ListPage, Store, StoreError, WatchEvent, WatchEventKind};

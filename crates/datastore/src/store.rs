@@ -1,0 +1,394 @@
+//! Revision-checked access to etcd's keyspace.
+//!
+//! Every write is one etcd transaction that compares a key's mod revision
+//! before writing, so concurrent writers never overwrite each other
+//! silently: the loser learns the current value and revision instead.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use futures::Stream;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A create found the key already present.
+    #[error("key already exists")]
+    AlreadyExists,
+    /// The key is absent.
+    #[error("key not found")]
+    NotFound,
+    /// The key's revision differs from the expected one.
+    #[error("revision conflict: expected {expected}, current {current}")]
+    Conflict {
+        /// The revision the caller based its change on.
+        expected: i64,
+        /// The revision currently stored.
+        current: i64,
+    },
+    /// The requested revision has been compacted away.
+    #[error("required revision {requested} has been compacted (oldest available {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The compaction revision reported by etcd (0 when unknown).
+        compacted: i64,
+    },
+    /// etcd could not be reached or answered with an error.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+}
+
+impl StoreError {
+    fn from_etcd(e: etcd_client::Error, requested: i64) -> Self {
+        if e.to_string().contains("compacted") {
+            StoreError::Compacted {
+                requested,
+                compacted: 0,
+            }
+        } else {
+            StoreError::Etcd(e)
+        }
+    }
+}
+
+/// One stored key with its value and revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// The revision of the last change to this key.
+    pub mod_revision: i64,
+}
+
+/// One page of a range read.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// The keys in this page, in key order.
+    pub items: Vec<KeyValue>,
+    /// The revision the whole read is consistent at.
+    pub revision: i64,
+    /// Whether keys remain after this page.
+    pub more: bool,
+    /// How many keys in the range remain after this page.
+    pub remaining: i64,
+}
+
+/// What happened to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEventKind {
+    /// The key was created.
+    Created,
+    /// The key was changed.
+    Modified,
+    /// The key was deleted.
+    Deleted,
+    /// No change; the watch has seen everything up to `revision`.
+    Progress,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    /// What happened.
+    pub kind: WatchEventKind,
+    /// The key (empty for progress).
+    pub key: String,
+    /// The new value, or for deletes the last value before deletion.
+    pub value: Vec<u8>,
+    /// The revision of this change.
+    pub revision: i64,
+    /// The value before this change, when there was one.
+    pub prev_value: Option<Vec<u8>>,
+}
+
+/// TLS material for talking to etcd.
+#[derive(Debug, Clone)]
+pub struct StoreTls {
+    /// The etcd server CA (PEM).
+    pub ca_pem: String,
+    /// Client certificate (PEM).
+    pub cert_pem: String,
+    /// Client key (PEM).
+    pub key_pem: String,
+}
+
+/// A handle to etcd's keyspace; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+}
+
+fn kv(k: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(k.key()).into_owned(),
+        value: k.value().to_vec(),
+        mod_revision: k.mod_revision(),
+    }
+}
+
+/// The key just after every key with this prefix (etcd's range end).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Store {
+    /// Connects to etcd at the given endpoints.
+    pub async fn connect(endpoints: &[String], tls: Option<&StoreTls>) -> Result<Self, StoreError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        if let Some(t) = tls {
+            opts = opts.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&t.ca_pem))
+                    .identity(Identity::from_pem(&t.cert_pem, &t.key_pem)),
+            );
+        }
+        let client = Client::connect(endpoints, Some(opts)).await?;
+        Ok(Self { client })
+    }
+
+    /// Whether etcd answers a linearizable read now.
+    pub async fn healthy(&self) -> bool {
+        let mut c = self.client.clone();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), c.get("health", None)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The current revision of the whole keyspace.
+    pub async fn current_revision(&self) -> Result<i64, StoreError> {
+        let mut c = self.client.clone();
+        let resp = c
+            .get("/", Some(GetOptions::new().with_count_only().with_limit(1)))
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut c = self.client.clone();
+        let resp = c.get(key, None).await?;
+        Ok(resp.kvs().first().map(kv))
+    }
+
+    /// Creates a key that must not exist yet; returns the new revision.
+    pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut c = self.client.clone();
+        let resp = c.txn(txn).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists);
+        }
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Replaces a key whose mod revision must equal `expected`; returns the
+    /// new revision. On a mismatch the caller gets the current revision.
+    pub async fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<i64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let mut c = self.client.clone();
+        let resp = c.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
+        }
+        match current_of(&resp.op_responses()) {
+            Some(current) => Err(StoreError::Conflict { expected, current }),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Deletes a key whose mod revision must equal `expected`; returns the
+    /// revision of the deletion.
+    pub async fn delete(&self, key: &str, expected: i64) -> Result<i64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let mut c = self.client.clone();
+        let resp = c.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
+        }
+        match current_of(&resp.op_responses()) {
+            Some(current) => Err(StoreError::Conflict { expected, current }),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Reads up to `limit` keys (0 = all) under `prefix`, starting at
+    /// `start` (inclusive; `None` = the prefix itself), consistent at
+    /// `revision` (0 = now).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        limit: i64,
+        revision: i64,
+    ) -> Result<ListPage, StoreError> {
+        let from = start.unwrap_or(prefix);
+        let mut opts = GetOptions::new().with_range(prefix_end(prefix));
+        if limit > 0 {
+            opts = opts.with_limit(limit);
+        }
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let mut c = self.client.clone();
+        let resp = c
+            .get(from, Some(opts))
+            .await
+            .map_err(|e| StoreError::from_etcd(e, revision))?;
+        let items: Vec<KeyValue> = resp.kvs().iter().map(kv).collect();
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let remaining = (resp.count() - items.len() as i64).max(0);
+        Ok(ListPage {
+            more: resp.more(),
+            remaining,
+            items,
+            revision: if revision > 0 { revision } else { rev },
+        })
+    }
+
+    /// Watches every key under `prefix` for changes after `after_revision`.
+    ///
+    /// The stream ends with `Err(Compacted)` when that history is gone, or
+    /// with `Err(Etcd)` when the connection breaks; callers re-list then.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        after_revision: i64,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static, StoreError>
+    {
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_start_revision(after_revision + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut c = self.client.clone();
+        let stream = c.watch(prefix, Some(opts)).await?;
+        let (_sender, responses) = stream.split();
+        let state = (responses, std::collections::VecDeque::new(), false, _sender);
+        Ok(futures::stream::unfold(
+            state,
+            move |(mut responses, mut pending, ended, sender)| async move {
+                if let Some(ev) = pending.pop_front() {
+                    return Some((Ok(ev), (responses, pending, ended, sender)));
+                }
+                if ended {
+                    return None;
+                }
+                loop {
+                    match responses.message().await {
+                        Ok(Some(resp)) => {
+                            if resp.compact_revision() > 0 {
+                                let err = StoreError::Compacted {
+                                    requested: after_revision,
+                                    compacted: resp.compact_revision(),
+                                };
+                                return Some((Err(err), (responses, pending, true, sender)));
+                            }
+                            if resp.canceled() {
+                                let err = StoreError::Etcd(etcd_client::Error::WatchError(
+                                    format!("watch canceled: {}", resp.cancel_reason()),
+                                ));
+                                return Some((Err(err), (responses, pending, true, sender)));
+                            }
+                            let header_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                            if resp.events().is_empty() {
+                                if resp.created() {
+                                    continue;
+                                }
+                                let ev = WatchEvent {
+                                    kind: WatchEventKind::Progress,
+                                    key: String::new(),
+                                    value: Vec::new(),
+                                    revision: header_rev,
+                                    prev_value: None,
+                                };
+                                return Some((Ok(ev), (responses, pending, false, sender)));
+                            }
+                            for e in resp.events() {
+                                let Some(k) = e.kv() else { continue };
+                                let ev = match e.event_type() {
+                                    EventType::Put => WatchEvent {
+                                        kind: if k.create_revision() == k.mod_revision() {
+                                            WatchEventKind::Created
+                                        } else {
+                                            WatchEventKind::Modified
+                                        },
+                                        key: String::from_utf8_lossy(k.key()).into_owned(),
+                                        value: k.value().to_vec(),
+                                        revision: k.mod_revision(),
+                                        prev_value: e.prev_kv().map(|p| p.value().to_vec()),
+                                    },
+                                    EventType::Delete => WatchEvent {
+                                        kind: WatchEventKind::Deleted,
+                                        key: String::from_utf8_lossy(k.key()).into_owned(),
+                                        value: e
+                                            .prev_kv()
+                                            .map(|p| p.value().to_vec())
+                                            .unwrap_or_default(),
+                                        revision: k.mod_revision(),
+                                        prev_value: e.prev_kv().map(|p| p.value().to_vec()),
+                                    },
+                                };
+                                pending.push_back(ev);
+                            }
+                            if let Some(ev) = pending.pop_front() {
+                                return Some((Ok(ev), (responses, pending, false, sender)));
+                            }
+                        }
+                        Ok(None) => return None,
+                        Err(e) => {
+                            return Some((Err(StoreError::Etcd(e)), (responses, pending, true, sender)));
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    /// The underlying etcd client, for cluster membership work.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+fn current_of(ops: &[TxnOpResponse]) -> Option<i64> {
+    ops.iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().map(|k| k.mod_revision()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_last_byte() {
+        assert_eq!(prefix_end("/registry/pods/"), b"/registry/pods0".to_vec());
+        assert_eq!(prefix_end("a"), b"b".to_vec());
+    }
+}

@@ -1,0 +1,315 @@
+//! The node role: this machine as a Kubernetes Node.
+//!
+//! It registers the Node (labels, taints, addresses, capacity read from
+//! the machine), keeps its conditions current, and renews its Lease in
+//! `kube-node-lease` every 10 s, which is what the node lifecycle loop
+//! watches. It talks to the API only through the `kube` client, like
+//! any kubelet.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often the Lease is renewed.
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// The Lease duration written into the Lease.
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+/// How often the Node status heartbeat is written even without changes.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// What this node is.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node name.
+    pub name: String,
+    /// Labels to set (role labels and `node-label` values).
+    pub labels: BTreeMap<String, String>,
+    /// Taints as (key, value, effect).
+    pub taints: Vec<(String, Option<String>, String)>,
+    /// Node IPs (the first is the InternalIP used by others).
+    pub addresses: Vec<IpAddr>,
+    /// The version reported as kubeletVersion.
+    pub kubelet_version: String,
+}
+
+/// Errors of the node role.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The API refused or failed a request.
+    #[error("{step}: {source}")]
+    Api {
+        /// What was being done.
+        step: &'static str,
+        /// The client error.
+        source: kube::Error,
+    },
+}
+
+fn read_file(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn machine_memory_kib() -> u64 {
+    read_file("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn os_image() -> String {
+    read_file("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn kernel_version() -> String {
+    read_file("/proc/sys/kernel/osrelease").trim().to_string()
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The `status` of this node now: capacity, addresses, conditions, info.
+pub fn node_status(cfg: &NodeConfig, now: &str) -> Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem = format!("{}Ki", machine_memory_kib());
+    let capacity = json!({"cpu": cpus.to_string(), "memory": mem, "pods": "110", "ephemeral-storage": "0"});
+    let mut addresses: Vec<Value> = cfg
+        .addresses
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": cfg.name}));
+    let cond = |t: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": t, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    json!({
+        "capacity": capacity,
+        "allocatable": capacity,
+        "addresses": addresses,
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": read_file("/etc/machine-id").trim(),
+            "systemUUID": "",
+            "bootID": read_file("/proc/sys/kernel/random/boot_id").trim(),
+            "kernelVersion": kernel_version(),
+            "osImage": os_image(),
+            "containerRuntimeVersion": "",
+            "kubeletVersion": cfg.kubelet_version,
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+    })
+}
+
+/// Labels every node carries, plus the configured ones.
+pub fn node_labels(cfg: &NodeConfig) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("kubernetes.io/arch".into(), arch().into());
+    l.insert("beta.kubernetes.io/arch".into(), arch().into());
+    l.insert("kubernetes.io/os".into(), "linux".into());
+    l.insert("beta.kubernetes.io/os".into(), "linux".into());
+    l.insert("kubernetes.io/hostname".into(), cfg.name.clone());
+    l.insert("node.kubernetes.io/instance-type".into(), "rke2".into());
+    l.extend(cfg.labels.clone());
+    l
+}
+
+fn taints_json(cfg: &NodeConfig) -> Value {
+    Value::Array(
+        cfg.taints
+            .iter()
+            .map(|(k, v, e)| {
+                let mut t = json!({"key": k, "effect": e});
+                if let Some(v) = v {
+                    t["value"] = json!(v);
+                }
+                t
+            })
+            .collect(),
+    )
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn micro_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Creates or updates the Node object; returns its uid.
+pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<String, NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let labels = node_labels(cfg);
+    let existing = nodes
+        .get_opt(&cfg.name)
+        .await
+        .map_err(|source| NodeError::Api { step: "reading the node", source })?;
+    let node = match existing {
+        None => {
+            let node: Node = serde_json::from_value(json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": cfg.name, "labels": labels,
+                             "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+                "spec": {"taints": taints_json(cfg)},
+            }))
+            .expect("node literal is a valid Node");
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(n) => {
+                    info!(node = %cfg.name, "node registered");
+                    n
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => nodes
+                    .get(&cfg.name)
+                    .await
+                    .map_err(|source| NodeError::Api { step: "reading the node", source })?,
+                Err(source) => return Err(NodeError::Api { step: "creating the node", source }),
+            }
+        }
+        Some(_) => {
+            // Configured labels and taints win over what is stored; other
+            // labels (set by users) stay.
+            let patch = json!({"metadata": {"labels": labels}, "spec": {"taints": taints_json(cfg)}});
+            nodes
+                .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| NodeError::Api { step: "updating the node", source })?
+        }
+    };
+    update_status(client, cfg).await?;
+    Ok(node.metadata.uid.unwrap_or_default())
+}
+
+/// Writes the node's status (conditions, capacity, addresses).
+pub async fn update_status(client: &kube::Client, cfg: &NodeConfig) -> Result<(), NodeError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = json!({"status": node_status(cfg, &now())});
+    nodes
+        .patch_status(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| NodeError::Api { step: "updating the node status", source })?;
+    Ok(())
+}
+
+/// Creates or renews the node's Lease.
+pub async fn renew_lease(client: &kube::Client, cfg: &NodeConfig, node_uid: &str) -> Result<(), NodeError> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let spec = json!({"holderIdentity": cfg.name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": micro_now()});
+    match leases
+        .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let lease: Lease = serde_json::from_value(json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": cfg.name, "namespace": "kube-node-lease",
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": cfg.name, "uid": node_uid}]},
+                "spec": spec,
+            }))
+            .expect("lease literal is a valid Lease");
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+                .map_err(|source| NodeError::Api { step: "creating the node lease", source })
+        }
+        Err(source) => Err(NodeError::Api { step: "renewing the node lease", source }),
+    }
+}
+
+/// Runs the node role until `stop` is cancelled: registers, then renews
+/// the Lease every 10 s and refreshes the status every minute. Failures
+/// are logged and retried; the role never gives up while the server runs.
+pub async fn run(client: kube::Client, cfg: NodeConfig, stop: CancellationToken) {
+    let uid = loop {
+        match register(&client, &cfg).await {
+            Ok(uid) => break uid,
+            Err(e) => warn!(error = %e, "node registration failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let mut lease_tick = tokio::time::interval(LEASE_RENEW);
+    let mut status_tick = tokio::time::interval(STATUS_REFRESH);
+    status_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = lease_tick.tick() => {
+                if let Err(e) = renew_lease(&client, &cfg, &uid).await {
+                    warn!(error = %e, "lease renewal failed");
+                }
+            }
+            _ = status_tick.tick() => {
+                if let Err(e) = update_status(&client, &cfg).await {
+                    warn!(error = %e, "node status update failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> NodeConfig {
+        NodeConfig {
+            name: "s1".into(),
+            labels: BTreeMap::from([("node-role.kubernetes.io/master".to_string(), "true".to_string())]),
+            taints: vec![("CriticalAddonsOnly".into(), Some("true".into()), "NoExecute".into())],
+            addresses: vec!["10.0.0.5".parse().unwrap()],
+            kubelet_version: "v1.35.0+rke2r1".into(),
+        }
+    }
+
+    #[test]
+    fn status_reports_machine_capacity_and_ready() {
+        let s = node_status(&cfg(), "2024-01-01T00:00:00Z");
+        assert!(s["capacity"]["cpu"].as_str().unwrap().parse::<u32>().unwrap() >= 1);
+        assert!(s["capacity"]["memory"].as_str().unwrap().ends_with("Ki"));
+        assert_ne!(s["capacity"]["memory"], "0Ki");
+        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(ready["status"], "True");
+        assert_eq!(s["addresses"][0]["address"], "10.0.0.5");
+        // The literal must deserialize as a real Node status.
+        let _: k8s_openapi::api::core::v1::NodeStatus = serde_json::from_value(s).unwrap();
+    }
+
+    #[test]
+    fn labels_and_taints() {
+        let l = node_labels(&cfg());
+        assert_eq!(l["kubernetes.io/hostname"], "s1");
+        assert_eq!(l["node-role.kubernetes.io/master"], "true");
+        assert_eq!(taints_json(&cfg())[0], json!({"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}));
+    }
+}

@@ -1,0 +1,324 @@
+//! `rke2 server`: trust material, etcd, the API, the kubeconfig and this
+//! server's own node, started in that order and stopped in reverse.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rke2_config::Config;
+use rke2_datastore::store::StoreTls;
+use rke2_datastore::{EtcdConfig, EtcdProcess, Store};
+use rke2_trust::{ServerTrust, ServerTrustParams, Token};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The first non-loopback IPv4 address of an interface that is up, else
+/// 127.0.0.1: what `node-ip` defaults to.
+fn detect_node_ip() -> IpAddr {
+    use nix::net::if_::InterfaceFlags;
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if !a.flags.contains(InterfaceFlags::IFF_UP) || a.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+                continue;
+            }
+            if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                return IpAddr::V4(sin.ip());
+            }
+        }
+    }
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// The node IPs: `node-ip`, else `advertise-address`, else a specific
+/// `bind-address`, else the machine's first address.
+fn node_ips(cfg: &Config) -> Vec<IpAddr> {
+    if !cfg.node_ips.is_empty() {
+        return cfg.node_ips.clone();
+    }
+    if let Some(a) = cfg.advertise_address {
+        return vec![a];
+    }
+    if let Some(b) = cfg.bind_address.filter(|b| !b.is_unspecified()) {
+        return vec![b];
+    }
+    vec![detect_node_ip()]
+}
+
+fn first_service_ip(cidr: &ipnet::IpNet) -> Option<IpAddr> {
+    rke2_apiserver::allocator::nth_ip(cidr, 1)
+}
+
+/// Reads the persisted etcd member name, or makes and persists a new one
+/// (`<node>-<8 hex>`).
+fn member_name(db_dir: &Path, node: &str) -> Result<String> {
+    let path = db_dir.join("name");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Ok(s.to_string());
+        }
+    }
+    let suffix: [u8; 4] = rand::random();
+    let name = format!("{node}-{}", hex::encode(suffix));
+    rke2_trust::write_file_atomic(&path, name.as_bytes(), 0o600)
+        .with_context(|| format!("writing the etcd member name to {}", path.display()))?;
+    Ok(name)
+}
+
+fn url_host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// Resolves the cluster token: the given one (its CA hash must match ours),
+/// else the stored one, else a new one. Writes `server/token` and
+/// `server/node-token` (and `server/agent-token`), all 0600.
+fn ensure_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result<Token> {
+    let ca = trust.server_ca.cert_pem.as_bytes();
+    let token_path = server_dir.join("token");
+    let password = match &cfg.token {
+        Some(given) => {
+            let t = Token::parse(given).context("parsing the token (config key `token`)")?;
+            if t.ca_hash.is_some() && !t.ca_matches(ca) {
+                bail!(
+                    "the token's CA hash does not match this server's CA ({}): the token belongs to another cluster",
+                    trust.server_ca.cert_path.display()
+                );
+            }
+            t.password
+        }
+        None => match std::fs::read_to_string(&token_path) {
+            Ok(s) if !s.trim().is_empty() => Token::parse(s.trim())
+                .with_context(|| format!("parsing the stored token {}", token_path.display()))?
+                .password,
+            _ => rke2_trust::generate_password(),
+        },
+    };
+    let token = Token::server(ca, &password);
+    let text = format!("{token}\n");
+    for name in ["token", "node-token"] {
+        let p = server_dir.join(name);
+        rke2_trust::write_file_if_changed(&p, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(agent) = &cfg.agent_token {
+        let t = Token::parse(agent).context("parsing the agent token (config key `agent-token`)")?;
+        let p = server_dir.join("agent-token");
+        let text = format!("{}\n", Token::agent(ca, &t.password));
+        rke2_trust::write_file_if_changed(&p, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(token)
+}
+
+async fn kube_client(url: &str, trust: &ServerTrust) -> Result<kube::Client> {
+    let text = rke2_trust::render_kubeconfig(
+        url,
+        trust.server_ca.cert_pem.as_bytes(),
+        trust.supervisor.cert_pem.as_bytes(),
+        trust.supervisor.key_pem.as_bytes(),
+    );
+    let kc = kube::config::Kubeconfig::from_yaml(&text).context("building the internal kubeconfig")?;
+    let conf = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .context("loading the internal kubeconfig")?;
+    kube::Client::try_from(conf).context("building the internal API client")
+}
+
+async fn wait_healthy(store: &Store, etcd: &EtcdProcess, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if store.healthy().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "etcd did not become healthy within {timeout:?}; see its log at {}",
+        etcd.log_file().display()
+    )
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<()> {
+    let started = Instant::now();
+    // Fail before writing anything when etcd is not installed.
+    rke2_datastore::etcd::find_binary(&cfg.etcd_binary)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+
+    let data_dir = &cfg.data_dir;
+    let server_dir = data_dir.join("server");
+    let ips = node_ips(&cfg);
+    let node_ip = ips[0];
+    let mut tls_sans = cfg.tls_san.clone();
+    if let Some(b) = cfg.bind_address.filter(|b| !b.is_unspecified()) {
+        tls_sans.push(b.to_string());
+    }
+    let trust = rke2_trust::ensure_server_trust(&ServerTrustParams {
+        data_dir: data_dir.clone(),
+        node_name: cfg.node_name.clone(),
+        serving_sans: rke2_trust::serving_sans(
+            &cfg.node_name,
+            &ips,
+            &cfg.cluster_domain,
+            first_service_ip(&cfg.service_cidr),
+            &tls_sans,
+        ),
+        etcd_sans: rke2_trust::etcd_sans(&cfg.node_name, &ips),
+    })
+    .context("preparing certificates")?;
+    ensure_tokens(&cfg, &server_dir, &trust)?;
+
+    // etcd listens on the node IP (and loopback when the node IP is not).
+    let db_dir = server_dir.join("db");
+    let etcd_data = db_dir.join("etcd");
+    std::fs::create_dir_all(&etcd_data).with_context(|| format!("creating {}", etcd_data.display()))?;
+    let name = member_name(&etcd_data, &cfg.node_name)?;
+    let client_url = format!("https://{}:2379", url_host(&node_ip));
+    let peer_url = format!("https://{}:2380", url_host(&node_ip));
+    let mut listen = vec![client_url.clone()];
+    if !node_ip.is_loopback() {
+        listen.push("https://127.0.0.1:2379".into());
+    }
+    let etcd = EtcdProcess::start(EtcdConfig {
+        binary: cfg.etcd_binary.clone(),
+        name: name.clone(),
+        data_dir: etcd_data.clone(),
+        log_file: data_dir.join("agent/logs/etcd.log"),
+        listen_client_urls: listen,
+        advertise_client_url: client_url.clone(),
+        peer_url: peer_url.clone(),
+        initial_cluster: format!("{name}={peer_url}"),
+        initial_cluster_state: "new".into(),
+        trusted_ca_file: trust.etcd_server_ca.cert_path.clone(),
+        cert_file: trust.etcd_server.cert_path.clone(),
+        key_file: trust.etcd_server.key_path.clone(),
+        peer_trusted_ca_file: trust.etcd_peer_ca.cert_path.clone(),
+        peer_cert_file: trust.etcd_peer.cert_path.clone(),
+        peer_key_file: trust.etcd_peer.key_path.clone(),
+    })?;
+    let result = run_with_etcd(&cfg, &trust, &etcd, &client_url, node_ip, &ips, started, &mut sigterm, &mut sigint).await;
+    info!("stopping etcd");
+    etcd.stop().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_with_etcd(
+    cfg: &Config,
+    trust: &ServerTrust,
+    etcd: &EtcdProcess,
+    client_url: &str,
+    node_ip: IpAddr,
+    ips: &[IpAddr],
+    started: Instant,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<()> {
+    let store = Store::connect(
+        &[client_url.to_string()],
+        Some(&StoreTls {
+            ca_pem: trust.etcd_server_ca.cert_pem.clone(),
+            cert_pem: trust.etcd_client.cert_pem.clone(),
+            key_pem: trust.etcd_client.key_pem.clone(),
+        }),
+    )
+    .await
+    .context("connecting to etcd")?;
+    tokio::select! {
+        r = wait_healthy(&store, etcd, Duration::from_secs(120)) => r?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    }
+    info!(elapsed = ?started.elapsed(), "etcd is healthy");
+
+    let advertise = cfg.advertise_address.unwrap_or(node_ip);
+    let state = rke2_apiserver::ApiState::new(
+        rke2_apiserver::ApiConfig {
+            service_cidr: cfg.service_cidr,
+            advertise_address: advertise,
+            port: cfg.https_listen_port,
+        },
+        store,
+    );
+    rke2_apiserver::bootstrap::ensure_builtin_objects(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating built-in objects: {}", e.message))?;
+    {
+        let st = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = rke2_apiserver::namespaces::resume_pending(&st).await {
+                warn!(error = %e.message, "resuming namespace deletions");
+            }
+        });
+    }
+
+    let bind_ip = cfg.bind_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let addr = SocketAddr::new(bind_ip, cfg.https_listen_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} for the Kubernetes API"))?;
+    let tls = rke2_trust::server_tls_config(
+        trust.serving.cert_pem.as_bytes(),
+        trust.serving.key_pem.as_bytes(),
+        Some(trust.client_ca.cert_pem.as_bytes()),
+    )
+    .context("building the API TLS configuration")?;
+    let stop = CancellationToken::new();
+    let api_stop = stop.clone();
+    let api = tokio::spawn(rke2_apiserver::serve(listener, tls, state, async move {
+        api_stop.cancelled().await
+    }));
+    info!(%addr, "Kubernetes API listening");
+
+    let local_host = if bind_ip.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { bind_ip };
+    let local_url = format!("https://{}:{}", url_host(&local_host), cfg.https_listen_port);
+    let mode = cfg.write_kubeconfig_mode.unwrap_or(0o600);
+    rke2_trust::write_kubeconfig(
+        &cfg.write_kubeconfig,
+        &local_url,
+        trust.server_ca.cert_pem.as_bytes(),
+        trust.admin.cert_pem.as_bytes(),
+        trust.admin.key_pem.as_bytes(),
+        mode,
+    )
+    .with_context(|| format!("writing the kubeconfig {}", cfg.write_kubeconfig.display()))?;
+    info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
+
+    let client = kube_client(&local_url, trust).await?;
+    let mut labels = BTreeMap::new();
+    for role in ["control-plane", "etcd", "master"] {
+        labels.insert(format!("node-role.kubernetes.io/{role}"), "true".to_string());
+    }
+    labels.extend(cfg.node_labels.iter().cloned());
+    let node_cfg = rke2_node::NodeConfig {
+        name: cfg.node_name.clone(),
+        labels,
+        taints: cfg
+            .node_taints
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone(), t.effect.as_str().to_string()))
+            .collect(),
+        addresses: ips.to_vec(),
+        kubelet_version: rke2_apiserver::discovery::git_version(),
+    };
+    let node = tokio::spawn(rke2_node::run(client, node_cfg, stop.clone()));
+    info!(elapsed = ?started.elapsed(), "rke2 server is up");
+
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM received; shutting down"),
+        _ = sigint.recv() => info!("SIGINT received; shutting down"),
+    }
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    Ok(())
+}
+
