@@ -116,7 +116,7 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
             // An empty protobuf document is a valid, empty spec: kubectl
             // then validates nothing client-side and uses its compiled-in
             // schemas for strategic merge patches.
-            return (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2@v1.0+protobuf")], Vec::<u8>::new()).into_response();
+            return (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/octet-stream")], Vec::<u8>::new()).into_response();
         }
         "/openapi/v3" => return json(StatusCode::OK, &serde_json::json!({"paths": {}})),
         _ => match request::parse_path(&path) {

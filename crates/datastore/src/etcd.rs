@@ -95,8 +95,8 @@ impl EtcdConfig {
             "--quota-backend-bytes=2147483648".into(),
             "--logger=zap".into(),
             "--log-outputs=stderr".into(),
-            "--heartbeat-interval=500".into(),
-            "--election-timeout=5000".into(),
+            "--heartbeat-interval=200".into(),
+            "--election-timeout=2000".into(),
         ]
     }
 }
