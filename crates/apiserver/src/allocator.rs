@@ -37,7 +37,8 @@ pub fn nth_ip(net: &ipnet::IpNet, n: u128) -> Option<IpAddr> {
         ipnet::IpNet::V6(v6) => {
             let base = u128::from(v6.network());
             let bits = 128 - v6.prefix_len() as u32;
-            (bits >= 128 || n < (1u128 << bits)).then(|| IpAddr::V6(std::net::Ipv6Addr::from(base + n)))
+            (bits >= 128 || n < (1u128 << bits))
+                .then(|| IpAddr::V6(std::net::Ipv6Addr::from(base + n)))
         }
     }
 }
@@ -67,7 +68,11 @@ pub async fn allocate_service(state: &ApiState, svc: &mut Value) -> ApiResult<Ve
     let requested = spec["clusterIP"].as_str().unwrap_or("").to_string();
     let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
     let invalid = |field: &str, detail: String| {
-        ApiError::new(422, "Invalid", format!("Service \"{name}\" is invalid: {field}: Invalid value: {detail}"))
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("Service \"{name}\" is invalid: {field}: Invalid value: {detail}"),
+        )
     };
     if ty != "ExternalName" && requested != "None" {
         let ip = if requested.is_empty() {
@@ -78,22 +83,43 @@ pub async fn allocate_service(state: &ApiState, svc: &mut Value) -> ApiResult<Ve
             let start = 2 + (rand::random::<u64>() as u128 % size.saturating_sub(3).max(1));
             for i in 0..size.saturating_sub(3) {
                 let n = 2 + ((start - 2 + i) % size.saturating_sub(3).max(1));
-                let Some(ip) = nth_ip(&state.service_cidr, n) else { continue };
+                let Some(ip) = nth_ip(&state.service_cidr, n) else {
+                    continue;
+                };
                 if claim(state, &ip_key(&ip)).await? {
                     found = Some(ip);
                     break;
                 }
             }
-            found.ok_or_else(|| ApiError::internal(format!("failed to allocate a serviceIP: range {} is full", state.service_cidr)))?
+            found.ok_or_else(|| {
+                ApiError::internal(format!(
+                    "failed to allocate a serviceIP: range {} is full",
+                    state.service_cidr
+                ))
+            })?
         } else {
-            let ip: IpAddr = requested
-                .parse()
-                .map_err(|_| invalid("spec.clusterIPs[0]", format!("\"{requested}\": must be a valid IP address")))?;
+            let ip: IpAddr = requested.parse().map_err(|_| {
+                invalid(
+                    "spec.clusterIPs[0]",
+                    format!("\"{requested}\": must be a valid IP address"),
+                )
+            })?;
             if !state.service_cidr.contains(&ip) {
-                return Err(invalid("spec.clusterIPs[0]", format!("\"{requested}\": failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}", state.service_cidr)));
+                return Err(invalid(
+                    "spec.clusterIPs[0]",
+                    format!(
+                        "\"{requested}\": failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}",
+                        state.service_cidr
+                    ),
+                ));
             }
             if !claim(state, &ip_key(&ip)).await? {
-                return Err(invalid("spec.clusterIPs[0]", format!("\"{requested}\": failed to allocate IP {requested}: provided IP is already allocated")));
+                return Err(invalid(
+                    "spec.clusterIPs[0]",
+                    format!(
+                        "\"{requested}\": failed to allocate IP {requested}: provided IP is already allocated"
+                    ),
+                ));
             }
             ip
         };
@@ -112,7 +138,10 @@ pub async fn allocate_service(state: &ApiState, svc: &mut Value) -> ApiResult<Ve
                 let port = if want > 0 {
                     if !claim(state, &port_key(want)).await? {
                         release(state, &claims).await;
-                        return Err(invalid("spec.ports[0].nodePort", format!("{want}: provided port is already allocated")));
+                        return Err(invalid(
+                            "spec.ports[0].nodePort",
+                            format!("{want}: provided port is already allocated"),
+                        ));
                     }
                     want
                 } else {
@@ -131,7 +160,9 @@ pub async fn allocate_service(state: &ApiState, svc: &mut Value) -> ApiResult<Ve
                         Some(g) => g,
                         None => {
                             release(state, &claims).await;
-                            return Err(ApiError::internal("failed to allocate a nodePort: range is full"));
+                            return Err(ApiError::internal(
+                                "failed to allocate a nodePort: range is full",
+                            ));
                         }
                     }
                 };
@@ -158,7 +189,10 @@ pub async fn release_for(state: &ApiState, rt: &ResourceType, obj: &Value) {
         return;
     }
     let mut claims = Vec::new();
-    if let Some(ip) = obj["spec"]["clusterIP"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+    if let Some(ip) = obj["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|s| s.parse::<IpAddr>().ok())
+    {
         claims.push(ip_key(&ip));
     }
     for p in obj["spec"]["ports"].as_array().into_iter().flatten() {

@@ -9,9 +9,15 @@ use crate::registry;
 use crate::status::ApiResult;
 
 /// Namespaces that always exist.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-async fn create_if_absent(state: &ApiState, plural: &str, ns: Option<&str>, mut obj: Value) -> ApiResult<()> {
+async fn create_if_absent(
+    state: &ApiState,
+    plural: &str,
+    ns: Option<&str>,
+    mut obj: Value,
+) -> ApiResult<()> {
     let rt = registry::find("", "v1", plural).expect("registered");
     let name = objects::name_of(&obj).to_string();
     if state.store.get(&rt.key(ns, &name)).await?.is_some() {
@@ -19,7 +25,11 @@ async fn create_if_absent(state: &ApiState, plural: &str, ns: Option<&str>, mut 
     }
     objects::check_type(rt, &mut obj)?;
     objects::prepare_create(rt, &mut obj, ns)?;
-    match state.store.create(&rt.key(ns, &name), objects::to_stored(&obj)).await {
+    match state
+        .store
+        .create(&rt.key(ns, &name), objects::to_stored(&obj))
+        .await
+    {
         Ok(_) | Err(rke2_datastore::StoreError::AlreadyExists) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -83,13 +93,20 @@ pub async fn update_endpoints(state: &ApiState) -> ApiResult<()> {
             }
             Some(kv) => {
                 let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-                let mut addrs: Vec<Value> = obj["subsets"][0]["addresses"].as_array().cloned().unwrap_or_default();
+                let mut addrs: Vec<Value> = obj["subsets"][0]["addresses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 if addrs.iter().any(|a| a["ip"] == me.as_str()) {
                     return Ok(());
                 }
                 addrs.push(json!({"ip": me}));
                 obj["subsets"] = json!([{"addresses": addrs, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
-                match state.store.update(&key, objects::to_stored(&obj), kv.mod_revision).await {
+                match state
+                    .store
+                    .update(&key, objects::to_stored(&obj), kv.mod_revision)
+                    .await
+                {
                     Ok(_) => return Ok(()),
                     Err(rke2_datastore::StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(e.into()),

@@ -114,7 +114,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 #[cfg(test)]
@@ -130,7 +132,14 @@ mod tests {
             .iter()
             .map(|r| r["name"].as_str().unwrap())
             .collect();
-        for n in ["pods", "pods/status", "pods/binding", "nodes", "configmaps", "namespaces/finalize"] {
+        for n in [
+            "pods",
+            "pods/status",
+            "pods/binding",
+            "nodes",
+            "configmaps",
+            "namespaces/finalize",
+        ] {
             assert!(names.contains(&n), "{n} missing");
         }
         assert!(!names.contains(&"pods/exec"));

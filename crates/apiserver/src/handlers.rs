@@ -32,7 +32,12 @@ pub struct Answer {
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn shape_one(rt: &ResourceType, obj: Value, ans: Answer) -> Value {
@@ -41,7 +46,13 @@ fn shape_one(rt: &ResourceType, obj: Value, ans: Answer) -> Value {
         AnswerAs::PartialMetadata => table::partial_metadata(&obj),
         AnswerAs::Table => {
             let rv = obj["metadata"]["resourceVersion"].clone();
-            table::table(rt, &[obj], json!({"resourceVersion": rv}), ans.include, true)
+            table::table(
+                rt,
+                &[obj],
+                json!({"resourceVersion": rv}),
+                ans.include,
+                true,
+            )
         }
     }
 }
@@ -81,8 +92,17 @@ impl Ctx<'_> {
 }
 
 /// Dispatches a resource request by method.
-pub async fn handle(ctx: Ctx<'_>, method: Method, content_type: Option<String>, body: Bytes) -> Response {
-    let result = match (&method, ctx.path.name.is_some(), ctx.path.subresource.as_deref()) {
+pub async fn handle(
+    ctx: Ctx<'_>,
+    method: Method,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    let result = match (
+        &method,
+        ctx.path.name.is_some(),
+        ctx.path.subresource.as_deref(),
+    ) {
         (&Method::GET, false, None) => {
             if ctx.path.legacy_watch || ctx.query.flag("watch") {
                 return watch(ctx).await.unwrap_or_else(|e| e.into_response());
@@ -91,7 +111,10 @@ pub async fn handle(ctx: Ctx<'_>, method: Method, content_type: Option<String>, 
         }
         (&Method::GET, true, None | Some("status")) => {
             if ctx.path.legacy_watch || ctx.query.flag("watch") {
-                return ApiError::bad_request("watch of a single object: use fieldSelector=metadata.name=<name>").into_response();
+                return ApiError::bad_request(
+                    "watch of a single object: use fieldSelector=metadata.name=<name>",
+                )
+                .into_response();
             }
             get(&ctx).await
         }
@@ -114,7 +137,10 @@ pub async fn handle(ctx: Ctx<'_>, method: Method, content_type: Option<String>, 
 async fn read_object(ctx: &Ctx<'_>, name: &str) -> ApiResult<(Value, i64)> {
     let rt = ctx.rt();
     match ctx.state.store.get(&ctx.key(name)).await? {
-        Some(kv) => Ok((objects::from_stored(rt, &kv.value, kv.mod_revision)?, kv.mod_revision)),
+        Some(kv) => Ok((
+            objects::from_stored(rt, &kv.value, kv.mod_revision)?,
+            kv.mod_revision,
+        )),
         None => Err(ApiError::not_found(rt, name)),
     }
 }
@@ -122,7 +148,10 @@ async fn read_object(ctx: &Ctx<'_>, name: &str) -> ApiResult<(Value, i64)> {
 async fn get(ctx: &Ctx<'_>) -> ApiResult<Response> {
     let name = ctx.path.name.as_deref().unwrap_or("");
     let (obj, _) = read_object(ctx, name).await?;
-    Ok(json_response(StatusCode::OK, &shape_one(ctx.rt(), obj, ctx.answer)))
+    Ok(json_response(
+        StatusCode::OK,
+        &shape_one(ctx.rt(), obj, ctx.answer),
+    ))
 }
 
 struct Filters {
@@ -189,7 +218,8 @@ fn encode_continue(rv: i64, start: &str) -> String {
         rv,
         start: start.to_string(),
     };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).unwrap_or_default())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&t).unwrap_or_default())
 }
 
 fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
@@ -211,30 +241,45 @@ async fn list_objects(ctx: &Ctx<'_>, filters: &Filters) -> ApiResult<(Vec<Value>
     let (mut revision, mut start) = (0i64, prefix.clone());
     if let Some(c) = q.get("continue").filter(|s| !s.is_empty()) {
         if rv_param.is_some() && rv_param != Some("0") {
-            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         let tok = decode_continue(c)?;
         revision = tok.rv;
         start = format!("{prefix}{}", tok.start);
     } else {
         let rv: Option<i64> = match rv_param {
-            Some(s) => Some(s.parse().map_err(|_| {
-                ApiError::bad_request(format!("invalid resource version: {s}"))
-            })?),
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?,
+            ),
             None => None,
         };
         if rv_match.is_some() && rv.is_none() {
-            return Err(ApiError::new(422, "Invalid", "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
         }
         match (rv_match, rv) {
             (Some("Exact"), Some(0)) => {
-                return Err(ApiError::new(422, "Invalid", "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
             }
             (Some("Exact"), Some(n)) => revision = n,
             (None, Some(n)) if n > 0 && limit > 0 => revision = n,
             (Some("NotOlderThan") | None, _) => {}
             (Some(other), _) => {
-                return Err(ApiError::new(422, "Invalid", format!("resourceVersionMatch: Unsupported value: \"{other}\"")));
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("resourceVersionMatch: Unsupported value: \"{other}\""),
+                ));
             }
         }
     }
@@ -255,7 +300,12 @@ async fn list_objects(ctx: &Ctx<'_>, filters: &Filters) -> ApiResult<(Vec<Value>
         revision = page.revision;
         more = page.more;
         remaining = page.remaining;
-        for KeyValue { key, value, mod_revision } in page.items {
+        for KeyValue {
+            key,
+            value,
+            mod_revision,
+        } in page.items
+        {
             let obj = objects::from_stored(rt, &value, mod_revision)?;
             last_key = Some(key);
             if filters.matches(&obj) {
@@ -312,7 +362,9 @@ async fn list(ctx: &Ctx<'_>) -> ApiResult<Response> {
 
 fn read_body(ctx: &Ctx<'_>, content_type: Option<&str>, body: &[u8]) -> ApiResult<Value> {
     let ty = crate::request::body_type(content_type).ok_or_else(|| {
-        ApiError::unsupported_media("application/json, application/yaml, application/vnd.kubernetes.protobuf")
+        ApiError::unsupported_media(
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        )
     })?;
     if !matches!(ty, BodyType::Json | BodyType::Yaml | BodyType::Protobuf) {
         return Err(ApiError::unsupported_media(
@@ -352,7 +404,10 @@ async fn create(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
     let rt = ctx.rt();
     let obj = read_body(ctx, content_type.as_deref(), body)?;
     let created = create_object(ctx, obj).await?;
-    Ok(json_response(StatusCode::CREATED, &shape_one(rt, created, ctx.answer)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &shape_one(rt, created, ctx.answer),
+    ))
 }
 
 /// Validates, defaults and stores a new object; returns it as stored.
@@ -369,7 +424,12 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     if rt.kind == "Service" {
         claims = crate::allocator::allocate_service(ctx.state, &mut obj).await?;
     }
-    match ctx.state.store.create(&ctx.key(&name), objects::to_stored(&obj)).await {
+    match ctx
+        .state
+        .store
+        .create(&ctx.key(&name), objects::to_stored(&obj))
+        .await
+    {
         Ok(rev) => {
             objects::decorate(rt, &mut obj, rev);
             Ok(obj)
@@ -409,7 +469,12 @@ async fn store_update(ctx: &Ctx<'_>, name: &str, mut new: Value, rev: i64) -> Ap
             Err(e) => Err(e.into()),
         };
     }
-    match ctx.state.store.update(&key, objects::to_stored(&new), rev).await {
+    match ctx
+        .state
+        .store
+        .update(&key, objects::to_stored(&new), rev)
+        .await
+    {
         Ok(r) => {
             objects::decorate(rt, &mut new, r);
             Ok(new)
@@ -461,10 +526,18 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         _ => objects::prepare_update(rt, &old, &mut new, false),
     }
     let stored = store_update(ctx, &name, new, rev).await?;
-    Ok(json_response(StatusCode::OK, &shape_one(rt, stored, ctx.answer)))
+    Ok(json_response(
+        StatusCode::OK,
+        &shape_one(rt, stored, ctx.answer),
+    ))
 }
 
-fn apply_patch(ctx: &Ctx<'_>, ty: BodyType, current: &Value, patch_body: &[u8]) -> ApiResult<Value> {
+fn apply_patch(
+    ctx: &Ctx<'_>,
+    ty: BodyType,
+    current: &Value,
+    patch_body: &[u8],
+) -> ApiResult<Value> {
     let rt = ctx.rt();
     let patch_err = |e: String| ApiError::new(422, "Invalid", e);
     match ty {
@@ -472,7 +545,8 @@ fn apply_patch(ctx: &Ctx<'_>, ty: BodyType, current: &Value, patch_body: &[u8]) 
             let p: json_patch::Patch = serde_json::from_slice(patch_body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
             let mut doc = current.clone();
-            json_patch::patch(&mut doc, &p).map_err(|e| patch_err(format!("the JSON patch could not be applied: {e}")))?;
+            json_patch::patch(&mut doc, &p)
+                .map_err(|e| patch_err(format!("the JSON patch could not be applied: {e}")))?;
             Ok(doc)
         }
         BodyType::MergePatch => {
@@ -483,15 +557,22 @@ fn apply_patch(ctx: &Ctx<'_>, ty: BodyType, current: &Value, patch_body: &[u8]) 
         }
         BodyType::StrategicMergePatch => {
             let p: Value = decode_body(patch_body, BodyType::Json)?;
-            let schema = rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
-            rke2_apimachinery::strategic_merge::apply(current, &p, &schema)
-                .map_err(|e| patch_err(format!("the strategic merge patch could not be applied: {e}")))
+            let schema =
+                rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
+            rke2_apimachinery::strategic_merge::apply(current, &p, &schema).map_err(|e| {
+                patch_err(format!(
+                    "the strategic merge patch could not be applied: {e}"
+                ))
+            })
         }
         BodyType::ApplyPatch => {
             let applied = decode_body(patch_body, BodyType::ApplyPatch)?;
-            let schema = rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
+            let schema =
+                rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
             let mut merged = rke2_apimachinery::strategic_merge::apply(current, &applied, &schema)
-                .map_err(|e| patch_err(format!("the apply configuration could not be merged: {e}")))?;
+                .map_err(|e| {
+                    patch_err(format!("the apply configuration could not be merged: {e}"))
+                })?;
             set_managed_fields(ctx, &mut merged, &applied);
             Ok(merged)
         }
@@ -518,7 +599,11 @@ fn fields_v1(v: &Value) -> Value {
 }
 
 fn set_managed_fields(ctx: &Ctx<'_>, obj: &mut Value, applied: &Value) {
-    let manager = ctx.query.get("fieldManager").unwrap_or("unknown").to_string();
+    let manager = ctx
+        .query
+        .get("fieldManager")
+        .unwrap_or("unknown")
+        .to_string();
     let mut entries: Vec<Value> = obj["metadata"]["managedFields"]
         .as_array()
         .cloned()
@@ -549,32 +634,51 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
         .filter(|t| matches!(t, BodyType::JsonPatch | BodyType::MergePatch | BodyType::StrategicMergePatch | BodyType::ApplyPatch))
         .ok_or_else(|| ApiError::unsupported_media("application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"))?;
     if ty == BodyType::ApplyPatch && ctx.query.get("fieldManager").unwrap_or("").is_empty() {
-        return Err(ApiError::new(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
     }
     if ty != BodyType::ApplyPatch && ctx.query.get("force").is_some() {
-        return Err(ApiError::new(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch"));
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+        ));
     }
     // A patch without a resourceVersion precondition is retried on
     // conflict, as kube-apiserver does.
     for _ in 0..5 {
         let (old, rev) = match read_object(ctx, &name).await {
             Ok(x) => x,
-            Err(e) if e.code == 404 && ty == BodyType::ApplyPatch && ctx.path.subresource.is_none() => {
+            Err(e)
+                if e.code == 404
+                    && ty == BodyType::ApplyPatch
+                    && ctx.path.subresource.is_none() =>
+            {
                 let mut obj = decode_body(body, BodyType::ApplyPatch)?;
                 objects::check_type(rt, &mut obj)?;
                 if name_of(&obj) != name {
-                    return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+                    return Err(ApiError::bad_request(
+                        "the name of the object does not match the name on the URL",
+                    ));
                 }
                 let applied = obj.clone();
                 set_managed_fields(ctx, &mut obj, &applied);
                 let created = create_object(ctx, obj).await?;
-                return Ok(json_response(StatusCode::CREATED, &shape_one(rt, created, ctx.answer)));
+                return Ok(json_response(
+                    StatusCode::CREATED,
+                    &shape_one(rt, created, ctx.answer),
+                ));
             }
             Err(e) => return Err(e),
         };
         let mut new = apply_patch(ctx, ty, &old, body)?;
         if name_of(&new) != name {
-            return Err(ApiError::bad_request("the name of the object may not be changed by a patch"));
+            return Err(ApiError::bad_request(
+                "the name of the object may not be changed by a patch",
+            ));
         }
         let precondition = expected_rv(&new)?;
         if let Some(want) = precondition {
@@ -583,9 +687,19 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             }
         }
         objects::check_type(rt, &mut new)?;
-        objects::prepare_update(rt, &old, &mut new, ctx.path.subresource.as_deref() == Some("status"));
+        objects::prepare_update(
+            rt,
+            &old,
+            &mut new,
+            ctx.path.subresource.as_deref() == Some("status"),
+        );
         match store_update(ctx, &name, new, rev).await {
-            Ok(stored) => return Ok(json_response(StatusCode::OK, &shape_one(rt, stored, ctx.answer))),
+            Ok(stored) => {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &shape_one(rt, stored, ctx.answer),
+                ));
+            }
             Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
             Err(e) => return Err(e),
         }
@@ -601,14 +715,26 @@ async fn bind(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiRe
     let binding = decode_body(body, ty)?;
     let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
     if node.is_empty() {
-        return Err(ApiError::new(422, "Invalid", format!("Binding \"{name}\" is invalid: target.name: Required value")));
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!("Binding \"{name}\" is invalid: target.name: Required value"),
+        ));
     }
     let (old, rev) = read_object(ctx, &name).await?;
     if let Some(current) = old["spec"]["nodeName"].as_str().filter(|s| !s.is_empty()) {
-        return Err(ApiError::conflict_msg(rt, &name, &format!("pod {name} is already assigned to node \"{current}\"")));
+        return Err(ApiError::conflict_msg(
+            rt,
+            &name,
+            &format!("pod {name} is already assigned to node \"{current}\""),
+        ));
     }
     if old["metadata"]["deletionTimestamp"].is_string() {
-        return Err(ApiError::conflict_msg(rt, &name, &format!("pod {name} is being deleted, cannot be assigned to a host")));
+        return Err(ApiError::conflict_msg(
+            rt,
+            &name,
+            &format!("pod {name} is being deleted, cannot be assigned to a host"),
+        ));
     }
     let mut new = old.clone();
     new["spec"]["nodeName"] = json!(node);
@@ -622,7 +748,10 @@ async fn bind(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiRe
     conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now_rfc3339()}));
     new["status"]["conditions"] = Value::Array(conditions);
     store_update(ctx, &name, new, rev).await?;
-    Ok(json_response(StatusCode::CREATED, &success_status(rt, &name)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &success_status(rt, &name),
+    ))
 }
 
 async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
@@ -638,12 +767,25 @@ async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
     let (old, rev) = read_object(ctx, &name).await?;
     if let Some(uid) = opts["preconditions"]["uid"].as_str() {
         if old["metadata"]["uid"] != uid {
-            return Err(ApiError::conflict_msg(rt, &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old["metadata"]["uid"].as_str().unwrap_or(""))));
+            return Err(ApiError::conflict_msg(
+                rt,
+                &name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    old["metadata"]["uid"].as_str().unwrap_or("")
+                ),
+            ));
         }
     }
     if let Some(want) = opts["preconditions"]["resourceVersion"].as_str() {
         if want != rev.to_string() {
-            return Err(ApiError::conflict_msg(rt, &name, &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}")));
+            return Err(ApiError::conflict_msg(
+                rt,
+                &name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+                ),
+            ));
         }
     }
     let has_finalizers = old["metadata"]["finalizers"]
@@ -684,7 +826,12 @@ async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
     let mut q = ctx.query.clone();
     q.0.remove("limit");
     q.0.remove("continue");
-    let listing = Ctx { state: ctx.state, path: ctx.path.clone(), query: q, answer: ctx.answer };
+    let listing = Ctx {
+        state: ctx.state,
+        path: ctx.path.clone(),
+        query: q,
+        answer: ctx.answer,
+    };
     let (items, meta) = list_objects(&listing, &filters).await?;
     let mut deleted = Vec::new();
     for obj in items {
@@ -694,7 +841,12 @@ async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
         if rt.namespaced {
             path.namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
         }
-        let one = Ctx { state: ctx.state, path, query: ctx.query.clone(), answer: ctx.answer };
+        let one = Ctx {
+            state: ctx.state,
+            path,
+            query: ctx.query.clone(),
+            answer: ctx.answer,
+        };
         match delete(&one, None, &[]).await {
             Ok(_) => deleted.push(obj),
             Err(e) if e.code == 404 => {}
@@ -735,7 +887,9 @@ impl WatchEncoder {
                 self.sent_columns = true;
                 event_line(kind, &t)
             }
-            AnswerAs::PartialMetadata if kind != "ERROR" => event_line(kind, &table::partial_metadata(obj)),
+            AnswerAs::PartialMetadata if kind != "ERROR" => {
+                event_line(kind, &table::partial_metadata(obj))
+            }
             _ => event_line(kind, obj),
         }
     }
@@ -761,33 +915,62 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
     let rv_param = q.get("resourceVersion").filter(|s| !s.is_empty());
     if send_initial.is_some() {
         if !bookmarks || q.get("resourceVersionMatch") != Some("NotOlderThan") {
-            return Err(ApiError::new(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled and allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan"));
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled and allowWatchBookmarks=true and resourceVersionMatch=NotOlderThan",
+            ));
         }
     } else if q.get("resourceVersionMatch").is_some() {
-        return Err(ApiError::new(422, "Invalid", "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch"));
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch",
+        ));
     }
     let timeout = match q.int("timeoutSeconds")? {
         Some(s) if s > 0 => Duration::from_secs(s as u64),
         _ => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
     };
-    let mut enc = WatchEncoder { rt, answer: ctx.answer, sent_columns: false };
+    let mut enc = WatchEncoder {
+        rt,
+        answer: ctx.answer,
+        sent_columns: false,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
     // Initial state: a list (RV unset/"0" or sendInitialEvents=true), else
     // only changes after the given revision.
     let explicit_rv: Option<i64> = match rv_param {
         Some("0") | None => None,
-        Some(s) => Some(s.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?),
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?,
+        ),
     };
     let mut initial = Vec::new();
     let start_rev;
     if send_initial == Some(true) || explicit_rv.is_none() && send_initial != Some(false) {
         let mut lq = q.clone();
-        for k in ["limit", "continue", "resourceVersion", "resourceVersionMatch", "watch"] {
+        for k in [
+            "limit",
+            "continue",
+            "resourceVersion",
+            "resourceVersionMatch",
+            "watch",
+        ] {
             lq.0.remove(k);
         }
-        let listing = Ctx { state: ctx.state, path: ctx.path.clone(), query: lq, answer: ctx.answer };
+        let listing = Ctx {
+            state: ctx.state,
+            path: ctx.path.clone(),
+            query: lq,
+            answer: ctx.answer,
+        };
         let (items, meta) = list_objects(&listing, &filters).await?;
-        start_rev = meta["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        start_rev = meta["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         initial = items;
     } else {
         start_rev = match explicit_rv {
@@ -881,7 +1064,10 @@ mod tests {
     fn continue_tokens_round_trip() {
         let t = encode_continue(42, "a\u{0}");
         let d = decode_continue(&t).unwrap();
-        assert_eq!((d.rv, d.start.as_str(), d.v.as_str()), (42, "a\u{0}", "meta.k8s.io/v1"));
+        assert_eq!(
+            (d.rv, d.start.as_str(), d.v.as_str()),
+            (42, "a\u{0}", "meta.k8s.io/v1")
+        );
         assert_eq!(decode_continue("!!").unwrap_err().code, 400);
     }
 }

@@ -32,7 +32,9 @@ pub async fn begin_delete(state: &ApiState, mut ns: Value, rev: i64) -> ApiResul
         let key = rt.key(None, &name);
         match state.store.update(&key, objects::to_stored(&ns), rev).await {
             Ok(r) => objects::decorate(rt, &mut ns, r),
-            Err(rke2_datastore::StoreError::Conflict { .. }) => return Err(ApiError::conflict(rt, &name)),
+            Err(rke2_datastore::StoreError::Conflict { .. }) => {
+                return Err(ApiError::conflict(rt, &name));
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -76,7 +78,9 @@ pub async fn resume_pending(state: &ApiState) -> ApiResult<()> {
     let rt = registry::find("", "v1", "namespaces").expect("namespaces registered");
     let page = state.store.list(&rt.prefix(None), None, 0, 0).await?;
     for kv in page.items {
-        let Ok(ns) = serde_json::from_slice::<Value>(&kv.value) else { continue };
+        let Ok(ns) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
         if ns["metadata"]["deletionTimestamp"].is_string() {
             finish_delete(state, name_of(&ns)).await?;
         }

@@ -49,7 +49,9 @@ fn invalid(rt: &ResourceType, name: &str, causes: Vec<(String, String, String)>)
 /// Checks the body's type fields against the URL and fills them in.
 pub fn check_type(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
     if !obj.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     let api_version = rt.api_version();
     match obj["apiVersion"].as_str() {
@@ -176,8 +178,14 @@ fn validate_workload(obj: &Value, causes: &mut Vec<(String, String, String)>) {
     }
     let selector = &spec["selector"];
     if !selector.is_object()
-        || (selector["matchLabels"].as_object().map(|m| m.is_empty()).unwrap_or(true)
-            && selector["matchExpressions"].as_array().map(|m| m.is_empty()).unwrap_or(true))
+        || (selector["matchLabels"]
+            .as_object()
+            .map(|m| m.is_empty())
+            .unwrap_or(true)
+            && selector["matchExpressions"]
+                .as_array()
+                .map(|m| m.is_empty())
+                .unwrap_or(true))
     {
         causes.push(("spec.selector".into(), "Required value".into(), "".into()));
         return;
@@ -196,7 +204,11 @@ fn validate_workload(obj: &Value, causes: &mut Vec<(String, String, String)>) {
                 ));
             }
         }
-        Err(e) => causes.push(("spec.selector".into(), "Invalid value".into(), e.to_string())),
+        Err(e) => causes.push((
+            "spec.selector".into(),
+            "Invalid value".into(),
+            e.to_string(),
+        )),
     }
     if spec["template"]["spec"]["containers"]
         .as_array()
@@ -247,7 +259,9 @@ fn default_container(c: &mut Value) {
 
 /// Pod spec defaults (also used for templates).
 pub fn default_pod_spec(spec: &mut Value) {
-    let Some(m) = spec.as_object_mut() else { return };
+    let Some(m) = spec.as_object_mut() else {
+        return;
+    };
     default_str(m, "restartPolicy", "Always");
     default_val(m, "terminationGracePeriodSeconds", json!(30));
     default_str(m, "dnsPolicy", "ClusterFirst");
@@ -330,7 +344,10 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 default_val(m, "replicas", json!(1));
                 default_val(m, "revisionHistoryLimit", json!(10));
                 default_val(m, "progressDeadlineSeconds", json!(600));
-                if m.get("strategy").map(|s| s.is_null() || s.as_object().map(|o| o.is_empty()).unwrap_or(false)).unwrap_or(true) {
+                if m.get("strategy")
+                    .map(|s| s.is_null() || s.as_object().map(|o| o.is_empty()).unwrap_or(false))
+                    .unwrap_or(true)
+                {
                     m.insert(
                         "strategy".into(),
                         json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
@@ -361,7 +378,11 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
 }
 
 /// Prepares a new object for storage: generateName, uid, timestamps.
-pub fn prepare_create(rt: &ResourceType, obj: &mut Value, namespace: Option<&str>) -> Result<(), ApiError> {
+pub fn prepare_create(
+    rt: &ResourceType,
+    obj: &mut Value,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
     let meta = &mut obj["metadata"];
     if meta["name"].as_str().unwrap_or("").is_empty() {
         if let Some(prefix) = meta["generateName"].as_str() {
@@ -410,7 +431,13 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_on
         new["status"] = status;
         return;
     }
-    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
         match old["metadata"].get(k) {
             Some(v) => new["metadata"][k] = v.clone(),
             None => {
@@ -463,7 +490,11 @@ mod tests {
             "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         let e = validate(rt, &d).unwrap_err();
         assert_eq!(e.code, 422);
-        assert!(e.message.contains("spec.template.metadata.labels"), "{}", e.message);
+        assert!(
+            e.message.contains("spec.template.metadata.labels"),
+            "{}",
+            e.message
+        );
         let d2 = json!({"metadata": {"name": "web"}, "spec": {"replicas": -1,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
@@ -475,7 +506,12 @@ mod tests {
     fn invalid_name_is_422_naming_metadata_name() {
         let rt = find("", "v1", "configmaps").unwrap();
         let e = validate(rt, &json!({"metadata": {"name": "Bad_Name"}})).unwrap_err();
-        assert!(e.message.starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

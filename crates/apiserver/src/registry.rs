@@ -204,7 +204,10 @@ mod tests {
     #[test]
     fn keys_follow_the_registry_layout() {
         let cm = find("", "v1", "configmaps").unwrap();
-        assert_eq!(cm.key(Some("default"), "a"), "/registry/configmaps/default/a");
+        assert_eq!(
+            cm.key(Some("default"), "a"),
+            "/registry/configmaps/default/a"
+        );
         let d = find("apps", "v1", "deployments").unwrap();
         assert_eq!(d.prefix(None), "/registry/apps/deployments/");
         let n = find("", "v1", "nodes").unwrap();
@@ -215,8 +218,14 @@ mod tests {
     #[test]
     fn every_kind_is_unique_and_findable() {
         for t in all() {
-            assert!(std::ptr::eq(find_kind(&t.api_version(), t.kind).unwrap(), t));
+            assert!(std::ptr::eq(
+                find_kind(&t.api_version(), t.kind).unwrap(),
+                t
+            ));
         }
-        assert_eq!(group_versions(), vec![("coordination.k8s.io", "v1"), ("apps", "v1")]);
+        assert_eq!(
+            group_versions(),
+            vec![("coordination.k8s.io", "v1"), ("apps", "v1")]
+        );
     }
 }

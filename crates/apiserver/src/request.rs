@@ -167,7 +167,12 @@ pub enum BodyType {
 /// Classifies a Content-Type header.
 pub fn body_type(content_type: Option<&str>) -> Option<BodyType> {
     let ct = content_type.unwrap_or("application/json");
-    let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let base = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     Some(match base.as_str() {
         "" | "application/json" | "*/*" => BodyType::Json,
         "application/yaml" | "application/x-yaml" | "text/yaml" => BodyType::Yaml,
@@ -241,7 +246,9 @@ pub fn answer_as(accept: Option<&str>) -> Result<AnswerAs, ApiError> {
         if params.contains(&"as=Table") {
             return Ok(AnswerAs::Table);
         }
-        if params.contains(&"as=PartialObjectMetadataList") || params.contains(&"as=PartialObjectMetadata") {
+        if params.contains(&"as=PartialObjectMetadataList")
+            || params.contains(&"as=PartialObjectMetadata")
+        {
             return Ok(AnswerAs::PartialMetadata);
         }
         return Ok(AnswerAs::Object);
@@ -291,8 +298,19 @@ mod tests {
             answer_as(Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")).unwrap(),
             AnswerAs::Table
         );
-        assert_eq!(answer_as(Some("application/vnd.kubernetes.protobuf, application/json")).unwrap(), AnswerAs::Object);
-        assert_eq!(answer_as(Some("application/vnd.kubernetes.protobuf")).unwrap_err().code, 406);
+        assert_eq!(
+            answer_as(Some(
+                "application/vnd.kubernetes.protobuf, application/json"
+            ))
+            .unwrap(),
+            AnswerAs::Object
+        );
+        assert_eq!(
+            answer_as(Some("application/vnd.kubernetes.protobuf"))
+                .unwrap_err()
+                .code,
+            406
+        );
         assert_eq!(answer_as(None).unwrap(), AnswerAs::Object);
     }
 

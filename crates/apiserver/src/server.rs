@@ -22,7 +22,12 @@ use crate::table::IncludeObject;
 use crate::{ApiState, Identity, discovery};
 
 fn json(code: StatusCode, v: &Value) -> Response {
-    (code, [(http::header::CONTENT_TYPE, "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 /// The router of the API (without TLS), for embedding and tests.
@@ -69,10 +74,13 @@ pub async fn serve(
                 .and_then(|c| c.first())
                 .and_then(|der| rke2_trust::peer_identity(der.as_ref()).ok())
                 .map(|(user, groups)| Identity { user, groups });
-            let svc = tower::ServiceExt::map_request(app, move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(identity.clone());
-                req.map(Body::new)
-            });
+            let svc = tower::ServiceExt::map_request(
+                app,
+                move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(identity.clone());
+                    req.map(Body::new)
+                },
+            );
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
@@ -93,9 +101,18 @@ fn is_public(path: &str) -> bool {
 
 async fn health(state: &ApiState, path: &str) -> Response {
     if path.starts_with("/readyz") && !state.store.healthy().await {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "[-]etcd failed: reason withheld\nreadyz check failed\n").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "[-]etcd failed: reason withheld\nreadyz check failed\n",
+        )
+            .into_response();
     }
-    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "ok",
+    )
+        .into_response()
 }
 
 async fn entry(State(state): State<ApiState>, req: Request) -> Response {
@@ -116,7 +133,12 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
             // An empty protobuf document is a valid, empty spec: kubectl
             // then validates nothing client-side and uses its compiled-in
             // schemas for strategic merge patches.
-            return (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/octet-stream")], Vec::<u8>::new()).into_response();
+            return (
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/octet-stream")],
+                Vec::<u8>::new(),
+            )
+                .into_response();
         }
         "/openapi/v3" => return json(StatusCode::OK, &serde_json::json!({"paths": {}})),
         _ => match request::parse_path(&path) {
@@ -127,7 +149,11 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
     let masters = identity.groups.iter().any(|g| g == "system:masters");
     match route {
         Route::CoreVersions => {
-            let addr = format!("{}:{}", state.config().advertise_address, state.config().port);
+            let addr = format!(
+                "{}:{}",
+                state.config().advertise_address,
+                state.config().port
+            );
             json(StatusCode::OK, &discovery::core_versions(&addr))
         }
         Route::Groups => json(StatusCode::OK, &discovery::groups()),
@@ -144,15 +170,23 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
                 // RBAC and node authorization come later; until then only
                 // system:masters may touch resources.
                 let verb = verb_of(&parts.method, rp.name.is_some(), &query);
-                return ApiError::forbidden(&identity.user, verb, rp.rt, rp.namespace.as_deref()).into_response();
+                return ApiError::forbidden(&identity.user, verb, rp.rt, rp.namespace.as_deref())
+                    .into_response();
             }
-            let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+            let accept = parts
+                .headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
             let as_ = match request::answer_as(accept) {
                 Ok(a) => a,
                 Err(e) => return e.into_response(),
             };
             let Some(include) = IncludeObject::parse(query.get("includeObject")) else {
-                return ApiError::bad_request(format!("invalid includeObject: {:?}", query.get("includeObject").unwrap_or(""))).into_response();
+                return ApiError::bad_request(format!(
+                    "invalid includeObject: {:?}",
+                    query.get("includeObject").unwrap_or("")
+                ))
+                .into_response();
             };
             if let Some(len) = parts
                 .headers
@@ -161,12 +195,13 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
                 .and_then(|v| v.parse::<usize>().ok())
             {
                 if len > MAX_BODY {
+                    drain(body).await;
                     return ApiError::too_large(MAX_BODY).into_response();
                 }
             }
-            let body = match axum::body::to_bytes(body, MAX_BODY).await {
-                Ok(b) => b,
-                Err(_) => return ApiError::too_large(MAX_BODY).into_response(),
+            let body = match read_limited(body).await {
+                Some(b) => b,
+                None => return ApiError::too_large(MAX_BODY).into_response(),
             };
             let content_type = parts
                 .headers
@@ -195,5 +230,40 @@ fn verb_of(method: &http::Method, named: bool, q: &Query) -> &'static str {
         http::Method::DELETE if named => "delete",
         http::Method::DELETE => "deletecollection",
         _ => "unknown",
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes; `None` when it is larger
+/// (the rest is drained so the client sees the 413 instead of a reset).
+async fn read_limited(body: Body) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Some(buf.freeze());
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                drain(body).await;
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
+}
+
+/// Discards up to 64 MiB of a rejected body so the client can read the answer.
+async fn drain(mut body: Body) {
+    use http_body_util::BodyExt;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(d) = frame.into_data() {
+            seen += d.len();
+        }
+        if seen > 64 * 1024 * 1024 {
+            break;
+        }
     }
 }

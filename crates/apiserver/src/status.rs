@@ -68,8 +68,12 @@ impl ApiError {
 
     /// 404 NotFound for an object.
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.qualified()))
-            .with_details(rt, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.qualified()),
+        )
+        .with_details(rt, name)
     }
 
     /// 404 for a path that names no resource.
@@ -164,7 +168,12 @@ impl ApiError {
     }
 
     /// 422 Invalid with field causes `(field, type, detail)`.
-    pub fn invalid(kind: &str, name: &str, rt: &ResourceType, causes: &[(String, String, String)]) -> Self {
+    pub fn invalid(
+        kind: &str,
+        name: &str,
+        rt: &ResourceType,
+        causes: &[(String, String, String)],
+    ) -> Self {
         let parts: Vec<String> = causes
             .iter()
             .map(|(field, ty, detail)| format!("{field}: {ty}: {detail}"))
@@ -184,7 +193,9 @@ impl ApiError {
             code: 422,
             reason: "Invalid",
             message: format!("{kind} \"{name}\" is invalid: {joined}"),
-            details: Some(json!({"name": name, "group": rt.group, "kind": kind, "causes": causes_json})),
+            details: Some(
+                json!({"name": name, "group": rt.group, "kind": kind, "causes": causes_json}),
+            ),
         }
     }
 
@@ -220,7 +231,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
-        (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            code,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -228,7 +244,10 @@ impl From<rke2_datastore::StoreError> for ApiError {
     fn from(e: rke2_datastore::StoreError) -> Self {
         use rke2_datastore::StoreError as E;
         match e {
-            E::Compacted { requested, compacted } => ApiError::expired(format!(
+            E::Compacted {
+                requested,
+                compacted,
+            } => ApiError::expired(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
             E::Etcd(e) => ApiError::unavailable(format!("etcd unavailable: {e}")),
@@ -256,7 +275,10 @@ mod tests {
     #[test]
     fn messages_match_kube_apiserver() {
         let cm = find("", "v1", "configmaps").unwrap();
-        assert_eq!(ApiError::not_found(cm, "x").message, "configmaps \"x\" not found");
+        assert_eq!(
+            ApiError::not_found(cm, "x").message,
+            "configmaps \"x\" not found"
+        );
         let d = find("apps", "v1", "deployments").unwrap();
         assert_eq!(
             ApiError::already_exists(d, "w").message,
@@ -266,7 +288,11 @@ mod tests {
             "ConfigMap",
             "Bad_",
             cm,
-            &[("metadata.name".into(), "Invalid value".into(), "\"Bad_\": x".into())],
+            &[(
+                "metadata.name".into(),
+                "Invalid value".into(),
+                "\"Bad_\": x".into(),
+            )],
         );
         assert_eq!(
             e.message,

@@ -34,8 +34,20 @@ fn col(name: &str, ty: &str, format: &str, description: &str, priority: i32) -> 
 
 /// The column definitions of a type.
 pub fn columns(rt: &ResourceType) -> Vec<Value> {
-    let name = col("Name", "string", "name", "Name must be unique within a namespace.", 0);
-    let age = col("Age", "string", "", "CreationTimestamp is a timestamp representing the server time when this object was created.", 0);
+    let name = col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    );
+    let age = col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    );
     let s = |n: &str, d: &str| col(n, "string", "", d, 0);
     let w = |n: &str, d: &str| col(n, "string", "", d, 1);
     let i = |n: &str, d: &str| col(n, "integer", "", d, 0);
@@ -50,84 +62,209 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             s("Version", "Kubelet Version reported by the node."),
             w("Internal-IP", "List of internal IPs for the node."),
             w("External-IP", "List of external IPs for the node."),
-            w("OS-Image", "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy))."),
-            w("Kernel-Version", "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64)."),
-            w("Container-Runtime", "Container runtime version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
+            w(
+                "OS-Image",
+                "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+            ),
+            w(
+                "Kernel-Version",
+                "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+            ),
+            w(
+                "Container-Runtime",
+                "Container runtime version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+            ),
         ],
         Printer::Pod => vec![
             name,
-            s("Ready", "The aggregate readiness state of this pod for accepting traffic."),
-            s("Status", "The aggregate status of the containers in this pod."),
-            s("Restarts", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            s(
+                "Ready",
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            s(
+                "Status",
+                "The aggregate status of the containers in this pod.",
+            ),
+            s(
+                "Restarts",
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             age,
-            w("IP", "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
-            w("Node", "NodeName is a request to schedule this pod onto a specific node."),
-            w("Nominated Node", "nominatedNodeName is set only when this pod preempts other pods on the node."),
-            w("Readiness Gates", "If specified, all readiness gates will be evaluated for pod readiness."),
+            w(
+                "IP",
+                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+            ),
+            w(
+                "Node",
+                "NodeName is a request to schedule this pod onto a specific node.",
+            ),
+            w(
+                "Nominated Node",
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+            ),
+            w(
+                "Readiness Gates",
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+            ),
         ],
         Printer::Service => vec![
             name,
             s("Type", "type determines how the Service is exposed."),
             s("Cluster-IP", "clusterIP is the IP address of the service."),
-            s("External-IP", "List of IP addresses for which nodes in the cluster will also accept traffic for this service."),
-            s("Port(s)", "The list of ports that are exposed by this service."),
+            s(
+                "External-IP",
+                "List of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+            ),
+            s(
+                "Port(s)",
+                "The list of ports that are exposed by this service.",
+            ),
             age,
-            w("Selector", "Route service traffic to pods with label keys and values matching this selector."),
+            w(
+                "Selector",
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
         ],
         Printer::Endpoints => vec![name, s("Endpoints", "Endpoints of the resource"), age],
-        Printer::ConfigMap => vec![name, i("Data", "Data contains the configuration data."), age],
+        Printer::ConfigMap => vec![
+            name,
+            i("Data", "Data contains the configuration data."),
+            age,
+        ],
         Printer::Secret => vec![
             name,
-            s("Type", "Used to facilitate programmatic handling of secret data."),
+            s(
+                "Type",
+                "Used to facilitate programmatic handling of secret data.",
+            ),
             i("Data", "Data contains the secret data."),
             age,
         ],
-        Printer::ServiceAccount => vec![name, i("Secrets", "Secrets is a list of the secrets in the same namespace."), age],
+        Printer::ServiceAccount => vec![
+            name,
+            i(
+                "Secrets",
+                "Secrets is a list of the secrets in the same namespace.",
+            ),
+            age,
+        ],
         Printer::Event => vec![
             s("Last Seen", "Time when this Event was last observed."),
-            s("Type", "Type of this event (Normal, Warning), new types could be added in the future."),
-            s("Reason", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+            s(
+                "Type",
+                "Type of this event (Normal, Warning), new types could be added in the future.",
+            ),
+            s(
+                "Reason",
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+            ),
             s("Object", "The object that this event is about."),
             w("Subobject", "The subobject that this event is about."),
             w("Source", "The component reporting this event."),
-            s("Message", "A human-readable description of the status of this operation."),
-            w("First Seen", "The time at which the event was first recorded."),
-            col("Count", "string", "", "The number of times this event has occurred.", 1),
-            col("Name", "string", "name", "Name must be unique within a namespace.", 1),
+            s(
+                "Message",
+                "A human-readable description of the status of this operation.",
+            ),
+            w(
+                "First Seen",
+                "The time at which the event was first recorded.",
+            ),
+            col(
+                "Count",
+                "string",
+                "",
+                "The number of times this event has occurred.",
+                1,
+            ),
+            col(
+                "Name",
+                "string",
+                "name",
+                "Name must be unique within a namespace.",
+                1,
+            ),
         ],
         Printer::Lease => vec![name, s("Holder", "The holder of the lease."), age],
         Printer::Deployment => vec![
             name,
             s("Ready", "Number of the pod with ready state"),
-            i("Up-to-date", "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-            i("Available", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            i(
+                "Up-to-date",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            i(
+                "Available",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
             age,
             w("Containers", "Names of each container in the template."),
-            w("Images", "Images referenced by each container in the template."),
-            w("Selector", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
+            w(
+                "Images",
+                "Images referenced by each container in the template.",
+            ),
+            w(
+                "Selector",
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+            ),
         ],
         Printer::ReplicaSet => vec![
             name,
             i("Desired", "Replicas is the number of desired replicas."),
-            i("Current", "Replicas is the most recently observed number of replicas."),
-            i("Ready", "The number of ready replicas for this replica set."),
+            i(
+                "Current",
+                "Replicas is the most recently observed number of replicas.",
+            ),
+            i(
+                "Ready",
+                "The number of ready replicas for this replica set.",
+            ),
             age,
             w("Containers", "Names of each container in the template."),
-            w("Images", "Images referenced by each container in the template."),
-            w("Selector", "Selector is a label query over pods that should match the replica count."),
+            w(
+                "Images",
+                "Images referenced by each container in the template.",
+            ),
+            w(
+                "Selector",
+                "Selector is a label query over pods that should match the replica count.",
+            ),
         ],
         Printer::DaemonSet => vec![
             name,
-            i("Desired", "The total number of nodes that should be running the daemon pod."),
-            i("Current", "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
-            i("Ready", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
-            i("Up-to-date", "The total number of nodes that are running updated daemon pod"),
-            i("Available", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available."),
-            s("Node Selector", "NodeSelector is a selector which must be true for the pod to fit on a node."),
+            i(
+                "Desired",
+                "The total number of nodes that should be running the daemon pod.",
+            ),
+            i(
+                "Current",
+                "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+            ),
+            i(
+                "Ready",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            i(
+                "Up-to-date",
+                "The total number of nodes that are running updated daemon pod",
+            ),
+            i(
+                "Available",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
+            ),
+            s(
+                "Node Selector",
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
             age,
             w("Containers", "Names of each container in the template."),
-            w("Images", "Images referenced by each container in the template."),
-            w("Selector", "A label query over pods that are managed by the daemon set."),
+            w(
+                "Images",
+                "Images referenced by each container in the template.",
+            ),
+            w(
+                "Selector",
+                "A label query over pods that are managed by the daemon set.",
+            ),
         ],
     }
 }
@@ -149,7 +286,9 @@ fn int_at(v: &Value, path: &[&str]) -> i64 {
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Human age of a timestamp, like kubectl prints it.
@@ -259,7 +398,10 @@ fn node_address(obj: &Value, ty: &str) -> String {
 
 fn pod_status(obj: &Value) -> (String, String, String) {
     let status = &obj["status"];
-    let containers = obj["spec"]["containers"].as_array().map(|a| a.len()).unwrap_or(0);
+    let containers = obj["spec"]["containers"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0);
     let mut reason = status["reason"]
         .as_str()
         .or_else(|| status["phase"].as_str())
@@ -286,7 +428,11 @@ fn pod_status(obj: &Value) -> (String, String, String) {
             reason = "Terminating".into();
         }
     }
-    (format!("{ready}/{containers}"), reason, restarts.to_string())
+    (
+        format!("{ready}/{containers}"),
+        reason,
+        restarts.to_string(),
+    )
 }
 
 fn service_ports(spec: &Value) -> String {
@@ -376,7 +522,13 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         }
         Printer::Pod => {
             let (ready, reason, restarts) = pod_status(obj);
-            let or_none = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.to_string() };
+            let or_none = |s: &str| {
+                if s.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
             vec![
                 name,
                 json!(ready),
@@ -411,7 +563,11 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             ]
         }
         Printer::Endpoints => vec![name, json!(endpoints_string(obj)), a],
-        Printer::ConfigMap => vec![name, json!(map_len(&obj["data"]) + map_len(&obj["binaryData"])), a],
+        Printer::ConfigMap => vec![
+            name,
+            json!(map_len(&obj["data"]) + map_len(&obj["binaryData"])),
+            a,
+        ],
         Printer::Secret => vec![
             name,
             json!(obj["type"].as_str().unwrap_or("Opaque")),
@@ -582,7 +738,12 @@ mod tests {
     fn every_printer_has_as_many_cells_as_columns() {
         let obj = json!({"metadata": {"name": "x", "creationTimestamp": "2024-01-01T00:00:00Z"}});
         for rt in crate::registry::all() {
-            assert_eq!(columns(rt).len(), cells(rt, &obj, Utc::now()).len(), "{}", rt.plural);
+            assert_eq!(
+                columns(rt).len(),
+                cells(rt, &obj, Utc::now()).len(),
+                "{}",
+                rt.plural
+            );
         }
     }
 

@@ -202,7 +202,12 @@ impl Store {
 
     /// Replaces a key whose mod revision must equal `expected`; returns the
     /// new revision. On a mismatch the caller gets the current revision.
-    pub async fn update(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<i64, StoreError> {
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+    ) -> Result<i64, StoreError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)])
@@ -361,7 +366,10 @@ impl Store {
                         }
                         Ok(None) => return None,
                         Err(e) => {
-                            return Some((Err(StoreError::Etcd(e)), (responses, pending, true, sender)));
+                            return Some((
+                                Err(StoreError::Etcd(e)),
+                                (responses, pending, true, sender),
+                            ));
                         }
                     }
                 }

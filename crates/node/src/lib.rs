@@ -86,9 +86,12 @@ fn arch() -> &'static str {
 
 /// The `status` of this node now: capacity, addresses, conditions, info.
 pub fn node_status(cfg: &NodeConfig, now: &str) -> Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem = format!("{}Ki", machine_memory_kib());
-    let capacity = json!({"cpu": cpus.to_string(), "memory": mem, "pods": "110", "ephemeral-storage": "0"});
+    let capacity =
+        json!({"cpu": cpus.to_string(), "memory": mem, "pods": "110", "ephemeral-storage": "0"});
     let mut addresses: Vec<Value> = cfg
         .addresses
         .iter()
@@ -158,7 +161,9 @@ fn now() -> String {
 }
 
 fn micro_now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
 }
 
 /// Creates or updates the Node object; returns its uid.
@@ -168,39 +173,55 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<String,
     let existing = nodes
         .get_opt(&cfg.name)
         .await
-        .map_err(|source| NodeError::Api { step: "reading the node", source })?;
-    let node = match existing {
-        None => {
-            let node: Node = serde_json::from_value(json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": cfg.name, "labels": labels,
-                             "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-                "spec": {"taints": taints_json(cfg)},
-            }))
-            .expect("node literal is a valid Node");
-            match nodes.create(&PostParams::default(), &node).await {
-                Ok(n) => {
-                    info!(node = %cfg.name, "node registered");
-                    n
+        .map_err(|source| NodeError::Api {
+            step: "reading the node",
+            source,
+        })?;
+    let node =
+        match existing {
+            None => {
+                let node: Node = serde_json::from_value(json!({
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": cfg.name, "labels": labels,
+                                 "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+                    "spec": {"taints": taints_json(cfg)},
+                }))
+                .expect("node literal is a valid Node");
+                match nodes.create(&PostParams::default(), &node).await {
+                    Ok(n) => {
+                        info!(node = %cfg.name, "node registered");
+                        n
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => nodes
+                        .get(&cfg.name)
+                        .await
+                        .map_err(|source| NodeError::Api {
+                            step: "reading the node",
+                            source,
+                        })?,
+                    Err(source) => {
+                        return Err(NodeError::Api {
+                            step: "creating the node",
+                            source,
+                        });
+                    }
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => nodes
-                    .get(&cfg.name)
-                    .await
-                    .map_err(|source| NodeError::Api { step: "reading the node", source })?,
-                Err(source) => return Err(NodeError::Api { step: "creating the node", source }),
             }
-        }
-        Some(_) => {
-            // Configured labels and taints win over what is stored; other
-            // labels (set by users) stay.
-            let patch = json!({"metadata": {"labels": labels}, "spec": {"taints": taints_json(cfg)}});
-            nodes
-                .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|source| NodeError::Api { step: "updating the node", source })?
-        }
-    };
+            Some(_) => {
+                // Configured labels and taints win over what is stored; other
+                // labels (set by users) stay.
+                let patch =
+                    json!({"metadata": {"labels": labels}, "spec": {"taints": taints_json(cfg)}});
+                nodes
+                    .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|source| NodeError::Api {
+                        step: "updating the node",
+                        source,
+                    })?
+            }
+        };
     update_status(client, cfg).await?;
     Ok(node.metadata.uid.unwrap_or_default())
 }
@@ -212,16 +233,27 @@ pub async fn update_status(client: &kube::Client, cfg: &NodeConfig) -> Result<()
     nodes
         .patch_status(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|source| NodeError::Api { step: "updating the node status", source })?;
+        .map_err(|source| NodeError::Api {
+            step: "updating the node status",
+            source,
+        })?;
     Ok(())
 }
 
 /// Creates or renews the node's Lease.
-pub async fn renew_lease(client: &kube::Client, cfg: &NodeConfig, node_uid: &str) -> Result<(), NodeError> {
+pub async fn renew_lease(
+    client: &kube::Client,
+    cfg: &NodeConfig,
+    node_uid: &str,
+) -> Result<(), NodeError> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let spec = json!({"holderIdentity": cfg.name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": micro_now()});
     match leases
-        .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
+        .patch(
+            &cfg.name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": spec})),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -238,9 +270,15 @@ pub async fn renew_lease(client: &kube::Client, cfg: &NodeConfig, node_uid: &str
                 .create(&PostParams::default(), &lease)
                 .await
                 .map(|_| ())
-                .map_err(|source| NodeError::Api { step: "creating the node lease", source })
+                .map_err(|source| NodeError::Api {
+                    step: "creating the node lease",
+                    source,
+                })
         }
-        Err(source) => Err(NodeError::Api { step: "renewing the node lease", source }),
+        Err(source) => Err(NodeError::Api {
+            step: "renewing the node lease",
+            source,
+        }),
     }
 }
 
@@ -285,8 +323,15 @@ mod tests {
     fn cfg() -> NodeConfig {
         NodeConfig {
             name: "s1".into(),
-            labels: BTreeMap::from([("node-role.kubernetes.io/master".to_string(), "true".to_string())]),
-            taints: vec![("CriticalAddonsOnly".into(), Some("true".into()), "NoExecute".into())],
+            labels: BTreeMap::from([(
+                "node-role.kubernetes.io/master".to_string(),
+                "true".to_string(),
+            )]),
+            taints: vec![(
+                "CriticalAddonsOnly".into(),
+                Some("true".into()),
+                "NoExecute".into(),
+            )],
             addresses: vec!["10.0.0.5".parse().unwrap()],
             kubelet_version: "v1.35.0+rke2r1".into(),
         }
@@ -295,10 +340,22 @@ mod tests {
     #[test]
     fn status_reports_machine_capacity_and_ready() {
         let s = node_status(&cfg(), "2024-01-01T00:00:00Z");
-        assert!(s["capacity"]["cpu"].as_str().unwrap().parse::<u32>().unwrap() >= 1);
+        assert!(
+            s["capacity"]["cpu"]
+                .as_str()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+                >= 1
+        );
         assert!(s["capacity"]["memory"].as_str().unwrap().ends_with("Ki"));
         assert_ne!(s["capacity"]["memory"], "0Ki");
-        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        let ready = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
         assert_eq!(ready["status"], "True");
         assert_eq!(s["addresses"][0]["address"], "10.0.0.5");
         // The literal must deserialize as a real Node status.
@@ -310,6 +367,9 @@ mod tests {
         let l = node_labels(&cfg());
         assert_eq!(l["kubernetes.io/hostname"], "s1");
         assert_eq!(l["node-role.kubernetes.io/master"], "true");
-        assert_eq!(taints_json(&cfg())[0], json!({"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"}));
+        assert_eq!(
+            taints_json(&cfg())[0],
+            json!({"key": "CriticalAddonsOnly", "value": "true", "effect": "NoExecute"})
+        );
     }
 }

@@ -77,7 +77,9 @@ fn main() {
                 }
             },
             Role::Agent => {
-                eprintln!("rke2: `rke2 agent` is not available in this build yet; run `rke2 server`");
+                eprintln!(
+                    "rke2: `rke2 agent` is not available in this build yet; run `rke2 server`"
+                );
                 1
             }
         }
@@ -87,7 +89,11 @@ fn main() {
 }
 
 fn init_logging(debug: bool) {
-    let default = if debug { "debug,h2=info,hyper=info,tower=info" } else { "info" };
+    let default = if debug {
+        "debug,h2=info,hyper=info,tower=info"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RKE2_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -20,7 +20,9 @@ fn detect_node_ip() -> IpAddr {
     use nix::net::if_::InterfaceFlags;
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
-            if !a.flags.contains(InterfaceFlags::IFF_UP) || a.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+            if !a.flags.contains(InterfaceFlags::IFF_UP)
+                || a.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+            {
                 continue;
             }
             if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
@@ -92,9 +94,11 @@ fn ensure_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result
             t.password
         }
         None => match std::fs::read_to_string(&token_path) {
-            Ok(s) if !s.trim().is_empty() => Token::parse(s.trim())
-                .with_context(|| format!("parsing the stored token {}", token_path.display()))?
-                .password,
+            Ok(s) if !s.trim().is_empty() => {
+                Token::parse(s.trim())
+                    .with_context(|| format!("parsing the stored token {}", token_path.display()))?
+                    .password
+            }
             _ => rke2_trust::generate_password(),
         },
     };
@@ -106,7 +110,8 @@ fn ensure_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result
             .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(agent) = &cfg.agent_token {
-        let t = Token::parse(agent).context("parsing the agent token (config key `agent-token`)")?;
+        let t =
+            Token::parse(agent).context("parsing the agent token (config key `agent-token`)")?;
         let p = server_dir.join("agent-token");
         let text = format!("{}\n", Token::agent(ca, &t.password));
         rke2_trust::write_file_if_changed(&p, text.as_bytes(), 0o600)
@@ -122,10 +127,12 @@ async fn kube_client(url: &str, trust: &ServerTrust) -> Result<kube::Client> {
         trust.supervisor.cert_pem.as_bytes(),
         trust.supervisor.key_pem.as_bytes(),
     );
-    let kc = kube::config::Kubeconfig::from_yaml(&text).context("building the internal kubeconfig")?;
-    let conf = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .context("loading the internal kubeconfig")?;
+    let kc =
+        kube::config::Kubeconfig::from_yaml(&text).context("building the internal kubeconfig")?;
+    let conf =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .context("loading the internal kubeconfig")?;
     kube::Client::try_from(conf).context("building the internal API client")
 }
 
@@ -179,7 +186,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     // etcd listens on the node IP (and loopback when the node IP is not).
     let db_dir = server_dir.join("db");
     let etcd_data = db_dir.join("etcd");
-    std::fs::create_dir_all(&etcd_data).with_context(|| format!("creating {}", etcd_data.display()))?;
+    std::fs::create_dir_all(&etcd_data)
+        .with_context(|| format!("creating {}", etcd_data.display()))?;
     let name = member_name(&etcd_data, &cfg.node_name)?;
     let client_url = format!("https://{}:2379", url_host(&node_ip));
     let peer_url = format!("https://{}:2380", url_host(&node_ip));
@@ -204,7 +212,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         peer_cert_file: trust.etcd_peer.cert_path.clone(),
         peer_key_file: trust.etcd_peer.key_path.clone(),
     })?;
-    let result = run_with_etcd(&cfg, &trust, &etcd, &client_url, node_ip, &ips, started, &mut sigterm, &mut sigint).await;
+    let result = run_with_etcd(
+        &cfg,
+        &trust,
+        &etcd,
+        &client_url,
+        node_ip,
+        &ips,
+        started,
+        &mut sigterm,
+        &mut sigint,
+    )
+    .await;
     info!("stopping etcd");
     etcd.stop().await;
     result
@@ -260,7 +279,9 @@ async fn run_with_etcd(
         });
     }
 
-    let bind_ip = cfg.bind_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let bind_ip = cfg
+        .bind_address
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let addr = SocketAddr::new(bind_ip, cfg.https_listen_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -278,8 +299,16 @@ async fn run_with_etcd(
     }));
     info!(%addr, "Kubernetes API listening");
 
-    let local_host = if bind_ip.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { bind_ip };
-    let local_url = format!("https://{}:{}", url_host(&local_host), cfg.https_listen_port);
+    let local_host = if bind_ip.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        bind_ip
+    };
+    let local_url = format!(
+        "https://{}:{}",
+        url_host(&local_host),
+        cfg.https_listen_port
+    );
     let mode = cfg.write_kubeconfig_mode.unwrap_or(0o600);
     rke2_trust::write_kubeconfig(
         &cfg.write_kubeconfig,
@@ -295,7 +324,10 @@ async fn run_with_etcd(
     let client = kube_client(&local_url, trust).await?;
     let mut labels = BTreeMap::new();
     for role in ["control-plane", "etcd", "master"] {
-        labels.insert(format!("node-role.kubernetes.io/{role}"), "true".to_string());
+        labels.insert(
+            format!("node-role.kubernetes.io/{role}"),
+            "true".to_string(),
+        );
     }
     labels.extend(cfg.node_labels.iter().cloned());
     let node_cfg = rke2_node::NodeConfig {
@@ -304,7 +336,13 @@ async fn run_with_etcd(
         taints: cfg
             .node_taints
             .iter()
-            .map(|t| (t.key.clone(), t.value.clone(), t.effect.as_str().to_string()))
+            .map(|t| {
+                (
+                    t.key.clone(),
+                    t.value.clone(),
+                    t.effect.as_str().to_string(),
+                )
+            })
             .collect(),
         addresses: ips.to_vec(),
         kubelet_version: rke2_apiserver::discovery::git_version(),
@@ -321,4 +359,3 @@ async fn run_with_etcd(
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     Ok(())
 }
-

@@ -1,0 +1,842 @@
+//! Integration tests of `rke2 server`: the real binary, real etcd, and the
+//! kube crate as the client.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use rke2_testbed::{Server, ServerOpts, eventually};
+use serde_json::{Value, json};
+
+const READY: Duration = Duration::from_secs(90);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rke2"))
+}
+
+async fn raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    ct: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let mut b = http::Request::builder().method(method).uri(path);
+    if let Some(ct) = ct {
+        b = b.header("content-type", ct);
+    }
+    let resp = client
+        .send(b.body(body.into()).unwrap())
+        .await
+        .expect("request sent");
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect_bytes().await.unwrap_or_default();
+    (code, String::from_utf8_lossy(&bytes).to_string())
+}
+
+fn cm(name: &str, labels: &[(&str, &str)], data: &[(&str, &str)]) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()},
+        "data": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+    }))
+    .unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes; /proc/<pid>/stat says 'Z'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn etcd_child(server_pid: u32) -> Option<i32> {
+    let rd = std::fs::read_dir("/proc").ok()?;
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if ppid == server_pid && comm.trim() == "etcd" {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Trust material, tokens, kubeconfig mode, node, built-in objects, and a
+/// restart that changes nothing but a new tls-san.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_files_node_and_restart() {
+    let mut s = Server::start(
+        bin(),
+        ServerOpts {
+            config_yaml: Some(
+                "token: my-shared-secret\ntls-san:\n  - my-kubernetes-domain.com\n".into(),
+            ),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let client = s.wait_ready(READY).await.unwrap();
+    let tls = s.data_dir.join("server/tls");
+    for f in [
+        "server-ca.crt",
+        "client-ca.crt",
+        "request-header-ca.crt",
+        "etcd/server-ca.crt",
+        "etcd/peer-ca.crt",
+        "service.key",
+    ] {
+        assert!(tls.join(f).exists(), "{f} missing");
+    }
+    for f in [
+        "server-ca.key",
+        "client-ca.key",
+        "service.key",
+        "serving-kube-apiserver.key",
+    ] {
+        assert_eq!(mode(&tls.join(f)), 0o600, "{f}");
+    }
+    // Token: K10<sha256 of server-ca.crt>::server:<the given password>.
+    let token = std::fs::read_to_string(s.data_dir.join("server/token")).unwrap();
+    let ca = std::fs::read(tls.join("server-ca.crt")).unwrap();
+    assert_eq!(
+        token.trim(),
+        format!("K10{}::server:my-shared-secret", rke2_trust::ca_hash(&ca))
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.data_dir.join("server/node-token")).unwrap(),
+        token
+    );
+    assert_eq!(mode(&s.data_dir.join("server/token")), 0o600);
+    assert_eq!(mode(&s.kubeconfig), 0o600);
+    let serving = std::fs::read_to_string(tls.join("serving-kube-apiserver.crt")).unwrap();
+    let sans = rke2_trust::cert_san_strings(&serving).unwrap();
+    for want in [
+        "my-kubernetes-domain.com",
+        "kubernetes.default.svc.cluster.local",
+        "10.43.0.1",
+        s.ip.as_str(),
+    ] {
+        assert!(sans.iter().any(|x| x == want), "{want} not in {sans:?}");
+    }
+
+    // The node: Ready, server roles, Lease renewed.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = eventually(Duration::from_secs(30), "node registered", || async {
+        nodes.get_opt(&s.node_name).await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    let labels = node.metadata.labels.clone().unwrap();
+    for r in ["control-plane", "etcd", "master"] {
+        assert_eq!(
+            labels
+                .get(&format!("node-role.kubernetes.io/{r}"))
+                .map(String::as_str),
+            Some("true")
+        );
+    }
+    let ready = node
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True");
+    let cpu = node.status.as_ref().unwrap().capacity.as_ref().unwrap()["cpu"]
+        .0
+        .clone();
+    assert!(cpu.parse::<u32>().unwrap() >= 1);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let first = eventually(Duration::from_secs(30), "lease", || async {
+        leases
+            .get_opt(&s.node_name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.renew_time)
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(40), "lease renewal", || async {
+        let t = leases.get(&s.node_name).await.ok()?.spec?.renew_time?;
+        (t != first).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Built-in objects.
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let names: Vec<String> = nss
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    for want in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let svc: Service = Api::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("10.43.0.1"));
+    let ep: Endpoints = Api::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    assert_eq!(
+        ep.subsets.unwrap()[0].addresses.as_ref().unwrap()[0].ip,
+        s.ip
+    );
+
+    // Restart: nothing changes. Then a new tls-san re-issues only the serving cert.
+    let snapshot = |dir: &Path| -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        for f in [
+            "server-ca.crt",
+            "server-ca.key",
+            "client-ca.crt",
+            "serving-kube-apiserver.crt",
+            "client-admin.crt",
+            "etcd/server-ca.crt",
+        ] {
+            m.insert(f.to_string(), std::fs::read(dir.join(f)).unwrap());
+        }
+        m
+    };
+    let before = snapshot(&tls);
+    let st = s
+        .stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    assert!(st.success(), "SIGTERM exit status {st}");
+    s.spawn().unwrap();
+    let client = s.wait_ready(READY).await.unwrap();
+    assert_eq!(
+        snapshot(&tls),
+        before,
+        "a plain restart changed trust material"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.data_dir.join("server/token")).unwrap(),
+        token
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    assert_eq!(
+        nodes.get(&s.node_name).await.unwrap().metadata.uid,
+        node.metadata.uid,
+        "restart re-created the node"
+    );
+
+    let st = s
+        .stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(30))
+        .unwrap();
+    assert!(st.success(), "SIGINT exit status {st}");
+    s.opts.config_yaml = Some("token: my-shared-secret\ntls-san:\n  - my-kubernetes-domain.com\n  - another-kubernetes-domain.com\n".into());
+    s.spawn().unwrap();
+    s.wait_ready(READY).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "serving cert re-issued",
+        || async {
+            let pem = std::fs::read_to_string(tls.join("serving-kube-apiserver.crt")).ok()?;
+            rke2_trust::cert_san_strings(&pem)
+                .ok()?
+                .iter()
+                .any(|x| x == "another-kubernetes-domain.com")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let after = snapshot(&tls);
+    for (f, bytes) in &before {
+        if f == "serving-kube-apiserver.crt" {
+            assert_ne!(&after[f], bytes, "serving cert not re-issued");
+        } else {
+            assert_eq!(
+                &after[f], bytes,
+                "{f} changed when only a tls-san was added"
+            );
+        }
+    }
+}
+
+/// CRUD, selectors, paging, conflicts and the error Status of each kind
+/// of bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_crud_selectors_paging_and_errors() {
+    let mut s = Server::start(bin(), ServerOpts::default()).unwrap();
+    let client = s.wait_ready(READY).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for i in 0..12 {
+        let tier = if i % 2 == 0 { "even" } else { "odd" };
+        cms.create(
+            &PostParams::default(),
+            &cm(
+                &format!("cm-{i:02}"),
+                &[("tier", tier), ("app", "paging")],
+                &[("i", &i.to_string())],
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    // Label selectors, equality and set-based.
+    let even = cms
+        .list(&ListParams::default().labels("tier=even"))
+        .await
+        .unwrap();
+    assert_eq!(even.items.len(), 6);
+    let set = cms
+        .list(&ListParams::default().labels("tier in (odd),app=paging"))
+        .await
+        .unwrap();
+    assert_eq!(set.items.len(), 6);
+    assert!(
+        set.items
+            .iter()
+            .all(|c| c.metadata.labels.as_ref().unwrap()["tier"] == "odd")
+    );
+    // Field selector.
+    let one = cms
+        .list(&ListParams::default().fields("metadata.name=cm-03"))
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 1);
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?fieldSelector=spec.bogus%3Dx",
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("field label not supported: spec.bogus"),
+        "{body}"
+    );
+    // Paging: 12 objects in pages of 5, one consistent resourceVersion.
+    let mut names = Vec::new();
+    let mut lp = ListParams::default().labels("app=paging").limit(5);
+    let mut rvs = Vec::new();
+    loop {
+        let page = cms.list(&lp).await.unwrap();
+        names.extend(page.items.iter().filter_map(|c| c.metadata.name.clone()));
+        rvs.push(page.metadata.resource_version.clone());
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => break,
+        }
+    }
+    assert_eq!(names.len(), 12, "{names:?}");
+    assert_eq!(rvs.len(), 3);
+    assert!(
+        rvs.windows(2).all(|w| w[0] == w[1]),
+        "pages at different revisions: {rvs:?}"
+    );
+
+    // Stale resourceVersion: 409 and the stored object unchanged.
+    let mut c = cms.get("cm-00").await.unwrap();
+    let stale_rv = c.metadata.resource_version.clone();
+    c.data.as_mut().unwrap().insert("i".into(), "fresh".into());
+    cms.replace("cm-00", &PostParams::default(), &c)
+        .await
+        .unwrap();
+    c.metadata.resource_version = stale_rv;
+    c.data.as_mut().unwrap().insert("i".into(), "stale".into());
+    match cms.replace("cm-00", &PostParams::default(), &c).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
+    assert_eq!(cms.get("cm-00").await.unwrap().data.unwrap()["i"], "fresh");
+    // AlreadyExists.
+    match cms
+        .create(&PostParams::default(), &cm("cm-01", &[], &[]))
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists")),
+        other => panic!("expected 409, got {other:?}"),
+    }
+    // Invalid name: 422 naming metadata.name.
+    match cms
+        .create(&PostParams::default(), &cm("Bad_Name", &[], &[]))
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+            assert!(e.message.contains("metadata.name"), "{}", e.message);
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    // Unknown resource: 404.
+    let (code, body) = raw(&client, "GET", "/api/v1/widgets", None, vec![]).await;
+    assert_eq!(code, 404, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "Status");
+    assert_eq!(v["reason"], "NotFound");
+    // Malformed JSON: 400 with the parser's position.
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some("application/json"),
+        b"{\"metadata\": {\"name\": \"x\",}\n}".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("line 1") && body.contains("column"), "{body}");
+    // Malformed YAML: 400.
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some("application/yaml"),
+        b"metadata:\n  name: [x\n".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    // YAML body accepted.
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some("application/yaml"),
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n".to_vec(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    // Over 3 MiB: 413, nothing stored.
+    let big = json!({"metadata": {"name": "big"}, "data": {"x": "a".repeat(3 * 1024 * 1024 + 10)}});
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some("application/json"),
+        serde_json::to_vec(&big).unwrap(),
+    )
+    .await;
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("limit is 3145728"), "{body}");
+    assert!(cms.get_opt("big").await.unwrap().is_none());
+    // Missing namespace: 404 naming the namespace.
+    let other: Api<ConfigMap> = Api::namespaced(client.clone(), "nope");
+    match other
+        .create(&PostParams::default(), &cm("x", &[], &[]))
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert!(
+            e.code == 404 && e.message.contains("namespaces \"nope\" not found"),
+            "{e:?}"
+        ),
+        other => panic!("expected 404, got {other:?}"),
+    }
+    // Patches: merge, JSON patch, strategic merge.
+    let (code, body) = raw(
+        &client,
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/cm-02",
+        Some("application/merge-patch+json"),
+        br#"{"data":{"added":"yes"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = raw(
+        &client,
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/cm-02",
+        Some("application/json-patch+json"),
+        br#"[{"op":"replace","path":"/data/i","value":"patched"}]"#.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = raw(
+        &client,
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/cm-02",
+        Some("application/strategic-merge-patch+json"),
+        br#"{"data":{"added":null}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let got = cms.get("cm-02").await.unwrap().data.unwrap();
+    assert_eq!(got.get("i").map(String::as_str), Some("patched"));
+    assert!(!got.contains_key("added"));
+    // Delete, then NotFound.
+    cms.delete("cm-05", &DeleteParams::default()).await.unwrap();
+    match cms.get("cm-05").await {
+        Err(kube::Error::Api(e)) => assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "configmaps \"cm-05\" not found")
+        ),
+        other => panic!("expected 404, got {other:?}"),
+    }
+    // Deleting a namespace removes what is inside it.
+    let ns: Api<Namespace> = Api::all(client.clone());
+    ns.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let inside: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    inside
+        .create(&PostParams::default(), &cm("inner", &[], &[]))
+        .await
+        .unwrap();
+    ns.delete("doomed", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "namespace gone", || async {
+        ns.get_opt("doomed")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        inside
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Without a client certificate: only health and version answer.
+    let kc = std::fs::read_to_string(&s.kubeconfig).unwrap();
+    let anon: Value = serde_saphyr_free_parse(&kc);
+    let anon_path = s.dir.path().join("anon.yaml");
+    std::fs::write(&anon_path, serde_json::to_string(&anon).unwrap()).unwrap();
+    let anon_client = rke2_testbed::client_from_kubeconfig(&anon_path)
+        .await
+        .unwrap();
+    for (path, want) in [
+        ("/version", 200),
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/livez", 200),
+        ("/api/v1/namespaces/default/configmaps", 401),
+        ("/api", 401),
+        ("/apis", 401),
+    ] {
+        let (code, body) = raw(&anon_client, "GET", path, None, vec![]).await;
+        assert_eq!(code, want, "{path}: {body}");
+    }
+    let _ = s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+}
+
+/// A kubeconfig without user credentials, as JSON (valid kubeconfig YAML).
+fn serde_saphyr_free_parse(kc: &str) -> Value {
+    let ca = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+        .unwrap()
+        .trim()
+        .trim_matches('"');
+    let server = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))
+        .unwrap()
+        .trim()
+        .trim_matches('"');
+    json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "default",
+        "clusters": [{"name": "default", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": "default", "user": {}}],
+        "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
+    })
+}
+
+/// Watch from a revision, watch-list with the initial-events bookmark,
+/// 410 after compaction, and etcd restarted by the supervisor; SIGTERM
+/// leaves no etcd behind and kill -9 of the server takes etcd with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_compaction_and_process_supervision() {
+    let mut s = Server::start(bin(), ServerOpts::default()).unwrap();
+    let client = s.wait_ready(READY).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let list = cms.list(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.unwrap();
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(60), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    cms.create(&PostParams::default(), &cm("w1", &[("a", "b")], &[]))
+        .await
+        .unwrap();
+    let mut c = cms.get("w1").await.unwrap();
+    c.data = Some(BTreeMap::from([("k".to_string(), "v".to_string())]));
+    cms.replace("w1", &PostParams::default(), &c).await.unwrap();
+    cms.delete("w1", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
+            .await
+            .expect("watch event in time")
+            .unwrap()
+            .expect("stream open");
+        match ev {
+            WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.unwrap())),
+            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.unwrap())),
+            WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.unwrap())),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("ADDED", "w1".to_string()),
+            ("MODIFIED", "w1".to_string()),
+            ("DELETED", "w1".to_string())
+        ]
+    );
+
+    // Watch-list: initial ADDED events then a BOOKMARK marking their end.
+    cms.create(&PostParams::default(), &cm("wl", &[], &[]))
+        .await
+        .unwrap();
+    let (code, body) = {
+        let req = http::Request::get("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1").body(Vec::<u8>::new().into()).unwrap();
+        let resp = client.send(req).await.unwrap();
+        let code = resp.status().as_u16();
+        (
+            code,
+            String::from_utf8_lossy(&resp.into_body().collect_bytes().await.unwrap()).to_string(),
+        )
+    };
+    assert_eq!(code, 200);
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["type"] == "ADDED" && e["object"]["metadata"]["name"] == "wl"),
+        "{body}"
+    );
+    let bm = lines
+        .iter()
+        .position(|e| e["type"] == "BOOKMARK")
+        .expect("bookmark");
+    assert_eq!(
+        lines[bm]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert!(lines[..bm].iter().all(|e| e["type"] == "ADDED"));
+    // sendInitialEvents without its companions is refused, never ignored.
+    let (code, _) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true",
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 422);
+
+    // Compaction: a watch from a compacted revision gets ERROR 410.
+    let old_rv: i64 = rv.parse().unwrap();
+    let now_rv: i64 = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tls = s.data_dir.join("server/tls/etcd");
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &format!("https://{}:2379", s.ip)])
+        .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("client.crt").display()))
+        .arg(format!("--key={}", tls.join("client.key").display()))
+        .args(["compaction", &now_rv.to_string()])
+        .output()
+        .expect("etcdctl (Debian etcd-client) is installed by scripts/install.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, body) = raw(&client, "GET", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={old_rv}&timeoutSeconds=5"), None, vec![]).await;
+    assert_eq!(code, 200);
+    let ev: Value = serde_json::from_str(body.lines().next().expect("an event")).unwrap();
+    assert_eq!(ev["type"], "ERROR", "{body}");
+    assert_eq!(ev["object"]["code"], 410);
+    assert_eq!(ev["object"]["reason"], "Expired");
+
+    // etcd killed: the server restarts it and the API serves again.
+    let server_pid = s.pid().unwrap();
+    let etcd1 = etcd_child(server_pid).expect("etcd child");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(etcd1),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "etcd restarted and API writable",
+        || async {
+            let e = etcd_child(server_pid)?;
+            (e != etcd1).then_some(())?;
+            cms.create(&PostParams::default(), &cm(&format!("after-{e}"), &[], &[]))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
+
+    // SIGTERM: the server exits and its etcd is gone.
+    let etcd2 = etcd_child(server_pid).unwrap();
+    let st = s
+        .stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    assert!(st.success());
+    assert!(!pid_alive(etcd2), "etcd {etcd2} outlived the server");
+
+    // kill -9 of the server: etcd dies with it; a restart works and keeps data.
+    s.spawn().unwrap();
+    let client = s.wait_ready(READY).await.unwrap();
+    let pid = s.pid().unwrap();
+    let etcd3 = etcd_child(pid).unwrap();
+    s.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10))
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "etcd gone after kill -9",
+        || async { (!pid_alive(etcd3)).then_some(()) },
+    )
+    .await
+    .unwrap();
+    drop(client);
+    s.spawn().unwrap();
+    let client = s.wait_ready(READY).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    assert!(
+        cms.get_opt("wl").await.unwrap().is_some(),
+        "data lost across kill -9"
+    );
+}
+
+/// Bad configuration: exit code 2, a message naming file, key and value,
+/// and nothing written to the data dir. A missing etcd names the package.
+#[test]
+fn bad_config_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "cluster-cidr: 10.42.0.0/33\n",
+            &["cluster-cidr", "10.42.0.0/33", "config.yaml"],
+        ),
+        (
+            "write-kubeconfig-mode: rw-r\n",
+            &["write-kubeconfig-mode", "rw-r", "config.yaml"],
+        ),
+        ("token: [unclosed\n", &["config.yaml", "line"]),
+        (
+            "node-taint:\n  - CriticalAddonsOnly=true\n",
+            &["node-taint", "CriticalAddonsOnly=true"],
+        ),
+    ];
+    for (yaml, needles) in cases {
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["server", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--write-kubeconfig")
+            .arg(dir.path().join("k.yaml"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for n in needles {
+            assert!(err.contains(n), "{yaml}: {n:?} missing in {err}");
+        }
+        assert!(!data.exists(), "{yaml}: data dir was created");
+        assert!(!dir.path().join("k.yaml").exists());
+    }
+    let out = std::process::Command::new(bin())
+        .args(["server", "--etcd-binary", "/nonexistent/etcd", "--data-dir"])
+        .arg(&data)
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("k.yaml"))
+        .args(["--config", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd-server"), "{err}");
+    assert!(!data.exists(), "data dir created despite missing etcd");
+    // --version and --help.
+    let v = std::process::Command::new(bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("rke2 version v1."));
+    let h = std::process::Command::new(bin())
+        .args(["server", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&h.stdout);
+    for flag in [
+        "--token",
+        "--tls-san",
+        "--node-taint",
+        "--write-kubeconfig-mode",
+        "--data-dir",
+        "--cluster-cidr",
+        "--server",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from help");
+    }
+}

@@ -1,0 +1,293 @@
+//! The test bed: real `rke2 server` processes with real etcd, each in its
+//! own temporary data dir and on its own loopback address (127.x.y.z), so
+//! tests run in parallel without port clashes; and the real kubectl
+//! binaries the compatibility tests drive.
+//!
+//! Every process started here is stopped by its pid when its handle is
+//! dropped; nothing is ever killed by name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+static NEXT_IP: AtomicU32 = AtomicU32::new(0);
+
+/// A loopback address no other server of this test process uses.
+pub fn unique_loopback() -> String {
+    let n = NEXT_IP.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id();
+    format!(
+        "127.{}.{}.{}",
+        10 + (pid % 200),
+        (pid / 200) % 250,
+        2 + n % 250
+    )
+}
+
+/// Options for one server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOpts {
+    /// Extra command-line flags.
+    pub args: Vec<String>,
+    /// Contents of `config.yaml` (written to `<dir>/config.yaml`).
+    pub config_yaml: Option<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `rke2 server`.
+pub struct Server {
+    /// Temporary root holding the data dir, config and kubeconfig.
+    pub dir: tempfile::TempDir,
+    /// The loopback address it binds.
+    pub ip: String,
+    /// `<dir>/data`.
+    pub data_dir: PathBuf,
+    /// The admin kubeconfig it writes.
+    pub kubeconfig: PathBuf,
+    /// Its combined stdout/stderr.
+    pub log: PathBuf,
+    /// The node name.
+    pub node_name: String,
+    binary: PathBuf,
+    /// The options; change them and call [`Server::spawn`] to restart differently.
+    pub opts: ServerOpts,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts a server with `binary` (the `rke2` executable).
+    pub fn start(binary: &Path, opts: ServerOpts) -> Result<Server> {
+        let dir = tempfile::Builder::new().prefix("rke2-test-").tempdir()?;
+        let ip = unique_loopback();
+        let node_name = format!("node-{}", ip.replace('.', "-"));
+        let mut s = Server {
+            data_dir: dir.path().join("data"),
+            kubeconfig: dir.path().join("rke2.yaml"),
+            log: dir.path().join("server.log"),
+            dir,
+            ip,
+            node_name,
+            binary: binary.to_path_buf(),
+            opts,
+            child: None,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    /// The command line the server runs with.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--write-kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--bind-address")
+            .arg(&self.ip)
+            .arg("--node-name")
+            .arg(&self.node_name)
+            .args(&self.opts.args);
+        let cfg = self.dir.path().join("config.yaml");
+        cmd.arg("--config").arg(&cfg);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// (Re)starts the process, appending to the log.
+    pub fn spawn(&mut self) -> Result<()> {
+        let cfg = self.dir.path().join("config.yaml");
+        std::fs::write(&cfg, self.opts.config_yaml.clone().unwrap_or_default())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The server log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the kubeconfig exists and `/readyz` answers through it.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<kube::Client> {
+        let start = Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "server exited early with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if self.kubeconfig.exists() {
+                if let Ok(client) = self.client().await {
+                    let req = http::Request::get("/readyz").body(Vec::new())?;
+                    if client
+                        .request_text(req)
+                        .await
+                        .map(|t| t == "ok")
+                        .unwrap_or(false)
+                    {
+                        return Ok(client);
+                    }
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "server not ready within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A kube client from the admin kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// Sends a signal and waits for the process to exit.
+    pub fn stop_with(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("server not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)?;
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("server did not exit within {timeout:?} after {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A kubectl command against this server.
+    pub fn kubectl(&self, kubectl: &Path) -> Command {
+        let mut cmd = Command::new(kubectl);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        cmd
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(path)?;
+    let conf =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(conf)?)
+}
+
+/// Where the install script puts the test kubectl binaries.
+pub const KUBECTL_DIR: &str = "/usr/local/lib/rke2-test/kubectl";
+
+/// The real kubectl binaries available, as (minor version, path), oldest
+/// first. Fails, naming the install script, when fewer than two exist.
+pub fn kubectls() -> Result<Vec<(u32, PathBuf)>> {
+    let dir = std::env::var("RKE2_TEST_KUBECTL_DIR").unwrap_or_else(|_| KUBECTL_DIR.to_string());
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(minor) = name
+                .strip_prefix("kubectl-1.")
+                .and_then(|m| m.parse::<u32>().ok())
+            {
+                out.push((minor, e.path()));
+            }
+        }
+    }
+    out.sort();
+    if out.len() < 2 {
+        bail!(
+            "need at least two kubectl versions in {dir} (found {}); run `bash scripts/install.sh` first",
+            out.len()
+        );
+    }
+    Ok(out)
+}
+
+/// Runs a command, failing with its output when it exits non-zero.
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
