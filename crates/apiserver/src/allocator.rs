@@ -131,44 +131,44 @@ pub async fn allocate_service(state: &ApiState, svc: &mut Value) -> ApiResult<Ve
     } else if requested == "None" {
         spec["clusterIPs"] = json!(["None"]);
     }
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        if let Some(ports) = spec["ports"].as_array_mut() {
-            for p in ports.iter_mut() {
-                let want = p["nodePort"].as_i64().unwrap_or(0);
-                let port = if want > 0 {
-                    if !claim(state, &port_key(want)).await? {
+    if (ty == "NodePort" || ty == "LoadBalancer")
+        && let Some(ports) = spec["ports"].as_array_mut()
+    {
+        for p in ports.iter_mut() {
+            let want = p["nodePort"].as_i64().unwrap_or(0);
+            let port = if want > 0 {
+                if !claim(state, &port_key(want)).await? {
+                    release(state, &claims).await;
+                    return Err(invalid(
+                        "spec.ports[0].nodePort",
+                        format!("{want}: provided port is already allocated"),
+                    ));
+                }
+                want
+            } else {
+                let (lo, hi) = NODE_PORT_RANGE;
+                let span = (hi - lo + 1) as i64;
+                let start = rand::random::<u64>() as i64 % span;
+                let mut got = None;
+                for i in 0..span {
+                    let cand = lo as i64 + (start + i) % span;
+                    if claim(state, &port_key(cand)).await? {
+                        got = Some(cand);
+                        break;
+                    }
+                }
+                match got {
+                    Some(g) => g,
+                    None => {
                         release(state, &claims).await;
-                        return Err(invalid(
-                            "spec.ports[0].nodePort",
-                            format!("{want}: provided port is already allocated"),
+                        return Err(ApiError::internal(
+                            "failed to allocate a nodePort: range is full",
                         ));
                     }
-                    want
-                } else {
-                    let (lo, hi) = NODE_PORT_RANGE;
-                    let span = (hi - lo + 1) as i64;
-                    let start = rand::random::<u64>() as i64 % span;
-                    let mut got = None;
-                    for i in 0..span {
-                        let cand = lo as i64 + (start + i) % span;
-                        if claim(state, &port_key(cand)).await? {
-                            got = Some(cand);
-                            break;
-                        }
-                    }
-                    match got {
-                        Some(g) => g,
-                        None => {
-                            release(state, &claims).await;
-                            return Err(ApiError::internal(
-                                "failed to allocate a nodePort: range is full",
-                            ));
-                        }
-                    }
-                };
-                claims.push(port_key(port));
-                p["nodePort"] = json!(port);
-            }
+                }
+            };
+            claims.push(port_key(port));
+            p["nodePort"] = json!(port);
         }
     }
     Ok(claims)

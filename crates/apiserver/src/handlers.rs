@@ -173,7 +173,7 @@ impl Filters {
                 let f = rke2_apimachinery::selectors::parse_field_selector(s)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 for field in f.fields() {
-                    if !rt.supports_field(&field) {
+                    if !rt.supports_field(field) {
                         return Err(ApiError::bad_request(format!(
                             "field label not supported: {field}"
                         )));
@@ -191,21 +191,21 @@ impl Filters {
     }
 
     fn matches(&self, obj: &Value) -> bool {
-        if let Some(l) = &self.labels {
-            if !l.matches_value(obj["metadata"].get("labels")) {
-                return false;
-            }
+        if let Some(l) = &self.labels
+            && !l.matches_value(obj["metadata"].get("labels"))
+        {
+            return false;
         }
-        if let Some(f) = &self.fields {
-            if !f.matches(obj) {
-                return false;
-            }
+        if let Some(f) = &self.fields
+            && !f.matches(obj)
+        {
+            return false;
         }
         true
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ContinueToken {
     v: String,
     rv: i64,
@@ -326,13 +326,14 @@ async fn list_objects(ctx: &Ctx<'_>, filters: &Filters) -> ApiResult<(Vec<Value>
         start = format!("{}\u{0}", last_key.clone().unwrap_or_default());
     }
     let mut meta = json!({"resourceVersion": revision.to_string()});
-    if limit > 0 && more {
-        if let Some(k) = &last_key {
-            let rel = k.strip_prefix(&prefix).unwrap_or(k);
-            meta["continue"] = json!(encode_continue(revision, &format!("{rel}\u{0}")));
-            if filters.is_empty() {
-                meta["remainingItemCount"] = json!(remaining);
-            }
+    if limit > 0
+        && more
+        && let Some(k) = &last_key
+    {
+        let rel = k.strip_prefix(&prefix).unwrap_or(k);
+        meta["continue"] = json!(encode_continue(revision, &format!("{rel}\u{0}")));
+        if filters.is_empty() {
+            meta["remainingItemCount"] = json!(remaining);
         }
     }
     Ok((items, meta))
@@ -508,10 +509,10 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         )));
     }
     let (old, rev) = read_object(ctx, &name).await?;
-    if let Some(want) = expected_rv(&new)? {
-        if want != rev {
-            return Err(ApiError::conflict(rt, &name));
-        }
+    if let Some(want) = expected_rv(&new)?
+        && want != rev
+    {
+        return Err(ApiError::conflict(rt, &name));
     }
     if rt.namespaced {
         new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
@@ -681,10 +682,10 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             ));
         }
         let precondition = expected_rv(&new)?;
-        if let Some(want) = precondition {
-            if want != rev {
-                return Err(ApiError::conflict(rt, &name));
-            }
+        if let Some(want) = precondition
+            && want != rev
+        {
+            return Err(ApiError::conflict(rt, &name));
         }
         objects::check_type(rt, &mut new)?;
         objects::prepare_update(
@@ -765,28 +766,28 @@ async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         decode_body(body, ty)?
     };
     let (old, rev) = read_object(ctx, &name).await?;
-    if let Some(uid) = opts["preconditions"]["uid"].as_str() {
-        if old["metadata"]["uid"] != uid {
-            return Err(ApiError::conflict_msg(
-                rt,
-                &name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    old["metadata"]["uid"].as_str().unwrap_or("")
-                ),
-            ));
-        }
+    if let Some(uid) = opts["preconditions"]["uid"].as_str()
+        && old["metadata"]["uid"] != uid
+    {
+        return Err(ApiError::conflict_msg(
+            rt,
+            &name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                old["metadata"]["uid"].as_str().unwrap_or("")
+            ),
+        ));
     }
-    if let Some(want) = opts["preconditions"]["resourceVersion"].as_str() {
-        if want != rev.to_string() {
-            return Err(ApiError::conflict_msg(
-                rt,
-                &name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
-                ),
-            ));
-        }
+    if let Some(want) = opts["preconditions"]["resourceVersion"].as_str()
+        && want != rev.to_string()
+    {
+        return Err(ApiError::conflict_msg(
+            rt,
+            &name,
+            &format!(
+                "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+            ),
+        ));
     }
     let has_finalizers = old["metadata"]["finalizers"]
         .as_array()

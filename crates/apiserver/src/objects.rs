@@ -147,14 +147,13 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
                 }
             }
         }
-        "Pod" => {
+        "Pod"
             if obj["spec"]["containers"]
                 .as_array()
                 .map(|c| c.is_empty())
-                .unwrap_or(true)
-            {
-                causes.push(("spec.containers".into(), "Required value".into(), "".into()));
-            }
+                .unwrap_or(true) =>
+        {
+            causes.push(("spec.containers".into(), "Required value".into(), "".into()));
         }
         _ => {}
     }
@@ -167,14 +166,14 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
 
 fn validate_workload(obj: &Value, causes: &mut Vec<(String, String, String)>) {
     let spec = &obj["spec"];
-    if let Some(r) = spec["replicas"].as_i64() {
-        if r < 0 {
-            causes.push((
-                "spec.replicas".into(),
-                "Invalid value".into(),
-                format!("{r}: must be greater than or equal to 0"),
-            ));
-        }
+    if let Some(r) = spec["replicas"].as_i64()
+        && r < 0
+    {
+        causes.push((
+            "spec.replicas".into(),
+            "Invalid value".into(),
+            format!("{r}: must be greater than or equal to 0"),
+        ));
     }
     let selector = &spec["selector"];
     if !selector.is_object()
@@ -384,11 +383,11 @@ pub fn prepare_create(
     namespace: Option<&str>,
 ) -> Result<(), ApiError> {
     let meta = &mut obj["metadata"];
-    if meta["name"].as_str().unwrap_or("").is_empty() {
-        if let Some(prefix) = meta["generateName"].as_str() {
-            let suffix = random_suffix(5);
-            meta["name"] = json!(format!("{prefix}{suffix}"));
-        }
+    if meta["name"].as_str().unwrap_or("").is_empty()
+        && let Some(prefix) = meta["generateName"].as_str()
+    {
+        let suffix = random_suffix(5);
+        meta["name"] = json!(format!("{prefix}{suffix}"));
     }
     if rt.namespaced {
         let ns = namespace.unwrap_or("default");

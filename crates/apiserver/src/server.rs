@@ -193,11 +193,10 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<usize>().ok())
+                && len > MAX_BODY
             {
-                if len > MAX_BODY {
-                    drain(body).await;
-                    return ApiError::too_large(MAX_BODY).into_response();
-                }
+                drain(body).await;
+                return ApiError::too_large(MAX_BODY).into_response();
             }
             let body = match read_limited(body).await {
                 Some(b) => b,

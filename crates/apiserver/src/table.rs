@@ -371,10 +371,10 @@ fn node_roles(labels: &Value) -> String {
                 if !r.is_empty() {
                     roles.push(r.to_string());
                 }
-            } else if k == "kubernetes.io/role" {
-                if let Some(v) = v.as_str().filter(|v| !v.is_empty()) {
-                    roles.push(v.to_string());
-                }
+            } else if k == "kubernetes.io/role"
+                && let Some(v) = v.as_str().filter(|v| !v.is_empty())
+            {
+                roles.push(v.to_string());
             }
         }
     }

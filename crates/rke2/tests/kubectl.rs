@@ -334,10 +334,15 @@ async fn nodes_tables_and_errors_with(k: &Kubectl) -> Result<()> {
     // -------- error texts --------
     // 422 on an invalid name (typed create: protobuf on 1.32+).
     let bad = format!("Bad_Name-v{}", k.minor);
-    let stderr = k.fails(&["create", "configmap", &bad, "--from-literal=a=b"])?;
+    // `create configmap` wraps the error ("failed to create configmap: ..."),
+    // so the 422 is checked in the -v=6 response log.
+    let stderr = k.fails(&["create", "configmap", &bad, "--from-literal=a=b", "-v=6"])?;
     ensure!(
-        stderr.contains("Error from server (Invalid)")
-            && stderr.contains("is invalid")
+        stderr.contains("422 Unprocessable Entity"),
+        "invalid name should be a 422: {stderr}"
+    );
+    ensure!(
+        stderr.contains(&format!("ConfigMap \"{bad}\" is invalid"))
             && stderr.contains("metadata.name"),
         "invalid name: {stderr}"
     );
@@ -741,7 +746,8 @@ async fn watch_with(k: &Kubectl) -> Result<()> {
         .then_some(()))
     })
     .await?;
-    let h = header(&events.stdout());
+    let listed = events.stdout();
+    let h = header(&listed);
     ensure!(
         h == ["EVENT", "NAME", "DATA", "AGE"],
         "watch-events header: {}",

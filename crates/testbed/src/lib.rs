@@ -133,25 +133,25 @@ impl Server {
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<kube::Client> {
         let start = Instant::now();
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Some(status) = c.try_wait()? {
-                    bail!(
-                        "server exited early with {status}; log:\n{}",
-                        self.log_text()
-                    );
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "server exited early with {status}; log:\n{}",
+                    self.log_text()
+                );
             }
-            if self.kubeconfig.exists() {
-                if let Ok(client) = self.client().await {
-                    let req = http::Request::get("/readyz").body(Vec::new())?;
-                    if client
-                        .request_text(req)
-                        .await
-                        .map(|t| t == "ok")
-                        .unwrap_or(false)
-                    {
-                        return Ok(client);
-                    }
+            if self.kubeconfig.exists()
+                && let Ok(client) = self.client().await
+            {
+                let req = http::Request::get("/readyz").body(Vec::new())?;
+                if client
+                    .request_text(req)
+                    .await
+                    .map(|t| t == "ok")
+                    .unwrap_or(false)
+                {
+                    return Ok(client);
                 }
             }
             if start.elapsed() > timeout {
