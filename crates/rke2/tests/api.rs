@@ -541,6 +541,101 @@ async fn api_crud_selectors_paging_and_errors() {
             .is_empty()
     );
 
+    // Pods: binding sets spec.nodeName once; status is written through /status only.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "p1"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})).unwrap()).await.unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"}, "target": {"apiVersion": "v1", "kind": "Node", "name": s.node_name}});
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/p1/binding",
+        Some("application/json"),
+        serde_json::to_vec(&binding).unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/p1/binding",
+        Some("application/json"),
+        serde_json::to_vec(&binding).unwrap(),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    let p = pods.get("p1").await.unwrap();
+    assert_eq!(
+        p.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(s.node_name.as_str())
+    );
+    let conds = p.status.as_ref().unwrap().conditions.clone().unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+    );
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
+    let patch = json!({"status": {"phase": "Running"}});
+    pods.patch_status(
+        "p1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    // A status change through the main resource is ignored.
+    pods.patch(
+        "p1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&json!({"status": {"phase": "Failed"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pods.get("p1")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Running")
+    );
+    // Table output for pods carries kube-apiserver's columns.
+    let req = http::Request::get("/api/v1/namespaces/default/pods")
+        .header(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .body(Vec::<u8>::new().into())
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    let t: Value =
+        serde_json::from_slice(&resp.into_body().collect_bytes().await.unwrap()).unwrap();
+    assert_eq!(t["kind"], "Table");
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            "Name",
+            "Ready",
+            "Status",
+            "Restarts",
+            "Age",
+            "IP",
+            "Node",
+            "Nominated Node",
+            "Readiness Gates"
+        ]
+    );
+    assert_eq!(t["rows"][0]["cells"][2], "Running");
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+
     // Without a client certificate: only health and version answer.
     let kc = std::fs::read_to_string(&s.kubeconfig).unwrap();
     let anon: Value = serde_saphyr_free_parse(&kc);
