@@ -70,12 +70,63 @@ pub async fn ensure_builtin_objects(state: &ApiState) -> ApiResult<()> {
     update_endpoints(state).await
 }
 
-/// Makes `default/kubernetes` Endpoints list this apiserver.
+/// Where each live apiserver keeps its `ip:port`, attached to an etcd
+/// lease it renews (see `Store::keep_registered`).
+pub const APISERVERS_PREFIX: &str = "/rke2/apiservers/";
+
+/// This apiserver's registration key.
+pub fn apiserver_key(state: &ApiState) -> String {
+    format!("{APISERVERS_PREFIX}{}", self_address(state))
+}
+
+/// `ip:port` of this apiserver.
+pub fn self_address(state: &ApiState) -> String {
+    let ip = state.config().advertise_address;
+    let host = if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    format!("{host}:{}", state.config().port)
+}
+
+/// `ip:port` of every live apiserver, sorted.
+pub async fn live_apiservers(state: &ApiState) -> ApiResult<Vec<String>> {
+    let mut out: Vec<String> = state
+        .store
+        .values_under(APISERVERS_PREFIX)
+        .await?
+        .into_iter()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Makes `default/kubernetes` Endpoints list exactly the live apiservers
+/// (always including this one). Every server runs it; writes are
+/// revision-checked, so concurrent reconcilers converge.
 pub async fn update_endpoints(state: &ApiState) -> ApiResult<()> {
     let rt = registry::find("", "v1", "endpoints").expect("registered");
     let key = rt.key(Some("default"), "kubernetes");
     let me = state.config().advertise_address.to_string();
     let port = state.config().port;
+    let mut ips: Vec<String> = live_apiservers(state)
+        .await?
+        .iter()
+        .filter_map(|a| {
+            a.rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
+        })
+        .collect();
+    if !ips.contains(&me) {
+        ips.push(me);
+    }
+    ips.sort();
+    ips.dedup();
+    let addresses: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    let subsets = json!([{"addresses": addresses, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
     for _ in 0..5 {
         match state.store.get(&key).await? {
             None => {
@@ -85,7 +136,7 @@ pub async fn update_endpoints(state: &ApiState) -> ApiResult<()> {
                     Some("default"),
                     json!({
                         "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-                        "subsets": [{"addresses": [{"ip": me}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+                        "subsets": subsets,
                     }),
                 )
                 .await?;
@@ -93,15 +144,10 @@ pub async fn update_endpoints(state: &ApiState) -> ApiResult<()> {
             }
             Some(kv) => {
                 let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-                let mut addrs: Vec<Value> = obj["subsets"][0]["addresses"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                if addrs.iter().any(|a| a["ip"] == me.as_str()) {
+                if obj["subsets"] == subsets {
                     return Ok(());
                 }
-                addrs.push(json!({"ip": me}));
-                obj["subsets"] = json!([{"addresses": addrs, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+                obj["subsets"] = subsets.clone();
                 match state
                     .store
                     .update(&key, objects::to_stored(&obj), kv.mod_revision)
@@ -115,4 +161,32 @@ pub async fn update_endpoints(state: &ApiState) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// Registers this apiserver as live and keeps the `kubernetes` Endpoints
+/// in line with the live set, every 2 s, until `stop`.
+pub async fn run_registration(state: ApiState, stop: tokio_util::sync::CancellationToken) {
+    let reg = {
+        let store = state.store.clone();
+        let key = apiserver_key(&state);
+        let value = self_address(&state).into_bytes();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            store
+                .keep_registered(key, value, std::time::Duration::from_secs(8), stop)
+                .await
+        })
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                if let Err(e) = update_endpoints(&state).await {
+                    tracing::debug!(error = %e.message, "reconciling kubernetes endpoints");
+                }
+            }
+        }
+    }
+    let _ = reg.await;
 }

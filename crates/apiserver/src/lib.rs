@@ -25,7 +25,7 @@ pub mod table;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use server::serve;
+pub use server::{serve, serve_router};
 
 /// Settings of the API server.
 #[derive(Debug, Clone)]

@@ -42,8 +42,19 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_router(listener, tls, router(state), shutdown).await
+}
+
+/// Serves any router over TLS until `shutdown` resolves. Each request
+/// carries an `Option<Identity>` extension from the client certificate.
+/// Also used for the supervisor port, which shares the serving cert.
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(state);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -13,7 +13,9 @@
 //! and values are bytes, versions are etcd revisions.
 
 pub mod etcd;
+pub mod membership;
 pub mod store;
 
 pub use etcd::{EtcdConfig, EtcdError, EtcdProcess};
+pub use membership::Member;
 pub use store::{KeyValue, ListPage, Store, StoreError, WatchEvent, WatchEventKind};

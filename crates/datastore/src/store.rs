@@ -122,6 +122,7 @@ pub struct StoreTls {
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    endpoints: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 fn kv(k: &etcd_client::KeyValue) -> KeyValue {
@@ -159,7 +160,12 @@ impl Store {
             );
         }
         let client = Client::connect(endpoints, Some(opts)).await?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            endpoints: std::sync::Arc::new(std::sync::Mutex::new(
+                endpoints.iter().cloned().collect(),
+            )),
+        })
     }
 
     /// Whether etcd answers a linearizable read now.
@@ -380,6 +386,14 @@ impl Store {
     /// The underlying etcd client, for cluster membership work.
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// Marks an endpoint as used; `false` when it already was.
+    pub(crate) fn note_endpoint(&self, url: &str) -> bool {
+        self.endpoints
+            .lock()
+            .map(|mut e| e.insert(url.to_string()))
+            .unwrap_or(false)
     }
 }
 

@@ -1,0 +1,14 @@
+//! Control-plane loops of an rke2 server.
+//!
+//! Every loop runs on exactly one server at a time, chosen through a Lease
+//! in `kube-system` ([`leader`]). Loops are API clients (the `kube`
+//! crate); they never reach into etcd's object keyspace.
+//!
+//! Architecture invariant: reconcilers are idempotent — they are not told
+//! what changed and may run again after a leader change.
+
+pub mod leader;
+pub mod server_removal;
+
+/// The Lease held by the server running the controllers.
+pub const CONTROLLERS_LEASE: &str = "rke2-controller-manager";
