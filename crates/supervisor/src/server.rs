@@ -1,0 +1,378 @@
+//! The supervisor's HTTPS routes (DESIGN.md section 5) as an axum Router.
+//!
+//! Only the router lives here: the binary serves it over TLS with the same
+//! serving certificate as 6443, so joiners that check SANs against the
+//! registration address see one consistent certificate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures::future::BoxFuture;
+use rke2_trust::{NODE_USER, SERVER_USER, constant_time_eq};
+use tracing::{debug, warn};
+
+use crate::bootstrap::{Passwd, pack};
+
+/// Live facts about the cluster the routes need; implemented by the
+/// binary (API readiness, apiserver endpoints, etcd membership) so this
+/// crate stays free of etcd and Kubernetes clients.
+pub trait ClusterInfo: Send + Sync {
+    /// True once the local Kubernetes API can serve (`/v1-rke2/readyz`).
+    fn api_ready(&self) -> BoxFuture<'_, bool>;
+    /// `ip:port` of every live apiserver (`/v1-rke2/apiservers`).
+    fn apiservers(&self) -> BoxFuture<'_, Vec<String>>;
+    /// The `/db/info` body: `{"members":[{"name","peerURLs":[],
+    /// "clientURLs":[],"isLearner":bool,"id":"<hex>"}]}`, or why it is not
+    /// available (etcd down).
+    fn etcd_members(&self) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+}
+
+/// Everything the routes serve from.
+pub struct SupervisorState {
+    /// The server CA PEM exactly as stored in `server-ca.crt`: joiners hash
+    /// these bytes against the token, so they must not be re-encoded.
+    pub server_ca_pem: String,
+    /// The basic-auth passwords of users `server` and `node`.
+    pub passwd: Passwd,
+    /// Non-secret cluster configuration for `/v1-rke2/config`; must hold the
+    /// keys of [`crate::CRITICAL_KEYS`] so joiners can compare them.
+    pub cluster_config: serde_json::Value,
+    /// `<data-dir>/server/tls`, packed on each `/v1-rke2/server-bootstrap`
+    /// so the answer always reflects the files on disk.
+    pub tls_dir: PathBuf,
+    /// Live cluster facts.
+    pub info: Arc<dyn ClusterInfo>,
+}
+
+/// Who a request authenticated as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// User `server`: may do everything.
+    Server,
+    /// User `node`: agent registration only.
+    Node,
+}
+
+/// Which users a route admits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    ServerOrNode,
+    ServerOnly,
+}
+
+/// The supervisor routes. Unknown paths answer 404.
+pub fn router(state: Arc<SupervisorState>) -> Router {
+    Router::new()
+        .route("/cacerts", get(cacerts))
+        .route("/ping", get(ping))
+        .route("/v1-rke2/readyz", get(readyz))
+        .route("/v1-rke2/config", get(config))
+        .route("/v1-rke2/server-bootstrap", get(server_bootstrap))
+        .route("/v1-rke2/apiservers", get(apiservers))
+        .route("/db/info", get(db_info))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Why a request was refused; turned into the response by `IntoResponse`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denied {
+    /// No or wrong credentials: 401.
+    Unauthorized,
+    /// User `node` on a server-only route: 403.
+    Forbidden,
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Unauthorized => unauthorized(),
+            Denied::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "Forbidden: the agent token (user node) may not fetch server bootstrap data; \
+                 join servers with the server token\n",
+            )
+                .into_response(),
+        }
+    }
+}
+
+fn unauthorized() -> Response {
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized: a valid token (basic auth user server or node) is required\n",
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"rke2\""),
+    );
+    r
+}
+
+/// Authenticate with basic auth and check the route's requirement.
+fn authorize(state: &SupervisorState, headers: &HeaderMap, need: Need) -> Result<Role, Denied> {
+    let creds = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then_some(rest)
+        })
+        .and_then(|b| B64.decode(b.trim()).ok())
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some(creds) = creds else {
+        return Err(Denied::Unauthorized);
+    };
+    let Some((user, password)) = creds.split_once(':') else {
+        return Err(Denied::Unauthorized);
+    };
+    // Compare against both passwords every time so the answer time does
+    // not reveal which user name exists.
+    let server_ok = constant_time_eq(password.as_bytes(), state.passwd.server.as_bytes());
+    let node_ok = constant_time_eq(password.as_bytes(), state.passwd.node.as_bytes());
+    let role = match user {
+        SERVER_USER if server_ok => Role::Server,
+        NODE_USER if node_ok => Role::Node,
+        _ => {
+            debug!(user, "supervisor: basic auth refused");
+            return Err(Denied::Unauthorized);
+        }
+    };
+    if need == Need::ServerOnly && role != Role::Server {
+        warn!("supervisor: the agent token was used on a server-only route");
+        return Err(Denied::Forbidden);
+    }
+    Ok(role)
+}
+
+fn json(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn cacerts(State(s): State<Arc<SupervisorState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+        s.server_ca_pem.clone(),
+    )
+        .into_response()
+}
+
+async fn ping() -> &'static str {
+    "pong"
+}
+
+async fn readyz(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOrNode) {
+        return r.into_response();
+    }
+    if s.info.api_ready().await {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "apiserver not ready yet\n").into_response()
+    }
+}
+
+async fn config(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOrNode) {
+        return r.into_response();
+    }
+    json(serde_json::to_vec(&s.cluster_config).expect("JSON value serializes"))
+}
+
+async fn server_bootstrap(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOnly) {
+        return r.into_response();
+    }
+    // File reads: keep them off the async workers.
+    let st = s.clone();
+    match tokio::task::spawn_blocking(move || pack(&st.tls_dir, &st.passwd)).await {
+        Ok(Ok(doc)) => json(doc),
+        Ok(Err(e)) => {
+            warn!(error = %e, "supervisor: cannot pack bootstrap data");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot pack bootstrap data: {e}\n"),
+            )
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot pack bootstrap data: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn apiservers(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOrNode) {
+        return r.into_response();
+    }
+    let list = s.info.apiservers().await;
+    json(serde_json::to_vec(&list).expect("string list serializes"))
+}
+
+async fn db_info(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOnly) {
+        return r.into_response();
+    }
+    match s.info.etcd_members().await {
+        Ok(v) => json(serde_json::to_vec(&v).expect("JSON value serializes")),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("etcd member list unavailable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    struct Fake {
+        ready: bool,
+    }
+
+    impl ClusterInfo for Fake {
+        fn api_ready(&self) -> BoxFuture<'_, bool> {
+            Box::pin(async move { self.ready })
+        }
+        fn apiservers(&self) -> BoxFuture<'_, Vec<String>> {
+            Box::pin(async { vec!["10.0.0.1:6443".to_string()] })
+        }
+        fn etcd_members(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+            Box::pin(async { Err("etcd is down".to_string()) })
+        }
+    }
+
+    fn app(ready: bool, tls_dir: PathBuf) -> Router {
+        router(Arc::new(SupervisorState {
+            server_ca_pem: "CA PEM\n".into(),
+            passwd: Passwd {
+                server: "spw".into(),
+                node: "npw".into(),
+            },
+            cluster_config: serde_json::json!({"cluster-cidr": "10.42.0.0/16"}),
+            tls_dir,
+            info: Arc::new(Fake { ready }),
+        }))
+    }
+
+    async fn call(app: &Router, path: &str, auth: Option<&str>) -> (StatusCode, HeaderMap, String) {
+        let mut req = axum::http::Request::get(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    fn basic(user: &str, pw: &str) -> String {
+        format!("Basic {}", B64.encode(format!("{user}:{pw}")))
+    }
+
+    #[tokio::test]
+    async fn auth_matrix() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(false, dir.path().join("missing"));
+        let server = basic("server", "spw");
+        let node = basic("node", "npw");
+
+        assert_eq!(call(&app, "/cacerts", None).await.2, "CA PEM\n");
+        assert_eq!(call(&app, "/ping", None).await.2, "pong");
+
+        for path in [
+            "/v1-rke2/readyz",
+            "/v1-rke2/config",
+            "/v1-rke2/apiservers",
+            "/v1-rke2/server-bootstrap",
+            "/db/info",
+        ] {
+            for bad in [
+                None,
+                Some(basic("server", "npw")),
+                Some(basic("node", "spw")),
+                Some(basic("admin", "spw")),
+                Some("Bearer spw".to_string()),
+                Some("Basic !!!".to_string()),
+            ] {
+                let (st, h, _) = call(&app, path, bad.as_deref()).await;
+                assert_eq!(st, StatusCode::UNAUTHORIZED, "{path} {bad:?}");
+                assert_eq!(h[header::WWW_AUTHENTICATE], "Basic realm=\"rke2\"");
+            }
+        }
+
+        let (st, _, body) = call(&app, "/v1-rke2/readyz", Some(&node)).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (st, h, body) = call(&app, "/v1-rke2/config", Some(&node)).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert_eq!(body, r#"{"cluster-cidr":"10.42.0.0/16"}"#);
+        let (st, _, body) = call(&app, "/v1-rke2/apiservers", Some(&node)).await;
+        assert_eq!(
+            (st, body.as_str()),
+            (StatusCode::OK, r#"["10.0.0.1:6443"]"#)
+        );
+
+        for path in ["/v1-rke2/server-bootstrap", "/db/info"] {
+            let (st, _, body) = call(&app, path, Some(&node)).await;
+            assert_eq!(st, StatusCode::FORBIDDEN, "{path}");
+            assert!(
+                body.contains("agent token") && body.contains("server bootstrap data"),
+                "{body}"
+            );
+        }
+        // Server user passes auth; the fakes' failures surface as 5xx.
+        let (st, _, body) = call(&app, "/db/info", Some(&server)).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("etcd is down"), "{body}");
+        let (st, _, body) = call(&app, "/v1-rke2/server-bootstrap", Some(&server)).await;
+        assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("server-ca.crt"), "{body}");
+
+        let (st, _, _) = call(&app, "/nope", Some(&server)).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (st, _, _) = call(&app, "/v1-rke2/nope", None).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn readyz_ok_when_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(true, dir.path().to_path_buf());
+        let (st, _, body) = call(&app, "/v1-rke2/readyz", Some(&basic("server", "spw"))).await;
+        assert_eq!((st, body.as_str()), (StatusCode::OK, "ok"));
+    }
+}
