@@ -22,10 +22,10 @@ pub struct ElectionTiming {
 }
 
 impl Default for ElectionTiming {
-    /// 10 s lease, 2 s retries: a dead holder is replaced within ~12 s.
+    /// 8 s lease, 2 s retries: a dead holder is replaced within ~10 s.
     fn default() -> Self {
         Self {
-            lease_duration: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(8),
             retry_period: Duration::from_secs(2),
         }
     }

@@ -49,15 +49,15 @@ fn member(m: &etcd_client::Member) -> Member {
 impl Store {
     /// The current members.
     pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
-        let mut c = self.client();
-        let resp = c.member_list().await?;
+        let resp = self
+            .call(|mut c| async move { c.member_list().await })
+            .await?;
         Ok(resp.members().iter().map(member).collect())
     }
 
     /// This endpoint's member id and the leader's member id.
     pub async fn member_and_leader(&self) -> Result<(u64, u64), StoreError> {
-        let mut c = self.client();
-        let st = c.status().await?;
+        let st = self.call(|mut c| async move { c.status().await }).await?;
         let me = st.header().map(|h| h.member_id()).unwrap_or(0);
         Ok((me, st.leader()))
     }
@@ -82,9 +82,11 @@ impl Store {
                 info!(%peer_url, "etcd member with this peer URL already present; reusing it");
                 return Ok(existing);
             }
-            let mut c = self.client();
-            match c
-                .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
+            match self
+                .call(|mut c| async move {
+                    c.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
+                        .await
+                })
                 .await
             {
                 Ok(resp) => return Ok(resp.member_list().iter().map(member).collect()),
@@ -115,8 +117,11 @@ impl Store {
         first_seen.retain(|id, _| members.iter().any(|m| m.id == *id && m.is_learner));
         for m in members.iter().filter(|m| m.is_learner) {
             let seen = *first_seen.entry(m.id).or_insert_with(Instant::now);
-            let mut c = self.client();
-            match c.member_promote(m.id).await {
+            let id = m.id;
+            match self
+                .call(|mut c| async move { c.member_promote(id).await })
+                .await
+            {
                 Ok(_) => {
                     info!(member = %m.name, id = format!("{:x}", m.id), "promoted etcd learner to voter");
                     first_seen.remove(&m.id);
@@ -124,7 +129,9 @@ impl Store {
                 Err(e) => {
                     if seen.elapsed() > stall {
                         warn!(member = %m.name, "etcd learner stalled; removing it");
-                        let _ = c.member_remove(m.id).await;
+                        let _ = self
+                            .call(|mut c| async move { c.member_remove(id).await })
+                            .await;
                         first_seen.remove(&m.id);
                     } else if !e.to_string().contains("not in sync")
                         && !e.to_string().contains("not ready")
@@ -155,8 +162,9 @@ impl Store {
             warn!(member = %m.name, "refusing to remove the last etcd voter");
             return Ok(false);
         }
-        let mut c = self.client();
-        c.member_remove(m.id).await?;
+        let id = m.id;
+        self.call(|mut c| async move { c.member_remove(id).await })
+            .await?;
         info!(member = %m.name, "removed etcd member of deleted node");
         Ok(true)
     }
@@ -164,11 +172,9 @@ impl Store {
     /// Adds client endpoints the connection does not use yet (members that
     /// joined after this process connected).
     pub async fn add_endpoints(&self, urls: &[String]) {
-        let c = self.client();
         for u in urls {
             if self.note_endpoint(u) {
                 info!(endpoint = %u, "using new etcd endpoint");
-                let _ = c.add_endpoint(u.as_str()).await;
             }
         }
     }
@@ -189,9 +195,13 @@ impl Store {
     ) {
         let ttl_secs = ttl.as_secs().max(2) as i64;
         loop {
-            let mut c = self.client();
-            let lease = match c.lease_grant(ttl_secs, None).await {
-                Ok(l) => l.id(),
+            let granted = self
+                .call(
+                    |mut c| async move { c.lease_grant(ttl_secs, None).await.map(|l| (c, l.id())) },
+                )
+                .await;
+            let (mut c, lease) = match granted {
+                Ok(x) => x,
                 Err(e) => {
                     warn!(%key, error = %e, "granting a registration lease failed; retrying");
                     tokio::select! {

@@ -119,10 +119,40 @@ pub struct StoreTls {
 }
 
 /// A handle to etcd's keyspace; cheap to clone.
+///
+/// It keeps one connection per etcd member and sends each request to the
+/// member that answered last, moving on to the next member when one is
+/// unreachable or has no leader. (etcd-client's own balancing keeps
+/// routing to a dead member, which would fail a share of all requests
+/// while any one server is down.)
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    endpoints: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    tls: Option<StoreTls>,
+    endpoints: std::sync::Mutex<Vec<Endpoint>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    url: String,
+    client: Option<Client>,
+}
+
+/// Whether a failed request may be sent to another member: the member was
+/// unreachable, is a learner, or has no leader.
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC codes: 2 Unknown, 4 DeadlineExceeded, 14 Unavailable.
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(s.code() as i32, 2 | 4 | 14) || s.message().contains("learner")
+        }
+        _ => false,
+    }
 }
 
 fn kv(k: &etcd_client::KeyValue) -> KeyValue {
@@ -146,50 +176,138 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 impl Store {
-    /// Connects to etcd at the given endpoints.
+    /// Prepares connections to etcd at the given endpoints (in order of
+    /// preference). Connections are made on first use, so members that are
+    /// down now are simply skipped until they come back.
     pub async fn connect(endpoints: &[String], tls: Option<&StoreTls>) -> Result<Self, StoreError> {
+        Ok(Self {
+            inner: std::sync::Arc::new(Inner {
+                tls: tls.cloned(),
+                endpoints: std::sync::Mutex::new(
+                    endpoints
+                        .iter()
+                        .map(|u| Endpoint {
+                            url: u.clone(),
+                            client: None,
+                        })
+                        .collect(),
+                ),
+                current: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    async fn client_at(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        let url = {
+            let eps = self.inner.endpoints.lock().expect("endpoint lock");
+            let ep = &eps[i % eps.len()];
+            if let Some(c) = &ep.client {
+                return Ok(c.clone());
+            }
+            ep.url.clone()
+        };
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(15))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
-        if let Some(t) = tls {
+        if let Some(t) = &self.inner.tls {
             opts = opts.with_tls(
                 TlsOptions::new()
                     .ca_certificate(Certificate::from_pem(&t.ca_pem))
                     .identity(Identity::from_pem(&t.cert_pem, &t.key_pem)),
             );
         }
-        let client = Client::connect(endpoints, Some(opts)).await?;
-        Ok(Self {
-            client,
-            endpoints: std::sync::Arc::new(std::sync::Mutex::new(
-                endpoints.iter().cloned().collect(),
-            )),
-        })
+        let client = Client::connect([url.as_str()], Some(opts)).await?;
+        let mut eps = self.inner.endpoints.lock().expect("endpoint lock");
+        if let Some(ep) = eps.iter_mut().find(|e| e.url == url) {
+            ep.client = Some(client.clone());
+        }
+        Ok(client)
+    }
+
+    /// Runs `f` against the current member, failing over to the others.
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let n = self
+            .inner
+            .endpoints
+            .lock()
+            .expect("endpoint lock")
+            .len()
+            .max(1);
+        let start = self.inner.current.load(Ordering::Relaxed);
+        let mut last = None;
+        // Two rounds: a leader election in progress fails every member for
+        // a moment; the pause between rounds lets it finish.
+        for attempt in 0..2 * n {
+            if attempt == n {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let i = (start + attempt) % n;
+            let client = match self.client_at(i).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match f(client).await {
+                Ok(v) => {
+                    if i != start {
+                        self.inner.current.store(i, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if retryable(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoints".into())))
+    }
+
+    /// Makes `url` the preferred member (this server's own, once it votes).
+    pub fn prefer(&self, url: &str) {
+        let eps = self.inner.endpoints.lock().expect("endpoint lock");
+        if let Some(i) = eps.iter().position(|e| e.url == url) {
+            self.inner
+                .current
+                .store(i, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Whether etcd answers a linearizable read now.
     pub async fn healthy(&self) -> bool {
-        let mut c = self.client.clone();
         matches!(
-            tokio::time::timeout(Duration::from_secs(2), c.get("health", None)).await,
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                self.call(|mut c| async move { c.get("health", None).await })
+            )
+            .await,
             Ok(Ok(_))
         )
     }
 
     /// The current revision of the whole keyspace.
     pub async fn current_revision(&self) -> Result<i64, StoreError> {
-        let mut c = self.client.clone();
-        let resp = c
-            .get("/", Some(GetOptions::new().with_count_only().with_limit(1)))
+        let resp = self
+            .call(|mut c| async move {
+                c.get("/", Some(GetOptions::new().with_count_only().with_limit(1)))
+                    .await
+            })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// Reads one key.
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut c = self.client.clone();
-        let resp = c.get(key, None).await?;
+        let resp = self
+            .call(|mut c| async move { c.get(key, None).await })
+            .await?;
         Ok(resp.kvs().first().map(kv))
     }
 
@@ -198,8 +316,12 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        let mut c = self.client.clone();
-        let resp = c.txn(txn).await?;
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists);
         }
@@ -218,8 +340,12 @@ impl Store {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)])
             .or_else([TxnOp::get(key, None)]);
-        let mut c = self.client.clone();
-        let resp = c.txn(txn).await?;
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
         }
@@ -236,8 +362,12 @@ impl Store {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::delete(key, None)])
             .or_else([TxnOp::get(key, None)]);
-        let mut c = self.client.clone();
-        let resp = c.txn(txn).await?;
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
         }
@@ -265,9 +395,11 @@ impl Store {
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let mut c = self.client.clone();
-        let resp = c
-            .get(from, Some(opts))
+        let resp = self
+            .call(|mut c| {
+                let opts = opts.clone();
+                async move { c.get(from, Some(opts)).await }
+            })
             .await
             .map_err(|e| StoreError::from_etcd(e, revision))?;
         let items: Vec<KeyValue> = resp.kvs().iter().map(kv).collect();
@@ -296,8 +428,12 @@ impl Store {
             .with_start_revision(after_revision + 1)
             .with_prev_key()
             .with_progress_notify();
-        let mut c = self.client.clone();
-        let stream = c.watch(prefix, Some(opts)).await?;
+        let stream = self
+            .call(|mut c| {
+                let opts = opts.clone();
+                async move { c.watch(prefix, Some(opts)).await }
+            })
+            .await?;
         let (_sender, responses) = stream.split();
         let state = (responses, std::collections::VecDeque::new(), false, _sender);
         Ok(futures::stream::unfold(
@@ -383,17 +519,18 @@ impl Store {
         ))
     }
 
-    /// The underlying etcd client, for cluster membership work.
-    pub fn client(&self) -> Client {
-        self.client.clone()
-    }
-
-    /// Marks an endpoint as used; `false` when it already was.
+    /// Adds a member's client URL to the ones this store may use; `false`
+    /// when it was known already.
     pub(crate) fn note_endpoint(&self, url: &str) -> bool {
-        self.endpoints
-            .lock()
-            .map(|mut e| e.insert(url.to_string()))
-            .unwrap_or(false)
+        let mut eps = self.inner.endpoints.lock().expect("endpoint lock");
+        if eps.iter().any(|e| e.url == url) {
+            return false;
+        }
+        eps.push(Endpoint {
+            url: url.to_string(),
+            client: None,
+        });
+        true
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `rke2` binary: `rke2 server` (and, later, `rke2 agent`).
 
+mod cluster;
 mod server;
 
 use std::collections::HashMap;

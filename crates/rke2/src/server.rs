@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -164,6 +165,17 @@ pub async fn run(cfg: Config) -> Result<()> {
     let server_dir = data_dir.join("server");
     let ips = node_ips(&cfg);
     let node_ip = ips[0];
+    let etcd_data = server_dir.join("db").join("etcd");
+    let has_etcd_data = etcd_data.join("member").exists();
+    // A server with `server:` and no etcd data yet joins that cluster; once
+    // etcd has data, the URL no longer matters for membership.
+    let join = match (&cfg.server, has_etcd_data) {
+        (Some(url), false) => {
+            info!(server = %url, "joining an existing cluster");
+            Some(crate::cluster::prepare_join(&cfg, url, &rke2_trust::tls_dir(data_dir)).await?)
+        }
+        _ => None,
+    };
     let mut tls_sans = cfg.tls_san.clone();
     if let Some(b) = cfg.bind_address.filter(|b| !b.is_unspecified()) {
         tls_sans.push(b.to_string());
@@ -181,11 +193,21 @@ pub async fn run(cfg: Config) -> Result<()> {
         etcd_sans: rke2_trust::etcd_sans(&cfg.node_name, &ips),
     })
     .context("preparing certificates")?;
-    ensure_tokens(&cfg, &server_dir, &trust)?;
+    let token = ensure_tokens(&cfg, &server_dir, &trust)?;
+    let passwd = match &join {
+        Some(plan) => plan.passwd.clone(),
+        None => rke2_supervisor::bootstrap::Passwd {
+            server: token.password.clone(),
+            node: cfg
+                .agent_token
+                .as_deref()
+                .and_then(|t| Token::parse(t).ok())
+                .map(|t| t.password)
+                .unwrap_or_else(|| token.password.clone()),
+        },
+    };
 
     // etcd listens on the node IP (and loopback when the node IP is not).
-    let db_dir = server_dir.join("db");
-    let etcd_data = db_dir.join("etcd");
     std::fs::create_dir_all(&etcd_data)
         .with_context(|| format!("creating {}", etcd_data.display()))?;
     let name = member_name(&etcd_data, &cfg.node_name)?;
@@ -195,6 +217,47 @@ pub async fn run(cfg: Config) -> Result<()> {
     if !node_ip.is_loopback() {
         listen.push("https://127.0.0.1:2379".into());
     }
+    let store_tls = StoreTls {
+        ca_pem: trust.etcd_server_ca.cert_pem.clone(),
+        cert_pem: trust.etcd_client.cert_pem.clone(),
+        key_pem: trust.etcd_client.key_pem.clone(),
+    };
+    let (initial_cluster, initial_state, endpoints) = match &join {
+        Some(plan) => {
+            // Join step 4: add ourselves as a learner through the voters.
+            let started_join = Instant::now();
+            let remote = Store::connect(&plan.voter_client_urls, Some(&store_tls))
+                .await
+                .context("join step 4: connecting to the cluster's etcd")?;
+            let members = remote
+                .add_learner(&peer_url, Duration::from_secs(600))
+                .await
+                .context("join step 4: adding this server as an etcd learner")?;
+            crate::cluster::log_joined(&name, started_join);
+            let initial: Vec<String> = members
+                .iter()
+                .filter_map(|m| {
+                    let peer = m.peer_urls.first()?;
+                    let n = if m.name.is_empty() || *peer == peer_url {
+                        name.clone()
+                    } else {
+                        m.name.clone()
+                    };
+                    Some(format!("{n}={peer}"))
+                })
+                .collect();
+            (
+                initial.join(","),
+                "existing",
+                plan.voter_client_urls.clone(),
+            )
+        }
+        None => (
+            format!("{name}={peer_url}"),
+            "new",
+            vec![client_url.clone()],
+        ),
+    };
     let etcd = EtcdProcess::start(EtcdConfig {
         binary: cfg.etcd_binary.clone(),
         name: name.clone(),
@@ -203,8 +266,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         listen_client_urls: listen,
         advertise_client_url: client_url.clone(),
         peer_url: peer_url.clone(),
-        initial_cluster: format!("{name}={peer_url}"),
-        initial_cluster_state: "new".into(),
+        initial_cluster,
+        initial_cluster_state: initial_state.into(),
         trusted_ca_file: trust.etcd_server_ca.cert_path.clone(),
         cert_file: trust.etcd_server.cert_path.clone(),
         key_file: trust.etcd_server.key_path.clone(),
@@ -212,51 +275,72 @@ pub async fn run(cfg: Config) -> Result<()> {
         peer_cert_file: trust.etcd_peer.cert_path.clone(),
         peer_key_file: trust.etcd_peer.key_path.clone(),
     })?;
-    let result = run_with_etcd(
-        &cfg,
-        &trust,
-        &etcd,
-        &client_url,
+    let ctx = Running {
+        cfg: &cfg,
+        trust: &trust,
+        etcd: &etcd,
+        endpoints,
+        store_tls,
         node_ip,
-        &ips,
+        ips: &ips,
         started,
-        &mut sigterm,
-        &mut sigint,
-    )
-    .await;
+        token,
+        passwd,
+    };
+    let result = run_with_etcd(ctx, &mut sigterm, &mut sigint).await;
     info!("stopping etcd");
     etcd.stop().await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_with_etcd(
-    cfg: &Config,
-    trust: &ServerTrust,
-    etcd: &EtcdProcess,
-    client_url: &str,
+/// What the server holds once etcd runs.
+struct Running<'a> {
+    cfg: &'a Config,
+    trust: &'a ServerTrust,
+    etcd: &'a EtcdProcess,
+    endpoints: Vec<String>,
+    store_tls: StoreTls,
     node_ip: IpAddr,
-    ips: &[IpAddr],
+    ips: &'a [IpAddr],
     started: Instant,
+    token: Token,
+    passwd: rke2_supervisor::bootstrap::Passwd,
+}
+
+async fn run_with_etcd(
+    ctx: Running<'_>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> Result<()> {
-    let store = Store::connect(
-        &[client_url.to_string()],
-        Some(&StoreTls {
-            ca_pem: trust.etcd_server_ca.cert_pem.clone(),
-            cert_pem: trust.etcd_client.cert_pem.clone(),
-            key_pem: trust.etcd_client.key_pem.clone(),
-        }),
-    )
-    .await
-    .context("connecting to etcd")?;
+    let Running {
+        cfg,
+        trust,
+        etcd,
+        endpoints,
+        store_tls,
+        node_ip,
+        ips,
+        started,
+        token,
+        passwd,
+    } = ctx;
+    let own_client_url = format!("https://{}:2379", url_host(&node_ip));
+    let store = Store::connect(&endpoints, Some(&store_tls))
+        .await
+        .context("connecting to etcd")?;
     tokio::select! {
-        r = wait_healthy(&store, etcd, Duration::from_secs(120)) => r?,
+        r = wait_healthy(&store, etcd, Duration::from_secs(600)) => r?,
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
     }
     info!(elapsed = ?started.elapsed(), "etcd is healthy");
+    crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(crate::cluster::run_membership(
+        store.clone(),
+        own_client_url,
+        stop.clone(),
+    ));
 
     let advertise = cfg.advertise_address.unwrap_or(node_ip);
     let state = rke2_apiserver::ApiState::new(
@@ -278,6 +362,10 @@ async fn run_with_etcd(
             }
         });
     }
+    tokio::spawn(rke2_apiserver::bootstrap::run_registration(
+        state.clone(),
+        stop.clone(),
+    ));
 
     let bind_ip = cfg
         .bind_address
@@ -292,12 +380,35 @@ async fn run_with_etcd(
         Some(trust.client_ca.cert_pem.as_bytes()),
     )
     .context("building the API TLS configuration")?;
-    let stop = CancellationToken::new();
     let api_stop = stop.clone();
-    let api = tokio::spawn(rke2_apiserver::serve(listener, tls, state, async move {
-        api_stop.cancelled().await
-    }));
+    let api = tokio::spawn(rke2_apiserver::serve(
+        listener,
+        tls.clone(),
+        state.clone(),
+        async move { api_stop.cancelled().await },
+    ));
     info!(%addr, "Kubernetes API listening");
+
+    // The supervisor (9345) shares the API's serving certificate.
+    let sup_addr = SocketAddr::new(bind_ip, cfg.supervisor_port);
+    let sup_listener = tokio::net::TcpListener::bind(sup_addr)
+        .await
+        .with_context(|| format!("listening on {sup_addr} for the supervisor"))?;
+    let sup_state = Arc::new(rke2_supervisor::server::SupervisorState {
+        server_ca_pem: trust.server_ca.cert_pem.clone(),
+        passwd: passwd.clone(),
+        cluster_config: crate::cluster::critical_config(cfg),
+        tls_dir: trust.tls_dir.clone(),
+        info: crate::cluster::cluster_info(state.store.clone(), state.clone()),
+    });
+    let sup_stop = stop.clone();
+    tokio::spawn(rke2_apiserver::serve_router(
+        sup_listener,
+        tls,
+        rke2_supervisor::server::router(sup_state),
+        async move { sup_stop.cancelled().await },
+    ));
+    info!(addr = %sup_addr, "supervisor listening");
 
     let local_host = if bind_ip.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -347,7 +458,13 @@ async fn run_with_etcd(
         addresses: ips.to_vec(),
         kubelet_version: rke2_apiserver::discovery::git_version(),
     };
-    let node = tokio::spawn(rke2_node::run(client, node_cfg, stop.clone()));
+    let node = tokio::spawn(rke2_node::run(client.clone(), node_cfg, stop.clone()));
+    spawn_controllers(
+        client,
+        cfg.node_name.clone(),
+        state.store.clone(),
+        stop.clone(),
+    );
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
 
     tokio::select! {
@@ -358,4 +475,41 @@ async fn run_with_etcd(
     let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     Ok(())
+}
+
+/// Starts the leader-elected control-plane loops.
+fn spawn_controllers(
+    client: kube::Client,
+    node_name: String,
+    store: Store,
+    stop: CancellationToken,
+) {
+    let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
+    tokio::spawn(async move {
+        rke2_controllers::leader::run_elected(
+            client.clone(),
+            rke2_controllers::CONTROLLERS_LEASE.to_string(),
+            identity,
+            rke2_controllers::leader::ElectionTiming::default(),
+            stop,
+            move |lead: CancellationToken| {
+                let client = client.clone();
+                let store = store.clone();
+                async move {
+                    let remove: rke2_controllers::server_removal::RemoveMember =
+                        Arc::new(move |node: String| {
+                            let store = store.clone();
+                            Box::pin(async move {
+                                store
+                                    .remove_member_of_node(&node)
+                                    .await
+                                    .map_err(|e| e.to_string())
+                            })
+                        });
+                    rke2_controllers::server_removal::run(client, remove, lead).await;
+                }
+            },
+        )
+        .await;
+    });
 }

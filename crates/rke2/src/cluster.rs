@@ -1,0 +1,250 @@
+//! Cluster membership of a server: joining through the supervisor of an
+//! existing server, the encrypted bootstrap data in etcd, and the loops
+//! that keep etcd membership and endpoints current.
+//!
+//! The join steps are separate functions named after the protocol step,
+//! so a failure names the step that failed and a restart between two steps
+//! resumes safely (every step is idempotent).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::future::BoxFuture;
+use rke2_config::Config;
+use rke2_datastore::Store;
+use rke2_supervisor::bootstrap::{self, Passwd};
+use rke2_supervisor::client::SupervisorClient;
+use rke2_trust::Token;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The non-secret settings every server must agree on (`/v1-rke2/config`).
+pub fn critical_config(cfg: &Config) -> Value {
+    let mut disable = cfg.disable.clone();
+    disable.sort();
+    json!({
+        "cluster-cidr": cfg.cluster_cidr.to_string(),
+        "service-cidr": cfg.service_cidr.to_string(),
+        "cluster-domain": cfg.cluster_domain,
+        "disable": disable,
+    })
+}
+
+/// What a joining server learned from the cluster before starting etcd.
+pub struct JoinPlan {
+    /// Client URLs of the existing voting members.
+    pub voter_client_urls: Vec<String>,
+    /// The supervisor passwords of the cluster.
+    pub passwd: Passwd,
+}
+
+/// Steps 1-3 of a server join: check the token against the server's CA,
+/// compare critical settings, and write the cluster's CA material into
+/// `tls_dir` (before any certificate of ours is issued). Nothing is
+/// written unless every check passed.
+pub async fn prepare_join(cfg: &Config, server_url: &str, tls_dir: &Path) -> Result<JoinPlan> {
+    let given = cfg
+        .token
+        .as_deref()
+        .context("joining a cluster (config key `server`) needs the cluster's `token`")?;
+    let token = Token::parse(given).context("parsing the token (config key `token`)")?;
+    if token.user.as_deref().is_some_and(|u| u != "server") {
+        bail!(
+            "the token is an agent token (user {:?}): it can join agents, not servers; use the server token from server/token",
+            token.user.as_deref().unwrap_or("")
+        );
+    }
+    // Step 1: the CA, authenticated by the hash in the token.
+    let ca = retry_transient("join step 1 (fetch CA)", || {
+        rke2_supervisor::client::fetch_cacerts(server_url)
+    })
+    .await?;
+    rke2_supervisor::client::verify_ca(&token, &ca)
+        .context("join step 1 (verify CA hash from token)")?;
+    let sup = SupervisorClient::new(server_url, &ca, "server", &token.password)
+        .context("join: building the supervisor client")?;
+    // Step 2: settings every server must share.
+    let remote = retry_transient("join step 2 (fetch cluster config)", || sup.config()).await?;
+    rke2_supervisor::client::compare_critical(&critical_config(cfg), &remote)
+        .context("join step 2 (compare critical config)")?;
+    // Step 3: CA material.
+    let doc = retry_transient("join step 3 (fetch bootstrap data)", || {
+        sup.server_bootstrap()
+    })
+    .await?;
+    let passwd = bootstrap::unpack(&doc, tls_dir).context("join step 3 (write CA material)")?;
+    // Step 4 starts here: the member list.
+    let info = retry_transient("join step 4 (fetch etcd members)", || sup.db_info()).await?;
+    let voter_client_urls: Vec<String> = info["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["isLearner"] != true)
+        .flat_map(|m| m["clientURLs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|u| u.as_str().map(str::to_string))
+        .collect();
+    if voter_client_urls.is_empty() {
+        bail!("join step 4: the cluster reported no etcd members with client URLs");
+    }
+    Ok(JoinPlan {
+        voter_client_urls,
+        passwd,
+    })
+}
+
+/// Retries a supervisor request while the server is unreachable, not
+/// answering or answering 5xx (it may still be starting, as when all
+/// servers are started at once); any other error ends the join at once.
+async fn retry_transient<T, F, Fut>(step: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, rke2_supervisor::client::JoinError>>,
+{
+    use rke2_supervisor::client::JoinError;
+    let start = Instant::now();
+    let mut tries = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e @ (JoinError::Transport { .. } | JoinError::Timeout { .. }))
+            | Err(
+                e @ JoinError::Status {
+                    status: 500..=599, ..
+                },
+            ) if start.elapsed() < Duration::from_secs(15 * 60) => {
+                if tries % 10 == 0 {
+                    info!(step, error = %e, "server not reachable yet; retrying");
+                }
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(step.to_string())),
+        }
+    }
+}
+
+/// Stores the cluster's bootstrap data encrypted with the token, or checks
+/// that what is stored was encrypted with this token.
+pub async fn ensure_bootstrap_data(
+    store: &Store,
+    password: &str,
+    tls_dir: &Path,
+    passwd: &Passwd,
+) -> Result<()> {
+    let key = bootstrap::storage_key(password);
+    let existing = store
+        .list("/bootstrap/", None, 0, 0)
+        .await
+        .context("reading bootstrap data from etcd")?;
+    if let Some(kv) = existing.items.iter().find(|kv| kv.key == key) {
+        let text = String::from_utf8_lossy(&kv.value);
+        bootstrap::decrypt(password, &text).context("checking the stored bootstrap data")?;
+        return Ok(());
+    }
+    if !existing.items.is_empty() {
+        bail!("{}", bootstrap::BootstrapError::WrongToken);
+    }
+    let doc = bootstrap::pack(tls_dir, passwd).context("packing bootstrap data")?;
+    let sealed = bootstrap::encrypt(password, &doc);
+    match store.create(&key, sealed.into_bytes()).await {
+        Ok(_) | Err(rke2_datastore::StoreError::AlreadyExists) => Ok(()),
+        Err(e) => Err(e).context("storing bootstrap data in etcd"),
+    }
+}
+
+/// Keeps the etcd side of the cluster healthy, every 2 s until `stop`:
+/// uses new members' client URLs, and, on the server whose etcd member is
+/// the raft leader, promotes caught-up learners (and drops learners stalled
+/// for 5 minutes).
+pub async fn run_membership(store: Store, own_client_url: String, stop: CancellationToken) {
+    let mut first_seen: HashMap<u64, Instant> = HashMap::new();
+    let mut preferred_own = false;
+    let mut warned_even = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(members) = store.members().await else {
+            continue;
+        };
+        let urls: Vec<String> = members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .flat_map(|m| m.client_urls.clone())
+            .collect();
+        store.add_endpoints(&urls).await;
+        // Once this server's member votes, talk to it first: it is local.
+        if !preferred_own && urls.contains(&own_client_url) {
+            store.prefer(&own_client_url);
+            preferred_own = true;
+        }
+        let voters = members.iter().filter(|m| !m.is_learner).count();
+        if voters % 2 == 0 && warned_even != Some(voters) {
+            warn!(
+                voters,
+                "etcd has an even number of voting members; an odd number (3, 5) tolerates the same failures with fewer machines"
+            );
+            warned_even = Some(voters);
+        } else if voters % 2 == 1 {
+            warned_even = None;
+        }
+        if let Ok((me, leader)) = store.member_and_leader().await {
+            if me != 0 && me == leader {
+                if let Err(e) = store
+                    .promote_learners(&mut first_seen, Duration::from_secs(300))
+                    .await
+                {
+                    warn!(error = %e, "promoting etcd learners");
+                }
+            }
+        }
+    }
+}
+
+/// The supervisor's view of this server.
+pub struct LocalCluster {
+    /// The datastore.
+    pub store: Store,
+    /// The API state (for the live apiserver list).
+    pub api: rke2_apiserver::ApiState,
+}
+
+impl rke2_supervisor::server::ClusterInfo for LocalCluster {
+    fn api_ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.store.healthy().await })
+    }
+
+    fn apiservers(&self) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            rke2_apiserver::bootstrap::live_apiservers(&self.api)
+                .await
+                .unwrap_or_default()
+        })
+    }
+
+    fn etcd_members(&self) -> BoxFuture<'_, Result<Value, String>> {
+        Box::pin(async move {
+            let members = self.store.members().await.map_err(|e| e.to_string())?;
+            Ok(json!({"members": members.iter().map(|m| m.to_json()).collect::<Vec<_>>()}))
+        })
+    }
+}
+
+/// Wraps [`LocalCluster`] for the supervisor state.
+pub fn cluster_info(
+    store: Store,
+    api: rke2_apiserver::ApiState,
+) -> Arc<dyn rke2_supervisor::server::ClusterInfo> {
+    Arc::new(LocalCluster { store, api })
+}
+
+/// Logs how a join went.
+pub fn log_joined(name: &str, started: Instant) {
+    info!(member = %name, elapsed = ?started.elapsed(), "joined the etcd cluster as a learner");
+}
