@@ -130,6 +130,22 @@ impl Kubectl {
             .with_context(|| format!("running kubectl 1.{} {}", self.minor, args.join(" ")))
     }
 
+    /// Runs kubectl, expecting success; returns stdout and stderr (for
+    /// checks on the `-v` request log).
+    fn ok_logged(&self, args: &[&str]) -> Result<(String, String)> {
+        let out = self.output(args)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        ensure!(
+            out.status.success(),
+            "kubectl 1.{} {} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+            self.minor,
+            args.join(" "),
+            out.status
+        );
+        Ok((stdout, stderr))
+    }
+
     /// Runs kubectl, expecting failure; returns stderr.
     fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.output(args)?;
@@ -261,11 +277,24 @@ async fn nodes_tables_and_errors_with(k: &Kubectl) -> Result<()> {
 
     // wait --for=condition=Ready (watch-list with sendInitialEvents on 1.35+).
     let target = format!("node/{node}");
-    let out = k.ok(&["wait", "--for=condition=Ready", &target, "--timeout=60s"])?;
+    let (out, log) = k.ok_logged(&[
+        "wait",
+        "--for=condition=Ready",
+        &target,
+        "--timeout=60s",
+        "-v=6",
+    ])?;
     ensure!(
         out.contains(&format!("{target} condition met")),
         "wait output: {out}"
     );
+    if k.minor >= 35 {
+        ensure!(
+            log.contains("sendInitialEvents=true"),
+            "kubectl 1.{} wait should use watch-list: {log}",
+            k.minor
+        );
+    }
     // ... and a condition that is not met times out instead of passing.
     let stderr = k.fails(&[
         "wait",
@@ -331,6 +360,32 @@ async fn nodes_tables_and_errors_with(k: &Kubectl) -> Result<()> {
     let r = row(&leases, &node).context("lease row")?;
     ensure!(r[1] == node, "lease holder should be {node}:\n{leases}");
 
+    // Selectors and the NAMESPACE column.
+    let out = k.ok(&["get", "nodes", "-l", "node-role.kubernetes.io/etcd=true"])?;
+    ensure!(row(&out, &node).is_some(), "label selector match: {out}");
+    let (out, err) = k.ok_logged(&["get", "nodes", "-l", "node-role.kubernetes.io/etcd!=true"])?;
+    ensure!(
+        row(&out, &node).is_none() && err.contains("No resources found"),
+        "label selector mismatch: {out} {err}"
+    );
+    let sel = format!("metadata.name={node}");
+    let out = k.ok(&["get", "nodes", "--field-selector", &sel])?;
+    ensure!(row(&out, &node).is_some(), "field selector match: {out}");
+    let (out, err) = k.ok_logged(&["get", "nodes", "--field-selector", "metadata.name=nope"])?;
+    ensure!(
+        row(&out, &node).is_none() && err.contains("No resources found"),
+        "field selector mismatch: {out} {err}"
+    );
+    let out = k.ok(&["get", "leases", "-A"])?;
+    ensure!(
+        header(&out) == ["NAMESPACE", "NAME", "HOLDER", "AGE"],
+        "get -A header: {out}"
+    );
+    ensure!(
+        row(&out, "kube-node-lease").is_some_and(|r| r[1] == node && r[2] == node),
+        "get -A row: {out}"
+    );
+
     // -------- error texts --------
     // 422 on an invalid name (typed create: protobuf on 1.32+).
     let bad = format!("Bad_Name-v{}", k.minor);
@@ -385,22 +440,40 @@ async fn nodes_tables_and_errors_with(k: &Kubectl) -> Result<()> {
         "kubeconfig server {server:?}, ca {} bytes",
         ca.len()
     );
-    let anon = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server, "certificate-authority-data": ca}}],
-        "users": [{"name": "nobody", "user": {}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "nobody", "namespace": "default"}}],
-        "current-context": "c",
-    });
-    let anon_path = k.file("anon.kubeconfig", &anon.to_string())?;
-    let anon_arg = anon_path.to_string_lossy().to_string();
-    let stderr = k.fails(&["get", "cm", "--kubeconfig", &anon_arg])?;
-    ensure!(stderr.contains("Unauthorized"), "no credentials: {stderr}");
+    let kubeconfig = |user: Value| {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": server, "certificate-authority-data": ca}}],
+            "users": [{"name": "nobody", "user": user}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "nobody", "namespace": "default"}}],
+            "current-context": "c",
+        })
+    };
+    // kubectl prompts for a username when the user entry is empty, so it
+    // gets a token the server does not know (still no client certificate).
+    let unknown_token = kubeconfig(serde_json::json!({"token": "not-a-known-token"}));
+    let path = k.file("token.kubeconfig", &unknown_token.to_string())?;
+    let stderr = k.fails(&["get", "cm", "--kubeconfig", &path.to_string_lossy()])?;
     ensure!(
-        !stderr.contains("certificate"),
-        "TLS must accept a client without a certificate: {stderr}"
+        stderr.contains("error: You must be logged in to the server (Unauthorized)"),
+        "no client certificate: {stderr}"
     );
+    // Truly no credentials (kube-rs, which never prompts): 401 Unauthorized
+    // Status, not a TLS handshake failure.
+    let nobody =
+        kube::config::Kubeconfig::from_yaml(&kubeconfig(serde_json::json!({})).to_string())?;
+    let conf = kube::Config::from_custom_kubeconfig(nobody, &Default::default()).await?;
+    let client = kube::Client::try_from(conf)?;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::default_namespaced(client);
+    match cms.list(&Default::default()).await {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.code == 401 && s.reason == "Unauthorized",
+            "no credentials: {s:?}"
+        ),
+        other => bail!("no credentials should be 401 Unauthorized, got {other:?}"),
+    }
     Ok(())
 }
 
@@ -530,6 +603,112 @@ async fn apply_with(k: &Kubectl) -> Result<()> {
     ensure!(
         gen2 > gen1,
         "generation should go up on a spec change: {gen1} -> {gen2}"
+    );
+
+    // create -f of what exists: AlreadyExists for each object.
+    let stderr = k.fails(&["create", "-f", &fa])?;
+    ensure!(
+        stderr.contains(&format!(
+            "Error from server (AlreadyExists): error when creating \"{fa}\": configmaps \"{cm}\" already exists"
+        )) && stderr.contains(&format!("deployments.apps \"{dep}\" already exists")),
+        "create -f of existing objects: {stderr}"
+    );
+
+    // diff (a server-side dry-run apply): exit 1 with the change, the
+    // stored object untouched; exit 0 when nothing would change.
+    std::fs::write(&f, app_yaml(&cm, &dep, "ciao", "nginx:1.26"))?;
+    let out = k.output(&["diff", "-f", &fa])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(1)
+            && stdout.contains("-  greeting: bonjour")
+            && stdout.contains("+  greeting: ciao"),
+        "diff of a change ({}): {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        k.jsonpath(&["cm", &cm], "{.data.greeting}")? == "bonjour",
+        "diff must not change the object"
+    );
+    std::fs::write(&f, app_yaml(&cm, &dep, "bonjour", "nginx:1.26"))?;
+    let out = k.output(&["diff", "-f", &fa])?;
+    ensure!(
+        out.status.code() == Some(0) && out.stdout.is_empty(),
+        "diff without a change ({}): {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // patch: merge, JSON and strategic (containers merged by name).
+    let out = k.ok(&[
+        "patch",
+        "cm",
+        &cm,
+        "--type=merge",
+        "-p",
+        r#"{"data":{"merged":"yes"}}"#,
+    ])?;
+    ensure!(
+        out.contains(&format!("configmap/{cm} patched")),
+        "merge patch: {out}"
+    );
+    let out = k.ok(&[
+        "patch",
+        "cm",
+        &cm,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/merged","value":"json"},{"op":"remove","path":"/data/other"}]"#,
+    ])?;
+    ensure!(
+        out.contains(&format!("configmap/{cm} patched")),
+        "json patch: {out}"
+    );
+    let data = k.get_json(&["cm", &cm])?;
+    ensure!(
+        data["data"] == serde_json::json!({"greeting": "bonjour", "merged": "json"}),
+        "configmap after the patches: {data}"
+    );
+    let out = k.ok(&[
+        "patch",
+        "deployment",
+        &dep,
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:1.36"}]}}}}"#,
+    ])?;
+    ensure!(
+        out.contains(&format!("deployment.apps/{dep} patched")),
+        "strategic patch: {out}"
+    );
+    let names = k.jsonpath(
+        &["deployment", &dep],
+        "{.spec.template.spec.containers[*].name}",
+    )?;
+    ensure!(
+        names.split_whitespace().collect::<Vec<_>>() == ["sidecar", "web"]
+            || names.split_whitespace().collect::<Vec<_>>() == ["web", "sidecar"],
+        "strategic merge keeps web and adds sidecar: {names:?}"
+    );
+    let out = k.ok(&[
+        "patch",
+        "deployment",
+        &dep,
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","$patch":"delete"}]}}}}"#,
+    ])?;
+    ensure!(
+        out.contains(&format!("deployment.apps/{dep} patched")),
+        "strategic delete: {out}"
+    );
+    let names = k.jsonpath(
+        &["deployment", &dep],
+        "{.spec.template.spec.containers[*].name}",
+    )?;
+    ensure!(
+        names == "web",
+        "strategic $patch: delete removes sidecar: {names:?}"
     );
 
     // Server-side apply: create, then update, of a ConfigMap.
@@ -842,7 +1021,7 @@ async fn typed_with(k: &Kubectl) -> Result<()> {
     let n = |s: &str| s.to_string();
     let (cm, secret, dep, svc) = (n("pcm"), n("psecret"), n("pdep"), n("psvc"));
 
-    let out = k.ok(&[
+    let (out, log) = k.ok_logged(&[
         "create",
         "configmap",
         &cm,
@@ -850,11 +1029,19 @@ async fn typed_with(k: &Kubectl) -> Result<()> {
         &ns,
         "--from-literal=k1=v1",
         "--from-literal=k2=two words",
+        "-v=8",
     ])?;
     ensure!(
         out.trim() == format!("configmap/{cm} created"),
         "create configmap: {out}"
     );
+    if k.minor >= 32 {
+        ensure!(
+            log.contains("Content-Type: application/vnd.kubernetes.protobuf"),
+            "kubectl 1.{} should send protobuf: {log}",
+            k.minor
+        );
+    }
     let out = k.ok(&[
         "create",
         "secret",
@@ -973,6 +1160,41 @@ async fn typed_with(k: &Kubectl) -> Result<()> {
     );
 
     // Delete each: "deleted", then NotFound.
+    // Paging: --chunk-size=1 walks the continue tokens and sees the same
+    // list as one request.
+    for extra in ["page-a", "page-b"] {
+        k.ok(&[
+            "create",
+            "configmap",
+            extra,
+            "-n",
+            &ns,
+            "--from-literal=p=1",
+        ])?;
+    }
+    let whole = k.ok(&["get", "configmaps", "-n", &ns, "-o", "name"])?;
+    let (paged, log) = k.ok_logged(&[
+        "get",
+        "configmaps",
+        "-n",
+        &ns,
+        "-o",
+        "name",
+        "--chunk-size=1",
+        "-v=6",
+    ])?;
+    ensure!(
+        whole == paged
+            && ["pcm", "page-a", "page-b"]
+                .iter()
+                .all(|n| whole.contains(&format!("configmap/{n}\n"))),
+        "paged list {paged:?} vs {whole:?}"
+    );
+    ensure!(
+        log.matches("continue=").count() >= 2,
+        "--chunk-size=1 over 3 objects needs continue tokens: {log}"
+    );
+
     for (kind, name) in [
         ("configmap", &cm),
         ("secret", &secret),
@@ -1018,6 +1240,109 @@ async fn typed_with(k: &Kubectl) -> Result<()> {
     ensure!(
         row(&all, &ns).is_none() && row(&all, "default").is_some(),
         "namespace list after delete: {all}"
+    );
+    // What was left inside went with it.
+    k.ok(&["create", "namespace", &ns])?;
+    let stderr = k.fails(&["get", "configmap", "page-a", "-n", &ns])?;
+    ensure!(
+        stderr.contains("Error from server (NotFound)"),
+        "a recreated namespace must not hold the old content: {stderr}"
+    );
+    // kubectl's own waiting delete.
+    let out = k.ok(&["delete", "namespace", &ns, "--timeout=60s"])?;
+    ensure!(
+        out.contains(&format!("namespace \"{ns}\" deleted")),
+        "waiting delete namespace: {out}"
+    );
+    let stderr = k.fails(&["get", "namespace", &ns])?;
+    ensure!(
+        stderr.contains("Error from server (NotFound)"),
+        "namespace gone after a waiting delete: {stderr}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 4. known server gaps (ignored until fixed; run with `-- --ignored`)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server gaps: server-side apply ignores field ownership (no conflicts, omitted fields kept); no deployments/scale subresource"]
+async fn server_side_apply_ownership_and_scale() {
+    let server = start_server().await;
+    for_each_kubectl(
+        &server,
+        |k| async move { ownership_and_scale_with(&k).await },
+    )
+    .await;
+}
+
+async fn ownership_and_scale_with(k: &Kubectl) -> Result<()> {
+    let cm = k.name("owned");
+    let yaml = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {cm}\ndata:\n{data}")
+    };
+    let f = k.file("owned.yaml", &yaml("  a: \"1\"\n  b: \"2\"\n"))?;
+    let fa = f.to_string_lossy().to_string();
+    k.ok(&["apply", "--server-side", "-f", &fa])?;
+
+    // Another manager changing a field kubectl owns: 409 Conflict.
+    let g = k.file("owned-other.yaml", &yaml("  a: \"3\"\n"))?;
+    let ga = g.to_string_lossy().to_string();
+    let stderr = k.fails(&["apply", "--server-side", "--field-manager=other", "-f", &ga])?;
+    ensure!(
+        stderr.contains("Apply failed with 1 conflict")
+            && stderr.contains("conflict with \"kubectl\"")
+            && stderr.contains(".data.a"),
+        "conflicting server-side apply: {stderr}"
+    );
+    ensure!(
+        k.jsonpath(&["cm", &cm], "{.data.a}")? == "1",
+        "a conflicting apply must not change the object"
+    );
+    // --force-conflicts takes the field over.
+    let out = k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        &ga,
+    ])?;
+    ensure!(out.contains("serverside-applied"), "forced apply: {out}");
+    let obj = k.get_json(&["cm", &cm, "--show-managed-fields"])?;
+    ensure!(obj["data"]["a"] == "3", "forced apply landed: {obj}");
+    let kubectl_fields = obj["metadata"]["managedFields"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["manager"] == "kubectl"))
+        .map(|e| e["fieldsV1"].clone())
+        .unwrap_or_default();
+    ensure!(
+        kubectl_fields["f:data"].get("f:a").is_none()
+            && kubectl_fields["f:data"].get("f:b").is_some(),
+        "kubectl lost .data.a and kept .data.b: {obj}"
+    );
+
+    // A field the manager stops applying (and nobody else owns) is removed.
+    std::fs::write(&f, yaml("  c: \"4\"\n"))?;
+    k.ok(&["apply", "--server-side", "-f", &fa])?;
+    let data = k.get_json(&["cm", &cm])?;
+    ensure!(
+        data["data"] == serde_json::json!({"a": "3", "c": "4"}),
+        "b is dropped, a (owned by other) kept: {data}"
+    );
+
+    // kubectl scale uses the scale subresource.
+    let dep = k.name("scaled");
+    k.ok(&["create", "deployment", &dep, "--image=nginx:1.27"])?;
+    let out = k.ok(&["scale", "deployment", &dep, "--replicas=3"])?;
+    ensure!(
+        out.contains(&format!("deployment.apps/{dep} scaled")),
+        "scale: {out}"
+    );
+    ensure!(
+        k.jsonpath(&["deployment", &dep], "{.spec.replicas}")? == "3",
+        "scale landed"
     );
     Ok(())
 }
