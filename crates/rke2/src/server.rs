@@ -78,9 +78,10 @@ fn url_host(ip: &IpAddr) -> String {
 }
 
 /// Resolves the cluster token: the given one (its CA hash must match ours),
-/// else the stored one, else a new one. Writes `server/token` and
-/// `server/node-token` (and `server/agent-token`), all 0600.
-fn ensure_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result<Token> {
+/// else the stored one, else a new one. Writes nothing: the token files
+/// are written only once etcd confirmed the bootstrap data (see
+/// [`write_tokens`]), so a refused token never replaces the stored one.
+fn resolve_token(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result<Token> {
     let ca = trust.server_ca.cert_pem.as_bytes();
     let token_path = server_dir.join("token");
     let password = match &cfg.token {
@@ -103,7 +104,13 @@ fn ensure_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result
             _ => rke2_trust::generate_password(),
         },
     };
-    let token = Token::server(ca, &password);
+    Ok(Token::server(ca, &password))
+}
+
+/// Writes `server/token`, `server/node-token` (and `server/agent-token`),
+/// all 0600.
+fn write_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust, token: &Token) -> Result<()> {
+    let ca = trust.server_ca.cert_pem.as_bytes();
     let text = format!("{token}\n");
     for name in ["token", "node-token"] {
         let p = server_dir.join(name);
@@ -118,7 +125,7 @@ fn ensure_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result
         rke2_trust::write_file_if_changed(&p, text.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    Ok(token)
+    Ok(())
 }
 
 async fn kube_client(url: &str, trust: &ServerTrust) -> Result<kube::Client> {
@@ -193,7 +200,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         etcd_sans: rke2_trust::etcd_sans(&cfg.node_name, &ips),
     })
     .context("preparing certificates")?;
-    let token = ensure_tokens(&cfg, &server_dir, &trust)?;
+    let token = resolve_token(&cfg, &server_dir, &trust)?;
     let passwd = match &join {
         Some(plan) => plan.passwd.clone(),
         None => rke2_supervisor::bootstrap::Passwd {
@@ -335,6 +342,7 @@ async fn run_with_etcd(
     }
     info!(elapsed = ?started.elapsed(), "etcd is healthy");
     crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
+    write_tokens(cfg, &cfg.data_dir.join("server"), trust, &token)?;
     let stop = CancellationToken::new();
     tokio::spawn(crate::cluster::run_membership(
         store.clone(),
