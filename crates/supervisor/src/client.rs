@@ -257,6 +257,29 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A TLS handshake error, explained when the certificate was refused:
+/// rustls says "BadSignature" or "UnknownIssuer", which does not tell an
+/// operator what to fix.
+struct HandshakeError(std::io::Error);
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let cert_refused = self
+            .0
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+        if cert_refused {
+            f.write_str(
+                " (the server certificate is not signed by the cluster's server CA, or its \
+                 SANs do not include this host: add the registration address to tls-san)",
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// One GET over a fresh TLS connection; returns status and body.
 async fn get_once(
     target: &Target,
@@ -278,7 +301,7 @@ async fn get_once(
         let stream = TlsConnector::from(tls)
             .connect(server_name, tcp)
             .await
-            .map_err(|e| transport("TLS handshake", &e))?;
+            .map_err(|e| transport("TLS handshake", &HandshakeError(e)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| transport("HTTP handshake", &e))?;

@@ -96,7 +96,7 @@ impl IntoResponse for Denied {
             Denied::Unauthorized => unauthorized(),
             Denied::Forbidden => (
                 StatusCode::FORBIDDEN,
-                "Forbidden: the agent token (user node) may not fetch server bootstrap data; \
+                "the agent token (user node) may not fetch server bootstrap data; \
                  join servers with the server token\n",
             )
                 .into_response(),
