@@ -155,11 +155,12 @@ pub async fn run_elected<F, Fut>(
             }
             Err(e) => {
                 debug!(lease = %name, error = %e, "leader election attempt failed");
-                if leading.is_some() && last_ok.elapsed() > timing.lease_duration {
-                    if let Some((token, _)) = leading.take() {
-                        warn!(lease = %name, "could not renew leadership in time; stepping down");
-                        token.cancel();
-                    }
+                if leading.is_some()
+                    && last_ok.elapsed() > timing.lease_duration
+                    && let Some((token, _)) = leading.take()
+                {
+                    warn!(lease = %name, "could not renew leadership in time; stepping down");
+                    token.cancel();
                 }
             }
         }

@@ -116,7 +116,7 @@ where
                     status: 500..=599, ..
                 },
             ) if start.elapsed() < Duration::from_secs(15 * 60) => {
-                if tries % 10 == 0 {
+                if tries.is_multiple_of(10) {
                     info!(step, error = %e, "server not reachable yet; retrying");
                 }
                 tries += 1;
@@ -194,15 +194,14 @@ pub async fn run_membership(store: Store, own_client_url: String, stop: Cancella
         } else if voters % 2 == 1 {
             warned_even = None;
         }
-        if let Ok((me, leader)) = store.member_and_leader().await {
-            if me != 0 && me == leader {
-                if let Err(e) = store
-                    .promote_learners(&mut first_seen, Duration::from_secs(300))
-                    .await
-                {
-                    warn!(error = %e, "promoting etcd learners");
-                }
-            }
+        if let Ok((me, leader)) = store.member_and_leader().await
+            && me != 0
+            && me == leader
+            && let Err(e) = store
+                .promote_learners(&mut first_seen, Duration::from_secs(300))
+                .await
+        {
+            warn!(error = %e, "promoting etcd learners");
         }
     }
 }
