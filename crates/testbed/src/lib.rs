@@ -6,6 +6,8 @@
 //! Every process started here is stopped by its pid when its handle is
 //! dropped; nothing is ever killed by name.
 
+pub mod netbed;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -186,6 +188,25 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("server did not exit within {timeout:?} after {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself (a refused start).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("server not running")?;
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "server still running after {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
