@@ -67,6 +67,9 @@ pub struct Ctx<'a> {
     pub query: Query,
     /// Answer shape.
     pub answer: Answer,
+    /// The node this request acts for, when a node (not an admin) sent it:
+    /// handlers then check the object belongs to that node.
+    pub node_scope: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -411,9 +414,38 @@ async fn create(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
     ))
 }
 
+/// A node may only touch its own Node and Lease, and pods bound to it.
+fn check_node_scope(ctx: &Ctx<'_>, obj: &Value, verb: &str) -> ApiResult<()> {
+    let Some(node) = &ctx.node_scope else {
+        return Ok(());
+    };
+    let rt = ctx.rt();
+    let ok = match rt.plural {
+        "nodes" | "leases" => name_of(obj) == node,
+        "pods" => obj["spec"]["nodeName"].as_str() == Some(node.as_str()),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{}\" is forbidden: User \"system:node:{node}\" cannot {verb} resource \"{}\" in API group \"{}\": a node may only act on its own objects",
+                rt.qualified(),
+                name_of(obj),
+                rt.plural,
+                rt.group
+            ),
+        ))
+    }
+}
+
 /// Validates, defaults and stores a new object; returns it as stored.
 async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     let rt = ctx.rt();
+    check_node_scope(ctx, &obj, "create")?;
     objects::prepare_create(rt, &mut obj, ctx.ns())?;
     objects::validate(rt, &obj)?;
     ensure_namespace(ctx).await?;
@@ -509,6 +541,7 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         )));
     }
     let (old, rev) = read_object(ctx, &name).await?;
+    check_node_scope(ctx, &old, "update")?;
     if let Some(want) = expected_rv(&new)?
         && want != rev
     {
@@ -675,6 +708,7 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             }
             Err(e) => return Err(e),
         };
+        check_node_scope(ctx, &old, "patch")?;
         let mut new = apply_patch(ctx, ty, &old, body)?;
         if name_of(&new) != name {
             return Err(ApiError::bad_request(
@@ -766,6 +800,7 @@ async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         decode_body(body, ty)?
     };
     let (old, rev) = read_object(ctx, &name).await?;
+    check_node_scope(ctx, &old, "delete")?;
     if let Some(uid) = opts["preconditions"]["uid"].as_str()
         && old["metadata"]["uid"] != uid
     {
@@ -832,6 +867,7 @@ async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
         path: ctx.path.clone(),
         query: q,
         answer: ctx.answer,
+        node_scope: ctx.node_scope.clone(),
     };
     let (items, meta) = list_objects(&listing, &filters).await?;
     let mut deleted = Vec::new();
@@ -847,6 +883,7 @@ async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
             path,
             query: ctx.query.clone(),
             answer: ctx.answer,
+            node_scope: ctx.node_scope.clone(),
         };
         match delete(&one, None, &[]).await {
             Ok(_) => deleted.push(obj),
@@ -966,6 +1003,7 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
             path: ctx.path.clone(),
             query: lq,
             answer: ctx.answer,
+            node_scope: ctx.node_scope.clone(),
         };
         let (items, meta) = list_objects(&listing, &filters).await?;
         start_rev = meta["resourceVersion"]

@@ -11,6 +11,7 @@
 //! controllers, the node role, tests — is a client of this API.
 
 pub mod allocator;
+pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;

@@ -157,7 +157,6 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
             Err(e) => return e.into_response(),
         },
     };
-    let masters = identity.groups.iter().any(|g| g == "system:masters");
     match route {
         Route::CoreVersions => {
             let addr = format!(
@@ -177,13 +176,20 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
             None => ApiError::no_route().into_response(),
         },
         Route::Resource(rp) => {
-            if !masters {
-                // RBAC and node authorization come later; until then only
-                // system:masters may touch resources.
-                let verb = verb_of(&parts.method, rp.name.is_some(), &query);
-                return ApiError::forbidden(&identity.user, verb, rp.rt, rp.namespace.as_deref())
+            let verb = verb_of(&parts.method, rp.name.is_some(), &query);
+            let node_scope = match crate::authz::decide(&identity, verb, &rp) {
+                crate::authz::Decision::Allow => None,
+                crate::authz::Decision::NodeScoped(n) => Some(n),
+                crate::authz::Decision::Deny => {
+                    return ApiError::forbidden(
+                        &identity.user,
+                        verb,
+                        rp.rt,
+                        rp.namespace.as_deref(),
+                    )
                     .into_response();
-            }
+                }
+            };
             let accept = parts
                 .headers
                 .get(http::header::ACCEPT)
@@ -223,6 +229,7 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
                 path: rp,
                 query,
                 answer: Answer { as_, include },
+                node_scope,
             };
             handlers::handle(ctx, parts.method, content_type, body).await
         }

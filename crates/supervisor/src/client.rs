@@ -286,6 +286,7 @@ async fn get_once(
     tls: Arc<rustls::ClientConfig>,
     path: &str,
     auth: Option<&str>,
+    extra: &[(&str, String)],
 ) -> Result<(StatusCode, Bytes), JoinError> {
     let url = format!("{}{path}", target.base);
     let transport = |what: &str, e: &dyn std::fmt::Display| JoinError::Transport {
@@ -313,6 +314,9 @@ async fn get_once(
             .header(header::USER_AGENT, "rke2-supervisor-client");
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, v.as_str());
         }
         let req = req
             .body(Empty::<Bytes>::new())
@@ -368,7 +372,7 @@ fn check_status(url: String, status: StatusCode, body: &[u8]) -> Result<(), Join
 /// [`verify_ca`] checks it against the token.
 pub async fn fetch_cacerts(server_url: &str) -> Result<Vec<u8>, JoinError> {
     let target = Target::parse(server_url)?;
-    let (status, body) = get_once(&target, insecure_tls_config()?, "/cacerts", None).await?;
+    let (status, body) = get_once(&target, insecure_tls_config()?, "/cacerts", None, &[]).await?;
     check_status(format!("{}/cacerts", target.base), status, &body)?;
     if body.is_empty() {
         return Err(JoinError::Decode {
@@ -451,7 +455,7 @@ impl SupervisorClient {
     }
 
     async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), JoinError> {
-        get_once(&self.target, self.tls.clone(), path, Some(&self.auth)).await
+        get_once(&self.target, self.tls.clone(), path, Some(&self.auth), &[]).await
     }
 
     async fn get_ok(&self, path: &str) -> Result<Bytes, JoinError> {
@@ -464,6 +468,36 @@ impl SupervisorClient {
         let body = self.get_ok(path).await?;
         serde_json::from_slice(&body).map_err(|e| JoinError::Decode {
             url: self.url(path),
+            message: format!("invalid JSON: {e}"),
+        })
+    }
+
+    /// Fetches a kubelet certificate (`kind` = `client` or `serving`) for
+    /// `node`, proving the node's identity with its password.
+    pub async fn kubelet_cert(
+        &self,
+        kind: &str,
+        node: &str,
+        password: &str,
+        ips: &[String],
+    ) -> Result<KubeletCert, JoinError> {
+        let path = format!("/v1-rke2/{kind}-kubelet.crt");
+        let extra = [
+            (crate::server::NODE_NAME_HEADER, node.to_string()),
+            (crate::server::NODE_PASSWORD_HEADER, password.to_string()),
+            (crate::server::NODE_IP_HEADER, ips.join(",")),
+        ];
+        let (status, body) = get_once(
+            &self.target,
+            self.tls.clone(),
+            &path,
+            Some(&self.auth),
+            &extra,
+        )
+        .await?;
+        check_status(self.url(&path), status, &body)?;
+        serde_json::from_slice(&body).map_err(|e| JoinError::Decode {
+            url: self.url(&path),
             message: format!("invalid JSON: {e}"),
         })
     }
@@ -651,4 +685,15 @@ mod tests {
             "{e}"
         );
     }
+}
+
+/// A certificate issued by the supervisor for a node.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct KubeletCert {
+    /// Certificate (PEM).
+    pub cert: String,
+    /// Private key (PEM).
+    pub key: String,
+    /// The issuing CA (PEM).
+    pub ca: String,
 }

@@ -32,7 +32,23 @@ pub trait ClusterInfo: Send + Sync {
     /// "clientURLs":[],"isLearner":bool,"id":"<hex>"}]}`, or why it is not
     /// available (etcd down).
     fn etcd_members(&self) -> BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// Checks (or records, for a new node) the node password of `node`
+    /// (secret `kube-system/<node>.node-password.rke2`). `Err` carries the
+    /// message for a 403: another machine registered that name with a
+    /// different password.
+    fn check_node_password(
+        &self,
+        node: String,
+        password: String,
+    ) -> BoxFuture<'_, Result<(), String>>;
 }
+
+/// Request header naming the node a kubelet certificate is for.
+pub const NODE_NAME_HEADER: &str = "rke2-node-name";
+/// Request header with the node's password.
+pub const NODE_PASSWORD_HEADER: &str = "rke2-node-password";
+/// Request header with the node's IPs (comma separated), for serving SANs.
+pub const NODE_IP_HEADER: &str = "rke2-node-ip";
 
 /// Everything the routes serve from.
 pub struct SupervisorState {
@@ -77,6 +93,8 @@ pub fn router(state: Arc<SupervisorState>) -> Router {
         .route("/v1-rke2/server-bootstrap", get(server_bootstrap))
         .route("/v1-rke2/apiservers", get(apiservers))
         .route("/db/info", get(db_info))
+        .route("/v1-rke2/client-kubelet.crt", get(client_kubelet))
+        .route("/v1-rke2/serving-kubelet.crt", get(serving_kubelet))
         .fallback(not_found)
         .with_state(state)
 }
@@ -240,6 +258,116 @@ async fn db_info(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> R
     }
 }
 
+/// The node name, password and IPs of a kubelet certificate request,
+/// after the node password check.
+async fn node_request(
+    s: &SupervisorState,
+    headers: &HeaderMap,
+) -> Result<(String, Vec<String>), Response> {
+    authorize(s, headers, Need::ServerOrNode).map_err(IntoResponse::into_response)?;
+    let get = |h: &str| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let name = get(NODE_NAME_HEADER);
+    let password = get(NODE_PASSWORD_HEADER);
+    if name.is_empty() || password.is_empty() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("headers {NODE_NAME_HEADER} and {NODE_PASSWORD_HEADER} are required\n"),
+        )
+            .into_response());
+    }
+    if !rke2_apimachinery_free_name_ok(&name) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("invalid node name {name:?}: must be a lowercase RFC 1123 subdomain\n"),
+        )
+            .into_response());
+    }
+    if let Err(msg) = s.info.check_node_password(name.clone(), password).await {
+        return Err((StatusCode::FORBIDDEN, format!("{msg}\n")).into_response());
+    }
+    let ips = get(NODE_IP_HEADER)
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok((name, ips))
+}
+
+/// Lowercase RFC 1123 subdomain check (node names become cert subjects).
+fn rke2_apimachinery_free_name_ok(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn issue_pair(
+    tls_dir: &std::path::Path,
+    ca: &str,
+    spec: &rke2_trust::LeafSpec,
+) -> Result<Response, String> {
+    let ca = rke2_trust::CertAuthority::load(
+        &tls_dir.join(format!("{ca}.crt")),
+        &tls_dir.join(format!("{ca}.key")),
+    )
+    .map_err(|e| e.to_string())?;
+    let (cert, key) = ca.issue(spec).map_err(|e| e.to_string())?;
+    Ok(json(
+        serde_json::to_vec(&serde_json::json!({"cert": cert, "key": key, "ca": ca.cert_pem}))
+            .expect("JSON"),
+    ))
+}
+
+/// `CN=system:node:<name>, O=system:nodes`, signed by the client CA.
+async fn client_kubelet(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    let (name, _) = match node_request(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let spec = rke2_trust::LeafSpec::client(&format!("system:node:{name}"), &["system:nodes"]);
+    issue_pair(&s.tls_dir, "client-ca", &spec).unwrap_or_else(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("issuing the node client certificate: {e}\n"),
+        )
+            .into_response()
+    })
+}
+
+/// The node API's serving certificate (node name and IPs), signed by the server CA.
+async fn serving_kubelet(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    let (name, ips) = match node_request(&s, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut sans = vec![
+        name.clone(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    sans.extend(ips);
+    let spec = rke2_trust::LeafSpec::server(&name, sans);
+    issue_pair(&s.tls_dir, "server-ca", &spec).unwrap_or_else(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("issuing the node serving certificate: {e}\n"),
+        )
+            .into_response()
+    })
+}
+
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
@@ -264,6 +392,19 @@ mod tests {
         }
         fn etcd_members(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
             Box::pin(async { Err("etcd is down".to_string()) })
+        }
+        fn check_node_password(
+            &self,
+            node: String,
+            password: String,
+        ) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async move {
+                if node == "taken" && password != "right" {
+                    Err("node name taken".to_string())
+                } else {
+                    Ok(())
+                }
+            })
         }
     }
 

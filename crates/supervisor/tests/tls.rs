@@ -35,6 +35,19 @@ impl ClusterInfo for Fake {
             }]}))
         })
     }
+    fn check_node_password(
+        &self,
+        node: String,
+        password: String,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if node == "taken" && password != "right" {
+                Err("node name taken".to_string())
+            } else {
+                Ok(())
+            }
+        })
+    }
 }
 
 fn trust(dir: &Path) -> ServerTrust {
