@@ -212,6 +212,8 @@ pub struct LocalCluster {
     pub store: Store,
     /// The API state (for the live apiserver list).
     pub api: rke2_apiserver::ApiState,
+    /// An admin client of the local API (node-password secrets).
+    pub client: kube::Client,
 }
 
 impl rke2_supervisor::server::ClusterInfo for LocalCluster {
@@ -227,6 +229,14 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
         })
     }
 
+    fn check_node_password(
+        &self,
+        node: String,
+        password: String,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { check_node_password(&self.client, &node, &password).await })
+    }
+
     fn etcd_members(&self) -> BoxFuture<'_, Result<Value, String>> {
         Box::pin(async move {
             let members = self.store.members().await.map_err(|e| e.to_string())?;
@@ -239,8 +249,79 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
 pub fn cluster_info(
     store: Store,
     api: rke2_apiserver::ApiState,
+    client: kube::Client,
 ) -> Arc<dyn rke2_supervisor::server::ClusterInfo> {
-    Arc::new(LocalCluster { store, api })
+    Arc::new(LocalCluster { store, api, client })
+}
+
+fn hash_password(salt: &str, password: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    format!("{salt}:{}", hex::encode(h.finalize()))
+}
+
+/// Checks a node's password against `kube-system/<node>.node-password.rke2`,
+/// creating the secret for a node seen for the first time.
+pub async fn check_node_password(
+    client: &kube::Client,
+    node: &str,
+    password: &str,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+    let name = format!("{node}.node-password.rke2");
+    let refuse = || {
+        format!(
+            "node {node:?} is already registered by another machine with a different node password; \
+             give this machine another name (node-name) or start it with with-node-id, \
+             or delete the secret kube-system/{name} if the old machine is gone"
+        )
+    };
+    for _ in 0..3 {
+        match secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("reading {name}: {e}"))?
+        {
+            Some(secret) => {
+                let stored = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("hash"))
+                    .map(|b| String::from_utf8_lossy(&b.0).to_string())
+                    .unwrap_or_default();
+                let salt = stored.split(':').next().unwrap_or("");
+                return if rke2_trust::constant_time_eq(
+                    hash_password(salt, password).as_bytes(),
+                    stored.as_bytes(),
+                ) {
+                    Ok(())
+                } else {
+                    Err(refuse())
+                };
+            }
+            None => {
+                let salt = hex::encode(rand::random::<[u8; 8]>());
+                let secret: Secret = serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "kube-system"},
+                    "type": "rke2.io/node-password",
+                    "stringData": {"hash": hash_password(&salt, password)},
+                }))
+                .expect("secret literal");
+                match secrets.create(&PostParams::default(), &secret).await {
+                    Ok(_) => return Ok(()),
+                    // Two registrations raced: check against the winner.
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(format!("creating {name}: {e}")),
+                }
+            }
+        }
+    }
+    Err(refuse())
 }
 
 /// Logs how a join went.

@@ -397,27 +397,6 @@ async fn run_with_etcd(
     ));
     info!(%addr, "Kubernetes API listening");
 
-    // The supervisor (9345) shares the API's serving certificate.
-    let sup_addr = SocketAddr::new(bind_ip, cfg.supervisor_port);
-    let sup_listener = tokio::net::TcpListener::bind(sup_addr)
-        .await
-        .with_context(|| format!("listening on {sup_addr} for the supervisor"))?;
-    let sup_state = Arc::new(rke2_supervisor::server::SupervisorState {
-        server_ca_pem: trust.server_ca.cert_pem.clone(),
-        passwd: passwd.clone(),
-        cluster_config: crate::cluster::critical_config(cfg),
-        tls_dir: trust.tls_dir.clone(),
-        info: crate::cluster::cluster_info(state.store.clone(), state.clone()),
-    });
-    let sup_stop = stop.clone();
-    tokio::spawn(rke2_apiserver::serve_router(
-        sup_listener,
-        tls,
-        rke2_supervisor::server::router(sup_state),
-        async move { sup_stop.cancelled().await },
-    ));
-    info!(addr = %sup_addr, "supervisor listening");
-
     let local_host = if bind_ip.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
@@ -428,6 +407,29 @@ async fn run_with_etcd(
         url_host(&local_host),
         cfg.https_listen_port
     );
+    let client = kube_client(&local_url, trust).await?;
+
+    // The supervisor (9345) shares the API's serving certificate.
+    let sup_addr = SocketAddr::new(bind_ip, cfg.supervisor_port);
+    let sup_listener = tokio::net::TcpListener::bind(sup_addr)
+        .await
+        .with_context(|| format!("listening on {sup_addr} for the supervisor"))?;
+    let sup_state = Arc::new(rke2_supervisor::server::SupervisorState {
+        server_ca_pem: trust.server_ca.cert_pem.clone(),
+        passwd: passwd.clone(),
+        cluster_config: crate::cluster::critical_config(cfg),
+        tls_dir: trust.tls_dir.clone(),
+        info: crate::cluster::cluster_info(state.store.clone(), state.clone(), client.clone()),
+    });
+    let sup_stop = stop.clone();
+    tokio::spawn(rke2_apiserver::serve_router(
+        sup_listener,
+        tls,
+        rke2_supervisor::server::router(sup_state),
+        async move { sup_stop.cancelled().await },
+    ));
+    info!(addr = %sup_addr, "supervisor listening");
+
     let mode = cfg.write_kubeconfig_mode.unwrap_or(0o600);
     rke2_trust::write_kubeconfig(
         &cfg.write_kubeconfig,
@@ -440,7 +442,6 @@ async fn run_with_etcd(
     .with_context(|| format!("writing the kubeconfig {}", cfg.write_kubeconfig.display()))?;
     info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
 
-    let client = kube_client(&local_url, trust).await?;
     let mut labels = BTreeMap::new();
     for role in ["control-plane", "etcd", "master"] {
         labels.insert(
