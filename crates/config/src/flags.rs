@@ -275,6 +275,14 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "HTTPS listen port of the Kubernetes API",
     ),
     flag(
+        "lb-server-port",
+        Str,
+        Some("6444"),
+        "RKE2_LB_SERVER_PORT",
+        true,
+        "Local port of the client-side load balancer to the supervisors; the one to the apiservers uses the port below it",
+    ),
+    flag(
         "supervisor-port",
         Str,
         Some("9345"),

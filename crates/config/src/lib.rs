@@ -193,6 +193,9 @@ pub struct Config {
     pub https_listen_port: u16,
     /// Supervisor port (9345).
     pub supervisor_port: u16,
+    /// Local port of the supervisor load balancer (`lb-server-port`); the
+    /// apiserver load balancer listens one port below.
+    pub lb_server_port: u16,
     /// etcd executable (looked up in PATH by the caller when it has no `/`).
     pub etcd_binary: String,
     /// Debug logging.
@@ -853,6 +856,7 @@ fn build(
         with_node_id: r.bool("with-node-id"),
         https_listen_port: r.parsed("https-listen-port", parse_port)?.expect("default"),
         supervisor_port: r.parsed("supervisor-port", parse_port)?.expect("default"),
+        lb_server_port: r.parsed("lb-server-port", parse_port)?.expect("default"),
         etcd_binary: r.str("etcd-binary").expect("default").0,
         debug: r.bool("debug"),
     })
