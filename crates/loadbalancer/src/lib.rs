@@ -290,6 +290,14 @@ impl LoadBalancer {
     /// checks and wait until all of it has finished (the listen address is
     /// free again when this returns).
     pub async fn stop(self) {
+        self.shutdown().await;
+    }
+
+    /// [`LoadBalancer::stop`] through a shared reference, for callers that
+    /// keep the balancer in an `Arc` (the agent's refresh loop holds one).
+    /// Idempotent; after it, the balancer accepts nothing and
+    /// [`LoadBalancer::update_servers`] starts no checks.
+    pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;

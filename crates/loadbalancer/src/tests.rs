@@ -563,3 +563,28 @@ async fn start_errors_are_reported() {
     assert_eq!(lb.servers(), vec![("127.77.6.1:9345".to_string(), false)]);
     lb.stop().await;
 }
+
+#[tokio::test]
+async fn shared_balancer_can_be_shut_down() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<LoadBalancer>();
+    let dir = TempDir::new().unwrap();
+    let lb = Arc::new(
+        start_lb(
+            7,
+            &dir.path().join("s.json"),
+            vec!["127.77.7.1:1".into()],
+            HealthCheck::Tcp,
+        )
+        .await,
+    );
+    let addr = lb.local_addr();
+    lb.shutdown().await;
+    lb.shutdown().await;
+    // The address is free again once shutdown returns.
+    let again = TcpListener::bind(addr).await.unwrap();
+    drop(again);
+    // Updates after shutdown change the list but start no task.
+    lb.update_servers(vec!["127.77.7.2:1".into()]);
+    assert_eq!(lb.servers().len(), 2);
+}
