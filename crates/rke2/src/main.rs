@@ -1,5 +1,6 @@
 //! The `rke2` binary: `rke2 server` (and, later, `rke2 agent`).
 
+mod agent;
 mod cluster;
 mod server;
 
@@ -13,7 +14,7 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node (not available yet)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
 }
 
@@ -77,12 +78,14 @@ fn main() {
                     1
                 }
             },
-            Role::Agent => {
-                eprintln!(
-                    "rke2: `rke2 agent` is not available in this build yet; run `rke2 server`"
-                );
-                1
-            }
+            Role::Agent => match agent::run(loaded.config).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("rke2: {e:#}");
+                    1
+                }
+            },
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

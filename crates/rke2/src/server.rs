@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 /// The first non-loopback IPv4 address of an interface that is up, else
 /// 127.0.0.1: what `node-ip` defaults to.
-fn detect_node_ip() -> IpAddr {
+pub fn detect_node_ip() -> IpAddr {
     use nix::net::if_::InterfaceFlags;
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
@@ -521,4 +521,31 @@ fn spawn_controllers(
         )
         .await;
     });
+}
+
+/// The node API on `<ip>:10250` (HTTPS with the node's serving
+/// certificate): `/healthz` for now; logs and exec come with the runtime.
+pub fn spawn_node_api(
+    ip: IpAddr,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: &[u8],
+    stop: CancellationToken,
+) -> Result<()> {
+    let tls = rke2_trust::server_tls_config(cert_pem, key_pem, Some(client_ca_pem))
+        .context("node API TLS configuration")?;
+    let addr = SocketAddr::new(ip, 10250);
+    tokio::spawn(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(%addr, error = %e, "node API cannot listen");
+                return;
+            }
+        };
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        rke2_apiserver::serve_router(listener, tls, app, async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(())
 }
