@@ -259,7 +259,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         ips[0],
         serving.cert.as_bytes(),
         serving.key.as_bytes(),
-        ca.as_slice(),
+        client_cert.ca.as_bytes(),
         stop.clone(),
     )?;
     info!(node = %node_name, elapsed = ?started.elapsed(), "rke2 agent is up");

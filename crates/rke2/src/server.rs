@@ -468,6 +468,20 @@ async fn run_with_etcd(
         kubelet_version: rke2_apiserver::discovery::git_version(),
     };
     let node = tokio::spawn(rke2_node::run(client.clone(), node_cfg, stop.clone()));
+    // The node API: this server is a node too.
+    let mut node_sans = vec![cfg.node_name.clone(), "localhost".to_string()];
+    node_sans.extend(ips.iter().map(|i| i.to_string()));
+    let (node_cert, node_key) = trust
+        .server_ca
+        .issue(&rke2_trust::LeafSpec::server(&cfg.node_name, node_sans))
+        .context("issuing the node API serving certificate")?;
+    spawn_node_api(
+        node_ip,
+        node_cert.as_bytes(),
+        node_key.as_bytes(),
+        trust.client_ca.cert_pem.as_bytes(),
+        stop.clone(),
+    )?;
     spawn_controllers(
         client,
         cfg.node_name.clone(),
