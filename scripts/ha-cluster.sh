@@ -94,6 +94,7 @@ record_net() { mkdir -p "$HA"; echo "$1 $2" >>"$NET"; }
 start_in() {
     local name=$1 ns=$2 out=$3
     shift 3
+    echo "=== ha-cluster.sh up: $(date -u +%FT%TZ) $*" >>"$out"
     setsid ip netns exec "$ns" "$@" </dev/null >>"$out" 2>&1 &
     local pid=$!
     local st=""
@@ -214,6 +215,14 @@ cmd_up() {
     haproxy -c -f "$HA/lb/haproxy.cfg" >/dev/null
     start_in lb "$PREFIX-lb" "$HA/lb/haproxy.log" haproxy -db -f "$HA/lb/haproxy.cfg"
 
+    # A fresh cluster: server-1 first, the others once it answers through
+    # the LB. Existing data (a restart after `down`): all at once, since
+    # etcd needs a quorum of the old members before anything is ready.
+    local restart=0
+    if [[ -d $HA/server-1/data/server ]]; then
+        restart=1
+        log "existing data in $HA: restarting all servers at once (\`purge\` first for a fresh cluster)"
+    fi
     for i in $(seq "$SERVERS"); do
         local d=$HA/server-$i ip
         ip=$(server_ip "$i")
@@ -223,27 +232,28 @@ cmd_up() {
             "$bin" server --config "$d/config.yaml" --data-dir "$d/data" \
             --node-ip "$ip" --bind-address "$ip" --node-name "server-$i" \
             --write-kubeconfig "$d/rke2.yaml"
-        if ((i == 1)); then
+        if ((i == (restart ? SERVERS : 1))); then
+            d=$HA/server-1
             # Later servers register through the LB: wait for server-1.
-            log "waiting for server-1 to answer /readyz through the LB ($LB_IP:6443)"
+            log "waiting for the API to answer /readyz through the LB ($LB_IP:6443)"
             local kc
             kc=$(kubectl_bin)
             local t0=$SECONDS
             until write_lb_kubeconfig &&
                 "$kc" --kubeconfig "$HA/rke2.yaml" get --raw /readyz >/dev/null 2>&1; do
-                if ! pid_alive server-1; then
+                if ! pid_alive server-1 && ! ((restart)); then
                     echo "--- tail of $d/rke2.log" >&2
                     tail -n 30 "$d/rke2.log" >&2 || true
                     false # -> ERR trap
                 fi
                 if ((SECONDS - t0 > READY_TIMEOUT)); then
-                    echo "ha-cluster: server-1 not ready through the LB after ${READY_TIMEOUT}s" >&2
+                    echo "ha-cluster: the API is not ready through the LB after ${READY_TIMEOUT}s" >&2
                     tail -n 30 "$d/rke2.log" >&2 || true
                     false
                 fi
                 sleep 1
             done
-            log "server-1 is ready after $((SECONDS - t0))s"
+            log "the API is ready through the LB after $((SECONDS - t0))s"
         fi
     done
     trap - ERR
