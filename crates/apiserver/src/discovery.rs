@@ -97,16 +97,22 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "status" => (rt.kind, &["get", "patch", "update"]),
                 "binding" => ("Binding", &["create"]),
                 "finalize" => (rt.kind, &["update"]),
-                // Served by later work (scale, logs, exec): not advertised.
+                "scale" => ("Scale", &["get", "patch", "update"]),
+                // Served by later work (logs, exec): not advertised.
                 _ => continue,
             };
-            resources.push(json!({
+            let mut entry = json!({
                 "name": format!("{}/{sub}", rt.plural),
                 "singularName": "",
                 "namespaced": rt.namespaced,
                 "kind": kind,
                 "verbs": verbs,
-            }));
+            });
+            if *sub == "scale" {
+                entry["group"] = json!("autoscaling");
+                entry["version"] = json!("v1");
+            }
+            resources.push(entry);
         }
     }
     let gv = if group.is_empty() {
@@ -145,7 +151,15 @@ mod tests {
         assert!(!names.contains(&"pods/exec"));
         let apps = resource_list("apps", "v1").unwrap();
         assert_eq!(apps["groupVersion"], "apps/v1");
-        assert!(resource_list("batch", "v1").is_none());
+        assert!(resource_list("batch", "v1").is_some());
+        assert!(resource_list("policy", "v1").is_none());
+        let apps_names: Vec<&str> = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(apps_names.contains(&"deployments/scale"));
         assert_eq!(groups()["groups"][0]["preferredVersion"]["version"], "v1");
     }
 

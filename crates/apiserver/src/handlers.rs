@@ -123,6 +123,9 @@ pub async fn handle(
         }
         (&Method::POST, false, None) => create(&ctx, content_type, &body).await,
         (&Method::POST, true, Some("binding")) => bind(&ctx, content_type, &body).await,
+        (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {
+            scale(&ctx, &method, content_type, &body).await
+        }
         (&Method::PUT, true, None | Some("status") | Some("finalize")) => {
             update(&ctx, content_type, &body).await
         }
@@ -736,6 +739,91 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
                 ));
             }
             Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(rt, &name))
+}
+
+/// The `autoscaling/v1 Scale` view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+/// GET/PUT/PATCH of the `scale` subresource: reads or sets spec.replicas.
+async fn scale(
+    ctx: &Ctx<'_>,
+    method: &Method,
+    content_type: Option<String>,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let rt = ctx.rt();
+    let name = ctx.path.name.clone().unwrap_or_default();
+    for _ in 0..5 {
+        let (old, rev) = read_object(ctx, &name).await?;
+        let current = scale_of(&old);
+        if method == Method::GET {
+            return Ok(json_response(StatusCode::OK, &current));
+        }
+        let wanted = if method == Method::PUT {
+            let ty = crate::request::body_type(content_type.as_deref())
+                .ok_or_else(|| ApiError::unsupported_media("application/json"))?;
+            decode_body(body, ty)?
+        } else {
+            let ty = crate::request::body_type(content_type.as_deref())
+                .ok_or_else(|| ApiError::unsupported_media("application/merge-patch+json"))?;
+            apply_patch(ctx, ty, &current, body)?
+        };
+        if let Some(want) = expected_rv(&wanted)? {
+            if want != rev {
+                return Err(ApiError::conflict(rt, &name));
+            }
+        }
+        let replicas = wanted["spec"]["replicas"].as_i64().ok_or_else(|| {
+            ApiError::invalid(
+                "Scale",
+                &name,
+                rt,
+                &[("spec.replicas".into(), "Required value".into(), "".into())],
+            )
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "Scale",
+                &name,
+                rt,
+                &[(
+                    "spec.replicas".into(),
+                    "Invalid value".into(),
+                    format!("{replicas}: must be greater than or equal to 0"),
+                )],
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["replicas"] = json!(replicas);
+        objects::prepare_update(rt, &old, &mut new, false);
+        match store_update(ctx, &name, new, rev).await {
+            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(&stored))),
+            Err(e) if e.reason == "Conflict" && expected_rv(&wanted)?.is_none() => continue,
             Err(e) => return Err(e),
         }
     }

@@ -129,6 +129,19 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     }
     match rt.kind {
         "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
+        "Job" => {
+            if obj["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .map(|c| c.is_empty())
+                .unwrap_or(true)
+            {
+                causes.push((
+                    "spec.template.spec.containers".into(),
+                    "Required value".into(),
+                    "".into(),
+                ));
+            }
+        }
         "Secret" => {
             if let Some(data) = obj["data"].as_object() {
                 use base64::Engine;
@@ -358,6 +371,31 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
         "ReplicaSet" => {
             if let Some(m) = obj["spec"].as_object_mut() {
                 default_val(m, "replicas", json!(1));
+            }
+            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+        }
+        "Job" => {
+            // The Job controller's selector: a unique label on its pods.
+            let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            if let Some(m) = obj["spec"].as_object_mut() {
+                default_val(m, "completions", json!(1));
+                default_val(m, "parallelism", json!(1));
+                default_val(m, "backoffLimit", json!(6));
+                default_str(m, "completionMode", "NonIndexed");
+                default_val(m, "suspend", json!(false));
+            }
+            if !uid.is_empty() && !obj["spec"]["selector"].is_object() {
+                obj["spec"]["selector"] =
+                    json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                let name = name_of(obj).to_string();
+                let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+                labels["batch.kubernetes.io/controller-uid"] = json!(uid);
+                labels["batch.kubernetes.io/job-name"] = json!(name);
+                labels["controller-uid"] = json!(uid);
+                labels["job-name"] = json!(name);
+            }
+            if !obj["spec"]["template"]["spec"]["restartPolicy"].is_string() {
+                obj["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
             }
             default_pod_spec(&mut obj["spec"]["template"]["spec"]);
         }

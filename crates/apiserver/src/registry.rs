@@ -32,6 +32,8 @@ pub enum Printer {
     ReplicaSet,
     /// NAME DESIRED CURRENT READY UP-TO-DATE AVAILABLE NODE SELECTOR AGE.
     DaemonSet,
+    /// NAME STATUS COMPLETIONS DURATION AGE.
+    Job,
 }
 
 /// One served resource type.
@@ -165,6 +167,7 @@ static TYPES: &[ResourceType] = &[
     rt!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::Deployment, status: true, gen: true),
     rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true),
     rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true),
+    rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true),
 ];
 
 /// Every served type.
@@ -225,7 +228,11 @@ mod tests {
         }
         assert_eq!(
             group_versions(),
-            vec![("coordination.k8s.io", "v1"), ("apps", "v1")]
+            vec![
+                ("coordination.k8s.io", "v1"),
+                ("apps", "v1"),
+                ("batch", "v1")
+            ]
         );
     }
 }

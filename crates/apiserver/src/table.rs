@@ -229,6 +229,25 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
                 "Selector is a label query over pods that should match the replica count.",
             ),
         ],
+        Printer::Job => vec![
+            name,
+            s("Status", "Status of the job."),
+            s(
+                "Completions",
+                "The desired number of successfully finished pods the job should be run with.",
+            ),
+            s("Duration", "Time required to complete the job."),
+            age,
+            w("Containers", "Names of each container in the template."),
+            w(
+                "Images",
+                "Images referenced by each container in the template.",
+            ),
+            w(
+                "Selector",
+                "A label query over pods that should match the pod count.",
+            ),
+        ],
         Printer::DaemonSet => vec![
             name,
             i(
@@ -637,6 +656,48 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(spec["replicas"].as_i64().unwrap_or(1)),
                 json!(int_at(status, &["replicas"])),
                 json!(int_at(status, &["readyReplicas"])),
+                a,
+                json!(join_containers(tspec, "name")),
+                json!(join_containers(tspec, "image")),
+                json!(selector_string(&spec["selector"])),
+            ]
+        }
+        Printer::Job => {
+            let tspec = &spec["template"]["spec"];
+            let conds = status["conditions"].as_array().cloned().unwrap_or_default();
+            let has = |t: &str| {
+                conds
+                    .iter()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            let st = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if has("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let completions = spec["completions"].as_i64().unwrap_or(1);
+            let duration = match (
+                status["startTime"].as_str(),
+                status["completionTime"].as_str(),
+            ) {
+                (Some(s), Some(c)) => match (parse_time(s), parse_time(c)) {
+                    (Some(a), Some(b)) => rke2_apimachinery::duration::human_duration(
+                        b.signed_duration_since(a).to_std().unwrap_or_default(),
+                    ),
+                    _ => String::new(),
+                },
+                (Some(s), None) => age(s, now),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(st),
+                json!(format!("{}/{completions}", int_at(status, &["succeeded"]))),
+                json!(duration),
                 a,
                 json!(join_containers(tspec, "name")),
                 json!(join_containers(tspec, "image")),
