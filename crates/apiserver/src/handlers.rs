@@ -912,6 +912,46 @@ async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
             ),
         ));
     }
+    // Foreground and orphan propagation are carried out by the garbage
+    // collector: the owner stays, marked for deletion, with a finalizer the
+    // collector removes once dependents are deleted (or orphaned).
+    let policy = opts["propagationPolicy"]
+        .as_str()
+        .or_else(|| ctx.query.get("propagationPolicy"))
+        .map(str::to_string)
+        .or_else(|| match opts["orphanDependents"].as_bool() {
+            Some(true) => Some("Orphan".into()),
+            Some(false) => Some("Background".into()),
+            None => None,
+        });
+    let gc_finalizer = match policy.as_deref() {
+        None | Some("Background") => None,
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        Some(other) => {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            ));
+        }
+    };
+    let mut old = old;
+    if let Some(f) = gc_finalizer {
+        if rt.kind != "Namespace" && !ctx.dry_run() {
+            let list = old["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !list.iter().any(|x| x == f) {
+                let mut l = list;
+                l.push(json!(f));
+                old["metadata"]["finalizers"] = Value::Array(l);
+            }
+        }
+    }
     let has_finalizers = old["metadata"]["finalizers"]
         .as_array()
         .map(|a| !a.is_empty())
@@ -924,14 +964,21 @@ async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         return Ok(json_response(StatusCode::OK, &old));
     }
     if has_finalizers {
-        if old["metadata"]["deletionTimestamp"].is_string() {
+        if old["metadata"]["deletionTimestamp"].is_string() && gc_finalizer.is_none() {
             return Ok(json_response(StatusCode::OK, &old));
         }
         let mut new = old.clone();
-        new["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
-        new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        if !new["metadata"]["deletionTimestamp"].is_string() {
+            new["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
+            new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        }
         let stored = store_update(ctx, &name, new, rev).await?;
-        return Ok(json_response(StatusCode::OK, &stored));
+        let code = if gc_finalizer == Some("foregroundDeletion") {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        return Ok(json_response(code, &stored));
     }
     match ctx.state.store.delete(&ctx.key(&name), rev).await {
         Ok(_) => {
