@@ -610,58 +610,21 @@ fn apply_patch(
                 .map_err(|e| {
                     patch_err(format!("the apply configuration could not be merged: {e}"))
                 })?;
-            set_managed_fields(ctx, &mut merged, &applied);
+            crate::ssa::apply_ownership(
+                current,
+                &mut merged,
+                &applied,
+                ctx.query.get("fieldManager").unwrap_or("unknown"),
+                &rt.api_version(),
+                ctx.query.flag("force"),
+                &objects::now_rfc3339(),
+            )?;
             Ok(merged)
         }
         _ => Err(ApiError::unsupported_media(
             "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
         )),
     }
-}
-
-fn fields_v1(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out = serde_json::Map::new();
-            for (k, val) in m {
-                if k == "apiVersion" || k == "kind" {
-                    continue;
-                }
-                out.insert(format!("f:{k}"), fields_v1(val));
-            }
-            Value::Object(out)
-        }
-        _ => json!({}),
-    }
-}
-
-fn set_managed_fields(ctx: &Ctx<'_>, obj: &mut Value, applied: &Value) {
-    let manager = ctx
-        .query
-        .get("fieldManager")
-        .unwrap_or("unknown")
-        .to_string();
-    let mut entries: Vec<Value> = obj["metadata"]["managedFields"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"))
-        .collect();
-    let mut fields = fields_v1(applied);
-    if let Some(m) = fields.get_mut("f:metadata").and_then(|m| m.as_object_mut()) {
-        m.remove("f:managedFields");
-        m.remove("f:resourceVersion");
-    }
-    entries.push(json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": ctx.rt().api_version(),
-        "time": objects::now_rfc3339(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields,
-    }));
-    obj["metadata"]["managedFields"] = Value::Array(entries);
 }
 
 async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
@@ -702,7 +665,15 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
                     ));
                 }
                 let applied = obj.clone();
-                set_managed_fields(ctx, &mut obj, &applied);
+                crate::ssa::apply_ownership(
+                    &json!({"metadata": {}}),
+                    &mut obj,
+                    &applied,
+                    ctx.query.get("fieldManager").unwrap_or("unknown"),
+                    &rt.api_version(),
+                    ctx.query.flag("force"),
+                    &objects::now_rfc3339(),
+                )?;
                 let created = create_object(ctx, obj).await?;
                 return Ok(json_response(
                     StatusCode::CREATED,

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod registry;
 pub mod request;
 pub mod server;
+pub mod ssa;
 pub mod status;
 pub mod table;
 

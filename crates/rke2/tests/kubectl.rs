@@ -1267,7 +1267,6 @@ async fn typed_with(k: &Kubectl) -> Result<()> {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server gaps: server-side apply ignores field ownership (no conflicts, omitted fields kept); no deployments/scale subresource"]
 async fn server_side_apply_ownership_and_scale() {
     let server = start_server().await;
     for_each_kubectl(
