@@ -8,6 +8,7 @@
 //! what changed and may run again after a leader change.
 
 pub mod leader;
+pub mod node_lifecycle;
 pub mod server_removal;
 
 /// The Lease held by the server running the controllers.

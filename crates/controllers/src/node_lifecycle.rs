@@ -1,0 +1,699 @@
+//! Node lifecycle: a node that stops renewing its Lease becomes `Unknown`
+//! and gets the `node.kubernetes.io/unreachable` taints, as
+//! kube-controller-manager's node lifecycle controller does.
+//!
+//! Every monitor period the loop lists the Nodes and the Leases in
+//! `kube-node-lease` (named like their node) and, per node:
+//!
+//! * **stale** (see below) → every condition of MemoryPressure,
+//!   DiskPressure, PIDPressure and Ready that is not already `Unknown` is
+//!   set to `Unknown` / `NodeStatusUnknown` / `Kubelet stopped posting node
+//!   status.` with `lastTransitionTime` now and `lastHeartbeatTime` kept (a
+//!   missing one is added as `NodeStatusNeverUpdated`, as upstream does),
+//!   written as a strategic merge patch of `nodes/status` (conditions merge
+//!   by `type`); and the taints `node.kubernetes.io/unreachable:NoSchedule`
+//!   and `:NoExecute` are added, with `timeAdded` (upstream's
+//!   `SwapNodeControllerTaint` stamps every taint it adds), keeping every
+//!   other taint;
+//! * **alive again** (this controller saw a renewal) → both unreachable
+//!   taints are removed. Conditions are left alone: the node role writes
+//!   `Ready=True` again with its own status updates, and the loop never
+//!   writes `True`.
+//!
+//! Every write carries the `resourceVersion` it was computed from, so a
+//! concurrent writer (the node role, a user, another controller) turns it
+//! into a 409; the loop then reads the node and its Lease again and decides
+//! afresh. `spec.taints` is an atomic list, so the taint patch sends the
+//! whole new list.
+//!
+//! ## Staleness is measured with the controller's own clock
+//!
+//! Like upstream's "probe timestamp", the loop never compares a node's
+//! `renewTime` (written with the *node's* clock) with its own clock.
+//! It remembers, per node, the last `renewTime` and Ready
+//! `lastHeartbeatTime` it saw and *when it first saw each new value*
+//! ([`Observation::probe_time`], controller clock). A node is stale when
+//! neither value has changed for longer than the grace period. A node whose
+//! clock is hours off is therefore never marked unreachable while it keeps
+//! renewing, and a controller with a skewed clock cannot mark anyone
+//! either.
+//!
+//! On first sight (start-up, or after a leader change moved the loop to
+//! another server) a node that has a Lease or a Ready condition counts as
+//! just probed, so a dead node is marked at most one grace period plus one
+//! monitor period after the loop starts. A node that never posted a Lease
+//! nor a Ready condition counts from its `creationTimestamp` (clamped to
+//! now), so one created longer than the grace period ago is marked at once.
+//!
+//! ## Idempotence across leader changes
+//!
+//! Decisions depend only on the objects and the loop's own observations:
+//! a node already `Unknown` and tainted produces no write. Taints are only
+//! removed after this loop has itself seen a renewal (never on first
+//! sight), so a new leader does not lift the `NoExecute` taint of a dead
+//! node (which would restart its eviction clock) just because it has not
+//! yet watched it for a grace period.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Where nodes keep their Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The taint key of a node whose status is unknown.
+pub const UNREACHABLE_TAINT_KEY: &str = "node.kubernetes.io/unreachable";
+/// Reason of a condition the controller set to `Unknown`.
+pub const REASON_STATUS_UNKNOWN: &str = "NodeStatusUnknown";
+/// Message of a condition the controller set to `Unknown`.
+pub const MESSAGE_STATUS_UNKNOWN: &str = "Kubelet stopped posting node status.";
+/// Reason of a condition the node never posted.
+pub const REASON_NEVER_UPDATED: &str = "NodeStatusNeverUpdated";
+/// Message of a condition the node never posted.
+pub const MESSAGE_NEVER_UPDATED: &str = "Kubelet never posted node status.";
+/// The conditions set to `Unknown` when a node goes stale.
+pub const MONITORED_CONDITIONS: [&str; 4] =
+    ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"];
+/// The taint effects added for an unreachable node.
+pub const UNREACHABLE_EFFECTS: [&str; 2] = ["NoSchedule", "NoExecute"];
+
+/// Timing of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLifecycleConfig {
+    /// How long a node may go without a renewal observed by the controller
+    /// before it is marked `Unknown` (kube-controller-manager's
+    /// `--node-monitor-grace-period`).
+    pub grace_period: Duration,
+    /// How often nodes and Leases are checked (`--node-monitor-period`).
+    pub monitor_period: Duration,
+}
+
+impl Default for NodeLifecycleConfig {
+    /// 40 s grace (four missed 10 s renewals), checked every 5 s:
+    /// upstream's defaults.
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(40),
+            monitor_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the controller remembers about one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// The Lease's `renewTime` last seen (the node's clock; only compared
+    /// for equality).
+    pub renew_time: Option<DateTime<Utc>>,
+    /// The Ready condition's `lastHeartbeatTime` last seen (likewise).
+    pub heartbeat: Option<DateTime<Utc>>,
+    /// When, by the controller's clock, the node was last seen alive: the
+    /// moment a new `renew_time` or `heartbeat` was first observed.
+    pub probe_time: DateTime<Utc>,
+    /// Whether this controller has itself seen one of them change (not
+    /// only the first sight).
+    pub seen_alive: bool,
+}
+
+/// What to write for one node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Actions {
+    /// Conditions to write to `nodes/status` (strategic merge by `type`).
+    pub conditions: Vec<Value>,
+    /// The complete new `spec.taints`, when it must change.
+    pub taints: Option<Vec<Taint>>,
+    /// Whether the unreachable taints are being added (else removed) when
+    /// `taints` is set.
+    pub tainting: bool,
+}
+
+impl Actions {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.conditions.is_empty() && self.taints.is_none()
+    }
+}
+
+fn chrono_of(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.as_microsecond()).unwrap_or_default()
+}
+
+fn time_of(t: DateTime<Utc>) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap_or_default())
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn condition<'a>(node: &'a Node, ty: &str) -> Option<&'a NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == ty)
+}
+
+fn lease_renew_time(lease: Option<&Lease>) -> Option<DateTime<Utc>> {
+    lease?
+        .spec
+        .as_ref()?
+        .renew_time
+        .as_ref()
+        .map(|t| chrono_of(&t.0))
+}
+
+/// Updates what is known about `node` with what is seen `now` (the
+/// controller's clock). `prev` is the previous observation, `None` on first
+/// sight.
+pub fn observe(
+    prev: Option<&Observation>,
+    node: &Node,
+    lease: Option<&Lease>,
+    now: DateTime<Utc>,
+) -> Observation {
+    let renew_time = lease_renew_time(lease);
+    let heartbeat = condition(node, "Ready")
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|t| chrono_of(&t.0));
+    match prev {
+        None => {
+            let probe_time = if renew_time.is_some() || condition(node, "Ready").is_some() {
+                now
+            } else {
+                // Never posted anything: count from its creation.
+                node.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| chrono_of(&t.0).min(now))
+                    .unwrap_or(now)
+            };
+            Observation {
+                renew_time,
+                heartbeat,
+                probe_time,
+                seen_alive: false,
+            }
+        }
+        Some(p) => {
+            let renewed = renew_time.is_some() && renew_time != p.renew_time;
+            let heartbeat_moved = heartbeat.is_some() && heartbeat != p.heartbeat;
+            let alive = renewed || heartbeat_moved;
+            Observation {
+                renew_time,
+                heartbeat,
+                probe_time: if alive { now } else { p.probe_time },
+                seen_alive: p.seen_alive || alive,
+            }
+        }
+    }
+}
+
+/// Whether the node has not been seen alive for longer than `grace`.
+pub fn is_stale(obs: &Observation, grace: Duration, now: DateTime<Utc>) -> bool {
+    now.signed_duration_since(obs.probe_time)
+        .to_std()
+        .map(|age| age > grace)
+        .unwrap_or(false)
+}
+
+fn is_unreachable(t: &Taint) -> bool {
+    t.key == UNREACHABLE_TAINT_KEY && UNREACHABLE_EFFECTS.contains(&t.effect.as_str())
+}
+
+/// What to write for `node`, given the controller's observation of it.
+pub fn decide(node: &Node, obs: &Observation, grace: Duration, now: DateTime<Utc>) -> Actions {
+    let taints: Vec<Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let mut actions = Actions::default();
+    if is_stale(obs, grace, now) {
+        for ty in MONITORED_CONDITIONS {
+            match condition(node, ty) {
+                Some(c) if c.status == "Unknown" => {}
+                Some(c) => actions.conditions.push(json!({
+                    "type": ty,
+                    "status": "Unknown",
+                    "reason": REASON_STATUS_UNKNOWN,
+                    "message": MESSAGE_STATUS_UNKNOWN,
+                    "lastHeartbeatTime": c.last_heartbeat_time,
+                    "lastTransitionTime": rfc3339(now),
+                })),
+                None => actions.conditions.push(json!({
+                    "type": ty,
+                    "status": "Unknown",
+                    "reason": REASON_NEVER_UPDATED,
+                    "message": MESSAGE_NEVER_UPDATED,
+                    "lastHeartbeatTime": node.metadata.creation_timestamp,
+                    "lastTransitionTime": rfc3339(now),
+                })),
+            }
+        }
+        let mut new = taints.clone();
+        for effect in UNREACHABLE_EFFECTS {
+            if !taints
+                .iter()
+                .any(|t| t.key == UNREACHABLE_TAINT_KEY && t.effect == effect)
+            {
+                new.push(Taint {
+                    key: UNREACHABLE_TAINT_KEY.to_string(),
+                    effect: effect.to_string(),
+                    value: None,
+                    time_added: Some(time_of(now)),
+                });
+            }
+        }
+        if new.len() != taints.len() {
+            actions.taints = Some(new);
+            actions.tainting = true;
+        }
+    } else if obs.seen_alive && taints.iter().any(is_unreachable) {
+        actions.taints = Some(taints.into_iter().filter(|t| !is_unreachable(t)).collect());
+    }
+    actions
+}
+
+/// Writes `actions` for `node`, each write conditional on the
+/// resourceVersion the decision was made from.
+async fn apply(nodes: &Api<Node>, node: &Node, actions: &Actions) -> Result<(), kube::Error> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let mut rv = node.metadata.resource_version.clone();
+    if !actions.conditions.is_empty() {
+        let patch = json!({
+            "metadata": {"resourceVersion": rv},
+            "status": {"conditions": actions.conditions},
+        });
+        let updated = nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await?;
+        // The status subresource leaves spec alone: the taints decided from
+        // `node` still apply, at the new version.
+        rv = updated.metadata.resource_version;
+    }
+    if let Some(taints) = &actions.taints {
+        let list = if taints.is_empty() {
+            Value::Null
+        } else {
+            serde_json::to_value(taints).expect("taints serialize")
+        };
+        let patch = json!({
+            "metadata": {"resourceVersion": rv},
+            "spec": {"taints": list},
+        });
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Observes, decides and writes for one node; on a conflict reads the
+/// node and its Lease again and decides afresh.
+async fn sync_node(
+    nodes: &Api<Node>,
+    leases: &Api<Lease>,
+    seen: &mut BTreeMap<String, Observation>,
+    mut node: Node,
+    mut lease: Option<Lease>,
+    cfg: &NodeLifecycleConfig,
+) -> Result<(), kube::Error> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    for _ in 0..5 {
+        let now = Utc::now();
+        let obs = observe(seen.get(&name), &node, lease.as_ref(), now);
+        seen.insert(name.clone(), obs.clone());
+        let actions = decide(&node, &obs, cfg.grace_period, now);
+        if actions.is_empty() {
+            return Ok(());
+        }
+        match apply(nodes, &node, &actions).await {
+            Ok(()) => {
+                if actions.tainting || !actions.conditions.is_empty() {
+                    let unseen = now.signed_duration_since(obs.probe_time).num_seconds();
+                    info!(
+                        node = %name,
+                        not_seen_alive_for = %format!("{unseen}s"),
+                        grace_period = ?cfg.grace_period,
+                        "node stopped posting its lease/status; marked Unknown and tainted unreachable"
+                    );
+                } else {
+                    info!(node = %name, "node renews its lease again; removed the unreachable taints");
+                }
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!(node = %name, "node changed while being updated; deciding again");
+                node = match nodes.get_opt(&name).await? {
+                    Some(n) => n,
+                    None => return Ok(()),
+                };
+                lease = leases.get_opt(&name).await?;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    warn!(node = %name, "node kept changing while being updated; trying again next period");
+    Ok(())
+}
+
+/// One monitor pass over every node.
+async fn monitor_once(
+    nodes: &Api<Node>,
+    leases: &Api<Lease>,
+    seen: &mut BTreeMap<String, Observation>,
+    cfg: &NodeLifecycleConfig,
+) -> Result<(), kube::Error> {
+    let node_list = nodes.list(&ListParams::default()).await?;
+    let mut lease_by_name: BTreeMap<String, Lease> = leases
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|l| Some((l.metadata.name.clone()?, l)))
+        .collect();
+    let present: BTreeSet<String> = node_list
+        .items
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    seen.retain(|name, _| present.contains(name));
+    for node in node_list.items {
+        let Some(name) = node.metadata.name.clone() else {
+            continue;
+        };
+        let lease = lease_by_name.remove(&name);
+        if let Err(e) = sync_node(nodes, leases, seen, node, lease, cfg).await {
+            warn!(node = %name, error = %e, "updating node health failed; retrying next period");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the node lifecycle loop until `stop`.
+pub async fn run(client: kube::Client, cfg: NodeLifecycleConfig, stop: CancellationToken) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, NODE_LEASE_NAMESPACE);
+    let mut seen: BTreeMap<String, Observation> = BTreeMap::new();
+    let mut tick = tokio::time::interval(cfg.monitor_period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(grace_period = ?cfg.grace_period, monitor_period = ?cfg.monitor_period, "node lifecycle loop started");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let pass = monitor_once(&nodes, &leases, &mut seen, &cfg);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = pass => if let Err(e) = r {
+                warn!(error = %e, "listing nodes or node leases failed; retrying next period");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(40);
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn ts(s: i64) -> String {
+        rfc3339(t(s))
+    }
+
+    fn node(created: i64, conditions: Value, taints: Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n1", "creationTimestamp": ts(created), "resourceVersion": "7"},
+            "spec": {"taints": taints},
+            "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    fn healthy(heartbeat: i64) -> Value {
+        json!([
+            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory",
+             "lastHeartbeatTime": ts(heartbeat), "lastTransitionTime": ts(0)},
+            {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure",
+             "lastHeartbeatTime": ts(heartbeat), "lastTransitionTime": ts(0)},
+            {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID",
+             "lastHeartbeatTime": ts(heartbeat), "lastTransitionTime": ts(0)},
+            {"type": "Ready", "status": "True", "reason": "KubeletReady",
+             "lastHeartbeatTime": ts(heartbeat), "lastTransitionTime": ts(0)},
+        ])
+    }
+
+    fn unknown(heartbeat: i64) -> Value {
+        let mut c = healthy(heartbeat);
+        for x in c.as_array_mut().unwrap() {
+            x["status"] = json!("Unknown");
+            x["reason"] = json!(REASON_STATUS_UNKNOWN);
+        }
+        c
+    }
+
+    fn lease(renew_micros: i64) -> Lease {
+        let renew =
+            DateTime::from_timestamp_micros(t(0).timestamp_micros() + renew_micros).unwrap();
+        serde_json::from_value(json!({
+            "metadata": {"name": "n1", "namespace": NODE_LEASE_NAMESPACE},
+            "spec": {"holderIdentity": "n1", "renewTime": renew.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+        }))
+        .unwrap()
+    }
+
+    fn other_taint() -> Value {
+        json!({"key": "example.com/dedicated", "value": "db", "effect": "NoSchedule"})
+    }
+
+    fn unreachable_taints(at: i64) -> Value {
+        json!([
+            other_taint(),
+            {"key": UNREACHABLE_TAINT_KEY, "effect": "NoSchedule", "timeAdded": ts(at)},
+            {"key": UNREACHABLE_TAINT_KEY, "effect": "NoExecute", "timeAdded": ts(at)},
+        ])
+    }
+
+    /// Feeds the same node/lease at each time in `times`, returning the
+    /// last observation.
+    fn watch(n: &Node, l: Option<&Lease>, times: &[i64]) -> Observation {
+        let mut obs: Option<Observation> = None;
+        for &s in times {
+            obs = Some(observe(obs.as_ref(), n, l, t(s)));
+        }
+        obs.unwrap()
+    }
+
+    #[test]
+    fn default_timing_is_upstreams() {
+        let c = NodeLifecycleConfig::default();
+        assert_eq!(c.grace_period, Duration::from_secs(40));
+        assert_eq!(c.monitor_period, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn fresh_lease_on_first_sight_writes_nothing() {
+        let n = node(-1000, healthy(-500), json!([other_taint()]));
+        let obs = watch(&n, Some(&lease(900 * 1_000_000)), &[1000]);
+        assert_eq!(obs.probe_time, t(1000));
+        assert!(!obs.seen_alive);
+        assert!(decide(&n, &obs, GRACE, t(1000)).is_empty());
+    }
+
+    #[test]
+    fn lease_not_renewed_for_the_grace_period_marks_unknown_and_taints() {
+        let n = node(-1000, healthy(-500), json!([other_taint()]));
+        let l = lease(0);
+        // Seen at 0; unchanged until 40 s: still within grace.
+        let obs = watch(&n, Some(&l), &[0, 20, 40]);
+        assert!(decide(&n, &obs, GRACE, t(40)).is_empty());
+        let obs = observe(Some(&obs), &n, Some(&l), t(41));
+        let a = decide(&n, &obs, GRACE, t(41));
+        assert_eq!(a.conditions.len(), 4);
+        for (c, ty) in a.conditions.iter().zip(MONITORED_CONDITIONS) {
+            assert_eq!(c["type"], ty);
+            assert_eq!(c["status"], "Unknown");
+            assert_eq!(c["reason"], REASON_STATUS_UNKNOWN);
+            assert_eq!(c["message"], MESSAGE_STATUS_UNKNOWN);
+            assert_eq!(c["lastHeartbeatTime"], ts(-500), "heartbeat kept");
+            assert_eq!(c["lastTransitionTime"], ts(41));
+        }
+        assert!(a.tainting);
+        let taints = serde_json::to_value(a.taints.unwrap()).unwrap();
+        assert_eq!(
+            taints,
+            json!([
+                other_taint(),
+                {"key": UNREACHABLE_TAINT_KEY, "effect": "NoSchedule", "timeAdded": ts(41)},
+                {"key": UNREACHABLE_TAINT_KEY, "effect": "NoExecute", "timeAdded": ts(41)},
+            ])
+        );
+    }
+
+    #[test]
+    fn already_unknown_and_tainted_writes_nothing() {
+        let n = node(-1000, unknown(-500), unreachable_taints(10));
+        let obs = watch(&n, Some(&lease(0)), &[0, 100]);
+        assert!(is_stale(&obs, GRACE, t(100)));
+        assert!(decide(&n, &obs, GRACE, t(100)).is_empty());
+    }
+
+    #[test]
+    fn only_conditions_not_yet_unknown_are_written_and_missing_taints_added() {
+        let mut conds = healthy(-500);
+        conds[3]["status"] = json!("Unknown");
+        let n = node(
+            -1000,
+            conds,
+            json!([{"key": UNREACHABLE_TAINT_KEY, "effect": "NoSchedule"}]),
+        );
+        let obs = watch(&n, Some(&lease(0)), &[0, 50]);
+        let a = decide(&n, &obs, GRACE, t(50));
+        let types: Vec<&str> = a
+            .conditions
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["MemoryPressure", "DiskPressure", "PIDPressure"]);
+        let taints = serde_json::to_value(a.taints.unwrap()).unwrap();
+        assert_eq!(
+            taints,
+            json!([
+                {"key": UNREACHABLE_TAINT_KEY, "effect": "NoSchedule"},
+                {"key": UNREACHABLE_TAINT_KEY, "effect": "NoExecute", "timeAdded": ts(50)},
+            ])
+        );
+    }
+
+    #[test]
+    fn renewal_after_going_unknown_removes_only_the_unreachable_taints() {
+        let n = node(-1000, unknown(-500), unreachable_taints(10));
+        let obs = watch(&n, Some(&lease(0)), &[0, 100]);
+        let obs = observe(Some(&obs), &n, Some(&lease(101 * 1_000_000)), t(102));
+        assert!(obs.seen_alive);
+        assert_eq!(obs.probe_time, t(102));
+        let a = decide(&n, &obs, GRACE, t(102));
+        assert!(a.conditions.is_empty(), "Ready=True is the node's to write");
+        assert!(!a.tainting);
+        assert_eq!(
+            serde_json::to_value(a.taints.unwrap()).unwrap(),
+            json!([other_taint()])
+        );
+        // Only unreachable taints: the list becomes empty.
+        let n = node(
+            -1000,
+            unknown(-500),
+            json!([
+                {"key": UNREACHABLE_TAINT_KEY, "effect": "NoSchedule"},
+                {"key": UNREACHABLE_TAINT_KEY, "effect": "NoExecute"},
+            ]),
+        );
+        assert_eq!(decide(&n, &obs, GRACE, t(102)).taints, Some(vec![]));
+    }
+
+    #[test]
+    fn first_sight_never_lifts_taints() {
+        // A new leader sees a dead, tainted node with a lease renewed "just
+        // now" by a skewed clock: nothing is removed until it sees a renewal.
+        let n = node(-1000, unknown(-500), unreachable_taints(10));
+        let l = lease(1000 * 1_000_000);
+        let obs = watch(&n, Some(&l), &[1000, 1010, 1030]);
+        assert!(!obs.seen_alive);
+        assert!(decide(&n, &obs, GRACE, t(1030)).is_empty());
+        let obs = observe(Some(&obs), &n, Some(&l), t(1041));
+        assert!(decide(&n, &obs, GRACE, t(1041)).is_empty());
+    }
+
+    #[test]
+    fn node_clock_skew_does_not_matter() {
+        // The node's clock is a day behind; it renews every 10 s.
+        let n = node(-1000, healthy(-86_400), json!(null));
+        let mut obs = observe(None, &n, Some(&lease(-86_400 * 1_000_000)), t(0));
+        for i in 1..20 {
+            let l = lease((-86_400 + i * 10) * 1_000_000);
+            obs = observe(Some(&obs), &n, Some(&l), t(i * 10));
+            assert!(decide(&n, &obs, GRACE, t(i * 10)).is_empty(), "at {i}");
+        }
+        // And a day ahead, likewise; when it stops, staleness counts from
+        // the last renewal the controller saw.
+        let l = lease(86_400 * 1_000_000);
+        let obs = observe(Some(&obs), &n, Some(&l), t(200));
+        let obs2 = observe(Some(&obs), &n, Some(&l), t(240));
+        assert!(decide(&n, &obs2, GRACE, t(240)).is_empty());
+        let obs3 = observe(Some(&obs2), &n, Some(&l), t(241));
+        assert!(!decide(&n, &obs3, GRACE, t(241)).is_empty());
+    }
+
+    #[test]
+    fn no_lease_counts_heartbeats() {
+        // An old heartbeat on first sight: counted from first sight.
+        let n = node(-10_000, healthy(-5_000), json!(null));
+        let obs = watch(&n, None, &[0, 40]);
+        assert!(decide(&n, &obs, GRACE, t(40)).is_empty());
+        let obs = observe(Some(&obs), &n, None, t(41));
+        let a = decide(&n, &obs, GRACE, t(41));
+        assert_eq!(a.conditions.len(), 4);
+        assert!(a.tainting);
+        // A moving heartbeat keeps it alive.
+        let obs = watch(&n, None, &[0, 30]);
+        let n2 = node(-10_000, healthy(25), json!(null));
+        let obs = observe(Some(&obs), &n2, None, t(35));
+        let obs = observe(Some(&obs), &n2, None, t(70));
+        assert!(decide(&n2, &obs, GRACE, t(70)).is_empty());
+    }
+
+    #[test]
+    fn never_posted_anything_counts_from_creation() {
+        let bare = |created: i64| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": "n1", "creationTimestamp": ts(created)},
+            }))
+            .unwrap()
+        };
+        // Created long ago: marked on first sight.
+        let n = bare(-3600);
+        let obs = observe(None, &n, None, t(0));
+        assert_eq!(obs.probe_time, t(-3600));
+        let a = decide(&n, &obs, GRACE, t(0));
+        assert_eq!(a.conditions.len(), 4);
+        for c in &a.conditions {
+            assert_eq!(c["status"], "Unknown");
+            assert_eq!(c["reason"], REASON_NEVER_UPDATED);
+            assert_eq!(c["message"], MESSAGE_NEVER_UPDATED);
+            assert_eq!(c["lastHeartbeatTime"], ts(-3600));
+        }
+        assert_eq!(a.taints.as_ref().map(Vec::len), Some(2));
+        // Created just now: given the grace period.
+        let n = bare(-5);
+        assert!(decide(&n, &observe(None, &n, None, t(0)), GRACE, t(0)).is_empty());
+        // A creation time in the future (skew) counts as now.
+        let n = bare(500);
+        assert_eq!(observe(None, &n, None, t(0)).probe_time, t(0));
+    }
+
+    #[test]
+    fn a_lease_appearing_is_a_sign_of_life() {
+        let n = node(-10, json!(null), json!(null));
+        let obs = observe(None, &n, None, t(0));
+        assert_eq!(obs.probe_time, t(-10));
+        let obs = observe(Some(&obs), &n, Some(&lease(0)), t(35));
+        assert!(obs.seen_alive);
+        assert!(decide(&n, &obs, GRACE, t(70)).is_empty());
+    }
+}
