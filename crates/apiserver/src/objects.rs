@@ -129,18 +129,17 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     }
     match rt.kind {
         "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
-        "Job" => {
+        "Job"
             if obj["spec"]["template"]["spec"]["containers"]
                 .as_array()
                 .map(|c| c.is_empty())
-                .unwrap_or(true)
-            {
-                causes.push((
-                    "spec.template.spec.containers".into(),
-                    "Required value".into(),
-                    "".into(),
-                ));
-            }
+                .unwrap_or(true) =>
+        {
+            causes.push((
+                "spec.template.spec.containers".into(),
+                "Required value".into(),
+                "".into(),
+            ));
         }
         "Secret" => {
             if let Some(data) = obj["data"].as_object() {

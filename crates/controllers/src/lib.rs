@@ -7,6 +7,7 @@
 //! Architecture invariant: reconcilers are idempotent — they are not told
 //! what changed and may run again after a leader change.
 
+pub mod addons;
 pub mod leader;
 pub mod node_lifecycle;
 pub mod server_removal;

@@ -21,8 +21,9 @@ use tracing::{info, warn};
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// The Lease duration written into the Lease.
 pub const LEASE_DURATION_SECONDS: i32 = 40;
-/// How often the Node status heartbeat is written even without changes.
-pub const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// How often the Node status (conditions, heartbeat) is written; also
+/// how soon a node marked `Unknown` while cut off reports `Ready` again.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(20);
 
 /// What this node is.
 #[derive(Debug, Clone)]
@@ -208,11 +209,33 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<String,
                     }
                 }
             }
-            Some(_) => {
-                // Configured labels and taints win over what is stored; other
-                // labels (set by users) stay.
-                let patch =
-                    json!({"metadata": {"labels": labels}, "spec": {"taints": taints_json(cfg)}});
+            Some(existing) => {
+                // Configured labels win over what is stored; other labels
+                // stay. Taints are only added: taints set since
+                // registration (by users, or the node lifecycle loop's
+                // unreachable taints, which it removes itself once this
+                // node renews its Lease) are left alone, as a kubelet does.
+                let mut taints: Vec<Value> = existing
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| serde_json::to_value(t).unwrap_or_default())
+                    .collect();
+                let before = taints.len();
+                for t in taints_json(cfg).as_array().cloned().unwrap_or_default() {
+                    if !taints
+                        .iter()
+                        .any(|x| x["key"] == t["key"] && x["effect"] == t["effect"])
+                    {
+                        taints.push(t);
+                    }
+                }
+                let mut patch = json!({"metadata": {"labels": labels}});
+                if taints.len() != before {
+                    patch["spec"] = json!({"taints": taints});
+                }
                 nodes
                     .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await

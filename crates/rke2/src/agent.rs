@@ -78,7 +78,7 @@ where
                     status: 500..=599, ..
                 },
             ) if start.elapsed() < Duration::from_secs(15 * 60) => {
-                if tries % 10 == 0 {
+                if tries.is_multiple_of(10) {
                     info!(step, error = %e, "server not reachable yet; retrying");
                 }
                 tries += 1;

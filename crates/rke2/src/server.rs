@@ -482,12 +482,14 @@ async fn run_with_etcd(
         trust.client_ca.cert_pem.as_bytes(),
         stop.clone(),
     )?;
-    spawn_controllers(
-        client,
-        cfg.node_name.clone(),
-        state.store.clone(),
-        stop.clone(),
-    );
+    // Bundled addons go into the auto-deploy directory unless disabled.
+    let manifests_dir = cfg.data_dir.join("server/manifests");
+    let cluster_dns = rke2_apiserver::allocator::nth_ip(&cfg.service_cidr, 10)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &cluster_dns)
+        .with_context(|| format!("writing bundled addon manifests to {}", manifests_dir.display()))?;
+    spawn_controllers(client, cfg.node_name.clone(), state.store.clone(), manifests_dir, stop.clone());
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
 
     tokio::select! {
@@ -500,13 +502,9 @@ async fn run_with_etcd(
     Ok(())
 }
 
-/// Starts the leader-elected control-plane loops.
-fn spawn_controllers(
-    client: kube::Client,
-    node_name: String,
-    store: Store,
-    stop: CancellationToken,
-) {
+/// Starts the leader-elected control-plane loops: one server at a time
+/// runs all of them; another takes over within ~10 s of its death.
+fn spawn_controllers(client: kube::Client, node_name: String, store: Store, manifests: std::path::PathBuf, stop: CancellationToken) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
     tokio::spawn(async move {
         rke2_controllers::leader::run_elected(
@@ -518,18 +516,21 @@ fn spawn_controllers(
             move |lead: CancellationToken| {
                 let client = client.clone();
                 let store = store.clone();
+                let manifests = manifests.clone();
                 async move {
-                    let remove: rke2_controllers::server_removal::RemoveMember =
-                        Arc::new(move |node: String| {
-                            let store = store.clone();
-                            Box::pin(async move {
-                                store
-                                    .remove_member_of_node(&node)
-                                    .await
-                                    .map_err(|e| e.to_string())
-                            })
-                        });
-                    rke2_controllers::server_removal::run(client, remove, lead).await;
+                    let remove: rke2_controllers::server_removal::RemoveMember = Arc::new(move |node: String| {
+                        let store = store.clone();
+                        Box::pin(async move { store.remove_member_of_node(&node).await.map_err(|e| e.to_string()) })
+                    });
+                    let mut loops = tokio::task::JoinSet::new();
+                    loops.spawn(rke2_controllers::server_removal::run(client.clone(), remove, lead.clone()));
+                    loops.spawn(rke2_controllers::node_lifecycle::run(
+                        client.clone(),
+                        rke2_controllers::node_lifecycle::NodeLifecycleConfig::default(),
+                        lead.clone(),
+                    ));
+                    loops.spawn(rke2_controllers::addons::run(client.clone(), manifests, lead.clone()));
+                    while loops.join_next().await.is_some() {}
                 }
             },
         )

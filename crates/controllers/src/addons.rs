@@ -1,0 +1,192 @@
+//! Auto-deploying manifests (k3s/RKE2's `server/manifests`): every YAML or
+//! JSON file in the directory is applied with server-side apply, and
+//! re-applied when its content changes. The bundled addons are written
+//! there at start unless named in `disable`.
+//!
+//! The addons are ordinary workloads: none tolerates `CriticalAddonsOnly`
+//! except cluster DNS, so on an all-tainted cluster they stay Pending until
+//! an untainted node joins — scheduler semantics, no special case here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The field manager of applied manifests.
+pub const FIELD_MANAGER: &str = "rke2-deploy";
+
+/// The bundled addons: (name, file content). `{cluster_dns}` is replaced.
+const BUNDLED: &[(&str, &str)] = &[
+    ("rke2-coredns", include_str!("addons/rke2-coredns.yaml")),
+    ("rke2-ingress-nginx", include_str!("addons/rke2-ingress-nginx.yaml")),
+    ("rke2-metrics-server", include_str!("addons/rke2-metrics-server.yaml")),
+];
+
+/// Names of the bundled addons (what `disable` accepts).
+pub fn bundled_names() -> Vec<&'static str> {
+    BUNDLED.iter().map(|(n, _)| *n).collect()
+}
+
+/// Writes the bundled addon manifests into `dir` (or removes those named
+/// in `disable`). Files are rewritten only when their content differs.
+pub fn write_bundled(dir: &Path, disable: &[String], cluster_dns: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in BUNDLED {
+        let path = dir.join(format!("{name}.yaml"));
+        if disable.iter().any(|d| d == name) {
+            if path.exists() {
+                info!(addon = name, "addon disabled; removing its manifest");
+                std::fs::remove_file(&path)?;
+            }
+            continue;
+        }
+        let content = text.replace("{cluster_dns}", cluster_dns);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
+            let tmp = dir.join(format!(".{name}.yaml.tmp"));
+            std::fs::write(&tmp, &content)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The manifest files of a directory, in name order.
+fn manifest_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    !name.starts_with('.')
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Parses the documents of a manifest file; errors name the file.
+pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for d in docs {
+        match d {
+            Value::Null => {}
+            Value::Object(_) if d.get("kind") == Some(&Value::String("List".into())) => {
+                out.extend(d["items"].as_array().cloned().unwrap_or_default());
+            }
+            Value::Object(_) => out.push(d),
+            other => return Err(format!("{}: a document is not an object: {other}", path.display())),
+        }
+    }
+    Ok(out)
+}
+
+async fn apply_one(client: &kube::Client, doc: &Value) -> Result<(), String> {
+    let api_version = doc["apiVersion"].as_str().ok_or("missing apiVersion")?;
+    let kind = doc["kind"].as_str().ok_or("missing kind")?;
+    let name = doc["metadata"]["name"].as_str().ok_or("missing metadata.name")?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("{api_version} {kind} is not served: {e}"))?;
+    let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+        Api::namespaced_with(client.clone(), ns, &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    };
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(doc))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("applying {kind} {name}: {e}"))
+}
+
+/// Applies every manifest in `dir` whose content changed, every 5 s, until
+/// `stop`. A file that fails is retried at the next round.
+pub async fn run(client: kube::Client, dir: PathBuf, stop: CancellationToken) {
+    let mut applied: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for path in manifest_files(&dir) {
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            if applied.get(&path) == Some(&text) {
+                continue;
+            }
+            let docs = match parse_documents(&path, &text) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "manifest is not valid YAML; skipped until it changes");
+                    applied.insert(path, text);
+                    continue;
+                }
+            };
+            let mut ok = true;
+            for doc in &docs {
+                if let Err(e) = apply_one(&client, doc).await {
+                    warn!(file = %path.display(), error = %e, "applying manifest");
+                    ok = false;
+                }
+            }
+            if ok {
+                info!(file = %path.display(), objects = docs.len(), "applied manifest");
+                applied.insert(path, text);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_manifests_parse_and_disable_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        write_bundled(dir.path(), &[], "10.43.0.10").unwrap();
+        for name in bundled_names() {
+            let p = dir.path().join(format!("{name}.yaml"));
+            let text = std::fs::read_to_string(&p).unwrap();
+            let docs = parse_documents(&p, &text).unwrap();
+            assert!(!docs.is_empty(), "{name}");
+            assert!(!text.contains("{cluster_dns}"));
+        }
+        write_bundled(dir.path(), &["rke2-ingress-nginx".to_string()], "10.43.0.10").unwrap();
+        assert!(!dir.path().join("rke2-ingress-nginx.yaml").exists());
+        assert!(dir.path().join("rke2-coredns.yaml").exists());
+    }
+
+    #[test]
+    fn only_dns_tolerates_critical_addons_only() {
+        for (name, text) in BUNDLED {
+            let docs = parse_documents(Path::new(name), text).unwrap();
+            let tolerates = docs.iter().any(|d| {
+                d["spec"]["template"]["spec"]["tolerations"]
+                    .as_array()
+                    .is_some_and(|ts| ts.iter().any(|t| t["key"] == "CriticalAddonsOnly"))
+            });
+            assert_eq!(tolerates, *name == "rke2-coredns", "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_yaml_names_the_file() {
+        let e = parse_documents(Path::new("/m/x.yaml"), "a: [1,\n").unwrap_err();
+        assert!(e.contains("/m/x.yaml"), "{e}");
+    }
+}
