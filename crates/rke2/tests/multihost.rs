@@ -400,6 +400,67 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
     }
     s[2].start(&bed);
 
+    // Kill an agent: after the grace period (40 s) its node is Unknown with
+    // both unreachable taints; restarted, it is Ready again, same object.
+    let uid_before = nodes.get("a1").await.unwrap().metadata.uid;
+    let killed = Instant::now();
+    a[0].kill9();
+    eventually(
+        Duration::from_secs(150),
+        "a1 Unknown with unreachable taints",
+        || async {
+            let n = nodes.get("a1").await.ok()?;
+            let ready = n
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            let taints = n.spec?.taints.unwrap_or_default();
+            let has = |e: &str| {
+                taints
+                    .iter()
+                    .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == e)
+            };
+            (ready.status == "Unknown" && has("NoSchedule") && has("NoExecute")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let unknown_after = killed.elapsed();
+    assert!(
+        unknown_after >= Duration::from_secs(35),
+        "a1 marked Unknown after only {unknown_after:?}"
+    );
+    println!("killed agent marked Unknown after {unknown_after:?}");
+    a[0].start(&bed);
+    eventually(
+        Duration::from_secs(120),
+        "a1 Ready again without unreachable taints",
+        || async {
+            let n = nodes.get("a1").await.ok()?;
+            let ready = n
+                .status
+                .clone()?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            let taints = n.spec.clone()?.taints.unwrap_or_default();
+            (ready.status == "True"
+                && !taints
+                    .iter()
+                    .any(|t| t.key == "node.kubernetes.io/unreachable"))
+            .then_some(n)
+        },
+    )
+    .await
+    .map(|n| {
+        assert_eq!(
+            n.metadata.uid, uid_before,
+            "the restarted agent created a new node object"
+        )
+    })
+    .unwrap();
+
     // The registration address goes away for good: agents keep working
     // through their own balancers, also across an agent restart.
     haproxy.stop().unwrap();
