@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
-use rke2_testbed::{Server, ServerOpts, eventually};
+use rke2_testbed::{Server, ServerOpts, etcd_child, eventually};
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(90);
@@ -62,29 +62,6 @@ fn pid_alive(pid: i32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
-}
-
-fn etcd_child(server_pid: u32) -> Option<i32> {
-    let rd = std::fs::read_dir("/proc").ok()?;
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let ppid: u32 = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if ppid == server_pid && comm.trim() == "etcd" {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 /// Trust material, tokens, kubeconfig mode, node, built-in objects, and a

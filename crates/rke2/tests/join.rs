@@ -209,6 +209,22 @@ async fn three_servers_join_in_parallel() {
             .unwrap();
         assert_eq!(got.data.unwrap()["k"], "v");
     }
+    // Server 2's own etcd member dies: its apiserver keeps answering
+    // through the other members (every read below must succeed).
+    let etcd2 = rke2_testbed::etcd_child(s2.pid().unwrap()).expect("s2's etcd");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(etcd2),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let cms2: Api<ConfigMap> = Api::namespaced(c2.clone(), "default");
+    for i in 0..10 {
+        let got = tokio::time::timeout(Duration::from_secs(20), cms2.get("shared")).await;
+        assert!(
+            matches!(got, Ok(Ok(_))),
+            "read {i} through s2 failed while its etcd was down: {got:?}"
+        );
+    }
     // The kubernetes endpoints list every apiserver.
     let eps: Api<Endpoints> = Api::namespaced(c1.clone(), "default");
     eventually(

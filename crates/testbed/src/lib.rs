@@ -312,3 +312,27 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The pid of the `etcd` child of a server process, if one runs.
+pub fn etcd_child(server_pid: u32) -> Option<i32> {
+    let rd = std::fs::read_dir("/proc").ok()?;
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if ppid == server_pid && comm.trim() == "etcd" {
+            return Some(pid);
+        }
+    }
+    None
+}
