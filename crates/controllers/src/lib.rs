@@ -8,9 +8,14 @@
 //! what changed and may run again after a leader change.
 
 pub mod addons;
+pub mod daemonset;
+pub mod garbage_collector;
+pub mod job;
 pub mod leader;
 pub mod node_lifecycle;
 pub mod server_removal;
+pub mod serviceaccount;
+pub mod taint_eviction;
 
 /// The Lease held by the server running the controllers.
 pub const CONTROLLERS_LEASE: &str = "rke2-controller-manager";

@@ -1,0 +1,579 @@
+//! Jobs: pods run to completion, as kube-controller-manager's job
+//! controller (NonIndexed completion mode).
+//!
+//! A `kube` Controller over Jobs, triggered by their pods. Each reconcile
+//! lists the Job's pods afresh (its selector, filtered to pods it controls)
+//! and computes a [`Plan`]:
+//!
+//! * counts: `succeeded` / `failed` are the pods in phase `Succeeded` /
+//!   `Failed` (never lower than what the status already says, so pods
+//!   deleted after being counted stay counted; upstream tracks this with
+//!   the `batch.kubernetes.io/job-tracking` pod finalizer, not done here);
+//!   `active` = the other pods not being deleted; `ready` = active pods
+//!   with `Ready=True`; `terminating` = pods being deleted;
+//! * `failed > backoffLimit` (default 6) → conditions `FailureTarget` and
+//!   `Failed` (reason `BackoffLimitExceeded`) and the active pods are
+//!   deleted; likewise `activeDeadlineSeconds` past `startTime` (reason
+//!   `DeadlineExceeded`);
+//! * `succeeded >= completions` (or, without `completions`, one success
+//!   and no active pod) → conditions `SuccessCriteriaMet` and `Complete`
+//!   (reason `CompletionsReached`), `completionTime`, leftover active pods
+//!   deleted;
+//! * otherwise active pods are brought to `min(parallelism, completions -
+//!   succeeded)` (without `completions`: `parallelism` until the first
+//!   success, then no new pods);
+//! * `suspend: true` deletes the active pods and sets `Suspended`.
+//!
+//! `startTime` is set on the first unsuspended reconcile. A finished Job
+//! (`Complete` or `Failed` True) is left alone. Pods are `<job>-<random5>`
+//! (generateName) with the template's labels (the apiserver defaults
+//! `batch.kubernetes.io/controller-uid` / `job-name` into them) and a
+//! controller ownerReference with `blockOwnerDeletion`.
+//!
+//! Not done: Indexed completion mode, pod failure / success policies,
+//! backoff delays between re-creations, `podReplacementPolicy`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use rke2_apimachinery::selectors::label_selector_from_json;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Reason of the success conditions.
+pub const REASON_COMPLETIONS_REACHED: &str = "CompletionsReached";
+/// Message of the success conditions.
+pub const MESSAGE_COMPLETIONS_REACHED: &str = "Reached expected number of completions";
+/// Reason of the failure conditions when too many pods failed.
+pub const REASON_BACKOFF_LIMIT: &str = "BackoffLimitExceeded";
+/// Message of the failure conditions when too many pods failed.
+pub const MESSAGE_BACKOFF_LIMIT: &str = "Job has reached the specified backoff limit";
+/// Reason of the failure conditions when the deadline passed.
+pub const REASON_DEADLINE: &str = "DeadlineExceeded";
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the Job has a `Complete` or `Failed` condition that is True.
+pub fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+/// What one reconcile does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// How many pods to create.
+    pub create: usize,
+    /// Pods (names) to delete.
+    pub delete: Vec<String>,
+    /// The new status.
+    pub status: JobStatus,
+    /// When to look again by itself (activeDeadlineSeconds).
+    pub recheck_after: Option<Duration>,
+}
+
+fn set_condition(
+    conds: &mut Vec<JobCondition>,
+    ty: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == ty) {
+        if c.status != "True" {
+            c.status = "True".into();
+            c.last_transition_time = Some(Time(now));
+        }
+        c.last_probe_time = Some(Time(now));
+        c.reason = Some(reason.into());
+        c.message = Some(message.into());
+        return;
+    }
+    conds.push(JobCondition {
+        type_: ty.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_probe_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+    });
+}
+
+/// Computes the plan for `job` given the pods it controls.
+pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
+    let spec = job.spec.clone().unwrap_or_default();
+    let old = job.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let mut out = Plan::default();
+    if finished(job) {
+        out.status = old;
+        return out;
+    }
+    let live: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut active: Vec<&Pod> = live
+        .iter()
+        .copied()
+        .filter(|p| !matches!(phase(p), "Succeeded" | "Failed"))
+        .collect();
+    // Newest last, so extras are taken from the end.
+    active.sort_by_key(|p| {
+        (
+            p.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(Timestamp::UNIX_EPOCH),
+            p.metadata.name.clone(),
+        )
+    });
+    let succeeded = live.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
+    let failed = live.iter().filter(|p| phase(p) == "Failed").count() as i32;
+    let terminating = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_some() && !matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .count() as i32;
+    let succeeded = succeeded.max(old.succeeded.unwrap_or(0));
+    let failed = failed.max(old.failed.unwrap_or(0));
+    let names = |ps: &[&Pod]| -> Vec<String> {
+        ps.iter().filter_map(|p| p.metadata.name.clone()).collect()
+    };
+    let mut conds = old.conditions.clone().unwrap_or_default();
+    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    let suspended = spec.suspend.unwrap_or(false);
+    st.succeeded = Some(succeeded);
+    st.failed = Some(failed);
+    st.terminating = Some(terminating);
+    let keep_active;
+    if suspended {
+        out.delete = names(&active);
+        keep_active = 0;
+        set_condition(
+            &mut conds,
+            "Suspended",
+            "JobSuspended",
+            "Job suspended",
+            now,
+        );
+    } else {
+        if let Some(c) = conds
+            .iter_mut()
+            .find(|c| c.type_ == "Suspended" && c.status == "True")
+        {
+            c.status = "False".into();
+            c.reason = Some("JobResumed".into());
+            c.message = Some("Job resumed".into());
+            c.last_transition_time = Some(Time(now));
+            c.last_probe_time = Some(Time(now));
+        }
+        let start = match &st.start_time {
+            Some(t) => t.0,
+            None => {
+                st.start_time = Some(Time(now));
+                now
+            }
+        };
+        let deadline_passed = spec.active_deadline_seconds.and_then(|d| {
+            let left = start.as_second() + d - now.as_second();
+            if left <= 0 {
+                Some(true)
+            } else {
+                out.recheck_after = Some(Duration::from_secs(left as u64));
+                None
+            }
+        });
+        let complete = match spec.completions {
+            Some(c) => succeeded >= c,
+            None => succeeded > 0 && active.is_empty(),
+        };
+        if failed > backoff_limit || deadline_passed.is_some() {
+            let (reason, message) = if failed > backoff_limit {
+                (REASON_BACKOFF_LIMIT, MESSAGE_BACKOFF_LIMIT)
+            } else {
+                (
+                    REASON_DEADLINE,
+                    "Job was active longer than specified deadline",
+                )
+            };
+            set_condition(&mut conds, "FailureTarget", reason, message, now);
+            set_condition(&mut conds, "Failed", reason, message, now);
+            out.delete = names(&active);
+            keep_active = 0;
+            out.recheck_after = None;
+        } else if complete {
+            set_condition(
+                &mut conds,
+                "SuccessCriteriaMet",
+                REASON_COMPLETIONS_REACHED,
+                MESSAGE_COMPLETIONS_REACHED,
+                now,
+            );
+            set_condition(
+                &mut conds,
+                "Complete",
+                REASON_COMPLETIONS_REACHED,
+                MESSAGE_COMPLETIONS_REACHED,
+                now,
+            );
+            st.completion_time = Some(Time(now));
+            out.delete = names(&active);
+            keep_active = 0;
+            out.recheck_after = None;
+        } else {
+            let want = match spec.completions {
+                Some(c) => parallelism.min(c - succeeded).max(0) as usize,
+                None if succeeded > 0 => active.len().min(parallelism as usize),
+                None => parallelism as usize,
+            };
+            if active.len() > want {
+                out.delete = names(&active[want..]);
+                keep_active = want;
+            } else {
+                out.create = want - active.len();
+                keep_active = want;
+            }
+        }
+    }
+    let kept = &active[..keep_active.min(active.len())];
+    st.active = Some(keep_active as i32);
+    st.ready = Some(kept.iter().filter(|p| is_ready(p)).count() as i32);
+    st.conditions = (!conds.is_empty()).then_some(conds);
+    out.status = st;
+    out
+}
+
+/// A new pod for `job`.
+pub fn new_pod(job: &Job) -> Pod {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let template = job.spec.clone().unwrap_or_default().template;
+    let mut meta = template.metadata.unwrap_or_default();
+    meta.name = None;
+    meta.generate_name = Some(format!("{name}-"));
+    meta.namespace = job.metadata.namespace.clone();
+    meta.owner_references = Some(vec![OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name,
+        uid: job.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    Pod {
+        metadata: meta,
+        spec: template.spec,
+        status: None,
+    }
+}
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The Job's selector is malformed.
+    #[error("invalid selector: {0}")]
+    Selector(String),
+}
+
+struct Ctx {
+    client: kube::Client,
+}
+
+fn controlled_by(p: &Pod, uid: &str) -> bool {
+    p.metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if job.metadata.deletion_timestamp.is_some() || finished(&job) {
+        return Ok(Action::await_change());
+    }
+    let ns = job.metadata.namespace.clone().unwrap_or_default();
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let sel_json = serde_json::to_value(job.spec.as_ref().and_then(|s| s.selector.as_ref()))
+        .unwrap_or_default();
+    let selector =
+        label_selector_from_json(&sel_json).map_err(|e| Error::Selector(e.to_string()))?;
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Vec<Pod> = pods_api
+        .list(&ListParams::default().labels(&selector.to_string()))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| controlled_by(p, &uid))
+        .collect();
+    let plan = plan(&job, &pods, Timestamp::now());
+    let who = format!("{ns}/{name}");
+    for _ in 0..plan.create {
+        match pods_api
+            .create(&PostParams::default(), &new_pod(&job))
+            .await
+        {
+            Ok(p) => debug!(job = %who, pod = ?p.metadata.name, "created job pod"),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                debug!(job = %who, "pod creation forbidden: {}", s.message);
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for pod in &plan.delete {
+        let uid = pods
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(pod))
+            .and_then(|p| p.metadata.uid.clone());
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods_api.delete(pod, &dp).await {
+            Ok(_) => debug!(job = %who, %pod, "deleted job pod"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if job.status.clone().unwrap_or_default() != plan.status {
+        if finished_status(&plan.status) {
+            info!(job = %who, succeeded = ?plan.status.succeeded, failed = ?plan.status.failed, "job finished");
+        }
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+        // Carry the resourceVersion: a status computed from a stale Job
+        // (e.g. counts) must not overwrite a newer one.
+        let body = json!({
+            "metadata": {"resourceVersion": job.metadata.resource_version},
+            "status": plan.status,
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(match plan.recheck_after {
+        Some(d) => Action::requeue(d),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+fn finished_status(st: &JobStatus) -> bool {
+    st.conditions.as_ref().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+    })
+}
+
+fn error_policy(job: Arc<Job>, e: &Error, _: Arc<Ctx>) -> Action {
+    warn!(job = ?job.metadata.name, namespace = ?job.metadata.namespace, error = %e, "job reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs until `stop`.
+pub async fn run(client: kube::Client, stop: CancellationToken) {
+    let jobs: Api<Job> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let ctx = Arc::new(Ctx { client });
+    info!("job controller started");
+    Controller::new(jobs, watcher::Config::default())
+        .owns(pods, watcher::Config::default())
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(spec: serde_json::Value) -> Job {
+        let mut s = json!({
+            "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u"}},
+            "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "u"}},
+                         "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}},
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        serde_json::from_value(
+            json!({"metadata": {"name": "j", "namespace": "default", "uid": "u"}, "spec": s}),
+        )
+        .unwrap()
+    }
+
+    fn pod(name: &str, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "creationTimestamp": format!("2024-01-01T00:00:0{}Z", name.len() % 10)},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    fn cond<'a>(st: &'a JobStatus, ty: &str) -> Option<&'a JobCondition> {
+        st.conditions.as_ref()?.iter().find(|c| c.type_ == ty)
+    }
+
+    #[test]
+    fn parallelism_and_completions() {
+        let j = job(json!({"completions": 3, "parallelism": 2}));
+        let now = Timestamp::now();
+        let p = plan(&j, &[], now);
+        assert_eq!(p.create, 2);
+        assert_eq!(p.status.active, Some(2));
+        assert!(p.status.start_time.is_some());
+        let p = plan(&j, &[pod("a", "Succeeded"), pod("b", "Running")], now);
+        assert_eq!(p.create, 1);
+        assert_eq!(p.status.succeeded, Some(1));
+        let p = plan(
+            &j,
+            &[
+                pod("a", "Succeeded"),
+                pod("bb", "Succeeded"),
+                pod("c", "Running"),
+            ],
+            now,
+        );
+        assert_eq!(p.create, 0);
+        assert_eq!(p.status.active, Some(1));
+        let p = plan(
+            &j,
+            &[
+                pod("a", "Succeeded"),
+                pod("bb", "Succeeded"),
+                pod("ccc", "Succeeded"),
+            ],
+            now,
+        );
+        assert_eq!(p.create, 0);
+        assert_eq!(p.status.succeeded, Some(3));
+        assert_eq!(p.status.active, Some(0));
+        assert_eq!(cond(&p.status, "Complete").unwrap().status, "True");
+        assert_eq!(
+            cond(&p.status, "SuccessCriteriaMet")
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some(REASON_COMPLETIONS_REACHED)
+        );
+        assert!(p.status.completion_time.is_some());
+    }
+
+    #[test]
+    fn backoff_limit_fails_the_job() {
+        let j = job(json!({"backoffLimit": 1, "parallelism": 2, "completions": 5}));
+        let now = Timestamp::now();
+        let p = plan(&j, &[pod("a", "Failed"), pod("b", "Running")], now);
+        assert!(cond(&p.status, "Failed").is_none());
+        assert_eq!(p.create, 1);
+        let p = plan(
+            &j,
+            &[pod("a", "Failed"), pod("bb", "Failed"), pod("c", "Running")],
+            now,
+        );
+        let failed = cond(&p.status, "Failed").unwrap();
+        assert_eq!(failed.reason.as_deref(), Some(REASON_BACKOFF_LIMIT));
+        assert!(cond(&p.status, "FailureTarget").is_some());
+        assert_eq!(p.delete, vec!["c"]);
+        assert_eq!(p.create, 0);
+        assert!(p.status.completion_time.is_none());
+    }
+
+    #[test]
+    fn counts_never_go_down_and_finished_jobs_rest() {
+        let mut j = job(json!({"completions": 2}));
+        j.status = Some(JobStatus {
+            succeeded: Some(1),
+            ..JobStatus::default()
+        });
+        let p = plan(&j, &[], Timestamp::now());
+        assert_eq!(p.status.succeeded, Some(1));
+        assert_eq!(p.create, 1);
+        let done = [pod("x", "Succeeded"), pod("yy", "Succeeded")];
+        let p = plan(&j, &done, Timestamp::now());
+        assert!(cond(&p.status, "Complete").is_some());
+        j.status = Some(p.status);
+        let again = plan(&j, &done, Timestamp::now());
+        // Once finished nothing changes (no endless status writes).
+        assert_eq!(again.status, j.status.clone().unwrap());
+        assert_eq!(again.create, 0);
+    }
+
+    #[test]
+    fn work_queue_and_suspend() {
+        let j = job(json!({"parallelism": 3}));
+        let p = plan(&j, &[], Timestamp::now());
+        assert_eq!(p.create, 3);
+        let p = plan(
+            &j,
+            &[pod("a", "Succeeded"), pod("b", "Running")],
+            Timestamp::now(),
+        );
+        assert_eq!(p.create, 0);
+        assert!(cond(&p.status, "Complete").is_none());
+        let p = plan(&j, &[pod("a", "Succeeded")], Timestamp::now());
+        assert!(cond(&p.status, "Complete").is_some());
+        let s = job(json!({"suspend": true, "parallelism": 2}));
+        let p = plan(&s, &[pod("a", "Running")], Timestamp::now());
+        assert_eq!(p.delete, vec!["a"]);
+        assert_eq!(p.create, 0);
+        assert!(p.status.start_time.is_none());
+        assert_eq!(cond(&p.status, "Suspended").unwrap().status, "True");
+    }
+
+    #[test]
+    fn pods_are_owned() {
+        let j = job(json!({}));
+        let p = new_pod(&j);
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("j-"));
+        let r = &p.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (r.kind.as_str(), r.controller, r.block_owner_deletion),
+            ("Job", Some(true), Some(true))
+        );
+    }
+}
