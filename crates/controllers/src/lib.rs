@@ -9,10 +9,12 @@
 
 pub mod addons;
 pub mod daemonset;
+pub mod deployment;
 pub mod garbage_collector;
 pub mod job;
 pub mod leader;
 pub mod node_lifecycle;
+pub mod replicaset;
 pub mod server_removal;
 pub mod serviceaccount;
 pub mod taint_eviction;

@@ -1,0 +1,731 @@
+//! The ReplicaSet controller, as kube-controller-manager's: every
+//! ReplicaSet keeps `spec.replicas` pods that match its selector and that
+//! it controls (an ownerReference with `controller: true`).
+//!
+//! Per reconcile (a `kube::runtime::Controller` over ReplicaSets, triggered
+//! by pod changes too) the loop lists the pods of the namespace *live*
+//! from the API, so it never acts on a stale cache and needs no
+//! "expectations" bookkeeping:
+//!
+//! * pods being deleted, `Succeeded` or `Failed` do not count;
+//! * orphans (no controller) whose labels match the selector are adopted
+//!   (ownerReference added with a `resourceVersion` precondition); owned
+//!   pods that stopped matching are released;
+//! * missing pods are created from the template (`generateName: <rs>-`, in
+//!   slow-start batches 1, 2, 4, ...; a failure stops the remaining
+//!   batches), surplus pods deleted in upstream's order (unscheduled before
+//!   scheduled, Pending before Unknown before Running, not ready before
+//!   ready, lower `controller.kubernetes.io/pod-deletion-cost` first,
+//!   ready for a shorter time, more restarts, newer first); each with a
+//!   `SuccessfulCreate` / `SuccessfulDelete` event (`FailedCreate` /
+//!   `FailedDelete` warnings on errors);
+//! * status (`replicas`, `fullyLabeledReplicas`, `readyReplicas`,
+//!   `availableReplicas` — ready for at least `minReadySeconds` —, and
+//!   `observedGeneration`) is written through `/status` when it changed.
+//!
+//! This module also holds what the Deployment controller shares with it:
+//! ownerReference helpers, adoption/release and event recording.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ObjectMeta, OwnerReference, Time,
+};
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::serde::Serialize;
+use k8s_openapi::serde::de::DeserializeOwned;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The component name on events this controller records.
+pub const COMPONENT: &str = "replicaset-controller";
+/// Pods with a lower cost are deleted first when scaling down.
+pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Largest number of pods created or deleted in one reconcile.
+const BURST: usize = 500;
+
+/// Errors of a reconcile; the controller retries after a short delay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was attempted.
+        what: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The object cannot be acted on as it is (logged, retried slowly).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Api { what, source }
+}
+
+/// Shared state of a controller's reconciles.
+pub(crate) struct Ctx {
+    pub(crate) client: kube::Client,
+}
+
+// ---------------------------------------------------------------------------
+// Helpers shared with the Deployment controller.
+
+/// The controlling ownerReference of an object, if any.
+pub fn controller_ref(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// A controlling ownerReference to `owner` (`controller` and
+/// `blockOwnerDeletion` true), as upstream's controllers write.
+pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).to_string(),
+        kind: K::kind(&()).to_string(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A label selector as a matcher; `None` for an empty or invalid selector
+/// (which selects nothing for a controller, as upstream).
+pub fn selector_of(sel: &LabelSelector) -> Option<Selector> {
+    let empty_labels = sel
+        .match_labels
+        .as_ref()
+        .map(|m| m.is_empty())
+        .unwrap_or(true);
+    let empty_exprs = sel
+        .match_expressions
+        .as_ref()
+        .map(|m| m.is_empty())
+        .unwrap_or(true);
+    if empty_labels && empty_exprs {
+        return None;
+    }
+    Selector::try_from(sel.clone()).ok()
+}
+
+/// Now, as an API timestamp.
+pub(crate) fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Records a core/v1 Event about `obj` (best effort: failures are logged).
+pub async fn record_event(
+    client: &kube::Client,
+    component: &str,
+    obj: &ObjectReference,
+    type_: &str,
+    reason: &str,
+    message: String,
+) {
+    let ns = obj.namespace.clone().unwrap_or_else(|| "default".into());
+    let t = Timestamp::now();
+    let name = format!(
+        "{}.{:x}",
+        obj.name.clone().unwrap_or_default(),
+        t.as_nanosecond() as u128
+    );
+    let ev = Event {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: obj.clone(),
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        type_: Some(type_.to_string()),
+        source: Some(EventSource {
+            component: Some(component.to_string()),
+            host: None,
+        }),
+        first_timestamp: Some(Time(t)),
+        last_timestamp: Some(Time(t)),
+        count: Some(1),
+        reporting_component: Some(component.to_string()),
+        reporting_instance: Some(String::new()),
+        ..Default::default()
+    };
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    if let Err(e) = events.create(&PostParams::default(), &ev).await {
+        debug!(error = %e, reason, "recording event failed");
+    }
+}
+
+/// Adopts orphans matching `selector` and releases owned objects that no
+/// longer match; returns the objects `owner` controls afterwards.
+///
+/// Objects controlled by someone else, and objects being deleted that are
+/// not already ours, are left alone. Patches carry the resourceVersion they
+/// were computed from; a conflict skips the object (the next reconcile
+/// decides again).
+pub(crate) async fn claim<C>(
+    api: &Api<C>,
+    owner: &OwnerReference,
+    owner_deleting: bool,
+    selector: Option<&Selector>,
+    candidates: Vec<C>,
+) -> Vec<C>
+where
+    C: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let mut owned = Vec::new();
+    for c in candidates {
+        let labels = c.meta().labels.clone().unwrap_or_default();
+        let matches = selector.map(|s| s.matches(&labels)).unwrap_or(false);
+        let refs = c.meta().owner_references.clone().unwrap_or_default();
+        match controller_ref(c.meta()) {
+            Some(r) if r.uid == owner.uid => {
+                if matches || owner_deleting {
+                    owned.push(c);
+                } else {
+                    // Release: drop our reference.
+                    let rest: Vec<_> = refs.into_iter().filter(|r| r.uid != owner.uid).collect();
+                    let patch = json!({"metadata": {
+                        "ownerReferences": rest,
+                        "resourceVersion": c.meta().resource_version,
+                    }});
+                    let name = c.name_any();
+                    match api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => {
+                            info!(kind = C::kind(&()).as_ref(), %name, owner = %owner.name, "released")
+                        }
+                        Err(e) => debug!(%name, error = %e, "release failed"),
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                if !matches || owner_deleting || c.meta().deletion_timestamp.is_some() {
+                    continue;
+                }
+                let mut new_refs = refs;
+                new_refs.push(owner.clone());
+                let patch = json!({"metadata": {
+                    "ownerReferences": new_refs,
+                    "resourceVersion": c.meta().resource_version,
+                }});
+                let name = c.name_any();
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(adopted) => {
+                        info!(kind = C::kind(&()).as_ref(), %name, owner = %owner.name, "adopted");
+                        owned.push(adopted);
+                    }
+                    Err(e) => debug!(%name, error = %e, "adoption failed"),
+                }
+            }
+        }
+    }
+    owned
+}
+
+// ---------------------------------------------------------------------------
+// Pod facts.
+
+/// Whether a pod counts: not being deleted, not Succeeded/Failed.
+pub fn is_pod_active(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded") | Some("Failed"))
+}
+
+/// When the pod's Ready condition turned True, if it is ready.
+pub fn ready_since(p: &Pod) -> Option<Option<Timestamp>> {
+    let c = p
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    (c.status == "True").then(|| c.last_transition_time.as_ref().map(|t| t.0))
+}
+
+/// Whether the pod is ready.
+pub fn is_pod_ready(p: &Pod) -> bool {
+    ready_since(p).is_some()
+}
+
+/// Whether the pod has been ready for `min_ready` seconds at `now`; when
+/// ready but not yet long enough, `Err(remaining)`.
+pub fn pod_available(p: &Pod, min_ready: i32, now: Timestamp) -> Result<bool, Duration> {
+    match ready_since(p) {
+        None => Ok(false),
+        Some(_) if min_ready <= 0 => Ok(true),
+        Some(None) => Ok(true),
+        Some(Some(since)) => {
+            let until = since.as_second() + i64::from(min_ready);
+            if until <= now.as_second() {
+                Ok(true)
+            } else {
+                Err(Duration::from_secs((until - now.as_second()) as u64))
+            }
+        }
+    }
+}
+
+/// The sort key of upstream's `ActivePods`: pods sorting first are deleted
+/// first.
+fn deletion_rank(p: &Pod) -> impl Ord + use<> {
+    use std::cmp::Reverse;
+    let assigned = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .map(|n| !n.is_empty())
+        .unwrap_or(false);
+    let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Pending") => 0,
+        Some("Unknown") => 1,
+        Some("Running") => 2,
+        _ => 0,
+    };
+    let ready = ready_since(p);
+    let cost: i64 = p
+        .annotations()
+        .get(POD_DELETION_COST)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let ready_time = ready.flatten().map(|t| t.as_millisecond()).unwrap_or(0);
+    let restarts: i32 = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0))
+        .unwrap_or(0);
+    let created = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond())
+        .unwrap_or(0);
+    (
+        assigned,
+        phase,
+        ready.is_some(),
+        cost,
+        Reverse(ready_time),
+        Reverse(restarts),
+        Reverse(created),
+        p.name_any(),
+    )
+}
+
+/// Orders pods so that the ones to delete first come first.
+pub fn sort_for_deletion(pods: &mut [Pod]) {
+    pods.sort_by_cached_key(|p| deletion_rank(p));
+}
+
+/// A pod from a ReplicaSet's template.
+pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
+    let spec = rs.spec.as_ref();
+    let template = spec.and_then(|s| s.template.clone()).unwrap_or_default();
+    let tmeta = template.metadata.unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.name_any())),
+            namespace: rs.namespace(),
+            labels: tmeta.labels,
+            annotations: tmeta.annotations,
+            finalizers: tmeta.finalizers,
+            owner_references: Some(vec![owner_ref(rs)]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}
+
+/// The status numbers of a ReplicaSet with `pods` (its active pods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RsCounts {
+    /// Active pods.
+    pub replicas: i32,
+    /// Pods carrying every label of the template.
+    pub fully_labeled: i32,
+    /// Ready pods.
+    pub ready: i32,
+    /// Pods ready for `minReadySeconds`.
+    pub available: i32,
+}
+
+/// Counts `pods`; also returns when the next pod becomes available.
+pub fn count_pods(
+    pods: &[Pod],
+    template_labels: &BTreeMap<String, String>,
+    min_ready: i32,
+    now: Timestamp,
+) -> (RsCounts, Option<Duration>) {
+    let mut c = RsCounts::default();
+    let mut next: Option<Duration> = None;
+    for p in pods {
+        c.replicas += 1;
+        let labels = p.labels();
+        if template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
+            c.fully_labeled += 1;
+        }
+        if is_pod_ready(p) {
+            c.ready += 1;
+        }
+        match pod_available(p, min_ready, now) {
+            Ok(true) => c.available += 1,
+            Ok(false) => {}
+            Err(rem) => next = Some(next.map_or(rem, |n| n.min(rem))),
+        }
+    }
+    (c, next)
+}
+
+// ---------------------------------------------------------------------------
+// The loop.
+
+/// Runs the ReplicaSet controller until `stop`.
+pub async fn run(client: kube::Client, stop: CancellationToken) {
+    let rss: Api<ReplicaSet> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let controller = Controller::new(rss, watcher::Config::default());
+    let store = controller.store();
+    let ctx = Arc::new(Ctx { client });
+    let stream = controller
+        .watches(pods, watcher::Config::default(), move |pod: Pod| {
+            let ns = pod.namespace().unwrap_or_default();
+            match controller_ref(&pod.metadata) {
+                Some(r) => {
+                    if r.kind == "ReplicaSet" && r.api_version.starts_with("apps/") {
+                        vec![ObjectRef::new(&r.name).within(&ns)]
+                    } else {
+                        vec![]
+                    }
+                }
+                None => store
+                    .state()
+                    .iter()
+                    .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
+                    .filter(|rs| {
+                        rs.spec
+                            .as_ref()
+                            .and_then(|s| selector_of(&s.selector))
+                            .map(|s| s.matches(pod.labels()))
+                            .unwrap_or(false)
+                    })
+                    .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+                    .collect(),
+            }
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "replicaset reconcile failed");
+            }
+        });
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = stream => {}
+    }
+}
+
+fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _: Arc<Ctx>) -> Action {
+    warn!(replicaset = %rs.name_any(), namespace = ?rs.namespace(), error = %err, "replicaset sync failed; retrying");
+    match err {
+        Error::Invalid(_) => Action::requeue(Duration::from_secs(30)),
+        Error::Api { .. } => Action::requeue(Duration::from_secs(1)),
+    }
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = rs.namespace().unwrap_or_else(|| "default".into());
+    let name = rs.name_any();
+    let client = &ctx.client;
+    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    // Work on the live object: the cache may lag behind our own writes.
+    let Some(rs) = rs_api
+        .get_opt(&name)
+        .await
+        .map_err(api_err(format!("reading replicaset {ns}/{name}")))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let spec = rs.spec.clone().unwrap_or_default();
+    let Some(selector) = selector_of(&spec.selector) else {
+        return Err(Error::Invalid(format!(
+            "replicaset {ns}/{name} has an empty or invalid selector"
+        )));
+    };
+    let deleting = rs.metadata.deletion_timestamp.is_some();
+    let want = spec.replicas.unwrap_or(1).max(0) as usize;
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let listed = pod_api
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err(format!("listing pods of {ns}")))?
+        .items;
+    let candidates: Vec<Pod> = listed.into_iter().filter(is_pod_active).collect();
+    let me = owner_ref(&rs);
+    let mut pods = claim(&pod_api, &me, deleting, Some(&selector), candidates).await;
+    let rs_ref = rs.object_ref(&());
+    let pp = PostParams::default();
+    let dp = DeleteParams::default();
+
+    if !deleting && pods.len() < want {
+        let missing = (want - pods.len()).min(BURST);
+        let template = pod_from_template(&rs);
+        let mut created = 0usize;
+        let mut batch = 1usize;
+        'batches: while created < missing {
+            let size = batch.min(missing - created);
+            let results =
+                futures::future::join_all((0..size).map(|_| pod_api.create(&pp, &template))).await;
+            let mut failed = false;
+            for r in results {
+                match r {
+                    Ok(p) => {
+                        record_event(
+                            client,
+                            COMPONENT,
+                            &rs_ref,
+                            "Normal",
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", p.name_any()),
+                        )
+                        .await;
+                        pods.push(p);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        warn!(replicaset = %name, namespace = %ns, error = %e, "creating pod failed");
+                        record_event(
+                            client,
+                            COMPONENT,
+                            &rs_ref,
+                            "Warning",
+                            "FailedCreate",
+                            format!("Error creating: {e}"),
+                        )
+                        .await;
+                    }
+                }
+            }
+            created += size;
+            if failed {
+                break 'batches;
+            }
+            batch *= 2;
+        }
+    } else if !deleting && pods.len() > want {
+        let surplus = (pods.len() - want).min(BURST);
+        sort_for_deletion(&mut pods);
+        let doomed: Vec<Pod> = pods.drain(..surplus).collect();
+        let names: Vec<String> = doomed.iter().map(|p| p.name_any()).collect();
+        let results = futures::future::join_all(names.iter().map(|n| pod_api.delete(n, &dp))).await;
+        for (p, r) in doomed.into_iter().zip(results) {
+            match r {
+                Ok(_) => {
+                    record_event(
+                        client,
+                        COMPONENT,
+                        &rs_ref,
+                        "Normal",
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {}", p.name_any()),
+                    )
+                    .await
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    warn!(replicaset = %name, pod = %p.name_any(), error = %e, "deleting pod failed");
+                    record_event(
+                        client,
+                        COMPONENT,
+                        &rs_ref,
+                        "Warning",
+                        "FailedDelete",
+                        format!("Error deleting: {e}"),
+                    )
+                    .await;
+                    pods.push(p);
+                }
+            }
+        }
+    }
+
+    let template_labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let (counts, next_available) = count_pods(&pods, &template_labels, min_ready, Timestamp::now());
+    let cur = rs.status.clone().unwrap_or_default();
+    let observed = rs.metadata.generation;
+    let unchanged = cur.replicas == counts.replicas
+        && cur.fully_labeled_replicas.unwrap_or(0) == counts.fully_labeled
+        && cur.ready_replicas.unwrap_or(0) == counts.ready
+        && cur.available_replicas.unwrap_or(0) == counts.available
+        && cur.observed_generation == observed;
+    if !unchanged {
+        let patch = json!({"status": {
+            "replicas": counts.replicas,
+            "fullyLabeledReplicas": counts.fully_labeled,
+            "readyReplicas": counts.ready,
+            "availableReplicas": counts.available,
+            "observedGeneration": observed,
+        }});
+        rs_api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api_err(format!("writing status of replicaset {ns}/{name}")))?;
+    }
+    Ok(match next_available {
+        Some(d) => Action::requeue(d + Duration::from_millis(100)),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, v: serde_json::Value) -> Pod {
+        let mut p: Pod = serde_json::from_value(v).unwrap();
+        p.metadata.name = Some(name.into());
+        p
+    }
+
+    #[test]
+    fn deletion_order_prefers_unscheduled_pending_unready_newest() {
+        let ready = json!([{"type": "Ready", "status": "True", "lastTransitionTime": "2024-01-01T00:00:00Z"}]);
+        let mut pods = vec![
+            pod(
+                "running-ready-old",
+                json!({"metadata": {"creationTimestamp": "2024-01-01T00:00:00Z"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Running", "conditions": ready}}),
+            ),
+            pod(
+                "running-ready-new",
+                json!({"metadata": {"creationTimestamp": "2024-01-02T00:00:00Z"}, "spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Running", "conditions": ready}}),
+            ),
+            pod(
+                "pending-scheduled",
+                json!({"spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Pending"}}),
+            ),
+            pod(
+                "unscheduled",
+                json!({"spec": {"containers": []}, "status": {"phase": "Pending"}}),
+            ),
+            pod(
+                "running-unready",
+                json!({"spec": {"nodeName": "n", "containers": []}, "status": {"phase": "Running"}}),
+            ),
+        ];
+        sort_for_deletion(&mut pods);
+        let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        assert_eq!(
+            names,
+            [
+                "unscheduled",
+                "pending-scheduled",
+                "running-unready",
+                "running-ready-new",
+                "running-ready-old"
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_and_min_ready_seconds() {
+        let now: Timestamp = "2024-01-01T00:01:00Z".parse().unwrap();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let pods = vec![
+            pod(
+                "a",
+                json!({"metadata": {"labels": {"app": "web"}}, "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2024-01-01T00:00:00Z"}]}}),
+            ),
+            pod(
+                "b",
+                json!({"metadata": {"labels": {"app": "web"}}, "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2024-01-01T00:00:50Z"}]}}),
+            ),
+            pod(
+                "c",
+                json!({"metadata": {"labels": {"other": "x"}}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+            ),
+        ];
+        let (c, next) = count_pods(&pods, &labels, 0, now);
+        assert_eq!(
+            c,
+            RsCounts {
+                replicas: 3,
+                fully_labeled: 2,
+                ready: 2,
+                available: 2
+            }
+        );
+        assert_eq!(next, None);
+        let (c, next) = count_pods(&pods, &labels, 30, now);
+        assert_eq!(c.available, 1);
+        assert_eq!(next, Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn pod_from_template_is_owned_and_labeled() {
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "ns", "uid": "u1"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+        }))
+        .unwrap();
+        let p = pod_from_template(&rs);
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
+        assert_eq!(p.labels().get("app").map(String::as_str), Some("web"));
+        let r = &p.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                r.kind.as_str(),
+                r.uid.as_str(),
+                r.controller,
+                r.block_owner_deletion
+            ),
+            ("ReplicaSet", "u1", Some(true), Some(true))
+        );
+        assert_eq!(r.api_version, "apps/v1");
+    }
+
+    #[test]
+    fn empty_selector_selects_nothing() {
+        assert!(selector_of(&LabelSelector::default()).is_none());
+        let s = selector_of(&serde_json::from_value(json!({"matchLabels": {"a": "b"}})).unwrap())
+            .unwrap();
+        assert!(s.matches(&[("a".to_string(), "b".to_string())].into()));
+    }
+}
