@@ -22,8 +22,14 @@ pub const FIELD_MANAGER: &str = "rke2-deploy";
 /// The bundled addons: (name, file content). `{cluster_dns}` is replaced.
 const BUNDLED: &[(&str, &str)] = &[
     ("rke2-coredns", include_str!("addons/rke2-coredns.yaml")),
-    ("rke2-ingress-nginx", include_str!("addons/rke2-ingress-nginx.yaml")),
-    ("rke2-metrics-server", include_str!("addons/rke2-metrics-server.yaml")),
+    (
+        "rke2-ingress-nginx",
+        include_str!("addons/rke2-ingress-nginx.yaml"),
+    ),
+    (
+        "rke2-metrics-server",
+        include_str!("addons/rke2-metrics-server.yaml"),
+    ),
 ];
 
 /// Names of the bundled addons (what `disable` accepts).
@@ -63,7 +69,10 @@ fn manifest_files(dir: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                     !name.starts_with('.')
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml" | "yml" | "json")
+                        )
                 })
                 .collect()
         })
@@ -74,7 +83,8 @@ fn manifest_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Parses the documents of a manifest file; errors name the file.
 pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
-    let docs: Vec<Value> = serde_saphyr::from_str_multiple(text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_str_multiple(text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
     for d in docs {
         match d {
@@ -83,7 +93,12 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
                 out.extend(d["items"].as_array().cloned().unwrap_or_default());
             }
             Value::Object(_) => out.push(d),
-            other => return Err(format!("{}: a document is not an object: {other}", path.display())),
+            other => {
+                return Err(format!(
+                    "{}: a document is not an object: {other}",
+                    path.display()
+                ));
+            }
         }
     }
     Ok(out)
@@ -92,7 +107,9 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
 async fn apply_one(client: &kube::Client, doc: &Value) -> Result<(), String> {
     let api_version = doc["apiVersion"].as_str().ok_or("missing apiVersion")?;
     let kind = doc["kind"].as_str().ok_or("missing kind")?;
-    let name = doc["metadata"]["name"].as_str().ok_or("missing metadata.name")?;
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .ok_or("missing metadata.name")?;
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", api_version),
@@ -107,10 +124,14 @@ async fn apply_one(client: &kube::Client, doc: &Value) -> Result<(), String> {
     } else {
         Api::all_with(client.clone(), &ar)
     };
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(doc))
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("applying {kind} {name}: {e}"))
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(doc),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("applying {kind} {name}: {e}"))
 }
 
 /// Applies every manifest in `dir` whose content changed, every 5 s, until
@@ -124,7 +145,9 @@ pub async fn run(client: kube::Client, dir: PathBuf, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         for path in manifest_files(&dir) {
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             if applied.get(&path) == Some(&text) {
                 continue;
             }
@@ -166,7 +189,12 @@ mod tests {
             assert!(!docs.is_empty(), "{name}");
             assert!(!text.contains("{cluster_dns}"));
         }
-        write_bundled(dir.path(), &["rke2-ingress-nginx".to_string()], "10.43.0.10").unwrap();
+        write_bundled(
+            dir.path(),
+            &["rke2-ingress-nginx".to_string()],
+            "10.43.0.10",
+        )
+        .unwrap();
         assert!(!dir.path().join("rke2-ingress-nginx.yaml").exists());
         assert!(dir.path().join("rke2-coredns.yaml").exists());
     }

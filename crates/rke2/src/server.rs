@@ -488,8 +488,20 @@ async fn run_with_etcd(
         .map(|ip| ip.to_string())
         .unwrap_or_default();
     rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &cluster_dns)
-        .with_context(|| format!("writing bundled addon manifests to {}", manifests_dir.display()))?;
-    spawn_controllers(client, cfg.node_name.clone(), state.store.clone(), manifests_dir, stop.clone());
+        .with_context(|| {
+            format!(
+                "writing bundled addon manifests to {}",
+                manifests_dir.display()
+            )
+        })?;
+    spawn_scheduler(client.clone(), cfg.node_name.clone(), stop.clone());
+    spawn_controllers(
+        client,
+        cfg.node_name.clone(),
+        state.store.clone(),
+        manifests_dir,
+        stop.clone(),
+    );
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
 
     tokio::select! {
@@ -504,7 +516,13 @@ async fn run_with_etcd(
 
 /// Starts the leader-elected control-plane loops: one server at a time
 /// runs all of them; another takes over within ~10 s of its death.
-fn spawn_controllers(client: kube::Client, node_name: String, store: Store, manifests: std::path::PathBuf, stop: CancellationToken) {
+fn spawn_controllers(
+    client: kube::Client,
+    node_name: String,
+    store: Store,
+    manifests: std::path::PathBuf,
+    stop: CancellationToken,
+) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
     tokio::spawn(async move {
         rke2_controllers::leader::run_elected(
@@ -518,21 +536,59 @@ fn spawn_controllers(client: kube::Client, node_name: String, store: Store, mani
                 let store = store.clone();
                 let manifests = manifests.clone();
                 async move {
-                    let remove: rke2_controllers::server_removal::RemoveMember = Arc::new(move |node: String| {
-                        let store = store.clone();
-                        Box::pin(async move { store.remove_member_of_node(&node).await.map_err(|e| e.to_string()) })
-                    });
+                    let remove: rke2_controllers::server_removal::RemoveMember =
+                        Arc::new(move |node: String| {
+                            let store = store.clone();
+                            Box::pin(async move {
+                                store
+                                    .remove_member_of_node(&node)
+                                    .await
+                                    .map_err(|e| e.to_string())
+                            })
+                        });
                     let mut loops = tokio::task::JoinSet::new();
-                    loops.spawn(rke2_controllers::server_removal::run(client.clone(), remove, lead.clone()));
+                    loops.spawn(rke2_controllers::server_removal::run(
+                        client.clone(),
+                        remove,
+                        lead.clone(),
+                    ));
                     loops.spawn(rke2_controllers::node_lifecycle::run(
                         client.clone(),
                         rke2_controllers::node_lifecycle::NodeLifecycleConfig::default(),
                         lead.clone(),
                     ));
-                    loops.spawn(rke2_controllers::addons::run(client.clone(), manifests, lead.clone()));
+                    loops.spawn(rke2_controllers::addons::run(
+                        client.clone(),
+                        manifests,
+                        lead.clone(),
+                    ));
+                    use rke2_controllers as c;
+                    loops.spawn(c::replicaset::run(client.clone(), lead.clone()));
+                    loops.spawn(c::deployment::run(client.clone(), lead.clone()));
+                    loops.spawn(c::daemonset::run(client.clone(), lead.clone()));
+                    loops.spawn(c::job::run(client.clone(), lead.clone()));
+                    loops.spawn(c::garbage_collector::run(client.clone(), lead.clone()));
+                    loops.spawn(c::serviceaccount::run(client.clone(), lead.clone()));
+                    loops.spawn(c::taint_eviction::run(client.clone(), lead.clone()));
                     while loops.join_next().await.is_some() {}
                 }
             },
+        )
+        .await;
+    });
+}
+
+/// Starts the scheduler under its own Lease (`rke2-scheduler`).
+fn spawn_scheduler(client: kube::Client, node_name: String, stop: CancellationToken) {
+    let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
+    tokio::spawn(async move {
+        rke2_controllers::leader::run_elected(
+            client.clone(),
+            rke2_scheduler::SCHEDULER_LEASE.to_string(),
+            identity,
+            rke2_controllers::leader::ElectionTiming::default(),
+            stop,
+            move |lead: CancellationToken| rke2_scheduler::run(client.clone(), lead),
         )
         .await;
     });
