@@ -64,12 +64,15 @@ fn is_bound(pod: &Pod) -> bool {
 }
 
 /// Whether this scheduler should place the pod now: no node yet, addressed
-/// to us, not being deleted and not finished.
+/// to us, not being deleted, not finished, and not held back by
+/// `spec.schedulingGates` (upstream waits until every gate is removed; the
+/// removal is a spec change, which queues the pod again).
 fn wants_scheduling(pod: &Pod) -> bool {
     let Some(spec) = pod.spec.as_ref() else {
         return false;
     };
     !is_bound(pod)
+        && spec.scheduling_gates.as_ref().is_none_or(|g| g.is_empty())
         && matches!(
             spec.scheduler_name.as_deref().unwrap_or(""),
             "" | SCHEDULER_NAME
