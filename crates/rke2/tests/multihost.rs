@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use rke2_testbed::eventually;
 use rke2_testbed::netbed::{Host, NetBed};
@@ -223,6 +223,61 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
         );
     }
 
+    // Seed page 2a: with every server tainted CriticalAddonsOnly, the
+    // bundled addons exist but stay Pending, and say why.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let events: Api<Event> = Api::namespaced(client.clone(), "kube-system");
+    let pending = eventually(
+        Duration::from_secs(120),
+        "metrics-server pod Pending with FailedScheduling",
+        || async {
+            let p = pods
+                .list(&ListParams::default().labels("app=rke2-metrics-server"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()?;
+            if p.spec.as_ref()?.node_name.is_some() {
+                return None;
+            }
+            let name = p.metadata.name.clone()?;
+            let evs = events
+                .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+                .await
+                .ok()?;
+            evs.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("FailedScheduling")
+                        && e.message
+                            .as_deref()
+                            .unwrap_or("")
+                            .contains("CriticalAddonsOnly")
+                })
+                .then_some(name)
+        },
+    )
+    .await
+    .unwrap();
+    // Cluster DNS tolerates the taint and is bound to a server.
+    eventually(
+        Duration::from_secs(120),
+        "coredns bound to a server",
+        || async {
+            let p = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=rke2-coredns"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()?;
+            p.spec?.node_name.filter(|n| n.starts_with('s'))
+        },
+    )
+    .await
+    .unwrap();
+
     // Agents join through the LB.
     let agent_cfg = format!(
         "server: https://{}:9345\ntoken: my-shared-secret\nnode-label:\n  - tier=web\n",
@@ -243,6 +298,36 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
     .await
     .unwrap_or_else(|e| panic!("{e}\na1 log:\n{}", a[0].log()));
     println!("agents joined to Ready in {:?}", join_start.elapsed());
+    // As soon as untainted agents are there, the addons are bound to them.
+    eventually(
+        Duration::from_secs(120),
+        "metrics-server bound to an agent",
+        || async {
+            let p = pods.get(&pending).await.ok()?;
+            p.spec?.node_name.filter(|n| n.starts_with('a'))
+        },
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(120),
+        "ingress DaemonSet on both agents only",
+        || async {
+            let ps = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=rke2-ingress-nginx"))
+                .await
+                .ok()?;
+            let mut on: Vec<String> = ps
+                .items
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            on.sort();
+            (on == ["a1", "a2"]).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let a1 = nodes.get("a1").await.unwrap();
     let labels = a1.metadata.labels.clone().unwrap();
     assert_eq!(labels.get("tier").map(String::as_str), Some("web"));
