@@ -340,7 +340,7 @@ fn deletion_rank(p: &Pod) -> impl Ord + use<> {
 
 /// Orders pods so that the ones to delete first come first.
 pub fn sort_for_deletion(pods: &mut [Pod]) {
-    pods.sort_by_cached_key(|p| deletion_rank(p));
+    pods.sort_by_cached_key(deletion_rank);
 }
 
 /// A pod from a ReplicaSet's template.
