@@ -764,10 +764,10 @@ async fn scale(
                 .ok_or_else(|| ApiError::unsupported_media("application/merge-patch+json"))?;
             apply_patch(ctx, ty, &current, body)?
         };
-        if let Some(want) = expected_rv(&wanted)? {
-            if want != rev {
-                return Err(ApiError::conflict(rt, &name));
-            }
+        if let Some(want) = expected_rv(&wanted)?
+            && want != rev
+        {
+            return Err(ApiError::conflict(rt, &name));
         }
         let replicas = wanted["spec"]["replicas"].as_i64().ok_or_else(|| {
             ApiError::invalid(
@@ -910,17 +910,18 @@ async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         }
     };
     let mut old = old;
-    if let Some(f) = gc_finalizer {
-        if rt.kind != "Namespace" && !ctx.dry_run() {
-            let list = old["metadata"]["finalizers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if !list.iter().any(|x| x == f) {
-                let mut l = list;
-                l.push(json!(f));
-                old["metadata"]["finalizers"] = Value::Array(l);
-            }
+    if let Some(f) = gc_finalizer
+        && rt.kind != "Namespace"
+        && !ctx.dry_run()
+    {
+        let list = old["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !list.iter().any(|x| x == f) {
+            let mut l = list;
+            l.push(json!(f));
+            old["metadata"]["finalizers"] = Value::Array(l);
         }
     }
     let has_finalizers = old["metadata"]["finalizers"]
