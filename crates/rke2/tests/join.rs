@@ -301,3 +301,64 @@ async fn three_servers_join_in_parallel() {
     drop(c2);
     drop(c3);
 }
+
+/// Five servers: the first, then four joins started together (etcd takes
+/// one learner at a time; the others retry). All five vote and are Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_servers_join() {
+    let mut s1 = Server::start(
+        bin(),
+        ServerOpts {
+            config_yaml: Some("token: five-secret\n".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c1 = s1.wait_ready(READY).await.unwrap();
+    let mut others: Vec<Server> = (0..4)
+        .map(|_| Server::start(bin(), joiner(&s1, "five-secret", "")).unwrap())
+        .collect();
+    for s in others.iter_mut() {
+        s.wait_ready(Duration::from_secs(300)).await.unwrap();
+    }
+    let mut names = vec![s1.node_name.clone()];
+    names.extend(others.iter().map(|s| s.node_name.clone()));
+    let nodes: Api<Node> = Api::all(c1.clone());
+    eventually(Duration::from_secs(120), "five Ready nodes", || async {
+        let list = nodes.list(&ListParams::default()).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|n| names.contains(n.metadata.name.as_ref().unwrap()))
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        (ready == 5).then_some(())
+    })
+    .await
+    .unwrap();
+    let tls = s1.data_dir.join("server/tls/etcd");
+    eventually(Duration::from_secs(120), "five etcd voters", || async {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{}:2379", s1.ip))
+            .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
+            .arg(format!("--cert={}", tls.join("client.crt").display()))
+            .arg(format!("--key={}", tls.join("client.key").display()))
+            .args(["member", "list"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let voters = text
+            .lines()
+            .filter(|l| l.contains(", started,") && l.trim_end().ends_with("false"))
+            .count();
+        (voters == 5).then_some(())
+    })
+    .await
+    .unwrap();
+}
