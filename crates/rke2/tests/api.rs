@@ -912,3 +912,40 @@ fn bad_config_is_refused_before_anything_is_written() {
         assert!(help.contains(flag), "{flag} missing from help");
     }
 }
+
+/// kill -9 at several points of a first start (trust material, etcd
+/// start, bootstrap data, API), then a normal start: always Ready, with
+/// the same token and CA as the interrupted start wrote (if it got that far).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_any_point_of_startup_then_restart_works() {
+    for delay_ms in [30u64, 150, 400, 900] {
+        let mut s = Server::start(bin(), ServerOpts::default()).unwrap();
+        // The delay places the fault, it synchronises nothing.
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = s.stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10));
+        let ca_before = std::fs::read(s.data_dir.join("server/tls/server-ca.crt")).ok();
+        s.spawn().unwrap();
+        let client = s
+            .wait_ready(READY)
+            .await
+            .unwrap_or_else(|e| panic!("after kill -9 at {delay_ms} ms: {e}"));
+        if let Some(ca) = ca_before {
+            assert_eq!(
+                std::fs::read(s.data_dir.join("server/tls/server-ca.crt")).unwrap(),
+                ca,
+                "CA regenerated after kill at {delay_ms} ms"
+            );
+        }
+        let token = std::fs::read_to_string(s.data_dir.join("server/token")).unwrap();
+        assert!(
+            token.starts_with("K10"),
+            "token after kill at {delay_ms} ms: {token:?}"
+        );
+        let nodes: Api<Node> = Api::all(client);
+        eventually(Duration::from_secs(60), "node registered", || async {
+            nodes.get_opt(&s.node_name).await.ok().flatten()
+        })
+        .await
+        .unwrap();
+    }
+}
