@@ -566,6 +566,11 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
 }
 
 fn error_policy(d: Arc<Deployment>, err: &Error, _: Arc<Ctx>) -> Action {
+    if err.is_conflict() {
+        // Someone wrote the object since we read it: decide again at once.
+        debug!(deployment = %d.name_any(), error = %err, "deployment sync hit a conflict; retrying");
+        return Action::requeue(Duration::from_millis(200));
+    }
     warn!(deployment = %d.name_any(), namespace = ?d.namespace(), error = %err, "deployment sync failed; retrying");
     match err {
         Error::Invalid(_) => Action::requeue(Duration::from_secs(30)),

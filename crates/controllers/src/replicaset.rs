@@ -73,6 +73,13 @@ pub enum Error {
     Invalid(String),
 }
 
+impl Error {
+    /// Whether this is a 409 Conflict (a concurrent write).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+}
+
 pub(crate) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |source| Error::Api { what, source }
@@ -406,6 +413,19 @@ pub fn count_pods(
     (c, next)
 }
 
+/// Deletes a pod; a 409 (the pod changed while the apiserver deleted it,
+/// e.g. a status update) is retried a few times.
+async fn delete_pod(api: &Api<Pod>, name: &str, dp: &DeleteParams) -> Result<(), kube::Error> {
+    let mut attempt = 0;
+    loop {
+        match api.delete(name, dp).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The loop.
 
@@ -455,6 +475,11 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
 }
 
 fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _: Arc<Ctx>) -> Action {
+    if err.is_conflict() {
+        // Someone wrote the object since we read it: decide again at once.
+        debug!(replicaset = %rs.name_any(), error = %err, "replicaset sync hit a conflict; retrying");
+        return Action::requeue(Duration::from_millis(200));
+    }
     warn!(replicaset = %rs.name_any(), namespace = ?rs.namespace(), error = %err, "replicaset sync failed; retrying");
     match err {
         Error::Invalid(_) => Action::requeue(Duration::from_secs(30)),
@@ -547,7 +572,8 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         sort_for_deletion(&mut pods);
         let doomed: Vec<Pod> = pods.drain(..surplus).collect();
         let names: Vec<String> = doomed.iter().map(|p| p.name_any()).collect();
-        let results = futures::future::join_all(names.iter().map(|n| pod_api.delete(n, &dp))).await;
+        let results =
+            futures::future::join_all(names.iter().map(|n| delete_pod(&pod_api, n, &dp))).await;
         for (p, r) in doomed.into_iter().zip(results) {
             match r {
                 Ok(_) => {

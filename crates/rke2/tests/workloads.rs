@@ -1,13 +1,15 @@
 //! Deployments and ReplicaSets against a real server, driven by the newest
 //! real kubectl: create, scale (the scale subresource), an image change
 //! rolled out with RollingUpdate (`rollout status`, `rollout history`),
-//! `rollout undo`, a Recreate rollover that never runs old and new pods at
-//! once, and a deleted pod replaced.
+//! `rollout undo`, a deleted pod replaced, pause/resume, and a Recreate
+//! rollover that never runs old and new pods at once (with
+//! `revisionHistoryLimit: 0` cleaning the old ReplicaSet).
 //!
-//! The ReplicaSet and Deployment loops run in-process here with the admin
-//! client (API clients like any other). There is no container runtime, so a
-//! tiny "fake kubelet" marks every pod Running and Ready shortly after it
-//! appears, which is what availability is computed from.
+//! The ReplicaSet and Deployment loops are the server's own (leader-elected
+//! controllers; running a second copy in-process would only make the two
+//! fight). There is no container runtime, so a tiny in-test "fake kubelet"
+//! marks every pod Running and Ready shortly after it appears, which is what
+//! availability is computed from.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -292,6 +294,11 @@ fn overlap_watch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_roll_out_scale_and_roll_back() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // In-test tasks log through this (RUST_LOG=...).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut server = Server::start(bin(), ServerOpts::default()).expect("starting rke2 server");
     let client = server
         .wait_ready(Duration::from_secs(120))
@@ -305,17 +312,7 @@ async fn deployments_roll_out_scale_and_roll_back() {
         .clone();
 
     let stop = CancellationToken::new();
-    let loops = [
-        tokio::spawn(rke2_controllers::replicaset::run(
-            client.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(rke2_controllers::deployment::run(
-            client.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(fake_kubelet(client.clone(), stop.clone())),
-    ];
+    let loops = [tokio::spawn(fake_kubelet(client.clone(), stop.clone()))];
     let bed = Bed {
         client: client.clone(),
         deploys: Api::namespaced(client.clone(), NS),
@@ -570,11 +567,41 @@ async fn scenario(server: &Server, kc: &Path, bed: &Bed) -> Result<()> {
         "create events: {rs_events:?}"
     );
 
-    // --- Recreate: old pods are all gone before new ones start.
+    // --- paused: a template change is observed but not rolled out.
+    kubectl(server, kc, &["rollout", "pause", "deployment/web"]).await?;
+    kubectl(
+        server,
+        kc,
+        &["set", "image", "deployment/web", "busybox=busybox:1.37"],
+    )
+    .await?;
+    eventually(DEADLINE, "the paused change observed", || async {
+        let (d, _) = bed.owned_rss("web").await?;
+        let st = d.status.as_ref()?;
+        let paused = condition(&d, "Progressing")
+            .is_some_and(|c| c.0 == "Unknown" && c.1 == "DeploymentPaused");
+        (st.observed_generation >= d.metadata.generation && paused).then_some(())
+    })
+    .await?;
+    let (_, rss) = bed.owned_rss("web").await.unwrap();
+    ensure!(
+        rss.len() == 2 && rss.iter().all(|rs| image_of_rs(rs) != "busybox:1.37"),
+        "no new replica set while paused"
+    );
+    kubectl(server, kc, &["rollout", "resume", "deployment/web"]).await?;
+    bed.settled("web", "busybox:1.37", 5)
+        .await
+        .context("after resume")?;
+    let (_, rss) = bed.owned_rss("web").await.unwrap();
+    ensure!(rss.len() == 3, "three replica sets, got {}", rss.len());
+
+    // --- Recreate: old pods are all gone before new ones start; with
+    // revisionHistoryLimit 0 the old ReplicaSet is deleted afterwards.
     let rec: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "rec", "namespace": NS},
         "spec": {
             "replicas": 2,
+            "revisionHistoryLimit": 0,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app": "rec"}},
             "template": {
@@ -620,6 +647,15 @@ async fn scenario(server: &Server, kc: &Path, bed: &Bed) -> Result<()> {
     let _ = watch.await;
     let seen = overlaps.lock().unwrap().seen.clone();
     ensure!(seen.is_empty(), "old and new pods alive together: {seen:?}");
+    eventually(
+        DEADLINE,
+        "the old replica set of rec cleaned up",
+        || async {
+            let (_, rss) = bed.owned_rss("rec").await?;
+            (rss.len() == 1 && rss[0].name_any() == rec2.name_any()).then_some(())
+        },
+    )
+    .await?;
     let d_events = event_messages(&bed.client, "rec").await;
     ensure!(
         d_events.contains(&(
