@@ -2,7 +2,9 @@
 //! garbage collector.
 //!
 //! The loop keeps reflectors over the [`WATCHED`] kinds (pods, replicasets,
-//! deployments, daemonsets, jobs, configmaps, secrets), indexes them by uid
+//! deployments, daemonsets, jobs, configmaps, secrets) and every other
+//! served resource discovery lists as listable, watchable and deletable
+//! (less [`SKIPPED`]: events, leases), indexes them by uid
 //! and, on every change (and every [`RESYNC`]), makes one pass:
 //!
 //! * **orphan** — an owner with a `deletionTimestamp` and the `orphan`
@@ -11,8 +13,9 @@
 //!   the apiserver deletes the owner, its finalizers being empty);
 //! * **foreground** — an owner with a `deletionTimestamp` and the
 //!   `foregroundDeletion` finalizer: each dependent not already being
-//!   deleted is deleted with `propagationPolicy: Foreground` (so it waits
-//!   for its own dependents), except that a dependent with another live
+//!   deleted is deleted — with `propagationPolicy: Foreground` when it has
+//!   dependents of its own (so it waits for them), else `Background` —
+//!   except that a dependent with another live
 //!   owner only loses its reference to this one; once no dependent with
 //!   `blockOwnerDeletion: true` remains, the finalizer is removed. The
 //!   others are then collected in the background like any orphan;
@@ -73,7 +76,43 @@ pub fn watched() -> Vec<(ApiResource, bool)> {
     ]
 }
 
-/// Names of the watched kinds, for documentation and logs.
+/// Resources never watched: high churn, never owners or dependents in
+/// practice (the apiserver would still add a GC finalizer to one deleted
+/// with `propagationPolicy` Foreground/Orphan; nothing would remove it).
+pub const SKIPPED: [&str; 2] = ["events", "leases"];
+
+/// The kinds to watch: every served resource that can be listed, watched
+/// and deleted (preferred version of each group, as discovery gives it),
+/// less [`SKIPPED`]; always including [`watched`]. Falls back to
+/// [`watched`] alone when discovery fails.
+async fn kinds_to_watch(client: &kube::Client) -> Vec<(ApiResource, bool)> {
+    use kube::discovery::verbs;
+    let mut kinds = watched();
+    match kube::discovery::Discovery::new(client.clone()).run().await {
+        Ok(d) => {
+            for group in d.groups() {
+                for (ar, caps) in group.recommended_resources() {
+                    let usable = [verbs::LIST, verbs::WATCH, verbs::DELETE]
+                        .iter()
+                        .all(|v| caps.supports_operation(v));
+                    let known = kinds
+                        .iter()
+                        .any(|(k, _)| k.group == ar.group && k.plural == ar.plural);
+                    if usable && !known && !SKIPPED.contains(&ar.plural.as_str()) {
+                        kinds.push((ar, caps.scope == Scope::Namespaced));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "discovery failed; collecting only the built-in workload kinds")
+        }
+    }
+    debug!(kinds = ?kinds.iter().map(|(k, _)| k.plural.as_str()).collect::<Vec<_>>(), "garbage collector kinds");
+    kinds
+}
+
+/// Names of the always-watched kinds, for documentation and logs.
 pub const WATCHED: [&str; 7] = [
     "pods",
     "replicasets",
@@ -193,7 +232,10 @@ struct Gc {
 /// Runs until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let notify = Arc::new(Notify::new());
-    let kinds = watched();
+    let kinds = tokio::select! {
+        _ = stop.cancelled() => return,
+        k = kinds_to_watch(&client) => k,
+    };
     let mut stores = Vec::new();
     for (ar, _) in &kinds {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
@@ -398,7 +440,15 @@ impl Gc {
                 if other_alive {
                     self.remove_refs(dep, &[owner.uid().to_string()]).await;
                 } else {
-                    self.delete(dep, PropagationPolicy::Foreground).await;
+                    // As upstream: Foreground only when the dependent has
+                    // dependents of its own, else Background (no finalizer
+                    // round trip for leaves).
+                    let policy = if dependents.contains_key(dep.uid()) {
+                        PropagationPolicy::Foreground
+                    } else {
+                        PropagationPolicy::Background
+                    };
+                    self.delete(dep, policy).await;
                 }
             }
             if blocking == 0 {
