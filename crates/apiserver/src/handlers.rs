@@ -689,7 +689,17 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
                 "the name of the object may not be changed by a patch",
             ));
         }
-        let precondition = expected_rv(&new)?;
+        // Only a resourceVersion the client put in the patch is a
+        // precondition; the patched object always carries the stored one.
+        let precondition = match ty {
+            BodyType::JsonPatch => None,
+            _ => decode_body(body, ty)
+                .ok()
+                .as_ref()
+                .map(expected_rv)
+                .transpose()?
+                .flatten(),
+        };
         if let Some(want) = precondition
             && want != rev
         {
@@ -848,7 +858,33 @@ async fn bind(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiRe
     ))
 }
 
+/// Deletes an object; without a resourceVersion precondition a write that
+/// lands between our read and our delete is retried, as kube-apiserver does.
 async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
+    let mut last = None;
+    for _ in 0..5 {
+        match delete_once(ctx, content_type.clone(), body).await {
+            Err(e) if e.reason == "Conflict" && e.message.contains("has been modified") => {
+                let preconditioned = !body.is_empty()
+                    && crate::request::body_type(content_type.as_deref())
+                        .and_then(|ty| decode_body(body, ty).ok())
+                        .is_some_and(|o| o["preconditions"]["resourceVersion"].is_string());
+                if preconditioned {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+            other => return other,
+        }
+    }
+    Err(last.expect("loop ran"))
+}
+
+async fn delete_once(
+    ctx: &Ctx<'_>,
+    content_type: Option<String>,
+    body: &[u8],
+) -> ApiResult<Response> {
     let rt = ctx.rt();
     let name = ctx.path.name.clone().unwrap_or_default();
     let opts: Value = if body.is_empty() {

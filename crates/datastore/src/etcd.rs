@@ -216,12 +216,18 @@ fn spawn(binary: &Path, cfg: &EtcdConfig) -> Result<Child, EtcdError> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
-    // this child when its parent thread dies, so etcd never outlives us.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and _exit are async-signal-safe. prctl asks
+    // the kernel to kill this child when its parent dies, so etcd never
+    // outlives us; if the parent died before prctl ran (a kill -9 between
+    // fork and here), the signal would never come, so exit at once.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
             }
             Ok(())
         });

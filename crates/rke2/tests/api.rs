@@ -519,8 +519,9 @@ async fn api_crud_selectors_paging_and_errors() {
     );
 
     // Pods: binding sets spec.nodeName once; status is written through /status only.
+    // Another scheduler name: the built-in scheduler leaves this pod to the test.
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "p1"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})).unwrap()).await.unwrap();
+    pods.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "p1"}, "spec": {"schedulerName": "test-scheduler", "containers": [{"name": "c", "image": "busybox"}]}})).unwrap()).await.unwrap();
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"}, "target": {"apiVersion": "v1", "kind": "Node", "name": s.node_name}});
     let (code, body) = raw(
         &client,
