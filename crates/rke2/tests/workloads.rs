@@ -42,7 +42,7 @@ fn log_tail(server: &Server, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Runs the newest kubectl against `server` (off the async workers).
+/// Runs a kubectl against `server` (off the async workers).
 async fn kubectl(server: &Server, kc: &Path, args: &[&str]) -> Result<String> {
     let mut cmd = server.kubectl(kc);
     cmd.args(args);
@@ -299,17 +299,25 @@ async fn deployments_roll_out_scale_and_roll_back() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+    // The oldest and the newest kubectl (they differ: 1.29 sends JSON,
+    // later ones protobuf, and their rollout code differs), each against a
+    // fresh server.
+    let all = kubectls().expect("kubectl binaries");
+    let mut versions = vec![all.first().unwrap().clone(), all.last().unwrap().clone()];
+    versions.dedup();
+    for (minor, kc) in versions {
+        println!("kubectl 1.{minor}");
+        run_with(&kc).await;
+    }
+}
+
+async fn run_with(kc: &Path) {
+    let kc: PathBuf = kc.to_path_buf();
     let mut server = Server::start(bin(), ServerOpts::default()).expect("starting rke2 server");
     let client = server
         .wait_ready(Duration::from_secs(120))
         .await
         .expect("rke2 server ready");
-    let kc: PathBuf = kubectls()
-        .expect("kubectl binaries")
-        .last()
-        .unwrap()
-        .1
-        .clone();
 
     let stop = CancellationToken::new();
     let loops = [tokio::spawn(fake_kubelet(client.clone(), stop.clone()))];
