@@ -1345,3 +1345,93 @@ async fn ownership_and_scale_with(k: &Kubectl) -> Result<()> {
     );
     Ok(())
 }
+
+/// The scheduling and deletion flows every kubectl user touches, with each
+/// kubectl version: `describe pod` shows the scheduler's events, `get
+/// events` lists them, `get -o wide` shows the node, and `delete
+/// --cascade=orphan|foreground|background` do what they say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_events_and_cascading_delete() {
+    let server = start_server().await;
+    for_each_kubectl(&server, |k| async move { cascade_with(&k).await }).await;
+}
+
+async fn cascade_with(k: &Kubectl) -> Result<()> {
+    let d = k.name("casc");
+    k.ok(&[
+        "create",
+        "deployment",
+        &d,
+        "--image=busybox",
+        "--replicas=2",
+    ])?;
+    // Pods are created by the ReplicaSet controller and bound by the
+    // scheduler to the server's node.
+    let pods = poll("two bound pods", || {
+        let out = k.ok(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("app={d}"),
+            "-o",
+            "wide",
+            "--no-headers",
+        ])?;
+        let bound: Vec<String> = out
+            .lines()
+            .filter(|l| l.split_whitespace().nth(6).is_some_and(|n| n != "<none>"))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect();
+        Ok((bound.len() == 2).then_some(bound))
+    })
+    .await?;
+    let described = k.ok(&["describe", "pod", &pods[0]])?;
+    ensure!(
+        described.contains("Events:")
+            && described.contains("Scheduled")
+            && described.contains("default-scheduler"),
+        "describe pod lacks the Scheduled event:\n{described}"
+    );
+    let events = k.ok(&["get", "events"])?;
+    ensure!(
+        events.contains("Scheduled") && events.contains(&format!("pod/{}", pods[0])),
+        "get events:\n{events}"
+    );
+
+    // Orphan: the Deployment goes, its ReplicaSet stays without an owner.
+    let rs = k.jsonpath(
+        &["rs", "-l", &format!("app={d}")],
+        "{.items[0].metadata.name}",
+    )?;
+    k.ok(&["delete", "deployment", &d, "--cascade=orphan"])?;
+    poll("deployment gone, replicaset orphaned", || {
+        let gone = k.output(&["get", "deployment", &d])?.status.code() != Some(0);
+        let owners = k.jsonpath(&["rs", &rs], "{.metadata.ownerReferences}")?;
+        Ok((gone && owners.is_empty()).then_some(()))
+    })
+    .await?;
+    // Foreground: the ReplicaSet goes only after its pods.
+    k.ok(&["delete", "rs", &rs, "--cascade=foreground", "--wait=false"])?;
+    poll("replicaset and its pods gone", || {
+        let rs_gone = k.output(&["get", "rs", &rs])?.status.code() != Some(0);
+        let left = k.ok(&["get", "pods", "-l", &format!("app={d}"), "--no-headers"])?;
+        Ok((rs_gone && left.trim().is_empty()).then_some(()))
+    })
+    .await?;
+    // Background (the default): a new deployment's pods are collected after it.
+    let d2 = k.name("casc2");
+    k.ok(&["create", "deployment", &d2, "--image=busybox"])?;
+    poll("a pod of the second deployment", || {
+        let out = k.ok(&["get", "pods", "-l", &format!("app={d2}"), "--no-headers"])?;
+        Ok((!out.trim().is_empty()).then_some(()))
+    })
+    .await?;
+    k.ok(&["delete", "deployment", &d2])?;
+    poll("background cascade removed replicaset and pods", || {
+        let rss = k.ok(&["get", "rs", "-l", &format!("app={d2}"), "--no-headers"])?;
+        let left = k.ok(&["get", "pods", "-l", &format!("app={d2}"), "--no-headers"])?;
+        Ok((rss.trim().is_empty() && left.trim().is_empty()).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
