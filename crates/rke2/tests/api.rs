@@ -221,8 +221,18 @@ async fn server_files_node_and_restart() {
         .stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
         .unwrap();
     assert!(st.success(), "SIGTERM exit status {st}");
+    // The restart also asks for a readable kubeconfig, as the seed page's
+    // RKE2_KUBECONFIG_MODE note describes.
+    s.opts
+        .env
+        .push(("RKE2_KUBECONFIG_MODE".into(), "0644".into()));
     s.spawn().unwrap();
     let client = s.wait_ready(READY).await.unwrap();
+    eventually(Duration::from_secs(30), "kubeconfig mode 0644", || async {
+        (mode(&s.kubeconfig) == 0o644).then_some(())
+    })
+    .await
+    .unwrap();
     assert_eq!(
         snapshot(&tls),
         before,
