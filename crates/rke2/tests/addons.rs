@@ -1,0 +1,101 @@
+//! Auto-deploying manifests: files in `<data-dir>/server/manifests/` are
+//! applied and re-applied on change; `disable` keeps a bundled addon out.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use rke2_testbed::{Server, ServerOpts, eventually};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rke2"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
+    let mut s = Server::start(
+        bin(),
+        ServerOpts {
+            config_yaml: Some("disable:\n  - rke2-ingress-nginx\n".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let client = s.wait_ready(Duration::from_secs(90)).await.unwrap();
+    let dir = s.data_dir.join("server/manifests");
+    assert!(dir.join("rke2-coredns.yaml").exists());
+    assert!(dir.join("rke2-metrics-server.yaml").exists());
+    assert!(
+        !dir.join("rke2-ingress-nginx.yaml").exists(),
+        "disabled addon written"
+    );
+
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    eventually(
+        Duration::from_secs(60),
+        "bundled metrics-server applied",
+        || async { deploys.get_opt("rke2-metrics-server").await.ok().flatten() },
+    )
+    .await
+    .unwrap();
+    let dss: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    assert!(
+        dss.get_opt("rke2-ingress-nginx-controller")
+            .await
+            .unwrap()
+            .is_none(),
+        "disabled addon applied"
+    );
+
+    // A user's manifest: applied, then re-applied when it changes.
+    let manifest = |v: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: user-settings\n  namespace: default\ndata:\n  level: \"{v}\"\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: from-manifest\n"
+        )
+    };
+    std::fs::write(dir.join("user.yaml"), manifest("1")).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let value = |want: &'static str| {
+        let cms = cms.clone();
+        async move {
+            let cm = cms.get_opt("user-settings").await.ok().flatten()?;
+            (cm.data?.get("level")?.as_str() == want).then_some(())
+        }
+    };
+    eventually(Duration::from_secs(60), "user manifest applied", || {
+        value("1")
+    })
+    .await
+    .unwrap();
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    assert!(ns.get_opt("from-manifest").await.unwrap().is_some());
+    std::fs::write(dir.join("user.yaml"), manifest("2")).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "changed manifest re-applied",
+        || value("2"),
+    )
+    .await
+    .unwrap();
+
+    // A broken file is reported by name and does not stop the others.
+    std::fs::write(dir.join("broken.yaml"), "kind: [unclosed\n").unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "broken manifest reported",
+        || async { s.log_text().contains("broken.yaml").then_some(()) },
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("user.yaml"), manifest("3")).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "other manifests still applied",
+        || value("3"),
+    )
+    .await
+    .unwrap();
+    let _ = s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+}
