@@ -92,13 +92,22 @@ impl Store {
                 Ok(resp) => return Ok(resp.member_list().iter().map(member).collect()),
                 Err(e) => {
                     let msg = e.to_string();
+                    // Busy clusters time out or refuse for a while (one
+                    // learner at a time, leader changes); a timed-out add
+                    // may have landed, which the member check above finds.
                     let retry = msg.contains("too many learner")
                         || msg.contains("unhealthy")
-                        || msg.contains("not ready");
+                        || msg.contains("not ready")
+                        || msg.contains("Timeout")
+                        || msg.contains("timed out")
+                        || msg.contains("deadline")
+                        || msg.contains("leader")
+                        || msg.contains("unavailable")
+                        || msg.contains("Unavailable");
                     if !retry || start.elapsed() > timeout {
                         return Err(StoreError::Etcd(e));
                     }
-                    info!(error = %msg, "etcd refused the learner for now; retrying");
+                    info!(error = %msg, "etcd did not add the learner yet; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
