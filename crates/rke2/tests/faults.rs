@@ -12,8 +12,8 @@
 //! where the objects are.
 //!
 //! The fault schedule is drawn from a seed printed in the output; replay it
-//! with `FAULTS_SEED=<seed>`; `FAULTS_ROUNDS=<n>` changes the number of
-//! rounds (default 4, the CI length); `FAULTS_STRICT=1` also counts a 409
+//! with `FAULTS_SEED=<seed>` and the same `FAULTS_ROUNDS=<n>` (the number
+//! of rounds, default 4, the CI length); `FAULTS_STRICT=1` also counts a 409
 //! answered for a write that had applied as a violation.
 //!
 //! Needs root (namespaces), HAProxy and etcd/etcdctl (scripts/install.sh).
@@ -859,7 +859,9 @@ async fn linearizable_configmaps_under_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    println!("faults: seed={seed} rounds={rounds} (replay with FAULTS_SEED={seed})");
+    println!(
+        "faults: seed={seed} rounds={rounds} (replay with FAULTS_SEED={seed} FAULTS_ROUNDS={rounds})"
+    );
     let mut rng = Rng(seed);
 
     let mut bed = NetBed::new().unwrap();
