@@ -315,7 +315,8 @@ impl Store {
     pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StoreError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, None)]);
+            .and_then([TxnOp::put(key, value.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
         let resp = self
             .call(|mut c| {
                 let txn = txn.clone();
@@ -323,6 +324,11 @@ impl Store {
             })
             .await?;
         if !resp.succeeded() {
+            // A retried request whose first attempt committed (the answer
+            // was lost with its etcd member) finds its own bytes: success.
+            if let Some(rev) = own_write(&resp.op_responses(), &value) {
+                return Ok(rev);
+            }
             return Err(StoreError::AlreadyExists);
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
@@ -338,7 +344,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::put(key, value, None)])
+            .and_then([TxnOp::put(key, value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
         let resp = self
             .call(|mut c| {
@@ -348,6 +354,10 @@ impl Store {
             .await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
+        }
+        // See `create`: our own write, committed by an earlier attempt.
+        if let Some(rev) = own_write(&resp.op_responses(), &value) {
+            return Ok(rev);
         }
         match current_of(&resp.op_responses()) {
             Some(current) => Err(StoreError::Conflict { expected, current }),
@@ -532,6 +542,18 @@ impl Store {
         });
         true
     }
+}
+
+/// The revision of the current value when it is exactly `value`.
+fn own_write(ops: &[TxnOpResponse], value: &[u8]) -> Option<i64> {
+    ops.iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .filter(|k| k.value() == value)
+            .map(|k| k.mod_revision()),
+        _ => None,
+    })
 }
 
 fn current_of(ops: &[TxnOpResponse]) -> Option<i64> {
