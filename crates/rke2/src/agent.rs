@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rke2_config::Config;
 use rke2_loadbalancer::{HealthCheck, LoadBalancer, LoadBalancerConfig};
-use rke2_supervisor::client::{JoinError, SupervisorClient};
+use rke2_supervisor::client::SupervisorClient;
 use rke2_trust::Token;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -62,33 +62,6 @@ fn host_with_port(url: &str, port: u16) -> Result<String> {
     Ok(format!("{host}:{port}"))
 }
 
-async fn retry_transient<T, F, Fut>(step: &str, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, JoinError>>,
-{
-    let start = std::time::Instant::now();
-    let mut tries = 0u32;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e @ (JoinError::Transport { .. } | JoinError::Timeout { .. }))
-            | Err(
-                e @ JoinError::Status {
-                    status: 500..=599, ..
-                },
-            ) if start.elapsed() < Duration::from_secs(15 * 60) => {
-                if tries.is_multiple_of(10) {
-                    info!(step, error = %e, "server not reachable yet; retrying");
-                }
-                tries += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(step.to_string())),
-        }
-    }
-}
-
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     let started = std::time::Instant::now();
@@ -116,7 +89,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let ca = match cached {
         Some(ca) => ca,
         None => {
-            let ca = retry_transient("agent step 1 (fetch CA)", || {
+            let ca = crate::cluster::retry_transient("agent step 1 (fetch CA)", || {
                 rke2_supervisor::client::fetch_cacerts(&server)
             })
             .await?;
@@ -134,7 +107,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     if !ca_path.exists() {
         let direct = SupervisorClient::new(&server, &ca, &user, &token.password)
             .context("agent: supervisor client")?;
-        retry_transient("agent step 1 (check token)", || direct.config()).await?;
+        crate::cluster::retry_transient("agent step 1 (check token)", || direct.config()).await?;
     }
     rke2_trust::write_file_if_changed(&ca_path, &ca, 0o644)
         .with_context(|| format!("writing {}", ca_path.display()))?;
@@ -196,14 +169,16 @@ pub async fn run(cfg: Config) -> Result<()> {
         cfg.node_ips.clone()
     };
     let ip_strings: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
-    let client_cert = retry_transient("agent step 3 (node client certificate)", || {
-        sup.kubelet_cert("client", &node_name, &password, &ip_strings)
-    })
-    .await?;
-    let serving = retry_transient("agent step 3 (node serving certificate)", || {
-        sup.kubelet_cert("serving", &node_name, &password, &ip_strings)
-    })
-    .await?;
+    let client_cert =
+        crate::cluster::retry_transient("agent step 3 (node client certificate)", || {
+            sup.kubelet_cert("client", &node_name, &password, &ip_strings)
+        })
+        .await?;
+    let serving =
+        crate::cluster::retry_transient("agent step 3 (node serving certificate)", || {
+            sup.kubelet_cert("serving", &node_name, &password, &ip_strings)
+        })
+        .await?;
     for (name, bytes, mode) in [
         ("client-kubelet.crt", client_cert.cert.as_bytes(), 0o644),
         ("client-kubelet.key", client_cert.key.as_bytes(), 0o600),
@@ -217,17 +192,14 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     // Step 4: the node role, through the apiserver load balancer.
     let api_url = format!("https://127.0.0.1:{api_port}");
-    let kubeconfig = rke2_trust::render_kubeconfig(
+    let client = crate::server::kube_client(
         &api_url,
         &ca,
         client_cert.cert.as_bytes(),
         client_cert.key.as_bytes(),
-    );
-    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).context("agent kubeconfig")?;
-    let conf =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    let client = kube::Client::try_from(conf).context("agent API client")?;
+    )
+    .await
+    .context("agent API client")?;
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     labels.extend(cfg.node_labels.iter().cloned());
     let node_cfg = rke2_node::NodeConfig {

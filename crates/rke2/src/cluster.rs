@@ -99,7 +99,7 @@ pub async fn prepare_join(cfg: &Config, server_url: &str, tls_dir: &Path) -> Res
 /// Retries a supervisor request while the server is unreachable, not
 /// answering or answering 5xx (it may still be starting, as when all
 /// servers are started at once); any other error ends the join at once.
-async fn retry_transient<T, F, Fut>(step: &str, mut f: F) -> Result<T>
+pub async fn retry_transient<T, F, Fut>(step: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, rke2_supervisor::client::JoinError>>,

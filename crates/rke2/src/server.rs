@@ -128,13 +128,15 @@ fn write_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust, token: &To
     Ok(())
 }
 
-async fn kube_client(url: &str, trust: &ServerTrust) -> Result<kube::Client> {
-    let text = rke2_trust::render_kubeconfig(
-        url,
-        trust.server_ca.cert_pem.as_bytes(),
-        trust.supervisor.cert_pem.as_bytes(),
-        trust.supervisor.key_pem.as_bytes(),
-    );
+/// An API client for `url` with the given CA and client certificate (the
+/// server's own loops, and the agent's node role through its balancer).
+pub async fn kube_client(
+    url: &str,
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<kube::Client> {
+    let text = rke2_trust::render_kubeconfig(url, ca_pem, cert_pem, key_pem);
     let kc =
         kube::config::Kubeconfig::from_yaml(&text).context("building the internal kubeconfig")?;
     let conf =
@@ -407,7 +409,13 @@ async fn run_with_etcd(
         url_host(&local_host),
         cfg.https_listen_port
     );
-    let client = kube_client(&local_url, trust).await?;
+    let client = kube_client(
+        &local_url,
+        trust.server_ca.cert_pem.as_bytes(),
+        trust.supervisor.cert_pem.as_bytes(),
+        trust.supervisor.key_pem.as_bytes(),
+    )
+    .await?;
 
     // The supervisor (9345) shares the API's serving certificate.
     let sup_addr = SocketAddr::new(bind_ip, cfg.supervisor_port);
