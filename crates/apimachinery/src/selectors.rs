@@ -722,11 +722,12 @@ fn split_terms(s: &str) -> Vec<String> {
 /// Splits a term at its first operator (`!=`, `==` or `=`), ignoring
 /// backslash-escaped characters.
 fn split_term(term: &str) -> Option<(&str, &str, &str)> {
-    let bytes = term.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
+    // Walk by characters (not bytes) so slicing never lands inside a
+    // multi-byte character.
+    let mut chars = term.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
             continue;
         }
         for op in ["!=", "==", "="] {
@@ -734,7 +735,6 @@ fn split_term(term: &str) -> Option<(&str, &str, &str)> {
                 return Some((&term[..i], op, &term[i + op.len()..]));
             }
         }
-        i += 1;
     }
     None
 }

@@ -73,10 +73,70 @@ pub fn check_type(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
             )));
         }
     }
-    if !obj["metadata"].is_object() {
+    if obj["metadata"].is_null() {
         obj["metadata"] = json!({});
     }
-    Ok(())
+    check_shape(rt, obj)
+}
+
+/// Fields the server reads or defaults must be objects (or lists) when
+/// present: like kube-apiserver's decoder, a string where a map belongs is
+/// a 400 naming the field, never a crash later on.
+fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    const MAPS: &[&str] = &[
+        "metadata",
+        "metadata.labels",
+        "metadata.annotations",
+        "spec",
+        "status",
+        "data",
+        "stringData",
+        "binaryData",
+        "spec.selector",
+        "spec.template",
+        "spec.template.metadata",
+        "spec.template.metadata.labels",
+        "spec.template.spec",
+        "spec.strategy",
+        "spec.updateStrategy",
+        "spec.nodeSelector",
+        "spec.securityContext",
+    ];
+    const LISTS: &[&str] = &[
+        "spec.containers",
+        "spec.template.spec.containers",
+        "spec.ports",
+    ];
+    let kind_of = |v: &Value| match v {
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Object(_) => "object",
+        Value::Null => "null",
+    };
+    let at = |path: &str| path.split('.').try_fold(obj, |cur, part| cur.get(part));
+    let wrong = MAPS
+        .iter()
+        .filter_map(|p| {
+            at(p)
+                .filter(|v| !v.is_null() && !v.is_object())
+                .map(|v| (*p, "object", kind_of(v)))
+        })
+        .chain(LISTS.iter().filter_map(|p| {
+            at(p)
+                .filter(|v| !v.is_null() && !v.is_array())
+                .map(|v| (*p, "list", kind_of(v)))
+        }))
+        .next();
+    match wrong {
+        None => Ok(()),
+        Some((path, want, got)) => Err(ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {path}: expected {want}, got {got}",
+            kind = rt.kind,
+            v = rt.version
+        ))),
+    }
 }
 
 /// Validates names, labels and the per-type rules; 422 naming each field.
