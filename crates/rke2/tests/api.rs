@@ -770,16 +770,7 @@ async fn watch_compaction_and_process_supervision() {
         .unwrap()
         .parse()
         .unwrap();
-    let tls = s.data_dir.join("server/tls/etcd");
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &format!("https://{}:2379", s.ip)])
-        .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
-        .arg(format!("--cert={}", tls.join("client.crt").display()))
-        .arg(format!("--key={}", tls.join("client.key").display()))
-        .args(["compaction", &now_rv.to_string()])
-        .output()
-        .expect("etcdctl (Debian etcd-client) is installed by scripts/install.sh");
+    let out = rke2_testbed::etcdctl(&s.data_dir, &s.ip, &["compaction", &now_rv.to_string()]);
     assert!(
         out.status.success(),
         "{}",

@@ -172,25 +172,11 @@ async fn three_servers_join_in_parallel() {
     assert_eq!(tok(&s1), tok(&s3));
     // etcd: three voters.
     let etcdctl = |s: &Server, args: &[&str]| {
-        let tls = s.data_dir.join("server/tls/etcd");
-        let out = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{}:2379", s.ip))
-            .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
-            .arg(format!("--cert={}", tls.join("client.crt").display()))
-            .arg(format!("--key={}", tls.join("client.key").display()))
-            .args(args)
-            .output()
-            .expect("etcdctl from Debian etcd-client (scripts/install.sh)");
-        String::from_utf8_lossy(&out.stdout).to_string()
+        String::from_utf8_lossy(&rke2_testbed::etcdctl(&s.data_dir, &s.ip, args).stdout).to_string()
     };
     eventually(Duration::from_secs(90), "three etcd voters", || async {
         let list = etcdctl(&s1, &["member", "list"]);
-        let voters = list
-            .lines()
-            .filter(|l| l.contains(", started,") && l.trim_end().ends_with("false"))
-            .count();
-        (voters == 3).then_some(())
+        (rke2_testbed::started_voters(list.as_bytes()) == 3).then_some(())
     })
     .await
     .unwrap();
@@ -416,23 +402,9 @@ async fn five_servers_join() {
     })
     .await
     .unwrap();
-    let tls = s1.data_dir.join("server/tls/etcd");
     eventually(Duration::from_secs(120), "five etcd voters", || async {
-        let out = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{}:2379", s1.ip))
-            .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
-            .arg(format!("--cert={}", tls.join("client.crt").display()))
-            .arg(format!("--key={}", tls.join("client.key").display()))
-            .args(["member", "list"])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let voters = text
-            .lines()
-            .filter(|l| l.contains(", started,") && l.trim_end().ends_with("false"))
-            .count();
-        (voters == 5).then_some(())
+        let out = rke2_testbed::etcdctl(&s1.data_dir, &s1.ip, &["member", "list"]);
+        (rke2_testbed::started_voters(&out.stdout) == 5).then_some(())
     })
     .await
     .unwrap();

@@ -336,3 +336,26 @@ pub fn etcd_child(server_pid: u32) -> Option<i32> {
     }
     None
 }
+
+/// Runs `etcdctl` (v3 API) against `https://<ip>:2379` with the etcd
+/// client certificate a server keeps under `data_dir`.
+pub fn etcdctl(data_dir: &Path, ip: &str, args: &[&str]) -> std::process::Output {
+    let tls = data_dir.join("server/tls/etcd");
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{ip}:2379"))
+        .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("client.crt").display()))
+        .arg(format!("--key={}", tls.join("client.key").display()))
+        .args(args)
+        .output()
+        .expect("etcdctl from Debian etcd-client (scripts/install.sh)")
+}
+
+/// How many started voting members an `etcdctl member list` shows.
+pub fn started_voters(member_list: &[u8]) -> usize {
+    String::from_utf8_lossy(member_list)
+        .lines()
+        .filter(|l| l.contains(", started,") && l.trim_end().ends_with("false"))
+        .count()
+}
