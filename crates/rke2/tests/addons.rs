@@ -70,7 +70,14 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     .await
     .unwrap();
     let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    assert!(ns.get_opt("from-manifest").await.unwrap().is_some());
+    // Documents are applied in file order: the Namespace follows the ConfigMap.
+    eventually(
+        Duration::from_secs(60),
+        "second document applied",
+        || async { ns.get_opt("from-manifest").await.ok().flatten() },
+    )
+    .await
+    .unwrap();
     std::fs::write(dir.join("user.yaml"), manifest("2")).unwrap();
     eventually(
         Duration::from_secs(60),
