@@ -42,6 +42,11 @@ pub struct ServerTrust {
     pub admin: CertPair,
     /// `client-supervisor.crt/.key`: `CN=system:rke2-supervisor, O=system:masters`.
     pub supervisor: CertPair,
+    /// `client-kube-apiserver.crt/.key`: `CN=system:apiserver,
+    /// O=system:masters`; the apiserver's client certificate towards node
+    /// APIs on 10250 (`pods/log`, `pods/exec`, `pods/attach`), RKE2's
+    /// `--kubelet-client-certificate`.
+    pub kube_apiserver_client: CertPair,
     /// `etcd/server-client.crt/.key` (etcd server-ca, server+client auth).
     pub etcd_server: CertPair,
     /// `etcd/peer-server-client.crt/.key` (etcd peer-ca, server+client auth).
@@ -127,6 +132,11 @@ pub fn ensure_server_trust(p: &ServerTrustParams) -> Result<ServerTrust, TrustEr
         "client-supervisor",
         LeafSpec::client("system:rke2-supervisor", &["system:masters"]),
     )?;
+    let kube_apiserver_client = leaf(
+        &client_ca,
+        "client-kube-apiserver",
+        LeafSpec::client("system:apiserver", &["system:masters"]),
+    )?;
     let etcd_spec = |cn: &str| LeafSpec {
         cn: cn.to_string(),
         orgs: Vec::new(),
@@ -162,6 +172,7 @@ pub fn ensure_server_trust(p: &ServerTrustParams) -> Result<ServerTrust, TrustEr
         serving,
         admin,
         supervisor,
+        kube_apiserver_client,
         etcd_server,
         etcd_peer,
         etcd_client,

@@ -98,8 +98,8 @@ fn ensure_is_idempotent_and_sets_modes() {
     let p = params(dir.path(), None);
     let t1 = ensure_server_trust(&p).unwrap();
     let snap1 = snapshot(dir.path());
-    // 5 CAs x 2 + service.key + 6 leaves x 2
-    assert_eq!(snap1.len(), 23, "{:?}", snap1.keys().collect::<Vec<_>>());
+    // 5 CAs x 2 + service.key + 7 leaves x 2
+    assert_eq!(snap1.len(), 25, "{:?}", snap1.keys().collect::<Vec<_>>());
     std::thread::sleep(Duration::from_millis(20));
     let t2 = ensure_server_trust(&p).unwrap();
     assert_eq!(t1, t2);
@@ -121,6 +121,8 @@ fn ensure_is_idempotent_and_sets_modes() {
         "serving-kube-apiserver.crt",
         "client-admin.key",
         "client-supervisor.crt",
+        "client-kube-apiserver.crt",
+        "client-kube-apiserver.key",
         "etcd/server-client.crt",
         "etcd/peer-server-client.key",
         "etcd/client.crt",
@@ -170,6 +172,7 @@ fn certificates_have_expected_profiles() {
     check(&t.serving, true, false, &t.server_ca);
     check(&t.admin, false, true, &t.client_ca);
     check(&t.supervisor, false, true, &t.client_ca);
+    check(&t.kube_apiserver_client, false, true, &t.client_ca);
     check(&t.etcd_server, true, true, &t.etcd_server_ca);
     check(&t.etcd_peer, true, true, &t.etcd_peer_ca);
     check(&t.etcd_client, false, true, &t.etcd_server_ca);
@@ -185,6 +188,13 @@ fn certificates_have_expected_profiles() {
         peer_identity(&parse(&t.supervisor.cert_pem)).unwrap(),
         (
             "system:rke2-supervisor".to_string(),
+            vec!["system:masters".to_string()]
+        )
+    );
+    assert_eq!(
+        peer_identity(&parse(&t.kube_apiserver_client.cert_pem)).unwrap(),
+        (
+            "system:apiserver".to_string(),
             vec!["system:masters".to_string()]
         )
     );
