@@ -6,6 +6,8 @@
 //! watches. It talks to the API only through the `kube` client, like
 //! any kubelet.
 
+pub mod network;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
