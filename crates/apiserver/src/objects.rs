@@ -187,6 +187,12 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
             }
         }
     }
+    if let Some(found) = obj.get(UPDATE_VIOLATIONS).and_then(Value::as_array) {
+        for c in found {
+            let part = |i: usize| c[i].as_str().unwrap_or("").to_string();
+            causes.push((part(0), part(1), part(2)));
+        }
+    }
     match rt.kind {
         "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
         "Job"
@@ -479,6 +485,10 @@ pub fn prepare_create(
     obj: &mut Value,
     namespace: Option<&str>,
 ) -> Result<(), ApiError> {
+    // Only the server may set it (see `UPDATE_VIOLATIONS`).
+    if let Some(m) = obj.as_object_mut() {
+        m.remove(UPDATE_VIOLATIONS);
+    }
     let meta = &mut obj["metadata"];
     if meta["name"].as_str().unwrap_or("").is_empty()
         && let Some(prefix) = meta["generateName"].as_str()
@@ -521,6 +531,10 @@ pub fn prepare_create(
 /// the status (the `status` subresource); otherwise a type with a status
 /// subresource keeps its old status.
 pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_only: bool) {
+    // Only the server may set it (see `UPDATE_VIOLATIONS`).
+    if let Some(m) = new.as_object_mut() {
+        m.remove(UPDATE_VIOLATIONS);
+    }
     if status_only {
         let status = new["status"].clone();
         *new = old.clone();
@@ -560,6 +574,81 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_on
     if rt.tracks_generation && old["spec"] != new["spec"] {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
         new["metadata"]["generation"] = json!(g + 1);
+    }
+    let violations = validate_update(rt, old, new);
+    if !violations.is_empty() {
+        new[UPDATE_VIOLATIONS] = json!(
+            violations
+                .into_iter()
+                .map(|(f, t, d)| json!([f, t, d]))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Where [`prepare_update`] leaves the update rules an object broke for
+/// [`validate`] to report: every update path runs `prepare_update` (which
+/// cannot fail) and then `validate` (which only sees the new object), so
+/// this is how a rule comparing old and new becomes the 422. An object
+/// carrying it is always refused, so it never reaches storage or a client.
+const UPDATE_VIOLATIONS: &str = "__rke2UpdateViolations";
+
+/// The rules that compare an update with the stored object (upstream's
+/// `ValidateUpdate`): a Node's pod CIDRs may only go from unset to set,
+/// since routes and pod addresses were handed out from them.
+pub fn validate_update(
+    rt: &ResourceType,
+    old: &Value,
+    new: &Value,
+) -> Vec<(String, String, String)> {
+    let mut causes = Vec::new();
+    if rt.kind == "Node" && rt.group.is_empty() {
+        const FORBIDDEN: &str = "node updates may not change podCIDR except from \"\" to valid";
+        let forbidden = || {
+            (
+                "spec.podCIDRs".to_string(),
+                "Forbidden".to_string(),
+                FORBIDDEN.to_string(),
+            )
+        };
+        let old_cidrs = pod_cidrs(old);
+        let new_cidrs = pod_cidrs(new);
+        if !old_cidrs.is_empty() {
+            // Upstream reports a length change once, else every changed
+            // entry.
+            if old_cidrs.len() != new_cidrs.len() {
+                causes.push(forbidden());
+            } else {
+                for (o, n) in old_cidrs.iter().zip(&new_cidrs) {
+                    if o != n {
+                        causes.push(forbidden());
+                    }
+                }
+            }
+            // Upstream derives podCIDR from podCIDRs[0]; a stored object
+            // must not say two different things.
+            let single = new["spec"]["podCIDR"].as_str().unwrap_or("");
+            if causes.is_empty() && !single.is_empty() && Some(&single) != new_cidrs.first() {
+                causes.push(forbidden());
+            }
+        }
+    }
+    causes
+}
+
+/// A Node's pod CIDRs as upstream's internal object has them:
+/// `spec.podCIDRs`, else `[spec.podCIDR]` when that alone is set.
+fn pod_cidrs(node: &Value) -> Vec<&str> {
+    let list: Vec<&str> = node["spec"]["podCIDRs"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    if !list.is_empty() {
+        return list;
+    }
+    match node["spec"]["podCIDR"].as_str() {
+        Some(c) if !c.is_empty() => vec![c],
+        _ => Vec::new(),
     }
 }
 
@@ -619,6 +708,56 @@ mod tests {
         assert_eq!(new["metadata"]["uid"], "u1");
         assert_eq!(new["metadata"]["generation"], 4);
         assert_eq!(new["status"]["replicas"], 1);
+    }
+
+    #[test]
+    fn node_pod_cidr_may_be_set_once_but_not_changed() {
+        let rt = find("", "v1", "nodes").unwrap();
+        let node = |spec: Value| json!({"metadata": {"name": "n1", "uid": "u"}, "spec": spec});
+        let update = |old: &Value, mut new: Value| {
+            prepare_update(rt, old, &mut new, false);
+            validate(rt, &new)
+        };
+        let unset = node(json!({}));
+        let set = node(json!({"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}));
+        // "" -> valid, and unchanged, are fine; nothing is left behind.
+        let mut ok = set.clone();
+        prepare_update(rt, &unset, &mut ok, false);
+        assert!(ok.get(UPDATE_VIOLATIONS).is_none());
+        assert!(validate(rt, &ok).is_ok());
+        assert!(update(&set, set.clone()).is_ok());
+        assert!(
+            update(
+                &set,
+                node(json!({"podCIDRs": ["10.42.1.0/24"], "taints": []}))
+            )
+            .is_ok()
+        );
+        for changed in [
+            json!({"podCIDR": "10.42.2.0/24", "podCIDRs": ["10.42.2.0/24"]}),
+            json!({}),
+            json!({"podCIDR": "10.42.2.0/24", "podCIDRs": ["10.42.1.0/24"]}),
+            json!({"podCIDRs": ["10.42.1.0/24", "fd00::/64"]}),
+        ] {
+            let e = update(&set, node(changed.clone())).unwrap_err();
+            assert_eq!(e.code, 422, "{changed}");
+            assert_eq!(
+                e.message,
+                "Node \"n1\" is invalid: spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid",
+                "{changed}"
+            );
+        }
+        // A client cannot smuggle the marker in.
+        let mut forged = set.clone();
+        forged[UPDATE_VIOLATIONS] = json!([["spec", "Forbidden", "x"]]);
+        assert!(update(&set, forged).is_ok());
+        // Only the singular field stored: still counts as set.
+        let legacy = node(json!({"podCIDR": "10.42.1.0/24"}));
+        assert!(update(&legacy, node(json!({"podCIDR": "10.42.3.0/24"}))).is_err());
+        // The status subresource cannot touch spec at all.
+        let mut status = node(json!({}));
+        prepare_update(rt, &set, &mut status, true);
+        assert!(validate(rt, &status).is_ok());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod deployment;
 pub mod garbage_collector;
 pub mod job;
 pub mod leader;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod server_removal;

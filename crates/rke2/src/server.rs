@@ -508,6 +508,7 @@ async fn run_with_etcd(
         cfg.node_name.clone(),
         state.store.clone(),
         manifests_dir,
+        cfg.cluster_cidr,
         stop.clone(),
     );
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
@@ -529,6 +530,7 @@ fn spawn_controllers(
     node_name: String,
     store: Store,
     manifests: std::path::PathBuf,
+    cluster_cidr: ipnet::IpNet,
     stop: CancellationToken,
 ) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
@@ -563,6 +565,11 @@ fn spawn_controllers(
                     loops.spawn(rke2_controllers::node_lifecycle::run(
                         client.clone(),
                         rke2_controllers::node_lifecycle::NodeLifecycleConfig::default(),
+                        lead.clone(),
+                    ));
+                    loops.spawn(rke2_controllers::node_ipam::run(
+                        client.clone(),
+                        cluster_cidr,
                         lead.clone(),
                     ));
                     loops.spawn(rke2_controllers::addons::run(
