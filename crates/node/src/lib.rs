@@ -6,6 +6,7 @@
 //! watches. It talks to the API only through the `kube` client, like
 //! any kubelet.
 
+pub mod api;
 pub mod network;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,231 @@
+//! `exec` and `attach`: the client's WebSocket relayed to the runtime's
+//! streaming server.
+//!
+//! CRI `Exec`/`Attach` answer with a URL on containerd's own streaming
+//! server (127.0.0.1, random port). That server is containerd 1.6's copy
+//! of kubelet's streaming package: a WebSocket speaking the
+//! `channel.k8s.io` family up to `v4.channel.k8s.io` (every message
+//! starts with a channel byte: 0 stdin, 1 stdout, 2 stderr, 3 error
+//! Status JSON, 4 resize). kubectl >= 1.30 speaks `v5.channel.k8s.io`,
+//! which is v4 plus channel 255 "close stdin"; v4 has no such signal, so
+//! those messages are dropped: a command that waits for the end of its
+//! stdin (`kubectl exec -i ... -- cat < file`) keeps waiting until the
+//! client closes the whole connection.
+
+use std::time::Duration;
+
+use axum::extract::ws::{self, WebSocket};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::debug;
+
+/// The subprotocols accepted from clients, most preferred first.
+pub const CLIENT_PROTOCOLS: [&str; 5] = [
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v4.base64.channel.k8s.io",
+    "channel.k8s.io",
+    "base64.channel.k8s.io",
+];
+
+/// The v5 channel that tells the server stdin is closed.
+const CLOSE_CHANNEL: u8 = 255;
+
+/// How long to wait for the runtime's streaming server to accept the
+/// WebSocket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the runtime side may keep sending after the client left
+/// (its close is forwarded; anything after it has nowhere to go).
+const DRAIN_AFTER_CLIENT_CLOSE: Duration = Duration::from_secs(2);
+
+/// The outcome of subprotocol negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// What the client is answered (`None`: it asked for none).
+    pub client: Option<&'static str>,
+    /// What is asked of the runtime's streaming server.
+    pub runtime: &'static str,
+}
+
+impl Negotiated {
+    /// Whether the client speaks v5 (and may send channel 255).
+    pub fn is_v5(&self) -> bool {
+        self.client == Some(CLIENT_PROTOCOLS[0])
+    }
+}
+
+/// Picks the subprotocol from what the client offered. A client that
+/// offers none gets plain `channel.k8s.io`, as kubelet does. v5 is
+/// served as v4 towards the runtime; every other one passes through.
+pub fn negotiate(offered: &[String]) -> Result<Negotiated, String> {
+    if offered.is_empty() {
+        return Ok(Negotiated {
+            client: None,
+            runtime: "channel.k8s.io",
+        });
+    }
+    let chosen = CLIENT_PROTOCOLS
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+        .ok_or_else(|| {
+            format!(
+                "none of the requested WebSocket subprotocols {offered:?} is supported; this node speaks {}",
+                CLIENT_PROTOCOLS.join(", ")
+            )
+        })?;
+    Ok(Negotiated {
+        client: Some(chosen),
+        runtime: if *chosen == CLIENT_PROTOCOLS[0] {
+            CLIENT_PROTOCOLS[1]
+        } else {
+            chosen
+        },
+    })
+}
+
+/// A WebSocket to the runtime's streaming server.
+pub type RuntimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens the WebSocket to the URL CRI returned, asking for `protocol`.
+pub async fn connect_runtime(url: &str, protocol: &str) -> Result<RuntimeSocket, String> {
+    // The runtime answers with an http:// URL; the same server takes a
+    // WebSocket upgrade on it.
+    let ws_url = if let Some(rest) = url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        url.to_string()
+    };
+    let mut req = ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("the runtime's stream URL {url:?}: {e}"))?;
+    req.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        http::HeaderValue::from_str(protocol)
+            .map_err(|e| format!("subprotocol {protocol:?}: {e}"))?,
+    );
+    let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .map_err(|_| {
+            format!(
+                "the runtime's stream server at {url} did not answer within {CONNECT_TIMEOUT:?}"
+            )
+        })?
+        .map_err(|e| format!("connecting to the runtime's stream server at {url}: {e}"))?;
+    Ok(socket)
+}
+
+/// Copies messages both ways until either side ends. Everything the
+/// runtime sends before it closes (above all the exit Status on channel
+/// 3, which kubectl turns into its exit code) is delivered before the
+/// client is closed.
+pub async fn relay(client: WebSocket, runtime: RuntimeSocket, negotiated: Negotiated) {
+    let (mut c_tx, mut c_rx) = client.split();
+    let (mut r_tx, mut r_rx) = runtime.split();
+    let down = async {
+        while let Some(msg) = r_rx.next().await {
+            let msg = match msg {
+                Ok(tungstenite::Message::Binary(b)) => ws::Message::Binary(b),
+                Ok(tungstenite::Message::Text(t)) => ws::Message::Text(t.as_str().into()),
+                Ok(tungstenite::Message::Close(_)) => break,
+                // Pings are answered by the library; nothing to forward.
+                Ok(_) => continue,
+                Err(e) => {
+                    debug!(error = %e, "runtime stream ended");
+                    break;
+                }
+            };
+            if c_tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = c_tx
+            .send(ws::Message::Close(Some(ws::CloseFrame {
+                code: ws::close_code::NORMAL,
+                reason: "".into(),
+            })))
+            .await;
+        let _ = c_tx.close().await;
+    };
+    let up = async {
+        while let Some(msg) = c_rx.next().await {
+            let msg = match msg {
+                Ok(ws::Message::Binary(b)) => {
+                    if negotiated.is_v5() && b.first() == Some(&CLOSE_CHANNEL) {
+                        // v4 cannot say "stdin closed"; see the module doc.
+                        debug!("client closed stdin; not expressible towards the runtime (v4)");
+                        continue;
+                    }
+                    tungstenite::Message::Binary(b)
+                }
+                Ok(ws::Message::Text(t)) => tungstenite::Message::Text(t.as_str().into()),
+                Ok(ws::Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    debug!(error = %e, "client stream ended");
+                    break;
+                }
+            };
+            if r_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = r_tx.send(tungstenite::Message::Close(None)).await;
+        let _ = r_tx.close().await;
+    };
+    tokio::pin!(down, up);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => {
+            let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, down).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn v5_is_preferred_and_served_as_v4() {
+        let n = negotiate(&offer(&["v4.channel.k8s.io", "v5.channel.k8s.io"])).unwrap();
+        assert_eq!(n.client, Some("v5.channel.k8s.io"));
+        assert_eq!(n.runtime, "v4.channel.k8s.io");
+        assert!(n.is_v5());
+    }
+
+    #[test]
+    fn older_protocols_pass_through() {
+        for p in [
+            "v4.channel.k8s.io",
+            "channel.k8s.io",
+            "base64.channel.k8s.io",
+        ] {
+            let n = negotiate(&offer(&[p])).unwrap();
+            assert_eq!(n.client, Some(p));
+            assert_eq!(n.runtime, p);
+            assert!(!n.is_v5());
+        }
+        let none = negotiate(&[]).unwrap();
+        assert_eq!(none.client, None);
+        assert_eq!(none.runtime, "channel.k8s.io");
+    }
+
+    #[test]
+    fn unknown_protocols_are_refused_by_name() {
+        let e = negotiate(&offer(&["SPDY/3.1", "v6.channel.k8s.io"])).unwrap_err();
+        assert!(
+            e.contains("v6.channel.k8s.io") && e.contains("v5.channel.k8s.io"),
+            "{e}"
+        );
+    }
+}
