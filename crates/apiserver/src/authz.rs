@@ -1,6 +1,7 @@
-//! Authorization: `system:masters` may do everything; a node
-//! (`system:node:<name>` in group `system:nodes`) only what a kubelet needs,
-//! and only as itself. Everyone else is refused until RBAC exists.
+//! Authorization: `system:masters` may do everything (including
+//! `pods/log`, `pods/exec` and `pods/attach`); a node (`system:node:<name>`
+//! in group `system:nodes`) only what a kubelet needs, and only as itself —
+//! never logs, exec or attach. Everyone else is refused until RBAC exists.
 //!
 //! Path-level rules live here; rules that need the stored object (a pod
 //! must be bound to the node) are checked by the handlers through
@@ -41,6 +42,11 @@ pub fn decide(id: &Identity, verb: &str, path: &ResourcePath) -> Decision {
     let read = matches!(verb, "get" | "list" | "watch");
     let own = path.name.as_deref() == Some(node);
     let sub = path.subresource.as_deref();
+    // Nodes never stream logs or run commands in pods through the API:
+    // that is the apiserver's privilege towards nodes, not the reverse.
+    if crate::proxy::PodStream::of(path).is_some() {
+        return Decision::Deny;
+    }
     let scoped = Decision::NodeScoped(node.to_string());
     let allowed = match (path.rt.group, path.rt.plural) {
         ("", "nodes") => {
@@ -145,6 +151,17 @@ mod tests {
             decide(&masters, "delete", &path("/api/v1/nodes/a")),
             Decision::Allow
         );
+        for (verb, sub) in [
+            ("get", "log"),
+            ("get", "exec"),
+            ("create", "exec"),
+            ("get", "attach"),
+            ("create", "attach"),
+        ] {
+            let p = path(&format!("/api/v1/namespaces/default/pods/p/{sub}"));
+            assert_eq!(decide(&masters, verb, &p), Decision::Allow, "{verb} {sub}");
+            assert_eq!(decide(&a, verb, &p), Decision::Deny, "{verb} {sub}");
+        }
         let nobody = Identity {
             user: "system:node:a".into(),
             groups: vec![],

@@ -98,7 +98,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "binding" => ("Binding", &["create"]),
                 "finalize" => (rt.kind, &["update"]),
                 "scale" => ("Scale", &["get", "patch", "update"]),
-                // Served by later work (logs, exec): not advertised.
+                // Proxied to the node API (`proxy.rs`).
+                "log" => (rt.kind, &["get"]),
+                "exec" => ("PodExecOptions", &["create", "get"]),
+                "attach" => ("PodAttachOptions", &["create", "get"]),
                 _ => continue,
             };
             let mut entry = json!({
@@ -145,10 +148,12 @@ mod tests {
             "nodes",
             "configmaps",
             "namespaces/finalize",
+            "pods/log",
+            "pods/exec",
+            "pods/attach",
         ] {
             assert!(names.contains(&n), "{n} missing");
         }
-        assert!(!names.contains(&"pods/exec"));
         let apps = resource_list("apps", "v1").unwrap();
         assert_eq!(apps["groupVersion"], "apps/v1");
         assert!(resource_list("batch", "v1").is_some());

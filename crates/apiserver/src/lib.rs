@@ -4,7 +4,8 @@
 //! from its certificate; [`request`] parses paths, queries and bodies;
 //! [`handlers`] implements the verbs over [`rke2_datastore::Store`];
 //! [`registry`] is the one table of served types that drives discovery,
-//! routing, storage keys and [`table`] printing.
+//! routing, storage keys and [`table`] printing; [`proxy`] forwards
+//! `pods/log`, `pods/exec` and `pods/attach` to the node API on 10250.
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
@@ -17,6 +18,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod namespaces;
 pub mod objects;
+pub mod proxy;
 pub mod registry;
 pub mod request;
 pub mod server;
@@ -38,6 +40,9 @@ pub struct ApiConfig {
     pub advertise_address: IpAddr,
     /// The API port.
     pub port: u16,
+    /// TLS towards node APIs (`pods/log`, `pods/exec`, `pods/attach`):
+    /// the server CA and the apiserver's kubelet-client certificate.
+    pub node_client: proxy::NodeClientTls,
 }
 
 /// State shared by every request; cheap to clone.

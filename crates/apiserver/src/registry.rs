@@ -55,7 +55,7 @@ pub struct ResourceType {
     pub short_names: &'static [&'static str],
     /// Categories (`all`).
     pub categories: &'static [&'static str],
-    /// Subresources served (`status`, `binding`).
+    /// Subresources served (`status`, `binding`, `log`, `exec`, ...).
     pub subresources: &'static [&'static str],
     /// Field selector labels accepted besides metadata.name/namespace.
     pub field_labels: &'static [&'static str],
@@ -156,7 +156,7 @@ macro_rules! rt {
 static TYPES: &[ResourceType] = &[
     rt!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], cat: [], sub: ["status", "finalize"], fields: ["status.phase"], Printer::Namespace, status: true, gen: false),
     rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false),
-    rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false),
+    rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false),
     rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false),
     rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false),
     rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], cat: [], sub: [], fields: [], Printer::ConfigMap, status: false, gen: false),

@@ -190,6 +190,12 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
                     .into_response();
                 }
             };
+            if let Some(stream) = crate::proxy::PodStream::of(&rp) {
+                // Streams from the node API; the body is not read (exec and
+                // attach upgrade the connection, log is a GET).
+                let mut parts = parts;
+                return crate::proxy::handle(&state, &rp, stream, &mut parts).await;
+            }
             let accept = parts
                 .headers
                 .get(http::header::ACCEPT)

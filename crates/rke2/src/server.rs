@@ -358,6 +358,14 @@ async fn run_with_etcd(
             service_cidr: cfg.service_cidr,
             advertise_address: advertise,
             port: cfg.https_listen_port,
+            // pods/log, exec, attach: verify nodes against the server CA,
+            // authenticate as system:apiserver (system:masters).
+            node_client: rke2_apiserver::proxy::NodeClientTls::from_pem(
+                trust.server_ca.cert_pem.as_bytes(),
+                trust.kube_apiserver_client.cert_pem.as_bytes(),
+                trust.kube_apiserver_client.key_pem.as_bytes(),
+            )
+            .context("building the node API client for pods/log, exec and attach")?,
         },
         store,
     );
