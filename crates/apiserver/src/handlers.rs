@@ -971,6 +971,22 @@ async fn delete_once(
     if ctx.dry_run() {
         return Ok(json_response(StatusCode::OK, &old));
     }
+    if rt.kind == "Pod"
+        && let Some(grace) = pod_grace_period(&old, &opts, ctx.query.get("gracePeriodSeconds"))
+    {
+        // Graceful deletion: the pod stays, marked, until its node has
+        // stopped its containers and deletes it with a zero grace period.
+        let current = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
+        if old["metadata"]["deletionTimestamp"].is_string() && current.is_some_and(|c| c <= grace) {
+            return Ok(json_response(StatusCode::OK, &old));
+        }
+        let mut new = old.clone();
+        let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+        new["metadata"]["deletionTimestamp"] = json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        let stored = store_update(ctx, &name, new, rev).await?;
+        return Ok(json_response(StatusCode::OK, &stored));
+    }
     if has_finalizers {
         if old["metadata"]["deletionTimestamp"].is_string() && gc_finalizer.is_none() {
             return Ok(json_response(StatusCode::OK, &old));
@@ -997,6 +1013,33 @@ async fn delete_once(
         Err(StoreError::NotFound) => Err(ApiError::not_found(rt, &name)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The grace period a pod deletion waits for, or `None` when the pod is
+/// to be removed at once: upstream's rules — the request's
+/// `gracePeriodSeconds` (body or query), else the pod's
+/// `terminationGracePeriodSeconds` (30); zero for pods not bound to a
+/// node (nothing runs them) and for pods already finished.
+fn pod_grace_period(pod: &Value, opts: &Value, query: Option<&str>) -> Option<i64> {
+    let requested = opts["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| query.and_then(|q| q.parse().ok()));
+    let unscheduled = pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty();
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if unscheduled || finished {
+        return None;
+    }
+    let grace = requested.unwrap_or_else(|| {
+        pod["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30)
+    });
+    // A negative request means "as short as possible" but still graceful.
+    let grace = if grace < 0 { 1 } else { grace };
+    (grace > 0).then_some(grace)
 }
 
 async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {

@@ -76,6 +76,9 @@ const fn short(mut f: FlagDef, c: char) -> FlagDef {
     f
 }
 
+/// The default pod sandbox image (RKE2's own default reference).
+pub const DEFAULT_PAUSE_IMAGE: &str = "docker.io/rancher/mirrored-pause:3.6";
+
 /// Default path of the main config file.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/rancher/rke2/config.yaml";
 /// Default data directory.
@@ -289,6 +292,22 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "RKE2_SUPERVISOR_PORT",
         false,
         "HTTPS listen port of the supervisor (node registration)",
+    ),
+    flag(
+        "pause-image",
+        Str,
+        Some(DEFAULT_PAUSE_IMAGE),
+        "RKE2_PAUSE_IMAGE",
+        true,
+        "Pod sandbox (pause) image; must be in the air-gap images folder (<data-dir>/agent/images) or pullable",
+    ),
+    flag(
+        "cluster-dns",
+        Str,
+        None,
+        "RKE2_CLUSTER_DNS",
+        true,
+        "Cluster DNS service IP written into pods' resolv.conf (default: the 10th address of service-cidr)",
     ),
     flag(
         "etcd-binary",

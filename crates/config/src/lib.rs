@@ -33,7 +33,9 @@ use std::str::FromStr;
 use clap::parser::ValueSource;
 use serde_json::Value;
 
-pub use flags::{DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR, DEFAULT_WRITE_KUBECONFIG};
+pub use flags::{
+    DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR, DEFAULT_PAUSE_IMAGE, DEFAULT_WRITE_KUBECONFIG,
+};
 use flags::{FLAGS, FlagDef, Kind};
 
 /// Which `rke2` sub-command is being configured.
@@ -198,6 +200,11 @@ pub struct Config {
     pub lb_server_port: u16,
     /// etcd executable (looked up in PATH by the caller when it has no `/`).
     pub etcd_binary: String,
+    /// The pod sandbox image (`pause-image`).
+    pub pause_image: String,
+    /// The cluster DNS service IP (`cluster-dns`; default: the 10th
+    /// address of `service-cidr`).
+    pub cluster_dns: IpAddr,
     /// Debug logging.
     pub debug: bool,
 }
@@ -858,8 +865,24 @@ fn build(
         supervisor_port: r.parsed("supervisor-port", parse_port)?.expect("default"),
         lb_server_port: r.parsed("lb-server-port", parse_port)?.expect("default"),
         etcd_binary: r.str("etcd-binary").expect("default").0,
+        pause_image: r.str("pause-image").expect("default").0,
+        cluster_dns: r
+            .parsed("cluster-dns", parse_ip)?
+            .unwrap_or_else(|| nth_address(&service_cidr, 10)),
         debug: r.bool("debug"),
     })
+}
+
+/// The `n`th address of a network (10.43.0.0/16, 10 -> 10.43.0.10).
+pub fn nth_address(net: &ipnet::IpNet, n: u32) -> IpAddr {
+    match net {
+        ipnet::IpNet::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(v4.network()).saturating_add(n),
+        )),
+        ipnet::IpNet::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6.network()).saturating_add(n as u128),
+        )),
+    }
 }
 
 #[cfg(test)]

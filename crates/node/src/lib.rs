@@ -8,6 +8,8 @@
 
 pub mod api;
 pub mod network;
+pub mod pods;
+pub mod workloads;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -24,6 +26,8 @@ use tracing::{info, warn};
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// The Lease duration written into the Lease.
 pub const LEASE_DURATION_SECONDS: i32 = 40;
+/// How often the runtime's readiness is checked.
+pub const RUNTIME_CHECK: Duration = Duration::from_millis(500);
 /// How often the Node status (conditions, heartbeat) is written; also
 /// how soon a node marked `Unknown` while cut off reports `Ready` again.
 pub const STATUS_REFRESH: Duration = Duration::from_secs(20);
@@ -41,6 +45,47 @@ pub struct NodeConfig {
     pub addresses: Vec<IpAddr>,
     /// The version reported as kubeletVersion.
     pub kubelet_version: String,
+    /// The container runtime, whose readiness the Ready condition
+    /// reports (as a kubelet's does); `None` reports Ready unconditionally.
+    pub runtime: Option<rke2_runtime::cri::Cri>,
+}
+
+/// What the container runtime says about itself, for the Node status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RuntimeState {
+    /// `containerd://<version>`, or empty when unknown.
+    pub version: String,
+    /// Runtime and pod network both ready.
+    pub ready: bool,
+    /// Why not, in kubelet's words.
+    pub message: String,
+}
+
+/// Asks the runtime whether it and its pod network are ready.
+pub async fn runtime_state(cri: &rke2_runtime::cri::Cri) -> RuntimeState {
+    let version = cri.version().await.unwrap_or_default();
+    match cri.ready().await {
+        Ok((true, true, _)) => RuntimeState {
+            version,
+            ready: true,
+            message: String::new(),
+        },
+        Ok((true, false, why)) => RuntimeState {
+            version,
+            ready: false,
+            message: format!("container runtime network not ready: {why}"),
+        },
+        Ok((false, _, why)) => RuntimeState {
+            version,
+            ready: false,
+            message: format!("container runtime not ready: {why}"),
+        },
+        Err(e) => RuntimeState {
+            version,
+            ready: false,
+            message: format!("container runtime is down: {e}"),
+        },
+    }
 }
 
 /// Errors of the node role.
@@ -89,7 +134,7 @@ fn arch() -> &'static str {
 }
 
 /// The `status` of this node now: capacity, addresses, conditions, info.
-pub fn node_status(cfg: &NodeConfig, now: &str) -> Value {
+pub fn node_status(cfg: &NodeConfig, now: &str, rt: Option<&RuntimeState>) -> Value {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -114,7 +159,10 @@ pub fn node_status(cfg: &NodeConfig, now: &str) -> Value {
             cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            match rt {
+                Some(rt) if !rt.ready => cond("Ready", "False", "KubeletNotReady", &rt.message),
+                _ => cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            },
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         "nodeInfo": {
@@ -123,7 +171,7 @@ pub fn node_status(cfg: &NodeConfig, now: &str) -> Value {
             "bootID": read_file("/proc/sys/kernel/random/boot_id").trim(),
             "kernelVersion": kernel_version(),
             "osImage": os_image(),
-            "containerRuntimeVersion": "",
+            "containerRuntimeVersion": rt.map(|r| r.version.as_str()).unwrap_or(""),
             "kubeletVersion": cfg.kubelet_version,
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
@@ -255,7 +303,11 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<String,
 /// Writes the node's status (conditions, capacity, addresses).
 pub async fn update_status(client: &kube::Client, cfg: &NodeConfig) -> Result<(), NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let patch = json!({"status": node_status(cfg, &now())});
+    let rt = match &cfg.runtime {
+        Some(cri) => Some(runtime_state(cri).await),
+        None => None,
+    };
+    let patch = json!({"status": node_status(cfg, &now(), rt.as_ref())});
     nodes
         .patch_status(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -325,9 +377,24 @@ pub async fn run(client: kube::Client, cfg: NodeConfig, stop: CancellationToken)
     let mut lease_tick = tokio::time::interval(LEASE_RENEW);
     let mut status_tick = tokio::time::interval(STATUS_REFRESH);
     status_tick.tick().await;
+    // Runtime readiness is looked at often, and a change is reported at
+    // once: a node turns Ready as soon as its pod network is configured.
+    let mut runtime_tick = tokio::time::interval(RUNTIME_CHECK);
+    let mut last_rt: Option<RuntimeState> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = runtime_tick.tick(), if cfg.runtime.is_some() => {
+                let Some(cri) = &cfg.runtime else { continue };
+                let now_rt = runtime_state(cri).await;
+                if last_rt.as_ref() != Some(&now_rt) {
+                    if let Err(e) = update_status(&client, &cfg).await {
+                        warn!(error = %e, "node status update failed");
+                    } else {
+                        last_rt = Some(now_rt);
+                    }
+                }
+            }
             _ = lease_tick.tick() => {
                 if let Err(e) = renew_lease(&client, &cfg, &uid).await {
                     warn!(error = %e, "lease renewal failed");
@@ -360,12 +427,13 @@ mod tests {
             )],
             addresses: vec!["10.0.0.5".parse().unwrap()],
             kubelet_version: "v1.35.0+rke2r1".into(),
+            runtime: None,
         }
     }
 
     #[test]
     fn status_reports_machine_capacity_and_ready() {
-        let s = node_status(&cfg(), "2024-01-01T00:00:00Z");
+        let s = node_status(&cfg(), "2024-01-01T00:00:00Z", None);
         assert!(
             s["capacity"]["cpu"]
                 .as_str()

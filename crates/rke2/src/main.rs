@@ -14,7 +14,7 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
 }
 
@@ -29,6 +29,7 @@ fn main() {
         }
         "server" => Role::Server,
         "agent" => Role::Agent,
+        "killall" => std::process::exit(killall(&rest)),
         "" | "--help" | "-h" | "help" => {
             println!("{}", usage());
             return;
@@ -90,6 +91,47 @@ fn main() {
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     std::process::exit(code);
+}
+
+/// `rke2 killall`: containers outlive `rke2 server`/`agent` on purpose
+/// (a restart adopts them), as with RKE2's `rke2-killall.sh`; this ends
+/// them. Only processes recorded in the node's own containerd state are
+/// signalled. Run it after the server or agent has stopped.
+fn killall(args: &[OsString]) -> i32 {
+    let mut data_dir = std::path::PathBuf::from(rke2_config::DEFAULT_DATA_DIR);
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        match a {
+            "--data-dir" | "-d" => match it.next() {
+                Some(v) => data_dir = v.into(),
+                None => {
+                    eprintln!("rke2 killall: --data-dir needs a value");
+                    return 2;
+                }
+            },
+            other if other.starts_with("--data-dir=") => {
+                data_dir = other.trim_start_matches("--data-dir=").into();
+            }
+            other => {
+                eprintln!(
+                    "rke2 killall: unknown argument {other:?} (usage: rke2 killall [--data-dir DIR])"
+                );
+                return 2;
+            }
+        }
+    }
+    let agent = data_dir.join("agent");
+    let done = rke2_runtime::cleanup::kill_all(
+        &agent.join("containerd"),
+        &[agent.join("containerd"), agent.join("pods")],
+    );
+    println!(
+        "rke2 killall: {} processes killed, {} mounts removed under {}",
+        done.killed.len(),
+        done.unmounted.len(),
+        agent.display()
+    );
+    0
 }
 
 fn init_logging(debug: bool) {

@@ -105,6 +105,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   stream_server_port = "0"
   enable_selinux = false
   netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = {restrict_oom}
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -129,8 +130,33 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             runc = q(&self.state_dir().join("runc")),
             cni_bin = q(&self.cni_bin_dir),
             cni_conf = q(&self.cni_conf_dir),
+            restrict_oom = !can_lower_oom_score_adj(),
         )
     }
+}
+
+/// Whether this process may lower an OOM score adjustment (needs
+/// CAP_SYS_RESOURCE). Where it may not (some sandboxed machines, this
+/// test machine among them), runc fails every pod sandbox with "failed to
+/// update /proc/self/oom_score_adj: Permission denied" unless containerd
+/// is told to keep scores at or above its own.
+pub fn can_lower_oom_score_adj() -> bool {
+    let path = "/proc/self/oom_score_adj";
+    let Ok(cur) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(cur) = cur.trim().parse::<i32>() else {
+        return false;
+    };
+    if cur <= -1000 {
+        return true;
+    }
+    let lowered = std::fs::write(path, (cur - 1).to_string()).is_ok();
+    if lowered {
+        // Raising back is always allowed.
+        let _ = std::fs::write(path, cur.to_string());
+    }
+    lowered
 }
 
 /// A TOML basic string.

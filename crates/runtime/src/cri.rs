@@ -22,6 +22,12 @@ pub struct Cri {
     channel: Channel,
 }
 
+impl std::fmt::Debug for Cri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cri").field("socket", &self.socket).finish()
+    }
+}
+
 impl Cri {
     /// Connects lazily to the CRI socket: the channel reconnects by
     /// itself after containerd restarts.

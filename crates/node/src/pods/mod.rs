@@ -1,0 +1,285 @@
+//! Running the Pods bound to this node, the way a kubelet does: watch
+//! them through the API, give each its own worker ([`worker::Worker`]),
+//! and sweep sandboxes whose Pod is gone (deleted while this node role
+//! was down, or mid-start).
+
+pub mod probes;
+pub mod spec;
+pub mod volumes;
+pub mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::watcher;
+use rke2_runtime::cri::{Cri, api};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use spec::PodPaths;
+
+/// How often a worker looks again without being told (probes, restarts,
+/// status). Kubelet's pod workers resync every second too.
+const RESYNC: Duration = Duration::from_secs(1);
+/// How often sandboxes without a Pod are looked for.
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// What every pod worker of this node shares.
+pub struct PodContext {
+    /// The API client (as the node's identity).
+    pub client: kube::Client,
+    /// The runtime.
+    pub cri: Cri,
+    /// This node's name.
+    pub node_name: String,
+    /// This node's IP (the Pods' hostIP; their IP with hostNetwork).
+    pub node_ip: String,
+    /// Where per-pod files and logs go.
+    pub paths: PodPaths,
+    /// The cluster DNS service IP (`cluster-dns`).
+    pub cluster_dns: String,
+    /// The cluster domain (`cluster-domain`).
+    pub cluster_domain: String,
+    /// `default/kubernetes` as (ip, port) for the service variables.
+    pub kubernetes_service: Option<(String, i32)>,
+}
+
+impl PodContext {
+    /// Records an event about `pod` from this node (best effort).
+    pub async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
+        // Reasons are keyed per container in the worker ("Started/c");
+        // only the part before the slash is the event reason.
+        let reason = reason.split('/').next().unwrap_or(reason);
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let now = chrono::Utc::now();
+        let ev: Result<Event, _> = serde_json::from_value(json!({
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {"kind": "Pod", "namespace": ns, "name": name,
+                "uid": pod.metadata.uid, "apiVersion": "v1",
+                "resourceVersion": pod.metadata.resource_version},
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "source": {"component": "kubelet", "host": self.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
+            "firstTimestamp": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "lastTimestamp": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "count": 1,
+        }));
+        let Ok(ev) = ev else { return };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            debug!(error = %e, %reason, "recording a pod event");
+        }
+    }
+}
+
+enum Msg {
+    Pod(Box<Pod>),
+    Gone,
+}
+
+/// Runs the pods of this node until `stop`. Containers keep running
+/// when it stops (a restart adopts them), as with a kubelet.
+pub async fn run(ctx: Arc<PodContext>, stop: CancellationToken) {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let mut stream = watcher::watcher(pods, cfg).boxed();
+    let mut workers: HashMap<String, mpsc::UnboundedSender<Msg>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut listed: Option<HashSet<String>> = None;
+    let mut synced = false;
+    let mut sweep = tokio::time::interval(SWEEP);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            Some(uid) = done_rx.recv() => { workers.remove(&uid); }
+            _ = sweep.tick() => {
+                if synced {
+                    sweep_orphans(&ctx, &workers).await;
+                }
+            }
+            ev = stream.next() => {
+                let Some(ev) = ev else { return };
+                match ev {
+                    Ok(watcher::Event::Init) => listed = Some(HashSet::new()),
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        if let Some(l) = listed.as_mut() {
+                            l.insert(pod.metadata.uid.clone().unwrap_or_default());
+                        }
+                        deliver(&ctx, &mut workers, &done_tx, &stop, pod);
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        // Pods deleted while the watch was away.
+                        if let Some(l) = listed.take() {
+                            for (uid, tx) in &workers {
+                                if !l.contains(uid) {
+                                    let _ = tx.send(Msg::Gone);
+                                }
+                            }
+                        }
+                        if !synced {
+                            info!(pods = workers.len(), "pods of this node listed");
+                        }
+                        synced = true;
+                    }
+                    Ok(watcher::Event::Apply(pod)) => deliver(&ctx, &mut workers, &done_tx, &stop, pod),
+                    Ok(watcher::Event::Delete(pod)) => {
+                        if let Some(tx) = workers.get(pod.metadata.uid.as_deref().unwrap_or("")) {
+                            let _ = tx.send(Msg::Gone);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "pod watch error; the watcher retries");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deliver(
+    ctx: &Arc<PodContext>,
+    workers: &mut HashMap<String, mpsc::UnboundedSender<Msg>>,
+    done: &mpsc::UnboundedSender<String>,
+    stop: &CancellationToken,
+    pod: Pod,
+) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if let Some(tx) = workers.get(&uid)
+        && tx.send(Msg::Pod(Box::new(pod.clone()))).is_ok()
+    {
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    workers.insert(uid.clone(), tx);
+    tokio::spawn(work(ctx.clone(), pod, rx, done.clone(), stop.clone()));
+}
+
+async fn work(
+    ctx: Arc<PodContext>,
+    pod: Pod,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    done: mpsc::UnboundedSender<String>,
+    stop: CancellationToken,
+) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let name = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    );
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    let mut w = worker::Worker::new(ctx, pod);
+    loop {
+        if w.sync().await == worker::Next::Done {
+            info!(pod = %name, "pod terminated and removed");
+            break;
+        }
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = rx.recv() => m,
+            _ = tokio::time::sleep(RESYNC) => continue,
+        };
+        match msg {
+            Some(Msg::Pod(p)) => {
+                // Several updates may be queued; only the newest counts.
+                let mut p = p;
+                while let Ok(Msg::Pod(next)) = rx.try_recv() {
+                    p = next;
+                }
+                w.update(*p);
+            }
+            Some(Msg::Gone) | None => {
+                // Deleted from the API without this node's say (force
+                // delete): stop everything, with a short grace.
+                w.terminate(grace.clamp(0, 2)).await;
+                info!(pod = %name, "pod removed from the API; its containers are stopped");
+                break;
+            }
+        }
+    }
+    let _ = done.send(uid);
+}
+
+/// Stops and removes sandboxes (and so their containers) of pods this
+/// node no longer has.
+async fn sweep_orphans(ctx: &PodContext, workers: &HashMap<String, mpsc::UnboundedSender<Msg>>) {
+    let mut rt = ctx.cri.runtime();
+    let Ok(list) = rt
+        .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+        .await
+    else {
+        return;
+    };
+    for sb in list.into_inner().items {
+        let uid = sb
+            .labels
+            .get(spec::LABEL_POD_UID)
+            .cloned()
+            .unwrap_or_default();
+        if workers.contains_key(&uid) {
+            continue;
+        }
+        let name = sb
+            .metadata
+            .as_ref()
+            .map(|m| format!("{}/{}", m.namespace, m.name))
+            .unwrap_or_default();
+        info!(sandbox = %sb.id, pod = %name, "removing the sandbox of a pod this node no longer has");
+        let ctrs = rt
+            .list_containers(api::ListContainersRequest {
+                filter: Some(api::ContainerFilter {
+                    pod_sandbox_id: sb.id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|r| r.into_inner().containers)
+            .unwrap_or_default();
+        for c in ctrs {
+            let _ = rt
+                .stop_container(api::StopContainerRequest {
+                    container_id: c.id.clone(),
+                    timeout: 2,
+                })
+                .await;
+        }
+        if let Err(s) = rt
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: sb.id.clone(),
+            })
+            .await
+        {
+            warn!(sandbox = %sb.id, error = %s.message(), "stopping an orphaned sandbox");
+            continue;
+        }
+        let _ = rt
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: sb.id.clone(),
+            })
+            .await;
+        let dir = ctx.paths.pod_dir(&uid);
+        if !uid.is_empty() && dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Liveness, readiness and startup probes: exec (CRI ExecSync), httpGet
+//! and tcpSocket, with kubelet's timing fields and thresholds.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rke2_runtime::cri::{Cri, api};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The outcome of one probe run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// It passed.
+    Success,
+    /// It failed, with kubelet-like wording for the `Unhealthy` event.
+    Failure(String),
+}
+
+/// Resolves a named or numbered port of the container.
+fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+        IntOrString::String(name) => c
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|cp| cp.name.as_deref() == Some(name))
+            .and_then(|cp| u16::try_from(cp.container_port).ok())
+            .ok_or_else(|| format!("port {name:?} not found in container {:?}", c.name)),
+    }
+}
+
+/// Runs `probe` once against container `container_id` with IP `pod_ip`.
+pub async fn run(
+    cri: &Cri,
+    c: &Container,
+    container_id: &str,
+    pod_ip: &str,
+    probe: &Probe,
+) -> Outcome {
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(e) = &probe.exec {
+        let cmd = e.command.clone().unwrap_or_default();
+        let r = cri
+            .runtime()
+            .exec_sync(api::ExecSyncRequest {
+                container_id: container_id.to_string(),
+                cmd: cmd.clone(),
+                timeout: timeout.as_secs() as i64,
+            })
+            .await;
+        return match r {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.exit_code == 0 {
+                    Outcome::Success
+                } else {
+                    let out = String::from_utf8_lossy(&r.stdout).trim().to_string();
+                    Outcome::Failure(format!(
+                        "Probe command {cmd:?} exited with {}{}",
+                        r.exit_code,
+                        if out.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {out}")
+                        }
+                    ))
+                }
+            }
+            Err(s) => Outcome::Failure(format!("Probe errored: {}", s.message())),
+        };
+    }
+    if let Some(h) = &probe.http_get {
+        let port = match port(c, &h.port) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failure(e),
+        };
+        let host = h
+            .host
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
+        if h.scheme.as_deref() == Some("HTTPS") {
+            return Outcome::Failure("HTTPS probes are not supported yet".into());
+        }
+        let path = h
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into());
+        let mut headers = String::new();
+        for hd in h.http_headers.clone().unwrap_or_default() {
+            headers.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
+        }
+        let fut = http_get(&host, port, &path, &headers);
+        return match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(code)) if (200..400).contains(&code) => Outcome::Success,
+            Ok(Ok(code)) => Outcome::Failure(format!("HTTP probe failed with statuscode: {code}")),
+            Ok(Err(e)) => Outcome::Failure(format!("Get \"http://{host}:{port}{path}\": {e}")),
+            Err(_) => Outcome::Failure(format!(
+                "Get \"http://{host}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+            )),
+        };
+    }
+    if let Some(t) = &probe.tcp_socket {
+        let port = match port(c, &t.port) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failure(e),
+        };
+        let host = t
+            .host
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| pod_ip.to_string());
+        let addr = format!("{}:{port}", bracket(&host));
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => Outcome::Success,
+            Ok(Err(e)) => Outcome::Failure(format!("dial tcp {addr}: {e}")),
+            Err(_) => Outcome::Failure(format!("dial tcp {addr}: i/o timeout")),
+        };
+    }
+    if probe.grpc.is_some() {
+        return Outcome::Failure("gRPC probes are not supported yet".into());
+    }
+    Outcome::Success
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+async fn http_get(host: &str, port: u16, path: &str, headers: &str) -> std::io::Result<u16> {
+    let mut s = tokio::net::TcpStream::connect(format!("{}:{port}", bracket(host))).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}:{port}\r\nUser-Agent: kube-probe/1.35\r\nAccept: */*\r\n{headers}Connection: close\r\n\r\n",
+        bracket(host)
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))
+}
+
+/// The state of one probe of one container between runs.
+#[derive(Debug, Clone)]
+pub struct ProbeState {
+    /// When it may run next.
+    pub next: Instant,
+    /// Consecutive successes.
+    pub successes: i32,
+    /// Consecutive failures.
+    pub failures: i32,
+    /// The current verdict (after thresholds).
+    pub passing: bool,
+}
+
+impl ProbeState {
+    /// A fresh state for a container started at `started`; `initially`
+    /// is the verdict before the first run (readiness false, liveness
+    /// true).
+    pub fn new(probe: &Probe, started: Instant, initially: bool) -> ProbeState {
+        ProbeState {
+            next: started
+                + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64),
+            successes: 0,
+            failures: 0,
+            passing: initially,
+        }
+    }
+
+    /// Records one outcome; returns true when the verdict changed.
+    pub fn record(&mut self, probe: &Probe, ok: bool, now: Instant) -> bool {
+        self.next = now + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+        let before = self.passing;
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes >= probe.success_threshold.unwrap_or(1).max(1) {
+                self.passing = true;
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures >= probe.failure_threshold.unwrap_or(3).max(1) {
+                self.passing = false;
+            }
+        }
+        before != self.passing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds() {
+        let p = Probe {
+            failure_threshold: Some(2),
+            success_threshold: Some(1),
+            period_seconds: Some(1),
+            ..Default::default()
+        };
+        let now = Instant::now();
+        let mut s = ProbeState::new(&p, now, true);
+        assert!(!s.record(&p, false, now));
+        assert!(s.passing);
+        assert!(s.record(&p, false, now));
+        assert!(!s.passing);
+        assert!(s.record(&p, true, now));
+        assert!(s.passing);
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_probes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut b = [0u8; 1024];
+                let n = s.read(&mut b).await.unwrap();
+                let req = String::from_utf8_lossy(&b[..n]).to_string();
+                let code = if req.starts_with("GET /ok ") {
+                    200
+                } else {
+                    503
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        assert_eq!(http_get("127.0.0.1", port, "/ok", "").await.unwrap(), 200);
+        assert_eq!(http_get("127.0.0.1", port, "/bad", "").await.unwrap(), 503);
+    }
+}

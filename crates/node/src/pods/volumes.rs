@@ -1,0 +1,635 @@
+//! Volumes and environment: what a container sees besides its image.
+//!
+//! Volumes live in `<agent>/pods/<uid>/volumes/<name>` and are bind
+//! mounted by the runtime. ConfigMap, Secret, projected and downward API
+//! volumes are written from the API and refreshed while the pod runs.
+//! Errors are worded as kubelet's, because they end up in events and
+//! container statuses (`CreateContainerConfigError`, `FailedMount`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, KeyToPath, ObjectFieldSelector, Pod, Secret, Volume,
+};
+use kube::Api;
+use tracing::warn;
+
+use super::spec::{Mount, PodPaths, safe_relative};
+
+/// Reads ConfigMaps and Secrets for one pod, caching within one sync.
+pub struct Sources<'a> {
+    client: &'a kube::Client,
+    namespace: String,
+    config_maps: HashMap<String, Option<ConfigMap>>,
+    secrets: HashMap<String, Option<Secret>>,
+}
+
+impl<'a> Sources<'a> {
+    /// Sources of `namespace` through `client`.
+    pub fn new(client: &'a kube::Client, namespace: &str) -> Sources<'a> {
+        Sources {
+            client,
+            namespace: namespace.to_string(),
+            config_maps: HashMap::new(),
+            secrets: HashMap::new(),
+        }
+    }
+
+    async fn config_map(&mut self, name: &str) -> Result<Option<ConfigMap>, String> {
+        if let Some(c) = self.config_maps.get(name) {
+            return Ok(c.clone());
+        }
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let got = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading configmap {:?}: {e}", name))?;
+        self.config_maps.insert(name.to_string(), got.clone());
+        Ok(got)
+    }
+
+    async fn secret(&mut self, name: &str) -> Result<Option<Secret>, String> {
+        if let Some(c) = self.secrets.get(name) {
+            return Ok(c.clone());
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let got = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading secret {:?}: {e}", name))?;
+        self.secrets.insert(name.to_string(), got.clone());
+        Ok(got)
+    }
+}
+
+fn cm_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    for (k, v) in cm.binary_data.clone().unwrap_or_default() {
+        out.insert(k, v.0);
+    }
+    out
+}
+
+fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = s
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in s.string_data.clone().unwrap_or_default() {
+        out.insert(k, v.into_bytes());
+    }
+    out
+}
+
+/// A pod field by its path, as `fieldRef` names it.
+pub fn field_value(pod: &Pod, f: &ObjectFieldSelector) -> Result<String, String> {
+    let m = &pod.metadata;
+    let path = f.field_path.as_str();
+    let bracket = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .map(|k| {
+                map.as_ref()
+                    .and_then(|m| m.get(k))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+    };
+    if let Some(v) = bracket("metadata.labels['", &m.labels) {
+        return Ok(v);
+    }
+    if let Some(v) = bracket("metadata.annotations['", &m.annotations) {
+        return Ok(v);
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    Ok(match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "metadata.labels" => render_map(&m.labels),
+        "metadata.annotations" => render_map(&m.annotations),
+        "spec.nodeName" => spec.node_name.unwrap_or_default(),
+        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
+        "status.hostIP" => status.host_ip.unwrap_or_default(),
+        "status.hostIPs" => status
+            .host_ips
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.ip)
+            .collect::<Vec<_>>()
+            .join(","),
+        "status.podIP" => status.pod_ip.unwrap_or_default(),
+        "status.podIPs" => status
+            .pod_ips
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.ip)
+            .collect::<Vec<_>>()
+            .join(","),
+        other => return Err(format!("unsupported fieldRef fieldPath {other:?}")),
+    })
+}
+
+fn render_map(m: &Option<BTreeMap<String, String>>) -> String {
+    m.clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The environment of container `c`: `envFrom` first, then `env` in
+/// order (later wins, `$(VAR)` refers to earlier ones), plus the
+/// `KUBERNETES_SERVICE_*` variables every pod gets. Returns the map and
+/// the order of names.
+pub async fn resolve_env(
+    sources: &mut Sources<'_>,
+    pod: &Pod,
+    c: &Container,
+    kubernetes_service: Option<(&str, i32)>,
+) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    let mut env = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut set = |env: &mut BTreeMap<String, String>, k: String, v: String| {
+        if !order.contains(&k) {
+            order.push(k.clone());
+        }
+        env.insert(k, v);
+    };
+    if let Some((ip, port)) = kubernetes_service {
+        for (k, v) in [
+            ("KUBERNETES_SERVICE_HOST", ip.to_string()),
+            ("KUBERNETES_SERVICE_PORT", port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+            ("KUBERNETES_PORT", format!("tcp://{ip}:{port}")),
+            (
+                &format!("KUBERNETES_PORT_{port}_TCP"),
+                format!("tcp://{ip}:{port}"),
+            ),
+            (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+            (
+                &format!("KUBERNETES_PORT_{port}_TCP_PORT"),
+                port.to_string(),
+            ),
+            (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip.to_string()),
+        ] {
+            set(&mut env, k.to_string(), v);
+        }
+    }
+    for from in c.env_from.clone().unwrap_or_default() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = &from.config_map_ref {
+            match sources.config_map(&r.name).await? {
+                Some(cm) => {
+                    for (k, v) in cm.data.clone().unwrap_or_default() {
+                        set(&mut env, format!("{prefix}{k}"), v);
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("configmap {:?} not found", r.name)),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match sources.secret(&r.name).await? {
+                Some(s) => {
+                    for (k, v) in secret_data(&s) {
+                        set(
+                            &mut env,
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        );
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("secret {:?} not found", r.name)),
+            }
+        }
+    }
+    for e in c.env.clone().unwrap_or_default() {
+        let value = if let Some(v) = e.value {
+            super::spec::expand(&v, &env)
+        } else if let Some(from) = e.value_from {
+            if let Some(f) = &from.field_ref {
+                field_value(pod, f)?
+            } else if let Some(r) = &from.config_map_key_ref {
+                let optional = r.optional == Some(true);
+                match sources.config_map(&r.name).await? {
+                    Some(cm) => match cm.data.as_ref().and_then(|d| d.get(&r.key)) {
+                        Some(v) => v.clone(),
+                        None if optional => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key, sources.namespace, r.name
+                            ));
+                        }
+                    },
+                    None if optional => continue,
+                    None => return Err(format!("configmap {:?} not found", r.name)),
+                }
+            } else if let Some(r) = &from.secret_key_ref {
+                let optional = r.optional == Some(true);
+                match sources.secret(&r.name).await? {
+                    Some(s) => match secret_data(&s).get(&r.key) {
+                        Some(v) => String::from_utf8_lossy(v).into_owned(),
+                        None if optional => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key, sources.namespace, r.name
+                            ));
+                        }
+                    },
+                    None if optional => continue,
+                    None => return Err(format!("secret {:?} not found", r.name)),
+                }
+            } else if let Some(r) = &from.resource_field_ref {
+                resource_field(c, &r.resource)?
+            } else {
+                String::new()
+            }
+        } else {
+            String::new()
+        };
+        set(&mut env, e.name, value);
+    }
+    Ok((env, order))
+}
+
+fn resource_field(c: &Container, resource: &str) -> Result<String, String> {
+    let r = c.resources.clone().unwrap_or_default();
+    let (map, key) = match resource.split_once('.') {
+        Some(("limits", k)) => (r.limits, k),
+        Some(("requests", k)) => (r.requests, k),
+        _ => {
+            return Err(format!(
+                "unsupported resourceFieldRef resource {resource:?}"
+            ));
+        }
+    };
+    let q = map.and_then(|m| m.get(key).cloned()).map(|q| q.0);
+    Ok(match (key, q) {
+        ("cpu", Some(q)) => {
+            let m = super::spec::millicores(&q).unwrap_or(0);
+            ((m + 999) / 1000).max(1).to_string()
+        }
+        (_, Some(q)) => super::spec::bytes(&q).unwrap_or(0).to_string(),
+        // Unset limits read as the node's capacity upstream; 0 here.
+        (_, None) => "0".into(),
+    })
+}
+
+/// Writes `files` (relative path -> content) into `dir` with `mode`,
+/// removing files a previous write left that are no longer wanted.
+/// Each file is replaced atomically, so a reader never sees half a file.
+pub fn write_files(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (rel, (content, mode)) in files {
+        if !safe_relative(rel) {
+            return Err(format!(
+                "invalid path {rel:?}: must be relative, without '..'"
+            ));
+        }
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        }
+        if std::fs::read(&p).ok().as_deref() == Some(content.as_slice()) {
+            continue;
+        }
+        let tmp = p.with_extension("rke2-tmp");
+        std::fs::write(&tmp, content).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))
+            .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    // Remove top-level entries no longer wanted.
+    let wanted: std::collections::HashSet<String> = files
+        .keys()
+        .filter_map(|k| k.split('/').next().map(str::to_string))
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !wanted.contains(&name) {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+fn project(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: &Option<Vec<KeyToPath>>,
+    mode: u32,
+    what: &str,
+    optional: bool,
+    out: &mut BTreeMap<String, (Vec<u8>, u32)>,
+) -> Result<(), String> {
+    match items {
+        None => {
+            for (k, v) in data {
+                out.insert(k.clone(), (v.clone(), mode));
+            }
+        }
+        Some(items) => {
+            for it in items {
+                match data.get(&it.key) {
+                    Some(v) => {
+                        out.insert(
+                            it.path.clone(),
+                            (v.clone(), it.mode.map(|m| m as u32).unwrap_or(mode)),
+                        );
+                    }
+                    None if optional => {}
+                    None => {
+                        return Err(format!(
+                            "configured to use key {} of {what}, which is missing",
+                            it.key
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prepares every volume of `pod`; returns name -> directory on the node.
+pub async fn prepare(
+    sources: &mut Sources<'_>,
+    pod: &Pod,
+    paths: &PodPaths,
+) -> Result<HashMap<String, PathBuf>, String> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let mut out = HashMap::new();
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default()
+    {
+        let dir = paths.volume_dir(&uid, &v.name);
+        let fail = |e: String| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name);
+        let host = prepare_one(sources, pod, &v, &dir).await.map_err(fail)?;
+        out.insert(v.name.clone(), host);
+    }
+    Ok(out)
+}
+
+async fn prepare_one(
+    sources: &mut Sources<'_>,
+    pod: &Pod,
+    v: &Volume,
+    dir: &Path,
+) -> Result<PathBuf, String> {
+    let mkdir =
+        |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()));
+    if v.empty_dir.is_some() {
+        mkdir(dir)?;
+        return Ok(dir.to_path_buf());
+    }
+    if let Some(h) = &v.host_path {
+        let p = PathBuf::from(&h.path);
+        let t = h.type_.as_deref().unwrap_or("");
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::metadata(&p).ok();
+        let ok = match t {
+            "" => true,
+            "DirectoryOrCreate" => {
+                if meta.is_none() {
+                    mkdir(&p)?;
+                }
+                std::fs::metadata(&p).map(|m| m.is_dir()).unwrap_or(false)
+            }
+            "Directory" => meta.as_ref().is_some_and(|m| m.is_dir()),
+            "FileOrCreate" => {
+                if meta.is_none() {
+                    if let Some(parent) = p.parent() {
+                        mkdir(parent)?;
+                    }
+                    std::fs::write(&p, b"")
+                        .map_err(|e| format!("creating {}: {e}", p.display()))?;
+                }
+                std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false)
+            }
+            "File" => meta.as_ref().is_some_and(|m| m.is_file()),
+            "Socket" => meta.as_ref().is_some_and(|m| m.file_type().is_socket()),
+            "CharDevice" => meta
+                .as_ref()
+                .is_some_and(|m| m.file_type().is_char_device()),
+            "BlockDevice" => meta
+                .as_ref()
+                .is_some_and(|m| m.file_type().is_block_device()),
+            other => return Err(format!("unknown hostPath type {other:?}")),
+        };
+        if !ok {
+            return Err(format!(
+                "hostPath type check failed: {} is not a {t}",
+                h.path
+            ));
+        }
+        return Ok(p);
+    }
+    let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
+    if let Some(c) = &v.config_map {
+        let mode = c.default_mode.unwrap_or(0o644) as u32;
+        let optional = c.optional == Some(true);
+        match sources.config_map(&c.name).await? {
+            Some(cm) => project(
+                &cm_data(&cm),
+                &c.items,
+                mode,
+                &format!("configmap {:?}", c.name),
+                optional,
+                &mut files,
+            )?,
+            None if optional => {}
+            None => return Err(format!("configmap {:?} not found", c.name)),
+        }
+    } else if let Some(s) = &v.secret {
+        let name = s.secret_name.clone().unwrap_or_default();
+        let mode = s.default_mode.unwrap_or(0o644) as u32;
+        let optional = s.optional == Some(true);
+        match sources.secret(&name).await? {
+            Some(sec) => project(
+                &secret_data(&sec),
+                &s.items,
+                mode,
+                &format!("secret {name:?}"),
+                optional,
+                &mut files,
+            )?,
+            None if optional => {}
+            None => return Err(format!("secret {name:?} not found")),
+        }
+    } else if let Some(d) = &v.downward_api {
+        let mode = d.default_mode.unwrap_or(0o644) as u32;
+        for it in d.items.clone().unwrap_or_default() {
+            if let Some(f) = &it.field_ref {
+                files.insert(
+                    it.path.clone(),
+                    (
+                        field_value(pod, f)?.into_bytes(),
+                        it.mode.map(|m| m as u32).unwrap_or(mode),
+                    ),
+                );
+            }
+        }
+    } else if let Some(p) = &v.projected {
+        let mode = p.default_mode.unwrap_or(0o644) as u32;
+        for src in p.sources.clone().unwrap_or_default() {
+            if let Some(c) = &src.config_map {
+                let optional = c.optional == Some(true);
+                match sources.config_map(&c.name).await? {
+                    Some(cm) => project(
+                        &cm_data(&cm),
+                        &c.items,
+                        mode,
+                        &format!("configmap {:?}", c.name),
+                        optional,
+                        &mut files,
+                    )?,
+                    None if optional => {}
+                    None => return Err(format!("configmap {:?} not found", c.name)),
+                }
+            }
+            if let Some(s) = &src.secret {
+                let optional = s.optional == Some(true);
+                match sources.secret(&s.name).await? {
+                    Some(sec) => project(
+                        &secret_data(&sec),
+                        &s.items,
+                        mode,
+                        &format!("secret {:?}", s.name),
+                        optional,
+                        &mut files,
+                    )?,
+                    None if optional => {}
+                    None => return Err(format!("secret {:?} not found", s.name)),
+                }
+            }
+            if let Some(d) = &src.downward_api {
+                for it in d.items.clone().unwrap_or_default() {
+                    if let Some(f) = &it.field_ref {
+                        files.insert(
+                            it.path.clone(),
+                            (
+                                field_value(pod, f)?.into_bytes(),
+                                it.mode.map(|m| m as u32).unwrap_or(mode),
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(t) = &src.service_account_token {
+                // The apiserver issues no service-account tokens yet; the
+                // file exists (empty) so containers that read it start.
+                warn!(pod = ?pod.metadata.name, path = %t.path, "service account tokens are not issued yet; writing an empty token");
+                files.insert(t.path.clone(), (Vec::new(), mode));
+            }
+        }
+    } else {
+        return Err("unsupported volume type (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected)".into());
+    }
+    write_files(dir, &files)?;
+    Ok(dir.to_path_buf())
+}
+
+/// The mounts of container `c` from its volumeMounts.
+pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<Mount>, String> {
+    let mut out = Vec::new();
+    for vm in c.volume_mounts.clone().unwrap_or_default() {
+        let Some(base) = volumes.get(&vm.name) else {
+            return Err(format!(
+                "unable to find volume {:?} for container {:?}",
+                vm.name, c.name
+            ));
+        };
+        let mut host = base.clone();
+        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            if !safe_relative(sub) {
+                return Err(format!(
+                    "invalid subPath {sub:?}: must be relative, without '..'"
+                ));
+            }
+            host = base.join(sub);
+            if !host.exists() {
+                std::fs::create_dir_all(&host)
+                    .map_err(|e| format!("creating subPath {}: {e}", host.display()))?;
+            }
+        }
+        out.push(Mount {
+            host_path: host,
+            container_path: vm.mount_path.clone(),
+            readonly: vm.read_only.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_files_replaces_and_prunes() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = BTreeMap::new();
+        f.insert("a".to_string(), (b"1".to_vec(), 0o644));
+        f.insert("sub/b".to_string(), (b"2".to_vec(), 0o600));
+        write_files(d.path(), &f).unwrap();
+        assert_eq!(std::fs::read(d.path().join("sub/b")).unwrap(), b"2");
+        f.remove("a");
+        write_files(d.path(), &f).unwrap();
+        assert!(!d.path().join("a").exists());
+        f.insert("../x".to_string(), (b"no".to_vec(), 0o644));
+        assert!(
+            write_files(d.path(), &f)
+                .unwrap_err()
+                .contains("invalid path")
+        );
+    }
+
+    #[test]
+    fn field_refs() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n", "labels": {"app": "x"}},
+            "spec": {"nodeName": "a1", "containers": []},
+            "status": {"podIP": "10.42.0.5"}
+        }))
+        .unwrap();
+        let f = |p: &str| ObjectFieldSelector {
+            field_path: p.into(),
+            api_version: None,
+        };
+        assert_eq!(field_value(&pod, &f("metadata.name")).unwrap(), "p");
+        assert_eq!(
+            field_value(&pod, &f("metadata.labels['app']")).unwrap(),
+            "x"
+        );
+        assert_eq!(field_value(&pod, &f("spec.nodeName")).unwrap(), "a1");
+        assert_eq!(field_value(&pod, &f("status.podIP")).unwrap(), "10.42.0.5");
+        assert!(field_value(&pod, &f("spec.nope")).is_err());
+    }
+}

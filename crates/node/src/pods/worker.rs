@@ -1,0 +1,1364 @@
+//! One pod on this node: its sandbox, init containers, containers,
+//! restarts with back-off, probes, graceful termination and status.
+//!
+//! A worker is level-triggered: every turn (`sync`) it compares what the
+//! Pod asks for with what the runtime has (found by CRI labels, so a
+//! restarted node role adopts what is running instead of starting it
+//! again) and makes one step towards it, then writes the Pod status if
+//! it changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use rke2_runtime::cri::api;
+use serde_json::{Value, json};
+use tracing::{debug, info, warn};
+
+use super::PodContext;
+use super::probes::{self, Outcome, ProbeState};
+use super::spec::{self, LABEL_CONTAINER_KIND, LABEL_CONTAINER_NAME, LABEL_POD_UID};
+use super::volumes;
+
+/// First restart delay after the first quick restart; doubles up to
+/// [`MAX_BACKOFF`], as kubelet's.
+const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest restart delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long resets its back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often configMap/secret volumes are rewritten from the API.
+const VOLUME_REFRESH: Duration = Duration::from_secs(30);
+
+/// What a worker wants next.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Keep going.
+    Continue,
+    /// The pod is gone and everything of it is cleaned up.
+    Done,
+}
+
+/// Per-container memory of the worker (lost on restart, by design:
+/// restart counts come from the runtime's attempt numbers).
+#[derive(Default)]
+struct ContainerMemory {
+    backoff: Option<Duration>,
+    backoff_until: Option<Instant>,
+    /// The id of the exited container the back-off was computed for.
+    backoff_for: String,
+    /// A reason/message to show while no container exists or it waits.
+    waiting: Option<(String, String)>,
+    /// Probe states belong to one container id.
+    probed_id: String,
+    startup: Option<ProbeState>,
+    liveness: Option<ProbeState>,
+    readiness: Option<ProbeState>,
+    pull_backoff_until: Option<Instant>,
+    pull_failures: u32,
+}
+
+/// What the runtime has for one container name.
+#[derive(Clone, Debug)]
+struct Found {
+    latest: api::ContainerStatus,
+    previous: Option<api::ContainerStatus>,
+}
+
+/// The worker of one pod.
+pub struct Worker {
+    ctx: Arc<PodContext>,
+    pod: Pod,
+    uid: String,
+    sandbox: Option<(String, String)>,
+    sandbox_retry: Option<Instant>,
+    sandbox_failures: u32,
+    mem: HashMap<String, ContainerMemory>,
+    volumes: Option<HashMap<String, std::path::PathBuf>>,
+    volumes_at: Option<Instant>,
+    last_status: Option<Value>,
+    last_events: HashMap<String, (String, Instant)>,
+    start_time: Option<String>,
+}
+
+fn key(init: bool, name: &str) -> String {
+    if init {
+        format!("init/{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+fn rfc3339_from_nanos(ns: i64) -> Option<String> {
+    if ns <= 0 {
+        return None;
+    }
+    let secs = ns / 1_000_000_000;
+    chrono::DateTime::from_timestamp(secs, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl Worker {
+    /// A worker for `pod`.
+    pub fn new(ctx: Arc<PodContext>, pod: Pod) -> Worker {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let start_time = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        Worker {
+            ctx,
+            pod,
+            uid,
+            sandbox: None,
+            sandbox_retry: None,
+            sandbox_failures: 0,
+            mem: HashMap::new(),
+            volumes: None,
+            volumes_at: None,
+            last_status: None,
+            last_events: HashMap::new(),
+            start_time,
+        }
+    }
+
+    /// The newest Pod object from the API.
+    pub fn update(&mut self, pod: Pod) {
+        self.pod = pod;
+    }
+
+    fn name(&self) -> String {
+        self.pod.metadata.name.clone().unwrap_or_default()
+    }
+
+    fn namespace(&self) -> String {
+        self.pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    }
+
+    fn spec(&self) -> k8s_openapi::api::core::v1::PodSpec {
+        self.pod.spec.clone().unwrap_or_default()
+    }
+
+    fn restart_policy(&self) -> String {
+        self.spec()
+            .restart_policy
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    /// Records an event on the pod (the same reason and message at most
+    /// once a minute).
+    fn event(&mut self, type_: &str, reason: &str, message: String) {
+        let k = reason.to_string();
+        if let Some((m, at)) = self.last_events.get(&k)
+            && *m == message
+            && at.elapsed() < Duration::from_secs(60)
+        {
+            return;
+        }
+        self.last_events
+            .insert(k, (message.clone(), Instant::now()));
+        let ctx = self.ctx.clone();
+        let pod = self.pod.clone();
+        let type_ = type_.to_string();
+        let reason = reason.to_string();
+        tokio::spawn(async move { ctx.event(&pod, &type_, &reason, &message).await });
+    }
+
+    /// One turn.
+    pub async fn sync(&mut self) -> Next {
+        if self.pod.metadata.deletion_timestamp.is_some() {
+            let grace = self
+                .pod
+                .metadata
+                .deletion_grace_period_seconds
+                .unwrap_or(30)
+                .max(0);
+            self.terminate(grace).await;
+            return self.finalize().await;
+        }
+        let phase = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            // Nothing runs again; the sandbox goes, the record stays.
+            if let Some((id, _)) = self.sandbox.take() {
+                self.stop_sandbox(&id).await;
+            }
+            return Next::Continue;
+        }
+        if let Err(e) = self.step().await {
+            debug!(pod = %self.name(), error = %e, "pod sync step");
+        }
+        self.write_status().await
+    }
+
+    /// Finds or creates the sandbox; starts what should run.
+    async fn step(&mut self) -> Result<(), String> {
+        self.ensure_sandbox().await?;
+        let (sandbox_id, pod_ip) = self.sandbox.clone().ok_or("no sandbox")?;
+        self.ensure_volumes().await?;
+        let found = self.find_containers().await?;
+        // Init containers, one at a time, in order.
+        let inits = self.spec().init_containers.unwrap_or_default();
+        for c in &inits {
+            match found.get(&key(true, &c.name)).map(|f| &f.latest) {
+                Some(st)
+                    if st.state == api::ContainerState::ContainerExited as i32
+                        && st.exit_code == 0 =>
+                {
+                    continue;
+                }
+                Some(st) if st.state == api::ContainerState::ContainerRunning as i32 => {
+                    return Ok(());
+                }
+                Some(st) if st.state == api::ContainerState::ContainerExited as i32 => {
+                    if self.restart_policy() == "Never" {
+                        return Ok(());
+                    }
+                    let st = st.clone();
+                    self.maybe_restart(c, true, &st, &sandbox_id, &pod_ip).await;
+                    return Ok(());
+                }
+                Some(st) if st.state == api::ContainerState::ContainerCreated as i32 => {
+                    let id = st.id.clone();
+                    self.start_created(c, true, &id).await;
+                    return Ok(());
+                }
+                _ => {
+                    self.start(c, true, 0, &sandbox_id, &pod_ip).await;
+                    return Ok(());
+                }
+            }
+        }
+        for c in &self.spec().containers {
+            let f = found.get(&key(false, &c.name)).cloned();
+            match f.as_ref().map(|f| &f.latest) {
+                None => self.start(c, false, 0, &sandbox_id, &pod_ip).await,
+                Some(st) if st.state == api::ContainerState::ContainerRunning as i32 => {
+                    let st = st.clone();
+                    self.probe(c, &st, &pod_ip).await;
+                }
+                Some(st) if st.state == api::ContainerState::ContainerCreated as i32 => {
+                    let id = st.id.clone();
+                    self.start_created(c, false, &id).await;
+                }
+                Some(st) => {
+                    let st = st.clone();
+                    if self.should_restart(st.exit_code) {
+                        self.maybe_restart(c, false, &st, &sandbox_id, &pod_ip)
+                            .await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn should_restart(&self, exit_code: i32) -> bool {
+        match self.restart_policy().as_str() {
+            "Never" => false,
+            "OnFailure" => exit_code != 0,
+            _ => true,
+        }
+    }
+
+    async fn ensure_sandbox(&mut self) -> Result<(), String> {
+        let cri = self.ctx.cri.clone();
+        let mut rt = cri.runtime();
+        if let Some((id, _)) = &self.sandbox {
+            // Still ready? A sandbox that died takes its network with it.
+            let st = rt
+                .pod_sandbox_status(api::PodSandboxStatusRequest {
+                    pod_sandbox_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .map(|r| r.into_inner().status.map(|s| s.state))
+                .unwrap_or(None);
+            if st == Some(api::PodSandboxState::SandboxReady as i32) {
+                return Ok(());
+            }
+            warn!(pod = %self.name(), sandbox = %id, "pod sandbox is no longer ready; recreating it");
+            let id = id.clone();
+            self.stop_sandbox(&id).await;
+            self.sandbox = None;
+        }
+        // Adopt a ready sandbox of this pod (after a node role restart).
+        let list = rt
+            .list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    label_selector: [(LABEL_POD_UID.to_string(), self.uid.clone())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| format!("ListPodSandbox: {}", s.message()))?
+            .into_inner()
+            .items;
+        let mut attempt = 0;
+        for sb in &list {
+            let a = sb.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+            attempt = attempt.max(a + 1);
+            if sb.state == api::PodSandboxState::SandboxReady as i32 && self.sandbox.is_none() {
+                let ip = self.sandbox_ip(&sb.id).await;
+                info!(pod = %self.name(), sandbox = %sb.id, "adopted running pod sandbox");
+                self.sandbox = Some((sb.id.clone(), ip));
+            }
+        }
+        if self.sandbox.is_some() {
+            return Ok(());
+        }
+        // Stale (not ready) sandboxes of this pod go first.
+        for sb in &list {
+            self.stop_sandbox(&sb.id).await;
+        }
+        if let Some(t) = self.sandbox_retry
+            && Instant::now() < t
+        {
+            return Err("waiting to retry the sandbox".into());
+        }
+        let paths = &self.ctx.paths;
+        let log_dir = paths.log_dir(&self.pod);
+        let pod_dir = paths.pod_dir(&self.uid);
+        for d in [&log_dir, &pod_dir] {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        let cfg = spec::sandbox_config(
+            &self.pod,
+            attempt,
+            paths,
+            &self.ctx.cluster_dns,
+            &self.ctx.cluster_domain,
+        );
+        let started = Instant::now();
+        match rt
+            .run_pod_sandbox(api::RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+        {
+            Ok(r) => {
+                let id = r.into_inner().pod_sandbox_id;
+                let ip = self.sandbox_ip(&id).await;
+                debug!(pod = %self.name(), sandbox = %id, %ip, took = ?started.elapsed(), "pod sandbox running");
+                self.sandbox = Some((id, ip));
+                self.sandbox_failures = 0;
+                self.sandbox_retry = None;
+                Ok(())
+            }
+            Err(s) => {
+                self.sandbox_failures += 1;
+                let delay = Duration::from_secs(1 << self.sandbox_failures.min(6));
+                self.sandbox_retry = Some(Instant::now() + delay);
+                let msg = format!("Failed to create pod sandbox: {}", s.message());
+                warn!(pod = %self.name(), error = %msg, "pod sandbox");
+                self.event("Warning", "FailedCreatePodSandBox", msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    async fn sandbox_ip(&self, id: &str) -> String {
+        if spec::host_network(&self.pod) {
+            return self.ctx.node_ip.clone();
+        }
+        self.ctx
+            .cri
+            .runtime()
+            .pod_sandbox_status(api::PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().status)
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default()
+    }
+
+    async fn stop_sandbox(&self, id: &str) {
+        let mut rt = self.ctx.cri.runtime();
+        if let Err(s) = rt
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            })
+            .await
+        {
+            warn!(sandbox = %id, error = %s.message(), "stopping pod sandbox");
+        }
+        if let Err(s) = rt
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_string(),
+            })
+            .await
+        {
+            warn!(sandbox = %id, error = %s.message(), "removing pod sandbox");
+        }
+    }
+
+    async fn ensure_volumes(&mut self) -> Result<(), String> {
+        if self.volumes.is_some()
+            && self
+                .volumes_at
+                .is_some_and(|t| t.elapsed() < VOLUME_REFRESH)
+        {
+            return Ok(());
+        }
+        let client = self.ctx.client.clone();
+        let mut sources = volumes::Sources::new(&client, &self.namespace());
+        match volumes::prepare(&mut sources, &self.pod, &self.ctx.paths).await {
+            Ok(v) => {
+                self.volumes = Some(v);
+                self.volumes_at = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => {
+                self.event("Warning", "FailedMount", e.clone());
+                if self.volumes.is_some() {
+                    // Keep serving the last good content.
+                    self.volumes_at = Some(Instant::now());
+                    return Ok(());
+                }
+                for c in self.all_containers() {
+                    self.mem.entry(key(c.1, &c.0.name)).or_default().waiting =
+                        Some(("ContainerCreating".into(), String::new()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn all_containers(&self) -> Vec<(Container, bool)> {
+        let s = self.spec();
+        s.init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c, true))
+            .chain(s.containers.into_iter().map(|c| (c, false)))
+            .collect()
+    }
+
+    /// The newest and the one-before container of each name.
+    async fn find_containers(&self) -> Result<HashMap<String, Found>, String> {
+        let mut rt = self.ctx.cri.runtime();
+        let list = rt
+            .list_containers(api::ListContainersRequest {
+                filter: Some(api::ContainerFilter {
+                    label_selector: [(LABEL_POD_UID.to_string(), self.uid.clone())].into(),
+                    pod_sandbox_id: self
+                        .sandbox
+                        .as_ref()
+                        .map(|s| s.0.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| format!("ListContainers: {}", s.message()))?
+            .into_inner()
+            .containers;
+        let mut by_name: HashMap<String, Vec<api::Container>> = HashMap::new();
+        for c in list {
+            let init = c.labels.get(LABEL_CONTAINER_KIND).map(String::as_str) == Some("init");
+            let name = c
+                .labels
+                .get(LABEL_CONTAINER_NAME)
+                .cloned()
+                .unwrap_or_default();
+            by_name.entry(key(init, &name)).or_default().push(c);
+        }
+        let mut out = HashMap::new();
+        for (k, mut v) in by_name {
+            v.sort_by_key(|c| {
+                std::cmp::Reverse(c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0))
+            });
+            let status = |id: String| {
+                let mut rt = rt.clone();
+                async move {
+                    rt.container_status(api::ContainerStatusRequest {
+                        container_id: id,
+                        verbose: false,
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().status)
+                }
+            };
+            let Some(latest) = status(v[0].id.clone()).await else {
+                continue;
+            };
+            let previous = match v.get(1) {
+                Some(p) => status(p.id.clone()).await,
+                None => None,
+            };
+            // Older attempts than the previous one are garbage.
+            for old in v.iter().skip(2) {
+                let _ = rt
+                    .remove_container(api::RemoveContainerRequest {
+                        container_id: old.id.clone(),
+                    })
+                    .await;
+            }
+            out.insert(k, Found { latest, previous });
+        }
+        Ok(out)
+    }
+
+    async fn ensure_image(&mut self, c: &Container, k: &str) -> Result<String, (String, String)> {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
+            let tag = image.rsplit('/').next().unwrap_or("");
+            if image.contains('@') || (tag.contains(':') && !tag.ends_with(":latest")) {
+                "IfNotPresent".into()
+            } else {
+                "Always".into()
+            }
+        });
+        let present = self
+            .ctx
+            .cri
+            .image_id(&image)
+            .await
+            .map_err(|e| ("ErrImagePull".to_string(), e.message()))?;
+        if present.is_some() && policy != "Always" {
+            self.event(
+                "Normal",
+                &format!("Pulled/{k}"),
+                format!("Container image {image:?} already present on machine"),
+            );
+            return Ok(image);
+        }
+        if policy == "Never" {
+            return Err((
+                "ErrImageNeverPull".into(),
+                format!("Container image {image:?} is not present with pull policy of Never"),
+            ));
+        }
+        let m = self.mem.entry(k.to_string()).or_default();
+        if let Some(t) = m.pull_backoff_until
+            && Instant::now() < t
+        {
+            return Err((
+                "ImagePullBackOff".into(),
+                format!("Back-off pulling image {image:?}"),
+            ));
+        }
+        self.event(
+            "Normal",
+            &format!("Pulling/{k}"),
+            format!("Pulling image {image:?}"),
+        );
+        match self.ctx.cri.pull(&image).await {
+            Ok(_) => {
+                let m = self.mem.entry(k.to_string()).or_default();
+                m.pull_failures = 0;
+                m.pull_backoff_until = None;
+                Ok(image)
+            }
+            Err(e) => {
+                let m = self.mem.entry(k.to_string()).or_default();
+                m.pull_failures += 1;
+                m.pull_backoff_until =
+                    Some(Instant::now() + Duration::from_secs(5 << m.pull_failures.min(6)));
+                let msg = format!("Failed to pull image {image:?}: {}", e.message());
+                self.event("Warning", &format!("Failed/{k}"), msg.clone());
+                Err(("ErrImagePull".into(), msg))
+            }
+        }
+    }
+
+    async fn start(
+        &mut self,
+        c: &Container,
+        init: bool,
+        attempt: u32,
+        sandbox_id: &str,
+        pod_ip: &str,
+    ) {
+        let k = key(init, &c.name);
+        let image = match self.ensure_image(c, &k).await {
+            Ok(i) => i,
+            Err((reason, msg)) => {
+                self.mem.entry(k).or_default().waiting = Some((reason, msg));
+                return;
+            }
+        };
+        let client = self.ctx.client.clone();
+        let mut sources = volumes::Sources::new(&client, &self.namespace());
+        let mut pod = self.pod.clone();
+        if let Some(st) = pod.status.as_mut() {
+            st.pod_ip = Some(pod_ip.to_string());
+            st.host_ip = Some(self.ctx.node_ip.clone());
+        }
+        let svc = self.ctx.kubernetes_service.clone();
+        let env = volumes::resolve_env(
+            &mut sources,
+            &pod,
+            c,
+            svc.as_ref().map(|(ip, port)| (ip.as_str(), *port)),
+        )
+        .await;
+        let (env, order) = match env {
+            Ok(e) => e,
+            Err(msg) => {
+                self.event("Warning", &format!("Failed/{k}"), format!("Error: {msg}"));
+                self.mem.entry(k).or_default().waiting =
+                    Some(("CreateContainerConfigError".into(), msg));
+                return;
+            }
+        };
+        let mounts = match volumes::mounts(c, self.volumes.as_ref().unwrap_or(&HashMap::new())) {
+            Ok(m) => m,
+            Err(msg) => {
+                self.mem.entry(k).or_default().waiting =
+                    Some(("CreateContainerConfigError".into(), msg));
+                return;
+            }
+        };
+        let sandbox_cfg = spec::sandbox_config(
+            &self.pod,
+            0,
+            &self.ctx.paths,
+            &self.ctx.cluster_dns,
+            &self.ctx.cluster_domain,
+        );
+        let cfg =
+            spec::container_config(&self.pod, c, attempt, &image, &env, &order, &mounts, init);
+        let mut rt = self.ctx.cri.runtime();
+        let id = match rt
+            .create_container(api::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.to_string(),
+                config: Some(cfg),
+                sandbox_config: Some(sandbox_cfg),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().container_id,
+            Err(s) => {
+                let msg = s.message().to_string();
+                self.event("Warning", &format!("Failed/{k}"), format!("Error: {msg}"));
+                self.mem.entry(k).or_default().waiting = Some(("CreateContainerError".into(), msg));
+                return;
+            }
+        };
+        self.event(
+            "Normal",
+            &format!("Created/{k}"),
+            format!("Created container {}", c.name),
+        );
+        self.start_created(c, init, &id).await;
+    }
+
+    async fn start_created(&mut self, c: &Container, init: bool, id: &str) {
+        let k = key(init, &c.name);
+        let mut rt = self.ctx.cri.runtime();
+        match rt
+            .start_container(api::StartContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(_) => {
+                self.event(
+                    "Normal",
+                    &format!("Started/{k}"),
+                    format!("Started container {}", c.name),
+                );
+                let m = self.mem.entry(k).or_default();
+                m.waiting = None;
+            }
+            Err(s) => {
+                let msg = s.message().to_string();
+                warn!(pod = %self.name(), container = %c.name, error = %msg, "container did not start");
+                self.event("Warning", &format!("Failed/{k}"), format!("Error: {msg}"));
+                let m = self.mem.entry(k).or_default();
+                m.waiting = Some(("RunContainerError".into(), msg));
+                // A container that cannot start counts as one that exited:
+                // the next start waits out the back-off.
+                let next = m
+                    .backoff
+                    .map(|b| (b * 2).min(MAX_BACKOFF))
+                    .unwrap_or(INITIAL_BACKOFF);
+                m.backoff = Some(next);
+                m.backoff_until = Some(Instant::now() + next);
+                m.backoff_for = id.to_string();
+            }
+        }
+    }
+
+    async fn maybe_restart(
+        &mut self,
+        c: &Container,
+        init: bool,
+        st: &api::ContainerStatus,
+        sandbox_id: &str,
+        pod_ip: &str,
+    ) {
+        let k = key(init, &c.name);
+        let attempt = st.metadata.as_ref().map(|m| m.attempt).unwrap_or(0) + 1;
+        let ran = Duration::from_nanos((st.finished_at - st.started_at).max(0) as u64);
+        let name = self.name();
+        let uid = self.uid.clone();
+        let ns = self.namespace();
+        let m = self.mem.entry(k.clone()).or_default();
+        if m.backoff_for != st.id {
+            // A newly exited container: compute the wait before its
+            // successor. The very first restart is immediate.
+            if ran > BACKOFF_RESET {
+                m.backoff = None;
+            }
+            let wait = match m.backoff {
+                None => {
+                    m.backoff = Some(INITIAL_BACKOFF);
+                    Duration::ZERO
+                }
+                Some(b) => {
+                    m.backoff = Some((b * 2).min(MAX_BACKOFF));
+                    b
+                }
+            };
+            m.backoff_for = st.id.clone();
+            m.backoff_until = Some(Instant::now() + wait);
+        }
+        if let Some(t) = m.backoff_until
+            && Instant::now() < t
+        {
+            let secs = m.backoff.map(|b| b.as_secs() / 2).unwrap_or(10).max(10);
+            let msg = format!(
+                "back-off {secs}s restarting failed container={} pod={name}_{ns}({uid})",
+                c.name
+            );
+            if !matches!(m.waiting.as_ref(), Some((r, _)) if r == "RunContainerError") {
+                m.waiting = Some(("CrashLoopBackOff".into(), msg));
+            }
+            self.event(
+                "Warning",
+                &format!("BackOff/{k}"),
+                "Back-off restarting failed container".into(),
+            );
+            return;
+        }
+        self.start(c, init, attempt, sandbox_id, pod_ip).await;
+    }
+
+    async fn probe(&mut self, c: &Container, st: &api::ContainerStatus, pod_ip: &str) {
+        let k = key(false, &c.name);
+        let started_at = Instant::now()
+            - Duration::from_nanos(
+                (chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) - st.started_at).max(0)
+                    as u64,
+            );
+        {
+            let m = self.mem.entry(k.clone()).or_default();
+            if m.probed_id != st.id {
+                m.probed_id = st.id.clone();
+                m.startup = c
+                    .startup_probe
+                    .as_ref()
+                    .map(|p| ProbeState::new(p, started_at, false));
+                m.liveness = c
+                    .liveness_probe
+                    .as_ref()
+                    .map(|p| ProbeState::new(p, started_at, true));
+                m.readiness = c
+                    .readiness_probe
+                    .as_ref()
+                    .map(|p| ProbeState::new(p, started_at, false));
+            }
+        }
+        let now = Instant::now();
+        let cri = self.ctx.cri.clone();
+        // Startup first: liveness and readiness wait until it passes.
+        if let (Some(p), Some(s)) = (
+            &c.startup_probe,
+            self.mem.get(&k).and_then(|m| m.startup.clone()),
+        ) {
+            if !s.passing {
+                if now < s.next {
+                    return;
+                }
+                let out = probes::run(&cri, c, &st.id, pod_ip, p).await;
+                let mut s = s;
+                s.record(p, out == Outcome::Success, Instant::now());
+                let failed_out = s.failures >= p.failure_threshold.unwrap_or(3).max(1);
+                if let Some(m) = self.mem.get_mut(&k) {
+                    m.startup = Some(s);
+                }
+                if let Outcome::Failure(msg) = out {
+                    self.event(
+                        "Warning",
+                        &format!("Unhealthy/startup/{k}"),
+                        format!("Startup probe failed: {msg}"),
+                    );
+                    if failed_out {
+                        self.kill_for_restart(c, &st.id, "failed startup probe")
+                            .await;
+                    }
+                }
+                return;
+            }
+        }
+        if let (Some(p), Some(mut s)) = (
+            &c.liveness_probe,
+            self.mem.get(&k).and_then(|m| m.liveness.clone()),
+        ) && now >= s.next
+        {
+            let out = probes::run(&cri, c, &st.id, pod_ip, p).await;
+            let changed = s.record(p, out == Outcome::Success, Instant::now());
+            let passing = s.passing;
+            if let Some(m) = self.mem.get_mut(&k) {
+                m.liveness = Some(s);
+            }
+            if let Outcome::Failure(msg) = &out {
+                self.event(
+                    "Warning",
+                    &format!("Unhealthy/liveness/{k}"),
+                    format!("Liveness probe failed: {msg}"),
+                );
+            }
+            if changed && !passing {
+                self.kill_for_restart(c, &st.id, "failed liveness probe")
+                    .await;
+                return;
+            }
+        }
+        if let (Some(p), Some(mut s)) = (
+            &c.readiness_probe,
+            self.mem.get(&k).and_then(|m| m.readiness.clone()),
+        ) && now >= s.next
+        {
+            let out = probes::run(&cri, c, &st.id, pod_ip, p).await;
+            s.record(p, out == Outcome::Success, Instant::now());
+            if let Some(m) = self.mem.get_mut(&k) {
+                m.readiness = Some(s);
+            }
+            if let Outcome::Failure(msg) = out {
+                self.event(
+                    "Warning",
+                    &format!("Unhealthy/readiness/{k}"),
+                    format!("Readiness probe failed: {msg}"),
+                );
+            }
+        }
+    }
+
+    async fn kill_for_restart(&mut self, c: &Container, id: &str, why: &str) {
+        let grace = self
+            .spec()
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0);
+        self.event(
+            "Normal",
+            &format!("Killing/{}", c.name),
+            format!("Container {} {why}, will be restarted", c.name),
+        );
+        let _ = self
+            .ctx
+            .cri
+            .runtime()
+            .stop_container(api::StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: grace,
+            })
+            .await;
+    }
+
+    /// Stops every container (SIGTERM, then SIGKILL after `grace`
+    /// seconds, all at once) and removes the sandbox and the pod's files.
+    pub async fn terminate(&mut self, grace: i64) {
+        let mut rt = self.ctx.cri.runtime();
+        let list = rt
+            .list_containers(api::ListContainersRequest {
+                filter: Some(api::ContainerFilter {
+                    label_selector: [(LABEL_POD_UID.to_string(), self.uid.clone())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|r| r.into_inner().containers)
+            .unwrap_or_default();
+        let running: Vec<_> = list
+            .into_iter()
+            .filter(|c| c.state == api::ContainerState::ContainerRunning as i32)
+            .collect();
+        if !running.is_empty() {
+            let names: Vec<String> = running
+                .iter()
+                .filter_map(|c| c.labels.get(LABEL_CONTAINER_NAME).cloned())
+                .collect();
+            for n in &names {
+                self.event(
+                    "Normal",
+                    &format!("Killing/{n}"),
+                    format!("Stopping container {n}"),
+                );
+            }
+        }
+        let stops = running.iter().map(|c| {
+            let mut rt = rt.clone();
+            let id = c.id.clone();
+            async move {
+                let _ = rt
+                    .stop_container(api::StopContainerRequest {
+                        container_id: id,
+                        timeout: grace,
+                    })
+                    .await;
+            }
+        });
+        futures::future::join_all(stops).await;
+        let sandboxes = rt
+            .list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    label_selector: [(LABEL_POD_UID.to_string(), self.uid.clone())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|r| r.into_inner().items)
+            .unwrap_or_default();
+        for sb in sandboxes {
+            self.stop_sandbox(&sb.id).await;
+        }
+        self.sandbox = None;
+        let dir = self.ctx.paths.pod_dir(&self.uid);
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// After termination: the API object goes (grace 0, only this uid).
+    async fn finalize(&mut self) -> Next {
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&self.name(), &dp).await {
+            Ok(_) => Next::Done,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Next::Done,
+            Err(e) => {
+                warn!(pod = %self.name(), error = %e, "deleting the terminated pod; retrying");
+                Next::Continue
+            }
+        }
+    }
+
+    fn container_state(
+        &self,
+        c: &Container,
+        init: bool,
+        f: Option<&Found>,
+    ) -> (Value, bool, bool, u32, String, String) {
+        // (state json, running, ready, restartCount, containerID, imageID)
+        let k = key(init, &c.name);
+        let m = self.mem.get(&k);
+        let waiting = |reason: &str, message: &str| {
+            let mut w = json!({"reason": reason});
+            if !message.is_empty() {
+                w["message"] = json!(message);
+            }
+            json!({"waiting": w})
+        };
+        let Some(f) = f else {
+            let (r, msg) = m.and_then(|m| m.waiting.clone()).unwrap_or_else(|| {
+                (
+                    if init {
+                        "PodInitializing"
+                    } else {
+                        "ContainerCreating"
+                    }
+                    .into(),
+                    String::new(),
+                )
+            });
+            return (
+                waiting(&r, &msg),
+                false,
+                false,
+                0,
+                String::new(),
+                String::new(),
+            );
+        };
+        let st = &f.latest;
+        let restarts = st.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+        let cid = format!("containerd://{}", st.id);
+        let running = st.state == api::ContainerState::ContainerRunning as i32;
+        let state = if running {
+            json!({"running": {"startedAt": rfc3339_from_nanos(st.started_at)}})
+        } else if st.state == api::ContainerState::ContainerExited as i32 {
+            let terminated = terminated_json(st);
+            let restarting = if init {
+                st.exit_code != 0 && self.restart_policy() != "Never"
+            } else {
+                self.should_restart(st.exit_code)
+            };
+            if restarting {
+                let (r, msg) = m
+                    .and_then(|m| m.waiting.clone())
+                    .unwrap_or(("CrashLoopBackOff".into(), String::new()));
+                waiting(&r, &msg)
+            } else {
+                json!({"terminated": terminated})
+            }
+        } else {
+            let (r, msg) = m
+                .and_then(|m| m.waiting.clone())
+                .unwrap_or(("ContainerCreating".into(), String::new()));
+            waiting(&r, &msg)
+        };
+        // A probe's verdict counts only for the container it was made on.
+        let verdict = |probe: bool, state: Option<&ProbeState>| {
+            !probe || (m.is_some_and(|m| m.probed_id == st.id) && state.is_some_and(|s| s.passing))
+        };
+        let ready = running
+            && verdict(
+                c.startup_probe.is_some(),
+                m.and_then(|m| m.startup.as_ref()),
+            )
+            && verdict(
+                c.readiness_probe.is_some(),
+                m.and_then(|m| m.readiness.as_ref()),
+            );
+        (state, running, ready, restarts, cid, st.image_ref.clone())
+    }
+
+    /// The status this worker sees now.
+    fn status(&self, found: &HashMap<String, Found>) -> Value {
+        let spec = self.spec();
+        let old = self.pod.status.clone().unwrap_or_default();
+        let old_cond = |t: &str| {
+            old.conditions
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == t)
+        };
+        let cond = |t: &str, ok: bool, reason: Option<&str>| {
+            let status = if ok { "True" } else { "False" };
+            let since = old_cond(t)
+                .filter(|c| c.status == status)
+                .and_then(|c| c.last_transition_time)
+                .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_else(now);
+            let mut c = json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if let Some(r) = reason.filter(|_| !ok) {
+                c["reason"] = json!(r);
+            }
+            c
+        };
+        let mut init_statuses = Vec::new();
+        let mut initialized = true;
+        let mut init_failed = false;
+        for c in spec.init_containers.clone().unwrap_or_default() {
+            let f = found.get(&key(true, &c.name));
+            let (state, _running, _ready, restarts, cid, image_id) =
+                self.container_state(&c, true, f);
+            let done = f.is_some_and(|f| {
+                f.latest.state == api::ContainerState::ContainerExited as i32
+                    && f.latest.exit_code == 0
+            });
+            if f.is_some_and(|f| {
+                f.latest.state == api::ContainerState::ContainerExited as i32
+                    && f.latest.exit_code != 0
+            }) && self.restart_policy() == "Never"
+            {
+                init_failed = true;
+            }
+            initialized &= done;
+            let mut s = json!({"name": c.name, "image": c.image, "imageID": image_id, "ready": done,
+                "restartCount": restarts, "state": state, "started": false});
+            if !cid.is_empty() {
+                s["containerID"] = json!(cid);
+            }
+            if let Some(p) = f.and_then(|f| f.previous.as_ref()) {
+                s["lastState"] = json!({"terminated": terminated_json(p)});
+            } else {
+                s["lastState"] = json!({});
+            }
+            init_statuses.push(s);
+        }
+        let mut statuses = Vec::new();
+        let (mut any_running, mut all_ready, mut never_ran, mut waiting_restart) =
+            (false, true, false, false);
+        let (mut succeeded, mut failed) = (0, 0);
+        for c in &spec.containers {
+            let f = found.get(&key(false, &c.name));
+            let (state, running, ready, restarts, cid, image_id) =
+                self.container_state(c, false, f);
+            any_running |= running;
+            all_ready &= ready;
+            if state.get("waiting").is_some() {
+                if f.is_none()
+                    || f.is_some_and(|f| {
+                        f.previous.is_none()
+                            && f.latest.state != api::ContainerState::ContainerExited as i32
+                    })
+                {
+                    never_ran = true;
+                } else {
+                    waiting_restart = true;
+                }
+            }
+            if let Some(t) = state.get("terminated") {
+                if t["exitCode"] == 0 {
+                    succeeded += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            let started = running
+                && (c.startup_probe.is_none()
+                    || self
+                        .mem
+                        .get(&c.name)
+                        .and_then(|m| m.startup.as_ref())
+                        .is_some_and(|s| s.passing));
+            let mut s = json!({"name": c.name, "image": c.image, "imageID": image_id, "ready": ready,
+                "restartCount": restarts, "state": state, "started": started});
+            if !cid.is_empty() {
+                s["containerID"] = json!(cid);
+            }
+            let last = match f {
+                Some(f)
+                    if f.latest.state == api::ContainerState::ContainerExited as i32
+                        && state.get("waiting").is_some() =>
+                {
+                    json!({"terminated": terminated_json(&f.latest)})
+                }
+                Some(f) => f
+                    .previous
+                    .as_ref()
+                    .map(|p| json!({"terminated": terminated_json(p)}))
+                    .unwrap_or(json!({})),
+                None => json!({}),
+            };
+            s["lastState"] = last;
+            statuses.push(s);
+        }
+        let phase = if init_failed {
+            "Failed"
+        } else if !initialized || never_ran {
+            "Pending"
+        } else if any_running || waiting_restart {
+            "Running"
+        } else if failed == 0 && succeeded > 0 {
+            "Succeeded"
+        } else if failed > 0 {
+            "Failed"
+        } else {
+            "Pending"
+        };
+        let terminal = phase == "Succeeded" || phase == "Failed";
+        let containers_ready = all_ready && initialized && !terminal && !spec.containers.is_empty();
+        let sandbox_ready = self.sandbox.is_some();
+        let pod_ip = self
+            .sandbox
+            .as_ref()
+            .map(|s| s.1.clone())
+            .unwrap_or_default();
+        let scheduled = old_cond("PodScheduled")
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .unwrap_or_else(|| cond("PodScheduled", true, None));
+        let mut conditions = vec![
+            cond("PodReadyToStartContainers", sandbox_ready, None),
+            cond("Initialized", initialized, Some("ContainersNotInitialized")),
+            cond("Ready", containers_ready, Some("ContainersNotReady")),
+            cond(
+                "ContainersReady",
+                containers_ready,
+                Some("ContainersNotReady"),
+            ),
+            scheduled,
+        ];
+        if terminal {
+            for c in conditions.iter_mut() {
+                if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                    c["reason"] = json!("PodCompleted");
+                }
+            }
+        }
+        let mut st = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": self.ctx.node_ip,
+            "hostIPs": [{"ip": self.ctx.node_ip}],
+            "startTime": self.start_time.clone().unwrap_or_else(now),
+            "containerStatuses": statuses,
+            "qosClass": qos_class(&spec),
+        });
+        if !init_statuses.is_empty() {
+            st["initContainerStatuses"] = json!(init_statuses);
+        }
+        if !pod_ip.is_empty() {
+            st["podIP"] = json!(pod_ip);
+            st["podIPs"] = json!([{"ip": pod_ip}]);
+        }
+        st
+    }
+
+    async fn write_status(&mut self) -> Next {
+        let found = match self.find_containers().await {
+            Ok(f) => f,
+            Err(e) => {
+                debug!(pod = %self.name(), error = %e, "cannot read containers for status");
+                return Next::Continue;
+            }
+        };
+        if self.start_time.is_none() {
+            self.start_time = Some(now());
+        }
+        let st = self.status(&found);
+        // lastTransitionTime of an unchanged condition is kept from the
+        // stored status, so comparing whole values is enough.
+        if self.last_status.as_ref() == Some(&st) {
+            return Next::Continue;
+        }
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        match api
+            .patch_status(
+                &self.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": st})),
+            )
+            .await
+        {
+            Ok(p) => {
+                if st["phase"]
+                    != self
+                        .pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .map(Value::from)
+                        .unwrap_or(Value::Null)
+                {
+                    info!(pod = %format!("{}/{}", self.namespace(), self.name()), phase = %st["phase"], "pod phase");
+                }
+                self.pod = p;
+                self.last_status = Some(st);
+                Next::Continue
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                // Gone from the API (force deleted): nothing may keep running.
+                self.terminate(2).await;
+                Next::Done
+            }
+            Err(e) => {
+                debug!(pod = %self.name(), error = %e, "pod status write failed");
+                Next::Continue
+            }
+        }
+    }
+}
+
+fn terminated_json(st: &api::ContainerStatus) -> Value {
+    let reason = if !st.reason.is_empty() {
+        st.reason.clone()
+    } else if st.exit_code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    let mut t = json!({
+        "exitCode": st.exit_code,
+        "reason": reason,
+        "containerID": format!("containerd://{}", st.id),
+    });
+    if let Some(s) = rfc3339_from_nanos(st.started_at) {
+        t["startedAt"] = json!(s);
+    }
+    if let Some(s) = rfc3339_from_nanos(st.finished_at) {
+        t["finishedAt"] = json!(s);
+    }
+    if !st.message.is_empty() {
+        t["message"] = json!(st.message);
+    }
+    t
+}
+
+/// The QoS class of a pod, by upstream's rules.
+pub fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
+    let all: Vec<&Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &all {
+        let r = c.resources.clone().unwrap_or_default();
+        let req: BTreeMap<_, _> = r.requests.clone().unwrap_or_default();
+        let lim: BTreeMap<_, _> = r.limits.clone().unwrap_or_default();
+        if !req.is_empty() || !lim.is_empty() {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let l = lim.get(res);
+            let q = req.get(res).or(l);
+            if l.is_none() || q.map(|q| &q.0) != l.map(|l| &l.0) {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos() {
+        let spec = |res: Value| -> k8s_openapi::api::core::v1::PodSpec {
+            serde_json::from_value(json!({"containers": [{"name": "c", "resources": res}]}))
+                .unwrap()
+        };
+        assert_eq!(qos_class(&spec(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&spec(json!({"requests": {"cpu": "1"}}))),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&spec(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
+            "Guaranteed"
+        );
+    }
+
+    #[test]
+    fn nanos_to_rfc3339() {
+        assert_eq!(rfc3339_from_nanos(0), None);
+        assert_eq!(
+            rfc3339_from_nanos(1_700_000_000_000_000_000).unwrap(),
+            "2023-11-14T22:13:20Z"
+        );
+    }
+}
