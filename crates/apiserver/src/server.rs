@@ -176,18 +176,17 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
             None => ApiError::no_route().into_response(),
         },
         Route::Resource(rp) => {
-            let verb = verb_of(&parts.method, rp.name.is_some(), &query);
+            let verb = match crate::proxy::PodStream::of(&rp) {
+                // Upstream authorizes exec/attach as `create` even when the
+                // WebSocket upgrade arrives as a GET.
+                Some(crate::proxy::PodStream::Exec | crate::proxy::PodStream::Attach) => "create",
+                _ => verb_of(&parts.method, rp.name.is_some(), &query),
+            };
             let node_scope = match crate::authz::decide(&identity, verb, &rp) {
                 crate::authz::Decision::Allow => None,
                 crate::authz::Decision::NodeScoped(n) => Some(n),
                 crate::authz::Decision::Deny => {
-                    return ApiError::forbidden(
-                        &identity.user,
-                        verb,
-                        rp.rt,
-                        rp.namespace.as_deref(),
-                    )
-                    .into_response();
+                    return ApiError::forbidden_path(&identity.user, verb, &rp).into_response();
                 }
             };
             if let Some(stream) = crate::proxy::PodStream::of(&rp) {

@@ -48,9 +48,20 @@ impl ApiError {
         Self::new(401, "Unauthorized", "Unauthorized")
     }
 
-    /// 403 Forbidden for a user and verb on a resource.
-    pub fn forbidden(user: &str, verb: &str, rt: &ResourceType, ns: Option<&str>) -> Self {
-        let scope = match ns {
+    /// 403 Forbidden worded as kube-apiserver's authorizer does for a
+    /// resource path: `pods "p" is forbidden: User "u" cannot create
+    /// resource "pods/exec" in API group "" in the namespace "default"`.
+    pub fn forbidden_path(user: &str, verb: &str, path: &crate::request::ResourcePath) -> Self {
+        let rt = path.rt;
+        let subject = match &path.name {
+            Some(n) => format!("{} \"{n}\"", rt.qualified()),
+            None => rt.qualified(),
+        };
+        let resource = match &path.subresource {
+            Some(sub) => format!("{}/{sub}", rt.plural),
+            None => rt.plural.to_string(),
+        };
+        let scope = match path.namespace.as_deref().filter(|_| rt.namespaced) {
             Some(ns) => format!("in the namespace \"{ns}\""),
             None => "at the cluster scope".to_string(),
         };
@@ -58,9 +69,7 @@ impl ApiError {
             403,
             "Forbidden",
             format!(
-                "{} is forbidden: User \"{user}\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
-                rt.qualified(),
-                rt.plural,
+                "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
                 rt.group
             ),
         )
@@ -299,5 +308,26 @@ mod tests {
             "ConfigMap \"Bad_\" is invalid: metadata.name: Invalid value: \"Bad_\": x"
         );
         assert_eq!(e.to_status()["code"], 422);
+    }
+
+    #[test]
+    fn forbidden_names_object_and_subresource() {
+        let route = |p: &str| match crate::request::parse_path(p).unwrap() {
+            crate::request::Route::Resource(r) => r,
+            _ => panic!("{p}"),
+        };
+        assert_eq!(
+            ApiError::forbidden_path(
+                "system:node:a",
+                "create",
+                &route("/api/v1/namespaces/default/pods/web/exec")
+            )
+            .message,
+            "pods \"web\" is forbidden: User \"system:node:a\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\""
+        );
+        assert_eq!(
+            ApiError::forbidden_path("u", "list", &route("/apis/apps/v1/deployments")).message,
+            "deployments.apps is forbidden: User \"u\" cannot list resource \"deployments\" in API group \"apps\" at the cluster scope"
+        );
     }
 }

@@ -811,7 +811,7 @@ async fn refusals_and_node_errors_are_statuses() {
         node_client.status(get("duo/log?container=a")).await,
         403,
         "Forbidden",
-        "system:node:n1",
+        "pods \"duo\" is forbidden: User \"system:node:n1\" cannot get resource \"pods/log\"",
     );
     check(
         node_client
@@ -821,7 +821,7 @@ async fn refusals_and_node_errors_are_statuses() {
             .await,
         403,
         "Forbidden",
-        "system:node:n1",
+        "User \"system:node:n1\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\"",
     );
     bed.shutdown().await;
 }
