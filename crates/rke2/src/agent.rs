@@ -232,6 +232,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         serving.cert.as_bytes(),
         serving.key.as_bytes(),
         client_cert.ca.as_bytes(),
+        None,
         stop.clone(),
     )?;
     info!(node = %node_name, elapsed = ?started.elapsed(), "rke2 agent is up");

@@ -496,6 +496,7 @@ async fn run_with_etcd(
         node_cert.as_bytes(),
         node_key.as_bytes(),
         trust.client_ca.cert_pem.as_bytes(),
+        None,
         stop.clone(),
     )?;
     // Bundled addons go into the auto-deploy directory unless disabled.
@@ -618,12 +619,14 @@ fn spawn_scheduler(client: kube::Client, node_name: String, stop: CancellationTo
 }
 
 /// The node API on `<ip>:10250` (HTTPS with the node's serving
-/// certificate): `/healthz` for now; logs and exec come with the runtime.
+/// certificate, clients from the client CA): `/healthz`, and container
+/// logs, exec and attach through `cri` (503 for those without a runtime).
 pub fn spawn_node_api(
     ip: IpAddr,
     cert_pem: &[u8],
     key_pem: &[u8],
     client_ca_pem: &[u8],
+    cri: Option<rke2_node::api::Cri>,
     stop: CancellationToken,
 ) -> Result<()> {
     let tls = rke2_trust::server_tls_config(cert_pem, key_pem, Some(client_ca_pem))
@@ -637,9 +640,11 @@ pub fn spawn_node_api(
                 return;
             }
         };
-        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-        rke2_apiserver::serve_router(listener, tls, app, async move { stop.cancelled().await })
-            .await;
+        let app = match cri {
+            Some(cri) => rke2_node::api::router(cri),
+            None => rke2_node::api::router_without_runtime(),
+        };
+        rke2_node::api::serve(listener, tls, app, async move { stop.cancelled().await }).await;
     });
     Ok(())
 }
