@@ -857,6 +857,81 @@ mod tests {
         assert_eq!(code, StatusCode::NOT_FOUND);
     }
 
+    /// Sends a GET over TLS (HTTP/1.1), returns the status code.
+    async fn tls_get(
+        addr: std::net::SocketAddr,
+        client: Arc<rustls::ClientConfig>,
+        path: &str,
+    ) -> u16 {
+        use tokio::io::AsyncWriteExt;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        // The server may close without close_notify once it has answered.
+        let _ = tls.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out);
+        text.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"))
+    }
+
+    #[tokio::test]
+    async fn tls_clients_are_identified_by_their_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rke2_trust::CertAuthority::ensure(
+            &dir.path().join("ca.crt"),
+            &dir.path().join("ca.key"),
+            "test-ca",
+        )
+        .unwrap();
+        let (cert, key) = ca
+            .issue(&rke2_trust::LeafSpec::server(
+                "node",
+                vec!["127.0.0.1".into()],
+            ))
+            .unwrap();
+        let tls = rke2_trust::server_tls_config(
+            cert.as_bytes(),
+            key.as_bytes(),
+            Some(ca.cert_pem.as_bytes()),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(serve(listener, tls, router_without_runtime(), {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        }));
+        let client = |who: Option<(&str, &[&str])>| {
+            let pair =
+                who.map(|(cn, orgs)| ca.issue(&rke2_trust::LeafSpec::client(cn, orgs)).unwrap());
+            rke2_trust::client_tls_config(
+                ca.cert_pem.as_bytes(),
+                pair.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes())),
+            )
+            .unwrap()
+        };
+        let logs = "/containerLogs/default/web/app";
+        let apiserver = client(Some(("system:apiserver", &["system:masters"])));
+        // Through: no runtime behind this router, hence 503.
+        assert_eq!(tls_get(addr, apiserver, logs).await, 503);
+        let node = client(Some(("system:node:n1", &["system:nodes"])));
+        assert_eq!(tls_get(addr, node, logs).await, 403);
+        let anonymous = client(None);
+        assert_eq!(tls_get(addr, anonymous.clone(), logs).await, 401);
+        assert_eq!(tls_get(addr, anonymous, "/healthz").await, 200);
+        stop.cancel();
+        server.await.unwrap();
+    }
+
     #[test]
     fn stream_options_parse() {
         let q: Vec<(String, String)> = form_urlencoded::parse(
