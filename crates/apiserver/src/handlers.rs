@@ -493,7 +493,13 @@ async fn store_update(ctx: &Ctx<'_>, name: &str, mut new: Value, rev: i64) -> Ap
         .map(|a| a.is_empty())
         .unwrap_or(true);
     let key = ctx.key(name);
-    if new["metadata"]["deletionTimestamp"].is_string() && finalizers_empty {
+    // A graceful deletion still running (a pod whose node has not yet
+    // stopped its containers) keeps the object until the grace is 0.
+    let grace_pending = new["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(0)
+        > 0;
+    if new["metadata"]["deletionTimestamp"].is_string() && finalizers_empty && !grace_pending {
         return match ctx.state.store.delete(&key, rev).await {
             Ok(r) => {
                 crate::allocator::release_for(ctx.state, rt, &new).await;
@@ -989,6 +995,17 @@ async fn delete_once(
     }
     if has_finalizers {
         if old["metadata"]["deletionTimestamp"].is_string() && gc_finalizer.is_none() {
+            if old["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0)
+                > 0
+            {
+                // The graceful part is over; finalizers still hold it.
+                let mut new = old.clone();
+                new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                let stored = store_update(ctx, &name, new, rev).await?;
+                return Ok(json_response(StatusCode::OK, &stored));
+            }
             return Ok(json_response(StatusCode::OK, &old));
         }
         let mut new = old.clone();

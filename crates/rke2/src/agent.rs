@@ -202,6 +202,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     .context("agent API client")?;
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     labels.extend(cfg.node_labels.iter().cloned());
+    let stop = CancellationToken::new();
+    let workloads = rke2_node::workloads::Workloads::start(
+        client.clone(),
+        crate::server::workload_config(&cfg, ips[0]),
+        stop.clone(),
+    )
+    .await
+    .context("agent step 4 (container runtime)")?;
     let node_cfg = rke2_node::NodeConfig {
         name: node_name.clone(),
         labels,
@@ -218,8 +226,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             .collect(),
         addresses: ips.clone(),
         kubelet_version: rke2_apiserver::discovery::git_version(),
+        runtime: Some(workloads.cri.clone()),
     };
-    let stop = CancellationToken::new();
     let node = tokio::spawn(rke2_node::run(client, node_cfg, stop.clone()));
     let refresh = tokio::spawn(refresh_servers(
         sup,
@@ -232,7 +240,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         serving.cert.as_bytes(),
         serving.key.as_bytes(),
         client_cert.ca.as_bytes(),
-        None,
+        Some(workloads.cri.clone()),
         stop.clone(),
     )?;
     info!(node = %node_name, elapsed = ?started.elapsed(), "rke2 agent is up");
@@ -243,6 +251,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
+    workloads.stop().await;
     let _ = refresh.await;
     // Dropping the last handle stops each balancer.
     drop(api_lb);

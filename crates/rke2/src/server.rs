@@ -466,6 +466,13 @@ async fn run_with_etcd(
         );
     }
     labels.extend(cfg.node_labels.iter().cloned());
+    let workloads = rke2_node::workloads::Workloads::start(
+        client.clone(),
+        workload_config(&cfg, node_ip),
+        stop.clone(),
+    )
+    .await
+    .context("starting the container runtime")?;
     let node_cfg = rke2_node::NodeConfig {
         name: cfg.node_name.clone(),
         labels,
@@ -482,6 +489,7 @@ async fn run_with_etcd(
             .collect(),
         addresses: ips.to_vec(),
         kubelet_version: rke2_apiserver::discovery::git_version(),
+        runtime: Some(workloads.cri.clone()),
     };
     let node = tokio::spawn(rke2_node::run(client.clone(), node_cfg, stop.clone()));
     // The node API: this server is a node too.
@@ -496,14 +504,12 @@ async fn run_with_etcd(
         node_cert.as_bytes(),
         node_key.as_bytes(),
         trust.client_ca.cert_pem.as_bytes(),
-        None,
+        Some(workloads.cri.clone()),
         stop.clone(),
     )?;
     // Bundled addons go into the auto-deploy directory unless disabled.
     let manifests_dir = cfg.data_dir.join("server/manifests");
-    let cluster_dns = rke2_apiserver::allocator::nth_ip(&cfg.service_cidr, 10)
-        .map(|ip| ip.to_string())
-        .unwrap_or_default();
+    let cluster_dns = cfg.cluster_dns.to_string();
     rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &cluster_dns)
         .with_context(|| {
             format!(
@@ -528,6 +534,7 @@ async fn run_with_etcd(
     }
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
+    workloads.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     Ok(())
 }
@@ -616,6 +623,21 @@ fn spawn_scheduler(client: kube::Client, node_name: String, stop: CancellationTo
         )
         .await;
     });
+}
+
+/// What the node's workload side (runtime, pod network, pods) needs from
+/// the config; the same for servers and agents.
+pub fn workload_config(cfg: &Config, node_ip: IpAddr) -> rke2_node::workloads::WorkloadConfig {
+    let first = rke2_config::nth_address(&cfg.service_cidr, 1);
+    rke2_node::workloads::WorkloadConfig {
+        agent_dir: cfg.data_dir.join("agent"),
+        node_name: cfg.node_name.clone(),
+        node_ip,
+        pause_image: cfg.pause_image.clone(),
+        cluster_dns: cfg.cluster_dns,
+        cluster_domain: cfg.cluster_domain.clone(),
+        kubernetes_service: Some((first.to_string(), 443)),
+    }
 }
 
 /// The node API on `<ip>:10250` (HTTPS with the node's serving

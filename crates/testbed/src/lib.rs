@@ -96,6 +96,9 @@ impl Server {
             .args(&self.opts.args);
         let cfg = self.dir.path().join("config.yaml");
         cmd.arg("--config").arg(&cfg);
+        for (k, v) in OFFLINE_ENV {
+            cmd.env(k, v);
+        }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
@@ -222,8 +225,71 @@ impl Server {
     }
 }
 
+/// Environment every node under test gets: containerd's registry traffic
+/// goes to a closed local port, so an image that is not in the air-gap
+/// folder fails at once (`ErrImagePull`) and nothing leaves the machine.
+pub const OFFLINE_ENV: [(&str, &str); 2] = [
+    ("CONTAINERD_HTTP_PROXY", "http://127.0.0.1:9"),
+    ("CONTAINERD_HTTPS_PROXY", "http://127.0.0.1:9"),
+];
+
+/// Ends the containers a node under `data_dir` started (they outlive the
+/// node role by design) and unmounts what they left: what `rke2 killall`
+/// does. Only pids recorded in that node's containerd state are touched.
+pub fn kill_node_containers(data_dir: &Path) -> rke2_runtime::cleanup::Cleaned {
+    let agent = data_dir.join("agent");
+    rke2_runtime::cleanup::kill_all(
+        &agent.join("containerd"),
+        &[agent.join("containerd"), agent.join("pods")],
+    )
+}
+
+/// Builds an image tarball with `scripts/mkimage.py` (from Debian's
+/// busybox-static) at `out`, tagged `reference`; `pause` makes a pod
+/// sandbox image.
+pub fn make_image(out: &Path, reference: &str, pause: bool) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mkimage.py");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(out).arg(reference);
+    if pause {
+        cmd.arg("--pause");
+    }
+    run_ok(&mut cmd).with_context(|| {
+        format!("building image {reference} (needs python3 and Debian's busybox-static; scripts/install.sh installs both)")
+    })?;
+    Ok(())
+}
+
+/// The sandbox image tests use.
+pub const TEST_PAUSE_IMAGE: &str = "rke2.test/pause:1";
+/// The busybox image tests run.
+pub const TEST_BUSYBOX_IMAGE: &str = "rke2.test/busybox:1";
+
+/// Puts the test pause and busybox images into `<data_dir>/agent/images`
+/// (the air-gap folder) before the node starts.
+pub fn seed_images(data_dir: &Path) -> Result<()> {
+    let dir = data_dir.join("agent/images");
+    make_image(&dir.join("pause.tar"), TEST_PAUSE_IMAGE, true)?;
+    make_image(&dir.join("busybox.tar"), TEST_BUSYBOX_IMAGE, false)?;
+    Ok(())
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        self.stop_and_clean();
+    }
+}
+
+impl Server {
+    fn stop_and_clean(&mut self) {
+        self.stop_process();
+        kill_node_containers(&self.data_dir);
+    }
+
+    fn stop_process(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),

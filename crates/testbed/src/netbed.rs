@@ -522,6 +522,7 @@ fn enter_netns(cmd: &mut Command, netns: &str) -> Result<()> {
 
 fn spawn_tracked(tracker: &Tracker, netns: &str, cmd: &mut Command) -> Result<Child> {
     enter_netns(cmd, netns)?;
+    cmd.envs(crate::OFFLINE_ENV);
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {cmd:?} in {netns}"))?;
@@ -906,10 +907,26 @@ impl Drop for Haproxy {
     }
 }
 
+/// Ends the containers of every node whose data dir is `<dir>/<host>/data`
+/// (containers outlive their node's process, and live in pod network
+/// namespaces, so stopping a host's processes does not reach them).
+fn kill_bed_containers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let data = e.path().join("data");
+        if data.join("agent/containerd").is_dir() {
+            crate::kill_node_containers(&data);
+        }
+    }
+}
+
 impl Drop for NetBed {
     fn drop(&mut self) {
         let st = self.tracker.snapshot();
         teardown(&st, STOP_GRACE);
+        kill_bed_containers(self.dir());
         let _ = std::fs::remove_file(&self.tracker.path);
     }
 }
@@ -929,6 +946,109 @@ fn which(program: &str) -> Result<PathBuf> {
         }
     }
     bail!("{program} not found on PATH")
+}
+
+/// An `rke2 server` or `rke2 agent` on one host of a bed: its own dir
+/// (`<bed dir>/<host>/`: config.yaml, data/, log, rke2.yaml for servers).
+pub struct NodeProc {
+    /// The host it runs on.
+    pub host: Host,
+    /// `<bed dir>/<host>`.
+    pub dir: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    /// Prepares `rke2 <role>` on `host` with `config` as its config.yaml
+    /// and `--data-dir`, `--node-name`, `--node-ip` set for the host.
+    pub fn new(
+        bed: &NetBed,
+        binary: &Path,
+        host: &Host,
+        role: &str,
+        config: &str,
+        extra: &[&str],
+    ) -> Result<NodeProc> {
+        let dir = bed.dir().join(&host.name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("config.yaml"), config)?;
+        let mut args: Vec<String> = vec![
+            role.into(),
+            "--config".into(),
+            dir.join("config.yaml").display().to_string(),
+            "--data-dir".into(),
+            dir.join("data").display().to_string(),
+            "--node-name".into(),
+            host.name.clone(),
+            "--node-ip".into(),
+            host.ip.to_string(),
+        ];
+        if role == "server" {
+            args.push("--write-kubeconfig".into());
+            args.push(dir.join("rke2.yaml").display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Ok(NodeProc {
+            host: host.clone(),
+            dir,
+            binary: binary.to_path_buf(),
+            args,
+            child: None,
+        })
+    }
+
+    /// The node's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Starts (or restarts) the process, appending to its log.
+    pub fn start(&mut self, bed: &NetBed) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(bed.spawn_in(&self.host, &mut cmd)?);
+        Ok(())
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// A kubeconfig for this server reached at its bed address (the one it
+    /// writes points at 127.0.0.1 inside its own namespace).
+    pub fn kubeconfig_at_ip(&self) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(self.dir.join("rke2.yaml"))?;
+        let edited = text.replace(
+            "https://127.0.0.1:6443",
+            &format!("https://{}:6443", self.host.ip),
+        );
+        let p = self.dir.join("rke2-ip.yaml");
+        std::fs::write(&p, edited)?;
+        Ok(p)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,473 @@
+//! Pods run for real on a two-host bed (one server, one agent, each in
+//! its own network namespace with its own containerd): images from the
+//! air-gap folder, a Deployment across both nodes reaching Ready behind a
+//! readiness probe, logs and exec through real kubectl, Pod-to-Pod traffic
+//! across nodes by IP, restart back-off, a missing image, graceful
+//! deletion, adoption of running containers after the agent is killed,
+//! and no leftovers after deletes.
+//!
+//! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd
+//! (scripts/install.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use rke2_testbed::netbed::{NetBed, NodeProc};
+use rke2_testbed::{TEST_BUSYBOX_IMAGE, TEST_PAUSE_IMAGE, eventually};
+use serde_json::json;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rke2"))
+}
+
+/// Generous: a busy 2-core machine runs two nodes, etcd and containerd.
+const LONG: Duration = Duration::from_secs(120);
+
+fn kubectl(k: &Path, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(k)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("running kubectl")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Container ids known to a node's containerd (`ctr`, over its socket).
+fn containers_of(node: &NodeProc) -> Vec<String> {
+    let sock = node.data_dir().join("agent/containerd/containerd.sock");
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(&sock)
+        .args(["-n", "k8s.io", "containers", "ls", "-q"])
+        .output()
+        .expect("running ctr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// IPs host-local still holds for a node's pods.
+fn reserved_ips(node: &NodeProc) -> Vec<String> {
+    let dir = node.data_dir().join("agent/cni/networks/rke2-pods");
+    std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn pod(pods: &Api<Pod>, name: &str) -> Option<Pod> {
+    pods.get_opt(name).await.ok().flatten()
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn container_status(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_across_two_nodes() {
+    let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
+    let hs = bed.add_host("s1").unwrap();
+    let ha = bed.add_host("a1").unwrap();
+    let common = format!("token: pods-secret\npause-image: {TEST_PAUSE_IMAGE}\n");
+    // No bundled addons: their images are not in the folder, and this
+    // test counts every container and pod IP.
+    let server_cfg = format!(
+        "{common}disable:\n  - rke2-coredns\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n"
+    );
+    let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &server_cfg, &[]).unwrap();
+    let agent_cfg = format!("server: https://{}:9345\n{common}", hs.ip);
+    let mut a1 = NodeProc::new(&bed, bin(), &ha, "agent", &agent_cfg, &[]).unwrap();
+    // The air-gap folder is filled before the nodes start.
+    rke2_testbed::seed_images(&s1.data_dir()).unwrap();
+    rke2_testbed::seed_images(&a1.data_dir()).unwrap();
+    s1.start(&bed).unwrap();
+    let kc_path = s1.dir.join("rke2.yaml");
+    eventually(LONG, "server kubeconfig", || async {
+        kc_path.exists().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let kubeconfig = s1.kubeconfig_at_ip().unwrap();
+    let client = eventually(LONG, "API client", || async {
+        rke2_testbed::client_from_kubeconfig(&kubeconfig).await.ok()
+    })
+    .await
+    .unwrap();
+    a1.start(&bed).unwrap();
+
+    // Both nodes Ready, each with its own pod CIDR and the runtime named.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cidrs = eventually(LONG, "two Ready nodes with pod CIDRs", || async {
+        let list = nodes.list(&ListParams::default()).await.ok()?;
+        let mut cidrs = Vec::new();
+        for n in &list.items {
+            let st = n.status.as_ref()?;
+            let ready = st
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let rt = st.node_info.as_ref()?.container_runtime_version.clone();
+            if !ready || !rt.starts_with("containerd://") {
+                return None;
+            }
+            cidrs.push(n.spec.as_ref()?.pod_cidr.clone()?);
+        }
+        (cidrs.len() == 2).then_some(cidrs)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nserver:\n{}\nagent:\n{}", s1.log(), a1.log()));
+    assert_ne!(cidrs[0], cidrs[1], "each node has its own pod CIDR");
+
+    // A Deployment of the busybox image: an HTTP server that is Ready
+    // only once /tmp/ready exists (a readiness probe gates Ready).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let dep: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "web",
+                        "image": TEST_BUSYBOX_IMAGE,
+                        "command": ["sh", "-c", "mkdir -p /www && echo \"hello from $POD_NAME on $NODE\" > /www/index.html && echo started $POD_NAME && exec httpd -f -p 8080 -h /www"],
+                        "env": [
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+                        ],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1}
+                    }]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &dep)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = eventually(LONG, "two web pods Running on two nodes", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        let running: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect();
+        let nodes: std::collections::BTreeSet<_> = running
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        (running.len() == 2 && nodes.len() == 2).then_some(running)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", a1.log()));
+    let names: Vec<String> = running
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    let ips: Vec<String> = running
+        .iter()
+        .map(|p| p.status.as_ref().unwrap().pod_ip.clone().unwrap())
+        .collect();
+    for (p, ip) in running.iter().zip(&ips) {
+        let st = p.status.as_ref().unwrap();
+        let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+        let node_ip = if node == "s1" { hs.ip } else { ha.ip };
+        assert_eq!(st.host_ip.as_deref(), Some(node_ip.to_string().as_str()));
+        let net: ipnet::Ipv4Net = nodes
+            .get(&node)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .pod_cidr
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            net.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()),
+            "pod IP {ip} in {net}"
+        );
+        // Not Ready while the probe fails.
+        assert!(
+            !ready(p),
+            "{} is Ready before its probe passes",
+            p.metadata.name.as_deref().unwrap()
+        );
+    }
+
+    let k = rke2_testbed::kubectls().unwrap().last().unwrap().1.clone();
+    // exec (WebSocket v5 through the apiserver to the node) opens the gate.
+    for n in &names {
+        let o = kubectl(&k, &kubeconfig, &["exec", n, "--", "touch", "/tmp/ready"]);
+        assert!(o.status.success(), "exec touch: {}", text(&o));
+    }
+    for n in &names {
+        eventually(LONG, "pod Ready after the probe passes", || async {
+            pod(&pods, n).await.filter(ready).map(|_| ())
+        })
+        .await
+        .unwrap();
+    }
+    eventually(LONG, "deployment available", || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.status?.available_replicas? == 2).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Pod-to-Pod across nodes, by IP.
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &[
+            "exec",
+            &names[0],
+            "--",
+            "wget",
+            "-qO-",
+            "-T",
+            "5",
+            &format!("http://{}:8080/", ips[1]),
+        ],
+    );
+    assert!(o.status.success(), "cross-node wget: {}", text(&o));
+    assert!(
+        text(&o).contains(&format!("hello from {}", names[1])),
+        "{}",
+        text(&o)
+    );
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &[
+            "exec",
+            &names[1],
+            "--",
+            "wget",
+            "-qO-",
+            "-T",
+            "5",
+            &format!("http://{}:8080/", ips[0]),
+        ],
+    );
+    assert!(
+        text(&o).contains(&format!("hello from {}", names[0])),
+        "{}",
+        text(&o)
+    );
+
+    // Exit codes and stdin-less output through exec.
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &[
+            "exec",
+            &names[0],
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err"));
+
+    // Logs with every installed kubectl.
+    for (_, kv) in rke2_testbed::kubectls().unwrap() {
+        let o = kubectl(&kv, &kubeconfig, &["logs", &names[1]]);
+        assert!(
+            text(&o).contains(&format!("started {}", names[1])),
+            "{}: {}",
+            kv.display(),
+            text(&o)
+        );
+    }
+
+    // Restart back-off, logs --previous, exit codes in the status.
+    let crash: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "crash"},
+        "spec": {"containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE,
+            "command": ["sh", "-c", "echo attempt; exit 7"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &crash).await.unwrap();
+    let st = eventually(
+        LONG,
+        "crash pod in CrashLoopBackOff after a restart",
+        || async {
+            let cs = container_status(&pod(&pods, "crash").await?)?;
+            let waiting = cs.state.as_ref()?.waiting.as_ref()?.reason.clone()?;
+            (cs.restart_count >= 1 && waiting == "CrashLoopBackOff").then_some(cs)
+        },
+    )
+    .await
+    .unwrap();
+    let last = st.last_state.unwrap().terminated.unwrap();
+    assert_eq!(last.exit_code, 7);
+    assert_eq!(last.reason.as_deref(), Some("Error"));
+    let o = kubectl(&k, &kubeconfig, &["logs", "crash", "--previous"]);
+    assert!(text(&o).contains("attempt"), "{}", text(&o));
+    // The back-off holds the next start for ~10 s: the count does not jump.
+    let before = st.restart_count;
+    tokio::time::sleep(Duration::from_secs(3)).await; // an observation window, not synchronisation
+    let now = container_status(&pod(&pods, "crash").await.unwrap())
+        .unwrap()
+        .restart_count;
+    assert!(
+        now <= before + 1,
+        "restarts {before} -> {now} within 3 s: no back-off"
+    );
+
+    // A command that does not exist, and an image that is nowhere.
+    let bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "nocmd"},
+        "spec": {"containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE, "command": ["/no/such/binary"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &bad).await.unwrap();
+    let missing: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "noimage"},
+        "spec": {"containers": [{"name": "c", "image": "rke2.test/missing:1"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &missing).await.unwrap();
+    let (reason, msg) = eventually(LONG, "nocmd waiting with the runtime's message", || async {
+        let w = container_status(&pod(&pods, "nocmd").await?)?
+            .state?
+            .waiting?;
+        let r = w.reason?;
+        (r == "RunContainerError" || r == "CrashLoopBackOff")
+            .then_some((r, w.message.unwrap_or_default()))
+    })
+    .await
+    .unwrap();
+    assert!(
+        reason == "CrashLoopBackOff" || msg.contains("/no/such/binary"),
+        "{reason}: {msg}"
+    );
+    let msg = eventually(
+        LONG,
+        "noimage waiting in ErrImagePull/ImagePullBackOff",
+        || async {
+            let w = container_status(&pod(&pods, "noimage").await?)?
+                .state?
+                .waiting?;
+            let r = w.reason?;
+            (r == "ErrImagePull" || r == "ImagePullBackOff")
+                .then_some(w.message.unwrap_or_default())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(msg.contains("rke2.test/missing:1"), "{msg}");
+
+    // The agent's node role is killed and restarted: its running pod is
+    // adopted (same container, no restart), not started again.
+    let on_agent = running
+        .iter()
+        .find(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("a1"))
+        .unwrap()
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let cid = container_status(&pod(&pods, &on_agent).await.unwrap())
+        .unwrap()
+        .container_id
+        .unwrap();
+    a1.kill9();
+    a1.start(&bed).unwrap();
+    eventually(LONG, "agent back (node API answers exec)", || async {
+        let o = kubectl(&k, &kubeconfig, &["exec", &on_agent, "--", "true"]);
+        o.status.success().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a1.log()));
+    let cs = container_status(&pod(&pods, &on_agent).await.unwrap()).unwrap();
+    assert_eq!(
+        cs.container_id.as_deref(),
+        Some(cid.as_str()),
+        "container replaced after agent restart"
+    );
+    assert_eq!(cs.restart_count, 0);
+    assert!(
+        a1.log().contains("adopted running pod sandbox"),
+        "{}",
+        a1.log()
+    );
+
+    // Graceful deletion, then nothing left: containers, pod dirs, IPs.
+    deployments
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    for n in ["crash", "nocmd", "noimage"] {
+        pods.delete(n, &DeleteParams::default()).await.unwrap();
+    }
+    eventually(LONG, "every pod gone", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    for node in [&s1, &a1] {
+        let name = node.host.name.clone();
+        eventually(LONG, "no containers, pod dirs or pod IPs left", || async {
+            let c = containers_of(node);
+            let ips = reserved_ips(node);
+            let dirs: Vec<PathBuf> = std::fs::read_dir(node.data_dir().join("agent/pods"))
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            (c.is_empty() && ips.is_empty() && dirs.is_empty()).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{name}: {e}: containers {:?}, ips {:?}",
+                containers_of(node),
+                reserved_ips(node)
+            )
+        });
+    }
+    drop(bed);
+}
