@@ -51,6 +51,9 @@ pub fn kill_containers(state_dir: &Path) -> Vec<i32> {
             }
         }
     }
+    // containerd 1.6 records no shim pid in the bundle, but every shim
+    // runs with its bundle dir as working directory.
+    shims.extend(processes_working_in(&tasks));
     // Shims last: they reap their container first.
     for pid in shims {
         if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
@@ -58,6 +61,21 @@ pub fn kill_containers(state_dir: &Path) -> Vec<i32> {
         }
     }
     killed
+}
+
+/// Processes whose working directory is at or below `dir`.
+pub fn processes_working_in(dir: &Path) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid > 1 && *pid != me)
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
 }
 
 /// Mount points of this mount namespace at or below `dir`, deepest first.
@@ -140,9 +158,15 @@ mod tests {
             .unwrap();
         std::fs::write(task.join("init.pid"), child.id().to_string()).unwrap();
         std::fs::write(task.join("shim.pid"), "1").unwrap();
+        // And one working in a bundle dir stands in for a shim.
+        let mut shim = std::process::Command::new("sleep")
+            .arg("60")
+            .current_dir(&task)
+            .spawn()
+            .unwrap();
         let killed = kill_containers(d.path());
-        assert_eq!(killed, vec![child.id() as i32]);
-        let status = child.wait().unwrap();
-        assert!(!status.success());
+        assert_eq!(killed, vec![child.id() as i32, shim.id() as i32]);
+        assert!(!child.wait().unwrap().success());
+        assert!(!shim.wait().unwrap().success());
     }
 }

@@ -189,7 +189,7 @@ pub fn sandbox_config(
                     ipc: ns_mode(spec.host_ipc.unwrap_or(false)),
                     ..Default::default()
                 }),
-                privileged: spec.containers.iter().any(|c| privileged(c)),
+                privileged: spec.containers.iter().any(privileged),
                 ..Default::default()
             }),
             ..Default::default()
@@ -405,7 +405,6 @@ pub fn container_config(
                 no_new_privs: sc.allow_privilege_escalation == Some(false),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
     }

@@ -788,8 +788,9 @@ impl Worker {
         if let (Some(p), Some(s)) = (
             &c.startup_probe,
             self.mem.get(&k).and_then(|m| m.startup.clone()),
-        ) {
-            if !s.passing {
+        ) && !s.passing
+        {
+            {
                 if now < s.next {
                     return;
                 }
