@@ -466,6 +466,16 @@ async fn run_with_etcd(
         );
     }
     labels.extend(cfg.node_labels.iter().cloned());
+    // Bundled addons go into the auto-deploy directory unless disabled.
+    let manifests_dir = cfg.data_dir.join("server/manifests");
+    let cluster_dns = cfg.cluster_dns.to_string();
+    rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &cluster_dns)
+        .with_context(|| {
+            format!(
+                "writing bundled addon manifests to {}",
+                manifests_dir.display()
+            )
+        })?;
     let workloads = rke2_node::workloads::Workloads::start(
         client.clone(),
         workload_config(&cfg, node_ip),
@@ -507,16 +517,6 @@ async fn run_with_etcd(
         Some(workloads.cri.clone()),
         stop.clone(),
     )?;
-    // Bundled addons go into the auto-deploy directory unless disabled.
-    let manifests_dir = cfg.data_dir.join("server/manifests");
-    let cluster_dns = cfg.cluster_dns.to_string();
-    rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &cluster_dns)
-        .with_context(|| {
-            format!(
-                "writing bundled addon manifests to {}",
-                manifests_dir.display()
-            )
-        })?;
     spawn_scheduler(client.clone(), cfg.node_name.clone(), stop.clone());
     spawn_controllers(
         client,

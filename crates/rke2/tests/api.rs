@@ -122,13 +122,42 @@ async fn server_files_node_and_restart() {
         assert!(sans.iter().any(|x| x == want), "{want} not in {sans:?}");
     }
 
-    // The node: Ready, server roles, Lease renewed.
+    // The node: Ready (once its pod network is configured), server roles,
+    // the runtime named, Lease renewed.
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = eventually(Duration::from_secs(30), "node registered", || async {
-        nodes.get_opt(&s.node_name).await.ok().flatten()
-    })
+    let node = eventually(
+        Duration::from_secs(60),
+        "node registered and Ready",
+        || async {
+            let n = nodes.get_opt(&s.node_name).await.ok().flatten()?;
+            let ready = n
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(n)
+        },
+    )
     .await
     .unwrap();
+    assert!(
+        node.status
+            .as_ref()
+            .unwrap()
+            .node_info
+            .as_ref()
+            .unwrap()
+            .container_runtime_version
+            .starts_with("containerd://"),
+        "{:?}",
+        node.status.as_ref().unwrap().node_info
+    );
+    assert!(
+        node.spec.as_ref().unwrap().pod_cidr.is_some(),
+        "pod CIDR assigned"
+    );
     let labels = node.metadata.labels.clone().unwrap();
     for r in ["control-plane", "etcd", "master"] {
         assert_eq!(
@@ -528,11 +557,14 @@ async fn api_crud_selectors_paging_and_errors() {
             .is_empty()
     );
 
-    // Pods: binding sets spec.nodeName once; status is written through /status only.
+    // Pods: binding sets spec.nodeName once; status is written through
+    // /status only. The pod is bound to a node name nothing runs (the
+    // server's own node would run it and write its status).
+    let target = "no-kubelet-node";
     // Another scheduler name: the built-in scheduler leaves this pod to the test.
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
     pods.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "p1"}, "spec": {"schedulerName": "test-scheduler", "containers": [{"name": "c", "image": "busybox"}]}})).unwrap()).await.unwrap();
-    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"}, "target": {"apiVersion": "v1", "kind": "Node", "name": s.node_name}});
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"}, "target": {"apiVersion": "v1", "kind": "Node", "name": target}});
     let (code, body) = raw(
         &client,
         "POST",
@@ -552,10 +584,7 @@ async fn api_crud_selectors_paging_and_errors() {
     .await;
     assert_eq!(code, 409, "{body}");
     let p = pods.get("p1").await.unwrap();
-    assert_eq!(
-        p.spec.as_ref().unwrap().node_name.as_deref(),
-        Some(s.node_name.as_str())
-    );
+    assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some(target));
     let conds = p.status.as_ref().unwrap().conditions.clone().unwrap();
     assert!(
         conds

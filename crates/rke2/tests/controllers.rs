@@ -4,9 +4,11 @@
 //! The loops run in-process with the admin client, as API clients like any
 //! other, after the test took the controllers Lease from the server (see
 //! [`take_over_controllers`]). Nodes are fake (created through the API, Ready, their Leases
-//! renewed by a fake kubelet task); no container runtime exists, so the
-//! test moves pods to Running/Succeeded/Ready with status patches where a
-//! kubelet would. Every wait polls the API for the expected state.
+//! renewed by a fake kubelet task); nothing runs their pods, so the test
+//! moves pods to Running/Succeeded/Ready with status patches where a
+//! kubelet would, and deletes gracefully deleted pods with grace 0 as a
+//! kubelet does once their containers stopped. Every wait polls the API
+//! for the expected state.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -20,7 +22,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret,
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use rke2_controllers::{daemonset, garbage_collector, job, serviceaccount, taint_eviction};
-use rke2_testbed::{Server, ServerOpts, eventually};
+use rke2_testbed::{Server, ServerOpts, eventually, fake_node};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -45,69 +47,6 @@ async fn namespace(client: &kube::Client, name: &str) {
     )
     .await
     .unwrap();
-}
-
-/// A fake Ready node, with a Lease a fake kubelet keeps renewing (so the
-/// server's own node lifecycle loop leaves it alone).
-async fn fake_node(
-    client: &kube::Client,
-    name: &str,
-    labels: Value,
-    taints: Value,
-    stop: &CancellationToken,
-) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": name, "labels": labels},
-                "spec": {"taints": taints},
-            })),
-        )
-        .await
-        .unwrap();
-    let now = Timestamp::now().to_string();
-    nodes
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": {"conditions": [{
-                "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake kubelet",
-                "lastHeartbeatTime": now, "lastTransitionTime": now,
-            }]}})),
-        )
-        .await
-        .unwrap();
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let name = name.to_string();
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let micro = Timestamp::from_microsecond(Timestamp::now().as_microsecond()).unwrap();
-            let spec = json!({"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro.to_string()});
-            let patched = leases
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"spec": spec})),
-                )
-                .await;
-            if let Err(kube::Error::Api(s)) = patched
-                && s.code == 404
-            {
-                let lease: Lease = obj(
-                    json!({"metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": spec}),
-                );
-                let _ = leases.create(&PostParams::default(), &lease).await;
-            }
-        }
-    });
 }
 
 fn node_of(p: &Pod) -> String {
@@ -295,11 +234,17 @@ async fn daemonset_scenario(client: &kube::Client, stop: &CancellationToken) {
             .map(|s| s.to_string())
             .collect()
     );
-    let list = pods
-        .list(&ListParams::default().labels("app=agent"))
-        .await
-        .unwrap();
-    assert_eq!(list.items.len(), 2, "one pod per node");
+    // The replaced pod was deleted gracefully; once its (fake) kubelet
+    // finished it, one pod per node is left.
+    let list = eventually(WITHIN, "one pod per node", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=agent"))
+            .await
+            .ok()?;
+        (list.items.len() == 2).then_some(list)
+    })
+    .await
+    .unwrap();
     for p in &list.items {
         assert!(
             p.spec
@@ -761,6 +706,13 @@ async fn workload_controllers() {
     take_over_controllers(&server, &client).await;
     let stop = CancellationToken::new();
     let loops = vec![
+        // Pods on the fake nodes are deleted gracefully; nothing else
+        // would finish that.
+        tokio::spawn(rke2_testbed::finalize_terminating_pods(
+            client.clone(),
+            "fake-".into(),
+            stop.clone(),
+        )),
         tokio::spawn(daemonset::run(client.clone(), stop.clone())),
         tokio::spawn(job::run(client.clone(), stop.clone())),
         tokio::spawn(garbage_collector::run(client.clone(), stop.clone())),

@@ -7,9 +7,10 @@
 //!
 //! The ReplicaSet and Deployment loops are the server's own (leader-elected
 //! controllers; running a second copy in-process would only make the two
-//! fight). There is no container runtime, so a tiny in-test "fake kubelet"
+//! fight). The pods go to a fake node (the server's own node is cordoned):
+//! the test is about the controllers, so a tiny in-test "fake kubelet"
 //! marks every pod Running and Ready shortly after it appears, which is what
-//! availability is computed from.
+//! availability is computed from, and finishes graceful deletions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -320,7 +321,34 @@ async fn run_with(kc: &Path) {
         .expect("rke2 server ready");
 
     let stop = CancellationToken::new();
-    let loops = [tokio::spawn(fake_kubelet(client.clone(), stop.clone()))];
+    // The server's own node runs real containers; these pods belong on a
+    // node whose only kubelet is the fake one below.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    eventually(
+        DEADLINE,
+        "the server's node registered and cordoned",
+        || async {
+            nodes
+                .patch(
+                    &server.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"unschedulable": true}})),
+                )
+                .await
+                .ok()
+        },
+    )
+    .await
+    .expect("cordoning the server's node");
+    rke2_testbed::fake_node(&client, "fake-w1", json!({}), json!([]), &stop).await;
+    let loops = [
+        tokio::spawn(fake_kubelet(client.clone(), stop.clone())),
+        tokio::spawn(rke2_testbed::finalize_terminating_pods(
+            client.clone(),
+            "fake-".into(),
+            stop.clone(),
+        )),
+    ];
     let bed = Bed {
         client: client.clone(),
         deploys: Api::namespaced(client.clone(), NS),

@@ -308,6 +308,128 @@ impl Server {
     }
 }
 
+/// A fake Ready node (created through the API), with a Lease a fake
+/// kubelet keeps renewing every 2 s until `stop`, so the server's node
+/// lifecycle loop leaves it alone. Nothing runs its pods: tests move them
+/// through their states with status patches, and
+/// [`finalize_terminating_pods`] plays the kubelet's last step.
+pub async fn fake_node(
+    client: &kube::Client,
+    name: &str,
+    labels: serde_json::Value,
+    taints: serde_json::Value,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use serde_json::json;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints},
+    }))
+    .expect("a valid Node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("creating a fake node");
+    let now = Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {
+                "capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake kubelet",
+                "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }]}})),
+        )
+        .await
+        .expect("marking a fake node Ready");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let name = name.to_string();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let micro = Timestamp::from_microsecond(Timestamp::now().as_microsecond())
+                .expect("a valid timestamp");
+            let spec = json!({"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro.to_string()});
+            let patched = leases
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": spec})),
+                )
+                .await;
+            if let Err(kube::Error::Api(s)) = patched
+                && s.code == 404
+            {
+                let lease: Lease = serde_json::from_value(
+                    json!({"metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": spec}),
+                )
+                .expect("a valid Lease");
+                let _ = leases.create(&PostParams::default(), &lease).await;
+            }
+        }
+    });
+}
+
+/// Plays a kubelet's last step for fake nodes until `stop`: a pod bound
+/// to a node whose name starts with `node_prefix` and marked for graceful
+/// deletion is deleted with grace 0 (what a real node does once its
+/// containers have stopped; without it such pods stay Terminating).
+pub async fn finalize_terminating_pods(
+    client: kube::Client,
+    node_prefix: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams, ListParams, Preconditions};
+    let all: Api<Pod> = Api::all(client.clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(list) = all.list(&ListParams::default()).await else {
+            continue;
+        };
+        for p in list.items {
+            let on_fake = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| n.starts_with(&node_prefix));
+            if !on_fake || p.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: p.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            let _ = api
+                .delete(p.metadata.name.as_deref().unwrap_or(""), &dp)
+                .await;
+        }
+    }
+}
+
 /// A kube client from a kubeconfig file.
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
