@@ -478,7 +478,7 @@ async fn run_with_etcd(
         })?;
     let workloads = rke2_node::workloads::Workloads::start(
         client.clone(),
-        workload_config(&cfg, node_ip),
+        workload_config(cfg, node_ip),
         stop.clone(),
     )
     .await

@@ -416,6 +416,197 @@ async fn pods_run_across_two_nodes() {
         a1.log()
     );
 
+    // The agent's air-gap folder, while it runs: a corrupt tarball is
+    // named in the log, a new image is imported without a restart.
+    let images = a1.data_dir().join("agent/images");
+    std::fs::write(images.join("broken.tar"), b"this is not a tarball").unwrap();
+    rke2_testbed::make_image(&images.join("late.tar"), "rke2.test/late:1", false).unwrap();
+    eventually(
+        LONG,
+        "the corrupt tarball named in the agent log",
+        || async {
+            let log = a1.log();
+            (log.contains("broken.tar") && log.contains("image tarball not imported")).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a1.log()));
+
+    // Init container, emptyDir, configMap/secret volumes and env,
+    // downward API, hostPath and a liveness probe, with the late image.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "settings"},
+            "data": {"greeting": "hi there", "file.txt": "from a configmap"}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "default");
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "creds"},
+                "stringData": {"password": "s3cret"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let host_dir = bed.dir().join("a1-host");
+    let features: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "features"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "a1"},
+            "terminationGracePeriodSeconds": 2,
+            "volumes": [
+                {"name": "work", "emptyDir": {}},
+                {"name": "cfg", "configMap": {"name": "settings"}},
+                {"name": "sec", "secret": {"secretName": "creds"}},
+                {"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                {"name": "host", "hostPath": {"path": host_dir.display().to_string(), "type": "DirectoryOrCreate"}}
+            ],
+            "initContainers": [{"name": "init", "image": "rke2.test/late:1",
+                "command": ["sh", "-c", "echo from-init > /work/init.txt"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "containers": [{"name": "main", "image": "rke2.test/late:1",
+                "command": ["sh", "-c", "cat /work/init.txt /cfg/file.txt /sec/password /info/name; echo; echo GREETING=$GREETING PASSWORD=$PASSWORD; echo x > /host/written; touch /tmp/alive; exec sleep 3600"],
+                "env": [
+                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}
+                ],
+                "volumeMounts": [
+                    {"name": "work", "mountPath": "/work"},
+                    {"name": "cfg", "mountPath": "/cfg"},
+                    {"name": "sec", "mountPath": "/sec", "readOnly": true},
+                    {"name": "info", "mountPath": "/info"},
+                    {"name": "host", "mountPath": "/host"}
+                ],
+                "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2}}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &features)
+        .await
+        .unwrap();
+    let p = eventually(LONG, "features pod Ready", || async {
+        pod(&pods, "features").await.filter(ready)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a1.log()));
+    let init = &p
+        .status
+        .as_ref()
+        .unwrap()
+        .init_container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        0
+    );
+    let logs = eventually(LONG, "features logs complete", || async {
+        let o = kubectl(&k, &kubeconfig, &["logs", "features", "-c", "main"]);
+        let t = text(&o);
+        t.contains("GREETING").then_some(t)
+    })
+    .await
+    .unwrap();
+    for want in [
+        "from-init",
+        "from a configmap",
+        "s3cret",
+        "features",
+        "GREETING=hi there PASSWORD=s3cret",
+    ] {
+        assert!(logs.contains(want), "{want:?} missing in {logs}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("written")).unwrap(),
+        "x\n"
+    );
+    // Liveness: the probe's file goes, the container is restarted.
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &["exec", "features", "-c", "main", "--", "rm", "/tmp/alive"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let cs = eventually(
+        LONG,
+        "restarted after failing its liveness probe",
+        || async {
+            let cs = container_status(&pod(&pods, "features").await?)?;
+            (cs.restart_count >= 1 && cs.state.as_ref()?.running.is_some()).then_some(cs)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(cs.last_state.unwrap().terminated.is_some());
+
+    // containerd killed under the agent: it is restarted, the running
+    // container is untouched, and new work still runs.
+    let agent_pid = a1.pid().unwrap();
+    let old = rke2_testbed::child_named(agent_pid, "containerd").expect("the agent's containerd");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(LONG, "a new containerd under the agent", || async {
+        rke2_testbed::child_named(agent_pid, "containerd").filter(|p| *p != old)
+    })
+    .await
+    .unwrap();
+    let cid = cs.container_id.clone().unwrap();
+    eventually(
+        LONG,
+        "exec works again after the containerd restart",
+        || async {
+            let o = kubectl(
+                &k,
+                &kubeconfig,
+                &["exec", "features", "-c", "main", "--", "true"],
+            );
+            o.status.success().then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let now = container_status(&pod(&pods, "features").await.unwrap()).unwrap();
+    assert_eq!(
+        now.container_id.as_deref(),
+        Some(cid.as_str()),
+        "container replaced by a containerd restart"
+    );
+    // A pod deleted while it starts leaves nothing behind (checked below).
+    let quick: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "quick"},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": "a1"},
+            "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE, "command": ["sleep", "3600"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &quick).await.unwrap();
+    eventually(LONG, "quick bound", || async {
+        pod(&pods, "quick").await?.spec?.node_name.map(|_| ())
+    })
+    .await
+    .unwrap();
+    pods.delete("quick", &DeleteParams::default())
+        .await
+        .unwrap();
+    pods.delete("features", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // Graceful deletion, then nothing left: containers, pod dirs, IPs.
     deployments
         .delete("web", &DeleteParams::default())

@@ -503,6 +503,13 @@ where
 
 /// The pid of the `etcd` child of a server process, if one runs.
 pub fn etcd_child(server_pid: u32) -> Option<i32> {
+    child_named(server_pid, "etcd")
+}
+
+/// The pid of the direct child of `parent` whose command name is `comm`
+/// (e.g. the containerd a node started), found through `/proc`.
+pub fn child_named(parent: u32, comm_name: &str) -> Option<i32> {
+    let server_pid = parent;
     let rd = std::fs::read_dir("/proc").ok()?;
     for e in rd.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -518,7 +525,7 @@ pub fn etcd_child(server_pid: u32) -> Option<i32> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if ppid == server_pid && comm.trim() == "etcd" {
+        if ppid == server_pid && comm.trim() == comm_name {
             return Some(pid);
         }
     }
