@@ -613,7 +613,7 @@ row "containerd RSS, $PODS pods (MB)"                  "-"                   "${
 row "etcd RSS, $PODS pods (MB)"                        "context"             "${R_ETCD[@]}"
 row "containerd-shim-runc-v2: count"                   "context"             "${R_SHIMN[@]}"
 row "containerd-shim-runc-v2: total RSS (MB)"          "context"             "${R_SHIM[@]}"
-row "delete all -> gone (s)"                           "context"             "${R_DEL[@]}"
+row "kubectl delete --all (one DELETE per pod) -> none listed (s)" "context" "${R_DEL[@]}"
 row "WARN/ERROR lines in the server log"               "-"                   "${R_ERRS[@]}"
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
