@@ -181,7 +181,12 @@ pub fn observe(
     now: DateTime<Utc>,
 ) -> Observation {
     let renew_time = lease_renew_time(lease);
+    // A kubelet reports Ready True or False, never Unknown: an Unknown
+    // condition was written by this loop (or another leader's), and the
+    // heartbeat time it carries is no sign of life. Counting it made a
+    // never-updated node flap between marked and unmarked.
     let heartbeat = condition(node, "Ready")
+        .filter(|c| c.status != "Unknown")
         .and_then(|c| c.last_heartbeat_time.as_ref())
         .map(|t| chrono_of(&t.0));
     match prev {
@@ -488,6 +493,29 @@ mod tests {
             {"key": UNREACHABLE_TAINT_KEY, "effect": "NoSchedule", "timeAdded": ts(at)},
             {"key": UNREACHABLE_TAINT_KEY, "effect": "NoExecute", "timeAdded": ts(at)},
         ])
+    }
+
+    #[test]
+    fn conditions_this_loop_wrote_are_no_sign_of_life() {
+        // A node that never posted anything, then marked by a loop: the
+        // Unknown conditions carry a heartbeat (its creation time), which
+        // must not count as the node being alive again.
+        let bare = node(0, json!([]), json!([]));
+        let first = observe(None, &bare, None, t(10));
+        let marked = node(0, unknown(0), unreachable_taints(60));
+        let after = observe(Some(&first), &marked, None, t(61));
+        assert!(!after.seen_alive);
+        assert_eq!(after.probe_time, first.probe_time);
+        assert!(
+            decide(&marked, &after, Duration::from_secs(40), t(62))
+                .taints
+                .is_none()
+        );
+        // The node itself reporting Ready again is.
+        let back = node(0, healthy(70), unreachable_taints(60));
+        let alive = observe(Some(&after), &back, None, t(71));
+        assert!(alive.seen_alive);
+        assert_eq!(alive.probe_time, t(71));
     }
 
     /// Feeds the same node/lease at each time in `times`, returning the

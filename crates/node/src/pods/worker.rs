@@ -82,6 +82,8 @@ pub struct Worker {
     last_status: Option<Value>,
     last_events: HashMap<String, (String, Instant)>,
     start_time: Option<String>,
+    /// The finished pod's sandboxes have been stopped.
+    finished: bool,
 }
 
 fn key(init: bool, name: &str) -> String {
@@ -126,6 +128,7 @@ impl Worker {
             last_status: None,
             last_events: HashMap::new(),
             start_time,
+            finished: false,
         }
     }
 
@@ -194,9 +197,27 @@ impl Worker {
             .and_then(|s| s.phase.clone())
             .unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" {
-            // Nothing runs again; the sandbox goes, the record stays.
-            if let Some((id, _)) = self.sandbox.take() {
-                self.stop_sandbox(&id).await;
+            // Nothing runs again: the sandbox is stopped (its IP goes back)
+            // but kept with its exited containers, so `kubectl logs` still
+            // reads them, until the pod is deleted. Done once per worker,
+            // which also covers sandboxes found after a node role restart.
+            if !self.finished {
+                self.finished = true;
+                self.sandbox = None;
+                for id in self.sandboxes_of_pod().await {
+                    if let Err(s) = self
+                        .ctx
+                        .cri
+                        .runtime()
+                        .stop_pod_sandbox(api::StopPodSandboxRequest {
+                            pod_sandbox_id: id.clone(),
+                        })
+                        .await
+                    {
+                        warn!(sandbox = %id, error = %s.message(), "stopping the sandbox of a finished pod");
+                        self.finished = false;
+                    }
+                }
             }
             return Next::Continue;
         }
@@ -389,6 +410,22 @@ impl Worker {
             .and_then(|r| r.into_inner().status)
             .and_then(|s| s.network)
             .map(|n| n.ip)
+            .unwrap_or_default()
+    }
+
+    /// Ids of every sandbox of this pod, ready or not.
+    async fn sandboxes_of_pod(&self) -> Vec<String> {
+        self.ctx
+            .cri
+            .runtime()
+            .list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    label_selector: [(LABEL_POD_UID.to_string(), self.uid.clone())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|r| r.into_inner().items.into_iter().map(|s| s.id).collect())
             .unwrap_or_default()
     }
 
