@@ -338,6 +338,28 @@ async fn pods_run_across_two_nodes() {
         "restarts {before} -> {now} within 3 s: no back-off"
     );
 
+    // A pod that finishes: Succeeded, its log still readable afterwards.
+    let done: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "done"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE,
+            "command": ["sh", "-c", "echo finished work"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &done).await.unwrap();
+    eventually(LONG, "done Succeeded", || async {
+        let p = pod(&pods, "done").await?;
+        (p.status?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await
+    .unwrap();
+    let o = eventually(LONG, "logs of a finished pod", || async {
+        let o = kubectl(&k, &kubeconfig, &["logs", "done"]);
+        o.status.success().then_some(o)
+    })
+    .await
+    .unwrap();
+    assert!(text(&o).contains("finished work"), "{}", text(&o));
+
     // A command that does not exist, and an image that is nowhere.
     let bad: Pod = serde_json::from_value(json!({
         "metadata": {"name": "nocmd"},
@@ -612,7 +634,7 @@ async fn pods_run_across_two_nodes() {
         .delete("web", &DeleteParams::default())
         .await
         .unwrap();
-    for n in ["crash", "nocmd", "noimage"] {
+    for n in ["crash", "nocmd", "noimage", "done"] {
         pods.delete(n, &DeleteParams::default()).await.unwrap();
     }
     eventually(LONG, "every pod gone", || async {
