@@ -628,6 +628,39 @@ async fn pods_run_across_two_nodes() {
     pods.delete("features", &DeleteParams::default())
         .await
         .unwrap();
+    // The node role killed while a pod starts, then restarted: the pod
+    // runs (once), and after its delete nothing is left (checked below).
+    let midstart: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "midstart"},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": "a1"}, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE, "command": ["sleep", "3600"]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &midstart)
+        .await
+        .unwrap();
+    eventually(LONG, "midstart bound", || async {
+        pod(&pods, "midstart").await?.spec?.node_name.map(|_| ())
+    })
+    .await
+    .unwrap();
+    a1.kill9();
+    a1.start(&bed).unwrap();
+    let cs = eventually(
+        LONG,
+        "midstart running after the node role restart",
+        || async {
+            let cs = container_status(&pod(&pods, "midstart").await?)?;
+            cs.state.as_ref()?.running.as_ref()?;
+            Some(cs)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a1.log()));
+    assert_eq!(cs.restart_count, 0);
+    pods.delete("midstart", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // Graceful deletion, then nothing left: containers, pod dirs, IPs.
     deployments
@@ -648,10 +681,18 @@ async fn pods_run_across_two_nodes() {
         eventually(LONG, "no containers, pod dirs or pod IPs left", || async {
             let c = containers_of(node);
             let ips = reserved_ips(node);
+            // Pod network namespaces are pinned here
+            // (netns_mounts_under_state_dir).
+            let netns: Vec<PathBuf> = std::fs::read_dir(
+                node.data_dir()
+                    .join("agent/containerd/state/io.containerd.grpc.v1.cri/netns"),
+            )
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
             let dirs: Vec<PathBuf> = std::fs::read_dir(node.data_dir().join("agent/pods"))
                 .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
                 .unwrap_or_default();
-            (c.is_empty() && ips.is_empty() && dirs.is_empty()).then_some(())
+            (c.is_empty() && ips.is_empty() && dirs.is_empty() && netns.is_empty()).then_some(())
         })
         .await
         .unwrap_or_else(|e| {
