@@ -147,13 +147,15 @@ mounts_under() {
 # effort, while the server answers), reference containers, the server (and
 # its etcd and containerd), then `rke2 killall` for the containers it left.
 stop_run() {
-    local i left
+    local i left t0
     for (( i = ${#PIDS[@]} - 1; i >= 0; i-- )); do stop_pid "${PIDS[i]}"; done
     if alive "$RKE2_PID" && [[ -s "$KC" ]]; then
         kc delete pods -n bench --all --wait=false >/dev/null 2>&1 || true
-        for (( i = 0; i < 300; i++ )); do
+        t0=$EPOCHREALTIME
+        while :; do
             left=$(kc get pods -n bench --no-headers 2>/dev/null | wc -l) || break
             (( left == 0 )) && break
+            awk -v s="$t0" -v n="$EPOCHREALTIME" 'BEGIN { exit !(n - s > 30) }' && break
             sleep 0.2
         done
     fi
@@ -170,6 +172,8 @@ stop_run() {
 cleanup() {
     local rc=$? m
     trap - EXIT INT TERM ERR
+    trap '' INT TERM   # a second Ctrl-C must not cut the cleanup short
+    if [[ -n "$NAP_PID" ]]; then kill -TERM "$NAP_PID" 2>/dev/null || true; wait "$NAP_PID" 2>/dev/null || true; fi
     if (( rc != 0 )) && [[ -n "$DATA" && -f "$DATA/../rke2.log" ]]; then
         log "--- tail of the server log"; tail -n 25 "$DATA/../rke2.log" | sed 's/\x1b\[[0-9;]*m//g' >&2 || true
     fi
@@ -223,8 +227,17 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/rke2-pods-bench.XXXXXX")"
 now() { printf '%s' "$EPOCHREALTIME"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 past() { awk -v s="$1" -v n="$(now)" -v d="$2" 'BEGIN { exit !(n - s > d) }'; }
-exec {IDLE_FD}<> <(:)
-nap() { read -rt "$1" -u "$IDLE_FD" _ || true; }
+# nap SECONDS: a `sleep` child waited for with the `wait` builtin, which a
+# trapped signal (Ctrl-C, SIGTERM) interrupts at once. Not `read -t`: bash
+# 5.2 aborts ("longjmp causes uninitialized stack frame") when a trap exits
+# during `read -t` and its timer fires later, in the middle of the cleanup.
+NAP_PID=""
+nap() {
+    sleep "$1" &
+    NAP_PID=$!
+    wait "$NAP_PID" 2>/dev/null || true
+    NAP_PID=""
+}
 
 child_named() { # PARENT COMM: pid of PARENT's child named COMM
     local c
