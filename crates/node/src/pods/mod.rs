@@ -25,9 +25,10 @@ use tracing::{debug, info, warn};
 
 pub use spec::PodPaths;
 
-/// How often a worker looks again without being told (probes, restarts,
-/// status). Kubelet's pod workers resync every second too.
-const RESYNC: Duration = Duration::from_secs(1);
+/// How often the node lists every container and sandbox (kubelet's
+/// "PLEG relist") to wake the workers whose containers changed state; one
+/// CRI list for the node instead of one per pod.
+const RELIST: Duration = Duration::from_secs(1);
 /// How often sandboxes without a Pod are looked for.
 const SWEEP: Duration = Duration::from_secs(10);
 
@@ -89,6 +90,8 @@ impl PodContext {
 
 enum Msg {
     Pod(Box<Pod>),
+    /// The node's relist saw one of its containers or sandboxes change.
+    Wake,
     Gone,
 }
 
@@ -103,10 +106,20 @@ pub async fn run(ctx: Arc<PodContext>, stop: CancellationToken) {
     let mut listed: Option<HashSet<String>> = None;
     let mut synced = false;
     let mut sweep = tokio::time::interval(SWEEP);
+    let mut relist = tokio::time::interval(RELIST);
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: HashMap<String, Vec<(String, i32)>> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             Some(uid) = done_rx.recv() => { workers.remove(&uid); }
+            _ = relist.tick() => {
+                for uid in relist_changes(&ctx, &mut seen).await {
+                    if let Some(tx) = workers.get(&uid) {
+                        let _ = tx.send(Msg::Wake);
+                    }
+                }
+            }
             _ = sweep.tick() => {
                 if synced {
                     sweep_orphans(&ctx, &workers).await;
@@ -197,16 +210,28 @@ async fn work(
         let msg = tokio::select! {
             _ = stop.cancelled() => return,
             m = rx.recv() => m,
-            _ = tokio::time::sleep(RESYNC) => continue,
+            _ = tokio::time::sleep(w.next_wake()) => continue,
         };
         match msg {
+            Some(Msg::Wake) => {}
             Some(Msg::Pod(p)) => {
-                // Several updates may be queued; only the newest counts.
+                // Several updates may be queued; only the newest counts
+                // (a Gone behind them still ends the worker).
                 let mut p = p;
-                while let Ok(Msg::Pod(next)) = rx.try_recv() {
-                    p = next;
+                let mut gone = false;
+                while let Ok(m) = rx.try_recv() {
+                    match m {
+                        Msg::Pod(next) => p = next,
+                        Msg::Wake => {}
+                        Msg::Gone => gone = true,
+                    }
                 }
                 w.update(*p);
+                if gone {
+                    w.terminate(grace.clamp(0, 2)).await;
+                    info!(pod = %name, "pod removed from the API; its containers are stopped");
+                    break;
+                }
             }
             Some(Msg::Gone) | None => {
                 // Deleted from the API without this node's say (force
@@ -218,6 +243,51 @@ async fn work(
         }
     }
     let _ = done.send(uid);
+}
+
+/// Lists every container and sandbox once and returns the pod uids whose
+/// set of (id, state) changed since the last call.
+async fn relist_changes(
+    ctx: &PodContext,
+    seen: &mut HashMap<String, Vec<(String, i32)>>,
+) -> Vec<String> {
+    let mut rt = ctx.cri.runtime();
+    let Ok(ctrs) = rt
+        .list_containers(api::ListContainersRequest { filter: None })
+        .await
+    else {
+        return Vec::new();
+    };
+    let Ok(sbs) = rt
+        .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut now: HashMap<String, Vec<(String, i32)>> = HashMap::new();
+    for c in ctrs.into_inner().containers {
+        if let Some(uid) = c.labels.get(spec::LABEL_POD_UID) {
+            now.entry(uid.clone()).or_default().push((c.id, c.state));
+        }
+    }
+    for sb in sbs.into_inner().items {
+        if let Some(uid) = sb.labels.get(spec::LABEL_POD_UID) {
+            now.entry(uid.clone())
+                .or_default()
+                .push((sb.id, 100 + sb.state));
+        }
+    }
+    for v in now.values_mut() {
+        v.sort();
+    }
+    let mut changed: Vec<String> = now
+        .iter()
+        .filter(|(uid, v)| seen.get(*uid) != Some(*v))
+        .map(|(uid, _)| uid.clone())
+        .collect();
+    changed.extend(seen.keys().filter(|uid| !now.contains_key(*uid)).cloned());
+    *seen = now;
+    changed
 }
 
 /// Stops and removes sandboxes (and so their containers) of pods this

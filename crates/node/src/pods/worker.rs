@@ -30,6 +30,9 @@ const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A container that ran this long resets its back-off.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// The longest a steady pod's worker sleeps; the node's relist wakes it
+/// sooner when one of its containers changes state.
+const STEADY_RESYNC: Duration = Duration::from_secs(10);
 /// How often configMap/secret volumes are rewritten from the API.
 const VOLUME_REFRESH: Duration = Duration::from_secs(30);
 
@@ -84,6 +87,15 @@ pub struct Worker {
     start_time: Option<String>,
     /// The finished pod's sandboxes have been stopped.
     finished: bool,
+    /// The last turn found everything running and had nothing to do: the
+    /// worker then sleeps until a probe is due (or the node's relist sees
+    /// a container change) instead of looking every second.
+    steady: bool,
+    /// Containers read by the last step when it changed nothing, reused
+    /// for the status.
+    last_found: Option<HashMap<String, Found>>,
+    /// A probe killed a container after the last read.
+    acted_since_read: bool,
 }
 
 fn key(init: bool, name: &str) -> String {
@@ -129,6 +141,9 @@ impl Worker {
             last_events: HashMap::new(),
             start_time,
             finished: false,
+            steady: false,
+            last_found: None,
+            acted_since_read: false,
         }
     }
 
@@ -176,6 +191,23 @@ impl Worker {
         let type_ = type_.to_string();
         let reason = reason.to_string();
         tokio::spawn(async move { ctx.event(&pod, &type_, &reason, &message).await });
+    }
+
+    /// How long the worker may sleep before its next turn, unless woken:
+    /// a second while anything is starting, restarting or waiting;
+    /// when steady, until the next probe is due, at most [`STEADY_RESYNC`].
+    pub fn next_wake(&self) -> Duration {
+        if !self.steady {
+            return Duration::from_secs(1);
+        }
+        let now = Instant::now();
+        self.mem
+            .values()
+            .flat_map(|m| [&m.startup, &m.liveness, &m.readiness])
+            .flatten()
+            .map(|p| p.next.saturating_duration_since(now))
+            .fold(STEADY_RESYNC, Duration::min)
+            .max(Duration::from_millis(100))
     }
 
     /// One turn.
@@ -229,10 +261,36 @@ impl Worker {
 
     /// Finds or creates the sandbox; starts what should run.
     async fn step(&mut self) -> Result<(), String> {
+        self.steady = false;
+        self.last_found = None;
         self.ensure_sandbox().await?;
         let (sandbox_id, pod_ip) = self.sandbox.clone().ok_or("no sandbox")?;
         self.ensure_volumes().await?;
         let found = self.find_containers().await?;
+        let running = |f: Option<&Found>| {
+            f.is_some_and(|f| f.latest.state == api::ContainerState::ContainerRunning as i32)
+        };
+        let inits_done = self
+            .spec()
+            .init_containers
+            .unwrap_or_default()
+            .iter()
+            .all(|c| {
+                found.get(&key(true, &c.name)).is_some_and(|f| {
+                    f.latest.state == api::ContainerState::ContainerExited as i32
+                        && f.latest.exit_code == 0
+                })
+            });
+        let all_running = self
+            .spec()
+            .containers
+            .iter()
+            .all(|c| running(found.get(&key(false, &c.name))));
+        if inits_done && all_running {
+            // Only probes can act now; the containers read are current.
+            self.steady = true;
+            self.last_found = Some(found.clone());
+        }
         // Init containers, one at a time, in order.
         let inits = self.spec().init_containers.unwrap_or_default();
         for c in &inits {
@@ -897,6 +955,8 @@ impl Worker {
     }
 
     async fn kill_for_restart(&mut self, c: &Container, id: &str, why: &str) {
+        self.acted_since_read = true;
+        self.steady = false;
         let grace = self
             .spec()
             .termination_grace_period_seconds
@@ -1258,7 +1318,13 @@ impl Worker {
     }
 
     async fn write_status(&mut self) -> Next {
-        let found = match self.find_containers().await {
+        let reuse = self.last_found.take();
+        let found = match reuse {
+            Some(f) if !self.acted_since_read => Ok(f),
+            _ => self.find_containers().await,
+        };
+        self.acted_since_read = false;
+        let found = match found {
             Ok(f) => f,
             Err(e) => {
                 debug!(pod = %self.name(), error = %e, "cannot read containers for status");
