@@ -420,8 +420,19 @@ impl Scheduler {
                 self.parked.remove(key);
                 self.reported.remove(key);
                 let message = format!("Successfully assigned {ns}/{name} to {node}");
-                self.create_event(pod, "Normal", "Scheduled", "Binding", &message)
-                    .await;
+                // Not awaited: the next pod's binding need not wait for
+                // this event's etcd write (upstream records events
+                // asynchronously too).
+                if let Some((_, event)) =
+                    self.build_event(pod, "Normal", "Scheduled", "Binding", &message)
+                {
+                    let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+                    tokio::spawn(async move {
+                        if let Err(e) = api.create(&PostParams::default(), &event).await {
+                            debug!(error = %e, "could not write the Scheduled event");
+                        }
+                    });
+                }
             }
             // Already bound (by another scheduler instance during a leader
             // change, or a user), being deleted, or gone: the watch brings
@@ -556,6 +567,28 @@ impl Scheduler {
         action: &str,
         message: &str,
     ) -> Option<String> {
+        let (name, event) = self.build_event(pod, type_, reason, action, message)?;
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => Some(name),
+            Err(e) => {
+                debug!(pod = %pod_name, %reason, error = %e, "could not write event");
+                None
+            }
+        }
+    }
+
+    /// An event about `pod` from this scheduler, and its name.
+    fn build_event(
+        &self,
+        pod: &Pod,
+        type_: &str,
+        reason: &str,
+        action: &str,
+        message: &str,
+    ) -> Option<(String, Event)> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let pod_name = pod.metadata.name.as_deref().unwrap_or("");
         // Upstream's recorder names events `<object>.<unix nanos in hex>`.
@@ -578,18 +611,10 @@ impl Scheduler {
             "reportingComponent": SCHEDULER_NAME,
             "reportingInstance": self.instance,
         });
-        let event: Event = match serde_json::from_value(event) {
-            Ok(e) => e,
+        match serde_json::from_value::<Event>(event) {
+            Ok(e) => Some((name, e)),
             Err(e) => {
                 warn!(error = %e, "building event");
-                return None;
-            }
-        };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        match api.create(&PostParams::default(), &event).await {
-            Ok(_) => Some(name),
-            Err(e) => {
-                debug!(pod = %pod_name, %reason, error = %e, "could not write event");
                 None
             }
         }
