@@ -87,6 +87,7 @@ RKE2_PID=""        # the current run's server and its children
 ETCD_PID=""
 CTRD_PID=""
 GEN_PID=""         # the load generator
+NAP_PID=""         # a running `sleep` of nap()
 DATA=""            # the current run's data dir (for killall)
 KC=""
 
@@ -129,7 +130,9 @@ stop_run() {
 
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM ERR
+    trap - EXIT ERR
+    trap '' INT TERM   # a second Ctrl-C must not cut the cleanup short
+    if [[ -n "$NAP_PID" ]]; then kill -TERM "$NAP_PID" 2>/dev/null || true; wait "$NAP_PID" 2>/dev/null || true; fi
     if (( rc != 0 )) && [[ -n "$DATA" && -f "$DATA/../rke2.log" ]]; then
         log "--- tail of the server log"; tail -n 25 "$DATA/../rke2.log" | sed 's/\x1b\[[0-9;]*m//g' >&2 || true
     fi
@@ -183,8 +186,15 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/rke2-api-bench.XXXXXX")"
 now() { printf '%s' "$EPOCHREALTIME"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 past() { awk -v s="$1" -v n="$(now)" -v d="$2" 'BEGIN { exit !(n - s > d) }'; }
-exec {IDLE_FD}<> <(:)
-nap() { read -rt "$1" -u "$IDLE_FD" _ || true; }
+# nap SECONDS: a `sleep` child waited for with the `wait` builtin, which a
+# trapped signal interrupts at once (not `read -t`: bash 5.2 aborts when a
+# trap exits during `read -t` and its timer fires later, in the cleanup).
+nap() {
+    sleep "$1" &
+    NAP_PID=$!
+    wait "$NAP_PID" 2>/dev/null || true
+    NAP_PID=""
+}
 kc() { "$KUBECTL" --kubeconfig "$KC" --cache-dir "$WORK/kcache" --request-timeout=30s "$@"; }
 child_named() { # PARENT COMM: pid of PARENT's child named COMM
     local c

@@ -163,6 +163,38 @@ impl Bench {
         }
     }
 
+    /// Waits (at most 20 s) until the server and its etcd are idle
+    /// (under 15 % of one CPU over 300 ms), so that one phase's
+    /// aftermath (watch fan-out, controllers) does not land in the next.
+    async fn settle(&self, before: &str) {
+        if self.args.server_pid.is_none() && self.args.etcd_pid.is_none() {
+            return;
+        }
+        let start = Instant::now();
+        let busy = |c: Cpu| c.server + c.etcd;
+        loop {
+            let c0 = busy(self.cpu());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let used = (busy(self.cpu()) - c0) as f64 * TICK_US / 300_000.0;
+            if used < 0.15 {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                eprintln!(
+                    "[bench-api] server still busy ({:.0} % CPU) after 20 s; starting {before} anyway",
+                    used * 100.0
+                );
+                break;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "[bench-api]   (waited {:.1} s for the server to go idle before {before})",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
     fn report(&self, phase: &str, side: &str, s: &Samples, c0: Cpu, c1: Cpu) {
         let n = s.lat.len().max(1) as f64;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -248,6 +280,7 @@ impl Bench {
         F: Fn(usize) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T>> + Send + 'static,
     {
+        self.settle(&format!("{phase}, {side}")).await;
         let c0 = self.cpu();
         let (s, outs) = self
             .closed(n, f)
@@ -270,6 +303,7 @@ impl Bench {
         let interval = Duration::from_nanos(1_000_000_000 / rate);
         let f = Arc::new(f);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.settle(&format!("{phase}, {side}")).await;
         let c0 = self.cpu();
         let start = tokio::time::Instant::now() + Duration::from_millis(5);
         let mut max_lag = Duration::ZERO;
@@ -676,6 +710,7 @@ impl Bench {
         let n = self.args.ops;
         // raw: a prefix watch on its own keys, written with plain puts
         {
+            self.settle("watch, raw").await;
             let prefix = self.raw("watch");
             let mut ws = self
                 .etcd
@@ -734,6 +769,7 @@ impl Bench {
         }
         // API: a watch of the namespace, written with creates
         {
+            self.settle("watch, API").await;
             let ns = format!("{}-watch", self.args.namespace);
             let l: Value = serde_json::from_str(
                 &self
