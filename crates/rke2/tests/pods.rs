@@ -169,7 +169,11 @@ async fn pods_run_across_two_nodes() {
                             {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
                         ],
                         "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1}
+                        "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+                        // These must pass, or the restart counts checked
+                        // below would grow.
+                        "startupProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1, "failureThreshold": 30},
+                        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2}
                     }]
                 }
             }
@@ -301,6 +305,14 @@ async fn pods_run_across_two_nodes() {
             kv.display(),
             text(&o)
         );
+    }
+
+    // The startup (httpGet) and liveness (tcpSocket) probes pass: nothing
+    // was restarted, and both containers count as started.
+    for n in &names {
+        let cs = container_status(&pod(&pods, n).await.unwrap()).unwrap();
+        assert_eq!(cs.restart_count, 0, "{n} restarted: {cs:?}");
+        assert_eq!(cs.started, Some(true), "{n}: {cs:?}");
     }
 
     // Restart back-off, logs --previous, exit codes in the status.
