@@ -518,7 +518,11 @@ async fn pods_run_across_two_nodes() {
                     {"name": "info", "mountPath": "/info"},
                     {"name": "host", "mountPath": "/host"}
                 ],
-                "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2}}]
+                "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2},
+                "lifecycle": {
+                    "postStart": {"exec": {"command": ["sh", "-c", "echo started >> /host/poststart"]}},
+                    "preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /host/prestop"]}}
+                }}]
         }
     }))
     .unwrap();
@@ -566,6 +570,12 @@ async fn pods_run_across_two_nodes() {
     assert_eq!(
         std::fs::read_to_string(host_dir.join("written")).unwrap(),
         "x\n"
+    );
+    assert!(
+        std::fs::read_to_string(host_dir.join("poststart"))
+            .unwrap_or_default()
+            .contains("started"),
+        "postStart hook did not run"
     );
     // Liveness: the probe's file goes, the container is restarted.
     let o = kubectl(
@@ -673,6 +683,17 @@ async fn pods_run_across_two_nodes() {
     pods.delete("midstart", &DeleteParams::default())
         .await
         .unwrap();
+    eventually(
+        LONG,
+        "the preStop hook of the deleted features pod ran",
+        || async {
+            std::fs::read_to_string(host_dir.join("prestop"))
+                .ok()
+                .filter(|t| t.contains("stopping"))
+        },
+    )
+    .await
+    .unwrap();
 
     // Graceful deletion, then nothing left: containers, pod dirs, IPs.
     deployments

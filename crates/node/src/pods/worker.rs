@@ -775,6 +775,34 @@ impl Worker {
                     &format!("Started/{k}"),
                     format!("Started container {}", c.name),
                 );
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    // As kubelet: a failing postStart kills the container,
+                    // which then restarts by its policy.
+                    let pod_ip = self
+                        .sandbox
+                        .as_ref()
+                        .map(|s| s.1.clone())
+                        .unwrap_or_default();
+                    let probe = hook_as_probe(hook, 30);
+                    if let Outcome::Failure(msg) =
+                        probes::run(&self.ctx.cri, c, id, &pod_ip, &probe).await
+                    {
+                        self.event(
+                            "Warning",
+                            &format!("FailedPostStartHook/{k}"),
+                            format!("PostStartHook failed: {msg}"),
+                        );
+                        let _ = self
+                            .ctx
+                            .cri
+                            .runtime()
+                            .stop_container(api::StopContainerRequest {
+                                container_id: id.to_string(),
+                                timeout: 0,
+                            })
+                            .await;
+                    }
+                }
                 let m = self.mem.entry(k).or_default();
                 m.waiting = None;
             }
@@ -1009,14 +1037,44 @@ impl Worker {
                 );
             }
         }
+        let spec = self.spec();
+        let pod_ip = self
+            .sandbox
+            .as_ref()
+            .map(|s| s.1.clone())
+            .unwrap_or_default();
+        let cri = self.ctx.cri.clone();
         let stops = running.iter().map(|c| {
             let mut rt = rt.clone();
             let id = c.id.clone();
+            let name = c
+                .labels
+                .get(LABEL_CONTAINER_NAME)
+                .cloned()
+                .unwrap_or_default();
+            let container = spec.containers.iter().find(|x| x.name == name).cloned();
+            let cri = cri.clone();
+            let pod_ip = pod_ip.clone();
             async move {
+                // preStop runs first, inside the grace period; whatever it
+                // leaves of the period is the SIGTERM-to-SIGKILL wait.
+                let started = Instant::now();
+                let mut left = grace;
+                if let Some(c) = &container
+                    && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+                {
+                    let probe = hook_as_probe(hook, grace);
+                    let run = probes::run(&cri, c, &id, &pod_ip, &probe);
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), run).await;
+                    left = (grace - started.elapsed().as_secs() as i64)
+                        .max(2)
+                        .min(grace.max(0));
+                }
                 let _ = rt
                     .stop_container(api::StopContainerRequest {
                         container_id: id,
-                        timeout: grace,
+                        timeout: left,
                     })
                     .await;
             }
@@ -1375,6 +1433,28 @@ impl Worker {
                 Next::Continue
             }
         }
+    }
+}
+
+/// A lifecycle hook run with the probe machinery (exec, httpGet,
+/// tcpSocket); `sleep` hooks become an exec of `sleep`.
+fn hook_as_probe(
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    timeout_seconds: i64,
+) -> k8s_openapi::api::core::v1::Probe {
+    let exec = hook.exec.clone().or_else(|| {
+        hook.sleep
+            .as_ref()
+            .map(|s| k8s_openapi::api::core::v1::ExecAction {
+                command: Some(vec!["sleep".into(), s.seconds.to_string()]),
+            })
+    });
+    k8s_openapi::api::core::v1::Probe {
+        exec,
+        http_get: hook.http_get.clone(),
+        tcp_socket: hook.tcp_socket.clone(),
+        timeout_seconds: Some(timeout_seconds.clamp(1, i32::MAX as i64) as i32),
+        ..Default::default()
     }
 }
 
