@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Every benchmark, one after another, and one summary table.
+#
+# Builds once (`cargo build --release` of rke2 and of every package a bench
+# script builds, e.g. rke2-bench-api), then runs each script in bench/ with
+# --no-build, never two at once (they would disturb each other): startup.sh,
+# agent.sh, ha.sh, scheduler.sh, pods.sh, api.sh and scale.sh (when present).
+# Each writes its own Markdown to a temp dir; bench/lib/summary.py takes the
+# figures from those tables and prints ONE table (figure, ours, the reference
+# measured in the same run, ratio ours / reference, target, source script),
+# written with the environment to bench/results/summary.md (each script's own
+# tables appended) and as a bar chart of the ratios to bench/results/summary.png.
+# A script that fails does not stop the others: its rows say FAILED with the
+# reason, and all.sh exits 1 at the end.
+#
+# Usage: bench/all.sh [--quick] [--no-build] [--only a,b] [--skip a,b]
+#                     [--out DIR] [--keep-logs] [--verbose]
+#   --quick      the smallest sensible options of each script (a smoke run,
+#                about 10 minutes instead of about 25)
+#   --no-build   reuse the release binaries in $CARGO_TARGET_DIR (./target)
+#   --only/--skip  script names without .sh (e.g. --only startup,api)
+#   --out DIR    write summary.md and summary.png to DIR (default bench/results)
+#   --keep-logs  keep every script's output (kept anyway when one failed)
+#   --verbose    show the scripts' progress as they run (else only in the logs)
+# Needs what the scripts need (root, etcd, kubectl, haproxy, containerd, ...)
+# and python3 (matplotlib is pip-installed when missing). Not part of the
+# test suite.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+QUICK=0
+BUILD=1
+ONLY=""
+SKIP=""
+OUTDIR="$ROOT/bench/results"
+KEEP_LOGS=0
+VERBOSE=0
+ARGS="$*"
+
+# the scripts, in this order (a missing one is reported as not present)
+SCRIPTS=(startup agent ha scheduler pods api scale)
+# --quick: the smallest sensible options of each
+declare -A QUICK_OPTS=(
+    [startup]="--runs 1"
+    [agent]="--rounds 1"
+    [ha]="--rounds 1"
+    [scheduler]="--pods 200 --nodes 20 --creators 4"
+    [pods]="--runs 1 --pods 30 --creators 2"
+    [api]="--runs 1 --ops 500 --list-ops 20 --paced-seconds 3"
+    [scale]=""
+)
+
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        --only) ONLY="${2:?--only needs script names}"; shift 2 ;;
+        --skip) SKIP="${2:?--skip needs script names}"; shift 2 ;;
+        --out) OUTDIR="${2:?--out needs a directory}"; shift 2 ;;
+        --keep-logs) KEEP_LOGS=1; shift ;;
+        -v|--verbose) VERBOSE=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "all.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for n in ${ONLY//,/ } ${SKIP//,/ }; do
+    [[ " ${SCRIPTS[*]} " == *" ${n%.sh} "* ]] || { echo "all.sh: no script named $n (${SCRIPTS[*]})" >&2; exit 2; }
+done
+selected() { # NAME: chosen by --only/--skip
+    local n=$1
+    if [[ -n $ONLY && ",${ONLY//.sh/}," != *",$n,"* ]]; then return 1; fi
+    [[ ",${SKIP//.sh/}," != *",$n,"* ]]
+}
+command -v python3 >/dev/null || { echo "all.sh: python3 is needed for the summary" >&2; exit 1; }
+
+log() { printf '[all] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- cleanup --
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/bench-all.XXXXXX")"
+CHILD=""           # the script running now
+STOPPING=0
+FAILED=0
+
+on_signal() { # forward to the running script (it cleans up), run no more
+    STOPPING=1
+    log "$1: stopping${CHILD:+ the running script (pid $CHILD)}"
+    if [[ -n $CHILD ]]; then kill -TERM "$CHILD" 2>/dev/null || true; fi
+}
+trap 'on_signal interrupted' INT
+trap 'on_signal terminated' TERM
+cleanup() {
+    local rc=$?
+    if [[ -n $CHILD ]]; then kill -TERM "$CHILD" 2>/dev/null || true; wait "$CHILD" 2>/dev/null || true; fi
+    if (( KEEP_LOGS || FAILED || rc != 0 )); then
+        log "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+cd "$ROOT"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+[[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
+START_ALL=$EPOCHREALTIME
+LOAD_AT_START=$(cut -d" " -f1-3 /proc/loadavg)
+
+# ------------------------------------------------------------------ build --
+# every `-p NAME` on a `cargo build --release` line of the scripts we run
+PKGS=(rke2)
+for n in "${SCRIPTS[@]}"; do
+    f="$ROOT/bench/$n.sh"
+    [[ -f $f ]] && selected "$n" || continue
+    for p in $(grep -E '^[[:space:]]*cargo build --release' "$f" | grep -oE -- '-p [A-Za-z0-9_-]+' | awk '{ print $2 }'); do
+        [[ " ${PKGS[*]} " == *" $p "* ]] || PKGS+=("$p")
+    done
+done
+if (( BUILD )); then
+    pargs=()
+    for p in "${PKGS[@]}"; do pargs+=(-p "$p"); done
+    log "building: cargo build --release ${pargs[*]} (target dir $TARGET_DIR)"
+    if ! cargo build --release "${pargs[@]}" >&2; then
+        log "FAILED: the release build failed; no benchmark run"
+        FAILED=1
+        exit 1
+    fi
+fi
+[[ -x "$TARGET_DIR/release/rke2" ]] || { log "$TARGET_DIR/release/rke2 not found (drop --no-build)"; FAILED=1; exit 1; }
+
+# --------------------------------------------------------------- leftovers --
+# What a script leaves behind after it exited: its temp dirs (rke2-*bench.*
+# under TMPDIR), processes still using them, mounts below them, network
+# namespaces that were not there before. Only reported, never removed.
+TMPD="${TMPDIR:-/tmp}"
+bench_dirs() { find "$TMPD" -maxdepth 1 -name 'rke2-*bench.*' -newer "$1" 2>/dev/null | sort; }
+netns_list() { ip netns list 2>/dev/null | awk '{ print $1 }' | sort; }
+leftovers() { # STAMPFILE NETNS-BEFORE
+    local d p out=() procs mounts ns
+    for d in $(bench_dirs "$1"); do
+        procs=""
+        for p in /proc/[0-9]*; do
+            if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$d/"; then procs+=" ${p#/proc/}"; fi
+        done
+        mounts=$(awk -v d="$d/" 'index($5, d) == 1' /proc/self/mountinfo | wc -l)
+        out+=("temp dir $d left${procs:+, processes still using it:$procs}$( ((mounts)) && echo ", $mounts mounts below it" || true)")
+    done
+    ns=$(comm -13 <(printf '%s\n' "$2") <(netns_list) | tr '\n' ' ')
+    [[ -z ${ns// /} ]] || out+=("network namespaces left: $ns")
+    (( ${#out[@]} )) && printf '%s; ' "${out[@]}" | sed 's/; $//'
+    return 0
+}
+
+# ------------------------------------------------------------------- runs --
+RESULTS="$WORK/results"
+mkdir -p "$RESULTS" "$WORK/logs"
+STATUS="$WORK/status.tsv"
+: >"$STATUS"
+
+for n in "${SCRIPTS[@]}"; do
+    f="$ROOT/bench/$n.sh"
+    if ! selected "$n"; then printf '%s\t-\t-\t%s\t\n' "$n" "skipped (--only/--skip)" >>"$STATUS"; continue; fi
+    if [[ ! -f $f ]]; then printf '%s\t-\t-\t%s\t\n' "$n" "bench/$n.sh not present" >>"$STATUS"; continue; fi
+    if (( STOPPING )); then printf '%s\t-\t-\t%s\t\n' "$n" "not run (interrupted)" >>"$STATUS"; continue; fi
+    opts=""
+    (( QUICK )) && opts=${QUICK_OPTS[$n]:-}
+    logf="$WORK/logs/$n.log"
+    touch "$WORK/stamp-$n"
+    ns_before=$(netns_list)
+    log "$n.sh --no-build${opts:+ $opts} (log: $logf)"
+    t0=$EPOCHREALTIME
+    # shellcheck disable=SC2086
+    if (( VERBOSE )); then
+        bash "$f" --no-build --out "$RESULTS/$n.md" $opts > >(tee "$logf") 2> >(tee -a "$logf" >&2) &
+    else
+        bash "$f" --no-build --out "$RESULTS/$n.md" $opts >"$logf" 2>&1 &
+    fi
+    CHILD=$!
+    rc=0
+    while :; do
+        wait "$CHILD" && rc=0 || rc=$?
+        # a trapped signal interrupts `wait` (status > 128) while the script still runs
+        if kill -0 "$CHILD" 2>/dev/null; then continue; fi
+        break
+    done
+    CHILD=""
+    secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
+    reason=""
+    if (( rc != 0 )); then
+        FAILED=$((FAILED + 1))
+        reason=$(sed 's/\x1b\[[0-9;]*m//g' "$logf" | grep -E '\[bench\] FAILED: |: (needs|.* is not installed)' | tail -n 1 |
+            sed 's/^\[bench\] //' || true)
+        [[ -n $reason ]] || reason=$( (( rc >= 128 )) && echo "stopped by signal $((rc - 128))" || echo "exit $rc")
+        [[ -s "$RESULTS/$n.md" ]] && mv "$RESULTS/$n.md" "$WORK/logs/$n.partial.md"   # no figures from a failed run
+        log "  $n.sh FAILED after ${secs}s (exit $rc): $reason"
+        log "  --- last lines of its output:"
+        tail -n 15 "$logf" | sed 's/\x1b\[[0-9;]*m//g; s/^/    /' >&2 || true
+    elif [[ ! -s "$RESULTS/$n.md" ]]; then
+        FAILED=$((FAILED + 1)); rc=1; reason="exited 0 but wrote no Markdown"
+        log "  $n.sh: $reason"
+    else
+        log "  $n.sh done after ${secs}s"
+    fi
+    left=$(leftovers "$WORK/stamp-$n" "$ns_before")
+    if [[ -n $left ]]; then
+        log "  WARNING: $n.sh left: $left"
+        reason="${reason:+$reason; }left behind: $left"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$rc" "$secs" "${reason//$'\t'/ }" "${opts:-}" >>"$STATUS"
+done
+
+# -------------------------------------------------------------- the summary --
+# matplotlib for the chart: installed with pip when missing (Debian's own
+# python needs --break-system-packages, a pyenv or venv python does not, as
+# in scripts/install.sh); without it summary.py draws bars without text
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    extra=()
+    if python3 -c 'import os, sys, sysconfig; sys.exit(not (sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))'; then
+        extra=(--break-system-packages)
+    fi
+    log "installing matplotlib for the chart: python3 -m pip install --quiet ${extra[*]} matplotlib"
+    python3 -m pip install --quiet "${extra[@]}" matplotlib >"$WORK/pip.log" 2>&1 ||
+        log "pip install matplotlib failed ($(tail -n 1 "$WORK/pip.log")); the chart will have no text"
+fi
+
+ver() { "$@" 2>/dev/null | head -n 1 || true; }
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null || true)" ]]; then
+    commit="$commit (work tree had uncommitted changes in crates/)"
+fi
+total=$(awk -v a="$START_ALL" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
+{
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), total wall time $((total / 60)) min $((total % 60)) s"
+    echo "- machine: nproc $(nproc), $(uname -sr), $(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) memory; load average at start $LOAD_AT_START, at the end $(cut -d" " -f1-3 /proc/loadavg)"
+    echo "- commit: $commit"
+    echo "- binary: \`$TARGET_DIR/release/rke2\` (built $(date -u -r "$TARGET_DIR/release/rke2" '+%Y-%m-%d %H:%M UTC')); $(ver rustc --version)"
+    echo "- etcd $(etcd --version 2>/dev/null | awk '/etcd Version/ { print $3 }'), kubectl $(kubectl version --client 2>/dev/null | awk '/Client Version/ { print $3 }'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }'), containerd $(containerd --version 2>/dev/null | awk '{ print $3 }'), runc $(runc --version 2>/dev/null | awk 'NR == 1 { print $3 }')"
+    echo "- command: \`bash bench/all.sh${ARGS:+ $ARGS}\`$( ((QUICK)) && echo " (smoke run: the smallest options of each script, see Scripts below)")"
+} >"$WORK/env.md"
+
+mkdir -p "$OUTDIR"
+echo
+python3 "$ROOT/bench/lib/summary.py" --results "$RESULTS" --status "$STATUS" --env "$WORK/env.md" \
+    --md "$OUTDIR/summary.md" --png "$OUTDIR/summary.png" \
+    --title "rke2 benchmarks$( ((QUICK)) && echo ' (quick)'): ours / reference, same run, commit ${commit%% *}" ||
+    { log "FAILED: bench/lib/summary.py"; FAILED=$((FAILED + 1)); }
+echo
+log "wrote $OUTDIR/summary.md and $OUTDIR/summary.png (total ${total}s)"
+if (( STOPPING )); then exit 130; fi
+if (( FAILED )); then
+    log "$FAILED script(s) failed: $(awk -F'\t' '$2 != "0" && $2 != "-" { printf "%s.sh ", $1 }' "$STATUS")"
+    exit 1
+fi
