@@ -343,6 +343,105 @@ async fn ip(args: &[String]) -> Result<String, NetworkError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a program (synchronously; iptables calls are short), returning
+/// its stdout.
+fn run(program: &str, args: &[String]) -> Result<String, NetworkError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| NetworkError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetworkError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The comment that marks this node's egress rule, so it can be found
+/// and removed again (`rke2 killall`).
+pub const EGRESS_COMMENT: &str = "rke2 pod egress";
+
+/// The iptables rule (without -A/-C/-D) that masquerades traffic from
+/// this node's pods to anything outside the cluster's pod network: pods
+/// reach other pods with their own IPs, and the world with the node's.
+pub fn egress_rule(pod_cidr: &str, cluster_cidr: &str) -> Vec<String> {
+    args(&[
+        "POSTROUTING",
+        "-s",
+        pod_cidr,
+        "!",
+        "-d",
+        cluster_cidr,
+        "-m",
+        "comment",
+        "--comment",
+        EGRESS_COMMENT,
+        "-j",
+        "MASQUERADE",
+    ])
+}
+
+/// Adds [`egress_rule`] to the nat table unless it is there.
+pub fn ensure_egress_masquerade(pod_cidr: &str, cluster_cidr: &str) -> Result<bool, NetworkError> {
+    parse_cidr(pod_cidr)?;
+    parse_cidr(cluster_cidr)?;
+    let rule = egress_rule(pod_cidr, cluster_cidr);
+    let with = |op: &str| {
+        let mut a = args(&["-w", "5", "-t", "nat", op]);
+        a.extend(rule.iter().cloned());
+        a
+    };
+    if run("iptables", &with("-C")).is_ok() {
+        return Ok(false);
+    }
+    run("iptables", &with("-A"))?;
+    Ok(true)
+}
+
+/// Removes every rule carrying [`EGRESS_COMMENT`] from the nat table;
+/// returns how many.
+pub fn remove_egress_masquerade() -> Result<usize, NetworkError> {
+    let listing = run(
+        "iptables",
+        &args(&["-w", "5", "-t", "nat", "-S", "POSTROUTING"]),
+    )?;
+    let mut removed = 0;
+    for line in listing.lines() {
+        if !line.starts_with("-A POSTROUTING") || !line.contains(EGRESS_COMMENT) {
+            continue;
+        }
+        // `-S` prints the rule as it was added; quoted comment aside, its
+        // words are the arguments of the matching -D.
+        let mut words: Vec<String> = Vec::new();
+        let mut rest = line.trim_start_matches("-A ");
+        while !rest.is_empty() {
+            rest = rest.trim_start();
+            if let Some(q) = rest.strip_prefix('"') {
+                let end = q.find('"').unwrap_or(q.len());
+                words.push(q[..end].to_string());
+                rest = q.get(end + 1..).unwrap_or("");
+            } else {
+                let end = rest.find(' ').unwrap_or(rest.len());
+                words.push(rest[..end].to_string());
+                rest = &rest[end..];
+            }
+        }
+        let mut a = args(&["-w", "5", "-t", "nat", "-D"]);
+        a.extend(words);
+        run("iptables", &a)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
@@ -851,6 +950,34 @@ mod tests {
         let mut r = parse_routes("ip", &ns.ip(&a)).unwrap();
         r.sort();
         r
+    }
+
+    #[test]
+    fn egress_masquerade_is_added_once_and_removed_in_a_network_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test needs root: it creates a network namespace and changes its nat table"
+        );
+        let ns = NetNs::new();
+        let (added, again, listing, removed, after) = ns.run(|| {
+            let added = ensure_egress_masquerade("10.42.3.0/24", "10.42.0.0/16").unwrap();
+            let again = ensure_egress_masquerade("10.42.3.0/24", "10.42.0.0/16").unwrap();
+            let listing = run("iptables", &args(&["-t", "nat", "-S", "POSTROUTING"])).unwrap();
+            let removed = remove_egress_masquerade().unwrap();
+            let after = run("iptables", &args(&["-t", "nat", "-S", "POSTROUTING"])).unwrap();
+            (added, again, listing, removed, after)
+        });
+        assert!(added && !again, "added {added}, again {again}");
+        assert_eq!(listing.matches(EGRESS_COMMENT).count(), 1, "{listing}");
+        assert!(
+            listing.contains("-s 10.42.3.0/24 ! -d 10.42.0.0/16"),
+            "{listing}"
+        );
+        assert_eq!(removed, 1);
+        assert!(!after.contains(EGRESS_COMMENT), "{after}");
+        assert!(ensure_egress_masquerade("nope", "10.42.0.0/16").is_err());
     }
 
     #[test]

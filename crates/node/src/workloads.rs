@@ -33,6 +33,9 @@ pub struct WorkloadConfig {
     pub cluster_dns: IpAddr,
     /// The cluster domain.
     pub cluster_domain: String,
+    /// The cluster's pod network (`cluster-cidr`): traffic to it keeps
+    /// pod source IPs, traffic elsewhere is masqueraded.
+    pub cluster_cidr: ipnet::IpNet,
     /// The `kubernetes` service (first IP of service-cidr, 443).
     pub kubernetes_service: Option<(String, i32)>,
 }
@@ -79,6 +82,8 @@ impl Workloads {
             let node = cfg.node_name.clone();
             let stop = stop.clone();
             let ipam_dir = cfg.agent_dir.join("cni/networks");
+            let cluster_cidr = cfg.cluster_cidr.to_string();
+            let loopback = cfg.node_ip.is_loopback();
             tokio::spawn(async move {
                 let Some(cidr) =
                     crate::network::own_pod_cidr(client.clone(), &node, stop.clone()).await
@@ -88,6 +93,13 @@ impl Workloads {
                 match crate::network::write_cni_config(&conf_dir, &cidr, BRIDGE, &ipam_dir, None) {
                     Ok(_) => info!(pod_cidr = %cidr, "pod network configured"),
                     Err(e) => warn!(error = %e, "writing the CNI config"),
+                }
+                // A node on a loopback address is a single-machine test
+                // set-up sharing the machine's tables: no egress rule there.
+                if !loopback
+                    && let Err(e) = crate::network::ensure_egress_masquerade(&cidr, &cluster_cidr)
+                {
+                    warn!(error = %e, "adding the pod egress masquerade rule; pods cannot reach outside the cluster");
                 }
                 crate::network::run_routes(client, node, stop).await;
             });

@@ -63,7 +63,7 @@ fn host_with_port(url: &str, port: u16) -> Result<String> {
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(mut cfg: Config) -> Result<()> {
     let started = std::time::Instant::now();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -151,6 +151,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     let sup_url = format!("https://127.0.0.1:{sup_port}");
     let sup = SupervisorClient::new(&sup_url, &ca, &user, &token.password)
         .context("agent: supervisor client")?;
+    // The cluster's networks come from the servers, as in RKE2: an
+    // agent's own cluster-cidr/service-cidr/cluster-domain are defaults.
+    match sup.config().await {
+        Ok(cluster) => adopt_cluster_config(&mut cfg, &cluster),
+        Err(e) => warn!(error = %e, "reading the cluster configuration; using this agent's own"),
+    }
 
     // Step 3: identity.
     let mut node_name = cfg.node_name.clone();
@@ -257,6 +263,31 @@ pub async fn run(cfg: Config) -> Result<()> {
     drop(api_lb);
     drop(sup_lb);
     Ok(())
+}
+
+/// Takes `cluster-cidr`, `service-cidr` and `cluster-domain` from the
+/// servers' `/v1-rke2/config`; `cluster-dns` follows the service CIDR
+/// unless this agent set it.
+fn adopt_cluster_config(cfg: &mut Config, cluster: &serde_json::Value) {
+    let default_dns = rke2_config::nth_address(&cfg.service_cidr, 10);
+    if let Some(c) = cluster["cluster-cidr"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.cluster_cidr = c;
+    }
+    if let Some(c) = cluster["service-cidr"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.service_cidr = c;
+    }
+    if let Some(d) = cluster["cluster-domain"].as_str() {
+        cfg.cluster_domain = d.to_string();
+    }
+    if cfg.cluster_dns == default_dns {
+        cfg.cluster_dns = rke2_config::nth_address(&cfg.service_cidr, 10);
+    }
 }
 
 /// Every 10 s: learn the live apiservers and point both load balancers at

@@ -125,11 +125,16 @@ fn killall(args: &[OsString]) -> i32 {
         &agent.join("containerd"),
         &[agent.join("containerd"), agent.join("pods")],
     );
+    let rules = rke2_node::network::remove_egress_masquerade().unwrap_or_else(|e| {
+        eprintln!("rke2 killall: removing the pod egress rule: {e}");
+        0
+    });
     println!(
-        "rke2 killall: {} processes killed, {} mounts removed under {}",
+        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed",
         done.killed.len(),
         done.unmounted.len(),
-        agent.display()
+        agent.display(),
+        rules
     );
     0
 }

@@ -147,6 +147,20 @@ async fn pods_run_across_two_nodes() {
     .await
     .unwrap_or_else(|e| panic!("{e}\nserver:\n{}\nagent:\n{}", s1.log(), a1.log()));
     assert_ne!(cidrs[0], cidrs[1], "each node has its own pod CIDR");
+    // Traffic leaving the cluster's pod network is masqueraded, on each node.
+    for h in [&hs, &ha] {
+        let rules = || {
+            let mut cmd = bed.command_in(h, "iptables").unwrap();
+            cmd.args(["-t", "nat", "-S", "POSTROUTING"]);
+            String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+        };
+        eventually(LONG, "the pod egress masquerade rule", || async {
+            let r = rules();
+            (r.contains("rke2 pod egress") && r.contains("! -d 10.42.0.0/16")).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}: {}", h.name, rules()));
+    }
 
     // A Deployment of the busybox image: an HTTP server that is Ready
     // only once /tmp/ready exists (a readiness probe gates Ready).
