@@ -511,6 +511,7 @@ async fn pods_run_across_two_nodes() {
             "terminationGracePeriodSeconds": 2,
             "volumes": [
                 {"name": "work", "emptyDir": {}},
+                {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                 {"name": "cfg", "configMap": {"name": "settings"}},
                 {"name": "sec", "secret": {"secretName": "creds"}},
                 {"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
@@ -520,13 +521,14 @@ async fn pods_run_across_two_nodes() {
                 "command": ["sh", "-c", "echo from-init > /work/init.txt"],
                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
             "containers": [{"name": "main", "image": "rke2.test/late:1",
-                "command": ["sh", "-c", "cat /work/init.txt /cfg/file.txt /sec/password /info/name; echo; echo GREETING=$GREETING PASSWORD=$PASSWORD; echo x > /host/written; touch /tmp/alive; exec sleep 3600"],
+                "command": ["sh", "-c", "cat /work/init.txt /cfg/file.txt /sec/password /info/name; echo; echo GREETING=$GREETING PASSWORD=$PASSWORD; echo x > /host/written; grep ' /mem tmpfs ' /proc/mounts | grep -q size=16384k && echo MEM=tmpfs16M; echo SETUP-DONE; touch /tmp/alive; exec sleep 3600"],
                 "env": [
                     {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
                     {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}
                 ],
                 "volumeMounts": [
                     {"name": "work", "mountPath": "/work"},
+                    {"name": "mem", "mountPath": "/mem"},
                     {"name": "cfg", "mountPath": "/cfg"},
                     {"name": "sec", "mountPath": "/sec", "readOnly": true},
                     {"name": "info", "mountPath": "/info"},
@@ -568,7 +570,7 @@ async fn pods_run_across_two_nodes() {
     let logs = eventually(LONG, "features logs complete", || async {
         let o = kubectl(&k, &kubeconfig, &["logs", "features", "-c", "main"]);
         let t = text(&o);
-        t.contains("GREETING").then_some(t)
+        t.contains("SETUP-DONE").then_some(t)
     })
     .await
     .unwrap();
@@ -578,6 +580,7 @@ async fn pods_run_across_two_nodes() {
         "s3cret",
         "features",
         "GREETING=hi there PASSWORD=s3cret",
+        "MEM=tmpfs16M",
     ] {
         assert!(logs.contains(want), "{want:?} missing in {logs}");
     }

@@ -349,6 +349,7 @@ async fn sweep_orphans(ctx: &PodContext, workers: &HashMap<String, mpsc::Unbound
             .await;
         let dir = ctx.paths.pod_dir(&uid);
         if !uid.is_empty() && dir.exists() {
+            rke2_runtime::cleanup::unmount_under(std::slice::from_ref(&dir));
             let _ = std::fs::remove_dir_all(&dir);
         }
     }

@@ -405,8 +405,28 @@ async fn prepare_one(
 ) -> Result<PathBuf, String> {
     let mkdir =
         |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()));
-    if v.empty_dir.is_some() {
+    if let Some(e) = &v.empty_dir {
         mkdir(dir)?;
+        if e.medium.as_deref() == Some("Memory")
+            && rke2_runtime::cleanup::mounts_under(dir)
+                .first()
+                .map(PathBuf::as_path)
+                != Some(dir)
+        {
+            // Memory-backed: a tmpfs, sized by sizeLimit when given.
+            let mut opts = "mode=0777".to_string();
+            if let Some(limit) = e.size_limit.as_ref().and_then(|q| super::spec::bytes(&q.0)) {
+                opts.push_str(&format!(",size={limit}"));
+            }
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(opts.as_str()),
+            )
+            .map_err(|e| format!("mounting a tmpfs at {}: {e}", dir.display()))?;
+        }
         return Ok(dir.to_path_buf());
     }
     if let Some(h) = &v.host_path {

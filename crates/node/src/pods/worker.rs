@@ -1096,6 +1096,8 @@ impl Worker {
         self.sandbox = None;
         let dir = self.ctx.paths.pod_dir(&self.uid);
         if dir.exists() {
+            // Memory-backed emptyDirs are mounts.
+            rke2_runtime::cleanup::unmount_under(std::slice::from_ref(&dir));
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
