@@ -16,7 +16,7 @@
 # Usage: bench/all.sh [--quick] [--no-build] [--only a,b] [--skip a,b]
 #                     [--out DIR] [--keep-logs] [--verbose]
 #   --quick      the smallest sensible options of each script (a smoke run,
-#                about 10 minutes instead of about 25)
+#                about 8 minutes instead of about 30)
 #   --no-build   reuse the release binaries in $CARGO_TARGET_DIR (./target)
 #   --only/--skip  script names without .sh (e.g. --only startup,api)
 #   --out DIR    write summary.md and summary.png to DIR (default bench/results)
@@ -48,7 +48,7 @@ declare -A QUICK_OPTS=(
     [scheduler]="--pods 200 --nodes 20 --creators 4"
     [pods]="--runs 1 --pods 30 --creators 2"
     [api]="--runs 1 --ops 500 --list-ops 20 --paced-seconds 3"
-    [scale]=""
+    [scale]="--nodes 50 --pods 500 --watchers 50 --watch-events 20"
 )
 
 usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -190,9 +190,18 @@ for n in "${SCRIPTS[@]}"; do
     reason=""
     if (( rc != 0 )); then
         FAILED=$((FAILED + 1))
-        reason=$(sed 's/\x1b\[[0-9;]*m//g' "$logf" | grep -E '\[bench\] FAILED: |: (needs|.* is not installed)' | tail -n 1 |
-            sed 's/^\[bench\] //' || true)
-        [[ -n $reason ]] || reason=$( (( rc >= 128 )) && echo "stopped by signal $((rc - 128))" || echo "exit $rc")
+        # its own verdict: the last FAILED line, else the first failed
+        # command its ERR trap reported, else a missing tool or root
+        clean=$(sed 's/\x1b\[[0-9;]*m//g' "$logf")
+        reason=$(grep -E '^\[bench\] FAILED: ' <<<"$clean" | tail -n 1 | sed 's/^\[bench\] //' || true)
+        [[ -n $reason ]] || reason=$(grep -E '^\[bench\] command failed ' <<<"$clean" | tail -n 1 | sed 's/^\[bench\] //' || true)
+        [[ -n $reason ]] || reason=$(grep -E '^[a-z]+\.sh: ' <<<"$clean" | tail -n 1 || true)
+        case $rc in
+            130|143) reason="stopped (exit $rc)${reason:+: $reason}" ;;
+            141) reason="exit 141 (SIGPIPE)${reason:+: $reason}" ;;
+            *) reason="exit $rc${reason:+: $reason}" ;;
+        esac
+        (( ${#reason} <= 200 )) || reason="${reason:0:197}..."
         [[ -s "$RESULTS/$n.md" ]] && mv "$RESULTS/$n.md" "$WORK/logs/$n.partial.md"   # no figures from a failed run
         log "  $n.sh FAILED after ${secs}s (exit $rc): $reason"
         log "  --- last lines of its output:"
