@@ -10,7 +10,9 @@
 //!
 //! Watch fan-out (`--watchers W`): W watches on one namespace's
 //! ConfigMaps, then `--watch-events` creates there at `--watch-rate`/s;
-//! latency = arrival at a watcher minus the answer of its create.
+//! latency = arrival at a watcher minus the moment its create was sent
+//! (the answer often arrives after the events: the server sends both at
+//! once), so it includes the write itself.
 //!
 //! Output on stdout, tab-separated: `VALUE <name> <value>` and
 //! `LAT <name> <n> <errors> <p50 ms> <p99 ms> <max ms>`; progress on
@@ -447,11 +449,12 @@ impl Load {
                 break;
             }
             if Instant::now() > deadline {
-                stop_probe.store(true, Ordering::SeqCst);
-                bail!(
-                    "ramp not done within {} s: {seen} pods seen, {bound} bound, {running} running",
+                // Reported, not fatal: the figures so far are the result.
+                eprintln!(
+                    "[load] ramp not done within {} s: {seen} pods seen, {bound} bound, {running} running",
                     a.timeout
                 );
+                break;
             }
             if last_print.elapsed() >= Duration::from_secs(10) {
                 eprintln!(
@@ -463,10 +466,11 @@ impl Load {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let all_running = t0.elapsed();
+        let running_at_end = tracker.lock().expect("lock").running;
         stop_probe.store(true, Ordering::SeqCst);
         let probes = probe.await.unwrap_or(0);
         eprintln!(
-            "[load] all {} pods Running after {:.1} s ({probes} probes)",
+            "[load] {running_at_end} of {} pods Running after {:.1} s ({probes} probes)",
             a.pods,
             all_running.as_secs_f64()
         );
@@ -499,10 +503,19 @@ impl Load {
         );
         value("ramp.first_bound_s", format!("{:.2}", first(|p| p.bound)));
         value("ramp.all_bound_s", format!("{:.2}", last(|p| p.bound)));
-        value(
-            "ramp.all_running_s",
-            format!("{:.2}", all_running.as_secs_f64()),
-        );
+        value("ramp.running_at_end", running_at_end);
+        if running_at_end >= a.pods {
+            value(
+                "ramp.all_running_s",
+                format!("{:.2}", all_running.as_secs_f64()),
+            );
+        } else {
+            value("ramp.all_running_s", "n/a");
+            value(
+                "ramp.timed_out_s",
+                format!("{:.2}", all_running.as_secs_f64()),
+            );
+        }
         let span = |a: f64, b: f64| {
             if b > a {
                 (pods.len() as f64) / (b - a)
@@ -647,6 +660,7 @@ impl Load {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let _ = self.rec.take_period();
         let cpu = Cpu::start(&self.pids);
+        // When each create was sent (set once it succeeded).
         let written: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; k]));
         let every = Duration::from_secs_f64(1.0 / a.watch_rate.max(0.01));
         let mut tick = tokio::time::interval(every);
@@ -661,6 +675,7 @@ impl Load {
                     "data": {"payload": "x".repeat(512)},
                 }))
                 .expect("a valid ConfigMap");
+                let sent = Instant::now();
                 if timed(
                     &me.rec,
                     "watch-write",
@@ -670,7 +685,7 @@ impl Load {
                 .await
                 .is_ok()
                 {
-                    written.lock().expect("lock")[i] = Some(Instant::now());
+                    written.lock().expect("lock")[i] = Some(sent);
                 }
             }));
         }
