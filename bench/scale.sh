@@ -392,6 +392,9 @@ for (( k = 1; k <= SERVERS; k++ )); do
     ERRLINES=$(( ERRLINES + $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/s$k/rke2.log" | grep -cE ' (ERROR|WARN) ' || true) ))
 done
 CIDR_WARN=$(cat "$WORK"/s*/rke2.log 2>/dev/null | grep -c 'no free pod CIDR' || true)
+# the most frequent WARN/ERROR messages of all servers (fields cut off)
+TOP_WARN=$(cat "$WORK"/s*/rke2.log 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -E ' (ERROR|WARN) ' |
+    sed -E 's/^[^ ]+ +//; s/ [A-Za-z_.]+=.*//' | sort | uniq -c | sort -rn | awk 'NR <= 6' || true)
 
 # ------------------------------------------------------------------ table --
 val() { awk -F'\t' -v k="$2" '$1 == "VALUE" && $2 == k { print $3; exit }' "$1"; }
@@ -458,7 +461,7 @@ ctx() { CTX+=("$1|$2"); }
 ctx "hollow lease renewals ok / failed (all periods)" "$(cnt total lease_ok) / $(cnt total lease_failed)"
 ctx "hollow heartbeats ok / failed" "$(cnt total heartbeat_ok) / $(cnt total heartbeat_failed)"
 ctx "pods reported Running / failed" "$(cnt total pods_reported) / $(cnt total pods_report_failed)"
-for kind in lease-update node-status pod-status node-create lease-create; do
+for kind in lease-update node-status pod-status; do
     ctx "hollow $kind in the ramp: n, p50 / p99 / max (ms)" "$(hol period1 "$kind" n), $(ms "$(hol period1 "$kind" p50)") / $(ms "$(hol period1 "$kind" p99)") / $(ms "$(hol period1 "$kind" max)")"
 done
 ctx "hollow writes in registration: n, p50 / p99 (ms)" "$(hol period0 all-writes n), $(ms "$(hol period0 all-writes p50)") / $(ms "$(hol period0 all-writes p99)")"
@@ -545,6 +548,12 @@ mkdir -p "$(dirname "$OUT")"
         IFS='|' read -r l v <<<"$r"
         echo "| $l | $v |"
     done
+    if [[ -n "$TOP_WARN" ]]; then
+        echo
+        echo "Most frequent WARN/ERROR messages in the server logs (count, message without its fields):"
+        echo
+        while read -r c m; do echo "- $c: \`$m\`"; done <<<"$TOP_WARN"
+    fi
     echo
     echo "What is timed: every write of the hollow nodes and the load generator from"
     echo "before it is sent until its answer (failed ones included). Pods are followed"
