@@ -100,6 +100,9 @@ struct NodeState {
     /// First address of the node's pod range (its podCIDR once assigned).
     pod_base: Mutex<Ipv4Addr>,
     next_pod_ip: AtomicU32,
+    /// Whether the Node was read back for its podCIDR (once, at the first
+    /// pod, when registration came before the node IPAM).
+    cidr_checked: AtomicBool,
     /// Set once registered (node, status and lease written).
     registered: AtomicBool,
     /// Time of registration (`lastTransitionTime` of the conditions).
@@ -695,6 +698,15 @@ impl Hollow {
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client(i), &ns);
+        let n = &self.nodes[i];
+        if !n.cidr_checked.swap(true, Ordering::SeqCst) {
+            // The node IPAM usually assigns the podCIDR after registration;
+            // the heartbeats bring it too, but only every minute.
+            let nodes: Api<Node> = Api::all(self.client(i));
+            if let Ok(node) = self.read(nodes.get(&n.name)).await {
+                self.learn_cidr(n, &node);
+            }
+        }
         let patch = json!({"status": self.pod_status(i, &p)});
         let mut attempt = 0;
         loop {
@@ -921,6 +933,7 @@ async fn main() -> Result<()> {
             ip: node_ip(i),
             pod_base: Mutex::new(fake_pod_base(i)),
             next_pod_ip: AtomicU32::new(0),
+            cidr_checked: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             since: Mutex::new(now_time()),
         })
