@@ -131,24 +131,33 @@ fi
 [[ -x "$TARGET_DIR/release/rke2" ]] || { log "$TARGET_DIR/release/rke2 not found (drop --no-build)"; FAILED=1; exit 1; }
 
 # --------------------------------------------------------------- leftovers --
-# What a script leaves behind after it exited: its temp dirs (rke2-*bench.*
-# under TMPDIR), processes still using them, mounts below them, network
-# namespaces that were not there before. Only reported, never removed.
+# What a script leaves behind after it exited: its temp dirs (the prefix of
+# its `mktemp -d` line, e.g. rke2-ha-bench.), processes still using them,
+# mounts below them, and network namespaces named with its PREFIX= (agent.sh,
+# ha.sh) that were not there before. Only reported, never removed. Another
+# run of the same script beside this one would be reported too.
 TMPD="${TMPDIR:-/tmp}"
-bench_dirs() { find "$TMPD" -maxdepth 1 -name 'rke2-*bench.*' -newer "$1" 2>/dev/null | sort; }
+own_names() { # SCRIPT: sets TMP_PFX, NS_PFX
+    TMP_PFX=$(grep -oE 'mktemp -d "\$\{TMPDIR:-/tmp\}/[A-Za-z0-9_.-]+\.X+' "$1" | head -n 1 | sed -E 's#.*/##; s/X+$//' || true)
+    NS_PFX=$(sed -n 's/^PREFIX=\([A-Za-z0-9_-]*\)$/\1/p' "$1" | head -n 1)
+}
 netns_list() { ip netns list 2>/dev/null | awk '{ print $1 }' | sort; }
 leftovers() { # STAMPFILE NETNS-BEFORE
     local d p out=() procs mounts ns
-    for d in $(bench_dirs "$1"); do
-        procs=""
-        for p in /proc/[0-9]*; do
-            if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$d/"; then procs+=" ${p#/proc/}"; fi
+    if [[ -n $TMP_PFX ]]; then
+        for d in $(find "$TMPD" -maxdepth 1 -name "$TMP_PFX*" -newer "$1" 2>/dev/null | sort); do
+            procs=""
+            for p in /proc/[0-9]*; do
+                if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$d/"; then procs+=" ${p#/proc/}"; fi
+            done
+            mounts=$(awk -v d="$d/" 'index($5, d) == 1' /proc/self/mountinfo | wc -l)
+            out+=("temp dir $d left${procs:+, processes still using it:$procs}$( ((mounts)) && echo ", $mounts mounts below it" || true)")
         done
-        mounts=$(awk -v d="$d/" 'index($5, d) == 1' /proc/self/mountinfo | wc -l)
-        out+=("temp dir $d left${procs:+, processes still using it:$procs}$( ((mounts)) && echo ", $mounts mounts below it" || true)")
-    done
-    ns=$(comm -13 <(printf '%s\n' "$2") <(netns_list) | tr '\n' ' ')
-    [[ -z ${ns// /} ]] || out+=("network namespaces left: $ns")
+    fi
+    if [[ -n $NS_PFX ]]; then
+        ns=$(comm -13 <(printf '%s\n' "$2") <(netns_list) | grep "^$NS_PFX-" | tr '\n' ' ' || true)
+        [[ -z ${ns// /} ]] || out+=("network namespaces left: $ns")
+    fi
     (( ${#out[@]} )) && printf '%s; ' "${out[@]}" | sed 's/; $//'
     return 0
 }
@@ -168,6 +177,7 @@ for n in "${SCRIPTS[@]}"; do
     (( QUICK )) && opts=${QUICK_OPTS[$n]:-}
     logf="$WORK/logs/$n.log"
     touch "$WORK/stamp-$n"
+    own_names "$f"
     ns_before=$(netns_list)
     log "$n.sh --no-build${opts:+ $opts} (log: $logf)"
     t0=$EPOCHREALTIME
@@ -199,6 +209,7 @@ for n in "${SCRIPTS[@]}"; do
         case $rc in
             130|143) reason="stopped (exit $rc)${reason:+: $reason}" ;;
             141) reason="exit 141 (SIGPIPE)${reason:+: $reason}" ;;
+            1) [[ $reason == FAILED:* ]] || reason="exit 1${reason:+: $reason}" ;;
             *) reason="exit $rc${reason:+: $reason}" ;;
         esac
         (( ${#reason} <= 200 )) || reason="${reason:0:197}..."
