@@ -394,7 +394,7 @@ done
 CIDR_WARN=$(cat "$WORK"/s*/rke2.log 2>/dev/null | grep -c 'no free pod CIDR' || true)
 # the most frequent WARN/ERROR messages of all servers (fields cut off)
 TOP_WARN=$(cat "$WORK"/s*/rke2.log 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -E ' (ERROR|WARN) ' |
-    sed -E 's/^[^ ]+ +//; s/ [A-Za-z_.]+=.*//' | sort | uniq -c | sort -rn | awk 'NR <= 6' || true)
+    sed -E 's/^[^ ]+ +//; s/\{[^}]*\}//g; s/ [A-Za-z_.]+=.*//' | sort | uniq -c | sort -rn | awk 'NR <= 6' || true)
 
 # ------------------------------------------------------------------ table --
 val() { awk -F'\t' -v k="$2" '$1 == "VALUE" && $2 == k { print $3; exit }' "$1"; }
@@ -528,7 +528,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "- date: $date_s"
     echo "- machine: nproc $(nproc), $(uname -sr), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); load average at start $LOAD_AT_START, at the end $(cut -d" " -f1-3 /proc/loadavg)"
     echo "- commit: $commit; rustc $rustc_ver"
-    echo "- binaries: \`$RKE2\`, \`$HOLLOW\`, \`$LOADGEN\`, \`$REFGEN\`"
+    echo "- binaries: \`$RKE2\` (built $(date -u -r "$RKE2" '+%Y-%m-%d %H:%M UTC')), \`$HOLLOW\` (built $(date -u -r "$HOLLOW" '+%H:%M')), \`$LOADGEN\`, \`$REFGEN\`"
     echo "- etcd $etcd_ver (the servers' own children, TLS), kubectl $kubectl_ver (waits only)"
     echo "- $what"
     echo "- command: \`bench/scale.sh${ARGS:+ $ARGS}\`"
