@@ -512,6 +512,11 @@ async fn pods_run_across_two_nodes() {
             "volumes": [
                 {"name": "work", "emptyDir": {}},
                 {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                {"name": "proj", "projected": {"sources": [
+                    {"configMap": {"name": "settings", "items": [{"key": "greeting", "path": "g.txt"}]}},
+                    {"secret": {"name": "creds", "items": [{"key": "password", "path": "p.txt"}]}},
+                    {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
+                ]}},
                 {"name": "cfg", "configMap": {"name": "settings"}},
                 {"name": "sec", "secret": {"secretName": "creds"}},
                 {"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
@@ -521,7 +526,7 @@ async fn pods_run_across_two_nodes() {
                 "command": ["sh", "-c", "echo from-init > /work/init.txt"],
                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
             "containers": [{"name": "main", "image": "rke2.test/late:1",
-                "command": ["sh", "-c", "cat /work/init.txt /cfg/file.txt /sec/password /info/name; echo; echo GREETING=$GREETING PASSWORD=$PASSWORD; echo x > /host/written; grep ' /mem tmpfs ' /proc/mounts | grep -q size=16384k && echo MEM=tmpfs16M; echo SETUP-DONE; touch /tmp/alive; exec sleep 3600"],
+                "command": ["sh", "-c", "cat /work/init.txt /cfg/file.txt /sec/password /info/name; echo; echo GREETING=$GREETING PASSWORD=$PASSWORD; echo x > /host/written; grep ' /mem tmpfs ' /proc/mounts | grep -q size=16384k && echo MEM=tmpfs16M; echo PROJ=$(cat /proj/g.txt)/$(cat /proj/p.txt)/$(cat /proj/ns); echo SETUP-DONE; touch /tmp/alive; exec sleep 3600"],
                 "env": [
                     {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
                     {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}
@@ -529,6 +534,7 @@ async fn pods_run_across_two_nodes() {
                 "volumeMounts": [
                     {"name": "work", "mountPath": "/work"},
                     {"name": "mem", "mountPath": "/mem"},
+                    {"name": "proj", "mountPath": "/proj"},
                     {"name": "cfg", "mountPath": "/cfg"},
                     {"name": "sec", "mountPath": "/sec", "readOnly": true},
                     {"name": "info", "mountPath": "/info"},
@@ -581,6 +587,7 @@ async fn pods_run_across_two_nodes() {
         "features",
         "GREETING=hi there PASSWORD=s3cret",
         "MEM=tmpfs16M",
+        "PROJ=hi there/s3cret/default",
     ] {
         assert!(logs.contains(want), "{want:?} missing in {logs}");
     }

@@ -375,6 +375,57 @@ fn project(
     Ok(())
 }
 
+/// Where a volume's (or projected source's) files come from.
+#[derive(Clone, Copy)]
+enum Source<'n> {
+    ConfigMap(&'n str),
+    Secret(&'n str),
+}
+
+/// Adds the keys of a ConfigMap or Secret (all, or the `items` chosen) to
+/// `files`; a missing object is an error unless `optional`.
+async fn add_source(
+    sources: &mut Sources<'_>,
+    src: Source<'_>,
+    items: &Option<Vec<KeyToPath>>,
+    mode: u32,
+    optional: Option<bool>,
+    files: &mut BTreeMap<String, (Vec<u8>, u32)>,
+) -> Result<(), String> {
+    let optional = optional == Some(true);
+    let (data, what) = match src {
+        Source::ConfigMap(name) => (
+            sources.config_map(name).await?.map(|cm| cm_data(&cm)),
+            format!("configmap {name:?}"),
+        ),
+        Source::Secret(name) => (
+            sources.secret(name).await?.map(|s| secret_data(&s)),
+            format!("secret {name:?}"),
+        ),
+    };
+    match data {
+        Some(data) => project(&data, items, mode, &what, optional, files),
+        None if optional => Ok(()),
+        None => Err(format!("{what} not found")),
+    }
+}
+
+/// Adds downward API items (fieldRef values) to `files`.
+fn add_downward(
+    pod: &Pod,
+    items: &Option<Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>,
+    mode: u32,
+    files: &mut BTreeMap<String, (Vec<u8>, u32)>,
+) -> Result<(), String> {
+    for it in items.clone().unwrap_or_default() {
+        if let Some(f) = &it.field_ref {
+            let m = it.mode.map(|m| m as u32).unwrap_or(mode);
+            files.insert(it.path.clone(), (field_value(pod, f)?.into_bytes(), m));
+        }
+    }
+    Ok(())
+}
+
 /// Prepares every volume of `pod`; returns name -> directory on the node.
 pub async fn prepare(
     sources: &mut Sources<'_>,
@@ -474,93 +525,29 @@ async fn prepare_one(
     let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(0o644) as u32;
-        let optional = c.optional == Some(true);
-        match sources.config_map(&c.name).await? {
-            Some(cm) => project(
-                &cm_data(&cm),
-                &c.items,
-                mode,
-                &format!("configmap {:?}", c.name),
-                optional,
-                &mut files,
-            )?,
-            None if optional => {}
-            None => return Err(format!("configmap {:?} not found", c.name)),
-        }
+        let src = Source::ConfigMap(&c.name);
+        add_source(sources, src, &c.items, mode, c.optional, &mut files).await?;
     } else if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         let mode = s.default_mode.unwrap_or(0o644) as u32;
-        let optional = s.optional == Some(true);
-        match sources.secret(&name).await? {
-            Some(sec) => project(
-                &secret_data(&sec),
-                &s.items,
-                mode,
-                &format!("secret {name:?}"),
-                optional,
-                &mut files,
-            )?,
-            None if optional => {}
-            None => return Err(format!("secret {name:?} not found")),
-        }
+        let src = Source::Secret(&name);
+        add_source(sources, src, &s.items, mode, s.optional, &mut files).await?;
     } else if let Some(d) = &v.downward_api {
         let mode = d.default_mode.unwrap_or(0o644) as u32;
-        for it in d.items.clone().unwrap_or_default() {
-            if let Some(f) = &it.field_ref {
-                files.insert(
-                    it.path.clone(),
-                    (
-                        field_value(pod, f)?.into_bytes(),
-                        it.mode.map(|m| m as u32).unwrap_or(mode),
-                    ),
-                );
-            }
-        }
+        add_downward(pod, &d.items, mode, &mut files)?;
     } else if let Some(p) = &v.projected {
         let mode = p.default_mode.unwrap_or(0o644) as u32;
         for src in p.sources.clone().unwrap_or_default() {
             if let Some(c) = &src.config_map {
-                let optional = c.optional == Some(true);
-                match sources.config_map(&c.name).await? {
-                    Some(cm) => project(
-                        &cm_data(&cm),
-                        &c.items,
-                        mode,
-                        &format!("configmap {:?}", c.name),
-                        optional,
-                        &mut files,
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("configmap {:?} not found", c.name)),
-                }
+                let from = Source::ConfigMap(&c.name);
+                add_source(sources, from, &c.items, mode, c.optional, &mut files).await?;
             }
             if let Some(s) = &src.secret {
-                let optional = s.optional == Some(true);
-                match sources.secret(&s.name).await? {
-                    Some(sec) => project(
-                        &secret_data(&sec),
-                        &s.items,
-                        mode,
-                        &format!("secret {:?}", s.name),
-                        optional,
-                        &mut files,
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("secret {:?} not found", s.name)),
-                }
+                let from = Source::Secret(&s.name);
+                add_source(sources, from, &s.items, mode, s.optional, &mut files).await?;
             }
             if let Some(d) = &src.downward_api {
-                for it in d.items.clone().unwrap_or_default() {
-                    if let Some(f) = &it.field_ref {
-                        files.insert(
-                            it.path.clone(),
-                            (
-                                field_value(pod, f)?.into_bytes(),
-                                it.mode.map(|m| m as u32).unwrap_or(mode),
-                            ),
-                        );
-                    }
-                }
+                add_downward(pod, &d.items, mode, &mut files)?;
             }
             if let Some(t) = &src.service_account_token {
                 // The apiserver issues no service-account tokens yet; the
