@@ -390,7 +390,8 @@ def write_md(path, rows, md, status, env, png_note):
         s = status[name]
         res = ("not run" if s["rc"] == "-" else "ok" if s["rc"] == "0" else f"FAILED (exit {s['rc']})")
         if s["reason"]:
-            res += f": {s['reason']}"
+            res = (f"FAILED (exit {s['rc']}): {s['reason'][len('FAILED: '):]}"
+                   if s["reason"].startswith("FAILED: ") else f"{res}: {s['reason']}")
         secs = f"{float(s['secs']):.0f} s" if s["secs"] not in ("", "-") else "-"
         opts = "-" if s["rc"] == "-" else f"`{s['opts'] or '(defaults)'}`"
         L.append(f"| `{name}.sh` | {opts} | {md_escape(res)} | {secs} |")
