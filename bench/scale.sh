@@ -23,6 +23,10 @@
 #                       [--concurrency N] [--creators N] [--probe-rate R]
 #                       [--watchers N] [--watch-events N] [--timeout S] [--ref-ops N]
 #                       [--subnet A.B.C] [--no-build] [--out FILE] [--keep]
+#       bench/scale.sh --report DIR [--out FILE]
+#   --report renders the table again from a work dir kept with --keep (the
+#   run's options, phase outputs and readings are saved there), e.g. when a
+#   late phase failed.
 #   defaults: 1 server, 500 nodes, 5000 pods (the issue's target:
 #   --servers 3 --nodes 2000 --pods 20000), watchers = nodes, subnet 127.77.6,
 #   reference ops = pods, at most 5000 (its API side runs at the API's pace).
@@ -43,6 +47,7 @@ WATCH_EVENTS=50
 WATCH_RATE=5
 TIMEOUT=1800       # seconds the ramp may take
 REF_OPS=""         # default: min(PODS, 5000)
+REPORT=""          # --report DIR: only render the table of a kept run
 BUILD=1
 KEEP=0
 SUBNET=127.77.6    # server K on SUBNET.(10+K)
@@ -71,6 +76,7 @@ while [[ $# -gt 0 ]]; do
         --watch-events) WATCH_EVENTS="${2:?--watch-events needs a number}"; shift 2 ;;
         --timeout) TIMEOUT="${2:?--timeout needs seconds}"; shift 2 ;;
         --ref-ops) REF_OPS="${2:?--ref-ops needs a number}"; shift 2 ;;
+        --report) REPORT="${2:?--report needs a kept work dir}"; shift 2 ;;
         --subnet) SUBNET="${2:?--subnet needs A.B.C}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT="${2:?--out needs a file}"; shift 2 ;;
@@ -79,6 +85,12 @@ while [[ $# -gt 0 ]]; do
         *) echo "scale.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
 done
+if [[ -n "$REPORT" ]]; then
+    [[ -f "$REPORT/params.env" ]] ||
+        { echo "scale.sh: $REPORT/params.env not found (not a work dir kept with --keep)" >&2; exit 2; }
+    # shellcheck disable=SC1091  # the run's own options and readings
+    source "$REPORT/params.env"
+fi
 WATCHERS="${WATCHERS:-$NODES}"
 REF_OPS="${REF_OPS:-$(( PODS < 5000 ? PODS : 5000 ))}"
 for v in NODES PODS PODS_PER_RS CONCURRENCY CREATORS PROBE_RATE WATCH_EVENTS TIMEOUT REF_OPS; do
@@ -92,11 +104,12 @@ done
 (( NODES <= 10000 && PODS <= 100000 && WATCHERS <= 10000 )) ||
     { echo "scale.sh: at most 10000 nodes, 100000 pods, 10000 watchers" >&2; exit 2; }
 
+KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
+if [[ -z "$REPORT" ]]; then
 if (( EUID != 0 )); then
     echo "scale.sh: needs root (rke2 server runs containerd); run it as root" >&2
     exit 1
 fi
-KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
 for tool in etcd cargo awk ss "$KUBECTL"; do
     command -v "$tool" >/dev/null || { echo "scale.sh: ${tool:-kubectl} is not installed" >&2; exit 1; }
 done
@@ -105,6 +118,7 @@ NOFILE_NEEDED=$(( WATCHERS + 2000 ))
 if (( $(ulimit -n) < NOFILE_NEEDED )); then
     ulimit -n "$NOFILE_NEEDED" 2>/dev/null ||
         { echo "scale.sh: open file limit $(ulimit -n) < $NOFILE_NEEDED and cannot be raised" >&2; exit 1; }
+fi
 fi
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -199,7 +213,7 @@ die() {
 cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET_DIR" = /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
-if (( BUILD )); then
+if (( BUILD )) && [[ -z "$REPORT" ]]; then
     log "building: cargo build --release -p rke2 -p rke2-hollow-nodes -p rke2-bench-api (target dir $TARGET_DIR)"
     cargo build --release -p rke2 -p rke2-hollow-nodes -p rke2-bench-api >&2
 fi
@@ -207,6 +221,7 @@ RKE2="$TARGET_DIR/release/rke2"
 HOLLOW="$TARGET_DIR/release/rke2-hollow-nodes"
 LOADGEN="$TARGET_DIR/release/rke2-scale-load"
 REFGEN="$TARGET_DIR/release/rke2-bench-api"
+if [[ -z "$REPORT" ]]; then
 for b in "$RKE2" "$HOLLOW" "$LOADGEN" "$REFGEN"; do
     [[ -x "$b" ]] || die "$b not found (build it, or drop --no-build)"
 done
@@ -223,6 +238,16 @@ done
 LOAD_AT_START=$(cut -d" " -f1-3 /proc/loadavg)   # other jobs on the machine skew the figures
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/rke2-scale-bench.XXXXXX")"
 KC="$WORK/s1/kubeconfig.yaml"
+# the run's options and readings, for --report
+save() { local v; for v in "$@"; do printf '%s=%q\n' "$v" "${!v}" >>"$WORK/params.env"; done; }
+RUN_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+RUN_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null || true)" ]]; then
+    RUN_COMMIT="$RUN_COMMIT (work tree had uncommitted changes)"
+fi
+BINARIES="\`$RKE2\` (built $(date -u -r "$RKE2" '+%Y-%m-%d %H:%M UTC')), \`$HOLLOW\` (built $(date -u -r "$HOLLOW" '+%H:%M')), \`$LOADGEN\`, \`$REFGEN\`"
+save SERVERS NODES PODS PODS_PER_RS CONCURRENCY CREATORS PROBE_RATE WATCHERS WATCH_EVENTS \
+    WATCH_RATE REF_OPS TIMEOUT LOAD_AT_START ARGS RUN_DATE RUN_COMMIT BINARIES
 
 now() { printf '%s' "$EPOCHREALTIME"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a - b }'; }
@@ -322,6 +347,7 @@ while :; do
     nap 2
 done
 REGISTER_S=$(sub "$(now)" "$t_hollow")
+save REGISTER_S
 log "  all $NODES hollow nodes Ready after $REGISTER_S s"
 nap 10    # a round of lease renewals before the ramp
 kill -USR1 "$HOLLOW_PID"   # period0: registration
@@ -367,7 +393,11 @@ if (( WATCHERS > 0 )); then
 else
     : >"$WORK/watch.tsv"
 fi
-for p in "${PROCS[@]}"; do HWM[${p%%:*}]=$(mb "${p#*:}" VmHWM); done
+for p in "${PROCS[@]}"; do
+    l=${p%%:*}
+    HWM[$l]=$(mb "${p#*:}" VmHWM)
+    printf '%s\t%s\t%s\t%s\n' "$l" "${STEADY_CPU[$l]}" "${RSS[$l]}" "${HWM[$l]}" >>"$WORK/steady.tsv"
+done
 kill -USR1 "$HOLLOW_PID"   # period2: steady state and fan-out
 
 # -------------------------------------------------------------- reference --
@@ -375,6 +405,7 @@ kill -USR1 "$HOLLOW_PID"   # period2: steady state and fan-out
 pod=$(kc get pods -n scale --no-headers -o custom-columns=N:.metadata.name | awk 'NR == 1 { print }')
 [[ -n "$pod" ]] || die "no pod left in namespace scale to size the reference"
 POD_BYTES=$(kc get --raw "/api/v1/namespaces/scale/pods/$pod" | wc -c)
+save POD_BYTES
 # the raw value is the JSON of a ConfigMap whose payload has --size bytes,
 # about 110 bytes of envelope around it
 REF_SIZE=$(( POD_BYTES > 300 ? POD_BYTES - 110 : 200 ))
@@ -392,6 +423,27 @@ kill -USR1 "$HOLLOW_PID"   # period3: the reference
 nap 1
 stop_pid "$HOLLOW_PID"; HOLLOW_PID=""
 grep -q '^RESULT	total' "$WORK/hollow.out" || die "no final results from rke2-hollow-nodes"
+LOAD_AT_END=$(cut -d" " -f1-3 /proc/loadavg)
+save LOAD_AT_END
+else
+    # --report: the kept run's readings (what it did not record is n/a)
+    WORK=$REPORT
+    KEEP=1
+    declare -A STEADY_CPU RSS HWM
+    PROCS=()
+    for (( k = 1; k <= SERVERS; k++ )); do PROCS+=("rke2-$k:" "etcd-$k:"); done
+    PROCS+=("hollow:")
+    for p in "${PROCS[@]}"; do l=${p%%:*}; STEADY_CPU[$l]=n/a; RSS[$l]=n/a; HWM[$l]=n/a; done
+    if [[ -f "$WORK/steady.tsv" ]]; then
+        while IFS=$'\t' read -r l c r h; do STEADY_CPU[$l]=$c; RSS[$l]=$r; HWM[$l]=$h; done <"$WORK/steady.tsv"
+    fi
+    for f in ramp.tsv hollow.out; do
+        [[ -f "$WORK/$f" ]] || die "$WORK/$f missing: the run did not get past the ramp"
+    done
+    [[ -f "$WORK/watch.tsv" ]] || : >"$WORK/watch.tsv"
+    [[ -f "$WORK/ref.tsv" ]] || : >"$WORK/ref.tsv"
+fi
+POD_BYTES=${POD_BYTES:-n/a}
 ERRLINES=0
 for (( k = 1; k <= SERVERS; k++ )); do
     ERRLINES=$(( ERRLINES + $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/s$k/rke2.log" | grep -cE ' (ERROR|WARN) ' || true) ))
@@ -504,11 +556,8 @@ ctx "raw range + txn (what the store does per create): ops/s, p99 (ms)" "$(ops "
 ctx "stored Running pod (bytes)" "$POD_BYTES"
 ctx "server log WARN/ERROR lines (of them 'no free pod CIDR')" "$ERRLINES ($CIDR_WARN)"
 
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null || true)" ]]; then
-    commit="$commit (work tree had uncommitted changes)"
-fi
-date_s=$(date -u '+%Y-%m-%d %H:%M UTC')
+commit=${RUN_COMMIT:-unknown}
+date_s=${RUN_DATE:-n/a}
 kubectl_ver=$("$KUBECTL" version --client 2>/dev/null | awk '/Client Version/ { print $3 }')
 etcd_ver=$(etcd --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
 rustc_ver=$(rustc --version 2>/dev/null | awk '{ print $2 }')
@@ -532,12 +581,15 @@ mkdir -p "$(dirname "$OUT")"
     echo "# rke2 scale: hollow nodes and pods"
     echo
     echo "- date: $date_s"
-    echo "- machine: nproc $(nproc), $(uname -sr), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); load average at start $LOAD_AT_START, at the end $(cut -d" " -f1-3 /proc/loadavg)"
+    echo "- machine: nproc $(nproc), $(uname -sr), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); load average at start ${LOAD_AT_START:-n/a}, at the end ${LOAD_AT_END:-n/a}"
     echo "- commit: $commit; rustc $rustc_ver"
-    echo "- binaries: \`$RKE2\` (built $(date -u -r "$RKE2" '+%Y-%m-%d %H:%M UTC')), \`$HOLLOW\` (built $(date -u -r "$HOLLOW" '+%H:%M')), \`$LOADGEN\`, \`$REFGEN\`"
+    echo "- binaries: ${BINARIES:-n/a}"
     echo "- etcd $etcd_ver (the servers' own children, TLS), kubectl $kubectl_ver (waits only)"
     echo "- $what"
     echo "- command: \`bench/scale.sh${ARGS:+ $ARGS}\`"
+    if [[ -n "$REPORT" ]]; then
+        echo "- table rendered $(date -u '+%Y-%m-%d %H:%M UTC') by \`bench/scale.sh --report\` from the kept work dir; rows the run did not record say n/a"
+    fi
     echo
     echo "| measurement | value | target |"
     echo "| --- | ---: | --- |"
