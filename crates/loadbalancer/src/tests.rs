@@ -465,7 +465,15 @@ async fn persisted_list_survives_restart_with_dead_seed() {
         lb.servers().into_iter().map(|s| s.0).collect::<Vec<_>>(),
         vec![a.addr(), b.addr(), dead.clone()]
     );
-    assert_eq!(served_by(lb.local_addr()).await.as_deref(), Some("A"));
+    // Before the first checks finish either learned server may answer: a
+    // server whose check already passed ranks before one still unknown,
+    // and the checks of A and B race. What matters is that the persisted
+    // list serves while the only configured seed is dead.
+    let first = served_by(lb.local_addr()).await;
+    assert!(
+        matches!(first.as_deref(), Some("A") | Some("B")),
+        "persisted list did not serve: {first:?}"
+    );
     let lbaddr = lb.local_addr();
     poll_until(Duration::from_secs(5), || async {
         health_of(&lb, &dead) == Some(Health::Unhealthy)
