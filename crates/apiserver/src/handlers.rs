@@ -2,6 +2,7 @@
 //! and the `status`, `binding` and `finalize` subresources.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -151,6 +152,18 @@ async fn read_object(ctx: &Ctx<'_>, name: &str) -> ApiResult<(Value, i64)> {
     }
 }
 
+/// The object as the watch cache has it, when the cache is running and
+/// (if `at` is given) has it at exactly that resourceVersion. Only for
+/// reads before a write: the write compares the revision, so a stale
+/// object turns into a conflict, never into a lost update.
+fn cached_object(ctx: &Ctx<'_>, name: &str, at: Option<i64>) -> Option<(Value, i64)> {
+    let (obj, rev) = ctx.state.caches.running(ctx.rt())?.get(&ctx.key(name))?;
+    if at.is_some_and(|want| want != rev) {
+        return None;
+    }
+    Some((Value::clone(&obj), rev))
+}
+
 async fn get(ctx: &Ctx<'_>) -> ApiResult<Response> {
     let name = ctx.path.name.as_deref().unwrap_or("");
     let (obj, _) = read_object(ctx, name).await?;
@@ -289,6 +302,22 @@ async fn list_objects(ctx: &Ctx<'_>, filters: &Filters) -> ApiResult<(Vec<Value>
             }
         }
     }
+    // resourceVersion=0 asks for any recent state: served from the watch
+    // cache once it is synced, whole (kube-apiserver ignores `limit` there
+    // too; clients see no `continue` and take the list as complete).
+    if rv_param == Some("0")
+        && q.get("continue").is_none_or(|c| c.is_empty())
+        && let Some(cache) = ctx.state.caches.ready(rt).await
+        && let Some(snap) = cache.snapshot(&prefix)
+    {
+        let items = snap
+            .objects
+            .iter()
+            .filter(|o| filters.matches(o))
+            .map(|o| Value::clone(o))
+            .collect();
+        return Ok((items, json!({"resourceVersion": snap.revision.to_string()})));
+    }
     let mut items = Vec::new();
     let mut more;
     let mut remaining;
@@ -386,7 +415,18 @@ fn read_body(ctx: &Ctx<'_>, content_type: Option<&str>, body: &[u8]) -> ApiResul
 async fn ensure_namespace(ctx: &Ctx<'_>) -> ApiResult<()> {
     let Some(ns) = ctx.ns() else { return Ok(()) };
     let nsrt = registry::find("", "v1", "namespaces").expect("namespaces registered");
-    match ctx.state.store.get(&nsrt.key(None, ns)).await? {
+    let key = nsrt.key(None, ns);
+    // An active namespace in the cache is enough, as in kube-apiserver's
+    // NamespaceLifecycle admission (a cache that lags a deletion lets a
+    // create through; the namespace controller deletes it with the rest).
+    // Anything else is checked against etcd: the cache may not have seen
+    // a namespace created a moment ago.
+    if let Some((obj, _)) = ctx.state.caches.running(nsrt).and_then(|c| c.get(&key))
+        && !obj["metadata"]["deletionTimestamp"].is_string()
+    {
+        return Ok(());
+    }
+    match ctx.state.store.get(&key).await? {
         None => Err(ApiError::not_found(nsrt, ns)),
         Some(kv) => {
             let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
@@ -549,9 +589,13 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
         )));
     }
-    let (old, rev) = read_object(ctx, &name).await?;
+    let want = expected_rv(&new)?;
+    let (old, rev) = match want.and_then(|w| cached_object(ctx, &name, Some(w))) {
+        Some(x) => x,
+        None => read_object(ctx, &name).await?,
+    };
     check_node_scope(ctx, &old, "update")?;
-    if let Some(want) = expected_rv(&new)?
+    if let Some(want) = want
         && want != rev
     {
         return Err(ApiError::conflict(rt, &name));
@@ -653,10 +697,31 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
         ));
     }
+    // Only a resourceVersion the client put in the patch is a
+    // precondition; the patched object always carries the stored one.
+    let precondition = match ty {
+        BodyType::JsonPatch => None,
+        _ => decode_body(body, ty)
+            .ok()
+            .as_ref()
+            .map(expected_rv)
+            .transpose()?
+            .flatten(),
+    };
     // A patch without a resourceVersion precondition is retried on
-    // conflict, as kube-apiserver does.
-    for _ in 0..5 {
-        let (old, rev) = match read_object(ctx, &name).await {
+    // conflict, as kube-apiserver does. The first attempt starts from the
+    // watch cache's copy; a stale copy fails the revision compare and the
+    // retry reads etcd.
+    for attempt in 0..5 {
+        let cached = match attempt {
+            0 => cached_object(ctx, &name, precondition),
+            _ => None,
+        };
+        let read = match cached {
+            Some(x) => Ok(x),
+            None => read_object(ctx, &name).await,
+        };
+        let (old, rev) = match read {
             Ok(x) => x,
             Err(e)
                 if e.code == 404
@@ -695,17 +760,6 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
                 "the name of the object may not be changed by a patch",
             ));
         }
-        // Only a resourceVersion the client put in the patch is a
-        // precondition; the patched object always carries the stored one.
-        let precondition = match ty {
-            BodyType::JsonPatch => None,
-            _ => decode_body(body, ty)
-                .ok()
-                .as_ref()
-                .map(expected_rv)
-                .transpose()?
-                .flatten(),
-        };
         if let Some(want) = precondition
             && want != rev
         {
@@ -1188,32 +1242,52 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s}")))?,
         ),
     };
-    let mut initial = Vec::new();
+    let prefix = rt.prefix(ctx.ns());
+    let cache = ctx.state.caches.ready(rt).await;
+    let mut initial: Vec<Arc<Value>> = Vec::new();
+    let mut subscription = None;
     let start_rev;
     if send_initial == Some(true) || explicit_rv.is_none() && send_initial != Some(false) {
-        let mut lq = q.clone();
-        for k in [
-            "limit",
-            "continue",
-            "resourceVersion",
-            "resourceVersionMatch",
-            "watch",
-        ] {
-            lq.0.remove(k);
-        }
-        let listing = Ctx {
-            state: ctx.state,
-            path: ctx.path.clone(),
-            query: lq,
-            answer: ctx.answer,
-            node_scope: ctx.node_scope.clone(),
+        // resourceVersion=0 means "any state": the cache's, taken together
+        // with the subscription so nothing falls between them. Otherwise
+        // the initial state is a consistent read of etcd.
+        let cached = match (rv_param, &cache) {
+            (Some("0"), Some(cache)) => cache.snapshot_and_subscribe(&prefix),
+            _ => None,
         };
-        let (items, meta) = list_objects(&listing, &filters).await?;
-        start_rev = meta["resourceVersion"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        initial = items;
+        if let Some((snap, sub)) = cached {
+            start_rev = snap.revision;
+            initial = snap
+                .objects
+                .into_iter()
+                .filter(|o| filters.matches(o))
+                .collect();
+            subscription = Some(sub);
+        } else {
+            let mut lq = q.clone();
+            for k in [
+                "limit",
+                "continue",
+                "resourceVersion",
+                "resourceVersionMatch",
+                "watch",
+            ] {
+                lq.0.remove(k);
+            }
+            let listing = Ctx {
+                state: ctx.state,
+                path: ctx.path.clone(),
+                query: lq,
+                answer: ctx.answer,
+                node_scope: ctx.node_scope.clone(),
+            };
+            let (items, meta) = list_objects(&listing, &filters).await?;
+            start_rev = meta["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            initial = items.into_iter().map(Arc::new).collect();
+        }
     } else {
         start_rev = match explicit_rv {
             Some(rv) => rv,
@@ -1226,63 +1300,28 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
     if send_initial == Some(true) {
         let _ = tx.try_send(Ok(enc.bookmark(start_rev, true)));
     }
-    let prefix = rt.prefix(ctx.ns());
-    let store = ctx.state.store.clone();
-    let stream = match store.watch(&prefix, start_rev).await {
-        Ok(s) => s,
-        Err(e) => return Err(e.into()),
+    let subscription = subscription.or_else(|| cache.as_ref().and_then(|c| c.subscribe(start_rev)));
+    let out = WatchOut {
+        tx,
+        enc,
+        filters,
+        prefix: prefix.clone(),
+        bookmarks,
+        timeout,
+        last_rev: start_rev,
     };
-    tokio::spawn(async move {
-        let mut stream = Box::pin(stream);
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        let mut last_rev = start_rev;
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                _ = tick.tick(), if bookmarks => {
-                    if tx.send(Ok(enc.bookmark(last_rev, false))).await.is_err() { break; }
-                }
-                _ = tx.closed() => break,
-                ev = stream.next() => {
-                    let Some(ev) = ev else { break };
-                    let ev = match ev {
-                        Ok(ev) => ev,
-                        Err(StoreError::Compacted { requested, compacted }) => {
-                            let st = ApiError::expired(format!("too old resource version: {requested} ({compacted})")).to_status();
-                            let _ = tx.send(Ok(event_line("ERROR", &st))).await;
-                            break;
-                        }
-                        Err(e) => {
-                            let st = ApiError::internal(format!("watch of etcd failed: {e}")).to_status();
-                            let _ = tx.send(Ok(event_line("ERROR", &st))).await;
-                            break;
-                        }
-                    };
-                    last_rev = last_rev.max(ev.revision);
-                    if ev.kind == WatchEventKind::Progress {
-                        continue;
-                    }
-                    let Ok(mut obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
-                    objects::decorate(rt, &mut obj, ev.revision);
-                    let now_matches = filters.matches(&obj);
-                    let before = ev.prev_value.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
-                    let before_matches = before.as_ref().map(|b| filters.matches(b)).unwrap_or(false);
-                    let kind = match ev.kind {
-                        WatchEventKind::Created if now_matches => "ADDED",
-                        WatchEventKind::Modified if now_matches && before_matches => "MODIFIED",
-                        WatchEventKind::Modified if now_matches => "ADDED",
-                        WatchEventKind::Modified if before_matches => "DELETED",
-                        WatchEventKind::Deleted if now_matches => "DELETED",
-                        _ => continue,
-                    };
-                    if tx.send(Ok(enc.encode(kind, &obj))).await.is_err() { break; }
-                }
-            }
+    match subscription {
+        Some(sub) => {
+            tokio::spawn(out.serve_from_cache(sub));
         }
-    });
+        None => {
+            // The cache cannot serve this revision (not synced yet, or
+            // older than its window): a watch of etcd's own history, which
+            // answers 410 when that history is compacted.
+            let stream = ctx.state.store.watch(&prefix, start_rev).await?;
+            tokio::spawn(out.serve_from_etcd(stream));
+        }
+    }
     let body = Body::from_stream(tokio_stream_from(rx));
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -1290,6 +1329,150 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
         .header(http::header::CACHE_CONTROL, "no-cache, private")
         .body(body)
         .unwrap_or_default())
+}
+
+/// The watch event type a client sees for a change, given whether the
+/// object matches its selectors after and before; `None` when the change
+/// is invisible to it.
+fn visible_kind(kind: WatchEventKind, now: bool, before: bool) -> Option<&'static str> {
+    match kind {
+        WatchEventKind::Created if now => Some("ADDED"),
+        WatchEventKind::Modified if now && before => Some("MODIFIED"),
+        WatchEventKind::Modified if now => Some("ADDED"),
+        WatchEventKind::Modified if before => Some("DELETED"),
+        WatchEventKind::Deleted if now => Some("DELETED"),
+        _ => None,
+    }
+}
+
+/// The sending half of one client watch.
+struct WatchOut {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, Infallible>>,
+    enc: WatchEncoder,
+    filters: Filters,
+    /// Keys outside it (other namespaces) are not this watch's.
+    prefix: String,
+    bookmarks: bool,
+    timeout: Duration,
+    last_rev: i64,
+}
+
+impl WatchOut {
+    /// Sends one change if this watch sees it; `false` once the client is
+    /// gone.
+    async fn send_change(
+        &mut self,
+        kind: WatchEventKind,
+        key: &str,
+        obj: &Value,
+        before: Option<&Value>,
+        revision: i64,
+    ) -> bool {
+        if revision <= self.last_rev || !key.starts_with(&self.prefix) {
+            return true;
+        }
+        self.last_rev = revision;
+        let now = self.filters.matches(obj);
+        let before = before.map(|b| self.filters.matches(b)).unwrap_or(false);
+        let Some(kind) = visible_kind(kind, now, before) else {
+            return true;
+        };
+        let line = self.enc.encode(kind, obj);
+        self.tx.send(Ok(line)).await.is_ok()
+    }
+
+    async fn serve_from_cache(mut self, sub: crate::watch_cache::Subscription) {
+        use tokio::sync::broadcast::error::RecvError;
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        for ev in sub.replay {
+            if !self
+                .send_change(
+                    ev.kind,
+                    &ev.key,
+                    &ev.object,
+                    ev.prev.as_deref(),
+                    ev.revision,
+                )
+                .await
+            {
+                return;
+            }
+        }
+        let mut live = sub.live;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = tick.tick(), if self.bookmarks => {
+                    if self.tx.send(Ok(self.enc.bookmark(self.last_rev, false))).await.is_err() { break; }
+                }
+                _ = self.tx.closed() => break,
+                ev = live.recv() => match ev {
+                    Ok(ev) if ev.kind == WatchEventKind::Progress => {
+                        self.last_rev = self.last_rev.max(ev.revision);
+                    }
+                    Ok(ev) => {
+                        if !self.send_change(ev.kind, &ev.key, &ev.object, ev.prev.as_deref(), ev.revision).await {
+                            break;
+                        }
+                    }
+                    // Fell behind the broadcast, or the cache re-listed:
+                    // end the watch; the client re-watches from the last
+                    // revision it got.
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => break,
+                },
+            }
+        }
+    }
+
+    async fn serve_from_etcd(
+        mut self,
+        stream: impl futures::Stream<Item = Result<rke2_datastore::WatchEvent, StoreError>>,
+    ) {
+        let rt = self.enc.rt;
+        let mut stream = Box::pin(stream);
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = tick.tick(), if self.bookmarks => {
+                    if self.tx.send(Ok(self.enc.bookmark(self.last_rev, false))).await.is_err() { break; }
+                }
+                _ = self.tx.closed() => break,
+                ev = stream.next() => {
+                    let Some(ev) = ev else { break };
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(StoreError::Compacted { requested, compacted }) => {
+                            let st = ApiError::expired(format!("too old resource version: {requested} ({compacted})")).to_status();
+                            let _ = self.tx.send(Ok(event_line("ERROR", &st))).await;
+                            break;
+                        }
+                        Err(e) => {
+                            let st = ApiError::internal(format!("watch of etcd failed: {e}")).to_status();
+                            let _ = self.tx.send(Ok(event_line("ERROR", &st))).await;
+                            break;
+                        }
+                    };
+                    if ev.kind == WatchEventKind::Progress {
+                        self.last_rev = self.last_rev.max(ev.revision);
+                        continue;
+                    }
+                    let Ok(mut obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
+                    objects::decorate(rt, &mut obj, ev.revision);
+                    let before = ev.prev_value.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
+                    if !self.send_change(ev.kind, &ev.key, &obj, before.as_ref(), ev.revision).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn tokio_stream_from(

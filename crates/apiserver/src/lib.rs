@@ -5,7 +5,9 @@
 //! [`handlers`] implements the verbs over [`rke2_datastore::Store`];
 //! [`registry`] is the one table of served types that drives discovery,
 //! routing, storage keys and [`table`] printing; [`proxy`] forwards
-//! `pods/log`, `pods/exec` and `pods/attach` to the node API on 10250.
+//! `pods/log`, `pods/exec` and `pods/attach` to the node API on 10250;
+//! [`watch_cache`] follows one etcd watch per resource type and fans it
+//! out to client watches.
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
@@ -25,6 +27,7 @@ pub mod server;
 pub mod ssa;
 pub mod status;
 pub mod table;
+pub mod watch_cache;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,14 +56,22 @@ pub struct ApiState {
     pub store: rke2_datastore::Store,
     /// Service network, copied for quick access.
     pub service_cidr: ipnet::IpNet,
+    /// The watch caches (one etcd watch per resource type, fanned out).
+    pub caches: Arc<watch_cache::WatchCaches>,
 }
 
 impl ApiState {
-    /// Creates the state.
+    /// Creates the state and starts the watch caches (inside a tokio
+    /// runtime; without one they stay off and requests use etcd).
     pub fn new(config: ApiConfig, store: rke2_datastore::Store) -> Self {
+        let caches = Arc::new(watch_cache::WatchCaches::new(store.clone()));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            caches.start();
+        }
         Self {
             service_cidr: config.service_cidr,
             inner: Arc::new(config),
+            caches,
             store,
         }
     }
