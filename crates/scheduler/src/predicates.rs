@@ -126,12 +126,15 @@ pub fn effective_taints(node: &Node) -> Vec<Taint> {
 /// TaintToleration filter: the first `NoSchedule`/`NoExecute` taint the pod
 /// does not tolerate, as its reason.
 pub fn check_taints(pod: &Pod, node: &Node) -> Result<(), String> {
-    let tolerations = tolerations_of(pod);
-    for taint in effective_taints(node) {
+    taints_fit(tolerations_of(pod), &effective_taints(node))
+}
+
+fn taints_fit(tolerations: &[Toleration], taints: &[Taint]) -> Result<(), String> {
+    for taint in taints {
         if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-            && !tolerated(tolerations, &taint)
+            && !tolerated(tolerations, taint)
         {
-            return Err(untolerated_taint_reason(&taint));
+            return Err(untolerated_taint_reason(taint));
         }
     }
     Ok(())
@@ -140,8 +143,11 @@ pub fn check_taints(pod: &Pod, node: &Node) -> Result<(), String> {
 /// How many `PreferNoSchedule` taints of the node the pod does not
 /// tolerate (upstream TaintToleration score: fewer is better).
 pub fn untolerated_prefer_no_schedule(pod: &Pod, node: &Node) -> usize {
-    let tolerations = tolerations_of(pod);
-    effective_taints(node)
+    count_prefer_no_schedule(tolerations_of(pod), &effective_taints(node))
+}
+
+fn count_prefer_no_schedule(tolerations: &[Toleration], taints: &[Taint]) -> usize {
+    taints
         .iter()
         .filter(|t| t.effect == "PreferNoSchedule" && !tolerated(tolerations, t))
         .count()
@@ -150,20 +156,30 @@ pub fn untolerated_prefer_no_schedule(pod: &Pod, node: &Node) -> usize {
 /// NodeUnschedulable filter: a cordoned node only takes pods tolerating
 /// `node.kubernetes.io/unschedulable:NoSchedule`.
 pub fn check_unschedulable(pod: &Pod, node: &Node) -> Result<(), String> {
-    let cordoned = node
-        .spec
+    cordon_fits(tolerations_of(pod), is_cordoned(node))
+}
+
+fn is_cordoned(node: &Node) -> bool {
+    node.spec
         .as_ref()
         .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
+        .unwrap_or(false)
+}
+
+fn cordon_fits(tolerations: &[Toleration], cordoned: bool) -> Result<(), String> {
+    if !cordoned {
+        return Ok(());
+    }
     let taint = Taint {
         key: TAINT_UNSCHEDULABLE.into(),
         effect: "NoSchedule".into(),
         ..Default::default()
     };
-    if cordoned && !tolerated(tolerations_of(pod), &taint) {
-        return Err(REASON_UNSCHEDULABLE.into());
+    if tolerated(tolerations, &taint) {
+        Ok(())
+    } else {
+        Err(REASON_UNSCHEDULABLE.into())
     }
-    Ok(())
 }
 
 fn operator(op: &str) -> Option<LabelOperator> {
@@ -285,6 +301,13 @@ impl Resources {
         }
     }
 
+    /// Takes `other` out of `self` again (the inverse of [`Resources::add`]).
+    pub fn sub(&mut self, other: &Resources) {
+        for (k, v) in &other.0 {
+            *self.0.entry(k.clone()).or_default() -= v;
+        }
+    }
+
     /// Raises every amount of `self` to at least `other`'s.
     pub fn max_with(&mut self, other: &Resources) {
         for (k, v) in &other.0 {
@@ -348,7 +371,7 @@ pub fn controller_uid(pod: &Pod) -> Option<&str> {
 }
 
 /// A host port a container claims: (protocol, hostIP, port).
-type HostPort = (String, String, i32);
+pub type HostPort = (String, String, i32);
 
 fn host_ports(pod: &Pod) -> Vec<HostPort> {
     let Some(spec) = pod.spec.as_ref() else {
@@ -374,8 +397,32 @@ fn ports_conflict(a: &HostPort, b: &HostPort) -> bool {
     a.0 == b.0 && a.2 == b.2 && (a.1 == b.1 || a.1 == "0.0.0.0" || b.1 == "0.0.0.0")
 }
 
+/// What one pod adds to its node's [`NodeInfo`], derived once from its
+/// spec: a cache that later removes the pod takes away exactly what it
+/// added, even if the pod object it sees then reads differently.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Its requests ([`pod_requests`]).
+    pub requests: Resources,
+    /// The uid of its controlling owner ([`controller_uid`]).
+    pub owner: Option<String>,
+    /// The host ports its containers claim.
+    pub host_ports: Vec<HostPort>,
+}
+
+impl Footprint {
+    /// The footprint of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        Footprint {
+            requests: pod_requests(pod),
+            owner: controller_uid(pod).map(str::to_string),
+            host_ports: host_ports(pod),
+        }
+    }
+}
+
 /// What is already on one node: the pods that count against it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     /// Pods bound to the node that have not terminated.
     pub pods: usize,
@@ -384,18 +431,50 @@ pub struct NodeInfo {
     /// How many of them each controlling owner uid has.
     pub owners: BTreeMap<String, usize>,
     /// Host ports they claim.
-    pub host_ports: Vec<(String, String, i32)>,
+    pub host_ports: Vec<HostPort>,
 }
 
 impl NodeInfo {
     /// Counts `pod` as running on this node.
     pub fn add_pod(&mut self, pod: &Pod) {
+        self.add(&Footprint::of(pod));
+    }
+
+    /// Counts a pod with footprint `f` as running on this node.
+    pub fn add(&mut self, f: &Footprint) {
         self.pods += 1;
-        self.requested.add(&pod_requests(pod));
-        if let Some(uid) = controller_uid(pod) {
-            *self.owners.entry(uid.to_string()).or_default() += 1;
+        self.requested.add(&f.requests);
+        if let Some(uid) = &f.owner {
+            *self.owners.entry(uid.clone()).or_default() += 1;
         }
-        self.host_ports.extend(host_ports(pod));
+        self.host_ports.extend(f.host_ports.iter().cloned());
+    }
+
+    /// Stops counting a pod [`NodeInfo::add`]ed with footprint `f`.
+    pub fn remove(&mut self, f: &Footprint) {
+        self.pods = self.pods.saturating_sub(1);
+        self.requested.sub(&f.requests);
+        if let Some(uid) = &f.owner
+            && let Some(n) = self.owners.get_mut(uid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.owners.remove(uid);
+            }
+        }
+        // Only one entry per port of `f`: pods with a preset nodeName skip
+        // the NodePorts filter, so two of them may hold the same entry, and
+        // the other's claim must stay.
+        for port in &f.host_ports {
+            if let Some(i) = self.host_ports.iter().position(|h| h == port) {
+                self.host_ports.swap_remove(i);
+            }
+        }
+    }
+
+    /// Whether no pod counts against the node any more.
+    pub fn is_empty(&self) -> bool {
+        self.pods == 0
     }
 }
 
@@ -421,7 +500,10 @@ pub fn node_infos<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<Strin
 
 /// NodePorts filter: no host port of the pod may be claimed on the node.
 pub fn check_host_ports(pod: &Pod, info: &NodeInfo) -> Result<(), String> {
-    let wanted = host_ports(pod);
+    ports_fit(&host_ports(pod), info)
+}
+
+fn ports_fit(wanted: &[HostPort], info: &NodeInfo) -> Result<(), String> {
     if wanted
         .iter()
         .any(|w| info.host_ports.iter().any(|h| ports_conflict(w, h)))
@@ -431,29 +513,54 @@ pub fn check_host_ports(pod: &Pod, info: &NodeInfo) -> Result<(), String> {
     Ok(())
 }
 
+/// The requested amounts in the order upstream reports shortages: cpu,
+/// memory, then the others by name; `pods` is counted separately.
+fn report_order(requests: &Resources) -> Vec<(String, i128)> {
+    let mut out: Vec<(String, i128)> = requests
+        .0
+        .iter()
+        .filter(|(k, _)| *k != "pods")
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    out.sort_by(|(a, _), (b, _)| {
+        let rank = |n: &str| match n {
+            "cpu" => 0,
+            "memory" => 1,
+            _ => 2,
+        };
+        (rank(a), a).cmp(&(rank(b), b))
+    });
+    out
+}
+
 /// NodeResourcesFit filter (upstream `fitsRequest`): every reason at once —
 /// `Too many pods`, then `Insufficient <resource>` for cpu, memory and the
 /// rest in name order. A resource the pod does not request never fails,
 /// even on an overcommitted node; one the node does not report counts as
 /// zero allocatable.
 pub fn check_resources(pod: &Pod, node: &Node, info: &NodeInfo) -> Result<(), Vec<String>> {
-    let allocatable =
-        Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()));
+    resources_fit(
+        &report_order(&pod_requests(pod)),
+        &allocatable_of(node),
+        info,
+    )
+}
+
+fn allocatable_of(node: &Node) -> Resources {
+    Resources::from_map(node.status.as_ref().and_then(|s| s.allocatable.as_ref()))
+}
+
+fn resources_fit(
+    wanted: &[(String, i128)],
+    allocatable: &Resources,
+    info: &NodeInfo,
+) -> Result<(), Vec<String>> {
     let mut reasons = Vec::new();
     if info.pods as i128 + 1 > allocatable.get("pods") {
         reasons.push(REASON_TOO_MANY_PODS.to_string());
     }
-    let want = pod_requests(pod);
-    let mut names: Vec<&String> = want.0.keys().filter(|k| *k != "pods").collect();
-    // Upstream reports cpu, then memory, then the others.
-    names.sort_by_key(|n| match n.as_str() {
-        "cpu" => (0, n.as_str()),
-        "memory" => (1, n.as_str()),
-        _ => (2, n.as_str()),
-    });
-    for name in names {
-        let req = want.get(name);
-        if req > 0 && req > allocatable.get(name) - info.requested.get(name) {
+    for (name, req) in wanted {
+        if *req > 0 && *req > allocatable.get(name) - info.requested.get(name) {
             reasons.push(format!("Insufficient {name}"));
         }
     }
@@ -475,23 +582,90 @@ pub struct Rejection {
     pub resolvable: bool,
 }
 
+/// What the filters derive from a Node, computed once per node version
+/// instead of once per pod tried against it (parsing allocatable and
+/// building the effective taints dominated a scheduling pass).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFacts {
+    /// `status.allocatable`, parsed.
+    pub allocatable: Resources,
+    /// [`effective_taints`].
+    pub taints: Vec<Taint>,
+    /// `spec.unschedulable`.
+    pub cordoned: bool,
+}
+
+impl NodeFacts {
+    /// The facts of `node`.
+    pub fn of(node: &Node) -> Self {
+        NodeFacts {
+            allocatable: allocatable_of(node),
+            taints: effective_taints(node),
+            cordoned: is_cordoned(node),
+        }
+    }
+}
+
+/// The pod side of the filters, derived once per scheduling attempt.
+struct Wanted<'a> {
+    pod: &'a Pod,
+    tolerations: &'a [Toleration],
+    owner: Option<&'a str>,
+    host_ports: Vec<HostPort>,
+    requests: Vec<(String, i128)>,
+}
+
+impl<'a> Wanted<'a> {
+    fn new(pod: &'a Pod) -> Self {
+        Wanted {
+            pod,
+            tolerations: tolerations_of(pod),
+            owner: controller_uid(pod),
+            host_ports: host_ports(pod),
+            requests: report_order(&pod_requests(pod)),
+        }
+    }
+
+    fn filter(&self, node: &Node, facts: &NodeFacts, info: &NodeInfo) -> Result<(), Rejection> {
+        let hard = |r: String| Rejection {
+            reasons: vec![r],
+            resolvable: false,
+        };
+        cordon_fits(self.tolerations, facts.cordoned).map_err(hard)?;
+        taints_fit(self.tolerations, &facts.taints).map_err(hard)?;
+        check_node_affinity(self.pod, node).map_err(hard)?;
+        ports_fit(&self.host_ports, info).map_err(|r| Rejection {
+            reasons: vec![r],
+            resolvable: true,
+        })?;
+        resources_fit(&self.requests, &facts.allocatable, info).map_err(|reasons| Rejection {
+            reasons,
+            resolvable: true,
+        })
+    }
+
+    /// [`Score`]'s fields, borrowing the name: comparing these for every
+    /// feasible node must not allocate.
+    fn rank<'n>(
+        &self,
+        node: &'n Node,
+        facts: &NodeFacts,
+        info: &NodeInfo,
+    ) -> (usize, usize, usize, &'n str) {
+        (
+            count_prefer_no_schedule(self.tolerations, &facts.taints),
+            self.owner
+                .and_then(|uid| info.owners.get(uid).copied())
+                .unwrap_or(0),
+            info.pods,
+            node.metadata.name.as_deref().unwrap_or(""),
+        )
+    }
+}
+
 /// Runs every filter on one node, stopping at the first that rejects.
 pub fn filter(pod: &Pod, node: &Node, info: &NodeInfo) -> Result<(), Rejection> {
-    let hard = |r: String| Rejection {
-        reasons: vec![r],
-        resolvable: false,
-    };
-    check_unschedulable(pod, node).map_err(hard)?;
-    check_taints(pod, node).map_err(hard)?;
-    check_node_affinity(pod, node).map_err(hard)?;
-    check_host_ports(pod, info).map_err(|r| Rejection {
-        reasons: vec![r],
-        resolvable: true,
-    })?;
-    check_resources(pod, node, info).map_err(|reasons| Rejection {
-        reasons,
-        resolvable: true,
-    })
+    Wanted::new(pod).filter(node, &NodeFacts::of(node), info)
 }
 
 /// A feasible node's rank; smaller is better, and the derived order
@@ -512,13 +686,13 @@ pub struct Score {
 
 /// Ranks one feasible node for `pod`.
 pub fn score(pod: &Pod, node: &Node, info: &NodeInfo) -> Score {
+    let (prefer_no_schedule, same_owner, pods, name) =
+        Wanted::new(pod).rank(node, &NodeFacts::of(node), info);
     Score {
-        prefer_no_schedule: untolerated_prefer_no_schedule(pod, node),
-        same_owner: controller_uid(pod)
-            .and_then(|uid| info.owners.get(uid).copied())
-            .unwrap_or(0),
-        pods: info.pods,
-        name: node.metadata.name.clone().unwrap_or_default(),
+        prefer_no_schedule,
+        same_owner,
+        pods,
+        name: name.to_string(),
     }
 }
 
@@ -560,9 +734,25 @@ impl fmt::Display for FitError {
 
 impl std::error::Error for FitError {}
 
+/// One node as [`select_among`] weighs it: the Node, its [`NodeFacts`] and
+/// what is already on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// The Node object (labels and name for node affinity).
+    pub node: &'a Node,
+    /// Its derived facts, current for this version of `node`.
+    pub facts: &'a NodeFacts,
+    /// The pods counting against it.
+    pub info: &'a NodeInfo,
+}
+
 /// Picks the node for `pod` among `nodes`, given every pod already bound
 /// (or assumed bound) in `bound`; the best-scoring feasible node's name, or
 /// why none fits.
+///
+/// Derives everything from scratch, so it costs O(nodes + bound pods);
+/// a caller scheduling many pods keeps [`NodeFacts`] and [`NodeInfo`]s up
+/// to date instead and calls [`select_among`].
 pub fn select_node<'a>(
     pod: &Pod,
     nodes: impl IntoIterator<Item = &'a Node>,
@@ -570,16 +760,35 @@ pub fn select_node<'a>(
 ) -> Result<String, FitError> {
     let infos = node_infos(bound);
     let empty = NodeInfo::default();
+    let nodes: Vec<(&Node, NodeFacts)> = nodes.into_iter().map(|n| (n, NodeFacts::of(n))).collect();
+    select_among(
+        pod,
+        nodes.iter().map(|(node, facts)| Candidate {
+            node,
+            facts,
+            info: infos
+                .get(node.metadata.name.as_deref().unwrap_or(""))
+                .unwrap_or(&empty),
+        }),
+    )
+}
+
+/// Picks the node for `pod` among `candidates` (every node the scheduler
+/// knows, with facts and pods already derived): the best-scoring feasible
+/// node's name, or why none fits. Costs O(candidates).
+pub fn select_among<'a>(
+    pod: &Pod,
+    candidates: impl IntoIterator<Item = Candidate<'a>>,
+) -> Result<String, FitError> {
+    let wanted = Wanted::new(pod);
     let mut err = FitError::default();
-    let mut best: Option<Score> = None;
-    for node in nodes {
+    let mut best: Option<(usize, usize, usize, &str)> = None;
+    for c in candidates {
         err.num_nodes += 1;
-        let name = node.metadata.name.as_deref().unwrap_or("");
-        let info = infos.get(name).unwrap_or(&empty);
-        match filter(pod, node, info) {
+        match wanted.filter(c.node, c.facts, c.info) {
             Ok(()) => {
-                let s = score(pod, node, info);
-                if best.as_ref().is_none_or(|b| s < *b) {
+                let s = wanted.rank(c.node, c.facts, c.info);
+                if best.is_none_or(|b| s < b) {
                     best = Some(s);
                 }
             }
@@ -596,7 +805,7 @@ pub fn select_node<'a>(
             }
         }
     }
-    best.map(|s| s.name).ok_or(err)
+    best.map(|(.., name)| name.to_string()).ok_or(err)
 }
 
 #[cfg(test)]
@@ -911,6 +1120,39 @@ mod tests {
         assert!(check_host_ports(&with_port(Some("10.0.0.2"), "TCP"), &info).is_ok());
         assert!(check_host_ports(&with_port(None, "UDP"), &info).is_ok());
         assert!(check_host_ports(&pod(json!({})), &info).is_ok());
+    }
+
+    #[test]
+    fn node_info_remove_undoes_add() {
+        let port = |n: &str| {
+            let mut p = bound(
+                n,
+                "n",
+                json!({"cpu": "250m", "memory": "1Gi"}),
+                Some("rs-uid"),
+            );
+            p.spec.as_mut().unwrap().containers[0].ports = Some(vec![
+                serde_json::from_value(json!({"containerPort": 80, "hostPort": 80})).unwrap(),
+            ]);
+            Footprint::of(&p)
+        };
+        let (a, b) = (port("a"), port("b"));
+        let mut info = NodeInfo::default();
+        info.add(&a);
+        info.add(&b);
+        assert_eq!(info.pods, 2);
+        assert_eq!(info.requested.get("cpu"), 500);
+        assert_eq!(info.owners["rs-uid"], 2);
+        assert_eq!(info.host_ports.len(), 2);
+        info.remove(&a);
+        // The other pod still claims the same port.
+        assert_eq!(info.host_ports, b.host_ports);
+        assert_eq!(info.owners["rs-uid"], 1);
+        info.remove(&b);
+        assert_eq!(info.pods, 0);
+        assert!(info.owners.is_empty() && info.host_ports.is_empty());
+        assert_eq!(info.requested.get("cpu"), 0);
+        assert_eq!(info.requested.get("memory"), 0);
     }
 
     #[test]
