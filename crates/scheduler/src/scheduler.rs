@@ -1,7 +1,8 @@
-//! The scheduling loop: watches, queues, binding and reporting.
+//! The scheduling loop: watches, queues, the node cache, binding and
+//! reporting.
 //!
 //! One task owns everything: it applies Node and Pod watch events to its
-//! own maps, and after each event schedules the pods in the *active* queue
+//! own maps, and after each event schedules pods from the *active* queue
 //! one by one (so decisions never race each other). A pod that fits
 //! nowhere is *parked*; parked pods go back to the active queue when
 //! something could have made room — a Node whose labels, taints, cordon,
@@ -9,17 +10,26 @@
 //! parked pod's own spec changed — and every 30 s regardless, as upstream's
 //! unschedulable-pod flush does, in case a change slipped past those rules.
 //!
-//! A successful binding reaches the pod watch only later, so the bound pod
-//! is *assumed* on its node until the watch shows it bound (upstream's
-//! scheduler cache does the same); without that, the replicas of one
-//! ReplicaSet created together would all see an empty cluster and pile
-//! onto one node.
+//! A decision reads only per-node state kept up to date as events arrive
+//! ([`Cache`]: what the pods on each node request, their count, owners and
+//! host ports; [`NodeFacts`]: parsed allocatable, effective taints), so
+//! its cost grows with the number of nodes, not with nodes × pods.
+//!
+//! A chosen pod is *assumed* on its node at once and its binding runs in
+//! the background, up to [`MAX_BINDINGS_IN_FLIGHT`] at a time, while the
+//! next decisions already count it there (upstream's scheduler cache does
+//! the same). The assumption holds until the watch shows the pod bound —
+//! a successful binding reaches the watch only later — and is dropped if
+//! the binding fails. Without it, the replicas of one ReplicaSet created
+//! together would all see an empty cluster and pile onto one node.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -30,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::predicates::{self, is_terminated};
+use crate::predicates::{self, Candidate, FitError, Footprint, NodeFacts, NodeInfo, is_terminated};
 
 /// The `spec.schedulerName` this scheduler serves (also the event source).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -40,6 +50,11 @@ const RETRY_PERIOD: Duration = Duration::from_secs(30);
 /// How often a repeated identical failure may bump its event's `count`, so
 /// a pod pending for hours does not turn into a stream of event writes.
 const EVENT_REFRESH: Duration = Duration::from_secs(30);
+/// Bindings awaited at once. A binding is one API round trip (an etcd
+/// write); awaiting each before the next decision capped the scheduler at
+/// one pod per round trip. Bounded so that a slow API server sees a
+/// limited burst and the watch events keep being applied in between.
+const MAX_BINDINGS_IN_FLIGHT: usize = 16;
 
 /// `<namespace>/<name>`.
 type Key = String;
@@ -56,11 +71,15 @@ fn uid_of(pod: &Pod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or("")
 }
 
-fn is_bound(pod: &Pod) -> bool {
+fn node_name_of(pod: &Pod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty())
+        .filter(|n| !n.is_empty())
+}
+
+fn is_bound(pod: &Pod) -> bool {
+    node_name_of(pod).is_some()
 }
 
 /// Whether this scheduler should place the pod now: no node yet, addressed
@@ -105,6 +124,200 @@ fn time_now() -> String {
         .to_string()
 }
 
+/// A Node as the scheduler keeps it.
+struct KnownNode {
+    node: Node,
+    /// Derived from `node` when its fingerprint last changed; everything
+    /// they are derived from is part of the fingerprint, so heartbeats need
+    /// not recompute them.
+    facts: NodeFacts,
+    fingerprint: Value,
+}
+
+/// Where a pod counts in the [`Cache`] and for how much.
+#[derive(Debug, Clone)]
+struct Placed {
+    uid: String,
+    node: String,
+    footprint: Footprint,
+    /// Chosen by us, binding not (yet) seen in the watch.
+    assumed: bool,
+}
+
+/// Per-node totals of the pods that count against each node: bound and not
+/// terminated, or assumed by us. Maintained per pod event, so a decision
+/// reads one [`NodeInfo`] per node instead of summing every pod.
+#[derive(Debug, Default)]
+struct Cache {
+    placed: HashMap<Key, Placed>,
+    /// By node name; also for nodes not (or not yet) in the node map, so a
+    /// node that registers after pods were bound to it starts out right.
+    infos: HashMap<String, NodeInfo>,
+    empty: NodeInfo,
+}
+
+impl Cache {
+    /// What counts against `node`.
+    fn info(&self, node: &str) -> &NodeInfo {
+        self.infos.get(node).unwrap_or(&self.empty)
+    }
+
+    fn is_assumed(&self, key: &str) -> bool {
+        self.placed.get(key).is_some_and(|p| p.assumed)
+    }
+
+    fn add(&mut self, key: &Key, placed: Placed) {
+        self.infos
+            .entry(placed.node.clone())
+            .or_default()
+            .add(&placed.footprint);
+        self.placed.insert(key.clone(), placed);
+    }
+
+    /// Stops counting the pod `key`; whether it counted anywhere (so its
+    /// place is free now).
+    fn remove(&mut self, key: &str) -> bool {
+        let Some(placed) = self.placed.remove(key) else {
+            return false;
+        };
+        if let Some(info) = self.infos.get_mut(&placed.node) {
+            info.remove(&placed.footprint);
+            if info.is_empty() {
+                self.infos.remove(&placed.node);
+            }
+        }
+        true
+    }
+
+    /// Counts `pod` (not bound yet) on `node` until the watch confirms the
+    /// binding or [`Cache::forget`] drops it.
+    fn assume(&mut self, key: &Key, pod: &Pod, node: &str) {
+        self.remove(key);
+        self.add(
+            key,
+            Placed {
+                uid: uid_of(pod).to_string(),
+                node: node.to_string(),
+                footprint: Footprint::of(pod),
+                assumed: true,
+            },
+        );
+    }
+
+    /// Drops the assumption of pod `key` (`uid`) after its binding failed;
+    /// whether it held a place. A pod the watch already showed bound, or a
+    /// newer pod under the same name, is left alone.
+    fn forget(&mut self, key: &str, uid: &str) -> bool {
+        match self.placed.get(key) {
+            Some(p) if p.assumed && p.uid == uid => self.remove(key),
+            _ => false,
+        }
+    }
+
+    /// Applies a watched version of a pod: counted on its node while bound
+    /// and not terminated, an assumption confirmed once the watch shows the
+    /// binding. Whether that freed (or moved) a place, which may let a
+    /// parked pod fit.
+    fn observe(&mut self, key: &Key, pod: &Pod) -> bool {
+        let uid = uid_of(pod);
+        let current = self.placed.get(key);
+        if current.is_some_and(|p| p.assumed && p.uid == uid)
+            && !is_bound(pod)
+            && !is_terminated(pod)
+        {
+            // Our binding has not reached the watch yet.
+            return false;
+        }
+        let Some(node) = node_name_of(pod).filter(|_| !is_terminated(pod)) else {
+            return self.remove(key);
+        };
+        // Recomputed on every update so an in-place resize counts as the
+        // old full recount did; cheap next to decoding the event.
+        let footprint = Footprint::of(pod);
+        if let Some(p) = self.placed.get_mut(key)
+            && p.uid == uid
+            && p.node == node
+            && p.footprint == footprint
+        {
+            p.assumed = false;
+            return false;
+        }
+        let freed = self.remove(key);
+        self.add(
+            key,
+            Placed {
+                uid: uid.to_string(),
+                node: node.to_string(),
+                footprint,
+                assumed: false,
+            },
+        );
+        freed
+    }
+}
+
+/// The pick for `pod` among `nodes`, counting what `cache` has on each.
+fn decide(
+    pod: &Pod,
+    nodes: &BTreeMap<String, KnownNode>,
+    cache: &Cache,
+) -> Result<String, FitError> {
+    predicates::select_among(
+        pod,
+        nodes.iter().map(|(name, k)| Candidate {
+            node: &k.node,
+            facts: &k.facts,
+            info: cache.info(name),
+        }),
+    )
+}
+
+/// Upstream's queue order: higher priority first, then older first; the
+/// key breaks ties.
+type QueueOrder = (Reverse<i32>, Option<Timestamp>);
+
+fn queue_order(pod: &Pod) -> QueueOrder {
+    let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+    (
+        Reverse(priority),
+        pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    )
+}
+
+/// Pods waiting for a decision, kept in queue order so taking the next one
+/// does not sort the whole backlog again.
+#[derive(Debug, Default)]
+struct ActiveQueue {
+    order: BTreeSet<(QueueOrder, Key)>,
+    index: HashMap<Key, QueueOrder>,
+}
+
+impl ActiveQueue {
+    fn push(&mut self, key: Key, pod: &Pod) {
+        let order = queue_order(pod);
+        if let Some(old) = self.index.insert(key.clone(), order) {
+            self.order.remove(&(old, key.clone()));
+        }
+        self.order.insert((order, key));
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(order) = self.index.remove(key) {
+            self.order.remove(&(order, key.to_string()));
+        }
+    }
+
+    fn pop(&mut self) -> Option<Key> {
+        let (_, key) = self.order.pop_first()?;
+        self.index.remove(&key);
+        Some(key)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
 /// A pod that did not fit, waiting for a reason to try again.
 struct Parked {
     /// The spec it was tried with: a different one is worth a new try.
@@ -123,23 +336,33 @@ struct Reported {
     written: Instant,
 }
 
+/// Bindings in flight. Owned by [`run`]'s loop rather than the
+/// [`Scheduler`], which is borrowed across awaits and so must stay `Sync`.
+type Bindings = FuturesUnordered<BoxFuture<'static, BindingDone>>;
+
+/// The outcome of one background binding.
+struct BindingDone {
+    key: Key,
+    /// The version we decided about.
+    pod: Pod,
+    node: String,
+    result: Result<(), kube::Error>,
+}
+
 struct Scheduler {
     client: kube::Client,
     /// `reportingInstance` of our events, naming the server we run on.
     instance: String,
-    nodes: BTreeMap<String, Node>,
-    node_fingerprints: BTreeMap<String, Value>,
+    nodes: BTreeMap<String, KnownNode>,
     /// Nodes of a relist in progress (watch restarted after an error).
     node_relist: Option<BTreeMap<String, Node>>,
     nodes_synced: bool,
     pods: BTreeMap<Key, Pod>,
     pod_relist: Option<BTreeMap<Key, Pod>>,
     pods_synced: bool,
-    active: BTreeSet<Key>,
+    active: ActiveQueue,
     parked: BTreeMap<Key, Parked>,
-    /// Pods we bound whose binding the watch has not shown yet, with
-    /// `spec.nodeName` filled in.
-    assumed: BTreeMap<Key, Pod>,
+    cache: Cache,
     reported: BTreeMap<Key, Reported>,
 }
 
@@ -149,7 +372,8 @@ struct Scheduler {
 /// as the `lead` closure of `rke2_controllers::leader::run_elected`; the
 /// token that closure gets is cancelled when leadership is lost. State is
 /// rebuilt from the watches on every start, so a new leader simply carries
-/// on.
+/// on. Bindings still in flight when `stop` fires are abandoned; the next
+/// leader sees from the watch which of them landed.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     info!("scheduler started");
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -159,15 +383,14 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         client: client.clone(),
         instance: format!("{SCHEDULER_NAME}-{hostname}"),
         nodes: BTreeMap::new(),
-        node_fingerprints: BTreeMap::new(),
         node_relist: None,
         nodes_synced: false,
         pods: BTreeMap::new(),
         pod_relist: None,
         pods_synced: false,
-        active: BTreeSet::new(),
+        active: ActiveQueue::default(),
         parked: BTreeMap::new(),
-        assumed: BTreeMap::new(),
+        cache: Cache::default(),
         reported: BTreeMap::new(),
     };
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
@@ -177,11 +400,13 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         .default_backoff()
         .boxed();
     let (mut nodes, mut pods) = (nodes, pods);
+    let mut bindings = Bindings::new();
     let mut retry = tokio::time::interval(RETRY_PERIOD);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            Some(done) = bindings.next(), if !bindings.is_empty() => s.binding_done(done),
             ev = nodes.next() => match ev {
                 Some(Ok(ev)) => s.node_event(ev),
                 Some(Err(e)) => warn!(error = %e, "node watch failed; retrying"),
@@ -197,7 +422,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         // Decisions need the whole picture: nothing is placed before both
         // initial lists are in.
         if s.nodes_synced && s.pods_synced && !s.active.is_empty() {
-            s.schedule_active(&stop).await;
+            s.schedule_active(&stop, &mut bindings).await;
         }
     }
     info!("scheduler stopped");
@@ -222,7 +447,7 @@ impl Scheduler {
                     .nodes
                     .iter()
                     .filter(|(k, _)| !fresh.contains_key(*k))
-                    .map(|(_, n)| n.clone())
+                    .map(|(_, n)| n.node.clone())
                     .collect();
                 for n in gone {
                     self.node_deleted(&n);
@@ -237,20 +462,31 @@ impl Scheduler {
 
     fn node_applied(&mut self, node: Node) {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let fp = node_fingerprint(&node);
-        self.nodes.insert(name.clone(), node);
-        if self.node_fingerprints.get(&name) != Some(&fp) {
-            self.node_fingerprints.insert(name.clone(), fp);
-            debug!(node = %name, "node added or changed");
-            self.unpark_all("node changed");
+        let fingerprint = node_fingerprint(&node);
+        if let Some(known) = self.nodes.get_mut(&name)
+            && known.fingerprint == fingerprint
+        {
+            known.node = node;
+            return;
         }
+        let facts = NodeFacts::of(&node);
+        self.nodes.insert(
+            name.clone(),
+            KnownNode {
+                node,
+                facts,
+                fingerprint,
+            },
+        );
+        debug!(node = %name, "node added or changed");
+        self.unpark_all("node changed");
     }
 
     fn node_deleted(&mut self, node: &Node) {
-        // A node going away never makes room for anyone.
+        // A node going away never makes room for anyone. Its pods stay in
+        // the cache until their own deletions arrive.
         let name = node.metadata.name.as_deref().unwrap_or("");
         self.nodes.remove(name);
-        self.node_fingerprints.remove(name);
     }
 
     fn pod_event(&mut self, ev: WatchEvent<Pod>) {
@@ -285,24 +521,18 @@ impl Scheduler {
     fn pod_applied(&mut self, pod: Pod) {
         let key = key_of(&pod);
         let old = self.pods.insert(key.clone(), pod.clone());
-        if let Some(old) = old.as_ref()
-            && uid_of(old) != uid_of(&pod)
-        {
+        if old.as_ref().is_some_and(|o| uid_of(o) != uid_of(&pod)) {
             // Deleted and recreated under the same name while the watch
             // was down: forget the old pod first.
-            self.forget(&key, old);
+            self.forget(&key);
+        }
+        if self.cache.observe(&key, &pod) {
+            self.unpark_all("pod finished or moved");
         }
         if is_bound(&pod) {
             self.active.remove(&key);
             self.parked.remove(&key);
-            self.assumed.remove(&key);
             self.reported.remove(&key);
-            let was_running = old
-                .as_ref()
-                .is_some_and(|o| uid_of(o) == uid_of(&pod) && !is_terminated(o));
-            if was_running && is_terminated(&pod) {
-                self.unpark_all("pod finished");
-            }
             return;
         }
         if !wants_scheduling(&pod) {
@@ -310,7 +540,7 @@ impl Scheduler {
             self.parked.remove(&key);
             return;
         }
-        if self.assumed.contains_key(&key) {
+        if self.cache.is_assumed(&key) {
             // Our binding has not reached the watch yet.
             return;
         }
@@ -318,7 +548,7 @@ impl Scheduler {
             Some(p) if !p.retry_on_update && p.spec == spec_value(&pod) => {}
             _ => {
                 self.parked.remove(&key);
-                self.active.insert(key);
+                self.active.push(key, &pod);
             }
         }
     }
@@ -326,17 +556,17 @@ impl Scheduler {
     fn pod_deleted(&mut self, pod: &Pod) {
         let key = key_of(pod);
         self.pods.remove(&key);
-        self.forget(&key, pod);
+        self.forget(&key);
     }
 
     /// Drops everything known about a pod that is gone; if it held a place
-    /// on a node, parked pods get another chance.
-    fn forget(&mut self, key: &Key, pod: &Pod) {
-        let was_assumed = self.assumed.remove(key).is_some();
+    /// on a node (bound or assumed), parked pods get another chance.
+    fn forget(&mut self, key: &Key) {
+        let held = self.cache.remove(key);
         self.active.remove(key);
         self.parked.remove(key);
         self.reported.remove(key);
-        if was_assumed || (is_bound(pod) && !is_terminated(pod)) {
+        if held {
             self.unpark_all("pod deleted");
         }
     }
@@ -346,47 +576,40 @@ impl Scheduler {
             return;
         }
         debug!(pods = self.parked.len(), why, "retrying unschedulable pods");
-        let keys = std::mem::take(&mut self.parked).into_keys();
-        self.active.extend(keys);
-    }
-
-    /// Schedules every active pod: higher priority first, then older first
-    /// (upstream's queue order), then by name.
-    async fn schedule_active(&mut self, stop: &CancellationToken) {
-        let mut queue: Vec<(Reverse<i32>, Option<Timestamp>, Key)> =
-            std::mem::take(&mut self.active)
-                .into_iter()
-                .filter_map(|key| {
-                    let pod = self.pods.get(&key)?;
-                    let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-                    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                    Some((Reverse(priority), created, key))
-                })
-                .collect();
-        queue.sort();
-        for (_, _, key) in queue {
-            if stop.is_cancelled() {
-                return;
+        for key in std::mem::take(&mut self.parked).into_keys() {
+            if let Some(pod) = self.pods.get(&key) {
+                self.active.push(key, pod);
             }
-            self.schedule_one(&key).await;
         }
     }
 
-    async fn schedule_one(&mut self, key: &Key) {
-        let Some(pod) = self.pods.get(key).cloned() else {
+    /// Decides for active pods in queue order while a binding slot is free;
+    /// the rest wait for the next turn of the loop.
+    async fn schedule_active(&mut self, stop: &CancellationToken, bindings: &mut Bindings) {
+        while bindings.len() < MAX_BINDINGS_IN_FLIGHT && !stop.is_cancelled() {
+            let Some(key) = self.active.pop() else {
+                return;
+            };
+            self.schedule_one(&key, bindings).await;
+        }
+    }
+
+    async fn schedule_one(&mut self, key: &Key, bindings: &mut Bindings) {
+        let Some(pod) = self.pods.get(key) else {
             return;
         };
-        if !wants_scheduling(&pod) || self.assumed.contains_key(key) {
+        if !wants_scheduling(pod) || self.cache.is_assumed(key) {
             return;
         }
-        let bound = self
-            .pods
-            .values()
-            .filter(|p| is_bound(p))
-            .chain(self.assumed.values());
-        match predicates::select_node(&pod, self.nodes.values(), bound) {
-            Ok(node) => self.bind(&pod, key, &node).await,
-            Err(fit) => self.unschedulable(&pod, key, fit.to_string()).await,
+        match decide(pod, &self.nodes, &self.cache) {
+            Ok(node) => {
+                let pod = pod.clone();
+                bindings.push(self.start_binding(pod, key, node));
+            }
+            Err(fit) => {
+                let pod = pod.clone();
+                self.unschedulable(&pod, key, fit.to_string()).await;
+            }
         }
     }
 
@@ -397,36 +620,65 @@ impl Scheduler {
         )
     }
 
-    async fn bind(&mut self, pod: &Pod, key: &Key, node: &str) {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let binding = json!({
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": name, "namespace": ns},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        });
-        let res = self
-            .pods_api(pod)
-            .create_subresource::<Value, Value>("binding", &name, &PostParams::default(), &binding)
-            .await;
-        match res {
-            Ok(_) => {
+    /// Assumes `pod` on `node`; the returned future posts its binding, and
+    /// [`Scheduler::binding_done`] handles the answer.
+    fn start_binding(
+        &mut self,
+        pod: Pod,
+        key: &Key,
+        node: String,
+    ) -> BoxFuture<'static, BindingDone> {
+        self.cache.assume(key, &pod, &node);
+        self.parked.remove(key);
+        let api = self.pods_api(&pod);
+        let key = key.clone();
+        let binding = async move {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let binding = json!({
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": name, "namespace": pod.metadata.namespace},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            });
+            let result = api
+                .create_subresource::<Value, Value>(
+                    "binding",
+                    &name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await
+                .map(drop);
+            BindingDone {
+                key,
+                pod,
+                node,
+                result,
+            }
+        };
+        binding.boxed()
+    }
+
+    fn binding_done(&mut self, done: BindingDone) {
+        let BindingDone {
+            key,
+            pod,
+            node,
+            result,
+        } = done;
+        match result {
+            Ok(()) => {
                 info!(pod = %key, %node, "pod bound");
-                let mut assumed = pod.clone();
-                if let Some(spec) = assumed.spec.as_mut() {
-                    spec.node_name = Some(node.to_string());
-                }
-                self.assumed.insert(key.clone(), assumed);
-                self.parked.remove(key);
-                self.reported.remove(key);
+                self.reported.remove(&key);
+                let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+                let name = pod.metadata.name.as_deref().unwrap_or_default();
                 let message = format!("Successfully assigned {ns}/{name} to {node}");
                 // Not awaited: the next pod's binding need not wait for
                 // this event's etcd write (upstream records events
                 // asynchronously too).
                 if let Some((_, event)) =
-                    self.build_event(pod, "Normal", "Scheduled", "Binding", &message)
+                    self.build_event(&pod, "Normal", "Scheduled", "Binding", &message)
                 {
-                    let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+                    let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
                     tokio::spawn(async move {
                         if let Err(e) = api.create(&PostParams::default(), &event).await {
                             debug!(error = %e, "could not write the Scheduled event");
@@ -439,10 +691,24 @@ impl Scheduler {
             // the truth either way.
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                 debug!(pod = %key, %node, reason = %s.message, "binding refused; skipping");
+                if self.cache.forget(&key, uid_of(&pod)) {
+                    self.unpark_all("binding refused");
+                }
             }
             Err(e) => {
                 warn!(pod = %key, %node, error = %e, "binding failed; will retry");
-                self.park(key, pod, true);
+                if self.cache.forget(&key, uid_of(&pod)) {
+                    self.unpark_all("binding failed");
+                }
+                // Only the pod we decided about: one deleted (or replaced)
+                // meanwhile must not come back from the parked set.
+                if self
+                    .pods
+                    .get(&key)
+                    .is_some_and(|p| uid_of(p) == uid_of(&pod))
+                {
+                    self.park(&key, &pod, true);
+                }
             }
         }
     }
@@ -618,5 +884,328 @@ impl Scheduler {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server spawns [`run`] on a multi-threaded runtime.
+    #[test]
+    fn run_is_send() {
+        fn assert_send<F: Future + Send>(_: fn(kube::Client, CancellationToken) -> F) {}
+        assert_send(run);
+    }
+
+    fn pod(name: &str, uid: &str, extra: Value) -> Pod {
+        let mut p = json!({
+            "metadata": {"name": name, "namespace": "default", "uid": uid},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
+        });
+        merge(&mut p, extra);
+        serde_json::from_value(p).unwrap()
+    }
+
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn on(node: &str) -> Value {
+        json!({"spec": {"nodeName": node}})
+    }
+
+    fn phase(p: &str) -> Value {
+        json!({"status": {"phase": p}})
+    }
+
+    fn node(name: &str, cpu: &str, pods: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {
+                "allocatable": {"cpu": cpu, "memory": "4Gi", "pods": pods},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }))
+        .unwrap()
+    }
+
+    fn known(nodes: &[Node]) -> BTreeMap<String, KnownNode> {
+        nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.metadata.name.clone().unwrap(),
+                    KnownNode {
+                        node: n.clone(),
+                        facts: NodeFacts::of(n),
+                        fingerprint: node_fingerprint(n),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn key(name: &str) -> Key {
+        format!("default/{name}")
+    }
+
+    #[test]
+    fn assumption_counts_until_confirmed_by_the_watch() {
+        let mut c = Cache::default();
+        let p = pod("a", "u1", json!({}));
+        c.assume(&key("a"), &p, "n1");
+        assert!(c.is_assumed(&key("a")));
+        assert_eq!(c.info("n1").pods, 1);
+        assert_eq!(c.info("n1").requested.get("cpu"), 100);
+        // A status update before the binding shows up keeps the assumption.
+        let unbound = pod("a", "u1", json!({"status": {"conditions": []}}));
+        assert!(!c.observe(&key("a"), &unbound));
+        assert!(c.is_assumed(&key("a")));
+        assert_eq!(c.info("n1").pods, 1);
+        // The watch shows the binding: confirmed, not counted twice.
+        assert!(!c.observe(&key("a"), &pod("a", "u1", on("n1"))));
+        assert!(!c.is_assumed(&key("a")));
+        assert_eq!(c.info("n1").pods, 1);
+        assert_eq!(c.info("n1").requested.get("cpu"), 100);
+        // A late binding failure (say a 409 from a racing instance) must
+        // not drop a pod the watch already showed bound.
+        assert!(!c.forget(&key("a"), "u1"));
+        assert_eq!(c.info("n1").pods, 1);
+    }
+
+    #[test]
+    fn failed_binding_forgets_the_assumption() {
+        let mut c = Cache::default();
+        let p = pod("a", "u1", json!({}));
+        c.assume(&key("a"), &p, "n1");
+        // Another pod under the same name is not ours to forget.
+        assert!(!c.forget(&key("a"), "u2"));
+        assert_eq!(c.info("n1").pods, 1);
+        assert!(c.forget(&key("a"), "u1"));
+        assert!(!c.is_assumed(&key("a")));
+        assert_eq!(c.info("n1"), &NodeInfo::default());
+        assert!(c.infos.is_empty(), "no empty per-node entry is left behind");
+        assert!(!c.forget(&key("a"), "u1"));
+    }
+
+    #[test]
+    fn deleted_pods_free_their_node() {
+        let mut c = Cache::default();
+        c.observe(&key("bound"), &pod("bound", "u1", on("n1")));
+        c.assume(&key("assumed"), &pod("assumed", "u2", json!({})), "n1");
+        assert_eq!(c.info("n1").pods, 2);
+        assert_eq!(c.info("n1").requested.get("memory"), 128 << 20);
+        assert!(c.remove(&key("bound")));
+        assert_eq!(c.info("n1").pods, 1);
+        assert!(c.remove(&key("assumed")));
+        assert_eq!(c.info("n1"), &NodeInfo::default());
+        assert!(!c.remove(&key("bound")), "a second delete frees nothing");
+    }
+
+    #[test]
+    fn terminated_pods_free_their_node() {
+        for done in ["Succeeded", "Failed"] {
+            let mut c = Cache::default();
+            let mut running = pod("a", "u1", on("n1"));
+            assert!(!c.observe(&key("a"), &running));
+            assert_eq!(c.info("n1").pods, 1);
+            merge_pod(&mut running, phase(done));
+            assert!(c.observe(&key("a"), &running), "{done} frees its place");
+            assert_eq!(c.info("n1"), &NodeInfo::default());
+            // Seen again (a relist), still not counted.
+            assert!(!c.observe(&key("a"), &running));
+            assert_eq!(c.info("n1").pods, 0);
+        }
+        // A pod first seen already finished never counts.
+        let mut c = Cache::default();
+        let mut p = pod("b", "u1", on("n1"));
+        merge_pod(&mut p, phase("Succeeded"));
+        assert!(!c.observe(&key("b"), &p));
+        assert_eq!(c.info("n1").pods, 0);
+    }
+
+    fn merge_pod(p: &mut Pod, extra: Value) {
+        let mut v = serde_json::to_value(&*p).unwrap();
+        merge(&mut v, extra);
+        *p = serde_json::from_value(v).unwrap();
+    }
+
+    #[test]
+    fn recreated_pod_replaces_the_old_one() {
+        let mut c = Cache::default();
+        c.observe(&key("a"), &pod("a", "u1", on("n1")));
+        // Deleted and recreated while the watch was down: the new uid on
+        // another node moves the count and reports the old place as free.
+        assert!(c.observe(&key("a"), &pod("a", "u2", on("n2"))));
+        assert_eq!(c.info("n1").pods, 0);
+        assert_eq!(c.info("n2").pods, 1);
+        // Unbound under the same name (not assumed by us): nothing counts.
+        assert!(c.observe(&key("a"), &pod("a", "u3", json!({}))));
+        assert_eq!(c.info("n2").pods, 0);
+    }
+
+    #[test]
+    fn host_ports_and_owners_are_released() {
+        let nodes = known(&[node("n1", "4", "110")]);
+        let mut c = Cache::default();
+        let with_port = |name: &str, uid: &str| {
+            pod(
+                name,
+                uid,
+                json!({
+                    "metadata": {"ownerReferences": [{"apiVersion": "apps/v1",
+                        "kind": "ReplicaSet", "name": "rs", "uid": "rs-1", "controller": true}]},
+                    "spec": {"containers": [{"name": "c", "image": "i",
+                        "ports": [{"containerPort": 80, "hostPort": 8080}]}]},
+                }),
+            )
+        };
+        let first = with_port("a", "u1");
+        assert_eq!(decide(&first, &nodes, &c).unwrap(), "n1");
+        c.assume(&key("a"), &first, "n1");
+        assert_eq!(c.info("n1").owners.get("rs-1"), Some(&1));
+        let second = with_port("b", "u2");
+        assert_eq!(
+            decide(&second, &nodes, &c).unwrap_err().to_string(),
+            "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports. \
+             preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+        );
+        assert!(c.forget(&key("a"), "u1"));
+        assert!(c.info("n1").owners.is_empty());
+        assert!(c.info("n1").host_ports.is_empty());
+        assert_eq!(decide(&second, &nodes, &c).unwrap(), "n1");
+    }
+
+    #[test]
+    fn full_node_fits_again_after_a_deletion() {
+        let nodes = known(&[node("n1", "250m", "110")]);
+        let mut c = Cache::default();
+        let a = pod("a", "u1", json!({}));
+        let b = pod("b", "u2", json!({}));
+        let big = pod(
+            "big",
+            "u3",
+            json!({"spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": "100m"}}}]}}),
+        );
+        c.assume(&key("a"), &a, "n1");
+        c.assume(&key("b"), &b, "n1");
+        assert!(decide(&big, &nodes, &c).is_err(), "200m of 250m used");
+        c.observe(&key("a"), &pod("a", "u1", on("n1")));
+        assert!(c.remove(&key("a")));
+        assert_eq!(decide(&big, &nodes, &c).unwrap(), "n1");
+    }
+
+    /// The cache is only an optimisation: every decision must equal the one
+    /// computed from scratch over all pods, through assumptions,
+    /// confirmations, deletions and finished pods.
+    #[test]
+    fn cached_decisions_match_a_full_recount() {
+        let node_list = [
+            node("n1", "1", "5"),
+            node("n2", "2", "110"),
+            node("n3", "500m", "110"),
+            node("n4", "3", "7"),
+        ];
+        let nodes = known(&node_list);
+        let mut c = Cache::default();
+        // What the watch would show: every pod placed so far, by key.
+        let mut placed: BTreeMap<Key, Pod> = BTreeMap::new();
+        for i in 0..60 {
+            let name = format!("p{i}");
+            let owner = format!("rs-{}", i % 3);
+            let mut extra = json!({
+                "metadata": {"ownerReferences": [{"apiVersion": "apps/v1",
+                    "kind": "ReplicaSet", "name": owner, "uid": owner, "controller": true}]},
+                "spec": {"containers": [{"name": "c", "image": "i",
+                    "resources": {"requests": {"cpu": format!("{}m", 50 + (i % 4) * 75)}}}]},
+            });
+            if i % 5 == 0 {
+                extra["spec"]["containers"][0]["ports"] =
+                    json!([{"containerPort": 80, "hostPort": 9000 + (i % 10)}]);
+            }
+            let p = pod(&name, &format!("uid-{i}"), extra);
+            let scratch = predicates::select_node(&p, &node_list, placed.values());
+            let cached = decide(&p, &nodes, &c);
+            assert_eq!(cached, scratch, "pod {name}");
+            let Ok(target) = cached else { continue };
+            c.assume(&key(&name), &p, &target);
+            let mut bound = p.clone();
+            bound.spec.as_mut().unwrap().node_name = Some(target.clone());
+            // Every other pod: the watch confirms before the next decision.
+            if i % 2 == 0 {
+                c.observe(&key(&name), &bound);
+            }
+            placed.insert(key(&name), bound);
+            // Now and then one finishes, is deleted, or its binding fails.
+            if i % 7 == 6 {
+                let victim = key(&format!("p{}", i - 3));
+                if let Some(mut v) = placed.remove(&victim) {
+                    match i % 3 {
+                        0 => {
+                            merge_pod(&mut v, phase("Succeeded"));
+                            c.observe(&victim, &v);
+                        }
+                        1 => {
+                            c.remove(&victim);
+                        }
+                        _ => {
+                            // A failed binding only undoes an assumption;
+                            // a confirmed pod is deleted instead.
+                            if !c.forget(&victim, uid_of(&v)) {
+                                c.remove(&victim);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let scratch = predicates::node_infos(placed.values());
+        for n in ["n1", "n2", "n3", "n4"] {
+            let mut want = scratch.get(n).cloned().unwrap_or_default();
+            let mut got = c.info(n).clone();
+            // Port order and zero amounts left by subtraction do not matter.
+            want.host_ports.sort();
+            got.host_ports.sort();
+            want.requested.0.retain(|_, v| *v != 0);
+            got.requested.0.retain(|_, v| *v != 0);
+            assert_eq!(got, want, "node {n}");
+        }
+    }
+
+    #[test]
+    fn queue_takes_priority_then_age_then_name() {
+        let at = |name: &str, prio: i32, created: &str| {
+            pod(
+                name,
+                name,
+                json!({"metadata": {"creationTimestamp": created}, "spec": {"priority": prio}}),
+            )
+        };
+        let mut q = ActiveQueue::default();
+        q.push(key("young"), &at("young", 0, "2026-01-01T00:00:05Z"));
+        q.push(key("old-b"), &at("old-b", 0, "2026-01-01T00:00:01Z"));
+        q.push(key("old-a"), &at("old-a", 0, "2026-01-01T00:00:01Z"));
+        q.push(key("urgent"), &at("urgent", 100, "2026-01-01T00:00:09Z"));
+        q.push(key("gone"), &at("gone", 0, "2026-01-01T00:00:00Z"));
+        // Pushed again (unparked twice): still once in the queue.
+        q.push(key("young"), &at("young", 0, "2026-01-01T00:00:05Z"));
+        q.remove(&key("gone"));
+        let order: Vec<Key> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(
+            order,
+            ["urgent", "old-a", "old-b", "young"].map(key).to_vec()
+        );
+        assert!(q.is_empty());
+        assert!(q.index.is_empty());
     }
 }
