@@ -153,29 +153,12 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the member whose name is `<node>-<suffix>`, unless it is the
-    /// last voter. Returns whether a member was removed.
-    pub async fn remove_member_of_node(&self, node: &str) -> Result<bool, StoreError> {
-        let members = self.members().await?;
-        let voters = members.iter().filter(|m| !m.is_learner).count();
-        let prefix = format!("{node}-");
-        let Some(m) = members.iter().find(|m| {
-            m.name
-                .strip_prefix(&prefix)
-                .map(|s| s.len() == 8 && s.chars().all(|c| c.is_ascii_hexdigit()))
-                .unwrap_or(false)
-        }) else {
-            return Ok(false);
-        };
-        if !m.is_learner && voters <= 1 {
-            warn!(member = %m.name, "refusing to remove the last etcd voter");
-            return Ok(false);
-        }
-        let id = m.id;
+    /// Removes the member with this id. Which member may go (never the
+    /// last voter, never a joining learner) is the caller's decision.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
         self.call(|mut c| async move { c.member_remove(id).await })
             .await?;
-        info!(member = %m.name, "removed etcd member of deleted node");
-        Ok(true)
+        Ok(())
     }
 
     /// Adds client endpoints the connection does not use yet (members that

@@ -206,6 +206,32 @@ pub async fn run_membership(store: Store, own_client_url: String, stop: Cancella
     }
 }
 
+/// etcd membership for the server-removal loop, through this server's
+/// datastore connection (which fails over across members).
+pub struct StoreMembership(pub Store);
+
+impl rke2_controllers::server_removal::Membership for StoreMembership {
+    fn members(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<rke2_controllers::server_removal::EtcdMember>, String>> {
+        Box::pin(async move {
+            let members = self.0.members().await.map_err(|e| e.to_string())?;
+            Ok(members
+                .into_iter()
+                .map(|m| rke2_controllers::server_removal::EtcdMember {
+                    id: m.id,
+                    name: m.name,
+                    is_learner: m.is_learner,
+                })
+                .collect())
+        })
+    }
+
+    fn remove(&self, id: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.remove_member(id).await.map_err(|e| e.to_string()) })
+    }
+}
+
 /// The supervisor's view of this server.
 pub struct LocalCluster {
     /// The datastore.

@@ -561,21 +561,14 @@ fn spawn_controllers(
                 let client = client.clone();
                 let store = store.clone();
                 let manifests = manifests.clone();
+                let node_name = node_name.clone();
                 async move {
-                    let remove: rke2_controllers::server_removal::RemoveMember =
-                        Arc::new(move |node: String| {
-                            let store = store.clone();
-                            Box::pin(async move {
-                                store
-                                    .remove_member_of_node(&node)
-                                    .await
-                                    .map_err(|e| e.to_string())
-                            })
-                        });
                     let mut loops = tokio::task::JoinSet::new();
                     loops.spawn(rke2_controllers::server_removal::run(
                         client.clone(),
-                        remove,
+                        Arc::new(crate::cluster::StoreMembership(store)),
+                        node_name,
+                        rke2_controllers::server_removal::RemovalConfig::default(),
                         lead.clone(),
                     ));
                     loops.spawn(rke2_controllers::node_lifecycle::run(
