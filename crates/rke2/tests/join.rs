@@ -126,8 +126,9 @@ async fn join_refusals_write_nothing() {
 /// Three servers on loopback: the first, then two joins started at the
 /// same moment (etcd allows one learner at a time, so one of them waits).
 /// All become voting members and Ready nodes; both joiners' API serves
-/// the same data; endpoints list all three; deleting a server's Node
-/// removes its etcd member; restarting a joined server does not re-join.
+/// the same data; endpoints list all three; restarting a joined server
+/// does not re-join; deleting a stopped server's Node while no server
+/// holds the controllers' lease still removes its etcd member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_join_in_parallel() {
     let mut s1 = Server::start(
@@ -325,39 +326,71 @@ async fn three_servers_join_in_parallel() {
             .unwrap_or("")
             .contains("joining an existing cluster")
     );
-    // Deleting s3's Node removes its etcd member (after stopping it).
+    // Deleting s3's Node removes its etcd member (after stopping it), even
+    // when no server runs the removal loop at that moment: a stopped holder
+    // keeps the controllers' lease until it expires, and the next holder's
+    // watch starts with a list, which has no deleted Node in it. Handing
+    // the lease to an identity no server has makes that gap on purpose:
+    // the holder steps down, the Node goes, and only the next holder's
+    // reconciliation of voters against Nodes can find the orphaned member.
     s3.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
         .unwrap();
-    // The removal loop runs on the controllers' leader; a deletion made
-    // while no server holds that lease is not acted on (known limit), so
-    // wait until a live server leads.
-    let s3_prefix = format!("{}_", s3.node_name);
-    eventually(
-        Duration::from_secs(60),
-        "a live controllers leader",
-        || async {
-            let h = leases
-                .get("rke2-controller-manager")
-                .await
-                .ok()?
-                .spec?
-                .holder_identity?;
-            (!h.starts_with(&s3_prefix)).then_some(())
-        },
-    )
+    let gap_holder = "removal-test-gap_00000000";
+    let old_holder = eventually(Duration::from_secs(30), "lease handed over", || async {
+        let mut lease = leases.get("rke2-controller-manager").await.ok()?;
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let old = spec.holder_identity.clone().unwrap_or_default();
+        spec.holder_identity = Some(gap_holder.to_string());
+        spec.lease_duration_seconds = Some(8);
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        // A 409 (the holder renewed in between) is retried.
+        leases
+            .replace("rke2-controller-manager", &PostParams::default(), &lease)
+            .await
+            .ok()
+            .map(|_| old)
+    })
     .await
     .unwrap();
+    // A live holder stops its loops once it sees the foreign holder (it
+    // logs it as the new holder).
+    for s in [&s1, &s2] {
+        if old_holder.starts_with(&format!("{}_", s.node_name)) {
+            eventually(
+                Duration::from_secs(30),
+                "the holder stepping down",
+                || async { s.log_text().contains(gap_holder).then_some(()) },
+            )
+            .await
+            .unwrap();
+        }
+    }
     nodes
         .delete(&s3.node_name, &DeleteParams::default())
         .await
         .unwrap();
+    let deleted = std::time::Instant::now();
     let member = name_before.trim().to_string();
-    eventually(Duration::from_secs(60), "etcd member removed", || async {
+    // Lease expiry (8 s) + takeover (2 s retries) + the removal grace
+    // (60 s, counted from the new holder's first look) + its schedule.
+    eventually(Duration::from_secs(180), "etcd member removed", || async {
         let list = etcdctl(&s1, &["member", "list"]);
         (!list.is_empty() && !list.contains(&member)).then_some(())
     })
     .await
     .unwrap();
+    println!(
+        "orphaned member removed {:?} after its Node was deleted in a leadership gap",
+        deleted.elapsed()
+    );
+    assert!(
+        [&s1, &s2].iter().any(|s| s
+            .log_text()
+            .contains("removed etcd voter whose Node is gone")),
+        "the removal was not the reconciliation's"
+    );
     drop(c2);
     drop(c3);
 }
