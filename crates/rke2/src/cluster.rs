@@ -194,9 +194,20 @@ pub async fn run_membership(store: Store, own_client_url: String, stop: Cancella
         } else if voters % 2 == 1 {
             warned_even = None;
         }
-        if let Ok((me, leader)) = store.member_and_leader().await
-            && me != 0
-            && me == leader
+        // The status names the member that answered it, which is this
+        // server's only while the connection has not failed over to
+        // another member; this server's own member is the one advertising
+        // its client URL. Asking "is the answering member the leader"
+        // instead had every server skip promotion whenever none of them
+        // was connected to the leader, leaving a re-joined learner
+        // unpromoted for good.
+        let own = members
+            .iter()
+            .find(|m| !m.is_learner && m.client_urls.contains(&own_client_url))
+            .map(|m| m.id);
+        if let Some(own) = own
+            && let Ok((_, leader)) = store.member_and_leader().await
+            && own == leader
             && let Err(e) = store
                 .promote_learners(&mut first_seen, Duration::from_secs(300))
                 .await
