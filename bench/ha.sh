@@ -414,6 +414,18 @@ kill_and_measure() {
 # rejoin N: stop server-N, delete its Node (its etcd member goes with it),
 # wipe its data dir, start it again: sets JOIN (s to Ready), REMOVE (s from
 # the Node delete until etcd lists one member fewer)
+# removals_logged: "<by a Node delete event> <by reconciliation>", the etcd
+# member removals the servers' logs report so far
+removals_logged() {
+    local f a b e=0 r=0
+    for f in "$HA"/server-*/rke2.log; do
+        a=$(grep -c "removed etcd member of deleted node" "$f" || true)
+        b=$(grep -c "removed etcd voter whose Node is gone" "$f" || true)
+        e=$((e + ${a:-0})) r=$((r + ${b:-0}))
+    done
+    echo "$e $r"
+}
+
 rejoin() {
     local n=$1 pid st t0 data="$HA/server-$1/data" i
     server_cmd "$n"
@@ -441,11 +453,24 @@ rejoin() {
     # joiner's first requests to 9345 would measure that
     wait_for "HAProxy marking server-$n DOWN" \
         eval '[[ $(haproxy_state "$n") == DOWN && $(haproxy_state "$n" rke2-supervisor) == DOWN ]]'
+    local e0 r0 e1 r1
+    read -r e0 r0 < <(removals_logged)
     t0=$(now)
     kc delete node "server-$n" --wait=false >/dev/null
     wait_for "server-$n's etcd member removed" \
         eval '[[ $(etcd_members | grep -c .) == $((NSERVERS - 1)) ]]'
     REMOVE=$(sub "$(now)" "$t0")
+    # which path removed it: the Node delete event reaches only a live
+    # holder of the controllers' lease; when the stopped server held it,
+    # the next holder's reconciliation (voters against Nodes, after a
+    # grace) does. The log line follows the removal within moments.
+    REMOVED_BY="?"
+    for (( i = 0; i < 20; i++ )); do
+        read -r e1 r1 < <(removals_logged)
+        if (( r1 > r0 )); then REMOVED_BY=reconciliation; break; fi
+        if (( e1 > e0 )); then REMOVED_BY=event; break; fi
+        nap 0.1
+    done
     rm -rf "$data"
     # the join itself
     t0=$(now)
@@ -499,7 +524,7 @@ declare -a R_JOIN R_REMOVE R_LEAD R_ELECT R_RATIO R_FOLL R_FAIL_L R_FAIL_F R_LAS
 for (( round = 1; round <= ROUNDS; round++ )); do
     log "round $round/$ROUNDS: re-join of server-$REJOIN (stop, delete Node, wipe data dir, start)"
     rejoin "$REJOIN"
-    log "  member removed ${REMOVE}s after the Node delete; re-join to Ready ${JOIN}s"
+    log "  member removed ${REMOVE}s after the Node delete (by $REMOVED_BY); re-join to Ready ${JOIN}s"
 
     lip=$(etcd_leader_ip)
     [[ -n $lip ]] || die "no etcd leader"
@@ -523,7 +548,7 @@ for (( round = 1; round <= ROUNDS; round++ )); do
     R_JOIN+=("$JOIN"); R_REMOVE+=("$REMOVE"); R_LEAD+=("$lead"); R_ELECT+=("$elect"); R_RATIO+=("$ratio")
     R_FOLL+=("$foll"); R_FAIL_L+=("${fail_l%/*}"); R_FAIL_F+=("${fail_f%/*}")
     R_LAST_L+=("$last_l"); R_LAST_F+=("$last_f"); R_LAT+=("$lat")
-    DETAILS+=("$round|$JOIN|$REMOVE|server-$ln|$lead|$elect|$fail_l|$last_l|server-$fn|$foll|$fail_f|$last_f")
+    DETAILS+=("$round|$JOIN|$REMOVE|$REMOVED_BY|server-$ln|$lead|$elect|$fail_l|$last_l|server-$fn|$foll|$fail_f|$last_f")
 done
 
 # ------------------------------------------------------------------ table --
@@ -595,8 +620,8 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "Per round:"
     echo
-    echo "| round | re-join (s) | member removal (s) | leader killed | first write (s) | etcd election (s) | failed/writes | last failure (s) | follower killed | first write (s) | failed/writes | last failure (s) |"
-    echo "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"
+    echo "| round | re-join (s) | member removal (s) | removed by | leader killed | first write (s) | etcd election (s) | failed/writes | last failure (s) | follower killed | first write (s) | failed/writes | last failure (s) |"
+    echo "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"
     for d in "${DETAILS[@]}"; do
         echo "| ${d//|/ | } |"
     done
@@ -607,6 +632,11 @@ mkdir -p "$(dirname "$OUT")"
     echo "them, together, once server-1 answers through the LB. Re-join: server-$REJOIN"
     echo "stopped (SIGTERM), its Node deleted (the server-removal controller removes its"
     echo "etcd member), its data dir wiped, then started with its old command line."
+    echo "Member removal: from the Node delete until \`etcdctl member list\` has $((NSERVERS - 1))"
+    echo "members. \"event\": the removal loop saw the delete (a live server held the"
+    echo "controllers' lease); \"reconciliation\": server-$REJOIN itself held the lease when it"
+    echo "was stopped, so no loop saw the delete, and the next holder removed the voter"
+    echo "once its Node had been missing for the grace (60 s, counted from its takeover)."
     echo "Writes: a ConfigMap create (\`POST /api/v1/namespaces/default/configmaps\`, admin"
     echo "credentials) through HAProxy with curl, one started every ${WRITE_EVERY} s without"
     echo "waiting for the previous one, each with \`--max-time $WRITE_TIMEOUT\`; success = 201."
