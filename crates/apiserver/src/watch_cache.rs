@@ -228,6 +228,23 @@ impl ResourceCache {
                 let _ = st.tx.send(e);
                 return;
             }
+            WatchEventKind::Deleted => {
+                // The cache's etcd watch carries no previous values: the
+                // deleted object's last state is the cached one.
+                let Some(prev) = st.objects.remove(&ev.key) else {
+                    st.revision = ev.revision;
+                    return;
+                };
+                let mut object = Value::clone(&prev);
+                objects::decorate(self.rt, &mut object, ev.revision);
+                Arc::new(CachedEvent {
+                    kind: WatchEventKind::Deleted,
+                    key: ev.key,
+                    object: Arc::new(object),
+                    prev: Some(prev),
+                    revision: ev.revision,
+                })
+            }
             kind => {
                 let object = match objects::from_stored(self.rt, &ev.value, ev.revision) {
                     Ok(o) => Arc::new(o),
@@ -245,11 +262,7 @@ impl ResourceCache {
                             .map(Arc::new)
                     }),
                 };
-                if kind == WatchEventKind::Deleted {
-                    st.objects.remove(&ev.key);
-                } else {
-                    st.objects.insert(ev.key.clone(), object.clone());
-                }
+                st.objects.insert(ev.key.clone(), object.clone());
                 Arc::new(CachedEvent {
                     kind,
                     key: ev.key,
@@ -370,7 +383,7 @@ async fn follow(store: Store, cache: Weak<ResourceCache>, prefix: String) {
                 Some(c) => c.revision(),
                 None => return,
             };
-            let stream = match store.watch(&prefix, from).await {
+            let stream = match store.watch_without_prev(&prefix, from).await {
                 Ok(s) => s,
                 Err(StoreError::Compacted { .. }) => continue 'relist,
                 Err(e) => {

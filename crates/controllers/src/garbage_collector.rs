@@ -46,6 +46,7 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
     Preconditions, PropagationPolicy,
 };
+use kube::core::PartialObjectMeta;
 use kube::discovery::{ApiCapabilities, Scope};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -127,7 +128,10 @@ pub const WATCHED: [&str; 7] = [
 #[derive(Clone)]
 struct Entry {
     kind: usize,
-    obj: Arc<DynamicObject>,
+    obj: Arc<PartialObjectMeta<DynamicObject>>,
+    /// The object's kind (metadata-only objects arrive typed as
+    /// `PartialObjectMeta`).
+    kind_name: Arc<str>,
 }
 
 impl Entry {
@@ -161,15 +165,7 @@ impl Entry {
     }
     fn who(&self) -> String {
         match self.ns() {
-            Some(ns) => format!(
-                "{}/{ns}/{}",
-                self.obj
-                    .types
-                    .as_ref()
-                    .map(|t| t.kind.as_str())
-                    .unwrap_or("?"),
-                self.name()
-            ),
+            Some(ns) => format!("{}/{ns}/{}", self.kind_name, self.name()),
             None => self.name().to_string(),
         }
     }
@@ -222,7 +218,7 @@ pub fn decide(owners: &[(String, OwnerState)]) -> Decision {
 struct Gc {
     client: kube::Client,
     kinds: Vec<(ApiResource, bool)>,
-    stores: Vec<Store<DynamicObject>>,
+    stores: Vec<Store<PartialObjectMeta<DynamicObject>>>,
     /// GVK -> resource and whether namespaced (discovery results).
     resolved: HashMap<(String, String), Option<(ApiResource, bool)>>,
     /// Owner uids found alive by a live lookup, and when.
@@ -243,9 +239,12 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
     };
     let mut stores = Vec::new();
     for (ar, _) in &kinds {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
-        let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), ar);
+        let writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(ar.clone());
         let reader = writer.as_reader();
+        // Metadata only: the collector needs owners, uids and finalizers,
+        // and decoding whole objects (ConfigMap data, Pod specs) per event
+        // was a share of the server's CPU under write load.
         let stream = reflector::reflector(
             writer,
             watcher(api, watcher::Config::default()).default_backoff(),
@@ -403,8 +402,13 @@ impl Gc {
         let mut by_uid: HashMap<String, Entry> = HashMap::new();
         let mut dependents: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
         for (kind, store) in self.stores.iter().enumerate() {
+            let kind_name: Arc<str> = Arc::from(self.kinds[kind].0.kind.as_str());
             for obj in store.state() {
-                let e = Entry { kind, obj };
+                let e = Entry {
+                    kind,
+                    obj,
+                    kind_name: kind_name.clone(),
+                };
                 for r in e.owners() {
                     dependents.entry(r.uid.clone()).or_default().push(e.clone());
                 }

@@ -433,11 +433,35 @@ impl Store {
         after_revision: i64,
     ) -> Result<impl Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static, StoreError>
     {
-        let opts = WatchOptions::new()
+        self.watch_with(prefix, after_revision, true).await
+    }
+
+    /// Like [`Store::watch`], but events carry no previous value, and
+    /// deletions no value at all: for a watcher that keeps the current
+    /// values itself (etcd then need not read the old value per event).
+    pub async fn watch_without_prev(
+        &self,
+        prefix: &str,
+        after_revision: i64,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static, StoreError>
+    {
+        self.watch_with(prefix, after_revision, false).await
+    }
+
+    async fn watch_with(
+        &self,
+        prefix: &str,
+        after_revision: i64,
+        prev: bool,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, StoreError>> + Send + 'static, StoreError>
+    {
+        let mut opts = WatchOptions::new()
             .with_range(prefix_end(prefix))
             .with_start_revision(after_revision + 1)
-            .with_prev_key()
             .with_progress_notify();
+        if prev {
+            opts = opts.with_prev_key();
+        }
         let stream = self
             .call(|mut c| {
                 let opts = opts.clone();

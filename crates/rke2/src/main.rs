@@ -9,6 +9,12 @@ use std::ffi::OsString;
 
 use rke2_config::{ConfigError, Role};
 
+// glibc's allocator returned and re-faulted pages on every burst of API
+// requests (page faults and malloc were a fifth of the server's CPU under
+// bench/api.sh's create load); mimalloc keeps per-thread free lists.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The version printed by `rke2 --version`.
 pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VERSION"), ")");
 
