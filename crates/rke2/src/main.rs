@@ -24,6 +24,22 @@ fn usage() -> String {
     )
 }
 
+/// Raises the soft limit on open files to the hard one: every client watch
+/// and every node is a connection, and the default soft limit (1024) is
+/// reached long before the hard one (RKE2's unit sets `LimitNOFILE` for
+/// the same reason).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        _ => {}
+    }
+}
+
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
     let sub = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
@@ -58,6 +74,7 @@ fn main() {
         }
     };
     init_logging(loaded.config.debug);
+    raise_open_files_limit();
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
