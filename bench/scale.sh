@@ -286,6 +286,9 @@ start_server() { # K
     {
         echo "token: \"$TOKEN\""
         (( k > 1 )) && echo "server: https://$(addr 1):9345"
+        # Room for a /24 per node up to 4,096 nodes (the default /16 has
+        # 256), clear of the default service CIDR 10.43.0.0/16.
+        echo "cluster-cidr: 10.128.0.0/12"
         echo "disable:"
         echo "  - rke2-coredns"
         echo "  - rke2-ingress-nginx"
