@@ -13,12 +13,20 @@
 #   (open loop). Context rows: the etcd calls our store makes per create and
 #   per update (range + txn), and CPU time per operation of rke2, etcd and
 #   the client.
-# Prints the table (throughput, p50, p99 of both, ratio, targets) and writes
-# it as Markdown with the environment to bench/results/api.md.
+# Then watch fan-out: --watchers API watches of ConfigMaps (each its own
+#   connection; half with a label selector matching half the writes) vs as
+#   many etcd watches (half on a narrower prefix), --fanout-writes writes at
+#   --fanout-rate/s: delivery latency over all (write, watcher) pairs, the
+#   last delivery, etcd's own watcher count and the RSS of rke2 and etcd.
+#   The etcd watches share --etcd-watch-conns HTTP/2 connections (default 1,
+#   as an apiserver without a watch cache would have them).
+# Prints the tables (throughput, p50, p99 of both, ratio, targets) and writes
+# them as Markdown with the environment to bench/results/api.md.
 #
 # Usage: bench/api.sh [--runs N] [--ops N] [--concurrency N] [--list-ops N]
-#                     [--rate N] [--paced-seconds N] [--no-build] [--out FILE]
-#                     [--keep]
+#                     [--rate N] [--paced-seconds N] [--watchers N (0: none)]
+#                     [--fanout-writes N] [--fanout-rate N]
+#                     [--etcd-watch-conns N] [--no-build] [--out FILE] [--keep]
 # Needs root (the server runs containerd), etcd, kubectl. Not part of the
 # test suite.
 
@@ -31,6 +39,10 @@ LIST_OPS=100
 RATE=500
 PACED_SECONDS=10
 SIZE=1024
+WATCHERS=2000
+FANOUT_WRITES=200
+FANOUT_RATE=50
+ETCD_WATCH_CONNS=1
 LIST_OBJECTS=1000
 BUILD=1
 KEEP=0
@@ -44,7 +56,7 @@ OUT="$ROOT/bench/results/api.md"
 ARGS="$*"
 
 usage() {
-    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -55,6 +67,10 @@ while [[ $# -gt 0 ]]; do
         --list-ops) LIST_OPS="${2:?--list-ops needs a number}"; shift 2 ;;
         --rate) RATE="${2:?--rate needs a number}"; shift 2 ;;
         --paced-seconds) PACED_SECONDS="${2:?--paced-seconds needs a number}"; shift 2 ;;
+        --watchers) WATCHERS="${2:?--watchers needs a number}"; shift 2 ;;
+        --fanout-writes) FANOUT_WRITES="${2:?--fanout-writes needs a number}"; shift 2 ;;
+        --fanout-rate) FANOUT_RATE="${2:?--fanout-rate needs a number}"; shift 2 ;;
+        --etcd-watch-conns) ETCD_WATCH_CONNS="${2:?--etcd-watch-conns needs a number}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT="${2:?--out needs a file}"; shift 2 ;;
         --keep) KEEP=1; shift ;;
@@ -62,13 +78,15 @@ while [[ $# -gt 0 ]]; do
         *) echo "api.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-for v in RUNS OPS CONCURRENCY LIST_OPS RATE PACED_SECONDS; do
+for v in RUNS OPS CONCURRENCY LIST_OPS RATE PACED_SECONDS FANOUT_WRITES FANOUT_RATE ETCD_WATCH_CONNS; do
     if ! [[ "${!v}" =~ ^[0-9]+$ ]] || (( ${!v} < 1 )); then
         opt=${v,,}; echo "api.sh: --${opt//_/-} must be a positive number" >&2; exit 2
     fi
 done
 (( RUNS <= 20 && CONCURRENCY <= 256 && OPS <= 200000 )) ||
     { echo "api.sh: at most 20 runs, concurrency 256, 200000 ops" >&2; exit 2; }
+[[ "$WATCHERS" =~ ^[0-9]+$ ]] && (( WATCHERS <= 20000 && FANOUT_WRITES <= 100000 && ETCD_WATCH_CONNS <= 1000 )) ||
+    { echo "api.sh: --watchers must be 0..20000, --fanout-writes at most 100000, --etcd-watch-conns 1000" >&2; exit 2; }
 
 if (( EUID != 0 )); then
     echo "api.sh: needs root (rke2 server runs containerd); run it as root" >&2
@@ -205,7 +223,9 @@ child_named() { # PARENT COMM: pid of PARENT's child named COMM
 
 # ------------------------------------------------------------------- runs --
 RESULTS="$WORK/results.tsv"   # RESULT lines of all runs, run number appended
+VALUES="$WORK/values.tsv"     # VALUE lines (fan-out figures), run number appended
 : >"$RESULTS"
+: >"$VALUES"
 for (( run = 1; run <= RUNS; run++ )); do
     addr="$SUBNET.$((10 + run))"
     dir="$WORK/run$run"
@@ -239,7 +259,8 @@ EOF
     "$GEN" --etcd-endpoint "https://$addr:2379" --etcd-tls-dir "$DATA/server/tls/etcd" \
         --kubeconfig "$KC" --concurrency "$CONCURRENCY" --ops "$OPS" --size "$SIZE" \
         --list-objects "$LIST_OBJECTS" --list-ops "$LIST_OPS" --rate "$RATE" \
-        --paced-seconds "$PACED_SECONDS" --server-pid "$RKE2_PID" --etcd-pid "$ETCD_PID" \
+        --paced-seconds "$PACED_SECONDS" --watchers "$WATCHERS" --fanout-writes "$FANOUT_WRITES" \
+        --fanout-rate "$FANOUT_RATE" --etcd-watch-conns "$ETCD_WATCH_CONNS" --server-pid "$RKE2_PID" --etcd-pid "$ETCD_PID" \
         >"$dir/gen.tsv" 2> >(tee "$dir/gen.err" >&2) &
     GEN_PID=$!
     rc=0; wait "$GEN_PID" || rc=$?
@@ -247,6 +268,7 @@ EOF
     (( rc == 0 )) || die "the load generator failed (exit $rc)"
     awk -v r="$run" -F'\t' -v OFS='\t' '$1 == "RESULT" { print $0, r }' "$dir/gen.tsv" >>"$RESULTS"
     grep -q . "$RESULTS" || die "no results from the load generator"
+    awk -v r="$run" -F'\t' -v OFS='\t' '$1 == "VALUE" { print $0, r }' "$dir/gen.tsv" >>"$VALUES"
     stop_run
 done
 
@@ -332,7 +354,54 @@ e2e_row() {
 }
 cpu_rows() {
     local s=$1
-    awk -F'|' '$1 != "watch-e2e" { printf "%s|%s|%s|%s|%s\n", $1, $3, ($9 == "n/a" ? "n/a" : sprintf("%.0f", $9)), ($10 == "n/a" ? "n/a" : sprintf("%.0f", $10)), sprintf("%.0f", $11) }' <<<"$s"
+    awk -F'|' '$1 != "watch-e2e" && $1 != "fanout-e2e" { printf "%s|%s|%s|%s|%s\n", $1, $3, ($9 == "n/a" ? "n/a" : sprintf("%.0f", $9)), ($10 == "n/a" ? "n/a" : sprintf("%.0f", $10)), sprintf("%.0f", $11) }' <<<"$s"
+}
+
+# fan-out figures: "key|side|median over runs" (VALUE fields: 2 key, 3 side,
+# 4 number, 5 note, 6 run)
+vsummarize() {
+    awk -F'\t' '
+        { k = $2 "|" $3; if (!(k in cnt)) order[++nk] = k; c = ++cnt[k]; v[k, c] = $4 }
+        END {
+            for (i = 1; i <= nk; i++) {
+                k = order[i]; n = cnt[k]; na = 0
+                for (j = 1; j <= n; j++) { if (v[k, j] == "n/a") na = 1; a[j] = v[k, j] + 0 }
+                for (j = 2; j <= n; j++) { t = a[j]; for (m = j - 1; m >= 1 && a[m] > t; m--) a[m + 1] = a[m]; a[m + 1] = t }
+                printf "%s|%s\n", k, na ? "n/a" : ((n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2)
+            }
+        }' "$VALUES"
+}
+vpick() { awk -F'|' -v k="$2|$3" '$1 "|" $2 == k { print $3 }' <<<"$1"; }
+fmt_n() { awk -v x="$1" -v d="${2:-0}" 'BEGIN { if (x == "" || x == "n/a") print "n/a"; else printf "%.*f", d, x }'; }
+# fan-out rows: "label|API|etcd|API / etcd"
+fanout_rows() {
+    local s=$1 v=$2 a b f
+    for f in "6 p50" "7 p99" "8 max"; do
+        set -- $f
+        a=$(pick "$s" fanout api "$1"); b=$(pick "$s" fanout raw "$1")
+        printf '%s|%s|%s|%s\n' "delivery $2, write answer -> event (ms)" "$(fmt_ms "$a")" "$(fmt_ms "$b")" "$(ratio "$a" "$b")"
+    done
+    for f in "6 p50" "7 p99"; do
+        set -- $f
+        a=$(pick "$s" fanout-e2e api "$1"); b=$(pick "$s" fanout-e2e raw "$1")
+        printf '%s|%s|%s|%s\n' "delivery $2, write sent -> event (ms)" "$(fmt_ms "$a")" "$(fmt_ms "$b")" "$(ratio "$a" "$b")"
+    done
+    a=$(vpick "$v" fanout-last api); b=$(vpick "$v" fanout-last raw)
+    printf '%s|%s|%s|%s\n' "last write answered -> last watcher has every event (ms)" "$(fmt_ms "$a")" "$(fmt_ms "$b")" "$(ratio "$a" "$b")"
+    a=$(pick "$s" fanout api 5); b=$(pick "$s" fanout raw 5)
+    printf '%s|%s|%s|%s\n' "deliveries per second (first write sent -> last delivery)" "$(fmt_ops "$a")" "$(fmt_ops "$b")" "$(ratio "$a" "$b")"
+    a=$(pick "$s" fanout api 4); b=$(pick "$s" fanout raw 4)
+    printf '%s|%s|%s|%s\n' "(write, watcher) pairs delivered" "$(fmt_n "$a")" "$(fmt_n "$b")" "-"
+    a=$(vpick "$v" fanout-open api); b=$(vpick "$v" fanout-open raw)
+    printf '%s|%s|%s|%s\n' "opening the $WATCHERS watches, 64 at a time (s)" "$(fmt_n "$a" 2)" "$(fmt_n "$b" 2)" "$(ratio "$a" "$b")"
+    a=$(vpick "$v" etcd-watchers api); b=$(vpick "$v" etcd-watchers raw)
+    printf '%s|%s|%s|%s\n' "etcd's watchers with the watches open (before: $(fmt_n "$(vpick "$v" etcd-watchers before)"))" "$(fmt_n "$a")" "$(fmt_n "$b")" "$(ratio "$a" "$b")"
+    a=$(vpick "$v" rke2-rss api)
+    printf '%s|%s|%s|%s\n' "rke2 RSS with the watches open, MiB (before: $(fmt_n "$(vpick "$v" rke2-rss before)"))" "$(fmt_n "$a")" "-" "-"
+    a=$(vpick "$v" rke2-rss api-after)
+    printf '%s|%s|%s|%s\n' "rke2 RSS after the writes, watches still open (MiB)" "$(fmt_n "$a")" "-" "-"
+    a=$(vpick "$v" etcd-rss api); b=$(vpick "$v" etcd-rss raw)
+    printf '%s|%s|%s|%s\n' "etcd RSS with the watches open, MiB (before: $(fmt_n "$(vpick "$v" etcd-rss before)"))" "$(fmt_n "$a")" "$(fmt_n "$b")" "-"
 }
 
 SUMMARY=$(summarize)
@@ -340,6 +409,10 @@ mapfile -t MAIN < <(table_rows "$SUMMARY")
 mapfile -t STORE < <(store_rows "$SUMMARY")
 mapfile -t CPU < <(cpu_rows "$SUMMARY")
 E2E=$(e2e_row "$SUMMARY")
+FANOUT=()
+if (( WATCHERS > 0 )); then
+    mapfile -t FANOUT < <(fanout_rows "$SUMMARY" "$(vsummarize)")
+fi
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null || true)" ]]; then
@@ -351,6 +424,7 @@ kubectl_ver=$("$KUBECTL" version --client 2>/dev/null | awk '/Client Version/ { 
 etcd_ver=$(etcd --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
 rustc_ver=$(rustc --version 2>/dev/null | awk '{ print $2 }')
 what="concurrency $CONCURRENCY, $OPS ops per phase, $SIZE B of data per ConfigMap, $LIST_OPS lists of $LIST_OBJECTS, $RATE/s for $PACED_SECONDS s"
+(( WATCHERS > 0 )) && what="$what, $WATCHERS watchers with $FANOUT_WRITES writes at $FANOUT_RATE/s"
 
 echo
 printf 'rke2 API vs raw etcd (median of %d runs): %s; %s, nproc %s, commit %s\n' "$RUNS" "$what" "$date_s" "$cpus" "$commit"
@@ -365,6 +439,14 @@ for r in "${STORE[@]}"; do
 done
 IFS='|' read -r a b c d <<<"$E2E"
 printf '%-44s %9s %8s %8s %9s %8s %8s %6s   %s\n' "watch: write sent -> event" "" "$a" "$b" "" "$c" "$d" "" "(context)"
+if (( ${#FANOUT[@]} )); then
+    echo
+    printf '%-62s %12s %12s %10s\n' "watch fan-out: $WATCHERS watchers, $FANOUT_WRITES writes at $FANOUT_RATE/s" "API" "etcd" "API/etcd"
+    for r in "${FANOUT[@]}"; do
+        IFS='|' read -r l a b g <<<"$r"
+        printf '%-62s %12s %12s %10s\n' "$l" "$a" "$b" "$g"
+    done
+fi
 
 mkdir -p "$(dirname "$OUT")"
 {
@@ -409,6 +491,30 @@ mkdir -p "$(dirname "$OUT")"
     IFS='|' read -r a b c d <<<"$E2E"
     echo "| API POST -> API watch vs etcd put -> etcd watch | $a | $b | $c | $d |"
     echo
+    if (( ${#FANOUT[@]} )); then
+        echo "Watch fan-out: $WATCHERS watches of ConfigMaps in one namespace, half of them"
+        echo "with the label selector \`bench-fan=a\` that matches half of the writes;"
+        echo "$FANOUT_WRITES creates of labelled ConfigMaps paced at $FANOUT_RATE/s. API: each watch"
+        echo "its own HTTP/1.1 connection (kube-rs, \`?watch=true&resourceVersion=<list RV>\`),"
+        echo "all served by the apiserver's watch cache. etcd: as many etcd-client watch"
+        echo "streams on the raw prefix (the selecting half on a narrower prefix, so both"
+        echo "sides deliver the same (write, watcher) pairs), multiplexed by etcd-client over"
+        echo "$ETCD_WATCH_CONNS HTTP/2 connection(s) of their own (not the one the puts use); the"
+        echo "puts carry the same JSON. Latencies over all (write, watcher) pairs, median"
+        echo "over runs."
+        echo "etcd's watchers = \`etcd_debugging_mvcc_watcher_total\` from its own /metrics."
+        echo "1-minute load average as the fan-out phase started: $(fmt_n "$(vpick "$(vsummarize)" loadavg before)" 2)"
+        echo "(median over runs; it includes this run's own earlier phases; the deliveries"
+        echo "need the CPUs all at once, so other work on the machine moves these figures most)."
+        echo
+        echo "| $WATCHERS watchers, $FANOUT_WRITES writes at $FANOUT_RATE/s | API watches | etcd watches | API / etcd |"
+        echo "| --- | ---: | ---: | ---: |"
+        for r in "${FANOUT[@]}"; do
+            IFS='|' read -r l a b g <<<"$r"
+            echo "| $l | $a | $b | $g |"
+        done
+        echo
+    fi
     echo "CPU time per operation (µs; \`utime+stime\` of each process over the phase, 10 ms"
     echo "ticks, divided by its operations; the rke2 figure includes its idle background"
     echo "work, the etcd one the raw side's and ours alike):"
@@ -447,5 +553,17 @@ mkdir -p "$(dirname "$OUT")"
     echo "the answer of its write, throughput = events / (first write answered -> last"
     echo "event). Paced GETs start every 1/$RATE s whatever the earlier ones do, timed from"
     echo "their own start."
+    if (( WATCHERS > 0 )); then
+        echo
+        echo "Fan-out: all watches are open (answer headers received, etcd watches created)"
+        echo "before the first write; write i starts at i/$FANOUT_RATE s whatever the earlier ones do;"
+        echo "a delivery is timed when the watcher's task has read the event's line (API: the"
+        echo "event type and object name are picked out of it, not decoded), so the"
+        echo "generator's own scheduling of $WATCHERS readers on this machine's CPUs is included,"
+        echo "on both sides. CPU per operation of the fanout rows is per delivery. Every"
+        echo "watcher must have all its events within 60 s of the last write's answer, or the"
+        echo "run fails. The API side runs first (etcd's RSS of the API phase is not the raw"
+        echo "phase's leftover), each side after the server went idle."
+    fi
 } >"$OUT"
 log "wrote $OUT"

@@ -10,7 +10,8 @@
 //! Every phase prints one line on stdout:
 //! `RESULT <phase> <side> <n> <ops/s> <p50 ms> <p99 ms> <max ms>
 //! <server CPU µs/op> <etcd CPU µs/op> <client CPU µs/op> <note>`
-//! (tab-separated); progress goes to stderr.
+//! (tab-separated); the fan-out phase adds single figures as
+//! `VALUE <key> <side> <number> <note>`. Progress goes to stderr.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ use kube::Client as Kube;
 use kube::api::{Api, GetParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::core::Request;
 use serde_json::{Value, json};
+
+mod fanout;
 
 /// Command line of the load generator.
 #[derive(Parser, Debug, Clone)]
@@ -82,13 +85,31 @@ struct Args {
     /// pid of its etcd, for etcd's CPU time per operation.
     #[arg(long)]
     etcd_pid: Option<u32>,
+    /// Watchers of the fan-out phase: as many API watches (each its own
+    /// connection) and, as the reference, as many etcd watches. 0 skips
+    /// the phase.
+    #[arg(long, default_value_t = 2000)]
+    watchers: usize,
+    /// Writes delivered to the watchers in the fan-out phase.
+    #[arg(long, default_value_t = 200)]
+    fanout_writes: usize,
+    /// Writes per second in the fan-out phase (paced, so that it measures
+    /// delivery rather than write throughput).
+    #[arg(long, default_value_t = 50)]
+    fanout_rate: u64,
+    /// etcd connections the reference's etcd watches are spread over
+    /// (etcd-client multiplexes all watches of one client over its one
+    /// HTTP/2 connection; 1 is what an apiserver without a watch cache
+    /// would do).
+    #[arg(long, default_value_t = 1)]
+    etcd_watch_conns: usize,
     /// Phases to run (for profiling one of them): create, get, update,
-    /// list, watch, paced. get, update and paced need the objects of
-    /// create, which then runs too.
+    /// list, watch, paced, fanout. get, update and paced need the objects
+    /// of create, which then runs too.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "create,get,update,list,watch,paced"
+        default_value = "create,get,update,list,watch,paced,fanout"
     )]
     phases: Vec<String>,
 }
@@ -397,7 +418,7 @@ fn rv_of(text: &str) -> Result<i64> {
 impl Bench {
     async fn create_namespaces(&self) -> Result<()> {
         let api: Api<Namespace> = Api::all(self.kube.clone());
-        for suffix in ["", "-list", "-watch"] {
+        for suffix in ["", "-list", "-watch", "-fan"] {
             let ns: Namespace = serde_json::from_value(json!({
                 "metadata": {"name": format!("{}{suffix}", self.args.namespace)}
             }))?;
@@ -917,6 +938,30 @@ fn index_of(name: &str) -> Option<usize> {
     name.strip_prefix("cm-")?.parse().ok()
 }
 
+/// Raises the soft limit on open files to the hard one: every API watch of
+/// the fan-out phase is a connection, and the usual soft limit is 1024.
+fn raise_open_files_limit(watchers: usize) -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let soft = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                eprintln!("[bench-api] cannot raise the open files limit {soft} to {hard}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    // The watches plus the request pool, etcd and the process's own files.
+    let need = watchers as u64 + 256;
+    if soft < need {
+        bail!("open files limit {soft} is below the {need} that {watchers} watchers need");
+    }
+    Ok(())
+}
+
 async fn connect_etcd(args: &Args) -> Result<Etcd> {
     let dir = &args.etcd_tls_dir;
     let read = |f: &str| {
@@ -954,7 +999,11 @@ async fn run(b: &Bench) -> Result<()> {
     );
     let on = |p: &str| a.phases.iter().any(|x| x == p);
     for p in &a.phases {
-        if !["create", "get", "update", "list", "watch", "paced"].contains(&p.as_str()) {
+        if ![
+            "create", "get", "update", "list", "watch", "paced", "fanout",
+        ]
+        .contains(&p.as_str())
+        {
             bail!("unknown phase {p:?}");
         }
     }
@@ -978,6 +1027,11 @@ async fn run(b: &Bench) -> Result<()> {
     if on("paced") {
         b.paced_gets().await?;
     }
+    // Last: its thousands of connections and watches would otherwise
+    // linger in the server while the other phases run.
+    if on("fanout") && a.watchers > 0 {
+        b.fanout().await?;
+    }
     Ok(())
 }
 
@@ -990,6 +1044,15 @@ async fn main() -> Result<()> {
     if !args.raw_prefix.starts_with("/bench/") {
         bail!("--raw-prefix must start with /bench/ (its keys are deleted at the end)");
     }
+    if args.watchers > 0
+        && (args.fanout_writes == 0 || args.fanout_rate == 0 || args.etcd_watch_conns == 0)
+    {
+        bail!("--fanout-writes, --fanout-rate and --etcd-watch-conns must be positive");
+    }
+    if args.fanout_writes > 999_999 {
+        bail!("--fanout-writes: at most 999999 (six-digit object names)");
+    }
+    raise_open_files_limit(args.watchers)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let etcd = connect_etcd(&args).await?;
     let kube = connect_kube(&args).await?;
