@@ -1385,7 +1385,11 @@ impl WatchOut {
         use tokio::sync::broadcast::error::RecvError;
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        // Frequent bookmarks keep a client's resourceVersion recent even when
+        // its selector matches nothing, so its next watch (kube-rs ends one
+        // every 290 s) starts inside the cache's window instead of falling
+        // back to an etcd watch of its own.
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
         for ev in sub.replay {
             if !self

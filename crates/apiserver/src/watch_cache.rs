@@ -42,7 +42,7 @@ use crate::registry::ResourceType;
 
 /// How many recent events each cache keeps for watches that start from
 /// an older revision (a client re-watching after a reconnect).
-pub const WINDOW: usize = 2048;
+pub const WINDOW: usize = 8192;
 /// How many events a slow subscriber may fall behind before it is ended.
 const BROADCAST_CAPACITY: usize = 4096;
 /// Pause before a failed list or watch of etcd is retried.

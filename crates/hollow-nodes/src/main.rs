@@ -580,7 +580,7 @@ impl Hollow {
     /// One watch on all pods; pods of this process's nodes are handled.
     async fn watch_pods(self: Arc<Self>) {
         let pods: Api<Pod> = Api::all(self.clients[0].clone());
-        let stream = watcher(pods, watcher::Config::default()).default_backoff();
+        let stream = watcher(pods, watcher::Config::default().any_semantic()).default_backoff();
         let mut stream = std::pin::pin!(stream);
         let mut stop = self.stop.clone();
         loop {

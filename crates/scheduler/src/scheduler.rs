@@ -393,12 +393,18 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         cache: Cache::default(),
         reported: BTreeMap::new(),
     };
-    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let pods = watcher(Api::<Pod>::all(client), watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let nodes = watcher(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .boxed();
+    let pods = watcher(
+        Api::<Pod>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .boxed();
     let (mut nodes, mut pods) = (nodes, pods);
     let mut bindings = Bindings::new();
     let mut retry = tokio::time::interval(RETRY_PERIOD);

@@ -381,7 +381,8 @@ impl Load {
             let tracker = tracker.clone();
             let api: Api<Pod> = Api::namespaced(self.client(0), &ns);
             tokio::spawn(async move {
-                let stream = watcher(api, watcher::Config::default()).default_backoff();
+                let stream =
+                    watcher(api, watcher::Config::default().any_semantic()).default_backoff();
                 let mut stream = std::pin::pin!(stream);
                 while let Some(ev) = stream.next().await {
                     match ev {

@@ -99,7 +99,12 @@ enum Msg {
 /// when it stops (a restart adopts them), as with a kubelet.
 pub async fn run(ctx: Arc<PodContext>, stop: CancellationToken) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let cfg = watcher::Config::default()
+        .fields(&format!("spec.nodeName={}", ctx.node_name))
+        // Like client-go informers (and so the kubelet): the initial list
+        // may come from the apiserver's watch cache (resourceVersion=0)
+        // instead of a read through every pod in etcd.
+        .any_semantic();
     let mut stream = watcher::watcher(pods, cfg).boxed();
     let mut workers: HashMap<String, mpsc::UnboundedSender<Msg>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
