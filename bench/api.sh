@@ -410,8 +410,10 @@ mapfile -t STORE < <(store_rows "$SUMMARY")
 mapfile -t CPU < <(cpu_rows "$SUMMARY")
 E2E=$(e2e_row "$SUMMARY")
 FANOUT=()
+FANOUT_ERR=""   # the generator goes on after a failed fan-out phase; the run fails at the end
 if (( WATCHERS > 0 )); then
     mapfile -t FANOUT < <(fanout_rows "$SUMMARY" "$(vsummarize)")
+    FANOUT_ERR=$(awk -F'\t' '$2 == "fanout-error" { printf "%srun %s: %s", (n++ ? "; " : ""), $6, $5 }' "$VALUES")
 fi
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -446,6 +448,7 @@ if (( ${#FANOUT[@]} )); then
         IFS='|' read -r l a b g <<<"$r"
         printf '%-62s %12s %12s %10s\n' "$l" "$a" "$b" "$g"
     done
+    [[ -z "$FANOUT_ERR" ]] || echo "fan-out phase FAILED: $FANOUT_ERR"
 fi
 
 mkdir -p "$(dirname "$OUT")"
@@ -514,6 +517,10 @@ mkdir -p "$(dirname "$OUT")"
             echo "| $l | $a | $b | $g |"
         done
         echo
+        if [[ -n "$FANOUT_ERR" ]]; then
+            echo "**The fan-out phase FAILED** ($FANOUT_ERR); its figures are from the other runs, if any."
+            echo
+        fi
     fi
     echo "CPU time per operation (µs; \`utime+stime\` of each process over the phase, 10 ms"
     echo "ticks, divided by its operations; the rke2 figure includes its idle background"
@@ -567,3 +574,4 @@ mkdir -p "$(dirname "$OUT")"
     fi
 } >"$OUT"
 log "wrote $OUT"
+[[ -z "$FANOUT_ERR" ]] || die "the fan-out phase failed: $FANOUT_ERR"

@@ -193,7 +193,7 @@ impl Bench {
 
             let base = Instant::now();
             let progress: Progress = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
-            let handles = streams
+            let handles: Vec<_> = streams
                 .into_iter()
                 .map(|(k, s)| tokio::spawn(api_watcher(k, s, w, base, progress.clone())))
                 .collect();
@@ -203,17 +203,11 @@ impl Bench {
                     .collect::<Result<_>>()?,
             );
             let c0 = self.cpu();
-            let acks = self
-                .paced_writes(base, |i| {
-                    let kube = self.kube.clone();
-                    let req = cm_path(&ns).create(&PostParams::default(), bodies[i].clone());
-                    async move {
-                        kube.request_text(req?).await?;
-                        Ok(())
-                    }
-                })
+            let (args, nsc) = (self.args.clone(), ns.clone());
+            let acks = own_thread(move || api_writes(args, nsc, bodies, base))
                 .await
-                .context("fan-out, API creates")?;
+                .context("fan-out, API creates")
+                .inspect_err(|_| abort_all(&handles))?;
             let watched = collect("API", handles, &progress, w, base, &acks).await?;
             let c1 = self.cpu();
             // Measured before the watches close: the server still holds
@@ -270,7 +264,7 @@ impl Bench {
 
             let base = Instant::now();
             let progress: Progress = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
-            let handles = streams
+            let handles: Vec<_> = streams
                 .into_iter()
                 .map(|(k, s)| tokio::spawn(etcd_watcher(k, s, w, base, progress.clone())))
                 .collect();
@@ -280,18 +274,11 @@ impl Bench {
                     .collect::<Result<_>>()?,
             );
             let c0 = self.cpu();
-            let acks = self
-                .paced_writes(base, |i| {
-                    let mut etcd = self.etcd.clone();
-                    let key = format!("{all}{}/{}", group(i), fan_name(i));
-                    let body = bodies[i].clone();
-                    async move {
-                        etcd.put(key, body, None).await?;
-                        Ok(())
-                    }
-                })
+            let (args, prefix) = (self.args.clone(), all.clone());
+            let acks = own_thread(move || raw_writes(args, prefix, bodies, base))
                 .await
-                .context("fan-out, raw puts")?;
+                .context("fan-out, raw puts")
+                .inspect_err(|_| abort_all(&handles))?;
             let watched = collect("etcd", handles, &progress, w, base, &acks).await?;
             let c1 = self.cpu();
             self.fan_report("raw", n, &acks, &watched, c0, c1);
@@ -375,40 +362,6 @@ impl Bench {
             self.args.etcd_pid.and_then(rss_mib),
             &format!("MiB, {n} {what} watches open"),
         );
-    }
-
-    /// `--fanout-writes` writes, write `i` started at `i / --fanout-rate`
-    /// s whatever the earlier ones do. Returns (sent, answered) per write,
-    /// in ns after `base`.
-    async fn paced_writes<F, Fut>(&self, base: Instant, f: F) -> Result<Vec<(u64, u64)>>
-    where
-        F: Fn(usize) -> Fut,
-        Fut: Future<Output = Result<()>> + Send + 'static,
-    {
-        let w = self.args.fanout_writes;
-        let interval = Duration::from_nanos(1_000_000_000 / self.args.fanout_rate.max(1));
-        let start = tokio::time::Instant::now() + Duration::from_millis(5);
-        let mut tasks = Vec::with_capacity(w);
-        for i in 0..w {
-            tokio::time::sleep_until(start + interval * i as u32).await;
-            let fut = f(i);
-            tasks.push(tokio::spawn(async move {
-                let sent = now_ns(base);
-                match tokio::time::timeout(WRITE_DEADLINE, fut).await {
-                    Ok(r) => r.with_context(|| format!("write {i}"))?,
-                    Err(_) => bail!(
-                        "write {i} not answered within {} s",
-                        WRITE_DEADLINE.as_secs()
-                    ),
-                }
-                Ok((sent, now_ns(base)))
-            }));
-        }
-        let mut acks = Vec::with_capacity(w);
-        for t in tasks {
-            acks.push(t.await??);
-        }
-        Ok(acks)
     }
 
     fn fan_report<K>(
@@ -544,6 +497,119 @@ impl Bench {
     }
 }
 
+/// Runs one side's writes on a thread and runtime of their own: the
+/// generator's thousands of watcher tasks must not delay a write's start
+/// or the moment its answer is seen, which the latencies count from.
+async fn own_thread<Fut>(make: impl FnOnce() -> Fut + Send + 'static) -> Result<Vec<(u64, u64)>>
+where
+    Fut: Future<Output = Result<Vec<(u64, u64)>>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fanout-writer".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(make()));
+            let _ = tx.send(r);
+        })?;
+    rx.await.context("the writer thread died")?
+}
+
+/// The API side's creates, with a client of the writer thread's own (its
+/// connections then live on that thread's runtime).
+async fn api_writes(
+    args: crate::Args,
+    ns: String,
+    bodies: Arc<Vec<Vec<u8>>>,
+    base: Instant,
+) -> Result<Vec<(u64, u64)>> {
+    let kube = connect_kube(&args).await?;
+    // A few pooled connections up front: a TLS handshake in the first
+    // writes would count as delivery time.
+    futures::future::try_join_all((0..4).map(|_| {
+        let (kube, req) = (
+            kube.clone(),
+            cm_path(&ns).list(&ListParams::default().limit(1)),
+        );
+        async move { anyhow::Ok(kube.request_text(req?).await?) }
+    }))
+    .await?;
+    paced_writes(base, &args, move |i| {
+        let kube = kube.clone();
+        let req = cm_path(&ns).create(&PostParams::default(), bodies[i].clone());
+        async move {
+            kube.request_text(req?).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// The raw side's puts of the same bodies, on an etcd client of the
+/// writer thread's own.
+async fn raw_writes(
+    args: crate::Args,
+    prefix: String,
+    bodies: Arc<Vec<Vec<u8>>>,
+    base: Instant,
+) -> Result<Vec<(u64, u64)>> {
+    let etcd = connect_etcd(&args).await?;
+    etcd.clone().get(prefix.clone(), None).await?;
+    paced_writes(base, &args, move |i| {
+        let mut etcd = etcd.clone();
+        let key = format!("{prefix}{}/{}", group(i), fan_name(i));
+        let body = bodies[i].clone();
+        async move {
+            etcd.put(key, body, None).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// `--fanout-writes` writes, write `i` started at `i / --fanout-rate` s
+/// whatever the earlier ones do. Returns (sent, answered) per write, in ns
+/// after `base`.
+async fn paced_writes<F, Fut>(base: Instant, args: &crate::Args, f: F) -> Result<Vec<(u64, u64)>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let w = args.fanout_writes;
+    let interval = Duration::from_nanos(1_000_000_000 / args.fanout_rate.max(1));
+    let start = tokio::time::Instant::now() + Duration::from_millis(5);
+    let mut tasks = Vec::with_capacity(w);
+    for i in 0..w {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let fut = f(i);
+        tasks.push(tokio::spawn(async move {
+            let sent = now_ns(base);
+            match tokio::time::timeout(WRITE_DEADLINE, fut).await {
+                Ok(r) => r.with_context(|| format!("write {i}"))?,
+                Err(_) => bail!(
+                    "write {i} not answered within {} s",
+                    WRITE_DEADLINE.as_secs()
+                ),
+            }
+            Ok((sent, now_ns(base)))
+        }));
+    }
+    let mut acks = Vec::with_capacity(w);
+    for t in tasks {
+        acks.push(t.await??);
+    }
+    Ok(acks)
+}
+
+fn abort_all<T>(handles: &[tokio::task::JoinHandle<T>]) {
+    for h in handles {
+        h.abort();
+    }
+}
+
 fn err_note<T>(r: &Result<T>) -> String {
     match r {
         Ok(_) => String::new(),
@@ -652,6 +718,7 @@ async fn collect<K: Send + 'static>(
     acks: &[(u64, u64)],
 ) -> Result<Vec<Watched<K>>> {
     let last_ack = base + Duration::from_nanos(acks.iter().map(|a| a.1).max().unwrap_or(0));
+    // Dropping a JoinHandle does not stop its task.
     let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
     let all = futures::future::try_join_all(
         handles

@@ -1029,8 +1029,18 @@ async fn run(b: &Bench) -> Result<()> {
     }
     // Last: its thousands of connections and watches would otherwise
     // linger in the server while the other phases run.
-    if on("fanout") && a.watchers > 0 {
-        b.fanout().await?;
+    if on("fanout")
+        && a.watchers > 0
+        && let Err(e) = b.fanout().await
+    {
+        // The other phases' figures stand: api.sh writes them, shows this
+        // failure in the fan-out table and fails after that.
+        eprintln!("[bench-api] fan-out phase failed: {e:#}");
+        let one_line: String = format!("{e:#}")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        println!("VALUE\tfanout-error\t-\tn/a\t{one_line}");
     }
     Ok(())
 }
