@@ -550,7 +550,7 @@ fn progress_deadline(d: &Deployment) -> Option<i32> {
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let deployments: Api<Deployment> = Api::all(client.clone());
     let rss: Api<ReplicaSet> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { client });
+    let ctx = Arc::new(Ctx::new(client));
     let stream = Controller::new(deployments, watcher::Config::default())
         .owns(rss, watcher::Config::default())
         .run(reconcile, error_policy, ctx)
