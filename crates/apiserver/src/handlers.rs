@@ -1381,6 +1381,17 @@ impl WatchOut {
         self.tx.send(Ok(line)).await.is_ok()
     }
 
+    async fn send_cached(&mut self, ev: &crate::watch_cache::CachedEvent) -> bool {
+        self.send_change(
+            ev.kind,
+            &ev.key,
+            &ev.object,
+            ev.prev.as_deref(),
+            ev.revision,
+        )
+        .await
+    }
+
     async fn serve_from_cache(mut self, sub: crate::watch_cache::Subscription) {
         use tokio::sync::broadcast::error::RecvError;
         let deadline = tokio::time::sleep(self.timeout);
@@ -1392,16 +1403,7 @@ impl WatchOut {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
         for ev in sub.replay {
-            if !self
-                .send_change(
-                    ev.kind,
-                    &ev.key,
-                    &ev.object,
-                    ev.prev.as_deref(),
-                    ev.revision,
-                )
-                .await
-            {
+            if !self.send_cached(&ev).await {
                 return;
             }
         }
@@ -1418,7 +1420,7 @@ impl WatchOut {
                         self.last_rev = self.last_rev.max(ev.revision);
                     }
                     Ok(ev) => {
-                        if !self.send_change(ev.kind, &ev.key, &ev.object, ev.prev.as_deref(), ev.revision).await {
+                        if !self.send_cached(&ev).await {
                             break;
                         }
                     }

@@ -127,11 +127,6 @@ impl ResourceCache {
         }
     }
 
-    /// Whether the initial list has been loaded.
-    pub fn synced(&self) -> bool {
-        lock(&self.state).synced
-    }
-
     /// The revision the cache has reached (0 before it is synced).
     pub fn revision(&self) -> i64 {
         lock(&self.state).revision
@@ -254,14 +249,9 @@ impl ResourceCache {
                         return;
                     }
                 };
-                let prev = match st.objects.get(&ev.key) {
-                    Some(p) => Some(p.clone()),
-                    None => ev.prev_value.as_ref().and_then(|p| {
-                        objects::from_stored(self.rt, p, ev.revision)
-                            .ok()
-                            .map(Arc::new)
-                    }),
-                };
+                // The cache's etcd watch carries no previous values; the
+                // cached object is the state before this change.
+                let prev = st.objects.get(&ev.key).cloned();
                 st.objects.insert(ev.key.clone(), object.clone());
                 Arc::new(CachedEvent {
                     kind,
