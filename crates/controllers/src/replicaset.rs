@@ -3,9 +3,13 @@
 //! it controls (an ownerReference with `controller: true`).
 //!
 //! Per reconcile (a `kube::runtime::Controller` over ReplicaSets, triggered
-//! by pod changes too) the loop lists the pods of the namespace *live*
-//! from the API, so it never acts on a stale cache and needs no
-//! "expectations" bookkeeping:
+//! by pod changes too) the loop reads the ReplicaSet live and its pods from
+//! a [`PodIndex`] the controller keeps from its own pod watch (as
+//! kube-controller-manager reads its informer): the pods it controls by
+//! uid, plus the namespace's orphans. Listing pods from the API per sync
+//! cost O(pods) per reconcile, O(pods²) per roll-out, which stalled the
+//! 20,000-pod scale run. What the index may not show yet of the
+//! controller's own creates and deletes, its expectations add:
 //!
 //! * pods being deleted, `Succeeded` or `Failed` do not count;
 //! * orphans (no controller) whose labels match the selector are adopted
@@ -30,7 +34,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -39,11 +43,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -89,6 +93,7 @@ pub(crate) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Er
 pub(crate) struct Ctx {
     pub(crate) client: kube::Client,
     expectations: PodExpectations,
+    pods: Arc<PodIndex>,
 }
 
 impl Ctx {
@@ -96,7 +101,107 @@ impl Ctx {
         Self {
             client,
             expectations: PodExpectations::default(),
+            pods: Arc::default(),
         }
+    }
+}
+
+/// The pods the controller's watch has delivered, indexed by controlling
+/// owner uid, with the orphans of each namespace (the adoption
+/// candidates). A re-list (the watch's `Init` .. `InitDone`) replaces it
+/// whole, so pods deleted while the watch was down leave it too.
+#[derive(Default)]
+pub(crate) struct PodIndex {
+    state: Mutex<PodIndexState>,
+}
+
+#[derive(Default)]
+struct PodIndexState {
+    /// By `namespace/name`.
+    pods: HashMap<String, Arc<Pod>>,
+    /// Controlling owner uid to the keys of its pods.
+    by_owner: HashMap<String, HashSet<String>>,
+    /// Namespace to the keys of its pods without a controller.
+    orphans: HashMap<String, HashSet<String>>,
+    /// Pods of a re-list in progress.
+    relist: Option<HashMap<String, Arc<Pod>>>,
+}
+
+fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl PodIndexState {
+    fn unlink(&mut self, key: &str) -> Option<Arc<Pod>> {
+        let old = self.pods.remove(key)?;
+        let bucket = match controller_ref(&old.metadata) {
+            Some(r) => self.by_owner.get_mut(&r.uid),
+            None => self
+                .orphans
+                .get_mut(old.metadata.namespace.as_deref().unwrap_or_default()),
+        };
+        if let Some(b) = bucket {
+            b.remove(key);
+        }
+        Some(old)
+    }
+
+    fn link(&mut self, key: String, pod: Arc<Pod>) {
+        self.unlink(&key);
+        let bucket = match controller_ref(&pod.metadata) {
+            Some(r) => self.by_owner.entry(r.uid.clone()).or_default(),
+            None => self
+                .orphans
+                .entry(pod.metadata.namespace.clone().unwrap_or_default())
+                .or_default(),
+        };
+        bucket.insert(key.clone());
+        self.pods.insert(key, pod);
+    }
+}
+
+impl PodIndex {
+    /// Follows one event of the pod watch.
+    pub(crate) fn apply(&self, ev: &watcher::Event<Pod>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            watcher::Event::Init => st.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(p) => {
+                let key = pod_key(p);
+                st.relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key, Arc::new(p.clone()));
+            }
+            watcher::Event::InitDone => {
+                let listed = st.relist.take().unwrap_or_default();
+                *st = PodIndexState::default();
+                for (k, p) in listed {
+                    st.link(k, p);
+                }
+            }
+            watcher::Event::Apply(p) => st.link(pod_key(p), Arc::new(p.clone())),
+            watcher::Event::Delete(p) => {
+                st.unlink(&pod_key(p));
+            }
+        }
+    }
+
+    /// The pods a ReplicaSet's claim looks at: those controlled by
+    /// `owner_uid` (matching its selector or not, so non-matching ones are
+    /// released) and the orphans of `ns` (adopted when they match).
+    pub(crate) fn candidates(&self, ns: &str, owner_uid: &str) -> Vec<Pod> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let owned = st.by_owner.get(owner_uid).into_iter().flatten();
+        let orphans = st.orphans.get(ns).into_iter().flatten();
+        owned
+            .chain(orphans)
+            .filter_map(|k| st.pods.get(k))
+            .map(|p| Pod::clone(p))
+            .collect()
     }
 }
 
@@ -502,8 +607,18 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
     let controller = Controller::new(rss, watcher::Config::default());
     let store = controller.store();
     let ctx = Arc::new(Ctx::new(client));
+    let index = ctx.pods.clone();
+    // resourceVersion=0: the initial list comes from the apiserver's
+    // cache, as a kube-controller-manager informer's does.
+    let pod_events = watcher(pods, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .map_ok(move |ev| {
+            index.apply(&ev);
+            ev
+        })
+        .touched_objects();
     let stream = controller
-        .watches(pods, watcher::Config::default(), move |pod: Pod| {
+        .watches_stream(pod_events, move |pod: Pod| {
             let ns = pod.namespace().unwrap_or_default();
             match controller_ref(&pod.metadata) {
                 Some(r) => {
@@ -576,21 +691,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    // The pods the selector matches, from the apiserver's watch cache
-    // (resourceVersion=0) like a kube-controller-manager informer: a list
-    // of every pod of the namespace from etcd per sync was most of etcd's
-    // work with 400 ReplicaSets of 50 pods (bench/scale.sh). What the
-    // cache may not show yet of our own writes, the expectations add.
+    // Our pods and the namespace's orphans from the index (possibly a
+    // moment behind; the expectations fill in our own recent writes, and
+    // every write below carries a precondition).
     let rs_key = format!("{ns}/{name}");
-    let listed = pod_api
-        .list(
-            &ListParams::default()
-                .labels(&selector.to_string())
-                .match_any(),
-        )
-        .await
-        .map_err(api_err(format!("listing pods of {ns}")))?
-        .items;
+    let listed = ctx
+        .pods
+        .candidates(&ns, rs.metadata.uid.as_deref().unwrap_or_default());
     let listed = ctx.expectations.apply(&rs_key, listed);
     let candidates: Vec<Pod> = listed.into_iter().filter(is_pod_active).collect();
     let me = owner_ref(&rs);
@@ -744,6 +851,54 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pod_index_follows_owners_orphans_and_relists() {
+        let p = |ns: &str, name: &str, owner: Option<&str>| -> Pod {
+            let mut v = json!({"metadata": {"name": name, "namespace": ns}});
+            if let Some(uid) = owner {
+                v["metadata"]["ownerReferences"] = json!([{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+                    "uid": uid, "controller": true,
+                }]);
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let names = |ix: &PodIndex, ns: &str, uid: &str| -> Vec<String> {
+            let mut n: Vec<String> = ix
+                .candidates(ns, uid)
+                .iter()
+                .map(|p| p.name_any())
+                .collect();
+            n.sort();
+            n
+        };
+        let ix = PodIndex::default();
+        ix.apply(&watcher::Event::Init);
+        ix.apply(&watcher::Event::InitApply(p("a", "owned", Some("u1"))));
+        ix.apply(&watcher::Event::InitApply(p("a", "other", Some("u2"))));
+        ix.apply(&watcher::Event::InitApply(p("a", "orphan", None)));
+        ix.apply(&watcher::Event::InitApply(p("b", "elsewhere", None)));
+        // Nothing is visible before the list is complete.
+        assert!(names(&ix, "a", "u1").is_empty());
+        ix.apply(&watcher::Event::InitDone);
+        assert_eq!(names(&ix, "a", "u1"), ["orphan", "owned"]);
+        assert_eq!(names(&ix, "a", "u2"), ["orphan", "other"]);
+        // Adoption moves a pod from the orphans to its owner.
+        ix.apply(&watcher::Event::Apply(p("a", "orphan", Some("u2"))));
+        assert_eq!(names(&ix, "a", "u1"), ["owned"]);
+        assert_eq!(names(&ix, "a", "u2"), ["orphan", "other"]);
+        ix.apply(&watcher::Event::Delete(p("a", "owned", Some("u1"))));
+        assert!(names(&ix, "a", "u1").is_empty());
+        // A re-list replaces everything: what it no longer shows is gone
+        // even without a Delete event.
+        ix.apply(&watcher::Event::Init);
+        ix.apply(&watcher::Event::InitApply(p("a", "new", Some("u1"))));
+        ix.apply(&watcher::Event::InitDone);
+        assert_eq!(names(&ix, "a", "u1"), ["new"]);
+        assert!(names(&ix, "a", "u2").is_empty());
+        assert_eq!(names(&ix, "b", "u9"), Vec::<String>::new());
+    }
 
     fn pod(name: &str, v: serde_json::Value) -> Pod {
         let mut p: Pod = serde_json::from_value(v).unwrap();
