@@ -703,5 +703,87 @@ async fn scenario(server: &Server, kc: &Path, bed: &Bed) -> Result<()> {
         )),
         "recreate events: {d_events:?}"
     );
+    adoption_and_release(bed)
+        .await
+        .context("adoption and release")
+}
+
+/// A bare ReplicaSet adopts a matching orphan instead of creating a pod
+/// for it, and releases a pod relabelled out of its selector (dropping its
+/// ownerReference) and replaces it.
+async fn adoption_and_release(bed: &Bed) -> Result<()> {
+    let labels = json!({"app": "solo"});
+    let spec = json!({"containers": [{"name": "main", "image": "busybox"}]});
+    bed.pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "solo-orphan", "labels": labels},
+                "spec": spec,
+            }))?,
+        )
+        .await?;
+    let rs = bed
+        .rss
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "solo"},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}, "spec": spec},
+                },
+            }))?,
+        )
+        .await?;
+    let uid = rs.metadata.uid.clone().context("uid of solo")?;
+    let owned = eventually(
+        DEADLINE,
+        "solo owns 2 pods, the orphan one of them",
+        || async {
+            let pods = bed.pods_of(&uid).await?;
+            let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
+            (names.len() == 2 && names.contains("solo-orphan")).then_some(names)
+        },
+    )
+    .await?;
+    let all: Vec<String> = bed
+        .pods
+        .list(&ListParams::default().labels("app=solo"))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect();
+    ensure!(
+        all.len() == 2,
+        "adopting the orphan, the replica set created one pod, not two: {all:?}"
+    );
+    let other = owned
+        .iter()
+        .find(|n| *n != "solo-orphan")
+        .cloned()
+        .context("the created pod")?;
+    bed.pods
+        .patch(
+            &other,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"app": "gone"}}})),
+        )
+        .await?;
+    eventually(
+        DEADLINE,
+        "the relabelled pod released and replaced",
+        || async {
+            let p = bed.pods.get_opt(&other).await.ok()??;
+            let released = controller_uid(&p).is_none();
+            let pods = bed.pods_of(&uid).await?;
+            let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
+            (released && names.len() == 2 && !names.contains(&other)).then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }
