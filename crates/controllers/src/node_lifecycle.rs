@@ -2,8 +2,9 @@
 //! and gets the `node.kubernetes.io/unreachable` taints, as
 //! kube-controller-manager's node lifecycle controller does.
 //!
-//! Every monitor period the loop lists the Nodes and the Leases in
-//! `kube-node-lease` (named like their node) and, per node:
+//! The loop keeps reflectors over the Nodes and the Leases in
+//! `kube-node-lease` (named like their node), filled from the apiserver's
+//! watch cache, and every monitor period reads them and, per node:
 //!
 //! * **stale** (see below) → every condition of MemoryPressure,
 //!   DiskPressure, PIDPressure and Ready that is not already `Unknown` is
@@ -25,6 +26,24 @@
 //! into a 409; the loop then reads the node and its Lease again and decides
 //! afresh. `spec.taints` is an atomic list, so the taint patch sends the
 //! whole new list.
+//!
+//! ## Reading from the cache, marking from live reads
+//!
+//! Listing every Node and Lease from etcd each period was ~6 MB a pass at
+//! 2,000 nodes, so the loop reads its reflectors instead, as
+//! kube-controller-manager reads its informers. A lagging cache can only
+//! show *older* states. Lifting taints from it is safe: the renewal it
+//! shows did happen, and the write's resourceVersion catches a node that
+//! changed since. Marking from it is not: a Lease watch that fell behind
+//! would make every node look dead, and the `NoExecute` taint evicts their
+//! pods. So a node is only marked after a live read of the node and its
+//! Lease agrees (one GET each, or one consistent list of both when more
+//! than [`CONFIRM_BY_LIST`] nodes need it, as when a whole rack dies).
+//! Observations are recorded from the cache only: a live read that shows
+//! a renewal the cache has not delivered vetoes this pass's marking but is
+//! not remembered, so the next cache pass (still older) does not count as
+//! yet another renewal, and the node is judged again once the cache has
+//! caught up.
 //!
 //! ## Staleness is measured with the controller's own clock
 //!
@@ -55,13 +74,17 @@
 //! yet watched it for a grace period.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -83,6 +106,9 @@ pub const MONITORED_CONDITIONS: [&str; 4] =
     ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"];
 /// The taint effects added for an unreachable node.
 pub const UNREACHABLE_EFFECTS: [&str; 2] = ["NoSchedule", "NoExecute"];
+/// Above this many nodes to confirm in one pass, the live reads are one
+/// consistent list of Nodes and one of Leases rather than a GET of each.
+pub const CONFIRM_BY_LIST: usize = 32;
 
 /// Timing of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +164,12 @@ impl Actions {
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
         self.conditions.is_empty() && self.taints.is_none()
+    }
+
+    /// Whether the node is being marked (conditions to `Unknown` or the
+    /// unreachable taints added), the writes a live read must confirm.
+    pub fn marks(&self) -> bool {
+        self.tainting || !self.conditions.is_empty()
     }
 }
 
@@ -322,12 +354,14 @@ async fn apply(nodes: &Api<Node>, node: &Node, actions: &Actions) -> Result<(), 
     Ok(())
 }
 
-/// Observes, decides and writes for one node; on a conflict reads the
-/// node and its Lease again and decides afresh.
+/// Decides and writes for one node from `node` and `lease`, given what
+/// the loop has recorded about it; on a conflict reads the node and its
+/// Lease again and decides afresh. Live reads are not recorded (see the
+/// module documentation).
 async fn sync_node(
     nodes: &Api<Node>,
     leases: &Api<Lease>,
-    seen: &mut BTreeMap<String, Observation>,
+    seen: &BTreeMap<String, Observation>,
     mut node: Node,
     mut lease: Option<Lease>,
     cfg: &NodeLifecycleConfig,
@@ -336,14 +370,13 @@ async fn sync_node(
     for _ in 0..5 {
         let now = Utc::now();
         let obs = observe(seen.get(&name), &node, lease.as_ref(), now);
-        seen.insert(name.clone(), obs.clone());
         let actions = decide(&node, &obs, cfg.grace_period, now);
         if actions.is_empty() {
             return Ok(());
         }
         match apply(nodes, &node, &actions).await {
             Ok(()) => {
-                if actions.tainting || !actions.conditions.is_empty() {
+                if actions.marks() {
                     let unseen = now.signed_duration_since(obs.probe_time).num_seconds();
                     info!(
                         node = %name,
@@ -372,43 +405,169 @@ async fn sync_node(
     Ok(())
 }
 
-/// One monitor pass over every node.
+/// The loop's reflectors.
+struct Caches {
+    nodes: Store<Node>,
+    leases: Store<Lease>,
+}
+
+impl Caches {
+    fn lease(&self, name: &str) -> Option<Arc<Lease>> {
+        self.leases
+            .get(&ObjectRef::new(name).within(NODE_LEASE_NAMESPACE))
+    }
+}
+
+/// One monitor pass over every node in the cache.
 async fn monitor_once(
     nodes: &Api<Node>,
     leases: &Api<Lease>,
+    caches: &Caches,
     seen: &mut BTreeMap<String, Observation>,
     cfg: &NodeLifecycleConfig,
-) -> Result<(), kube::Error> {
-    let node_list = nodes.list(&ListParams::default()).await?;
-    let mut lease_by_name: BTreeMap<String, Lease> = leases
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|l| Some((l.metadata.name.clone()?, l)))
-        .collect();
-    let present: BTreeSet<String> = node_list
-        .items
+) {
+    let node_list = caches.nodes.state();
+    let present: BTreeSet<&str> = node_list
         .iter()
-        .filter_map(|n| n.metadata.name.clone())
+        .filter_map(|n| n.metadata.name.as_deref())
         .collect();
-    seen.retain(|name, _| present.contains(name));
-    for node in node_list.items {
+    seen.retain(|name, _| present.contains(name.as_str()));
+    let mut to_confirm: Vec<String> = Vec::new();
+    let mut to_lift: Vec<(Arc<Node>, Option<Arc<Lease>>)> = Vec::new();
+    for node in node_list {
         let Some(name) = node.metadata.name.clone() else {
             continue;
         };
-        let lease = lease_by_name.remove(&name);
-        if let Err(e) = sync_node(nodes, leases, seen, node, lease, cfg).await {
+        let lease = caches.lease(&name);
+        let now = Utc::now();
+        let obs = observe(seen.get(&name), &node, lease.as_deref(), now);
+        let actions = decide(&node, &obs, cfg.grace_period, now);
+        seen.insert(name.clone(), obs);
+        if actions.marks() {
+            to_confirm.push(name);
+        } else if !actions.is_empty() {
+            to_lift.push((node, lease));
+        }
+    }
+    for (node, lease) in to_lift {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let r = sync_node(
+            nodes,
+            leases,
+            seen,
+            Node::clone(&node),
+            lease.as_deref().cloned(),
+            cfg,
+        )
+        .await;
+        if let Err(e) = r {
             warn!(node = %name, error = %e, "updating node health failed; retrying next period");
         }
     }
-    Ok(())
+    if to_confirm.is_empty() {
+        return;
+    }
+    let listed = if to_confirm.len() > CONFIRM_BY_LIST {
+        match live_lists(nodes, leases).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "listing nodes or node leases failed; retrying next period");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    for name in to_confirm {
+        let live = match &listed {
+            Some((ns, ls)) => Ok((ns.get(&name).cloned(), ls.get(&name).cloned())),
+            None => live_get(nodes, leases, &name).await,
+        };
+        let r = match live {
+            Ok((Some(node), lease)) => sync_node(nodes, leases, seen, node, lease, cfg).await,
+            // Deleted meanwhile: nothing to mark.
+            Ok((None, _)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            warn!(node = %name, error = %e, "updating node health failed; retrying next period");
+        }
+    }
+}
+
+/// A node and its Lease, read live.
+async fn live_get(
+    nodes: &Api<Node>,
+    leases: &Api<Lease>,
+    name: &str,
+) -> Result<(Option<Node>, Option<Lease>), kube::Error> {
+    Ok((nodes.get_opt(name).await?, leases.get_opt(name).await?))
+}
+
+type ByName<T> = BTreeMap<String, T>;
+
+/// Every Node and node Lease, read consistently (from etcd).
+async fn live_lists(
+    nodes: &Api<Node>,
+    leases: &Api<Lease>,
+) -> Result<(ByName<Node>, ByName<Lease>), kube::Error> {
+    fn by_name<T: kube::Resource>(items: Vec<T>) -> ByName<T> {
+        items
+            .into_iter()
+            .filter_map(|o| Some((o.meta().name.clone()?, o)))
+            .collect()
+    }
+    let n = nodes.list(&ListParams::default()).await?.items;
+    let l = leases.list(&ListParams::default()).await?.items;
+    Ok((by_name(n), by_name(l)))
+}
+
+/// A reflector over `api`, served from the apiserver's watch cache, kept
+/// until `stop`.
+fn spawn_reflector<K>(api: Api<K>, what: &'static str, stop: &CancellationToken) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()).default_backoff(),
+    );
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.take_until(stop.cancelled_owned()));
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                debug!(resource = what, error = %e, "watch failed; retrying");
+            }
+        }
+    });
+    reader
 }
 
 /// Runs the node lifecycle loop until `stop`.
 pub async fn run(client: kube::Client, cfg: NodeLifecycleConfig, stop: CancellationToken) {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, NODE_LEASE_NAMESPACE);
+    let caches = Caches {
+        nodes: spawn_reflector(nodes.clone(), "nodes", &stop),
+        leases: spawn_reflector(leases.clone(), "node leases", &stop),
+    };
+    // Judging nodes before both initial lists are in would see every
+    // node without its Lease.
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = async {
+            let _ = caches.nodes.wait_until_ready().await;
+            let _ = caches.leases.wait_until_ready().await;
+        } => {}
+    }
     let mut seen: BTreeMap<String, Observation> = BTreeMap::new();
     let mut tick = tokio::time::interval(cfg.monitor_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -418,12 +577,9 @@ pub async fn run(client: kube::Client, cfg: NodeLifecycleConfig, stop: Cancellat
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let pass = monitor_once(&nodes, &leases, &mut seen, &cfg);
         tokio::select! {
             _ = stop.cancelled() => return,
-            r = pass => if let Err(e) = r {
-                warn!(error = %e, "listing nodes or node leases failed; retrying next period");
-            }
+            _ = monitor_once(&nodes, &leases, &caches, &mut seen, &cfg) => {}
         }
     }
 }
@@ -713,6 +869,43 @@ mod tests {
         // A creation time in the future (skew) counts as now.
         let n = bare(500);
         assert_eq!(observe(None, &n, None, t(0)).probe_time, t(0));
+    }
+
+    #[test]
+    fn a_live_read_vetoes_marking_from_a_lagging_cache() {
+        // The cache stops at the renewal at 0 while the node keeps renewing.
+        let n = node(-1000, healthy(-500), json!([other_taint()]));
+        let cached = lease(0);
+        let recorded = watch(&n, Some(&cached), &[0, 20, 41]);
+        let from_cache = decide(&n, &recorded, GRACE, t(41));
+        assert!(from_cache.marks(), "the cache alone says stale");
+        // The live read shows a renewal: nothing to write, and the live
+        // observation is not recorded.
+        let live = observe(Some(&recorded), &n, Some(&lease(40 * 1_000_000)), t(41));
+        assert!(decide(&n, &live, GRACE, t(41)).is_empty());
+        // Still lagging next pass: the recorded observation (not the live
+        // one) is compared with the cache, so the stale copy is no
+        // "renewal" and asks for confirmation again rather than reviving
+        // the node for good.
+        let recorded = observe(Some(&recorded), &n, Some(&cached), t(46));
+        assert!(!recorded.seen_alive);
+        assert!(decide(&n, &recorded, GRACE, t(46)).marks());
+        // The cache catches up: a renewal, counted from when it was seen.
+        let recorded = observe(Some(&recorded), &n, Some(&lease(40 * 1_000_000)), t(50));
+        assert_eq!(recorded.probe_time, t(50));
+        assert!(decide(&n, &recorded, GRACE, t(90)).is_empty());
+        assert!(decide(&n, &recorded, GRACE, t(91)).marks());
+    }
+
+    #[test]
+    fn lifting_taints_is_not_marking() {
+        let n = node(-1000, unknown(-500), unreachable_taints(10));
+        let obs = watch(&n, Some(&lease(0)), &[0, 100]);
+        assert!(decide(&n, &obs, GRACE, t(100)).is_empty());
+        let obs = observe(Some(&obs), &n, Some(&lease(101 * 1_000_000)), t(102));
+        let a = decide(&n, &obs, GRACE, t(102));
+        assert!(!a.is_empty());
+        assert!(!a.marks());
     }
 
     #[test]
