@@ -2,6 +2,7 @@
 //! `pkg/fields/selector.go`), used by list/watch filtering and by the
 //! workload controllers' `spec.selector`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -682,18 +683,27 @@ impl fmt::Display for FieldSelector {
 
 /// Resolves a dotted path in a JSON object to its field-selector text.
 fn field_value(object: &Value, path: &str) -> String {
+    field_text(object, path).into_owned()
+}
+
+/// The text a field selector compares for `path` in `object` (missing
+/// fields read as the empty string, booleans and numbers as their text).
+/// Public so an index of watches by a field's value (the apiserver's
+/// watch cache) agrees exactly with [`FieldSelector::matches`]; borrowed
+/// because that index reads it for every event.
+pub fn field_text<'a>(object: &'a Value, path: &str) -> Cow<'a, str> {
     let mut cur = object;
     for part in path.split('.') {
         match cur.get(part) {
             Some(v) => cur = v,
-            None => return String::new(),
+            None => return Cow::Borrowed(""),
         }
     }
     match cur {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        _ => String::new(),
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Bool(b) => Cow::Owned(b.to_string()),
+        Value::Number(n) => Cow::Owned(n.to_string()),
+        _ => Cow::Borrowed(""),
     }
 }
 

@@ -21,6 +21,7 @@ use crate::registry::{self, ResourceType};
 use crate::request::{AnswerAs, BodyType, Query, ResourcePath, decode_body};
 use crate::status::{ApiError, ApiResult, success_status};
 use crate::table::{self, IncludeObject};
+use crate::watch_cache::{CachedEvent, Subscription, Trigger};
 
 /// How a handler shapes its answer.
 #[derive(Debug, Clone, Copy)]
@@ -1161,6 +1162,23 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// The same line as [`event_line`] around an object already serialized
+/// (once per event by the watch cache, for all its watchers). `kind` is
+/// one of the fixed event types, which need no JSON escaping.
+fn event_line_with(kind: &str, object_json: &[u8]) -> Bytes {
+    const HEAD: &[u8] = b"{\"type\":\"";
+    const MID: &[u8] = b"\",\"object\":";
+    const TAIL: &[u8] = b"}\n";
+    let mut line =
+        Vec::with_capacity(HEAD.len() + kind.len() + MID.len() + object_json.len() + TAIL.len());
+    line.extend_from_slice(HEAD);
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(MID);
+    line.extend_from_slice(object_json);
+    line.extend_from_slice(TAIL);
+    Bytes::from(line)
+}
+
 struct WatchEncoder {
     rt: &'static ResourceType,
     answer: Answer,
@@ -1186,6 +1204,17 @@ impl WatchEncoder {
                 event_line(kind, &table::partial_metadata(obj))
             }
             _ => event_line(kind, obj),
+        }
+    }
+
+    /// [`WatchEncoder::encode`] for an event of the watch cache, reusing
+    /// its shared serialization where the answer allows.
+    fn encode_cached(&mut self, kind: &str, ev: &CachedEvent) -> Bytes {
+        match self.answer.as_ {
+            // Rows depend on the watch (columns sent once, includeObject).
+            AnswerAs::Table => self.encode(kind, &ev.object),
+            AnswerAs::PartialMetadata => event_line_with(kind, ev.metadata_json()),
+            AnswerAs::Object => event_line_with(kind, ev.object_json()),
         }
     }
 
@@ -1244,6 +1273,7 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
     };
     let prefix = rt.prefix(ctx.ns());
     let cache = ctx.state.caches.ready(rt).await;
+    let trigger = filters.fields.as_ref().and_then(|f| Trigger::of(rt, f));
     let mut initial: Vec<Arc<Value>> = Vec::new();
     let mut subscription = None;
     let start_rev;
@@ -1252,7 +1282,7 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
         // with the subscription so nothing falls between them. Otherwise
         // the initial state is a consistent read of etcd.
         let cached = match (rv_param, &cache) {
-            (Some("0"), Some(cache)) => cache.snapshot_and_subscribe(&prefix),
+            (Some("0"), Some(cache)) => cache.snapshot_and_subscribe(&prefix, trigger.as_ref()),
             _ => None,
         };
         if let Some((snap, sub)) = cached {
@@ -1300,7 +1330,11 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
     if send_initial == Some(true) {
         let _ = tx.try_send(Ok(enc.bookmark(start_rev, true)));
     }
-    let subscription = subscription.or_else(|| cache.as_ref().and_then(|c| c.subscribe(start_rev)));
+    let subscription = subscription.or_else(|| {
+        cache
+            .as_ref()
+            .and_then(|c| c.subscribe(start_rev, trigger.as_ref()))
+    });
     let out = WatchOut {
         tx,
         enc,
@@ -1359,7 +1393,8 @@ struct WatchOut {
 
 impl WatchOut {
     /// Sends one change if this watch sees it; `false` once the client is
-    /// gone.
+    /// gone. `cached` is the watch cache's event for it, whose shared
+    /// serialization is reused.
     async fn send_change(
         &mut self,
         kind: WatchEventKind,
@@ -1367,6 +1402,7 @@ impl WatchOut {
         obj: &Value,
         before: Option<&Value>,
         revision: i64,
+        cached: Option<&CachedEvent>,
     ) -> bool {
         if revision <= self.last_rev || !key.starts_with(&self.prefix) {
             return true;
@@ -1377,22 +1413,31 @@ impl WatchOut {
         let Some(kind) = visible_kind(kind, now, before) else {
             return true;
         };
-        let line = self.enc.encode(kind, obj);
+        let line = match cached {
+            Some(ev) => self.enc.encode_cached(kind, ev),
+            None => self.enc.encode(kind, obj),
+        };
         self.tx.send(Ok(line)).await.is_ok()
     }
 
-    async fn send_cached(&mut self, ev: &crate::watch_cache::CachedEvent) -> bool {
+    /// Handles one event of the cache; `false` once the client is gone.
+    async fn send_cached(&mut self, ev: &CachedEvent) -> bool {
+        if ev.kind == WatchEventKind::Progress {
+            self.last_rev = self.last_rev.max(ev.revision);
+            return true;
+        }
         self.send_change(
             ev.kind,
             &ev.key,
             &ev.object,
             ev.prev.as_deref(),
             ev.revision,
+            Some(ev),
         )
         .await
     }
 
-    async fn serve_from_cache(mut self, sub: crate::watch_cache::Subscription) {
+    async fn serve_from_cache(mut self, mut sub: Subscription) {
         use tokio::sync::broadcast::error::RecvError;
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
@@ -1402,23 +1447,31 @@ impl WatchOut {
         // back to an etcd watch of its own.
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
-        for ev in sub.replay {
+        for ev in std::mem::take(&mut sub.replay) {
             if !self.send_cached(&ev).await {
                 return;
             }
         }
-        let mut live = sub.live;
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
                 _ = tick.tick(), if self.bookmarks => {
-                    if self.tx.send(Ok(self.enc.bookmark(self.last_rev, false))).await.is_err() { break; }
+                    // A watch with a trigger gets no progress events and
+                    // few others: bookmark the cache's revision, once the
+                    // events up to it are handled.
+                    let Some((events, revision)) = sub.catch_up() else { break };
+                    let mut open = true;
+                    for ev in events {
+                        open = self.send_cached(&ev).await;
+                        if !open {
+                            break;
+                        }
+                    }
+                    self.last_rev = self.last_rev.max(revision);
+                    if !open || self.tx.send(Ok(self.enc.bookmark(self.last_rev, false))).await.is_err() { break; }
                 }
                 _ = self.tx.closed() => break,
-                ev = live.recv() => match ev {
-                    Ok(ev) if ev.kind == WatchEventKind::Progress => {
-                        self.last_rev = self.last_rev.max(ev.revision);
-                    }
+                ev = sub.live.recv() => match ev {
                     Ok(ev) => {
                         if !self.send_cached(&ev).await {
                             break;
@@ -1472,7 +1525,7 @@ impl WatchOut {
                     let Ok(mut obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
                     objects::decorate(rt, &mut obj, ev.revision);
                     let before = ev.prev_value.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
-                    if !self.send_change(ev.kind, &ev.key, &obj, before.as_ref(), ev.revision).await {
+                    if !self.send_change(ev.kind, &ev.key, &obj, before.as_ref(), ev.revision, None).await {
                         break;
                     }
                 }
@@ -1500,5 +1553,72 @@ mod tests {
             (42, "a\u{0}", "meta.k8s.io/v1")
         );
         assert_eq!(decode_continue("!!").unwrap_err().code, 400);
+    }
+
+    /// The line around the cache's shared serialization is byte for byte
+    /// the line of the per-watcher encoding, for every answer.
+    #[test]
+    fn cached_event_lines_are_the_per_watcher_lines() {
+        let rt = registry::find("", "v1", "configmaps").unwrap();
+        let obj = json!({
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": "a", "namespace": "ns", "resourceVersion": "12",
+                "labels": {"z": "1", "a": "2"},
+                "annotations": {"q": "\"quoted\" \\ back\nslash \u{1}", "u": "ünï 🚀"},
+                "ownerReferences": [{"kind": "X", "name": "o", "uid": "u", "apiVersion": "v1"}],
+            },
+            "data": {"n": "1.5e3", "e": "", "nested": "{\"k\":[1,2]}"},
+            "binaryData": null,
+            "immutable": false,
+            "extra": {"num": 1.25, "neg": -7, "big": 18446744073709551615u64, "arr": [null, true, {}]},
+        });
+        let ev = CachedEvent::new(
+            WatchEventKind::Modified,
+            "/registry/configmaps/ns/a".into(),
+            Arc::new(obj.clone()),
+            None,
+            12,
+        );
+        for kind in ["ADDED", "MODIFIED", "DELETED"] {
+            assert_eq!(
+                event_line_with(kind, ev.object_json()),
+                event_line(kind, &obj)
+            );
+            for (as_, include) in [
+                (AnswerAs::Object, IncludeObject::Object),
+                (AnswerAs::PartialMetadata, IncludeObject::Object),
+                (AnswerAs::Table, IncludeObject::Metadata),
+            ] {
+                let answer = Answer { as_, include };
+                let mut per_watcher = WatchEncoder {
+                    rt,
+                    answer,
+                    sent_columns: false,
+                };
+                let mut cached = WatchEncoder {
+                    rt,
+                    answer,
+                    sent_columns: false,
+                };
+                let (a, b) = (
+                    per_watcher.encode(kind, &obj),
+                    cached.encode_cached(kind, &ev),
+                );
+                if matches!(as_, AnswerAs::Table) {
+                    // Table cells hold ages, which may tick between the two.
+                    let strip = |l: &Bytes| {
+                        let mut v: Value = serde_json::from_slice(l).unwrap();
+                        v["object"]["rows"][0]["cells"] = Value::Null;
+                        v
+                    };
+                    assert_eq!(strip(&a), strip(&b));
+                } else {
+                    assert_eq!(a, b, "{kind} {as_:?}");
+                }
+                assert!(b.ends_with(b"}\n") && !b[..b.len() - 1].contains(&b'\n'));
+            }
+        }
     }
 }

@@ -21,6 +21,18 @@
 //! - When the cache itself loses history (its etcd watch was compacted
 //!   away), it re-lists and ends every subscriber.
 //!
+//! Two things keep the fan-out from costing O(events x watchers), as in
+//! kube-apiserver's cacher:
+//! - Each event is serialized once ([`CachedEvent::object_json`],
+//!   [`CachedEvent::metadata_json`]), by the first watcher that needs it;
+//!   the others only wrap those bytes in their event line.
+//! - A watch whose field selector pins an indexed field to one value
+//!   ([`Trigger`]: `metadata.name` on every type, `spec.nodeName` on
+//!   pods) subscribes to a channel of that value only, so a kubelet's pod
+//!   watch is not woken for the pods of the 999 other nodes. An event goes
+//!   to the channels of its object's value and of the previous object's
+//!   (a change of the value must reach the watch that stops matching too).
+//!
 //! Every type but Events gets its cache when the apiserver starts (Events,
 //! as in kube-apiserver, are not cached: many, short-lived, rarely
 //! watched); requests that arrive before a cache is synced wait for it a
@@ -28,13 +40,16 @@
 //! them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
+use rke2_apimachinery::selectors::{FieldSelector, field_text};
 use rke2_datastore::{Store, StoreError, WatchEventKind};
 use serde_json::Value;
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
 use tracing::{debug, info, warn};
 
 use crate::objects;
@@ -45,6 +60,16 @@ use crate::registry::ResourceType;
 pub const WINDOW: usize = 8192;
 /// How many events a slow subscriber may fall behind before it is ended.
 const BROADCAST_CAPACITY: usize = 4096;
+/// The same for the channel of one trigger value. Smaller, because a
+/// broadcast channel allocates its whole buffer up front and there is one
+/// channel per watched node or name (thousands), each carrying the events
+/// of a few objects only.
+const INDEXED_CAPACITY: usize = 128;
+/// Trigger channels whose watches all ended are dropped when an event for
+/// them finds no receiver, and in a sweep once the index has grown to
+/// twice its size after the last sweep (at least this many), which keeps
+/// subscribing O(1) amortized.
+const PRUNE_MIN: usize = 64;
 /// Pause before a failed list or watch of etcd is retried.
 const RETRY: Duration = Duration::from_millis(500);
 /// Keys per page of the cache's initial list.
@@ -66,6 +91,93 @@ pub struct CachedEvent {
     pub prev: Option<Arc<Value>>,
     /// The revision of the change.
     pub revision: i64,
+    json: OnceLock<Bytes>,
+    metadata_json: OnceLock<Bytes>,
+}
+
+impl CachedEvent {
+    /// A change whose encodings are not computed yet.
+    pub(crate) fn new(
+        kind: WatchEventKind,
+        key: String,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+        revision: i64,
+    ) -> Self {
+        Self {
+            kind,
+            key,
+            object,
+            prev,
+            revision,
+            json: OnceLock::new(),
+            metadata_json: OnceLock::new(),
+        }
+    }
+
+    /// [`CachedEvent::object`] as compact JSON. Serialized by the first
+    /// watcher that sends it and shared by the rest: serializing once per
+    /// watcher was most of the fan-out's cost.
+    pub fn object_json(&self) -> &Bytes {
+        self.json.get_or_init(|| to_json(&self.object))
+    }
+
+    /// The object's PartialObjectMetadata as compact JSON, shared the same
+    /// way: the garbage collector watches every type metadata-only.
+    pub fn metadata_json(&self) -> &Bytes {
+        self.metadata_json
+            .get_or_init(|| to_json(&crate::table::partial_metadata(&self.object)))
+    }
+}
+
+fn to_json(v: &Value) -> Bytes {
+    // Serializing a Value cannot fail (its keys are strings); `null` keeps
+    // the event line valid JSON if it ever did.
+    Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
+}
+
+/// A field of a watch's selector that must have one exact value, by which
+/// the cache routes events to the watch (kube-apiserver's trigger
+/// functions): only events whose object (or previous object) has that
+/// value wake it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Trigger {
+    field: &'static str,
+    value: String,
+}
+
+impl Trigger {
+    /// The trigger of a watch of `rt` with field selector `fields`, if it
+    /// pins an indexed field. `metadata.name` wins over `spec.nodeName`:
+    /// it matches at most one object per namespace.
+    pub fn of(rt: &ResourceType, fields: &FieldSelector) -> Option<Self> {
+        trigger_fields(rt).iter().find_map(|&field| {
+            fields.exact_value(field).map(|v| Self {
+                field,
+                value: v.to_string(),
+            })
+        })
+    }
+
+    /// Whether the event may concern a watch with this trigger. A watch's
+    /// selector can only match an object whose field has the trigger's
+    /// value, so this never drops an event the watch would show.
+    fn hits(&self, ev: &CachedEvent) -> bool {
+        field_text(&ev.object, self.field) == self.value.as_str()
+            || ev
+                .prev
+                .as_ref()
+                .is_some_and(|p| field_text(p, self.field) == self.value.as_str())
+    }
+}
+
+/// The fields the cache of `rt` indexes watches by.
+fn trigger_fields(rt: &ResourceType) -> &'static [&'static str] {
+    if rt.group.is_empty() && rt.plural == "pods" {
+        &["metadata.name", "spec.nodeName"]
+    } else {
+        &["metadata.name"]
+    }
 }
 
 /// What a client watch gets from [`ResourceCache::subscribe`].
@@ -73,10 +185,40 @@ pub struct Subscription {
     /// Events after the requested revision that the window already held,
     /// in order.
     pub replay: Vec<Arc<CachedEvent>>,
-    /// Every later event.
+    /// Every later event (with a trigger: every later event of its value).
     pub live: broadcast::Receiver<Arc<CachedEvent>>,
     /// The revision the cache had reached when subscribing.
     pub revision: i64,
+    /// Weak so a watch does not keep a stopped cache (and so its senders,
+    /// whose drop ends the watch) alive.
+    state: Weak<Mutex<CacheState>>,
+}
+
+impl Subscription {
+    /// The events waiting in [`Subscription::live`], and a revision `r`
+    /// such that every event up to `r` for this watch is among them or
+    /// was received before: a watch that handles them may bookmark
+    /// `r`. Without this an indexed watch, which sees only its own
+    /// value's events, would keep bookmarking the revision of the last
+    /// one, and its client's next watch would fall out of the window.
+    /// `None` when the subscription is over (cache stopped or re-listed,
+    /// or the watch fell behind).
+    pub fn catch_up(&mut self) -> Option<(Vec<Arc<CachedEvent>>, i64)> {
+        // The revision first: the cache sends every event before it
+        // publishes the event's revision (both under its lock), so the
+        // events up to `revision` are in the channel by now.
+        let state = self.state.upgrade()?;
+        let revision = lock(&state).revision;
+        drop(state);
+        let mut events = Vec::new();
+        loop {
+            match self.live.try_recv() {
+                Ok(ev) => events.push(ev),
+                Err(TryRecvError::Empty) => return Some((events, revision)),
+                Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => return None,
+            }
+        }
+    }
 }
 
 /// A consistent snapshot of the cached objects of one type.
@@ -96,13 +238,84 @@ struct CacheState {
     oldest: i64,
     /// Every event up to here has been applied.
     revision: i64,
+    /// The watches without a trigger.
     tx: broadcast::Sender<Arc<CachedEvent>>,
+    /// The watches with a trigger: by field, then value.
+    index: HashMap<&'static str, HashMap<String, broadcast::Sender<Arc<CachedEvent>>>>,
+    /// The index size at which subscribing sweeps it.
+    prune_at: usize,
+}
+
+impl CacheState {
+    /// A receiver for a new watch with `trigger` (all events without).
+    fn receiver(&mut self, trigger: Option<&Trigger>) -> broadcast::Receiver<Arc<CachedEvent>> {
+        let Some(t) = trigger else {
+            return self.tx.subscribe();
+        };
+        self.prune();
+        let senders = self.index.entry(t.field).or_default();
+        if let Some(tx) = senders.get(&t.value) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(INDEXED_CAPACITY);
+        senders.insert(t.value.clone(), tx);
+        rx
+    }
+
+    fn indexed(&self) -> usize {
+        self.index.values().map(HashMap::len).sum()
+    }
+
+    /// Drops the trigger channels nobody listens to any more, once the
+    /// index has doubled since the last sweep.
+    fn prune(&mut self) {
+        if self.indexed() < self.prune_at {
+            return;
+        }
+        for senders in self.index.values_mut() {
+            senders.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        self.prune_at = (2 * self.indexed()).max(PRUNE_MIN);
+    }
+
+    /// Sends an event to the watches without a trigger and to those of the
+    /// object's and the previous object's trigger values.
+    fn publish(&mut self, ev: &Arc<CachedEvent>) {
+        let _ = self.tx.send(ev.clone());
+        for (field, senders) in &mut self.index {
+            if senders.is_empty() {
+                continue;
+            }
+            let now = field_text(&ev.object, field);
+            deliver(senders, &now, ev);
+            if let Some(prev) = &ev.prev {
+                let before = field_text(prev, field);
+                if before != now {
+                    deliver(senders, &before, ev);
+                }
+            }
+        }
+    }
+}
+
+/// Sends to the channel of `value`, dropping it when its watches are gone.
+fn deliver(
+    senders: &mut HashMap<String, broadcast::Sender<Arc<CachedEvent>>>,
+    value: &str,
+    ev: &Arc<CachedEvent>,
+) {
+    if let Some(tx) = senders.get(value)
+        && tx.send(ev.clone()).is_err()
+    {
+        senders.remove(value);
+    }
 }
 
 /// The cache of one resource type (all namespaces).
 pub struct ResourceCache {
     rt: &'static ResourceType,
-    state: Mutex<CacheState>,
+    /// In an Arc so a [`Subscription`] can read the revision (weakly).
+    state: Arc<Mutex<CacheState>>,
     synced: tokio::sync::watch::Sender<bool>,
 }
 
@@ -115,14 +328,16 @@ impl ResourceCache {
     fn new(rt: &'static ResourceType) -> Self {
         Self {
             rt,
-            state: Mutex::new(CacheState {
+            state: Arc::new(Mutex::new(CacheState {
                 synced: false,
                 objects: BTreeMap::new(),
                 events: VecDeque::new(),
                 oldest: 0,
                 revision: 0,
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
-            }),
+                index: HashMap::new(),
+                prune_at: PRUNE_MIN,
+            })),
             synced: tokio::sync::watch::channel(false).0,
         }
     }
@@ -132,30 +347,38 @@ impl ResourceCache {
         lock(&self.state).revision
     }
 
-    /// Subscribes a watch that wants every event after `after`; `None`
-    /// when the cache cannot serve it (not synced, or `after` is older
-    /// than the window).
-    pub fn subscribe(&self, after: i64) -> Option<Subscription> {
-        let st = lock(&self.state);
+    /// Subscribes a watch that wants every event after `after` (with a
+    /// trigger: every such event of the trigger's value); `None` when the
+    /// cache cannot serve it (not synced, or `after` is older than the
+    /// window).
+    pub fn subscribe(&self, after: i64, trigger: Option<&Trigger>) -> Option<Subscription> {
+        let mut st = lock(&self.state);
         if !st.synced || after < st.oldest {
             return None;
         }
+        let replay = st
+            .events
+            .iter()
+            .filter(|e| e.revision > after && trigger.is_none_or(|t| t.hits(e)))
+            .cloned()
+            .collect();
         Some(Subscription {
-            replay: st
-                .events
-                .iter()
-                .filter(|e| e.revision > after)
-                .cloned()
-                .collect(),
-            live: st.tx.subscribe(),
+            replay,
+            live: st.receiver(trigger),
             revision: st.revision,
+            state: Arc::downgrade(&self.state),
         })
     }
 
     /// The cached objects under `prefix` plus a subscription for every
-    /// event after them, atomically; `None` when not synced.
-    pub fn snapshot_and_subscribe(&self, prefix: &str) -> Option<(Snapshot, Subscription)> {
-        let st = lock(&self.state);
+    /// event after them (of the trigger's value, with one), atomically;
+    /// `None` when not synced.
+    pub fn snapshot_and_subscribe(
+        &self,
+        prefix: &str,
+        trigger: Option<&Trigger>,
+    ) -> Option<(Snapshot, Subscription)> {
+        let mut st = lock(&self.state);
         if !st.synced {
             return None;
         }
@@ -165,8 +388,9 @@ impl ResourceCache {
         };
         let sub = Subscription {
             replay: Vec::new(),
-            live: st.tx.subscribe(),
+            live: st.receiver(trigger),
             revision: st.revision,
+            state: Arc::downgrade(&self.state),
         };
         Some((snap, sub))
     }
@@ -199,9 +423,11 @@ impl ResourceCache {
         st.oldest = revision;
         st.revision = revision;
         st.synced = true;
-        // A new sender ends every current subscriber: the history they
-        // expect is gone from this cache.
+        // New senders end every current subscriber, indexed ones too: the
+        // history they expect is gone from this cache.
         st.tx = broadcast::channel(BROADCAST_CAPACITY).0;
+        st.index.clear();
+        st.prune_at = PRUNE_MIN;
         self.synced.send_replace(true);
     }
 
@@ -213,13 +439,16 @@ impl ResourceCache {
         let cached = match ev.kind {
             WatchEventKind::Progress => {
                 st.revision = st.revision.max(ev.revision);
-                let e = Arc::new(CachedEvent {
-                    kind: ev.kind,
-                    key: String::new(),
-                    object: Arc::new(Value::Null),
-                    prev: None,
-                    revision: st.revision,
-                });
+                // Only the watches without a trigger get progress: the
+                // indexed ones learn the revision from
+                // [`Subscription::catch_up`] instead of one send per value.
+                let e = Arc::new(CachedEvent::new(
+                    ev.kind,
+                    String::new(),
+                    Arc::new(Value::Null),
+                    None,
+                    st.revision,
+                ));
                 let _ = st.tx.send(e);
                 return;
             }
@@ -232,13 +461,13 @@ impl ResourceCache {
                 };
                 let mut object = Value::clone(&prev);
                 objects::decorate(self.rt, &mut object, ev.revision);
-                Arc::new(CachedEvent {
-                    kind: WatchEventKind::Deleted,
-                    key: ev.key,
-                    object: Arc::new(object),
-                    prev: Some(prev),
-                    revision: ev.revision,
-                })
+                Arc::new(CachedEvent::new(
+                    WatchEventKind::Deleted,
+                    ev.key,
+                    Arc::new(object),
+                    Some(prev),
+                    ev.revision,
+                ))
             }
             kind => {
                 let object = match objects::from_stored(self.rt, &ev.value, ev.revision) {
@@ -253,13 +482,7 @@ impl ResourceCache {
                 // cached object is the state before this change.
                 let prev = st.objects.get(&ev.key).cloned();
                 st.objects.insert(ev.key.clone(), object.clone());
-                Arc::new(CachedEvent {
-                    kind,
-                    key: ev.key,
-                    object,
-                    prev,
-                    revision: ev.revision,
-                })
+                Arc::new(CachedEvent::new(kind, ev.key, object, prev, ev.revision))
             }
         };
         st.revision = cached.revision;
@@ -269,7 +492,7 @@ impl ResourceCache {
             st.oldest = old.revision;
         }
         st.events.push_back(cached.clone());
-        let _ = st.tx.send(cached);
+        st.publish(&cached);
     }
 }
 
@@ -467,10 +690,51 @@ mod tests {
         c
     }
 
+    fn pods() -> &'static ResourceType {
+        crate::registry::find("", "v1", "pods").unwrap()
+    }
+
+    fn synced_pods() -> ResourceCache {
+        let c = ResourceCache::new(pods());
+        c.reset(BTreeMap::new(), 10);
+        c
+    }
+
+    /// A pod change; `node` `None` is an unscheduled pod.
+    fn pod(name: &str, rev: i64, kind: WatchEventKind, node: Option<&str>) -> WatchEvent {
+        let mut obj = json!({"metadata": {"name": name, "namespace": "ns"}, "spec": {}});
+        if let Some(n) = node {
+            obj["spec"]["nodeName"] = json!(n);
+        }
+        WatchEvent {
+            kind,
+            key: format!("/registry/pods/ns/{name}"),
+            value: serde_json::to_vec(&obj).unwrap(),
+            revision: rev,
+            prev_value: None,
+        }
+    }
+
+    fn trigger(rt: &ResourceType, sel: &str) -> Option<Trigger> {
+        let f = rke2_apimachinery::selectors::parse_field_selector(sel).unwrap();
+        Trigger::of(rt, &f)
+    }
+
+    /// The revisions waiting in a subscription.
+    fn pending(sub: &mut Subscription) -> Vec<i64> {
+        std::iter::from_fn(|| sub.live.try_recv().ok())
+            .map(|e| e.revision)
+            .collect()
+    }
+
+    fn indexed(c: &ResourceCache) -> usize {
+        lock(&c.state).indexed()
+    }
+
     #[test]
     fn not_synced_serves_nothing() {
         let c = ResourceCache::new(cms());
-        assert!(c.subscribe(0).is_none());
+        assert!(c.subscribe(0, None).is_none());
         assert!(c.snapshot("/registry/configmaps/").is_none());
         assert!(c.get("/registry/configmaps/ns/a").is_none());
     }
@@ -481,7 +745,7 @@ mod tests {
         c.apply(put("a", 11, true, "1"));
         c.apply(put("b", 12, true, "1"));
         c.apply(put("a", 13, false, "2"));
-        let sub = c.subscribe(11).unwrap();
+        let sub = c.subscribe(11, None).unwrap();
         let revs: Vec<i64> = sub.replay.iter().map(|e| e.revision).collect();
         assert_eq!(revs, vec![12, 13]);
         assert_eq!(sub.revision, 13);
@@ -492,10 +756,10 @@ mod tests {
         assert_eq!(m.object["metadata"]["resourceVersion"], "13");
         // From the list revision itself: everything; from before it: the
         // cache cannot know, the caller must go to etcd.
-        assert_eq!(c.subscribe(10).unwrap().replay.len(), 3);
-        assert!(c.subscribe(9).is_none());
+        assert_eq!(c.subscribe(10, None).unwrap().replay.len(), 3);
+        assert!(c.subscribe(9, None).is_none());
         // A revision from the future gets no replay but a subscription.
-        assert!(c.subscribe(50).unwrap().replay.is_empty());
+        assert!(c.subscribe(50, None).unwrap().replay.is_empty());
     }
 
     #[test]
@@ -505,8 +769,8 @@ mod tests {
             c.apply(put("a", 11 + i, i == 0, &i.to_string()));
         }
         // Events 11..=15 fell out: a watch from 10..=14 must use etcd.
-        assert!(c.subscribe(14).is_none());
-        let sub = c.subscribe(15).unwrap();
+        assert!(c.subscribe(14, None).is_none());
+        let sub = c.subscribe(15, None).unwrap();
         assert_eq!(sub.replay.len(), WINDOW);
         assert_eq!(sub.replay[0].revision, 16);
     }
@@ -515,7 +779,7 @@ mod tests {
     fn live_events_follow_the_replay_without_gaps_or_duplicates() {
         let c = synced_cache();
         c.apply(put("a", 11, true, "1"));
-        let mut sub = c.subscribe(10).unwrap();
+        let mut sub = c.subscribe(10, None).unwrap();
         c.apply(put("a", 12, false, "2"));
         assert_eq!(sub.replay.len(), 1);
         assert_eq!(sub.live.try_recv().unwrap().revision, 12);
@@ -547,7 +811,7 @@ mod tests {
                 .objects
                 .is_empty()
         );
-        let ev = c.subscribe(12).unwrap().replay.pop().unwrap();
+        let ev = c.subscribe(12, None).unwrap().replay.pop().unwrap();
         assert_eq!(ev.kind, WatchEventKind::Deleted);
         assert_eq!(ev.object["metadata"]["resourceVersion"], "13");
         assert_eq!(c.get("/registry/configmaps/ns/b").unwrap().1, 12);
@@ -556,12 +820,169 @@ mod tests {
     #[test]
     fn relist_ends_subscribers() {
         let c = synced_cache();
-        let mut sub = c.subscribe(10).unwrap();
+        let mut sub = c.subscribe(10, None).unwrap();
         c.reset(BTreeMap::new(), 40);
         assert!(matches!(
             sub.live.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)
         ));
-        assert!(c.subscribe(39).is_none());
+        assert!(c.subscribe(39, None).is_none());
+    }
+
+    #[test]
+    fn triggers_come_from_exact_terms_on_indexed_fields() {
+        let t = trigger(pods(), "spec.nodeName=n1").unwrap();
+        assert_eq!((t.field, t.value.as_str()), ("spec.nodeName", "n1"));
+        // The name pins at most one object: it wins.
+        let t = trigger(pods(), "spec.nodeName=n1,metadata.name=p").unwrap();
+        assert_eq!((t.field, t.value.as_str()), ("metadata.name", "p"));
+        // `spec.nodeName=` (unscheduled pods) is an exact value too.
+        assert_eq!(trigger(pods(), "spec.nodeName=").unwrap().value, "");
+        assert!(trigger(pods(), "spec.nodeName!=n1").is_none());
+        assert!(trigger(pods(), "status.phase=Running").is_none());
+        assert!(trigger(cms(), "metadata.name=a").is_some());
+    }
+
+    #[test]
+    fn indexed_subscribers_get_exactly_the_events_of_their_value() {
+        let c = synced_pods();
+        let sub = |sel: &str| c.subscribe(10, trigger(pods(), sel).as_ref()).unwrap();
+        let mut on_a = sub("spec.nodeName=a");
+        let mut on_b = sub("spec.nodeName=b");
+        let mut unscheduled = sub("spec.nodeName=");
+        let mut p1 = sub("metadata.name=p1");
+        let mut all = c.subscribe(10, None).unwrap();
+        use WatchEventKind::*;
+        c.apply(pod("p1", 11, Created, None));
+        c.apply(pod("p1", 12, Modified, Some("a")));
+        c.apply(pod("p2", 13, Created, Some("b")));
+        // Moving nodes: the node it left must see it go.
+        c.apply(pod("p1", 14, Modified, Some("b")));
+        c.apply(pod("p1", 15, Deleted, None));
+        c.apply(WatchEvent {
+            kind: Progress,
+            key: String::new(),
+            value: Vec::new(),
+            revision: 16,
+            prev_value: None,
+        });
+        assert_eq!(pending(&mut on_a), vec![12, 14]);
+        assert_eq!(pending(&mut on_b), vec![13, 14, 15]);
+        assert_eq!(pending(&mut unscheduled), vec![11, 12]);
+        // The delete reaches the name's watch.
+        assert_eq!(pending(&mut p1), vec![11, 12, 14, 15]);
+        assert_eq!(pending(&mut all), vec![11, 12, 13, 14, 15, 16]);
+
+        // A replay from the window is filtered the same way.
+        let replay =
+            |sel: &str| -> Vec<i64> { sub(sel).replay.iter().map(|e| e.revision).collect() };
+        assert_eq!(replay("spec.nodeName=a"), vec![12, 14]);
+        assert_eq!(replay("spec.nodeName=b"), vec![13, 14, 15]);
+        assert_eq!(replay("metadata.name=p2"), vec![13]);
+        assert!(replay("metadata.name=nope").is_empty());
+        // And the live part follows it without a gap or duplicate.
+        let mut late = c
+            .subscribe(13, trigger(pods(), "spec.nodeName=b").as_ref())
+            .unwrap();
+        assert_eq!(
+            late.replay.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![14, 15]
+        );
+        c.apply(pod("p3", 17, Created, Some("b")));
+        c.apply(pod("p4", 18, Created, Some("c")));
+        assert_eq!(pending(&mut late), vec![17]);
+    }
+
+    #[test]
+    fn catch_up_hands_over_the_waiting_events_and_the_cache_revision() {
+        let c = synced_pods();
+        let t = trigger(pods(), "spec.nodeName=a");
+        let mut on_a = c.subscribe(10, t.as_ref()).unwrap();
+        use WatchEventKind::*;
+        c.apply(pod("p1", 11, Created, Some("a")));
+        c.apply(pod("p2", 12, Created, Some("b")));
+        c.apply(pod("p3", 13, Created, Some("b")));
+        let (events, rev) = on_a.catch_up().unwrap();
+        assert_eq!(events.iter().map(|e| e.revision).collect::<Vec<_>>(), [11]);
+        // 13 is safe to bookmark although this watch never saw it.
+        assert_eq!(rev, 13);
+        let (events, rev) = on_a.catch_up().unwrap();
+        assert!(events.is_empty());
+        assert_eq!(rev, 13);
+        // A watch that fell behind its channel is over.
+        for i in 0..(INDEXED_CAPACITY as i64 + 1) {
+            c.apply(pod("p1", 14 + i, Modified, Some("a")));
+        }
+        assert!(on_a.catch_up().is_none());
+    }
+
+    #[test]
+    fn indexed_channels_are_dropped_with_their_last_watch() {
+        let c = synced_pods();
+        let sub = |sel: &str| c.subscribe(10, trigger(pods(), sel).as_ref()).unwrap();
+        let a1 = sub("spec.nodeName=a");
+        let a2 = sub("spec.nodeName=a");
+        let b = sub("spec.nodeName=b");
+        assert_eq!(indexed(&c), 2);
+        drop(a1);
+        c.apply(pod("p1", 11, WatchEventKind::Created, Some("a")));
+        assert_eq!(indexed(&c), 2, "a2 still listens");
+        drop(a2);
+        drop(b);
+        // An event for a channel without watches drops it.
+        c.apply(pod("p2", 12, WatchEventKind::Created, Some("a")));
+        assert_eq!(indexed(&c), 1);
+        // Channels that get no events go in a sweep when the index grows.
+        for i in 0..(3 * PRUNE_MIN) {
+            drop(sub(&format!("metadata.name=gone{i}")));
+        }
+        let _kept = sub("metadata.name=kept");
+        assert!(indexed(&c) < PRUNE_MIN, "{} channels left", indexed(&c));
+        assert_eq!(c.subscribe(10, None).unwrap().replay.len(), 2);
+    }
+
+    #[test]
+    fn relist_ends_indexed_subscribers() {
+        let c = synced_pods();
+        let t = trigger(pods(), "metadata.name=p1");
+        let mut sub = c.subscribe(10, t.as_ref()).unwrap();
+        let (_, mut snap_sub) = c
+            .snapshot_and_subscribe("/registry/pods/", t.as_ref())
+            .unwrap();
+        c.reset(BTreeMap::new(), 40);
+        assert_eq!(indexed(&c), 0);
+        for s in [&mut sub, &mut snap_sub] {
+            assert!(matches!(
+                s.live.try_recv(),
+                Err(broadcast::error::TryRecvError::Closed)
+            ));
+            assert!(s.catch_up().is_none());
+        }
+        // New watches of the value get a new channel.
+        let mut again = c.subscribe(40, t.as_ref()).unwrap();
+        c.apply(pod("p1", 41, WatchEventKind::Created, None));
+        assert_eq!(pending(&mut again), vec![41]);
+    }
+
+    #[test]
+    fn a_stopped_cache_ends_catch_up() {
+        let c = synced_pods();
+        let mut sub = c.subscribe(10, None).unwrap();
+        drop(c);
+        assert!(sub.catch_up().is_none());
+    }
+
+    #[test]
+    fn encodings_are_computed_once_per_event() {
+        let c = synced_cache();
+        c.apply(put("a", 11, true, "1"));
+        let ev = c.subscribe(10, None).unwrap().replay.pop().unwrap();
+        let json = ev.object_json();
+        assert_eq!(serde_json::from_slice::<Value>(json).unwrap(), *ev.object);
+        // The second watcher gets the same bytes, not a new serialization.
+        assert_eq!(ev.object_json().as_ptr(), json.as_ptr());
+        let meta: Value = serde_json::from_slice(ev.metadata_json()).unwrap();
+        assert_eq!(meta, crate::table::partial_metadata(&ev.object));
+        assert_eq!(ev.metadata_json().as_ptr(), ev.metadata_json().as_ptr());
     }
 }
