@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use rke2_testbed::{Server, ServerOpts, etcd_child, eventually};
 use serde_json::{Value, json};
@@ -1028,8 +1028,11 @@ fn etcd_watchers(s: &Server) -> Option<u64> {
 /// The watch cache: 150 client watches with different namespaces and
 /// label selectors are served by a handful of etcd watches, and each sees
 /// exactly the changes its selector makes visible (label moves arrive as
-/// ADDED/DELETED), in order; a watch from an older revision replays from
-/// the cache; a `resourceVersion=0` list comes from the cache.
+/// ADDED/DELETED), in order; so do watches pinned by `metadata.name` or a
+/// pod's `spec.nodeName` (the cache's trigger index), and a pinned watch
+/// that sees nothing still gets current bookmarks; a watch from an older
+/// revision replays from the cache; a `resourceVersion=0` list comes from
+/// the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_cache_fans_out_with_exact_events() {
     const WATCHERS: usize = 150;
@@ -1049,15 +1052,26 @@ async fn watch_cache_fans_out_with_exact_events() {
         .resource_version
         .unwrap();
 
+    // After them, watches pinned to one name: (namespace, labels, name).
+    // The last matches nothing.
+    const PINNED: [(Option<&str>, Option<&str>, &str); 4] = [
+        (Some("wc-b"), None, "c7"),
+        (None, None, "c0"),
+        (Some("wc-a"), Some("g=g1"), "c10"),
+        (Some("wc-a"), None, "nothing"),
+    ];
     // Watcher i: namespace a, b or all; selector g=g0/g1/g2 or none.
-    let spec = |i: usize| -> (Option<&'static str>, Option<String>) {
+    let spec = |i: usize| -> (Option<&'static str>, Option<String>, Option<&'static str>) {
+        if let Some(&(ns, sel, name)) = i.checked_sub(WATCHERS).and_then(|p| PINNED.get(p)) {
+            return (ns, sel.map(str::to_string), Some(name));
+        }
         let ns = [Some("wc-a"), Some("wc-b"), None][i % 3];
         let sel = [Some("g=g0"), Some("g=g1"), Some("g=g2"), None][(i / 3) % 4];
-        (ns, sel.map(str::to_string))
+        (ns, sel.map(str::to_string), None)
     };
     let mut streams = Vec::new();
-    for i in 0..WATCHERS {
-        let (ns, sel) = spec(i);
+    for i in 0..WATCHERS + PINNED.len() {
+        let (ns, sel, name) = spec(i);
         let api: Api<ConfigMap> = match ns {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
@@ -1065,6 +1079,9 @@ async fn watch_cache_fans_out_with_exact_events() {
         let mut wp = WatchParams::default().timeout(120);
         if let Some(sel) = &sel {
             wp = wp.labels(sel);
+        }
+        if let Some(name) = name {
+            wp = wp.fields(&format!("metadata.name={name}"));
         }
         streams.push(api.watch(&wp, &start_rv).await.unwrap().boxed());
     }
@@ -1166,7 +1183,7 @@ async fn watch_cache_fans_out_with_exact_events() {
 
     // What watcher i must see, by the watch rules of selectors.
     let expected = |i: usize| -> Vec<(String, String)> {
-        let (ns, sel) = spec(i);
+        let (ns, sel, name) = spec(i);
         let m = |g: &Option<String>| {
             g.as_ref()
                 .is_some_and(|g| sel.as_ref().is_none_or(|s| *s == format!("g={g}")))
@@ -1174,6 +1191,7 @@ async fn watch_cache_fans_out_with_exact_events() {
         changes
             .iter()
             .filter(|c| ns.is_none_or(|n| n == c.ns))
+            .filter(|c| name.is_none_or(|n| n == c.name))
             .filter_map(|c| {
                 let kind = match (
                     m(&c.before),
@@ -1239,7 +1257,115 @@ async fn watch_cache_fans_out_with_exact_events() {
         assert_eq!(got, want, "watcher {i} {:?}", spec(i));
         checked += want.len();
     }
-    println!("watch cache: {WATCHERS} watchers, {checked} events checked");
+    println!(
+        "watch cache: {} watchers, {checked} events checked",
+        streams.len()
+    );
+
+    // The pinned watch that matches nothing sees no events, but its
+    // bookmarks follow the cache (it would otherwise keep its start
+    // revision and its client's next watch would fall out of the window).
+    let last_rv: i64 = changes
+        .iter()
+        .filter_map(|c| c.rv.parse().ok())
+        .max()
+        .unwrap();
+    let idle = streams.last_mut().unwrap();
+    let mut seen = Vec::new();
+    let fresh = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(ev) = idle.try_next().await.unwrap() {
+            match ev {
+                WatchEvent::Bookmark(b) => {
+                    let rv: i64 = b.metadata.resource_version.parse().unwrap();
+                    if rv >= last_rv {
+                        return true;
+                    }
+                    seen.push(rv);
+                }
+                other => panic!("idle pinned watch got {other:?}"),
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        fresh == Ok(true),
+        "idle pinned watch: no bookmark at or after {last_rv}, only {seen:?}"
+    );
+
+    // Pod watches by node: one from "any" (the cache's snapshot), one from
+    // a revision (its replay); each sees its node's pods only, and binding
+    // an unscheduled pod shows it as ADDED there. The pods are left to a
+    // scheduler that does not run, on nodes nothing runs.
+    let node_watch = |ns: Option<&str>, node: &str, rv: &str| {
+        let api: Api<Pod> = match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let wp = WatchParams::default()
+            .timeout(60)
+            .fields(&format!("spec.nodeName={node}"));
+        let rv = rv.to_string();
+        async move { api.watch(&wp, &rv).await.unwrap().boxed() }
+    };
+    let mut on_n1 = node_watch(None, "wc-node-1", "0").await;
+    let mut on_n2 = node_watch(Some("wc-a"), "wc-node-2", &start_rv).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "wc-a");
+    let pod = |name: &str, node: Option<&str>| -> Pod {
+        let mut p = json!({"metadata": {"name": name}, "spec": {"schedulerName": "no-such-scheduler", "containers": [{"name": "c", "image": "busybox"}]}});
+        if let Some(n) = node {
+            p["spec"]["nodeName"] = json!(n);
+        }
+        serde_json::from_value(p).unwrap()
+    };
+    pods.create(&PostParams::default(), &pod("wp1", None))
+        .await
+        .unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "wp1"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "wc-node-1"}});
+    let (code, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/wc-a/pods/wp1/binding",
+        Some("application/json"),
+        serde_json::to_vec(&binding).unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    pods.create(&PostParams::default(), &pod("wp2", Some("wc-node-2")))
+        .await
+        .unwrap();
+    pods.patch(
+        "wp1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
+    pods.delete("wp1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    for (stream, want) in [
+        (&mut on_n1, vec!["ADDED wp1", "MODIFIED wp1", "DELETED wp1"]),
+        (&mut on_n2, vec!["ADDED wp2"]),
+    ] {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let ev = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
+                .await
+                .unwrap_or_else(|_| panic!("node watch stalled after {got:?}, wants {want:?}"))
+                .unwrap()
+                .expect("node watch open");
+            let (kind, o) = match ev {
+                WatchEvent::Added(o) => ("ADDED", o),
+                WatchEvent::Modified(o) => ("MODIFIED", o),
+                WatchEvent::Deleted(o) => ("DELETED", o),
+                WatchEvent::Bookmark(_) => continue,
+                WatchEvent::Error(e) => panic!("node watch: {e:?}"),
+            };
+            got.push(format!("{kind} {}", o.metadata.name.unwrap()));
+        }
+        assert_eq!(got, want);
+    }
 
     // A watch from the middle of the changes replays the rest from the
     // cache's window.
