@@ -535,22 +535,8 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         alive: HashMap::new(),
     };
     let mut last_full: Option<Instant> = None;
+    let mut rest = Duration::ZERO;
     loop {
-        let started = Instant::now();
-        let full = last_full.is_none_or(|t| t.elapsed() >= RESYNC);
-        gc.pass(full).await;
-        if full {
-            last_full = Some(started);
-        }
-        // Events that arrive while the collector rests are served by one
-        // pass (a burst of a thousand is one pass, not a thousand); the
-        // rest grows with the pass's own cost, which keeps the collector to
-        // about a fifth of a core even when a pass is large.
-        let rest = (started.elapsed() * 4).clamp(MIN_REST, MAX_REST);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(rest) => {}
-        }
         let mut wait = RESYNC.saturating_sub(last_full.map_or(RESYNC, |t| t.elapsed()));
         if let Some(due) = gc.retry_due {
             wait = wait.min(due.saturating_duration_since(Instant::now()));
@@ -560,6 +546,22 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
             _ = notify.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+        // The rest comes between the first event and the pass, so the
+        // events that follow it are served by the same pass (a burst of a
+        // thousand is one pass, not a thousand); it grows with the last
+        // pass's cost, which keeps the collector to about a fifth of a core
+        // even when passes are large.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(rest) => {}
+        }
+        let started = Instant::now();
+        let full = last_full.is_none_or(|t| t.elapsed() >= RESYNC);
+        gc.pass(full).await;
+        if full {
+            last_full = Some(started);
+        }
+        rest = (started.elapsed() * 4).clamp(MIN_REST, MAX_REST);
     }
 }
 

@@ -335,8 +335,8 @@ where
     reader
 }
 
-/// How long the loop rests after a pass, so that a burst of events is
-/// served by one pass.
+/// How long the loop waits between being woken and its pass, so that a
+/// burst of events is served by one pass.
 const REST: Duration = Duration::from_millis(100);
 
 /// Runs until `stop`.
@@ -377,12 +377,9 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         index: PodIndex::default(),
         states: BTreeMap::new(),
     };
+    // The first pass is due at once.
+    let mut next = Some(Timestamp::now());
     loop {
-        let next = te.pass().await;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(REST) => {}
-        }
         let wait = next
             .map(|d| {
                 let ms = d.duration_since(Timestamp::now()).as_millis().max(0) as u64;
@@ -394,6 +391,13 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
             _ = notify.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+        // The events that follow the first one within the rest are served
+        // by the same pass.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REST) => {}
+        }
+        next = te.pass().await;
     }
 }
 
