@@ -553,7 +553,11 @@ fn own_is_loopback(own_node: &str, nodes: &[Node]) -> bool {
 /// a failure.
 pub async fn run_routes(client: kube::Client, own_node: String, stop: CancellationToken) {
     let api: Api<Node> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    // resourceVersion=0: every node lists every Node from the apiserver's
+    // cache, not from etcd, as a kubelet's informer does.
+    let mut stream = watcher(api, watcher::Config::default().any_semantic()).boxed();
+    // Only each Node's route facts (see `route_facts`): deep copies of
+    // whole Nodes per event cost O(nodes) per heartbeat at scale.
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     let mut relist: Option<BTreeMap<String, Node>> = None;
     let mut synced_list = false;
@@ -583,13 +587,18 @@ pub async fn run_routes(client: kube::Client, own_node: String, stop: Cancellati
             ev = stream.next() => {
                 match ev {
                     Some(Ok(ev)) => {
-                        apply_event(&mut nodes, &mut relist, &mut synced_list, ev);
+                        let mut changed = apply_event(&mut nodes, &mut relist, &mut synced_list, ev);
                         while let Some(Some(Ok(ev))) = stream.next().now_or_never() {
-                            apply_event(&mut nodes, &mut relist, &mut synced_list, ev);
+                            changed |= apply_event(&mut nodes, &mut relist, &mut synced_list, ev);
                         }
-                        let list: Vec<Node> = nodes.values().cloned().collect();
-                        if synced_list && applied.as_deref() != Some(&desired_routes(&own_node, &list)[..]) {
-                            due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                        // Most node events are status heartbeats that
+                        // change no route: only a change of the route facts
+                        // costs a recomputation over every node.
+                        if changed && synced_list {
+                            let list: Vec<Node> = nodes.values().cloned().collect();
+                            if applied.as_deref() != Some(&desired_routes(&own_node, &list)[..]) {
+                                due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                            }
                         }
                     }
                     Some(Err(e)) => {
@@ -622,35 +631,67 @@ pub async fn run_routes(client: kube::Client, own_node: String, stop: Cancellati
     }
 }
 
+/// What of a Node the pod routes depend on: its name, pod CIDRs and
+/// addresses.
+fn route_facts(n: Node) -> Node {
+    Node {
+        metadata: kube::api::ObjectMeta {
+            name: n.metadata.name,
+            ..Default::default()
+        },
+        spec: n.spec.map(|s| k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidr: s.pod_cidr,
+            pod_cidrs: s.pod_cidrs,
+            ..Default::default()
+        }),
+        status: n.status.map(|s| k8s_openapi::api::core::v1::NodeStatus {
+            addresses: s.addresses,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Follows one watch event; whether the route facts of the nodes changed
+/// (a completed re-list always counts as a change).
 fn apply_event(
     nodes: &mut BTreeMap<String, Node>,
     relist: &mut Option<BTreeMap<String, Node>>,
     synced: &mut bool,
     ev: watcher::Event<Node>,
-) {
+) -> bool {
     match ev {
-        watcher::Event::Init => *relist = Some(BTreeMap::new()),
+        watcher::Event::Init => {
+            *relist = Some(BTreeMap::new());
+            false
+        }
         watcher::Event::InitApply(n) => {
             if let (Some(list), Some(name)) = (relist.as_mut(), n.metadata.name.clone()) {
-                list.insert(name, n);
+                list.insert(name, route_facts(n));
             }
+            false
         }
         watcher::Event::InitDone => {
             if let Some(list) = relist.take() {
                 *nodes = list;
             }
             *synced = true;
+            true
         }
         watcher::Event::Apply(n) => {
-            if let Some(name) = n.metadata.name.clone() {
-                nodes.insert(name, n);
+            let Some(name) = n.metadata.name.clone() else {
+                return false;
+            };
+            let facts = route_facts(n);
+            if nodes.get(&name) == Some(&facts) {
+                return false;
             }
+            nodes.insert(name, facts);
+            true
         }
-        watcher::Event::Delete(n) => {
-            if let Some(name) = n.metadata.name.as_ref() {
-                nodes.remove(name);
-            }
-        }
+        watcher::Event::Delete(n) => match n.metadata.name.as_ref() {
+            Some(name) => nodes.remove(name).is_some(),
+            None => false,
+        },
     }
 }
 
@@ -717,6 +758,44 @@ mod tests {
             cidr: cidr.parse().unwrap(),
             via: via.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn only_route_facts_count_as_node_changes() {
+        let (mut nodes, mut relist, mut synced) = (BTreeMap::new(), None, false);
+        let mut apply = |ev| apply_event(&mut nodes, &mut relist, &mut synced, ev);
+        assert!(!apply(watcher::Event::Init));
+        assert!(!apply(watcher::Event::InitApply(node(
+            "a",
+            Some("10.0.0.1"),
+            Some("10.42.0.0/24")
+        ))));
+        assert!(apply(watcher::Event::InitDone));
+        // A heartbeat: new conditions, labels and a resourceVersion, the
+        // same CIDR and addresses.
+        let mut beat = node("a", Some("10.0.0.1"), Some("10.42.0.0/24"));
+        beat.metadata.resource_version = Some("99".into());
+        beat.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        beat.status.as_mut().unwrap().conditions = Some(vec![
+            serde_json::from_value(json!({"type": "Ready", "status": "True"})).unwrap(),
+        ]);
+        assert!(!apply(watcher::Event::Apply(beat)));
+        assert!(apply(watcher::Event::Apply(node(
+            "b",
+            Some("10.0.0.2"),
+            None
+        ))));
+        assert!(apply(watcher::Event::Apply(node(
+            "b",
+            Some("10.0.0.2"),
+            Some("10.42.1.0/24")
+        ))));
+        assert!(apply(watcher::Event::Delete(node("b", None, None))));
+        assert!(!apply(watcher::Event::Delete(node("zz", None, None))));
+        // What is kept is just the facts, and routes come out of them.
+        assert!(nodes["a"].status.as_ref().unwrap().conditions.is_none());
+        let list: Vec<Node> = nodes.values().cloned().collect();
+        assert!(desired_routes("b", &list) == [route("10.42.0.0/24", "10.0.0.1")]);
     }
 
     #[test]
