@@ -125,6 +125,10 @@ struct PodIndexState {
     orphans: HashMap<String, HashSet<String>>,
     /// Pods of a re-list in progress.
     relist: Option<HashMap<String, Arc<Pod>>>,
+    /// Whether a first list has completed. Before it the index knows
+    /// nothing, and a reconcile acting on it would create every pod again
+    /// (which a new leader did at scale, many times over).
+    synced: bool,
 }
 
 fn pod_key(p: &Pod) -> String {
@@ -178,7 +182,10 @@ impl PodIndex {
             }
             watcher::Event::InitDone => {
                 let listed = st.relist.take().unwrap_or_default();
-                *st = PodIndexState::default();
+                *st = PodIndexState {
+                    synced: true,
+                    ..Default::default()
+                };
                 for (k, p) in listed {
                     st.link(k, p);
                 }
@@ -192,16 +199,22 @@ impl PodIndex {
 
     /// The pods a ReplicaSet's claim looks at: those controlled by
     /// `owner_uid` (matching its selector or not, so non-matching ones are
-    /// released) and the orphans of `ns` (adopted when they match).
-    pub(crate) fn candidates(&self, ns: &str, owner_uid: &str) -> Vec<Pod> {
+    /// released) and the orphans of `ns` (adopted when they match);
+    /// `None` until the first list is in.
+    pub(crate) fn candidates(&self, ns: &str, owner_uid: &str) -> Option<Vec<Pod>> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.synced {
+            return None;
+        }
         let owned = st.by_owner.get(owner_uid).into_iter().flatten();
         let orphans = st.orphans.get(ns).into_iter().flatten();
-        owned
-            .chain(orphans)
-            .filter_map(|k| st.pods.get(k))
-            .map(|p| Pod::clone(p))
-            .collect()
+        Some(
+            owned
+                .chain(orphans)
+                .filter_map(|k| st.pods.get(k))
+                .map(|p| Pod::clone(p))
+                .collect(),
+        )
     }
 }
 
@@ -252,8 +265,10 @@ impl PodExpectations {
     }
 }
 
-/// How long an expectation may wait for the pod list to show it.
-const EXPECTATION_TTL: Duration = Duration::from_secs(60);
+/// How long an expectation may wait for the pod index to show it; as
+/// kube-controller-manager's `ExpectationsTimeout`. Long, because ending one
+/// early makes the controller create or delete again what it already did.
+const EXPECTATION_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 struct Expectations {
@@ -695,9 +710,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     // moment behind; the expectations fill in our own recent writes, and
     // every write below carries a precondition).
     let rs_key = format!("{ns}/{name}");
-    let listed = ctx
+    let Some(listed) = ctx
         .pods
-        .candidates(&ns, rs.metadata.uid.as_deref().unwrap_or_default());
+        .candidates(&ns, rs.metadata.uid.as_deref().unwrap_or_default())
+    else {
+        // kube's Controller starts reconciling before the pod watch's
+        // first list is in (kube-controller-manager waits for its caches).
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    };
     let listed = ctx.expectations.apply(&rs_key, listed);
     let candidates: Vec<Pod> = listed.into_iter().filter(is_pod_active).collect();
     let me = owner_ref(&rs);
@@ -867,6 +887,7 @@ mod tests {
         let names = |ix: &PodIndex, ns: &str, uid: &str| -> Vec<String> {
             let mut n: Vec<String> = ix
                 .candidates(ns, uid)
+                .unwrap_or_default()
                 .iter()
                 .map(|p| p.name_any())
                 .collect();
@@ -879,9 +900,10 @@ mod tests {
         ix.apply(&watcher::Event::InitApply(p("a", "other", Some("u2"))));
         ix.apply(&watcher::Event::InitApply(p("a", "orphan", None)));
         ix.apply(&watcher::Event::InitApply(p("b", "elsewhere", None)));
-        // Nothing is visible before the list is complete.
-        assert!(names(&ix, "a", "u1").is_empty());
+        // Nothing is known before the first list is complete.
+        assert!(ix.candidates("a", "u1").is_none());
         ix.apply(&watcher::Event::InitDone);
+        assert!(ix.candidates("c", "u9").is_some_and(|c| c.is_empty()));
         assert_eq!(names(&ix, "a", "u1"), ["orphan", "owned"]);
         assert_eq!(names(&ix, "a", "u2"), ["orphan", "other"]);
         // Adoption moves a pod from the orphans to its owner.
