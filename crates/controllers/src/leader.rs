@@ -112,7 +112,13 @@ pub async fn try_acquire(
     // makes this a 409 and we stay a follower.
     match leases.replace(name, &PostParams::default(), &updated).await {
         Ok(_) => Ok(Attempt::Leading),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Following(holder)),
+        // Our own renewal conflicting (an earlier one that timed out on
+        // the way back, then applied) is no sign of another holder: an
+        // error, so the leader keeps leading until its lease would have
+        // run out, and the next attempt reads the lease again.
+        Err(kube::Error::Api(s)) if s.code == 409 && holder != identity => {
+            Ok(Attempt::Following(holder))
+        }
         Err(e) => Err(e),
     }
 }
