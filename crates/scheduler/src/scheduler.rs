@@ -256,19 +256,43 @@ impl Cache {
     }
 }
 
-/// The pick for `pod` among `nodes`, counting what `cache` has on each.
+/// The pick for `pod` among all `nodes`, counting what `cache` has on each.
+#[cfg(test)]
 fn decide(
     pod: &Pod,
     nodes: &BTreeMap<String, KnownNode>,
     cache: &Cache,
 ) -> Result<String, FitError> {
-    predicates::select_among(
+    decide_from(pod, nodes, cache, 0, usize::MAX).0
+}
+
+/// The pick for `pod` among the first `enough` feasible nodes, searching
+/// from the `start`-th node round to the one before it; also how many
+/// nodes were examined.
+fn decide_from(
+    pod: &Pod,
+    nodes: &BTreeMap<String, KnownNode>,
+    cache: &Cache,
+    start: usize,
+    enough: usize,
+) -> (Result<String, FitError>, usize) {
+    let start = if nodes.is_empty() {
+        0
+    } else {
+        start % nodes.len()
+    };
+    predicates::select_among_first(
         pod,
-        nodes.iter().map(|(name, k)| Candidate {
-            node: &k.node,
-            facts: &k.facts,
-            info: cache.info(name),
-        }),
+        nodes
+            .iter()
+            .skip(start)
+            .chain(nodes.iter().take(start))
+            .map(|(name, k)| Candidate {
+                node: &k.node,
+                facts: &k.facts,
+                info: cache.info(name),
+            }),
+        enough,
     )
 }
 
@@ -364,6 +388,8 @@ struct Scheduler {
     parked: BTreeMap<Key, Parked>,
     cache: Cache,
     reported: BTreeMap<Key, Reported>,
+    /// Where the next pod's search for feasible nodes starts.
+    next_start: usize,
 }
 
 /// Runs the scheduler until `stop` is cancelled.
@@ -392,6 +418,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         parked: BTreeMap::new(),
         cache: Cache::default(),
         reported: BTreeMap::new(),
+        next_start: 0,
     };
     let nodes = watcher(
         Api::<Node>::all(client.clone()),
@@ -607,7 +634,11 @@ impl Scheduler {
         if !wants_scheduling(pod) || self.cache.is_assumed(key) {
             return;
         }
-        match decide(pod, &self.nodes, &self.cache) {
+        let enough = predicates::feasible_nodes_to_find(self.nodes.len());
+        let (decision, examined) =
+            decide_from(pod, &self.nodes, &self.cache, self.next_start, enough);
+        self.next_start = self.next_start.wrapping_add(examined);
+        match decision {
             Ok(node) => {
                 let pod = pod.clone();
                 bindings.push(self.start_binding(pod, key, node));
@@ -962,6 +993,42 @@ mod tests {
 
     fn key(name: &str) -> Key {
         format!("default/{name}")
+    }
+
+    #[test]
+    fn a_sample_of_feasible_nodes_rotating_over_all() {
+        use predicates::feasible_nodes_to_find as enough;
+        assert_eq!(
+            [
+                enough(3),
+                enough(99),
+                enough(100),
+                enough(1000),
+                enough(2000)
+            ],
+            [3, 99, 100, 420, 680]
+        );
+        assert_eq!([enough(5000), enough(10_000)], [500, 500]);
+        // Five nodes, of which n2 is full; look for two feasible ones.
+        let mut all: Vec<Node> = (0..5).map(|i| node(&format!("n{i}"), "4", "110")).collect();
+        all[2] = node("n2", "4", "0");
+        let nodes = known(&all);
+        let c = Cache::default();
+        let p = pod("p", "u1", json!({}));
+        // From n1: n1 fits, n2 does not, n3 fits: three examined.
+        let (pick, examined) = decide_from(&p, &nodes, &c, 1, 2);
+        assert_eq!((pick.unwrap().as_str(), examined), ("n1", 3));
+        // From n4 the search wraps round to n0.
+        let (pick, examined) = decide_from(&p, &nodes, &c, 4 + 5, 2);
+        assert_eq!((pick.unwrap().as_str(), examined), ("n0", 2));
+        // A pod nothing fits is checked against every node.
+        let big = pod(
+            "big",
+            "u2",
+            json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "8"}}}]}}),
+        );
+        let (err, examined) = decide_from(&big, &nodes, &c, 3, 2);
+        assert_eq!((err.unwrap_err().num_nodes, examined), (5, 5));
     }
 
     #[test]
