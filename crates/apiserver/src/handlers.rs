@@ -923,8 +923,8 @@ async fn bind(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiRe
 /// lands between our read and our delete is retried, as kube-apiserver does.
 async fn delete(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
     let mut last = None;
-    for _ in 0..5 {
-        match delete_once(ctx, content_type.clone(), body).await {
+    for attempt in 0..5 {
+        match delete_once(ctx, content_type.clone(), body, attempt).await {
             Err(e) if e.reason == "Conflict" && e.message.contains("has been modified") => {
                 let preconditioned = !body.is_empty()
                     && crate::request::body_type(content_type.as_deref())
@@ -945,6 +945,7 @@ async fn delete_once(
     ctx: &Ctx<'_>,
     content_type: Option<String>,
     body: &[u8],
+    attempt: usize,
 ) -> ApiResult<Response> {
     let rt = ctx.rt();
     let name = ctx.path.name.clone().unwrap_or_default();
@@ -955,7 +956,19 @@ async fn delete_once(
             .ok_or_else(|| ApiError::unsupported_media("application/json"))?;
         decode_body(body, ty)?
     };
-    let (old, rev) = read_object(ctx, &name).await?;
+    // The first attempt of a delete without preconditions decides on the
+    // watch cache's copy, saving an etcd read: every write below compares
+    // the revision, so a stale copy only costs a retry from etcd.
+    // Preconditions and a node's scope are checked against etcd, where a
+    // stale copy would fail them falsely.
+    let preconditioned = opts["preconditions"].is_object();
+    let cached = (attempt == 0 && !preconditioned && ctx.node_scope.is_none())
+        .then(|| cached_object(ctx, &name, None))
+        .flatten();
+    let (old, rev) = match cached {
+        Some(found) => found,
+        None => read_object(ctx, &name).await?,
+    };
     check_node_scope(ctx, &old, "delete")?;
     if let Some(uid) = opts["preconditions"]["uid"].as_str()
         && old["metadata"]["uid"] != uid
