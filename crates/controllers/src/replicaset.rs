@@ -324,7 +324,62 @@ pub(crate) fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// Events one source may record about one object in a burst, then one per
+/// [`EVENT_REFILL`]: client-go's `EventSourceObjectSpamFilter` (burst 25,
+/// 1 per 5 minutes), which keeps a controller creating 50 pods for one
+/// ReplicaSet from writing 50 events in the same second.
+const EVENT_BURST: f64 = 25.0;
+/// How long one more event of a throttled source and object waits.
+const EVENT_REFILL: Duration = Duration::from_secs(300);
+/// Objects whose event budget is remembered; the fullest bucket is
+/// forgotten first (client-go keeps an LRU of 4096).
+const EVENT_BUCKETS: usize = 4096;
+
+/// Token buckets per event source and involved object.
+#[derive(Default)]
+struct EventSpamFilter {
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl EventSpamFilter {
+    /// Whether one more event for `key` may be recorded at `now`.
+    fn allow(&mut self, key: &str, now: Instant) -> bool {
+        let per_sec = 1.0 / EVENT_REFILL.as_secs_f64();
+        if self.buckets.len() >= EVENT_BUCKETS && !self.buckets.contains_key(key) {
+            // The fullest bucket carries the least worth remembering.
+            let fill = |(tokens, at): &(f64, Instant)| {
+                tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec
+            };
+            if let Some(fullest) = self
+                .buckets
+                .iter()
+                .max_by(|a, b| fill(a.1).total_cmp(&fill(b.1)))
+                .map(|(k, _)| k.clone())
+            {
+                self.buckets.remove(&fullest);
+            }
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry(key.to_string())
+            .or_insert((EVENT_BURST, now));
+        *tokens =
+            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(EVENT_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+static EVENT_SPAM_FILTER: Mutex<Option<EventSpamFilter>> = Mutex::new(None);
+
 /// Records a core/v1 Event about `obj` (best effort: failures are logged).
+/// Past a burst of 25 per component and object, events are dropped as
+/// client-go's recorder drops them.
 pub async fn record_event(
     client: &kube::Client,
     component: &str,
@@ -333,6 +388,22 @@ pub async fn record_event(
     reason: &str,
     message: String,
 ) {
+    let spam_key = format!(
+        "{component}/{}/{}/{}/{}",
+        obj.kind.as_deref().unwrap_or_default(),
+        obj.namespace.as_deref().unwrap_or_default(),
+        obj.name.as_deref().unwrap_or_default(),
+        obj.uid.as_deref().unwrap_or_default(),
+    );
+    let allowed = EVENT_SPAM_FILTER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(EventSpamFilter::default)
+        .allow(&spam_key, Instant::now());
+    if !allowed {
+        debug!(reason, object = %spam_key, "event dropped: too many for this object");
+        return;
+    }
     let ns = obj.namespace.clone().unwrap_or_else(|| "default".into());
     let t = Timestamp::now();
     let name = format!(
@@ -871,6 +942,29 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn events_per_object_are_throttled_after_a_burst() {
+        let mut f = EventSpamFilter::default();
+        let t0 = Instant::now();
+        let allowed = (0..50).filter(|_| f.allow("rs/a", t0)).count();
+        assert_eq!(allowed, 25, "a burst of 25, then nothing");
+        // Another object has its own budget.
+        assert!(f.allow("rs/b", t0));
+        // One more per five minutes.
+        assert!(!f.allow("rs/a", t0 + Duration::from_secs(200)));
+        assert!(f.allow("rs/a", t0 + Duration::from_secs(301)));
+        assert!(!f.allow("rs/a", t0 + Duration::from_secs(302)));
+        // Remembering is bounded: the fullest buckets are forgotten first.
+        for i in 0..EVENT_BUCKETS {
+            f.allow(&format!("x/{i}"), t0);
+        }
+        assert!(f.buckets.len() <= EVENT_BUCKETS);
+        assert!(
+            !f.allow("rs/a", t0 + Duration::from_secs(303)),
+            "a throttled object is still remembered"
+        );
+    }
 
     #[test]
     fn pod_index_follows_owners_orphans_and_relists() {
