@@ -517,15 +517,19 @@ async fn run_with_etcd(
         Some(workloads.cri.clone()),
         stop.clone(),
     )?;
-    spawn_scheduler(client.clone(), cfg.node_name.clone(), stop.clone());
-    spawn_controllers(
-        client,
-        cfg.node_name.clone(),
-        state.store.clone(),
-        manifests_dir,
-        cfg.cluster_cidr,
+    spawn_control_plane(
+        ControlPlane {
+            url: local_url.clone(),
+            ca_pem: trust.server_ca.cert_pem.clone(),
+            cert_pem: trust.supervisor.cert_pem.clone(),
+            key_pem: trust.supervisor.key_pem.clone(),
+            node_name: cfg.node_name.clone(),
+            store: state.store.clone(),
+            manifests: manifests_dir,
+            cluster_cidr: cfg.cluster_cidr,
+        },
         stop.clone(),
-    );
+    )?;
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
 
     tokio::select! {
@@ -539,9 +543,72 @@ async fn run_with_etcd(
     Ok(())
 }
 
-/// Starts the leader-elected control-plane loops: one server at a time
-/// runs all of them; another takes over within ~10 s of its death.
-fn spawn_controllers(
+/// What the leader-elected loops need to run.
+struct ControlPlane {
+    url: String,
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    node_name: String,
+    store: Store,
+    manifests: std::path::PathBuf,
+    cluster_cidr: ipnet::IpNet,
+}
+
+/// Worker threads of the control-plane runtime.
+const CONTROL_PLANE_THREADS: usize = 2;
+
+/// Starts the scheduler and the controllers on their own runtime, on
+/// threads of their own, with their own API client: upstream runs them as
+/// processes apart from kube-apiserver, and here too a busy scheduler or
+/// controller pass must not hold up the apiserver's request handling on
+/// shared worker threads (the OS shares the CPU between the two runtimes'
+/// threads instead). They stop with `stop`.
+fn spawn_control_plane(cp: ControlPlane, stop: CancellationToken) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CONTROL_PLANE_THREADS)
+        .thread_name("control-plane")
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")?;
+    std::thread::Builder::new()
+        .name("control-plane".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let client = match kube_client(
+                    &cp.url,
+                    cp.ca_pem.as_bytes(),
+                    cp.cert_pem.as_bytes(),
+                    cp.key_pem.as_bytes(),
+                )
+                .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!("control plane not started: {e:#}");
+                        return;
+                    }
+                };
+                tokio::join!(
+                    run_scheduler(client.clone(), cp.node_name.clone(), stop.clone()),
+                    run_controllers(
+                        client,
+                        cp.node_name,
+                        cp.store,
+                        cp.manifests,
+                        cp.cluster_cidr,
+                        stop,
+                    ),
+                );
+            });
+        })
+        .context("starting the control-plane thread")?;
+    Ok(())
+}
+
+/// Runs the leader-elected control-plane loops until `stop`: one server at
+/// a time runs all of them; another takes over within ~10 s of its death.
+async fn run_controllers(
     client: kube::Client,
     node_name: String,
     store: Store,
@@ -550,72 +617,68 @@ fn spawn_controllers(
     stop: CancellationToken,
 ) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
-    tokio::spawn(async move {
-        rke2_controllers::leader::run_elected(
-            client.clone(),
-            rke2_controllers::CONTROLLERS_LEASE.to_string(),
-            identity,
-            rke2_controllers::leader::ElectionTiming::default(),
-            stop,
-            move |lead: CancellationToken| {
-                let client = client.clone();
-                let store = store.clone();
-                let manifests = manifests.clone();
-                let node_name = node_name.clone();
-                async move {
-                    let mut loops = tokio::task::JoinSet::new();
-                    loops.spawn(rke2_controllers::server_removal::run(
-                        client.clone(),
-                        Arc::new(crate::cluster::StoreMembership(store)),
-                        node_name,
-                        rke2_controllers::server_removal::RemovalConfig::default(),
-                        lead.clone(),
-                    ));
-                    loops.spawn(rke2_controllers::node_lifecycle::run(
-                        client.clone(),
-                        rke2_controllers::node_lifecycle::NodeLifecycleConfig::default(),
-                        lead.clone(),
-                    ));
-                    loops.spawn(rke2_controllers::node_ipam::run(
-                        client.clone(),
-                        cluster_cidr,
-                        lead.clone(),
-                    ));
-                    loops.spawn(rke2_controllers::addons::run(
-                        client.clone(),
-                        manifests,
-                        lead.clone(),
-                    ));
-                    use rke2_controllers as c;
-                    loops.spawn(c::replicaset::run(client.clone(), lead.clone()));
-                    loops.spawn(c::deployment::run(client.clone(), lead.clone()));
-                    loops.spawn(c::daemonset::run(client.clone(), lead.clone()));
-                    loops.spawn(c::job::run(client.clone(), lead.clone()));
-                    loops.spawn(c::garbage_collector::run(client.clone(), lead.clone()));
-                    loops.spawn(c::serviceaccount::run(client.clone(), lead.clone()));
-                    loops.spawn(c::taint_eviction::run(client.clone(), lead.clone()));
-                    while loops.join_next().await.is_some() {}
-                }
-            },
-        )
-        .await;
-    });
+    rke2_controllers::leader::run_elected(
+        client.clone(),
+        rke2_controllers::CONTROLLERS_LEASE.to_string(),
+        identity,
+        rke2_controllers::leader::ElectionTiming::default(),
+        stop,
+        move |lead: CancellationToken| {
+            let client = client.clone();
+            let store = store.clone();
+            let manifests = manifests.clone();
+            let node_name = node_name.clone();
+            async move {
+                let mut loops = tokio::task::JoinSet::new();
+                loops.spawn(rke2_controllers::server_removal::run(
+                    client.clone(),
+                    Arc::new(crate::cluster::StoreMembership(store)),
+                    node_name,
+                    rke2_controllers::server_removal::RemovalConfig::default(),
+                    lead.clone(),
+                ));
+                loops.spawn(rke2_controllers::node_lifecycle::run(
+                    client.clone(),
+                    rke2_controllers::node_lifecycle::NodeLifecycleConfig::default(),
+                    lead.clone(),
+                ));
+                loops.spawn(rke2_controllers::node_ipam::run(
+                    client.clone(),
+                    cluster_cidr,
+                    lead.clone(),
+                ));
+                loops.spawn(rke2_controllers::addons::run(
+                    client.clone(),
+                    manifests,
+                    lead.clone(),
+                ));
+                use rke2_controllers as c;
+                loops.spawn(c::replicaset::run(client.clone(), lead.clone()));
+                loops.spawn(c::deployment::run(client.clone(), lead.clone()));
+                loops.spawn(c::daemonset::run(client.clone(), lead.clone()));
+                loops.spawn(c::job::run(client.clone(), lead.clone()));
+                loops.spawn(c::garbage_collector::run(client.clone(), lead.clone()));
+                loops.spawn(c::serviceaccount::run(client.clone(), lead.clone()));
+                loops.spawn(c::taint_eviction::run(client.clone(), lead.clone()));
+                while loops.join_next().await.is_some() {}
+            }
+        },
+    )
+    .await;
 }
 
-/// Starts the scheduler under its own Lease (`rke2-scheduler`).
-fn spawn_scheduler(client: kube::Client, node_name: String, stop: CancellationToken) {
+/// Runs the scheduler under its own Lease (`rke2-scheduler`) until `stop`.
+async fn run_scheduler(client: kube::Client, node_name: String, stop: CancellationToken) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
-    tokio::spawn(async move {
-        rke2_controllers::leader::run_elected(
-            client.clone(),
-            rke2_scheduler::SCHEDULER_LEASE.to_string(),
-            identity,
-            rke2_controllers::leader::ElectionTiming::default(),
-            stop,
-            move |lead: CancellationToken| rke2_scheduler::run(client.clone(), lead),
-        )
-        .await;
-    });
+    rke2_controllers::leader::run_elected(
+        client.clone(),
+        rke2_scheduler::SCHEDULER_LEASE.to_string(),
+        identity,
+        rke2_controllers::leader::ElectionTiming::default(),
+        stop,
+        move |lead: CancellationToken| rke2_scheduler::run(client.clone(), lead),
+    )
+    .await;
 }
 
 /// What the node's workload side (runtime, pod network, pods) needs from
