@@ -380,6 +380,19 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
         write(n.clone()).await.unwrap().unwrap();
         acked.push(n);
     }
+    // A joined server's etcd member is a learner until s1 (whose member
+    // leads) promotes it; killing s1 before that leaves one of two voters,
+    // no quorum. HA starts once all three vote.
+    eventually(Duration::from_secs(90), "three etcd voters", || async {
+        let out = rke2_testbed::etcdctl(
+            &s[0].dir.join("data"),
+            &s[0].host.ip.to_string(),
+            &["member", "list"],
+        );
+        (rke2_testbed::started_voters(&out.stdout) == 3).then_some(())
+    })
+    .await
+    .unwrap();
     let a1_lease_before = lease_time(&leases, "a1").await.unwrap();
     let killed_at = Instant::now();
     s[0].kill9();
@@ -402,7 +415,19 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
                 _ if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
-                other => panic!("write {n} failed for 60 s after killing s1: {other:?}"),
+                other => {
+                    let tail = |p: &Proc| {
+                        let log = p.log();
+                        let lines: Vec<&str> = log.lines().collect();
+                        lines[lines.len().saturating_sub(40)..].join("\n")
+                    };
+                    panic!(
+                        "write {n} failed for 60 s after killing s1: {other:?}\n--- s1 log tail ---\n{}\n--- s2 log tail ---\n{}\n--- s3 log tail ---\n{}",
+                        tail(&s[0]),
+                        tail(&s[1]),
+                        tail(&s[2])
+                    )
+                }
             }
         }
     }
