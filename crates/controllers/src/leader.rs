@@ -123,11 +123,40 @@ pub async fn try_acquire(
     }
 }
 
+/// Gives up the lease `name` if `identity` holds it, as client-go's
+/// `ReleaseOnCancel`: no holder, a one-second duration, renewed now, so
+/// another candidate takes it at its next attempt instead of once the
+/// lease has run out. Whether it was ours to release.
+pub async fn release(
+    client: &kube::Client,
+    name: &str,
+    identity: &str,
+) -> Result<bool, kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let Some(mut current) = leases.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let spec = current.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    // The resourceVersion read above: a holder that changed meanwhile
+    // makes this a 409, and nothing of theirs is touched.
+    leases.replace(name, &PostParams::default(), &current).await?;
+    Ok(true)
+}
+
 /// Runs `lead` whenever this process holds the lease `name`, until `stop`.
 ///
 /// `lead` gets a token that is cancelled when leadership is lost (a
 /// renewal failed for longer than the lease duration), so a deposed leader
-/// stops its work before another can have started for long.
+/// stops its work before another can have started for long. On `stop`,
+/// a leader waits for `lead` to finish, then [`release`]s the lease.
 pub async fn run_elected<F, Fut>(
     client: kube::Client,
     name: String,
@@ -178,5 +207,15 @@ pub async fn run_elected<F, Fut>(
     if let Some((token, handle)) = leading.take() {
         token.cancel();
         let _ = handle.await;
+        // Stopping (not deposed): hand the lease over at once.
+        match tokio::time::timeout(RELEASE_TIMEOUT, release(&client, &name, &identity)).await {
+            Ok(Ok(true)) => info!(lease = %name, %identity, "released leadership"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => debug!(lease = %name, error = %e, "releasing the lease failed"),
+            Err(_) => debug!(lease = %name, "releasing the lease timed out"),
+        }
     }
 }
+
+/// How long a stopping leader tries to release its lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);

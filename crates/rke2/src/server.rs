@@ -517,7 +517,10 @@ async fn run_with_etcd(
         Some(workloads.cri.clone()),
         stop.clone(),
     )?;
-    spawn_control_plane(
+    // The control plane stops first, on its own token, while the
+    // apiserver still answers: its leaders release their leases.
+    let control_plane_stop = CancellationToken::new();
+    let control_plane_done = spawn_control_plane(
         ControlPlane {
             url: local_url.clone(),
             ca_pem: trust.server_ca.cert_pem.clone(),
@@ -528,7 +531,7 @@ async fn run_with_etcd(
             manifests: manifests_dir,
             cluster_cidr: cfg.cluster_cidr,
         },
-        stop.clone(),
+        control_plane_stop.clone(),
     )?;
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
 
@@ -536,6 +539,8 @@ async fn run_with_etcd(
         _ = sigterm.recv() => info!("SIGTERM received; shutting down"),
         _ = sigint.recv() => info!("SIGINT received; shutting down"),
     }
+    control_plane_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), control_plane_done).await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
     workloads.stop().await;
@@ -563,8 +568,13 @@ const CONTROL_PLANE_THREADS: usize = 2;
 /// processes apart from kube-apiserver, and here too a busy scheduler or
 /// controller pass must not hold up the apiserver's request handling on
 /// shared worker threads (the OS shares the CPU between the two runtimes'
-/// threads instead). They stop with `stop`.
-fn spawn_control_plane(cp: ControlPlane, stop: CancellationToken) -> Result<()> {
+/// threads instead). They stop with `stop`; the returned receiver
+/// resolves once they have (leases released).
+fn spawn_control_plane(
+    cp: ControlPlane,
+    stop: CancellationToken,
+) -> Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(CONTROL_PLANE_THREADS)
         .thread_name("control-plane")
@@ -601,9 +611,10 @@ fn spawn_control_plane(cp: ControlPlane, stop: CancellationToken) -> Result<()> 
                     ),
                 );
             });
+            let _ = done_tx.send(());
         })
         .context("starting the control-plane thread")?;
-    Ok(())
+    Ok(done_rx)
 }
 
 /// Runs the leader-elected control-plane loops until `stop`: one server at
