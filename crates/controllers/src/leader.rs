@@ -147,7 +147,9 @@ pub async fn release(
     ));
     // The resourceVersion read above: a holder that changed meanwhile
     // makes this a 409, and nothing of theirs is touched.
-    leases.replace(name, &PostParams::default(), &current).await?;
+    leases
+        .replace(name, &PostParams::default(), &current)
+        .await?;
     Ok(true)
 }
 
