@@ -140,30 +140,35 @@ fn pod_key(p: &Pod) -> String {
 }
 
 impl PodIndexState {
+    /// Where `pod` is filed: under its controller's uid, else with its
+    /// namespace's orphans.
+    fn bucket_of(&mut self, pod: &Pod) -> (&mut HashMap<String, HashSet<String>>, String) {
+        match controller_ref(&pod.metadata) {
+            Some(r) => (&mut self.by_owner, r.uid.clone()),
+            None => (
+                &mut self.orphans,
+                pod.metadata.namespace.clone().unwrap_or_default(),
+            ),
+        }
+    }
+
     fn unlink(&mut self, key: &str) -> Option<Arc<Pod>> {
         let old = self.pods.remove(key)?;
-        let bucket = match controller_ref(&old.metadata) {
-            Some(r) => self.by_owner.get_mut(&r.uid),
-            None => self
-                .orphans
-                .get_mut(old.metadata.namespace.as_deref().unwrap_or_default()),
-        };
-        if let Some(b) = bucket {
+        let (buckets, at) = self.bucket_of(&old);
+        if let Some(b) = buckets.get_mut(&at) {
             b.remove(key);
+            // Owners come and go: their empty buckets go with them.
+            if b.is_empty() {
+                buckets.remove(&at);
+            }
         }
         Some(old)
     }
 
     fn link(&mut self, key: String, pod: Arc<Pod>) {
         self.unlink(&key);
-        let bucket = match controller_ref(&pod.metadata) {
-            Some(r) => self.by_owner.entry(r.uid.clone()).or_default(),
-            None => self
-                .orphans
-                .entry(pod.metadata.namespace.clone().unwrap_or_default())
-                .or_default(),
-        };
-        bucket.insert(key.clone());
+        let (buckets, at) = self.bucket_of(&pod);
+        buckets.entry(at).or_default().insert(key.clone());
         self.pods.insert(key, pod);
     }
 }
@@ -1006,6 +1011,10 @@ mod tests {
         assert_eq!(names(&ix, "a", "u2"), ["orphan", "other"]);
         ix.apply(&watcher::Event::Delete(p("a", "owned", Some("u1"))));
         assert!(names(&ix, "a", "u1").is_empty());
+        assert!(
+            !ix.state.lock().unwrap().by_owner.contains_key("u1"),
+            "an owner's emptied bucket is dropped"
+        );
         // A re-list replaces everything: what it no longer shows is gone
         // even without a Delete event.
         ix.apply(&watcher::Event::Init);
