@@ -318,6 +318,7 @@ impl Load {
                 in_flight.fetch_add(1, Ordering::SeqCst);
                 tasks.push(tokio::spawn(async move {
                     let api: Api<ConfigMap> = Api::namespaced(me.client(i), &ns);
+                    let server = i % me.clients.len() + 1;
                     let name = format!("probe-{i:06}");
                     let cm: ConfigMap = serde_json::from_value(json!({
                         "metadata": {"name": name},
@@ -325,28 +326,40 @@ impl Load {
                     }))
                     .expect("a valid ConfigMap");
                     let t = me.timeout;
-                    if timed(
-                        &me.rec,
+                    if slow_logged(
+                        server,
                         "probe-create",
-                        t,
-                        api.create(&PostParams::default(), &cm),
+                        timed(
+                            &me.rec,
+                            "probe-create",
+                            t,
+                            api.create(&PostParams::default(), &cm),
+                        ),
                     )
                     .await
                     .is_ok()
                     {
                         let patch = json!({"data": {"patched": "yes"}});
-                        let _ = timed(
-                            &me.rec,
+                        let _ = slow_logged(
+                            server,
                             "probe-patch",
-                            t,
-                            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+                            timed(
+                                &me.rec,
+                                "probe-patch",
+                                t,
+                                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+                            ),
                         )
                         .await;
-                        let _ = timed(
-                            &me.rec,
+                        let _ = slow_logged(
+                            server,
                             "probe-delete",
-                            t,
-                            api.delete(&name, &DeleteParams::default()),
+                            timed(
+                                &me.rec,
+                                "probe-delete",
+                                t,
+                                api.delete(&name, &DeleteParams::default()),
+                            ),
                         )
                         .await;
                     }
@@ -779,4 +792,33 @@ async fn main() -> Result<()> {
         r = work => r,
         _ = terminated() => bail!("interrupted"),
     }
+}
+
+/// Probe writes slower than this are logged with their wall-clock start, so
+/// a stall can be matched against the servers' and etcd's logs.
+const SLOW_PROBE: Duration = Duration::from_millis(500);
+
+/// Runs a probe write and logs it (start time in UTC, server, duration) if
+/// it took longer than [`SLOW_PROBE`].
+async fn slow_logged<T>(
+    server: usize,
+    kind: &str,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    let (wall, t) = (std::time::SystemTime::now(), Instant::now());
+    let r = fut.await;
+    let took = t.elapsed();
+    if took >= SLOW_PROBE {
+        let since = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!(
+            "[load] slow {kind} via server {server}: {} ms, started at unix {}.{:03}{}",
+            took.as_millis(),
+            since.as_secs(),
+            since.subsec_millis(),
+            if r.is_ok() { "" } else { " (failed)" }
+        );
+    }
+    r
 }
