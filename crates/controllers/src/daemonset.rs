@@ -46,7 +46,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use rke2_apimachinery::selectors::{LabelOperator, Requirement, label_selector_from_json};
@@ -530,6 +530,11 @@ fn error_policy(ds: Arc<DaemonSet>, e: &Error, _: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Reconciles running at once (kube-controller-manager's `--concurrent-daemonset-syncs`
+/// default). Unbounded, a burst of owners floods the apiserver with writes
+/// and every other client's requests queue behind them.
+const WORKERS: u16 = 2;
+
 /// Runs until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let dss: Api<DaemonSet> = Api::all(client.clone());
@@ -549,6 +554,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(stop.cancelled_owned())
+        .with_config(controller::Config::default().concurrency(WORKERS))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

@@ -51,7 +51,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -546,6 +546,11 @@ fn progress_deadline(d: &Deployment) -> Option<i32> {
 // ---------------------------------------------------------------------------
 // The loop.
 
+/// Reconciles running at once (kube-controller-manager's `--concurrent-deployment-syncs`
+/// default). Unbounded, a burst of owners floods the apiserver with writes
+/// and every other client's requests queue behind them.
+const WORKERS: u16 = 5;
+
 /// Runs the Deployment controller until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let deployments: Api<Deployment> = Api::all(client.clone());
@@ -553,6 +558,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
     let ctx = Arc::new(Ctx::new(client));
     let stream = Controller::new(deployments, watcher::Config::default())
         .owns(rss, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(WORKERS))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {

@@ -42,7 +42,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use rke2_apimachinery::selectors::label_selector_from_json;
 use serde_json::json;
@@ -413,6 +413,11 @@ fn error_policy(job: Arc<Job>, e: &Error, _: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Reconciles running at once (kube-controller-manager's `--concurrent-job-syncs`
+/// default). Unbounded, a burst of owners floods the apiserver with writes
+/// and every other client's requests queue behind them.
+const WORKERS: u16 = 5;
+
 /// Runs until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let jobs: Api<Job> = Api::all(client.clone());
@@ -422,6 +427,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
     Controller::new(jobs, watcher::Config::default())
         .owns(pods, watcher::Config::default())
         .graceful_shutdown_on(stop.cancelled_owned())
+        .with_config(controller::Config::default().concurrency(WORKERS))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

@@ -45,7 +45,7 @@ use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -691,6 +691,11 @@ async fn delete_pod(api: &Api<Pod>, name: &str, dp: &DeleteParams) -> Result<(),
 // ---------------------------------------------------------------------------
 // The loop.
 
+/// Reconciles running at once (kube-controller-manager's `--concurrent-replicaset-syncs`
+/// default). Unbounded, a burst of owners floods the apiserver with writes
+/// and every other client's requests queue behind them.
+const WORKERS: u16 = 5;
+
 /// Runs the ReplicaSet controller until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let rss: Api<ReplicaSet> = Api::all(client.clone());
@@ -734,6 +739,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
                     .collect(),
             }
         })
+        .with_config(controller::Config::default().concurrency(WORKERS))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
@@ -66,6 +66,10 @@ fn error_policy(ns: Arc<Namespace>, e: &kube::Error, _: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Reconciles running at once: kube-controller-manager runs its
+/// serviceaccounts controller with one worker.
+const WORKERS: u16 = 1;
+
 /// Runs until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -82,6 +86,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
             },
         )
         .graceful_shutdown_on(stop.cancelled_owned())
+        .with_config(controller::Config::default().concurrency(WORKERS))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
