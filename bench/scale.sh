@@ -485,7 +485,7 @@ HOL_STEADY_P99=$(hol period2 all-writes p99)
 WATCH_WRITE_P99=$(latf "$W" watch.watch-write p99)
 RAW_OPS=$(ref "raw etcd put" 5); RAW_P50=$(ref "raw etcd put" 6); RAW_P99=$(ref "raw etcd put" 7)
 API_OPS=$(ref "API POST" 5); API_P50=$(ref "API POST" 6); API_P99=$(ref "API POST" 7)
-STORE_OPS=$(ref "raw range + txn" 5); STORE_P99=$(ref "raw range + txn" 7)
+STORE_OPS=$(ref "raw txn (store)" 5); STORE_P99=$(ref "raw txn (store)" 7)
 WORST_P99=$(printf '%s\n' "$PROBE_P99" "$RS_P99" "$HOL_RAMP_P99" | awk '$1 != "n/a" && $1 != "" { if ($1 > m) m = $1 } END { print m + 0 }')
 
 ROWS=()   # label|value|target
@@ -555,7 +555,7 @@ for p in "${PROCS[@]}"; do
 done
 ctx "reference raw etcd put: ops/s, p50 / p99 (ms)" "$(ops "$RAW_OPS"), $(ms "$RAW_P50") / $(ms "$RAW_P99")"
 ctx "same size via the API (POST ConfigMap): ops/s, p50 / p99 (ms)" "$(ops "$API_OPS"), $(ms "$API_P50") / $(ms "$API_P99")"
-ctx "raw range + txn (what the store does per create): ops/s, p99 (ms)" "$(ops "$STORE_OPS"), $(ms "$STORE_P99")"
+ctx "raw txn (what the store does per create): ops/s, p99 (ms)" "$(ops "$STORE_OPS"), $(ms "$STORE_P99")"
 ctx "stored Running pod (bytes)" "$POD_BYTES"
 ctx "server log WARN/ERROR lines (of them 'no free pod CIDR')" "$ERRLINES ($CIDR_WARN)"
 
@@ -625,6 +625,6 @@ mkdir -p "$(dirname "$OUT")"
     echo "its create was sent. The reference runs after the rest with the hollow nodes"
     echo "still renewing their leases (rke2-bench-api \`--phases create\`: raw puts of"
     echo "a ConfigMap JSON the size of a stored Running pod, then the same through the"
-    echo "API, then the store's range + txn), $CONCURRENCY in flight, on server 1's etcd."
+    echo "API, then the store's txn), $CONCURRENCY in flight, on server 1's etcd."
 } >"$OUT"
 log "wrote $OUT"
