@@ -387,6 +387,27 @@ fn cm_path(ns: &str) -> Request {
     Request::new(format!("/api/v1/namespaces/{ns}/configmaps"))
 }
 
+/// The store's write: `Compare(mod_revision == rev) -> Put else Get`, the
+/// same transaction `crates/datastore` sends (rev 0: create if absent).
+async fn put_if_revision(
+    etcd: &mut etcd_client::Client,
+    key: String,
+    value: Vec<u8>,
+    rev: i64,
+) -> Result<()> {
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+        .and_then([TxnOp::put(key.clone(), value, None)])
+        .or_else([TxnOp::get(key, None)]);
+    if !etcd.txn(txn).await?.succeeded() {
+        bail!(if rev == 0 {
+            "key exists"
+        } else {
+            "revision conflict"
+        });
+    }
+    Ok(())
+}
 fn name(i: usize) -> String {
     format!("cm-{i:06}")
 }
@@ -507,16 +528,7 @@ impl Bench {
         self.phase("create", "raw txn (store)", n, move |i| {
             let mut etcd = etcd.clone();
             let (b, key) = (b.clone(), format!("{prefix}{}", name(i)));
-            async move {
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), b[i].clone(), None)])
-                    .or_else([TxnOp::get(key, None)]);
-                if !etcd.txn(txn).await?.succeeded() {
-                    bail!("key exists");
-                }
-                Ok(())
-            }
+            async move { put_if_revision(&mut etcd, key, b[i].clone(), 0).await }
         })
         .await?;
         Ok((raw_revs, api_revs))
@@ -594,16 +606,7 @@ impl Bench {
                 format!("{prefix}{}", name(i)),
                 revs[i].load(Ordering::Relaxed),
             );
-            async move {
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                    .and_then([TxnOp::put(key.clone(), b[i].clone(), None)])
-                    .or_else([TxnOp::get(key, None)]);
-                if !etcd.txn(txn).await?.succeeded() {
-                    bail!("revision conflict");
-                }
-                Ok(())
-            }
+            async move { put_if_revision(&mut etcd, key, b[i].clone(), rev).await }
         })
         .await?;
         let (kube, b, nsc) = (self.kube.clone(), api_bodies.clone(), ns.clone());
@@ -631,14 +634,7 @@ impl Bench {
                 async move {
                     let cur = etcd.get(key.clone(), None).await?;
                     let rev = cur.kvs().first().map(|k| k.mod_revision()).unwrap_or(0);
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                        .and_then([TxnOp::put(key.clone(), b[i].clone(), None)])
-                        .or_else([TxnOp::get(key, None)]);
-                    if !etcd.txn(txn).await?.succeeded() {
-                        bail!("revision conflict");
-                    }
-                    Ok(())
+                    put_if_revision(&mut etcd, key, b[i].clone(), rev).await
                 }
             },
         )

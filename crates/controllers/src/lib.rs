@@ -11,6 +11,7 @@ pub mod addons;
 pub mod daemonset;
 pub mod deployment;
 pub mod garbage_collector;
+pub mod informer;
 pub mod job;
 pub mod leader;
 pub mod node_ipam;
@@ -19,6 +20,18 @@ pub mod replicaset;
 pub mod server_removal;
 pub mod serviceaccount;
 pub mod taint_eviction;
+
+/// `namespace/name` of an object: how the loops key and log namespaced
+/// objects (client-go's `cache.MetaNamespaceKeyFunc`).
+pub(crate) fn namespaced_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
 
 /// The Lease held by the server running the controllers.
 pub const CONTROLLERS_LEASE: &str = "rke2-controller-manager";

@@ -78,16 +78,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::informer;
 
 /// Where nodes keep their Leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -522,42 +522,13 @@ async fn live_lists(
     Ok((by_name(n), by_name(l)))
 }
 
-/// A reflector over `api`, served from the apiserver's watch cache, kept
-/// until `stop`.
-fn spawn_reflector<K>(api: Api<K>, what: &'static str, stop: &CancellationToken) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + k8s_openapi::serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()).default_backoff(),
-    );
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream.take_until(stop.cancelled_owned()));
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                debug!(resource = what, error = %e, "watch failed; retrying");
-            }
-        }
-    });
-    reader
-}
-
 /// Runs the node lifecycle loop until `stop`.
 pub async fn run(client: kube::Client, cfg: NodeLifecycleConfig, stop: CancellationToken) {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, NODE_LEASE_NAMESPACE);
     let caches = Caches {
-        nodes: spawn_reflector(nodes.clone(), "nodes", &stop),
-        leases: spawn_reflector(leases.clone(), "node leases", &stop),
+        nodes: informer::spawn(nodes.clone(), "nodes", &stop, |_| {}),
+        leases: informer::spawn(leases.clone(), "node leases", &stop, |_| {}),
     };
     // Judging nodes before both initial lists are in would see every
     // node without its Lease.

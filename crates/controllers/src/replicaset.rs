@@ -132,11 +132,7 @@ struct PodIndexState {
 }
 
 fn pod_key(p: &Pod) -> String {
-    format!(
-        "{}/{}",
-        p.metadata.namespace.as_deref().unwrap_or_default(),
-        p.metadata.name.as_deref().unwrap_or_default()
-    )
+    crate::namespaced_name(&p.metadata)
 }
 
 impl PodIndexState {

@@ -36,16 +36,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Taint, Toleration};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::informer;
 
 /// The effect whose taints evict running pods.
 pub const NO_EXECUTE: &str = "NoExecute";
@@ -170,11 +171,7 @@ struct Plan {
 }
 
 fn who(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
+    crate::namespaced_name(&pod.metadata)
 }
 
 /// Evaluates the pods bound to one node with the node's `NoExecute`
@@ -293,46 +290,27 @@ fn lock(dirty: &Mutex<Dirty>) -> std::sync::MutexGuard<'_, Dirty> {
     dirty.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An informer whose events mark `dirty` (through `mark`, or as a re-list)
+/// and wake the loop.
 fn spawn_reflector<K>(
     api: Api<K>,
-    stop: CancellationToken,
+    what: &'static str,
+    stop: &CancellationToken,
     notify: Arc<Notify>,
     dirty: Arc<Mutex<Dirty>>,
     mark: fn(&mut Dirty, &K),
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + k8s_openapi::serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: informer::Informable,
 {
-    let (reader, writer) = reflector::store::<K>();
-    // Lists come from the watch cache, as client-go informers' do.
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()).default_backoff(),
-    );
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream.take_until(stop.cancelled_owned()));
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                    mark(&mut lock(&dirty), &o)
-                }
-                Ok(watcher::Event::InitDone) => lock(&dirty).relisted = true,
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
-                Err(e) => {
-                    debug!(error = %e, "watch failed; retrying");
-                    continue;
-                }
-            }
-            notify.notify_one();
+    informer::spawn(api, what, stop, move |ev| {
+        match ev {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => mark(&mut lock(&dirty), o),
+            watcher::Event::InitDone => lock(&dirty).relisted = true,
+            watcher::Event::Init | watcher::Event::InitApply(_) => return,
         }
-    });
-    reader
+        notify.notify_one();
+    })
 }
 
 /// How long the loop waits between being woken and its pass, so that a
@@ -345,7 +323,8 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
     let dirty = Arc::new(Mutex::new(Dirty::default()));
     let nodes = spawn_reflector::<Node>(
         Api::all(client.clone()),
-        stop.clone(),
+        "nodes",
+        &stop,
         notify.clone(),
         dirty.clone(),
         |d, n| {
@@ -354,7 +333,8 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
     );
     let pods = spawn_reflector::<Pod>(
         Api::all(client.clone()),
-        stop.clone(),
+        "pods",
+        &stop,
         notify.clone(),
         dirty.clone(),
         |d, p| {
