@@ -408,6 +408,7 @@ async fn put_if_revision(
     }
     Ok(())
 }
+
 fn name(i: usize) -> String {
     format!("cm-{i:06}")
 }

@@ -9,29 +9,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-/// What a reflector can hold: a typed, static-scoped API object.
-pub trait Informable:
-    kube::Resource<DynamicType = ()>
-    + Clone
-    + k8s_openapi::serde::de::DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<K> Informable for K where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + k8s_openapi::serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static
-{
-}
-
 /// Starts a reflector over `api` that runs until `stop` and returns its
 /// store. Lists come from the apiserver's watch cache (resourceVersion=0),
 /// as client-go informers' do. `on_event` sees each event after the store
@@ -44,7 +21,13 @@ pub fn spawn<K, F>(
     mut on_event: F,
 ) -> Store<K>
 where
-    K: Informable,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
     let (reader, writer) = reflector::store::<K>();

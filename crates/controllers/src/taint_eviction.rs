@@ -290,27 +290,21 @@ fn lock(dirty: &Mutex<Dirty>) -> std::sync::MutexGuard<'_, Dirty> {
     dirty.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// An informer whose events mark `dirty` (through `mark`, or as a re-list)
-/// and wake the loop.
-fn spawn_reflector<K>(
-    api: Api<K>,
-    what: &'static str,
-    stop: &CancellationToken,
+/// The informer callback of this loop: an event marks `dirty` (through
+/// `mark`, or as a re-list) and wakes the loop.
+fn marking<K: 'static>(
     notify: Arc<Notify>,
     dirty: Arc<Mutex<Dirty>>,
     mark: fn(&mut Dirty, &K),
-) -> Store<K>
-where
-    K: informer::Informable,
-{
-    informer::spawn(api, what, stop, move |ev| {
+) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+    move |ev| {
         match ev {
             watcher::Event::Apply(o) | watcher::Event::Delete(o) => mark(&mut lock(&dirty), o),
             watcher::Event::InitDone => lock(&dirty).relisted = true,
             watcher::Event::Init | watcher::Event::InitApply(_) => return,
         }
         notify.notify_one();
-    })
+    }
 }
 
 /// How long the loop waits between being woken and its pass, so that a
@@ -321,25 +315,21 @@ const REST: Duration = Duration::from_millis(100);
 pub async fn run(client: kube::Client, stop: CancellationToken) {
     let notify = Arc::new(Notify::new());
     let dirty = Arc::new(Mutex::new(Dirty::default()));
-    let nodes = spawn_reflector::<Node>(
+    let nodes = informer::spawn(
         Api::all(client.clone()),
         "nodes",
         &stop,
-        notify.clone(),
-        dirty.clone(),
-        |d, n| {
+        marking(notify.clone(), dirty.clone(), |d, n: &Node| {
             d.nodes.insert(n.metadata.name.clone().unwrap_or_default());
-        },
+        }),
     );
-    let pods = spawn_reflector::<Pod>(
+    let pods = informer::spawn(
         Api::all(client.clone()),
         "pods",
         &stop,
-        notify.clone(),
-        dirty.clone(),
-        |d, p| {
+        marking(notify.clone(), dirty.clone(), |d, p: &Pod| {
             d.pods.insert(ObjectRef::from_obj(p));
-        },
+        }),
     );
     tokio::select! {
         _ = stop.cancelled() => return,

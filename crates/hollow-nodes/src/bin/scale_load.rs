@@ -326,40 +326,31 @@ impl Load {
                     }))
                     .expect("a valid ConfigMap");
                     let t = me.timeout;
-                    if slow_logged(
+                    if probe_write(
+                        &me.rec,
+                        t,
                         server,
                         "probe-create",
-                        timed(
-                            &me.rec,
-                            "probe-create",
-                            t,
-                            api.create(&PostParams::default(), &cm),
-                        ),
+                        api.create(&PostParams::default(), &cm),
                     )
                     .await
                     .is_ok()
                     {
                         let patch = json!({"data": {"patched": "yes"}});
-                        let _ = slow_logged(
+                        let _ = probe_write(
+                            &me.rec,
+                            t,
                             server,
                             "probe-patch",
-                            timed(
-                                &me.rec,
-                                "probe-patch",
-                                t,
-                                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
-                            ),
+                            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
                         )
                         .await;
-                        let _ = slow_logged(
+                        let _ = probe_write(
+                            &me.rec,
+                            t,
                             server,
                             "probe-delete",
-                            timed(
-                                &me.rec,
-                                "probe-delete",
-                                t,
-                                api.delete(&name, &DeleteParams::default()),
-                            ),
+                            api.delete(&name, &DeleteParams::default()),
                         )
                         .await;
                     }
@@ -798,15 +789,18 @@ async fn main() -> Result<()> {
 /// a stall can be matched against the servers' and etcd's logs.
 const SLOW_PROBE: Duration = Duration::from_millis(500);
 
-/// Runs a probe write and logs it (start time in UTC, server, duration) if
-/// it took longer than [`SLOW_PROBE`].
-async fn slow_logged<T>(
+/// Runs a probe write through [`timed`] (recorded under `kind`, bounded by
+/// `limit`) and logs it (start time in UTC, server, duration) if it took
+/// longer than [`SLOW_PROBE`].
+async fn probe_write<T>(
+    rec: &Recorder,
+    limit: Duration,
     server: usize,
-    kind: &str,
+    kind: &'static str,
     fut: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, kube::Error> {
     let (wall, t) = (std::time::SystemTime::now(), Instant::now());
-    let r = fut.await;
+    let r = timed(rec, kind, limit, fut).await;
     let took = t.elapsed();
     if took >= SLOW_PROBE {
         let since = wall
