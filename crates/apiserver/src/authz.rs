@@ -64,6 +64,9 @@ pub fn decide(id: &Identity, verb: &str, path: &ResourcePath) -> Decision {
         ("", "events") => matches!(verb, "create" | "update" | "patch") || read,
         // What a kubelet reads to run its pods. Upstream narrows secrets and
         // configmaps to those of pods bound to the node; not yet here.
+        // Tokens for its pods' accounts; the handler checks the token is
+        // bound to a pod on this node (upstream's NodeRestriction).
+        ("", "serviceaccounts") if sub == Some("token") => verb == "create",
         (
             "",
             "services" | "endpoints" | "namespaces" | "configmaps" | "secrets" | "serviceaccounts",

@@ -98,6 +98,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "binding" => ("Binding", &["create"]),
                 "finalize" => (rt.kind, &["update"]),
                 "scale" => ("Scale", &["get", "patch", "update"]),
+                "token" => ("TokenRequest", &["create"]),
                 // Proxied to the node API (`proxy.rs`).
                 "log" => (rt.kind, &["get"]),
                 "exec" => ("PodExecOptions", &["create", "get"]),
@@ -113,6 +114,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             });
             if *sub == "scale" {
                 entry["group"] = json!("autoscaling");
+                entry["version"] = json!("v1");
+            }
+            if *sub == "token" {
+                entry["group"] = json!("authentication.k8s.io");
                 entry["version"] = json!("v1");
             }
             resources.push(entry);
@@ -151,6 +156,7 @@ mod tests {
             "pods/log",
             "pods/exec",
             "pods/attach",
+            "serviceaccounts/token",
         ] {
             assert!(names.contains(&n), "{n} missing");
         }

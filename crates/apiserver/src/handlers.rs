@@ -125,6 +125,9 @@ pub async fn handle(
         }
         (&Method::POST, false, None) => create(&ctx, content_type, &body).await,
         (&Method::POST, true, Some("binding")) => bind(&ctx, content_type, &body).await,
+        (&Method::POST, true, Some("token")) if ctx.rt().plural == "serviceaccounts" => {
+            token_request(&ctx, content_type, &body).await
+        }
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {
             scale(&ctx, &method, content_type, &body).await
         }
@@ -493,6 +496,9 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     objects::prepare_create(rt, &mut obj, ctx.ns())?;
     objects::validate(rt, &obj)?;
     ensure_namespace(ctx).await?;
+    if rt.kind == "Pod" {
+        crate::serviceaccounts::admit_pod(ctx.state, &mut obj).await?;
+    }
     let name = name_of(&obj).to_string();
     if ctx.dry_run() {
         return Ok(obj);
@@ -870,6 +876,29 @@ async fn scale(
         }
     }
     Err(ApiError::conflict(rt, &name))
+}
+
+/// `serviceaccounts/<name>/token`: a TokenRequest in, the same with its
+/// token out (nothing is stored).
+async fn token_request(
+    ctx: &Ctx<'_>,
+    content_type: Option<String>,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let ty = crate::request::body_type(content_type.as_deref())
+        .ok_or_else(|| ApiError::unsupported_media("application/json"))?;
+    let request = decode_body(body, ty)?;
+    let name = ctx.path.name.clone().unwrap_or_default();
+    let ns = ctx.ns().unwrap_or("default");
+    let answer = crate::serviceaccounts::token_request(
+        ctx.state,
+        ns,
+        &name,
+        ctx.node_scope.as_deref(),
+        request,
+    )
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &answer))
 }
 
 async fn bind(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {

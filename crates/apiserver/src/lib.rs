@@ -7,7 +7,8 @@
 //! routing, storage keys and [`table`] printing; [`proxy`] forwards
 //! `pods/log`, `pods/exec` and `pods/attach` to the node API on 10250;
 //! [`watch_cache`] follows one etcd watch per resource type and fans it
-//! out to client watches.
+//! out to client watches; [`tokens`] issues and checks service-account
+//! tokens.
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
@@ -24,9 +25,11 @@ pub mod proxy;
 pub mod registry;
 pub mod request;
 pub mod server;
+pub mod serviceaccounts;
 pub mod ssa;
 pub mod status;
 pub mod table;
+pub mod tokens;
 pub mod watch_cache;
 
 use std::net::IpAddr;
@@ -46,6 +49,8 @@ pub struct ApiConfig {
     /// TLS towards node APIs (`pods/log`, `pods/exec`, `pods/attach`):
     /// the server CA and the apiserver's kubelet-client certificate.
     pub node_client: proxy::NodeClientTls,
+    /// Signs and verifies service-account tokens (`service.key`).
+    pub tokens: Arc<tokens::TokenIssuer>,
 }
 
 /// State shared by every request; cheap to clone.

@@ -652,7 +652,7 @@ fn pod_cidrs(node: &Value) -> Vec<&str> {
     }
 }
 
-fn random_suffix(n: usize) -> String {
+pub(crate) fn random_suffix(n: usize) -> String {
     use rand::Rng;
     // Same alphabet as apimachinery's utilrand: no vowels, no confusables.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";

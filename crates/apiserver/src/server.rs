@@ -135,11 +135,30 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
         }
         return health(&state, &path).await;
     }
-    let Some(Some(identity)) = parts.extensions.get::<Option<Identity>>().cloned() else {
-        return ApiError::unauthorized().into_response();
+    let identity = match parts
+        .extensions
+        .get::<Option<Identity>>()
+        .cloned()
+        .flatten()
+    {
+        Some(id) => id,
+        // No client certificate: a service-account bearer token, else 401.
+        None => match crate::tokens::bearer(&parts.headers) {
+            Some(token) => match crate::tokens::authenticate(&state, token).await {
+                Ok(id) => id,
+                Err(e) => {
+                    debug!(error = %e, "bearer token rejected");
+                    return ApiError::unauthorized().into_response();
+                }
+            },
+            None => return ApiError::unauthorized().into_response(),
+        },
     };
     let query = Query::parse(parts.uri.query());
     let route = match path.as_str() {
+        SELF_SUBJECT_REVIEW if parts.method == http::Method::POST => {
+            return json(StatusCode::CREATED, &self_subject_review(&identity));
+        }
         "/openapi/v2" => {
             // An empty protobuf document is a valid, empty spec: kubectl
             // then validates nothing client-side and uses its compiled-in
@@ -239,6 +258,20 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
             handlers::handle(ctx, parts.method, content_type, body).await
         }
     }
+}
+
+/// `kubectl auth whoami`'s endpoint; every authenticated user may ask who
+/// they are (upstream's `system:basic-user`).
+const SELF_SUBJECT_REVIEW: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
+
+/// The SelfSubjectReview answer: the identity this request authenticated as.
+fn self_subject_review(id: &Identity) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "status": {"userInfo": {"username": id.user, "groups": id.groups}},
+    })
 }
 
 fn verb_of(method: &http::Method, named: bool, q: &Query) -> &'static str {

@@ -163,6 +163,10 @@ impl Bed {
                     trust.kube_apiserver_client.key_pem.as_bytes(),
                 )
                 .expect("node client TLS"),
+                tokens: std::sync::Arc::new(
+                    rke2_apiserver::tokens::TokenIssuer::from_pem(&trust.service_account_key_pem)
+                        .expect("the trust's service.key"),
+                ),
             },
             store,
         );

@@ -17,6 +17,7 @@ pub mod leader;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod root_ca;
 pub mod server_removal;
 pub mod serviceaccount;
 pub mod taint_eviction;

@@ -366,6 +366,12 @@ async fn run_with_etcd(
                 trust.kube_apiserver_client.key_pem.as_bytes(),
             )
             .context("building the node API client for pods/log, exec and attach")?,
+            tokens: std::sync::Arc::new(
+                rke2_apiserver::tokens::TokenIssuer::from_pem(&trust.service_account_key_pem)
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: {e}", trust.service_account_key_path.display())
+                    })?,
+            ),
         },
         store,
     );
@@ -603,6 +609,7 @@ fn spawn_control_plane(
                     run_scheduler(client.clone(), cp.node_name.clone(), stop.clone()),
                     run_controllers(
                         client,
+                        cp.ca_pem.clone(),
                         cp.node_name,
                         cp.store,
                         cp.manifests,
@@ -621,6 +628,7 @@ fn spawn_control_plane(
 /// a time runs all of them; another takes over within ~10 s of its death.
 async fn run_controllers(
     client: kube::Client,
+    root_ca_pem: String,
     node_name: String,
     store: Store,
     manifests: std::path::PathBuf,
@@ -639,6 +647,7 @@ async fn run_controllers(
             let store = store.clone();
             let manifests = manifests.clone();
             let node_name = node_name.clone();
+            let root_ca_pem = root_ca_pem.clone();
             async move {
                 let mut loops = tokio::task::JoinSet::new();
                 loops.spawn(rke2_controllers::server_removal::run(
@@ -670,6 +679,7 @@ async fn run_controllers(
                 loops.spawn(c::job::run(client.clone(), lead.clone()));
                 loops.spawn(c::garbage_collector::run(client.clone(), lead.clone()));
                 loops.spawn(c::serviceaccount::run(client.clone(), lead.clone()));
+                loops.spawn(c::root_ca::run(client.clone(), root_ca_pem, lead.clone()));
                 loops.spawn(c::taint_eviction::run(client.clone(), lead.clone()));
                 while loops.join_next().await.is_some() {}
             }

@@ -1435,3 +1435,328 @@ async fn cascade_with(k: &Kubectl) -> Result<()> {
     .await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// service-account tokens: TokenRequest, bearer authentication, admission
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens() {
+    let server = start_server().await;
+    for_each_kubectl(&server, |k| async move { tokens_with(&k).await }).await;
+    node_token_restriction(&server)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n--- server log tail ---\n{}", log_tail(&server, 40)));
+}
+
+/// The claims of a JWT (its middle part), unverified.
+fn jwt_claims(token: &str) -> Result<Value> {
+    use base64::Engine;
+    let part = token
+        .split('.')
+        .nth(1)
+        .with_context(|| format!("not a JWT: {token:?}"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+async fn tokens_with(k: &Kubectl) -> Result<()> {
+    let ns = k.name("sa");
+    k.ok(&["create", "namespace", &ns])?;
+    // Every namespace gets its default account and the cluster CA.
+    let server_ca = std::fs::read_to_string(k.server.dir.join("data/server/tls/server-ca.crt"))?;
+    poll("default account and kube-root-ca.crt", || {
+        let sa = k.output(&["-n", &ns, "get", "sa", "default"])?;
+        let ca = k.jsonpath(&["-n", &ns, "cm", "kube-root-ca.crt"], "{.data.ca\\.crt}");
+        Ok((sa.status.success() && ca.ok().as_deref() == Some(server_ca.as_str())).then_some(()))
+    })
+    .await?;
+    // A deleted CA ConfigMap is published again.
+    k.ok(&["-n", &ns, "delete", "cm", "kube-root-ca.crt"])?;
+    poll("kube-root-ca.crt published again", || {
+        let ca = k.jsonpath(&["-n", &ns, "cm", "kube-root-ca.crt"], "{.data.ca\\.crt}");
+        Ok((ca.ok().as_deref() == Some(server_ca.as_str())).then_some(()))
+    })
+    .await?;
+
+    // `kubectl create token`: a one-hour token of the account.
+    let token = k
+        .ok(&["-n", &ns, "create", "token", "default"])?
+        .trim()
+        .to_string();
+    let claims = jwt_claims(&token)?;
+    let user = format!("system:serviceaccount:{ns}:default");
+    ensure!(claims["sub"] == user.as_str(), "claims: {claims}");
+    ensure!(
+        claims["iss"] == "https://kubernetes.default.svc.cluster.local",
+        "claims: {claims}"
+    );
+    ensure!(
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0) == 3600,
+        "claims: {claims}"
+    );
+    ensure!(
+        claims["kubernetes.io"]["namespace"] == ns.as_str(),
+        "claims: {claims}"
+    );
+
+    // The token alone (no client certificate) authenticates as the account.
+    let as_token = |t: &str, file: &str| -> Result<Kubectl> {
+        let path = k
+            .server
+            .dir
+            .join(format!("{}-{file}.yaml", k.name("token")));
+        rke2_testbed::token_kubeconfig(&k.server.kubeconfig, t, &path)?;
+        let mut other = k.clone();
+        other.server.kubeconfig = path;
+        Ok(other)
+    };
+    let t = as_token(&token, "plain")?;
+    let me: Value = serde_json::from_str(&t.ok(&["auth", "whoami", "-o", "json"])?)?;
+    ensure!(
+        me["status"]["userInfo"]["username"] == user.as_str(),
+        "whoami: {me}"
+    );
+    let groups = me["status"]["userInfo"]["groups"].to_string();
+    ensure!(
+        groups.contains(&format!("system:serviceaccounts:{ns}"))
+            && groups.contains("system:authenticated"),
+        "groups: {groups}"
+    );
+    // Authenticated is not authorized: the account may not list pods.
+    let err = t.fails(&["-n", &ns, "get", "pods"])?;
+    ensure!(
+        err.contains(&format!("User \"{user}\" cannot list resource \"pods\"")),
+        "stderr: {err}"
+    );
+    // A token with a changed signature is refused as unauthenticated.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap_or('A');
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let err = as_token(&forged, "forged")?.fails(&["auth", "whoami"])?;
+    ensure!(err.contains("Unauthorized"), "stderr: {err}");
+
+    // Bad requests, with upstream's words.
+    let err = k.fails(&["-n", &ns, "create", "token", "default", "--duration=5m"])?;
+    ensure!(
+        err.contains("may not specify a duration less than 10 minutes"),
+        "stderr: {err}"
+    );
+    let err = k.fails(&["-n", &ns, "create", "token", "nobody"])?;
+    ensure!(
+        err.contains("serviceaccounts \"nobody\" not found"),
+        "stderr: {err}"
+    );
+
+    // Admission: the account's token volume is mounted into every
+    // container; a missing account is refused; automount can be turned off.
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  nodeName: nowhere\n{extra}  containers:\n  - name: c\n    image: busybox\n"
+        )
+    };
+    let p = k.name("bound");
+    k.ok(&[
+        "create",
+        "-f",
+        k.file("bound.yaml", &pod(&p, ""))?.to_str().unwrap_or(""),
+    ])?;
+    let spec = k.get_json(&["-n", &ns, "pod", &p])?["spec"].clone();
+    ensure!(spec["serviceAccountName"] == "default", "spec: {spec}");
+    let volume = &spec["volumes"][0];
+    ensure!(
+        volume["name"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("kube-api-access-")
+            && volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"]
+                == 3607,
+        "volumes: {}",
+        spec["volumes"]
+    );
+    let mount = &spec["containers"][0]["volumeMounts"][0];
+    ensure!(
+        mount["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+            && mount["readOnly"] == true
+            && mount["name"] == volume["name"],
+        "mounts: {}",
+        spec["containers"][0]["volumeMounts"]
+    );
+    let err = k.fails(&[
+        "create",
+        "-f",
+        k.file(
+            "ghost.yaml",
+            &pod(&k.name("ghost"), "  serviceAccountName: missing\n"),
+        )?
+        .to_str()
+        .unwrap_or(""),
+    ])?;
+    ensure!(
+        err.contains(&format!(
+            "error looking up service account {ns}/missing: serviceaccount \"missing\" not found"
+        )),
+        "stderr: {err}"
+    );
+    let quiet = k.name("quiet");
+    k.ok(&[
+        "create",
+        "-f",
+        k.file(
+            "quiet.yaml",
+            &pod(&quiet, "  automountServiceAccountToken: false\n"),
+        )?
+        .to_str()
+        .unwrap_or(""),
+    ])?;
+    let spec = k.get_json(&["-n", &ns, "pod", &quiet])?["spec"].clone();
+    ensure!(
+        spec["volumes"].is_null() && spec["containers"][0]["volumeMounts"].is_null(),
+        "spec: {spec}"
+    );
+
+    // A token bound to a pod works while the pod exists, not after.
+    let bound = k
+        .ok(&[
+            "-n",
+            &ns,
+            "create",
+            "token",
+            "default",
+            "--bound-object-kind=Pod",
+            &format!("--bound-object-name={p}"),
+            "--duration=20m",
+        ])?
+        .trim()
+        .to_string();
+    let claims = jwt_claims(&bound)?;
+    ensure!(
+        claims["kubernetes.io"]["pod"]["name"] == p.as_str(),
+        "claims: {claims}"
+    );
+    ensure!(claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0) == 1200);
+    let b = as_token(&bound, "bound")?;
+    b.ok(&["auth", "whoami"])?;
+    k.ok(&[
+        "-n",
+        &ns,
+        "delete",
+        "pod",
+        &p,
+        "--grace-period=0",
+        "--force",
+    ])?;
+    poll("the bound token refused after its pod is gone", || {
+        let out = b.output(&["auth", "whoami"])?;
+        Ok(
+            (!out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("Unauthorized"))
+            .then_some(()),
+        )
+    })
+    .await?;
+    // So is the plain token once its account is deleted.
+    k.ok(&["-n", &ns, "delete", "sa", "default"])?;
+    poll(
+        "the plain token refused after its account is deleted (or recreated)",
+        || {
+            let out = t.output(&["auth", "whoami"])?;
+            Ok((!out.status.success()).then_some(()))
+        },
+    )
+    .await?;
+    k.ok(&["delete", "namespace", &ns, "--wait=false"])?;
+    Ok(())
+}
+
+/// A node may only ask for tokens bound to pods that run on it.
+async fn node_token_restriction(server: &Server) -> Result<()> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+    use kube::api::{Api, PostParams};
+    // A node's client certificate, as the supervisor issues it to agents.
+    let tls = server.data_dir.join("server/tls");
+    let client_ca =
+        rke2_trust::CertAuthority::load(&tls.join("client-ca.crt"), &tls.join("client-ca.key"))?;
+    let node = "token-node";
+    let (cert, key) = client_ca.issue(&rke2_trust::LeafSpec::client(
+        &format!("system:node:{node}"),
+        &["system:nodes"],
+    ))?;
+    let agent = server.dir.path().join("token-node");
+    std::fs::create_dir_all(&agent)?;
+    std::fs::write(agent.join("client-kubelet.crt"), cert)?;
+    std::fs::write(agent.join("client-kubelet.key"), key)?;
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: d\nclusters: [{{name: d, cluster: {{server: \"https://{}:6443\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: d, user: {{client-certificate: \"{}\", client-key: \"{}\"}}}}]\ncontexts: [{{name: d, context: {{cluster: d, user: d}}}}]\n",
+        server.ip,
+        server.data_dir.join("server/tls/server-ca.crt").display(),
+        agent.join("client-kubelet.crt").display(),
+        agent.join("client-kubelet.key").display(),
+    );
+    let path = server.dir.path().join("node.yaml");
+    std::fs::write(&path, kc)?;
+    let as_node = rke2_testbed::client_from_kubeconfig(&path).await?;
+    let admin = server.client().await?;
+    let pods: Api<Pod> = Api::namespaced(admin, "default");
+    let elsewhere: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "on-another-node"},
+        "spec": {"nodeName": "another-node", "containers": [{"name": "c", "image": "busybox"}]},
+    }))?;
+    let created = pods.create(&PostParams::default(), &elsewhere).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(as_node, "default");
+    let request = |bound: bool| -> Result<TokenRequest> {
+        let mut spec = serde_json::json!({"audiences": []});
+        if bound {
+            spec["boundObjectRef"] = serde_json::json!({
+                "kind": "Pod", "apiVersion": "v1", "name": "on-another-node",
+                "uid": created.metadata.uid,
+            });
+        }
+        Ok(serde_json::from_value(serde_json::json!({"spec": spec}))?)
+    };
+    for (bound, what) in [
+        (true, "a pod that is not bound to it"),
+        (false, "a token not bound to one of its pods"),
+    ] {
+        match accounts
+            .create_token_request("default", &PostParams::default(), &request(bound)?)
+            .await
+        {
+            Err(kube::Error::Api(s)) => ensure!(
+                s.code == 403
+                    && s.message.contains(what)
+                    && s.message.contains(&format!("system:node:{node}")),
+                "{s:?}"
+            ),
+            other => bail!("the node got a token it may not have ({what}): {other:?}"),
+        }
+    }
+    // Its own pod's account: granted, bound to that pod.
+    let mine: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "on-token-node"},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    }))?;
+    let mine = pods.create(&PostParams::default(), &mine).await?;
+    let req: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "on-token-node", "uid": mine.metadata.uid},
+    }}))?;
+    let got = accounts
+        .create_token_request("default", &PostParams::default(), &req)
+        .await?;
+    let token = got.status.context("no status")?.token;
+    let claims = jwt_claims(&token)?;
+    ensure!(
+        claims["kubernetes.io"]["pod"]["uid"]
+            == mine.metadata.uid.clone().unwrap_or_default().as_str(),
+        "claims: {claims}"
+    );
+    ensure!(
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0) == 3600,
+        "claims: {claims}"
+    );
+    for p in ["on-another-node", "on-token-node"] {
+        pods.delete(p, &Default::default()).await?;
+    }
+    Ok(())
+}

@@ -595,6 +595,39 @@ async fn pods_run_across_two_nodes() {
         std::fs::read_to_string(host_dir.join("written")).unwrap(),
         "x\n"
     );
+    // The service-account volume the admission added: a token of
+    // default/default bound to this pod, requested by the agent, the
+    // cluster CA and the namespace.
+    let sa_file = |f: &str| {
+        let path = format!("/var/run/secrets/kubernetes.io/serviceaccount/{f}");
+        let o = kubectl(
+            &k,
+            &kubeconfig,
+            &["exec", "features", "-c", "main", "--", "cat", &path],
+        );
+        assert!(o.status.success(), "cat {path}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let token = sa_file("token");
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
+    assert_eq!(sa_file("namespace"), "default");
+    let server_ca =
+        std::fs::read_to_string(s1.data_dir().join("server/tls/server-ca.crt")).unwrap();
+    assert_eq!(sa_file("ca.crt"), server_ca);
+    let token_kc = s1.dir.join("features-token.yaml");
+    rke2_testbed::token_kubeconfig(&kubeconfig, &token, &token_kc).unwrap();
+    let whoami = || kubectl(&k, &token_kc, &["auth", "whoami", "-o", "json"]);
+    let o = whoami();
+    assert!(
+        o.status.success(),
+        "whoami with the pod's token: {}",
+        text(&o)
+    );
+    let me: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        me["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:default"
+    );
     assert!(
         std::fs::read_to_string(host_dir.join("poststart"))
             .unwrap_or_default()
@@ -733,6 +766,13 @@ async fn pods_run_across_two_nodes() {
     })
     .await
     .unwrap();
+    // The features pod is gone, and with it its token.
+    let o = whoami();
+    assert!(
+        !o.status.success() && text(&o).contains("Unauthorized"),
+        "the token of a deleted pod still works: {}",
+        text(&o)
+    );
     for node in [&s1, &a1] {
         let name = node.host.name.clone();
         eventually(LONG, "no containers, pod dirs or pod IPs left", || async {

@@ -440,6 +440,35 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(conf)?)
 }
 
+/// Writes to `out` a kubeconfig for the first cluster of `admin` (its
+/// server and CA) that authenticates with the bearer `token` only, no
+/// client certificate: what a pod's in-cluster config amounts to.
+pub fn token_kubeconfig(admin: &Path, token: &str, out: &Path) -> Result<()> {
+    let kc = kube::config::Kubeconfig::read_from(admin)?;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("no cluster in the admin kubeconfig")?;
+    let mut c = serde_json::json!({"server": cluster.server});
+    if let Some(ca) = cluster.certificate_authority_data {
+        c["certificate-authority-data"] = serde_json::json!(ca);
+    }
+    if let Some(ca) = cluster.certificate_authority {
+        c["certificate-authority"] = serde_json::json!(ca);
+    }
+    // JSON is YAML: kubectl and kube read it as a kubeconfig.
+    let doc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "t", "cluster": c}],
+        "users": [{"name": "t", "user": {"token": token}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+    });
+    std::fs::write(out, serde_json::to_vec_pretty(&doc)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
 /// Where the install script puts the test kubectl binaries.
 pub const KUBECTL_DIR: &str = "/usr/local/lib/rke2-test/kubectl";
 

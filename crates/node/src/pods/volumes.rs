@@ -9,11 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, KeyToPath, ObjectFieldSelector, Pod, Secret, Volume,
+    ConfigMap, Container, KeyToPath, ObjectFieldSelector, Pod, Secret, ServiceAccount,
+    ServiceAccountTokenProjection, Volume,
 };
 use kube::Api;
-use tracing::warn;
 
 use super::spec::{Mount, PodPaths, safe_relative};
 
@@ -375,6 +376,77 @@ fn project(
     Ok(())
 }
 
+/// The service-account tokens a pod's projected volumes hold, requested
+/// through TokenRequest bound to the pod and renewed as kubelet does: once
+/// 80 % of a token's lifetime has passed, or it is a day old.
+#[derive(Default)]
+pub struct TokenCache {
+    issued: HashMap<(String, String, i64), Issued>,
+}
+
+struct Issued {
+    token: String,
+    /// Unix seconds.
+    renew_at: i64,
+}
+
+impl TokenCache {
+    /// The token for projection `t` of `pod`, requested when there is none
+    /// yet or the one held is due for renewal.
+    pub async fn token(
+        &mut self,
+        client: &kube::Client,
+        pod: &Pod,
+        t: &ServiceAccountTokenProjection,
+    ) -> Result<String, String> {
+        let spec = pod.spec.as_ref();
+        let account = spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let audience = t.audience.clone().unwrap_or_default();
+        let seconds = t.expiration_seconds.unwrap_or(3600);
+        let key = (account.clone(), audience.clone(), seconds);
+        let now = chrono::Utc::now().timestamp();
+        if let Some(i) = self.issued.get(&key)
+            && now < i.renew_at
+        {
+            return Ok(i.token.clone());
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "audiences": if audience.is_empty() { vec![] } else { vec![audience] },
+                "expirationSeconds": seconds,
+                "boundObjectRef": {
+                    "kind": "Pod", "apiVersion": "v1",
+                    "name": pod.metadata.name, "uid": pod.metadata.uid,
+                },
+            },
+        }))
+        .map_err(|e| format!("building a TokenRequest: {e}"))?;
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let got = api
+            .create_token_request(&account, &Default::default(), &request)
+            .await
+            .map_err(|e| format!("failed to fetch token: {e}"))?;
+        let status = got
+            .status
+            .ok_or("failed to fetch token: the TokenRequest came back without a status")?;
+        // Renew after 80 % of the lifetime, or after 24 h, as kubelet does.
+        let lifetime = (status.expiration_timestamp.0.as_second() - now).max(0);
+        let renew_in = (lifetime * 4 / 5).min(24 * 3600);
+        self.issued.insert(
+            key,
+            Issued {
+                token: status.token.clone(),
+                renew_at: now + renew_in,
+            },
+        );
+        Ok(status.token)
+    }
+}
+
 /// Where a volume's (or projected source's) files come from.
 #[derive(Clone, Copy)]
 enum Source<'n> {
@@ -427,10 +499,12 @@ fn add_downward(
 }
 
 /// Prepares every volume of `pod`; returns name -> directory on the node.
+/// Service-account tokens come from `tokens`, which requests and renews them.
 pub async fn prepare(
     sources: &mut Sources<'_>,
     pod: &Pod,
     paths: &PodPaths,
+    tokens: &mut TokenCache,
 ) -> Result<HashMap<String, PathBuf>, String> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let mut out = HashMap::new();
@@ -442,7 +516,9 @@ pub async fn prepare(
     {
         let dir = paths.volume_dir(&uid, &v.name);
         let fail = |e: String| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name);
-        let host = prepare_one(sources, pod, &v, &dir).await.map_err(fail)?;
+        let host = prepare_one(sources, pod, &v, &dir, tokens)
+            .await
+            .map_err(fail)?;
         out.insert(v.name.clone(), host);
     }
     Ok(out)
@@ -453,6 +529,7 @@ async fn prepare_one(
     pod: &Pod,
     v: &Volume,
     dir: &Path,
+    tokens: &mut TokenCache,
 ) -> Result<PathBuf, String> {
     let mkdir =
         |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()));
@@ -550,10 +627,10 @@ async fn prepare_one(
                 add_downward(pod, &d.items, mode, &mut files)?;
             }
             if let Some(t) = &src.service_account_token {
-                // The apiserver issues no service-account tokens yet; the
-                // file exists (empty) so containers that read it start.
-                warn!(pod = ?pod.metadata.name, path = %t.path, "service account tokens are not issued yet; writing an empty token");
-                files.insert(t.path.clone(), (Vec::new(), mode));
+                let token = tokens.token(sources.client, pod, t).await?;
+                // The volume's mode, as kubelet: a container running as
+                // another user than root must be able to read its token.
+                files.insert(t.path.clone(), (token.into_bytes(), mode));
             }
         }
     } else {

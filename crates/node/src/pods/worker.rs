@@ -82,6 +82,8 @@ pub struct Worker {
     mem: HashMap<String, ContainerMemory>,
     volumes: Option<HashMap<String, std::path::PathBuf>>,
     volumes_at: Option<Instant>,
+    /// Service-account tokens of the pod's projected volumes.
+    tokens: volumes::TokenCache,
     last_status: Option<Value>,
     last_events: HashMap<String, (String, Instant)>,
     start_time: Option<String>,
@@ -137,6 +139,7 @@ impl Worker {
             mem: HashMap::new(),
             volumes: None,
             volumes_at: None,
+            tokens: Default::default(),
             last_status: None,
             last_events: HashMap::new(),
             start_time,
@@ -517,7 +520,7 @@ impl Worker {
         }
         let client = self.ctx.client.clone();
         let mut sources = volumes::Sources::new(&client, &self.namespace());
-        match volumes::prepare(&mut sources, &self.pod, &self.ctx.paths).await {
+        match volumes::prepare(&mut sources, &self.pod, &self.ctx.paths, &mut self.tokens).await {
             Ok(v) => {
                 self.volumes = Some(v);
                 self.volumes_at = Some(Instant::now());
