@@ -20,6 +20,7 @@
 
 mod exec;
 pub mod logs;
+mod spdy;
 
 use std::future::Future;
 use std::io::SeekFrom;
@@ -768,15 +769,29 @@ async fn stream(
             .into_inner()
             .url
     };
-    // Connected before answering the client, so that a failure is an
-    // HTTP error it can show rather than a WebSocket that just closes.
-    let runtime = exec::connect_runtime(&url, negotiated.runtime)
-        .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let ws = match negotiated.client {
         Some(p) => ws.protocols([p]),
         None => ws,
     };
+    // Connected before answering the client, so that a failure is an
+    // HTTP error it can show rather than a WebSocket that just closes.
+    if negotiated.is_v5() {
+        let streams = spdy::Streams {
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr && !opts.tty,
+            resize: opts.tty,
+        };
+        let (tx, rx) = spdy::connect(&url, streams)
+            .await
+            .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        return Ok(ws
+            .on_failed_upgrade(|e| debug!(error = %e, "node API: WebSocket upgrade failed"))
+            .on_upgrade(move |socket| exec::relay_spdy(socket, tx, rx)));
+    }
+    let runtime = exec::connect_runtime(&url, negotiated.runtime)
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(ws
         .on_failed_upgrade(|e| debug!(error = %e, "node API: WebSocket upgrade failed"))
         .on_upgrade(move |socket| exec::relay(socket, runtime, negotiated)))

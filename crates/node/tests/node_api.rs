@@ -244,7 +244,7 @@ async fn exec(addr: std::net::SocketAddr, query: &str, stdin: Option<&[u8]>) -> 
         ws.send(tungstenite::Message::Binary(msg.into()))
             .await
             .unwrap();
-        // v5's "stdin closed"; the node drops it (v4 towards containerd).
+        // v5's "stdin closed": the node ends the runtime's stdin (SPDY FIN).
         ws.send(tungstenite::Message::Binary(vec![255u8, 0].into()))
             .await
             .unwrap();
@@ -471,16 +471,37 @@ async fn scenario(dir: &Path, cfg: &ContainerdConfig) {
         ("", "oops\n"),
         "{err:?}"
     );
-    // stdin reaches the command (one line: `head` exits without waiting
-    // for the end of stdin, which v4 cannot signal).
+    // stdin reaches the command, and its end too: `cat` copies 200 KiB
+    // (more than one SPDY window) and exits at the end of its input.
+    let input: String = (0..200 * 1024)
+        .map(|i| {
+            if i % 64 == 63 {
+                '\n'
+            } else {
+                (b'a' + (i % 26) as u8) as char
+            }
+        })
+        .collect();
     let echoed = exec(
         addr,
-        "command=head&command=-n&command=1&stdin=true&stdout=true&stderr=true",
-        Some(b"ping\n"),
+        "command=cat&stdin=true&stdout=true&stderr=true",
+        Some(input.as_bytes()),
     )
     .await;
-    assert_eq!(echoed.stdout, "ping\n", "{echoed:?}");
-    assert_eq!(echoed.status["status"], "Success", "{echoed:?}");
+    assert!(
+        echoed.stdout == input,
+        "cat gave back {} of {} bytes",
+        echoed.stdout.len(),
+        input.len()
+    );
+    assert_eq!(echoed.status["status"], "Success", "{:?}", echoed.status);
+    let counted = exec(
+        addr,
+        "command=wc&command=-l&stdin=true&stdout=true&stderr=true",
+        Some(b"one\ntwo\nthree\n"),
+    )
+    .await;
+    assert_eq!(counted.stdout.trim(), "3", "{counted:?}");
     server.abort();
 
     let _ = cri

@@ -36,6 +36,42 @@ fn kubectl(k: &Path, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         .expect("running kubectl")
 }
 
+/// Runs kubectl with `input` on its stdin (then closed); fails the test
+/// if it has not finished within [`LONG`].
+fn kubectl_with_stdin(
+    k: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(k)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let mut stdin = child.stdin.take().expect("kubectl stdin");
+    stdin.write_all(input).expect("writing kubectl's stdin");
+    drop(stdin);
+    let deadline = std::time::Instant::now() + LONG;
+    while child.try_wait().expect("waiting for kubectl").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().expect("kubectl output");
+            panic!(
+                "kubectl {args:?} did not finish within {LONG:?}: {}",
+                text(&o)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("kubectl output")
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -309,6 +345,29 @@ async fn pods_run_across_two_nodes() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
     assert!(String::from_utf8_lossy(&o.stderr).contains("err"));
+    // Piped stdin ends: `kubectl exec -i ... < file` finishes with the
+    // file (every kubectl that speaks v5.channel.k8s.io, i.e. >= 1.30).
+    for (minor, kv) in rke2_testbed::kubectls().unwrap() {
+        if minor < 30 {
+            continue;
+        }
+        let o = kubectl_with_stdin(
+            &kv,
+            &kubeconfig,
+            &["exec", "-i", &names[0], "--", "wc", "-l"],
+            b"one\ntwo\nthree\n",
+        );
+        assert!(
+            o.status.success(),
+            "kubectl 1.{minor} exec -i: {}",
+            text(&o)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "3",
+            "kubectl 1.{minor}"
+        );
+    }
 
     // Logs with every installed kubectl.
     for (_, kv) in rke2_testbed::kubectls().unwrap() {

@@ -1,5 +1,6 @@
 //! `exec` and `attach`: the client's WebSocket relayed to the runtime's
-//! streaming server.
+//! streaming server (over SPDY for `v5.channel.k8s.io` clients, see
+//! [`relay_spdy`]; over WebSocket for the older subprotocols).
 //!
 //! CRI `Exec`/`Attach` answer with a URL on containerd's own streaming
 //! server (127.0.0.1, random port). That server is containerd 1.6's copy
@@ -7,10 +8,10 @@
 //! `channel.k8s.io` family up to `v4.channel.k8s.io` (every message
 //! starts with a channel byte: 0 stdin, 1 stdout, 2 stderr, 3 error
 //! Status JSON, 4 resize). kubectl >= 1.30 speaks `v5.channel.k8s.io`,
-//! which is v4 plus channel 255 "close stdin"; v4 has no such signal, so
-//! those messages are dropped: a command that waits for the end of its
-//! stdin (`kubectl exec -i ... -- cat < file`) keeps waiting until the
-//! client closes the whole connection.
+//! which is v4 plus channel 255 "close stdin"; v4 has no such signal.
+//! The same server's SPDY side has one (every SPDY stream half-closes), so
+//! v5 clients are relayed over SPDY and `kubectl exec -i ... -- cat < file`
+//! ends when the file does.
 
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
+
+use super::spdy;
 
 /// The subprotocols accepted from clients, most preferred first.
 pub const CLIENT_PROTOCOLS: [&str; 5] = [
@@ -59,7 +62,8 @@ impl Negotiated {
 
 /// Picks the subprotocol from what the client offered. A client that
 /// offers none gets plain `channel.k8s.io`, as kubelet does. v5 is
-/// served as v4 towards the runtime; every other one passes through.
+/// relayed over SPDY ([`relay_spdy`]; `runtime` names v4, the protocol
+/// spoken there); every other one passes through as a WebSocket.
 pub fn negotiate(offered: &[String]) -> Result<Negotiated, String> {
     if offered.is_empty() {
         return Ok(Negotiated {
@@ -177,6 +181,77 @@ pub async fn relay(client: WebSocket, runtime: RuntimeSocket, negotiated: Negoti
         }
         let _ = r_tx.send(tungstenite::Message::Close(None)).await;
         let _ = r_tx.close().await;
+    };
+    tokio::pin!(down, up);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => {
+            let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, down).await;
+        }
+    }
+}
+
+/// Relays a `v5.channel.k8s.io` client over SPDY to the runtime (see
+/// [`super::spdy`]): channel 0 and 4 messages become stdin and resize
+/// data, `[255, 0]` ends stdin, and everything the runtime sends comes
+/// back on its channel. Ends when the runtime closes the session (after
+/// the exit Status on channel 3) or, a moment after, when the client left.
+pub async fn relay_spdy(client: WebSocket, mut tx: spdy::Sender, mut rx: spdy::Receiver) {
+    let (mut c_tx, mut c_rx) = client.split();
+    let (ping_tx, mut ping_rx) = tokio::sync::mpsc::unbounded_channel::<[u8; 4]>();
+    let down = async move {
+        while let Some(event) = rx.next().await {
+            match event {
+                spdy::Incoming::Data(channel, bytes) => {
+                    let mut msg = Vec::with_capacity(bytes.len() + 1);
+                    msg.push(channel.number());
+                    msg.extend_from_slice(&bytes);
+                    if c_tx.send(ws::Message::Binary(msg.into())).await.is_err() {
+                        return;
+                    }
+                }
+                spdy::Incoming::Ping(id) => {
+                    let _ = ping_tx.send(id);
+                }
+                spdy::Incoming::Closed(_) => {}
+            }
+        }
+        let _ = c_tx
+            .send(ws::Message::Close(Some(ws::CloseFrame {
+                code: ws::close_code::NORMAL,
+                reason: "".into(),
+            })))
+            .await;
+        let _ = c_tx.close().await;
+    };
+    let up = async move {
+        loop {
+            let sent = tokio::select! {
+                id = ping_rx.recv() => match id {
+                    Some(id) => tx.pong(id).await,
+                    None => break,
+                },
+                msg = c_rx.next() => match msg {
+                    Some(Ok(ws::Message::Binary(b))) => match (b.first(), b.get(1)) {
+                        (Some(0), _) => tx.send(spdy::Channel::Stdin, &b[1..]).await,
+                        (Some(4), _) => tx.send(spdy::Channel::Resize, &b[1..]).await,
+                        (Some(&CLOSE_CHANNEL), Some(0)) => tx.close_stdin().await,
+                        _ => Ok(()),
+                    },
+                    Some(Ok(ws::Message::Close(_))) | None => break,
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => {
+                        debug!(error = %e, "client stream ended");
+                        break;
+                    }
+                },
+            };
+            if let Err(e) = sent {
+                debug!(error = %e, "runtime stream ended");
+                break;
+            }
+        }
+        tx.shutdown().await;
     };
     tokio::pin!(down, up);
     tokio::select! {
