@@ -16,11 +16,12 @@
 //!   body is streamed to the client frame by frame, never buffered, so
 //!   `kubectl logs -f` sees lines as they come, and a client that goes away
 //!   closes the node connection.
-//! * `exec`/`attach` → `/exec|attach/<ns>/<pod>/<container>?...` as a
-//!   WebSocket upgrade; the node answers the subprotocol negotiation
-//!   (`v5.channel.k8s.io`, ...) and its 101 is relayed to the client, after
-//!   which bytes are copied both ways until either side closes. Frames are
-//!   not parsed. SPDY upgrades are refused with a 400 Status.
+//! * `exec`/`attach` → `/exec|attach/<ns>/<pod>/<container>?...` as the
+//!   client's upgrade, WebSocket or SPDY/3.1 (kubectl 1.29 and older); the
+//!   node answers the protocol negotiation (`Sec-WebSocket-Protocol` or
+//!   `X-Stream-Protocol-Version`: `v5.channel.k8s.io`, ...) and its 101 is
+//!   relayed to the client, after which bytes are copied both ways until
+//!   either side closes. Frames are not parsed.
 //!
 //! Errors: a node that cannot be reached gives 503 naming the node and
 //! address; a node's non-2xx answer is relayed with its code (a Status body
@@ -613,13 +614,21 @@ async fn serve(
     match stream {
         PodStream::Log => forward_stream(tls, &target).await,
         PodStream::Exec | PodStream::Attach => {
-            check_websocket_upgrade(&parts.headers)?;
+            let protocol = stream_upgrade(&parts.headers)?;
             let Some(upgrade) = parts.extensions.remove::<OnUpgrade>() else {
                 return Err(ApiError::bad_request(
-                    "this connection cannot be upgraded: WebSocket streaming needs HTTP/1.1",
+                    "this connection cannot be upgraded: streaming needs HTTP/1.1",
                 ));
             };
-            forward_upgrade(tls, &target, &parts.method, &parts.headers, upgrade).await
+            forward_upgrade(
+                tls,
+                &target,
+                &parts.method,
+                &parts.headers,
+                protocol,
+                upgrade,
+            )
+            .await
         }
     }
 }
@@ -636,10 +645,41 @@ async fn read(
     }
 }
 
-/// Checks an exec/attach request asks for a WebSocket upgrade: no upgrade
-/// is 400 `Upgrade request required` (as upstream); SPDY is 400 naming the
-/// way out (kubectl >= 1.30 speaks WebSocket).
-pub fn check_websocket_upgrade(headers: &HeaderMap) -> ApiResult<()> {
+/// The streaming protocols exec and attach are served in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamProtocol {
+    /// WebSocket (kubectl >= 1.30): `Sec-WebSocket-*` headers.
+    WebSocket,
+    /// SPDY/3.1 (kubectl <= 1.29): `X-Stream-Protocol-Version` headers.
+    Spdy,
+}
+
+impl StreamProtocol {
+    /// The `Upgrade` token sent to the node.
+    fn token(self) -> &'static str {
+        match self {
+            StreamProtocol::WebSocket => "websocket",
+            StreamProtocol::Spdy => "SPDY/3.1",
+        }
+    }
+
+    /// The handshake headers passed from the client to the node.
+    fn headers(self) -> &'static [&'static str] {
+        match self {
+            StreamProtocol::WebSocket => &[
+                "sec-websocket-key",
+                "sec-websocket-version",
+                "sec-websocket-protocol",
+                "sec-websocket-extensions",
+            ],
+            StreamProtocol::Spdy => &["x-stream-protocol-version"],
+        }
+    }
+}
+
+/// Which upgrade an exec/attach request asks for: no upgrade is 400
+/// `Upgrade request required` (as upstream), an unknown one 400 naming it.
+pub fn stream_upgrade(headers: &HeaderMap) -> ApiResult<StreamProtocol> {
     let has_token = |name: HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()
@@ -660,18 +700,13 @@ pub fn check_websocket_upgrade(headers: &HeaderMap) -> ApiResult<()> {
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     if upgrade.iter().any(|t| t.eq_ignore_ascii_case("websocket")) {
-        return Ok(());
+        return Ok(StreamProtocol::WebSocket);
     }
-    if upgrade
-        .iter()
-        .any(|t| t.to_ascii_lowercase().starts_with("spdy/"))
-    {
-        return Err(ApiError::bad_request(
-            "SPDY/3.1 streaming is not supported by this apiserver; use WebSocket (v5.channel.k8s.io): kubectl >= 1.30 does by default, kubectl 1.29 with KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true",
-        ));
+    if upgrade.iter().any(|t| t.eq_ignore_ascii_case("spdy/3.1")) {
+        return Ok(StreamProtocol::Spdy);
     }
     Err(ApiError::bad_request(format!(
-        "unsupported upgrade protocol {:?}: only websocket is served",
+        "unsupported upgrade protocol {:?}: websocket and SPDY/3.1 are served",
         upgrade.join(", ")
     )))
 }
@@ -763,17 +798,10 @@ pub async fn forward_stream(tls: &NodeClientTls, target: &NodeTarget) -> ApiResu
     Ok(out)
 }
 
-/// The WebSocket handshake headers passed from the client to the node.
-const WEBSOCKET_HEADERS: [&str; 4] = [
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-    "sec-websocket-extensions",
-];
-
-/// Forwards a WebSocket upgrade to the node. On the node's 101 the client
-/// gets a 101 with the node's headers (its `Sec-WebSocket-Accept` and chosen
-/// `Sec-WebSocket-Protocol`), and a task relays bytes between the two
+/// Forwards a WebSocket or SPDY upgrade to the node. On the node's 101
+/// the client gets a 101 with the node's headers (its
+/// `Sec-WebSocket-Accept` and chosen `Sec-WebSocket-Protocol`, or its
+/// `X-Stream-Protocol-Version`), and a task relays bytes between the two
 /// upgraded connections until either side closes. Any other answer is
 /// relayed as an error.
 pub async fn forward_upgrade(
@@ -781,12 +809,13 @@ pub async fn forward_upgrade(
     target: &NodeTarget,
     method: &Method,
     client_headers: &HeaderMap,
+    protocol: StreamProtocol,
     client_upgrade: OnUpgrade,
 ) -> ApiResult<Response> {
     let mut builder = request(method, target)
         .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket");
-    for name in WEBSOCKET_HEADERS {
+        .header(header::UPGRADE, protocol.token());
+    for name in protocol.headers().iter().copied() {
         for v in client_headers.get_all(name) {
             builder = builder.header(name, v);
         }
@@ -1115,7 +1144,7 @@ mod tests {
     }
 
     #[test]
-    fn only_websocket_upgrades_are_proxied() {
+    fn websocket_and_spdy_upgrades_are_proxied() {
         let headers = |pairs: &[(&'static str, &'static str)]| {
             let mut h = HeaderMap::new();
             for (k, v) in pairs {
@@ -1123,24 +1152,29 @@ mod tests {
             }
             h
         };
-        check_websocket_upgrade(&headers(&[
+        let ws = stream_upgrade(&headers(&[
             ("connection", "keep-alive, Upgrade"),
             ("upgrade", "websocket"),
         ]))
         .unwrap();
-        let e = check_websocket_upgrade(&headers(&[])).unwrap_err();
+        assert_eq!(ws, StreamProtocol::WebSocket);
+        let spdy = stream_upgrade(&headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1"),
+        ]))
+        .unwrap();
+        assert_eq!(spdy, StreamProtocol::Spdy);
+        assert_eq!(spdy.headers(), &["x-stream-protocol-version"]);
+        let e = stream_upgrade(&headers(&[])).unwrap_err();
         assert_eq!(
             (e.code, e.message.as_str()),
             (400, "Upgrade request required")
         );
-        let e = check_websocket_upgrade(&headers(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "SPDY/3.1"),
-        ]))
-        .unwrap_err();
+        let e =
+            stream_upgrade(&headers(&[("connection", "Upgrade"), ("upgrade", "h2c")])).unwrap_err();
         assert_eq!(e.code, 400);
-        assert!(e.message.contains("SPDY"), "{}", e.message);
-        assert!(check_websocket_upgrade(&headers(&[("upgrade", "websocket")])).is_err());
+        assert!(e.message.contains("\"h2c\""), "{}", e.message);
+        assert!(stream_upgrade(&headers(&[("upgrade", "websocket")])).is_err());
     }
 
     #[test]

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path as UrlPath, RawQuery, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -671,36 +671,88 @@ async fn exec(
     st: State<NodeApi>,
     UrlPath((ns, pod, name)): UrlPath<(String, String, String)>,
     q: RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    up: ClientUpgrade,
 ) -> Result<Response, Failure> {
-    stream(st, ns, pod, None, name, q, ws, true).await
+    stream(st, ns, pod, None, name, q, up, true).await
 }
 
 async fn exec_uid(
     st: State<NodeApi>,
     UrlPath((ns, pod, uid, name)): UrlPath<(String, String, String, String)>,
     q: RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    up: ClientUpgrade,
 ) -> Result<Response, Failure> {
-    stream(st, ns, pod, Some(uid), name, q, ws, true).await
+    stream(st, ns, pod, Some(uid), name, q, up, true).await
 }
 
 async fn attach(
     st: State<NodeApi>,
     UrlPath((ns, pod, name)): UrlPath<(String, String, String)>,
     q: RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    up: ClientUpgrade,
 ) -> Result<Response, Failure> {
-    stream(st, ns, pod, None, name, q, ws, false).await
+    stream(st, ns, pod, None, name, q, up, false).await
 }
 
 async fn attach_uid(
     st: State<NodeApi>,
     UrlPath((ns, pod, uid, name)): UrlPath<(String, String, String, String)>,
     q: RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    up: ClientUpgrade,
 ) -> Result<Response, Failure> {
-    stream(st, ns, pod, Some(uid), name, q, ws, false).await
+    stream(st, ns, pod, Some(uid), name, q, up, false).await
+}
+
+/// How a client asked to stream exec or attach.
+enum ClientUpgrade {
+    /// A WebSocket handshake.
+    WebSocket(WebSocketUpgrade),
+    /// A SPDY/3.1 upgrade offering these remote-command protocols.
+    Spdy {
+        on: hyper::upgrade::OnUpgrade,
+        offered: Vec<String>,
+    },
+    /// Neither (why, for the 400).
+    Refused(String),
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientUpgrade {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let spdy = parts.headers.get_all(header::UPGRADE).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("spdy/3.1"))
+        });
+        if spdy {
+            let offered = parts
+                .headers
+                .get_all("x-stream-protocol-version")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+            return Ok(
+                match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+                    Some(on) => ClientUpgrade::Spdy { on, offered },
+                    None => ClientUpgrade::Refused("this connection cannot be upgraded".into()),
+                },
+            );
+        }
+        Ok(
+            match WebSocketUpgrade::from_request_parts(parts, state).await {
+                Ok(ws) => ClientUpgrade::WebSocket(ws),
+                Err(e) => ClientUpgrade::Refused(e.body_text()),
+            },
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -711,23 +763,34 @@ async fn stream(
     uid: Option<String>,
     name: String,
     RawQuery(raw): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    up: ClientUpgrade,
     is_exec: bool,
 ) -> Result<Response, Failure> {
     let opts = StreamOptions::parse(&query_pairs(raw.as_deref()), is_exec).map_err(bad_request)?;
-    let ws = ws.map_err(|e| {
-        bad_request(format!(
-            "exec and attach are served over WebSocket only (subprotocols {}); SPDY is not supported: {e}",
-            exec::CLIENT_PROTOCOLS.join(", ")
-        ))
-    })?;
-    let offered: Vec<String> = ws
-        .requested_protocols()
-        .filter_map(|v| v.to_str().ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let negotiated = exec::negotiate(&offered).map_err(bad_request)?;
+    let (ws, negotiated) = match up {
+        ClientUpgrade::Refused(e) => {
+            return Err(bad_request(format!(
+                "exec and attach are served over WebSocket (subprotocols {}) or SPDY/3.1: {e}",
+                exec::CLIENT_PROTOCOLS.join(", ")
+            )));
+        }
+        ClientUpgrade::Spdy { offered, .. } if offered.is_empty() => {
+            return Err(bad_request(
+                "a SPDY/3.1 upgrade must offer X-Stream-Protocol-Version (v4.channel.k8s.io, ...)",
+            ));
+        }
+        ClientUpgrade::Spdy { on, offered } => (Err((on, offered)), None),
+        ClientUpgrade::WebSocket(ws) => {
+            let offered: Vec<String> = ws
+                .requested_protocols()
+                .filter_map(|v| v.to_str().ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let negotiated = exec::negotiate(&offered).map_err(bad_request)?;
+            (Ok(ws), Some(negotiated))
+        }
+    };
     let cri = st.cri()?;
     let found = find_container(cri, &ns, &pod, uid.as_deref(), &name).await?;
     let c = found.current;
@@ -769,12 +832,40 @@ async fn stream(
             .into_inner()
             .url
     };
+    // Connected before answering the client, so that a failure is an
+    // HTTP error it can show rather than a stream that just closes.
+    let (ws, negotiated) = match (ws, negotiated) {
+        (Ok(ws), Some(n)) => (ws, n),
+        (Err((on, offered)), _) => {
+            // SPDY clients (kubectl <= 1.29) speak the runtime's own
+            // protocol: the upgrade is passed on, then bytes, as kubelet's
+            // upgrade-aware proxy does.
+            let runtime = spdy::upgrade(&url, &offered)
+                .await
+                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("Upgrade"),
+            );
+            h.insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static("SPDY/3.1"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&runtime.protocol) {
+                h.insert("x-stream-protocol-version", v);
+            }
+            tokio::spawn(exec::relay_bytes(on, runtime));
+            return Ok(resp);
+        }
+        (Ok(_), None) => unreachable!("a WebSocket upgrade is always negotiated"),
+    };
     let ws = match negotiated.client {
         Some(p) => ws.protocols([p]),
         None => ws,
     };
-    // Connected before answering the client, so that a failure is an
-    // HTTP error it can show rather than a WebSocket that just closes.
     if negotiated.is_v5() {
         let streams = spdy::Streams {
             stdin: opts.stdin,

@@ -346,11 +346,25 @@ async fn pods_run_across_two_nodes() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
     assert!(String::from_utf8_lossy(&o.stderr).contains("err"));
     // Piped stdin ends: `kubectl exec -i ... < file` finishes with the
-    // file (every kubectl that speaks v5.channel.k8s.io, i.e. >= 1.30).
+    // file, with every kubectl (1.29 over SPDY, passed through to the
+    // runtime; later ones over WebSocket v5, relayed to it over SPDY).
     for (minor, kv) in rke2_testbed::kubectls().unwrap() {
-        if minor < 30 {
-            continue;
-        }
+        let o = kubectl(
+            &kv,
+            &kubeconfig,
+            &["exec", &names[0], "--", "sh", "-c", "echo out; exit 4"],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(4),
+            "kubectl 1.{minor} exec: {}",
+            text(&o)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "out\n",
+            "kubectl 1.{minor}"
+        );
         let o = kubectl_with_stdin(
             &kv,
             &kubeconfig,

@@ -262,6 +262,44 @@ pub async fn relay_spdy(client: WebSocket, mut tx: spdy::Sender, mut rx: spdy::R
     }
 }
 
+/// Copies bytes between a SPDY client's upgraded connection and the
+/// runtime's (after handing the client what the runtime sent past its
+/// answer head) until the runtime closes, or a moment after the client
+/// did.
+pub async fn relay_bytes(client: hyper::upgrade::OnUpgrade, runtime: spdy::Upgraded) {
+    use tokio::io::AsyncWriteExt;
+    let client = match client.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "SPDY upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let spdy::Upgraded { r, mut w, .. } = runtime;
+    let early = r.buffer().to_vec();
+    let mut r = r.into_inner();
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
+        return;
+    }
+    let (mut c_r, mut c_w) = tokio::io::split(client);
+    let down = async {
+        let _ = tokio::io::copy(&mut r, &mut c_w).await;
+        let _ = c_w.shutdown().await;
+    };
+    let up = async {
+        let _ = tokio::io::copy(&mut c_r, &mut w).await;
+        let _ = w.shutdown().await;
+    };
+    tokio::pin!(down, up);
+    tokio::select! {
+        _ = &mut down => {}
+        _ = &mut up => {
+            let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, down).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

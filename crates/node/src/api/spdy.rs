@@ -180,9 +180,22 @@ fn syn_stream(id: u32, channel: Channel, first: bool) -> Vec<u8> {
     control(SYN_STREAM, 0, &d)
 }
 
-/// Opens a session on the streaming server's `url` (what CRI `Exec` or
-/// `Attach` returned) with the streams of `streams`.
-pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), String> {
+/// A connection to the runtime's streaming server after its 101: the
+/// reader (with whatever it buffered past the answer head), the writer,
+/// and the protocol the server chose.
+pub struct Upgraded {
+    /// The reading half, buffered.
+    pub r: BufReader<OwnedReadHalf>,
+    /// The writing half.
+    pub w: OwnedWriteHalf,
+    /// The `X-Stream-Protocol-Version` the server chose.
+    pub protocol: String,
+}
+
+/// Asks the streaming server at `url` (what CRI `Exec` or `Attach`
+/// returned) for a SPDY/3.1 upgrade, offering `protocols` (most preferred
+/// first), and reads its answer head.
+pub async fn upgrade(url: &str, protocols: &[String]) -> Result<Upgraded, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("the runtime's stream URL {url:?} is not http://"))?;
@@ -200,15 +213,19 @@ pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), 
         .map_err(|e| format!("connecting to the runtime's stream server at {url}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let (r, mut w) = tcp.into_split();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {PROTOCOL}\r\nContent-Length: 0\r\n\r\n"
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
     );
+    for p in protocols {
+        req.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+    }
+    req.push_str("\r\n");
     w.write_all(req.as_bytes())
         .await
         .map_err(|e| format!("writing to the runtime's stream server: {e}"))?;
     let mut r = BufReader::new(r);
     let mut status = String::new();
-    let mut headers = Vec::new();
+    let mut protocol = None;
     loop {
         let mut line = String::new();
         let n = tokio::time::timeout(CONNECT_TIMEOUT, r.read_line(&mut line))
@@ -220,8 +237,10 @@ pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), 
         }
         if status.is_empty() {
             status = line.trim().to_string();
-        } else {
-            headers.push(line.trim().to_ascii_lowercase());
+        } else if let Some((k, v)) = line.split_once(':')
+            && k.trim().eq_ignore_ascii_case("x-stream-protocol-version")
+        {
+            protocol = Some(v.trim().to_string());
         }
     }
     if !status.contains(" 101") {
@@ -229,10 +248,19 @@ pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), 
             "the runtime's stream server refused the SPDY upgrade: {status}"
         ));
     }
-    let want = format!("x-stream-protocol-version: {PROTOCOL}");
-    if !headers.contains(&want) {
+    let protocol = protocol.ok_or_else(|| {
+        format!("the runtime's stream server agreed to none of the protocols {protocols:?}")
+    })?;
+    Ok(Upgraded { r, w, protocol })
+}
+
+/// Opens a session on the streaming server's `url` (what CRI `Exec` or
+/// `Attach` returned) with the streams of `streams`.
+pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), String> {
+    let Upgraded { r, mut w, protocol } = upgrade(url, &[PROTOCOL.to_string()]).await?;
+    if protocol != PROTOCOL {
         return Err(format!(
-            "the runtime's stream server did not agree to {PROTOCOL} (headers {headers:?})"
+            "the runtime's stream server chose {protocol:?}, not {PROTOCOL}"
         ));
     }
     let mut wanted = vec![Channel::Error];
