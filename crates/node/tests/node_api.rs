@@ -125,6 +125,12 @@ impl Pod {
     /// Creates and starts container `name` (attempt `attempt`) running
     /// `cmd`; returns its id.
     async fn start(&self, name: &str, attempt: u32, cmd: &[&str]) -> String {
+        self.start_with(name, attempt, cmd, false).await
+    }
+
+    /// As [`Pod::start`]; with `stdin` the container's stdin is open
+    /// (once: it closes when the first attached client closes it).
+    async fn start_with(&self, name: &str, attempt: u32, cmd: &[&str], stdin: bool) -> String {
         let mut labels = pod_labels();
         labels.insert("io.kubernetes.container.name".into(), name.into());
         let id = self
@@ -144,6 +150,8 @@ impl Pod {
                     command: cmd.iter().map(|s| s.to_string()).collect(),
                     log_path: format!("{name}/{attempt}.log"),
                     labels,
+                    stdin,
+                    stdin_once: stdin,
                     ..Default::default()
                 }),
                 sandbox_config: Some(self.sandbox.clone()),
@@ -219,10 +227,21 @@ struct ExecResult {
     status: Value,
 }
 
-/// Runs an exec over a `v5.channel.k8s.io` WebSocket, writing `stdin`
-/// (if any) on channel 0, and reads until the server closes.
+/// Runs an exec in container `app` over a `v5.channel.k8s.io` WebSocket,
+/// writing `stdin` (if any) on channel 0, and reads until the server closes.
 async fn exec(addr: std::net::SocketAddr, query: &str, stdin: Option<&[u8]>) -> ExecResult {
-    let url = format!("ws://{addr}/exec/{NS}/{POD}/app?{query}");
+    session(addr, "exec/", "app", query, stdin).await
+}
+
+/// As [`exec`], for `route` (`exec/` or `attach/`) and `container`.
+async fn session(
+    addr: std::net::SocketAddr,
+    route: &str,
+    container: &str,
+    query: &str,
+    stdin: Option<&[u8]>,
+) -> ExecResult {
+    let url = format!("ws://{addr}/{route}{NS}/{POD}/{container}?{query}");
     let mut req = url.as_str().into_client_request().unwrap();
     req.headers_mut().insert(
         http::header::SEC_WEBSOCKET_PROTOCOL,
@@ -502,6 +521,24 @@ async fn scenario(dir: &Path, cfg: &ContainerdConfig) {
     )
     .await;
     assert_eq!(counted.stdout.trim(), "3", "{counted:?}");
+    // attach: what is written reaches the container's own stdin, and the
+    // end of it too (stdinOnce): `cat` ends, the container exits.
+    let reader = pod
+        .start_with("reader", 0, &["sh", "-c", "cat; echo reader-done"], true)
+        .await;
+    let attached = session(
+        addr,
+        "attach/",
+        "reader",
+        "stdin=true&stdout=true&stderr=true",
+        Some(b"through attach\n"),
+    )
+    .await;
+    assert_eq!(
+        attached.stdout, "through attach\nreader-done\n",
+        "{attached:?}"
+    );
+    pod.wait_exited(&reader).await;
     server.abort();
 
     let _ = cri
