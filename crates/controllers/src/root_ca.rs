@@ -14,16 +14,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::serviceaccount::namespace_active;
+use crate::serviceaccount::{namespace_active, run_per_namespace};
 
 /// The ConfigMap every namespace gets.
 pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
@@ -85,34 +82,21 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     }
 }
 
-fn error_policy(ns: Arc<Namespace>, e: &kube::Error, _: Arc<Ctx>) -> Action {
-    warn!(namespace = ?ns.metadata.name, error = %e, "root CA publish failed; retrying");
-    Action::requeue(Duration::from_secs(2))
-}
-
-/// Reconciles running at once (upstream runs this publisher with one worker).
-const WORKERS: u16 = 1;
-
 /// Publishes `ca_pem` into every namespace until `stop`.
 pub async fn run(client: kube::Client, ca_pem: String, stop: CancellationToken) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let maps: Api<ConfigMap> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { client, ca_pem });
-    Controller::new(namespaces, watcher::Config::default())
-        .watches(
-            maps,
-            watcher::Config::default().fields(&format!("metadata.name={ROOT_CA_CONFIG_MAP}")),
-            |cm| {
-                cm.metadata
-                    .namespace
-                    .map(|ns| ObjectRef::<Namespace>::new(&ns))
-            },
-        )
-        .graceful_shutdown_on(stop.cancelled_owned())
-        .with_config(controller::Config::default().concurrency(WORKERS))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        ca_pem,
+    });
+    run_per_namespace::<ConfigMap, _, _, _>(
+        client,
+        ROOT_CA_CONFIG_MAP,
+        ctx,
+        reconcile,
+        "root CA publish",
+        stop,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -61,33 +61,70 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, kube::Er
     Ok(Action::await_change())
 }
 
-fn error_policy(ns: Arc<Namespace>, e: &kube::Error, _: Arc<Ctx>) -> Action {
-    warn!(namespace = ?ns.metadata.name, error = %e, "serviceaccount reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
-}
-
-/// Reconciles running at once: kube-controller-manager runs its
-/// serviceaccounts controller with one worker.
-const WORKERS: u16 = 1;
-
 /// Runs until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+    });
+    run_per_namespace::<ServiceAccount, _, _, _>(
+        client,
+        DEFAULT_SERVICE_ACCOUNT,
+        ctx,
+        reconcile,
+        "serviceaccount reconcile",
+        stop,
+    )
+    .await;
+}
+
+/// Runs `reconcile` for every Namespace, and again for a namespace whenever
+/// its object `name` of kind `K` changes or goes: the loops that keep one
+/// object in every namespace (ServiceAccount `default`, ConfigMap
+/// `kube-root-ca.crt`). One reconcile at a time, as kube-controller-manager
+/// runs these controllers with one worker; a failed one is retried after
+/// 2 s, logged as `what`.
+pub(crate) async fn run_per_namespace<K, C, R, F>(
+    client: kube::Client,
+    name: &str,
+    ctx: Arc<C>,
+    reconcile: R,
+    what: &'static str,
+    stop: CancellationToken,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    C: Send + Sync + 'static,
+    R: FnMut(Arc<Namespace>, Arc<C>) -> F,
+    F: std::future::Future<Output = Result<Action, kube::Error>> + Send + 'static,
+{
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let accounts: Api<ServiceAccount> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { client });
+    let watched: Api<K> = Api::all(client);
     Controller::new(namespaces, watcher::Config::default())
         .watches(
-            accounts,
-            watcher::Config::default().fields(&format!("metadata.name={DEFAULT_SERVICE_ACCOUNT}")),
-            |sa| {
-                sa.metadata
+            watched,
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+            |o: K| {
+                o.meta()
                     .namespace
+                    .clone()
                     .map(|ns| ObjectRef::<Namespace>::new(&ns))
             },
         )
         .graceful_shutdown_on(stop.cancelled_owned())
-        .with_config(controller::Config::default().concurrency(WORKERS))
-        .run(reconcile, error_policy, ctx)
+        .with_config(controller::Config::default().concurrency(1))
+        .run(
+            reconcile,
+            move |ns: Arc<Namespace>, e: &kube::Error, _| {
+                warn!(namespace = ?ns.metadata.name, error = %e, "{what} failed; retrying");
+                Action::requeue(Duration::from_secs(2))
+            },
+            ctx,
+        )
         .for_each(|_| async {})
         .await;
 }

@@ -13,6 +13,7 @@
 //! v5 clients are relayed over SPDY and `kubectl exec -i ... -- cat < file`
 //! ends when the file does.
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::ws::{self, WebSocket};
@@ -148,13 +149,7 @@ pub async fn relay(client: WebSocket, runtime: RuntimeSocket, negotiated: Negoti
                 return;
             }
         }
-        let _ = c_tx
-            .send(ws::Message::Close(Some(ws::CloseFrame {
-                code: ws::close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
-        let _ = c_tx.close().await;
+        close_client(&mut c_tx).await;
     };
     let up = async {
         while let Some(msg) = c_rx.next().await {
@@ -182,6 +177,24 @@ pub async fn relay(client: WebSocket, runtime: RuntimeSocket, negotiated: Negoti
         let _ = r_tx.send(tungstenite::Message::Close(None)).await;
         let _ = r_tx.close().await;
     };
+    until_done(down, up).await;
+}
+
+/// Ends the client's WebSocket with a normal close.
+async fn close_client(c_tx: &mut futures::stream::SplitSink<WebSocket, ws::Message>) {
+    let _ = c_tx
+        .send(ws::Message::Close(Some(ws::CloseFrame {
+            code: ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = c_tx.close().await;
+}
+
+/// Runs a relay's two directions: done when the runtime's side (`down`)
+/// ends, or [`DRAIN_AFTER_CLIENT_CLOSE`] after the client's (`up`) did,
+/// so what the runtime still sends (the exit Status) is delivered.
+async fn until_done(down: impl Future<Output = ()>, up: impl Future<Output = ()>) {
     tokio::pin!(down, up);
     tokio::select! {
         _ = &mut down => {}
@@ -216,13 +229,7 @@ pub async fn relay_spdy(client: WebSocket, mut tx: spdy::Sender, mut rx: spdy::R
                 spdy::Incoming::Closed(_) => {}
             }
         }
-        let _ = c_tx
-            .send(ws::Message::Close(Some(ws::CloseFrame {
-                code: ws::close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
-        let _ = c_tx.close().await;
+        close_client(&mut c_tx).await;
     };
     let up = async move {
         loop {
@@ -253,13 +260,7 @@ pub async fn relay_spdy(client: WebSocket, mut tx: spdy::Sender, mut rx: spdy::R
         }
         tx.shutdown().await;
     };
-    tokio::pin!(down, up);
-    tokio::select! {
-        _ = &mut down => {}
-        _ = &mut up => {
-            let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, down).await;
-        }
-    }
+    until_done(down, up).await;
 }
 
 /// Copies bytes between a SPDY client's upgraded connection and the
@@ -291,13 +292,7 @@ pub async fn relay_bytes(client: hyper::upgrade::OnUpgrade, runtime: spdy::Upgra
         let _ = tokio::io::copy(&mut c_r, &mut w).await;
         let _ = w.shutdown().await;
     };
-    tokio::pin!(down, up);
-    tokio::select! {
-        _ = &mut down => {}
-        _ = &mut up => {
-            let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, down).await;
-        }
-    }
+    until_done(down, up).await;
 }
 
 #[cfg(test)]
