@@ -633,7 +633,65 @@ pub fn validate_update(
             }
         }
     }
+    if rt.kind == "Pod" && rt.group.is_empty() && old["spec"] != new["spec"] {
+        // With today's defaults, as `new` has them.
+        let mut old = old.clone();
+        apply_defaults(rt, &mut old);
+        if let Some(cause) = pod_spec_update(&old["spec"], &new["spec"]) {
+            causes.push(cause);
+        }
+    }
     causes
+}
+
+/// Upstream's rule for pod updates: a pod's spec is fixed once created but
+/// for container and init container images, `activeDeadlineSeconds`,
+/// added tolerations and removed scheduling gates. (`spec.nodeName` is set
+/// through the `binding` subresource, which does not come here.)
+fn pod_spec_update(old: &Value, new: &Value) -> Option<(String, String, String)> {
+    // `old` with every change the rule allows taken from `new`: whatever
+    // still differs was not allowed.
+    let mut allowed = old.clone();
+    let take = |to: &mut Value, from: &Value, key: &str| match from.get(key) {
+        Some(v) => to[key] = v.clone(),
+        None => {
+            if let Some(m) = to.as_object_mut() {
+                m.remove(key);
+            }
+        }
+    };
+    for list in ["containers", "initContainers"] {
+        if let (Some(a), Some(n)) = (allowed[list].as_array_mut(), new[list].as_array())
+            && a.len() == n.len()
+        {
+            for (c, nc) in a.iter_mut().zip(n) {
+                take(c, nc, "image");
+            }
+        }
+    }
+    take(&mut allowed, new, "activeDeadlineSeconds");
+    let items = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
+    let old_tolerations = items(old, "tolerations");
+    if old_tolerations
+        .iter()
+        .all(|t| items(new, "tolerations").contains(t))
+    {
+        take(&mut allowed, new, "tolerations");
+    }
+    let new_gates = items(new, "schedulingGates");
+    if new_gates
+        .iter()
+        .all(|g| items(old, "schedulingGates").contains(g))
+    {
+        take(&mut allowed, new, "schedulingGates");
+    }
+    (allowed != *new).then(|| {
+        (
+            "spec".to_string(),
+            "Forbidden".to_string(),
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".to_string(),
+        )
+    })
 }
 
 /// A Node's pod CIDRs as upstream's internal object has them:
@@ -685,6 +743,57 @@ mod tests {
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         let e = validate(rt, &d2).unwrap_err();
         assert!(e.message.contains("spec.replicas"), "{}", e.message);
+    }
+
+    #[test]
+    fn pod_spec_is_fixed_but_for_images_deadlines_and_tolerations() {
+        let rt = find("", "v1", "pods").unwrap();
+        let old = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "c", "image": "a:1"}],
+            "initContainers": [{"name": "i", "image": "b:1"}],
+            "tolerations": [{"key": "k", "operator": "Exists"}],
+            "volumes": [{"name": "kube-api-access-x", "projected": {"sources": []}}]}});
+        let update = |f: &dyn Fn(&mut Value)| {
+            let mut new = old.clone();
+            f(&mut new);
+            prepare_update(rt, &old, &mut new, false);
+            validate(rt, &new)
+        };
+        // Allowed: images, a deadline, one more toleration, metadata.
+        update(&|p| {
+            p["spec"]["containers"][0]["image"] = json!("a:2");
+            p["spec"]["initContainers"][0]["image"] = json!("b:2");
+            p["spec"]["activeDeadlineSeconds"] = json!(30);
+            p["spec"]["tolerations"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"key": "j", "operator": "Exists"}));
+            p["metadata"]["labels"] = json!({"x": "y"});
+        })
+        .unwrap();
+        // Refused: a dropped volume (a replace without the admission's
+        // token volume), a changed command, a removed toleration.
+        for (what, f) in [
+            (
+                "volumes",
+                &(|p: &mut Value| p["spec"]["volumes"] = json!([])) as &dyn Fn(&mut Value),
+            ),
+            ("command", &|p: &mut Value| {
+                p["spec"]["containers"][0]["command"] = json!(["sh"])
+            }),
+            ("tolerations", &|p: &mut Value| {
+                p["spec"]["tolerations"] = json!([])
+            }),
+        ] {
+            let e = update(f).unwrap_err();
+            assert_eq!(e.code, 422, "{what}");
+            assert!(
+                e.message
+                    .contains("spec: Forbidden: pod updates may not change fields"),
+                "{what}: {}",
+                e.message
+            );
+        }
     }
 
     #[test]

@@ -1614,6 +1614,30 @@ async fn tokens_with(k: &Kubectl) -> Result<()> {
         spec["volumes"].is_null() && spec["containers"][0]["volumeMounts"].is_null(),
         "spec: {spec}"
     );
+    // A pod's spec is fixed once created, images aside (so nobody drops
+    // the admission's token volume later either).
+    k.ok(&[
+        "-n",
+        &ns,
+        "set",
+        "image",
+        &format!("pod/{p}"),
+        "c=busybox:2",
+    ])?;
+    let err = k.fails(&[
+        "-n",
+        &ns,
+        "patch",
+        "pod",
+        &p,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/volumes/0"}]"#,
+    ])?;
+    ensure!(
+        err.contains("pod updates may not change fields other than"),
+        "stderr: {err}"
+    );
 
     // A token bound to a pod works while the pod exists, not after.
     let bound = k
