@@ -866,10 +866,21 @@ async fn pods_run_across_two_nodes() {
         })
         .await
         .unwrap_or_else(|e| {
+            let list = |d: PathBuf| -> Vec<PathBuf> {
+                std::fs::read_dir(d)
+                    .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                    .unwrap_or_default()
+            };
             panic!(
-                "{name}: {e}: containers {:?}, ips {:?}",
+                "{name}: {e}: containers {:?}, ips {:?}, netns {:?}, pod dirs {:?}\n{}",
                 containers_of(node),
-                reserved_ips(node)
+                reserved_ips(node),
+                list(
+                    node.data_dir()
+                        .join("agent/containerd/state/io.containerd.grpc.v1.cri/netns")
+                ),
+                list(node.data_dir().join("agent/pods")),
+                node.log()
             )
         });
     }
