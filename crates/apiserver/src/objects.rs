@@ -8,8 +8,18 @@ use crate::status::ApiError;
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds).
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    chrono::Utc::now().format(RFC3339_SECONDS).to_string()
 }
+
+/// Unix seconds as an API timestamp (`2024-05-01T10:00:00Z`).
+pub fn rfc3339(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format(RFC3339_SECONDS).to_string())
+        .unwrap_or_default()
+}
+
+/// The API's timestamp format: RFC 3339 in UTC, whole seconds.
+const RFC3339_SECONDS: &str = "%Y-%m-%dT%H:%M:%SZ";
 
 /// `metadata.name` of an object ("" when absent).
 pub fn name_of(obj: &Value) -> &str {

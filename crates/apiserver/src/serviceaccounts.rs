@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::ApiState;
-use crate::objects::random_suffix;
+use crate::objects::{random_suffix, rfc3339};
 use crate::registry::{self, ResourceType};
 use crate::status::{ApiError, ApiResult};
 use crate::tokens::{self, Claims, KubeClaims, ObjectRef, TokenError};
@@ -179,15 +179,11 @@ fn mount_token(spec: &mut Value) {
     }
 }
 
-fn token_request_rt() -> &'static ResourceType {
-    core("serviceaccounts")
-}
-
 fn invalid(name: &str, field: &str, ty: &str, detail: String) -> ApiError {
     ApiError::invalid(
         "TokenRequest.authentication.k8s.io",
         name,
-        token_request_rt(),
+        core("serviceaccounts"),
         &[(field.to_string(), ty.to_string(), detail)],
     )
 }
@@ -343,20 +339,16 @@ pub async fn token_request(
     let now = tokens::unix_now();
     let claims = Claims::new(audiences.clone(), now, seconds, kube);
     let token = state.config().tokens.sign(&claims);
-    let expires = chrono::DateTime::from_timestamp(claims.exp, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default();
     request["kind"] = json!("TokenRequest");
     request["apiVersion"] = json!("authentication.k8s.io/v1");
     request["metadata"] = json!({
         "name": name,
         "namespace": namespace,
-        "creationTimestamp": chrono::DateTime::from_timestamp(now, 0)
-            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        "creationTimestamp": rfc3339(now),
     });
     request["spec"]["audiences"] = json!(audiences);
     request["spec"]["expirationSeconds"] = json!(seconds);
-    request["status"] = json!({"token": token, "expirationTimestamp": expires});
+    request["status"] = json!({"token": token, "expirationTimestamp": rfc3339(claims.exp)});
     Ok(request)
 }
 

@@ -37,10 +37,6 @@ pub const CLIENT_PROTOCOLS: [&str; 5] = [
 /// The v5 channel that tells the server stdin is closed.
 const CLOSE_CHANNEL: u8 = 255;
 
-/// How long to wait for the runtime's streaming server to accept the
-/// WebSocket.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long the runtime side may keep sending after the client left
 /// (its close is forwarded; anything after it has nowhere to go).
 const DRAIN_AFTER_CLIENT_CLOSE: Duration = Duration::from_secs(2);
@@ -114,14 +110,7 @@ pub async fn connect_runtime(url: &str, protocol: &str) -> Result<RuntimeSocket,
         http::HeaderValue::from_str(protocol)
             .map_err(|e| format!("subprotocol {protocol:?}: {e}"))?,
     );
-    let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .map_err(|_| {
-            format!(
-                "the runtime's stream server at {url} did not answer within {CONNECT_TIMEOUT:?}"
-            )
-        })?
-        .map_err(|e| format!("connecting to the runtime's stream server at {url}: {e}"))?;
+    let (socket, _) = spdy::dial(url, tokio_tungstenite::connect_async(req)).await?;
     Ok(socket)
 }
 

@@ -39,7 +39,25 @@ const ZLIB_HEADER: [u8; 2] = [0x78, 0x01];
 const SYNC_FLUSH: [u8; 5] = [0, 0, 0, 0xff, 0xff];
 /// The largest DATA frame sent (SPDY lengths are 24 bits).
 const MAX_DATA: usize = 32 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the runtime's streaming server has to accept a connection and
+/// answer its upgrade (WebSocket or SPDY).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `connecting` (a dial of the runtime's streaming server at `url`)
+/// within [`CONNECT_TIMEOUT`], naming the server in either failure.
+pub async fn dial<T, E: std::fmt::Display>(
+    url: &str,
+    connecting: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| {
+            format!(
+                "the runtime's stream server at {url} did not answer within {CONNECT_TIMEOUT:?}"
+            )
+        })?
+        .map_err(|e| format!("connecting to the runtime's stream server at {url}: {e}"))
+}
 
 /// Which channels the exec or attach session has, as the CRI request
 /// asked for them (the server expects exactly these streams).
@@ -203,14 +221,7 @@ pub async fn upgrade(url: &str, protocols: &[String]) -> Result<Upgraded, String
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
-        .await
-        .map_err(|_| {
-            format!(
-                "the runtime's stream server at {url} did not answer within {CONNECT_TIMEOUT:?}"
-            )
-        })?
-        .map_err(|e| format!("connecting to the runtime's stream server at {url}: {e}"))?;
+    let tcp = dial(url, TcpStream::connect(authority)).await?;
     let _ = tcp.set_nodelay(true);
     let (r, mut w) = tcp.into_split();
     let mut req = format!(
