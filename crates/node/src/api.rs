@@ -755,6 +755,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientUpgrade {
     }
 }
 
+/// A [`ClientUpgrade`] the node will serve.
+enum Accepted {
+    /// A WebSocket with its negotiated subprotocol.
+    WebSocket(WebSocketUpgrade, exec::Negotiated),
+    /// A SPDY upgrade with the protocols it offers.
+    Spdy(hyper::upgrade::OnUpgrade, Vec<String>),
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     State(st): State<NodeApi>,
@@ -767,7 +775,7 @@ async fn stream(
     is_exec: bool,
 ) -> Result<Response, Failure> {
     let opts = StreamOptions::parse(&query_pairs(raw.as_deref()), is_exec).map_err(bad_request)?;
-    let (ws, negotiated) = match up {
+    let accepted = match up {
         ClientUpgrade::Refused(e) => {
             return Err(bad_request(format!(
                 "exec and attach are served over WebSocket (subprotocols {}) or SPDY/3.1: {e}",
@@ -779,7 +787,7 @@ async fn stream(
                 "a SPDY/3.1 upgrade must offer X-Stream-Protocol-Version (v4.channel.k8s.io, ...)",
             ));
         }
-        ClientUpgrade::Spdy { on, offered } => (Err((on, offered)), None),
+        ClientUpgrade::Spdy { on, offered } => Accepted::Spdy(on, offered),
         ClientUpgrade::WebSocket(ws) => {
             let offered: Vec<String> = ws
                 .requested_protocols()
@@ -787,8 +795,7 @@ async fn stream(
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect();
-            let negotiated = exec::negotiate(&offered).map_err(bad_request)?;
-            (Ok(ws), Some(negotiated))
+            Accepted::WebSocket(ws, exec::negotiate(&offered).map_err(bad_request)?)
         }
     };
     let cri = st.cri()?;
@@ -834,9 +841,9 @@ async fn stream(
     };
     // Connected before answering the client, so that a failure is an
     // HTTP error it can show rather than a stream that just closes.
-    let (ws, negotiated) = match (ws, negotiated) {
-        (Ok(ws), Some(n)) => (ws, n),
-        (Err((on, offered)), _) => {
+    let (ws, negotiated) = match accepted {
+        Accepted::WebSocket(ws, n) => (ws, n),
+        Accepted::Spdy(on, offered) => {
             // SPDY clients (kubectl <= 1.29) speak the runtime's own
             // protocol: the upgrade is passed on, then bytes, as kubelet's
             // upgrade-aware proxy does.
@@ -860,7 +867,6 @@ async fn stream(
             tokio::spawn(exec::relay_bytes(on, runtime));
             return Ok(resp);
         }
-        (Ok(_), None) => unreachable!("a WebSocket upgrade is always negotiated"),
     };
     let ws = match negotiated.client {
         Some(p) => ws.protocols([p]),
@@ -885,7 +891,7 @@ async fn stream(
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(ws
         .on_failed_upgrade(|e| debug!(error = %e, "node API: WebSocket upgrade failed"))
-        .on_upgrade(move |socket| exec::relay(socket, runtime, negotiated)))
+        .on_upgrade(move |socket| exec::relay(socket, runtime)))
 }
 
 #[cfg(test)]

@@ -114,11 +114,12 @@ pub async fn connect_runtime(url: &str, protocol: &str) -> Result<RuntimeSocket,
     Ok(socket)
 }
 
-/// Copies messages both ways until either side ends. Everything the
+/// Relays a client of the subprotocols before v5 (v5 clients go through
+/// [`relay_spdy`]): copies messages both ways until either side ends. Everything the
 /// runtime sends before it closes (above all the exit Status on channel
 /// 3, which kubectl turns into its exit code) is delivered before the
 /// client is closed.
-pub async fn relay(client: WebSocket, runtime: RuntimeSocket, negotiated: Negotiated) {
+pub async fn relay(client: WebSocket, runtime: RuntimeSocket) {
     let (mut c_tx, mut c_rx) = client.split();
     let (mut r_tx, mut r_rx) = runtime.split();
     let down = async {
@@ -143,14 +144,7 @@ pub async fn relay(client: WebSocket, runtime: RuntimeSocket, negotiated: Negoti
     let up = async {
         while let Some(msg) = c_rx.next().await {
             let msg = match msg {
-                Ok(ws::Message::Binary(b)) => {
-                    if negotiated.is_v5() && b.first() == Some(&CLOSE_CHANNEL) {
-                        // v4 cannot say "stdin closed"; see the module doc.
-                        debug!("client closed stdin; not expressible towards the runtime (v4)");
-                        continue;
-                    }
-                    tungstenite::Message::Binary(b)
-                }
+                Ok(ws::Message::Binary(b)) => tungstenite::Message::Binary(b),
                 Ok(ws::Message::Text(t)) => tungstenite::Message::Text(t.as_str().into()),
                 Ok(ws::Message::Close(_)) => break,
                 Ok(_) => continue,
