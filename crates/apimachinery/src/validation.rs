@@ -188,6 +188,35 @@ pub fn validate_label_key(key: &str) -> Vec<String> {
     errs
 }
 
+/// Validates a ConfigMap or Secret key (upstream `IsConfigMapKey`): at
+/// most 253 characters of `[-._a-zA-Z0-9]`, and not `.`, `..` or a name
+/// starting with `..` (a key becomes a file name in a volume). Empty
+/// means valid.
+pub fn validate_config_map_key(key: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if key.len() > DNS1123_SUBDOMAIN_MAX {
+        errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
+    }
+    let ok = !key.is_empty()
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if !ok {
+        errs.push(regex_error(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+            "[-._a-zA-Z0-9]+",
+            &["key.name", "KEY_NAME", "key-name"],
+        ));
+    }
+    match key {
+        "." => errs.push("must not be '.'".to_string()),
+        ".." => errs.push("must not be '..'".to_string()),
+        k if k.starts_with("..") => errs.push("must not start with '..'".to_string()),
+        _ => {}
+    }
+    errs
+}
+
 /// Validates a label value: empty, or a qualified-name-like string of at
 /// most 63 characters. Upstream `IsValidLabelValue`; empty means valid.
 pub fn validate_label_value(value: &str) -> Vec<String> {
@@ -298,6 +327,26 @@ mod tests {
         assert_eq!(
             validate_label_value(&"a".repeat(64)),
             vec!["must be no more than 63 characters"]
+        );
+    }
+
+    #[test]
+    fn config_map_keys_as_upstream() {
+        assert!(validate_config_map_key("key.name").is_empty());
+        assert!(validate_config_map_key("KEY_NAME-1").is_empty());
+        assert_eq!(validate_config_map_key("."), ["must not be '.'"]);
+        assert_eq!(validate_config_map_key(".."), ["must not be '..'"]);
+        assert_eq!(validate_config_map_key("..a"), ["must not start with '..'"]);
+        let e = validate_config_map_key("a/b");
+        assert_eq!(
+            e,
+            [
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+            ]
+        );
+        assert_eq!(
+            validate_config_map_key(&"a".repeat(254)),
+            ["must be no more than 253 characters"]
         );
     }
 }

@@ -19,6 +19,7 @@ use crate::ApiState;
 use crate::objects::{self, name_of};
 use crate::registry::{self, ResourceType};
 use crate::request::{AnswerAs, BodyType, Query, ResourcePath, decode_body};
+use crate::schema::{self, FieldValidation, StrictFindings};
 use crate::status::{ApiError, ApiResult, success_status};
 use crate::table::{self, IncludeObject};
 use crate::watch_cache::{CachedEvent, Subscription, Trigger};
@@ -72,6 +73,28 @@ pub struct Ctx<'a> {
     /// The node this request acts for, when a node (not an admin) sent it:
     /// handlers then check the object belongs to that node.
     pub node_scope: Option<String>,
+    /// `Warning` headers for the answer (unknown or duplicate fields under
+    /// `fieldValidation=Warn`).
+    pub warnings: Warnings,
+}
+
+/// Texts the answer carries as `Warning: 299 - "<text>"` headers.
+#[derive(Debug, Default)]
+pub struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl Warnings {
+    fn push(&self, text: String) {
+        if let Ok(mut w) = self.0.lock() {
+            w.push(text);
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
 }
 
 impl Ctx<'_> {
@@ -139,10 +162,17 @@ pub async fn handle(
         (&Method::DELETE, false, None) => delete_collection(&ctx).await,
         _ => Err(ApiError::method_not_allowed(method.as_str(), ctx.rt())),
     };
-    match result {
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
+    };
+    for text in ctx.warnings.take() {
+        let value = format!("299 - {}", crate::schema::go_quote(&text));
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            resp.headers_mut().append(http::header::WARNING, v);
+        }
     }
+    resp
 }
 
 async fn read_object(ctx: &Ctx<'_>, name: &str) -> ApiResult<(Value, i64)> {
@@ -400,7 +430,16 @@ async fn list(ctx: &Ctx<'_>) -> ApiResult<Response> {
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn read_body(ctx: &Ctx<'_>, content_type: Option<&str>, body: &[u8]) -> ApiResult<Value> {
+/// Decodes a create or update body and checks it against the type's
+/// schema: a value of the wrong type is a 400 as upstream's decoder gives,
+/// unknown and duplicate fields go by `fieldValidation`.
+fn read_body(
+    ctx: &Ctx<'_>,
+    content_type: Option<&str>,
+    body: &[u8],
+    options_kind: &str,
+) -> ApiResult<Value> {
+    let rt = ctx.rt();
     let ty = crate::request::body_type(content_type).ok_or_else(|| {
         ApiError::unsupported_media(
             "application/json, application/yaml, application/vnd.kubernetes.protobuf",
@@ -411,9 +450,71 @@ fn read_body(ctx: &Ctx<'_>, content_type: Option<&str>, body: &[u8]) -> ApiResul
             "application/json, application/yaml, application/vnd.kubernetes.protobuf",
         ));
     }
+    let mode = ctx.write_options(options_kind)?;
     let mut obj = decode_body(body, ty)?;
-    objects::check_type(ctx.rt(), &mut obj)?;
+    objects::check_type(rt, &mut obj)?;
+    let cannot_handle = |msg: String| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {msg}",
+            kind = rt.kind,
+            v = rt.version
+        ))
+    };
+    let unknown = (rt.schema)(&obj).map_err(|e| cannot_handle(e.to_string()))?;
+    let duplicate = match (mode, ty) {
+        (FieldValidation::Ignore, _) | (_, BodyType::Protobuf) => Vec::new(),
+        _ => schema::duplicate_fields(body),
+    };
+    let findings = StrictFindings {
+        unknown,
+        duplicate,
+        ..Default::default()
+    };
+    ctx.settle_fields(&mut obj, mode, findings, cannot_handle)?;
     Ok(obj)
+}
+
+impl Ctx<'_> {
+    /// The write options every create, update and patch carries:
+    /// `fieldManager` (at most 128 printable characters, as upstream's
+    /// `ValidateFieldManager`) and `fieldValidation`.
+    fn write_options(&self, options_kind: &str) -> ApiResult<FieldValidation> {
+        if let Some(manager) = self.query.get("fieldManager") {
+            let causes = objects::field_manager_problems(manager, "fieldManager");
+            if !causes.is_empty() {
+                return Err(objects::options_invalid(options_kind, &causes));
+            }
+        }
+        FieldValidation::parse(self.query.get("fieldValidation"), options_kind)
+    }
+
+    /// Applies `fieldValidation` to what a write's field check found:
+    /// `Strict` refuses (worded by `refuse`), `Warn` adds a warning per
+    /// field; unknown fields are dropped from `obj` either way, as the
+    /// typed decode upstream drops them.
+    fn settle_fields(
+        &self,
+        obj: &mut Value,
+        mode: FieldValidation,
+        findings: StrictFindings,
+        refuse: impl FnOnce(String) -> ApiError,
+    ) -> ApiResult<()> {
+        if findings.is_empty() {
+            return Ok(());
+        }
+        match mode {
+            FieldValidation::Strict => return Err(refuse(findings.strict_error())),
+            FieldValidation::Warn => findings
+                .messages()
+                .into_iter()
+                .for_each(|m| self.warnings.push(m)),
+            FieldValidation::Ignore => {}
+        }
+        for path in &findings.unknown {
+            path.remove(obj);
+        }
+        Ok(())
+    }
 }
 
 async fn ensure_namespace(ctx: &Ctx<'_>) -> ApiResult<()> {
@@ -453,7 +554,7 @@ async fn ensure_namespace(ctx: &Ctx<'_>) -> ApiResult<()> {
 
 async fn create(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
     let rt = ctx.rt();
-    let obj = read_body(ctx, content_type.as_deref(), body)?;
+    let obj = read_body(ctx, content_type.as_deref(), body, "CreateOptions")?;
     let created = create_object(ctx, obj).await?;
     Ok(json_response(
         StatusCode::CREATED,
@@ -587,7 +688,7 @@ fn expected_rv(obj: &Value) -> ApiResult<Option<i64>> {
 async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiResult<Response> {
     let rt = ctx.rt();
     let name = ctx.path.name.clone().unwrap_or_default();
-    let mut new = read_body(ctx, content_type.as_deref(), body)?;
+    let mut new = read_body(ctx, content_type.as_deref(), body, "UpdateOptions")?;
     let body_name = name_of(&new).to_string();
     if body_name.is_empty() {
         new["metadata"]["name"] = json!(name);
@@ -607,9 +708,7 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
     {
         return Err(ApiError::conflict(rt, &name));
     }
-    if rt.namespaced {
-        new["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
-    }
+    keep_identity(ctx, &old, &mut new)?;
     match ctx.path.subresource.as_deref() {
         Some("status") => objects::prepare_update(rt, &old, &mut new, true),
         Some("finalize") => {
@@ -624,6 +723,66 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         StatusCode::OK,
         &shape_one(rt, stored, ctx.answer),
     ))
+}
+
+/// A patch whose result the type's schema refuses: upstream's 422 with the
+/// field `patch` and the patched object as the value.
+fn patch_invalid(patched: &Value, msg: &str) -> ApiError {
+    let json = serde_json::to_string(patched).unwrap_or_default();
+    let detail = format!("{}: {msg}", schema::go_quote(&json));
+    ApiError::new(
+        422,
+        "Invalid",
+        format!(" \"\" is invalid: patch: Invalid value: {detail}"),
+    )
+    .with_causes(&[("patch", "Invalid value", &detail)])
+}
+
+/// The typed check of an apply configuration, as server-side apply's
+/// conversion to a typed object does it: a wrong type or a field the
+/// schema does not declare refuses the apply, whatever `fieldValidation`
+/// says.
+fn check_apply_config(rt: &ResourceType, applied: &Value) -> ApiResult<()> {
+    let typed_err = |msg: String| {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "failed to create typed patch object ({}, Kind={}): {msg}",
+                rt.api_version(),
+                rt.kind
+            ),
+        )
+    };
+    let unknown = (rt.schema)(applied).map_err(|e| typed_err(format!(".{e}")))?;
+    match unknown.first() {
+        None => Ok(()),
+        Some(p) => Err(typed_err(format!(".{p}: field not declared in schema"))),
+    }
+}
+
+/// A JSON patch's own operations under `fieldValidation`: fields other
+/// than `op`, `path`, `from` and `value`, and fields given twice.
+fn json_patch_findings(body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(Value::Array(ops)) = serde_json::from_slice::<Value>(body) {
+        for op in &ops {
+            for k in op.as_object().into_iter().flat_map(|m| m.keys()) {
+                if !matches!(k.as_str(), "op" | "path" | "from" | "value") {
+                    out.push(format!("json patch unknown field {}", schema::go_quote(k)));
+                }
+            }
+        }
+    }
+    for dup in schema::duplicate_fields(body) {
+        if let [schema::Step::Index(_), schema::Step::Key(k)] = dup.0.as_slice() {
+            out.push(format!(
+                "json patch duplicate field {}",
+                schema::go_quote(k)
+            ));
+        }
+    }
+    out
 }
 
 fn apply_patch(
@@ -661,6 +820,7 @@ fn apply_patch(
         }
         BodyType::ApplyPatch => {
             let applied = decode_body(patch_body, BodyType::ApplyPatch)?;
+            check_apply_config(rt, &applied)?;
             let schema =
                 rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
             let mut merged = rke2_apimachinery::strategic_merge::apply(current, &applied, &schema)
@@ -680,6 +840,47 @@ fn apply_patch(
         }
         _ => Err(ApiError::unsupported_media(
             "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
+        )),
+    }
+}
+
+/// The identity of an object stays what it is (upstream's
+/// `EnsureObjectNamespaceMatchesRequestNamespace` and the immutable
+/// `metadata.uid`): a namespace other than the request's is a 400, an
+/// empty one is the request's, a cluster-scoped object has none; a uid
+/// may be omitted but not changed. `creationTimestamp` and the other
+/// server-owned fields are carried over by `prepare_update`.
+fn keep_identity(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> {
+    let rt = ctx.rt();
+    if rt.namespaced {
+        let want = old["metadata"]["namespace"].clone();
+        match new["metadata"]["namespace"].as_str() {
+            None | Some("") => new["metadata"]["namespace"] = want,
+            Some(ns) if Some(ns) == want.as_str() => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+    } else if let Some(m) = new["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    match (
+        new["metadata"]["uid"].as_str(),
+        old["metadata"]["uid"].as_str(),
+    ) {
+        (None | Some(""), _) => Ok(()),
+        (Some(n), Some(o)) if n == o => Ok(()),
+        (Some(n), _) => Err(ApiError::invalid(
+            rt.kind,
+            name_of(old),
+            rt,
+            &[(
+                "metadata.uid".into(),
+                "Invalid value".into(),
+                format!("{}: field is immutable", schema::go_quote(n)),
+            )],
         )),
     }
 }
@@ -704,6 +905,17 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
         ));
     }
+    let mode = ctx.write_options("PatchOptions")?;
+    // What the patch document itself holds twice (or, for a JSON patch,
+    // what its operations hold that they should not).
+    let (duplicate, other) = match (mode, ty) {
+        (FieldValidation::Ignore, _) => (Vec::new(), Vec::new()),
+        (_, BodyType::JsonPatch) => (Vec::new(), json_patch_findings(body)),
+        (_, BodyType::MergePatch | BodyType::StrategicMergePatch) => {
+            (schema::duplicate_fields(body), Vec::new())
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
     // Only a resourceVersion the client put in the patch is a
     // precondition; the patched object always carries the stored one.
     let precondition = match ty {
@@ -720,6 +932,8 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
     // watch cache's copy; a stale copy fails the revision compare and the
     // retry reads etcd.
     for attempt in 0..5 {
+        // A retry reports the fields of its own attempt only.
+        ctx.warnings.take();
         let cached = match attempt {
             0 => cached_object(ctx, &name, precondition),
             _ => None,
@@ -736,11 +950,13 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
                     && ctx.path.subresource.is_none() =>
             {
                 let mut obj = decode_body(body, BodyType::ApplyPatch)?;
+                check_apply_config(rt, &obj)?;
                 objects::check_type(rt, &mut obj)?;
                 if name_of(&obj) != name {
-                    return Err(ApiError::bad_request(
-                        "the name of the object does not match the name on the URL",
-                    ));
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        name_of(&obj)
+                    )));
                 }
                 let applied = obj.clone();
                 crate::ssa::apply_ownership(
@@ -762,11 +978,32 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
         };
         check_node_scope(ctx, &old, "patch")?;
         let mut new = apply_patch(ctx, ty, &old, body)?;
-        if name_of(&new) != name {
-            return Err(ApiError::bad_request(
-                "the name of the object may not be changed by a patch",
-            ));
+        // The patched object must decode as the type (upstream decodes it
+        // into the Go struct); fields it does not know are new ones from
+        // this patch (reported by fieldValidation) or old ones stored
+        // before they were checked (dropped silently).
+        let unknown = (rt.schema)(&new).map_err(|e| patch_invalid(&new, &e.to_string()))?;
+        let (fresh, stale): (Vec<_>, Vec<_>) =
+            unknown.into_iter().partition(|p| p.get(&old).is_none());
+        let findings = StrictFindings {
+            unknown: fresh,
+            duplicate: duplicate.clone(),
+            other: other.clone(),
+        };
+        let patched_json = new.clone();
+        ctx.settle_fields(&mut new, mode, findings, |msg| {
+            patch_invalid(&patched_json, &msg)
+        })?;
+        for p in &stale {
+            p.remove(&mut new);
         }
+        if name_of(&new) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                name_of(&new)
+            )));
+        }
+        keep_identity(ctx, &old, &mut new)?;
         if let Some(want) = precondition
             && want != rev
         {
@@ -1168,6 +1405,7 @@ async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
         query: q,
         answer: ctx.answer,
         node_scope: ctx.node_scope.clone(),
+        warnings: Warnings::default(),
     };
     let (items, meta) = list_objects(&listing, &filters).await?;
     let mut deleted = Vec::new();
@@ -1184,6 +1422,7 @@ async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
             query: ctx.query.clone(),
             answer: ctx.answer,
             node_scope: ctx.node_scope.clone(),
+            warnings: Warnings::default(),
         };
         match delete(&one, None, &[]).await {
             Ok(_) => deleted.push(obj),
@@ -1352,6 +1591,7 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
                 query: lq,
                 answer: ctx.answer,
                 node_scope: ctx.node_scope.clone(),
+                warnings: Warnings::default(),
             };
             let (items, meta) = list_objects(&listing, &filters).await?;
             start_rev = meta["resourceVersion"]

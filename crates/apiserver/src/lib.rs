@@ -24,6 +24,7 @@ pub mod objects;
 pub mod proxy;
 pub mod registry;
 pub mod request;
+pub mod schema;
 pub mod server;
 pub mod serviceaccounts;
 pub mod ssa;

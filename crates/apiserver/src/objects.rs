@@ -197,6 +197,8 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
             }
         }
     }
+    validate_annotations(obj, &mut causes);
+    validate_managed_fields(obj, &mut causes);
     if let Some(found) = obj.get(UPDATE_VIOLATIONS).and_then(Value::as_array) {
         for c in found {
             let part = |i: usize| c[i].as_str().unwrap_or("").to_string();
@@ -217,24 +219,8 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
                 "".into(),
             ));
         }
-        "Secret" => {
-            if let Some(data) = obj["data"].as_object() {
-                use base64::Engine;
-                for (k, val) in data {
-                    let ok = val
-                        .as_str()
-                        .map(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok())
-                        .unwrap_or(false);
-                    if !ok {
-                        causes.push((
-                            format!("data[{k}]"),
-                            "Invalid value".into(),
-                            "must be base64-encoded bytes".into(),
-                        ));
-                    }
-                }
-            }
-        }
+        "ConfigMap" => validate_config_map(obj, &mut causes),
+        "Secret" => validate_secret(obj, &mut causes),
         "Pod"
             if obj["spec"]["containers"]
                 .as_array()
@@ -249,6 +235,201 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(invalid(rt, name, causes))
+    }
+}
+
+/// The most all annotations of an object may hold together (key and
+/// value bytes), upstream's `TotalAnnotationSizeLimitB`.
+const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// The most a ConfigMap's or Secret's data may hold (`MaxSecretSize`).
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// The longest field manager name (`FieldManagerMaxLength`).
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// upstream's `TooLong` detail.
+fn too_long(max: usize) -> String {
+    format!("may not be more than {max} bytes")
+}
+
+fn quoted(s: &str) -> String {
+    crate::schema::go_quote(s)
+}
+
+/// Annotation keys are qualified names (checked lower-cased, as upstream)
+/// and all annotations together stay within 256 KiB.
+fn validate_annotations(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    let Some(annotations) = obj["metadata"]["annotations"].as_object() else {
+        return;
+    };
+    let mut total = 0;
+    for (k, v) in annotations {
+        for msg in rke2_apimachinery::validation::validate_label_key(&k.to_lowercase()) {
+            causes.push((
+                "metadata.annotations".into(),
+                "Invalid value".into(),
+                format!("{}: {msg}", quoted(k)),
+            ));
+        }
+        total += k.len() + v.as_str().map_or(0, str::len);
+    }
+    if total > MAX_ANNOTATIONS_BYTES {
+        causes.push((
+            "metadata.annotations".into(),
+            "Too long".into(),
+            too_long(MAX_ANNOTATIONS_BYTES),
+        ));
+    }
+}
+
+/// A field manager name: at most 128 bytes of printable characters
+/// (upstream's `ValidateFieldManager`), as causes at `field`.
+pub fn field_manager_problems(manager: &str, field: &str) -> Vec<(String, String, String)> {
+    let mut causes = Vec::new();
+    if manager.len() > MAX_FIELD_MANAGER {
+        causes.push((field.into(), "Too long".into(), too_long(MAX_FIELD_MANAGER)));
+    }
+    for (i, c) in manager.char_indices() {
+        // Go's unicode.IsPrint: no controls, and no spaces but ' '.
+        if c != ' ' && (c.is_control() || c.is_whitespace()) {
+            causes.push((
+                field.into(),
+                "Invalid value".into(),
+                format!(
+                    "{}: invalid character U+{:04X} (at position {i})",
+                    quoted(manager),
+                    c as u32
+                ),
+            ));
+        }
+    }
+    causes
+}
+
+/// 422 for bad write options (`CreateOptions.meta.k8s.io "" is invalid: ...`).
+pub fn options_invalid(options_kind: &str, causes: &[(String, String, String)]) -> ApiError {
+    let parts: Vec<String> = causes
+        .iter()
+        .map(|(f, t, d)| format!("{f}: {t}: {d}"))
+        .collect();
+    let joined = match parts.as_slice() {
+        [one] => one.clone(),
+        _ => format!("[{}]", parts.join(", ")),
+    };
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("{options_kind}.meta.k8s.io \"\" is invalid: {joined}"),
+    )
+}
+
+/// `managedFields` a client sent: operations `Apply` or `Update`,
+/// `fieldsType` `FieldsV1`, valid manager names, short subresources
+/// (upstream's `ValidateManagedFields`).
+fn validate_managed_fields(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    let Some(entries) = obj["metadata"]["managedFields"].as_array() else {
+        return;
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let at = format!("metadata.managedFields[{i}]");
+        let op = e["operation"].as_str().unwrap_or("");
+        if !matches!(op, "Apply" | "Update") {
+            causes.push((
+                format!("{at}.operation"),
+                "Invalid value".into(),
+                format!("{}: must be `Apply` or `Update`", quoted(op)),
+            ));
+        }
+        let ty = e["fieldsType"].as_str().unwrap_or("");
+        if !ty.is_empty() && ty != "FieldsV1" {
+            causes.push((
+                format!("{at}.fieldsType"),
+                "Invalid value".into(),
+                format!("{}: must be `FieldsV1`", quoted(ty)),
+            ));
+        }
+        causes.extend(field_manager_problems(
+            e["manager"].as_str().unwrap_or(""),
+            &format!("{at}.manager"),
+        ));
+        if e["subresource"].as_str().map_or(0, str::len) > 256 {
+            causes.push((
+                format!("{at}.subresource"),
+                "Too long".into(),
+                too_long(256),
+            ));
+        }
+    }
+}
+
+/// Keys that become file names in a volume, and the 1 MiB bound.
+fn validate_config_map(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    use base64::Engine;
+    let mut total = 0;
+    for bag in ["data", "binaryData"] {
+        let Some(m) = obj[bag].as_object() else {
+            continue;
+        };
+        for (k, v) in m {
+            for msg in rke2_apimachinery::validation::validate_config_map_key(k) {
+                causes.push((
+                    format!("{bag}[{k}]"),
+                    "Invalid value".into(),
+                    format!("{}: {msg}", quoted(k)),
+                ));
+            }
+            if bag == "data" && obj["binaryData"].get(k).is_some() {
+                causes.push((
+                    format!("data[{k}]"),
+                    "Invalid value".into(),
+                    format!("{}: duplicate of key present in binaryData", quoted(k)),
+                ));
+            }
+            let s = v.as_str().unwrap_or("");
+            total += match bag {
+                "binaryData" => base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_or(s.len(), |b| b.len()),
+                _ => s.len(),
+            };
+        }
+    }
+    if total > MAX_DATA_BYTES {
+        // Upstream names no field: the bound is the whole object's.
+        causes.push(("[]".into(), "Too long".into(), too_long(MAX_DATA_BYTES)));
+    }
+}
+
+/// Base64 values, config keys and the 1 MiB bound on the decoded data.
+fn validate_secret(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    use base64::Engine;
+    let Some(data) = obj["data"].as_object() else {
+        return;
+    };
+    let mut total = 0;
+    for (k, val) in data {
+        for msg in rke2_apimachinery::validation::validate_config_map_key(k) {
+            causes.push((
+                format!("data[{k}]"),
+                "Invalid value".into(),
+                format!("{}: {msg}", quoted(k)),
+            ));
+        }
+        match val
+            .as_str()
+            .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
+        {
+            Some(Ok(bytes)) => total += bytes.len(),
+            _ => causes.push((
+                format!("data[{k}]"),
+                "Invalid value".into(),
+                "must be base64-encoded bytes".into(),
+            )),
+        }
+    }
+    if total > MAX_DATA_BYTES {
+        causes.push(("data".into(), "Too long".into(), too_long(MAX_DATA_BYTES)));
     }
 }
 

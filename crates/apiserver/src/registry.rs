@@ -65,6 +65,8 @@ pub struct ResourceType {
     pub status_subresource: bool,
     /// Whether `metadata.generation` tracks spec changes.
     pub tracks_generation: bool,
+    /// The typed check of an object of this type against its schema.
+    pub schema: crate::schema::Check,
 }
 
 impl ResourceType {
@@ -134,7 +136,8 @@ impl ResourceType {
 macro_rules! rt {
     ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr,
      short: [$($short:expr),*], cat: [$($cat:expr),*], sub: [$($sub:expr),*],
-     fields: [$($field:expr),*], $printer:expr, status: $status:expr, gen: $gen:expr) => {
+     fields: [$($field:expr),*], $printer:expr, status: $status:expr, gen: $gen:expr,
+     typed: $typed:ty) => {
         ResourceType {
             group: $group,
             version: $version,
@@ -149,25 +152,28 @@ macro_rules! rt {
             printer: $printer,
             status_subresource: $status,
             tracks_generation: $gen,
+            schema: crate::schema::typed::<$typed>,
         }
     };
 }
 
+use k8s_openapi::api;
+
 static TYPES: &[ResourceType] = &[
-    rt!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], cat: [], sub: ["status", "finalize"], fields: ["status.phase"], Printer::Namespace, status: true, gen: false),
-    rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false),
-    rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false),
-    rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false),
-    rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false),
-    rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], cat: [], sub: [], fields: [], Printer::ConfigMap, status: false, gen: false),
-    rt!("", "v1", "Secret", "secrets", "secret", true, short: [], cat: [], sub: [], fields: ["type"], Printer::Secret, status: false, gen: false),
-    rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], cat: [], sub: ["token"], fields: [], Printer::ServiceAccount, status: false, gen: false),
-    rt!("", "v1", "Event", "events", "event", true, short: ["ev"], cat: [], sub: [], fields: ["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"], Printer::Event, status: false, gen: false),
-    rt!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, short: [], cat: [], sub: [], fields: [], Printer::Lease, status: false, gen: false),
-    rt!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::Deployment, status: true, gen: true),
-    rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true),
-    rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true),
-    rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true),
+    rt!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], cat: [], sub: ["status", "finalize"], fields: ["status.phase"], Printer::Namespace, status: true, gen: false, typed: api::core::v1::Namespace),
+    rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false, typed: api::core::v1::Node),
+    rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false, typed: api::core::v1::Pod),
+    rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false, typed: api::core::v1::Service),
+    rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false, typed: api::core::v1::Endpoints),
+    rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], cat: [], sub: [], fields: [], Printer::ConfigMap, status: false, gen: false, typed: api::core::v1::ConfigMap),
+    rt!("", "v1", "Secret", "secrets", "secret", true, short: [], cat: [], sub: [], fields: ["type"], Printer::Secret, status: false, gen: false, typed: api::core::v1::Secret),
+    rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], cat: [], sub: ["token"], fields: [], Printer::ServiceAccount, status: false, gen: false, typed: api::core::v1::ServiceAccount),
+    rt!("", "v1", "Event", "events", "event", true, short: ["ev"], cat: [], sub: [], fields: ["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"], Printer::Event, status: false, gen: false, typed: api::core::v1::Event),
+    rt!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, short: [], cat: [], sub: [], fields: [], Printer::Lease, status: false, gen: false, typed: api::coordination::v1::Lease),
+    rt!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::Deployment, status: true, gen: true, typed: api::apps::v1::Deployment),
+    rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true, typed: api::apps::v1::ReplicaSet),
+    rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true, typed: api::apps::v1::DaemonSet),
+    rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true, typed: api::batch::v1::Job),
 ];
 
 /// Every served type.

@@ -254,6 +254,7 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
                 query,
                 answer: Answer { as_, include },
                 node_scope,
+                warnings: Default::default(),
             };
             handlers::handle(ctx, parts.method, content_type, body).await
         }

@@ -38,6 +38,20 @@ impl ApiError {
         self
     }
 
+    /// Adds field causes `(field, type, detail)` to the Status details.
+    pub fn with_causes(mut self, causes: &[(&str, &str, &str)]) -> Self {
+        let causes: Vec<Value> = causes
+            .iter()
+            .map(|(field, ty, detail)| {
+                json!({"reason": format!("FieldValue{}", ty.replace(' ', "")), "message": format!("{ty}: {detail}"), "field": field})
+            })
+            .collect();
+        let mut details = self.details.take().unwrap_or_else(|| json!({}));
+        details["causes"] = Value::Array(causes);
+        self.details = Some(details);
+        self
+    }
+
     /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
