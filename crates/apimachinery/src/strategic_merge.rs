@@ -73,6 +73,10 @@ pub enum PatchError {
         /// What was wrong.
         message: String,
     },
+    /// A `$retainKeys` that is not a list of strings, or that leaves out a
+    /// field the same patch sets (upstream's wording).
+    #[error("invalid patch format of retainKeys")]
+    BadRetainKeys,
     /// `{"$patch":"merge"}` inside a list, which upstream rejects too.
     #[error("merging lists cannot yet be specified in the patch")]
     ListMergeDirective,
@@ -163,16 +167,23 @@ impl<'s, 'p> Merger<'s, 'p> {
         // Upstream prunes the original by $retainKeys before merging, so the
         // patch's own keys (always a subset in kubectl's patches) survive.
         if let Some(retain) = patch.get(RETAIN_KEYS) {
-            let list = retain
-                .as_array()
-                .ok_or_else(|| bad_directive(RETAIN_KEYS, "must be a list of field names"))?;
+            let list = retain.as_array().ok_or(PatchError::BadRetainKeys)?;
             let keep: Vec<&str> = list
                 .iter()
-                .map(|v| {
-                    v.as_str()
-                        .ok_or_else(|| bad_directive(RETAIN_KEYS, "must contain strings"))
-                })
+                .map(|v| v.as_str().ok_or(PatchError::BadRetainKeys))
                 .collect::<Result<_, _>>()?;
+            // Upstream's check: every field the patch sets must be one the
+            // directive retains, or the patch contradicts itself.
+            let contradicts = patch.iter().any(|(k, v)| {
+                !v.is_null()
+                    && k != RETAIN_KEYS
+                    && !k.starts_with(DELETE_FROM_PRIMITIVE_LIST)
+                    && !k.starts_with(SET_ELEMENT_ORDER)
+                    && !keep.contains(&k.as_str())
+            });
+            if contradicts {
+                return Err(PatchError::BadRetainKeys);
+            }
             original.retain(|k, _| keep.contains(&k.as_str()));
         }
 

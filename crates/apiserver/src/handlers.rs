@@ -820,7 +820,9 @@ fn apply_patch(
         }
         BodyType::ApplyPatch => {
             let applied = decode_body(patch_body, BodyType::ApplyPatch)?;
-            check_apply_config(rt, &applied)?;
+            if ctx.path.subresource.as_deref() != Some("scale") {
+                check_apply_config(rt, &applied)?;
+            }
             let schema =
                 rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
             let mut merged = rke2_apimachinery::strategic_merge::apply(current, &applied, &schema)
@@ -1078,6 +1080,13 @@ async fn scale(
                 .ok_or_else(|| ApiError::unsupported_media("application/merge-patch+json"))?;
             apply_patch(ctx, ty, &current, body)?
         };
+        // The Scale must decode as one: a replicas beyond int32 would be
+        // stored into a workload no client could read back.
+        schema::typed::<k8s_openapi::api::autoscaling::v1::Scale>(&wanted).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Scale in version \"v1\" cannot be handled as a Scale: {e}"
+            ))
+        })?;
         if let Some(want) = expected_rv(&wanted)?
             && want != rev
         {

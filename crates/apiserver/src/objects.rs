@@ -198,6 +198,7 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         }
     }
     validate_annotations(obj, &mut causes);
+    validate_owners_and_finalizers(obj, &mut causes);
     validate_managed_fields(obj, &mut causes);
     if let Some(found) = obj.get(UPDATE_VIOLATIONS).and_then(Value::as_array) {
         for c in found {
@@ -280,6 +281,56 @@ fn validate_annotations(obj: &Value, causes: &mut Vec<(String, String, String)>)
             "Too long".into(),
             too_long(MAX_ANNOTATIONS_BYTES),
         ));
+    }
+}
+
+/// Owner references name an owner fully (the garbage collector deletes
+/// what a dangling reference points from) with at most one controller, and
+/// finalizers are qualified names (upstream's `ValidateOwnerReferences`,
+/// `ValidateFinalizers`).
+fn validate_owners_and_finalizers(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    let meta = &obj["metadata"];
+    let mut controllers = Vec::new();
+    for r in meta["ownerReferences"].as_array().into_iter().flatten() {
+        let field = |k: &str| r[k].as_str().unwrap_or("");
+        let version = field("apiVersion").rsplit('/').next().unwrap_or("");
+        for (key, empty, what) in [
+            ("apiVersion", version.is_empty(), "version"),
+            ("kind", field("kind").is_empty(), "kind"),
+            ("name", field("name").is_empty(), "name"),
+            ("uid", field("uid").is_empty(), "uid"),
+        ] {
+            if empty {
+                causes.push((
+                    format!("metadata.ownerReferences.{key}"),
+                    "Invalid value".into(),
+                    format!("{}: {what} must not be empty", quoted(field(key))),
+                ));
+            }
+        }
+        if r["controller"].as_bool() == Some(true) {
+            controllers.push(format!("{}/{}", field("kind"), field("name")));
+        }
+    }
+    if controllers.len() > 1 {
+        causes.push((
+            "metadata.ownerReferences".into(),
+            "Invalid value".into(),
+            format!(
+                "Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                controllers.join(" and ")
+            ),
+        ));
+    }
+    for f in meta["finalizers"].as_array().into_iter().flatten() {
+        let f = f.as_str().unwrap_or("");
+        for msg in rke2_apimachinery::validation::validate_label_key(f) {
+            causes.push((
+                "metadata.finalizers".into(),
+                "Invalid value".into(),
+                format!("{}: {msg}", quoted(f)),
+            ));
+        }
     }
 }
 
