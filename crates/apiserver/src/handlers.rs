@@ -461,14 +461,19 @@ fn read_body(
         ))
     };
     let unknown = (rt.schema)(&obj).map_err(|e| cannot_handle(e.to_string()))?;
-    let duplicate = match (mode, ty) {
-        (FieldValidation::Ignore, _) | (_, BodyType::Protobuf) => Vec::new(),
-        _ => schema::duplicate_fields(body),
+    let (duplicate, other) = match (mode, ty) {
+        (FieldValidation::Ignore, _) | (_, BodyType::Protobuf) => (Vec::new(), Vec::new()),
+        _ => (
+            schema::duplicate_fields(body),
+            crate::request::yaml_duplicate_keys(body)
+                .into_iter()
+                .collect(),
+        ),
     };
     let findings = StrictFindings {
         unknown,
         duplicate,
-        ..Default::default()
+        other,
     };
     ctx.settle_fields(&mut obj, mode, findings, cannot_handle)?;
     Ok(obj)
@@ -916,8 +921,19 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
         (_, BodyType::MergePatch | BodyType::StrategicMergePatch) => {
             (schema::duplicate_fields(body), Vec::new())
         }
-        _ => (Vec::new(), Vec::new()),
+        (_, _) => (
+            Vec::new(),
+            crate::request::yaml_duplicate_keys(body)
+                .into_iter()
+                .collect(),
+        ),
     };
+    if ty == BodyType::ApplyPatch && mode == FieldValidation::Strict && !other.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "error strict decoding YAML: {}",
+            other.join(", ")
+        )));
+    }
     // Only a resourceVersion the client put in the patch is a
     // precondition; the patched object always carries the stored one.
     let precondition = match ty {

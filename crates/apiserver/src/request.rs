@@ -202,7 +202,13 @@ pub fn decode_body(bytes: &[u8], ty: BodyType) -> Result<Value, ApiError> {
             }
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?;
-            serde_saphyr::from_str::<Value>(text)
+            // A repeated key keeps its last value, as upstream's YAML
+            // decoder does; `yaml_duplicate_keys` reports it for
+            // fieldValidation.
+            let options = serde_saphyr::options! {
+                duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::LastWins,
+            };
+            serde_saphyr::from_str_with_options::<Value>(text, options)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))
         }
         _ => serde_json::from_slice(bytes).map_err(|e| {
@@ -212,6 +218,22 @@ pub fn decode_body(bytes: &[u8], ty: BodyType) -> Result<Value, ApiError> {
                 e.column()
             ))
         }),
+    }
+}
+
+/// The first repeated mapping key of a YAML body (not JSON), worded by
+/// the YAML parser; `None` when there is none.
+pub fn yaml_duplicate_keys(bytes: &[u8]) -> Option<String> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::Error,
+    };
+    match serde_saphyr::from_str_with_options::<Value>(text, options) {
+        Err(e) if e.to_string().to_ascii_lowercase().contains("duplicate") => Some(e.to_string()),
+        _ => None,
     }
 }
 
@@ -321,5 +343,12 @@ mod tests {
         assert!(e.message.contains("line 2"), "{}", e.message);
         let e = decode_body(b"a: [1,\n  b: c", BodyType::Yaml).unwrap_err();
         assert_eq!(e.code, 400);
+        // Repeated keys: the last wins, and the duplicate is reported.
+        let v = decode_body(b"a: 1\nb: 2\na: 3\n", BodyType::Yaml).unwrap();
+        assert_eq!(v, serde_json::json!({"a": 3, "b": 2}));
+        let dup = yaml_duplicate_keys(b"a: 1\nb: 2\na: 3\n").unwrap();
+        assert!(dup.contains('a'), "{dup}");
+        assert!(yaml_duplicate_keys(b"a: 1\nb: 2\n").is_none());
+        assert!(yaml_duplicate_keys(br#"{"a": 1, "a": 2}"#).is_none());
     }
 }
