@@ -20,6 +20,7 @@
 //! The crate never writes anything. Callers print the error and exit with
 //! [`ConfigError::exit_code`] (2 for every error, 0 for `--help`/`--version`).
 
+mod checks;
 mod flags;
 mod yaml;
 
@@ -33,6 +34,7 @@ use std::str::FromStr;
 use clap::parser::ValueSource;
 use serde_json::Value;
 
+pub use checks::check_cluster_dns;
 pub use flags::{
     DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR, DEFAULT_PAUSE_IMAGE, DEFAULT_WRITE_KUBECONFIG,
 };
@@ -234,6 +236,8 @@ pub enum Origin {
     Env(String),
     /// The built-in default.
     Default,
+    /// The default `node-name`: this machine's host name.
+    HostName,
 }
 
 impl fmt::Display for Origin {
@@ -246,6 +250,7 @@ impl fmt::Display for Origin {
             Origin::Flag(name) => write!(f, "flag --{name}"),
             Origin::Env(name) => write!(f, "env {name}"),
             Origin::Default => f.write_str("default"),
+            Origin::HostName => f.write_str("default (the host name)"),
         }
     }
 }
@@ -297,6 +302,22 @@ pub enum ConfigError {
         key: String,
         /// The offending value.
         value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `token` / `agent-token` (or what its `-file` holds) is malformed or
+    /// does not fit the role. The value is a secret and is never shown.
+    #[error(
+        "{origin}: invalid {key}{}: {reason}",
+        file.as_ref().map(|p| format!(" (the content of {})", p.display())).unwrap_or_default()
+    )]
+    InvalidToken {
+        /// Where the token (or its file's path) came from.
+        origin: Origin,
+        /// `token` or `agent-token`.
+        key: String,
+        /// The file it was read from (`token-file` / `agent-token-file`).
+        file: Option<PathBuf>,
         /// What is wrong with it.
         reason: String,
     },
@@ -705,14 +726,24 @@ impl Resolver<'_> {
         name: &str,
         parse: impl Fn(&str) -> Result<T, E>,
     ) -> Result<Option<T>, ConfigError> {
+        Ok(self.parsed_at(name, parse)?.map(|(v, _)| v))
+    }
+
+    /// Like [`Resolver::parsed`], with where the value came from.
+    fn parsed_at<T, E: fmt::Display>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Option<(T, Origin)>, ConfigError> {
         self.str(name)
-            .map(|(s, origin)| {
-                parse(&s).map_err(|e| ConfigError::InvalidValue {
+            .map(|(s, origin)| match parse(&s) {
+                Ok(v) => Ok((v, origin)),
+                Err(e) => Err(ConfigError::InvalidValue {
                     origin,
                     key: name.to_string(),
                     value: s.clone(),
                     reason: e.to_string(),
-                })
+                }),
             })
             .transpose()
     }
@@ -735,10 +766,15 @@ impl Resolver<'_> {
             .collect()
     }
 
-    /// `token` if set, else the trimmed content of `<file_key>`.
-    fn token(&self, key: &str, file_key: &str) -> Result<Option<String>, ConfigError> {
-        if let Some((t, _)) = self.str(key) {
-            return Ok(Some(t));
+    /// `token` if set, else the trimmed content of `<file_key>`, with
+    /// where it came from.
+    fn token(&self, key: &str, file_key: &str) -> Result<Option<GivenToken>, ConfigError> {
+        if let Some((value, origin)) = self.str(key) {
+            return Ok(Some(GivenToken {
+                value,
+                origin,
+                file: None,
+            }));
         }
         let Some((path, origin)) = self.str(file_key) else {
             return Ok(None);
@@ -755,7 +791,41 @@ impl Resolver<'_> {
         if t.is_empty() {
             return Err(err("file is empty".into()));
         }
-        Ok(Some(t.to_string()))
+        Ok(Some(GivenToken {
+            value: t.to_string(),
+            origin,
+            file: Some(path),
+        }))
+    }
+}
+
+/// A token as given, before its checks.
+struct GivenToken {
+    value: String,
+    /// Origin of `token` (or of `token-file` when read from a file).
+    origin: Origin,
+    /// The file it was read from.
+    file: Option<PathBuf>,
+}
+
+impl GivenToken {
+    /// Checks the token for `key` and `role`; the error names the key,
+    /// origin and file, never the value.
+    fn check(&self, key: checks::TokenKey, role: Role) -> Result<rke2_trust::Token, ConfigError> {
+        checks::token(&self.value, key, role).map_err(|reason| self.error(key, reason))
+    }
+
+    fn error(&self, key: checks::TokenKey, reason: String) -> ConfigError {
+        ConfigError::InvalidToken {
+            origin: self.origin.clone(),
+            key: match key {
+                checks::TokenKey::Token => "token",
+                checks::TokenKey::AgentToken => "agent-token",
+            }
+            .to_string(),
+            file: self.file.clone(),
+            reason,
+        }
     }
 }
 
@@ -821,11 +891,7 @@ fn build(
 
     let server = r.parsed("server", parse_server_url)?;
     if role == Role::Agent && server.is_none() {
-        return Err(ConfigError::Missing {
-            key: "server".into(),
-            role,
-            env: Resolver::def("server").env.into(),
-        });
+        return Err(missing("server", role));
     }
     let token = r.token("token", "token-file")?;
     let agent_token = if server_role {
@@ -833,19 +899,46 @@ fn build(
     } else {
         None
     };
-    let node_name = match r.str("node-name") {
-        Some((n, _)) => n,
-        None => hostname(),
-    };
-    let cluster_cidr = r.parsed("cluster-cidr", parse_cidr)?.expect("default");
-    let service_cidr = r.parsed("service-cidr", parse_cidr)?.expect("default");
+    check_tokens(role, token.as_ref(), agent_token.as_ref())?;
+    let with_node_id = r.bool("with-node-id");
+    let node_name = node_name(&r, with_node_id, hostname)?;
+    let (cluster_cidr, cluster_origin) = r.parsed_at("cluster-cidr", parse_cidr)?.expect("default");
+    let (service_cidr, service_origin) = r.parsed_at("service-cidr", parse_cidr)?.expect("default");
+    let (cluster_dns, dns_origin) = r
+        .parsed_at("cluster-dns", parse_ip)?
+        .unwrap_or_else(|| (nth_address(&service_cidr, 10), Origin::Default));
+    let https = r
+        .parsed_at("https-listen-port", parse_port)?
+        .expect("default");
+    let supervisor = r
+        .parsed_at("supervisor-port", parse_port)?
+        .expect("default");
+    let (lb_server_port, lb_origin) = r.parsed_at("lb-server-port", parse_port)?.expect("default");
+    if server_role {
+        // An agent's networks come from the servers at run time; it
+        // checks cluster-dns once it knows them.
+        check_networks(
+            (&cluster_cidr, &cluster_origin),
+            (&service_cidr, &service_origin),
+            (cluster_dns, &dns_origin),
+        )?;
+        check_server_ports(&https, &supervisor)?;
+    } else if lb_server_port < 2 {
+        return Err(ConfigError::InvalidValue {
+            origin: lb_origin,
+            key: "lb-server-port".into(),
+            value: lb_server_port.to_string(),
+            reason: "must be at least 2: the apiserver load balancer listens on the port below it"
+                .into(),
+        });
+    }
 
     Ok(Config {
         role,
         config_file,
         data_dir: PathBuf::from(r.str("data-dir").expect("default").0),
-        token,
-        agent_token,
+        token: token.map(|t| t.value),
+        agent_token: agent_token.map(|t| t.value),
         server,
         tls_san: r.list("tls-san").into_iter().map(|(s, _)| s).collect(),
         node_taints: r.parsed_list("node-taint", Taint::from_str)?,
@@ -860,17 +953,189 @@ fn build(
         service_cidr,
         cluster_domain: r.str("cluster-domain").expect("default").0,
         disable: r.list("disable").into_iter().map(|(s, _)| s).collect(),
-        with_node_id: r.bool("with-node-id"),
-        https_listen_port: r.parsed("https-listen-port", parse_port)?.expect("default"),
-        supervisor_port: r.parsed("supervisor-port", parse_port)?.expect("default"),
-        lb_server_port: r.parsed("lb-server-port", parse_port)?.expect("default"),
+        with_node_id,
+        https_listen_port: https.0,
+        supervisor_port: supervisor.0,
+        lb_server_port,
         etcd_binary: r.str("etcd-binary").expect("default").0,
         pause_image: r.str("pause-image").expect("default").0,
-        cluster_dns: r
-            .parsed("cluster-dns", parse_ip)?
-            .unwrap_or_else(|| nth_address(&service_cidr, 10)),
+        cluster_dns,
         debug: r.bool("debug"),
     })
+}
+
+fn missing(key: &str, role: Role) -> ConfigError {
+    ConfigError::Missing {
+        key: key.into(),
+        role,
+        env: Resolver::def(key).env.into(),
+    }
+}
+
+/// `token` (required for agents) and `agent-token`: well formed, fit for
+/// the role, and not the same secret twice.
+fn check_tokens(
+    role: Role,
+    token: Option<&GivenToken>,
+    agent_token: Option<&GivenToken>,
+) -> Result<(), ConfigError> {
+    use checks::TokenKey;
+    let parsed = token.map(|t| t.check(TokenKey::Token, role)).transpose()?;
+    if role == Role::Agent && token.is_none() {
+        return Err(missing("token", role));
+    }
+    if let Some(a) = agent_token {
+        let agent = a.check(TokenKey::AgentToken, role)?;
+        if let Some(server) = &parsed {
+            checks::agent_token_vs_token(&agent, server)
+                .map_err(|reason| a.error(TokenKey::AgentToken, reason))?;
+        }
+    }
+    Ok(())
+}
+
+/// `node-name`, else the host name; either must make a valid Node name.
+fn node_name(
+    r: &Resolver<'_>,
+    with_node_id: bool,
+    hostname: impl FnOnce() -> String,
+) -> Result<String, ConfigError> {
+    let (name, origin) = r
+        .str("node-name")
+        .unwrap_or_else(|| (hostname(), Origin::HostName));
+    checks::node_name(&name, with_node_id).map_err(|reason| {
+        let reason = if origin == Origin::HostName {
+            format!(
+                "{reason}; the host name is not a valid node name: set node-name (flag --node-name, env {} or `node-name:` in the config file)",
+                Resolver::def("node-name").env
+            )
+        } else {
+            reason
+        };
+        ConfigError::InvalidValue {
+            origin,
+            key: "node-name".into(),
+            value: name.clone(),
+            reason,
+        }
+    })?;
+    Ok(name)
+}
+
+/// `cluster-cidr` holds a node block and does not overlap `service-cidr`;
+/// `cluster-dns` is a Service address of `service-cidr`. A conflict is
+/// reported on the key the user set (of two, `service-cidr`).
+fn check_networks(
+    (cluster, cluster_origin): (&ipnet::IpNet, &Origin),
+    (service, service_origin): (&ipnet::IpNet, &Origin),
+    (dns, dns_origin): (IpAddr, &Origin),
+) -> Result<(), ConfigError> {
+    let invalid =
+        |key: &str, origin: &Origin, value: String, reason: String| ConfigError::InvalidValue {
+            origin: origin.clone(),
+            key: key.into(),
+            value,
+            reason,
+        };
+    checks::cluster_cidr(cluster)
+        .map_err(|reason| invalid("cluster-cidr", cluster_origin, cluster.to_string(), reason))?;
+    if checks::overlap(cluster, service) {
+        let (key, origin, value, other, other_value, other_origin) =
+            if *service_origin == Origin::Default {
+                (
+                    "cluster-cidr",
+                    cluster_origin,
+                    cluster,
+                    "service-cidr",
+                    service,
+                    service_origin,
+                )
+            } else {
+                (
+                    "service-cidr",
+                    service_origin,
+                    service,
+                    "cluster-cidr",
+                    cluster,
+                    cluster_origin,
+                )
+            };
+        return Err(invalid(
+            key,
+            origin,
+            value.to_string(),
+            format!(
+                "overlaps {other} {other_value} ({other_origin}): pod and Service addresses must not overlap"
+            ),
+        ));
+    }
+    if let Err(reason) = checks::check_cluster_dns(dns, service) {
+        return Err(if *dns_origin == Origin::Default {
+            invalid(
+                "service-cidr",
+                service_origin,
+                service.to_string(),
+                format!(
+                    "too small for the default cluster-dns {dns} (its 10th address): {reason}; use a larger service-cidr or set cluster-dns"
+                ),
+            )
+        } else {
+            invalid(
+                "cluster-dns",
+                dns_origin,
+                dns.to_string(),
+                format!("{reason} (service-cidr: {service_origin})"),
+            )
+        });
+    }
+    Ok(())
+}
+
+/// The API and supervisor ports differ from each other and from the ports
+/// the server always uses (etcd, node API).
+fn check_server_ports(
+    (https, https_origin): &(u16, Origin),
+    (sup, sup_origin): &(u16, Origin),
+) -> Result<(), ConfigError> {
+    if https == sup {
+        let (key, origin, other, other_origin) = if *sup_origin == Origin::Default {
+            (
+                "https-listen-port",
+                https_origin,
+                "supervisor-port",
+                sup_origin,
+            )
+        } else {
+            (
+                "supervisor-port",
+                sup_origin,
+                "https-listen-port",
+                https_origin,
+            )
+        };
+        return Err(ConfigError::InvalidValue {
+            origin: origin.clone(),
+            key: key.into(),
+            value: https.to_string(),
+            reason: format!(
+                "the same as {other} ({other_origin}): the supervisor and the Kubernetes API need a port each"
+            ),
+        });
+    }
+    for (key, port, origin) in [
+        ("https-listen-port", https, https_origin),
+        ("supervisor-port", sup, sup_origin),
+    ] {
+        if let Some((_, what)) = checks::FIXED_SERVER_PORTS.iter().find(|(p, _)| p == port) {
+            return Err(ConfigError::InvalidValue {
+                origin: origin.clone(),
+                key: key.into(),
+                value: port.to_string(),
+                reason: format!("port {port} is {what}, which the server also listens on"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The `n`th address of a network (10.43.0.0/16, 10 -> 10.43.0.10).

@@ -532,7 +532,8 @@ fn bad_yaml_error_has_position() {
 fn token_file_is_read_and_trimmed() {
     let (d, cfg) = setup(Some(""), &[]);
     let tf = d.path().join("token");
-    fs::write(&tf, "  K10abc::server:pw\n\n").unwrap();
+    let full = format!("K10{}::server:pw", "ab".repeat(32));
+    fs::write(&tf, format!("  {full}\n\n")).unwrap();
     let atf = d.path().join("agent-token");
     fs::write(&atf, "agentpw\n").unwrap();
     fs::write(
@@ -545,7 +546,7 @@ fn token_file_is_read_and_trimmed() {
     )
     .unwrap();
     let c = server(&cfg, &[]).unwrap().config;
-    assert_eq!(c.token.as_deref(), Some("K10abc::server:pw"));
+    assert_eq!(c.token.as_deref(), Some(full.as_str()));
     assert_eq!(c.agent_token.as_deref(), Some("agentpw"));
     // An explicit token wins over token-file.
     let c = server(&cfg, &["--token", "direct"]).unwrap().config;
@@ -639,4 +640,416 @@ fn mode_parsing() {
     assert!(parse_mode("0x1A4").is_err());
     assert!(parse_mode("").is_err());
     assert!(parse_mode("888").is_err());
+}
+
+// ------------------------------------------------ checks before anything is written
+
+const SUBDOMAIN_MSG: &str = r"a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+#[test]
+fn node_name_must_be_a_dns1123_subdomain() {
+    for bad in ["Bad_Name", "a..b", "-a", "a-", "node 1", "ä"] {
+        let (_d, cfg) = setup(Some(&format!("token: t\nnode-name: \"{bad}\"\n")), &[]);
+        let t = err_text(server(&cfg, &[]));
+        assert!(t.contains(&format!("{} line 2", cfg.display())), "{t}");
+        assert!(t.contains("for node-name") && t.contains(bad), "{t}");
+        assert!(t.contains(SUBDOMAIN_MSG), "{t}");
+        // Agents are held to the same rule.
+        let t = err_text(load_with(
+            Role::Agent,
+            &cfg,
+            &["--server", "https://s:9345"],
+            &no_env(),
+        ));
+        assert!(t.contains(SUBDOMAIN_MSG), "{t}");
+    }
+    let (_d, cfg) = setup(Some(""), &[]);
+    let t = err_text(server(&cfg, &["--node-name", &"a".repeat(254)]));
+    assert!(
+        t.contains("flag --node-name") && t.contains("must be no more than 253 characters"),
+        "{t}"
+    );
+    // The node password Secret `<name>.node-password.rke2` must fit too,
+    // also with the with-node-id suffix.
+    let t = err_text(server(&cfg, &["--node-name", &"a".repeat(235)]));
+    assert!(t.contains("must be no more than 234 characters"), "{t}");
+    assert!(server(&cfg, &["--node-name", &"a".repeat(234)]).is_ok());
+    let t = err_text(server(
+        &cfg,
+        &["--node-name", &"a".repeat(226), "--with-node-id"],
+    ));
+    assert!(
+        t.contains("must be no more than 225 characters with with-node-id"),
+        "{t}"
+    );
+    let c = server(&cfg, &["--node-name", "n-1.example.com"])
+        .unwrap()
+        .config;
+    assert_eq!(c.node_name, "n-1.example.com");
+}
+
+#[test]
+fn hostname_default_node_name_is_checked_and_names_the_key_to_set() {
+    let values = HashMap::new();
+    let r = Resolver { values: &values };
+    let e = node_name(&r, false, || "my_host".to_string()).unwrap_err();
+    let t = e.to_string();
+    assert!(
+        t.starts_with("default (the host name): invalid value \"my_host\" for node-name"),
+        "{t}"
+    );
+    assert!(t.contains(SUBDOMAIN_MSG), "{t}");
+    assert!(
+        t.contains("set node-name (flag --node-name, env RKE2_NODE_NAME"),
+        "{t}"
+    );
+    assert_eq!(e.exit_code(), 2);
+    assert_eq!(node_name(&r, false, || "vm-1".to_string()).unwrap(), "vm-1");
+    // A configured node-name is used and the host name is not consulted.
+    let mut values = HashMap::new();
+    values.insert(
+        "node-name",
+        RawValue::Str("n1".into(), Origin::Flag("node-name".into())),
+    );
+    let r = Resolver { values: &values };
+    assert_eq!(node_name(&r, false, || unreachable!()).unwrap(), "n1");
+}
+
+fn hash() -> String {
+    "0123456789abcdef".repeat(4)
+}
+
+/// Token cases: (role, yaml, needles in the error).
+#[test]
+fn malformed_tokens_are_refused_without_showing_them() {
+    let h = hash();
+    let cases: Vec<(Role, String, Vec<&str>)> = vec![
+        (
+            Role::Server,
+            "token: K10abc::server:pw-x\n".into(),
+            vec!["64 hex", "got 3"],
+        ),
+        (
+            Role::Server,
+            format!("token: K10{}::server:pw-x\n", "g".repeat(64)),
+            vec!["64 hex"],
+        ),
+        (
+            Role::Server,
+            format!("token: K10{h}server-pw-x\n"),
+            vec!["missing '::'"],
+        ),
+        (
+            Role::Server,
+            format!("token: K10{h}::serverpw-x\n"),
+            vec!["missing ':'"],
+        ),
+        (
+            Role::Server,
+            format!("token: \"K10{h}::server:\"\n"),
+            vec!["password must not be empty"],
+        ),
+        (
+            Role::Server,
+            format!("token: \"K10{h}:::pw-x\"\n"),
+            vec!["user must not be empty"],
+        ),
+        (
+            Role::Server,
+            "token: K10pw-x\n".into(),
+            vec!["missing '::'"],
+        ),
+        (
+            Role::Server,
+            "token: \"pw-x two\"\n".into(),
+            vec!["a space at character 5"],
+        ),
+        (
+            Role::Server,
+            "token: \"pw-x\\ttwo\"\n".into(),
+            vec!["a tab"],
+        ),
+        (
+            Role::Server,
+            "token: \"pw-x\\u0007\"\n".into(),
+            vec!["control character U+0007"],
+        ),
+        (
+            Role::Server,
+            format!("token: K10{h}::node:pw-x\n"),
+            vec!["agent token (user `node`)", "not servers"],
+        ),
+        (
+            Role::Server,
+            format!("token: K10{h}::admin:pw-x\n"),
+            vec!["must be `server`, not `admin`"],
+        ),
+        (
+            Role::Agent,
+            format!("server: https://s:9345\ntoken: K10{h}::admin:pw-x\n"),
+            vec!["`server` or `node`"],
+        ),
+        (
+            Role::Server,
+            format!("token: K10{h}::server:one\nagent-token: K10{h}::server:pw-x\n"),
+            vec!["invalid agent-token", "user `node`", "server token"],
+        ),
+        (
+            Role::Server,
+            "token: pw-x\nagent-token: pw-x\n".into(),
+            vec!["invalid agent-token", "must differ"],
+        ),
+        (
+            Role::Server,
+            format!(
+                "token: K10{h}::server:one\nagent-token: K10{}::node:pw-x\n",
+                "f".repeat(64)
+            ),
+            vec!["invalid agent-token", "different clusters"],
+        ),
+    ];
+    for (role, yaml, needles) in cases {
+        let (_d, cfg) = setup(Some(&yaml), &[]);
+        let t = err_text(load_with(role, &cfg, &[], &no_env()));
+        assert!(
+            t.contains(&cfg.display().to_string()),
+            "{yaml}: no file in {t}"
+        );
+        for n in needles {
+            assert!(t.contains(n), "{yaml}: {n:?} not in {t}");
+        }
+        assert!(!t.contains("pw-x"), "{yaml}: the secret is shown: {t}");
+    }
+}
+
+#[test]
+fn token_file_content_is_checked_and_the_file_named() {
+    let (d, cfg) = setup(Some(""), &[]);
+    let tf = d.path().join("token");
+    fs::write(&tf, "first-secret\nsecond-secret\n").unwrap();
+    let t = err_text(server(&cfg, &["--token-file", tf.to_str().unwrap()]));
+    assert!(t.contains("flag --token-file: invalid token"), "{t}");
+    assert!(
+        t.contains(&format!("the content of {}", tf.display())),
+        "{t}"
+    );
+    assert!(t.contains("a line break at character 13"), "{t}");
+    assert!(!t.contains("secret"), "{t}");
+    let e = env(&[("RKE2_AGENT_TOKEN_FILE", tf.to_str().unwrap())]);
+    let t = err_text(load_with(Role::Server, &cfg, &[], &e));
+    assert!(
+        t.contains("env RKE2_AGENT_TOKEN_FILE: invalid agent-token"),
+        "{t}"
+    );
+}
+
+#[test]
+fn well_formed_tokens_load() {
+    let h = hash();
+    let (_d, cfg) = setup(Some(""), &[]);
+    for t in [
+        "secret",
+        "s3cr3t:with:colons",
+        &format!("K10{h}::server:pw"),
+    ] {
+        assert_eq!(
+            server(&cfg, &["--token", t])
+                .unwrap()
+                .config
+                .token
+                .as_deref(),
+            Some(t)
+        );
+    }
+    for t in [
+        format!("K10{h}::server:pw"),
+        format!("K10{h}::node:pw"),
+        "pw".into(),
+    ] {
+        let c = load_with(
+            Role::Agent,
+            &cfg,
+            &["--server", "https://s:9345", "--token", &t],
+            &no_env(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.token.as_deref(), Some(t.as_str()));
+    }
+    let c = server(
+        &cfg,
+        &[
+            "--token",
+            &format!("K10{h}::server:pw"),
+            "--agent-token",
+            &format!("K10{h}::node:other"),
+        ],
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.agent_token, Some(format!("K10{h}::node:other")));
+    assert!(server(&cfg, &["--agent-token", "agent-only"]).is_ok());
+}
+
+#[test]
+fn agent_without_token_is_an_error() {
+    let (_d, cfg) = setup(Some("server: https://s:9345\n"), &[]);
+    let e = load_with(Role::Agent, &cfg, &[], &no_env()).unwrap_err();
+    assert!(matches!(e, ConfigError::Missing { .. }), "{e:?}");
+    let t = e.to_string();
+    assert!(
+        t.contains("token is required for rke2 agent") && t.contains("RKE2_TOKEN"),
+        "{t}"
+    );
+}
+
+#[test]
+fn cluster_and_service_cidr_must_not_overlap() {
+    let (_d, cfg) = setup(Some("service-cidr: 10.42.128.0/17\n"), &[]);
+    let t = err_text(server(&cfg, &[]));
+    assert!(
+        t.contains(&format!(
+            "{} line 1: invalid value \"10.42.128.0/17\" for service-cidr",
+            cfg.display()
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains("overlaps cluster-cidr 10.42.0.0/16 (default)"),
+        "{t}"
+    );
+    // The key that was set is blamed; the other is named with its origin.
+    let (_d, cfg) = setup(Some("token: t\ncluster-cidr: 10.0.0.0/8\n"), &[]);
+    let t = err_text(server(&cfg, &[]));
+    assert!(
+        t.contains("line 2: invalid value \"10.0.0.0/8\" for cluster-cidr"),
+        "{t}"
+    );
+    assert!(
+        t.contains("overlaps service-cidr 10.43.0.0/16 (default)"),
+        "{t}"
+    );
+    let t = err_text(server(&cfg, &["--service-cidr", "10.96.0.0/12"]));
+    assert!(
+        t.contains("flag --service-cidr: invalid value \"10.96.0.0/12\" for service-cidr"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "overlaps cluster-cidr 10.0.0.0/8 (file {} line 2)",
+            cfg.display()
+        )),
+        "{t}"
+    );
+    let c = server(
+        &cfg,
+        &[
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--service-cidr",
+            "10.96.0.0/12",
+        ],
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.cluster_dns.to_string(), "10.96.0.10");
+    // Different families never overlap.
+    assert!(server(&cfg, &["--cluster-cidr", "fd00:42::/56"]).is_ok());
+}
+
+#[test]
+fn cluster_cidr_must_hold_a_node_block() {
+    let (_d, cfg) = setup(Some("cluster-cidr: 10.42.0.0/25\n"), &[]);
+    let t = err_text(server(&cfg, &[]));
+    assert!(
+        t.contains("for cluster-cidr") && t.contains("prefix of at most /24"),
+        "{t}"
+    );
+    assert!(server(&cfg, &["--cluster-cidr", "10.42.0.0/24"]).is_ok());
+    let t = err_text(server(&cfg, &["--cluster-cidr", "fd00:42::/80"]));
+    assert!(t.contains("at most /64"), "{t}");
+}
+
+#[test]
+fn cluster_dns_must_be_a_service_address_of_service_cidr() {
+    let (_d, cfg) = setup(Some("token: t\ncluster-dns: 10.44.0.10\n"), &[]);
+    let t = err_text(server(&cfg, &[]));
+    assert!(
+        t.contains("line 2: invalid value \"10.44.0.10\" for cluster-dns"),
+        "{t}"
+    );
+    assert!(
+        t.contains("not in service-cidr 10.43.0.0/16 (service-cidr: default)"),
+        "{t}"
+    );
+    for (dns, needle) in [
+        ("10.43.0.0", "network address"),
+        ("10.43.255.255", "broadcast address"),
+        ("10.43.0.1", "`kubernetes` Service"),
+        ("fd00::10", "not in service-cidr"),
+    ] {
+        let t = err_text(server(&cfg, &["--cluster-dns", dns]));
+        assert!(
+            t.contains("flag --cluster-dns") && t.contains(needle),
+            "{dns}: {t}"
+        );
+    }
+    let c = server(&cfg, &["--cluster-dns", "10.43.0.53"])
+        .unwrap()
+        .config;
+    assert_eq!(c.cluster_dns.to_string(), "10.43.0.53");
+    // A service-cidr too small for the default (its 10th address) names
+    // service-cidr and the key to set.
+    let (_d, cfg) = setup(Some("service-cidr: 10.43.0.0/29\n"), &[]);
+    let t = err_text(server(&cfg, &[]));
+    assert!(
+        t.contains("line 1: invalid value \"10.43.0.0/29\" for service-cidr"),
+        "{t}"
+    );
+    assert!(
+        t.contains("default cluster-dns 10.43.0.10") && t.contains("set cluster-dns"),
+        "{t}"
+    );
+    assert!(server(&cfg, &["--cluster-dns", "10.43.0.2"]).is_ok());
+    // An agent's service-cidr comes from the servers: not judged at load.
+    let (_d, cfg) = setup(
+        Some("server: https://s:9345\ntoken: t\ncluster-dns: 10.99.0.10\n"),
+        &[],
+    );
+    let c = load_with(Role::Agent, &cfg, &[], &no_env()).unwrap().config;
+    assert_eq!(c.cluster_dns.to_string(), "10.99.0.10");
+    assert!(check_cluster_dns(c.cluster_dns, &"10.99.0.0/16".parse().unwrap()).is_ok());
+    assert!(check_cluster_dns(c.cluster_dns, &c.service_cidr).is_err());
+}
+
+#[test]
+fn listen_ports_must_not_collide() {
+    let (_d, cfg) = setup(Some("supervisor-port: 6443\n"), &[]);
+    let t = err_text(server(&cfg, &[]));
+    assert!(
+        t.contains("line 1: invalid value \"6443\" for supervisor-port"),
+        "{t}"
+    );
+    assert!(t.contains("the same as https-listen-port (default)"), "{t}");
+    for (flag, port, needle) in [
+        ("--https-listen-port", "2379", "etcd's client port"),
+        ("--supervisor-port", "2380", "etcd's peer port"),
+        ("--https-listen-port", "10250", "the node API's port"),
+    ] {
+        let (_d, cfg) = setup(Some(""), &[]);
+        let t = err_text(server(&cfg, &[flag, port]));
+        assert!(
+            t.contains(&format!("flag {flag}")) && t.contains(needle),
+            "{t}"
+        );
+    }
+    let (_d, cfg) = setup(
+        Some("server: https://s:9345\ntoken: t\nlb-server-port: 1\n"),
+        &[],
+    );
+    let t = err_text(load_with(Role::Agent, &cfg, &[], &no_env()));
+    assert!(
+        t.contains("for lb-server-port") && t.contains("port below it"),
+        "{t}"
+    );
 }

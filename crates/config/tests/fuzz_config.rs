@@ -141,7 +141,7 @@ impl Sandbox {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("empty-token"), "").unwrap();
-        std::fs::write(dir.path().join("token"), "K10abc::server:secret\n").unwrap();
+        std::fs::write(dir.path().join("token"), format!("{}\n", full_token())).unwrap();
         std::fs::create_dir(dir.path().join("a-dir")).unwrap();
         Sandbox { dir }
     }
@@ -163,6 +163,11 @@ impl Sandbox {
         };
         self.path().join(name).display().to_string()
     }
+}
+
+/// A well-formed full token (`K10<64 hex>::server:<password>`).
+fn full_token() -> String {
+    format!("K10{}::server:secret", "0123456789abcdef".repeat(4))
 }
 
 // ---------------------------------------------------------------- YAML
@@ -462,12 +467,20 @@ fn valid_value(name: &'static str) -> BoxedStrategy<String> {
         "node-label" => "[a-z]{1,5}=[a-z0-9]{0,4}".boxed(),
         "write-kubeconfig-mode" => "0?[0-7]{3}".boxed(),
         "node-ip" | "advertise-address" | "bind-address" => ip.boxed(),
-        "cluster-cidr" | "service-cidr" => {
-            (ip, 0u8..=32).prop_map(|(a, n)| format!("{a}/{n}")).boxed()
-        }
-        "https-listen-port" | "lb-server-port" | "supervisor-port" => {
-            (1u16..).prop_map(|p| p.to_string()).boxed()
-        }
+        // Pods in 172.16/12, Services in 192.168/16: never overlapping each
+        // other or the other's default, each holding a node block (/24)
+        // and the default cluster-dns (10th address).
+        "cluster-cidr" => (16u8..32, any::<u8>(), 12u8..=24)
+            .prop_map(|(b, c, n)| format!("172.{b}.{c}.0/{n}"))
+            .boxed(),
+        "service-cidr" => (any::<u8>(), 16u8..=24)
+            .prop_map(|(c, n)| format!("192.168.{c}.0/{n}"))
+            .boxed(),
+        "node-name" => "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z0-9]{1,4}){0,2}".boxed(),
+        // Ranges apart, and apart from the fixed etcd and node API ports.
+        "https-listen-port" => (1u16..2379).prop_map(|p| p.to_string()).boxed(),
+        "supervisor-port" => (2381u16..10250).prop_map(|p| p.to_string()).boxed(),
+        "lb-server-port" => (2u16..).prop_map(|p| p.to_string()).boxed(),
         _ => "[a-z0-9][a-z0-9./-]{0,11}".boxed(),
     }
 }
@@ -608,6 +621,13 @@ fn check_result(sb: &Sandbox, r: &Result<Loaded, ConfigError>) -> Result<(), Tes
         ConfigError::InvalidValue { key, .. } => {
             prop_assert!(names_origin(&msg), "does not name file/flag/env: {}", msg);
             prop_assert!(msg.contains(key.as_str()), "does not name the key: {}", msg);
+        }
+        ConfigError::InvalidToken { key, file, .. } => {
+            prop_assert!(names_origin(&msg), "does not name file/flag/env: {}", msg);
+            prop_assert!(msg.contains(key.as_str()), "does not name the key: {}", msg);
+            if let Some(f) = file {
+                prop_assert!(msg.contains(&f.display().to_string()), "{}", msg);
+            }
         }
         ConfigError::TokenFile { path, .. } => {
             prop_assert!(names_origin(&msg), "does not name file/flag/env: {}", msg);
@@ -774,11 +794,59 @@ proptest! {
                 if matches!(token, Some(TokenPath::Token))
                     && !settings.iter().any(|s| s.0 == "token")
                 {
-                    prop_assert_eq!(l.config.token.as_deref(), Some("K10abc::server:secret"));
+                    prop_assert_eq!(l.config.token.clone(), Some(full_token()));
                 }
             }
             (Err(e), _) => {
                 return Err(TestCaseError::fail(format!("valid settings rejected: {e}")));
+            }
+        }
+    }
+    /// Tokens of every shape (bare, K10 with good and bad hashes, users,
+    /// separators, whitespace): loaded only when the server and agent
+    /// will parse them, refused as `InvalidToken` otherwise, and the
+    /// secret never appears in the message.
+    #[test]
+    fn tokens_load_only_when_well_formed_and_are_never_shown(
+        hash in prop_oneof!["[0-9a-f]{64}", "[0-9A-F]{64}", "[0-9a-fA-Fg]{0,66}"],
+        sep in prop::sample::select(vec!["::", ":", ":::", ""]),
+        user in prop::sample::select(vec!["server", "node", "admin", ""]),
+        colon in prop::sample::select(vec![":", ""]),
+        junk in "[ -~\t\n]{0,3}",
+        full in any::<bool>(),
+        role in prop::sample::select(vec![Role::Server, Role::Agent]),
+    ) {
+        const SECRET: &str = "S3cr3tMark";
+        let token = if full {
+            format!("K10{hash}{sep}{user}{colon}{SECRET}{junk}")
+        } else {
+            format!("{junk}{SECRET}{junk}")
+        };
+        let env: HashMap<String, String> = [
+            ("RKE2_TOKEN".to_string(), token.clone()),
+            ("RKE2_URL".to_string(), "https://s:9345".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let args: Vec<OsString> = vec!["--config".into(), "/dev/null".into()];
+        match load(role, &args, &env) {
+            Ok(l) => {
+                prop_assert_eq!(l.config.token.as_deref(), Some(token.as_str()));
+                let t = rke2_trust::Token::parse(&token);
+                prop_assert!(t.is_ok(), "loaded but unparsable: {:?}", token);
+                prop_assert!(!token.chars().any(|c| c.is_whitespace() || c.is_control()));
+                let t = t.unwrap();
+                if let Some(u) = t.user.as_deref() {
+                    prop_assert!(u == "server" || (u == "node" && role == Role::Agent), "user {}", u);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let is_token_error = matches!(e, ConfigError::InvalidToken { .. });
+                prop_assert!(is_token_error, "{:?}", e);
+                prop_assert!(msg.contains("env RKE2_TOKEN: invalid token"), "{}", msg);
+                prop_assert!(!msg.contains(SECRET), "the secret is shown: {}", msg);
+                prop_assert_eq!(e.exit_code(), 2);
             }
         }
     }

@@ -80,6 +80,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let token = Token::parse(given).context("parsing the token (config key `token`)")?;
     let agent_dir = cfg.data_dir.join("agent");
     let ca_path = agent_dir.join("server-ca.crt");
+    let ips: Vec<IpAddr> = if cfg.node_ips.is_empty() {
+        vec![crate::server::detect_node_ip()]
+    } else {
+        cfg.node_ips.clone()
+    };
+    // Before writing anything (exit 2): the balancers' and node API's ports.
+    crate::preflight::check_ports(&crate::preflight::agent_listens(&cfg, ips[0])).await?;
 
     // Step 1: the CA. A cached CA is used only while it still matches the
     // token, so a token for another cluster is refused either way.
@@ -104,10 +111,15 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         .unwrap_or_else(|| rke2_trust::NODE_USER.to_string());
     // Check the credentials against the registration address before
     // writing anything: a wrong token must leave no trace.
+    // The same answer carries the cluster's networks, against which this
+    // agent's cluster-dns is checked, also before anything is written.
     if !ca_path.exists() {
         let direct = SupervisorClient::new(&server, &ca, &user, &token.password)
             .context("agent: supervisor client")?;
-        crate::cluster::retry_transient("agent step 1 (check token)", || direct.config()).await?;
+        let cluster =
+            crate::cluster::retry_transient("agent step 1 (check token)", || direct.config())
+                .await?;
+        adopt_cluster_config(&mut cfg, &cluster)?;
     }
     rke2_trust::write_file_if_changed(&ca_path, &ca, 0o644)
         .with_context(|| format!("writing {}", ca_path.display()))?;
@@ -154,7 +166,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     // The cluster's networks come from the servers, as in RKE2: an
     // agent's own cluster-cidr/service-cidr/cluster-domain are defaults.
     match sup.config().await {
-        Ok(cluster) => adopt_cluster_config(&mut cfg, &cluster),
+        Ok(cluster) => adopt_cluster_config(&mut cfg, &cluster)?,
         Err(e) => warn!(error = %e, "reading the cluster configuration; using this agent's own"),
     }
 
@@ -169,11 +181,6 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     let password = read_or_create(&node_password_path(&cfg), || {
         hex::encode(rand::random::<[u8; 16]>())
     })?;
-    let ips: Vec<IpAddr> = if cfg.node_ips.is_empty() {
-        vec![crate::server::detect_node_ip()]
-    } else {
-        cfg.node_ips.clone()
-    };
     let ip_strings: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
     let client_cert =
         crate::cluster::retry_transient("agent step 3 (node client certificate)", || {
@@ -267,8 +274,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
 
 /// Takes `cluster-cidr`, `service-cidr` and `cluster-domain` from the
 /// servers' `/v1-rke2/config`; `cluster-dns` follows the service CIDR
-/// unless this agent set it.
-fn adopt_cluster_config(cfg: &mut Config, cluster: &serde_json::Value) {
+/// unless this agent set it, and must then be a Service address of the
+/// cluster's `service-cidr` ([`Refused`](crate::preflight::Refused) if not:
+/// the agent's pods would get a DNS server no Service can hold).
+fn adopt_cluster_config(
+    cfg: &mut Config,
+    cluster: &serde_json::Value,
+) -> Result<(), crate::preflight::Refused> {
     let default_dns = rke2_config::nth_address(&cfg.service_cidr, 10);
     if let Some(c) = cluster["cluster-cidr"]
         .as_str()
@@ -288,6 +300,12 @@ fn adopt_cluster_config(cfg: &mut Config, cluster: &serde_json::Value) {
     if cfg.cluster_dns == default_dns {
         cfg.cluster_dns = rke2_config::nth_address(&cfg.service_cidr, 10);
     }
+    rke2_config::check_cluster_dns(cfg.cluster_dns, &cfg.service_cidr).map_err(|reason| {
+        crate::preflight::Refused(format!(
+            "invalid value {:?} for cluster-dns: {reason} (the cluster's service-cidr, from the servers); set cluster-dns to an address in it, or leave it unset",
+            cfg.cluster_dns.to_string()
+        ))
+    })
 }
 
 /// Every 10 s: learn the live apiservers and point both load balancers at

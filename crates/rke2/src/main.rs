@@ -2,6 +2,7 @@
 
 mod agent;
 mod cluster;
+mod preflight;
 mod server;
 
 use std::collections::HashMap;
@@ -102,7 +103,7 @@ fn main() {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("rke2: {e:#}");
-                    1
+                    preflight::exit_code(&e)
                 }
             },
             Role::Agent => match agent::run(loaded.config).await {
@@ -110,7 +111,7 @@ fn main() {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("rke2: {e:#}");
-                    1
+                    preflight::exit_code(&e)
                 }
             },
         }

@@ -165,17 +165,21 @@ pub async fn run(cfg: Config) -> Result<()> {
     let started = Instant::now();
     // Fail before writing anything when etcd is not installed.
     rke2_datastore::etcd::find_binary(&cfg.etcd_binary)?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("installing the SIGINT handler")?;
-
     let data_dir = &cfg.data_dir;
     let server_dir = data_dir.join("server");
     let ips = node_ips(&cfg);
     let node_ip = ips[0];
     let etcd_data = server_dir.join("db").join("etcd");
     let has_etcd_data = etcd_data.join("member").exists();
+    // Also before writing anything (exit 2): a token pinning a CA this
+    // server will not have, and addresses we cannot listen on.
+    crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
+    crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+
     // A server with `server:` and no etcd data yet joins that cluster; once
     // etcd has data, the URL no longer matters for membership.
     let join = match (&cfg.server, has_etcd_data) {
@@ -207,12 +211,16 @@ pub async fn run(cfg: Config) -> Result<()> {
         Some(plan) => plan.passwd.clone(),
         None => rke2_supervisor::bootstrap::Passwd {
             server: token.password.clone(),
-            node: cfg
-                .agent_token
-                .as_deref()
-                .and_then(|t| Token::parse(t).ok())
-                .map(|t| t.password)
-                .unwrap_or_else(|| token.password.clone()),
+            // Without `agent-token`, agents use the server password (as
+            // k3s); a given one was checked at load and is never replaced.
+            node: match cfg.agent_token.as_deref() {
+                Some(t) => {
+                    Token::parse(t)
+                        .context("parsing the agent token (config key `agent-token`)")?
+                        .password
+                }
+                None => token.password.clone(),
+            },
         },
     };
 
