@@ -115,17 +115,60 @@ impl Ctx<'_> {
     }
 
     fn dry_run(&self) -> bool {
-        self.query.get("dryRun") == Some("All")
+        self.query.dry_run()
+    }
+
+    /// Checks the query's typed parameters and folds a delete body's
+    /// `dryRun` into the query, so every verb reads one dry-run switch
+    /// (kubectl's `delete --dry-run=server` sends it in the body only).
+    fn settle_options(
+        &mut self,
+        method: &Method,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> ApiResult<()> {
+        let options_kind = match *method {
+            Method::POST => Some("CreateOptions"),
+            Method::PUT => Some("UpdateOptions"),
+            Method::PATCH => Some("PatchOptions"),
+            Method::DELETE => Some("DeleteOptions"),
+            _ => None,
+        };
+        self.query.check(options_kind)?;
+        if *method == Method::DELETE && !body.is_empty() {
+            let ty = crate::request::body_type(content_type)
+                .ok_or_else(|| ApiError::unsupported_media("application/json"))?;
+            let opts = decode_body(body, ty)?;
+            let dry = match &opts["dryRun"] {
+                Value::Null => Vec::new(),
+                Value::Array(a) if a.iter().all(Value::is_string) => {
+                    a.iter().filter_map(Value::as_str).collect()
+                }
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "DeleteOptions in version \"v1\" cannot be handled as a DeleteOptions: dryRun: expected a list of strings, got {other}"
+                    )));
+                }
+            };
+            crate::request::check_dry_run(&dry, "DeleteOptions")?;
+            if !dry.is_empty() {
+                self.query.set("dryRun", "All");
+            }
+        }
+        Ok(())
     }
 }
 
 /// Dispatches a resource request by method.
 pub async fn handle(
-    ctx: Ctx<'_>,
+    mut ctx: Ctx<'_>,
     method: Method,
     content_type: Option<String>,
     body: Bytes,
 ) -> Response {
+    if let Err(e) = ctx.settle_options(&method, content_type.as_deref(), &body) {
+        return e.into_response();
+    }
     let result = match (
         &method,
         ctx.path.name.is_some(),
@@ -159,7 +202,7 @@ pub async fn handle(
         }
         (&Method::PATCH, true, None | Some("status")) => patch(&ctx, content_type, &body).await,
         (&Method::DELETE, true, None) => delete(&ctx, content_type, &body).await,
-        (&Method::DELETE, false, None) => delete_collection(&ctx).await,
+        (&Method::DELETE, false, None) => delete_collection(&ctx, content_type, &body).await,
         _ => Err(ApiError::method_not_allowed(method.as_str(), ctx.rt())),
     };
     let mut resp = match result {
@@ -200,6 +243,10 @@ fn cached_object(ctx: &Ctx<'_>, name: &str, at: Option<i64>) -> Option<(Value, i
 
 async fn get(ctx: &Ctx<'_>) -> ApiResult<Response> {
     let name = ctx.path.name.as_deref().unwrap_or("");
+    let min = minimum_revision(&ctx.query);
+    if min > 0 {
+        wait_until_fresh(ctx, min).await?;
+    }
     let (obj, _) = read_object(ctx, name).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -283,8 +330,69 @@ fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
         .map_err(|_| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))
 }
 
-/// The objects of one list request, with the list metadata.
+/// How long a read waits for the store to reach a resourceVersion a
+/// client asked for (upstream's watch cache blocks 3 s).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// The revision a read must not be older than: `resourceVersion=N` with
+/// `NotOlderThan` or `Exact`, or without a match on a whole list (N > 0).
+fn minimum_revision(q: &Query) -> i64 {
+    let rv = q
+        .get("resourceVersion")
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    match q.get("resourceVersionMatch").filter(|s| !s.is_empty()) {
+        None | Some("NotOlderThan") | Some("Exact") => rv.max(0),
+        Some(_) => 0,
+    }
+}
+
+/// Waits until the store has reached revision `min`, at most
+/// [`FRESHNESS_WAIT`]; then answers as upstream does for a revision
+/// ahead of the store: 504 "Too large resource version", never an older
+/// state.
+async fn wait_until_fresh(ctx: &Ctx<'_>, min: i64) -> ApiResult<()> {
+    let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
+    loop {
+        let current = ctx.state.store.current_revision().await?;
+        if current >= min {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::too_large_resource_version(min, current));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The objects of one list request, with the list metadata; a list whose
+/// resourceVersion is ahead of the store waits for it (see
+/// [`wait_until_fresh`]).
 async fn list_objects(ctx: &Ctx<'_>, filters: &Filters) -> ApiResult<(Vec<Value>, Value)> {
+    let min = if ctx.query.get("continue").is_some_and(|c| !c.is_empty()) {
+        0
+    } else {
+        minimum_revision(&ctx.query)
+    };
+    let (items, meta) = match list_objects_once(ctx, filters).await {
+        Err(e) if e.reason == "FutureRevision" => {
+            wait_until_fresh(ctx, min).await?;
+            return list_objects_once(ctx, filters).await;
+        }
+        other => other?,
+    };
+    let listed = meta["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    if listed >= min {
+        return Ok((items, meta));
+    }
+    wait_until_fresh(ctx, min).await?;
+    list_objects_once(ctx, filters).await
+}
+
+async fn list_objects_once(ctx: &Ctx<'_>, filters: &Filters) -> ApiResult<(Vec<Value>, Value)> {
     let rt = ctx.rt();
     let q = &ctx.query;
     let prefix = rt.prefix(ctx.ns());
@@ -595,17 +703,22 @@ fn check_node_scope(ctx: &Ctx<'_>, obj: &Value, verb: &str) -> ApiResult<()> {
     }
 }
 
+/// How many names a create with `generateName` tries before it answers
+/// 409 (upstream's RetryGenerateName, GA in 1.32, makes eight attempts).
+const GENERATE_NAME_ATTEMPTS: usize = 8;
+
 /// Validates, defaults and stores a new object; returns it as stored.
 async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     let rt = ctx.rt();
     check_node_scope(ctx, &obj, "create")?;
+    let generated = obj["metadata"]["name"].as_str().unwrap_or("").is_empty()
+        && obj["metadata"]["generateName"].is_string();
     objects::prepare_create(rt, &mut obj, ctx.ns())?;
     objects::validate(rt, &obj)?;
     ensure_namespace(ctx).await?;
     if rt.kind == "Pod" {
         crate::serviceaccounts::admit_pod(ctx.state, &mut obj).await?;
     }
-    let name = name_of(&obj).to_string();
     if ctx.dry_run() {
         return Ok(obj);
     }
@@ -613,22 +726,32 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     if rt.kind == "Service" {
         claims = crate::allocator::allocate_service(ctx.state, &mut obj).await?;
     }
-    match ctx
-        .state
-        .store
-        .create(&ctx.key(&name), objects::to_stored(&obj))
-        .await
-    {
-        Ok(rev) => {
-            objects::decorate(rt, &mut obj, rev);
-            Ok(obj)
-        }
-        Err(e) => {
-            crate::allocator::release(ctx.state, &claims).await;
-            Err(match e {
-                StoreError::AlreadyExists => ApiError::already_exists(rt, &name),
-                other => other.into(),
-            })
+    let mut attempt = 1;
+    loop {
+        let name = name_of(&obj).to_string();
+        match ctx
+            .state
+            .store
+            .create(&ctx.key(&name), objects::to_stored(&obj))
+            .await
+        {
+            Ok(rev) => {
+                objects::decorate(rt, &mut obj, rev);
+                return Ok(obj);
+            }
+            // A generated name that collides is drawn again: the client
+            // asked for any name, not this one.
+            Err(StoreError::AlreadyExists) if generated && attempt < GENERATE_NAME_ATTEMPTS => {
+                attempt += 1;
+                objects::generate_name(&mut obj);
+            }
+            Err(e) => {
+                crate::allocator::release(ctx.state, &claims).await;
+                return Err(match e {
+                    StoreError::AlreadyExists => ApiError::already_exists(rt, &name),
+                    other => other.into(),
+                });
+            }
         }
     }
 }
@@ -1418,12 +1541,16 @@ fn pod_grace_period(pod: &Value, opts: &Value, query: Option<&str>) -> Option<i6
     (grace > 0).then_some(grace)
 }
 
-async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
+async fn delete_collection(
+    ctx: &Ctx<'_>,
+    content_type: Option<String>,
+    body: &[u8],
+) -> ApiResult<Response> {
     let rt = ctx.rt();
     let filters = Filters::from_query(rt, &ctx.query)?;
     let mut q = ctx.query.clone();
-    q.0.remove("limit");
-    q.0.remove("continue");
+    q.remove("limit");
+    q.remove("continue");
     let listing = Ctx {
         state: ctx.state,
         path: ctx.path.clone(),
@@ -1449,7 +1576,9 @@ async fn delete_collection(ctx: &Ctx<'_>) -> ApiResult<Response> {
             node_scope: ctx.node_scope.clone(),
             warnings: Warnings::default(),
         };
-        match delete(&one, None, &[]).await {
+        // Each object is deleted with the collection's DeleteOptions, as
+        // upstream's DeleteCollection does.
+        match delete(&one, content_type.clone(), body).await {
             Ok(_) => deleted.push(obj),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
@@ -1608,7 +1737,7 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
                 "resourceVersionMatch",
                 "watch",
             ] {
-                lq.0.remove(k);
+                lq.remove(k);
             }
             let listing = Ctx {
                 state: ctx.state,

@@ -721,6 +721,22 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
     }
 }
 
+/// Sets `metadata.name` from `generateName` plus five random characters,
+/// the prefix cut to 58 characters so the name fits 63 (upstream's
+/// `SimpleNameGenerator`). Does nothing without a `generateName`.
+pub fn generate_name(obj: &mut Value) {
+    const MAX_PREFIX: usize = 63 - 5;
+    let meta = &mut obj["metadata"];
+    let Some(prefix) = meta["generateName"].as_str() else {
+        return;
+    };
+    let cut = prefix
+        .char_indices()
+        .nth(MAX_PREFIX)
+        .map_or(prefix, |(i, _)| &prefix[..i]);
+    meta["name"] = json!(format!("{cut}{}", random_suffix(5)));
+}
+
 /// Prepares a new object for storage: generateName, uid, timestamps.
 pub fn prepare_create(
     rt: &ResourceType,
@@ -731,13 +747,10 @@ pub fn prepare_create(
     if let Some(m) = obj.as_object_mut() {
         m.remove(UPDATE_VIOLATIONS);
     }
-    let meta = &mut obj["metadata"];
-    if meta["name"].as_str().unwrap_or("").is_empty()
-        && let Some(prefix) = meta["generateName"].as_str()
-    {
-        let suffix = random_suffix(5);
-        meta["name"] = json!(format!("{prefix}{suffix}"));
+    if obj["metadata"]["name"].as_str().unwrap_or("").is_empty() {
+        generate_name(obj);
     }
+    let meta = &mut obj["metadata"];
     if rt.namespaced {
         let ns = namespace.unwrap_or("default");
         match meta["namespace"].as_str() {

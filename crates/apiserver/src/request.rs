@@ -110,39 +110,128 @@ pub fn parse_path(path: &str) -> Result<Route, ApiError> {
     }
 }
 
-/// Decoded query parameters.
+/// Decoded query parameters: every value of every key, in order.
+/// Single-valued parameters read the first value, as upstream's
+/// parameter codec does (`Convert_Slice_string_To_*`).
 #[derive(Debug, Default, Clone)]
-pub struct Query(pub HashMap<String, String>);
+pub struct Query(pub HashMap<String, Vec<String>>);
+
+/// Integer parameters of the options kinds the served verbs decode
+/// (`ListOptions`, `DeleteOptions`); a malformed one is a 400 whatever
+/// the verb, as the codec decodes the whole query.
+const INTEGER_PARAMS: &[&str] = &["limit", "timeoutSeconds", "gracePeriodSeconds"];
 
 impl Query {
     /// Parses a raw query string.
     pub fn parse(raw: Option<&str>) -> Self {
-        Query(
-            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned() {
+            map.entry(k).or_default().push(v);
+        }
+        Query(map)
     }
 
-    /// A parameter's value.
+    /// A parameter's (first) value.
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(|s| s.as_str())
+        self.0.get(k).and_then(|v| v.first()).map(String::as_str)
     }
 
-    /// A boolean parameter (`true`/`1`).
+    /// Every value a parameter was given.
+    pub fn all(&self, k: &str) -> &[String] {
+        self.0.get(k).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Sets a parameter to one value.
+    pub fn set(&mut self, k: &str, v: &str) {
+        self.0.insert(k.to_string(), vec![v.to_string()]);
+    }
+
+    /// Removes a parameter.
+    pub fn remove(&mut self, k: &str) {
+        self.0.remove(k);
+    }
+
+    /// A boolean parameter as apimachinery decodes query booleans: absent
+    /// is false; present is true unless it is `0` or `false` in any case
+    /// (so the Python client's `watch=True` is a watch).
     pub fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true") | Some("1"))
+        match self.get(k) {
+            None => false,
+            Some(v) => !(v == "0" || v.eq_ignore_ascii_case("false")),
+        }
     }
 
-    /// An integer parameter; 400 when unparsable.
+    /// An integer parameter, parsed as Go's `strconv.ParseInt` (base 10,
+    /// optional sign); an empty value counts as absent. 400 with
+    /// strconv's message, after the parameter's name, when malformed.
     pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
         match self.get(k) {
             None | Some("") => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| {
-                ApiError::bad_request(format!("invalid value for {k}: {v:?} is not an integer"))
-            }),
+            Some(v) => parse_go_int(v)
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(format!("invalid value for {k}: {e}"))),
         }
     }
+
+    /// Checks every typed parameter the verbs read, before anything is
+    /// done: integers must parse (400), `dryRun` may only be `All` (422
+    /// naming `options_kind`, for the write verbs that carry it).
+    pub fn check(&self, options_kind: Option<&str>) -> Result<(), ApiError> {
+        for k in INTEGER_PARAMS {
+            self.int(k)?;
+        }
+        if let Some(kind) = options_kind {
+            let values: Vec<&str> = self.all("dryRun").iter().map(String::as_str).collect();
+            check_dry_run(&values, kind)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the request asks for a dry run (`dryRun=All`; checked by
+    /// [`Query::check`]).
+    pub fn dry_run(&self) -> bool {
+        self.all("dryRun").iter().any(|v| v == "All")
+    }
+}
+
+/// `ValidateDryRun`: every value must be `All`; 422 on the options kind.
+pub fn check_dry_run(values: &[&str], options_kind: &str) -> Result<(), ApiError> {
+    if values.iter().all(|v| *v == "All") {
+        return Ok(());
+    }
+    let shown: Vec<String> = values.iter().map(|v| crate::schema::go_quote(v)).collect();
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            "{options_kind}.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{{{}}}: supported values: \"All\"",
+            shown.join(", ")
+        ),
+    ))
+}
+
+/// `strconv.ParseInt(v, 10, 64)`, with its error text.
+fn parse_go_int(v: &str) -> Result<i64, String> {
+    use std::num::IntErrorKind;
+    let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "strconv.ParseInt: parsing {}: invalid syntax",
+            crate::schema::go_quote(v)
+        ));
+    }
+    v.parse::<i64>().map_err(|e| match e.kind() {
+        IntErrorKind::PosOverflow | IntErrorKind::NegOverflow => {
+            format!(
+                "strconv.ParseInt: parsing {}: value out of range",
+                crate::schema::go_quote(v)
+            )
+        }
+        _ => format!(
+            "strconv.ParseInt: parsing {}: invalid syntax",
+            crate::schema::go_quote(v)
+        ),
+    })
 }
 
 /// Media type of a request body.
@@ -276,6 +365,87 @@ pub fn answer_as(accept: Option<&str>) -> Result<AnswerAs, ApiError> {
         return Ok(AnswerAs::Object);
     }
     Err(ApiError::not_acceptable())
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn booleans_as_apimachinery_decodes_them() {
+        for (raw, want) in [
+            ("watch=true", true),
+            ("watch=True", true),
+            ("watch=TRUE", true),
+            ("watch=1", true),
+            ("watch=t", true),
+            ("watch=", true),
+            ("watch=yes", true),
+            ("watch=false", false),
+            ("watch=False", false),
+            ("watch=FALSE", false),
+            ("watch=0", false),
+            ("other=1", false),
+            // The first value counts, as upstream's codec reads it.
+            ("watch=false&watch=true", false),
+        ] {
+            assert_eq!(Query::parse(Some(raw)).flag("watch"), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn integers_as_strconv_parses_them() {
+        let q = |raw: &str| Query::parse(Some(raw)).int("limit");
+        assert_eq!(q("limit=5").unwrap(), Some(5));
+        assert_eq!(q("limit=%2B5").unwrap(), Some(5));
+        assert_eq!(q("limit=-5").unwrap(), Some(-5));
+        assert_eq!(q("limit=").unwrap(), None);
+        assert_eq!(q("x=1").unwrap(), None);
+        let e = q("limit=five").unwrap_err();
+        assert_eq!(e.code, 400);
+        assert_eq!(
+            e.message,
+            "invalid value for limit: strconv.ParseInt: parsing \"five\": invalid syntax"
+        );
+        for bad in [
+            "limit=1.5",
+            "limit=+5",
+            "limit=%205",
+            "limit=0x10",
+            "limit=%2B",
+            "limit=1_000",
+        ] {
+            assert_eq!(q(bad).unwrap_err().code, 400, "{bad}");
+        }
+        let e = q("limit=99999999999999999999").unwrap_err();
+        assert!(e.message.ends_with("value out of range"), "{}", e.message);
+    }
+
+    #[test]
+    fn dry_run_only_all() {
+        let check = |raw: &str| Query::parse(Some(raw)).check(Some("CreateOptions"));
+        assert!(check("dryRun=All").is_ok());
+        assert!(check("dryRun=All&dryRun=All").is_ok());
+        assert!(check("").is_ok());
+        let e = check("dryRun=all").unwrap_err();
+        assert_eq!(e.code, 422);
+        assert_eq!(
+            e.message,
+            "CreateOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{\"all\"}: supported values: \"All\""
+        );
+        assert_eq!(check("dryRun=All&dryRun=x").unwrap_err().code, 422);
+        assert!(Query::parse(Some("dryRun=All")).dry_run());
+        assert!(!Query::parse(Some("dryRun=")).dry_run());
+        // Reads carry no dryRun; integers are checked on every verb.
+        assert!(Query::parse(Some("dryRun=x")).check(None).is_ok());
+        assert_eq!(
+            Query::parse(Some("timeoutSeconds=x"))
+                .check(None)
+                .unwrap_err()
+                .code,
+            400
+        );
+    }
 }
 
 #[cfg(test)]

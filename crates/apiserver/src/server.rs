@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -45,6 +46,26 @@ pub async fn serve(
     serve_router(listener, tls, router(state), shutdown).await
 }
 
+/// Time bounds on a connection before it carries a request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionBounds {
+    /// The TLS handshake and the first request's headers must arrive
+    /// within this; then the socket is closed. Later requests on an
+    /// HTTP/1.1 connection have the same bound for their headers.
+    pub first_request: Duration,
+}
+
+impl Default for ConnectionBounds {
+    /// kube-apiserver's `ReadHeaderTimeout` (32 s, "just shy of the
+    /// request timeout upper bound"), which Go also applies to the TLS
+    /// handshake.
+    fn default() -> Self {
+        Self {
+            first_request: Duration::from_secs(32),
+        }
+    }
+}
+
 /// Serves any router over TLS until `shutdown` resolves. Each request
 /// carries an `Option<Identity>` extension from the client certificate.
 /// Also used for the supervisor port, which shares the serving cert.
@@ -52,6 +73,19 @@ pub async fn serve_router(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    serve_router_with(listener, tls, app, ConnectionBounds::default(), shutdown).await
+}
+
+/// [`serve_router`] with explicit connection bounds. A client that opens
+/// a socket and then stalls (no handshake, no request) would otherwise
+/// hold a task and a file descriptor forever.
+pub async fn serve_router_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    bounds: ConnectionBounds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -71,10 +105,15 @@ pub async fn serve_router(
         let app = app.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let deadline = tokio::time::Instant::now() + bounds.first_request;
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake not done in time; closing");
                     return;
                 }
             };
@@ -85,18 +124,39 @@ pub async fn serve_router(
                 .and_then(|c| c.first())
                 .and_then(|der| rke2_trust::peer_identity(der.as_ref()).ok())
                 .map(|(user, groups)| Identity { user, groups });
+            // Set when a request's headers have arrived: the watchdog
+            // below then lets the connection live as long as it is used.
+            let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = started.clone();
             let svc = tower::ServiceExt::map_request(
                 app,
                 move |mut req: Request<hyper::body::Incoming>| {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     req.extensions_mut().insert(identity.clone());
                     req.map(Body::new)
                 },
             );
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .await
-            {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(bounds.first_request);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = &mut conn => Some(r),
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None if !started.load(std::sync::atomic::Ordering::Relaxed) => {
+                    debug!(%peer, "no request in time; closing");
+                    return;
+                }
+                None => conn.await,
+            };
+            if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -126,8 +186,27 @@ async fn health(state: &ApiState, path: &str) -> Response {
         .into_response()
 }
 
+/// How long a refused request's unread body is read and discarded, so
+/// that the client (mid-upload, over HTTP/1.1 or HTTP/2) sees the answer
+/// instead of a reset stream.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
 async fn entry(State(state): State<ApiState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let resp = route(&state, parts, &mut body).await;
+    if let Some(unread) = body.take()
+        && !hyper::body::Body::is_end_stream(&unread)
+    {
+        let _ = tokio::time::timeout(DRAIN_WAIT, drain(unread)).await;
+    }
+    resp
+}
+
+/// Answers one request; takes `body` only when the request is admitted
+/// far enough to read it.
+async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<Body>) -> Response {
+    let state = state.clone();
     let path = parts.uri.path().to_string();
     if is_public(&path) {
         if path == "/version" {
@@ -236,10 +315,9 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
                 .and_then(|v| v.parse::<usize>().ok())
                 && len > MAX_BODY
             {
-                drain(body).await;
                 return ApiError::too_large(MAX_BODY).into_response();
             }
-            let body = match read_limited(body).await {
+            let body = match read_limited(body.take().unwrap_or_default()).await {
                 Some(b) => b,
                 None => return ApiError::too_large(MAX_BODY).into_response(),
             };
@@ -310,7 +388,7 @@ async fn read_limited(body: Body) -> Option<bytes::Bytes> {
     Some(buf.freeze())
 }
 
-/// Discards up to 64 MiB of a rejected body so the client can read the answer.
+/// Discards up to 64 MiB of a refused body so the client can read the answer.
 async fn drain(mut body: Body) {
     use http_body_util::BodyExt;
     let mut seen = 0usize;

@@ -170,6 +170,22 @@ impl ApiError {
         )
     }
 
+    /// 504 Timeout for a read at a resourceVersion the store has not
+    /// reached within the wait (upstream's `NewTooLargeResourceVersionError`:
+    /// clients such as reflectors recognise the cause and retry).
+    pub fn too_large_resource_version(requested: i64, current: i64) -> Self {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        );
+        e.details = Some(json!({
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        }));
+        e
+    }
+
     /// 415 UnsupportedMediaType.
     pub fn unsupported_media(accepted: &str) -> Self {
         Self::new(
@@ -274,6 +290,21 @@ impl From<rke2_datastore::StoreError> for ApiError {
                 "too old resource version: {requested} ({compacted})"
             )),
             E::Etcd(e) => ApiError::unavailable(format!("etcd unavailable: {e}")),
+            // Only a read at a future revision fails so; the handlers wait
+            // for it and answer `too_large_resource_version`.
+            E::FutureRevision { requested } => ApiError::new(
+                504,
+                "FutureRevision",
+                format!("Too large resource version: {requested}"),
+            ),
+            // Not worth a retry: the same object will never fit.
+            E::TooLarge { size, limit } => ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!(
+                    "Request entity too large: the object would be stored as {size} bytes, limit is {limit}"
+                ),
+            ),
             other => ApiError::internal(other.to_string()),
         }
     }

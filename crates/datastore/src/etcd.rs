@@ -93,6 +93,7 @@ impl EtcdConfig {
             "--auto-compaction-mode=periodic".into(),
             "--auto-compaction-retention=5m".into(),
             "--quota-backend-bytes=2147483648".into(),
+            format!("--max-request-bytes={MAX_REQUEST_BYTES}"),
             "--logger=zap".into(),
             "--log-outputs=stderr".into(),
             "--heartbeat-interval=200".into(),
@@ -100,6 +101,10 @@ impl EtcdConfig {
         ]
     }
 }
+
+/// The most one request to etcd may carry (etcd's own default, given
+/// explicitly so that the store's size check and etcd agree).
+pub const MAX_REQUEST_BYTES: usize = 1_572_864;
 
 /// Finds an executable in PATH (or checks an explicit path).
 pub fn find_binary(name: &str) -> Result<PathBuf, EtcdError> {

@@ -40,15 +40,51 @@ pub enum StoreError {
     /// etcd could not be reached or answered with an error.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// A read at a revision the store has not reached yet.
+    #[error("required revision {requested} is a future revision")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+    },
+    /// A write larger than etcd accepts in one request; refused before it
+    /// is sent, since etcd's own refusal reads as an outage to clients.
+    #[error("the write is {size} bytes; etcd accepts at most {limit} bytes per request")]
+    TooLarge {
+        /// The bytes the request would carry (key and value).
+        size: usize,
+        /// What the request may carry at most.
+        limit: usize,
+    },
+}
+
+/// The most a response from etcd may hold. etcd sends lists and watch
+/// batches of any size its members hold; the gRPC default of 4 MiB would
+/// turn a list of a few large objects into an error (kube-apiserver also
+/// lifts the limit).
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+/// Refuses a put of `value` at `key` that etcd would refuse as too large.
+/// The transaction sends the key three times (compare, put, read-back)
+/// plus framing, which the margin covers.
+fn check_size(key: &str, value: &[u8]) -> Result<(), StoreError> {
+    let size = value.len() + 3 * key.len() + 1024;
+    let limit = crate::etcd::MAX_REQUEST_BYTES;
+    if size > limit {
+        return Err(StoreError::TooLarge { size, limit });
+    }
+    Ok(())
 }
 
 impl StoreError {
     fn from_etcd(e: etcd_client::Error, requested: i64) -> Self {
-        if e.to_string().contains("compacted") {
+        let text = e.to_string();
+        if text.contains("compacted") {
             StoreError::Compacted {
                 requested,
                 compacted: 0,
             }
+        } else if text.contains("future revision") {
+            StoreError::FutureRevision { requested }
         } else {
             StoreError::Etcd(e)
         }
@@ -313,6 +349,7 @@ impl Store {
 
     /// Creates a key that must not exist yet; returns the new revision.
     pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StoreError> {
+        check_size(key, &value)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.clone(), None)])
@@ -342,6 +379,7 @@ impl Store {
         value: Vec<u8>,
         expected: i64,
     ) -> Result<i64, StoreError> {
+        check_size(key, &value)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value.clone(), None)])
@@ -406,9 +444,14 @@ impl Store {
             opts = opts.with_revision(revision);
         }
         let resp = self
-            .call(|mut c| {
+            .call(|c| {
                 let opts = opts.clone();
-                async move { c.get(from, Some(opts)).await }
+                async move {
+                    c.kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .get(from, Some(opts))
+                        .await
+                }
             })
             .await
             .map_err(|e| StoreError::from_etcd(e, revision))?;
@@ -463,9 +506,14 @@ impl Store {
             opts = opts.with_prev_key();
         }
         let stream = self
-            .call(|mut c| {
+            .call(|c| {
                 let opts = opts.clone();
-                async move { c.watch(prefix, Some(opts)).await }
+                async move {
+                    c.watch_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .watch(prefix, Some(opts))
+                        .await
+                }
             })
             .await?;
         let (_sender, responses) = stream.split();

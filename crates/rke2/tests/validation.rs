@@ -482,9 +482,12 @@ async fn write_path_refuses_what_kube_apiserver_refuses() {
 
 // ------------------------------------------------------------ property test
 
-/// A valid object of every served type, and the typed decode that says
-/// whether a stored object is one a Go client could read.
-fn seeds() -> Vec<(&'static str, Value, fn(Value) -> Result<(), String>)> {
+/// The typed decode that says whether a stored object is one a Go client
+/// could read.
+type Decode = fn(Value) -> Result<(), String>;
+
+/// A valid object of every served type, and its typed decode.
+fn seeds() -> Vec<(&'static str, Value, Decode)> {
     fn dec<T: serde::de::DeserializeOwned>(v: Value) -> Result<(), String> {
         serde_json::from_value::<T>(v)
             .map(|_| ())
@@ -794,10 +797,10 @@ fn random_writes_store_only_typed_objects() {
         }
         prop_assert_eq!(&stored.body["metadata"]["uid"], uid, "uid kept");
         prop_assert_eq!(&stored.body["metadata"]["name"], &seed["metadata"]["name"], "name kept");
-        if (200..300).contains(&a.code) {
-            if let Err(e) = decode(a.body.clone()) {
-                prop_assert!(false, "answer does not decode: {e}\n{}", a.body);
-            }
+        if (200..300).contains(&a.code)
+            && let Err(e) = decode(a.body.clone())
+        {
+            prop_assert!(false, "answer does not decode: {e}\n{}", a.body);
         }
     });
     let outcomes = outcomes.into_inner().unwrap();
