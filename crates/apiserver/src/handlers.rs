@@ -726,32 +726,42 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     if rt.kind == "Service" {
         claims = crate::allocator::allocate_service(ctx.state, &mut obj).await?;
     }
+    let stored = store_new(&mut obj, generated, |name, bytes| {
+        let key = ctx.key(name);
+        async move { ctx.state.store.create(&key, bytes).await }
+    })
+    .await;
+    match stored {
+        Ok(rev) => {
+            objects::decorate(rt, &mut obj, rev);
+            Ok(obj)
+        }
+        Err(e) => {
+            crate::allocator::release(ctx.state, &claims).await;
+            Err(match e {
+                StoreError::AlreadyExists => ApiError::already_exists(rt, name_of(&obj)),
+                other => other.into(),
+            })
+        }
+    }
+}
+
+/// Stores a new object through `create` (name, bytes); a generated name
+/// that collides is drawn again, up to [`GENERATE_NAME_ATTEMPTS`] names:
+/// the client asked for any name, not this one.
+async fn store_new<F, Fut>(obj: &mut Value, generated: bool, create: F) -> Result<i64, StoreError>
+where
+    F: Fn(&str, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<i64, StoreError>>,
+{
     let mut attempt = 1;
     loop {
-        let name = name_of(&obj).to_string();
-        match ctx
-            .state
-            .store
-            .create(&ctx.key(&name), objects::to_stored(&obj))
-            .await
-        {
-            Ok(rev) => {
-                objects::decorate(rt, &mut obj, rev);
-                return Ok(obj);
-            }
-            // A generated name that collides is drawn again: the client
-            // asked for any name, not this one.
+        match create(name_of(obj), objects::to_stored(obj)).await {
             Err(StoreError::AlreadyExists) if generated && attempt < GENERATE_NAME_ATTEMPTS => {
                 attempt += 1;
-                objects::generate_name(&mut obj);
+                objects::generate_name(obj);
             }
-            Err(e) => {
-                crate::allocator::release(ctx.state, &claims).await;
-                return Err(match e {
-                    StoreError::AlreadyExists => ApiError::already_exists(rt, &name),
-                    other => other.into(),
-                });
-            }
+            other => return other,
         }
     }
 }
@@ -1979,6 +1989,58 @@ fn tokio_stream_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A create whose generated names collide draws new ones, and gives
+    /// up with the collision after eight names; a given name is never
+    /// changed.
+    #[tokio::test]
+    async fn generated_names_are_drawn_again_on_collision() {
+        for (taken, generated, want_ok, want_tries) in [
+            (3, true, true, 4),
+            (7, true, true, 8),
+            (8, true, false, 8),
+            (1, false, false, 1),
+        ] {
+            let mut obj = json!({"metadata": {"name": "", "generateName": "web-"}});
+            if generated {
+                objects::generate_name(&mut obj);
+            } else {
+                obj["metadata"]["name"] = json!("fixed");
+            }
+            let tried = std::sync::Mutex::new(Vec::<String>::new());
+            let r = store_new(&mut obj, generated, |name, bytes| {
+                let stored: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(
+                    stored["metadata"]["name"], name,
+                    "bytes carry the name tried"
+                );
+                let mut t = tried.lock().unwrap();
+                t.push(name.to_string());
+                let n = t.len();
+                async move {
+                    if n <= taken {
+                        Err(StoreError::AlreadyExists)
+                    } else {
+                        Ok(7)
+                    }
+                }
+            })
+            .await;
+            let tried = tried.into_inner().unwrap();
+            assert_eq!(r.is_ok(), want_ok, "{taken} taken: {r:?}");
+            assert_eq!(tried.len(), want_tries, "{taken} taken: {tried:?}");
+            let distinct: std::collections::HashSet<_> = tried.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                tried.len(),
+                "a new name each time: {tried:?}"
+            );
+            if generated {
+                assert!(tried.iter().all(|n| n.starts_with("web-") && n.len() == 9));
+            }
+            assert_eq!(obj["metadata"]["name"], json!(tried.last().unwrap()));
+        }
+    }
 
     #[test]
     fn continue_tokens_round_trip() {

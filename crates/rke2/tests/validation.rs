@@ -480,6 +480,318 @@ async fn write_path_refuses_what_kube_apiserver_refuses() {
     }
 }
 
+// ------------------------------------------------ parameters and limits
+
+/// Query parameters, dry runs, resourceVersions ahead of the store, writes
+/// larger than etcd takes and early refusals, with the real Python client,
+/// every kubectl and curl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_and_limits_as_kube_apiserver() {
+    let (server, client) = start_server().await;
+    let t0 = std::time::Instant::now();
+
+    // The Python client: watch=True, dry runs, paging, generateName,
+    // malformed integers, a resourceVersion ahead (tests/py/params.py).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/params.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&server.kubeconfig)
+        .output()
+        .expect("python3 runs (scripts/install.sh installs it and the kubernetes package)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "tests/py/params.py failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{:?}: python client", t0.elapsed());
+
+    // Raw requests: a misspelt dryRun never writes; a dry-run delete body
+    // keeps the object, also for a deletecollection.
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "raw-dry", "labels": {"raw": "dry"}}});
+    let a = send_json(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps?dryRun=all",
+        JSON,
+        &cm,
+    )
+    .await;
+    assert_eq!(a.code, 422, "{}", a.body);
+    assert_eq!(
+        a.message(),
+        "CreateOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{\"all\"}: supported values: \"All\""
+    );
+    let a = send(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/raw-dry",
+        JSON,
+        b"",
+    )
+    .await;
+    assert_eq!(a.code, 404, "a refused dry run wrote: {}", a.body);
+    let a = send_json(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        JSON,
+        &cm,
+    )
+    .await;
+    assert_eq!(a.code, 201, "{}", a.body);
+    for path in [
+        "/api/v1/namespaces/default/configmaps/raw-dry",
+        "/api/v1/namespaces/default/configmaps?labelSelector=raw%3Ddry",
+    ] {
+        let a = send_json(
+            &client,
+            "DELETE",
+            path,
+            JSON,
+            &json!({"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"]}),
+        )
+        .await;
+        assert_eq!(a.code, 200, "{path}: {}", a.body);
+        let a = send_json(&client, "DELETE", path, JSON, &json!({"dryRun": ["Al"]})).await;
+        assert_eq!(a.code, 422, "{path}: {}", a.body);
+        assert!(
+            a.message().starts_with("DeleteOptions.meta.k8s.io"),
+            "{}",
+            a.message()
+        );
+        let a = send(
+            &client,
+            "GET",
+            "/api/v1/namespaces/default/configmaps/raw-dry",
+            JSON,
+            b"",
+        )
+        .await;
+        assert_eq!(
+            a.code, 200,
+            "a dry-run delete of {path} deleted: {}",
+            a.body
+        );
+    }
+    for (query, want) in [
+        ("limit=ten", 400),
+        ("timeoutSeconds=1e3&watch=1", 400),
+        ("limit=2", 200),
+        ("watch=0", 200),
+    ] {
+        let a = send(
+            &client,
+            "GET",
+            &format!("/api/v1/namespaces/default/configmaps?{query}"),
+            JSON,
+            b"",
+        )
+        .await;
+        assert_eq!(a.code, want, "{query}: {}", a.body);
+        if want == 200 {
+            assert_eq!(
+                a.body["kind"], "ConfigMapList",
+                "{query} is a list: {}",
+                a.body
+            );
+        } else {
+            assert!(
+                a.message().contains("strconv.ParseInt"),
+                "{query}: {}",
+                a.message()
+            );
+        }
+    }
+
+    eprintln!("{:?}: raw requests", t0.elapsed());
+
+    // kubectl's server-side dry runs (the delete sends dryRun in the body).
+    for (v, kubectl) in kubectls().expect("kubectl binaries") {
+        let run = |args: &[&str]| {
+            server
+                .kubectl(&kubectl)
+                .args(args)
+                .output()
+                .expect("kubectl runs")
+        };
+        let out = run(&["delete", "configmap", "raw-dry", "--dry-run=server"]);
+        assert!(
+            out.status.success(),
+            "kubectl 1.{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run(&[
+            "create",
+            "configmap",
+            &format!("dry-{v}"),
+            "--dry-run=server",
+            "-o",
+            "name",
+        ]);
+        assert!(
+            out.status.success(),
+            "kubectl 1.{v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run(&[
+            "get",
+            "configmap",
+            "raw-dry",
+            &format!("dry-{v}"),
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "configmap/raw-dry",
+            "kubectl 1.{v}: dry runs changed what is stored"
+        );
+    }
+
+    eprintln!("{:?}: kubectl", t0.elapsed());
+
+    // A list at a revision just ahead of the store waits for it.
+    let a = send(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?limit=1",
+        JSON,
+        b"",
+    )
+    .await;
+    let now: i64 = a.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ahead = format!(
+        "/api/v1/namespaces/default/configmaps?resourceVersion={}&resourceVersionMatch=NotOlderThan",
+        now + 1
+    );
+    let (waited, made) = tokio::join!(send(&client, "GET", &ahead, JSON, b""), async {
+        send_json(
+            &client,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            JSON,
+            &json!({"metadata": {"name": "catch-up"}}),
+        )
+        .await
+    });
+    assert_eq!(made.code, 201, "{}", made.body);
+    assert_eq!(waited.code, 200, "{}", waited.body);
+    let got: i64 = waited.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        got > now,
+        "served revision {got}, asked for at least {}",
+        now + 1
+    );
+    // A single object at a revision that never comes: 504 after the wait
+    // (kubectl's raw GET does not retry it, as the kube crate's client does).
+    let (_, kubectl) = kubectls()
+        .expect("kubectl binaries")
+        .pop()
+        .expect("a kubectl");
+    let out = server
+        .kubectl(&kubectl)
+        .args([
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps/catch-up?resourceVersion=999999999",
+        ])
+        .output()
+        .expect("kubectl runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("(Timeout): Too large resource version: 999999999, current: "),
+        "{err}"
+    );
+    eprintln!("{:?}: catch-up", t0.elapsed());
+    let big = |name: &str, bytes: usize| {
+        json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name},
+            "involvedObject": {"kind": "ConfigMap", "namespace": "default", "name": "catch-up"},
+            "reason": "Big", "message": "x".repeat(bytes)})
+    };
+    let events = "/api/v1/namespaces/default/events";
+    let a = send_json(&client, "POST", events, JSON, &big("too-big", 1_600_000)).await;
+    assert_eq!(a.code, 413, "{}", a.body);
+    assert_eq!(a.body["reason"], "RequestEntityTooLarge");
+    eprintln!("{:?}: 413", t0.elapsed());
+    let a = send(&client, "GET", &format!("{events}/too-big"), JSON, b"").await;
+    assert_eq!(a.code, 404, "{}", a.body);
+    for i in 0..4 {
+        let a = send_json(
+            &client,
+            "POST",
+            events,
+            JSON,
+            &big(&format!("large-{i}"), 1_200_000),
+        )
+        .await;
+        assert_eq!(a.code, 201, "large-{i}: {}", a.message());
+        eprintln!("{:?}: large-{i}", t0.elapsed());
+    }
+    let a = send(
+        &client,
+        "GET",
+        &format!("{events}?fieldSelector=reason%3DBig"),
+        JSON,
+        b"",
+    )
+    .await;
+    assert_eq!(a.code, 200, "{}", a.message());
+    assert_eq!(
+        a.body["items"].as_array().map(Vec::len),
+        Some(4),
+        "{}",
+        a.message()
+    );
+    eprintln!("{:?}: large writes", t0.elapsed());
+
+    // An early refusal (no credentials: 401 before the body is read) is
+    // the answer the client sees, over HTTP/2 and HTTP/1.1, mid-upload.
+    let upload = server.dir.path().join("upload.json");
+    std::fs::write(&upload, vec![b' '; 2 * 1024 * 1024]).unwrap();
+    let url = format!(
+        "https://{}:6443/api/v1/namespaces/default/configmaps",
+        server.ip
+    );
+    let ca = server.data_dir.join("server/tls/server-ca.crt");
+    for proto in ["--http2", "--http1.1"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", proto, "--cacert"])
+            .arg(&ca)
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", upload.display()))
+            .args([
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                &url,
+            ])
+            .output()
+            .expect("curl runs (scripts/install.sh installs it)");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.starts_with("401 "),
+            "curl {proto}: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want_version = if proto == "--http2" { " 2" } else { " 1.1" };
+        assert!(said.ends_with(want_version), "curl {proto} spoke {said}");
+    }
+}
+
 // ------------------------------------------------------------ property test
 
 /// The typed decode that says whether a stored object is one a Go client
