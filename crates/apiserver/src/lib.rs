@@ -20,6 +20,8 @@ pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
 pub mod namespaces;
+pub mod node_authorizer;
+pub mod node_restriction;
 pub mod objects;
 pub mod proxy;
 pub mod registry;

@@ -48,6 +48,11 @@ impl ClusterInfo for Fake {
             }
         })
     }
+    fn address_holders(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<(Option<String>, std::net::IpAddr)>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 fn trust(dir: &Path) -> ServerTrust {
