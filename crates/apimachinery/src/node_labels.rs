@@ -66,7 +66,7 @@ pub fn is_kubelet_label(key: &str) -> bool {
 /// and not a reserved key outside the kubelet set.
 pub fn node_may_set(key: &str) -> bool {
     !in_namespace(namespace(key), NODE_RESTRICTION_NAMESPACE)
-        && !(is_kubernetes_label(key) && !is_kubelet_label(key))
+        && (!is_kubernetes_label(key) || is_kubelet_label(key))
 }
 
 /// Why a kubelet refuses `key` in its `--node-labels` at start, in the

@@ -276,7 +276,7 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
 
     fn address_holders(
         &self,
-    ) -> BoxFuture<'_, Result<Vec<(Option<String>, std::net::IpAddr)>, String>> {
+    ) -> BoxFuture<'_, Result<rke2_supervisor::server::AddressHolders, String>> {
         Box::pin(async move {
             use k8s_openapi::api::core::v1::Node;
             let nodes: kube::Api<Node> = kube::Api::all(self.client.clone());

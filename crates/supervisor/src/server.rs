@@ -45,8 +45,12 @@ pub trait ClusterInfo: Send + Sync {
     /// Who holds which address: every Node's addresses (with the node's
     /// name) and every live apiserver's IP (`None`). A node's serving
     /// certificate may carry only addresses that are its own or nobody's.
-    fn address_holders(&self) -> BoxFuture<'_, Result<Vec<(Option<String>, IpAddr)>, String>>;
+    fn address_holders(&self) -> BoxFuture<'_, Result<AddressHolders, String>>;
 }
+
+/// Who holds which address (see [`ClusterInfo::address_holders`]): a
+/// node's name, or `None` for an apiserver.
+pub type AddressHolders = Vec<(Option<String>, IpAddr)>;
 
 /// Request header naming the node a kubelet certificate is for.
 pub const NODE_NAME_HEADER: &str = "rke2-node-name";
@@ -469,7 +473,7 @@ mod tests {
                 }
             })
         }
-        fn address_holders(&self) -> BoxFuture<'_, Result<Vec<(Option<String>, IpAddr)>, String>> {
+        fn address_holders(&self) -> BoxFuture<'_, Result<AddressHolders, String>> {
             Box::pin(async {
                 Ok(vec![
                     (None, "10.0.0.1".parse().unwrap()),

@@ -50,7 +50,7 @@ impl ClusterInfo for Fake {
     }
     fn address_holders(
         &self,
-    ) -> BoxFuture<'_, Result<Vec<(Option<String>, std::net::IpAddr)>, String>> {
+    ) -> BoxFuture<'_, Result<rke2_supervisor::server::AddressHolders, String>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 }
