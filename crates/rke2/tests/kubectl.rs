@@ -258,6 +258,34 @@ async fn nodes_tables_and_errors_with(k: &Kubectl) -> Result<()> {
     ensure!(r[2] == "control-plane,etcd,master", "node roles:\n{table}");
     ensure!(r[4].starts_with("v1."), "node version:\n{table}");
 
+    // Impersonation is refused (403), never silently ignored.
+    for (args, needle) in [
+        (
+            vec!["--as", "bob", "get", "nodes"],
+            "users \"bob\" is forbidden: User \"system:admin\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+        ),
+        (
+            vec![
+                "--as",
+                "system:serviceaccount:kube-system:default",
+                "get",
+                "pods",
+            ],
+            "serviceaccounts \"default\" is forbidden: User \"system:admin\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"kube-system\"",
+        ),
+        (
+            vec!["--as", "bob", "--as-group", "devs", "auth", "whoami"],
+            "cannot impersonate resource \"users\"",
+        ),
+    ] {
+        let err = k.fails(&args)?;
+        ensure!(
+            err.contains(needle) && err.contains("(Forbidden)"),
+            "kubectl {}: {err}",
+            args.join(" ")
+        );
+    }
+
     // -o wide: INTERNAL-IP is the bind address.
     let wide = k.ok(&["get", "nodes", "-o", "wide"])?;
     let h = header(&wide);
