@@ -725,7 +725,44 @@ async fn node_identity_is_narrowed(
             .map(|l| format!("{} secrets", l.items.len())),
         "no relationship found",
     )?;
+    // A watch pinned to that one Secret, as a kubelet follows it.
+    {
+        use futures::StreamExt;
+        let wp = kube::api::WatchParams::default().fields("metadata.name=used-by-a1");
+        let stream = as_node
+            .watch(&wp, "0")
+            .await
+            .map_err(|e| format!("watch one secret by name: {e}"))?;
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.boxed().next())
+            .await
+            .map_err(|_| "no event on the pinned secret watch".to_string())?;
+        match first {
+            Some(Ok(kube::api::WatchEvent::Added(s)))
+                if s.metadata.name.as_deref() == Some("used-by-a1") => {}
+            other => return Err(format!("pinned secret watch: {other:?}")),
+        }
+    }
     // Other nodes' pods stay out of sight.
+    let elsewhere: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "on-a-server"},
+        "spec": {"nodeName": server.name,
+                 "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "c", "image": "rke2.test/none:1"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &elsewhere)
+        .await
+        .map_err(|e| format!("creating a pod on {}: {e}", server.name))?;
+    let node_pods_ns: Api<Pod> = Api::namespaced(node.clone(), "default");
+    node_pods_ns
+        .get("uses-a-secret")
+        .await
+        .map_err(|e| format!("get its own pod: {e}"))?;
+    forbidden(
+        "get another node's pod",
+        node_pods_ns.get("on-a-server").await.map(|_| "read".into()),
+        "no relationship found",
+    )?;
     let node_pods: Api<Pod> = Api::all(node.clone());
     forbidden(
         "list every pod",
@@ -826,9 +863,11 @@ async fn node_identity_is_narrowed(
         }
     }
 
-    pods.delete("uses-a-secret", &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    for p in ["uses-a-secret", "on-a-server"] {
+        pods.delete(p, &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     for s in ["used-by-a1", "not-used"] {
         secrets
             .delete(s, &Default::default())
