@@ -1,6 +1,6 @@
 //! Kubernetes API machinery without IO: strategic merge patch, label and
-//! field selectors, object name validation, human-readable ages and
-//! resource quantities.
+//! field selectors, object name validation, human-readable ages,
+//! resource quantities and the Node labels a kubelet may set.
 //!
 //! Everything here is a pure function over `serde_json::Value` (or plain
 //! strings) so the API server, the printers and the controllers can share
@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod duration;
+pub mod node_labels;
 pub mod quantity;
 pub mod selectors;
 pub mod strategic_merge;

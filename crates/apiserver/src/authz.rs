@@ -1,14 +1,22 @@
 //! Authorization: `system:masters` may do everything (including
 //! `pods/log`, `pods/exec` and `pods/attach`); a node (`system:node:<name>`
-//! in group `system:nodes`) only what a kubelet needs, and only as itself —
-//! never logs, exec or attach. Everyone else is refused until RBAC exists.
+//! in group `system:nodes`) only what upstream's Node authorizer and the
+//! kubelet's RBAC rules give it, and only as itself — never logs, exec or
+//! attach. Everyone else is refused until RBAC exists, and so is every
+//! request that asks to impersonate someone ([`impersonation`]).
 //!
-//! Path-level rules live here; rules that need the stored object (a pod
-//! must be bound to the node) are checked by the handlers through
-//! [`Decision::NodeScoped`].
+//! Path-level rules live here ([`decide`]); whether a Secret, ConfigMap,
+//! ServiceAccount or Pod is related to the node (referenced by a pod bound
+//! to it) is [`crate::node_authorizer`]'s; rules that need the stored or
+//! the new object (a pod must be bound to the node, a node may not change
+//! its taints) are checked by the handlers through
+//! [`Decision::NodeScoped`] and [`crate::node_restriction`].
 
-use crate::Identity;
-use crate::request::ResourcePath;
+use rke2_apimachinery::selectors::parse_field_selector;
+
+use crate::request::{Query, ResourcePath};
+use crate::status::ApiError;
+use crate::{ApiState, Identity};
 
 /// What a request may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +25,24 @@ pub enum Decision {
     Allow,
     /// Allowed for this node, subject to object-level checks in handlers.
     NodeScoped(String),
-    /// Refused.
-    Deny,
+    /// Allowed for `node` only if the object `name` (of the path's type
+    /// and namespace) is related to it: referenced by one of its pods, or
+    /// (for pods) bound to it. For lists and watches the name comes from a
+    /// `metadata.name=` field selector, as in upstream's request info.
+    NodeRelated {
+        /// The node asking.
+        node: String,
+        /// The object it asks for.
+        name: String,
+    },
+    /// Refused; the reason (possibly empty) is appended to the message.
+    Deny(String),
+    /// Refused with this whole message (NodeRestriction's own wording).
+    Refuse(String),
+}
+
+fn deny(reason: impl Into<String>) -> Decision {
+    Decision::Deny(reason.into())
 }
 
 /// The node name of a node identity.
@@ -31,49 +55,271 @@ pub fn node_name(id: &Identity) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// Decides a request by identity, verb and path.
-pub fn decide(id: &Identity, verb: &str, path: &ResourcePath) -> Decision {
+/// The name a list or watch is narrowed to by a `metadata.name=` (or `==`)
+/// field selector, as upstream's request info takes it for authorization.
+fn selected_name(query: &Query) -> Option<String> {
+    let sel = parse_field_selector(query.get("fieldSelector")?).ok()?;
+    sel.exact_value("metadata.name")
+        .filter(|n| !n.is_empty() && !n.contains('/') && *n != "." && *n != "..")
+        .map(str::to_string)
+}
+
+/// Decides a request by identity, verb, path and query (field selectors).
+pub fn decide(id: &Identity, verb: &str, path: &ResourcePath, query: &Query) -> Decision {
     if id.groups.iter().any(|g| g == "system:masters") {
         return Decision::Allow;
     }
     let Some(node) = node_name(id) else {
-        return Decision::Deny;
+        return deny("");
     };
-    let read = matches!(verb, "get" | "list" | "watch");
-    let own = path.name.as_deref() == Some(node);
-    let sub = path.subresource.as_deref();
     // Nodes never stream logs or run commands in pods through the API:
     // that is the apiserver's privilege towards nodes, not the reverse.
     if crate::proxy::PodStream::of(path).is_some() {
-        return Decision::Deny;
+        return deny("");
     }
+    decide_node(node, verb, path, query)
+}
+
+fn decide_node(node: &str, verb: &str, path: &ResourcePath, query: &Query) -> Decision {
+    let read = matches!(verb, "get" | "list" | "watch");
+    let sub = path.subresource.as_deref();
     let scoped = Decision::NodeScoped(node.to_string());
-    let allowed = match (path.rt.group, path.rt.plural) {
-        ("", "nodes") => {
-            read || (own && matches!(verb, "update" | "patch"))
-                || (verb == "create" && sub.is_none())
-        }
-        ("coordination.k8s.io", "leases") => {
-            path.namespace.as_deref() == Some("kube-node-lease")
-                && (own || (verb == "create" && path.name.is_none()))
-        }
-        ("", "pods") => {
-            read || (sub == Some("status") && matches!(verb, "update" | "patch"))
-                || (sub.is_none() && verb == "delete")
-        }
-        ("", "events") => matches!(verb, "create" | "update" | "patch") || read,
-        // What a kubelet reads to run its pods. Upstream narrows secrets and
-        // configmaps to those of pods bound to the node; not yet here.
-        // Tokens for its pods' accounts; the handler checks the token is
-        // bound to a pod on this node (upstream's NodeRestriction).
-        ("", "serviceaccounts") if sub == Some("token") => verb == "create",
-        (
-            "",
-            "services" | "endpoints" | "namespaces" | "configmaps" | "secrets" | "serviceaccounts",
-        ) => read,
-        _ => false,
+    // The object a request names: the path's, or for a list or watch the
+    // one its field selector pins.
+    let name = match verb {
+        "list" | "watch" => selected_name(query),
+        _ => path.name.clone(),
     };
-    if allowed { scoped } else { Decision::Deny }
+    let related = |name: Option<String>| match name {
+        Some(name) => Decision::NodeRelated {
+            node: node.to_string(),
+            name,
+        },
+        None => deny("No Object name found"),
+    };
+    match (path.rt.group, path.rt.plural) {
+        // Upstream's authorizeReadNamespacedObject.
+        ("", "secrets" | "configmaps") => {
+            if !read {
+                deny("can only read resources of this type")
+            } else if sub.is_some() {
+                deny("cannot read subresource")
+            } else if path.namespace.is_none() {
+                deny("can only read namespaced object of this type")
+            } else {
+                related(name)
+            }
+        }
+        // Upstream's authorizeCreateToken; the handler then checks the
+        // token is bound to a pod on this node (NodeRestriction).
+        ("", "serviceaccounts") => {
+            if verb != "create" || path.name.is_none() {
+                deny("can only create tokens for individual service accounts")
+            } else if sub != Some("token") {
+                deny("can only create token subresource of serviceaccount")
+            } else {
+                related(path.name.clone())
+            }
+        }
+        ("", "pods") => match (sub, verb) {
+            (None, "get") => related(path.name.clone()),
+            (None, "list" | "watch") => {
+                let own = parse_field_selector(query.get("fieldSelector").unwrap_or(""))
+                    .ok()
+                    .is_some_and(|s| s.exact_value("spec.nodeName") == Some(node));
+                if own {
+                    scoped
+                } else if name.is_some() {
+                    related(name)
+                } else {
+                    deny("can only list/watch pods with spec.nodeName field selector")
+                }
+            }
+            // Its own pods, once they ended (NodeRestriction checks the
+            // stored pod's spec.nodeName).
+            (None, "delete") => scoped,
+            (Some("status"), "update" | "patch") => scoped,
+            // Mirror pods (upstream's only pods a node may create) are
+            // not supported.
+            _ => deny(""),
+        },
+        // Every node may read Nodes: the pod network's route sync runs
+        // under the node's identity here (flannel's job, with its own
+        // account, in RKE2). Writes: only its own Node (NodeRestriction).
+        ("", "nodes") => match (sub, verb) {
+            (None, "get" | "list" | "watch") => scoped,
+            (None, "create") => scoped,
+            (None | Some("status"), "update" | "patch") => {
+                let target = path.name.as_deref().unwrap_or("");
+                if target == node {
+                    scoped
+                } else {
+                    Decision::Refuse(format!(
+                        "nodes \"{target}\" is forbidden: node \"{node}\" is not allowed to modify node \"{target}\""
+                    ))
+                }
+            }
+            _ => deny(""),
+        },
+        // Upstream's authorizeLease.
+        ("coordination.k8s.io", "leases") => {
+            if !matches!(verb, "get" | "create" | "update" | "patch" | "delete") {
+                deny("can only get, create, update, patch, or delete a node lease")
+            } else if path.namespace.as_deref() != Some("kube-node-lease") {
+                deny("can only access leases in the \"kube-node-lease\" system namespace")
+            } else if verb != "create" && path.name.as_deref() != Some(node) {
+                deny("can only access node lease with the same name as the requesting node")
+            } else {
+                scoped
+            }
+        }
+        // The kubelet's static rules (upstream's NodeRules).
+        ("", "events") if matches!(verb, "create" | "update" | "patch") => scoped,
+        ("", "services") if read => scoped,
+        ("", "endpoints") if verb == "get" => scoped,
+        _ => deny(""),
+    }
+}
+
+/// Authorizes a resource request: `Ok(None)` for anyone allowed
+/// everything, `Ok(Some(node))` for a node (handlers then check the
+/// objects), else the 403 in upstream's words.
+pub async fn authorize(
+    state: &ApiState,
+    id: &Identity,
+    verb: &str,
+    path: &ResourcePath,
+    query: &Query,
+) -> Result<Option<String>, ApiError> {
+    let forbidden = |path: &ResourcePath, reason: &str| {
+        let mut e = ApiError::forbidden_path(&id.user, verb, path);
+        if !reason.is_empty() {
+            e.message = format!("{}: {reason}", e.message);
+        }
+        e
+    };
+    match decide(id, verb, path, query) {
+        Decision::Allow => Ok(None),
+        Decision::NodeScoped(node) => Ok(Some(node)),
+        Decision::NodeRelated { node, name } => {
+            let ns = path.namespace.as_deref().unwrap_or("");
+            if crate::node_authorizer::related(state, &node, path.rt.plural, ns, &name).await {
+                Ok(Some(node))
+            } else {
+                let mut named = path.clone();
+                named.name = Some(name);
+                Err(forbidden(
+                    &named,
+                    &format!("no relationship found between node '{node}' and this object"),
+                ))
+            }
+        }
+        Decision::Deny(reason) => Err(forbidden(path, &reason)),
+        Decision::Refuse(message) => Err(ApiError::new(403, "Forbidden", message)),
+    }
+}
+
+/// Refuses a request that asks to act as someone else
+/// (`Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`): no one may
+/// impersonate until RBAC can say who may; ignoring the headers would let
+/// a client believe it acted as another user. The 403 names the first
+/// thing impersonated, in upstream's order and words (user or service
+/// account, groups, extras, uid).
+pub fn impersonation(id: &Identity, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    };
+    // (resource with subresource, API group, namespace, name)
+    let mut asked: Vec<(String, &str, Option<String>, String)> = Vec::new();
+    if let Some(user) = values("impersonate-user").into_iter().next() {
+        match user
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'))
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains(':'))
+        {
+            Some((ns, n)) => asked.push((
+                "serviceaccounts".into(),
+                "",
+                Some(ns.to_string()),
+                n.to_string(),
+            )),
+            None => asked.push(("users".into(), "", None, user)),
+        }
+    }
+    for g in values("impersonate-group") {
+        asked.push(("groups".into(), "", None, g));
+    }
+    let mut extras: Vec<(&str, String)> = headers
+        .keys()
+        .filter_map(|k| {
+            k.as_str()
+                .strip_prefix("impersonate-extra-")
+                .map(|key| (k.as_str(), key.to_string()))
+        })
+        .collect();
+    extras.sort();
+    for (header, key) in extras {
+        let key = percent_decode(&key);
+        for v in values(header) {
+            asked.push((
+                format!("userextras/{key}"),
+                "authentication.k8s.io",
+                None,
+                v,
+            ));
+        }
+    }
+    if let Some(uid) = values("impersonate-uid").into_iter().next() {
+        asked.push(("uids".into(), "authentication.k8s.io", None, uid));
+    }
+    let Some((resource, group, ns, name)) = asked.into_iter().next() else {
+        return Ok(());
+    };
+    let plural = resource.split('/').next().unwrap_or("");
+    let qualified = if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    };
+    let scope = match ns {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_string(),
+    };
+    Err(ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{qualified} \"{name}\" is forbidden: User \"{}\" cannot impersonate resource \"{resource}\" in API group \"{group}\" {scope}: impersonation is not supported by this server yet",
+            id.user
+        ),
+    ))
+}
+
+/// `%XX` escapes of an `Impersonate-Extra-` key (upstream unescapes them).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (
+                (b[i + 1] as char).to_digit(16),
+                (b[i + 2] as char).to_digit(16),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -95,65 +341,65 @@ mod tests {
         }
     }
 
+    fn q(raw: &str) -> Query {
+        Query::parse(Some(raw))
+    }
+
+    fn d(id: &Identity, verb: &str, p: &str) -> Decision {
+        decide(id, verb, &path(p), &Query::default())
+    }
+
+    fn scoped(n: &str) -> Decision {
+        Decision::NodeScoped(n.into())
+    }
+
+    fn related(n: &str, name: &str) -> Decision {
+        Decision::NodeRelated {
+            node: n.into(),
+            name: name.into(),
+        }
+    }
+
+    fn denied(x: Decision) -> bool {
+        matches!(x, Decision::Deny(_) | Decision::Refuse(_))
+    }
+
     #[test]
     fn nodes_act_only_as_themselves() {
         let a = node("a");
+        assert_eq!(d(&a, "patch", "/api/v1/nodes/a/status"), scoped("a"));
         assert_eq!(
-            decide(&a, "patch", &path("/api/v1/nodes/a/status")),
-            Decision::NodeScoped("a".into())
+            d(&a, "patch", "/api/v1/nodes/b/status"),
+            Decision::Refuse(
+                "nodes \"b\" is forbidden: node \"a\" is not allowed to modify node \"b\"".into()
+            )
         );
+        assert!(denied(d(&a, "update", "/api/v1/nodes/b")));
+        let lease = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+        assert_eq!(d(&a, "update", &format!("{lease}/a")), scoped("a"));
+        assert_eq!(d(&a, "create", lease), scoped("a"));
+        assert!(denied(d(&a, "update", &format!("{lease}/b"))));
+        assert!(denied(d(&a, "list", lease)));
+        assert!(denied(d(
+            &a,
+            "update",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/a"
+        )));
+        assert!(denied(d(&a, "create", "/api/v1/namespaces/default/pods")));
+        assert!(denied(d(&a, "delete", "/api/v1/nodes/a")));
+        assert!(denied(d(&a, "list", "/apis/apps/v1/deployments")));
+        assert!(denied(d(&a, "list", "/api/v1/namespaces")));
+        assert!(denied(d(&a, "list", "/api/v1/events")));
         assert_eq!(
-            decide(&a, "patch", &path("/api/v1/nodes/b/status")),
-            Decision::Deny
+            d(&a, "create", "/api/v1/namespaces/default/events"),
+            scoped("a")
         );
-        assert_eq!(
-            decide(
-                &a,
-                "update",
-                &path("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/a")
-            ),
-            Decision::NodeScoped("a".into())
-        );
-        assert_eq!(
-            decide(
-                &a,
-                "update",
-                &path("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/b")
-            ),
-            Decision::Deny
-        );
-        assert_eq!(
-            decide(
-                &a,
-                "update",
-                &path("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/a")
-            ),
-            Decision::Deny
-        );
-        assert_eq!(
-            decide(&a, "list", &path("/api/v1/pods")),
-            Decision::NodeScoped("a".into())
-        );
-        assert_eq!(
-            decide(&a, "create", &path("/api/v1/namespaces/default/pods")),
-            Decision::Deny
-        );
-        assert_eq!(
-            decide(&a, "delete", &path("/api/v1/nodes/a")),
-            Decision::Deny
-        );
-        assert_eq!(
-            decide(&a, "list", &path("/apis/apps/v1/deployments")),
-            Decision::Deny
-        );
+        assert_eq!(d(&a, "watch", "/api/v1/services"), scoped("a"));
         let masters = Identity {
             user: "x".into(),
             groups: vec!["system:masters".into()],
         };
-        assert_eq!(
-            decide(&masters, "delete", &path("/api/v1/nodes/a")),
-            Decision::Allow
-        );
+        assert_eq!(d(&masters, "delete", "/api/v1/nodes/a"), Decision::Allow);
         for (verb, sub) in [
             ("get", "log"),
             ("get", "exec"),
@@ -161,17 +407,162 @@ mod tests {
             ("get", "attach"),
             ("create", "attach"),
         ] {
-            let p = path(&format!("/api/v1/namespaces/default/pods/p/{sub}"));
-            assert_eq!(decide(&masters, verb, &p), Decision::Allow, "{verb} {sub}");
-            assert_eq!(decide(&a, verb, &p), Decision::Deny, "{verb} {sub}");
+            let p = format!("/api/v1/namespaces/default/pods/p/{sub}");
+            assert_eq!(d(&masters, verb, &p), Decision::Allow, "{verb} {sub}");
+            assert!(denied(d(&a, verb, &p)), "{verb} {sub}");
         }
         let nobody = Identity {
             user: "system:node:a".into(),
             groups: vec![],
         };
+        assert!(denied(d(&nobody, "get", "/api/v1/nodes/a")));
+    }
+
+    #[test]
+    fn nodes_read_single_secrets_and_configmaps_only() {
+        let a = node("a");
+        let secrets = "/api/v1/namespaces/default/secrets";
+        assert_eq!(d(&a, "get", &format!("{secrets}/s")), related("a", "s"));
         assert_eq!(
-            decide(&nobody, "get", &path("/api/v1/nodes/a")),
-            Decision::Deny
+            d(&a, "get", "/api/v1/namespaces/default/configmaps/c"),
+            related("a", "c")
         );
+        assert_eq!(
+            d(&a, "list", secrets),
+            Decision::Deny("No Object name found".into())
+        );
+        assert_eq!(
+            d(&a, "list", "/api/v1/secrets"),
+            Decision::Deny("can only read namespaced object of this type".into())
+        );
+        assert_eq!(
+            decide(
+                &a,
+                "watch",
+                &path(secrets),
+                &q("watch=true&fieldSelector=metadata.name%3Ds")
+            ),
+            related("a", "s")
+        );
+        assert_eq!(
+            decide(
+                &a,
+                "list",
+                &path(secrets),
+                &q("fieldSelector=metadata.name%3D%3Ds,type%3Dx")
+            ),
+            related("a", "s")
+        );
+        assert_eq!(
+            decide(
+                &a,
+                "list",
+                &path(secrets),
+                &q("fieldSelector=metadata.name!%3Ds")
+            ),
+            Decision::Deny("No Object name found".into())
+        );
+        assert_eq!(
+            d(&a, "delete", &format!("{secrets}/s")),
+            Decision::Deny("can only read resources of this type".into())
+        );
+        assert!(denied(d(
+            &a,
+            "get",
+            "/api/v1/namespaces/default/serviceaccounts/x"
+        )));
+        assert_eq!(
+            d(
+                &a,
+                "create",
+                "/api/v1/namespaces/default/serviceaccounts/x/token"
+            ),
+            related("a", "x")
+        );
+    }
+
+    #[test]
+    fn nodes_list_only_their_own_pods() {
+        let a = node("a");
+        let pods = "/api/v1/pods";
+        assert_eq!(
+            decide(
+                &a,
+                "watch",
+                &path(pods),
+                &q("fieldSelector=spec.nodeName%3Da")
+            ),
+            scoped("a")
+        );
+        assert_eq!(
+            d(&a, "list", pods),
+            Decision::Deny("can only list/watch pods with spec.nodeName field selector".into())
+        );
+        assert!(denied(decide(
+            &a,
+            "list",
+            &path(pods),
+            &q("fieldSelector=spec.nodeName%3Db")
+        )));
+        assert_eq!(
+            d(&a, "get", "/api/v1/namespaces/default/pods/p"),
+            related("a", "p")
+        );
+        assert_eq!(
+            d(&a, "patch", "/api/v1/namespaces/default/pods/p/status"),
+            scoped("a")
+        );
+        assert_eq!(
+            d(&a, "delete", "/api/v1/namespaces/default/pods/p"),
+            scoped("a")
+        );
+        assert!(denied(d(&a, "patch", "/api/v1/namespaces/default/pods/p")));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn impersonation_is_refused_in_upstream_words() {
+        let admin = Identity {
+            user: "system:admin".into(),
+            groups: vec!["system:masters".into()],
+        };
+        assert!(impersonation(&admin, &headers(&[("accept", "x")])).is_ok());
+        let cases = [
+            (
+                vec![("Impersonate-User", "bob"), ("Impersonate-Group", "devs")],
+                "users \"bob\" is forbidden: User \"system:admin\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+            ),
+            (
+                vec![("Impersonate-User", "system:serviceaccount:kube-system:x")],
+                "serviceaccounts \"x\" is forbidden: User \"system:admin\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"kube-system\"",
+            ),
+            (
+                vec![("Impersonate-Group", "devs")],
+                "groups \"devs\" is forbidden: User \"system:admin\" cannot impersonate resource \"groups\" in API group \"\" at the cluster scope",
+            ),
+            (
+                vec![("Impersonate-Extra-Scope%2Fx", "v")],
+                "userextras.authentication.k8s.io \"v\" is forbidden: User \"system:admin\" cannot impersonate resource \"userextras/scope/x\" in API group \"authentication.k8s.io\" at the cluster scope",
+            ),
+            (
+                vec![("Impersonate-Uid", "1234")],
+                "uids.authentication.k8s.io \"1234\" is forbidden: User \"system:admin\" cannot impersonate resource \"uids\" in API group \"authentication.k8s.io\" at the cluster scope",
+            ),
+        ];
+        for (h, want) in cases {
+            let e = impersonation(&admin, &headers(&h)).unwrap_err();
+            assert_eq!(e.code, 403);
+            assert!(e.message.starts_with(want), "{}", e.message);
+        }
     }
 }

@@ -675,32 +675,10 @@ async fn create(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
     ))
 }
 
-/// A node may only touch its own Node and Lease, and pods bound to it.
+/// A node may only touch its own Node and Lease, and pods bound to it
+/// (NodeRestriction, in [`crate::node_restriction`]).
 fn check_node_scope(ctx: &Ctx<'_>, obj: &Value, verb: &str) -> ApiResult<()> {
-    let Some(node) = &ctx.node_scope else {
-        return Ok(());
-    };
-    let rt = ctx.rt();
-    let ok = match rt.plural {
-        "nodes" | "leases" => name_of(obj) == node,
-        "pods" => obj["spec"]["nodeName"].as_str() == Some(node.as_str()),
-        _ => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            403,
-            "Forbidden",
-            format!(
-                "{} \"{}\" is forbidden: User \"system:node:{node}\" cannot {verb} resource \"{}\" in API group \"{}\": a node may only act on its own objects",
-                rt.qualified(),
-                name_of(obj),
-                rt.plural,
-                rt.group
-            ),
-        ))
-    }
+    crate::node_restriction::check_scope(ctx.node_scope.as_deref(), ctx.rt(), obj, verb)
 }
 
 /// How many names a create with `generateName` tries before it answers
@@ -856,6 +834,7 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         }
         _ => objects::prepare_update(rt, &old, &mut new, false),
     }
+    crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
     let stored = store_update(ctx, &name, new, rev).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -1167,6 +1146,7 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             &mut new,
             ctx.path.subresource.as_deref() == Some("status"),
         );
+        crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
         match store_update(ctx, &name, new, rev).await {
             Ok(stored) => {
                 return Ok(json_response(

@@ -8,7 +8,8 @@
 //! `pods/log`, `pods/exec` and `pods/attach` to the node API on 10250;
 //! [`watch_cache`] follows one etcd watch per resource type and fans it
 //! out to client watches; [`tokens`] issues and checks service-account
-//! tokens.
+//! tokens; [`authz`], [`node_authorizer`] and [`node_restriction`] decide
+//! what a caller may do (nodes only as themselves).
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
@@ -20,6 +21,8 @@ pub mod bootstrap;
 pub mod discovery;
 pub mod handlers;
 pub mod namespaces;
+pub mod node_authorizer;
+pub mod node_restriction;
 pub mod objects;
 pub mod proxy;
 pub mod registry;

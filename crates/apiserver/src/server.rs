@@ -233,6 +233,9 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
             None => return ApiError::unauthorized().into_response(),
         },
     };
+    if let Err(e) = crate::authz::impersonation(&identity, &parts.headers) {
+        return e.into_response();
+    }
     let query = Query::parse(parts.uri.query());
     let route = match path.as_str() {
         SELF_SUBJECT_REVIEW if parts.method == http::Method::POST => {
@@ -280,13 +283,11 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
                 Some(crate::proxy::PodStream::Exec | crate::proxy::PodStream::Attach) => "create",
                 _ => verb_of(&parts.method, rp.name.is_some(), &query),
             };
-            let node_scope = match crate::authz::decide(&identity, verb, &rp) {
-                crate::authz::Decision::Allow => None,
-                crate::authz::Decision::NodeScoped(n) => Some(n),
-                crate::authz::Decision::Deny => {
-                    return ApiError::forbidden_path(&identity.user, verb, &rp).into_response();
-                }
-            };
+            let node_scope =
+                match crate::authz::authorize(&state, &identity, verb, &rp, &query).await {
+                    Ok(scope) => scope,
+                    Err(e) => return e.into_response(),
+                };
             if let Some(stream) = crate::proxy::PodStream::of(&rp) {
                 // Streams from the node API; the body is not read (exec and
                 // attach upgrade the connection, log is a GET).

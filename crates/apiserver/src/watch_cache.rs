@@ -39,7 +39,7 @@
 //! moment, then use etcd. Caches stop with the [`WatchCaches`] that owns
 //! them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -244,6 +244,9 @@ struct CacheState {
     index: HashMap<&'static str, HashMap<String, broadcast::Sender<Arc<CachedEvent>>>>,
     /// The index size at which subscribing sweeps it.
     prune_at: usize,
+    /// Pods only: the keys of the pods bound to each node, for the node
+    /// authorizer (which objects a node's pods reference).
+    by_node: Option<HashMap<String, BTreeSet<String>>>,
 }
 
 impl CacheState {
@@ -264,6 +267,34 @@ impl CacheState {
 
     fn indexed(&self) -> usize {
         self.index.values().map(HashMap::len).sum()
+    }
+
+    /// Moves `key` in the node index from the node of `before` to that of
+    /// `after` (`None`: not there).
+    fn reindex(&mut self, key: &str, before: Option<&Value>, after: Option<&Value>) {
+        let Some(by_node) = &mut self.by_node else {
+            return;
+        };
+        let node = |o: Option<&Value>| {
+            o.and_then(|o| o["spec"]["nodeName"].as_str())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+        };
+        let (old, new) = (node(before), node(after));
+        if old == new {
+            return;
+        }
+        if let Some(old) = old
+            && let Some(keys) = by_node.get_mut(&old)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                by_node.remove(&old);
+            }
+        }
+        if let Some(new) = new {
+            by_node.entry(new).or_default().insert(key.to_string());
+        }
     }
 
     /// Drops the trigger channels nobody listens to any more, once the
@@ -337,6 +368,7 @@ impl ResourceCache {
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
                 index: HashMap::new(),
                 prune_at: PRUNE_MIN,
+                by_node: (rt.group.is_empty() && rt.plural == "pods").then(HashMap::new),
             })),
             synced: tokio::sync::watch::channel(false).0,
         }
@@ -415,9 +447,33 @@ impl ResourceCache {
         st.objects.get(key).map(|o| (o.clone(), rv_of(o)))
     }
 
+    /// The pods bound to `node` (pods cache only; `None` when not synced
+    /// or not the pods cache). As fresh as the cache: a pod bound a moment
+    /// ago may not be here yet.
+    pub fn pods_on_node(&self, node: &str) -> Option<Vec<Arc<Value>>> {
+        let st = lock(&self.state);
+        let by_node = st.by_node.as_ref().filter(|_| st.synced)?;
+        Some(
+            by_node
+                .get(node)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| st.objects.get(k).cloned())
+                .collect(),
+        )
+    }
+
     /// Loads the state: everything under the type's prefix at one revision.
     fn reset(&self, objects: BTreeMap<String, Arc<Value>>, revision: i64) {
         let mut st = lock(&self.state);
+        if let Some(by_node) = &mut st.by_node {
+            by_node.clear();
+            for (k, o) in &objects {
+                if let Some(n) = o["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                    by_node.entry(n.to_string()).or_default().insert(k.clone());
+                }
+            }
+        }
         st.objects = objects;
         st.events.clear();
         st.oldest = revision;
@@ -459,6 +515,7 @@ impl ResourceCache {
                     st.revision = ev.revision;
                     return;
                 };
+                st.reindex(&ev.key, Some(&prev), None);
                 let mut object = Value::clone(&prev);
                 objects::decorate(self.rt, &mut object, ev.revision);
                 Arc::new(CachedEvent::new(
@@ -482,6 +539,7 @@ impl ResourceCache {
                 // cached object is the state before this change.
                 let prev = st.objects.get(&ev.key).cloned();
                 st.objects.insert(ev.key.clone(), object.clone());
+                st.reindex(&ev.key, prev.as_deref(), Some(&object));
                 Arc::new(CachedEvent::new(kind, ev.key, object, prev, ev.revision))
             }
         };
@@ -713,6 +771,50 @@ mod tests {
             revision: rev,
             prev_value: None,
         }
+    }
+
+    fn on_node(c: &ResourceCache, node: &str) -> Vec<String> {
+        c.pods_on_node(node)
+            .unwrap()
+            .iter()
+            .map(|p| name_of_obj(p))
+            .collect()
+    }
+
+    fn name_of_obj(p: &Value) -> String {
+        p["metadata"]["name"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn node_index_follows_binding_moves_and_deletes() {
+        assert!(ResourceCache::new(pods()).pods_on_node("a").is_none());
+        assert!(synced_cache().pods_on_node("a").is_none(), "pods only");
+        let c = ResourceCache::new(pods());
+        let listed = |name: &str, node: &str| {
+            (
+                format!("/registry/pods/ns/{name}"),
+                Arc::new(
+                    json!({"metadata": {"name": name, "namespace": "ns", "resourceVersion": "5"},
+                                "spec": {"nodeName": node}}),
+                ),
+            )
+        };
+        c.reset(BTreeMap::from([listed("p0", "a"), listed("q0", "b")]), 10);
+        assert_eq!(on_node(&c, "a"), ["p0"]);
+        c.apply(pod("p1", 11, WatchEventKind::Created, None));
+        assert_eq!(on_node(&c, "a"), ["p0"]);
+        c.apply(pod("p1", 12, WatchEventKind::Modified, Some("a")));
+        assert_eq!(on_node(&c, "a"), ["p0", "p1"]);
+        c.apply(pod("p1", 13, WatchEventKind::Modified, Some("b")));
+        assert_eq!(on_node(&c, "a"), ["p0"]);
+        assert_eq!(on_node(&c, "b"), ["p1", "q0"]);
+        c.apply(pod("p0", 14, WatchEventKind::Deleted, None));
+        assert!(on_node(&c, "a").is_empty());
+        assert!(on_node(&c, "nobody").is_empty());
+        // A re-list rebuilds the index from scratch.
+        c.reset(BTreeMap::from([listed("z", "a")]), 20);
+        assert_eq!(on_node(&c, "a"), ["z"]);
+        assert!(on_node(&c, "b").is_empty());
     }
 
     fn trigger(rt: &ResourceType, sel: &str) -> Option<Trigger> {

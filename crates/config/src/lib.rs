@@ -849,12 +849,27 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// A `node-label` value: `key=value`, both valid as label parts, and the
+/// key one a kubelet may set on its own Node (a kubelet refuses other
+/// reserved keys such as `node-role.kubernetes.io/*` at start, and the
+/// apiserver would refuse them from the node anyway).
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        Some(_) => Err("label key is empty".to_string()),
-        None => Err("label has no `=` (want key=value)".to_string()),
+    let (k, v) = match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => (k, v),
+        Some(_) => return Err("label key is empty".to_string()),
+        None => return Err("label has no `=` (want key=value)".to_string()),
+    };
+    use rke2_apimachinery::validation::{validate_label_key, validate_label_value};
+    if let Some(e) = validate_label_key(k).into_iter().next() {
+        return Err(format!("invalid label key {k:?}: {e}"));
     }
+    if let Some(e) = validate_label_value(v).into_iter().next() {
+        return Err(format!("invalid label value {v:?}: {e}"));
+    }
+    if let Some(e) = rke2_apimachinery::node_labels::kubelet_flag_refusal(k) {
+        return Err(e);
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn parse_server_url(s: &str) -> Result<String, String> {

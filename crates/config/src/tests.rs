@@ -460,6 +460,21 @@ fn bad_values_in_files_name_file_line_key_value() {
         1,
     );
     assert_file_error("node-label:\n  - nolabel\n", "node-label", "nolabel", 2);
+    // A kubelet may not give its node a role, nor set other reserved keys.
+    assert_file_error(
+        "node-label:\n  - tier=web\n  - node-role.kubernetes.io/worker=true\n",
+        "node-label",
+        "node-role.kubernetes.io/worker",
+        3,
+    );
+    assert_file_error(
+        "node-label: [node-restriction.kubernetes.io/pci=yes]\n",
+        "node-label",
+        "node-restriction.kubernetes.io/pci",
+        1,
+    );
+    assert_file_error("node-label: [\"bad key=1\"]\n", "node-label", "bad key", 1);
+    assert_file_error("node-label: [k=bad value]\n", "node-label", "bad value", 1);
     assert_file_error(
         "https-listen-port: 70000\n",
         "https-listen-port",

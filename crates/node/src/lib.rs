@@ -229,73 +229,91 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<String,
             step: "reading the node",
             source,
         })?;
-    let node =
-        match existing {
-            None => {
-                let node: Node = serde_json::from_value(json!({
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "metadata": {"name": cfg.name, "labels": labels,
-                                 "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-                    "spec": {"taints": taints_json(cfg)},
-                }))
-                .expect("node literal is a valid Node");
-                match nodes.create(&PostParams::default(), &node).await {
-                    Ok(n) => {
-                        info!(node = %cfg.name, "node registered");
-                        n
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 409 => nodes
+    let node = match existing {
+        None => {
+            let node: Node = serde_json::from_value(json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": cfg.name, "labels": labels,
+                             "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+                "spec": {"taints": taints_json(cfg)},
+            }))
+            .expect("node literal is a valid Node");
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(n) => {
+                    info!(node = %cfg.name, "node registered");
+                    n
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    nodes
                         .get(&cfg.name)
                         .await
                         .map_err(|source| NodeError::Api {
                             step: "reading the node",
                             source,
-                        })?,
-                    Err(source) => {
-                        return Err(NodeError::Api {
-                            step: "creating the node",
-                            source,
-                        });
-                    }
+                        })?
+                }
+                Err(source) => {
+                    return Err(NodeError::Api {
+                        step: "creating the node",
+                        source,
+                    });
                 }
             }
-            Some(existing) => {
-                // Configured labels win over what is stored; other labels
-                // stay. Taints are only added: taints set since
-                // registration (by users, or the node lifecycle loop's
-                // unreachable taints, which it removes itself once this
-                // node renews its Lease) are left alone, as a kubelet does.
-                let mut taints: Vec<Value> = existing
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.taints.clone())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|t| serde_json::to_value(t).unwrap_or_default())
-                    .collect();
-                let before = taints.len();
-                for t in taints_json(cfg).as_array().cloned().unwrap_or_default() {
-                    if !taints
-                        .iter()
-                        .any(|x| x["key"] == t["key"] && x["effect"] == t["effect"])
-                    {
-                        taints.push(t);
-                    }
+        }
+        Some(existing) => {
+            // Configured labels win over what is stored; other labels
+            // stay. Taints are only added: taints set since
+            // registration (by users, or the node lifecycle loop's
+            // unreachable taints, which it removes itself once this
+            // node renews its Lease) are left alone, as a kubelet does.
+            let mut taints: Vec<Value> = existing
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| serde_json::to_value(t).unwrap_or_default())
+                .collect();
+            let before = taints.len();
+            for t in taints_json(cfg).as_array().cloned().unwrap_or_default() {
+                if !taints
+                    .iter()
+                    .any(|x| x["key"] == t["key"] && x["effect"] == t["effect"])
+                {
+                    taints.push(t);
                 }
-                let mut patch = json!({"metadata": {"labels": labels}});
-                if taints.len() != before {
-                    patch["spec"] = json!({"taints": taints});
+            }
+            let labels_only = json!({"metadata": {"labels": labels}});
+            let mut patch = labels_only.clone();
+            if taints.len() != before {
+                patch["spec"] = json!({"taints": taints});
+            }
+            let pp = PatchParams::default();
+            match nodes.patch(&cfg.name, &pp, &Patch::Merge(&patch)).await {
+                Ok(n) => n,
+                // A node may not change its own taints after it
+                // registered (NodeRestriction); an admin can.
+                Err(kube::Error::Api(s)) if s.code == 403 && taints.len() != before => {
+                    warn!(node = %cfg.name, reason = %s.message,
+                            "node-taint values added since registration were not applied; set them with kubectl taint");
+                    nodes
+                        .patch(&cfg.name, &pp, &Patch::Merge(&labels_only))
+                        .await
+                        .map_err(|source| NodeError::Api {
+                            step: "updating the node",
+                            source,
+                        })?
                 }
-                nodes
-                    .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|source| NodeError::Api {
+                Err(source) => {
+                    return Err(NodeError::Api {
                         step: "updating the node",
                         source,
-                    })?
+                    });
+                }
             }
-        };
+        }
+    };
     update_status(client, cfg).await?;
     Ok(node.metadata.uid.unwrap_or_default())
 }

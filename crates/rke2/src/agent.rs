@@ -24,7 +24,7 @@ use tracing::{info, warn};
 /// Where the node password lives: RKE2's `/etc/rancher/node/password` for
 /// the default data dir, else under the data dir (several agents on one
 /// machine, tests).
-fn node_password_path(cfg: &Config) -> PathBuf {
+pub(crate) fn node_password_path(cfg: &Config) -> PathBuf {
     if cfg.data_dir == Path::new(rke2_config::DEFAULT_DATA_DIR) {
         PathBuf::from("/etc/rancher/node/password")
     } else {
@@ -32,7 +32,9 @@ fn node_password_path(cfg: &Config) -> PathBuf {
     }
 }
 
-fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+/// The trimmed content of `path`, written with `make()` (mode 0600) when
+/// missing or empty.
+pub(crate) fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
     if let Ok(s) = std::fs::read_to_string(path) {
         let s = s.trim().to_string();
         if !s.is_empty() {

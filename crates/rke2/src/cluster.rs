@@ -274,6 +274,37 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
         Box::pin(async move { check_node_password(&self.client, &node, &password).await })
     }
 
+    fn address_holders(
+        &self,
+    ) -> BoxFuture<'_, Result<rke2_supervisor::server::AddressHolders, String>> {
+        Box::pin(async move {
+            use k8s_openapi::api::core::v1::Node;
+            let nodes: kube::Api<Node> = kube::Api::all(self.client.clone());
+            let list = nodes
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| format!("listing nodes: {e}"))?;
+            let mut out = Vec::new();
+            for n in list.items {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                for a in n.status.and_then(|s| s.addresses).unwrap_or_default() {
+                    if let Ok(ip) = a.address.parse() {
+                        out.push((Some(name.clone()), ip));
+                    }
+                }
+            }
+            for s in rke2_apiserver::bootstrap::live_apiservers(&self.api)
+                .await
+                .unwrap_or_default()
+            {
+                if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+                    out.push((None, sa.ip()));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn etcd_members(&self) -> BoxFuture<'_, Result<Value, String>> {
         Box::pin(async move {
             let members = self.store.members().await.map_err(|e| e.to_string())?;

@@ -13,7 +13,7 @@ use rke2_datastore::store::StoreTls;
 use rke2_datastore::{EtcdConfig, EtcdProcess, Store};
 use rke2_trust::{ServerTrust, ServerTrustParams, Token};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The first non-loopback IPv4 address of an interface that is up, else
 /// 127.0.0.1: what `node-ip` defaults to.
@@ -439,6 +439,11 @@ async fn run_with_etcd(
     )
     .await?;
 
+    // This server's node password is recorded before the supervisor
+    // serves agents, as an agent's is at its registration: the agent
+    // token then cannot obtain a kubelet certificate for this node's name.
+    record_node_password(cfg, &client).await?;
+
     // The supervisor (9345) shares the API's serving certificate.
     let sup_addr = SocketAddr::new(bind_ip, cfg.supervisor_port);
     let sup_listener = tokio::net::TcpListener::bind(sup_addr)
@@ -755,4 +760,29 @@ pub fn spawn_node_api(
         rke2_node::api::serve(listener, tls, app, async move { stop.cancelled().await }).await;
     });
     Ok(())
+}
+
+/// Records this server's node password (`<node>.node-password.rke2`),
+/// creating the password file on first start. Another machine that
+/// registered this name first keeps it (a warning, as in k3s: this server
+/// itself needs no kubelet certificate from the supervisor).
+async fn record_node_password(cfg: &Config, client: &kube::Client) -> Result<()> {
+    let password = crate::agent::read_or_create(&crate::agent::node_password_path(cfg), || {
+        hex::encode(rand::random::<[u8; 16]>())
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match crate::cluster::check_node_password(client, &cfg.node_name, &password).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.contains("already registered") => {
+                warn!(node = %cfg.node_name, "{e}");
+                return Ok(());
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                debug!(error = %e, "recording the node password; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => anyhow::bail!("recording this server's node password: {e}"),
+        }
+    }
 }

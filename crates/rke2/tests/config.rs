@@ -396,6 +396,18 @@ fn bad_agent_config_exits_2_and_writes_nothing() {
             Some("hunter2-secret"),
         ),
         (
+            "restricted node label",
+            format!(
+                "{url}token: t\nnode-label:\n  - tier=web\n  - node-role.kubernetes.io/worker=true\n"
+            ),
+            vec![
+                "node-label",
+                "node-role.kubernetes.io/worker",
+                "kubelet.kubernetes.io",
+            ],
+            None,
+        ),
+        (
             "lb-server-port 1",
             format!("{url}token: t\nlb-server-port: 1\n"),
             vec!["for lb-server-port", "port below it"],

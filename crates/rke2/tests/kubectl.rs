@@ -258,6 +258,34 @@ async fn nodes_tables_and_errors_with(k: &Kubectl) -> Result<()> {
     ensure!(r[2] == "control-plane,etcd,master", "node roles:\n{table}");
     ensure!(r[4].starts_with("v1."), "node version:\n{table}");
 
+    // Impersonation is refused (403), never silently ignored.
+    for (args, needle) in [
+        (
+            vec!["--as", "bob", "get", "nodes"],
+            "users \"bob\" is forbidden: User \"system:admin\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+        ),
+        (
+            vec![
+                "--as",
+                "system:serviceaccount:kube-system:default",
+                "get",
+                "pods",
+            ],
+            "serviceaccounts \"default\" is forbidden: User \"system:admin\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"kube-system\"",
+        ),
+        (
+            vec!["--as", "bob", "--as-group", "devs", "get", "pods"],
+            "users \"bob\" is forbidden",
+        ),
+    ] {
+        let err = k.fails(&args)?;
+        ensure!(
+            err.contains(needle) && err.contains("(Forbidden)"),
+            "kubectl {}: {err}",
+            args.join(" ")
+        );
+    }
+
     // -o wide: INTERNAL-IP is the bind address.
     let wide = k.ok(&["get", "nodes", "-o", "wide"])?;
     let h = header(&wide);
@@ -1739,6 +1767,28 @@ async fn node_token_restriction(server: &Server) -> Result<()> {
         }
         Ok(serde_json::from_value(serde_json::json!({"spec": spec}))?)
     };
+    // No pod of this node uses the account: the node authorizer refuses.
+    match accounts
+        .create_token_request("default", &PostParams::default(), &request(true)?)
+        .await
+    {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.code == 403
+                && s.message.contains(&format!(
+                    "no relationship found between node '{node}' and this object"
+                )),
+            "{s:?}"
+        ),
+        other => bail!("the node got a token of an account none of its pods uses: {other:?}"),
+    }
+    // Its own pod's account: granted, bound to that pod.
+    let mine: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "on-token-node"},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    }))?;
+    let mine = pods.create(&PostParams::default(), &mine).await?;
+    // The account is its pod's now, but the token must still be bound to
+    // one of its pods (NodeRestriction).
     for (bound, what) in [
         (true, "a pod that is not bound to it"),
         (false, "a token not bound to one of its pods"),
@@ -1756,12 +1806,6 @@ async fn node_token_restriction(server: &Server) -> Result<()> {
             other => bail!("the node got a token it may not have ({what}): {other:?}"),
         }
     }
-    // Its own pod's account: granted, bound to that pod.
-    let mine: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "on-token-node"},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
-    }))?;
-    let mine = pods.create(&PostParams::default(), &mine).await?;
     let req: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {
         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "on-token-node", "uid": mine.metadata.uid},
     }}))?;

@@ -338,6 +338,9 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
         "agent has a role label"
     );
     assert!(a1.spec.unwrap().taints.unwrap_or_default().is_empty());
+    node_identity_is_narrowed(&client, &a[0], &lb, &hs[0])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\na1 log:\n{}", a[0].log()));
 
     // An agent with a wrong token is refused and writes no node.
     let bad = bed.add_host("a3").unwrap();
@@ -612,4 +615,264 @@ fn rand_suffix() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
+}
+
+/// An agent's own credentials act only as that node (upstream's Node
+/// authorizer and NodeRestriction): its kubelet certificate reads only the
+/// Secrets its pods use, one by one; it may not give itself a role or
+/// touch another node; and the agent token cannot get a kubelet
+/// certificate for a server's name or for another machine's address.
+async fn node_identity_is_narrowed(
+    admin: &kube::Client,
+    agent: &Proc,
+    lb: &Host,
+    server: &Host,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams};
+    let data = agent.dir.join("data");
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: d\nclusters: [{{name: d, cluster: {{server: \"https://{}:6443\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: d, user: {{client-certificate: \"{}\", client-key: \"{}\"}}}}]\ncontexts: [{{name: d, context: {{cluster: d, user: d}}}}]\n",
+        lb.ip,
+        data.join("agent/server-ca.crt").display(),
+        data.join("agent/client-kubelet.crt").display(),
+        data.join("agent/client-kubelet.key").display(),
+    );
+    let kc_path = agent.dir.join("kubelet.yaml");
+    std::fs::write(&kc_path, kc).map_err(|e| e.to_string())?;
+    let node = rke2_testbed::client_from_kubeconfig(&kc_path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = agent.host.name.as_str();
+
+    // A Secret used by a pod bound to this node, and one nobody uses.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    for s in ["used-by-a1", "not-used"] {
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": s}, "stringData": {"k": "v"}}))
+                .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| format!("creating secret {s}: {e}"))?;
+    }
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "uses-a-secret"},
+        "spec": {"nodeName": name,
+                 "containers": [{"name": "c", "image": "rke2.test/none:1",
+                                 "envFrom": [{"secretRef": {"name": "used-by-a1"}}]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .map_err(|e| format!("creating the pod: {e}"))?;
+
+    let forbidden = |what: &str, r: Result<String, kube::Error>, needle: &str| match r {
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(needle) => Ok(()),
+        other => Err(format!("{what}: want 403 with {needle:?}, got {other:?}")),
+    };
+    let as_node: Api<Secret> = Api::namespaced(node.clone(), "default");
+    let all: Api<Secret> = Api::all(node.clone());
+    forbidden(
+        "list all secrets",
+        all.list(&ListParams::default())
+            .await
+            .map(|l| format!("{} secrets", l.items.len())),
+        "can only read namespaced object of this type",
+    )?;
+    forbidden(
+        "list a namespace's secrets",
+        as_node
+            .list(&ListParams::default())
+            .await
+            .map(|l| format!("{} secrets", l.items.len())),
+        "No Object name found",
+    )?;
+    forbidden(
+        "get a secret no pod of the node uses",
+        as_node.get("not-used").await.map(|_| "read".into()),
+        &format!(
+            "secrets \"not-used\" is forbidden: User \"system:node:{name}\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node '{name}' and this object"
+        ),
+    )?;
+    let got = as_node
+        .get("used-by-a1")
+        .await
+        .map_err(|e| format!("get the secret its pod uses: {e}"))?;
+    if got
+        .data
+        .unwrap_or_default()
+        .get("k")
+        .map(|b| b.0.as_slice())
+        != Some(b"v")
+    {
+        return Err("the secret read back without its data".into());
+    }
+    // The kubelet's way to follow one object: a list pinned by name.
+    let one = as_node
+        .list(&ListParams::default().fields("metadata.name=used-by-a1"))
+        .await
+        .map_err(|e| format!("list one secret by name: {e}"))?;
+    if one.items.len() != 1 {
+        return Err(format!("list by name gave {} items", one.items.len()));
+    }
+    forbidden(
+        "list a secret it may not read by name",
+        as_node
+            .list(&ListParams::default().fields("metadata.name=not-used"))
+            .await
+            .map(|l| format!("{} secrets", l.items.len())),
+        "no relationship found",
+    )?;
+    // A watch pinned to that one Secret, as a kubelet follows it.
+    {
+        use futures::StreamExt;
+        let wp = kube::api::WatchParams::default().fields("metadata.name=used-by-a1");
+        let stream = as_node
+            .watch(&wp, "0")
+            .await
+            .map_err(|e| format!("watch one secret by name: {e}"))?;
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.boxed().next())
+            .await
+            .map_err(|_| "no event on the pinned secret watch".to_string())?;
+        match first {
+            Some(Ok(kube::api::WatchEvent::Added(s)))
+                if s.metadata.name.as_deref() == Some("used-by-a1") => {}
+            other => return Err(format!("pinned secret watch: {other:?}")),
+        }
+    }
+    // Other nodes' pods stay out of sight.
+    let elsewhere: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "on-a-server"},
+        "spec": {"nodeName": server.name,
+                 "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "c", "image": "rke2.test/none:1"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &elsewhere)
+        .await
+        .map_err(|e| format!("creating a pod on {}: {e}", server.name))?;
+    let node_pods_ns: Api<Pod> = Api::namespaced(node.clone(), "default");
+    node_pods_ns
+        .get("uses-a-secret")
+        .await
+        .map_err(|e| format!("get its own pod: {e}"))?;
+    forbidden(
+        "get another node's pod",
+        node_pods_ns.get("on-a-server").await.map(|_| "read".into()),
+        "no relationship found",
+    )?;
+    let node_pods: Api<Pod> = Api::all(node.clone());
+    forbidden(
+        "list every pod",
+        node_pods
+            .list(&ListParams::default())
+            .await
+            .map(|l| format!("{} pods", l.items.len())),
+        "can only list/watch pods with spec.nodeName field selector",
+    )?;
+
+    // Its own Node: free labels yes, a role or another node no.
+    let nodes: Api<Node> = Api::all(node.clone());
+    let pp = PatchParams::default();
+    nodes
+        .patch(
+            name,
+            &pp,
+            &Patch::Merge(&json!({"metadata": {"labels": {"rack": "r1"}}})),
+        )
+        .await
+        .map_err(|e| format!("a free label on its own node: {e}"))?;
+    forbidden(
+        "give itself a role",
+        nodes
+            .patch(
+                name,
+                &pp,
+                &Patch::Merge(
+                    &json!({"metadata": {"labels": {"node-role.kubernetes.io/x": "true"}}}),
+                ),
+            )
+            .await
+            .map(|_| "labelled".into()),
+        &format!(
+            "nodes \"{name}\" is forbidden: is not allowed to modify labels: node-role.kubernetes.io/x"
+        ),
+    )?;
+    forbidden(
+        "patch another node",
+        nodes
+            .patch(
+                &server.name,
+                &pp,
+                &Patch::Merge(&json!({"metadata": {"labels": {"rack": "r1"}}})),
+            )
+            .await
+            .map(|_| "patched".into()),
+        &format!(
+            "node \"{name}\" is not allowed to modify node \"{}\"",
+            server.name
+        ),
+    )?;
+    // kubectl with the node's kubeconfig says the same.
+    if let Some(k) = newest_kubectl() {
+        let out = Command::new(k)
+            .arg("--kubeconfig")
+            .arg(&kc_path)
+            .args(["label", "node", name, "node-role.kubernetes.io/worker=true"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("(Forbidden)") {
+            return Err(format!("kubectl label as the node: {err}"));
+        }
+    }
+
+    // The supervisor, with the agent token and this node's password.
+    let password = std::fs::read_to_string(data.join("etc/rancher/node/password"))
+        .map_err(|e| e.to_string())?;
+    let ask = |kind: &str, node_name: &str, ips: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(data.join("agent/server-ca.crt"))
+            .args(["-u", "node:my-shared-secret"])
+            .arg("-H")
+            .arg(format!("rke2-node-name: {node_name}"))
+            .arg("-H")
+            .arg(format!("rke2-node-password: {}", password.trim()))
+            .arg("-H")
+            .arg(format!("rke2-node-ip: {ips}"))
+            .arg(format!("https://{}:9345/v1-rke2/{kind}-kubelet.crt", lb.ip))
+            .output()
+            .expect("curl (scripts/install.sh)");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let checks = [
+        ("serving", name, agent.host.ip.to_string(), "200"),
+        ("client", server.name.as_str(), server.ip.to_string(), "403"),
+        ("serving", name, server.ip.to_string(), "403"),
+        ("serving", name, "kubernetes.default.svc".to_string(), "400"),
+    ];
+    for (kind, who, ips, want) in checks {
+        let got = ask(kind, who, &ips);
+        if got != want {
+            return Err(format!(
+                "{kind} certificate for {who} at {ips}: {got}, want {want}"
+            ));
+        }
+    }
+
+    for p in ["uses-a-secret", "on-a-server"] {
+        pods.delete(p, &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for s in ["used-by-a1", "not-used"] {
+        secrets
+            .delete(s, &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! serving certificate as 6443, so joiners that check SANs against the
 //! registration address see one consistent certificate.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,7 +42,15 @@ pub trait ClusterInfo: Send + Sync {
         node: String,
         password: String,
     ) -> BoxFuture<'_, Result<(), String>>;
+    /// Who holds which address: every Node's addresses (with the node's
+    /// name) and every live apiserver's IP (`None`). A node's serving
+    /// certificate may carry only addresses that are its own or nobody's.
+    fn address_holders(&self) -> BoxFuture<'_, Result<AddressHolders, String>>;
 }
+
+/// Who holds which address (see [`ClusterInfo::address_holders`]): a
+/// node's name, or `None` for an apiserver.
+pub type AddressHolders = Vec<(Option<String>, IpAddr)>;
 
 /// Request header naming the node a kubelet certificate is for.
 pub const NODE_NAME_HEADER: &str = "rke2-node-name";
@@ -346,12 +355,70 @@ async fn client_kubelet(State(s): State<Arc<SupervisorState>>, headers: HeaderMa
     })
 }
 
+/// The addresses a node's serving certificate may carry: each must be an
+/// IP address (a name would become a DNS SAN another server answers to),
+/// and one another node or an apiserver holds is refused, so a node
+/// cannot present a certificate the apiserver or another node's clients
+/// would take for that machine's.
+fn check_serving_ips(
+    node: &str,
+    ips: &[String],
+    holders: &[(Option<String>, IpAddr)],
+) -> Result<(), (StatusCode, String)> {
+    for raw in ips {
+        let ip: IpAddr = raw.parse().map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("invalid node IP {raw:?} in {NODE_IP_HEADER}: not an IP address\n"),
+            )
+        })?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("invalid node IP {ip} in {NODE_IP_HEADER}: not a unicast address\n"),
+            ));
+        }
+        let own = holders
+            .iter()
+            .any(|(h, a)| *a == ip && h.as_deref() == Some(node));
+        if own {
+            continue;
+        }
+        if let Some((holder, _)) = holders.iter().find(|(_, a)| *a == ip) {
+            let who = match holder {
+                Some(other) => format!("node {other:?}"),
+                None => "an apiserver".to_string(),
+            };
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "node {node:?} may not have a serving certificate for {ip}: that address belongs to {who}\n"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The node API's serving certificate (node name and IPs), signed by the server CA.
 async fn serving_kubelet(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
     let (name, ips) = match node_request(&s, &headers).await {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let holders = match s.info.address_holders().await {
+        Ok(h) => h,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("checking the node's addresses: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    if let Err(refused) = check_serving_ips(&name, &ips, &holders) {
+        return refused.into_response();
+    }
     let mut sans = vec![
         name.clone(),
         "localhost".to_string(),
@@ -405,6 +472,43 @@ mod tests {
                     Ok(())
                 }
             })
+        }
+        fn address_holders(&self) -> BoxFuture<'_, Result<AddressHolders, String>> {
+            Box::pin(async {
+                Ok(vec![
+                    (None, "10.0.0.1".parse().unwrap()),
+                    (Some("s1".to_string()), "10.0.0.1".parse().unwrap()),
+                    (Some("w1".to_string()), "10.0.0.7".parse().unwrap()),
+                ])
+            })
+        }
+    }
+
+    #[test]
+    fn serving_certificates_carry_only_the_nodes_own_addresses() {
+        let holders = vec![
+            (None, "10.0.0.1".parse().unwrap()),
+            (Some("s1".to_string()), "10.0.0.1".parse().unwrap()),
+            (Some("w1".to_string()), "10.0.0.7".parse().unwrap()),
+        ];
+        let ips = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_serving_ips("w1", &ips(&["10.0.0.7", "10.0.0.9"]), &holders).is_ok());
+        assert!(check_serving_ips("s1", &ips(&["10.0.0.1"]), &holders).is_ok());
+        assert!(check_serving_ips("new", &ips(&[]), &holders).is_ok());
+        let (code, msg) = check_serving_ips("w2", &ips(&["10.0.0.7"]), &holders).unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert!(msg.contains("node \"w1\""), "{msg}");
+        let (code, msg) = check_serving_ips("w2", &ips(&["10.0.0.1"]), &holders).unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert!(msg.contains("apiserver"), "{msg}");
+        for bad in [
+            "kubernetes.default.svc",
+            "0.0.0.0",
+            "224.0.0.1",
+            "10.0.0.1/8",
+        ] {
+            let (code, _) = check_serving_ips("w1", &ips(&[bad]), &holders).unwrap_err();
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 

@@ -48,6 +48,11 @@ impl ClusterInfo for Fake {
             }
         })
     }
+    fn address_holders(
+        &self,
+    ) -> BoxFuture<'_, Result<rke2_supervisor::server::AddressHolders, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 fn trust(dir: &Path) -> ServerTrust {
