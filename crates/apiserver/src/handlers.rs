@@ -83,7 +83,7 @@ pub struct Ctx<'a> {
 pub struct Warnings(std::sync::Mutex<Vec<String>>);
 
 impl Warnings {
-    fn push(&self, text: String) {
+    pub(crate) fn push(&self, text: String) {
         if let Ok(mut w) = self.0.lock() {
             w.push(text);
         }
@@ -697,6 +697,7 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     if rt.kind == "Pod" {
         crate::serviceaccounts::admit_pod(ctx.state, &mut obj).await?;
     }
+    crate::pod_security::admit(ctx, None, &obj).await?;
     if ctx.dry_run() {
         return Ok(obj);
     }
@@ -835,6 +836,7 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         _ => objects::prepare_update(rt, &old, &mut new, false),
     }
     crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
+    crate::pod_security::admit(ctx, Some(&old), &new).await?;
     let stored = store_update(ctx, &name, new, rev).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -1147,6 +1149,7 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             ctx.path.subresource.as_deref() == Some("status"),
         );
         crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
+        crate::pod_security::admit(ctx, Some(&old), &new).await?;
         match store_update(ctx, &name, new, rev).await {
             Ok(stored) => {
                 return Ok(json_response(

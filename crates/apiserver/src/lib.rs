@@ -9,7 +9,8 @@
 //! [`watch_cache`] follows one etcd watch per resource type and fans it
 //! out to client watches; [`tokens`] issues and checks service-account
 //! tokens; [`authz`], [`node_authorizer`] and [`node_restriction`] decide
-//! what a caller may do (nodes only as themselves).
+//! what a caller may do (nodes only as themselves); [`pod_security`] is
+//! the PodSecurity admission.
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
@@ -24,6 +25,7 @@ pub mod namespaces;
 pub mod node_authorizer;
 pub mod node_restriction;
 pub mod objects;
+pub mod pod_security;
 pub mod proxy;
 pub mod registry;
 pub mod request;
@@ -55,6 +57,8 @@ pub struct ApiConfig {
     pub node_client: proxy::NodeClientTls,
     /// Signs and verifies service-account tokens (`service.key`).
     pub tokens: Arc<tokens::TokenIssuer>,
+    /// PodSecurity admission's cluster defaults and exemptions.
+    pub pod_security: pod_security::PodSecurityConfig,
 }
 
 /// State shared by every request; cheap to clone.

@@ -167,6 +167,7 @@ impl Bed {
                     rke2_apiserver::tokens::TokenIssuer::from_pem(&trust.service_account_key_pem)
                         .expect("the trust's service.key"),
                 ),
+                pod_security: Default::default(),
             },
             store,
         );

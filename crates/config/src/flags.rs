@@ -310,6 +310,22 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "Cluster DNS service IP written into pods' resolv.conf (default: the 10th address of service-cidr)",
     ),
     flag(
+        "profile",
+        Str,
+        None,
+        "RKE2_CIS_PROFILE",
+        true,
+        "(security) Validate system configuration against the selected benchmark (valid items: cis, etcd); cis makes PodSecurity enforce restricted by default",
+    ),
+    flag(
+        "pod-security-admission-config-file",
+        Str,
+        None,
+        "RKE2_POD_SECURITY_ADMISSION_CONFIG_FILE",
+        true,
+        "(security) Path to the file that defines Pod Security Admission configuration (an AdmissionConfiguration with a PodSecurity plugin)",
+    ),
+    flag(
         "etcd-binary",
         Str,
         Some("etcd"),

@@ -207,8 +207,45 @@ pub struct Config {
     /// The cluster DNS service IP (`cluster-dns`; default: the 10th
     /// address of `service-cidr`).
     pub cluster_dns: IpAddr,
+    /// The security benchmark profile (`profile`).
+    pub profile: Option<Profile>,
+    /// PodSecurity admission's configuration file
+    /// (`pod-security-admission-config-file`); without it the server uses
+    /// RKE2's default for the profile. Read and checked by the server.
+    pub pod_security_admission_config_file: Option<PathBuf>,
     /// Debug logging.
     pub debug: bool,
+}
+
+/// A `profile` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// `cis`: the CIS benchmark; PodSecurity enforces `restricted` by default.
+    Cis,
+    /// `etcd`: the benchmark's etcd requirements only.
+    Etcd,
+}
+
+impl Profile {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Cis => "cis",
+            Profile::Etcd => "etcd",
+        }
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cis" => Ok(Profile::Cis),
+            "etcd" => Ok(Profile::Etcd),
+            _ => Err("invalid value provided for --profile flag (valid items: cis, etcd)".into()),
+        }
+    }
 }
 
 /// Result of [`load`]: the configuration plus warnings to show the user.
@@ -975,6 +1012,10 @@ fn build(
         etcd_binary: r.str("etcd-binary").expect("default").0,
         pause_image: r.str("pause-image").expect("default").0,
         cluster_dns,
+        profile: r.parsed("profile", Profile::from_str)?,
+        pod_security_admission_config_file: r
+            .str("pod-security-admission-config-file")
+            .map(|(p, _)| PathBuf::from(p)),
         debug: r.bool("debug"),
     })
 }

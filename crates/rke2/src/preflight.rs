@@ -8,7 +8,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use rke2_config::Config;
+use rke2_apiserver::pod_security::PodSecurityConfig;
+use rke2_config::{Config, Profile};
 use rke2_trust::Token;
 
 /// A start refused because of the configuration (or what it points at):
@@ -33,6 +34,20 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
         2
     } else {
         1
+    }
+}
+
+/// PodSecurity admission's configuration, as RKE2 picks it: the
+/// `pod-security-admission-config-file` when given (one that cannot be
+/// read or is not a valid configuration refuses the start), else RKE2's
+/// `rke2-pss.yaml` for the profile: `restricted` with system namespaces
+/// exempt under `profile: cis`, everything `privileged` otherwise.
+pub fn pod_security(cfg: &Config) -> Result<PodSecurityConfig, Refused> {
+    match &cfg.pod_security_admission_config_file {
+        Some(path) => PodSecurityConfig::load(path)
+            .map_err(|e| Refused(format!("pod-security-admission-config-file: {e}"))),
+        None if cfg.profile == Some(Profile::Cis) => Ok(PodSecurityConfig::rke2_cis()),
+        None => Ok(PodSecurityConfig::default()),
     }
 }
 

@@ -174,6 +174,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Also before writing anything (exit 2): a token pinning a CA this
     // server will not have, and addresses we cannot listen on.
     crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
+    let pod_security = crate::preflight::pod_security(&cfg)?;
     crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -303,6 +304,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         started,
         token,
         passwd,
+        pod_security,
     };
     let result = run_with_etcd(ctx, &mut sigterm, &mut sigint).await;
     info!("stopping etcd");
@@ -322,6 +324,7 @@ struct Running<'a> {
     started: Instant,
     token: Token,
     passwd: rke2_supervisor::bootstrap::Passwd,
+    pod_security: rke2_apiserver::pod_security::PodSecurityConfig,
 }
 
 async fn run_with_etcd(
@@ -340,6 +343,7 @@ async fn run_with_etcd(
         started,
         token,
         passwd,
+        pod_security,
     } = ctx;
     let own_client_url = format!("https://{}:2379", url_host(&node_ip));
     let store = Store::connect(&endpoints, Some(&store_tls))
@@ -380,6 +384,7 @@ async fn run_with_etcd(
                         anyhow::anyhow!("{}: {e}", trust.service_account_key_path.display())
                     })?,
             ),
+            pod_security,
         },
         store,
     );
