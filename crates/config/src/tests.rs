@@ -1068,3 +1068,42 @@ fn listen_ports_must_not_collide() {
         "{t}"
     );
 }
+
+#[test]
+fn profile_and_pod_security_admission_config_file() {
+    let (_d, cfg) = setup(
+        Some("profile: cis\npod-security-admission-config-file: /etc/rancher/rke2/psa.yaml\n"),
+        &[],
+    );
+    let c = server(&cfg, &[]).unwrap().config;
+    assert_eq!(c.profile, Some(Profile::Cis));
+    assert_eq!(
+        c.pod_security_admission_config_file,
+        Some(PathBuf::from("/etc/rancher/rke2/psa.yaml"))
+    );
+    let (_d, cfg) = setup(Some(""), &[]);
+    let c = server(&cfg, &[]).unwrap().config;
+    assert_eq!(c.profile, None);
+    assert_eq!(c.pod_security_admission_config_file, None);
+    // RKE2's environment name for the profile.
+    let env: HashMap<String, String> =
+        [("RKE2_CIS_PROFILE".to_string(), "etcd".to_string())].into();
+    let c = load_with(Role::Server, &cfg, &[], &env).unwrap().config;
+    assert_eq!(c.profile, Some(Profile::Etcd));
+    let (_d, cfg) = setup(Some("profile: cis-1.23\n"), &[]);
+    let e = err_text(server(&cfg, &[]));
+    assert!(
+        e.contains("line 1: invalid value \"cis-1.23\" for profile: invalid value provided for --profile flag (valid items: cis, etcd)"),
+        "{e}"
+    );
+    // Both keys exist for agents too, as in RKE2.
+    let (_d, cfg) = setup(
+        Some(
+            "server: https://s:9345\ntoken: t\nprofile: etcd\npod-security-admission-config-file: x\n",
+        ),
+        &[],
+    );
+    let l = load_with(Role::Agent, &cfg, &[], &no_env()).unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(l.config.profile, Some(Profile::Etcd));
+}

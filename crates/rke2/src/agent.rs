@@ -87,7 +87,9 @@ pub async fn run(mut cfg: Config) -> Result<()> {
     } else {
         cfg.node_ips.clone()
     };
-    // Before writing anything (exit 2): the balancers' and node API's ports.
+    // Before writing anything (exit 2): the profile's requirements, the
+    // balancers' and node API's ports.
+    crate::preflight::profile(&cfg)?;
     crate::preflight::check_ports(&crate::preflight::agent_listens(&cfg, ips[0])).await?;
 
     // Step 1: the CA. A cached CA is used only while it still matches the

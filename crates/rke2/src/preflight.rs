@@ -51,6 +51,63 @@ pub fn pod_security(cfg: &Config) -> Result<PodSecurityConfig, Refused> {
     }
 }
 
+/// Kernel parameters `profile: cis` requires, with their values (RKE2's
+/// list, from the CIS hardening guide).
+const CIS_KERNEL_PARAMETERS: &[(&str, i64)] = &[
+    ("vm.overcommit_memory", 1),
+    ("vm.panic_on_oom", 0),
+    ("kernel.panic", 10),
+    ("kernel.panic_on_oops", 1),
+];
+
+/// What RKE2 checks for `profile`: under `cis` the kernel parameters of
+/// the CIS guide; under `cis` and `etcd` on a server, an `etcd` user and
+/// group. Every unmet requirement is named, one per line.
+pub fn profile(cfg: &Config) -> Result<(), Refused> {
+    let Some(profile) = cfg.profile else {
+        return Ok(());
+    };
+    let mut problems = Vec::new();
+    if profile == Profile::Cis {
+        for (name, want) in CIS_KERNEL_PARAMETERS {
+            let path = format!("/proc/sys/{}", name.replace('.', "/"));
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| t.trim().parse::<i64>().map_err(|e| e.to_string()))
+            {
+                Ok(got) if got == *want => {}
+                Ok(got) => problems.push(format!(
+                    "invalid kernel parameter value {name}={got} - expected {want}"
+                )),
+                Err(e) => problems.push(format!("cannot read {path}: {e}")),
+            }
+        }
+    }
+    if cfg.role == rke2_config::Role::Server {
+        if !names_in("/etc/passwd", "etcd") {
+            problems.push("missing required: user: unknown user etcd".into());
+        }
+        if !names_in("/etc/group", "etcd") {
+            problems.push("missing required: group: unknown group etcd".into());
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Refused(format!(
+        "profile {}: this machine does not meet the profile's requirements:\n{}",
+        profile.as_str(),
+        problems.join("\n")
+    )))
+}
+
+/// Whether a `passwd`/`group`-style file has an entry named `name`.
+fn names_in(file: &str, name: &str) -> bool {
+    std::fs::read_to_string(file)
+        .map(|t| t.lines().any(|l| l.split(':').next() == Some(name)))
+        .unwrap_or(false)
+}
+
 /// One address the process will listen on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
@@ -377,6 +434,56 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("agent-token: its CA hash"), "{e}");
+    }
+
+    #[test]
+    fn pod_security_follows_rke2_defaults_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            pod_security(&config(dir.path(), &[])).unwrap(),
+            PodSecurityConfig::default()
+        );
+        assert_eq!(
+            pod_security(&config(dir.path(), &["--profile", "cis"])).unwrap(),
+            PodSecurityConfig::rke2_cis()
+        );
+        assert_eq!(
+            pod_security(&config(dir.path(), &["--profile", "etcd"])).unwrap(),
+            PodSecurityConfig::default()
+        );
+        // The file wins over the profile's default.
+        let file = dir.path().join("psa.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins: []\n",
+        )
+        .unwrap();
+        let file_arg = file.to_str().unwrap();
+        assert_eq!(
+            pod_security(&config(
+                dir.path(),
+                &[
+                    "--profile",
+                    "cis",
+                    "--pod-security-admission-config-file",
+                    file_arg
+                ]
+            ))
+            .unwrap(),
+            PodSecurityConfig::default()
+        );
+        std::fs::write(&file, "kind: [").unwrap();
+        let e = pod_security(&config(
+            dir.path(),
+            &["--pod-security-admission-config-file", file_arg],
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "pod-security-admission-config-file: {file_arg}: invalid YAML"
+            )),
+            "{e}"
+        );
     }
 
     #[test]

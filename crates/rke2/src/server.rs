@@ -174,6 +174,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Also before writing anything (exit 2): a token pinning a CA this
     // server will not have, and addresses we cannot listen on.
     crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
+    crate::preflight::profile(&cfg)?;
     let pod_security = crate::preflight::pod_security(&cfg)?;
     crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

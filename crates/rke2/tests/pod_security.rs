@@ -3,8 +3,9 @@
 //! (kube-apiserver's wording), workloads warned about but never refused,
 //! label validation and the warnings about existing pods, pod updates that
 //! are and are not checked; the cluster default and exemptions from
-//! `pod-security-admission-config-file` and from `profile: cis`; a bad
-//! configuration file refusing the start.
+//! `pod-security-admission-config-file`; `profile: cis` (its machine
+//! requirements, or its `restricted` default); a bad configuration file or
+//! profile refusing the start.
 //!
 //! Pods carry `schedulerName: nobody`: no scheduler binds them, so nothing
 //! runs.
@@ -333,13 +334,68 @@ async fn config_file_sets_the_default_and_exemptions() {
     );
 }
 
+/// What RKE2 refuses `profile: cis` for on this machine: kernel
+/// parameters of the CIS guide that differ, a missing `etcd` user or group.
+fn cis_problems() -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, want) in [
+        ("vm.overcommit_memory", 1),
+        ("vm.panic_on_oom", 0),
+        ("kernel.panic", 10),
+        ("kernel.panic_on_oops", 1),
+    ] {
+        let got: i64 = std::fs::read_to_string(format!("/proc/sys/{}", name.replace('.', "/")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if got != want {
+            out.push(format!(
+                "invalid kernel parameter value {name}={got} - expected {want}"
+            ));
+        }
+    }
+    let has = |file: &str| {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("etcd:"))
+    };
+    if !has("/etc/passwd") {
+        out.push("missing required: user: unknown user etcd".into());
+    }
+    if !has("/etc/group") {
+        out.push("missing required: group: unknown group etcd".into());
+    }
+    out
+}
+
+/// `profile: cis` on a machine that meets it enforces `restricted` outside
+/// the system namespaces; on one that does not, the start is refused
+/// naming every unmet requirement (this machine decides which is tested).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cis_profile_enforces_restricted_outside_system_namespaces() {
-    let server = start(ServerOpts {
+async fn cis_profile_checks_the_machine_and_enforces_restricted() {
+    let opts = ServerOpts {
         config_yaml: Some("profile: cis\n".into()),
         ..ServerOpts::default()
-    })
-    .await;
+    };
+    let problems = cis_problems();
+    if !problems.is_empty() {
+        let mut server = Server::start(bin(), opts).expect("spawning rke2 server");
+        let status = server
+            .wait_exit(Duration::from_secs(60))
+            .expect("a refused start exits");
+        let log = server.log_text();
+        assert_eq!(status.code(), Some(2), "{log}");
+        let want = format!(
+            "profile cis: this machine does not meet the profile's requirements:\n{}",
+            problems.join("\n")
+        );
+        assert!(log.contains(&want), "want {want:?} in:\n{log}");
+        assert!(!server.data_dir.exists(), "the data dir was written");
+        return;
+    }
+    let server = start(opts).await;
     let (minor, bin) = kubectls()
         .expect("kubectl binaries")
         .pop()

@@ -358,12 +358,17 @@ fn significant_pod_update(old: &Value, new: &Value) -> bool {
     })
 }
 
-/// The labels of namespace `ns` (`None` when it does not exist). Read
-/// from etcd rather than the watch cache, so a label set a moment ago
-/// already counts.
+/// The labels of namespace `ns` (`None` when it does not exist): from the
+/// watch cache, as upstream reads them from its informer (a label changed
+/// a moment ago may not count yet), else from etcd (a namespace created a
+/// moment ago).
 async fn namespace_labels(ctx: &Ctx<'_>, ns: &str) -> ApiResult<Option<Value>> {
     let nsrt = registry::find("", "v1", "namespaces").expect("namespaces registered");
-    let Some(kv) = ctx.state.store.get(&nsrt.key(None, ns)).await? else {
+    let key = nsrt.key(None, ns);
+    if let Some((obj, _)) = ctx.state.caches.running(nsrt).and_then(|c| c.get(&key)) {
+        return Ok(Some(obj["metadata"]["labels"].clone()));
+    }
+    let Some(kv) = ctx.state.store.get(&key).await? else {
         return Ok(None);
     };
     let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
