@@ -58,11 +58,35 @@ fn invalid(kind: &str, causes: &[(&str, &str)]) -> ApiError {
     e
 }
 
+/// A review body: JSON, YAML or protobuf (kubectl sends protobuf), with
+/// its media type.
+pub struct Body<'a> {
+    /// The bytes.
+    pub bytes: &'a [u8],
+    /// The `Content-Type` header.
+    pub content_type: Option<&'a str>,
+}
+
 /// Decodes a review body as its typed struct (400 as any typed body).
-fn typed<T: serde::de::DeserializeOwned>(kind: &str, body: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
+fn typed<T: serde::de::DeserializeOwned>(kind: &str, body: &Body) -> Result<Value, ApiError> {
+    let ty = crate::request::body_type(body.content_type)
+        .filter(|t| {
+            matches!(
+                t,
+                crate::request::BodyType::Json
+                    | crate::request::BodyType::Yaml
+                    | crate::request::BodyType::Protobuf
+            )
+        })
+        .ok_or_else(|| {
+            ApiError::unsupported_media(
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            )
+        })?;
+    let v = crate::request::decode_body(body.bytes, ty).map_err(|e| {
         ApiError::bad_request(format!(
-            "{kind} in version \"v1\" cannot be handled as a {kind}: {e}"
+            "{kind} in version \"v1\" cannot be handled as a {kind}: {}",
+            e.message
         ))
     })?;
     if let Err(e) = serde_path_to_error::deserialize::<_, T>(&v) {
@@ -176,7 +200,7 @@ pub async fn handle(
     plural: &str,
     kind: &str,
     path_ns: Option<&str>,
-    body: &[u8],
+    body: &Body<'_>,
 ) -> Result<Value, ApiError> {
     use k8s_openapi::api::authorization::v1 as authz;
     match kind {

@@ -259,13 +259,20 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
             Some(b) => b,
             None => return ApiError::too_large(MAX_BODY).into_response(),
         };
+        let review = crate::access_review::Body {
+            bytes: &bytes,
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        };
         return match crate::access_review::handle(
             &state,
             &identity,
             plural,
             kind,
             ns.as_deref(),
-            &bytes,
+            &review,
         )
         .await
         {
