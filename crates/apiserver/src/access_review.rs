@@ -354,14 +354,17 @@ mod tests {
             json!({"resourceAttributes": {"verb": "list", "resource": "pods", "namespace": "x"}});
         let (req, ns) = attributes(k, &spec).unwrap();
         assert_eq!((req.verb, ns), ("list", "x"));
-        assert_eq!(
-            typed::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>(
-                k,
-                br#"{"spec": {"resourceAttributes": {"verb": 5}}}"#
-            )
-            .unwrap_err()
-            .code,
-            400
+        let body = Body {
+            bytes: br#"{"spec": {"resourceAttributes": {"verb": 5}}}"#,
+            content_type: Some("application/json"),
+        };
+        let e = typed::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>(k, &body)
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(
+            e.message.contains("spec.resourceAttributes.verb"),
+            "{}",
+            e.message
         );
     }
 }

@@ -231,9 +231,11 @@ pub async fn authorize(
         Decision::NodeScoped(node) => Ok(Some(node)),
         Decision::NodeRelated { node, name } => {
             let ns = path.namespace.as_deref().unwrap_or("");
-            if crate::node_authorizer::related(state, &node, path.rt.plural, ns, &name).await {
-                Ok(Some(node))
-            } else if rbac(path).await {
+            // Related to the node, or allowed by RBAC (still held to
+            // NodeRestriction as a node).
+            if crate::node_authorizer::related(state, &node, path.rt.plural, ns, &name).await
+                || rbac(path).await
+            {
                 Ok(Some(node))
             } else {
                 let mut named = path.clone();

@@ -296,8 +296,9 @@ impl CacheState {
         let Some((of, by_value)) = &mut self.by_value else {
             return;
         };
-        let old = before.map(|o| of(o)).unwrap_or_default();
-        let new = after.map(|o| of(o)).unwrap_or_default();
+        let of: IndexFn = *of;
+        let old = before.map(of).unwrap_or_default();
+        let new = after.map(of).unwrap_or_default();
         if old == new {
             return;
         }
