@@ -420,3 +420,167 @@ fn token_of(kubeconfig: &Path) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Where the install script puts helm.
+const HELM: &str = "/usr/local/lib/rke2-test/helm";
+
+/// A chart carrying a ServiceAccount, Role, RoleBinding, ClusterRole and
+/// ClusterRoleBinding installs, upgrades (a rule added) and uninstalls
+/// with the real helm, and its account then holds what the chart grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_chart_with_rbac_installs_upgrades_uninstalls() {
+    assert!(
+        Path::new(HELM).exists(),
+        "{HELM} missing: run `bash scripts/install.sh`"
+    );
+    let (server, client) = start_server().await;
+    let chart = server.dir.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: rbac-demo\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(chart.join("values.yaml"), "writeConfigMaps: false\n").unwrap();
+    std::fs::write(
+        chart.join("templates/rbac.yaml"),
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ .Release.Name }}-sa
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: {{ .Release.Name }}-role
+rules:
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list"{{ if .Values.writeConfigMaps }}, "create"{{ end }}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ .Release.Name }}-binding
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ .Release.Name }}-role
+subjects:
+- kind: ServiceAccount
+  name: {{ .Release.Name }}-sa
+  namespace: {{ .Release.Namespace }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{ .Release.Name }}-nodes
+rules:
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ .Release.Name }}-nodes
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ .Release.Name }}-nodes
+subjects:
+- kind: ServiceAccount
+  name: {{ .Release.Name }}-sa
+  namespace: {{ .Release.Namespace }}
+"#,
+    )
+    .unwrap();
+    let helm = |args: &[&str]| {
+        let o = std::process::Command::new(HELM)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&server.kubeconfig)
+            .env("HELM_CACHE_HOME", server.dir.path().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", server.dir.path().join("helm-config"))
+            .env("HELM_DATA_HOME", server.dir.path().join("helm-data"))
+            .output()
+            .expect("helm runs");
+        assert!(o.status.success(), "helm {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let chart_dir = chart.to_str().unwrap();
+    helm(&[
+        "install",
+        "demo",
+        chart_dir,
+        "-n",
+        "apps",
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let sa = token_kubeconfig(&server, &client, "apps", "demo-sa").await;
+    let k = kubectls().unwrap().pop().unwrap().1;
+    let o = kubectl(&k, &sa, &["-n", "apps", "get", "configmaps"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = kubectl(&k, &sa, &["get", "nodes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = kubectl(&k, &sa, &["-n", "apps", "create", "configmap", "x"]);
+    assert!(!o.status.success(), "create allowed before the upgrade");
+
+    helm(&[
+        "upgrade",
+        "demo",
+        chart_dir,
+        "-n",
+        "apps",
+        "--set",
+        "writeConfigMaps=true",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let o = kubectl(&k, &sa, &["-n", "apps", "create", "configmap", "x"]);
+    assert!(o.status.success(), "after the upgrade: {}", text(&o));
+    let list = helm(&["list", "-n", "apps", "-o", "json"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["revision"], json!("2"), "{list}");
+
+    helm(&[
+        "uninstall",
+        "demo",
+        "-n",
+        "apps",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    for (path, name) in [
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/roles",
+            "demo-role",
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/apps/rolebindings",
+            "demo-binding",
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            "demo-nodes",
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            "demo-nodes",
+        ),
+        ("/api/v1/namespaces/apps/serviceaccounts", "demo-sa"),
+    ] {
+        let (code, answer) = send(&client, "GET", &format!("{path}/{name}"), &Value::Null).await;
+        assert_eq!(code, 404, "{path}/{name} left after uninstall: {answer}");
+    }
+    let o = kubectl(&k, &sa, &["-n", "apps", "get", "configmaps"]);
+    assert!(
+        !o.status.success(),
+        "the account's token outlived its account"
+    );
+}
