@@ -16,6 +16,7 @@
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
 //! controllers, the node role, tests — is a client of this API.
 
+pub mod access_review;
 pub mod allocator;
 pub mod authz;
 pub mod bootstrap;
@@ -27,6 +28,7 @@ pub mod node_restriction;
 pub mod objects;
 pub mod pod_security;
 pub mod proxy;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod schema;

@@ -241,7 +241,8 @@ mod tests {
             vec![
                 ("coordination.k8s.io", "v1"),
                 ("apps", "v1"),
-                ("batch", "v1")
+                ("batch", "v1"),
+                ("rbac.authorization.k8s.io", "v1")
             ]
         );
     }
