@@ -254,7 +254,7 @@ async fn namespace_labels_enforce_and_warn_with_every_kubectl() {
 }
 
 /// An `AdmissionConfiguration` enforcing `restricted` everywhere but in
-/// `kube-system` and `exempt`.
+/// `kube-system` and `exempt`, and not for the user `ci-bot`.
 const RESTRICTED_CONFIG: &str = r#"apiVersion: apiserver.config.k8s.io/v1
 kind: AdmissionConfiguration
 plugins:
@@ -266,7 +266,7 @@ plugins:
       enforce: "restricted"
       enforce-version: "latest"
     exemptions:
-      usernames: []
+      usernames: [ci-bot]
       runtimeClasses: []
       namespaces: [kube-system, exempt]
 "#;
@@ -303,6 +303,20 @@ async fn config_file_sets_the_default_and_exemptions() {
     k.ok(
         "a compliant pod in default",
         &k.create("ok.yaml", &compliant_pod("ok"), "default"),
+    );
+    // An exempt user (here by impersonation) is not checked.
+    let path = k.dir.join("priv.yaml");
+    k.ok(
+        "a privileged pod by an exempt user",
+        &k.run(&[
+            "create",
+            "--as=ci-bot",
+            "--as-group=system:masters",
+            "-n",
+            "default",
+            "-f",
+            path.to_str().unwrap(),
+        ]),
     );
 
     // The exempt namespace takes anything; labels on it are pointed out.

@@ -201,14 +201,6 @@ fn quote(lv: &LevelVersion) -> String {
     crate::schema::go_quote(&lv.to_string())
 }
 
-/// The user a request came as, for the `usernames` exemption.
-///
-/// The handlers' context does not carry the caller's identity yet; until
-/// it does, no request matches a user exemption.
-fn user_of(_ctx: &Ctx<'_>) -> Option<String> {
-    None
-}
-
 /// Pod subresources PodSecurity never looks at (upstream's list); any
 /// other subresource of a pod is checked as the pod.
 const IGNORED_POD_SUBRESOURCES: &[&str] = &[
@@ -256,9 +248,9 @@ pub async fn admit(ctx: &Ctx<'_>, old: Option<&Value>, new: &Value) -> ApiResult
 fn exempt(cfg: &PodSecurityConfig, ctx: &Ctx<'_>, namespace: &str) -> bool {
     let ns_exempt =
         !namespace.is_empty() && cfg.exemptions.namespaces.iter().any(|n| n == namespace);
-    let user_exempt = user_of(ctx)
-        .filter(|u| !u.is_empty())
-        .is_some_and(|u| cfg.exemptions.usernames.contains(&u));
+    // The user after impersonation, as upstream's attributes give it.
+    let user = &ctx.identity.user;
+    let user_exempt = !user.is_empty() && cfg.exemptions.usernames.contains(user);
     ns_exempt || user_exempt
 }
 
