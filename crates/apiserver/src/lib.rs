@@ -25,6 +25,7 @@ pub mod node_authorizer;
 pub mod node_restriction;
 pub mod objects;
 pub mod proxy;
+pub mod rbac_objects;
 pub mod registry;
 pub mod request;
 pub mod schema;
