@@ -18,6 +18,7 @@
 pub mod allocator;
 pub mod authz;
 pub mod bootstrap;
+pub mod bootstrap_policy;
 pub mod discovery;
 pub mod handlers;
 pub mod namespaces;
