@@ -2,8 +2,9 @@
 //! `pods/log`, `pods/exec` and `pods/attach`); a node (`system:node:<name>`
 //! in group `system:nodes`) only what upstream's Node authorizer and the
 //! kubelet's RBAC rules give it, and only as itself — never logs, exec or
-//! attach. Everyone else is refused until RBAC exists, and so is every
-//! request that asks to impersonate someone ([`impersonation`]).
+//! attach. Everyone else gets what RBAC ([`crate::rbac`]) grants, after
+//! the Node authorizer, as kube-apiserver chains them. Impersonation
+//! headers are checked and applied by [`impersonate`].
 //!
 //! Path-level rules live here ([`decide`]); whether a Secret, ConfigMap,
 //! ServiceAccount or Pod is related to the node (referenced by a pod bound
@@ -198,12 +199,43 @@ pub async fn authorize(
         }
         e
     };
+    // Upstream's chain: the Node authorizer, then RBAC; `system:masters`
+    // passes before either.
+    let rbac = |path: &ResourcePath| {
+        let name = match (&path.name, verb) {
+            (Some(n), _) => n.clone(),
+            (None, "list" | "watch") => selected_name(query).unwrap_or_default(),
+            (None, _) => String::new(),
+        };
+        let path = path.clone();
+        async move {
+            let req = crate::rbac::Request {
+                verb,
+                target: crate::rbac::Target::Resource {
+                    group: path.rt.group,
+                    resource: path.rt.plural,
+                    subresource: path.subresource.as_deref().unwrap_or(""),
+                    namespace: path
+                        .namespace
+                        .as_deref()
+                        .filter(|_| path.rt.namespaced)
+                        .unwrap_or(""),
+                    name: &name,
+                },
+            };
+            crate::rbac::allows(state, id, &req).await
+        }
+    };
     match decide(id, verb, path, query) {
         Decision::Allow => Ok(None),
         Decision::NodeScoped(node) => Ok(Some(node)),
         Decision::NodeRelated { node, name } => {
             let ns = path.namespace.as_deref().unwrap_or("");
-            if crate::node_authorizer::related(state, &node, path.rt.plural, ns, &name).await {
+            // Related to the node, or allowed by RBAC (still held to
+            // NodeRestriction as a node).
+            if crate::node_authorizer::related(state, &node, path.rt.plural, ns, &name).await
+                || rbac(path).await
+            {
                 Ok(Some(node))
             } else {
                 let mut named = path.clone();
@@ -214,18 +246,39 @@ pub async fn authorize(
                 ))
             }
         }
-        Decision::Deny(reason) => Err(forbidden(path, &reason)),
+        Decision::Deny(reason) => {
+            if rbac(path).await {
+                // A node allowed by RBAC is still held to NodeRestriction.
+                Ok(node_name(id).map(str::to_string))
+            } else {
+                Err(forbidden(path, &reason))
+            }
+        }
         Decision::Refuse(message) => Err(ApiError::new(403, "Forbidden", message)),
     }
 }
 
-/// Refuses a request that asks to act as someone else
-/// (`Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`): no one may
-/// impersonate until RBAC can say who may; ignoring the headers would let
-/// a client believe it acted as another user. The 403 names the first
-/// thing impersonated, in upstream's order and words (user or service
-/// account, groups, extras, uid).
-pub fn impersonation(id: &Identity, headers: &http::HeaderMap) -> Result<(), ApiError> {
+/// One thing an impersonating request asks to act as, as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// `users`, `groups`, `serviceaccounts`, `uids` or `userextras`.
+    pub resource: &'static str,
+    /// The extra's key for `userextras`, else empty.
+    pub subresource: String,
+    /// `""` or `authentication.k8s.io`.
+    pub group: &'static str,
+    /// The service account's namespace, else empty.
+    pub namespace: String,
+    /// The user, group, account, uid or extra value.
+    pub name: String,
+}
+
+/// What the impersonation headers of a request ask for: the identity to
+/// act as, and each thing that needs the `impersonate` verb. `None`
+/// without such headers; 400 for malformed ones.
+pub fn impersonation(
+    headers: &http::HeaderMap,
+) -> Result<Option<(Identity, Vec<Asked>)>, ApiError> {
     let values = |name: &str| -> Vec<String> {
         headers
             .get_all(name)
@@ -233,70 +286,157 @@ pub fn impersonation(id: &Identity, headers: &http::HeaderMap) -> Result<(), Api
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect()
     };
-    // (resource with subresource, API group, namespace, name)
-    let mut asked: Vec<(String, &str, Option<String>, String)> = Vec::new();
-    if let Some(user) = values("impersonate-user").into_iter().next() {
-        match user
-            .strip_prefix("system:serviceaccount:")
-            .and_then(|r| r.split_once(':'))
-            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains(':'))
-        {
-            Some((ns, n)) => asked.push((
-                "serviceaccounts".into(),
-                "",
-                Some(ns.to_string()),
-                n.to_string(),
-            )),
-            None => asked.push(("users".into(), "", None, user)),
-        }
-    }
-    for g in values("impersonate-group") {
-        asked.push(("groups".into(), "", None, g));
-    }
-    let mut extras: Vec<(&str, String)> = headers
+    let users = values("impersonate-user");
+    let groups = values("impersonate-group");
+    let uids = values("impersonate-uid");
+    let mut extras: Vec<(String, String)> = headers
         .keys()
         .filter_map(|k| {
             k.as_str()
                 .strip_prefix("impersonate-extra-")
-                .map(|key| (k.as_str(), key.to_string()))
+                .map(|key| (k.as_str().to_string(), percent_decode(key)))
         })
         .collect();
     extras.sort();
-    for (header, key) in extras {
-        let key = percent_decode(&key);
+    if users.is_empty() && groups.is_empty() && uids.is_empty() && extras.is_empty() {
+        return Ok(None);
+    }
+    let user = match users.as_slice() {
+        [u] if !u.is_empty() => u.clone(),
+        [] => {
+            return Err(ApiError::bad_request(
+                "Impersonate-Group, Impersonate-Uid and Impersonate-Extra- headers need an Impersonate-User header",
+            ));
+        }
+        [_] => return Err(ApiError::bad_request("Impersonate-User: must not be empty")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "Impersonate-User: only one user may be impersonated",
+            ));
+        }
+    };
+    if uids.len() > 1 {
+        return Err(ApiError::bad_request(
+            "Impersonate-Uid: only one uid may be impersonated",
+        ));
+    }
+    let asked_one = |resource, subresource: &str, group, namespace: &str, name: &str| Asked {
+        resource,
+        subresource: subresource.to_string(),
+        group,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    };
+    let mut asked = Vec::new();
+    let service_account = user
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains(':'))
+        .map(|(ns, n)| (ns.to_string(), n.to_string()));
+    match &service_account {
+        Some((ns, n)) => asked.push(asked_one("serviceaccounts", "", "", ns, n)),
+        None => asked.push(asked_one("users", "", "", "", &user)),
+    }
+    for g in &groups {
+        asked.push(asked_one("groups", "", "", "", g));
+    }
+    for (header, key) in &extras {
         for v in values(header) {
-            asked.push((
-                format!("userextras/{key}"),
+            asked.push(asked_one(
+                "userextras",
+                key,
                 "authentication.k8s.io",
-                None,
-                v,
+                "",
+                &v,
             ));
         }
     }
-    if let Some(uid) = values("impersonate-uid").into_iter().next() {
-        asked.push(("uids".into(), "authentication.k8s.io", None, uid));
+    for u in &uids {
+        asked.push(asked_one("uids", "", "authentication.k8s.io", "", u));
     }
-    let Some((resource, group, ns, name)) = asked.into_iter().next() else {
-        return Ok(());
+    let mut as_groups = groups;
+    if let Some((ns, _)) = &service_account {
+        for g in [
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{ns}"),
+        ] {
+            if !as_groups.contains(&g) {
+                as_groups.push(g);
+            }
+        }
+    }
+    if user != "system:anonymous" && !as_groups.iter().any(|g| g == "system:authenticated") {
+        as_groups.push("system:authenticated".into());
+    }
+    Ok(Some((
+        Identity {
+            user,
+            groups: as_groups,
+        },
+        asked,
+    )))
+}
+
+/// Applies impersonation (`Impersonate-User`, `-Group`, `-Uid`,
+/// `-Extra-*`, as `kubectl --as`/`--as-group` send them): each thing
+/// asked for needs the `impersonate` verb on it (users, groups,
+/// serviceaccounts, uids, userextras/<key>), checked for the caller, with
+/// upstream's 403 otherwise; the request then acts as the impersonated
+/// user, who gets `system:authenticated` (and a service account its
+/// groups) as upstream adds them. Without the headers the caller is
+/// returned unchanged.
+pub async fn impersonate(
+    state: &ApiState,
+    id: Identity,
+    headers: &http::HeaderMap,
+) -> Result<Identity, ApiError> {
+    let Some((as_id, asked)) = impersonation(headers)? else {
+        return Ok(id);
     };
-    let plural = resource.split('/').next().unwrap_or("");
-    let qualified = if group.is_empty() {
-        plural.to_string()
+    for a in &asked {
+        let req = crate::rbac::Request {
+            verb: "impersonate",
+            target: crate::rbac::Target::Resource {
+                group: a.group,
+                resource: a.resource,
+                subresource: &a.subresource,
+                namespace: &a.namespace,
+                name: &a.name,
+            },
+        };
+        if !crate::rbac::can(state, &id, &req).await {
+            return Err(impersonation_forbidden(&id, a));
+        }
+    }
+    tracing::info!(impersonator = %id.user, user = %as_id.user, "request impersonates");
+    Ok(as_id)
+}
+
+/// Upstream's 403 for an impersonation the caller may not do.
+fn impersonation_forbidden(id: &Identity, a: &Asked) -> ApiError {
+    let shown = if a.subresource.is_empty() {
+        a.resource.to_string()
     } else {
-        format!("{plural}.{group}")
+        format!("{}/{}", a.resource, a.subresource)
     };
-    let scope = match ns {
-        Some(ns) => format!("in the namespace \"{ns}\""),
-        None => "at the cluster scope".to_string(),
+    let qualified = if a.group.is_empty() {
+        a.resource.to_string()
+    } else {
+        format!("{}.{}", a.resource, a.group)
     };
-    Err(ApiError::new(
+    let scope = if a.namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in the namespace \"{}\"", a.namespace)
+    };
+    ApiError::new(
         403,
         "Forbidden",
         format!(
-            "{qualified} \"{name}\" is forbidden: User \"{}\" cannot impersonate resource \"{resource}\" in API group \"{group}\" {scope}: impersonation is not supported by this server yet",
-            id.user
+            "{qualified} \"{}\" is forbidden: User \"{}\" cannot impersonate resource \"{shown}\" in API group \"{}\" {scope}",
+            a.name, id.user, a.group
         ),
-    ))
+    )
 }
 
 /// `%XX` escapes of an `Impersonate-Extra-` key (upstream unescapes them).
@@ -531,38 +671,65 @@ mod tests {
     }
 
     #[test]
-    fn impersonation_is_refused_in_upstream_words() {
-        let admin = Identity {
-            user: "system:admin".into(),
-            groups: vec!["system:masters".into()],
+    fn impersonation_headers_as_upstream() {
+        let bob = Identity {
+            user: "bob".into(),
+            groups: vec!["system:authenticated".into()],
         };
-        assert!(impersonation(&admin, &headers(&[("accept", "x")])).is_ok());
-        let cases = [
-            (
-                vec![("Impersonate-User", "bob"), ("Impersonate-Group", "devs")],
-                "users \"bob\" is forbidden: User \"system:admin\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
-            ),
-            (
-                vec![("Impersonate-User", "system:serviceaccount:kube-system:x")],
-                "serviceaccounts \"x\" is forbidden: User \"system:admin\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"kube-system\"",
-            ),
-            (
-                vec![("Impersonate-Group", "devs")],
-                "groups \"devs\" is forbidden: User \"system:admin\" cannot impersonate resource \"groups\" in API group \"\" at the cluster scope",
-            ),
-            (
-                vec![("Impersonate-Extra-Scope%2Fx", "v")],
-                "userextras.authentication.k8s.io \"v\" is forbidden: User \"system:admin\" cannot impersonate resource \"userextras/scope/x\" in API group \"authentication.k8s.io\" at the cluster scope",
-            ),
-            (
-                vec![("Impersonate-Uid", "1234")],
-                "uids.authentication.k8s.io \"1234\" is forbidden: User \"system:admin\" cannot impersonate resource \"uids\" in API group \"authentication.k8s.io\" at the cluster scope",
-            ),
-        ];
-        for (h, want) in cases {
-            let e = impersonation(&admin, &headers(&h)).unwrap_err();
-            assert_eq!(e.code, 403);
-            assert!(e.message.starts_with(want), "{}", e.message);
+        assert!(
+            impersonation(&headers(&[("accept", "x")]))
+                .unwrap()
+                .is_none()
+        );
+        let (as_id, asked) = impersonation(&headers(&[
+            ("Impersonate-User", "system:serviceaccount:kube-system:x"),
+            ("Impersonate-Group", "devs"),
+            ("Impersonate-Extra-Scope%2Fx", "v"),
+            ("Impersonate-Uid", "1234"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(as_id.user, "system:serviceaccount:kube-system:x");
+        assert_eq!(
+            as_id.groups,
+            vec![
+                "devs",
+                "system:serviceaccounts",
+                "system:serviceaccounts:kube-system",
+                "system:authenticated"
+            ]
+        );
+        let said: Vec<String> = asked
+            .iter()
+            .map(|a| impersonation_forbidden(&bob, a).message)
+            .collect();
+        assert_eq!(
+            said,
+            vec![
+                "serviceaccounts \"x\" is forbidden: User \"bob\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"kube-system\"",
+                "groups \"devs\" is forbidden: User \"bob\" cannot impersonate resource \"groups\" in API group \"\" at the cluster scope",
+                "userextras.authentication.k8s.io \"v\" is forbidden: User \"bob\" cannot impersonate resource \"userextras/scope/x\" in API group \"authentication.k8s.io\" at the cluster scope",
+                "uids.authentication.k8s.io \"1234\" is forbidden: User \"bob\" cannot impersonate resource \"uids\" in API group \"authentication.k8s.io\" at the cluster scope",
+            ]
+        );
+        let (as_id, asked) = impersonation(&headers(&[("Impersonate-User", "alice")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(as_id.groups, vec!["system:authenticated"]);
+        assert_eq!(asked[0].resource, "users");
+        for bad in [
+            vec![("Impersonate-Group", "devs")],
+            vec![("Impersonate-User", "")],
+            vec![("Impersonate-User", "a"), ("Impersonate-User", "b")],
+            vec![
+                ("Impersonate-User", "a"),
+                ("Impersonate-Uid", "1"),
+                ("Impersonate-Uid", "2"),
+            ],
+        ] {
+            let e = impersonation(&headers(&bad)).unwrap_err();
+            assert_eq!(e.code, 400, "{bad:?}");
+            assert!(e.message.contains("Impersonate-"), "{}", e.message);
         }
     }
 }

@@ -41,9 +41,19 @@ fn group_entry(group: &str, version: &str) -> Value {
     json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
 }
 
+/// Groups served outside the registry: the access reviews, which are
+/// answered, never stored.
+const VIRTUAL_GROUPS: &[(&str, &str)] = &[("authorization.k8s.io", "v1")];
+
+fn all_group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut gvs = registry::group_versions();
+    gvs.extend_from_slice(VIRTUAL_GROUPS);
+    gvs
+}
+
 /// `/apis`.
 pub fn groups() -> Value {
-    let groups: Vec<Value> = registry::group_versions()
+    let groups: Vec<Value> = all_group_versions()
         .into_iter()
         .map(|(g, v)| group_entry(g, v))
         .collect();
@@ -52,7 +62,7 @@ pub fn groups() -> Value {
 
 /// `/apis/<group>`.
 pub fn group(name: &str) -> Option<Value> {
-    registry::group_versions()
+    all_group_versions()
         .into_iter()
         .find(|(g, _)| *g == name)
         .map(|(g, v)| {
@@ -82,6 +92,16 @@ fn resource_entry(rt: &ResourceType) -> Value {
 
 /// `/api/v1` or `/apis/<g>/<v>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == ("authorization.k8s.io", "v1") {
+        let resources: Vec<Value> = crate::access_review::KINDS
+            .iter()
+            .map(|(plural, kind, namespaced)| {
+                json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["create"]})
+            })
+            .collect();
+        return Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": "authorization.k8s.io/v1", "resources": resources}));
+    }
     let types: Vec<&ResourceType> = registry::all()
         .iter()
         .filter(|t| t.group == group && t.version == version)

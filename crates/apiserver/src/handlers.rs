@@ -15,7 +15,6 @@ use rke2_apimachinery::selectors::{FieldSelector, LabelSelector};
 use rke2_datastore::{KeyValue, StoreError, WatchEventKind};
 use serde_json::{Value, json};
 
-use crate::ApiState;
 use crate::objects::{self, name_of};
 use crate::registry::{self, ResourceType};
 use crate::request::{AnswerAs, BodyType, Query, ResourcePath, decode_body};
@@ -23,6 +22,7 @@ use crate::schema::{self, FieldValidation, StrictFindings};
 use crate::status::{ApiError, ApiResult, success_status};
 use crate::table::{self, IncludeObject};
 use crate::watch_cache::{CachedEvent, Subscription, Trigger};
+use crate::{ApiState, Identity};
 
 /// How a handler shapes its answer.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +73,9 @@ pub struct Ctx<'a> {
     /// The node this request acts for, when a node (not an admin) sent it:
     /// handlers then check the object belongs to that node.
     pub node_scope: Option<String>,
+    /// Who sent the request (after impersonation): admission that depends
+    /// on the user (RBAC escalation prevention) reads it.
+    pub identity: Identity,
     /// `Warning` headers for the answer (unknown or duplicate fields under
     /// `fieldValidation=Warn`).
     pub warnings: Warnings,
@@ -693,6 +696,7 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
         && obj["metadata"]["generateName"].is_string();
     objects::prepare_create(rt, &mut obj, ctx.ns())?;
     objects::validate(rt, &obj)?;
+    crate::rbac::admit_write(ctx.state, &ctx.identity, rt, &obj).await?;
     ensure_namespace(ctx).await?;
     if rt.kind == "Pod" {
         crate::serviceaccounts::admit_pod(ctx.state, &mut obj).await?;
@@ -749,6 +753,7 @@ where
 async fn store_update(ctx: &Ctx<'_>, name: &str, mut new: Value, rev: i64) -> ApiResult<Value> {
     let rt = ctx.rt();
     objects::validate(rt, &new)?;
+    crate::rbac::admit_write(ctx.state, &ctx.identity, rt, &new).await?;
     if ctx.dry_run() {
         return Ok(new);
     }
@@ -1547,6 +1552,7 @@ async fn delete_collection(
         query: q,
         answer: ctx.answer,
         node_scope: ctx.node_scope.clone(),
+        identity: ctx.identity.clone(),
         warnings: Warnings::default(),
     };
     let (items, meta) = list_objects(&listing, &filters).await?;
@@ -1564,6 +1570,7 @@ async fn delete_collection(
             query: ctx.query.clone(),
             answer: ctx.answer,
             node_scope: ctx.node_scope.clone(),
+            identity: ctx.identity.clone(),
             warnings: Warnings::default(),
         };
         // Each object is deleted with the collection's DeleteOptions, as
@@ -1735,6 +1742,7 @@ async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
                 query: lq,
                 answer: ctx.answer,
                 node_scope: ctx.node_scope.clone(),
+                identity: ctx.identity.clone(),
                 warnings: Warnings::default(),
             };
             let (items, meta) = list_objects(&listing, &filters).await?;

@@ -15,6 +15,7 @@
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
 //! controllers, the node role, tests — is a client of this API.
 
+pub mod access_review;
 pub mod allocator;
 pub mod authz;
 pub mod bootstrap;
@@ -26,6 +27,7 @@ pub mod node_authorizer;
 pub mod node_restriction;
 pub mod objects;
 pub mod proxy;
+pub mod rbac;
 pub mod rbac_objects;
 pub mod registry;
 pub mod request;

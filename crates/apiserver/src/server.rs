@@ -233,10 +233,53 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
             None => return ApiError::unauthorized().into_response(),
         },
     };
-    if let Err(e) = crate::authz::impersonation(&identity, &parts.headers) {
-        return e.into_response();
+    // Every authenticated user is in `system:authenticated`, as upstream's
+    // authenticators add it (RBAC's bootstrap bindings name that group).
+    let mut identity = identity;
+    if !identity.groups.iter().any(|g| g == "system:authenticated") {
+        identity.groups.push("system:authenticated".into());
     }
+    let identity = match crate::authz::impersonate(&state, identity, &parts.headers).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
     let query = Query::parse(parts.uri.query());
+    if let Some((plural, kind, ns)) = crate::access_review::route(&path) {
+        if parts.method != http::Method::POST {
+            return ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!(
+                    "the server does not allow this method on the requested resource ({plural})"
+                ),
+            )
+            .into_response();
+        }
+        let bytes = match read_limited(body.take().unwrap_or_default()).await {
+            Some(b) => b,
+            None => return ApiError::too_large(MAX_BODY).into_response(),
+        };
+        let review = crate::access_review::Body {
+            bytes: &bytes,
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        };
+        return match crate::access_review::handle(
+            &state,
+            &identity,
+            plural,
+            kind,
+            ns.as_deref(),
+            &review,
+        )
+        .await
+        {
+            Ok(v) => json(StatusCode::CREATED, &v),
+            Err(e) => e.into_response(),
+        };
+    }
     let route = match path.as_str() {
         SELF_SUBJECT_REVIEW if parts.method == http::Method::POST => {
             return json(StatusCode::CREATED, &self_subject_review(&identity));
@@ -333,6 +376,7 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
                 query,
                 answer: Answer { as_, include },
                 node_scope,
+                identity,
                 warnings: Default::default(),
             };
             handlers::handle(ctx, parts.method, content_type, body).await

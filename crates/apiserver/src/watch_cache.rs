@@ -244,9 +244,30 @@ struct CacheState {
     index: HashMap<&'static str, HashMap<String, broadcast::Sender<Arc<CachedEvent>>>>,
     /// The index size at which subscribing sweeps it.
     prune_at: usize,
-    /// Pods only: the keys of the pods bound to each node, for the node
-    /// authorizer (which objects a node's pods reference).
-    by_node: Option<HashMap<String, BTreeSet<String>>>,
+    /// A secondary index for the types that have one ([`index_of`]): the
+    /// keys of the objects filed under each value. Pods by node, for the
+    /// node authorizer; RBAC bindings by subject, for the RBAC authorizer.
+    by_value: Option<(IndexFn, HashMap<String, BTreeSet<String>>)>,
+}
+
+/// The values an object is filed under in its cache's secondary index.
+type IndexFn = fn(&Value) -> Vec<String>;
+
+/// The secondary index of a type, if it has one.
+fn index_of(rt: &ResourceType) -> Option<IndexFn> {
+    match (rt.group, rt.plural) {
+        ("", "pods") => Some(|o| {
+            o["spec"]["nodeName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(|n| vec![n.to_string()])
+                .unwrap_or_default()
+        }),
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            Some(crate::rbac::subject_keys)
+        }
+        _ => None,
+    }
 }
 
 impl CacheState {
@@ -269,31 +290,28 @@ impl CacheState {
         self.index.values().map(HashMap::len).sum()
     }
 
-    /// Moves `key` in the node index from the node of `before` to that of
-    /// `after` (`None`: not there).
+    /// Moves `key` in the secondary index from the values of `before` to
+    /// those of `after` (`None`: not there).
     fn reindex(&mut self, key: &str, before: Option<&Value>, after: Option<&Value>) {
-        let Some(by_node) = &mut self.by_node else {
+        let Some((of, by_value)) = &mut self.by_value else {
             return;
         };
-        let node = |o: Option<&Value>| {
-            o.and_then(|o| o["spec"]["nodeName"].as_str())
-                .filter(|n| !n.is_empty())
-                .map(str::to_string)
-        };
-        let (old, new) = (node(before), node(after));
+        let of: IndexFn = *of;
+        let old = before.map(of).unwrap_or_default();
+        let new = after.map(of).unwrap_or_default();
         if old == new {
             return;
         }
-        if let Some(old) = old
-            && let Some(keys) = by_node.get_mut(&old)
-        {
-            keys.remove(key);
-            if keys.is_empty() {
-                by_node.remove(&old);
+        for v in &old {
+            if let Some(keys) = by_value.get_mut(v) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    by_value.remove(v);
+                }
             }
         }
-        if let Some(new) = new {
-            by_node.entry(new).or_default().insert(key.to_string());
+        for v in new {
+            by_value.entry(v).or_default().insert(key.to_string());
         }
     }
 
@@ -368,7 +386,7 @@ impl ResourceCache {
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
                 index: HashMap::new(),
                 prune_at: PRUNE_MIN,
-                by_node: (rt.group.is_empty() && rt.plural == "pods").then(HashMap::new),
+                by_value: index_of(rt).map(|f| (f, HashMap::new())),
             })),
             synced: tokio::sync::watch::channel(false).0,
         }
@@ -451,11 +469,21 @@ impl ResourceCache {
     /// or not the pods cache). As fresh as the cache: a pod bound a moment
     /// ago may not be here yet.
     pub fn pods_on_node(&self, node: &str) -> Option<Vec<Arc<Value>>> {
+        if !(self.rt.group.is_empty() && self.rt.plural == "pods") {
+            return None;
+        }
+        self.indexed(node)
+    }
+
+    /// The objects filed under `value` in this cache's secondary index
+    /// (pods by node name, RBAC bindings by [`crate::rbac::subject_keys`]);
+    /// `None` when not synced or the type has no index.
+    pub fn indexed(&self, value: &str) -> Option<Vec<Arc<Value>>> {
         let st = lock(&self.state);
-        let by_node = st.by_node.as_ref().filter(|_| st.synced)?;
+        let (_, by_value) = st.by_value.as_ref().filter(|_| st.synced)?;
         Some(
-            by_node
-                .get(node)
+            by_value
+                .get(value)
                 .into_iter()
                 .flatten()
                 .filter_map(|k| st.objects.get(k).cloned())
@@ -466,11 +494,11 @@ impl ResourceCache {
     /// Loads the state: everything under the type's prefix at one revision.
     fn reset(&self, objects: BTreeMap<String, Arc<Value>>, revision: i64) {
         let mut st = lock(&self.state);
-        if let Some(by_node) = &mut st.by_node {
-            by_node.clear();
+        if let Some((of, by_value)) = &mut st.by_value {
+            by_value.clear();
             for (k, o) in &objects {
-                if let Some(n) = o["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-                    by_node.entry(n.to_string()).or_default().insert(k.clone());
+                for v in of(o) {
+                    by_value.entry(v).or_default().insert(k.clone());
                 }
             }
         }

@@ -33,6 +33,7 @@ use kube::core::Request;
 use serde_json::{Value, json};
 
 mod fanout;
+mod rbac;
 
 /// Command line of the load generator.
 #[derive(Parser, Debug, Clone)]
@@ -107,14 +108,23 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     etcd_watch_conns: usize,
     /// Phases to run (for profiling one of them): create, get, update,
-    /// list, watch, paced, fanout. get, update and paced need the objects
-    /// of create, which then runs too.
+    /// list, watch, paced, fanout, rbac (not by default: `bench/rbac.sh`).
+    /// get, update, paced and rbac need the objects of create, which then
+    /// runs too.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "create,get,update,list,watch,paced,fanout"
     )]
     phases: Vec<String>,
+    /// The rbac phase: RoleBinding counts to measure at, in order
+    /// (bindings are added between counts).
+    #[arg(long, value_delimiter = ',', default_value = "10,10000")]
+    rbac_bindings: Vec<usize>,
+    /// The rbac phase: directory with client-ca.crt and client-ca.key
+    /// (`<data-dir>/server/tls`), to issue the measured user's certificate.
+    #[arg(long)]
+    client_ca_dir: Option<PathBuf>,
 }
 
 // ------------------------------------------------------------ measuring --
@@ -1007,7 +1017,7 @@ async fn run(b: &Bench) -> Result<()> {
     let on = |p: &str| a.phases.iter().any(|x| x == p);
     for p in &a.phases {
         if ![
-            "create", "get", "update", "list", "watch", "paced", "fanout",
+            "create", "get", "update", "list", "watch", "paced", "fanout", "rbac",
         ]
         .contains(&p.as_str())
         {
@@ -1016,7 +1026,7 @@ async fn run(b: &Bench) -> Result<()> {
     }
     b.create_namespaces().await?;
     b.warm_up().await?;
-    if on("create") || on("get") || on("update") || on("paced") {
+    if on("create") || on("get") || on("update") || on("paced") || on("rbac") {
         let (raw_revs, api_revs) = b.creates().await?;
         if on("get") {
             b.gets().await?;
@@ -1033,6 +1043,9 @@ async fn run(b: &Bench) -> Result<()> {
     }
     if on("paced") {
         b.paced_gets().await?;
+    }
+    if on("rbac") {
+        b.rbac().await?;
     }
     // Last: its thousands of connections and watches would otherwise
     // linger in the server while the other phases run.

@@ -45,6 +45,7 @@ ROOTS = [
     ("api/authentication/v1", "TokenRequest"), ("api/authentication/v1", "TokenReview"),
     ("api/authorization/v1", "SubjectAccessReview"),
     ("api/authorization/v1", "SelfSubjectAccessReview"),
+    ("api/authorization/v1", "SelfSubjectRulesReview"), ("api/authorization/v1", "LocalSubjectAccessReview"),
     ("api/certificates/v1", "CertificateSigningRequest"),
     ("api/storage/v1", "StorageClass"),
 ]

@@ -49,6 +49,8 @@ pub(crate) const SUPPORTED: &[(&str, &str)] = &[
     ("authentication.k8s.io/v1", "TokenReview"),
     ("authorization.k8s.io/v1", "SubjectAccessReview"),
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"),
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"),
+    ("authorization.k8s.io/v1", "LocalSubjectAccessReview"),
     ("certificates.k8s.io/v1", "CertificateSigningRequest"),
     ("storage.k8s.io/v1", "StorageClass"),
 ];
@@ -271,6 +273,22 @@ pub(crate) fn dispatch(
                 "authorization.k8s.io/v1",
                 "SelfSubjectAccessReview",
                 authorization_v1_SelfSubjectAccessReview,
+            )
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            h::root::<pb::api::authorization::v1::SelfSubjectRulesReview>(
+                raw,
+                "authorization.k8s.io/v1",
+                "SelfSubjectRulesReview",
+                authorization_v1_SelfSubjectRulesReview,
+            )
+        }
+        ("authorization.k8s.io/v1", "LocalSubjectAccessReview") => {
+            h::root::<pb::api::authorization::v1::LocalSubjectAccessReview>(
+                raw,
+                "authorization.k8s.io/v1",
+                "LocalSubjectAccessReview",
+                authorization_v1_LocalSubjectAccessReview,
             )
         }
         ("certificates.k8s.io/v1", "CertificateSigningRequest") => {
@@ -1352,6 +1370,62 @@ pub(crate) fn authorization_v1_SelfSubjectAccessReview(
         "spec",
         m.spec.as_ref(),
         authorization_v1_SelfSubjectAccessReviewSpec,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "status",
+        m.status.as_ref(),
+        authorization_v1_SubjectAccessReviewStatus,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn authorization_v1_SelfSubjectRulesReview(
+    m: &pb::api::authorization::v1::SelfSubjectRulesReview,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metadata",
+        m.metadata.as_ref(),
+        meta_v1_ObjectMeta,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "spec",
+        m.spec.as_ref(),
+        authorization_v1_SelfSubjectRulesReviewSpec,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "status",
+        m.status.as_ref(),
+        authorization_v1_SubjectRulesReviewStatus,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn authorization_v1_LocalSubjectAccessReview(
+    m: &pb::api::authorization::v1::LocalSubjectAccessReview,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metadata",
+        m.metadata.as_ref(),
+        meta_v1_ObjectMeta,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "spec",
+        m.spec.as_ref(),
+        authorization_v1_SubjectAccessReviewSpec,
         h::Mode::Req,
     );
     h::msg(
@@ -3556,6 +3630,42 @@ pub(crate) fn authorization_v1_SelfSubjectAccessReviewSpec(
     Value::Object(o)
 }
 
+pub(crate) fn authorization_v1_SelfSubjectRulesReviewSpec(
+    m: &pb::api::authorization::v1::SelfSubjectRulesReviewSpec,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "namespace", &m.namespace, h::Mode::Omit);
+    Value::Object(o)
+}
+
+pub(crate) fn authorization_v1_SubjectRulesReviewStatus(
+    m: &pb::api::authorization::v1::SubjectRulesReviewStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::list(
+        &mut o,
+        "resourceRules",
+        &m.resource_rules,
+        authorization_v1_ResourceRule,
+        h::Mode::Req,
+    );
+    h::list(
+        &mut o,
+        "nonResourceRules",
+        &m.non_resource_rules,
+        authorization_v1_NonResourceRule,
+        h::Mode::Req,
+    );
+    h::scalar(&mut o, "incomplete", &m.incomplete, h::Mode::Req);
+    h::scalar(
+        &mut o,
+        "evaluationError",
+        &m.evaluation_error,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
 pub(crate) fn certificates_v1_CertificateSigningRequestSpec(
     m: &pb::api::certificates::v1::CertificateSigningRequestSpec,
 ) -> Value {
@@ -5268,6 +5378,60 @@ pub(crate) fn authorization_v1_NonResourceAttributes(
 
 pub(crate) fn authorization_v1_ExtraValue(m: &pb::api::authorization::v1::ExtraValue) -> Value {
     Value::from(m.items.clone())
+}
+
+pub(crate) fn authorization_v1_ResourceRule(m: &pb::api::authorization::v1::ResourceRule) -> Value {
+    let mut o = Map::new();
+    h::list(
+        &mut o,
+        "verbs",
+        &m.verbs,
+        |x| Value::from(x.clone()),
+        h::Mode::Req,
+    );
+    h::list(
+        &mut o,
+        "apiGroups",
+        &m.api_groups,
+        |x| Value::from(x.clone()),
+        h::Mode::Omit,
+    );
+    h::list(
+        &mut o,
+        "resources",
+        &m.resources,
+        |x| Value::from(x.clone()),
+        h::Mode::Omit,
+    );
+    h::list(
+        &mut o,
+        "resourceNames",
+        &m.resource_names,
+        |x| Value::from(x.clone()),
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn authorization_v1_NonResourceRule(
+    m: &pb::api::authorization::v1::NonResourceRule,
+) -> Value {
+    let mut o = Map::new();
+    h::list(
+        &mut o,
+        "verbs",
+        &m.verbs,
+        |x| Value::from(x.clone()),
+        h::Mode::Req,
+    );
+    h::list(
+        &mut o,
+        "nonResourceURLs",
+        &m.non_resource_ur_ls,
+        |x| Value::from(x.clone()),
+        h::Mode::Omit,
+    );
+    Value::Object(o)
 }
 
 pub(crate) fn certificates_v1_ExtraValue(m: &pb::api::certificates::v1::ExtraValue) -> Value {
