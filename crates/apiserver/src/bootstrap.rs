@@ -1,5 +1,6 @@
-//! Built-in objects every cluster has: the system namespaces, and the
-//! `default/kubernetes` Service with Endpoints naming this apiserver.
+//! Built-in objects every cluster has: the system namespaces, the RBAC
+//! bootstrap policy (`bootstrap_policy`), and the `default/kubernetes`
+//! Service with Endpoints naming this apiserver.
 
 use serde_json::{Value, json};
 
@@ -41,6 +42,7 @@ pub async fn ensure_builtin_objects(state: &ApiState) -> ApiResult<()> {
     for ns in SYSTEM_NAMESPACES {
         create_if_absent(state, "namespaces", None, json!({"metadata": {"name": ns}})).await?;
     }
+    crate::bootstrap_policy::reconcile(state).await?;
     let first_ip = crate::allocator::nth_ip(&state.service_cidr, 1)
         .expect("service CIDR holds at least two addresses");
     // The claim is shared by every server; AlreadyExists is expected.

@@ -162,7 +162,12 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         ));
     } else {
         let label_names = matches!(rt.kind, "Namespace" | "Service");
-        for msg in v::validate_object_name(!label_names, name) {
+        let problems = if crate::rbac_objects::is_rbac(rt) {
+            crate::rbac_objects::name_problems(name)
+        } else {
+            v::validate_object_name(!label_names, name)
+        };
+        for msg in problems {
             causes.push((
                 "metadata.name".into(),
                 "Invalid value".into(),
@@ -221,6 +226,9 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
             ));
         }
         "ConfigMap" => validate_config_map(obj, &mut causes),
+        _ if crate::rbac_objects::is_rbac(rt) => {
+            crate::rbac_objects::validate(rt, obj, &mut causes)
+        }
         "Secret" => validate_secret(obj, &mut causes),
         "Pod"
             if obj["spec"]["containers"]
@@ -595,6 +603,9 @@ pub fn default_pod_spec(spec: &mut Value) {
 
 /// Fills in the per-type defaults kube-apiserver applies.
 pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
+    if crate::rbac_objects::is_rbac(rt) {
+        return crate::rbac_objects::apply_defaults(rt, obj);
+    }
     match rt.kind {
         "Namespace" => {
             if !obj["spec"]["finalizers"].is_array() {
@@ -856,7 +867,7 @@ pub fn validate_update(
     old: &Value,
     new: &Value,
 ) -> Vec<(String, String, String)> {
-    let mut causes = Vec::new();
+    let mut causes = crate::rbac_objects::validate_update(rt, old, new);
     if rt.kind == "Node" && rt.group.is_empty() {
         const FORBIDDEN: &str = "node updates may not change podCIDR except from \"\" to valid";
         let forbidden = || {

@@ -34,6 +34,9 @@ pub enum Printer {
     DaemonSet,
     /// NAME STATUS COMPLETIONS DURATION AGE.
     Job,
+    /// NAME ROLE AGE (+ wide USERS GROUPS SERVICEACCOUNTS): RoleBindings
+    /// and ClusterRoleBindings.
+    RoleBinding,
 }
 
 /// One served resource type.
@@ -175,9 +178,9 @@ static TYPES: &[ResourceType] = &[
     rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true, typed: api::apps::v1::DaemonSet),
     rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true, typed: api::batch::v1::Job),
     rt!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::ClusterRole),
-    rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding),
+    rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding),
     rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role),
-    rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::RoleBinding),
+    rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding),
 ];
 
 /// Every served type.

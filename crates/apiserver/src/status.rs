@@ -22,6 +22,22 @@ pub struct ApiError {
 /// Result type of API handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The `reason` of a Status cause for a field error type as printed
+/// (`Required value` → `FieldValueRequired`, upstream's `CauseType`).
+fn cause_reason(ty: &str) -> String {
+    match ty {
+        "Required value" => "FieldValueRequired".into(),
+        "Invalid value" => "FieldValueInvalid".into(),
+        "Unsupported value" => "FieldValueNotSupported".into(),
+        "Duplicate value" => "FieldValueDuplicate".into(),
+        "Not found" => "FieldValueNotFound".into(),
+        "Too long" => "FieldValueTooLong".into(),
+        "Too many" => "FieldValueTooMany".into(),
+        "Internal error" => "InternalError".into(),
+        other => format!("FieldValue{}", other.replace(' ', "")),
+    }
+}
+
 impl ApiError {
     /// A plain error with a code, reason and message.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
@@ -43,7 +59,7 @@ impl ApiError {
         let causes: Vec<Value> = causes
             .iter()
             .map(|(field, ty, detail)| {
-                json!({"reason": format!("FieldValue{}", ty.replace(' ', "")), "message": format!("{ty}: {detail}"), "field": field})
+                json!({"reason": cause_reason(ty), "message": format!("{ty}: {detail}"), "field": field})
             })
             .collect();
         let mut details = self.details.take().unwrap_or_else(|| json!({}));
@@ -213,9 +229,18 @@ impl ApiError {
         rt: &ResourceType,
         causes: &[(String, String, String)],
     ) -> Self {
+        // Upstream's `field.Error` prints no `: ` after the type when
+        // there is no detail (`roleRef.name: Required value`).
+        let body = |ty: &str, detail: &str| {
+            if detail.is_empty() {
+                ty.to_string()
+            } else {
+                format!("{ty}: {detail}")
+            }
+        };
         let parts: Vec<String> = causes
             .iter()
-            .map(|(field, ty, detail)| format!("{field}: {ty}: {detail}"))
+            .map(|(field, ty, detail)| format!("{field}: {}", body(ty, detail)))
             .collect();
         let joined = if parts.len() == 1 {
             parts[0].clone()
@@ -225,13 +250,19 @@ impl ApiError {
         let causes_json: Vec<Value> = causes
             .iter()
             .map(|(field, ty, detail)| {
-                json!({"reason": format!("FieldValue{}", ty.replace(' ', "")), "message": format!("{ty}: {detail}"), "field": field})
+                json!({"reason": cause_reason(ty), "message": body(ty, detail), "field": field})
             })
             .collect();
         Self {
             code: 422,
             reason: "Invalid",
-            message: format!("{kind} \"{name}\" is invalid: {joined}"),
+            // Upstream names the kind with its group (`GroupKind.String()`:
+            // `RoleBinding.rbac.authorization.k8s.io "x" is invalid`).
+            message: if kind == rt.kind && !rt.group.is_empty() {
+                format!("{kind}.{} \"{name}\" is invalid: {joined}", rt.group)
+            } else {
+                format!("{kind} \"{name}\" is invalid: {joined}")
+            },
             details: Some(
                 json!({"name": name, "group": rt.group, "kind": kind, "causes": causes_json}),
             ),

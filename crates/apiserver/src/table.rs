@@ -185,6 +185,21 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             ),
         ],
         Printer::Lease => vec![name, s("Holder", "The holder of the lease."), age],
+        Printer::RoleBinding => vec![
+            name,
+            s(
+                "Role",
+                if rt.namespaced {
+                    "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error."
+                } else {
+                    "RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error."
+                },
+            ),
+            age,
+            w("Users", "Users in the roleBinding"),
+            w("Groups", "Groups in the roleBinding"),
+            w("ServiceAccounts", "ServiceAccounts in the roleBinding"),
+        ],
         Printer::Deployment => vec![
             name,
             s("Ready", "Number of the pod with ready state"),
@@ -503,6 +518,24 @@ fn endpoints_string(obj: &Value) -> String {
     }
 }
 
+/// A binding's subjects as kubectl shows them: users, groups and
+/// service accounts (`namespace/name`); other kinds are not shown.
+fn binding_subjects(obj: &Value) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut users, mut groups, mut sas) = (Vec::new(), Vec::new(), Vec::new());
+    for s in obj["subjects"].as_array().into_iter().flatten() {
+        let name = s["name"].as_str().unwrap_or("").to_string();
+        match s["kind"].as_str() {
+            Some("User") => users.push(name),
+            Some("Group") => groups.push(name),
+            Some("ServiceAccount") => {
+                sas.push(format!("{}/{name}", s["namespace"].as_str().unwrap_or("")))
+            }
+            _ => {}
+        }
+    }
+    (users, groups, sas)
+}
+
 /// The cells of one row.
 pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
     let name = json!(str_at(obj, &["metadata", "name"]));
@@ -625,6 +658,22 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(age(first, now)),
                 json!(obj["count"].as_i64().unwrap_or(1).to_string()),
                 name,
+            ]
+        }
+        Printer::RoleBinding => {
+            let role_ref = &obj["roleRef"];
+            let (users, groups, sas) = binding_subjects(obj);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    role_ref["kind"].as_str().unwrap_or(""),
+                    role_ref["name"].as_str().unwrap_or("")
+                )),
+                a,
+                json!(users.join(", ")),
+                json!(groups.join(", ")),
+                json!(sas.join(", ")),
             ]
         }
         Printer::Lease => vec![
@@ -806,6 +855,37 @@ mod tests {
                 rt.plural
             );
         }
+    }
+
+    #[test]
+    fn binding_rows_show_role_and_subjects() {
+        let rt = find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
+        let rb = json!({
+            "metadata": {"name": "b", "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [
+                {"kind": "User", "name": "alice"}, {"kind": "User", "name": "bob"},
+                {"kind": "Group", "name": "devs"},
+                {"kind": "ServiceAccount", "name": "default", "namespace": "ns1"}]
+        });
+        let now = parse_time("2024-01-01T00:00:10Z").unwrap();
+        assert_eq!(
+            cells(rt, &rb, now),
+            vec![
+                json!("b"),
+                json!("ClusterRole/view"),
+                json!("10s"),
+                json!("alice, bob"),
+                json!("devs"),
+                json!("ns1/default")
+            ]
+        );
+        let cols = columns(rt);
+        let names: Vec<&str> = cols.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["Name", "Role", "Age", "Users", "Groups", "ServiceAccounts"]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! what changed and may run again after a leader change.
 
 pub mod addons;
+pub mod clusterrole_aggregation;
 pub mod daemonset;
 pub mod deployment;
 pub mod garbage_collector;

@@ -700,6 +700,10 @@ async fn run_controllers(
                 loops.spawn(c::serviceaccount::run(client.clone(), lead.clone()));
                 loops.spawn(c::root_ca::run(client.clone(), root_ca_pem, lead.clone()));
                 loops.spawn(c::taint_eviction::run(client.clone(), lead.clone()));
+                loops.spawn(c::clusterrole_aggregation::run(
+                    client.clone(),
+                    lead.clone(),
+                ));
                 while loops.join_next().await.is_some() {}
             }
         },
