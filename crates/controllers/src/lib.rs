@@ -36,4 +36,4 @@ pub(crate) fn namespaced_name(
 }
 
 /// The Lease held by the server running the controllers.
-pub const CONTROLLERS_LEASE: &str = "rke2-controller-manager";
+pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";

@@ -551,6 +551,7 @@ async fn run_with_etcd(
             ca_pem: trust.server_ca.cert_pem.clone(),
             cert_pem: trust.supervisor.cert_pem.clone(),
             key_pem: trust.supervisor.key_pem.clone(),
+            identities: ControlPlaneIdentities::issue(&trust.client_ca)?,
             node_name: cfg.node_name.clone(),
             store: state.store.clone(),
             manifests: manifests_dir,
@@ -577,8 +578,12 @@ async fn run_with_etcd(
 struct ControlPlane {
     url: String,
     ca_pem: String,
+    /// The supervisor's own (`system:masters`) certificate: for the loops
+    /// that are RKE2's supervisor rather than kube-controller-manager
+    /// (addons, server removal), as RKE2 runs them with admin rights.
     cert_pem: String,
     key_pem: String,
+    identities: ControlPlaneIdentities,
     node_name: String,
     store: Store,
     manifests: std::path::PathBuf,
@@ -587,6 +592,98 @@ struct ControlPlane {
 
 /// Worker threads of the control-plane runtime.
 const CONTROL_PLANE_THREADS: usize = 2;
+
+/// The service accounts of kube-system that upstream's controllers act as
+/// (kube-controller-manager's `--use-service-account-credentials`, which
+/// RKE2 sets), by our controller; the bootstrap policy binds each its
+/// `system:controller:<name>` role.
+const CONTROLLER_ACCOUNTS: &[&str] = &[
+    "node-controller",
+    "replicaset-controller",
+    "deployment-controller",
+    "daemon-set-controller",
+    "job-controller",
+    "generic-garbage-collector",
+    "service-account-controller",
+    "root-ca-cert-publisher",
+    "clusterrole-aggregation-controller",
+];
+
+/// Client certificates (PEM pairs) of the control plane's own identities,
+/// issued in memory by the client CA at every start: the scheduler as
+/// `system:kube-scheduler`, leader election of the controllers as
+/// `system:kube-controller-manager`, each controller as its service
+/// account (`system:serviceaccount:kube-system:<name>` in the account's
+/// groups), so RBAC's bootstrap policy is what lets them work.
+struct ControlPlaneIdentities {
+    scheduler: (String, String),
+    controller_manager: (String, String),
+    controllers: std::collections::HashMap<&'static str, (String, String)>,
+}
+
+impl ControlPlaneIdentities {
+    fn issue(ca: &rke2_trust::CertAuthority) -> Result<Self> {
+        let issue = |cn: &str, orgs: &[&str]| {
+            ca.issue(&rke2_trust::LeafSpec::client(cn, orgs))
+                .with_context(|| format!("issuing the client certificate of {cn}"))
+        };
+        let mut controllers = std::collections::HashMap::new();
+        for name in CONTROLLER_ACCOUNTS {
+            controllers.insert(
+                *name,
+                issue(
+                    &format!("system:serviceaccount:kube-system:{name}"),
+                    &[
+                        "system:serviceaccounts",
+                        "system:serviceaccounts:kube-system",
+                    ],
+                )?,
+            );
+        }
+        Ok(Self {
+            scheduler: issue("system:kube-scheduler", &[])?,
+            controller_manager: issue("system:kube-controller-manager", &[])?,
+            controllers,
+        })
+    }
+}
+
+/// API clients of the control plane, one per identity.
+#[derive(Clone)]
+struct ControlPlaneClients {
+    supervisor: kube::Client,
+    scheduler: kube::Client,
+    controller_manager: kube::Client,
+    controllers: std::collections::HashMap<&'static str, kube::Client>,
+}
+
+impl ControlPlaneClients {
+    async fn connect(cp: &ControlPlane) -> Result<Self> {
+        let ca = cp.ca_pem.as_bytes();
+        let client = |pair: &(String, String)| {
+            let (cert, key) = pair.clone();
+            async move { kube_client(&cp.url, ca, cert.as_bytes(), key.as_bytes()).await }
+        };
+        let mut controllers = std::collections::HashMap::new();
+        for (name, pair) in &cp.identities.controllers {
+            controllers.insert(*name, client(pair).await?);
+        }
+        Ok(Self {
+            supervisor: client(&(cp.cert_pem.clone(), cp.key_pem.clone())).await?,
+            scheduler: client(&cp.identities.scheduler).await?,
+            controller_manager: client(&cp.identities.controller_manager).await?,
+            controllers,
+        })
+    }
+
+    /// The client of a controller's service account.
+    fn of(&self, account: &str) -> kube::Client {
+        self.controllers
+            .get(account)
+            .cloned()
+            .unwrap_or_else(|| panic!("no identity for controller account {account}"))
+    }
+}
 
 /// Starts the scheduler and the controllers on their own runtime, on
 /// threads of their own, with their own API client: upstream runs them as
@@ -610,14 +707,7 @@ fn spawn_control_plane(
         .name("control-plane".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let client = match kube_client(
-                    &cp.url,
-                    cp.ca_pem.as_bytes(),
-                    cp.cert_pem.as_bytes(),
-                    cp.key_pem.as_bytes(),
-                )
-                .await
-                {
+                let clients = match ControlPlaneClients::connect(&cp).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!("control plane not started: {e:#}");
@@ -625,9 +715,13 @@ fn spawn_control_plane(
                     }
                 };
                 tokio::join!(
-                    run_scheduler(client.clone(), cp.node_name.clone(), stop.clone()),
+                    run_scheduler(
+                        clients.scheduler.clone(),
+                        cp.node_name.clone(),
+                        stop.clone()
+                    ),
                     run_controllers(
-                        client,
+                        clients,
                         cp.ca_pem.clone(),
                         cp.node_name,
                         cp.store,
@@ -646,7 +740,7 @@ fn spawn_control_plane(
 /// Runs the leader-elected control-plane loops until `stop`: one server at
 /// a time runs all of them; another takes over within ~10 s of its death.
 async fn run_controllers(
-    client: kube::Client,
+    clients: ControlPlaneClients,
     root_ca_pem: String,
     node_name: String,
     store: Store,
@@ -656,13 +750,14 @@ async fn run_controllers(
 ) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
     rke2_controllers::leader::run_elected(
-        client.clone(),
+        clients.controller_manager.clone(),
         rke2_controllers::CONTROLLERS_LEASE.to_string(),
         identity,
         rke2_controllers::leader::ElectionTiming::default(),
         stop,
         move |lead: CancellationToken| {
-            let client = client.clone();
+            let clients = clients.clone();
+            let client = clients.supervisor.clone();
             let store = store.clone();
             let manifests = manifests.clone();
             let node_name = node_name.clone();
@@ -677,12 +772,12 @@ async fn run_controllers(
                     lead.clone(),
                 ));
                 loops.spawn(rke2_controllers::node_lifecycle::run(
-                    client.clone(),
+                    clients.of("node-controller"),
                     rke2_controllers::node_lifecycle::NodeLifecycleConfig::default(),
                     lead.clone(),
                 ));
                 loops.spawn(rke2_controllers::node_ipam::run(
-                    client.clone(),
+                    clients.of("node-controller"),
                     cluster_cidr,
                     lead.clone(),
                 ));
@@ -692,16 +787,39 @@ async fn run_controllers(
                     lead.clone(),
                 ));
                 use rke2_controllers as c;
-                loops.spawn(c::replicaset::run(client.clone(), lead.clone()));
-                loops.spawn(c::deployment::run(client.clone(), lead.clone()));
-                loops.spawn(c::daemonset::run(client.clone(), lead.clone()));
-                loops.spawn(c::job::run(client.clone(), lead.clone()));
-                loops.spawn(c::garbage_collector::run(client.clone(), lead.clone()));
-                loops.spawn(c::serviceaccount::run(client.clone(), lead.clone()));
-                loops.spawn(c::root_ca::run(client.clone(), root_ca_pem, lead.clone()));
-                loops.spawn(c::taint_eviction::run(client.clone(), lead.clone()));
+                loops.spawn(c::replicaset::run(
+                    clients.of("replicaset-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::deployment::run(
+                    clients.of("deployment-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::daemonset::run(
+                    clients.of("daemon-set-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::job::run(clients.of("job-controller"), lead.clone()));
+                loops.spawn(c::garbage_collector::run(
+                    clients.of("generic-garbage-collector"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::serviceaccount::run(
+                    clients.of("service-account-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::root_ca::run(
+                    clients.of("root-ca-cert-publisher"),
+                    root_ca_pem,
+                    lead.clone(),
+                ));
+                // Upstream's taint eviction runs under the node controller's account.
+                loops.spawn(c::taint_eviction::run(
+                    clients.of("node-controller"),
+                    lead.clone(),
+                ));
                 loops.spawn(c::clusterrole_aggregation::run(
-                    client.clone(),
+                    clients.of("clusterrole-aggregation-controller"),
                     lead.clone(),
                 ));
                 while loops.join_next().await.is_some() {}
@@ -711,7 +829,7 @@ async fn run_controllers(
     .await;
 }
 
-/// Runs the scheduler under its own Lease (`rke2-scheduler`) until `stop`.
+/// Runs the scheduler under its own Lease (`kube-scheduler`) until `stop`.
 async fn run_scheduler(client: kube::Client, node_name: String, stop: CancellationToken) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
     rke2_controllers::leader::run_elected(

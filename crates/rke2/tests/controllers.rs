@@ -655,7 +655,7 @@ async fn taint_scenario(client: &kube::Client, stop: &CancellationToken) {
 }
 
 /// Makes the test the controller-manager: the server runs these same loops
-/// under the `rke2-controller-manager` Lease, so the test waits until the
+/// under the `kube-controller-manager` Lease, so the test waits until the
 /// server leads, takes the Lease over (an hour-long lease, written with the
 /// resourceVersion it read) and waits for the server to log that it lost
 /// leadership and stopped its loops. Only then do the in-process loops

@@ -240,7 +240,7 @@ async fn three_servers_join_in_parallel() {
         Api::namespaced(c1.clone(), "kube-system");
     let holder = eventually(Duration::from_secs(30), "a controllers leader", || async {
         leases
-            .get("rke2-controller-manager")
+            .get("kube-controller-manager")
             .await
             .ok()?
             .spec?
@@ -274,7 +274,7 @@ async fn three_servers_join_in_parallel() {
         "another controllers leader",
         || async {
             let h = watch_leases
-                .get("rke2-controller-manager")
+                .get("kube-controller-manager")
                 .await
                 .ok()?
                 .spec?
@@ -293,7 +293,7 @@ async fn three_servers_join_in_parallel() {
     // A leader stopped with SIGTERM releases its lease: another server
     // takes it before the old lease would have run out.
     let lease = eventually(Duration::from_secs(30), "a controllers leader", || async {
-        let l = watch_leases.get("rke2-controller-manager").await.ok()?;
+        let l = watch_leases.get("kube-controller-manager").await.ok()?;
         l.spec.as_ref()?.holder_identity.as_ref()?;
         Some(l)
     })
@@ -320,7 +320,7 @@ async fn three_servers_join_in_parallel() {
         Duration::from_secs(60),
         "the released lease taken over",
         || async {
-            let spec = other.get("rke2-controller-manager").await.ok()?.spec?;
+            let spec = other.get("kube-controller-manager").await.ok()?.spec?;
             let h = spec.holder_identity?;
             (h != holder).then_some(spec.acquire_time?.0)
         },
@@ -332,7 +332,7 @@ async fn three_servers_join_in_parallel() {
     let log = leader.log_text();
     assert!(
         log.lines()
-            .any(|l| l.contains("released leadership") && l.contains("rke2-controller-manager")),
+            .any(|l| l.contains("released leadership") && l.contains("kube-controller-manager")),
         "no lease release in the stopped leader's log:\n{}",
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
@@ -388,7 +388,7 @@ async fn three_servers_join_in_parallel() {
         .unwrap();
     let gap_holder = "removal-test-gap_00000000";
     let old_holder = eventually(Duration::from_secs(30), "lease handed over", || async {
-        let mut lease = leases.get("rke2-controller-manager").await.ok()?;
+        let mut lease = leases.get("kube-controller-manager").await.ok()?;
         let spec = lease.spec.get_or_insert_with(Default::default);
         let old = spec.holder_identity.clone().unwrap_or_default();
         spec.holder_identity = Some(gap_holder.to_string());
@@ -398,7 +398,7 @@ async fn three_servers_join_in_parallel() {
         ));
         // A 409 (the holder renewed in between) is retried.
         leases
-            .replace("rke2-controller-manager", &PostParams::default(), &lease)
+            .replace("kube-controller-manager", &PostParams::default(), &lease)
             .await
             .ok()
             .map(|_| old)

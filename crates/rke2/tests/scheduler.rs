@@ -5,7 +5,7 @@
 //! affinity pick nodes; replicas of one owner spread; oversized requests
 //! stay Pending with `Insufficient cpu`.
 //!
-//! The scheduler is the server's own (run under the `rke2-scheduler`
+//! The scheduler is the server's own (run under the `kube-scheduler`
 //! Lease): a second, in-process instance would race it, and two
 //! schedulers with separate caches cannot spread replicas
 //! deterministically. Extra nodes are fake (created through the API, Ready, with allocatable cpu 2,

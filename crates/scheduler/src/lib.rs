@@ -20,4 +20,4 @@ mod scheduler;
 pub use scheduler::{SCHEDULER_NAME, run};
 
 /// The Lease in `kube-system` whose holder runs the scheduler.
-pub const SCHEDULER_LEASE: &str = "rke2-scheduler";
+pub const SCHEDULER_LEASE: &str = "kube-scheduler";
