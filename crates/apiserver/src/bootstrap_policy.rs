@@ -1502,7 +1502,44 @@ pub fn all() -> Vec<(&'static str, Value)> {
             .into_iter()
             .map(|o| ("rolebindings", o)),
     );
+    out.extend(rke2_policy());
     out
+}
+
+/// The kube-system service accounts our controllers act as (upstream's
+/// names for the same controllers, each bound to its
+/// `system:controller:<name>` role above).
+pub const CONTROLLER_ACCOUNTS: &[&str] = &[
+    "node-controller",
+    "replicaset-controller",
+    "deployment-controller",
+    "daemon-set-controller",
+    "job-controller",
+    "generic-garbage-collector",
+    "service-account-controller",
+    "root-ca-cert-publisher",
+    "clusterrole-aggregation-controller",
+];
+
+/// RKE2's additions to upstream's policy. Upstream's kube-controller-manager
+/// reads everything through shared informers under its own identity
+/// (`system:kube-controller-manager` may list and watch `*`) while each
+/// controller writes as its service account; ours read and write through
+/// one client per controller, so [`CONTROLLER_ACCOUNTS`] are also bound to
+/// a role with the informers' reads (get, list, watch) and nothing else.
+pub fn rke2_policy() -> Vec<(&'static str, Value)> {
+    let name = "system:rke2:controller-informers";
+    let subjects = CONTROLLER_ACCOUNTS
+        .iter()
+        .map(|a| subject("ServiceAccount", a))
+        .collect();
+    vec![
+        (
+            "clusterroles",
+            cluster_role(name, vec![rule(&["get", "list", "watch"], &["*"], &["*"])]),
+        ),
+        ("clusterrolebindings", cluster_binding(name, subjects)),
+    ]
 }
 
 // ---- reconciliation ----

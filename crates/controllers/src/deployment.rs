@@ -900,9 +900,7 @@ impl Sync {
             return Ok(());
         }
         let patch = json!({"metadata": {"annotations": {REVISION: rev.to_string()}}});
-        self.d = self
-            .d_api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+        self.d = crate::update::merge_into(&self.d_api, &self.name, &patch)
             .await
             .map_err(api_err(format!(
                 "annotating deployment {}/{}",
@@ -1328,9 +1326,7 @@ impl Sync {
             return Ok(());
         }
         let patch = json!({"status": s});
-        let d = self
-            .d_api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+        let d = crate::update::merge_into_status(&self.d_api, &self.name, &patch)
             .await
             .map_err(api_err(format!(
                 "writing status of deployment {}/{}",

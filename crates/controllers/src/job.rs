@@ -41,11 +41,10 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use rke2_apimachinery::selectors::label_selector_from_json;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -377,14 +376,12 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             info!(job = %who, succeeded = ?plan.status.succeeded, failed = ?plan.status.failed, "job finished");
         }
         let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-        // Carry the resourceVersion: a status computed from a stale Job
-        // (e.g. counts) must not overwrite a newer one.
-        let body = json!({
-            "metadata": {"resourceVersion": job.metadata.resource_version},
-            "status": plan.status,
-        });
+        // An update carries the resourceVersion read: a status computed
+        // from a stale Job (e.g. counts) must not overwrite a newer one.
+        let mut next = Job::clone(&job);
+        next.status = Some(plan.status.clone());
         match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .replace_status(&name, &PostParams::default(), &next)
             .await
         {
             Ok(_) => {}
@@ -436,6 +433,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn job(spec: serde_json::Value) -> Job {
         let mut s = json!({

@@ -22,6 +22,7 @@ pub mod root_ca;
 pub mod server_removal;
 pub mod serviceaccount;
 pub mod taint_eviction;
+pub mod update;
 
 /// `namespace/name` of an object: how the loops key and log namespaced
 /// objects (client-go's `cache.MetaNamespaceKeyFunc`).

@@ -911,8 +911,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             "availableReplicas": counts.available,
             "observedGeneration": observed,
         }});
-        rs_api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        crate::update::merge_into_status(&rs_api, &name, &patch)
             .await
             .map_err(api_err(format!("writing status of replicaset {ns}/{name}")))?;
     }

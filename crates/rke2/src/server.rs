@@ -595,26 +595,18 @@ const CONTROL_PLANE_THREADS: usize = 2;
 
 /// The service accounts of kube-system that upstream's controllers act as
 /// (kube-controller-manager's `--use-service-account-credentials`, which
-/// RKE2 sets), by our controller; the bootstrap policy binds each its
-/// `system:controller:<name>` role.
-const CONTROLLER_ACCOUNTS: &[&str] = &[
-    "node-controller",
-    "replicaset-controller",
-    "deployment-controller",
-    "daemon-set-controller",
-    "job-controller",
-    "generic-garbage-collector",
-    "service-account-controller",
-    "root-ca-cert-publisher",
-    "clusterrole-aggregation-controller",
-];
+/// RKE2 sets); the bootstrap policy binds each its
+/// `system:controller:<name>` role and the informers' reads.
+use rke2_apiserver::bootstrap_policy::CONTROLLER_ACCOUNTS;
 
 /// Client certificates (PEM pairs) of the control plane's own identities,
 /// issued in memory by the client CA at every start: the scheduler as
 /// `system:kube-scheduler`, leader election of the controllers as
 /// `system:kube-controller-manager`, each controller as its service
 /// account (`system:serviceaccount:kube-system:<name>` in the account's
-/// groups), so RBAC's bootstrap policy is what lets them work.
+/// groups, plus the group that grants the reads upstream's shared
+/// informers make as kube-controller-manager), so RBAC's bootstrap policy
+/// is what lets them work.
 struct ControlPlaneIdentities {
     scheduler: (String, String),
     controller_manager: (String, String),
