@@ -229,6 +229,9 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         _ if crate::rbac_objects::is_rbac(rt) => {
             crate::rbac_objects::validate(rt, obj, &mut causes)
         }
+        "CertificateSigningRequest" if crate::csr::is_csr(rt) => {
+            crate::csr::validate(obj, &mut causes)
+        }
         "Secret" => validate_secret(obj, &mut causes),
         "Pod"
             if obj["spec"]["containers"]

@@ -58,9 +58,29 @@ pub struct CertificateRequest {
 /// finds it: a `-----BEGIN <label>-----` line, optional headers, base64
 /// and the matching END line; a block that does not decode is skipped.
 pub fn first_pem_block(data: &[u8]) -> Option<(String, Vec<u8>)> {
-    use base64::Engine;
+    let text = String::from_utf8_lossy(data);
+    next_pem_block(&text).map(|(label, bytes, _)| (label, bytes))
+}
+
+/// Every PEM block of `data`, in order (Go's `pem.Decode` in a loop).
+pub fn pem_blocks(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     let text = String::from_utf8_lossy(data);
     let mut rest: &str = &text;
+    let mut out = Vec::new();
+    while let Some((label, bytes, after)) = next_pem_block(rest) {
+        out.push((label, bytes));
+        rest = after;
+    }
+    out
+}
+
+/// Whether `der` is one X.509 certificate.
+pub fn is_certificate_der(der: &[u8]) -> bool {
+    matches!(X509Certificate::from_der(der), Ok((rest, _)) if rest.is_empty())
+}
+
+fn next_pem_block(mut rest: &str) -> Option<(String, Vec<u8>, &str)> {
+    use base64::Engine;
     loop {
         let at = rest.find("-----BEGIN ")?;
         // Go only takes a BEGIN line at the start of the data or a line.
@@ -69,9 +89,7 @@ pub fn first_pem_block(data: &[u8]) -> Option<(String, Vec<u8>)> {
             continue;
         }
         let after = &rest[at + 11..];
-        let Some(label_end) = after.find("-----") else {
-            return None;
-        };
+        let label_end = after.find("-----")?;
         let label = &after[..label_end];
         let body_start = &after[label_end + 5..];
         let end_marker = format!("-----END {label}-----");
@@ -80,6 +98,7 @@ pub fn first_pem_block(data: &[u8]) -> Option<(String, Vec<u8>)> {
             continue;
         };
         let body = &body_start[..end];
+        let tail = &body_start[end + end_marker.len()..];
         // Headers (`Key: value` lines) end at the first blank line.
         let body = if body.lines().any(|l| l.contains(':')) {
             body.split_once("\n\n").map_or("", |(_, b)| b)
@@ -88,8 +107,8 @@ pub fn first_pem_block(data: &[u8]) -> Option<(String, Vec<u8>)> {
         };
         let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
         match base64::engine::general_purpose::STANDARD.decode(b64) {
-            Ok(bytes) if !label.contains('\n') => return Some((label.to_string(), bytes)),
-            _ => rest = &body_start[end + end_marker.len()..],
+            Ok(bytes) if !label.contains('\n') => return Some((label.to_string(), bytes, tail)),
+            _ => rest = tail,
         }
     }
 }
