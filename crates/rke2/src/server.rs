@@ -556,6 +556,11 @@ async fn run_with_etcd(
             store: state.store.clone(),
             manifests: manifests_dir,
             cluster_cidr: cfg.cluster_cidr,
+            signers: rke2_controllers::csr_signing::Signers {
+                client_ca: trust.client_ca.clone(),
+                server_ca: trust.server_ca.clone(),
+                duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
+            },
         },
         control_plane_stop.clone(),
     )?;
@@ -588,6 +593,8 @@ struct ControlPlane {
     store: Store,
     manifests: std::path::PathBuf,
     cluster_cidr: ipnet::IpNet,
+    /// The CAs that sign approved CertificateSigningRequests.
+    signers: rke2_controllers::csr_signing::Signers,
 }
 
 /// Worker threads of the control-plane runtime.
@@ -607,6 +614,7 @@ const CONTROLLER_ACCOUNTS: &[&str] = &[
     "service-account-controller",
     "root-ca-cert-publisher",
     "clusterrole-aggregation-controller",
+    "certificate-controller",
 ];
 
 /// Client certificates (PEM pairs) of the control plane's own identities,
@@ -727,6 +735,7 @@ fn spawn_control_plane(
                         cp.store,
                         cp.manifests,
                         cp.cluster_cidr,
+                        cp.signers,
                         stop,
                     ),
                 );
@@ -746,6 +755,7 @@ async fn run_controllers(
     store: Store,
     manifests: std::path::PathBuf,
     cluster_cidr: ipnet::IpNet,
+    signers: rke2_controllers::csr_signing::Signers,
     stop: CancellationToken,
 ) {
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
@@ -762,6 +772,7 @@ async fn run_controllers(
             let manifests = manifests.clone();
             let node_name = node_name.clone();
             let root_ca_pem = root_ca_pem.clone();
+            let signers = signers.clone();
             async move {
                 let mut loops = tokio::task::JoinSet::new();
                 loops.spawn(rke2_controllers::server_removal::run(
@@ -820,6 +831,11 @@ async fn run_controllers(
                 ));
                 loops.spawn(c::clusterrole_aggregation::run(
                     clients.of("clusterrole-aggregation-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::csr_signing::run(
+                    clients.of("certificate-controller"),
+                    signers,
                     lead.clone(),
                 ));
                 while loops.join_next().await.is_some() {}
