@@ -84,18 +84,17 @@ pub fn go_bytes(bytes: Option<&[u8]>) -> String {
 
 fn not_supported(value: &str, supported: &[&str]) -> String {
     let list: Vec<String> = supported.iter().map(|s| quoted(s)).collect();
-    format!(
-        "{}: supported values: {}",
-        quoted(value),
-        list.join(", ")
-    )
+    format!("{}: supported values: {}", quoted(value), list.join(", "))
 }
 
 /// The bytes of a base64 field (`spec.request`, `status.certificate`);
 /// `None` when absent. The typed schema check refused bad base64 already.
 fn bytes_of(v: &Value) -> Option<Vec<u8>> {
-    v.as_str()
-        .map(|s| base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default())
+    v.as_str().map(|s| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .unwrap_or_default()
+    })
 }
 
 /// The parsed request of a CSR object, when it parses and verifies.
@@ -138,7 +137,11 @@ fn signer_name_problems(signer: &str, causes: &mut Vec<Cause>) {
                 causes.push((
                     field.clone(),
                     "Invalid value".into(),
-                    format!("{}: validating label {}: {p}", quoted(domain), quoted(label)),
+                    format!(
+                        "{}: validating label {}: {p}",
+                        quoted(domain),
+                        quoted(label)
+                    ),
                 ));
             }
             break;
@@ -264,7 +267,8 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
         ));
     }
     validate_conditions(obj, causes);
-    if let Some(problem) = certificate_problem(&bytes_of(&obj["status"]["certificate"]).unwrap_or_default())
+    if let Some(problem) =
+        certificate_problem(&bytes_of(&obj["status"]["certificate"]).unwrap_or_default())
     {
         causes.push((
             "status.certificate".into(),
@@ -297,7 +301,11 @@ fn validate_conditions(obj: &Value, causes: &mut Vec<Cause>) {
             &["False", "True", "Unknown"]
         };
         match c["status"].as_str().unwrap_or("") {
-            "" => causes.push((format!("{at}.status"), "Required value".into(), String::new())),
+            "" => causes.push((
+                format!("{at}.status"),
+                "Required value".into(),
+                String::new(),
+            )),
             s if !allowed.contains(&s) => causes.push((
                 format!("{at}.status"),
                 "Unsupported value".into(),
@@ -462,10 +470,7 @@ pub fn prepare_update(old: &Value, new: &mut Value, path: UpdatePath, now: &str)
             }
         }
     }
-    let (old_cert, new_cert) = (
-        &old["status"]["certificate"],
-        &new["status"]["certificate"],
-    );
+    let (old_cert, new_cert) = (&old["status"]["certificate"], &new["status"]["certificate"]);
     let old_has = !old_cert.as_str().unwrap_or("").is_empty();
     if bytes_of(old_cert) != bytes_of(new_cert) {
         if path != UpdatePath::Status {
@@ -516,13 +521,15 @@ pub fn admit_create(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         return Ok(());
     }
     let name = crate::objects::name_of(obj);
-    let req = request_of(obj)
-        .map_err(|e| forbidden(rt, name, format!("failed to parse CSR: {e}")))?;
+    let req =
+        request_of(obj).map_err(|e| forbidden(rt, name, format!("failed to parse CSR: {e}")))?;
     if req.organizations.iter().any(|o| o == "system:masters") {
         return Err(forbidden(
             rt,
             name,
-            format!("use of {KUBE_APISERVER_CLIENT} signer with system:masters group is not allowed"),
+            format!(
+                "use of {KUBE_APISERVER_CLIENT} signer with system:masters group is not allowed"
+            ),
         ));
     }
     Ok(())
@@ -604,7 +611,11 @@ pub fn condition_summary(obj: &Value) -> String {
     if has("Failed") {
         out.push_str(",Failed");
     }
-    if !obj["status"]["certificate"].as_str().unwrap_or("").is_empty() {
+    if !obj["status"]["certificate"]
+        .as_str()
+        .unwrap_or("")
+        .is_empty()
+    {
         out.push_str(",Issued");
     }
     out

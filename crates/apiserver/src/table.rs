@@ -270,7 +270,10 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
                 "SignerName",
                 "Only use SignerName when you want to specify the signer name.",
             ),
-            s("Requestor", "Name of the user who requested the certificate."),
+            s(
+                "Requestor",
+                "Name of the user who requested the certificate.",
+            ),
             s(
                 "RequestedDuration",
                 "Requested duration of the issued certificate.",

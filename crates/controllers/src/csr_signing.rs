@@ -63,7 +63,8 @@ impl Signers {
     pub fn lifetime(&self, expiration_seconds: Option<i32>) -> Duration {
         match expiration_seconds {
             None => self.duration,
-            Some(s) => Duration::from_secs(s.max(0) as u64).clamp(MIN_DURATION, self.duration.max(MIN_DURATION)),
+            Some(s) => Duration::from_secs(s.max(0) as u64)
+                .clamp(MIN_DURATION, self.duration.max(MIN_DURATION)),
         }
     }
 }
@@ -89,7 +90,11 @@ fn usages_match(usages: &[String], allowed: &[&[&str]]) -> Result<(), String> {
 
 /// The rules of a signer for a request (upstream's `isRequestForSigner`
 /// functions); `Err` with upstream's message when broken.
-pub fn check_request(signer: &str, req: &CertificateRequest, usages: &[String]) -> Result<(), String> {
+pub fn check_request(
+    signer: &str,
+    req: &CertificateRequest,
+    usages: &[String],
+) -> Result<(), String> {
     const NOT_NODES: &str = "subject organization is not system:nodes";
     const NOT_NODE: &str = "subject common name does not begin with system:node:";
     let nodes = req.organizations == ["system:nodes"];
@@ -237,7 +242,11 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
-                .map(|c| c.iter().filter_map(|c| serde_json::to_value(c).ok()).collect())
+                .map(|c| {
+                    c.iter()
+                        .filter_map(|c| serde_json::to_value(c).ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             conditions.push(json!({
                 "type": "Failed",

@@ -728,16 +728,7 @@ fn spawn_control_plane(
                         cp.node_name.clone(),
                         stop.clone()
                     ),
-                    run_controllers(
-                        clients,
-                        cp.ca_pem.clone(),
-                        cp.node_name,
-                        cp.store,
-                        cp.manifests,
-                        cp.cluster_cidr,
-                        cp.signers,
-                        stop,
-                    ),
+                    run_controllers(clients, cp, stop),
                 );
             });
             let _ = done_tx.send(());
@@ -748,16 +739,16 @@ fn spawn_control_plane(
 
 /// Runs the leader-elected control-plane loops until `stop`: one server at
 /// a time runs all of them; another takes over within ~10 s of its death.
-async fn run_controllers(
-    clients: ControlPlaneClients,
-    root_ca_pem: String,
-    node_name: String,
-    store: Store,
-    manifests: std::path::PathBuf,
-    cluster_cidr: ipnet::IpNet,
-    signers: rke2_controllers::csr_signing::Signers,
-    stop: CancellationToken,
-) {
+async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: CancellationToken) {
+    let ControlPlane {
+        ca_pem: root_ca_pem,
+        node_name,
+        store,
+        manifests,
+        cluster_cidr,
+        signers,
+        ..
+    } = cp;
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
     rke2_controllers::leader::run_elected(
         clients.controller_manager.clone(),

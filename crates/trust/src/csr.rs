@@ -412,18 +412,23 @@ impl CertAuthority {
         let (_, csr) =
             X509CertificationRequest::from_der(&req.der).map_err(|e| ca_err(e.to_string()))?;
         let info = &csr.certification_request_info;
-        let san = info.iter_attributes().find_map(|a| match a.parsed_attribute() {
-            ParsedCriAttribute::ExtensionRequest(r) => r
-                .extensions
-                .iter()
-                .find(|e| e.oid.to_id_string() == "2.5.29.17")
-                .map(|e| e.value.to_vec()),
-            _ => None,
-        });
-        let aki = ca.extensions().iter().find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        });
+        let san = info
+            .iter_attributes()
+            .find_map(|a| match a.parsed_attribute() {
+                ParsedCriAttribute::ExtensionRequest(r) => r
+                    .extensions
+                    .iter()
+                    .find(|e| e.oid.to_id_string() == "2.5.29.17")
+                    .map(|e| e.value.to_vec()),
+                _ => None,
+            });
+        let aki = ca
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            });
         let serial: [u8; 16] = rand::random();
         let (nb, na) = (der_time(not_before)?, der_time(not_after)?);
         let subject_empty = info.subject.iter().next().is_none();
@@ -487,8 +492,7 @@ impl CertAuthority {
             w.write_sequence(|w| {
                 w.next().write_der(&tbs);
                 write_alg(w.next(), alg);
-                w.next()
-                    .write_bitvec_bytes(&signature, signature.len() * 8);
+                w.next().write_bitvec_bytes(&signature, signature.len() * 8);
             })
         });
         Ok(pem_encode("CERTIFICATE", &cert))
@@ -567,7 +571,8 @@ mod tests {
             let e = CertificateRequest::from_pem(bad.as_bytes()).unwrap_err();
             assert_eq!(e.to_string(), "PEM block type must be CERTIFICATE REQUEST");
         }
-        let junk = "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n-----END CERTIFICATE REQUEST-----\n";
+        let junk =
+            "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n-----END CERTIFICATE REQUEST-----\n";
         assert_eq!(
             CertificateRequest::from_pem(junk.as_bytes())
                 .unwrap_err()
@@ -607,7 +612,10 @@ mod tests {
         assert!(rest.is_empty());
         // Subject: CN and every O, as the apiserver reads identities.
         let (cn, orgs) = crate::pki::identity_of(&cert).unwrap();
-        assert_eq!((cn.as_str(), orgs), ("jane", vec!["devs".into(), "ops".into()]));
+        assert_eq!(
+            (cn.as_str(), orgs),
+            ("jane", vec!["devs".into(), "ops".into()])
+        );
         assert_eq!(
             cert.tbs_certificate.subject_pki.raw,
             key.subject_public_key_info().as_slice()

@@ -133,9 +133,9 @@ fn usages_signer_and_expiration_follow_upstream_rules() {
     let bad_label = signer_causes("Example.com/signer");
     assert_eq!(bad_label.len(), 1);
     assert!(
-        bad_label[0]
-            .2
-            .starts_with("\"Example.com\": validating label \"Example\": a lowercase RFC 1123 label"),
+        bad_label[0].2.starts_with(
+            "\"Example.com\": validating label \"Example\": a lowercase RFC 1123 label"
+        ),
         "{bad_label:?}"
     );
     assert!(signer_causes("example.com/my-signer").is_empty());
@@ -209,7 +209,10 @@ fn the_requester_is_written_into_the_spec() {
     obj["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
     let id = Identity {
         user: "system:serviceaccount:ns:sa".into(),
-        groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
+        groups: vec![
+            "system:serviceaccounts".into(),
+            "system:authenticated".into(),
+        ],
     };
     prepare_create(&mut obj, &id);
     assert_eq!(obj["spec"]["username"], "system:serviceaccount:ns:sa");
@@ -236,12 +239,16 @@ fn updates_change_only_what_their_path_allows() {
     // `approval`: conditions, stamped; the spec stays.
     let mut approved = old.clone();
     approved["spec"]["signerName"] = json!("example.com/other");
-    approved["status"]["conditions"] = json!([{"type": "Approved", "status": "True", "reason": "KubectlApprove"}]);
+    approved["status"]["conditions"] =
+        json!([{"type": "Approved", "status": "True", "reason": "KubectlApprove"}]);
     assert!(prepare_update(&old, &mut approved, UpdatePath::Approval, now).is_empty());
     assert_eq!(approved["spec"], old["spec"]);
     let c = &approved["status"]["conditions"][0];
     assert_eq!(
-        (c["lastUpdateTime"].as_str(), c["lastTransitionTime"].as_str()),
+        (
+            c["lastUpdateTime"].as_str(),
+            c["lastTransitionTime"].as_str()
+        ),
         (Some(now), Some(now))
     );
     assert_eq!(condition_summary(&approved), "Approved");
@@ -276,7 +283,10 @@ fn updates_change_only_what_their_path_allows() {
     let mut issued = approved.clone();
     issued["status"]["certificate"] = json!(b64("-----BEGIN CERTIFICATE-----\n"));
     assert!(prepare_update(&approved, &mut issued, UpdatePath::Status, now).is_empty());
-    assert_eq!(issued["status"]["conditions"], approved["status"]["conditions"]);
+    assert_eq!(
+        issued["status"]["conditions"],
+        approved["status"]["conditions"]
+    );
     let mut again = issued.clone();
     again["status"]["certificate"] = json!(b64("other"));
     assert_eq!(
@@ -301,7 +311,10 @@ fn updates_change_only_what_their_path_allows() {
     let mut edited = approved.clone();
     edited["status"]["conditions"][0]["message"] = json!("edited");
     assert!(prepare_update(&approved, &mut edited, UpdatePath::Status, now).is_empty());
-    assert_eq!(edited["status"]["conditions"], approved["status"]["conditions"]);
+    assert_eq!(
+        edited["status"]["conditions"],
+        approved["status"]["conditions"]
+    );
     // Failed may be added there (the signer does).
     let mut failed = approved.clone();
     failed["status"]["conditions"]

@@ -43,7 +43,12 @@ fn signers() -> (Signers, tempfile::TempDir) {
     (s, dir)
 }
 
-fn csr(pem: &str, signer: &str, u: &[&str], conditions: serde_json::Value) -> CertificateSigningRequest {
+fn csr(
+    pem: &str,
+    signer: &str,
+    u: &[&str],
+    conditions: serde_json::Value,
+) -> CertificateSigningRequest {
     serde_json::from_value(json!({
         "metadata": {"name": "x", "resourceVersion": "7"},
         "spec": {
@@ -82,9 +87,15 @@ fn kubelet_signer_rules_are_upstreams() {
         check_request(KUBE_APISERVER_CLIENT_KUBELET, req, &usages(u))
     };
     let node = parsed("system:node:n1", Some("system:nodes"), &[]);
-    assert_eq!(kubelet(&node, &["digital signature", "client auth"]), Ok(()));
     assert_eq!(
-        kubelet(&node, &["key encipherment", "digital signature", "client auth"]),
+        kubelet(&node, &["digital signature", "client auth"]),
+        Ok(())
+    );
+    assert_eq!(
+        kubelet(
+            &node,
+            &["key encipherment", "digital signature", "client auth"]
+        ),
         Ok(())
     );
     assert_eq!(
@@ -92,7 +103,10 @@ fn kubelet_signer_rules_are_upstreams() {
         Err("usages did not match [client auth digital signature key encipherment]".into())
     );
     assert_eq!(
-        kubelet(&parsed("system:node:n1", Some("devs"), &[]), &["client auth"]),
+        kubelet(
+            &parsed("system:node:n1", Some("devs"), &[]),
+            &["client auth"]
+        ),
         Err("subject organization is not system:nodes".into())
     );
     assert_eq!(
@@ -116,9 +130,8 @@ fn kubelet_signer_rules_are_upstreams() {
         ),
         Err("IP subjectAltNames are not allowed".into())
     );
-    let serving = |req: &CertificateRequest, u: &[&str]| {
-        check_request(KUBELET_SERVING, req, &usages(u))
-    };
+    let serving =
+        |req: &CertificateRequest, u: &[&str]| check_request(KUBELET_SERVING, req, &usages(u));
     assert_eq!(
         serving(&node, &["digital signature", "server auth"]),
         Err("DNS or IP subjectAltName is required".into())
@@ -147,28 +160,53 @@ fn only_approved_unsigned_requests_of_known_signers_are_signed() {
     let pem = request("jane", Some("devs"), &[]);
     let approved = json!([{"type": "Approved", "status": "True"}]);
     assert_eq!(
-        decide(&s, &csr(&pem, KUBE_APISERVER_CLIENT, &["client auth"], json!([]))),
+        decide(
+            &s,
+            &csr(&pem, KUBE_APISERVER_CLIENT, &["client auth"], json!([]))
+        ),
         Next::Skip
     );
     assert_eq!(
         decide(
             &s,
-            &csr(&pem, KUBE_APISERVER_CLIENT, &["client auth"], json!([{"type": "Denied", "status": "True"}]))
+            &csr(
+                &pem,
+                KUBE_APISERVER_CLIENT,
+                &["client auth"],
+                json!([{"type": "Denied", "status": "True"}])
+            )
         ),
         Next::Skip
     );
     assert_eq!(
-        decide(&s, &csr(&pem, "example.com/other", &["client auth"], approved.clone())),
+        decide(
+            &s,
+            &csr(
+                &pem,
+                "example.com/other",
+                &["client auth"],
+                approved.clone()
+            )
+        ),
         Next::Skip
     );
-    let failed = json!([{"type": "Approved", "status": "True"}, {"type": "Failed", "status": "True"}]);
+    let failed =
+        json!([{"type": "Approved", "status": "True"}, {"type": "Failed", "status": "True"}]);
     assert_eq!(
-        decide(&s, &csr(&pem, KUBE_APISERVER_CLIENT, &["client auth"], failed)),
+        decide(
+            &s,
+            &csr(&pem, KUBE_APISERVER_CLIENT, &["client auth"], failed)
+        ),
         Next::Skip
     );
     let Next::Issue(cert) = decide(
         &s,
-        &csr(&pem, KUBE_APISERVER_CLIENT, &["client auth"], approved.clone()),
+        &csr(
+            &pem,
+            KUBE_APISERVER_CLIENT,
+            &["client auth"],
+            approved.clone(),
+        ),
     ) else {
         panic!("an approved request is signed");
     };
@@ -193,14 +231,24 @@ fn only_approved_unsigned_requests_of_known_signers_are_signed() {
         .verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now())
         .expect("the client CA verifies the certificate");
 
-    let mut with_cert = csr(&pem, KUBE_APISERVER_CLIENT, &["client auth"], approved.clone());
+    let mut with_cert = csr(
+        &pem,
+        KUBE_APISERVER_CLIENT,
+        &["client auth"],
+        approved.clone(),
+    );
     with_cert.status.as_mut().unwrap().certificate = Some(ByteString(cert.into_bytes()));
     assert_eq!(decide(&s, &with_cert), Next::Skip);
 
     assert_eq!(
         decide(
             &s,
-            &csr(&pem, KUBE_APISERVER_CLIENT_KUBELET, &["client auth"], approved)
+            &csr(
+                &pem,
+                KUBE_APISERVER_CLIENT_KUBELET,
+                &["client auth"],
+                approved
+            )
         ),
         Next::Fail("subject organization is not system:nodes".into())
     );
