@@ -162,7 +162,9 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         ));
     } else {
         let label_names = matches!(rt.kind, "Namespace" | "Service");
-        let problems = if crate::rbac_objects::is_rbac(rt) {
+        // CertificateSigningRequest names are as free (upstream's
+        // `ValidateCertificateRequestName` allows anything a path allows).
+        let problems = if crate::rbac_objects::is_rbac(rt) || crate::csr::is_csr(rt) {
             crate::rbac_objects::name_problems(name)
         } else {
             v::validate_object_name(!label_names, name)

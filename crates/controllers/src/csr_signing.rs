@@ -9,19 +9,21 @@
 //! certificate. One that breaks its signer's rules gets a `Failed`
 //! condition (`SignerValidationFailure`, upstream's message) instead.
 //! The lifetime is `spec.expirationSeconds` within [10 min, the cluster
-//! signing duration]; the certificate goes in through `status`.
+//! signing duration]; the certificate goes in through `status` (an update,
+//! as upstream's, which is what its bootstrap role allows).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition,
+};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use rke2_trust::{CertAuthority, CertificateRequest};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -230,45 +232,36 @@ enum Error {
 async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = csr.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
-    let patch = match decide(&ctx.signers, &csr) {
+    // The whole object goes back through `status` (upstream's
+    // UpdateStatus, the verb its bootstrap role grants), at the version it
+    // was read: a concurrent change is a conflict, and its event brings
+    // the request back.
+    let mut updated = CertificateSigningRequest::clone(&csr);
+    let status = updated.status.get_or_insert_with(Default::default);
+    match decide(&ctx.signers, &csr) {
         Next::Skip => return Ok(Action::await_change()),
         Next::Issue(pem) => {
             info!(csr = %name, signer = %csr.spec.signer_name, "signed certificate signing request");
-            json!({"status": {"certificate": ByteString(pem.into_bytes())}})
+            status.certificate = Some(ByteString(pem.into_bytes()));
         }
         Next::Fail(message) => {
             warn!(csr = %name, %message, "certificate signing request failed its signer's rules");
-            let mut conditions: Vec<serde_json::Value> = csr
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .map(|c| {
-                    c.iter()
-                        .filter_map(|c| serde_json::to_value(c).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            conditions.push(json!({
-                "type": "Failed",
-                "status": "True",
-                "reason": "SignerValidationFailure",
-                "message": message,
-                "lastUpdateTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            }));
-            // The whole list replaces the stored one: only over the
-            // version it was read from.
-            json!({
-                "metadata": {"resourceVersion": csr.metadata.resource_version},
-                "status": {"conditions": conditions},
-            })
+            status.conditions.get_or_insert_with(Vec::new).push(
+                CertificateSigningRequestCondition {
+                    type_: "Failed".into(),
+                    status: "True".into(),
+                    reason: Some("SignerValidationFailure".into()),
+                    message: Some(message),
+                    ..Default::default()
+                },
+            );
         }
-    };
+    }
     match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .replace_status(&name, &PostParams::default(), &updated)
         .await
     {
         Ok(_) => Ok(Action::await_change()),
-        // Changed meanwhile, or gone: the watch brings the new state.
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Action::await_change()),
         Err(e) => Err(e.into()),
     }

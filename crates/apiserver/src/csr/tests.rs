@@ -343,3 +343,15 @@ fn the_client_signer_refuses_system_masters() {
     assert!(admit_create(reg, &other).is_ok());
     assert!(admit_create(reg, &csr(&request_pem("jane", &["devs"]))).is_ok());
 }
+
+#[test]
+fn names_only_need_to_be_path_segments() {
+    let rt = crate::registry::find(GROUP, "v1", "certificatesigningrequests").unwrap();
+    let mut obj = csr(&request_pem("jane", &[]));
+    obj["metadata"]["name"] = json!("jane@example.com:laptop");
+    assert!(crate::objects::validate(rt, &obj).is_ok());
+    obj["metadata"]["name"] = json!("a/b");
+    let e = crate::objects::validate(rt, &obj).unwrap_err();
+    assert_eq!(e.code, 422, "{}", e.message);
+    assert!(e.message.contains("metadata.name"), "{}", e.message);
+}

@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::json;
 
 fn request(cn: &str, org: Option<&str>, sans: &[&str]) -> String {
     let key = rcgen::KeyPair::generate().unwrap();
