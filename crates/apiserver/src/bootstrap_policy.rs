@@ -1519,6 +1519,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "service-account-controller",
     "root-ca-cert-publisher",
     "clusterrole-aggregation-controller",
+    "certificate-controller",
 ];
 
 /// RKE2's additions to upstream's policy. Upstream's kube-controller-manager

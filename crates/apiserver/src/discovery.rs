@@ -117,6 +117,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "status" => (rt.kind, &["get", "patch", "update"]),
                 "binding" => ("Binding", &["create"]),
                 "finalize" => (rt.kind, &["update"]),
+                "approval" => (rt.kind, &["get", "patch", "update"]),
                 "scale" => ("Scale", &["get", "patch", "update"]),
                 "token" => ("TokenRequest", &["create"]),
                 // Proxied to the node API (`proxy.rs`).

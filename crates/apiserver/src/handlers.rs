@@ -183,7 +183,7 @@ pub async fn handle(
             }
             list(&ctx).await
         }
-        (&Method::GET, true, None | Some("status")) => {
+        (&Method::GET, true, None | Some("status") | Some("approval")) => {
             if ctx.path.legacy_watch || ctx.query.flag("watch") {
                 return ApiError::bad_request(
                     "watch of a single object: use fieldSelector=metadata.name=<name>",
@@ -200,10 +200,12 @@ pub async fn handle(
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {
             scale(&ctx, &method, content_type, &body).await
         }
-        (&Method::PUT, true, None | Some("status") | Some("finalize")) => {
+        (&Method::PUT, true, None | Some("status") | Some("finalize") | Some("approval")) => {
             update(&ctx, content_type, &body).await
         }
-        (&Method::PATCH, true, None | Some("status")) => patch(&ctx, content_type, &body).await,
+        (&Method::PATCH, true, None | Some("status") | Some("approval")) => {
+            patch(&ctx, content_type, &body).await
+        }
         (&Method::DELETE, true, None) => delete(&ctx, content_type, &body).await,
         (&Method::DELETE, false, None) => delete_collection(&ctx, content_type, &body).await,
         _ => Err(ApiError::method_not_allowed(method.as_str(), ctx.rt())),
@@ -695,7 +697,13 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     let generated = obj["metadata"]["name"].as_str().unwrap_or("").is_empty()
         && obj["metadata"]["generateName"].is_string();
     objects::prepare_create(rt, &mut obj, ctx.ns())?;
+    if crate::csr::is_csr(rt) {
+        crate::csr::prepare_create(&mut obj, &ctx.identity);
+    }
     objects::validate(rt, &obj)?;
+    if crate::csr::is_csr(rt) {
+        crate::csr::admit_create(rt, &obj)?;
+    }
     crate::rbac::admit_write(ctx.state, &ctx.identity, rt, &obj).await?;
     ensure_namespace(ctx).await?;
     if rt.kind == "Pod" {
@@ -831,14 +839,12 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         return Err(ApiError::conflict(rt, &name));
     }
     keep_identity(ctx, &old, &mut new)?;
-    match ctx.path.subresource.as_deref() {
-        Some("status") => objects::prepare_update(rt, &old, &mut new, true),
-        Some("finalize") => {
-            let finalizers = new["spec"]["finalizers"].clone();
-            new = old.clone();
-            new["spec"]["finalizers"] = finalizers;
-        }
-        _ => objects::prepare_update(rt, &old, &mut new, false),
+    if ctx.path.subresource.as_deref() == Some("finalize") {
+        let finalizers = new["spec"]["finalizers"].clone();
+        new = old.clone();
+        new["spec"]["finalizers"] = finalizers;
+    } else {
+        prepare_for_path(ctx, &old, &mut new).await?;
     }
     crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
     crate::pod_security::admit(ctx, Some(&old), &new).await?;
@@ -847,6 +853,32 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
         StatusCode::OK,
         &shape_one(rt, stored, ctx.answer),
     ))
+}
+
+/// Carries the server-owned fields of `old` into an update through the
+/// request's path (the object or its `status`; a CertificateSigningRequest
+/// has a strategy per path, `approval` included, and its admission checks).
+async fn prepare_for_path(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> {
+    let rt = ctx.rt();
+    let sub = ctx.path.subresource.as_deref();
+    if !crate::csr::is_csr(rt) {
+        objects::prepare_update(rt, old, new, sub == Some("status"));
+        return Ok(());
+    }
+    use crate::csr::UpdatePath;
+    let path = UpdatePath::of(sub);
+    // The generic step keeps the old status outside `status`; `approval`
+    // takes its conditions from the request.
+    let requested = new["status"].clone();
+    objects::prepare_update(rt, old, new, path == UpdatePath::Status);
+    if path == UpdatePath::Approval {
+        new["status"] = requested;
+    }
+    let causes = crate::csr::prepare_update(old, new, path, &objects::now_rfc3339());
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(rt.kind, name_of(old), rt, &causes));
+    }
+    crate::csr::admit_update(ctx.state, &ctx.identity, rt, path, old, new).await
 }
 
 /// A patch whose result the type's schema refuses: upstream's 422 with the
@@ -1147,12 +1179,7 @@ async fn patch(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> ApiR
             return Err(ApiError::conflict(rt, &name));
         }
         objects::check_type(rt, &mut new)?;
-        objects::prepare_update(
-            rt,
-            &old,
-            &mut new,
-            ctx.path.subresource.as_deref() == Some("status"),
-        );
+        prepare_for_path(ctx, &old, &mut new).await?;
         crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
         crate::pod_security::admit(ctx, Some(&old), &new).await?;
         match store_update(ctx, &name, new, rev).await {

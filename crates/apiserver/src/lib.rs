@@ -21,6 +21,7 @@ pub mod allocator;
 pub mod authz;
 pub mod bootstrap;
 pub mod bootstrap_policy;
+pub mod csr;
 pub mod discovery;
 pub mod handlers;
 pub mod namespaces;

@@ -162,7 +162,9 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         ));
     } else {
         let label_names = matches!(rt.kind, "Namespace" | "Service");
-        let problems = if crate::rbac_objects::is_rbac(rt) {
+        // CertificateSigningRequest names are as free (upstream's
+        // `ValidateCertificateRequestName` allows anything a path allows).
+        let problems = if crate::rbac_objects::is_rbac(rt) || crate::csr::is_csr(rt) {
             crate::rbac_objects::name_problems(name)
         } else {
             v::validate_object_name(!label_names, name)
@@ -228,6 +230,9 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         "ConfigMap" => validate_config_map(obj, &mut causes),
         _ if crate::rbac_objects::is_rbac(rt) => {
             crate::rbac_objects::validate(rt, obj, &mut causes)
+        }
+        "CertificateSigningRequest" if crate::csr::is_csr(rt) => {
+            crate::csr::validate(obj, &mut causes)
         }
         "Secret" => validate_secret(obj, &mut causes),
         "Pod"

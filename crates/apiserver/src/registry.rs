@@ -37,6 +37,8 @@ pub enum Printer {
     /// NAME ROLE AGE (+ wide USERS GROUPS SERVICEACCOUNTS): RoleBindings
     /// and ClusterRoleBindings.
     RoleBinding,
+    /// NAME AGE SIGNERNAME REQUESTOR REQUESTEDDURATION CONDITION.
+    CertificateSigningRequest,
 }
 
 /// One served resource type.
@@ -181,6 +183,7 @@ static TYPES: &[ResourceType] = &[
     rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding),
     rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role),
     rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding),
+    rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest),
 ];
 
 /// Every served type.
@@ -245,7 +248,8 @@ mod tests {
                 ("coordination.k8s.io", "v1"),
                 ("apps", "v1"),
                 ("batch", "v1"),
-                ("rbac.authorization.k8s.io", "v1")
+                ("rbac.authorization.k8s.io", "v1"),
+                ("certificates.k8s.io", "v1")
             ]
         );
     }

@@ -263,6 +263,23 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
                 "A label query over pods that should match the pod count.",
             ),
         ],
+        Printer::CertificateSigningRequest => vec![
+            name,
+            age,
+            s(
+                "SignerName",
+                "Only use SignerName when you want to specify the signer name.",
+            ),
+            s(
+                "Requestor",
+                "Name of the user who requested the certificate.",
+            ),
+            s(
+                "RequestedDuration",
+                "Requested duration of the issued certificate.",
+            ),
+            s("Condition", "Status of the certificate signing request."),
+        ],
         Printer::DaemonSet => vec![
             name,
             i(
@@ -709,6 +726,24 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(join_containers(tspec, "name")),
                 json!(join_containers(tspec, "image")),
                 json!(selector_string(&spec["selector"])),
+            ]
+        }
+        Printer::CertificateSigningRequest => {
+            let signer = match str_at(spec, &["signerName"]) {
+                "" => "<none>",
+                s => s,
+            };
+            let requested = match spec["expirationSeconds"].as_i64() {
+                Some(secs) => rke2_apimachinery::duration::human_duration_secs(secs),
+                None => "<none>".to_string(),
+            };
+            vec![
+                name,
+                a,
+                json!(signer),
+                json!(str_at(spec, &["username"])),
+                json!(requested),
+                json!(crate::csr::condition_summary(obj)),
             ]
         }
         Printer::Job => {

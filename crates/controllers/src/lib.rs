@@ -9,6 +9,7 @@
 
 pub mod addons;
 pub mod clusterrole_aggregation;
+pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
 pub mod garbage_collector;

@@ -556,6 +556,11 @@ async fn run_with_etcd(
             store: state.store.clone(),
             manifests: manifests_dir,
             cluster_cidr: cfg.cluster_cidr,
+            signers: rke2_controllers::csr_signing::Signers {
+                client_ca: trust.client_ca.clone(),
+                server_ca: trust.server_ca.clone(),
+                duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
+            },
         },
         control_plane_stop.clone(),
     )?;
@@ -588,6 +593,8 @@ struct ControlPlane {
     store: Store,
     manifests: std::path::PathBuf,
     cluster_cidr: ipnet::IpNet,
+    /// The CAs that sign approved CertificateSigningRequests.
+    signers: rke2_controllers::csr_signing::Signers,
 }
 
 /// Worker threads of the control-plane runtime.
@@ -712,15 +719,7 @@ fn spawn_control_plane(
                         cp.node_name.clone(),
                         stop.clone()
                     ),
-                    run_controllers(
-                        clients,
-                        cp.ca_pem.clone(),
-                        cp.node_name,
-                        cp.store,
-                        cp.manifests,
-                        cp.cluster_cidr,
-                        stop,
-                    ),
+                    run_controllers(clients, cp, stop),
                 );
             });
             let _ = done_tx.send(());
@@ -731,15 +730,16 @@ fn spawn_control_plane(
 
 /// Runs the leader-elected control-plane loops until `stop`: one server at
 /// a time runs all of them; another takes over within ~10 s of its death.
-async fn run_controllers(
-    clients: ControlPlaneClients,
-    root_ca_pem: String,
-    node_name: String,
-    store: Store,
-    manifests: std::path::PathBuf,
-    cluster_cidr: ipnet::IpNet,
-    stop: CancellationToken,
-) {
+async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: CancellationToken) {
+    let ControlPlane {
+        ca_pem: root_ca_pem,
+        node_name,
+        store,
+        manifests,
+        cluster_cidr,
+        signers,
+        ..
+    } = cp;
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
     rke2_controllers::leader::run_elected(
         clients.controller_manager.clone(),
@@ -754,6 +754,7 @@ async fn run_controllers(
             let manifests = manifests.clone();
             let node_name = node_name.clone();
             let root_ca_pem = root_ca_pem.clone();
+            let signers = signers.clone();
             async move {
                 let mut loops = tokio::task::JoinSet::new();
                 loops.spawn(rke2_controllers::server_removal::run(
@@ -812,6 +813,11 @@ async fn run_controllers(
                 ));
                 loops.spawn(c::clusterrole_aggregation::run(
                     clients.of("clusterrole-aggregation-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::csr_signing::run(
+                    clients.of("certificate-controller"),
+                    signers,
                     lead.clone(),
                 ));
                 while loops.join_next().await.is_some() {}

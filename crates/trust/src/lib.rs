@@ -5,6 +5,7 @@
 //! All cryptography uses the `ring` provider explicitly; nothing here relies
 //! on a process-wide default rustls `CryptoProvider`.
 
+mod csr;
 mod error;
 mod fsutil;
 mod kubeconfig;
@@ -13,6 +14,9 @@ mod server;
 mod tls;
 mod token;
 
+pub use csr::{
+    CertificateRequest, CsrError, SignError, first_pem_block, is_certificate_der, pem_blocks,
+};
 pub use error::TrustError;
 pub use fsutil::{PUBLIC_MODE, SECRET_MODE, write_file_atomic, write_file_if_changed};
 pub use kubeconfig::{parse_mode, render_kubeconfig, write_kubeconfig};
