@@ -134,7 +134,10 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the kubeconfig exists and `/readyz` answers through it.
+    /// Waits until the kubeconfig exists, `/readyz` answers through it and
+    /// the `default` namespace has its `default` ServiceAccount (which the
+    /// service-account controller creates shortly after start; pods are
+    /// refused until it exists, as upstream's).
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<kube::Client> {
         let start = Instant::now();
         loop {
@@ -150,11 +153,14 @@ impl Server {
                 && let Ok(client) = self.client().await
             {
                 let req = http::Request::get("/readyz").body(Vec::new())?;
+                let sa = http::Request::get("/api/v1/namespaces/default/serviceaccounts/default")
+                    .body(Vec::new())?;
                 if client
                     .request_text(req)
                     .await
                     .map(|t| t == "ok")
                     .unwrap_or(false)
+                    && client.request_text(sa).await.is_ok()
                 {
                     return Ok(client);
                 }
