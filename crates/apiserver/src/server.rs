@@ -280,6 +280,29 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
             Err(e) => e.into_response(),
         };
     }
+    // Non-resource paths (discovery, OpenAPI) are authorized by RBAC as
+    // upstream's: the bootstrap policy's `system:discovery` grants them to
+    // every authenticated user; a path that is a resource is authorized
+    // below, with its verb.
+    let resource_path = matches!(request::parse_path(&path), Ok(Route::Resource(_)));
+    if !resource_path && path != SELF_SUBJECT_REVIEW {
+        let verb = parts.method.as_str().to_ascii_lowercase();
+        let req = crate::rbac::Request {
+            verb: if verb == "head" { "get" } else { &verb },
+            target: crate::rbac::Target::NonResource { path: &path },
+        };
+        if !crate::rbac::can(&state, &identity, &req).await {
+            return ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "forbidden: User \"{}\" cannot {} path \"{path}\"",
+                    identity.user, req.verb
+                ),
+            )
+            .into_response();
+        }
+    }
     let route = match path.as_str() {
         SELF_SUBJECT_REVIEW if parts.method == http::Method::POST => {
             return json(StatusCode::CREATED, &self_subject_review(&identity));

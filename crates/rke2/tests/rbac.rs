@@ -258,10 +258,25 @@ async fn service_accounts_get_what_rbac_grants() {
         );
     }
 
+    // Non-resource paths go through RBAC too: discovery is granted to every
+    // authenticated user by the bootstrap policy, other paths are not.
+    let k = kubectls().unwrap().pop().unwrap().1;
+    for path in ["/api", "/apis", "/apis/apps/v1", "/openapi/v2"] {
+        let o = kubectl(&k, &reader, &["get", "--raw", path]);
+        assert!(o.status.success(), "{path}: {}", text(&o));
+    }
+    let o = kubectl(&k, &reader, &["get", "--raw", "/metrics"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "forbidden: User \"{user}\" cannot get path \"/metrics\""
+        )),
+        "{}",
+        text(&o)
+    );
+
     // Escalation prevention, as the manager: a Role within its own rules
     // is fine, one beyond them is upstream's Forbidden; so is a binding to
     // a role it does not hold, until it may `bind` that role.
-    let k = kubectls().unwrap().pop().unwrap().1;
     let apply = |kc: &Path, doc: Value| {
         let file = server.dir.path().join("doc.json");
         std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
