@@ -888,6 +888,32 @@ fn seeds() -> Vec<(&'static str, Value, Decode)> {
                 "signerName": "example.com/prop", "usages": ["client auth"]}}),
             dec::<api::certificates::v1::CertificateSigningRequest>,
         ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "prop-role"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}),
+            dec::<api::rbac::v1::Role>,
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "prop-clusterrole"},
+                "rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]}),
+            dec::<api::rbac::v1::ClusterRole>,
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "prop-rb"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "prop-role"},
+                "subjects": [{"kind": "User", "name": "prop"}]}),
+            dec::<api::rbac::v1::RoleBinding>,
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "prop-crb"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "prop-clusterrole"},
+                "subjects": [{"kind": "Group", "name": "props"}]}),
+            dec::<api::rbac::v1::ClusterRoleBinding>,
+        ),
     ]
 }
 
