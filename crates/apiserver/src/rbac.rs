@@ -94,42 +94,57 @@ fn has(list: &[String], want: &str) -> bool {
     list.iter().any(|x| x == "*" || x == want)
 }
 
+/// Whether a JSON list holds `want` or `*`.
+fn value_has(list: &Value, want: &str) -> bool {
+    list.as_array()
+        .is_some_and(|l| l.iter().any(|x| x == "*" || x == want))
+}
+
+/// Whether a rule (a `PolicyRule` as stored) allows `req` (upstream's
+/// `RuleAllows`). Reads the stored JSON in place: no allocation, no
+/// decoding per request.
+pub fn rule_allows(rule: &Value, req: &Request) -> bool {
+    if !value_has(&rule["verbs"], req.verb) {
+        return false;
+    }
+    let strings = |k: &str| {
+        rule[k]
+            .as_array()
+            .map(|l| l.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Value::as_str)
+    };
+    match req.target {
+        Target::Resource {
+            group,
+            resource,
+            subresource,
+            name,
+            ..
+        } => {
+            value_has(&rule["apiGroups"], group)
+                && strings("resources").any(|r| {
+                    r == "*"
+                        || (subresource.is_empty() && r == resource)
+                        || (!subresource.is_empty()
+                            && (r.strip_prefix("*/") == Some(subresource)
+                                || r.split_once('/') == Some((resource, subresource))))
+                })
+                && rule["resourceNames"]
+                    .as_array()
+                    .is_none_or(|names| names.is_empty() || names.iter().any(|n| n == name))
+        }
+        Target::NonResource { path } => strings("nonResourceURLs").any(|u| {
+            u == "*" || u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
+        }),
+    }
+}
+
 impl Rule {
-    /// Whether this rule allows `req` (upstream's `RuleAllows`).
+    /// Whether this rule allows `req` (see [`rule_allows`]).
     pub fn allows(&self, req: &Request) -> bool {
-        if !has(&self.verbs, req.verb) {
-            return false;
-        }
-        match req.target {
-            Target::Resource {
-                group,
-                resource,
-                subresource,
-                name,
-                ..
-            } => {
-                let combined = if subresource.is_empty() {
-                    resource.to_string()
-                } else {
-                    format!("{resource}/{subresource}")
-                };
-                has(&self.api_groups, group)
-                    && self.resources.iter().any(|r| {
-                        r == "*"
-                            || *r == combined
-                            || (!subresource.is_empty()
-                                && r.strip_prefix("*/") == Some(subresource))
-                    })
-                    && (self.resource_names.is_empty()
-                        || self.resource_names.iter().any(|n| n == name))
-            }
-            Target::NonResource { path } => self.non_resource_urls.iter().any(|u| {
-                u == "*"
-                    || u == path
-                    || u.strip_suffix('*')
-                        .is_some_and(|prefix| path.starts_with(prefix))
-            }),
-        }
+        serde_json::to_value(self).is_ok_and(|v| rule_allows(&v, req))
     }
 }
 
@@ -242,15 +257,58 @@ pub fn rules_of(role: &Value) -> Vec<Rule> {
         .collect()
 }
 
-/// Whether RBAC allows `req` for `id`. Errors (a cache that is not
-/// ready) count as a refusal: authorization fails closed.
+/// Whether RBAC allows `req` for `id`: the bindings of the user and its
+/// groups (cluster-wide, then in the request's namespace) through the
+/// subject index, each role's stored rules read in place. Errors (a
+/// cache that is not ready) count as a refusal: authorization fails
+/// closed.
 pub async fn allows(state: &ApiState, id: &Identity, req: &Request<'_>) -> bool {
-    let Ok(bindings) = bindings_of(state, id, req.namespace()).await else {
+    let ns = req.namespace();
+    let cache = |plural| state.caches.ready(rbac_type(plural));
+    let (Some(crbs), Some(clusterroles)) = (
+        cache("clusterrolebindings").await,
+        cache("clusterroles").await,
+    ) else {
         return false;
     };
-    for b in bindings {
-        if let Ok(rules) = role_rules(state, &b).await
-            && rules.iter().any(|r| r.allows(req))
+    let namespaced = match ns {
+        Some(_) => match (cache("rolebindings").await, cache("roles").await) {
+            (Some(rbs), Some(roles)) => Some((rbs, roles)),
+            _ => return false,
+        },
+        None => None,
+    };
+    let role_allows = |binding: &Value| {
+        let name = binding["roleRef"]["name"].as_str().unwrap_or("");
+        let role = match binding["roleRef"]["kind"].as_str() {
+            Some("ClusterRole") => clusterroles.get(&rbac_type("clusterroles").key(None, name)),
+            Some("Role") => namespaced.as_ref().and_then(|(_, roles)| {
+                roles.get(&rbac_type("roles").key(binding["metadata"]["namespace"].as_str(), name))
+            }),
+            _ => None,
+        };
+        role.is_some_and(|(role, _)| {
+            role["rules"]
+                .as_array()
+                .is_some_and(|rules| rules.iter().any(|r| rule_allows(r, req)))
+        })
+    };
+    for key in user_keys(id) {
+        if crbs
+            .indexed(&key)
+            .unwrap_or_default()
+            .iter()
+            .any(|b| role_allows(b))
+        {
+            return true;
+        }
+        if let Some((rbs, _)) = &namespaced
+            && rbs
+                .indexed(&key)
+                .unwrap_or_default()
+                .iter()
+                .filter(|b| b["metadata"]["namespace"].as_str() == ns)
+                .any(|b| role_allows(b))
         {
             return true;
         }

@@ -96,6 +96,22 @@ impl Bench {
                 Err(e) => bail!("the bench user cannot GET after 30 s: {e}"),
             }
         }
+        // Warm both clients' connection pools, so neither side's first
+        // measured requests pay TLS handshakes the other's did not.
+        for client in [&self.kube, &user] {
+            let gets = (0..self.args.concurrency * 20).map(|i| {
+                let req = cm_path(&ns).get(&name(i % n), &GetParams::default());
+                let client = client.clone();
+                async move { client.request_text(req?).await.map_err(anyhow::Error::from) }
+            });
+            let results: Vec<Result<String>> = futures::stream::iter(gets)
+                .buffer_unordered(self.args.concurrency)
+                .collect()
+                .await;
+            for r in results {
+                r?;
+            }
+        }
         let mut have = 1usize;
         for &target in &self.args.rbac_bindings {
             eprintln!("[bench-api] rbac: {target} RoleBindings in {ns}");
