@@ -483,13 +483,32 @@ async fn run_with_etcd(
     .with_context(|| format!("writing the kubeconfig {}", cfg.write_kubeconfig.display()))?;
     info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
 
+    // The node role acts as this node (`system:node:<name>`), as an
+    // agent's does, so the node authorizer and NodeRestriction bound it;
+    // the role labels, which a node may not set on itself, are the
+    // supervisor's to add (as RKE2's supervisor does).
+    let node_client = {
+        let (cert, key) = trust
+            .client_ca
+            .issue(&rke2_trust::LeafSpec::client(
+                &format!("system:node:{}", cfg.node_name),
+                &["system:nodes"],
+            ))
+            .context("issuing this server's kubelet client certificate")?;
+        kube_client(
+            &local_url,
+            trust.server_ca.cert_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+        .await?
+    };
+    tokio::spawn(label_server_node(
+        client.clone(),
+        cfg.node_name.clone(),
+        stop.clone(),
+    ));
     let mut labels = BTreeMap::new();
-    for role in ["control-plane", "etcd", "master"] {
-        labels.insert(
-            format!("node-role.kubernetes.io/{role}"),
-            "true".to_string(),
-        );
-    }
     labels.extend(cfg.node_labels.iter().cloned());
     // Bundled addons go into the auto-deploy directory unless disabled.
     let manifests_dir = cfg.data_dir.join("server/manifests");
@@ -502,7 +521,7 @@ async fn run_with_etcd(
             )
         })?;
     let workloads = rke2_node::workloads::Workloads::start(
-        client.clone(),
+        node_client.clone(),
         workload_config(cfg, node_ip),
         stop.clone(),
     )
@@ -526,7 +545,7 @@ async fn run_with_etcd(
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
     };
-    let node = tokio::spawn(rke2_node::run(client.clone(), node_cfg, stop.clone()));
+    let node = tokio::spawn(rke2_node::run(node_client, node_cfg, stop.clone()));
     // The node API: this server is a node too.
     let mut node_sans = vec![cfg.node_name.clone(), "localhost".to_string()];
     node_sans.extend(ips.iter().map(|i| i.to_string()));
@@ -886,6 +905,66 @@ pub fn spawn_node_api(
         rke2_node::api::serve(listener, tls, app, async move { stop.cancelled().await }).await;
     });
     Ok(())
+}
+
+/// The labels that say a Node is a server (RKE2's: control plane, etcd
+/// and the legacy master role).
+pub const SERVER_ROLE_LABELS: [&str; 3] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/etcd",
+    "node-role.kubernetes.io/master",
+];
+
+/// Adds the server role labels to this server's Node once the node role
+/// registered it (NodeRestriction keeps a node from labelling itself so),
+/// and again whenever they are found missing, until `stop`.
+async fn label_server_node(client: kube::Client, node: String, stop: CancellationToken) {
+    use kube::api::{Patch, PatchParams};
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let wanted: BTreeMap<String, String> = SERVER_ROLE_LABELS
+        .iter()
+        .map(|l| (l.to_string(), "true".to_string()))
+        .collect();
+    loop {
+        let labelled = match nodes.get_opt(&node).await {
+            Ok(Some(n)) => {
+                let have = n.metadata.labels.unwrap_or_default();
+                if wanted.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                    true
+                } else {
+                    let patch = serde_json::json!({"metadata": {"labels": wanted}});
+                    match nodes
+                        .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => {
+                            info!(node = %node, "server role labels set");
+                            true
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "labelling this server's Node; retrying");
+                            false
+                        }
+                    }
+                }
+            }
+            Ok(None) => false,
+            Err(e) => {
+                debug!(error = %e, "reading this server's Node; retrying");
+                false
+            }
+        };
+        // Quick until the Node is labelled, then a slow check.
+        let every = if labelled {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Records this server's node password (`<node>.node-password.rke2`),
