@@ -630,9 +630,9 @@ use rke2_apiserver::bootstrap_policy::CONTROLLER_ACCOUNTS;
 /// `system:kube-scheduler`, leader election of the controllers as
 /// `system:kube-controller-manager`, each controller as its service
 /// account (`system:serviceaccount:kube-system:<name>` in the account's
-/// groups, plus the group that grants the reads upstream's shared
-/// informers make as kube-controller-manager), so RBAC's bootstrap policy
-/// is what lets them work.
+/// groups) for what it writes and gets, and as kube-controller-manager for
+/// its lists and watches (`informer_reads`, as upstream's shared
+/// informers), so RBAC's bootstrap policy is what lets them work.
 struct ControlPlaneIdentities {
     scheduler: (String, String),
     controller_manager: (String, String),
@@ -682,14 +682,18 @@ impl ControlPlaneClients {
             let (cert, key) = pair.clone();
             async move { kube_client(&cp.url, ca, cert.as_bytes(), key.as_bytes()).await }
         };
+        let controller_manager = client(&cp.identities.controller_manager).await?;
         let mut controllers = std::collections::HashMap::new();
         for (name, pair) in &cp.identities.controllers {
-            controllers.insert(*name, client(pair).await?);
+            controllers.insert(
+                *name,
+                crate::informer_reads::reads_as(controller_manager.clone(), client(pair).await?),
+            );
         }
         Ok(Self {
             supervisor: client(&(cp.cert_pem.clone(), cp.key_pem.clone())).await?,
             scheduler: client(&cp.identities.scheduler).await?,
-            controller_manager: client(&cp.identities.controller_manager).await?,
+            controller_manager,
             controllers,
         })
     }
