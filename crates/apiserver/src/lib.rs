@@ -18,6 +18,7 @@
 
 pub mod access_review;
 pub mod allocator;
+pub mod audit;
 pub mod authz;
 pub mod bootstrap;
 pub mod bootstrap_policy;
@@ -64,6 +65,8 @@ pub struct ApiConfig {
     pub tokens: Arc<tokens::TokenIssuer>,
     /// PodSecurity admission's cluster defaults and exemptions.
     pub pod_security: pod_security::PodSecurityConfig,
+    /// The audit log, when a policy records anything.
+    pub audit: Option<Arc<audit::AuditLog>>,
 }
 
 /// State shared by every request; cheap to clone.

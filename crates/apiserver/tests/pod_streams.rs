@@ -168,6 +168,7 @@ impl Bed {
                         .expect("the trust's service.key"),
                 ),
                 pod_security: Default::default(),
+                audit: None,
             },
             store,
         );

@@ -318,6 +318,14 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "(security) Validate system configuration against the selected benchmark (valid items: cis, etcd); cis makes PodSecurity enforce restricted by default",
     ),
     flag(
+        "audit-policy-file",
+        Str,
+        None,
+        "RKE2_AUDIT_POLICY_FILE",
+        true,
+        "(security) Path to the file that defines the audit policy configuration (default: /etc/rancher/rke2/audit-policy.yaml when it exists)",
+    ),
+    flag(
         "pod-security-admission-config-file",
         Str,
         None,

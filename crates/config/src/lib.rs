@@ -150,6 +150,10 @@ impl fmt::Display for Taint {
     }
 }
 
+/// Where RKE2 looks for the audit policy when `audit-policy-file` is not
+/// given.
+pub const DEFAULT_AUDIT_POLICY_FILE: &str = "/etc/rancher/rke2/audit-policy.yaml";
+
 /// The merged, validated configuration of one `rke2 server|agent` run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -213,6 +217,10 @@ pub struct Config {
     /// (`pod-security-admission-config-file`); without it the server uses
     /// RKE2's default for the profile. Read and checked by the server.
     pub pod_security_admission_config_file: Option<PathBuf>,
+    /// The audit policy (`audit-policy-file`); unset, the server reads
+    /// [`DEFAULT_AUDIT_POLICY_FILE`] when it exists and audits nothing
+    /// otherwise.
+    pub audit_policy_file: Option<PathBuf>,
     /// Debug logging.
     pub debug: bool,
 }
@@ -1016,6 +1024,7 @@ fn build(
         pod_security_admission_config_file: r
             .str("pod-security-admission-config-file")
             .map(|(p, _)| PathBuf::from(p)),
+        audit_policy_file: r.str("audit-policy-file").map(|(p, _)| PathBuf::from(p)),
         debug: r.bool("debug"),
     })
 }

@@ -176,6 +176,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
     crate::preflight::profile(&cfg)?;
     let pod_security = crate::preflight::pod_security(&cfg)?;
+    let audit = crate::preflight::audit(&cfg)?.map(std::sync::Arc::new);
     crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -306,6 +307,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         token,
         passwd,
         pod_security,
+        audit,
     };
     let result = run_with_etcd(ctx, &mut sigterm, &mut sigint).await;
     info!("stopping etcd");
@@ -326,6 +328,7 @@ struct Running<'a> {
     token: Token,
     passwd: rke2_supervisor::bootstrap::Passwd,
     pod_security: rke2_apiserver::pod_security::PodSecurityConfig,
+    audit: Option<std::sync::Arc<rke2_apiserver::audit::AuditLog>>,
 }
 
 async fn run_with_etcd(
@@ -345,6 +348,7 @@ async fn run_with_etcd(
         token,
         passwd,
         pod_security,
+        audit,
     } = ctx;
     let own_client_url = format!("https://{}:2379", url_host(&node_ip));
     let store = Store::connect(&endpoints, Some(&store_tls))
@@ -386,6 +390,7 @@ async fn run_with_etcd(
                     })?,
             ),
             pod_security,
+            audit,
         },
         store,
     );
