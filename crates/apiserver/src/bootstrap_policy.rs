@@ -1520,6 +1520,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "root-ca-cert-publisher",
     "clusterrole-aggregation-controller",
     "certificate-controller",
+    "service-controller",
 ];
 
 /// RKE2's additions to upstream's policy. Upstream's kube-controller-manager
