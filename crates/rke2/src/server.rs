@@ -528,7 +528,7 @@ async fn run_with_etcd(
         runtime: Some(workloads.cri.clone()),
     };
     let node = tokio::spawn(rke2_node::run(client.clone(), node_cfg, stop.clone()));
-    if let Some(facts) = service_proxy_facts(cfg, &cfg.node_name, &ips) {
+    if let Some(facts) = service_proxy_facts(cfg, &cfg.node_name, ips) {
         let (cert, key) = trust
             .client_ca
             .issue(&rke2_trust::LeafSpec::client(SERVICE_PROXY_USER, &[]))
