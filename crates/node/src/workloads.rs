@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rke2_runtime::RuntimeError;
+use rke2_runtime::addon_image::AddonImage;
 use rke2_runtime::containerd::{Containerd, ContainerdConfig};
 use rke2_runtime::cri::Cri;
 use rke2_runtime::images::ImageImporter;
@@ -128,6 +129,10 @@ impl Workloads {
             cluster_dns: cfg.cluster_dns.to_string(),
             cluster_domain: cfg.cluster_domain.clone(),
             kubernetes_service: cfg.kubernetes_service.clone(),
+            addon_image: Arc::new(AddonImage::new(
+                &ccfg.socket(),
+                &cfg.agent_dir.join("addon-image"),
+            )),
         });
         tokio::spawn(crate::pods::run(ctx, stop));
         Ok(Workloads { containerd, cri })

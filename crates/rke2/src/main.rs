@@ -2,6 +2,7 @@
 
 mod agent;
 mod cluster;
+mod informer_reads;
 mod preflight;
 mod server;
 

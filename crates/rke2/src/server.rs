@@ -484,13 +484,32 @@ async fn run_with_etcd(
     .with_context(|| format!("writing the kubeconfig {}", cfg.write_kubeconfig.display()))?;
     info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
 
+    // The node role acts as this node (`system:node:<name>`), as an
+    // agent's does, so the node authorizer and NodeRestriction bound it;
+    // the role labels, which a node may not set on itself, are the
+    // supervisor's to add (as RKE2's supervisor does).
+    let node_client = {
+        let (cert, key) = trust
+            .client_ca
+            .issue(&rke2_trust::LeafSpec::client(
+                &format!("system:node:{}", cfg.node_name),
+                &["system:nodes"],
+            ))
+            .context("issuing this server's kubelet client certificate")?;
+        kube_client(
+            &local_url,
+            trust.server_ca.cert_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+        .await?
+    };
+    tokio::spawn(label_server_node(
+        client.clone(),
+        cfg.node_name.clone(),
+        stop.clone(),
+    ));
     let mut labels = BTreeMap::new();
-    for role in ["control-plane", "etcd", "master"] {
-        labels.insert(
-            format!("node-role.kubernetes.io/{role}"),
-            "true".to_string(),
-        );
-    }
     labels.extend(cfg.node_labels.iter().cloned());
     // Bundled addons go into the auto-deploy directory unless disabled.
     let manifests_dir = cfg.data_dir.join("server/manifests");
@@ -503,7 +522,7 @@ async fn run_with_etcd(
             )
         })?;
     let workloads = rke2_node::workloads::Workloads::start(
-        client.clone(),
+        node_client.clone(),
         workload_config(cfg, node_ip),
         stop.clone(),
     )
@@ -527,7 +546,7 @@ async fn run_with_etcd(
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
     };
-    let node = tokio::spawn(rke2_node::run(client.clone(), node_cfg, stop.clone()));
+    let node = tokio::spawn(rke2_node::run(node_client, node_cfg, stop.clone()));
     if let Some(facts) = service_proxy_facts(cfg, &cfg.node_name, ips) {
         let (cert, key) = trust
             .client_ca
@@ -633,9 +652,9 @@ use rke2_apiserver::bootstrap_policy::CONTROLLER_ACCOUNTS;
 /// `system:kube-scheduler`, leader election of the controllers as
 /// `system:kube-controller-manager`, each controller as its service
 /// account (`system:serviceaccount:kube-system:<name>` in the account's
-/// groups, plus the group that grants the reads upstream's shared
-/// informers make as kube-controller-manager), so RBAC's bootstrap policy
-/// is what lets them work.
+/// groups) for what it writes and gets, and as kube-controller-manager for
+/// its lists and watches (`informer_reads`, as upstream's shared
+/// informers), so RBAC's bootstrap policy is what lets them work.
 struct ControlPlaneIdentities {
     scheduler: (String, String),
     controller_manager: (String, String),
@@ -685,14 +704,18 @@ impl ControlPlaneClients {
             let (cert, key) = pair.clone();
             async move { kube_client(&cp.url, ca, cert.as_bytes(), key.as_bytes()).await }
         };
+        let controller_manager = client(&cp.identities.controller_manager).await?;
         let mut controllers = std::collections::HashMap::new();
         for (name, pair) in &cp.identities.controllers {
-            controllers.insert(*name, client(pair).await?);
+            controllers.insert(
+                *name,
+                crate::informer_reads::reads_as(controller_manager.clone(), client(pair).await?),
+            );
         }
         Ok(Self {
             supervisor: client(&(cp.cert_pem.clone(), cp.key_pem.clone())).await?,
             scheduler: client(&cp.identities.scheduler).await?,
-            controller_manager: client(&cp.identities.controller_manager).await?,
+            controller_manager,
             controllers,
         })
     }
@@ -954,6 +977,66 @@ pub fn spawn_node_api(
         rke2_node::api::serve(listener, tls, app, async move { stop.cancelled().await }).await;
     });
     Ok(())
+}
+
+/// The labels that say a Node is a server (RKE2's: control plane, etcd
+/// and the legacy master role).
+pub const SERVER_ROLE_LABELS: [&str; 3] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/etcd",
+    "node-role.kubernetes.io/master",
+];
+
+/// Adds the server role labels to this server's Node once the node role
+/// registered it (NodeRestriction keeps a node from labelling itself so),
+/// and again whenever they are found missing, until `stop`.
+async fn label_server_node(client: kube::Client, node: String, stop: CancellationToken) {
+    use kube::api::{Patch, PatchParams};
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let wanted: BTreeMap<String, String> = SERVER_ROLE_LABELS
+        .iter()
+        .map(|l| (l.to_string(), "true".to_string()))
+        .collect();
+    loop {
+        let labelled = match nodes.get_opt(&node).await {
+            Ok(Some(n)) => {
+                let have = n.metadata.labels.unwrap_or_default();
+                if wanted.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                    true
+                } else {
+                    let patch = serde_json::json!({"metadata": {"labels": wanted}});
+                    match nodes
+                        .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => {
+                            info!(node = %node, "server role labels set");
+                            true
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "labelling this server's Node; retrying");
+                            false
+                        }
+                    }
+                }
+            }
+            Ok(None) => false,
+            Err(e) => {
+                debug!(error = %e, "reading this server's Node; retrying");
+                false
+            }
+        };
+        // Quick until the Node is labelled, then a slow check.
+        let every = if labelled {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Records this server's node password (`<node>.node-password.rke2`),
