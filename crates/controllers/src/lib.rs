@@ -22,6 +22,7 @@ pub mod replicaset;
 pub mod root_ca;
 pub mod server_removal;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod taint_eviction;
 pub mod update;
 

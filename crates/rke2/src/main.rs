@@ -157,12 +157,21 @@ fn killall(args: &[OsString]) -> i32 {
         eprintln!("rke2 killall: removing the pod egress rule: {e}");
         0
     });
+    // The service proxy's rules, all in one table.
+    let proxy_tables = match rke2_service_proxy::remove_table() {
+        Ok(existed) => usize::from(existed),
+        Err(e) => {
+            eprintln!("rke2 killall: removing the service proxy's nftables table: {e}");
+            0
+        }
+    };
     println!(
-        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed",
+        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed, {} service proxy tables removed",
         done.killed.len(),
         done.unmounted.len(),
         agent.display(),
-        rules
+        rules,
+        proxy_tables
     );
     0
 }

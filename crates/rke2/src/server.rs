@@ -375,6 +375,7 @@ async fn run_with_etcd(
             service_cidr: cfg.service_cidr,
             advertise_address: advertise,
             port: cfg.https_listen_port,
+            node_port_range: cfg.service_node_port_range,
             // pods/log, exec, attach: verify nodes against the server CA,
             // authenticate as system:apiserver (system:masters).
             node_client: rke2_apiserver::proxy::NodeClientTls::from_pem(
@@ -551,6 +552,24 @@ async fn run_with_etcd(
         runtime: Some(workloads.cri.clone()),
     };
     let node = tokio::spawn(rke2_node::run(node_client, node_cfg, stop.clone()));
+    if let Some(facts) = service_proxy_facts(cfg, &cfg.node_name, ips) {
+        let (cert, key) = trust
+            .client_ca
+            .issue(&rke2_trust::LeafSpec::client(SERVICE_PROXY_USER, &[]))
+            .context("issuing the service proxy's client certificate")?;
+        let proxy_client = kube_client(
+            &local_url,
+            trust.server_ca.cert_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+        .await?;
+        tokio::spawn(rke2_service_proxy::runner::run(
+            proxy_client,
+            rke2_service_proxy::runner::ProxyConfig::new(facts),
+            stop.clone(),
+        ));
+    }
     // The node API: this server is a node too.
     let mut node_sans = vec![cfg.node_name.clone(), "localhost".to_string()];
     node_sans.extend(ips.iter().map(|i| i.to_string()));
@@ -585,6 +604,7 @@ async fn run_with_etcd(
                 server_ca: trust.server_ca.clone(),
                 duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
             },
+            enable_servicelb: cfg.enable_servicelb,
         },
         control_plane_stop.clone(),
     )?;
@@ -619,6 +639,8 @@ struct ControlPlane {
     cluster_cidr: ipnet::IpNet,
     /// The CAs that sign approved CertificateSigningRequests.
     signers: rke2_controllers::csr_signing::Signers,
+    /// `enable-servicelb`: run ServiceLB.
+    enable_servicelb: bool,
 }
 
 /// Worker threads of the control-plane runtime.
@@ -766,6 +788,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
         manifests,
         cluster_cidr,
         signers,
+        enable_servicelb,
         ..
     } = cp;
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
@@ -821,6 +844,12 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     lead.clone(),
                 ));
                 loops.spawn(c::job::run(clients.of("job-controller"), lead.clone()));
+                if enable_servicelb {
+                    loops.spawn(c::servicelb::run(
+                        clients.of("service-controller"),
+                        lead.clone(),
+                    ));
+                }
                 loops.spawn(c::garbage_collector::run(
                     clients.of("generic-garbage-collector"),
                     lead.clone(),
@@ -867,6 +896,45 @@ async fn run_scheduler(client: kube::Client, node_name: String, stop: Cancellati
         move |lead: CancellationToken| rke2_scheduler::run(client.clone(), lead),
     )
     .await;
+}
+
+/// The service proxy's user (kube-proxy's, which the bootstrap policy
+/// binds to `system:node-proxier`).
+pub const SERVICE_PROXY_USER: &str = "system:kube-proxy";
+
+/// What the service proxy needs to know about this node, or `None` when
+/// it does not run here: `disable-kube-proxy` is set, or the node is on a
+/// loopback address (a single-machine test set-up whose nodes share the
+/// machine's network namespace and so cannot each own its tables).
+pub fn service_proxy_facts(
+    cfg: &Config,
+    node_name: &str,
+    ips: &[IpAddr],
+) -> Option<rke2_service_proxy::model::NodeFacts> {
+    if cfg.disable_kube_proxy {
+        info!("disable-kube-proxy is set: no service proxy on this node");
+        return None;
+    }
+    if ips.iter().all(|ip| ip.is_loopback()) {
+        info!("node on a loopback address: no service proxy (it would share the machine's tables)");
+        return None;
+    }
+    let v4 = |n: &ipnet::IpNet| match n {
+        ipnet::IpNet::V4(n) => Some(*n),
+        ipnet::IpNet::V6(_) => None,
+    };
+    Some(rke2_service_proxy::model::NodeFacts {
+        name: node_name.to_string(),
+        addresses: ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(a) if !a.is_loopback() => Some(*a),
+                _ => None,
+            })
+            .collect(),
+        cluster_cidr: v4(&cfg.cluster_cidr),
+        service_cidr: v4(&cfg.service_cidr),
+    })
 }
 
 /// What the node's workload side (runtime, pod network, pods) needs from
