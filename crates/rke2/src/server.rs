@@ -518,8 +518,12 @@ async fn run_with_etcd(
     labels.extend(cfg.node_labels.iter().cloned());
     // Bundled addons go into the auto-deploy directory unless disabled.
     let manifests_dir = cfg.data_dir.join("server/manifests");
-    let cluster_dns = cfg.cluster_dns.to_string();
-    rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &cluster_dns)
+    let addon_values = rke2_controllers::addons::AddonValues {
+        cluster_dns: cfg.cluster_dns.to_string(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        addon_image: rke2_runtime::addon_image::reference(),
+    };
+    rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &addon_values)
         .with_context(|| {
             format!(
                 "writing bundled addon manifests to {}",
@@ -598,6 +602,7 @@ async fn run_with_etcd(
             node_name: cfg.node_name.clone(),
             store: state.store.clone(),
             manifests: manifests_dir,
+            disabled_addons: (cfg.disable.clone(), addon_values),
             cluster_cidr: cfg.cluster_cidr,
             signers: rke2_controllers::csr_signing::Signers {
                 client_ca: trust.client_ca.clone(),
@@ -636,6 +641,9 @@ struct ControlPlane {
     node_name: String,
     store: Store,
     manifests: std::path::PathBuf,
+    /// `disable`d addons and what their manifests are filled with: their
+    /// objects are deleted.
+    disabled_addons: (Vec<String>, rke2_controllers::addons::AddonValues),
     cluster_cidr: ipnet::IpNet,
     /// The CAs that sign approved CertificateSigningRequests.
     signers: rke2_controllers::csr_signing::Signers,
@@ -786,6 +794,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
         node_name,
         store,
         manifests,
+        disabled_addons,
         cluster_cidr,
         signers,
         enable_servicelb,
@@ -803,6 +812,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
             let client = clients.supervisor.clone();
             let store = store.clone();
             let manifests = manifests.clone();
+            let disabled_addons = disabled_addons.clone();
             let node_name = node_name.clone();
             let root_ca_pem = root_ca_pem.clone();
             let signers = signers.clone();
@@ -828,6 +838,12 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                 loops.spawn(rke2_controllers::addons::run(
                     client.clone(),
                     manifests,
+                    lead.clone(),
+                ));
+                loops.spawn(rke2_controllers::addons::remove_disabled(
+                    client.clone(),
+                    disabled_addons.0,
+                    disabled_addons.1,
                     lead.clone(),
                 ));
                 use rke2_controllers as c;
