@@ -1520,6 +1520,8 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "root-ca-cert-publisher",
     "clusterrole-aggregation-controller",
     "certificate-controller",
+    "endpoint-controller",
+    "endpointslice-controller",
 ];
 
 /// RKE2's additions to upstream's policy. Upstream's kube-controller-manager
