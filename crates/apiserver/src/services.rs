@@ -272,7 +272,11 @@ pub fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
 pub fn validate_service_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
     let ip = |o: &Value| o["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
     let ty = |o: &Value| o["spec"]["type"].as_str().unwrap_or("").to_string();
-    if ty(new) != "ExternalName" && ty(old) != "ExternalName" && !ip(old).is_empty() && ip(old) != ip(new) {
+    if ty(new) != "ExternalName"
+        && ty(old) != "ExternalName"
+        && !ip(old).is_empty()
+        && ip(old) != ip(new)
+    {
         causes.push(cause(
             "spec.clusterIPs[0]",
             "Invalid value",
@@ -326,9 +330,7 @@ fn endpoint_ip_problems(s: &str) -> Vec<String> {
         IpAddr::V6(a) => (a.segments()[0] & 0xff0f) == 0xff02,
     };
     if link_local_multicast {
-        errs.push(
-            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)".into(),
-        );
+        errs.push("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)".into());
     }
     errs
 }
@@ -375,11 +377,18 @@ pub fn validate_endpoint_slice(obj: &Value, update: bool, causes: &mut Vec<Cause
             format!(
                 "{}: supported values: {}",
                 q(address_type),
-                supported.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+                supported
+                    .iter()
+                    .map(|s| q(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
-    let endpoints: &[Value] = obj["endpoints"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let endpoints: &[Value] = obj["endpoints"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if endpoints.len() > MAX_SLICE_ENDPOINTS {
         causes.push(cause(
             "endpoints",
@@ -441,7 +450,11 @@ pub fn validate_endpoint_slice(obj: &Value, update: bool, causes: &mut Vec<Cause
                         if a.is_empty() {
                             causes.push(cause(&field, "Required value", ""));
                         } else if let Some((shown, msg)) = fqdn_problem(a) {
-                            causes.push(cause(&field, "Invalid value", format!("{}: {msg}", q(&shown))));
+                            causes.push(cause(
+                                &field,
+                                "Invalid value",
+                                format!("{}: {msg}", q(&shown)),
+                            ));
                         }
                     }
                     _ => {}
@@ -563,14 +576,19 @@ mod tests {
 
     #[test]
     fn service_ports_need_unique_dns_label_names() {
-        let s = svc(json!({"type": "ClusterIP", "sessionAffinity": "None", "ports": [
-            {"name": "Web_1", "port": 80, "protocol": "TCP", "targetPort": 80},
-            {"name": "dup", "port": 81, "protocol": "TCP", "targetPort": "http"},
-            {"name": "dup", "port": 82, "protocol": "TCP", "targetPort": 82},
-            {"port": 80, "protocol": "TCP", "targetPort": "-bad--"},
-        ]}));
+        let s = svc(
+            json!({"type": "ClusterIP", "sessionAffinity": "None", "ports": [
+                {"name": "Web_1", "port": 80, "protocol": "TCP", "targetPort": 80},
+                {"name": "dup", "port": 81, "protocol": "TCP", "targetPort": "http"},
+                {"name": "dup", "port": 82, "protocol": "TCP", "targetPort": 82},
+                {"port": 80, "protocol": "TCP", "targetPort": "-bad--"},
+            ]}),
+        );
         let e = errors(|c| validate_service(&s, c));
-        assert_eq!(e[0], "spec.ports[0].name: Invalid value: \"Web_1\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')");
+        assert_eq!(
+            e[0],
+            "spec.ports[0].name: Invalid value: \"Web_1\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+        );
         assert_eq!(e[1], "spec.ports[2].name: Duplicate value: \"dup\"");
         assert_eq!(e[2], "spec.ports[3].name: Required value");
         assert!(e.contains(&"spec.ports[3].targetPort: Invalid value: \"-bad--\": must not contain consecutive hyphens (--)".to_string()), "{e:?}");
@@ -579,10 +597,14 @@ mod tests {
 
     #[test]
     fn external_name_services_may_carry_a_selector_but_need_a_name() {
-        let ok = svc(json!({"type": "ExternalName", "externalName": "db.example.com.",
-                            "sessionAffinity": "None", "selector": {"app": "x"}}));
+        let ok = svc(
+            json!({"type": "ExternalName", "externalName": "db.example.com.",
+                            "sessionAffinity": "None", "selector": {"app": "x"}}),
+        );
         assert!(errors(|c| validate_service(&ok, c)).is_empty());
-        let bad = svc(json!({"type": "ExternalName", "sessionAffinity": "None", "clusterIP": "10.43.0.9"}));
+        let bad = svc(
+            json!({"type": "ExternalName", "sessionAffinity": "None", "clusterIP": "10.43.0.9"}),
+        );
         assert_eq!(
             errors(|c| validate_service(&bad, c)),
             [
@@ -590,9 +612,17 @@ mod tests {
                 "spec.externalName: Required value"
             ]
         );
-        let wrong = svc(json!({"type": "Weird", "sessionAffinity": "Sticky", "ports": [{"port": 0, "protocol": "ICMP", "targetPort": 0}]}));
+        let wrong = svc(
+            json!({"type": "Weird", "sessionAffinity": "Sticky", "ports": [{"port": 0, "protocol": "ICMP", "targetPort": 0}]}),
+        );
         let e = errors(|c| validate_service(&wrong, c));
-        assert!(e.contains(&"spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive".to_string()), "{e:?}");
+        assert!(
+            e.contains(
+                &"spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive"
+                    .to_string()
+            ),
+            "{e:?}"
+        );
         assert!(e.contains(&"spec.ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"".to_string()), "{e:?}");
         assert!(e.contains(&"spec.type: Unsupported value: \"Weird\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"".to_string()), "{e:?}");
         assert!(e.contains(&"spec.sessionAffinity: Unsupported value: \"Sticky\": supported values: \"ClientIP\", \"None\"".to_string()), "{e:?}");
@@ -626,13 +656,19 @@ mod tests {
         let fqdn = json!({"addressType": "FQDN", "endpoints": [{"addresses": ["example.com"]}, {"addresses": ["localhost"]}]});
         assert_eq!(
             errors(|c| validate_endpoint_slice(&fqdn, false, c)),
-            ["endpoints[1].addresses[0]: Invalid value: \"localhost\": should be a domain with at least two segments separated by dots"]
+            [
+                "endpoints[1].addresses[0]: Invalid value: \"localhost\": should be a domain with at least two segments separated by dots"
+            ]
         );
         assert_eq!(
             errors(|c| validate_endpoint_slice(&json!({"addressType": "IP"}), false, c)),
-            ["addressType: Unsupported value: \"IP\": supported values: \"FQDN\", \"IPv4\", \"IPv6\""]
+            [
+                "addressType: Unsupported value: \"IP\": supported values: \"FQDN\", \"IPv4\", \"IPv6\""
+            ]
         );
-        assert!(errors(|c| validate_endpoint_slice(&json!({"addressType": "IP"}), true, c)).is_empty());
+        assert!(
+            errors(|c| validate_endpoint_slice(&json!({"addressType": "IP"}), true, c)).is_empty()
+        );
         assert_eq!(
             errors(|c| validate_endpoint_slice_update(
                 &json!({"addressType": "IPv4"}),

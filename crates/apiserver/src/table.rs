@@ -1049,7 +1049,10 @@ mod tests {
         let empty = json!({"metadata": {"name": "p", "creationTimestamp": "2024-01-01T00:00:00Z"},
                            "addressType": "IPv4", "ports": [], "endpoints": []});
         let c = cells(rt, &empty, now);
-        assert_eq!((c[2].as_str(), c[3].as_str()), (Some("<unset>"), Some("<unset>")));
+        assert_eq!(
+            (c[2].as_str(), c[3].as_str()),
+            (Some("<unset>"), Some("<unset>"))
+        );
         let names: Vec<String> = columns(rt)
             .iter()
             .map(|c| c["name"].as_str().unwrap().to_string())

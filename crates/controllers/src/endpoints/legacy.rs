@@ -130,8 +130,10 @@ pub fn subsets(svc: &Service, selected: &[&Pod]) -> Vec<EndpointSubset> {
     }
     // Group the ports by the exact set of addresses (and readiness) that
     // serve them.
-    let mut groups: BTreeMap<Vec<((String, String), bool)>, (Vec<EndpointPort>, Vec<(EndpointAddress, bool)>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<
+        Vec<((String, String), bool)>,
+        (Vec<EndpointPort>, Vec<(EndpointAddress, bool)>),
+    > = BTreeMap::new();
     for (_, (port, addrs)) in by_port {
         let key: Vec<((String, String), bool)> =
             addrs.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
@@ -229,8 +231,7 @@ pub fn desired(
 ) -> Option<Endpoints> {
     let mut subsets = subsets(svc, selected);
     let truncated = truncate(&mut subsets);
-    let mut labels: BTreeMap<String, String> =
-        svc.metadata.labels.clone().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = svc.metadata.labels.clone().unwrap_or_default();
     if pods::has_cluster_ip(svc) {
         labels.remove(HEADLESS_LABEL);
     } else {
@@ -327,12 +328,17 @@ mod tests {
         assert_eq!(ips(&with_port(8080).addresses), ["10.42.0.1"]);
         assert_eq!(ips(&with_port(8080).not_ready_addresses), ["10.42.0.2"]);
         assert_eq!(ips(&with_port(9090).addresses), ["10.42.0.3"]);
-        let only_http = svc(json!({"ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}));
+        let only_http = svc(
+            json!({"ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}),
+        );
         let s = subsets(&only_http, &[&a, &b]);
         assert_eq!(s.len(), 1);
         let addr = &s[0].addresses.as_ref().unwrap()[0];
         assert_eq!(addr.node_name.as_deref(), Some("n1"));
-        assert_eq!(addr.target_ref.as_ref().unwrap().uid.as_deref(), Some("uid-a"));
+        assert_eq!(
+            addr.target_ref.as_ref().unwrap().uid.as_deref(),
+            Some("uid-a")
+        );
         // Terminating pods leave, unless not-ready addresses are published.
         let mut t = pod("t", "10.42.0.9", true, 8080);
         t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -357,7 +363,14 @@ mod tests {
         assert!(desired(&s, &[&a], Some(&first), None).is_none());
         let emptied = desired(&s, &[], Some(&first), None).unwrap();
         assert!(emptied.subsets.is_none());
-        assert!(!emptied.metadata.annotations.as_ref().unwrap().contains_key(TRIGGER_TIME_ANNOTATION));
+        assert!(
+            !emptied
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(TRIGGER_TIME_ANNOTATION)
+        );
         let headless = svc(json!({"clusterIP": "None"}));
         let h = desired(&headless, &[&a], Some(&first), None).unwrap();
         assert_eq!(h.metadata.labels.as_ref().unwrap()[HEADLESS_LABEL], "");
@@ -366,16 +379,35 @@ mod tests {
     #[test]
     fn over_a_thousand_addresses_are_truncated_and_annotated() {
         let pods: Vec<Pod> = (0..1200)
-            .map(|i| pod(&format!("p{i}"), &format!("10.42.{}.{}", i / 250, i % 250 + 1), i % 4 != 0, 8080))
+            .map(|i| {
+                pod(
+                    &format!("p{i}"),
+                    &format!("10.42.{}.{}", i / 250, i % 250 + 1),
+                    i % 4 != 0,
+                    8080,
+                )
+            })
             .collect();
         let refs: Vec<&Pod> = pods.iter().collect();
         let s = svc(json!({}));
         let ep = desired(&s, &refs, None, None).unwrap();
         let subsets = ep.subsets.as_ref().unwrap();
-        let ready: usize = subsets.iter().map(|s| s.addresses.as_ref().map_or(0, Vec::len)).sum();
-        let not_ready: usize = subsets.iter().map(|s| s.not_ready_addresses.as_ref().map_or(0, Vec::len)).sum();
+        let ready: usize = subsets
+            .iter()
+            .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+            .sum();
+        let not_ready: usize = subsets
+            .iter()
+            .map(|s| s.not_ready_addresses.as_ref().map_or(0, Vec::len))
+            .sum();
         assert_eq!((ready, not_ready), (900, 100));
-        assert_eq!(ep.metadata.annotations.as_ref().unwrap()[OVER_CAPACITY_ANNOTATION], "truncated");
-        assert!(desired(&s, &refs, Some(&ep), None).is_none(), "truncated state is steady");
+        assert_eq!(
+            ep.metadata.annotations.as_ref().unwrap()[OVER_CAPACITY_ANNOTATION],
+            "truncated"
+        );
+        assert!(
+            desired(&s, &refs, Some(&ep), None).is_none(),
+            "truncated state is steady"
+        );
     }
 }

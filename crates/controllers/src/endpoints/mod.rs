@@ -156,7 +156,10 @@ impl Index {
         let key = format!("{ns}/{name}");
         let in_ns = self.pods.entry(ns).or_default();
         let old = in_ns.get(&name).cloned();
-        if old.as_ref().is_some_and(|o| rv(&o.metadata) > rv(&pod.metadata)) {
+        if old
+            .as_ref()
+            .is_some_and(|o| rv(&o.metadata) > rv(&pod.metadata))
+        {
             return;
         }
         let changed = old.as_ref().is_none_or(|o| pod_facts(o) != pod_facts(&pod));
@@ -200,7 +203,10 @@ impl Index {
             let pk = format!("{ns}/{name}");
             let selects = selector.as_ref().is_some_and(|s| pods::selects(s, pod));
             if selects {
-                self.pod_services.entry(pk).or_default().insert(key.to_string());
+                self.pod_services
+                    .entry(pk)
+                    .or_default()
+                    .insert(key.to_string());
             } else if let Some(set) = self.pod_services.get_mut(&pk) {
                 set.remove(key);
                 if set.is_empty() {
@@ -214,11 +220,14 @@ impl Index {
         let key = key_of(&svc.metadata);
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let old = self.services.get(&key).cloned();
-        if old.as_ref().is_some_and(|o| rv(&o.metadata) > rv(&svc.metadata)) {
+        if old
+            .as_ref()
+            .is_some_and(|o| rv(&o.metadata) > rv(&svc.metadata))
+        {
             return;
         }
-        let selector_changed = old.as_ref().map(|o| pods::selector(o).cloned())
-            != Some(pods::selector(&svc).cloned());
+        let selector_changed =
+            old.as_ref().map(|o| pods::selector(o).cloned()) != Some(pods::selector(&svc).cloned());
         self.services_by_ns
             .entry(ns.clone())
             .or_default()
@@ -615,7 +624,12 @@ async fn sync(shared: &Shared, key: &str) -> Result<(), kube::Error> {
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
-            shared.index.lock().expect("index lock").endpoints.remove(key);
+            shared
+                .index
+                .lock()
+                .expect("index lock")
+                .endpoints
+                .remove(key);
         }
         return Ok(());
     };
@@ -656,11 +670,20 @@ async fn sync(shared: &Shared, key: &str) -> Result<(), kube::Error> {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
-        shared.index.lock().expect("index lock").drop_slice(key, gone);
+        shared
+            .index
+            .lock()
+            .expect("index lock")
+            .drop_slice(key, gone);
     }
     if !plan.is_empty() {
-        debug!(service = key, created = plan.create.len(), updated = plan.update.len(),
-               deleted = plan.delete.len(), "endpoint slices written");
+        debug!(
+            service = key,
+            created = plan.create.len(),
+            updated = plan.update.len(),
+            deleted = plan.delete.len(),
+            "endpoint slices written"
+        );
     }
     if let Some(ep) = legacy::desired(&svc, &pods, snap.endpoints.as_deref(), trigger.as_deref()) {
         let api: Api<Endpoints> = Api::namespaced(shared.clients.endpoints.clone(), ns);
@@ -669,7 +692,11 @@ async fn sync(shared: &Shared, key: &str) -> Result<(), kube::Error> {
         } else {
             api.create(&pp, &ep).await?
         };
-        shared.index.lock().expect("index lock").put_endpoints(written);
+        shared
+            .index
+            .lock()
+            .expect("index lock")
+            .put_endpoints(written);
     }
     Ok(())
 }
@@ -825,7 +852,10 @@ mod tests {
         let mut moved = svc("other", json!({"app": "c"}));
         moved.metadata.resource_version = Some("7".into());
         ix.apply_service(moved, &mut q);
-        assert_eq!(ix.pod_services["ns/r"], BTreeSet::from(["ns/other".to_string()]));
+        assert_eq!(
+            ix.pod_services["ns/r"],
+            BTreeSet::from(["ns/other".to_string()])
+        );
     }
 
     #[test]
@@ -833,8 +863,16 @@ mod tests {
         let mut states = HashMap::new();
         let s = svc("a", json!({"app": "a"}));
         let p1 = pod("p1", "a", 1, true, "2024-01-01T00:00:10Z");
-        assert_eq!(trigger_time(&mut states, "ns/a", &s, &[&p1]), None, "first sync");
-        assert_eq!(trigger_time(&mut states, "ns/a", &s, &[&p1]), None, "nothing new");
+        assert_eq!(
+            trigger_time(&mut states, "ns/a", &s, &[&p1]),
+            None,
+            "first sync"
+        );
+        assert_eq!(
+            trigger_time(&mut states, "ns/a", &s, &[&p1]),
+            None,
+            "nothing new"
+        );
         let p1b = pod("p1", "a", 2, false, "2024-01-01T00:00:30Z");
         let p2 = pod("p2", "a", 2, true, "2024-01-01T00:00:20Z");
         assert_eq!(

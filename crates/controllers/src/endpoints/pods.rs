@@ -125,10 +125,7 @@ pub fn selector(svc: &Service) -> Option<&std::collections::BTreeMap<String, Str
 }
 
 /// Whether a selector (all `key=value`) matches a pod's labels.
-pub fn selects(
-    selector: &std::collections::BTreeMap<String, String>,
-    pod: &Pod,
-) -> bool {
+pub fn selects(selector: &std::collections::BTreeMap<String, String>, pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
     selector
         .iter()

@@ -208,7 +208,9 @@ pub fn pod_endpoint(
             uid: pod.metadata.uid.clone(),
             ..Default::default()
         }),
-        node_name: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+        node_name: spec
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty()),
         zone,
         hostname: pods::hostname_for(pod, svc),
         ..Default::default()
@@ -301,8 +303,7 @@ pub fn plan(svc: &Service, existing: &[&EndpointSlice], inputs: &Inputs<'_>) -> 
     // Slices of an address type the Service no longer has go.
     for s in existing {
         if !types.contains(&s.address_type.as_str()) {
-            out.delete
-                .push(s.metadata.name.clone().unwrap_or_default());
+            out.delete.push(s.metadata.name.clone().unwrap_or_default());
         }
     }
     for address_type in types {
@@ -374,13 +375,24 @@ fn plan_address_type(
     let mut update: Vec<EndpointSlice> = Vec::new();
     for (key, group) in desired {
         let slices = by_ports.remove(&key).unwrap_or_default();
-        plan_port_set(svc, address_type, &labels, slices, group, max, &mut create, &mut update, &mut delete);
+        plan_port_set(
+            svc,
+            address_type,
+            &labels,
+            slices,
+            group,
+            max,
+            &mut create,
+            &mut update,
+            &mut delete,
+        );
     }
     // Port sets no longer desired.
     delete.extend(by_ports.into_values().flatten());
     // A Service without endpoints keeps one empty placeholder slice.
     if existing.len() == delete.len() && create.is_empty() {
-        if delete.len() == 1 && is_placeholder(delete[0], address_type) && owned_by(delete[0], svc) {
+        if delete.len() == 1 && is_placeholder(delete[0], address_type) && owned_by(delete[0], svc)
+        {
             let keep = delete.pop().expect("one slice");
             if keep.metadata.labels.as_ref() != Some(&labels) {
                 let mut s = keep.clone();
@@ -413,8 +425,11 @@ fn plan_address_type(
     }
     out.create.extend(create);
     out.update.extend(update);
-    out.delete
-        .extend(delete.iter().map(|s| s.metadata.name.clone().unwrap_or_default()));
+    out.delete.extend(
+        delete
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap_or_default()),
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -515,8 +530,10 @@ mod tests {
     }
 
     fn web() -> Service {
-        svc(json!({"clusterIP": "10.43.0.20", "selector": {"app": "web"},
-                   "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}))
+        svc(
+            json!({"clusterIP": "10.43.0.20", "selector": {"app": "web"},
+                   "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}),
+        )
     }
 
     fn pod(name: &str, ip: &str, ready: bool, container_port: i32) -> Pod {
@@ -555,7 +572,10 @@ mod tests {
         }
         for mut c in plan.create {
             *next += 1;
-            c.metadata.name = Some(format!("{}{next}", c.metadata.generate_name.clone().unwrap()));
+            c.metadata.name = Some(format!(
+                "{}{next}",
+                c.metadata.generate_name.clone().unwrap()
+            ));
             existing.push(c);
         }
     }
@@ -584,7 +604,10 @@ mod tests {
         };
         let s8080 = by_port(8080);
         assert_eq!(s8080.endpoints.len(), 2);
-        assert_eq!(s8080.ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
+        assert_eq!(
+            s8080.ports.as_ref().unwrap()[0].name.as_deref(),
+            Some("http")
+        );
         assert_eq!(by_port(9090).endpoints[0].addresses, ["10.42.0.3"]);
         let meta = &s8080.metadata;
         assert_eq!(meta.generate_name.as_deref(), Some("web-"));
@@ -593,8 +616,14 @@ mod tests {
         assert_eq!(labels[MANAGED_BY_LABEL], CONTROLLER_NAME);
         assert_eq!(labels["app"], "web");
         let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Service", "svc-uid"));
-        assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Service", "svc-uid")
+        );
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
         let ep = &s8080.endpoints[0];
         assert_eq!(ep.node_name.as_deref(), Some("n1"));
         assert_eq!(ep.target_ref.as_ref().unwrap().name.as_deref(), Some("a"));
@@ -611,7 +640,14 @@ mod tests {
     #[test]
     fn two_hundred_fifty_pods_fill_three_slices_and_one_change_writes_one() {
         let pods: Vec<Pod> = (0..250)
-            .map(|i| pod(&format!("p{i:03}"), &format!("10.42.{}.{}", i / 200, i % 200 + 1), true, 8080))
+            .map(|i| {
+                pod(
+                    &format!("p{i:03}"),
+                    &format!("10.42.{}.{}", i / 200, i % 200 + 1),
+                    true,
+                    8080,
+                )
+            })
             .collect();
         let refs: Vec<&Pod> = pods.iter().collect();
         let mut slices = Vec::new();
@@ -621,7 +657,14 @@ mod tests {
         assert_eq!(sizes, [50, 100, 100]);
         // One pod turns unready: exactly one slice is updated.
         let mut changed = pods.clone();
-        changed[123].status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+        changed[123]
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
         let refs: Vec<&Pod> = changed.iter().collect();
         let p = plan(&web(), &slices.iter().collect::<Vec<_>>(), &inputs(&refs));
         assert!(p.create.is_empty() && p.delete.is_empty());
@@ -640,22 +683,35 @@ mod tests {
         swapped.push(pod("new", "10.42.9.9", true, 8080));
         let refs: Vec<&Pod> = swapped.iter().collect();
         let p = plan(&web(), &slices.iter().collect::<Vec<_>>(), &inputs(&refs));
-        assert_eq!((p.create.len(), p.update.len(), p.delete.len()), (0, 1, 0), "{p:?}");
+        assert_eq!(
+            (p.create.len(), p.update.len(), p.delete.len()),
+            (0, 1, 0),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn readiness_terminating_and_publish_not_ready() {
         let mut p = pod("a", "10.42.0.1", true, 8080);
         let cond = |p: &Pod, svc: &Service| {
-            pod_endpoint(svc, p, "IPv4", None).unwrap().conditions.unwrap()
+            pod_endpoint(svc, p, "IPv4", None)
+                .unwrap()
+                .conditions
+                .unwrap()
         };
         let c = cond(&p, &web());
-        assert_eq!((c.ready, c.serving, c.terminating), (Some(true), Some(true), Some(false)));
+        assert_eq!(
+            (c.ready, c.serving, c.terminating),
+            (Some(true), Some(true), Some(false))
+        );
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
         ));
         let c = cond(&p, &web());
-        assert_eq!((c.ready, c.serving, c.terminating), (Some(false), Some(true), Some(true)));
+        assert_eq!(
+            (c.ready, c.serving, c.terminating),
+            (Some(false), Some(true), Some(true))
+        );
         // Terminating pods stay in the slices, not ready.
         let mut slices = Vec::new();
         converge(&web(), &[&p], &mut slices);
@@ -686,16 +742,23 @@ mod tests {
         let mut slices = Vec::new();
         converge(&web(), &refs, &mut slices);
         assert_eq!(slices.len(), 2);
-        let names: Vec<String> = slices.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        let names: Vec<String> = slices
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
         converge(&web(), &[], &mut slices);
         assert_eq!(slices.len(), 1);
         assert!(is_placeholder(&slices[0], "IPv4"));
-        assert!(names.contains(slices[0].metadata.name.as_ref().unwrap()), "reused, not recreated");
+        assert!(
+            names.contains(slices[0].metadata.name.as_ref().unwrap()),
+            "reused, not recreated"
+        );
     }
 
     #[test]
     fn hostname_zone_headless_and_foreign_slices() {
-        let mut headless = svc(json!({"clusterIP": "None", "selector": {"app": "web"}, "ports": []}));
+        let mut headless =
+            svc(json!({"clusterIP": "None", "selector": {"app": "web"}, "ports": []}));
         headless.metadata.labels = None;
         let mut p = pod("a", "10.42.0.1", true, 8080);
         p.spec.as_mut().unwrap().hostname = Some("a0".into());
