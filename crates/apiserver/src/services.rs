@@ -437,14 +437,12 @@ pub fn validate_endpoint_slice(obj: &Value, update: bool, causes: &mut Vec<Cause
                             causes.push(cause(&field, "Invalid value", format!("{}: {msg}", q(a))));
                         }
                     }
-                    "IP" => {
-                        if a.parse::<IpAddr>().is_err() {
-                            causes.push(cause(
-                                &field,
-                                "Invalid value",
-                                format!("{}: must be a valid IP address", q(a)),
-                            ));
-                        }
+                    "IP" if a.parse::<IpAddr>().is_err() => {
+                        causes.push(cause(
+                            &field,
+                            "Invalid value",
+                            format!("{}: must be a valid IP address", q(a)),
+                        ));
                     }
                     "FQDN" => {
                         if a.is_empty() {

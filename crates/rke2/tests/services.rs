@@ -180,7 +180,7 @@ async fn services_follow_their_pods() {
     .unwrap();
     assert_eq!(k8s_slice.address_type, "IPv4");
     assert_eq!(k8s_slice.endpoints.len(), 1);
-    assert_eq!(k8s_slice.endpoints[0].addresses, [me.clone()]);
+    assert_eq!(k8s_slice.endpoints[0].addresses, std::slice::from_ref(&me));
     let port = &k8s_slice.ports.as_ref().unwrap()[0];
     assert_eq!(
         (port.name.as_deref(), port.port),

@@ -49,7 +49,17 @@ fn pod_address(svc: &Service, pod: &Pod) -> Option<EndpointAddress> {
     })
 }
 
-fn port_key(p: &Option<EndpointPort>) -> (String, i32, String, String) {
+/// A port's identity: name, number, protocol, app protocol (`-1` for
+/// the port-less entry of a headless Service).
+type PortKey = (String, i32, String, String);
+/// An address's identity: IP and pod uid.
+type AddrKey = (String, String);
+/// The addresses serving one port, and whether each is ready there.
+type Addrs = BTreeMap<AddrKey, (EndpointAddress, bool)>;
+/// One subset in the making: its ports and its addresses with readiness.
+type Group = (Vec<EndpointPort>, Vec<(EndpointAddress, bool)>);
+
+fn port_key(p: &Option<EndpointPort>) -> PortKey {
     match p {
         None => (String::new(), -1, String::new(), String::new()),
         Some(p) => (
@@ -61,7 +71,7 @@ fn port_key(p: &Option<EndpointPort>) -> (String, i32, String, String) {
     }
 }
 
-fn address_key(a: &EndpointAddress) -> (String, String) {
+fn address_key(a: &EndpointAddress) -> AddrKey {
     let uid = a
         .target_ref
         .as_ref()
@@ -83,9 +93,7 @@ pub fn subsets(svc: &Service, selected: &[&Pod]) -> Vec<EndpointSubset> {
         spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
     let headless = spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None");
     // port → address key → (address, ready)
-    type Addrs = BTreeMap<(String, String), (EndpointAddress, bool)>;
-    let mut by_port: BTreeMap<(String, i32, String, String), (Option<EndpointPort>, Addrs)> =
-        BTreeMap::new();
+    let mut by_port: BTreeMap<PortKey, (Option<EndpointPort>, Addrs)> = BTreeMap::new();
     let mut add = |port: Option<EndpointPort>, addr: &EndpointAddress, ready: bool| {
         let entry = by_port
             .entry(port_key(&port))
@@ -130,13 +138,9 @@ pub fn subsets(svc: &Service, selected: &[&Pod]) -> Vec<EndpointSubset> {
     }
     // Group the ports by the exact set of addresses (and readiness) that
     // serve them.
-    let mut groups: BTreeMap<
-        Vec<((String, String), bool)>,
-        (Vec<EndpointPort>, Vec<(EndpointAddress, bool)>),
-    > = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<(AddrKey, bool)>, Group> = BTreeMap::new();
     for (_, (port, addrs)) in by_port {
-        let key: Vec<((String, String), bool)> =
-            addrs.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
+        let key: Vec<(AddrKey, bool)> = addrs.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
         let group = groups
             .entry(key)
             .or_insert_with(|| (Vec::new(), addrs.into_values().collect()));
