@@ -348,11 +348,17 @@ struct Queue {
 }
 
 impl Queue {
+    /// Queues `keys` and wakes the dispatcher — also when they were all
+    /// queued already: keys queued before the informers had all listed
+    /// are still waiting, and the last list must wake them.
     fn add(&self, keys: impl IntoIterator<Item = String>) {
         let mut p = self.pending.lock().expect("queue lock");
-        let before = p.len();
-        p.extend(keys);
-        if p.len() != before {
+        let mut any = false;
+        for k in keys {
+            p.insert(k);
+            any = true;
+        }
+        if any {
             self.ready.notify_one();
         }
     }
@@ -489,12 +495,21 @@ fn on_slice(ix: &mut Index, c: Change<EndpointSlice>, q: &mut Vec<String>) {
     }
 }
 
+/// Endpoints changes queue their Service only when it exists: an
+/// Endpoints object without a Service is the user's (upstream deletes one
+/// only when its Service goes).
 fn on_endpoints(ix: &mut Index, c: Change<Endpoints>, q: &mut Vec<String>) {
     match c {
-        Change::Applied(e) => q.extend(ix.put_endpoints(e)),
+        Change::Applied(e) => {
+            if let Some(key) = ix.put_endpoints(e)
+                && ix.services.contains_key(&key)
+            {
+                q.push(key);
+            }
+        }
         Change::Deleted(e) => {
             let key = key_of(&e.metadata);
-            if ix.endpoints.remove(&key).is_some() {
+            if ix.endpoints.remove(&key).is_some() && ix.services.contains_key(&key) {
                 q.push(key);
             }
         }
@@ -615,8 +630,9 @@ async fn sync(shared: &Shared, key: &str) -> Result<(), kube::Error> {
     let snap = snapshot(shared, key);
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     let Some(svc) = snap.svc else {
-        // The Service is gone: its slices go with it (owner reference);
-        // its Endpoints are this controller's to delete.
+        // The Service is gone (only its deletion and its pods queue a
+        // missing Service): its slices go with it (owner reference); its
+        // Endpoints are this controller's to delete, as upstream's.
         if snap.endpoints.is_some() {
             let api: Api<Endpoints> = Api::namespaced(shared.clients.endpoints.clone(), ns);
             match api.delete(name, &DeleteParams::default()).await {
@@ -856,6 +872,22 @@ mod tests {
             ix.pod_services["ns/r"],
             BTreeSet::from(["ns/other".to_string()])
         );
+        // Endpoints of no Service are the user's: no work; a foreign
+        // change to a Service's Endpoints is re-checked.
+        q.clear();
+        let ep = |name: &str, rv: &str| -> Endpoints {
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}}),
+            )
+            .unwrap()
+        };
+        on_endpoints(&mut ix, Change::Applied(ep("mine", "8")), &mut q);
+        assert!(q.is_empty());
+        on_endpoints(&mut ix, Change::Applied(ep("a", "9")), &mut q);
+        assert_eq!(q, ["ns/a"]);
+        q.clear();
+        on_endpoints(&mut ix, Change::Applied(ep("a", "9")), &mut q);
+        assert!(q.is_empty(), "the echo of a write already held");
     }
 
     #[test]
