@@ -1520,6 +1520,8 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "clusterrole-aggregation-controller",
     "certificate-controller",
     "service-controller",
+    "endpoint-controller",
+    "endpointslice-controller",
 ];
 
 /// Objects an earlier version of this server created and no longer

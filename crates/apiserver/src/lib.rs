@@ -10,7 +10,8 @@
 //! out to client watches; [`tokens`] issues and checks service-account
 //! tokens; [`authz`], [`node_authorizer`] and [`node_restriction`] decide
 //! what a caller may do (nodes only as themselves); [`pod_security`] is
-//! the PodSecurity admission.
+//! the PodSecurity admission; [`services`] validates Services and
+//! EndpointSlices.
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
@@ -38,6 +39,7 @@ pub mod request;
 pub mod schema;
 pub mod server;
 pub mod serviceaccounts;
+pub mod services;
 pub mod ssa;
 pub mod status;
 pub mod table;

@@ -12,6 +12,7 @@ pub mod clusterrole_aggregation;
 pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod garbage_collector;
 pub mod informer;
 pub mod job;

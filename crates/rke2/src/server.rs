@@ -888,6 +888,14 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     clients.of("clusterrole-aggregation-controller"),
                     lead.clone(),
                 ));
+                loops.spawn(c::endpoints::run(
+                    c::endpoints::EndpointsClients {
+                        slices: clients.of("endpointslice-controller"),
+                        endpoints: clients.of("endpoint-controller"),
+                    },
+                    c::endpoints::EndpointsConfig::default(),
+                    lead.clone(),
+                ));
                 loops.spawn(c::csr_signing::run(
                     clients.of("certificate-controller"),
                     signers,
