@@ -2,6 +2,7 @@
 
 mod agent;
 mod cluster;
+mod dns_autoscaler;
 mod informer_reads;
 mod preflight;
 mod server;
@@ -25,7 +26,7 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
 }
 
@@ -57,6 +58,7 @@ fn main() {
         "server" => Role::Server,
         "agent" => Role::Agent,
         "killall" => std::process::exit(killall(&rest)),
+        "dns-autoscaler" => std::process::exit(dns_autoscaler::main(&rest)),
         "" | "--help" | "-h" | "help" => {
             println!("{}", usage());
             return;
