@@ -245,7 +245,8 @@ fn record(name: &Name, rdata: RData) -> Record {
 }
 
 fn ns_name(zone: &Zone) -> Name {
-    zone.absolute("ns.dns").unwrap_or_else(|| zone.origin().clone())
+    zone.absolute("ns.dns")
+        .unwrap_or_else(|| zone.origin().clone())
 }
 
 /// The zone's SOA, as CoreDNS's: `ns.dns.<zone>`, `hostmaster.<zone>`,

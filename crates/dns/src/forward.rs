@@ -124,7 +124,12 @@ impl Forwarder {
     /// Resolves `query` upstream (or from the cache). `dnssec_ok` and
     /// `checking_disabled` are the client's bits, passed on and part of
     /// the cache key. SERVFAIL when no upstream answers.
-    pub async fn resolve(&self, query: &Query, dnssec_ok: bool, checking_disabled: bool) -> Upstream {
+    pub async fn resolve(
+        &self,
+        query: &Query,
+        dnssec_ok: bool,
+        checking_disabled: bool,
+    ) -> Upstream {
         let key = Key {
             name: query.name().to_lowercase().to_string(),
             qtype: query.query_type(),
@@ -138,13 +143,25 @@ impl Forwarder {
         for up in &self.upstreams {
             match exchange(*up, query, dnssec_ok, checking_disabled).await {
                 Ok(resp) => {
-                    let out = Upstream {
+                    let mut out = Upstream {
                         rcode: resp.metadata.response_code,
                         answers: resp.answers,
                         authorities: resp.authorities,
                         additionals: resp.additionals,
                     };
-                    self.store(key, &out);
+                    // The first answer carries the TTLs the cached copies
+                    // will, so a client never sees them jump up.
+                    if let Some(ttl) = cache_ttl(&out) {
+                        for r in out
+                            .answers
+                            .iter_mut()
+                            .chain(&mut out.authorities)
+                            .chain(&mut out.additionals)
+                        {
+                            r.ttl = r.ttl.min(ttl);
+                        }
+                        self.store(key, ttl, &out);
+                    }
                     return out;
                 }
                 Err(e) => tracing::debug!(upstream = %up, error = %e, "upstream failed"),
@@ -182,8 +199,7 @@ impl Forwarder {
         })
     }
 
-    fn store(&self, key: Key, up: &Upstream) {
-        let Some(ttl) = cache_ttl(up) else { return };
+    fn store(&self, key: Key, ttl: u32, up: &Upstream) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_CAPACITY {
             cache.retain(|_, e| e.stored.elapsed().as_secs() < e.ttl as u64);
@@ -193,24 +209,15 @@ impl Forwarder {
                 cache.remove(&k);
             }
         }
-        let cap = |rs: &[Record]| -> Vec<Record> {
-            rs.iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    r.ttl = r.ttl.min(ttl);
-                    r
-                })
-                .collect()
-        };
         cache.insert(
             key,
             Entry {
                 stored: Instant::now(),
                 ttl,
                 rcode: up.rcode,
-                answers: cap(&up.answers),
-                authorities: cap(&up.authorities),
-                additionals: cap(&up.additionals),
+                answers: up.answers.clone(),
+                authorities: up.authorities.clone(),
+                additionals: up.additionals.clone(),
             },
         );
     }
@@ -321,7 +328,9 @@ async fn exchange_tcp(
         s.read_exact(&mut buf).await?;
         let resp = Message::from_vec(&buf).map_err(|e| ExchangeError::Bad(e.to_string()))?;
         if !answers(&resp, id, query) {
-            return Err(ExchangeError::Bad("answer to another question over TCP".into()));
+            return Err(ExchangeError::Bad(
+                "answer to another question over TCP".into(),
+            ));
         }
         Ok(resp)
     };

@@ -87,7 +87,9 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
     let mut http = Vec::new();
     for (what, addr) in [("health", cfg.health_listen), ("ready", cfg.ready_listen)] {
         if let Some(addr) = addr {
-            let l = TcpListener::bind(addr).await.map_err(bind_err(what, addr))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(bind_err(what, addr))?;
             http.push(l);
         }
     }
@@ -98,7 +100,12 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
         "cluster DNS serving"
     );
     let dns = Arc::new(server::Dns::new(empty, forward::Forwarder::new(upstreams)));
-    watch::spawn(client, dns.clone(), cfg.cluster_domain.clone(), stop.clone());
+    watch::spawn(
+        client,
+        dns.clone(),
+        cfg.cluster_domain.clone(),
+        stop.clone(),
+    );
     for l in http {
         let router = health_router(dns.clone());
         let stop = stop.clone();
@@ -139,3 +146,6 @@ pub fn health_router(dns: Arc<server::Dns>) -> axum::Router {
             }),
         )
 }
+
+#[cfg(test)]
+mod tests;

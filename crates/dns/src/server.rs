@@ -50,7 +50,7 @@ pub enum Handled {
     /// Send nothing (not a query, or too short to answer).
     Drop,
     /// The answer needs upstream: finish it with [`Dns::complete`].
-    Forward(Pending),
+    Forward(Box<Pending>),
 }
 
 /// A question waiting for upstream.
@@ -150,11 +150,11 @@ impl Dns {
                 answers,
                 chase: Some(target),
                 ..
-            } => Handled::Forward(Pending {
+            } => Handled::Forward(Box::new(Pending {
                 request,
                 max_len,
                 chase: Some((answers, target)),
-            }),
+            })),
             Lookup::NoData(soa) => Handled::Reply(encode(
                 &request,
                 ResponseCode::NoError,
@@ -173,25 +173,29 @@ impl Dns {
                 &[],
                 max_len,
             )),
-            Lookup::Outside => Handled::Forward(Pending {
+            Lookup::Outside => Handled::Forward(Box::new(Pending {
                 request,
                 max_len,
                 chase: None,
-            }),
+            })),
         }
     }
 
     /// Finishes a question that needs upstream.
-    pub async fn complete(&self, p: Pending) -> Vec<u8> {
+    pub async fn complete(&self, p: Box<Pending>) -> Vec<u8> {
         let Ok(_permit) = self.forwards.clone().try_acquire_owned() else {
-            return encode(&p.request, ResponseCode::Refused, false, &[], &[], &[], p.max_len);
+            return encode(
+                &p.request,
+                ResponseCode::Refused,
+                false,
+                &[],
+                &[],
+                &[],
+                p.max_len,
+            );
         };
         let q = &p.request.queries[0];
-        let dnssec_ok = p
-            .request
-            .edns
-            .as_ref()
-            .is_some_and(|e| e.flags().dnssec_ok);
+        let dnssec_ok = p.request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
         let cd = p.request.metadata.checking_disabled;
         match p.chase {
             Some((mut answers, target)) => {
@@ -199,7 +203,15 @@ impl Dns {
                 tq.set_query_class(DNSClass::IN);
                 let up = self.forwarder.resolve(&tq, dnssec_ok, cd).await;
                 answers.extend(up.answers);
-                encode(&p.request, up.rcode, true, &answers, &up.authorities, &[], p.max_len)
+                encode(
+                    &p.request,
+                    up.rcode,
+                    true,
+                    &answers,
+                    &up.authorities,
+                    &[],
+                    p.max_len,
+                )
             }
             None => {
                 let up = self.forwarder.resolve(q, dnssec_ok, cd).await;
@@ -261,7 +273,8 @@ pub fn encode(
             m.authorities.clear();
             m.additionals.clear();
             m.metadata.truncation = true;
-            m.to_vec().unwrap_or_else(|_| header_error(&[], ResponseCode::ServFail))
+            m.to_vec()
+                .unwrap_or_else(|_| header_error(&[], ResponseCode::ServFail))
         }
         // A record we cannot encode (a name from upstream too long once
         // compressed differently): the client gets SERVFAIL, not silence.
@@ -270,7 +283,8 @@ pub fn encode(
             m.authorities.clear();
             m.additionals.clear();
             m.metadata.response_code = ResponseCode::ServFail;
-            m.to_vec().unwrap_or_else(|_| header_error(&[], ResponseCode::ServFail))
+            m.to_vec()
+                .unwrap_or_else(|_| header_error(&[], ResponseCode::ServFail))
         }
     }
 }
@@ -292,7 +306,12 @@ fn header_error(packet: &[u8], rcode: ResponseCode) -> Vec<u8> {
 /// Serves DNS over UDP on `sock` until `stop`: `workers` loops read the
 /// one socket, answer what the zone knows in place, and hand questions
 /// that need upstream to tasks of their own.
-pub async fn serve_udp(dns: Arc<Dns>, sock: Arc<UdpSocket>, workers: usize, stop: CancellationToken) {
+pub async fn serve_udp(
+    dns: Arc<Dns>,
+    sock: Arc<UdpSocket>,
+    workers: usize,
+    stop: CancellationToken,
+) {
     let mut loops = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
         let dns = dns.clone();

@@ -228,7 +228,11 @@ impl Zone {
         let Some(spec) = svc.spec.as_ref() else {
             return;
         };
-        let base = format!("{}.{}.svc", name.to_ascii_lowercase(), ns.to_ascii_lowercase());
+        let base = format!(
+            "{}.{}.svc",
+            name.to_ascii_lowercase(),
+            ns.to_ascii_lowercase()
+        );
         let Some(base_name) = self.absolute(&base) else {
             return;
         };
@@ -265,13 +269,7 @@ impl Zone {
             }
             for p in spec.ports.as_deref().unwrap_or_default() {
                 let proto = p.protocol.as_deref().unwrap_or("TCP");
-                self.add_srv(
-                    &base,
-                    p.name.as_deref(),
-                    proto,
-                    p.port as u16,
-                    &base_name,
-                );
+                self.add_srv(&base, p.name.as_deref(), proto, p.port as u16, &base_name);
             }
             if (ns, name) == DNS_SERVICE {
                 for ip in ips {
@@ -288,11 +286,7 @@ impl Zone {
             }
             let ports = slice.ports.as_deref().unwrap_or_default();
             for ep in &slice.endpoints {
-                let ready = ep
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 if !ready {
                     continue;
                 }
@@ -325,7 +319,14 @@ impl Zone {
     /// port (the specification's record), and at `<base>` itself for every
     /// port (CoreDNS answers an SRV query for the Service name with all of
     /// them).
-    fn add_srv(&mut self, base: &str, port_name: Option<&str>, proto: &str, port: u16, target: &Name) {
+    fn add_srv(
+        &mut self,
+        base: &str,
+        port_name: Option<&str>,
+        proto: &str,
+        port: u16,
+        target: &Name,
+    ) {
         let rec = (port, 0, target.clone());
         if let Some(pn) = port_name.filter(|n| !n.is_empty() && is_label(n)) {
             let rel = format!(
@@ -390,12 +391,17 @@ pub fn undashed(label: &str) -> Option<IpAddr> {
     if let Ok(v4) = label.replace('-', ".").parse::<Ipv4Addr>() {
         return Some(IpAddr::V4(v4));
     }
-    label.replace('-', ":").parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    label
+        .replace('-', ":")
+        .parse::<Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
 }
 
 /// Whether `s` can be one DNS label of ours (RFC 1123 style, 1–63 bytes).
 fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
