@@ -30,21 +30,28 @@ pub struct Args {
     kubeconfig: Option<PathBuf>,
     /// Address of the liveness endpoint `GET /health` ("" to disable).
     #[arg(long, default_value = "0.0.0.0:8080", value_parser = optional_addr)]
-    health_listen: Option<SocketAddr>,
+    health_listen: MaybeAddr,
     /// Address of the readiness endpoint `GET /ready`, 200 once the
     /// first lists are in ("" to disable).
     #[arg(long, default_value = "0.0.0.0:8181", value_parser = optional_addr)]
-    ready_listen: Option<SocketAddr>,
+    ready_listen: MaybeAddr,
     /// Log at debug level.
     #[arg(long)]
     debug: bool,
 }
 
-fn optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+/// An address, or none when the flag is given as "" (clap would read a
+/// bare `Option` as "the flag may be absent").
+#[derive(Debug, Clone, Copy)]
+struct MaybeAddr(Option<SocketAddr>);
+
+fn optional_addr(s: &str) -> Result<MaybeAddr, String> {
     if s.is_empty() {
-        return Ok(None);
+        return Ok(MaybeAddr(None));
     }
-    s.parse().map(Some).map_err(|e| format!("{e}"))
+    s.parse()
+        .map(|a| MaybeAddr(Some(a)))
+        .map_err(|e| format!("{e}"))
 }
 
 /// Runs `rke2 dns` with the arguments after the subcommand; the exit code.
@@ -117,8 +124,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             listen: args.listen,
             cluster_domain: args.cluster_domain,
             resolv_conf: args.resolv_conf,
-            health_listen: args.health_listen,
-            ready_listen: args.ready_listen,
+            health_listen: args.health_listen.0,
+            ready_listen: args.ready_listen.0,
             udp_workers: 2,
         },
         client,
@@ -126,4 +133,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_parse_with_their_defaults_and_empty_addresses() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["rke2 dns"]).unwrap();
+        assert_eq!(a.listen.to_string(), "0.0.0.0:53");
+        assert_eq!(a.cluster_domain, "cluster.local");
+        assert_eq!(a.health_listen.0.unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(a.ready_listen.0.unwrap().to_string(), "0.0.0.0:8181");
+        let a =
+            Args::try_parse_from(["rke2 dns", "--health-listen=", "--ready-listen=127.0.0.1:9"])
+                .unwrap();
+        assert!(a.health_listen.0.is_none());
+        assert_eq!(a.ready_listen.0.unwrap().to_string(), "127.0.0.1:9");
+        assert!(Args::try_parse_from(["rke2 dns", "--listen=nope"]).is_err());
+    }
 }
