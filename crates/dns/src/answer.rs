@@ -107,28 +107,29 @@ fn at_node(
         if qtype == RecordType::CNAME {
             return found(answers, additionals, None);
         }
-        // A target inside the zone is answered here; one outside is
-        // resolved upstream by the caller.
-        if let Place::Inside(rel) = zone.place(target)
-            && depth < 8
-        {
-            match zone.get(&rel) {
-                Some(n) => {
-                    if let Lookup::Found {
+        // A target inside the zone is answered here (what it holds of the
+        // type, if anything); one outside is resolved upstream by the
+        // caller.
+        return match zone.place(target) {
+            Place::Inside(rel) if depth < 8 => {
+                let more = zone
+                    .get(&rel)
+                    .map(|n| at_node(zone, target, n, qtype, rotate, depth + 1));
+                match more {
+                    Some(Lookup::Found {
                         answers: more,
-                        additionals: add,
+                        additionals,
                         chase,
-                    } = at_node(zone, target, n, qtype, rotate, depth + 1)
-                    {
+                    }) => {
                         answers.extend(more);
-                        return found(answers, add, chase);
+                        found(answers, additionals, chase)
                     }
+                    _ => found(answers, additionals, None),
                 }
-                None => return found(answers, additionals, None),
             }
-            return found(answers, additionals, None);
-        }
-        return found(answers, additionals, Some(target.clone()));
+            Place::Inside(_) | Place::InsideInvalid => found(answers, additionals, None),
+            Place::Outside => found(answers, additionals, Some(target.clone())),
+        };
     }
     let any = qtype == RecordType::ANY;
     if qtype == RecordType::A || any {

@@ -76,7 +76,17 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
         domain: cfg.cluster_domain.clone(),
         source,
     })?;
-    let upstreams = forward::read_upstreams(&cfg.resolv_conf)?;
+    let mut upstreams = forward::read_upstreams(&cfg.resolv_conf)?;
+    // Forwarding to ourselves would send each outside name round in a
+    // loop until the forward limit refuses it (CoreDNS's `loop` plugin
+    // stops the server instead).
+    upstreams.retain(|u| {
+        let own = *u == cfg.listen;
+        if own {
+            tracing::warn!(upstream = %u, "the resolv.conf names this server itself; not forwarding to it");
+        }
+        !own
+    });
     let bind_err = |what, addr| move |source| Error::Bind { what, addr, source };
     let udp = UdpSocket::bind(cfg.listen)
         .await
