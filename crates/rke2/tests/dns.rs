@@ -393,3 +393,109 @@ async fn cluster_dns_serves_services_and_forwards_the_rest() {
         .unwrap();
     rke2_testbed::kill_node_containers(&server.data_dir);
 }
+
+/// Pods get the resolv.conf kubelet writes for their `dnsPolicy`, with the
+/// node's `resolv-conf` as the host's: a real node on a one-host bed, real
+/// containerd, each pod printing its /etc/resolv.conf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_the_resolv_conf_of_their_dns_policy() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::LogParams;
+    use rke2_testbed::netbed::{NetBed, NodeProc};
+    use rke2_testbed::{TEST_BUSYBOX_IMAGE, TEST_PAUSE_IMAGE};
+    const LONG: Duration = Duration::from_secs(120);
+
+    let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
+    let h = bed.add_host("s1").unwrap();
+    let host_resolv = bed.dir().join("node-resolv.conf");
+    std::fs::write(
+        &host_resolv,
+        "# the node's\nnameserver 192.0.2.53\nnameserver 192.0.2.54\nsearch corp.example\noptions ndots:2 edns0\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        "token: dns-secret\npause-image: {TEST_PAUSE_IMAGE}\nresolv-conf: {}\ndisable:\n  - rke2-coredns\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n",
+        host_resolv.display()
+    );
+    let mut s1 = NodeProc::new(&bed, bin(), &h, "server", &cfg, &[]).unwrap();
+    rke2_testbed::seed_images(&s1.data_dir()).unwrap();
+    s1.start(&bed).unwrap();
+    let kc_path = s1.dir.join("rke2.yaml");
+    eventually(LONG, "server kubeconfig", || async {
+        kc_path.exists().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let kubeconfig = s1.kubeconfig_at_ip().unwrap();
+    let client = eventually(LONG, "API client", || async {
+        rke2_testbed::client_from_kubeconfig(&kubeconfig).await.ok()
+    })
+    .await
+    .unwrap();
+
+    let cases = [
+        (
+            "cluster-first",
+            json!({}),
+            "search default.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 10.43.0.10\noptions ndots:5\n",
+        ),
+        (
+            "default",
+            json!({"dnsPolicy": "Default"}),
+            "search corp.example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\noptions ndots:2 edns0\n",
+        ),
+        (
+            "none",
+            json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["192.0.2.99"],
+                "searches": ["a.example"], "options": [{"name": "ndots", "value": "1"}]}}),
+            "search a.example\nnameserver 192.0.2.99\noptions ndots:1\n",
+        ),
+        (
+            "host-net",
+            json!({"hostNetwork": true}),
+            "search corp.example\nnameserver 192.0.2.53\nnameserver 192.0.2.54\noptions ndots:2 edns0\n",
+        ),
+        (
+            "host-net-cluster",
+            json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}),
+            "search default.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 10.43.0.10\noptions ndots:5\n",
+        ),
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, extra, _) in &cases {
+        let mut spec = json!({
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE,
+                "command": ["sh", "-c", "cat /etc/resolv.conf; echo END; exec sleep 3600"]}]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        eventually(
+            LONG,
+            "pod created (default ServiceAccount in place)",
+            || async { pods.create(&PostParams::default(), &pod).await.ok() },
+        )
+        .await
+        .unwrap();
+    }
+    for (name, _, want) in &cases {
+        let got = eventually(
+            LONG,
+            &format!("{name}'s resolv.conf in its log"),
+            || async {
+                let l = pods.logs(name, &LogParams::default()).await.ok()?;
+                l.split_once("END\n").map(|(before, _)| before.to_string())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+        assert_eq!(&got, want, "pod {name}");
+    }
+    for (name, _, _) in &cases {
+        let _ = pods.delete(name, &DeleteParams::default()).await;
+    }
+    drop(bed);
+}
