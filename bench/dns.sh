@@ -192,7 +192,7 @@ RSS_SYNCED=$(rss_mb "$DNS_PID")
 # throughput ADDR -> "qps lost"
 throughput() {
     taskset -c 0 dnsperf -s "$1" -d "$WORK/queries" -l "$SECONDS_" -c 4 -q 200 2>&1 |
-        awk '/Queries per second:/ { q = $4 } /Queries lost:/ { l = $3 } END { print q, l }'
+        awk '/Queries per second:/ { q = $4 } /Queries lost:/ { l = $3 } END { printf "%.0f %d\n", q, l }'
 }
 # latency ADDR -> "p50_ms p99_ms"
 latency() {
@@ -228,7 +228,7 @@ row() { # LABEL VALUES...
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $SERVICES Services, $RUNS runs of ${SECONDS_} s (throughput) and 5 s at $RATE q/s (latency); \`bench/dns.sh $ARGS\`, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), dnsmasq $(dnsmasq --version | awk 'NR == 1 { print $3 }'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ { print $2 }')."
     echo
-    echo "Servers on CPU 1, dnsperf on CPU 0; A queries for the $SERVICES Service names in turn, all NOERROR."
+    echo "Servers on CPU 1, dnsperf on CPU 0; A queries for the $SERVICES Service names in turn, all NOERROR. \"Lost\" are the queries still in flight when dnsperf's time limit ends."
     echo
     echo "| figure | median | runs |"
     echo "|---|---|---|"
