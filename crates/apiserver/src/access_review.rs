@@ -367,4 +367,44 @@ mod tests {
             e.message
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any body, in any of the media types, is decoded or refused
+        /// with a 4xx; any decoded spec gives attributes or a 422.
+        #[test]
+        fn review_bodies_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            ct in 0usize..4,
+            verb in "[a-z*]{0,6}",
+            res in proptest::option::of("[a-z/*]{0,10}"),
+            sub in proptest::option::of("[a-z]{0,5}"),
+            path in proptest::option::of("[a-z/*]{0,10}"),
+        ) {
+            let content_type = ["application/json", "application/yaml",
+                "application/vnd.kubernetes.protobuf", "text/plain"][ct];
+            let body = Body { bytes: &bytes, content_type: Some(content_type) };
+            let k = "SubjectAccessReview";
+            if let Err(e) = typed::<k8s_openapi::api::authorization::v1::SubjectAccessReview>(k, &body) {
+                proptest::prop_assert!((400..500).contains(&e.code), "{}", e.code);
+            }
+            let mut spec = json!({});
+            if let Some(r) = &res {
+                spec["resourceAttributes"] = json!({"verb": verb, "resource": r, "subresource": sub});
+            }
+            if let Some(p) = &path {
+                spec["nonResourceAttributes"] = json!({"verb": verb, "path": p});
+            }
+            let json_body = serde_json::to_vec(&json!({"apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview", "spec": spec})).unwrap();
+            let body = Body { bytes: &json_body, content_type: Some("application/json") };
+            let decoded = typed::<k8s_openapi::api::authorization::v1::SubjectAccessReview>(k, &body);
+            proptest::prop_assert!(decoded.is_ok(), "{:?}", decoded.err().map(|e| e.message));
+            match attributes(k, &spec) {
+                Ok((req, _)) => proptest::prop_assert_eq!(req.verb, verb.as_str()),
+                Err(e) => proptest::prop_assert_eq!(e.code, 422),
+            }
+        }
+    }
 }

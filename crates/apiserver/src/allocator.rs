@@ -15,7 +15,6 @@ use crate::status::{ApiError, ApiResult};
 
 const IP_PREFIX: &str = "/registry/ranges/serviceips/";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
-const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
 
 /// The claim key of a ClusterIP.
 pub fn ip_key(ip: &IpAddr) -> String {
@@ -134,8 +133,18 @@ pub async fn allocate_service(state: &ApiState, svc: &mut Value) -> ApiResult<Ve
     if (ty == "NodePort" || ty == "LoadBalancer")
         && let Some(ports) = spec["ports"].as_array_mut()
     {
-        for p in ports.iter_mut() {
+        let (lo, hi) = state.config().node_port_range;
+        for (i, p) in ports.iter_mut().enumerate() {
             let want = p["nodePort"].as_i64().unwrap_or(0);
+            if want > 0 && (want < lo as i64 || want > hi as i64) {
+                release(state, &claims).await;
+                return Err(invalid(
+                    &format!("spec.ports[{i}].nodePort"),
+                    format!(
+                        "{want}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                    ),
+                ));
+            }
             let port = if want > 0 {
                 if !claim(state, &port_key(want)).await? {
                     release(state, &claims).await;
@@ -146,7 +155,6 @@ pub async fn allocate_service(state: &ApiState, svc: &mut Value) -> ApiResult<Ve
                 }
                 want
             } else {
-                let (lo, hi) = NODE_PORT_RANGE;
                 let span = (hi - lo + 1) as i64;
                 let start = rand::random::<u64>() as i64 % span;
                 let mut got = None;

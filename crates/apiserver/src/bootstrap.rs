@@ -1,6 +1,6 @@
 //! Built-in objects every cluster has: the system namespaces, the RBAC
 //! bootstrap policy (`bootstrap_policy`), and the `default/kubernetes`
-//! Service with Endpoints naming this apiserver.
+//! Service with Endpoints and an EndpointSlice naming the live apiservers.
 
 use serde_json::{Value, json};
 
@@ -106,12 +106,14 @@ pub async fn live_apiservers(state: &ApiState) -> ApiResult<Vec<String>> {
     Ok(out)
 }
 
-/// Makes `default/kubernetes` Endpoints list exactly the live apiservers
-/// (always including this one). Every server runs it; writes are
+/// Makes `default/kubernetes` Endpoints and EndpointSlice list exactly
+/// the live apiservers (always including this one), as kube-apiserver's
+/// lease endpoint reconciler does: the Endpoints labelled
+/// `endpointslice.kubernetes.io/skip-mirror`, the slice named after the
+/// Service with only the `kubernetes.io/service-name` label (no
+/// managed-by: no controller owns it). Every server runs it; writes are
 /// revision-checked, so concurrent reconcilers converge.
 pub async fn update_endpoints(state: &ApiState) -> ApiResult<()> {
-    let rt = registry::find("", "v1", "endpoints").expect("registered");
-    let key = rt.key(Some("default"), "kubernetes");
     let me = state.config().advertise_address.to_string();
     let port = state.config().port;
     let mut ips: Vec<String> = live_apiservers(state)
@@ -129,37 +131,78 @@ pub async fn update_endpoints(state: &ApiState) -> ApiResult<()> {
     ips.dedup();
     let addresses: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
     let subsets = json!([{"addresses": addresses, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+    reconcile(
+        state,
+        registry::find("", "v1", "endpoints").expect("registered"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": subsets,
+        }),
+        &["subsets"],
+    )
+    .await?;
+    // Upstream's adapter: IPv6 only when every address is IPv6.
+    let all_v6 = ips
+        .iter()
+        .all(|ip| matches!(ip.parse(), Ok(std::net::IpAddr::V6(_))));
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    reconcile(
+        state,
+        registry::find("discovery.k8s.io", "v1", "endpointslices").expect("registered"),
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": if all_v6 { "IPv6" } else { "IPv4" },
+            "endpoints": endpoints,
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }),
+        &["addressType", "endpoints", "ports"],
+    )
+    .await
+}
+
+/// Creates `default/<name>` of `rt` as `want`, or sets the `fields` (and
+/// the labels `want` names) of the stored one to `want`'s; nothing is
+/// written when they already agree.
+async fn reconcile(
+    state: &ApiState,
+    rt: &registry::ResourceType,
+    want: Value,
+    fields: &[&str],
+) -> ApiResult<()> {
+    let key = rt.key(Some("default"), objects::name_of(&want));
     for _ in 0..5 {
-        match state.store.get(&key).await? {
-            None => {
-                create_if_absent(
-                    state,
-                    "endpoints",
-                    Some("default"),
-                    json!({
-                        "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-                        "subsets": subsets,
-                    }),
-                )
-                .await?;
-                return Ok(());
+        let Some(kv) = state.store.get(&key).await? else {
+            let mut obj = want.clone();
+            objects::check_type(rt, &mut obj)?;
+            objects::prepare_create(rt, &mut obj, Some("default"))?;
+            match state.store.create(&key, objects::to_stored(&obj)).await {
+                Ok(_) => return Ok(()),
+                Err(rke2_datastore::StoreError::AlreadyExists) => continue,
+                Err(e) => return Err(e.into()),
             }
-            Some(kv) => {
-                let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-                if obj["subsets"] == subsets {
-                    return Ok(());
-                }
-                obj["subsets"] = subsets.clone();
-                match state
-                    .store
-                    .update(&key, objects::to_stored(&obj), kv.mod_revision)
-                    .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(rke2_datastore::StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        };
+        let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let before = obj.clone();
+        for f in fields {
+            obj[*f] = want[*f].clone();
+        }
+        for (k, v) in want["metadata"]["labels"].as_object().into_iter().flatten() {
+            obj["metadata"]["labels"][k] = v.clone();
+        }
+        if obj == before {
+            return Ok(());
+        }
+        match state
+            .store
+            .update(&key, objects::to_stored(&obj), kv.mod_revision)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(rke2_datastore::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -1502,7 +1502,6 @@ pub fn all() -> Vec<(&'static str, Value)> {
             .into_iter()
             .map(|o| ("rolebindings", o)),
     );
-    out.extend(rke2_policy());
     out
 }
 
@@ -1520,28 +1519,19 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "root-ca-cert-publisher",
     "clusterrole-aggregation-controller",
     "certificate-controller",
+    "service-controller",
+    "endpoint-controller",
+    "endpointslice-controller",
 ];
 
-/// RKE2's additions to upstream's policy. Upstream's kube-controller-manager
-/// reads everything through shared informers under its own identity
-/// (`system:kube-controller-manager` may list and watch `*`) while each
-/// controller writes as its service account; ours read and write through
-/// one client per controller, so [`CONTROLLER_ACCOUNTS`] are also bound to
-/// a role with the informers' reads (get, list, watch) and nothing else.
-pub fn rke2_policy() -> Vec<(&'static str, Value)> {
-    let name = "system:rke2:controller-informers";
-    let subjects = CONTROLLER_ACCOUNTS
-        .iter()
-        .map(|a| subject("ServiceAccount", a))
-        .collect();
-    vec![
-        (
-            "clusterroles",
-            cluster_role(name, vec![rule(&["get", "list", "watch"], &["*"], &["*"])]),
-        ),
-        ("clusterrolebindings", cluster_binding(name, subjects)),
-    ]
-}
+/// Objects an earlier version of this server created and no longer
+/// wants (plural, name): removed at start. `system:rke2:controller-informers`
+/// granted the controllers' service accounts the reads that the
+/// controllers now make as kube-controller-manager, as upstream's do.
+pub const RETIRED: &[(&str, &str)] = &[
+    ("clusterroles", "system:rke2:controller-informers"),
+    ("clusterrolebindings", "system:rke2:controller-informers"),
+];
 
 // ---- reconciliation ----
 
@@ -1761,6 +1751,20 @@ pub fn reconcile_binding(expected: &Value, existing: &Value) -> Reconciled {
 /// `rbac/bootstrap-roles` hook). Idempotent; run at every start by every
 /// server (writes are revision-checked and retried on a conflict).
 pub async fn reconcile(state: &ApiState) -> ApiResult<()> {
+    for (plural, name) in RETIRED {
+        let rt = registry::find(GROUP, "v1", plural).expect("registered RBAC type");
+        let key = rt.key(None, name);
+        if let Some(kv) = state.store.get(&key).await? {
+            match state.store.delete(&key, kv.mod_revision).await {
+                Ok(_) => tracing::info!(kind = rt.kind, name, "removed a retired RBAC object"),
+                // Another server removed or changed it first: either way
+                // the next start looks again.
+                Err(e) => {
+                    tracing::debug!(kind = rt.kind, name, error = %e, "removing a retired RBAC object")
+                }
+            }
+        }
+    }
     for (plural, expected) in all() {
         let rt = registry::find(GROUP, "v1", plural).expect("registered RBAC type");
         for attempt in 0.. {

@@ -10,7 +10,8 @@
 //! out to client watches; [`tokens`] issues and checks service-account
 //! tokens; [`authz`], [`node_authorizer`] and [`node_restriction`] decide
 //! what a caller may do (nodes only as themselves); [`pod_security`] is
-//! the PodSecurity admission.
+//! the PodSecurity admission; [`services`] validates Services and
+//! EndpointSlices.
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
@@ -18,6 +19,7 @@
 
 pub mod access_review;
 pub mod allocator;
+pub mod audit;
 pub mod authz;
 pub mod bootstrap;
 pub mod bootstrap_policy;
@@ -37,6 +39,7 @@ pub mod request;
 pub mod schema;
 pub mod server;
 pub mod serviceaccounts;
+pub mod services;
 pub mod ssa;
 pub mod status;
 pub mod table;
@@ -57,6 +60,9 @@ pub struct ApiConfig {
     pub advertise_address: IpAddr,
     /// The API port.
     pub port: u16,
+    /// `service-node-port-range`: NodePorts are allocated from, and
+    /// requested ones must lie in, this range (inclusive).
+    pub node_port_range: (u16, u16),
     /// TLS towards node APIs (`pods/log`, `pods/exec`, `pods/attach`):
     /// the server CA and the apiserver's kubelet-client certificate.
     pub node_client: proxy::NodeClientTls,
@@ -64,6 +70,8 @@ pub struct ApiConfig {
     pub tokens: Arc<tokens::TokenIssuer>,
     /// PodSecurity admission's cluster defaults and exemptions.
     pub pod_security: pod_security::PodSecurityConfig,
+    /// The audit log, when a policy records anything.
+    pub audit: Option<Arc<audit::AuditLog>>,
 }
 
 /// State shared by every request; cheap to clone.

@@ -166,6 +166,10 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         // `ValidateCertificateRequestName` allows anything a path allows).
         let problems = if crate::rbac_objects::is_rbac(rt) || crate::csr::is_csr(rt) {
             crate::rbac_objects::name_problems(name)
+        } else if rt.kind == "Service" && rt.group.is_empty() {
+            // upstream's `ValidateServiceName`: a DNS-1035 label (it
+            // becomes a DNS name and an environment variable prefix).
+            v::validate_dns1035_label(name)
         } else {
             v::validate_object_name(!label_names, name)
         };
@@ -228,6 +232,8 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
             ));
         }
         "ConfigMap" => validate_config_map(obj, &mut causes),
+        "Service" if rt.group.is_empty() => crate::services::validate_service(obj, &mut causes),
+        "EndpointSlice" => crate::services::validate_endpoint_slice(obj, false, &mut causes),
         _ if crate::rbac_objects::is_rbac(rt) => {
             crate::rbac_objects::validate(rt, obj, &mut causes)
         }
@@ -664,6 +670,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 obj["status"] = json!({"loadBalancer": {}});
             }
         }
+        "EndpointSlice" => crate::services::default_endpoint_slice(obj),
         "Pod" => {
             default_pod_spec(&mut obj["spec"]);
             if !obj["status"]["phase"].is_string() {
@@ -903,6 +910,12 @@ pub fn validate_update(
                 causes.push(forbidden());
             }
         }
+    }
+    if rt.kind == "Service" && rt.group.is_empty() {
+        crate::services::validate_service_update(old, new, &mut causes);
+    }
+    if rt.kind == "EndpointSlice" {
+        crate::services::validate_endpoint_slice_update(old, new, &mut causes);
     }
     if rt.kind == "Pod" && rt.group.is_empty() && old["spec"] != new["spec"] {
         // With today's defaults, as `new` has them.

@@ -16,6 +16,8 @@ pub enum Printer {
     Service,
     /// NAME ENDPOINTS AGE.
     Endpoints,
+    /// NAME ADDRESSTYPE PORTS ENDPOINTS AGE.
+    EndpointSlice,
     /// NAME DATA AGE.
     ConfigMap,
     /// NAME TYPE DATA AGE.
@@ -170,6 +172,7 @@ static TYPES: &[ResourceType] = &[
     rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false, typed: api::core::v1::Pod),
     rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false, typed: api::core::v1::Service),
     rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false, typed: api::core::v1::Endpoints),
+    rt!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, short: [], cat: [], sub: [], fields: [], Printer::EndpointSlice, status: false, gen: false, typed: api::discovery::v1::EndpointSlice),
     rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], cat: [], sub: [], fields: [], Printer::ConfigMap, status: false, gen: false, typed: api::core::v1::ConfigMap),
     rt!("", "v1", "Secret", "secrets", "secret", true, short: [], cat: [], sub: [], fields: ["type"], Printer::Secret, status: false, gen: false, typed: api::core::v1::Secret),
     rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], cat: [], sub: ["token"], fields: [], Printer::ServiceAccount, status: false, gen: false, typed: api::core::v1::ServiceAccount),
@@ -245,6 +248,7 @@ mod tests {
         assert_eq!(
             group_versions(),
             vec![
+                ("discovery.k8s.io", "v1"),
                 ("coordination.k8s.io", "v1"),
                 ("apps", "v1"),
                 ("batch", "v1"),

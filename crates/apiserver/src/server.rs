@@ -133,6 +133,7 @@ pub async fn serve_router_with(
                 move |mut req: Request<hyper::body::Incoming>| {
                     seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     req.extensions_mut().insert(identity.clone());
+                    req.extensions_mut().insert(PeerAddr(peer));
                     req.map(Body::new)
                 },
             );
@@ -191,10 +192,22 @@ async fn health(state: &ApiState, path: &str) -> Response {
 /// instead of a reset stream.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
+/// The client's address, as a request extension (the audit's `sourceIPs`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 async fn entry(State(state): State<ApiState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let resp = route(&state, parts, &mut body).await;
+    let audit_id = crate::audit::new_audit_id();
+    let mut pending = None;
+    let mut resp = route(&state, parts, &mut body, &audit_id, &mut pending).await;
+    if let (Some(p), Some(log)) = (pending, state.config().audit.as_ref()) {
+        log.record(&p, resp.status().as_u16());
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&audit_id) {
+        resp.headers_mut().insert("audit-id", v);
+    }
     if let Some(unread) = body.take()
         && !hyper::body::Body::is_end_stream(&unread)
     {
@@ -205,7 +218,14 @@ async fn entry(State(state): State<ApiState>, req: Request) -> Response {
 
 /// Answers one request; takes `body` only when the request is admitted
 /// far enough to read it.
-async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<Body>) -> Response {
+async fn route(
+    state: &ApiState,
+    parts: http::request::Parts,
+    body: &mut Option<Body>,
+    audit_id: &str,
+    audit: &mut Option<crate::audit::Pending>,
+) -> Response {
+    let received = std::time::SystemTime::now();
     let state = state.clone();
     let path = parts.uri.path().to_string();
     if is_public(&path) {
@@ -239,10 +259,40 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
     if !identity.groups.iter().any(|g| g == "system:authenticated") {
         identity.groups.push("system:authenticated".into());
     }
+    let authenticated = identity.clone();
     let identity = match crate::authz::impersonate(&state, identity, &parts.headers).await {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
+    if state.config().audit.is_some() {
+        let header = |h: http::header::HeaderName| {
+            parts
+                .headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        *audit = Some(crate::audit::Pending {
+            id: audit_id.to_string(),
+            received,
+            impersonated: (identity != authenticated)
+                .then(|| (identity.user.clone(), identity.groups.clone())),
+            user: (authenticated.user, authenticated.groups),
+            verb: parts.method.as_str().to_ascii_lowercase(),
+            object: None,
+            uri: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            source_ip: parts
+                .extensions
+                .get::<PeerAddr>()
+                .map(|p| p.0.ip().to_string()),
+            user_agent: header(http::header::USER_AGENT),
+            streaming: false,
+        });
+    }
     let query = Query::parse(parts.uri.query());
     if let Some((plural, kind, ns)) = crate::access_review::route(&path) {
         if parts.method != http::Method::POST {
@@ -349,6 +399,18 @@ async fn route(state: &ApiState, parts: http::request::Parts, body: &mut Option<
                 Some(crate::proxy::PodStream::Exec | crate::proxy::PodStream::Attach) => "create",
                 _ => verb_of(&parts.method, rp.name.is_some(), &query),
             };
+            if let Some(p) = audit.as_mut() {
+                p.verb = verb.to_string();
+                p.object = Some((
+                    rp.rt.group.to_string(),
+                    rp.rt.version.to_string(),
+                    rp.rt.plural.to_string(),
+                    rp.subresource.clone(),
+                    rp.namespace.clone(),
+                    rp.name.clone(),
+                ));
+                p.streaming = verb == "watch" || crate::proxy::PodStream::of(&rp).is_some();
+            }
             let node_scope =
                 match crate::authz::authorize(&state, &identity, verb, &rp, &query).await {
                     Ok(scope) => scope,

@@ -126,6 +126,22 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             ),
         ],
         Printer::Endpoints => vec![name, s("Endpoints", "Endpoints of the resource"), age],
+        Printer::EndpointSlice => vec![
+            name,
+            s(
+                "AddressType",
+                "addressType specifies the type of address carried by this EndpointSlice.",
+            ),
+            s(
+                "Ports",
+                "ports specifies the list of network ports exposed by each endpoint in this slice.",
+            ),
+            s(
+                "Endpoints",
+                "endpoints is a list of unique endpoints in this slice.",
+            ),
+            age,
+        ],
         Printer::ConfigMap => vec![
             name,
             i("Data", "Data contains the configuration data."),
@@ -509,30 +525,108 @@ fn service_ports(spec: &Value) -> String {
     }
 }
 
+/// How many entries the ENDPOINTS and PORTS columns show before
+/// ` + N more...` (upstream's printers use 3).
+const LIST_MAX: usize = 3;
+
+/// Upstream's `listWithMoreString`: the first entries, then ` + N more...`;
+/// `empty` when there are none.
+fn list_with_more(list: &[String], count: usize, empty: &str) -> String {
+    if count > list.len() {
+        format!("{} + {} more...", list.join(","), count - list.len())
+    } else if list.is_empty() {
+        empty.to_string()
+    } else {
+        list.join(",")
+    }
+}
+
+/// The ENDPOINTS cell of an Endpoints object (upstream's
+/// `formatEndpoints`): `ip:port` for each port of a subset, port by port;
+/// bare IPs for a subset without ports; ready addresses only. No subsets
+/// at all prints `<none>`; subsets with only not-ready addresses print an
+/// empty cell, as upstream does.
 fn endpoints_string(obj: &Value) -> String {
-    let mut eps: Vec<String> = Vec::new();
-    if let Some(subsets) = obj["subsets"].as_array() {
-        for s in subsets {
-            let ports: Vec<i64> = s["ports"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|p| p["port"].as_i64()).collect())
-                .unwrap_or_default();
-            for a in s["addresses"].as_array().into_iter().flatten() {
-                let ip = a["ip"].as_str().unwrap_or("");
-                if ports.is_empty() {
-                    eps.push(ip.to_string());
+    let subsets = obj["subsets"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if subsets.is_empty() {
+        return "<none>".into();
+    }
+    let mut list: Vec<String> = Vec::new();
+    let mut count = 0;
+    for s in subsets {
+        let addrs: Vec<&str> = s["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["ip"].as_str().unwrap_or(""))
+            .collect();
+        let ports: Vec<i64> = s["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["port"].as_i64().unwrap_or(0))
+            .collect();
+        if ports.is_empty() {
+            count += addrs.len();
+            list.extend(
+                addrs
+                    .iter()
+                    .take(LIST_MAX.saturating_sub(list.len()))
+                    .map(|ip| ip.to_string()),
+            );
+            continue;
+        }
+        for port in ports {
+            count += addrs.len();
+            for ip in &addrs {
+                if list.len() == LIST_MAX {
+                    break;
                 }
-                for p in &ports {
-                    eps.push(format!("{ip}:{p}"));
-                }
+                // Go's net.JoinHostPort brackets IPv6 addresses.
+                list.push(if ip.contains(':') {
+                    format!("[{ip}]:{port}")
+                } else {
+                    format!("{ip}:{port}")
+                });
             }
         }
     }
-    match eps.len() {
-        0 => "<none>".into(),
-        n if n > 3 => format!("{} + {} more...", eps[..3].join(","), n - 3),
-        _ => eps.join(","),
+    if count > list.len() {
+        format!("{} + {} more...", list.join(","), count - list.len())
+    } else {
+        list.join(",")
     }
+}
+
+/// The PORTS cell of an EndpointSlice (upstream's `formatDiscoveryPorts`):
+/// each port's number, else its name, else `*`; `<unset>` when none.
+fn slice_ports_string(obj: &Value) -> String {
+    let ports = obj["ports"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let list: Vec<String> = ports
+        .iter()
+        .take(LIST_MAX)
+        .map(|p| match (p["port"].as_i64(), p["name"].as_str()) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(name)) => name.to_string(),
+            (None, None) => "*".to_string(),
+        })
+        .collect();
+    list_with_more(&list, ports.len(), "<unset>")
+}
+
+/// The ENDPOINTS cell of an EndpointSlice (upstream's
+/// `formatDiscoveryEndpoints`): every address of every endpoint, ready or
+/// not; `<unset>` when none.
+fn slice_endpoints_string(obj: &Value) -> String {
+    let addrs: Vec<&str> = obj["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+        .map(|a| a.as_str().unwrap_or(""))
+        .collect();
+    let list: Vec<String> = addrs.iter().take(LIST_MAX).map(|a| a.to_string()).collect();
+    list_with_more(&list, addrs.len(), "<unset>")
 }
 
 /// A binding's subjects as kubectl shows them: users, groups and
@@ -632,6 +726,13 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             ]
         }
         Printer::Endpoints => vec![name, json!(endpoints_string(obj)), a],
+        Printer::EndpointSlice => vec![
+            name,
+            json!(obj["addressType"].as_str().unwrap_or("")),
+            json!(slice_ports_string(obj)),
+            json!(slice_endpoints_string(obj)),
+            a,
+        ],
         Printer::ConfigMap => vec![
             name,
             json!(map_len(&obj["data"]) + map_len(&obj["binaryData"])),
@@ -921,6 +1022,55 @@ mod tests {
             names,
             ["Name", "Role", "Age", "Users", "Groups", "ServiceAccounts"]
         );
+    }
+
+    #[test]
+    fn endpoint_slice_rows_list_ports_and_addresses_as_upstream() {
+        let rt = find("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let now = parse_time("2024-01-01T00:00:10Z").unwrap();
+        let slice = json!({
+            "metadata": {"name": "web-abcde", "creationTimestamp": "2024-01-01T00:00:00Z"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "named"}, {}, {"port": 9}],
+            "endpoints": [{"addresses": ["10.42.0.5"]}, {"addresses": ["10.42.0.6"]},
+                          {"addresses": ["10.42.0.7"]}, {"addresses": ["10.42.0.8"]},
+                          {"addresses": ["10.42.0.9"]}]
+        });
+        assert_eq!(
+            cells(rt, &slice, now),
+            vec![
+                json!("web-abcde"),
+                json!("IPv4"),
+                json!("8080,named,* + 1 more..."),
+                json!("10.42.0.5,10.42.0.6,10.42.0.7 + 2 more..."),
+                json!("10s")
+            ]
+        );
+        let empty = json!({"metadata": {"name": "p", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                           "addressType": "IPv4", "ports": [], "endpoints": []});
+        let c = cells(rt, &empty, now);
+        assert_eq!(
+            (c[2].as_str(), c[3].as_str()),
+            (Some("<unset>"), Some("<unset>"))
+        );
+        let names: Vec<String> = columns(rt)
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["Name", "AddressType", "Ports", "Endpoints", "Age"]);
+    }
+
+    #[test]
+    fn endpoints_cells_go_port_by_port_and_show_none_without_subsets() {
+        let ep = json!({"subsets": [{"addresses": [{"ip": "1.1.1.1"}, {"ip": "1.1.1.2"}],
+                                     "ports": [{"port": 80}, {"port": 443}]}]});
+        assert_eq!(
+            endpoints_string(&ep),
+            "1.1.1.1:80,1.1.1.2:80,1.1.1.1:443 + 1 more..."
+        );
+        assert_eq!(endpoints_string(&json!({})), "<none>");
+        let unready = json!({"subsets": [{"notReadyAddresses": [{"ip": "1.1.1.1"}], "ports": [{"port": 80}]}]});
+        assert_eq!(endpoints_string(&unready), "");
     }
 
     #[test]

@@ -157,6 +157,7 @@ impl Bed {
                 service_cidr: "10.43.0.0/16".parse().expect("cidr"),
                 advertise_address: ip,
                 port: api.port(),
+                node_port_range: (30000, 32767),
                 node_client: NodeClientTls::from_pem(
                     trust.server_ca.cert_pem.as_bytes(),
                     trust.kube_apiserver_client.cert_pem.as_bytes(),
@@ -168,6 +169,7 @@ impl Bed {
                         .expect("the trust's service.key"),
                 ),
                 pod_security: Default::default(),
+                audit: None,
             },
             store,
         );

@@ -150,6 +150,10 @@ impl fmt::Display for Taint {
     }
 }
 
+/// Where RKE2 looks for the audit policy when `audit-policy-file` is not
+/// given.
+pub const DEFAULT_AUDIT_POLICY_FILE: &str = "/etc/rancher/rke2/audit-policy.yaml";
+
 /// The merged, validated configuration of one `rke2 server|agent` run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -217,8 +221,20 @@ pub struct Config {
     /// (`pod-security-admission-config-file`); without it the server uses
     /// RKE2's default for the profile. Read and checked by the server.
     pub pod_security_admission_config_file: Option<PathBuf>,
+    /// The audit policy (`audit-policy-file`); unset, the server reads
+    /// [`DEFAULT_AUDIT_POLICY_FILE`] when it exists and audits nothing
+    /// otherwise.
+    pub audit_policy_file: Option<PathBuf>,
     /// Debug logging.
     pub debug: bool,
+    /// `service-node-port-range`: the NodePorts the apiserver allocates
+    /// from (inclusive).
+    pub service_node_port_range: (u16, u16),
+    /// `disable-kube-proxy`: no service proxy on this node.
+    pub disable_kube_proxy: bool,
+    /// `enable-servicelb`: LoadBalancer Services get the nodes' addresses
+    /// (RKE2's ServiceLB).
+    pub enable_servicelb: bool,
 }
 
 /// A `profile` value.
@@ -1021,8 +1037,38 @@ fn build(
         pod_security_admission_config_file: r
             .str("pod-security-admission-config-file")
             .map(|(p, _)| PathBuf::from(p)),
+        audit_policy_file: r.str("audit-policy-file").map(|(p, _)| PathBuf::from(p)),
         debug: r.bool("debug"),
+        service_node_port_range: r
+            .parsed("service-node-port-range", parse_port_range)?
+            .expect("default"),
+        disable_kube_proxy: r.bool("disable-kube-proxy"),
+        enable_servicelb: r.bool("enable-servicelb"),
     })
+}
+
+/// A port range as kube-apiserver's `--service-node-port-range` takes it:
+/// `low-high` or `base+size`, within 1-65535.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let t = s.trim();
+    let bad = || format!("{t:?} is not a port range such as 30000-32767");
+    let (lo, hi) = if let Some((a, b)) = t.split_once('-') {
+        let lo: u32 = a.trim().parse().map_err(|_| bad())?;
+        let hi: u32 = b.trim().parse().map_err(|_| bad())?;
+        (lo, hi)
+    } else if let Some((a, n)) = t.split_once('+') {
+        let lo: u32 = a.trim().parse().map_err(|_| bad())?;
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        (lo, lo.saturating_add(n))
+    } else {
+        return Err(bad());
+    };
+    if lo == 0 || hi > 65535 || lo > hi {
+        return Err(format!(
+            "{t:?}: ports must satisfy 1 <= low <= high <= 65535"
+        ));
+    }
+    Ok((lo as u16, hi as u16))
 }
 
 fn missing(key: &str, role: Role) -> ConfigError {

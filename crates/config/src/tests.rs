@@ -84,6 +84,8 @@ fn defaults_for_server() {
     assert_eq!(c.server, None);
     assert!(c.tls_san.is_empty() && c.node_ips.is_empty() && c.disable.is_empty());
     assert!(!c.with_node_id && !c.debug);
+    assert_eq!(c.service_node_port_range, (30000, 32767));
+    assert!(!c.disable_kube_proxy && !c.enable_servicelb);
     assert_eq!(c.bind_address, None);
     assert!(!c.node_name.is_empty());
     assert_eq!(c.node_name, c.node_name.to_lowercase());
@@ -1106,4 +1108,25 @@ fn profile_and_pod_security_admission_config_file() {
     let l = load_with(Role::Agent, &cfg, &[], &no_env()).unwrap();
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     assert_eq!(l.config.profile, Some(Profile::Etcd));
+}
+
+#[test]
+fn service_proxy_keys() {
+    let (_d, cfg) = setup(
+        Some(
+            "disable-kube-proxy: true\nenable-servicelb: true\nservice-node-port-range: 20000-20100\n",
+        ),
+        &[],
+    );
+    let c = server(&cfg, &[]).unwrap().config;
+    assert!(c.disable_kube_proxy && c.enable_servicelb);
+    assert_eq!(c.service_node_port_range, (20000, 20100));
+    let c = server(&cfg, &["--service-node-port-range", "30000+10"])
+        .unwrap()
+        .config;
+    assert_eq!(c.service_node_port_range, (30000, 30010));
+    for bad in ["30000", "0-10", "40000-30000", "30000-70000", "a-b"] {
+        let e = err_text(server(&cfg, &["--service-node-port-range", bad]));
+        assert!(e.contains("service-node-port-range"), "{bad}: {e}");
+    }
 }

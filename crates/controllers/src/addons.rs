@@ -14,12 +14,13 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The field manager of applied manifests.
 pub const FIELD_MANAGER: &str = "rke2-deploy";
 
-/// The bundled addons: (name, file content). `{cluster_dns}` is replaced.
+/// The bundled addons: (name, file content). `{cluster_dns}`,
+/// `{cluster_domain}` and `{addon_image}` are replaced ([`AddonValues`]).
 const BUNDLED: &[(&str, &str)] = &[
     ("rke2-coredns", include_str!("addons/rke2-coredns.yaml")),
     (
@@ -37,11 +38,32 @@ pub fn bundled_names() -> Vec<&'static str> {
     BUNDLED.iter().map(|(n, _)| *n).collect()
 }
 
+/// What the bundled manifests are filled in with.
+#[derive(Debug, Clone)]
+pub struct AddonValues {
+    /// The cluster DNS Service IP (`cluster-dns`).
+    pub cluster_dns: String,
+    /// The cluster domain (`cluster-domain`).
+    pub cluster_domain: String,
+    /// The image the addons run (this binary's own,
+    /// `rke2_runtime::addon_image::reference`).
+    pub addon_image: String,
+}
+
+/// A bundled addon's manifest as written.
+pub fn bundled_text(name: &str, values: &AddonValues) -> Option<String> {
+    BUNDLED.iter().find(|(n, _)| *n == name).map(|(_, text)| {
+        text.replace("{cluster_dns}", &values.cluster_dns)
+            .replace("{cluster_domain}", &values.cluster_domain)
+            .replace("{addon_image}", &values.addon_image)
+    })
+}
+
 /// Writes the bundled addon manifests into `dir` (or removes those named
 /// in `disable`). Files are rewritten only when their content differs.
-pub fn write_bundled(dir: &Path, disable: &[String], cluster_dns: &str) -> std::io::Result<()> {
+pub fn write_bundled(dir: &Path, disable: &[String], values: &AddonValues) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for (name, text) in BUNDLED {
+    for (name, _) in BUNDLED {
         let path = dir.join(format!("{name}.yaml"));
         if disable.iter().any(|d| d == name) {
             if path.exists() {
@@ -50,7 +72,7 @@ pub fn write_bundled(dir: &Path, disable: &[String], cluster_dns: &str) -> std::
             }
             continue;
         }
-        let content = text.replace("{cluster_dns}", cluster_dns);
+        let content = bundled_text(name, values).expect("bundled");
         if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
             let tmp = dir.join(format!(".{name}.yaml.tmp"));
             std::fs::write(&tmp, &content)?;
@@ -58,6 +80,80 @@ pub fn write_bundled(dir: &Path, disable: &[String], cluster_dns: &str) -> std::
         }
     }
     Ok(())
+}
+
+/// Deletes the objects of the bundled addons named in `disable`, as RKE2
+/// uninstalls an addon that is disabled after it ran: every object of its
+/// manifest that exists is deleted (their pods go with their owners, by
+/// the garbage collector). Retries until every delete got an answer.
+pub async fn remove_disabled(
+    client: kube::Client,
+    disable: Vec<String>,
+    values: AddonValues,
+    stop: CancellationToken,
+) {
+    let mut docs = Vec::new();
+    for name in &disable {
+        if let Some(text) = bundled_text(name, &values) {
+            match parse_documents(Path::new(name), &text) {
+                Ok(d) => docs.extend(d.into_iter().map(|d| (name.clone(), d))),
+                Err(e) => warn!(error = %e, "bundled manifest does not parse"),
+            }
+        }
+    }
+    while !docs.is_empty() {
+        let mut left = Vec::new();
+        for (addon, doc) in docs {
+            match delete_one(&client, &doc).await {
+                Ok(true) => {
+                    info!(addon = %addon, kind = %doc["kind"], name = %doc["metadata"]["name"], "disabled addon's object deleted")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    debug!(addon = %addon, error = %e, "deleting a disabled addon's object; retrying");
+                    left.push((addon, doc));
+                }
+            }
+        }
+        docs = left;
+        if docs.is_empty() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Deletes one manifest object; `Ok(false)` when it did not exist.
+async fn delete_one(client: &kube::Client, doc: &Value) -> Result<bool, String> {
+    let api = dynamic_api(client, doc).await?;
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(format!("deleting {} {name}: {e}", doc["kind"])),
+    }
+}
+
+async fn dynamic_api(client: &kube::Client, doc: &Value) -> Result<Api<DynamicObject>, String> {
+    let api_version = doc["apiVersion"].as_str().ok_or("missing apiVersion")?;
+    let kind = doc["kind"].as_str().ok_or("missing kind")?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("{api_version} {kind} is not served: {e}"))?;
+    Ok(if caps.scope == kube::discovery::Scope::Namespaced {
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+        Api::namespaced_with(client.clone(), ns, &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    })
 }
 
 /// The manifest files of a directory, in name order.
@@ -105,25 +201,11 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
 }
 
 async fn apply_one(client: &kube::Client, doc: &Value) -> Result<(), String> {
-    let api_version = doc["apiVersion"].as_str().ok_or("missing apiVersion")?;
     let kind = doc["kind"].as_str().ok_or("missing kind")?;
     let name = doc["metadata"]["name"]
         .as_str()
         .ok_or("missing metadata.name")?;
-    let (group, version) = match api_version.split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", api_version),
-    };
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("{api_version} {kind} is not served: {e}"))?;
-    let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
-        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
-        Api::namespaced_with(client.clone(), ns, &ar)
-    } else {
-        Api::all_with(client.clone(), &ar)
-    };
+    let api = dynamic_api(client, doc).await?;
     api.patch(
         name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -178,23 +260,47 @@ pub async fn run(client: kube::Client, dir: PathBuf, stop: CancellationToken) {
 mod tests {
     use super::*;
 
+    fn values() -> AddonValues {
+        AddonValues {
+            cluster_dns: "10.43.0.10".into(),
+            cluster_domain: "cluster.local".into(),
+            addon_image: "rke2.local/rke2-addons:v0".into(),
+        }
+    }
+
+    #[test]
+    fn dns_runs_on_the_addon_image_at_the_cluster_dns_address() {
+        let text = bundled_text("rke2-coredns", &values()).unwrap();
+        let docs = parse_documents(Path::new("dns"), &text).unwrap();
+        let svc = docs
+            .iter()
+            .find(|d| d["kind"] == "Service")
+            .expect("a Service");
+        assert_eq!(svc["metadata"]["name"], "rke2-coredns-rke2-coredns");
+        assert_eq!(svc["spec"]["clusterIP"], "10.43.0.10");
+        let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+        assert_eq!(deployments.len(), 2, "DNS and its autoscaler");
+        for d in deployments {
+            let c = &d["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(c["image"], "rke2.local/rke2-addons:v0");
+            assert!(c["resources"]["requests"].is_object());
+        }
+    }
+
     #[test]
     fn bundled_manifests_parse_and_disable_removes() {
         let dir = tempfile::tempdir().unwrap();
-        write_bundled(dir.path(), &[], "10.43.0.10").unwrap();
+        write_bundled(dir.path(), &[], &values()).unwrap();
         for name in bundled_names() {
             let p = dir.path().join(format!("{name}.yaml"));
             let text = std::fs::read_to_string(&p).unwrap();
             let docs = parse_documents(&p, &text).unwrap();
             assert!(!docs.is_empty(), "{name}");
-            assert!(!text.contains("{cluster_dns}"));
+            assert!(!text.contains("{cluster_dns}"), "{name}");
+            assert!(!text.contains("{cluster_domain}"), "{name}");
+            assert!(!text.contains("{addon_image}"), "{name}");
         }
-        write_bundled(
-            dir.path(),
-            &["rke2-ingress-nginx".to_string()],
-            "10.43.0.10",
-        )
-        .unwrap();
+        write_bundled(dir.path(), &["rke2-ingress-nginx".to_string()], &values()).unwrap();
         assert!(!dir.path().join("rke2-ingress-nginx.yaml").exists());
         assert!(dir.path().join("rke2-coredns.yaml").exists());
     }

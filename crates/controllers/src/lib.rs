@@ -12,6 +12,7 @@ pub mod clusterrole_aggregation;
 pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod garbage_collector;
 pub mod informer;
 pub mod job;
@@ -22,6 +23,7 @@ pub mod replicaset;
 pub mod root_ca;
 pub mod server_removal;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod taint_eviction;
 pub mod update;
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rke2_runtime::RuntimeError;
+use rke2_runtime::addon_image::AddonImage;
 use rke2_runtime::containerd::{Containerd, ContainerdConfig};
 use rke2_runtime::cri::Cri;
 use rke2_runtime::images::ImageImporter;
@@ -136,6 +137,10 @@ impl Workloads {
                 &cfg.agent_dir,
             ),
             kubernetes_service: cfg.kubernetes_service.clone(),
+            addon_image: Arc::new(AddonImage::new(
+                &ccfg.socket(),
+                &cfg.agent_dir.join("addon-image"),
+            )),
         });
         tokio::spawn(crate::pods::run(ctx, stop));
         Ok(Workloads { containerd, cri })

@@ -246,6 +246,30 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         runtime: Some(workloads.cri.clone()),
     };
     let node = tokio::spawn(rke2_node::run(client, node_cfg, stop.clone()));
+    if let Some(facts) = crate::server::service_proxy_facts(&cfg, &node_name, &ips) {
+        let pair = crate::cluster::retry_transient(
+            "agent: the service proxy's client certificate",
+            || sup.kube_proxy_cert(),
+        )
+        .await?;
+        for (name, bytes, mode) in [
+            ("client-kube-proxy.crt", pair.cert.as_bytes(), 0o644),
+            ("client-kube-proxy.key", pair.key.as_bytes(), 0o600),
+        ] {
+            let p = agent_dir.join(name);
+            rke2_trust::write_file_if_changed(&p, bytes, mode)
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        let proxy_client =
+            crate::server::kube_client(&api_url, &ca, pair.cert.as_bytes(), pair.key.as_bytes())
+                .await
+                .context("agent: the service proxy's API client")?;
+        tokio::spawn(rke2_service_proxy::runner::run(
+            proxy_client,
+            rke2_service_proxy::runner::ProxyConfig::new(facts),
+            stop.clone(),
+        ));
+    }
     let refresh = tokio::spawn(refresh_servers(
         sup,
         api_lb.clone(),

@@ -4,6 +4,8 @@
 mod agent;
 mod cluster;
 mod dns;
+mod dns_autoscaler;
+mod informer_reads;
 mod preflight;
 mod server;
 
@@ -26,7 +28,7 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
 }
 
@@ -59,6 +61,7 @@ fn main() {
         "agent" => Role::Agent,
         "killall" => std::process::exit(killall(&rest)),
         "dns" => std::process::exit(dns::main(&rest)),
+        "dns-autoscaler" => std::process::exit(dns_autoscaler::main(&rest)),
         "" | "--help" | "-h" | "help" => {
             println!("{}", usage());
             return;
@@ -159,12 +162,21 @@ fn killall(args: &[OsString]) -> i32 {
         eprintln!("rke2 killall: removing the pod egress rule: {e}");
         0
     });
+    // The service proxy's rules, all in one table.
+    let proxy_tables = match rke2_service_proxy::remove_table() {
+        Ok(existed) => usize::from(existed),
+        Err(e) => {
+            eprintln!("rke2 killall: removing the service proxy's nftables table: {e}");
+            0
+        }
+    };
     println!(
-        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed",
+        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed, {} service proxy tables removed",
         done.killed.len(),
         done.unmounted.len(),
         agent.display(),
-        rules
+        rules,
+        proxy_tables
     );
     0
 }

@@ -51,6 +51,35 @@ pub fn pod_security(cfg: &Config) -> Result<PodSecurityConfig, Refused> {
     }
 }
 
+/// The audit log as RKE2 sets it up: the policy from `audit-policy-file`
+/// (or `/etc/rancher/rke2/audit-policy.yaml` when that exists; one that
+/// cannot be read or parsed refuses the start, naming the file and the
+/// field), events to `<data-dir>/server/logs/audit.log`. `None` when there
+/// is no policy or it records nothing.
+pub fn audit(cfg: &Config) -> Result<Option<rke2_apiserver::audit::AuditLog>, Refused> {
+    let path = match &cfg.audit_policy_file {
+        Some(p) => p.clone(),
+        None => {
+            let p = std::path::PathBuf::from(rke2_config::DEFAULT_AUDIT_POLICY_FILE);
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Refused(format!("audit-policy-file: {}: {e}", path.display())))?;
+    let policy = rke2_apiserver::audit::Policy::parse(&text)
+        .map_err(|e| Refused(format!("audit-policy-file: {}: {e}", path.display())))?;
+    if policy.records_nothing() {
+        return Ok(None);
+    }
+    Ok(Some(rke2_apiserver::audit::AuditLog::new(
+        policy,
+        &cfg.data_dir.join("server/logs/audit.log"),
+    )))
+}
+
 /// Kernel parameters `profile: cis` requires, with their values (RKE2's
 /// list, from the CIS hardening guide).
 const CIS_KERNEL_PARAMETERS: &[(&str, i64)] = &[

@@ -176,6 +176,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
     crate::preflight::profile(&cfg)?;
     let pod_security = crate::preflight::pod_security(&cfg)?;
+    let audit = crate::preflight::audit(&cfg)?.map(std::sync::Arc::new);
     crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -306,6 +307,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         token,
         passwd,
         pod_security,
+        audit,
     };
     let result = run_with_etcd(ctx, &mut sigterm, &mut sigint).await;
     info!("stopping etcd");
@@ -326,6 +328,7 @@ struct Running<'a> {
     token: Token,
     passwd: rke2_supervisor::bootstrap::Passwd,
     pod_security: rke2_apiserver::pod_security::PodSecurityConfig,
+    audit: Option<std::sync::Arc<rke2_apiserver::audit::AuditLog>>,
 }
 
 async fn run_with_etcd(
@@ -345,6 +348,7 @@ async fn run_with_etcd(
         token,
         passwd,
         pod_security,
+        audit,
     } = ctx;
     let own_client_url = format!("https://{}:2379", url_host(&node_ip));
     let store = Store::connect(&endpoints, Some(&store_tls))
@@ -371,6 +375,7 @@ async fn run_with_etcd(
             service_cidr: cfg.service_cidr,
             advertise_address: advertise,
             port: cfg.https_listen_port,
+            node_port_range: cfg.service_node_port_range,
             // pods/log, exec, attach: verify nodes against the server CA,
             // authenticate as system:apiserver (system:masters).
             node_client: rke2_apiserver::proxy::NodeClientTls::from_pem(
@@ -386,6 +391,7 @@ async fn run_with_etcd(
                     })?,
             ),
             pod_security,
+            audit,
         },
         store,
     );
@@ -483,18 +489,41 @@ async fn run_with_etcd(
     .with_context(|| format!("writing the kubeconfig {}", cfg.write_kubeconfig.display()))?;
     info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
 
+    // The node role acts as this node (`system:node:<name>`), as an
+    // agent's does, so the node authorizer and NodeRestriction bound it;
+    // the role labels, which a node may not set on itself, are the
+    // supervisor's to add (as RKE2's supervisor does).
+    let node_client = {
+        let (cert, key) = trust
+            .client_ca
+            .issue(&rke2_trust::LeafSpec::client(
+                &format!("system:node:{}", cfg.node_name),
+                &["system:nodes"],
+            ))
+            .context("issuing this server's kubelet client certificate")?;
+        kube_client(
+            &local_url,
+            trust.server_ca.cert_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+        .await?
+    };
+    tokio::spawn(label_server_node(
+        client.clone(),
+        cfg.node_name.clone(),
+        stop.clone(),
+    ));
     let mut labels = BTreeMap::new();
-    for role in ["control-plane", "etcd", "master"] {
-        labels.insert(
-            format!("node-role.kubernetes.io/{role}"),
-            "true".to_string(),
-        );
-    }
     labels.extend(cfg.node_labels.iter().cloned());
     // Bundled addons go into the auto-deploy directory unless disabled.
     let manifests_dir = cfg.data_dir.join("server/manifests");
-    let cluster_dns = cfg.cluster_dns.to_string();
-    rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &cluster_dns)
+    let addon_values = rke2_controllers::addons::AddonValues {
+        cluster_dns: cfg.cluster_dns.to_string(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        addon_image: rke2_runtime::addon_image::reference(),
+    };
+    rke2_controllers::addons::write_bundled(&manifests_dir, &cfg.disable, &addon_values)
         .with_context(|| {
             format!(
                 "writing bundled addon manifests to {}",
@@ -502,7 +531,7 @@ async fn run_with_etcd(
             )
         })?;
     let workloads = rke2_node::workloads::Workloads::start(
-        client.clone(),
+        node_client.clone(),
         workload_config(cfg, node_ip),
         stop.clone(),
     )
@@ -526,7 +555,25 @@ async fn run_with_etcd(
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
     };
-    let node = tokio::spawn(rke2_node::run(client.clone(), node_cfg, stop.clone()));
+    let node = tokio::spawn(rke2_node::run(node_client, node_cfg, stop.clone()));
+    if let Some(facts) = service_proxy_facts(cfg, &cfg.node_name, ips) {
+        let (cert, key) = trust
+            .client_ca
+            .issue(&rke2_trust::LeafSpec::client(SERVICE_PROXY_USER, &[]))
+            .context("issuing the service proxy's client certificate")?;
+        let proxy_client = kube_client(
+            &local_url,
+            trust.server_ca.cert_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+        .await?;
+        tokio::spawn(rke2_service_proxy::runner::run(
+            proxy_client,
+            rke2_service_proxy::runner::ProxyConfig::new(facts),
+            stop.clone(),
+        ));
+    }
     // The node API: this server is a node too.
     let mut node_sans = vec![cfg.node_name.clone(), "localhost".to_string()];
     node_sans.extend(ips.iter().map(|i| i.to_string()));
@@ -555,12 +602,14 @@ async fn run_with_etcd(
             node_name: cfg.node_name.clone(),
             store: state.store.clone(),
             manifests: manifests_dir,
+            disabled_addons: (cfg.disable.clone(), addon_values),
             cluster_cidr: cfg.cluster_cidr,
             signers: rke2_controllers::csr_signing::Signers {
                 client_ca: trust.client_ca.clone(),
                 server_ca: trust.server_ca.clone(),
                 duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
             },
+            enable_servicelb: cfg.enable_servicelb,
         },
         control_plane_stop.clone(),
     )?;
@@ -592,9 +641,14 @@ struct ControlPlane {
     node_name: String,
     store: Store,
     manifests: std::path::PathBuf,
+    /// `disable`d addons and what their manifests are filled with: their
+    /// objects are deleted.
+    disabled_addons: (Vec<String>, rke2_controllers::addons::AddonValues),
     cluster_cidr: ipnet::IpNet,
     /// The CAs that sign approved CertificateSigningRequests.
     signers: rke2_controllers::csr_signing::Signers,
+    /// `enable-servicelb`: run ServiceLB.
+    enable_servicelb: bool,
 }
 
 /// Worker threads of the control-plane runtime.
@@ -611,9 +665,9 @@ use rke2_apiserver::bootstrap_policy::CONTROLLER_ACCOUNTS;
 /// `system:kube-scheduler`, leader election of the controllers as
 /// `system:kube-controller-manager`, each controller as its service
 /// account (`system:serviceaccount:kube-system:<name>` in the account's
-/// groups, plus the group that grants the reads upstream's shared
-/// informers make as kube-controller-manager), so RBAC's bootstrap policy
-/// is what lets them work.
+/// groups) for what it writes and gets, and as kube-controller-manager for
+/// its lists and watches (`informer_reads`, as upstream's shared
+/// informers), so RBAC's bootstrap policy is what lets them work.
 struct ControlPlaneIdentities {
     scheduler: (String, String),
     controller_manager: (String, String),
@@ -663,14 +717,18 @@ impl ControlPlaneClients {
             let (cert, key) = pair.clone();
             async move { kube_client(&cp.url, ca, cert.as_bytes(), key.as_bytes()).await }
         };
+        let controller_manager = client(&cp.identities.controller_manager).await?;
         let mut controllers = std::collections::HashMap::new();
         for (name, pair) in &cp.identities.controllers {
-            controllers.insert(*name, client(pair).await?);
+            controllers.insert(
+                *name,
+                crate::informer_reads::reads_as(controller_manager.clone(), client(pair).await?),
+            );
         }
         Ok(Self {
             supervisor: client(&(cp.cert_pem.clone(), cp.key_pem.clone())).await?,
             scheduler: client(&cp.identities.scheduler).await?,
-            controller_manager: client(&cp.identities.controller_manager).await?,
+            controller_manager,
             controllers,
         })
     }
@@ -736,8 +794,10 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
         node_name,
         store,
         manifests,
+        disabled_addons,
         cluster_cidr,
         signers,
+        enable_servicelb,
         ..
     } = cp;
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
@@ -752,6 +812,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
             let client = clients.supervisor.clone();
             let store = store.clone();
             let manifests = manifests.clone();
+            let disabled_addons = disabled_addons.clone();
             let node_name = node_name.clone();
             let root_ca_pem = root_ca_pem.clone();
             let signers = signers.clone();
@@ -779,6 +840,12 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     manifests,
                     lead.clone(),
                 ));
+                loops.spawn(rke2_controllers::addons::remove_disabled(
+                    client.clone(),
+                    disabled_addons.0,
+                    disabled_addons.1,
+                    lead.clone(),
+                ));
                 use rke2_controllers as c;
                 loops.spawn(c::replicaset::run(
                     clients.of("replicaset-controller"),
@@ -793,6 +860,12 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     lead.clone(),
                 ));
                 loops.spawn(c::job::run(clients.of("job-controller"), lead.clone()));
+                if enable_servicelb {
+                    loops.spawn(c::servicelb::run(
+                        clients.of("service-controller"),
+                        lead.clone(),
+                    ));
+                }
                 loops.spawn(c::garbage_collector::run(
                     clients.of("generic-garbage-collector"),
                     lead.clone(),
@@ -813,6 +886,14 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                 ));
                 loops.spawn(c::clusterrole_aggregation::run(
                     clients.of("clusterrole-aggregation-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::endpoints::run(
+                    c::endpoints::EndpointsClients {
+                        slices: clients.of("endpointslice-controller"),
+                        endpoints: clients.of("endpoint-controller"),
+                    },
+                    c::endpoints::EndpointsConfig::default(),
                     lead.clone(),
                 ));
                 loops.spawn(c::csr_signing::run(
@@ -839,6 +920,45 @@ async fn run_scheduler(client: kube::Client, node_name: String, stop: Cancellati
         move |lead: CancellationToken| rke2_scheduler::run(client.clone(), lead),
     )
     .await;
+}
+
+/// The service proxy's user (kube-proxy's, which the bootstrap policy
+/// binds to `system:node-proxier`).
+pub const SERVICE_PROXY_USER: &str = "system:kube-proxy";
+
+/// What the service proxy needs to know about this node, or `None` when
+/// it does not run here: `disable-kube-proxy` is set, or the node is on a
+/// loopback address (a single-machine test set-up whose nodes share the
+/// machine's network namespace and so cannot each own its tables).
+pub fn service_proxy_facts(
+    cfg: &Config,
+    node_name: &str,
+    ips: &[IpAddr],
+) -> Option<rke2_service_proxy::model::NodeFacts> {
+    if cfg.disable_kube_proxy {
+        info!("disable-kube-proxy is set: no service proxy on this node");
+        return None;
+    }
+    if ips.iter().all(|ip| ip.is_loopback()) {
+        info!("node on a loopback address: no service proxy (it would share the machine's tables)");
+        return None;
+    }
+    let v4 = |n: &ipnet::IpNet| match n {
+        ipnet::IpNet::V4(n) => Some(*n),
+        ipnet::IpNet::V6(_) => None,
+    };
+    Some(rke2_service_proxy::model::NodeFacts {
+        name: node_name.to_string(),
+        addresses: ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(a) if !a.is_loopback() => Some(*a),
+                _ => None,
+            })
+            .collect(),
+        cluster_cidr: v4(&cfg.cluster_cidr),
+        service_cidr: v4(&cfg.service_cidr),
+    })
 }
 
 /// What the node's workload side (runtime, pod network, pods) needs from
@@ -887,6 +1007,66 @@ pub fn spawn_node_api(
         rke2_node::api::serve(listener, tls, app, async move { stop.cancelled().await }).await;
     });
     Ok(())
+}
+
+/// The labels that say a Node is a server (RKE2's: control plane, etcd
+/// and the legacy master role).
+pub const SERVER_ROLE_LABELS: [&str; 3] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/etcd",
+    "node-role.kubernetes.io/master",
+];
+
+/// Adds the server role labels to this server's Node once the node role
+/// registered it (NodeRestriction keeps a node from labelling itself so),
+/// and again whenever they are found missing, until `stop`.
+async fn label_server_node(client: kube::Client, node: String, stop: CancellationToken) {
+    use kube::api::{Patch, PatchParams};
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let wanted: BTreeMap<String, String> = SERVER_ROLE_LABELS
+        .iter()
+        .map(|l| (l.to_string(), "true".to_string()))
+        .collect();
+    loop {
+        let labelled = match nodes.get_opt(&node).await {
+            Ok(Some(n)) => {
+                let have = n.metadata.labels.unwrap_or_default();
+                if wanted.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                    true
+                } else {
+                    let patch = serde_json::json!({"metadata": {"labels": wanted}});
+                    match nodes
+                        .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => {
+                            info!(node = %node, "server role labels set");
+                            true
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "labelling this server's Node; retrying");
+                            false
+                        }
+                    }
+                }
+            }
+            Ok(None) => false,
+            Err(e) => {
+                debug!(error = %e, "reading this server's Node; retrying");
+                false
+            }
+        };
+        // Quick until the Node is labelled, then a slow check.
+        let every = if labelled {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Records this server's node password (`<node>.node-password.rke2`),

@@ -308,6 +308,40 @@ async fn pods_run_across_two_nodes() {
     .await
     .unwrap();
 
+    // The addon image: no tarball holds it and no registry serves it; the
+    // agent makes it from its own binary when a pod first needs it.
+    let addon_ref = rke2_runtime::addon_image::reference();
+    let addon_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "addon-image"},
+        "spec": {
+            "nodeName": "a1",
+            "restartPolicy": "Never",
+            "containers": [{"name": "rke2", "image": addon_ref, "args": ["--version"]}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &addon_pod)
+        .await
+        .unwrap();
+    eventually(LONG, "the addon image's pod Succeeded", || async {
+        let p = pod(&pods, "addon-image").await?;
+        (p.status?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let o = kubectl(&k, &kubeconfig, &["describe", "pod", "addon-image"]);
+        panic!("{e}\n{}\nagent log:\n{}", text(&o), a1.log())
+    });
+    let o = kubectl(&k, &kubeconfig, &["logs", "addon-image"]);
+    assert!(
+        text(&o).contains(&format!("(rke2-rs {})", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        text(&o)
+    );
+    pods.delete("addon-image", &Default::default())
+        .await
+        .unwrap();
+
     // Pod-to-Pod across nodes, by IP (busybox nc: the static busybox's
     // wget needs glibc's NSS modules, which an image of one binary lacks).
     for (from, to) in [(0, 1), (1, 0)] {

@@ -13,9 +13,13 @@ use rke2_testbed::{Server, ServerOpts, kubectls};
 use serde_json::{Value, json};
 
 async fn start_server() -> (Server, kube::Client) {
+    start_server_with(ServerOpts::default()).await
+}
+
+async fn start_server_with(opts: ServerOpts) -> (Server, kube::Client) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut server = Server::start(Path::new(env!("CARGO_BIN_EXE_rke2")), ServerOpts::default())
-        .expect("starting rke2 server");
+    let mut server =
+        Server::start(Path::new(env!("CARGO_BIN_EXE_rke2")), opts).expect("starting rke2 server");
     let client = server
         .wait_ready(Duration::from_secs(120))
         .await
@@ -80,7 +84,20 @@ fn text(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_accounts_get_what_rbac_grants() {
-    let (server, client) = start_server().await;
+    // An audit policy recording pods at Metadata (RKE2's
+    // `audit-policy-file`): who acted must be the impersonator.
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  resources:\n  - group: \"\"\n    resources: [pods]\n",
+    )
+    .unwrap();
+    let (server, client) = start_server_with(ServerOpts {
+        config_yaml: Some(format!("audit-policy-file: {}\n", policy.display())),
+        ..Default::default()
+    })
+    .await;
     let ns = "team";
     create(
         &client,
@@ -256,6 +273,49 @@ async fn service_accounts_get_what_rbac_grants() {
             json!(["devs", "system:authenticated"]),
             "kubectl 1.{v}"
         );
+    }
+
+    // The audit log names the admin as the one who acted as bob, with the
+    // answer; only pods are recorded, as the policy says.
+    let audit_log = server.data_dir.join("server/logs/audit.log");
+    let events: Vec<Value> = std::fs::read_to_string(&audit_log)
+        .unwrap_or_else(|e| panic!("{}: {e}", audit_log.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let as_bob = events
+        .iter()
+        .find(|e| {
+            e["impersonatedUser"]["username"] == "bob"
+                && e["verb"] == "list"
+                && e["responseStatus"]["code"] == 403
+        })
+        .unwrap_or_else(|| panic!("no audit event of the admin listing pods as bob: {events:#?}"));
+    assert_eq!(as_bob["stage"], "ResponseComplete");
+    assert_eq!(as_bob["user"]["username"], "system:admin", "{as_bob}");
+    assert_eq!(as_bob["objectRef"]["resource"], "pods");
+    assert_eq!(as_bob["objectRef"]["namespace"], ns);
+    assert_eq!(
+        as_bob["annotations"]["authorization.k8s.io/decision"],
+        "forbid"
+    );
+    assert!(
+        as_bob["userAgent"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("kubectl"),
+        "{as_bob}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["objectRef"]["resource"] == "pods" && e["stage"] != "RequestReceived"),
+        "only pods, without the omitted stage"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&audit_log).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     // Non-resource paths go through RBAC too: discovery is granted to every

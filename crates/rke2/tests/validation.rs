@@ -835,6 +835,12 @@ fn seeds() -> Vec<(&'static str, Value, Decode)> {
             dec::<api::core::v1::Endpoints>,
         ),
         (
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "prop-eps", "labels": {"kubernetes.io/service-name": "prop-svc"}},
+                   "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}], "ports": [{"name": "http", "port": 80}]}),
+            dec::<api::discovery::v1::EndpointSlice>,
+        ),
+        (
             "/api/v1/namespaces/default/configmaps",
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prop-cm"}, "data": {"a": "1"}}),
             dec::<api::core::v1::ConfigMap>,

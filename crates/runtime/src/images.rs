@@ -111,6 +111,16 @@ impl ImageImporter {
         out
     }
 
+    /// Imports one archive now (a `.tar`, or compressed as the folder's
+    /// files may be), returning the image references it held.
+    pub async fn import_file(&self, file: &Path) -> Result<Vec<String>, RuntimeError> {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.import(file, decompressor(&name).unwrap_or(None)).await
+    }
+
     async fn import(
         &self,
         file: &Path,

@@ -3,6 +3,7 @@
 //! with air-gap image tarballs ([`images`]), and cleaned up after
 //! ([`cleanup`]).
 
+pub mod addon_image;
 pub mod cleanup;
 pub mod containerd;
 pub mod cri;

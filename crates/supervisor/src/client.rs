@@ -502,6 +502,19 @@ impl SupervisorClient {
         })
     }
 
+    /// Fetches the service proxy's client certificate
+    /// (`CN=system:kube-proxy`).
+    pub async fn kube_proxy_cert(&self) -> Result<KubeletCert, JoinError> {
+        let path = "/v1-rke2/client-kube-proxy.crt";
+        let (status, body) =
+            get_once(&self.target, self.tls.clone(), path, Some(&self.auth), &[]).await?;
+        check_status(self.url(path), status, &body)?;
+        serde_json::from_slice(&body).map_err(|e| JoinError::Decode {
+            url: self.url(path),
+            message: format!("invalid JSON: {e}"),
+        })
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.target.base)
     }

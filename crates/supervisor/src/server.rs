@@ -104,6 +104,7 @@ pub fn router(state: Arc<SupervisorState>) -> Router {
         .route("/db/info", get(db_info))
         .route("/v1-rke2/client-kubelet.crt", get(client_kubelet))
         .route("/v1-rke2/serving-kubelet.crt", get(serving_kubelet))
+        .route("/v1-rke2/client-kube-proxy.crt", get(client_kube_proxy))
         .fallback(not_found)
         .with_state(state)
 }
@@ -350,6 +351,23 @@ async fn client_kubelet(State(s): State<Arc<SupervisorState>>, headers: HeaderMa
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("issuing the node client certificate: {e}\n"),
+        )
+            .into_response()
+    })
+}
+
+/// `CN=system:kube-proxy`, signed by the client CA: the service proxy's
+/// identity (the bootstrap policy binds it `system:node-proxier`). Any
+/// node may have it, as in RKE2; it names no node.
+async fn client_kube_proxy(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    if let Err(d) = authorize(&s, &headers, Need::ServerOrNode) {
+        return d.into_response();
+    }
+    let spec = rke2_trust::LeafSpec::client("system:kube-proxy", &[]);
+    issue_pair(&s.tls_dir, "client-ca", &spec).unwrap_or_else(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("issuing the kube-proxy client certificate: {e}\n"),
         )
             .into_response()
     })

@@ -54,6 +54,9 @@ pub struct PodContext {
     pub resolv_conf: std::path::PathBuf,
     /// `default/kubernetes` as (ip, port) for the service variables.
     pub kubernetes_service: Option<(String, i32)>,
+    /// The image of this binary, built and imported when a pod first
+    /// needs it (the bundled addons' image; no registry serves it).
+    pub addon_image: Arc<rke2_runtime::addon_image::AddonImage>,
 }
 
 impl PodContext {

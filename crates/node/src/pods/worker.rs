@@ -636,6 +636,17 @@ impl Worker {
             );
             return Ok(image);
         }
+        if image == rke2_runtime::addon_image::reference() {
+            // This binary's own image: made here, never pulled.
+            return match self.ctx.addon_image.ensure().await {
+                Ok(_) => Ok(image),
+                Err(e) => {
+                    let msg = format!("Failed to build image {image:?}: {}", e.message());
+                    self.event("Warning", &format!("Failed/{k}"), msg.clone());
+                    Err(("ErrImagePull".into(), msg))
+                }
+            };
+        }
         if policy == "Never" {
             return Err((
                 "ErrImageNeverPull".into(),
