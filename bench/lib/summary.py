@@ -180,9 +180,22 @@ FIGURES = [
     dict(script="scale", figure="scale: server RSS steady, rke2-1 (MB)",
          ours=("RSS steady / peak (MB): rke2-1", "value"), ref=None,
          refis="none (memory)", target="-", better="lower"),
+    # cluster DNS
+    dict(script="dns", figure="DNS queries/s, 1,000 Service names",
+         ours=("rke2 dns queries/s", "median"), ref=("dnsmasq queries/s", "median"),
+         ratio=("ratio ours / dnsmasq", "median"),
+         refis="dnsmasq, the same names from --addn-hosts, same CPU", target="ratio >= 1.0",
+         check=("ratio", ">=", 1.0), better="higher"),
+    dict(script="dns", figure="DNS p99 at a fixed rate (ms)",
+         ours=("rke2 dns p99 at", "median"), ref=("dnsmasq p99 at", "median"),
+         refis="dnsmasq, same names, same rate: p99", target="-", better="lower"),
+    dict(script="dns", figure="DNS server RSS, 1,000 Services (MB)",
+         ours=("rke2 dns RSS, 1000 Services, after the load", "median"),
+         ref=("dnsmasq RSS", "median"),
+         refis="dnsmasq with the same 1,000 hosts", target="-", better="lower"),
 ]
 
-SCRIPT_ORDER = ["startup", "agent", "ha", "scheduler", "pods", "api", "scale"]
+SCRIPT_ORDER = ["startup", "agent", "ha", "scheduler", "pods", "api", "scale", "dns"]
 
 
 # ---------------------------------------------------------------- markdown --

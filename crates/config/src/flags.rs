@@ -334,6 +334,14 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "Cluster DNS service IP written into pods' resolv.conf (default: the 10th address of service-cidr)",
     ),
     flag(
+        "resolv-conf",
+        Str,
+        None,
+        "RKE2_RESOLV_CONF",
+        true,
+        "(agent/node) Kubelet resolv.conf file",
+    ),
+    flag(
         "profile",
         Str,
         None,

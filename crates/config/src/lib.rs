@@ -211,6 +211,10 @@ pub struct Config {
     /// The cluster DNS service IP (`cluster-dns`; default: the 10th
     /// address of `service-cidr`).
     pub cluster_dns: IpAddr,
+    /// The host resolv.conf for pods with `dnsPolicy: Default` and the
+    /// DNS addon's upstreams (`resolv-conf`); without it the node picks
+    /// one as RKE2 does.
+    pub resolv_conf: Option<PathBuf>,
     /// The security benchmark profile (`profile`).
     pub profile: Option<Profile>,
     /// PodSecurity admission's configuration file
@@ -1028,6 +1032,7 @@ fn build(
         etcd_binary: r.str("etcd-binary").expect("default").0,
         pause_image: r.str("pause-image").expect("default").0,
         cluster_dns,
+        resolv_conf: r.str("resolv-conf").map(|(p, _)| PathBuf::from(p)),
         profile: r.parsed("profile", Profile::from_str)?,
         pod_security_admission_config_file: r
             .str("pod-security-admission-config-file")

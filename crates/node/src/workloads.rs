@@ -34,6 +34,9 @@ pub struct WorkloadConfig {
     pub cluster_dns: IpAddr,
     /// The cluster domain.
     pub cluster_domain: String,
+    /// `resolv-conf`: the host resolv.conf for pods with `dnsPolicy:
+    /// Default`; without it, RKE2's choice (`pods::dns::locate_resolv_conf`).
+    pub resolv_conf: Option<PathBuf>,
     /// The cluster's pod network (`cluster-cidr`): traffic to it keeps
     /// pod source IPs, traffic elsewhere is masqueraded.
     pub cluster_cidr: ipnet::IpNet,
@@ -128,6 +131,11 @@ impl Workloads {
             },
             cluster_dns: cfg.cluster_dns.to_string(),
             cluster_domain: cfg.cluster_domain.clone(),
+            resolv_conf: crate::pods::dns::locate_resolv_conf(
+                cfg.resolv_conf.as_deref(),
+                &crate::pods::dns::HOST_RESOLV_CONFS.map(std::path::Path::new),
+                &cfg.agent_dir,
+            ),
             kubernetes_service: cfg.kubernetes_service.clone(),
             addon_image: Arc::new(AddonImage::new(
                 &ccfg.socket(),

@@ -1,7 +1,9 @@
-//! The `rke2` binary: `rke2 server` (and, later, `rke2 agent`).
+//! The `rke2` binary: `rke2 server`, `rke2 agent`, and the addons'
+//! subcommands (`rke2 dns`).
 
 mod agent;
 mod cluster;
+mod dns;
 mod dns_autoscaler;
 mod informer_reads;
 mod preflight;
@@ -26,7 +28,7 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
 }
 
@@ -58,6 +60,7 @@ fn main() {
         "server" => Role::Server,
         "agent" => Role::Agent,
         "killall" => std::process::exit(killall(&rest)),
+        "dns" => std::process::exit(dns::main(&rest)),
         "dns-autoscaler" => std::process::exit(dns_autoscaler::main(&rest)),
         "" | "--help" | "-h" | "help" => {
             println!("{}", usage());

@@ -972,6 +972,7 @@ pub fn workload_config(cfg: &Config, node_ip: IpAddr) -> rke2_node::workloads::W
         pause_image: cfg.pause_image.clone(),
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain.clone(),
+        resolv_conf: cfg.resolv_conf.clone(),
         cluster_cidr: cfg.cluster_cidr,
         kubernetes_service: Some((first.to_string(), 443)),
     }

@@ -3,6 +3,7 @@
 //! and sweep sandboxes whose Pod is gone (deleted while this node role
 //! was down, or mid-start).
 
+pub mod dns;
 pub mod probes;
 pub mod spec;
 pub mod volumes;
@@ -48,6 +49,9 @@ pub struct PodContext {
     pub cluster_dns: String,
     /// The cluster domain (`cluster-domain`).
     pub cluster_domain: String,
+    /// The host resolv.conf pods with `dnsPolicy: Default` get (chosen
+    /// by `dns::locate_resolv_conf`; read at each sandbox, as kubelet).
+    pub resolv_conf: std::path::PathBuf,
     /// `default/kubernetes` as (ip, port) for the service variables.
     pub kubernetes_service: Option<(String, i32)>,
     /// The image of this binary, built and imported when a pod first
@@ -56,6 +60,16 @@ pub struct PodContext {
 }
 
 impl PodContext {
+    /// The DNS settings of `pod`'s sandbox, per its `dnsPolicy`.
+    pub fn pod_dns(&self, pod: &Pod) -> rke2_runtime::cri::api::DnsConfig {
+        dns::pod_dns_config(
+            pod,
+            &self.cluster_dns,
+            &self.cluster_domain,
+            &dns::HostDns::read(&self.resolv_conf),
+        )
+    }
+
     /// Records an event about `pod` from this node (best effort).
     pub async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
         // Reasons are keyed per container in the worker ("Started/c");

@@ -78,52 +78,12 @@ pub fn cgroup_parent(uid: &str) -> String {
     format!("/kubepods/pod{uid}")
 }
 
-/// DNS for the pod: cluster DNS with the upstream search path for
-/// `ClusterFirst` (the default), the node's own for `Default`.
-pub fn dns_config(pod: &Pod, cluster_dns: &str, cluster_domain: &str) -> Option<api::DnsConfig> {
-    let spec = pod.spec.as_ref()?;
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
-    let host_net = spec.host_network.unwrap_or(false);
-    let mut cfg = match policy {
-        "Default" => return None,
-        "None" => api::DnsConfig::default(),
-        "ClusterFirst" if host_net => return None,
-        _ => api::DnsConfig {
-            servers: vec![cluster_dns.to_string()],
-            searches: vec![
-                format!("{ns}.svc.{cluster_domain}"),
-                format!("svc.{cluster_domain}"),
-                cluster_domain.to_string(),
-            ],
-            options: vec!["ndots:5".into()],
-        },
-    };
-    if let Some(extra) = &spec.dns_config {
-        cfg.servers
-            .extend(extra.nameservers.clone().unwrap_or_default());
-        cfg.searches
-            .extend(extra.searches.clone().unwrap_or_default());
-        for o in extra.options.clone().unwrap_or_default() {
-            let name = o.name.unwrap_or_default();
-            cfg.options
-                .retain(|x| x.split(':').next() != Some(name.as_str()));
-            cfg.options.push(match o.value {
-                Some(v) => format!("{name}:{v}"),
-                None => name,
-            });
-        }
-    }
-    Some(cfg)
-}
-
 /// The CRI sandbox config of `pod`.
 pub fn sandbox_config(
     pod: &Pod,
     attempt: u32,
     paths: &PodPaths,
-    cluster_dns: &str,
-    cluster_domain: &str,
+    dns: api::DnsConfig,
 ) -> api::PodSandboxConfig {
     let m = &pod.metadata;
     let spec = pod.spec.clone().unwrap_or_default();
@@ -170,7 +130,7 @@ pub fn sandbox_config(
         }),
         hostname: if host_net { String::new() } else { hostname },
         log_directory: paths.log_dir(pod).to_string_lossy().into_owned(),
-        dns_config: dns_config(pod, cluster_dns, cluster_domain),
+        dns_config: Some(dns),
         port_mappings,
         labels: pod_labels(pod),
         annotations,
@@ -449,17 +409,5 @@ mod tests {
         assert!(!safe_relative("../a"));
         assert!(!safe_relative("/etc"));
         assert!(!safe_relative(""));
-    }
-
-    #[test]
-    fn cluster_first_dns_uses_the_namespace_search_path() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "team"},
-            "spec": {"containers": [{"name": "c", "image": "i"}]}
-        }))
-        .unwrap();
-        let d = dns_config(&pod, "10.43.0.10", "cluster.local").unwrap();
-        assert_eq!(d.servers, vec!["10.43.0.10"]);
-        assert_eq!(d.searches[0], "team.svc.cluster.local");
     }
 }

@@ -419,13 +419,7 @@ impl Worker {
         for d in [&log_dir, &pod_dir] {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }
-        let cfg = spec::sandbox_config(
-            &self.pod,
-            attempt,
-            paths,
-            &self.ctx.cluster_dns,
-            &self.ctx.cluster_domain,
-        );
+        let cfg = spec::sandbox_config(&self.pod, attempt, paths, self.ctx.pod_dns(&self.pod));
         let started = Instant::now();
         match rt
             .run_pod_sandbox(api::RunPodSandboxRequest {
@@ -740,13 +734,8 @@ impl Worker {
                 return;
             }
         };
-        let sandbox_cfg = spec::sandbox_config(
-            &self.pod,
-            0,
-            &self.ctx.paths,
-            &self.ctx.cluster_dns,
-            &self.ctx.cluster_domain,
-        );
+        let sandbox_cfg =
+            spec::sandbox_config(&self.pod, 0, &self.ctx.paths, self.ctx.pod_dns(&self.pod));
         let cfg =
             spec::container_config(&self.pod, c, attempt, &image, &env, &order, &mounts, init);
         let mut rt = self.ctx.cri.runtime();
