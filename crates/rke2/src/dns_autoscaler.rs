@@ -56,7 +56,7 @@ impl Linear {
         Ok(l)
     }
 
-    fn from_resources(&self, count: f64, per_replica: f64) -> u32 {
+    fn replicas_for(&self, count: f64, per_replica: f64) -> u32 {
         if per_replica == 0.0 {
             return 1;
         }
@@ -69,8 +69,8 @@ impl Linear {
 
     /// The replicas for `nodes` nodes with `cores` cores between them.
     pub fn replicas(&self, nodes: u32, cores: f64) -> u32 {
-        let from_cores = self.from_resources(cores, self.cores_per_replica);
-        let mut from_nodes = self.from_resources(f64::from(nodes), self.nodes_per_replica);
+        let from_cores = self.replicas_for(cores, self.cores_per_replica);
+        let mut from_nodes = self.replicas_for(f64::from(nodes), self.nodes_per_replica);
         if self.prevent_single_point_failure && nodes > 1 && from_nodes < 2 {
             from_nodes = 2;
         }

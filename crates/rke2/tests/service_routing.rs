@@ -75,7 +75,7 @@ async fn services_route_and_names_resolve_across_nodes() {
         "--pid-file=",
         "--user=root",
     ]);
-    let _resolver = bed
+    let mut resolver = bed
         .spawn_in(&hx, &mut dnsmasq)
         .expect("dnsmasq (scripts/install.sh installs dnsmasq-base)");
     let resolv = bed.dir().join("upstream-resolv.conf");
@@ -85,8 +85,7 @@ async fn services_route_and_names_resolve_across_nodes() {
         "token: svc-secret\npause-image: {TEST_PAUSE_IMAGE}\nresolv-conf: {}\n",
         resolv.display()
     );
-    let server_cfg =
-        format!("{common}disable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n");
+    let server_cfg = format!("{common}disable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n");
     let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &server_cfg, &[]).unwrap();
     let agent_cfg = format!("server: https://{}:9345\n{common}", hs.ip);
     let mut a1 = NodeProc::new(&bed, bin(), &ha, "agent", &agent_cfg, &[]).unwrap();
@@ -116,9 +115,7 @@ async fn services_route_and_names_resolve_across_nodes() {
                 n.status
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             })
             .count();
         (ready == 2).then_some(())
@@ -245,7 +242,14 @@ async fn services_route_and_names_resolve_across_nodes() {
         let ready: Vec<&Pod> = list.items.iter().filter(|p| running_ready(p)).collect();
         let webs: BTreeSet<String> = ready
             .iter()
-            .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str) == Some("web"))
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app"))
+                    .map(String::as_str)
+                    == Some("web")
+            })
             .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
             .collect();
         (ready.len() == 5 && webs.len() == 2).then_some(webs)
@@ -271,20 +275,28 @@ async fn services_route_and_names_resolve_across_nodes() {
     // until both endpoints have answered each client.
     for client_pod in ["client-s1", "client-a1"] {
         for url in ["http://web", "http://web.default.svc.cluster.local"] {
-            let mut seen = BTreeSet::new();
-            eventually(LONG, "both endpoints answer through the Service", || async {
-                let o = exec(client_pod, &format!("wget -q -T 3 -O- {url}"));
-                let out = text(&o);
-                for n in &web_names {
-                    if out.contains(&format!("hello from {n}")) {
-                        seen.insert(n.clone());
+            let seen = std::sync::Mutex::new(BTreeSet::new());
+            eventually(
+                LONG,
+                "both endpoints answer through the Service",
+                || async {
+                    let o = exec(client_pod, &format!("wget -q -T 3 -O- {url}"));
+                    let out = text(&o);
+                    let mut seen = seen.lock().unwrap();
+                    for n in &web_names {
+                        if out.contains(&format!("hello from {n}")) {
+                            seen.insert(n.clone());
+                        }
                     }
-                }
-                (seen.len() == 2).then_some(())
-            })
+                    (seen.len() == 2).then_some(())
+                },
+            )
             .await
             .unwrap_or_else(|e| {
-                let o = exec(client_pod, &format!("cat /etc/resolv.conf; wget -q -T 3 -O- {url}"));
+                let o = exec(
+                    client_pod,
+                    &format!("cat /etc/resolv.conf; wget -q -T 3 -O- {url}"),
+                );
                 panic!("{client_pod} {url}: {e}: {}", text(&o))
             });
         }
@@ -296,23 +308,42 @@ async fn services_route_and_names_resolve_across_nodes() {
     let lookup = |name: &str| text(&exec("client-a1", &format!("nslookup {name}")));
     let out = lookup("web-h.default.svc.cluster.local");
     for ip in &web_ips {
-        assert!(out.contains(ip.as_str()), "headless web-h: {ip} not in {out}");
+        assert!(
+            out.contains(ip.as_str()),
+            "headless web-h: {ip} not in {out}"
+        );
     }
-    let db_ip = pods.get("db-0").await.unwrap().status.unwrap().pod_ip.unwrap();
+    let db_ip = pods
+        .get("db-0")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ip
+        .unwrap();
     let out = lookup("db-0.db.default.svc.cluster.local");
     assert!(out.contains(&db_ip), "hostname/subdomain record: {out}");
     let dashed = db_ip.replace('.', "-");
     let out = lookup(&format!("{dashed}.default.pod.cluster.local"));
     assert!(out.contains(&db_ip), "pod A record: {out}");
     let out = lookup("outside.test");
-    assert!(out.contains("192.0.2.7"), "forwarded to the upstream resolver: {out}");
+    assert!(
+        out.contains("192.0.2.7"),
+        "forwarded to the upstream resolver: {out}"
+    );
     let out = lookup("nothing-here.default.svc.cluster.local");
-    assert!(out.to_ascii_uppercase().contains("NXDOMAIN") || out.contains("can't find"), "{out}");
+    assert!(
+        out.to_ascii_uppercase().contains("NXDOMAIN") || out.contains("can't find"),
+        "{out}"
+    );
     let out = lookup("kubernetes.default.svc.cluster.local");
     assert!(out.contains("10.43.0.1"), "{out}");
     // The API through its ClusterIP: a TLS handshake answers (nc gets the
     // server's alert or bytes back, not a refusal or a timeout).
-    let o = exec("client-s1", "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 3 kubernetes.default.svc 443 | wc -c");
+    let o = exec(
+        "client-s1",
+        "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 3 kubernetes.default.svc 443 | wc -c",
+    );
     let n: usize = text(&o).trim().parse().unwrap_or(0);
     assert!(n > 0, "the API's ClusterIP answered nothing: {}", text(&o));
 
@@ -336,27 +367,40 @@ async fn services_route_and_names_resolve_across_nodes() {
         let deployments = deployments.clone();
         async move {
             deployments
-                .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": n}})))
+                .patch_scale(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": n}})),
+                )
                 .await
                 .unwrap();
         }
     };
     scale(0).await;
     eventually(LONG, "no answer once scaled to 0", || async {
-        let o = exec("client-a1", "wget -q -T 2 -O- http://web.default.svc.cluster.local && echo ANSWERED");
+        let o = exec(
+            "client-a1",
+            "wget -q -T 2 -O- http://web.default.svc.cluster.local && echo ANSWERED",
+        );
         (!text(&o).contains("ANSWERED")).then_some(())
     })
     .await
     .unwrap();
     scale(2).await;
     let first_ready = eventually(LONG, "a web pod Ready again", || async {
-        let list = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
         list.items.iter().any(running_ready).then(Instant::now)
     })
     .await
     .unwrap();
     eventually(LONG, "traffic back after scaling up", || async {
-        let o = exec("client-a1", "wget -q -T 2 -O- http://web.default.svc.cluster.local");
+        let o = exec(
+            "client-a1",
+            "wget -q -T 2 -O- http://web.default.svc.cluster.local",
+        );
         text(&o).contains("hello from").then_some(())
     })
     .await
@@ -380,4 +424,6 @@ async fn services_route_and_names_resolve_across_nodes() {
     assert!(o.status.success(), "killall: {}", text(&o));
     assert!(!nft_tables().contains("rke2-proxy"), "{}", nft_tables());
     drop(s1);
+    let _ = resolver.kill();
+    let _ = resolver.wait();
 }
