@@ -56,6 +56,8 @@ pub struct Workloads {
     containerd: Containerd,
     /// The CRI client (for the node status and the node API).
     pub cri: Cri,
+    /// This binary's addon image, made on first need.
+    pub addon_image: Arc<AddonImage>,
 }
 
 impl Workloads {
@@ -120,6 +122,10 @@ impl Workloads {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&pods_dir, std::fs::Permissions::from_mode(0o700));
         }
+        let addon_image = Arc::new(AddonImage::new(
+            &ccfg.socket(),
+            &cfg.agent_dir.join("addon-image"),
+        ));
         let ctx = Arc::new(PodContext {
             client,
             cri: cri.clone(),
@@ -137,13 +143,14 @@ impl Workloads {
                 &cfg.agent_dir,
             ),
             kubernetes_service: cfg.kubernetes_service.clone(),
-            addon_image: Arc::new(AddonImage::new(
-                &ccfg.socket(),
-                &cfg.agent_dir.join("addon-image"),
-            )),
+            addon_image: addon_image.clone(),
         });
         tokio::spawn(crate::pods::run(ctx, stop));
-        Ok(Workloads { containerd, cri })
+        Ok(Workloads {
+            containerd,
+            cri,
+            addon_image,
+        })
     }
 
     /// Stops containerd; containers keep running in their shims.

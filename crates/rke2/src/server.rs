@@ -537,6 +537,18 @@ async fn run_with_etcd(
     )
     .await
     .context("starting the container runtime")?;
+    // A server runs the bundled addons: their image is made now, in the
+    // background, rather than when the first addon pod asks for it. Not on
+    // a loopback node (a single-machine test set-up, as for the proxy and
+    // the egress rule), where a pod that wants it still gets it.
+    if !cfg.disable.iter().any(|d| d == "rke2-coredns") && !node_ip.is_loopback() {
+        let image = workloads.addon_image.clone();
+        tokio::spawn(async move {
+            if let Err(e) = image.ensure().await {
+                warn!(error = %e, "making the addon image; retried when a pod needs it");
+            }
+        });
+    }
     let node_cfg = rke2_node::NodeConfig {
         name: cfg.node_name.clone(),
         labels,

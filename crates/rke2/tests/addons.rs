@@ -1,5 +1,6 @@
 //! Auto-deploying manifests: files in `<data-dir>/server/manifests/` are
-//! applied and re-applied on change; `disable` keeps a bundled addon out.
+//! applied and re-applied on change; `disable` keeps a bundled addon out,
+//! and uninstalls it when set later.
 
 use std::path::Path;
 use std::time::Duration;
@@ -104,5 +105,63 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     )
     .await
     .unwrap();
+
+    // DNS is there, on the addon image; disabled later, it is uninstalled.
+    let dns = deploys
+        .get("rke2-coredns-rke2-coredns")
+        .await
+        .expect("the DNS addon's Deployment");
+    let image = dns.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    assert_eq!(image, rke2_runtime::addon_image::reference());
+    s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    s.opts.config_yaml = Some("disable:\n  - rke2-ingress-nginx\n  - rke2-coredns\n".into());
+    s.spawn().unwrap();
+    let client = s.wait_ready(Duration::from_secs(90)).await.unwrap();
+    assert!(!dir.join("rke2-coredns.yaml").exists());
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "kube-system");
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the disabled DNS addon's objects deleted",
+        || async {
+            let gone = deploys
+                .get_opt("rke2-coredns-rke2-coredns")
+                .await
+                .ok()?
+                .is_none()
+                && deploys
+                    .get_opt("rke2-coredns-rke2-coredns-autoscaler")
+                    .await
+                    .ok()?
+                    .is_none()
+                && services
+                    .get_opt("rke2-coredns-rke2-coredns")
+                    .await
+                    .ok()?
+                    .is_none()
+                && roles
+                    .get_opt("rke2-coredns-rke2-coredns")
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    // Other addons stay.
+    assert!(
+        deploys
+            .get_opt("rke2-metrics-server")
+            .await
+            .unwrap()
+            .is_some()
+    );
     let _ = s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
 }

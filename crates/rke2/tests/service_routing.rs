@@ -128,6 +128,19 @@ async fn services_route_and_names_resolve_across_nodes() {
     // Cluster DNS: the bundled addon on the addon image, made by the nodes
     // themselves; two nodes make its autoscaler ask for two replicas.
     let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    eventually(LONG, "an rke2-coredns pod Running and Ready", || async {
+        let list = system
+            .list(&ListParams::default().labels("app.kubernetes.io/name=rke2-coredns"))
+            .await
+            .ok()?;
+        list.items.iter().any(running_ready).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nserver:\n{}", s1.log()));
+    println!(
+        "rke2-coredns: first replica Running and Ready {:?} after both nodes were Ready",
+        ready_at.elapsed()
+    );
     eventually(LONG, "two rke2-coredns pods Running and Ready", || async {
         let list = system
             .list(&ListParams::default().labels("app.kubernetes.io/name=rke2-coredns"))
