@@ -194,9 +194,8 @@ pub async fn handle(
         }
         (&Method::POST, false, None) => create(&ctx, content_type, &body).await,
         (&Method::POST, true, Some("binding")) => bind(&ctx, content_type, &body).await,
-        (&Method::POST, true, Some("token")) if ctx.rt().plural == "serviceaccounts" => {
-            token_request(&ctx, content_type, &body).await
-        }
+        // Only ServiceAccounts list `token` (`request` refuses the rest).
+        (&Method::POST, true, Some("token")) => token_request(&ctx, content_type, &body).await,
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {
             scale(&ctx, &method, content_type, &body).await
         }
@@ -697,26 +696,17 @@ async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Value> {
     let generated = obj["metadata"]["name"].as_str().unwrap_or("").is_empty()
         && obj["metadata"]["generateName"].is_string();
     objects::prepare_create(rt, &mut obj, ctx.ns())?;
-    if crate::csr::is_csr(rt) {
-        crate::csr::prepare_create(&mut obj, &ctx.identity);
-    }
+    rt.strategy.prepare_create(&mut obj, &ctx.identity);
     objects::validate(rt, &obj)?;
-    if crate::csr::is_csr(rt) {
-        crate::csr::admit_create(rt, &obj)?;
-    }
+    rt.strategy.admit_create(rt, &obj)?;
     crate::rbac::admit_write(ctx.state, &ctx.identity, rt, &obj).await?;
     ensure_namespace(ctx).await?;
-    if rt.kind == "Pod" {
-        crate::serviceaccounts::admit_pod(ctx.state, &mut obj).await?;
-    }
+    rt.strategy.admit_create_with(ctx.state, &mut obj).await?;
     crate::pod_security::admit(ctx, None, &obj).await?;
     if ctx.dry_run() {
         return Ok(obj);
     }
-    let mut claims = Vec::new();
-    if rt.kind == "Service" {
-        claims = crate::allocator::allocate_service(ctx.state, &mut obj).await?;
-    }
+    let claims = rt.strategy.allocate(ctx.state, &mut obj).await?;
     let stored = store_new(&mut obj, generated, |name, bytes| {
         let key = ctx.key(name);
         async move { ctx.state.store.create(&key, bytes).await }
@@ -780,7 +770,7 @@ async fn store_update(ctx: &Ctx<'_>, name: &str, mut new: Value, rev: i64) -> Ap
     if new["metadata"]["deletionTimestamp"].is_string() && finalizers_empty && !grace_pending {
         return match ctx.state.store.delete(&key, rev).await {
             Ok(r) => {
-                crate::allocator::release_for(ctx.state, rt, &new).await;
+                rt.strategy.release(ctx.state, &new).await;
                 objects::decorate(rt, &mut new, r);
                 Ok(new)
             }
@@ -856,29 +846,16 @@ async fn update(ctx: &Ctx<'_>, content_type: Option<String>, body: &[u8]) -> Api
 }
 
 /// Carries the server-owned fields of `old` into an update through the
-/// request's path (the object or its `status`; a CertificateSigningRequest
-/// has a strategy per path, `approval` included, and its admission checks).
+/// request's path (the object or a subresource), as the type's strategy
+/// does it.
 async fn prepare_for_path(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> {
-    let rt = ctx.rt();
-    let sub = ctx.path.subresource.as_deref();
-    if !crate::csr::is_csr(rt) {
-        objects::prepare_update(rt, old, new, sub == Some("status"));
-        return Ok(());
-    }
-    use crate::csr::UpdatePath;
-    let path = UpdatePath::of(sub);
-    // The generic step keeps the old status outside `status`; `approval`
-    // takes its conditions from the request.
-    let requested = new["status"].clone();
-    objects::prepare_update(rt, old, new, path == UpdatePath::Status);
-    if path == UpdatePath::Approval {
-        new["status"] = requested;
-    }
-    let causes = crate::csr::prepare_update(old, new, path, &objects::now_rfc3339());
-    if !causes.is_empty() {
-        return Err(ApiError::invalid(rt.kind, name_of(old), rt, &causes));
-    }
-    crate::csr::admit_update(ctx.state, &ctx.identity, rt, path, old, new).await
+    let at = crate::strategy::UpdateAt {
+        rt: ctx.rt(),
+        state: ctx.state,
+        identity: &ctx.identity,
+        subresource: ctx.path.subresource.as_deref(),
+    };
+    ctx.rt().strategy.prepare_update(at, old, new).await
 }
 
 /// A patch whose result the type's schema refuses: upstream's 422 with the
@@ -1459,8 +1436,9 @@ async fn delete_once(
         }
     };
     let mut old = old;
+    let custom_delete = rt.strategy.custom_delete();
     if let Some(f) = gc_finalizer
-        && rt.kind != "Namespace"
+        && custom_delete.is_none()
         && !ctx.dry_run()
     {
         let list = old["metadata"]["finalizers"]
@@ -1477,18 +1455,20 @@ async fn delete_once(
         .as_array()
         .map(|a| !a.is_empty())
         .unwrap_or(false);
-    if rt.kind == "Namespace" {
-        let obj = crate::namespaces::begin_delete(ctx.state, old, rev).await?;
+    if let Some(delete) = custom_delete {
+        let obj = delete(ctx.state, old, rev).await?;
         return Ok(json_response(StatusCode::OK, &obj));
     }
     if ctx.dry_run() {
         return Ok(json_response(StatusCode::OK, &old));
     }
-    if rt.kind == "Pod"
-        && let Some(grace) = pod_grace_period(&old, &opts, ctx.query.get("gracePeriodSeconds"))
+    if let Some(grace) = rt
+        .strategy
+        .grace_period(&old, &opts, ctx.query.get("gracePeriodSeconds"))
     {
-        // Graceful deletion: the pod stays, marked, until its node has
-        // stopped its containers and deletes it with a zero grace period.
+        // Graceful deletion: the object (a pod) stays, marked, until its
+        // node has stopped its containers and deletes it with a zero
+        // grace period.
         let current = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
         if old["metadata"]["deletionTimestamp"].is_string() && current.is_some_and(|c| c <= grace) {
             return Ok(json_response(StatusCode::OK, &old));
@@ -1530,40 +1510,13 @@ async fn delete_once(
     }
     match ctx.state.store.delete(&ctx.key(&name), rev).await {
         Ok(_) => {
-            crate::allocator::release_for(ctx.state, rt, &old).await;
+            rt.strategy.release(ctx.state, &old).await;
             Ok(json_response(StatusCode::OK, &old))
         }
         Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(rt, &name)),
         Err(StoreError::NotFound) => Err(ApiError::not_found(rt, &name)),
         Err(e) => Err(e.into()),
     }
-}
-
-/// The grace period a pod deletion waits for, or `None` when the pod is
-/// to be removed at once: upstream's rules — the request's
-/// `gracePeriodSeconds` (body or query), else the pod's
-/// `terminationGracePeriodSeconds` (30); zero for pods not bound to a
-/// node (nothing runs them) and for pods already finished.
-fn pod_grace_period(pod: &Value, opts: &Value, query: Option<&str>) -> Option<i64> {
-    let requested = opts["gracePeriodSeconds"]
-        .as_i64()
-        .or_else(|| query.and_then(|q| q.parse().ok()));
-    let unscheduled = pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty();
-    let finished = matches!(
-        pod["status"]["phase"].as_str(),
-        Some("Succeeded" | "Failed")
-    );
-    if unscheduled || finished {
-        return None;
-    }
-    let grace = requested.unwrap_or_else(|| {
-        pod["spec"]["terminationGracePeriodSeconds"]
-            .as_i64()
-            .unwrap_or(30)
-    });
-    // A negative request means "as short as possible" but still graceful.
-    let grace = if grace < 0 { 1 } else { grace };
-    (grace > 0).then_some(grace)
 }
 
 async fn delete_collection(

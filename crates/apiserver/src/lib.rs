@@ -42,6 +42,7 @@ pub mod serviceaccounts;
 pub mod services;
 pub mod ssa;
 pub mod status;
+pub mod strategy;
 pub mod table;
 pub mod tokens;
 pub mod watch_cache;
