@@ -10,7 +10,6 @@ use rke2_datastore::StoreError;
 use serde_json::{Value, json};
 
 use crate::ApiState;
-use crate::registry::ResourceType;
 use crate::status::{ApiError, ApiResult};
 
 const IP_PREFIX: &str = "/registry/ranges/serviceips/";
@@ -191,11 +190,8 @@ pub async fn release(state: &ApiState, claims: &[String]) {
     }
 }
 
-/// Releases what a deleted object held (a Service's IP and NodePorts).
-pub async fn release_for(state: &ApiState, rt: &ResourceType, obj: &Value) {
-    if rt.kind != "Service" {
-        return;
-    }
+/// Releases what a deleted Service held (its IP and NodePorts).
+pub async fn release_service(state: &ApiState, obj: &Value) {
     let mut claims = Vec::new();
     if let Some(ip) = obj["spec"]["clusterIP"]
         .as_str()

@@ -28,11 +28,6 @@ pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
 /// The v1beta1 default signer, refused by the v1 API.
 pub const LEGACY_UNKNOWN: &str = "kubernetes.io/legacy-unknown";
 
-/// Whether `rt` is the CertificateSigningRequest type.
-pub fn is_csr(rt: &ResourceType) -> bool {
-    rt.group == GROUP && rt.kind == "CertificateSigningRequest"
-}
-
 /// One field error: (field, type, detail), as `ApiError::invalid` takes.
 type Cause = (String, String, String);
 

@@ -4,7 +4,8 @@
 //! from its certificate; [`request`] parses paths, queries and bodies;
 //! [`handlers`] implements the verbs over [`rke2_datastore::Store`];
 //! [`registry`] is the one table of served types that drives discovery,
-//! routing, storage keys and [`table`] printing; [`proxy`] forwards
+//! routing, storage keys and [`table`] printing, each entry naming its
+//! [`strategy`] (the per-kind hooks the verbs call); [`proxy`] forwards
 //! `pods/log`, `pods/exec` and `pods/attach` to the node API on 10250;
 //! [`watch_cache`] follows one etcd watch per resource type and fans it
 //! out to client watches; [`tokens`] issues and checks service-account
@@ -42,6 +43,7 @@ pub mod serviceaccounts;
 pub mod services;
 pub mod ssa;
 pub mod status;
+pub mod strategy;
 pub mod table;
 pub mod tokens;
 pub mod watch_cache;

@@ -55,10 +55,10 @@ pub async fn finish_delete(state: &ApiState, name: &str) -> ApiResult<()> {
             let page = state.store.list(&prefix, None, 500, 0).await?;
             for kv in &page.items {
                 let _ = state.store.delete(&kv.key, kv.mod_revision).await;
-                if rt.kind == "Service"
+                if rt.strategy.holds_allocations()
                     && let Ok(obj) = serde_json::from_slice::<Value>(&kv.value)
                 {
-                    crate::allocator::release_for(state, rt, &obj).await;
+                    rt.strategy.release(state, &obj).await;
                 }
             }
             if !page.more {

@@ -1,7 +1,7 @@
 //! Per-type defaulting and validation of objects, and the metadata the
 //! server owns (uid, creationTimestamp, generation, resourceVersion).
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::registry::ResourceType;
 use crate::status::ApiError;
@@ -161,18 +161,7 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
             "name or generateName is required".into(),
         ));
     } else {
-        let label_names = matches!(rt.kind, "Namespace" | "Service");
-        // CertificateSigningRequest names are as free (upstream's
-        // `ValidateCertificateRequestName` allows anything a path allows).
-        let problems = if crate::rbac_objects::is_rbac(rt) || crate::csr::is_csr(rt) {
-            crate::rbac_objects::name_problems(name)
-        } else if rt.kind == "Service" && rt.group.is_empty() {
-            // upstream's `ValidateServiceName`: a DNS-1035 label (it
-            // becomes a DNS name and an environment variable prefix).
-            v::validate_dns1035_label(name)
-        } else {
-            v::validate_object_name(!label_names, name)
-        };
+        let problems = rt.strategy.name_problems(name);
         for msg in problems {
             causes.push((
                 "metadata.name".into(),
@@ -217,40 +206,7 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
             causes.push((part(0), part(1), part(2)));
         }
     }
-    match rt.kind {
-        "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(obj, &mut causes),
-        "Job"
-            if obj["spec"]["template"]["spec"]["containers"]
-                .as_array()
-                .map(|c| c.is_empty())
-                .unwrap_or(true) =>
-        {
-            causes.push((
-                "spec.template.spec.containers".into(),
-                "Required value".into(),
-                "".into(),
-            ));
-        }
-        "ConfigMap" => validate_config_map(obj, &mut causes),
-        "Service" if rt.group.is_empty() => crate::services::validate_service(obj, &mut causes),
-        "EndpointSlice" => crate::services::validate_endpoint_slice(obj, false, &mut causes),
-        _ if crate::rbac_objects::is_rbac(rt) => {
-            crate::rbac_objects::validate(rt, obj, &mut causes)
-        }
-        "CertificateSigningRequest" if crate::csr::is_csr(rt) => {
-            crate::csr::validate(obj, &mut causes)
-        }
-        "Secret" => validate_secret(obj, &mut causes),
-        "Pod"
-            if obj["spec"]["containers"]
-                .as_array()
-                .map(|c| c.is_empty())
-                .unwrap_or(true) =>
-        {
-            causes.push(("spec.containers".into(), "Required value".into(), "".into()));
-        }
-        _ => {}
-    }
+    rt.strategy.validate(rt, obj, &mut causes);
     if causes.is_empty() {
         Ok(())
     } else {
@@ -263,17 +219,17 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
 const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
 /// The most a ConfigMap's or Secret's data may hold (`MaxSecretSize`).
-const MAX_DATA_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_DATA_BYTES: usize = 1024 * 1024;
 
 /// The longest field manager name (`FieldManagerMaxLength`).
 const MAX_FIELD_MANAGER: usize = 128;
 
 /// upstream's `TooLong` detail.
-fn too_long(max: usize) -> String {
+pub(crate) fn too_long(max: usize) -> String {
     format!("may not be more than {max} bytes")
 }
 
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     crate::schema::go_quote(s)
 }
 
@@ -433,315 +389,10 @@ fn validate_managed_fields(obj: &Value, causes: &mut Vec<(String, String, String
     }
 }
 
-/// Keys that become file names in a volume, and the 1 MiB bound.
-fn validate_config_map(obj: &Value, causes: &mut Vec<(String, String, String)>) {
-    use base64::Engine;
-    let mut total = 0;
-    for bag in ["data", "binaryData"] {
-        let Some(m) = obj[bag].as_object() else {
-            continue;
-        };
-        for (k, v) in m {
-            for msg in rke2_apimachinery::validation::validate_config_map_key(k) {
-                causes.push((
-                    format!("{bag}[{k}]"),
-                    "Invalid value".into(),
-                    format!("{}: {msg}", quoted(k)),
-                ));
-            }
-            if bag == "data" && obj["binaryData"].get(k).is_some() {
-                causes.push((
-                    format!("data[{k}]"),
-                    "Invalid value".into(),
-                    format!("{}: duplicate of key present in binaryData", quoted(k)),
-                ));
-            }
-            let s = v.as_str().unwrap_or("");
-            total += match bag {
-                "binaryData" => base64::engine::general_purpose::STANDARD
-                    .decode(s)
-                    .map_or(s.len(), |b| b.len()),
-                _ => s.len(),
-            };
-        }
-    }
-    if total > MAX_DATA_BYTES {
-        // Upstream names no field: the bound is the whole object's.
-        causes.push(("[]".into(), "Too long".into(), too_long(MAX_DATA_BYTES)));
-    }
-}
-
-/// Base64 values, config keys and the 1 MiB bound on the decoded data.
-fn validate_secret(obj: &Value, causes: &mut Vec<(String, String, String)>) {
-    use base64::Engine;
-    let Some(data) = obj["data"].as_object() else {
-        return;
-    };
-    let mut total = 0;
-    for (k, val) in data {
-        for msg in rke2_apimachinery::validation::validate_config_map_key(k) {
-            causes.push((
-                format!("data[{k}]"),
-                "Invalid value".into(),
-                format!("{}: {msg}", quoted(k)),
-            ));
-        }
-        match val
-            .as_str()
-            .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
-        {
-            Some(Ok(bytes)) => total += bytes.len(),
-            _ => causes.push((
-                format!("data[{k}]"),
-                "Invalid value".into(),
-                "must be base64-encoded bytes".into(),
-            )),
-        }
-    }
-    if total > MAX_DATA_BYTES {
-        causes.push(("data".into(), "Too long".into(), too_long(MAX_DATA_BYTES)));
-    }
-}
-
-fn validate_workload(obj: &Value, causes: &mut Vec<(String, String, String)>) {
-    let spec = &obj["spec"];
-    if let Some(r) = spec["replicas"].as_i64()
-        && r < 0
-    {
-        causes.push((
-            "spec.replicas".into(),
-            "Invalid value".into(),
-            format!("{r}: must be greater than or equal to 0"),
-        ));
-    }
-    let selector = &spec["selector"];
-    if !selector.is_object()
-        || (selector["matchLabels"]
-            .as_object()
-            .map(|m| m.is_empty())
-            .unwrap_or(true)
-            && selector["matchExpressions"]
-                .as_array()
-                .map(|m| m.is_empty())
-                .unwrap_or(true))
-    {
-        causes.push(("spec.selector".into(), "Required value".into(), "".into()));
-        return;
-    }
-    let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
-    match rke2_apimachinery::selectors::label_selector_from_json(selector) {
-        Ok(sel) => {
-            if !sel.matches_value(Some(&labels)) {
-                causes.push((
-                    "spec.template.metadata.labels".into(),
-                    "Invalid value".into(),
-                    format!(
-                        "{}: `selector` does not match template `labels`",
-                        serde_json::to_string(&labels).unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-        Err(e) => causes.push((
-            "spec.selector".into(),
-            "Invalid value".into(),
-            e.to_string(),
-        )),
-    }
-    if spec["template"]["spec"]["containers"]
-        .as_array()
-        .map(|c| c.is_empty())
-        .unwrap_or(true)
-    {
-        causes.push((
-            "spec.template.spec.containers".into(),
-            "Required value".into(),
-            "".into(),
-        ));
-    }
-}
-
-fn default_str(m: &mut Map<String, Value>, k: &str, v: &str) {
-    if !m.get(k).map(|x| x.is_string()).unwrap_or(false) {
-        m.insert(k.into(), json!(v));
-    }
-}
-
-fn default_val(m: &mut Map<String, Value>, k: &str, v: Value) {
-    if m.get(k).map(|x| x.is_null()).unwrap_or(true) {
-        m.insert(k.into(), v);
-    }
-}
-
-fn default_container(c: &mut Value) {
-    let Some(m) = c.as_object_mut() else { return };
-    default_str(m, "terminationMessagePath", "/dev/termination-log");
-    default_str(m, "terminationMessagePolicy", "File");
-    let image = m.get("image").and_then(|i| i.as_str()).unwrap_or("");
-    let last = image.rsplit('/').next().unwrap_or("");
-    let pull = if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
-        "IfNotPresent"
-    } else {
-        "Always"
-    };
-    default_str(m, "imagePullPolicy", pull);
-    default_val(m, "resources", json!({}));
-    if let Some(ports) = m.get_mut("ports").and_then(|p| p.as_array_mut()) {
-        for p in ports {
-            if let Some(pm) = p.as_object_mut() {
-                default_str(pm, "protocol", "TCP");
-            }
-        }
-    }
-}
-
-/// Pod spec defaults (also used for templates).
-pub fn default_pod_spec(spec: &mut Value) {
-    let Some(m) = spec.as_object_mut() else {
-        return;
-    };
-    default_str(m, "restartPolicy", "Always");
-    default_val(m, "terminationGracePeriodSeconds", json!(30));
-    default_str(m, "dnsPolicy", "ClusterFirst");
-    default_val(m, "securityContext", json!({}));
-    default_str(m, "schedulerName", "default-scheduler");
-    for key in ["containers", "initContainers"] {
-        if let Some(cs) = m.get_mut(key).and_then(|c| c.as_array_mut()) {
-            cs.iter_mut().for_each(default_container);
-        }
-    }
-}
-
-/// Fills in the per-type defaults kube-apiserver applies.
+/// Fills in the per-type defaults kube-apiserver applies (the type's
+/// [`crate::strategy::Strategy::defaults`]).
 pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
-    if crate::rbac_objects::is_rbac(rt) {
-        return crate::rbac_objects::apply_defaults(rt, obj);
-    }
-    match rt.kind {
-        "Namespace" => {
-            if !obj["spec"]["finalizers"].is_array() {
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-            }
-            if !obj["status"]["phase"].is_string() {
-                obj["status"]["phase"] = json!("Active");
-            }
-            let name = name_of(obj).to_string();
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-        }
-        "Secret" => {
-            if let Some(string_data) = obj
-                .as_object_mut()
-                .and_then(|m| m.remove("stringData"))
-                .and_then(|s| s.as_object().cloned())
-            {
-                use base64::Engine;
-                for (k, v) in string_data {
-                    let enc = base64::engine::general_purpose::STANDARD
-                        .encode(v.as_str().unwrap_or("").as_bytes());
-                    obj["data"][k] = json!(enc);
-                }
-            }
-            if !obj["type"].is_string() {
-                obj["type"] = json!("Opaque");
-            }
-        }
-        "Service" => {
-            let spec = &mut obj["spec"];
-            if !spec.is_object() {
-                *spec = json!({});
-            }
-            if let Some(m) = spec.as_object_mut() {
-                default_str(m, "type", "ClusterIP");
-                default_str(m, "sessionAffinity", "None");
-                default_str(m, "internalTrafficPolicy", "Cluster");
-                if let Some(ports) = m.get_mut("ports").and_then(|p| p.as_array_mut()) {
-                    for p in ports {
-                        if let Some(pm) = p.as_object_mut() {
-                            default_str(pm, "protocol", "TCP");
-                            if pm.get("targetPort").map(|t| t.is_null()).unwrap_or(true) {
-                                let port = pm.get("port").cloned().unwrap_or(json!(0));
-                                pm.insert("targetPort".into(), port);
-                            }
-                        }
-                    }
-                }
-            }
-            if !obj["status"].is_object() {
-                obj["status"] = json!({"loadBalancer": {}});
-            }
-        }
-        "EndpointSlice" => crate::services::default_endpoint_slice(obj),
-        "Pod" => {
-            default_pod_spec(&mut obj["spec"]);
-            if !obj["status"]["phase"].is_string() {
-                obj["status"]["phase"] = json!("Pending");
-            }
-            if !obj["spec"]["serviceAccountName"].is_string() {
-                obj["spec"]["serviceAccountName"] = json!("default");
-            }
-        }
-        "Deployment" => {
-            let spec = &mut obj["spec"];
-            if let Some(m) = spec.as_object_mut() {
-                default_val(m, "replicas", json!(1));
-                default_val(m, "revisionHistoryLimit", json!(10));
-                default_val(m, "progressDeadlineSeconds", json!(600));
-                if m.get("strategy")
-                    .map(|s| s.is_null() || s.as_object().map(|o| o.is_empty()).unwrap_or(false))
-                    .unwrap_or(true)
-                {
-                    m.insert(
-                        "strategy".into(),
-                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-                    );
-                }
-            }
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
-        }
-        "ReplicaSet" => {
-            if let Some(m) = obj["spec"].as_object_mut() {
-                default_val(m, "replicas", json!(1));
-            }
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
-        }
-        "Job" => {
-            // The Job controller's selector: a unique label on its pods.
-            let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
-            if let Some(m) = obj["spec"].as_object_mut() {
-                default_val(m, "completions", json!(1));
-                default_val(m, "parallelism", json!(1));
-                default_val(m, "backoffLimit", json!(6));
-                default_str(m, "completionMode", "NonIndexed");
-                default_val(m, "suspend", json!(false));
-            }
-            if !uid.is_empty() && !obj["spec"]["selector"].is_object() {
-                obj["spec"]["selector"] =
-                    json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-                let name = name_of(obj).to_string();
-                let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
-                labels["batch.kubernetes.io/controller-uid"] = json!(uid);
-                labels["batch.kubernetes.io/job-name"] = json!(name);
-                labels["controller-uid"] = json!(uid);
-                labels["job-name"] = json!(name);
-            }
-            if !obj["spec"]["template"]["spec"]["restartPolicy"].is_string() {
-                obj["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
-            }
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
-        }
-        "DaemonSet" => {
-            if let Some(m) = obj["spec"].as_object_mut() {
-                default_val(m, "revisionHistoryLimit", json!(10));
-                default_val(
-                    m,
-                    "updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-                );
-            }
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
-        }
-        _ => {}
-    }
+    rt.strategy.defaults(rt, obj);
 }
 
 /// Sets `metadata.name` from `generateName` plus five random characters,
@@ -835,9 +486,7 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_on
             }
         }
     }
-    if rt.kind == "Namespace" {
-        new["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name_of(old));
-    }
+    rt.strategy.carry_over(old, new);
     if rt.status_subresource {
         match old.get("status") {
             Some(s) => new["status"] = s.clone(),
@@ -872,126 +521,16 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_on
 const UPDATE_VIOLATIONS: &str = "__rke2UpdateViolations";
 
 /// The rules that compare an update with the stored object (upstream's
-/// `ValidateUpdate`): a Node's pod CIDRs may only go from unset to set,
-/// since routes and pod addresses were handed out from them.
+/// `ValidateUpdate`), as the type's
+/// [`crate::strategy::Strategy::validate_update`] has them.
 pub fn validate_update(
     rt: &ResourceType,
     old: &Value,
     new: &Value,
 ) -> Vec<(String, String, String)> {
-    let mut causes = crate::rbac_objects::validate_update(rt, old, new);
-    if rt.kind == "Node" && rt.group.is_empty() {
-        const FORBIDDEN: &str = "node updates may not change podCIDR except from \"\" to valid";
-        let forbidden = || {
-            (
-                "spec.podCIDRs".to_string(),
-                "Forbidden".to_string(),
-                FORBIDDEN.to_string(),
-            )
-        };
-        let old_cidrs = pod_cidrs(old);
-        let new_cidrs = pod_cidrs(new);
-        if !old_cidrs.is_empty() {
-            // Upstream reports a length change once, else every changed
-            // entry.
-            if old_cidrs.len() != new_cidrs.len() {
-                causes.push(forbidden());
-            } else {
-                for (o, n) in old_cidrs.iter().zip(&new_cidrs) {
-                    if o != n {
-                        causes.push(forbidden());
-                    }
-                }
-            }
-            // Upstream derives podCIDR from podCIDRs[0]; a stored object
-            // must not say two different things.
-            let single = new["spec"]["podCIDR"].as_str().unwrap_or("");
-            if causes.is_empty() && !single.is_empty() && Some(&single) != new_cidrs.first() {
-                causes.push(forbidden());
-            }
-        }
-    }
-    if rt.kind == "Service" && rt.group.is_empty() {
-        crate::services::validate_service_update(old, new, &mut causes);
-    }
-    if rt.kind == "EndpointSlice" {
-        crate::services::validate_endpoint_slice_update(old, new, &mut causes);
-    }
-    if rt.kind == "Pod" && rt.group.is_empty() && old["spec"] != new["spec"] {
-        // With today's defaults, as `new` has them.
-        let mut old = old.clone();
-        apply_defaults(rt, &mut old);
-        if let Some(cause) = pod_spec_update(&old["spec"], &new["spec"]) {
-            causes.push(cause);
-        }
-    }
+    let mut causes = Vec::new();
+    rt.strategy.validate_update(rt, old, new, &mut causes);
     causes
-}
-
-/// Upstream's rule for pod updates: a pod's spec is fixed once created but
-/// for container and init container images, `activeDeadlineSeconds`,
-/// added tolerations and removed scheduling gates. (`spec.nodeName` is set
-/// through the `binding` subresource, which does not come here.)
-fn pod_spec_update(old: &Value, new: &Value) -> Option<(String, String, String)> {
-    // `old` with every change the rule allows taken from `new`: whatever
-    // still differs was not allowed.
-    let mut allowed = old.clone();
-    let take = |to: &mut Value, from: &Value, key: &str| match from.get(key) {
-        Some(v) => to[key] = v.clone(),
-        None => {
-            if let Some(m) = to.as_object_mut() {
-                m.remove(key);
-            }
-        }
-    };
-    for list in ["containers", "initContainers"] {
-        if let (Some(a), Some(n)) = (allowed[list].as_array_mut(), new[list].as_array())
-            && a.len() == n.len()
-        {
-            for (c, nc) in a.iter_mut().zip(n) {
-                take(c, nc, "image");
-            }
-        }
-    }
-    take(&mut allowed, new, "activeDeadlineSeconds");
-    let items = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
-    let old_tolerations = items(old, "tolerations");
-    if old_tolerations
-        .iter()
-        .all(|t| items(new, "tolerations").contains(t))
-    {
-        take(&mut allowed, new, "tolerations");
-    }
-    let new_gates = items(new, "schedulingGates");
-    if new_gates
-        .iter()
-        .all(|g| items(old, "schedulingGates").contains(g))
-    {
-        take(&mut allowed, new, "schedulingGates");
-    }
-    (allowed != *new).then(|| {
-        (
-            "spec".to_string(),
-            "Forbidden".to_string(),
-            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".to_string(),
-        )
-    })
-}
-
-/// A Node's pod CIDRs as upstream's internal object has them:
-/// `spec.podCIDRs`, else `[spec.podCIDR]` when that alone is set.
-fn pod_cidrs(node: &Value) -> Vec<&str> {
-    let list: Vec<&str> = node["spec"]["podCIDRs"]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("")).collect())
-        .unwrap_or_default();
-    if !list.is_empty() {
-        return list;
-    }
-    match node["spec"]["podCIDR"].as_str() {
-        Some(c) if !c.is_empty() => vec![c],
-        _ => Vec::new(),
-    }
 }
 
 pub(crate) fn random_suffix(n: usize) -> String {

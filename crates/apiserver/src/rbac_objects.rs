@@ -13,11 +13,6 @@ pub const GROUP: &str = "rbac.authorization.k8s.io";
 
 type Cause = (String, String, String);
 
-/// Whether `rt` is one of the four RBAC kinds.
-pub fn is_rbac(rt: &ResourceType) -> bool {
-    rt.group == GROUP
-}
-
 fn is_binding(rt: &ResourceType) -> bool {
     matches!(rt.kind, "RoleBinding" | "ClusterRoleBinding")
 }

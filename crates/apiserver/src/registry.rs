@@ -74,6 +74,9 @@ pub struct ResourceType {
     pub tracks_generation: bool,
     /// The typed check of an object of this type against its schema.
     pub schema: crate::schema::Check,
+    /// The type's own behaviour: defaulting, validation, update rules,
+    /// admission, allocation, deletion, watch index.
+    pub strategy: &'static dyn crate::strategy::Strategy,
 }
 
 impl ResourceType {
@@ -144,7 +147,7 @@ macro_rules! rt {
     ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr,
      short: [$($short:expr),*], cat: [$($cat:expr),*], sub: [$($sub:expr),*],
      fields: [$($field:expr),*], $printer:expr, status: $status:expr, gen: $gen:expr,
-     typed: $typed:ty) => {
+     typed: $typed:ty, strategy: $strategy:expr) => {
         ResourceType {
             group: $group,
             version: $version,
@@ -160,33 +163,35 @@ macro_rules! rt {
             status_subresource: $status,
             tracks_generation: $gen,
             schema: crate::schema::typed::<$typed>,
+            strategy: &$strategy,
         }
     };
 }
 
+use crate::strategy;
 use k8s_openapi::api;
 
 static TYPES: &[ResourceType] = &[
-    rt!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], cat: [], sub: ["status", "finalize"], fields: ["status.phase"], Printer::Namespace, status: true, gen: false, typed: api::core::v1::Namespace),
-    rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false, typed: api::core::v1::Node),
-    rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false, typed: api::core::v1::Pod),
-    rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false, typed: api::core::v1::Service),
-    rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false, typed: api::core::v1::Endpoints),
-    rt!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, short: [], cat: [], sub: [], fields: [], Printer::EndpointSlice, status: false, gen: false, typed: api::discovery::v1::EndpointSlice),
-    rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], cat: [], sub: [], fields: [], Printer::ConfigMap, status: false, gen: false, typed: api::core::v1::ConfigMap),
-    rt!("", "v1", "Secret", "secrets", "secret", true, short: [], cat: [], sub: [], fields: ["type"], Printer::Secret, status: false, gen: false, typed: api::core::v1::Secret),
-    rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], cat: [], sub: ["token"], fields: [], Printer::ServiceAccount, status: false, gen: false, typed: api::core::v1::ServiceAccount),
-    rt!("", "v1", "Event", "events", "event", true, short: ["ev"], cat: [], sub: [], fields: ["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"], Printer::Event, status: false, gen: false, typed: api::core::v1::Event),
-    rt!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, short: [], cat: [], sub: [], fields: [], Printer::Lease, status: false, gen: false, typed: api::coordination::v1::Lease),
-    rt!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::Deployment, status: true, gen: true, typed: api::apps::v1::Deployment),
-    rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true, typed: api::apps::v1::ReplicaSet),
-    rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true, typed: api::apps::v1::DaemonSet),
-    rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true, typed: api::batch::v1::Job),
-    rt!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::ClusterRole),
-    rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding),
-    rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role),
-    rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding),
-    rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest),
+    rt!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], cat: [], sub: ["status", "finalize"], fields: ["status.phase"], Printer::Namespace, status: true, gen: false, typed: api::core::v1::Namespace, strategy: strategy::Namespace),
+    rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false, typed: api::core::v1::Node, strategy: strategy::Node),
+    rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false, typed: api::core::v1::Pod, strategy: strategy::Pod),
+    rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false, typed: api::core::v1::Service, strategy: strategy::Service),
+    rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false, typed: api::core::v1::Endpoints, strategy: strategy::Plain),
+    rt!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, short: [], cat: [], sub: [], fields: [], Printer::EndpointSlice, status: false, gen: false, typed: api::discovery::v1::EndpointSlice, strategy: strategy::EndpointSlice),
+    rt!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], cat: [], sub: [], fields: [], Printer::ConfigMap, status: false, gen: false, typed: api::core::v1::ConfigMap, strategy: strategy::ConfigMap),
+    rt!("", "v1", "Secret", "secrets", "secret", true, short: [], cat: [], sub: [], fields: ["type"], Printer::Secret, status: false, gen: false, typed: api::core::v1::Secret, strategy: strategy::Secret),
+    rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], cat: [], sub: ["token"], fields: [], Printer::ServiceAccount, status: false, gen: false, typed: api::core::v1::ServiceAccount, strategy: strategy::Plain),
+    rt!("", "v1", "Event", "events", "event", true, short: ["ev"], cat: [], sub: [], fields: ["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"], Printer::Event, status: false, gen: false, typed: api::core::v1::Event, strategy: strategy::Event),
+    rt!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, short: [], cat: [], sub: [], fields: [], Printer::Lease, status: false, gen: false, typed: api::coordination::v1::Lease, strategy: strategy::Plain),
+    rt!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::Deployment, status: true, gen: true, typed: api::apps::v1::Deployment, strategy: strategy::Deployment),
+    rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true, typed: api::apps::v1::ReplicaSet, strategy: strategy::ReplicaSet),
+    rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true, typed: api::apps::v1::DaemonSet, strategy: strategy::DaemonSet),
+    rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true, typed: api::batch::v1::Job, strategy: strategy::Job),
+    rt!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::ClusterRole, strategy: strategy::RbacRole),
+    rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding, strategy: strategy::RbacBinding),
+    rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role, strategy: strategy::RbacRole),
+    rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding, strategy: strategy::RbacBinding),
+    rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
 ];
 
 /// Every served type.

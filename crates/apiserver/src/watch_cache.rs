@@ -151,12 +151,15 @@ impl Trigger {
     /// pins an indexed field. `metadata.name` wins over `spec.nodeName`:
     /// it matches at most one object per namespace.
     pub fn of(rt: &ResourceType, fields: &FieldSelector) -> Option<Self> {
-        trigger_fields(rt).iter().find_map(|&field| {
-            fields.exact_value(field).map(|v| Self {
-                field,
-                value: v.to_string(),
+        let indexed = rt.strategy.watch_index().and_then(|i| i.field);
+        std::iter::once("metadata.name")
+            .chain(indexed)
+            .find_map(|field| {
+                fields.exact_value(field).map(|v| Self {
+                    field,
+                    value: v.to_string(),
+                })
             })
-        })
     }
 
     /// Whether the event may concern a watch with this trigger. A watch's
@@ -168,15 +171,6 @@ impl Trigger {
                 .prev
                 .as_ref()
                 .is_some_and(|p| field_text(p, self.field) == self.value.as_str())
-    }
-}
-
-/// The fields the cache of `rt` indexes watches by.
-fn trigger_fields(rt: &ResourceType) -> &'static [&'static str] {
-    if rt.group.is_empty() && rt.plural == "pods" {
-        &["metadata.name", "spec.nodeName"]
-    } else {
-        &["metadata.name"]
     }
 }
 
@@ -244,7 +238,7 @@ struct CacheState {
     index: HashMap<&'static str, HashMap<String, broadcast::Sender<Arc<CachedEvent>>>>,
     /// The index size at which subscribing sweeps it.
     prune_at: usize,
-    /// A secondary index for the types that have one ([`index_of`]): the
+    /// A secondary index for the types that have one ([`crate::strategy::Strategy::watch_index`]): the
     /// keys of the objects filed under each value. Pods by node, for the
     /// node authorizer; RBAC bindings by subject, for the RBAC authorizer.
     by_value: Option<(IndexFn, HashMap<String, BTreeSet<String>>)>,
@@ -252,23 +246,6 @@ struct CacheState {
 
 /// The values an object is filed under in its cache's secondary index.
 type IndexFn = fn(&Value) -> Vec<String>;
-
-/// The secondary index of a type, if it has one.
-fn index_of(rt: &ResourceType) -> Option<IndexFn> {
-    match (rt.group, rt.plural) {
-        ("", "pods") => Some(|o| {
-            o["spec"]["nodeName"]
-                .as_str()
-                .filter(|n| !n.is_empty())
-                .map(|n| vec![n.to_string()])
-                .unwrap_or_default()
-        }),
-        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
-            Some(crate::rbac::subject_keys)
-        }
-        _ => None,
-    }
-}
 
 impl CacheState {
     /// A receiver for a new watch with `trigger` (all events without).
@@ -386,7 +363,10 @@ impl ResourceCache {
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
                 index: HashMap::new(),
                 prune_at: PRUNE_MIN,
-                by_value: index_of(rt).map(|f| (f, HashMap::new())),
+                by_value: rt
+                    .strategy
+                    .watch_index()
+                    .map(|i| (i.values, HashMap::new())),
             })),
             synced: tokio::sync::watch::channel(false).0,
         }
@@ -469,7 +449,8 @@ impl ResourceCache {
     /// or not the pods cache). As fresh as the cache: a pod bound a moment
     /// ago may not be here yet.
     pub fn pods_on_node(&self, node: &str) -> Option<Vec<Arc<Value>>> {
-        if !(self.rt.group.is_empty() && self.rt.plural == "pods") {
+        let by_node = self.rt.strategy.watch_index().and_then(|i| i.field);
+        if by_node != Some("spec.nodeName") {
             return None;
         }
         self.indexed(node)
@@ -603,11 +584,6 @@ pub struct WatchCaches {
     caches: Mutex<HashMap<String, Arc<ResourceCache>>>,
 }
 
-/// Whether a type is served through a cache.
-fn cached(rt: &ResourceType) -> bool {
-    !(rt.group.is_empty() && rt.plural == "events")
-}
-
 impl WatchCaches {
     /// No caches yet; [`WatchCaches::start`] starts them.
     pub fn new(store: Store) -> Self {
@@ -627,7 +603,7 @@ impl WatchCaches {
     /// The cache of `rt`, started now if it was not running; `None` for
     /// types that are not cached.
     fn of(&self, rt: &'static ResourceType) -> Option<Arc<ResourceCache>> {
-        if !cached(rt) {
+        if !rt.strategy.watch_cached() {
             return None;
         }
         let prefix = rt.prefix(None);

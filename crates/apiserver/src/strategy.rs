@@ -1,0 +1,973 @@
+//! Per-kind behaviour of the served types, kube-apiserver's
+//! `RESTStrategy` and its companions: every registry entry names one
+//! [`Strategy`], and the verbs call its hooks (defaulting, validation,
+//! update rules, per-path update preparation, admission that needs the
+//! object's kind, address allocation, graceful or custom deletion, the
+//! watch cache's index). No verb branches on a kind's name; a type with
+//! nothing special uses [`Plain`], whose hooks do nothing.
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value, json};
+
+use crate::objects::{self, MAX_DATA_BYTES, name_of, quoted, too_long};
+use crate::registry::ResourceType;
+use crate::status::{ApiError, ApiResult};
+use crate::{ApiState, Identity};
+
+/// One field error: (field, type, detail), as `ApiError::invalid` takes.
+pub type Cause = (String, String, String);
+
+/// A deletion that is a process of its own (a Namespace empties itself
+/// before it goes): takes the stored object and its revision, answers
+/// the object as the client sees it.
+pub type DeleteFn = for<'a> fn(&'a ApiState, Value, i64) -> BoxFuture<'a, ApiResult<Value>>;
+
+/// What an update through a path knows besides the objects.
+#[derive(Clone, Copy)]
+pub struct UpdateAt<'a> {
+    /// The type.
+    pub rt: &'static ResourceType,
+    /// Shared server state (admission that reads other objects).
+    pub state: &'a ApiState,
+    /// Who sent the update.
+    pub identity: &'a Identity,
+    /// The subresource written (`None` for the object itself).
+    pub subresource: Option<&'a str>,
+}
+
+/// A secondary index of a type's watch cache.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchIndex {
+    /// The field selector label whose watches the index serves as
+    /// triggers (`spec.nodeName`), if any; `metadata.name` always is one.
+    pub field: Option<&'static str>,
+    /// The values an object is filed under.
+    pub values: fn(&Value) -> Vec<String>,
+}
+
+/// The hooks of one served type. Every hook has a default that does
+/// nothing special, so a type overrides only what it has.
+pub trait Strategy: Send + Sync + std::fmt::Debug {
+    /// What is wrong with `name` as an object name of this type
+    /// (default: a DNS subdomain, upstream's `NameIsDNSSubdomain`).
+    fn name_problems(&self, name: &str) -> Vec<String> {
+        rke2_apimachinery::validation::validate_object_name(true, name)
+    }
+
+    /// Fills in the defaults kube-apiserver applies (create and update).
+    fn defaults(&self, _rt: &ResourceType, _obj: &mut Value) {}
+
+    /// The type's own validation of a whole object.
+    fn validate(&self, _rt: &ResourceType, _obj: &Value, _causes: &mut Vec<Cause>) {}
+
+    /// The rules comparing an update with the stored object.
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        _old: &Value,
+        _new: &Value,
+        _causes: &mut Vec<Cause>,
+    ) {
+    }
+
+    /// What an update keeps from the stored object besides the generic
+    /// server-owned metadata.
+    fn carry_over(&self, _old: &Value, _new: &mut Value) {}
+
+    /// Fields a create takes from the requester (after the generic
+    /// preparation, before validation).
+    fn prepare_create(&self, _obj: &mut Value, _requester: &Identity) {}
+
+    /// Admission of a create that only needs the object (after validation).
+    fn admit_create(&self, _rt: &ResourceType, _obj: &Value) -> ApiResult<()> {
+        Ok(())
+    }
+
+    /// Admission of a create that reads other objects and may change this
+    /// one (after the namespace check).
+    fn admit_create_with<'a>(
+        &'a self,
+        _state: &'a ApiState,
+        _obj: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Claims what a new object holds (addresses, ports) before it is
+    /// stored; the claim keys are released if the store refuses it.
+    fn allocate<'a>(
+        &'a self,
+        _state: &'a ApiState,
+        _obj: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<Vec<String>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Whether objects of this type hold claims [`Strategy::release`]
+    /// gives back (saves decoding objects that hold none).
+    fn holds_allocations(&self) -> bool {
+        false
+    }
+
+    /// Releases what a deleted object held.
+    fn release<'a>(&'a self, _state: &'a ApiState, _obj: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// Carries the server-owned fields of `old` into an update through
+    /// `at.subresource` (the object itself or `status`), and runs what a
+    /// path of its own needs.
+    fn prepare_update<'a>(
+        &'a self,
+        at: UpdateAt<'a>,
+        old: &'a Value,
+        new: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        objects::prepare_update(at.rt, old, new, at.subresource == Some("status"));
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The grace period a deletion waits for (the object stays, marked,
+    /// meanwhile), or `None` to delete at once; `opts` is the
+    /// DeleteOptions body, `query` the `gracePeriodSeconds` parameter.
+    fn grace_period(&self, _obj: &Value, _opts: &Value, _query: Option<&str>) -> Option<i64> {
+        None
+    }
+
+    /// A deletion of its own, replacing the generic one (and the garbage
+    /// collector's finalizers).
+    fn custom_delete(&self) -> Option<DeleteFn> {
+        None
+    }
+
+    /// The secondary index of the type's watch cache, if it has one.
+    fn watch_index(&self) -> Option<WatchIndex> {
+        None
+    }
+
+    /// Whether the type is served through a watch cache.
+    fn watch_cached(&self) -> bool {
+        true
+    }
+}
+
+/// A type with no behaviour of its own.
+#[derive(Debug)]
+pub struct Plain;
+impl Strategy for Plain {}
+
+/// Events: not worth a watch cache (many, short-lived, rarely watched).
+#[derive(Debug)]
+pub struct Event;
+impl Strategy for Event {
+    fn watch_cached(&self) -> bool {
+        false
+    }
+}
+
+/// Namespaces: label names, the `kubernetes` finalizer, the
+/// `kubernetes.io/metadata.name` label, and a deletion that empties the
+/// namespace first ([`crate::namespaces`]).
+#[derive(Debug)]
+pub struct Namespace;
+impl Strategy for Namespace {
+    fn name_problems(&self, name: &str) -> Vec<String> {
+        rke2_apimachinery::validation::validate_object_name(false, name)
+    }
+
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        if !obj["spec"]["finalizers"].is_array() {
+            obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        }
+        if !obj["status"]["phase"].is_string() {
+            obj["status"]["phase"] = json!("Active");
+        }
+        let name = name_of(obj).to_string();
+        obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    }
+
+    fn carry_over(&self, old: &Value, new: &mut Value) {
+        new["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name_of(old));
+    }
+
+    fn custom_delete(&self) -> Option<DeleteFn> {
+        Some(|state, ns, rev| Box::pin(crate::namespaces::begin_delete(state, ns, rev)))
+    }
+}
+
+/// Nodes: pod CIDRs are only ever set, never changed.
+#[derive(Debug)]
+pub struct Node;
+impl Strategy for Node {
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        const FORBIDDEN: &str = "node updates may not change podCIDR except from \"\" to valid";
+        let forbidden = || {
+            (
+                "spec.podCIDRs".to_string(),
+                "Forbidden".to_string(),
+                FORBIDDEN.to_string(),
+            )
+        };
+        let old_cidrs = pod_cidrs(old);
+        let new_cidrs = pod_cidrs(new);
+        if !old_cidrs.is_empty() {
+            // Upstream reports a length change once, else every changed
+            // entry.
+            let before = causes.len();
+            if old_cidrs.len() != new_cidrs.len() {
+                causes.push(forbidden());
+            } else {
+                for (o, n) in old_cidrs.iter().zip(&new_cidrs) {
+                    if o != n {
+                        causes.push(forbidden());
+                    }
+                }
+            }
+            // Upstream derives podCIDR from podCIDRs[0]; a stored object
+            // must not say two different things.
+            let single = new["spec"]["podCIDR"].as_str().unwrap_or("");
+            if causes.len() == before && !single.is_empty() && Some(&single) != new_cidrs.first() {
+                causes.push(forbidden());
+            }
+        }
+    }
+}
+
+/// Pods: defaults, a spec fixed after creation, the service account
+/// admission, graceful deletion, and the watch index by node.
+#[derive(Debug)]
+pub struct Pod;
+impl Strategy for Pod {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        default_pod_spec(&mut obj["spec"]);
+        if !obj["status"]["phase"].is_string() {
+            obj["status"]["phase"] = json!("Pending");
+        }
+        if !obj["spec"]["serviceAccountName"].is_string() {
+            obj["spec"]["serviceAccountName"] = json!("default");
+        }
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        if obj["spec"]["containers"]
+            .as_array()
+            .map(|c| c.is_empty())
+            .unwrap_or(true)
+        {
+            causes.push(("spec.containers".into(), "Required value".into(), "".into()));
+        }
+    }
+
+    fn validate_update(
+        &self,
+        rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        if old["spec"] != new["spec"] {
+            // With today's defaults, as `new` has them.
+            let mut old = old.clone();
+            self.defaults(rt, &mut old);
+            if let Some(cause) = pod_spec_update(&old["spec"], &new["spec"]) {
+                causes.push(cause);
+            }
+        }
+    }
+
+    fn admit_create_with<'a>(
+        &'a self,
+        state: &'a ApiState,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(crate::serviceaccounts::admit_pod(state, obj))
+    }
+
+    fn grace_period(&self, obj: &Value, opts: &Value, query: Option<&str>) -> Option<i64> {
+        pod_grace_period(obj, opts, query)
+    }
+
+    fn watch_index(&self) -> Option<WatchIndex> {
+        Some(WatchIndex {
+            field: Some("spec.nodeName"),
+            values: |o| {
+                o["spec"]["nodeName"]
+                    .as_str()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| vec![n.to_string()])
+                    .unwrap_or_default()
+            },
+        })
+    }
+}
+
+/// The grace period a pod deletion waits for, or `None` when the pod is
+/// to be removed at once: upstream's rules — the request's
+/// `gracePeriodSeconds` (body or query), else the pod's
+/// `terminationGracePeriodSeconds` (30); zero for pods not bound to a
+/// node (nothing runs them) and for pods already finished.
+fn pod_grace_period(pod: &Value, opts: &Value, query: Option<&str>) -> Option<i64> {
+    let requested = opts["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| query.and_then(|q| q.parse().ok()));
+    let unscheduled = pod["spec"]["nodeName"].as_str().unwrap_or("").is_empty();
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if unscheduled || finished {
+        return None;
+    }
+    let grace = requested.unwrap_or_else(|| {
+        pod["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30)
+    });
+    // A negative request means "as short as possible" but still graceful.
+    let grace = if grace < 0 { 1 } else { grace };
+    (grace > 0).then_some(grace)
+}
+
+/// Services: DNS-1035 names, defaults, [`crate::services`]' rules, and a
+/// ClusterIP and NodePorts claimed on create ([`crate::allocator`]).
+#[derive(Debug)]
+pub struct Service;
+impl Strategy for Service {
+    fn name_problems(&self, name: &str) -> Vec<String> {
+        // upstream's `ValidateServiceName`: a DNS-1035 label (it becomes a
+        // DNS name and an environment variable prefix).
+        rke2_apimachinery::validation::validate_dns1035_label(name)
+    }
+
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        let spec = &mut obj["spec"];
+        if !spec.is_object() {
+            *spec = json!({});
+        }
+        if let Some(m) = spec.as_object_mut() {
+            default_str(m, "type", "ClusterIP");
+            default_str(m, "sessionAffinity", "None");
+            default_str(m, "internalTrafficPolicy", "Cluster");
+            if let Some(ports) = m.get_mut("ports").and_then(|p| p.as_array_mut()) {
+                for p in ports {
+                    if let Some(pm) = p.as_object_mut() {
+                        default_str(pm, "protocol", "TCP");
+                        if pm.get("targetPort").map(|t| t.is_null()).unwrap_or(true) {
+                            let port = pm.get("port").cloned().unwrap_or(json!(0));
+                            pm.insert("targetPort".into(), port);
+                        }
+                    }
+                }
+            }
+        }
+        if !obj["status"].is_object() {
+            obj["status"] = json!({"loadBalancer": {}});
+        }
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        crate::services::validate_service(obj, causes);
+    }
+
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        crate::services::validate_service_update(old, new, causes);
+    }
+
+    fn allocate<'a>(
+        &'a self,
+        state: &'a ApiState,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<Vec<String>>> {
+        Box::pin(crate::allocator::allocate_service(state, obj))
+    }
+
+    fn holds_allocations(&self) -> bool {
+        true
+    }
+
+    fn release<'a>(&'a self, state: &'a ApiState, obj: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(crate::allocator::release_service(state, obj))
+    }
+}
+
+/// EndpointSlices: [`crate::services`]' defaults and rules.
+#[derive(Debug)]
+pub struct EndpointSlice;
+impl Strategy for EndpointSlice {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        crate::services::default_endpoint_slice(obj);
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        crate::services::validate_endpoint_slice(obj, false, causes);
+    }
+
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        crate::services::validate_endpoint_slice_update(old, new, causes);
+    }
+}
+
+/// ConfigMaps: keys that become file names, and the 1 MiB bound.
+#[derive(Debug)]
+pub struct ConfigMap;
+impl Strategy for ConfigMap {
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        validate_config_map(obj, causes);
+    }
+}
+
+/// Secrets: `stringData` folded into `data`, the `Opaque` type, base64
+/// values, keys and the 1 MiB bound.
+#[derive(Debug)]
+pub struct Secret;
+impl Strategy for Secret {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        if let Some(string_data) = obj
+            .as_object_mut()
+            .and_then(|m| m.remove("stringData"))
+            .and_then(|s| s.as_object().cloned())
+        {
+            use base64::Engine;
+            for (k, v) in string_data {
+                let enc = base64::engine::general_purpose::STANDARD
+                    .encode(v.as_str().unwrap_or("").as_bytes());
+                obj["data"][k] = json!(enc);
+            }
+        }
+        if !obj["type"].is_string() {
+            obj["type"] = json!("Opaque");
+        }
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        validate_secret(obj, causes);
+    }
+}
+
+/// Deployments: defaults and the workload rules.
+#[derive(Debug)]
+pub struct Deployment;
+impl Strategy for Deployment {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        let spec = &mut obj["spec"];
+        if let Some(m) = spec.as_object_mut() {
+            default_val(m, "replicas", json!(1));
+            default_val(m, "revisionHistoryLimit", json!(10));
+            default_val(m, "progressDeadlineSeconds", json!(600));
+            if m.get("strategy")
+                .map(|s| s.is_null() || s.as_object().map(|o| o.is_empty()).unwrap_or(false))
+                .unwrap_or(true)
+            {
+                m.insert(
+                    "strategy".into(),
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+                );
+            }
+        }
+        default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        validate_workload(obj, causes);
+    }
+}
+
+/// ReplicaSets: defaults and the workload rules.
+#[derive(Debug)]
+pub struct ReplicaSet;
+impl Strategy for ReplicaSet {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        if let Some(m) = obj["spec"].as_object_mut() {
+            default_val(m, "replicas", json!(1));
+        }
+        default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        validate_workload(obj, causes);
+    }
+}
+
+/// DaemonSets: defaults and the workload rules.
+#[derive(Debug)]
+pub struct DaemonSet;
+impl Strategy for DaemonSet {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        if let Some(m) = obj["spec"].as_object_mut() {
+            default_val(m, "revisionHistoryLimit", json!(10));
+            default_val(
+                m,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+        }
+        default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        validate_workload(obj, causes);
+    }
+}
+
+/// Jobs: defaults (the controller's unique selector label included) and
+/// a template with containers.
+#[derive(Debug)]
+pub struct Job;
+impl Strategy for Job {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        // The Job controller's selector: a unique label on its pods.
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        if let Some(m) = obj["spec"].as_object_mut() {
+            default_val(m, "completions", json!(1));
+            default_val(m, "parallelism", json!(1));
+            default_val(m, "backoffLimit", json!(6));
+            default_str(m, "completionMode", "NonIndexed");
+            default_val(m, "suspend", json!(false));
+        }
+        if !uid.is_empty() && !obj["spec"]["selector"].is_object() {
+            obj["spec"]["selector"] =
+                json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+            let name = name_of(obj).to_string();
+            let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+            labels["batch.kubernetes.io/controller-uid"] = json!(uid);
+            labels["batch.kubernetes.io/job-name"] = json!(name);
+            labels["controller-uid"] = json!(uid);
+            labels["job-name"] = json!(name);
+        }
+        if !obj["spec"]["template"]["spec"]["restartPolicy"].is_string() {
+            obj["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        }
+        default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        if obj["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .map(|c| c.is_empty())
+            .unwrap_or(true)
+        {
+            causes.push((
+                "spec.template.spec.containers".into(),
+                "Required value".into(),
+                "".into(),
+            ));
+        }
+    }
+}
+
+/// Roles and ClusterRoles ([`crate::rbac_objects`]): path-segment names
+/// and the policy rules.
+#[derive(Debug)]
+pub struct RbacRole;
+impl Strategy for RbacRole {
+    fn name_problems(&self, name: &str) -> Vec<String> {
+        crate::rbac_objects::name_problems(name)
+    }
+
+    fn defaults(&self, rt: &ResourceType, obj: &mut Value) {
+        crate::rbac_objects::apply_defaults(rt, obj);
+    }
+
+    fn validate(&self, rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        crate::rbac_objects::validate(rt, obj, causes);
+    }
+
+    fn validate_update(
+        &self,
+        rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        causes.extend(crate::rbac_objects::validate_update(rt, old, new));
+    }
+}
+
+/// RoleBindings and ClusterRoleBindings ([`crate::rbac_objects`]): as
+/// [`RbacRole`], plus a fixed `roleRef` and the watch index by subject
+/// the authorizer reads.
+#[derive(Debug)]
+pub struct RbacBinding;
+impl Strategy for RbacBinding {
+    fn name_problems(&self, name: &str) -> Vec<String> {
+        RbacRole.name_problems(name)
+    }
+
+    fn defaults(&self, rt: &ResourceType, obj: &mut Value) {
+        RbacRole.defaults(rt, obj);
+    }
+
+    fn validate(&self, rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        RbacRole.validate(rt, obj, causes);
+    }
+
+    fn validate_update(
+        &self,
+        rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        RbacRole.validate_update(rt, old, new, causes);
+    }
+
+    fn watch_index(&self) -> Option<WatchIndex> {
+        Some(WatchIndex {
+            field: None,
+            values: crate::rbac::subject_keys,
+        })
+    }
+}
+
+/// CertificateSigningRequests ([`crate::csr`]): free names, the
+/// requester's identity recorded on create, signer admission, and an
+/// update strategy per path (`status`, `approval`).
+#[derive(Debug)]
+pub struct CertificateSigningRequest;
+impl Strategy for CertificateSigningRequest {
+    fn name_problems(&self, name: &str) -> Vec<String> {
+        // upstream's `ValidateCertificateRequestName` allows anything a
+        // path segment allows.
+        crate::rbac_objects::name_problems(name)
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        crate::csr::validate(obj, causes);
+    }
+
+    fn prepare_create(&self, obj: &mut Value, requester: &Identity) {
+        crate::csr::prepare_create(obj, requester);
+    }
+
+    fn admit_create(&self, rt: &ResourceType, obj: &Value) -> ApiResult<()> {
+        crate::csr::admit_create(rt, obj)
+    }
+
+    fn prepare_update<'a>(
+        &'a self,
+        at: UpdateAt<'a>,
+        old: &'a Value,
+        new: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(async move {
+            use crate::csr::UpdatePath;
+            let rt = at.rt;
+            let path = UpdatePath::of(at.subresource);
+            // The generic step keeps the old status outside `status`;
+            // `approval` takes its conditions from the request.
+            let requested = new["status"].clone();
+            objects::prepare_update(rt, old, new, path == UpdatePath::Status);
+            if path == UpdatePath::Approval {
+                new["status"] = requested;
+            }
+            let causes = crate::csr::prepare_update(old, new, path, &objects::now_rfc3339());
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt.kind, name_of(old), rt, &causes));
+            }
+            crate::csr::admit_update(at.state, at.identity, rt, path, old, new).await
+        })
+    }
+}
+
+// Helpers of the strategies above.
+
+/// Keys that become file names in a volume, and the 1 MiB bound.
+fn validate_config_map(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    use base64::Engine;
+    let mut total = 0;
+    for bag in ["data", "binaryData"] {
+        let Some(m) = obj[bag].as_object() else {
+            continue;
+        };
+        for (k, v) in m {
+            for msg in rke2_apimachinery::validation::validate_config_map_key(k) {
+                causes.push((
+                    format!("{bag}[{k}]"),
+                    "Invalid value".into(),
+                    format!("{}: {msg}", quoted(k)),
+                ));
+            }
+            if bag == "data" && obj["binaryData"].get(k).is_some() {
+                causes.push((
+                    format!("data[{k}]"),
+                    "Invalid value".into(),
+                    format!("{}: duplicate of key present in binaryData", quoted(k)),
+                ));
+            }
+            let s = v.as_str().unwrap_or("");
+            total += match bag {
+                "binaryData" => base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_or(s.len(), |b| b.len()),
+                _ => s.len(),
+            };
+        }
+    }
+    if total > MAX_DATA_BYTES {
+        // Upstream names no field: the bound is the whole object's.
+        causes.push(("[]".into(), "Too long".into(), too_long(MAX_DATA_BYTES)));
+    }
+}
+
+/// Base64 values, config keys and the 1 MiB bound on the decoded data.
+fn validate_secret(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    use base64::Engine;
+    let Some(data) = obj["data"].as_object() else {
+        return;
+    };
+    let mut total = 0;
+    for (k, val) in data {
+        for msg in rke2_apimachinery::validation::validate_config_map_key(k) {
+            causes.push((
+                format!("data[{k}]"),
+                "Invalid value".into(),
+                format!("{}: {msg}", quoted(k)),
+            ));
+        }
+        match val
+            .as_str()
+            .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
+        {
+            Some(Ok(bytes)) => total += bytes.len(),
+            _ => causes.push((
+                format!("data[{k}]"),
+                "Invalid value".into(),
+                "must be base64-encoded bytes".into(),
+            )),
+        }
+    }
+    if total > MAX_DATA_BYTES {
+        causes.push(("data".into(), "Too long".into(), too_long(MAX_DATA_BYTES)));
+    }
+}
+
+fn validate_workload(obj: &Value, causes: &mut Vec<(String, String, String)>) {
+    let spec = &obj["spec"];
+    if let Some(r) = spec["replicas"].as_i64()
+        && r < 0
+    {
+        causes.push((
+            "spec.replicas".into(),
+            "Invalid value".into(),
+            format!("{r}: must be greater than or equal to 0"),
+        ));
+    }
+    let selector = &spec["selector"];
+    if !selector.is_object()
+        || (selector["matchLabels"]
+            .as_object()
+            .map(|m| m.is_empty())
+            .unwrap_or(true)
+            && selector["matchExpressions"]
+                .as_array()
+                .map(|m| m.is_empty())
+                .unwrap_or(true))
+    {
+        causes.push(("spec.selector".into(), "Required value".into(), "".into()));
+        return;
+    }
+    let labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+    match rke2_apimachinery::selectors::label_selector_from_json(selector) {
+        Ok(sel) => {
+            if !sel.matches_value(Some(&labels)) {
+                causes.push((
+                    "spec.template.metadata.labels".into(),
+                    "Invalid value".into(),
+                    format!(
+                        "{}: `selector` does not match template `labels`",
+                        serde_json::to_string(&labels).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        Err(e) => causes.push((
+            "spec.selector".into(),
+            "Invalid value".into(),
+            e.to_string(),
+        )),
+    }
+    if spec["template"]["spec"]["containers"]
+        .as_array()
+        .map(|c| c.is_empty())
+        .unwrap_or(true)
+    {
+        causes.push((
+            "spec.template.spec.containers".into(),
+            "Required value".into(),
+            "".into(),
+        ));
+    }
+}
+
+fn default_str(m: &mut Map<String, Value>, k: &str, v: &str) {
+    if !m.get(k).map(|x| x.is_string()).unwrap_or(false) {
+        m.insert(k.into(), json!(v));
+    }
+}
+
+fn default_val(m: &mut Map<String, Value>, k: &str, v: Value) {
+    if m.get(k).map(|x| x.is_null()).unwrap_or(true) {
+        m.insert(k.into(), v);
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let Some(m) = c.as_object_mut() else { return };
+    default_str(m, "terminationMessagePath", "/dev/termination-log");
+    default_str(m, "terminationMessagePolicy", "File");
+    let image = m.get("image").and_then(|i| i.as_str()).unwrap_or("");
+    let last = image.rsplit('/').next().unwrap_or("");
+    let pull = if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+        "IfNotPresent"
+    } else {
+        "Always"
+    };
+    default_str(m, "imagePullPolicy", pull);
+    default_val(m, "resources", json!({}));
+    if let Some(ports) = m.get_mut("ports").and_then(|p| p.as_array_mut()) {
+        for p in ports {
+            if let Some(pm) = p.as_object_mut() {
+                default_str(pm, "protocol", "TCP");
+            }
+        }
+    }
+}
+
+/// Pod spec defaults (also used for templates).
+fn default_pod_spec(spec: &mut Value) {
+    let Some(m) = spec.as_object_mut() else {
+        return;
+    };
+    default_str(m, "restartPolicy", "Always");
+    default_val(m, "terminationGracePeriodSeconds", json!(30));
+    default_str(m, "dnsPolicy", "ClusterFirst");
+    default_val(m, "securityContext", json!({}));
+    default_str(m, "schedulerName", "default-scheduler");
+    for key in ["containers", "initContainers"] {
+        if let Some(cs) = m.get_mut(key).and_then(|c| c.as_array_mut()) {
+            cs.iter_mut().for_each(default_container);
+        }
+    }
+}
+
+/// Upstream's rule for pod updates: a pod's spec is fixed once created but
+/// for container and init container images, `activeDeadlineSeconds`,
+/// added tolerations and removed scheduling gates. (`spec.nodeName` is set
+/// through the `binding` subresource, which does not come here.)
+fn pod_spec_update(old: &Value, new: &Value) -> Option<(String, String, String)> {
+    // `old` with every change the rule allows taken from `new`: whatever
+    // still differs was not allowed.
+    let mut allowed = old.clone();
+    let take = |to: &mut Value, from: &Value, key: &str| match from.get(key) {
+        Some(v) => to[key] = v.clone(),
+        None => {
+            if let Some(m) = to.as_object_mut() {
+                m.remove(key);
+            }
+        }
+    };
+    for list in ["containers", "initContainers"] {
+        if let (Some(a), Some(n)) = (allowed[list].as_array_mut(), new[list].as_array())
+            && a.len() == n.len()
+        {
+            for (c, nc) in a.iter_mut().zip(n) {
+                take(c, nc, "image");
+            }
+        }
+    }
+    take(&mut allowed, new, "activeDeadlineSeconds");
+    let items = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
+    let old_tolerations = items(old, "tolerations");
+    if old_tolerations
+        .iter()
+        .all(|t| items(new, "tolerations").contains(t))
+    {
+        take(&mut allowed, new, "tolerations");
+    }
+    let new_gates = items(new, "schedulingGates");
+    if new_gates
+        .iter()
+        .all(|g| items(old, "schedulingGates").contains(g))
+    {
+        take(&mut allowed, new, "schedulingGates");
+    }
+    (allowed != *new).then(|| {
+        (
+            "spec".to_string(),
+            "Forbidden".to_string(),
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".to_string(),
+        )
+    })
+}
+
+/// A Node's pod CIDRs as upstream's internal object has them:
+/// `spec.podCIDRs`, else `[spec.podCIDR]` when that alone is set.
+fn pod_cidrs(node: &Value) -> Vec<&str> {
+    let list: Vec<&str> = node["spec"]["podCIDRs"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    if !list.is_empty() {
+        return list;
+    }
+    match node["spec"]["podCIDR"].as_str() {
+        Some(c) if !c.is_empty() => vec![c],
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::find;
+
+    #[test]
+    fn entries_bring_their_own_hooks() {
+        let pods = find("", "v1", "pods").unwrap();
+        assert_eq!(
+            pods.strategy.watch_index().and_then(|i| i.field),
+            Some("spec.nodeName")
+        );
+        let pod = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        assert_eq!(pods.strategy.grace_period(&pod, &json!({}), None), Some(30));
+        assert_eq!(
+            pods.strategy.grace_period(&pod, &json!({}), Some("0")),
+            None
+        );
+        let cms = find("", "v1", "configmaps").unwrap();
+        assert_eq!(cms.strategy.grace_period(&pod, &json!({}), None), None);
+        assert!(cms.strategy.custom_delete().is_none());
+        let ns = find("", "v1", "namespaces").unwrap();
+        assert!(ns.strategy.custom_delete().is_some());
+        // Namespaces are labels, not subdomains.
+        assert!(!ns.strategy.name_problems("a.b").is_empty());
+        assert!(cms.strategy.name_problems("a.b").is_empty());
+        assert!(!find("", "v1", "events").unwrap().strategy.watch_cached());
+        assert!(
+            find("", "v1", "services")
+                .unwrap()
+                .strategy
+                .holds_allocations()
+        );
+        let rb = find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
+        assert!(rb.strategy.watch_index().is_some_and(|i| i.field.is_none()));
+    }
+}
