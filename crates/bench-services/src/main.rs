@@ -79,13 +79,17 @@ struct Args {
     /// time, a new connection per request.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// On an error, keep the bed (nodes, namespaces) this many seconds
+    /// before removing it, to look at it by hand.
+    #[arg(long, default_value_t = 0)]
+    hold_on_error: u64,
 }
 
 /// Generous: a busy 2-core machine runs two nodes, etcd and containerd.
 const LONG: Duration = Duration::from_secs(180);
 /// Pause between two probes of one path while it does not answer.
 const PROBE_GAP: Duration = Duration::from_millis(5);
-/// Connect and read timeout of one probe.
+/// Timeout of one probe attempt (connect, request, answer).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The Services' addresses (fixed, so the outside hosts' routes and the
 /// probes need no lookup).
@@ -143,15 +147,36 @@ struct Target {
     to: SocketAddr,
 }
 
-/// What one prober saw: the first answer (if any before the deadline) and
-/// the failed attempts that timed out rather than being refused.
+/// What one prober saw: the first answer (if any before the deadline),
+/// and when the attempts that timed out (rather than being refused) had
+/// started.
 struct Probe {
     first_ok: Option<Instant>,
-    timeouts: usize,
+    timeouts: Vec<Instant>,
 }
 
-/// Probes `path` every [`PROBE_GAP`] until it answers, `stop` is set or
-/// `deadline` passes.
+/// [`request`] on tokio: the same bytes, the same check.
+async fn request_async(to: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(to).await?;
+    s.set_nodelay(true)?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").await?;
+    let mut buf = Vec::with_capacity(512);
+    s.read_to_end(&mut buf).await?;
+    if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not a 200"))
+    }
+}
+
+/// Starts an attempt on `path` every [`PROBE_GAP`], without waiting for
+/// the earlier ones, until one answers, `stop` is set or `deadline`
+/// passes. Not waiting matters: a node answers a SYN to a Service without
+/// endpoints with an ICMP error, which the kernel rate-limits per
+/// destination (about one per second after a short burst), so most
+/// refused attempts are silently dropped and would hang until their
+/// timeout; one stuck attempt must not delay the next.
 fn prober(
     path: &Target,
     stop: Arc<AtomicBool>,
@@ -159,31 +184,45 @@ fn prober(
 ) -> Result<std::thread::JoinHandle<Probe>> {
     let to = path.to;
     in_ns(&path.from.netns, move || {
-        let mut timeouts = 0;
-        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-            match request(to, PROBE_TIMEOUT) {
-                Ok(()) => {
-                    return Probe {
-                        first_ok: Some(Instant::now()),
-                        timeouts,
-                    };
+        // A runtime on this thread: every socket is opened here, in the
+        // namespace this thread entered.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for a prober");
+        rt.block_on(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<Instant>, bool)>();
+            let mut tick = tokio::time::interval(PROBE_GAP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut timeouts = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+                            return Probe { first_ok: None, timeouts };
+                        }
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let t = Instant::now();
+                            let r = tokio::time::timeout(PROBE_TIMEOUT, request_async(to)).await;
+                            let _ = match r {
+                                Ok(Ok(())) => tx.send((t, Some(Instant::now()), false)),
+                                Ok(Err(_)) => tx.send((t, None, false)),
+                                Err(_) => tx.send((t, None, true)),
+                            };
+                        });
+                    }
+                    Some((t, ok, timed_out)) = rx.recv() => {
+                        if ok.is_some() {
+                            return Probe { first_ok: ok, timeouts };
+                        }
+                        if timed_out {
+                            timeouts.push(t);
+                        }
+                    }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                    ) =>
-                {
-                    timeouts += 1
-                }
-                Err(_) => {}
             }
-            std::thread::sleep(PROBE_GAP);
-        }
-        Probe {
-            first_ok: None,
-            timeouts,
-        }
+        })
     })
 }
 
@@ -352,6 +391,20 @@ async fn setup(args: &Args) -> Result<Cluster> {
         }
     }))?;
     pods.create(&PostParams::default(), &pod).await?;
+    // A pod on the server too, as a real server has (its DNS, its
+    // ingress): the CNI bridge plugin enables IPv4 forwarding when it
+    // sets up a node's first pod, and rke2 does not enable it otherwise,
+    // so a node without pods would not forward Service traffic to the
+    // pods of other nodes.
+    let idle: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "idle-s1"},
+        "spec": {
+            "nodeName": "s1",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE, "command": ["sleep", "86400"]}]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &idle).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     for svc in [
         json!({"metadata": {"name": "web"}, "spec": {"clusterIP": CLUSTER_IP.to_string(),
@@ -362,6 +415,11 @@ async fn setup(args: &Args) -> Result<Cluster> {
         let svc: Service = serde_json::from_value(svc)?;
         services.create(&PostParams::default(), &svc).await?;
     }
+    eventually(LONG, "pod idle-s1 Ready", || async {
+        ready_of(&pods.get("idle-s1").await.ok()?).then_some(())
+    })
+    .await
+    .with_context(|| format!("server:\n{}", ps.log()))?;
     let pod_ip = eventually(LONG, "pod web Running and Ready", || async {
         let p = pods.get("web").await.ok()?;
         if !ready_of(&p) {
@@ -374,7 +432,7 @@ async fn setup(args: &Args) -> Result<Cluster> {
     log(&format!(
         "pod web Ready at {pod_ip} on a1 (pod CIDR {pod_cidr})"
     ));
-    let c = Cluster {
+    Ok(Cluster {
         _s1: ps,
         _a1: pa,
         kubeconfig,
@@ -386,15 +444,7 @@ async fn setup(args: &Args) -> Result<Cluster> {
         a1,
         pod_ip,
         bed,
-    };
-    for p in c.service_paths().iter().chain([&c.pod_path()]) {
-        eventually(LONG, p.label, || async {
-            answers(p).await.ok()?.then_some(())
-        })
-        .await
-        .with_context(|| format!("{} ({}) does not answer", p.label, p.to))?;
-    }
-    Ok(c)
+    })
 }
 
 impl Cluster {
@@ -468,7 +518,11 @@ fn watch_ready(client: kube::Client) -> mpsc::UnboundedReceiver<(Instant, bool)>
                 Ok(watcher::Event::Apply(p)) | Ok(watcher::Event::InitApply(p)) => p,
                 Ok(_) => continue,
                 Err(e) => {
+                    if tx.is_closed() {
+                        return;
+                    }
                     log(&format!("watch: {e}"));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
@@ -558,8 +612,23 @@ async fn ready_part(c: &Cluster, rounds: usize) -> Result<()> {
                 format!("{} did not answer within {LONG:?} after Ready", p.label)
             })?;
             lat[i].push(since(t));
-            timeouts[i] += f.timeouts;
+            // Attempts dropped while the Service had no endpoint are the
+            // ICMP rate limit at work; only those started after Ready say
+            // something about the path.
+            let late: Vec<String> = f
+                .timeouts
+                .iter()
+                .filter(|x| **x >= t0)
+                .map(|x| ms(since(*x)))
+                .collect();
+            timeouts[i] += late.len();
             line += &format!(", {} {}", p.label, ms(since(t)));
+            if !late.is_empty() {
+                line += &format!(
+                    " (attempts timed out after Ready, started at +{})",
+                    late.join(" +")
+                );
+            }
         }
         log(&format!("{line} (ms)"));
     }
@@ -573,7 +642,7 @@ async fn ready_part(c: &Cluster, rounds: usize) -> Result<()> {
     );
     println!();
     println!(
-        "| figure | p50 (ms) | p99 (ms) | max (ms) | min (ms) | probe timeouts | ratio p99 / pod IP p99 | target |"
+        "| figure | p50 (ms) | p99 (ms) | max (ms) | min (ms) | attempts timed out after Ready | ratio p99 / pod IP p99 | target |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     println!(
@@ -816,13 +885,34 @@ async fn run(args: Args) -> Result<()> {
     }
     let c = setup(&args).await?;
     log(&format!("bed {} ready", c.bed.prefix()));
-    if args.parts.iter().any(|p| p == "tcp") {
-        tcp_part(&c, &args).await?;
+    let r = async {
+        for p in c.service_paths().iter().chain([&c.pod_path()]) {
+            eventually(LONG, p.label, || async {
+                answers(p).await.ok()?.then_some(())
+            })
+            .await
+            .with_context(|| format!("{} ({}) does not answer", p.label, p.to))?;
+        }
+        if args.parts.iter().any(|p| p == "tcp") {
+            tcp_part(&c, &args).await?;
+        }
+        if args.parts.iter().any(|p| p == "ready") {
+            ready_part(&c, args.rounds).await?;
+        }
+        Ok(())
     }
-    if args.parts.iter().any(|p| p == "ready") {
-        ready_part(&c, args.rounds).await?;
+    .await;
+    if let Err(e) = &r
+        && args.hold_on_error > 0
+    {
+        log(&format!(
+            "{e:#}\nkeeping bed {} for {} s (--hold-on-error)",
+            c.bed.prefix(),
+            args.hold_on_error
+        ));
+        tokio::time::sleep(Duration::from_secs(args.hold_on_error)).await;
     }
-    Ok(())
+    r
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
