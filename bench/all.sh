@@ -4,8 +4,8 @@
 # Builds once (`cargo build --release` of rke2 and of every package a bench
 # script builds, e.g. rke2-bench-api), then runs each script in bench/ with
 # --no-build, never two at once (they would disturb each other): startup.sh,
-# agent.sh, ha.sh, scheduler.sh, pods.sh, api.sh, scale.sh, dns.sh and
-# faults.sh (the long fault-injection checker; when present).
+# agent.sh, ha.sh, scheduler.sh, pods.sh, api.sh, scale.sh, dns.sh,
+# services.sh and faults.sh (the long fault-injection checker; when present).
 # Each writes its own Markdown to a temp dir; bench/lib/summary.py takes the
 # figures from those tables and prints ONE table (figure, ours, the reference
 # measured in the same run, ratio ours / reference, target, source script),
@@ -40,7 +40,7 @@ VERBOSE=0
 ARGS="$*"
 
 # the scripts, in this order (a missing one is reported as not present)
-SCRIPTS=(startup agent ha scheduler pods api scale dns faults)
+SCRIPTS=(startup agent ha scheduler pods api scale dns services faults)
 # --quick: the smallest sensible options of each
 declare -A QUICK_OPTS=(
     [startup]="--runs 1"
@@ -51,6 +51,7 @@ declare -A QUICK_OPTS=(
     [api]="--runs 1 --ops 500 --list-ops 20 --paced-seconds 3"
     [scale]="--nodes 50 --pods 500 --watchers 50 --watch-events 20"
     [dns]="--runs 1 --seconds 3"
+    [services]="--rounds 5 --runs 1 --requests 300 --seconds 2"
     [faults]="--rounds 4"
 )
 

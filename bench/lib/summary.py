@@ -193,9 +193,32 @@ FIGURES = [
          ours=("rke2 dns RSS, 1000 Services, after the load", "median"),
          ref=("dnsmasq RSS", "median"),
          refis="dnsmasq with the same 1,000 hosts", target="-", better="lower"),
+    # Services on the two-node bed
+    dict(script="services", figure="Service endpoint Ready -> traffic p99, worst path (ms)",
+         ours=[("Ready -> answer, ClusterIP via the pod's node", "p99 (ms)"),
+               ("Ready -> answer, ClusterIP via the other node", "p99 (ms)"),
+               ("Ready -> answer, NodePort on the pod's node", "p99 (ms)"),
+               ("Ready -> answer, NodePort on the other node", "p99 (ms)")],
+         ref=("Ready -> answer, pod IP", "p99 (ms)"),
+         refis="the same by pod IP (the pod serves all along: watch delivery + one request)",
+         target="<= 1000 ms", check=("ours", "<=", 1000), better="lower"),
+    dict(script="services", figure="TCP connect+request p50 through a ClusterIP (ms)",
+         ours=("ClusterIP p50", "median"), ref=("pod IP p50", "median"),
+         ratio=("ratio ClusterIP / pod IP p50", "median"),
+         refis="the pod IP, same client and node, requests alternating",
+         target="ratio <= 1.1", check=("ratio", "<=", 1.1), better="lower"),
+    dict(script="services", figure="TCP connect+request p99 through a ClusterIP (ms)",
+         ours=("ClusterIP p99", "median"), ref=("pod IP p99", "median"),
+         ratio=("ratio ClusterIP / pod IP p99", "median"),
+         refis="the pod IP, same client and node, requests alternating",
+         target="ratio <= 1.1", check=("ratio", "<=", 1.1), better="lower"),
+    dict(script="services", figure="requests/s through a ClusterIP",
+         ours=("ClusterIP requests/s", "median"), ref=("pod IP requests/s", "median"),
+         ratio=("ratio ClusterIP / pod IP requests/s", "median"),
+         refis="the pod IP, same clients, same node", target="-", better="higher"),
 ]
 
-SCRIPT_ORDER = ["startup", "agent", "ha", "scheduler", "pods", "api", "scale", "dns"]
+SCRIPT_ORDER = ["startup", "agent", "ha", "scheduler", "pods", "api", "scale", "dns", "services"]
 
 
 # ---------------------------------------------------------------- markdown --

@@ -121,6 +121,12 @@ struct Args {
     /// (bindings are added between counts).
     #[arg(long, value_delimiter = ',', default_value = "10,10000")]
     rbac_bindings: Vec<usize>,
+    /// The rbac phase: admin/user pairs of paced phases per RoleBinding
+    /// count (phases `rbac@<count>/<run>`); odd runs measure the admin
+    /// first, even runs the user first, so neither side always runs on
+    /// a server the other has just warmed.
+    #[arg(long, default_value_t = 1)]
+    rbac_runs: usize,
     /// The rbac phase: directory with client-ca.crt and client-ca.key
     /// (`<data-dir>/server/tls`), to issue the measured user's certificate.
     #[arg(long)]

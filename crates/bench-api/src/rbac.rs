@@ -5,7 +5,9 @@
 //! permission is a Role bound to it, so RBAC answers every request. Run
 //! at each count of `--rbac-bindings` (RoleBindings in the namespace,
 //! all but one for other users): the subject index should keep the
-//! user's cost flat as bindings grow.
+//! user's cost flat as bindings grow. `--rbac-runs` repeats the pair,
+//! alternating which side goes first, so that the p99 ratio can be taken
+//! as a median over runs rather than from one noisy pair.
 
 use std::time::Duration;
 
@@ -128,31 +130,33 @@ impl Bench {
                 r?;
             }
             have = have.max(target);
-            let phase = format!("rbac@{target}");
-            let (kube, ns2) = (self.kube.clone(), ns.clone());
-            self.paced(
-                &phase,
-                "admin GET (system:masters, no authorizer)",
-                move |i| {
-                    let kube = kube.clone();
-                    let req = cm_path(&ns2).get(&name((i * 7919 + 13) % n), &GetParams::default());
-                    async move {
-                        kube.request_text(req?).await?;
-                        Ok(())
-                    }
-                },
-            )
-            .await?;
-            let (user, ns2) = (user.clone(), ns.clone());
-            self.paced(&phase, "API GET as a user RBAC authorizes", move |i| {
-                let user = user.clone();
-                let req = cm_path(&ns2).get(&name((i * 7919 + 13) % n), &GetParams::default());
-                async move {
-                    user.request_text(req?).await?;
-                    Ok(())
+            for run in 1..=self.args.rbac_runs.max(1) {
+                let phase = format!("rbac@{target}/{run}");
+                let user_first = run % 2 == 0;
+                for user_side in [user_first, !user_first] {
+                    let client = if user_side {
+                        user.clone()
+                    } else {
+                        self.kube.clone()
+                    };
+                    let side = if user_side {
+                        "API GET as a user RBAC authorizes"
+                    } else {
+                        "admin GET (system:masters, no authorizer)"
+                    };
+                    let ns2 = ns.clone();
+                    self.paced(&phase, side, move |i| {
+                        let client = client.clone();
+                        let req =
+                            cm_path(&ns2).get(&name((i * 7919 + 13) % n), &GetParams::default());
+                        async move {
+                            client.request_text(req?).await?;
+                            Ok(())
+                        }
+                    })
+                    .await?;
                 }
-            })
-            .await?;
+            }
         }
         Ok(())
     }
