@@ -96,13 +96,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 43, 77, 80);
 const NODE_PORT: u16 = 30080;
 
-/// Runs `f` on a new thread inside network namespace `netns` (sockets it
-/// opens live there for good).
+/// Runs `f` on a new thread inside the network namespace of the file
+/// `ns` (`/run/netns/<name>`, `/proc/<pid>/ns/net`); sockets it opens
+/// live there for good.
 fn in_ns<T: Send + 'static>(
-    netns: &str,
+    ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<std::thread::JoinHandle<T>> {
-    let path = format!("/run/netns/{netns}");
+    let path = ns.to_string();
     let fd = File::open(&path).with_context(|| format!("opening {path}"))?;
     Ok(std::thread::spawn(move || {
         nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
@@ -142,8 +143,8 @@ fn request(to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
 #[derive(Clone)]
 struct Target {
     label: &'static str,
-    /// The host the client runs in.
-    from: Host,
+    /// The network namespace (file) the client runs in.
+    from: String,
     to: SocketAddr,
 }
 
@@ -183,7 +184,7 @@ fn prober(
     deadline: Instant,
 ) -> Result<std::thread::JoinHandle<Probe>> {
     let to = path.to;
-    in_ns(&path.from.netns, move || {
+    in_ns(&path.from, move || {
         // A runtime on this thread: every socket is opened here, in the
         // namespace this thread entered.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -229,7 +230,7 @@ fn prober(
 /// Whether `path` answers one request now.
 async fn answers(path: &Target) -> Result<bool> {
     let to = path.to;
-    join(in_ns(&path.from.netns, move || {
+    join(in_ns(&path.from, move || {
         request(to, PROBE_TIMEOUT).is_ok()
     })?)
     .await
@@ -278,7 +279,35 @@ struct Cluster {
     s1: Host,
     a1: Host,
     pod_ip: Ipv4Addr,
+    /// The network namespace of pod idle-s1 (the only pod on s1).
+    s1_pod_ns: String,
+    /// The network namespace of pod web (the only pod on a1).
+    web_ns: String,
     bed: NetBed,
+}
+
+/// The namespace file of a bed host.
+fn ns_of(h: &Host) -> String {
+    format!("/run/netns/{}", h.netns)
+}
+
+/// The network namespace of the only pod on a node: every task its
+/// containerd runs (the sandbox and the container) shares it.
+fn only_pod_netns(data_dir: &Path) -> Result<String> {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(data_dir.join("agent/containerd/containerd.sock"))
+        .args(["-n", "k8s.io", "tasks", "ls"])
+        .output()
+        .context("running ctr (containerd's client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains("RUNNING"))
+        .find_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
+        .with_context(|| format!("no running task in ctr tasks ls: {text}"))?;
+    Ok(format!("/proc/{pid}/ns/net"))
 }
 
 fn ip_in(host: &Host, args: &[&str]) -> Result<()> {
@@ -432,7 +461,11 @@ async fn setup(args: &Args) -> Result<Cluster> {
     log(&format!(
         "pod web Ready at {pod_ip} on a1 (pod CIDR {pod_cidr})"
     ));
+    let s1_pod_ns = only_pod_netns(&ps.data_dir())?;
+    let web_ns = only_pod_netns(&pa.data_dir())?;
     Ok(Cluster {
+        web_ns,
+        s1_pod_ns,
         _s1: ps,
         _a1: pa,
         kubeconfig,
@@ -451,7 +484,7 @@ impl Cluster {
     fn pod_path(&self) -> Target {
         Target {
             label: "pod IP (reference)",
-            from: self.x1.clone(),
+            from: ns_of(&self.x1),
             to: SocketAddr::V4(SocketAddrV4::new(self.pod_ip, 8080)),
         }
     }
@@ -459,7 +492,7 @@ impl Cluster {
     fn cluster_ip_path(&self) -> Target {
         Target {
             label: "ClusterIP via the pod's node",
-            from: self.x1.clone(),
+            from: ns_of(&self.x1),
             to: SocketAddr::V4(SocketAddrV4::new(CLUSTER_IP, 80)),
         }
     }
@@ -469,17 +502,17 @@ impl Cluster {
             self.cluster_ip_path(),
             Target {
                 label: "ClusterIP via the other node",
-                from: self.x2.clone(),
+                from: ns_of(&self.x2),
                 to: SocketAddr::V4(SocketAddrV4::new(CLUSTER_IP, 80)),
             },
             Target {
                 label: "NodePort on the pod's node",
-                from: self.x1.clone(),
+                from: ns_of(&self.x1),
                 to: SocketAddr::V4(SocketAddrV4::new(self.a1.ip, NODE_PORT)),
             },
             Target {
                 label: "NodePort on the other node",
-                from: self.x1.clone(),
+                from: ns_of(&self.x1),
                 to: SocketAddr::V4(SocketAddrV4::new(self.s1.ip, NODE_PORT)),
             },
         ]
@@ -691,12 +724,12 @@ async fn ready_part(c: &Cluster, rounds: usize) -> Result<()> {
 /// Sequential requests alternating between `paths`, from one thread in
 /// `from`: per path, the latencies in seconds, and the failures.
 fn alternate(
-    from: &Host,
+    from: &str,
     paths: Vec<SocketAddr>,
     n: usize,
     first: usize,
 ) -> Result<std::thread::JoinHandle<(Vec<Vec<f64>>, usize)>> {
-    in_ns(&from.netns, move || {
+    in_ns(from, move || {
         let k = paths.len();
         let mut out = vec![Vec::with_capacity(n); k];
         let mut failed = 0;
@@ -716,18 +749,46 @@ fn alternate(
     })
 }
 
+/// Waits (at most 70 s: TIME_WAIT lasts 60 s) until the namespace `ns`
+/// holds fewer than 100 sockets in TIME_WAIT.
+async fn wait_tw_drained(ns: &str) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let tw = join(in_ns(ns, || {
+            let text =
+                std::fs::read_to_string("/proc/thread-self/net/sockstat").unwrap_or_default();
+            text.lines().find(|l| l.starts_with("TCP:")).and_then(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.iter()
+                    .position(|x| *x == "tw")
+                    .and_then(|i| w.get(i + 1)?.parse::<u64>().ok())
+            })
+        })?)
+        .await?
+        .context("no TCP tw count in /proc/thread-self/net/sockstat")?;
+        if tw < 100 {
+            if t.elapsed() > Duration::from_secs(1) {
+                log(&format!(
+                    "waited {:.0} s for the server's TIME_WAIT sockets to expire",
+                    t.elapsed().as_secs_f64()
+                ));
+            }
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(70) {
+            bail!("{tw} sockets still in TIME_WAIT after 70 s");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Requests/s through `to` from `clients` threads in `from` for `secs`.
-async fn throughput(
-    from: &Host,
-    to: SocketAddr,
-    clients: usize,
-    secs: u64,
-) -> Result<(f64, usize)> {
+async fn throughput(from: &str, to: SocketAddr, clients: usize, secs: u64) -> Result<(f64, usize)> {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut hs = Vec::new();
     let t = Instant::now();
     for _ in 0..clients {
-        hs.push(in_ns(&from.netns, move || {
+        hs.push(in_ns(from, move || {
             let (mut ok, mut failed) = (0usize, 0usize);
             while Instant::now() < until {
                 match request(to, Duration::from_secs(2)) {
@@ -747,9 +808,19 @@ async fn throughput(
     Ok((ok as f64 / t.elapsed().as_secs_f64(), failed))
 }
 
-async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
-    let svc = c.cluster_ip_path();
-    let pod = c.pod_path();
+/// The tcp part for one client: `from` (a namespace file) to `svc` and
+/// `pod`; rows labelled with `prefix`.
+#[allow(clippy::too_many_arguments)]
+async fn tcp_client(
+    args: &Args,
+    from: &str,
+    server_ns: &str,
+    svc: SocketAddr,
+    pod: SocketAddr,
+    prefix: &str,
+    heading: &str,
+    about: &str,
+) -> Result<()> {
     struct Run {
         s50: f64,
         s99: f64,
@@ -759,15 +830,22 @@ async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
         prps: f64,
         failed: usize,
     }
-    let mut runs = Vec::new();
+    // Every latency run first (a few thousand connections each, from a
+    // clean start), then the throughput phases, each once the server's TIME_WAIT sockets of the previous phase are gone:
+    // a phase of thousands of connections leaves the pod holding their
+    // 4-tuples for 60 s, and a new connection that the proxy's NAT maps
+    // onto one of them is refused by PAWS (its timestamps come from
+    // another clock) and waits a 1 s SYN retransmit. Within a phase that
+    // is what such a client meets; carried into the next phase it would
+    // only measure the phase before.
+    let mut lats = Vec::new();
+    wait_tw_drained(server_ns).await?;
     for run in 0..args.runs {
-        let (lat, mut failed) = join(alternate(
-            &c.x1,
-            vec![svc.to, pod.to],
-            args.requests,
-            run % 2,
-        )?)
-        .await?;
+        let (lat, failed) = join(alternate(from, vec![svc, pod], args.requests, run % 2)?).await?;
+        lats.push((lat, failed));
+    }
+    let mut runs = Vec::new();
+    for (run, (lat, mut failed)) in lats.into_iter().enumerate() {
         let mut s = lat[0].clone();
         let mut p = lat[1].clone();
         s.sort_by(f64::total_cmp);
@@ -776,8 +854,9 @@ async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
         let mut rps = [0f64; 2];
         for k in 0..2 {
             let j = (k + run) % 2;
-            let to = if j == 0 { svc.to } else { pod.to };
-            let (r, f) = throughput(&c.x1, to, args.concurrency, args.seconds).await?;
+            let to = if j == 0 { svc } else { pod };
+            wait_tw_drained(server_ns).await?;
+            let (r, f) = throughput(from, to, args.concurrency, args.seconds).await?;
             rps[j] = r;
             failed += f;
         }
@@ -791,7 +870,7 @@ async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
             failed,
         };
         log(&format!(
-            "run {}: ClusterIP p50 {} p99 {} ms, {:.0}/s; pod IP p50 {} p99 {} ms, {:.0}/s; {} failed",
+            "{prefix}run {}: ClusterIP p50 {} p99 {} ms, {:.0}/s; pod IP p50 {} p99 {} ms, {:.0}/s; {} failed",
             run + 1,
             ms(r.s50),
             ms(r.s99),
@@ -814,10 +893,10 @@ async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
     let msf = |x: f64| format!("{:.3}", x * 1000.0);
     let rate = |x: f64| format!("{x:.0}");
     let ratio = |x: f64| format!("{x:.2}");
-    println!("## TCP connect + request latency and throughput: ClusterIP vs pod IP");
+    println!("### {heading}");
     println!();
     println!(
-        "From outside host x1, whose routes send both the service network and the pod's CIDR via the pod's node a1, so both paths cross the same node and differ only by the proxy's DNAT (and masquerade) of the ClusterIP. One request = connect, `GET /` (HTTP/1.0), read until busybox httpd in the pod closes. Latency: {} requests per path per run, one at a time, alternating paths. Throughput: {} clients per path, each one request at a time, for {} s per path, order alternating between runs. Ratios: median of the per-run ratios.",
+        "{about} One request = connect, `GET /` (HTTP/1.0), read until busybox httpd in the pod closes. Latency: {} requests per path per run, one at a time, alternating paths. Throughput: {} clients per path, each one request at a time, for {} s per path, order alternating between runs. Ratios: median of the per-run ratios.",
         args.requests, args.concurrency, args.seconds
     );
     println!();
@@ -829,13 +908,16 @@ async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
     );
     let lat_ratio = median(runs.iter().map(|r| r.s99 / r.p99).collect());
     let p50_ratio = median(runs.iter().map(|r| r.s50 / r.p50).collect());
-    println!("| ClusterIP p50 (ms) | {} | - |", col(&|r| r.s50, &msf));
     println!(
-        "| pod IP p50 (ms) | {} | reference |",
+        "| {prefix}ClusterIP p50 (ms) | {} | - |",
+        col(&|r| r.s50, &msf)
+    );
+    println!(
+        "| {prefix}pod IP p50 (ms) | {} | reference |",
         col(&|r| r.p50, &msf)
     );
     println!(
-        "| ratio ClusterIP / pod IP p50 | {} | {} |",
+        "| {prefix}ratio ClusterIP / pod IP p50 | {} | {} |",
         col(&|r| r.s50 / r.p50, &ratio),
         if p50_ratio <= 1.1 {
             "<= 1.1: met"
@@ -843,13 +925,16 @@ async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
             "<= 1.1: **NOT met**"
         }
     );
-    println!("| ClusterIP p99 (ms) | {} | - |", col(&|r| r.s99, &msf));
     println!(
-        "| pod IP p99 (ms) | {} | reference |",
+        "| {prefix}ClusterIP p99 (ms) | {} | - |",
+        col(&|r| r.s99, &msf)
+    );
+    println!(
+        "| {prefix}pod IP p99 (ms) | {} | reference |",
         col(&|r| r.p99, &msf)
     );
     println!(
-        "| ratio ClusterIP / pod IP p99 | {} | {} |",
+        "| {prefix}ratio ClusterIP / pod IP p99 | {} | {} |",
         col(&|r| r.s99 / r.p99, &ratio),
         if lat_ratio <= 1.1 {
             "<= 1.1: met"
@@ -857,21 +942,53 @@ async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
             "<= 1.1: **NOT met**"
         }
     );
-    println!("| ClusterIP requests/s | {} | - |", col(&|r| r.srps, &rate));
     println!(
-        "| pod IP requests/s | {} | reference |",
+        "| {prefix}ClusterIP requests/s | {} | - |",
+        col(&|r| r.srps, &rate)
+    );
+    println!(
+        "| {prefix}pod IP requests/s | {} | reference |",
         col(&|r| r.prps, &rate)
     );
     println!(
-        "| ratio ClusterIP / pod IP requests/s | {} | context |",
+        "| {prefix}ratio ClusterIP / pod IP requests/s | {} | context |",
         col(&|r| r.srps / r.prps, &ratio)
     );
     println!(
-        "| failed requests | {} | - |",
+        "| {prefix}failed requests | {} | - |",
         col(&|r| r.failed as f64, &rate)
     );
     println!();
     Ok(())
+}
+
+async fn tcp_part(c: &Cluster, args: &Args) -> Result<()> {
+    println!("## TCP connect + request latency and throughput: ClusterIP vs pod IP");
+    println!();
+    let svc = c.cluster_ip_path().to;
+    let pod = c.pod_path().to;
+    tcp_client(
+        args,
+        &c.s1_pod_ns,
+        &c.web_ns,
+        svc,
+        pod,
+        "",
+        "From a pod (idle-s1, on the other node)",
+        "The client runs in the network namespace of pod idle-s1 on s1; both paths leave s1 for a1 (the ClusterIP is DNATed by s1's proxy; a pod's traffic is not masqueraded), so they differ only by the DNAT.",
+    )
+    .await?;
+    tcp_client(
+        args,
+        &ns_of(&c.x1),
+        &c.web_ns,
+        svc,
+        pod,
+        "outside: ",
+        "From outside the cluster (host x1, via the pod's node)",
+        "The client runs on outside host x1, whose routes send both the service network and the pod's CIDR via a1, so both paths cross the same node; the ClusterIP is DNATed and, coming from outside the cluster CIDR, masqueraded to a1's address (random ports).",
+    )
+    .await
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -886,7 +1003,17 @@ async fn run(args: Args) -> Result<()> {
     let c = setup(&args).await?;
     log(&format!("bed {} ready", c.bed.prefix()));
     let r = async {
-        for p in c.service_paths().iter().chain([&c.pod_path()]) {
+        let from_pod = [c.cluster_ip_path(), c.pod_path()].map(|mut t| {
+            t.from = c.s1_pod_ns.clone();
+            t.label = "a path from pod idle-s1";
+            t
+        });
+        for p in c
+            .service_paths()
+            .iter()
+            .chain([&c.pod_path()])
+            .chain(&from_pod)
+        {
             eventually(LONG, p.label, || async {
                 answers(p).await.ok()?.then_some(())
             })
