@@ -147,7 +147,7 @@ RUNS_TABLE=$(awk -F'\t' "$AWK_LIB"'
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: nproc $(nproc), $(uname -sr); load average at start $LOAD_AT_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates bench || echo ' (with uncommitted changes)')"
+    echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates bench ':!bench/results' || echo ' (with uncommitted changes)')"
     echo "- command: \`bench/rbac.sh $ARGS\`; GETs of 2,000 ConfigMaps paced at $RATE/s for $PACED_SECONDS s per side, $RUNS runs (admin/user pairs) per RoleBinding count"
     echo
     echo "admin = the admin kubeconfig (group system:masters passes before any"

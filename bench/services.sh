@@ -109,7 +109,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: nproc $(nproc), $(uname -sr); load average at start $LOAD_AT_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- crates bench 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- crates bench ':!bench/results' 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- command: \`bench/services.sh $ARGS\`"
     echo "- bed: server s1 and agent a1 (each its own network namespace, containerd and nftables proxy), pod \`web\` on a1 (busybox httpd, readiness httpGet every 1 s), outside hosts x1 (routes the service network and a1's pod CIDR via a1) and x2 (service network via s1), all on one bridge"
     echo
