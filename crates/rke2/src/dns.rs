@@ -94,19 +94,7 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     use anyhow::Context;
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no --kubeconfig and no in-cluster configuration")?,
-    };
-    let client = kube::Client::try_from(config).context("building the API client")?;
+    let client = crate::addon_client(args.kubeconfig.as_deref()).await?;
     let stop = CancellationToken::new();
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -186,17 +186,7 @@ async fn run(args: Args) -> Result<()> {
         }
         None => DEFAULT_LINEAR.to_string(),
     };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no --kubeconfig and no in-cluster configuration")?,
-    };
-    let client = kube::Client::try_from(config).context("building the API client")?;
+    let client = crate::addon_client(args.kubeconfig.as_deref()).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
     let deployments: Api<Deployment> = Api::namespaced(client, &args.namespace);

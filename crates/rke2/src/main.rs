@@ -48,6 +48,26 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The API client of an addon subcommand (`rke2 dns`, `rke2
+/// dns-autoscaler`): from `kubeconfig` when given, else the pod's
+/// in-cluster service account (or `$KUBECONFIG`, `~/.kube/config`).
+async fn addon_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --kubeconfig and no in-cluster configuration")?,
+    };
+    kube::Client::try_from(config).context("building the API client")
+}
+
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
     let sub = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
