@@ -98,7 +98,7 @@ fn decide_node(node: &str, verb: &str, path: &ResourcePath, query: &Query) -> De
         },
         None => deny("No Object name found"),
     };
-    match (path.rt.group, path.rt.plural) {
+    match (path.rt.group.as_str(), path.rt.plural.as_str()) {
         // Upstream's authorizeReadNamespacedObject.
         ("", "secrets" | "configmaps") => {
             if !read {
@@ -212,8 +212,8 @@ pub async fn authorize(
             let req = crate::rbac::Request {
                 verb,
                 target: crate::rbac::Target::Resource {
-                    group: path.rt.group,
-                    resource: path.rt.plural,
+                    group: &path.rt.group,
+                    resource: &path.rt.plural,
                     subresource: path.subresource.as_deref().unwrap_or(""),
                     namespace: path
                         .namespace
@@ -233,7 +233,7 @@ pub async fn authorize(
             let ns = path.namespace.as_deref().unwrap_or("");
             // Related to the node, or allowed by RBAC (still held to
             // NodeRestriction as a node).
-            if crate::node_authorizer::related(state, &node, path.rt.plural, ns, &name).await
+            if crate::node_authorizer::related(state, &node, &path.rt.plural, ns, &name).await
                 || rbac(path).await
             {
                 Ok(Some(node))
@@ -468,7 +468,7 @@ mod tests {
     use crate::request::{Route, parse_path};
 
     fn path(p: &str) -> ResourcePath {
-        match parse_path(p).unwrap() {
+        match parse_path(p, &crate::registry::Registry::new()).unwrap() {
             Route::Resource(r) => r,
             _ => panic!(),
         }

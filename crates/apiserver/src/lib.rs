@@ -27,6 +27,7 @@ pub mod bootstrap_policy;
 pub mod csr;
 pub mod discovery;
 pub mod handlers;
+pub mod jsonpath;
 pub mod namespaces;
 pub mod node_authorizer;
 pub mod node_restriction;
@@ -86,13 +87,19 @@ pub struct ApiState {
     pub service_cidr: ipnet::IpNet,
     /// The watch caches (one etcd watch per resource type, fanned out).
     pub caches: Arc<watch_cache::WatchCaches>,
+    /// The served types, built-in and custom.
+    pub registry: Arc<registry::Registry>,
 }
 
 impl ApiState {
     /// Creates the state and starts the watch caches (inside a tokio
     /// runtime; without one they stay off and requests use etcd).
     pub fn new(config: ApiConfig, store: rke2_datastore::Store) -> Self {
-        let caches = Arc::new(watch_cache::WatchCaches::new(store.clone()));
+        let registry = Arc::new(registry::Registry::new());
+        let caches = Arc::new(watch_cache::WatchCaches::new(
+            store.clone(),
+            registry.clone(),
+        ));
         if tokio::runtime::Handle::try_current().is_ok() {
             caches.start();
         }
@@ -100,6 +107,7 @@ impl ApiState {
             service_cidr: config.service_cidr,
             inner: Arc::new(config),
             caches,
+            registry,
             store,
         }
     }

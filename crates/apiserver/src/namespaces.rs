@@ -49,8 +49,13 @@ pub async fn begin_delete(state: &ApiState, mut ns: Value, rev: i64) -> ApiResul
 
 /// Deletes everything in the namespace, then the namespace.
 pub async fn finish_delete(state: &ApiState, name: &str) -> ApiResult<()> {
-    for rt in registry::all().iter().filter(|t| t.namespaced) {
+    let mut seen = std::collections::HashSet::new();
+    // Custom types too; the versions of one type share their keys.
+    for rt in state.registry.all().iter().filter(|t| t.namespaced) {
         let prefix = rt.prefix(Some(name));
+        if !seen.insert(prefix.clone()) {
+            continue;
+        }
         loop {
             let page = state.store.list(&prefix, None, 500, 0).await?;
             for kv in &page.items {

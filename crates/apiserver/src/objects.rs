@@ -53,7 +53,7 @@ pub fn to_stored(obj: &Value) -> Vec<u8> {
 }
 
 fn invalid(rt: &ResourceType, name: &str, causes: Vec<(String, String, String)>) -> ApiError {
-    ApiError::invalid(rt.kind, name, rt, &causes)
+    ApiError::invalid(&rt.kind, name, rt, &causes)
 }
 
 /// Checks the body's type fields against the URL and fills them in.

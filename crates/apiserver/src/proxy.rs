@@ -1179,7 +1179,9 @@ mod tests {
 
     #[test]
     fn pod_streams_come_from_pod_subresources() {
-        let route = |p: &str| match crate::request::parse_path(p).unwrap() {
+        let route = |p: &str| match crate::request::parse_path(p, &crate::registry::Registry::new())
+            .unwrap()
+        {
             crate::request::Route::Resource(r) => r,
             _ => panic!("{p}"),
         };

@@ -511,14 +511,14 @@ pub async fn admit_write(
     let ns = obj["metadata"]["namespace"]
         .as_str()
         .filter(|_| rt.namespaced);
-    let (wanted, permission) = match rt.plural {
+    let (wanted, permission) = match rt.plural.as_str() {
         "roles" | "clusterroles" => (
             rules_of(obj),
             Request {
                 verb: "escalate",
                 target: Target::Resource {
                     group: GROUP,
-                    resource: rt.plural,
+                    resource: &rt.plural,
                     subresource: "",
                     namespace: ns.unwrap_or(""),
                     name,

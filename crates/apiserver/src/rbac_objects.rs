@@ -14,7 +14,7 @@ pub const GROUP: &str = "rbac.authorization.k8s.io";
 type Cause = (String, String, String);
 
 fn is_binding(rt: &ResourceType) -> bool {
-    matches!(rt.kind, "RoleBinding" | "ClusterRoleBinding")
+    matches!(rt.kind.as_str(), "RoleBinding" | "ClusterRoleBinding")
 }
 
 /// Upstream's `ValidateRBACName` (`path.IsValidPathSegmentName`): role and
@@ -113,7 +113,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
 /// [`name_problems`]): policy rules, the aggregation rule, a binding's
 /// role reference and subjects.
 pub fn validate(rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
-    match rt.kind {
+    match rt.kind.as_str() {
         "Role" | "ClusterRole" => {
             let namespaced = rt.kind == "Role";
             if let Some(rules) = obj.get("rules").and_then(Value::as_array) {

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::registry::{self, ResourceType};
+use std::sync::Arc;
+
+use crate::registry::{Registry, ResourceType};
 use crate::status::ApiError;
 
 /// The most a request body may hold (kube-apiserver's limit).
@@ -14,7 +16,7 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ResourcePath {
     /// The resource type.
-    pub rt: &'static ResourceType,
+    pub rt: Arc<ResourceType>,
     /// The namespace from the path, if any.
     pub namespace: Option<String>,
     /// The object name, if any.
@@ -41,7 +43,7 @@ pub enum Route {
 }
 
 /// Parses an API path; `Err` = 404.
-pub fn parse_path(path: &str) -> Result<Route, ApiError> {
+pub fn parse_path(path: &str, registry: &Registry) -> Result<Route, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["api"] => return Ok(Route::CoreVersions),
@@ -57,8 +59,12 @@ pub fn parse_path(path: &str) -> Result<Route, ApiError> {
         ["watch", r @ ..] => (true, r),
         r => (false, r),
     };
-    let find = |plural: &str| registry::find(group, version, plural).ok_or_else(ApiError::no_route);
-    let rp = |rt, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+    let find = |plural: &str| {
+        registry
+            .resolve(group, version, plural)
+            .ok_or_else(ApiError::no_route)
+    };
+    let rp = |rt: Arc<ResourceType>, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
         Ok(Route::Resource(ResourcePath {
             rt,
             namespace: ns.map(str::to_string),
@@ -70,7 +76,7 @@ pub fn parse_path(path: &str) -> Result<Route, ApiError> {
     match rest {
         // Namespaced paths; `namespaces/<n>` and `namespaces/<n>/<sub>`
         // are the namespace object itself when <sub> is not a resource.
-        ["namespaces", ns, plural] if registry::find(group, version, plural).is_some() => {
+        ["namespaces", ns, plural] if registry.resolve(group, version, plural).is_some() => {
             let rt = find(plural)?;
             if !rt.namespaced {
                 return Err(ApiError::no_route());
@@ -86,7 +92,7 @@ pub fn parse_path(path: &str) -> Result<Route, ApiError> {
         }
         ["namespaces", ns, plural, name, sub] => {
             let rt = find(plural)?;
-            if !rt.namespaced || !rt.subresources.contains(sub) {
+            if !rt.namespaced || !rt.has_subresource(sub) {
                 return Err(ApiError::no_route());
             }
             rp(rt, Some(ns), Some(name), Some(sub))
@@ -101,7 +107,7 @@ pub fn parse_path(path: &str) -> Result<Route, ApiError> {
         }
         [plural, name, sub] => {
             let rt = find(plural)?;
-            if rt.namespaced || !rt.subresources.contains(sub) {
+            if rt.namespaced || !rt.has_subresource(sub) {
                 return Err(ApiError::no_route());
             }
             rp(rt, None, Some(name), Some(sub))
@@ -453,7 +459,7 @@ mod tests {
     use super::*;
 
     fn res(path: &str) -> ResourcePath {
-        match parse_path(path).unwrap() {
+        match parse_path(path, &crate::registry::Registry::new()).unwrap() {
             Route::Resource(r) => r,
             other => panic!("{other:?}"),
         }
@@ -479,9 +485,15 @@ mod tests {
         assert!(r.legacy_watch);
         let r = res("/api/v1/nodes/n1/status");
         assert_eq!(r.subresource.as_deref(), Some("status"));
-        assert!(parse_path("/api/v1/widgets").is_err());
-        assert!(parse_path("/api/v1/namespaces/default/configmaps/x/status").is_err());
-        assert!(parse_path("/api/v1/configmaps/x").is_err());
+        assert!(parse_path("/api/v1/widgets", &crate::registry::Registry::new()).is_err());
+        assert!(
+            parse_path(
+                "/api/v1/namespaces/default/configmaps/x/status",
+                &crate::registry::Registry::new()
+            )
+            .is_err()
+        );
+        assert!(parse_path("/api/v1/configmaps/x", &crate::registry::Registry::new()).is_err());
     }
 
     #[test]

@@ -334,7 +334,10 @@ async fn route(
     // upstream's: the bootstrap policy's `system:discovery` grants them to
     // every authenticated user; a path that is a resource is authorized
     // below, with its verb.
-    let resource_path = matches!(request::parse_path(&path), Ok(Route::Resource(_)));
+    let resource_path = matches!(
+        request::parse_path(&path, &state.registry),
+        Ok(Route::Resource(_))
+    );
     if !resource_path && path != SELF_SUBJECT_REVIEW {
         let verb = parts.method.as_str().to_ascii_lowercase();
         let req = crate::rbac::Request {
@@ -369,12 +372,34 @@ async fn route(
                 .into_response();
         }
         "/openapi/v3" => return json(StatusCode::OK, &serde_json::json!({"paths": {}})),
-        _ => match request::parse_path(&path) {
+        _ => match request::parse_path(&path, &state.registry) {
             Ok(r) => r,
             Err(e) => return e.into_response(),
         },
     };
+    let accept = parts
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let aggregated = crate::discovery::aggregated_version(accept);
     match route {
+        Route::CoreVersions | Route::Groups if aggregated.is_some() => {
+            let version = aggregated.unwrap_or("v2");
+            let doc = discovery::aggregated(
+                &state.registry,
+                matches!(route, Route::CoreVersions),
+                version,
+            );
+            (
+                StatusCode::OK,
+                [(
+                    http::header::CONTENT_TYPE,
+                    discovery::aggregated_content_type(version),
+                )],
+                serde_json::to_vec(&doc).unwrap_or_default(),
+            )
+                .into_response()
+        }
         Route::CoreVersions => {
             let addr = format!(
                 "{}:{}",
@@ -383,12 +408,12 @@ async fn route(
             );
             json(StatusCode::OK, &discovery::core_versions(&addr))
         }
-        Route::Groups => json(StatusCode::OK, &discovery::groups()),
-        Route::Group(g) => match discovery::group(&g) {
+        Route::Groups => json(StatusCode::OK, &discovery::groups(&state.registry)),
+        Route::Group(g) => match discovery::group(&state.registry, &g) {
             Some(v) => json(StatusCode::OK, &v),
             None => ApiError::no_route().into_response(),
         },
-        Route::ResourceList(g, v) => match discovery::resource_list(&g, &v) {
+        Route::ResourceList(g, v) => match discovery::resource_list(&state.registry, &g, &v) {
             Some(v) => json(StatusCode::OK, &v),
             None => ApiError::no_route().into_response(),
         },

@@ -82,7 +82,7 @@ impl ApiError {
     /// resource path: `pods "p" is forbidden: User "u" cannot create
     /// resource "pods/exec" in API group "" in the namespace "default"`.
     pub fn forbidden_path(user: &str, verb: &str, path: &crate::request::ResourcePath) -> Self {
-        let rt = path.rt;
+        let rt = &path.rt;
         let subject = match &path.name {
             Some(n) => format!("{} \"{n}\"", rt.qualified()),
             None => rt.qualified(),
@@ -388,7 +388,9 @@ mod tests {
 
     #[test]
     fn forbidden_names_object_and_subresource() {
-        let route = |p: &str| match crate::request::parse_path(p).unwrap() {
+        let route = |p: &str| match crate::request::parse_path(p, &crate::registry::Registry::new())
+            .unwrap()
+        {
             crate::request::Route::Resource(r) => r,
             _ => panic!("{p}"),
         };

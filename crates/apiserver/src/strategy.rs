@@ -26,7 +26,7 @@ pub type DeleteFn = for<'a> fn(&'a ApiState, Value, i64) -> BoxFuture<'a, ApiRes
 #[derive(Clone, Copy)]
 pub struct UpdateAt<'a> {
     /// The type.
-    pub rt: &'static ResourceType,
+    pub rt: &'a ResourceType,
     /// Shared server state (admission that reads other objects).
     pub state: &'a ApiState,
     /// Who sent the update.
@@ -680,7 +680,7 @@ impl Strategy for CertificateSigningRequest {
             }
             let causes = crate::csr::prepare_update(old, new, path, &objects::now_rfc3339());
             if !causes.is_empty() {
-                return Err(ApiError::invalid(rt.kind, name_of(old), rt, &causes));
+                return Err(ApiError::invalid(&rt.kind, name_of(old), rt, &causes));
             }
             crate::csr::admit_update(at.state, at.identity, rt, path, old, new).await
         })

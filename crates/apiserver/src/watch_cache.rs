@@ -339,10 +339,12 @@ fn deliver(
 
 /// The cache of one resource type (all namespaces).
 pub struct ResourceCache {
-    rt: &'static ResourceType,
+    rt: Arc<ResourceType>,
     /// In an Arc so a [`Subscription`] can read the revision (weakly).
     state: Arc<Mutex<CacheState>>,
     synced: tokio::sync::watch::Sender<bool>,
+    /// Set when the type stops being served: the follower ends.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock(m: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
@@ -351,7 +353,11 @@ fn lock(m: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
 }
 
 impl ResourceCache {
-    fn new(rt: &'static ResourceType) -> Self {
+    fn new(rt: Arc<ResourceType>) -> Self {
+        let by_value = rt
+            .strategy
+            .watch_index()
+            .map(|i| (i.values, HashMap::new()));
         Self {
             rt,
             state: Arc::new(Mutex::new(CacheState {
@@ -363,12 +369,10 @@ impl ResourceCache {
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
                 index: HashMap::new(),
                 prune_at: PRUNE_MIN,
-                by_value: rt
-                    .strategy
-                    .watch_index()
-                    .map(|i| (i.values, HashMap::new())),
+                by_value,
             })),
             synced: tokio::sync::watch::channel(false).0,
+            stopped: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -526,7 +530,7 @@ impl ResourceCache {
                 };
                 st.reindex(&ev.key, Some(&prev), None);
                 let mut object = Value::clone(&prev);
-                objects::decorate(self.rt, &mut object, ev.revision);
+                objects::decorate(&self.rt, &mut object, ev.revision);
                 Arc::new(CachedEvent::new(
                     WatchEventKind::Deleted,
                     ev.key,
@@ -536,7 +540,7 @@ impl ResourceCache {
                 ))
             }
             kind => {
-                let object = match objects::from_stored(self.rt, &ev.value, ev.revision) {
+                let object = match objects::from_stored(&self.rt, &ev.value, ev.revision) {
                     Ok(o) => Arc::new(o),
                     Err(e) => {
                         warn!(key = %ev.key, error = %e.message, "watch cache skips an undecodable object");
@@ -581,28 +585,42 @@ fn rv_of(obj: &Value) -> i64 {
 /// The caches of one apiserver, by resource type.
 pub struct WatchCaches {
     store: Store,
+    registry: Arc<crate::registry::Registry>,
     caches: Mutex<HashMap<String, Arc<ResourceCache>>>,
 }
 
 impl WatchCaches {
     /// No caches yet; [`WatchCaches::start`] starts them.
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, registry: Arc<crate::registry::Registry>) -> Self {
         Self {
             store,
+            registry,
             caches: Mutex::new(HashMap::new()),
         }
     }
 
     /// Starts the cache of every cached type (needs a tokio runtime).
     pub fn start(&self) {
-        for rt in crate::registry::all() {
+        for rt in crate::registry::builtin() {
             self.of(rt);
+        }
+    }
+
+    /// Stops the cache of a type that is no longer served (a deleted
+    /// CRD's): its follower ends, and a type served again later under
+    /// the same name starts from a fresh list.
+    pub fn forget(&self, rt: &ResourceType) {
+        let mut caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = caches.remove(&rt.prefix(None)) {
+            c.stopped.send_replace(true);
+            // Dropping the sender ends every watch served from the cache.
+            lock(&c.state).tx = broadcast::channel(1).0;
         }
     }
 
     /// The cache of `rt`, started now if it was not running; `None` for
     /// types that are not cached.
-    fn of(&self, rt: &'static ResourceType) -> Option<Arc<ResourceCache>> {
+    fn of(&self, rt: &ResourceType) -> Option<Arc<ResourceCache>> {
         if !rt.strategy.watch_cached() {
             return None;
         }
@@ -611,6 +629,8 @@ impl WatchCaches {
         if let Some(c) = caches.get(&prefix) {
             return Some(c.clone());
         }
+        // The registry's own entry: a type no longer served gets no cache.
+        let rt = self.registry.resolve(&rt.group, &rt.version, &rt.plural)?;
         let cache = Arc::new(ResourceCache::new(rt));
         caches.insert(prefix.clone(), cache.clone());
         tokio::spawn(follow(self.store.clone(), Arc::downgrade(&cache), prefix));
@@ -620,7 +640,7 @@ impl WatchCaches {
     /// The cache of `rt` once it is synced, waiting a moment for a cache
     /// that is still loading; `None` when the type is not cached or the
     /// cache is not ready (callers use etcd then).
-    pub async fn ready(&self, rt: &'static ResourceType) -> Option<Arc<ResourceCache>> {
+    pub async fn ready(&self, rt: &ResourceType) -> Option<Arc<ResourceCache>> {
         let cache = self.of(rt)?;
         let mut synced = cache.synced.subscribe();
         match tokio::time::timeout(SYNC_WAIT, synced.wait_for(|s| *s)).await {
@@ -630,7 +650,7 @@ impl WatchCaches {
     }
 
     /// The cache of `rt` if it is running, synced or not.
-    pub fn running(&self, rt: &'static ResourceType) -> Option<Arc<ResourceCache>> {
+    pub fn running(&self, rt: &ResourceType) -> Option<Arc<ResourceCache>> {
         let caches = self.caches.lock().unwrap_or_else(|e| e.into_inner());
         caches.get(&rt.prefix(None)).cloned()
     }
@@ -638,9 +658,15 @@ impl WatchCaches {
 
 /// Lists, then follows etcd for one cache until the cache is dropped.
 async fn follow(store: Store, cache: Weak<ResourceCache>, prefix: String) {
+    let Some(mut stopped) = cache.upgrade().map(|c| c.stopped.subscribe()) else {
+        return;
+    };
     'relist: loop {
+        if *stopped.borrow() {
+            return;
+        }
         let Some(c) = cache.upgrade() else { return };
-        let (objects, revision) = match list_all(&store, c.rt, &prefix).await {
+        let (objects, revision) = match list_all(&store, &c.rt, &prefix).await {
             Ok(x) => x,
             Err(e) => {
                 debug!(%prefix, error = %e, "watch cache list failed; retrying");
@@ -668,7 +694,14 @@ async fn follow(store: Store, cache: Weak<ResourceCache>, prefix: String) {
                 }
             };
             let mut stream = Box::pin(stream);
-            while let Some(ev) = stream.next().await {
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => match ev {
+                        Some(ev) => ev,
+                        None => break,
+                    },
+                    _ = stopped.wait_for(|s| *s) => return,
+                };
                 let Some(c) = cache.upgrade() else { return };
                 match ev {
                     Ok(ev) => c.apply(ev),
@@ -689,7 +722,7 @@ async fn follow(store: Store, cache: Weak<ResourceCache>, prefix: String) {
 
 async fn list_all(
     store: &Store,
-    rt: &'static ResourceType,
+    rt: &ResourceType,
     prefix: &str,
 ) -> Result<(BTreeMap<String, Arc<Value>>, i64), StoreError> {
     let mut objects = BTreeMap::new();
@@ -725,8 +758,8 @@ mod tests {
     use rke2_datastore::WatchEvent;
     use serde_json::json;
 
-    fn cms() -> &'static ResourceType {
-        crate::registry::find("", "v1", "configmaps").unwrap()
+    fn cms() -> Arc<ResourceType> {
+        crate::registry::builtin_arc("", "v1", "configmaps").unwrap()
     }
 
     fn put(name: &str, rev: i64, created: bool, v: &str) -> WatchEvent {
@@ -752,8 +785,8 @@ mod tests {
         c
     }
 
-    fn pods() -> &'static ResourceType {
-        crate::registry::find("", "v1", "pods").unwrap()
+    fn pods() -> Arc<ResourceType> {
+        crate::registry::builtin_arc("", "v1", "pods").unwrap()
     }
 
     fn synced_pods() -> ResourceCache {
@@ -937,22 +970,22 @@ mod tests {
 
     #[test]
     fn triggers_come_from_exact_terms_on_indexed_fields() {
-        let t = trigger(pods(), "spec.nodeName=n1").unwrap();
+        let t = trigger(&pods(), "spec.nodeName=n1").unwrap();
         assert_eq!((t.field, t.value.as_str()), ("spec.nodeName", "n1"));
         // The name pins at most one object: it wins.
-        let t = trigger(pods(), "spec.nodeName=n1,metadata.name=p").unwrap();
+        let t = trigger(&pods(), "spec.nodeName=n1,metadata.name=p").unwrap();
         assert_eq!((t.field, t.value.as_str()), ("metadata.name", "p"));
         // `spec.nodeName=` (unscheduled pods) is an exact value too.
-        assert_eq!(trigger(pods(), "spec.nodeName=").unwrap().value, "");
-        assert!(trigger(pods(), "spec.nodeName!=n1").is_none());
-        assert!(trigger(pods(), "status.phase=Running").is_none());
-        assert!(trigger(cms(), "metadata.name=a").is_some());
+        assert_eq!(trigger(&pods(), "spec.nodeName=").unwrap().value, "");
+        assert!(trigger(&pods(), "spec.nodeName!=n1").is_none());
+        assert!(trigger(&pods(), "status.phase=Running").is_none());
+        assert!(trigger(&cms(), "metadata.name=a").is_some());
     }
 
     #[test]
     fn indexed_subscribers_get_exactly_the_events_of_their_value() {
         let c = synced_pods();
-        let sub = |sel: &str| c.subscribe(10, trigger(pods(), sel).as_ref()).unwrap();
+        let sub = |sel: &str| c.subscribe(10, trigger(&pods(), sel).as_ref()).unwrap();
         let mut on_a = sub("spec.nodeName=a");
         let mut on_b = sub("spec.nodeName=b");
         let mut unscheduled = sub("spec.nodeName=");
@@ -988,7 +1021,7 @@ mod tests {
         assert!(replay("metadata.name=nope").is_empty());
         // And the live part follows it without a gap or duplicate.
         let mut late = c
-            .subscribe(13, trigger(pods(), "spec.nodeName=b").as_ref())
+            .subscribe(13, trigger(&pods(), "spec.nodeName=b").as_ref())
             .unwrap();
         assert_eq!(
             late.replay.iter().map(|e| e.revision).collect::<Vec<_>>(),
@@ -1002,7 +1035,7 @@ mod tests {
     #[test]
     fn catch_up_hands_over_the_waiting_events_and_the_cache_revision() {
         let c = synced_pods();
-        let t = trigger(pods(), "spec.nodeName=a");
+        let t = trigger(&pods(), "spec.nodeName=a");
         let mut on_a = c.subscribe(10, t.as_ref()).unwrap();
         use WatchEventKind::*;
         c.apply(pod("p1", 11, Created, Some("a")));
@@ -1025,7 +1058,7 @@ mod tests {
     #[test]
     fn indexed_channels_are_dropped_with_their_last_watch() {
         let c = synced_pods();
-        let sub = |sel: &str| c.subscribe(10, trigger(pods(), sel).as_ref()).unwrap();
+        let sub = |sel: &str| c.subscribe(10, trigger(&pods(), sel).as_ref()).unwrap();
         let a1 = sub("spec.nodeName=a");
         let a2 = sub("spec.nodeName=a");
         let b = sub("spec.nodeName=b");
@@ -1050,7 +1083,7 @@ mod tests {
     #[test]
     fn relist_ends_indexed_subscribers() {
         let c = synced_pods();
-        let t = trigger(pods(), "metadata.name=p1");
+        let t = trigger(&pods(), "metadata.name=p1");
         let mut sub = c.subscribe(10, t.as_ref()).unwrap();
         let (_, mut snap_sub) = c
             .snapshot_and_subscribe("/registry/pods/", t.as_ref())

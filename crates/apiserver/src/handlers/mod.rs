@@ -114,8 +114,8 @@ impl Warnings {
 }
 
 impl Ctx<'_> {
-    fn rt(&self) -> &'static ResourceType {
-        self.path.rt
+    fn rt(&self) -> &ResourceType {
+        &self.path.rt
     }
 
     fn ns(&self) -> Option<&str> {

@@ -89,7 +89,7 @@ pub(super) fn apply_patch(
         BodyType::StrategicMergePatch => {
             let p: Value = decode_body(patch_body, BodyType::Json)?;
             let schema =
-                rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
+                rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), &rt.kind);
             rke2_apimachinery::strategic_merge::apply(current, &p, &schema).map_err(|e| {
                 patch_err(format!(
                     "the strategic merge patch could not be applied: {e}"
@@ -102,7 +102,7 @@ pub(super) fn apply_patch(
                 check_apply_config(rt, &applied)?;
             }
             let schema =
-                rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), rt.kind);
+                rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), &rt.kind);
             let mut merged = rke2_apimachinery::strategic_merge::apply(current, &applied, &schema)
                 .map_err(|e| {
                     patch_err(format!("the apply configuration could not be merged: {e}"))

@@ -28,7 +28,7 @@ pub(super) fn event_line_with(kind: &str, object_json: &[u8]) -> Bytes {
 }
 
 pub(super) struct WatchEncoder {
-    rt: &'static ResourceType,
+    rt: Arc<ResourceType>,
     answer: Answer,
     sent_columns: bool,
 }
@@ -39,7 +39,7 @@ impl WatchEncoder {
             AnswerAs::Table if kind != "BOOKMARK" && kind != "ERROR" => {
                 let rv = obj["metadata"]["resourceVersion"].clone();
                 let t = table::table(
-                    self.rt,
+                    &self.rt,
                     std::slice::from_ref(obj),
                     json!({"resourceVersion": rv}),
                     self.answer.include,
@@ -105,7 +105,7 @@ pub(super) async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
         _ => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
     };
     let mut enc = WatchEncoder {
-        rt,
+        rt: ctx.path.rt.clone(),
         answer: ctx.answer,
         sent_columns: false,
     };
@@ -340,7 +340,7 @@ impl WatchOut {
         mut self,
         stream: impl futures::Stream<Item = Result<rke2_datastore::WatchEvent, StoreError>>,
     ) {
-        let rt = self.enc.rt;
+        let rt = self.enc.rt.clone();
         let mut stream = Box::pin(stream);
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
@@ -373,7 +373,7 @@ impl WatchOut {
                         continue;
                     }
                     let Ok(mut obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
-                    objects::decorate(rt, &mut obj, ev.revision);
+                    objects::decorate(&rt, &mut obj, ev.revision);
                     let before = ev.prev_value.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
                     if !self.send_change(ev.kind, &ev.key, &obj, before.as_ref(), ev.revision, None).await {
                         break;
@@ -398,7 +398,7 @@ mod tests {
     /// the line of the per-watcher encoding, for every answer.
     #[test]
     fn cached_event_lines_are_the_per_watcher_lines() {
-        let rt = registry::find("", "v1", "configmaps").unwrap();
+        let rt = registry::builtin_arc("", "v1", "configmaps").unwrap();
         let obj = json!({
             "kind": "ConfigMap",
             "apiVersion": "v1",
@@ -432,12 +432,12 @@ mod tests {
             ] {
                 let answer = Answer { as_, include };
                 let mut per_watcher = WatchEncoder {
-                    rt,
+                    rt: rt.clone(),
                     answer,
                     sent_columns: false,
                 };
                 let mut cached = WatchEncoder {
-                    rt,
+                    rt: rt.clone(),
                     answer,
                     sent_columns: false,
                 };

@@ -366,7 +366,7 @@ pub(super) fn keep_identity(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiR
         (None | Some(""), _) => Ok(()),
         (Some(n), Some(o)) if n == o => Ok(()),
         (Some(n), _) => Err(ApiError::invalid(
-            rt.kind,
+            &rt.kind,
             name_of(old),
             rt,
             &[(

@@ -219,9 +219,9 @@ const IGNORED_POD_SUBRESOURCES: &[&str] = &[
 /// looked at. Runs after the mutating steps, also for dry runs. Warnings
 /// are added to the request's answer.
 pub async fn admit(ctx: &Ctx<'_>, old: Option<&Value>, new: &Value) -> ApiResult<()> {
-    let rt = ctx.path.rt;
+    let rt = &*ctx.path.rt;
     let sub = ctx.path.subresource.as_deref();
-    let warnings = match (rt.group, rt.plural) {
+    let warnings = match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "namespaces") => {
             if sub.is_some() {
                 return Ok(());
@@ -279,7 +279,7 @@ async fn admit_pod(ctx: &Ctx<'_>, old: Option<&Value>, new: &Value) -> ApiResult
         return Ok(Vec::new());
     }
     check_pod(cfg, &policy, &new["metadata"], &new["spec"], true).map_err(|message| {
-        let rt = ctx.path.rt;
+        let rt = &*ctx.path.rt;
         let name = name_of(new);
         let mut e = ApiError::new(
             403,
@@ -319,7 +319,7 @@ async fn admit_template(ctx: &Ctx<'_>, meta: &Value, spec: &Value) -> Vec<String
 /// The pod template of a workload upstream checks (`Some(None)`: a type
 /// that may carry one but this object has none); `None` for other types.
 fn template_of<'a>(rt: &ResourceType, obj: &'a Value) -> Option<Option<(&'a Value, &'a Value)>> {
-    let template = match (rt.group, rt.plural) {
+    let template = match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "podtemplates") => &obj["template"],
         ("", "replicationcontrollers")
         | ("apps", "replicasets" | "deployments" | "statefulsets" | "daemonsets")
@@ -376,7 +376,7 @@ async fn admit_namespace(
     let name = name_of(new);
     let labels = &new["metadata"]["labels"];
     let (new_policy, new_errs) = policy_for(labels, &cfg.defaults);
-    let invalid = || label_errors(ctx.path.rt, name, &new_errs);
+    let invalid = || label_errors(&ctx.path.rt, name, &new_errs);
     // A namespace is its own namespace here, as in upstream's admission.
     let exempt_ns = cfg.exemptions.namespaces.iter().any(|n| n == name);
     let Some(old) = old else {
@@ -420,7 +420,7 @@ fn label_errors(rt: &ResourceType, name: &str, errs: &[LabelError]) -> ApiError 
             )
         })
         .collect();
-    ApiError::invalid(rt.kind, name, rt, &causes)
+    ApiError::invalid(&rt.kind, name, rt, &causes)
 }
 
 /// The warning for PodSecurity labels on an exempt namespace, naming the
