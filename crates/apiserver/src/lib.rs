@@ -24,6 +24,7 @@ pub mod audit;
 pub mod authz;
 pub mod bootstrap;
 pub mod bootstrap_policy;
+pub mod crd;
 pub mod csr;
 pub mod discovery;
 pub mod handlers;
@@ -92,24 +93,28 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// Creates the state and starts the watch caches (inside a tokio
-    /// runtime; without one they stay off and requests use etcd).
+    /// Creates the state and starts the watch caches and the CRD follower
+    /// (inside a tokio runtime; without one caches stay off and requests
+    /// use etcd).
     pub fn new(config: ApiConfig, store: rke2_datastore::Store) -> Self {
         let registry = Arc::new(registry::Registry::new());
         let caches = Arc::new(watch_cache::WatchCaches::new(
             store.clone(),
             registry.clone(),
         ));
-        if tokio::runtime::Handle::try_current().is_ok() {
-            caches.start();
-        }
-        Self {
+        let state = Self {
             service_cidr: config.service_cidr,
             inner: Arc::new(config),
             caches,
             registry,
             store,
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            state.caches.start();
+            // Every apiserver serves every established CRD.
+            tokio::spawn(crd::follow(state.clone()));
         }
+        state
     }
 
     /// The configuration.

@@ -498,7 +498,7 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_on
         }
     }
     apply_defaults(rt, new);
-    if rt.tracks_generation && old["spec"] != new["spec"] {
+    if rt.tracks_generation && rt.strategy.bumps_generation(old, new) {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
         new["metadata"]["generation"] = json!(g + 1);
     }

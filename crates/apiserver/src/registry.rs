@@ -229,6 +229,7 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding, strategy: strategy::RbacBinding),
         rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role, strategy: strategy::RbacRole),
         rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding, strategy: strategy::RbacBinding),
+        rt!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, short: ["crd", "crds"], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::Default, status: true, gen: true, typed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, strategy: crate::crd::CrdStrategy),
         rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
     ]
 }
@@ -444,6 +445,7 @@ mod tests {
                 "apps",
                 "batch",
                 "rbac.authorization.k8s.io",
+                "apiextensions.k8s.io",
                 "certificates.k8s.io"
             ]
         );

@@ -45,6 +45,29 @@ pub struct WatchIndex {
     pub values: fn(&Value) -> Vec<String>,
 }
 
+/// Where the `scale` subresource of a type reads and writes (simple
+/// JSONPaths, as a CRD's `subresources.scale` names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleSpec {
+    /// The desired replicas (`.spec.replicas`).
+    pub spec_replicas: String,
+    /// The observed replicas (`.status.replicas`).
+    pub status_replicas: String,
+    /// A label selector in string form (`.status.selector`); `None`
+    /// reads `spec.selector.matchLabels` as the built-in workloads have it.
+    pub label_selector: Option<String>,
+}
+
+impl Default for ScaleSpec {
+    fn default() -> Self {
+        Self {
+            spec_replicas: ".spec.replicas".into(),
+            status_replicas: ".status.replicas".into(),
+            label_selector: None,
+        }
+    }
+}
+
 /// The hooks of one served type. Every hook has a default that does
 /// nothing special, so a type overrides only what it has.
 pub trait Strategy: Send + Sync + std::fmt::Debug {
@@ -52,6 +75,27 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// (default: a DNS subdomain, upstream's `NameIsDNSSubdomain`).
     fn name_problems(&self, name: &str) -> Vec<String> {
         rke2_apimachinery::validation::validate_object_name(true, name)
+    }
+
+    /// The fields of a written object its type does not know (dropped,
+    /// warned about or refused per `fieldValidation`), or why the object
+    /// cannot be decoded as the type at all.
+    fn unknown_fields(
+        &self,
+        rt: &ResourceType,
+        obj: &Value,
+    ) -> Result<Vec<crate::schema::FieldPath>, crate::schema::TypeError> {
+        (rt.schema)(obj)
+    }
+
+    /// Whether an update changes what `metadata.generation` counts.
+    fn bumps_generation(&self, old: &Value, new: &Value) -> bool {
+        old["spec"] != new["spec"]
+    }
+
+    /// Where the `scale` subresource reads and writes.
+    fn scale(&self) -> ScaleSpec {
+        ScaleSpec::default()
     }
 
     /// Fills in the defaults kube-apiserver applies (create and update).

@@ -6,6 +6,7 @@
 //! Every process started here is stopped by its pid when its handle is
 //! dropped; nothing is ever killed by name.
 
+pub mod kubectl;
 pub mod netbed;
 
 use std::path::{Path, PathBuf};

@@ -32,7 +32,10 @@ pub(super) fn check_apply_config(rt: &ResourceType, applied: &Value) -> ApiResul
             ),
         )
     };
-    let unknown = (rt.schema)(applied).map_err(|e| typed_err(format!(".{e}")))?;
+    let unknown = rt
+        .strategy
+        .unknown_fields(rt, applied)
+        .map_err(|e| typed_err(format!(".{e}")))?;
     match unknown.first() {
         None => Ok(()),
         Some(p) => Err(typed_err(format!(".{p}: field not declared in schema"))),
@@ -236,7 +239,10 @@ pub(super) async fn patch(
         // into the Go struct); fields it does not know are new ones from
         // this patch (reported by fieldValidation) or old ones stored
         // before they were checked (dropped silently).
-        let unknown = (rt.schema)(&new).map_err(|e| patch_invalid(&new, &e.to_string()))?;
+        let unknown = rt
+            .strategy
+            .unknown_fields(rt, &new)
+            .map_err(|e| patch_invalid(&new, &e.to_string()))?;
         let (fresh, stale): (Vec<_>, Vec<_>) =
             unknown.into_iter().partition(|p| p.get(&old).is_none());
         let findings = StrictFindings {

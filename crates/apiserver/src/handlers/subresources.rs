@@ -3,17 +3,33 @@
 
 use super::*;
 
-/// The `autoscaling/v1 Scale` view of a workload.
-pub(super) fn scale_of(obj: &Value) -> Value {
-    let selector = obj["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+/// The `autoscaling/v1 Scale` view of a workload, read where its type
+/// keeps replicas and selector ([`crate::strategy::ScaleSpec`]).
+pub(super) fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
+    let spec = rt.strategy.scale();
+    let selector = match &spec.label_selector {
+        Some(path) => crate::jsonpath::first(obj, path)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        None => obj["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+    };
+    let int_at = |path: &str| crate::jsonpath::first(obj, path).and_then(Value::as_i64);
+    // Built-in workloads default replicas to 1; a custom type without the
+    // field has none.
+    let default_replicas = if spec.label_selector.is_none() && rt.defined_by.is_none() {
+        1
+    } else {
+        0
+    };
     let meta = &obj["metadata"];
     json!({
         "kind": "Scale",
@@ -22,9 +38,25 @@ pub(super) fn scale_of(obj: &Value) -> Value {
             "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
-        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+        "spec": {"replicas": int_at(&spec.spec_replicas).unwrap_or(default_replicas)},
+        "status": {"replicas": int_at(&spec.status_replicas).unwrap_or(0), "selector": selector},
     })
+}
+
+/// Sets the value at a simple `.a.b` path, making the objects on the way.
+fn set_at(obj: &mut Value, path: &str, value: Value) {
+    let mut cur = obj;
+    let steps: Vec<&str> = path.trim_start_matches('.').split('.').collect();
+    for (i, step) in steps.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        if i == steps.len() - 1 {
+            cur[*step] = value;
+            return;
+        }
+        cur = &mut cur[*step];
+    }
 }
 
 /// GET/PUT/PATCH of the `scale` subresource: reads or sets spec.replicas.
@@ -38,7 +70,7 @@ pub(super) async fn scale(
     let name = ctx.path.name.clone().unwrap_or_default();
     for _ in 0..5 {
         let (old, rev) = read_object(ctx, &name).await?;
-        let current = scale_of(&old);
+        let current = scale_of(rt, &old);
         if method == Method::GET {
             return Ok(json_response(StatusCode::OK, &current));
         }
@@ -84,10 +116,14 @@ pub(super) async fn scale(
             ));
         }
         let mut new = old.clone();
-        new["spec"]["replicas"] = json!(replicas);
+        set_at(
+            &mut new,
+            &rt.strategy.scale().spec_replicas,
+            json!(replicas),
+        );
         objects::prepare_update(rt, &old, &mut new, false);
         match store_update(ctx, &name, new, rev).await {
-            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(&stored))),
+            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(rt, &stored))),
             Err(e) if e.reason == "Conflict" && expected_rv(&wanted)?.is_none() => continue,
             Err(e) => return Err(e),
         }

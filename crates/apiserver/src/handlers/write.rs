@@ -34,7 +34,10 @@ pub(super) fn read_body(
             v = rt.version
         ))
     };
-    let unknown = (rt.schema)(&obj).map_err(|e| cannot_handle(e.to_string()))?;
+    let unknown = rt
+        .strategy
+        .unknown_fields(rt, &obj)
+        .map_err(|e| cannot_handle(e.to_string()))?;
     let (duplicate, other) = match (mode, ty) {
         (FieldValidation::Ignore, _) | (_, BodyType::Protobuf) => (Vec::new(), Vec::new()),
         _ => (
