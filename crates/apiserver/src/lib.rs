@@ -33,6 +33,7 @@ pub mod namespaces;
 pub mod node_authorizer;
 pub mod node_restriction;
 pub mod objects;
+pub mod openapi;
 pub mod pod_security;
 pub mod proxy;
 pub mod rbac;

@@ -371,7 +371,13 @@ async fn route(
             )
                 .into_response();
         }
-        "/openapi/v3" => return json(StatusCode::OK, &serde_json::json!({"paths": {}})),
+        "/openapi/v3" => return json(StatusCode::OK, &crate::openapi::index(&state.registry)),
+        p if p.starts_with("/openapi/v3/") => {
+            return match crate::openapi::document(&state.registry, &p["/openapi/v3/".len()..]) {
+                Some(doc) => json(StatusCode::OK, &doc),
+                None => ApiError::no_route().into_response(),
+            };
+        }
         _ => match request::parse_path(&path, &state.registry) {
             Ok(r) => r,
             Err(e) => return e.into_response(),

@@ -98,6 +98,12 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         ScaleSpec::default()
     }
 
+    /// The OpenAPI v3 schema of the type for `/openapi/v3`, when it has
+    /// one to publish (custom types).
+    fn openapi_schema(&self) -> Option<Value> {
+        None
+    }
+
     /// Fills in the defaults kube-apiserver applies (create and update).
     fn defaults(&self, _rt: &ResourceType, _obj: &mut Value) {}
 

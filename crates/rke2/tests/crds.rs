@@ -260,6 +260,15 @@ async fn objects_with(k: &Kubectl) -> Result<()> {
     ])?)?;
     ensure!(beta["apiVersion"] == "test.rke2.io/v1beta1", "{beta}");
     ensure!(beta["spec"]["replicas"] == 7, "{beta}");
+    // kubectl explain reads the CRD's schema from /openapi/v3.
+    let explained = k.ok(&["explain", "widgets.spec"])?;
+    ensure!(
+        explained.contains("Widget")
+            && explained.contains("color")
+            && explained.contains("replicas"),
+        "kubectl 1.{} explain: {explained}",
+        k.minor
+    );
     // Delete.
     k.ok(&["delete", "wd", "b", "-n", &ns])?;
     let names = k.ok(&["get", "wd", "-n", &ns, "-o", "name"])?;

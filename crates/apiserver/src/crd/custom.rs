@@ -88,6 +88,8 @@ pub struct CustomStrategy {
     /// The version's schema (`None` when it did not compile: nothing is
     /// pruned or checked then, as the CRD's own validation refused it).
     pub schema: Option<Arc<Schema>>,
+    /// The version's `openAPIV3Schema` as the CRD has it.
+    pub raw_schema: Value,
 }
 
 /// The paths present in `before` and missing in `after`.
@@ -204,5 +206,9 @@ impl Strategy for CustomStrategy {
 
     fn watch_cached(&self) -> bool {
         self.cached
+    }
+
+    fn openapi_schema(&self) -> Option<Value> {
+        Some(self.raw_schema.clone())
     }
 }

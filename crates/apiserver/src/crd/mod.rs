@@ -230,6 +230,7 @@ pub fn types_of(crd: &Value) -> Result<Vec<Arc<ResourceType>>, String> {
             // (the cache decorates objects with the version it serves).
             cached: served.len() == 1 && version == storage,
             schema,
+            raw_schema: v["schema"]["openAPIV3Schema"].clone(),
         };
         out.push(Arc::new(ResourceType {
             group: group.to_string(),
