@@ -35,9 +35,22 @@ pub(crate) fn from_json(v: &serde_json::Value, ty: &Ty) -> Value {
             ))
         }
         serde_json::Value::Object(fields) => {
+            let declared = |k: &str| match ty {
+                Ty::Object { properties, .. } => properties.contains_key(k),
+                _ => false,
+            };
+            // Declared properties are reached by their escaped names
+            // (`__namespace__`), as upstream; map keys stay as they are.
             let map: HashMap<Key, Value> = fields
                 .iter()
-                .map(|(k, v)| (Key::String(Arc::new(k.clone())), from_json(v, &ty.field(k))))
+                .filter_map(|(k, v)| {
+                    let name = if declared(k) {
+                        crate::types::escape_property(k)?
+                    } else {
+                        k.clone()
+                    };
+                    Some((Key::String(Arc::new(name)), from_json(v, &ty.field(k))))
+                })
                 .collect();
             Value::Map(Map { map: Arc::new(map) })
         }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use cost::cost_error_message;
-pub use types::{MAX_REQUEST_SIZE_BYTES, Ty};
+pub use types::{MAX_REQUEST_SIZE_BYTES, Ty, escape_property, unescape_property};
 
 /// Upstream's per-expression limit on the estimated cost
 /// (`StaticEstimatedCostLimit`).

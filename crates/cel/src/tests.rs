@@ -243,6 +243,35 @@ fn evaluation_errors_in_upstream_words() {
 }
 
 #[test]
+fn reserved_and_odd_property_names_are_escaped() {
+    assert_eq!(
+        escape_property("namespace").as_deref(),
+        Some("__namespace__")
+    );
+    assert_eq!(
+        escape_property("a-b.c/d__e").as_deref(),
+        Some("a__dash__b__dot__c__slash__d__underscores__e")
+    );
+    assert_eq!(escape_property("1a"), None);
+    for n in ["namespace", "a-b.c/d__e", "plain", "x__y"] {
+        assert_eq!(unescape_property(&escape_property(n).unwrap()), n);
+    }
+    let ty = Ty::object([
+        ("namespace".to_string(), Ty::string()),
+        ("x-y".to_string(), Ty::Int),
+    ]);
+    let p = Program::compile(
+        "self.__namespace__ == 'a' && self.x__dash__y == 1",
+        &Env::crd_rule(ty),
+    )
+    .unwrap();
+    assert_eq!(
+        p.eval_bool(&Vars::new().json("self", &json!({"namespace": "a", "x-y": 1}))),
+        Ok(true)
+    );
+}
+
+#[test]
 fn doubles_declared_get_doubles() {
     let env = Env::crd_rule(Ty::object([("d".to_string(), Ty::Double)]));
     let p = Program::compile("self.d == 2.0", &env).unwrap();

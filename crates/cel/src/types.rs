@@ -128,7 +128,8 @@ impl Ty {
         }
     }
 
-    /// The type of `self.<field>` / `self[<key>]`.
+    /// The type of `self.<field>` (`name` as written in CEL, escaped) or
+    /// `self[<key>]`.
     pub(crate) fn field(&self, name: &str) -> Ty {
         match self {
             Ty::Object {
@@ -137,6 +138,7 @@ impl Ty {
                 ..
             } => properties
                 .get(name)
+                .or_else(|| properties.get(&unescape_property(name)))
                 .cloned()
                 .or_else(|| additional.as_deref().cloned())
                 .unwrap_or(Ty::Dyn),
@@ -152,4 +154,94 @@ impl Ty {
             Ty::String { .. } | Ty::List { .. } | Ty::Object { .. } | Ty::Bytes | Ty::Dyn
         )
     }
+}
+
+/// CEL's reserved words: a property so named is reached as `__name__`.
+const RESERVED: &[&str] = &[
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
+];
+
+/// The name a declared property has in CEL, as upstream escapes it
+/// (`namespace` → `__namespace__`, `a-b` → `a__dash__b`, `a.b` →
+/// `a__dot__b`, `a/b` → `a__slash__b`, `__` → `__underscores__`); `None`
+/// when the name can't be reached from CEL.
+pub fn escape_property(name: &str) -> Option<String> {
+    if RESERVED.contains(&name) {
+        return Some(format!("__{name}__"));
+    }
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    let ok_first = first.is_ascii_alphabetic() || matches!(first, '_' | '.' | '-' | '/');
+    if !ok_first
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))
+    {
+        return None;
+    }
+    Some(
+        name.replace("__", "__underscores__")
+            .replace('.', "__dot__")
+            .replace('-', "__dash__")
+            .replace('/', "__slash__"),
+    )
+}
+
+/// The property name behind a CEL field name (inverse of
+/// [`escape_property`]).
+pub fn unescape_property(name: &str) -> String {
+    if let Some(inner) = name.strip_prefix("__").and_then(|n| n.strip_suffix("__"))
+        && RESERVED.contains(&inner)
+    {
+        return inner.to_string();
+    }
+    if !name.contains("__") {
+        return name.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = name;
+    while let Some(pos) = rest.find("__") {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        let mut matched = false;
+        for (esc, plain) in [
+            ("__underscores__", "__"),
+            ("__dot__", "."),
+            ("__dash__", "-"),
+            ("__slash__", "/"),
+        ] {
+            if let Some(r) = after.strip_prefix(esc) {
+                out.push_str(plain);
+                rest = r;
+                matched = true;
+                break;
+            }
+        }
+        if !matched {
+            out.push_str("__");
+            rest = &after[2..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
