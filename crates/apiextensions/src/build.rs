@@ -261,6 +261,9 @@ impl Builder {
 
         self.structural(s, &node, level, path, is_root);
         self.extensions(s, path);
+        if self.errors.len() == errors_before && ctx.allow_defaults {
+            self.check_default(&node, path);
+        }
 
         // x-kubernetes-validations: compiled only when the schema around
         // them is sound, as upstream.
@@ -277,6 +280,30 @@ impl Builder {
             }
         }
         node
+    }
+
+    /// A default must be pruned already and valid against its schema
+    /// (upstream's `ValidateDefaults`).
+    fn check_default(&mut self, node: &Node, path: &str) {
+        let Some(default) = &node.default else {
+            return;
+        };
+        let dpath = child(path, "default");
+        let mut pruned = default.clone();
+        if !crate::prune::prune_at(node, &mut pruned).is_empty() {
+            self.err(FieldError::invalid(
+                &dpath,
+                default,
+                "must not have unknown fields",
+            ));
+            return;
+        }
+        let mut errs = Vec::new();
+        crate::validate::validate(node, default, "", false, &mut errs);
+        errs.extend(crate::rules::validate(node, default, None));
+        for e in errs {
+            self.err(e.under(&dpath));
+        }
     }
 
     /// The type of a schema without checking it (for cardinality).

@@ -13,6 +13,13 @@ pub(crate) fn prune(root: &Node, obj: &mut Value) -> Vec<String> {
     out
 }
 
+/// Prunes a value of `node` (a default), giving the removed paths.
+pub(crate) fn prune_at(node: &Node, v: &mut Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(node, v, "", node.embedded, &mut out);
+    out
+}
+
 fn walk(node: &Node, v: &mut Value, path: &str, resource: bool, out: &mut Vec<String>) {
     match v {
         Value::Object(obj) => {

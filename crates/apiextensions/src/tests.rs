@@ -600,3 +600,41 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn defaults_are_checked_against_their_schema() {
+    let t = texts(
+        &schema(json!({
+            "type": "object",
+            "properties": {"spec": {"type": "object", "properties": {
+                "replicas": {"type": "integer", "minimum": 1, "default": 0},
+                "mode": {"type": "string", "enum": ["a", "b"], "default": "c"},
+                "obj": {"type": "object", "properties": {"x": {"type": "string"}}, "default": {"y": 1}},
+                "ok": {"type": "object", "properties": {"x": {"type": "string", "maxLength": 2}}, "default": {"x": "abc"}}
+            }}}
+        }))
+        .unwrap_err(),
+    );
+    for want in [
+        "properties[spec].properties[replicas].default: Invalid value: 0: in body should be greater than or equal to 1",
+        r#"properties[spec].properties[mode].default: Unsupported value: "c": supported values: "a", "b""#,
+        r#"properties[spec].properties[obj].default: Invalid value: {"y":1}: must not have unknown fields"#,
+        "properties[spec].properties[ok].default.x: Too long: may not be more than 2 bytes",
+    ] {
+        assert!(t.contains(&want.to_string()), "missing {want}\nin {t:#?}");
+    }
+    let t = texts(
+        &schema(json!({
+            "type": "object",
+            "properties": {"metadata": {"type": "object", "default": {"name": "x"}}}
+        }))
+        .unwrap_err(),
+    );
+    assert!(
+        t.contains(
+            &"properties[metadata].default: Forbidden: must not be set in top-level metadata"
+                .to_string()
+        ),
+        "{t:#?}"
+    );
+}

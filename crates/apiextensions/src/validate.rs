@@ -86,6 +86,12 @@ fn validate_node(
     if v.is_null() && node.nullable {
         return;
     }
+    // go-openapi names the field before "in body" (nothing at the root).
+    let ib = if path.is_empty() {
+        "in body".to_string()
+    } else {
+        format!("{path} in body")
+    };
     // Type.
     if node.int_or_string {
         if !(is_integer(v) || v.is_string()) {
@@ -93,7 +99,7 @@ fn validate_node(
                 field: path.to_string(),
                 kind: "Invalid value".into(),
                 detail: format!(
-                    "{}: {path} in body must be of type integer,string: {}",
+                    "{}: {ib} must be of type integer,string: {}",
                     crate::go_quote(type_of(v)),
                     crate::go_quote(type_of(v))
                 ),
@@ -107,7 +113,7 @@ fn validate_node(
             field: path.to_string(),
             kind: "Invalid value".into(),
             detail: format!(
-                "{}: {path} in body must be of type {ty}: {}",
+                "{}: {ib} must be of type {ty}: {}",
                 crate::go_quote(type_of(v)),
                 crate::go_quote(type_of(v))
             ),
@@ -125,10 +131,7 @@ fn validate_node(
         errs.push(FieldError::invalid(
             path,
             v,
-            &format!(
-                "{path} in body must be of type {format}: {}",
-                crate::go_quote(s)
-            ),
+            &format!("{ib} must be of type {format}: {}", crate::go_quote(s)),
         ));
     }
 
@@ -154,16 +157,13 @@ fn validate_node(
                     errs.push(FieldError::invalid(
                         path,
                         v,
-                        &format!("{path} in body should be greater than {}", go_float(min)),
+                        &format!("{ib} should be greater than {}", go_float(min)),
                     ));
                 } else if f < min {
                     errs.push(FieldError::invalid(
                         path,
                         v,
-                        &format!(
-                            "{path} in body should be greater than or equal to {}",
-                            go_float(min)
-                        ),
+                        &format!("{ib} should be greater than or equal to {}", go_float(min)),
                     ));
                 }
             }
@@ -172,16 +172,13 @@ fn validate_node(
                     errs.push(FieldError::invalid(
                         path,
                         v,
-                        &format!("{path} in body should be less than {}", go_float(max)),
+                        &format!("{ib} should be less than {}", go_float(max)),
                     ));
                 } else if f > max {
                     errs.push(FieldError::invalid(
                         path,
                         v,
-                        &format!(
-                            "{path} in body should be less than or equal to {}",
-                            go_float(max)
-                        ),
+                        &format!("{ib} should be less than or equal to {}", go_float(max)),
                     ));
                 }
             }
@@ -193,7 +190,7 @@ fn validate_node(
                     errs.push(FieldError::invalid(
                         path,
                         v,
-                        &format!("{path} in body should be a multiple of {}", go_float(m)),
+                        &format!("{ib} should be a multiple of {}", go_float(m)),
                     ));
                 }
             }
@@ -218,7 +215,7 @@ fn validate_node(
                 errs.push(FieldError::invalid(
                     path,
                     v,
-                    &format!("{path} in body should be at least {min} chars long"),
+                    &format!("{ib} should be at least {min} chars long"),
                 ));
             }
             if let Some((p, re)) = &node.pattern
@@ -227,7 +224,7 @@ fn validate_node(
                 errs.push(FieldError::invalid(
                     path,
                     v,
-                    &format!("{path} in body should match '{p}'"),
+                    &format!("{ib} should match '{p}'"),
                 ));
             }
         }
@@ -248,7 +245,7 @@ fn validate_node(
                 errs.push(FieldError::invalid(
                     path,
                     v,
-                    &format!("{path} in body should have at least {min} items"),
+                    &format!("{ib} should have at least {min} items"),
                 ));
             }
             if node.unique_items {
@@ -257,7 +254,7 @@ fn validate_node(
                     errs.push(FieldError::invalid(
                         path,
                         v,
-                        &format!("{path} in body shouldn't contain duplicates"),
+                        &format!("{ib} shouldn't contain duplicates"),
                     ));
                 }
             }
@@ -287,7 +284,7 @@ fn validate_node(
                 errs.push(FieldError::invalid(
                     path,
                     v,
-                    &format!("{path} in body should have at least {min} properties"),
+                    &format!("{ib} should have at least {min} properties"),
                 ));
             }
             for r in &node.required {
@@ -325,7 +322,7 @@ fn validate_node(
         errs.push(FieldError::invalid(
             path,
             &Value::String(String::new()),
-            &format!("{path} in body must validate at least one schema (anyOf)"),
+            &format!("{ib} must validate at least one schema (anyOf)"),
         ));
     }
     if !node.one_of.is_empty() {
@@ -334,7 +331,7 @@ fn validate_node(
             errs.push(FieldError::invalid(
                 path,
                 &Value::String(String::new()),
-                &format!("{path} in body must validate one and only one schema (oneOf)"),
+                &format!("{ib} must validate one and only one schema (oneOf)"),
             ));
         }
     }
@@ -344,7 +341,7 @@ fn validate_node(
         errs.push(FieldError::invalid(
             path,
             &Value::String(String::new()),
-            &format!("{path} in body must not validate the schema (not)"),
+            &format!("{ib} must not validate the schema (not)"),
         ));
     }
 }

@@ -93,6 +93,10 @@ pub(crate) fn to_json(v: &Value) -> serde_json::Value {
             serde_json::Value::String(format!("{}s", d.num_milliseconds() as f64 / 1000.0))
         }
         Value::Timestamp(t) => serde_json::Value::String(t.to_rfc3339()),
+        Value::Opaque(o) => match crate::library::opaque_text(o.as_ref()) {
+            Some(s) => serde_json::Value::String(s),
+            None => serde_json::Value::Null,
+        },
         other => serde_json::Value::String(format!("{other:?}")),
     }
 }

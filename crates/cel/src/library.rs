@@ -60,6 +60,7 @@ fn build() -> Result<cel::Env, cel::DeclarationError> {
         vec![STRING_TYPE, INT_TYPE],
         find_all_n,
     )?;
+    add_quantity(&mut env)?;
     Ok(env)
 }
 
@@ -270,4 +271,208 @@ fn find_all_n<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Execu
         _ => -1,
     };
     find_all_limited(args, Some(n))
+}
+
+/// The name CEL knows Kubernetes quantities by.
+const QUANTITY: &str = "kubernetes.Quantity";
+
+/// A resource quantity (`quantity('1.5Gi')`), held exactly in nano-units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Quantity {
+    nanos: i128,
+}
+
+impl cel::objects::Opaque for Quantity {
+    fn runtime_type_name(&self) -> &str {
+        QUANTITY
+    }
+}
+
+fn quantity_type() -> cel::common::types::Type {
+    cel::common::types::Type::new_opaque_type(QUANTITY)
+}
+
+/// Registers the quantity library: `quantity`, `isQuantity` and the
+/// methods of a quantity.
+pub(crate) fn add_quantity(env: &mut cel::Env) -> Result<(), cel::DeclarationError> {
+    let q = quantity_type;
+    env.add_overload("quantity", "quantity_string", vec![STRING_TYPE], quantity)?;
+    env.add_overload(
+        "isQuantity",
+        "is_quantity_string",
+        vec![STRING_TYPE],
+        is_quantity,
+    )?;
+    env.add_member_overload(
+        "isInteger",
+        "quantity_is_integer",
+        q(),
+        vec![],
+        q_is_integer,
+    )?;
+    env.add_member_overload(
+        "asInteger",
+        "quantity_as_integer",
+        q(),
+        vec![],
+        q_as_integer,
+    )?;
+    env.add_member_overload(
+        "asApproximateFloat",
+        "quantity_as_approximate_float",
+        q(),
+        vec![],
+        q_as_float,
+    )?;
+    env.add_member_overload("sign", "quantity_sign", q(), vec![], q_sign)?;
+    env.add_member_overload("add", "quantity_add", q(), vec![q()], q_add)?;
+    env.add_member_overload("add", "quantity_add_int", q(), vec![INT_TYPE], q_add)?;
+    env.add_member_overload("sub", "quantity_sub", q(), vec![q()], q_sub)?;
+    env.add_member_overload("sub", "quantity_sub_int", q(), vec![INT_TYPE], q_sub)?;
+    env.add_member_overload(
+        "compareTo",
+        "quantity_compare_to",
+        q(),
+        vec![q()],
+        q_compare,
+    )?;
+    env.add_member_overload(
+        "isGreaterThan",
+        "quantity_is_greater_than",
+        q(),
+        vec![q()],
+        q_greater,
+    )?;
+    env.add_member_overload(
+        "isLessThan",
+        "quantity_is_less_than",
+        q(),
+        vec![q()],
+        q_less,
+    )?;
+    Ok(())
+}
+
+const NANOS: i128 = 1_000_000_000;
+
+fn quantity_value(nanos: i128) -> Value {
+    Value::Opaque(Arc::new(Quantity { nanos }))
+}
+
+/// The quantities (or ints, in nano-units) among `args`.
+fn quantities(args: &[CowVal<'_, '_>], function: &str) -> Result<Vec<i128>, ExecutionError> {
+    values(args)?
+        .iter()
+        .map(|v| match v {
+            Value::Opaque(o) => o
+                .downcast_ref::<Quantity>()
+                .map(|q| q.nanos)
+                .ok_or_else(|| ExecutionError::function_error(function, "no such overload")),
+            Value::Int(i) => Ok(i128::from(*i) * NANOS),
+            _ => Err(ExecutionError::function_error(function, "no such overload")),
+        })
+        .collect()
+}
+
+fn parse_quantity(args: &[CowVal<'_, '_>]) -> Result<Result<i128, String>, ExecutionError> {
+    match values(args)?.first() {
+        Some(Value::String(s)) => Ok(rke2_apimachinery::quantity::parse_quantity(s)
+            .map(|q| q.as_nanos())
+            .map_err(|e| e.to_string())),
+        _ => Err(ExecutionError::function_error(
+            "quantity",
+            "no such overload",
+        )),
+    }
+}
+
+fn quantity<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    match parse_quantity(&args)? {
+        Ok(n) => out(quantity_value(n)),
+        Err(e) => Err(ExecutionError::function_error("quantity", e)),
+    }
+}
+
+fn is_quantity<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    out(Value::Bool(parse_quantity(&args)?.is_ok()))
+}
+
+fn q_is_integer<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let q = quantities(&args, "isInteger")?;
+    let n = q[0];
+    out(Value::Bool(
+        n % NANOS == 0 && i64::try_from(n / NANOS).is_ok(),
+    ))
+}
+
+fn q_as_integer<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let n = quantities(&args, "asInteger")?[0];
+    if n % NANOS != 0 {
+        return Err(ExecutionError::function_error(
+            "asInteger",
+            "cannot convert value to integer",
+        ));
+    }
+    i64::try_from(n / NANOS)
+        .map(Value::Int)
+        .map_err(|_| ExecutionError::function_error("asInteger", "cannot convert value to integer"))
+        .and_then(out)
+}
+
+fn q_as_float<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let n = quantities(&args, "asApproximateFloat")?[0];
+    out(Value::Float(n as f64 / NANOS as f64))
+}
+
+fn q_sign<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let n = quantities(&args, "sign")?[0];
+    out(Value::Int(n.signum() as i64))
+}
+
+fn q_add<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let q = quantities(&args, "add")?;
+    q[0].checked_add(q[1])
+        .map(quantity_value)
+        .ok_or_else(|| ExecutionError::function_error("add", "quantity overflow"))
+        .and_then(out)
+}
+
+fn q_sub<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let q = quantities(&args, "sub")?;
+    q[0].checked_sub(q[1])
+        .map(quantity_value)
+        .ok_or_else(|| ExecutionError::function_error("sub", "quantity overflow"))
+        .and_then(out)
+}
+
+fn q_compare<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let q = quantities(&args, "compareTo")?;
+    out(Value::Int(match q[0].cmp(&q[1]) {
+        Ordering::Less => -1,
+        Ordering::Equal => 0,
+        Ordering::Greater => 1,
+    }))
+}
+
+fn q_greater<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let q = quantities(&args, "isGreaterThan")?;
+    out(Value::Bool(q[0] > q[1]))
+}
+
+fn q_less<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let q = quantities(&args, "isLessThan")?;
+    out(Value::Bool(q[0] < q[1]))
+}
+
+/// The text of a library value (a quantity's canonical form in whole or
+/// milli units), for JSON output.
+pub(crate) fn opaque_text(o: &dyn cel::objects::Opaque) -> Option<String> {
+    let q = o.downcast_ref::<Quantity>()?;
+    Some(if q.nanos % NANOS == 0 {
+        format!("{}", q.nanos / NANOS)
+    } else if q.nanos % 1_000_000 == 0 {
+        format!("{}m", q.nanos / 1_000_000)
+    } else {
+        format!("{}n", q.nanos)
+    })
 }

@@ -168,6 +168,63 @@ fn kubernetes_string_and_regex_library() {
 }
 
 #[test]
+fn kubernetes_quantity_library() {
+    let v = json!({"mem": "1Gi", "cpu": "500m"});
+    assert_eq!(
+        eval(
+            "quantity(self.mem).isGreaterThan(quantity('1000Mi'))",
+            v.clone()
+        ),
+        Ok(json!(true))
+    );
+    assert_eq!(
+        eval("quantity(self.cpu).isLessThan(quantity('1'))", v.clone()),
+        Ok(json!(true))
+    );
+    assert_eq!(
+        eval(
+            "quantity(self.mem).compareTo(quantity('1024Mi'))",
+            v.clone()
+        ),
+        Ok(json!(0))
+    );
+    assert_eq!(
+        eval("quantity(self.mem) == quantity('1073741824')", v.clone()),
+        Ok(json!(true))
+    );
+    assert_eq!(
+        eval("quantity(self.mem).asInteger()", v.clone()),
+        Ok(json!(1073741824))
+    );
+    assert_eq!(
+        eval("quantity(self.cpu).isInteger()", v.clone()),
+        Ok(json!(false))
+    );
+    assert_eq!(
+        eval("quantity(self.cpu).asApproximateFloat()", v.clone()),
+        Ok(json!(0.5))
+    );
+    assert_eq!(
+        eval(
+            "quantity(self.cpu).add(quantity('500m')).asInteger()",
+            v.clone()
+        ),
+        Ok(json!(1))
+    );
+    assert_eq!(
+        eval("quantity(self.cpu).sub(1).sign()", v.clone()),
+        Ok(json!(-1))
+    );
+    assert_eq!(
+        eval("isQuantity(self.mem) && !isQuantity('1Q')", v.clone()),
+        Ok(json!(true))
+    );
+    assert!(eval("quantity('nope')", v.clone()).is_err());
+    assert_eq!(eval("quantity(self.cpu)", v.clone()), Ok(json!("500m")));
+    assert!(eval("quantity(self.cpu).asInteger()", v).is_err());
+}
+
+#[test]
 fn static_cost_refuses_unbounded_nested_loops_in_upstream_words() {
     let ty = Ty::list(Ty::string());
     let env = Env::crd_rule(ty);
@@ -315,6 +372,10 @@ mod fuzz {
                 inner.clone().prop_map(|a| format!("{a}.findAll('[a-')")),
                 inner.clone().prop_map(|a| format!("has({a}.x)")),
                 inner.clone().prop_map(|a| format!("int({a})")),
+                inner
+                    .clone()
+                    .prop_map(|a| format!("quantity({a}).add({a})")),
+                inner.clone().prop_map(|a| format!("isQuantity({a})")),
                 inner.clone().prop_map(|a| format!("({a}")),
                 inner.prop_map(|a| format!("!{a}")),
             ]
