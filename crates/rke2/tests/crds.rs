@@ -260,6 +260,43 @@ async fn objects_with(k: &Kubectl) -> Result<()> {
     ])?)?;
     ensure!(beta["apiVersion"] == "test.rke2.io/v1beta1", "{beta}");
     ensure!(beta["spec"]["replicas"] == 7, "{beta}");
+    // Schema: defaults appear, unknown fields are refused under Strict
+    // (kubectl's default) and pruned otherwise, invalid values are refused
+    // with the field named, CEL rules hold.
+    k.ok_in(
+        &["create", "-f", "-"],
+        Some(&format!("apiVersion: test.rke2.io/v1\nkind: Widget\nmetadata:\n  name: d\n  namespace: {ns}\nspec:\n  replicas: 1\n")),
+    )?;
+    let d = k.json(&["get", "wd", "d", "-n", &ns])?;
+    ensure!(d["spec"]["color"] == "blue", "default not applied: {d}");
+    let bogus = format!(
+        "apiVersion: test.rke2.io/v1\nkind: Widget\nmetadata:\n  name: e\n  namespace: {ns}\nspec:\n  replicas: 1\n  bogus: 1\n"
+    );
+    let err = k.fails_in(&["create", "-f", "-"], Some(&bogus))?;
+    ensure!(
+        err.contains(r#"unknown field "spec.bogus""#),
+        "strict: {err}"
+    );
+    k.ok_in(&["create", "--validate=false", "-f", "-"], Some(&bogus))?;
+    let e = k.json(&["get", "wd", "e", "-n", &ns])?;
+    ensure!(e["spec"].get("bogus").is_none(), "not pruned: {e}");
+    let err = k.fails_in(&["create", "-f", "-"], Some(&widget("f", &ns, "pink", 1)))?;
+    ensure!(
+        err.contains(
+            r#"spec.color: Unsupported value: "pink": supported values: "blue", "red", "green""#
+        ),
+        "enum: {err}"
+    );
+    let err = k.fails_in(&["create", "-f", "-"], Some(&widget("f", &ns, "red", 101)))?;
+    ensure!(
+        err.contains("replicas must be at most 100"),
+        "CEL rule: {err}"
+    );
+    let err = k.fails_in(&["create", "-f", "-"], Some(&widget("f", &ns, "red", -1)))?;
+    ensure!(
+        err.contains("spec.replicas: Invalid value: -1"),
+        "minimum: {err}"
+    );
     // kubectl explain reads the CRD's schema from /openapi/v3.
     let explained = k.ok(&["explain", "widgets.spec"])?;
     ensure!(

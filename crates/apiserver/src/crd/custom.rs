@@ -13,39 +13,7 @@ use crate::status::{ApiError, ApiResult};
 use crate::strategy::{Cause, ScaleSpec, Strategy};
 
 /// The compiled schema of one CRD version.
-pub use shim::Schema;
-
-// Stand-in until the structural schema crate is merged.
-mod shim {
-    use serde_json::Value;
-
-    pub struct FieldError {
-        pub field: String,
-        pub kind: String,
-        pub detail: String,
-    }
-
-    #[derive(Debug)]
-    pub struct Schema;
-
-    impl Schema {
-        pub fn compile(
-            _p: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
-        ) -> Result<Self, Vec<FieldError>> {
-            Ok(Self)
-        }
-        pub fn prune(&self, _obj: &mut Value) -> Vec<String> {
-            Vec::new()
-        }
-        pub fn apply_defaults(&self, _obj: &mut Value) {}
-        pub fn validate(&self, _obj: &Value) -> Vec<FieldError> {
-            Vec::new()
-        }
-        pub fn validate_rules(&self, _new: &Value, _old: Option<&Value>) -> Vec<FieldError> {
-            Vec::new()
-        }
-    }
-}
+pub use rke2_apiextensions::Schema;
 
 /// Compiles a version's `openAPIV3Schema`; the causes name the fields
 /// relative to the schema root.
