@@ -314,6 +314,44 @@ async fn objects_with(k: &Kubectl) -> Result<()> {
     Ok(())
 }
 
+fn crd_with(name: &str, schema: &str) -> String {
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {name}s.bad.rke2.io\nspec:\n  group: bad.rke2.io\n  scope: Namespaced\n  names: {{plural: {name}s, kind: {kind}}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n{schema}",
+        kind = name[..1].to_uppercase() + &name[1..]
+    )
+}
+
+/// Malformed CRDs get a 422 naming the field, and nothing is created.
+fn bad_crds_are_refused(k: &Kubectl) -> Result<()> {
+    let cases = [
+        (
+            "nostruct",
+            "        type: object\n        properties:\n          spec:\n            properties:\n              a: {type: string}\n",
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value",
+        ),
+        (
+            "badcel",
+            "        type: object\n        properties:\n          spec:\n            type: object\n            x-kubernetes-validations:\n            - rule: \"self.nope +\"\n",
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule",
+        ),
+        (
+            "costly",
+            "        type: object\n        properties:\n          spec:\n            type: object\n            properties:\n              l:\n                type: array\n                items: {type: string}\n            x-kubernetes-validations:\n            - rule: \"self.l.all(a, self.l.all(b, self.l.all(c, a + b + c != 'x')))\"\n",
+            "cost",
+        ),
+    ];
+    for (name, schema, want) in cases {
+        let err = k.fails_in(&["create", "-f", "-"], Some(&crd_with(name, schema)))?;
+        ensure!(err.contains(want), "{name}: want {want:?} in {err}");
+        let out = k.run(&["get", "crd", &format!("{name}s.bad.rke2.io")], None)?;
+        ensure!(!out.status.success(), "{name}: a refused CRD exists");
+    }
+    let wrong_name = crd_with("named", "        type: object\n").replace("name: nameds.bad", "name: other.bad");
+    let err = k.fails_in(&["create", "-f", "-"], Some(&wrong_name))?;
+    ensure!(err.contains("must be spec.names.plural+\".\"+spec.group"), "{err}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn custom_resources_with_every_kubectl() -> Result<()> {
     let server = start_server().await;
@@ -330,6 +368,7 @@ async fn custom_resources_with_every_kubectl() -> Result<()> {
         "{}",
         crd["status"]
     );
+    bad_crds_are_refused(&admin)?;
     for (minor, bin) in &kubectls {
         let k = Kubectl::for_server(&server, *minor, bin.clone())?;
         objects_with(&k)
