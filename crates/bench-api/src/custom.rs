@@ -77,7 +77,9 @@ impl Bench {
     }
 
     pub(crate) async fn custom(&self) -> Result<()> {
-        self.establish_crd().await.context("creating the bench CRD")?;
+        self.establish_crd()
+            .await
+            .context("creating the bench CRD")?;
         let ns = self.args.namespace.clone();
         let n = self.args.ops;
         let payload = self.payload.clone();

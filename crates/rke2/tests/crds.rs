@@ -85,6 +85,16 @@ spec:
                 minimum: 0
               size:
                 x-kubernetes-int-or-string: true
+              ports:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [name]
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    port: {type: integer}
             x-kubernetes-validations:
             - rule: "!has(self.replicas) || self.replicas <= 100"
               message: replicas must be at most 100
@@ -216,6 +226,61 @@ async fn objects_with(k: &Kubectl) -> Result<()> {
         .filter_map(|m| m["manager"].as_str())
         .collect();
     ensure!(managers.contains(&"ssa-test"), "managedFields: {c}");
+    // Server-side apply merges a map-list by its keys: an element another
+    // writer added stays, the applied one is merged in.
+    k.ok(&[
+        "patch",
+        "wd",
+        "c",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"ports":[{"name":"a","port":1}]}}"#,
+    ])?;
+    k.ok_in(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "ssa-test",
+            "-f",
+            "-",
+        ],
+        Some(&format!(
+            "{}  ports:\n  - name: b\n    port: 2\n",
+            widget("c", &ns, "blue", 1)
+        )),
+    )?;
+    let c = k.json(&["get", "wd", "c", "-n", &ns])?;
+    let ports = c["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        ports.len() == 2
+            && ports.contains(&serde_json::json!({"name": "a", "port": 1}))
+            && ports.contains(&serde_json::json!({"name": "b", "port": 2})),
+        "list-map merge: {}",
+        c["spec"]
+    );
+    // Strategic merge patches are not served for custom types (upstream).
+    let err = k.fails_in(
+        &[
+            "patch",
+            "wd",
+            "c",
+            "-n",
+            &ns,
+            "--type",
+            "strategic",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ],
+        None,
+    )?;
+    ensure!(
+        err.contains("UnsupportedMediaType") || err.contains("unknown format"),
+        "SMP: {err}"
+    );
     // Status subresource: a write of the object keeps the stored status;
     // the status path writes it, and the printer's filter column reads it.
     k.ok(&[
@@ -346,9 +411,13 @@ fn bad_crds_are_refused(k: &Kubectl) -> Result<()> {
         let out = k.run(&["get", "crd", &format!("{name}s.bad.rke2.io")], None)?;
         ensure!(!out.status.success(), "{name}: a refused CRD exists");
     }
-    let wrong_name = crd_with("named", "        type: object\n").replace("name: nameds.bad", "name: other.bad");
+    let wrong_name =
+        crd_with("named", "        type: object\n").replace("name: nameds.bad", "name: other.bad");
     let err = k.fails_in(&["create", "-f", "-"], Some(&wrong_name))?;
-    ensure!(err.contains("must be spec.names.plural+\".\"+spec.group"), "{err}");
+    ensure!(
+        err.contains("must be spec.names.plural+\".\"+spec.group"),
+        "{err}"
+    );
     Ok(())
 }
 

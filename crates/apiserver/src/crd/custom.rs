@@ -176,6 +176,25 @@ impl Strategy for CustomStrategy {
         self.cached
     }
 
+    fn apply_list_strategy(
+        &self,
+        path: &[&str],
+    ) -> Option<rke2_apimachinery::strategic_merge::ListStrategy> {
+        use rke2_apiextensions::ListKind;
+        use rke2_apimachinery::strategic_merge::ListStrategy;
+        Some(match self.schema.as_ref()?.list_kind_at(path)? {
+            ListKind::Atomic => ListStrategy::Atomic,
+            ListKind::Set => ListStrategy::SetMerge,
+            // Elements are matched on the first key (the merge of
+            // rke2-apimachinery keys on one field).
+            ListKind::Map(keys) => ListStrategy::MergeByKey(keys.first()?.clone()),
+        })
+    }
+
+    fn strategic_merge_patch(&self) -> bool {
+        false
+    }
+
     fn openapi_schema(&self) -> Option<Value> {
         Some(self.raw_schema.clone())
     }
