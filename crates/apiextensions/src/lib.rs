@@ -264,9 +264,20 @@ impl Schema {
         errs
     }
 
+    /// OpenAPI validation of an update, ratcheted as upstream
+    /// (`CRDValidationRatcheting`): values equal to the old value they
+    /// correlate with (same property path, same map-list keys) are not
+    /// checked, so objects stored under an older schema stay updatable.
+    pub fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        validate::validate_update(&self.root, new, old, &mut errs);
+        errs
+    }
+
     /// The `x-kubernetes-validations` rules on `new`; `old` is the stored
-    /// object on update (transition rules run only where an old value
-    /// correlates).
+    /// object on update: transition rules run only where an old value
+    /// correlates, and rules without `oldSelf` are ratcheted (skipped where
+    /// the value is unchanged).
     pub fn validate_rules(&self, new: &Value, old: Option<&Value>) -> Vec<FieldError> {
         rules::validate(&self.root, new, old)
     }

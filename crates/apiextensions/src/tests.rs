@@ -638,3 +638,42 @@ fn defaults_are_checked_against_their_schema() {
         "{t:#?}"
     );
 }
+
+#[test]
+fn updates_ratchet_unchanged_values() {
+    let s = schema(json!({
+        "type": "object",
+        "properties": {"spec": {"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 3},
+            "other": {"type": "integer"},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["n"],
+                "items": {"type": "object", "required": ["n"], "properties": {
+                    "n": {"type": "string"}, "p": {"type": "integer", "maximum": 10,
+                        "x-kubernetes-validations": [{"rule": "self > 0"}]}}}}
+        }}}
+    }))
+    .unwrap();
+    let old = json!({"spec": {"name": "toolong", "other": 1, "ports": [{"n": "a", "p": 20}, {"n": "b", "p": 0}]}});
+    // Only `other` changes, and ports are reordered: nothing is re-checked.
+    let new = json!({"spec": {"name": "toolong", "other": 2, "ports": [{"n": "b", "p": 0}, {"n": "a", "p": 20}]}});
+    assert_eq!(texts(&s.validate_update(&new, &old)), Vec::<String>::new());
+    assert_eq!(
+        texts(&s.validate_rules(&new, Some(&old))),
+        Vec::<String>::new()
+    );
+    // Without the old object everything is checked.
+    assert_eq!(s.validate(&new).len(), 2);
+    assert_eq!(s.validate_rules(&new, None).len(), 1);
+    // A changed value is checked.
+    let changed = json!({"spec": {"name": "toolonger", "other": 2, "ports": [{"n": "b", "p": -1}, {"n": "a", "p": 20}]}});
+    let t = texts(&s.validate_update(&changed, &old));
+    assert_eq!(
+        t,
+        vec!["spec.name: Too long: may not be more than 3 bytes".to_string()]
+    );
+    let t = texts(&s.validate_rules(&changed, Some(&old)));
+    assert_eq!(
+        t,
+        vec![r#"spec.ports[0].p: Invalid value: "integer": failed rule: self > 0"#.to_string()]
+    );
+}
