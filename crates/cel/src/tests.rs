@@ -225,6 +225,45 @@ fn kubernetes_quantity_library() {
 }
 
 #[test]
+fn kubernetes_url_library() {
+    let v = json!("https://user@example.com:8443/a%20b/c?x=1&x=2&y=z+w#frag");
+    assert_eq!(eval("url(self).getScheme()", v.clone()), Ok(json!("https")));
+    assert_eq!(
+        eval("url(self).getHost()", v.clone()),
+        Ok(json!("example.com:8443"))
+    );
+    assert_eq!(
+        eval("url(self).getHostname()", v.clone()),
+        Ok(json!("example.com"))
+    );
+    assert_eq!(eval("url(self).getPort()", v.clone()), Ok(json!("8443")));
+    assert_eq!(
+        eval("url(self).getEscapedPath()", v.clone()),
+        Ok(json!("/a%20b/c"))
+    );
+    assert_eq!(
+        eval("url(self).getQuery()", v.clone()),
+        Ok(json!({"x": ["1", "2"], "y": ["z w"]}))
+    );
+    assert_eq!(
+        eval("url('https://[::1]:80/').getHostname()", v.clone()),
+        Ok(json!("::1"))
+    );
+    assert_eq!(
+        eval("url('/just/a/path').getHost()", v.clone()),
+        Ok(json!(""))
+    );
+    assert_eq!(
+        eval(
+            "isURL(self) && !isURL('not a url') && !isURL('mailto:x')",
+            v.clone()
+        ),
+        Ok(json!(true))
+    );
+    assert!(eval("url('::')", v).is_err());
+}
+
+#[test]
 fn static_cost_refuses_unbounded_nested_loops_in_upstream_words() {
     let ty = Ty::list(Ty::string());
     let env = Env::crd_rule(ty);
@@ -376,6 +415,7 @@ mod fuzz {
                     .clone()
                     .prop_map(|a| format!("quantity({a}).add({a})")),
                 inner.clone().prop_map(|a| format!("isQuantity({a})")),
+                inner.clone().prop_map(|a| format!("url({a}).getQuery()")),
                 inner.clone().prop_map(|a| format!("({a}")),
                 inner.prop_map(|a| format!("!{a}")),
             ]
