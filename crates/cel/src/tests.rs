@@ -453,3 +453,49 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn deep_expressions_are_errors_not_crashes() {
+    let env = crd_env();
+    // The test thread has a 2 MiB stack, as tokio's workers.
+    for n in [50usize, 150, 199, 200, 201, 1000, 5000, 30000] {
+        for src in [
+            format!("{}true", "!".repeat(n)),
+            format!("{}1", "-".repeat(n)),
+            format!("{}1{}", "[".repeat(n), "]".repeat(n)),
+            format!("{}1{}", "(".repeat(n), ")".repeat(n)),
+            format!("self{}", ".a".repeat(n)),
+            format!("1{}", " + 1".repeat(n)),
+            format!("true{}", " && true".repeat(n)),
+            "self.all(x, ".repeat(n.min(300)) + "true" + &")".repeat(n.min(300)),
+            "[1].map(x, ".repeat(n.min(300)) + "x" + &")".repeat(n.min(300)),
+        ] {
+            match Program::compile(&src, &env) {
+                Ok(p) => {
+                    let _ = p.eval_value(&Vars::new().json("self", &json!({"a": 1})));
+                }
+                Err(e) => assert!(
+                    e.to_string()
+                        .starts_with("compilation failed: ERROR: <input>:"),
+                    "{e}"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn too_long_and_too_deep_are_refused() {
+    let long = "1 + ".repeat(30_000) + "1";
+    let e = Program::compile(&long, &crd_env()).unwrap_err().to_string();
+    assert!(
+        e.contains("expression code point size exceeds limit: size: 120001, limit 100000"),
+        "{e}"
+    );
+    let deep = format!("self{}", ".a".repeat(500));
+    let e = Program::compile(&deep, &crd_env()).unwrap_err().to_string();
+    assert!(
+        e.contains("expression nesting depth 501 exceeds limit 200"),
+        "{e}"
+    );
+}
