@@ -516,6 +516,14 @@ fn list_kinds() {
         Some(ListKind::Set)
     );
     assert_eq!(s.list_kind_at(&["spec"]), None);
+    assert_eq!(s.map_is_atomic_at(&["spec"]), Some(false));
+    assert_eq!(s.map_is_atomic_at(&["spec", "set"]), None);
+    let s = schema(
+        json!({"type": "object", "properties": {"sel": {"type": "object",
+        "x-kubernetes-map-type": "atomic", "additionalProperties": {"type": "string"}}}}),
+    )
+    .unwrap();
+    assert_eq!(s.map_is_atomic_at(&["sel"]), Some(true));
 }
 
 mod fuzz {
@@ -676,4 +684,38 @@ fn updates_ratchet_unchanged_values() {
         t,
         vec![r#"spec.ports[0].p: Invalid value: "integer": failed rule: self > 0"#.to_string()]
     );
+}
+
+#[test]
+fn deep_schemas_and_values_do_not_overflow() {
+    // serde_json refuses more than 128 levels; build the deepest it allows.
+    let depth = 61;
+    let mut s = json!({"type": "string", "default": "x", "x-kubernetes-validations": [{"rule": "self.size() > 0"}]});
+    let mut v = json!("leaf");
+    for i in 0..depth {
+        s = if i % 20 != 19 {
+            json!({"type": "object", "properties": {"a": s}, "x-kubernetes-validations": [{"rule": "has(self.a)"}]})
+        } else {
+            json!({"type": "array", "maxItems": 1, "items": s})
+        };
+        v = if i % 20 != 19 {
+            json!({"a": v})
+        } else {
+            json!([v])
+        };
+    }
+    let root = json!({"type": "object", "properties": {"spec": s}});
+    let text = serde_json::to_string(&root).unwrap();
+    let props: JSONSchemaProps = serde_json::from_str(&text).unwrap();
+    let compiled = Schema::compile(&props);
+    if let Ok(schema) = compiled.map_err(|e| panic!("{:#?}", texts(&e))) {
+        let mut obj = json!({"spec": v});
+        schema.apply_defaults(&mut obj);
+        let _ = schema.prune(&mut obj);
+        let _ = schema.validate(&obj);
+        let _ = schema.validate_update(&obj, &json!({}));
+        let _ = schema.validate_rules(&obj, Some(&obj));
+        let _ = schema.list_kind_at(&["spec"]);
+        let _ = schema.openapi_v3_schema("g", "v", "K");
+    }
 }
