@@ -707,15 +707,14 @@ fn deep_schemas_and_values_do_not_overflow() {
     let root = json!({"type": "object", "properties": {"spec": s}});
     let text = serde_json::to_string(&root).unwrap();
     let props: JSONSchemaProps = serde_json::from_str(&text).unwrap();
-    let compiled = Schema::compile(&props);
-    if let Ok(schema) = compiled.map_err(|e| panic!("{:#?}", texts(&e))) {
-        let mut obj = json!({"spec": v});
-        schema.apply_defaults(&mut obj);
-        let _ = schema.prune(&mut obj);
-        let _ = schema.validate(&obj);
-        let _ = schema.validate_update(&obj, &json!({}));
-        let _ = schema.validate_rules(&obj, Some(&obj));
-        let _ = schema.list_kind_at(&["spec"]);
-        let _ = schema.openapi_v3_schema("g", "v", "K");
-    }
+    let schema = Schema::compile(&props).unwrap_or_else(|e| panic!("{:#?}", texts(&e)));
+    let mut obj = json!({"spec": v});
+    schema.apply_defaults(&mut obj);
+    let _ = schema.prune(&mut obj);
+    assert_eq!(schema.validate(&obj), vec![]);
+    let _ = schema.validate_update(&obj, &json!({}));
+    assert_eq!(schema.validate_rules(&obj, None), vec![]);
+    let _ = schema.validate_rules(&obj, Some(&obj));
+    let _ = schema.list_kind_at(&["spec"]);
+    let _ = schema.openapi_v3_schema("g", "v", "K");
 }
