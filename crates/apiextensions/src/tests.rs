@@ -718,3 +718,12 @@ fn deep_schemas_and_values_do_not_overflow() {
     let _ = schema.list_kind_at(&["spec"]);
     let _ = schema.openapi_v3_schema("g", "v", "K");
 }
+
+/// Schemas are compiled once per CRD version and shared by the apiserver's
+/// tasks.
+#[test]
+fn schemas_are_send_and_sync() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Schema>();
+    shared::<FieldError>();
+}

@@ -499,3 +499,12 @@ fn too_long_and_too_deep_are_refused() {
         "{e}"
     );
 }
+
+/// Programs are compiled once and shared by the apiserver's tasks.
+#[test]
+fn programs_are_send_and_sync() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Program>();
+    shared::<Env>();
+    shared::<CelError>();
+}
