@@ -264,9 +264,20 @@ impl Schema {
         errs
     }
 
+    /// OpenAPI validation of an update, ratcheted as upstream
+    /// (`CRDValidationRatcheting`): values equal to the old value they
+    /// correlate with (same property path, same map-list keys) are not
+    /// checked, so objects stored under an older schema stay updatable.
+    pub fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        validate::validate_update(&self.root, new, old, &mut errs);
+        errs
+    }
+
     /// The `x-kubernetes-validations` rules on `new`; `old` is the stored
-    /// object on update (transition rules run only where an old value
-    /// correlates).
+    /// object on update: transition rules run only where an old value
+    /// correlates, and rules without `oldSelf` are ratcheted (skipped where
+    /// the value is unchanged).
     pub fn validate_rules(&self, new: &Value, old: Option<&Value>) -> Vec<FieldError> {
         rules::validate(&self.root, new, old)
     }
@@ -285,13 +296,7 @@ impl Schema {
     /// The list type of the array at `path` (property names from the root;
     /// array items are stepped into without naming them).
     pub fn list_kind_at(&self, path: &[&str]) -> Option<ListKind> {
-        let mut node = &self.root;
-        for seg in path {
-            while node.ty.as_deref() == Some("array") {
-                node = node.items.as_deref()?;
-            }
-            node = node.properties.get(*seg).or(node.additional.as_deref())?;
-        }
+        let node = self.node_at(path)?;
         if node.ty.as_deref() != Some("array") {
             return None;
         }
@@ -300,6 +305,25 @@ impl Schema {
             Some("map") => ListKind::Map(node.list_map_keys.clone()),
             _ => ListKind::Atomic,
         })
+    }
+
+    /// Whether the object at `path` is an atomic map
+    /// (`x-kubernetes-map-type: atomic`: server-side apply replaces it
+    /// whole); `None` when `path` names no object.
+    pub fn map_is_atomic_at(&self, path: &[&str]) -> Option<bool> {
+        let node = self.node_at(path)?;
+        (node.ty.as_deref() == Some("object")).then(|| node.map_type.as_deref() == Some("atomic"))
+    }
+
+    fn node_at(&self, path: &[&str]) -> Option<&Node> {
+        let mut node = &self.root;
+        for seg in path {
+            while node.ty.as_deref() == Some("array") {
+                node = node.items.as_deref()?;
+            }
+            node = node.properties.get(*seg).or(node.additional.as_deref())?;
+        }
+        Some(node)
     }
 
     /// The schema as published at `/openapi/v3/apis/<group>/<version>`

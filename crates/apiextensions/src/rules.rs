@@ -91,15 +91,9 @@ impl Walker {
                 let Some(item_node) = node.items.as_deref() else {
                     return;
                 };
-                let old_items = old.and_then(|o| o.as_array());
                 for (i, item) in items.iter().enumerate() {
                     // Only map lists correlate old and new items (by key).
-                    let old_item = match (node.list_type.as_deref(), old_items) {
-                        (Some("map"), Some(olds)) => olds
-                            .iter()
-                            .find(|o| node.list_map_keys.iter().all(|k| o.get(k) == item.get(k))),
-                        _ => None,
-                    };
+                    let old_item = crate::validate::correlated_item(node, item, old);
                     self.walk(
                         item_node,
                         item,
@@ -118,6 +112,10 @@ impl Walker {
 
     fn eval(&mut self, node: &Node, rule: &Rule, v: &Value, old: Option<&Value>, path: &str) {
         if rule.transition && old.is_none() && !rule.optional_old_self {
+            return;
+        }
+        // Ratcheting: a rule without oldSelf does not fail an unchanged value.
+        if !rule.transition && old == Some(v) {
             return;
         }
         let mut vars = Vars::new().json("self", v);

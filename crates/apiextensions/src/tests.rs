@@ -516,6 +516,14 @@ fn list_kinds() {
         Some(ListKind::Set)
     );
     assert_eq!(s.list_kind_at(&["spec"]), None);
+    assert_eq!(s.map_is_atomic_at(&["spec"]), Some(false));
+    assert_eq!(s.map_is_atomic_at(&["spec", "set"]), None);
+    let s = schema(
+        json!({"type": "object", "properties": {"sel": {"type": "object",
+        "x-kubernetes-map-type": "atomic", "additionalProperties": {"type": "string"}}}}),
+    )
+    .unwrap();
+    assert_eq!(s.map_is_atomic_at(&["sel"]), Some(true));
 }
 
 mod fuzz {
@@ -637,4 +645,85 @@ fn defaults_are_checked_against_their_schema() {
         ),
         "{t:#?}"
     );
+}
+
+#[test]
+fn updates_ratchet_unchanged_values() {
+    let s = schema(json!({
+        "type": "object",
+        "properties": {"spec": {"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 3},
+            "other": {"type": "integer"},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["n"],
+                "items": {"type": "object", "required": ["n"], "properties": {
+                    "n": {"type": "string"}, "p": {"type": "integer", "maximum": 10,
+                        "x-kubernetes-validations": [{"rule": "self > 0"}]}}}}
+        }}}
+    }))
+    .unwrap();
+    let old = json!({"spec": {"name": "toolong", "other": 1, "ports": [{"n": "a", "p": 20}, {"n": "b", "p": 0}]}});
+    // Only `other` changes, and ports are reordered: nothing is re-checked.
+    let new = json!({"spec": {"name": "toolong", "other": 2, "ports": [{"n": "b", "p": 0}, {"n": "a", "p": 20}]}});
+    assert_eq!(texts(&s.validate_update(&new, &old)), Vec::<String>::new());
+    assert_eq!(
+        texts(&s.validate_rules(&new, Some(&old))),
+        Vec::<String>::new()
+    );
+    // Without the old object everything is checked.
+    assert_eq!(s.validate(&new).len(), 2);
+    assert_eq!(s.validate_rules(&new, None).len(), 1);
+    // A changed value is checked.
+    let changed = json!({"spec": {"name": "toolonger", "other": 2, "ports": [{"n": "b", "p": -1}, {"n": "a", "p": 20}]}});
+    let t = texts(&s.validate_update(&changed, &old));
+    assert_eq!(
+        t,
+        vec!["spec.name: Too long: may not be more than 3 bytes".to_string()]
+    );
+    let t = texts(&s.validate_rules(&changed, Some(&old)));
+    assert_eq!(
+        t,
+        vec![r#"spec.ports[0].p: Invalid value: "integer": failed rule: self > 0"#.to_string()]
+    );
+}
+
+#[test]
+fn deep_schemas_and_values_do_not_overflow() {
+    // serde_json refuses more than 128 levels; build the deepest it allows.
+    let depth = 61;
+    let mut s = json!({"type": "string", "default": "x", "x-kubernetes-validations": [{"rule": "self.size() > 0"}]});
+    let mut v = json!("leaf");
+    for i in 0..depth {
+        s = if i % 20 != 19 {
+            json!({"type": "object", "properties": {"a": s}, "x-kubernetes-validations": [{"rule": "has(self.a)"}]})
+        } else {
+            json!({"type": "array", "maxItems": 1, "items": s})
+        };
+        v = if i % 20 != 19 {
+            json!({"a": v})
+        } else {
+            json!([v])
+        };
+    }
+    let root = json!({"type": "object", "properties": {"spec": s}});
+    let text = serde_json::to_string(&root).unwrap();
+    let props: JSONSchemaProps = serde_json::from_str(&text).unwrap();
+    let schema = Schema::compile(&props).unwrap_or_else(|e| panic!("{:#?}", texts(&e)));
+    let mut obj = json!({"spec": v});
+    schema.apply_defaults(&mut obj);
+    let _ = schema.prune(&mut obj);
+    assert_eq!(schema.validate(&obj), vec![]);
+    let _ = schema.validate_update(&obj, &json!({}));
+    assert_eq!(schema.validate_rules(&obj, None), vec![]);
+    let _ = schema.validate_rules(&obj, Some(&obj));
+    let _ = schema.list_kind_at(&["spec"]);
+    let _ = schema.openapi_v3_schema("g", "v", "K");
+}
+
+/// Schemas are compiled once per CRD version and shared by the apiserver's
+/// tasks.
+#[test]
+fn schemas_are_send_and_sync() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Schema>();
+    shared::<FieldError>();
 }

@@ -72,18 +72,45 @@ pub(crate) fn validate(
     is_root: bool,
     errs: &mut Vec<FieldError>,
 ) {
-    validate_node(node, v, path, is_root, true, errs)
+    validate_node(node, v, None, path, is_root, true, errs)
+}
+
+/// Validation of an update with ratcheting (upstream's
+/// `CRDValidationRatcheting`): a value equal to the old value it correlates
+/// with (same property, same map-list key) is not checked again, so data
+/// stored under an older schema can still be updated elsewhere.
+pub(crate) fn validate_update(node: &Node, v: &Value, old: &Value, errs: &mut Vec<FieldError>) {
+    validate_node(node, v, Some(old), "", true, true, errs)
+}
+
+/// The old item correlating with `item` in a list of `node`: by the map
+/// keys of a map list; nothing for other lists.
+pub(crate) fn correlated_item<'a>(
+    node: &Node,
+    item: &Value,
+    old: Option<&'a Value>,
+) -> Option<&'a Value> {
+    if node.list_type.as_deref() != Some("map") {
+        return None;
+    }
+    old?.as_array()?
+        .iter()
+        .find(|o| node.list_map_keys.iter().all(|k| o.get(k) == item.get(k)))
 }
 
 fn validate_node(
     node: &Node,
     v: &Value,
+    old: Option<&Value>,
     path: &str,
     is_root: bool,
     structural: bool,
     errs: &mut Vec<FieldError>,
 ) {
     if v.is_null() && node.nullable {
+        return;
+    }
+    if old == Some(v) {
         return;
     }
     // go-openapi names the field before "in body" (nothing at the root).
@@ -260,7 +287,16 @@ fn validate_node(
             }
             if let Some(item_node) = node.items.as_deref() {
                 for (i, item) in items.iter().enumerate() {
-                    validate_node(item_node, item, &index(path, i), false, structural, errs);
+                    let old_item = correlated_item(node, item, old);
+                    validate_node(
+                        item_node,
+                        item,
+                        old_item,
+                        &index(path, i),
+                        false,
+                        structural,
+                        errs,
+                    );
                 }
             }
             if structural {
@@ -292,19 +328,21 @@ fn validate_node(
                     errs.push(FieldError::required(&child(path, r), ""));
                 }
             }
+            let old_obj = old.and_then(|o| o.as_object());
             for (k, val) in obj {
+                let old_val = old_obj.and_then(|o| o.get(k));
                 if is_root && structural && (k == "metadata" || k == "apiVersion" || k == "kind") {
                     // ObjectMeta and type meta are the apiserver's to check;
                     // the schema may only restrict name/generateName.
                     if let Some(p) = node.properties.get(k.as_str()) {
-                        validate_node(p, val, &child(path, k), false, structural, errs);
+                        validate_node(p, val, old_val, &child(path, k), false, structural, errs);
                     }
                     continue;
                 }
                 if let Some(p) = node.properties.get(k.as_str()) {
-                    validate_node(p, val, &child(path, k), false, structural, errs);
+                    validate_node(p, val, old_val, &child(path, k), false, structural, errs);
                 } else if let Some(a) = node.additional.as_deref() {
-                    validate_node(a, val, &child(path, k), false, structural, errs);
+                    validate_node(a, val, old_val, &child(path, k), false, structural, errs);
                 }
             }
             if structural && node.embedded {
@@ -316,7 +354,7 @@ fn validate_node(
 
     // Junctors.
     for sub in &node.all_of {
-        validate_node(sub, v, path, false, false, errs);
+        validate_node(sub, v, None, path, false, false, errs);
     }
     if !node.any_of.is_empty() && !node.any_of.iter().any(|s| valid(s, v, path)) {
         errs.push(FieldError::invalid(
@@ -348,7 +386,7 @@ fn validate_node(
 
 fn valid(node: &Node, v: &Value, path: &str) -> bool {
     let mut e = Vec::new();
-    validate_node(node, v, path, false, false, &mut e);
+    validate_node(node, v, None, path, false, false, &mut e);
     e.is_empty()
 }
 

@@ -203,7 +203,12 @@ pub(crate) fn syntax_errors(source: &str, errs: &ParseErrors) -> String {
             let line = e.pos.0.max(1) as usize;
             // cel-rust's column is 0-based; cel-go prints 1-based.
             let col = e.pos.1.max(0) as usize + 1;
-            error_text(source, line, col, &format!("Syntax error: {}", e.msg))
+            let msg = if e.msg.starts_with("Syntax error") {
+                e.msg.clone()
+            } else {
+                format!("Syntax error: {}", e.msg)
+            };
+            error_text(source, line, col, &msg)
         })
         .collect();
     if parts.is_empty() {
@@ -385,4 +390,67 @@ pub(crate) fn check(
     } else {
         Err(format!("compilation failed: {}", checker.errors.join("\n")))
     }
+}
+
+/// The depth of `ast` and the deepest nesting of comprehensions in it,
+/// found without recursion (the AST may be deeper than the stack allows
+/// recursing).
+pub(crate) fn depth(ast: &IdedExpr) -> (usize, usize) {
+    let mut max = 0;
+    let mut max_loops = 0;
+    let mut stack: Vec<(&IdedExpr, usize, usize)> = vec![(ast, 1, 0)];
+    while let Some((e, d, l)) = stack.pop() {
+        max = max.max(d);
+        max_loops = max_loops.max(l);
+        let l = if matches!(e.expr, Expr::Comprehension(_)) {
+            l + 1
+        } else {
+            l
+        };
+        match &e.expr {
+            Expr::Select(sel) => stack.push((&sel.operand, d + 1, l)),
+            Expr::Call(call) => {
+                if let Some(t) = call.target.as_deref() {
+                    stack.push((t, d + 1, l));
+                }
+                stack.extend(call.args.iter().map(|a| (a, d + 1, l)));
+            }
+            Expr::List(list) => stack.extend(list.elements.iter().map(|a| (a, d + 1, l))),
+            Expr::Map(m) => {
+                for en in &m.entries {
+                    match &en.expr {
+                        EntryExpr::MapEntry(me) => {
+                            stack.push((&me.key, d + 1, l));
+                            stack.push((&me.value, d + 1, l));
+                        }
+                        EntryExpr::StructField(f) => stack.push((&f.value, d + 1, l)),
+                    }
+                }
+            }
+            Expr::Struct(st) => {
+                for en in &st.entries {
+                    match &en.expr {
+                        EntryExpr::MapEntry(me) => {
+                            stack.push((&me.key, d + 1, l));
+                            stack.push((&me.value, d + 1, l));
+                        }
+                        EntryExpr::StructField(f) => stack.push((&f.value, d + 1, l)),
+                    }
+                }
+            }
+            Expr::Comprehension(c) => {
+                for part in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    stack.push((part, d + 1, l));
+                }
+            }
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    (max, max_loops)
 }

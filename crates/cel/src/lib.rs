@@ -168,6 +168,8 @@ impl Env {
 
 /// A compiled expression, ready to evaluate many times.
 pub struct Program {
+    /// Stack evaluation may take (see `compile_here`).
+    stack_need: usize,
     source: String,
     /// The parsed AST with cost charges inserted.
     instrumented: cel::IdedExpr,
@@ -191,35 +193,27 @@ impl std::fmt::Debug for Program {
 
 impl Program {
     /// Parses and checks `expr` against `env`.
+    ///
+    /// Parsing recurses as deep as the expression nests, so it runs on a
+    /// large stack of its own; the AST is then held to [`MAX_AST_DEPTH`],
+    /// which bounds the recursion of evaluation (also on a stack of its
+    /// own).
     pub fn compile(expr: &str, env: &Env) -> Result<Program, CelError> {
-        let cel_env = env.cel.clone();
-        let parsed = catch_unwind(AssertUnwindSafe(|| cel_env.compile(expr)))
-            .map_err(|_| CelError::Compile(check::compile_failed(expr, 1, 1, "internal error")))?;
-        let program =
-            parsed.map_err(|errs| CelError::Compile(check::syntax_errors(expr, &errs)))?;
-        let ast = program.expression().clone();
-        let referenced = check::check(expr, program.source_info(), &ast, &env.vars)
-            .map_err(CelError::Compile)?;
-        let estimated_cost = cost::estimate(&ast, &env.vars);
-        if let Some(limit) = env.budget
-            && estimated_cost > limit
-        {
-            return Err(CelError::CostEstimate {
-                cost: estimated_cost,
-                limit,
-                message: cost_error_message("estimated rule cost", estimated_cost, limit),
-            });
+        let size = expr.chars().count();
+        if size > MAX_EXPRESSION_CHARS {
+            return Err(CelError::Compile(format!(
+                "compilation failed: ERROR: <input>:-1:0: expression code point size exceeds limit: size: {size}, limit {MAX_EXPRESSION_CHARS}"
+            )));
         }
-        let (instrumented, base_cost) = cost::instrument(ast);
-        Ok(Program {
-            source: expr.to_string(),
-            instrumented,
-            base_cost,
-            estimated_cost,
-            runtime_limit: env.runtime_limit,
-            cel: env.cel.clone(),
-            vars: env.vars.clone(),
-            referenced,
+        stacker::grow(COMPILE_STACK_BYTES, || {
+            catch_unwind(AssertUnwindSafe(|| compile_here(expr, env))).unwrap_or_else(|_| {
+                Err(CelError::Compile(check::compile_failed(
+                    expr,
+                    1,
+                    1,
+                    "internal error",
+                )))
+            })
         })
     }
 
@@ -254,40 +248,42 @@ impl Program {
             return (Err(CelError::CostLimit), self.base_cost);
         }
         let limit = self.runtime_limit;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut ctx = cel::Context::with_env(self.cel.clone());
-            for (name, value) in &vars.values {
-                let ty = self.vars.get(name).cloned().unwrap_or_default();
-                match value {
-                    VarValue::Json(v) => {
-                        ctx.add_variable_from_value(name.as_str(), convert::from_json(v, &ty))
+        let result = stacker::maybe_grow(self.stack_need, EVAL_STACK_BYTES, || {
+            catch_unwind(AssertUnwindSafe(|| {
+                let mut ctx = cel::Context::with_env(self.cel.clone());
+                for (name, value) in &vars.values {
+                    let ty = self.vars.get(name).cloned().unwrap_or_default();
+                    match value {
+                        VarValue::Json(v) => {
+                            ctx.add_variable_from_value(name.as_str(), convert::from_json(v, &ty))
+                        }
+                        VarValue::Optional(v) => {
+                            let inner = match v {
+                                Some(v) => match Box::<dyn cel::common::value::Val>::try_from(
+                                    convert::from_json(v, &ty),
+                                ) {
+                                    Ok(b) => cel::common::types::CelOptional::of(b),
+                                    Err(e) => return Err(CelError::Eval(convert::eval_error(&e))),
+                                },
+                                None => cel::common::types::CelOptional::none(),
+                            };
+                            ctx.add_variable_as_val(name.as_str(), Box::new(inner));
+                        }
+                        VarValue::Cel(v) => ctx.add_variable_from_value(name.as_str(), v.clone()),
                     }
-                    VarValue::Optional(v) => {
-                        let inner = match v {
-                            Some(v) => match Box::<dyn cel::common::value::Val>::try_from(
-                                convert::from_json(v, &ty),
-                            ) {
-                                Ok(b) => cel::common::types::CelOptional::of(b),
-                                Err(e) => return Err(CelError::Eval(convert::eval_error(&e))),
-                            },
-                            None => cel::common::types::CelOptional::none(),
-                        };
-                        ctx.add_variable_as_val(name.as_str(), Box::new(inner));
-                    }
-                    VarValue::Cel(v) => ctx.add_variable_from_value(name.as_str(), v.clone()),
                 }
-            }
-            let (s, e) = (spent.clone(), exceeded.clone());
-            ctx.add_function(
-                cost::CHARGE,
-                move |cel::extractors::Arguments(args): cel::extractors::Arguments| {
-                    charge(&s, &e, limit, &args)
-                },
-            )
-            .map_err(|e| CelError::Eval(e.to_string()))?;
-            ctx.resolve(&self.instrumented)
-                .map_err(|e| CelError::Eval(convert::eval_error(&e)))
-        }));
+                let (s, e) = (spent.clone(), exceeded.clone());
+                ctx.add_function(
+                    cost::CHARGE,
+                    move |cel::extractors::Arguments(args): cel::extractors::Arguments| {
+                        charge(&s, &e, limit, &args)
+                    },
+                )
+                .map_err(|e| CelError::Eval(e.to_string()))?;
+                ctx.resolve(&self.instrumented)
+                    .map_err(|e| CelError::Eval(convert::eval_error(&e)))
+            }))
+        });
         let cost = spent.load(Ordering::Relaxed);
         if exceeded.load(Ordering::Relaxed) {
             return (Err(CelError::CostLimit), cost);
@@ -329,6 +325,67 @@ impl Program {
             ))),
         }
     }
+}
+
+/// The longest expression accepted, in code points (cel-go's default).
+pub const MAX_EXPRESSION_CHARS: usize = 100_000;
+
+/// The deepest AST accepted: evaluation recurses once per level, and must
+/// fit the stack of whatever thread runs it.
+pub const MAX_AST_DEPTH: usize = 200;
+
+/// Stack parsing runs on (the parser recurses per nesting level). Mapped
+/// lazily: only what is used costs memory.
+const COMPILE_STACK_BYTES: usize = 256 << 20;
+
+/// Stack evaluation runs on: nested comprehensions take tens of KiB per
+/// level in a debug build, more than a 2 MiB thread stack holds at
+/// [`MAX_AST_DEPTH`].
+const EVAL_STACK_BYTES: usize = 64 << 20;
+
+fn compile_here(expr: &str, env: &Env) -> Result<Program, CelError> {
+    let program = env
+        .cel
+        .compile(expr)
+        .map_err(|errs| CelError::Compile(check::syntax_errors(expr, &errs)))?;
+    let ast = program.expression().clone();
+    let (depth, loops) = check::depth(&ast);
+    if depth > MAX_AST_DEPTH {
+        return Err(CelError::Compile(check::compile_failed(
+            expr,
+            1,
+            1,
+            &format!("expression nesting depth {depth} exceeds limit {MAX_AST_DEPTH}"),
+        )));
+    }
+    let referenced =
+        check::check(expr, program.source_info(), &ast, &env.vars).map_err(CelError::Compile)?;
+    let estimated_cost = cost::estimate(&ast, &env.vars);
+    if let Some(limit) = env.budget
+        && estimated_cost > limit
+    {
+        return Err(CelError::CostEstimate {
+            cost: estimated_cost,
+            limit,
+            message: cost_error_message("estimated rule cost", estimated_cost, limit),
+        });
+    }
+    let (instrumented, base_cost) = cost::instrument(ast);
+    // A generous bound on the stack evaluation takes, so that it runs in
+    // place when the caller's stack has room (mapping a stack of its own
+    // costs ~20 µs).
+    let stack_need = 256 * 1024 + depth * 16 * 1024 + loops * 128 * 1024;
+    Ok(Program {
+        stack_need,
+        source: expr.to_string(),
+        instrumented,
+        base_cost,
+        estimated_cost,
+        runtime_limit: env.runtime_limit,
+        cel: env.cel.clone(),
+        vars: env.vars.clone(),
+        referenced,
+    })
 }
 
 /// The runtime charge: `@charge(n, v)` adds `n` to the spent cost and gives

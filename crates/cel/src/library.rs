@@ -61,6 +61,7 @@ fn build() -> Result<cel::Env, cel::DeclarationError> {
         find_all_n,
     )?;
     add_quantity(&mut env)?;
+    add_url(&mut env)?;
     Ok(env)
 }
 
@@ -475,4 +476,198 @@ pub(crate) fn opaque_text(o: &dyn cel::objects::Opaque) -> Option<String> {
     } else {
         format!("{}n", q.nanos)
     })
+}
+
+/// The name CEL knows URLs by.
+const URL: &str = "kubernetes.URL";
+
+/// A parsed URL (`url('https://example.com:80/path?q=1')`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Url {
+    scheme: String,
+    host: String,
+    path: String,
+    query: String,
+}
+
+impl cel::objects::Opaque for Url {
+    fn runtime_type_name(&self) -> &str {
+        URL
+    }
+}
+
+/// Parses an absolute URI or an absolute path, as upstream's `url()`
+/// accepts (Go's `url.ParseRequestURI`).
+fn parse_url(s: &str) -> Option<Url> {
+    let (before_fragment, _) = s.split_once('#').unwrap_or((s, ""));
+    let (scheme, rest) = if before_fragment.starts_with('/') {
+        (String::new(), before_fragment)
+    } else {
+        let (scheme, rest) = before_fragment.split_once(':')?;
+        let mut chars = scheme.chars();
+        let first = chars.next()?;
+        if !first.is_ascii_alphabetic()
+            || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        {
+            return None;
+        }
+        (scheme.to_string(), rest)
+    };
+    let (host, rest) = match rest.strip_prefix("//") {
+        Some(r) => {
+            let end = r.find(['/', '?']).unwrap_or(r.len());
+            let authority = &r[..end];
+            let host = authority
+                .rsplit_once('@')
+                .map(|(_, h)| h)
+                .unwrap_or(authority);
+            (host.to_string(), &r[end..])
+        }
+        None if scheme.is_empty() => (String::new(), rest),
+        // `mailto:x`: opaque URIs are not request URIs unless a path.
+        None if rest.starts_with('/') => (String::new(), rest),
+        None => return None,
+    };
+    if host.chars().any(|c| c.is_whitespace()) {
+        return None;
+    }
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    Some(Url {
+        scheme,
+        host,
+        path: path.to_string(),
+        query: query.to_string(),
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn url_arg(args: &[CowVal<'_, '_>], function: &str) -> Result<Url, ExecutionError> {
+    match values(args)?.first() {
+        Some(Value::Opaque(o)) => o
+            .downcast_ref::<Url>()
+            .cloned()
+            .ok_or_else(|| ExecutionError::function_error(function, "no such overload")),
+        _ => Err(ExecutionError::function_error(function, "no such overload")),
+    }
+}
+
+fn string_value(s: impl Into<String>) -> Value {
+    Value::String(Arc::new(s.into()))
+}
+
+fn url_fn<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let Some(Value::String(s)) = values(&args)?.first().cloned() else {
+        return Err(ExecutionError::function_error("url", "no such overload"));
+    };
+    match parse_url(&s) {
+        Some(u) => out(Value::Opaque(Arc::new(u))),
+        None => Err(ExecutionError::function_error(
+            "url",
+            format!(
+                "URL parse error during conversion from string: parse {}: invalid URI",
+                s
+            ),
+        )),
+    }
+}
+
+fn is_url<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let ok = matches!(values(&args)?.first(), Some(Value::String(s)) if parse_url(s).is_some());
+    out(Value::Bool(ok))
+}
+
+fn url_scheme<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    out(string_value(url_arg(&args, "getScheme")?.scheme))
+}
+
+fn url_host<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    out(string_value(url_arg(&args, "getHost")?.host))
+}
+
+/// Host and port of a host (`[::1]:80`, `a:80`, `a`).
+fn split_host(host: &str) -> (String, String) {
+    if let Some(rest) = host.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (
+            h.to_string(),
+            after.strip_prefix(':').unwrap_or("").to_string(),
+        );
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h.to_string(), p.to_string()),
+        _ => (host.to_string(), String::new()),
+    }
+}
+
+fn url_hostname<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    out(string_value(
+        split_host(&url_arg(&args, "getHostname")?.host).0,
+    ))
+}
+
+fn url_port<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    out(string_value(split_host(&url_arg(&args, "getPort")?.host).1))
+}
+
+fn url_path<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    out(string_value(url_arg(&args, "getEscapedPath")?.path))
+}
+
+fn url_query<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let u = url_arg(&args, "getQuery")?;
+    let mut map: std::collections::HashMap<cel::objects::Key, Vec<Value>> = Default::default();
+    for pair in u.query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        map.entry(cel::objects::Key::String(Arc::new(percent_decode(k))))
+            .or_default()
+            .push(string_value(percent_decode(v)));
+    }
+    let map = map
+        .into_iter()
+        .map(|(k, v)| (k, Value::List(Arc::new(v))))
+        .collect();
+    out(Value::Map(cel::objects::Map { map: Arc::new(map) }))
+}
+
+/// Registers the URL library: `url`, `isURL` and a URL's getters.
+pub(crate) fn add_url(env: &mut cel::Env) -> Result<(), cel::DeclarationError> {
+    let u = || cel::common::types::Type::new_opaque_type(URL);
+    env.add_overload("url", "string_to_url", vec![STRING_TYPE], url_fn)?;
+    env.add_overload("isURL", "is_url_string", vec![STRING_TYPE], is_url)?;
+    env.add_member_overload("getScheme", "url_get_scheme", u(), vec![], url_scheme)?;
+    env.add_member_overload("getHost", "url_get_host", u(), vec![], url_host)?;
+    env.add_member_overload("getHostname", "url_get_hostname", u(), vec![], url_hostname)?;
+    env.add_member_overload("getPort", "url_get_port", u(), vec![], url_port)?;
+    env.add_member_overload(
+        "getEscapedPath",
+        "url_get_escaped_path",
+        u(),
+        vec![],
+        url_path,
+    )?;
+    env.add_member_overload("getQuery", "url_get_query", u(), vec![], url_query)?;
+    Ok(())
 }

@@ -225,6 +225,45 @@ fn kubernetes_quantity_library() {
 }
 
 #[test]
+fn kubernetes_url_library() {
+    let v = json!("https://user@example.com:8443/a%20b/c?x=1&x=2&y=z+w#frag");
+    assert_eq!(eval("url(self).getScheme()", v.clone()), Ok(json!("https")));
+    assert_eq!(
+        eval("url(self).getHost()", v.clone()),
+        Ok(json!("example.com:8443"))
+    );
+    assert_eq!(
+        eval("url(self).getHostname()", v.clone()),
+        Ok(json!("example.com"))
+    );
+    assert_eq!(eval("url(self).getPort()", v.clone()), Ok(json!("8443")));
+    assert_eq!(
+        eval("url(self).getEscapedPath()", v.clone()),
+        Ok(json!("/a%20b/c"))
+    );
+    assert_eq!(
+        eval("url(self).getQuery()", v.clone()),
+        Ok(json!({"x": ["1", "2"], "y": ["z w"]}))
+    );
+    assert_eq!(
+        eval("url('https://[::1]:80/').getHostname()", v.clone()),
+        Ok(json!("::1"))
+    );
+    assert_eq!(
+        eval("url('/just/a/path').getHost()", v.clone()),
+        Ok(json!(""))
+    );
+    assert_eq!(
+        eval(
+            "isURL(self) && !isURL('not a url') && !isURL('mailto:x')",
+            v.clone()
+        ),
+        Ok(json!(true))
+    );
+    assert!(eval("url('::')", v).is_err());
+}
+
+#[test]
 fn static_cost_refuses_unbounded_nested_loops_in_upstream_words() {
     let ty = Ty::list(Ty::string());
     let env = Env::crd_rule(ty);
@@ -376,6 +415,7 @@ mod fuzz {
                     .clone()
                     .prop_map(|a| format!("quantity({a}).add({a})")),
                 inner.clone().prop_map(|a| format!("isQuantity({a})")),
+                inner.clone().prop_map(|a| format!("url({a}).getQuery()")),
                 inner.clone().prop_map(|a| format!("({a}")),
                 inner.prop_map(|a| format!("!{a}")),
             ]
@@ -412,4 +452,59 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn deep_expressions_are_errors_not_crashes() {
+    let env = crd_env();
+    // The test thread has a 2 MiB stack, as tokio's workers.
+    for n in [50usize, 150, 199, 200, 201, 1000, 5000, 30000] {
+        for src in [
+            format!("{}true", "!".repeat(n)),
+            format!("{}1", "-".repeat(n)),
+            format!("{}1{}", "[".repeat(n), "]".repeat(n)),
+            format!("{}1{}", "(".repeat(n), ")".repeat(n)),
+            format!("self{}", ".a".repeat(n)),
+            format!("1{}", " + 1".repeat(n)),
+            format!("true{}", " && true".repeat(n)),
+            "self.all(x, ".repeat(n.min(300)) + "true" + &")".repeat(n.min(300)),
+            "[1].map(x, ".repeat(n.min(300)) + "x" + &")".repeat(n.min(300)),
+        ] {
+            match Program::compile(&src, &env) {
+                Ok(p) => {
+                    let _ = p.eval_value(&Vars::new().json("self", &json!({"a": 1})));
+                }
+                Err(e) => assert!(
+                    e.to_string()
+                        .starts_with("compilation failed: ERROR: <input>:"),
+                    "{e}"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn too_long_and_too_deep_are_refused() {
+    let long = "1 + ".repeat(30_000) + "1";
+    let e = Program::compile(&long, &crd_env()).unwrap_err().to_string();
+    assert!(
+        e.contains("expression code point size exceeds limit: size: 120001, limit 100000"),
+        "{e}"
+    );
+    let deep = format!("self{}", ".a".repeat(500));
+    let e = Program::compile(&deep, &crd_env()).unwrap_err().to_string();
+    assert!(
+        e.contains("expression nesting depth 501 exceeds limit 200"),
+        "{e}"
+    );
+}
+
+/// Programs are compiled once and shared by the apiserver's tasks.
+#[test]
+fn programs_are_send_and_sync() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Program>();
+    shared::<Env>();
+    shared::<CelError>();
 }
