@@ -191,6 +191,8 @@ static TYPES: &[ResourceType] = &[
     rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding, strategy: strategy::RbacBinding),
     rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role, strategy: strategy::RbacRole),
     rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding, strategy: strategy::RbacBinding),
+    rt!("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false, short: [], cat: ["api-extensions"], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::admissionregistration::v1::MutatingWebhookConfiguration, strategy: crate::admission::config::MutatingWebhooks),
+    rt!("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", false, short: [], cat: ["api-extensions"], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::admissionregistration::v1::ValidatingWebhookConfiguration, strategy: crate::admission::config::ValidatingWebhooks),
     rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
 ];
 
@@ -258,6 +260,7 @@ mod tests {
                 ("apps", "v1"),
                 ("batch", "v1"),
                 ("rbac.authorization.k8s.io", "v1"),
+                ("admissionregistration.k8s.io", "v1"),
                 ("certificates.k8s.io", "v1")
             ]
         );
