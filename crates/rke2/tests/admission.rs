@@ -1,0 +1,441 @@
+//! Admission webhooks against the real binary and real kubectl: a webhook
+//! server (tests/py/webhook.py, Debian's python3) runs as a real process
+//! over TLS with a certificate from a CA made here, reached at a `url` on
+//! loopback. Covered: a mutating webhook adding a label (JSONPatch), the
+//! AdmissionReview it receives (operation, userInfo, dryRun, the
+//! apiserver's client certificate), a validating webhook denying with its
+//! message as kubectl prints it and warning otherwise, `failurePolicy:
+//! Ignore` letting requests through when the server is down or answers
+//! garbage, `Fail` refusing them with upstream's messages (connection
+//! refused, timeout, garbage, wrong uid), dry-run, and validation of the
+//! configurations themselves.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rke2_testbed::{Server, ServerOpts, kubectls};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rke2"))
+}
+
+/// The webhook server process; killed when dropped.
+struct WebhookServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    ca_pem: String,
+}
+
+impl Drop for WebhookServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl WebhookServer {
+    fn start(dir: &Path, client_ca: &Path) -> WebhookServer {
+        let ca = rke2_trust::CertAuthority::ensure(
+            &dir.join("webhook-ca.crt"),
+            &dir.join("webhook-ca.key"),
+            "webhook-ca",
+        )
+        .expect("webhook CA");
+        let (cert, key) = ca
+            .issue(&rke2_trust::LeafSpec::server(
+                "webhook",
+                vec!["127.0.0.1".into(), "localhost".into()],
+            ))
+            .expect("webhook serving certificate");
+        std::fs::write(dir.join("webhook.crt"), cert).unwrap();
+        std::fs::write(dir.join("webhook.key"), key).unwrap();
+        let log = dir.join("webhook.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/webhook.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg("0")
+            .arg(dir.join("webhook.crt"))
+            .arg(dir.join("webhook.key"))
+            .arg(client_ca)
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the webhook server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("webhook server says it is ready");
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("webhook server did not start: {line:?}"));
+        WebhookServer {
+            child,
+            port,
+            log,
+            ca_pem: ca.cert_pem.clone(),
+        }
+    }
+
+    /// The AdmissionReviews received at `path`, with the client's CN.
+    fn reviews(&self, path: &str) -> Vec<(String, Value)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["path"].as_str().unwrap_or("").starts_with(path))
+            .map(|v| {
+                (
+                    v["cn"].as_str().unwrap_or("").to_string(),
+                    v["review"].clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+struct Kubectl<'a> {
+    server: &'a Server,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl Kubectl<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        self.server
+            .kubectl(&self.bin)
+            .env("HOME", &self.dir)
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    fn apply(&self, file: &str, manifest: &str) -> Output {
+        let path = self.dir.join(file);
+        std::fs::write(&path, manifest).unwrap();
+        self.run(&["apply", "-f", path.to_str().unwrap()])
+    }
+
+    fn create(&self, file: &str, manifest: &str, extra: &[&str]) -> Output {
+        let path = self.dir.join(file);
+        std::fs::write(&path, manifest).unwrap();
+        let mut args = vec!["create", "-f", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+}
+
+fn ok(what: &str, out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{what} failed: {stderr}");
+    stderr
+}
+
+fn refused(what: &str, out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{what} succeeded: {stderr}");
+    stderr
+}
+
+fn configmap(name: &str, scenario: Option<&str>) -> String {
+    let labels = scenario
+        .map(|s| format!("\n  labels:\n    scenario: {s}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default{labels}\ndata:\n  k: v\n"
+    )
+}
+
+/// One webhook configuration of `kind` holding one webhook for
+/// ConfigMaps; `selector` is its objectSelector (flow YAML).
+fn webhook_config(
+    kind: &str,
+    name: &str,
+    url: &str,
+    ca: &str,
+    failure: &str,
+    timeout: u32,
+    selector: &str,
+) -> String {
+    format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: {kind}\nmetadata:\n  name: {name}\nwebhooks:\n- name: {name}.example.com\n  admissionReviewVersions: [v1]\n  sideEffects: None\n  failurePolicy: {failure}\n  timeoutSeconds: {timeout}\n  objectSelector: {selector}\n  clientConfig:\n    url: {url}\n    caBundle: {ca}\n  rules:\n  - operations: [CREATE, UPDATE, DELETE]\n    apiGroups: ['']\n    apiVersions: [v1]\n    resources: [configmaps]\n"
+    )
+}
+
+fn scenario(s: &str) -> String {
+    format!("{{matchLabels: {{scenario: {s}}}}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_mutate_deny_and_fail_as_configured() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut server = Server::start(bin(), ServerOpts::default()).expect("starting rke2 server");
+    server
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .expect("rke2 server ready");
+    let client_ca = server.data_dir.join("server/tls/client-ca.crt");
+    let hooks = WebhookServer::start(server.dir.path(), &client_ca);
+    let ca = base64::engine::general_purpose::STANDARD.encode(&hooks.ca_pem);
+    let base = format!("https://127.0.0.1:{}", hooks.port);
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("https://127.0.0.1:{closed}/down");
+
+    let (_, kbin) = kubectls().expect("kubectl binaries").pop().unwrap();
+    let dir = server.dir.path().join("kubectl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = Kubectl {
+        server: &server,
+        bin: kbin,
+        dir,
+    };
+
+    // The configurations themselves are validated as upstream.
+    let bad = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: bad\nwebhooks:\n- name: bad\n  admissionReviewVersions: [v1]\n  sideEffects: Some\n  timeoutSeconds: 31\n  clientConfig:\n    url: http://127.0.0.1/x\n";
+    let err = refused("an invalid configuration", &k.apply("bad.yaml", bad));
+    for want in [
+        r#"webhooks[0].name: Invalid value: "bad": should be a domain with at least three segments separated by dots"#,
+        r#"webhooks[0].sideEffects: Unsupported value: "Some": supported values: "None", "NoneOnDryRun""#,
+        "webhooks[0].timeoutSeconds: Invalid value: 31: the timeout value must be between 1 and 30 seconds",
+        r#"webhooks[0].clientConfig.url: Invalid value: "http://127.0.0.1/x": 'https' is the only allowed URL scheme"#,
+    ] {
+        assert!(err.contains(want), "{want}\nnot in: {err}");
+    }
+
+    // Mutating: objects without a scenario label get admitted-by=webhook.
+    let no_scenario = "{matchExpressions: [{key: scenario, operator: DoesNotExist}]}";
+    ok(
+        "mutating configuration",
+        &k.apply(
+            "mutate.yaml",
+            &webhook_config(
+                "MutatingWebhookConfiguration",
+                "mutate",
+                &format!("{base}/mutate"),
+                &ca,
+                "Fail",
+                10,
+                no_scenario,
+            ),
+        ),
+    );
+    // Validating: names starting with bad- are denied.
+    ok(
+        "validating configuration",
+        &k.apply(
+            "deny.yaml",
+            &webhook_config(
+                "ValidatingWebhookConfiguration",
+                "deny",
+                &format!("{base}/deny"),
+                &ca,
+                "Fail",
+                10,
+                no_scenario,
+            ),
+        ),
+    );
+    let listed = k.run(&[
+        "get",
+        "mutatingwebhookconfigurations,validatingwebhookconfigurations",
+        "-o",
+        "name",
+    ]);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("mutatingwebhookconfiguration.admissionregistration.k8s.io/mutate"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("validatingwebhookconfiguration.admissionregistration.k8s.io/deny"),
+        "{listed}"
+    );
+
+    let warned = ok(
+        "create m1",
+        &k.create("m1.yaml", &configmap("m1", None), &[]),
+    );
+    assert!(
+        warned.contains("Warning: checked by the deny webhook"),
+        "{warned}"
+    );
+    let label = k.run(&[
+        "get",
+        "configmap",
+        "m1",
+        "-o",
+        "jsonpath={.metadata.labels.admitted-by}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&label.stdout), "webhook");
+    let seen = hooks.reviews("/mutate");
+    let (cn, review) = seen
+        .iter()
+        .find(|(_, r)| r["request"]["object"]["metadata"]["name"] == "m1")
+        .expect("the mutating webhook saw m1");
+    assert_eq!(
+        cn, "system:apiserver",
+        "the apiserver presents its client certificate"
+    );
+    let req = &review["request"];
+    assert_eq!(req["operation"], "CREATE");
+    assert_eq!(req["namespace"], "default");
+    assert_eq!(req["resource"]["resource"], "configmaps");
+    assert_eq!(req["kind"]["kind"], "ConfigMap");
+    assert_eq!(req["dryRun"], false);
+    assert_eq!(req["options"]["kind"], "CreateOptions");
+    assert!(
+        req["userInfo"]["username"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty())
+    );
+    // The validating webhook sees the mutated object.
+    let validated = hooks.reviews("/deny");
+    assert!(validated.iter().any(|(_, r)| {
+        r["request"]["object"]["metadata"]["name"] == "m1"
+            && r["request"]["object"]["metadata"]["labels"]["admitted-by"] == "webhook"
+    }));
+
+    // An update keeps going through both.
+    ok("label m1", &k.run(&["label", "configmap", "m1", "extra=1"]));
+    assert!(hooks.reviews("/mutate").iter().any(|(_, r)| {
+        r["request"]["operation"] == "UPDATE"
+            && r["request"]["oldObject"]["metadata"]["name"] == "m1"
+    }));
+
+    let err = refused(
+        "create bad-one",
+        &k.create("bad.yaml", &configmap("bad-one", None), &[]),
+    );
+    assert!(
+        err.contains(r#"admission webhook "deny.example.com" denied the request: names starting with bad- are not welcome here"#),
+        "{err}"
+    );
+    assert!(
+        err.contains("(Forbidden)"),
+        "the webhook's reason is kept: {err}"
+    );
+    let gone = k.run(&["get", "configmap", "bad-one"]);
+    assert!(!gone.status.success(), "a denied object is not stored");
+
+    // Dry run: sideEffects None webhooks are called with dryRun true and
+    // nothing is stored.
+    ok(
+        "dry-run create",
+        &k.create(
+            "dry.yaml",
+            &configmap("dry-one", None),
+            &["--dry-run=server"],
+        ),
+    );
+    assert!(hooks.reviews("/mutate").iter().any(|(_, r)| {
+        r["request"]["dryRun"] == true && r["request"]["object"]["metadata"]["name"] == "dry-one"
+    }));
+    assert!(!k.run(&["get", "configmap", "dry-one"]).status.success());
+
+    // Failure policies, each scoped to objects with its scenario label.
+    let cases: &[(&str, &str, &str, u32, &str)] = &[
+        ("down-ignore", &down, "Ignore", 10, ""),
+        (
+            "garbage-ignore",
+            &format!("{base}/garbage"),
+            "Ignore",
+            10,
+            "",
+        ),
+        (
+            "down-fail",
+            &down,
+            "Fail",
+            10,
+            &format!(
+                r#"Internal error occurred: failed calling webhook "down-fail.example.com": failed to call webhook: Post "https://127.0.0.1:{closed}/down?timeout=10s": dial tcp 127.0.0.1:{closed}: connect: connection refused"#
+            ),
+        ),
+        (
+            "slow-fail",
+            &format!("{base}/slow"),
+            "Fail",
+            1,
+            &format!(
+                r#"failed calling webhook "slow-fail.example.com": failed to call webhook: Post "{base}/slow?timeout=1s": context deadline exceeded"#
+            ),
+        ),
+        (
+            "garbage-fail",
+            &format!("{base}/garbage"),
+            "Fail",
+            10,
+            r#"failed calling webhook "garbage-fail.example.com": received invalid webhook response: "#,
+        ),
+        (
+            "wronguid-fail",
+            &format!("{base}/wronguid"),
+            "Fail",
+            10,
+            r#"failed calling webhook "wronguid-fail.example.com": received invalid webhook response: expected response.uid="#,
+        ),
+    ];
+    for (name, url, policy, timeout, want) in cases {
+        ok(
+            name,
+            &k.apply(
+                &format!("{name}.yaml"),
+                &webhook_config(
+                    "ValidatingWebhookConfiguration",
+                    name,
+                    url,
+                    &ca,
+                    policy,
+                    *timeout,
+                    &scenario(name),
+                ),
+            ),
+        );
+        let started = Instant::now();
+        let out = k.create(
+            &format!("cm-{name}.yaml"),
+            &configmap(&format!("cm-{name}"), Some(name)),
+            &[],
+        );
+        if want.is_empty() {
+            ok(name, &out);
+        } else {
+            let err = refused(name, &out);
+            assert!(err.contains(want), "{name}: {want}\nnot in: {err}");
+            assert!(err.contains("(InternalError)"), "{name}: {err}");
+        }
+        if *timeout == 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "the timeout bounds the call"
+            );
+        }
+    }
+
+    // Delete goes through validating webhooks too: a denied delete keeps
+    // the object.
+    ok("delete m1", &k.run(&["delete", "configmap", "m1"]));
+    assert!(hooks.reviews("/deny").iter().any(|(_, r)| {
+        r["request"]["operation"] == "DELETE"
+            && r["request"]["oldObject"]["metadata"]["name"] == "m1"
+    }));
+    ok(
+        "the webhook configurations can always be deleted",
+        &k.run(&["delete", "validatingwebhookconfigurations", "down-fail"]),
+    );
+    ok(
+        "then the object passes",
+        &k.create("again.yaml", &configmap("cm-again", Some("down-fail")), &[]),
+    );
+}
