@@ -328,6 +328,42 @@ async fn webhooks_mutate_deny_and_fail_as_configured() {
     let gone = k.run(&["get", "configmap", "bad-one"]);
     assert!(!gone.status.success(), "a denied object is not stored");
 
+    // matchConditions (CEL): the webhook is only called when they hold;
+    // one that cannot be evaluated refuses the request under Fail.
+    let cel = webhook_config(
+        "ValidatingWebhookConfiguration",
+        "cel",
+        &format!("{base}/deny"),
+        &ca,
+        "Fail",
+        10,
+        &scenario("cel"),
+    ) + "  matchConditions:\n  - name: not-skipped\n    expression: \"!object.metadata.name.endsWith('-skip')\"\n  - name: has-k\n    expression: \"object.data.k == 'v'\"\n";
+    ok("matchConditions configuration", &k.apply("cel.yaml", &cel));
+    ok(
+        "a skipped webhook is not called",
+        &k.create("cel1.yaml", &configmap("bad-skip", Some("cel")), &[]),
+    );
+    let err = refused(
+        "matchConditions hold",
+        &k.create("cel2.yaml", &configmap("bad-cel", Some("cel")), &[]),
+    );
+    assert!(
+        err.contains(r#"admission webhook "cel.example.com" denied the request"#),
+        "{err}"
+    );
+    let no_data = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: no-data\n  namespace: default\n  labels:\n    scenario: cel\n";
+    let err = refused(
+        "a condition that cannot be evaluated",
+        &k.create("cel3.yaml", no_data, &[]),
+    );
+    assert!(
+        err.contains(r#"failed to evaluate match condition \"has-k\""#)
+            || err.contains(r#"failed to evaluate match condition "has-k""#),
+        "{err}"
+    );
+    assert!(err.contains("(Forbidden)"), "{err}");
+
     // Dry run: sideEffects None webhooks are called with dryRun true and
     // nothing is stored.
     ok(

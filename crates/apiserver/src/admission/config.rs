@@ -243,6 +243,9 @@ fn validate_webhook(h: &Value, at: &str, mutating: bool, causes: &mut Vec<Cause>
         }
     }
     validate_client_config(h.get("clientConfig"), &field("clientConfig"), causes);
+    if let Some(mc) = h.get("matchConditions") {
+        super::expr::validate_match_conditions(mc, &field("matchConditions"), causes);
+    }
 }
 
 const OPERATIONS: &[&str] = &["*", "CONNECT", "CREATE", "DELETE", "UPDATE"];

@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod config;
+pub mod expr;
 pub mod matching;
 pub mod review;
 
@@ -92,8 +93,8 @@ pub struct Hook {
     pub endpoint: Endpoint,
     /// The decoded `caBundle` (PEM), empty for the system roots.
     pub ca_bundle: Vec<u8>,
-    /// Whether it has `matchConditions` (CEL, not evaluated here yet).
-    pub has_match_conditions: bool,
+    /// `matchConditions` (CEL), all of which must hold for a call.
+    pub match_conditions: Value,
 }
 
 impl Hook {
@@ -135,9 +136,7 @@ impl Hook {
             reinvoke: s("reinvocationPolicy") == "IfNeeded",
             endpoint,
             ca_bundle,
-            has_match_conditions: h["matchConditions"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty()),
+            match_conditions: h["matchConditions"].clone(),
         }
     }
 }
@@ -304,7 +303,8 @@ fn static_reason(reason: &str) -> &'static str {
 
 /// One call of one webhook: the AdmissionReview out, the checked answer
 /// back, within the webhook's timeout. The error is upstream's reason
-/// after `failed calling webhook "<name>": `.
+/// after `failed calling webhook "<name>": `; `None` when the
+/// webhook's matchConditions do not hold (it is not called).
 async fn call(
     ctx: &Ctx<'_>,
     hook: &Hook,
@@ -312,10 +312,7 @@ async fn call(
     old: Option<&Value>,
     obj: Option<&Value>,
     mutating: bool,
-) -> Result<Verdict, String> {
-    if hook.has_match_conditions {
-        return Err("matchConditions are not supported by this apiserver yet".into());
-    }
+) -> Result<Option<Verdict>, Failure> {
     let rt = ctx.path.rt;
     let uid = uuid::Uuid::new_v4().to_string();
     let name = obj
@@ -350,7 +347,24 @@ async fn call(
             m.remove(crate::objects::UPDATE_VIOLATIONS);
         }
     }
-    let body = serde_json::to_vec(&review).map_err(|e| e.to_string())?;
+    if hook
+        .match_conditions
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        let inputs = expr::Inputs {
+            object: review["request"]["object"].clone(),
+            old_object: review["request"]["oldObject"].clone(),
+            request: review["request"].clone(),
+            ..Default::default()
+        };
+        match expr::match_conditions(&hook.match_conditions, &inputs) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => return Err(Failure::Condition(e)),
+        }
+    }
+    let body = serde_json::to_vec(&review).map_err(|e| Failure::Call(e.to_string()))?;
     let url = hook.endpoint.url_for(hook.timeout);
     let exchange = async {
         let target = hook.endpoint.resolve(ctx.state, hook.timeout).await?;
@@ -358,21 +372,59 @@ async fn call(
     };
     let (status, answer) = match tokio::time::timeout(hook.timeout, exchange).await {
         Err(_) => {
-            return Err(format!(
+            return Err(Failure::Call(format!(
                 "failed to call webhook: Post {url:?}: context deadline exceeded"
-            ));
+            )));
         }
-        Ok(Err(e)) => return Err(format!("failed to call webhook: Post {url:?}: {e}")),
+        Ok(Err(e)) => {
+            return Err(Failure::Call(format!(
+                "failed to call webhook: Post {url:?}: {e}"
+            )));
+        }
         Ok(Ok(x)) => x,
     };
     if !(200..300).contains(&status) {
         let text = String::from_utf8_lossy(&answer[..answer.len().min(256)]).into_owned();
-        return Err(format!(
+        return Err(Failure::Call(format!(
             "failed to call webhook: an error on the server ({text:?}) has prevented the request from succeeding (post with status {status})"
-        ));
+        )));
     }
     review::decode_response(&answer, &uid, mutating)
-        .map_err(|e| format!("received invalid webhook response: {e}"))
+        .map(Some)
+        .map_err(|e| Failure::Call(format!("received invalid webhook response: {e}")))
+}
+
+/// Why a webhook gave no answer.
+#[derive(Debug)]
+enum Failure {
+    /// The call failed (upstream's reason after `failed calling webhook`).
+    Call(String),
+    /// A matchCondition could not be evaluated.
+    Condition(String),
+}
+
+impl Failure {
+    fn text(&self) -> &str {
+        match self {
+            Failure::Call(s) | Failure::Condition(s) => s,
+        }
+    }
+
+    /// The error a failure is under `failurePolicy: Fail`.
+    fn into_error(self, ctx: &Ctx<'_>, hook: &Hook) -> ApiError {
+        match self {
+            Failure::Call(reason) => call_failure(hook, &reason),
+            Failure::Condition(e) => ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{} {:?} is forbidden: {e}",
+                    ctx.path.rt.qualified(),
+                    ctx.path.name.as_deref().unwrap_or("")
+                ),
+            ),
+        }
+    }
 }
 
 fn attributes<'a>(ctx: &'a Ctx<'_>, op: Operation) -> Attributes<'a> {
@@ -429,12 +481,13 @@ pub async fn mutate(
             }
             check_dry_run(ctx, hook)?;
             let verdict = match call(ctx, hook, op, old, Some(obj), true).await {
-                Ok(v) => v,
-                Err(reason) if hook.ignore_failures => {
-                    warn!(webhook = %hook.name, %reason, "failed calling webhook, failing open");
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(f) if hook.ignore_failures => {
+                    warn!(webhook = %hook.name, reason = f.text(), "failed calling webhook, failing open");
                     continue;
                 }
-                Err(reason) => return Err(call_failure(hook, &reason)),
+                Err(f) => return Err(f.into_error(ctx, hook)),
             };
             for w in &verdict.warnings {
                 ctx.warnings.push(w.clone());
@@ -510,7 +563,8 @@ pub async fn validate(
     let mut first_error = None;
     for (hook, result) in chosen.iter().zip(results) {
         let err = match result {
-            Ok(v) => {
+            Ok(None) => continue,
+            Ok(Some(v)) => {
                 for w in &v.warnings {
                     ctx.warnings.push(w.clone());
                 }
@@ -519,11 +573,11 @@ pub async fn validate(
                 }
                 denial(hook, v.status.as_ref())
             }
-            Err(reason) if hook.ignore_failures => {
-                warn!(webhook = %hook.name, %reason, "failed calling webhook, failing open");
+            Err(f) if hook.ignore_failures => {
+                warn!(webhook = %hook.name, reason = f.text(), "failed calling webhook, failing open");
                 continue;
             }
-            Err(reason) => call_failure(hook, &reason),
+            Err(f) => f.into_error(ctx, hook),
         };
         first_error.get_or_insert(err);
     }
@@ -549,12 +603,13 @@ pub async fn admit_delete(ctx: &Ctx<'_>, old: &Value) -> ApiResult<()> {
             }
             check_dry_run(ctx, hook)?;
             match call(ctx, hook, Operation::Delete, Some(old), None, true).await {
-                Ok(v) if !v.allowed => return Err(denial(hook, v.status.as_ref())),
-                Ok(v) => v.warnings.into_iter().for_each(|w| ctx.warnings.push(w)),
-                Err(reason) if hook.ignore_failures => {
-                    warn!(webhook = %hook.name, %reason, "failed calling webhook, failing open");
+                Ok(None) => {}
+                Ok(Some(v)) if !v.allowed => return Err(denial(hook, v.status.as_ref())),
+                Ok(Some(v)) => v.warnings.into_iter().for_each(|w| ctx.warnings.push(w)),
+                Err(f) if hook.ignore_failures => {
+                    warn!(webhook = %hook.name, reason = f.text(), "failed calling webhook, failing open");
                 }
-                Err(reason) => return Err(call_failure(hook, &reason)),
+                Err(f) => return Err(f.into_error(ctx, hook)),
             }
         }
     }
