@@ -7,8 +7,10 @@
 //! message as kubectl prints it and warning otherwise, `failurePolicy:
 //! Ignore` letting requests through when the server is down or answers
 //! garbage, `Fail` refusing them with upstream's messages (connection
-//! refused, timeout, garbage, wrong uid), dry-run, and validation of the
-//! configurations themselves.
+//! refused, timeout, garbage, wrong uid), matchConditions (CEL),
+//! dry-run, and validation of the configurations themselves; then
+//! ValidatingAdmissionPolicies with Deny and Warn bindings, variables,
+//! messages and a ConfigMap as `params`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -473,5 +475,168 @@ async fn webhooks_mutate_deny_and_fail_as_configured() {
     ok(
         "then the object passes",
         &k.create("again.yaml", &configmap("cm-again", Some("down-fail")), &[]),
+    );
+}
+
+/// Dry-run creates `manifest` until the server refuses it (a policy just
+/// applied is in effect once the apiserver's cache has it); answers the
+/// refusal.
+fn until_refused(k: &Kubectl<'_>, file: &str, manifest: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = k.create(file, manifest, &["--dry-run=server"]);
+        if !out.status.success() {
+            return String::from_utf8_lossy(&out.stderr).to_string();
+        }
+        assert!(Instant::now() < deadline, "{file} was never refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn binding(
+    name: &str,
+    policy: &str,
+    actions: &str,
+    scenario_label: &str,
+    param_ref: &str,
+) -> String {
+    format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: {name}\nspec:\n  policyName: {policy}\n  validationActions: {actions}\n  matchResources:\n    objectSelector: {{matchLabels: {{scenario: {scenario_label}}}}}\n{param_ref}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validating_admission_policies_deny_warn_and_take_params() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut server = Server::start(bin(), ServerOpts::default()).expect("starting rke2 server");
+    server
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .expect("rke2 server ready");
+    let (_, kbin) = kubectls().expect("kubectl binaries").pop().unwrap();
+    let dir = server.dir.path().join("kubectl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = Kubectl {
+        server: &server,
+        bin: kbin,
+        dir,
+    };
+
+    // A policy that does not compile is refused with the field named.
+    let broken = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: broken\nspec:\n  matchConstraints:\n    resourceRules: [{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [configmaps]}]\n  validations:\n  - expression: 'object.data.size() <'\n";
+    let err = refused(
+        "a policy that does not compile",
+        &k.apply("broken.yaml", broken),
+    );
+    assert!(
+        err.contains("spec.validations[0].expression: Invalid value: \"object.data.size() <\": compilation failed"),
+        "{err}"
+    );
+
+    let max_keys = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: max-keys\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules: [{operations: [CREATE, UPDATE], apiGroups: [''], apiVersions: [v1], resources: [configmaps]}]\n  variables:\n  - name: keys\n    expression: 'has(object.data) ? size(object.data) : 0'\n  validations:\n  - expression: 'variables.keys <= 1'\n    message: at most one key, please\n    reason: Forbidden\n";
+    ok("max-keys policy", &k.apply("max-keys.yaml", max_keys));
+    ok(
+        "deny binding",
+        &k.apply(
+            "b1.yaml",
+            &binding("max-keys-deny", "max-keys", "[Deny]", "deny", ""),
+        ),
+    );
+    ok(
+        "warn binding",
+        &k.apply(
+            "b2.yaml",
+            &binding("max-keys-warn", "max-keys", "[Warn, Audit]", "warn", ""),
+        ),
+    );
+    let two_keys = |name: &str, s: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{scenario: {s}}}\ndata: {{a: '1', b: '2'}}\n"
+        )
+    };
+    let err = until_refused(&k, "deny.yaml", &two_keys("two-deny", "deny"));
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'max-keys' with binding 'max-keys-deny' denied request: at most one key, please"),
+        "{err}"
+    );
+    assert!(err.contains("(Forbidden)"), "{err}");
+    ok(
+        "one key passes",
+        &k.create("one.yaml", &configmap("one-deny", Some("deny")), &[]),
+    );
+    // Warn: stored, and kubectl prints the warning. The binding may not be
+    // in effect yet on the first try.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    loop {
+        let out = k.create(
+            &format!("warn{n}.yaml"),
+            &two_keys(&format!("two-warn-{n}"), "warn"),
+            &[],
+        );
+        let stderr = ok("a warned create", &out);
+        if stderr.contains("Warning: Validation failed for ValidatingAdmissionPolicy 'max-keys' with binding 'max-keys-warn': at most one key, please") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning: {stderr}");
+        n += 1;
+    }
+    // An update is checked too.
+    let err = refused(
+        "an update past the limit",
+        &k.run(&[
+            "patch",
+            "configmap",
+            "one-deny",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"c":"3"}}"#,
+        ]),
+    );
+    assert!(
+        err.contains("denied request: at most one key, please"),
+        "{err}"
+    );
+
+    // paramKind: a ConfigMap holds the prefix every name must start with.
+    let prefix = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: name-prefix\nspec:\n  paramKind: {apiVersion: v1, kind: ConfigMap}\n  matchConstraints:\n    resourceRules: [{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [configmaps]}]\n  validations:\n  - expression: 'object.metadata.name.startsWith(params.data.prefix)'\n    messageExpression: \"'name must start with ' + params.data.prefix\"\n";
+    ok("name-prefix policy", &k.apply("prefix.yaml", prefix));
+    ok(
+        "param binding",
+        &k.apply(
+            "b3.yaml",
+            &binding(
+                "name-prefix-deny",
+                "name-prefix",
+                "[Deny]",
+                "param",
+                "  paramRef:\n    name: prefix-params\n    namespace: default\n    parameterNotFoundAction: Deny\n",
+            ),
+        ),
+    );
+    let err = until_refused(&k, "p1.yaml", &configmap("ok-1", Some("param")));
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'name-prefix' with binding 'name-prefix-deny' denied request: failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction"),
+        "{err}"
+    );
+    ok(
+        "params",
+        &k.run(&[
+            "create",
+            "configmap",
+            "prefix-params",
+            "-n",
+            "default",
+            "--from-literal=prefix=ok-",
+        ]),
+    );
+    let err = until_refused(&k, "p2.yaml", &configmap("nope", Some("param")));
+    assert!(
+        err.contains("ValidatingAdmissionPolicy 'name-prefix' with binding 'name-prefix-deny' denied request: name must start with ok-"),
+        "{err}"
+    );
+    ok(
+        "a name with the prefix",
+        &k.create("p3.yaml", &configmap("ok-1", Some("param")), &[]),
     );
 }

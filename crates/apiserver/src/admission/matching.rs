@@ -120,11 +120,28 @@ pub fn matches(
     old: Option<&Value>,
     obj: Option<&Value>,
 ) -> bool {
-    if !hook.rules.iter().any(|r| r.matches(a)) {
-        return false;
-    }
+    hook.rules.iter().any(|r| r.matches(a))
+        && selectors_match(
+            &hook.namespace_selector,
+            &hook.object_selector,
+            namespace_labels,
+            old,
+            obj,
+        )
+}
+
+/// Whether the namespace selector matches the namespace's labels (`None`
+/// for cluster-scoped objects: always) and the object selector the new or
+/// the old object's labels.
+pub fn selectors_match(
+    namespace_selector: &Value,
+    object_selector: &Value,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    old: Option<&Value>,
+    obj: Option<&Value>,
+) -> bool {
     if let Some(labels) = namespace_labels
-        && !selector_matches(&hook.namespace_selector, labels)
+        && !selector_matches(namespace_selector, labels)
     {
         return false;
     }
@@ -132,7 +149,7 @@ pub fn matches(
     objects.is_empty()
         || objects
             .iter()
-            .any(|o| selector_matches(&hook.object_selector, &labels_of(o)))
+            .any(|o| selector_matches(object_selector, &labels_of(o)))
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod expr;
 pub mod matching;
+pub mod policy;
 pub mod review;
 
 use std::collections::BTreeMap;
@@ -185,6 +186,25 @@ async fn load(ctx: &Ctx<'_>, plural: &str) -> Vec<Hook> {
     out
 }
 
+/// The namespace of a namespaced request as stored (`namespaceObject` of
+/// CEL expressions); `None` for cluster-scoped requests.
+pub(crate) async fn namespace_object(ctx: &Ctx<'_>) -> Option<Value> {
+    let rt = ctx.path.rt;
+    if !rt.namespaced {
+        return None;
+    }
+    let ns = ctx.path.namespace.as_deref().unwrap_or("");
+    let nsrt = registry::find("", "v1", "namespaces")?;
+    let key = nsrt.key(None, ns);
+    if let Some((o, _)) = ctx.state.caches.running(nsrt).and_then(|c| c.get(&key)) {
+        return Some(Value::clone(&o));
+    }
+    match ctx.state.store.get(&key).await {
+        Ok(Some(kv)) => serde_json::from_slice::<Value>(&kv.value).ok(),
+        _ => None,
+    }
+}
+
 /// The namespace labels a `namespaceSelector` is matched against (none
 /// for cluster-scoped objects other than Namespaces, which match any
 /// selector).
@@ -222,6 +242,51 @@ async fn namespace_labels(
             .map(|o| labels_of(&o)),
         _ => Some(BTreeMap::new()),
     }
+}
+
+/// The AdmissionReview of this request with `uid`, as webhooks receive
+/// it (its `request` is also the `request` of CEL expressions).
+pub(crate) fn review_json(
+    ctx: &Ctx<'_>,
+    op: Operation,
+    old: Option<&Value>,
+    obj: Option<&Value>,
+    uid: &str,
+) -> Value {
+    let rt = ctx.path.rt;
+    let name = obj
+        .or(old)
+        .and_then(|o| o["metadata"]["name"].as_str())
+        .or(ctx.path.name.as_deref())
+        .unwrap_or("");
+    let namespace = if rt.namespaced {
+        ctx.path.namespace.as_deref().unwrap_or("")
+    } else {
+        ""
+    };
+    let request = ReviewRequest {
+        uid: uid.to_string(),
+        kind: (rt.group, rt.version, rt.kind),
+        resource: (rt.group, rt.version, rt.plural),
+        sub_resource: ctx.path.subresource.as_deref().unwrap_or(""),
+        name,
+        namespace,
+        operation: op.as_str(),
+        username: &ctx.identity.user,
+        groups: &ctx.identity.groups,
+        object: obj,
+        old_object: old,
+        dry_run: ctx.query.dry_run(),
+        options: options(ctx, op),
+    };
+    let mut review = request.to_json();
+    // The server's own bookkeeping key never leaves the server.
+    for k in ["object", "oldObject"] {
+        if let Some(m) = review["request"][k].as_object_mut() {
+            m.remove(crate::objects::UPDATE_VIOLATIONS);
+        }
+    }
+    review
 }
 
 /// The options object of the request, as AdmissionReview carries it.
@@ -313,40 +378,8 @@ async fn call(
     obj: Option<&Value>,
     mutating: bool,
 ) -> Result<Option<Verdict>, Failure> {
-    let rt = ctx.path.rt;
     let uid = uuid::Uuid::new_v4().to_string();
-    let name = obj
-        .or(old)
-        .and_then(|o| o["metadata"]["name"].as_str())
-        .or(ctx.path.name.as_deref())
-        .unwrap_or("");
-    let namespace = if rt.namespaced {
-        ctx.path.namespace.as_deref().unwrap_or("")
-    } else {
-        ""
-    };
-    let request = ReviewRequest {
-        uid: uid.clone(),
-        kind: (rt.group, rt.version, rt.kind),
-        resource: (rt.group, rt.version, rt.plural),
-        sub_resource: ctx.path.subresource.as_deref().unwrap_or(""),
-        name,
-        namespace,
-        operation: op.as_str(),
-        username: &ctx.identity.user,
-        groups: &ctx.identity.groups,
-        object: obj,
-        old_object: old,
-        dry_run: ctx.query.dry_run(),
-        options: options(ctx, op),
-    };
-    let mut review = request.to_json();
-    // The server's own bookkeeping key never leaves the server.
-    for k in ["object", "oldObject"] {
-        if let Some(m) = review["request"][k].as_object_mut() {
-            m.remove(crate::objects::UPDATE_VIOLATIONS);
-        }
-    }
+    let review = review_json(ctx, op, old, obj, &uid);
     if hook
         .match_conditions
         .as_array()
@@ -541,6 +574,7 @@ pub async fn validate(
     if exempt(ctx.path.rt) {
         return Ok(());
     }
+    policy::validate(ctx, op, old, obj).await?;
     let hooks = load(ctx, "validatingwebhookconfigurations").await;
     if hooks.is_empty() {
         return Ok(());
