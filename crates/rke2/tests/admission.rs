@@ -640,3 +640,190 @@ async fn validating_admission_policies_deny_warn_and_take_params() {
         &k.create("p3.yaml", &configmap("ok-1", Some("param")), &[]),
     );
 }
+
+/// A webhook served by a pod and reached through its Service: the
+/// apiserver resolves the Service to the pod's EndpointSlice address
+/// itself and verifies the certificate for `webhook.default.svc`. The
+/// pod runs Debian's python3 from the host (hostPath mounts of /usr and
+/// the loader) in the test busybox image. Needs root, containerd and the
+/// network-namespace bed: run under `flock /work/netbed.lock`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_in_a_pod_is_reached_through_its_service() {
+    use rke2_testbed::netbed::{NetBed, NodeProc};
+    use rke2_testbed::{TEST_BUSYBOX_IMAGE, TEST_PAUSE_IMAGE, eventually};
+    const LONG: Duration = Duration::from_secs(180);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
+    let hs = bed.add_host("s1").unwrap();
+    let cfg = format!(
+        "token: admission-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-coredns\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n"
+    );
+    let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &cfg, &[]).unwrap();
+    rke2_testbed::seed_images(&s1.data_dir()).unwrap();
+    s1.start(&bed).unwrap();
+    let kc_path = s1.dir.join("rke2.yaml");
+    eventually(LONG, "server kubeconfig", || async {
+        kc_path.exists().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let kubeconfig = s1.kubeconfig_at_ip().unwrap();
+    let (_, kbin) = kubectls().expect("kubectl binaries").pop().unwrap();
+    let kubectl = |args: &[&str]| -> Output {
+        Command::new(&kbin)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    };
+    eventually(LONG, "API ready", || async {
+        kubectl(&["get", "--raw", "/readyz"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+
+    // The webhook's files: script, certificate for the Service's DNS name.
+    let w = s1.dir.join("webhook");
+    std::fs::create_dir_all(&w).unwrap();
+    let ca = rke2_trust::CertAuthority::ensure(&w.join("ca.crt"), &w.join("ca.key"), "webhook-ca")
+        .unwrap();
+    let (cert, key) = ca
+        .issue(&rke2_trust::LeafSpec::server(
+            "webhook",
+            vec!["webhook.default.svc".into()],
+        ))
+        .unwrap();
+    std::fs::write(w.join("webhook.crt"), cert).unwrap();
+    std::fs::write(w.join("webhook.key"), key).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/webhook.py"),
+        w.join("webhook.py"),
+    )
+    .unwrap();
+    std::fs::copy(
+        s1.data_dir().join("server/tls/client-ca.crt"),
+        w.join("client-ca.crt"),
+    )
+    .unwrap();
+    let wd = w.display().to_string();
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: webhook
+  namespace: default
+  labels: {{app: webhook}}
+spec:
+  containers:
+  - name: webhook
+    image: {TEST_BUSYBOX_IMAGE}
+    env: [{{name: WEBHOOK_BIND, value: 0.0.0.0}}]
+    command: [/usr/bin/python3, /w/webhook.py, "8443", /w/webhook.crt, /w/webhook.key, /w/client-ca.crt, /w/webhook.log]
+    ports: [{{containerPort: 8443, name: https}}]
+    readinessProbe: {{tcpSocket: {{port: 8443}}, periodSeconds: 1}}
+    volumeMounts:
+    - {{name: usr, mountPath: /usr, readOnly: true}}
+    - {{name: lib64, mountPath: /lib64, readOnly: true}}
+    - {{name: lib, mountPath: /lib, readOnly: true}}
+    - {{name: ldcache, mountPath: /etc/ld.so.cache, readOnly: true}}
+    - {{name: w, mountPath: /w}}
+  volumes:
+  - {{name: usr, hostPath: {{path: /usr}}}}
+  - {{name: lib64, hostPath: {{path: /usr/lib64}}}}
+  - {{name: lib, hostPath: {{path: /usr/lib}}}}
+  - {{name: ldcache, hostPath: {{path: /etc/ld.so.cache, type: File}}}}
+  - {{name: w, hostPath: {{path: {wd}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: webhook
+  namespace: default
+spec:
+  selector: {{app: webhook}}
+  ports: [{{name: https, port: 443, targetPort: https}}]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: in-pod
+webhooks:
+- name: in-pod.example.com
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  objectSelector: {{matchLabels: {{scenario: in-pod}}}}
+  clientConfig:
+    service: {{namespace: default, name: webhook, path: /mutate}}
+    caBundle: {}
+  rules:
+  - {{operations: [CREATE], apiGroups: [''], apiVersions: [v1], resources: [configmaps]}}
+"#,
+        base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem)
+    );
+    std::fs::write(w.join("all.yaml"), manifest).unwrap();
+    let out = kubectl(&["apply", "-f", w.join("all.yaml").to_str().unwrap()]);
+    ok("pod, service, configuration", &out);
+    std::fs::write(
+        w.join("cm.yaml"),
+        configmap("through-service", Some("in-pod")),
+    )
+    .unwrap();
+    // Until the pod is Ready the Service has no ready endpoint and the
+    // create is refused (failurePolicy Fail); then it is mutated.
+    let mut last = String::new();
+    let created = eventually(LONG, "a create mutated by the in-pod webhook", || {
+        let out = kubectl(&["create", "-f", w.join("cm.yaml").to_str().unwrap()]);
+        last = String::from_utf8_lossy(&out.stderr).to_string();
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+    created.unwrap_or_else(|e| panic!("{e}: {last}\n{}", s1.log()));
+    let label = kubectl(&[
+        "get",
+        "configmap",
+        "through-service",
+        "-o",
+        "jsonpath={.metadata.labels.admitted-by}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&label.stdout), "webhook");
+    let log = std::fs::read_to_string(w.join("webhook.log")).unwrap_or_default();
+    assert!(
+        log.contains("\"cn\": \"system:apiserver\""),
+        "client certificate seen: {log}"
+    );
+    // Deleting the pod leaves the Service without endpoints: refused with
+    // upstream's wording.
+    ok(
+        "delete pod",
+        &kubectl(&["delete", "pod", "webhook", "--grace-period=0", "--force"]),
+    );
+    std::fs::write(
+        w.join("cm2.yaml"),
+        configmap("no-endpoints", Some("in-pod")),
+    )
+    .unwrap();
+    let mut last = String::new();
+    let refused_now = eventually(LONG, "refused without endpoints", || {
+        let out = kubectl(&[
+            "create",
+            "-f",
+            w.join("cm2.yaml").to_str().unwrap(),
+            "--dry-run=server",
+        ]);
+        last = String::from_utf8_lossy(&out.stderr).to_string();
+        let done = !out.status.success() && last.contains("no endpoints available for service");
+        async move { done.then_some(()) }
+    })
+    .await;
+    refused_now.unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert!(
+        last.contains(r#"failed calling webhook "in-pod.example.com": failed to call webhook: Post "https://webhook.default.svc:443/mutate?timeout=10s""#),
+        "{last}"
+    );
+    s1.kill9();
+}

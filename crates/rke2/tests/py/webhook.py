@@ -2,7 +2,8 @@
 
 Usage: webhook.py <port> <cert> <key> <client-ca> <log>
 
-Prints "ready <port>" once it listens (port 0 picks a free one).
+Prints "ready <port>" once it listens (port 0 picks a free one) on
+$WEBHOOK_BIND (default 127.0.0.1).
 
 Paths:
   /mutate   allows, adding the label admitted-by=webhook (JSONPatch)
@@ -17,6 +18,7 @@ appended to <log> as one JSON line.
 
 import base64
 import json
+import os
 import ssl
 import sys
 import time
@@ -85,7 +87,7 @@ ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(CERT, KEY)
 ctx.load_verify_locations(CLIENT_CA)
 ctx.verify_mode = ssl.CERT_OPTIONAL
-server = ThreadingHTTPServer(("127.0.0.1", int(PORT)), Handler)
+server = ThreadingHTTPServer((os.environ.get("WEBHOOK_BIND", "127.0.0.1"), int(PORT)), Handler)
 server.daemon_threads = True
 server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print("ready", server.server_address[1], flush=True)
