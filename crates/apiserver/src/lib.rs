@@ -19,6 +19,7 @@
 //! controllers, the node role, tests — is a client of this API.
 
 pub mod access_review;
+pub mod admission;
 pub mod allocator;
 pub mod audit;
 pub mod authz;

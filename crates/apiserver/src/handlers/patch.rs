@@ -297,8 +297,27 @@ pub(super) async fn patch(
         }
         objects::check_type(rt, &mut new)?;
         prepare_for_path(ctx, &old, &mut new).await?;
+        // Admission: mutating webhooks; what they changed is prepared again (crate::admission).
+        if crate::admission::mutate(
+            ctx,
+            crate::admission::Operation::Update,
+            Some(&old),
+            &mut new,
+        )
+        .await?
+        {
+            prepare_for_path(ctx, &old, &mut new).await?;
+        }
         crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
         crate::pod_security::admit(ctx, Some(&old), &new).await?;
+        // Admission: validating webhooks (crate::admission).
+        crate::admission::validate(
+            ctx,
+            crate::admission::Operation::Update,
+            Some(&old),
+            Some(&new),
+        )
+        .await?;
         match store_update(ctx, &name, new, rev).await {
             Ok(stored) => {
                 return Ok(json_response(
