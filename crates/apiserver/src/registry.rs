@@ -41,6 +41,8 @@ pub enum Printer {
     RoleBinding,
     /// NAME AGE SIGNERNAME REQUESTOR REQUESTEDDURATION CONDITION.
     CertificateSigningRequest,
+    /// NAME SERVICE AVAILABLE AGE (API aggregation, `aggregator`).
+    ApiService,
 }
 
 /// One served resource type.
@@ -192,6 +194,8 @@ static TYPES: &[ResourceType] = &[
     rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role, strategy: strategy::RbacRole),
     rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding, strategy: strategy::RbacBinding),
     rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
+    // API aggregation (aggregator/mod.rs).
+    rt!("apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", false, short: [], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::ApiService, status: true, gen: false, typed: k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService, strategy: crate::aggregator::ApiServiceStrategy),
 ];
 
 /// Every served type.
@@ -258,7 +262,8 @@ mod tests {
                 ("apps", "v1"),
                 ("batch", "v1"),
                 ("rbac.authorization.k8s.io", "v1"),
-                ("certificates.k8s.io", "v1")
+                ("certificates.k8s.io", "v1"),
+                ("apiregistration.k8s.io", "v1")
             ]
         );
     }

@@ -294,6 +294,11 @@ async fn route(
         });
     }
     let query = Query::parse(parts.uri.query());
+    // API aggregation (aggregator/mod.rs): a group/version an extension
+    // apiserver serves is authorized there and proxied.
+    if let Some(resp) = crate::aggregator::serve(&state, &identity, &parts, body).await {
+        return resp;
+    }
     if let Some((plural, kind, ns)) = crate::access_review::route(&path) {
         if parts.method != http::Method::POST {
             return ApiError::new(
@@ -383,7 +388,11 @@ async fn route(
             );
             json(StatusCode::OK, &discovery::core_versions(&addr))
         }
-        Route::Groups => json(StatusCode::OK, &discovery::groups()),
+        // API aggregation: remote groups follow the local ones.
+        Route::Groups => json(
+            StatusCode::OK,
+            &crate::aggregator::merge_groups(&state, discovery::groups()).await,
+        ),
         Route::Group(g) => match discovery::group(&g) {
             Some(v) => json(StatusCode::OK, &v),
             None => ApiError::no_route().into_response(),

@@ -52,6 +52,13 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
     let w = |n: &str, d: &str| col(n, "string", "", d, 1);
     let i = |n: &str, d: &str| col(n, "integer", "", d, 0);
     match rt.printer {
+        // API aggregation: NAME SERVICE AVAILABLE AGE (aggregator/mod.rs).
+        Printer::ApiService => {
+            let mut v = vec![name];
+            v.extend(crate::aggregator::table_columns());
+            v.push(age);
+            v
+        }
         Printer::Default => vec![name, col("Created At", "date", "", "Creation timestamp", 0)],
         Printer::Namespace => vec![name, s("Status", "The status of the namespace"), age],
         Printer::Node => vec![
@@ -655,6 +662,11 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
     let spec = &obj["spec"];
     let status = &obj["status"];
     match rt.printer {
+        // API aggregation (aggregator/mod.rs).
+        Printer::ApiService => {
+            let (service, available) = crate::aggregator::table_cells(obj);
+            vec![name, json!(service), json!(available), a]
+        }
         Printer::Default => vec![name, json!(created)],
         Printer::Namespace => vec![name, json!(status["phase"].as_str().unwrap_or("Active")), a],
         Printer::Node => {
