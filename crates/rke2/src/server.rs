@@ -400,6 +400,7 @@ async fn run_with_etcd(
                     proxy_key_pem: trust.auth_proxy.key_pem.clone(),
                     client_ca_pem: trust.client_ca.cert_pem.clone(),
                     request_header_ca_pem: trust.request_header_ca.cert_pem.clone(),
+                    discovered: Default::default(),
                 },
             )),
         },

@@ -209,8 +209,22 @@ async fn discovery_get(
     if !(200..300).contains(&code) {
         return Err(failing(format!("bad status from {url}: {code}")));
     }
+    // Keep the resource list for aggregated discovery; a body that is
+    // not one (or too slow, or too big) does not fail the check, as
+    // upstream's check reads no body.
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(resp.into_body(), MAX_DISCOVERY_BODY);
+    if let Ok(Ok(body)) = tokio::time::timeout(DISCOVERY_TIMEOUT, limited.collect()).await
+        && let Ok(list) = serde_json::from_slice::<Value>(&body.to_bytes())
+        && list["kind"] == "APIResourceList"
+    {
+        cfg.discovered.put(super::name_of(apiservice), list);
+    }
     Ok(())
 }
+
+/// The most of a discovery answer that is read.
+const MAX_DISCOVERY_BODY: usize = 4 * 1024 * 1024;
 
 /// The conditions after `outcome` (upstream's `SetAPIServiceCondition`):
 /// a changed status replaces the condition with a new transition time; a

@@ -59,8 +59,8 @@ pub const EXTRA_HEADER_PREFIX: &str = "X-Remote-Extra-";
 pub const AUTOMANAGED_LABEL: &str = "kube-aggregator.kubernetes.io/automanaged";
 
 /// What the aggregator needs besides the object store: the front-proxy
-/// client certificate it presents to extension servers, and the CAs it
-/// publishes for them.
+/// client certificate it presents to extension servers, the CAs it
+/// publishes for them, and what their discovery last answered.
 #[derive(Clone)]
 pub struct AggregatorConfig {
     /// `client-auth-proxy.crt` (request-header CA, `CN=system:auth-proxy`).
@@ -71,6 +71,33 @@ pub struct AggregatorConfig {
     pub client_ca_pem: String,
     /// The request-header CA (PEM): `requestheader-client-ca-file`.
     pub request_header_ca_pem: String,
+    /// The `APIResourceList` each remote APIService's server last
+    /// answered to the availability check, by APIService name; feeds
+    /// aggregated (v2) discovery.
+    pub discovered: Arc<DiscoveryCache>,
+}
+
+/// Resource lists of remote group/versions, by APIService name.
+#[derive(Debug, Default)]
+pub struct DiscoveryCache(std::sync::RwLock<std::collections::HashMap<String, Value>>);
+
+impl DiscoveryCache {
+    /// Keeps the latest `APIResourceList` of an APIService.
+    pub fn put(&self, apiservice: &str, list: Value) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(apiservice.to_string(), list);
+    }
+
+    /// The latest `APIResourceList` of an APIService, if any.
+    pub fn get(&self, apiservice: &str) -> Option<Value> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(apiservice)
+            .cloned()
+    }
 }
 
 impl std::fmt::Debug for AggregatorConfig {
@@ -597,6 +624,103 @@ pub fn remote_groups(apiservices: &[Arc<Value>]) -> Vec<Value> {
         }
     }
     out
+}
+
+/// The aggregated (`apidiscovery.k8s.io/v2`) resources of one legacy
+/// `APIResourceList` (upstream's `ConvertGroupVersionIntoToDiscovery`):
+/// `a/b` entries become subresources of `a`.
+pub fn v2_resources(list: &Value, group: &str, version: &str) -> Vec<Value> {
+    let entries: Vec<&Value> = list["resources"].as_array().into_iter().flatten().collect();
+    let kind_of = |e: &Value| {
+        json!({
+            "group": e["group"].as_str().filter(|g| !g.is_empty()).unwrap_or(group),
+            "version": e["version"].as_str().filter(|v| !v.is_empty()).unwrap_or(version),
+            "kind": e["kind"].as_str().unwrap_or(""),
+        })
+    };
+    let mut out: Vec<Value> = Vec::new();
+    for e in &entries {
+        let name = e["name"].as_str().unwrap_or("");
+        if name.is_empty() || name.contains('/') {
+            continue;
+        }
+        let mut r = json!({
+            "resource": name,
+            "responseKind": kind_of(e),
+            "scope": if e["namespaced"].as_bool().unwrap_or(false) { "Namespaced" } else { "Cluster" },
+            "singularResource": e["singularName"].as_str().unwrap_or(""),
+            "verbs": e["verbs"].clone(),
+        });
+        for key in ["shortNames", "categories"] {
+            if e[key].as_array().is_some_and(|a| !a.is_empty()) {
+                r[key] = e[key].clone();
+            }
+        }
+        out.push(r);
+    }
+    for e in &entries {
+        let Some((parent, sub)) = e["name"].as_str().and_then(|n| n.split_once('/')) else {
+            continue;
+        };
+        if let Some(p) = out.iter_mut().find(|r| r["resource"] == parent) {
+            let entry = json!({"subresource": sub, "responseKind": kind_of(e), "verbs": e["verbs"].clone()});
+            match p["subresources"].as_array_mut() {
+                Some(subs) => subs.push(entry),
+                None => p["subresources"] = json!([entry]),
+            }
+        }
+    }
+    out
+}
+
+/// The `APIGroupDiscovery` items of the remote groups for aggregated
+/// discovery: each version's resources as its server last listed them;
+/// `Stale` when the APIService is not available (clients then treat the
+/// group/version as failed), as upstream marks a failed download.
+pub fn v2_groups(apiservices: &[Arc<Value>], discovered: &DiscoveryCache) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for a in apiservices {
+        let group = a["spec"]["group"].as_str().unwrap_or("");
+        let version = a["spec"]["version"].as_str().unwrap_or("");
+        if group.is_empty() || is_local(group, version) {
+            continue;
+        }
+        let resources = discovered
+            .get(name_of(a))
+            .map(|l| v2_resources(&l, group, version))
+            .unwrap_or_default();
+        let v = json!({
+            "version": version,
+            "resources": resources,
+            "freshness": if is_available(a) { "Current" } else { "Stale" },
+        });
+        match out.iter_mut().find(|g| g["metadata"]["name"] == group) {
+            Some(g) => {
+                if let Some(vs) = g["versions"].as_array_mut() {
+                    vs.push(v);
+                }
+            }
+            None => out.push(
+                json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": [v]}),
+            ),
+        }
+    }
+    out
+}
+
+/// The remote groups' items for an aggregated `APIGroupDiscoveryList` of
+/// `/apis` (to append after the local ones).
+pub async fn discovery_v2_items(state: &ApiState) -> Vec<Value> {
+    let Some(cfg) = state.config().aggregator.as_ref() else {
+        return Vec::new();
+    };
+    match remote_apiservices(state).await {
+        Ok(remote) => v2_groups(&remote, &cfg.discovered),
+        Err(e) => {
+            tracing::warn!(error = %e.message, "listing APIServices for discovery");
+            Vec::new()
+        }
+    }
 }
 
 /// `/apis` with the remote groups appended to the local `groups`

@@ -172,6 +172,7 @@ fn the_authentication_configmap_carries_json_lists() {
         proxy_key_pem: String::new(),
         client_ca_pem: "CLIENT".into(),
         request_header_ca_pem: "RH".into(),
+        discovered: Default::default(),
     };
     let d = authentication_configmap_data(&cfg);
     assert_eq!(d["client-ca-file"], "CLIENT");
@@ -430,5 +431,43 @@ fn the_discovery_check_path_is_the_group_version() {
     assert_eq!(
         available::discovery_path(&apiservice("v1.", spec)),
         "/api/v1"
+    );
+}
+
+#[test]
+fn aggregated_discovery_converts_the_legacy_list_and_marks_unavailable_stale() {
+    let list = json!({"kind": "APIResourceList", "groupVersion": "test.rke2.io/v1", "resources": [
+        {"name": "widgets", "singularName": "widget", "namespaced": true, "kind": "Widget",
+         "verbs": ["get", "list"], "shortNames": ["wd"]},
+        {"name": "widgets/status", "singularName": "", "namespaced": true, "kind": "Widget", "verbs": ["get"]},
+        {"name": "gadgets", "singularName": "gadget", "namespaced": false, "kind": "Gadget", "verbs": ["get"]},
+    ]});
+    let res = v2_resources(&list, "test.rke2.io", "v1");
+    assert_eq!(res.len(), 2);
+    assert_eq!(
+        res[0]["responseKind"],
+        json!({"group": "test.rke2.io", "version": "v1", "kind": "Widget"})
+    );
+    assert_eq!(res[0]["scope"], "Namespaced");
+    assert_eq!(res[0]["shortNames"], json!(["wd"]));
+    assert_eq!(res[0]["subresources"][0]["subresource"], "status");
+    assert_eq!(res[1]["scope"], "Cluster");
+
+    let cache = DiscoveryCache::default();
+    cache.put("v1.test.rke2.io", list);
+    let mut a = apiservice("v1.test.rke2.io", remote_spec());
+    let groups = v2_groups(&[Arc::new(a.clone())], &cache);
+    assert_eq!(groups[0]["metadata"]["name"], "test.rke2.io");
+    assert_eq!(groups[0]["versions"][0]["freshness"], "Stale");
+    a["status"]["conditions"] =
+        json!([{"type": "Available", "status": "True", "reason": "Passed"}]);
+    let groups = v2_groups(&[Arc::new(a)], &cache);
+    assert_eq!(groups[0]["versions"][0]["freshness"], "Current");
+    assert_eq!(
+        groups[0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
     );
 }
