@@ -433,6 +433,28 @@ pub const AUTHENTICATION_CONFIGMAP: &str = "extension-apiserver-authentication";
 /// every start (every server does, as every kube-apiserver does).
 pub async fn ensure_builtin(state: &ApiState) -> ApiResult<()> {
     let rt = apiservices();
+    let wanted_names: Vec<String> = local_group_versions()
+        .iter()
+        .filter_map(|(g, v)| local_apiservice(g, v))
+        .map(|a| name_of(&a).to_string())
+        .collect();
+    // Upstream's autoregister removes the APIServices it made at an
+    // earlier start for group/versions no longer served.
+    for a in list_objects(state, rt, None).await? {
+        let name = name_of(&a);
+        if a["metadata"]["labels"][AUTOMANAGED_LABEL] == "onstart"
+            && !wanted_names.iter().any(|w| w == name)
+        {
+            let key = rt.key(None, name);
+            if let Ok(Some(kv)) = state.store.get(&key).await {
+                let _ = state.store.delete(&key, kv.mod_revision).await;
+                tracing::info!(
+                    apiservice = name,
+                    "removed an APIService of a group/version no longer served"
+                );
+            }
+        }
+    }
     for (group, version) in local_group_versions() {
         let Some(wanted) = local_apiservice(&group, &version) else {
             continue;
