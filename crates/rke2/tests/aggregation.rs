@@ -285,6 +285,18 @@ async fn handle(
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap();
     }
+    if path == widgets && req.method() == hyper::Method::POST {
+        // A create echoes the body it got, naming who sent it.
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        obj["createdBy"] = json!(user);
+        return json_body(201, &obj);
+    }
     if path == widgets {
         return json_body(
             200,
@@ -767,6 +779,71 @@ async fn run(server: &Server) -> Result<()> {
     })
     .await?;
     ensure!(got["items"][0]["user"] == "eve", "{got}");
+
+    // A create's body goes through.
+    let dir = server.dir.path().join("widget.json");
+    std::fs::write(
+        &dir,
+        serde_json::to_vec(
+            &json!({"apiVersion": format!("{GROUP}/v1"), "kind": "Widget", "metadata": {"name": "made"}, "size": 7}),
+        )?,
+    )?;
+    let created: Value = serde_json::from_str(&k.ok(&[
+        "create",
+        "--raw",
+        &format!("/apis/{GROUP}/v1/namespaces/{NS}/widgets"),
+        "-f",
+        dir.to_str().context("path")?,
+    ])?)?;
+    ensure!(
+        created["size"] == 7 && created["createdBy"] == "system:admin",
+        "{created}"
+    );
+
+    // The server's certificate is checked against caBundle: with another
+    // CA nothing reaches it (the availability check does not verify, as
+    // upstream's, so the APIService stays Available).
+    let other = rke2_trust::CertAuthority::ensure(
+        &pki.join("other.crt"),
+        &pki.join("other.key"),
+        "other-ca",
+    )?;
+    let patch = {
+        use base64::Engine;
+        json!({"spec": {"caBundle": base64::engine::general_purpose::STANDARD.encode(&other.cert_pem)}}).to_string()
+    };
+    k.ok(&[
+        "patch",
+        "apiservice",
+        &format!("v1.{GROUP}"),
+        "--type=merge",
+        "-p",
+        &patch,
+    ])?;
+    let before = seen.resource_requests();
+    let err = k.fails(&[
+        "get",
+        "--raw",
+        &format!("/apis/{GROUP}/v1/namespaces/{NS}/widgets"),
+    ])?;
+    ensure!(err.contains("ServiceUnavailable"), "{err}");
+    ensure!(
+        seen.resource_requests() == before,
+        "a request reached a server whose certificate does not verify"
+    );
+    k.ok_in(
+        &["apply", "-f", "-"],
+        Some(&manifests(addr.port(), ip, &ca.cert_pem)),
+    )?;
+    eventually(DEADLINE, "the right caBundle back in use", || async {
+        k.ok(&[
+            "get",
+            "--raw",
+            &format!("/apis/{GROUP}/v1/namespaces/{NS}/widgets"),
+        ])
+        .ok()
+    })
+    .await?;
 
     // Endpoints gone: MissingEndpoints, and the proxy answers 503.
     k.ok(&[
