@@ -296,7 +296,8 @@ async fn route(
     let query = Query::parse(parts.uri.query());
     // API aggregation (aggregator/mod.rs): a group/version an extension
     // apiserver serves is authorized there and proxied.
-    if let Some(resp) = crate::aggregator::serve(&state, &identity, &parts, body).await {
+    let mut parts = parts;
+    if let Some(resp) = crate::aggregator::serve(&state, &identity, &mut parts, body).await {
         return resp;
     }
     if let Some((plural, kind, ns)) = crate::access_review::route(&path) {

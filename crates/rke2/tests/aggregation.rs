@@ -234,7 +234,7 @@ fn watch_line(name: &str) -> Bytes {
 }
 
 async fn handle(
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
     seen: Arc<Seen>,
 ) -> hyper::Response<Body> {
     let path = req.uri().path().to_string();
@@ -255,6 +255,27 @@ async fn handle(
         .unwrap()
         .push((path.clone(), user.clone(), groups.clone()));
     let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+    if path.ends_with("/echo")
+        && req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|u| u == "rke2-echo")
+    {
+        // Switches to a protocol that echoes every byte back.
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return hyper::Response::builder()
+            .status(101)
+            .header("connection", "Upgrade")
+            .header("upgrade", "rke2-echo")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+    }
     let widgets = format!("/apis/{GROUP}/v1/namespaces/{NS}/widgets");
     if path == format!("/apis/{GROUP}/v1") {
         return json_body(
@@ -373,6 +394,7 @@ async fn start_extension(
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -725,6 +747,45 @@ async fn run(server: &Server) -> Result<()> {
             .await
             .context("second watch event")??;
         ensure!(line.contains("\"w2\""), "{line}");
+    }
+
+    // An upgrade goes through: after the server's 101 bytes flow both ways.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls_dir = server.data_dir.join("server/tls");
+        let config = rke2_trust::client_tls_config(
+            &std::fs::read(tls_dir.join("server-ca.crt"))?,
+            Some((
+                &std::fs::read(tls_dir.join("client-admin.crt"))?,
+                &std::fs::read(tls_dir.join("client-admin.key"))?,
+            )),
+        )?;
+        let ip: IpAddr = server.ip.parse()?;
+        let tcp = tokio::net::TcpStream::connect((ip, 6443)).await?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
+            .await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn.with_upgrades());
+        let req = hyper::Request::get(format!("/apis/{GROUP}/v1/namespaces/{NS}/widgets/w/echo"))
+            .header("host", format!("{ip}:6443"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "rke2-echo")
+            .body(http_body_util::Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        ensure!(resp.status() == 101, "upgrade answered {}", resp.status());
+        ensure!(
+            resp.headers()
+                .get("upgrade")
+                .is_some_and(|u| u == "rke2-echo")
+        );
+        let mut io = TokioIo::new(hyper::upgrade::on(resp).await?);
+        io.write_all(b"ping").await?;
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut got))
+            .await
+            .context("echo")??;
+        ensure!(&got == b"ping", "{got:?}");
     }
 
     // A user without RBAC is refused before anything is proxied; with a

@@ -5,7 +5,8 @@
 //! verified with `caBundle` for `<service>.<namespace>.svc`, or not at all
 //! with `insecureSkipTLSVerify` — presenting the front-proxy client
 //! certificate, with the caller in `X-Remote-User`/`X-Remote-Group`.
-//! Bodies stream both ways (a watch stays open as long as both ends do).
+//! Bodies stream both ways (a watch stays open as long as both ends do);
+//! an upgrade is relayed byte for byte after the server's 101.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -293,7 +294,7 @@ pub async fn send(
         .await
         .map_err(SendError::Http)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             debug!(%addr, error = %e, "extension apiserver connection ended with an error");
         }
     });
@@ -365,14 +366,31 @@ fn text_error(code: StatusCode, msg: &str) -> Response {
         .into_response()
 }
 
-/// Proxies one authorized request to the APIService's Service.
+/// Whether the request asks to switch protocols (WebSocket, SPDY): a
+/// `Connection` header naming `upgrade` and an `Upgrade` header.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Proxies one authorized request to the APIService's Service. An
+/// upgrade is passed on; on the server's 101 the client gets it and the
+/// bytes are relayed both ways until either side closes.
 pub async fn proxy(
     state: &ApiState,
     identity: &Identity,
     apiservice: &Value,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     body: Option<Body>,
 ) -> Response {
+    let upgrade = is_upgrade(&parts.headers)
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
     let Some(svc) = ServiceRef::of(apiservice) else {
         return text_error(StatusCode::NOT_FOUND, "");
     };
@@ -417,6 +435,13 @@ pub async fn proxy(
     if let Some(peer) = parts.extensions.get::<crate::server::PeerAddr>() {
         builder = builder.header("x-forwarded-for", peer.0.ip().to_string());
     }
+    if upgrade.is_some()
+        && let Some(protocol) = parts.headers.get(header::UPGRADE)
+    {
+        builder = builder
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, protocol);
+    }
     let mut req = match builder.body(body.unwrap_or_default()) {
         Ok(r) => r,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -432,6 +457,20 @@ pub async fn proxy(
             );
         }
     };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client) = upgrade
+    {
+        let mut out = Response::new(Body::empty());
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for (k, v) in resp.headers() {
+            if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING {
+                out.headers_mut().append(k.clone(), v.clone());
+            }
+        }
+        let server = hyper::upgrade::on(resp);
+        tokio::spawn(relay(client, server, addr));
+        return out;
+    }
     let (head, incoming) = resp.into_parts();
     let mut out = Response::new(Body::new(incoming));
     *out.status_mut() = head.status;
@@ -441,4 +480,25 @@ pub async fn proxy(
         }
     }
     out
+}
+
+/// Copies bytes between an upgraded client connection and the extension
+/// server's.
+async fn relay(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    addr: SocketAddr,
+) {
+    let (client, server) = match tokio::try_join!(client, server) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(%addr, error = %e, "aggregated upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut server = TokioIo::new(server);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        debug!(%addr, error = %e, "aggregated upgraded stream ended with an error");
+    }
 }

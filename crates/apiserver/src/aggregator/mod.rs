@@ -890,11 +890,12 @@ pub fn forbidden(user: &str, info: &RequestInfo, path: &str) -> ApiError {
 pub async fn serve(
     state: &ApiState,
     identity: &Identity,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     body: &mut Option<axum::body::Body>,
 ) -> Option<axum::response::Response> {
     use axum::response::IntoResponse;
-    let path = parts.uri.path();
+    let path = parts.uri.path().to_string();
+    let path = path.as_str();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (group, rest) = match segs.as_slice() {
         ["apis", g, rest @ ..] if !g.is_empty() => (*g, rest),

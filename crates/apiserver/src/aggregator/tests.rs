@@ -471,3 +471,14 @@ fn aggregated_discovery_converts_the_legacy_list_and_marks_unavailable_stale() {
         2
     );
 }
+
+#[test]
+fn upgrades_are_recognised_by_connection_and_upgrade() {
+    let mut h = http::HeaderMap::new();
+    h.insert("upgrade", "websocket".parse().unwrap());
+    assert!(!forward::is_upgrade(&h));
+    h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
+    assert!(forward::is_upgrade(&h));
+    h.remove("upgrade");
+    assert!(!forward::is_upgrade(&h));
+}
