@@ -892,10 +892,36 @@ async fn run(server: &Server) -> Result<()> {
         seen.resource_requests() == before,
         "a request reached a server whose certificate does not verify"
     );
-    k.ok_in(
-        &["apply", "-f", "-"],
-        Some(&manifests(addr.port(), ip, &ca.cert_pem)),
-    )?;
+    // insecureSkipTLSVerify: not verified at all.
+    k.ok(&[
+        "patch",
+        "apiservice",
+        &format!("v1.{GROUP}"),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"caBundle":null,"insecureSkipTLSVerify":true}}"#,
+    ])?;
+    eventually(DEADLINE, "an unverified server reached", || async {
+        k.ok(&[
+            "get",
+            "--raw",
+            &format!("/apis/{GROUP}/v1/namespaces/{NS}/widgets"),
+        ])
+        .ok()
+    })
+    .await?;
+    let patch = {
+        use base64::Engine;
+        json!({"spec": {"insecureSkipTLSVerify": null, "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem)}}).to_string()
+    };
+    k.ok(&[
+        "patch",
+        "apiservice",
+        &format!("v1.{GROUP}"),
+        "--type=merge",
+        "-p",
+        &patch,
+    ])?;
     eventually(DEADLINE, "the right caBundle back in use", || async {
         k.ok(&[
             "get",

@@ -894,23 +894,28 @@ pub async fn serve(
     body: &mut Option<axum::body::Body>,
 ) -> Option<axum::response::Response> {
     use axum::response::IntoResponse;
+    // Most requests are for local group/versions: decided without
+    // allocating.
+    {
+        let mut segs = parts.uri.path().trim_start_matches('/').split('/');
+        if segs.next() != Some("apis") {
+            return None;
+        }
+        let group = segs.next().filter(|g| !g.is_empty())?;
+        match segs.next().filter(|v| !v.is_empty()) {
+            Some(v) if is_local(group, v) => return None,
+            None if crate::discovery::group(group).is_some() => return None,
+            _ => {}
+        }
+    }
     let path = parts.uri.path().to_string();
     let path = path.as_str();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (group, rest) = match segs.as_slice() {
-        ["apis", g, rest @ ..] if !g.is_empty() => (*g, rest),
+        ["apis", g, rest @ ..] => (*g, rest),
         _ => return None,
     };
     let version = rest.first().copied().filter(|v| !v.is_empty());
-    match version {
-        Some(v) if is_local(group, v) => return None,
-        None if crate::discovery::group(group).is_some()
-            || registry::all().iter().any(|t| t.group == group) =>
-        {
-            return None;
-        }
-        _ => {}
-    }
     let remote = match remote_apiservices(state).await {
         Ok(r) => r,
         Err(e) => return Some(e.into_response()),
