@@ -41,7 +41,7 @@ impl Drop for WebhookServer {
 }
 
 impl WebhookServer {
-    fn start(dir: &Path, client_ca: &Path) -> WebhookServer {
+    fn start(dir: &Path, client_ca: &Path, port: u16) -> WebhookServer {
         let ca = rke2_trust::CertAuthority::ensure(
             &dir.join("webhook-ca.crt"),
             &dir.join("webhook-ca.key"),
@@ -60,7 +60,7 @@ impl WebhookServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/webhook.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
-            .arg("0")
+            .arg(port.to_string())
             .arg(dir.join("webhook.crt"))
             .arg(dir.join("webhook.key"))
             .arg(client_ca)
@@ -183,7 +183,7 @@ async fn webhooks_mutate_deny_and_fail_as_configured() {
         .await
         .expect("rke2 server ready");
     let client_ca = server.data_dir.join("server/tls/client-ca.crt");
-    let hooks = WebhookServer::start(server.dir.path(), &client_ca);
+    let mut hooks = WebhookServer::start(server.dir.path(), &client_ca, 0);
     let ca = base64::engine::general_purpose::STANDARD.encode(&hooks.ca_pem);
     let base = format!("https://127.0.0.1:{}", hooks.port);
     // A port nothing listens on: bound, then released.
@@ -460,6 +460,24 @@ async fn webhooks_mutate_deny_and_fail_as_configured() {
             );
         }
     }
+
+    // The webhook server restarts: the apiserver's kept connection is
+    // dead, and the call goes again on a new one.
+    let port = hooks.port;
+    drop(hooks);
+    hooks = WebhookServer::start(server.dir.path(), &client_ca, port);
+    ok(
+        "create after a webhook restart",
+        &k.create("m2.yaml", &configmap("m2", None), &[]),
+    );
+    let label = k.run(&[
+        "get",
+        "configmap",
+        "m2",
+        "-o",
+        "jsonpath={.metadata.labels.admitted-by}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&label.stdout), "webhook");
 
     // Delete goes through validating webhooks too: a denied delete keeps
     // the object.

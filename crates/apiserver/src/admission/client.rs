@@ -290,7 +290,7 @@ pub async fn post(
     state: &ApiState,
     target: &Target,
     ca_pem: &[u8],
-    body: Vec<u8>,
+    body: Bytes,
 ) -> Result<(u16, Bytes), String> {
     let resolver = state.config().node_client.client_cert_resolver();
     let key = PoolKey {
@@ -311,18 +311,39 @@ pub async fn post(
         }
         found
     };
-    let mut sender = match reused {
-        Some(s) => s,
-        None => connect(target, tls_config(ca_pem, resolver)?).await?,
+    let request = || {
+        http::Request::post(target.path_and_query.as_str())
+            .header(http::header::HOST, target.host.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json, */*")
+            .body(Full::new(body.clone()))
+            .map_err(|e| e.to_string())
     };
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let req = http::Request::post(target.path_and_query.as_str())
-        .header(http::header::HOST, target.host.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::ACCEPT, "application/json, */*")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    // A kept connection the webhook closed meanwhile (its idle timeout)
+    // fails before any answer: the request goes again on a new one.
+    let kept = match reused {
+        Some(mut s) => match s.ready().await {
+            Ok(()) => match s.send_request(request()?).await {
+                Ok(resp) => Some((s, resp)),
+                Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => None,
+                Err(e) => return Err(e.to_string()),
+            },
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let (sender, resp) = match kept {
+        Some(x) => x,
+        None => {
+            let mut s = connect(target, tls_config(ca_pem, resolver)?).await?;
+            s.ready().await.map_err(|e| e.to_string())?;
+            let resp = s
+                .send_request(request()?)
+                .await
+                .map_err(|e| e.to_string())?;
+            (s, resp)
+        }
+    };
     let status = resp.status().as_u16();
     let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
         .collect()

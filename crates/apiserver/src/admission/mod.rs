@@ -397,7 +397,8 @@ async fn call(
             Err(e) => return Err(Failure::Condition(e)),
         }
     }
-    let body = serde_json::to_vec(&review).map_err(|e| Failure::Call(e.to_string()))?;
+    let body =
+        bytes::Bytes::from(serde_json::to_vec(&review).map_err(|e| Failure::Call(e.to_string()))?);
     let url = hook.endpoint.url_for(hook.timeout);
     let exchange = async {
         let target = hook.endpoint.resolve(ctx.state, hook.timeout).await?;
