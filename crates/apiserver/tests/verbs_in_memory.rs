@@ -765,23 +765,36 @@ async fn watch_from_a_resource_version() {
         "a deletion carries the deletion's revision"
     );
 
-    // Events are not cached: the same through the store's watch.
+    // Events are not cached: the same through the store's own watch,
+    // with a field selector (a change out of it is told as a deletion
+    // only with the store's previous value).
     let events = format!("/api/v1/namespaces/{NS}/events");
-    let event = |name: &str, count: i64| {
+    let event = |name: &str, reason: &str, count: i64| {
         json!({
             "metadata": {"name": name},
             "involvedObject": {"kind": "ConfigMap", "name": "w1", "namespace": NS, "apiVersion": "v1"},
-            "reason": "Tested", "message": "m", "type": "Normal", "count": count,
+            "reason": reason, "message": "m", "type": "Normal", "count": count,
             "source": {"component": "verbs"},
         })
     };
-    let (code, e1) = api.call(Method::POST, &events, event("e1", 1)).await;
+    let (code, e1) = api
+        .call(Method::POST, &events, event("e1", "Tested", 1))
+        .await;
     assert_eq!(code, StatusCode::CREATED, "{e1}");
     let mut w = api
-        .watch(&format!("{events}?watch=true&resourceVersion={}", rv(&e1)))
+        .watch(&format!(
+            "{events}?watch=true&resourceVersion={}&fieldSelector=reason%3DTested",
+            rv(&e1)
+        ))
         .await;
-    let (code, e2) = api.call(Method::POST, &events, event("e2", 1)).await;
+    let (code, e2) = api
+        .call(Method::POST, &events, event("e2", "Tested", 1))
+        .await;
     assert_eq!(code, StatusCode::CREATED, "{e2}");
+    let (code, _) = api
+        .call(Method::POST, &events, event("e3", "Other", 1))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
     let ev = w.next().await;
     assert_eq!(
         (
@@ -791,10 +804,12 @@ async fn watch_from_a_resource_version() {
         (Some("ADDED"), Some("e2")),
         "{ev}"
     );
-    let mut e1_next = e1.clone();
-    e1_next["count"] = json!(2);
     let (code, _) = api
-        .call(Method::PUT, &format!("{events}/e1"), e1_next)
+        .call(Method::PUT, &format!("{events}/e1"), {
+            let mut e = e1.clone();
+            e["count"] = json!(2);
+            e
+        })
         .await;
     assert_eq!(code, StatusCode::OK);
     let ev = w.next().await;
@@ -803,8 +818,15 @@ async fn watch_from_a_resource_version() {
         (Some("MODIFIED"), Some(2)),
         "{ev}"
     );
-    api.call(Method::DELETE, &format!("{events}/e2"), Value::Null)
+    let (code, _) = api
+        .call_as(
+            Method::PATCH,
+            &format!("{events}/e2"),
+            "application/merge-patch+json",
+            json!({"reason": "Moved"}),
+        )
         .await;
+    assert_eq!(code, StatusCode::OK);
     let ev = w.next().await;
     assert_eq!(
         (
@@ -812,6 +834,17 @@ async fn watch_from_a_resource_version() {
             ev["object"]["metadata"]["name"].as_str()
         ),
         (Some("DELETED"), Some("e2")),
+        "leaving the selector reads as a deletion: {ev}"
+    );
+    api.call(Method::DELETE, &format!("{events}/e1"), Value::Null)
+        .await;
+    let ev = w.next().await;
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("e1")),
         "{ev}"
     );
 }

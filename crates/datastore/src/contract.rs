@@ -27,6 +27,8 @@ pub async fn run_all(store: &dyn ObjectStore) {
     list_at_revision(store, "/contract/history/").await;
     watch_events(store, "/contract/watch/").await;
     too_large(store, "/contract/large/").await;
+    concurrent_writers(store, "/contract/race/").await;
+    registration(store, "/contract/registered/").await;
     // Last: it drops history for every prefix.
     compaction(store, "/contract/compact/").await;
 }
@@ -348,6 +350,19 @@ pub async fn watch_events(store: &dyn ObjectStore, p: &str) {
         (WatchEventKind::Deleted, true, None)
     );
 
+    // A watch from a revision not reached yet starts there.
+    let now = store.current_revision().await.unwrap();
+    let mut w = store.watch(&dir, now + 2).await.unwrap();
+    for i in 0..3 {
+        store.create(&format!("{dir}f{i}"), vec![i]).await.unwrap();
+    }
+    let ev = next_event(&mut w, "future start").await.unwrap();
+    assert_eq!(
+        (ev.revision, ev.value.as_slice()),
+        (now + 3, &[2][..]),
+        "only changes after the start"
+    );
+
     // A watch from the current revision sees only later changes, in order.
     let now = store.current_revision().await.unwrap();
     let mut w = store.watch(&dir, now).await.unwrap();
@@ -363,6 +378,75 @@ pub async fn watch_events(store: &dyn ObjectStore, p: &str) {
             "live events in revision order"
         );
     }
+}
+
+/// Of concurrent creates of one key exactly one wins, and of concurrent
+/// updates from the same revision exactly one lands.
+pub async fn concurrent_writers(store: &dyn ObjectStore, p: &str) {
+    let k = format!("{p}k");
+    let creates = (0..8u8).map(|i| store.create(&k, vec![i]));
+    let results = futures::future::join_all(creates).await;
+    let won: Vec<usize> = (0..results.len()).filter(|i| results[*i].is_ok()).collect();
+    assert_eq!(won.len(), 1, "one create wins: {results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| matches!(r, Err(StoreError::AlreadyExists))),
+        "the others find it present: {results:?}"
+    );
+    let kv = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(
+        kv.value,
+        vec![won[0] as u8],
+        "the winner's bytes are stored"
+    );
+    let updates = (0..8u8).map(|i| store.update(&k, vec![100 + i], kv.mod_revision));
+    let results = futures::future::join_all(updates).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "one update lands: {results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| matches!(r, Err(StoreError::Conflict { .. }))),
+        "the others conflict: {results:?}"
+    );
+}
+
+/// A registration is present while kept and gone once stopped.
+pub async fn registration(store: &dyn ObjectStore, p: &str) {
+    let key = format!("{p}me");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let keep = store.keep_registered(
+        key.clone(),
+        b"10.0.0.1:6443".to_vec(),
+        Duration::from_secs(8),
+        stop.clone(),
+    );
+    let check = async {
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+        while store.values_under(p).await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "registered in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            store.values_under(p).await.unwrap(),
+            vec![b"10.0.0.1:6443".to_vec()]
+        );
+        stop.cancel();
+    };
+    tokio::time::timeout(EVENT_WAIT, futures::future::join(keep, check))
+        .await
+        .expect("the registration ends once stopped");
+    assert_eq!(
+        store.get(&key).await.unwrap(),
+        None,
+        "a stopped registration is gone"
+    );
 }
 
 /// Writes etcd would refuse as too large are refused before they are sent.
