@@ -14,13 +14,16 @@
 //! tokens; [`authz`], [`node_authorizer`] and [`node_restriction`] decide
 //! what a caller may do (nodes only as themselves); [`pod_security`] is
 //! the PodSecurity admission; [`services`] validates Services and
-//! EndpointSlices.
+//! EndpointSlices; [`aggregator`] serves APIServices and proxies the
+//! group/versions of extension apiservers.
 //!
 //! Architecture invariant: this crate is the only one that reads or writes
 //! the object keyspace (`/registry/...`) in etcd. Everything else —
 //! controllers, the node role, tests — is a client of this API.
 
 pub mod access_review;
+pub mod admission;
+pub mod aggregator;
 pub mod allocator;
 pub mod audit;
 pub mod authz;
@@ -79,6 +82,9 @@ pub struct ApiConfig {
     pub pod_security: pod_security::PodSecurityConfig,
     /// The audit log, when a policy records anything.
     pub audit: Option<Arc<audit::AuditLog>>,
+    /// API aggregation's front-proxy certificate and published CAs;
+    /// `None` serves APIServices but proxies nothing.
+    pub aggregator: Option<Arc<aggregator::AggregatorConfig>>,
 }
 
 /// State shared by every request; cheap to clone.

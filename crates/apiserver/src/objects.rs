@@ -518,7 +518,7 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_on
 /// cannot fail) and then `validate` (which only sees the new object), so
 /// this is how a rule comparing old and new becomes the 422. An object
 /// carrying it is always refused, so it never reaches storage or a client.
-const UPDATE_VIOLATIONS: &str = "__rke2UpdateViolations";
+pub(crate) const UPDATE_VIOLATIONS: &str = "__rke2UpdateViolations";
 
 /// The rules that compare an update with the stored object (upstream's
 /// `ValidateUpdate`), as the type's

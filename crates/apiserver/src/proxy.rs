@@ -105,6 +105,14 @@ impl NodeClientTls {
     }
 }
 
+impl NodeClientTls {
+    /// The apiserver's client certificate as a resolver, for the other
+    /// TLS clients that present it (admission webhooks).
+    pub fn client_cert_resolver(&self) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        self.config.client_auth_cert_resolver.clone()
+    }
+}
+
 impl std::fmt::Debug for NodeClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The configuration holds a private key: never print it.

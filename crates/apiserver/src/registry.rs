@@ -46,6 +46,8 @@ pub enum Printer {
     RoleBinding,
     /// NAME AGE SIGNERNAME REQUESTOR REQUESTEDDURATION CONDITION.
     CertificateSigningRequest,
+    /// NAME SERVICE AVAILABLE AGE (API aggregation, `aggregator`).
+    ApiService,
     /// NAME, the given columns (a CRD's `additionalPrinterColumns`; AGE
     /// is one of them by default).
     Columns(Vec<PrinterColumn>),
@@ -229,6 +231,12 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding, strategy: strategy::RbacBinding),
         rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role, strategy: strategy::RbacRole),
         rt!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", true, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::RoleBinding, strategy: strategy::RbacBinding),
+        rt!("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", "mutatingwebhookconfiguration", false, short: [], cat: ["api-extensions"], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::admissionregistration::v1::MutatingWebhookConfiguration, strategy: crate::admission::config::MutatingWebhooks),
+        rt!("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", "validatingwebhookconfiguration", false, short: [], cat: ["api-extensions"], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::admissionregistration::v1::ValidatingWebhookConfiguration, strategy: crate::admission::config::ValidatingWebhooks),
+        rt!("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", "validatingadmissionpolicy", false, short: [], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::Default, status: true, gen: true, typed: api::admissionregistration::v1::ValidatingAdmissionPolicy, strategy: crate::admission::policy::Policies),
+        rt!("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", "validatingadmissionpolicybinding", false, short: [], cat: ["api-extensions"], sub: [], fields: [], Printer::Default, status: false, gen: true, typed: api::admissionregistration::v1::ValidatingAdmissionPolicyBinding, strategy: crate::admission::policy::Bindings),
+        // API aggregation (aggregator/mod.rs).
+        rt!("apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", false, short: [], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::ApiService, status: true, gen: false, typed: k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService, strategy: crate::aggregator::ApiServiceStrategy),
         rt!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, short: ["crd", "crds"], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::Default, status: true, gen: true, typed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, strategy: crate::crd::CrdStrategy),
         rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
     ]
@@ -445,8 +453,10 @@ mod tests {
                 "apps",
                 "batch",
                 "rbac.authorization.k8s.io",
+                "admissionregistration.k8s.io",
                 "apiextensions.k8s.io",
-                "certificates.k8s.io"
+                "certificates.k8s.io",
+                "apiregistration.k8s.io"
             ]
         );
     }

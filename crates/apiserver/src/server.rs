@@ -294,6 +294,12 @@ async fn route(
         });
     }
     let query = Query::parse(parts.uri.query());
+    // API aggregation (aggregator/mod.rs): a group/version an extension
+    // apiserver serves is authorized there and proxied.
+    let mut parts = parts;
+    if let Some(resp) = crate::aggregator::serve(&state, &identity, &mut parts, body).await {
+        return resp;
+    }
     if let Some((plural, kind, ns)) = crate::access_review::route(&path) {
         if parts.method != http::Method::POST {
             return ApiError::new(
@@ -391,11 +397,12 @@ async fn route(
     match route {
         Route::CoreVersions | Route::Groups if aggregated.is_some() => {
             let version = aggregated.unwrap_or("v2");
-            let doc = discovery::aggregated(
-                &state.registry,
-                matches!(route, Route::CoreVersions),
-                version,
-            );
+            let core = matches!(route, Route::CoreVersions);
+            let mut doc = discovery::aggregated(&state.registry, core, version);
+            if !core && let Some(items) = doc["items"].as_array_mut() {
+                // API aggregation: remote groups follow the local ones.
+                items.extend(crate::aggregator::discovery_v2_items(&state).await);
+            }
             (
                 StatusCode::OK,
                 [(
@@ -414,7 +421,11 @@ async fn route(
             );
             json(StatusCode::OK, &discovery::core_versions(&addr))
         }
-        Route::Groups => json(StatusCode::OK, &discovery::groups(&state.registry)),
+        // API aggregation: remote groups follow the local ones.
+        Route::Groups => json(
+            StatusCode::OK,
+            &crate::aggregator::merge_groups(&state, discovery::groups(&state.registry)).await,
+        ),
         Route::Group(g) => match discovery::group(&state.registry, &g) {
             Some(v) => json(StatusCode::OK, &v),
             None => ApiError::no_route().into_response(),

@@ -98,6 +98,23 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         ScaleSpec::default()
     }
 
+    /// How server-side apply merges the list at `path` (property names
+    /// from the root), when the type knows (a CRD's
+    /// `x-kubernetes-list-type`/`-list-map-keys`); `None` leaves it to the
+    /// built-in patch strategies.
+    fn apply_list_strategy(
+        &self,
+        _path: &[&str],
+    ) -> Option<rke2_apimachinery::strategic_merge::ListStrategy> {
+        None
+    }
+
+    /// Whether strategic merge patches are served (upstream refuses them
+    /// for custom resources, whose Go types carry no patch strategies).
+    fn strategic_merge_patch(&self) -> bool {
+        true
+    }
+
     /// The OpenAPI v3 schema of the type for `/openapi/v3`, when it has
     /// one to publish (custom types).
     fn openapi_schema(&self) -> Option<Value> {

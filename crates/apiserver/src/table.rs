@@ -52,6 +52,13 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
     let w = |n: &str, d: &str| col(n, "string", "", d, 1);
     let i = |n: &str, d: &str| col(n, "integer", "", d, 0);
     match &rt.printer {
+        // API aggregation: NAME SERVICE AVAILABLE AGE (aggregator/mod.rs).
+        Printer::ApiService => {
+            let mut v = vec![name];
+            v.extend(crate::aggregator::table_columns());
+            v.push(age);
+            v
+        }
         Printer::Columns(extra) => {
             let mut out = vec![name];
             out.extend(
@@ -695,6 +702,11 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
     let spec = &obj["spec"];
     let status = &obj["status"];
     match &rt.printer {
+        // API aggregation (aggregator/mod.rs).
+        Printer::ApiService => {
+            let (service, available) = crate::aggregator::table_cells(obj);
+            vec![name, json!(service), json!(available), a]
+        }
         Printer::Columns(extra) => {
             let mut out = vec![name];
             out.extend(

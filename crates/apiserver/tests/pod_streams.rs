@@ -170,6 +170,7 @@ impl Bed {
                 ),
                 pod_security: Default::default(),
                 audit: None,
+                aggregator: None,
             },
             store,
         );

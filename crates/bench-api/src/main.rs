@@ -32,6 +32,7 @@ use kube::api::{Api, GetParams, ListParams, PostParams, WatchEvent, WatchParams}
 use kube::core::Request;
 use serde_json::{Value, json};
 
+mod custom;
 mod fanout;
 mod rbac;
 
@@ -108,7 +109,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     etcd_watch_conns: usize,
     /// Phases to run (for profiling one of them): create, get, update,
-    /// list, watch, paced, fanout, rbac (not by default: `bench/rbac.sh`).
+    /// list, watch, paced, fanout, rbac (not by default: `bench/rbac.sh`),
+    /// custom (not by default: `bench/crd.sh`).
     /// get, update, paced and rbac need the objects of create, which then
     /// runs too.
     #[arg(
@@ -127,6 +129,10 @@ struct Args {
     /// a server the other has just warmed.
     #[arg(long, default_value_t = 1)]
     rbac_runs: usize,
+    /// The custom phase: ConfigMap/custom-object pairs of create phases
+    /// (phases `custom@<run>`; odd runs create ConfigMaps first).
+    #[arg(long, default_value_t = 1)]
+    custom_runs: usize,
     /// The rbac phase: directory with client-ca.crt and client-ca.key
     /// (`<data-dir>/server/tls`), to issue the measured user's certificate.
     #[arg(long)]
@@ -1023,7 +1029,7 @@ async fn run(b: &Bench) -> Result<()> {
     let on = |p: &str| a.phases.iter().any(|x| x == p);
     for p in &a.phases {
         if ![
-            "create", "get", "update", "list", "watch", "paced", "fanout", "rbac",
+            "create", "get", "update", "list", "watch", "paced", "fanout", "rbac", "custom",
         ]
         .contains(&p.as_str())
         {
@@ -1052,6 +1058,9 @@ async fn run(b: &Bench) -> Result<()> {
     }
     if on("rbac") {
         b.rbac().await?;
+    }
+    if on("custom") {
+        b.custom().await?;
     }
     // Last: its thousands of connections and watches would otherwise
     // linger in the server while the other phases run.

@@ -53,7 +53,7 @@ impl Bench {
         Ok(Kube::try_from(cfg)?)
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<()> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<()> {
         let req = http::Request::post(path)
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body)?)?;

@@ -392,12 +392,32 @@ async fn run_with_etcd(
             ),
             pod_security,
             audit,
+            // API aggregation: the front-proxy certificate and the CAs
+            // extension apiservers are told to trust.
+            aggregator: Some(std::sync::Arc::new(
+                rke2_apiserver::aggregator::AggregatorConfig {
+                    proxy_cert_pem: trust.auth_proxy.cert_pem.clone(),
+                    proxy_key_pem: trust.auth_proxy.key_pem.clone(),
+                    client_ca_pem: trust.client_ca.cert_pem.clone(),
+                    request_header_ca_pem: trust.request_header_ca.cert_pem.clone(),
+                    discovered: Default::default(),
+                },
+            )),
         },
         store.clone(),
     );
     rke2_apiserver::bootstrap::ensure_builtin_objects(&state)
         .await
         .map_err(|e| anyhow::anyhow!("creating built-in objects: {}", e.message))?;
+    // API aggregation: local APIServices, the authentication ConfigMap,
+    // and the Available checks of remote APIServices.
+    rke2_apiserver::aggregator::ensure_builtin(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating built-in APIServices: {}", e.message))?;
+    tokio::spawn(rke2_apiserver::aggregator::available::run(
+        state.clone(),
+        stop.clone(),
+    ));
     {
         let st = state.clone();
         tokio::spawn(async move {

@@ -47,6 +47,10 @@ pub struct ServerTrust {
     /// APIs on 10250 (`pods/log`, `pods/exec`, `pods/attach`), RKE2's
     /// `--kubelet-client-certificate`.
     pub kube_apiserver_client: CertPair,
+    /// `client-auth-proxy.crt/.key`: `CN=system:auth-proxy`, signed by the
+    /// request-header CA; the front-proxy certificate the apiserver
+    /// presents to extension apiservers (RKE2's `--proxy-client-cert-file`).
+    pub auth_proxy: CertPair,
     /// `etcd/server-client.crt/.key` (etcd server-ca, server+client auth).
     pub etcd_server: CertPair,
     /// `etcd/peer-server-client.crt/.key` (etcd peer-ca, server+client auth).
@@ -137,6 +141,11 @@ pub fn ensure_server_trust(p: &ServerTrustParams) -> Result<ServerTrust, TrustEr
         "client-kube-apiserver",
         LeafSpec::client("system:apiserver", &["system:masters"]),
     )?;
+    let auth_proxy = leaf(
+        &request_header_ca,
+        "client-auth-proxy",
+        LeafSpec::client("system:auth-proxy", &[]),
+    )?;
     let etcd_spec = |cn: &str| LeafSpec {
         cn: cn.to_string(),
         orgs: Vec::new(),
@@ -173,6 +182,7 @@ pub fn ensure_server_trust(p: &ServerTrustParams) -> Result<ServerTrust, TrustEr
         admin,
         supervisor,
         kube_apiserver_client,
+        auth_proxy,
         etcd_server,
         etcd_peer,
         etcd_client,

@@ -13,39 +13,7 @@ use crate::status::{ApiError, ApiResult};
 use crate::strategy::{Cause, ScaleSpec, Strategy};
 
 /// The compiled schema of one CRD version.
-pub use shim::Schema;
-
-// Stand-in until the structural schema crate is merged.
-mod shim {
-    use serde_json::Value;
-
-    pub struct FieldError {
-        pub field: String,
-        pub kind: String,
-        pub detail: String,
-    }
-
-    #[derive(Debug)]
-    pub struct Schema;
-
-    impl Schema {
-        pub fn compile(
-            _p: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
-        ) -> Result<Self, Vec<FieldError>> {
-            Ok(Self)
-        }
-        pub fn prune(&self, _obj: &mut Value) -> Vec<String> {
-            Vec::new()
-        }
-        pub fn apply_defaults(&self, _obj: &mut Value) {}
-        pub fn validate(&self, _obj: &Value) -> Vec<FieldError> {
-            Vec::new()
-        }
-        pub fn validate_rules(&self, _new: &Value, _old: Option<&Value>) -> Vec<FieldError> {
-            Vec::new()
-        }
-    }
-}
+pub use rke2_apiextensions::Schema;
 
 /// Compiles a version's `openAPIV3Schema`; the causes name the fields
 /// relative to the schema root.
@@ -206,6 +174,25 @@ impl Strategy for CustomStrategy {
 
     fn watch_cached(&self) -> bool {
         self.cached
+    }
+
+    fn apply_list_strategy(
+        &self,
+        path: &[&str],
+    ) -> Option<rke2_apimachinery::strategic_merge::ListStrategy> {
+        use rke2_apiextensions::ListKind;
+        use rke2_apimachinery::strategic_merge::ListStrategy;
+        Some(match self.schema.as_ref()?.list_kind_at(path)? {
+            ListKind::Atomic => ListStrategy::Atomic,
+            ListKind::Set => ListStrategy::SetMerge,
+            // Elements are matched on the first key (the merge of
+            // rke2-apimachinery keys on one field).
+            ListKind::Map(keys) => ListStrategy::MergeByKey(keys.first()?.clone()),
+        })
+    }
+
+    fn strategic_merge_patch(&self) -> bool {
+        false
     }
 
     fn openapi_schema(&self) -> Option<Value> {

@@ -89,6 +89,11 @@ pub(super) fn apply_patch(
             json_patch::merge(&mut doc, &p);
             Ok(doc)
         }
+        BodyType::StrategicMergePatch if !rt.strategy.strategic_merge_patch() => {
+            Err(ApiError::unsupported_media(
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            ))
+        }
         BodyType::StrategicMergePatch => {
             let p: Value = decode_body(patch_body, BodyType::Json)?;
             let schema =
@@ -104,8 +109,13 @@ pub(super) fn apply_patch(
             if ctx.path.subresource.as_deref() != Some("scale") {
                 check_apply_config(rt, &applied)?;
             }
-            let schema =
-                rke2_apimachinery::strategic_merge::builtin_schema(&rt.api_version(), &rt.kind);
+            let schema = ApplySchema {
+                rt,
+                builtin: rke2_apimachinery::strategic_merge::builtin_schema(
+                    &rt.api_version(),
+                    &rt.kind,
+                ),
+            };
             let mut merged = rke2_apimachinery::strategic_merge::apply(current, &applied, &schema)
                 .map_err(|e| {
                     patch_err(format!("the apply configuration could not be merged: {e}"))
@@ -124,6 +134,22 @@ pub(super) fn apply_patch(
         _ => Err(ApiError::unsupported_media(
             "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
         )),
+    }
+}
+
+/// The list strategies of server-side apply: the type's own (a CRD's list
+/// types and map keys), else the built-in patch strategies.
+struct ApplySchema<'a> {
+    rt: &'a ResourceType,
+    builtin: rke2_apimachinery::strategic_merge::BuiltinSchema,
+}
+
+impl rke2_apimachinery::strategic_merge::MergeSchema for ApplySchema<'_> {
+    fn list_strategy(&self, path: &[&str]) -> rke2_apimachinery::strategic_merge::ListStrategy {
+        self.rt
+            .strategy
+            .apply_list_strategy(path)
+            .unwrap_or_else(|| self.builtin.list_strategy(path))
     }
 }
 
@@ -271,8 +297,27 @@ pub(super) async fn patch(
         }
         objects::check_type(rt, &mut new)?;
         prepare_for_path(ctx, &old, &mut new).await?;
+        // Admission: mutating webhooks; what they changed is prepared again (crate::admission).
+        if crate::admission::mutate(
+            ctx,
+            crate::admission::Operation::Update,
+            Some(&old),
+            &mut new,
+        )
+        .await?
+        {
+            prepare_for_path(ctx, &old, &mut new).await?;
+        }
         crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
         crate::pod_security::admit(ctx, Some(&old), &new).await?;
+        // Admission: validating webhooks (crate::admission).
+        crate::admission::validate(
+            ctx,
+            crate::admission::Operation::Update,
+            Some(&old),
+            Some(&new),
+        )
+        .await?;
         match store_update(ctx, &name, new, rev).await {
             Ok(stored) => {
                 return Ok(json_response(

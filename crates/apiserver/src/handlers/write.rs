@@ -166,12 +166,16 @@ pub(super) async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Va
         && obj["metadata"]["generateName"].is_string();
     objects::prepare_create(rt, &mut obj, ctx.ns())?;
     rt.strategy.prepare_create(&mut obj, &ctx.identity);
+    // Admission: mutating webhooks (crate::admission).
+    crate::admission::mutate(ctx, crate::admission::Operation::Create, None, &mut obj).await?;
     objects::validate(rt, &obj)?;
     rt.strategy.admit_create(rt, &obj)?;
     crate::rbac::admit_write(ctx.state, &ctx.identity, rt, &obj).await?;
     ensure_namespace(ctx).await?;
     rt.strategy.admit_create_with(ctx.state, &mut obj).await?;
     crate::pod_security::admit(ctx, None, &obj).await?;
+    // Admission: validating webhooks (crate::admission).
+    crate::admission::validate(ctx, crate::admission::Operation::Create, None, Some(&obj)).await?;
     if ctx.dry_run() {
         return Ok(obj);
     }
@@ -318,8 +322,27 @@ pub(super) async fn update(
     } else {
         prepare_for_path(ctx, &old, &mut new).await?;
     }
+    // Admission: mutating webhooks; what they changed is prepared again (crate::admission).
+    if crate::admission::mutate(
+        ctx,
+        crate::admission::Operation::Update,
+        Some(&old),
+        &mut new,
+    )
+    .await?
+    {
+        prepare_for_path(ctx, &old, &mut new).await?;
+    }
     crate::node_restriction::admit_update(ctx.node_scope.as_deref(), rt, &old, &new)?;
     crate::pod_security::admit(ctx, Some(&old), &new).await?;
+    // Admission: validating webhooks (crate::admission).
+    crate::admission::validate(
+        ctx,
+        crate::admission::Operation::Update,
+        Some(&old),
+        Some(&new),
+    )
+    .await?;
     let stored = store_update(ctx, &name, new, rev).await?;
     Ok(json_response(
         StatusCode::OK,
