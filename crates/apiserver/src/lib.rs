@@ -2,7 +2,9 @@
 //!
 //! Layering: [`server`] accepts TLS connections and identifies the client
 //! from its certificate; [`request`] parses paths, queries and bodies;
-//! [`handlers`] implements the verbs over [`rke2_datastore::Store`];
+//! [`handlers`] implements the verbs over an
+//! [`rke2_datastore::ObjectStore`] (etcd in a server, in memory in unit
+//! tests);
 //! [`registry`] is the one table of served types that drives discovery,
 //! routing, storage keys and [`table`] printing, each entry naming its
 //! [`strategy`] (the per-kind hooks the verbs call); [`proxy`] forwards
@@ -89,8 +91,9 @@ pub struct ApiConfig {
 #[derive(Clone)]
 pub struct ApiState {
     inner: Arc<ApiConfig>,
-    /// The object store.
-    pub store: rke2_datastore::Store,
+    /// The object store: etcd in a server, [`rke2_datastore::MemoryStore`]
+    /// in unit tests of the verbs.
+    pub store: rke2_datastore::SharedStore,
     /// Service network, copied for quick access.
     pub service_cidr: ipnet::IpNet,
     /// The watch caches (one etcd watch per resource type, fanned out).
@@ -103,7 +106,12 @@ impl ApiState {
     /// Creates the state and starts the watch caches and the CRD follower
     /// (inside a tokio runtime; without one caches stay off and requests
     /// use etcd).
-    pub fn new(config: ApiConfig, store: rke2_datastore::Store) -> Self {
+    pub fn new(config: ApiConfig, store: impl rke2_datastore::ObjectStore) -> Self {
+        Self::with_shared_store(config, Arc::new(store))
+    }
+
+    /// [`ApiState::new`] over a store that is shared already.
+    pub fn with_shared_store(config: ApiConfig, store: rke2_datastore::SharedStore) -> Self {
         let registry = Arc::new(registry::Registry::new());
         let caches = Arc::new(watch_cache::WatchCaches::new(
             store.clone(),

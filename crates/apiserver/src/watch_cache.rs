@@ -46,7 +46,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use rke2_apimachinery::selectors::{FieldSelector, field_text};
-use rke2_datastore::{Store, StoreError, WatchEventKind};
+use rke2_datastore::{SharedStore, StoreError, WatchEventKind};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
@@ -584,14 +584,14 @@ fn rv_of(obj: &Value) -> i64 {
 
 /// The caches of one apiserver, by resource type.
 pub struct WatchCaches {
-    store: Store,
+    store: SharedStore,
     registry: Arc<crate::registry::Registry>,
     caches: Mutex<HashMap<String, Arc<ResourceCache>>>,
 }
 
 impl WatchCaches {
     /// No caches yet; [`WatchCaches::start`] starts them.
-    pub fn new(store: Store, registry: Arc<crate::registry::Registry>) -> Self {
+    pub fn new(store: SharedStore, registry: Arc<crate::registry::Registry>) -> Self {
         Self {
             store,
             registry,
@@ -657,7 +657,7 @@ impl WatchCaches {
 }
 
 /// Lists, then follows etcd for one cache until the cache is dropped.
-async fn follow(store: Store, cache: Weak<ResourceCache>, prefix: String) {
+async fn follow(store: SharedStore, cache: Weak<ResourceCache>, prefix: String) {
     let Some(mut stopped) = cache.upgrade().map(|c| c.stopped.subscribe()) else {
         return;
     };
@@ -721,7 +721,7 @@ async fn follow(store: Store, cache: Weak<ResourceCache>, prefix: String) {
 }
 
 async fn list_all(
-    store: &Store,
+    store: &SharedStore,
     rt: &ResourceType,
     prefix: &str,
 ) -> Result<(BTreeMap<String, Arc<Value>>, i64), StoreError> {

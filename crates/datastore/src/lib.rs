@@ -8,14 +8,23 @@
 //! * [`store`] is the only code that reads and writes the object keyspace:
 //!   single-transaction, revision-checked creates, updates and deletes,
 //!   paged range reads at a revision, and watches from a revision.
+//! * [`object_store`] names what the apiserver needs of storage as the
+//!   [`ObjectStore`] trait, which [`Store`] (etcd) and [`MemoryStore`]
+//!   (in-memory, for unit tests of the verbs) implement; [`contract`]
+//!   checks both against the same rules.
 //!
 //! Architecture invariant: nothing here knows about Kubernetes objects; keys
 //! and values are bytes, versions are etcd revisions.
 
+pub mod contract;
 pub mod etcd;
 pub mod membership;
+pub mod memory;
+pub mod object_store;
 pub mod store;
 
 pub use etcd::{EtcdConfig, EtcdError, EtcdProcess};
 pub use membership::Member;
+pub use memory::MemoryStore;
+pub use object_store::{ObjectStore, SharedStore, WatchStream};
 pub use store::{KeyValue, ListPage, Store, StoreError, WatchEvent, WatchEventKind};

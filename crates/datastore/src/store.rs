@@ -66,7 +66,7 @@ const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 /// Refuses a put of `value` at `key` that etcd would refuse as too large.
 /// The transaction sends the key three times (compare, put, read-back)
 /// plus framing, which the margin covers.
-fn check_size(key: &str, value: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn check_size(key: &str, value: &[u8]) -> Result<(), StoreError> {
     let size = value.len() + 3 * key.len() + 1024;
     let limit = crate::etcd::MAX_REQUEST_BYTES;
     if size > limit {
@@ -200,7 +200,7 @@ fn kv(k: &etcd_client::KeyValue) -> KeyValue {
 }
 
 /// The key just after every key with this prefix (etcd's range end).
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -354,8 +354,10 @@ impl Store {
             .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
         let resp = self
             .call(|mut c| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -363,7 +365,11 @@ impl Store {
         if !resp.succeeded() {
             // A retried request whose first attempt committed (the answer
             // was lost with its etcd member) finds its own bytes: success.
-            if let Some(rev) = own_write(&resp.op_responses(), &value) {
+            // Only after a retry: on a first attempt, equal bytes are
+            // another writer's (claim keys all hold the same bytes).
+            if attempts.into_inner() > 1
+                && let Some(rev) = own_write(&resp.op_responses(), &value)
+            {
                 return Ok(rev);
             }
             return Err(StoreError::AlreadyExists);
@@ -384,8 +390,10 @@ impl Store {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
         let resp = self
             .call(|mut c| {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -394,7 +402,9 @@ impl Store {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
         }
         // See `create`: our own write, committed by an earlier attempt.
-        if let Some(rev) = own_write(&resp.op_responses(), &value) {
+        if attempts.into_inner() > 1
+            && let Some(rev) = own_write(&resp.op_responses(), &value)
+        {
             return Ok(rev);
         }
         match current_of(&resp.op_responses()) {
@@ -599,6 +609,22 @@ impl Store {
                 }
             },
         ))
+    }
+
+    /// Compacts etcd's history up to `revision` and waits until the
+    /// compaction is applied: reads at older revisions and watches from
+    /// before it then answer [`StoreError::Compacted`].
+    pub async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        self.call(|mut c| async move {
+            c.compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+        })
+        .await
+        .map_err(|e| StoreError::from_etcd(e, revision))?;
+        Ok(())
     }
 
     /// Adds a member's client URL to the ones this store may use; `false`

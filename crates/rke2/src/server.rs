@@ -404,7 +404,7 @@ async fn run_with_etcd(
                 },
             )),
         },
-        store,
+        store.clone(),
     );
     rke2_apiserver::bootstrap::ensure_builtin_objects(&state)
         .await
@@ -486,7 +486,7 @@ async fn run_with_etcd(
         passwd: passwd.clone(),
         cluster_config: crate::cluster::critical_config(cfg),
         tls_dir: trust.tls_dir.clone(),
-        info: crate::cluster::cluster_info(state.store.clone(), state.clone(), client.clone()),
+        info: crate::cluster::cluster_info(store.clone(), state.clone(), client.clone()),
     });
     let sup_stop = stop.clone();
     tokio::spawn(rke2_apiserver::serve_router(
@@ -632,7 +632,7 @@ async fn run_with_etcd(
             key_pem: trust.supervisor.key_pem.clone(),
             identities: ControlPlaneIdentities::issue(&trust.client_ca)?,
             node_name: cfg.node_name.clone(),
-            store: state.store.clone(),
+            store: store.clone(),
             manifests: manifests_dir,
             disabled_addons: (cfg.disable.clone(), addon_values),
             cluster_cidr: cfg.cluster_cidr,
