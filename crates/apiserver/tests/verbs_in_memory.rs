@@ -64,6 +64,7 @@ impl Api {
                 tokens: std::sync::Arc::new(rke2_apiserver::tokens::TokenIssuer::generate()),
                 pod_security: Default::default(),
                 audit: None,
+                aggregator: None,
             },
             store.clone(),
         );
