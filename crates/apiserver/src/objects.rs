@@ -27,9 +27,15 @@ pub fn name_of(obj: &Value) -> &str {
 }
 
 /// Sets `metadata.resourceVersion` and the type fields on a stored object.
+/// The version served is written over the stored one (`None` conversion),
+/// unless a conversion webhook must see the stored one: then the handler
+/// converts ([`crate::crd::conversion`]).
 pub fn decorate(rt: &ResourceType, obj: &mut Value, rv: i64) {
+    let webhook = rt.strategy.conversion_webhook().is_some();
     if let Some(m) = obj.as_object_mut() {
-        m.insert("apiVersion".into(), json!(rt.api_version()));
+        if !(webhook && m.get("apiVersion").is_some_and(Value::is_string)) {
+            m.insert("apiVersion".into(), json!(rt.api_version()));
+        }
         m.insert("kind".into(), json!(rt.kind));
     }
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());

@@ -454,9 +454,9 @@ mod tests {
                 "batch",
                 "rbac.authorization.k8s.io",
                 "admissionregistration.k8s.io",
+                "apiregistration.k8s.io",
                 "apiextensions.k8s.io",
                 "certificates.k8s.io",
-                "apiregistration.k8s.io"
             ]
         );
     }

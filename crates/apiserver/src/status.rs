@@ -290,6 +290,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // An unknown reason is omitted, as Go's `omitempty` does.
+        if self.reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
+        }
         if let Some(d) = &self.details {
             s["details"] = d.clone();
         }

@@ -216,6 +216,19 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     fn watch_cached(&self) -> bool {
         true
     }
+
+    /// The `group/version` objects are stored in, when it may differ from
+    /// the version served (custom types: the CRD's storage version).
+    fn storage_api_version(&self) -> Option<&str> {
+        None
+    }
+
+    /// The webhook that converts stored objects to the version served and
+    /// back (a CRD's `Webhook` conversion); `None` converts by rewriting
+    /// `apiVersion`.
+    fn conversion_webhook(&self) -> Option<&crate::crd::conversion::Webhook> {
+        None
+    }
 }
 
 /// A type with no behaviour of its own.

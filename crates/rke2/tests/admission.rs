@@ -845,3 +845,285 @@ webhooks:
     );
     s1.kill9();
 }
+
+/// The standard output of a command that must succeed.
+fn stdout_ok(what: &str, out: &Output) -> String {
+    ok(what, out);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A two-version CRD whose conversion webhook is served at `path`.
+fn converted_crd(base: &str, path: &str, ca: &str) -> String {
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.conv.example.com
+spec:
+  group: conv.example.com
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  conversion:
+    strategy: Webhook
+    webhook:
+      conversionReviewVersions: [v1]
+      clientConfig:
+        url: {base}{path}
+        caBundle: {ca}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {{type: object, properties: {{hostPort: {{type: string}}}}}}
+  - name: v2
+    served: true
+    storage: false
+    additionalPrinterColumns:
+    - {{name: Port, type: integer, jsonPath: .spec.port}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              host: {{type: string}}
+              port: {{type: integer, minimum: 1}}
+"#
+    )
+}
+
+/// Webhook conversion of a CRD with two versions: objects are stored in
+/// the storage version whatever version they are written in, served in
+/// the version asked for (get, list in one review, watch, patch, the
+/// printer columns of the version), and a failing webhook fails the
+/// requests that need it with upstream's message while the storage
+/// version stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversion_webhook_serves_every_version() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut server = Server::start(bin(), ServerOpts::default()).expect("starting rke2 server");
+    server
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .expect("rke2 server ready");
+    let client_ca = server.data_dir.join("server/tls/client-ca.crt");
+    let hooks = WebhookServer::start(server.dir.path(), &client_ca, 0);
+    let ca = base64::engine::general_purpose::STANDARD.encode(&hooks.ca_pem);
+    let base = format!("https://127.0.0.1:{}", hooks.port);
+    let all = kubectls().expect("kubectl binaries");
+    let dir = server.dir.path().join("kubectl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = Kubectl {
+        server: &server,
+        bin: all.last().unwrap().1.clone(),
+        dir,
+    };
+    ok(
+        "the CRD",
+        &k.apply("crd.yaml", &converted_crd(&base, "/convert", &ca)),
+    );
+    ok(
+        "the CRD is established",
+        &k.run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.conv.example.com",
+            "--timeout=30s",
+        ]),
+    );
+    let v2 = "apiVersion: conv.example.com/v2\nkind: Widget\nmetadata:\n  name: two\nspec:\n  host: example.org\n  port: 8080\n";
+    let v1 = "apiVersion: conv.example.com/v1\nkind: Widget\nmetadata:\n  name: one\nspec:\n  hostPort: example.net:443\n";
+    ok("a v2 object", &k.create("two.yaml", v2, &[]));
+    ok("a v1 object", &k.create("one.yaml", v1, &[]));
+    let reviews: Vec<Value> = hooks
+        .reviews("/convert")
+        .into_iter()
+        .map(|(cn, r)| {
+            assert_eq!(cn, "system:apiserver", "the apiserver's client certificate");
+            r
+        })
+        .collect();
+    assert!(
+        reviews.iter().any(
+            |r| r["request"]["desiredAPIVersion"] == "conv.example.com/v1"
+                && r["request"]["objects"][0]["spec"]["port"] == 8080
+        ),
+        "the v2 object went to the webhook for the storage version: {reviews:?}"
+    );
+
+    // Each version serves both objects in its own shape.
+    let get = |version: &str, name: &str| -> Value {
+        let out = k.run(&[
+            "get",
+            "--raw",
+            &format!("/apis/conv.example.com/{version}/namespaces/default/widgets/{name}"),
+        ]);
+        serde_json::from_str(&stdout_ok(&format!("get {name} as {version}"), &out)).unwrap()
+    };
+    assert_eq!(
+        get("v1", "two")["spec"],
+        serde_json::json!({"hostPort": "example.org:8080"})
+    );
+    assert_eq!(get("v1", "two")["apiVersion"], "conv.example.com/v1");
+    assert_eq!(
+        get("v2", "one")["spec"],
+        serde_json::json!({"host": "example.net", "port": 443})
+    );
+    assert_eq!(get("v2", "one")["apiVersion"], "conv.example.com/v2");
+
+    // A list of v2 converts both stored objects in one review; every
+    // kubectl prints the v2 printer column from the converted objects.
+    let before = hooks.reviews("/convert").len();
+    let list: Value = serde_json::from_str(&stdout_ok(
+        "list v2",
+        &k.run(&[
+            "get",
+            "--raw",
+            "/apis/conv.example.com/v2/namespaces/default/widgets",
+        ]),
+    ))
+    .unwrap();
+    let ports: Vec<&Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| &i["spec"]["port"])
+        .collect();
+    assert_eq!(ports, [&serde_json::json!(443), &serde_json::json!(8080)]);
+    let batch = &hooks.reviews("/convert")[before..];
+    assert_eq!(batch.len(), 1, "one review for the list: {batch:?}");
+    assert_eq!(
+        batch[0].1["request"]["objects"].as_array().map(Vec::len),
+        Some(2)
+    );
+    for (version, bin) in &all {
+        let out = k
+            .server
+            .kubectl(bin)
+            .env("HOME", &k.dir)
+            .args(["get", "widgets.v2.conv.example.com"])
+            .output()
+            .unwrap();
+        let text = stdout_ok(&format!("kubectl {version} get widgets (v2)"), &out);
+        assert!(text.lines().next().unwrap_or("").contains("PORT"), "{text}");
+        assert!(
+            text.contains("8080") && text.contains("443"),
+            "kubectl {version}: {text}"
+        );
+    }
+
+    // A merge patch through v2 lands in storage as v1; a watch of v2 from
+    // before the patch sees it converted.
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        "patch through v2",
+        &k.run(&[
+            "patch",
+            "widgets.v2.conv.example.com",
+            "two",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"port":9090}}"#,
+        ]),
+    );
+    assert_eq!(
+        get("v1", "two")["spec"],
+        serde_json::json!({"hostPort": "example.org:9090"})
+    );
+    let watched = stdout_ok(
+        "watch v2",
+        &k.run(&[
+            "get",
+            "--raw",
+            &format!(
+                "/apis/conv.example.com/v2/namespaces/default/widgets?watch=1&resourceVersion={rv}&timeoutSeconds=2"
+            ),
+        ]),
+    );
+    let events: Vec<Value> = watched
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["type"] == "MODIFIED"
+            && e["object"]["apiVersion"] == "conv.example.com/v2"
+            && e["object"]["spec"]["port"] == 9090),
+        "{watched}"
+    );
+    // The v2 schema still validates what is written through v2.
+    let bad = k.run(&[
+        "patch",
+        "widgets.v2.conv.example.com",
+        "two",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"port":0}}"#,
+    ]);
+    let msg = refused("port 0 through v2", &bad);
+    assert!(
+        msg.contains(
+            "spec.port: Invalid value: 0: spec.port in body should be greater than or equal to 1"
+        ),
+        "{msg}"
+    );
+
+    // A webhook that refuses: reads needing it fail with its message as
+    // upstream words it; the storage version needs no conversion.
+    ok(
+        "the CRD with a failing webhook",
+        &k.apply("crd.yaml", &converted_crd(&base, "/convertfail", &ca)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let msg = loop {
+        let out = k.run(&["get", "widgets.v2.conv.example.com", "one"]);
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing webhook was never used"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        msg.contains("Error from server: conversion webhook for conv.example.com/v1, Kind=Widget failed: conversion refused by the test"),
+        "{msg}"
+    );
+    assert_eq!(get("v1", "one")["spec"]["hostPort"], "example.net:443");
+    let create = refused(
+        "a v2 create when the webhook fails",
+        &k.create("three.yaml", &v2.replace("name: two", "name: three"), &[]),
+    );
+    assert!(
+        create.contains("conversion webhook for conv.example.com/v2, Kind=Widget failed"),
+        "{create}"
+    );
+    assert!(
+        !get_list_names(&k).contains(&"three".to_string()),
+        "nothing half-created"
+    );
+}
+
+/// The names of the Widgets, read in the storage version.
+fn get_list_names(k: &Kubectl<'_>) -> Vec<String> {
+    let out = k.run(&[
+        "get",
+        "--raw",
+        "/apis/conv.example.com/v1/namespaces/default/widgets",
+    ]);
+    let list: Value = serde_json::from_str(&stdout_ok("list v1", &out)).unwrap();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}

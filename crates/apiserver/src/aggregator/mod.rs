@@ -335,6 +335,8 @@ const PRIORITIES: &[(&str, &str, i64, i64)] = &[
     ("batch", "v1", 17400, 15),
     ("certificates.k8s.io", "v1", 17300, 15),
     ("rbac.authorization.k8s.io", "v1", 17000, 15),
+    ("admissionregistration.k8s.io", "v1", 16700, 15),
+    ("apiextensions.k8s.io", "v1", 16700, 15),
     ("coordination.k8s.io", "v1", 16500, 15),
     ("discovery.k8s.io", "v1", 16200, 15),
     // The aggregator's own group; upstream lists it first in `/apis`.

@@ -53,6 +53,10 @@ pub struct CustomStrategy {
     pub terminating: bool,
     /// Whether the version is served through a watch cache.
     pub cached: bool,
+    /// The CRD's storage version as `group/version`.
+    pub storage_api_version: String,
+    /// The CRD's conversion webhook (`None` conversion without).
+    pub conversion: Option<Arc<super::conversion::Webhook>>,
     /// The version's schema (`None` when it did not compile: nothing is
     /// pruned or checked then, as the CRD's own validation refused it).
     pub schema: Option<Arc<Schema>>,
@@ -174,6 +178,14 @@ impl Strategy for CustomStrategy {
 
     fn watch_cached(&self) -> bool {
         self.cached
+    }
+
+    fn storage_api_version(&self) -> Option<&str> {
+        Some(&self.storage_api_version)
+    }
+
+    fn conversion_webhook(&self) -> Option<&super::conversion::Webhook> {
+        self.conversion.as_deref()
     }
 
     fn apply_list_strategy(

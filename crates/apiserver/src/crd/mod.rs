@@ -17,6 +17,7 @@ use crate::registry::{self, Printer, PrinterColumn, ResourceType};
 use crate::status::{ApiError, ApiResult};
 use crate::strategy::{Cause, DeleteFn, ScaleSpec, Strategy};
 
+pub mod conversion;
 mod custom;
 mod validation;
 
@@ -163,6 +164,7 @@ pub fn types_of(crd: &Value) -> Result<Vec<Arc<ResourceType>>, String> {
         .unwrap_or_default()
         .to_string();
     let terminating = crd["metadata"]["deletionTimestamp"].is_string();
+    let webhook = conversion::Webhook::of(&spec["conversion"]).map(Arc::new);
     let mut out = Vec::new();
     for v in &served {
         let version = v["name"].as_str().unwrap_or_default().to_string();
@@ -227,8 +229,11 @@ pub fn types_of(crd: &Value) -> Result<Vec<Arc<ResourceType>>, String> {
             scale: scale.clone(),
             terminating,
             // Objects of one version only can be shared through one cache
-            // (the cache decorates objects with the version it serves).
-            cached: served.len() == 1 && version == storage,
+            // (the cache decorates objects with the version it serves);
+            // a webhook converts each read, which a cache cannot share.
+            cached: served.len() == 1 && version == storage && webhook.is_none(),
+            storage_api_version: format!("{group}/{storage}"),
+            conversion: webhook.clone(),
             schema,
             raw_schema: v["schema"]["openAPIV3Schema"].clone(),
         };

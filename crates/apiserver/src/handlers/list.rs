@@ -245,13 +245,20 @@ pub(super) async fn list_objects_once(
         revision = page.revision;
         more = page.more;
         remaining = page.remaining;
+        let mut objs = Vec::with_capacity(page.items.len());
+        let mut keys = Vec::with_capacity(page.items.len());
         for KeyValue {
             key,
             value,
             mod_revision,
         } in page.items
         {
-            let obj = objects::from_stored(rt, &value, mod_revision)?;
+            objs.push(objects::from_stored(rt, &value, mod_revision)?);
+            keys.push(key);
+        }
+        // Selectors see the version requested, as upstream's do.
+        to_served(ctx, &mut objs).await?;
+        for (key, obj) in keys.into_iter().zip(objs) {
             last_key = Some(key);
             if filters.matches(&obj) {
                 items.push(obj);

@@ -238,11 +238,39 @@ pub async fn handle(
 async fn read_object(ctx: &Ctx<'_>, name: &str) -> ApiResult<(Value, i64)> {
     let rt = ctx.rt();
     match ctx.state.store.get(&ctx.key(name)).await? {
-        Some(kv) => Ok((
-            objects::from_stored(rt, &kv.value, kv.mod_revision)?,
-            kv.mod_revision,
-        )),
+        Some(kv) => {
+            let mut obj = objects::from_stored(rt, &kv.value, kv.mod_revision)?;
+            to_served(ctx, std::slice::from_mut(&mut obj)).await?;
+            Ok((obj, kv.mod_revision))
+        }
         None => Err(ApiError::not_found(rt, name)),
+    }
+}
+
+/// Converts objects read from storage to the version of the request
+/// (custom types whose CRD converts through a webhook; the rest are
+/// already in it).
+async fn to_served(ctx: &Ctx<'_>, objs: &mut [Value]) -> ApiResult<()> {
+    let rt = ctx.rt();
+    match rt.strategy.conversion_webhook() {
+        Some(hook) => {
+            crate::crd::conversion::convert(ctx.state, Some(hook), objs, &rt.api_version()).await
+        }
+        None => Ok(()),
+    }
+}
+
+/// Converts an object about to be written to the storage version of its
+/// type (custom types), answering the version it was in.
+async fn to_storage(ctx: &Ctx<'_>, obj: &mut Value) -> ApiResult<()> {
+    let rt = ctx.rt();
+    match rt.strategy.storage_api_version() {
+        Some(storage) => {
+            let hook = rt.strategy.conversion_webhook();
+            crate::crd::conversion::convert(ctx.state, hook, std::slice::from_mut(obj), storage)
+                .await
+        }
+        None => Ok(()),
     }
 }
 

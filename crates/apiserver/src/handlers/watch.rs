@@ -193,6 +193,7 @@ pub(super) async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
         bookmarks,
         timeout,
         last_rev: start_rev,
+        converts: rt.strategy.conversion_webhook().map(|_| ctx.state.clone()),
     };
     match subscription {
         Some(sub) => {
@@ -239,6 +240,9 @@ pub(super) struct WatchOut {
     bookmarks: bool,
     timeout: Duration,
     last_rev: i64,
+    /// The server, when each event read from etcd goes through the type's
+    /// conversion webhook first.
+    converts: Option<ApiState>,
 }
 
 impl WatchOut {
@@ -374,7 +378,24 @@ impl WatchOut {
                     }
                     let Ok(mut obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
                     objects::decorate(&rt, &mut obj, ev.revision);
-                    let before = ev.prev_value.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
+                    let mut before = ev.prev_value.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok());
+                    if let Some(state) = &self.converts {
+                        // The previous value only decides selector matches:
+                        // it is converted with the object, in one call.
+                        let mut objs = vec![obj];
+                        if let Some(mut b) = before.take() {
+                            objects::decorate(&rt, &mut b, ev.revision);
+                            objs.push(b);
+                        }
+                        let desired = rt.api_version();
+                        if let Err(e) = crate::crd::conversion::convert(state, rt.strategy.conversion_webhook(), &mut objs, &desired).await {
+                            let _ = self.tx.send(Ok(event_line("ERROR", &e.to_status()))).await;
+                            break;
+                        }
+                        let mut objs = objs.into_iter();
+                        obj = match objs.next() { Some(o) => o, None => break };
+                        before = objs.next();
+                    }
                     if !self.send_change(ev.kind, &ev.key, &obj, before.as_ref(), ev.revision, None).await {
                         break;
                     }

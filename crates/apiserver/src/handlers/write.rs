@@ -179,6 +179,7 @@ pub(super) async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Va
     if ctx.dry_run() {
         return Ok(obj);
     }
+    to_storage(ctx, &mut obj).await?;
     let claims = rt.strategy.allocate(ctx.state, &mut obj).await?;
     let stored = store_new(&mut obj, generated, |name, bytes| {
         let key = ctx.key(name);
@@ -188,6 +189,7 @@ pub(super) async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Va
     match stored {
         Ok(rev) => {
             objects::decorate(rt, &mut obj, rev);
+            to_served(ctx, std::slice::from_mut(&mut obj)).await?;
             Ok(obj)
         }
         Err(e) => {
@@ -243,6 +245,7 @@ pub(super) async fn store_update(
         .map(|a| a.is_empty())
         .unwrap_or(true);
     let key = ctx.key(name);
+    to_storage(ctx, &mut new).await?;
     // A graceful deletion still running (a pod whose node has not yet
     // stopped its containers) keeps the object until the grace is 0.
     let grace_pending = new["metadata"]["deletionGracePeriodSeconds"]
@@ -254,6 +257,7 @@ pub(super) async fn store_update(
             Ok(r) => {
                 rt.strategy.release(ctx.state, &new).await;
                 objects::decorate(rt, &mut new, r);
+                to_served(ctx, std::slice::from_mut(&mut new)).await?;
                 Ok(new)
             }
             Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(rt, name)),
@@ -269,6 +273,7 @@ pub(super) async fn store_update(
     {
         Ok(r) => {
             objects::decorate(rt, &mut new, r);
+            to_served(ctx, std::slice::from_mut(&mut new)).await?;
             Ok(new)
         }
         Err(StoreError::Conflict { .. }) => Err(ApiError::conflict(rt, name)),

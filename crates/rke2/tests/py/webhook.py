@@ -12,6 +12,9 @@ Paths:
   /garbage  answers a body that is not an AdmissionReview
   /wronguid answers allowed with a different uid
   /slow     answers after 5 seconds
+  /convert  a CRD conversion webhook (ConversionReview): between v1's
+            spec.hostPort "h:p" and v2's spec.host + spec.port
+  /convertfail  answers every ConversionReview with a Failure
 Every request's AdmissionReview and the client certificate's CN are
 appended to <log> as one JSON line.
 """
@@ -57,6 +60,8 @@ class Handler(BaseHTTPRequestHandler):
         with open(LOG, "a") as f:
             f.write(json.dumps({"path": self.path, "cn": client_cn(self.connection), "review": review}) + "\n")
         req = review["request"]
+        if path.startswith("/convert"):
+            return self.convert(path, review)
         resp = {"uid": req["uid"], "allowed": True}
         obj = req.get("object") or {}
         name = (obj.get("metadata") or {}).get("name", "")
@@ -81,6 +86,23 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(5)
         self.answer({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp})
+
+    def convert(self, path, review):
+        req = review["request"]
+        desired = req["desiredAPIVersion"]
+        resp = {"uid": req["uid"], "result": {"status": "Success"}, "convertedObjects": []}
+        if path == "/convertfail":
+            resp["result"] = {"status": "Failure", "message": "conversion refused by the test"}
+        for obj in req["objects"] if path == "/convert" else []:
+            spec = obj.get("spec") or {}
+            if desired.endswith("/v2") and "hostPort" in spec:
+                host, port = spec.pop("hostPort").rsplit(":", 1)
+                spec["host"], spec["port"] = host, int(port)
+            elif desired.endswith("/v1") and "host" in spec:
+                spec["hostPort"] = "%s:%s" % (spec.pop("host"), spec.pop("port", 80))
+            obj["apiVersion"] = desired
+            resp["convertedObjects"].append(obj)
+        self.answer({"apiVersion": review["apiVersion"], "kind": "ConversionReview", "response": resp})
 
 
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
