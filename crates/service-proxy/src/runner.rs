@@ -48,12 +48,23 @@ impl ProxyConfig {
     }
 }
 
-/// Makes bridged pod traffic pass the `ip` family hooks (the kernel's
-/// `bridge-nf-call-iptables`), so a pod that reaches a Service whose
-/// endpoint is on its own bridge gets the reply un-DNATed; kube-proxy
-/// needs the same. Per network namespace; a missing file (no
+/// Turns on IPv4 forwarding (traffic to pods and Services on other nodes
+/// is routed through this host; a fresh host or network namespace has it
+/// off) and makes bridged pod traffic pass the `ip` family hooks (the
+/// kernel's `bridge-nf-call-iptables`), so a pod that reaches a Service
+/// whose endpoint is on its own bridge gets the reply un-DNATed;
+/// kube-proxy needs the same. Per network namespace; a missing file (no
 /// br_netfilter) is logged.
 pub fn prepare_host() {
+    let forward = "/proc/sys/net/ipv4/ip_forward";
+    match std::fs::read_to_string(forward) {
+        Ok(v) if v.trim() == "1" => {}
+        _ => {
+            if let Err(e) = std::fs::write(forward, "1") {
+                warn!(error = %e, "enabling net.ipv4.ip_forward; pods on other nodes may be unreachable");
+            }
+        }
+    }
     let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
     match std::fs::read_to_string(path) {
         Ok(v) if v.trim() == "1" => {}

@@ -76,13 +76,26 @@ impl Bed {
         inn(&node, &["ip", "link", "add", "cni0", "type", "bridge"]);
         inn(&node, &["ip", "addr", "add", "10.42.0.1/24", "dev", "cni0"]);
         inn(&node, &["ip", "link", "set", "cni0", "up"]);
-        inn(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        // Bridged replies must pass conntrack to be un-DNATed (what
-        // runner::prepare_host does on a node).
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &node, "sysctl", "-qw"])
-            .arg("net.bridge.bridge-nf-call-iptables=1")
-            .status();
+        // A fresh namespace forwards nothing; the proxy's host
+        // preparation turns forwarding on (and makes bridged replies pass
+        // conntrack to be un-DNATed).
+        let forwarding = || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &node,
+                    "sysctl",
+                    "-n",
+                    "net.ipv4.ip_forward",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(forwarding(), "0", "a fresh namespace does not forward");
+        in_ns(&node, rke2_service_proxy::runner::prepare_host);
+        assert_eq!(forwarding(), "1", "prepare_host turned forwarding on");
         for (i, role) in ["pa", "pb", "pc"].iter().enumerate() {
             let ns = bed.ns(role);
             let host_if = format!("veth{i}");
