@@ -120,11 +120,7 @@ pub fn validate_ingress(obj: &Value, causes: &mut Vec<Cause>) {
         if rule["http"].is_object() {
             let paths = arr(&rule["http"]["paths"]);
             if paths.is_empty() {
-                causes.push(cause(
-                    format!("{path}.http.paths"),
-                    "Required value",
-                    "",
-                ));
+                causes.push(cause(format!("{path}.http.paths"), "Required value", ""));
             }
             for (j, p) in paths.iter().enumerate() {
                 validate_path(p, &format!("{path}.http.paths[{j}]"), causes);
@@ -258,7 +254,11 @@ fn validate_path(p: &Value, path: &str, causes: &mut Vec<Cause>) {
             format!(
                 "{}: supported values: {}",
                 q(other),
-                PATH_TYPES.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+                PATH_TYPES
+                    .iter()
+                    .map(|s| q(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -457,9 +457,11 @@ pub fn default_class(classes: &[Value]) -> Option<String> {
                     .unwrap_or("")
                     .to_string()
             };
-            ts(a)
-                .cmp(&ts(b))
-                .then_with(|| b["metadata"]["name"].as_str().cmp(&a["metadata"]["name"].as_str()))
+            ts(a).cmp(&ts(b)).then_with(|| {
+                b["metadata"]["name"]
+                    .as_str()
+                    .cmp(&a["metadata"]["name"].as_str())
+            })
         })
         .and_then(|c| c["metadata"]["name"].as_str().map(str::to_string))
 }
@@ -589,7 +591,10 @@ mod tests {
     fn upstream_checks_name_the_field() {
         let c = ing(json!({}));
         assert_eq!(c[0].0, "spec");
-        assert!(c[0].2.contains("either `defaultBackend` or `rules` must be specified"));
+        assert!(
+            c[0].2
+                .contains("either `defaultBackend` or `rules` must be specified")
+        );
 
         let c = ing(json!({"rules": [{"host": "a.*.test", "http": {"paths": [
             {"path": "/", "backend": svc("web", 80)},
@@ -606,7 +611,10 @@ mod tests {
                 ("spec.rules[0].http.paths[0].pathType", "Required value"),
                 ("spec.rules[0].http.paths[1].path", "Invalid value"),
                 ("spec.rules[0].http.paths[2].pathType", "Unsupported value"),
-                ("spec.rules[0].http.paths[3].backend.service.port", "Required value"),
+                (
+                    "spec.rules[0].http.paths[3].backend.service.port",
+                    "Required value"
+                ),
                 ("spec.rules[0].http.paths[4].backend", "Invalid value"),
             ]
         );
@@ -620,7 +628,9 @@ mod tests {
             host_problems("10.0.0.1"),
             ["must be a DNS name, not an IP address"]
         );
-        let c = ing(json!({"defaultBackend": svc("web", 80), "tls": [{"hosts": ["A_B"], "secretName": "Bad_Name"}]}));
+        let c = ing(
+            json!({"defaultBackend": svc("web", 80), "tls": [{"hosts": ["A_B"], "secretName": "Bad_Name"}]}),
+        );
         assert_eq!(c[0].0, "spec.tls[0].hosts[0]");
         assert_eq!(c[1].0, "spec.tls[0].secretName");
     }
@@ -631,13 +641,19 @@ mod tests {
         validate_ingress_class(&json!({"spec": {"controller": "nginx"}}), &mut c);
         assert_eq!(c[0].0, "spec.controller");
         c.clear();
-        validate_ingress_class(&json!({"spec": {"controller": "k8s.io/ingress-nginx"}}), &mut c);
+        validate_ingress_class(
+            &json!({"spec": {"controller": "k8s.io/ingress-nginx"}}),
+            &mut c,
+        );
         assert!(c.is_empty());
         let class = |n: &str, ts: &str, default: bool| {
             json!({"metadata": {"name": n, "creationTimestamp": ts,
                 "annotations": if default { json!({DEFAULT_CLASS_ANNOTATION: "true"}) } else { json!({}) }}})
         };
-        assert_eq!(default_class(&[class("a", "2024-01-01T00:00:00Z", false)]), None);
+        assert_eq!(
+            default_class(&[class("a", "2024-01-01T00:00:00Z", false)]),
+            None
+        );
         assert_eq!(
             default_class(&[
                 class("a", "2024-01-01T00:00:00Z", true),

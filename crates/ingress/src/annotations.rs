@@ -127,15 +127,19 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> (Annotations, Ve
     if let Some(v) = get("proxy-read-timeout") {
         match v.parse::<u64>() {
             Ok(s) if s > 0 => out.proxy_read_timeout = Duration::from_secs(s),
-            _ => bad("proxy-read-timeout", v, "is not a positive number of seconds"),
+            _ => bad(
+                "proxy-read-timeout",
+                v,
+                "is not a positive number of seconds",
+            ),
         }
     }
     for key in ["whitelist-source-range", "allowlist-source-range"] {
         if let Some(v) = get(key) {
             for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let net = part.parse::<IpNet>().or_else(|_| {
-                    part.parse::<std::net::IpAddr>().map(IpNet::from)
-                });
+                let net = part
+                    .parse::<IpNet>()
+                    .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from));
                 match net {
                     Ok(n) => out.allow_source.push(n),
                     Err(_) => bad(key, part, "is not a CIDR"),
@@ -203,7 +207,15 @@ mod tests {
         ])));
         assert_eq!(a, Annotations::default());
         assert_eq!(p.len(), 3);
-        assert!(p[0].contains("use-regex") && p[0].contains("\"yes\""), "{p:?}");
-        assert_eq!(parse(Some(&map(&[("proxy-body-size", "0")]))).0.proxy_body_size, None);
+        assert!(
+            p[0].contains("use-regex") && p[0].contains("\"yes\""),
+            "{p:?}"
+        );
+        assert_eq!(
+            parse(Some(&map(&[("proxy-body-size", "0")])))
+                .0
+                .proxy_body_size,
+            None
+        );
     }
 }

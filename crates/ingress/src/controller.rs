@@ -231,7 +231,9 @@ where
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(_) => wake.notify_one(),
-                Err(e) => tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+                Err(e) => {
+                    tracing::debug!(kind = %K::kind(&()), error = %e, "watch failed; retrying")
+                }
             }
         }
     });
@@ -363,7 +365,10 @@ async fn try_lead(api: &Api<Lease>, name: &str, me: &str) -> Result<bool, kube::
         return Ok(false);
     }
     let (acquire, transitions) = if holder == me {
-        (s.acquire_time.map(|t| t.0), s.lease_transitions.unwrap_or(0))
+        (
+            s.acquire_time.map(|t| t.0),
+            s.lease_transitions.unwrap_or(0),
+        )
     } else {
         (Some(now), s.lease_transitions.unwrap_or(0) + 1)
     };
@@ -390,7 +395,11 @@ async fn node_addresses(
         .labels
         .unwrap_or_default()
         .into_iter()
-        .filter(|(k, _)| k != "controller-revision-hash" && k != "pod-template-generation" && k != "pod-template-hash")
+        .filter(|(k, _)| {
+            k != "controller-revision-hash"
+                && k != "pod-template-generation"
+                && k != "pod-template-hash"
+        })
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
@@ -408,10 +417,7 @@ async fn node_addresses(
         let Some(node) = nodes.get_opt(&n).await? else {
             continue;
         };
-        let addrs = node
-            .status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default();
+        let addrs = node.status.and_then(|s| s.addresses).unwrap_or_default();
         let pick = addrs
             .iter()
             .find(|a| a.type_ == "ExternalIP")
@@ -445,7 +451,9 @@ async fn write_status(
         let current = ingresses
             .state()
             .into_iter()
-            .find(|i| i.metadata.namespace.as_ref() == Some(ns) && i.metadata.name.as_ref() == Some(name))
+            .find(|i| {
+                i.metadata.namespace.as_ref() == Some(ns) && i.metadata.name.as_ref() == Some(name)
+            })
             .and_then(|i| i.status.clone())
             .and_then(|s| s.load_balancer)
             .and_then(|lb| lb.ingress)
@@ -460,8 +468,12 @@ async fn write_status(
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => tracing::info!(ingress = %format!("{ns}/{name}"), addresses = ?addresses, "status updated"),
-            Err(e) => tracing::warn!(ingress = %format!("{ns}/{name}"), error = %e, "updating status"),
+            Ok(_) => {
+                tracing::info!(ingress = %format!("{ns}/{name}"), addresses = ?addresses, "status updated")
+            }
+            Err(e) => {
+                tracing::warn!(ingress = %format!("{ns}/{name}"), error = %e, "updating status")
+            }
         }
     }
 }

@@ -59,12 +59,16 @@ pub struct Config {
 }
 
 /// Runs the controller until `stop`.
-pub async fn run(config: Config, client: kube::Client, stop: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    client: kube::Client,
+    stop: CancellationToken,
+) -> Result<(), Error> {
     let default_key = match &config.default_ssl_certificate {
         Some(name) => {
-            let (ns, n) = name
-                .split_once('/')
-                .ok_or_else(|| Error::DefaultSecret(name.clone(), "expected namespace/name".into()))?;
+            let (ns, n) = name.split_once('/').ok_or_else(|| {
+                Error::DefaultSecret(name.clone(), "expected namespace/name".into())
+            })?;
             let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
                 kube::Api::namespaced(client.clone(), ns);
             let s = api
@@ -165,8 +169,7 @@ pub async fn bind(
         table.clone(),
         Arc::new(ArcSwap::from_pointee(default_key)),
     ));
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver)));
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| Error::Listen {

@@ -258,7 +258,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 fn client_ip(peer: SocketAddr) -> IpAddr {
     match peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         ip => ip,
     }
 }
@@ -301,11 +304,17 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "413 Request Entity Too Large");
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "413 Request Entity Too Large",
+            );
         }
     }
     if target.backend.endpoints.is_empty() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "503 Service Temporarily Unavailable");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Temporarily Unavailable",
+        );
     }
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -332,7 +341,11 @@ pub async fn handle(
     headers.insert("x-forwarded-proto", HeaderValue::from_static(at.scheme));
     headers.insert("x-forwarded-port", HeaderValue::from(at.port));
     headers.insert("x-forwarded-scheme", HeaderValue::from_static(at.scheme));
-    let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let Target { backend, path, .. } = target;
     let scheme = match opts.backend_protocol {
         BackendProtocol::Https => "https",
@@ -373,9 +386,14 @@ pub async fn handle(
             }
             Ok(Err(e)) => {
                 if let Some(src) = std::error::Error::source(&e)
-                    && src.downcast_ref::<http_body_util::LengthLimitError>().is_some()
+                    && src
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
                 {
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, "413 Request Entity Too Large");
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "413 Request Entity Too Large",
+                    );
                 }
                 tracing::info!(backend = %backend.name, endpoint = %ep, error = %e, "backend request failed");
                 return text(StatusCode::BAD_GATEWAY, "502 Bad Gateway");

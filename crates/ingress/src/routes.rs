@@ -193,7 +193,11 @@ fn ns_name(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (S
 /// IngressClass of our controller (or is our class name), or its legacy
 /// annotation is our class name.
 pub fn is_ours(ing: &Ingress, class: &Class, classes: &[Arc<IngressClass>]) -> bool {
-    if let Some(name) = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
+    if let Some(name) = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+    {
         return name == class.name
             || classes.iter().any(|c| {
                 c.metadata.name.as_deref() == Some(name)
@@ -320,11 +324,7 @@ impl<'a> Resolver<'a> {
                 continue;
             };
             for ep in &slice.endpoints {
-                let ready = ep
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 if !ready {
                     continue;
                 }
@@ -426,8 +426,7 @@ impl Table {
                 for h in &tls_hosts {
                     hosts.entry(h.clone()).or_default().tls = true;
                 }
-                let Some(secret_name) = tls.secret_name.as_deref().filter(|s| !s.is_empty())
-                else {
+                let Some(secret_name) = tls.secret_name.as_deref().filter(|s| !s.is_empty()) else {
                     continue;
                 };
                 let key = match secrets.get(&(ns.clone(), secret_name.to_string())) {
@@ -487,7 +486,11 @@ impl Table {
                         );
                     }
                     host.routes.push(RawRoute {
-                        path: p.path.clone().filter(|p| !p.is_empty()).unwrap_or("/".into()),
+                        path: p
+                            .path
+                            .clone()
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or("/".into()),
                         path_type: p.path_type.clone(),
                         backend,
                         opts: opts.clone(),

@@ -69,10 +69,9 @@ pub fn self_signed() -> Result<CertifiedKey, TlsError> {
         rcgen::DnType::CommonName,
         "Kubernetes Ingress Controller Fake Certificate",
     );
-    params.distinguished_name.push(
-        rcgen::DnType::OrganizationName,
-        "Acme Co",
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Acme Co");
     let cert = params
         .self_signed(&key)
         .map_err(|e| TlsError::Generate(e.to_string()))?;

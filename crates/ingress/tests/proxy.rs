@@ -44,46 +44,67 @@ async fn backend(name: &'static str) -> Backend {
     let c = connections.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
             c.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().to_string();
-                    let slow = req.uri().path() == "/slow";
-                    let body: rke2_ingress::proxy::Body = match req.uri().path() {
-                        "/headers" => {
-                            let mut s = String::new();
-                            for (k, v) in req.headers() {
-                                s.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
-                            }
-                            Full::new(Bytes::from(s)).map_err(|e| match e {}).boxed()
-                        }
-                        "/slow" => {
-                            let stream = futures::stream::unfold(0usize, |i| async move {
-                                if i == 50 {
-                                    return None;
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().to_string();
+                        let slow = req.uri().path() == "/slow";
+                        let body: rke2_ingress::proxy::Body = match req.uri().path() {
+                            "/headers" => {
+                                let mut s = String::new();
+                                for (k, v) in req.headers() {
+                                    s.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
                                 }
-                                tokio::time::sleep(Duration::from_millis(40)).await;
-                                Some((Ok::<_, rke2_ingress::proxy::BoxError>(Frame::data(Bytes::from(vec![b'x'; 16384]))), i + 1))
-                            });
-                            BodyExt::boxed(StreamBody::new(stream))
+                                Full::new(Bytes::from(s)).map_err(|e| match e {}).boxed()
+                            }
+                            "/slow" => {
+                                let stream = futures::stream::unfold(0usize, |i| async move {
+                                    if i == 50 {
+                                        return None;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(40)).await;
+                                    Some((
+                                        Ok::<_, rke2_ingress::proxy::BoxError>(Frame::data(
+                                            Bytes::from(vec![b'x'; 16384]),
+                                        )),
+                                        i + 1,
+                                    ))
+                                });
+                                BodyExt::boxed(StreamBody::new(stream))
+                            }
+                            "/sleep" => {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                                Full::new(Bytes::from("late"))
+                                    .map_err(|e| match e {})
+                                    .boxed()
+                            }
+                            "/size" => {
+                                let n = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().len())
+                                    .unwrap_or(0);
+                                Full::new(Bytes::from(n.to_string()))
+                                    .map_err(|e| match e {})
+                                    .boxed()
+                            }
+                            _ => Full::new(Bytes::from(format!("{name} {path}")))
+                                .map_err(|e| match e {})
+                                .boxed(),
+                        };
+                        let mut res = hyper::Response::new(body);
+                        if slow {
+                            res.headers_mut()
+                                .insert("content-length", (50 * 16384).into());
                         }
-                        "/sleep" => {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                            Full::new(Bytes::from("late")).map_err(|e| match e {}).boxed()
-                        }
-                        "/size" => {
-                            let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                            Full::new(Bytes::from(n.to_string())).map_err(|e| match e {}).boxed()
-                        }
-                        _ => Full::new(Bytes::from(format!("{name} {path}"))).map_err(|e| match e {}).boxed(),
-                    };
-                    let mut res = hyper::Response::new(body);
-                    if slow {
-                        res.headers_mut().insert("content-length", (50 * 16384).into());
-                    }
-                    Ok::<_, std::convert::Infallible>(res)
-                });
+                        Ok::<_, std::convert::Infallible>(res)
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                     .await;
@@ -98,9 +119,13 @@ async fn ws_backend() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
                 while let Some(Ok(m)) = ws.next().await {
                     if m.is_text() {
                         let _ = ws.send(m).await;
@@ -113,10 +138,13 @@ async fn ws_backend() -> SocketAddr {
 }
 
 fn service(name: &str) -> Arc<Service> {
-    Arc::new(serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"ports": [{"name": "http", "port": 80}]}
-    })).unwrap())
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap(),
+    )
 }
 
 fn slice(svc: &str, addrs: &[SocketAddr]) -> Arc<EndpointSlice> {
@@ -138,11 +166,14 @@ fn path(p: &str, ty: &str, svc: &str) -> Value {
 fn ingress(name: &str, annotations: Value, spec: Value) -> Arc<Ingress> {
     let mut spec = spec;
     spec["ingressClassName"] = json!("nginx");
-    Arc::new(serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "default", "annotations": annotations,
-            "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": spec,
-    })).unwrap())
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations,
+                "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
 }
 
 fn tls_secret(name: &str, host: &str) -> (Arc<Secret>, Vec<u8>) {
@@ -152,8 +183,14 @@ fn tls_secret(name: &str, host: &str) -> (Arc<Secret>, Vec<u8>) {
         .self_signed(&key)
         .unwrap();
     let mut data = BTreeMap::new();
-    data.insert("tls.crt".to_string(), k8s_openapi::ByteString(cert.pem().into_bytes()));
-    data.insert("tls.key".to_string(), k8s_openapi::ByteString(key.serialize_pem().into_bytes()));
+    data.insert(
+        "tls.crt".to_string(),
+        k8s_openapi::ByteString(cert.pem().into_bytes()),
+    );
+    data.insert(
+        "tls.key".to_string(),
+        k8s_openapi::ByteString(key.serialize_pem().into_bytes()),
+    );
     let s = Secret {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(name.into()),
@@ -219,13 +256,22 @@ async fn start(table: Table) -> Running {
         },
         default_ssl_certificate: None,
     };
-    let (proxy, listeners) = rke2_ingress::bind(&cfg, table.clone(), rke2_ingress::tls::self_signed().unwrap())
-        .await
-        .unwrap();
+    let (proxy, listeners) = rke2_ingress::bind(
+        &cfg,
+        table.clone(),
+        rke2_ingress::tls::self_signed().unwrap(),
+    )
+    .await
+    .unwrap();
     let (http, https) = listeners.addrs();
     let stop = CancellationToken::new();
     tokio::spawn(listeners.serve(proxy, stop.clone()));
-    Running { http, https, table, stop }
+    Running {
+        http,
+        https,
+        table,
+        stop,
+    }
 }
 
 /// One request on a fresh connection: (status, head, body).
@@ -237,7 +283,11 @@ async fn get(addr: SocketAddr, host: &str, path: &str, extra: &str) -> (u16, Str
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), head.to_ascii_lowercase(), body.to_string())
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        head.to_ascii_lowercase(),
+        body.to_string(),
+    )
 }
 
 #[tokio::test]
@@ -267,7 +317,11 @@ async fn routes_by_host_and_path_as_ingress_nginx() {
     })));
     let table = w.table();
     assert_eq!(
-        table.problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>(),
+        table
+            .problems
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>(),
         ["path \"/gone\": service default/nosuch not found"]
     );
     let p = start(table).await;
@@ -298,7 +352,11 @@ async fn routes_by_host_and_path_as_ingress_nginx() {
     let mut w2 = World::default();
     w2.services.push(service("a"));
     w2.slices.push(slice("a", &[a.addr]));
-    w2.ingresses.push(ingress("two", json!({}), json!({"rules": [{"host": "x.test", "http": {"paths": [path("/a", "Exact", "a")]}}]})));
+    w2.ingresses.push(ingress(
+        "two",
+        json!({}),
+        json!({"rules": [{"host": "x.test", "http": {"paths": [path("/a", "Exact", "a")]}}]}),
+    ));
     p.table.store(Arc::new(w2.table()));
     assert_eq!(get(p.http, "x.test", "/a", "").await.0, 200);
     assert_eq!(get(p.http, "x.test", "/b", "").await.0, 404);
@@ -317,34 +375,67 @@ async fn annotations_rewrite_redirect_limit_time_out_and_filter() {
         "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
         "nginx.ingress.kubernetes.io/use-regex": "true",
     }), json!({"rules": [{"host": "rw.test", "http": {"paths": [path("/something(/|$)(.*)", "ImplementationSpecific", "a")]}}]})));
-    w.ingresses.push(ingress("tls", json!({}), json!({
+    w.ingresses.push(ingress(
+        "tls",
+        json!({}),
+        json!({
         "tls": [{"hosts": ["tls.test"], "secretName": "t"}],
-        "rules": [{"host": "tls.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
-    w.ingresses.push(ingress("force", json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}),
-        json!({"rules": [{"host": "force.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
-    w.ingresses.push(ingress("limits", json!({
-        "nginx.ingress.kubernetes.io/proxy-body-size": "1k",
-        "nginx.ingress.kubernetes.io/proxy-read-timeout": "1",
-    }), json!({"rules": [{"host": "limits.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
-    w.ingresses.push(ingress("allow", json!({"nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/8"}),
-        json!({"rules": [{"host": "deny.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
-    w.ingresses.push(ingress("allow2", json!({"nginx.ingress.kubernetes.io/whitelist-source-range": "127.0.0.0/8"}),
-        json!({"rules": [{"host": "allow.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
+        "rules": [{"host": "tls.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
+    w.ingresses.push(ingress(
+        "force",
+        json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}),
+        json!({"rules": [{"host": "force.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
+    w.ingresses.push(ingress(
+        "limits",
+        json!({
+            "nginx.ingress.kubernetes.io/proxy-body-size": "1k",
+            "nginx.ingress.kubernetes.io/proxy-read-timeout": "1",
+        }),
+        json!({"rules": [{"host": "limits.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
+    w.ingresses.push(ingress(
+        "allow",
+        json!({"nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/8"}),
+        json!({"rules": [{"host": "deny.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
+    w.ingresses.push(ingress(
+        "allow2",
+        json!({"nginx.ingress.kubernetes.io/whitelist-source-range": "127.0.0.0/8"}),
+        json!({"rules": [{"host": "allow.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
     w.ingresses.push(ingress("badre", json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
         json!({"rules": [{"host": "re.test", "http": {"paths": [path("/ok/[0-9]+", "Prefix", "a"), path("/bad(", "Prefix", "a")]}}]})));
     let table = w.table();
     assert_eq!(table.problems.len(), 1, "{:?}", table.problems);
     assert_eq!(table.problems[0].name, "badre");
-    assert!(table.problems[0].message.contains("\"/bad(\" of host \"re.test\" is not a valid regex"), "{:?}", table.problems);
+    assert!(
+        table.problems[0]
+            .message
+            .contains("\"/bad(\" of host \"re.test\" is not a valid regex"),
+        "{:?}",
+        table.problems
+    );
     let p = start(table).await;
 
-    assert_eq!(get(p.http, "rw.test", "/something/new/path?x=1", "").await.2, "a /new/path?x=1");
+    assert_eq!(
+        get(p.http, "rw.test", "/something/new/path?x=1", "")
+            .await
+            .2,
+        "a /new/path?x=1"
+    );
     assert_eq!(get(p.http, "rw.test", "/SOMETHING", "").await.2, "a /");
     let (st, head, _) = get(p.http, "tls.test", "/p?q", "").await;
     assert_eq!(st, 308);
     assert!(head.contains("location: https://tls.test/p?q"), "{head}");
     assert_eq!(get(p.http, "force.test", "/", "").await.0, 308);
-    assert_eq!(get(p.http, "limits.test", "/size", "Content-Length: 2048\r\n").await.0, 413);
+    assert_eq!(
+        get(p.http, "limits.test", "/size", "Content-Length: 2048\r\n")
+            .await
+            .0,
+        413
+    );
     assert_eq!(get(p.http, "limits.test", "/sleep", "").await.0, 504);
     assert_eq!(get(p.http, "deny.test", "/", "").await.0, 403);
     assert_eq!(get(p.http, "allow.test", "/", "").await.0, 200);
@@ -352,9 +443,21 @@ async fn annotations_rewrite_redirect_limit_time_out_and_filter() {
     assert_eq!(get(p.http, "re.test", "/bad(", "").await.0, 404);
 
     // The forwarded headers.
-    let (_, _, h) = get(p.http, "rw.test", "/something/headers", "X-Forwarded-For: 6.6.6.6\r\n").await;
-    for want in ["host: rw.test", "x-forwarded-for: 127.0.0.1", "x-real-ip: 127.0.0.1", "x-forwarded-proto: http",
-        "x-forwarded-host: rw.test", &format!("x-forwarded-port: {}", p.http.port())] {
+    let (_, _, h) = get(
+        p.http,
+        "rw.test",
+        "/something/headers",
+        "X-Forwarded-For: 6.6.6.6\r\n",
+    )
+    .await;
+    for want in [
+        "host: rw.test",
+        "x-forwarded-for: 127.0.0.1",
+        "x-real-ip: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: rw.test",
+        &format!("x-forwarded-port: {}", p.http.port()),
+    ] {
         assert!(h.lines().any(|l| l == want), "{want} in\n{h}");
     }
     assert!(!h.contains("6.6.6.6"));
@@ -366,15 +469,21 @@ async fn a_body_within_the_limit_reaches_the_backend() {
     let mut w = World::default();
     w.services.push(service("a"));
     w.slices.push(slice("a", &[a.addr]));
-    w.ingresses.push(ingress("limits", json!({"nginx.ingress.kubernetes.io/proxy-body-size": "1k"}),
-        json!({"rules": [{"host": "l.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
+    w.ingresses.push(ingress(
+        "limits",
+        json!({"nginx.ingress.kubernetes.io/proxy-body-size": "1k"}),
+        json!({"rules": [{"host": "l.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
     let p = start(w.table()).await;
     let mut s = tokio::net::TcpStream::connect(p.http).await.unwrap();
     let body = "y".repeat(1000);
     s.write_all(format!("POST /size HTTP/1.1\r\nHost: l.test\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{body}").as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
-    assert!(buf.starts_with("HTTP/1.1 200") && buf.ends_with("\r\n\r\n1000"), "{buf}");
+    assert!(
+        buf.starts_with("HTTP/1.1 200") && buf.ends_with("\r\n\r\n1000"),
+        "{buf}"
+    );
     // Chunked and too long: cut at the limit.
     let mut s = tokio::net::TcpStream::connect(p.http).await.unwrap();
     let chunk = "z".repeat(2000);
@@ -404,23 +513,39 @@ async fn keep_alive_pools_round_robin_and_retries() {
     let mut s3 = (*slice("s", &[dead])).clone();
     s3.metadata.name = Some("s-dead".into());
     w.slices = vec![Arc::new(s1), Arc::new(s2), Arc::new(s3)];
-    w.ingresses.push(ingress("rr", json!({}), json!({"rules": [{"host": "rr.test", "http": {"paths": [path("/", "Prefix", "s")]}}]})));
+    w.ingresses.push(ingress(
+        "rr",
+        json!({}),
+        json!({"rules": [{"host": "rr.test", "http": {"paths": [path("/", "Prefix", "s")]}}]}),
+    ));
     let table = w.table();
     let p = start(table).await;
     // One client connection, many requests.
     let tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut seen = BTreeMap::new();
     for _ in 0..30 {
-        let req = hyper::Request::builder().uri("/").header("host", "rr.test").body(Full::new(Bytes::new())).unwrap();
+        let req = hyper::Request::builder()
+            .uri("/")
+            .header("host", "rr.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let res = sender.send_request(req).await.unwrap();
         assert_eq!(res.status(), 200);
         let body = res.into_body().collect().await.unwrap().to_bytes();
-        *seen.entry(String::from_utf8_lossy(&body[..1]).to_string()).or_insert(0) += 1;
+        *seen
+            .entry(String::from_utf8_lossy(&body[..1]).to_string())
+            .or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen.values().all(|n| *n >= 10), "round robin over the live two: {seen:?}");
+    assert!(
+        seen.values().all(|n| *n >= 10),
+        "round robin over the live two: {seen:?}"
+    );
     // Pooled: far fewer backend connections than requests.
     let conns = a.connections.load(Ordering::SeqCst) + b.connections.load(Ordering::SeqCst);
     assert!(conns <= 4, "{conns} backend connections for 30 requests");
@@ -442,28 +567,45 @@ async fn tls_by_sni_with_alpn_h2_and_a_default_certificate() {
                   {"host": "*.two.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
     let table = w.table();
     assert_eq!(table.problems.len(), 1);
-    assert!(table.problems[0].message.starts_with("TLS secret default/missing not found"), "{:?}", table.problems);
+    assert!(
+        table.problems[0]
+            .message
+            .starts_with("TLS secret default/missing not found"),
+        "{:?}",
+        table.problems
+    );
     let p = start(table).await;
     let handshake = |sni: &'static str, alpn: &'static [u8]| {
         let addr = p.https;
         async move {
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(rke2_ingress::tls::NoVerify::new()))
-                .with_no_client_auth();
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(rke2_ingress::tls::NoVerify::new()))
+            .with_no_client_auth();
             let mut cfg = cfg;
             cfg.alpn_protocols = vec![alpn.to_vec()];
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap()
+            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .unwrap()
         }
     };
     let s = handshake("one.test", b"http/1.1").await;
-    assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0].as_ref(), &der1[..]);
+    assert_eq!(
+        s.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        &der1[..]
+    );
     let s = handshake("x.two.test", b"http/1.1").await;
-    assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0].as_ref(), &der2[..]);
+    assert_eq!(
+        s.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+        &der2[..]
+    );
     let s = handshake("three.test", b"http/1.1").await;
     let default = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     assert!(default != der1 && default != der2);
@@ -477,7 +619,10 @@ async fn tls_by_sni_with_alpn_h2_and_a_default_certificate() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    let req = hyper::Request::builder().uri("https://one.test/h2").body(Full::new(Bytes::new())).unwrap();
+    let req = hyper::Request::builder()
+        .uri("https://one.test/h2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let res = sender.send_request(req).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -490,15 +635,23 @@ async fn websocket_upgrades_pass_through() {
     let mut w = World::default();
     w.services.push(service("ws"));
     w.slices.push(slice("ws", &[ws]));
-    w.ingresses.push(ingress("ws", json!({}), json!({"rules": [{"host": "ws.test", "http": {"paths": [path("/", "Prefix", "ws")]}}]})));
+    w.ingresses.push(ingress(
+        "ws",
+        json!({}),
+        json!({"rules": [{"host": "ws.test", "http": {"paths": [path("/", "Prefix", "ws")]}}]}),
+    ));
     let p = start(w.table()).await;
     let tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
-    let (mut c, resp) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp).await.unwrap();
+    let (mut c, resp) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 101);
     // A table swap does not touch the upgraded connection.
     p.table.store(Arc::new(Table::default()));
     for m in ["one", "two", "three"] {
-        c.send(tokio_tungstenite::tungstenite::Message::text(m)).await.unwrap();
+        c.send(tokio_tungstenite::tungstenite::Message::text(m))
+            .await
+            .unwrap();
         let back = c.next().await.unwrap().unwrap();
         assert_eq!(back.into_text().unwrap().as_str(), m);
     }
@@ -510,11 +663,17 @@ async fn a_table_swap_does_not_cut_a_download() {
     let mut w = World::default();
     w.services.push(service("a"));
     w.slices.push(slice("a", &[a.addr]));
-    w.ingresses.push(ingress("d", json!({}), json!({"rules": [{"host": "d.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
+    w.ingresses.push(ingress(
+        "d",
+        json!({}),
+        json!({"rules": [{"host": "d.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
     let p = start(w.table()).await;
     let addr = p.http;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: d.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: d.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -527,7 +686,11 @@ async fn a_table_swap_does_not_cut_a_download() {
     let mut w2 = World::default();
     w2.services.push(service("a"));
     w2.slices.push(slice("a", &[a.addr]));
-    w2.ingresses.push(ingress("e", json!({}), json!({"rules": [{"host": "e.test", "http": {"paths": [path("/", "Prefix", "a")]}}]})));
+    w2.ingresses.push(ingress(
+        "e",
+        json!({}),
+        json!({"rules": [{"host": "e.test", "http": {"paths": [path("/", "Prefix", "a")]}}]}),
+    ));
     let done = CancellationToken::new();
     let swapper = {
         let table = p.table.clone();
@@ -537,7 +700,11 @@ async fn a_table_swap_does_not_cut_a_download() {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             while !done.is_cancelled() {
                 tick.tick().await;
-                table.store(Arc::new(if swaps % 2 == 0 { w2.table() } else { Table::default() }));
+                table.store(Arc::new(if swaps.is_multiple_of(2) {
+                    w2.table()
+                } else {
+                    Table::default()
+                }));
                 swaps += 1;
             }
             swaps
@@ -551,5 +718,9 @@ async fn a_table_swap_does_not_cut_a_download() {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body.len(), 50 * 16384, "the download was cut");
-    assert_eq!(get(addr, "d.test", "/", "").await.0, 404, "the swap did take effect");
+    assert_eq!(
+        get(addr, "d.test", "/", "").await.0,
+        404,
+        "the swap did take effect"
+    );
 }

@@ -165,7 +165,10 @@ mod tests {
         .unwrap();
         let c = config(&a);
         assert_eq!(c.http_listen.port(), 8080);
-        assert_eq!(c.default_ssl_certificate.as_deref(), Some("kube-system/tls"));
+        assert_eq!(
+            c.default_ssl_certificate.as_deref(),
+            Some("kube-system/tls")
+        );
         assert_eq!(c.settings.publish_addresses, ["10.0.0.1", "10.0.0.2"]);
         assert!(Args::try_parse_from(["x", "--http-port=nope"]).is_err());
     }

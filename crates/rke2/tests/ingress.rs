@@ -9,7 +9,7 @@
 //! ingress`, and Warning Events for a broken Ingress that leaves the
 //! others working.
 //!
-//! Needs root (namespaces), etcd, containerd, kubectl and openssl
+//! Needs root (namespaces), etcd, containerd and kubectl
 //! (scripts/install.sh).
 
 use std::net::SocketAddr;
@@ -106,7 +106,9 @@ async fn https(
         .await
         .map_err(|e| format!("TLS: {e}"))?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     parse(&buf).ok_or_else(|| format!("no HTTP answer: {:?}", String::from_utf8_lossy(&buf)))
@@ -169,19 +171,18 @@ async fn slow_download(listener: tokio::net::TcpListener) {
     }
 }
 
+/// A self-signed certificate for `host` (not a CA: clients trusting it
+/// take it as the anchor of itself) as PEM files.
 fn self_signed(dir: &Path, host: &str) -> (PathBuf, PathBuf) {
     let crt = dir.join(format!("{host}.crt"));
     let key = dir.join(format!("{host}.key"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN={host}"), "-addext", &format!("subjectAltName=DNS:{host}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("openssl (scripts/install.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap();
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&key, kp.serialize_pem()).unwrap();
     (crt, key)
 }
 
@@ -246,19 +247,23 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
     // The bundled controller: Running and Ready on the agent only.
     let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let ready_at = Instant::now();
-    eventually(LONG, "the rke2-ingress-nginx pod Running and Ready on a1", || async {
-        let list = system
-            .list(&ListParams::default().labels("app.kubernetes.io/name=rke2-ingress-nginx"))
-            .await
-            .ok()?;
-        list.items
-            .iter()
-            .any(|p| {
-                running_ready(p)
-                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("a1")
-            })
-            .then_some(())
-    })
+    eventually(
+        LONG,
+        "the rke2-ingress-nginx pod Running and Ready on a1",
+        || async {
+            let list = system
+                .list(&ListParams::default().labels("app.kubernetes.io/name=rke2-ingress-nginx"))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .any(|p| {
+                    running_ready(p)
+                        && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("a1")
+                })
+                .then_some(())
+        },
+    )
     .await
     .unwrap_or_else(|e| {
         let o = kubectl(&k, &kc, &["get", "pods", "-A", "-o", "wide"]);
@@ -271,13 +276,43 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
             a1.log()
         )
     });
-    println!("ingress controller Ready {:?} after the nodes", ready_at.elapsed());
-    let pods = ok(kubectl(&k, &kc, &["-n", "kube-system", "get", "pods", "-o", "wide", "-l", "app.kubernetes.io/name=rke2-ingress-nginx"]));
-    assert!(!pods.contains(" s1 "), "the tainted server runs no ingress pod:\n{pods}");
+    println!(
+        "ingress controller Ready {:?} after the nodes",
+        ready_at.elapsed()
+    );
+    let pods = ok(kubectl(
+        &k,
+        &kc,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-o",
+            "wide",
+            "-l",
+            "app.kubernetes.io/name=rke2-ingress-nginx",
+        ],
+    ));
+    assert!(
+        !pods.contains(" s1 "),
+        "the tainted server runs no ingress pod:\n{pods}"
+    );
     let classes = ok(kubectl(&k, &kc, &["get", "ingressclass"]));
-    let words: Vec<Vec<&str>> = classes.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(words[0], ["NAME", "CONTROLLER", "PARAMETERS", "AGE"], "{classes}");
-    assert_eq!(words[1][..3], ["nginx", "k8s.io/ingress-nginx", "<none>"], "{classes}");
+    let words: Vec<Vec<&str>> = classes
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        words[0],
+        ["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
+        "{classes}"
+    );
+    assert_eq!(
+        words[1][..3],
+        ["nginx", "k8s.io/ingress-nginx", "<none>"],
+        "{classes}"
+    );
 
     // Two sites as pods behind Services; the WebSocket echo and the slow
     // download are this test's servers on the bed's gateway, reached
@@ -303,7 +338,20 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
     }
     apply(&k, &kc, &dir, "backends", &backends);
     let (crt, key) = self_signed(&dir, "a.test");
-    ok(kubectl(&k, &kc, &["create", "secret", "tls", "a-tls", "--cert", &crt.display().to_string(), "--key", &key.display().to_string()]));
+    ok(kubectl(
+        &k,
+        &kc,
+        &[
+            "create",
+            "secret",
+            "tls",
+            "a-tls",
+            "--cert",
+            &crt.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+    ));
     let ca = rustls_pemfile::certs(&mut &std::fs::read(&crt).unwrap()[..])
         .next()
         .unwrap()
@@ -316,7 +364,17 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
         )
     };
     apply(&k, &kc, &dir, "demo", &demo(""));
-    let got = ok(kubectl(&k, &kc, &["get", "ingress", "demo", "-o", "jsonpath={.spec.ingressClassName}"]));
+    let got = ok(kubectl(
+        &k,
+        &kc,
+        &[
+            "get",
+            "ingress",
+            "demo",
+            "-o",
+            "jsonpath={.spec.ingressClassName}",
+        ],
+    ));
     assert_eq!(got, "nginx", "DefaultIngressClass admission");
 
     let b = eventually(LONG, "b.test served by site-b", || async {
@@ -328,17 +386,30 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
     // a.test has TLS: plain HTTP is redirected (308, as ingress-nginx).
     let a = http(http_addr, "a.test", "/index.html?x=1").await.unwrap();
     assert_eq!(a.0, 308, "{a:?}");
-    assert!(a.1.contains("location: https://a.test/index.html?x=1"), "{a:?}");
-    let a = eventually(SOON, "a.test over TLS with the Secret's certificate", || async {
-        https(https_addr, "a.test", "/", &ca).await.ok().filter(|r| r.0 == 200)
-    })
+    assert!(
+        a.1.contains("location: https://a.test/index.html?x=1"),
+        "{a:?}"
+    );
+    let a = eventually(
+        SOON,
+        "a.test over TLS with the Secret's certificate",
+        || async {
+            https(https_addr, "a.test", "/", &ca)
+                .await
+                .ok()
+                .filter(|r| r.0 == 200)
+        },
+    )
     .await
     .unwrap();
     assert_eq!(a.2, "site a\n");
     // Another name gets the default (self-signed) certificate, which the
     // client trusting only a.test's refuses.
     let other = https(https_addr, "b.test", "/", &ca).await;
-    assert!(matches!(&other, Err(e) if e.starts_with("TLS")), "{other:?}");
+    assert!(
+        matches!(&other, Err(e) if e.starts_with("TLS")),
+        "{other:?}"
+    );
     let unknown = http(http_addr, "nobody.test", "/").await.unwrap();
     assert_eq!(unknown.0, 404, "{unknown:?}");
 
@@ -352,7 +423,11 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
         ws.send(tokio_tungstenite::tungstenite::Message::text(msg))
             .await
             .unwrap();
-        let back = tokio::time::timeout(SOON, ws.next()).await.unwrap().unwrap().unwrap();
+        let back = tokio::time::timeout(SOON, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(back.into_text().unwrap().as_str(), msg);
     }
 
@@ -372,7 +447,9 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
         &kc,
         &dir,
         "demo",
-        &demo("  - host: c.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: site-b, port: {number: 80}}}}\n"),
+        &demo(
+            "  - host: c.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: site-b, port: {number: 80}}}}\n",
+        ),
     );
     eventually(SOON, "the edit (c.test) in effect", || async {
         http(http_addr, "c.test", "/").await.filter(|r| r.0 == 200)
@@ -382,22 +459,36 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
     let edited_at = Instant::now();
     let (res, buf, done_at) = tokio::time::timeout(LONG, download).await.unwrap().unwrap();
     assert!(res.is_ok(), "download failed: {res:?}");
-    assert!(done_at > edited_at, "the download ended before the edit took effect; the test proved nothing");
+    assert!(
+        done_at > edited_at,
+        "the download ended before the edit took effect; the test proved nothing"
+    );
     let (status, _, body) = parse(&buf).unwrap();
     assert_eq!(status, 200);
     assert_eq!(body.len(), CHUNK * CHUNKS, "the download was cut");
 
     // status.loadBalancer: the agent's address, shown by kubectl.
     let want = ha.ip.to_string();
-    eventually(LONG, "kubectl get ingress shows the agent's address", || async {
-        let out = ok(kubectl(&k, &kc, &["get", "ingress", "demo"]));
-        let header: Vec<&str> = out.lines().next()?.split_whitespace().collect();
-        (header == ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
-            && out.contains(&format!("nginx   a.test,b.test,ws.test + 2 more...   {want}   80, 443")))
-        .then_some(out)
-    })
+    eventually(
+        LONG,
+        "kubectl get ingress shows the agent's address",
+        || async {
+            let out = ok(kubectl(&k, &kc, &["get", "ingress", "demo"]));
+            let header: Vec<&str> = out.lines().next()?.split_whitespace().collect();
+            (header == ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
+                && out.contains(&format!(
+                    "nginx   a.test,b.test,ws.test + 2 more...   {want}   80, 443"
+                )))
+            .then_some(out)
+        },
+    )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", ok(kubectl(&k, &kc, &["get", "ingress", "-o", "yaml"]))));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            ok(kubectl(&k, &kc, &["get", "ingress", "-o", "yaml"]))
+        )
+    });
 
     // A broken Ingress: a missing Service, a missing Secret, an invalid
     // regex. Warning Events name each; the good paths of it and the other
@@ -410,7 +501,18 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: broken\n  annotations:\n    nginx.ingress.kubernetes.io/use-regex: \"true\"\n    nginx.ingress.kubernetes.io/ssl-redirect: \"false\"\n    nginx.ingress.kubernetes.io/rewrite-target: /\nspec:\n  tls:\n  - hosts: [broken.test]\n    secretName: no-such-secret\n  rules:\n  - host: broken.test\n    http:\n      paths:\n      - {path: /missing, pathType: ImplementationSpecific, backend: {service: {name: no-such-svc, port: {number: 80}}}}\n      - {path: \"/bad(\", pathType: ImplementationSpecific, backend: {service: {name: site-a, port: {number: 80}}}}\n      - {path: \"/good/[0-9]+\", pathType: ImplementationSpecific, backend: {service: {name: site-a, port: {number: 80}}}}\n",
     );
     let events = eventually(SOON, "Warning Events on the broken Ingress", || async {
-        let out = ok(kubectl(&k, &kc, &["get", "events", "--field-selector", "involvedObject.name=broken,type=Warning", "-o", "custom-columns=REASON:.reason,MESSAGE:.message"]));
+        let out = ok(kubectl(
+            &k,
+            &kc,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=broken,type=Warning",
+                "-o",
+                "custom-columns=REASON:.reason,MESSAGE:.message",
+            ],
+        ));
         (out.contains("service default/no-such-svc not found")
             && out.contains("TLS secret default/no-such-secret not found")
             && out.contains("is not a valid regex"))
@@ -420,7 +522,9 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
     .unwrap_or_else(|e| panic!("{e}\n{}", a1.log()));
     println!("{events}");
     let good = eventually(SOON, "broken.test's good regex path served", || async {
-        http(http_addr, "broken.test", "/good/12").await.filter(|r| r.0 == 200)
+        http(http_addr, "broken.test", "/good/12")
+            .await
+            .filter(|r| r.0 == 200)
     })
     .await
     .unwrap();
@@ -430,8 +534,21 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
     let bad = http(http_addr, "broken.test", "/bad(").await.unwrap();
     assert_eq!(bad.0, 404, "the invalid path is skipped: {bad:?}");
     let b = http(http_addr, "b.test", "/").await.unwrap();
-    assert_eq!((b.0, b.2.as_str()), (200, "site b\n"), "the other Ingress is unaffected");
-    let ctrl_log = ok(kubectl(&k, &kc, &["-n", "kube-system", "logs", "ds/rke2-ingress-nginx-controller"]));
+    assert_eq!(
+        (b.0, b.2.as_str()),
+        (200, "site b\n"),
+        "the other Ingress is unaffected"
+    );
+    let ctrl_log = ok(kubectl(
+        &k,
+        &kc,
+        &[
+            "-n",
+            "kube-system",
+            "logs",
+            "ds/rke2-ingress-nginx-controller",
+        ],
+    ));
     assert!(!ctrl_log.contains("panicked"), "{ctrl_log}");
 
     ok(kubectl(&k, &kc, &["delete", "ingress", "demo", "broken"]));
