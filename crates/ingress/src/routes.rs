@@ -581,28 +581,25 @@ impl Table {
     /// Where a request for `host` (no port, lower case) and `path` goes;
     /// `None` is a 404.
     pub fn route(&self, host: &str, path: &str) -> Option<Target> {
+        // A known host is served by its own rules only (an unmatched path
+        // goes to the default backend); other hosts by the host-less rules,
+        // as ingress-nginx's default server.
         let h = self.host(host);
-        for candidate in h.into_iter().chain(std::iter::once(&self.any)) {
-            if let Some(t) = candidate.matching(path) {
-                return Some(t);
-            }
-            if h.is_some()
-                && let Some((b, o)) = &candidate.default
-            {
-                return Some(Target {
-                    backend: b.clone(),
-                    opts: o.clone(),
-                    path: path.to_string(),
-                    tls: candidate.tls,
-                });
-            }
+        let candidate = h.unwrap_or(&self.any);
+        if let Some(t) = candidate.matching(path) {
+            return Some(t);
         }
-        self.default.as_ref().map(|(b, o)| Target {
-            backend: b.clone(),
-            opts: o.clone(),
-            path: path.to_string(),
-            tls: h.is_some_and(|h| h.tls),
-        })
+        candidate
+            .default
+            .as_ref()
+            .filter(|_| h.is_some())
+            .or(self.default.as_ref())
+            .map(|(b, o)| Target {
+                backend: b.clone(),
+                opts: o.clone(),
+                path: path.to_string(),
+                tls: candidate.tls,
+            })
     }
 
     /// The certificate for an SNI name (exact, then wildcard).
@@ -696,5 +693,29 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(p) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_by_path_elements() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/a", "/a"));
+        assert!(prefix_matches("/a", "/a/"));
+        assert!(prefix_matches("/a/", "/a"));
+        assert!(prefix_matches("/a/b", "/a/b/c"));
+        assert!(!prefix_matches("/a", "/ab"));
+        assert!(!prefix_matches("/a/b", "/a/bc"));
+        assert!(!prefix_matches("/a/b", "/a"));
+    }
+
+    #[test]
+    fn rewrite_targets_name_groups_as_nginx() {
+        assert_eq!(braced("/$2"), "/${2}");
+        assert_eq!(braced("/x/$1abc$$"), "/x/${1}abc$$");
+        assert_eq!(braced("/plain"), "/plain");
     }
 }

@@ -724,3 +724,88 @@ async fn a_table_swap_does_not_cut_a_download() {
         "the swap did take effect"
     );
 }
+
+/// A backend over TLS (HTTP/1.1) or h2c (HTTP/2 without TLS), answering
+/// `<name> <version>`.
+async fn protocol_backend(name: &'static str, tls: bool) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tls.then(|| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["backend".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("{name} {:?}", req.version());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
+                match acceptor {
+                    Some(a) => {
+                        let Ok(s) = a.accept(tcp).await else { return };
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                            .await;
+                    }
+                    None => {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn backend_protocols_https_and_h2c() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = protocol_backend("tls", true).await;
+    let h2c = protocol_backend("h2c", false).await;
+    let mut w = World::default();
+    for (n, a) in [("tls", tls), ("h2c", h2c)] {
+        w.services.push(service(n));
+        w.slices.push(slice(n, &[a]));
+    }
+    w.ingresses.push(ingress(
+        "tls",
+        json!({"nginx.ingress.kubernetes.io/backend-protocol": "HTTPS"}),
+        json!({"rules": [{"host": "tls.test", "http": {"paths": [path("/", "Prefix", "tls")]}}]}),
+    ));
+    w.ingresses.push(ingress(
+        "grpc",
+        json!({"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}),
+        json!({"rules": [{"host": "grpc.test", "http": {"paths": [path("/", "Prefix", "h2c")]}}]}),
+    ));
+    let p = start(w.table()).await;
+    assert_eq!(get(p.http, "tls.test", "/", "").await.2, "tls HTTP/1.1");
+    assert_eq!(get(p.http, "grpc.test", "/", "").await.2, "h2c HTTP/2.0");
+}
