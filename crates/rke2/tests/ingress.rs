@@ -363,6 +363,20 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
             "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: demo\nspec:\n  tls:\n  - hosts: [a.test]\n    secretName: a-tls\n  rules:\n  - host: a.test\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: site-a, port: {{name: web}}}}}}}}\n  - host: b.test\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: site-b, port: {{number: 80}}}}}}}}\n  - host: ws.test\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: ws, port: {{number: 80}}}}}}}}\n  - host: slow.test\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: slow, port: {{number: 80}}}}}}}}\n{extra_rule}"
         )
     };
+    // The apiserver's validation, as kubectl shows it.
+    let bad = dir.join("invalid.yaml");
+    std::fs::write(&bad, "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: invalid\nspec:\n  rules:\n  - host: \"*.a.*.test\"\n    http:\n      paths:\n      - {path: /x, backend: {service: {name: site-a, port: {number: 80}}}}\n      - {path: x, pathType: Prefix, backend: {service: {name: site-a}}}\n").unwrap();
+    let out = kubectl(&k, &kc, &["apply", "-f", &bad.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for want in [
+        "spec.rules[0].host: Invalid value: \"*.a.*.test\"",
+        "spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified",
+        "spec.rules[0].http.paths[1].path: Invalid value: \"x\": must be an absolute path",
+        "spec.rules[0].http.paths[1].backend.service.port: Required value: port name or number is required",
+    ] {
+        assert!(err.contains(want), "{want} in {err}");
+    }
     apply(&k, &kc, &dir, "demo", &demo(""));
     let got = ok(kubectl(
         &k,
@@ -473,7 +487,7 @@ async fn ingress_routes_hosts_tls_websockets_and_keeps_downloads_across_edits() 
         LONG,
         "kubectl get ingress shows the agent's address",
         || async {
-            let out = ok(kubectl(&k, &kc, &["get", "ingress", "demo"]));
+            let out = ok(kubectl(&k, &kc, &["get", "ing", "demo"]));
             let header: Vec<&str> = out.lines().next()?.split_whitespace().collect();
             (header == ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
                 && out.contains(&format!(
