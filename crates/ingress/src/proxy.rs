@@ -326,7 +326,16 @@ pub async fn handle(
     });
     let mut headers = parts.headers.clone();
     let upgrade_to = headers.get(header::UPGRADE).cloned();
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     strip_hop_by_hop(&mut headers);
+    // gRPC needs `te: trailers` end to end over HTTP/2.
+    if te_trailers && opts.backend_protocol == BackendProtocol::H2c {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(u) = upgrade_to.filter(|_| upgrade) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
