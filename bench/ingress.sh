@@ -23,7 +23,8 @@
 #
 # Usage: bench/ingress.sh [--runs N] [--seconds N] [--conns N] [--no-build]
 #                         [--out FILE]
-# Needs nginx (apt nginx-light), oha (cargo install oha), taskset, python3.
+# Needs nginx (Debian's nginx-light) and oha (crates.io), installed here when
+# missing; taskset, curl, python3.
 # Not part of the test suite.
 
 set -euo pipefail
@@ -40,7 +41,7 @@ OURS_PORT=18080
 NGINX_PORT=18081
 BACKENDS=(18091 18092)
 
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -55,7 +56,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 die() { echo "ingress.sh: $*" >&2; exit 1; }
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || die "nginx not found (apt-get install nginx-light, or scripts/install.sh)"
+if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+    echo "ingress.sh: installing Debian's nginx-light" >&2
+    apt-get install -y -qq --no-install-recommends nginx-light >&2 || die "apt-get install nginx-light failed"
+fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if ! command -v oha >/dev/null; then
     [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/oha" ]] || {
