@@ -80,7 +80,7 @@ WORK=$(mktemp -d /tmp/ingress-bench.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for f in "$WORK"/*.pid; do [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true; done
+    for f in "$WORK"/*.pid; do [[ -f $f ]] && kill "$(cat "$f" 2>/dev/null)" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -178,7 +178,7 @@ wait_200 "http://$IP:$NGINX_PORT/"
 # oha's JSON: requests/s and latency percentiles (seconds).
 measure() {
     local port=$1
-    taskset -c 0 oha --no-tui -j -z "${SECONDS_}s" -c "$CONNS" -H 'Host: bench.test' \
+    taskset -c 0 oha --no-tui --output-format json -z "${SECONDS_}s" -c "$CONNS" -H 'Host: bench.test' \
         "http://$IP:$port/" >"$WORK/oha.json"
     python3 - "$WORK/oha.json" <<'EOF'
 import json, sys
