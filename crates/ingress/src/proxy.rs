@@ -318,13 +318,13 @@ pub async fn handle(
     }
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
     let mut body = Some(match opts.proxy_body_size {
         Some(limit) => Limited::new(body, limit as usize).boxed(),
         None => body.map_err(BoxError::from).boxed(),
     });
-    let mut headers = parts.headers.clone();
+    let mut headers = std::mem::take(&mut parts.headers);
     let upgrade_to = headers.get(header::UPGRADE).cloned();
     let te_trailers = headers
         .get_all(header::TE)
@@ -361,6 +361,10 @@ pub async fn handle(
         _ => "http",
     };
     let mut last_error = String::new();
+    // Only a bodiless request is retried on another endpoint; only then
+    // are its headers kept for a second try.
+    let retries = bodiless && backend.endpoints.len() > 1;
+    let mut headers = Some(headers);
     for ep in backend.order() {
         let Ok(uri) = format!("{scheme}://{ep}{path}{query}").parse::<Uri>() else {
             return text(StatusCode::BAD_REQUEST, "400 Bad Request");
@@ -373,7 +377,10 @@ pub async fn handle(
         let mut up = Request::new(b);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
-        *up.headers_mut() = headers.clone();
+        let Some(h) = (if retries { headers.clone() } else { headers.take() }) else {
+            break;
+        };
+        *up.headers_mut() = h;
         *up.version_mut() = match opts.backend_protocol {
             BackendProtocol::H2c => Version::HTTP_2,
             _ => Version::HTTP_11,
