@@ -12,7 +12,8 @@
 # answering a small 200 (`return 200`), shared by both proxies. nginx as a
 # proxy: one worker, an upstream with `keepalive 64`, HTTP/1.1 to the
 # backends, the X-Forwarded-*/X-Real-IP headers ingress-nginx sets. Ours:
-# one runtime thread. Both proxies pinned to CPU 1; backends and oha to
+# one thread (a current-thread tokio runtime: one event loop, as one nginx
+# worker). Both proxies pinned to CPU 1; backends and oha to
 # CPU 0 (2-core machine).
 #
 # Per run, for each proxy in turn: oha for --seconds s with --conns
@@ -161,7 +162,7 @@ EOF
 
 taskset -c 0 "$NGINX" -c "$WORK/backend.conf" -p "$WORK" 2>"$WORK/backend.err" & PIDS+=($!)
 taskset -c 1 "$NGINX" -c "$WORK/proxy.conf" -p "$WORK" 2>"$WORK/proxy.err" & PIDS+=($!)
-taskset -c 1 "$OURS" "$WORK/objects.json" "$IP:$OURS_PORT" "$IP:18443" 1 2>"$WORK/ours.err" & PIDS+=($!)
+taskset -c 1 "$OURS" "$WORK/objects.json" "$IP:$OURS_PORT" "$IP:18443" 0 2>"$WORK/ours.err" & PIDS+=($!)
 OURS_PID=$!
 
 wait_200() {
@@ -192,7 +193,13 @@ EOF
 
 declare -a R_OURS R_NGINX
 for run in $(seq 1 "$RUNS"); do
-    o=$(measure $OURS_PORT); n=$(measure $NGINX_PORT)
+    # Alternate which goes first, so drifting load on the shared machine
+    # does not favour one.
+    if (( run % 2 )); then
+        o=$(measure $OURS_PORT); n=$(measure $NGINX_PORT)
+    else
+        n=$(measure $NGINX_PORT); o=$(measure $OURS_PORT)
+    fi
     echo "run $run: ours rps/p50/p99(ms)/non-200 = $o ; nginx = $n" >&2
     R_OURS+=("$o"); R_NGINX+=("$n")
 done
@@ -215,7 +222,7 @@ lines = [
     f"`bench/ingress.sh {args}` on {datetime.date.today()}: {runs} runs of {secs} s, oha with {conns} keep-alive connections,",
     "Host: bench.test, GET / (a 23-byte 200 from two nginx backends, round robin). Standalone proxies (no cluster):",
     "ours is the crate's `standalone` example (release build, the table built from an Ingress, a Service and",
-    f"EndpointSlices as the controller builds it, one runtime thread); nginx is {nginx_v.replace('nginx version: ', '')},",
+    f"EndpointSlices as the controller builds it, one thread: a current-thread tokio runtime); nginx is {nginx_v.replace('nginx version: ', '')},",
     "one worker, upstream keepalive 64, the X-Forwarded-* headers ingress-nginx sets. Proxies on CPU 1, backends and oha on CPU 0.",
     "",
     "| proxy | requests/s | p50 (ms) | p99 (ms) | non-200 |",

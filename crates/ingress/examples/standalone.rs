@@ -4,6 +4,8 @@
 //! HTTPS address with the given number of runtime threads.
 //!
 //!     standalone OBJECTS.json HTTP_ADDR HTTPS_ADDR [THREADS]
+//!
+//! THREADS 0 runs a current-thread runtime.
 
 use std::sync::Arc;
 
@@ -53,10 +55,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("{}/{}: {}", p.namespace, p.name, p.message);
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()?;
+    // 0 threads: a current-thread runtime (the listener's own thread).
+    let rt = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async move {
         let cfg = rke2_ingress::Config {
             http_listen: args[2].parse()?,
