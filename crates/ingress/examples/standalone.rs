@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             services: &svc,
             slices: &sl,
             secrets: &sec,
+            keys: None,
         },
     );
     for p in &table.problems {

@@ -133,6 +133,7 @@ pub fn spawn(
         let ingresses = ingresses.clone();
         tokio::spawn(async move {
             let mut reported: HashSet<Problem> = HashSet::new();
+            let keys = crate::routes::KeyCache::default();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -154,8 +155,10 @@ pub fn spawn(
                         services: &svc,
                         slices: &sl,
                         secrets: &sec,
+                        keys: Some(&keys),
                     },
                 );
+                keys.retain_used();
                 let problems = built.problems.clone();
                 table.store(Arc::new(built));
                 if !synced.0.swap(true, Ordering::AcqRel) {
@@ -447,13 +450,22 @@ async fn write_status(
             }
         })
         .collect();
+    let state = ingresses.state();
+    let by_name: std::collections::HashMap<(&str, &str), &Ingress> = state
+        .iter()
+        .filter_map(|i| {
+            Some((
+                (
+                    i.metadata.namespace.as_deref()?,
+                    i.metadata.name.as_deref()?,
+                ),
+                &**i,
+            ))
+        })
+        .collect();
     for (ns, name) in &table.ingresses {
-        let current = ingresses
-            .state()
-            .into_iter()
-            .find(|i| {
-                i.metadata.namespace.as_ref() == Some(ns) && i.metadata.name.as_ref() == Some(name)
-            })
+        let current = by_name
+            .get(&(ns.as_str(), name.as_str()))
             .and_then(|i| i.status.clone())
             .and_then(|s| s.load_balancer)
             .and_then(|lb| lb.ingress)

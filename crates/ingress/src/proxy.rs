@@ -330,7 +330,10 @@ pub async fn handle(
         .get_all(header::TE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     strip_hop_by_hop(&mut headers);
     // gRPC needs `te: trailers` end to end over HTTP/2.
     if te_trailers && opts.backend_protocol == BackendProtocol::H2c {
@@ -377,7 +380,11 @@ pub async fn handle(
         let mut up = Request::new(b);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
-        let Some(h) = (if retries { headers.clone() } else { headers.take() }) else {
+        let Some(h) = (if retries {
+            headers.clone()
+        } else {
+            headers.take()
+        }) else {
             break;
         };
         *up.headers_mut() = h;

@@ -180,6 +180,50 @@ pub struct Inputs<'a> {
     pub slices: &'a [Arc<EndpointSlice>],
     /// Every Secret.
     pub secrets: &'a [Arc<Secret>],
+    /// Keys parsed by earlier builds (the controller's), so a rebuild
+    /// after an endpoint change does not parse every certificate again.
+    pub keys: Option<&'a KeyCache>,
+}
+
+/// Signing keys of TLS Secrets by namespace, name and resourceVersion.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: std::sync::Mutex<HashMap<(String, String, String), Arc<CertifiedKey>>>,
+    used: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
+}
+
+impl KeyCache {
+    fn key_of(&self, s: &Secret) -> Result<Arc<CertifiedKey>, crate::tls::TlsError> {
+        let (ns, name) = ns_name(&s.metadata);
+        let id = (
+            ns,
+            name,
+            s.metadata.resource_version.clone().unwrap_or_default(),
+        );
+        if let Ok(mut u) = self.used.lock() {
+            u.insert(id.clone());
+        }
+        if let Some(k) = self.keys.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(k);
+        }
+        let k = Arc::new(crate::tls::certified_key_of_secret(s)?);
+        if let Ok(mut m) = self.keys.lock() {
+            m.insert(id, k.clone());
+        }
+        Ok(k)
+    }
+
+    /// Drops the keys the last builds since the previous call did not use.
+    pub fn retain_used(&self) {
+        let used = self
+            .used
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u))
+            .unwrap_or_default();
+        if let Ok(mut m) = self.keys.lock() {
+            m.retain(|k, _| used.contains(k));
+        }
+    }
 }
 
 fn ns_name(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -440,8 +484,11 @@ impl Table {
                         );
                         continue;
                     }
-                    Some(s) => match crate::tls::certified_key_of_secret(s) {
-                        Ok(k) => Arc::new(k),
+                    Some(s) => match inputs.keys.map_or_else(
+                        || crate::tls::certified_key_of_secret(s).map(Arc::new),
+                        |cache| cache.key_of(s),
+                    ) {
+                        Ok(k) => k,
                         Err(e) => {
                             problem(
                                 "InvalidSecret",

@@ -223,6 +223,7 @@ impl World {
                 services: &self.services,
                 slices: &self.slices,
                 secrets: &self.secrets,
+                keys: None,
             },
         )
     }
@@ -808,4 +809,42 @@ async fn backend_protocols_https_and_h2c() {
     let p = start(w.table()).await;
     assert_eq!(get(p.http, "tls.test", "/", "").await.2, "tls HTTP/1.1");
     assert_eq!(get(p.http, "grpc.test", "/", "").await.2, "h2c HTTP/2.0");
+}
+
+#[test]
+fn rebuilds_reuse_parsed_keys_until_the_secret_changes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (secret, _) = tls_secret("one", "one.test");
+    let mut w = World::default();
+    w.secrets.push(secret.clone());
+    w.ingresses.push(ingress(
+        "t",
+        json!({}),
+        json!({
+        "tls": [{"hosts": ["one.test"], "secretName": "one"}],
+        "rules": [{"host": "one.test"}]}),
+    ));
+    let cache = rke2_ingress::routes::KeyCache::default();
+    let build = |w: &World| {
+        let t = Table::build(
+            &class(),
+            &Inputs {
+                ingresses: &w.ingresses,
+                classes: &[],
+                services: &w.services,
+                slices: &w.slices,
+                secrets: &w.secrets,
+                keys: Some(&cache),
+            },
+        );
+        cache.retain_used();
+        t.cert("one.test").unwrap()
+    };
+    let first = build(&w);
+    assert!(Arc::ptr_eq(&first, &build(&w)));
+    // A new resourceVersion of the Secret is parsed again.
+    let mut changed = (*secret).clone();
+    changed.metadata.resource_version = Some("2".into());
+    w.secrets = vec![Arc::new(changed)];
+    assert!(!Arc::ptr_eq(&first, &build(&w)));
 }
