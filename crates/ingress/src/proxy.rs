@@ -37,17 +37,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Headers that belong to one connection, never forwarded
 /// (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+// The forwarding headers, parsed once.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The proxy's shared state: the live table and the backend pools.
 pub struct Proxy {
@@ -251,8 +259,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in named {
         headers.remove(h);
     }
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
     }
 }
 
@@ -345,14 +353,14 @@ pub async fn handle(
     }
     if let Ok(v) = HeaderValue::from_str(&given_host) {
         headers.insert(header::HOST, v.clone());
-        headers.insert("x-forwarded-host", v);
+        headers.insert(X_FORWARDED_HOST.clone(), v);
     }
     let ip_value = HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value");
-    headers.insert("x-forwarded-for", ip_value.clone());
-    headers.insert("x-real-ip", ip_value);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(at.scheme));
-    headers.insert("x-forwarded-port", HeaderValue::from(at.port));
-    headers.insert("x-forwarded-scheme", HeaderValue::from_static(at.scheme));
+    headers.insert(X_FORWARDED_FOR.clone(), ip_value.clone());
+    headers.insert(X_REAL_IP.clone(), ip_value);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(at.scheme));
+    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(at.port));
+    headers.insert(X_FORWARDED_SCHEME.clone(), HeaderValue::from_static(at.scheme));
     let query = parts
         .uri
         .query()
@@ -368,8 +376,13 @@ pub async fn handle(
     // are its headers kept for a second try.
     let retries = bodiless && backend.endpoints.len() > 1;
     let mut headers = Some(headers);
-    for ep in backend.order() {
-        let Ok(uri) = format!("{scheme}://{ep}{path}{query}").parse::<Uri>() else {
+    for (ep, authority) in backend.order() {
+        let mut u =
+            String::with_capacity(scheme.len() + 3 + authority.len() + path.len() + query.len());
+        for part in [scheme, "://", authority, &path, &query] {
+            u.push_str(part);
+        }
+        let Ok(uri) = Uri::try_from(u) else {
             return text(StatusCode::BAD_REQUEST, "400 Bad Request");
         };
         let b = match body.take() {

@@ -49,15 +49,20 @@ pub struct Backend {
     pub name: String,
     /// Ready endpoint addresses with the target port.
     pub endpoints: Vec<SocketAddr>,
+    /// Each endpoint as a URI authority (`ip:port`, `[ip6]:port`),
+    /// formatted once rather than per request.
+    authorities: Vec<String>,
     next: AtomicUsize,
 }
 
 impl Backend {
     /// A backend over `endpoints`.
     pub fn new(name: impl Into<String>, endpoints: Vec<SocketAddr>) -> Self {
+        let authorities = endpoints.iter().map(|e| e.to_string()).collect();
         Self {
             name: name.into(),
             endpoints,
+            authorities,
             next: AtomicUsize::new(0),
         }
     }
@@ -65,14 +70,17 @@ impl Backend {
     /// The endpoints in the order to try them for one request: round
     /// robin for the first, the others after it (retries on connect
     /// failure).
-    pub fn order(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+    pub fn order(&self) -> impl Iterator<Item = (SocketAddr, &str)> + '_ {
         let n = self.endpoints.len();
         let start = if n == 0 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
-        (0..n).map(move |i| self.endpoints[(start + i) % n])
+        (0..n).map(move |i| {
+            let j = (start + i) % n;
+            (self.endpoints[j], self.authorities[j].as_str())
+        })
     }
 }
 
