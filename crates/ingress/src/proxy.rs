@@ -358,9 +358,15 @@ pub async fn handle(
     let ip_value = HeaderValue::from_str(&ip.to_string()).expect("an IP is a header value");
     headers.insert(X_FORWARDED_FOR.clone(), ip_value.clone());
     headers.insert(X_REAL_IP.clone(), ip_value);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(at.scheme));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(at.scheme),
+    );
     headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(at.port));
-    headers.insert(X_FORWARDED_SCHEME.clone(), HeaderValue::from_static(at.scheme));
+    headers.insert(
+        X_FORWARDED_SCHEME.clone(),
+        HeaderValue::from_static(at.scheme),
+    );
     let query = parts
         .uri
         .query()
