@@ -152,7 +152,7 @@ pub async fn serve_http(
         };
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
-        tokio::spawn(serve_connection(TokioIo::new(tcp), peer, proxy, at));
+        tokio::spawn(serve_connection(TokioIo::new(tcp), peer, proxy, at, false));
     }
 }
 
@@ -180,7 +180,10 @@ pub async fn serve_https(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), peer, proxy, at).await,
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_connection(TokioIo::new(tls), peer, proxy, at, h2).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -188,7 +191,10 @@ pub async fn serve_https(
     }
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, proxy: Arc<Proxy>, at: Listener)
+/// Serves one client connection: HTTP/2 when TLS negotiated `h2`, else
+/// HTTP/1.1 with upgrades (plain HTTP is HTTP/1.1 only, as ingress-nginx's
+/// port 80).
+async fn serve_connection<I>(io: I, peer: SocketAddr, proxy: Arc<Proxy>, at: Listener, h2: bool)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -196,8 +202,17 @@ where
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(handle(&proxy, req, peer, at).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+    let served = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "client connection");
     }
 }
