@@ -11,6 +11,7 @@
 
 pub mod annotations;
 pub mod controller;
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod tls;

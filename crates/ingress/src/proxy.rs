@@ -60,7 +60,7 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// The proxy's shared state: the live table and the backend pools.
 pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
-    http: Client<HttpConnector, Body>,
+    pool: Arc<crate::pool::Pool>,
     https: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     h2c: Client<HttpConnector, Body>,
 }
@@ -86,9 +86,6 @@ impl Proxy {
             b.pool_idle_timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(1024);
         };
-        let mut b = Client::builder(TokioExecutor::new());
-        pool(&mut b);
-        let http = b.build(connector());
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -111,7 +108,7 @@ impl Proxy {
         let h2c = b.build(connector());
         Self {
             table,
-            http,
+            pool: Arc::default(),
             https,
             h2c,
         }
@@ -397,65 +394,108 @@ pub async fn handle(
     // are its headers kept for a second try.
     let retries = bodiless && backend.endpoints.len() > 1;
     let mut headers = Some(headers);
+    // A request the pool gave back unsent (connect failure): sent as is
+    // to the next endpoint, body included.
+    let mut unsent: Option<Request<Body>> = None;
     for (ep, authority) in backend.order() {
-        let mut u =
-            String::with_capacity(scheme.len() + 3 + authority.len() + path.len() + query.len());
-        for part in [scheme, "://", authority, &path, &query] {
-            u.push_str(part);
-        }
-        let Ok(uri) = Uri::try_from(u) else {
-            return text(StatusCode::BAD_REQUEST, "400 Bad Request");
-        };
-        let b = match body.take() {
-            Some(b) => b,
-            // A retry: only requests without a body get here.
-            None => Empty::new().map_err(|e| match e {}).boxed(),
-        };
-        let mut up = Request::new(b);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        let Some(h) = (if retries {
-            headers.clone()
-        } else {
-            headers.take()
-        }) else {
-            break;
-        };
-        *up.headers_mut() = h;
-        *up.version_mut() = match opts.backend_protocol {
-            BackendProtocol::H2c => Version::HTTP_2,
-            _ => Version::HTTP_11,
-        };
-        let sent = match opts.backend_protocol {
-            BackendProtocol::Http => proxy.http.request(up),
-            BackendProtocol::Https => proxy.https.request(up),
-            BackendProtocol::H2c => proxy.h2c.request(up),
-        };
-        let res = match tokio::time::timeout(opts.proxy_read_timeout, sent).await {
-            Err(_) => {
-                tracing::info!(backend = %backend.name, endpoint = %ep, "backend timed out");
-                return text(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out");
+        let plain = opts.backend_protocol == BackendProtocol::Http;
+        let up = match unsent.take() {
+            Some(r) => r,
+            None => {
+                // The pool writes the URI as given: origin form for it,
+                // absolute form for hyper-util's client.
+                let mut u = String::with_capacity(
+                    scheme.len() + 3 + authority.len() + path.len() + query.len(),
+                );
+                if !plain {
+                    for part in [scheme, "://", authority] {
+                        u.push_str(part);
+                    }
+                }
+                u.push_str(&path);
+                u.push_str(&query);
+                let Ok(uri) = Uri::try_from(u) else {
+                    return text(StatusCode::BAD_REQUEST, "400 Bad Request");
+                };
+                let b = match body.take() {
+                    Some(b) => b,
+                    // A retry: only requests without a body get here.
+                    None => Empty::new().map_err(|e| match e {}).boxed(),
+                };
+                let mut up = Request::new(b);
+                *up.method_mut() = parts.method.clone();
+                *up.uri_mut() = uri;
+                let Some(h) = (if retries {
+                    headers.clone()
+                } else {
+                    headers.take()
+                }) else {
+                    break;
+                };
+                *up.headers_mut() = h;
+                *up.version_mut() = match opts.backend_protocol {
+                    BackendProtocol::H2c => Version::HTTP_2,
+                    _ => Version::HTTP_11,
+                };
+                up
             }
-            Ok(Err(e)) if e.is_connect() && bodiless => {
-                tracing::info!(backend = %backend.name, endpoint = %ep, error = %e, "connect failed; trying the next endpoint");
-                last_error = e.to_string();
-                continue;
+        };
+        let failed: Result<Response<Body>, BoxError> = match opts.backend_protocol {
+            BackendProtocol::Http => {
+                let sent = proxy.pool.send(ep, up, CONNECT_TIMEOUT);
+                match tokio::time::timeout(opts.proxy_read_timeout, sent).await {
+                    Err(_) => {
+                        tracing::info!(backend = %backend.name, endpoint = %ep, "backend timed out");
+                        return text(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out");
+                    }
+                    Ok(Err(crate::pool::SendError::Connect(e, req))) => {
+                        tracing::info!(backend = %backend.name, endpoint = %ep, error = %e, "connect failed; trying the next endpoint");
+                        last_error = e.to_string();
+                        unsent = Some(*req);
+                        continue;
+                    }
+                    Ok(Err(crate::pool::SendError::Request(e))) => Err(e.into()),
+                    Ok(Ok(r)) => Ok(r),
+                }
             }
-            Ok(Err(e)) => {
-                if let Some(src) = std::error::Error::source(&e)
-                    && src
-                        .downcast_ref::<http_body_util::LengthLimitError>()
+            _ => {
+                let sent = match opts.backend_protocol {
+                    BackendProtocol::Https => proxy.https.request(up),
+                    _ => proxy.h2c.request(up),
+                };
+                match tokio::time::timeout(opts.proxy_read_timeout, sent).await {
+                    Err(_) => {
+                        tracing::info!(backend = %backend.name, endpoint = %ep, "backend timed out");
+                        return text(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out");
+                    }
+                    Ok(Err(e)) if e.is_connect() && bodiless => {
+                        tracing::info!(backend = %backend.name, endpoint = %ep, error = %e, "connect failed; trying the next endpoint");
+                        last_error = e.to_string();
+                        continue;
+                    }
+                    Ok(Err(e)) => Err(e.into()),
+                    Ok(Ok(r)) => Ok(r.map(|b| b.map_err(BoxError::from).boxed())),
+                }
+            }
+        };
+        let res = match failed {
+            Ok(r) => r,
+            Err(e) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+                while let Some(c) = cause {
+                    if c.downcast_ref::<http_body_util::LengthLimitError>()
                         .is_some()
-                {
-                    return text(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "413 Request Entity Too Large",
-                    );
+                    {
+                        return text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "413 Request Entity Too Large",
+                        );
+                    }
+                    cause = c.source();
                 }
                 tracing::info!(backend = %backend.name, endpoint = %ep, error = %e, "backend request failed");
                 return text(StatusCode::BAD_GATEWAY, "502 Bad Gateway");
             }
-            Ok(Ok(r)) => r,
         };
         return respond(res, client_upgrade, &backend.name);
     }
@@ -464,7 +504,7 @@ pub async fn handle(
 }
 
 fn respond(
-    mut res: Response<Incoming>,
+    mut res: Response<Body>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     backend: &str,
 ) -> Response<Body> {
@@ -491,5 +531,5 @@ fn respond(
     }
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+    Response::from_parts(parts, body)
 }

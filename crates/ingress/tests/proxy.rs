@@ -848,3 +848,44 @@ fn rebuilds_reuse_parsed_keys_until_the_secret_changes() {
     w.secrets = vec![Arc::new(changed)];
     assert!(!Arc::ptr_eq(&first, &build(&w)));
 }
+
+#[tokio::test]
+async fn a_backend_closing_idle_connections_costs_no_request() {
+    // One response per connection, then a silent close (no `Connection:
+    // close`): the pooled connection is dead when the next request comes.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let mut w = World::default();
+    w.services.push(service("c"));
+    w.slices.push(slice("c", &[addr]));
+    w.ingresses.push(ingress(
+        "c",
+        json!({}),
+        json!({"rules": [{"host": "c.test", "http": {"paths": [path("/", "Prefix", "c")]}}]}),
+    ));
+    let p = start(w.table()).await;
+    for i in 0..20 {
+        let (st, _, body) = get(p.http, "c.test", "/", "").await;
+        assert_eq!((st, body.as_str()), (200, "ok"), "request {i}");
+    }
+}
