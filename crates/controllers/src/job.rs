@@ -234,7 +234,10 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
                     st.and_then(|s| s.init_container_statuses.clone())
                         .unwrap_or_default()
                         .into_iter()
-                        .chain(st.and_then(|s| s.container_statuses.clone()).unwrap_or_default())
+                        .chain(
+                            st.and_then(|s| s.container_statuses.clone())
+                                .unwrap_or_default(),
+                        )
                 })
                 .map(|c| c.restart_count)
                 .sum()
@@ -541,20 +544,30 @@ mod tests {
     #[test]
     fn restarts_of_an_on_failure_pod_count_against_the_backoff_limit() {
         let mut j = job(json!({"backoffLimit": 2}));
-        j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().restart_policy =
-            Some("OnFailure".into());
+        j.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .restart_policy = Some("OnFailure".into());
         let now = Timestamp::now();
         let restarted = |n: i32| {
             let mut p = pod("a", "Running");
             p.status.as_mut().unwrap().container_statuses = Some(vec![
                 serde_json::from_value(json!({"name": "c", "image": "i", "imageID": "",
-                    "ready": false, "restartCount": n})).unwrap(),
+                    "ready": false, "restartCount": n}))
+                .unwrap(),
             ]);
             p
         };
         assert!(cond(&plan(&j, &[restarted(1)], now).status, "Failed").is_none());
         let p = plan(&j, &[restarted(2)], now);
-        assert_eq!(cond(&p.status, "Failed").unwrap().reason.as_deref(), Some(REASON_BACKOFF_LIMIT));
+        assert_eq!(
+            cond(&p.status, "Failed").unwrap().reason.as_deref(),
+            Some(REASON_BACKOFF_LIMIT)
+        );
         assert_eq!(p.delete, vec!["a".to_string()]);
     }
 

@@ -115,9 +115,15 @@ impl Job {
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| Fail(format!("helm status printed no JSON: {e}")))?;
-        let status = v["info"]["status"].as_str().unwrap_or("unknown").to_string();
+        let status = v["info"]["status"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string();
         let version = v["version"].as_i64().unwrap_or(0);
-        println!("release {} is {status} at revision {version}", self.var("NAME"));
+        println!(
+            "release {} is {status} at revision {version}",
+            self.var("NAME")
+        );
         Ok(Some((status, version)))
     }
 
@@ -175,7 +181,9 @@ impl Job {
     /// The chart to install: the decoded `chartContent`, else `CHART`
     /// (with `%{KUBERNETES_API}%` replaced, as upstream).
     fn chart(&self) -> Result<String, Fail> {
-        let encoded = self.chart_dir.join(format!("{}.tgz.base64", self.var("NAME")));
+        let encoded = self
+            .chart_dir
+            .join(format!("{}.tgz.base64", self.var("NAME")));
         if let Ok(text) = std::fs::read_to_string(&encoded) {
             let cleaned: String = text.split_whitespace().collect();
             let bytes = base64::engine::general_purpose::STANDARD
@@ -370,7 +378,9 @@ pub fn main(args: &[OsString]) -> i32 {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let Some(action) = args.first().filter(|a| *a == "install" || *a == "delete") else {
-        eprintln!("usage: rke2 helm-job <install|delete> [helm flags]\nRun by a HelmChart's helm Job; reads NAME, CHART, REPO, TARGET_NAMESPACE, ... from the environment.");
+        eprintln!(
+            "usage: rke2 helm-job <install|delete> [helm flags]\nRun by a HelmChart's helm Job; reads NAME, CHART, REPO, TARGET_NAMESPACE, ... from the environment."
+        );
         return 2;
     };
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -394,7 +404,9 @@ pub fn main(args: &[OsString]) -> i32 {
     match job.main() {
         Ok(()) => 0,
         Err(Fail(msg)) => {
-            eprintln!("Error: {msg}");
+            // Not `Error:`: that prefix is helm's, and the controller
+            // reports helm's own error line when there is one.
+            eprintln!("helm-job: {msg}");
             1
         }
     }
@@ -444,6 +456,9 @@ mod tests {
         let Err(Fail(msg)) = job.main() else {
             panic!("ran without helm")
         };
-        assert!(msg.contains("helm binary") && msg.contains("bin/helm"), "{msg}");
+        assert!(
+            msg.contains("helm binary") && msg.contains("bin/helm"),
+            "{msg}"
+        );
     }
 }

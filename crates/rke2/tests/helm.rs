@@ -193,7 +193,10 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     );
     assert!(ok, "{logs}");
     assert!(logs.contains("+ helm install"), "{logs}");
-    assert!(logs.contains("STATUS: deployed"), "helm's output in the Job log:\n{logs}");
+    assert!(
+        logs.contains("STATUS: deployed"),
+        "helm's output in the Job log:\n{logs}"
+    );
     let chart = charts.get("demo").await.unwrap();
     assert!(
         chart
@@ -205,10 +208,15 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     );
     assert_eq!(chart.data["status"]["jobName"], "helm-install-demo");
     assert_eq!(condition(&chart, "JobCreated").unwrap().0, "True");
-    let (ok, table) = kubectl(&kubeconfig, &["get", "hc", "-n", "kube-system", "-o", "wide"]);
+    let (ok, table) = kubectl(
+        &kubeconfig,
+        &["get", "hc", "-n", "kube-system", "-o", "wide"],
+    );
     assert!(ok, "{table}");
     assert!(
-        table.contains("TARGETNAMESPACE") && table.contains("JOB") && table.contains("helm-install-demo"),
+        table.contains("TARGETNAMESPACE")
+            && table.contains("JOB")
+            && table.contains("helm-install-demo"),
         "{table}"
     );
 
@@ -234,7 +242,10 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
-    let (_, logs) = kubectl(&kubeconfig, &["logs", "-n", "kube-system", "job/helm-install-demo"]);
+    let (_, logs) = kubectl(
+        &kubeconfig,
+        &["logs", "-n", "kube-system", "job/helm-install-demo"],
+    );
     assert!(logs.contains("+ helm upgrade"), "{logs}");
 
     // 3. A broken chart: a failed Job, a status and Events that say so.
@@ -248,7 +259,11 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
         "metadata": {"name": "broken", "namespace": "kube-system"},
         "spec": {"chartContent": b64(&broken), "targetNamespace": "default", "backOffLimit": 1}});
     charts
-        .patch("broken", &PatchParams::apply("test"), &Patch::Apply(&broken_chart))
+        .patch(
+            "broken",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&broken_chart),
+        )
         .await
         .unwrap();
 
@@ -269,7 +284,14 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     .unwrap();
     let _http = Proc(
         Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", &gw.to_string(), "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                &gw.to_string(),
+                "--directory",
+            ])
             .arg(&repo_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -290,7 +312,12 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(repo_chart.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(repo_chart.as_bytes())
+            .unwrap();
         let o = child.wait_with_output().unwrap();
         (
             o.status.success(),
@@ -298,16 +325,26 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
         )
     };
     assert!(ok, "{out}");
-    eventually(LONG, "the repository chart installed with its set value", || {
-        let client = client.clone();
-        async move {
-            (cm_message(&client, "default", "fromrepo-cm").await.as_deref() == Some("from-set"))
+    eventually(
+        LONG,
+        "the repository chart installed with its set value",
+        || {
+            let client = client.clone();
+            async move {
+                (cm_message(&client, "default", "fromrepo-cm")
+                    .await
+                    .as_deref()
+                    == Some("from-set"))
                 .then_some(())
-        }
-    })
+            }
+        },
+    )
     .await
     .unwrap_or_else(|e| {
-        let (_, logs) = kubectl(&kubeconfig, &["logs", "-n", "kube-system", "job/helm-install-fromrepo"]);
+        let (_, logs) = kubectl(
+            &kubeconfig,
+            &["logs", "-n", "kube-system", "job/helm-install-fromrepo"],
+        );
         panic!("{e}\n{logs}\n{}", s1.log())
     });
 
@@ -315,12 +352,17 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
         let charts = charts.clone();
         async move {
             let c = charts.get("broken").await.ok()?;
-            condition(&c, "Failed").filter(|(s, _)| s == "True").map(|(_, m)| m)
+            condition(&c, "Failed")
+                .filter(|(s, _)| s == "True")
+                .map(|(_, m)| m)
         }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
-    assert!(failed.contains("nosuchfunction"), "status names the problem: {failed}");
+    assert!(
+        failed.contains("nosuchfunction"),
+        "status names the problem: {failed}"
+    );
     let job = jobs.get("helm-install-broken").await.unwrap();
     assert!(
         job.status
@@ -343,7 +385,8 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     .await
     .unwrap();
     assert!(
-        evs.iter().any(|(t, r, _)| t == "Warning" && r == "JobPodFailed"),
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "JobPodFailed"),
         "{evs:?}"
     );
     // The others are untouched.
@@ -353,21 +396,29 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     );
 
     // 5. Deleting a HelmChart uninstalls it, then the finalizer goes.
-    charts.delete("demo", &DeleteParams::default()).await.unwrap();
-    eventually(LONG, "the demo release uninstalled and its HelmChart gone", || {
-        let client = client.clone();
-        let charts = charts.clone();
-        async move {
-            let cm_gone = cm_message(&client, "demo", "demo-cm").await.is_none();
-            let chart_gone = charts.get_opt("demo").await.ok()?.is_none();
-            (cm_gone && chart_gone).then_some(())
-        }
-    })
+    charts
+        .delete("demo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        LONG,
+        "the demo release uninstalled and its HelmChart gone",
+        || {
+            let client = client.clone();
+            let charts = charts.clone();
+            async move {
+                let cm_gone = cm_message(&client, "demo", "demo-cm").await.is_none();
+                let chart_gone = charts.get_opt("demo").await.ok()?.is_none();
+                (cm_gone && chart_gone).then_some(())
+            }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
     let evs = events_of(&client, "demo").await;
     assert!(
-        evs.iter().any(|(_, r, m)| r == "RemoveJob" && m.contains("helm-delete-demo")),
+        evs.iter()
+            .any(|(_, r, m)| r == "RemoveJob" && m.contains("helm-delete-demo")),
         "{evs:?}"
     );
     drop(bed);

@@ -98,7 +98,15 @@ fn reference(chart: &Value) -> ObjectReference {
 }
 
 async fn event(ctx: &Ctx, chart: &Value, type_: &str, reason: &str, message: String) {
-    record_event(&ctx.client, COMPONENT, &reference(chart), type_, reason, message).await;
+    record_event(
+        &ctx.client,
+        COMPONENT,
+        &reference(chart),
+        type_,
+        reason,
+        message,
+    )
+    .await;
 }
 
 fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
@@ -156,7 +164,11 @@ async fn set_finalizer(ctx: &Ctx, chart: &Value, present: bool) -> Result<(), Er
     let patch = json!({"metadata": {"finalizers": list,
         "resourceVersion": chart["metadata"]["resourceVersion"]}});
     match api
-        .patch(job::name(chart), &PatchParams::default(), &Patch::Merge(patch))
+        .patch(
+            job::name(chart),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -171,9 +183,16 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
-        .await
-        .map_err(api_err(format!("applying {} {name}", obj["kind"].as_str().unwrap_or(""))))?;
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(api_err(format!(
+        "applying {} {name}",
+        obj["kind"].as_str().unwrap_or("")
+    )))?;
     Ok(())
 }
 
@@ -201,14 +220,24 @@ fn job_condition(job: &Job, ty: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == ty && c.status == "True"))
 }
 
-/// The line of a helm run's log that says what went wrong: the last one
-/// mentioning an error, else the last one.
+/// The line of a helm run's log that says what went wrong: helm's last
+/// `Error: ...`, else the last line mentioning an error, else the last one.
 pub fn error_line(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .rev()
-        .find(|l| l.contains("Error") || l.contains("error:"))
+        .find(|l| l.starts_with("Error:"))
+        .or_else(|| {
+            lines
+                .iter()
+                .rev()
+                .find(|l| l.to_ascii_lowercase().contains("error"))
+        })
         .or(lines.last())
         .map(|l| l.to_string())
         .unwrap_or_default()
@@ -237,7 +266,11 @@ async fn report_pod_failures(ctx: &Ctx, chart: &Value, job: &Job) -> String {
             continue;
         }
         let pod_name = p.metadata.name.clone().unwrap_or_default();
-        for cs in p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()) {
+        for cs in p
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+        {
             let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
             let now = cs.state.as_ref().and_then(|s| s.terminated.as_ref());
             // A run that failed: the previous one (restarted) or the
@@ -403,9 +436,10 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
         if !last.is_empty() {
             message = format!("{message}: {last}");
         }
-        let failed_now = chart["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Failed" && c["status"] == "True"));
+        let failed_now = chart["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Failed" && c["status"] == "True")
+        });
         if !failed_now {
             event(&ctx, &chart, "Warning", "JobFailed", message.clone()).await;
         }
@@ -582,15 +616,19 @@ pub async fn run(client: kube::Client, settings: JobSettings, stop: Cancellation
             let name = cfg.metadata.name.clone().unwrap_or_default();
             Some(ObjectRef::new_with(&name, ar_cfg.clone()).within(&ns))
         })
-        .watches(pods, watcher::Config::default().labels(LABEL_CHART), move |pod: Pod| {
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let chart = pod
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_CHART).cloned());
-            chart.map(|c| ObjectRef::new_with(&c, ar_pod.clone()).within(&ns))
-        })
+        .watches(
+            pods,
+            watcher::Config::default().labels(LABEL_CHART),
+            move |pod: Pod| {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let chart = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_CHART).cloned());
+                chart.map(|c| ObjectRef::new_with(&c, ar_pod.clone()).within(&ns))
+            },
+        )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -603,12 +641,16 @@ mod tests {
 
     #[test]
     fn the_error_line_is_helms_error() {
-        let log = "+ helm upgrade --install x /tmp/x.tgz\nError: INSTALLATION FAILED: parse error at (x/templates/a.yaml:3)\nhelm-job: helm exited with 1\n";
+        let log = "+ helm upgrade --install x /tmp/x.tgz\nError: INSTALLATION FAILED: parse error at (x/templates/a.yaml:3)\nhelm-job: helm install exited with code 1\n";
         assert_eq!(
             error_line(log),
             "Error: INSTALLATION FAILED: parse error at (x/templates/a.yaml:3)"
         );
         assert_eq!(error_line("a\nb\n\n"), "b");
+        assert_eq!(
+            error_line("a\nhelm-job: the helm binary /bin/helm is missing\n"),
+            "helm-job: the helm binary /bin/helm is missing"
+        );
         assert_eq!(error_line(""), "");
     }
 }

@@ -179,7 +179,10 @@ pub fn helmchartconfig_crd() -> Value {
 pub async fn ensure(client: kube::Client, stop: CancellationToken) {
     let api: Api<CustomResourceDefinition> = Api::all(client);
     for crd in [helmchart_crd(), helmchartconfig_crd()] {
-        let name = crd["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         loop {
             let applied = api
                 .patch(
@@ -221,10 +224,17 @@ mod tests {
             .collect();
         assert_eq!(
             cols,
-            ["Repo", "Chart", "Version", "TargetNamespace", "Bootstrap", "Failed", "Job"]
+            [
+                "Repo",
+                "Chart",
+                "Version",
+                "TargetNamespace",
+                "Bootstrap",
+                "Failed",
+                "Job"
+            ]
         );
-        let hcc: CustomResourceDefinition =
-            serde_json::from_value(helmchartconfig_crd()).unwrap();
+        let hcc: CustomResourceDefinition = serde_json::from_value(helmchartconfig_crd()).unwrap();
         assert_eq!(hcc.spec.names.short_names, Some(vec!["hcc".to_string()]));
     }
 }

@@ -113,7 +113,10 @@ fn typed(v: &Value) -> Option<(bool, String)> {
         Value::Bool(b) => Some((true, b.to_string())),
         Value::String(s) => {
             let lower = s.to_ascii_lowercase();
-            Some((matches!(lower.as_str(), "true" | "false" | "null"), s.clone()))
+            Some((
+                matches!(lower.as_str(), "true" | "false" | "null"),
+                s.clone(),
+            ))
         }
         _ => None,
     }
@@ -175,7 +178,10 @@ fn to_yaml(v: &Value) -> String {
 /// The values Secret's data (key → content) and the files of the
 /// `/config` volume (key → path), in the order helm reads them: the
 /// chart's values, then the HelmChartConfig's over them.
-pub fn values(chart: &Value, config: Option<&Value>) -> (BTreeMap<String, String>, Vec<(String, String)>) {
+pub fn values(
+    chart: &Value,
+    config: Option<&Value>,
+) -> (BTreeMap<String, String>, Vec<(String, String)>) {
     let sp = spec(chart);
     let mut data = BTreeMap::new();
     let mut items = Vec::new();
@@ -305,7 +311,10 @@ pub fn desired(chart: &Value, config: Option<&Value>, settings: &JobSettings) ->
     let mut mounts = vec![json!({"name": "tmp", "mountPath": "/tmp"})];
     let mut pod = Map::new();
     pod.insert("restartPolicy".into(), json!("OnFailure"));
-    pod.insert("serviceAccountName".into(), json!(service_account_name(chart)));
+    pod.insert(
+        "serviceAccountName".into(),
+        json!(service_account_name(chart)),
+    );
     pod.insert("priorityClassName".into(), json!("system-cluster-critical"));
     let mut node_selector = json!({"kubernetes.io/os": "linux"});
     if sp["bootstrap"] == true {
@@ -323,7 +332,10 @@ pub fn desired(chart: &Value, config: Option<&Value>, settings: &JobSettings) ->
             ]),
         );
         env.push(("KUBERNETES_SERVICE_HOST", settings.bootstrap_api.0.clone()));
-        env.push(("KUBERNETES_SERVICE_PORT", settings.bootstrap_api.1.to_string()));
+        env.push((
+            "KUBERNETES_SERVICE_PORT",
+            settings.bootstrap_api.1.to_string(),
+        ));
         env.push(("BOOTSTRAP", "true".into()));
     }
     pod.insert("nodeSelector".into(), node_selector);
@@ -367,7 +379,10 @@ pub fn desired(chart: &Value, config: Option<&Value>, settings: &JobSettings) ->
         volumes.push(json!({"name": "auth", "secret": {"secretName": a, "defaultMode": 0o644}}));
         mounts.push(json!({"name": "auth", "mountPath": "/auth"}));
     }
-    if let Some(c) = sp["repoCAConfigMap"]["name"].as_str().filter(|c| !c.is_empty()) {
+    if let Some(c) = sp["repoCAConfigMap"]["name"]
+        .as_str()
+        .filter(|c| !c.is_empty())
+    {
         volumes.push(json!({"name": "ca-files", "configMap": {"name": c, "defaultMode": 0o644}}));
         mounts.push(json!({"name": "ca-files", "mountPath": "/ca-files"}));
     }
@@ -407,7 +422,11 @@ pub fn desired(chart: &Value, config: Option<&Value>, settings: &JobSettings) ->
     let hash = format!("SHA256={}", hex::encode_upper(h.finalize()));
     let mut template = template;
     template["metadata"]["annotations"][KEY_CONFIG_HASH] = json!(hash);
-    let short: String = hash.trim_start_matches("SHA256=").chars().take(63).collect();
+    let short: String = hash
+        .trim_start_matches("SHA256=")
+        .chars()
+        .take(63)
+        .collect();
     if let Some(envs) = template["spec"]["containers"][0]["env"].as_array_mut() {
         envs.push(json!({"name": "CONFIG_HASH", "value": short}));
     }
@@ -468,15 +487,22 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e["name"].as_str().unwrap().into(), e["value"].as_str().unwrap().into()))
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["value"].as_str().unwrap().into(),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn an_install_job_as_upstream_names_it() {
-        let c = chart(json!({"chart": "nginx", "repo": "http://r/", "version": "1.2.3",
+        let c = chart(
+            json!({"chart": "nginx", "repo": "http://r/", "version": "1.2.3",
             "targetNamespace": "web", "createNamespace": true,
-            "set": {"replicas": 2, "name": "a,b", "enabled": "true"}}));
+            "set": {"replicas": 2, "name": "a,b", "enabled": "true"}}),
+        );
         let d = desired(&c, None, &settings());
         assert_eq!(d.job["metadata"]["name"], "helm-install-web");
         assert_eq!(d.service_account["metadata"]["name"], "helm-web");
@@ -485,9 +511,21 @@ mod tests {
         let args = &d.job["spec"]["template"]["spec"]["containers"][0]["args"];
         assert_eq!(
             args,
-            &json!(["helm-job", "install", "--namespace", "web", "--create-namespace",
-                "--version", "1.2.3", "--set", "enabled=true", "--set-string", "name=a\\,b",
-                "--set", "replicas=2"])
+            &json!([
+                "helm-job",
+                "install",
+                "--namespace",
+                "web",
+                "--create-namespace",
+                "--version",
+                "1.2.3",
+                "--set",
+                "enabled=true",
+                "--set-string",
+                "name=a\\,b",
+                "--set",
+                "replicas=2"
+            ])
         );
         let e = env(&d.job);
         assert_eq!(e["CHART"], "web/nginx");
@@ -511,7 +549,10 @@ mod tests {
         let paths: Vec<&str> = items.iter().map(|(_, p)| p.as_str()).collect();
         assert_eq!(
             paths,
-            ["values-0-000-HelmChart-ValuesContent.yaml", "values-1-000-HelmChartConfig-ValuesContent.yaml"]
+            [
+                "values-0-000-HelmChart-ValuesContent.yaml",
+                "values-1-000-HelmChartConfig-ValuesContent.yaml"
+            ]
         );
         assert_eq!(env(&tuned.job)["FAILURE_POLICY"], "abort");
         assert_eq!(
@@ -528,8 +569,17 @@ mod tests {
         let d = desired(&c, None, &settings());
         let pod = &d.job["spec"]["template"]["spec"];
         assert_eq!(pod["hostNetwork"], true);
-        assert_eq!(pod["nodeSelector"]["node-role.kubernetes.io/control-plane"], "true");
-        assert!(pod["tolerations"].as_array().unwrap().iter().any(|t| t["key"] == "CriticalAddonsOnly"));
+        assert_eq!(
+            pod["nodeSelector"]["node-role.kubernetes.io/control-plane"],
+            "true"
+        );
+        assert!(
+            pod["tolerations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["key"] == "CriticalAddonsOnly")
+        );
         let e = env(&d.job);
         assert_eq!(e["KUBERNETES_SERVICE_HOST"], "127.0.0.1");
         assert_eq!(e["BOOTSTRAP"], "true");
