@@ -39,6 +39,10 @@ pub struct ServerOpts {
     pub config_yaml: Option<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Seed the data dir before the first start ([`seed_images`]: the
+    /// test pause and busybox images, and helm), so pods run; the config
+    /// should then name `pause-image: rke2.test/pause:1`.
+    pub seed: bool,
 }
 
 /// A running `rke2 server`.
@@ -78,6 +82,9 @@ impl Server {
             opts,
             child: None,
         };
+        if s.opts.seed {
+            seed_images(&s.data_dir)?;
+        }
         s.spawn()?;
         Ok(s)
     }
