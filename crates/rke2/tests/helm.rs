@@ -2,8 +2,9 @@
 //! in its own network namespace, so pods reach the API through the
 //! service proxy), with real containerd, kubectl and helm: a chart
 //! dropped into `server/manifests/` as a HelmChart with `chartContent`
-//! installs and its Job's log is helm's; a HelmChartConfig changes a
-//! value; a chart from a repository the test serves installs; a broken
+//! installs and its Job's log is helm's; the bundled DNS chart's Job
+//! completes, its pods run and a HelmChartConfig changes its value and a
+//! user chart's; a chart from a repository the test serves installs; a broken
 //! chart fails with a status and Events while the others are unaffected;
 //! deleting a HelmChart uninstalls it.
 
@@ -170,6 +171,92 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
         &rke2_controllers::helm::helmchart_resource(),
     );
     let jobs: Api<Job> = Api::namespaced(client.clone(), "kube-system");
+
+    // 0. A fresh server: the bundled DNS chart's helm Job completes and
+    //    the DNS pods run; a HelmChartConfig tunes the bundled chart.
+    eventually(LONG, "helm-install-rke2-coredns Completed", || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let (ok, out) = kubectl(
+                &kubeconfig,
+                &["get", "pods", "-n", "kube-system", "--no-headers"],
+            );
+            (ok && out
+                .lines()
+                .any(|l| l.starts_with("helm-install-rke2-coredns-") && l.contains("Completed")))
+            .then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let (_, pods) = kubectl(
+        &kubeconfig,
+        &["get", "pods", "-n", "kube-system", "--no-headers"],
+    );
+    assert!(
+        !pods
+            .lines()
+            .any(|l| l.starts_with("helm-") && l.contains("Error")),
+        "{pods}"
+    );
+    eventually(LONG, "the DNS pods Running and ready", || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let (ok, out) = kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    "kube-system",
+                    "-l",
+                    "app.kubernetes.io/name=rke2-coredns",
+                    "--no-headers",
+                ],
+            );
+            (ok && !out.trim().is_empty()
+                && out
+                    .lines()
+                    .all(|l| l.contains("Running") && l.contains("1/1")))
+            .then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let dns_config = json!({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChartConfig",
+        "metadata": {"name": "rke2-coredns", "namespace": "kube-system"},
+        "spec": {"valuesContent": "autoscaler:\n  nodesPerReplica: 8\n"}});
+    Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        "kube-system",
+        &rke2_controllers::helm::helmchartconfig_resource(),
+    )
+    .patch(
+        "rke2-coredns",
+        &PatchParams::apply("test"),
+        &Patch::Apply(&dns_config),
+    )
+    .await
+    .unwrap();
+    eventually(
+        LONG,
+        "the bundled chart's value changed by the HelmChartConfig",
+        || {
+            let client = client.clone();
+            async move {
+                let cms: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+                let cm = cms
+                    .get_opt("rke2-coredns-rke2-coredns-autoscaler")
+                    .await
+                    .ok()??;
+                let linear: serde_json::Value =
+                    serde_json::from_str(cm.data?.get("linear")?).ok()?;
+                (linear["nodesPerReplica"] == 8 && linear["coresPerReplica"] == 256).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
 
     // 1. A chart dropped into server/manifests with chartContent.
     let demo = package_chart(&work, "demo", "0.1.0", "");
