@@ -48,7 +48,8 @@ const BUNDLED: &[(&str, Shipped)] = &[
     ),
 ];
 
-mod embedded {
+/// The chart files embedded at build time.
+pub mod embedded {
     include!(concat!(env!("OUT_DIR"), "/charts.rs"));
 }
 
@@ -70,7 +71,7 @@ pub struct AddonValues {
 }
 
 /// The files of a bundled chart (path in the chart, content).
-pub fn chart_files(name: &str) -> Option<&'static [(&'static str, &'static [u8])]> {
+pub fn chart_files(name: &str) -> Option<&'static [embedded::ChartFile]> {
     embedded::CHARTS
         .iter()
         .find(|(n, _)| *n == name)
