@@ -354,6 +354,27 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
         .await
         .unwrap();
 
+    // ... and one that the API refuses (a release left `failed`) with
+    // `failurePolicy: abort`: the next run leaves it for the operator.
+    let refused = package_chart(
+        &work,
+        "refused",
+        "0.1.0",
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Not_A_Valid_Name\n",
+    );
+    let refused_chart = json!({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart",
+        "metadata": {"name": "refused", "namespace": "kube-system"},
+        "spec": {"chartContent": b64(&refused), "targetNamespace": "default",
+            "backOffLimit": 2, "failurePolicy": "abort"}});
+    charts
+        .patch(
+            "refused",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&refused_chart),
+        )
+        .await
+        .unwrap();
+
     // 4. Meanwhile a chart from a repository (helm repo index + tgz over HTTP).
     let repo_dir = work.join("repo");
     std::fs::create_dir_all(&repo_dir).unwrap();
@@ -475,6 +496,28 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
         evs.iter()
             .any(|(t, r, _)| t == "Warning" && r == "JobPodFailed"),
         "{evs:?}"
+    );
+    let aborted = eventually(LONG, "the aborting chart's Failed condition", || {
+        let charts = charts.clone();
+        async move {
+            let c = charts.get("refused").await.ok()?;
+            condition(&c, "Failed")
+                .filter(|(s, _)| s == "True")
+                .map(|(_, m)| m)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    assert!(
+        aborted.contains("failure policy is 'abort'"),
+        "status names the policy: {aborted}"
+    );
+    let evs = events_of(&client, "refused").await;
+    assert!(
+        evs.iter().any(|(t, r, m)| t == "Warning"
+            && r == "JobPodFailed"
+            && m.contains("Not_A_Valid_Name")),
+        "the first run's error (the API's refusal) reported: {evs:?}"
     );
     // The others are untouched.
     assert_eq!(
