@@ -642,6 +642,20 @@ async fn run_with_etcd(
                 duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
             },
             enable_servicelb: cfg.enable_servicelb,
+            helm_jobs: rke2_controllers::helm::JobSettings {
+                default_image: rke2_runtime::addon_image::reference(),
+                // A bootstrap chart's Job runs on a server's host network
+                // and talks to the apiserver there, as upstream's
+                // KUBERNETES_SERVICE_HOST=127.0.0.1 (this server's own
+                // address when it listens on one).
+                bootstrap_api: (
+                    cfg.bind_address
+                        .filter(|b| !b.is_unspecified())
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "127.0.0.1".into()),
+                    cfg.https_listen_port,
+                ),
+            },
         },
         control_plane_stop.clone(),
     )?;
@@ -681,6 +695,8 @@ struct ControlPlane {
     signers: rke2_controllers::csr_signing::Signers,
     /// `enable-servicelb`: run ServiceLB.
     enable_servicelb: bool,
+    /// What the HelmChart controller's Jobs run with.
+    helm_jobs: rke2_controllers::helm::JobSettings,
 }
 
 /// Worker threads of the control-plane runtime.
@@ -830,6 +846,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
         cluster_cidr,
         signers,
         enable_servicelb,
+        helm_jobs,
         ..
     } = cp;
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
@@ -848,6 +865,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
             let node_name = node_name.clone();
             let root_ca_pem = root_ca_pem.clone();
             let signers = signers.clone();
+            let helm_jobs = helm_jobs.clone();
             async move {
                 let mut loops = tokio::task::JoinSet::new();
                 loops.spawn(rke2_controllers::server_removal::run(
@@ -872,6 +890,16 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     manifests,
                     lead.clone(),
                 ));
+                // The HelmChart controller (RKE2's supervisor runs it with
+                // admin rights): its CRDs first, then the loop.
+                {
+                    let client = client.clone();
+                    let lead = lead.clone();
+                    loops.spawn(async move {
+                        rke2_controllers::helm::crd::ensure(client.clone(), lead.clone()).await;
+                        rke2_controllers::helm::run(client, helm_jobs, lead).await;
+                    });
+                }
                 loops.spawn(rke2_controllers::addons::remove_disabled(
                     client.clone(),
                     disabled_addons.0,

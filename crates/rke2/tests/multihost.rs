@@ -161,8 +161,9 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
         .unwrap();
 
     let first = format!(
-        "token: my-shared-secret\ntls-san:\n  - {}\nnode-taint:\n  - \"CriticalAddonsOnly=true:NoExecute\"\n",
-        lb.ip
+        "token: my-shared-secret\ntls-san:\n  - {}\nnode-taint:\n  - \"CriticalAddonsOnly=true:NoExecute\"\npause-image: {}\n",
+        lb.ip,
+        rke2_testbed::TEST_PAUSE_IMAGE
     );
     let joiner = format!("server: https://{}:9345\n{first}", lb.ip);
     let mut s: Vec<Proc> = vec![
@@ -170,6 +171,11 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
         Proc::new(&bed, &hs[1], "server", &joiner, &[]),
         Proc::new(&bed, &hs[2], "server", &joiner, &[]),
     ];
+    // The bundled DNS chart's helm Job runs as a pod on a server: images
+    // and helm in the data dirs.
+    for p in &s {
+        rke2_testbed::seed_images(&p.dir.join("data")).unwrap();
+    }
     s[0].start(&bed);
     eventually(Duration::from_secs(120), "server 1 kubeconfig", || async {
         s[0].dir.join("rke2.yaml").exists().then_some(())
