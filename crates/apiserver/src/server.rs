@@ -300,6 +300,48 @@ async fn route(
     if let Some(resp) = crate::aggregator::serve(&state, &identity, &mut parts, body).await {
         return resp;
     }
+    if path == crate::tokens::TOKEN_REVIEW_PATH {
+        if parts.method != http::Method::POST {
+            return ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource (tokenreviews)"
+                    .to_string(),
+            )
+            .into_response();
+        }
+        let may = crate::rbac::Request {
+            verb: "create",
+            target: crate::rbac::Target::Resource {
+                group: "authentication.k8s.io",
+                resource: "tokenreviews",
+                subresource: "",
+                namespace: "",
+                name: "",
+            },
+        };
+        if !crate::authz::node_may_review(&identity, "tokenreviews")
+            && !crate::rbac::can(&state, &identity, &may).await
+        {
+            return ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "tokenreviews.authentication.k8s.io is forbidden: User \"{}\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope",
+                    identity.user
+                ),
+            )
+            .into_response();
+        }
+        let bytes = match read_limited(body.take().unwrap_or_default()).await {
+            Some(b) => b,
+            None => return ApiError::too_large(MAX_BODY).into_response(),
+        };
+        return match crate::tokens::review(&state, &bytes).await {
+            Ok(v) => json(StatusCode::CREATED, &v),
+            Err(e) => e.into_response(),
+        };
+    }
     if let Some((plural, kind, ns)) = crate::access_review::route(&path) {
         if parts.method != http::Method::POST {
             return ApiError::new(
