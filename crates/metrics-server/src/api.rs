@@ -15,9 +15,9 @@ use crate::storage::Usage;
 pub fn cpu_quantity(nano: u64) -> String {
     match nano {
         0 => "0".into(),
-        n if n % 1_000_000_000 == 0 => format!("{}", n / 1_000_000_000),
-        n if n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
-        n if n % 1_000 == 0 => format!("{}u", n / 1_000),
+        n if n.is_multiple_of(1_000_000_000) => format!("{}", n / 1_000_000_000),
+        n if n.is_multiple_of(1_000_000) => format!("{}m", n / 1_000_000),
+        n if n.is_multiple_of(1_000) => format!("{}u", n / 1_000),
         n => format!("{n}n"),
     }
 }
@@ -30,7 +30,7 @@ pub fn memory_quantity(bytes: u64) -> String {
     let mut n = bytes;
     let mut suffix = "";
     for s in ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] {
-        if n % 1024 != 0 {
+        if !n.is_multiple_of(1024) {
             break;
         }
         n /= 1024;

@@ -86,7 +86,7 @@ impl Scraper {
                     .find(|a| &a.type_ == t && !a.address.is_empty())
                     .map(|a| a.address.clone())
             })
-            .ok_or_else(|| ScrapeError::NoAddress(name))?;
+            .ok_or(ScrapeError::NoAddress(name))?;
         let port = status
             .and_then(|s| s.daemon_endpoints.as_ref())
             .and_then(|d| d.kubelet_endpoint.as_ref())

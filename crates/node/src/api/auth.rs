@@ -76,13 +76,19 @@ pub fn attributes(method: &http::Method, path: &str) -> Attributes {
     Attributes { verb, subresource }
 }
 
+/// An answer and when it was had.
+type Cached<T> = (Instant, T);
+
+/// Users of tokens, by the token's SHA-256.
+type TokenCache = HashMap<[u8; 32], Cached<Option<Peer>>>;
+
 /// The delegated authenticator and authorizer of one node's API.
 #[derive(Clone)]
 pub struct Webhook {
     client: kube::Client,
     node_name: String,
-    tokens: Arc<Mutex<HashMap<[u8; 32], (Instant, Option<Peer>)>>>,
-    decisions: Arc<Mutex<HashMap<String, (Instant, bool)>>>,
+    tokens: Arc<Mutex<TokenCache>>,
+    decisions: Arc<Mutex<HashMap<String, Cached<bool>>>>,
 }
 
 /// Why a request was not let in.

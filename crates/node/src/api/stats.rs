@@ -692,11 +692,14 @@ pub fn go_float(f: f64) -> String {
     format!("{f}")
 }
 
+/// Labels, value and timestamp (ms) of one sample.
+type PromSample = (Vec<(&'static str, String)>, f64, Option<i64>);
+
 struct Family {
     name: &'static str,
     help: &'static str,
     kind: &'static str,
-    samples: Vec<(Vec<(&'static str, String)>, f64, Option<i64>)>,
+    samples: Vec<PromSample>,
 }
 
 impl Family {
