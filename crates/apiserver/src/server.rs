@@ -500,6 +500,15 @@ async fn route(
                     Ok(scope) => scope,
                     Err(e) => return e.into_response(),
                 };
+            if rp.subresource.as_deref() == Some("proxy") && rp.rt.plural == "nodes" {
+                return crate::proxy::node_proxy(
+                    &state,
+                    rp.name.as_deref().unwrap_or(""),
+                    &path,
+                    &parts,
+                )
+                .await;
+            }
             if let Some(stream) = crate::proxy::PodStream::of(&rp) {
                 // Streams from the node API; the body is not read (exec and
                 // attach upgrade the connection, log is a GET).

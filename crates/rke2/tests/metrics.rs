@@ -6,7 +6,8 @@
 //! pods running, with the oldest and newest kubectl. The node API serves
 //! `/stats/summary` and `/metrics/resource` to a ServiceAccount token
 //! once RBAC grants `nodes/stats` and `nodes/metrics` (403 before), and
-//! `kubectl top` as a user without the metrics reader role is refused.
+//! through the apiserver's `nodes/proxy`; `kubectl top` as a user without
+//! the metrics reader role is refused; TokenReview answers.
 //!
 //! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd,
 //! nftables (scripts/install.sh).
@@ -427,6 +428,74 @@ async fn kubectl_top_shows_node_and_pod_figures() {
         "{metrics}"
     );
     assert!(metrics.ends_with("resource_scrape_error 0\n"), "{metrics}");
+
+    // The same through the apiserver's nodes/proxy, for whoever may `get
+    // nodes/proxy` (the node lets the apiserver in; the user was
+    // authorized there).
+    let o = kubectl(
+        k,
+        &kubeconfig,
+        &["get", "--raw", "/api/v1/nodes/s1/proxy/stats/summary"],
+    );
+    let via: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(via["node"]["nodeName"], "s1");
+    let o = kubectl(
+        k,
+        &kubeconfig,
+        &["get", "--raw", "/api/v1/nodes/s1/proxy/metrics/resource"],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"busy\"} "),
+        "{}",
+        text(&o)
+    );
+    let o = kubectl(
+        k,
+        &kubeconfig,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/nodes/s1/proxy/stats/summary",
+            "--as",
+            "system:serviceaccount:default:nobody",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).to_lowercase().contains("forbidden"),
+        "{}",
+        text(&o)
+    );
+
+    // TokenReview, what the node API asked: the reader's token is
+    // authenticated as its ServiceAccount, a forged one is not.
+    let review = |t: &str| {
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": t}});
+        let mut child = Command::new(k)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["create", "-o", "json", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.to_string().as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        serde_json::from_slice::<Value>(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)))
+    };
+    let good = review(&token);
+    assert_eq!(good["status"]["authenticated"], true, "{good}");
+    assert_eq!(good["status"]["user"]["username"], sa, "{good}");
+    let bad = review("a.b.c");
+    assert_ne!(bad["status"]["authenticated"], true, "{bad}");
+    assert!(bad["status"]["error"].is_string(), "{bad}");
     drop(s1);
 }
 
