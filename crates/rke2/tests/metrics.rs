@@ -82,7 +82,18 @@ fn row(table: &str, name: &str) -> Option<Vec<String>> {
 /// GET over TLS verified against `ca_pem`, with an optional bearer
 /// token: (status, body).
 async fn https_get(addr: &str, ca_pem: &[u8], token: Option<&str>, path: &str) -> (u16, String) {
-    let tls = rke2_trust::client_tls_config(ca_pem, None).unwrap();
+    https_get_as(addr, ca_pem, None, token, path).await
+}
+
+/// [`https_get`] presenting a client certificate `(cert, key)` PEM.
+async fn https_get_as(
+    addr: &str,
+    ca_pem: &[u8],
+    cert: Option<(&[u8], &[u8])>,
+    token: Option<&str>,
+    path: &str,
+) -> (u16, String) {
+    let tls = rke2_trust::client_tls_config(ca_pem, cert).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let ip: std::net::IpAddr = addr.rsplit_once(':').unwrap().0.parse().unwrap();
     let mut s = tokio_rustls::TlsConnector::from(Arc::clone(&tls))
@@ -428,6 +439,58 @@ async fn kubectl_top_shows_node_and_pod_figures() {
         "{metrics}"
     );
     assert!(metrics.ends_with("resource_scrape_error 0\n"), "{metrics}");
+
+    // A client certificate of the client CA for a user outside
+    // system:masters: authorized by SubjectAccessReview too.
+    let tls_dir = s1.data_dir().join("server/tls");
+    let client_ca = rke2_trust::CertAuthority::ensure(
+        &tls_dir.join("client-ca.crt"),
+        &tls_dir.join("client-ca.key"),
+        "rke2-client",
+    )
+    .unwrap();
+    let (cert, key) = client_ca
+        .issue(&rke2_trust::LeafSpec::client("carol", &["devs"]))
+        .unwrap();
+    let carol = Some((cert.as_bytes(), key.as_bytes()));
+    let (code, body) = https_get_as(&addr, &ca, carol, None, "/metrics/resource").await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("user=carol") && body.contains("subresource(s)=[metrics]"),
+        "{body}"
+    );
+    let o = kubectl(
+        k,
+        &kubeconfig,
+        &[
+            "create",
+            "clusterrolebinding",
+            "carol-kubelet",
+            "--clusterrole=system:kubelet-api-admin",
+            "--user=carol",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    eventually(
+        Duration::from_secs(60),
+        "/metrics/resource as carol",
+        || {
+            let (addr, ca, cert, key) = (addr.clone(), ca.clone(), cert.clone(), key.clone());
+            async move {
+                let (code, _) = https_get_as(
+                    &addr,
+                    &ca,
+                    Some((cert.as_bytes(), key.as_bytes())),
+                    None,
+                    "/metrics/resource",
+                )
+                .await;
+                (code == 200).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
 
     // The same through the apiserver's nodes/proxy, for whoever may `get
     // nodes/proxy` (the node lets the apiserver in; the user was
