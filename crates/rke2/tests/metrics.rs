@@ -1,11 +1,13 @@
-//! Resource metrics for real on a one-server bed (the server runs its pods
-//! in its own network namespace): the bundled `rke2-metrics-server` runs
-//! on the addon image with no registry, its APIService turns Available,
-//! and `kubectl top nodes`, `top pods -A` and `top pod --containers` show
-//! figures (a busy container's CPU well above zero) within 60 s of the
-//! pods running, with the oldest and newest kubectl. The node API serves
-//! `/stats/summary` and `/metrics/resource` to a ServiceAccount token
-//! once RBAC grants `nodes/stats` and `nodes/metrics` (403 before), and
+//! Resource metrics for real on a two-node bed (a server and an agent,
+//! each in its own network namespace): the bundled `rke2-metrics-server`
+//! runs on the addon image with no registry, its APIService turns
+//! Available, and `kubectl top nodes` (both nodes), `top pods -A` and
+//! `top pod --containers` show figures (a busy container on the agent
+//! well above zero CPU) within 60 s of the pods running, with the oldest
+//! and newest kubectl. The agent's node API serves `/stats/summary` and
+//! `/metrics/resource` to a ServiceAccount token and to a client
+//! certificate user once RBAC grants `nodes/stats` and `nodes/metrics`
+//! (403 before), and
 //! through the apiserver's `nodes/proxy`; `kubectl top` as a user without
 //! the metrics reader role is refused; TokenReview answers.
 //!
@@ -125,11 +127,18 @@ async fn https_get_as(
 async fn kubectl_top_shows_node_and_pod_figures() {
     let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
     let hs = bed.add_host("s1").unwrap();
+    let ha = bed.add_host("a1").unwrap();
     let cfg = format!(
         "token: metrics-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-coredns\n"
     );
     let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &cfg, &[]).unwrap();
+    let agent_cfg = format!(
+        "server: https://{}:9345\ntoken: metrics-secret\npause-image: {TEST_PAUSE_IMAGE}\n",
+        hs.ip
+    );
+    let mut a1 = NodeProc::new(&bed, bin(), &ha, "agent", &agent_cfg, &[]).unwrap();
     rke2_testbed::seed_images(&s1.data_dir()).unwrap();
+    rke2_testbed::seed_images(&a1.data_dir()).unwrap();
     s1.start(&bed).unwrap();
     let kc_path = s1.dir.join("rke2.yaml");
     eventually(LONG, "server kubeconfig", || async {
@@ -143,16 +152,20 @@ async fn kubectl_top_shows_node_and_pod_figures() {
     })
     .await
     .unwrap();
+    a1.start(&bed).unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
-    eventually(LONG, "the node Ready", || async {
-        let n = nodes.get_opt("s1").await.ok()??;
-        n.status
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            .then_some(())
+    eventually(LONG, "both nodes Ready", || async {
+        for name in ["s1", "a1"] {
+            let n = nodes.get_opt(name).await.ok()??;
+            n.status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                .then_some(())?;
+        }
+        Some(())
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    .unwrap_or_else(|e| panic!("{e}\nserver:\n{}\nagent:\n{}", s1.log(), a1.log()));
     let kubectls = rke2_testbed::kubectls().unwrap();
     let k = kubectls.last().unwrap().1.clone();
     let diagnose = |k: &PathBuf| {
@@ -181,6 +194,7 @@ async fn kubectl_top_shows_node_and_pod_figures() {
     let busy: Pod = serde_json::from_value(json!({
         "metadata": {"name": "busy", "labels": {"app": "busy"}},
         "spec": {
+            "nodeName": "a1",
             "terminationGracePeriodSeconds": 1,
             "containers": [
                 {"name": "spin", "image": TEST_BUSYBOX_IMAGE, "command": ["sh", "-c", "while :; do :; done"]},
@@ -240,13 +254,20 @@ async fn kubectl_top_shows_node_and_pod_figures() {
     let oldest = kubectls.first().unwrap().clone();
     let newest = kubectls.last().unwrap().clone();
     for (minor, k) in [oldest, newest] {
-        let nodes_table = eventually(FIGURES_WITHIN, "kubectl top nodes shows s1", || async {
-            let o = kubectl(&k, &kubeconfig, &["top", "nodes"]);
-            let t = text(&o);
-            let r = row(&t, "s1")?;
-            // NAME CPU(cores) CPU% MEMORY(bytes) MEMORY%
-            (millicores(&r[1])? > 0 && mebibytes(&r[3])? > 0).then_some(t)
-        })
+        let nodes_table = eventually(
+            FIGURES_WITHIN,
+            "kubectl top nodes shows s1 and a1",
+            || async {
+                let o = kubectl(&k, &kubeconfig, &["top", "nodes"]);
+                let t = text(&o);
+                for node in ["s1", "a1"] {
+                    let r = row(&t, node)?;
+                    // NAME CPU(cores) CPU% MEMORY(bytes) MEMORY%
+                    (millicores(&r[1])? > 0 && mebibytes(&r[3])? > 0).then_some(())?;
+                }
+                Some(t)
+            },
+        )
         .await
         .unwrap_or_else(|e| {
             panic!(
@@ -357,8 +378,10 @@ async fn kubectl_top_shows_node_and_pod_figures() {
     let o = kubectl(k, &kubeconfig, &["create", "token", "reader"]);
     assert!(o.status.success(), "{}", text(&o));
     let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    // The agent's node API (where the busy pod runs): its serving
+    // certificate is the supervisor's, signed by the server CA.
     let ca = std::fs::read(s1.data_dir().join("server/tls/server-ca.crt")).unwrap();
-    let addr = format!("{}:10250", hs.ip);
+    let addr = format!("{}:10250", ha.ip);
     let (code, body) = https_get(&addr, &ca, Some(&token), "/stats/summary").await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("subresource(s)=[stats]"), "{body}");
@@ -392,7 +415,7 @@ async fn kubectl_top_shows_node_and_pod_figures() {
     )
     .await
     .unwrap();
-    assert_eq!(summary["node"]["nodeName"], "s1");
+    assert_eq!(summary["node"]["nodeName"], "a1");
     assert!(
         summary["node"]["cpu"]["usageCoreNanoSeconds"]
             .as_u64()
@@ -413,7 +436,17 @@ async fn kubectl_top_shows_node_and_pod_figures() {
         .unwrap_or_else(|| panic!("{summary}"));
     assert_eq!(busy_stats["containers"].as_array().unwrap().len(), 2);
     assert!(busy_stats["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0);
-    let ms = pods_stats
+    // The metrics server's own pod, on whichever node runs it.
+    let mut all_pods = pods_stats.clone();
+    let o = kubectl(
+        k,
+        &kubeconfig,
+        &["get", "--raw", "/api/v1/nodes/s1/proxy/stats/summary"],
+    );
+    let s1_summary: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    all_pods.extend(s1_summary["pods"].as_array().unwrap().iter().cloned());
+    let ms = all_pods
         .iter()
         .find(|p| {
             p["podRef"]["namespace"] == "kube-system"
@@ -422,7 +455,7 @@ async fn kubectl_top_shows_node_and_pod_figures() {
                     .unwrap_or("")
                     .starts_with("rke2-metrics-server")
         })
-        .unwrap_or_else(|| panic!("{summary}"));
+        .unwrap_or_else(|| panic!("{all_pods:?}"));
     println!(
         "rke2-metrics-server pod memory: working set {} bytes, RSS {} bytes",
         ms["memory"]["workingSetBytes"], ms["memory"]["rssBytes"]
@@ -505,7 +538,7 @@ async fn kubectl_top_shows_node_and_pod_figures() {
     let o = kubectl(
         k,
         &kubeconfig,
-        &["get", "--raw", "/api/v1/nodes/s1/proxy/metrics/resource"],
+        &["get", "--raw", "/api/v1/nodes/a1/proxy/metrics/resource"],
     );
     assert!(
         String::from_utf8_lossy(&o.stdout)
@@ -559,6 +592,7 @@ async fn kubectl_top_shows_node_and_pod_figures() {
     let bad = review("a.b.c");
     assert_ne!(bad["status"]["authenticated"], true, "{bad}");
     assert!(bad["status"]["error"].is_string(), "{bad}");
+    drop(a1);
     drop(s1);
 }
 
