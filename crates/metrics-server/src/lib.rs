@@ -228,6 +228,9 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
         client_cas.push_str(&pem_of(der));
     }
     client_cas.push_str(&client_ca);
+    let client_ca_ders: Vec<Vec<u8>> = rke2_trust::parse_certs(client_ca.as_bytes())
+        .map(|cs| cs.into_iter().map(|c| c.as_ref().to_vec()).collect())
+        .unwrap_or_default();
     let tls = rke2_trust::server_tls_config(
         cert.cert.pem().as_bytes(),
         cert.signing_key.serialize_pem().as_bytes(),
@@ -291,7 +294,7 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
         storage: Mutex::new(storage::Storage::new(cfg.resolution)),
         nodes: nodes.clone(),
         pods,
-        auth: serve::Auth::new(client.clone(), request_header),
+        auth: serve::Auth::new(client.clone(), request_header, client_ca_ders),
         ready: AtomicBool::new(false),
     });
     let scraper = scrape::Scraper::new(

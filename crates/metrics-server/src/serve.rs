@@ -83,12 +83,7 @@ impl RequestHeader {
         let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
             return false;
         };
-        let signed = self.ca_ders.iter().any(|ca| {
-            X509Certificate::from_der(ca)
-                .ok()
-                .is_some_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
-        });
-        if !signed {
+        if !signed_by(leaf, &self.ca_ders) {
             return false;
         }
         if self.allowed_names.is_empty() {
@@ -135,6 +130,18 @@ impl RequestHeader {
             extra,
         })
     }
+}
+
+/// Whether `leaf` (DER) carries a signature of one of `cas` (DER).
+pub fn signed_by(leaf: &[u8], cas: &[Vec<u8>]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+        return false;
+    };
+    cas.iter().any(|ca| {
+        X509Certificate::from_der(ca)
+            .ok()
+            .is_some_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -249,16 +256,23 @@ pub fn ask(route: &Route, path: &str, watch: bool) -> Ask {
 pub struct Auth {
     client: kube::Client,
     request_header: RequestHeader,
+    client_ca_ders: Vec<Vec<u8>>,
     decisions: Mutex<HashMap<String, (Instant, bool)>>,
     tokens: Mutex<HashMap<String, (Instant, Option<User>)>>,
 }
 
 impl Auth {
-    /// Reviews through `client`, front-proxy settings from `request_header`.
-    pub fn new(client: kube::Client, request_header: RequestHeader) -> Self {
+    /// Reviews through `client`, front-proxy settings from
+    /// `request_header`, client certificates of `client_ca_ders`.
+    pub fn new(
+        client: kube::Client,
+        request_header: RequestHeader,
+        client_ca_ders: Vec<Vec<u8>>,
+    ) -> Self {
         Auth {
             client,
             request_header,
+            client_ca_ders,
             decisions: Default::default(),
             tokens: Default::default(),
         }
@@ -277,7 +291,14 @@ impl Auth {
                     .user(headers)
                     .ok_or_else(|| "the front proxy named no user".to_string());
             }
-            // Verified by TLS against the client CA.
+            // TLS accepted a certificate of either CA: one of the
+            // request-header CA with another CN is nobody.
+            if !signed_by(der, &self.client_ca_ders) {
+                return Err(
+                    "a request-header certificate with a CN not in requestheader-allowed-names"
+                        .into(),
+                );
+            }
             let (name, groups) = rke2_trust::peer_identity(der).map_err(|e| e.to_string())?;
             return Ok(User {
                 name,
@@ -682,6 +703,8 @@ mod tests {
         assert!(rh.is_front_proxy(&der(&proxy)));
         assert!(!rh.is_front_proxy(&der(&wrong_cn)));
         assert!(!rh.is_front_proxy(&der(&other_ca)));
+        assert!(signed_by(&der(&other_ca), &[der(&other.cert_pem)]));
+        assert!(!signed_by(&der(&wrong_cn), &[der(&other.cert_pem)]));
         let mut h = HeaderMap::new();
         h.insert("x-remote-user", "alice".parse().unwrap());
         h.append("x-remote-group", "devs".parse().unwrap());
