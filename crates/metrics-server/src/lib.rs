@@ -49,14 +49,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How often nodes are scraped.
     pub resolution: Duration,
-    /// CA that signs node serving certificates.
-    pub kubelet_ca: PathBuf,
+    /// CA that signs node serving certificates; `None` does not verify
+    /// them (`--kubelet-insecure-tls`).
+    pub kubelet_ca: Option<PathBuf>,
     /// Bearer token sent to nodes (re-read at each scrape); none sends none.
     pub token_file: Option<PathBuf>,
     /// Node address types, in order of preference.
     pub address_types: Vec<String>,
-    /// Node API port when a Node does not publish one.
+    /// Node API port (unless `use_node_status_port`).
     pub kubelet_port: u16,
+    /// Use the port a Node publishes in `daemonEndpoints`.
+    pub use_node_status_port: bool,
     /// Longest a node may take to answer.
     pub kubelet_timeout: Duration,
     /// DNS names of the self-signed serving certificate.
@@ -209,14 +212,19 @@ async fn authentication_config(
 
 /// Runs the metrics server until `stop`.
 pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> Result<(), Error> {
-    let kubelet_ca = std::fs::read(&cfg.kubelet_ca).map_err(|e| {
-        Error::Io(format!(
-            "reading the kubelet CA {}: {e}",
-            cfg.kubelet_ca.display()
-        ))
-    })?;
-    let kubelet_tls = rke2_trust::client_tls_config(&kubelet_ca, None)
-        .map_err(|e| Error::Tls(format!("kubelet CA {}: {e}", cfg.kubelet_ca.display())))?;
+    let kubelet_tls = match &cfg.kubelet_ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::Io(format!("reading the kubelet CA {}: {e}", path.display()))
+            })?;
+            rke2_trust::client_tls_config(&pem, None)
+                .map_err(|e| Error::Tls(format!("kubelet CA {}: {e}", path.display())))?
+        }
+        None => {
+            warn!("--kubelet-insecure-tls: node serving certificates are not verified");
+            scrape::insecure_tls()
+        }
+    };
     let (request_header, client_ca) = authentication_config(&client, &stop).await?;
 
     // The serving certificate: self-signed, as metrics-server's
@@ -302,6 +310,7 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
         cfg.token_file.clone(),
         cfg.address_types.clone(),
         cfg.kubelet_port,
+        cfg.use_node_status_port,
         cfg.kubelet_timeout,
     );
     tokio::spawn(scrape_loop(

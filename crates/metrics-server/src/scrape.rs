@@ -49,18 +49,21 @@ pub struct Scraper {
     token_file: Option<PathBuf>,
     address_types: Vec<String>,
     default_port: u16,
+    use_node_status_port: bool,
     timeout: Duration,
 }
 
 impl Scraper {
     /// A scraper verifying nodes with `tls`, sending the token of
     /// `token_file` (if any), picking addresses of `address_types` in
-    /// order.
+    /// order, on `default_port` or, with `use_node_status_port`, the port
+    /// the Node publishes.
     pub fn new(
         tls: Arc<rustls::ClientConfig>,
         token_file: Option<PathBuf>,
         address_types: Vec<String>,
         default_port: u16,
+        use_node_status_port: bool,
         timeout: Duration,
     ) -> Self {
         Scraper {
@@ -68,6 +71,7 @@ impl Scraper {
             token_file,
             address_types,
             default_port,
+            use_node_status_port,
             timeout,
         }
     }
@@ -88,6 +92,7 @@ impl Scraper {
             })
             .ok_or(ScrapeError::NoAddress(name))?;
         let port = status
+            .filter(|_| self.use_node_status_port)
             .and_then(|s| s.daemon_endpoints.as_ref())
             .and_then(|d| d.kubelet_endpoint.as_ref())
             .map(|e| e.port)
@@ -172,6 +177,70 @@ impl Scraper {
     }
 }
 
+/// Accepts any node certificate (`--kubelet-insecure-tls`); handshake
+/// signatures are still checked.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client configuration that does not verify node certificates
+/// (metrics-server's `--kubelet-insecure-tls`).
+pub fn insecure_tls() -> Arc<rustls::ClientConfig> {
+    let provider = rke2_trust::provider();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,10 +265,11 @@ mod tests {
                 .with_no_client_auth(),
         );
         let s = Scraper::new(
-            tls,
+            tls.clone(),
             None,
             vec!["InternalIP".into(), "ExternalIP".into()],
             10250,
+            true,
             Duration::from_secs(1),
         );
         let n = node(
@@ -215,5 +285,16 @@ mod tests {
         assert_eq!(s.address(&n).unwrap(), ("1.2.3.4".into(), 10250));
         let n = node(&[("Hostname", "h")], None);
         assert!(matches!(s.address(&n), Err(ScrapeError::NoAddress(_))));
+        // Without --kubelet-use-node-status-port: --kubelet-port.
+        let s = Scraper::new(
+            tls,
+            None,
+            vec!["InternalIP".into()],
+            10250,
+            false,
+            Duration::from_secs(1),
+        );
+        let n = node(&[("InternalIP", "10.0.0.5")], Some(10255));
+        assert_eq!(s.address(&n).unwrap(), ("10.0.0.5".into(), 10250));
     }
 }

@@ -38,12 +38,19 @@ pub struct Args {
         value_delimiter = ','
     )]
     kubelet_preferred_address_types: Vec<String>,
-    /// Node API port when a Node publishes none.
+    /// Node API port.
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// Use the port each Node publishes (`daemonEndpoints`) instead of
+    /// --kubelet-port.
+    #[arg(long)]
+    kubelet_use_node_status_port: bool,
     /// CA of node serving certificates (default: the ServiceAccount's ca.crt).
     #[arg(long)]
     kubelet_certificate_authority: Option<PathBuf>,
+    /// Do not verify node serving certificates.
+    #[arg(long)]
+    kubelet_insecure_tls: bool,
     /// Bearer token file sent to nodes (default: the ServiceAccount's token).
     #[arg(long)]
     kubelet_token_file: Option<PathBuf>,
@@ -58,6 +65,44 @@ pub struct Args {
     /// Log at debug level.
     #[arg(long)]
     debug: bool,
+    /// Log verbosity as metrics-server's `--v`: 4 and above is debug.
+    #[arg(long = "v", short = 'v', default_value_t = 0)]
+    verbosity: u8,
+    /// metrics-server's serving TLS cipher suites: accepted and ignored
+    /// (a warning says so), as are the flags below, so charts passing
+    /// them keep working.
+    #[arg(long, hide = true)]
+    tls_cipher_suites: Option<String>,
+    /// Ignored (see `tls_cipher_suites`).
+    #[arg(long, hide = true)]
+    tls_min_version: Option<String>,
+    /// Ignored (see `tls_cipher_suites`): `/livez`, `/readyz` and
+    /// `/healthz` are always open.
+    #[arg(long, hide = true)]
+    authorization_always_allow_paths: Option<String>,
+    /// Ignored (see `tls_cipher_suites`): logs go to stderr.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    logtostderr: Option<String>,
+}
+
+impl Args {
+    /// The ignored flags that were given.
+    fn ignored(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.tls_cipher_suites.is_some() {
+            out.push("--tls-cipher-suites");
+        }
+        if self.tls_min_version.is_some() {
+            out.push("--tls-min-version");
+        }
+        if self.authorization_always_allow_paths.is_some() {
+            out.push("--authorization-always-allow-paths");
+        }
+        if self.logtostderr.is_some() {
+            out.push("--logtostderr");
+        }
+        out
+    }
 }
 
 /// `15s`, `1m`, `500ms`, `1m30s`.
@@ -108,7 +153,10 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    crate::init_logging(args.debug);
+    crate::init_logging(args.debug || args.verbosity >= 4);
+    for flag in args.ignored() {
+        tracing::warn!("{flag} is accepted for compatibility with metrics-server and ignored");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     // One worker: a scrape every 15 s and a few requests a minute.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -158,12 +206,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = rke2_metrics_server::Config {
         listen: SocketAddr::new(args.bind_address, args.secure_port),
         resolution: args.metric_resolution,
-        kubelet_ca: args
-            .kubelet_certificate_authority
-            .unwrap_or_else(|| sa.join("ca.crt")),
+        kubelet_ca: (!args.kubelet_insecure_tls).then(|| {
+            args.kubelet_certificate_authority
+                .clone()
+                .unwrap_or_else(|| sa.join("ca.crt"))
+        }),
         token_file,
         address_types: args.kubelet_preferred_address_types,
         kubelet_port: args.kubelet_port,
+        use_node_status_port: args.kubelet_use_node_status_port,
         kubelet_timeout: args.kubelet_request_timeout,
         serving_names: vec![
             "rke2-metrics-server".into(),
@@ -203,6 +254,28 @@ mod tests {
         assert_eq!(a.metric_resolution, Duration::from_secs(90));
         assert_eq!(a.kubelet_preferred_address_types, ["InternalIP"]);
         assert!(Args::try_parse_from(["rke2 metrics-server", "--metric-resolution=15"]).is_err());
+        // What charts commonly pass.
+        let a = Args::try_parse_from([
+            "rke2 metrics-server",
+            "--kubelet-insecure-tls",
+            "--kubelet-use-node-status-port",
+            "--v=4",
+            "--tls-cipher-suites=TLS_AES_128_GCM_SHA256",
+            "--authorization-always-allow-paths=/livez,/readyz",
+            "--logtostderr",
+        ])
+        .unwrap();
+        assert!(a.kubelet_insecure_tls && a.kubelet_use_node_status_port);
+        assert_eq!(a.verbosity, 4);
+        assert_eq!(
+            a.ignored(),
+            [
+                "--tls-cipher-suites",
+                "--authorization-always-allow-paths",
+                "--logtostderr"
+            ]
+        );
+        assert!(Args::try_parse_from(["rke2 metrics-server", "--no-such-flag"]).is_err());
         assert!(Args::try_parse_from(["rke2 metrics-server", "--metric-resolution=0s"]).is_err());
     }
 }
