@@ -26,6 +26,7 @@ pub mod scrape;
 pub mod serve;
 pub mod storage;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,26 +179,66 @@ impl Shared {
     }
 }
 
-/// Reads `extension-apiserver-authentication` until it can: the
-/// request-header settings and the client CA (PEM, may be empty).
-async fn authentication_config(
+const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
+
+/// How often `extension-apiserver-authentication` is read again.
+const TRUST_REFRESH: Duration = Duration::from_secs(60);
+
+/// The serving certificate and key (PEM).
+struct Serving {
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// Builds the [`serve::Trust`] of the ConfigMap's `data`; `Err` names
+/// what is missing or bad.
+fn build_trust(serving: &Serving, data: BTreeMap<String, String>) -> Result<serve::Trust, String> {
+    let request_header = serve::RequestHeader::from_configmap(&data)?;
+    let client_ca = data.get("client-ca-file").cloned().unwrap_or_default();
+    let mut client_cas = String::new();
+    for der in &request_header.ca_ders {
+        client_cas.push_str(&pem_of(der));
+    }
+    client_cas.push_str(&client_ca);
+    let client_ca_ders: Vec<Vec<u8>> = if client_ca.trim().is_empty() {
+        Vec::new()
+    } else {
+        rke2_trust::parse_certs(client_ca.as_bytes())
+            .map_err(|e| format!("client-ca-file: {e}"))?
+            .into_iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect()
+    };
+    let tls = rke2_trust::server_tls_config(
+        serving.cert_pem.as_bytes(),
+        serving.key_pem.as_bytes(),
+        Some(client_cas.as_bytes()),
+    )
+    .map_err(|e| format!("serving TLS: {e}"))?;
+    Ok(serve::Trust {
+        request_header,
+        client_ca_ders,
+        tls,
+        source: data,
+    })
+}
+
+/// Reads `extension-apiserver-authentication` until it yields a
+/// [`serve::Trust`].
+async fn first_trust(
     client: &kube::Client,
+    serving: &Serving,
     stop: &CancellationToken,
-) -> Result<(serve::RequestHeader, String), Error> {
+) -> Result<serve::Trust, Error> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
     let mut logged = false;
     loop {
-        let why = match cms.get("extension-apiserver-authentication").await {
-            Ok(cm) => {
-                let data = cm.data.unwrap_or_default();
-                match serve::RequestHeader::from_configmap(&data) {
-                    Ok(rh) => {
-                        return Ok((rh, data.get("client-ca-file").cloned().unwrap_or_default()));
-                    }
-                    Err(e) => format!("kube-system/extension-apiserver-authentication: {e}"),
-                }
-            }
-            Err(e) => format!("reading kube-system/extension-apiserver-authentication: {e}"),
+        let why = match cms.get(AUTH_CONFIGMAP).await {
+            Ok(cm) => match build_trust(serving, cm.data.unwrap_or_default()) {
+                Ok(t) => return Ok(t),
+                Err(e) => format!("kube-system/{AUTH_CONFIGMAP}: {e}"),
+            },
+            Err(e) => format!("reading kube-system/{AUTH_CONFIGMAP}: {e}"),
         };
         if !logged {
             warn!("{why}; retrying");
@@ -206,6 +247,43 @@ async fn authentication_config(
         tokio::select! {
             _ = stop.cancelled() => return Err(Error::Stopped),
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Re-reads `extension-apiserver-authentication` every
+/// [`TRUST_REFRESH`] and swaps in a new [`serve::Trust`] when its data
+/// changed (CA rotation); a bad new version is logged and the old kept.
+async fn refresh_trust(
+    client: kube::Client,
+    shared: Arc<Shared>,
+    serving: Serving,
+    stop: CancellationToken,
+) {
+    let cms: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TRUST_REFRESH) => {}
+        }
+        let data = match cms.get(AUTH_CONFIGMAP).await {
+            Ok(cm) => cm.data.unwrap_or_default(),
+            Err(e) => {
+                debug!(error = %e, "reading kube-system/{AUTH_CONFIGMAP}");
+                continue;
+            }
+        };
+        if shared.auth.trust.load().source == data {
+            continue;
+        }
+        match build_trust(&serving, data) {
+            Ok(t) => {
+                info!("kube-system/{AUTH_CONFIGMAP} changed: client trust reloaded");
+                shared.auth.trust.store(Arc::new(t));
+            }
+            Err(e) => warn!(
+                "kube-system/{AUTH_CONFIGMAP} changed but is not usable, keeping the previous trust: {e}"
+            ),
         }
     }
 }
@@ -225,26 +303,16 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
             scrape::insecure_tls()
         }
     };
-    let (request_header, client_ca) = authentication_config(&client, &stop).await?;
 
     // The serving certificate: self-signed, as metrics-server's
     // `--cert-dir` default (the APIService skips verification).
     let cert = rcgen::generate_simple_self_signed(cfg.serving_names.clone())
         .map_err(|e| Error::Tls(format!("self-signed serving certificate: {e}")))?;
-    let mut client_cas = String::new();
-    for der in &request_header.ca_ders {
-        client_cas.push_str(&pem_of(der));
-    }
-    client_cas.push_str(&client_ca);
-    let client_ca_ders: Vec<Vec<u8>> = rke2_trust::parse_certs(client_ca.as_bytes())
-        .map(|cs| cs.into_iter().map(|c| c.as_ref().to_vec()).collect())
-        .unwrap_or_default();
-    let tls = rke2_trust::server_tls_config(
-        cert.cert.pem().as_bytes(),
-        cert.signing_key.serialize_pem().as_bytes(),
-        Some(client_cas.as_bytes()),
-    )
-    .map_err(|e| Error::Tls(format!("serving TLS: {e}")))?;
+    let serving = Serving {
+        cert_pem: cert.cert.pem(),
+        key_pem: cert.signing_key.serialize_pem(),
+    };
+    let trust = first_trust(&client, &serving, &stop).await?;
 
     // Reflectors trimmed to what is served: names, labels, addresses.
     let (nodes, node_writer) = reflector::store();
@@ -302,7 +370,7 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
         storage: Mutex::new(storage::Storage::new(cfg.resolution)),
         nodes: nodes.clone(),
         pods,
-        auth: serve::Auth::new(client.clone(), request_header, client_ca_ders),
+        auth: serve::Auth::new(client.clone(), trust),
         ready: AtomicBool::new(false),
     });
     let scraper = scrape::Scraper::new(
@@ -324,7 +392,8 @@ pub async fn run(cfg: Config, client: kube::Client, stop: CancellationToken) -> 
         .await
         .map_err(|e| Error::Io(format!("listening on {}: {e}", cfg.listen)))?;
     info!(listen = %cfg.listen, resolution = ?cfg.resolution, "metrics server serving metrics.k8s.io/v1beta1");
-    serve_tls(listener, tls, shared, stop).await;
+    tokio::spawn(refresh_trust(client, shared.clone(), serving, stop.clone()));
+    serve_tls(listener, shared, stop).await;
     Ok(())
 }
 
@@ -410,12 +479,10 @@ async fn scrape_loop(
 /// presented (and verified), rides in each request's extensions.
 async fn serve_tls(
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -428,7 +495,8 @@ async fn serve_tls(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        // The trust of the moment: a reload applies to new connections.
+        let acceptor = tokio_rustls::TlsAcceptor::from(shared.auth.trust.load().tls.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
@@ -461,5 +529,63 @@ async fn serve_tls(
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_from_the_authentication_configmap() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = |n: &str| {
+            rke2_trust::CertAuthority::ensure(
+                &dir.path().join(format!("{n}.crt")),
+                &dir.path().join(format!("{n}.key")),
+                n,
+            )
+            .unwrap()
+        };
+        let (rh, client) = (ca("rh"), ca("client"));
+        let cert = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        let serving = Serving {
+            cert_pem: cert.cert.pem(),
+            key_pem: cert.signing_key.serialize_pem(),
+        };
+        let mut data: BTreeMap<String, String> = [
+            ("client-ca-file", client.cert_pem.clone()),
+            ("requestheader-client-ca-file", rh.cert_pem.clone()),
+            (
+                "requestheader-allowed-names",
+                "[\"system:auth-proxy\"]".into(),
+            ),
+            (
+                "requestheader-username-headers",
+                "[\"X-Remote-User\"]".into(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let t = build_trust(&serving, data.clone()).unwrap();
+        assert_eq!(t.request_header.allowed_names, ["system:auth-proxy"]);
+        assert_eq!(t.client_ca_ders.len(), 1);
+        assert_eq!(t.source, data);
+        data.insert("client-ca-file".into(), "not a certificate".into());
+        let e = build_trust(&serving, data.clone()).err().unwrap();
+        assert!(e.contains("client-ca-file"), "{e}");
+        // None at all: front-proxy requests only.
+        data.insert("client-ca-file".into(), String::new());
+        assert!(
+            build_trust(&serving, data.clone())
+                .unwrap()
+                .client_ca_ders
+                .is_empty()
+        );
+        data.remove("requestheader-client-ca-file");
+        let e = build_trust(&serving, data).err().unwrap();
+        assert!(e.contains("requestheader-client-ca-file"), "{e}");
     }
 }

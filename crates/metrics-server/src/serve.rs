@@ -252,27 +252,35 @@ pub fn ask(route: &Route, path: &str, watch: bool) -> Ask {
     }
 }
 
+/// What clients are trusted by: the front-proxy settings, the client CA,
+/// and the TLS configuration that accepts certificates of both. Replaced
+/// whole when `extension-apiserver-authentication` changes.
+pub struct Trust {
+    /// Front-proxy settings.
+    pub request_header: RequestHeader,
+    /// Client CA certificates (DER).
+    pub client_ca_ders: Vec<Vec<u8>>,
+    /// The serving TLS configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The ConfigMap data this was built from.
+    pub source: BTreeMap<String, String>,
+}
+
 /// Authentication and authorization state.
 pub struct Auth {
     client: kube::Client,
-    request_header: RequestHeader,
-    client_ca_ders: Vec<Vec<u8>>,
+    /// The current [`Trust`].
+    pub trust: arc_swap::ArcSwap<Trust>,
     decisions: Mutex<HashMap<String, (Instant, bool)>>,
     tokens: Mutex<HashMap<String, (Instant, Option<User>)>>,
 }
 
 impl Auth {
-    /// Reviews through `client`, front-proxy settings from
-    /// `request_header`, client certificates of `client_ca_ders`.
-    pub fn new(
-        client: kube::Client,
-        request_header: RequestHeader,
-        client_ca_ders: Vec<Vec<u8>>,
-    ) -> Self {
+    /// Reviews through `client`, clients trusted as `trust` says.
+    pub fn new(client: kube::Client, trust: Trust) -> Self {
         Auth {
             client,
-            request_header,
-            client_ca_ders,
+            trust: arc_swap::ArcSwap::from_pointee(trust),
             decisions: Default::default(),
             tokens: Default::default(),
         }
@@ -285,15 +293,16 @@ impl Auth {
         headers: &HeaderMap,
     ) -> Result<User, String> {
         if let Some(ClientCert(der)) = cert {
-            if self.request_header.is_front_proxy(der) {
-                return self
+            let trust = self.trust.load();
+            if trust.request_header.is_front_proxy(der) {
+                return trust
                     .request_header
                     .user(headers)
                     .ok_or_else(|| "the front proxy named no user".to_string());
             }
             // TLS accepted a certificate of either CA: one of the
             // request-header CA with another CN is nobody.
-            if !signed_by(der, &self.client_ca_ders) {
+            if !signed_by(der, &trust.client_ca_ders) {
                 return Err(
                     "a request-header certificate with a CN not in requestheader-allowed-names"
                         .into(),
