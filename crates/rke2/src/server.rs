@@ -587,6 +587,8 @@ async fn run_with_etcd(
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
     };
+    // The node API reviews tokens and access under the node's identity.
+    let node_api_client = node_client.clone();
     let node = tokio::spawn(rke2_node::run(node_client, node_cfg, stop.clone()));
     if let Some(facts) = service_proxy_facts(cfg, &cfg.node_name, ips) {
         let (cert, key) = trust
@@ -618,7 +620,15 @@ async fn run_with_etcd(
         node_cert.as_bytes(),
         node_key.as_bytes(),
         trust.client_ca.cert_pem.as_bytes(),
-        Some(workloads.cri.clone()),
+        rke2_node::api::NodeApiConfig {
+            cri: Some(workloads.cri.clone()),
+            node_name: cfg.node_name.clone(),
+            data_dir: cfg.data_dir.clone(),
+            webhook: Some(rke2_node::api::auth::Webhook::new(
+                node_api_client,
+                cfg.node_name.clone(),
+            )),
+        },
         stop.clone(),
     )?;
     // The control plane stops first, on its own token, while the
@@ -1039,14 +1049,15 @@ pub fn workload_config(cfg: &Config, node_ip: IpAddr) -> rke2_node::workloads::W
 }
 
 /// The node API on `<ip>:10250` (HTTPS with the node's serving
-/// certificate, clients from the client CA): `/healthz`, and container
-/// logs, exec and attach through `cri` (503 for those without a runtime).
+/// certificate, clients from the client CA or with a bearer token):
+/// `/healthz`, container logs, exec and attach, stats and resource
+/// metrics, as `api` says (503 for those without a runtime).
 pub fn spawn_node_api(
     ip: IpAddr,
     cert_pem: &[u8],
     key_pem: &[u8],
     client_ca_pem: &[u8],
-    cri: Option<rke2_node::api::Cri>,
+    api: rke2_node::api::NodeApiConfig,
     stop: CancellationToken,
 ) -> Result<()> {
     let tls = rke2_trust::server_tls_config(cert_pem, key_pem, Some(client_ca_pem))
@@ -1060,10 +1071,7 @@ pub fn spawn_node_api(
                 return;
             }
         };
-        let app = match cri {
-            Some(cri) => rke2_node::api::router(cri),
-            None => rke2_node::api::router_without_runtime(),
-        };
+        let app = rke2_node::api::router_with(api);
         rke2_node::api::serve(listener, tls, app, async move { stop.cancelled().await }).await;
     });
     Ok(())
