@@ -42,10 +42,7 @@ const BUNDLED: &[(&str, Shipped)] = &[
         "rke2-ingress-nginx",
         Shipped::Manifest(include_str!("addons/rke2-ingress-nginx.yaml")),
     ),
-    (
-        "rke2-metrics-server",
-        Shipped::Manifest(include_str!("addons/rke2-metrics-server.yaml")),
-    ),
+    ("rke2-metrics-server", Shipped::Chart { bootstrap: false }),
 ];
 
 /// The chart files embedded at build time.

@@ -39,10 +39,24 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     );
 
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    // Its HelmChart is applied (its helm Job needs the pod network and the
+    // service proxy, which a single-machine loopback server has not: the
+    // bed tests install it).
+    let helmcharts: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "kube-system",
+        &rke2_controllers::helm::helmchart_resource(),
+    );
     eventually(
         Duration::from_secs(60),
-        "bundled metrics-server applied",
-        || async { deploys.get_opt("rke2-metrics-server").await.ok().flatten() },
+        "bundled metrics-server's HelmChart applied",
+        || async {
+            helmcharts
+                .get_opt("rke2-metrics-server")
+                .await
+                .ok()
+                .flatten()
+        },
     )
     .await
     .unwrap();
@@ -190,8 +204,13 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
     // Other addons stay.
+    let helmcharts: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "kube-system",
+        &rke2_controllers::helm::helmchart_resource(),
+    );
     assert!(
-        deploys
+        helmcharts
             .get_opt("rke2-metrics-server")
             .await
             .unwrap()
