@@ -35,6 +35,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod jsonpath;
 pub mod namespaces;
+pub mod networking;
 pub mod node_authorizer;
 pub mod node_restriction;
 pub mod objects;

@@ -48,6 +48,10 @@ pub enum Printer {
     CertificateSigningRequest,
     /// NAME SERVICE AVAILABLE AGE (API aggregation, `aggregator`).
     ApiService,
+    /// NAME CLASS HOSTS ADDRESS PORTS AGE (`networking`).
+    Ingress,
+    /// NAME CONTROLLER PARAMETERS AGE (`networking`).
+    IngressClass,
     /// NAME, the given columns (a CRD's `additionalPrinterColumns`; AGE
     /// is one of them by default).
     Columns(Vec<PrinterColumn>),
@@ -222,6 +226,8 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("", "v1", "Secret", "secrets", "secret", true, short: [], cat: [], sub: [], fields: ["type"], Printer::Secret, status: false, gen: false, typed: api::core::v1::Secret, strategy: strategy::Secret),
         rt!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], cat: [], sub: ["token"], fields: [], Printer::ServiceAccount, status: false, gen: false, typed: api::core::v1::ServiceAccount, strategy: strategy::Plain),
         rt!("", "v1", "Event", "events", "event", true, short: ["ev"], cat: [], sub: [], fields: ["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"], Printer::Event, status: false, gen: false, typed: api::core::v1::Event, strategy: strategy::Event),
+        rt!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, short: ["ing"], cat: [], sub: ["status"], fields: [], Printer::Ingress, status: true, gen: true, typed: api::networking::v1::Ingress, strategy: crate::networking::Ingress),
+        rt!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, short: [], cat: [], sub: [], fields: [], Printer::IngressClass, status: false, gen: true, typed: api::networking::v1::IngressClass, strategy: crate::networking::IngressClass),
         rt!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, short: [], cat: [], sub: [], fields: [], Printer::Lease, status: false, gen: false, typed: api::coordination::v1::Lease, strategy: strategy::Plain),
         rt!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::Deployment, status: true, gen: true, typed: api::apps::v1::Deployment, strategy: strategy::Deployment),
         rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true, typed: api::apps::v1::ReplicaSet, strategy: strategy::ReplicaSet),
@@ -449,6 +455,7 @@ mod tests {
             groups,
             vec![
                 "discovery.k8s.io",
+                "networking.k8s.io",
                 "coordination.k8s.io",
                 "apps",
                 "batch",

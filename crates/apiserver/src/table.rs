@@ -59,6 +59,18 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             v.push(age);
             v
         }
+        Printer::Ingress => {
+            let mut v = vec![name];
+            v.extend(crate::networking::ingress_columns());
+            v.push(age);
+            v
+        }
+        Printer::IngressClass => {
+            let mut v = vec![name];
+            v.extend(crate::networking::ingress_class_columns());
+            v.push(age);
+            v
+        }
         Printer::Columns(extra) => {
             let mut out = vec![name];
             out.extend(
@@ -706,6 +718,18 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         Printer::ApiService => {
             let (service, available) = crate::aggregator::table_cells(obj);
             vec![name, json!(service), json!(available), a]
+        }
+        Printer::Ingress => {
+            let mut v = vec![name];
+            v.extend(crate::networking::ingress_cells(obj));
+            v.push(a);
+            v
+        }
+        Printer::IngressClass => {
+            let mut v = vec![name];
+            v.extend(crate::networking::ingress_class_cells(obj));
+            v.push(a);
+            v
         }
         Printer::Columns(extra) => {
             let mut out = vec![name];

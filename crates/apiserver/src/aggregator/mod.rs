@@ -333,6 +333,7 @@ const PRIORITIES: &[(&str, &str, i64, i64)] = &[
     ("authentication.k8s.io", "v1", 17700, 15),
     ("authorization.k8s.io", "v1", 17600, 15),
     ("batch", "v1", 17400, 15),
+    ("networking.k8s.io", "v1", 17200, 15),
     ("certificates.k8s.io", "v1", 17300, 15),
     ("rbac.authorization.k8s.io", "v1", 17000, 15),
     ("admissionregistration.k8s.io", "v1", 16700, 15),
