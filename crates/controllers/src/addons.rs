@@ -29,19 +29,13 @@ enum Shipped {
     /// HelmChart with `chartContent` (as RKE2 ships its charts).
     /// `bootstrap`: its helm Job runs before the pod network is up.
     Chart { bootstrap: bool },
-    /// Plain objects, `{cluster_dns}`, `{cluster_domain}` and
-    /// `{addon_image}` replaced ([`AddonValues`]).
-    Manifest(&'static str),
 }
 
 /// The bundled addons, in the order they are written.
 const BUNDLED: &[(&str, Shipped)] = &[
     // RKE2 marks its DNS chart bootstrap: DNS is needed before anything else.
     ("rke2-coredns", Shipped::Chart { bootstrap: true }),
-    (
-        "rke2-ingress-nginx",
-        Shipped::Manifest(include_str!("addons/rke2-ingress-nginx.yaml")),
-    ),
+    ("rke2-ingress-nginx", Shipped::Chart { bootstrap: false }),
     ("rke2-metrics-server", Shipped::Chart { bootstrap: false }),
 ];
 
@@ -133,11 +127,6 @@ fn helmchart_text(name: &str, bootstrap: bool, values: &AddonValues) -> Option<S
 pub fn bundled_text(name: &str, values: &AddonValues) -> Option<String> {
     match BUNDLED.iter().find(|(n, _)| *n == name)?.1 {
         Shipped::Chart { bootstrap } => helmchart_text(name, bootstrap, values),
-        Shipped::Manifest(text) => Some(
-            text.replace("{cluster_dns}", &values.cluster_dns)
-                .replace("{cluster_domain}", &values.cluster_domain)
-                .replace("{addon_image}", &values.addon_image),
-        ),
     }
 }
 
