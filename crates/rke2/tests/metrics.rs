@@ -429,6 +429,13 @@ async fn kubectl_top_shows_node_and_pod_figures() {
             > 0
     );
     assert!(summary["node"]["fs"]["capacityBytes"].as_u64().unwrap() > 0);
+    assert!(
+        summary["node"]["runtime"]["imageFs"]["capacityBytes"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{summary}"
+    );
     let pods_stats = summary["pods"].as_array().unwrap();
     let busy_stats = pods_stats
         .iter()
