@@ -145,7 +145,7 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
     let h = bed.add_host("s1").unwrap();
     let cfg = format!(
-        "token: helm-secret\npause-image: {}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n",
+        "token: helm-secret\npause-image: {}\n",
         rke2_testbed::TEST_PAUSE_IMAGE
     );
     let mut s1 = NodeProc::new(&bed, bin(), &h, "server", &cfg, &[]).unwrap();
@@ -223,6 +223,44 @@ async fn helm_charts_install_upgrade_fail_and_uninstall() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    // Every bundled addon comes up on a fresh server with no registry:
+    // each kube-system pod Running with all its containers ready, or a
+    // Completed helm Job; nothing anywhere in an error state.
+    let settled = |out: &str| {
+        out.lines().all(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let ready = f.get(2).and_then(|r| r.split_once('/'));
+            match f.get(3) {
+                Some(&"Completed") => true,
+                Some(&"Running") => ready.is_some_and(|(a, b)| a == b),
+                _ => false,
+            }
+        })
+    };
+    eventually(LONG, "every kube-system pod Running or Completed", || {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let (ok, out) = kubectl(&kubeconfig, &["get", "pods", "-A", "--no-headers"]);
+            let has = |prefix: &str| {
+                out.lines().any(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+            };
+            (ok && has("rke2-ingress-nginx-controller-")
+                && has("rke2-metrics-server-")
+                && has("helm-install-rke2-ingress-nginx-")
+                && has("helm-install-rke2-metrics-server-")
+                && settled(&out))
+            .then_some(())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let (_, pods) = kubectl(&kubeconfig, &["get", "pods", "-A", "-o", "wide"]);
+        panic!("{e}\n{pods}\n{}", s1.log())
+    });
     let dns_config = json!({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChartConfig",
         "metadata": {"name": "rke2-coredns", "namespace": "kube-system"},
         "spec": {"valuesContent": "autoscaler:\n  nodesPerReplica: 8\n"}});
