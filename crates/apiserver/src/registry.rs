@@ -217,7 +217,7 @@ use k8s_openapi::api;
 fn builtin_table() -> Vec<Arc<ResourceType>> {
     vec![
         rt!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], cat: [], sub: ["status", "finalize"], fields: ["status.phase"], Printer::Namespace, status: true, gen: false, typed: api::core::v1::Namespace, strategy: strategy::Namespace),
-        rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false, typed: api::core::v1::Node, strategy: strategy::Node),
+        rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status", "proxy"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false, typed: api::core::v1::Node, strategy: strategy::Node),
         rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false, typed: api::core::v1::Pod, strategy: strategy::Pod),
         rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false, typed: api::core::v1::Service, strategy: strategy::Service),
         rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false, typed: api::core::v1::Endpoints, strategy: strategy::Plain),

@@ -105,6 +105,15 @@ pub fn parse_path(path: &str, registry: &Registry) -> Result<Route, ApiError> {
             }
             rp(rt, None, Some(name), None)
         }
+        // `nodes/<n>/proxy/<path...>`: the rest of the path is the node
+        // API's (`proxy::node_proxy`).
+        [plural, name, "proxy", _, ..] => {
+            let rt = find(plural)?;
+            if rt.namespaced || !rt.has_subresource("proxy") {
+                return Err(ApiError::no_route());
+            }
+            rp(rt, None, Some(name), Some("proxy"))
+        }
         [plural, name, sub] => {
             let rt = find(plural)?;
             if rt.namespaced || !rt.has_subresource(sub) {

@@ -300,6 +300,48 @@ async fn route(
     if let Some(resp) = crate::aggregator::serve(&state, &identity, &mut parts, body).await {
         return resp;
     }
+    if path == crate::tokens::TOKEN_REVIEW_PATH {
+        if parts.method != http::Method::POST {
+            return ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource (tokenreviews)"
+                    .to_string(),
+            )
+            .into_response();
+        }
+        let may = crate::rbac::Request {
+            verb: "create",
+            target: crate::rbac::Target::Resource {
+                group: "authentication.k8s.io",
+                resource: "tokenreviews",
+                subresource: "",
+                namespace: "",
+                name: "",
+            },
+        };
+        if !crate::authz::node_may_review(&identity, "tokenreviews")
+            && !crate::rbac::can(&state, &identity, &may).await
+        {
+            return ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "tokenreviews.authentication.k8s.io is forbidden: User \"{}\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope",
+                    identity.user
+                ),
+            )
+            .into_response();
+        }
+        let bytes = match read_limited(body.take().unwrap_or_default()).await {
+            Some(b) => b,
+            None => return ApiError::too_large(MAX_BODY).into_response(),
+        };
+        return match crate::tokens::review(&state, &bytes).await {
+            Ok(v) => json(StatusCode::CREATED, &v),
+            Err(e) => e.into_response(),
+        };
+    }
     if let Some((plural, kind, ns)) = crate::access_review::route(&path) {
         if parts.method != http::Method::POST {
             return ApiError::new(
@@ -458,6 +500,15 @@ async fn route(
                     Ok(scope) => scope,
                     Err(e) => return e.into_response(),
                 };
+            if rp.subresource.as_deref() == Some("proxy") && rp.rt.plural == "nodes" {
+                return crate::proxy::node_proxy(
+                    &state,
+                    rp.name.as_deref().unwrap_or(""),
+                    &path,
+                    &parts,
+                )
+                .await;
+            }
             if let Some(stream) = crate::proxy::PodStream::of(&rp) {
                 // Streams from the node API; the body is not read (exec and
                 // attach upgrade the connection, log is a GET).

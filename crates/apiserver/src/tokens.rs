@@ -363,6 +363,70 @@ pub async fn authenticate(state: &ApiState, token: &str) -> Result<Identity, Tok
     })
 }
 
+/// The path of TokenReview (`authentication.k8s.io/v1`), what delegated
+/// authenticators (the node API, extension apiservers) ask.
+pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// Answers a TokenReview body (JSON): `status.authenticated` with the
+/// token's user, or `false` with the reason in `status.error`, as
+/// kube-apiserver's TokenReview REST does. `spec.audiences`, when given,
+/// must share one with the API's audiences; `status.audiences` are those
+/// shared (the API's own when none were asked for).
+pub async fn review(state: &ApiState, body: &[u8]) -> Result<Value, crate::status::ApiError> {
+    use crate::status::ApiError;
+    let typed: k8s_openapi::api::authentication::v1::TokenReview = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("TokenReview: {e}")))?;
+    let mut out = serde_json::to_value(&typed)
+        .map_err(|e| ApiError::bad_request(format!("TokenReview: {e}")))?;
+    out["apiVersion"] = "authentication.k8s.io/v1".into();
+    out["kind"] = "TokenReview".into();
+    if out["metadata"].is_null() {
+        out["metadata"] = serde_json::json!({});
+    }
+    out["metadata"]["creationTimestamp"] = Value::Null;
+    let token = typed.spec.token.clone().unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value"
+                .to_string(),
+        ));
+    }
+    let asked = typed.spec.audiences.clone().unwrap_or_default();
+    let shared: Vec<String> = if asked.is_empty() {
+        API_AUDIENCES.iter().map(|a| a.to_string()).collect()
+    } else {
+        asked
+            .iter()
+            .filter(|a| API_AUDIENCES.contains(&a.as_str()))
+            .cloned()
+            .collect()
+    };
+    let status = if shared.is_empty() {
+        serde_json::json!({
+            "authenticated": false,
+            "user": {},
+            "error": format!("[invalid bearer token, token audiences {API_AUDIENCES:?} is invalid for the target audiences {asked:?}]"),
+        })
+    } else {
+        match authenticate(state, &token).await {
+            Ok(id) => serde_json::json!({
+                "authenticated": true,
+                "user": {"username": id.user, "groups": id.groups},
+                "audiences": shared,
+            }),
+            Err(e) => serde_json::json!({
+                "authenticated": false,
+                "user": {},
+                "error": format!("[invalid bearer token, {e}]"),
+            }),
+        }
+    };
+    out["status"] = status;
+    Ok(out)
+}
+
 /// The bearer token of an `Authorization` header, if any.
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;

@@ -1,7 +1,10 @@
 //! Auto-deploying manifests (k3s/RKE2's `server/manifests`): every YAML or
 //! JSON file in the directory is applied with server-side apply, and
 //! re-applied when its content changes. The bundled addons are written
-//! there at start unless named in `disable`.
+//! there at start unless named in `disable`: RKE2's charts as HelmChart
+//! objects carrying the chart (`chartContent`, packaged here from the
+//! chart directories under `crates/controllers/charts/`, embedded at
+//! build time), which the HelmChart controller (`helm.rs`) installs.
 //!
 //! The addons are ordinary workloads: none tolerates `CriticalAddonsOnly`
 //! except cluster DNS, so on an all-tainted cluster they stay Pending until
@@ -19,19 +22,27 @@ use tracing::{debug, info, warn};
 /// The field manager of applied manifests.
 pub const FIELD_MANAGER: &str = "rke2-deploy";
 
-/// The bundled addons: (name, file content). `{cluster_dns}`,
-/// `{cluster_domain}` and `{addon_image}` are replaced ([`AddonValues`]).
-const BUNDLED: &[(&str, &str)] = &[
-    ("rke2-coredns", include_str!("addons/rke2-coredns.yaml")),
-    (
-        "rke2-ingress-nginx",
-        include_str!("addons/rke2-ingress-nginx.yaml"),
-    ),
-    (
-        "rke2-metrics-server",
-        include_str!("addons/rke2-metrics-server.yaml"),
-    ),
+/// How a bundled addon is shipped.
+#[derive(Debug, Clone, Copy)]
+enum Shipped {
+    /// A chart under `crates/controllers/charts/<name>/`, written as a
+    /// HelmChart with `chartContent` (as RKE2 ships its charts).
+    /// `bootstrap`: its helm Job runs before the pod network is up.
+    Chart { bootstrap: bool },
+}
+
+/// The bundled addons, in the order they are written.
+const BUNDLED: &[(&str, Shipped)] = &[
+    // RKE2 marks its DNS chart bootstrap: DNS is needed before anything else.
+    ("rke2-coredns", Shipped::Chart { bootstrap: true }),
+    ("rke2-ingress-nginx", Shipped::Chart { bootstrap: false }),
+    ("rke2-metrics-server", Shipped::Chart { bootstrap: false }),
 ];
+
+/// The chart files embedded at build time.
+pub mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/charts.rs"));
+}
 
 /// Names of the bundled addons (what `disable` accepts).
 pub fn bundled_names() -> Vec<&'static str> {
@@ -50,13 +61,73 @@ pub struct AddonValues {
     pub addon_image: String,
 }
 
+/// The files of a bundled chart (path in the chart, content).
+pub fn chart_files(name: &str) -> Option<&'static [embedded::ChartFile]> {
+    embedded::CHARTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, files)| *files)
+}
+
+/// A bundled chart packaged as `helm package` lays it out
+/// (`<name>/Chart.yaml`, ...), gzipped tar with fixed times and owners,
+/// so the same binary always writes the same `chartContent` (and a
+/// restart re-runs no helm Job).
+pub fn chart_archive(name: &str) -> Option<Vec<u8>> {
+    let files = chart_files(name)?;
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    let mut tar = tar::Builder::new(gz);
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        tar.append_data(&mut h, format!("{name}/{path}"), *data)
+            .expect("writing to memory");
+    }
+    let gz = tar.into_inner().expect("writing to memory");
+    Some(gz.finish().expect("writing to memory"))
+}
+
+/// The HelmChart of a bundled chart: the chart as `chartContent`, rke2's
+/// settings as `global.*` values in `set` (as RKE2 passes
+/// `global.clusterDNS` and friends), `takeOwnership` so objects an older
+/// rke2 applied as plain manifests are adopted rather than refused.
+fn helmchart_text(name: &str, bootstrap: bool, values: &AddonValues) -> Option<String> {
+    use base64::Engine;
+    let archive = chart_archive(name)?;
+    let content = base64::engine::general_purpose::STANDARD.encode(archive);
+    let doc = serde_json::json!({
+        "apiVersion": "helm.cattle.io/v1",
+        "kind": "HelmChart",
+        "metadata": {"name": name, "namespace": "kube-system"},
+        "spec": {
+            "bootstrap": bootstrap,
+            "takeOwnership": true,
+            "chartContent": content,
+            "set": {
+                "global.addonImage": values.addon_image,
+                "global.clusterDNS": values.cluster_dns,
+                "global.clusterDomain": values.cluster_domain,
+            },
+        },
+    });
+    let yaml = serde_saphyr::to_string(&doc).ok()?;
+    Some(format!(
+        "# RKE2's bundled {name} chart, written by rke2 at every start: tune it with a\n# HelmChartConfig named {name} in kube-system; `disable: [{name}]` removes it.\n{yaml}"
+    ))
+}
+
 /// A bundled addon's manifest as written.
 pub fn bundled_text(name: &str, values: &AddonValues) -> Option<String> {
-    BUNDLED.iter().find(|(n, _)| *n == name).map(|(_, text)| {
-        text.replace("{cluster_dns}", &values.cluster_dns)
-            .replace("{cluster_domain}", &values.cluster_domain)
-            .replace("{addon_image}", &values.addon_image)
-    })
+    match BUNDLED.iter().find(|(n, _)| *n == name)?.1 {
+        Shipped::Chart { bootstrap } => helmchart_text(name, bootstrap, values),
+    }
 }
 
 /// Writes the bundled addon manifests into `dir` (or removes those named
@@ -268,10 +339,66 @@ mod tests {
         }
     }
 
+    /// The objects a bundled addon installs: a chart rendered by the real
+    /// helm (`helm template` of the archive with the HelmChart's `set`),
+    /// or the plain manifest.
+    fn rendered(name: &str) -> Vec<Value> {
+        let text = bundled_text(name, &values()).unwrap();
+        let docs = parse_documents(Path::new(name), &text).unwrap();
+        if docs[0]["kind"] != "HelmChart" {
+            return docs;
+        }
+        const HELM: &str = "/usr/local/lib/rke2-test/helm";
+        assert!(
+            Path::new(HELM).is_file(),
+            "rendering the bundled charts needs helm at {HELM}: run `bash scripts/install.sh`"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let tgz = dir.path().join(format!("{name}.tgz"));
+        std::fs::write(&tgz, chart_archive(name).unwrap()).unwrap();
+        let mut cmd = std::process::Command::new(HELM);
+        cmd.env("HOME", dir.path())
+            .args(["template", name])
+            .arg(&tgz)
+            .args(["--namespace", "kube-system"]);
+        for (k, v) in docs[0]["spec"]["set"].as_object().unwrap() {
+            cmd.arg("--set-string")
+                .arg(format!("{k}={}", v.as_str().unwrap()));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_documents(Path::new(name), &String::from_utf8_lossy(&out.stdout)).unwrap()
+    }
+
+    #[test]
+    fn coredns_is_a_bootstrap_helmchart_with_the_chart_inside() {
+        let text = bundled_text("rke2-coredns", &values()).unwrap();
+        let doc = &parse_documents(Path::new("dns"), &text).unwrap()[0];
+        assert_eq!(doc["apiVersion"], "helm.cattle.io/v1");
+        assert_eq!(doc["kind"], "HelmChart");
+        assert_eq!(doc["metadata"]["namespace"], "kube-system");
+        assert_eq!(doc["spec"]["bootstrap"], true);
+        assert_eq!(doc["spec"]["set"]["global.clusterDNS"], "10.43.0.10");
+        // Same binary, same content: a restart re-runs nothing.
+        assert_eq!(chart_archive("rke2-coredns"), chart_archive("rke2-coredns"));
+        let files: Vec<&str> = chart_files("rke2-coredns")
+            .unwrap()
+            .iter()
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(
+            files.contains(&"Chart.yaml") && files.contains(&"values.yaml"),
+            "{files:?}"
+        );
+    }
+
     #[test]
     fn dns_runs_on_the_addon_image_at_the_cluster_dns_address() {
-        let text = bundled_text("rke2-coredns", &values()).unwrap();
-        let docs = parse_documents(Path::new("dns"), &text).unwrap();
+        let docs = rendered("rke2-coredns");
         let svc = docs
             .iter()
             .find(|d| d["kind"] == "Service")
@@ -285,6 +412,13 @@ mod tests {
             assert_eq!(c["image"], "rke2.local/rke2-addons:v0");
             assert!(c["resources"]["requests"].is_object());
         }
+        let cm = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .expect("the autoscaler's ConfigMap");
+        let linear: Value = serde_json::from_str(cm["data"]["linear"].as_str().unwrap()).unwrap();
+        assert_eq!(linear["coresPerReplica"], 256);
+        assert_eq!(linear["nodesPerReplica"], 16);
     }
 
     #[test]
@@ -307,8 +441,8 @@ mod tests {
 
     #[test]
     fn only_dns_tolerates_critical_addons_only() {
-        for (name, text) in BUNDLED {
-            let docs = parse_documents(Path::new(name), text).unwrap();
+        for (name, _) in BUNDLED {
+            let docs = rendered(name);
             let tolerates = docs.iter().any(|d| {
                 d["spec"]["template"]["spec"]["tolerations"]
                     .as_array()

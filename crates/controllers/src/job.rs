@@ -216,8 +216,42 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
             Some(c) => succeeded >= c,
             None => succeeded > 0 && active.is_empty(),
         };
-        if failed > backoff_limit || deadline_passed.is_some() {
-            let (reason, message) = if failed > backoff_limit {
+        // With `restartPolicy: OnFailure` a failed run restarts its
+        // container in place: those restarts count against the limit
+        // (upstream's pastBackoffLimitOnFailure).
+        let on_failure = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            == Some("OnFailure");
+        let restarts: i32 = if on_failure {
+            active
+                .iter()
+                .filter(|p| matches!(phase(p), "Running" | "Pending"))
+                .flat_map(|p| {
+                    let st = p.status.as_ref();
+                    st.and_then(|s| s.init_container_statuses.clone())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .chain(
+                            st.and_then(|s| s.container_statuses.clone())
+                                .unwrap_or_default(),
+                        )
+                })
+                .map(|c| c.restart_count)
+                .sum()
+        } else {
+            0
+        };
+        let past_on_failure = on_failure
+            && if backoff_limit == 0 {
+                restarts > 0
+            } else {
+                restarts >= backoff_limit
+            };
+        if failed > backoff_limit || past_on_failure || deadline_passed.is_some() {
+            let (reason, message) = if failed > backoff_limit || past_on_failure {
                 (REASON_BACKOFF_LIMIT, MESSAGE_BACKOFF_LIMIT)
             } else {
                 (
@@ -505,6 +539,36 @@ mod tests {
             Some(REASON_COMPLETIONS_REACHED)
         );
         assert!(p.status.completion_time.is_some());
+    }
+
+    #[test]
+    fn restarts_of_an_on_failure_pod_count_against_the_backoff_limit() {
+        let mut j = job(json!({"backoffLimit": 2}));
+        j.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .restart_policy = Some("OnFailure".into());
+        let now = Timestamp::now();
+        let restarted = |n: i32| {
+            let mut p = pod("a", "Running");
+            p.status.as_mut().unwrap().container_statuses = Some(vec![
+                serde_json::from_value(json!({"name": "c", "image": "i", "imageID": "",
+                    "ready": false, "restartCount": n}))
+                .unwrap(),
+            ]);
+            p
+        };
+        assert!(cond(&plan(&j, &[restarted(1)], now).status, "Failed").is_none());
+        let p = plan(&j, &[restarted(2)], now);
+        assert_eq!(
+            cond(&p.status, "Failed").unwrap().reason.as_deref(),
+            Some(REASON_BACKOFF_LIMIT)
+        );
+        assert_eq!(p.delete, vec!["a".to_string()]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+pub mod helm;
 pub mod informer;
 pub mod job;
 pub mod leader;

@@ -9,18 +9,26 @@
 //!   `/attach/{namespace}/{pod}/{container}` (also with the pod uid
 //!   before the container, as kubelet) — a WebSocket relayed to the
 //!   runtime's streaming server (see `exec.rs`).
+//! * `GET /stats/summary` (`?only_cpu_and_memory=true`) and
+//!   `GET /metrics/resource` — kubelet's Summary and resource metrics
+//!   (see `stats.rs`).
 //! * `/healthz` — open to anyone.
 //!
 //! Containers are found through CRI by the labels the node role puts on
 //! them (`io.kubernetes.pod.*`, `io.kubernetes.container.name`); the
 //! attempt number tells the current container from the previous one.
-//! Only clients whose certificate carries the group `system:masters`
-//! (the apiserver's kubelet-client certificate) may use anything but
-//! `/healthz`.
+//! Clients whose certificate carries the group `system:masters` (the
+//! apiserver's kubelet-client certificate) may use everything. With a
+//! [`auth::Webhook`] (kubelet's `--authentication-token-webhook` and
+//! `--authorization-mode=Webhook`), other certificate users and bearer
+//! tokens (a pod's ServiceAccount token, checked by TokenReview) are
+//! authorized by SubjectAccessReview; without one, they are refused.
 
+pub mod auth;
 mod exec;
 pub mod logs;
 mod spdy;
+pub mod stats;
 
 use std::future::Future;
 use std::io::SeekFrom;
@@ -87,6 +95,21 @@ pub struct Peer {
 #[derive(Clone)]
 struct NodeApi {
     cri: Option<Cri>,
+    stats: stats::Collector,
+}
+
+/// What a node API serves from: the runtime, the node's name and data dir
+/// (for its figures), and the delegated authenticator/authorizer.
+#[derive(Clone)]
+pub struct NodeApiConfig {
+    /// The container runtime; `None` on a node without one (503s).
+    pub cri: Option<Cri>,
+    /// This node's name (the `nodes/<name>` a SubjectAccessReview names).
+    pub node_name: String,
+    /// The node's data dir (its filesystem figures).
+    pub data_dir: PathBuf,
+    /// Token and access reviews for clients outside `system:masters`.
+    pub webhook: Option<auth::Webhook>,
 }
 
 /// A failed request: a status and a plain-text message, as kubelet
@@ -119,49 +142,171 @@ fn cri_failure(call: &str, s: tonic::Status) -> Failure {
     Failure(code, format!("container runtime: {call}: {}", s.message()))
 }
 
-/// The node API with logs, exec and attach served from `cri`.
+/// The node API with logs, exec and attach served from `cri`, for
+/// `system:masters` only.
 pub fn router(cri: Cri) -> Router {
-    build(Some(cri))
+    router_with(NodeApiConfig {
+        cri: Some(cri),
+        node_name: String::new(),
+        data_dir: "/".into(),
+        webhook: None,
+    })
 }
 
 /// The node API of a node without a container runtime: `/healthz`, and
 /// 503 for logs, exec and attach.
 pub fn router_without_runtime() -> Router {
-    build(None)
+    router_with(NodeApiConfig {
+        cri: None,
+        node_name: String::new(),
+        data_dir: "/".into(),
+        webhook: None,
+    })
 }
 
-fn build(cri: Option<Cri>) -> Router {
+/// The node API as `cfg` says.
+pub fn router_with(cfg: NodeApiConfig) -> Router {
     let protected = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", any(exec))
         .route("/exec/{ns}/{pod}/{uid}/{container}", any(exec_uid))
         .route("/attach/{ns}/{pod}/{container}", any(attach))
         .route("/attach/{ns}/{pod}/{uid}/{container}", any(attach_uid))
-        .route_layer(middleware::from_fn(authorize))
-        .with_state(NodeApi { cri });
+        .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(resource_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            cfg.webhook.clone(),
+            authorize,
+        ))
+        .with_state(NodeApi {
+            cri: cfg.cri,
+            stats: stats::Collector::new(cfg.node_name, cfg.data_dir),
+        });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(protected)
         .fallback(|| async { Failure(StatusCode::NOT_FOUND, "404 page not found".into()) })
 }
 
-async fn authorize(req: Request, next: Next) -> Response {
-    match req.extensions().get::<Peer>() {
-        None => Failure(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized: a client certificate is required".into(),
-        )
-        .into_response(),
-        Some(p) if p.groups.iter().any(|g| g == MASTERS) => next.run(req).await,
-        Some(p) => Failure(
+async fn authorize(
+    State(webhook): State<Option<auth::Webhook>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let peer = match req.extensions().get::<Peer>().cloned() {
+        Some(p) => p,
+        None => {
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().to_string())
+                .filter(|t| !t.is_empty());
+            match (token, &webhook) {
+                (Some(t), Some(w)) => match w.authenticate(&t).await {
+                    Ok(p) => p,
+                    Err(auth::Refusal::Unauthenticated) => {
+                        return Failure(StatusCode::UNAUTHORIZED, "Unauthorized".into())
+                            .into_response();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "node API: cannot review a bearer token");
+                        return Failure(StatusCode::UNAUTHORIZED, "Unauthorized".into())
+                            .into_response();
+                    }
+                },
+                _ => {
+                    return Failure(
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized: a client certificate or a bearer token is required".into(),
+                    )
+                    .into_response();
+                }
+            }
+        }
+    };
+    if peer.groups.iter().any(|g| g == MASTERS) {
+        return next.run(req).await;
+    }
+    let attrs = auth::attributes(req.method(), req.uri().path());
+    let Some(w) = webhook else {
+        return Failure(
             StatusCode::FORBIDDEN,
             format!(
                 "Forbidden (user={}, groups={:?}): only members of {MASTERS} may use the node API",
-                p.user, p.groups
+                peer.user, peer.groups
+            ),
+        )
+        .into_response();
+    };
+    match w.authorize(&peer, &attrs).await {
+        Ok(true) => next.run(req).await,
+        Ok(false) => Failure(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden (user={}, verb={}, resource=nodes, subresource(s)=[{}])",
+                peer.user, attrs.verb, attrs.subresource
             ),
         )
         .into_response(),
+        Err(e) => {
+            warn!(error = %e, "node API: cannot authorize a request");
+            Failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Authorization error (user={}, verb={}, resource=nodes, subresource(s)=[{}]): {e}", peer.user, attrs.verb, attrs.subresource),
+            )
+            .into_response()
+        }
     }
+}
+
+/// `GET /stats/summary`: kubelet's Summary as JSON.
+async fn stats_summary(
+    State(st): State<NodeApi>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let only = query_pairs(raw.as_deref())
+        .iter()
+        .any(|(k, v)| k == "only_cpu_and_memory" && v == "true");
+    let cri = st.cri()?;
+    let summary = st
+        .stats
+        .summary(cri, !only)
+        .await
+        .map_err(|s| cri_failure("ListContainerStats", s))?;
+    let summary = if only {
+        stats::only_cpu_and_memory(summary)
+    } else {
+        summary
+    };
+    let body = serde_json::to_vec(&summary)
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /metrics/resource`: the Prometheus text the metrics server
+/// scrapes; a runtime that does not answer gives `resource_scrape_error 1`.
+async fn resource_metrics(State(st): State<NodeApi>) -> Response {
+    let summary = match st.cri() {
+        Ok(cri) => match st.stats.summary(cri, false).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "node API: resource metrics: CRI stats failed");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        stats::render_resource_metrics(summary.as_ref()),
+    )
+        .into_response()
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves; each

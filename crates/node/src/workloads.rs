@@ -122,10 +122,16 @@ impl Workloads {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&pods_dir, std::fs::Permissions::from_mode(0o700));
         }
-        let addon_image = Arc::new(AddonImage::new(
-            &ccfg.socket(),
-            &cfg.agent_dir.join("addon-image"),
-        ));
+        // helm sits beside kubectl in the data dir (`<data-dir>/bin/helm`,
+        // where scripts/install.sh --data-dir puts it).
+        let helm = cfg
+            .agent_dir
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .join("bin/helm");
+        let addon_image = Arc::new(
+            AddonImage::new(&ccfg.socket(), &cfg.agent_dir.join("addon-image")).with_helm(helm),
+        );
         let ctx = Arc::new(PodContext {
             client,
             cri: cri.clone(),

@@ -245,6 +245,8 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
     };
+    // The node API reviews tokens and access under the node's identity.
+    let node_api_client = client.clone();
     let node = tokio::spawn(rke2_node::run(client, node_cfg, stop.clone()));
     if let Some(facts) = crate::server::service_proxy_facts(&cfg, &node_name, &ips) {
         let pair = crate::cluster::retry_transient(
@@ -281,7 +283,15 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         serving.cert.as_bytes(),
         serving.key.as_bytes(),
         client_cert.ca.as_bytes(),
-        Some(workloads.cri.clone()),
+        rke2_node::api::NodeApiConfig {
+            cri: Some(workloads.cri.clone()),
+            node_name: node_name.clone(),
+            data_dir: cfg.data_dir.clone(),
+            webhook: Some(rke2_node::api::auth::Webhook::new(
+                node_api_client,
+                node_name.clone(),
+            )),
+        },
         stop.clone(),
     )?;
     info!(node = %node_name, elapsed = ?started.elapsed(), "rke2 agent is up");

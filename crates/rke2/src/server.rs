@@ -587,6 +587,8 @@ async fn run_with_etcd(
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
     };
+    // The node API reviews tokens and access under the node's identity.
+    let node_api_client = node_client.clone();
     let node = tokio::spawn(rke2_node::run(node_client, node_cfg, stop.clone()));
     if let Some(facts) = service_proxy_facts(cfg, &cfg.node_name, ips) {
         let (cert, key) = trust
@@ -618,7 +620,15 @@ async fn run_with_etcd(
         node_cert.as_bytes(),
         node_key.as_bytes(),
         trust.client_ca.cert_pem.as_bytes(),
-        Some(workloads.cri.clone()),
+        rke2_node::api::NodeApiConfig {
+            cri: Some(workloads.cri.clone()),
+            node_name: cfg.node_name.clone(),
+            data_dir: cfg.data_dir.clone(),
+            webhook: Some(rke2_node::api::auth::Webhook::new(
+                node_api_client,
+                cfg.node_name.clone(),
+            )),
+        },
         stop.clone(),
     )?;
     // The control plane stops first, on its own token, while the
@@ -642,6 +652,20 @@ async fn run_with_etcd(
                 duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
             },
             enable_servicelb: cfg.enable_servicelb,
+            helm_jobs: rke2_controllers::helm::JobSettings {
+                default_image: rke2_runtime::addon_image::reference(),
+                // A bootstrap chart's Job runs on a server's host network
+                // and talks to the apiserver there, as upstream's
+                // KUBERNETES_SERVICE_HOST=127.0.0.1 (this server's own
+                // address when it listens on one).
+                bootstrap_api: (
+                    cfg.bind_address
+                        .filter(|b| !b.is_unspecified())
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "127.0.0.1".into()),
+                    cfg.https_listen_port,
+                ),
+            },
         },
         control_plane_stop.clone(),
     )?;
@@ -681,6 +705,8 @@ struct ControlPlane {
     signers: rke2_controllers::csr_signing::Signers,
     /// `enable-servicelb`: run ServiceLB.
     enable_servicelb: bool,
+    /// What the HelmChart controller's Jobs run with.
+    helm_jobs: rke2_controllers::helm::JobSettings,
 }
 
 /// Worker threads of the control-plane runtime.
@@ -830,6 +856,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
         cluster_cidr,
         signers,
         enable_servicelb,
+        helm_jobs,
         ..
     } = cp;
     let identity = format!("{node_name}_{:08x}", rand::random::<u32>());
@@ -848,6 +875,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
             let node_name = node_name.clone();
             let root_ca_pem = root_ca_pem.clone();
             let signers = signers.clone();
+            let helm_jobs = helm_jobs.clone();
             async move {
                 let mut loops = tokio::task::JoinSet::new();
                 loops.spawn(rke2_controllers::server_removal::run(
@@ -872,6 +900,16 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     manifests,
                     lead.clone(),
                 ));
+                // The HelmChart controller (RKE2's supervisor runs it with
+                // admin rights): its CRDs first, then the loop.
+                {
+                    let client = client.clone();
+                    let lead = lead.clone();
+                    loops.spawn(async move {
+                        rke2_controllers::helm::crd::ensure(client.clone(), lead.clone()).await;
+                        rke2_controllers::helm::run(client, helm_jobs, lead).await;
+                    });
+                }
                 loops.spawn(rke2_controllers::addons::remove_disabled(
                     client.clone(),
                     disabled_addons.0,
@@ -1011,14 +1049,15 @@ pub fn workload_config(cfg: &Config, node_ip: IpAddr) -> rke2_node::workloads::W
 }
 
 /// The node API on `<ip>:10250` (HTTPS with the node's serving
-/// certificate, clients from the client CA): `/healthz`, and container
-/// logs, exec and attach through `cri` (503 for those without a runtime).
+/// certificate, clients from the client CA or with a bearer token):
+/// `/healthz`, container logs, exec and attach, stats and resource
+/// metrics, as `api` says (503 for those without a runtime).
 pub fn spawn_node_api(
     ip: IpAddr,
     cert_pem: &[u8],
     key_pem: &[u8],
     client_ca_pem: &[u8],
-    cri: Option<rke2_node::api::Cri>,
+    api: rke2_node::api::NodeApiConfig,
     stop: CancellationToken,
 ) -> Result<()> {
     let tls = rke2_trust::server_tls_config(cert_pem, key_pem, Some(client_ca_pem))
@@ -1032,10 +1071,7 @@ pub fn spawn_node_api(
                 return;
             }
         };
-        let app = match cri {
-            Some(cri) => rke2_node::api::router(cri),
-            None => rke2_node::api::router_without_runtime(),
-        };
+        let app = rke2_node::api::router_with(api);
         rke2_node::api::serve(listener, tls, app, async move { stop.cancelled().await }).await;
     });
     Ok(())

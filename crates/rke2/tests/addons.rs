@@ -19,7 +19,12 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     let mut s = Server::start(
         bin(),
         ServerOpts {
-            config_yaml: Some("disable:\n  - rke2-ingress-nginx\n".into()),
+            config_yaml: Some(format!(
+                "pause-image: {}\ndisable:\n  - rke2-ingress-nginx\n",
+                rke2_testbed::TEST_PAUSE_IMAGE
+            )),
+            // The DNS chart's helm Job runs as a pod: images and helm.
+            seed: true,
             ..Default::default()
         },
     )
@@ -34,10 +39,24 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     );
 
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    // Its HelmChart is applied (its helm Job needs the pod network and the
+    // service proxy, which a single-machine loopback server has not: the
+    // bed tests install it).
+    let helmcharts: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "kube-system",
+        &rke2_controllers::helm::helmchart_resource(),
+    );
     eventually(
         Duration::from_secs(60),
-        "bundled metrics-server applied",
-        || async { deploys.get_opt("rke2-metrics-server").await.ok().flatten() },
+        "bundled metrics-server's HelmChart applied",
+        || async {
+            helmcharts
+                .get_opt("rke2-metrics-server")
+                .await
+                .ok()
+                .flatten()
+        },
     )
     .await
     .unwrap();
@@ -106,11 +125,37 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     .await
     .unwrap();
 
-    // DNS is there, on the addon image; disabled later, it is uninstalled.
-    let dns = deploys
-        .get("rke2-coredns-rke2-coredns")
-        .await
-        .expect("the DNS addon's Deployment");
+    // DNS is there, installed by its HelmChart's helm Job (a bootstrap
+    // chart: host network), on the addon image; disabled later, it is
+    // uninstalled.
+    let text = std::fs::read_to_string(dir.join("rke2-coredns.yaml")).unwrap();
+    assert!(
+        text.contains("kind: HelmChart") && text.contains("chartContent"),
+        "{text}"
+    );
+    let dns = eventually(
+        Duration::from_secs(180),
+        "the DNS chart installed by helm",
+        || async {
+            deploys
+                .get_opt("rke2-coredns-rke2-coredns")
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(
+        dns.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get("meta.helm.sh/release-name")
+            .map(String::as_str),
+        Some("rke2-coredns"),
+        "a helm release's object"
+    );
     let image = dns.spec.unwrap().template.spec.unwrap().containers[0]
         .image
         .clone()
@@ -118,7 +163,10 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     assert_eq!(image, rke2_runtime::addon_image::reference());
     s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30))
         .unwrap();
-    s.opts.config_yaml = Some("disable:\n  - rke2-ingress-nginx\n  - rke2-coredns\n".into());
+    s.opts.config_yaml = Some(format!(
+        "pause-image: {}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-coredns\n",
+        rke2_testbed::TEST_PAUSE_IMAGE
+    ));
     s.spawn().unwrap();
     let client = s.wait_ready(Duration::from_secs(90)).await.unwrap();
     assert!(!dir.join("rke2-coredns.yaml").exists());
@@ -127,8 +175,8 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
         Api::namespaced(client.clone(), "kube-system");
     let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
     eventually(
-        Duration::from_secs(60),
-        "the disabled DNS addon's objects deleted",
+        Duration::from_secs(180),
+        "the disabled DNS addon's objects deleted (helm uninstall)",
         || async {
             let gone = deploys
                 .get_opt("rke2-coredns-rke2-coredns")
@@ -156,8 +204,13 @@ async fn manifests_are_applied_and_reapplied_and_disable_keeps_an_addon_out() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
     // Other addons stay.
+    let helmcharts: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "kube-system",
+        &rke2_controllers::helm::helmchart_resource(),
+    );
     assert!(
-        deploys
+        helmcharts
             .get_opt("rke2-metrics-server")
             .await
             .unwrap()

@@ -102,7 +102,21 @@ fn reverse_v4(ip: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_dns_serves_services_and_forwards_the_rest() {
-    let mut server = Server::start(bin(), ServerOpts::default()).unwrap();
+    // The DNS Service (the zone's name server) comes from the bundled
+    // rke2-coredns chart, installed by its helm Job: a pod, so images and
+    // helm are seeded.
+    let mut server = Server::start(
+        bin(),
+        ServerOpts {
+            config_yaml: Some(format!(
+                "pause-image: {}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n",
+                rke2_testbed::TEST_PAUSE_IMAGE
+            )),
+            seed: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let client = server.wait_ready(READY).await.unwrap();
     let dir = server.dir.path().to_path_buf();
 
@@ -243,7 +257,21 @@ async fn cluster_dns_serves_services_and_forwards_the_rest() {
     dig_until(&ip, &["default.svc.cluster.local", "A"], "NOERROR", &[]).await;
 
     // The zone itself, its name server (the DNS Service's ClusterIP) and
-    // the schema version.
+    // the schema version. The Service is the DNS chart's.
+    let system: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    eventually(
+        Duration::from_secs(180),
+        "the DNS chart's Service (helm-install-rke2-coredns)",
+        || async {
+            system
+                .get_opt("rke2-coredns-rke2-coredns")
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
     dig_until(
         &ip,
         &["dns-version.cluster.local", "TXT"],

@@ -161,8 +161,9 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
         .unwrap();
 
     let first = format!(
-        "token: my-shared-secret\ntls-san:\n  - {}\nnode-taint:\n  - \"CriticalAddonsOnly=true:NoExecute\"\n",
-        lb.ip
+        "token: my-shared-secret\ntls-san:\n  - {}\nnode-taint:\n  - \"CriticalAddonsOnly=true:NoExecute\"\npause-image: {}\n",
+        lb.ip,
+        rke2_testbed::TEST_PAUSE_IMAGE
     );
     let joiner = format!("server: https://{}:9345\n{first}", lb.ip);
     let mut s: Vec<Proc> = vec![
@@ -170,6 +171,11 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
         Proc::new(&bed, &hs[1], "server", &joiner, &[]),
         Proc::new(&bed, &hs[2], "server", &joiner, &[]),
     ];
+    // The bundled DNS chart's helm Job runs as a pod on a server: images
+    // and helm in the data dirs.
+    for p in &s {
+        rke2_testbed::seed_images(&p.dir.join("data")).unwrap();
+    }
     s[0].start(&bed);
     eventually(Duration::from_secs(120), "server 1 kubeconfig", || async {
         s[0].dir.join("rke2.yaml").exists().then_some(())
@@ -224,15 +230,19 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
     }
 
     // Seed page 2a: with every server tainted CriticalAddonsOnly, the
-    // bundled addons exist but stay Pending, and say why.
+    // bundled addons stay Pending, and say why: their HelmCharts' helm Jobs
+    // (not bootstrap charts) wait for an untainted node, as RKE2's.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let events: Api<Event> = Api::namespaced(client.clone(), "kube-system");
     let pending = eventually(
         Duration::from_secs(120),
-        "metrics-server pod Pending with FailedScheduling",
+        "metrics-server's helm-install pod Pending with FailedScheduling",
         || async {
             let p = pods
-                .list(&ListParams::default().labels("app=rke2-metrics-server"))
+                .list(
+                    &ListParams::default()
+                        .labels("helmcharts.helm.cattle.io/chart=rke2-metrics-server"),
+                )
                 .await
                 .ok()?
                 .items
@@ -280,13 +290,18 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
 
     // Agents join through the LB.
     let agent_cfg = format!(
-        "server: https://{}:9345\ntoken: my-shared-secret\nnode-label:\n  - tier=web\n",
-        lb.ip
+        "server: https://{}:9345\ntoken: my-shared-secret\nnode-label:\n  - tier=web\npause-image: {}\n",
+        lb.ip,
+        rke2_testbed::TEST_PAUSE_IMAGE
     );
     let mut a: Vec<Proc> = ha
         .iter()
         .map(|h| Proc::new(&bed, h, "agent", &agent_cfg, &[]))
         .collect();
+    // The addons' helm Jobs run on the agents: images and helm there too.
+    for p in &a {
+        rke2_testbed::seed_images(&p.dir.join("data")).unwrap();
+    }
     let join_start = Instant::now();
     for p in a.iter_mut() {
         p.start(&bed);
@@ -298,10 +313,11 @@ async fn ha_cluster_through_haproxy_with_agents_and_failures() {
     .await
     .unwrap_or_else(|e| panic!("{e}\na1 log:\n{}", a[0].log()));
     println!("agents joined to Ready in {:?}", join_start.elapsed());
-    // As soon as untainted agents are there, the addons are bound to them.
+    // As soon as untainted agents are there, the addons' helm Jobs are
+    // bound to them, and install the addons there.
     eventually(
         Duration::from_secs(120),
-        "metrics-server bound to an agent",
+        "metrics-server's helm-install pod bound to an agent",
         || async {
             let p = pods.get(&pending).await.ok()?;
             p.spec?.node_name.filter(|n| n.starts_with('a'))

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::RuntimeError;
 use crate::images::ImageImporter;
@@ -142,7 +142,13 @@ pub fn elf_interpreter(mut exe: impl Read + Seek) -> Result<Option<String>, Stri
 
 /// The files of the image of `exe`, given the libraries it has loaded and
 /// the interpreter it names.
-fn entries(exe: &Path, libs: &[PathBuf], interp: Option<&str>, ca: Option<&Path>) -> Vec<Entry> {
+fn entries(
+    exe: &Path,
+    libs: &[PathBuf],
+    interp: Option<&str>,
+    ca: Option<&Path>,
+    helm: Option<&Path>,
+) -> Vec<Entry> {
     let mut v = vec![
         Entry::Dir {
             path: "bin".into(),
@@ -173,6 +179,17 @@ fn entries(exe: &Path, libs: &[PathBuf], interp: Option<&str>, ca: Option<&Path>
             mode: 0o1777,
         },
     ];
+    if let Some(helm) = helm {
+        // The HelmChart Jobs (`rke2 helm-job`) run the real helm.
+        v.insert(
+            2,
+            Entry::Copy {
+                path: "bin/helm".into(),
+                source: helm.to_path_buf(),
+                mode: 0o755,
+            },
+        );
+    }
     let mut dirs: Vec<String> = vec!["bin".into(), "etc".into(), "tmp".into()];
     let mut add_dirs = |v: &mut Vec<Entry>, path: &str| {
         let mut acc = String::new();
@@ -326,11 +343,12 @@ fn write_archive(
     libs: &[PathBuf],
     interp: Option<&str>,
     ca: Option<&Path>,
+    helm: Option<&Path>,
     reference: &str,
     out: &Path,
 ) -> Result<String, RuntimeError> {
     let layer_path = out.with_extension("layer");
-    let files = entries(exe, libs, interp, ca);
+    let files = entries(exe, libs, interp, ca, helm);
     let result = (|| {
         let layer = write_layer(&files, &layer_path)?;
         let lib_dirs: Vec<String> = {
@@ -400,8 +418,9 @@ fn write_archive(
     result
 }
 
-/// Writes the archive of the image of this very process to `out`.
-pub fn write_own_archive(out: &Path) -> Result<String, RuntimeError> {
+/// Writes the archive of the image of this very process to `out`, with
+/// `helm` as `/bin/helm` when given.
+pub fn write_own_archive(out: &Path, helm: Option<&Path>) -> Result<String, RuntimeError> {
     let self_exe = Path::new("/proc/self/exe");
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map_err(|e| RuntimeError::io("reading", Path::new("/proc/self/maps"), e))?;
@@ -416,6 +435,7 @@ pub fn write_own_archive(out: &Path) -> Result<String, RuntimeError> {
         &libs,
         interp.as_deref(),
         ca.exists().then_some(ca),
+        helm,
         &reference(),
         out,
     )
@@ -425,6 +445,7 @@ pub fn write_own_archive(out: &Path) -> Result<String, RuntimeError> {
 pub struct AddonImage {
     importer: ImageImporter,
     scratch: PathBuf,
+    helm: Option<PathBuf>,
     done: Mutex<bool>,
 }
 
@@ -435,8 +456,17 @@ impl AddonImage {
         AddonImage {
             importer: ImageImporter::new(scratch, socket),
             scratch: scratch.to_path_buf(),
+            helm: None,
             done: Mutex::new(false),
         }
+    }
+
+    /// Carries the helm binary at `path` into the image as `/bin/helm`
+    /// (what the HelmChart Jobs run), when it exists at build time; without
+    /// it those Jobs fail saying helm is missing.
+    pub fn with_helm(mut self, path: PathBuf) -> AddonImage {
+        self.helm = Some(path);
+        self
     }
 
     /// Makes sure containerd has [`reference`]: builds the archive and
@@ -453,7 +483,14 @@ impl AddonImage {
             .map_err(|e| RuntimeError::io("creating", &self.scratch, e))?;
         let out = self.scratch.join("rke2-addons.tar");
         let o = out.clone();
-        let layer = tokio::task::spawn_blocking(move || write_own_archive(&o))
+        let helm = self.helm.clone().filter(|h| {
+            let there = h.is_file();
+            if !there {
+                warn!(helm = %h.display(), "no helm binary there: the addon image is made without it, and HelmChart Jobs will fail until it is installed (scripts/install.sh --data-dir) and rke2 restarted");
+            }
+            there
+        });
+        let layer = tokio::task::spawn_blocking(move || write_own_archive(&o, helm.as_deref()))
             .await
             .map_err(|e| RuntimeError::Config(format!("building the addon image: {e}")))??;
         let imported = self.importer.import_file(&out).await;
@@ -522,7 +559,13 @@ mod tests {
             &libs,
             Some("/lib64/ld-linux-x86-64.so.2"),
             None,
+            Some(Path::new("/x/helm")),
         );
+        assert!(e.contains(&Entry::Copy {
+            path: "bin/helm".into(),
+            source: PathBuf::from("/x/helm"),
+            mode: 0o755,
+        }));
         assert!(e.contains(&Entry::Link {
             path: "lib64/ld-linux-x86-64.so.2".into(),
             target: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into(),
@@ -557,8 +600,8 @@ mod tests {
         std::fs::write(&exe, b"\x7fELF not really").unwrap();
         let a = dir.path().join("a.tar");
         let b = dir.path().join("b.tar");
-        let d1 = write_archive(&exe, &[], None, None, "rke2.local/x:v1", &a).unwrap();
-        let d2 = write_archive(&exe, &[], None, None, "rke2.local/x:v1", &b).unwrap();
+        let d1 = write_archive(&exe, &[], None, None, None, "rke2.local/x:v1", &a).unwrap();
+        let d2 = write_archive(&exe, &[], None, None, None, "rke2.local/x:v1", &b).unwrap();
         assert_eq!(d1, d2);
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         // The archive is what `ctr import` reads: manifest, config, layer.
@@ -597,6 +640,7 @@ mod tests {
         let err = write_archive(
             &dir.path().join("gone"),
             &[],
+            None,
             None,
             None,
             "rke2.local/x:v1",

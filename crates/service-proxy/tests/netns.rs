@@ -93,7 +93,10 @@ impl Bed {
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
-        assert_eq!(forwarding(), "0", "a fresh namespace does not forward");
+        // A new namespace copies the host's setting on some kernels
+        // (devconf_inherit_init_net): start from off either way.
+        inn(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        assert_eq!(forwarding(), "0", "forwarding is off before");
         in_ns(&node, rke2_service_proxy::runner::prepare_host);
         assert_eq!(forwarding(), "1", "prepare_host turned forwarding on");
         for (i, role) in ["pa", "pb", "pc"].iter().enumerate() {

@@ -39,6 +39,10 @@ pub struct ServerOpts {
     pub config_yaml: Option<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Seed the data dir before the first start ([`seed_images`]: the
+    /// test pause and busybox images, and helm), so pods run; the config
+    /// should then name `pause-image: rke2.test/pause:1`.
+    pub seed: bool,
 }
 
 /// A running `rke2 server`.
@@ -78,6 +82,9 @@ impl Server {
             opts,
             child: None,
         };
+        if s.opts.seed {
+            seed_images(&s.data_dir)?;
+        }
         s.spawn()?;
         Ok(s)
     }
@@ -276,11 +283,32 @@ pub const TEST_PAUSE_IMAGE: &str = "rke2.test/pause:1";
 pub const TEST_BUSYBOX_IMAGE: &str = "rke2.test/busybox:1";
 
 /// Puts the test pause and busybox images into `<data_dir>/agent/images`
-/// (the air-gap folder) before the node starts.
+/// (the air-gap folder) before the node starts, and helm at
+/// `<data_dir>/bin/helm` when the install script put it on the machine
+/// (as `scripts/install.sh --data-dir` does for a real data dir), so the
+/// addon image carries it and HelmChart Jobs run.
 pub fn seed_images(data_dir: &Path) -> Result<()> {
     let dir = data_dir.join("agent/images");
     make_image(&dir.join("pause.tar"), TEST_PAUSE_IMAGE, true)?;
     make_image(&dir.join("busybox.tar"), TEST_BUSYBOX_IMAGE, false)?;
+    if Path::new(HELM).is_file() {
+        seed_helm(data_dir)?;
+    }
+    Ok(())
+}
+
+/// Where `scripts/install.sh` puts helm.
+pub const HELM: &str = "/usr/local/lib/rke2-test/helm";
+
+/// Copies the installed helm to `<data_dir>/bin/helm`; fails naming the
+/// install script when there is none.
+pub fn seed_helm(data_dir: &Path) -> Result<()> {
+    if !Path::new(HELM).is_file() {
+        bail!("no helm at {HELM}: run `bash scripts/install.sh` first");
+    }
+    let bin = data_dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(HELM, bin.join("helm")).with_context(|| format!("copying {HELM}"))?;
     Ok(())
 }
 

@@ -29,7 +29,8 @@ pub use server::{
     tls_dir,
 };
 pub use tls::{
-    client_tls_config, parse_certs, parse_key, peer_identity, provider, server_tls_config,
+    AcceptAnyServerCert, client_tls_config, parse_certs, parse_key, peer_identity, provider,
+    server_tls_config,
 };
 pub use token::{
     NODE_USER, SERVER_USER, TOKEN_PREFIX, Token, ca_hash, constant_time_eq, generate_password,

@@ -98,8 +98,8 @@ fn ensure_is_idempotent_and_sets_modes() {
     let p = params(dir.path(), None);
     let t1 = ensure_server_trust(&p).unwrap();
     let snap1 = snapshot(dir.path());
-    // 5 CAs x 2 + service.key + 7 leaves x 2
-    assert_eq!(snap1.len(), 25, "{:?}", snap1.keys().collect::<Vec<_>>());
+    // 5 CAs x 2 + service.key + 8 leaves x 2 (with the front proxy's)
+    assert_eq!(snap1.len(), 27, "{:?}", snap1.keys().collect::<Vec<_>>());
     std::thread::sleep(Duration::from_millis(20));
     let t2 = ensure_server_trust(&p).unwrap();
     assert_eq!(t1, t2);

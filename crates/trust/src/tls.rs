@@ -106,3 +106,66 @@ pub fn peer_identity(cert_der: &[u8]) -> Result<(String, Vec<String>), TrustErro
         .map_err(|e| TrustError::tls("parse peer certificate", e))?;
     crate::pki::identity_of(&cert).map_err(|e| TrustError::tls("peer certificate identity", e))
 }
+
+/// A server-certificate verifier that accepts any certificate, for the
+/// few clients whose trust comes from elsewhere or is not wanted: the
+/// join's `/cacerts` fetch (the token's CA hash authenticates the answer),
+/// HTTPS probes (kubelet does not verify them), `insecureSkipTLSVerify`
+/// APIServices and backends, `--kubelet-insecure-tls`. Handshake
+/// signatures are still verified, so the peer at least holds the key of
+/// the certificate it shows.
+#[derive(Debug)]
+pub struct AcceptAnyServerCert(Arc<CryptoProvider>);
+
+impl AcceptAnyServerCert {
+    /// A verifier checking handshake signatures with `provider`'s
+    /// algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Arc<Self> {
+        Arc::new(AcceptAnyServerCert(provider))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -50,6 +50,32 @@ pub enum Endpoint {
     },
 }
 
+impl Endpoint {
+    /// The endpoint and decoded `caBundle` (PEM; empty for the system
+    /// roots) of a webhook `clientConfig`, as admission webhooks and CRD
+    /// conversion webhooks both have it (validated before it is stored).
+    pub fn of_client_config(cc: &Value) -> (Endpoint, Vec<u8>) {
+        use base64::Engine;
+        let endpoint = match cc["url"].as_str() {
+            Some(u) => Endpoint::Url(u.to_string()),
+            None => Endpoint::Service {
+                namespace: cc["service"]["namespace"].as_str().unwrap_or("").into(),
+                name: cc["service"]["name"].as_str().unwrap_or("").into(),
+                path: cc["service"]["path"].as_str().unwrap_or("/").into(),
+                port: cc["service"]["port"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(443),
+            },
+        };
+        let ca_bundle = cc["caBundle"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .unwrap_or_default();
+        (endpoint, ca_bundle)
+    }
+}
+
 /// The certificates of a PEM bundle (none when it holds none).
 pub fn pem_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem)

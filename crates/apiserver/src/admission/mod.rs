@@ -101,25 +101,8 @@ pub struct Hook {
 impl Hook {
     /// Reads one webhook of a (validated, defaulted) configuration.
     pub fn parse(configuration: &str, h: &Value) -> Hook {
-        use base64::Engine;
         let s = |k: &str| h[k].as_str().unwrap_or("");
-        let cc = &h["clientConfig"];
-        let endpoint = match cc["url"].as_str() {
-            Some(u) => Endpoint::Url(u.to_string()),
-            None => Endpoint::Service {
-                namespace: cc["service"]["namespace"].as_str().unwrap_or("").into(),
-                name: cc["service"]["name"].as_str().unwrap_or("").into(),
-                path: cc["service"]["path"].as_str().unwrap_or("/").into(),
-                port: cc["service"]["port"]
-                    .as_u64()
-                    .and_then(|p| u16::try_from(p).ok())
-                    .unwrap_or(443),
-            },
-        };
-        let ca_bundle = cc["caBundle"]
-            .as_str()
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .unwrap_or_default();
+        let (endpoint, ca_bundle) = Endpoint::of_client_config(&h["clientConfig"]);
         Hook {
             configuration: configuration.to_string(),
             name: s("name").to_string(),

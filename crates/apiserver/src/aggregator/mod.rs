@@ -357,8 +357,8 @@ pub fn local_group_versions() -> Vec<(String, String)> {
             out.push((name.to_string(), version.to_string()));
         }
     }
-    // `serviceaccounts/token` and selfsubjectreviews live here, though
-    // discovery does not list the group yet.
+    // `serviceaccounts/token`, selfsubjectreviews and tokenreviews live
+    // here (discovery lists the group; kept for safety).
     let authn = ("authentication.k8s.io".to_string(), "v1".to_string());
     if !out.contains(&authn) {
         out.push(authn);

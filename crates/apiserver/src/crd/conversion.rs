@@ -42,28 +42,11 @@ impl Webhook {
     /// The webhook of a CRD's `spec.conversion`, when its strategy is
     /// `Webhook`.
     pub fn of(conversion: &Value) -> Option<Webhook> {
-        use base64::Engine;
         if conversion["strategy"] != "Webhook" {
             return None;
         }
         let hook = &conversion["webhook"];
-        let cc = &hook["clientConfig"];
-        let endpoint = match cc["url"].as_str() {
-            Some(u) => Endpoint::Url(u.to_string()),
-            None => Endpoint::Service {
-                namespace: cc["service"]["namespace"].as_str().unwrap_or("").into(),
-                name: cc["service"]["name"].as_str().unwrap_or("").into(),
-                path: cc["service"]["path"].as_str().unwrap_or("/").into(),
-                port: cc["service"]["port"]
-                    .as_u64()
-                    .and_then(|p| u16::try_from(p).ok())
-                    .unwrap_or(443),
-            },
-        };
-        let ca_bundle = cc["caBundle"]
-            .as_str()
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .unwrap_or_default();
+        let (endpoint, ca_bundle) = Endpoint::of_client_config(&hook["clientConfig"]);
         let review_version = hook["conversionReviewVersions"]
             .as_array()
             .into_iter()

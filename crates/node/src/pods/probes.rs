@@ -1,6 +1,7 @@
 //! Liveness, readiness and startup probes: exec (CRI ExecSync), httpGet
 //! and tcpSocket, with kubelet's timing fields and thresholds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Probe};
@@ -82,9 +83,8 @@ pub async fn run(
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| pod_ip.to_string());
-        if h.scheme.as_deref() == Some("HTTPS") {
-            return Outcome::Failure("HTTPS probes are not supported yet".into());
-        }
+        let https = h.scheme.as_deref() == Some("HTTPS");
+        let scheme = if https { "https" } else { "http" };
         let path = h
             .path
             .clone()
@@ -94,13 +94,13 @@ pub async fn run(
         for hd in h.http_headers.clone().unwrap_or_default() {
             headers.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
         }
-        let fut = http_get(&host, port, &path, &headers);
+        let fut = http_get(&host, port, &path, &headers, https);
         return match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(code)) if (200..400).contains(&code) => Outcome::Success,
             Ok(Ok(code)) => Outcome::Failure(format!("HTTP probe failed with statuscode: {code}")),
-            Ok(Err(e)) => Outcome::Failure(format!("Get \"http://{host}:{port}{path}\": {e}")),
+            Ok(Err(e)) => Outcome::Failure(format!("Get \"{scheme}://{host}:{port}{path}\": {e}")),
             Err(_) => Outcome::Failure(format!(
-                "Get \"http://{host}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+                "Get \"{scheme}://{host}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
             )),
         };
     }
@@ -135,8 +135,51 @@ fn bracket(host: &str) -> String {
     }
 }
 
-async fn http_get(host: &str, port: u16, path: &str, headers: &str) -> std::io::Result<u16> {
-    let mut s = tokio::net::TcpStream::connect(format!("{}:{port}", bracket(host))).await?;
+fn probe_tls() -> Arc<rustls::ClientConfig> {
+    static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(rke2_trust::AcceptAnyServerCert::new(provider))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    })
+    .clone()
+}
+
+async fn http_get(
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &str,
+    https: bool,
+) -> std::io::Result<u16> {
+    let tcp = tokio::net::TcpStream::connect(format!("{}:{port}", bracket(host))).await?;
+    if !https {
+        return http_exchange(tcp, host, port, path, headers).await;
+    }
+    let name = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+        Err(_) => rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(std::io::Error::other)?,
+    };
+    let tls = tokio_rustls::TlsConnector::from(probe_tls())
+        .connect(name, tcp)
+        .await?;
+    http_exchange(tls, host, port, path, headers).await
+}
+
+async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<u16> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}:{port}\r\nUser-Agent: kube-probe/1.35\r\nAccept: */*\r\n{headers}Connection: close\r\n\r\n",
         bracket(host)
@@ -248,7 +291,75 @@ mod tests {
                     .await;
             }
         });
-        assert_eq!(http_get("127.0.0.1", port, "/ok", "").await.unwrap(), 200);
-        assert_eq!(http_get("127.0.0.1", port, "/bad", "").await.unwrap(), 503);
+        assert_eq!(
+            http_get("127.0.0.1", port, "/ok", "", false).await.unwrap(),
+            200
+        );
+        assert_eq!(
+            http_get("127.0.0.1", port, "/bad", "", false)
+                .await
+                .unwrap(),
+            503
+        );
+    }
+
+    #[tokio::test]
+    async fn https_probes_do_not_verify_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        // A CA nobody trusts, as a pod's self-signed serving certificate.
+        let ca = rke2_trust::CertAuthority::ensure(
+            &dir.path().join("ca.crt"),
+            &dir.path().join("ca.key"),
+            "pod",
+        )
+        .unwrap();
+        let (cert, key) = ca
+            .issue(&rke2_trust::LeafSpec::server(
+                "pod",
+                vec!["10.9.9.9".into()],
+            ))
+            .unwrap();
+        let tls = rke2_trust::server_tls_config(cert.as_bytes(), key.as_bytes(), None).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut b = [0u8; 1024];
+                let n = s.read(&mut b).await.unwrap();
+                let req = String::from_utf8_lossy(&b[..n]).to_string();
+                let code = if req.starts_with("GET /readyz ") {
+                    200
+                } else {
+                    500
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+                let _ = s.shutdown().await;
+            }
+        });
+        assert_eq!(
+            http_get("127.0.0.1", port, "/readyz", "", true)
+                .await
+                .unwrap(),
+            200
+        );
+        assert_eq!(
+            http_get("127.0.0.1", port, "/other", "", true)
+                .await
+                .unwrap(),
+            500
+        );
+        // Plain HTTP to a TLS port is no answer.
+        assert!(
+            http_get("127.0.0.1", port, "/readyz", "", false)
+                .await
+                .is_err()
+        );
     }
 }
