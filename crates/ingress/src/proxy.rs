@@ -91,8 +91,12 @@ impl Proxy {
         ))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
+        // ingress-nginx's default `proxy-ssl-verify: off` for HTTPS
+        // backends: an endpoint address's certificate names a Service at best.
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(crate::tls::NoVerify::new()))
+        .with_custom_certificate_verifier(rke2_trust::AcceptAnyServerCert::new(
+            rke2_trust::provider(),
+        ))
         .with_no_client_auth();
         let https_conn = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)

@@ -585,7 +585,9 @@ async fn tls_by_sni_with_alpn_h2_and_a_default_certificate() {
             .with_safe_default_protocol_versions()
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(rke2_ingress::tls::NoVerify::new()))
+            .with_custom_certificate_verifier(rke2_trust::AcceptAnyServerCert::new(
+                rke2_trust::provider(),
+            ))
             .with_no_client_auth();
             let mut cfg = cfg;
             cfg.alpn_protocols = vec![alpn.to_vec()];
