@@ -5,8 +5,8 @@
 //! Measures, per run: process start → node Ready, node Ready → every
 //! kube-system pod Running and Ready (helm Jobs Succeeded) with each
 //! expected addon present; then, after `--idle` seconds, the memory of
-//! the addon pods: the sum of the resident set (VmRSS) of the processes
-//! in each pod's cgroup, and the cgroup's working set (memory.current
+//! the addon pods: the sums of the resident set (VmRSS) and the
+//! proportional set (PSS) of the processes in each pod's cgroup, and the cgroup's working set (memory.current
 //! minus inactive_file, as kubelet reports it). Prints one
 //! tab-separated RESULT line per figure for the script's table.
 
@@ -59,38 +59,76 @@ fn pod_done(p: &Pod) -> bool {
     }
 }
 
-/// Kilobytes of VmRSS of a process (0 when it is gone).
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// Kilobytes of the field `key` (`VmRSS:` in status, `Pss:` in
+/// smaps_rollup) of a process (0 when it is gone).
+fn proc_kib(pid: &str, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
 
-/// (sum of VmRSS in KiB, working set in bytes) of a cgroup tree.
-fn cgroup_memory(dir: &Path) -> (u64, u64) {
-    let mut rss = 0;
+/// Memory of a cgroup tree: (sum of VmRSS in KiB, sum of PSS in KiB,
+/// working set in bytes). RSS counts the pages of the rke2 binary that
+/// every addon process maps once per process; PSS shares them out.
+fn cgroup_memory(dir: &Path) -> (u64, u64, u64) {
+    let (mut rss, mut pss) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
-            rss += procs.lines().map(rss_kib).sum::<u64>();
+            for pid in procs.lines() {
+                rss += proc_kib(pid, "status", "VmRSS:");
+                pss += proc_kib(pid, "smaps_rollup", "Pss:");
+            }
         }
         if let Ok(rd) = std::fs::read_dir(&d) {
             stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
         }
     }
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    let current: u64 = read("memory.current").trim().parse().unwrap_or(0);
+    // cgroup v2 names them memory.current / inactive_file, v1 (its memory
+    // controller's hierarchy) memory.usage_in_bytes / total_inactive_file.
+    let v2 = dir.join("memory.current").exists();
+    let (usage_file, inactive_key) = if v2 {
+        ("memory.current", "inactive_file ")
+    } else {
+        ("memory.usage_in_bytes", "total_inactive_file ")
+    };
+    let current: u64 = read(usage_file).trim().parse().unwrap_or(0);
     let inactive: u64 = read("memory.stat")
         .lines()
-        .find_map(|l| l.strip_prefix("inactive_file "))
+        .find_map(|l| l.strip_prefix(inactive_key))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    (rss, current.saturating_sub(inactive))
+    (rss, pss, current.saturating_sub(inactive))
+}
+
+/// The memory cgroup of a pod (cgroupfs layout, `/kubepods/pod<uid>`), on
+/// the unified (v2) hierarchy or v1's memory controller.
+fn pod_cgroup(uid: &str) -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/memory"]
+        .iter()
+        .map(|root| Path::new(root).join("kubepods").join(format!("pod{uid}")))
+        .find(|d| d.join("memory.stat").exists())
+}
+
+/// The workload a pod belongs to: its DaemonSet, or the Deployment of its
+/// ReplicaSet (the ReplicaSet's name without its hash), else its name.
+fn workload_of(p: &Pod) -> String {
+    let owner = p.metadata.owner_references.as_ref().and_then(|o| o.first());
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => o
+            .name
+            .rsplit_once('-')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_else(|| o.name.clone()),
+        Some(o) => o.name.clone(),
+        None => p.metadata.name.clone().unwrap_or_default(),
+    }
 }
 
 async fn one_run(args: &Args, run: u32, expect: &[&str]) -> Result<()> {
@@ -150,35 +188,37 @@ async fn one_run(args: &Args, run: u32, expect: &[&str]) -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(args.idle)).await;
     let list = pods.list(&ListParams::default()).await?.items;
-    let mut per_addon: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut per_addon: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     for p in &list {
         if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
             continue;
         }
         let uid = p.metadata.uid.clone().unwrap_or_default();
-        let dir = Path::new("/sys/fs/cgroup/kubepods").join(format!("pod{uid}"));
-        if !dir.is_dir() {
-            bail!("no cgroup {} for pod {:?}", dir.display(), p.metadata.name);
-        }
-        let (rss, ws) = cgroup_memory(&dir);
-        let name = p.metadata.name.clone().unwrap_or_default();
-        let e = per_addon.entry(name).or_default();
+        let Some(dir) = pod_cgroup(&uid) else {
+            bail!("no memory cgroup kubepods/pod{uid} for pod {:?}", p.metadata.name);
+        };
+        let (rss, pss, ws) = cgroup_memory(&dir);
+        let e = per_addon.entry(workload_of(p)).or_default();
         e.0 += rss;
-        e.1 += ws;
+        e.1 += pss;
+        e.2 += ws;
     }
-    let (mut rss_total, mut ws_total) = (0, 0);
-    for (name, (rss, ws)) in &per_addon {
+    let (mut rss_total, mut pss_total, mut ws_total) = (0, 0, 0);
+    for (name, (rss, pss, ws)) in &per_addon {
         println!(
-            "RESULT\tpod\t{run}\t{name}\t{:.1}\t{:.1}",
+            "RESULT\tpod\t{run}\t{name}\t{:.1}\t{:.1}\t{:.1}",
             *rss as f64 / 1024.0,
+            *pss as f64 / 1024.0,
             *ws as f64 / 1048576.0
         );
         rss_total += rss;
+        pss_total += pss;
         ws_total += ws;
     }
     println!(
-        "RESULT\tmemory\t{run}\t{:.1}\t{:.1}",
+        "RESULT\tmemory\t{run}\t{:.1}\t{:.1}\t{:.1}",
         rss_total as f64 / 1024.0,
+        pss_total as f64 / 1024.0,
         ws_total as f64 / 1048576.0
     );
     drop(ps);
