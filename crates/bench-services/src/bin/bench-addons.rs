@@ -195,7 +195,10 @@ async fn one_run(args: &Args, run: u32, expect: &[&str]) -> Result<()> {
         }
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let Some(dir) = pod_cgroup(&uid) else {
-            bail!("no memory cgroup kubepods/pod{uid} for pod {:?}", p.metadata.name);
+            bail!(
+                "no memory cgroup kubepods/pod{uid} for pod {:?}",
+                p.metadata.name
+            );
         };
         let (rss, pss, ws) = cgroup_memory(&dir);
         let e = per_addon.entry(workload_of(p)).or_default();
