@@ -843,7 +843,15 @@ async fn pods_run_across_two_nodes() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a1.log()));
-    assert_eq!(cs.restart_count, 0);
+    // containerd dies with the node role (parent-death signal): a kill
+    // that lands inside its StartContainer leaves that attempt exited, and
+    // the restarted node runs the next one, as kubelet would after a
+    // runtime crash. Never more than that one.
+    assert!(
+        cs.restart_count <= 1,
+        "midstart restarted {} times after one node role restart",
+        cs.restart_count
+    );
     pods.delete("midstart", &DeleteParams::default())
         .await
         .unwrap();
