@@ -815,7 +815,7 @@ async fn pods_run_across_two_nodes() {
         .await
         .unwrap();
     // The node role killed while a pod starts, then restarted: the pod
-    // runs (once), and after its delete nothing is left (checked below).
+    // runs, and after its delete nothing is left (checked below).
     let midstart: Pod = serde_json::from_value(json!({
         "metadata": {"name": "midstart"},
         "spec": {"nodeSelector": {"kubernetes.io/hostname": "a1"}, "terminationGracePeriodSeconds": 1,
