@@ -244,6 +244,9 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         // API aggregation (aggregator/mod.rs).
         rt!("apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", false, short: [], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::ApiService, status: true, gen: false, typed: k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService, strategy: crate::aggregator::ApiServiceStrategy),
         rt!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, short: ["crd", "crds"], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::Default, status: true, gen: true, typed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, strategy: crate::crd::CrdStrategy),
+        rt!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, short: ["pv"], cat: [], sub: ["status"], fields: [], Printer::Default, status: true, gen: false, typed: api::core::v1::PersistentVolume, strategy: strategy::Plain),
+        rt!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, short: ["pvc"], cat: [], sub: ["status"], fields: [], Printer::Default, status: true, gen: false, typed: api::core::v1::PersistentVolumeClaim, strategy: strategy::Plain),
+        rt!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, short: ["sc"], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::storage::v1::StorageClass, strategy: strategy::Plain),
         rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
     ]
 }
@@ -463,6 +466,7 @@ mod tests {
                 "admissionregistration.k8s.io",
                 "apiregistration.k8s.io",
                 "apiextensions.k8s.io",
+                "storage.k8s.io",
                 "certificates.k8s.io",
             ]
         );
