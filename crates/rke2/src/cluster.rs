@@ -22,16 +22,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The non-secret settings every server must agree on (`/v1-rke2/config`).
+/// The non-secret settings every server must agree on (`/v1-rke2/config`):
+/// the flags marked critical in the flag table.
 pub fn critical_config(cfg: &Config) -> Value {
-    let mut disable = cfg.disable.clone();
-    disable.sort();
-    json!({
-        "cluster-cidr": cfg.cluster_cidr.to_string(),
-        "service-cidr": cfg.service_cidr.to_string(),
-        "cluster-domain": cfg.cluster_domain,
-        "disable": disable,
-    })
+    Value::Object(cfg.critical_settings())
 }
 
 /// What a joining server learned from the cluster before starting etcd.

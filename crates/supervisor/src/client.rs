@@ -24,10 +24,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer accepted; bootstrap data is a few tens of KiB.
 const MAX_BODY: usize = 16 << 20;
 
-/// Configuration keys every server of a cluster must agree on; a joining
-/// server compares them with [`compare_critical`] before touching etcd.
-pub const CRITICAL_KEYS: [&str; 4] = ["cluster-cidr", "service-cidr", "cluster-domain", "disable"];
-
 /// Everything that can go wrong while joining through the supervisor.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -529,11 +525,17 @@ fn normalise(key: &str, v: Option<&Value>) -> (Value, String) {
     }
 }
 
-/// Compare the [`CRITICAL_KEYS`] of this server's configuration (`local`)
-/// with the cluster's (`remote`, from `/v1-rke2/config`). The first
-/// difference is an error naming the key and both values.
+/// Compare the critical settings of this server's configuration (`local`,
+/// an object whose keys are the flags marked critical in the config
+/// crate's flag table) with the cluster's (`remote`, from
+/// `/v1-rke2/config`). The first difference is an error naming the key and
+/// both values.
 pub fn compare_critical(local: &Value, remote: &Value) -> Result<(), JoinError> {
-    for key in CRITICAL_KEYS {
+    let keys = local
+        .as_object()
+        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for key in keys.iter().map(String::as_str) {
         let (l, l_shown) = normalise(key, local.get(key));
         let (r, r_shown) = normalise(key, remote.get(key));
         if l != r {
@@ -558,7 +560,6 @@ mod tests {
             "service-cidr": "10.43.0.0/16",
             "cluster-domain": "cluster.local",
             "disable": ["rke2-ingress-nginx", "rke2-metrics-server"],
-            "other": "ignored",
         })
     }
 
@@ -566,6 +567,7 @@ mod tests {
     fn critical_equal() {
         let mut r = cfg();
         r["disable"] = json!(["rke2-metrics-server", "rke2-ingress-nginx"]);
+        // A key only the cluster publishes (a newer server's) is not ours to compare.
         r["other"] = json!("different");
         compare_critical(&cfg(), &r).unwrap();
         r["disable"] = json!("rke2-metrics-server, rke2-ingress-nginx");

@@ -67,7 +67,8 @@ pub struct SupervisorState {
     /// The basic-auth passwords of users `server` and `node`.
     pub passwd: Passwd,
     /// Non-secret cluster configuration for `/v1-rke2/config`; must hold the
-    /// keys of [`crate::CRITICAL_KEYS`] so joiners can compare them.
+    /// critical keys of the config crate's flag table so joiners can
+    /// compare them.
     pub cluster_config: serde_json::Value,
     /// `<data-dir>/server/tls`, packed on each `/v1-rke2/server-bootstrap`
     /// so the answer always reflects the files on disk.
