@@ -12,6 +12,7 @@ mod ingress;
 mod metrics_server;
 mod preflight;
 mod server;
+mod systemd;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -73,6 +74,7 @@ async fn addon_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<ku
 }
 
 fn main() {
+    systemd::take_socket();
     let args: Vec<OsString> = std::env::args_os().collect();
     let sub = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
     let rest = args.get(2..).map(|r| r.to_vec()).unwrap_or_default();
@@ -197,13 +199,23 @@ fn killall(args: &[OsString]) -> i32 {
             0
         }
     };
+    // Routes and bridge last: the pods' network namespaces, unmounted
+    // above, held the other ends of the bridge's veths.
+    let (routes, bridge) = rke2_node::network::remove_pod_network(rke2_node::workloads::BRIDGE)
+        .unwrap_or_else(|e| {
+            eprintln!("rke2 killall: removing the pod routes and bridge: {e}");
+            (0, false)
+        });
     println!(
-        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed, {} service proxy tables removed",
+        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed, {} service proxy tables removed, {} pod routes removed, bridge {} {}",
         done.killed.len(),
         done.unmounted.len(),
         agent.display(),
         rules,
-        proxy_tables
+        proxy_tables,
+        routes,
+        rke2_node::workloads::BRIDGE,
+        if bridge { "removed" } else { "absent" }
     );
     0
 }

@@ -670,11 +670,13 @@ async fn run_with_etcd(
         control_plane_stop.clone(),
     )?;
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
+    crate::systemd::ready("rke2 server is up");
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM received; shutting down"),
         _ = sigint.recv() => info!("SIGINT received; shutting down"),
     }
+    crate::systemd::stopping();
     control_plane_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), control_plane_done).await;
     stop.cancel();
