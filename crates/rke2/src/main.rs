@@ -3,6 +3,7 @@
 //! `rke2 metrics-server`, `rke2 helm-job`).
 
 mod agent;
+mod cert_monitor;
 mod certificate;
 mod cluster;
 mod dns;

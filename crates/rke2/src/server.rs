@@ -534,6 +534,12 @@ async fn run_with_etcd(
         cfg.node_name.clone(),
         stop.clone(),
     ));
+    tokio::spawn(crate::cert_monitor::run(
+        client.clone(),
+        cfg.data_dir.clone(),
+        cfg.node_name.clone(),
+        stop.clone(),
+    ));
     let mut labels = BTreeMap::new();
     labels.extend(cfg.node_labels.iter().cloned());
     // Bundled addons go into the auto-deploy directory unless disabled.

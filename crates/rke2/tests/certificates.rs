@@ -261,4 +261,71 @@ async fn check_expired_renewal_and_rotate() {
         admin_before,
         "a service not named was rotated"
     );
+
+    // A CA within 90 days of its end (CAs are never re-created at start):
+    // `check` says WARNING and the server raises a Warning Event on its Node.
+    s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
+        .unwrap();
+    let ca_pem = std::fs::read_to_string(tls.join("server-ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(tls.join("server-ca.key")).unwrap())
+            .unwrap();
+    let info = &rke2_trust::describe_certs(ca_pem.as_bytes()).unwrap()[0];
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, info.subject.as_str());
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let at = |t: i64| {
+        x509_parser::time::ASN1Time::from_timestamp(t)
+            .unwrap()
+            .to_datetime()
+    };
+    params.not_before = at(now - 86_400);
+    params.not_after = at(now + 30 * 86_400);
+    std::fs::write(
+        tls.join("server-ca.crt"),
+        params.self_signed(&ca_key).unwrap().pem(),
+    )
+    .unwrap();
+    assert_eq!(
+        status_of(&rows(&data), "server/tls/server-ca.crt"),
+        "WARNING"
+    );
+    s.spawn().unwrap();
+    let client = wait_serving(&mut s).await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "default");
+    let node = s.node_name.clone();
+    let ev = rke2_testbed::eventually(LONG, "CertificateExpirationWarning event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("CertificateExpirationWarning")
+                    && e.involved_object.name.as_deref() == Some(node.as_str())
+            })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(ev.involved_object.kind.as_deref(), Some("Node"));
+    let message = ev.message.unwrap_or_default();
+    assert!(
+        message.contains("server/tls/server-ca.crt: certificate rke2-server-ca"),
+        "{message}"
+    );
+    assert!(!message.contains("client-admin"), "{message}");
 }
