@@ -73,9 +73,8 @@ pub async fn run(
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
     loop {
         let node = loop {
-            match nodes.get_opt(&node_name).await {
-                Ok(Some(n)) => break n,
-                Ok(None) | Err(_) => {}
+            if let Ok(Some(n)) = nodes.get_opt(&node_name).await {
+                break n;
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
