@@ -34,7 +34,7 @@ use std::str::FromStr;
 use clap::parser::ValueSource;
 use serde_json::Value;
 
-pub use checks::check_cluster_dns;
+pub use checks::{check_cluster_dns, check_server_token};
 pub use flags::{
     DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR, DEFAULT_PAUSE_IMAGE, DEFAULT_WRITE_KUBECONFIG,
 };

@@ -483,10 +483,16 @@ async fn run_with_etcd(
         .with_context(|| format!("listening on {sup_addr} for the supervisor"))?;
     let sup_state = Arc::new(rke2_supervisor::server::SupervisorState {
         server_ca_pem: trust.server_ca.cert_pem.clone(),
-        passwd: passwd.clone(),
+        passwd: std::sync::RwLock::new(passwd.clone()),
         cluster_config: crate::cluster::critical_config(cfg),
         tls_dir: trust.tls_dir.clone(),
-        info: crate::cluster::cluster_info(store.clone(), state.clone(), client.clone()),
+        info: crate::cluster::cluster_info(
+            store.clone(),
+            state.clone(),
+            client.clone(),
+            cfg.data_dir.join("server"),
+            trust.server_ca.cert_pem.clone(),
+        ),
     });
     let sup_stop = stop.clone();
     tokio::spawn(rke2_apiserver::serve_router(

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rke2_trust::{Token, TrustError};
 use rustls::pki_types::ServerName;
@@ -229,6 +229,28 @@ async fn get_once(
     auth: Option<&str>,
     extra: &[(&str, String)],
 ) -> Result<(StatusCode, Bytes), JoinError> {
+    request_once(
+        target,
+        tls,
+        http::Method::GET,
+        path,
+        auth,
+        extra,
+        Bytes::new(),
+    )
+    .await
+}
+
+/// One request on a fresh connection, within [`REQUEST_TIMEOUT`].
+async fn request_once(
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+    method: http::Method,
+    path: &str,
+    auth: Option<&str>,
+    extra: &[(&str, String)],
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), JoinError> {
     let url = format!("{}{path}", target.base);
     let transport = |what: &str, e: &dyn std::fmt::Display| JoinError::Transport {
         url: url.clone(),
@@ -250,7 +272,9 @@ async fn get_once(
         let _conn = AbortOnDrop(tokio::spawn(async move {
             let _ = conn.await;
         }));
-        let mut req = Request::get(path)
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
             .header(header::HOST, &target.authority)
             .header(header::USER_AGENT, "rke2-supervisor-client");
         if let Some(a) = auth {
@@ -260,7 +284,7 @@ async fn get_once(
             req = req.header(*k, v.as_str());
         }
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| transport("build request", &e))?;
         let resp = sender
             .send_request(req)
@@ -397,6 +421,26 @@ impl SupervisorClient {
 
     async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), JoinError> {
         get_once(&self.target, self.tls.clone(), path, Some(&self.auth), &[]).await
+    }
+
+    /// Asks the server to rotate the cluster token to `new_token` (`PUT
+    /// /v1-rke2/token`, as `server` with the current token): it re-encrypts
+    /// the bootstrap data and answers once that is stored.
+    pub async fn rotate_token(&self, new_token: &str) -> Result<(), JoinError> {
+        let path = "/v1-rke2/token";
+        let body = serde_json::to_vec(&serde_json::json!({ "token": new_token }))
+            .expect("JSON value serializes");
+        let (status, answer) = request_once(
+            &self.target,
+            self.tls.clone(),
+            http::Method::PUT,
+            path,
+            Some(&self.auth),
+            &[("content-type", "application/json".to_string())],
+            Bytes::from(body),
+        )
+        .await?;
+        check_status(self.url(path), status, &answer)
     }
 
     async fn get_ok(&self, path: &str) -> Result<Bytes, JoinError> {
