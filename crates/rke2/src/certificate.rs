@@ -182,7 +182,7 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn status(info: &rke2_trust::CertInfo, now: i64) -> &'static str {
+pub(crate) fn status(info: &rke2_trust::CertInfo, now: i64) -> &'static str {
     if now >= info.not_after {
         "EXPIRED"
     } else if now < info.not_before {
@@ -197,7 +197,7 @@ fn status(info: &rke2_trust::CertInfo, now: i64) -> &'static str {
 /// The certificate files of the node: the leaf files of `services` (all
 /// when empty) and, when no service is named, every other `.crt` under
 /// `server/tls` and `agent` (the CAs).
-fn cert_files(data_dir: &Path, services: &[String]) -> Vec<PathBuf> {
+pub(crate) fn cert_files(data_dir: &Path, services: &[String]) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     if services.is_empty() {
         for dir in ["server/tls", "server/tls/etcd", "agent"] {

@@ -4,7 +4,10 @@
 //! bootstrap data (one record in etcd, under the new token) and rewrites
 //! `server/token`; a server restarted with the old token is refused with
 //! RKE2's message, and every server restarted with the new token comes
-//! back, the cluster serving reads and writes afterwards.
+//! back, the cluster serving reads and writes afterwards. On the same bed
+//! `rke2 status` (json and text) reports three healthy voters, one leader,
+//! every apiserver and supervisor ready and exit code 0; with one server
+//! stopped it names that member and exits 1.
 //!
 //! Needs root and etcd (scripts/install.sh).
 
@@ -70,7 +73,7 @@ async fn restart(s: &mut Server, config: String) -> kube::Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotate_then_restart_every_server() {
+async fn rotate_then_restart_every_server_and_status() {
     let mut s1 = Server::start(
         bin(),
         ServerOpts {
@@ -207,4 +210,80 @@ async fn rotate_then_restart_every_server() {
         .await
         .unwrap();
     assert_eq!(got.data.unwrap()["k"], "v");
+
+    // `rke2 status` on the first server: all well.
+    let status = |s: &Server, json: bool| {
+        let mut c = Command::new(bin());
+        c.arg("status")
+            .arg("--config")
+            .arg(s.dir.path().join("config.yaml"))
+            .arg("--data-dir")
+            .arg(&s.data_dir)
+            .args(["--bind-address", &s.ip, "--node-name", &s.node_name]);
+        if json {
+            c.args(["-o", "json"]);
+        }
+        c.output().unwrap()
+    };
+    let report = eventually(READY, "rke2 status healthy", || async {
+        let o = status(&s1, true);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        (o.status.success() && v["healthyVoters"] == 3).then_some(v)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", text(&status(&s1, true))));
+    assert_eq!(report["voters"], 3, "{report}");
+    assert_eq!(report["failuresTolerated"], 1, "{report}");
+    let members = report["etcdMembers"].as_array().unwrap();
+    assert_eq!(
+        members.iter().filter(|m| m["leader"] == true).count(),
+        1,
+        "{report}"
+    );
+    assert!(
+        members
+            .iter()
+            .all(|m| m["raftIndex"].as_u64().is_some_and(|i| i > 0)),
+        "{report}"
+    );
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 3, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    for kind in ["apiserver ", "supervisor "] {
+        let ok = checks
+            .iter()
+            .filter(|c| c["what"].as_str().unwrap().starts_with(kind) && c["health"] == "ok")
+            .count();
+        assert_eq!(ok, 3, "{kind}: {report}");
+    }
+    let plain = status(&s1, false);
+    let shown = String::from_utf8_lossy(&plain.stdout).to_string();
+    assert!(plain.status.success(), "{}", text(&plain));
+    assert!(!shown.contains('\x1b'), "colour codes when piped:\n{shown}");
+    assert!(
+        shown.contains("3 voters, 3 healthy, 1 more may fail"),
+        "{shown}"
+    );
+
+    // One server down: named, and the exit code says so.
+    s3.stop_with(nix::sys::signal::Signal::SIGTERM, READY)
+        .unwrap();
+    let o = status(&s1, true);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["healthyVoters"], 2, "{v}");
+    assert_eq!(v["failuresTolerated"], 0, "{v}");
+    assert_eq!(v["healthy"], false, "{v}");
+    let down = v["etcdMembers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["error"].is_string())
+        .unwrap_or_else(|| panic!("no failed member: {v}"));
+    assert!(down["clientUrl"].as_str().unwrap().contains(&s3.ip), "{v}");
+    let plain = status(&s1, false);
+    assert!(
+        String::from_utf8_lossy(&plain.stdout).contains("FAIL"),
+        "{}",
+        text(&plain)
+    );
 }
