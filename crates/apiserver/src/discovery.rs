@@ -153,6 +153,7 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> Option<SubresourceInfo> {
         "token" => other("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
         "exec" => other("", "v1", "PodExecOptions", &["create", "get"]),
         "attach" => other("", "v1", "PodAttachOptions", &["create", "get"]),
+        "portforward" => other("", "v1", "PodPortForwardOptions", &["create", "get"]),
         _ => None,
     }
 }
