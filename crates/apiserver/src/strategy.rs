@@ -932,7 +932,7 @@ fn default_container(c: &mut Value) {
 }
 
 /// Pod spec defaults (also used for templates).
-fn default_pod_spec(spec: &mut Value) {
+pub(crate) fn default_pod_spec(spec: &mut Value) {
     let Some(m) = spec.as_object_mut() else {
         return;
     };
