@@ -469,6 +469,7 @@ mod tests {
                 "coordination.k8s.io",
                 "apps",
                 "batch",
+                "policy",
                 "rbac.authorization.k8s.io",
                 "admissionregistration.k8s.io",
                 "apiregistration.k8s.io",

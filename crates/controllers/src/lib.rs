@@ -16,6 +16,8 @@ pub mod endpoints;
 pub mod garbage_collector;
 pub mod helm;
 pub mod informer;
+pub mod cronjob;
+pub mod disruption;
 pub mod job;
 pub mod leader;
 pub mod node_ipam;
