@@ -928,6 +928,7 @@ pub fn controller_roles() -> Vec<Value> {
         ),
         c(
             "disruption-controller",
+    "ttl-after-finished-controller",
             vec![
                 rule(READ, apps_ext, &["deployments"]),
                 rule(READ, apps_ext, &["replicasets"]),
@@ -1514,6 +1515,8 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "deployment-controller",
     "daemon-set-controller",
     "job-controller",
+    "cronjob-controller",
+    "disruption-controller",
     "generic-garbage-collector",
     "service-account-controller",
     "root-ca-cert-publisher",

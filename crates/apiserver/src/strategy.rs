@@ -639,6 +639,13 @@ impl Strategy for Job {
     }
 
     fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        if obj["spec"]["completionMode"] == "Indexed" && !obj["spec"]["completions"].is_i64() {
+            causes.push((
+                "spec.completions".into(),
+                "Required value".into(),
+                "when completion mode is Indexed".into(),
+            ));
+        }
         if obj["spec"]["template"]["spec"]["containers"]
             .as_array()
             .map(|c| c.is_empty())
