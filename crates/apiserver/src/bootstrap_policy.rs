@@ -928,7 +928,6 @@ pub fn controller_roles() -> Vec<Value> {
         ),
         c(
             "disruption-controller",
-    "ttl-after-finished-controller",
             vec![
                 rule(READ, apps_ext, &["deployments"]),
                 rule(READ, apps_ext, &["replicasets"]),
@@ -1517,6 +1516,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "job-controller",
     "cronjob-controller",
     "disruption-controller",
+    "ttl-after-finished-controller",
     "generic-garbage-collector",
     "service-account-controller",
     "root-ca-cert-publisher",
