@@ -401,29 +401,24 @@ async fn jobs_and_cronjobs_run_for_real() {
 
     // Every minute a Job named after its scheduled minute, created within
     // that minute; only the last successful one is kept.
-    let mut names = BTreeSet::new();
-    eventually(MINUTES, "three scheduled runs of `every`", || {
-        let names = &mut names;
-        let jobs = &jobs;
-        let every = &every;
-        async move {
-            for j in jobs_of(jobs, every).await {
-                let name = j.metadata.name.clone().unwrap();
-                let minutes: i64 = name.strip_prefix("every-")?.parse().ok()?;
-                let scheduled = j.metadata.annotations.as_ref()?
-                    ["batch.kubernetes.io/cronjob-scheduled-timestamp"]
-                    .clone();
-                let at = k8s_openapi::jiff::Timestamp::from_second(minutes * 60).ok()?;
-                assert_eq!(scheduled, at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-                let created = j.metadata.creation_timestamp.as_ref()?.0.as_second();
-                assert!(
-                    (minutes * 60..minutes * 60 + 60).contains(&created),
-                    "{name} created at {created}, not within its minute"
-                );
-                names.insert(name);
-            }
-            (names.len() >= 3).then_some(())
+    let names = std::sync::Mutex::new(BTreeSet::new());
+    eventually(MINUTES, "three scheduled runs of `every`", || async {
+        for j in jobs_of(&jobs, &every).await {
+            let name = j.metadata.name.clone().unwrap();
+            let minutes: i64 = name.strip_prefix("every-")?.parse().ok()?;
+            let scheduled = j.metadata.annotations.as_ref()?
+                ["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+                .clone();
+            let at = k8s_openapi::jiff::Timestamp::from_second(minutes * 60).ok()?;
+            assert_eq!(scheduled, at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            let created = j.metadata.creation_timestamp.as_ref()?.0.as_second();
+            assert!(
+                (minutes * 60..minutes * 60 + 60).contains(&created),
+                "{name} created at {created}, not within its minute"
+            );
+            names.lock().unwrap().insert(name);
         }
+        (names.lock().unwrap().len() >= 3).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: seen {names:?}\n{}", s1.log()));
