@@ -337,10 +337,7 @@ mod tests {
         );
         assert_eq!(e(""), "empty spec string");
         assert_eq!(e("@often"), "unrecognized descriptor: @often");
-        assert_eq!(
-            e("61 * * * *"),
-            "end of range (61) above maximum (59): 61"
-        );
+        assert_eq!(e("61 * * * *"), "end of range (61) above maximum (59): 61");
         assert_eq!(
             e("x * * * *"),
             "failed to parse int from x: strconv.Atoi: parsing \"x\": invalid syntax"
@@ -354,7 +351,10 @@ mod tests {
             "step of range should be a positive number: */0"
         );
         assert_eq!(e("1-2-3 * * * *"), "too many hyphens: 1-2-3");
-        assert_eq!(e("* * 0 * *"), "beginning of range (0) below minimum (1): 0");
+        assert_eq!(
+            e("* * 0 * *"),
+            "beginning of range (0) below minimum (1): 0"
+        );
     }
 
     #[test]
@@ -372,7 +372,17 @@ mod tests {
         // Both days restricted: either fires (the 1st, or a Sunday).
         let s = parse("0 0 1 * 0").unwrap();
         assert_eq!(s.next(at("2024-01-01 00:00")), Some(at("2024-01-07 00:00")));
-        assert!(parse("0 0 30 2 *").unwrap().next(at("2024-01-01 00:00")).is_none());
-        assert_eq!(parse("0 0 * jan,Dec *").unwrap().next(at("2024-02-01 00:00")), Some(at("2024-12-01 00:00")));
+        assert!(
+            parse("0 0 30 2 *")
+                .unwrap()
+                .next(at("2024-01-01 00:00"))
+                .is_none()
+        );
+        assert_eq!(
+            parse("0 0 * jan,Dec *")
+                .unwrap()
+                .next(at("2024-02-01 00:00")),
+            Some(at("2024-12-01 00:00"))
+        );
     }
 }

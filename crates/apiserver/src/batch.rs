@@ -32,7 +32,9 @@ impl Strategy for CronJob {
             default_val(m, "successfulJobsHistoryLimit", json!(3));
             default_val(m, "failedJobsHistoryLimit", json!(1));
         }
-        crate::strategy::default_pod_spec(&mut obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]);
+        crate::strategy::default_pod_spec(
+            &mut obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        );
     }
 
     fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
@@ -41,7 +43,11 @@ impl Strategy for CronJob {
 }
 
 fn invalid(field: &str, value: String, detail: impl Into<String>) -> Cause {
-    (field.into(), "Invalid value".into(), format!("{value}: {}", detail.into()))
+    (
+        field.into(),
+        "Invalid value".into(),
+        format!("{value}: {}", detail.into()),
+    )
 }
 
 /// Upstream's `ValidateCronJob` (create and update share it here).
@@ -157,7 +163,11 @@ fn validate_time_zone(tz: &str, causes: &mut Vec<Cause>) {
         return;
     }
     if tz.parse::<chrono_tz::Tz>().is_err() {
-        causes.push(invalid(field, quoted(tz), format!("unknown time zone {tz}")));
+        causes.push(invalid(
+            field,
+            quoted(tz),
+            format!("unknown time zone {tz}"),
+        ));
     }
 }
 
@@ -166,16 +176,40 @@ pub fn columns() -> (Vec<Value>, Vec<Value>) {
     let col = |name: &str, description: &str, priority: i32| json!({"name": name, "type": "string", "format": "", "description": description, "priority": priority});
     (
         vec![
-            col("Schedule", "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.", 0),
-            col("Timezone", "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process. The set of valid time zone names and the time zone offset is loaded from the system-wide time zone database by the API server during CronJob validation and the controller manager during execution. If no system-wide time zone database can be found a bundled version of the database is used instead. If the time zone name becomes invalid during the lifetime of a CronJob or due to a change in host configuration, the controller will stop creating new new Jobs and will create a system event with the reason UnknownTimeZone. More information can be found in https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/#time-zones", 0),
-            col("Suspend", "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.", 0),
+            col(
+                "Schedule",
+                "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+                0,
+            ),
+            col(
+                "Timezone",
+                "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process. The set of valid time zone names and the time zone offset is loaded from the system-wide time zone database by the API server during CronJob validation and the controller manager during execution. If no system-wide time zone database can be found a bundled version of the database is used instead. If the time zone name becomes invalid during the lifetime of a CronJob or due to a change in host configuration, the controller will stop creating new new Jobs and will create a system event with the reason UnknownTimeZone. More information can be found in https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/#time-zones",
+                0,
+            ),
+            col(
+                "Suspend",
+                "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.",
+                0,
+            ),
             json!({"name": "Active", "type": "integer", "format": "", "description": "A list of pointers to currently running jobs.", "priority": 0}),
-            col("Last Schedule", "Information when was the last time the job was successfully scheduled.", 0),
+            col(
+                "Last Schedule",
+                "Information when was the last time the job was successfully scheduled.",
+                0,
+            ),
         ],
         vec![
             col("Containers", "Names of each container in the template.", 1),
-            col("Images", "Images referenced by each container in the template.", 1),
-            col("Selector", "A label query over pods that should match the pod count.", 1),
+            col(
+                "Images",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+            col(
+                "Selector",
+                "A label query over pods that should match the pod count.",
+                1,
+            ),
         ],
     )
 }
@@ -256,7 +290,9 @@ mod tests {
         assert!(problems(cj("@hourly", json!({"timeZone": "Europe/Berlin"}))).is_empty());
         assert_eq!(
             problems(cj("bad", json!({}))),
-            vec!["spec.schedule: Invalid value: \"bad\": expected exactly 5 fields, found 1: [bad]"]
+            vec![
+                "spec.schedule: Invalid value: \"bad\": expected exactly 5 fields, found 1: [bad]"
+            ]
         );
         assert_eq!(
             problems(cj("* * * * *", json!({"timeZone": "Mars/Olympus"}))),
@@ -264,11 +300,15 @@ mod tests {
         );
         assert_eq!(
             problems(cj("* * * * *", json!({"concurrencyPolicy": "Sometimes"}))),
-            vec!["spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\""]
+            vec![
+                "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\""
+            ]
         );
         assert_eq!(
             problems(cj("TZ=UTC * * * * *", json!({}))),
-            vec!["spec.schedule: Invalid value: \"TZ=UTC * * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"]
+            vec![
+                "spec.schedule: Invalid value: \"TZ=UTC * * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+            ]
         );
         let mut long = cj("* * * * *", json!({}));
         long["metadata"]["name"] = json!("x".repeat(53));

@@ -94,7 +94,11 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
     if spec["selector"].is_object()
         && let Err(e) = rke2_apimachinery::selectors::label_selector_from_json(&spec["selector"])
     {
-        causes.push(("spec.selector".into(), "Invalid value".into(), e.to_string()));
+        causes.push((
+            "spec.selector".into(),
+            "Invalid value".into(),
+            e.to_string(),
+        ));
     }
     match spec["unhealthyPodEvictionPolicy"].as_str() {
         None | Some("IfHealthyBudget") | Some("AlwaysAllow") => {}
@@ -151,7 +155,10 @@ mod tests {
 
     fn problems(spec: Value) -> Vec<String> {
         let mut causes = Vec::new();
-        validate(&json!({"metadata": {"name": "p"}, "spec": spec}), &mut causes);
+        validate(
+            &json!({"metadata": {"name": "p"}, "spec": spec}),
+            &mut causes,
+        );
         causes
             .into_iter()
             .map(|(f, t, d)| format!("{f}: {t}: {d}"))
@@ -160,20 +167,30 @@ mod tests {
 
     #[test]
     fn upstream_messages() {
-        assert!(problems(json!({"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}})).is_empty());
+        assert!(
+            problems(json!({"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}}))
+                .is_empty()
+        );
         assert!(problems(json!({"maxUnavailable": "50%"})).is_empty());
         assert_eq!(
             problems(json!({"minAvailable": "abc"})),
-            vec![format!("spec.minAvailable: Invalid value: intstr.IntOrString{{Type:1, IntVal:0, StrVal:\"abc\"}}: {PERCENT_MSG}")]
+            vec![format!(
+                "spec.minAvailable: Invalid value: intstr.IntOrString{{Type:1, IntVal:0, StrVal:\"abc\"}}: {PERCENT_MSG}"
+            )]
         );
         assert_eq!(
             problems(json!({"maxUnavailable": "150%"})),
-            vec!["spec.maxUnavailable: Invalid value: intstr.IntOrString{Type:1, IntVal:0, StrVal:\"150%\"}: must not be greater than 100%"]
+            vec![
+                "spec.maxUnavailable: Invalid value: intstr.IntOrString{Type:1, IntVal:0, StrVal:\"150%\"}: must not be greater than 100%"
+            ]
         );
         assert_eq!(
             problems(json!({"minAvailable": -1})),
             vec!["spec.minAvailable: Invalid value: -1: must be greater than or equal to 0"]
         );
-        assert_eq!(problems(json!({"minAvailable": 1, "maxUnavailable": 1})).len(), 1);
+        assert_eq!(
+            problems(json!({"minAvailable": 1, "maxUnavailable": 1})).len(),
+            1
+        );
     }
 }

@@ -78,12 +78,11 @@ impl Zoned {
                 .map_err(|_| ScheduleError::UnknownTimeZone(z.to_string()))?,
             None => chrono_tz::UTC,
         };
-        let schedule = rke2_apimachinery::cron::parse(schedule).map_err(|e| {
-            ScheduleError::Unparseable {
+        let schedule =
+            rke2_apimachinery::cron::parse(schedule).map_err(|e| ScheduleError::Unparseable {
                 schedule: schedule.to_string(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Self { schedule, tz })
     }
 
@@ -279,11 +278,7 @@ pub fn beyond_history(cj: &CronJob, jobs: &[Job]) -> Vec<String> {
             )
         });
         let extra = done.len().saturating_sub(limit.max(0) as usize);
-        out.extend(
-            done[..extra]
-                .iter()
-                .filter_map(|j| j.metadata.name.clone()),
-        );
+        out.extend(done[..extra].iter().filter_map(|j| j.metadata.name.clone()));
     }
     out
 }
@@ -326,7 +321,12 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 {
                     st.last_successful_time = Some(to_time(done));
                 }
-                let was_active = old.active.as_deref().unwrap_or_default().iter().any(|r| r.uid == job.metadata.uid);
+                let was_active = old
+                    .active
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.uid == job.metadata.uid);
                 if was_active {
                     record_event(
                         &ctx.client,
@@ -386,7 +386,11 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     .as_ref()
                     .map(to_chrono)
                     .unwrap_or(now);
-                let mut earliest = st.last_schedule_time.as_ref().map(to_chrono).unwrap_or(created);
+                let mut earliest = st
+                    .last_schedule_time
+                    .as_ref()
+                    .map(to_chrono)
+                    .unwrap_or(created);
                 if let Some(d) = spec.starting_deadline_seconds {
                     let bound = now - chrono::Duration::seconds(d);
                     if bound > earliest {
@@ -414,7 +418,9 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                         .last_schedule_time
                         .as_ref()
                         .is_some_and(|t| to_chrono(t) >= scheduled)
-                        || jobs.iter().any(|j| j.metadata.name.as_deref() == Some(&job_name));
+                        || jobs
+                            .iter()
+                            .any(|j| j.metadata.name.as_deref() == Some(&job_name));
                     let too_late = spec
                         .starting_deadline_seconds
                         .is_some_and(|d| scheduled + chrono::Duration::seconds(d) < now);
@@ -559,7 +565,9 @@ mod tests {
             most_recent(&z, utc("2024-01-01T10:00:30Z"), utc("2024-01-01T10:03:10Z")).unwrap();
         assert_eq!(t, utc("2024-01-01T10:03:00Z"));
         assert_eq!(missed, 2);
-        assert!(most_recent(&z, utc("2024-01-01T10:03:00Z"), utc("2024-01-01T10:03:59Z")).is_none());
+        assert!(
+            most_recent(&z, utc("2024-01-01T10:03:00Z"), utc("2024-01-01T10:03:59Z")).is_none()
+        );
         assert_eq!(job_name("c", t), format!("c-{}", t.timestamp() / 60));
     }
 
@@ -567,15 +575,27 @@ mod tests {
     fn time_zones() {
         // 02:30 in Berlin (winter, UTC+1) is 01:30 UTC.
         let z = Zoned::of("30 2 * * *", Some("Europe/Berlin")).unwrap();
-        assert_eq!(z.next(utc("2024-01-01T00:00:00Z")), Some(utc("2024-01-01T01:30:00Z")));
-        assert_eq!(z.format(utc("2024-01-01T01:30:00Z")), "2024-01-01T02:30:00+01:00");
+        assert_eq!(
+            z.next(utc("2024-01-01T00:00:00Z")),
+            Some(utc("2024-01-01T01:30:00Z"))
+        );
+        assert_eq!(
+            z.format(utc("2024-01-01T01:30:00Z")),
+            "2024-01-01T02:30:00+01:00"
+        );
         // 2024-03-31 02:30 does not exist in Berlin: the next day's runs.
-        assert_eq!(z.next(utc("2024-03-30T12:00:00Z")), Some(utc("2024-04-01T00:30:00Z")));
+        assert_eq!(
+            z.next(utc("2024-03-30T12:00:00Z")),
+            Some(utc("2024-04-01T00:30:00Z"))
+        );
         assert!(matches!(
             Zoned::of("* * * * *", Some("Mars/Olympus")),
             Err(ScheduleError::UnknownTimeZone(_))
         ));
-        assert!(matches!(Zoned::of("bad", None), Err(ScheduleError::Unparseable { .. })));
+        assert!(matches!(
+            Zoned::of("bad", None),
+            Err(ScheduleError::Unparseable { .. })
+        ));
     }
 
     #[test]
@@ -584,9 +604,12 @@ mod tests {
             "spec": {"schedule": "* * * * *", "successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 0,
                      "jobTemplate": {"spec": {"template": {}}}}})).unwrap();
         let job = |n: &str, start: &str, cond: Option<&str>| -> Job {
-            let conds = cond.map(|c| json!([{"type": c, "status": "True"}])).unwrap_or(json!([]));
+            let conds = cond
+                .map(|c| json!([{"type": c, "status": "True"}]))
+                .unwrap_or(json!([]));
             serde_json::from_value(json!({"metadata": {"name": n},
-                "status": {"startTime": start, "conditions": conds}})).unwrap()
+                "status": {"startTime": start, "conditions": conds}}))
+            .unwrap()
         };
         let jobs = vec![
             job("a", "2024-01-01T00:01:00Z", Some("Complete")),
@@ -605,10 +628,19 @@ mod tests {
         let z = Zoned::of("* * * * *", None).unwrap();
         let t = utc("2024-01-01T00:05:00Z");
         let j = new_job(&cj, &z, t);
-        assert_eq!(j.metadata.name.as_deref(), Some(format!("c-{}", t.timestamp() / 60).as_str()));
-        assert_eq!(j.metadata.annotations.unwrap()[SCHEDULED_TIMESTAMP], "2024-01-01T00:05:00Z");
+        assert_eq!(
+            j.metadata.name.as_deref(),
+            Some(format!("c-{}", t.timestamp() / 60).as_str())
+        );
+        assert_eq!(
+            j.metadata.annotations.unwrap()[SCHEDULED_TIMESTAMP],
+            "2024-01-01T00:05:00Z"
+        );
         assert_eq!(j.metadata.labels.unwrap()["a"], "b");
         let r = &j.metadata.owner_references.unwrap()[0];
-        assert_eq!((r.kind.as_str(), r.uid.as_str(), r.controller), ("CronJob", "u", Some(true)));
+        assert_eq!(
+            (r.kind.as_str(), r.uid.as_str(), r.controller),
+            ("CronJob", "u", Some(true))
+        );
     }
 }

@@ -173,7 +173,9 @@ struct Ctx {
     client: kube::Client,
 }
 
-fn controller_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<(String, String)> {
+fn controller_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<(String, String)> {
     meta.owner_references
         .as_deref()
         .unwrap_or_default()
@@ -209,9 +211,21 @@ async fn total_scale(client: &kube::Client, ns: &str, pods: &[Pod]) -> Result<i3
             continue;
         }
         let scale = match kind.as_str() {
-            "Deployment" => Api::<Deployment>::namespaced(client.clone(), ns).get_scale(&name).await,
-            "ReplicaSet" => Api::<ReplicaSet>::namespaced(client.clone(), ns).get_scale(&name).await,
-            "StatefulSet" => Api::<StatefulSet>::namespaced(client.clone(), ns).get_scale(&name).await,
+            "Deployment" => {
+                Api::<Deployment>::namespaced(client.clone(), ns)
+                    .get_scale(&name)
+                    .await
+            }
+            "ReplicaSet" => {
+                Api::<ReplicaSet>::namespaced(client.clone(), ns)
+                    .get_scale(&name)
+                    .await
+            }
+            "StatefulSet" => {
+                Api::<StatefulSet>::namespaced(client.clone(), ns)
+                    .get_scale(&name)
+                    .await
+            }
             other => return Err(format!("found no controllers for pod kind {other:?}")),
         }
         .map_err(|e| e.to_string())?;
@@ -325,7 +339,8 @@ mod tests {
     use serde_json::json;
 
     fn pdb(spec: serde_json::Value) -> PodDisruptionBudget {
-        serde_json::from_value(json!({"metadata": {"name": "p", "generation": 2}, "spec": spec})).unwrap()
+        serde_json::from_value(json!({"metadata": {"name": "p", "generation": 2}, "spec": spec}))
+            .unwrap()
     }
 
     fn pod(name: &str, ready: bool) -> Pod {
@@ -337,22 +352,51 @@ mod tests {
     #[test]
     fn min_available_number() {
         let now = Timestamp::now();
-        let (st, err) = compute(&pdb(json!({"minAvailable": 2})), &[pod("a", true), pod("b", true), pod("c", false)], None, now);
+        let (st, err) = compute(
+            &pdb(json!({"minAvailable": 2})),
+            &[pod("a", true), pod("b", true), pod("c", false)],
+            None,
+            now,
+        );
         assert!(err.is_none());
-        assert_eq!((st.current_healthy, st.desired_healthy, st.expected_pods, st.disruptions_allowed), (2, 2, 3, 0));
+        assert_eq!(
+            (
+                st.current_healthy,
+                st.desired_healthy,
+                st.expected_pods,
+                st.disruptions_allowed
+            ),
+            (2, 2, 3, 0)
+        );
         assert_eq!(st.observed_generation, Some(2));
         let c = &st.conditions.unwrap()[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InsufficientPods"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InsufficientPods")
+        );
     }
 
     #[test]
     fn max_unavailable_through_scale() {
         let now = Timestamp::now();
         let pods = [pod("a", true), pod("b", true), pod("c", true)];
-        let (st, _) = compute(&pdb(json!({"maxUnavailable": "50%"})), &pods, Some(Ok(3)), now);
+        let (st, _) = compute(
+            &pdb(json!({"maxUnavailable": "50%"})),
+            &pods,
+            Some(Ok(3)),
+            now,
+        );
         // 50% of 3 rounds up to 2 unavailable: 1 must stay healthy.
-        assert_eq!((st.desired_healthy, st.expected_pods, st.disruptions_allowed), (1, 3, 2));
-        let (st, err) = compute(&pdb(json!({"maxUnavailable": 1})), &pods, Some(Err("gone".into())), now);
+        assert_eq!(
+            (st.desired_healthy, st.expected_pods, st.disruptions_allowed),
+            (1, 3, 2)
+        );
+        let (st, err) = compute(
+            &pdb(json!({"maxUnavailable": 1})),
+            &pods,
+            Some(Err("gone".into())),
+            now,
+        );
         assert_eq!(err.as_deref(), Some("gone"));
         assert_eq!(st.disruptions_allowed, 0);
         assert_eq!(st.conditions.unwrap()[0].reason, "SyncFailed");

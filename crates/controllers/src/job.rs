@@ -162,7 +162,13 @@ pub fn format_indexes(set: &std::collections::BTreeSet<i32>) -> String {
 /// What the Job's `podFailurePolicy` says of a failed pod: the action of
 /// the first matching rule and its index, or `None`.
 pub fn failure_rule(job: &Job, pod: &Pod) -> Option<(String, usize, String)> {
-    let rules = job.spec.as_ref()?.pod_failure_policy.as_ref()?.rules.clone();
+    let rules = job
+        .spec
+        .as_ref()?
+        .pod_failure_policy
+        .as_ref()?
+        .rules
+        .clone();
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let pname = pod.metadata.name.as_deref().unwrap_or_default();
     let status = pod.status.as_ref();
@@ -209,7 +215,9 @@ pub fn failure_rule(job: &Job, pod: &Pod) -> Option<(String, usize, String)> {
             }
         }
         if let Some(conds) = &rule.on_pod_conditions {
-            let pod_conds = status.and_then(|s| s.conditions.clone()).unwrap_or_default();
+            let pod_conds = status
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default();
             for want in conds {
                 let want_status = want.status.as_deref().unwrap_or("True");
                 if let Some(c) = pod_conds
@@ -737,7 +745,9 @@ async fn reconcile_ttl(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let now = Timestamp::now();
     if at > now {
         let left = (at.as_second() - now.as_second()).max(0) as u64;
-        return Ok(Action::requeue(Duration::from_secs(left) + Duration::from_millis(200)));
+        return Ok(Action::requeue(
+            Duration::from_secs(left) + Duration::from_millis(200),
+        ));
     }
     let ns = job.metadata.namespace.clone().unwrap_or_default();
     let name = job.metadata.name.clone().unwrap_or_default();
@@ -752,7 +762,9 @@ async fn reconcile_ttl(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ..DeleteParams::default()
     };
     match api.delete(&name, &dp).await {
-        Ok(_) => info!(job = %format!("{ns}/{name}"), "deleted finished job (ttlSecondsAfterFinished)"),
+        Ok(_) => {
+            info!(job = %format!("{ns}/{name}"), "deleted finished job (ttlSecondsAfterFinished)")
+        }
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
@@ -958,9 +970,22 @@ mod tests {
         assert_eq!(p.status.completed_indexes.as_deref(), Some("0"));
         assert_eq!(p.status.active, Some(2));
         // A failed index is run again.
-        let p = plan(&j, &[ip("a", 0, "Succeeded"), ip("b", 1, "Failed"), ip("c", 3, "Running")], now);
+        let p = plan(
+            &j,
+            &[
+                ip("a", 0, "Succeeded"),
+                ip("b", 1, "Failed"),
+                ip("c", 3, "Running"),
+            ],
+            now,
+        );
         assert_eq!(p.indexes, vec![1]);
-        let all = [ip("a", 0, "Succeeded"), ip("b", 1, "Succeeded"), ip("c", 2, "Succeeded"), ip("d", 3, "Succeeded")];
+        let all = [
+            ip("a", 0, "Succeeded"),
+            ip("b", 1, "Succeeded"),
+            ip("c", 2, "Succeeded"),
+            ip("d", 3, "Succeeded"),
+        ];
         let p = plan(&j, &all, now);
         assert_eq!(p.status.completed_indexes.as_deref(), Some("0-3"));
         assert_eq!(p.status.succeeded, Some(4));
@@ -987,8 +1012,10 @@ mod tests {
             let mut p = pod(name, "Failed");
             p.metadata.namespace = Some("default".into());
             p.status.as_mut().unwrap().container_statuses = Some(vec![
-                serde_json::from_value(json!({"name": "c", "image": "i", "imageID": "", "ready": false,
-                    "restartCount": 0, "state": {"terminated": {"exitCode": code}}}))
+                serde_json::from_value(
+                    json!({"name": "c", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": code}}}),
+                )
                 .unwrap(),
             ]);
             p
@@ -1001,7 +1028,9 @@ mod tests {
         assert_eq!(failed.reason.as_deref(), Some(REASON_POD_FAILURE_POLICY));
         assert_eq!(
             failed.message.as_deref(),
-            Some("Container c for pod default/a failed with exit code 42 matching FailJob rule at index 0")
+            Some(
+                "Container c for pod default/a failed with exit code 42 matching FailJob rule at index 0"
+            )
         );
         let mut disrupted = exited("b", 137);
         disrupted.status.as_mut().unwrap().conditions = Some(vec![

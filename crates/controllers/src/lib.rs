@@ -9,15 +9,15 @@
 
 pub mod addons;
 pub mod clusterrole_aggregation;
+pub mod cronjob;
 pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod helm;
 pub mod informer;
-pub mod cronjob;
-pub mod disruption;
 pub mod job;
 pub mod leader;
 pub mod node_ipam;

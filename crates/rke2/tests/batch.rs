@@ -170,12 +170,18 @@ async fn jobs_and_cronjobs_run_for_real() {
     let o = kubectl(
         &k,
         &kubeconfig,
-        &["create", "cronjob", "bad", "--image=busybox", "--schedule=bad"],
+        &[
+            "create",
+            "cronjob",
+            "bad",
+            "--image=busybox",
+            "--schedule=bad",
+        ],
     );
     assert!(!o.status.success());
     assert!(
         text(&o).contains(
-            "The CronJob \"bad\" is invalid: spec.schedule: Invalid value: \"bad\": expected exactly 5 fields, found 1: [bad]"
+            "CronJob.batch \"bad\" is invalid: spec.schedule: Invalid value: \"bad\": expected exactly 5 fields, found 1: [bad]"
         ),
         "{}",
         text(&o)
@@ -183,10 +189,18 @@ async fn jobs_and_cronjobs_run_for_real() {
     let o = kubectl(
         &k,
         &kubeconfig,
-        &["create", "cronjob", "bad", "--image=busybox", "--schedule=61 * * * *"],
+        &[
+            "create",
+            "cronjob",
+            "bad",
+            "--image=busybox",
+            "--schedule=61 * * * *",
+        ],
     );
     assert!(
-        text(&o).contains("spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"),
+        text(&o).contains(
+            "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"
+        ),
         "{}",
         text(&o)
     );
@@ -196,7 +210,9 @@ async fn jobs_and_cronjobs_run_for_real() {
         Err(kube::Error::Api(s)) => {
             assert_eq!(s.code, 422);
             assert!(
-                s.message.contains("spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus"),
+                s.message.contains(
+                    "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus"
+                ),
                 "{}",
                 s.message
             );
@@ -208,11 +224,17 @@ async fn jobs_and_cronjobs_run_for_real() {
     // Two CronJobs every minute: one whose Jobs succeed at once (history
     // limit 1), one Forbid whose first Job never ends.
     let every = cronjobs
-        .create(&PostParams::default(), &cronjob("every", "Allow", "echo tick"))
+        .create(
+            &PostParams::default(),
+            &cronjob("every", "Allow", "echo tick"),
+        )
         .await
         .unwrap();
     let forbid = cronjobs
-        .create(&PostParams::default(), &cronjob("forbid", "Forbid", "sleep 3600"))
+        .create(
+            &PostParams::default(),
+            &cronjob("forbid", "Forbid", "sleep 3600"),
+        )
         .await
         .unwrap();
     // A suspended one, the template of a manual run.
@@ -227,7 +249,9 @@ async fn jobs_and_cronjobs_run_for_real() {
     let cols: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(
         cols,
-        ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "SCHEDULE", "AGE"],
+        [
+            "NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "SCHEDULE", "AGE"
+        ],
         "{}",
         text(&o)
     );
@@ -295,30 +319,48 @@ async fn jobs_and_cronjobs_run_for_real() {
     let mut seen = BTreeSet::new();
     for p in job_pods(&pods, "indexed").await {
         let name = p.metadata.name.clone().unwrap();
-        let index = p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"].clone();
+        let index =
+            p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"]
+                .clone();
         assert!(name.starts_with(&format!("indexed-{index}-")), "{name}");
         let log = pods.logs(&name, &LogParams::default()).await.unwrap();
-        assert_eq!(log.trim(), format!("index={index} host=indexed-{index}"), "{name}");
+        assert_eq!(
+            log.trim(),
+            format!("index={index} host=indexed-{index}"),
+            "{name}"
+        );
         seen.insert(index);
     }
     assert_eq!(seen, ["0", "1", "2"].map(String::from).into());
 
     let policy = eventually(LONG, "the pod failure policy fails the Job", || async {
-        jobs.get("policy").await.ok().and_then(|j| condition(&j, "Failed"))
+        jobs.get("policy")
+            .await
+            .ok()
+            .and_then(|j| condition(&j, "Failed"))
     })
     .await
     .unwrap();
     assert_eq!(policy.0, "PodFailurePolicy");
     assert!(
         policy.1.starts_with("Container c for pod default/policy-")
-            && policy.1.ends_with("failed with exit code 42 matching FailJob rule at index 0"),
+            && policy
+                .1
+                .ends_with("failed with exit code 42 matching FailJob rule at index 0"),
         "{}",
         policy.1
     );
-    assert_eq!(job_pods(&pods, "policy").await.len(), 1, "no retry after FailJob");
+    assert_eq!(
+        job_pods(&pods, "policy").await.len(),
+        1,
+        "no retry after FailJob"
+    );
 
     let deadline = eventually(LONG, "the deadline fails the Job", || async {
-        jobs.get("deadline").await.ok().and_then(|j| condition(&j, "Failed"))
+        jobs.get("deadline")
+            .await
+            .ok()
+            .and_then(|j| condition(&j, "Failed"))
     })
     .await
     .unwrap();
@@ -342,7 +384,10 @@ async fn jobs_and_cronjobs_run_for_real() {
 
     // Suspended: no pod until resumed, then it runs to completion.
     let s = jobs.get("suspended").await.unwrap();
-    assert_eq!(condition(&s, "Suspended").map(|c| c.0).as_deref(), Some("JobSuspended"));
+    assert_eq!(
+        condition(&s, "Suspended").map(|c| c.0).as_deref(),
+        Some("JobSuspended")
+    );
     assert!(job_pods(&pods, "suspended").await.is_empty());
     jobs.patch(
         "suspended",
@@ -382,7 +427,11 @@ async fn jobs_and_cronjobs_run_for_real() {
     assert!(owned_by(&manual, template.metadata.uid.as_deref().unwrap()));
     let log = pods
         .logs(
-            &job_pods(&pods, "manual").await[0].metadata.name.clone().unwrap(),
+            &job_pods(&pods, "manual").await[0]
+                .metadata
+                .name
+                .clone()
+                .unwrap(),
             &LogParams::default(),
         )
         .await
@@ -406,9 +455,9 @@ async fn jobs_and_cronjobs_run_for_real() {
         for j in jobs_of(&jobs, &every).await {
             let name = j.metadata.name.clone().unwrap();
             let minutes: i64 = name.strip_prefix("every-")?.parse().ok()?;
-            let scheduled = j.metadata.annotations.as_ref()?
-                ["batch.kubernetes.io/cronjob-scheduled-timestamp"]
-                .clone();
+            let scheduled =
+                j.metadata.annotations.as_ref()?["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+                    .clone();
             let at = k8s_openapi::jiff::Timestamp::from_second(minutes * 60).ok()?;
             assert_eq!(scheduled, at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
             let created = j.metadata.creation_timestamp.as_ref()?.0.as_second();
@@ -422,14 +471,20 @@ async fn jobs_and_cronjobs_run_for_real() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: seen {names:?}\n{}", s1.log()));
-    eventually(LONG, "history limit: one successful scheduled Job kept", || async {
-        let kept: Vec<Job> = jobs_of(&jobs, &every)
-            .await
-            .into_iter()
-            .filter(|j| condition(j, "Complete").is_some() && j.metadata.deletion_timestamp.is_none())
-            .collect();
-        (kept.len() == 1).then_some(())
-    })
+    eventually(
+        LONG,
+        "history limit: one successful scheduled Job kept",
+        || async {
+            let kept: Vec<Job> = jobs_of(&jobs, &every)
+                .await
+                .into_iter()
+                .filter(|j| {
+                    condition(j, "Complete").is_some() && j.metadata.deletion_timestamp.is_none()
+                })
+                .collect();
+            (kept.len() == 1).then_some(())
+        },
+    )
     .await
     .unwrap();
     let every_now = cronjobs.get("every").await.unwrap();

@@ -69,17 +69,30 @@ async fn live(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// A child process (the drain) killed by its pid if the test ends first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// POSTs an Eviction through the client, answering (code, Status body).
 async fn evict(client: &kube::Client, name: &str) -> (u16, serde_json::Value) {
     let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
         "metadata": {"name": name, "namespace": "default"}});
-    let req = http::Request::post(format!(
-        "/api/v1/namespaces/default/pods/{name}/eviction"
-    ))
-    .header("content-type", "application/json")
-    .body(serde_json::to_vec(&body).unwrap())
-    .unwrap();
-    let resp = client.send(req.map(kube::client::Body::from)).await.unwrap();
+    let req = http::Request::post(format!("/api/v1/namespaces/default/pods/{name}/eviction"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    let resp = client
+        .send(req.map(kube::client::Body::from))
+        .await
+        .unwrap();
     let code = resp.status().as_u16();
     let bytes = resp.into_body().collect_bytes().await.unwrap();
     (code, serde_json::from_slice(&bytes).unwrap_or_default())
@@ -139,7 +152,10 @@ async fn drain_honours_disruption_budgets() {
     let bad = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
         "metadata": {"name": "bad"}, "spec": {"minAvailable": "abc", "selector": {"matchLabels": {"app": "web"}}}});
     match pdbs
-        .create(&PostParams::default(), &serde_json::from_value(bad).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad).unwrap(),
+        )
         .await
     {
         Err(kube::Error::Api(s)) => {
@@ -184,20 +200,24 @@ async fn drain_honours_disruption_budgets() {
         .create(&PostParams::default(), &dep)
         .await
         .unwrap();
-    let on_agent = eventually(LONG, "two Ready web pods on two nodes, agentd on both", || async {
-        let web = live(&pods, "app=web").await;
-        let ds = live(&pods, "app=agentd").await;
-        let web_nodes: std::collections::BTreeSet<String> =
-            web.iter().filter(|p| ready(p)).map(node_of).collect();
-        let ds_running = ds
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .count();
-        if web_nodes.len() != 2 || ds_running != 2 {
-            return None;
-        }
-        web.into_iter().find(|p| node_of(p) == "a1")
-    })
+    let on_agent = eventually(
+        LONG,
+        "two Ready web pods on two nodes, agentd on both",
+        || async {
+            let web = live(&pods, "app=web").await;
+            let ds = live(&pods, "app=agentd").await;
+            let web_nodes: std::collections::BTreeSet<String> =
+                web.iter().filter(|p| ready(p)).map(node_of).collect();
+            let ds_running = ds
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            if web_nodes.len() != 2 || ds_running != 2 {
+                return None;
+            }
+            web.into_iter().find(|p| node_of(p) == "a1")
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\nserver:\n{}\nagent:\n{}", s1.log(), a1.log()));
     let victim = on_agent.metadata.name.clone().unwrap();
@@ -219,14 +239,27 @@ async fn drain_honours_disruption_budgets() {
     );
     let cond = &st.conditions.unwrap()[0];
     assert_eq!(
-        (cond.type_.as_str(), cond.status.as_str(), cond.reason.as_str()),
+        (
+            cond.type_.as_str(),
+            cond.status.as_str(),
+            cond.reason.as_str()
+        ),
         ("DisruptionAllowed", "False", "InsufficientPods")
     );
     let o = kubectl(&k, &kubeconfig, &["get", "pdb", "web"]);
     let lines: Vec<String> = text(&o).lines().map(str::to_string).collect();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
-        ["NAME", "MIN", "AVAILABLE", "MAX", "UNAVAILABLE", "ALLOWED", "DISRUPTIONS", "AGE"],
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ],
         "{lines:?}"
     );
     assert_eq!(
@@ -252,7 +285,7 @@ async fn drain_honours_disruption_budgets() {
     // The drain: cordons, evicts, and is held by the budget.
     let log_path = bed.dir().join("drain.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut drain = Command::new(&k)
+    let drain = Command::new(&k)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args([
@@ -267,6 +300,7 @@ async fn drain_honours_disruption_budgets() {
         .stdin(Stdio::null())
         .spawn()
         .expect("running kubectl drain");
+    let drain = std::sync::Mutex::new(KillOnDrop(drain));
     let drain_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     eventually(LONG, "the drain held by the budget", || async {
         drain_log()
@@ -286,7 +320,11 @@ async fn drain_honours_disruption_budgets() {
         still.metadata.deletion_timestamp.is_none(),
         "the budget keeps {victim}"
     );
-    assert!(drain.try_wait().unwrap().is_none(), "{}", drain_log());
+    assert!(
+        drain.lock().unwrap().0.try_wait().unwrap().is_none(),
+        "{}",
+        drain_log()
+    );
 
     // Another replica, Ready on the server (the agent is cordoned), lets
     // the drain through.
@@ -299,7 +337,7 @@ async fn drain_honours_disruption_budgets() {
         .await
         .unwrap();
     let status = eventually(LONG, "the drain finished", || async {
-        drain.try_wait().unwrap()
+        drain.lock().unwrap().0.try_wait().unwrap()
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: {}\n{}", drain_log(), s1.log()));
@@ -317,7 +355,13 @@ async fn drain_honours_disruption_budgets() {
         let all = pods.list(&ListParams::default()).await.ok()?.items;
         let left: Vec<&Pod> = all.iter().filter(|p| node_of(p) == "a1").collect();
         (left.len() == 1
-            && left[0].metadata.labels.as_ref()?.get("app").map(String::as_str) == Some("agentd"))
+            && left[0]
+                .metadata
+                .labels
+                .as_ref()?
+                .get("app")
+                .map(String::as_str)
+                == Some("agentd"))
         .then_some(())
     })
     .await

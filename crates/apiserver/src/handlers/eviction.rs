@@ -24,9 +24,10 @@ fn too_many_requests(message: &str, cause: String) -> ApiError {
 const VIOLATES: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
 
 fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// POST `pods/<name>/eviction`.
@@ -95,7 +96,8 @@ async fn take_budget(ctx: &Ctx<'_>, name: &str) -> ApiResult<()> {
         if !pdb["spec"]["selector"].is_object() {
             continue;
         }
-        let Ok(sel) = rke2_apimachinery::selectors::label_selector_from_json(&pdb["spec"]["selector"])
+        let Ok(sel) =
+            rke2_apimachinery::selectors::label_selector_from_json(&pdb["spec"]["selector"])
         else {
             continue;
         };
