@@ -1042,6 +1042,25 @@ mod tests {
     }
 
     #[test]
+    fn ttl_counts_from_the_final_condition() {
+        let mut j = job(json!({"ttlSecondsAfterFinished": 30}));
+        assert!(ttl_expiry(&j).is_none(), "not finished");
+        let done = Timestamp::from_second(1_700_000_000).unwrap();
+        j.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time(done)),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        });
+        assert_eq!(ttl_expiry(&j).map(|t| t.as_second()), Some(1_700_000_030));
+        j.spec.as_mut().unwrap().ttl_seconds_after_finished = None;
+        assert!(ttl_expiry(&j).is_none(), "no ttl, kept");
+    }
+
+    #[test]
     fn pods_are_owned() {
         let j = job(json!({}));
         let p = new_pod(&j, None);
