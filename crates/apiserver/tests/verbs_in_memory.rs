@@ -1046,8 +1046,27 @@ async fn evictions_honour_disruption_budgets() {
     let (code, st) = evict("pending").await;
     assert_eq!(code, StatusCode::CREATED, "{st}");
     assert_eq!(st["status"], "Success");
-    // One disruption allowed: taken, recorded, and the pod deleted.
+    // One disruption allowed: a dry run takes nothing.
     set_status(1).await;
+    let (code, st) = api
+        .call(
+            Method::POST,
+            &format!("{pods}/running/eviction"),
+            json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": "running", "namespace": NS},
+                "deleteOptions": {"dryRun": ["All"]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{st}");
+    let (_, pdb) = api
+        .call(Method::GET, &format!("{pdbs}/budget"), Value::Null)
+        .await;
+    assert_eq!(pdb["status"]["disruptionsAllowed"], 1, "{pdb}");
+    let (_, p) = api
+        .call(Method::GET, &format!("{pods}/running"), Value::Null)
+        .await;
+    assert!(p["metadata"]["deletionTimestamp"].is_null(), "{p}");
+    // Then for real: taken, recorded, and the pod deleted.
     let (code, st) = evict("running").await;
     assert_eq!(code, StatusCode::CREATED, "{st}");
     let (_, pdb) = api

@@ -51,12 +51,23 @@ pub(super) async fn evict(
         Value::Object(o) => Value::Object(o.clone()),
         _ => json!({}),
     };
+    // A dry run (`kubectl drain --dry-run=server` puts it in the
+    // Eviction's options) checks the budget and changes nothing.
+    let dry = ctx.dry_run()
+        || options["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
     let mut last = None;
     for _ in 0..5 {
-        match take_budget(ctx, &name).await {
+        match take_budget(ctx, &name, dry).await {
             Ok(()) => {
-                let bytes = serde_json::to_vec(&options).unwrap_or_default();
-                delete(ctx, Some("application/json".into()), &bytes).await?;
+                if dry {
+                    // Still a 404 for a pod that is not there.
+                    read_object(ctx, &name).await?;
+                } else {
+                    let bytes = serde_json::to_vec(&options).unwrap_or_default();
+                    delete(ctx, Some("application/json".into()), &bytes).await?;
+                }
                 return Ok(json_response(
                     StatusCode::CREATED,
                     &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -71,7 +82,7 @@ pub(super) async fn evict(
 }
 
 /// Takes one disruption from the budget of the pod, or says why not.
-async fn take_budget(ctx: &Ctx<'_>, name: &str) -> ApiResult<()> {
+async fn take_budget(ctx: &Ctx<'_>, name: &str, dry: bool) -> ApiResult<()> {
     let (pod, _) = read_object(ctx, name).await?;
     let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
     if matches!(phase, "Succeeded" | "Failed" | "Pending")
@@ -159,7 +170,7 @@ async fn take_budget(ctx: &Ctx<'_>, name: &str) -> ApiResult<()> {
             ),
         ));
     }
-    if ctx.dry_run() {
+    if dry {
         return Ok(());
     }
     pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
