@@ -7,7 +7,9 @@
 //! its container with kubelet's connection-failure message. On the same
 //! pod, `kubectl port-forward` of every installed kubectl (SPDY for 1.29,
 //! SPDY tunnelled in a WebSocket for the newer ones) reaches busybox
-//! httpd in the pod from the test's own loopback.
+//! httpd in the pod from the test's own loopback, and `kubectl cp` copies
+//! a file into a container and another out of it (oldest and newest
+//! kubectl).
 //!
 //! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd,
 //! python3-grpcio (scripts/install.sh).
@@ -239,6 +241,61 @@ async fn grpc_probes() {
                 .contains(&format!("Forwarding from 127.0.0.1:{local} -> 8080")),
             "kubectl 1.{minor}: {}",
             String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // kubectl cp, both ways (tar through exec), oldest and newest kubectl.
+    let kubectls = rke2_testbed::kubectls().unwrap();
+    for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
+        let src = s1.dir.join(format!("cp-src-{minor}.txt"));
+        let content = format!("copied by kubectl 1.{minor}\n{}\n", "x".repeat(100_000));
+        std::fs::write(&src, &content).unwrap();
+        let run = |args: &[&str]| {
+            std::process::Command::new(k)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let target = format!("default/grpc:/tmp/in-{minor}.txt");
+        let o = run(&["cp", src.to_str().unwrap(), &target, "-c", "web"]);
+        assert!(
+            o.status.success(),
+            "kubectl 1.{minor} cp in: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = run(&[
+            "exec",
+            "grpc",
+            "-c",
+            "web",
+            "--",
+            "cat",
+            &format!("/tmp/in-{minor}.txt"),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            content,
+            "kubectl 1.{minor} cp in"
+        );
+        let out = s1.dir.join(format!("cp-out-{minor}.txt"));
+        let o = run(&[
+            "cp",
+            "default/grpc:/w/hello.txt",
+            out.to_str().unwrap(),
+            "-c",
+            "web",
+        ]);
+        assert!(
+            o.status.success(),
+            "kubectl 1.{minor} cp out: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "hello through port-forward\n",
+            "kubectl 1.{minor} cp out"
         );
     }
 }
