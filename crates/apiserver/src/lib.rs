@@ -36,6 +36,7 @@ pub mod handlers;
 pub mod jsonpath;
 pub mod namespaces;
 pub mod networking;
+pub mod storage;
 pub mod node_authorizer;
 pub mod node_restriction;
 pub mod objects;

@@ -71,6 +71,24 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             v.push(age);
             v
         }
+        Printer::PersistentVolume | Printer::PersistentVolumeClaim => {
+            let (cols, wide) = if rt.printer == Printer::PersistentVolume {
+                crate::storage::pv_columns()
+            } else {
+                crate::storage::pvc_columns()
+            };
+            let mut v = vec![name];
+            v.extend(cols);
+            v.push(age);
+            v.extend(wide);
+            v
+        }
+        Printer::StorageClass => {
+            let mut v = vec![name];
+            v.extend(crate::storage::class_columns());
+            v.push(age);
+            v
+        }
         Printer::Columns(extra) => {
             let mut out = vec![name];
             out.extend(
@@ -728,6 +746,25 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         Printer::IngressClass => {
             let mut v = vec![name];
             v.extend(crate::networking::ingress_class_cells(obj));
+            v.push(a);
+            v
+        }
+        Printer::PersistentVolume | Printer::PersistentVolumeClaim => {
+            let (cells, wide) = if rt.printer == Printer::PersistentVolume {
+                crate::storage::pv_cells(obj)
+            } else {
+                crate::storage::pvc_cells(obj)
+            };
+            let mut v = vec![name];
+            v.extend(cells);
+            v.push(a);
+            v.extend(wide);
+            v
+        }
+        Printer::StorageClass => {
+            let (name, cells) = crate::storage::class_cells(obj);
+            let mut v = vec![name];
+            v.extend(cells);
             v.push(a);
             v
         }
