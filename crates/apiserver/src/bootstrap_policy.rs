@@ -1522,6 +1522,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "service-controller",
     "endpoint-controller",
     "endpointslice-controller",
+    "persistent-volume-binder",
 ];
 
 /// Objects an earlier version of this server created and no longer

@@ -232,6 +232,24 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
         })
 }
 
+/// Whether a PersistentVolume may be used on `node`: its
+/// `spec.nodeAffinity.required` (any term matches), or no affinity at all
+/// (upstream's `CheckNodeAffinity` of the volume binding plugin).
+pub fn volume_fits_node(pv: &k8s_openapi::api::core::v1::PersistentVolume, node: &Node) -> bool {
+    let Some(required) = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+    else {
+        return true;
+    };
+    required
+        .node_selector_terms
+        .iter()
+        .any(|t| term_matches(t, node))
+}
+
 /// NodeAffinity filter: `spec.nodeSelector` (every label equal) and the
 /// required node affinity (any term matches).
 pub fn check_node_affinity(pod: &Pod, node: &Node) -> Result<(), String> {

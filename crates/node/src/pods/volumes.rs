@@ -519,6 +519,17 @@ pub async fn prepare(
         let host = prepare_one(sources, pod, &v, &dir, tokens)
             .await
             .map_err(fail)?;
+        if let Some(gid) = fs_group_of(pod)
+            && owned_by_fs_group(&v)
+            && !(keeps_data(&v) && root_owned(&host, gid))
+        {
+            let read_only = v
+                .persistent_volume_claim
+                .as_ref()
+                .and_then(|c| c.read_only)
+                .unwrap_or(false);
+            set_ownership(&host, gid, read_only).map_err(fail)?;
+        }
         out.insert(v.name.clone(), host);
     }
     Ok(out)
@@ -557,9 +568,134 @@ async fn prepare_one(
         }
         return Ok(dir.to_path_buf());
     }
+    if let Some(c) = &v.persistent_volume_claim {
+        let path = claim_path(sources, &c.claim_name).await?;
+        if !Path::new(&path).exists() {
+            // Open to every user, as k3s's provisioner makes it
+            // (`mkdir -m 0777`): the pod's user is not known in advance.
+            use std::os::unix::fs::PermissionsExt;
+            mkdir(Path::new(&path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("changing the mode of {path}: {e}"))?;
+        }
+        return host_path(&path, Some("Directory"));
+    }
     if let Some(h) = &v.host_path {
-        let p = PathBuf::from(&h.path);
-        let t = h.type_.as_deref().unwrap_or("");
+        return host_path(&h.path, h.type_.as_deref());
+    }
+    prepare_files(sources, pod, v, dir, tokens).await
+}
+
+/// The pod's `securityContext.fsGroup`.
+fn fs_group_of(pod: &Pod) -> Option<u32> {
+    pod.spec
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .fs_group
+        .and_then(|g| u32::try_from(g).ok())
+}
+
+/// The volume types whose ownership kubelet hands to the fsGroup
+/// (`SetVolumeOwnership`): emptyDir, claims and the files it writes;
+/// never a hostPath, which belongs to the node.
+fn owned_by_fs_group(v: &Volume) -> bool {
+    v.empty_dir.is_some()
+        || v.persistent_volume_claim.is_some()
+        || v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+}
+
+/// Volumes whose content outlives a refresh: walked once, then left
+/// alone while their root has the group and setgid (kubelet's
+/// `OnRootMismatch`), since containers' new files inherit the group.
+fn keeps_data(v: &Volume) -> bool {
+    v.empty_dir.is_some() || v.persistent_volume_claim.is_some()
+}
+
+fn root_owned(dir: &Path, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.gid() == gid && m.mode() & 0o2000 != 0)
+}
+
+/// kubelet's `SetVolumeOwnership`: every file and directory under `dir`
+/// gets group `gid` and group read (and write unless `read_only`) access;
+/// directories also group execute and setgid, so what the containers
+/// create there stays in the group.
+pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p)
+            .map_err(|e| format!("reading {}: {e}", p.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.gid() != gid {
+            std::os::unix::fs::chown(&p, None, Some(gid))
+                .map_err(|e| format!("changing the group of {}: {e}", p.display()))?;
+        }
+        let mut mode = meta.mode() & 0o7777 | mask;
+        if meta.is_dir() {
+            mode |= 0o110 | 0o2000;
+            for entry in std::fs::read_dir(&p).map_err(|e| format!("reading {}: {e}", p.display()))? {
+                stack.push(entry.map_err(|e| format!("reading {}: {e}", p.display()))?.path());
+            }
+        }
+        if mode != meta.mode() & 0o7777 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("changing the mode of {}: {e}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the volume bound to claim `name` lives on this node: the
+/// path of its `hostPath` or `local` source.
+async fn claim_path(sources: &Sources<'_>, name: &str) -> Result<String, String> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(sources.client.clone(), &sources.namespace);
+    let claim = claims
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading persistentvolumeclaim {name:?}: {e}"))?
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let volume = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|v| !v.is_empty() && bound)
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} is not bound"))?;
+    let volumes: Api<PersistentVolume> = Api::all(sources.client.clone());
+    let pv = volumes
+        .get_opt(&volume)
+        .await
+        .map_err(|e| format!("reading persistentvolume {volume:?}: {e}"))?
+        .ok_or_else(|| format!("persistentvolume {volume:?} not found"))?;
+    let spec = pv.spec.unwrap_or_default();
+    if let Some(h) = spec.host_path {
+        return Ok(h.path);
+    }
+    if let Some(l) = spec.local {
+        return Ok(l.path);
+    }
+    Err(format!(
+        "persistentvolume {volume:?}: unsupported volume type (supported for claims: hostPath, local)"
+    ))
+}
+
+/// A hostPath volume (or a claim's directory): the path, checked
+/// against (or created as) its `type`.
+fn host_path(path: &str, type_: Option<&str>) -> Result<PathBuf, String> {
+    let mkdir =
+        |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()));
+    {
+        let p = PathBuf::from(path);
+        let t = type_.unwrap_or("");
         use std::os::unix::fs::FileTypeExt;
         let meta = std::fs::metadata(&p).ok();
         let ok = match t {
@@ -592,13 +728,19 @@ async fn prepare_one(
             other => return Err(format!("unknown hostPath type {other:?}")),
         };
         if !ok {
-            return Err(format!(
-                "hostPath type check failed: {} is not a {t}",
-                h.path
-            ));
+            return Err(format!("hostPath type check failed: {path} is not a {t}"));
         }
-        return Ok(p);
+        Ok(p)
     }
+}
+
+async fn prepare_files(
+    sources: &mut Sources<'_>,
+    pod: &Pod,
+    v: &Volume,
+    dir: &Path,
+    tokens: &mut TokenCache,
+) -> Result<PathBuf, String> {
     let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(0o644) as u32;
@@ -634,14 +776,34 @@ async fn prepare_one(
             }
         }
     } else {
-        return Err("unsupported volume type (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected)".into());
+        return Err("unsupported volume type (supported: emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI, projected)".into());
     }
     write_files(dir, &files)?;
     Ok(dir.to_path_buf())
 }
 
-/// The mounts of container `c` from its volumeMounts.
-pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<Mount>, String> {
+/// The mounts of container `c` of `pod` from its volumeMounts:
+/// `subPath`, or `subPathExpr` expanded with the container's `env`, and
+/// read-only where the mount or the claim says so.
+pub fn mounts(
+    pod: &Pod,
+    c: &Container,
+    volumes: &HashMap<String, PathBuf>,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<Mount>, String> {
+    let read_only_claims: Vec<&str> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.read_only == Some(true))
+        })
+        .map(|v| v.name.as_str())
+        .collect();
     let mut out = Vec::new();
     for vm in c.volume_mounts.clone().unwrap_or_default() {
         let Some(base) = volumes.get(&vm.name) else {
@@ -651,7 +813,16 @@ pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<M
             ));
         };
         let mut host = base.clone();
-        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        let expanded = vm
+            .sub_path_expr
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|e| super::spec::expand(e, env));
+        if let Some(sub) = expanded
+            .as_deref()
+            .or(vm.sub_path.as_deref())
+            .filter(|s| !s.is_empty())
+        {
             if !safe_relative(sub) {
                 return Err(format!(
                     "invalid subPath {sub:?}: must be relative, without '..'"
@@ -666,7 +837,7 @@ pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<M
         out.push(Mount {
             host_path: host,
             container_path: vm.mount_path.clone(),
-            readonly: vm.read_only.unwrap_or(false),
+            readonly: vm.read_only.unwrap_or(false) || read_only_claims.contains(&vm.name.as_str()),
         });
     }
     Ok(out)
