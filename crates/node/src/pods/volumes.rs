@@ -782,6 +782,28 @@ async fn prepare_files(
     Ok(dir.to_path_buf())
 }
 
+/// Creates the missing directories of `sub` under `base` with the
+/// volume root's mode, as kubelet's `SafeMakeDir` (so a volume its
+/// fsGroup may write gives the same to its sub paths; the group comes
+/// from the root's setgid).
+fn make_sub_path(base: &Path, sub: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(base)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o755);
+    let mut at = base.to_path_buf();
+    for part in Path::new(sub).components() {
+        at.push(part);
+        if at.exists() {
+            continue;
+        }
+        std::fs::create_dir(&at).map_err(|e| format!("creating subPath {}: {e}", at.display()))?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("creating subPath {}: {e}", at.display()))?;
+    }
+    Ok(())
+}
+
 /// The mounts of container `c` of `pod` from its volumeMounts:
 /// `subPath`, or `subPathExpr` expanded with the container's `env`, and
 /// read-only where the mount or the claim says so.
@@ -830,8 +852,7 @@ pub fn mounts(
             }
             host = base.join(sub);
             if !host.exists() {
-                std::fs::create_dir_all(&host)
-                    .map_err(|e| format!("creating subPath {}: {e}", host.display()))?;
+                make_sub_path(base, sub)?;
             }
         }
         out.push(Mount {
