@@ -259,9 +259,7 @@ pub async fn authorize(
             } else {
                 crate::node_authorizer::related(state, &node, &path.rt.plural, ns, &name).await
             };
-            if related
-                || rbac(path).await
-            {
+            if related || rbac(path).await {
                 Ok(Some(node))
             } else {
                 let mut named = path.clone();

@@ -306,7 +306,11 @@ pub fn validate_pv(obj: &Value, causes: &mut Vec<Cause>) {
         .filter(|s| spec[*s].is_object())
         .collect();
     match present.as_slice() {
-        [] => causes.push(cause("spec", "Required value", "must specify a volume type")),
+        [] => causes.push(cause(
+            "spec",
+            "Required value",
+            "must specify a volume type",
+        )),
         [_] => {}
         [_, rest @ ..] => {
             for s in rest {
@@ -401,7 +405,11 @@ pub fn validate_pvc_spec(spec: &Value, causes: &mut Vec<Cause>) {
     }
     validate_access_modes(&spec["accessModes"], "spec.accessModes", causes);
     if !spec["selector"].is_null() && !spec["selector"].is_object() {
-        causes.push(cause("spec.selector", "Invalid value", "must be a label selector"));
+        causes.push(cause(
+            "spec.selector",
+            "Invalid value",
+            "must be a label selector",
+        ));
     }
     match storage_of(&spec["resources"]["requests"]["storage"]) {
         None => causes.push(cause("spec.resources[storage]", "Required value", "")),
@@ -470,7 +478,11 @@ pub fn validate_storage_class(obj: &Value, causes: &mut Vec<Cause>) {
         None => causes.push(cause("provisioner", "Required value", "")),
         Some(p) => {
             for msg in rke2_apimachinery::validation::validate_label_key(&p.to_lowercase()) {
-                causes.push(cause("provisioner", "Invalid value", format!("{}: {msg}", q(p))));
+                causes.push(cause(
+                    "provisioner",
+                    "Invalid value",
+                    format!("{}: {msg}", q(p)),
+                ));
             }
         }
     }
@@ -506,10 +518,18 @@ pub fn validate_storage_class(obj: &Value, causes: &mut Vec<Cause>) {
         }
         for (k, v) in params {
             if k.is_empty() {
-                causes.push(cause("parameters", "Invalid value", "\"\": field is required"));
+                causes.push(cause(
+                    "parameters",
+                    "Invalid value",
+                    "\"\": field is required",
+                ));
             }
             if !v.is_string() {
-                causes.push(cause(format!("parameters[{k}]"), "Invalid value", "must be a string"));
+                causes.push(cause(
+                    format!("parameters[{k}]"),
+                    "Invalid value",
+                    "must be a string",
+                ));
             }
         }
     }
@@ -598,7 +618,9 @@ pub async fn admit_resize(state: &ApiState, old: &Value, new: &Value) -> ApiResu
         )
     };
     if old["status"]["phase"] != "Bound" {
-        return Err(forbid("Only bound persistent volume claims can be expanded"));
+        return Err(forbid(
+            "Only bound persistent volume claims can be expanded",
+        ));
     }
     let class = new["spec"]["storageClassName"].as_str().unwrap_or("");
     let allowed = !class.is_empty()
@@ -669,12 +691,28 @@ fn phase(obj: &Value) -> String {
 pub fn pv_columns() -> (Vec<Value>, Vec<Value>) {
     (
         vec![
-            col("Capacity", "The storage capacity of the persistent volume", 0),
-            col("Access Modes", "The access modes of the persistent volume", 0),
-            col("Reclaim Policy", "The reclaim policy of the persistent volume", 0),
+            col(
+                "Capacity",
+                "The storage capacity of the persistent volume",
+                0,
+            ),
+            col(
+                "Access Modes",
+                "The access modes of the persistent volume",
+                0,
+            ),
+            col(
+                "Reclaim Policy",
+                "The reclaim policy of the persistent volume",
+                0,
+            ),
             col("Status", "The status of the persistent volume", 0),
             col("Claim", "The claim bound to the persistent volume", 0),
-            col("StorageClass", "The storage class of the persistent volume", 0),
+            col(
+                "StorageClass",
+                "The storage class of the persistent volume",
+                0,
+            ),
             col(
                 "VolumeAttributesClass",
                 "VolumeAttributesClass of the pv",
@@ -682,7 +720,11 @@ pub fn pv_columns() -> (Vec<Value>, Vec<Value>) {
             ),
             col("Reason", "The reason of the persistent volume's status", 0),
         ],
-        vec![col("VolumeMode", "The volume mode of the persistent volume", 1)],
+        vec![col(
+            "VolumeMode",
+            "The volume mode of the persistent volume",
+            1,
+        )],
     )
 }
 
@@ -761,7 +803,11 @@ pub fn pvc_cells(obj: &Value) -> (Vec<Value>, Vec<Value>) {
 pub fn class_columns() -> Vec<Value> {
     vec![
         col("Provisioner", "Indicates the type of the provisioner.", 0),
-        col("ReclaimPolicy", "Indicates the type of the reclaim policy.", 0),
+        col(
+            "ReclaimPolicy",
+            "Indicates the type of the reclaim policy.",
+            0,
+        ),
         col(
             "VolumeBindingMode",
             "Indicates how PersistentVolumeClaims should be provisioned and bound.",
@@ -825,8 +871,14 @@ mod tests {
         assert!(errs(|c| validate_pvc_spec(&ok, c)).is_empty());
         let zero = json!({"accessModes": ["RWO"], "resources": {"requests": {"storage": "0"}}});
         let e = errs(|c| validate_pvc_spec(&zero, c));
-        assert!(e[0].starts_with("spec.accessModes: Unsupported value: \"RWO\""), "{e:?}");
-        assert_eq!(e[1], "spec.resources[storage]: Invalid value: \"0\": must be greater than zero");
+        assert!(
+            e[0].starts_with("spec.accessModes: Unsupported value: \"RWO\""),
+            "{e:?}"
+        );
+        assert_eq!(
+            e[1],
+            "spec.resources[storage]: Invalid value: \"0\": must be greater than zero"
+        );
     }
 
     #[test]
@@ -840,13 +892,17 @@ mod tests {
         shrunk["spec"]["resources"]["requests"]["storage"] = json!("500Mi");
         assert_eq!(
             errs(|c| validate_pvc_update(&old, &shrunk, c)),
-            ["spec.resources.requests.storage: Forbidden: field can not be less than previous value"]
+            [
+                "spec.resources.requests.storage: Forbidden: field can not be less than previous value"
+            ]
         );
         let mut modes = old.clone();
         modes["spec"]["accessModes"] = json!(["ReadWriteMany"]);
         assert_eq!(
             errs(|c| validate_pvc_update(&old, &modes, c)),
-            ["spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"]
+            [
+                "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"
+            ]
         );
         // A bound claim's volume is fixed.
         let mut rebound = grown.clone();
@@ -868,8 +924,13 @@ mod tests {
         let two = json!({"spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"},
             "hostPath": {"path": "/x"}, "nfs": {"server": "a", "path": "/"}, "persistentVolumeReclaimPolicy": "Keep"}});
         let e = errs(|c| validate_pv(&two, c));
-        assert_eq!(e[0], "spec.nfs: Forbidden: may not specify more than 1 volume type");
-        assert!(e[1].starts_with("spec.persistentVolumeReclaimPolicy: Unsupported value: \"Keep\""));
+        assert_eq!(
+            e[0],
+            "spec.nfs: Forbidden: may not specify more than 1 volume type"
+        );
+        assert!(
+            e[1].starts_with("spec.persistentVolumeReclaimPolicy: Unsupported value: \"Keep\"")
+        );
         let local = json!({"spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}, "local": {"path": "/x"}}});
         assert_eq!(
             errs(|c| validate_pv(&local, c)),
@@ -925,7 +986,10 @@ mod tests {
         assert_eq!(wide, [json!("Filesystem")]);
         let pvc = json!({"metadata": {"name": "c"}, "spec": {"storageClassName": "local-path"}, "status": {"phase": "Pending"}});
         let (cells, _) = pvc_cells(&pvc);
-        assert_eq!(cells[..4], [json!("Pending"), json!(""), json!(""), json!("")]);
+        assert_eq!(
+            cells[..4],
+            [json!("Pending"), json!(""), json!(""), json!("")]
+        );
         let sc = json!({"metadata": {"name": "local-path", "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
             "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"});
         let (name, cells) = class_cells(&sc);

@@ -1051,7 +1051,9 @@ fn build(
         default_local_storage_path: r
             .str("default-local-storage-path")
             .map(|(s, _)| PathBuf::from(s))
-            .unwrap_or_else(|| PathBuf::from(r.str("data-dir").expect("default").0).join("storage")),
+            .unwrap_or_else(|| {
+                PathBuf::from(r.str("data-dir").expect("default").0).join("storage")
+            }),
     })
 }
 

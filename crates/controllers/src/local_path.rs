@@ -253,8 +253,16 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
             )
         }};
     }
-    let pvs = watch!(Api::all(client.clone()), PersistentVolume, "persistentvolumes");
-    let pvcs = watch!(Api::all(client.clone()), PersistentVolumeClaim, "persistentvolumeclaims");
+    let pvs = watch!(
+        Api::all(client.clone()),
+        PersistentVolume,
+        "persistentvolumes"
+    );
+    let pvcs = watch!(
+        Api::all(client.clone()),
+        PersistentVolumeClaim,
+        "persistentvolumeclaims"
+    );
     let classes = watch!(Api::all(client.clone()), StorageClass, "storageclasses");
     let nodes = watch!(Api::all(client.clone()), Node, "nodes");
     let helpers = watch!(
@@ -292,7 +300,11 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
             let annotations = pvc.metadata.annotations.clone().unwrap_or_default();
             if annotations.get(STORAGE_PROVISIONER).map(String::as_str) != Some(PROVISIONER)
                 || pvc.metadata.deletion_timestamp.is_some()
-                || pvc.spec.as_ref().and_then(|s| s.volume_name.as_ref()).is_some()
+                || pvc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.volume_name.as_ref())
+                    .is_some()
             {
                 continue;
             }
@@ -319,7 +331,15 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
                 let msg = "failed to provision volume with StorageClass \"".to_string()
                     + &class_name
                     + "\": configuration error, no node was specified";
-                record_event(&client, COMPONENT, &me, "Warning", "ProvisioningFailed", msg).await;
+                record_event(
+                    &client,
+                    COMPONENT,
+                    &me,
+                    "Warning",
+                    "ProvisioningFailed",
+                    msg,
+                )
+                .await;
                 continue;
             };
             let pv = volume_for(&pvc, &node, &class, &settings.path);
@@ -381,8 +401,18 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
             match (existing.is_some(), phase.as_deref()) {
                 (false, _) => {
                     let Some(pod) = delete_helper(pv, &settings) else {
-                        record_event(&client, COMPONENT, &volume_ref(pv), "Warning", "VolumeFailedDelete",
-                            format!("volume {name} has no node or its path is not under {}", settings.path.display())).await;
+                        record_event(
+                            &client,
+                            COMPONENT,
+                            &volume_ref(pv),
+                            "Warning",
+                            "VolumeFailedDelete",
+                            format!(
+                                "volume {name} has no node or its path is not under {}",
+                                settings.path.display()
+                            ),
+                        )
+                        .await;
                         continue;
                     };
                     if let Err(e) = pod_api.create(&PostParams::default(), &pod).await {
@@ -392,7 +422,9 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
                 (true, Some("Succeeded")) => {
                     match pv_api.delete(&name, &DeleteParams::default()).await {
                         Ok(_) => info!(volume = %name, "local-path: volume deleted"),
-                        Err(e) => debug!(volume = %name, error = %e, "local-path: deleting the volume"),
+                        Err(e) => {
+                            debug!(volume = %name, error = %e, "local-path: deleting the volume")
+                        }
                     }
                     let _ = pod_api.delete(&helper, &DeleteParams::default()).await;
                 }

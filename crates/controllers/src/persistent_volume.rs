@@ -63,7 +63,9 @@ const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 const COMPONENT: &str = "persistentvolume-controller";
 
 /// The storage a claim requests or a volume offers.
-pub fn storage(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) -> Option<Quantity> {
+pub fn storage(
+    q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+) -> Option<Quantity> {
     q.and_then(|q| parse_quantity(&q.0).ok())
 }
 
@@ -212,7 +214,11 @@ pub fn find_match<'a>(
     let mut pre_bound = None;
     let mut best: Option<&PersistentVolume> = None;
     for pv in candidates {
-        let claimed = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some();
+        let claimed = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .is_some();
         if refers_to(pv, pvc) {
             pre_bound = Some(pv);
         } else if !claimed
@@ -252,7 +258,9 @@ impl Binder {
             return;
         }
         let mut new = pv.clone();
-        let st = new.status.get_or_insert_with(PersistentVolumeStatus::default);
+        let st = new
+            .status
+            .get_or_insert_with(PersistentVolumeStatus::default);
         st.phase = Some(phase.into());
         st.message = message;
         let name = pv.metadata.name.clone().unwrap_or_default();
@@ -304,7 +312,11 @@ impl Binder {
         }
     }
 
-    async fn bind(&self, pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> Result<(), kube::Error> {
+    async fn bind(
+        &self,
+        pv: &PersistentVolume,
+        pvc: &PersistentVolumeClaim,
+    ) -> Result<(), kube::Error> {
         let pv_name = pv.metadata.name.clone().unwrap_or_default();
         let (ns, claim_name) = key_of(&pvc.metadata);
         let mut pv = pv.clone();
@@ -322,7 +334,10 @@ impl Binder {
                     .insert(BOUND_BY_CONTROLLER.into(), "yes".into());
             }
             pv.spec.get_or_insert_with(Default::default).claim_ref = Some(claim_ref(pvc));
-            pv = self.pvs.replace(&pv_name, &PostParams::default(), &pv).await?;
+            pv = self
+                .pvs
+                .replace(&pv_name, &PostParams::default(), &pv)
+                .await?;
         }
         if phase_of_pv(&pv) != "Bound" {
             pv.status.get_or_insert_with(Default::default).phase = Some("Bound".into());
@@ -334,7 +349,10 @@ impl Binder {
         let api = self.claims(&ns);
         let mut pvc = pvc.clone();
         let spec = pvc.spec.get_or_insert_with(Default::default);
-        let annotations = pvc.metadata.annotations.get_or_insert_with(Default::default);
+        let annotations = pvc
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
         if spec.volume_name.as_deref() != Some(pv_name.as_str())
             || !annotations.contains_key(BIND_COMPLETED)
         {
@@ -343,7 +361,9 @@ impl Binder {
             }
             annotations.insert(BIND_COMPLETED.into(), "yes".into());
             spec.volume_name = Some(pv_name.clone());
-            pvc = api.replace(&claim_name, &PostParams::default(), &pvc).await?;
+            pvc = api
+                .replace(&claim_name, &PostParams::default(), &pvc)
+                .await?;
         }
         let vs = pv.spec.clone().unwrap_or_default();
         let want = PersistentVolumeClaimStatus {
@@ -379,7 +399,9 @@ impl Binder {
         };
         let volume_name = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
         if let Some(vn) = volume_name.filter(|v| !v.is_empty()) {
-            let pv = pvs.iter().find(|p| p.metadata.name.as_deref() == Some(vn.as_str()));
+            let pv = pvs
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(vn.as_str()));
             match pv {
                 None => {
                     if phase_of_pvc(pvc) == "Bound" {
@@ -388,13 +410,23 @@ impl Binder {
                     }
                 }
                 Some(pv) => {
-                    let free = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_none();
+                    let free = pv
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .is_none();
                     if free || refers_to(pv, pvc) {
                         if let Err(e) = self.bind(pv, pvc).await {
                             debug!(claim = %format!("{ns}/{name}"), error = %e, "persistentvolume: binding (will retry)");
                         }
                     } else if phase_of_pvc(pvc) != "Bound" {
-                        self.event(&me, "Warning", "FailedBinding", format!("volume {vn:?} already bound to a different claim.")).await;
+                        self.event(
+                            &me,
+                            "Warning",
+                            "FailedBinding",
+                            format!("volume {vn:?} already bound to a different claim."),
+                        )
+                        .await;
                     }
                 }
             }
@@ -442,20 +474,40 @@ impl Binder {
             Some(p) => {
                 if annotation(&pvc.metadata, STORAGE_PROVISIONER) != Some(p.as_str()) {
                     let mut new = pvc.clone();
-                    let a = new.metadata.annotations.get_or_insert_with(Default::default);
+                    let a = new
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default);
                     a.insert(STORAGE_PROVISIONER.into(), p.clone());
                     a.insert(BETA_STORAGE_PROVISIONER.into(), p.clone());
-                    if let Err(e) = self.claims(&ns).replace(&name, &PostParams::default(), &new).await {
+                    if let Err(e) = self
+                        .claims(&ns)
+                        .replace(&name, &PostParams::default(), &new)
+                        .await
+                    {
                         debug!(claim = %format!("{ns}/{name}"), error = %e, "persistentvolume: annotating the provisioner");
                     }
                 }
                 self.event(&me, "Normal", "ExternalProvisioning", format!("Waiting for a volume to be created either by the external provisioner '{p}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.")).await;
             }
             None if class_name.is_empty() => {
-                self.event(&me, "Normal", "FailedBinding", "no persistent volumes available for this claim and no storage class is set".into()).await;
+                self.event(
+                    &me,
+                    "Normal",
+                    "FailedBinding",
+                    "no persistent volumes available for this claim and no storage class is set"
+                        .into(),
+                )
+                .await;
             }
             None if class.is_none() => {
-                self.event(&me, "Warning", "ProvisioningFailed", format!("storageclass.storage.k8s.io {class_name:?} not found")).await;
+                self.event(
+                    &me,
+                    "Warning",
+                    "ProvisioningFailed",
+                    format!("storageclass.storage.k8s.io {class_name:?} not found"),
+                )
+                .await;
             }
             None => {}
         }
@@ -545,9 +597,11 @@ mod tests {
     }
 
     fn pvc(size: &str, class: &str, modes: &[&str]) -> PersistentVolumeClaim {
-        serde_json::from_value(json!({"metadata": {"name": "c", "namespace": "ns", "uid": "u1"},
+        serde_json::from_value(
+            json!({"metadata": {"name": "c", "namespace": "ns", "uid": "u1"},
             "spec": {"accessModes": modes, "storageClassName": class,
-            "resources": {"requests": {"storage": size}}}}))
+            "resources": {"requests": {"storage": size}}}}),
+        )
         .unwrap()
     }
 
@@ -583,7 +637,11 @@ mod tests {
             name: Some("c".into()),
             ..Default::default()
         });
-        let pvs = vec![Arc::new(held), Arc::new(mine), pv("free", "1Gi", "", &["ReadWriteOnce"])];
+        let pvs = vec![
+            Arc::new(held),
+            Arc::new(mine),
+            pv("free", "1Gi", "", &["ReadWriteOnce"]),
+        ];
         let c = pvc("1Gi", "", &["ReadWriteOnce"]);
         assert_eq!(
             find_match(&pvs, &c, None).and_then(|p| p.metadata.name.as_deref()),
@@ -598,7 +656,10 @@ mod tests {
             {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}]}}))
         .unwrap();
         let node = |n: &str| -> Node {
-            serde_json::from_value(json!({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}})).unwrap()
+            serde_json::from_value(
+                json!({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}}),
+            )
+            .unwrap()
         };
         let pvs = vec![Arc::new(local)];
         let c = pvc("1Gi", "", &["ReadWriteOnce"]);

@@ -41,16 +41,18 @@ fn usage() -> String {
 fn local_path_helper(args: &[OsString]) -> i32 {
     let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
     match args.as_slice() {
-        ["teardown", dir] => match rke2_controllers::local_path::teardown(std::path::Path::new(dir)) {
-            Ok(()) => {
-                println!("removed {dir}");
-                0
+        ["teardown", dir] => {
+            match rke2_controllers::local_path::teardown(std::path::Path::new(dir)) {
+                Ok(()) => {
+                    println!("removed {dir}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("rke2 local-path-helper: {e}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("rke2 local-path-helper: {e}");
-                1
-            }
-        },
+        }
         _ => {
             eprintln!("usage: rke2 local-path-helper teardown <dir>");
             2

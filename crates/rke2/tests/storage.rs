@@ -177,14 +177,22 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
         "NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE ALLOWVOLUMEEXPANSION AGE"
     );
     assert!(
-        sc[1].starts_with("local-path (default) rancher.io/local-path Delete WaitForFirstConsumer false "),
+        sc[1].starts_with(
+            "local-path (default) rancher.io/local-path Delete WaitForFirstConsumer false "
+        ),
         "{sc:?}"
     );
     // Its provisioner is fixed.
     let o = kubectl(
         &k,
         &kubeconfig,
-        &["patch", "sc", "local-path", "-p", r#"{"reclaimPolicy":"Retain"}"#],
+        &[
+            "patch",
+            "sc",
+            "local-path",
+            "-p",
+            r#"{"reclaimPolicy":"Retain"}"#,
+        ],
     );
     assert!(!o.status.success());
     assert!(
@@ -203,7 +211,9 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
     let o = kubectl_stdin(&k, &kubeconfig, &["apply", "-f", "-"], &bad.to_string());
     assert!(!o.status.success());
     assert!(
-        text(&o).contains(r#"PersistentVolumeClaim "bad" is invalid: spec.resources[storage]: Required value"#),
+        text(&o).contains(
+            r#"PersistentVolumeClaim "bad" is invalid: spec.resources[storage]: Required value"#
+        ),
         "{}",
         text(&o)
     );
@@ -234,14 +244,27 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    assert_eq!(phase_of_claim(&claims.get("data").await.unwrap()), "Pending");
-    assert!(pvs.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert_eq!(
+        phase_of_claim(&claims.get("data").await.unwrap()),
+        "Pending"
+    );
+    assert!(
+        pvs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     let o = kubectl(&k, &kubeconfig, &["get", "pvc", "-n", NS]);
     assert_eq!(
         rows(&o)[0],
         "NAME STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS VOLUMEATTRIBUTESCLASS AGE"
     );
-    assert!(rows(&o)[1].starts_with("data Pending local-path <unset> "), "{:?}", rows(&o));
+    assert!(
+        rows(&o)[1].starts_with("data Pending local-path <unset> "),
+        "{:?}",
+        rows(&o)
+    );
 
     // The first consumer, pinned to the agent: the claim is bound to a
     // volume made there.
@@ -272,13 +295,17 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
     let pv = pvs.get(&pv_name).await.unwrap();
     let pv_json = serde_json::to_value(&pv).unwrap();
     assert_eq!(
-        pv_json["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"],
+        pv_json["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["values"],
         json!(["a1"])
     );
     assert_eq!(pv_json["spec"]["claimRef"]["name"], "data");
     assert_eq!(pv_json["status"]["phase"], "Bound");
     let dir = storage.join(format!("pvc-{uid}_{NS}_data"));
-    assert_eq!(pv_json["spec"]["hostPath"]["path"], dir.to_string_lossy().as_ref());
+    assert_eq!(
+        pv_json["spec"]["hostPath"]["path"],
+        dir.to_string_lossy().as_ref()
+    );
 
     // Inside the container: the user's groups include the fsGroup, the
     // volume belongs to it (setgid), and sub paths land in the volume.
@@ -287,7 +314,11 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
         a.extend_from_slice(args);
         kubectl(&k, &kubeconfig, &a)
     };
-    let o = exec(&["sh", "-c", "id -G; stat -c '%g %A' /data; echo hello > /data/file && echo s > /sub/in-sub && echo m > /mine/in-mine && echo $?"]);
+    let o = exec(&[
+        "sh",
+        "-c",
+        "id -G; stat -c '%g %A' /data; echo hello > /data/file && echo s > /sub/in-sub && echo m > /mine/in-mine && echo $?",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let lines: Vec<&str> = out.lines().collect();
@@ -295,8 +326,14 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
     assert!(lines[0].split(' ').any(|g| g == "3000"), "groups: {out}");
     assert!(lines[1].starts_with("2000 drwxrws"), "volume root: {out}");
     assert_eq!(lines[2], "0", "{out}");
-    assert_eq!(std::fs::read_to_string(dir.join("file")).unwrap(), "hello\n");
-    assert_eq!(std::fs::read_to_string(dir.join("sub/in-sub")).unwrap(), "s\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("file")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sub/in-sub")).unwrap(),
+        "s\n"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("per-pod/writer/in-mine")).unwrap(),
         "m\n"
@@ -317,7 +354,9 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
         "NAME CAPACITY ACCESS MODES RECLAIM POLICY STATUS CLAIM STORAGECLASS VOLUMEATTRIBUTESCLASS REASON AGE"
     );
     assert!(
-        r[1].starts_with(&format!("persistentvolume/{pv_name} 1Gi RWO Delete Bound {NS}/data local-path <unset> ")),
+        r[1].starts_with(&format!(
+            "persistentvolume/{pv_name} 1Gi RWO Delete Bound {NS}/data local-path <unset> "
+        )),
         "{r:?}"
     );
     let pvc_header = r.iter().position(|l| l.starts_with("NAME STATUS")).unwrap();
@@ -332,7 +371,15 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
     let o = kubectl(
         &k,
         &kubeconfig,
-        &["patch", "pvc", "data", "-n", NS, "-p", r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#],
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "-n",
+            NS,
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+        ],
     );
     assert!(!o.status.success());
     assert!(
@@ -344,7 +391,15 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
     let o = kubectl(
         &k,
         &kubeconfig,
-        &["patch", "pvc", "data", "-n", NS, "-p", r#"{"spec":{"accessModes":["ReadWriteMany"]}}"#],
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "-n",
+            NS,
+            "-p",
+            r#"{"spec":{"accessModes":["ReadWriteMany"]}}"#,
+        ],
     );
     assert!(!o.status.success());
     assert!(
@@ -355,7 +410,9 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
 
     // The data outlives its pod; the next pod, placed by the scheduler
     // alone, goes where the volume is.
-    pods.delete("writer", &DeleteParams::default()).await.unwrap();
+    pods.delete("writer", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually(LONG, "the writer gone", || async {
         pods.get_opt("writer").await.ok()?.is_none().then_some(())
     })
@@ -375,22 +432,40 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
         Some("a1"),
         "the volume's node affinity places the pod"
     );
-    let o = kubectl(&k, &kubeconfig, &["exec", "-n", NS, "reader", "--", "cat", "/data/file"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\n", "{}", text(&o));
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &["exec", "-n", NS, "reader", "--", "cat", "/data/file"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello\n",
+        "{}",
+        text(&o)
+    );
 
     // Deleting the claim releases the volume; reclaim Delete removes its
     // directory on its node, then the volume.
-    pods.delete("reader", &DeleteParams::default()).await.unwrap();
+    pods.delete("reader", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually(LONG, "the reader gone", || async {
         pods.get_opt("reader").await.ok()?.is_none().then_some(())
     })
     .await
     .unwrap();
-    claims.delete("data", &DeleteParams::default()).await.unwrap();
-    let reclaimed = eventually(LONG * 2, "the volume deleted and its directory gone", || async {
-        let gone = pvs.get_opt(&pv_name).await.ok()?.is_none();
-        (gone && !dir.exists()).then_some(())
-    })
+    claims
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    let reclaimed = eventually(
+        LONG * 2,
+        "the volume deleted and its directory gone",
+        || async {
+            let gone = pvs.get_opt(&pv_name).await.ok()?.is_none();
+            (gone && !dir.exists()).then_some(())
+        },
+    )
     .await;
     if let Err(e) = reclaimed {
         let pv = pvs.get_opt(&pv_name).await;
@@ -405,16 +480,23 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
     let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     eventually(LONG, "no helper pods left", || async {
         let list = system.list(&ListParams::default()).await.ok()?;
-        (!list
-            .items
-            .iter()
-            .any(|p| p.metadata.name.as_deref().unwrap_or("").starts_with("helper-pod-delete-")))
+        (!list.items.iter().any(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("helper-pod-delete-")
+        }))
         .then_some(())
     })
     .await
     .unwrap();
 
-    let o = kubectl(&k, &kubeconfig, &["delete", "namespace", NS, "--wait=false"]);
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &["delete", "namespace", NS, "--wait=false"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     drop(bed);
 }

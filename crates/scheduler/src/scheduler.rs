@@ -672,7 +672,9 @@ impl Scheduler {
         match decision {
             Ok(node) => {
                 if let Err(e) = crate::volumes::select_node(&self.client, &plan, &node).await {
-                    let msg = format!("0/{total} nodes are available: selecting node {node:?} for the pod's claims: {e}.");
+                    let msg = format!(
+                        "0/{total} nodes are available: selecting node {node:?} for the pod's claims: {e}."
+                    );
                     self.unschedulable(&pod, key, msg).await;
                     return;
                 }

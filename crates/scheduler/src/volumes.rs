@@ -46,7 +46,11 @@ fn claim_names(pod: &Pod) -> Vec<String> {
         .and_then(|s| s.volumes.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+        .filter_map(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.clone())
+        })
         .collect()
 }
 
@@ -106,7 +110,11 @@ pub async fn plan(client: &kube::Client, pod: &Pod) -> Result<VolumePlan, String
 
 /// Annotates the claims of `plan` with the chosen `node` (a claim that
 /// already names a node keeps it).
-pub async fn select_node(client: &kube::Client, plan: &VolumePlan, node: &str) -> Result<(), kube::Error> {
+pub async fn select_node(
+    client: &kube::Client,
+    plan: &VolumePlan,
+    node: &str,
+) -> Result<(), kube::Error> {
     for (ns, name) in &plan.to_select {
         let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
         let current = api.get(name).await?;

@@ -629,8 +629,8 @@ pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String
     let mask = if read_only { 0o440 } else { 0o660 };
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&p)
-            .map_err(|e| format!("reading {}: {e}", p.display()))?;
+        let meta =
+            std::fs::symlink_metadata(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
         if meta.file_type().is_symlink() {
             continue;
         }
@@ -641,8 +641,14 @@ pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String
         let mut mode = meta.mode() & 0o7777 | mask;
         if meta.is_dir() {
             mode |= 0o110 | 0o2000;
-            for entry in std::fs::read_dir(&p).map_err(|e| format!("reading {}: {e}", p.display()))? {
-                stack.push(entry.map_err(|e| format!("reading {}: {e}", p.display()))?.path());
+            for entry in
+                std::fs::read_dir(&p).map_err(|e| format!("reading {}: {e}", p.display()))?
+            {
+                stack.push(
+                    entry
+                        .map_err(|e| format!("reading {}: {e}", p.display()))?
+                        .path(),
+                );
             }
         }
         if mode != meta.mode() & 0o7777 {
@@ -657,7 +663,8 @@ pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String
 /// path of its `hostPath` or `local` source.
 async fn claim_path(sources: &Sources<'_>, name: &str) -> Result<String, String> {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(sources.client.clone(), &sources.namespace);
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(sources.client.clone(), &sources.namespace);
     let claim = claims
         .get_opt(name)
         .await
@@ -867,6 +874,68 @@ pub fn mounts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_group_owns_the_volume_and_sub_paths_inherit() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("vol");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/f"), b"x").unwrap();
+        std::fs::set_permissions(root.join("a/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        set_ownership(&root, 4321, false).unwrap();
+        let m = |p: &Path| std::fs::metadata(p).unwrap();
+        assert_eq!(m(&root).gid(), 4321);
+        assert_eq!(m(&root).mode() & 0o2070, 0o2070, "group rwx and setgid");
+        assert_eq!(m(&root.join("a/f")).gid(), 4321);
+        assert_eq!(m(&root.join("a/f")).mode() & 0o777, 0o660);
+        assert!(root_owned(&root, 4321));
+        assert!(!root_owned(&root, 1));
+        // A sub path made later takes the root's mode and, by setgid, its group.
+        make_sub_path(&root, "x/y").unwrap();
+        assert_eq!(
+            m(&root.join("x/y")).mode() & 0o7777,
+            m(&root).mode() & 0o7777
+        );
+        assert_eq!(m(&root.join("x/y")).gid(), 4321);
+    }
+
+    #[test]
+    fn sub_path_expr_expands_and_read_only_claims_stay_read_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"spec": {"containers": [], "volumes": [
+            {"name": "ro", "persistentVolumeClaim": {"claimName": "c", "readOnly": true}},
+            {"name": "rw", "emptyDir": {}}]}}))
+            .unwrap();
+        let c: Container =
+            serde_json::from_value(serde_json::json!({"name": "app", "volumeMounts": [
+            {"name": "ro", "mountPath": "/ro"},
+            {"name": "rw", "mountPath": "/rw", "subPathExpr": "logs/$(POD_NAME)"},
+            {"name": "rw", "mountPath": "/bad", "subPathExpr": "$(UP)/x"}]}))
+            .unwrap();
+        let vols: HashMap<String, PathBuf> = [
+            ("ro".to_string(), tmp.path().join("ro")),
+            ("rw".to_string(), tmp.path().join("rw")),
+        ]
+        .into();
+        std::fs::create_dir_all(tmp.path().join("rw")).unwrap();
+        let mut env = BTreeMap::new();
+        env.insert("POD_NAME".to_string(), "p-1".to_string());
+        env.insert("UP".to_string(), "..".to_string());
+        let err = mounts(&pod, &c, &vols, &env).unwrap_err();
+        assert!(err.contains("invalid subPath \"../x\""), "{err}");
+        let c: Container =
+            serde_json::from_value(serde_json::json!({"name": "app", "volumeMounts": [
+            {"name": "ro", "mountPath": "/ro"},
+            {"name": "rw", "mountPath": "/rw", "subPathExpr": "logs/$(POD_NAME)"}]}))
+            .unwrap();
+        let m = mounts(&pod, &c, &vols, &env).unwrap();
+        assert!(m[0].readonly);
+        assert_eq!(m[1].host_path, tmp.path().join("rw/logs/p-1"));
+        assert!(!m[1].readonly);
+        assert!(tmp.path().join("rw/logs/p-1").is_dir());
+    }
 
     #[test]
     fn write_files_replaces_and_prunes() {
