@@ -1003,6 +1003,6 @@ mod tests {
                 json!(false)
             ]
         );
-        assert_eq!(default_class(&[sc.clone()]).as_deref(), Some("local-path"));
+        assert_eq!(default_class(std::slice::from_ref(&sc)).as_deref(), Some("local-path"));
     }
 }
