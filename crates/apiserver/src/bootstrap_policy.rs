@@ -1523,6 +1523,8 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "endpoint-controller",
     "endpointslice-controller",
     "persistent-volume-binder",
+    "pvc-protection-controller",
+    "pv-protection-controller",
 ];
 
 /// Objects an earlier version of this server created and no longer

@@ -29,6 +29,26 @@ const ACCESS_MODES: &[&str] = &[
     "ReadWriteOncePod",
 ];
 
+/// The finalizer that keeps a claim while a pod uses it
+/// (`StorageObjectInUseProtection`).
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// The finalizer that keeps a volume while a claim is bound to it.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
+/// The `StorageObjectInUseProtection` admission plugin: a new claim or
+/// volume carries its protection finalizer.
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let list = &mut obj["metadata"]["finalizers"];
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    if let Some(l) = list.as_array_mut()
+        && !l.iter().any(|f| f == finalizer)
+    {
+        l.push(json!(finalizer));
+    }
+}
+
 /// The forbidden message of the resize admission plugin.
 pub const RESIZE_FORBIDDEN: &str = "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
 
@@ -54,6 +74,15 @@ impl Strategy for PersistentVolume {
 
     fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
         validate_pv(obj, causes);
+    }
+
+    fn admit_create_with<'a>(
+        &'a self,
+        _state: &'a ApiState,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        add_finalizer(obj, PV_PROTECTION);
+        Box::pin(async { Ok(()) })
     }
 
     fn validate_update(
@@ -100,6 +129,7 @@ impl Strategy for PersistentVolumeClaim {
         state: &'a ApiState,
         obj: &'a mut Value,
     ) -> BoxFuture<'a, ApiResult<()>> {
+        add_finalizer(obj, PVC_PROTECTION);
         Box::pin(admit_default_class(state, obj))
     }
 
@@ -1003,6 +1033,9 @@ mod tests {
                 json!(false)
             ]
         );
-        assert_eq!(default_class(std::slice::from_ref(&sc)).as_deref(), Some("local-path"));
+        assert_eq!(
+            default_class(std::slice::from_ref(&sc)).as_deref(),
+            Some("local-path")
+        );
     }
 }

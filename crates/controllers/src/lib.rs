@@ -29,6 +29,7 @@ pub mod serviceaccount;
 pub mod servicelb;
 pub mod taint_eviction;
 pub mod update;
+pub mod volume_protection;
 
 /// `namespace/name` of an object: how the loops key and log namespaced
 /// objects (client-go's `cache.MetaNamespaceKeyFunc`).

@@ -18,8 +18,9 @@
 //!   writes leaves nothing half bound for good.
 //! * A bound volume whose claim is gone is `Released`; with reclaim
 //!   policy `Retain` it stays so. `Delete` is the provisioner's to carry
-//!   out (the local-path provisioner, `local_path`). A bound claim whose
-//!   volume is gone is `Lost`.
+//!   out (the local-path provisioner, `local_path`); a `Delete` volume no
+//!   provisioner made is `Failed` (`VolumeFailedDelete`), as upstream has
+//!   no deleter for it. A bound claim whose volume is gone is `Lost`.
 //!
 //! Runs as `kube-system:persistent-volume-binder` (upstream's bootstrap
 //! role: volumes and claims read and updated, no patch). Level
@@ -298,7 +299,30 @@ impl Binder {
                 self.set_pv_phase(pv, "Available", None).await;
             }
             None => {
-                if !matches!(phase_of_pv(pv), "Released" | "Failed") {
+                if matches!(phase_of_pv(pv), "Released" | "Failed") {
+                    return;
+                }
+                let delete = pv
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+                    == Some("Delete");
+                if delete && annotation(&pv.metadata, PROVISIONED_BY).is_none() {
+                    // Nothing here can delete a volume no provisioner made.
+                    let name = pv.metadata.name.clone().unwrap_or_default();
+                    let msg = format!(
+                        "error getting deleter volume plugin for volume {name:?}: no deletable volume plugin matched"
+                    );
+                    self.set_pv_phase(pv, "Failed", Some(msg.clone())).await;
+                    let me = ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("PersistentVolume".into()),
+                        name: pv.metadata.name.clone(),
+                        uid: pv.metadata.uid.clone(),
+                        ..Default::default()
+                    };
+                    self.event(&me, "Warning", "VolumeFailedDelete", msg).await;
+                } else {
                     self.set_pv_phase(pv, "Released", None).await;
                 }
             }

@@ -984,6 +984,14 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     clients.of("persistent-volume-binder"),
                     lead.clone(),
                 ));
+                loops.spawn(c::volume_protection::run_claims(
+                    clients.of("pvc-protection-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::volume_protection::run_volumes(
+                    clients.of("pv-protection-controller"),
+                    lead.clone(),
+                ));
                 // k3s's `local-storage` component, run by the supervisor.
                 if run_local_path {
                     loops.spawn(c::local_path::run(client.clone(), local_path, lead.clone()));

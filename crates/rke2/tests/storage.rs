@@ -82,6 +82,13 @@ fn phase_of_claim(c: &PersistentVolumeClaim) -> String {
         .unwrap_or_default()
 }
 
+fn phase_of_pv(v: &PersistentVolume) -> String {
+    v.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
 fn pod_phase(p: &Pod) -> String {
     p.status
         .as_ref()
@@ -444,18 +451,36 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
         text(&o)
     );
 
-    // Deleting the claim releases the volume; reclaim Delete removes its
-    // directory on its node, then the volume.
-    pods.delete("reader", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(LONG, "the reader gone", || async {
-        pods.get_opt("reader").await.ok()?.is_none().then_some(())
-    })
-    .await
-    .unwrap();
+    // A claim a pod still uses is only marked for deletion
+    // (kubernetes.io/pvc-protection): the data stays under the pod.
     claims
         .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    let c = claims.get("data").await.unwrap();
+    assert!(c.metadata.deletion_timestamp.is_some());
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &["get", "pvc", "data", "-n", NS, "--no-headers"],
+    );
+    assert!(rows(&o)[0].starts_with("data Terminating "), "{}", text(&o));
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &["exec", "-n", NS, "reader", "--", "cat", "/data/file"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello\n",
+        "{}",
+        text(&o)
+    );
+    assert!(dir.join("file").exists());
+
+    // Once the pod is gone the claim goes, the volume is released, and
+    // reclaim Delete removes its directory on its node, then the volume.
+    pods.delete("reader", &DeleteParams::default())
         .await
         .unwrap();
     let reclaimed = eventually(
@@ -488,6 +513,83 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
                 .starts_with("helper-pod-delete-")
         }))
         .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // A volume made by hand binds to a claim that fits it (the smallest
+    // fitting one, Immediate: no class object), and Retain keeps it
+    // Released after its claim is gone.
+    let manual_dir = bed.dir().join("manual-volume");
+    for (name, size) in [("manual-big", "5Gi"), ("manual-small", "2Gi")] {
+        let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "manual",
+                "hostPath": {"path": manual_dir.join(name).to_string_lossy()}}});
+        let o = kubectl_stdin(&k, &kubeconfig, &["apply", "-f", "-"], &pv.to_string());
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let manual = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "manual", "namespace": NS},
+        "spec": {"storageClassName": "manual", "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}});
+    let o = kubectl_stdin(&k, &kubeconfig, &["apply", "-f", "-"], &manual.to_string());
+    assert!(o.status.success(), "{}", text(&o));
+    let bound = eventually(LONG, "the manual claim Bound", || async {
+        let c = claims.get("manual").await.ok()?;
+        (phase_of_claim(&c) == "Bound").then_some(c)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    assert_eq!(
+        bound.spec.as_ref().unwrap().volume_name.as_deref(),
+        Some("manual-small")
+    );
+    assert_eq!(
+        bound.status.as_ref().unwrap().capacity.as_ref().unwrap()["storage"].0,
+        "2Gi"
+    );
+    let pv = pvs.get("manual-small").await.unwrap();
+    assert!(
+        pv.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == "kubernetes.io/pv-protection")),
+        "{pv:?}"
+    );
+    claims
+        .delete("manual", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(LONG, "the manual volume Released", || async {
+        let pv = pvs.get("manual-small").await.ok()?;
+        (pv.status?.phase.as_deref() == Some("Released")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &["get", "pv", "manual-small", "--no-headers"],
+    );
+    assert!(
+        rows(&o)[0].starts_with(&format!(
+            "manual-small 2Gi RWO Retain Released {NS}/manual manual <unset> "
+        )),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        phase_of_pv(&pvs.get("manual-big").await.unwrap()),
+        "Available"
+    );
+    for name in ["manual-big", "manual-small"] {
+        pvs.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually(LONG, "the manual volumes deleted", || async {
+        let list = pvs.list(&ListParams::default()).await.ok()?;
+        list.items.is_empty().then_some(())
     })
     .await
     .unwrap();
