@@ -451,6 +451,43 @@ async fn local_path_volumes_persist_and_are_reclaimed() {
         text(&o)
     );
 
+    // A pod that must run elsewhere cannot have the volume: upstream's
+    // message names the conflict.
+    let mut misplaced = user_pod("misplaced", Some("s1"));
+    misplaced.spec.as_mut().unwrap().containers[0].command = Some(vec!["true".to_string()]);
+    pods.create(&PostParams::default(), &misplaced)
+        .await
+        .unwrap();
+    let why = eventually(LONG, "the misplaced pod Unschedulable", || async {
+        let p = pods.get("misplaced").await.ok()?;
+        let c = p
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+        c.message
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        why,
+        "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, \
+         1 node(s) had volume node affinity conflict. preemption: 0/2 nodes are available: \
+         2 Preemption is not helpful for scheduling."
+    );
+    pods.delete("misplaced", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(LONG, "the misplaced pod gone", || async {
+        pods.get_opt("misplaced")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
     // A claim a pod still uses is only marked for deletion
     // (kubernetes.io/pvc-protection): the data stays under the pod.
     claims

@@ -642,7 +642,7 @@ impl Scheduler {
         let plan = match crate::volumes::plan(&self.client, &pod).await {
             Ok(p) => p,
             Err(why) => {
-                let msg = format!("0/{total} nodes are available: {why}.");
+                let msg = FitError::pre_filter(&why, total);
                 self.unschedulable(&pod, key, msg).await;
                 return;
             }
@@ -657,31 +657,28 @@ impl Scheduler {
                 .filter(|(_, k)| plan.allows(&k.node))
                 .map(|(n, k)| (n.clone(), k.clone()))
                 .collect::<BTreeMap<_, _>>();
-            if limited.is_empty() {
-                let msg = format!(
-                    "0/{total} nodes are available: {total} node(s) had volume node affinity conflict."
-                );
-                self.unschedulable(&pod, key, msg).await;
-                return;
-            }
             &limited
         };
+        let conflicts = total - nodes.len();
         let enough = predicates::feasible_nodes_to_find(nodes.len());
-        let (decision, examined) = decide_from(&pod, nodes, &self.cache, self.next_start, enough);
+        let (decision, examined) = if nodes.is_empty() {
+            (Err(FitError::default()), 0)
+        } else {
+            decide_from(&pod, nodes, &self.cache, self.next_start, enough)
+        };
         self.next_start = self.next_start.wrapping_add(examined);
         match decision {
             Ok(node) => {
                 if let Err(e) = crate::volumes::select_node(&self.client, &plan, &node).await {
-                    let msg = format!(
-                        "0/{total} nodes are available: selecting node {node:?} for the pod's claims: {e}."
-                    );
-                    self.unschedulable(&pod, key, msg).await;
+                    let why = format!("selecting node {node:?} for the pod's claims: {e}");
+                    self.unschedulable(&pod, key, FitError::pre_filter(&why, total))
+                        .await;
                     return;
                 }
                 bindings.push(self.start_binding(pod, key, node));
             }
-            Err(fit) => {
-                let pod = pod.clone();
+            Err(mut fit) => {
+                fit.add_unresolvable(predicates::REASON_VOLUME_NODE_CONFLICT, conflicts);
                 self.unschedulable(&pod, key, fit.to_string()).await;
             }
         }
