@@ -1316,8 +1316,10 @@ mod tests {
 
     #[test]
     fn volume_conflicts_join_the_histogram() {
-        let mut fit = FitError::default();
-        fit.num_nodes = 1;
+        let mut fit = FitError {
+            num_nodes: 1,
+            ..Default::default()
+        };
         fit.reasons.insert(REASON_NODE_AFFINITY.to_string(), 1);
         fit.preemption.insert(PREEMPTION_NOT_HELPFUL, 1);
         fit.add_unresolvable(REASON_VOLUME_NODE_CONFLICT, 1);
