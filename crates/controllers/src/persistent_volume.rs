@@ -327,12 +327,39 @@ impl Binder {
                 }
             }
             Some(c) => {
-                let bound_here = c.spec.as_ref().and_then(|s| s.volume_name.as_deref())
-                    == pv.metadata.name.as_deref();
-                if bound_here {
+                let claimed = c
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.volume_name.as_deref())
+                    .filter(|v| !v.is_empty());
+                if claimed == pv.metadata.name.as_deref() {
                     self.set_pv_phase(pv, "Bound", None).await;
+                } else if claimed.is_some()
+                    && annotation(&pv.metadata, BOUND_BY_CONTROLLER).is_some()
+                {
+                    // The claim went to another volume (a binder racing
+                    // this one): what the binder reserved here is undone.
+                    self.unbind(pv).await;
                 }
             }
+        }
+    }
+
+    async fn unbind(&self, pv: &PersistentVolume) {
+        let name = pv.metadata.name.clone().unwrap_or_default();
+        let mut new = pv.clone();
+        if let Some(spec) = new.spec.as_mut() {
+            spec.claim_ref = None;
+        }
+        if let Some(a) = new.metadata.annotations.as_mut() {
+            a.remove(BOUND_BY_CONTROLLER);
+        }
+        match self.pvs.replace(&name, &PostParams::default(), &new).await {
+            Ok(v) => {
+                info!(volume = %name, "persistentvolume: reservation for another claim's volume undone");
+                self.set_pv_phase(&v, "Available", None).await;
+            }
+            Err(e) => debug!(volume = %name, error = %e, "persistentvolume: unbinding"),
         }
     }
 
