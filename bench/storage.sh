@@ -16,7 +16,8 @@
 # Prints p50 / p99 / max and the ratios claim pod / emptyDir pod, and
 # writes them as Markdown to bench/results/storage.md.
 #
-# Usage: bench/storage.sh [--rounds N] [--no-build] [--out FILE] [--keep]
+# Usage: bench/storage.sh [--rounds N] [--no-build] [--binary FILE] [--out FILE] [--keep]
+# (--binary: run that rke2 instead of the release build, implies --no-build)
 # Needs root, containerd, runc, the CNI plugins, busybox-static, etcd,
 # kubectl, python3 with the kubernetes client (scripts/install.sh). Not
 # part of the test suite.
@@ -25,6 +26,7 @@ set -euo pipefail
 
 ROUNDS=20
 BUILD=1
+BINARY=""
 KEEP=0
 ADDR=127.77.9.10
 DEADLINE=180
@@ -36,12 +38,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/bench/results/storage.md"
 ARGS="$*"
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) ROUNDS="${2:?--rounds needs a number}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --binary) BINARY="${2:?--binary needs a file}"; BUILD=0; shift 2 ;;
         --out) OUT="${2:?--out needs a file}"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -111,7 +114,7 @@ if (( BUILD )); then
     log "building: cargo build --release -p rke2 (target dir $TARGET_DIR)"
     cargo build --release -p rke2 >&2
 fi
-RKE2="$TARGET_DIR/release/rke2"
+RKE2="${BINARY:-$TARGET_DIR/release/rke2}"
 [[ -x "$RKE2" ]] || die "$RKE2 not found (build it, or drop --no-build)"
 for port in 6443 9345 2379 2380 10250; do
     ss -Hltn "src $ADDR:$port" 2>/dev/null | grep -q . && die "$ADDR:$port is already in use"
