@@ -186,6 +186,15 @@ fn decide_node(node: &str, verb: &str, path: &ResourcePath, query: &Query) -> De
                 scoped
             }
         }
+        // Upstream's authorizeGet of claims and volumes: those the
+        // node's pods use (pod -> pvc -> pv).
+        ("", "persistentvolumeclaims" | "persistentvolumes") => {
+            if verb != "get" || sub.is_some() {
+                deny("can only get individual resources of this type")
+            } else {
+                related(path.name.clone())
+            }
+        }
         // The kubelet's static rules (upstream's NodeRules).
         ("", "events") if matches!(verb, "create" | "update" | "patch") => scoped,
         ("", "services") if read => scoped,
@@ -245,9 +254,12 @@ pub async fn authorize(
             let ns = path.namespace.as_deref().unwrap_or("");
             // Related to the node, or allowed by RBAC (still held to
             // NodeRestriction as a node).
-            if crate::node_authorizer::related(state, &node, &path.rt.plural, ns, &name).await
-                || rbac(path).await
-            {
+            let related = if path.rt.plural == "persistentvolumes" {
+                crate::node_authorizer::related_volume(state, &node, &name).await
+            } else {
+                crate::node_authorizer::related(state, &node, &path.rt.plural, ns, &name).await
+            };
+            if related || rbac(path).await {
                 Ok(Some(node))
             } else {
                 let mut named = path.clone();

@@ -1525,6 +1525,9 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "service-controller",
     "endpoint-controller",
     "endpointslice-controller",
+    "persistent-volume-binder",
+    "pvc-protection-controller",
+    "pv-protection-controller",
 ];
 
 /// Objects an earlier version of this server created and no longer

@@ -54,6 +54,7 @@ pub mod serviceaccounts;
 pub mod services;
 pub mod ssa;
 pub mod status;
+pub mod storage;
 pub mod strategy;
 pub mod table;
 pub mod tokens;

@@ -75,8 +75,43 @@ pub fn references(pod: &Value, plural: &str, name: &str) -> bool {
                     || arr(&v["projected"]["sources"]).any(|s| is(&s["configMap"]["name"]))
             })
         }
+        "persistentvolumeclaims" => {
+            arr(&spec["volumes"]).any(|v| is(&v["persistentVolumeClaim"]["claimName"]))
+        }
         _ => false,
     }
+}
+
+/// The claims a pod's volumes name.
+fn claims(pod: &Value) -> impl Iterator<Item = &str> {
+    arr(&pod["spec"]["volumes"]).filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+}
+
+/// Whether a pod bound to `node` uses a claim bound to the
+/// PersistentVolume `name` (upstream's graph edge pod → pvc → pv).
+pub async fn related_volume(state: &ApiState, node: &str, name: &str) -> bool {
+    let pods_rt = crate::registry::find("", "v1", "pods").expect("pods are served");
+    let claims_rt =
+        crate::registry::find("", "v1", "persistentvolumeclaims").expect("claims are served");
+    let Some(cache) = state.caches.ready(pods_rt).await else {
+        return false;
+    };
+    let Some(pods) = cache.pods_on_node(node) else {
+        return false;
+    };
+    for pod in pods.iter() {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
+        for claim in claims(pod) {
+            let key = claims_rt.key(Some(ns), claim);
+            if let Ok(Some(kv)) = state.store.get(&key).await
+                && let Ok(pvc) = serde_json::from_slice::<Value>(&kv.value)
+                && pvc["spec"]["volumeName"].as_str() == Some(name)
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn arr(v: &Value) -> impl Iterator<Item = &Value> {

@@ -57,6 +57,15 @@ pub enum Printer {
     /// NAME MIN AVAILABLE MAX UNAVAILABLE ALLOWED DISRUPTIONS AGE
     /// (`disruption`).
     PodDisruptionBudget,
+    /// NAME CAPACITY ACCESS MODES RECLAIM POLICY STATUS CLAIM STORAGECLASS
+    /// VOLUMEATTRIBUTESCLASS REASON AGE (`storage`).
+    PersistentVolume,
+    /// NAME STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS
+    /// VOLUMEATTRIBUTESCLASS AGE (`storage`).
+    PersistentVolumeClaim,
+    /// NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE
+    /// ALLOWVOLUMEEXPANSION AGE (`storage`).
+    StorageClass,
     /// NAME, the given columns (a CRD's `additionalPrinterColumns`; AGE
     /// is one of them by default).
     Columns(Vec<PrinterColumn>),
@@ -251,9 +260,9 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         // API aggregation (aggregator/mod.rs).
         rt!("apiregistration.k8s.io", "v1", "APIService", "apiservices", "apiservice", false, short: [], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::ApiService, status: true, gen: false, typed: k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService, strategy: crate::aggregator::ApiServiceStrategy),
         rt!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, short: ["crd", "crds"], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::Default, status: true, gen: true, typed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, strategy: crate::crd::CrdStrategy),
-        rt!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, short: ["pv"], cat: [], sub: ["status"], fields: [], Printer::Default, status: true, gen: false, typed: api::core::v1::PersistentVolume, strategy: strategy::Plain),
-        rt!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, short: ["pvc"], cat: [], sub: ["status"], fields: [], Printer::Default, status: true, gen: false, typed: api::core::v1::PersistentVolumeClaim, strategy: strategy::Plain),
-        rt!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, short: ["sc"], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::storage::v1::StorageClass, strategy: strategy::Plain),
+        rt!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, short: ["pv"], cat: [], sub: ["status"], fields: [], Printer::PersistentVolume, status: true, gen: false, typed: api::core::v1::PersistentVolume, strategy: crate::storage::PersistentVolume),
+        rt!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, short: ["pvc"], cat: [], sub: ["status"], fields: [], Printer::PersistentVolumeClaim, status: true, gen: false, typed: api::core::v1::PersistentVolumeClaim, strategy: crate::storage::PersistentVolumeClaim),
+        rt!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, short: ["sc"], cat: [], sub: [], fields: [], Printer::StorageClass, status: false, gen: false, typed: api::storage::v1::StorageClass, strategy: crate::storage::StorageClass),
         rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
     ]
 }

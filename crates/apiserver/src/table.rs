@@ -79,9 +79,27 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             v.extend(wide);
             v
         }
+        Printer::PersistentVolume | Printer::PersistentVolumeClaim => {
+            let (cols, wide) = if rt.printer == Printer::PersistentVolume {
+                crate::storage::pv_columns()
+            } else {
+                crate::storage::pvc_columns()
+            };
+            let mut v = vec![name];
+            v.extend(cols);
+            v.push(age);
+            v.extend(wide);
+            v
+        }
         Printer::PodDisruptionBudget => {
             let mut v = vec![name];
             v.extend(crate::disruption::columns());
+            v.push(age);
+            v
+        }
+        Printer::StorageClass => {
+            let mut v = vec![name];
+            v.extend(crate::storage::class_columns());
             v.push(age);
             v
         }
@@ -753,9 +771,28 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             v.extend(wide);
             v
         }
+        Printer::PersistentVolume | Printer::PersistentVolumeClaim => {
+            let (cells, wide) = if rt.printer == Printer::PersistentVolume {
+                crate::storage::pv_cells(obj)
+            } else {
+                crate::storage::pvc_cells(obj)
+            };
+            let mut v = vec![name];
+            v.extend(cells);
+            v.push(a);
+            v.extend(wide);
+            v
+        }
         Printer::PodDisruptionBudget => {
             let mut v = vec![name];
             v.extend(crate::disruption::cells(obj, now));
+            v.push(a);
+            v
+        }
+        Printer::StorageClass => {
+            let (name, cells) = crate::storage::class_cells(obj);
+            let mut v = vec![name];
+            v.extend(cells);
             v.push(a);
             v
         }

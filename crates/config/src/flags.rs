@@ -296,6 +296,14 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "Enable rke2 default cloud controller manager's service controller",
     ),
     flag(
+        "default-local-storage-path",
+        Str,
+        None,
+        "RKE2_DEFAULT_LOCAL_STORAGE_PATH",
+        false,
+        "Default local storage path for local provisioner storage class",
+    ),
+    flag(
         "with-node-id",
         Bool,
         None,

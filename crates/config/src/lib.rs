@@ -235,6 +235,10 @@ pub struct Config {
     /// `enable-servicelb`: LoadBalancer Services get the nodes' addresses
     /// (RKE2's ServiceLB).
     pub enable_servicelb: bool,
+    /// `default-local-storage-path`: where the built-in local-path
+    /// provisioner makes the volumes' directories on the nodes
+    /// (`<data-dir>/storage` when unset, as k3s's `<data-dir>/storage`).
+    pub default_local_storage_path: PathBuf,
 }
 
 /// A `profile` value.
@@ -1083,6 +1087,12 @@ fn build(
             .expect("default"),
         disable_kube_proxy: r.bool("disable-kube-proxy"),
         enable_servicelb: r.bool("enable-servicelb"),
+        default_local_storage_path: r
+            .str("default-local-storage-path")
+            .map(|(s, _)| PathBuf::from(s))
+            .unwrap_or_else(|| {
+                PathBuf::from(r.str("data-dir").expect("default").0).join("storage")
+            }),
     })
 }
 

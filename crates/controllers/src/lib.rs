@@ -20,8 +20,10 @@ pub mod helm;
 pub mod informer;
 pub mod job;
 pub mod leader;
+pub mod local_path;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod persistent_volume;
 pub mod replicaset;
 pub mod root_ca;
 pub mod server_removal;
@@ -29,6 +31,7 @@ pub mod serviceaccount;
 pub mod servicelb;
 pub mod taint_eviction;
 pub mod update;
+pub mod volume_protection;
 
 /// `namespace/name` of an object: how the loops key and log namespaced
 /// objects (client-go's `cache.MetaNamespaceKeyFunc`).

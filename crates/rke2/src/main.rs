@@ -37,8 +37,32 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 certificate <check|rotate> [flags]\n                        show certificate expiry; back up and remove leaf certificates to renew them at the next start\n  rke2 token rotate --token OLD --new-token NEW [--server URL]\n                        rotate the cluster token (then restart every server with it)\n  rke2 status [-o json] [server flags]\n                        this server's view of the cluster: etcd, apiservers, supervisors, certificates, snapshots, nodes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 helm-job <install|delete>\n                        run helm for a HelmChart (its helm-install-/helm-delete- Jobs run this)\n  rke2 ingress-controller [flags]\n                        route HTTP and HTTPS by Ingress rules (the rke2-ingress-nginx addon's pods run this)\n  rke2 metrics-server [flags]\n                        serve resource metrics for kubectl top (the rke2-metrics-server addon runs this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 certificate <check|rotate> [flags]\n                        show certificate expiry; back up and remove leaf certificates to renew them at the next start\n  rke2 token rotate --token OLD --new-token NEW [--server URL]\n                        rotate the cluster token (then restart every server with it)\n  rke2 status [-o json] [server flags]\n                        this server's view of the cluster: etcd, apiservers, supervisors, certificates, snapshots, nodes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 helm-job <install|delete>\n                        run helm for a HelmChart (its helm-install-/helm-delete- Jobs run this)\n  rke2 ingress-controller [flags]\n                        route HTTP and HTTPS by Ingress rules (the rke2-ingress-nginx addon's pods run this)\n  rke2 metrics-server [flags]\n                        serve resource metrics for kubectl top (the rke2-metrics-server addon runs this)\n  rke2 local-path-helper teardown <dir>\n                        remove a local-path volume's directory (the provisioner's helper pods run this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
+}
+
+/// `rke2 local-path-helper teardown <dir>`: what the local-path
+/// provisioner's helper pod runs on the volume's node.
+fn local_path_helper(args: &[OsString]) -> i32 {
+    let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    match args.as_slice() {
+        ["teardown", dir] => {
+            match rke2_controllers::local_path::teardown(std::path::Path::new(dir)) {
+                Ok(()) => {
+                    println!("removed {dir}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("rke2 local-path-helper: {e}");
+                    1
+                }
+            }
+        }
+        _ => {
+            eprintln!("usage: rke2 local-path-helper teardown <dir>");
+            2
+        }
+    }
 }
 
 /// Raises the soft limit on open files to the hard one: every client watch
@@ -96,6 +120,7 @@ fn main() {
         "dns" => std::process::exit(dns::main(&rest)),
         "dns-autoscaler" => std::process::exit(dns_autoscaler::main(&rest)),
         "helm-job" => std::process::exit(helm_job::main(&rest)),
+        "local-path-helper" => std::process::exit(local_path_helper(&rest)),
         "metrics-server" => std::process::exit(metrics_server::main(&rest)),
         "ingress-controller" => std::process::exit(ingress::main(&rest)),
         "" | "--help" | "-h" | "help" => {

@@ -664,6 +664,10 @@ async fn run_with_etcd(
                 duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
             },
             enable_servicelb: cfg.enable_servicelb,
+            local_path: rke2_controllers::local_path::Settings {
+                path: cfg.default_local_storage_path.clone(),
+                helper_image: rke2_runtime::addon_image::reference(),
+            },
             helm_jobs: rke2_controllers::helm::JobSettings {
                 default_image: rke2_runtime::addon_image::reference(),
                 // A bootstrap chart's Job runs on a server's host network
@@ -719,6 +723,8 @@ struct ControlPlane {
     signers: rke2_controllers::csr_signing::Signers,
     /// `enable-servicelb`: run ServiceLB.
     enable_servicelb: bool,
+    /// The built-in local-path provisioner (off with `disable: local-storage`).
+    local_path: rke2_controllers::local_path::Settings,
     /// What the HelmChart controller's Jobs run with.
     helm_jobs: rke2_controllers::helm::JobSettings,
 }
@@ -870,6 +876,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
         cluster_cidr,
         signers,
         enable_servicelb,
+        local_path,
         helm_jobs,
         ..
     } = cp;
@@ -890,6 +897,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
             let root_ca_pem = root_ca_pem.clone();
             let signers = signers.clone();
             let helm_jobs = helm_jobs.clone();
+            let local_path = local_path.clone();
             async move {
                 let mut loops = tokio::task::JoinSet::new();
                 loops.spawn(rke2_controllers::server_removal::run(
@@ -924,6 +932,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                         rke2_controllers::helm::run(client, helm_jobs, lead).await;
                     });
                 }
+                let run_local_path = !disabled_addons.0.iter().any(|d| d == "local-storage");
                 loops.spawn(rke2_controllers::addons::remove_disabled(
                     client.clone(),
                     disabled_addons.0,
@@ -997,6 +1006,22 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     signers,
                     lead.clone(),
                 ));
+                loops.spawn(c::persistent_volume::run(
+                    clients.of("persistent-volume-binder"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::volume_protection::run_claims(
+                    clients.of("pvc-protection-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::volume_protection::run_volumes(
+                    clients.of("pv-protection-controller"),
+                    lead.clone(),
+                ));
+                // k3s's `local-storage` component, run by the supervisor.
+                if run_local_path {
+                    loops.spawn(c::local_path::run(client.clone(), local_path, lead.clone()));
+                }
                 while loops.join_next().await.is_some() {}
             }
         },

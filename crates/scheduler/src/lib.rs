@@ -16,6 +16,7 @@
 
 pub mod predicates;
 mod scheduler;
+pub mod volumes;
 
 pub use scheduler::{SCHEDULER_NAME, run};
 

@@ -232,6 +232,24 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
         })
 }
 
+/// Whether a PersistentVolume may be used on `node`: its
+/// `spec.nodeAffinity.required` (any term matches), or no affinity at all
+/// (upstream's `CheckNodeAffinity` of the volume binding plugin).
+pub fn volume_fits_node(pv: &k8s_openapi::api::core::v1::PersistentVolume, node: &Node) -> bool {
+    let Some(required) = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+    else {
+        return true;
+    };
+    required
+        .node_selector_terms
+        .iter()
+        .any(|t| term_matches(t, node))
+}
+
 /// NodeAffinity filter: `spec.nodeSelector` (every label equal) and the
 /// required node affinity (any term matches).
 pub fn check_node_affinity(pod: &Pod, node: &Node) -> Result<(), String> {
@@ -714,6 +732,31 @@ fn histogram<K: fmt::Display>(counts: &BTreeMap<K, usize>) -> String {
     let mut parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     parts.sort();
     parts.join(", ")
+}
+
+/// The filter reason of a node the pod's bound volumes may not be used on
+/// (upstream's `ErrReasonNodeConflict`).
+pub const REASON_VOLUME_NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
+
+impl FitError {
+    /// Counts `nodes` more nodes, filtered out for `reason` where
+    /// preemption cannot help (a filter outside [`select_among_first`]).
+    pub fn add_unresolvable(&mut self, reason: &str, nodes: usize) {
+        if nodes == 0 {
+            return;
+        }
+        self.num_nodes += nodes;
+        *self.reasons.entry(reason.to_string()).or_default() += nodes;
+        *self.preemption.entry(PREEMPTION_NOT_HELPFUL).or_default() += nodes;
+    }
+
+    /// A failure before any node is filtered (upstream's PreFilter):
+    /// `why` for all `nodes`.
+    pub fn pre_filter(why: &str, nodes: usize) -> String {
+        format!(
+            "0/{nodes} nodes are available: {why}. preemption: 0/{nodes} nodes are available: {nodes} {PREEMPTION_NOT_HELPFUL}."
+        )
+    }
 }
 
 impl fmt::Display for FitError {
@@ -1269,5 +1312,43 @@ mod tests {
         assert_eq!(select_node(&pod(json!({})), &soft, [&busy_b]).unwrap(), "b");
         let tolerant = pod(json!({"tolerations": [{"key": "k", "operator": "Exists"}]}));
         assert_eq!(select_node(&tolerant, &soft, [&busy_b]).unwrap(), "a");
+    }
+
+    #[test]
+    fn volume_conflicts_join_the_histogram() {
+        let mut fit = FitError {
+            num_nodes: 1,
+            ..Default::default()
+        };
+        fit.reasons.insert(REASON_NODE_AFFINITY.to_string(), 1);
+        fit.preemption.insert(PREEMPTION_NOT_HELPFUL, 1);
+        fit.add_unresolvable(REASON_VOLUME_NODE_CONFLICT, 1);
+        assert_eq!(
+            fit.to_string(),
+            "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, \
+             1 node(s) had volume node affinity conflict. preemption: 0/2 nodes are available: \
+             2 Preemption is not helpful for scheduling."
+        );
+        assert_eq!(
+            FitError::pre_filter("pod has unbound immediate PersistentVolumeClaims", 3),
+            "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. \
+             preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+        );
+    }
+
+    #[test]
+    fn volume_node_affinity() {
+        let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": "v"},
+            "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]}]}}}
+        }))
+        .unwrap();
+        let on = |h: &str| node(h, json!({"kubernetes.io/hostname": h}), json!([]));
+        assert!(volume_fits_node(&pv, &on("a")));
+        assert!(!volume_fits_node(&pv, &on("b")));
+        let free: k8s_openapi::api::core::v1::PersistentVolume =
+            serde_json::from_value(json!({"metadata": {"name": "v"}, "spec": {}})).unwrap();
+        assert!(volume_fits_node(&free, &on("b")));
     }
 }

@@ -125,6 +125,7 @@ fn time_now() -> String {
 }
 
 /// A Node as the scheduler keeps it.
+#[derive(Clone)]
 struct KnownNode {
     node: Node,
     /// Derived from `node` when its fingerprint last changed; everything
@@ -634,17 +635,50 @@ impl Scheduler {
         if !wants_scheduling(pod) || self.cache.is_assumed(key) {
             return;
         }
-        let enough = predicates::feasible_nodes_to_find(self.nodes.len());
-        let (decision, examined) =
-            decide_from(pod, &self.nodes, &self.cache, self.next_start, enough);
+        let pod = pod.clone();
+        let total = self.nodes.len();
+        // The pod's claims: bound volumes limit the nodes, unbound
+        // WaitForFirstConsumer claims learn the node chosen.
+        let plan = match crate::volumes::plan(&self.client, &pod).await {
+            Ok(p) => p,
+            Err(why) => {
+                let msg = FitError::pre_filter(&why, total);
+                self.unschedulable(&pod, key, msg).await;
+                return;
+            }
+        };
+        let limited;
+        let nodes = if plan.bound.is_empty() {
+            &self.nodes
+        } else {
+            limited = self
+                .nodes
+                .iter()
+                .filter(|(_, k)| plan.allows(&k.node))
+                .map(|(n, k)| (n.clone(), k.clone()))
+                .collect::<BTreeMap<_, _>>();
+            &limited
+        };
+        let conflicts = total - nodes.len();
+        let enough = predicates::feasible_nodes_to_find(nodes.len());
+        let (decision, examined) = if nodes.is_empty() {
+            (Err(FitError::default()), 0)
+        } else {
+            decide_from(&pod, nodes, &self.cache, self.next_start, enough)
+        };
         self.next_start = self.next_start.wrapping_add(examined);
         match decision {
             Ok(node) => {
-                let pod = pod.clone();
+                if let Err(e) = crate::volumes::select_node(&self.client, &plan, &node).await {
+                    let why = format!("selecting node {node:?} for the pod's claims: {e}");
+                    self.unschedulable(&pod, key, FitError::pre_filter(&why, total))
+                        .await;
+                    return;
+                }
                 bindings.push(self.start_binding(pod, key, node));
             }
-            Err(fit) => {
-                let pod = pod.clone();
+            Err(mut fit) => {
+                fit.add_unresolvable(predicates::REASON_VOLUME_NODE_CONFLICT, conflicts);
                 self.unschedulable(&pod, key, fit.to_string()).await;
             }
         }

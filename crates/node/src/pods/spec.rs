@@ -361,6 +361,15 @@ pub fn container_config(
                 }),
                 run_as_user: run_as_user.map(|v| api::Int64Value { value: v }),
                 run_as_group: run_as_group.map(|v| api::Int64Value { value: v }),
+                // The pod's supplemental groups and its fsGroup, as kubelet
+                // adds the fsGroup so the container can use its volumes.
+                supplemental_groups: pod_sc
+                    .supplemental_groups
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(pod_sc.fs_group)
+                    .collect(),
                 readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
                 no_new_privs: sc.allow_privilege_escalation == Some(false),
                 ..Default::default()

@@ -519,6 +519,17 @@ pub async fn prepare(
         let host = prepare_one(sources, pod, &v, &dir, tokens)
             .await
             .map_err(fail)?;
+        if let Some(gid) = fs_group_of(pod)
+            && owned_by_fs_group(&v)
+            && !(keeps_data(&v) && root_owned(&host, gid))
+        {
+            let read_only = v
+                .persistent_volume_claim
+                .as_ref()
+                .and_then(|c| c.read_only)
+                .unwrap_or(false);
+            set_ownership(&host, gid, read_only).map_err(fail)?;
+        }
         out.insert(v.name.clone(), host);
     }
     Ok(out)
@@ -557,9 +568,141 @@ async fn prepare_one(
         }
         return Ok(dir.to_path_buf());
     }
+    if let Some(c) = &v.persistent_volume_claim {
+        let path = claim_path(sources, &c.claim_name).await?;
+        if !Path::new(&path).exists() {
+            // Open to every user, as k3s's provisioner makes it
+            // (`mkdir -m 0777`): the pod's user is not known in advance.
+            use std::os::unix::fs::PermissionsExt;
+            mkdir(Path::new(&path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("changing the mode of {path}: {e}"))?;
+        }
+        return host_path(&path, Some("Directory"));
+    }
     if let Some(h) = &v.host_path {
-        let p = PathBuf::from(&h.path);
-        let t = h.type_.as_deref().unwrap_or("");
+        return host_path(&h.path, h.type_.as_deref());
+    }
+    prepare_files(sources, pod, v, dir, tokens).await
+}
+
+/// The pod's `securityContext.fsGroup`.
+fn fs_group_of(pod: &Pod) -> Option<u32> {
+    pod.spec
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .fs_group
+        .and_then(|g| u32::try_from(g).ok())
+}
+
+/// The volume types whose ownership kubelet hands to the fsGroup
+/// (`SetVolumeOwnership`): emptyDir, claims and the files it writes;
+/// never a hostPath, which belongs to the node.
+fn owned_by_fs_group(v: &Volume) -> bool {
+    v.empty_dir.is_some()
+        || v.persistent_volume_claim.is_some()
+        || v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+}
+
+/// Volumes whose content outlives a refresh: walked once, then left
+/// alone while their root has the group and setgid (kubelet's
+/// `OnRootMismatch`), since containers' new files inherit the group.
+fn keeps_data(v: &Volume) -> bool {
+    v.empty_dir.is_some() || v.persistent_volume_claim.is_some()
+}
+
+fn root_owned(dir: &Path, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.gid() == gid && m.mode() & 0o2000 != 0)
+}
+
+/// kubelet's `SetVolumeOwnership`: every file and directory under `dir`
+/// gets group `gid` and group read (and write unless `read_only`) access;
+/// directories also group execute and setgid, so what the containers
+/// create there stays in the group.
+pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta =
+            std::fs::symlink_metadata(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.gid() != gid {
+            std::os::unix::fs::chown(&p, None, Some(gid))
+                .map_err(|e| format!("changing the group of {}: {e}", p.display()))?;
+        }
+        let mut mode = meta.mode() & 0o7777 | mask;
+        if meta.is_dir() {
+            mode |= 0o110 | 0o2000;
+            for entry in
+                std::fs::read_dir(&p).map_err(|e| format!("reading {}: {e}", p.display()))?
+            {
+                stack.push(
+                    entry
+                        .map_err(|e| format!("reading {}: {e}", p.display()))?
+                        .path(),
+                );
+            }
+        }
+        if mode != meta.mode() & 0o7777 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("changing the mode of {}: {e}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the volume bound to claim `name` lives on this node: the
+/// path of its `hostPath` or `local` source.
+async fn claim_path(sources: &Sources<'_>, name: &str) -> Result<String, String> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(sources.client.clone(), &sources.namespace);
+    let claim = claims
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading persistentvolumeclaim {name:?}: {e}"))?
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let volume = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|v| !v.is_empty() && bound)
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} is not bound"))?;
+    let volumes: Api<PersistentVolume> = Api::all(sources.client.clone());
+    let pv = volumes
+        .get_opt(&volume)
+        .await
+        .map_err(|e| format!("reading persistentvolume {volume:?}: {e}"))?
+        .ok_or_else(|| format!("persistentvolume {volume:?} not found"))?;
+    let spec = pv.spec.unwrap_or_default();
+    if let Some(h) = spec.host_path {
+        return Ok(h.path);
+    }
+    if let Some(l) = spec.local {
+        return Ok(l.path);
+    }
+    Err(format!(
+        "persistentvolume {volume:?}: unsupported volume type (supported for claims: hostPath, local)"
+    ))
+}
+
+/// A hostPath volume (or a claim's directory): the path, checked
+/// against (or created as) its `type`.
+fn host_path(path: &str, type_: Option<&str>) -> Result<PathBuf, String> {
+    let mkdir =
+        |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()));
+    {
+        let p = PathBuf::from(path);
+        let t = type_.unwrap_or("");
         use std::os::unix::fs::FileTypeExt;
         let meta = std::fs::metadata(&p).ok();
         let ok = match t {
@@ -592,13 +735,19 @@ async fn prepare_one(
             other => return Err(format!("unknown hostPath type {other:?}")),
         };
         if !ok {
-            return Err(format!(
-                "hostPath type check failed: {} is not a {t}",
-                h.path
-            ));
+            return Err(format!("hostPath type check failed: {path} is not a {t}"));
         }
-        return Ok(p);
+        Ok(p)
     }
+}
+
+async fn prepare_files(
+    sources: &mut Sources<'_>,
+    pod: &Pod,
+    v: &Volume,
+    dir: &Path,
+    tokens: &mut TokenCache,
+) -> Result<PathBuf, String> {
     let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(0o644) as u32;
@@ -634,14 +783,56 @@ async fn prepare_one(
             }
         }
     } else {
-        return Err("unsupported volume type (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected)".into());
+        return Err("unsupported volume type (supported: emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI, projected)".into());
     }
     write_files(dir, &files)?;
     Ok(dir.to_path_buf())
 }
 
-/// The mounts of container `c` from its volumeMounts.
-pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<Mount>, String> {
+/// Creates the missing directories of `sub` under `base` with the
+/// volume root's mode, as kubelet's `SafeMakeDir` (so a volume its
+/// fsGroup may write gives the same to its sub paths; the group comes
+/// from the root's setgid).
+fn make_sub_path(base: &Path, sub: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(base)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o755);
+    let mut at = base.to_path_buf();
+    for part in Path::new(sub).components() {
+        at.push(part);
+        if at.exists() {
+            continue;
+        }
+        std::fs::create_dir(&at).map_err(|e| format!("creating subPath {}: {e}", at.display()))?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("creating subPath {}: {e}", at.display()))?;
+    }
+    Ok(())
+}
+
+/// The mounts of container `c` of `pod` from its volumeMounts:
+/// `subPath`, or `subPathExpr` expanded with the container's `env`, and
+/// read-only where the mount or the claim says so.
+pub fn mounts(
+    pod: &Pod,
+    c: &Container,
+    volumes: &HashMap<String, PathBuf>,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<Mount>, String> {
+    let read_only_claims: Vec<&str> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.read_only == Some(true))
+        })
+        .map(|v| v.name.as_str())
+        .collect();
     let mut out = Vec::new();
     for vm in c.volume_mounts.clone().unwrap_or_default() {
         let Some(base) = volumes.get(&vm.name) else {
@@ -651,7 +842,16 @@ pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<M
             ));
         };
         let mut host = base.clone();
-        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        let expanded = vm
+            .sub_path_expr
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|e| super::spec::expand(e, env));
+        if let Some(sub) = expanded
+            .as_deref()
+            .or(vm.sub_path.as_deref())
+            .filter(|s| !s.is_empty())
+        {
             if !safe_relative(sub) {
                 return Err(format!(
                     "invalid subPath {sub:?}: must be relative, without '..'"
@@ -659,14 +859,13 @@ pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<M
             }
             host = base.join(sub);
             if !host.exists() {
-                std::fs::create_dir_all(&host)
-                    .map_err(|e| format!("creating subPath {}: {e}", host.display()))?;
+                make_sub_path(base, sub)?;
             }
         }
         out.push(Mount {
             host_path: host,
             container_path: vm.mount_path.clone(),
-            readonly: vm.read_only.unwrap_or(false),
+            readonly: vm.read_only.unwrap_or(false) || read_only_claims.contains(&vm.name.as_str()),
         });
     }
     Ok(out)
@@ -675,6 +874,68 @@ pub fn mounts(c: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_group_owns_the_volume_and_sub_paths_inherit() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("vol");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/f"), b"x").unwrap();
+        std::fs::set_permissions(root.join("a/f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        set_ownership(&root, 4321, false).unwrap();
+        let m = |p: &Path| std::fs::metadata(p).unwrap();
+        assert_eq!(m(&root).gid(), 4321);
+        assert_eq!(m(&root).mode() & 0o2070, 0o2070, "group rwx and setgid");
+        assert_eq!(m(&root.join("a/f")).gid(), 4321);
+        assert_eq!(m(&root.join("a/f")).mode() & 0o777, 0o660);
+        assert!(root_owned(&root, 4321));
+        assert!(!root_owned(&root, 1));
+        // A sub path made later takes the root's mode and, by setgid, its group.
+        make_sub_path(&root, "x/y").unwrap();
+        assert_eq!(
+            m(&root.join("x/y")).mode() & 0o7777,
+            m(&root).mode() & 0o7777
+        );
+        assert_eq!(m(&root.join("x/y")).gid(), 4321);
+    }
+
+    #[test]
+    fn sub_path_expr_expands_and_read_only_claims_stay_read_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"spec": {"containers": [], "volumes": [
+            {"name": "ro", "persistentVolumeClaim": {"claimName": "c", "readOnly": true}},
+            {"name": "rw", "emptyDir": {}}]}}))
+            .unwrap();
+        let c: Container =
+            serde_json::from_value(serde_json::json!({"name": "app", "volumeMounts": [
+            {"name": "ro", "mountPath": "/ro"},
+            {"name": "rw", "mountPath": "/rw", "subPathExpr": "logs/$(POD_NAME)"},
+            {"name": "rw", "mountPath": "/bad", "subPathExpr": "$(UP)/x"}]}))
+            .unwrap();
+        let vols: HashMap<String, PathBuf> = [
+            ("ro".to_string(), tmp.path().join("ro")),
+            ("rw".to_string(), tmp.path().join("rw")),
+        ]
+        .into();
+        std::fs::create_dir_all(tmp.path().join("rw")).unwrap();
+        let mut env = BTreeMap::new();
+        env.insert("POD_NAME".to_string(), "p-1".to_string());
+        env.insert("UP".to_string(), "..".to_string());
+        let err = mounts(&pod, &c, &vols, &env).unwrap_err();
+        assert!(err.contains("invalid subPath \"../x\""), "{err}");
+        let c: Container =
+            serde_json::from_value(serde_json::json!({"name": "app", "volumeMounts": [
+            {"name": "ro", "mountPath": "/ro"},
+            {"name": "rw", "mountPath": "/rw", "subPathExpr": "logs/$(POD_NAME)"}]}))
+            .unwrap();
+        let m = mounts(&pod, &c, &vols, &env).unwrap();
+        assert!(m[0].readonly);
+        assert_eq!(m[1].host_path, tmp.path().join("rw/logs/p-1"));
+        assert!(!m[1].readonly);
+        assert!(tmp.path().join("rw/logs/p-1").is_dir());
+    }
 
     #[test]
     fn write_files_replaces_and_prunes() {

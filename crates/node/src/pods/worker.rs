@@ -726,7 +726,12 @@ impl Worker {
                 return;
             }
         };
-        let mounts = match volumes::mounts(c, self.volumes.as_ref().unwrap_or(&HashMap::new())) {
+        let mounts = match volumes::mounts(
+            &self.pod,
+            c,
+            self.volumes.as_ref().unwrap_or(&HashMap::new()),
+            &env,
+        ) {
             Ok(m) => m,
             Err(msg) => {
                 self.mem.entry(k).or_default().waiting =
