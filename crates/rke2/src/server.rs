@@ -175,6 +175,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // server will not have, and addresses we cannot listen on.
     crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
     crate::preflight::profile(&cfg)?;
+    let snapshot_schedule = crate::preflight::etcd_snapshots(&cfg)?;
     let pod_security = crate::preflight::pod_security(&cfg)?;
     let audit = crate::preflight::audit(&cfg)?.map(std::sync::Arc::new);
     crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
@@ -296,6 +297,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         peer_key_file: trust.etcd_peer.key_path.clone(),
     })?;
     let ctx = Running {
+        snapshot_schedule,
         cfg: &cfg,
         trust: &trust,
         etcd: &etcd,
@@ -317,6 +319,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 
 /// What the server holds once etcd runs.
 struct Running<'a> {
+    /// The scheduled etcd snapshots, unless `etcd-disable-snapshots`.
+    snapshot_schedule: Option<crate::etcd_snapshot::schedule::Schedule>,
     cfg: &'a Config,
     trust: &'a ServerTrust,
     etcd: &'a EtcdProcess,
@@ -349,6 +353,7 @@ async fn run_with_etcd(
         passwd,
         pod_security,
         audit,
+        snapshot_schedule,
     } = ctx;
     let own_client_url = format!("https://{}:2379", url_host(&node_ip));
     let store = Store::connect(&endpoints, Some(&store_tls))
@@ -360,12 +365,19 @@ async fn run_with_etcd(
         _ = sigint.recv() => return Ok(()),
     }
     info!(elapsed = ?started.elapsed(), "etcd is healthy");
+    // `rke2 etcd-snapshot` reaches this member without the server's flags.
+    rke2_trust::write_file_atomic(
+        &crate::etcd_snapshot::local::endpoint_file(&cfg.data_dir),
+        own_client_url.as_bytes(),
+        0o644,
+    )
+    .context("recording the etcd client URL for rke2 etcd-snapshot")?;
     crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
     write_tokens(cfg, &cfg.data_dir.join("server"), trust, &token)?;
     let stop = CancellationToken::new();
     tokio::spawn(crate::cluster::run_membership(
         store.clone(),
-        own_client_url,
+        own_client_url.clone(),
         stop.clone(),
     ));
 
@@ -508,6 +520,32 @@ async fn run_with_etcd(
     )
     .with_context(|| format!("writing the kubeconfig {}", cfg.write_kubeconfig.display()))?;
     info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
+
+    // Every server snapshots its own member on the schedule (RKE2's), and
+    // keeps the ETCDSnapshotFile records of its snapshots.
+    if let Some(schedule) = snapshot_schedule {
+        let target = crate::etcd_snapshot::Target {
+            cfg: cfg.etcd_snapshot.clone(),
+            node: cfg.node_name.clone(),
+        };
+        let etcd = crate::etcd_snapshot::local::EtcdEndpoint {
+            url: own_client_url.clone(),
+            ca_pem: trust.etcd_server_ca.cert_pem.clone(),
+            cert_pem: trust.etcd_client.cert_pem.clone(),
+            key_pem: trust.etcd_client.key_pem.clone(),
+        };
+        let client = client.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::select! {
+                r = crate::etcd_snapshot::records::ensure_crd(&client, Duration::from_secs(600)) => r,
+                _ = stop.cancelled() => return,
+            } {
+                warn!(error = %e, "creating the ETCDSnapshotFile CRD; snapshots are taken without records");
+            }
+            crate::etcd_snapshot::schedule::run(target, schedule, etcd, client, stop).await;
+        });
+    }
 
     // The node role acts as this node (`system:node:<name>`), as an
     // agent's does, so the node authorizer and NodeRestriction bound it;
