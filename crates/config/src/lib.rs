@@ -1160,17 +1160,25 @@ fn build(
 }
 
 /// The `etcd-snapshot-*` and `etcd-s3-*` keys.
-fn etcd_snapshot_config(r: &Resolver, data_dir: &std::path::Path) -> Result<EtcdSnapshotConfig, ConfigError> {
+fn etcd_snapshot_config(
+    r: &Resolver,
+    data_dir: &std::path::Path,
+) -> Result<EtcdSnapshotConfig, ConfigError> {
     let retention = r
-        .parsed("etcd-snapshot-retention", |s| match s.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err("must be a whole number of at least 1"),
+        .parsed("etcd-snapshot-retention", |s| {
+            match s.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err("must be a whole number of at least 1"),
+            }
         })?
         .expect("default");
     let name = r.str("etcd-snapshot-name").expect("default");
     if name.0.is_empty()
         || name.0.contains('/')
-        || !name.0.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !name
+            .0
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(ConfigError::InvalidValue {
             origin: name.1,
@@ -1195,7 +1203,8 @@ fn etcd_snapshot_config(r: &Resolver, data_dir: &std::path::Path) -> Result<Etcd
                 origin: endpoint.1,
                 key: "etcd-s3-endpoint".into(),
                 value: endpoint.0,
-                reason: "give host[:port] without a scheme or path (etcd-s3-insecure selects http)".into(),
+                reason: "give host[:port] without a scheme or path (etcd-s3-insecure selects http)"
+                    .into(),
             });
         }
         Some(S3Config {
@@ -1211,7 +1220,9 @@ fn etcd_snapshot_config(r: &Resolver, data_dir: &std::path::Path) -> Result<Etcd
                 .map(|(v, _)| v.trim_matches('/').to_string())
                 .unwrap_or_default(),
             insecure: r.bool("etcd-s3-insecure"),
-            timeout: r.parsed("etcd-s3-timeout", parse_go_duration)?.expect("default"),
+            timeout: r
+                .parsed("etcd-s3-timeout", parse_go_duration)?
+                .expect("default"),
         })
     } else {
         None

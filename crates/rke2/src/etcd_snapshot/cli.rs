@@ -64,9 +64,7 @@ fn key_of(flag: &str) -> Option<&'static str> {
         "dir" | "etcd-snapshot-dir" => "etcd-snapshot-dir",
         "name" | "etcd-snapshot-name" => "etcd-snapshot-name",
         "compress" | "snapshot-compress" | "etcd-snapshot-compress" => "etcd-snapshot-compress",
-        "retention" | "snapshot-retention" | "etcd-snapshot-retention" => {
-            "etcd-snapshot-retention"
-        }
+        "retention" | "snapshot-retention" | "etcd-snapshot-retention" => "etcd-snapshot-retention",
         "s3" | "etcd-s3" => "etcd-s3",
         other => {
             let rest = other
@@ -237,7 +235,10 @@ async fn run(inv: Invocation, cfg: rke2_config::Config) -> i32 {
 }
 
 /// The admin API client of this server, when its API answers.
-async fn api_client(cfg: &rke2_config::Config, etcd: Option<&EtcdEndpoint>) -> Option<kube::Client> {
+async fn api_client(
+    cfg: &rke2_config::Config,
+    etcd: Option<&EtcdEndpoint>,
+) -> Option<kube::Client> {
     let tls = rke2_trust::tls_dir(&cfg.data_dir);
     let read = |n: &str| std::fs::read(tls.join(n)).ok();
     let (ca, cert, key) = (
@@ -252,7 +253,9 @@ async fn api_client(cfg: &rke2_config::Config, etcd: Option<&EtcdEndpoint>) -> O
         .map(|(h, _)| h.to_string())
         .unwrap_or_else(|| "127.0.0.1".into());
     let url = format!("https://{host}:{}", cfg.https_listen_port);
-    let client = crate::server::kube_client(&url, &ca, &cert, &key).await.ok()?;
+    let client = crate::server::kube_client(&url, &ca, &cert, &key)
+        .await
+        .ok()?;
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(_)) => Some(client),
         _ => {
@@ -264,7 +267,12 @@ async fn api_client(cfg: &rke2_config::Config, etcd: Option<&EtcdEndpoint>) -> O
     }
 }
 
-async fn sync(target: &Target, cfg: &rke2_config::Config, etcd: Option<&EtcdEndpoint>, s3: Option<&super::s3::S3Store>) {
+async fn sync(
+    target: &Target,
+    cfg: &rke2_config::Config,
+    etcd: Option<&EtcdEndpoint>,
+    s3: Option<&super::s3::S3Store>,
+) {
     if let Some(client) = api_client(cfg, etcd).await {
         if tokio::time::timeout(Duration::from_secs(60), target.sync_records(&client, s3))
             .await
@@ -279,7 +287,10 @@ async fn save(target: &Target, cfg: &rke2_config::Config) -> i32 {
     let etcd = match EtcdEndpoint::of_data_dir(&cfg.data_dir) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("rke2 etcd-snapshot save: {e} (is {} a server's data dir?)", cfg.data_dir.display());
+            eprintln!(
+                "rke2 etcd-snapshot save: {e} (is {} a server's data dir?)",
+                cfg.data_dir.display()
+            );
             return 1;
         }
     };
@@ -290,7 +301,13 @@ async fn save(target: &Target, cfg: &rke2_config::Config) -> i32 {
     {
         Ok((saved, _)) => {
             for s in &saved {
-                println!("Snapshot {} saved to {} ({} bytes, sha256 {}).", s.name, s.location, s.size, s.sha256.as_deref().unwrap_or("-"));
+                println!(
+                    "Snapshot {} saved to {} ({} bytes, sha256 {}).",
+                    s.name,
+                    s.location,
+                    s.size,
+                    s.sha256.as_deref().unwrap_or("-")
+                );
             }
             0
         }
@@ -334,7 +351,10 @@ async fn list(target: &Target, output: &str) -> i32 {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).unwrap_or_default()
+        );
         return 0;
     }
     print!("{}", table(&all));
@@ -441,7 +461,9 @@ async fn prune(target: &Target, cfg: &rke2_config::Config) -> i32 {
     let prefix = retention_prefix(&target.cfg.name, &target.node);
     let mut code = 0;
     match local::prune(&target.cfg.dir, &prefix, target.cfg.retention) {
-        Ok(gone) => gone.iter().for_each(|n| println!("Removed local snapshot {n}")),
+        Ok(gone) => gone
+            .iter()
+            .for_each(|n| println!("Removed local snapshot {n}")),
         Err(e) => {
             eprintln!("rke2 etcd-snapshot prune: {e}");
             code = 1;
@@ -449,7 +471,9 @@ async fn prune(target: &Target, cfg: &rke2_config::Config) -> i32 {
     }
     if let Some(store) = &s3 {
         match store.prune(&prefix, target.cfg.retention).await {
-            Ok(gone) => gone.iter().for_each(|n| println!("Removed S3 snapshot {n}")),
+            Ok(gone) => gone
+                .iter()
+                .for_each(|n| println!("Removed S3 snapshot {n}")),
             Err(e) => {
                 eprintln!("rke2 etcd-snapshot prune: {e}");
                 code = 1;

@@ -129,7 +129,7 @@ async fn save_inner(
     compress: bool,
     part: &Path,
 ) -> Result<SnapshotInfo, SnapshotError> {
-    let created = chrono::Utc::now().timestamp();
+    let created = super::created_from_name(name).unwrap_or_else(|| chrono::Utc::now().timestamp());
     let mut client = etcd.connect().await?;
     let mut stream = client.snapshot().await.map_err(|e| etcd.err(e))?;
     let mut file = create_secret(part)?;
@@ -137,13 +137,13 @@ async fn save_inner(
         file.write_all(msg.blob())
             .map_err(SnapshotError::io("writing", part))?;
     }
-    file.sync_all().map_err(SnapshotError::io("syncing", part))?;
+    file.sync_all()
+        .map_err(SnapshotError::io("syncing", part))?;
     drop(file);
     // An interrupted stream ends without an error on some paths; the
     // trailing hash tells.
-    super::check_etcd_snapshot(part).map_err(|reason| etcd.err(format!(
-        "the snapshot stream was incomplete: {reason}"
-    )))?;
+    super::check_etcd_snapshot(part)
+        .map_err(|reason| etcd.err(format!("the snapshot stream was incomplete: {reason}")))?;
     let (final_name, tmp) = if compress {
         let zipped_name = format!("{name}{COMPRESSED_EXTENSION}");
         let zpart = dir.join(format!(".{zipped_name}.part"));
@@ -241,8 +241,7 @@ pub fn unzip_single(src: &Path, out: &Path) -> Result<(), SnapshotError> {
         .by_index(0)
         .map_err(|e| invalid(format!("reading the archive: {e}")))?;
     let mut f = create_secret(out)?;
-    std::io::copy(&mut entry, &mut f)
-        .map_err(|e| invalid(format!("decompressing: {e}")))?;
+    std::io::copy(&mut entry, &mut f).map_err(|e| invalid(format!("decompressing: {e}")))?;
     f.sync_all().map_err(SnapshotError::io("syncing", out))
 }
 

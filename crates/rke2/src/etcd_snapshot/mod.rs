@@ -63,7 +63,10 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    fn io<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
         move |source| SnapshotError::Io {
             what,
             path: path.to_path_buf(),
@@ -125,7 +128,9 @@ pub fn sha256_file(path: &Path) -> Result<String, SnapshotError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(SnapshotError::io("reading", path))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(SnapshotError::io("reading", path))?;
         if n == 0 {
             break;
         }
@@ -281,7 +286,22 @@ impl Target {
             Err(e) if on_s3_failure == S3Failure::KeepLocal => (None, Some(e)),
             Err(e) => return Err(e),
         };
-        let name = snapshot_name(base, &self.node, chrono::Utc::now().timestamp());
+        // Names have one-second resolution: a second snapshot within the
+        // same second takes the next free one instead of replacing the
+        // first.
+        let mut unix = chrono::Utc::now().timestamp();
+        let taken = |n: &str| {
+            self.cfg.dir.join(n).exists()
+                || self
+                    .cfg
+                    .dir
+                    .join(format!("{n}{COMPRESSED_EXTENSION}"))
+                    .exists()
+        };
+        while taken(&snapshot_name(base, &self.node, unix)) {
+            unix += 1;
+        }
+        let name = snapshot_name(base, &self.node, unix);
         let info = local::save(etcd, &self.cfg.dir, &name, &self.node, self.cfg.compress).await?;
         let mut out = vec![info.clone()];
         let prefix = retention_prefix(base, &self.node);
@@ -354,10 +374,7 @@ mod tests {
     #[test]
     fn checksum_sidecar_round_trip() {
         let sha = "ab".repeat(32);
-        assert_eq!(
-            parse_checksum(&checksum_line(&sha, "x")),
-            Some(sha.clone())
-        );
+        assert_eq!(parse_checksum(&checksum_line(&sha, "x")), Some(sha.clone()));
         assert_eq!(parse_checksum("nothex  x\n"), None);
     }
 

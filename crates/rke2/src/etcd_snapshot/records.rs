@@ -121,7 +121,10 @@ pub async fn ensure_crd(client: &kube::Client, deadline: Duration) -> Result<(),
         let served = match applied {
             Ok(_) => {
                 let records: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource());
-                records.list(&ListParams::default().limit(1)).await.map(|_| ())
+                records
+                    .list(&ListParams::default().limit(1))
+                    .await
+                    .map(|_| ())
             }
             Err(e) => Err(e),
         };
@@ -276,7 +279,11 @@ pub async fn reconcile(
     }
     for (name, obj) in wanted {
         match api
-            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&obj))
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
             .await
         {
             Ok(_) => {}

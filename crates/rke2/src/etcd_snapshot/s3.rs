@@ -174,11 +174,7 @@ impl S3Store {
 
     /// Deletes a snapshot object and its sidecar; `Ok(false)` when absent.
     pub async fn delete(&self, name: &str) -> Result<bool, SnapshotError> {
-        let present = self
-            .list()
-            .await?
-            .iter()
-            .any(|s| s.name == name);
+        let present = self.list().await?.iter().any(|s| s.name == name);
         if !present {
             return Ok(false);
         }
@@ -195,7 +191,11 @@ impl S3Store {
 
     /// Keeps the newest `retention` snapshots named with `prefix` (one
     /// node's snapshots of one base name) and deletes the rest.
-    pub async fn prune(&self, prefix: &str, retention: usize) -> Result<Vec<String>, SnapshotError> {
+    pub async fn prune(
+        &self,
+        prefix: &str,
+        retention: usize,
+    ) -> Result<Vec<String>, SnapshotError> {
         let mine: Vec<SnapshotInfo> = self
             .list()
             .await?

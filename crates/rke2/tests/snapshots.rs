@@ -1,0 +1,436 @@
+//! etcd snapshots against a real `rke2 server` (real etcd) and a real
+//! S3-compatible server (`s3s-fs`, from scripts/install.sh) on loopback:
+//! scheduled snapshots on a cron schedule kept to the retention, `rke2
+//! etcd-snapshot save|ls|list|prune|delete` on disk and in S3, the SHA-256
+//! sidecars (checked with `sha256sum -c`), snapshots etcd's own tools read
+//! (`etcdctl snapshot status`), `ETCDSnapshotFile` records listed with
+//! kubectl, and a wrong S3 credential refused with nothing changed.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use rke2_testbed::{Server, ServerOpts, eventually, kubectls};
+use serde_json::Value;
+
+/// Generous deadline for anything that converges (a busy 2-core box).
+const DEADLINE: Duration = Duration::from_secs(120);
+const BUCKET: &str = "snapshots";
+const FOLDER: &str = "cluster-a";
+const ACCESS_KEY: &str = "rke2-test-access";
+const SECRET_KEY: &str = "rke2-test-secret-0123456789";
+
+/// An `s3s-fs` process serving a temporary directory on a loopback port;
+/// killed by its pid when dropped.
+struct S3Server {
+    child: Child,
+    root: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> Result<Self> {
+        let root = tempfile::Builder::new().prefix("rke2-s3-").tempdir()?;
+        std::fs::create_dir_all(root.path().join(BUCKET))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting s3s-fs (installed by scripts/install.sh)")?;
+        Ok(Self {
+            child,
+            root,
+            endpoint: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    /// The directory holding the objects of the snapshot folder.
+    fn folder(&self) -> PathBuf {
+        self.root.path().join(BUCKET).join(FOLDER)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rke2 etcd-snapshot <args>` for `server`'s data dir, config and node.
+fn snapshot(server: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rke2"))
+        .arg("etcd-snapshot")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .arg("--config")
+        .arg(server.dir.path().join("config.yaml"))
+        .args(["--node-name", &server.node_name])
+        .output()
+        .expect("running rke2 etcd-snapshot")
+}
+
+fn ok(out: Output, what: &str) -> Result<String> {
+    ensure!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Snapshot files (not sidecars, not temporaries) in `dir` starting with `prefix`.
+fn files(dir: &Path, prefix: &str) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    n.starts_with(prefix) && !n.ends_with(".sha256") && !n.ends_with(".part")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kubectl_json(server: &Server, kubectl: &Path, args: &[&str]) -> Result<Value> {
+    let out = server
+        .kubectl(kubectl)
+        .args(args)
+        .args(["-o", "json"])
+        .output()?;
+    let text = ok(out, &format!("kubectl {args:?}"))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The ETCDSnapshotFile records by spec.snapshotName (`s3:`-prefixed for S3 ones).
+fn records(server: &Server, kubectl: &Path) -> Result<std::collections::BTreeMap<String, Value>> {
+    let list = kubectl_json(server, kubectl, &["get", "etcdsnapshotfiles"])?;
+    Ok(list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            let name = r["spec"]["snapshotName"].as_str().unwrap_or_default();
+            let key = if r["spec"]["s3"].is_object() {
+                format!("s3:{name}")
+            } else {
+                name.to_string()
+            };
+            (key, r)
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s3 = S3Server::start()?;
+    let config = format!(
+        "etcd-snapshot-schedule-cron: \"@every 3s\"\n\
+         etcd-snapshot-retention: 2\n\
+         etcd-s3: true\n\
+         etcd-s3-endpoint: {}\n\
+         etcd-s3-insecure: true\n\
+         etcd-s3-bucket: {BUCKET}\n\
+         etcd-s3-folder: {FOLDER}\n\
+         etcd-s3-access-key: {ACCESS_KEY}\n\
+         etcd-s3-secret-key: {SECRET_KEY}\n",
+        s3.endpoint
+    );
+    let mut server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_rke2")),
+        ServerOpts {
+            config_yaml: Some(config),
+            ..Default::default()
+        },
+    )?;
+    server.wait_ready(Duration::from_secs(180)).await?;
+    let kubectl = kubectls()?
+        .pop()
+        .context("no kubectl under /usr/local/lib/rke2-test (scripts/install.sh)")?
+        .1;
+    let dir = server.data_dir.join("server/db/snapshots");
+    let node = server.node_name.clone();
+
+    // Scheduled snapshots: several are taken, never more than the
+    // retention (plus the one being taken) are kept, on disk and in S3.
+    let scheduled = format!("etcd-snapshot-{node}-");
+    let mut seen = BTreeSet::new();
+    let mut most_local = 0;
+    eventually(DEADLINE, "4 scheduled snapshots, 2 kept", || {
+        let now = files(&dir, &scheduled);
+        most_local = most_local.max(now.len());
+        seen.extend(now.iter().cloned());
+        let in_s3 = files(&s3.folder(), &scheduled).len();
+        let done = seen.len() >= 4 && now.len() == 2 && in_s3 == 2;
+        async move { done.then_some(()) }
+    })
+    .await?;
+    ensure!(
+        most_local <= 3,
+        "retention 2 kept up to {most_local} scheduled snapshots"
+    );
+
+    // On demand: two plain and one compressed snapshot named `manual`.
+    let mut manual = Vec::new();
+    for extra in [&[][..], &[][..], &["--snapshot-compress"][..]] {
+        let mut args = vec!["save", "--name", "manual"];
+        args.extend_from_slice(extra);
+        let out = ok(snapshot(&server, &args), "etcd-snapshot save")?;
+        let name = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Snapshot "))
+            .and_then(|l| l.split_whitespace().next())
+            .with_context(|| format!("no snapshot name in {out:?}"))?
+            .to_string();
+        ensure!(name.starts_with(&format!("manual-{node}-")), "{name}");
+        manual.push(name);
+    }
+    ensure!(manual[2].ends_with(".zip"), "compressed: {}", manual[2]);
+    ensure!(
+        manual.iter().collect::<BTreeSet<_>>().len() == 3,
+        "distinct names: {manual:?}"
+    );
+    for name in &manual {
+        let path = dir.join(name);
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "{name} has mode {mode:o}");
+        let side_mode = std::fs::metadata(dir.join(format!("{name}.sha256")))?
+            .permissions()
+            .mode()
+            & 0o777;
+        ensure!(side_mode == 0o600, "{name}.sha256 has mode {side_mode:o}");
+        // The sidecar is sha256sum's format and matches.
+        let check = Command::new("sha256sum")
+            .args(["-c", &format!("{name}.sha256")])
+            .current_dir(&dir)
+            .output()?;
+        ok(check, &format!("sha256sum -c {name}.sha256"))?;
+        // The object in S3 is the same bytes, with the same sidecar.
+        ensure!(
+            std::fs::read(&path)? == std::fs::read(s3.folder().join(name))?,
+            "S3 copy of {name} differs"
+        );
+        ensure!(
+            std::fs::read(dir.join(format!("{name}.sha256")))?
+                == std::fs::read(s3.folder().join(format!("{name}.sha256")))?,
+            "S3 sidecar of {name} differs"
+        );
+    }
+    // etcd's own tool reads the plain snapshot (hash and all).
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(dir.join(&manual[0]))
+        .output()?;
+    let status: Value = serde_json::from_str(&ok(status, "etcdctl snapshot status")?)?;
+    ensure!(
+        status["totalKey"].as_u64().unwrap_or(0) > 100,
+        "etcdctl sees {status}"
+    );
+
+    // ls: k3s's columns; local and S3 rows for each snapshot.
+    let table = ok(snapshot(&server, &["ls"]), "etcd-snapshot ls")?;
+    let mut lines = table.lines();
+    let head: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(head == ["Name", "Location", "Size", "Created"], "{table}");
+    for name in &manual {
+        let size = std::fs::metadata(dir.join(name))?.len().to_string();
+        let local = format!("file://{}", dir.join(name).display());
+        let remote = format!("s3://{BUCKET}/{FOLDER}/{name}");
+        for loc in [&local, &remote] {
+            ensure!(
+                table.lines().any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.len() == 4 && cols[0] == name && cols[1] == loc && cols[2] == size
+                }),
+                "no row {name} {loc} {size} in\n{table}"
+            );
+        }
+    }
+    let list = ok(
+        snapshot(&server, &["list", "-o", "json"]),
+        "etcd-snapshot list -o json",
+    )?;
+    let list: Value = serde_json::from_str(&list)?;
+    ensure!(
+        list.as_array()
+            .is_some_and(|a| a.iter().any(|s| s["name"] == manual[2].as_str()
+                && s["compressed"] == true
+                && s["sha256"].as_str().is_some_and(|h| h.len() == 64))),
+        "json list: {list}"
+    );
+
+    // ETCDSnapshotFile records, local and S3, as kubectl lists them.
+    let recs = records(&server, &kubectl)?;
+    for name in &manual {
+        let size = std::fs::metadata(dir.join(name))?.len();
+        let sidecar = std::fs::read_to_string(dir.join(format!("{name}.sha256")))?;
+        let sha = sidecar.split_whitespace().next().unwrap_or_default();
+        for key in [name.clone(), format!("s3:{name}")] {
+            let r = recs
+                .get(&key)
+                .with_context(|| format!("no ETCDSnapshotFile for {key}: {:?}", recs.keys()))?;
+            ensure!(r["spec"]["nodeName"] == node.as_str(), "{r}");
+            ensure!(r["status"]["readyToUse"] == true, "{r}");
+            ensure!(r["status"]["size"] == size.to_string().as_str(), "{r}");
+            ensure!(
+                r["metadata"]["annotations"]["etcd.rke2.cattle.io/snapshot-sha256"] == sha,
+                "{r}"
+            );
+        }
+        ensure!(
+            recs[&format!("s3:{name}")]["metadata"]["labels"]["etcd.rke2.cattle.io/snapshot-storage-node"]
+                == "s3"
+        );
+    }
+    let printed = ok(
+        server
+            .kubectl(&kubectl)
+            .args(["get", "etcdsnapshotfiles"])
+            .output()?,
+        "kubectl get etcdsnapshotfiles",
+    )?;
+    let cols: Vec<&str> = printed
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        cols == [
+            "NAME",
+            "SNAPSHOTNAME",
+            "NODE",
+            "LOCATION",
+            "SIZE",
+            "CREATIONTIME"
+        ],
+        "{printed}"
+    );
+
+    // prune: the newest `manual` is kept, locally and in S3, and the
+    // records follow.
+    let pruned = ok(
+        snapshot(
+            &server,
+            &["prune", "--name", "manual", "--snapshot-retention", "1"],
+        ),
+        "etcd-snapshot prune",
+    )?;
+    let left = files(&dir, "manual-");
+    ensure!(
+        left == BTreeSet::from([manual[2].clone()]),
+        "after prune: {left:?}\n{pruned}"
+    );
+    ensure!(
+        files(&s3.folder(), "manual-") == left,
+        "S3 after prune: {:?}",
+        files(&s3.folder(), "manual-")
+    );
+    ensure!(
+        !dir.join(format!("{}.sha256", manual[0])).exists(),
+        "sidecar left"
+    );
+    let recs = records(&server, &kubectl)?;
+    ensure!(
+        !recs.contains_key(&manual[0]) && !recs.contains_key(&format!("s3:{}", manual[1])),
+        "records of pruned snapshots: {:?}",
+        recs.keys()
+    );
+    // Scheduled snapshots are not touched by a prune of another name.
+    ensure!(!files(&dir, &scheduled).is_empty());
+
+    // delete: gone from disk, S3 and the records; a missing name fails.
+    ok(
+        snapshot(&server, &["delete", &manual[2]]),
+        "etcd-snapshot delete",
+    )?;
+    ensure!(files(&dir, "manual-").is_empty() && files(&s3.folder(), "manual-").is_empty());
+    let recs = records(&server, &kubectl)?;
+    ensure!(
+        !recs.keys().any(|k| k.contains("manual-")),
+        "{:?}",
+        recs.keys()
+    );
+    let missing = snapshot(&server, &["delete", "manual-nosuch-1"]);
+    ensure!(missing.status.code() == Some(1), "{missing:?}");
+    ensure!(
+        String::from_utf8_lossy(&missing.stderr).contains("snapshot manual-nosuch-1 not found"),
+        "{missing:?}"
+    );
+
+    // A wrong S3 secret: exit 1, the bucket and endpoint named, nothing
+    // written on disk or in the bucket.
+    let before_s3 = files(&s3.folder(), "");
+    let bad = snapshot(
+        &server,
+        &[
+            "save",
+            "--name",
+            "badcred",
+            "--s3-secret-key",
+            "not-the-secret",
+        ],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    ensure!(bad.status.code() == Some(1), "{bad:?}");
+    ensure!(
+        err.contains(&format!("bucket \"{BUCKET}\"")) && err.contains(&s3.endpoint),
+        "{err}"
+    );
+    ensure!(err.contains("access denied"), "{err}");
+    ensure!(
+        files(&dir, "badcred-").is_empty(),
+        "a local file was written"
+    );
+    let after_s3: BTreeSet<String> = files(&s3.folder(), "")
+        .into_iter()
+        .filter(|n| !n.starts_with(&scheduled))
+        .collect();
+    let before_s3: BTreeSet<String> = before_s3
+        .into_iter()
+        .filter(|n| !n.starts_with(&scheduled))
+        .collect();
+    ensure!(after_s3 == before_s3, "{before_s3:?} -> {after_s3:?}");
+
+    // A bad schedule is refused at start (exit 2), before anything runs.
+    let bad_cron = Command::new(env!("CARGO_BIN_EXE_rke2"))
+        .args(["server", "--etcd-snapshot-schedule-cron", "*/5 * * *"])
+        .arg("--data-dir")
+        .arg(server.dir.path().join("never"))
+        .output()?;
+    ensure!(bad_cron.status.code() == Some(2), "{bad_cron:?}");
+    ensure!(
+        String::from_utf8_lossy(&bad_cron.stderr).contains("etcd-snapshot-schedule-cron"),
+        "{bad_cron:?}"
+    );
+    ensure!(
+        !server.dir.path().join("never").exists(),
+        "data dir written"
+    );
+
+    if let Err(e) = server.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60)) {
+        bail!("stopping the server: {e}");
+    }
+    Ok(())
+}
