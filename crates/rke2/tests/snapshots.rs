@@ -139,7 +139,7 @@ fn records(server: &Server, kubectl: &Path) -> Result<std::collections::BTreeMap
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let s3 = S3Server::start()?;
+    let s3 = S3Server::start().context("starting the S3 server")?;
     let config = format!(
         "etcd-snapshot-schedule-cron: \"@every 3s\"\n\
          etcd-snapshot-retention: 2\n\
@@ -158,8 +158,12 @@ async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<(
             config_yaml: Some(config),
             ..Default::default()
         },
-    )?;
-    server.wait_ready(Duration::from_secs(180)).await?;
+    )
+    .context("starting the server")?;
+    server
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("server ready")?;
     let kubectl = kubectls()?
         .pop()
         .context("no kubectl under /usr/local/lib/rke2-test (scripts/install.sh)")?
@@ -189,7 +193,8 @@ async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<(
     // On demand: two plain and one compressed snapshot named `manual`.
     let mut manual = Vec::new();
     for extra in [&[][..], &[][..], &["--snapshot-compress"][..]] {
-        let mut args = vec!["save", "--name", "manual"];
+        // The config's retention (2) would prune the first of the three.
+        let mut args = vec!["save", "--name", "manual", "--snapshot-retention", "5"];
         args.extend_from_slice(extra);
         let out = ok(snapshot(&server, &args), "etcd-snapshot save")?;
         let name = out
@@ -208,7 +213,11 @@ async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<(
     );
     for name in &manual {
         let path = dir.join(name);
-        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
         ensure!(mode == 0o600, "{name} has mode {mode:o}");
         let side_mode = std::fs::metadata(dir.join(format!("{name}.sha256")))?
             .permissions()
