@@ -374,6 +374,22 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "etcd executable to run (looked up in PATH when not a path)",
     ),
     flag(
+        "cluster-reset",
+        Bool,
+        None,
+        "RKE2_CLUSTER_RESET",
+        false,
+        "(cluster) Forget all peers and become sole member of a new cluster",
+    ),
+    flag(
+        "cluster-reset-restore-path",
+        Str,
+        None,
+        "RKE2_CLUSTER_RESET_RESTORE_PATH",
+        false,
+        "(db) Path to snapshot file to be restored (or its name in S3 with etcd-s3)",
+    ),
+    flag(
         "etcd-disable-snapshots",
         Bool,
         None,

@@ -238,6 +238,13 @@ pub struct Config {
     /// etcd snapshots: `etcd-snapshot-*`, `etcd-disable-snapshots` and
     /// the `etcd-s3*` keys (server only; an agent gets the defaults).
     pub etcd_snapshot: EtcdSnapshotConfig,
+    /// `cluster-reset`: start etcd as the only member of a new cluster
+    /// (from this server's data, or from `cluster-reset-restore-path`),
+    /// then exit with the next steps.
+    pub cluster_reset: bool,
+    /// `cluster-reset-restore-path`: the snapshot to restore (a file, or
+    /// its name in the bucket with `etcd-s3`); only with `cluster-reset`.
+    pub cluster_reset_restore_path: Option<String>,
 }
 
 /// What `rke2 server` and `rke2 etcd-snapshot` need to take, keep and
@@ -1116,6 +1123,18 @@ fn build(
 
     let data_dir = PathBuf::from(r.str("data-dir").expect("default").0);
     let etcd_snapshot = etcd_snapshot_config(&r, &data_dir)?;
+    let cluster_reset = r.bool("cluster-reset");
+    let cluster_reset_restore_path = r.str("cluster-reset-restore-path");
+    if let (Some((path, origin)), false) = (&cluster_reset_restore_path, cluster_reset) {
+        return Err(ConfigError::InvalidValue {
+            origin: origin.clone(),
+            key: "cluster-reset-restore-path".into(),
+            value: path.clone(),
+            reason: "invalid flag use; --cluster-reset required with --cluster-reset-restore-path"
+                .into(),
+        });
+    }
+    let cluster_reset_restore_path = cluster_reset_restore_path.map(|(p, _)| p);
     Ok(Config {
         role,
         config_file,
@@ -1156,6 +1175,8 @@ fn build(
         disable_kube_proxy: r.bool("disable-kube-proxy"),
         enable_servicelb: r.bool("enable-servicelb"),
         etcd_snapshot,
+        cluster_reset,
+        cluster_reset_restore_path,
     })
 }
 

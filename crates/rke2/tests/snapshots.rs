@@ -443,3 +443,215 @@ async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<(
     }
     Ok(())
 }
+
+fn joiner(first: &Server, token: &str) -> ServerOpts {
+    ServerOpts {
+        config_yaml: Some(format!(
+            "server: https://{}:9345\ntoken: \"{token}\"\netcd-disable-snapshots: true\n",
+            first.ip
+        )),
+        ..Default::default()
+    }
+}
+
+fn etcd_old_dirs(server: &Server) -> Vec<PathBuf> {
+    std::fs::read_dir(server.data_dir.join("server/db"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("etcd-old-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn configmap(
+    client: &kube::Client,
+    name: &str,
+) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+    kube::api::Api::namespaced(client.clone(), "default")
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn put_configmap(client: &kube::Client, name: &str) -> Result<()> {
+    use kube::api::{Api, PostParams};
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": name}, "data": {"k": name}}),
+    )?;
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
+}
+
+/// Runs `server` once with extra flags until it exits by itself; its
+/// exit code and the log written meanwhile.
+fn run_once(server: &mut Server, extra: &[&str]) -> Result<(Option<i32>, String)> {
+    let before = server.log_text().len();
+    let saved = server.opts.args.clone();
+    server.opts.args.extend(extra.iter().map(|s| s.to_string()));
+    server.spawn()?;
+    let st = server.wait_exit(Duration::from_secs(300));
+    server.opts.args = saved;
+    let st = st?;
+    Ok((st.code(), server.log_text()[before..].to_string()))
+}
+
+/// Three servers; a snapshot; a write after it; all stopped. Bad restore
+/// paths (missing, truncated, foreign) are refused with nothing moved;
+/// the snapshot is restored with `--cluster-reset`, the write after it is
+/// gone and the one before it is there, the old database kept aside; the
+/// other two servers, started again unchanged, move their databases aside
+/// and re-join by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_reset_restores_a_snapshot_and_the_others_rejoin() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bin = Path::new(env!("CARGO_BIN_EXE_rke2"));
+    let token = "reset-test-secret";
+    let mut a = Server::start(
+        bin,
+        ServerOpts {
+            config_yaml: Some(format!("token: {token}\netcd-disable-snapshots: true\n")),
+            ..Default::default()
+        },
+    )?;
+    let ca = a
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("a ready")?;
+    let mut b = Server::start(bin, joiner(&a, token))?;
+    let mut c = Server::start(bin, joiner(&a, token))?;
+    b.wait_ready(Duration::from_secs(300))
+        .await
+        .context("b ready")?;
+    c.wait_ready(Duration::from_secs(300))
+        .await
+        .context("c ready")?;
+    let voters = |s: &Server| {
+        rke2_testbed::started_voters(
+            &rke2_testbed::etcdctl(&s.data_dir, &s.ip, &["member", "list"]).stdout,
+        )
+    };
+    eventually(DEADLINE, "three etcd voters", || {
+        let n = voters(&a);
+        async move { (n == 3).then_some(()) }
+    })
+    .await?;
+
+    put_configmap(&ca, "before-snapshot").await?;
+    let out = ok(snapshot(&a, &["save", "--name", "pre-reset"]), "save")?;
+    let name = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Snapshot "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("snapshot name")?
+        .to_string();
+    let snap = a.data_dir.join("server/db/snapshots").join(&name);
+    put_configmap(&ca, "after-snapshot").await?;
+    for s in [&mut b, &mut c, &mut a] {
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+    }
+
+    // Refusals: nothing moved, exit 1, the reason named.
+    let scratch = tempfile::tempdir()?;
+    let truncated = scratch.path().join(&name);
+    let bytes = std::fs::read(&snap)?;
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
+    std::fs::copy(
+        snap.with_file_name(format!("{name}.sha256")),
+        scratch.path().join(format!("{name}.sha256")),
+    )?;
+    let unsummed = scratch.path().join("unsummed");
+    std::fs::write(&unsummed, &bytes[..bytes.len() - 4096])?;
+    let foreign = scratch.path().join("foreign.db");
+    std::fs::write(&foreign, vec![0x5au8; 64 * 1024 + 32])?;
+    let missing = scratch.path().join("missing.db");
+    let cases = [
+        (missing.clone(), "no such file"),
+        (truncated.clone(), "does not match the recorded"),
+        (unsummed.clone(), "etcd's own SHA-256"),
+        (foreign.clone(), "not an etcd snapshot"),
+    ];
+    for (path, needle) in cases {
+        let flag = format!("--cluster-reset-restore-path={}", path.display());
+        let (code, log) = run_once(&mut a, &["--cluster-reset", &flag])?;
+        ensure!(code == Some(1), "{}: exit {code:?}\n{log}", path.display());
+        ensure!(
+            log.contains(needle),
+            "{}: {needle:?} not in\n{log}",
+            path.display()
+        );
+        ensure!(
+            etcd_old_dirs(&a).is_empty(),
+            "{}: a database was moved",
+            path.display()
+        );
+    }
+
+    // The restore.
+    let flag = format!("--cluster-reset-restore-path={}", snap.display());
+    let (code, log) = run_once(&mut a, &["--cluster-reset", &flag])?;
+    ensure!(code == Some(0), "restore: exit {code:?}\n{log}");
+    ensure!(
+        log.contains("restart without --cluster-reset flag now"),
+        "no next steps in\n{log}"
+    );
+    let old_a = etcd_old_dirs(&a);
+    ensure!(
+        old_a.len() == 1 && old_a[0].join("member").exists(),
+        "{old_a:?}"
+    );
+
+    a.spawn()?;
+    let ca = a
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("a after restore")?;
+    ensure!(
+        configmap(&ca, "before-snapshot").await.is_some(),
+        "write before the snapshot lost"
+    );
+    ensure!(
+        configmap(&ca, "after-snapshot").await.is_none(),
+        "write after the snapshot kept"
+    );
+    ensure!(voters(&a) == 1, "a alone after the restore");
+
+    // The others, unchanged, notice and re-join.
+    b.spawn()?;
+    c.spawn()?;
+    let cb = b
+        .wait_ready(Duration::from_secs(300))
+        .await
+        .context("b re-joined")?;
+    c.wait_ready(Duration::from_secs(300))
+        .await
+        .context("c re-joined")?;
+    eventually(DEADLINE, "three etcd voters after the re-joins", || {
+        let n = voters(&a);
+        async move { (n == 3).then_some(()) }
+    })
+    .await?;
+    for s in [&b, &c] {
+        let old = etcd_old_dirs(s);
+        ensure!(old.len() == 1, "{}: old databases {old:?}", s.node_name);
+        ensure!(
+            s.log_text().contains("no longer a member of its cluster"),
+            "{}",
+            s.node_name
+        );
+    }
+    ensure!(configmap(&cb, "before-snapshot").await.is_some());
+    ensure!(configmap(&cb, "after-snapshot").await.is_none());
+    for s in [&mut b, &mut c, &mut a] {
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod local;
 pub mod records;
+pub mod restore;
 pub mod s3;
 pub mod schedule;
 
