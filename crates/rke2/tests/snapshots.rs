@@ -650,6 +650,50 @@ async fn cluster_reset_restores_a_snapshot_and_the_others_rejoin() -> Result<()>
     }
     ensure!(configmap(&cb, "before-snapshot").await.is_some());
     ensure!(configmap(&cb, "after-snapshot").await.is_none());
+
+    // A plain `--cluster-reset` keeps this server's data and drops the
+    // other members; they re-join again, each keeping one more old db.
+    put_configmap(&ca, "before-plain-reset").await?;
+    for s in [&mut b, &mut c, &mut a] {
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+    }
+    let (code, log) = run_once(&mut a, &["--cluster-reset"])?;
+    ensure!(code == Some(0), "plain reset: exit {code:?}\n{log}");
+    ensure!(
+        log.contains("Managed etcd cluster membership has been reset"),
+        "{log}"
+    );
+    ensure!(etcd_old_dirs(&a).len() == 1, "a plain reset moved the db");
+    a.spawn()?;
+    let ca = a
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("a after reset")?;
+    ensure!(
+        configmap(&ca, "before-plain-reset").await.is_some(),
+        "data lost by the reset"
+    );
+    ensure!(voters(&a) == 1, "a alone after the reset");
+    b.spawn()?;
+    c.spawn()?;
+    b.wait_ready(Duration::from_secs(300))
+        .await
+        .context("b re-joined again")?;
+    c.wait_ready(Duration::from_secs(300))
+        .await
+        .context("c re-joined again")?;
+    eventually(
+        DEADLINE,
+        "three etcd voters after the second re-joins",
+        || {
+            let n = voters(&a);
+            async move { (n == 3).then_some(()) }
+        },
+    )
+    .await?;
+    for s in [&b, &c] {
+        ensure!(etcd_old_dirs(s).len() == 2, "{}", s.node_name);
+    }
     for s in [&mut b, &mut c, &mut a] {
         s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
     }
