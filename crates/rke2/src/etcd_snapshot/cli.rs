@@ -273,13 +273,12 @@ async fn sync(
     etcd: Option<&EtcdEndpoint>,
     s3: Option<&super::s3::S3Store>,
 ) {
-    if let Some(client) = api_client(cfg, etcd).await {
-        if tokio::time::timeout(Duration::from_secs(60), target.sync_records(&client, s3))
+    if let Some(client) = api_client(cfg, etcd).await
+        && tokio::time::timeout(Duration::from_secs(60), target.sync_records(&client, s3))
             .await
             .is_err()
-        {
-            eprintln!("rke2 etcd-snapshot: updating the ETCDSnapshotFile records timed out");
-        }
+    {
+        eprintln!("rke2 etcd-snapshot: updating the ETCDSnapshotFile records timed out");
     }
 }
 

@@ -194,7 +194,7 @@ pub fn verify(
     } else {
         path.to_path_buf()
     };
-    check_etcd_snapshot(&db).map_err(|reason| invalid(reason))?;
+    check_etcd_snapshot(&db).map_err(invalid)?;
     Ok(db)
 }
 
