@@ -234,14 +234,16 @@ pub async fn removed_from_cluster(
     else {
         return false;
     };
+    // Short: a restart while the cluster is unreachable must not wait
+    // long for an answer that only matters after a reset.
     let mut info = None;
-    for _ in 0..5 {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), sup.db_info()).await {
+    for _ in 0..3 {
+        match tokio::time::timeout(std::time::Duration::from_secs(3), sup.db_info()).await {
             Ok(Ok(v)) => {
                 info = Some(v);
                 break;
             }
-            _ => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
         }
     }
     let Some(info) = info else {
