@@ -554,6 +554,21 @@ async fn cluster_reset_restores_a_snapshot_and_the_others_rejoin() -> Result<()>
         .context("snapshot name")?
         .to_string();
     let snap = a.data_dir.join("server/db/snapshots").join(&name);
+    // The restore itself is from a zipped snapshot taken at the same point.
+    let out = ok(
+        snapshot(
+            &a,
+            &["save", "--name", "pre-reset-zip", "--snapshot-compress"],
+        ),
+        "save --snapshot-compress",
+    )?;
+    let zipped = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Snapshot "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("zipped snapshot name")?
+        .to_string();
+    let zipped = a.data_dir.join("server/db/snapshots").join(zipped);
     put_configmap(&ca, "after-snapshot").await?;
     for s in [&mut b, &mut c, &mut a] {
         s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
@@ -596,7 +611,7 @@ async fn cluster_reset_restores_a_snapshot_and_the_others_rejoin() -> Result<()>
     }
 
     // The restore.
-    let flag = format!("--cluster-reset-restore-path={}", snap.display());
+    let flag = format!("--cluster-reset-restore-path={}", zipped.display());
     let (code, log) = run_once(&mut a, &["--cluster-reset", &flag])?;
     ensure!(code == Some(0), "restore: exit {code:?}\n{log}");
     ensure!(
