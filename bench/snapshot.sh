@@ -15,6 +15,7 @@
 # writes the table as Markdown to bench/results/snapshot.md.
 #
 # Usage: bench/snapshot.sh [--runs N] [--objects N] [--object-kib N] [--no-build] [--out FILE]
+# (RKE2_BIN=path uses another rke2 binary, e.g. a debug build, with --no-build.)
 # Not part of the test suite.
 
 set -euo pipefail
@@ -26,7 +27,7 @@ BUILD=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/bench/results/snapshot.md"
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -77,7 +78,7 @@ if (( BUILD )); then
     log "building: cargo build --release -p rke2 (target dir $TARGET_DIR)"
     cargo build --release -p rke2 >&2
 fi
-RKE2="$TARGET_DIR/release/rke2"
+RKE2="${RKE2_BIN:-$TARGET_DIR/release/rke2}"
 [[ -x "$RKE2" ]] || die "$RKE2 not found (build it, or drop --no-build)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/rke2-bench-snapshot.XXXXXX")"
@@ -170,6 +171,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "- runs: $RUNS; database: $OBJECTS ConfigMaps of $OBJECT_KIB KiB, etcd dbSize $(mb "$DB_SIZE") MiB"
     echo "- $(etcd --version | head -n1), $(etcdctl version | head -n1)"
+    echo "- binary: $RKE2"
     echo "- command: \`bench/snapshot.sh --runs $RUNS --objects $OBJECTS --object-kib $OBJECT_KIB\`"
     echo
     echo "| what | time median (s) | min | max | size (MiB) | time / etcdctl | size / etcdctl |"
