@@ -571,8 +571,9 @@ async fn run_with_etcd(
     info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
 
     // Every server snapshots its own member on the schedule (RKE2's), and
-    // keeps the ETCDSnapshotFile records of its snapshots.
-    if let Some(schedule) = snapshot_schedule {
+    // keeps the ETCDSnapshotFile records of its snapshots; the CRD is
+    // there even with scheduled snapshots off, for `rke2 etcd-snapshot`.
+    {
         let target = crate::etcd_snapshot::Target {
             cfg: cfg.etcd_snapshot.clone(),
             node: cfg.node_name.clone(),
@@ -592,7 +593,18 @@ async fn run_with_etcd(
             } {
                 warn!(error = %e, "creating the ETCDSnapshotFile CRD; snapshots are taken without records");
             }
-            crate::etcd_snapshot::schedule::run(target, schedule, etcd, client, stop).await;
+            match snapshot_schedule {
+                Some(schedule) => {
+                    crate::etcd_snapshot::schedule::run(target, schedule, etcd, client, stop).await
+                }
+                None => {
+                    let s3 = target.open_s3().await.unwrap_or_else(|e| {
+                        warn!(error = %e, "S3 snapshot store unavailable");
+                        None
+                    });
+                    target.sync_records(&client, s3.as_ref()).await;
+                }
+            }
         });
     }
 

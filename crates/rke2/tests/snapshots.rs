@@ -569,6 +569,14 @@ async fn cluster_reset_restores_a_snapshot_and_the_others_rejoin() -> Result<()>
         .context("zipped snapshot name")?
         .to_string();
     let zipped = a.data_dir.join("server/db/snapshots").join(zipped);
+    // Scheduled snapshots are off here; the CRD and the records are not.
+    let kubectl = kubectls()?.pop().context("no kubectl")?.1;
+    let recs = records(&a, &kubectl)?;
+    ensure!(
+        recs.contains_key(&name),
+        "no record of {name}: {:?}",
+        recs.keys()
+    );
     put_configmap(&ca, "after-snapshot").await?;
     for s in [&mut b, &mut c, &mut a] {
         s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
