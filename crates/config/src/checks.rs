@@ -86,6 +86,13 @@ pub(crate) fn token(value: &str, key: TokenKey, role: Role) -> Result<Token, Str
     }
 }
 
+/// A server `token` value checked as `rke2 server` checks its `token` key
+/// (also the new token of `rke2 token rotate`); the message never repeats
+/// the value.
+pub fn check_server_token(value: &str) -> Result<Token, String> {
+    token(value, TokenKey::Token, Role::Server)
+}
+
 /// `agent-token` against `token` (both given): the agent password must
 /// differ from the server password, or whoever holds the agent token can
 /// present it as user `server` and fetch the cluster's CA keys; and two

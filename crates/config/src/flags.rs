@@ -33,6 +33,10 @@ pub(crate) struct FlagDef {
     pub agent: bool,
     /// List values are also split on commas (like k3s `SplitStringSlice`).
     pub split_commas: bool,
+    /// Every server of a cluster must have the same value (k3s's
+    /// `CriticalControlArgs`): a joining server compares it with the
+    /// cluster's before touching etcd ([`crate::Config::critical_settings`]).
+    pub critical: bool,
 }
 
 impl FlagDef {
@@ -63,11 +67,17 @@ const fn flag(
         server: true,
         agent,
         split_commas: false,
+        critical: false,
     }
 }
 
 const fn split(mut f: FlagDef) -> FlagDef {
     f.split_commas = true;
+    f
+}
+
+const fn critical(mut f: FlagDef) -> FlagDef {
+    f.critical = true;
     f
 }
 
@@ -229,38 +239,38 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         false,
         "IPv4/IPv6 address to listen on (default: all interfaces)",
     ),
-    flag(
+    critical(flag(
         "cluster-cidr",
         Str,
         Some("10.42.0.0/16"),
         "RKE2_CLUSTER_CIDR",
         false,
         "IPv4/IPv6 network CIDR to use for pod IPs",
-    ),
-    flag(
+    )),
+    critical(flag(
         "service-cidr",
         Str,
         Some("10.43.0.0/16"),
         "RKE2_SERVICE_CIDR",
         false,
         "IPv4/IPv6 network CIDR to use for service IPs",
-    ),
-    flag(
+    )),
+    critical(flag(
         "cluster-domain",
         Str,
         Some("cluster.local"),
         "RKE2_CLUSTER_DOMAIN",
         false,
         "Cluster Domain",
-    ),
-    split(flag(
+    )),
+    critical(split(flag(
         "disable",
         List,
         None,
         "RKE2_DISABLE",
         false,
         "Do not deploy packaged components and delete any deployed components",
-    )),
+    ))),
     flag(
         "service-node-port-range",
         Str,

@@ -34,7 +34,7 @@ use std::str::FromStr;
 use clap::parser::ValueSource;
 use serde_json::Value;
 
-pub use checks::check_cluster_dns;
+pub use checks::{check_cluster_dns, check_server_token};
 pub use flags::{
     DEFAULT_CONFIG_FILE, DEFAULT_DATA_DIR, DEFAULT_PAUSE_IMAGE, DEFAULT_WRITE_KUBECONFIG,
 };
@@ -518,6 +518,45 @@ pub enum ConfigError {
         /// Its environment variable.
         env: String,
     },
+}
+
+/// The keys every server of a cluster must agree on: the flags marked
+/// critical in the flag table, in table order.
+pub fn critical_keys() -> Vec<&'static str> {
+    FLAGS
+        .iter()
+        .filter(|f| f.critical)
+        .map(|f| f.name)
+        .collect()
+}
+
+impl Config {
+    /// This server's value of every [`critical_keys`] key, normalised
+    /// (CIDRs in canonical form, `disable` sorted), as published on
+    /// `/v1-rke2/config` and compared by a joining server.
+    pub fn critical_settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        critical_keys()
+            .into_iter()
+            .map(|key| (key.to_string(), self.critical_value(key)))
+            .collect()
+    }
+
+    /// One critical key's value; a key marked critical in the table but
+    /// unknown here is a programming error caught by this crate's tests.
+    fn critical_value(&self, key: &str) -> serde_json::Value {
+        match key {
+            "cluster-cidr" => self.cluster_cidr.to_string().into(),
+            "service-cidr" => self.service_cidr.to_string().into(),
+            "cluster-domain" => self.cluster_domain.clone().into(),
+            "disable" => {
+                let mut disable = self.disable.clone();
+                disable.sort();
+                disable.dedup();
+                disable.into()
+            }
+            _ => serde_json::Value::Null,
+        }
+    }
 }
 
 impl ConfigError {

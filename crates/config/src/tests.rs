@@ -1216,3 +1216,32 @@ fn bad_etcd_snapshot_keys_are_refused() {
         .contains("not a duration")
     );
 }
+
+#[test]
+fn every_critical_key_has_a_value_and_is_a_server_flag() {
+    let (_d, cfg) = setup(
+        Some("cluster-cidr: 10.50.0.0/16\ndisable: [rke2-metrics-server, rke2-ingress-nginx]\n"),
+        &[],
+    );
+    let loaded = server(&cfg, &[]).unwrap();
+    let settings = loaded.config.critical_settings();
+    let keys = critical_keys();
+    assert_eq!(
+        keys,
+        ["cluster-cidr", "service-cidr", "cluster-domain", "disable"]
+    );
+    for key in &keys {
+        let flag = FLAGS.iter().find(|f| f.name == *key).unwrap();
+        assert!(
+            flag.server && !flag.agent,
+            "{key} must be a server-only flag"
+        );
+        assert!(!settings[*key].is_null(), "critical key {key} has no value");
+    }
+    assert_eq!(settings.len(), keys.len());
+    assert_eq!(settings["cluster-cidr"], "10.50.0.0/16");
+    assert_eq!(
+        settings["disable"],
+        serde_json::json!(["rke2-ingress-nginx", "rke2-metrics-server"])
+    );
+}

@@ -55,6 +55,14 @@ impl Store {
         Ok(resp.members().iter().map(member).collect())
     }
 
+    /// The status of the member this handle talks to: `(member id, leader
+    /// id, raft index)` (`rke2 status` compares raft indexes for lag).
+    pub async fn member_raft_status(&self) -> Result<(u64, u64, u64), StoreError> {
+        let st = self.call(|mut c| async move { c.status().await }).await?;
+        let me = st.header().map(|h| h.member_id()).unwrap_or(0);
+        Ok((me, st.leader(), st.raft_index()))
+    }
+
     /// This endpoint's member id and the leader's member id.
     pub async fn member_and_leader(&self) -> Result<(u64, u64), StoreError> {
         let st = self.call(|mut c| async move { c.status().await }).await?;

@@ -406,6 +406,24 @@ pub fn ensure_egress_masquerade(pod_cidr: &str, cluster_cidr: &str) -> Result<bo
     Ok(true)
 }
 
+/// Removes what the pod network left on the host once its pods are gone
+/// (`rke2 killall`, uninstall): the routes to other nodes' pod CIDRs
+/// (protocol [`ROUTE_PROTO`]) and the pods' bridge `bridge`. Returns how
+/// many routes went and whether the bridge existed.
+pub fn remove_pod_network(bridge: &str) -> Result<(usize, bool), NetworkError> {
+    let proto = ROUTE_PROTO.to_string();
+    let listing = run("ip", &args(&["-4", "route", "show", "proto", &proto]))?;
+    let routes = listing.lines().filter(|l| !l.trim().is_empty()).count();
+    if routes > 0 {
+        run("ip", &args(&["-4", "route", "flush", "proto", &proto]))?;
+    }
+    let exists = std::path::Path::new("/sys/class/net").join(bridge).exists();
+    if exists {
+        run("ip", &args(&["link", "delete", bridge]))?;
+    }
+    Ok((routes, exists))
+}
+
 /// Removes every rule carrying [`EGRESS_COMMENT`] from the nat table;
 /// returns how many.
 pub fn remove_egress_masquerade() -> Result<usize, NetworkError> {

@@ -295,11 +295,13 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         stop.clone(),
     )?;
     info!(node = %node_name, elapsed = ?started.elapsed(), "rke2 agent is up");
+    crate::systemd::ready("rke2 agent is up");
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM received; shutting down"),
         _ = sigint.recv() => info!("SIGINT received; shutting down"),
     }
+    crate::systemd::stopping();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), node).await;
     workloads.stop().await;

@@ -22,16 +22,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The non-secret settings every server must agree on (`/v1-rke2/config`).
+/// The non-secret settings every server must agree on (`/v1-rke2/config`):
+/// the flags marked critical in the flag table.
 pub fn critical_config(cfg: &Config) -> Value {
-    let mut disable = cfg.disable.clone();
-    disable.sort();
-    json!({
-        "cluster-cidr": cfg.cluster_cidr.to_string(),
-        "service-cidr": cfg.service_cidr.to_string(),
-        "cluster-domain": cfg.cluster_domain,
-        "disable": disable,
-    })
+    Value::Object(cfg.critical_settings())
 }
 
 /// What a joining server learned from the cluster before starting etcd.
@@ -251,9 +245,69 @@ pub struct LocalCluster {
     pub api: rke2_apiserver::ApiState,
     /// An admin client of the local API (node-password secrets).
     pub client: kube::Client,
+    /// `<data-dir>/server` (token files, `tls/`).
+    pub server_dir: std::path::PathBuf,
+    /// The cluster's server CA, for full tokens.
+    pub server_ca_pem: String,
 }
 
 impl rke2_supervisor::server::ClusterInfo for LocalCluster {
+    fn rotate_token(
+        &self,
+        current: Passwd,
+        new_token: String,
+    ) -> BoxFuture<'_, Result<Passwd, (http::StatusCode, String)>> {
+        Box::pin(async move {
+            let bad = |m: String| (http::StatusCode::BAD_REQUEST, format!("{m}\n"));
+            let token = rke2_config::check_server_token(new_token.trim())
+                .map_err(|e| bad(format!("the new token is not valid: {e}")))?;
+            if token.ca_hash.is_some() && !token.ca_matches(self.server_ca_pem.as_bytes()) {
+                return Err(bad(
+                    "the new token's CA hash does not match this cluster's server CA".into(),
+                ));
+            }
+            if token.password == current.server {
+                return Err(bad("the new token is the current token".into()));
+            }
+            // Agents that use the server token (no `agent-token`) follow it;
+            // a separate agent token stays.
+            let new = Passwd {
+                server: token.password.clone(),
+                node: if current.node == current.server {
+                    token.password.clone()
+                } else {
+                    current.node.clone()
+                },
+            };
+            let internal = |e: anyhow::Error| {
+                (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("token rotation failed: {e:#}\n"),
+                )
+            };
+            rotate_bootstrap_data(
+                &self.store,
+                &self.server_dir.join("tls"),
+                &current.server,
+                &new,
+            )
+            .await
+            .map_err(internal)?;
+            let text = format!(
+                "{}\n",
+                Token::server(self.server_ca_pem.as_bytes(), &new.server)
+            );
+            for name in ["token", "node-token"] {
+                let p = self.server_dir.join(name);
+                rke2_trust::write_file_atomic(&p, text.as_bytes(), 0o600)
+                    .with_context(|| format!("writing {}", p.display()))
+                    .map_err(internal)?;
+            }
+            info!("cluster token rotated; restart every server with the new token");
+            Ok(new)
+        })
+    }
+
     fn api_ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move { self.store.healthy().await })
     }
@@ -318,8 +372,52 @@ pub fn cluster_info(
     store: Store,
     api: rke2_apiserver::ApiState,
     client: kube::Client,
+    server_dir: std::path::PathBuf,
+    server_ca_pem: String,
 ) -> Arc<dyn rke2_supervisor::server::ClusterInfo> {
-    Arc::new(LocalCluster { store, api, client })
+    Arc::new(LocalCluster {
+        store,
+        api,
+        client,
+        server_dir,
+        server_ca_pem,
+    })
+}
+
+/// Re-encrypts the bootstrap data stored under `old_password` with
+/// `new.server` and the passwords `new` (`rke2 token rotate`): the new
+/// record is written before the old one is deleted, so a crash in between
+/// leaves data that either token opens, never none.
+pub async fn rotate_bootstrap_data(
+    store: &Store,
+    tls_dir: &Path,
+    old_password: &str,
+    new: &Passwd,
+) -> Result<()> {
+    let old_key = bootstrap::storage_key(old_password);
+    let new_key = bootstrap::storage_key(&new.server);
+    let existing = store
+        .list("/bootstrap/", None, 0, 0)
+        .await
+        .context("reading bootstrap data from etcd")?;
+    let old = existing
+        .items
+        .iter()
+        .find(|kv| kv.key == old_key)
+        .context("no bootstrap data is stored under the current token")?;
+    bootstrap::decrypt(old_password, &String::from_utf8_lossy(&old.value))
+        .context("opening the stored bootstrap data with the current token")?;
+    let doc = bootstrap::pack(tls_dir, new).context("packing bootstrap data")?;
+    let sealed = bootstrap::encrypt(&new.server, &doc);
+    store
+        .create(&new_key, sealed.into_bytes())
+        .await
+        .context("storing the bootstrap data under the new token")?;
+    store
+        .delete(&old_key, old.mod_revision)
+        .await
+        .context("deleting the bootstrap data of the old token")?;
+    Ok(())
 }
 
 fn hash_password(salt: &str, password: &str) -> String {

@@ -3,6 +3,8 @@
 //! `rke2 metrics-server`, `rke2 helm-job`).
 
 mod agent;
+mod cert_monitor;
+mod certificate;
 mod cluster;
 mod dns;
 mod dns_autoscaler;
@@ -13,6 +15,9 @@ mod ingress;
 mod metrics_server;
 mod preflight;
 mod server;
+mod status;
+mod systemd;
+mod token_cmd;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -33,9 +38,7 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 etcd-snapshot <save|ls|list|delete|prune> [flags]
-                        take, list, delete and prune etcd snapshots (local and S3)
-  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 helm-job <install|delete>\n                        run helm for a HelmChart (its helm-install-/helm-delete- Jobs run this)\n  rke2 ingress-controller [flags]\n                        route HTTP and HTTPS by Ingress rules (the rke2-ingress-nginx addon's pods run this)\n  rke2 metrics-server [flags]\n                        serve resource metrics for kubectl top (the rke2-metrics-server addon runs this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 certificate <check|rotate> [flags]\n                        show certificate expiry; back up and remove leaf certificates to renew them at the next start\n  rke2 token rotate --token OLD --new-token NEW [--server URL]\n                        rotate the cluster token (then restart every server with it)\n  rke2 etcd-snapshot <save|ls|list|delete|prune> [flags]\n                        take, list, delete and prune etcd snapshots (local and S3)\n  rke2 status [-o json] [server flags]\n                        this server's view of the cluster: etcd, apiservers, supervisors, certificates, snapshots, nodes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 helm-job <install|delete>\n                        run helm for a HelmChart (its helm-install-/helm-delete- Jobs run this)\n  rke2 ingress-controller [flags]\n                        route HTTP and HTTPS by Ingress rules (the rke2-ingress-nginx addon's pods run this)\n  rke2 metrics-server [flags]\n                        serve resource metrics for kubectl top (the rke2-metrics-server addon runs this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
 }
 
@@ -76,6 +79,7 @@ async fn addon_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<ku
 }
 
 fn main() {
+    systemd::take_socket();
     let args: Vec<OsString> = std::env::args_os().collect();
     let sub = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
     let rest = args.get(2..).map(|r| r.to_vec()).unwrap_or_default();
@@ -88,6 +92,9 @@ fn main() {
         "agent" => Role::Agent,
         "killall" => std::process::exit(killall(&rest)),
         "etcd-snapshot" => std::process::exit(etcd_snapshot::cli::main(&rest)),
+        "certificate" => std::process::exit(certificate::main(&rest)),
+        "token" => std::process::exit(token_cmd::main(&rest)),
+        "status" => std::process::exit(status::main(&rest)),
         "dns" => std::process::exit(dns::main(&rest)),
         "dns-autoscaler" => std::process::exit(dns_autoscaler::main(&rest)),
         "helm-job" => std::process::exit(helm_job::main(&rest)),
@@ -201,13 +208,23 @@ fn killall(args: &[OsString]) -> i32 {
             0
         }
     };
+    // Routes and bridge last: the pods' network namespaces, unmounted
+    // above, held the other ends of the bridge's veths.
+    let (routes, bridge) = rke2_node::network::remove_pod_network(rke2_node::workloads::BRIDGE)
+        .unwrap_or_else(|e| {
+            eprintln!("rke2 killall: removing the pod routes and bridge: {e}");
+            (0, false)
+        });
     println!(
-        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed, {} service proxy tables removed",
+        "rke2 killall: {} processes killed, {} mounts removed under {}, {} egress rules removed, {} service proxy tables removed, {} pod routes removed, bridge {} {}",
         done.killed.len(),
         done.unmounted.len(),
         agent.display(),
         rules,
-        proxy_tables
+        proxy_tables,
+        routes,
+        rke2_node::workloads::BRIDGE,
+        if bridge { "removed" } else { "absent" }
     );
     0
 }

@@ -544,10 +544,16 @@ async fn run_with_etcd(
         .with_context(|| format!("listening on {sup_addr} for the supervisor"))?;
     let sup_state = Arc::new(rke2_supervisor::server::SupervisorState {
         server_ca_pem: trust.server_ca.cert_pem.clone(),
-        passwd: passwd.clone(),
+        passwd: std::sync::RwLock::new(passwd.clone()),
         cluster_config: crate::cluster::critical_config(cfg),
         tls_dir: trust.tls_dir.clone(),
-        info: crate::cluster::cluster_info(store.clone(), state.clone(), client.clone()),
+        info: crate::cluster::cluster_info(
+            store.clone(),
+            state.clone(),
+            client.clone(),
+            cfg.data_dir.join("server"),
+            trust.server_ca.cert_pem.clone(),
+        ),
     });
     let sup_stop = stop.clone();
     tokio::spawn(rke2_apiserver::serve_router(
@@ -630,6 +636,12 @@ async fn run_with_etcd(
     };
     tokio::spawn(label_server_node(
         client.clone(),
+        cfg.node_name.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(crate::cert_monitor::run(
+        client.clone(),
+        cfg.data_dir.clone(),
         cfg.node_name.clone(),
         stop.clone(),
     ));
@@ -769,11 +781,13 @@ async fn run_with_etcd(
         control_plane_stop.clone(),
     )?;
     info!(elapsed = ?started.elapsed(), "rke2 server is up");
+    crate::systemd::ready("rke2 server is up");
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM received; shutting down"),
         _ = sigint.recv() => info!("SIGINT received; shutting down"),
     }
+    crate::systemd::stopping();
     control_plane_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), control_plane_done).await;
     stop.cancel();

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rke2_trust::{Token, TrustError};
 use rustls::pki_types::ServerName;
@@ -23,10 +23,6 @@ use tokio_rustls::TlsConnector;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer accepted; bootstrap data is a few tens of KiB.
 const MAX_BODY: usize = 16 << 20;
-
-/// Configuration keys every server of a cluster must agree on; a joining
-/// server compares them with [`compare_critical`] before touching etcd.
-pub const CRITICAL_KEYS: [&str; 4] = ["cluster-cidr", "service-cidr", "cluster-domain", "disable"];
 
 /// Everything that can go wrong while joining through the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +229,28 @@ async fn get_once(
     auth: Option<&str>,
     extra: &[(&str, String)],
 ) -> Result<(StatusCode, Bytes), JoinError> {
+    request_once(
+        target,
+        tls,
+        http::Method::GET,
+        path,
+        auth,
+        extra,
+        Bytes::new(),
+    )
+    .await
+}
+
+/// One request on a fresh connection, within [`REQUEST_TIMEOUT`].
+async fn request_once(
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+    method: http::Method,
+    path: &str,
+    auth: Option<&str>,
+    extra: &[(&str, String)],
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), JoinError> {
     let url = format!("{}{path}", target.base);
     let transport = |what: &str, e: &dyn std::fmt::Display| JoinError::Transport {
         url: url.clone(),
@@ -254,7 +272,9 @@ async fn get_once(
         let _conn = AbortOnDrop(tokio::spawn(async move {
             let _ = conn.await;
         }));
-        let mut req = Request::get(path)
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
             .header(header::HOST, &target.authority)
             .header(header::USER_AGENT, "rke2-supervisor-client");
         if let Some(a) = auth {
@@ -264,7 +284,7 @@ async fn get_once(
             req = req.header(*k, v.as_str());
         }
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| transport("build request", &e))?;
         let resp = sender
             .send_request(req)
@@ -403,6 +423,26 @@ impl SupervisorClient {
         get_once(&self.target, self.tls.clone(), path, Some(&self.auth), &[]).await
     }
 
+    /// Asks the server to rotate the cluster token to `new_token` (`PUT
+    /// /v1-rke2/token`, as `server` with the current token): it re-encrypts
+    /// the bootstrap data and answers once that is stored.
+    pub async fn rotate_token(&self, new_token: &str) -> Result<(), JoinError> {
+        let path = "/v1-rke2/token";
+        let body = serde_json::to_vec(&serde_json::json!({ "token": new_token }))
+            .expect("JSON value serializes");
+        let (status, answer) = request_once(
+            &self.target,
+            self.tls.clone(),
+            http::Method::PUT,
+            path,
+            Some(&self.auth),
+            &[("content-type", "application/json".to_string())],
+            Bytes::from(body),
+        )
+        .await?;
+        check_status(self.url(path), status, &answer)
+    }
+
     async fn get_ok(&self, path: &str) -> Result<Bytes, JoinError> {
         let (status, body) = self.get(path).await?;
         check_status(self.url(path), status, &body)?;
@@ -529,11 +569,17 @@ fn normalise(key: &str, v: Option<&Value>) -> (Value, String) {
     }
 }
 
-/// Compare the [`CRITICAL_KEYS`] of this server's configuration (`local`)
-/// with the cluster's (`remote`, from `/v1-rke2/config`). The first
-/// difference is an error naming the key and both values.
+/// Compare the critical settings of this server's configuration (`local`,
+/// an object whose keys are the flags marked critical in the config
+/// crate's flag table) with the cluster's (`remote`, from
+/// `/v1-rke2/config`). The first difference is an error naming the key and
+/// both values.
 pub fn compare_critical(local: &Value, remote: &Value) -> Result<(), JoinError> {
-    for key in CRITICAL_KEYS {
+    let keys = local
+        .as_object()
+        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for key in keys.iter().map(String::as_str) {
         let (l, l_shown) = normalise(key, local.get(key));
         let (r, r_shown) = normalise(key, remote.get(key));
         if l != r {
@@ -558,7 +604,6 @@ mod tests {
             "service-cidr": "10.43.0.0/16",
             "cluster-domain": "cluster.local",
             "disable": ["rke2-ingress-nginx", "rke2-metrics-server"],
-            "other": "ignored",
         })
     }
 
@@ -566,6 +611,7 @@ mod tests {
     fn critical_equal() {
         let mut r = cfg();
         r["disable"] = json!(["rke2-metrics-server", "rke2-ingress-nginx"]);
+        // A key only the cluster publishes (a newer server's) is not ours to compare.
         r["other"] = json!("different");
         compare_critical(&cfg(), &r).unwrap();
         r["disable"] = json!("rke2-metrics-server, rke2-ingress-nginx");

@@ -19,7 +19,5 @@ pub use bootstrap::{
     BootstrapError, PASSWD_ENTRY, PBKDF2_ITERATIONS, Passwd, decrypt, encrypt, pack, storage_key,
     unpack,
 };
-pub use client::{
-    CRITICAL_KEYS, JoinError, SupervisorClient, compare_critical, fetch_cacerts, verify_ca,
-};
+pub use client::{JoinError, SupervisorClient, compare_critical, fetch_cacerts, verify_ca};
 pub use server::{ClusterInfo, SupervisorState, router};

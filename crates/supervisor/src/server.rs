@@ -46,6 +46,23 @@ pub trait ClusterInfo: Send + Sync {
     /// name) and every live apiserver's IP (`None`). A node's serving
     /// certificate may carry only addresses that are its own or nobody's.
     fn address_holders(&self) -> BoxFuture<'_, Result<AddressHolders, String>>;
+    /// Rotates the cluster token (`PUT /v1-rke2/token`): re-encrypts the
+    /// bootstrap data stored under the `current` passwords with
+    /// `new_token`'s password and returns the passwords now in force.
+    /// `Err((status, message))` refuses it (400 for a bad token).
+    fn rotate_token(
+        &self,
+        current: Passwd,
+        new_token: String,
+    ) -> BoxFuture<'_, Result<Passwd, (StatusCode, String)>> {
+        let _ = (current, new_token);
+        Box::pin(async {
+            Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "token rotation is not available on this server\n".to_string(),
+            ))
+        })
+    }
 }
 
 /// Who holds which address (see [`ClusterInfo::address_holders`]): a
@@ -64,16 +81,28 @@ pub struct SupervisorState {
     /// The server CA PEM exactly as stored in `server-ca.crt`: joiners hash
     /// these bytes against the token, so they must not be re-encoded.
     pub server_ca_pem: String,
-    /// The basic-auth passwords of users `server` and `node`.
-    pub passwd: Passwd,
+    /// The basic-auth passwords of users `server` and `node`; replaced by
+    /// a token rotation.
+    pub passwd: std::sync::RwLock<Passwd>,
     /// Non-secret cluster configuration for `/v1-rke2/config`; must hold the
-    /// keys of [`crate::CRITICAL_KEYS`] so joiners can compare them.
+    /// critical keys of the config crate's flag table so joiners can
+    /// compare them.
     pub cluster_config: serde_json::Value,
     /// `<data-dir>/server/tls`, packed on each `/v1-rke2/server-bootstrap`
     /// so the answer always reflects the files on disk.
     pub tls_dir: PathBuf,
     /// Live cluster facts.
     pub info: Arc<dyn ClusterInfo>,
+}
+
+impl SupervisorState {
+    /// The passwords in force now.
+    pub fn passwd(&self) -> Passwd {
+        self.passwd
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Who a request authenticated as.
@@ -100,6 +129,7 @@ pub fn router(state: Arc<SupervisorState>) -> Router {
         .route("/v1-rke2/readyz", get(readyz))
         .route("/v1-rke2/config", get(config))
         .route("/v1-rke2/server-bootstrap", get(server_bootstrap))
+        .route("/v1-rke2/token", axum::routing::put(rotate_token))
         .route("/v1-rke2/apiservers", get(apiservers))
         .route("/db/info", get(db_info))
         .route("/v1-rke2/client-kubelet.crt", get(client_kubelet))
@@ -164,8 +194,9 @@ fn authorize(state: &SupervisorState, headers: &HeaderMap, need: Need) -> Result
     };
     // Compare against both passwords every time so the answer time does
     // not reveal which user name exists.
-    let server_ok = constant_time_eq(password.as_bytes(), state.passwd.server.as_bytes());
-    let node_ok = constant_time_eq(password.as_bytes(), state.passwd.node.as_bytes());
+    let passwd = state.passwd();
+    let server_ok = constant_time_eq(password.as_bytes(), passwd.server.as_bytes());
+    let node_ok = constant_time_eq(password.as_bytes(), passwd.node.as_bytes());
     let role = match user {
         SERVER_USER if server_ok => Role::Server,
         NODE_USER if node_ok => Role::Node,
@@ -200,6 +231,40 @@ async fn cacerts(State(s): State<Arc<SupervisorState>>) -> Response {
         .into_response()
 }
 
+/// Body of `PUT /v1-rke2/token` (k3s's `/v1-k3s/token`).
+#[derive(serde::Deserialize)]
+struct TokenRotation {
+    token: String,
+}
+
+async fn rotate_token(
+    State(s): State<Arc<SupervisorState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOnly) {
+        return r.into_response();
+    }
+    let Ok(req) = serde_json::from_slice::<TokenRotation>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"token\": \"<new token>\"}\n",
+        )
+            .into_response();
+    };
+    match s.info.rotate_token(s.passwd(), req.token).await {
+        Ok(passwd) => {
+            *s.passwd.write().unwrap_or_else(|e| e.into_inner()) = passwd;
+            tracing::info!("supervisor: the cluster token was rotated");
+            (StatusCode::OK, "").into_response()
+        }
+        Err((status, message)) => {
+            warn!(%status, message = message.trim(), "supervisor: token rotation refused");
+            (status, message).into_response()
+        }
+    }
+}
+
 async fn ping() -> &'static str {
     "pong"
 }
@@ -228,7 +293,7 @@ async fn server_bootstrap(State(s): State<Arc<SupervisorState>>, headers: Header
     }
     // File reads: keep them off the async workers.
     let st = s.clone();
-    match tokio::task::spawn_blocking(move || pack(&st.tls_dir, &st.passwd)).await {
+    match tokio::task::spawn_blocking(move || pack(&st.tls_dir, &st.passwd())).await {
         Ok(Ok(doc)) => json(doc),
         Ok(Err(e)) => {
             warn!(error = %e, "supervisor: cannot pack bootstrap data");
@@ -533,10 +598,10 @@ mod tests {
     fn app(ready: bool, tls_dir: PathBuf) -> Router {
         router(Arc::new(SupervisorState {
             server_ca_pem: "CA PEM\n".into(),
-            passwd: Passwd {
+            passwd: std::sync::RwLock::new(Passwd {
                 server: "spw".into(),
                 node: "npw".into(),
-            },
+            }),
             cluster_config: serde_json::json!({"cluster-cidr": "10.42.0.0/16"}),
             tls_dir,
             info: Arc::new(Fake { ready }),

@@ -76,7 +76,7 @@ fn passwd() -> Passwd {
 async fn serve(t: &ServerTrust) -> String {
     let state = Arc::new(SupervisorState {
         server_ca_pem: t.server_ca.cert_pem.clone(),
-        passwd: passwd(),
+        passwd: std::sync::RwLock::new(passwd()),
         cluster_config: json!({
             "cluster-cidr": "10.42.0.0/16",
             "service-cidr": "10.43.0.0/16",

@@ -7,6 +7,7 @@
 
 mod csr;
 mod error;
+mod expiry;
 mod fsutil;
 mod kubeconfig;
 mod pki;
@@ -18,6 +19,7 @@ pub use csr::{
     CertificateRequest, CsrError, SignError, first_pem_block, is_certificate_der, pem_blocks,
 };
 pub use error::TrustError;
+pub use expiry::{CertInfo, describe_cert_file, describe_certs};
 pub use fsutil::{PUBLIC_MODE, SECRET_MODE, write_file_atomic, write_file_if_changed};
 pub use kubeconfig::{parse_mode, render_kubeconfig, write_kubeconfig};
 pub use pki::{

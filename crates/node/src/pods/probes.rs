@@ -1,5 +1,6 @@
-//! Liveness, readiness and startup probes: exec (CRI ExecSync), httpGet
-//! and tcpSocket, with kubelet's timing fields and thresholds.
+//! Liveness, readiness and startup probes: exec (CRI ExecSync), httpGet,
+//! tcpSocket and gRPC (`grpc.health.v1.Health/Check`), with kubelet's
+//! timing fields, thresholds and failure messages.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,10 +122,113 @@ pub async fn run(
             Err(_) => Outcome::Failure(format!("dial tcp {addr}: i/o timeout")),
         };
     }
-    if probe.grpc.is_some() {
-        return Outcome::Failure("gRPC probes are not supported yet".into());
+    if let Some(g) = &probe.grpc {
+        let Ok(port) = u16::try_from(g.port) else {
+            return Outcome::Failure(format!("invalid port {}", g.port));
+        };
+        return grpc_check(pod_ip, port, g.service.as_deref().unwrap_or(""), timeout).await;
     }
     Outcome::Success
+}
+
+/// `grpc.health.v1.HealthCheckRequest` (the protocol is two tiny messages;
+/// no .proto compilation for them).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// The name of a `ServingStatus` value, as the health protocol spells it.
+fn serving_status(n: i32) -> String {
+    match n {
+        0 => "UNKNOWN".into(),
+        1 => "SERVING".into(),
+        2 => "NOT_SERVING".into(),
+        3 => "SERVICE_UNKNOWN".into(),
+        other => other.to_string(),
+    }
+}
+
+/// One health check over plaintext HTTP/2, as kubelet's gRPC prober does
+/// (its failure messages, word for word).
+async fn grpc_check(host: &str, port: u16, service: &str, timeout: Duration) -> Outcome {
+    let target = format!("{}:{port}", bracket(host));
+    let secs = format!("{}s", timeout.as_secs());
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{target}")) {
+        Ok(e) => e.connect_timeout(timeout).user_agent("kube-probe/1.35"),
+        Err(e) => return Outcome::Failure(format!("error: invalid gRPC target {target:?}: {e}")),
+    };
+    let Ok(endpoint) = endpoint else {
+        return Outcome::Failure(format!("error: invalid gRPC target {target:?}"));
+    };
+    let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let cause = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            return Outcome::Failure(format!(
+                "timeout: failed to connect service {target:?} within {secs}: {cause}"
+            ));
+        }
+        Err(_) => {
+            return Outcome::Failure(format!(
+                "timeout: failed to connect service {target:?} within {secs}"
+            ));
+        }
+    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let call = async {
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec: tonic_prost::ProstCodec<HealthCheckRequest, HealthCheckResponse> =
+            tonic_prost::ProstCodec::default();
+        grpc.unary(
+            tonic::Request::new(HealthCheckRequest {
+                service: service.to_string(),
+            }),
+            http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
+            codec,
+        )
+        .await
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(resp)) => {
+            let status = resp.into_inner().status;
+            if status == 1 {
+                Outcome::Success
+            } else {
+                Outcome::Failure(format!(
+                    "service unhealthy (responded with {:?})",
+                    serving_status(status)
+                ))
+            }
+        }
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Outcome::Failure(format!(
+            "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+            s.message()
+        )),
+        Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Outcome::Failure(format!(
+            "timeout: health rpc did not complete within {secs}"
+        )),
+        Ok(Err(s)) => Outcome::Failure(format!(
+            "error: health rpc probe failed: rpc error: code = {:?} desc = {}",
+            s.code(),
+            s.message()
+        )),
+        Err(_) => Outcome::Failure(format!(
+            "timeout: health rpc did not complete within {secs}"
+        )),
+    }
 }
 
 fn bracket(host: &str) -> String {

@@ -1,0 +1,188 @@
+//! gRPC probes on a real node (one server in its own network namespace):
+//! a pod serving `grpc.health.v1.Health` (Debian's python3-grpcio from the
+//! host, tests/py/grpc_health.py, in the test busybox image) turns Ready
+//! through a gRPC readiness probe; when it answers NOT_SERVING the pod
+//! goes NotReady with kubelet's `Unhealthy` event text, and Ready again
+//! when it serves; a gRPC liveness probe on a port nobody serves restarts
+//! its container with kubelet's connection-failure message.
+//!
+//! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd,
+//! python3-grpcio (scripts/install.sh).
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use rke2_testbed::netbed::{NetBed, NodeProc};
+use rke2_testbed::{TEST_BUSYBOX_IMAGE, TEST_PAUSE_IMAGE, eventually};
+use serde_json::json;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rke2"))
+}
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn event_with(events: &Api<Event>, pod: &str, needle: &str) -> Option<Event> {
+    events
+        .list(&ListParams::default())
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .find(|e| {
+            e.involved_object.name.as_deref() == Some(pod)
+                && e.message.as_deref().is_some_and(|m| m.contains(needle))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_probes() {
+    let grpc = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import grpc"])
+        .status();
+    assert!(
+        grpc.is_ok_and(|s| s.success()),
+        "this test needs Debian's python3-grpcio (scripts/install.sh)"
+    );
+    let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
+    let hs = bed.add_host("s1").unwrap();
+    let cfg = format!(
+        "token: probes-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n  - rke2-coredns\n"
+    );
+    let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &cfg, &[]).unwrap();
+    rke2_testbed::seed_images(&s1.data_dir()).unwrap();
+    s1.start(&bed).unwrap();
+    let kc = s1.dir.join("rke2.yaml");
+    eventually(LONG, "kubeconfig", || async { kc.exists().then_some(()) })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let kubeconfig = s1.kubeconfig_at_ip().unwrap();
+    let client = eventually(LONG, "API client", || async {
+        rke2_testbed::client_from_kubeconfig(&kubeconfig).await.ok()
+    })
+    .await
+    .unwrap();
+
+    let w = s1.dir.join("grpc");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/grpc_health.py"),
+        w.join("grpc_health.py"),
+    )
+    .unwrap();
+    std::fs::write(w.join("status"), "SERVING\n").unwrap();
+    let host_path = |name: &str, path: &str| json!({"name": name, "hostPath": {"path": path}});
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "grpc"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "server",
+                    "image": TEST_BUSYBOX_IMAGE,
+                    "command": ["/usr/bin/python3", "/w/grpc_health.py", "50051", "/w/status"],
+                    "readinessProbe": {"grpc": {"port": 50051}, "periodSeconds": 1, "failureThreshold": 1},
+                    "volumeMounts": [
+                        {"name": "usr", "mountPath": "/usr", "readOnly": true},
+                        {"name": "lib64", "mountPath": "/lib64", "readOnly": true},
+                        {"name": "lib", "mountPath": "/lib", "readOnly": true},
+                        {"name": "ldcache", "mountPath": "/etc/ld.so.cache", "readOnly": true},
+                        {"name": "w", "mountPath": "/w"}
+                    ]
+                },
+                {
+                    "name": "dead",
+                    "image": TEST_BUSYBOX_IMAGE,
+                    "command": ["sleep", "3600"],
+                    "livenessProbe": {"grpc": {"port": 50052, "service": "x"}, "periodSeconds": 1, "failureThreshold": 2}
+                }
+            ],
+            "volumes": [
+                host_path("usr", "/usr"),
+                host_path("lib64", "/usr/lib64"),
+                host_path("lib", "/usr/lib"),
+                {"name": "ldcache", "hostPath": {"path": "/etc/ld.so.cache", "type": "File"}},
+                host_path("w", &w.display().to_string())
+            ]
+        }
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+
+    // Serving: the readiness probe passes (the other container's liveness
+    // failures do not make the pod unready).
+    eventually(LONG, "server container ready", || async {
+        let p = pods.get("grpc").await.ok()?;
+        let st = p.status?.container_statuses?;
+        st.iter()
+            .any(|c| c.name == "server" && c.ready)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+
+    // The liveness probe on a port nobody serves restarts its container.
+    let ev = eventually(LONG, "liveness failure event", || {
+        event_with(
+            &events,
+            "grpc",
+            "Liveness probe failed: timeout: failed to connect service",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(ev.reason.as_deref(), Some("Unhealthy"));
+    assert!(ev.message.unwrap().contains(":50052\""));
+    eventually(LONG, "dead container restarted", || async {
+        let p = pods.get("grpc").await.ok()?;
+        let st = p.status?.container_statuses?;
+        st.iter()
+            .any(|c| c.name == "dead" && c.restart_count >= 1)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // NOT_SERVING: the server container goes unready with kubelet's words.
+    std::fs::write(w.join("status"), "NOT_SERVING\n").unwrap();
+    eventually(LONG, "server container unready", || async {
+        let p = pods.get("grpc").await.ok()?;
+        let st = p.status.clone()?.container_statuses?;
+        (st.iter().any(|c| c.name == "server" && !c.ready) && !ready(&p)).then_some(())
+    })
+    .await
+    .unwrap();
+    let ev = eventually(LONG, "readiness failure event", || {
+        event_with(
+            &events,
+            "grpc",
+            "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+
+    // Serving again: ready again.
+    std::fs::write(w.join("status"), "SERVING\n").unwrap();
+    eventually(LONG, "server container ready again", || async {
+        let p = pods.get("grpc").await.ok()?;
+        let st = p.status?.container_statuses?;
+        st.iter()
+            .any(|c| c.name == "server" && c.ready)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
