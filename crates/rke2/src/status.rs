@@ -552,7 +552,13 @@ async fn gather(cfg: &Config) -> Result<Report> {
         match crate::etcd_snapshot::schedule::Schedule::parse(&cfg.etcd_snapshot.schedule_cron) {
             Ok(s) => s
                 .next_after(chrono::Local::now())
-                .map(|t| format!("next: {}", t.with_timezone(&chrono::Utc).to_rfc3339()))
+                .map(|t| {
+                    format!(
+                        "next: {}",
+                        t.with_timezone(&chrono::Utc)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
                 .unwrap_or_else(|| "no next run".into()),
             Err(e) => e,
         }
