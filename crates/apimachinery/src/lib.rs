@@ -1,6 +1,7 @@
 //! Kubernetes API machinery without IO: strategic merge patch, label and
 //! field selectors, object name validation, human-readable ages,
-//! resource quantities and the Node labels a kubelet may set.
+//! resource quantities, the Node labels a kubelet may set and CronJob
+//! schedules.
 //!
 //! Everything here is a pure function over `serde_json::Value` (or plain
 //! strings) so the API server, the printers and the controllers can share
@@ -8,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cron;
 pub mod duration;
 pub mod node_labels;
 pub mod quantity;

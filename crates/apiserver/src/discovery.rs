@@ -149,10 +149,12 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> Option<SubresourceInfo> {
         // Proxied to the node API, GET only (`proxy::node_proxy`).
         "proxy" => other("", "v1", "NodeProxyOptions", &["get"]),
         "binding" => other("", "v1", "Binding", &["create"]),
+        "eviction" => other("policy", "v1", "Eviction", &["create"]),
         "scale" => other("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "token" => other("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
         "exec" => other("", "v1", "PodExecOptions", &["create", "get"]),
         "attach" => other("", "v1", "PodAttachOptions", &["create", "get"]),
+        "portforward" => other("", "v1", "PodPortForwardOptions", &["create", "get"]),
         _ => None,
     }
 }
@@ -332,6 +334,7 @@ mod tests {
             "pods",
             "pods/status",
             "pods/binding",
+            "pods/eviction",
             "nodes",
             "configmaps",
             "namespaces/finalize",
@@ -345,7 +348,8 @@ mod tests {
         let apps = resource_list(&reg, "apps", "v1").unwrap();
         assert_eq!(apps["groupVersion"], "apps/v1");
         assert!(resource_list(&reg, "batch", "v1").is_some());
-        assert!(resource_list(&reg, "policy", "v1").is_none());
+        assert!(resource_list(&reg, "policy", "v1").is_some());
+        assert!(resource_list(&reg, "policy", "v1beta1").is_none());
         let apps_names: Vec<&str> = apps["resources"]
             .as_array()
             .unwrap()

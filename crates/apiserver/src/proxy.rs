@@ -129,6 +129,9 @@ pub enum PodStream {
     Exec,
     /// `pods/attach` → `/attach/...` (WebSocket).
     Attach,
+    /// `pods/portforward` → `/portForward/<ns>/<pod>` (SPDY, or SPDY
+    /// tunnelled in a WebSocket for kubectl >= 1.31).
+    PortForward,
 }
 
 impl PodStream {
@@ -142,6 +145,7 @@ impl PodStream {
             "log" => Some(Self::Log),
             "exec" => Some(Self::Exec),
             "attach" => Some(Self::Attach),
+            "portforward" => Some(Self::PortForward),
             _ => None,
         }
     }
@@ -152,6 +156,7 @@ impl PodStream {
             Self::Log => "containerLogs",
             Self::Exec => "exec",
             Self::Attach => "attach",
+            Self::PortForward => "portForward",
         }
     }
 
@@ -162,6 +167,7 @@ impl PodStream {
             Self::Log => "PodLogOptions",
             Self::Exec => "PodExecOptions",
             Self::Attach => "PodAttachOptions",
+            Self::PortForward => "PodPortForwardOptions",
         }
     }
 }
@@ -453,7 +459,7 @@ pub fn resolve_container(
                         all.join(" ")
                     )
                 }
-                PodStream::Exec | PodStream::Attach => {
+                PodStream::Exec | PodStream::Attach | PodStream::PortForward => {
                     let mut m = format!(
                         "a container name must be specified for pod {name}, choose one of: [{}]",
                         containers.join(" ")
@@ -523,13 +529,23 @@ impl NodeTarget {
         container: &str,
         query: &str,
     ) -> Self {
-        let mut path_and_query = format!(
-            "/{}/{}/{}/{}",
-            stream.node_route(),
-            segment(namespace),
-            segment(pod),
-            segment(container)
-        );
+        let mut path_and_query = if stream == PodStream::PortForward {
+            // A pod's ports, not a container's.
+            format!(
+                "/{}/{}/{}",
+                stream.node_route(),
+                segment(namespace),
+                segment(pod)
+            )
+        } else {
+            format!(
+                "/{}/{}/{}/{}",
+                stream.node_route(),
+                segment(namespace),
+                segment(pod),
+                segment(container)
+            )
+        };
         if !query.is_empty() {
             path_and_query.push('?');
             path_and_query.push_str(query);
@@ -580,7 +596,7 @@ async fn serve(
 ) -> ApiResult<Response> {
     let allowed = match stream {
         PodStream::Log => parts.method == Method::GET,
-        PodStream::Exec | PodStream::Attach => {
+        PodStream::Exec | PodStream::Attach | PodStream::PortForward => {
             parts.method == Method::GET || parts.method == Method::POST
         }
     };
@@ -599,9 +615,14 @@ async fn serve(
             let o = ExecOptions::parse(&pairs, stream);
             (o.container.clone(), o.node_query())
         }
+        PodStream::PortForward => (None, port_forward_query(&pairs)?),
     };
     let pod = read(state, pods(), Some(namespace), name).await?;
-    let container = resolve_container(&pod, requested.as_deref(), stream)?;
+    let container = if stream == PodStream::PortForward {
+        String::new()
+    } else {
+        resolve_container(&pod, requested.as_deref(), stream)?
+    };
     let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request(format!(
             "pod {name} does not have a host assigned"
@@ -621,7 +642,7 @@ async fn serve(
     let tls = &state.config().node_client;
     match stream {
         PodStream::Log => forward_stream(tls, &target).await,
-        PodStream::Exec | PodStream::Attach => {
+        PodStream::Exec | PodStream::Attach | PodStream::PortForward => {
             let protocol = stream_upgrade(&parts.headers)?;
             let Some(upgrade) = parts.extensions.remove::<OnUpgrade>() else {
                 return Err(ApiError::bad_request(
@@ -639,6 +660,28 @@ async fn serve(
             .await
         }
     }
+}
+
+/// The `ports` of a port-forward request (repeated or comma separated, as
+/// upstream's `PodPortForwardOptions`), each 1-65535, passed on to the node;
+/// a bad one is 400 naming it.
+fn port_forward_query(pairs: &[(String, String)]) -> ApiResult<String> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs.iter().filter(|(k, _)| k == "ports") {
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => {
+                    q.append_pair(k, p);
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid port {p:?}: must be an integer from 1 to 65535"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(q.finish())
 }
 
 /// The node API path of a `nodes/<name>/proxy/<path>` request path: what

@@ -52,6 +52,11 @@ pub enum Printer {
     Ingress,
     /// NAME CONTROLLER PARAMETERS AGE (`networking`).
     IngressClass,
+    /// NAME SCHEDULE TIMEZONE SUSPEND ACTIVE LAST SCHEDULE AGE (`batch`).
+    CronJob,
+    /// NAME MIN AVAILABLE MAX UNAVAILABLE ALLOWED DISRUPTIONS AGE
+    /// (`disruption`).
+    PodDisruptionBudget,
     /// NAME, the given columns (a CRD's `additionalPrinterColumns`; AGE
     /// is one of them by default).
     Columns(Vec<PrinterColumn>),
@@ -218,7 +223,7 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
     vec![
         rt!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], cat: [], sub: ["status", "finalize"], fields: ["status.phase"], Printer::Namespace, status: true, gen: false, typed: api::core::v1::Namespace, strategy: strategy::Namespace),
         rt!("", "v1", "Node", "nodes", "node", false, short: ["no"], cat: [], sub: ["status", "proxy"], fields: ["spec.unschedulable"], Printer::Node, status: true, gen: false, typed: api::core::v1::Node, strategy: strategy::Node),
-        rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false, typed: api::core::v1::Pod, strategy: strategy::Pod),
+        rt!("", "v1", "Pod", "pods", "pod", true, short: ["po"], cat: ["all"], sub: ["status", "binding", "log", "exec", "attach", "portforward", "eviction"], fields: ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], Printer::Pod, status: true, gen: false, typed: api::core::v1::Pod, strategy: strategy::Pod),
         rt!("", "v1", "Service", "services", "service", true, short: ["svc"], cat: ["all"], sub: ["status"], fields: ["spec.clusterIP", "spec.type"], Printer::Service, status: true, gen: false, typed: api::core::v1::Service, strategy: strategy::Service),
         rt!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], cat: [], sub: [], fields: [], Printer::Endpoints, status: false, gen: false, typed: api::core::v1::Endpoints, strategy: strategy::Plain),
         rt!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, short: [], cat: [], sub: [], fields: [], Printer::EndpointSlice, status: false, gen: false, typed: api::discovery::v1::EndpointSlice, strategy: strategy::EndpointSlice),
@@ -233,6 +238,8 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true, typed: api::apps::v1::ReplicaSet, strategy: strategy::ReplicaSet),
         rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true, typed: api::apps::v1::DaemonSet, strategy: strategy::DaemonSet),
         rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true, typed: api::batch::v1::Job, strategy: strategy::Job),
+        rt!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, short: ["cj"], cat: ["all"], sub: ["status"], fields: [], Printer::CronJob, status: true, gen: true, typed: api::batch::v1::CronJob, strategy: crate::batch::CronJob),
+        rt!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", true, short: ["pdb"], cat: [], sub: ["status"], fields: [], Printer::PodDisruptionBudget, status: true, gen: true, typed: api::policy::v1::PodDisruptionBudget, strategy: crate::disruption::PodDisruptionBudget),
         rt!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::ClusterRole, strategy: strategy::RbacRole),
         rt!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", false, short: [], cat: [], sub: [], fields: [], Printer::RoleBinding, status: false, gen: false, typed: api::rbac::v1::ClusterRoleBinding, strategy: strategy::RbacBinding),
         rt!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, short: [], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::rbac::v1::Role, strategy: strategy::RbacRole),
@@ -462,6 +469,7 @@ mod tests {
                 "coordination.k8s.io",
                 "apps",
                 "batch",
+                "policy",
                 "rbac.authorization.k8s.io",
                 "admissionregistration.k8s.io",
                 "apiregistration.k8s.io",

@@ -480,7 +480,11 @@ async fn route(
             let verb = match crate::proxy::PodStream::of(&rp) {
                 // Upstream authorizes exec/attach as `create` even when the
                 // WebSocket upgrade arrives as a GET.
-                Some(crate::proxy::PodStream::Exec | crate::proxy::PodStream::Attach) => "create",
+                Some(
+                    crate::proxy::PodStream::Exec
+                    | crate::proxy::PodStream::Attach
+                    | crate::proxy::PodStream::PortForward,
+                ) => "create",
                 _ => verb_of(&parts.method, rp.name.is_some(), &query),
             };
             if let Some(p) = audit.as_mut() {

@@ -639,6 +639,13 @@ impl Strategy for Job {
     }
 
     fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        if obj["spec"]["completionMode"] == "Indexed" && !obj["spec"]["completions"].is_i64() {
+            causes.push((
+                "spec.completions".into(),
+                "Required value".into(),
+                "when completion mode is Indexed".into(),
+            ));
+        }
         if obj["spec"]["template"]["spec"]["containers"]
             .as_array()
             .map(|c| c.is_empty())
@@ -932,7 +939,7 @@ fn default_container(c: &mut Value) {
 }
 
 /// Pod spec defaults (also used for templates).
-fn default_pod_spec(spec: &mut Value) {
+pub(crate) fn default_pod_spec(spec: &mut Value) {
     let Some(m) = spec.as_object_mut() else {
         return;
     };

@@ -71,6 +71,20 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             v.push(age);
             v
         }
+        Printer::CronJob => {
+            let (mid, wide) = crate::batch::columns();
+            let mut v = vec![name];
+            v.extend(mid);
+            v.push(age);
+            v.extend(wide);
+            v
+        }
+        Printer::PodDisruptionBudget => {
+            let mut v = vec![name];
+            v.extend(crate::disruption::columns());
+            v.push(age);
+            v
+        }
         Printer::Columns(extra) => {
             let mut out = vec![name];
             out.extend(
@@ -728,6 +742,20 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         Printer::IngressClass => {
             let mut v = vec![name];
             v.extend(crate::networking::ingress_class_cells(obj));
+            v.push(a);
+            v
+        }
+        Printer::CronJob => {
+            let (mid, wide) = crate::batch::cells(obj, now);
+            let mut v = vec![name];
+            v.extend(mid);
+            v.push(a);
+            v.extend(wide);
+            v
+        }
+        Printer::PodDisruptionBudget => {
+            let mut v = vec![name];
+            v.extend(crate::disruption::cells(obj, now));
             v.push(a);
             v
         }

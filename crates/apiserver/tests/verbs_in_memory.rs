@@ -947,3 +947,156 @@ async fn compacted_revisions_are_gone() {
         "{ev}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_honour_disruption_budgets() {
+    let api = Api::start().await;
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    let pdbs = format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets");
+    let (code, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/namespaces/{NS}/serviceaccounts"),
+            json!({"metadata": {"name": "default"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let evict = |name: &str| {
+        let uri = format!("{pods}/{name}/eviction");
+        let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": name, "namespace": NS}});
+        let api = &api;
+        async move { api.call(Method::POST, &uri, body).await }
+    };
+    let (code, st) = evict("nope").await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{st}");
+    assert_eq!(st["message"], "pods \"nope\" not found");
+    for name in ["running", "pending"] {
+        let (code, p) = api
+            .call(
+                Method::POST,
+                &pods,
+                json!({"metadata": {"name": name, "labels": {"app": "a"}},
+                       "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{p}");
+    }
+    let (code, p) = api
+        .call_as(
+            Method::PATCH,
+            &format!("{pods}/running/status"),
+            "application/merge-patch+json",
+            json!({"status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    let (code, pdb) = api
+        .call(
+            Method::POST,
+            &pdbs,
+            json!({"metadata": {"name": "budget"},
+                   "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "a"}}}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{pdb}");
+    // Not yet seen by the disruption controller.
+    let (code, st) = evict("running").await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{st}");
+    assert_eq!(
+        st["details"]["causes"][0]["message"],
+        "The disruption budget budget is still being processed by the server."
+    );
+    let set_status = |allowed: i64| {
+        let api = &api;
+        let uri = format!("{pdbs}/budget/status");
+        async move {
+            let (code, p) = api
+                .call_as(
+                    Method::PATCH,
+                    &uri,
+                    "application/merge-patch+json",
+                    json!({"status": {"observedGeneration": 1, "currentHealthy": 1,
+                        "desiredHealthy": 1, "expectedPods": 2, "disruptionsAllowed": allowed}}),
+                )
+                .await;
+            assert_eq!(code, StatusCode::OK, "{p}");
+        }
+    };
+    set_status(0).await;
+    let (code, st) = evict("running").await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{st}");
+    assert_eq!(st["reason"], "TooManyRequests");
+    assert_eq!(
+        st["message"],
+        "Cannot evict pod as it would violate the pod's disruption budget."
+    );
+    assert_eq!(st["details"]["causes"][0]["reason"], "DisruptionBudget");
+    assert_eq!(
+        st["details"]["causes"][0]["message"],
+        "The disruption budget budget needs 1 healthy pods and has 1 currently"
+    );
+    let (code, p) = api
+        .call(Method::GET, &format!("{pods}/running"), Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(p["metadata"]["deletionTimestamp"].is_null(), "{p}");
+    // A Pending pod costs the budget nothing.
+    let (code, st) = evict("pending").await;
+    assert_eq!(code, StatusCode::CREATED, "{st}");
+    assert_eq!(st["status"], "Success");
+    // One disruption allowed: a dry run takes nothing.
+    set_status(1).await;
+    let (code, st) = api
+        .call(
+            Method::POST,
+            &format!("{pods}/running/eviction"),
+            json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": "running", "namespace": NS},
+                "deleteOptions": {"dryRun": ["All"]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{st}");
+    let (_, pdb) = api
+        .call(Method::GET, &format!("{pdbs}/budget"), Value::Null)
+        .await;
+    assert_eq!(pdb["status"]["disruptionsAllowed"], 1, "{pdb}");
+    let (_, p) = api
+        .call(Method::GET, &format!("{pods}/running"), Value::Null)
+        .await;
+    assert!(p["metadata"]["deletionTimestamp"].is_null(), "{p}");
+    // Then for real: taken, recorded, and the pod deleted.
+    let (code, st) = evict("running").await;
+    assert_eq!(code, StatusCode::CREATED, "{st}");
+    let (_, pdb) = api
+        .call(Method::GET, &format!("{pdbs}/budget"), Value::Null)
+        .await;
+    assert_eq!(pdb["status"]["disruptionsAllowed"], 0, "{pdb}");
+    assert!(
+        pdb["status"]["disruptedPods"]["running"].is_string(),
+        "{pdb}"
+    );
+    let (code, p) = api
+        .call(Method::GET, &format!("{pods}/running"), Value::Null)
+        .await;
+    assert!(
+        code == StatusCode::NOT_FOUND || p["metadata"]["deletionTimestamp"].is_string(),
+        "{p}"
+    );
+    // Discovery names the subresource's group, version and kind, which
+    // kubectl drain looks for.
+    let (_, v1) = api.call(Method::GET, "/api/v1", Value::Null).await;
+    let ev = v1["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods/eviction")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&ev["group"], &ev["version"], &ev["kind"]),
+        (&json!("policy"), &json!("v1"), &json!("Eviction")),
+        "{ev}"
+    );
+}

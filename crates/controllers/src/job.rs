@@ -1,5 +1,5 @@
 //! Jobs: pods run to completion, as kube-controller-manager's job
-//! controller (NonIndexed completion mode).
+//! controller (NonIndexed and Indexed completion modes).
 //!
 //! A `kube` Controller over Jobs, triggered by their pods. Each reconcile
 //! lists the Job's pods afresh (its selector, filtered to pods it controls)
@@ -30,7 +30,26 @@
 //! `batch.kubernetes.io/controller-uid` / `job-name` into them) and a
 //! controller ownerReference with `blockOwnerDeletion`.
 //!
-//! Not done: Indexed completion mode, pod failure / success policies,
+//! `completionMode: Indexed`: one pod per index `0..completions` not yet
+//! done (lowest first, at most `parallelism` at once), each with the
+//! annotation and label `batch.kubernetes.io/job-completion-index`,
+//! `JOB_COMPLETION_INDEX` from that annotation in every container and
+//! hostname `<job>-<index>`; `status.completedIndexes` (`0-2,5`) counts
+//! as `succeeded`, and the Job completes when every index is done.
+//!
+//! `podFailurePolicy` ([`failure_rule`]): the first rule whose
+//! `onExitCodes` (non-zero exit codes of the named or any container) or
+//! `onPodConditions` matches a failed pod decides: `Ignore` leaves the
+//! failure out of `failed` (a replacement is made), `FailJob` fails the
+//! Job at once (reason `PodFailurePolicy`, upstream's message), `Count`
+//! counts it as usual.
+//!
+//! `ttlSecondsAfterFinished` is [`run_ttl`] (upstream's
+//! ttl-after-finished controller, under its own account): a finished Job
+//! is deleted (foreground) that many seconds after its `Complete` or
+//! `Failed` condition.
+//!
+//! Not done: success policies, `backoffLimitPerIndex` and `FailIndex`,
 //! backoff delays between re-creations, `podReplacementPolicy`.
 
 use std::sync::Arc;
@@ -84,11 +103,147 @@ pub fn finished(job: &Job) -> bool {
         })
 }
 
+/// Annotation (and label) with the completion index of a pod of an
+/// `Indexed` Job.
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+/// Reason of the failure conditions when a `FailJob` rule matched.
+pub const REASON_POD_FAILURE_POLICY: &str = "PodFailurePolicy";
+
+/// The completion index of a pod (its annotation).
+pub fn index_of(p: &Pod) -> Option<i32> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(COMPLETION_INDEX)?
+        .parse()
+        .ok()
+        .filter(|i: &i32| *i >= 0)
+}
+
+/// Parses `status.completedIndexes` (`1,3-5`).
+pub fn parse_indexes(s: &str) -> std::collections::BTreeSet<i32> {
+    let mut out = std::collections::BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(i) = part.parse() {
+                    out.insert(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Formats indexes as upstream's `completedIndexes` (runs of consecutive
+/// values as `a-b`).
+pub fn format_indexes(set: &std::collections::BTreeSet<i32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut it = set.iter().copied().peekable();
+    while let Some(start) = it.next() {
+        let mut end = start;
+        while it.peek() == Some(&(end + 1)) {
+            end = it.next().unwrap_or(end);
+        }
+        if end == start {
+            parts.push(start.to_string());
+        } else {
+            parts.push(format!("{start}-{end}"));
+        }
+    }
+    parts.join(",")
+}
+
+/// What the Job's `podFailurePolicy` says of a failed pod: the action of
+/// the first matching rule and its index, or `None`.
+pub fn failure_rule(job: &Job, pod: &Pod) -> Option<(String, usize, String)> {
+    let rules = job
+        .spec
+        .as_ref()?
+        .pod_failure_policy
+        .as_ref()?
+        .rules
+        .clone();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let pname = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.as_ref();
+    for (i, rule) in rules.iter().enumerate() {
+        if let Some(req) = &rule.on_exit_codes {
+            let statuses = status
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(
+                    status
+                        .and_then(|s| s.init_container_statuses.clone())
+                        .unwrap_or_default(),
+                );
+            for cs in statuses {
+                if req.container_name.as_ref().is_some_and(|n| *n != cs.name) {
+                    continue;
+                }
+                let Some(code) = cs
+                    .state
+                    .as_ref()
+                    .and_then(|st| st.terminated.as_ref())
+                    .map(|t| t.exit_code)
+                else {
+                    continue;
+                };
+                // Exit code 0 never matches (upstream).
+                if code == 0 {
+                    continue;
+                }
+                let inside = req.values.contains(&code);
+                let hit = match req.operator.as_str() {
+                    "In" => inside,
+                    "NotIn" => !inside,
+                    _ => false,
+                };
+                if hit {
+                    let msg = format!(
+                        "Container {} for pod {ns}/{pname} failed with exit code {code} matching {} rule at index {i}",
+                        cs.name, rule.action
+                    );
+                    return Some((rule.action.clone(), i, msg));
+                }
+            }
+        }
+        if let Some(conds) = &rule.on_pod_conditions {
+            let pod_conds = status
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default();
+            for want in conds {
+                let want_status = want.status.as_deref().unwrap_or("True");
+                if let Some(c) = pod_conds
+                    .iter()
+                    .find(|c| c.type_ == want.type_ && c.status == want_status)
+                {
+                    let msg = format!(
+                        "Pod {ns}/{pname} has condition {} matching {} rule at index {i}",
+                        c.type_, rule.action
+                    );
+                    return Some((rule.action.clone(), i, msg));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// What one reconcile does.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// How many pods to create.
     pub create: usize,
+    /// The completion indexes of the pods to create (`Indexed` Jobs; as
+    /// many as `create`).
+    pub indexes: Vec<i32>,
     /// Pods (names) to delete.
     pub delete: Vec<String>,
     /// The new status.
@@ -154,8 +309,41 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
             p.metadata.name.clone(),
         )
     });
-    let succeeded = live.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
-    let failed = live.iter().filter(|p| phase(p) == "Failed").count() as i32;
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let mut done_indexes = parse_indexes(old.completed_indexes.as_deref().unwrap_or(""));
+    if indexed {
+        let completions = spec.completions.unwrap_or(0);
+        done_indexes.extend(
+            live.iter()
+                .filter(|p| phase(p) == "Succeeded")
+                .filter_map(|p| index_of(p))
+                .filter(|i| *i < completions),
+        );
+        st.completed_indexes = Some(format_indexes(&done_indexes));
+    }
+    let succeeded = if indexed {
+        done_indexes.len() as i32
+    } else {
+        live.iter().filter(|p| phase(p) == "Succeeded").count() as i32
+    };
+    // podFailurePolicy: `Ignore` failures do not count, a `FailJob` one
+    // fails the Job.
+    let mut fail_job: Option<String> = None;
+    let failed = live
+        .iter()
+        .filter(|p| phase(p) == "Failed")
+        .filter(|p| match failure_rule(job, p) {
+            Some((action, _, msg)) => match action.as_str() {
+                "Ignore" => false,
+                "FailJob" => {
+                    fail_job.get_or_insert(msg);
+                    true
+                }
+                _ => true,
+            },
+            None => true,
+        })
+        .count() as i32;
     let terminating = pods
         .iter()
         .filter(|p| {
@@ -250,8 +438,14 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
             } else {
                 restarts >= backoff_limit
             };
-        if failed > backoff_limit || past_on_failure || deadline_passed.is_some() {
-            let (reason, message) = if failed > backoff_limit || past_on_failure {
+        if fail_job.is_some()
+            || failed > backoff_limit
+            || past_on_failure
+            || deadline_passed.is_some()
+        {
+            let (reason, message) = if let Some(msg) = &fail_job {
+                (REASON_POD_FAILURE_POLICY, msg.as_str())
+            } else if failed > backoff_limit || past_on_failure {
                 (REASON_BACKOFF_LIMIT, MESSAGE_BACKOFF_LIMIT)
             } else {
                 (
@@ -283,6 +477,29 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
             out.delete = names(&active);
             keep_active = 0;
             out.recheck_after = None;
+        } else if indexed {
+            // One active pod per index not yet done, lowest first.
+            let completions = spec.completions.unwrap_or(0);
+            let mut seen = std::collections::BTreeSet::new();
+            let mut keep: Vec<&Pod> = Vec::new();
+            let mut extra: Vec<&Pod> = Vec::new();
+            for p in &active {
+                match index_of(p) {
+                    Some(i) if i < completions && !done_indexes.contains(&i) && seen.insert(i) => {
+                        keep.push(p)
+                    }
+                    _ => extra.push(p),
+                }
+            }
+            let room = (parallelism as usize).saturating_sub(keep.len());
+            out.indexes = (0..completions)
+                .filter(|i| !done_indexes.contains(i) && !seen.contains(i))
+                .take(room)
+                .collect();
+            out.create = out.indexes.len();
+            out.delete = names(&extra);
+            keep_active = keep.len() + out.create;
+            active = keep;
         } else {
             let want = match spec.completions {
                 Some(c) => parallelism.min(c - succeeded).max(0) as usize,
@@ -306,13 +523,47 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     out
 }
 
-/// A new pod for `job`.
-pub fn new_pod(job: &Job) -> Pod {
+/// A new pod for `job` (with its completion index for an `Indexed` Job:
+/// annotation, label, `JOB_COMPLETION_INDEX` from the annotation in every
+/// container, hostname `<job>-<index>`).
+pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
     let name = job.metadata.name.clone().unwrap_or_default();
     let template = job.spec.clone().unwrap_or_default().template;
     let mut meta = template.metadata.unwrap_or_default();
+    let mut pod_spec = template.spec;
     meta.name = None;
     meta.generate_name = Some(format!("{name}-"));
+    if let Some(i) = index {
+        meta.generate_name = Some(format!("{name}-{i}-"));
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(COMPLETION_INDEX.into(), i.to_string());
+        meta.labels
+            .get_or_insert_with(Default::default)
+            .insert(COMPLETION_INDEX.into(), i.to_string());
+        if let Some(ps) = pod_spec.as_mut() {
+            ps.hostname = Some(format!("{name}-{i}"));
+            let env = k8s_openapi::api::core::v1::EnvVar {
+                name: "JOB_COMPLETION_INDEX".into(),
+                value: None,
+                value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                    field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                        api_version: None,
+                        field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
+                    }),
+                    ..Default::default()
+                }),
+            };
+            let containers = ps.containers.iter_mut();
+            let inits = ps.init_containers.iter_mut().flatten();
+            for c in containers.chain(inits) {
+                let envs = c.env.get_or_insert_with(Vec::new);
+                if !envs.iter().any(|e| e.name == "JOB_COMPLETION_INDEX") {
+                    envs.push(env.clone());
+                }
+            }
+        }
+    }
     meta.namespace = job.metadata.namespace.clone();
     meta.owner_references = Some(vec![OwnerReference {
         api_version: "batch/v1".into(),
@@ -324,7 +575,7 @@ pub fn new_pod(job: &Job) -> Pod {
     }]);
     Pod {
         metadata: meta,
-        spec: template.spec,
+        spec: pod_spec,
         status: None,
     }
 }
@@ -374,9 +625,12 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .collect();
     let plan = plan(&job, &pods, Timestamp::now());
     let who = format!("{ns}/{name}");
-    for _ in 0..plan.create {
+    for n in 0..plan.create {
         match pods_api
-            .create(&PostParams::default(), &new_pod(&job))
+            .create(
+                &PostParams::default(),
+                &new_pod(&job, plan.indexes.get(n).copied()),
+            )
             .await
         {
             Ok(p) => debug!(job = %who, pod = ?p.metadata.name, "created job pod"),
@@ -460,6 +714,73 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         .graceful_shutdown_on(stop.cancelled_owned())
         .with_config(controller::Config::default().concurrency(WORKERS))
         .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// When a finished Job may be deleted (`ttlSecondsAfterFinished` after
+/// the transition of its `Complete` or `Failed` condition), or `None`.
+pub fn ttl_expiry(job: &Job) -> Option<Timestamp> {
+    let ttl = job.spec.as_ref()?.ttl_seconds_after_finished?;
+    let finished_at = job
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?
+        .last_transition_time
+        .as_ref()?
+        .0;
+    Timestamp::from_second(finished_at.as_second() + i64::from(ttl.max(0))).ok()
+}
+
+async fn reconcile_ttl(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if job.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let Some(at) = ttl_expiry(&job) else {
+        return Ok(Action::await_change());
+    };
+    let now = Timestamp::now();
+    if at > now {
+        let left = (at.as_second() - now.as_second()).max(0) as u64;
+        return Ok(Action::requeue(
+            Duration::from_secs(left) + Duration::from_millis(200),
+        ));
+    }
+    let ns = job.metadata.namespace.clone().unwrap_or_default();
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    // Foreground, as upstream: the Job goes once its pods have.
+    let dp = DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+        preconditions: Some(Preconditions {
+            uid: job.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => {
+            info!(job = %format!("{ns}/{name}"), "deleted finished job (ttlSecondsAfterFinished)")
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
+}
+
+/// The ttl-after-finished controller: deletes finished Jobs whose
+/// `ttlSecondsAfterFinished` has passed. Runs until `stop`.
+pub async fn run_ttl(client: kube::Client, stop: CancellationToken) {
+    let jobs: Api<Job> = Api::all(client.clone());
+    let ctx = Arc::new(Ctx { client });
+    info!("ttl-after-finished controller started");
+    Controller::new(jobs, watcher::Config::default())
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .with_config(controller::Config::default().concurrency(WORKERS))
+        .run(reconcile_ttl, error_policy, ctx)
         .for_each(|_| async {})
         .await;
 }
@@ -634,9 +955,115 @@ mod tests {
     }
 
     #[test]
+    fn indexed_jobs_run_each_index_once() {
+        let j = job(json!({"completionMode": "Indexed", "completions": 4, "parallelism": 2}));
+        let now = Timestamp::now();
+        let p = plan(&j, &[], now);
+        assert_eq!(p.indexes, vec![0, 1]);
+        let ip = |name: &str, i: i32, phase: &str| {
+            let mut p = pod(name, phase);
+            p.metadata.annotations = Some([(COMPLETION_INDEX.to_string(), i.to_string())].into());
+            p
+        };
+        let p = plan(&j, &[ip("a", 0, "Succeeded"), ip("b", 1, "Running")], now);
+        assert_eq!(p.indexes, vec![2]);
+        assert_eq!(p.status.completed_indexes.as_deref(), Some("0"));
+        assert_eq!(p.status.active, Some(2));
+        // A failed index is run again.
+        let p = plan(
+            &j,
+            &[
+                ip("a", 0, "Succeeded"),
+                ip("b", 1, "Failed"),
+                ip("c", 3, "Running"),
+            ],
+            now,
+        );
+        assert_eq!(p.indexes, vec![1]);
+        let all = [
+            ip("a", 0, "Succeeded"),
+            ip("b", 1, "Succeeded"),
+            ip("c", 2, "Succeeded"),
+            ip("d", 3, "Succeeded"),
+        ];
+        let p = plan(&j, &all, now);
+        assert_eq!(p.status.completed_indexes.as_deref(), Some("0-3"));
+        assert_eq!(p.status.succeeded, Some(4));
+        assert!(cond(&p.status, "Complete").is_some());
+        let pod = new_pod(&j, Some(2));
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("j-2-"));
+        assert_eq!(pod.metadata.annotations.unwrap()[COMPLETION_INDEX], "2");
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("j-2"));
+        let env = &spec.containers[0].env.as_ref().unwrap()[0];
+        assert_eq!(env.name, "JOB_COMPLETION_INDEX");
+        assert_eq!(parse_indexes("1,3-5"), [1, 3, 4, 5].into());
+        assert_eq!(format_indexes(&[1, 3, 4, 5, 7].into()), "1,3-5,7");
+    }
+
+    #[test]
+    fn pod_failure_policy() {
+        let j = job(json!({"backoffLimit": 6, "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]}}));
+        let now = Timestamp::now();
+        let exited = |name: &str, code: i32| {
+            let mut p = pod(name, "Failed");
+            p.metadata.namespace = Some("default".into());
+            p.status.as_mut().unwrap().container_statuses = Some(vec![
+                serde_json::from_value(
+                    json!({"name": "c", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": code}}}),
+                )
+                .unwrap(),
+            ]);
+            p
+        };
+        let p = plan(&j, &[exited("a", 1)], now);
+        assert!(cond(&p.status, "Failed").is_none());
+        assert_eq!(p.status.failed, Some(1));
+        let p = plan(&j, &[exited("a", 42)], now);
+        let failed = cond(&p.status, "Failed").unwrap();
+        assert_eq!(failed.reason.as_deref(), Some(REASON_POD_FAILURE_POLICY));
+        assert_eq!(
+            failed.message.as_deref(),
+            Some(
+                "Container c for pod default/a failed with exit code 42 matching FailJob rule at index 0"
+            )
+        );
+        let mut disrupted = exited("b", 137);
+        disrupted.status.as_mut().unwrap().conditions = Some(vec![
+            serde_json::from_value(json!({"type": "DisruptionTarget", "status": "True"})).unwrap(),
+        ]);
+        let p = plan(&j, &[disrupted], now);
+        assert_eq!(p.status.failed, Some(0));
+        assert_eq!(p.create, 1);
+    }
+
+    #[test]
+    fn ttl_counts_from_the_final_condition() {
+        let mut j = job(json!({"ttlSecondsAfterFinished": 30}));
+        assert!(ttl_expiry(&j).is_none(), "not finished");
+        let done = Timestamp::from_second(1_700_000_000).unwrap();
+        j.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                last_transition_time: Some(Time(done)),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        });
+        assert_eq!(ttl_expiry(&j).map(|t| t.as_second()), Some(1_700_000_030));
+        j.spec.as_mut().unwrap().ttl_seconds_after_finished = None;
+        assert!(ttl_expiry(&j).is_none(), "no ttl, kept");
+    }
+
+    #[test]
     fn pods_are_owned() {
         let j = job(json!({}));
-        let p = new_pod(&j);
+        let p = new_pod(&j, None);
         assert_eq!(p.metadata.generate_name.as_deref(), Some("j-"));
         let r = &p.metadata.owner_references.unwrap()[0];
         assert_eq!(

@@ -9,9 +9,11 @@
 
 pub mod addons;
 pub mod clusterrole_aggregation;
+pub mod cronjob;
 pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod helm;

@@ -172,6 +172,8 @@ pub fn router_with(cfg: NodeApiConfig) -> Router {
         .route("/exec/{ns}/{pod}/{uid}/{container}", any(exec_uid))
         .route("/attach/{ns}/{pod}/{container}", any(attach))
         .route("/attach/{ns}/{pod}/{uid}/{container}", any(attach_uid))
+        .route("/portForward/{ns}/{pod}", any(port_forward))
+        .route("/portForward/{ns}/{pod}/{uid}", any(port_forward_uid))
         .route("/stats/summary", get(stats_summary))
         .route("/metrics/resource", get(resource_metrics))
         .route_layer(middleware::from_fn_with_state(
@@ -846,6 +848,144 @@ async fn attach_uid(
     up: ClientUpgrade,
 ) -> Result<Response, Failure> {
     stream(st, ns, pod, Some(uid), name, q, up, false).await
+}
+
+async fn port_forward(
+    st: State<NodeApi>,
+    UrlPath((ns, pod)): UrlPath<(String, String)>,
+    up: ClientUpgrade,
+) -> Result<Response, Failure> {
+    forward_ports(st, ns, pod, None, up).await
+}
+
+async fn port_forward_uid(
+    st: State<NodeApi>,
+    UrlPath((ns, pod, uid)): UrlPath<(String, String, String)>,
+    up: ClientUpgrade,
+) -> Result<Response, Failure> {
+    forward_ports(st, ns, pod, Some(uid), up).await
+}
+
+/// The ready sandbox of pod `ns/pod` (of `uid` when given).
+async fn find_sandbox(
+    cri: &Cri,
+    ns: &str,
+    pod: &str,
+    uid: Option<&str>,
+) -> Result<String, Failure> {
+    let mut sandboxes: Vec<api::PodSandbox> = cri
+        .runtime()
+        .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+        .await
+        .map_err(|s| cri_failure("ListPodSandbox", s))?
+        .into_inner()
+        .items
+        .into_iter()
+        .filter(|s| {
+            s.state == api::PodSandboxState::SandboxReady as i32
+                && s.metadata.as_ref().is_some_and(|m| {
+                    m.name == pod && m.namespace == ns && uid.is_none_or(|u| u == m.uid)
+                })
+        })
+        .collect();
+    sandboxes.sort_by_key(|s| s.created_at);
+    sandboxes.pop().map(|s| s.id).ok_or_else(|| {
+        Failure(
+            StatusCode::NOT_FOUND,
+            format!("pod {pod:?} in namespace {ns:?} has no running sandbox on this node"),
+        )
+    })
+}
+
+/// `port-forward`: the runtime's streaming server speaks kubelet's SPDY
+/// `portforward.k8s.io` protocol, so a SPDY client is passed through as
+/// exec's SPDY clients are; a WebSocket client offering the tunnelling
+/// subprotocol (kubectl >= 1.31) carries the same SPDY bytes in binary
+/// messages and is relayed message by message. Any other WebSocket is
+/// 400, on which kubectl falls back to SPDY.
+async fn forward_ports(
+    State(st): State<NodeApi>,
+    ns: String,
+    pod: String,
+    uid: Option<String>,
+    up: ClientUpgrade,
+) -> Result<Response, Failure> {
+    let offered_ws = match &up {
+        ClientUpgrade::WebSocket(ws) => ws
+            .requested_protocols()
+            .filter_map(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string())
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    match &up {
+        ClientUpgrade::Refused(e) => {
+            return Err(bad_request(format!(
+                "port-forward is served over SPDY/3.1 ({}) or a WebSocket tunnel ({}): {e}",
+                exec::PORT_FORWARD_PROTOCOL,
+                exec::PORT_FORWARD_TUNNEL
+            )));
+        }
+        ClientUpgrade::WebSocket(_)
+            if !offered_ws.iter().any(|p| p == exec::PORT_FORWARD_TUNNEL) =>
+        {
+            return Err(bad_request(format!(
+                "port-forward over WebSocket needs the subprotocol {} (offered {offered_ws:?})",
+                exec::PORT_FORWARD_TUNNEL
+            )));
+        }
+        _ => {}
+    }
+    let cri = st.cri()?;
+    let sandbox = find_sandbox(cri, &ns, &pod, uid.as_deref()).await?;
+    let url = cri
+        .runtime()
+        .port_forward(api::PortForwardRequest {
+            pod_sandbox_id: sandbox,
+            port: Vec::new(),
+        })
+        .await
+        .map_err(|s| cri_failure("PortForward", s))?
+        .into_inner()
+        .url;
+    match up {
+        ClientUpgrade::Spdy { on, offered } => {
+            let offered = if offered.is_empty() {
+                vec![exec::PORT_FORWARD_PROTOCOL.to_string()]
+            } else {
+                offered
+            };
+            let runtime = spdy::upgrade(&url, &offered)
+                .await
+                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("Upgrade"),
+            );
+            h.insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static("SPDY/3.1"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&runtime.protocol) {
+                h.insert("x-stream-protocol-version", v);
+            }
+            tokio::spawn(exec::relay_bytes(on, runtime));
+            Ok(resp)
+        }
+        ClientUpgrade::WebSocket(ws) => {
+            let runtime = spdy::upgrade(&url, &[exec::PORT_FORWARD_PROTOCOL.to_string()])
+                .await
+                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            Ok(ws
+                .protocols([exec::PORT_FORWARD_TUNNEL])
+                .on_failed_upgrade(|e| debug!(error = %e, "node API: WebSocket upgrade failed"))
+                .on_upgrade(move |socket| exec::relay_tunnel(socket, runtime)))
+        }
+        ClientUpgrade::Refused(_) => unreachable!("answered above"),
+    }
 }
 
 /// How a client asked to stream exec or attach.

@@ -1043,6 +1043,18 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     lead.clone(),
                 ));
                 loops.spawn(c::job::run(clients.of("job-controller"), lead.clone()));
+                loops.spawn(c::cronjob::run(
+                    clients.of("cronjob-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::job::run_ttl(
+                    clients.of("ttl-after-finished-controller"),
+                    lead.clone(),
+                ));
+                loops.spawn(c::disruption::run(
+                    clients.of("disruption-controller"),
+                    lead.clone(),
+                ));
                 if enable_servicelb {
                     loops.spawn(c::servicelb::run(
                         clients.of("service-controller"),

@@ -4,7 +4,10 @@
 //! through a gRPC readiness probe; when it answers NOT_SERVING the pod
 //! goes NotReady with kubelet's `Unhealthy` event text, and Ready again
 //! when it serves; a gRPC liveness probe on a port nobody serves restarts
-//! its container with kubelet's connection-failure message.
+//! its container with kubelet's connection-failure message. On the same
+//! pod, `kubectl port-forward` of every installed kubectl (SPDY for 1.29,
+//! SPDY tunnelled in a WebSocket for the newer ones) reaches busybox
+//! httpd in the pod from the test's own loopback.
 //!
 //! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd,
 //! python3-grpcio (scripts/install.sh).
@@ -100,6 +103,12 @@ async fn grpc_probes() {
                     ]
                 },
                 {
+                    "name": "web",
+                    "image": TEST_BUSYBOX_IMAGE,
+                    "command": ["httpd", "-f", "-p", "8080", "-h", "/w"],
+                    "volumeMounts": [{"name": "w", "mountPath": "/w"}]
+                },
+                {
                     "name": "dead",
                     "image": TEST_BUSYBOX_IMAGE,
                     "command": ["sleep", "3600"],
@@ -185,4 +194,51 @@ async fn grpc_probes() {
     })
     .await
     .unwrap();
+
+    // kubectl port-forward, every installed version.
+    std::fs::write(w.join("hello.txt"), "hello through port-forward\n").unwrap();
+    for (i, (minor, k)) in rke2_testbed::kubectls().unwrap().into_iter().enumerate() {
+        let local = 28080 + i as u16;
+        let mut pf = std::process::Command::new(&k)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["port-forward", "pod/grpc", &format!("{local}:8080")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = eventually(
+            Duration::from_secs(60),
+            "a page through port-forward",
+            || async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                    .await
+                    .ok()?;
+                s.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).await.ok()?;
+                body.contains("hello through port-forward").then_some(body)
+            },
+        )
+        .await;
+        let _ = pf.kill();
+        let out = pf.wait_with_output().unwrap();
+        let got = got.unwrap_or_else(|e| {
+            panic!(
+                "kubectl 1.{minor} port-forward: {e}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(got.starts_with("HTTP/1."), "kubectl 1.{minor}: {got}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("Forwarding from 127.0.0.1:{local} -> 8080")),
+            "kubectl 1.{minor}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

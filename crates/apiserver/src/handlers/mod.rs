@@ -16,6 +16,7 @@ use rke2_datastore::{KeyValue, StoreError, WatchEventKind};
 use serde_json::{Value, json};
 
 mod delete;
+mod eviction;
 mod list;
 mod patch;
 mod subresources;
@@ -23,6 +24,7 @@ mod watch;
 mod write;
 
 use self::delete::*;
+use self::eviction::*;
 use self::list::*;
 use self::patch::*;
 use self::subresources::*;
@@ -207,6 +209,7 @@ pub async fn handle(
         }
         (&Method::POST, false, None) => create(&ctx, content_type, &body).await,
         (&Method::POST, true, Some("binding")) => bind(&ctx, content_type, &body).await,
+        (&Method::POST, true, Some("eviction")) => evict(&ctx, content_type, &body).await,
         // Only ServiceAccounts list `token` (`request` refuses the rest).
         (&Method::POST, true, Some("token")) => token_request(&ctx, content_type, &body).await,
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {

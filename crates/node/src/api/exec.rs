@@ -34,6 +34,12 @@ pub const CLIENT_PROTOCOLS: [&str; 5] = [
     "base64.channel.k8s.io",
 ];
 
+/// kubelet's port-forward protocol over SPDY.
+pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+/// The WebSocket subprotocol of kubectl >= 1.31's port-forward: SPDY
+/// frames carried in binary messages.
+pub const PORT_FORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
 /// The v5 channel that tells the server stdin is closed.
 const CLOSE_CHANNEL: u8 = 255;
 
@@ -273,6 +279,48 @@ pub async fn relay_bytes(client: hyper::upgrade::OnUpgrade, runtime: spdy::Upgra
     };
     let up = async {
         let _ = tokio::io::copy(&mut c_r, &mut w).await;
+        let _ = w.shutdown().await;
+    };
+    until_done(down, up).await;
+}
+
+/// Relays a WebSocket that tunnels SPDY (binary messages are chunks of
+/// the SPDY byte stream) to the runtime's SPDY connection, both ways.
+pub async fn relay_tunnel(socket: WebSocket, runtime: spdy::Upgraded) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let spdy::Upgraded { r, mut w, .. } = runtime;
+    let early = r.buffer().to_vec();
+    let mut r = r.into_inner();
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let down = async {
+        if !early.is_empty() && ws_tx.send(ws::Message::Binary(early.into())).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(ws::Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.send(ws::Message::Close(None)).await;
+    };
+    let up = async {
+        while let Some(Ok(m)) = ws_rx.next().await {
+            match m {
+                ws::Message::Binary(b) if w.write_all(&b).await.is_err() => break,
+                ws::Message::Close(_) => break,
+                _ => {}
+            }
+        }
         let _ = w.shutdown().await;
     };
     until_done(down, up).await;
