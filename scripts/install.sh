@@ -39,6 +39,8 @@
 #   images  DIR/agent/images/rke2-pause.tar for each --data-dir: the pod
 #           sandbox image, built from busybox-static (scripts/mkimage.py)
 #   python  the `kubernetes` client package (1.35 line), for compatibility tests
+#   cargo   s3s-fs (an S3-compatible server on a directory) for the etcd
+#           snapshot tests
 # The Rust toolchain (cargo, rustc, cargo-nextest) is expected to be there
 # already; the script only checks for it.
 set -euo pipefail
@@ -117,6 +119,20 @@ else
     done
     printf '[install] ERROR: cargo is not on PATH%s; this script does not install Rust (the machine image provides rustup, cargo, rustc, cargo-nextest)\n' "$hint" >&2
     failed=1
+fi
+
+# An S3-compatible server on the local disk for the etcd snapshot tests
+# (crates/rke2/tests/snapshots.rs): s3s-fs from crates.io, pinned to the
+# last release that builds with the machine's rustc.
+S3S_FS_VERSION=0.14.1
+if command -v s3s-fs >/dev/null 2>&1; then
+    step "s3s-fs: present at $(command -v s3s-fs)"
+elif command -v cargo >/dev/null 2>&1; then
+    step "s3s-fs: cargo install s3s-fs@$S3S_FS_VERSION (a few minutes)"
+    s3s_target=$(mktemp -d)
+    CARGO_TARGET_DIR=$s3s_target cargo install --locked --features binary "s3s-fs@$S3S_FS_VERSION" >/dev/null 2>&1 \
+        || { warn "cargo install s3s-fs failed: the S3 snapshot tests cannot run"; failed=1; }
+    rm -rf "$s3s_target"
 fi
 
 # ---------------------------------------------------------------- 3. kubectl

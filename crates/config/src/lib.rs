@@ -239,6 +239,122 @@ pub struct Config {
     /// provisioner makes the volumes' directories on the nodes
     /// (`<data-dir>/storage` when unset, as k3s's `<data-dir>/storage`).
     pub default_local_storage_path: PathBuf,
+    /// etcd snapshots: `etcd-snapshot-*`, `etcd-disable-snapshots` and
+    /// the `etcd-s3*` keys (server only; an agent gets the defaults).
+    pub etcd_snapshot: EtcdSnapshotConfig,
+    /// `cluster-reset`: start etcd as the only member of a new cluster
+    /// (from this server's data, or from `cluster-reset-restore-path`),
+    /// then exit with the next steps.
+    pub cluster_reset: bool,
+    /// `cluster-reset-restore-path`: the snapshot to restore (a file, or
+    /// its name in the bucket with `etcd-s3`); only with `cluster-reset`.
+    pub cluster_reset_restore_path: Option<String>,
+}
+
+/// What `rke2 server` and `rke2 etcd-snapshot` need to take, keep and
+/// store etcd snapshots, as RKE2's `etcd-snapshot-*` keys say it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSnapshotConfig {
+    /// `etcd-disable-snapshots`: no scheduled snapshots.
+    pub disable: bool,
+    /// `etcd-snapshot-schedule-cron` (default `0 */12 * * *`); the binary
+    /// parses it before writing anything.
+    pub schedule_cron: String,
+    /// `etcd-snapshot-retention` (default 5, at least 1): how many
+    /// scheduled snapshots of this node each location keeps.
+    pub retention: usize,
+    /// `etcd-snapshot-dir` (default `<data-dir>/server/db/snapshots`).
+    pub dir: PathBuf,
+    /// `etcd-snapshot-name` (default `etcd-snapshot`): the base of the
+    /// file name `<name>-<node>-<unix time>`.
+    pub name: String,
+    /// `etcd-snapshot-compress`: store snapshots zipped (`.zip`).
+    pub compress: bool,
+    /// The S3 store (`etcd-s3` set), else `None`.
+    pub s3: Option<S3Config>,
+}
+
+/// The S3-compatible object store snapshots also go to (`etcd-s3-*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// `etcd-s3-endpoint`: host[:port], no scheme (default `s3.amazonaws.com`).
+    pub endpoint: String,
+    /// `etcd-s3-endpoint-ca`: PEM CA bundle to verify the endpoint with.
+    pub endpoint_ca: Option<PathBuf>,
+    /// `etcd-s3-skip-ssl-verify`.
+    pub skip_ssl_verify: bool,
+    /// `etcd-s3-access-key` (env `AWS_ACCESS_KEY_ID`).
+    pub access_key: Option<String>,
+    /// `etcd-s3-secret-key` (env `AWS_SECRET_ACCESS_KEY`); never printed.
+    pub secret_key: Option<String>,
+    /// `etcd-s3-bucket` (required with `etcd-s3`).
+    pub bucket: String,
+    /// `etcd-s3-region` (default `us-east-1`).
+    pub region: String,
+    /// `etcd-s3-folder`: key prefix, without slashes at either end.
+    pub folder: String,
+    /// `etcd-s3-insecure`: plain HTTP.
+    pub insecure: bool,
+    /// `etcd-s3-timeout` (default 5 minutes): bound on each request.
+    pub timeout: std::time::Duration,
+}
+
+impl fmt::Debug for S3Config {
+    // The secret key stays out of logs and panics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("endpoint_ca", &self.endpoint_ca)
+            .field("skip_ssl_verify", &self.skip_ssl_verify)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "<hidden>"))
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("folder", &self.folder)
+            .field("insecure", &self.insecure)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A Go duration as the `etcd-s3-timeout` flag takes it (`5m0s`, `30s`,
+/// `1h30m`, `250ms`), positive.
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let bad = || format!("{t:?} is not a duration such as 5m0s, 30s or 1h");
+    let mut rest = t;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if n == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "\u{b5}s" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[u..];
+    }
+    if total <= 0.0 {
+        return Err(format!("{t:?}: must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// A `profile` value.
@@ -1048,10 +1164,24 @@ fn build(
         });
     }
 
+    let data_dir = PathBuf::from(r.str("data-dir").expect("default").0);
+    let etcd_snapshot = etcd_snapshot_config(&r, &data_dir)?;
+    let cluster_reset = r.bool("cluster-reset");
+    let cluster_reset_restore_path = r.str("cluster-reset-restore-path");
+    if let (Some((path, origin)), false) = (&cluster_reset_restore_path, cluster_reset) {
+        return Err(ConfigError::InvalidValue {
+            origin: origin.clone(),
+            key: "cluster-reset-restore-path".into(),
+            value: path.clone(),
+            reason: "invalid flag use; --cluster-reset required with --cluster-reset-restore-path"
+                .into(),
+        });
+    }
+    let cluster_reset_restore_path = cluster_reset_restore_path.map(|(p, _)| p);
     Ok(Config {
         role,
         config_file,
-        data_dir: PathBuf::from(r.str("data-dir").expect("default").0),
+        data_dir,
         token: token.map(|t| t.value),
         agent_token: agent_token.map(|t| t.value),
         server,
@@ -1087,12 +1217,100 @@ fn build(
             .expect("default"),
         disable_kube_proxy: r.bool("disable-kube-proxy"),
         enable_servicelb: r.bool("enable-servicelb"),
+<<<<<<< HEAD
         default_local_storage_path: r
             .str("default-local-storage-path")
             .map(|(s, _)| PathBuf::from(s))
             .unwrap_or_else(|| {
                 PathBuf::from(r.str("data-dir").expect("default").0).join("storage")
             }),
+=======
+        etcd_snapshot,
+        cluster_reset,
+        cluster_reset_restore_path,
+    })
+}
+
+/// The `etcd-snapshot-*` and `etcd-s3-*` keys.
+fn etcd_snapshot_config(
+    r: &Resolver,
+    data_dir: &std::path::Path,
+) -> Result<EtcdSnapshotConfig, ConfigError> {
+    let retention = r
+        .parsed("etcd-snapshot-retention", |s| {
+            match s.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err("must be a whole number of at least 1"),
+            }
+        })?
+        .expect("default");
+    let name = r.str("etcd-snapshot-name").expect("default");
+    if name.0.is_empty()
+        || name.0.contains('/')
+        || !name
+            .0
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ConfigError::InvalidValue {
+            origin: name.1,
+            key: "etcd-snapshot-name".into(),
+            value: name.0,
+            reason: "only letters, digits, '-', '_' and '.' may appear in a snapshot name".into(),
+        });
+    }
+    let s3 = if r.bool("etcd-s3") {
+        let bucket = r.str("etcd-s3-bucket").map(|(b, _)| b).unwrap_or_default();
+        if bucket.is_empty() {
+            return Err(ConfigError::InvalidValue {
+                origin: Origin::Default,
+                key: "etcd-s3-bucket".into(),
+                value: String::new(),
+                reason: "etcd-s3 is set: a bucket is required".into(),
+            });
+        }
+        let endpoint = r.str("etcd-s3-endpoint").expect("default");
+        if endpoint.0.contains("://") || endpoint.0.contains('/') {
+            return Err(ConfigError::InvalidValue {
+                origin: endpoint.1,
+                key: "etcd-s3-endpoint".into(),
+                value: endpoint.0,
+                reason: "give host[:port] without a scheme or path (etcd-s3-insecure selects http)"
+                    .into(),
+            });
+        }
+        Some(S3Config {
+            endpoint: endpoint.0,
+            endpoint_ca: r.str("etcd-s3-endpoint-ca").map(|(p, _)| PathBuf::from(p)),
+            skip_ssl_verify: r.bool("etcd-s3-skip-ssl-verify"),
+            access_key: r.str("etcd-s3-access-key").map(|(v, _)| v),
+            secret_key: r.str("etcd-s3-secret-key").map(|(v, _)| v),
+            bucket,
+            region: r.str("etcd-s3-region").expect("default").0,
+            folder: r
+                .str("etcd-s3-folder")
+                .map(|(v, _)| v.trim_matches('/').to_string())
+                .unwrap_or_default(),
+            insecure: r.bool("etcd-s3-insecure"),
+            timeout: r
+                .parsed("etcd-s3-timeout", parse_go_duration)?
+                .expect("default"),
+        })
+    } else {
+        None
+    };
+    Ok(EtcdSnapshotConfig {
+        disable: r.bool("etcd-disable-snapshots"),
+        schedule_cron: r.str("etcd-snapshot-schedule-cron").expect("default").0,
+        retention,
+        dir: r
+            .str("etcd-snapshot-dir")
+            .map(|(p, _)| PathBuf::from(p))
+            .unwrap_or_else(|| data_dir.join("server").join("db").join("snapshots")),
+        name: name.0,
+        compress: r.bool("etcd-snapshot-compress"),
+        s3,
+>>>>>>> i20-day2
     })
 }
 

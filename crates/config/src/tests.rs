@@ -622,7 +622,12 @@ fn every_flag_has_an_env_name_and_cli_flag() {
     for role in [Role::Server, Role::Agent] {
         let cmd = command(role);
         for f in FLAGS.iter().filter(|f| f.for_role(role)) {
-            assert!(f.env.starts_with("RKE2_"), "{}", f.name);
+            // The S3 credentials take the AWS variables, as RKE2's do.
+            assert!(
+                f.env.starts_with("RKE2_") || f.env.starts_with("AWS_"),
+                "{}",
+                f.name
+            );
             assert!(
                 cmd.get_arguments().any(|a| a.get_long() == Some(f.name)),
                 "{} missing from {role}",
@@ -1129,6 +1134,87 @@ fn service_proxy_keys() {
         let e = err_text(server(&cfg, &["--service-node-port-range", bad]));
         assert!(e.contains("service-node-port-range"), "{bad}: {e}");
     }
+}
+
+#[test]
+fn etcd_snapshot_keys_have_rke2_defaults() {
+    let (_d, cfg) = setup(Some("data-dir: /srv/rke2\n"), &[]);
+    let s = server(&cfg, &[]).unwrap().config.etcd_snapshot;
+    assert_eq!(s.schedule_cron, "0 */12 * * *");
+    assert_eq!(s.retention, 5);
+    assert_eq!(s.dir, PathBuf::from("/srv/rke2/server/db/snapshots"));
+    assert_eq!(s.name, "etcd-snapshot");
+    assert!(!s.compress && !s.disable && s.s3.is_none());
+}
+
+#[test]
+fn etcd_s3_keys_from_file_and_env() {
+    let (_d, cfg) = setup(
+        Some(
+            "etcd-s3: true\netcd-s3-bucket: b\netcd-s3-folder: /f/\netcd-s3-endpoint: 127.0.0.1:9000\netcd-s3-timeout: 1m30s\n",
+        ),
+        &[],
+    );
+    let l = load_with(
+        Role::Server,
+        &cfg,
+        &[],
+        &env(&[("AWS_ACCESS_KEY_ID", "ak"), ("AWS_SECRET_ACCESS_KEY", "sk")]),
+    )
+    .unwrap();
+    let s3 = l.config.etcd_snapshot.s3.unwrap();
+    assert_eq!(s3.bucket, "b");
+    assert_eq!(s3.folder, "f");
+    assert_eq!(s3.region, "us-east-1");
+    assert_eq!(s3.access_key.as_deref(), Some("ak"));
+    assert_eq!(s3.timeout, std::time::Duration::from_secs(90));
+    assert!(
+        !format!("{s3:?}").contains("sk\""),
+        "secret in Debug: {s3:?}"
+    );
+}
+
+#[test]
+fn bad_etcd_snapshot_keys_are_refused() {
+    let (_d, cfg) = setup(Some(""), &[]);
+    assert!(
+        err_text(server(&cfg, &["--etcd-snapshot-retention", "0"]))
+            .contains("etcd-snapshot-retention")
+    );
+    assert!(err_text(server(&cfg, &["--etcd-s3"])).contains("etcd-s3-bucket"));
+    assert!(
+        err_text(server(
+            &cfg,
+            &[
+                "--etcd-s3",
+                "--etcd-s3-bucket",
+                "b",
+                "--etcd-s3-endpoint",
+                "http://x"
+            ]
+        ))
+        .contains("without a scheme")
+    );
+    assert!(
+        err_text(server(&cfg, &["--etcd-snapshot-name", "a/b"])).contains("etcd-snapshot-name")
+    );
+    assert!(
+        err_text(server(&cfg, &["--cluster-reset-restore-path", "/x"]))
+            .contains("--cluster-reset required")
+    );
+    assert!(
+        err_text(server(
+            &cfg,
+            &[
+                "--etcd-s3",
+                "--etcd-s3-bucket",
+                "b",
+                "--etcd-s3-timeout",
+                "soon"
+            ]
+        ))
+        .contains("not a duration")
+    );
 }
 
 #[test]

@@ -66,12 +66,15 @@ pub struct EtcdConfig {
     pub peer_cert_file: PathBuf,
     /// Key of the peer-port certificate.
     pub peer_key_file: PathBuf,
+    /// `--force-new-cluster`: drop every other member from the existing
+    /// data and form a cluster of one (`rke2 server --cluster-reset`).
+    pub force_new_cluster: bool,
 }
 
 impl EtcdConfig {
     fn args(&self) -> Vec<String> {
         let p = |p: &Path| p.display().to_string();
-        vec![
+        let mut args = vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", p(&self.data_dir)),
             format!("--listen-client-urls={}", self.listen_client_urls.join(",")),
@@ -98,7 +101,11 @@ impl EtcdConfig {
             "--log-outputs=stderr".into(),
             "--heartbeat-interval=200".into(),
             "--election-timeout=2000".into(),
-        ]
+        ];
+        if self.force_new_cluster {
+            args.push("--force-new-cluster".into());
+        }
+        args
     }
 }
 
@@ -349,6 +356,7 @@ mod tests {
             peer_trusted_ca_file: "/pca".into(),
             peer_cert_file: "/pc".into(),
             peer_key_file: "/pk".into(),
+            force_new_cluster: false,
         };
         let args = cfg.args();
         assert!(args.contains(&"--client-cert-auth=true".to_string()));

@@ -56,6 +56,7 @@ async fn etcd_store_keeps_the_contract() {
         peer_trusted_ca_file: trust.etcd_peer_ca.cert_path.clone(),
         peer_cert_file: trust.etcd_peer.cert_path.clone(),
         peer_key_file: trust.etcd_peer.key_path.clone(),
+        force_new_cluster: false,
     })
     .expect("starting etcd");
     let store = Store::connect(

@@ -356,6 +356,29 @@ pub fn server_tokens(cfg: &Config, joining: bool) -> Result<(), Refused> {
     Ok(())
 }
 
+/// The etcd snapshot settings that need more than the config crate can
+/// check: the schedule parses (RKE2's cron syntax) and the S3 settings are
+/// usable by this build. `None` when `etcd-disable-snapshots`.
+pub fn etcd_snapshots(
+    cfg: &Config,
+) -> Result<Option<crate::etcd_snapshot::schedule::Schedule>, Refused> {
+    let snap = &cfg.etcd_snapshot;
+    if let Some(s3) = &snap.s3
+        && s3.endpoint_ca.is_some()
+    {
+        return Err(Refused(format!(
+            "etcd-s3-endpoint-ca: not supported by this build (its S3 client verifies {} against the public web PKI only); use a publicly trusted certificate, or etcd-s3-skip-ssl-verify",
+            s3.endpoint
+        )));
+    }
+    if snap.disable {
+        return Ok(None);
+    }
+    crate::etcd_snapshot::schedule::Schedule::parse(&snap.schedule_cron)
+        .map(Some)
+        .map_err(Refused)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

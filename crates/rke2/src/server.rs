@@ -170,11 +170,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     let ips = node_ips(&cfg);
     let node_ip = ips[0];
     let etcd_data = server_dir.join("db").join("etcd");
-    let has_etcd_data = etcd_data.join("member").exists();
+    let mut has_etcd_data = etcd_data.join("member").exists();
     // Also before writing anything (exit 2): a token pinning a CA this
     // server will not have, and addresses we cannot listen on.
     crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
     crate::preflight::profile(&cfg)?;
+    let snapshot_schedule = crate::preflight::etcd_snapshots(&cfg)?;
     let pod_security = crate::preflight::pod_security(&cfg)?;
     let audit = crate::preflight::audit(&cfg)?.map(std::sync::Arc::new);
     crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
@@ -183,10 +184,32 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
 
+    // `--cluster-reset`: the snapshot to restore is found and verified
+    // before anything is moved.
+    let reset_snapshot = if cfg.cluster_reset {
+        crate::etcd_snapshot::restore::prepare(&cfg, &etcd_data).await?
+    } else {
+        None
+    };
+    // A server whose cluster was reset (or that was removed) is no longer
+    // in the member list the cluster reports: its old database is moved
+    // aside and it joins again.
+    if let (Some(url), true, false) = (&cfg.server, has_etcd_data, cfg.cluster_reset) {
+        let peer = format!("https://{}:2380", url_host(&node_ip));
+        if crate::etcd_snapshot::restore::removed_from_cluster(&cfg, url, &etcd_data, &peer).await {
+            let old = crate::etcd_snapshot::restore::move_aside(&etcd_data)?;
+            warn!(
+                server = %url,
+                old = %old.display(),
+                "this server is no longer a member of its cluster (the cluster was reset or it was removed): its old database is kept aside and it joins again"
+            );
+            has_etcd_data = false;
+        }
+    }
     // A server with `server:` and no etcd data yet joins that cluster; once
     // etcd has data, the URL no longer matters for membership.
     let join = match (&cfg.server, has_etcd_data) {
-        (Some(url), false) => {
+        (Some(url), false) if !cfg.cluster_reset => {
             info!(server = %url, "joining an existing cluster");
             Some(crate::cluster::prepare_join(&cfg, url, &rke2_trust::tls_dir(data_dir)).await?)
         }
@@ -278,6 +301,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             vec![client_url.clone()],
         ),
     };
+    let mut reset_old_db = None;
+    if let Some(snap) = &reset_snapshot {
+        reset_old_db = Some(crate::etcd_snapshot::restore::restore_into(
+            snap, &etcd_data, &name, &peer_url,
+        )?);
+        info!(snapshot = %snap.source, old = ?reset_old_db, "etcd database restored from the snapshot");
+    }
     let etcd = EtcdProcess::start(EtcdConfig {
         binary: cfg.etcd_binary.clone(),
         name: name.clone(),
@@ -294,8 +324,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         peer_trusted_ca_file: trust.etcd_peer_ca.cert_path.clone(),
         peer_cert_file: trust.etcd_peer.cert_path.clone(),
         peer_key_file: trust.etcd_peer.key_path.clone(),
+        force_new_cluster: cfg.cluster_reset && reset_snapshot.is_none(),
     })?;
     let ctx = Running {
+        reset: cfg.cluster_reset.then(|| {
+            crate::etcd_snapshot::restore::next_steps(
+                &cfg,
+                reset_snapshot.as_ref().map(|s| s.source.as_str()),
+                reset_old_db.as_deref(),
+            )
+        }),
+        snapshot_schedule,
         cfg: &cfg,
         trust: &trust,
         etcd: &etcd,
@@ -317,6 +356,10 @@ pub async fn run(cfg: Config) -> Result<()> {
 
 /// What the server holds once etcd runs.
 struct Running<'a> {
+    /// The scheduled etcd snapshots, unless `etcd-disable-snapshots`.
+    snapshot_schedule: Option<crate::etcd_snapshot::schedule::Schedule>,
+    /// `--cluster-reset`: the next steps to print once etcd runs alone.
+    reset: Option<String>,
     cfg: &'a Config,
     trust: &'a ServerTrust,
     etcd: &'a EtcdProcess,
@@ -349,6 +392,8 @@ async fn run_with_etcd(
         passwd,
         pod_security,
         audit,
+        snapshot_schedule,
+        reset,
     } = ctx;
     let own_client_url = format!("https://{}:2379", url_host(&node_ip));
     let store = Store::connect(&endpoints, Some(&store_tls))
@@ -360,12 +405,28 @@ async fn run_with_etcd(
         _ = sigint.recv() => return Ok(()),
     }
     info!(elapsed = ?started.elapsed(), "etcd is healthy");
+    // `rke2 etcd-snapshot` reaches this member without the server's flags.
+    rke2_trust::write_file_atomic(
+        &crate::etcd_snapshot::local::endpoint_file(&cfg.data_dir),
+        own_client_url.as_bytes(),
+        0o644,
+    )
+    .context("recording the etcd client URL for rke2 etcd-snapshot")?;
     crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
     write_tokens(cfg, &cfg.data_dir.join("server"), trust, &token)?;
+    if let Some(steps) = reset {
+        // etcd now runs alone with the bootstrap data checked: the reset
+        // is done; the server stops, as RKE2's does.
+        for line in steps.lines() {
+            info!("{line}");
+        }
+        println!("{steps}");
+        return Ok(());
+    }
     let stop = CancellationToken::new();
     tokio::spawn(crate::cluster::run_membership(
         store.clone(),
-        own_client_url,
+        own_client_url.clone(),
         stop.clone(),
     ));
 
@@ -514,6 +575,44 @@ async fn run_with_etcd(
     )
     .with_context(|| format!("writing the kubeconfig {}", cfg.write_kubeconfig.display()))?;
     info!(path = %cfg.write_kubeconfig.display(), mode = format!("{mode:04o}"), "wrote kubeconfig");
+
+    // Every server snapshots its own member on the schedule (RKE2's), and
+    // keeps the ETCDSnapshotFile records of its snapshots; the CRD is
+    // there even with scheduled snapshots off, for `rke2 etcd-snapshot`.
+    {
+        let target = crate::etcd_snapshot::Target {
+            cfg: cfg.etcd_snapshot.clone(),
+            node: cfg.node_name.clone(),
+        };
+        let etcd = crate::etcd_snapshot::local::EtcdEndpoint {
+            url: own_client_url.clone(),
+            ca_pem: trust.etcd_server_ca.cert_pem.clone(),
+            cert_pem: trust.etcd_client.cert_pem.clone(),
+            key_pem: trust.etcd_client.key_pem.clone(),
+        };
+        let client = client.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::select! {
+                r = crate::etcd_snapshot::records::ensure_crd(&client, Duration::from_secs(600)) => r,
+                _ = stop.cancelled() => return,
+            } {
+                warn!(error = %e, "creating the ETCDSnapshotFile CRD; snapshots are taken without records");
+            }
+            match snapshot_schedule {
+                Some(schedule) => {
+                    crate::etcd_snapshot::schedule::run(target, schedule, etcd, client, stop).await
+                }
+                None => {
+                    let s3 = target.open_s3().await.unwrap_or_else(|e| {
+                        warn!(error = %e, "S3 snapshot store unavailable");
+                        None
+                    });
+                    target.sync_records(&client, s3.as_ref()).await;
+                }
+            }
+        });
+    }
 
     // The node role acts as this node (`system:node:<name>`), as an
     // agent's does, so the node authorizer and NodeRestriction bound it;

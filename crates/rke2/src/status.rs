@@ -540,31 +540,44 @@ async fn gather(cfg: &Config) -> Result<Report> {
         );
     }
 
-    // Snapshots: the newest file in the snapshot directory.
-    let snap_dir = data.join("server/db/snapshots");
-    let newest = std::fs::read_dir(&snap_dir).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter(|e| !e.file_name().to_string_lossy().ends_with(".sha256"))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.file_name())))
-            .max()
-    });
+    // Snapshots: the newest in `etcd-snapshot-dir` (sidecars and
+    // unfinished `.part` files are not snapshots), and the next scheduled one.
+    let snap_dir = &cfg.etcd_snapshot.dir;
+    let newest = crate::etcd_snapshot::local::list(snap_dir, &cfg.node_name)
+        .ok()
+        .and_then(|l| l.into_iter().max_by_key(|s| s.created));
+    let next = if cfg.etcd_snapshot.disable {
+        "scheduled snapshots disabled".to_string()
+    } else {
+        match crate::etcd_snapshot::schedule::Schedule::parse(&cfg.etcd_snapshot.schedule_cron) {
+            Ok(s) => s
+                .next_after(chrono::Local::now())
+                .map(|t| {
+                    format!(
+                        "next: {}",
+                        t.with_timezone(&chrono::Utc)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
+                .unwrap_or_else(|| "no next run".into()),
+            Err(e) => e,
+        }
+    };
     match newest {
-        Some((t, name)) => {
-            let at = chrono::DateTime::<chrono::Utc>::from(t);
+        Some(snap) => {
+            let at = chrono::DateTime::from_timestamp(snap.created, 0).unwrap_or_default();
             check(
                 &mut checks,
                 "snapshots",
                 Health::Ok,
-                format!("last: {} at {}", name.to_string_lossy(), at.to_rfc3339()),
+                format!("last: {} at {}; {next}", snap.name, at.to_rfc3339()),
             );
         }
         None => check(
             &mut checks,
             "snapshots",
             Health::Warn,
-            format!("none in {}", snap_dir.display()),
+            format!("none in {}; {next}", snap_dir.display()),
         ),
     }
 

@@ -1,0 +1,724 @@
+//! etcd snapshots against a real `rke2 server` (real etcd) and a real
+//! S3-compatible server (`s3s-fs`, from scripts/install.sh) on loopback:
+//! scheduled snapshots on a cron schedule kept to the retention, `rke2
+//! etcd-snapshot save|ls|list|prune|delete` on disk and in S3, the SHA-256
+//! sidecars (checked with `sha256sum -c`), snapshots etcd's own tools read
+//! (`etcdctl snapshot status`), `ETCDSnapshotFile` records listed with
+//! kubectl, and a wrong S3 credential refused with nothing changed.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use rke2_testbed::{Server, ServerOpts, eventually, kubectls};
+use serde_json::Value;
+
+/// Generous deadline for anything that converges (a busy 2-core box).
+const DEADLINE: Duration = Duration::from_secs(120);
+const BUCKET: &str = "snapshots";
+const FOLDER: &str = "cluster-a";
+const ACCESS_KEY: &str = "rke2-test-access";
+const SECRET_KEY: &str = "rke2-test-secret-0123456789";
+
+/// An `s3s-fs` process serving a temporary directory on a loopback port;
+/// killed by its pid when dropped.
+struct S3Server {
+    child: Child,
+    root: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> Result<Self> {
+        let root = tempfile::Builder::new().prefix("rke2-s3-").tempdir()?;
+        std::fs::create_dir_all(root.path().join(BUCKET))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting s3s-fs (installed by scripts/install.sh)")?;
+        Ok(Self {
+            child,
+            root,
+            endpoint: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    /// The directory holding the objects of the snapshot folder.
+    fn folder(&self) -> PathBuf {
+        self.root.path().join(BUCKET).join(FOLDER)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rke2 etcd-snapshot <args>` for `server`'s data dir, config and node.
+fn snapshot(server: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rke2"))
+        .arg("etcd-snapshot")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .arg("--config")
+        .arg(server.dir.path().join("config.yaml"))
+        .args(["--node-name", &server.node_name])
+        .output()
+        .expect("running rke2 etcd-snapshot")
+}
+
+fn ok(out: Output, what: &str) -> Result<String> {
+    ensure!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Snapshot files (not sidecars, not temporaries) in `dir` starting with `prefix`.
+fn files(dir: &Path, prefix: &str) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    n.starts_with(prefix) && !n.ends_with(".sha256") && !n.ends_with(".part")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn kubectl_json(server: &Server, kubectl: &Path, args: &[&str]) -> Result<Value> {
+    let out = server
+        .kubectl(kubectl)
+        .args(args)
+        .args(["-o", "json"])
+        .output()?;
+    let text = ok(out, &format!("kubectl {args:?}"))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The ETCDSnapshotFile records by spec.snapshotName (`s3:`-prefixed for S3 ones).
+fn records(server: &Server, kubectl: &Path) -> Result<std::collections::BTreeMap<String, Value>> {
+    let list = kubectl_json(server, kubectl, &["get", "etcdsnapshotfiles"])?;
+    Ok(list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            let name = r["spec"]["snapshotName"].as_str().unwrap_or_default();
+            let key = if r["spec"]["s3"].is_object() {
+                format!("s3:{name}")
+            } else {
+                name.to_string()
+            };
+            (key, r)
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s3 = S3Server::start().context("starting the S3 server")?;
+    let config = format!(
+        "etcd-snapshot-schedule-cron: \"@every 3s\"\n\
+         etcd-snapshot-retention: 2\n\
+         etcd-s3: true\n\
+         etcd-s3-endpoint: {}\n\
+         etcd-s3-insecure: true\n\
+         etcd-s3-bucket: {BUCKET}\n\
+         etcd-s3-folder: {FOLDER}\n\
+         etcd-s3-access-key: {ACCESS_KEY}\n\
+         etcd-s3-secret-key: {SECRET_KEY}\n",
+        s3.endpoint
+    );
+    let mut server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_rke2")),
+        ServerOpts {
+            config_yaml: Some(config),
+            ..Default::default()
+        },
+    )
+    .context("starting the server")?;
+    server
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("server ready")?;
+    let kubectl = kubectls()?
+        .pop()
+        .context("no kubectl under /usr/local/lib/rke2-test (scripts/install.sh)")?
+        .1;
+    let dir = server.data_dir.join("server/db/snapshots");
+    let node = server.node_name.clone();
+
+    // Scheduled snapshots: several are taken, never more than the
+    // retention (plus the one being taken) are kept, on disk and in S3.
+    let scheduled = format!("etcd-snapshot-{node}-");
+    let mut seen = BTreeSet::new();
+    let mut most_local = 0;
+    eventually(DEADLINE, "4 scheduled snapshots, 2 kept", || {
+        let now = files(&dir, &scheduled);
+        most_local = most_local.max(now.len());
+        seen.extend(now.iter().cloned());
+        let in_s3 = files(&s3.folder(), &scheduled).len();
+        let done = seen.len() >= 4 && now.len() == 2 && in_s3 == 2;
+        async move { done.then_some(()) }
+    })
+    .await?;
+    ensure!(
+        most_local <= 3,
+        "retention 2 kept up to {most_local} scheduled snapshots"
+    );
+
+    // On demand: two plain and one compressed snapshot named `manual`.
+    let mut manual = Vec::new();
+    for extra in [&[][..], &[][..], &["--snapshot-compress"][..]] {
+        // The config's retention (2) would prune the first of the three.
+        let mut args = vec!["save", "--name", "manual", "--snapshot-retention", "5"];
+        args.extend_from_slice(extra);
+        let out = ok(snapshot(&server, &args), "etcd-snapshot save")?;
+        let name = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Snapshot "))
+            .and_then(|l| l.split_whitespace().next())
+            .with_context(|| format!("no snapshot name in {out:?}"))?
+            .to_string();
+        ensure!(name.starts_with(&format!("manual-{node}-")), "{name}");
+        manual.push(name);
+    }
+    ensure!(manual[2].ends_with(".zip"), "compressed: {}", manual[2]);
+    ensure!(
+        manual.iter().collect::<BTreeSet<_>>().len() == 3,
+        "distinct names: {manual:?}"
+    );
+    for name in &manual {
+        let path = dir.join(name);
+        let mode = std::fs::metadata(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        ensure!(mode == 0o600, "{name} has mode {mode:o}");
+        let side_mode = std::fs::metadata(dir.join(format!("{name}.sha256")))?
+            .permissions()
+            .mode()
+            & 0o777;
+        ensure!(side_mode == 0o600, "{name}.sha256 has mode {side_mode:o}");
+        // The sidecar is sha256sum's format and matches.
+        let check = Command::new("sha256sum")
+            .args(["-c", &format!("{name}.sha256")])
+            .current_dir(&dir)
+            .output()?;
+        ok(check, &format!("sha256sum -c {name}.sha256"))?;
+        // The object in S3 is the same bytes, with the same sidecar.
+        ensure!(
+            std::fs::read(&path)? == std::fs::read(s3.folder().join(name))?,
+            "S3 copy of {name} differs"
+        );
+        ensure!(
+            std::fs::read(dir.join(format!("{name}.sha256")))?
+                == std::fs::read(s3.folder().join(format!("{name}.sha256")))?,
+            "S3 sidecar of {name} differs"
+        );
+    }
+    // etcd's own tool reads the plain snapshot (hash and all).
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(dir.join(&manual[0]))
+        .output()?;
+    let status: Value = serde_json::from_str(&ok(status, "etcdctl snapshot status")?)?;
+    ensure!(
+        status["totalKey"].as_u64().unwrap_or(0) > 100,
+        "etcdctl sees {status}"
+    );
+
+    // ls: k3s's columns; local and S3 rows for each snapshot.
+    let table = ok(snapshot(&server, &["ls"]), "etcd-snapshot ls")?;
+    let mut lines = table.lines();
+    let head: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(head == ["Name", "Location", "Size", "Created"], "{table}");
+    for name in &manual {
+        let size = std::fs::metadata(dir.join(name))?.len().to_string();
+        let local = format!("file://{}", dir.join(name).display());
+        let remote = format!("s3://{BUCKET}/{FOLDER}/{name}");
+        for loc in [&local, &remote] {
+            ensure!(
+                table.lines().any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.len() == 4 && cols[0] == name && cols[1] == loc && cols[2] == size
+                }),
+                "no row {name} {loc} {size} in\n{table}"
+            );
+        }
+    }
+    let list = ok(
+        snapshot(&server, &["list", "-o", "json"]),
+        "etcd-snapshot list -o json",
+    )?;
+    let list: Value = serde_json::from_str(&list)?;
+    ensure!(
+        list.as_array()
+            .is_some_and(|a| a.iter().any(|s| s["name"] == manual[2].as_str()
+                && s["compressed"] == true
+                && s["sha256"].as_str().is_some_and(|h| h.len() == 64))),
+        "json list: {list}"
+    );
+
+    // ETCDSnapshotFile records, local and S3, as kubectl lists them.
+    let recs = records(&server, &kubectl)?;
+    for name in &manual {
+        let size = std::fs::metadata(dir.join(name))?.len();
+        let sidecar = std::fs::read_to_string(dir.join(format!("{name}.sha256")))?;
+        let sha = sidecar.split_whitespace().next().unwrap_or_default();
+        for key in [name.clone(), format!("s3:{name}")] {
+            let r = recs
+                .get(&key)
+                .with_context(|| format!("no ETCDSnapshotFile for {key}: {:?}", recs.keys()))?;
+            ensure!(r["spec"]["nodeName"] == node.as_str(), "{r}");
+            ensure!(r["status"]["readyToUse"] == true, "{r}");
+            ensure!(r["status"]["size"] == size.to_string().as_str(), "{r}");
+            ensure!(
+                r["metadata"]["annotations"]["etcd.rke2.cattle.io/snapshot-sha256"] == sha,
+                "{r}"
+            );
+        }
+        ensure!(
+            recs[&format!("s3:{name}")]["metadata"]["labels"]["etcd.rke2.cattle.io/snapshot-storage-node"]
+                == "s3"
+        );
+    }
+    let printed = ok(
+        server
+            .kubectl(&kubectl)
+            .args(["get", "etcdsnapshotfiles"])
+            .output()?,
+        "kubectl get etcdsnapshotfiles",
+    )?;
+    let cols: Vec<&str> = printed
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        cols == [
+            "NAME",
+            "SNAPSHOTNAME",
+            "NODE",
+            "LOCATION",
+            "SIZE",
+            "CREATIONTIME"
+        ],
+        "{printed}"
+    );
+
+    // prune: the newest `manual` is kept, locally and in S3, and the
+    // records follow.
+    let pruned = ok(
+        snapshot(
+            &server,
+            &["prune", "--name", "manual", "--snapshot-retention", "1"],
+        ),
+        "etcd-snapshot prune",
+    )?;
+    let left = files(&dir, "manual-");
+    ensure!(
+        left == BTreeSet::from([manual[2].clone()]),
+        "after prune: {left:?}\n{pruned}"
+    );
+    ensure!(
+        files(&s3.folder(), "manual-") == left,
+        "S3 after prune: {:?}",
+        files(&s3.folder(), "manual-")
+    );
+    ensure!(
+        !dir.join(format!("{}.sha256", manual[0])).exists(),
+        "sidecar left"
+    );
+    let recs = records(&server, &kubectl)?;
+    ensure!(
+        !recs.contains_key(&manual[0]) && !recs.contains_key(&format!("s3:{}", manual[1])),
+        "records of pruned snapshots: {:?}",
+        recs.keys()
+    );
+    // Scheduled snapshots are not touched by a prune of another name.
+    ensure!(!files(&dir, &scheduled).is_empty());
+
+    // delete: gone from disk, S3 and the records; a missing name fails.
+    ok(
+        snapshot(&server, &["delete", &manual[2]]),
+        "etcd-snapshot delete",
+    )?;
+    ensure!(files(&dir, "manual-").is_empty() && files(&s3.folder(), "manual-").is_empty());
+    let recs = records(&server, &kubectl)?;
+    ensure!(
+        !recs.keys().any(|k| k.contains("manual-")),
+        "{:?}",
+        recs.keys()
+    );
+    let missing = snapshot(&server, &["delete", "manual-nosuch-1"]);
+    ensure!(missing.status.code() == Some(1), "{missing:?}");
+    ensure!(
+        String::from_utf8_lossy(&missing.stderr).contains("snapshot manual-nosuch-1 not found"),
+        "{missing:?}"
+    );
+
+    // A wrong S3 secret: exit 1, the bucket and endpoint named, nothing
+    // written on disk or in the bucket.
+    let before_s3 = files(&s3.folder(), "");
+    let bad = snapshot(
+        &server,
+        &[
+            "save",
+            "--name",
+            "badcred",
+            "--s3-secret-key",
+            "not-the-secret",
+        ],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    ensure!(bad.status.code() == Some(1), "{bad:?}");
+    ensure!(
+        err.contains(&format!("bucket \"{BUCKET}\"")) && err.contains(&s3.endpoint),
+        "{err}"
+    );
+    ensure!(err.contains("access denied"), "{err}");
+    ensure!(
+        files(&dir, "badcred-").is_empty(),
+        "a local file was written"
+    );
+    let after_s3: BTreeSet<String> = files(&s3.folder(), "")
+        .into_iter()
+        .filter(|n| !n.starts_with(&scheduled))
+        .collect();
+    let before_s3: BTreeSet<String> = before_s3
+        .into_iter()
+        .filter(|n| !n.starts_with(&scheduled))
+        .collect();
+    ensure!(after_s3 == before_s3, "{before_s3:?} -> {after_s3:?}");
+
+    // A bad schedule is refused at start (exit 2), before anything runs.
+    let bad_cron = Command::new(env!("CARGO_BIN_EXE_rke2"))
+        .args(["server", "--etcd-snapshot-schedule-cron", "*/5 * * *"])
+        .arg("--data-dir")
+        .arg(server.dir.path().join("never"))
+        .output()?;
+    ensure!(bad_cron.status.code() == Some(2), "{bad_cron:?}");
+    ensure!(
+        String::from_utf8_lossy(&bad_cron.stderr).contains("etcd-snapshot-schedule-cron"),
+        "{bad_cron:?}"
+    );
+    ensure!(
+        !server.dir.path().join("never").exists(),
+        "data dir written"
+    );
+
+    if let Err(e) = server.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60)) {
+        bail!("stopping the server: {e}");
+    }
+    Ok(())
+}
+
+fn joiner(first: &Server, token: &str) -> ServerOpts {
+    ServerOpts {
+        config_yaml: Some(format!(
+            "server: https://{}:9345\ntoken: \"{token}\"\netcd-disable-snapshots: true\n",
+            first.ip
+        )),
+        ..Default::default()
+    }
+}
+
+fn etcd_old_dirs(server: &Server) -> Vec<PathBuf> {
+    std::fs::read_dir(server.data_dir.join("server/db"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("etcd-old-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn configmap(
+    client: &kube::Client,
+    name: &str,
+) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+    kube::api::Api::namespaced(client.clone(), "default")
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn put_configmap(client: &kube::Client, name: &str) -> Result<()> {
+    use kube::api::{Api, PostParams};
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": name}, "data": {"k": name}}),
+    )?;
+    Api::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
+}
+
+/// Runs `server` once with extra flags until it exits by itself; its
+/// exit code and the log written meanwhile.
+fn run_once(server: &mut Server, extra: &[&str]) -> Result<(Option<i32>, String)> {
+    let before = server.log_text().len();
+    let saved = server.opts.args.clone();
+    server.opts.args.extend(extra.iter().map(|s| s.to_string()));
+    server.spawn()?;
+    let st = server.wait_exit(Duration::from_secs(300));
+    server.opts.args = saved;
+    let st = st?;
+    Ok((st.code(), server.log_text()[before..].to_string()))
+}
+
+/// Three servers; a snapshot; a write after it; all stopped. Bad restore
+/// paths (missing, truncated, foreign) are refused with nothing moved;
+/// the snapshot is restored with `--cluster-reset`, the write after it is
+/// gone and the one before it is there, the old database kept aside; the
+/// other two servers, started again unchanged, move their databases aside
+/// and re-join by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_reset_restores_a_snapshot_and_the_others_rejoin() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bin = Path::new(env!("CARGO_BIN_EXE_rke2"));
+    let token = "reset-test-secret";
+    let mut a = Server::start(
+        bin,
+        ServerOpts {
+            config_yaml: Some(format!("token: {token}\netcd-disable-snapshots: true\n")),
+            ..Default::default()
+        },
+    )?;
+    let ca = a
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("a ready")?;
+    let mut b = Server::start(bin, joiner(&a, token))?;
+    let mut c = Server::start(bin, joiner(&a, token))?;
+    b.wait_ready(Duration::from_secs(300))
+        .await
+        .context("b ready")?;
+    c.wait_ready(Duration::from_secs(300))
+        .await
+        .context("c ready")?;
+    let voters = |s: &Server| {
+        rke2_testbed::started_voters(
+            &rke2_testbed::etcdctl(&s.data_dir, &s.ip, &["member", "list"]).stdout,
+        )
+    };
+    eventually(DEADLINE, "three etcd voters", || {
+        let n = voters(&a);
+        async move { (n == 3).then_some(()) }
+    })
+    .await?;
+
+    put_configmap(&ca, "before-snapshot").await?;
+    let out = ok(snapshot(&a, &["save", "--name", "pre-reset"]), "save")?;
+    let name = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Snapshot "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("snapshot name")?
+        .to_string();
+    let snap = a.data_dir.join("server/db/snapshots").join(&name);
+    // The restore itself is from a zipped snapshot taken at the same point.
+    let out = ok(
+        snapshot(
+            &a,
+            &["save", "--name", "pre-reset-zip", "--snapshot-compress"],
+        ),
+        "save --snapshot-compress",
+    )?;
+    let zipped = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Snapshot "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("zipped snapshot name")?
+        .to_string();
+    let zipped = a.data_dir.join("server/db/snapshots").join(zipped);
+    // Scheduled snapshots are off here; the CRD and the records are not.
+    let kubectl = kubectls()?.pop().context("no kubectl")?.1;
+    let recs = records(&a, &kubectl)?;
+    ensure!(
+        recs.contains_key(&name),
+        "no record of {name}: {:?}",
+        recs.keys()
+    );
+    put_configmap(&ca, "after-snapshot").await?;
+    for s in [&mut b, &mut c, &mut a] {
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+    }
+
+    // Refusals: nothing moved, exit 1, the reason named.
+    let scratch = tempfile::tempdir()?;
+    let truncated = scratch.path().join(&name);
+    let bytes = std::fs::read(&snap)?;
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
+    std::fs::copy(
+        snap.with_file_name(format!("{name}.sha256")),
+        scratch.path().join(format!("{name}.sha256")),
+    )?;
+    let unsummed = scratch.path().join("unsummed");
+    std::fs::write(&unsummed, &bytes[..bytes.len() - 4096])?;
+    let foreign = scratch.path().join("foreign.db");
+    std::fs::write(&foreign, vec![0x5au8; 64 * 1024 + 32])?;
+    let missing = scratch.path().join("missing.db");
+    let cases = [
+        (missing.clone(), "no such file"),
+        (truncated.clone(), "does not match the recorded"),
+        (unsummed.clone(), "etcd's own SHA-256"),
+        (foreign.clone(), "not an etcd snapshot"),
+    ];
+    for (path, needle) in cases {
+        let flag = format!("--cluster-reset-restore-path={}", path.display());
+        let (code, log) = run_once(&mut a, &["--cluster-reset", &flag])?;
+        ensure!(code == Some(1), "{}: exit {code:?}\n{log}", path.display());
+        ensure!(
+            log.contains(needle),
+            "{}: {needle:?} not in\n{log}",
+            path.display()
+        );
+        ensure!(
+            etcd_old_dirs(&a).is_empty(),
+            "{}: a database was moved",
+            path.display()
+        );
+    }
+
+    // The restore.
+    let flag = format!("--cluster-reset-restore-path={}", zipped.display());
+    let (code, log) = run_once(&mut a, &["--cluster-reset", &flag])?;
+    ensure!(code == Some(0), "restore: exit {code:?}\n{log}");
+    ensure!(
+        log.contains("restart without --cluster-reset flag now"),
+        "no next steps in\n{log}"
+    );
+    let old_a = etcd_old_dirs(&a);
+    ensure!(
+        old_a.len() == 1 && old_a[0].join("member").exists(),
+        "{old_a:?}"
+    );
+
+    a.spawn()?;
+    let ca = a
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("a after restore")?;
+    ensure!(
+        configmap(&ca, "before-snapshot").await.is_some(),
+        "write before the snapshot lost"
+    );
+    ensure!(
+        configmap(&ca, "after-snapshot").await.is_none(),
+        "write after the snapshot kept"
+    );
+    ensure!(voters(&a) == 1, "a alone after the restore");
+
+    // The others, unchanged, notice and re-join.
+    b.spawn()?;
+    c.spawn()?;
+    let cb = b
+        .wait_ready(Duration::from_secs(300))
+        .await
+        .context("b re-joined")?;
+    c.wait_ready(Duration::from_secs(300))
+        .await
+        .context("c re-joined")?;
+    eventually(DEADLINE, "three etcd voters after the re-joins", || {
+        let n = voters(&a);
+        async move { (n == 3).then_some(()) }
+    })
+    .await?;
+    for s in [&b, &c] {
+        let old = etcd_old_dirs(s);
+        ensure!(old.len() == 1, "{}: old databases {old:?}", s.node_name);
+        ensure!(
+            s.log_text().contains("no longer a member of its cluster"),
+            "{}",
+            s.node_name
+        );
+    }
+    ensure!(configmap(&cb, "before-snapshot").await.is_some());
+    ensure!(configmap(&cb, "after-snapshot").await.is_none());
+
+    // A plain `--cluster-reset` keeps this server's data and drops the
+    // other members; they re-join again, each keeping one more old db.
+    put_configmap(&ca, "before-plain-reset").await?;
+    for s in [&mut b, &mut c, &mut a] {
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+    }
+    let (code, log) = run_once(&mut a, &["--cluster-reset"])?;
+    ensure!(code == Some(0), "plain reset: exit {code:?}\n{log}");
+    ensure!(
+        log.contains("Managed etcd cluster membership has been reset"),
+        "{log}"
+    );
+    ensure!(etcd_old_dirs(&a).len() == 1, "a plain reset moved the db");
+    a.spawn()?;
+    let ca = a
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("a after reset")?;
+    ensure!(
+        configmap(&ca, "before-plain-reset").await.is_some(),
+        "data lost by the reset"
+    );
+    ensure!(voters(&a) == 1, "a alone after the reset");
+    b.spawn()?;
+    c.spawn()?;
+    b.wait_ready(Duration::from_secs(300))
+        .await
+        .context("b re-joined again")?;
+    c.wait_ready(Duration::from_secs(300))
+        .await
+        .context("c re-joined again")?;
+    eventually(
+        DEADLINE,
+        "three etcd voters after the second re-joins",
+        || {
+            let n = voters(&a);
+            async move { (n == 3).then_some(()) }
+        },
+    )
+    .await?;
+    for s in [&b, &c] {
+        ensure!(etcd_old_dirs(s).len() == 2, "{}", s.node_name);
+    }
+    for s in [&mut b, &mut c, &mut a] {
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+    }
+    Ok(())
+}
