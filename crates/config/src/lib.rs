@@ -1217,14 +1217,12 @@ fn build(
             .expect("default"),
         disable_kube_proxy: r.bool("disable-kube-proxy"),
         enable_servicelb: r.bool("enable-servicelb"),
-<<<<<<< HEAD
         default_local_storage_path: r
             .str("default-local-storage-path")
             .map(|(s, _)| PathBuf::from(s))
             .unwrap_or_else(|| {
                 PathBuf::from(r.str("data-dir").expect("default").0).join("storage")
             }),
-=======
         etcd_snapshot,
         cluster_reset,
         cluster_reset_restore_path,
@@ -1310,7 +1308,6 @@ fn etcd_snapshot_config(
         name: name.0,
         compress: r.bool("etcd-snapshot-compress"),
         s3,
->>>>>>> i20-day2
     })
 }
 
