@@ -607,6 +607,282 @@ impl Strategy for DaemonSet {
     }
 }
 
+/// StatefulSets: upstream's defaults (`SetDefaults_StatefulSet`), the
+/// workload rules plus the StatefulSet ones, and the update rule that
+/// only a few spec fields may change.
+#[derive(Debug)]
+pub struct StatefulSet;
+
+/// Upstream's message for an update of a StatefulSet spec field that is
+/// fixed once created (`ValidateStatefulSetUpdate`).
+pub const STATEFULSET_SPEC_FORBIDDEN: &str = "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden";
+
+impl Strategy for StatefulSet {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        if let Some(m) = obj["spec"].as_object_mut() {
+            default_val(m, "replicas", json!(1));
+            default_val(m, "revisionHistoryLimit", json!(10));
+            default_str(m, "podManagementPolicy", "OrderedReady");
+            if m.get("updateStrategy")
+                .map(|s| s.as_object().map(|o| o.is_empty()).unwrap_or(true))
+                .unwrap_or(true)
+            {
+                m.insert("updateStrategy".into(), json!({"type": "RollingUpdate"}));
+            }
+            if let Some(us) = m.get_mut("updateStrategy").and_then(|u| u.as_object_mut()) {
+                default_str(us, "type", "RollingUpdate");
+                if us.get("type").and_then(|t| t.as_str()) == Some("RollingUpdate") {
+                    default_val(us, "rollingUpdate", json!({}));
+                    if let Some(ru) = us.get_mut("rollingUpdate").and_then(|r| r.as_object_mut()) {
+                        default_val(ru, "partition", json!(0));
+                    }
+                }
+            }
+            default_val(
+                m,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            if let Some(p) = m
+                .get_mut("persistentVolumeClaimRetentionPolicy")
+                .and_then(|p| p.as_object_mut())
+            {
+                default_str(p, "whenDeleted", "Retain");
+                default_str(p, "whenScaled", "Retain");
+            }
+            if let Some(claims) = m
+                .get_mut("volumeClaimTemplates")
+                .and_then(|c| c.as_array_mut())
+            {
+                for c in claims {
+                    let Some(cm) = c.as_object_mut() else {
+                        continue;
+                    };
+                    default_str(cm, "apiVersion", "v1");
+                    default_str(cm, "kind", "PersistentVolumeClaim");
+                    if let Some(cs) = cm.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                        default_str(cs, "volumeMode", "Filesystem");
+                    }
+                    default_val(cm, "status", json!({"phase": "Pending"}));
+                }
+            }
+        }
+        // Upstream copies the template's labels to a StatefulSet without any.
+        if obj["metadata"]["labels"]
+            .as_object()
+            .map(|l| l.is_empty())
+            .unwrap_or(true)
+            && let Some(l) = obj["spec"]["template"]["metadata"]["labels"].as_object()
+            && !l.is_empty()
+        {
+            obj["metadata"]["labels"] = Value::Object(l.clone());
+        }
+        default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        validate_workload(obj, causes);
+        let spec = &obj["spec"];
+        let unsupported = |field: &str, v: &Value, ok: &[&str], causes: &mut Vec<Cause>| {
+            if let Some(s) = v.as_str()
+                && !ok.contains(&s)
+            {
+                causes.push((
+                    field.into(),
+                    "Unsupported value".into(),
+                    format!(
+                        "{}: supported values: {}",
+                        quoted(s),
+                        ok.iter().map(|o| quoted(o)).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        };
+        unsupported(
+            "spec.podManagementPolicy",
+            &spec["podManagementPolicy"],
+            &["OrderedReady", "Parallel"],
+            causes,
+        );
+        let us = &spec["updateStrategy"];
+        unsupported(
+            "spec.updateStrategy.type",
+            &us["type"],
+            &["RollingUpdate", "OnDelete"],
+            causes,
+        );
+        if us["type"] == "OnDelete" && us["rollingUpdate"].is_object() {
+            causes.push((
+                "spec.updateStrategy.rollingUpdate".into(),
+                "Invalid value".into(),
+                "only allowed for updateStrategy 'RollingUpdate'".into(),
+            ));
+        }
+        if let Some(p) = us["rollingUpdate"]["partition"].as_i64()
+            && p < 0
+        {
+            causes.push((
+                "spec.updateStrategy.rollingUpdate.partition".into(),
+                "Invalid value".into(),
+                format!("{p}: must be greater than or equal to 0"),
+            ));
+        }
+        match &us["rollingUpdate"]["maxUnavailable"] {
+            Value::Number(n) if n.as_i64().unwrap_or(0) < 1 => causes.push((
+                "spec.updateStrategy.rollingUpdate.maxUnavailable".into(),
+                "Invalid value".into(),
+                format!("{n}: must be greater than 0"),
+            )),
+            Value::String(s)
+                if s.strip_suffix('%')
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_none_or(|p| p == 0 || p > 100) =>
+            {
+                causes.push((
+                    "spec.updateStrategy.rollingUpdate.maxUnavailable".into(),
+                    "Invalid value".into(),
+                    format!("{}: must be a positive percentage up to 100%", quoted(s)),
+                ))
+            }
+            _ => {}
+        }
+        for key in ["whenDeleted", "whenScaled"] {
+            unsupported(
+                &format!("spec.persistentVolumeClaimRetentionPolicy.{key}"),
+                &spec["persistentVolumeClaimRetentionPolicy"][key],
+                &["Retain", "Delete"],
+                causes,
+            );
+        }
+        if let Some(m) = spec["minReadySeconds"].as_i64()
+            && m < 0
+        {
+            causes.push((
+                "spec.minReadySeconds".into(),
+                "Invalid value".into(),
+                format!("{m}: must be greater than or equal to 0"),
+            ));
+        }
+        if let Some(o) = spec["ordinals"]["start"].as_i64()
+            && o < 0
+        {
+            causes.push((
+                "spec.ordinals.start".into(),
+                "Invalid value".into(),
+                format!("{o}: must be greater than or equal to 0"),
+            ));
+        }
+        unsupported(
+            "spec.template.spec.restartPolicy",
+            &spec["template"]["spec"]["restartPolicy"],
+            &["Always"],
+            causes,
+        );
+        if let Some(t) = spec["template"]["spec"]["activeDeadlineSeconds"].as_i64() {
+            causes.push((
+                "spec.template.spec.activeDeadlineSeconds".into(),
+                "Forbidden".into(),
+                format!("{t}: activeDeadlineSeconds in StatefulSet is not Supported"),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in spec["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let n = c["metadata"]["name"].as_str().unwrap_or("");
+            if n.is_empty() {
+                causes.push((
+                    format!("spec.volumeClaimTemplates[{i}].metadata.name"),
+                    "Required value".into(),
+                    "name or generateName is required".into(),
+                ));
+            } else if !names.insert(n.to_string()) {
+                causes.push((
+                    format!("spec.volumeClaimTemplates[{i}].metadata.name"),
+                    "Duplicate value".into(),
+                    quoted(n),
+                ));
+            }
+        }
+    }
+
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        let mut fixed_new = new["spec"].clone();
+        for key in [
+            "replicas",
+            "ordinals",
+            "template",
+            "updateStrategy",
+            "revisionHistoryLimit",
+            "persistentVolumeClaimRetentionPolicy",
+            "minReadySeconds",
+        ] {
+            match old["spec"].get(key) {
+                Some(v) => fixed_new[key] = v.clone(),
+                None => {
+                    if let Some(m) = fixed_new.as_object_mut() {
+                        m.remove(key);
+                    }
+                }
+            }
+        }
+        if fixed_new != old["spec"] {
+            causes.push((
+                "spec".into(),
+                "Forbidden".into(),
+                STATEFULSET_SPEC_FORBIDDEN.into(),
+            ));
+        }
+    }
+}
+
+/// ControllerRevisions: a revision's `data` never changes (upstream's
+/// `ValidateControllerRevisionUpdate`), and `revision` is not negative.
+#[derive(Debug)]
+pub struct ControllerRevision;
+impl Strategy for ControllerRevision {
+    fn bumps_generation(&self, _old: &Value, _new: &Value) -> bool {
+        false
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        if let Some(r) = obj["revision"].as_i64()
+            && r < 0
+        {
+            causes.push((
+                "revision".into(),
+                "Invalid value".into(),
+                format!("{r}: must be greater than or equal to 0"),
+            ));
+        }
+    }
+
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        if old["data"] != new["data"] {
+            causes.push((
+                "data".into(),
+                "Invalid value".into(),
+                "field is immutable".into(),
+            ));
+        }
+    }
+}
+
 /// Jobs: defaults (the controller's unique selector label included) and
 /// a template with containers.
 #[derive(Debug)]

@@ -21,10 +21,12 @@ pub mod leader;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod revisions;
 pub mod root_ca;
 pub mod server_removal;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod statefulset;
 pub mod taint_eviction;
 pub mod update;
 
