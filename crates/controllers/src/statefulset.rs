@@ -28,9 +28,9 @@
 //!   unavailable at once; `OnDelete` replaces only the pods users delete;
 //! * `persistentVolumeClaimRetentionPolicy`: `whenDeleted: Delete` gives
 //!   every claim an ownerReference to the set (the garbage collector
-//!   deletes them with it), `whenScaled: Delete` gives the claims of
-//!   condemned ordinals one to their pod (they go with it); `Retain`
-//!   removes those references.
+//!   deletes them with it), `whenScaled: Delete` makes the claims of
+//!   condemned ordinals owned by their pod alone (they go with it);
+//!   `Retain` removes those references.
 //!
 //! Status: `replicas`, `readyReplicas`, `availableReplicas`,
 //! `currentReplicas`, `updatedReplicas`, `currentRevision`,
@@ -281,12 +281,13 @@ fn claim_owners(
         .into_iter()
         .filter(|r| r.uid != set_uid && !set_pod_uids.contains(&r.uid))
         .collect();
-    if policy.when_deleted.as_deref() == Some("Delete") {
+    let scaled_away = policy.when_scaled.as_deref() == Some("Delete") && condemned_pod.is_some();
+    // A claim scaled away belongs to its pod alone (upstream): with the
+    // set as a second owner the garbage collector would keep it.
+    if policy.when_deleted.as_deref() == Some("Delete") && !scaled_away {
         refs.push(owner_ref(set, false));
     }
-    if policy.when_scaled.as_deref() == Some("Delete")
-        && let Some(pod) = condemned_pod
-    {
+    if scaled_away && let Some(pod) = condemned_pod {
         refs.push(OwnerReference {
             api_version: "v1".into(),
             kind: "Pod".into(),
