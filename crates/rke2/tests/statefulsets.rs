@@ -142,10 +142,10 @@ async fn pods_of(pods: &Api<Pod>, app: &str) -> Vec<Pod> {
 /// Waits until the pods named `names` (exactly) are Running and Ready,
 /// each with VERSION `version`.
 async fn wait_ready(pods: &Api<Pod>, app: &str, names: &[&str], version: &str, what: &str) {
-    let mut last = Vec::new();
+    let last = std::sync::Mutex::new(Vec::new());
     let res = eventually(LONG, what, || {
         let pods = pods.clone();
-        let last = &mut last;
+        let last = &last;
         async move {
             let list = pods_of(&pods, app).await;
             let ok = list.len() == names.len()
@@ -154,7 +154,7 @@ async fn wait_ready(pods: &Api<Pod>, app: &str, names: &[&str], version: &str, w
                         && running_ready(p)
                         && env_of(p).as_deref() == Some(version)
                 });
-            *last = list
+            *last.lock().unwrap() = list
                 .iter()
                 .map(|p| {
                     format!(
@@ -171,7 +171,7 @@ async fn wait_ready(pods: &Api<Pod>, app: &str, names: &[&str], version: &str, w
     })
     .await;
     if let Err(e) = res {
-        panic!("{e}; last seen {last:?}");
+        panic!("{e}; last seen {:?}", last.lock().unwrap());
     }
 }
 
@@ -233,9 +233,7 @@ async fn statefulsets_and_daemonset_rollouts() {
                 n.status
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             })
             .then_some(())
     })
@@ -260,7 +258,14 @@ async fn statefulsets_and_daemonset_rollouts() {
     };
     apply(&svc);
     apply(&web);
-    wait_ready(&pods, "web", &["web-0", "web-1", "web-2"], "v1", "web-0..2 Ready").await;
+    wait_ready(
+        &pods,
+        "web",
+        &["web-0", "web-1", "web-2"],
+        "v1",
+        "web-0..2 Ready",
+    )
+    .await;
     // In order: each pod was created only once the one before was Ready.
     let list = pods_of(&pods, "web").await;
     for w in list.windows(2) {
@@ -308,24 +313,55 @@ async fn statefulsets_and_daemonset_rollouts() {
     assert!(out.contains(" 3/3 "), "{out}");
     let out = k.ok(&["get", "sts", "-o", "wide"]);
     let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "AGE", "CONTAINERS", "IMAGES"], "{out}");
+    assert_eq!(
+        header,
+        ["NAME", "READY", "AGE", "CONTAINERS", "IMAGES"],
+        "{out}"
+    );
     assert!(out.contains(TEST_BUSYBOX_IMAGE), "{out}");
     let out = k.ok(&["get", "controllerrevisions"]);
     assert!(
-        out.lines().next().unwrap().split_whitespace().collect::<Vec<_>>()
+        out.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
             == ["NAME", "CONTROLLER", "REVISION", "AGE"],
         "{out}"
     );
-    assert!(out.contains(&format!("{rev1} ")) && out.contains("statefulset.apps/web"), "{out}");
+    assert!(
+        out.contains(&format!("{rev1} ")) && out.contains("statefulset.apps/web"),
+        "{out}"
+    );
     let out = k.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
-    assert!(out.contains("partitioned roll out complete: 3 new pods have been updated"), "{out}");
+    assert!(
+        out.contains("partitioned roll out complete: 3 new pods have been updated"),
+        "{out}"
+    );
 
     // DNS through the headless Service: web-1's name from web-0.
-    let web1_ip = pods.get("web-1").await.unwrap().status.unwrap().pod_ip.unwrap();
+    let web1_ip = pods
+        .get("web-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ip
+        .unwrap();
     let mut last = String::new();
     eventually(LONG, "web-1.web.default.svc.cluster.local resolves", || {
-        let o = k.run(&["exec", "web-0", "--", "nslookup", "web-1.web.default.svc.cluster.local"]);
-        last = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let o = k.run(&[
+            "exec",
+            "web-0",
+            "--",
+            "nslookup",
+            "web-1.web.default.svc.cluster.local",
+        ]);
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         let ok = last.contains(&web1_ip);
         async move { ok.then_some(()) }
     })
@@ -343,7 +379,13 @@ async fn statefulsets_and_daemonset_rollouts() {
     .unwrap();
 
     // A partitioned rolling update: only ordinal 2 changes.
-    k.ok(&["patch", "statefulset", "web", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#]);
+    k.ok(&[
+        "patch",
+        "statefulset",
+        "web",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#,
+    ]);
     k.ok(&["set", "env", "statefulset/web", "VERSION=v2"]);
     let rev2 = eventually(LONG, "web's update revision", || async {
         let st = sets.get("web").await.ok()?.status?;
@@ -351,38 +393,60 @@ async fn statefulsets_and_daemonset_rollouts() {
     })
     .await
     .unwrap();
-    let mut seen = Vec::new();
+    let seen = std::sync::Mutex::new(Vec::new());
     eventually(LONG, "web-2 at v2, web-0 and web-1 at v1", || {
         let pods = pods.clone();
-        let seen = &mut seen;
+        let seen = &seen;
         async move {
             let list = pods_of(&pods, "web").await;
-            *seen = list.iter().map(|p| (p.metadata.name.clone(), env_of(p), running_ready(p))).collect();
+            *seen.lock().unwrap() = list
+                .iter()
+                .map(|p| (p.metadata.name.clone(), env_of(p), running_ready(p)))
+                .collect();
             let want = [("web-0", "v1"), ("web-1", "v1"), ("web-2", "v2")];
             (list.len() == 3
                 && list.iter().zip(want).all(|(p, (n, v))| {
-                    p.metadata.name.as_deref() == Some(n) && env_of(p).as_deref() == Some(v) && running_ready(p)
+                    p.metadata.name.as_deref() == Some(n)
+                        && env_of(p).as_deref() == Some(v)
+                        && running_ready(p)
                 }))
             .then_some(())
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}: {seen:?}"));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", seen.lock().unwrap()));
     let list = pods_of(&pods, "web").await;
     assert_eq!(label(&list[2], "controller-revision-hash"), rev2);
     assert_eq!(label(&list[0], "controller-revision-hash"), rev1);
     let out = k.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
-    assert!(out.contains("partitioned roll out complete: 1 new pods have been updated"), "{out}");
+    assert!(
+        out.contains("partitioned roll out complete: 1 new pods have been updated"),
+        "{out}"
+    );
     let st = sets.get("web").await.unwrap().status.unwrap();
     assert_eq!(st.current_revision.as_deref(), Some(rev1.as_str()));
     assert_eq!(st.updated_replicas, Some(1));
 
     // Partition 0: the rest follow; the current revision becomes rev2.
-    k.ok(&["patch", "statefulset", "web", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#]);
-    wait_ready(&pods, "web", &["web-0", "web-1", "web-2"], "v2", "all of web at v2").await;
+    k.ok(&[
+        "patch",
+        "statefulset",
+        "web",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ]);
+    wait_ready(
+        &pods,
+        "web",
+        &["web-0", "web-1", "web-2"],
+        "v2",
+        "all of web at v2",
+    )
+    .await;
     eventually(LONG, "web's current revision = update revision", || async {
         let st = sets.get("web").await.ok()?.status?;
-        (st.current_revision.as_deref() == Some(rev2.as_str()) && st.updated_replicas == Some(3)).then_some(())
+        (st.current_revision.as_deref() == Some(rev2.as_str()) && st.updated_replicas == Some(3))
+            .then_some(())
     })
     .await
     .unwrap();
@@ -395,14 +459,27 @@ async fn statefulsets_and_daemonset_rollouts() {
         .collect();
     assert_eq!(revisions, ["1", "2"], "{out}");
     let out = k.ok(&["rollout", "history", "statefulset/web", "--revision=1"]);
-    assert!(out.contains("VERSION:\tv1") || out.contains("VERSION: v1") || out.contains("v1"), "{out}");
+    assert!(
+        out.contains("VERSION:\tv1") || out.contains("VERSION: v1") || out.contains("v1"),
+        "{out}"
+    );
 
     // Undo: back to v1, as revision 3.
     let out = k.ok(&["rollout", "undo", "statefulset/web"]);
     assert!(out.contains("rolled back"), "{out}");
-    wait_ready(&pods, "web", &["web-0", "web-1", "web-2"], "v1", "all of web back at v1").await;
+    wait_ready(
+        &pods,
+        "web",
+        &["web-0", "web-1", "web-2"],
+        "v1",
+        "all of web back at v1",
+    )
+    .await;
     let list = pods_of(&pods, "web").await;
-    assert!(list.iter().all(|p| label(p, "controller-revision-hash") == rev1));
+    assert!(
+        list.iter()
+            .all(|p| label(p, "controller-revision-hash") == rev1)
+    );
     let out = k.ok(&["rollout", "history", "statefulset/web"]);
     let revisions: Vec<&str> = out
         .lines()
@@ -420,20 +497,26 @@ async fn statefulsets_and_daemonset_rollouts() {
 
     // Parallel: all three pods exist while none is Ready.
     apply(&sts_manifest("par", "Parallel", "true"));
-    let mut seen = Vec::new();
+    let seen = std::sync::Mutex::new(Vec::new());
     eventually(LONG, "par-0..2 created at once", || {
         let pods = pods.clone();
-        let seen = &mut seen;
+        let seen = &seen;
         async move {
             let list = pods_of(&pods, "par").await;
-            *seen = list.iter().map(|p| (p.metadata.name.clone(), running_ready(p))).collect();
+            *seen.lock().unwrap() = list
+                .iter()
+                .map(|p| (p.metadata.name.clone(), running_ready(p)))
+                .collect();
             (list.len() == 3).then_some(())
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}: {seen:?}"));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", seen.lock().unwrap()));
     assert!(
-        pods_of(&pods, "par").await.iter().all(|p| !running_ready(p)),
+        pods_of(&pods, "par")
+            .await
+            .iter()
+            .all(|p| !running_ready(p)),
         "no par pod can be Ready (no /tmp/ready)"
     );
     k.ok(&["delete", "statefulset", "par", "--wait=false"]);
@@ -468,18 +551,33 @@ async fn statefulsets_and_daemonset_rollouts() {
     .unwrap();
     let c = claims.get("data-db-0").await.unwrap();
     let refs = c.metadata.owner_references.unwrap_or_default();
-    assert!(refs.iter().any(|r| r.kind == "StatefulSet" && r.uid == db_uid), "{refs:?}");
+    assert!(
+        refs.iter()
+            .any(|r| r.kind == "StatefulSet" && r.uid == db_uid),
+        "{refs:?}"
+    );
     assert_eq!(c.metadata.labels.unwrap()["app"], "db");
     let p = pods.get("db-1").await.unwrap();
-    let vol = p.spec.unwrap().volumes.unwrap().into_iter().find(|v| v.name == "data").unwrap();
+    let vol = p
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "data")
+        .unwrap();
     assert_eq!(vol.persistent_volume_claim.unwrap().claim_name, "data-db-1");
     let c = claims.get("data-keep-0").await.unwrap();
     assert!(c.metadata.owner_references.unwrap_or_default().is_empty());
 
     // A claim template change is refused with upstream's 422.
     let mut changed = db.clone();
-    changed["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = json!("2Mi");
-    let err = k.fails(&["apply", "-f", "-"], &serde_json::to_string(&changed).unwrap());
+    changed["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] =
+        json!("2Mi");
+    let err = k.fails(
+        &["apply", "-f", "-"],
+        &serde_json::to_string(&changed).unwrap(),
+    );
     assert!(
         err.contains("The StatefulSet \"db\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"),
         "{err}"
@@ -487,7 +585,9 @@ async fn statefulsets_and_daemonset_rollouts() {
     let mut typed: StatefulSet = sets.get("db").await.unwrap();
     typed.spec.as_mut().unwrap().service_name = Some("other".into());
     match sets.replace("db", &PostParams::default(), &typed).await {
-        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}"),
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}")
+        }
         other => panic!("serviceName change accepted: {other:?}"),
     }
 
@@ -503,12 +603,23 @@ async fn statefulsets_and_daemonset_rollouts() {
     assert!(claims.get_opt("data-db-0").await.unwrap().is_some());
     k.ok(&["delete", "statefulset", "db", "keep"]);
     eventually(LONG, "data-db-0 gone with db", || async {
-        claims.get_opt("data-db-0").await.ok()?.is_none().then_some(())
+        claims
+            .get_opt("data-db-0")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await
     .unwrap();
-    assert!(claims.get_opt("data-keep-0").await.unwrap().is_some(), "Retain keeps the claim");
-    claims.delete("data-keep-0", &DeleteParams::default()).await.unwrap();
+    assert!(
+        claims.get_opt("data-keep-0").await.unwrap().is_some(),
+        "Retain keeps the claim"
+    );
+    claims
+        .delete("data-keep-0", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // A DaemonSet: rollout status, a change, history, undo.
     let ds = json!({
@@ -528,7 +639,10 @@ async fn statefulsets_and_daemonset_rollouts() {
     });
     apply(&ds);
     let out = k.ok(&["rollout", "status", "daemonset/agent", "--timeout=180s"]);
-    assert!(out.contains("daemon set \"agent\" successfully rolled out"), "{out}");
+    assert!(
+        out.contains("daemon set \"agent\" successfully rolled out"),
+        "{out}"
+    );
     let dss: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
     let first = pods_of(&pods, "agent").await;
     assert_eq!(first.len(), 1);
@@ -538,7 +652,8 @@ async fn statefulsets_and_daemonset_rollouts() {
     assert!(out.contains("successfully rolled out"), "{out}");
     eventually(LONG, "the agent pod at v2", || async {
         let list = pods_of(&pods, "agent").await;
-        (list.len() == 1 && env_of(&list[0]).as_deref() == Some("v2") && running_ready(&list[0])).then_some(())
+        (list.len() == 1 && env_of(&list[0]).as_deref() == Some("v2") && running_ready(&list[0]))
+            .then_some(())
     })
     .await
     .unwrap();
@@ -565,7 +680,13 @@ async fn statefulsets_and_daemonset_rollouts() {
     let st = dss.get("agent").await.unwrap().status.unwrap();
     assert_eq!(st.updated_number_scheduled, Some(1), "{st:?}");
     let out = k.ok(&["rollout", "history", "daemonset/agent"]);
-    assert!(out.lines().filter(|l| l.starts_with('2') || l.starts_with('3')).count() == 2, "{out}");
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with('2') || l.starts_with('3'))
+            .count()
+            == 2,
+        "{out}"
+    );
 
     // Clean up what the test made (the bed goes with the test).
     k.ok(&["delete", "daemonset", "agent"]);
