@@ -817,6 +817,16 @@ impl Strategy for StatefulSet {
         causes: &mut Vec<Cause>,
     ) {
         let mut fixed_new = new["spec"].clone();
+        if !fixed_new.is_object() || !old["spec"].is_object() {
+            if fixed_new != old["spec"] {
+                causes.push((
+                    "spec".into(),
+                    "Forbidden".into(),
+                    STATEFULSET_SPEC_FORBIDDEN.into(),
+                ));
+            }
+            return;
+        }
         for key in [
             "replicas",
             "ordinals",
