@@ -1336,4 +1336,101 @@ mod tests {
         let rb = find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
         assert!(rb.strategy.watch_index().is_some_and(|i| i.field.is_none()));
     }
+
+    #[test]
+    fn statefulsets_default_validate_and_fix_their_spec() {
+        let rt = find("apps", "v1", "statefulsets").unwrap();
+        let mut sts = json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "w"}},
+            "serviceName": "web",
+            "template": {"metadata": {"labels": {"app": "w"}},
+                         "spec": {"containers": [{"name": "c", "image": "i:1"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}],
+        }});
+        rt.strategy.defaults(rt, &mut sts);
+        let spec = &sts["spec"];
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["podManagementPolicy"], "OrderedReady");
+        assert_eq!(
+            spec["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            spec["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert_eq!(
+            spec["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+            "Filesystem"
+        );
+        assert_eq!(sts["metadata"]["labels"], json!({"app": "w"}));
+        let mut causes = Vec::new();
+        rt.strategy.validate(rt, &sts, &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+
+        let mut bad = sts.clone();
+        bad["spec"]["podManagementPolicy"] = json!("Random");
+        bad["spec"]["updateStrategy"]["rollingUpdate"]["partition"] = json!(-1);
+        bad["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        rt.strategy.validate(rt, &bad, &mut causes);
+        let fields: Vec<&str> = causes.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.podManagementPolicy",
+                "spec.updateStrategy.rollingUpdate.partition",
+                "spec.template.spec.restartPolicy"
+            ]
+        );
+        assert_eq!(
+            causes[0].2,
+            r#""Random": supported values: "OrderedReady", "Parallel""#
+        );
+
+        // Updates: replicas, template, strategy and the rest of the list
+        // may change; claim templates and serviceName may not.
+        let mut causes = Vec::new();
+        let mut ok = sts.clone();
+        ok["spec"]["replicas"] = json!(5);
+        ok["spec"]["template"]["spec"]["containers"][0]["image"] = json!("i:2");
+        ok["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+        ok["spec"]["minReadySeconds"] = json!(3);
+        rt.strategy.validate_update(rt, &sts, &ok, &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        for (path, value) in [
+            ("volumeClaimTemplates", json!([])),
+            ("serviceName", json!("other")),
+            ("podManagementPolicy", json!("Parallel")),
+        ] {
+            let mut changed = sts.clone();
+            changed["spec"][path] = value;
+            rt.strategy.validate_update(rt, &sts, &changed, &mut causes);
+            assert_eq!(
+                causes.pop(),
+                Some((
+                    "spec".to_string(),
+                    "Forbidden".to_string(),
+                    STATEFULSET_SPEC_FORBIDDEN.to_string()
+                )),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn controller_revision_data_is_immutable() {
+        let rt = find("apps", "v1", "controllerrevisions").unwrap();
+        let old = json!({"metadata": {"name": "r"}, "revision": 1, "data": {"a": 1}});
+        let mut causes = Vec::new();
+        let mut renumbered = old.clone();
+        renumbered["revision"] = json!(2);
+        rt.strategy
+            .validate_update(rt, &old, &renumbered, &mut causes);
+        assert!(causes.is_empty());
+        let mut changed = old.clone();
+        changed["data"] = json!({"a": 2});
+        rt.strategy.validate_update(rt, &old, &changed, &mut causes);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].0, "data");
+    }
 }
