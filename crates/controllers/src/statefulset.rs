@@ -666,7 +666,8 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     };
 
     let mut plan = plan(&set, &pods, &claims, &current, &update, Timestamp::now());
-    plan.status.collision_count = (collisions > 0).then_some(collisions);
+    // Upstream reports it from the first sync on, zero included.
+    plan.status.collision_count = Some(collisions);
     let oref = object_ref(&set);
     for step in &plan.steps {
         match step {
@@ -800,9 +801,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     let current_status = set.status.clone().unwrap_or_default();
     if current_status != plan.status {
         let api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        let mut status = serde_json::to_value(&plan.status).unwrap_or_default();
-        // A merge patch leaves omitted fields in place: write every count.
-        status["collisionCount"] = json!(plan.status.collision_count);
+        let status = serde_json::to_value(&plan.status).unwrap_or_default();
         match crate::update::merge_into_status(&api, &name, &json!({"status": status})).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
