@@ -15,7 +15,8 @@
 # and writes them as Markdown to bench/results/statefulset.md.
 #
 # Usage: bench/statefulset.sh [--rounds N] [--replicas N] [--no-build]
-#                             [--out FILE] [--keep]
+#                             [--binary PATH] [--out FILE] [--keep]
+# (--binary: an rke2 built elsewhere, e.g. a debug build; implies --no-build)
 # Needs root, containerd, runc, the CNI plugins, busybox-static, python3,
 # etcd, kubectl. Not part of the test suite.
 
@@ -25,6 +26,7 @@ ROUNDS=3
 REPLICAS=100
 BUILD=1
 KEEP=0
+BINARY=""
 ADDR=127.77.9.10
 DEADLINE=600
 STOP_GRACE=20
@@ -35,13 +37,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/bench/results/statefulset.md"
 ARGS="$*"
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) ROUNDS="${2:?--rounds needs a number}"; shift 2 ;;
         --replicas) REPLICAS="${2:?--replicas needs a number}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --binary) BINARY="${2:?--binary needs a path}"; BUILD=0; shift 2 ;;
         --out) OUT="${2:?--out needs a file}"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -114,7 +117,7 @@ if (( BUILD )); then
     log "building: cargo build --release -p rke2 (target dir $TARGET_DIR)"
     cargo build --release -p rke2 >&2
 fi
-RKE2="$TARGET_DIR/release/rke2"
+RKE2="${BINARY:-$TARGET_DIR/release/rke2}"
 [[ -x "$RKE2" ]] || die "$RKE2 not found (build it, or drop --no-build)"
 for port in 6443 9345 2379 2380 10250; do
     ss -Hltn "src $ADDR:$port" 2>/dev/null | grep -q . && die "$ADDR:$port is already in use"
@@ -220,7 +223,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "# StatefulSet scale-up: $REPLICAS replicas Parallel to all Ready"
     echo
     echo "\`bench/statefulset.sh $ARGS\` on $(date -u +%Y-%m-%d), $(nproc) CPUs, load at start $LOAD_AT_START."
-    echo "One server node (its own containerd, busybox \`sleep 3600\` pods, image present)."
+    echo "Binary: \`$RKE2\`. One server node (its own containerd, busybox \`sleep 3600\` pods, image present)."
     echo "Reference: a Deployment of the same pod template, same node, same run."
     echo
     printf '| round |'; for (( r = 1; r <= ROUNDS; r++ )); do printf ' %d |' "$r"; done; echo ' median |'
