@@ -1513,6 +1513,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "replicaset-controller",
     "deployment-controller",
     "daemon-set-controller",
+    "statefulset-controller",
     "job-controller",
     "cronjob-controller",
     "disruption-controller",

@@ -39,6 +39,10 @@ pub enum Printer {
     ReplicaSet,
     /// NAME DESIRED CURRENT READY UP-TO-DATE AVAILABLE NODE SELECTOR AGE.
     DaemonSet,
+    /// NAME READY AGE (+ wide CONTAINERS IMAGES).
+    StatefulSet,
+    /// NAME CONTROLLER REVISION AGE.
+    ControllerRevision,
     /// NAME STATUS COMPLETIONS DURATION AGE.
     Job,
     /// NAME ROLE AGE (+ wide USERS GROUPS SERVICEACCOUNTS): RoleBindings
@@ -246,6 +250,8 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::Deployment, status: true, gen: true, typed: api::apps::v1::Deployment, strategy: strategy::Deployment),
         rt!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], cat: ["all"], sub: ["status", "scale"], fields: ["status.replicas"], Printer::ReplicaSet, status: true, gen: true, typed: api::apps::v1::ReplicaSet, strategy: strategy::ReplicaSet),
         rt!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], cat: ["all"], sub: ["status"], fields: [], Printer::DaemonSet, status: true, gen: true, typed: api::apps::v1::DaemonSet, strategy: strategy::DaemonSet),
+        rt!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, short: ["sts"], cat: ["all"], sub: ["status", "scale"], fields: [], Printer::StatefulSet, status: true, gen: true, typed: api::apps::v1::StatefulSet, strategy: strategy::StatefulSet),
+        rt!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", true, short: [], cat: [], sub: [], fields: [], Printer::ControllerRevision, status: false, gen: false, typed: api::apps::v1::ControllerRevision, strategy: strategy::ControllerRevision),
         rt!("batch", "v1", "Job", "jobs", "job", true, short: [], cat: ["all"], sub: ["status"], fields: ["status.successful"], Printer::Job, status: true, gen: true, typed: api::batch::v1::Job, strategy: strategy::Job),
         rt!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, short: ["cj"], cat: ["all"], sub: ["status"], fields: [], Printer::CronJob, status: true, gen: true, typed: api::batch::v1::CronJob, strategy: crate::batch::CronJob),
         rt!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", true, short: ["pdb"], cat: [], sub: ["status"], fields: [], Printer::PodDisruptionBudget, status: true, gen: true, typed: api::policy::v1::PodDisruptionBudget, strategy: crate::disruption::PodDisruptionBudget),

@@ -607,6 +607,292 @@ impl Strategy for DaemonSet {
     }
 }
 
+/// StatefulSets: upstream's defaults (`SetDefaults_StatefulSet`), the
+/// workload rules plus the StatefulSet ones, and the update rule that
+/// only a few spec fields may change.
+#[derive(Debug)]
+pub struct StatefulSet;
+
+/// Upstream's message for an update of a StatefulSet spec field that is
+/// fixed once created (`ValidateStatefulSetUpdate`).
+pub const STATEFULSET_SPEC_FORBIDDEN: &str = "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden";
+
+impl Strategy for StatefulSet {
+    fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
+        if let Some(m) = obj["spec"].as_object_mut() {
+            default_val(m, "replicas", json!(1));
+            default_val(m, "revisionHistoryLimit", json!(10));
+            default_str(m, "podManagementPolicy", "OrderedReady");
+            if m.get("updateStrategy")
+                .map(|s| s.as_object().map(|o| o.is_empty()).unwrap_or(true))
+                .unwrap_or(true)
+            {
+                m.insert("updateStrategy".into(), json!({"type": "RollingUpdate"}));
+            }
+            if let Some(us) = m.get_mut("updateStrategy").and_then(|u| u.as_object_mut()) {
+                default_str(us, "type", "RollingUpdate");
+                if us.get("type").and_then(|t| t.as_str()) == Some("RollingUpdate") {
+                    default_val(us, "rollingUpdate", json!({}));
+                    if let Some(ru) = us.get_mut("rollingUpdate").and_then(|r| r.as_object_mut()) {
+                        default_val(ru, "partition", json!(0));
+                    }
+                }
+            }
+            default_val(
+                m,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            if let Some(p) = m
+                .get_mut("persistentVolumeClaimRetentionPolicy")
+                .and_then(|p| p.as_object_mut())
+            {
+                default_str(p, "whenDeleted", "Retain");
+                default_str(p, "whenScaled", "Retain");
+            }
+            if let Some(claims) = m
+                .get_mut("volumeClaimTemplates")
+                .and_then(|c| c.as_array_mut())
+            {
+                for c in claims {
+                    let Some(cm) = c.as_object_mut() else {
+                        continue;
+                    };
+                    default_str(cm, "apiVersion", "v1");
+                    default_str(cm, "kind", "PersistentVolumeClaim");
+                    if let Some(cs) = cm.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                        default_str(cs, "volumeMode", "Filesystem");
+                    }
+                    default_val(cm, "status", json!({"phase": "Pending"}));
+                }
+            }
+        }
+        // Upstream copies the template's labels to a StatefulSet without any.
+        if obj["metadata"]["labels"]
+            .as_object()
+            .map(|l| l.is_empty())
+            .unwrap_or(true)
+            && let Some(l) = obj["spec"]["template"]["metadata"]["labels"].as_object()
+            && !l.is_empty()
+        {
+            obj["metadata"]["labels"] = Value::Object(l.clone());
+        }
+        default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        validate_workload(obj, causes);
+        let spec = &obj["spec"];
+        let unsupported = |field: &str, v: &Value, ok: &[&str], causes: &mut Vec<Cause>| {
+            if let Some(s) = v.as_str()
+                && !ok.contains(&s)
+            {
+                causes.push((
+                    field.into(),
+                    "Unsupported value".into(),
+                    format!(
+                        "{}: supported values: {}",
+                        quoted(s),
+                        ok.iter().map(|o| quoted(o)).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        };
+        unsupported(
+            "spec.podManagementPolicy",
+            &spec["podManagementPolicy"],
+            &["OrderedReady", "Parallel"],
+            causes,
+        );
+        let us = &spec["updateStrategy"];
+        unsupported(
+            "spec.updateStrategy.type",
+            &us["type"],
+            &["RollingUpdate", "OnDelete"],
+            causes,
+        );
+        if us["type"] == "OnDelete" && us["rollingUpdate"].is_object() {
+            causes.push((
+                "spec.updateStrategy.rollingUpdate".into(),
+                "Invalid value".into(),
+                "only allowed for updateStrategy 'RollingUpdate'".into(),
+            ));
+        }
+        if let Some(p) = us["rollingUpdate"]["partition"].as_i64()
+            && p < 0
+        {
+            causes.push((
+                "spec.updateStrategy.rollingUpdate.partition".into(),
+                "Invalid value".into(),
+                format!("{p}: must be greater than or equal to 0"),
+            ));
+        }
+        match &us["rollingUpdate"]["maxUnavailable"] {
+            Value::Number(n) if n.as_i64().unwrap_or(0) < 1 => causes.push((
+                "spec.updateStrategy.rollingUpdate.maxUnavailable".into(),
+                "Invalid value".into(),
+                format!("{n}: must be greater than 0"),
+            )),
+            Value::String(s)
+                if s.strip_suffix('%')
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_none_or(|p| p == 0 || p > 100) =>
+            {
+                causes.push((
+                    "spec.updateStrategy.rollingUpdate.maxUnavailable".into(),
+                    "Invalid value".into(),
+                    format!("{}: must be a positive percentage up to 100%", quoted(s)),
+                ))
+            }
+            _ => {}
+        }
+        for key in ["whenDeleted", "whenScaled"] {
+            unsupported(
+                &format!("spec.persistentVolumeClaimRetentionPolicy.{key}"),
+                &spec["persistentVolumeClaimRetentionPolicy"][key],
+                &["Retain", "Delete"],
+                causes,
+            );
+        }
+        if let Some(m) = spec["minReadySeconds"].as_i64()
+            && m < 0
+        {
+            causes.push((
+                "spec.minReadySeconds".into(),
+                "Invalid value".into(),
+                format!("{m}: must be greater than or equal to 0"),
+            ));
+        }
+        if let Some(o) = spec["ordinals"]["start"].as_i64()
+            && o < 0
+        {
+            causes.push((
+                "spec.ordinals.start".into(),
+                "Invalid value".into(),
+                format!("{o}: must be greater than or equal to 0"),
+            ));
+        }
+        unsupported(
+            "spec.template.spec.restartPolicy",
+            &spec["template"]["spec"]["restartPolicy"],
+            &["Always"],
+            causes,
+        );
+        if let Some(t) = spec["template"]["spec"]["activeDeadlineSeconds"].as_i64() {
+            causes.push((
+                "spec.template.spec.activeDeadlineSeconds".into(),
+                "Forbidden".into(),
+                format!("{t}: activeDeadlineSeconds in StatefulSet is not Supported"),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in spec["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let n = c["metadata"]["name"].as_str().unwrap_or("");
+            if n.is_empty() {
+                causes.push((
+                    format!("spec.volumeClaimTemplates[{i}].metadata.name"),
+                    "Required value".into(),
+                    "name or generateName is required".into(),
+                ));
+            } else if !names.insert(n.to_string()) {
+                causes.push((
+                    format!("spec.volumeClaimTemplates[{i}].metadata.name"),
+                    "Duplicate value".into(),
+                    quoted(n),
+                ));
+            }
+        }
+    }
+
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        let mut fixed_new = new["spec"].clone();
+        if !fixed_new.is_object() || !old["spec"].is_object() {
+            if fixed_new != old["spec"] {
+                causes.push((
+                    "spec".into(),
+                    "Forbidden".into(),
+                    STATEFULSET_SPEC_FORBIDDEN.into(),
+                ));
+            }
+            return;
+        }
+        for key in [
+            "replicas",
+            "ordinals",
+            "template",
+            "updateStrategy",
+            "revisionHistoryLimit",
+            "persistentVolumeClaimRetentionPolicy",
+            "minReadySeconds",
+        ] {
+            match old["spec"].get(key) {
+                Some(v) => fixed_new[key] = v.clone(),
+                None => {
+                    if let Some(m) = fixed_new.as_object_mut() {
+                        m.remove(key);
+                    }
+                }
+            }
+        }
+        if fixed_new != old["spec"] {
+            causes.push((
+                "spec".into(),
+                "Forbidden".into(),
+                STATEFULSET_SPEC_FORBIDDEN.into(),
+            ));
+        }
+    }
+}
+
+/// ControllerRevisions: a revision's `data` never changes (upstream's
+/// `ValidateControllerRevisionUpdate`), and `revision` is not negative.
+#[derive(Debug)]
+pub struct ControllerRevision;
+impl Strategy for ControllerRevision {
+    fn bumps_generation(&self, _old: &Value, _new: &Value) -> bool {
+        false
+    }
+
+    fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        if let Some(r) = obj["revision"].as_i64()
+            && r < 0
+        {
+            causes.push((
+                "revision".into(),
+                "Invalid value".into(),
+                format!("{r}: must be greater than or equal to 0"),
+            ));
+        }
+    }
+
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        if old["data"] != new["data"] {
+            causes.push((
+                "data".into(),
+                "Invalid value".into(),
+                "field is immutable".into(),
+            ));
+        }
+    }
+}
+
 /// Jobs: defaults (the controller's unique selector label included) and
 /// a template with containers.
 #[derive(Debug)]
@@ -1056,5 +1342,102 @@ mod tests {
         );
         let rb = find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
         assert!(rb.strategy.watch_index().is_some_and(|i| i.field.is_none()));
+    }
+
+    #[test]
+    fn statefulsets_default_validate_and_fix_their_spec() {
+        let rt = find("apps", "v1", "statefulsets").unwrap();
+        let mut sts = json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "w"}},
+            "serviceName": "web",
+            "template": {"metadata": {"labels": {"app": "w"}},
+                         "spec": {"containers": [{"name": "c", "image": "i:1"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}}],
+        }});
+        rt.strategy.defaults(rt, &mut sts);
+        let spec = &sts["spec"];
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["podManagementPolicy"], "OrderedReady");
+        assert_eq!(
+            spec["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            spec["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert_eq!(
+            spec["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+            "Filesystem"
+        );
+        assert_eq!(sts["metadata"]["labels"], json!({"app": "w"}));
+        let mut causes = Vec::new();
+        rt.strategy.validate(rt, &sts, &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+
+        let mut bad = sts.clone();
+        bad["spec"]["podManagementPolicy"] = json!("Random");
+        bad["spec"]["updateStrategy"]["rollingUpdate"]["partition"] = json!(-1);
+        bad["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        rt.strategy.validate(rt, &bad, &mut causes);
+        let fields: Vec<&str> = causes.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.podManagementPolicy",
+                "spec.updateStrategy.rollingUpdate.partition",
+                "spec.template.spec.restartPolicy"
+            ]
+        );
+        assert_eq!(
+            causes[0].2,
+            r#""Random": supported values: "OrderedReady", "Parallel""#
+        );
+
+        // Updates: replicas, template, strategy and the rest of the list
+        // may change; claim templates and serviceName may not.
+        let mut causes = Vec::new();
+        let mut ok = sts.clone();
+        ok["spec"]["replicas"] = json!(5);
+        ok["spec"]["template"]["spec"]["containers"][0]["image"] = json!("i:2");
+        ok["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+        ok["spec"]["minReadySeconds"] = json!(3);
+        rt.strategy.validate_update(rt, &sts, &ok, &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        for (path, value) in [
+            ("volumeClaimTemplates", json!([])),
+            ("serviceName", json!("other")),
+            ("podManagementPolicy", json!("Parallel")),
+        ] {
+            let mut changed = sts.clone();
+            changed["spec"][path] = value;
+            rt.strategy.validate_update(rt, &sts, &changed, &mut causes);
+            assert_eq!(
+                causes.pop(),
+                Some((
+                    "spec".to_string(),
+                    "Forbidden".to_string(),
+                    STATEFULSET_SPEC_FORBIDDEN.to_string()
+                )),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn controller_revision_data_is_immutable() {
+        let rt = find("apps", "v1", "controllerrevisions").unwrap();
+        let old = json!({"metadata": {"name": "r"}, "revision": 1, "data": {"a": 1}});
+        let mut causes = Vec::new();
+        let mut renumbered = old.clone();
+        renumbered["revision"] = json!(2);
+        rt.strategy
+            .validate_update(rt, &old, &renumbered, &mut causes);
+        assert!(causes.is_empty());
+        let mut changed = old.clone();
+        changed["data"] = json!({"a": 2});
+        rt.strategy.validate_update(rt, &old, &changed, &mut causes);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].0, "data");
     }
 }

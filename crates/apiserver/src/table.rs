@@ -298,6 +298,25 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
                 "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
             ),
         ],
+        Printer::StatefulSet => vec![
+            name,
+            s("Ready", "Number of the pod with ready state"),
+            age,
+            w("Containers", "Names of each container in the template."),
+            w(
+                "Images",
+                "Images referenced by each container in the template.",
+            ),
+        ],
+        Printer::ControllerRevision => vec![
+            name,
+            s("Controller", "Controller of the object"),
+            i(
+                "Revision",
+                "Revision indicates the revision of the state represented by Data.",
+            ),
+            age,
+        ],
         Printer::ReplicaSet => vec![
             name,
             i("Desired", "Replicas is the number of desired replicas."),
@@ -965,6 +984,41 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(join_containers(tspec, "image")),
                 json!(selector_string(&spec["selector"])),
             ]
+        }
+        Printer::StatefulSet => {
+            let tspec = &spec["template"]["spec"];
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    int_at(status, &["readyReplicas"]),
+                    spec["replicas"].as_i64().unwrap_or(1)
+                )),
+                a,
+                json!(join_containers(tspec, "name")),
+                json!(join_containers(tspec, "image")),
+            ]
+        }
+        Printer::ControllerRevision => {
+            // kubectl's `formatResourceName`: `kind.group/name`, lower case.
+            let owner = obj["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let group = str_at(r, &["apiVersion"])
+                        .rsplit_once('/')
+                        .map(|(g, _)| g)
+                        .unwrap_or("");
+                    let kind = str_at(r, &["kind"]).to_lowercase();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", str_at(r, &["name"]))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(owner), json!(int_at(obj, &["revision"])), a]
         }
         Printer::ReplicaSet => {
             let tspec = &spec["template"]["spec"];

@@ -1147,6 +1147,20 @@ fn objects_non_object_fields_regression() {
             "jobs",
             json!({"metadata": {"name": "a"}, "spec": {"template": {"metadata": {"labels": "s"}}}}),
         ),
+        (
+            "statefulsets",
+            json!({"metadata": {"name": "a"}, "spec": {"updateStrategy": {"rollingUpdate": 7},
+                "volumeClaimTemplates": [1, {"spec": "s"}], "persistentVolumeClaimRetentionPolicy": []}}),
+        ),
+        (
+            "statefulsets",
+            json!({"metadata": {"name": "a"}, "spec": {"updateStrategy": "s",
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": 1}, "ordinals": {"start": "x"}}}),
+        ),
+        (
+            "controllerrevisions",
+            json!({"metadata": {"name": "a"}, "revision": "s", "data": [1]}),
+        ),
     ];
     panicking_cases(&cases, |(plural, body)| {
         let rt = registry::builtin()

@@ -21,7 +21,14 @@
 //!   `controller-revision-hash` label differs from the template's hash are
 //!   deleted, unavailable ones first, then available ones while fewer than
 //!   `maxUnavailable` (default 1) nodes lack an available pod; the next
-//!   reconcile creates their replacements. `OnDelete` leaves them alone.
+//!   reconcile creates their replacements. With `maxSurge` > 0 the new
+//!   pod starts beside the old one instead (on at most `maxSurge` nodes at
+//!   once) and the old one goes when the new one is available.
+//!   `OnDelete` leaves outdated pods alone;
+//! * every template is recorded as a ControllerRevision
+//!   `<ds>-<hash>` ([`crate::revisions`]), which `kubectl rollout
+//!   history|undo` read; history beyond `revisionHistoryLimit` that no pod
+//!   uses is deleted.
 //!
 //! Pods are named `<ds>-<random5>` (generateName), carry the template's
 //! labels plus `controller-revision-hash` and `pod-template-generation`,
@@ -32,15 +39,16 @@
 //! `numberAvailable` (Ready for `minReadySeconds`), `numberUnavailable`,
 //! `updatedNumberScheduled`, `observedGeneration`.
 //!
-//! Not done: ControllerRevision objects (the hash is computed from the
-//! template directly), adopting matching orphan pods, `maxSurge`.
+//! Not done: adopting matching orphan pods; the revision hash is computed
+//! from the template (not upstream's hash of the revision with the
+//! collision count).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, NodeSelector, Pod, PodTemplateSpec, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -292,6 +300,29 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], now: Timestamp) -> Pla
     let mut outdated_available: Vec<String> = Vec::new();
     let mut unavailable = 0i32;
     let mut seen_nodes = std::collections::BTreeSet::new();
+    let strategy = spec.update_strategy.clone().unwrap_or_default();
+    let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
+    let desired_nodes = nodes
+        .iter()
+        .filter(|n| node_should_run(&template, n).0)
+        .count() as i64;
+    let scaled = |v: Option<IntOrString>, default: i32| match v {
+        None => default,
+        Some(IntOrString::Int(n)) => n,
+        Some(IntOrString::String(s)) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            ((pct * desired_nodes + 99) / 100) as i32
+        }
+    };
+    let rolling_update = strategy.rolling_update.clone().unwrap_or_default();
+    let surge = if rolling {
+        scaled(rolling_update.max_surge.clone(), 0).max(0)
+    } else {
+        0
+    };
+    let mut surging = 0i32;
+    // Nodes whose only pod is outdated (and whether it is available).
+    let mut surge_candidates: Vec<(String, bool)> = Vec::new();
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         seen_nodes.insert(name.clone());
@@ -323,18 +354,62 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], now: Timestamp) -> Pla
             }
             continue;
         }
-        // Keep the oldest; delete duplicates.
-        out.delete
-            .extend(running[1..].iter().filter_map(|p| p.metadata.name.clone()));
-        let pod = running[0];
         if !should_run {
+            // Keep the oldest; delete duplicates.
+            out.delete
+                .extend(running[1..].iter().filter_map(|p| p.metadata.name.clone()));
             continue;
         }
         st.current_number_scheduled += 1;
-        let available = pod_available(pod, min_ready, now);
-        if pod_ready(pod) {
+        let is_updated = |p: &Pod| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_HASH_LABEL))
+                == Some(&hash)
+        };
+        // With a surge, a node may run its old pod and its new one side by
+        // side until the new one is available.
+        let (pod, old_kept) = if surge > 0 {
+            let (new, old): (Vec<&Pod>, Vec<&Pod>) = running.iter().partition(|p| is_updated(p));
+            match new.first() {
+                Some(n) => {
+                    out.delete
+                        .extend(new[1..].iter().filter_map(|p| p.metadata.name.clone()));
+                    if pod_available(n, min_ready, now) || old.is_empty() {
+                        out.delete
+                            .extend(old.iter().filter_map(|p| p.metadata.name.clone()));
+                        (*n, None)
+                    } else {
+                        surging += 1;
+                        out.delete
+                            .extend(old[1..].iter().filter_map(|p| p.metadata.name.clone()));
+                        (*n, Some(old[0]))
+                    }
+                }
+                None => {
+                    out.delete
+                        .extend(old[1..].iter().filter_map(|p| p.metadata.name.clone()));
+                    let o = old[0];
+                    surge_candidates.push((name.clone(), pod_available(o, min_ready, now)));
+                    (o, None)
+                }
+            }
+        } else {
+            out.delete
+                .extend(running[1..].iter().filter_map(|p| p.metadata.name.clone()));
+            (running[0], None)
+        };
+        let available = pod_available(pod, min_ready, now)
+            || old_kept.is_some_and(|o| pod_available(o, min_ready, now));
+        if pod_ready(pod) || old_kept.is_some_and(pod_ready) {
             st.number_ready += 1;
-            if !available && let Some(since) = ready_since(pod) {
+        }
+        for p in std::iter::once(pod).chain(old_kept) {
+            if pod_ready(p)
+                && !pod_available(p, min_ready, now)
+                && let Some(since) = ready_since(p)
+            {
                 let due = since.as_second() + min_ready - now.as_second();
                 let due = Duration::from_secs(due.max(1) as u64);
                 out.recheck_after = Some(out.recheck_after.map_or(due, |d| d.min(due)));
@@ -345,13 +420,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], now: Timestamp) -> Pla
         } else {
             unavailable += 1;
         }
-        let updated = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(REVISION_HASH_LABEL))
-            == Some(&hash);
-        if updated {
+        if is_updated(pod) {
             st.updated_number_scheduled = Some(st.updated_number_scheduled.unwrap_or(0) + 1);
         } else if let Some(n) = pod.metadata.name.clone() {
             if available {
@@ -367,21 +436,20 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], now: Timestamp) -> Pla
                 .extend(daemon_pods.iter().filter_map(|p| p.metadata.name.clone()));
         }
     }
-    let strategy = spec.update_strategy.clone().unwrap_or_default();
-    if strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate" {
-        let max_unavailable = match strategy
-            .rolling_update
-            .as_ref()
-            .and_then(|r| r.max_unavailable.clone())
-        {
-            None => 1,
-            Some(IntOrString::Int(n)) => n,
-            Some(IntOrString::String(s)) => {
-                let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-                ((pct * st.desired_number_scheduled as i64 + 99) / 100) as i32
+    if rolling && surge > 0 {
+        // Upstream's surge: a new pod beside the old one, on at most
+        // `maxSurge` nodes at once; a node whose old pod is unavailable
+        // gets its new pod at once.
+        for (node, old_available) in surge_candidates {
+            if !old_available {
+                out.create_on.push(node);
+            } else if surging < surge {
+                surging += 1;
+                out.create_on.push(node);
             }
         }
-        .max(1);
+    } else if rolling {
+        let max_unavailable = scaled(rolling_update.max_unavailable.clone(), 1).max(1);
         out.delete.extend(outdated_unavailable);
         let budget = (max_unavailable - unavailable).max(0) as usize;
         out.delete
@@ -446,6 +514,9 @@ pub enum Error {
     /// The DaemonSet's selector is malformed.
     #[error("invalid selector: {0}")]
     Selector(String),
+    /// The template's revision could not be recorded.
+    #[error(transparent)]
+    Revision(#[from] crate::revisions::Error),
 }
 
 struct Ctx {
@@ -474,6 +545,37 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .into_iter()
         .filter(|p| is_owned_by(p, &uid))
         .collect();
+    // The template's revision, for `kubectl rollout history|undo`; named
+    // by the hash the pods carry.
+    let revs: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut history = crate::revisions::list(&revs, &selector.to_string(), &uid).await?;
+    let template = ds.spec.clone().unwrap_or_default().template;
+    let hash = template_hash(&template);
+    let owner = crate::revisions::Owner {
+        api_version: "apps/v1".into(),
+        kind: "DaemonSet".into(),
+        name: name.clone(),
+        uid: uid.clone(),
+        labels: template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default(),
+    };
+    let data = crate::revisions::patch_data(&template);
+    crate::revisions::ensure(&revs, &owner, &mut history, &data, &hash).await?;
+    let mut live: std::collections::BTreeSet<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_HASH_LABEL))
+        .map(|h| format!("{name}-{h}"))
+        .collect();
+    live.insert(format!("{name}-{hash}"));
+    let limit = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.revision_history_limit)
+        .unwrap_or(10);
+    crate::revisions::truncate(&revs, &history, &live, limit).await?;
     let plan = plan(&ds, &nodes, &pods, Timestamp::now());
     for node in &plan.create_on {
         let pod = new_pod(&ds, node);
@@ -722,5 +824,55 @@ mod tests {
         let p = plan(&d, &nodes, &pods, Timestamp::now());
         assert_eq!(p.delete, vec!["p-a"]);
         assert_eq!(p.status.updated_number_scheduled, Some(1));
+    }
+
+    #[test]
+    fn rolling_update_with_surge_keeps_old_pods_until_new_are_available() {
+        let mut d = ds(containers());
+        d.spec.as_mut().unwrap().update_strategy = Some(
+            serde_json::from_value(json!({"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}))
+            .unwrap(),
+        );
+        let nodes: Vec<Node> = ["a", "b"]
+            .iter()
+            .map(|n| node(n, json!({}), json!([])))
+            .collect();
+        let now = Timestamp::now();
+        let old = vec![
+            pod(&d, "p-a", "a", true, false),
+            pod(&d, "p-b", "b", true, false),
+        ];
+        let p = plan(&d, &nodes, &old, now);
+        assert_eq!(p.create_on, vec!["a".to_string()]);
+        assert!(p.delete.is_empty());
+        // The new pod on a is not Ready yet: a keeps its old one, b waits.
+        let mut pods = old.clone();
+        pods.push(pod(&d, "n-a", "a", false, true));
+        let p = plan(&d, &nodes, &pods, now);
+        assert!(p.create_on.is_empty() && p.delete.is_empty(), "{p:?}");
+        assert_eq!(p.status.number_available, Some(2));
+        // Ready: the old one on a goes, b surges.
+        pods[2] = pod(&d, "n-a", "a", true, true);
+        let p = plan(&d, &nodes, &pods, now);
+        assert_eq!(p.delete, vec!["p-a"]);
+        assert_eq!(p.create_on, vec!["b".to_string()]);
+        assert_eq!(p.status.updated_number_scheduled, Some(1));
+    }
+
+    #[test]
+    fn on_delete_keeps_outdated_pods() {
+        let mut d = ds(containers());
+        d.spec.as_mut().unwrap().update_strategy =
+            Some(serde_json::from_value(json!({"type": "OnDelete"})).unwrap());
+        let nodes = vec![node("a", json!({}), json!([]))];
+        let p = plan(
+            &d,
+            &nodes,
+            &[pod(&d, "p-a", "a", true, false)],
+            Timestamp::now(),
+        );
+        assert!(p.delete.is_empty() && p.create_on.is_empty());
+        assert_eq!(p.status.updated_number_scheduled, Some(0));
     }
 }

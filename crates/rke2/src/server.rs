@@ -1051,6 +1051,10 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     clients.of("daemon-set-controller"),
                     lead.clone(),
                 ));
+                loops.spawn(c::statefulset::run(
+                    clients.of("statefulset-controller"),
+                    lead.clone(),
+                ));
                 loops.spawn(c::job::run(clients.of("job-controller"), lead.clone()));
                 loops.spawn(c::cronjob::run(
                     clients.of("cronjob-controller"),
