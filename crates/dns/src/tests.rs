@@ -610,9 +610,21 @@ fn resolv_conf_nameservers() {
 /// 192.0.2.1 (TTL 300), except `big.test.` whose UDP answer is truncated
 /// (its TCP answer is whole) and `none.test.` which is NXDOMAIN.
 async fn upstream() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // The same port for UDP and TCP: a random UDP port's TCP twin may be
+    // taken by another socket on a busy machine, so try a few.
+    let mut tries = 0;
+    let (udp, addr, tcp) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, addr, tcp),
+            Err(e) if tries < 20 => {
+                tries += 1;
+                let _ = e;
+            }
+            Err(e) => panic!("no port free for both UDP and TCP after 20 tries: {e}"),
+        }
+    };
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
     let answer = move |b: &[u8], tcp: bool| {

@@ -450,7 +450,8 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
         set_status(&ctx, &chart, status).await?;
         return Ok(Action::await_change());
     }
-    if !job_condition(&existing, "Complete") {
+    let running = !job_condition(&existing, "Complete");
+    if running {
         report_pod_failures(&ctx, &chart, &existing).await;
     }
     let status = json!({"jobName": job_name, "conditions": [
@@ -458,7 +459,14 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Err
         condition("Failed", "False", "", ""),
     ]});
     set_status(&ctx, &chart, status).await?;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // While helm runs, its pod's failed runs are looked at every 5 s: a
+    // restart does not change the Job, and once the Job fails its pod is
+    // deleted with the last run's error in it.
+    Ok(Action::requeue(Duration::from_secs(if running {
+        5
+    } else {
+        300
+    })))
 }
 
 /// Deletes an object by name, treating 404 as done.
