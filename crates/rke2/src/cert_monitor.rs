@@ -24,38 +24,27 @@ const COMPONENT: &str = "rke2-cert-monitor";
 /// warning window at `now` (Unix seconds), one per certificate.
 pub fn expiring(data_dir: &Path, now: i64) -> Vec<String> {
     let mut out = Vec::new();
-    for dir in ["server/tls", "server/tls/etcd", "agent"] {
-        let Ok(entries) = std::fs::read_dir(data_dir.join(dir)) else {
-            continue;
+    for f in crate::certificate::cert_files(data_dir, &[]) {
+        let infos = match rke2_trust::describe_cert_file(&f) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "certificate monitor: cannot read a certificate");
+                continue;
+            }
         };
-        let mut files: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-            .collect();
-        files.sort();
-        for f in files {
-            let infos = match rke2_trust::describe_cert_file(&f) {
-                Ok(i) => i,
-                Err(e) => {
-                    warn!(error = %e, "certificate monitor: cannot read a certificate");
-                    continue;
-                }
-            };
-            let name = f.strip_prefix(data_dir).unwrap_or(&f).display().to_string();
-            for info in infos {
-                let left = info.not_after - now;
-                if left < crate::certificate::WARN_DAYS * 86_400 {
-                    let at = chrono::DateTime::from_timestamp(info.not_after, 0)
-                        .map(|d| d.to_rfc3339())
-                        .unwrap_or_default();
-                    let what = if left <= 0 {
-                        "expired at"
-                    } else {
-                        "will expire at"
-                    };
-                    out.push(format!("{name}: certificate {} {what} {at}", info.subject));
-                }
+        let name = f.strip_prefix(data_dir).unwrap_or(&f).display().to_string();
+        for info in infos {
+            let left = info.not_after - now;
+            if left < crate::certificate::WARN_DAYS * 86_400 {
+                let at = chrono::DateTime::from_timestamp(info.not_after, 0)
+                    .map(|d| d.to_rfc3339())
+                    .unwrap_or_default();
+                let what = if left <= 0 {
+                    "expired at"
+                } else {
+                    "will expire at"
+                };
+                out.push(format!("{name}: certificate {} {what} {at}", info.subject));
             }
         }
     }
