@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,33 @@ async fn wait_healthy(store: &Store, etcd: &EtcdProcess, timeout: Duration) -> R
     )
 }
 
+/// The file that says etcd's data dir was created by a first start that
+/// has not yet seen etcd healthy.
+fn first_start_marker(etcd_data: &Path) -> PathBuf {
+    etcd_data.with_file_name("etcd-first-start-pending")
+}
+
+/// etcd killed during its very first start can leave a WAL without the
+/// cluster's membership; restarted on it, etcd never elects a leader and
+/// hangs forever. Nothing of ours was written before etcd was healthy, so
+/// such a data dir is discarded and the first start (or join) runs again.
+fn discard_interrupted_first_start(etcd_data: &Path) -> Result<()> {
+    let marker = first_start_marker(etcd_data);
+    if !marker.exists() {
+        return Ok(());
+    }
+    let member = etcd_data.join("member");
+    if member.exists() {
+        warn!(
+            dir = %member.display(),
+            "etcd's first start was interrupted before it became healthy; its data is discarded and the first start runs again"
+        );
+        std::fs::remove_dir_all(&member)
+            .with_context(|| format!("removing {}", member.display()))?;
+    }
+    std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
     let started = Instant::now();
@@ -170,6 +197,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let ips = node_ips(&cfg);
     let node_ip = ips[0];
     let etcd_data = server_dir.join("db").join("etcd");
+    discard_interrupted_first_start(&etcd_data)?;
     let mut has_etcd_data = etcd_data.join("member").exists();
     // Also before writing anything (exit 2): a token pinning a CA this
     // server will not have, and addresses we cannot listen on.
@@ -308,6 +336,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         )?);
         info!(snapshot = %snap.source, old = ?reset_old_db, "etcd database restored from the snapshot");
     }
+    if !etcd_data.join("member").exists() {
+        rke2_trust::write_file_atomic(&first_start_marker(&etcd_data), b"", 0o600)
+            .context("marking etcd's first start")?;
+    }
     let etcd = EtcdProcess::start(EtcdConfig {
         binary: cfg.etcd_binary.clone(),
         name: name.clone(),
@@ -405,6 +437,13 @@ async fn run_with_etcd(
         _ = sigint.recv() => return Ok(()),
     }
     info!(elapsed = ?started.elapsed(), "etcd is healthy");
+    let marker = first_start_marker(&cfg.data_dir.join("server/db/etcd"));
+    match std::fs::remove_file(&marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", marker.display()));
+        }
+        _ => {}
+    }
     // `rke2 etcd-snapshot` reaches this member without the server's flags.
     rke2_trust::write_file_atomic(
         &crate::etcd_snapshot::local::endpoint_file(&cfg.data_dir),
@@ -813,7 +852,7 @@ struct ControlPlane {
     identities: ControlPlaneIdentities,
     node_name: String,
     store: Store,
-    manifests: std::path::PathBuf,
+    manifests: PathBuf,
     /// `disable`d addons and what their manifests are filled with: their
     /// objects are deleted.
     disabled_addons: (Vec<String>, rke2_controllers::addons::AddonValues),
@@ -1313,5 +1352,27 @@ async fn record_node_password(cfg: &Config, client: &kube::Client) -> Result<()>
             }
             Err(e) => anyhow::bail!("recording this server's node password: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_first_start_is_discarded_and_a_finished_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd_data = dir.path().join("db/etcd");
+        std::fs::create_dir_all(etcd_data.join("member/wal")).unwrap();
+        std::fs::write(etcd_data.join("member/wal/0.wal"), b"x").unwrap();
+        // No marker: a cluster that once was healthy keeps its data.
+        discard_interrupted_first_start(&etcd_data).unwrap();
+        assert!(etcd_data.join("member/wal/0.wal").exists());
+        // A marker left by a first start that never saw etcd healthy.
+        std::fs::write(first_start_marker(&etcd_data), b"").unwrap();
+        discard_interrupted_first_start(&etcd_data).unwrap();
+        assert!(!etcd_data.join("member").exists());
+        assert!(!first_start_marker(&etcd_data).exists());
+        assert!(etcd_data.exists(), "only etcd's member dir goes");
     }
 }

@@ -280,7 +280,13 @@ async fn report_pod_failures(ctx: &Ctx, chart: &Value, job: &Job) -> String {
                 (now, false, cs.restart_count + 1),
             ] {
                 if let Some(t) = term.filter(|t| t.exit_code != 0) {
-                    found.push((pod_name.clone(), restarts, previous, t.exit_code));
+                    found.push((
+                        pod_name.clone(),
+                        restarts,
+                        previous,
+                        t.exit_code,
+                        cs.restart_count,
+                    ));
                 }
             }
         }
@@ -292,7 +298,7 @@ async fn report_pod_failures(ctx: &Ctx, chart: &Value, job: &Job) -> String {
         .get(&uid)
         .map(|(_, e)| e.clone())
         .unwrap_or_default();
-    for (pod_name, restarts, previous, code) in found {
+    for (pod_name, restarts, previous, code, observed) in found {
         let key = format!("{pod_name}/{restarts}");
         let known = ctx
             .seen
@@ -314,6 +320,19 @@ async fn report_pod_failures(ctx: &Ctx, chart: &Value, job: &Job) -> String {
             )
             .await
             .unwrap_or_default();
+        // The container may have been restarted between the list and the
+        // log read: the log would then be the next run's (cut short).
+        // Such a read is dropped; the next look finds this run as the
+        // previous one.
+        let restart_count_now = pods.get_opt(&pod_name).await.ok().flatten().and_then(|p| {
+            p.status?
+                .container_statuses?
+                .first()
+                .map(|c| c.restart_count)
+        });
+        if restart_count_now != Some(observed) {
+            continue;
+        }
         let line = error_line(&log);
         let message = format!(
             "Job {ns}/{} pod {pod_name}: helm exited with code {code}: {line}",
