@@ -334,7 +334,12 @@ async fn grpc_probes() {
         }
     }))
     .unwrap();
-    pods.create(&PostParams::default(), &echo).await.unwrap();
+    let created = pods.create(&PostParams::default(), &echo).await.unwrap();
+    // The QoS class is the apiserver's, from the create on.
+    assert_eq!(
+        created.status.and_then(|s| s.qos_class).as_deref(),
+        Some("BestEffort")
+    );
     let services: Api<k8s_openapi::api::core::v1::Service> =
         Api::namespaced(client.clone(), "default");
     services
