@@ -34,6 +34,7 @@ pub mod crd;
 pub mod csr;
 pub mod discovery;
 pub mod disruption;
+pub mod ephemeral;
 pub mod handlers;
 pub mod jsonpath;
 pub mod namespaces;

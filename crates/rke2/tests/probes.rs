@@ -468,4 +468,95 @@ async fn grpc_probes() {
         st["message"],
         format!("error trying to reach service: dial tcp {echo_ip}:1: connect: connection refused")
     );
+
+    // kubectl debug: an ephemeral container in the echo container's
+    // process namespace, fed through stdin, oldest and newest kubectl.
+    for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
+        let name = format!("dbg{minor}");
+        let mut child = std::process::Command::new(k)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "debug",
+                "echo",
+                "-i",
+                "--image",
+                TEST_BUSYBOX_IMAGE,
+                "--target",
+                "echo",
+                "--container",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "read x; echo got-$x; ps",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // kubectl reads stdin only once attached; the line waits in the pipe.
+        std::io::Write::write_all(&mut stdin, b"ping\n").unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            let out = child.wait_with_output();
+            drop(stdin);
+            out
+        });
+        let out = tokio::time::timeout(LONG, out)
+            .await
+            .unwrap_or_else(|_| panic!("kubectl 1.{minor} debug did not finish\n{}", s1.log()))
+            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("got-ping"),
+            "kubectl 1.{minor} debug: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("echo_http.py"),
+            "the target's processes are visible (kubectl 1.{minor}): {stdout}"
+        );
+        let st = eventually(
+            LONG,
+            "the ephemeral container's terminated status",
+            || async {
+                let p = pods.get("echo").await.ok()?;
+                p.status?
+                    .ephemeral_container_statuses?
+                    .into_iter()
+                    .find(|c| {
+                        c.name == name && c.state.as_ref().is_some_and(|s| s.terminated.is_some())
+                    })
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(st.state.unwrap().terminated.unwrap().exit_code, 0);
+        assert!(!st.ready);
+    }
+    // An ephemeral container may not be changed once added.
+    let (_, k) = kubectls.last().unwrap();
+    let o = std::process::Command::new(k)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "debug",
+            "echo",
+            "--image",
+            TEST_PAUSE_IMAGE,
+            "--container",
+            &format!("dbg{}", kubectls.last().unwrap().0),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("may not be changed"), "{err}");
+    // The pod itself keeps serving, never restarted by the debugging.
+    let p = pods.get("echo").await.unwrap();
+    let st = p.status.unwrap();
+    assert_eq!(st.container_statuses.unwrap()[0].restart_count, 0);
 }
