@@ -11,6 +11,7 @@
 
 pub mod cron;
 pub mod duration;
+pub mod eviction;
 pub mod node_labels;
 pub mod qos;
 pub mod quantity;

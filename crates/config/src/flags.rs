@@ -192,6 +192,14 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "Registering and starting kubelet with set of labels (key=value)",
     ),
     flag(
+        "kubelet-arg",
+        List,
+        None,
+        "RKE2_KUBELET_ARG",
+        true,
+        "Customized flag for kubelet process (this node role applies eviction-hard; others are warned about and ignored)",
+    ),
+    flag(
         "write-kubeconfig",
         Str,
         Some(DEFAULT_WRITE_KUBECONFIG),

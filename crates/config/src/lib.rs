@@ -249,6 +249,9 @@ pub struct Config {
     /// `cluster-reset-restore-path`: the snapshot to restore (a file, or
     /// its name in the bucket with `etcd-s3`); only with `cluster-reset`.
     pub cluster_reset_restore_path: Option<String>,
+    /// kubelet's hard eviction thresholds: `kubelet-arg:
+    /// [eviction-hard=…]`, else kubelet's defaults.
+    pub eviction_hard: Vec<rke2_apimachinery::eviction::Threshold>,
 }
 
 /// What `rke2 server` and `rke2 etcd-snapshot` need to take, keep and
@@ -677,7 +680,7 @@ pub fn load(
         }
     }
 
-    let config = build(role, config_file, &values)?;
+    let config = build(role, config_file, &values, &mut warnings)?;
     Ok(Loaded { config, warnings })
 }
 
@@ -1116,6 +1119,7 @@ fn build(
     role: Role,
     config_file: PathBuf,
     values: &HashMap<&'static str, RawValue>,
+    warnings: &mut Vec<String>,
 ) -> Result<Config, ConfigError> {
     let r = Resolver { values };
     let server_role = role == Role::Server;
@@ -1178,6 +1182,7 @@ fn build(
         });
     }
     let cluster_reset_restore_path = cluster_reset_restore_path.map(|(p, _)| p);
+    let eviction_hard = kubelet_args(&r, warnings)?;
     Ok(Config {
         role,
         config_file,
@@ -1226,7 +1231,40 @@ fn build(
         etcd_snapshot,
         cluster_reset,
         cluster_reset_restore_path,
+        eviction_hard,
     })
+}
+
+/// `kubelet-arg`: `eviction-hard` is applied (kubelet's defaults without
+/// it); the node role is not kubelet, so other flags are warned about and
+/// ignored rather than refused.
+fn kubelet_args(
+    r: &Resolver,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<rke2_apimachinery::eviction::Threshold>, ConfigError> {
+    let mut hard = None;
+    for (arg, origin) in r.list("kubelet-arg") {
+        let flag = arg.trim_start_matches('-');
+        let (name, value) = flag.split_once('=').unwrap_or((flag, ""));
+        match name {
+            "eviction-hard" => {
+                hard = Some(
+                    rke2_apimachinery::eviction::parse_thresholds(value).map_err(|reason| {
+                        ConfigError::InvalidValue {
+                            origin,
+                            key: "kubelet-arg".into(),
+                            value: arg.clone(),
+                            reason,
+                        }
+                    })?,
+                );
+            }
+            _ => warnings.push(format!(
+                "kubelet-arg {arg:?} ({origin}): not supported by this node role; ignored"
+            )),
+        }
+    }
+    Ok(hard.unwrap_or_else(rke2_apimachinery::eviction::default_hard))
 }
 
 /// The `etcd-snapshot-*` and `etcd-s3-*` keys.

@@ -1245,3 +1245,36 @@ fn every_critical_key_has_a_value_and_is_a_server_flag() {
         serde_json::json!(["rke2-ingress-nginx", "rke2-metrics-server"])
     );
 }
+
+#[test]
+fn kubelet_arg_eviction_hard_and_unsupported_flags() {
+    let (_d, cfg) = setup(Some(""), &[]);
+    let l = server(&cfg, &[]).unwrap();
+    assert_eq!(
+        l.config.eviction_hard,
+        rke2_apimachinery::eviction::default_hard()
+    );
+    let (_d, cfg) = setup(
+        Some(
+            "kubelet-arg:\n  - eviction-hard=memory.available<1Gi,nodefs.available<5%\n  - --max-pods=250\n",
+        ),
+        &[],
+    );
+    let l = server(&cfg, &[]).unwrap();
+    let signals: Vec<String> = l
+        .config
+        .eviction_hard
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    assert_eq!(signals, ["memory.available<1Gi", "nodefs.available<5%"]);
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert!(l.warnings[0].contains("--max-pods=250"), "{:?}", l.warnings);
+    let (_d, cfg) = setup(Some("kubelet-arg: [eviction-hard=memory.free<1Gi]\n"), &[]);
+    let e = err_text(server(&cfg, &[]));
+    assert!(e.contains("kubelet-arg"), "{e}");
+    assert!(
+        e.contains("unsupported eviction signal \"memory.free\""),
+        "{e}"
+    );
+}

@@ -314,11 +314,41 @@ pub fn decide(node: &Node, obs: &Observation, grace: Duration, now: DateTime<Utc
             actions.taints = Some(new);
             actions.tainting = true;
         }
-    } else if obs.seen_alive && taints.iter().any(is_unreachable) {
-        actions.taints = Some(taints.into_iter().filter(|t| !is_unreachable(t)).collect());
+    } else {
+        let mut new = taints.clone();
+        if obs.seen_alive {
+            new.retain(|t| !is_unreachable(t));
+        }
+        // Upstream's TaintNodesByCondition: a pressure condition the node
+        // reports `True` keeps new pods off it.
+        for (ty, key) in PRESSURE_TAINTS {
+            let want = condition(node, ty).is_some_and(|c| c.status == "True");
+            let has = new.iter().any(|t| t.key == key && t.effect == "NoSchedule");
+            if want && !has {
+                new.push(Taint {
+                    key: key.to_string(),
+                    effect: "NoSchedule".to_string(),
+                    value: None,
+                    time_added: Some(time_of(now)),
+                });
+            } else if !want && has {
+                new.retain(|t| !(t.key == key && t.effect == "NoSchedule"));
+            }
+        }
+        if new != taints {
+            actions.taints = Some(new);
+        }
     }
     actions
 }
+
+/// The `NoSchedule` taint of each pressure condition (upstream's
+/// `nodeConditionToTaintKeyStatusMap`).
+pub const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
 
 /// Writes `actions` for `node`, each write conditional on the
 /// resourceVersion the decision was made from.
@@ -653,6 +683,34 @@ mod tests {
             obs = Some(observe(obs.as_ref(), n, l, t(s)));
         }
         obs.unwrap()
+    }
+
+    #[test]
+    fn pressure_conditions_taint_and_untaint() {
+        let conditions = |mem: &str| {
+            json!([{"type": "Ready", "status": "True", "lastHeartbeatTime": ts(10)},
+                {"type": "MemoryPressure", "status": mem}])
+        };
+        let n = node(0, conditions("True"), json!([]));
+        let obs = watch(&n, None, &[10]);
+        let a = decide(&n, &obs, Duration::from_secs(40), t(12));
+        let taints = a.taints.expect("tainted");
+        assert_eq!(taints.len(), 1);
+        assert_eq!(
+            (taints[0].key.as_str(), taints[0].effect.as_str()),
+            ("node.kubernetes.io/memory-pressure", "NoSchedule")
+        );
+        assert!(
+            !a.tainting,
+            "no live read needed for a condition the node posted"
+        );
+        let n = node(
+            0,
+            conditions("False"),
+            json!([{"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"}, other_taint()]),
+        );
+        let a = decide(&n, &obs, Duration::from_secs(40), t(12));
+        assert_eq!(a.taints.expect("untainted").len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! any kubelet.
 
 pub mod api;
+pub mod eviction;
 pub mod network;
 pub mod pods;
 pub mod workloads;
@@ -48,6 +49,9 @@ pub struct NodeConfig {
     /// The container runtime, whose readiness the Ready condition
     /// reports (as a kubelet's does); `None` reports Ready unconditionally.
     pub runtime: Option<rke2_runtime::cri::Cri>,
+    /// The pressure conditions the eviction loop finds
+    /// ([`eviction::Pressure`]); a change is reported at once.
+    pub pressure: std::sync::Arc<eviction::Pressure>,
 }
 
 /// What the container runtime says about itself, for the Node status.
@@ -156,7 +160,11 @@ pub fn node_status(cfg: &NodeConfig, now: &str, rt: Option<&RuntimeState>) -> Va
         "allocatable": capacity,
         "addresses": addresses,
         "conditions": [
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            if cfg.pressure.memory() {
+                cond("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+            } else {
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+            },
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             match rt {
@@ -423,6 +431,11 @@ pub async fn run(client: kube::Client, cfg: NodeConfig, stop: CancellationToken)
                     warn!(error = %e, "node status update failed");
                 }
             }
+            _ = cfg.pressure.changed() => {
+                if let Err(e) = update_status(&client, &cfg).await {
+                    warn!(error = %e, "node status update failed");
+                }
+            }
         }
     }
 }
@@ -446,6 +459,7 @@ mod tests {
             addresses: vec!["10.0.0.5".parse().unwrap()],
             kubelet_version: "v1.35.0+rke2r1".into(),
             runtime: None,
+            pressure: Default::default(),
         }
     }
 

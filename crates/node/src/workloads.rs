@@ -42,6 +42,10 @@ pub struct WorkloadConfig {
     pub cluster_cidr: ipnet::IpNet,
     /// The `kubernetes` service (first IP of service-cidr, 443).
     pub kubernetes_service: Option<(String, i32)>,
+    /// Hard eviction thresholds (`kubelet-arg: [eviction-hard=…]`).
+    pub eviction_hard: Vec<rke2_apimachinery::eviction::Threshold>,
+    /// Where the eviction loop reports pressure (the node status reads it).
+    pub pressure: Arc<crate::eviction::Pressure>,
 }
 
 impl WorkloadConfig {
@@ -58,6 +62,8 @@ pub struct Workloads {
     pub cri: Cri,
     /// This binary's addon image, made on first need.
     pub addon_image: Arc<AddonImage>,
+    /// The pressure the eviction loop reports (for the Node status).
+    pub pressure: Arc<crate::eviction::Pressure>,
 }
 
 impl Workloads {
@@ -151,11 +157,20 @@ impl Workloads {
             kubernetes_service: cfg.kubernetes_service.clone(),
             addon_image: addon_image.clone(),
         });
-        tokio::spawn(crate::pods::run(ctx, stop));
+        let (evict_tx, evict_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(crate::eviction::run(
+            ctx.clone(),
+            cfg.eviction_hard.clone(),
+            cfg.pressure.clone(),
+            evict_tx,
+            stop.clone(),
+        ));
+        tokio::spawn(crate::pods::run(ctx, evict_rx, stop));
         Ok(Workloads {
             containerd,
             cri,
             addon_image,
+            pressure: cfg.pressure.clone(),
         })
     }
 

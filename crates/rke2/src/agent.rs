@@ -244,6 +244,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
         addresses: ips.clone(),
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
+        pressure: workloads.pressure.clone(),
     };
     // The node API reviews tokens and access under the node's identity.
     let node_api_client = client.clone();

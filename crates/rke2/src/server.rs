@@ -742,6 +742,7 @@ async fn run_with_etcd(
         addresses: ips.to_vec(),
         kubelet_version: rke2_apiserver::discovery::git_version(),
         runtime: Some(workloads.cri.clone()),
+        pressure: workloads.pressure.clone(),
     };
     // The node API reviews tokens and access under the node's identity.
     let node_api_client = node_client.clone();
@@ -1244,6 +1245,8 @@ pub fn workload_config(cfg: &Config, node_ip: IpAddr) -> rke2_node::workloads::W
         resolv_conf: cfg.resolv_conf.clone(),
         cluster_cidr: cfg.cluster_cidr,
         kubernetes_service: Some((first.to_string(), 443)),
+        eviction_hard: cfg.eviction_hard.clone(),
+        pressure: Default::default(),
     }
 }
 

@@ -107,6 +107,8 @@ impl PodContext {
 
 enum Msg {
     Pod(Box<Pod>),
+    /// Evict the pod under node pressure, with kubelet's message.
+    Evict(String),
     /// The node's relist saw one of its containers or sandboxes change.
     Wake,
     Gone,
@@ -114,7 +116,11 @@ enum Msg {
 
 /// Runs the pods of this node until `stop`. Containers keep running
 /// when it stops (a restart adopts them), as with a kubelet.
-pub async fn run(ctx: Arc<PodContext>, stop: CancellationToken) {
+pub async fn run(
+    ctx: Arc<PodContext>,
+    mut evictions: mpsc::UnboundedReceiver<(String, String)>,
+    stop: CancellationToken,
+) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default()
         .fields(&format!("spec.nodeName={}", ctx.node_name))
@@ -135,6 +141,11 @@ pub async fn run(ctx: Arc<PodContext>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             Some(uid) = done_rx.recv() => { workers.remove(&uid); }
+            Some((uid, message)) = evictions.recv() => {
+                if let Some(tx) = workers.get(&uid) {
+                    let _ = tx.send(Msg::Evict(message));
+                }
+            }
             _ = relist.tick() => {
                 for uid in relist_changes(&ctx, &mut seen).await {
                     if let Some(tx) = workers.get(&uid) {
@@ -236,6 +247,7 @@ async fn work(
         };
         match msg {
             Some(Msg::Wake) => {}
+            Some(Msg::Evict(message)) => w.evict(message).await,
             Some(Msg::Pod(p)) => {
                 // Several updates may be queued; only the newest counts
                 // (a Gone behind them still ends the worker).
@@ -245,6 +257,7 @@ async fn work(
                     match m {
                         Msg::Pod(next) => p = next,
                         Msg::Wake => {}
+                        Msg::Evict(message) => w.evict(message).await,
                         Msg::Gone => gone = true,
                     }
                 }

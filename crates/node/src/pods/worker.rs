@@ -98,6 +98,8 @@ pub struct Worker {
     last_found: Option<HashMap<String, Found>>,
     /// A probe killed a container after the last read.
     acted_since_read: bool,
+    /// Evicted under node pressure: nothing runs again.
+    evicted: bool,
 }
 
 fn key(init: bool, name: &str) -> String {
@@ -193,6 +195,7 @@ impl Worker {
             steady: false,
             last_found: None,
             acted_since_read: false,
+            evicted: false,
         }
     }
 
@@ -277,7 +280,7 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.phase.clone())
             .unwrap_or_default();
-        if phase == "Succeeded" || phase == "Failed" {
+        if self.evicted || phase == "Succeeded" || phase == "Failed" {
             // Nothing runs again: the sandbox is stopped (its IP goes back)
             // but kept with its exited containers, so `kubectl logs` still
             // reads them, until the pod is deleted. Done once per worker,
@@ -1223,6 +1226,51 @@ impl Worker {
             // Memory-backed emptyDirs are mounts.
             rke2_runtime::cleanup::unmount_under(std::slice::from_ref(&dir));
             let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Evicts the pod under node pressure (a hard threshold: no grace):
+    /// its containers are killed and it ends `Failed` with reason
+    /// `Evicted`, kubelet's message and a `DisruptionTarget` condition
+    /// (`TerminationByKubelet`); its controller replaces it.
+    pub async fn evict(&mut self, message: String) {
+        if self.evicted {
+            return;
+        }
+        self.evicted = true;
+        self.event("Warning", "Evicted", message.clone());
+        self.terminate(0).await;
+        let found = self.find_containers().await.unwrap_or_default();
+        let mut st = self.status(&found);
+        st["phase"] = json!("Failed");
+        st["reason"] = json!("Evicted");
+        st["message"] = json!(message);
+        if let Some(conds) = st["conditions"].as_array_mut() {
+            for c in conds.iter_mut() {
+                if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                    c["status"] = json!("False");
+                    c["reason"] = json!("PodFailed");
+                }
+            }
+            conds.push(json!({"type": "DisruptionTarget", "status": "True",
+                "reason": "TerminationByKubelet", "message": message,
+                "lastProbeTime": null, "lastTransitionTime": now()}));
+        }
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        match api
+            .patch_status(
+                &self.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": st})),
+            )
+            .await
+        {
+            Ok(p) => {
+                info!(pod = %format!("{}/{}", self.namespace(), self.name()), "pod evicted");
+                self.pod = p;
+                self.last_status = Some(st);
+            }
+            Err(e) => warn!(pod = %self.name(), error = %e, "recording an eviction failed"),
         }
     }
 

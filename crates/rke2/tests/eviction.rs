@@ -1,0 +1,218 @@
+//! Node-pressure eviction on a real node (one server in its own network
+//! namespace): with `kubelet-arg: [eviction-hard=memory.available<X]`, X
+//! set 3 GiB below what the machine has free now, a BestEffort pod that
+//! fills 5 GiB of a memory-backed emptyDir puts the node under memory
+//! pressure (`MemoryPressure=True` on the Node); the node evicts that pod
+//! (phase Failed, reason `Evicted`, kubelet's message, a `DisruptionTarget`
+//! condition) and not the Burstable and Guaranteed pods beside it, which
+//! keep running; the pressure then ends. A bad `eviction-hard` is refused
+//! at start with exit 2.
+//!
+//! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd
+//! (scripts/install.sh) and 6 GiB of free memory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use rke2_testbed::netbed::{NetBed, NodeProc};
+use rke2_testbed::{TEST_BUSYBOX_IMAGE, TEST_PAUSE_IMAGE, eventually};
+use serde_json::json;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_rke2"))
+}
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn mem_available_mib() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .unwrap();
+    let kib: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib / 1024
+}
+
+fn phase(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+fn memory_pressure(n: &Node) -> Option<String> {
+    n.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "MemoryPressure")
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_evicts_best_effort_first() {
+    let free = mem_available_mib();
+    assert!(
+        free > 6 * 1024,
+        "this test needs 6 GiB of free memory (MemAvailable is {free} MiB)"
+    );
+    let threshold = format!("{}Mi", free - 3 * 1024);
+
+    // Bad input first: refused at load, nothing started.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "kubelet-arg: [\"eviction-hard=memory.available>1Gi\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["server", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("kubelet-arg") && err.contains("invalid eviction threshold syntax"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing written");
+
+    let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
+    let hs = bed.add_host("s1").unwrap();
+    let cfg = format!(
+        "token: eviction-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n  - rke2-coredns\nkubelet-arg:\n  - eviction-hard=memory.available<{threshold}\n"
+    );
+    let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &cfg, &[]).unwrap();
+    rke2_testbed::seed_images(&s1.data_dir()).unwrap();
+    s1.start(&bed).unwrap();
+    let kc = s1.dir.join("rke2.yaml");
+    eventually(LONG, "kubeconfig", || async { kc.exists().then_some(()) })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let kubeconfig = s1.kubeconfig_at_ip().unwrap();
+    let client = eventually(LONG, "API client", || async {
+        rke2_testbed::client_from_kubeconfig(&kubeconfig).await.ok()
+    })
+    .await
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually(LONG, "the node without memory pressure", || async {
+        let n = nodes.get_opt("s1").await.ok()??;
+        (memory_pressure(&n).as_deref() == Some("False")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sleeper = |name: &str, resources: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                "name": "c", "image": TEST_BUSYBOX_IMAGE, "command": ["sleep", "3600"],
+                "resources": resources}]}
+        }))
+        .unwrap()
+    };
+    for p in [
+        sleeper(
+            "guaranteed",
+            json!({"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"cpu": "10m", "memory": "64Mi"}}),
+        ),
+        sleeper("burstable", json!({"requests": {"memory": "16Mi"}})),
+    ] {
+        pods.create(&PostParams::default(), &p).await.unwrap();
+    }
+    eventually(LONG, "the two pods running", || async {
+        let g = pods.get("guaranteed").await.ok()?;
+        let b = pods.get("burstable").await.ok()?;
+        (phase(&g) == "Running" && phase(&b) == "Running").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+
+    // The hog: 5 GiB in a memory-backed emptyDir, then it waits.
+    let hog: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hog"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "fill", "emptyDir": {"medium": "Memory"}}],
+            "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE,
+                "command": ["sh", "-c", "dd if=/dev/zero of=/fill/f bs=1048576 count=5120; sleep 3600"],
+                "volumeMounts": [{"name": "fill", "mountPath": "/fill"}]}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &hog).await.unwrap();
+    assert_eq!(
+        created.status.and_then(|s| s.qos_class).as_deref(),
+        Some("BestEffort")
+    );
+    eventually(LONG, "MemoryPressure=True on the node", || async {
+        let n = nodes.get("s1").await.ok()?;
+        (memory_pressure(&n).as_deref() == Some("True")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let evicted = eventually(LONG, "the hog evicted", || async {
+        let p = pods.get("hog").await.ok()?;
+        (phase(&p) == "Failed").then_some(p)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let st = evicted.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    let message = st.message.unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "The node was low on resource: memory. Threshold quantity: {threshold}, available: "
+        )) && message.contains("Container c was using "),
+        "{message}"
+    );
+    let target = st
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .expect("a DisruptionTarget condition");
+    assert_eq!(target.reason.as_deref(), Some("TerminationByKubelet"));
+    // The memory is back: the pressure ends, the others ran through it.
+    eventually(LONG, "MemoryPressure=False again", || async {
+        let n = nodes.get("s1").await.ok()?;
+        (memory_pressure(&n).as_deref() == Some("False")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    for name in ["guaranteed", "burstable"] {
+        let p = pods.get(name).await.unwrap();
+        assert_eq!(phase(&p), "Running", "{name} kept");
+        let restarts = p.status.unwrap().container_statuses.unwrap()[0].restart_count;
+        assert_eq!(restarts, 0, "{name} never restarted");
+    }
+    // The node's pressure taint, if the lifecycle loop set it, is gone.
+    eventually(LONG, "no memory-pressure taint", || async {
+        let n = nodes.get("s1").await.ok()?;
+        let tainted = n
+            .spec?
+            .taints
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/memory-pressure");
+        (!tainted).then_some(())
+    })
+    .await
+    .unwrap();
+    drop(s1);
+    drop(bed);
+}
