@@ -156,7 +156,10 @@ pub fn router(state: Arc<SupervisorState>) -> Router {
         .route("/v1-rke2/server-bootstrap", get(server_bootstrap))
         .route("/v1-rke2/token", axum::routing::put(rotate_token))
         .route("/v1-rke2/encrypt/status", get(encrypt_status))
-        .route("/v1-rke2/encrypt/config", axum::routing::put(encrypt_command))
+        .route(
+            "/v1-rke2/encrypt/config",
+            axum::routing::put(encrypt_command),
+        )
         .route("/v1-rke2/apiservers", get(apiservers))
         .route("/db/info", get(db_info))
         .route("/v1-rke2/client-kubelet.crt", get(client_kubelet))
