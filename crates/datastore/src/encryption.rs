@@ -319,9 +319,8 @@ impl Provider {
             if k.name.is_empty() {
                 return Err(format!("{field}.name: must not be empty"));
             }
-            if k.name.contains(':') {
-                return Err(format!("{field}.name: {:?} must not contain ':'", k.name));
-            }
+            // Names may hold ':' (k3s names rotated keys with an RFC 3339
+            // time): a value's key is found by its whole prefix.
             if !names.insert(k.name.clone()) {
                 return Err(format!("{field}.name: {:?} is used twice", k.name));
             }
