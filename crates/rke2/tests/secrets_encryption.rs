@@ -265,6 +265,7 @@ async fn secrets_encrypted_rotated_disabled_across_three_servers() {
         }
         i += 1;
     }
+    eprintln!("rotate-keys: stages seen {stages:?}, {i} writes and {} reads during it", i * 6);
     let st = status(&s1);
     let keys = st["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1, "old key not dropped: {st}");
