@@ -214,7 +214,7 @@ impl Manager {
     ) -> Result<Arc<Self>> {
         let mut current = read_record(store, password).await?;
         if current.is_none() {
-            let config = match local {
+            let config = match local.clone() {
                 Some(c) => Some(c),
                 None if enabled => Some(
                     EncryptionConfiguration::generate(provider, &format!("{provider}key"))
@@ -243,6 +243,12 @@ impl Manager {
         }
         let applied = match &current {
             Some((_, r)) => {
+                if local.as_ref().is_some_and(|l| *l != r.config) {
+                    warn!(
+                        file = %config_path(data_dir).display(),
+                        "the secrets encryption configuration file differs from the cluster's; it is replaced by the cluster's (change keys with rke2 secrets-encrypt)"
+                    );
+                }
                 write_local(data_dir, &r.config)?;
                 Some(EncryptionConfig::new(r.config.clone()).with_context(|| {
                     format!("the secrets encryption configuration in {RECORD_KEY}")
@@ -868,4 +874,64 @@ fn status_text(v: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            stage: STAGE_START.into(),
+            config: EncryptionConfiguration::generate("aescbc", "aescbckey").unwrap(),
+        }
+    }
+
+    fn names(r: &mut Record) -> Vec<String> {
+        let entry = r.secrets_entry().unwrap();
+        let (_, keys) = key_provider(&mut entry.providers[0]).unwrap();
+        keys.iter().map(|k| k.name.clone()).collect()
+    }
+
+    #[test]
+    fn prepare_appends_and_rotate_moves_the_new_key_first() {
+        let mut r = record();
+        assert!(r.enabled());
+        let h0 = r.hash();
+        assert!(h0.starts_with("start-"));
+        prepare(&mut r, "aescbc");
+        assert_eq!(r.stage, "prepare");
+        let n = names(&mut r);
+        assert_eq!(n[0], "aescbckey");
+        assert!(n[1].starts_with("aescbckey-20"), "{n:?}");
+        assert_ne!(r.hash(), h0);
+        rotate(&mut r);
+        assert_eq!(r.stage, "rotate");
+        let m = names(&mut r);
+        assert_eq!(m, vec![n[1].clone(), n[0].clone()]);
+        // Still a configuration kube-apiserver would accept.
+        EncryptionConfig::new(r.config.clone()).unwrap();
+    }
+
+    #[test]
+    fn record_seals_with_the_token_only() {
+        let r = record();
+        let sealed = seal("pw", &r);
+        assert!(!String::from_utf8_lossy(&sealed).contains("aescbckey"));
+        assert_eq!(open("pw", &sealed).unwrap(), r);
+        assert!(open("other", &sealed).is_err());
+    }
+
+    #[test]
+    fn status_text_is_k3s_layout() {
+        let v = json!({"enable": true, "stage": "start", "hashMatch": true, "hashError": "",
+            "keys": [{"active": true, "type": "AES-CBC", "name": "aescbckey"}]});
+        let t = status_text(&v);
+        assert!(t.starts_with("Encryption Status: Enabled\nCurrent Rotation Stage: start\nServer Encryption Hashes: All hashes match\n"), "{t}");
+        assert!(t.contains(" *      AES-CBC            aescbckey"), "{t}");
+        assert_eq!(
+            status_text(&json!({"stage": ""})),
+            "Encryption Status: Disabled, no configuration file found\n"
+        );
+    }
 }

@@ -227,6 +227,15 @@ async fn secrets_encrypted_rotated_disabled_across_three_servers() {
     assert_eq!(std::fs::read(config_file(&s2)).unwrap(), file1);
     assert_eq!(status(&s1)["stage"], "start");
 
+    // A step out of order is refused with the stage named.
+    let o = encrypt_cmd(&s1, &["rotate"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot rotate at stage start"),
+        "{}",
+        text(&o)
+    );
+
     // rotate-keys, with reads and writes through every server throughout.
     let o = encrypt_cmd(&s2, &["rotate-keys"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -265,7 +274,10 @@ async fn secrets_encrypted_rotated_disabled_across_three_servers() {
         }
         i += 1;
     }
-    eprintln!("rotate-keys: stages seen {stages:?}, {i} writes and {} reads during it", i * 6);
+    eprintln!(
+        "rotate-keys: stages seen {stages:?}, {i} writes and {} reads during it",
+        i * 6
+    );
     let st = status(&s1);
     let keys = st["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1, "old key not dropped: {st}");
@@ -391,4 +403,60 @@ async fn secrets_encrypted_rotated_disabled_across_three_servers() {
     std::fs::write(config_file(&s3), &good).unwrap();
     assert_eq!(status(&s1)["stage"], "reencrypt_finished");
     drop((s1, s2, s3));
+}
+
+/// `secrets-encryption-provider: secretbox` stores Secrets with NaCl's
+/// secretbox under RKE2's key name; `secrets-encryption: false` stores
+/// them as they are and `status` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_choice_and_encryption_off() {
+    for (config, want) in [
+        (
+            "secrets-encryption-provider: secretbox\n",
+            Some("k8s:enc:secretbox:v1:secretboxkey:"),
+        ),
+        ("secrets-encryption: false\n", None),
+    ] {
+        let mut s = Server::start(
+            bin(),
+            ServerOpts {
+                config_yaml: Some(config.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = s
+            .wait_ready(READY)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+        Api::<Secret>::namespaced(c.clone(), "default")
+            .create(&PostParams::default(), &secret("p", "pv"))
+            .await
+            .unwrap();
+        assert_eq!(read(&c, "p").await.unwrap(), "pv");
+        let stored = raw(&s, "/registry/secrets/default/p");
+        match want {
+            Some(prefix) => {
+                assert!(
+                    stored.starts_with(prefix.as_bytes()),
+                    "{}",
+                    String::from_utf8_lossy(&stored[..stored.len().min(60)])
+                );
+                let o = encrypt_cmd(&s, &["status"]);
+                assert!(text(&o).contains("XSalsa20-POLY1305"), "{}", text(&o));
+            }
+            None => {
+                assert!(!stored.starts_with(b"k8s:enc:"));
+                assert!(!config_file(&s).exists());
+                let o = encrypt_cmd(&s, &["status"]);
+                assert!(o.status.success(), "{}", text(&o));
+                assert!(
+                    text(&o).contains("Encryption Status: Disabled, no configuration file found"),
+                    "{}",
+                    text(&o)
+                );
+            }
+        }
+        drop(s);
+    }
 }
