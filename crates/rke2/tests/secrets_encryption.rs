@@ -391,7 +391,7 @@ async fn secrets_encrypted_rotated_disabled_across_three_servers() {
         std::fs::write(config_file(&s3), &content).unwrap();
         s3.spawn().unwrap();
         let exit = s3.wait_exit(READY).unwrap();
-        assert!(!exit.success(), "started with a bad configuration");
+        assert_eq!(exit.code(), Some(2), "started with a bad configuration");
         let log = s3.log_text();
         assert!(log.contains(want), "{want:?} not in:\n{log}");
         assert!(

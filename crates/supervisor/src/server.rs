@@ -710,6 +710,7 @@ mod tests {
             "/v1-rke2/config",
             "/v1-rke2/apiservers",
             "/v1-rke2/server-bootstrap",
+            "/v1-rke2/encrypt/status",
             "/db/info",
         ] {
             for bad in [
@@ -737,6 +738,12 @@ mod tests {
             (st, body.as_str()),
             (StatusCode::OK, r#"["10.0.0.1:6443"]"#)
         );
+
+        // Secrets encryption is for the server token only.
+        let (st, _, _) = call(&app, "/v1-rke2/encrypt/status", Some(&node)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let (st, _, body) = call(&app, "/v1-rke2/encrypt/status", Some(&server)).await;
+        assert_eq!(st, StatusCode::NOT_IMPLEMENTED, "{body}");
 
         for path in ["/v1-rke2/server-bootstrap", "/db/info"] {
             let (st, _, body) = call(&app, path, Some(&node)).await;
