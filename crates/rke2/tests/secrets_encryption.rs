@@ -14,6 +14,9 @@
 //!   key is gone from the status and from every server's file;
 //! - a server restarted after the rotation starts and reads Secrets;
 //! - `disable` + `reencrypt` leaves plaintext in etcd, still readable;
+//! - `enable` + `reencrypt` encrypts again; k3s's step by step rotation
+//!   (`prepare`, `rotate`, `reencrypt`) leaves every Secret under a third
+//!   key and only that key listed;
 //! - a malformed encryption configuration (wrong key length, bad base64,
 //!   unknown provider) refuses the start naming the file and the field,
 //!   with a non-zero exit code and the file left as it was.
@@ -356,6 +359,51 @@ async fn secrets_encrypted_rotated_disabled_across_three_servers() {
     let stored = raw(&s1, "/registry/secrets/default/enc-a");
     assert!(!stored.starts_with(b"k8s:enc:"), "still encrypted");
     assert!(String::from_utf8_lossy(&stored).contains("enc-a"));
+    for c in [&c1, &c2, &c3] {
+        assert_eq!(read(c, "enc-a").await.unwrap(), "topsecret-a");
+    }
+
+    // enable + reencrypt, then k3s's step by step rotation: prepare,
+    // rotate, reencrypt (each accepted once every server runs the last).
+    let step = |args: &'static [&'static str]| {
+        let s1 = &s1;
+        async move {
+            eventually(READY, "hashes match", || async {
+                (status(s1)["hashMatch"] == true).then_some(())
+            })
+            .await
+            .unwrap();
+            let o = encrypt_cmd(s1, args);
+            assert!(o.status.success(), "{args:?}: {}", text(&o));
+            if args[0] == "reencrypt" {
+                eventually(ROTATION, "reencrypt_finished", || async {
+                    (status(s1)["stage"] == "reencrypt_finished").then_some(())
+                })
+                .await
+                .unwrap();
+            }
+        }
+    };
+    step(&["enable"]).await;
+    step(&["reencrypt"]).await;
+    let stored = raw(&s1, "/registry/secrets/default/enc-a");
+    assert!(
+        stored.starts_with(prefix.as_bytes()),
+        "not re-encrypted after enable"
+    );
+    step(&["prepare"]).await;
+    assert_eq!(status(&s1)["keys"].as_array().unwrap().len(), 2);
+    step(&["rotate"]).await;
+    step(&["reencrypt"]).await;
+    let st = status(&s1);
+    let keys = st["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{st}");
+    let third = keys[0]["name"].as_str().unwrap();
+    assert_ne!(third, new_name);
+    let prefix = format!("k8s:enc:aescbc:v1:{third}:");
+    for (k, v) in raw_secrets(&s1) {
+        assert!(v.starts_with(prefix.as_bytes()), "{k} not under {third}");
+    }
     for c in [&c1, &c2, &c3] {
         assert_eq!(read(c, "enc-a").await.unwrap(), "topsecret-a");
     }
