@@ -59,6 +59,7 @@ pub mod strategy;
 pub mod table;
 pub mod tokens;
 pub mod watch_cache;
+pub mod workload_proxy;
 
 use std::net::IpAddr;
 use std::sync::Arc;

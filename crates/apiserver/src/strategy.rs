@@ -329,6 +329,10 @@ impl Strategy for Pod {
         if !obj["status"]["phase"].is_string() {
             obj["status"]["phase"] = json!("Pending");
         }
+        // Recorded at create, as upstream's PrepareForCreate does.
+        if !obj["status"]["qosClass"].is_string() {
+            obj["status"]["qosClass"] = json!(rke2_apimachinery::qos::qos_class(&obj["spec"]));
+        }
         if !obj["spec"]["serviceAccountName"].is_string() {
             obj["spec"]["serviceAccountName"] = json!("default");
         }

@@ -7,7 +7,7 @@
 //! again) and makes one step towards it, then writes the Pod status if
 //! it changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1493,37 +1493,10 @@ fn terminated_json(st: &api::ContainerStatus) -> Value {
     t
 }
 
-/// The QoS class of a pod, by upstream's rules.
+/// The QoS class of a pod, by upstream's rules
+/// ([`rke2_apimachinery::qos::qos_class`]).
 pub fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
-    let all: Vec<&Container> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let r = c.resources.clone().unwrap_or_default();
-        let req: BTreeMap<_, _> = r.requests.clone().unwrap_or_default();
-        let lim: BTreeMap<_, _> = r.limits.clone().unwrap_or_default();
-        if !req.is_empty() || !lim.is_empty() {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = lim.get(res);
-            let q = req.get(res).or(l);
-            if l.is_none() || q.map(|q| &q.0) != l.map(|l| &l.0) {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    rke2_apimachinery::qos::qos_class(&serde_json::to_value(spec).unwrap_or_default())
 }
 
 #[cfg(test)]
