@@ -376,6 +376,22 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "(security) Validate system configuration against the selected benchmark (valid items: cis, etcd); cis makes PodSecurity enforce restricted by default",
     ),
     flag(
+        "secrets-encryption",
+        Bool,
+        Some("true"),
+        "RKE2_SECRETS_ENCRYPTION",
+        false,
+        "(security) Encrypt Secrets at rest in etcd (RKE2 always does; `secrets-encryption: false` in the config file turns it off for a new cluster)",
+    ),
+    flag(
+        "secrets-encryption-provider",
+        Str,
+        Some("aescbc"),
+        "RKE2_SECRETS_ENCRYPTION_PROVIDER",
+        false,
+        "(security) Encryption provider of new keys (valid items: aescbc, secretbox)",
+    ),
+    flag(
         "audit-policy-file",
         Str,
         None,

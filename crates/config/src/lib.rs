@@ -225,6 +225,11 @@ pub struct Config {
     /// [`DEFAULT_AUDIT_POLICY_FILE`] when it exists and audits nothing
     /// otherwise.
     pub audit_policy_file: Option<PathBuf>,
+    /// `secrets-encryption` (default true, as RKE2): a new cluster
+    /// encrypts Secrets at rest.
+    pub secrets_encryption: bool,
+    /// `secrets-encryption-provider`: `aescbc` (default) or `secretbox`.
+    pub secrets_encryption_provider: String,
     /// Debug logging.
     pub debug: bool,
     /// `service-node-port-range`: the NodePorts the apiserver allocates
@@ -1216,6 +1221,16 @@ fn build(
             .str("pod-security-admission-config-file")
             .map(|(p, _)| PathBuf::from(p)),
         audit_policy_file: r.str("audit-policy-file").map(|(p, _)| PathBuf::from(p)),
+        secrets_encryption: !matches!(
+            r.values.get("secrets-encryption"),
+            Some(RawValue::Bool(false))
+        ),
+        secrets_encryption_provider: r
+            .parsed("secrets-encryption-provider", |s| match s {
+                "aescbc" | "secretbox" => Ok(s.to_string()),
+                _ => Err("valid items: aescbc, secretbox"),
+            })?
+            .expect("default"),
         debug: r.bool("debug"),
         service_node_port_range: r
             .parsed("service-node-port-range", parse_port_range)?

@@ -17,12 +17,14 @@
 //! and values are bytes, versions are etcd revisions.
 
 pub mod contract;
+pub mod encryption;
 pub mod etcd;
 pub mod membership;
 pub mod memory;
 pub mod object_store;
 pub mod store;
 
+pub use encryption::{EncryptingStore, EncryptionConfig, EncryptionConfiguration};
 pub use etcd::{EtcdConfig, EtcdError, EtcdProcess};
 pub use membership::Member;
 pub use memory::MemoryStore;

@@ -55,6 +55,15 @@ pub enum StoreError {
         /// What the request may carry at most.
         limit: usize,
     },
+    /// A stored value that the encryption configuration cannot read
+    /// (see [`crate::encryption`]).
+    #[error("{key}: {message}")]
+    Transform {
+        /// The etcd key.
+        key: String,
+        /// Why it cannot be read.
+        message: String,
+    },
 }
 
 /// The most a response from etcd may hold. etcd sends lists and watch

@@ -249,6 +249,8 @@ pub struct LocalCluster {
     pub server_dir: std::path::PathBuf,
     /// The cluster's server CA, for full tokens.
     pub server_ca_pem: String,
+    /// Secrets encryption at rest (`rke2 secrets-encrypt`).
+    pub encryption: Arc<crate::secrets_encrypt::Manager>,
 }
 
 impl rke2_supervisor::server::ClusterInfo for LocalCluster {
@@ -293,6 +295,9 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
             )
             .await
             .map_err(internal)?;
+            crate::secrets_encrypt::reseal(&self.store, &current.server, &new.server)
+                .await
+                .map_err(internal)?;
             let text = format!(
                 "{}\n",
                 Token::server(self.server_ca_pem.as_bytes(), &new.server)
@@ -306,6 +311,24 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
             info!("cluster token rotated; restart every server with the new token");
             Ok(new)
         })
+    }
+
+    fn encrypt_status(&self) -> BoxFuture<'_, Result<Value, (http::StatusCode, String)>> {
+        Box::pin(async move {
+            self.encryption.status().await.map_err(|e| {
+                (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("secrets encryption status: {e:#}\n"),
+                )
+            })
+        })
+    }
+
+    fn encrypt_command(
+        &self,
+        request: Value,
+    ) -> BoxFuture<'_, Result<String, (http::StatusCode, String)>> {
+        Box::pin(async move { self.encryption.command(request).await })
     }
 
     fn api_ready(&self) -> BoxFuture<'_, bool> {
@@ -374,6 +397,7 @@ pub fn cluster_info(
     client: kube::Client,
     server_dir: std::path::PathBuf,
     server_ca_pem: String,
+    encryption: Arc<crate::secrets_encrypt::Manager>,
 ) -> Arc<dyn rke2_supervisor::server::ClusterInfo> {
     Arc::new(LocalCluster {
         store,
@@ -381,6 +405,7 @@ pub fn cluster_info(
         client,
         server_dir,
         server_ca_pem,
+        encryption,
     })
 }
 

@@ -14,6 +14,7 @@ mod informer_reads;
 mod ingress;
 mod metrics_server;
 mod preflight;
+mod secrets_encrypt;
 mod server;
 mod status;
 mod systemd;
@@ -38,7 +39,7 @@ pub const VERSION: &str = concat!("v1.35.0+rke2r1 (rke2-rs ", env!("CARGO_PKG_VE
 
 fn usage() -> String {
     format!(
-        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 etcd-snapshot <save|ls|list|delete|prune> [flags]\n                        take, list, delete and prune etcd snapshots (local and S3)\n  rke2 certificate <check|rotate> [flags]\n                        show certificate expiry; back up and remove leaf certificates to renew them at the next start\n  rke2 token rotate --token OLD --new-token NEW [--server URL]\n                        rotate the cluster token (then restart every server with it)\n  rke2 status [-o json] [server flags]\n                        this server's view of the cluster: etcd, apiservers, supervisors, certificates, snapshots, nodes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 helm-job <install|delete>\n                        run helm for a HelmChart (its helm-install-/helm-delete- Jobs run this)\n  rke2 ingress-controller [flags]\n                        route HTTP and HTTPS by Ingress rules (the rke2-ingress-nginx addon's pods run this)\n  rke2 metrics-server [flags]\n                        serve resource metrics for kubectl top (the rke2-metrics-server addon runs this)\n  rke2 local-path-helper teardown <dir>\n                        remove a local-path volume's directory (the provisioner's helper pods run this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
+        "rke2 {VERSION}\n\nUSAGE:\n  rke2 server [flags]   run a server: etcd, the Kubernetes API and the control plane\n  rke2 agent [flags]    run an agent node\n  rke2 killall [--data-dir DIR]\n                        stop every container this node started and unmount its volumes\n  rke2 etcd-snapshot <save|ls|list|delete|prune> [flags]\n                        take, list, delete and prune etcd snapshots (local and S3)\n  rke2 certificate <check|rotate> [flags]\n                        show certificate expiry; back up and remove leaf certificates to renew them at the next start\n  rke2 token rotate --token OLD --new-token NEW [--server URL]\n                        rotate the cluster token (then restart every server with it)\n  rke2 secrets-encrypt <status|enable|disable|prepare|rotate|reencrypt|rotate-keys>\n                        control encryption of Secrets at rest and rotate its keys\n  rke2 status [-o json] [server flags]\n                        this server's view of the cluster: etcd, apiservers, supervisors, certificates, snapshots, nodes\n  rke2 dns [flags]      serve cluster DNS (the rke2-coredns addon's pods run this)\n  rke2 dns-autoscaler [flags]\n                        scale cluster DNS with the nodes (the rke2-coredns addon's autoscaler runs this)\n  rke2 helm-job <install|delete>\n                        run helm for a HelmChart (its helm-install-/helm-delete- Jobs run this)\n  rke2 ingress-controller [flags]\n                        route HTTP and HTTPS by Ingress rules (the rke2-ingress-nginx addon's pods run this)\n  rke2 metrics-server [flags]\n                        serve resource metrics for kubectl top (the rke2-metrics-server addon runs this)\n  rke2 local-path-helper teardown <dir>\n                        remove a local-path volume's directory (the provisioner's helper pods run this)\n  rke2 --version\n\nRun `rke2 server --help` for the server's flags."
     )
 }
 
@@ -120,6 +121,7 @@ fn main() {
         "etcd-snapshot" => std::process::exit(etcd_snapshot::cli::main(&rest)),
         "certificate" => std::process::exit(certificate::main(&rest)),
         "token" => std::process::exit(token_cmd::main(&rest)),
+        "secrets-encrypt" => std::process::exit(secrets_encrypt::main(&rest)),
         "status" => std::process::exit(status::main(&rest)),
         "dns" => std::process::exit(dns::main(&rest)),
         "dns-autoscaler" => std::process::exit(dns_autoscaler::main(&rest)),

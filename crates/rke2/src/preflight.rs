@@ -51,6 +51,17 @@ pub fn pod_security(cfg: &Config) -> Result<PodSecurityConfig, Refused> {
     }
 }
 
+/// The secrets encryption configuration this server was left with
+/// (`<data-dir>/server/cred/encryption-config.json`), checked before
+/// anything is written: a malformed one refuses the start, naming the
+/// file and the field.
+pub fn secrets_encryption(
+    cfg: &Config,
+) -> Result<Option<rke2_datastore::EncryptionConfiguration>, Refused> {
+    crate::secrets_encrypt::load_local(&cfg.data_dir)
+        .map_err(|e| Refused(format!("secrets encryption configuration: {e}")))
+}
+
 /// The audit log as RKE2 sets it up: the policy from `audit-policy-file`
 /// (or `/etc/rancher/rke2/audit-policy.yaml` when that exists; one that
 /// cannot be read or parsed refuses the start, naming the file and the

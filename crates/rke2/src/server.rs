@@ -212,6 +212,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let snapshot_schedule = crate::preflight::etcd_snapshots(&cfg)?;
     let pod_security = crate::preflight::pod_security(&cfg)?;
     let audit = crate::preflight::audit(&cfg)?.map(std::sync::Arc::new);
+    let encryption_file = crate::preflight::secrets_encryption(&cfg)?;
     crate::preflight::check_ports(&crate::preflight::server_listens(&cfg, node_ip)).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -385,6 +386,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         passwd,
         pod_security,
         audit,
+        encryption_file,
     };
     let result = run_with_etcd(ctx, &mut sigterm, &mut sigint).await;
     info!("stopping etcd");
@@ -410,6 +412,7 @@ struct Running<'a> {
     passwd: rke2_supervisor::bootstrap::Passwd,
     pod_security: rke2_apiserver::pod_security::PodSecurityConfig,
     audit: Option<std::sync::Arc<rke2_apiserver::audit::AuditLog>>,
+    encryption_file: Option<rke2_datastore::EncryptionConfiguration>,
 }
 
 async fn run_with_etcd(
@@ -432,6 +435,7 @@ async fn run_with_etcd(
         audit,
         snapshot_schedule,
         reset,
+        encryption_file,
     } = ctx;
     let own_client_url = format!("https://{}:2379", url_host(&node_ip));
     let store = Store::connect(&endpoints, Some(&store_tls))
@@ -459,6 +463,17 @@ async fn run_with_etcd(
     .context("recording the etcd client URL for rke2 etcd-snapshot")?;
     crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
     write_tokens(cfg, &cfg.data_dir.join("server"), trust, &token)?;
+    let encryption = crate::secrets_encrypt::Manager::start(
+        &store,
+        &token.password,
+        &cfg.data_dir,
+        &cfg.node_name,
+        cfg.secrets_encryption,
+        &cfg.secrets_encryption_provider,
+        encryption_file,
+    )
+    .await
+    .context("secrets encryption")?;
     if let Some(steps) = reset {
         // etcd now runs alone with the bootstrap data checked: the reset
         // is done; the server stops, as RKE2's does.
@@ -476,7 +491,7 @@ async fn run_with_etcd(
     ));
 
     let advertise = cfg.advertise_address.unwrap_or(node_ip);
-    let state = rke2_apiserver::ApiState::new(
+    let state = rke2_apiserver::ApiState::with_shared_store(
         rke2_apiserver::ApiConfig {
             service_cidr: cfg.service_cidr,
             advertise_address: advertise,
@@ -510,7 +525,7 @@ async fn run_with_etcd(
                 },
             )),
         },
-        store.clone(),
+        encryption.store(),
     );
     rke2_apiserver::bootstrap::ensure_builtin_objects(&state)
         .await
@@ -581,6 +596,8 @@ async fn run_with_etcd(
     // serves agents, as an agent's is at its registration: the agent
     // token then cannot obtain a kubelet certificate for this node's name.
     record_node_password(cfg, &client).await?;
+    encryption.set_client(client.clone());
+    tokio::spawn(encryption.clone().run(stop.clone()));
 
     // The supervisor (9345) shares the API's serving certificate.
     let sup_addr = SocketAddr::new(bind_ip, cfg.supervisor_port);
@@ -598,6 +615,7 @@ async fn run_with_etcd(
             client.clone(),
             cfg.data_dir.join("server"),
             trust.server_ca.cert_pem.clone(),
+            encryption.clone(),
         ),
     });
     let sup_stop = stop.clone();

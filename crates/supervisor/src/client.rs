@@ -443,6 +443,30 @@ impl SupervisorClient {
         check_status(format!("PUT {}{path}", self.target.base), status, &answer)
     }
 
+    /// The secrets encryption state (`GET /v1-rke2/encrypt/status`).
+    pub async fn encrypt_status(&self) -> Result<serde_json::Value, JoinError> {
+        self.get_json("/v1-rke2/encrypt/status").await
+    }
+
+    /// Sends a secrets encryption command (`PUT /v1-rke2/encrypt/config`);
+    /// returns the server's answer text.
+    pub async fn encrypt_command(&self, request: &serde_json::Value) -> Result<String, JoinError> {
+        let path = "/v1-rke2/encrypt/config";
+        let body = serde_json::to_vec(request).expect("JSON value serializes");
+        let (status, answer) = request_once(
+            &self.target,
+            self.tls.clone(),
+            http::Method::PUT,
+            path,
+            Some(&self.auth),
+            &[("content-type", "application/json".to_string())],
+            Bytes::from(body),
+        )
+        .await?;
+        check_status(self.url(path), status, &answer)?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    }
+
     async fn get_ok(&self, path: &str) -> Result<Bytes, JoinError> {
         let (status, body) = self.get(path).await?;
         check_status(self.url(path), status, &body)?;

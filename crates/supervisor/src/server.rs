@@ -63,6 +63,31 @@ pub trait ClusterInfo: Send + Sync {
             ))
         })
     }
+    /// Secrets encryption at rest (`GET /v1-rke2/encrypt/status`): the
+    /// state `rke2 secrets-encrypt status` prints.
+    fn encrypt_status(&self) -> BoxFuture<'_, Result<serde_json::Value, (StatusCode, String)>> {
+        Box::pin(async {
+            Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "secrets encryption is not available on this server\n".to_string(),
+            ))
+        })
+    }
+    /// A secrets encryption command (`PUT /v1-rke2/encrypt/config`, body
+    /// `{"stage": "prepare|rotate|reencrypt|rotate_keys|enable|disable",
+    /// "force": bool, "skip": bool}`); answers the text to print.
+    fn encrypt_command(
+        &self,
+        request: serde_json::Value,
+    ) -> BoxFuture<'_, Result<String, (StatusCode, String)>> {
+        let _ = request;
+        Box::pin(async {
+            Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "secrets encryption is not available on this server\n".to_string(),
+            ))
+        })
+    }
 }
 
 /// Who holds which address (see [`ClusterInfo::address_holders`]): a
@@ -130,6 +155,11 @@ pub fn router(state: Arc<SupervisorState>) -> Router {
         .route("/v1-rke2/config", get(config))
         .route("/v1-rke2/server-bootstrap", get(server_bootstrap))
         .route("/v1-rke2/token", axum::routing::put(rotate_token))
+        .route("/v1-rke2/encrypt/status", get(encrypt_status))
+        .route(
+            "/v1-rke2/encrypt/config",
+            axum::routing::put(encrypt_command),
+        )
         .route("/v1-rke2/apiservers", get(apiservers))
         .route("/db/info", get(db_info))
         .route("/v1-rke2/client-kubelet.crt", get(client_kubelet))
@@ -260,6 +290,40 @@ async fn rotate_token(
         }
         Err((status, message)) => {
             warn!(%status, message = message.trim(), "supervisor: token rotation refused");
+            (status, message).into_response()
+        }
+    }
+}
+
+async fn encrypt_status(State(s): State<Arc<SupervisorState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOnly) {
+        return r.into_response();
+    }
+    match s.info.encrypt_status().await {
+        Ok(v) => json(serde_json::to_vec(&v).expect("JSON value serializes")),
+        Err((status, message)) => (status, message).into_response(),
+    }
+}
+
+async fn encrypt_command(
+    State(s): State<Arc<SupervisorState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOnly) {
+        return r.into_response();
+    }
+    let Ok(req) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object {\"stage\": ...}\n",
+        )
+            .into_response();
+    };
+    match s.info.encrypt_command(req).await {
+        Ok(text) => (StatusCode::OK, text).into_response(),
+        Err((status, message)) => {
+            warn!(%status, message = message.trim(), "supervisor: secrets-encrypt command refused");
             (status, message).into_response()
         }
     }
@@ -646,6 +710,7 @@ mod tests {
             "/v1-rke2/config",
             "/v1-rke2/apiservers",
             "/v1-rke2/server-bootstrap",
+            "/v1-rke2/encrypt/status",
             "/db/info",
         ] {
             for bad in [
@@ -673,6 +738,12 @@ mod tests {
             (st, body.as_str()),
             (StatusCode::OK, r#"["10.0.0.1:6443"]"#)
         );
+
+        // Secrets encryption is for the server token only.
+        let (st, _, _) = call(&app, "/v1-rke2/encrypt/status", Some(&node)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let (st, _, body) = call(&app, "/v1-rke2/encrypt/status", Some(&server)).await;
+        assert_eq!(st, StatusCode::NOT_IMPLEMENTED, "{body}");
 
         for path in ["/v1-rke2/server-bootstrap", "/db/info"] {
             let (st, _, body) = call(&app, path, Some(&node)).await;
