@@ -366,7 +366,10 @@ impl Strategy for Pod {
         state: &'a ApiState,
         obj: &'a mut Value,
     ) -> BoxFuture<'a, ApiResult<()>> {
-        Box::pin(crate::serviceaccounts::admit_pod(state, obj))
+        Box::pin(async move {
+            crate::serviceaccounts::admit_pod(state, obj).await?;
+            crate::scheduling::admit_pod(state, obj).await
+        })
     }
 
     fn grace_period(&self, obj: &Value, opts: &Value, query: Option<&str>) -> Option<i64> {
