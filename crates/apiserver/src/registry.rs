@@ -493,6 +493,7 @@ mod tests {
                 "apiregistration.k8s.io",
                 "apiextensions.k8s.io",
                 "storage.k8s.io",
+                "scheduling.k8s.io",
                 "certificates.k8s.io",
             ]
         );

@@ -178,13 +178,23 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
             "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {name}\n{extra}"
         )
     };
-    let (ok, out) = kubectl(&k, &kubeconfig, &["create", "-f", "-"], &pc("system-mine", "value: 5\n"));
+    let (ok, out) = kubectl(
+        &k,
+        &kubeconfig,
+        &["create", "-f", "-"],
+        &pc("system-mine", "value: 5\n"),
+    );
     assert!(!ok);
     assert!(
         out.contains("The PriorityClass \"system-mine\" is invalid: metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: system-mine is not a known system priority class"),
         "{out}"
     );
-    let (ok, out) = kubectl(&k, &kubeconfig, &["create", "-f", "-"], &pc("too-high", "value: 1000000001\n"));
+    let (ok, out) = kubectl(
+        &k,
+        &kubeconfig,
+        &["create", "-f", "-"],
+        &pc("too-high", "value: 1000000001\n"),
+    );
     assert!(!ok);
     assert!(
         out.contains("The PriorityClass \"too-high\" is invalid: value: Forbidden: maximum allowed value of a user defined priority is 1000000000"),
@@ -222,7 +232,12 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
         out.contains("The PriorityClass \"low\" is invalid: value: Forbidden: may not be changed in an update."),
         "{out}"
     );
-    let (ok, out) = kubectl(&k, &kubeconfig, &["get", "pc", "too-high", "system-mine", "default-two"], "");
+    let (ok, out) = kubectl(
+        &k,
+        &kubeconfig,
+        &["get", "pc", "too-high", "system-mine", "default-two"],
+        "",
+    );
     assert!(!ok && out.matches("NotFound").count() == 3, "{out}");
 
     // Priority admission: the class gives priority and policy; the
@@ -242,7 +257,9 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     assert!(!ok);
     assert!(
         out.contains("Error from server (Forbidden)")
-            && out.contains("pods \"unknown\" is forbidden: no PriorityClass with name foo was found"),
+            && out.contains(
+                "pods \"unknown\" is forbidden: no PriorityClass with name foo was found"
+            ),
         "{out}"
     );
     let (ok, out) = kubectl(
@@ -273,7 +290,10 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     let spec = admitted.spec.unwrap();
     assert_eq!(spec.priority_class_name.as_deref(), Some("default-one"));
     assert_eq!(spec.priority, Some(5));
-    assert_eq!(spec.preemption_policy.as_deref(), Some("PreemptLowerPriority"));
+    assert_eq!(
+        spec.preemption_policy.as_deref(),
+        Some("PreemptLowerPriority")
+    );
     let (ok, out) = kubectl(&k, &kubeconfig, &["delete", "pc", "default-one"], "");
     assert!(ok, "{out}");
 
@@ -312,9 +332,12 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     }
 
     // `preemptionPolicy: Never`: the pod waits, nothing is preempted.
-    pods.create(&PostParams::default(), &sleeper("never", "high-never", half, 1))
-        .await
-        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &sleeper("never", "high-never", half, 1),
+    )
+    .await
+    .unwrap();
     let message = eventually(LONG, "never unschedulable", || async {
         scheduled_message(&pods.get("never").await.ok()?)
     })
@@ -326,17 +349,13 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     );
     let never = pods.get("never").await.unwrap();
     assert_eq!(never.spec.as_ref().unwrap().priority, Some(1000));
-    assert!(
-        never
-            .status
-            .as_ref()
-            .unwrap()
-            .nominated_node_name
-            .is_none()
-    );
+    assert!(never.status.as_ref().unwrap().nominated_node_name.is_none());
     for name in ["low-a", "low-b"] {
         let p = pods.get(name).await.unwrap();
-        assert!(p.metadata.deletion_timestamp.is_none(), "{name} was preempted by a Never pod");
+        assert!(
+            p.metadata.deletion_timestamp.is_none(),
+            "{name} was preempted by a Never pod"
+        );
     }
     pods.delete("never", &Default::default()).await.unwrap();
     eventually(LONG, "never gone", || async {
@@ -402,7 +421,10 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     let survivor = if victim == "low-a" { "low-b" } else { "low-a" };
     let s = pods.get(survivor).await.unwrap();
     assert_eq!(phase(&s), "Running");
-    assert!(s.metadata.deletion_timestamp.is_none(), "only one victim was needed");
+    assert!(
+        s.metadata.deletion_timestamp.is_none(),
+        "only one victim was needed"
+    );
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let preempted = events
         .list(&ListParams::default().fields(&format!("involvedObject.name={victim}")))

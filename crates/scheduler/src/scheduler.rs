@@ -272,6 +272,7 @@ fn decide(
 /// The pick for `pod` among the first `enough` feasible nodes, searching
 /// from the `start`-th node round to the one before it; also how many
 /// nodes were examined.
+#[cfg(test)]
 fn decide_from(
     pod: &Pod,
     nodes: &BTreeMap<String, KnownNode>,
@@ -282,8 +283,10 @@ fn decide_from(
     decide_with(pod, nodes, cache, &HashMap::new(), start, enough)
 }
 
-/// [`decide_from`] where `reserved` replaces the cache's view of some
-/// nodes (those holding room for nominated pods).
+/// The pick for `pod` among the first `enough` feasible nodes, searching
+/// from the `start`-th node round to the one before it, where `reserved`
+/// replaces the cache's view of some nodes (those holding room for
+/// nominated pods); also how many nodes were examined.
 fn decide_with(
     pod: &Pod,
     nodes: &BTreeMap<String, KnownNode>,
