@@ -2,7 +2,7 @@
 //! plugin, as kube-apiserver has them: upstream's validation (reserved
 //! `system-` names, the highest user-definable value, immutable `value`
 //! and `preemptionPolicy`), one `globalDefault` at most, the two system
-//! classes created at start, and pods given `spec.priority` and
+//! classes created at start and never deleted, and pods given `spec.priority` and
 //! `spec.preemptionPolicy` from their class on create.
 //!
 //! Upstream limited the critical classes to `kube-system` from 1.11 to
@@ -76,6 +76,21 @@ impl Strategy for PriorityClass {
         obj: &'a mut Value,
     ) -> BoxFuture<'a, ApiResult<()>> {
         Box::pin(async move { admit_default(state, obj, true).await })
+    }
+
+    fn admit_delete(&self, obj: &Value) -> ApiResult<()> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("");
+        if SYSTEM_CLASSES.iter().any(|(n, ..)| *n == name) {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "priorityclasses.scheduling.k8s.io {} is forbidden: this is a system priority class and cannot be deleted",
+                    quoted(name)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn prepare_update<'a>(

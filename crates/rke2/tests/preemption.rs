@@ -171,6 +171,17 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     assert_eq!(&cells[1..3], ["2000001000", "false"], "{out}");
     assert_eq!(cells[4], "PreemptLowerPriority", "{out}");
     assert_eq!(&row("system-cluster-critical")[1..2], ["2000000000"]);
+    let (ok, out) = kubectl(
+        &k,
+        &kubeconfig,
+        &["delete", "pc", "system-node-critical"],
+        "",
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("Error from server (Forbidden): priorityclasses.scheduling.k8s.io \"system-node-critical\" is forbidden: this is a system priority class and cannot be deleted"),
+        "{out}"
+    );
 
     // Bad input: upstream's statuses and messages, nothing stored.
     let pc = |name: &str, extra: &str| {

@@ -143,6 +143,8 @@ struct Placed {
     uid: String,
     node: String,
     footprint: Footprint,
+    /// `spec.priority` (immutable).
+    priority: i32,
     /// Chosen by us, binding not (yet) seen in the watch.
     assumed: bool,
 }
@@ -157,6 +159,9 @@ struct Cache {
     /// node that registers after pods were bound to it starts out right.
     infos: HashMap<String, NodeInfo>,
     empty: NodeInfo,
+    /// How many placed pods have each priority: whether any pod could be
+    /// preempted at all is one lookup, not a pass over every pod.
+    priorities: BTreeMap<i32, usize>,
 }
 
 impl Cache {
@@ -169,7 +174,13 @@ impl Cache {
         self.placed.get(key).is_some_and(|p| p.assumed)
     }
 
+    /// The lowest priority of a placed pod.
+    fn lowest_priority(&self) -> Option<i32> {
+        self.priorities.keys().next().copied()
+    }
+
     fn add(&mut self, key: &Key, placed: Placed) {
+        *self.priorities.entry(placed.priority).or_default() += 1;
         self.infos
             .entry(placed.node.clone())
             .or_default()
@@ -183,6 +194,12 @@ impl Cache {
         let Some(placed) = self.placed.remove(key) else {
             return false;
         };
+        if let Some(n) = self.priorities.get_mut(&placed.priority) {
+            *n -= 1;
+            if *n == 0 {
+                self.priorities.remove(&placed.priority);
+            }
+        }
         if let Some(info) = self.infos.get_mut(&placed.node) {
             info.remove(&placed.footprint);
             if info.is_empty() {
@@ -202,6 +219,7 @@ impl Cache {
                 uid: uid_of(pod).to_string(),
                 node: node.to_string(),
                 footprint: Footprint::of(pod),
+                priority: priority_of(pod),
                 assumed: true,
             },
         );
@@ -252,6 +270,7 @@ impl Cache {
                 uid: uid.to_string(),
                 node: node.to_string(),
                 footprint,
+                priority: priority_of(pod),
                 assumed: false,
             },
         );
@@ -709,7 +728,12 @@ impl Scheduler {
                     fit.with_post_filter(preemption::NOT_ELIGIBLE_NEVER)
                 } else if self.waits_for_victims(&pod, key) {
                     fit.with_post_filter(preemption::NOT_ELIGIBLE_TERMINATING)
-                } else if fit.preemption_may_help() {
+                } else if fit.preemption_may_help()
+                    && self
+                        .cache
+                        .lowest_priority()
+                        .is_some_and(|p| p < priority_of(&pod))
+                {
                     let allowed: Vec<String> = nodes.keys().cloned().collect();
                     match self.preempt(&pod, key, &allowed).await {
                         Some(_) => fit.with_post_filter(""),
@@ -778,6 +802,9 @@ impl Scheduler {
     /// condition and a `Preempted` event each). The node, or `None` when
     /// no node has victims that would help.
     async fn preempt(&mut self, pod: &Pod, key: &Key, allowed: &[String]) -> Option<String> {
+        // Budgets only change which victims are chosen, not whether a
+        // node has any: they are read only when some node does.
+        self.pick_victims(pod, key, allowed, &[])?;
         let budgets: Vec<Budget> = match Api::<PodDisruptionBudget>::all(self.client.clone())
             .list(&Default::default())
             .await
@@ -788,39 +815,7 @@ impl Scheduler {
                 Vec::new()
             }
         };
-        let mut by_node: HashMap<&str, Vec<OnNode<'_>>> = HashMap::new();
-        for (k, placed) in &self.cache.placed {
-            if placed.assumed {
-                continue;
-            }
-            if let Some(p) = self.pods.get(k).filter(|p| uid_of(p) == placed.uid) {
-                by_node
-                    .entry(placed.node.as_str())
-                    .or_default()
-                    .push(OnNode {
-                        key: k,
-                        pod: p,
-                        footprint: &placed.footprint,
-                    });
-            }
-        }
-        let reserved = self.reserved_for_nominated(pod, key);
-        let candidates: Vec<preemption::Victims> = allowed
-            .iter()
-            .filter_map(|name| {
-                let known = self.nodes.get(name)?;
-                let on = by_node.get(name.as_str())?;
-                let info = reserved.get(name).unwrap_or_else(|| self.cache.info(name));
-                preemption::select_victims(pod, &known.node, info, on, &budgets)
-            })
-            .collect();
-        let chosen = preemption::pick(candidates)?;
-        let victims: Vec<Pod> = chosen
-            .pods
-            .iter()
-            .filter_map(|k| self.pods.get(k).cloned())
-            .collect();
-        drop(by_node);
+        let (chosen, victims) = self.pick_victims(pod, key, allowed, &budgets)?;
         let node = chosen.node;
         info!(pod = %key, %node, victims = ?chosen.pods, "preempting");
         // Nominated first, so the room made is held for this pod.
@@ -847,6 +842,51 @@ impl Scheduler {
             self.preempt_victim(pod, &victim, &node, &message).await;
         }
         Some(node)
+    }
+
+    /// The node among `allowed` to preempt on for `pod`, weighing
+    /// `budgets`, and its victims; `None` when no node has victims whose
+    /// removal lets the pod fit.
+    fn pick_victims(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        allowed: &[String],
+        budgets: &[Budget],
+    ) -> Option<(preemption::Victims, Vec<Pod>)> {
+        let mut by_node: HashMap<&str, Vec<OnNode<'_>>> = HashMap::new();
+        for (k, placed) in &self.cache.placed {
+            if placed.assumed {
+                continue;
+            }
+            if let Some(p) = self.pods.get(k).filter(|p| uid_of(p) == placed.uid) {
+                by_node
+                    .entry(placed.node.as_str())
+                    .or_default()
+                    .push(OnNode {
+                        key: k,
+                        pod: p,
+                        footprint: &placed.footprint,
+                    });
+            }
+        }
+        let reserved = self.reserved_for_nominated(pod, key);
+        let candidates: Vec<preemption::Victims> = allowed
+            .iter()
+            .filter_map(|name| {
+                let known = self.nodes.get(name)?;
+                let on = by_node.get(name.as_str())?;
+                let info = reserved.get(name).unwrap_or_else(|| self.cache.info(name));
+                preemption::select_victims(pod, &known.node, info, on, budgets)
+            })
+            .collect();
+        let chosen = preemption::pick(candidates)?;
+        let victims: Vec<Pod> = chosen
+            .pods
+            .iter()
+            .filter_map(|k| self.pods.get(k).cloned())
+            .collect();
+        Some((chosen, victims))
     }
 
     /// Marks `victim` with `DisruptionTarget`, deletes it with its own
@@ -1340,6 +1380,26 @@ mod tests {
         assert!(c.remove(&key("assumed")));
         assert_eq!(c.info("n1"), &NodeInfo::default());
         assert!(!c.remove(&key("bound")), "a second delete frees nothing");
+    }
+
+    #[test]
+    fn the_lowest_placed_priority_is_tracked() {
+        let mut c = Cache::default();
+        assert_eq!(c.lowest_priority(), None);
+        let mut high = on("n1");
+        merge(&mut high, json!({"spec": {"priority": 100}}));
+        c.observe(&key("high"), &pod("high", "u1", high));
+        let mut low = on("n1");
+        merge(&mut low, json!({"spec": {"priority": 5}}));
+        c.observe(&key("low"), &pod("low", "u2", low));
+        c.assume(&key("zero"), &pod("zero", "u3", json!({})), "n1");
+        assert_eq!(c.lowest_priority(), Some(0));
+        assert!(c.forget(&key("zero"), "u3"));
+        assert_eq!(c.lowest_priority(), Some(5));
+        assert!(c.remove(&key("low")));
+        assert_eq!(c.lowest_priority(), Some(100));
+        assert!(c.remove(&key("high")));
+        assert_eq!(c.lowest_priority(), None);
     }
 
     #[test]
