@@ -4,7 +4,8 @@
 //! Priority admission of pods, and a high-priority pod preempting a
 //! low-priority one on a node whose CPU is full — `nominatedNodeName`,
 //! the victim's `DisruptionTarget` condition and `Preempted` event, the
-//! preemptor Running — while a pod with `preemptionPolicy: Never` waits.
+//! preemptor Running, the pod a PodDisruptionBudget protects spared —
+//! while a pod with `preemptionPolicy: Never` waits.
 //!
 //! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd
 //! (scripts/install.sh).
@@ -15,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, PostParams};
 use rke2_testbed::netbed::{NetBed, NodeProc};
 use rke2_testbed::{TEST_BUSYBOX_IMAGE, TEST_PAUSE_IMAGE, eventually};
@@ -79,7 +81,7 @@ fn pod_cpu(p: &Pod) -> i64 {
 
 fn sleeper(name: &str, class: &str, cpu_m: i64, grace: i64) -> Pod {
     serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"test": "preemption"}},
+        "metadata": {"name": name, "labels": {"test": "preemption", "app": name}},
         "spec": {
             "priorityClassName": class,
             "terminationGracePeriodSeconds": grace,
@@ -375,6 +377,26 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     .await
     .unwrap();
 
+    // A budget protects low-b: without it, low-b would be the victim (of
+    // equal priorities, upstream's order puts low-a back first).
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    pdbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "keep-b"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "low-b"}}},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually(LONG, "the budget's status", || async {
+        let st = pdbs.get("keep-b").await.ok()?.status?;
+        (st.current_healthy == 1 && st.disruptions_allowed == 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+
     // A high-priority pod preempts one of them.
     let high = pods
         .create(&PostParams::default(), &sleeper("high", "high", half, 1))
@@ -401,6 +423,7 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    assert_eq!(victim, "low-a", "the budget of low-b was not respected");
     assert_eq!(condition.status, "True");
     assert_eq!(condition.reason.as_deref(), Some("PreemptionByScheduler"));
     assert_eq!(
@@ -454,6 +477,7 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     for name in ["high", survivor] {
         pods.delete(name, &Default::default()).await.unwrap();
     }
+    pdbs.delete("keep-b", &Default::default()).await.unwrap();
     for name in ["low", "high", "high-never"] {
         let (ok, out) = kubectl(&k, &kubeconfig, &["delete", "pc", name], "");
         assert!(ok, "{out}");
