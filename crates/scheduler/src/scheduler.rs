@@ -615,7 +615,27 @@ impl Scheduler {
         if !wants_scheduling(&pod) {
             self.active.remove(&key);
             self.parked.remove(&key);
+            self.nominated.remove(&key);
             return;
+        }
+        // The nomination follows the pod's status: one from before this
+        // scheduler started (another leader, or ours before a restart)
+        // holds room as ours do, and a cleared one holds none. A version
+        // from before our own nomination may briefly drop it; the next
+        // version brings it back, before the pod is tried again.
+        match pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty())
+        {
+            Some(node) => {
+                self.nominated
+                    .insert(key.clone(), (uid_of(&pod).to_string(), node.to_string()));
+            }
+            None => {
+                self.nominated.remove(&key);
+            }
         }
         if self.cache.is_assumed(&key) {
             // Our binding has not reached the watch yet.
@@ -724,7 +744,10 @@ impl Scheduler {
             }
             Err(mut fit) => {
                 fit.add_unresolvable(predicates::REASON_VOLUME_NODE_CONFLICT, conflicts);
+                // Whether the pod keeps (or got) a nominated node.
+                let mut nominated = true;
                 let message = if !preemption::may_preempt(&pod) {
+                    nominated = false;
                     fit.with_post_filter(preemption::NOT_ELIGIBLE_NEVER)
                 } else if self.waits_for_victims(&pod, key) {
                     fit.with_post_filter(preemption::NOT_ELIGIBLE_TERMINATING)
@@ -737,13 +760,44 @@ impl Scheduler {
                     let allowed: Vec<String> = nodes.keys().cloned().collect();
                     match self.preempt(&pod, key, &allowed).await {
                         Some(_) => fit.with_post_filter(""),
-                        None => fit.to_string(),
+                        None => {
+                            nominated = false;
+                            fit.to_string()
+                        }
                     }
                 } else {
+                    nominated = false;
                     fit.to_string()
                 };
+                if !nominated {
+                    self.clear_nomination(&pod, key).await;
+                }
                 self.unschedulable(&pod, key, message).await;
             }
+        }
+    }
+
+    /// Drops the nomination of a pod that failed again and made no room
+    /// this time, as upstream's scheduler clears `nominatedNodeName`: the
+    /// room held for it would otherwise stay held.
+    async fn clear_nomination(&mut self, pod: &Pod, key: &Key) {
+        let ours = self.nominated.remove(key).is_some();
+        let shown = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if !ours && !shown {
+            return;
+        }
+        let patch = json!({"status": {"nominatedNodeName": null}});
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        if let Err(e) = self
+            .pods_api(pod)
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            debug!(pod = %key, error = %e, "could not clear nominatedNodeName");
         }
     }
 
