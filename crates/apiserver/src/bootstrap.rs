@@ -43,6 +43,7 @@ pub async fn ensure_builtin_objects(state: &ApiState) -> ApiResult<()> {
         create_if_absent(state, "namespaces", None, json!({"metadata": {"name": ns}})).await?;
     }
     crate::bootstrap_policy::reconcile(state).await?;
+    crate::scheduling::ensure_system_classes(state).await?;
     let first_ip = crate::allocator::nth_ip(&state.service_cidr, 1)
         .expect("service CIDR holds at least two addresses");
     // The claim is shared by every server; AlreadyExists is expected.

@@ -49,6 +49,7 @@ pub mod rbac;
 pub mod rbac_objects;
 pub mod registry;
 pub mod request;
+pub mod scheduling;
 pub mod schema;
 pub mod server;
 pub mod serviceaccounts;

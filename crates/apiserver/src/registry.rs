@@ -70,6 +70,8 @@ pub enum Printer {
     /// NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE
     /// ALLOWVOLUMEEXPANSION AGE (`storage`).
     StorageClass,
+    /// NAME VALUE GLOBAL-DEFAULT AGE PREEMPTIONPOLICY (`scheduling`).
+    PriorityClass,
     /// NAME, the given columns (a CRD's `additionalPrinterColumns`; AGE
     /// is one of them by default).
     Columns(Vec<PrinterColumn>),
@@ -269,6 +271,7 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, short: ["pv"], cat: [], sub: ["status"], fields: [], Printer::PersistentVolume, status: true, gen: false, typed: api::core::v1::PersistentVolume, strategy: crate::storage::PersistentVolume),
         rt!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, short: ["pvc"], cat: [], sub: ["status"], fields: [], Printer::PersistentVolumeClaim, status: true, gen: false, typed: api::core::v1::PersistentVolumeClaim, strategy: crate::storage::PersistentVolumeClaim),
         rt!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, short: ["sc"], cat: [], sub: [], fields: [], Printer::StorageClass, status: false, gen: false, typed: api::storage::v1::StorageClass, strategy: crate::storage::StorageClass),
+        rt!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, short: ["pc"], cat: [], sub: [], fields: [], Printer::PriorityClass, status: false, gen: false, typed: api::scheduling::v1::PriorityClass, strategy: crate::scheduling::PriorityClass),
         rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
     ]
 }
@@ -490,6 +493,7 @@ mod tests {
                 "apiregistration.k8s.io",
                 "apiextensions.k8s.io",
                 "storage.k8s.io",
+                "scheduling.k8s.io",
                 "certificates.k8s.io",
             ]
         );

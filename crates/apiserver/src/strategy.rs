@@ -201,6 +201,12 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether the stored object may be deleted at all (objects the system
+    /// needs refuse, before anything is written).
+    fn admit_delete(&self, _obj: &Value) -> ApiResult<()> {
+        Ok(())
+    }
+
     /// A deletion of its own, replacing the generic one (and the garbage
     /// collector's finalizers).
     fn custom_delete(&self) -> Option<DeleteFn> {
@@ -384,7 +390,10 @@ impl Strategy for Pod {
         state: &'a ApiState,
         obj: &'a mut Value,
     ) -> BoxFuture<'a, ApiResult<()>> {
-        Box::pin(crate::serviceaccounts::admit_pod(state, obj))
+        Box::pin(async move {
+            crate::serviceaccounts::admit_pod(state, obj).await?;
+            crate::scheduling::admit_pod(state, obj).await
+        })
     }
 
     fn admit_create(&self, rt: &ResourceType, obj: &Value) -> ApiResult<()> {

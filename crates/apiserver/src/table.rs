@@ -103,6 +103,11 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             v.push(age);
             v
         }
+        Printer::PriorityClass => {
+            let mut v = vec![name];
+            v.extend(crate::scheduling::columns());
+            v
+        }
         Printer::Columns(extra) => {
             let mut out = vec![name];
             out.extend(
@@ -813,6 +818,11 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             let mut v = vec![name];
             v.extend(cells);
             v.push(a);
+            v
+        }
+        Printer::PriorityClass => {
+            let mut v = vec![name];
+            v.extend(crate::scheduling::cells(obj, a));
             v
         }
         Printer::Columns(extra) => {

@@ -15,6 +15,7 @@
 //! skipped.
 
 pub mod predicates;
+pub mod preemption;
 mod scheduler;
 pub mod volumes;
 

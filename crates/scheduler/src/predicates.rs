@@ -759,6 +759,33 @@ impl FitError {
     }
 }
 
+impl FitError {
+    /// The message with `post_filter` in place of the preemption summary
+    /// (upstream's `PostFilterMsg`): empty when preemption nominated a
+    /// node, a reason when the pod may not preempt.
+    pub fn with_post_filter(&self, post_filter: &str) -> String {
+        if self.num_nodes == 0 {
+            return self.to_string();
+        }
+        let mut out = format!(
+            "0/{} nodes are available: {}.",
+            self.num_nodes,
+            histogram(&self.reasons)
+        );
+        if !post_filter.is_empty() {
+            out.push(' ');
+            out.push_str(post_filter);
+        }
+        out
+    }
+
+    /// Whether removing pods could make room on some node (a resource or
+    /// host port shortage there).
+    pub fn preemption_may_help(&self) -> bool {
+        self.preemption.contains_key(PREEMPTION_NO_VICTIMS)
+    }
+}
+
 impl fmt::Display for FitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.num_nodes == 0 {

@@ -31,6 +31,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::predicates::{self, Candidate, FitError, Footprint, NodeFacts, NodeInfo, is_terminated};
+use crate::preemption::{self, Budget, OnNode, priority_of};
 
 /// The `spec.schedulerName` this scheduler serves (also the event source).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -141,6 +143,8 @@ struct Placed {
     uid: String,
     node: String,
     footprint: Footprint,
+    /// `spec.priority` (immutable).
+    priority: i32,
     /// Chosen by us, binding not (yet) seen in the watch.
     assumed: bool,
 }
@@ -155,6 +159,9 @@ struct Cache {
     /// node that registers after pods were bound to it starts out right.
     infos: HashMap<String, NodeInfo>,
     empty: NodeInfo,
+    /// How many placed pods have each priority: whether any pod could be
+    /// preempted at all is one lookup, not a pass over every pod.
+    priorities: BTreeMap<i32, usize>,
 }
 
 impl Cache {
@@ -167,7 +174,13 @@ impl Cache {
         self.placed.get(key).is_some_and(|p| p.assumed)
     }
 
+    /// The lowest priority of a placed pod.
+    fn lowest_priority(&self) -> Option<i32> {
+        self.priorities.keys().next().copied()
+    }
+
     fn add(&mut self, key: &Key, placed: Placed) {
+        *self.priorities.entry(placed.priority).or_default() += 1;
         self.infos
             .entry(placed.node.clone())
             .or_default()
@@ -181,6 +194,12 @@ impl Cache {
         let Some(placed) = self.placed.remove(key) else {
             return false;
         };
+        if let Some(n) = self.priorities.get_mut(&placed.priority) {
+            *n -= 1;
+            if *n == 0 {
+                self.priorities.remove(&placed.priority);
+            }
+        }
         if let Some(info) = self.infos.get_mut(&placed.node) {
             info.remove(&placed.footprint);
             if info.is_empty() {
@@ -200,6 +219,7 @@ impl Cache {
                 uid: uid_of(pod).to_string(),
                 node: node.to_string(),
                 footprint: Footprint::of(pod),
+                priority: priority_of(pod),
                 assumed: true,
             },
         );
@@ -250,6 +270,7 @@ impl Cache {
                 uid: uid.to_string(),
                 node: node.to_string(),
                 footprint,
+                priority: priority_of(pod),
                 assumed: false,
             },
         );
@@ -270,10 +291,26 @@ fn decide(
 /// The pick for `pod` among the first `enough` feasible nodes, searching
 /// from the `start`-th node round to the one before it; also how many
 /// nodes were examined.
+#[cfg(test)]
 fn decide_from(
     pod: &Pod,
     nodes: &BTreeMap<String, KnownNode>,
     cache: &Cache,
+    start: usize,
+    enough: usize,
+) -> (Result<String, FitError>, usize) {
+    decide_with(pod, nodes, cache, &HashMap::new(), start, enough)
+}
+
+/// The pick for `pod` among the first `enough` feasible nodes, searching
+/// from the `start`-th node round to the one before it, where `reserved`
+/// replaces the cache's view of some nodes (those holding room for
+/// nominated pods); also how many nodes were examined.
+fn decide_with(
+    pod: &Pod,
+    nodes: &BTreeMap<String, KnownNode>,
+    cache: &Cache,
+    reserved: &HashMap<String, NodeInfo>,
     start: usize,
     enough: usize,
 ) -> (Result<String, FitError>, usize) {
@@ -291,7 +328,7 @@ fn decide_from(
             .map(|(name, k)| Candidate {
                 node: &k.node,
                 facts: &k.facts,
-                info: cache.info(name),
+                info: reserved.get(name).unwrap_or_else(|| cache.info(name)),
             }),
         enough,
     )
@@ -391,6 +428,10 @@ struct Scheduler {
     reported: BTreeMap<Key, Reported>,
     /// Where the next pod's search for feasible nodes starts.
     next_start: usize,
+    /// Pods that preempted others, by key: their uid and the node they
+    /// wait for (`status.nominatedNodeName`). Room is held there for them
+    /// against pods of lower priority until they are bound or gone.
+    nominated: BTreeMap<Key, (String, String)>,
 }
 
 /// Runs the scheduler until `stop` is cancelled.
@@ -420,6 +461,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         cache: Cache::default(),
         reported: BTreeMap::new(),
         next_start: 0,
+        nominated: BTreeMap::new(),
     };
     let nodes = watcher(
         Api::<Node>::all(client.clone()),
@@ -567,12 +609,33 @@ impl Scheduler {
             self.active.remove(&key);
             self.parked.remove(&key);
             self.reported.remove(&key);
+            self.nominated.remove(&key);
             return;
         }
         if !wants_scheduling(&pod) {
             self.active.remove(&key);
             self.parked.remove(&key);
+            self.nominated.remove(&key);
             return;
+        }
+        // The nomination follows the pod's status: one from before this
+        // scheduler started (another leader, or ours before a restart)
+        // holds room as ours do, and a cleared one holds none. A version
+        // from before our own nomination may briefly drop it; the next
+        // version brings it back, before the pod is tried again.
+        match pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty())
+        {
+            Some(node) => {
+                self.nominated
+                    .insert(key.clone(), (uid_of(&pod).to_string(), node.to_string()));
+            }
+            None => {
+                self.nominated.remove(&key);
+            }
         }
         if self.cache.is_assumed(&key) {
             // Our binding has not reached the watch yet.
@@ -600,6 +663,7 @@ impl Scheduler {
         self.active.remove(key);
         self.parked.remove(key);
         self.reported.remove(key);
+        self.nominated.remove(key);
         if held {
             self.unpark_all("pod deleted");
         }
@@ -661,10 +725,11 @@ impl Scheduler {
         };
         let conflicts = total - nodes.len();
         let enough = predicates::feasible_nodes_to_find(nodes.len());
+        let reserved = self.reserved_for_nominated(&pod, key);
         let (decision, examined) = if nodes.is_empty() {
             (Err(FitError::default()), 0)
         } else {
-            decide_from(&pod, nodes, &self.cache, self.next_start, enough)
+            decide_with(&pod, nodes, &self.cache, &reserved, self.next_start, enough)
         };
         self.next_start = self.next_start.wrapping_add(examined);
         match decision {
@@ -679,7 +744,260 @@ impl Scheduler {
             }
             Err(mut fit) => {
                 fit.add_unresolvable(predicates::REASON_VOLUME_NODE_CONFLICT, conflicts);
-                self.unschedulable(&pod, key, fit.to_string()).await;
+                // Whether the pod keeps (or got) a nominated node.
+                let mut nominated = true;
+                let message = if !preemption::may_preempt(&pod) {
+                    nominated = false;
+                    fit.with_post_filter(preemption::NOT_ELIGIBLE_NEVER)
+                } else if self.waits_for_victims(&pod, key) {
+                    fit.with_post_filter(preemption::NOT_ELIGIBLE_TERMINATING)
+                } else if fit.preemption_may_help()
+                    && self
+                        .cache
+                        .lowest_priority()
+                        .is_some_and(|p| p < priority_of(&pod))
+                {
+                    let allowed: Vec<String> = nodes.keys().cloned().collect();
+                    match self.preempt(&pod, key, &allowed).await {
+                        Some(_) => fit.with_post_filter(""),
+                        None => {
+                            nominated = false;
+                            fit.to_string()
+                        }
+                    }
+                } else {
+                    nominated = false;
+                    fit.to_string()
+                };
+                if !nominated {
+                    self.clear_nomination(&pod, key).await;
+                }
+                self.unschedulable(&pod, key, message).await;
+            }
+        }
+    }
+
+    /// Drops the nomination of a pod that failed again and made no room
+    /// this time, as upstream's scheduler clears `nominatedNodeName`: the
+    /// room held for it would otherwise stay held.
+    async fn clear_nomination(&mut self, pod: &Pod, key: &Key) {
+        let ours = self.nominated.remove(key).is_some();
+        let shown = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if !ours && !shown {
+            return;
+        }
+        let patch = json!({"status": {"nominatedNodeName": null}});
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        if let Err(e) = self
+            .pods_api(pod)
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            debug!(pod = %key, error = %e, "could not clear nominatedNodeName");
+        }
+    }
+
+    /// What nodes hold for nominated pods that go before `pod` (priority
+    /// at least its own), as upstream's scheduler adds them to a node
+    /// before filtering: the room a preemption made is not taken by a
+    /// lower-priority pod while the preemptor waits for it.
+    fn reserved_for_nominated(&self, pod: &Pod, key: &Key) -> HashMap<String, NodeInfo> {
+        let mut out: HashMap<String, NodeInfo> = HashMap::new();
+        for (k, (uid, node)) in &self.nominated {
+            let Some(other) = self.pods.get(k) else {
+                continue;
+            };
+            if k == key
+                || uid_of(other) != uid
+                || is_bound(other)
+                || self.cache.is_assumed(k)
+                || priority_of(other) < priority_of(pod)
+            {
+                continue;
+            }
+            out.entry(node.clone())
+                .or_insert_with(|| self.cache.info(node).clone())
+                .add(&Footprint::of(other));
+        }
+        out
+    }
+
+    /// Upstream's `PodEligibleToPreemptOthers`: a pod nominated to a node
+    /// where a lower-priority pod is still terminating waits for that
+    /// instead of choosing more victims.
+    fn waits_for_victims(&self, pod: &Pod, key: &Key) -> bool {
+        let node = match self.nominated.get(key) {
+            Some((uid, node)) if uid == uid_of(pod) => Some(node.as_str()),
+            _ => pod
+                .status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref())
+                .filter(|n| !n.is_empty()),
+        };
+        let Some(node) = node else {
+            return false;
+        };
+        let priority = priority_of(pod);
+        self.cache.placed.iter().any(|(k, p)| {
+            p.node == node
+                && self.pods.get(k).is_some_and(|victim| {
+                    victim.metadata.deletion_timestamp.is_some() && priority_of(victim) < priority
+                })
+        })
+    }
+
+    /// Preempts for `pod`: picks the node among `allowed` where removing
+    /// lower-priority pods makes room at the least cost, nominates it,
+    /// and deletes the victims gracefully (with the `DisruptionTarget`
+    /// condition and a `Preempted` event each). The node, or `None` when
+    /// no node has victims that would help.
+    async fn preempt(&mut self, pod: &Pod, key: &Key, allowed: &[String]) -> Option<String> {
+        // Budgets only change which victims are chosen, not whether a
+        // node has any: they are read only when some node does.
+        self.pick_victims(pod, key, allowed, &[])?;
+        let budgets: Vec<Budget> = match Api::<PodDisruptionBudget>::all(self.client.clone())
+            .list(&Default::default())
+            .await
+        {
+            Ok(list) => list.items.iter().filter_map(Budget::of).collect(),
+            Err(e) => {
+                warn!(pod = %key, error = %e, "could not list PodDisruptionBudgets; preempting without them");
+                Vec::new()
+            }
+        };
+        let (chosen, victims) = self.pick_victims(pod, key, allowed, &budgets)?;
+        let node = chosen.node;
+        info!(pod = %key, %node, victims = ?chosen.pods, "preempting");
+        // Nominated first, so the room made is held for this pod.
+        let patch = json!({"status": {"nominatedNodeName": node}});
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        if let Err(e) = self
+            .pods_api(pod)
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!(pod = %key, error = %e, "could not set nominatedNodeName");
+            return None;
+        }
+        self.nominated
+            .insert(key.clone(), (uid_of(pod).to_string(), node.clone()));
+        let message = format!(
+            "{}: preempting to accommodate a higher priority pod",
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.scheduler_name.as_deref())
+                .unwrap_or(SCHEDULER_NAME)
+        );
+        for victim in victims {
+            self.preempt_victim(pod, &victim, &node, &message).await;
+        }
+        Some(node)
+    }
+
+    /// The node among `allowed` to preempt on for `pod`, weighing
+    /// `budgets`, and its victims; `None` when no node has victims whose
+    /// removal lets the pod fit.
+    fn pick_victims(
+        &self,
+        pod: &Pod,
+        key: &Key,
+        allowed: &[String],
+        budgets: &[Budget],
+    ) -> Option<(preemption::Victims, Vec<Pod>)> {
+        let mut by_node: HashMap<&str, Vec<OnNode<'_>>> = HashMap::new();
+        for (k, placed) in &self.cache.placed {
+            if placed.assumed {
+                continue;
+            }
+            if let Some(p) = self.pods.get(k).filter(|p| uid_of(p) == placed.uid) {
+                by_node
+                    .entry(placed.node.as_str())
+                    .or_default()
+                    .push(OnNode {
+                        key: k,
+                        pod: p,
+                        footprint: &placed.footprint,
+                    });
+            }
+        }
+        let reserved = self.reserved_for_nominated(pod, key);
+        let candidates: Vec<preemption::Victims> = allowed
+            .iter()
+            .filter_map(|name| {
+                let known = self.nodes.get(name)?;
+                let on = by_node.get(name.as_str())?;
+                let info = reserved.get(name).unwrap_or_else(|| self.cache.info(name));
+                preemption::select_victims(pod, &known.node, info, on, budgets)
+            })
+            .collect();
+        let chosen = preemption::pick(candidates)?;
+        let victims: Vec<Pod> = chosen
+            .pods
+            .iter()
+            .filter_map(|k| self.pods.get(k).cloned())
+            .collect();
+        Some((chosen, victims))
+    }
+
+    /// Marks `victim` with `DisruptionTarget`, deletes it with its own
+    /// grace period, and records the `Preempted` event.
+    async fn preempt_victim(&self, preemptor: &Pod, victim: &Pod, node: &str, message: &str) {
+        let api = self.pods_api(victim);
+        let name = victim.metadata.name.as_deref().unwrap_or("");
+        let patch = json!({"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True",
+            "reason": "PreemptionByScheduler", "message": message,
+            "lastTransitionTime": time_now(),
+        }]}});
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return,
+            Err(e) => {
+                warn!(pod = %name, error = %e, "could not add the DisruptionTarget condition")
+            }
+        }
+        // Only the version we chose: a pod replaced meanwhile is not ours
+        // to delete.
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: victim.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
+            Err(e) => {
+                warn!(pod = %name, error = %e, "could not delete the preempted pod");
+                return;
+            }
+        }
+        let message = format!("Preempted by pod {} on node {node}", uid_of(preemptor));
+        if let Some((_, mut event)) =
+            self.build_event(victim, "Normal", "Preempted", "Preempting", &message)
+        {
+            event.related = Some(k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: preemptor.metadata.namespace.clone(),
+                name: preemptor.metadata.name.clone(),
+                uid: preemptor.metadata.uid.clone(),
+                ..Default::default()
+            });
+            let events: Api<Event> = Api::namespaced(
+                self.client.clone(),
+                victim.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            if let Err(e) = events.create(&PostParams::default(), &event).await {
+                debug!(pod = %name, error = %e, "could not write the Preempted event");
             }
         }
     }
@@ -1116,6 +1434,26 @@ mod tests {
         assert!(c.remove(&key("assumed")));
         assert_eq!(c.info("n1"), &NodeInfo::default());
         assert!(!c.remove(&key("bound")), "a second delete frees nothing");
+    }
+
+    #[test]
+    fn the_lowest_placed_priority_is_tracked() {
+        let mut c = Cache::default();
+        assert_eq!(c.lowest_priority(), None);
+        let mut high = on("n1");
+        merge(&mut high, json!({"spec": {"priority": 100}}));
+        c.observe(&key("high"), &pod("high", "u1", high));
+        let mut low = on("n1");
+        merge(&mut low, json!({"spec": {"priority": 5}}));
+        c.observe(&key("low"), &pod("low", "u2", low));
+        c.assume(&key("zero"), &pod("zero", "u3", json!({})), "n1");
+        assert_eq!(c.lowest_priority(), Some(0));
+        assert!(c.forget(&key("zero"), "u3"));
+        assert_eq!(c.lowest_priority(), Some(5));
+        assert!(c.remove(&key("low")));
+        assert_eq!(c.lowest_priority(), Some(100));
+        assert!(c.remove(&key("high")));
+        assert_eq!(c.lowest_priority(), None);
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub(super) async fn delete_once(
     }
     // Admission: mutating and validating webhooks on DELETE (crate::admission).
     crate::admission::admit_delete(ctx, &old).await?;
+    rt.strategy.admit_delete(&old)?;
     // Foreground and orphan propagation are carried out by the garbage
     // collector: the owner stays, marked for deletion, with a finalizer the
     // collector removes once dependents are deleted (or orphaned).
