@@ -13,6 +13,7 @@ pub mod cron;
 pub mod duration;
 pub mod node_labels;
 pub mod quantity;
+pub mod quota;
 pub mod selectors;
 pub mod strategic_merge;
 pub mod validation;
