@@ -44,6 +44,7 @@ pub mod objects;
 pub mod openapi;
 pub mod pod_security;
 pub mod proxy;
+pub mod quota;
 pub mod rbac;
 pub mod rbac_objects;
 pub mod registry;
