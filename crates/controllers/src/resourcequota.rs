@@ -12,7 +12,9 @@
 //! `rke2_apimachinery::quota::usage` of those its scopes match; the
 //! status is written with the quota's resourceVersion, so a charge the
 //! apiserver made meanwhile is not overwritten (the write conflicts and
-//! the quota is counted again).
+//! the quota is counted again), and a count that gives usage back is
+//! taken twice, a second apart, since the apiserver charges a create
+//! just before it stores the object.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,17 +181,18 @@ async fn objects_of(
     })
 }
 
-async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if quota.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let ns = quota.metadata.namespace.clone().unwrap_or_default();
-    let name = quota.metadata.name.clone().unwrap_or_default();
-    let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
+/// The quota as stored now and the status its namespace's objects give
+/// it; `true` when a type it counts is only recounted periodically.
+async fn count(
+    ctx: &Ctx,
+    api: &Api<ResourceQuota>,
+    ns: &str,
+    name: &str,
+) -> Result<Option<(ResourceQuota, Value, bool)>, Error> {
     // The newest copy: its resourceVersion guards the status write.
-    let fresh = match api.get(&name).await {
+    let fresh = match api.get(name).await {
         Ok(f) => f,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let value = serde_json::to_value(&fresh).unwrap_or_default();
@@ -200,7 +203,7 @@ async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, E
     let mut unwatched = false;
     for (group, plural) in counted_types(&hard) {
         unwatched |= !(group.is_empty() && WATCHED.contains(&plural.as_str()));
-        let objects = match objects_of(&ctx.client, &ns, &group, &plural).await {
+        let objects = match objects_of(&ctx.client, ns, &group, &plural).await {
             Ok(o) => o,
             Err(Error::Unknown(what)) => {
                 warn!(quota = %name, namespace = %ns, resource = %what, "counted resource is not served");
@@ -211,6 +214,38 @@ async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, E
         used = q::add(&used, &usage_of(&value, &group, &plural, &objects, now));
     }
     let status = json!({"hard": q::to_json(&hard_list), "used": q::to_json(&used)});
+    Ok(Some((fresh, status, unwatched)))
+}
+
+/// Whether `next` gives back usage `quota`'s status charges.
+fn releases(quota: &ResourceQuota, next: &Value) -> bool {
+    let value = serde_json::to_value(quota).unwrap_or_default();
+    let before = q::list_of(&value["status"]["used"]);
+    let after = q::list_of(&next["used"]);
+    after.iter().any(|(k, v)| before.get(k).is_some_and(|b| v < b))
+}
+
+async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if quota.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = quota.metadata.namespace.clone().unwrap_or_default();
+    let name = quota.metadata.name.clone().unwrap_or_default();
+    let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some((mut fresh, mut status, mut unwatched)) = count(&ctx, &api, &ns, &name).await? else {
+        return Ok(Action::await_change());
+    };
+    // The apiserver charges a create before it stores the object: a
+    // count that lowers usage may have missed an object being created.
+    // Count again a moment later before giving anything back.
+    if releases(&fresh, &status) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(again) = count(&ctx, &api, &ns, &name).await? else {
+            return Ok(Action::await_change());
+        };
+        (fresh, status, unwatched) = again;
+    }
+    let value = serde_json::to_value(&fresh).unwrap_or_default();
     let current = json!({
         "hard": q::to_json(&q::list_of(&value["status"]["hard"])),
         "used": q::to_json(&q::list_of(&value["status"]["used"])),
