@@ -173,7 +173,10 @@ pub fn matching_resources<'a>(group: &str, plural: &str, hard: &'a [String]) -> 
                             || (n.starts_with("requests.") && n.contains('/'))
                     }
                     Evaluator::Services => {
-                        matches!(n, "services" | "services.nodeports" | "services.loadbalancers")
+                        matches!(
+                            n,
+                            "services" | "services.nodeports" | "services.loadbalancers"
+                        )
                     }
                     Evaluator::Claims => {
                         matches!(n, "persistentvolumeclaims" | "requests.storage")
@@ -309,7 +312,10 @@ pub fn usage(group: &str, plural: &str, obj: &Value, now: i64) -> ResourceList {
                     } else {
                         ports
                     };
-                    out.insert("services.nodeports".into(), Quantity::from_units(node_ports));
+                    out.insert(
+                        "services.nodeports".into(),
+                        Quantity::from_units(node_ports),
+                    );
                     out.insert("services.loadbalancers".into(), Quantity::from_units(1));
                 }
                 _ => {}
@@ -394,7 +400,9 @@ fn scope_requirements(quota: &Value) -> Vec<(String, String, Vec<String>)> {
 
 fn pod_matches_scope(scope: &str, op: &str, values: &[String], pod: &Value) -> bool {
     let spec = &pod["spec"];
-    let terminating = spec["activeDeadlineSeconds"].as_i64().is_some_and(|d| d >= 0);
+    let terminating = spec["activeDeadlineSeconds"]
+        .as_i64()
+        .is_some_and(|d| d >= 0);
     match scope {
         "Terminating" => terminating,
         "NotTerminating" => !terminating,
@@ -555,7 +563,10 @@ pub fn scope_valid_for(scope: &str, name: &str) -> bool {
         || name.starts_with("requests.hugepages-");
     match scope {
         "BestEffort" => pod_objects,
-        "Terminating" | "NotTerminating" | "NotBestEffort" | "PriorityClass"
+        "Terminating"
+        | "NotTerminating"
+        | "NotBestEffort"
+        | "PriorityClass"
         | "CrossNamespacePodAffinity" => pod_objects || pod_compute,
         "VolumeAttributesClass" => {
             matches!(
@@ -622,7 +633,10 @@ pub fn default_pod(lr: &Value, pod: &mut Value) {
         return;
     }
     let mut notes = Vec::new();
-    for (key, what) in [("containers", "container"), ("initContainers", "init container")] {
+    for (key, what) in [
+        ("containers", "container"),
+        ("initContainers", "init container"),
+    ] {
         let Some(cs) = pod["spec"][key].as_array_mut() else {
             continue;
         };
@@ -919,20 +933,26 @@ mod tests {
     #[test]
     fn init_containers_and_sidecars() {
         let p = json!({"spec": {
-            "containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}],
-            "initContainers": [
-                {"name": "i", "resources": {"requests": {"cpu": "3"}}},
-                {"name": "s", "restartPolicy": "Always", "resources": {"requests": {"cpu": "500m"}}}
-            ]}});
+        "containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}],
+        "initContainers": [
+            {"name": "i", "resources": {"requests": {"cpu": "3"}}},
+            {"name": "s", "restartPolicy": "Always", "resources": {"requests": {"cpu": "500m"}}}
+        ]}});
         // max(1 + 0.5 sidecar, 3 init) = 3
         assert_eq!(pod_resources(&p, "requests")["cpu"].canonical(), "3");
     }
 
     #[test]
     fn must_specify() {
-        let p = pod(json!([{"name": "c", "resources": {"requests": {"cpu": "1"}}},
-                           {"name": "d", "resources": {}}]));
-        let hard = ["limits.cpu".to_string(), "requests.cpu".to_string(), "pods".to_string()];
+        let p = pod(
+            json!([{"name": "c", "resources": {"requests": {"cpu": "1"}}},
+                           {"name": "d", "resources": {}}]),
+        );
+        let hard = [
+            "limits.cpu".to_string(),
+            "requests.cpu".to_string(),
+            "pods".to_string(),
+        ];
         let req: Vec<&String> = hard.iter().collect();
         assert_eq!(
             pod_constraints(&req, &p).unwrap_err(),
@@ -946,7 +966,10 @@ mod tests {
         let u = usage("", "services", &svc, 0);
         assert_eq!(u["services.nodeports"].canonical(), "2");
         assert_eq!(u["services.loadbalancers"].canonical(), "1");
-        let hard = ["configmaps".to_string(), "count/deployments.apps".to_string()];
+        let hard = [
+            "configmaps".to_string(),
+            "count/deployments.apps".to_string(),
+        ];
         assert_eq!(matching_resources("", "configmaps", &hard).len(), 1);
         assert_eq!(matching_resources("apps", "deployments", &hard).len(), 1);
         assert!(matching_resources("", "secrets", &hard).is_empty());
@@ -955,12 +978,23 @@ mod tests {
 
     #[test]
     fn scopes() {
-        let q = |scopes: Value| json!({"spec": {"scopes": scopes}, "status": {"hard": {"pods": "2"}}});
+        let q =
+            |scopes: Value| json!({"spec": {"scopes": scopes}, "status": {"hard": {"pods": "2"}}});
         let be = pod(json!([{"name": "a"}]));
         let burst = pod(json!([{"name": "a", "resources": {"requests": {"cpu": "1"}}}]));
         assert!(quota_matches(&q(json!(["BestEffort"])), "", "pods", &be));
-        assert!(!quota_matches(&q(json!(["BestEffort"])), "", "pods", &burst));
-        assert!(quota_matches(&q(json!(["NotBestEffort"])), "", "pods", &burst));
+        assert!(!quota_matches(
+            &q(json!(["BestEffort"])),
+            "",
+            "pods",
+            &burst
+        ));
+        assert!(quota_matches(
+            &q(json!(["NotBestEffort"])),
+            "",
+            "pods",
+            &burst
+        ));
         let mut term = be.clone();
         term["spec"]["activeDeadlineSeconds"] = json!(30);
         assert!(quota_matches(&q(json!(["Terminating"])), "", "pods", &term));
@@ -977,7 +1011,8 @@ mod tests {
 
     #[test]
     fn limit_range_defaults_and_limits() {
-        let mut item = json!({"type": "Container", "max": {"cpu": "500m"}, "min": {"memory": "10Mi"}});
+        let mut item =
+            json!({"type": "Container", "max": {"cpu": "500m"}, "min": {"memory": "10Mi"}});
         default_limit_range_item(&mut item);
         assert_eq!(item["default"]["cpu"], "500m");
         assert_eq!(item["defaultRequest"]["cpu"], "500m");
@@ -985,34 +1020,52 @@ mod tests {
         let lr = json!({"spec": {"limits": [item]}});
         let mut p = pod(json!([{"name": "c", "resources": {"limits": {"memory": "20Mi"}}}]));
         default_pod(&lr, &mut p);
-        assert_eq!(p["spec"]["containers"][0]["resources"]["limits"]["cpu"], "500m");
-        assert_eq!(p["spec"]["containers"][0]["resources"]["requests"]["cpu"], "500m");
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "500m"
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "500m"
+        );
         assert_eq!(
             p["metadata"]["annotations"]["kubernetes.io/limit-ranger"],
             "LimitRanger plugin set: cpu, memory request for container c; cpu limit for container c"
         );
         assert!(validate_pod(&lr, &p).is_empty());
-        let big = pod(json!([{"name": "c", "resources": {"limits": {"cpu": "1", "memory": "20Mi"}, "requests": {"cpu": "100m", "memory": "20Mi"}}}]));
+        let big = pod(
+            json!([{"name": "c", "resources": {"limits": {"cpu": "1", "memory": "20Mi"}, "requests": {"cpu": "100m", "memory": "20Mi"}}}]),
+        );
         assert_eq!(
             aggregate(&validate_pod(&lr, &big)),
             "maximum cpu usage per Container is 500m, but limit is 1"
         );
-        let small = pod(json!([{"name": "c", "resources": {"limits": {"cpu": "100m"}, "requests": {"cpu": "100m", "memory": "1Mi"}}}]));
+        let small = pod(
+            json!([{"name": "c", "resources": {"limits": {"cpu": "100m"}, "requests": {"cpu": "100m", "memory": "1Mi"}}}]),
+        );
         assert_eq!(
             validate_pod(&lr, &small),
             vec!["minimum memory usage per Container is 10Mi, but request is 1Mi".to_string()]
         );
         let ratio = json!({"spec": {"limits": [{"type": "Container", "maxLimitRequestRatio": {"cpu": "2"}}]}});
-        let p = pod(json!([{"name": "c", "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "250m"}}}]));
+        let p = pod(
+            json!([{"name": "c", "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "250m"}}}]),
+        );
         assert_eq!(
             validate_pod(&ratio, &p),
-            vec!["cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000".to_string()]
+            vec![
+                "cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000"
+                    .to_string()
+            ]
         );
         let pvc_lr = json!({"spec": {"limits": [{"type": "PersistentVolumeClaim", "max": {"storage": "1Gi"}}]}});
         let pvc = json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}});
         assert_eq!(
             validate_claim(&pvc_lr, &pvc),
-            vec!["maximum storage usage per PersistentVolumeClaim is 1Gi, but request is 2Gi".to_string()]
+            vec![
+                "maximum storage usage per PersistentVolumeClaim is 1Gi, but request is 2Gi"
+                    .to_string()
+            ]
         );
     }
 }

@@ -37,7 +37,8 @@ use crate::status::{ApiError, ApiResult};
 use crate::strategy::{Cause, Strategy};
 use rke2_datastore::StoreError;
 
-const QUANTITY_FORMAT: &str = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+const QUANTITY_FORMAT: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 
 fn cause(field: impl Into<String>, ty: &str, detail: impl Into<String>) -> Cause {
     (field.into(), ty.into(), detail.into())
@@ -88,7 +89,11 @@ fn resource_name_problems(
         return;
     }
     if !name.contains('/') && !standard(name) {
-        causes.push(cause(field, "Invalid value", format!("{name}: {standard_msg}")));
+        causes.push(cause(
+            field,
+            "Invalid value",
+            format!("{name}: {standard_msg}"),
+        ));
     }
 }
 
@@ -170,7 +175,10 @@ pub fn validate_quota(obj: &Value, causes: &mut Vec<Cause>) {
                 causes.push(cause(
                     "spec.scopes",
                     "Invalid value",
-                    format!("{}: unsupported scope applied to resource", go_scopes(&scopes)),
+                    format!(
+                        "{}: unsupported scope applied to resource",
+                        go_scopes(&scopes)
+                    ),
                 ));
             }
         }
@@ -251,13 +259,11 @@ impl Strategy for ResourceQuota {
         rt: &ResourceType,
         obj: &Value,
     ) -> Result<Vec<crate::schema::FieldPath>, crate::schema::TypeError> {
-        if let Some(e) = bad_quantity(
-            &[
-                &obj["spec"]["hard"],
-                &obj["status"]["hard"],
-                &obj["status"]["used"],
-            ],
-        ) {
+        if let Some(e) = bad_quantity(&[
+            &obj["spec"]["hard"],
+            &obj["status"]["hard"],
+            &obj["status"]["used"],
+        ]) {
             return Err(e);
         }
         (rt.schema)(obj)
@@ -310,10 +316,20 @@ pub fn validate_limit_range(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
         if !types.insert(ty.to_string()) {
-            causes.push(cause(format!("{at}.type"), "Duplicate value", format!("{ty:?}")));
+            causes.push(cause(
+                format!("{at}.type"),
+                "Duplicate value",
+                format!("{ty:?}"),
+            ));
         }
         let container_like = matches!(ty, "Pod" | "Container");
-        for key in ["max", "min", "default", "defaultRequest", "maxLimitRequestRatio"] {
+        for key in [
+            "max",
+            "min",
+            "default",
+            "defaultRequest",
+            "maxLimitRequestRatio",
+        ] {
             if ty == "Pod" && matches!(key, "default" | "defaultRequest") {
                 if item[key].as_object().is_some_and(|m| !m.is_empty()) {
                     causes.push(cause(
@@ -356,10 +372,21 @@ pub fn validate_limit_range(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
         let get = |key: &str, r: &str| q::quantity_of(&item[key][r]);
-        let keys: BTreeSet<String> = ["max", "min", "default", "defaultRequest", "maxLimitRequestRatio"]
-            .iter()
-            .flat_map(|k| item[*k].as_object().into_iter().flat_map(|m| m.keys().cloned()))
-            .collect();
+        let keys: BTreeSet<String> = [
+            "max",
+            "min",
+            "default",
+            "defaultRequest",
+            "maxLimitRequestRatio",
+        ]
+        .iter()
+        .flat_map(|k| {
+            item[*k]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.keys().cloned())
+        })
+        .collect();
         for k in keys {
             let (min, max, def, defreq, ratio) = (
                 get("min", &k),
@@ -372,37 +399,95 @@ pub fn validate_limit_range(obj: &Value, causes: &mut Vec<Cause>) {
             if let (Some(mn), Some(mx)) = (&min, &max)
                 && mn > mx
             {
-                causes.push(cause(format!("{at}.min[{k}]"), "Invalid value", format!("{:?}: min value {} is greater than max value {}", c(mn), c(mn), c(mx))));
+                causes.push(cause(
+                    format!("{at}.min[{k}]"),
+                    "Invalid value",
+                    format!(
+                        "{:?}: min value {} is greater than max value {}",
+                        c(mn),
+                        c(mn),
+                        c(mx)
+                    ),
+                ));
             }
             if let (Some(dr), Some(mn)) = (&defreq, &min)
                 && mn > dr
             {
-                causes.push(cause(format!("{at}.defaultRequest[{k}]"), "Invalid value", format!("{:?}: min value {} is greater than default request value {}", c(dr), c(mn), c(dr))));
+                causes.push(cause(
+                    format!("{at}.defaultRequest[{k}]"),
+                    "Invalid value",
+                    format!(
+                        "{:?}: min value {} is greater than default request value {}",
+                        c(dr),
+                        c(mn),
+                        c(dr)
+                    ),
+                ));
             }
             if let (Some(dr), Some(mx)) = (&defreq, &max)
                 && dr > mx
             {
-                causes.push(cause(format!("{at}.defaultRequest[{k}]"), "Invalid value", format!("{:?}: default request value {} is greater than max value {}", c(dr), c(dr), c(mx))));
+                causes.push(cause(
+                    format!("{at}.defaultRequest[{k}]"),
+                    "Invalid value",
+                    format!(
+                        "{:?}: default request value {} is greater than max value {}",
+                        c(dr),
+                        c(dr),
+                        c(mx)
+                    ),
+                ));
             }
             if let (Some(dr), Some(d)) = (&defreq, &def)
                 && dr > d
             {
-                causes.push(cause(format!("{at}.defaultRequest[{k}]"), "Invalid value", format!("{:?}: default request value {} is greater than default limit value {}", c(dr), c(dr), c(d))));
+                causes.push(cause(
+                    format!("{at}.defaultRequest[{k}]"),
+                    "Invalid value",
+                    format!(
+                        "{:?}: default request value {} is greater than default limit value {}",
+                        c(dr),
+                        c(dr),
+                        c(d)
+                    ),
+                ));
             }
             if let (Some(d), Some(mn)) = (&def, &min)
                 && mn > d
             {
-                causes.push(cause(format!("{at}.default[{k}]"), "Invalid value", format!("{:?}: min value {} is greater than default value {}", c(mn), c(mn), c(d))));
+                causes.push(cause(
+                    format!("{at}.default[{k}]"),
+                    "Invalid value",
+                    format!(
+                        "{:?}: min value {} is greater than default value {}",
+                        c(mn),
+                        c(mn),
+                        c(d)
+                    ),
+                ));
             }
             if let (Some(d), Some(mx)) = (&def, &max)
                 && d > mx
             {
-                causes.push(cause(format!("{at}.default[{k}]"), "Invalid value", format!("{:?}: default value {} is greater than max value {}", c(mx), c(d), c(mx))));
+                causes.push(cause(
+                    format!("{at}.default[{k}]"),
+                    "Invalid value",
+                    format!(
+                        "{:?}: default value {} is greater than max value {}",
+                        c(mx),
+                        c(d),
+                        c(mx)
+                    ),
+                ));
             }
             if let Some(r) = &ratio
                 && r.as_nanos() < 1_000_000_000
             {
-                causes.push(cause(format!("{at}.maxLimitRequestRatio[{k}]"), "Invalid value", format!("{:?}: ratio {} is less than 1", c(r), c(r))));
+                causes.push(cause(
+                    format!("{at}.maxLimitRequestRatio[{k}]"),
+                    "Invalid value",
+                    format!("{:?}: ratio {} is less than 1", c(r), c(r)),
+                ));
             }
             if let (Some(r), Some(mn), Some(mx)) = (&ratio, &min, &max)
                 && mn.as_milli() > 0
@@ -410,7 +495,15 @@ pub fn validate_limit_range(obj: &Value, causes: &mut Vec<Cause>) {
                 let limit = mx.as_milli() as f64 / mn.as_milli() as f64;
                 let ratio = r.as_milli() as f64 / 1000.0;
                 if ratio > limit {
-                    causes.push(cause(format!("{at}.maxLimitRequestRatio[{k}]"), "Invalid value", format!("{:?}: ratio {} is greater than max/min = {limit:.6}", c(r), c(r))));
+                    causes.push(cause(
+                        format!("{at}.maxLimitRequestRatio[{k}]"),
+                        "Invalid value",
+                        format!(
+                            "{:?}: ratio {} is greater than max/min = {limit:.6}",
+                            c(r),
+                            c(r)
+                        ),
+                    ));
                 }
             }
         }
@@ -429,10 +522,16 @@ impl Strategy for LimitRange {
         obj: &Value,
     ) -> Result<Vec<crate::schema::FieldPath>, crate::schema::TypeError> {
         for item in obj["spec"]["limits"].as_array().into_iter().flatten() {
-            let maps: Vec<&Value> = ["max", "min", "default", "defaultRequest", "maxLimitRequestRatio"]
-                .iter()
-                .map(|k| &item[*k])
-                .collect();
+            let maps: Vec<&Value> = [
+                "max",
+                "min",
+                "default",
+                "defaultRequest",
+                "maxLimitRequestRatio",
+            ]
+            .iter()
+            .map(|k| &item[*k])
+            .collect();
             if let Some(e) = bad_quantity(&maps) {
                 return Err(e);
             }
@@ -469,7 +568,10 @@ pub fn cells(obj: &Value) -> (Value, Value) {
     let mut req = Vec::new();
     let mut lim = Vec::new();
     for (name, h) in &hard {
-        let u = used.get(name).map(|u| u.canonical()).unwrap_or_else(|| "0".into());
+        let u = used
+            .get(name)
+            .map(|u| u.canonical())
+            .unwrap_or_else(|| "0".into());
         let cell = format!("{name}: {u}/{}", h.canonical());
         if name.split('.').count() > 1 && name.starts_with("limits.") {
             lim.push(cell);
@@ -496,7 +598,12 @@ async fn list_in(state: &ApiState, rt: &ResourceType, ns: &str) -> ApiResult<Vec
     let page = state.store.list(&rt.prefix(Some(ns)), None, 0, 0).await?;
     page.items
         .iter()
-        .map(|kv| Ok((objects::from_stored(rt, &kv.value, kv.mod_revision)?, kv.mod_revision)))
+        .map(|kv| {
+            Ok((
+                objects::from_stored(rt, &kv.value, kv.mod_revision)?,
+                kv.mod_revision,
+            ))
+        })
         .collect()
 }
 
@@ -519,7 +626,10 @@ pub async fn admit_limits(
     let Some(lrt) = registry::find("", "v1", "limitranges") else {
         return Ok(());
     };
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+    let ns = obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let ranges = list_in(state, lrt, &ns).await?;
     if ranges.is_empty() {
         return Ok(());
@@ -586,7 +696,10 @@ pub async fn admit_quota(
     let Some(qrt) = registry::find("", "v1", "resourcequotas") else {
         return Ok(());
     };
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+    let ns = obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     // Most namespaces have no quota: the cache says so without a read.
     if let Some(snap) = state
         .caches
@@ -628,12 +741,16 @@ pub async fn admit_quota(
                 return Err(forbidden(
                     rt,
                     obj,
-                    format!("status unknown for quota: {qname}, resources: {}", names.join(",")),
+                    format!(
+                        "status unknown for quota: {qname}, resources: {}",
+                        names.join(",")
+                    ),
                 ));
             }
             let requested = q::mask(&delta, hard.keys());
             let new_usage = q::add(&used, &requested);
-            let (ok, exceeded) = q::less_than_or_equal(&q::mask(&new_usage, requested.keys()), &hard);
+            let (ok, exceeded) =
+                q::less_than_or_equal(&q::mask(&new_usage, requested.keys()), &hard);
             if !ok {
                 return Err(forbidden(
                     rt,
@@ -703,9 +820,23 @@ mod tests {
                               "scopes": ["BestEffort", "NotBestEffort"]}}),
             &mut causes,
         );
-        let msgs: Vec<String> = causes.iter().map(|c| format!("{}: {}: {}", c.0, c.1, c.2)).collect();
-        assert!(msgs.contains(&"spec.hard[pods]: Invalid value: \"1500m\": must be an integer".to_string()), "{msgs:?}");
-        assert!(msgs.contains(&"spec.hard[cpu]: Invalid value: \"-1\": must be greater than or equal to 0".to_string()), "{msgs:?}");
+        let msgs: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}: {}", c.0, c.1, c.2))
+            .collect();
+        assert!(
+            msgs.contains(
+                &"spec.hard[pods]: Invalid value: \"1500m\": must be an integer".to_string()
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(
+                &"spec.hard[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"
+                    .to_string()
+            ),
+            "{msgs:?}"
+        );
         assert!(msgs.contains(&"spec.hard[limits.pods]: Invalid value: limits.pods: must be a standard resource type or fully qualified".to_string()), "{msgs:?}");
         assert!(msgs.contains(&"spec.hard[limits.pods]: Invalid value: limits.pods: must be a standard resource for quota".to_string()), "{msgs:?}");
         assert!(msgs.contains(&"spec.scopes: Invalid value: []core.ResourceQuotaScope{\"BestEffort\", \"NotBestEffort\"}: conflicting scopes".to_string()), "{msgs:?}");
@@ -726,15 +857,26 @@ mod tests {
                                         {"type": "Pod", "default": {"cpu": "1"}}]}}),
             &mut causes,
         );
-        let msgs: Vec<String> = causes.iter().map(|c| format!("{}: {}: {}", c.0, c.1, c.2)).collect();
+        let msgs: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}: {}", c.0, c.1, c.2))
+            .collect();
         assert!(msgs.contains(&"spec.limits[0].min[cpu]: Invalid value: \"2\": min value 2 is greater than max value 1".to_string()), "{msgs:?}");
-        assert!(msgs.contains(&"spec.limits[1].default: Forbidden: may not be specified when `type` is 'Pod'".to_string()), "{msgs:?}");
+        assert!(
+            msgs.contains(
+                &"spec.limits[1].default: Forbidden: may not be specified when `type` is 'Pod'"
+                    .to_string()
+            ),
+            "{msgs:?}"
+        );
     }
 
     #[test]
     fn table_cells() {
-        let (req, lim) = cells(&json!({"spec": {"hard": {"requests.cpu": "1", "limits.cpu": "2", "pods": "10"}},
-                                        "status": {"used": {"requests.cpu": "500m", "pods": "1"}}}));
+        let (req, lim) = cells(
+            &json!({"spec": {"hard": {"requests.cpu": "1", "limits.cpu": "2", "pods": "10"}},
+                                        "status": {"used": {"requests.cpu": "500m", "pods": "1"}}}),
+        );
         assert_eq!(req, "pods: 1/10, requests.cpu: 500m/1");
         assert_eq!(lim, "limits.cpu: 0/2");
     }

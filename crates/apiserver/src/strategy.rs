@@ -1230,7 +1230,10 @@ fn default_container(c: &mut Value) {
 fn default_requests_to_limits(spec: &mut Value) {
     for key in ["containers", "initContainers"] {
         for c in spec[key].as_array_mut().into_iter().flatten() {
-            let limits = c["resources"]["limits"].as_object().cloned().unwrap_or_default();
+            let limits = c["resources"]["limits"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             if limits.is_empty() {
                 continue;
             }

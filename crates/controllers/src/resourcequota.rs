@@ -124,7 +124,11 @@ where
 }
 
 /// The served version of `group` (its preferred one).
-async fn api_resource(client: &kube::Client, group: &str, plural: &str) -> Result<ApiResource, Error> {
+async fn api_resource(
+    client: &kube::Client,
+    group: &str,
+    plural: &str,
+) -> Result<ApiResource, Error> {
     if group.is_empty() {
         return Ok(ApiResource {
             group: String::new(),
@@ -222,7 +226,9 @@ fn releases(quota: &ResourceQuota, next: &Value) -> bool {
     let value = serde_json::to_value(quota).unwrap_or_default();
     let before = q::list_of(&value["status"]["used"]);
     let after = q::list_of(&next["used"]);
-    after.iter().any(|(k, v)| before.get(k).is_some_and(|b| v < b))
+    after
+        .iter()
+        .any(|(k, v)| before.get(k).is_some_and(|b| v < b))
 }
 
 async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -253,7 +259,10 @@ async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, E
     if status != current || value["status"]["hard"].is_null() {
         let mut next = fresh.clone();
         next.status = serde_json::from_value(status).ok();
-        match api.replace_status(&name, &PostParams::default(), &next).await {
+        match api
+            .replace_status(&name, &PostParams::default(), &next)
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
             Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -299,15 +308,31 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
         in_namespace,
     );
     controller
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), move |o: Pod| a(o.metadata.namespace))
-        .watches(Api::<Service>::all(client.clone()), watcher::Config::default(), move |o: Service| b(o.metadata.namespace))
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |o: Pod| a(o.metadata.namespace),
+        )
+        .watches(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            move |o: Service| b(o.metadata.namespace),
+        )
         .watches(
             Api::<PersistentVolumeClaim>::all(client.clone()),
             watcher::Config::default(),
             move |o: PersistentVolumeClaim| c(o.metadata.namespace),
         )
-        .watches(Api::<ConfigMap>::all(client.clone()), watcher::Config::default(), move |o: ConfigMap| d(o.metadata.namespace))
-        .watches(Api::<Secret>::all(client.clone()), watcher::Config::default(), move |o: Secret| e(o.metadata.namespace))
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+            move |o: ConfigMap| d(o.metadata.namespace),
+        )
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |o: Secret| e(o.metadata.namespace),
+        )
         .graceful_shutdown_on(stop.cancelled_owned())
         .with_config(controller::Config::default().concurrency(5))
         .run(reconcile, error_policy, ctx)
@@ -321,7 +346,8 @@ mod tests {
 
     #[test]
     fn usage_counts_matching_objects_from_zero() {
-        let quota = json!({"spec": {"hard": {"requests.cpu": "2", "pods": "5", "configmaps": "3"}}});
+        let quota =
+            json!({"spec": {"hard": {"requests.cpu": "2", "pods": "5", "configmaps": "3"}}});
         let pods = vec![
             json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "500m"}}}]}, "status": {"phase": "Running"}}),
             json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]}, "status": {"phase": "Succeeded"}}),
@@ -333,7 +359,10 @@ mod tests {
         let hard: Vec<String> = vec!["count/deployments.apps".into(), "pods".into()];
         assert_eq!(
             counted_types(&hard),
-            vec![("".to_string(), "pods".to_string()), ("apps".to_string(), "deployments".to_string())]
+            vec![
+                ("".to_string(), "pods".to_string()),
+                ("apps".to_string(), "deployments".to_string())
+            ]
         );
     }
 

@@ -127,7 +127,8 @@ async fn quotas_and_limit_ranges() {
             kk.apply("qa", &pod("p2", "{requests: {cpu: \"2000m\"}}")),
         );
         assert!(
-            err.contains("Error from server (Forbidden): error when creating") && err.contains(refusal),
+            err.contains("Error from server (Forbidden): error when creating")
+                && err.contains(refusal),
             "kubectl 1.{minor}: {err}"
         );
     }
@@ -143,7 +144,10 @@ async fn quotas_and_limit_ranges() {
         "{got}"
     );
     assert!(got.contains("cpu: 1/2, pods: 1/4"), "{got}");
-    let described = k.ok("describe quota", k.run(&["describe", "quota", "q", "-n", "qa"]));
+    let described = k.ok(
+        "describe quota",
+        k.run(&["describe", "quota", "q", "-n", "qa"]),
+    );
     let rows: Vec<Vec<&str>> = described
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -218,7 +222,12 @@ async fn quotas_and_limit_ranges() {
             panic!("{r}")
         };
         assert_eq!(s.code, 403, "{s:?}");
-        assert!(s.message.contains("exceeded quota: three, requested: pods=1, used: pods=3, limited: pods=3"), "{s:?}");
+        assert!(
+            s.message.contains(
+                "exceeded quota: three, requested: pods=1, used: pods=3, limited: pods=3"
+            ),
+            "{s:?}"
+        );
     }
     assert_eq!(used(&qc, "three", "pods").await.as_deref(), Some("3"));
 
@@ -241,9 +250,15 @@ async fn quotas_and_limit_ranges() {
         err.contains("configmaps \"c\" is forbidden: exceeded quota: objects, requested: configmaps=1, used: configmaps=3, limited: configmaps=3"),
         "{err}"
     );
-    k.ok("secret", k.run(&["create", "secret", "generic", "s", "-n", "qo"]));
+    k.ok(
+        "secret",
+        k.run(&["create", "secret", "generic", "s", "-n", "qo"]),
+    );
     wait_used(&qo, "objects", "count/secrets", "1").await;
-    k.ok("delete cm a", k.run(&["delete", "configmap", "a", "-n", "qo"]));
+    k.ok(
+        "delete cm a",
+        k.run(&["delete", "configmap", "a", "-n", "qo"]),
+    );
     wait_used(&qo, "objects", "configmaps", "2").await;
 
     // --- A bad quantity is refused when the body is decoded.
@@ -282,7 +297,11 @@ async fn quotas_and_limit_ranges() {
     );
     let got = k.ok("get limits", k.run(&["get", "limitrange", "-n", "lr"]));
     assert!(
-        got.lines().next().unwrap_or("").split_whitespace().collect::<Vec<_>>()
+        got.lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
             == ["NAME", "CREATED", "AT"],
         "{got}"
     );
@@ -310,7 +329,9 @@ async fn quotas_and_limit_ranges() {
         k.apply("lr", &pod("big", "{limits: {cpu: \"2\"}}")),
     );
     assert!(
-        err.contains("pods \"big\" is forbidden: maximum cpu usage per Container is 1, but limit is 2"),
+        err.contains(
+            "pods \"big\" is forbidden: maximum cpu usage per Container is 1, but limit is 2"
+        ),
         "{err}"
     );
     let err = k.refused(

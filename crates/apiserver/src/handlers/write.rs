@@ -360,7 +360,11 @@ pub(super) async fn update(
 
 /// LimitRanger and ResourceQuota admission of an update of the object
 /// itself (a claim's limits; a Service or claim that grows is charged).
-pub(super) async fn admit_quota_update(ctx: &Ctx<'_>, old: &Value, new: &mut Value) -> ApiResult<()> {
+pub(super) async fn admit_quota_update(
+    ctx: &Ctx<'_>,
+    old: &Value,
+    new: &mut Value,
+) -> ApiResult<()> {
     if ctx.path.subresource.is_some() {
         return Ok(());
     }
