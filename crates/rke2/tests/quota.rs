@@ -347,3 +347,95 @@ async fn quotas_and_limit_ranges() {
         let _ = k.run(&["delete", "namespace", ns, "--wait=false"]);
     }
 }
+
+/// Three servers, three apiservers: creates through all of them at once
+/// are charged exactly (each apiserver writes `status.used` with the
+/// quota's revision as compare and re-checks on a conflict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_charged_exactly_across_three_apiservers() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut s1 = Server::start(
+        bin(),
+        ServerOpts {
+            config_yaml: Some("token: quota-secret\n".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c1 = s1.wait_ready(LONG).await.unwrap();
+    let joiner = || ServerOpts {
+        config_yaml: Some(format!(
+            "server: https://{}:9345\ntoken: quota-secret\n",
+            s1.ip
+        )),
+        ..Default::default()
+    };
+    let mut s2 = Server::start(bin(), joiner()).unwrap();
+    let mut s3 = Server::start(bin(), joiner()).unwrap();
+    let c2 = s2.wait_ready(LONG).await.unwrap();
+    let c3 = s3.wait_ready(LONG).await.unwrap();
+
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "ha"}})).unwrap();
+    Api::all(c1.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let quota: ResourceQuota = serde_json::from_value(
+        json!({"metadata": {"name": "five"}, "spec": {"hard": {"pods": "5"}}}),
+    )
+    .unwrap();
+    let quotas: Api<ResourceQuota> = Api::namespaced(c2.clone(), "ha");
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    wait_used(&quotas, "five", "pods", "0").await;
+    // Every apiserver must see the quota's status before the burst.
+    for c in [&c1, &c2, &c3] {
+        let api: Api<ResourceQuota> = Api::namespaced(c.clone(), "ha");
+        wait_used(&api, "five", "pods", "0").await;
+    }
+    let clients = [c1.clone(), c2.clone(), c3.clone()];
+    let creates = (0..15).map(|i| {
+        let pods: Api<Pod> = Api::namespaced(clients[i % 3].clone(), "ha");
+        async move {
+            let p: Pod = serde_json::from_value(json!({
+                "metadata": {"name": format!("p{i}")},
+                "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox"}]}
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &p).await
+        }
+    });
+    let results = futures::future::join_all(creates).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 5, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        let kube::Error::Api(s) = r else {
+            panic!("{r}")
+        };
+        assert_eq!(s.code, 403, "{s:?}");
+        assert!(
+            s.message
+                .contains("exceeded quota: five, requested: pods=1, used: pods=5, limited: pods=5"),
+            "{s:?}"
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(c3.clone(), "ha");
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        5
+    );
+    assert_eq!(used(&quotas, "five", "pods").await.as_deref(), Some("5"));
+    // The controller's recount agrees: deleting two gives two back.
+    let names: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    for n in &names[..2] {
+        pods.delete(n, &Default::default()).await.unwrap();
+    }
+    wait_used(&quotas, "five", "pods", "3").await;
+}
