@@ -67,6 +67,20 @@ fn bad_quantity(maps: &[&Value]) -> Option<crate::schema::TypeError> {
     None
 }
 
+/// A pod whose containers' requests, limits or overhead hold a quantity
+/// that does not parse is refused at decode, as upstream's decoder does.
+pub fn pod_bad_quantity(pod: &Value) -> Option<crate::schema::TypeError> {
+    let spec = &pod["spec"];
+    let mut maps = vec![&spec["overhead"]];
+    for key in ["containers", "initContainers"] {
+        for c in spec[key].as_array().into_iter().flatten() {
+            maps.push(&c["resources"]["requests"]);
+            maps.push(&c["resources"]["limits"]);
+        }
+    }
+    bad_quantity(&maps)
+}
+
 /// `[]core.ResourceQuotaScope{"A", "B"}`, Go's `%#v` of the scopes.
 fn go_scopes(scopes: &[&str]) -> String {
     let items: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
@@ -847,6 +861,12 @@ mod tests {
         let obj = json!({"spec": {"hard": {"cpu": "abc"}}});
         let e = bad_quantity(&[&obj["spec"]["hard"]]).unwrap();
         assert_eq!(e.to_string(), QUANTITY_FORMAT);
+        let pod = json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1"}, "requests": {"memory": "1GB"}}}]}});
+        assert_eq!(
+            pod_bad_quantity(&pod).unwrap().to_string(),
+            "unable to parse quantity's suffix"
+        );
+        assert!(pod_bad_quantity(&json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": 2}}}]}})).is_none());
     }
 
     #[test]

@@ -324,6 +324,17 @@ impl Strategy for Node {
 #[derive(Debug)]
 pub struct Pod;
 impl Strategy for Pod {
+    fn unknown_fields(
+        &self,
+        rt: &ResourceType,
+        obj: &Value,
+    ) -> Result<Vec<crate::schema::FieldPath>, crate::schema::TypeError> {
+        if let Some(e) = crate::quota::pod_bad_quantity(obj) {
+            return Err(e);
+        }
+        (rt.schema)(obj)
+    }
+
     fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
         default_pod_spec(&mut obj["spec"]);
         default_requests_to_limits(&mut obj["spec"]);

@@ -286,6 +286,16 @@ async fn quotas_and_limit_ranges() {
         "{err}"
     );
 
+    let err = k.refused(
+        "pod with a bad quantity",
+        k.apply("qo", &pod("badpod", "{requests: {cpu: lots}}")),
+    );
+    assert!(
+        err.contains("Error from server (BadRequest)")
+            && err.contains("Pod in version \"v1\" cannot be handled as a Pod: quantities must match the regular expression"),
+        "{err}"
+    );
+
     // --- LimitRange: defaults, max, min.
     k.ok("create ns", k.run(&["create", "namespace", "lr"]));
     k.ok(
