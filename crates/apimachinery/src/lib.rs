@@ -12,6 +12,7 @@
 pub mod cron;
 pub mod duration;
 pub mod node_labels;
+pub mod qos;
 pub mod quantity;
 pub mod quota;
 pub mod selectors;

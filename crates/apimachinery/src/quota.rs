@@ -354,19 +354,9 @@ pub fn usage(group: &str, plural: &str, obj: &Value, now: i64) -> ResourceList {
 }
 
 /// A pod's QoS class is BestEffort: no container requests or limits CPU
-/// or memory.
+/// or memory (upstream's `GetPodQOS`, [`crate::qos`]).
 pub fn is_best_effort(pod: &Value) -> bool {
-    let spec = &pod["spec"];
-    !containers(spec, "containers")
-        .chain(containers(spec, "initContainers"))
-        .any(|c| {
-            ["requests", "limits"].iter().any(|w| {
-                let l = list_of(&c["resources"][*w]);
-                ["cpu", "memory"]
-                    .iter()
-                    .any(|r| l.get(*r).is_some_and(|q| !q.is_zero()))
-            })
-        })
+    crate::qos::qos_class(&pod["spec"]) == "BestEffort"
 }
 
 /// The scope requirements of a quota: `spec.scopes` (as `Exists`) and

@@ -142,12 +142,19 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> Option<SubresourceInfo> {
         })
     };
     match sub {
-        "status" | "approval" => own(&["get", "patch", "update"]),
+        "status" | "approval" | "ephemeralcontainers" => own(&["get", "patch", "update"]),
         "finalize" => own(&["update"]),
         // Proxied to the node API (`proxy.rs`).
         "log" => own(&["get"]),
-        // Proxied to the node API, GET only (`proxy::node_proxy`).
-        "proxy" => other("", "v1", "NodeProxyOptions", &["get"]),
+        // Nodes: to the node API, GET only (`proxy::node_proxy`); pods
+        // and Services: any method (`workload_proxy`).
+        "proxy" if rt.plural == "nodes" => other("", "v1", "NodeProxyOptions", &["get"]),
+        "proxy" => other(
+            "",
+            "v1",
+            &format!("{}ProxyOptions", rt.kind),
+            &["create", "delete", "get", "patch", "update"],
+        ),
         "binding" => other("", "v1", "Binding", &["create"]),
         "eviction" => other("policy", "v1", "Eviction", &["create"]),
         "scale" => other("autoscaling", "v1", "Scale", &["get", "patch", "update"]),

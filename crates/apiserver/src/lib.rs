@@ -34,6 +34,7 @@ pub mod crd;
 pub mod csr;
 pub mod discovery;
 pub mod disruption;
+pub mod ephemeral;
 pub mod handlers;
 pub mod jsonpath;
 pub mod namespaces;
@@ -60,6 +61,7 @@ pub mod strategy;
 pub mod table;
 pub mod tokens;
 pub mod watch_cache;
+pub mod workload_proxy;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -90,6 +90,15 @@ pub fn parse_path(path: &str, registry: &Registry) -> Result<Route, ApiError> {
             }
             rp(rt, Some(ns), Some(name), None)
         }
+        // `pods|services/<id>/proxy/<path...>`: the rest is the backend's
+        // (`workload_proxy`).
+        ["namespaces", ns, plural, name, "proxy", _, ..] => {
+            let rt = find(plural)?;
+            if !rt.namespaced || !rt.has_subresource("proxy") {
+                return Err(ApiError::no_route());
+            }
+            rp(rt, Some(ns), Some(name), Some("proxy"))
+        }
         ["namespaces", ns, plural, name, sub] => {
             let rt = find(plural)?;
             if !rt.namespaced || !rt.has_subresource(sub) {

@@ -485,6 +485,9 @@ async fn route(
                     | crate::proxy::PodStream::Attach
                     | crate::proxy::PodStream::PortForward,
                 ) => "create",
+                _ if crate::workload_proxy::serves(&rp) => {
+                    crate::workload_proxy::verb(&parts.method)
+                }
                 _ => verb_of(&parts.method, rp.name.is_some(), &query),
             };
             if let Some(p) = audit.as_mut() {
@@ -512,6 +515,10 @@ async fn route(
                     &parts,
                 )
                 .await;
+            }
+            if crate::workload_proxy::serves(&rp) {
+                let mut parts = parts;
+                return crate::workload_proxy::serve(&state, &rp, &mut parts, body.take()).await;
             }
             if let Some(stream) = crate::proxy::PodStream::of(&rp) {
                 // Streams from the node API; the body is not read (exec and

@@ -341,6 +341,10 @@ impl Strategy for Pod {
         if !obj["status"]["phase"].is_string() {
             obj["status"]["phase"] = json!("Pending");
         }
+        // Recorded at create, as upstream's PrepareForCreate does.
+        if !obj["status"]["qosClass"].is_string() {
+            obj["status"]["qosClass"] = json!(rke2_apimachinery::qos::qos_class(&obj["spec"]));
+        }
         if !obj["spec"]["serviceAccountName"].is_string() {
             obj["spec"]["serviceAccountName"] = json!("default");
         }
@@ -370,7 +374,21 @@ impl Strategy for Pod {
             if let Some(cause) = pod_spec_update(&old["spec"], &new["spec"]) {
                 causes.push(cause);
             }
+            causes.extend(crate::ephemeral::update_causes(&old["spec"], &new["spec"]));
         }
+    }
+
+    fn prepare_update<'a>(
+        &'a self,
+        at: UpdateAt<'a>,
+        old: &'a Value,
+        new: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        if at.subresource == Some("ephemeralcontainers") {
+            crate::ephemeral::take_ephemeral_containers(old, new);
+        }
+        objects::prepare_update(at.rt, old, new, at.subresource == Some("status"));
+        Box::pin(async { Ok(()) })
     }
 
     fn admit_create_with<'a>(
@@ -379,6 +397,14 @@ impl Strategy for Pod {
         obj: &'a mut Value,
     ) -> BoxFuture<'a, ApiResult<()>> {
         Box::pin(crate::serviceaccounts::admit_pod(state, obj))
+    }
+
+    fn admit_create(&self, rt: &ResourceType, obj: &Value) -> ApiResult<()> {
+        let causes = crate::ephemeral::create_causes(&obj["spec"]);
+        if causes.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid(&rt.kind, name_of(obj), rt, &causes))
     }
 
     fn grace_period(&self, obj: &Value, opts: &Value, query: Option<&str>) -> Option<i64> {
@@ -1270,7 +1296,7 @@ pub(crate) fn default_pod_spec(spec: &mut Value) {
     default_str(m, "dnsPolicy", "ClusterFirst");
     default_val(m, "securityContext", json!({}));
     default_str(m, "schedulerName", "default-scheduler");
-    for key in ["containers", "initContainers"] {
+    for key in ["containers", "initContainers", "ephemeralContainers"] {
         if let Some(cs) = m.get_mut(key).and_then(|c| c.as_array_mut()) {
             cs.iter_mut().for_each(default_container);
         }
@@ -1303,6 +1329,8 @@ fn pod_spec_update(old: &Value, new: &Value) -> Option<(String, String, String)>
         }
     }
     take(&mut allowed, new, "activeDeadlineSeconds");
+    // Judged by `crate::ephemeral::update_causes`.
+    take(&mut allowed, new, "ephemeralContainers");
     let items = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
     let old_tolerations = items(old, "tolerations");
     if old_tolerations

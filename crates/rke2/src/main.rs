@@ -99,6 +99,8 @@ async fn addon_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<ku
             .await
             .context("no --kubeconfig and no in-cluster configuration")?,
     };
+    let mut config = config;
+    config.default_retry = false;
     kube::Client::try_from(config).context("building the API client")
 }
 

@@ -130,6 +130,10 @@ fn write_tokens(cfg: &Config, server_dir: &Path, trust: &ServerTrust, token: &To
 
 /// An API client for `url` with the given CA and client certificate (the
 /// server's own loops, and the agent's node role through its balancer).
+/// The kube crate's default retry is off: it retries every 429 and 503
+/// up to 15 times with a backoff growing to minutes (a refused eviction
+/// took six minutes to come back); client-go retries only when the server
+/// sends `Retry-After`, and the loops here requeue on errors themselves.
 pub async fn kube_client(
     url: &str,
     ca_pem: &[u8],
@@ -143,6 +147,8 @@ pub async fn kube_client(
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
             .context("loading the internal kubeconfig")?;
+    let mut conf = conf;
+    conf.default_retry = false;
     kube::Client::try_from(conf).context("building the internal API client")
 }
 

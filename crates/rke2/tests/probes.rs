@@ -298,4 +298,265 @@ async fn grpc_probes() {
             "kubectl 1.{minor} cp out"
         );
     }
+
+    // pods/proxy and services/proxy: the apiserver reaches the pod itself,
+    // any method, the query kept, the caller's credentials not passed on.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/echo_http.py"),
+        w.join("echo_http.py"),
+    )
+    .unwrap();
+    let echo: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "echo", "labels": {"app": "echo"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "echo",
+                "image": TEST_BUSYBOX_IMAGE,
+                "command": ["/usr/bin/python3", "/w/echo_http.py", "8081"],
+                "ports": [{"name": "http", "containerPort": 8081}],
+                "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1},
+                "volumeMounts": [
+                    {"name": "usr", "mountPath": "/usr", "readOnly": true},
+                    {"name": "lib64", "mountPath": "/lib64", "readOnly": true},
+                    {"name": "lib", "mountPath": "/lib", "readOnly": true},
+                    {"name": "ldcache", "mountPath": "/etc/ld.so.cache", "readOnly": true},
+                    {"name": "w", "mountPath": "/w"}
+                ]
+            }],
+            "volumes": [
+                host_path("usr", "/usr"),
+                host_path("lib64", "/usr/lib64"),
+                host_path("lib", "/usr/lib"),
+                {"name": "ldcache", "hostPath": {"path": "/etc/ld.so.cache", "type": "File"}},
+                host_path("w", &w.display().to_string())
+            ]
+        }
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &echo).await.unwrap();
+    // The QoS class is the apiserver's, from the create on.
+    assert_eq!(
+        created.status.and_then(|s| s.qos_class).as_deref(),
+        Some("BestEffort")
+    );
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "echo"}, "spec": {
+                "selector": {"app": "echo"},
+                "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let echo_ip = eventually(LONG, "echo pod ready", || async {
+        let p = pods.get("echo").await.ok()?;
+        ready(&p).then(|| p.status?.pod_ip).flatten()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let send = |method: &str, path: &str, body: &str| {
+        let client = client.clone();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(body.as_bytes().to_vec())
+            .unwrap();
+        async move {
+            let resp = client
+                .send(req.map(kube::client::Body::from))
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let location = resp
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, location, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    let pod_base = "/api/v1/namespaces/default/pods/echo:8081/proxy";
+    let (code, _, body) = send("GET", &format!("{pod_base}/hello?x=1&y=2"), "").await;
+    assert_eq!(code, 200, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["method"], "GET");
+    assert_eq!(got["path"], "/hello?x=1&y=2");
+    assert!(got["headers"].get("authorization").is_none(), "{got}");
+    let (code, _, body) = send("POST", &format!("{pod_base}/submit"), "ping").await;
+    assert_eq!(code, 200, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (got["method"].as_str(), got["body"].as_str()),
+        (Some("POST"), Some("ping"))
+    );
+    // By the container port's name, and the first declared port by default.
+    for id in ["echo:http", "echo"] {
+        let (code, _, body) = send(
+            "GET",
+            &format!("/api/v1/namespaces/default/pods/{id}/proxy/p"),
+            "",
+        )
+        .await;
+        assert_eq!(code, 200, "{id}: {body}");
+    }
+    // A redirect stays under the proxy; an empty path gets its slash.
+    let (code, location, _) = send("GET", &format!("{pod_base}/redirect"), "").await;
+    assert_eq!(code, 302);
+    let location = location.unwrap();
+    assert!(
+        location.ends_with(&format!("{pod_base}/landing")),
+        "{location}"
+    );
+    let (code, location, _) = send("GET", pod_base, "").await;
+    assert_eq!((code, location), (301, Some(format!("{pod_base}/"))));
+    // services/proxy by port name and by number, through real kubectl.
+    for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
+        for id in ["echo:web", "http:echo:80"] {
+            let o = std::process::Command::new(k)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args([
+                    "get",
+                    "--raw",
+                    &format!("/api/v1/namespaces/default/services/{id}/proxy/svc"),
+                ])
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "kubectl 1.{minor} get --raw services/{id}/proxy: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(got["path"], "/svc", "kubectl 1.{minor}");
+        }
+    }
+    // Errors with upstream's status and message.
+    let (code, _, body) = send(
+        "GET",
+        "/api/v1/namespaces/default/services/echo:81/proxy/",
+        "",
+    )
+    .await;
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, st["reason"].as_str()),
+        (503, Some("ServiceUnavailable"))
+    );
+    assert_eq!(
+        st["message"],
+        "no service port 81 found for service \"echo\""
+    );
+    let (code, _, body) = send("GET", "/api/v1/namespaces/default/pods/nope/proxy/", "").await;
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, st["message"].as_str()),
+        (404, Some("pods \"nope\" not found"))
+    );
+    let (code, _, body) = send("GET", "/api/v1/namespaces/default/pods/echo:1/proxy/", "").await;
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        st["message"],
+        format!("error trying to reach service: dial tcp {echo_ip}:1: connect: connection refused")
+    );
+
+    // kubectl debug: an ephemeral container in the echo container's
+    // process namespace, fed through stdin, oldest and newest kubectl.
+    for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
+        let name = format!("dbg{minor}");
+        let mut child = std::process::Command::new(k)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "debug",
+                "echo",
+                "-i",
+                "--image",
+                TEST_BUSYBOX_IMAGE,
+                "--target",
+                "echo",
+                "--container",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "read x; echo got-$x; ps",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // kubectl reads stdin only once attached; the line waits in the pipe.
+        std::io::Write::write_all(&mut stdin, b"ping\n").unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            let out = child.wait_with_output();
+            drop(stdin);
+            out
+        });
+        let out = tokio::time::timeout(LONG, out)
+            .await
+            .unwrap_or_else(|_| panic!("kubectl 1.{minor} debug did not finish\n{}", s1.log()))
+            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("got-ping"),
+            "kubectl 1.{minor} debug: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("echo_http.py"),
+            "the target's processes are visible (kubectl 1.{minor}): {stdout}"
+        );
+        let st = eventually(
+            LONG,
+            "the ephemeral container's terminated status",
+            || async {
+                let p = pods.get("echo").await.ok()?;
+                p.status?
+                    .ephemeral_container_statuses?
+                    .into_iter()
+                    .find(|c| {
+                        c.name == name && c.state.as_ref().is_some_and(|s| s.terminated.is_some())
+                    })
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(st.state.unwrap().terminated.unwrap().exit_code, 0);
+        assert!(!st.ready);
+    }
+    // An ephemeral container may not be changed once added.
+    let (_, k) = kubectls.last().unwrap();
+    let o = std::process::Command::new(k)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "debug",
+            "echo",
+            "--image",
+            TEST_PAUSE_IMAGE,
+            "--container",
+            &format!("dbg{}", kubectls.last().unwrap().0),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("may not be changed"), "{err}");
+    // The pod itself keeps serving, never restarted by the debugging.
+    let p = pods.get("echo").await.unwrap();
+    let st = p.status.unwrap();
+    assert_eq!(st.container_statuses.unwrap()[0].restart_count, 0);
 }

@@ -36,39 +36,39 @@ pub enum JoinError {
         reason: String,
     },
     /// TCP connection, TLS handshake or HTTP exchange failed.
-    #[error("GET {url}: {message}")]
+    #[error("{url}: {message}")]
     Transport {
-        /// The full request URL.
+        /// The request: method and full URL (`GET https://…`).
         url: String,
         /// What failed.
         message: String,
     },
     /// The request did not complete within 10 s.
-    #[error("GET {url}: no answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    #[error("{url}: no answer within {}s", REQUEST_TIMEOUT.as_secs())]
     Timeout {
-        /// The full request URL.
+        /// The request: method and full URL (`GET https://…`).
         url: String,
     },
     /// The supervisor answered 401.
     #[error(
-        "GET {url}: HTTP 401 Unauthorized: the server refused the token password (check token / agent-token)"
+        "{url}: HTTP 401 Unauthorized: the server refused the token password (check token / agent-token)"
     )]
     Unauthorized {
-        /// The full request URL.
+        /// The request: method and full URL (`GET https://…`).
         url: String,
     },
     /// The supervisor answered 403.
-    #[error("GET {url}: HTTP 403 Forbidden: {message}")]
+    #[error("{url}: HTTP 403 Forbidden: {message}")]
     Forbidden {
-        /// The full request URL.
+        /// The request: method and full URL (`GET https://…`).
         url: String,
         /// The server's explanation.
         message: String,
     },
     /// Any other non-success status.
-    #[error("GET {url}: HTTP {status}: {body}")]
+    #[error("{url}: HTTP {status}: {body}")]
     Status {
-        /// The full request URL.
+        /// The request: method and full URL (`GET https://…`).
         url: String,
         /// The HTTP status code.
         status: u16,
@@ -76,9 +76,9 @@ pub enum JoinError {
         body: String,
     },
     /// The answer body is not what the route promises.
-    #[error("GET {url}: unexpected answer: {message}")]
+    #[error("{url}: unexpected answer: {message}")]
     Decode {
-        /// The full request URL.
+        /// The request: method and full URL (`GET https://…`).
         url: String,
         /// What is wrong with it.
         message: String,
@@ -251,7 +251,7 @@ async fn request_once(
     extra: &[(&str, String)],
     body: Bytes,
 ) -> Result<(StatusCode, Bytes), JoinError> {
-    let url = format!("{}{path}", target.base);
+    let url = format!("{method} {}{path}", target.base);
     let transport = |what: &str, e: &dyn std::fmt::Display| JoinError::Transport {
         url: url.clone(),
         message: format!("{what}: {e}"),
@@ -338,10 +338,10 @@ fn check_status(url: String, status: StatusCode, body: &[u8]) -> Result<(), Join
 pub async fn fetch_cacerts(server_url: &str) -> Result<Vec<u8>, JoinError> {
     let target = Target::parse(server_url)?;
     let (status, body) = get_once(&target, insecure_tls_config()?, "/cacerts", None, &[]).await?;
-    check_status(format!("{}/cacerts", target.base), status, &body)?;
+    check_status(format!("GET {}/cacerts", target.base), status, &body)?;
     if body.is_empty() {
         return Err(JoinError::Decode {
-            url: format!("{}/cacerts", target.base),
+            url: format!("GET {}/cacerts", target.base),
             message: "empty CA bundle".into(),
         });
     }
@@ -440,7 +440,7 @@ impl SupervisorClient {
             Bytes::from(body),
         )
         .await?;
-        check_status(self.url(path), status, &answer)
+        check_status(format!("PUT {}{path}", self.target.base), status, &answer)
     }
 
     async fn get_ok(&self, path: &str) -> Result<Bytes, JoinError> {
@@ -500,8 +500,9 @@ impl SupervisorClient {
         })
     }
 
+    /// How errors name a GET of `path`.
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.target.base)
+        format!("GET {}{path}", self.target.base)
     }
 
     /// `/v1-rke2/config`: the cluster's non-secret configuration.

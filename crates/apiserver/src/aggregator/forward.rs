@@ -251,7 +251,7 @@ pub async fn send(
 }
 
 /// Hop-by-hop headers, which belong to one connection only.
-fn hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -269,7 +269,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 /// Request headers forwarded: not hop-by-hop, not the caller's
 /// credentials (used here already), not identity headers a caller might
 /// forge.
-fn forwarded(name: &HeaderName) -> bool {
+pub(crate) fn forwarded(name: &HeaderName) -> bool {
     let n = name.as_str();
     !(hop_by_hop(name)
         || n == "host"
@@ -430,7 +430,7 @@ pub async fn proxy(
 
 /// Copies bytes between an upgraded client connection and the extension
 /// server's.
-async fn relay(
+pub(crate) async fn relay(
     client: hyper::upgrade::OnUpgrade,
     server: hyper::upgrade::OnUpgrade,
     addr: SocketAddr,

@@ -198,7 +198,11 @@ pub async fn handle(
             }
             list(&ctx).await
         }
-        (&Method::GET, true, None | Some("status") | Some("approval")) => {
+        (
+            &Method::GET,
+            true,
+            None | Some("status") | Some("approval") | Some("ephemeralcontainers"),
+        ) => {
             if ctx.path.legacy_watch || ctx.query.flag("watch") {
                 return ApiError::bad_request(
                     "watch of a single object: use fieldSelector=metadata.name=<name>",
@@ -215,12 +219,20 @@ pub async fn handle(
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {
             scale(&ctx, &method, content_type, &body).await
         }
-        (&Method::PUT, true, None | Some("status") | Some("finalize") | Some("approval")) => {
-            update(&ctx, content_type, &body).await
-        }
-        (&Method::PATCH, true, None | Some("status") | Some("approval")) => {
-            patch(&ctx, content_type, &body).await
-        }
+        (
+            &Method::PUT,
+            true,
+            None
+            | Some("status")
+            | Some("finalize")
+            | Some("approval")
+            | Some("ephemeralcontainers"),
+        ) => update(&ctx, content_type, &body).await,
+        (
+            &Method::PATCH,
+            true,
+            None | Some("status") | Some("approval") | Some("ephemeralcontainers"),
+        ) => patch(&ctx, content_type, &body).await,
         (&Method::DELETE, true, None) => delete(&ctx, content_type, &body).await,
         (&Method::DELETE, false, None) => delete_collection(&ctx, content_type, &body).await,
         _ => Err(ApiError::method_not_allowed(method.as_str(), ctx.rt())),

@@ -7,7 +7,7 @@
 //! again) and makes one step towards it, then writes the Pod status if
 //! it changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,52 @@ fn key(init: bool, name: &str) -> String {
     } else {
         name.to_string()
     }
+}
+
+/// What a container is to its pod: how it is keyed, labelled and run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// An init container: runs to completion, in order, first.
+    Init,
+    /// A regular container.
+    Regular,
+    /// An ephemeral container (`kubectl debug`): started once, never
+    /// restarted, optionally in the process namespace of `target`.
+    Ephemeral {
+        /// The container whose processes it sees.
+        target: Option<String>,
+    },
+}
+
+impl Kind {
+    fn of(init: bool) -> Kind {
+        if init { Kind::Init } else { Kind::Regular }
+    }
+
+    fn is_init(&self) -> bool {
+        *self == Kind::Init
+    }
+
+    fn key(&self, name: &str) -> String {
+        match self {
+            Kind::Ephemeral { .. } => ephemeral_key(name),
+            k => key(k.is_init(), name),
+        }
+    }
+}
+
+fn ephemeral_key(name: &str) -> String {
+    format!("ephemeral/{name}")
+}
+
+/// An ephemeral container as the container it runs as (the fields they
+/// share; `targetContainerName` is the worker's business).
+fn ephemeral_as_container(ec: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
+    let mut v = serde_json::to_value(ec).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("targetContainerName");
+    }
+    serde_json::from_value(v).unwrap_or_default()
 }
 
 fn rfc3339_from_nanos(ns: i64) -> Option<String> {
@@ -289,6 +335,11 @@ impl Worker {
             .containers
             .iter()
             .all(|c| running(found.get(&key(false, &c.name))));
+        let ephemerals = self.spec().ephemeral_containers.unwrap_or_default();
+        let all_running = all_running
+            && ephemerals
+                .iter()
+                .all(|ec| found.contains_key(&ephemeral_key(&ec.name)));
         if inits_done && all_running {
             // Only probes can act now; the containers read are current.
             self.steady = true;
@@ -317,11 +368,11 @@ impl Worker {
                 }
                 Some(st) if st.state == api::ContainerState::ContainerCreated as i32 => {
                     let id = st.id.clone();
-                    self.start_created(c, true, &id).await;
+                    self.start_created(c, &Kind::Init, &id).await;
                     return Ok(());
                 }
                 _ => {
-                    self.start(c, true, 0, &sandbox_id, &pod_ip).await;
+                    self.start(c, &Kind::Init, 0, &sandbox_id, &pod_ip).await;
                     return Ok(());
                 }
             }
@@ -329,14 +380,14 @@ impl Worker {
         for c in &self.spec().containers {
             let f = found.get(&key(false, &c.name)).cloned();
             match f.as_ref().map(|f| &f.latest) {
-                None => self.start(c, false, 0, &sandbox_id, &pod_ip).await,
+                None => self.start(c, &Kind::Regular, 0, &sandbox_id, &pod_ip).await,
                 Some(st) if st.state == api::ContainerState::ContainerRunning as i32 => {
                     let st = st.clone();
                     self.probe(c, &st, &pod_ip).await;
                 }
                 Some(st) if st.state == api::ContainerState::ContainerCreated as i32 => {
                     let id = st.id.clone();
-                    self.start_created(c, false, &id).await;
+                    self.start_created(c, &Kind::Regular, &id).await;
                 }
                 Some(st) => {
                     let st = st.clone();
@@ -344,6 +395,26 @@ impl Worker {
                         self.maybe_restart(c, false, &st, &sandbox_id, &pod_ip)
                             .await;
                     }
+                }
+            }
+        }
+        // Ephemeral containers: started once, after the pod runs; one that
+        // exited stays exited.
+        if inits_done {
+            for ec in &ephemerals {
+                let f = found
+                    .get(&ephemeral_key(&ec.name))
+                    .map(|f| f.latest.clone());
+                let kind = Kind::Ephemeral {
+                    target: ec.target_container_name.clone(),
+                };
+                let c = ephemeral_as_container(ec);
+                match f {
+                    None => self.start(&c, &kind, 0, &sandbox_id, &pod_ip).await,
+                    Some(st) if st.state == api::ContainerState::ContainerCreated as i32 => {
+                        self.start_created(&c, &kind, &st.id).await;
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -567,13 +638,17 @@ impl Worker {
             .containers;
         let mut by_name: HashMap<String, Vec<api::Container>> = HashMap::new();
         for c in list {
-            let init = c.labels.get(LABEL_CONTAINER_KIND).map(String::as_str) == Some("init");
+            let kind = c.labels.get(LABEL_CONTAINER_KIND).map(String::as_str);
             let name = c
                 .labels
                 .get(LABEL_CONTAINER_NAME)
                 .cloned()
                 .unwrap_or_default();
-            by_name.entry(key(init, &name)).or_default().push(c);
+            let k = match kind {
+                Some("ephemeral") => ephemeral_key(&name),
+                k => key(k == Some("init"), &name),
+            };
+            by_name.entry(k).or_default().push(c);
         }
         let mut out = HashMap::new();
         for (k, mut v) in by_name {
@@ -689,12 +764,12 @@ impl Worker {
     async fn start(
         &mut self,
         c: &Container,
-        init: bool,
+        kind: &Kind,
         attempt: u32,
         sandbox_id: &str,
         pod_ip: &str,
     ) {
-        let k = key(init, &c.name);
+        let k = kind.key(&c.name);
         let image = match self.ensure_image(c, &k).await {
             Ok(i) => i,
             Err((reason, msg)) => {
@@ -741,8 +816,40 @@ impl Worker {
         };
         let sandbox_cfg =
             spec::sandbox_config(&self.pod, 0, &self.ctx.paths, self.ctx.pod_dns(&self.pod));
-        let cfg =
-            spec::container_config(&self.pod, c, attempt, &image, &env, &order, &mounts, init);
+        let mut cfg = spec::container_config(
+            &self.pod,
+            c,
+            attempt,
+            &image,
+            &env,
+            &order,
+            &mounts,
+            kind.is_init(),
+        );
+        if let Kind::Ephemeral { target } = kind {
+            cfg.labels
+                .insert(LABEL_CONTAINER_KIND.into(), "ephemeral".into());
+            if let Some(target) = target {
+                // The target's processes, as kubelet's `--target`: its PID
+                // namespace.
+                let Some(target_id) = self.running_container_id(target).await else {
+                    self.mem.entry(k).or_default().waiting = Some((
+                        "CreateContainerConfigError".into(),
+                        format!("target container {target:?} is not running"),
+                    ));
+                    return;
+                };
+                if let Some(ns) = cfg
+                    .linux
+                    .as_mut()
+                    .and_then(|l| l.security_context.as_mut())
+                    .and_then(|sc| sc.namespace_options.as_mut())
+                {
+                    ns.pid = api::NamespaceMode::Target as i32;
+                    ns.target_id = target_id;
+                }
+            }
+        }
         let mut rt = self.ctx.cri.runtime();
         let id = match rt
             .create_container(api::CreateContainerRequest {
@@ -765,11 +872,19 @@ impl Worker {
             &format!("Created/{k}"),
             format!("Created container {}", c.name),
         );
-        self.start_created(c, init, &id).await;
+        self.start_created(c, kind, &id).await;
     }
 
-    async fn start_created(&mut self, c: &Container, init: bool, id: &str) {
-        let k = key(init, &c.name);
+    /// The CRI id of regular container `name` when it runs.
+    async fn running_container_id(&self, name: &str) -> Option<String> {
+        let found = self.find_containers().await.ok()?;
+        let f = found.get(&key(false, name))?;
+        (f.latest.state == api::ContainerState::ContainerRunning as i32)
+            .then(|| f.latest.id.clone())
+    }
+
+    async fn start_created(&mut self, c: &Container, kind: &Kind, id: &str) {
+        let k = kind.key(&c.name);
         let mut rt = self.ctx.cri.runtime();
         match rt
             .start_container(api::StartContainerRequest {
@@ -885,7 +1000,8 @@ impl Worker {
             );
             return;
         }
-        self.start(c, init, attempt, sandbox_id, pod_ip).await;
+        self.start(c, &Kind::of(init), attempt, sandbox_id, pod_ip)
+            .await;
     }
 
     async fn probe(&mut self, c: &Container, st: &api::ContainerStatus, pod_ip: &str) {
@@ -1211,6 +1327,47 @@ impl Worker {
         (state, running, ready, restarts, cid, st.image_ref.clone())
     }
 
+    /// `ephemeralContainerStatuses`: never ready, never restarted.
+    fn ephemeral_statuses(
+        &self,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        found: &HashMap<String, Found>,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        for ec in spec.ephemeral_containers.iter().flatten() {
+            let k = ephemeral_key(&ec.name);
+            let st = found.get(&k).map(|f| &f.latest);
+            let state = match st {
+                Some(st) if st.state == api::ContainerState::ContainerRunning as i32 => {
+                    json!({"running": {"startedAt": rfc3339_from_nanos(st.started_at)}})
+                }
+                Some(st) if st.state == api::ContainerState::ContainerExited as i32 => {
+                    json!({"terminated": terminated_json(st)})
+                }
+                _ => {
+                    let (reason, message) = self
+                        .mem
+                        .get(&k)
+                        .and_then(|m| m.waiting.clone())
+                        .unwrap_or(("ContainerCreating".into(), String::new()));
+                    let mut w = json!({"reason": reason});
+                    if !message.is_empty() {
+                        w["message"] = json!(message);
+                    }
+                    json!({"waiting": w})
+                }
+            };
+            let mut s = json!({"name": ec.name, "image": ec.image, "ready": false,
+                "restartCount": 0, "state": state, "lastState": {},
+                "imageID": st.map(|st| st.image_ref.clone()).unwrap_or_default()});
+            if let Some(st) = st {
+                s["containerID"] = json!(format!("containerd://{}", st.id));
+            }
+            out.push(s);
+        }
+        out
+    }
+
     /// The status this worker sees now.
     fn status(&self, found: &HashMap<String, Found>) -> Value {
         let spec = self.spec();
@@ -1378,6 +1535,10 @@ impl Worker {
         if !init_statuses.is_empty() {
             st["initContainerStatuses"] = json!(init_statuses);
         }
+        let ephemeral = self.ephemeral_statuses(&spec, found);
+        if !ephemeral.is_empty() {
+            st["ephemeralContainerStatuses"] = json!(ephemeral);
+        }
         if !pod_ip.is_empty() {
             st["podIP"] = json!(pod_ip);
             st["podIPs"] = json!([{"ip": pod_ip}]);
@@ -1493,37 +1654,10 @@ fn terminated_json(st: &api::ContainerStatus) -> Value {
     t
 }
 
-/// The QoS class of a pod, by upstream's rules.
+/// The QoS class of a pod, by upstream's rules
+/// ([`rke2_apimachinery::qos::qos_class`]).
 pub fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
-    let all: Vec<&Container> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let r = c.resources.clone().unwrap_or_default();
-        let req: BTreeMap<_, _> = r.requests.clone().unwrap_or_default();
-        let lim: BTreeMap<_, _> = r.limits.clone().unwrap_or_default();
-        if !req.is_empty() || !lim.is_empty() {
-            any = true;
-        }
-        for res in ["cpu", "memory"] {
-            let l = lim.get(res);
-            let q = req.get(res).or(l);
-            if l.is_none() || q.map(|q| &q.0) != l.map(|l| &l.0) {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    rke2_apimachinery::qos::qos_class(&serde_json::to_value(spec).unwrap_or_default())
 }
 
 #[cfg(test)]
