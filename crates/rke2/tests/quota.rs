@@ -3,7 +3,8 @@
 //! message (every kubectl prints it), `must specify` for a pod that
 //! names no CPU, `get quota`/`describe quota` show used/hard, deleting a
 //! pod gives its usage back (the quota controller recounts), concurrent
-//! creates are charged exactly, object counts (ConfigMaps), a bad
+//! creates are charged exactly, object counts (ConfigMaps), claims
+//! (`requests.storage`, a PersistentVolumeClaim LimitRange), a bad
 //! quantity refused at decode (400), LimitRange defaults filled into a
 //! created pod and min/max refused, and a Deployment over quota whose
 //! ReplicaSet records `FailedCreate` with the quota message.
@@ -353,7 +354,48 @@ async fn quotas_and_limit_ranges() {
         "{err}"
     );
 
-    for ns in ["qa", "qc", "qo", "lr"] {
+    // --- Storage: claims counted and sized; a LimitRange bounds them.
+    k.ok("create ns", k.run(&["create", "namespace", "qs"]));
+    k.ok(
+        "storage quota",
+        k.apply(
+            "qs",
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: storage\nspec:\n  hard:\n    requests.storage: 3Gi\n    persistentvolumeclaims: \"5\"\n",
+        ),
+    );
+    k.ok(
+        "claim limits",
+        k.apply(
+            "qs",
+            "apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: claims\nspec:\n  limits:\n  - type: PersistentVolumeClaim\n    max: {storage: 2Gi}\n",
+        ),
+    );
+    let qs: Api<ResourceQuota> = Api::namespaced(client.clone(), "qs");
+    wait_used(&qs, "storage", "requests.storage", "0").await;
+    let claim = |name: &str, size: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {name}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: {size}}}}}\n"
+        )
+    };
+    k.ok("claim a", k.apply("qs", &claim("a", "2Gi")));
+    let err = k.refused("claim over max", k.apply("qs", &claim("huge", "4Gi")));
+    assert!(
+        err.contains("persistentvolumeclaims \"huge\" is forbidden: maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 4Gi"),
+        "{err}"
+    );
+    let err = k.refused("claim over quota", k.apply("qs", &claim("b", "2Gi")));
+    assert!(
+        err.contains("persistentvolumeclaims \"b\" is forbidden: exceeded quota: storage, requested: requests.storage=2Gi, used: requests.storage=2Gi, limited: requests.storage=3Gi"),
+        "{err}"
+    );
+    assert_eq!(
+        used(&qs, "storage", "persistentvolumeclaims")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+
+    for ns in ["qa", "qc", "qo", "lr", "qs"] {
         let _ = k.run(&["delete", "namespace", ns, "--wait=false"]);
     }
 }
