@@ -15,6 +15,7 @@ pub mod eviction;
 pub mod node_labels;
 pub mod qos;
 pub mod quantity;
+pub mod quota;
 pub mod selectors;
 pub mod strategic_merge;
 pub mod validation;

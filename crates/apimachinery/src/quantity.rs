@@ -193,6 +193,146 @@ pub fn parse_quantity(s: &str) -> Result<Quantity, QuantityError> {
     })
 }
 
+/// How a quantity prints (upstream's `Format`): chosen by the suffix it
+/// was parsed with and kept through arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Powers of ten with SI suffixes (`100m`, `2`, `1k`).
+    DecimalSi,
+    /// Powers of 1024 (`1Gi`, `512Mi`).
+    BinarySi,
+    /// Decimal exponents (`1e3`).
+    DecimalExponent,
+}
+
+impl Quantity {
+    /// A quantity of `nanos` nano-units printed in `format`.
+    pub fn from_nanos(nanos: i128, format: Format) -> Self {
+        Self {
+            nanos,
+            text: canonical(nanos, format),
+        }
+    }
+
+    /// A whole number of units (`NewQuantity(n, DecimalSI)`).
+    pub fn from_units(n: i64) -> Self {
+        Self::from_nanos(i128::from(n) * 1_000_000_000, Format::DecimalSi)
+    }
+
+    /// The format the quantity was written in.
+    pub fn format(&self) -> Format {
+        let t = self.text.trim();
+        let t = t.trim_start_matches(['+', '-']);
+        let suffix = t.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+        if suffix.ends_with('i') {
+            Format::BinarySi
+        } else if suffix.starts_with(['e', 'E']) {
+            Format::DecimalExponent
+        } else {
+            Format::DecimalSi
+        }
+    }
+
+    /// The canonical text upstream's `Quantity.String()` prints
+    /// (`1000m` → `1`, `2048Mi` → `2Gi`, `1.5` → `1500m`).
+    pub fn canonical(&self) -> String {
+        canonical(self.nanos, self.format())
+    }
+
+    /// `self + other`, printed in this quantity's format unless it is zero
+    /// (upstream's `Add`).
+    pub fn add(&self, other: &Quantity) -> Quantity {
+        let format = if self.is_zero() {
+            other.format()
+        } else {
+            self.format()
+        };
+        Self::from_nanos(self.nanos + other.nanos, format)
+    }
+
+    /// `self - other` (upstream's `Sub`).
+    pub fn sub(&self, other: &Quantity) -> Quantity {
+        let format = if self.is_zero() {
+            other.format()
+        } else {
+            self.format()
+        };
+        Self::from_nanos(self.nanos - other.nanos, format)
+    }
+}
+
+/// Strips factors of `base` (upstream's `removeInt64Factors`).
+fn remove_factors(value: i128, base: i128) -> (i128, i32) {
+    let negative = value < 0;
+    let mut r = value.abs();
+    let mut times = 0;
+    while r >= base && r % base == 0 {
+        times += 1;
+        r /= base;
+    }
+    (if negative { -r } else { r }, times)
+}
+
+/// upstream's `CanonicalizeBytes` for a value of `nanos` nano-units.
+fn canonical(nanos: i128, format: Format) -> String {
+    if nanos == 0 {
+        return "0".into();
+    }
+    let mut format = format;
+    if format == Format::BinarySi
+        && (nanos.abs() < 1024 * 1_000_000_000 || nanos % 1_000_000_000 != 0)
+    {
+        format = Format::DecimalSi;
+    }
+    if format == Format::BinarySi {
+        let (amount, exp) = remove_factors(nanos / 1_000_000_000, 1024);
+        let suffix = match exp {
+            0 => "",
+            1 => "Ki",
+            2 => "Mi",
+            3 => "Gi",
+            4 => "Ti",
+            5 => "Pi",
+            _ => "Ei",
+        };
+        let amount = if exp > 6 {
+            amount * 1024i128.pow((exp - 6) as u32)
+        } else {
+            amount
+        };
+        return format!("{amount}{suffix}");
+    }
+    let (mut amount, times) = remove_factors(nanos, 10);
+    let mut exp = times - 9;
+    match exp.rem_euclid(3) {
+        1 => {
+            amount *= 10;
+            exp -= 1;
+        }
+        2 => {
+            amount *= 100;
+            exp -= 2;
+        }
+        _ => {}
+    }
+    let suffix = match (format, exp) {
+        (Format::DecimalExponent, 0) => String::new(),
+        (Format::DecimalExponent, e) => format!("e{e}"),
+        (_, -9) => "n".into(),
+        (_, -6) => "u".into(),
+        (_, -3) => "m".into(),
+        (_, 0) => String::new(),
+        (_, 3) => "k".into(),
+        (_, 6) => "M".into(),
+        (_, 9) => "G".into(),
+        (_, 12) => "T".into(),
+        (_, 15) => "P".into(),
+        (_, 18) => "E".into(),
+        (_, e) => format!("e{e}"),
+    };
+    format!("{amount}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +385,33 @@ mod tests {
         assert!(q("1Gi") > q("1G"));
         assert!(q("100m") < q("0.2"));
         assert_eq!(q("1Gi").to_string(), "1Gi");
+    }
+
+    #[test]
+    fn canonical_forms() {
+        let c = |s: &str| q(s).canonical();
+        assert_eq!(c("1000m"), "1");
+        assert_eq!(c("2000m"), "2");
+        assert_eq!(c("1.5"), "1500m");
+        assert_eq!(c("100m"), "100m");
+        assert_eq!(c("1000"), "1k");
+        assert_eq!(c("1024"), "1024");
+        assert_eq!(c("2048Mi"), "2Gi");
+        assert_eq!(c("1.5Gi"), "1536Mi");
+        assert_eq!(c("512"), "512");
+        assert_eq!(c("100Ki"), "100Ki");
+        assert_eq!(c("0.5Ki"), "512");
+        assert_eq!(c("1e3"), "1e3");
+        assert_eq!(c("0Gi"), "0");
+        assert_eq!(c("-1500m"), "-1500m");
+        assert_eq!(c("10"), "10");
+        assert_eq!(c("1G"), "1G");
+        let sum = q("1Gi").add(&q("512Mi"));
+        assert_eq!(sum.to_string(), "1536Mi");
+        assert_eq!(q("0").add(&q("1Gi")).to_string(), "1Gi");
+        assert_eq!(q("1").add(&q("500m")).to_string(), "1500m");
+        assert_eq!(q("2").sub(&q("2")).to_string(), "0");
+        assert_eq!(Quantity::from_units(3).to_string(), "3");
     }
 
     #[test]

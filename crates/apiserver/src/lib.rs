@@ -45,6 +45,7 @@ pub mod objects;
 pub mod openapi;
 pub mod pod_security;
 pub mod proxy;
+pub mod quota;
 pub mod rbac;
 pub mod rbac_objects;
 pub mod registry;

@@ -72,6 +72,8 @@ pub enum Printer {
     StorageClass,
     /// NAME VALUE GLOBAL-DEFAULT AGE PREEMPTIONPOLICY (`scheduling`).
     PriorityClass,
+    /// NAME AGE REQUEST LIMIT (`quota`).
+    ResourceQuota,
     /// NAME, the given columns (a CRD's `additionalPrinterColumns`; AGE
     /// is one of them by default).
     Columns(Vec<PrinterColumn>),
@@ -270,6 +272,8 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", false, short: ["crd", "crds"], cat: ["api-extensions"], sub: ["status"], fields: [], Printer::Default, status: true, gen: true, typed: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition, strategy: crate::crd::CrdStrategy),
         rt!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, short: ["pv"], cat: [], sub: ["status"], fields: [], Printer::PersistentVolume, status: true, gen: false, typed: api::core::v1::PersistentVolume, strategy: crate::storage::PersistentVolume),
         rt!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, short: ["pvc"], cat: [], sub: ["status"], fields: [], Printer::PersistentVolumeClaim, status: true, gen: false, typed: api::core::v1::PersistentVolumeClaim, strategy: crate::storage::PersistentVolumeClaim),
+        rt!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", true, short: ["quota"], cat: [], sub: ["status"], fields: [], Printer::ResourceQuota, status: true, gen: false, typed: api::core::v1::ResourceQuota, strategy: crate::quota::ResourceQuota),
+        rt!("", "v1", "LimitRange", "limitranges", "limitrange", true, short: ["limits"], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::core::v1::LimitRange, strategy: crate::quota::LimitRange),
         rt!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, short: ["sc"], cat: [], sub: [], fields: [], Printer::StorageClass, status: false, gen: false, typed: api::storage::v1::StorageClass, strategy: crate::storage::StorageClass),
         rt!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, short: ["pc"], cat: [], sub: [], fields: [], Printer::PriorityClass, status: false, gen: false, typed: api::scheduling::v1::PriorityClass, strategy: crate::scheduling::PriorityClass),
         rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),

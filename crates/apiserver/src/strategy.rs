@@ -330,8 +330,20 @@ impl Strategy for Node {
 #[derive(Debug)]
 pub struct Pod;
 impl Strategy for Pod {
+    fn unknown_fields(
+        &self,
+        rt: &ResourceType,
+        obj: &Value,
+    ) -> Result<Vec<crate::schema::FieldPath>, crate::schema::TypeError> {
+        if let Some(e) = crate::quota::pod_bad_quantity(obj) {
+            return Err(e);
+        }
+        (rt.schema)(obj)
+    }
+
     fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
         default_pod_spec(&mut obj["spec"]);
+        default_requests_to_limits(&mut obj["spec"]);
         if !obj["status"]["phase"].is_string() {
             obj["status"]["phase"] = json!("Pending");
         }
@@ -1254,6 +1266,30 @@ fn default_container(c: &mut Value) {
         for p in ports {
             if let Some(pm) = p.as_object_mut() {
                 default_str(pm, "protocol", "TCP");
+            }
+        }
+    }
+}
+
+/// A pod's (not a template's) containers that set a limit but no
+/// request get the limit as request (upstream's `SetDefaults_Pod`).
+fn default_requests_to_limits(spec: &mut Value) {
+    for key in ["containers", "initContainers"] {
+        for c in spec[key].as_array_mut().into_iter().flatten() {
+            let limits = c["resources"]["limits"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if limits.is_empty() {
+                continue;
+            }
+            if !c["resources"]["requests"].is_object() {
+                c["resources"]["requests"] = json!({});
+            }
+            for (k, v) in limits {
+                if c["resources"]["requests"].get(&k).is_none() {
+                    c["resources"]["requests"][&k] = v;
+                }
             }
         }
     }

@@ -97,6 +97,11 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             v.push(age);
             v
         }
+        Printer::ResourceQuota => {
+            let mut v = vec![name];
+            v.extend(crate::quota::columns());
+            v
+        }
         Printer::StorageClass => {
             let mut v = vec![name];
             v.extend(crate::storage::class_columns());
@@ -812,6 +817,10 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
             v.extend(crate::disruption::cells(obj, now));
             v.push(a);
             v
+        }
+        Printer::ResourceQuota => {
+            let (req, lim) = crate::quota::cells(obj);
+            vec![name, a, req, lim]
         }
         Printer::StorageClass => {
             let (name, cells) = crate::storage::class_cells(obj);

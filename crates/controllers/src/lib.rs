@@ -25,6 +25,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod persistent_volume;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod revisions;
 pub mod root_ca;
 pub mod server_removal;

@@ -378,6 +378,15 @@ impl EventSpamFilter {
 
 static EVENT_SPAM_FILTER: Mutex<Option<EventSpamFilter>> = Mutex::new(None);
 
+/// What an API error says, as client-go's error prints it (the Status
+/// message alone, e.g. `pods "x" is forbidden: exceeded quota: ...`).
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Records a core/v1 Event about `obj` (best effort: failures are logged).
 /// Past a burst of 25 per component and object, events are dropped as
 /// client-go's recorder drops them.
@@ -838,7 +847,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                             &rs_ref,
                             "Warning",
                             "FailedCreate",
-                            format!("Error creating: {e}"),
+                            format!("Error creating: {}", api_message(&e)),
                         )
                         .await;
                     }

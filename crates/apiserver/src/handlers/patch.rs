@@ -318,6 +318,7 @@ pub(super) async fn patch(
             Some(&new),
         )
         .await?;
+        admit_quota_update(ctx, &old, &mut new).await?;
         match store_update(ctx, &name, new, rev).await {
             Ok(stored) => {
                 return Ok(json_response(

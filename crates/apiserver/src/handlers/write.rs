@@ -173,9 +173,11 @@ pub(super) async fn create_object(ctx: &Ctx<'_>, mut obj: Value) -> ApiResult<Va
     crate::rbac::admit_write(ctx.state, &ctx.identity, rt, &obj).await?;
     ensure_namespace(ctx).await?;
     rt.strategy.admit_create_with(ctx.state, &mut obj).await?;
+    crate::quota::admit_limits(ctx.state, rt, None, &mut obj).await?;
     crate::pod_security::admit(ctx, None, &obj).await?;
     // Admission: validating webhooks (crate::admission).
     crate::admission::validate(ctx, crate::admission::Operation::Create, None, Some(&obj)).await?;
+    crate::quota::admit_quota(ctx.state, rt, None, &obj, ctx.dry_run()).await?;
     if ctx.dry_run() {
         return Ok(obj);
     }
@@ -348,11 +350,26 @@ pub(super) async fn update(
         Some(&new),
     )
     .await?;
+    admit_quota_update(ctx, &old, &mut new).await?;
     let stored = store_update(ctx, &name, new, rev).await?;
     Ok(json_response(
         StatusCode::OK,
         &shape_one(rt, stored, ctx.answer),
     ))
+}
+
+/// LimitRanger and ResourceQuota admission of an update of the object
+/// itself (a claim's limits; a Service or claim that grows is charged).
+pub(super) async fn admit_quota_update(
+    ctx: &Ctx<'_>,
+    old: &Value,
+    new: &mut Value,
+) -> ApiResult<()> {
+    if ctx.path.subresource.is_some() {
+        return Ok(());
+    }
+    crate::quota::admit_limits(ctx.state, ctx.rt(), Some(old), new).await?;
+    crate::quota::admit_quota(ctx.state, ctx.rt(), Some(old), new, ctx.dry_run()).await
 }
 
 /// Carries the server-owned fields of `old` into an update through the
