@@ -221,17 +221,20 @@ fn job_condition(job: &Job, ty: &str) -> bool {
 }
 
 /// The line of a helm run's log that says what went wrong: helm's last
-/// `Error: ...`, else the last line mentioning an error, else the last one.
+/// `Error: ...`, else `rke2 helm-job`'s own (`helm-job: ...`), else the
+/// last line mentioning an error, else the last one. The job's own line is
+/// looked for by its prefix, not its place: stdout and stderr reach the
+/// log through separate copies, so the last line written to stderr is not
+/// always the last line of the log.
 pub fn error_line(log: &str) -> String {
     let lines: Vec<&str> = log
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with("Error:"))
+    let last_with = |prefix: &str| lines.iter().rev().find(|l| l.starts_with(prefix));
+    last_with("Error:")
+        .or_else(|| last_with("helm-job:"))
         .or_else(|| {
             lines
                 .iter()
@@ -679,5 +682,13 @@ mod tests {
             "helm-job: the helm binary /bin/helm is missing"
         );
         assert_eq!(error_line(""), "");
+        // The job's failure written to stderr may land before the last
+        // stdout line.
+        assert_eq!(
+            error_line(
+                "+ helm status\nhelm-job: Release status is 'failed' and failure policy is 'abort'; waiting for operator intervention\nrelease refused is failed at revision 1\n"
+            ),
+            "helm-job: Release status is 'failed' and failure policy is 'abort'; waiting for operator intervention"
+        );
     }
 }
