@@ -22,7 +22,9 @@ use serde_json::Value;
 use tracing::debug;
 
 use crate::ApiState;
-use crate::aggregator::forward::{forwarded, hop_by_hop, is_upgrade, ready_addresses, relay};
+use crate::aggregator::forward::{
+    backend_request, hop_by_hop, is_upgrade, ready_addresses, switch_protocols,
+};
 use crate::aggregator::{ServiceRef, get_object};
 use crate::registry::{self, ResourceType};
 use crate::request::ResourcePath;
@@ -322,26 +324,7 @@ pub async fn serve(
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
         };
-        let mut builder = Request::builder()
-            .method(parts.method.clone())
-            .uri(path_and_query)
-            .header(header::HOST, addr.to_string());
-        for (k, v) in &parts.headers {
-            if forwarded(k) {
-                builder = builder.header(k, v);
-            }
-        }
-        if let Some(peer) = parts.extensions.get::<crate::server::PeerAddr>() {
-            builder = builder.header("x-forwarded-for", peer.0.ip().to_string());
-        }
-        if upgrade.is_some()
-            && let Some(protocol) = parts.headers.get(header::UPGRADE)
-        {
-            builder = builder
-                .header(header::CONNECTION, "Upgrade")
-                .header(header::UPGRADE, protocol);
-        }
-        let req = builder
+        let req = backend_request(parts, path_and_query, addr, upgrade.is_some())
             .body(body.unwrap_or_default())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let resp = send(addr, id.scheme == "https", req)
@@ -350,16 +333,7 @@ pub async fn serve(
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client) = upgrade
         {
-            let mut out = Response::new(Body::empty());
-            *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            for (k, v) in resp.headers() {
-                if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING {
-                    out.headers_mut().append(k.clone(), v.clone());
-                }
-            }
-            let server = hyper::upgrade::on(resp);
-            tokio::spawn(relay(client, server, addr));
-            return Ok(out);
+            return Ok(switch_protocols(resp, client, addr));
         }
         let own = parts
             .headers

@@ -269,7 +269,7 @@ pub(crate) fn hop_by_hop(name: &HeaderName) -> bool {
 /// Request headers forwarded: not hop-by-hop, not the caller's
 /// credentials (used here already), not identity headers a caller might
 /// forge.
-pub(crate) fn forwarded(name: &HeaderName) -> bool {
+fn forwarded(name: &HeaderName) -> bool {
     let n = name.as_str();
     !(hop_by_hop(name)
         || n == "host"
@@ -369,25 +369,7 @@ pub async fn proxy(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let mut builder = Request::builder()
-        .method(parts.method.clone())
-        .uri(path_and_query)
-        .header(header::HOST, addr.to_string());
-    for (k, v) in &parts.headers {
-        if forwarded(k) {
-            builder = builder.header(k, v);
-        }
-    }
-    if let Some(peer) = parts.extensions.get::<crate::server::PeerAddr>() {
-        builder = builder.header("x-forwarded-for", peer.0.ip().to_string());
-    }
-    if upgrade.is_some()
-        && let Some(protocol) = parts.headers.get(header::UPGRADE)
-    {
-        builder = builder
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, protocol);
-    }
+    let builder = backend_request(parts, path_and_query, addr, upgrade.is_some());
     let mut req = match builder.body(body.unwrap_or_default()) {
         Ok(r) => r,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -406,16 +388,7 @@ pub async fn proxy(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client) = upgrade
     {
-        let mut out = Response::new(Body::empty());
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        for (k, v) in resp.headers() {
-            if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING {
-                out.headers_mut().append(k.clone(), v.clone());
-            }
-        }
-        let server = hyper::upgrade::on(resp);
-        tokio::spawn(relay(client, server, addr));
-        return out;
+        return switch_protocols(resp, client, addr);
     }
     let (head, incoming) = resp.into_parts();
     let mut out = Response::new(Body::new(incoming));
@@ -428,9 +401,58 @@ pub async fn proxy(
     out
 }
 
+/// The request to a backend at `addr` for the caller's `parts`: its
+/// method, `path_and_query`, the headers that may be forwarded, the
+/// caller's address in `X-Forwarded-For`, and the upgrade it asks for when
+/// `upgrading`.
+pub(crate) fn backend_request(
+    parts: &http::request::Parts,
+    path_and_query: String,
+    addr: SocketAddr,
+    upgrading: bool,
+) -> http::request::Builder {
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(path_and_query)
+        .header(header::HOST, addr.to_string());
+    for (k, v) in &parts.headers {
+        if forwarded(k) {
+            builder = builder.header(k, v);
+        }
+    }
+    if let Some(peer) = parts.extensions.get::<crate::server::PeerAddr>() {
+        builder = builder.header("x-forwarded-for", peer.0.ip().to_string());
+    }
+    if upgrading && let Some(protocol) = parts.headers.get(header::UPGRADE) {
+        builder = builder
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, protocol);
+    }
+    builder
+}
+
+/// The client's 101 for a backend's, with the backend's headers; a task
+/// then relays bytes between the two upgraded connections.
+pub(crate) fn switch_protocols(
+    resp: hyper::Response<hyper::body::Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+    addr: SocketAddr,
+) -> Response {
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (k, v) in resp.headers() {
+        if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING {
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    let server = hyper::upgrade::on(resp);
+    tokio::spawn(relay(client, server, addr));
+    out
+}
+
 /// Copies bytes between an upgraded client connection and the extension
 /// server's.
-pub(crate) async fn relay(
+async fn relay(
     client: hyper::upgrade::OnUpgrade,
     server: hyper::upgrade::OnUpgrade,
     addr: SocketAddr,
