@@ -69,13 +69,18 @@ pub(crate) fn token(value: &str, key: TokenKey, role: Role) -> Result<Token, Str
         (TokenKey::Token, Role::Server) if user != SERVER_USER => Err(if user == NODE_USER {
             "this is an agent token (user `node`): it can join agents, not servers; use the server token from server/token on a server".to_string()
         } else {
-            format!("the user of a server's token must be `{SERVER_USER}`, not `{user}`")
+            format!(
+                "the user of a server's token must be `{SERVER_USER}`, not {}",
+                shown_user(user)
+            )
         }),
         (TokenKey::Token, Role::Agent) if user != SERVER_USER && user != NODE_USER => Err(format!(
-            "the user must be `{SERVER_USER}` or `{NODE_USER}` (the supervisor knows no other), not `{user}`"
+            "the user must be `{SERVER_USER}` or `{NODE_USER}` (the supervisor knows no other), not {}",
+            shown_user(user)
         )),
         (TokenKey::AgentToken, _) if user != NODE_USER => Err(format!(
-            "an agent token in the full form must have the user `{NODE_USER}` (K10<hash>::{NODE_USER}:<password>), not `{user}`{}",
+            "an agent token in the full form must have the user `{NODE_USER}` (K10<hash>::{NODE_USER}:<password>), not {}{}",
+            shown_user(user),
             if user == SERVER_USER {
                 "; this looks like the server token"
             } else {
@@ -83,6 +88,21 @@ pub(crate) fn token(value: &str, key: TokenKey, role: Role) -> Result<Token, Str
             }
         )),
         _ => Ok(t),
+    }
+}
+
+/// The user part of a token as an error message may show it: the users
+/// k3s-style tokens name (`server`, `node`, `admin`) are shown; anything
+/// else is only described, since a token missing its `:` carries (part
+/// of) the password in what parses as its user.
+fn shown_user(user: &str) -> String {
+    if [SERVER_USER, NODE_USER, "admin"].contains(&user) {
+        format!("`{user}`")
+    } else {
+        format!(
+            "a user of {} characters (not shown: it may hold the password)",
+            user.chars().count()
+        )
     }
 }
 

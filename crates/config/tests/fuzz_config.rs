@@ -477,9 +477,13 @@ fn valid_value(name: &'static str) -> BoxedStrategy<String> {
             .prop_map(|(c, n)| format!("192.168.{c}.0/{n}"))
             .boxed(),
         "node-name" => "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z0-9]{1,4}){0,2}".boxed(),
-        // Ranges apart, and apart from the fixed etcd and node API ports.
+        // Ranges apart, and apart from the fixed etcd and node API ports
+        // and from https-listen-port's default (6443), which applies when
+        // only supervisor-port is set.
         "https-listen-port" => (1u16..2379).prop_map(|p| p.to_string()).boxed(),
-        "supervisor-port" => (2381u16..10250).prop_map(|p| p.to_string()).boxed(),
+        "supervisor-port" => prop_oneof![2381u16..6443, 6444u16..10250]
+            .prop_map(|p| p.to_string())
+            .boxed(),
         "lb-server-port" => (2u16..).prop_map(|p| p.to_string()).boxed(),
         _ => "[a-z0-9][a-z0-9./-]{0,11}".boxed(),
     }
