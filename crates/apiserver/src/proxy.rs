@@ -955,14 +955,9 @@ async fn relay(client: OnUpgrade, node: OnUpgrade, target: NodeTarget) {
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut node = TokioIo::new(node);
-    match tokio::io::copy_bidirectional(&mut client, &mut node).await {
-        Ok((up, down)) => {
-            debug!(node = %target.node, path = %target.path_and_query, up, down, "stream closed")
-        }
-        Err(e) => debug!(node = %target.node, error = %e, "stream ended with an error"),
-    }
+    let carried =
+        rke2_relay::splice(TokioIo::new(client), TokioIo::new(node), rke2_relay::LINGER).await;
+    debug!(node = %target.node, path = %target.path_and_query, up = carried.up, down = carried.down, "stream closed");
 }
 
 /// The Status reason kube-apiserver uses for a code.

@@ -521,11 +521,10 @@ fn respond(
         tokio::spawn(async move {
             match futures::future::try_join(client_upgrade, backend_upgrade).await {
                 Ok((c, b)) => {
-                    let mut c = TokioIo::new(c);
-                    let mut b = TokioIo::new(b);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
-                        tracing::debug!(backend = %name, error = %e, "upgraded connection");
-                    }
+                    let carried =
+                        rke2_relay::splice(TokioIo::new(c), TokioIo::new(b), rke2_relay::LINGER)
+                            .await;
+                    tracing::debug!(backend = %name, up = carried.up, down = carried.down, "upgraded connection closed");
                 }
                 Err(e) => tracing::debug!(backend = %name, error = %e, "upgrade"),
             }

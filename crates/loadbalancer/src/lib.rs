@@ -494,10 +494,8 @@ async fn proxy(inner: Arc<Inner>, mut client: TcpStream, peer: SocketAddr) {
             _ = cand.conns.cancelled() => {
                 debug!(lb = %inner.name, %peer, server = %cand.addr, "closing connection to unhealthy server");
             }
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(e) = r {
-                    debug!(lb = %inner.name, %peer, server = %cand.addr, error = %e, "connection ended");
-                }
+            c = rke2_relay::splice(&mut client, &mut upstream, rke2_relay::LINGER) => {
+                debug!(lb = %inner.name, %peer, server = %cand.addr, up = c.up, down = c.down, "connection ended");
             }
         }
         // Dropping both streams closes them.

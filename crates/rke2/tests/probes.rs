@@ -29,6 +29,44 @@ fn bin() -> &'static Path {
 
 const LONG: Duration = Duration::from_secs(180);
 
+/// Runs an interactive `kubectl debug` whose container prints `waiting`
+/// until it reads a line: `line` is written once the first `waiting`
+/// came through the attach (so stdin and stdout are both connected), and
+/// the whole session's output is returned.
+fn debug_session(
+    mut child: std::process::Child,
+    line: &str,
+) -> std::io::Result<std::process::Output> {
+    use std::io::{BufRead, Write};
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let errors = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut e);
+        e
+    });
+    let mut out = Vec::new();
+    let mut sent = false;
+    for l in std::io::BufReader::new(stdout).lines() {
+        let l = l?;
+        if !sent && l == "waiting" {
+            stdin.write_all(format!("{line}\n").as_bytes())?;
+            stdin.flush()?;
+            sent = true;
+        }
+        out.extend_from_slice(l.as_bytes());
+        out.push(b'\n');
+    }
+    let status = child.wait()?;
+    drop(stdin);
+    Ok(std::process::Output {
+        status,
+        stdout: out,
+        stderr: errors.join().unwrap_or_default(),
+    })
+}
+
 fn ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -473,7 +511,7 @@ async fn grpc_probes() {
     // process namespace, fed through stdin, oldest and newest kubectl.
     for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
         let name = format!("dbg{minor}");
-        let mut child = std::process::Command::new(k)
+        let child = std::process::Command::new(k)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args([
@@ -489,26 +527,18 @@ async fn grpc_probes() {
                 "--",
                 "sh",
                 "-c",
-                "read x; echo got-$x; ps",
+                // containerd 1.6 starts copying an attach's stdin before it
+                // hooks up its stdout, so what a container answers at once
+                // can miss the attach: the line is sent only once the
+                // container's own output has come through.
+                "until read -t 1 x; do echo waiting; done; echo got-$x; ps",
             ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        // kubectl reads stdin only once attached; the line waits in the pipe.
-        std::io::Write::write_all(&mut stdin, b"ping\n").unwrap();
-        let out = tokio::task::spawn_blocking(move || {
-            let out = child.wait_with_output();
-            drop(stdin);
-            out
-        });
-        let out = tokio::time::timeout(LONG, out)
-            .await
-            .unwrap_or_else(|_| panic!("kubectl 1.{minor} debug did not finish\n{}", s1.log()))
-            .unwrap()
-            .unwrap();
+        let out = tokio::task::spawn_blocking(move || debug_session(child, "ping"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.contains("got-ping"),

@@ -464,9 +464,11 @@ async fn relay(
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut server = TokioIo::new(server);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        debug!(%addr, error = %e, "aggregated upgraded stream ended with an error");
-    }
+    let carried = rke2_relay::splice(
+        TokioIo::new(client),
+        TokioIo::new(server),
+        rke2_relay::LINGER,
+    )
+    .await;
+    debug!(%addr, up = carried.up, down = carried.down, "upgraded stream closed");
 }

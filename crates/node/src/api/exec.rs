@@ -180,13 +180,19 @@ async fn close_client(c_tx: &mut futures::stream::SplitSink<WebSocket, ws::Messa
     let _ = c_tx.close().await;
 }
 
-/// Runs a relay's two directions: done when the runtime's side (`down`)
-/// ends, or [`DRAIN_AFTER_CLIENT_CLOSE`] after the client's (`up`) did,
-/// so what the runtime still sends (the exit Status) is delivered.
+/// Runs a relay's two directions: done [`DRAIN_AFTER_CLIENT_CLOSE`]
+/// after the client's side (`up`) ended, so what the runtime still sends
+/// (the exit Status) is delivered; and when the runtime's side (`down`)
+/// ends first, done once the client answered the close (or that long
+/// after): a connection dropped while the client's last frames sit
+/// unread in it is reset, and the reset can discard the runtime's last
+/// output still on its way to the client.
 async fn until_done(down: impl Future<Output = ()>, up: impl Future<Output = ()>) {
     tokio::pin!(down, up);
     tokio::select! {
-        _ = &mut down => {}
+        _ = &mut down => {
+            let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, up).await;
+        }
         _ = &mut up => {
             let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, down).await;
         }
@@ -266,22 +272,13 @@ pub async fn relay_bytes(client: hyper::upgrade::OnUpgrade, runtime: spdy::Upgra
         }
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
-    let spdy::Upgraded { r, mut w, .. } = runtime;
+    let spdy::Upgraded { r, w, .. } = runtime;
     let early = r.buffer().to_vec();
-    let mut r = r.into_inner();
+    let r = r.into_inner();
     if !early.is_empty() && client.write_all(&early).await.is_err() {
         return;
     }
-    let (mut c_r, mut c_w) = tokio::io::split(client);
-    let down = async {
-        let _ = tokio::io::copy(&mut r, &mut c_w).await;
-        let _ = c_w.shutdown().await;
-    };
-    let up = async {
-        let _ = tokio::io::copy(&mut c_r, &mut w).await;
-        let _ = w.shutdown().await;
-    };
-    until_done(down, up).await;
+    rke2_relay::splice(client, tokio::io::join(r, w), DRAIN_AFTER_CLIENT_CLOSE).await;
 }
 
 /// Relays a WebSocket that tunnels SPDY (binary messages are chunks of
