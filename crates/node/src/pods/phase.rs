@@ -117,7 +117,10 @@ pub enum Event {
     Steady(bool),
     /// The pod's phase in the API is `Succeeded` or `Failed`.
     Completed,
-    /// This node evicts the pod under node pressure.
+    /// This node evicts the pod under node pressure. Not an event for a
+    /// pod being deleted: its worker stops the containers within the
+    /// turn that saw the deletion, so an eviction arriving later finds
+    /// nothing to kill.
     Evicted,
     /// Every sandbox of a finished pod was stopped.
     SandboxesStopped,
