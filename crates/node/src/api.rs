@@ -128,8 +128,8 @@ impl IntoResponse for Failure {
     }
 }
 
-fn bad_request(msg: impl Into<String>) -> Failure {
-    Failure(StatusCode::BAD_REQUEST, msg.into())
+fn bad_request(msg: impl std::fmt::Display) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, msg.to_string())
 }
 
 fn cri_failure(call: &str, s: tonic::Status) -> Failure {
@@ -790,7 +790,7 @@ struct StreamOptions {
 }
 
 impl StreamOptions {
-    fn parse(pairs: &[(String, String)], exec: bool) -> Result<StreamOptions, String> {
+    fn parse(pairs: &[(String, String)], exec: bool) -> Result<StreamOptions, logs::QueryError> {
         let o = StreamOptions {
             command: pairs
                 .iter()
@@ -803,12 +803,10 @@ impl StreamOptions {
             tty: logs::flag(pairs, "tty")?,
         };
         if exec && o.command.is_empty() {
-            return Err(
-                "query parameter command is required: the command to run in the container".into(),
-            );
+            return Err(logs::QueryError::NoCommand);
         }
         if !o.stdin && !o.stdout && !o.stderr {
-            return Err("you must specify at least 1 of stdin, stdout, stderr".into());
+            return Err(logs::QueryError::NoStreams);
         }
         Ok(o)
     }
@@ -957,7 +955,7 @@ async fn forward_ports(
             };
             let runtime = spdy::upgrade(&url, &offered)
                 .await
-                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = resp.headers_mut();
@@ -978,7 +976,7 @@ async fn forward_ports(
         ClientUpgrade::WebSocket(ws) => {
             let runtime = spdy::upgrade(&url, &[exec::PORT_FORWARD_PROTOCOL.to_string()])
                 .await
-                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             Ok(ws
                 .protocols([exec::PORT_FORWARD_TUNNEL])
                 .on_failed_upgrade(|e| debug!(error = %e, "node API: WebSocket upgrade failed"))
@@ -1134,7 +1132,7 @@ async fn stream(
             // upgrade-aware proxy does.
             let runtime = spdy::upgrade(&url, &offered)
                 .await
-                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+                .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = resp.headers_mut();
@@ -1166,14 +1164,14 @@ async fn stream(
         };
         let (tx, rx) = spdy::connect(&url, streams)
             .await
-            .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         return Ok(ws
             .on_failed_upgrade(|e| debug!(error = %e, "node API: WebSocket upgrade failed"))
             .on_upgrade(move |socket| exec::relay_spdy(socket, tx, rx)));
     }
     let runtime = exec::connect_runtime(&url, negotiated.runtime)
         .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(ws
         .on_failed_upgrade(|e| debug!(error = %e, "node API: WebSocket upgrade failed"))
         .on_upgrade(move |socket| exec::relay(socket, runtime)))
@@ -1340,7 +1338,7 @@ mod tests {
         assert_eq!(o.command, ["sh", "-c", "echo a&b"]);
         assert!(o.stdin && o.stdout && o.tty && !o.stderr);
         let e = StreamOptions::parse(&[("command".into(), "ls".into())], true).unwrap_err();
-        assert!(e.contains("stdin, stdout, stderr"), "{e}");
+        assert_eq!(e, logs::QueryError::NoStreams);
         // attach takes no command.
         assert!(StreamOptions::parse(&[("stdout".into(), "true".into())], false).is_ok());
     }

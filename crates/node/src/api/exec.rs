@@ -23,7 +23,19 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
-use super::spdy;
+use super::spdy::{self, StreamError};
+
+/// None of the WebSocket subprotocols a client offered is spoken here
+/// (the node API answers 400 with the message).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error(
+    "none of the requested WebSocket subprotocols {offered:?} is supported; this node speaks {}",
+    CLIENT_PROTOCOLS.join(", ")
+)]
+pub struct Unsupported {
+    /// What the client offered.
+    pub offered: Vec<String>,
+}
 
 /// The subprotocols accepted from clients, most preferred first.
 pub const CLIENT_PROTOCOLS: [&str; 5] = [
@@ -67,7 +79,7 @@ impl Negotiated {
 /// offers none gets plain `channel.k8s.io`, as kubelet does. v5 is
 /// relayed over SPDY ([`relay_spdy`]; `runtime` names v4, the protocol
 /// spoken there); every other one passes through as a WebSocket.
-pub fn negotiate(offered: &[String]) -> Result<Negotiated, String> {
+pub fn negotiate(offered: &[String]) -> Result<Negotiated, Unsupported> {
     if offered.is_empty() {
         return Ok(Negotiated {
             client: None,
@@ -77,11 +89,8 @@ pub fn negotiate(offered: &[String]) -> Result<Negotiated, String> {
     let chosen = CLIENT_PROTOCOLS
         .iter()
         .find(|p| offered.iter().any(|o| o == *p))
-        .ok_or_else(|| {
-            format!(
-                "none of the requested WebSocket subprotocols {offered:?} is supported; this node speaks {}",
-                CLIENT_PROTOCOLS.join(", ")
-            )
+        .ok_or_else(|| Unsupported {
+            offered: offered.to_vec(),
         })?;
     Ok(Negotiated {
         client: Some(chosen),
@@ -97,7 +106,7 @@ pub fn negotiate(offered: &[String]) -> Result<Negotiated, String> {
 pub type RuntimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens the WebSocket to the URL CRI returned, asking for `protocol`.
-pub async fn connect_runtime(url: &str, protocol: &str) -> Result<RuntimeSocket, String> {
+pub async fn connect_runtime(url: &str, protocol: &str) -> Result<RuntimeSocket, StreamError> {
     // The runtime answers with an http:// URL; the same server takes a
     // WebSocket upgrade on it.
     let ws_url = if let Some(rest) = url.strip_prefix("http://") {
@@ -110,11 +119,16 @@ pub async fn connect_runtime(url: &str, protocol: &str) -> Result<RuntimeSocket,
     let mut req = ws_url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("the runtime's stream URL {url:?}: {e}"))?;
+        .map_err(|e| StreamError::Url {
+            url: url.to_string(),
+            source: e.into(),
+        })?;
     req.headers_mut().insert(
         http::header::SEC_WEBSOCKET_PROTOCOL,
-        http::HeaderValue::from_str(protocol)
-            .map_err(|e| format!("subprotocol {protocol:?}: {e}"))?,
+        http::HeaderValue::from_str(protocol).map_err(|source| StreamError::Subprotocol {
+            protocol: protocol.to_string(),
+            source,
+        })?,
     );
     let (socket, _) = spdy::dial(url, tokio_tungstenite::connect_async(req)).await?;
     Ok(socket)
@@ -358,7 +372,9 @@ mod tests {
 
     #[test]
     fn unknown_protocols_are_refused_by_name() {
-        let e = negotiate(&offer(&["SPDY/3.1", "v6.channel.k8s.io"])).unwrap_err();
+        let e = negotiate(&offer(&["SPDY/3.1", "v6.channel.k8s.io"]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("v6.channel.k8s.io") && e.contains("v5.channel.k8s.io"),
             "{e}"

@@ -177,38 +177,90 @@ impl SinceSpec {
     }
 }
 
+/// A query parameter of the logs, exec or attach endpoints that cannot be
+/// served; the message names the parameter (the caller answers 400).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QueryError {
+    /// Not a boolean.
+    #[error("invalid value {value:?} for query parameter {name}: want true or false")]
+    NotBool {
+        /// The parameter.
+        name: String,
+        /// What was sent.
+        value: String,
+    },
+    /// Not an integer.
+    #[error("invalid value {value:?} for query parameter {name}: want an integer")]
+    NotInteger {
+        /// The parameter.
+        name: String,
+        /// What was sent.
+        value: String,
+    },
+    /// An integer below the parameter's minimum (0 or 1).
+    #[error("invalid value {value} for query parameter {name}: must be {}", if *min == 0 { "greater than or equal to 0" } else { "greater than 0" })]
+    TooSmall {
+        /// The parameter.
+        name: String,
+        /// What was sent.
+        value: i64,
+        /// The smallest value allowed.
+        min: u64,
+    },
+    /// Both `sinceTime` and `sinceSeconds`.
+    #[error("at most one of query parameters sinceTime or sinceSeconds may be specified")]
+    SinceBoth,
+    /// A `sinceTime` that is not an RFC 3339 time.
+    #[error(
+        "invalid value {value:?} for query parameter sinceTime: not an RFC 3339 time: {source}"
+    )]
+    SinceTime {
+        /// What was sent.
+        value: String,
+        /// The parse error.
+        source: chrono::ParseError,
+    },
+    /// A `stream` other than Stdout, Stderr or All.
+    #[error("invalid value {0:?} for query parameter stream: want Stdout, Stderr or All")]
+    Stream(String),
+    /// `exec` without a command.
+    #[error("query parameter command is required: the command to run in the container")]
+    NoCommand,
+    /// `exec` or `attach` without any stream.
+    #[error("you must specify at least 1 of stdin, stdout, stderr")]
+    NoStreams,
+}
+
 /// Parses a boolean query value as Kubernetes clients send them.
-fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
+fn parse_bool(name: &str, v: &str) -> Result<bool, QueryError> {
     match v.to_ascii_lowercase().as_str() {
         "" | "1" | "t" | "true" => Ok(true),
         "0" | "f" | "false" => Ok(false),
-        _ => Err(format!(
-            "invalid value {v:?} for query parameter {name}: want true or false"
-        )),
+        _ => Err(QueryError::NotBool {
+            name: name.to_string(),
+            value: v.to_string(),
+        }),
     }
 }
 
-fn parse_count(name: &str, v: &str, min: u64) -> Result<u64, String> {
-    let n: i64 = v
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid value {v:?} for query parameter {name}: want an integer"))?;
+fn parse_count(name: &str, v: &str, min: u64) -> Result<u64, QueryError> {
+    let n: i64 = v.trim().parse().map_err(|_| QueryError::NotInteger {
+        name: name.to_string(),
+        value: v.to_string(),
+    })?;
     if n < min as i64 {
-        let want = if min == 0 {
-            "greater than or equal to 0"
-        } else {
-            "greater than 0"
-        };
-        return Err(format!(
-            "invalid value {n} for query parameter {name}: must be {want}"
-        ));
+        return Err(QueryError::TooSmall {
+            name: name.to_string(),
+            value: n,
+            min,
+        });
     }
     Ok(n as u64)
 }
 
 /// A boolean query flag: present with an empty value counts as true,
 /// as for kubelet (`?follow`).
-pub(crate) fn flag(pairs: &[(String, String)], name: &str) -> Result<bool, String> {
+pub(crate) fn flag(pairs: &[(String, String)], name: &str) -> Result<bool, QueryError> {
     match pairs.iter().rev().find(|(k, _)| k == name) {
         None => Ok(false),
         Some((_, v)) => parse_bool(name, v),
@@ -218,7 +270,7 @@ pub(crate) fn flag(pairs: &[(String, String)], name: &str) -> Result<bool, Strin
 impl LogOptions {
     /// Decodes the query of `/containerLogs/...`. The error names the
     /// parameter and says what is wrong (the caller answers 400).
-    pub fn parse(pairs: &[(String, String)]) -> Result<LogOptions, String> {
+    pub fn parse(pairs: &[(String, String)]) -> Result<LogOptions, QueryError> {
         let last = |name: &str| {
             pairs
                 .iter()
@@ -246,15 +298,13 @@ impl LogOptions {
         let secs = last("sinceSeconds").filter(|v| !v.is_empty());
         let time = last("sinceTime").filter(|v| !v.is_empty());
         opts.since = match (secs, time) {
-            (Some(_), Some(_)) => {
-                return Err(
-                    "at most one of query parameters sinceTime or sinceSeconds may be specified"
-                        .to_string(),
-                );
-            }
+            (Some(_), Some(_)) => return Err(QueryError::SinceBoth),
             (Some(v), None) => Some(SinceSpec::Seconds(parse_count("sinceSeconds", v, 1)?)),
             (None, Some(v)) => Some(SinceSpec::Time(DateTime::parse_from_rfc3339(v).map_err(
-                |e| format!("invalid value {v:?} for query parameter sinceTime: not an RFC 3339 time: {e}"),
+                |source| QueryError::SinceTime {
+                    value: v.to_string(),
+                    source,
+                },
             )?)),
             (None, None) => None,
         };
@@ -262,11 +312,7 @@ impl LogOptions {
             None | Some("") | Some("All") => None,
             Some("Stdout") => Some(Stream::Stdout),
             Some("Stderr") => Some(Stream::Stderr),
-            Some(v) => {
-                return Err(format!(
-                    "invalid value {v:?} for query parameter stream: want Stdout, Stderr or All"
-                ));
-            }
+            Some(v) => return Err(QueryError::Stream(v.to_string())),
         };
         Ok(opts)
     }
@@ -784,7 +830,7 @@ mod tests {
             ("previous=2", "previous"),
             ("stream=stdin", "stream"),
         ] {
-            let e = LogOptions::parse(&pairs(q)).unwrap_err();
+            let e = LogOptions::parse(&pairs(q)).unwrap_err().to_string();
             assert!(e.contains(name), "{q}: {e}");
         }
     }

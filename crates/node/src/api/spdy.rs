@@ -43,20 +43,80 @@ const MAX_DATA: usize = 32 * 1024;
 /// answer its upgrade (WebSocket or SPDY).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a session with the runtime's streaming server (exec, attach,
+/// port-forward) could not be opened; the node API answers 500 with the
+/// message.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The server did not accept within [`CONNECT_TIMEOUT`].
+    #[error("the runtime's stream server at {0} did not answer within {CONNECT_TIMEOUT:?}")]
+    Timeout(String),
+    /// Connecting (TCP or WebSocket) failed.
+    #[error("connecting to the runtime's stream server at {url}: {source}")]
+    Connect {
+        /// The server's URL.
+        url: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The URL CRI returned for SPDY is not plain HTTP.
+    #[error("the runtime's stream URL {0:?} is not http://")]
+    NotHttp(String),
+    /// The URL CRI returned is not one this node can dial.
+    #[error("the runtime's stream URL {url:?}: {source}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A subprotocol that is not a valid header value.
+    #[error("subprotocol {protocol:?}: {source}")]
+    Subprotocol {
+        /// The subprotocol.
+        protocol: String,
+        /// Why.
+        source: http::header::InvalidHeaderValue,
+    },
+    /// Reading or writing the connection failed.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server did not answer the upgrade in time.
+    #[error("the runtime's stream server did not answer the upgrade")]
+    UpgradeTimeout,
+    /// The server answered the upgrade with something other than 101.
+    #[error("the runtime's stream server refused the SPDY upgrade: {0}")]
+    Refused(String),
+    /// The server chose no protocol offered.
+    #[error("the runtime's stream server agreed to none of the protocols {0:?}")]
+    NoProtocol(Vec<String>),
+    /// The server chose another protocol than the one asked for.
+    #[error("the runtime's stream server chose {0:?}, not {PROTOCOL}")]
+    WrongProtocol(String),
+}
+
+fn io(action: &'static str) -> impl FnOnce(std::io::Error) -> StreamError {
+    move |source| StreamError::Io { action, source }
+}
+
 /// Runs `connecting` (a dial of the runtime's streaming server at `url`)
 /// within [`CONNECT_TIMEOUT`], naming the server in either failure.
-pub async fn dial<T, E: std::fmt::Display>(
+pub async fn dial<T, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     url: &str,
     connecting: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, StreamError> {
     tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| {
-            format!(
-                "the runtime's stream server at {url} did not answer within {CONNECT_TIMEOUT:?}"
-            )
-        })?
-        .map_err(|e| format!("connecting to the runtime's stream server at {url}: {e}"))
+        .map_err(|_| StreamError::Timeout(url.to_string()))?
+        .map_err(|e| StreamError::Connect {
+            url: url.to_string(),
+            source: e.into(),
+        })
 }
 
 /// Which channels the exec or attach session has, as the CRI request
@@ -213,10 +273,10 @@ pub struct Upgraded {
 /// Asks the streaming server at `url` (what CRI `Exec` or `Attach`
 /// returned) for a SPDY/3.1 upgrade, offering `protocols` (most preferred
 /// first), and reads its answer head.
-pub async fn upgrade(url: &str, protocols: &[String]) -> Result<Upgraded, String> {
+pub async fn upgrade(url: &str, protocols: &[String]) -> Result<Upgraded, StreamError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("the runtime's stream URL {url:?} is not http://"))?;
+        .ok_or_else(|| StreamError::NotHttp(url.to_string()))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -233,7 +293,7 @@ pub async fn upgrade(url: &str, protocols: &[String]) -> Result<Upgraded, String
     req.push_str("\r\n");
     w.write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("writing to the runtime's stream server: {e}"))?;
+        .map_err(io("writing to the runtime's stream server"))?;
     let mut r = BufReader::new(r);
     let mut status = String::new();
     let mut protocol = None;
@@ -241,8 +301,8 @@ pub async fn upgrade(url: &str, protocols: &[String]) -> Result<Upgraded, String
         let mut line = String::new();
         let n = tokio::time::timeout(CONNECT_TIMEOUT, r.read_line(&mut line))
             .await
-            .map_err(|_| "the runtime's stream server did not answer the upgrade".to_string())?
-            .map_err(|e| format!("reading the runtime's upgrade answer: {e}"))?;
+            .map_err(|_| StreamError::UpgradeTimeout)?
+            .map_err(io("reading the runtime's upgrade answer"))?;
         if n == 0 || line == "\r\n" {
             break;
         }
@@ -255,24 +315,18 @@ pub async fn upgrade(url: &str, protocols: &[String]) -> Result<Upgraded, String
         }
     }
     if !status.contains(" 101") {
-        return Err(format!(
-            "the runtime's stream server refused the SPDY upgrade: {status}"
-        ));
+        return Err(StreamError::Refused(status));
     }
-    let protocol = protocol.ok_or_else(|| {
-        format!("the runtime's stream server agreed to none of the protocols {protocols:?}")
-    })?;
+    let protocol = protocol.ok_or_else(|| StreamError::NoProtocol(protocols.to_vec()))?;
     Ok(Upgraded { r, w, protocol })
 }
 
 /// Opens a session on the streaming server's `url` (what CRI `Exec` or
 /// `Attach` returned) with the streams of `streams`.
-pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), String> {
+pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), StreamError> {
     let Upgraded { r, mut w, protocol } = upgrade(url, &[PROTOCOL.to_string()]).await?;
     if protocol != PROTOCOL {
-        return Err(format!(
-            "the runtime's stream server chose {protocol:?}, not {PROTOCOL}"
-        ));
+        return Err(StreamError::WrongProtocol(protocol));
     }
     let mut wanted = vec![Channel::Error];
     for (on, c) in [
@@ -297,7 +351,7 @@ pub async fn connect(url: &str, streams: Streams) -> Result<(Sender, Receiver), 
     }
     w.write_all(&frames)
         .await
-        .map_err(|e| format!("opening the SPDY streams: {e}"))?;
+        .map_err(io("opening the SPDY streams"))?;
     Ok((
         Sender {
             w,

@@ -4,6 +4,7 @@
 //! was down, or mid-start).
 
 pub mod dns;
+pub mod phase;
 pub mod probes;
 pub mod spec;
 pub mod volumes;
@@ -263,7 +264,7 @@ async fn work(
                 }
                 w.update(*p);
                 if gone {
-                    w.terminate(grace.clamp(0, 2)).await;
+                    w.gone(grace.clamp(0, 2)).await;
                     info!(pod = %name, "pod removed from the API; its containers are stopped");
                     break;
                 }
@@ -271,7 +272,7 @@ async fn work(
             Some(Msg::Gone) | None => {
                 // Deleted from the API without this node's say (force
                 // delete): stop everything, with a short grace.
-                w.terminate(grace.clamp(0, 2)).await;
+                w.gone(grace.clamp(0, 2)).await;
                 info!(pod = %name, "pod removed from the API; its containers are stopped");
                 break;
             }

@@ -19,10 +19,27 @@ pub enum Outcome {
     Failure(String),
 }
 
+/// Why a probe's port could not be resolved (the probe then fails with
+/// this message).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PortError {
+    /// A number outside 0..=65535.
+    #[error("invalid port {0}")]
+    Invalid(i32),
+    /// A name no port of the container has.
+    #[error("port {name:?} not found in container {container:?}")]
+    NotFound {
+        /// The port name.
+        name: String,
+        /// The container.
+        container: String,
+    },
+}
+
 /// Resolves a named or numbered port of the container.
-fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+fn port(c: &Container, p: &IntOrString) -> Result<u16, PortError> {
     match p {
-        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| PortError::Invalid(*n)),
         IntOrString::String(name) => c
             .ports
             .clone()
@@ -30,7 +47,10 @@ fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
             .into_iter()
             .find(|cp| cp.name.as_deref() == Some(name))
             .and_then(|cp| u16::try_from(cp.container_port).ok())
-            .ok_or_else(|| format!("port {name:?} not found in container {:?}", c.name)),
+            .ok_or_else(|| PortError::NotFound {
+                name: name.clone(),
+                container: c.name.clone(),
+            }),
     }
 }
 
@@ -77,7 +97,7 @@ pub async fn run(
     if let Some(h) = &probe.http_get {
         let port = match port(c, &h.port) {
             Ok(p) => p,
-            Err(e) => return Outcome::Failure(e),
+            Err(e) => return Outcome::Failure(e.to_string()),
         };
         let host = h
             .host
@@ -108,7 +128,7 @@ pub async fn run(
     if let Some(t) = &probe.tcp_socket {
         let port = match port(c, &t.port) {
             Ok(p) => p,
-            Err(e) => return Outcome::Failure(e),
+            Err(e) => return Outcome::Failure(e.to_string()),
         };
         let host = t
             .host

@@ -18,6 +18,178 @@ use kube::Api;
 
 use super::spec::{Mount, PodPaths, safe_relative};
 
+/// The kinds of API object a volume or variable reads, as the messages
+/// name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A ConfigMap.
+    ConfigMap,
+    /// A Secret.
+    Secret,
+    /// A PersistentVolumeClaim.
+    PersistentVolumeClaim,
+    /// A PersistentVolume.
+    PersistentVolume,
+}
+
+impl ObjectKind {
+    /// The kind as its type is spelt (`ConfigMap`), for kubelet's
+    /// `couldn't find key` message.
+    fn title(self) -> &'static str {
+        match self {
+            ObjectKind::ConfigMap => "ConfigMap",
+            ObjectKind::Secret => "Secret",
+            ObjectKind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            ObjectKind::PersistentVolume => "PersistentVolume",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    /// The lower-case resource name (`configmap`), as in kubelet's
+    /// `configmap "x" not found`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.title().to_ascii_lowercase())
+    }
+}
+
+/// Why a volume could not be set up, a variable not resolved or a mount
+/// not made. The messages are kubelet's where it has one: they reach
+/// events (`FailedMount`) and container statuses
+/// (`CreateContainerConfigError`) as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// Reading an object through the API failed.
+    #[error("reading {kind} {name:?}: {source}")]
+    Read {
+        /// What was read.
+        kind: ObjectKind,
+        /// Its name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// A referenced object does not exist (and is not optional).
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// What was looked for.
+        kind: ObjectKind,
+        /// Its name.
+        name: String,
+    },
+    /// A `configMapKeyRef`/`secretKeyRef` names a key the object lacks.
+    #[error("couldn't find key {key} in {} {namespace}/{name}", kind.title())]
+    MissingKey {
+        /// The ConfigMap or Secret.
+        kind: ObjectKind,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The missing key.
+        key: String,
+    },
+    /// A volume's `items` name a key the object lacks.
+    #[error("configured to use key {key} of {kind} {name:?}, which is missing")]
+    MissingItem {
+        /// The ConfigMap or Secret.
+        kind: ObjectKind,
+        /// Its name.
+        name: String,
+        /// The missing key.
+        key: String,
+    },
+    /// A claim without a bound volume.
+    #[error("persistentvolumeclaim {0:?} is not bound")]
+    ClaimNotBound(String),
+    /// A claim's volume of a type this node cannot mount.
+    #[error(
+        "persistentvolume {0:?}: unsupported volume type (supported for claims: hostPath, local)"
+    )]
+    UnsupportedClaimVolume(String),
+    /// A `fieldRef` this node does not serve.
+    #[error("unsupported fieldRef fieldPath {0:?}")]
+    FieldPath(String),
+    /// A `resourceFieldRef` this node does not serve.
+    #[error("unsupported resourceFieldRef resource {0:?}")]
+    ResourceField(String),
+    /// A file or directory operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`creating`, `writing`, ...).
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A memory-backed emptyDir could not be mounted.
+    #[error("mounting a tmpfs at {}: {source}", path.display())]
+    Tmpfs {
+        /// The volume's directory.
+        path: PathBuf,
+        /// The mount error.
+        source: nix::Error,
+    },
+    /// A file path of a volume's items leaves the volume.
+    #[error("invalid path {0:?}: must be relative, without '..'")]
+    InvalidPath(String),
+    /// A `subPath` (or expanded `subPathExpr`) leaves the volume.
+    #[error("invalid subPath {0:?}: must be relative, without '..'")]
+    InvalidSubPath(String),
+    /// The TokenRequest for a projected token could not be built.
+    #[error("building a TokenRequest: {0}")]
+    BuildTokenRequest(#[source] serde_json::Error),
+    /// The TokenRequest for a projected token failed.
+    #[error("failed to fetch token: {0}")]
+    Token(#[source] kube::Error),
+    /// The TokenRequest came back without a token.
+    #[error("failed to fetch token: the TokenRequest came back without a status")]
+    TokenWithoutStatus,
+    /// A hostPath `type` Kubernetes does not define.
+    #[error("unknown hostPath type {0:?}")]
+    HostPathType(String),
+    /// The hostPath is not what its `type` asks for.
+    #[error("hostPath type check failed: {path} is not a {type_}")]
+    HostPathCheck {
+        /// The path.
+        path: String,
+        /// The type asked for.
+        type_: String,
+    },
+    /// A volume source this node does not implement.
+    #[error(
+        "unsupported volume type (supported: emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI, projected)"
+    )]
+    UnsupportedVolume,
+    /// A volumeMount names no volume of the pod.
+    #[error("unable to find volume {volume:?} for container {container:?}")]
+    NoSuchVolume {
+        /// The volume named.
+        volume: String,
+        /// The container mounting it.
+        container: String,
+    },
+    /// Setting up one volume failed (kubelet's `FailedMount` wording).
+    #[error("MountVolume.SetUp failed for volume {volume:?} : {source}")]
+    SetUp {
+        /// The volume.
+        volume: String,
+        /// Why.
+        source: Box<VolumeError>,
+    },
+}
+
+/// An I/O error with what was being done and where.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError {
+    let path = path.to_path_buf();
+    move |source| VolumeError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 /// Reads ConfigMaps and Secrets for one pod, caching within one sync.
 pub struct Sources<'a> {
     client: &'a kube::Client,
@@ -37,7 +209,7 @@ impl<'a> Sources<'a> {
         }
     }
 
-    async fn config_map(&mut self, name: &str) -> Result<Option<ConfigMap>, String> {
+    async fn config_map(&mut self, name: &str) -> Result<Option<ConfigMap>, VolumeError> {
         if let Some(c) = self.config_maps.get(name) {
             return Ok(c.clone());
         }
@@ -45,12 +217,16 @@ impl<'a> Sources<'a> {
         let got = api
             .get_opt(name)
             .await
-            .map_err(|e| format!("reading configmap {:?}: {e}", name))?;
+            .map_err(|source| VolumeError::Read {
+                kind: ObjectKind::ConfigMap,
+                name: name.to_string(),
+                source,
+            })?;
         self.config_maps.insert(name.to_string(), got.clone());
         Ok(got)
     }
 
-    async fn secret(&mut self, name: &str) -> Result<Option<Secret>, String> {
+    async fn secret(&mut self, name: &str) -> Result<Option<Secret>, VolumeError> {
         if let Some(c) = self.secrets.get(name) {
             return Ok(c.clone());
         }
@@ -58,7 +234,11 @@ impl<'a> Sources<'a> {
         let got = api
             .get_opt(name)
             .await
-            .map_err(|e| format!("reading secret {:?}: {e}", name))?;
+            .map_err(|source| VolumeError::Read {
+                kind: ObjectKind::Secret,
+                name: name.to_string(),
+                source,
+            })?;
         self.secrets.insert(name.to_string(), got.clone());
         Ok(got)
     }
@@ -93,7 +273,7 @@ fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// A pod field by its path, as `fieldRef` names it.
-pub fn field_value(pod: &Pod, f: &ObjectFieldSelector) -> Result<String, String> {
+pub fn field_value(pod: &Pod, f: &ObjectFieldSelector) -> Result<String, VolumeError> {
     let m = &pod.metadata;
     let path = f.field_path.as_str();
     let bracket = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
@@ -138,7 +318,7 @@ pub fn field_value(pod: &Pod, f: &ObjectFieldSelector) -> Result<String, String>
             .map(|i| i.ip)
             .collect::<Vec<_>>()
             .join(","),
-        other => return Err(format!("unsupported fieldRef fieldPath {other:?}")),
+        other => return Err(VolumeError::FieldPath(other.to_string())),
     })
 }
 
@@ -160,7 +340,7 @@ pub async fn resolve_env(
     pod: &Pod,
     c: &Container,
     kubernetes_service: Option<(&str, i32)>,
-) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+) -> Result<(BTreeMap<String, String>, Vec<String>), VolumeError> {
     let mut env = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut set = |env: &mut BTreeMap<String, String>, k: String, v: String| {
@@ -199,7 +379,7 @@ pub async fn resolve_env(
                     }
                 }
                 None if r.optional == Some(true) => {}
-                None => return Err(format!("configmap {:?} not found", r.name)),
+                None => return Err(not_found(ObjectKind::ConfigMap, &r.name)),
             }
         }
         if let Some(r) = &from.secret_ref {
@@ -214,7 +394,7 @@ pub async fn resolve_env(
                     }
                 }
                 None if r.optional == Some(true) => {}
-                None => return Err(format!("secret {:?} not found", r.name)),
+                None => return Err(not_found(ObjectKind::Secret, &r.name)),
             }
         }
     }
@@ -231,14 +411,16 @@ pub async fn resolve_env(
                         Some(v) => v.clone(),
                         None if optional => continue,
                         None => {
-                            return Err(format!(
-                                "couldn't find key {} in ConfigMap {}/{}",
-                                r.key, sources.namespace, r.name
-                            ));
+                            return Err(VolumeError::MissingKey {
+                                kind: ObjectKind::ConfigMap,
+                                namespace: sources.namespace.clone(),
+                                name: r.name.clone(),
+                                key: r.key.clone(),
+                            });
                         }
                     },
                     None if optional => continue,
-                    None => return Err(format!("configmap {:?} not found", r.name)),
+                    None => return Err(not_found(ObjectKind::ConfigMap, &r.name)),
                 }
             } else if let Some(r) = &from.secret_key_ref {
                 let optional = r.optional == Some(true);
@@ -247,14 +429,16 @@ pub async fn resolve_env(
                         Some(v) => String::from_utf8_lossy(v).into_owned(),
                         None if optional => continue,
                         None => {
-                            return Err(format!(
-                                "couldn't find key {} in Secret {}/{}",
-                                r.key, sources.namespace, r.name
-                            ));
+                            return Err(VolumeError::MissingKey {
+                                kind: ObjectKind::Secret,
+                                namespace: sources.namespace.clone(),
+                                name: r.name.clone(),
+                                key: r.key.clone(),
+                            });
                         }
                     },
                     None if optional => continue,
-                    None => return Err(format!("secret {:?} not found", r.name)),
+                    None => return Err(not_found(ObjectKind::Secret, &r.name)),
                 }
             } else if let Some(r) = &from.resource_field_ref {
                 resource_field(c, &r.resource)?
@@ -269,16 +453,19 @@ pub async fn resolve_env(
     Ok((env, order))
 }
 
-fn resource_field(c: &Container, resource: &str) -> Result<String, String> {
+fn not_found(kind: ObjectKind, name: &str) -> VolumeError {
+    VolumeError::NotFound {
+        kind,
+        name: name.to_string(),
+    }
+}
+
+fn resource_field(c: &Container, resource: &str) -> Result<String, VolumeError> {
     let r = c.resources.clone().unwrap_or_default();
     let (map, key) = match resource.split_once('.') {
         Some(("limits", k)) => (r.limits, k),
         Some(("requests", k)) => (r.requests, k),
-        _ => {
-            return Err(format!(
-                "unsupported resourceFieldRef resource {resource:?}"
-            ));
-        }
+        _ => return Err(VolumeError::ResourceField(resource.to_string())),
     };
     let q = map.and_then(|m| m.get(key).cloned()).map(|q| q.0);
     Ok(match (key, q) {
@@ -295,28 +482,28 @@ fn resource_field(c: &Container, resource: &str) -> Result<String, String> {
 /// Writes `files` (relative path -> content) into `dir` with `mode`,
 /// removing files a previous write left that are no longer wanted.
 /// Each file is replaced atomically, so a reader never sees half a file.
-pub fn write_files(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+pub fn write_files(
+    dir: &Path,
+    files: &BTreeMap<String, (Vec<u8>, u32)>,
+) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     for (rel, (content, mode)) in files {
         if !safe_relative(rel) {
-            return Err(format!(
-                "invalid path {rel:?}: must be relative, without '..'"
-            ));
+            return Err(VolumeError::InvalidPath(rel.clone()));
         }
         let p = dir.join(rel);
         if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
         }
         if std::fs::read(&p).ok().as_deref() == Some(content.as_slice()) {
             continue;
         }
         let tmp = p.with_extension("rke2-tmp");
-        std::fs::write(&tmp, content).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        std::fs::write(&tmp, content).map_err(io("writing", &tmp))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))
-            .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).map_err(|e| format!("writing {}: {e}", p.display()))?;
+            .map_err(io("chmod", &tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io("writing", &p))?;
     }
     // Remove top-level entries no longer wanted.
     let wanted: std::collections::HashSet<String> = files
@@ -343,10 +530,10 @@ fn project(
     data: &BTreeMap<String, Vec<u8>>,
     items: &Option<Vec<KeyToPath>>,
     mode: u32,
-    what: &str,
+    src: Source<'_>,
     optional: bool,
     out: &mut BTreeMap<String, (Vec<u8>, u32)>,
-) -> Result<(), String> {
+) -> Result<(), VolumeError> {
     match items {
         None => {
             for (k, v) in data {
@@ -364,10 +551,12 @@ fn project(
                     }
                     None if optional => {}
                     None => {
-                        return Err(format!(
-                            "configured to use key {} of {what}, which is missing",
-                            it.key
-                        ));
+                        let (kind, name) = src.object();
+                        return Err(VolumeError::MissingItem {
+                            kind,
+                            name: name.to_string(),
+                            key: it.key.clone(),
+                        });
                     }
                 }
             }
@@ -398,7 +587,7 @@ impl TokenCache {
         client: &kube::Client,
         pod: &Pod,
         t: &ServiceAccountTokenProjection,
-    ) -> Result<String, String> {
+    ) -> Result<String, VolumeError> {
         let spec = pod.spec.as_ref();
         let account = spec
             .and_then(|s| s.service_account_name.clone())
@@ -424,15 +613,13 @@ impl TokenCache {
                 },
             },
         }))
-        .map_err(|e| format!("building a TokenRequest: {e}"))?;
+        .map_err(VolumeError::BuildTokenRequest)?;
         let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         let got = api
             .create_token_request(&account, &Default::default(), &request)
             .await
-            .map_err(|e| format!("failed to fetch token: {e}"))?;
-        let status = got
-            .status
-            .ok_or("failed to fetch token: the TokenRequest came back without a status")?;
+            .map_err(VolumeError::Token)?;
+        let status = got.status.ok_or(VolumeError::TokenWithoutStatus)?;
         // Renew after 80 % of the lifetime, or after 24 h, as kubelet does.
         let lifetime = (status.expiration_timestamp.0.as_second() - now).max(0);
         let renew_in = (lifetime * 4 / 5).min(24 * 3600);
@@ -454,6 +641,16 @@ enum Source<'n> {
     Secret(&'n str),
 }
 
+impl Source<'_> {
+    /// The object's kind and name.
+    fn object(&self) -> (ObjectKind, &str) {
+        match *self {
+            Source::ConfigMap(n) => (ObjectKind::ConfigMap, n),
+            Source::Secret(n) => (ObjectKind::Secret, n),
+        }
+    }
+}
+
 /// Adds the keys of a ConfigMap or Secret (all, or the `items` chosen) to
 /// `files`; a missing object is an error unless `optional`.
 async fn add_source(
@@ -463,22 +660,19 @@ async fn add_source(
     mode: u32,
     optional: Option<bool>,
     files: &mut BTreeMap<String, (Vec<u8>, u32)>,
-) -> Result<(), String> {
+) -> Result<(), VolumeError> {
     let optional = optional == Some(true);
-    let (data, what) = match src {
-        Source::ConfigMap(name) => (
-            sources.config_map(name).await?.map(|cm| cm_data(&cm)),
-            format!("configmap {name:?}"),
-        ),
-        Source::Secret(name) => (
-            sources.secret(name).await?.map(|s| secret_data(&s)),
-            format!("secret {name:?}"),
-        ),
+    let data = match src {
+        Source::ConfigMap(name) => sources.config_map(name).await?.map(|cm| cm_data(&cm)),
+        Source::Secret(name) => sources.secret(name).await?.map(|s| secret_data(&s)),
     };
     match data {
-        Some(data) => project(&data, items, mode, &what, optional, files),
+        Some(data) => project(&data, items, mode, src, optional, files),
         None if optional => Ok(()),
-        None => Err(format!("{what} not found")),
+        None => {
+            let (kind, name) = src.object();
+            Err(not_found(kind, name))
+        }
     }
 }
 
@@ -488,7 +682,7 @@ fn add_downward(
     items: &Option<Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>,
     mode: u32,
     files: &mut BTreeMap<String, (Vec<u8>, u32)>,
-) -> Result<(), String> {
+) -> Result<(), VolumeError> {
     for it in items.clone().unwrap_or_default() {
         if let Some(f) = &it.field_ref {
             let m = it.mode.map(|m| m as u32).unwrap_or(mode);
@@ -505,7 +699,7 @@ pub async fn prepare(
     pod: &Pod,
     paths: &PodPaths,
     tokens: &mut TokenCache,
-) -> Result<HashMap<String, PathBuf>, String> {
+) -> Result<HashMap<String, PathBuf>, VolumeError> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let mut out = HashMap::new();
     for v in pod
@@ -515,7 +709,10 @@ pub async fn prepare(
         .unwrap_or_default()
     {
         let dir = paths.volume_dir(&uid, &v.name);
-        let fail = |e: String| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name);
+        let fail = |e: VolumeError| VolumeError::SetUp {
+            volume: v.name.clone(),
+            source: Box::new(e),
+        };
         let host = prepare_one(sources, pod, &v, &dir, tokens)
             .await
             .map_err(fail)?;
@@ -541,9 +738,8 @@ async fn prepare_one(
     v: &Volume,
     dir: &Path,
     tokens: &mut TokenCache,
-) -> Result<PathBuf, String> {
-    let mkdir =
-        |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()));
+) -> Result<PathBuf, VolumeError> {
+    let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(io("creating", d));
     if let Some(e) = &v.empty_dir {
         mkdir(dir)?;
         if e.medium.as_deref() == Some("Memory")
@@ -564,7 +760,10 @@ async fn prepare_one(
                 nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
                 Some(opts.as_str()),
             )
-            .map_err(|e| format!("mounting a tmpfs at {}: {e}", dir.display()))?;
+            .map_err(|source| VolumeError::Tmpfs {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         return Ok(dir.to_path_buf());
     }
@@ -576,7 +775,7 @@ async fn prepare_one(
             use std::os::unix::fs::PermissionsExt;
             mkdir(Path::new(&path))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
-                .map_err(|e| format!("changing the mode of {path}: {e}"))?;
+                .map_err(io("changing the mode of", Path::new(&path)))?;
         }
         return host_path(&path, Some("Directory"));
     }
@@ -624,36 +823,29 @@ fn root_owned(dir: &Path, gid: u32) -> bool {
 /// gets group `gid` and group read (and write unless `read_only`) access;
 /// directories also group execute and setgid, so what the containers
 /// create there stays in the group.
-pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String> {
+pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), VolumeError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mask = if read_only { 0o440 } else { 0o660 };
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let meta =
-            std::fs::symlink_metadata(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        let meta = std::fs::symlink_metadata(&p).map_err(io("reading", &p))?;
         if meta.file_type().is_symlink() {
             continue;
         }
         if meta.gid() != gid {
             std::os::unix::fs::chown(&p, None, Some(gid))
-                .map_err(|e| format!("changing the group of {}: {e}", p.display()))?;
+                .map_err(io("changing the group of", &p))?;
         }
         let mut mode = meta.mode() & 0o7777 | mask;
         if meta.is_dir() {
             mode |= 0o110 | 0o2000;
-            for entry in
-                std::fs::read_dir(&p).map_err(|e| format!("reading {}: {e}", p.display()))?
-            {
-                stack.push(
-                    entry
-                        .map_err(|e| format!("reading {}: {e}", p.display()))?
-                        .path(),
-                );
+            for entry in std::fs::read_dir(&p).map_err(io("reading", &p))? {
+                stack.push(entry.map_err(io("reading", &p))?.path());
             }
         }
         if mode != meta.mode() & 0o7777 {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("changing the mode of {}: {e}", p.display()))?;
+                .map_err(io("changing the mode of", &p))?;
         }
     }
     Ok(())
@@ -661,28 +853,36 @@ pub fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String
 
 /// Where the volume bound to claim `name` lives on this node: the
 /// path of its `hostPath` or `local` source.
-async fn claim_path(sources: &Sources<'_>, name: &str) -> Result<String, String> {
+async fn claim_path(sources: &Sources<'_>, name: &str) -> Result<String, VolumeError> {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(sources.client.clone(), &sources.namespace);
     let claim = claims
         .get_opt(name)
         .await
-        .map_err(|e| format!("reading persistentvolumeclaim {name:?}: {e}"))?
-        .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+        .map_err(|source| VolumeError::Read {
+            kind: ObjectKind::PersistentVolumeClaim,
+            name: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| not_found(ObjectKind::PersistentVolumeClaim, name))?;
     let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
     let volume = claim
         .spec
         .as_ref()
         .and_then(|s| s.volume_name.clone())
         .filter(|v| !v.is_empty() && bound)
-        .ok_or_else(|| format!("persistentvolumeclaim {name:?} is not bound"))?;
+        .ok_or_else(|| VolumeError::ClaimNotBound(name.to_string()))?;
     let volumes: Api<PersistentVolume> = Api::all(sources.client.clone());
     let pv = volumes
         .get_opt(&volume)
         .await
-        .map_err(|e| format!("reading persistentvolume {volume:?}: {e}"))?
-        .ok_or_else(|| format!("persistentvolume {volume:?} not found"))?;
+        .map_err(|source| VolumeError::Read {
+            kind: ObjectKind::PersistentVolume,
+            name: volume.clone(),
+            source,
+        })?
+        .ok_or_else(|| not_found(ObjectKind::PersistentVolume, &volume))?;
     let spec = pv.spec.unwrap_or_default();
     if let Some(h) = spec.host_path {
         return Ok(h.path);
@@ -690,16 +890,13 @@ async fn claim_path(sources: &Sources<'_>, name: &str) -> Result<String, String>
     if let Some(l) = spec.local {
         return Ok(l.path);
     }
-    Err(format!(
-        "persistentvolume {volume:?}: unsupported volume type (supported for claims: hostPath, local)"
-    ))
+    Err(VolumeError::UnsupportedClaimVolume(volume))
 }
 
 /// A hostPath volume (or a claim's directory): the path, checked
 /// against (or created as) its `type`.
-fn host_path(path: &str, type_: Option<&str>) -> Result<PathBuf, String> {
-    let mkdir =
-        |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()));
+fn host_path(path: &str, type_: Option<&str>) -> Result<PathBuf, VolumeError> {
+    let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(io("creating", d));
     {
         let p = PathBuf::from(path);
         let t = type_.unwrap_or("");
@@ -719,8 +916,7 @@ fn host_path(path: &str, type_: Option<&str>) -> Result<PathBuf, String> {
                     if let Some(parent) = p.parent() {
                         mkdir(parent)?;
                     }
-                    std::fs::write(&p, b"")
-                        .map_err(|e| format!("creating {}: {e}", p.display()))?;
+                    std::fs::write(&p, b"").map_err(io("creating", &p))?;
                 }
                 std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false)
             }
@@ -732,10 +928,13 @@ fn host_path(path: &str, type_: Option<&str>) -> Result<PathBuf, String> {
             "BlockDevice" => meta
                 .as_ref()
                 .is_some_and(|m| m.file_type().is_block_device()),
-            other => return Err(format!("unknown hostPath type {other:?}")),
+            other => return Err(VolumeError::HostPathType(other.to_string())),
         };
         if !ok {
-            return Err(format!("hostPath type check failed: {path} is not a {t}"));
+            return Err(VolumeError::HostPathCheck {
+                path: path.to_string(),
+                type_: t.to_string(),
+            });
         }
         Ok(p)
     }
@@ -747,7 +946,7 @@ async fn prepare_files(
     v: &Volume,
     dir: &Path,
     tokens: &mut TokenCache,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, VolumeError> {
     let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(0o644) as u32;
@@ -783,7 +982,7 @@ async fn prepare_files(
             }
         }
     } else {
-        return Err("unsupported volume type (supported: emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI, projected)".into());
+        return Err(VolumeError::UnsupportedVolume);
     }
     write_files(dir, &files)?;
     Ok(dir.to_path_buf())
@@ -793,7 +992,7 @@ async fn prepare_files(
 /// volume root's mode, as kubelet's `SafeMakeDir` (so a volume its
 /// fsGroup may write gives the same to its sub paths; the group comes
 /// from the root's setgid).
-fn make_sub_path(base: &Path, sub: &str) -> Result<(), String> {
+fn make_sub_path(base: &Path, sub: &str) -> Result<(), VolumeError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(base)
         .map(|m| m.permissions().mode() & 0o7777)
@@ -804,9 +1003,9 @@ fn make_sub_path(base: &Path, sub: &str) -> Result<(), String> {
         if at.exists() {
             continue;
         }
-        std::fs::create_dir(&at).map_err(|e| format!("creating subPath {}: {e}", at.display()))?;
+        std::fs::create_dir(&at).map_err(io("creating subPath", &at))?;
         std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("creating subPath {}: {e}", at.display()))?;
+            .map_err(io("creating subPath", &at))?;
     }
     Ok(())
 }
@@ -819,7 +1018,7 @@ pub fn mounts(
     c: &Container,
     volumes: &HashMap<String, PathBuf>,
     env: &BTreeMap<String, String>,
-) -> Result<Vec<Mount>, String> {
+) -> Result<Vec<Mount>, VolumeError> {
     let read_only_claims: Vec<&str> = pod
         .spec
         .as_ref()
@@ -836,10 +1035,10 @@ pub fn mounts(
     let mut out = Vec::new();
     for vm in c.volume_mounts.clone().unwrap_or_default() {
         let Some(base) = volumes.get(&vm.name) else {
-            return Err(format!(
-                "unable to find volume {:?} for container {:?}",
-                vm.name, c.name
-            ));
+            return Err(VolumeError::NoSuchVolume {
+                volume: vm.name.clone(),
+                container: c.name.clone(),
+            });
         };
         let mut host = base.clone();
         let expanded = vm
@@ -853,9 +1052,7 @@ pub fn mounts(
             .filter(|s| !s.is_empty())
         {
             if !safe_relative(sub) {
-                return Err(format!(
-                    "invalid subPath {sub:?}: must be relative, without '..'"
-                ));
+                return Err(VolumeError::InvalidSubPath(sub.to_string()));
             }
             host = base.join(sub);
             if !host.exists() {
@@ -923,7 +1120,7 @@ mod tests {
         let mut env = BTreeMap::new();
         env.insert("POD_NAME".to_string(), "p-1".to_string());
         env.insert("UP".to_string(), "..".to_string());
-        let err = mounts(&pod, &c, &vols, &env).unwrap_err();
+        let err = mounts(&pod, &c, &vols, &env).unwrap_err().to_string();
         assert!(err.contains("invalid subPath \"../x\""), "{err}");
         let c: Container =
             serde_json::from_value(serde_json::json!({"name": "app", "volumeMounts": [
@@ -952,7 +1149,55 @@ mod tests {
         assert!(
             write_files(d.path(), &f)
                 .unwrap_err()
+                .to_string()
                 .contains("invalid path")
+        );
+    }
+
+    /// The messages reach events and container statuses: they stay
+    /// kubelet's word for word.
+    #[test]
+    fn messages_are_kubelets() {
+        assert_eq!(
+            not_found(ObjectKind::ConfigMap, "cfg").to_string(),
+            "configmap \"cfg\" not found"
+        );
+        assert_eq!(
+            VolumeError::MissingKey {
+                kind: ObjectKind::Secret,
+                namespace: "ns".into(),
+                name: "s".into(),
+                key: "k".into(),
+            }
+            .to_string(),
+            "couldn't find key k in Secret ns/s"
+        );
+        assert_eq!(
+            VolumeError::MissingItem {
+                kind: ObjectKind::ConfigMap,
+                name: "c".into(),
+                key: "k".into(),
+            }
+            .to_string(),
+            "configured to use key k of configmap \"c\", which is missing"
+        );
+        assert_eq!(
+            VolumeError::SetUp {
+                volume: "data".into(),
+                source: Box::new(not_found(ObjectKind::PersistentVolumeClaim, "claim")),
+            }
+            .to_string(),
+            "MountVolume.SetUp failed for volume \"data\" : persistentvolumeclaim \"claim\" not found"
+        );
+        let e = host_path("/nonexistent/rke2-test", Some("Directory")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hostPath type check failed: /nonexistent/rke2-test is not a Directory"
+        );
+        let e = write_files(Path::new("/proc/rke2-test"), &BTreeMap::new()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("creating /proc/rke2-test: "),
+            "{e}"
         );
     }
 

@@ -5,7 +5,9 @@
 //! Pod asks for with what the runtime has (found by CRI labels, so a
 //! restarted node role adopts what is running instead of starting it
 //! again) and makes one step towards it, then writes the Pod status if
-//! it changed.
+//! it changed. Where the pod is in its life (no sandbox yet, running,
+//! finished, terminating, ...) is its [`Phase`], whose transitions are
+//! all in [`super::phase`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,14 +16,16 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use rke2_runtime::RuntimeError;
 use rke2_runtime::cri::api;
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::PodContext;
+use super::phase::{Event, Phase, Sandbox};
 use super::probes::{self, Outcome, ProbeState};
 use super::spec::{self, LABEL_CONTAINER_KIND, LABEL_CONTAINER_NAME, LABEL_POD_UID};
-use super::volumes;
+use super::volumes::{self, VolumeError};
 
 /// First restart delay after the first quick restart; doubles up to
 /// [`MAX_BACKOFF`], as kubelet's.
@@ -45,6 +49,136 @@ pub enum Next {
     Done,
 }
 
+/// Why a turn stopped before it was done (logged; the next turn tries
+/// again).
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    /// A CRI call failed.
+    #[error("{call}: {}", .status.message())]
+    Cri {
+        /// The CRI method.
+        call: &'static str,
+        /// The runtime's answer.
+        status: tonic::Status,
+    },
+    /// The last sandbox creation failed and its back-off has not passed.
+    #[error("waiting to retry the sandbox")]
+    SandboxBackoff,
+    /// The pod's log or state directory could not be made.
+    #[error("creating {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The runtime refused the sandbox (kubelet's `FailedCreatePodSandBox`
+    /// wording).
+    #[error("Failed to create pod sandbox: {}", .0.message())]
+    CreateSandbox(tonic::Status),
+    /// A volume could not be set up.
+    #[error(transparent)]
+    Volumes(#[from] VolumeError),
+}
+
+/// Why a container's image is not there to run; the message is
+/// kubelet's, the reason ([`ImageError::reason`]) the container's waiting
+/// reason.
+#[derive(Debug, thiserror::Error)]
+enum ImageError {
+    /// The runtime could not say whether the image is present.
+    #[error("{}", .0.message())]
+    Lookup(RuntimeError),
+    /// This binary's own image could not be built.
+    #[error("Failed to build image {image:?}: {}", .source.message())]
+    Build {
+        /// The image reference.
+        image: String,
+        /// Why.
+        source: RuntimeError,
+    },
+    /// Absent, and the pull policy is `Never`.
+    #[error("Container image {0:?} is not present with pull policy of Never")]
+    NeverPull(String),
+    /// The last pull failed and its back-off has not passed.
+    #[error("Back-off pulling image {0:?}")]
+    BackOff(String),
+    /// The pull failed.
+    #[error("Failed to pull image {image:?}: {}", .source.message())]
+    Pull {
+        /// The image reference.
+        image: String,
+        /// Why.
+        source: RuntimeError,
+    },
+}
+
+impl ImageError {
+    fn reason(&self) -> &'static str {
+        match self {
+            ImageError::NeverPull(_) => "ErrImageNeverPull",
+            ImageError::BackOff(_) => "ImagePullBackOff",
+            ImageError::Lookup(_) | ImageError::Build { .. } | ImageError::Pull { .. } => {
+                "ErrImagePull"
+            }
+        }
+    }
+}
+
+/// Why a container could not be started; shown as its waiting reason
+/// ([`StartError::reason`]) and message.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// Its image is not there.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Its environment or mounts cannot be made.
+    #[error(transparent)]
+    Config(VolumeError),
+    /// An ephemeral container's target does not run.
+    #[error("target container {0:?} is not running")]
+    TargetNotRunning(String),
+    /// CRI CreateContainer failed.
+    #[error("{}", .0.message())]
+    Create(tonic::Status),
+    /// CRI StartContainer failed.
+    #[error("{}", .0.message())]
+    Run(tonic::Status),
+}
+
+impl StartError {
+    fn reason(&self) -> &'static str {
+        match self {
+            StartError::Image(e) => e.reason(),
+            StartError::Config(_) | StartError::TargetNotRunning(_) => "CreateContainerConfigError",
+            StartError::Create(_) => "CreateContainerError",
+            StartError::Run(_) => "RunContainerError",
+        }
+    }
+}
+
+/// Why a container waits, as its status shows it.
+#[derive(Clone, Debug, PartialEq)]
+struct Waiting {
+    reason: &'static str,
+    message: String,
+}
+
+impl Waiting {
+    fn new(reason: &'static str, message: impl Into<String>) -> Waiting {
+        Waiting {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<&StartError> for Waiting {
+    fn from(e: &StartError) -> Waiting {
+        Waiting::new(e.reason(), e.to_string())
+    }
+}
+
 /// Per-container memory of the worker (lost on restart, by design:
 /// restart counts come from the runtime's attempt numbers).
 #[derive(Default)]
@@ -53,8 +187,8 @@ struct ContainerMemory {
     backoff_until: Option<Instant>,
     /// The id of the exited container the back-off was computed for.
     backoff_for: String,
-    /// A reason/message to show while no container exists or it waits.
-    waiting: Option<(String, String)>,
+    /// What to show while no container exists or it waits.
+    waiting: Option<Waiting>,
     /// Probe states belong to one container id.
     probed_id: String,
     startup: Option<ProbeState>,
@@ -76,9 +210,8 @@ pub struct Worker {
     ctx: Arc<PodContext>,
     pod: Pod,
     uid: String,
-    sandbox: Option<(String, String)>,
-    sandbox_retry: Option<Instant>,
-    sandbox_failures: u32,
+    /// Where the pod is in its life; changed only through [`Worker::fire`].
+    phase: Phase,
     mem: HashMap<String, ContainerMemory>,
     volumes: Option<HashMap<String, std::path::PathBuf>>,
     volumes_at: Option<Instant>,
@@ -87,19 +220,11 @@ pub struct Worker {
     last_status: Option<Value>,
     last_events: HashMap<String, (String, Instant)>,
     start_time: Option<String>,
-    /// The finished pod's sandboxes have been stopped.
-    finished: bool,
-    /// The last turn found everything running and had nothing to do: the
-    /// worker then sleeps until a probe is due (or the node's relist sees
-    /// a container change) instead of looking every second.
-    steady: bool,
     /// Containers read by the last step when it changed nothing, reused
     /// for the status.
     last_found: Option<HashMap<String, Found>>,
     /// A probe killed a container after the last read.
     acted_since_read: bool,
-    /// Evicted under node pressure: nothing runs again.
-    evicted: bool,
 }
 
 fn key(init: bool, name: &str) -> String {
@@ -181,9 +306,7 @@ impl Worker {
             ctx,
             pod,
             uid,
-            sandbox: None,
-            sandbox_retry: None,
-            sandbox_failures: 0,
+            phase: Phase::new(),
             mem: HashMap::new(),
             volumes: None,
             volumes_at: None,
@@ -191,12 +314,39 @@ impl Worker {
             last_status: None,
             last_events: HashMap::new(),
             start_time,
-            finished: false,
-            steady: false,
             last_found: None,
             acted_since_read: false,
-            evicted: false,
         }
+    }
+
+    /// Moves the pod to the phase `event` leads to; returns the phase it
+    /// left, or `None` when `event` means nothing in the current phase
+    /// (which then stays).
+    fn fire(&mut self, event: Event) -> Option<Phase> {
+        match self.phase.on(event.clone()) {
+            Some(next) => {
+                if std::mem::discriminant(&next) != std::mem::discriminant(&self.phase) {
+                    debug!(pod = %self.name(), from = ?self.phase, to = ?next, "pod worker phase");
+                }
+                Some(std::mem::replace(&mut self.phase, next))
+            }
+            None => {
+                debug!(pod = %self.name(), phase = ?self.phase, ?event, "event ignored in this phase");
+                None
+            }
+        }
+    }
+
+    /// Something is to be done: the next turn comes in a second.
+    fn unsettle(&mut self) {
+        if self.phase.steady() {
+            self.fire(Event::Steady(false));
+        }
+    }
+
+    /// The pod's IP while it has one.
+    fn pod_ip(&self) -> String {
+        self.phase.pod_ip().unwrap_or_default().to_string()
     }
 
     /// The newest Pod object from the API.
@@ -249,7 +399,7 @@ impl Worker {
     /// a second while anything is starting, restarting or waiting;
     /// when steady, until the next probe is due, at most [`STEADY_RESYNC`].
     pub fn next_wake(&self) -> Duration {
-        if !self.steady {
+        if !self.phase.steady() {
             return Duration::from_secs(1);
         }
         let now = Instant::now();
@@ -265,29 +415,34 @@ impl Worker {
     /// One turn.
     pub async fn sync(&mut self) -> Next {
         if self.pod.metadata.deletion_timestamp.is_some() {
-            let grace = self
+            self.fire(Event::Deleting);
+        } else if self.phase.runs() {
+            let phase = self
                 .pod
-                .metadata
-                .deletion_grace_period_seconds
-                .unwrap_or(30)
-                .max(0);
-            self.terminate(grace).await;
-            return self.finalize().await;
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                self.fire(Event::Completed);
+            }
         }
-        let phase = self
-            .pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
-        if self.evicted || phase == "Succeeded" || phase == "Failed" {
-            // Nothing runs again: the sandbox is stopped (its IP goes back)
-            // but kept with its exited containers, so `kubectl logs` still
-            // reads them, until the pod is deleted. Done once per worker,
-            // which also covers sandboxes found after a node role restart.
-            if !self.finished {
-                self.finished = true;
-                self.sandbox = None;
+        match &self.phase {
+            Phase::NoSandbox { .. } | Phase::Running { .. } => {
+                if let Err(e) = self.step().await {
+                    debug!(pod = %self.name(), error = %e, "pod sync step");
+                }
+                self.write_status().await
+            }
+            Phase::Finished {
+                sandboxes_stopped: false,
+                ..
+            } => {
+                // The sandbox is stopped (its IP goes back) but kept with
+                // its exited containers, so `kubectl logs` still reads
+                // them, until the pod is deleted. This also covers
+                // sandboxes found after a node role restart.
+                let mut stopped = true;
                 for id in self.sandboxes_of_pod().await {
                     if let Err(s) = self
                         .ctx
@@ -299,24 +454,42 @@ impl Worker {
                         .await
                     {
                         warn!(sandbox = %id, error = %s.message(), "stopping the sandbox of a finished pod");
-                        self.finished = false;
+                        stopped = false;
                     }
                 }
+                if stopped {
+                    self.fire(Event::SandboxesStopped);
+                }
+                Next::Continue
             }
-            return Next::Continue;
+            Phase::Finished { .. } => Next::Continue,
+            Phase::Terminating { .. } => {
+                let grace = self
+                    .pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .unwrap_or(30)
+                    .max(0);
+                self.kill_all(grace, self.pod_ip()).await;
+                self.fire(Event::ContainersStopped);
+                if self.phase == Phase::Done {
+                    return Next::Done;
+                }
+                self.finalize().await
+            }
+            Phase::Terminated => self.finalize().await,
+            Phase::Done => Next::Done,
         }
-        if let Err(e) = self.step().await {
-            debug!(pod = %self.name(), error = %e, "pod sync step");
-        }
-        self.write_status().await
     }
 
     /// Finds or creates the sandbox; starts what should run.
-    async fn step(&mut self) -> Result<(), String> {
-        self.steady = false;
+    async fn step(&mut self) -> Result<(), SyncError> {
+        self.unsettle();
         self.last_found = None;
-        self.ensure_sandbox().await?;
-        let (sandbox_id, pod_ip) = self.sandbox.clone().ok_or("no sandbox")?;
+        let Sandbox {
+            id: sandbox_id,
+            ip: pod_ip,
+        } = self.ensure_sandbox().await?;
         self.ensure_volumes().await?;
         let found = self.find_containers().await?;
         let running = |f: Option<&Found>| {
@@ -345,7 +518,7 @@ impl Worker {
                 .all(|ec| found.contains_key(&ephemeral_key(&ec.name)));
         if inits_done && all_running {
             // Only probes can act now; the containers read are current.
-            self.steady = true;
+            self.fire(Event::Steady(true));
             self.last_found = Some(found.clone());
         }
         // Init containers, one at a time, in order.
@@ -432,26 +605,27 @@ impl Worker {
         }
     }
 
-    async fn ensure_sandbox(&mut self) -> Result<(), String> {
+    /// The pod's ready sandbox: the one it has if still ready, else one
+    /// adopted (after a node role restart) or created.
+    async fn ensure_sandbox(&mut self) -> Result<Sandbox, SyncError> {
         let cri = self.ctx.cri.clone();
         let mut rt = cri.runtime();
-        if let Some((id, _)) = &self.sandbox {
+        if let Some(sb) = self.phase.sandbox().cloned() {
             // Still ready? A sandbox that died takes its network with it.
             let st = rt
                 .pod_sandbox_status(api::PodSandboxStatusRequest {
-                    pod_sandbox_id: id.clone(),
+                    pod_sandbox_id: sb.id.clone(),
                     verbose: false,
                 })
                 .await
                 .map(|r| r.into_inner().status.map(|s| s.state))
                 .unwrap_or(None);
             if st == Some(api::PodSandboxState::SandboxReady as i32) {
-                return Ok(());
+                return Ok(sb);
             }
-            warn!(pod = %self.name(), sandbox = %id, "pod sandbox is no longer ready; recreating it");
-            let id = id.clone();
-            self.stop_sandbox(&id).await;
-            self.sandbox = None;
+            warn!(pod = %self.name(), sandbox = %sb.id, "pod sandbox is no longer ready; recreating it");
+            self.stop_sandbox(&sb.id).await;
+            self.fire(Event::SandboxLost);
         }
         // Adopt a ready sandbox of this pod (after a node role restart).
         let list = rt
@@ -462,36 +636,49 @@ impl Worker {
                 }),
             })
             .await
-            .map_err(|s| format!("ListPodSandbox: {}", s.message()))?
+            .map_err(|status| SyncError::Cri {
+                call: "ListPodSandbox",
+                status,
+            })?
             .into_inner()
             .items;
         let mut attempt = 0;
+        let mut adopted = None;
         for sb in &list {
             let a = sb.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
             attempt = attempt.max(a + 1);
-            if sb.state == api::PodSandboxState::SandboxReady as i32 && self.sandbox.is_none() {
+            if sb.state == api::PodSandboxState::SandboxReady as i32 && adopted.is_none() {
                 let ip = self.sandbox_ip(&sb.id).await;
                 info!(pod = %self.name(), sandbox = %sb.id, "adopted running pod sandbox");
-                self.sandbox = Some((sb.id.clone(), ip));
+                adopted = Some(Sandbox {
+                    id: sb.id.clone(),
+                    ip,
+                });
             }
         }
-        if self.sandbox.is_some() {
-            return Ok(());
+        if let Some(sb) = adopted {
+            self.fire(Event::SandboxReady(sb.clone()));
+            return Ok(sb);
         }
         // Stale (not ready) sandboxes of this pod go first.
         for sb in &list {
             self.stop_sandbox(&sb.id).await;
         }
-        if let Some(t) = self.sandbox_retry
+        if let Phase::NoSandbox {
+            retry_at: Some(t), ..
+        } = self.phase
             && Instant::now() < t
         {
-            return Err("waiting to retry the sandbox".into());
+            return Err(SyncError::SandboxBackoff);
         }
         let paths = &self.ctx.paths;
         let log_dir = paths.log_dir(&self.pod);
         let pod_dir = paths.pod_dir(&self.uid);
         for d in [&log_dir, &pod_dir] {
-            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(|source| SyncError::Dir {
+                path: d.clone(),
+                source,
+            })?;
         }
         let cfg = spec::sandbox_config(&self.pod, attempt, paths, self.ctx.pod_dns(&self.pod));
         let started = Instant::now();
@@ -506,19 +693,16 @@ impl Worker {
                 let id = r.into_inner().pod_sandbox_id;
                 let ip = self.sandbox_ip(&id).await;
                 debug!(pod = %self.name(), sandbox = %id, %ip, took = ?started.elapsed(), "pod sandbox running");
-                self.sandbox = Some((id, ip));
-                self.sandbox_failures = 0;
-                self.sandbox_retry = None;
-                Ok(())
+                let sb = Sandbox { id, ip };
+                self.fire(Event::SandboxReady(sb.clone()));
+                Ok(sb)
             }
             Err(s) => {
-                self.sandbox_failures += 1;
-                let delay = Duration::from_secs(1 << self.sandbox_failures.min(6));
-                self.sandbox_retry = Some(Instant::now() + delay);
-                let msg = format!("Failed to create pod sandbox: {}", s.message());
-                warn!(pod = %self.name(), error = %msg, "pod sandbox");
-                self.event("Warning", "FailedCreatePodSandBox", msg.clone());
-                Err(msg)
+                self.fire(Event::SandboxFailed { at: Instant::now() });
+                let e = SyncError::CreateSandbox(s);
+                warn!(pod = %self.name(), error = %e, "pod sandbox");
+                self.event("Warning", "FailedCreatePodSandBox", e.to_string());
+                Err(e)
             }
         }
     }
@@ -578,7 +762,7 @@ impl Worker {
         }
     }
 
-    async fn ensure_volumes(&mut self) -> Result<(), String> {
+    async fn ensure_volumes(&mut self) -> Result<(), SyncError> {
         if self.volumes.is_some()
             && self
                 .volumes_at
@@ -595,7 +779,7 @@ impl Worker {
                 Ok(())
             }
             Err(e) => {
-                self.event("Warning", "FailedMount", e.clone());
+                self.event("Warning", "FailedMount", e.to_string());
                 if self.volumes.is_some() {
                     // Keep serving the last good content.
                     self.volumes_at = Some(Instant::now());
@@ -603,9 +787,9 @@ impl Worker {
                 }
                 for c in self.all_containers() {
                     self.mem.entry(key(c.1, &c.0.name)).or_default().waiting =
-                        Some(("ContainerCreating".into(), String::new()));
+                        Some(Waiting::new("ContainerCreating", ""));
                 }
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -621,22 +805,25 @@ impl Worker {
     }
 
     /// The newest and the one-before container of each name.
-    async fn find_containers(&self) -> Result<HashMap<String, Found>, String> {
+    async fn find_containers(&self) -> Result<HashMap<String, Found>, SyncError> {
         let mut rt = self.ctx.cri.runtime();
         let list = rt
             .list_containers(api::ListContainersRequest {
                 filter: Some(api::ContainerFilter {
                     label_selector: [(LABEL_POD_UID.to_string(), self.uid.clone())].into(),
                     pod_sandbox_id: self
-                        .sandbox
-                        .as_ref()
-                        .map(|s| s.0.clone())
+                        .phase
+                        .sandbox()
+                        .map(|s| s.id.clone())
                         .unwrap_or_default(),
                     ..Default::default()
                 }),
             })
             .await
-            .map_err(|s| format!("ListContainers: {}", s.message()))?
+            .map_err(|status| SyncError::Cri {
+                call: "ListContainers",
+                status,
+            })?
             .into_inner()
             .containers;
         let mut by_name: HashMap<String, Vec<api::Container>> = HashMap::new();
@@ -690,7 +877,7 @@ impl Worker {
         Ok(out)
     }
 
-    async fn ensure_image(&mut self, c: &Container, k: &str) -> Result<String, (String, String)> {
+    async fn ensure_image(&mut self, c: &Container, k: &str) -> Result<String, ImageError> {
         let image = c.image.clone().unwrap_or_default();
         let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
             let tag = image.rsplit('/').next().unwrap_or("");
@@ -705,7 +892,7 @@ impl Worker {
             .cri
             .image_id(&image)
             .await
-            .map_err(|e| ("ErrImagePull".to_string(), e.message()))?;
+            .map_err(ImageError::Lookup)?;
         if present.is_some() && policy != "Always" {
             self.event(
                 "Normal",
@@ -718,27 +905,21 @@ impl Worker {
             // This binary's own image: made here, never pulled.
             return match self.ctx.addon_image.ensure().await {
                 Ok(_) => Ok(image),
-                Err(e) => {
-                    let msg = format!("Failed to build image {image:?}: {}", e.message());
-                    self.event("Warning", &format!("Failed/{k}"), msg.clone());
-                    Err(("ErrImagePull".into(), msg))
+                Err(source) => {
+                    let e = ImageError::Build { image, source };
+                    self.event("Warning", &format!("Failed/{k}"), e.to_string());
+                    Err(e)
                 }
             };
         }
         if policy == "Never" {
-            return Err((
-                "ErrImageNeverPull".into(),
-                format!("Container image {image:?} is not present with pull policy of Never"),
-            ));
+            return Err(ImageError::NeverPull(image));
         }
         let m = self.mem.entry(k.to_string()).or_default();
         if let Some(t) = m.pull_backoff_until
             && Instant::now() < t
         {
-            return Err((
-                "ImagePullBackOff".into(),
-                format!("Back-off pulling image {image:?}"),
-            ));
+            return Err(ImageError::BackOff(image));
         }
         self.event(
             "Normal",
@@ -752,14 +933,14 @@ impl Worker {
                 m.pull_backoff_until = None;
                 Ok(image)
             }
-            Err(e) => {
+            Err(source) => {
                 let m = self.mem.entry(k.to_string()).or_default();
                 m.pull_failures += 1;
                 m.pull_backoff_until =
                     Some(Instant::now() + Duration::from_secs(5 << m.pull_failures.min(6)));
-                let msg = format!("Failed to pull image {image:?}: {}", e.message());
-                self.event("Warning", &format!("Failed/{k}"), msg.clone());
-                Err(("ErrImagePull".into(), msg))
+                let e = ImageError::Pull { image, source };
+                self.event("Warning", &format!("Failed/{k}"), e.to_string());
+                Err(e)
             }
         }
     }
@@ -775,8 +956,8 @@ impl Worker {
         let k = kind.key(&c.name);
         let image = match self.ensure_image(c, &k).await {
             Ok(i) => i,
-            Err((reason, msg)) => {
-                self.mem.entry(k).or_default().waiting = Some((reason, msg));
+            Err(e) => {
+                self.wait(k, &e.into());
                 return;
             }
         };
@@ -797,10 +978,10 @@ impl Worker {
         .await;
         let (env, order) = match env {
             Ok(e) => e,
-            Err(msg) => {
-                self.event("Warning", &format!("Failed/{k}"), format!("Error: {msg}"));
-                self.mem.entry(k).or_default().waiting =
-                    Some(("CreateContainerConfigError".into(), msg));
+            Err(e) => {
+                let e = StartError::Config(e);
+                self.event("Warning", &format!("Failed/{k}"), format!("Error: {e}"));
+                self.wait(k, &e);
                 return;
             }
         };
@@ -811,9 +992,8 @@ impl Worker {
             &env,
         ) {
             Ok(m) => m,
-            Err(msg) => {
-                self.mem.entry(k).or_default().waiting =
-                    Some(("CreateContainerConfigError".into(), msg));
+            Err(e) => {
+                self.wait(k, &StartError::Config(e));
                 return;
             }
         };
@@ -836,10 +1016,7 @@ impl Worker {
                 // The target's processes, as kubelet's `--target`: its PID
                 // namespace.
                 let Some(target_id) = self.running_container_id(target).await else {
-                    self.mem.entry(k).or_default().waiting = Some((
-                        "CreateContainerConfigError".into(),
-                        format!("target container {target:?} is not running"),
-                    ));
+                    self.wait(k, &StartError::TargetNotRunning(target.clone()));
                     return;
                 };
                 if let Some(ns) = cfg
@@ -864,9 +1041,9 @@ impl Worker {
         {
             Ok(r) => r.into_inner().container_id,
             Err(s) => {
-                let msg = s.message().to_string();
-                self.event("Warning", &format!("Failed/{k}"), format!("Error: {msg}"));
-                self.mem.entry(k).or_default().waiting = Some(("CreateContainerError".into(), msg));
+                let e = StartError::Create(s);
+                self.event("Warning", &format!("Failed/{k}"), format!("Error: {e}"));
+                self.wait(k, &e);
                 return;
             }
         };
@@ -876,6 +1053,11 @@ impl Worker {
             format!("Created container {}", c.name),
         );
         self.start_created(c, kind, &id).await;
+    }
+
+    /// Shows why container `k` waits.
+    fn wait(&mut self, k: String, e: &StartError) {
+        self.mem.entry(k).or_default().waiting = Some(e.into());
     }
 
     /// The CRI id of regular container `name` when it runs.
@@ -904,11 +1086,7 @@ impl Worker {
                 if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
                     // As kubelet: a failing postStart kills the container,
                     // which then restarts by its policy.
-                    let pod_ip = self
-                        .sandbox
-                        .as_ref()
-                        .map(|s| s.1.clone())
-                        .unwrap_or_default();
+                    let pod_ip = self.pod_ip();
                     let probe = hook_as_probe(hook, 30);
                     if let Outcome::Failure(msg) =
                         probes::run(&self.ctx.cri, c, id, &pod_ip, &probe).await
@@ -933,11 +1111,11 @@ impl Worker {
                 m.waiting = None;
             }
             Err(s) => {
-                let msg = s.message().to_string();
-                warn!(pod = %self.name(), container = %c.name, error = %msg, "container did not start");
-                self.event("Warning", &format!("Failed/{k}"), format!("Error: {msg}"));
+                let e = StartError::Run(s);
+                warn!(pod = %self.name(), container = %c.name, error = %e, "container did not start");
+                self.event("Warning", &format!("Failed/{k}"), format!("Error: {e}"));
                 let m = self.mem.entry(k).or_default();
-                m.waiting = Some(("RunContainerError".into(), msg));
+                m.waiting = Some((&e).into());
                 // A container that cannot start counts as one that exited:
                 // the next start waits out the back-off.
                 let next = m
@@ -993,8 +1171,8 @@ impl Worker {
                 "back-off {secs}s restarting failed container={} pod={name}_{ns}({uid})",
                 c.name
             );
-            if !matches!(m.waiting.as_ref(), Some((r, _)) if r == "RunContainerError") {
-                m.waiting = Some(("CrashLoopBackOff".into(), msg));
+            if !matches!(m.waiting.as_ref(), Some(w) if w.reason == "RunContainerError") {
+                m.waiting = Some(Waiting::new("CrashLoopBackOff", msg));
             }
             self.event(
                 "Warning",
@@ -1111,7 +1289,7 @@ impl Worker {
 
     async fn kill_for_restart(&mut self, c: &Container, id: &str, why: &str) {
         self.acted_since_read = true;
-        self.steady = false;
+        self.unsettle();
         let grace = self
             .spec()
             .termination_grace_period_seconds
@@ -1133,9 +1311,21 @@ impl Worker {
             .await;
     }
 
+    /// The pod is gone from the API (force deleted, or deleted while this
+    /// node was away): every container is stopped with `grace` and
+    /// everything of the pod removed; the worker is then done.
+    pub async fn gone(&mut self, grace: i64) {
+        if self.fire(Event::Gone).is_none() {
+            return;
+        }
+        self.kill_all(grace, self.pod_ip()).await;
+        self.fire(Event::ContainersStopped);
+    }
+
     /// Stops every container (SIGTERM, then SIGKILL after `grace`
-    /// seconds, all at once) and removes the sandbox and the pod's files.
-    pub async fn terminate(&mut self, grace: i64) {
+    /// seconds, all at once; pre-stop hooks first, reaching the pod's IP
+    /// while it has one) and removes the sandboxes and the pod's files.
+    async fn kill_all(&mut self, grace: i64, pod_ip: String) {
         let mut rt = self.ctx.cri.runtime();
         let list = rt
             .list_containers(api::ListContainersRequest {
@@ -1165,11 +1355,6 @@ impl Worker {
             }
         }
         let spec = self.spec();
-        let pod_ip = self
-            .sandbox
-            .as_ref()
-            .map(|s| s.1.clone())
-            .unwrap_or_default();
         let cri = self.ctx.cri.clone();
         let stops = running.iter().map(|c| {
             let mut rt = rt.clone();
@@ -1220,7 +1405,6 @@ impl Worker {
         for sb in sandboxes {
             self.stop_sandbox(&sb.id).await;
         }
-        self.sandbox = None;
         let dir = self.ctx.paths.pod_dir(&self.uid);
         if dir.exists() {
             // Memory-backed emptyDirs are mounts.
@@ -1234,12 +1418,13 @@ impl Worker {
     /// `Evicted`, kubelet's message and a `DisruptionTarget` condition
     /// (`TerminationByKubelet`); its controller replaces it.
     pub async fn evict(&mut self, message: String) {
-        if self.evicted {
+        let Some(before) = self.fire(Event::Evicted) else {
             return;
-        }
-        self.evicted = true;
+        };
         self.event("Warning", "Evicted", message.clone());
-        self.terminate(0).await;
+        // The pre-stop hooks (given no time) see the IP the pod had.
+        self.kill_all(0, before.pod_ip().unwrap_or_default().to_string())
+            .await;
         let found = self.find_containers().await.unwrap_or_default();
         let mut st = self.status(&found);
         st["phase"] = json!("Failed");
@@ -1286,8 +1471,14 @@ impl Worker {
             ..Default::default()
         };
         match api.delete(&self.name(), &dp).await {
-            Ok(_) => Next::Done,
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Next::Done,
+            Ok(_) => {
+                self.fire(Event::Removed);
+                Next::Done
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                self.fire(Event::Removed);
+                Next::Done
+            }
             Err(e) => {
                 warn!(pod = %self.name(), error = %e, "deleting the terminated pod; retrying");
                 Next::Continue
@@ -1312,19 +1503,18 @@ impl Worker {
             json!({"waiting": w})
         };
         let Some(f) = f else {
-            let (r, msg) = m.and_then(|m| m.waiting.clone()).unwrap_or_else(|| {
-                (
+            let w = m.and_then(|m| m.waiting.clone()).unwrap_or_else(|| {
+                Waiting::new(
                     if init {
                         "PodInitializing"
                     } else {
                         "ContainerCreating"
-                    }
-                    .into(),
-                    String::new(),
+                    },
+                    "",
                 )
             });
             return (
-                waiting(&r, &msg),
+                waiting(w.reason, &w.message),
                 false,
                 false,
                 0,
@@ -1346,18 +1536,18 @@ impl Worker {
                 self.should_restart(st.exit_code)
             };
             if restarting {
-                let (r, msg) = m
+                let w = m
                     .and_then(|m| m.waiting.clone())
-                    .unwrap_or(("CrashLoopBackOff".into(), String::new()));
-                waiting(&r, &msg)
+                    .unwrap_or_else(|| Waiting::new("CrashLoopBackOff", ""));
+                waiting(w.reason, &w.message)
             } else {
                 json!({"terminated": terminated})
             }
         } else {
-            let (r, msg) = m
+            let w = m
                 .and_then(|m| m.waiting.clone())
-                .unwrap_or(("ContainerCreating".into(), String::new()));
-            waiting(&r, &msg)
+                .unwrap_or_else(|| Waiting::new("ContainerCreating", ""));
+            waiting(w.reason, &w.message)
         };
         // A probe's verdict counts only for the container it was made on.
         let verdict = |probe: bool, state: Option<&ProbeState>| {
@@ -1393,11 +1583,11 @@ impl Worker {
                     json!({"terminated": terminated_json(st)})
                 }
                 _ => {
-                    let (reason, message) = self
+                    let Waiting { reason, message } = self
                         .mem
                         .get(&k)
                         .and_then(|m| m.waiting.clone())
-                        .unwrap_or(("ContainerCreating".into(), String::new()));
+                        .unwrap_or_else(|| Waiting::new("ContainerCreating", ""));
                     let mut w = json!({"reason": reason});
                     if !message.is_empty() {
                         w["message"] = json!(message);
@@ -1544,11 +1734,11 @@ impl Worker {
         };
         let terminal = phase == "Succeeded" || phase == "Failed";
         let containers_ready = all_ready && initialized && !terminal && !spec.containers.is_empty();
-        let sandbox_ready = self.sandbox.is_some();
+        let sandbox_ready = self.phase.sandbox().is_some();
         let pod_ip = self
-            .sandbox
-            .as_ref()
-            .map(|s| s.1.clone())
+            .phase
+            .sandbox()
+            .map(|s| s.ip.clone())
             .unwrap_or_default();
         let scheduled = old_cond("PodScheduled")
             .map(|c| serde_json::to_value(c).unwrap_or_default())
@@ -1644,7 +1834,7 @@ impl Worker {
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 // Gone from the API (force deleted): nothing may keep running.
-                self.terminate(2).await;
+                self.gone(2).await;
                 Next::Done
             }
             Err(e) => {
@@ -1726,6 +1916,62 @@ mod tests {
         assert_eq!(
             qos_class(&spec(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))),
             "Guaranteed"
+        );
+    }
+
+    /// A container's waiting reason comes from the kind of failure, its
+    /// message is kubelet's.
+    #[test]
+    fn waiting_reasons_and_messages() {
+        let w = |e: StartError| Waiting::from(&e);
+        assert_eq!(
+            w(ImageError::NeverPull("x:1".into()).into()),
+            Waiting::new(
+                "ErrImageNeverPull",
+                "Container image \"x:1\" is not present with pull policy of Never"
+            )
+        );
+        assert_eq!(
+            w(ImageError::BackOff("x:1".into()).into()),
+            Waiting::new("ImagePullBackOff", "Back-off pulling image \"x:1\"")
+        );
+        let pull = ImageError::Pull {
+            image: "x:1".into(),
+            source: RuntimeError::Cri {
+                call: "PullImage",
+                code: tonic::Code::NotFound,
+                message: "not found".into(),
+            },
+        };
+        assert_eq!(
+            w(pull.into()),
+            Waiting::new("ErrImagePull", "Failed to pull image \"x:1\": not found")
+        );
+        assert_eq!(
+            w(StartError::Config(VolumeError::NotFound {
+                kind: volumes::ObjectKind::Secret,
+                name: "s".into(),
+            })),
+            Waiting::new("CreateContainerConfigError", "secret \"s\" not found")
+        );
+        assert_eq!(
+            w(StartError::TargetNotRunning("app".into())),
+            Waiting::new(
+                "CreateContainerConfigError",
+                "target container \"app\" is not running"
+            )
+        );
+        assert_eq!(
+            w(StartError::Create(tonic::Status::unknown("no such file"))),
+            Waiting::new("CreateContainerError", "no such file")
+        );
+        assert_eq!(
+            w(StartError::Run(tonic::Status::unknown("exec failed"))),
+            Waiting::new("RunContainerError", "exec failed")
+        );
+        assert_eq!(
+            SyncError::CreateSandbox(tonic::Status::unknown("no IP")).to_string(),
+            "Failed to create pod sandbox: no IP"
         );
     }
 
