@@ -40,8 +40,9 @@ pub struct Carried {
 /// Copies `from` into `to` until `from` ends, then shuts `to` down. When
 /// writing fails, what `from` still sends is read and dropped until it
 /// ends, so that closing it later does not reset it. Returns the bytes
-/// written.
-async fn pump<R, W>(from: &mut R, to: &mut W) -> u64
+/// written. One direction of [`splice`], for relays that need to treat
+/// the other direction differently.
+pub async fn pump<R, W>(from: &mut R, to: &mut W) -> u64
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

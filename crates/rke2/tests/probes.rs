@@ -510,41 +510,80 @@ async fn grpc_probes() {
     // kubectl debug: an ephemeral container in the echo container's
     // process namespace, fed through stdin, oldest and newest kubectl.
     for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
-        let name = format!("dbg{minor}");
-        let child = std::process::Command::new(k)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "debug",
-                "echo",
-                "-i",
-                "--image",
-                TEST_BUSYBOX_IMAGE,
-                "--target",
-                "echo",
-                "--container",
-                &name,
-                "--",
-                "sh",
-                "-c",
-                // containerd 1.6 starts copying an attach's stdin before it
-                // hooks up its stdout, so what a container answers at once
-                // can miss the attach: the line is sent only once the
-                // container's own output has come through.
-                "until read -t 1 x; do echo waiting; done; echo got-$x; ps",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = tokio::task::spawn_blocking(move || debug_session(child, "ping"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains("got-ping"),
-            "kubectl 1.{minor} debug: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut name = format!("dbg{minor}");
+        // kubectl 1.29 against containerd 1.6 (over SPDY) sometimes sees
+        // an attach end with success after the container's first line:
+        // the runtime's own stream carries no more (seen about once in
+        // 250 sessions; the node relays what it gets, GOAWAY held back,
+        // see api/spdy.rs). A session cut short that way, while the
+        // container's log shows it did its whole work, gets one more try
+        // with a new container; any other shortfall fails at once.
+        let mut attempts = 0;
+        let stdout = loop {
+            attempts += 1;
+            let child = std::process::Command::new(k)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args([
+                    "debug",
+                    "echo",
+                    "-i",
+                    "--image",
+                    TEST_BUSYBOX_IMAGE,
+                    "--target",
+                    "echo",
+                    "--container",
+                    &name,
+                    "--",
+                    "sh",
+                    "-c",
+                    // containerd 1.6 starts copying an attach's stdin
+                    // before it hooks up its stdout, so what a container
+                    // answers at once can miss the attach: the line is
+                    // sent only once the container's own output has come
+                    // through.
+                    "until read -t 1 x; do echo waiting; done; echo got-$x; ps",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = tokio::task::spawn_blocking(move || debug_session(child, "ping"));
+            let out = tokio::time::timeout(LONG, out)
+                .await
+                .unwrap_or_else(|_| panic!("kubectl 1.{minor} debug did not finish\n{}", s1.log()))
+                .unwrap()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            let whole = |s: &str| s.contains("got-ping") && s.contains("echo_http.py");
+            if whole(&stdout) || attempts > 1 {
+                assert!(
+                    stdout.contains("got-ping"),
+                    "kubectl 1.{minor} debug: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                break stdout;
+            }
+            let logs = eventually(LONG, "the debug container's log", || async {
+                pods.logs(
+                    "echo",
+                    &kube::api::LogParams {
+                        container: Some(name.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .ok()
+                .filter(|l| l.contains("PID"))
+            })
+            .await;
+            assert!(
+                logs.as_deref().is_ok_and(whole),
+                "kubectl 1.{minor} debug: {stdout} (the container's log: {logs:?})"
+            );
+            name = format!("dbg{minor}-again");
+        };
         assert!(
             stdout.contains("echo_http.py"),
             "the target's processes are visible (kubectl 1.{minor}): {stdout}"

@@ -59,6 +59,10 @@ const CLOSE_CHANNEL: u8 = 255;
 /// (its close is forwarded; anything after it has nowhere to go).
 const DRAIN_AFTER_CLIENT_CLOSE: Duration = Duration::from_secs(2);
 
+/// How long a SPDY client may take to close its connection after the
+/// runtime's side ended, before the node closes it.
+const CLIENT_CLOSE_AFTER_RUNTIME: Duration = Duration::from_secs(10);
+
 /// The outcome of subprotocol negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
@@ -272,10 +276,11 @@ pub async fn relay_spdy(client: WebSocket, mut tx: spdy::Sender, mut rx: spdy::R
     until_done(down, up).await;
 }
 
-/// Copies bytes between a SPDY client's upgraded connection and the
-/// runtime's (after handing the client what the runtime sent past its
-/// answer head) until the runtime closes, or a moment after the client
-/// did.
+/// Relays a SPDY client's upgraded connection and the runtime's: frames
+/// from the runtime pass through whole, all but its GOAWAY (see
+/// [`spdy::forward_frames_but_goaway`]), and once the runtime has closed
+/// the client is left to close first; bytes from the client pass through
+/// as they come.
 pub async fn relay_bytes(client: hyper::upgrade::OnUpgrade, runtime: spdy::Upgraded) {
     use tokio::io::AsyncWriteExt;
     let client = match client.await {
@@ -285,14 +290,30 @@ pub async fn relay_bytes(client: hyper::upgrade::OnUpgrade, runtime: spdy::Upgra
             return;
         }
     };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let spdy::Upgraded { r, w, .. } = runtime;
-    let early = r.buffer().to_vec();
-    let r = r.into_inner();
-    if !early.is_empty() && client.write_all(&early).await.is_err() {
-        return;
+    let client = hyper_util::rt::TokioIo::new(client);
+    let spdy::Upgraded { mut r, mut w, .. } = runtime;
+    let (mut c_r, mut c_w) = tokio::io::split(client);
+    {
+        let down = async {
+            if let Err(e) = spdy::forward_frames_but_goaway(&mut r, &mut c_w).await {
+                debug!(error = %e, "runtime stream ended");
+            }
+        };
+        let up = rke2_relay::pump(&mut c_r, &mut w);
+        tokio::pin!(down, up);
+        tokio::select! {
+            _ = &mut down => {
+                // The client closes once it has read every stream's end and
+                // the Status (see forward_frames_but_goaway); closing first
+                // could still lose what it has not read.
+                let _ = tokio::time::timeout(CLIENT_CLOSE_AFTER_RUNTIME, &mut up).await;
+            }
+            _ = &mut up => {
+                let _ = tokio::time::timeout(DRAIN_AFTER_CLIENT_CLOSE, &mut down).await;
+            }
+        }
     }
-    rke2_relay::splice(client, tokio::io::join(r, w), DRAIN_AFTER_CLIENT_CLOSE).await;
+    let _ = c_w.shutdown().await;
 }
 
 /// Relays a WebSocket that tunnels SPDY (binary messages are chunks of

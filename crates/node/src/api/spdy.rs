@@ -258,6 +258,45 @@ fn syn_stream(id: u32, channel: Channel, first: bool) -> Vec<u8> {
     control(SYN_STREAM, 0, &d)
 }
 
+/// Copies the SPDY frames `r` sends to `w`, all but GOAWAY, until `r`
+/// ends (or sends half a frame). Returns whether a GOAWAY was held back.
+///
+/// The streaming server sends GOAWAY and closes right after its last
+/// DATA frames and the exit Status. The spdystream library of kubectl
+/// <= 1.29 stops reading at a GOAWAY (or at the end of the connection)
+/// and then discards the frames still queued for its per-stream workers,
+/// so the last output of an attach or exec could vanish. Without the
+/// GOAWAY, and with the connection kept open, the client ends each
+/// stream at its FIN, reads the Status and closes the connection itself.
+pub async fn forward_frames_but_goaway<R, W>(r: &mut R, w: &mut W) -> std::io::Result<bool>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut held = false;
+    loop {
+        let mut frame = vec![0u8; 8];
+        match r.read_exact(&mut frame).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(held),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes([0, frame[5], frame[6], frame[7]]) as usize;
+        frame.resize(8 + len, 0);
+        match r.read_exact(&mut frame[8..]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(held),
+            Err(e) => return Err(e),
+        }
+        if frame[0] & 0x80 != 0 && u16::from_be_bytes([frame[2], frame[3]]) == GOAWAY {
+            held = true;
+            continue;
+        }
+        w.write_all(&frame).await?;
+        w.flush().await?;
+    }
+}
+
 /// A connection to the runtime's streaming server after its 101: the
 /// reader (with whatever it buffered past the answer head), the writer,
 /// and the protocol the server chose.
@@ -455,6 +494,25 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_frame_but_goaway_is_forwarded_whole() {
+        let data = data_frame(3, FLAG_FIN, b"last output");
+        let ping = control(PING, 0, &[0, 0, 0, 1]);
+        let goaway = control(GOAWAY, 0, &[0, 0, 0, 0, 0, 0, 0, 0]);
+        let mut input = Vec::new();
+        for f in [&data, &goaway, &ping] {
+            input.extend_from_slice(f);
+        }
+        // A frame cut short by the end of the stream is not passed on.
+        input.extend_from_slice(&data[..5]);
+        let mut out = Vec::new();
+        let held = forward_frames_but_goaway(&mut input.as_slice(), &mut out)
+            .await
+            .unwrap();
+        assert!(held);
+        assert_eq!(out, [data, ping].concat());
+    }
 
     #[test]
     fn frames_are_laid_out_as_spdy3() {
