@@ -313,6 +313,47 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
         })
     }
 
+    fn rotate_ca(
+        &self,
+        current: Passwd,
+        files: Vec<(String, Vec<u8>)>,
+        force: bool,
+    ) -> BoxFuture<'_, Result<(), (http::StatusCode, String)>> {
+        Box::pin(async move {
+            let tls = self.server_dir.join("tls");
+            let lookup = |rel: &str| {
+                files
+                    .iter()
+                    .find(|(name, _)| name == rel)
+                    .map(|(_, b)| b.clone())
+            };
+            let checked = rke2_trust::validate_ca_rotation(
+                &lookup,
+                &|rel: &str| std::fs::read(tls.join(rel)).ok(),
+                force,
+            )
+            .map_err(|e| {
+                (
+                    http::StatusCode::BAD_REQUEST,
+                    format!("refusing the new CA material: {e}\n"),
+                )
+            })?;
+            store_rotated_ca(&self.store, &current.server, &checked)
+                .await
+                .map_err(|e| {
+                    (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("CA rotation failed: {e:#}\n"),
+                    )
+                })?;
+            info!(
+                force,
+                "new CA certificates stored in the bootstrap data; restart every server, one at a time"
+            );
+            Ok(())
+        })
+    }
+
     fn encrypt_status(&self) -> BoxFuture<'_, Result<Value, (http::StatusCode, String)>> {
         Box::pin(async move {
             self.encryption.status().await.map_err(|e| {
@@ -443,6 +484,82 @@ pub async fn rotate_bootstrap_data(
         .await
         .context("deleting the bootstrap data of the old token")?;
     Ok(())
+}
+
+/// Replaces the CA files of the bootstrap data stored under `password`
+/// (`rke2 certificate rotate-ca`), in one compare-and-swap: a concurrent
+/// token rotation makes it fail rather than be lost.
+pub async fn store_rotated_ca(
+    store: &Store,
+    password: &str,
+    files: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let key = bootstrap::storage_key(password);
+    let kv = store
+        .get(&key)
+        .await
+        .context("reading bootstrap data from etcd")?
+        .context("no bootstrap data is stored under the current token")?;
+    let doc = bootstrap::decrypt(password, &String::from_utf8_lossy(&kv.value))
+        .context("opening the stored bootstrap data with the current token")?;
+    let doc = bootstrap::replace_files(&doc, files).context("updating the bootstrap data")?;
+    store
+        .update(
+            &key,
+            bootstrap::encrypt(password, &doc).into_bytes(),
+            kv.mod_revision,
+        )
+        .await
+        .context("storing the new CA material in etcd")?;
+    Ok(())
+}
+
+/// The stored CA material differs from this server's files: they were
+/// replaced from etcd and the server must start again with them.
+#[derive(Debug, thiserror::Error)]
+#[error("the cluster's CA certificates were rotated: {files:?} replaced from the bootstrap data (old files kept in {backup})")]
+pub struct CaRotated {
+    /// The files replaced, relative to `server/tls`.
+    pub files: Vec<String>,
+    /// Where the previous `server/tls` was copied.
+    pub backup: String,
+}
+
+/// At start, once etcd runs: when the bootstrap data in etcd carries CA
+/// files other than this server's (`rke2 certificate rotate-ca` on any
+/// server), backs up `server/tls` and writes them; the caller then starts
+/// again so every leaf is issued by the new CAs. `Ok(None)` when nothing
+/// differs.
+pub async fn apply_stored_ca(
+    store: &Store,
+    password: &str,
+    tls_dir: &Path,
+) -> Result<Option<CaRotated>> {
+    let key = bootstrap::storage_key(password);
+    let Some(kv) = store
+        .get(&key)
+        .await
+        .context("reading bootstrap data from etcd")?
+    else {
+        return Ok(None);
+    };
+    let doc = bootstrap::decrypt(password, &String::from_utf8_lossy(&kv.value))
+        .context("opening the stored bootstrap data")?;
+    let files = bootstrap::differing_files(&doc, tls_dir).context("comparing CA files")?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let backup = tls_dir.with_file_name(format!(
+        "tls-{}",
+        chrono::Utc::now().timestamp()
+    ));
+    crate::certificate::copy_dir(tls_dir, &backup)
+        .with_context(|| format!("backing up {} to {}", tls_dir.display(), backup.display()))?;
+    bootstrap::unpack(&doc, tls_dir).context("writing the rotated CA files")?;
+    Ok(Some(CaRotated {
+        files,
+        backup: backup.display().to_string(),
+    }))
 }
 
 fn hash_password(salt: &str, password: &str) -> String {

@@ -221,6 +221,50 @@ pub fn unpack(doc: &[u8], tls_dir: &Path) -> Result<Passwd, BootstrapError> {
     Ok(passwd)
 }
 
+/// Replaces the given files (paths relative to the TLS dir, as in the
+/// document) in a bootstrap document, keeping every other entry and the
+/// passwords: the stored side of `rke2 certificate rotate-ca`. Only the
+/// document's own files may be replaced.
+pub fn replace_files(doc: &[u8], files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, BootstrapError> {
+    let mut entries: BTreeMap<String, Entry> = serde_json::from_slice(doc)
+        .map_err(|e| BootstrapError::Malformed(format!("not a bootstrap JSON document: {e}")))?;
+    let now = rfc3339(std::time::SystemTime::now());
+    for (name, bytes) in files {
+        if !required_files().any(|r| r == name) {
+            return Err(BootstrapError::UnsafePath(name.clone()));
+        }
+        entries.insert(
+            name.clone(),
+            Entry {
+                timestamp: now.clone(),
+                content: B64.encode(bytes),
+            },
+        );
+    }
+    Ok(serde_json::to_vec(&entries).expect("bootstrap document serializes"))
+}
+
+/// The files of a bootstrap document whose content differs from the file
+/// under `tls_dir` (or that is missing there), in document order: what a
+/// server restarted after `rke2 certificate rotate-ca` takes from etcd.
+pub fn differing_files(doc: &[u8], tls_dir: &Path) -> Result<Vec<String>, BootstrapError> {
+    let entries: BTreeMap<String, Entry> = serde_json::from_slice(doc)
+        .map_err(|e| BootstrapError::Malformed(format!("not a bootstrap JSON document: {e}")))?;
+    let mut out = Vec::new();
+    for rel in required_files() {
+        let e = entries
+            .get(rel)
+            .ok_or_else(|| BootstrapError::Missing(rel.to_string()))?;
+        let want = B64
+            .decode(e.content.as_bytes())
+            .map_err(|err| BootstrapError::Malformed(format!("content of {rel}: {err}")))?;
+        if fs::read(tls_dir.join(rel)).ok().as_deref() != Some(want.as_slice()) {
+            out.push(rel.to_string());
+        }
+    }
+    Ok(out)
+}
+
 fn derive_key(password: &str, salt: &[u8]) -> LessSafeKey {
     let mut key = [0u8; KEY_LEN];
     pbkdf2::derive(
@@ -464,6 +508,26 @@ mod tests {
             decrypt("right", "AAAA:AAAA"),
             Err(BootstrapError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn replaced_files_differ_from_disk_until_unpacked() {
+        let a = tempfile::tempdir().unwrap();
+        let t = trust(a.path());
+        let doc = pack(&t.tls_dir, &pw()).unwrap();
+        assert!(differing_files(&doc, &t.tls_dir).unwrap().is_empty());
+        let b = tempfile::tempdir().unwrap();
+        let other = trust(b.path());
+        let new = vec![(
+            "client-ca.crt".to_string(),
+            fs::read(other.tls_dir.join("client-ca.crt")).unwrap(),
+        )];
+        let doc2 = replace_files(&doc, &new).unwrap();
+        assert_eq!(differing_files(&doc2, &t.tls_dir).unwrap(), ["client-ca.crt"]);
+        assert_eq!(unpack(&doc2, &t.tls_dir).unwrap(), pw());
+        assert!(differing_files(&doc2, &t.tls_dir).unwrap().is_empty());
+        let err = replace_files(&doc, &[("../x".into(), vec![])]).unwrap_err();
+        assert!(matches!(err, BootstrapError::UnsafePath(_)), "{err}");
     }
 
     #[test]

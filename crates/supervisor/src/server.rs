@@ -63,6 +63,25 @@ pub trait ClusterInfo: Send + Sync {
             ))
         })
     }
+    /// Stores new CA material (`PUT /v1-rke2/cert/cacerts`, `rke2
+    /// certificate rotate-ca`): `files` (paths relative to `server/tls`,
+    /// their bytes) replace the CA files of the stored bootstrap data
+    /// after the same checks the command made. `Err((status, message))`
+    /// refuses it (400 for bad material, naming the file).
+    fn rotate_ca(
+        &self,
+        current: Passwd,
+        files: Vec<(String, Vec<u8>)>,
+        force: bool,
+    ) -> BoxFuture<'_, Result<(), (StatusCode, String)>> {
+        let _ = (current, files, force);
+        Box::pin(async {
+            Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "CA rotation is not available on this server\n".to_string(),
+            ))
+        })
+    }
     /// Secrets encryption at rest (`GET /v1-rke2/encrypt/status`): the
     /// state `rke2 secrets-encrypt status` prints.
     fn encrypt_status(&self) -> BoxFuture<'_, Result<serde_json::Value, (StatusCode, String)>> {
@@ -155,6 +174,7 @@ pub fn router(state: Arc<SupervisorState>) -> Router {
         .route("/v1-rke2/config", get(config))
         .route("/v1-rke2/server-bootstrap", get(server_bootstrap))
         .route("/v1-rke2/token", axum::routing::put(rotate_token))
+        .route("/v1-rke2/cert/cacerts", axum::routing::put(rotate_ca))
         .route("/v1-rke2/encrypt/status", get(encrypt_status))
         .route(
             "/v1-rke2/encrypt/config",
@@ -290,6 +310,48 @@ async fn rotate_token(
         }
         Err((status, message)) => {
             warn!(%status, message = message.trim(), "supervisor: token rotation refused");
+            (status, message).into_response()
+        }
+    }
+}
+
+/// Body of `PUT /v1-rke2/cert/cacerts`.
+#[derive(serde::Deserialize)]
+struct CaRotation {
+    #[serde(default)]
+    force: bool,
+    /// Path relative to `server/tls` -> base64 content.
+    files: std::collections::BTreeMap<String, String>,
+}
+
+async fn rotate_ca(
+    State(s): State<Arc<SupervisorState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOnly) {
+        return r.into_response();
+    }
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
+    let Ok(req) = serde_json::from_slice::<CaRotation>(&body) else {
+        return bad(
+            "the body must be {\"force\": bool, \"files\": {\"<path>\": \"<base64>\"}}\n".into(),
+        );
+    };
+    let mut files = Vec::with_capacity(req.files.len());
+    for (name, content) in req.files {
+        match B64.decode(content.as_bytes()) {
+            Ok(b) => files.push((name, b)),
+            Err(e) => return bad(format!("{name}: content is not base64: {e}\n")),
+        }
+    }
+    match s.info.rotate_ca(s.passwd(), files, req.force).await {
+        Ok(()) => {
+            tracing::info!("supervisor: new CA certificates stored; they apply at each server's next start");
+            (StatusCode::OK, "").into_response()
+        }
+        Err((status, message)) => {
+            warn!(%status, message = message.trim(), "supervisor: CA rotation refused");
             (status, message).into_response()
         }
     }
