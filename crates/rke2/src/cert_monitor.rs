@@ -42,9 +42,8 @@ fn label_value(v: &str) -> String {
 /// data dir), `subject` and `usages` as `rke2 certificate check` names
 /// them; negative once expired.
 pub fn render_metrics(data_dir: &Path, now: i64) -> String {
-    let mut out = format!(
-        "# HELP {METRIC} Remaining lifetime on the certificate.\n# TYPE {METRIC} gauge\n"
-    );
+    let mut out =
+        format!("# HELP {METRIC} Remaining lifetime on the certificate.\n# TYPE {METRIC} gauge\n");
     let mut seen = std::collections::BTreeSet::new();
     for f in crate::certificate::cert_files(data_dir, &[]) {
         let Ok(infos) = rke2_trust::describe_cert_file(&f) else {
@@ -201,8 +200,17 @@ mod tests {
         let leaf = sample("server/tls/client-admin.crt");
         assert!((364 * 86_400..=366 * 86_400).contains(&leaf), "{leaf}");
         assert!(sample("server/tls/server-ca.crt") > 3000 * 86_400);
-        assert!(text.contains("subject=\"CN=system:admin\"") || text.contains("subject=\"system:admin\""), "{text}");
+        assert!(
+            text.contains("subject=\"CN=system:admin\"")
+                || text.contains("subject=\"system:admin\""),
+            "{text}"
+        );
         let later = render_metrics(dir.path(), now + 400 * 86_400);
-        assert!(later.lines().any(|l| l.contains("client-admin.crt") && l.contains(" -")), "{later}");
+        assert!(
+            later
+                .lines()
+                .any(|l| l.contains("client-admin.crt") && l.contains(" -")),
+            "{later}"
+        );
     }
 }

@@ -442,7 +442,9 @@ fn rotate_ca_main(m: &clap::ArgMatches) -> i32 {
             None => {
                 let p = data_dir.join("server/token");
                 std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading the token {} (or give --token)", p.display()))?
+                    .with_context(|| {
+                        format!("reading the token {} (or give --token)", p.display())
+                    })?
                     .trim()
                     .to_string()
             }

@@ -517,7 +517,9 @@ pub async fn store_rotated_ca(
 /// The stored CA material differs from this server's files: they were
 /// replaced from etcd and the server must start again with them.
 #[derive(Debug, thiserror::Error)]
-#[error("the cluster's CA certificates were rotated: {files:?} replaced from the bootstrap data (old files kept in {backup})")]
+#[error(
+    "the cluster's CA certificates were rotated: {files:?} replaced from the bootstrap data (old files kept in {backup})"
+)]
 pub struct CaRotated {
     /// The files replaced, relative to `server/tls`.
     pub files: Vec<String>,
@@ -549,10 +551,7 @@ pub async fn apply_stored_ca(
     if files.is_empty() {
         return Ok(None);
     }
-    let backup = tls_dir.with_file_name(format!(
-        "tls-{}",
-        chrono::Utc::now().timestamp()
-    ));
+    let backup = tls_dir.with_file_name(format!("tls-{}", chrono::Utc::now().timestamp()));
     crate::certificate::copy_dir(tls_dir, &backup)
         .with_context(|| format!("backing up {} to {}", tls_dir.display(), backup.display()))?;
     bootstrap::unpack(&doc, tls_dir).context("writing the rotated CA files")?;

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::{Api, PostParams};
 use rke2_testbed::{Server, ServerOpts, eventually, unique_loopback};
 
 fn bin() -> &'static Path {
@@ -198,7 +198,13 @@ fn openssl(args: &[&str]) -> Output {
 /// certificate the server sent).
 fn s_client(addr: &str, ca: &Path) -> (bool, String) {
     let o = Command::new("openssl")
-        .args(["s_client", "-connect", addr, "-showcerts", "-verify_return_error"])
+        .args([
+            "s_client",
+            "-connect",
+            addr,
+            "-showcerts",
+            "-verify_return_error",
+        ])
         .arg("-CAfile")
         .arg(ca)
         .stdin(Stdio::null())
@@ -217,7 +223,11 @@ fn scrape(server: &Server, node: &str) -> String {
     let k = rke2_testbed::kubectls().unwrap().pop().unwrap().1;
     let o = server
         .kubectl(&k)
-        .args(["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")])
+        .args([
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/metrics"),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
@@ -278,7 +288,8 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
     );
 
     // New CAs cross-signed by the current ones.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rotate-default-ca-certs.sh");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rotate-default-ca-certs.sh");
     let o = Command::new("bash")
         .arg(&script)
         .env("DATA_DIR", &s.data_dir)
@@ -296,21 +307,29 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
 
     // Bad input: refused naming the file, exit 1, nothing stored.
     let rev = bootstrap_revision(&s);
-    let tls_before: Vec<(PathBuf, Vec<u8>)> = ["server-ca.crt", "client-ca.crt", "etcd/peer-ca.crt"]
-        .iter()
-        .map(|f| (tls.join(f), std::fs::read(tls.join(f)).unwrap()))
-        .collect();
+    let tls_before: Vec<(PathBuf, Vec<u8>)> =
+        ["server-ca.crt", "client-ca.crt", "etcd/peer-ca.crt"]
+            .iter()
+            .map(|f| (tls.join(f), std::fs::read(tls.join(f)).unwrap()))
+            .collect();
     let bad = s.dir.path().join("bad");
     copy_dir(&new_dir, &bad);
     std::fs::remove_file(bad.join("etcd/peer-ca.key")).unwrap();
     let o = rotate_ca(&s, &bad, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains(&format!("{}: file is missing", bad.join("etcd/peer-ca.key").display())),
+        text(&o).contains(&format!(
+            "{}: file is missing",
+            bad.join("etcd/peer-ca.key").display()
+        )),
         "{}",
         text(&o)
     );
-    std::fs::copy(new_dir.join("etcd/peer-ca.key"), bad.join("etcd/peer-ca.key")).unwrap();
+    std::fs::copy(
+        new_dir.join("etcd/peer-ca.key"),
+        bad.join("etcd/peer-ca.key"),
+    )
+    .unwrap();
     std::fs::copy(new_dir.join("server-ca.key"), bad.join("client-ca.key")).unwrap();
     let o = rotate_ca(&s, &bad, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -322,24 +341,40 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
     std::fs::copy(new_dir.join("client-ca.key"), bad.join("client-ca.key")).unwrap();
     // A CA of its own, not signed by the current one.
     let o = openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-days", "30", "-subj", "/CN=unrelated-ca",
-        "-keyout", bad.join("request-header-ca.key").to_str().unwrap(),
-        "-out", bad.join("request-header-ca.crt").to_str().unwrap(),
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=unrelated-ca",
+        "-keyout",
+        bad.join("request-header-ca.key").to_str().unwrap(),
+        "-out",
+        bad.join("request-header-ca.crt").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let o = rotate_ca(&s, &bad, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("request-header-ca.crt: the new CA certificate does not chain to the current CA")
-            && text(&o).contains("--force"),
+        text(&o).contains(
+            "request-header-ca.crt: the new CA certificate does not chain to the current CA"
+        ) && text(&o).contains("--force"),
         "{}",
         text(&o)
     );
     // A wrong token.
     let o = rotate_ca(&s, &new_dir, &["--token", "not-the-token"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert_eq!(bootstrap_revision(&s), rev, "bad input changed the bootstrap data");
+    assert_eq!(
+        bootstrap_revision(&s),
+        rev,
+        "bad input changed the bootstrap data"
+    );
     for (f, b) in &tls_before {
         assert_eq!(&std::fs::read(f).unwrap(), b, "{}", f.display());
     }
@@ -353,7 +388,8 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
 
     // Restart: the server takes the stored CAs (keeping the old files
     // aside) and serves certificates of the new CA.
-    s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG).unwrap();
+    s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
+        .unwrap();
     std::fs::remove_file(&s.kubeconfig).unwrap();
     s.spawn().unwrap();
     let client = s
@@ -361,10 +397,16 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
     let nodes: Api<Node> = Api::all(client.clone());
-    for f in ["server-ca.crt", "client-ca.key", "etcd/server-ca.crt", "etcd/peer-ca.crt", "request-header-ca.crt"] {
+    for f in [
+        "server-ca.crt",
+        "client-ca.key",
+        "etcd/server-ca.crt",
+        "etcd/peer-ca.crt",
+        "request-header-ca.crt",
+    ] {
         assert_eq!(
-            std::fs::read(tls.join(f)).unwrap(),
-            std::fs::read(new_dir.join(f)).unwrap(),
+            std::fs::read_to_string(tls.join(f)).unwrap(),
+            std::fs::read_to_string(new_dir.join(f)).unwrap(),
             "{f}"
         );
     }
@@ -378,7 +420,10 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
         std::fs::read(backups[0].path().join("server-ca.crt")).unwrap(),
         tls_before[0].1
     );
-    assert!(s.log_text().contains("the cluster's CA certificates were rotated"));
+    assert!(
+        s.log_text()
+            .contains("the cluster's CA certificates were rotated")
+    );
 
     // The serving certificate is the new CA's, and a client trusting only
     // the old root verifies it (the chain through the cross-signed root).
@@ -389,10 +434,17 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
     let leaf_file = s.dir.path().join("leaf.pem");
     std::fs::write(&leaf_file, first_cert(&serving)).unwrap();
     let o = openssl(&[
-        "verify", "-partial_chain", "-CAfile", intermediate.to_str().unwrap(),
+        "verify",
+        "-partial_chain",
+        "-CAfile",
+        intermediate.to_str().unwrap(),
         leaf_file.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "serving cert not issued by the new CA: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "serving cert not issued by the new CA: {}",
+        text(&o)
+    );
     let (ok, served) = s_client(&format!("{}:6443", s.ip), &old_ca_copy);
     assert!(ok, "a client trusting the old root refused the new chain");
     assert_eq!(served, first_cert(&serving));
@@ -417,9 +469,11 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
 
     // The agent stays Ready without re-registering; restarted, it gets a
     // kubelet certificate of the new client CA.
-    eventually(LONG, "agent Ready after the rotation", || ready(&nodes, "ca-worker"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    eventually(LONG, "agent Ready after the rotation", || {
+        ready(&nodes, "ca-worker")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
     a.stop();
     a.spawn();
     let client_ca = std::fs::read_to_string(tls.join("client-ca.crt")).unwrap();
@@ -433,7 +487,11 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
             let pem = std::fs::read_to_string(&kubelet).ok()?;
             std::fs::write(&leaf, first_cert(&pem)).ok()?;
             openssl(&[
-                "verify", "-partial_chain", "-CAfile", client_int.to_str()?, leaf.to_str()?,
+                "verify",
+                "-partial_chain",
+                "-CAfile",
+                client_int.to_str()?,
+                leaf.to_str()?,
             ])
             .status
             .success()
@@ -442,15 +500,19 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
-    eventually(LONG, "agent Ready after its restart", || ready(&nodes, "ca-worker"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    eventually(LONG, "agent Ready after its restart", || {
+        ready(&nodes, "ca-worker")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
 
     // A new agent joins with the token made before the rotation.
     let b = Agent::start(&s, &old_token, "ca-late");
-    eventually(LONG, "late agent Ready with the old token", || ready(&nodes, "ca-late"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
+    eventually(LONG, "late agent Ready with the old token", || {
+        ready(&nodes, "ca-late")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
 
     // The gauge follows the files: the new CA's remaining lifetime.
     let after = scrape(&s, &s.node_name);
@@ -462,5 +524,167 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
 
     drop(b);
     drop(a);
-    s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG).unwrap();
+    s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
+        .unwrap();
+}
+
+/// True when the first certificate of `leaf_pem` is issued by the first
+/// certificate of `ca_pem`.
+fn issued_by(dir: &Path, leaf_pem: &str, ca_pem: &str) -> bool {
+    let leaf = dir.join("check-leaf.pem");
+    let ca = dir.join("check-ca.pem");
+    std::fs::write(&leaf, first_cert(leaf_pem)).unwrap();
+    std::fs::write(&ca, first_cert(ca_pem)).unwrap();
+    openssl(&[
+        "verify",
+        "-partial_chain",
+        "-CAfile",
+        ca.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ])
+    .status
+    .success()
+}
+
+/// Three servers (the joiners configured with the full token made before
+/// the rotation), rotate-ca through the second, then each server restarted
+/// in turn: after each restart a write through every server is read
+/// through the others (etcd and the apiservers with mixed CAs), etcd keeps
+/// three started voters, and at the end every server holds the new CAs
+/// and serves, and peers with, leaves of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_restarted_one_at_a_time() {
+    let mut s1 = Server::start(
+        bin(),
+        ServerOpts {
+            config_yaml: Some("token: ca-shared-secret\n".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s1.wait_ready(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s1.log_text()));
+    let full = std::fs::read_to_string(s1.data_dir.join("server/token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let joiner = |first: &Server| ServerOpts {
+        config_yaml: Some(format!(
+            "server: https://{}:9345\ntoken: \"{full}\"\n",
+            first.ip
+        )),
+        ..Default::default()
+    };
+    let mut s2 = Server::start(bin(), joiner(&s1)).unwrap();
+    s2.wait_ready(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s2.log_text()));
+    let mut s3 = Server::start(bin(), joiner(&s1)).unwrap();
+    s3.wait_ready(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s3.log_text()));
+    let voters = |s: &Server| {
+        let o = rke2_testbed::etcdctl(&s.data_dir, &s.ip, &["member", "list"]);
+        rke2_testbed::started_voters(&o.stdout)
+    };
+    eventually(LONG, "three etcd voters", || async {
+        (voters(&s1) == 3).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rotate-default-ca-certs.sh");
+    let o = Command::new("bash")
+        .arg(&script)
+        .env("DATA_DIR", &s2.data_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let new_dir = s2.data_dir.join("server/rotate-ca");
+    let o = rotate_ca(&s2, &new_dir, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let mut servers = [s1, s2, s3];
+    for round in 0..3 {
+        let s = &mut servers[round];
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
+            .unwrap();
+        s.spawn().unwrap();
+        s.wait_ready(LONG)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", s.log_text()));
+        assert!(
+            s.log_text()
+                .contains("the cluster's CA certificates were rotated"),
+            "round {round}"
+        );
+        eventually(LONG, "three started etcd voters", || async {
+            (voters(&servers[round]) == 3).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        // A write through each server is read through every other.
+        let mut clients = Vec::new();
+        for s in &servers {
+            clients.push(
+                rke2_testbed::client_from_kubeconfig(&s.kubeconfig)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for (i, c) in clients.iter().enumerate() {
+            let name = format!("round-{round}-via-{i}");
+            let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name}, "data": {"k": "v"}
+            }))
+            .unwrap();
+            eventually(LONG, "write", || {
+                let cm = cm.clone();
+                let c = c.clone();
+                async move {
+                    Api::<ConfigMap>::namespaced(c, "default")
+                        .create(&PostParams::default(), &cm)
+                        .await
+                        .ok()
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("round {round} via {i}: {e}"));
+            for (j, other) in clients.iter().enumerate() {
+                let got = Api::<ConfigMap>::namespaced(other.clone(), "default")
+                    .get(&name)
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: {name} via {j}: {e}"));
+                assert_eq!(got.data.unwrap()["k"], "v");
+            }
+        }
+    }
+
+    let new_server_ca = std::fs::read_to_string(new_dir.join("server-ca.crt")).unwrap();
+    let new_peer_ca = std::fs::read_to_string(new_dir.join("etcd/peer-ca.crt")).unwrap();
+    for s in &servers {
+        let tls = s.data_dir.join("server/tls");
+        let read = |f: &str| std::fs::read_to_string(tls.join(f)).unwrap();
+        assert_eq!(read("server-ca.crt"), new_server_ca, "{}", s.node_name);
+        let dir = s.dir.path();
+        assert!(issued_by(
+            dir,
+            &read("serving-kube-apiserver.crt"),
+            &new_server_ca
+        ));
+        assert!(issued_by(
+            dir,
+            &read("etcd/peer-server-client.crt"),
+            &new_peer_ca
+        ));
+        let (ok, served) = s_client(&format!("{}:6443", s.ip), &tls.join("server-ca.crt"));
+        assert!(ok, "{}", s.node_name);
+        assert_eq!(served, first_cert(&read("serving-kube-apiserver.crt")));
+    }
+    for mut s in servers {
+        s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
+            .unwrap();
+    }
 }

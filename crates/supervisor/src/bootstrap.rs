@@ -523,7 +523,10 @@ mod tests {
             fs::read(other.tls_dir.join("client-ca.crt")).unwrap(),
         )];
         let doc2 = replace_files(&doc, &new).unwrap();
-        assert_eq!(differing_files(&doc2, &t.tls_dir).unwrap(), ["client-ca.crt"]);
+        assert_eq!(
+            differing_files(&doc2, &t.tls_dir).unwrap(),
+            ["client-ca.crt"]
+        );
         assert_eq!(unpack(&doc2, &t.tls_dir).unwrap(), pw());
         assert!(differing_files(&doc2, &t.tls_dir).unwrap().is_empty());
         let err = replace_files(&doc, &[("../x".into(), vec![])]).unwrap_err();

@@ -461,9 +461,7 @@ impl SupervisorClient {
             .map(|(k, v)| {
                 (
                     k.clone(),
-                    serde_json::Value::String(
-                        base64::engine::general_purpose::STANDARD.encode(v),
-                    ),
+                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
                 )
             })
             .collect();

@@ -347,7 +347,9 @@ async fn rotate_ca(
     }
     match s.info.rotate_ca(s.passwd(), files, req.force).await {
         Ok(()) => {
-            tracing::info!("supervisor: new CA certificates stored; they apply at each server's next start");
+            tracing::info!(
+                "supervisor: new CA certificates stored; they apply at each server's next start"
+            );
             (StatusCode::OK, "").into_response()
         }
         Err((status, message)) => {

@@ -247,7 +247,8 @@ pub fn validate_ca_rotation(
         if blocks.is_empty() {
             return Err(refuse(crt, "no certificate found in the file"));
         }
-        let certs = parse_all(&blocks).ok_or_else(|| refuse(crt, "a certificate does not parse"))?;
+        let certs =
+            parse_all(&blocks).ok_or_else(|| refuse(crt, "a certificate does not parse"))?;
         let first = &certs[0];
         if !first.is_ca() {
             return Err(refuse(
@@ -267,15 +268,18 @@ pub fn validate_ca_rotation(
                 ),
             )
         })?;
-        if first.tbs_certificate.subject_pki.raw != rcgen::PublicKeyData::subject_public_key_info(&kp).as_slice() {
+        if first.tbs_certificate.subject_pki.raw
+            != rcgen::PublicKeyData::subject_public_key_info(&kp).as_slice()
+        {
             return Err(refuse(
                 key,
                 format!("the first key does not match the first certificate of {crt}"),
             ));
         }
         if !force {
-            let current = read_current(crt)
-                .ok_or_else(|| refuse(crt, "the current CA certificate is missing on this server"))?;
+            let current = read_current(crt).ok_or_else(|| {
+                refuse(crt, "the current CA certificate is missing on this server")
+            })?;
             let current_text = String::from_utf8_lossy(&current).to_string();
             let current_blocks = cert_blocks(&current_text);
             let current_certs = parse_all(&current_blocks)

@@ -693,8 +693,14 @@ fn rotation_checks_name_the_file() {
     let other = tempfile::tempdir().unwrap();
     let o = ensure_server_trust(&params(other.path(), None)).unwrap();
     let mut foreign = good.clone();
-    foreign.insert("server-ca.crt".into(), o.server_ca.cert_pem.clone().into_bytes());
-    foreign.insert("server-ca.key".into(), o.server_ca.key_pem.clone().into_bytes());
+    foreign.insert(
+        "server-ca.crt".into(),
+        o.server_ca.cert_pem.clone().into_bytes(),
+    );
+    foreign.insert(
+        "server-ca.key".into(),
+        o.server_ca.key_pem.clone().into_bytes(),
+    );
     let e = check(&foreign, false).unwrap_err();
     assert_eq!(e.file, "server-ca.crt");
     assert!(e.message.contains("--force"), "{e}");
@@ -702,8 +708,14 @@ fn rotation_checks_name_the_file() {
 
     // Not a CA, garbage, an RSA-less wrong service key.
     let mut leaf = good.clone();
-    leaf.insert("server-ca.crt".into(), t.serving.cert_pem.clone().into_bytes());
-    leaf.insert("server-ca.key".into(), t.serving.key_pem.clone().into_bytes());
+    leaf.insert(
+        "server-ca.crt".into(),
+        t.serving.cert_pem.clone().into_bytes(),
+    );
+    leaf.insert(
+        "server-ca.key".into(),
+        t.serving.key_pem.clone().into_bytes(),
+    );
     assert!(check(&leaf, true).unwrap_err().message.contains("not a CA"));
     let mut junk = good.clone();
     junk.insert(SERVICE_ACCOUNT_KEY_FILE.into(), b"junk".to_vec());
