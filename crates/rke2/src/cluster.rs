@@ -528,10 +528,11 @@ pub struct CaRotated {
 }
 
 /// At start, once etcd runs: when the bootstrap data in etcd carries CA
-/// files other than this server's (`rke2 certificate rotate-ca` on any
-/// server), backs up `server/tls` and writes them; the caller then starts
-/// again so every leaf is issued by the new CAs. `Ok(None)` when nothing
-/// differs.
+/// files other than this server's, stored after this server's files were
+/// written (`rke2 certificate rotate-ca` on any server), backs up
+/// `server/tls` and writes them; the caller then starts again so every
+/// leaf is issued by the new CAs. Files changed on disk after the stored
+/// copy are kept, with a warning. `Ok(None)` when nothing is taken.
 pub async fn apply_stored_ca(
     store: &Store,
     password: &str,
@@ -547,14 +548,21 @@ pub async fn apply_stored_ca(
     };
     let doc = bootstrap::decrypt(password, &String::from_utf8_lossy(&kv.value))
         .context("opening the stored bootstrap data")?;
-    let files = bootstrap::differing_files(&doc, tls_dir).context("comparing CA files")?;
+    let cmp = bootstrap::compare_files(&doc, tls_dir).context("comparing CA files")?;
+    if !cmp.newer_on_disk.is_empty() {
+        warn!(
+            files = ?cmp.newer_on_disk,
+            "CA files on disk differ from the cluster's bootstrap data and are newer: kept; servers with other CAs will not trust this one (use rke2 certificate rotate-ca to change the cluster's CAs)"
+        );
+    }
+    let files = cmp.take;
     if files.is_empty() {
         return Ok(None);
     }
     let backup = tls_dir.with_file_name(format!("tls-{}", chrono::Utc::now().timestamp()));
     crate::certificate::copy_dir(tls_dir, &backup)
         .with_context(|| format!("backing up {} to {}", tls_dir.display(), backup.display()))?;
-    bootstrap::unpack(&doc, tls_dir).context("writing the rotated CA files")?;
+    bootstrap::write_entries(&doc, tls_dir, &files).context("writing the rotated CA files")?;
     Ok(Some(CaRotated {
         files,
         backup: backup.display().to_string(),
