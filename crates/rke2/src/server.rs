@@ -400,6 +400,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     result
 }
 
+/// Set in the environment of the start that follows a CA rotation, so a
+/// second rotation found by it (which cannot happen unless writing the
+/// files failed unnoticed) stops instead of looping.
+const CA_RESTART_ENV: &str = "RKE2_CA_ROTATION_RESTART";
+
 /// Replaces this process with a fresh start of the same command (same
 /// PID, so a service manager and `Type=notify` see one start): after a CA
 /// rotation every certificate and connection is set up again from the
@@ -412,6 +417,7 @@ fn restart_self() -> anyhow::Error {
     };
     let err = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
+        .env(CA_RESTART_ENV, "1")
         .exec();
     anyhow::Error::new(err).context(format!("starting {} again", exe.display()))
 }
@@ -485,10 +491,18 @@ async fn run_with_etcd(
     .context("recording the etcd client URL for rke2 etcd-snapshot")?;
     crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
     // `rke2 certificate rotate-ca` stored new CAs: take them, and start
-    // again so every leaf (etcd's too) is issued by them.
-    if let Some(rotated) =
-        crate::cluster::apply_stored_ca(&store, &token.password, &trust.tls_dir).await?
+    // again so every leaf (etcd's too) is issued by them. Not in a
+    // cluster-reset run, which stops right after (the next start takes
+    // them) and must not be repeated by the restart.
+    if !cfg.cluster_reset
+        && let Some(rotated) =
+            crate::cluster::apply_stored_ca(&store, &token.password, &trust.tls_dir).await?
     {
+        if std::env::var_os(CA_RESTART_ENV).is_some() {
+            bail!(
+                "{rotated}, but this start already followed a CA rotation: refusing to start again in a loop"
+            );
+        }
         return Err(rotated.into());
     }
     write_tokens(cfg, &cfg.data_dir.join("server"), trust, &token)?;

@@ -832,6 +832,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rotate_ca_is_for_the_server_token_with_a_well_formed_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(true, dir.path().to_path_buf());
+        let put = |auth: Option<String>, body: &str| {
+            let mut req = axum::http::Request::put("/v1-rke2/cert/cacerts");
+            if let Some(a) = auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let req = req.body(Body::from(body.to_string())).unwrap();
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let good = r#"{"force": false, "files": {"server-ca.crt": "QUJD"}}"#;
+        assert_eq!(put(None, good).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            put(Some(basic("node", "npw")), good).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let (st, body) = put(Some(basic("server", "spw")), "{}").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        let (st, body) = put(
+            Some(basic("server", "spw")),
+            r#"{"files": {"server-ca.crt": "!!"}}"#,
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(body.contains("server-ca.crt"), "{body}");
+        // The fake cluster has no rotation: the trait's default answers.
+        let (st, _) = put(Some(basic("server", "spw")), good).await;
+        assert_eq!(st, StatusCode::NOT_IMPLEMENTED);
+    }
+
+    #[tokio::test]
     async fn readyz_ok_when_ready() {
         let dir = tempfile::tempdir().unwrap();
         let app = app(true, dir.path().to_path_buf());
