@@ -390,7 +390,8 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
     // aside) and serves certificates of the new CA.
     s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
         .unwrap();
-    std::fs::remove_file(&s.kubeconfig).unwrap();
+    let old_kubeconfig = s.dir.path().join("old-rke2.yaml");
+    std::fs::rename(&s.kubeconfig, &old_kubeconfig).unwrap();
     s.spawn().unwrap();
     let client = s
         .wait_ready(LONG)
@@ -458,6 +459,19 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
     let o = s.kubectl(&k).args(["get", "nodes"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("ca-worker"));
+    assert_ne!(
+        std::fs::read(&s.kubeconfig).unwrap(),
+        std::fs::read(&old_kubeconfig).unwrap()
+    );
+    // A kubeconfig copied before the rotation (old CA, old admin
+    // certificate) keeps working.
+    let o = s
+        .kubectl(&k)
+        .env("KUBECONFIG", &old_kubeconfig)
+        .args(["get", "nodes"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "old kubeconfig: {}", text(&o));
 
     // The token files carry the new root's hash, as the script said.
     let new_token = std::fs::read_to_string(s.data_dir.join("server/token"))
