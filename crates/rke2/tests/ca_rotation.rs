@@ -9,8 +9,11 @@
 //! cross-signed chain); kubectl works with the regenerated kubeconfig; the
 //! agent stays Ready without re-registering, and after its own restart
 //! holds a kubelet certificate of the new client CA; a new agent joins
-//! with the token made before the rotation. The certificate expiry gauge
-//! is scraped through `nodes/<node>/proxy/metrics` before and after.
+//! with the token made before the rotation; a kubeconfig copied before
+//! the rotation keeps working; `--force` takes a CA that is not
+//! cross-signed. The certificate expiry gauge is scraped through
+//! `nodes/<node>/proxy/metrics` before and after. A second test restarts
+//! three servers one at a time after a rotation.
 //!
 //! Needs root, etcd, openssl (scripts/install.sh).
 
@@ -535,6 +538,31 @@ async fn rotate_ca_cross_signed_keeps_the_cluster_and_agents() {
         after.contains("subject=\"rke2-server-root@") && !before.contains("rke2-server-root@"),
         "the new root is not in the metrics:\n{after}"
     );
+
+    // --force takes a CA that is not cross-signed (here the unrelated
+    // request-header CA refused above), applied at the next start.
+    let rev = bootstrap_revision(&s);
+    let o = rotate_ca(&s, &bad, &["--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(bootstrap_revision(&s) > rev);
+    s.stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
+        .unwrap();
+    s.spawn().unwrap();
+    s.wait_ready(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert_eq!(
+        std::fs::read_to_string(tls.join("request-header-ca.crt")).unwrap(),
+        std::fs::read_to_string(bad.join("request-header-ca.crt")).unwrap()
+    );
+    let proxy = std::fs::read_to_string(tls.join("client-auth-proxy.crt")).unwrap();
+    assert!(issued_by(
+        s.dir.path(),
+        &proxy,
+        &std::fs::read_to_string(bad.join("request-header-ca.crt")).unwrap()
+    ));
+    let o = s.kubectl(&k).args(["get", "nodes"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 
     drop(b);
     drop(a);
