@@ -287,14 +287,9 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
                     format!("token rotation failed: {e:#}\n"),
                 )
             };
-            rotate_bootstrap_data(
-                &self.store,
-                &self.server_dir.join("tls"),
-                &current.server,
-                &new,
-            )
-            .await
-            .map_err(internal)?;
+            rotate_bootstrap_data(&self.store, &current.server, &new)
+                .await
+                .map_err(internal)?;
             crate::secrets_encrypt::reseal(&self.store, &current.server, &new.server)
                 .await
                 .map_err(internal)?;
@@ -453,13 +448,9 @@ pub fn cluster_info(
 /// Re-encrypts the bootstrap data stored under `old_password` with
 /// `new.server` and the passwords `new` (`rke2 token rotate`): the new
 /// record is written before the old one is deleted, so a crash in between
-/// leaves data that either token opens, never none.
-pub async fn rotate_bootstrap_data(
-    store: &Store,
-    tls_dir: &Path,
-    old_password: &str,
-    new: &Passwd,
-) -> Result<()> {
+/// leaves data that either token opens, never none. The stored files are
+/// kept as they are (not repacked from this server's disk).
+pub async fn rotate_bootstrap_data(store: &Store, old_password: &str, new: &Passwd) -> Result<()> {
     let old_key = bootstrap::storage_key(old_password);
     let new_key = bootstrap::storage_key(&new.server);
     let existing = store
@@ -471,9 +462,11 @@ pub async fn rotate_bootstrap_data(
         .iter()
         .find(|kv| kv.key == old_key)
         .context("no bootstrap data is stored under the current token")?;
-    bootstrap::decrypt(old_password, &String::from_utf8_lossy(&old.value))
+    let stored = bootstrap::decrypt(old_password, &String::from_utf8_lossy(&old.value))
         .context("opening the stored bootstrap data with the current token")?;
-    let doc = bootstrap::pack(tls_dir, new).context("packing bootstrap data")?;
+    // The stored files, not this server's: they may hold a CA rotation
+    // that no server has taken yet.
+    let doc = bootstrap::set_passwd(&stored, new).context("updating bootstrap data")?;
     let sealed = bootstrap::encrypt(&new.server, &doc);
     store
         .create(&new_key, sealed.into_bytes())

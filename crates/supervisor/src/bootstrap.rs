@@ -244,6 +244,24 @@ pub fn replace_files(doc: &[u8], files: &[(String, Vec<u8>)]) -> Result<Vec<u8>,
     Ok(serde_json::to_vec(&entries).expect("bootstrap document serializes"))
 }
 
+/// Replaces the supervisor passwords of a bootstrap document, keeping its
+/// files: a token rotation re-encrypts what is stored (which may hold a CA
+/// rotation no server has taken yet) rather than what one server has on
+/// disk.
+pub fn set_passwd(doc: &[u8], passwd: &Passwd) -> Result<Vec<u8>, BootstrapError> {
+    let mut entries: BTreeMap<String, Entry> = serde_json::from_slice(doc)
+        .map_err(|e| BootstrapError::Malformed(format!("not a bootstrap JSON document: {e}")))?;
+    let passwd_json = serde_json::to_vec(passwd).expect("Passwd serializes");
+    entries.insert(
+        PASSWD_ENTRY.to_string(),
+        Entry {
+            timestamp: rfc3339(std::time::SystemTime::now()),
+            content: B64.encode(passwd_json),
+        },
+    );
+    Ok(serde_json::to_vec(&entries).expect("bootstrap document serializes"))
+}
+
 /// How the files of a bootstrap document compare with those on disk.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Comparison {
@@ -611,6 +629,18 @@ mod tests {
         );
         assert!(!t.tls_dir.join("client-ca.crt").exists());
         fs::write(t.tls_dir.join("client-ca.crt"), before).unwrap();
+        // New passwords keep the stored files.
+        let other_pw = Passwd {
+            server: "new".into(),
+            node: "new".into(),
+        };
+        let doc3 = set_passwd(&doc2, &other_pw).unwrap();
+        let c = tempfile::tempdir().unwrap();
+        assert_eq!(unpack(&doc3, c.path()).unwrap(), other_pw);
+        assert_eq!(
+            fs::read(c.path().join("client-ca.crt")).unwrap(),
+            fs::read(other.tls_dir.join("client-ca.crt")).unwrap()
+        );
         let err = replace_files(&doc, &[("../x".into(), vec![])]).unwrap_err();
         assert!(matches!(err, BootstrapError::UnsafePath(_)), "{err}");
     }

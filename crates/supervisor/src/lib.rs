@@ -17,7 +17,7 @@ pub mod server;
 
 pub use bootstrap::{
     BootstrapError, Comparison, PASSWD_ENTRY, PBKDF2_ITERATIONS, Passwd, compare_files, decrypt,
-    encrypt, pack, replace_files, storage_key, unpack, write_entries,
+    encrypt, pack, replace_files, set_passwd, storage_key, unpack, write_entries,
 };
 pub use client::{JoinError, SupervisorClient, compare_critical, fetch_cacerts, verify_ca};
 pub use server::{ClusterInfo, SupervisorState, router};
