@@ -54,7 +54,7 @@ readonly APT_PACKAGES=(
     etcd-server etcd-client haproxy iproute2 protobuf-compiler libprotobuf-dev
     containerd runc containernetworking-plugins iptables nftables conntrack busybox-static
     bind9-dnsutils dnsmasq-base dnsperf systemd python3-grpcio
-    python3-pip build-essential pkg-config unzip ca-certificates
+    python3-pip build-essential pkg-config unzip ca-certificates openssl
 )
 readonly PY_KUBERNETES=${RKE2_PY_KUBERNETES:-kubernetes==35.*}
 read -r -a LAYER_MINORS <<<"${RKE2_KUBECTL_LAYERS:-29 33 35}"

@@ -94,6 +94,7 @@ pub struct Peer {
 
 #[derive(Clone)]
 struct NodeApi {
+    metrics: Option<MetricsSource>,
     cri: Option<Cri>,
     stats: stats::Collector,
 }
@@ -110,7 +111,14 @@ pub struct NodeApiConfig {
     pub data_dir: PathBuf,
     /// Token and access reviews for clients outside `system:masters`.
     pub webhook: Option<auth::Webhook>,
+    /// The node's own Prometheus text for `GET /metrics` (rke2's
+    /// certificate expiry gauge), rendered at each scrape; `None` answers
+    /// 404 there.
+    pub metrics: Option<MetricsSource>,
 }
+
+/// Renders the Prometheus text of `GET /metrics` at each scrape.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// A failed request: a status and a plain-text message, as kubelet
 /// answers.
@@ -150,6 +158,7 @@ pub fn router(cri: Cri) -> Router {
         node_name: String::new(),
         data_dir: "/".into(),
         webhook: None,
+        metrics: None,
     })
 }
 
@@ -161,6 +170,7 @@ pub fn router_without_runtime() -> Router {
         node_name: String::new(),
         data_dir: "/".into(),
         webhook: None,
+        metrics: None,
     })
 }
 
@@ -176,11 +186,13 @@ pub fn router_with(cfg: NodeApiConfig) -> Router {
         .route("/portForward/{ns}/{pod}/{uid}", any(port_forward_uid))
         .route("/stats/summary", get(stats_summary))
         .route("/metrics/resource", get(resource_metrics))
+        .route("/metrics", get(node_metrics))
         .route_layer(middleware::from_fn_with_state(
             cfg.webhook.clone(),
             authorize,
         ))
         .with_state(NodeApi {
+            metrics: cfg.metrics,
             cri: cfg.cri,
             stats: stats::Collector::new(cfg.node_name, cfg.data_dir),
         });
@@ -286,6 +298,22 @@ async fn stats_summary(
     let body = serde_json::to_vec(&summary)
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /metrics`: the node's own gauges (kubelet's endpoint), when the
+/// binary gave a source.
+async fn node_metrics(State(st): State<NodeApi>) -> Response {
+    match &st.metrics {
+        Some(render) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            render(),
+        )
+            .into_response(),
+        None => Failure(StatusCode::NOT_FOUND, "404 page not found".into()).into_response(),
+    }
 }
 
 /// `GET /metrics/resource`: the Prometheus text the metrics server

@@ -292,6 +292,7 @@ pub async fn run(mut cfg: Config) -> Result<()> {
                 node_api_client,
                 node_name.clone(),
             )),
+            metrics: Some(crate::cert_monitor::metrics_source(cfg.data_dir.clone())),
         },
         stop.clone(),
     )?;

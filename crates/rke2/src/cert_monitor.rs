@@ -6,6 +6,12 @@
 //! at start when they get within 120 days, so a warning means either a
 //! server that has not restarted for months or a CA running out (CAs are
 //! never re-created; see `rke2 certificate`).
+//!
+//! The same certificates are a gauge on the node API's `/metrics` (as
+//! k3s's `k3s_certificate_expiration_seconds`, reached through
+//! `nodes/<node>/proxy/metrics`): [`METRIC`] is the remaining lifetime in
+//! seconds of every certificate, read from the files at each scrape so a
+//! renewal at start or a CA rotation shows at once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +25,52 @@ const INTERVAL: Duration = Duration::from_secs(12 * 3600);
 /// Reason of the Event, as RKE2 names it.
 pub const REASON: &str = "CertificateExpirationWarning";
 const COMPONENT: &str = "rke2-cert-monitor";
+
+/// Name of the expiry gauge (k3s's `k3s_certificate_expiration_seconds`
+/// with this project's prefix).
+pub const METRIC: &str = "rke2_certificate_expiration_seconds";
+
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text of [`METRIC`] for the certificates under
+/// `data_dir` at `now` (Unix seconds): one sample per certificate and file
+/// (a bundle's CA certificates too), labelled `filename` (relative to the
+/// data dir), `subject` and `usages` as `rke2 certificate check` names
+/// them; negative once expired.
+pub fn render_metrics(data_dir: &Path, now: i64) -> String {
+    let mut out =
+        format!("# HELP {METRIC} Remaining lifetime on the certificate.\n# TYPE {METRIC} gauge\n");
+    let mut seen = std::collections::BTreeSet::new();
+    for f in crate::certificate::cert_files(data_dir, &[]) {
+        let Ok(infos) = rke2_trust::describe_cert_file(&f) else {
+            continue;
+        };
+        let name = f.strip_prefix(data_dir).unwrap_or(&f).display().to_string();
+        for info in infos {
+            let usages = info.usages.join(",");
+            if !seen.insert((name.clone(), info.subject.clone(), usages.clone())) {
+                continue;
+            }
+            out.push_str(&format!(
+                "{METRIC}{{filename=\"{}\",subject=\"{}\",usages=\"{}\"}} {}\n",
+                label_value(&name),
+                label_value(&info.subject),
+                label_value(&usages),
+                info.not_after - now
+            ));
+        }
+    }
+    out
+}
+
+/// The node API's metrics source: [`render_metrics`] of `data_dir` now.
+pub fn metrics_source(data_dir: PathBuf) -> rke2_node::api::MetricsSource {
+    std::sync::Arc::new(move || render_metrics(&data_dir, chrono::Utc::now().timestamp()))
+}
 
 /// The messages for certificates under `data_dir` that expire within the
 /// warning window at `now` (Unix seconds), one per certificate.
@@ -131,5 +183,34 @@ mod tests {
         );
         let much_later = expiring(dir.path(), now + 400 * 86_400);
         assert!(much_later[0].contains("expired at"), "{much_later:?}");
+
+        // The gauge: one sample per certificate, seconds left at `now`.
+        let text = render_metrics(dir.path(), now);
+        assert!(text.contains(&format!("# TYPE {METRIC} gauge")), "{text}");
+        let sample = |file: &str| -> i64 {
+            text.lines()
+                .find(|l| l.starts_with(METRIC) && l.contains(&format!("filename=\"{file}\"")))
+                .unwrap_or_else(|| panic!("{file}: {text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let leaf = sample("server/tls/client-admin.crt");
+        assert!((364 * 86_400..=366 * 86_400).contains(&leaf), "{leaf}");
+        assert!(sample("server/tls/server-ca.crt") > 3000 * 86_400);
+        assert!(
+            text.contains("subject=\"CN=system:admin\"")
+                || text.contains("subject=\"system:admin\""),
+            "{text}"
+        );
+        let later = render_metrics(dir.path(), now + 400 * 86_400);
+        assert!(
+            later
+                .lines()
+                .any(|l| l.contains("client-admin.crt") && l.contains(" -")),
+            "{later}"
+        );
     }
 }

@@ -1,10 +1,17 @@
-//! `rke2 certificate check|rotate`: RKE2's certificate maintenance commands.
+//! `rke2 certificate check|rotate|rotate-ca`: RKE2's certificate
+//! maintenance commands.
 //!
 //! `check` lists every certificate of the node (server and agent) with its
 //! expiry; `rotate` backs up `server/tls` and removes the leaf certificates
 //! of the named services (all when none is named), which the next start of
 //! `rke2 server`/`rke2 agent` issues again. CAs are never touched: a leaf
 //! re-issued by the same CA needs no change anywhere else.
+//!
+//! `rotate-ca` replaces the CAs: it checks a directory of new CA files
+//! (present, keys matching, cross-signed by the current CAs unless
+//! `--force`) and sends them to a server's supervisor, which checks them
+//! again and stores them in the bootstrap data in etcd; every server takes
+//! them at its next start (ARCHITECTURE.md, "CA rotation").
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -99,6 +106,52 @@ fn command() -> Command {
         .subcommand(common(Command::new("rotate").about(
             "Back up server/tls and remove leaf certificates; the next start issues new ones",
         )))
+        .subcommand(
+            Command::new("rotate-ca")
+                .about("Write updated cluster CA certificates and keys to the datastore")
+                .arg(
+                    Arg::new("path")
+                        .long("path")
+                        .required(true)
+                        .help("Path to directory containing the updated CA certificates and keys (server-ca.crt/.key, client-ca, request-header-ca, etcd/server-ca, etcd/peer-ca, service.key)"),
+                )
+                .arg(
+                    Arg::new("force")
+                        .long("force")
+                        .action(ArgAction::SetTrue)
+                        .help("Force certificate replacement, even if consistency checks fail"),
+                )
+                .arg(
+                    Arg::new("server")
+                        .long("server")
+                        .short('s')
+                        .env("RKE2_URL")
+                        .default_value("https://127.0.0.1:9345")
+                        .help("Server to connect to"),
+                )
+                .arg(
+                    Arg::new("token")
+                        .long("token")
+                        .short('t')
+                        .env("RKE2_TOKEN")
+                        .help("Token to use for authentication (default: the data dir's server/token)"),
+                )
+                .arg(
+                    Arg::new("data-dir")
+                        .long("data-dir")
+                        .short('d')
+                        .env("RKE2_DATA_DIR")
+                        .help("Folder to hold state (default: data-dir of the config file, else /var/lib/rancher/rke2)"),
+                )
+                .arg(
+                    Arg::new("config")
+                        .long("config")
+                        .short('c')
+                        .env("RKE2_CONFIG_FILE")
+                        .default_value(rke2_config::DEFAULT_CONFIG_FILE)
+                        .help("Load configuration from FILE (only data-dir is read)"),
+                ),
+        )
 }
 
 /// Runs `rke2 certificate <args>`; returns the exit code.
@@ -113,6 +166,9 @@ pub fn main(args: &[std::ffi::OsString]) -> i32 {
         }
     };
     let (sub, m) = matches.subcommand().expect("subcommand_required");
+    if sub == "rotate-ca" {
+        return rotate_ca_main(m);
+    }
     let result = (|| -> Result<i32> {
         let data_dir = data_dir(
             m.get_one::<String>("data-dir").map(PathBuf::from),
@@ -372,9 +428,100 @@ fn rotate(data_dir: &Path, services: &[String]) -> Result<i32> {
     Ok(0)
 }
 
+fn rotate_ca_main(m: &clap::ArgMatches) -> i32 {
+    let result = (|| -> Result<()> {
+        let data_dir = data_dir(
+            m.get_one::<String>("data-dir").map(PathBuf::from),
+            Path::new(m.get_one::<String>("config").expect("default")),
+        )?;
+        let path = PathBuf::from(m.get_one::<String>("path").expect("required"));
+        let force = m.get_flag("force");
+        let server = m.get_one::<String>("server").expect("default").clone();
+        let token = match m.get_one::<String>("token") {
+            Some(t) => t.clone(),
+            None => {
+                let p = data_dir.join("server/token");
+                std::fs::read_to_string(&p)
+                    .with_context(|| {
+                        format!("reading the token {} (or give --token)", p.display())
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let files = check_ca_dir(&path, &rke2_trust::tls_dir(&data_dir), force)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(send_rotated_ca(&server, &token, &data_dir, &files, force))
+    })();
+    match result {
+        Ok(()) => {
+            println!(
+                "certificates saved to datastore; restart rke2 server on every server, one at a time, for them to take effect"
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("rke2 certificate rotate-ca: {e:#}");
+            1
+        }
+    }
+}
+
+/// The checks of `rotate-ca` on the files of `dir`, against this node's
+/// current CAs under `tls` (when it has them; the server checks again
+/// against its own). The error names the file.
+fn check_ca_dir(dir: &Path, tls: &Path, force: bool) -> Result<Vec<(String, Vec<u8>)>> {
+    if !dir.is_dir() {
+        bail!("--path {}: not a directory", dir.display());
+    }
+    let have_current = tls.join("server-ca.crt").exists();
+    rke2_trust::validate_ca_rotation(
+        &|rel: &str| std::fs::read(dir.join(rel)).ok(),
+        &|rel: &str| std::fs::read(tls.join(rel)).ok(),
+        force || !have_current,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {}", dir.join(&e.file).display(), e.message))
+}
+
+async fn send_rotated_ca(
+    server: &str,
+    token: &str,
+    data_dir: &Path,
+    files: &[(String, Vec<u8>)],
+    force: bool,
+) -> Result<()> {
+    let token = rke2_trust::Token::parse(token).context("parsing the token")?;
+    let local_ca = rke2_trust::tls_dir(data_dir).join("server-ca.crt");
+    let ca = if token.ca_hash.is_some() {
+        let ca = rke2_supervisor::fetch_cacerts(server).await?;
+        rke2_supervisor::verify_ca(&token, &ca)?;
+        ca
+    } else {
+        std::fs::read(&local_ca).with_context(|| {
+            format!(
+                "the token is a bare password and {} cannot be read; give the full K10 token",
+                local_ca.display()
+            )
+        })?
+    };
+    let client = rke2_supervisor::SupervisorClient::new(
+        server,
+        &ca,
+        rke2_trust::SERVER_USER,
+        &token.password,
+    )?;
+    client
+        .rotate_ca(files, force)
+        .await
+        .with_context(|| format!("storing the new CA material at {server}"))?;
+    Ok(())
+}
+
 /// Copies `from` into a new directory `to`, keeping file modes (keys stay
 /// 0600); `to` is created 0700.
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new().mode(0o700).create(to)?;
     for entry in std::fs::read_dir(from)? {

@@ -287,14 +287,9 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
                     format!("token rotation failed: {e:#}\n"),
                 )
             };
-            rotate_bootstrap_data(
-                &self.store,
-                &self.server_dir.join("tls"),
-                &current.server,
-                &new,
-            )
-            .await
-            .map_err(internal)?;
+            rotate_bootstrap_data(&self.store, &current.server, &new)
+                .await
+                .map_err(internal)?;
             crate::secrets_encrypt::reseal(&self.store, &current.server, &new.server)
                 .await
                 .map_err(internal)?;
@@ -310,6 +305,47 @@ impl rke2_supervisor::server::ClusterInfo for LocalCluster {
             }
             info!("cluster token rotated; restart every server with the new token");
             Ok(new)
+        })
+    }
+
+    fn rotate_ca(
+        &self,
+        current: Passwd,
+        files: Vec<(String, Vec<u8>)>,
+        force: bool,
+    ) -> BoxFuture<'_, Result<(), (http::StatusCode, String)>> {
+        Box::pin(async move {
+            let tls = self.server_dir.join("tls");
+            let lookup = |rel: &str| {
+                files
+                    .iter()
+                    .find(|(name, _)| name == rel)
+                    .map(|(_, b)| b.clone())
+            };
+            let checked = rke2_trust::validate_ca_rotation(
+                &lookup,
+                &|rel: &str| std::fs::read(tls.join(rel)).ok(),
+                force,
+            )
+            .map_err(|e| {
+                (
+                    http::StatusCode::BAD_REQUEST,
+                    format!("refusing the new CA material: {e}\n"),
+                )
+            })?;
+            store_rotated_ca(&self.store, &current.server, &checked)
+                .await
+                .map_err(|e| {
+                    (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("CA rotation failed: {e:#}\n"),
+                    )
+                })?;
+            info!(
+                force,
+                "new CA certificates stored in the bootstrap data; restart every server, one at a time"
+            );
+            Ok(())
         })
     }
 
@@ -412,13 +448,9 @@ pub fn cluster_info(
 /// Re-encrypts the bootstrap data stored under `old_password` with
 /// `new.server` and the passwords `new` (`rke2 token rotate`): the new
 /// record is written before the old one is deleted, so a crash in between
-/// leaves data that either token opens, never none.
-pub async fn rotate_bootstrap_data(
-    store: &Store,
-    tls_dir: &Path,
-    old_password: &str,
-    new: &Passwd,
-) -> Result<()> {
+/// leaves data that either token opens, never none. The stored files are
+/// kept as they are (not repacked from this server's disk).
+pub async fn rotate_bootstrap_data(store: &Store, old_password: &str, new: &Passwd) -> Result<()> {
     let old_key = bootstrap::storage_key(old_password);
     let new_key = bootstrap::storage_key(&new.server);
     let existing = store
@@ -430,9 +462,11 @@ pub async fn rotate_bootstrap_data(
         .iter()
         .find(|kv| kv.key == old_key)
         .context("no bootstrap data is stored under the current token")?;
-    bootstrap::decrypt(old_password, &String::from_utf8_lossy(&old.value))
+    let stored = bootstrap::decrypt(old_password, &String::from_utf8_lossy(&old.value))
         .context("opening the stored bootstrap data with the current token")?;
-    let doc = bootstrap::pack(tls_dir, new).context("packing bootstrap data")?;
+    // The stored files, not this server's: they may hold a CA rotation
+    // that no server has taken yet.
+    let doc = bootstrap::set_passwd(&stored, new).context("updating bootstrap data")?;
     let sealed = bootstrap::encrypt(&new.server, &doc);
     store
         .create(&new_key, sealed.into_bytes())
@@ -443,6 +477,89 @@ pub async fn rotate_bootstrap_data(
         .await
         .context("deleting the bootstrap data of the old token")?;
     Ok(())
+}
+
+/// Replaces the CA files of the bootstrap data stored under `password`
+/// (`rke2 certificate rotate-ca`), in one compare-and-swap: a concurrent
+/// token rotation makes it fail rather than be lost.
+pub async fn store_rotated_ca(
+    store: &Store,
+    password: &str,
+    files: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let key = bootstrap::storage_key(password);
+    let kv = store
+        .get(&key)
+        .await
+        .context("reading bootstrap data from etcd")?
+        .context("no bootstrap data is stored under the current token")?;
+    let doc = bootstrap::decrypt(password, &String::from_utf8_lossy(&kv.value))
+        .context("opening the stored bootstrap data with the current token")?;
+    let doc = bootstrap::replace_files(&doc, files).context("updating the bootstrap data")?;
+    store
+        .update(
+            &key,
+            bootstrap::encrypt(password, &doc).into_bytes(),
+            kv.mod_revision,
+        )
+        .await
+        .context("storing the new CA material in etcd")?;
+    Ok(())
+}
+
+/// The stored CA material differs from this server's files: they were
+/// replaced from etcd and the server must start again with them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the cluster's CA certificates were rotated: {files:?} replaced from the bootstrap data (old files kept in {backup})"
+)]
+pub struct CaRotated {
+    /// The files replaced, relative to `server/tls`.
+    pub files: Vec<String>,
+    /// Where the previous `server/tls` was copied.
+    pub backup: String,
+}
+
+/// At start, once etcd runs: when the bootstrap data in etcd carries CA
+/// files other than this server's, stored after this server's files were
+/// written (`rke2 certificate rotate-ca` on any server), backs up
+/// `server/tls` and writes them; the caller then starts again so every
+/// leaf is issued by the new CAs. Files changed on disk after the stored
+/// copy are kept, with a warning. `Ok(None)` when nothing is taken.
+pub async fn apply_stored_ca(
+    store: &Store,
+    password: &str,
+    tls_dir: &Path,
+) -> Result<Option<CaRotated>> {
+    let key = bootstrap::storage_key(password);
+    let Some(kv) = store
+        .get(&key)
+        .await
+        .context("reading bootstrap data from etcd")?
+    else {
+        return Ok(None);
+    };
+    let doc = bootstrap::decrypt(password, &String::from_utf8_lossy(&kv.value))
+        .context("opening the stored bootstrap data")?;
+    let cmp = bootstrap::compare_files(&doc, tls_dir).context("comparing CA files")?;
+    if !cmp.newer_on_disk.is_empty() {
+        warn!(
+            files = ?cmp.newer_on_disk,
+            "CA files on disk differ from the cluster's bootstrap data and are newer: kept; servers with other CAs will not trust this one (use rke2 certificate rotate-ca to change the cluster's CAs)"
+        );
+    }
+    let files = cmp.take;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let backup = tls_dir.with_file_name(format!("tls-{}", chrono::Utc::now().timestamp()));
+    crate::certificate::copy_dir(tls_dir, &backup)
+        .with_context(|| format!("backing up {} to {}", tls_dir.display(), backup.display()))?;
+    bootstrap::write_entries(&doc, tls_dir, &files).context("writing the rotated CA files")?;
+    Ok(Some(CaRotated {
+        files,
+        backup: backup.display().to_string(),
+    }))
 }
 
 fn hash_password(salt: &str, password: &str) -> String {

@@ -391,7 +391,35 @@ pub async fn run(cfg: Config) -> Result<()> {
     let result = run_with_etcd(ctx, &mut sigterm, &mut sigint).await;
     info!("stopping etcd");
     etcd.stop().await;
+    if let Err(e) = &result
+        && let Some(rotated) = e.downcast_ref::<crate::cluster::CaRotated>()
+    {
+        info!(files = ?rotated.files, backup = %rotated.backup, "the cluster's CA certificates were rotated; starting again with them");
+        return Err(restart_self());
+    }
     result
+}
+
+/// Set in the environment of the start that follows a CA rotation, so a
+/// second rotation found by it (which cannot happen unless writing the
+/// files failed unnoticed) stops instead of looping.
+const CA_RESTART_ENV: &str = "RKE2_CA_ROTATION_RESTART";
+
+/// Replaces this process with a fresh start of the same command (same
+/// PID, so a service manager and `Type=notify` see one start): after a CA
+/// rotation every certificate and connection is set up again from the
+/// files. Returns only when the exec failed.
+fn restart_self() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return anyhow::Error::new(e).context("finding this executable to start again"),
+    };
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(CA_RESTART_ENV, "1")
+        .exec();
+    anyhow::Error::new(err).context(format!("starting {} again", exe.display()))
 }
 
 /// What the server holds once etcd runs.
@@ -462,6 +490,21 @@ async fn run_with_etcd(
     )
     .context("recording the etcd client URL for rke2 etcd-snapshot")?;
     crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
+    // `rke2 certificate rotate-ca` stored new CAs: take them, and start
+    // again so every leaf (etcd's too) is issued by them. Not in a
+    // cluster-reset run, which stops right after (the next start takes
+    // them) and must not be repeated by the restart.
+    if !cfg.cluster_reset
+        && let Some(rotated) =
+            crate::cluster::apply_stored_ca(&store, &token.password, &trust.tls_dir).await?
+    {
+        if std::env::var_os(CA_RESTART_ENV).is_some() {
+            bail!(
+                "{rotated}, but this start already followed a CA rotation: refusing to start again in a loop"
+            );
+        }
+        return Err(rotated.into());
+    }
     write_tokens(cfg, &cfg.data_dir.join("server"), trust, &token)?;
     let encryption = crate::secrets_encrypt::Manager::start(
         &store,
@@ -803,6 +846,7 @@ async fn run_with_etcd(
                 node_api_client,
                 cfg.node_name.clone(),
             )),
+            metrics: Some(crate::cert_monitor::metrics_source(cfg.data_dir.clone())),
         },
         stop.clone(),
     )?;

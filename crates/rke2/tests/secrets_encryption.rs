@@ -199,9 +199,19 @@ async fn secrets_encrypted_rotated_disabled_across_three_servers() {
     assert_eq!(v["kind"], "EncryptionConfiguration");
     assert_eq!(v["resources"][0]["resources"], json!(["secrets"]));
 
-    // Every server reports the configuration it runs.
+    // Every server reports the configuration it runs. The check covers
+    // the Nodes labelled as servers, so it waits for all three labels: a
+    // joiner labelled after a passing check has not annotated yet.
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(c1.clone());
     eventually(READY, "all server hashes match", || async {
-        (status(&s1)["hashMatch"] == true).then_some(())
+        let servers = nodes
+            .list(
+                &kube::api::ListParams::default()
+                    .labels("node-role.kubernetes.io/control-plane=true"),
+            )
+            .await
+            .ok()?;
+        (servers.items.len() == 3 && status(&s1)["hashMatch"] == true).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: {}", status(&s1)));

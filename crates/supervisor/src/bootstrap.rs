@@ -221,6 +221,119 @@ pub fn unpack(doc: &[u8], tls_dir: &Path) -> Result<Passwd, BootstrapError> {
     Ok(passwd)
 }
 
+/// Replaces the given files (paths relative to the TLS dir, as in the
+/// document) in a bootstrap document, keeping every other entry and the
+/// passwords: the stored side of `rke2 certificate rotate-ca`. Only the
+/// document's own files may be replaced.
+pub fn replace_files(doc: &[u8], files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, BootstrapError> {
+    let mut entries: BTreeMap<String, Entry> = serde_json::from_slice(doc)
+        .map_err(|e| BootstrapError::Malformed(format!("not a bootstrap JSON document: {e}")))?;
+    let now = rfc3339(std::time::SystemTime::now());
+    for (name, bytes) in files {
+        if !required_files().any(|r| r == name) {
+            return Err(BootstrapError::UnsafePath(name.clone()));
+        }
+        entries.insert(
+            name.clone(),
+            Entry {
+                timestamp: now.clone(),
+                content: B64.encode(bytes),
+            },
+        );
+    }
+    Ok(serde_json::to_vec(&entries).expect("bootstrap document serializes"))
+}
+
+/// Replaces the supervisor passwords of a bootstrap document, keeping its
+/// files: a token rotation re-encrypts what is stored (which may hold a CA
+/// rotation no server has taken yet) rather than what one server has on
+/// disk.
+pub fn set_passwd(doc: &[u8], passwd: &Passwd) -> Result<Vec<u8>, BootstrapError> {
+    let mut entries: BTreeMap<String, Entry> = serde_json::from_slice(doc)
+        .map_err(|e| BootstrapError::Malformed(format!("not a bootstrap JSON document: {e}")))?;
+    let passwd_json = serde_json::to_vec(passwd).expect("Passwd serializes");
+    entries.insert(
+        PASSWD_ENTRY.to_string(),
+        Entry {
+            timestamp: rfc3339(std::time::SystemTime::now()),
+            content: B64.encode(passwd_json),
+        },
+    );
+    Ok(serde_json::to_vec(&entries).expect("bootstrap document serializes"))
+}
+
+/// How the files of a bootstrap document compare with those on disk.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Files whose stored content differs and is newer than the file under
+    /// the TLS dir (or the file is missing): what a server restarted after
+    /// `rke2 certificate rotate-ca` takes from etcd.
+    pub take: Vec<String>,
+    /// Files that differ but were changed on disk after the stored copy:
+    /// kept (an operator's doing), and worth a warning, as k3s warns of
+    /// files newer on disk than in the datastore.
+    pub newer_on_disk: Vec<String>,
+}
+
+/// Compares the files of a bootstrap document with those under `tls_dir`
+/// by content, and by the entry's timestamp against the file's mtime.
+pub fn compare_files(doc: &[u8], tls_dir: &Path) -> Result<Comparison, BootstrapError> {
+    let entries: BTreeMap<String, Entry> = serde_json::from_slice(doc)
+        .map_err(|e| BootstrapError::Malformed(format!("not a bootstrap JSON document: {e}")))?;
+    let mut out = Comparison::default();
+    for rel in required_files() {
+        let e = entries
+            .get(rel)
+            .ok_or_else(|| BootstrapError::Missing(rel.to_string()))?;
+        let want = B64
+            .decode(e.content.as_bytes())
+            .map_err(|err| BootstrapError::Malformed(format!("content of {rel}: {err}")))?;
+        let path = tls_dir.join(rel);
+        if fs::read(&path).ok().as_deref() == Some(want.as_slice()) {
+            continue;
+        }
+        let stored_at = chrono::DateTime::parse_from_rfc3339(&e.timestamp)
+            .ok()
+            .map(std::time::SystemTime::from);
+        let disk_at = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        match (stored_at, disk_at) {
+            (Some(s), Some(d)) if d > s => out.newer_on_disk.push(rel.to_string()),
+            _ => out.take.push(rel.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the named entries of a bootstrap document under `tls_dir`
+/// (keys 0600, certificates 0644), after checking every one of them
+/// parses, so a bad document writes nothing.
+pub fn write_entries(doc: &[u8], tls_dir: &Path, names: &[String]) -> Result<(), BootstrapError> {
+    let entries: BTreeMap<String, Entry> = serde_json::from_slice(doc)
+        .map_err(|e| BootstrapError::Malformed(format!("not a bootstrap JSON document: {e}")))?;
+    let mut files = Vec::new();
+    for name in names {
+        let e = entries
+            .get(name)
+            .ok_or_else(|| BootstrapError::Missing(name.clone()))?;
+        let rel = safe_relative(name)?;
+        let bytes = B64
+            .decode(e.content.as_bytes())
+            .map_err(|err| BootstrapError::Malformed(format!("content of {name}: {err}")))?;
+        let is_key = name.ends_with(".key");
+        if is_key {
+            rke2_trust::parse_key(&bytes)?;
+        } else {
+            rke2_trust::parse_certs(&bytes)?;
+        }
+        let mode = if is_key { SECRET_MODE } else { PUBLIC_MODE };
+        files.push((tls_dir.join(rel), bytes, mode));
+    }
+    for (path, bytes, mode) in files {
+        rke2_trust::write_file_if_changed(&path, &bytes, mode)?;
+    }
+    Ok(())
+}
+
 fn derive_key(password: &str, salt: &[u8]) -> LessSafeKey {
     let mut key = [0u8; KEY_LEN];
     pbkdf2::derive(
@@ -464,6 +577,72 @@ mod tests {
             decrypt("right", "AAAA:AAAA"),
             Err(BootstrapError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn stored_files_newer_than_disk_are_taken_older_kept() {
+        let a = tempfile::tempdir().unwrap();
+        let t = trust(a.path());
+        let doc = pack(&t.tls_dir, &pw()).unwrap();
+        assert_eq!(
+            compare_files(&doc, &t.tls_dir).unwrap(),
+            Comparison::default()
+        );
+        let b = tempfile::tempdir().unwrap();
+        let other = trust(b.path());
+        let new = vec![(
+            "client-ca.crt".to_string(),
+            fs::read(other.tls_dir.join("client-ca.crt")).unwrap(),
+        )];
+        let doc2 = replace_files(&doc, &new).unwrap();
+        let cmp = compare_files(&doc2, &t.tls_dir).unwrap();
+        assert_eq!(cmp.take, ["client-ca.crt"]);
+        assert!(cmp.newer_on_disk.is_empty());
+        write_entries(&doc2, &t.tls_dir, &cmp.take).unwrap();
+        assert_eq!(
+            compare_files(&doc2, &t.tls_dir).unwrap(),
+            Comparison::default()
+        );
+        // A file changed on disk after the stored copy is kept.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(
+            t.tls_dir.join("server-ca.crt"),
+            fs::read(other.tls_dir.join("server-ca.crt")).unwrap(),
+        )
+        .unwrap();
+        let cmp = compare_files(&doc2, &t.tls_dir).unwrap();
+        assert_eq!(cmp.newer_on_disk, ["server-ca.crt"]);
+        assert!(cmp.take.is_empty());
+        // A garbled entry writes nothing.
+        let mut v: serde_json::Value = serde_json::from_slice(&doc2).unwrap();
+        v["client-ca.key"]["content"] = serde_json::json!(B64.encode("junk"));
+        let bad = serde_json::to_vec(&v).unwrap();
+        let before = fs::read(t.tls_dir.join("client-ca.crt")).unwrap();
+        fs::remove_file(t.tls_dir.join("client-ca.crt")).unwrap();
+        assert!(
+            write_entries(
+                &bad,
+                &t.tls_dir,
+                &["client-ca.crt".into(), "client-ca.key".into()]
+            )
+            .is_err()
+        );
+        assert!(!t.tls_dir.join("client-ca.crt").exists());
+        fs::write(t.tls_dir.join("client-ca.crt"), before).unwrap();
+        // New passwords keep the stored files.
+        let other_pw = Passwd {
+            server: "new".into(),
+            node: "new".into(),
+        };
+        let doc3 = set_passwd(&doc2, &other_pw).unwrap();
+        let c = tempfile::tempdir().unwrap();
+        assert_eq!(unpack(&doc3, c.path()).unwrap(), other_pw);
+        assert_eq!(
+            fs::read(c.path().join("client-ca.crt")).unwrap(),
+            fs::read(other.tls_dir.join("client-ca.crt")).unwrap()
+        );
+        let err = replace_files(&doc, &[("../x".into(), vec![])]).unwrap_err();
+        assert!(matches!(err, BootstrapError::UnsafePath(_)), "{err}");
     }
 
     #[test]

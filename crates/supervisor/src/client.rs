@@ -369,7 +369,7 @@ pub fn verify_ca(token: &Token, ca_pem: &[u8]) -> Result<(), JoinError> {
         }
         Some(h) => Err(JoinError::CaMismatch {
             token_hash: h.clone(),
-            server_hash: rke2_trust::ca_hash(ca_pem),
+            server_hash: rke2_trust::bundle_hash(ca_pem),
         }),
     }
 }
@@ -429,6 +429,43 @@ impl SupervisorClient {
     pub async fn rotate_token(&self, new_token: &str) -> Result<(), JoinError> {
         let path = "/v1-rke2/token";
         let body = serde_json::to_vec(&serde_json::json!({ "token": new_token }))
+            .expect("JSON value serializes");
+        let (status, answer) = request_once(
+            &self.target,
+            self.tls.clone(),
+            http::Method::PUT,
+            path,
+            Some(&self.auth),
+            &[("content-type", "application/json".to_string())],
+            Bytes::from(body),
+        )
+        .await?;
+        check_status(format!("PUT {}{path}", self.target.base), status, &answer)
+    }
+
+    /// Asks the server to store new CA certificates and keys (`PUT
+    /// /v1-rke2/cert/cacerts`, k3s's `/v1-k3s/cert/cacerts`; `rke2
+    /// certificate rotate-ca`). `files` maps paths relative to
+    /// `server/tls` to their bytes; the server checks them again and
+    /// stores them in the bootstrap data, which every server applies at
+    /// its next start.
+    pub async fn rotate_ca(
+        &self,
+        files: &[(String, Vec<u8>)],
+        force: bool,
+    ) -> Result<(), JoinError> {
+        use base64::Engine;
+        let path = "/v1-rke2/cert/cacerts";
+        let files: serde_json::Map<String, serde_json::Value> = files
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+                )
+            })
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "force": force, "files": files }))
             .expect("JSON value serializes");
         let (status, answer) = request_once(
             &self.target,

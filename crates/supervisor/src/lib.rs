@@ -16,8 +16,8 @@ pub mod client;
 pub mod server;
 
 pub use bootstrap::{
-    BootstrapError, PASSWD_ENTRY, PBKDF2_ITERATIONS, Passwd, decrypt, encrypt, pack, storage_key,
-    unpack,
+    BootstrapError, Comparison, PASSWD_ENTRY, PBKDF2_ITERATIONS, Passwd, compare_files, decrypt,
+    encrypt, pack, replace_files, set_passwd, storage_key, unpack, write_entries,
 };
 pub use client::{JoinError, SupervisorClient, compare_critical, fetch_cacerts, verify_ca};
 pub use server::{ClusterInfo, SupervisorState, router};

@@ -63,6 +63,25 @@ pub trait ClusterInfo: Send + Sync {
             ))
         })
     }
+    /// Stores new CA material (`PUT /v1-rke2/cert/cacerts`, `rke2
+    /// certificate rotate-ca`): `files` (paths relative to `server/tls`,
+    /// their bytes) replace the CA files of the stored bootstrap data
+    /// after the same checks the command made. `Err((status, message))`
+    /// refuses it (400 for bad material, naming the file).
+    fn rotate_ca(
+        &self,
+        current: Passwd,
+        files: Vec<(String, Vec<u8>)>,
+        force: bool,
+    ) -> BoxFuture<'_, Result<(), (StatusCode, String)>> {
+        let _ = (current, files, force);
+        Box::pin(async {
+            Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "CA rotation is not available on this server\n".to_string(),
+            ))
+        })
+    }
     /// Secrets encryption at rest (`GET /v1-rke2/encrypt/status`): the
     /// state `rke2 secrets-encrypt status` prints.
     fn encrypt_status(&self) -> BoxFuture<'_, Result<serde_json::Value, (StatusCode, String)>> {
@@ -155,6 +174,7 @@ pub fn router(state: Arc<SupervisorState>) -> Router {
         .route("/v1-rke2/config", get(config))
         .route("/v1-rke2/server-bootstrap", get(server_bootstrap))
         .route("/v1-rke2/token", axum::routing::put(rotate_token))
+        .route("/v1-rke2/cert/cacerts", axum::routing::put(rotate_ca))
         .route("/v1-rke2/encrypt/status", get(encrypt_status))
         .route(
             "/v1-rke2/encrypt/config",
@@ -290,6 +310,50 @@ async fn rotate_token(
         }
         Err((status, message)) => {
             warn!(%status, message = message.trim(), "supervisor: token rotation refused");
+            (status, message).into_response()
+        }
+    }
+}
+
+/// Body of `PUT /v1-rke2/cert/cacerts`.
+#[derive(serde::Deserialize)]
+struct CaRotation {
+    #[serde(default)]
+    force: bool,
+    /// Path relative to `server/tls` -> base64 content.
+    files: std::collections::BTreeMap<String, String>,
+}
+
+async fn rotate_ca(
+    State(s): State<Arc<SupervisorState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, Need::ServerOnly) {
+        return r.into_response();
+    }
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
+    let Ok(req) = serde_json::from_slice::<CaRotation>(&body) else {
+        return bad(
+            "the body must be {\"force\": bool, \"files\": {\"<path>\": \"<base64>\"}}\n".into(),
+        );
+    };
+    let mut files = Vec::with_capacity(req.files.len());
+    for (name, content) in req.files {
+        match B64.decode(content.as_bytes()) {
+            Ok(b) => files.push((name, b)),
+            Err(e) => return bad(format!("{name}: content is not base64: {e}\n")),
+        }
+    }
+    match s.info.rotate_ca(s.passwd(), files, req.force).await {
+        Ok(()) => {
+            tracing::info!(
+                "supervisor: new CA certificates stored; they apply at each server's next start"
+            );
+            (StatusCode::OK, "").into_response()
+        }
+        Err((status, message)) => {
+            warn!(%status, message = message.trim(), "supervisor: CA rotation refused");
             (status, message).into_response()
         }
     }
@@ -765,6 +829,44 @@ mod tests {
         assert_eq!(st, StatusCode::NOT_FOUND);
         let (st, _, _) = call(&app, "/v1-rke2/nope", None).await;
         assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn rotate_ca_is_for_the_server_token_with_a_well_formed_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(true, dir.path().to_path_buf());
+        let put = |auth: Option<String>, body: &str| {
+            let mut req = axum::http::Request::put("/v1-rke2/cert/cacerts");
+            if let Some(a) = auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let req = req.body(Body::from(body.to_string())).unwrap();
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let good = r#"{"force": false, "files": {"server-ca.crt": "QUJD"}}"#;
+        assert_eq!(put(None, good).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            put(Some(basic("node", "npw")), good).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let (st, body) = put(Some(basic("server", "spw")), "{}").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        let (st, body) = put(
+            Some(basic("server", "spw")),
+            r#"{"files": {"server-ca.crt": "!!"}}"#,
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(body.contains("server-ca.crt"), "{body}");
+        // The fake cluster has no rotation: the trait's default answers.
+        let (st, _) = put(Some(basic("server", "spw")), good).await;
+        assert_eq!(st, StatusCode::NOT_IMPLEMENTED);
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! All cryptography uses the `ring` provider explicitly; nothing here relies
 //! on a process-wide default rustls `CryptoProvider`.
 
+mod bundle;
 mod csr;
 mod error;
 mod expiry;
@@ -15,6 +16,10 @@ mod server;
 mod tls;
 mod token;
 
+pub use bundle::{
+    PemBlock, RotationError, bundle_hash, ca_hash_matches, cert_blocks, chain_pem,
+    validate_ca_rotation,
+};
 pub use csr::{
     CertificateRequest, CsrError, SignError, first_pem_block, is_certificate_der, pem_blocks,
 };

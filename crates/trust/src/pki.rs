@@ -210,6 +210,8 @@ impl CertAuthority {
     }
 
     /// Load an existing CA (certificate and key must both exist and match).
+    /// The file may be a bundle: the first certificate is the issuing CA,
+    /// and its key is the first key of the key file.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TrustError> {
         let cert_pem = read_string(cert_path, "read CA certificate")?;
         let key_pem = read_string(key_path, "read CA key")?;
@@ -251,7 +253,10 @@ impl CertAuthority {
         Ok((cert, key.serialize_pem()))
     }
 
-    /// Issue a leaf certificate for an existing key pair.
+    /// Issue a leaf certificate for an existing key pair. When this CA's
+    /// file is a bundle (after `rke2 certificate rotate-ca`), the PEM
+    /// carries the bundle's non-self-signed certificates after the leaf,
+    /// so clients that trust only the previous root can build the chain.
     pub fn issue_for_key(&self, spec: &LeafSpec, key: &KeyPair) -> Result<String, TrustError> {
         let issuer = self.issuer()?;
         let params = build_params(spec)
@@ -259,7 +264,15 @@ impl CertAuthority {
         let cert = params
             .signed_by(key, &issuer)
             .map_err(|e| TrustError::cert("sign certificate", &self.cert_path, e))?;
-        Ok(cert.pem())
+        let mut pem = cert.pem();
+        pem.push_str(&self.chain_pem());
+        Ok(pem)
+    }
+
+    /// The certificates a leaf of this CA carries after itself (see
+    /// [`crate::bundle::chain_pem`]); empty for a single self-signed CA.
+    pub fn chain_pem(&self) -> String {
+        crate::bundle::chain_pem(&self.cert_pem)
     }
 
     /// Make sure `cert_path`/`key_path` hold a certificate matching `spec`

@@ -524,3 +524,200 @@ fn ca_pem_hash_matches_token() {
     assert!(parsed.ca_matches(t.server_ca.cert_pem.as_bytes()));
     assert!(!parsed.ca_matches(t.client_ca.cert_pem.as_bytes()));
 }
+
+/// A CA cert for `key` with `cn`, signed by `issuer` (self-signed when
+/// `None`).
+fn ca_cert(cn: &str, key: &rcgen::KeyPair, issuer: Option<(&str, &rcgen::KeyPair)>) -> String {
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    match issuer {
+        None => p.self_signed(key).unwrap().pem(),
+        Some((pem, ikey)) => {
+            let ikey = rcgen::KeyPair::from_pem(&ikey.serialize_pem()).unwrap();
+            let issuer = rcgen::Issuer::from_ca_cert_pem(pem, ikey).unwrap();
+            p.signed_by(key, &issuer).unwrap().pem()
+        }
+    }
+}
+
+/// What the rotation script makes from the CA of `old`: (bundle, keys,
+/// the new self-signed root).
+fn cross_signed(old: &CertAuthority, name: &str) -> (String, String, String) {
+    let old_key = rcgen::KeyPair::from_pem(&old.key_pem).unwrap();
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let root = ca_cert(&format!("{name}-root"), &root_key, None);
+    let xsigned = ca_cert(
+        &format!("{name}-root"),
+        &root_key,
+        Some((&old.cert_pem, &old_key)),
+    );
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_cert(&format!("{name}-ca"), &ca_key, Some((&root, &root_key)));
+    let bundle = format!("{ca}{root}{xsigned}{}", old.cert_pem);
+    let keys = format!("{}{}", ca_key.serialize_pem(), root_key.serialize_pem());
+    (bundle, keys, root)
+}
+
+/// A rotation directory for `t` (every CA cross-signed), as a map.
+fn rotation_files(t: &ServerTrust) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for (i, ca) in [
+        &t.server_ca,
+        &t.client_ca,
+        &t.request_header_ca,
+        &t.etcd_server_ca,
+        &t.etcd_peer_ca,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (bundle, keys, _) = cross_signed(ca, &format!("ca{i}"));
+        files.insert(CA_FILES[i].0.to_string(), bundle.into_bytes());
+        files.insert(CA_FILES[i].1.to_string(), keys.into_bytes());
+    }
+    files.insert(
+        SERVICE_ACCOUNT_KEY_FILE.to_string(),
+        t.service_account_key_pem.clone().into_bytes(),
+    );
+    files
+}
+
+#[test]
+fn a_cross_signed_bundle_issues_leaves_the_old_root_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ensure_server_trust(&params(dir.path(), None)).unwrap();
+    let old_ca = t.server_ca.cert_pem.clone();
+    let old_token = Token::server(old_ca.as_bytes(), "pw");
+    let (bundle, keys, root) = cross_signed(&t.server_ca, "srv");
+    fs::write(&t.server_ca.cert_path, &bundle).unwrap();
+    fs::write(&t.server_ca.key_path, &keys).unwrap();
+    // The client CA too, so the admin certificate comes from a bundle.
+    let (cbundle, ckeys, _) = cross_signed(&t.client_ca, "cli");
+    fs::write(&t.client_ca.cert_path, &cbundle).unwrap();
+    fs::write(&t.client_ca.key_path, &ckeys).unwrap();
+
+    // The next start re-issues every leaf with the new issuing CA, chain
+    // attached (issuing CA and cross-signed root), and is stable after.
+    let t2 = ensure_server_trust(&params(dir.path(), None)).unwrap();
+    assert_ne!(t2.serving.cert_pem, t.serving.cert_pem);
+    assert_eq!(cert_blocks(&t2.serving.cert_pem).len(), 3);
+    assert_eq!(cert_blocks(&t2.admin.cert_pem).len(), 3);
+    let before = snapshot(dir.path());
+    ensure_server_trust(&params(dir.path(), None)).unwrap();
+    assert_eq!(before, snapshot(dir.path()), "a second start rewrote files");
+
+    // A client that trusts only the old root (an agent, a server not yet
+    // restarted) verifies the new serving chain; the new bundle verifies
+    // the admin certificate of the new client CA, and old leaves too.
+    let server = server_tls_config(
+        t2.serving.cert_pem.as_bytes(),
+        t2.serving.key_pem.as_bytes(),
+        Some(t2.client_ca.cert_pem.as_bytes()),
+    )
+    .unwrap();
+    let old_client = client_tls_config(
+        old_ca.as_bytes(),
+        Some((t2.admin.cert_pem.as_bytes(), t2.admin.key_pem.as_bytes())),
+    )
+    .unwrap();
+    let (id, _) = handshake(server, old_client);
+    assert_eq!(id.unwrap().0, "system:admin");
+    let old_server = server_tls_config(
+        t.serving.cert_pem.as_bytes(),
+        t.serving.key_pem.as_bytes(),
+        Some(t2.client_ca.cert_pem.as_bytes()),
+    )
+    .unwrap();
+    let new_client = client_tls_config(
+        bundle.as_bytes(),
+        Some((t.admin.cert_pem.as_bytes(), t.admin.key_pem.as_bytes())),
+    )
+    .unwrap();
+    let (id, _) = handshake(old_server, new_client);
+    assert_eq!(id.unwrap().0, "system:admin");
+
+    // Tokens: the new one pins the new root (k3s's rule), the old one
+    // (the old file's bytes) still matches the bundle that carries it.
+    let root_der = crate::pki::first_cert_der(&root).unwrap();
+    assert_eq!(bundle_hash(bundle.as_bytes()), ca_hash(&root_der));
+    assert!(Token::server(bundle.as_bytes(), "pw").ca_matches(bundle.as_bytes()));
+    assert!(old_token.ca_matches(bundle.as_bytes()));
+    assert!(!old_token.ca_matches(t2.client_ca.cert_pem.as_bytes()));
+    // A bundle padded with a foreign CA matches no token by the bundle
+    // rules: a client would trust that CA too.
+    let foreign = CertAuthority::ensure(
+        &dir.path().join("f.crt"),
+        &dir.path().join("f.key"),
+        "foreign",
+    )
+    .unwrap();
+    let padded = format!("{bundle}{}", foreign.cert_pem);
+    assert!(!old_token.ca_matches(padded.as_bytes()));
+    assert!(!Token::server(bundle.as_bytes(), "pw").ca_matches(padded.as_bytes()));
+    // A single CA file hashes as before.
+    assert_eq!(bundle_hash(old_ca.as_bytes()), ca_hash(old_ca.as_bytes()));
+}
+
+#[test]
+fn rotation_checks_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ensure_server_trust(&params(dir.path(), None)).unwrap();
+    let current = |rel: &str| fs::read(t.tls_dir.join(rel)).ok();
+    let good = rotation_files(&t);
+    let check = |files: &BTreeMap<String, Vec<u8>>, force: bool| {
+        validate_ca_rotation(&|rel: &str| files.get(rel).cloned(), &current, force)
+    };
+    let ok = check(&good, false).unwrap();
+    assert_eq!(ok.len(), 11);
+
+    let mut missing = good.clone();
+    missing.remove("etcd/peer-ca.key");
+    let e = check(&missing, false).unwrap_err();
+    assert_eq!(e.to_string(), "etcd/peer-ca.key: file is missing");
+
+    // A key of another CA.
+    let mut swapped = good.clone();
+    swapped.insert("client-ca.key".into(), good["server-ca.key"].clone());
+    let e = check(&swapped, true).unwrap_err();
+    assert_eq!(e.file, "client-ca.key");
+    assert!(e.message.contains("does not match"), "{e}");
+
+    // A new self-signed CA: refused unless forced.
+    let other = tempfile::tempdir().unwrap();
+    let o = ensure_server_trust(&params(other.path(), None)).unwrap();
+    let mut foreign = good.clone();
+    foreign.insert(
+        "server-ca.crt".into(),
+        o.server_ca.cert_pem.clone().into_bytes(),
+    );
+    foreign.insert(
+        "server-ca.key".into(),
+        o.server_ca.key_pem.clone().into_bytes(),
+    );
+    let e = check(&foreign, false).unwrap_err();
+    assert_eq!(e.file, "server-ca.crt");
+    assert!(e.message.contains("--force"), "{e}");
+    check(&foreign, true).unwrap();
+
+    // Not a CA, garbage, an RSA-less wrong service key.
+    let mut leaf = good.clone();
+    leaf.insert(
+        "server-ca.crt".into(),
+        t.serving.cert_pem.clone().into_bytes(),
+    );
+    leaf.insert(
+        "server-ca.key".into(),
+        t.serving.key_pem.clone().into_bytes(),
+    );
+    assert!(check(&leaf, true).unwrap_err().message.contains("not a CA"));
+    let mut junk = good.clone();
+    junk.insert(SERVICE_ACCOUNT_KEY_FILE.into(), b"junk".to_vec());
+    assert_eq!(check(&junk, false).unwrap_err().file, "service.key");
+}

@@ -86,10 +86,11 @@ impl Token {
         })
     }
 
-    /// Full server token `K10<hash>::server:<password>`.
+    /// Full server token `K10<hash>::server:<password>` (the hash as
+    /// [`crate::bundle_hash`] computes it for the CA file).
     pub fn server(ca_pem: &[u8], password: &str) -> Token {
         Token {
-            ca_hash: Some(ca_hash(ca_pem)),
+            ca_hash: Some(crate::bundle_hash(ca_pem)),
             user: Some(SERVER_USER.to_string()),
             password: password.to_string(),
         }
@@ -98,7 +99,7 @@ impl Token {
     /// Agent-only token `K10<hash>::node:<password>`.
     pub fn agent(ca_pem: &[u8], password: &str) -> Token {
         Token {
-            ca_hash: Some(ca_hash(ca_pem)),
+            ca_hash: Some(crate::bundle_hash(ca_pem)),
             user: Some(NODE_USER.to_string()),
             password: password.to_string(),
         }
@@ -109,12 +110,14 @@ impl Token {
         self.ca_hash.is_some()
     }
 
-    /// Check CA bytes fetched from `/cacerts` against the pinned hash.
-    /// Returns `true` for a bare token (nothing to check against).
+    /// Check CA bytes fetched from `/cacerts` against the pinned hash
+    /// (see [`crate::ca_hash_matches`]: the bytes, or after a CA rotation
+    /// the new root or a CA the bundle chains to). Returns `true` for a
+    /// bare token (nothing to check against).
     pub fn ca_matches(&self, ca_pem: &[u8]) -> bool {
         match &self.ca_hash {
             None => true,
-            Some(h) => constant_time_eq(h.as_bytes(), ca_hash(ca_pem).as_bytes()),
+            Some(h) => crate::ca_hash_matches(ca_pem, h),
         }
     }
 }
