@@ -10,5 +10,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== the previous release, for the upgrade test"
+bash scripts/build-previous-release.sh
 echo "== cargo test"
 cargo test --workspace --no-fail-fast

@@ -121,6 +121,65 @@ where
     }
 }
 
+/// The etcd key recording the newest storage format a server of this
+/// cluster has used, with the version that wrote it.
+pub const STORAGE_FORMAT_KEY: &str = "/rke2/storage-format";
+
+/// The storage format this build reads and writes. Raised by a release
+/// that stores something an older one cannot read correctly (format 2:
+/// Secrets may be encrypted at rest, bootstrap CAs may be rotated
+/// bundles). A cluster without the key was written by releases before the
+/// record existed (format 1).
+pub const STORAGE_FORMAT: u64 = 2;
+
+/// Refuses to serve a cluster whose data a newer release has written in a
+/// format this build does not know, and records this build's format when
+/// it is the newest so far. Runs before this server writes anything.
+pub async fn check_storage_format(store: &Store, version: &str) -> Result<()> {
+    let record = serde_json::to_vec(&json!({"format": STORAGE_FORMAT, "writtenBy": version}))
+        .context("encoding the storage format record")?;
+    loop {
+        let current = store
+            .get(STORAGE_FORMAT_KEY)
+            .await
+            .with_context(|| format!("reading {STORAGE_FORMAT_KEY} from etcd"))?;
+        let written = match current {
+            None => store.create(STORAGE_FORMAT_KEY, record.clone()).await,
+            Some(kv) => {
+                let stored: Value = serde_json::from_slice(&kv.value).with_context(|| {
+                    format!("{STORAGE_FORMAT_KEY} in etcd is not a storage format record")
+                })?;
+                let format = stored["format"].as_u64().with_context(|| {
+                    format!("{STORAGE_FORMAT_KEY} in etcd has no numeric `format`")
+                })?;
+                let by = stored["writtenBy"].as_str().unwrap_or("an unknown release");
+                if format > STORAGE_FORMAT {
+                    bail!(
+                        "this cluster's data is in storage format {format}, written by {by}; this rke2 ({version}) reads formats up to {STORAGE_FORMAT} and must not serve it: upgrade this server to {by} or later (servers are upgraded one at a time, and an upgraded cluster is not served by older servers)"
+                    );
+                }
+                if format == STORAGE_FORMAT {
+                    return Ok(());
+                }
+                info!(from = format, to = STORAGE_FORMAT, "raising the cluster's storage format");
+                store
+                    .update(STORAGE_FORMAT_KEY, record.clone(), kv.mod_revision)
+                    .await
+                    .map(|_| 0)
+            }
+        };
+        match written {
+            Ok(_) => return Ok(()),
+            // Another server wrote it meanwhile: look again.
+            Err(
+                rke2_datastore::StoreError::AlreadyExists
+                | rke2_datastore::StoreError::Conflict { .. },
+            ) => continue,
+            Err(e) => return Err(e).with_context(|| format!("writing {STORAGE_FORMAT_KEY} to etcd")),
+        }
+    }
+}
+
 /// Stores the cluster's bootstrap data encrypted with the token, or checks
 /// that what is stored was encrypted with this token.
 pub async fn ensure_bootstrap_data(

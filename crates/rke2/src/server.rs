@@ -489,6 +489,7 @@ async fn run_with_etcd(
         0o644,
     )
     .context("recording the etcd client URL for rke2 etcd-snapshot")?;
+    crate::cluster::check_storage_format(&store, crate::VERSION).await?;
     crate::cluster::ensure_bootstrap_data(&store, &token.password, &trust.tls_dir, &passwd).await?;
     // `rke2 certificate rotate-ca` stored new CAs: take them, and start
     // again so every leaf (etcd's too) is issued by them. Not in a

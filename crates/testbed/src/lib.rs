@@ -66,6 +66,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// Runs `binary` from the next [`Server::spawn`] on (an upgrade or a
+    /// downgrade of a stopped server).
+    pub fn set_binary(&mut self, binary: &Path) {
+        self.binary = binary.to_path_buf();
+    }
+
     /// Starts a server with `binary` (the `rke2` executable).
     pub fn start(binary: &Path, opts: ServerOpts) -> Result<Server> {
         let dir = tempfile::Builder::new().prefix("rke2-test-").tempdir()?;
