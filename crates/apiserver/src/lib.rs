@@ -26,6 +26,7 @@ pub mod admission;
 pub mod aggregator;
 pub mod allocator;
 pub mod audit;
+pub mod autoscaling;
 pub mod authz;
 pub mod batch;
 pub mod bootstrap;
