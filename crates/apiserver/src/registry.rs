@@ -503,9 +503,17 @@ mod tests {
                 "apiextensions.k8s.io",
                 "storage.k8s.io",
                 "scheduling.k8s.io",
+                "autoscaling",
                 "certificates.k8s.io",
             ]
         );
+        // Two versions of one storage: v2 preferred, as upstream.
+        let autoscaling = reg
+            .group_versions()
+            .into_iter()
+            .find(|(g, _)| g == "autoscaling")
+            .map(|(_, v)| v);
+        assert_eq!(autoscaling, Some(vec!["v2".to_string(), "v1".to_string()]));
     }
 
     #[test]
