@@ -495,12 +495,12 @@ fn validate_target(t: &Value, path: &str, causes: &mut Vec<Cause>) {
         ));
     }
     for key in ["value", "averageValue"] {
-        if let Some(q) = t[key].as_str().or(t[key].as_number().map(|_| "")) {
-            let text = if q.is_empty() {
-                t[key].to_string()
-            } else {
-                q.to_string()
-            };
+        let text = match &t[key] {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(text) = text {
             let positive = parse_quantity(&text).is_ok_and(|q| q.as_nanos() > 0);
             if !positive {
                 causes.push(invalid(&format!("{path}.{key}"), text, "must be positive"));

@@ -196,7 +196,8 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
         ),
         (
             bad("autoscaling/v2", json!({"maxReplicas": 3})),
-            "[spec.scaleTargetRef.kind: Required value, spec.scaleTargetRef.name: Required value]",
+            // kubectl prints several causes as a list.
+            "* spec.scaleTargetRef.kind: Required value\n* spec.scaleTargetRef.name: Required value",
         ),
         (
             bad("autoscaling/v1", json!({"scaleTargetRef": target, "maxReplicas": 3, "targetCPUUtilizationPercentage": 0})),

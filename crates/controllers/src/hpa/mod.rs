@@ -32,9 +32,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use rke2_apimachinery::quantity::{Format, Quantity, parse_quantity};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -427,7 +425,7 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
                 "FailedGetScale",
                 &format!("the HPA controller was unable to get the target's current scale: {e}"),
             );
-            write_status(client, &ns, &name, &old_status, status, conds).await;
+            write_status(client, &obj, status, conds).await;
             return Err(e);
         }
     };
@@ -473,7 +471,7 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
                 "InvalidSelector",
                 "the HPA target's scale is missing a selector",
             );
-            write_status(client, &ns, &name, &old_status, status, conds).await;
+            write_status(client, &obj, status, conds).await;
             return Err("selector is required".into());
         }
         for m in &metrics {
@@ -515,7 +513,7 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
                 &format!("the HPA was unable to compute the replica count: {}", e.error),
             );
             status["currentMetrics"] = json!(statuses.into_iter().filter(|s| s["type"] != "").collect::<Vec<_>>());
-            write_status(client, &ns, &name, &old_status, status, conds).await;
+            write_status(client, &obj, status, conds).await;
             event("Warning", "FailedComputeMetricsReplicas", e.error.clone()).await;
             return Err(format!(
                 "failed to compute desired number of replicas based on listed metrics for {reference}: {}",
@@ -545,9 +543,12 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
 
     let rescale = desired != current && !(current == 0 && min != 0);
     if rescale {
-        let patch = json!({"spec": {"replicas": desired}});
+        // An update of the Scale read above (its resourceVersion guards
+        // against a change meanwhile), as upstream writes it.
+        let mut updated = scale.clone();
+        updated.spec.get_or_insert_with(Default::default).replicas = Some(desired);
         if let Err(e) = api
-            .patch_scale(target["name"].as_str().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
+            .replace_scale(target["name"].as_str().unwrap_or(""), &PostParams::default(), &updated)
             .await
         {
             let e = api_message(&e);
@@ -559,7 +560,7 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
                 "FailedUpdateScale",
                 &format!("the HPA controller was unable to update the target scale: {e}"),
             );
-            write_status(client, &ns, &name, &old_status, status, conds).await;
+            write_status(client, &obj, status, conds).await;
             return Err(e);
         }
         set_condition(
@@ -577,7 +578,7 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
     } else {
         status["desiredReplicas"] = json!(current);
     }
-    write_status(client, &ns, &name, &old_status, status, conds).await;
+    write_status(client, &obj, status, conds).await;
     Ok(())
 }
 
@@ -593,24 +594,26 @@ fn leak_reason(reason: &str) -> &'static str {
     }
 }
 
-/// Patches the status when it differs from the stored one.
-async fn write_status(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    old: &Value,
-    mut status: Value,
-    conds: Vec<Value>,
-) {
+/// Updates the status (the `update` the controller's role grants on
+/// `horizontalpodautoscalers/status`) when it differs from the stored one.
+async fn write_status(client: &kube::Client, obj: &Value, mut status: Value, conds: Vec<Value>) {
     status["conditions"] = json!(conds);
-    if &status == old {
+    if status == obj["status"] {
         return;
     }
+    let mut updated = obj.clone();
+    updated["status"] = status;
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("");
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let hpa: HorizontalPodAutoscaler = match serde_json::from_value(updated) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(hpa = %format!("{ns}/{name}"), error = %e, "encoding HPA status");
+            return;
+        }
+    };
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    if let Err(e) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-        .await
-    {
+    if let Err(e) = api.replace_status(name, &PostParams::default(), &hpa).await {
         warn!(hpa = %format!("{ns}/{name}"), error = %e, "updating HPA status");
     }
 }
