@@ -525,15 +525,14 @@ fn is_cpu_utilization(m: &Value) -> bool {
 }
 
 fn take_annotation(obj: &mut Value, key: &str) -> Option<Value> {
-    let ann = obj["metadata"]["annotations"].as_object_mut()?;
+    // `get_mut`, not indexing: indexing a missing key inserts a null.
+    let meta = obj.get_mut("metadata")?.as_object_mut()?;
+    let ann = meta.get_mut("annotations")?.as_object_mut()?;
     let v = ann.remove(key)?;
-    let parsed = v.as_str().and_then(|s| serde_json::from_str(s).ok());
-    if ann.is_empty()
-        && let Some(m) = obj["metadata"].as_object_mut()
-    {
-        m.remove("annotations");
+    if ann.is_empty() {
+        meta.remove("annotations");
     }
-    parsed
+    v.as_str().and_then(|s| serde_json::from_str(s).ok())
 }
 
 fn put_annotation(obj: &mut Value, key: &str, value: &Value) {
@@ -884,6 +883,7 @@ mod tests {
             "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "a"}, "maxReplicas": 2}});
         convert(&mut o, STORAGE_VERSION);
         assert_eq!(o["spec"]["metrics"], json!([cpu_utilization_metric(80)]));
+        assert_eq!(o["metadata"], json!({"name": "a"}), "no annotations appear");
     }
 
     #[test]

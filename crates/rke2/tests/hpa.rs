@@ -333,7 +333,7 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
     assert_eq!(cond("AbleToScale")["status"], "True", "{hpa}");
     assert!(hpa["status"]["lastScaleTime"].is_string(), "{hpa}");
     // The same object through autoscaling/v1.
-    let o = kubectl(&new_k, &kubeconfig, &["get", "hpa.v1.autoscaling", "burn", "-o", "json"]);
+    let o = kubectl(&new_k, &kubeconfig, &["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/burn"]);
     let v1: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
     assert_eq!(v1["apiVersion"], "autoscaling/v1", "{v1}");
     assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50, "{v1}");
