@@ -366,9 +366,17 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
     let o = kubectl(
         &new_k,
         &kubeconfig,
-        &["autoscale", "deployment", "norequest", "--cpu-percent=50", "--min=1", "--max=2"],
+        // The newest kubectl's own flag (`--cpu-percent` is deprecated there).
+        &["autoscale", "deployment", "norequest", "--cpu=50%", "--min=1", "--max=2", "-v=6"],
     );
-    assert!(o.status.success(), "kubectl 1.{new_minor} autoscale: {}", text(&o));
+    let t = text(&o);
+    assert!(o.status.success(), "kubectl 1.{new_minor} autoscale: {t}");
+    // Sent as protobuf, in autoscaling/v2.
+    assert!(
+        t.contains("POST https://") && t.contains("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers 201"),
+        "{t}"
+    );
+    println!("kubectl 1.{new_minor} autoscale posts autoscaling/v2");
     let hpas: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",
