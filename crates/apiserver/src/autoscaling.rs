@@ -338,7 +338,13 @@ fn validate_rules(rules: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-const SOURCE_TYPES: &[&str] = &["ContainerResource", "External", "Object", "Pods", "Resource"];
+const SOURCE_TYPES: &[&str] = &[
+    "ContainerResource",
+    "External",
+    "Object",
+    "Pods",
+    "Resource",
+];
 
 fn validate_metric(m: &Value, path: &str, causes: &mut Vec<Cause>) {
     let ty = m["type"].as_str().unwrap_or("");
@@ -356,10 +362,16 @@ fn validate_metric(m: &Value, path: &str, causes: &mut Vec<Cause>) {
             SOURCE_TYPES,
         ));
     }
-    let present: Vec<&str> = ["object", "external", "pods", "resource", "containerResource"]
-        .into_iter()
-        .filter(|k| m[*k].is_object())
-        .collect();
+    let present: Vec<&str> = [
+        "object",
+        "external",
+        "pods",
+        "resource",
+        "containerResource",
+    ]
+    .into_iter()
+    .filter(|k| m[*k].is_object())
+    .collect();
     if let Some(first) = present.first() {
         let at = format!("{path}.{first}");
         let src = &m[*first];
@@ -410,7 +422,11 @@ fn validate_metric(m: &Value, path: &str, causes: &mut Vec<Cause>) {
                 }
             }
             "object" => {
-                validate_ref(&src["describedObject"], &format!("{at}.describedObject"), causes);
+                validate_ref(
+                    &src["describedObject"],
+                    &format!("{at}.describedObject"),
+                    causes,
+                );
                 validate_identifier(&src["metric"], &format!("{at}.metric"), causes);
                 validate_target(&src["target"], &format!("{at}.target"), causes);
                 if src["target"]["value"].is_null() && src["target"]["averageValue"].is_null() {
@@ -643,7 +659,10 @@ fn to_v2(obj: &mut Value) {
         }
     }
     let mut metrics = Vec::new();
-    if let Some(t) = spec.get("targetCPUUtilizationPercentage").and_then(Value::as_i64) {
+    if let Some(t) = spec
+        .get("targetCPUUtilizationPercentage")
+        .and_then(Value::as_i64)
+    {
         metrics.push(cpu_utilization_metric(t));
     }
     if let Some(Value::Array(more)) = take_annotation(obj, METRICS_ANNOTATION) {
@@ -672,7 +691,10 @@ fn to_v2(obj: &mut Value) {
             }
         }
         let mut cur = Vec::new();
-        if let Some(u) = st.get("currentCPUUtilizationPercentage").and_then(Value::as_i64) {
+        if let Some(u) = st
+            .get("currentCPUUtilizationPercentage")
+            .and_then(Value::as_i64)
+        {
             cur.push(json!({"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": u}}}));
         }
         if let Some(Value::Array(more)) = current {
@@ -725,15 +747,16 @@ fn quantity_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    parse_quantity(&text)
-        .map(|q| q.canonical())
-        .unwrap_or(text)
+    parse_quantity(&text).map(|q| q.canonical()).unwrap_or(text)
 }
 
 /// The TARGETS cell (upstream's `formatHPAMetrics`): at most two
 /// metrics, `<unknown>` for a current value not yet measured.
 pub fn targets(obj: &Value) -> String {
-    let specs = obj["spec"]["metrics"].as_array().cloned().unwrap_or_default();
+    let specs = obj["spec"]["metrics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if specs.is_empty() {
         return "<none>".into();
     }
@@ -752,12 +775,19 @@ pub fn targets(obj: &Value) -> String {
         };
         let item = match spec["type"].as_str() {
             Some(src @ ("Resource" | "ContainerResource")) => {
-                let key = if src == "Resource" { "resource" } else { "containerResource" };
+                let key = if src == "Resource" {
+                    "resource"
+                } else {
+                    "containerResource"
+                };
                 let r = &spec[key];
                 let name = r["name"].as_str().unwrap_or("");
                 if !r["target"]["averageValue"].is_null() {
                     let current = cur(key, "averageValue").unwrap_or_else(unknown);
-                    format!("{name}: {current}/{}", quantity_text(&r["target"]["averageValue"]))
+                    format!(
+                        "{name}: {current}/{}",
+                        quantity_text(&r["target"]["averageValue"])
+                    )
                 } else {
                     let current = st
                         .and_then(|s| s[key]["current"]["averageUtilization"].as_i64())
@@ -774,7 +804,11 @@ pub fn targets(obj: &Value) -> String {
                 quantity_text(&spec["pods"]["target"]["averageValue"])
             ),
             Some(src @ ("Object" | "External")) => {
-                let key = if src == "Object" { "object" } else { "external" };
+                let key = if src == "Object" {
+                    "object"
+                } else {
+                    "external"
+                };
                 let t = &spec[key]["target"];
                 if !t["averageValue"].is_null() {
                     format!(
@@ -869,7 +903,10 @@ mod tests {
         assert!(o["metadata"]["annotations"].is_null(), "{o}");
         assert_eq!(o["spec"], orig["spec"]);
         assert_eq!(o["status"]["conditions"], orig["status"]["conditions"]);
-        assert_eq!(o["status"]["currentMetrics"][1], orig["status"]["currentMetrics"][1]);
+        assert_eq!(
+            o["status"]["currentMetrics"][1],
+            orig["status"]["currentMetrics"][1]
+        );
         // The cpu's current value keeps its utilization.
         assert_eq!(
             o["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"],
@@ -891,9 +928,21 @@ mod tests {
         let mut o = json!({"spec": {"maxReplicas": 2, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 10}}}});
         defaults_v2(&mut o);
         assert_eq!(o["spec"]["minReplicas"], 1);
-        assert_eq!(o["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"], 0);
-        assert_eq!(o["spec"]["behavior"]["scaleUp"]["policies"].as_array().unwrap().len(), 2);
-        assert_eq!(o["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 10);
+        assert_eq!(
+            o["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"],
+            0
+        );
+        assert_eq!(
+            o["spec"]["behavior"]["scaleUp"]["policies"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            o["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            10
+        );
         assert_eq!(
             o["spec"]["behavior"]["scaleDown"]["policies"],
             json!([{"type": "Percent", "value": 100, "periodSeconds": 15}])
@@ -936,7 +985,9 @@ mod tests {
         o["spec"]["minReplicas"] = json!(4);
         assert_eq!(
             messages(&o),
-            vec!["spec.maxReplicas: Invalid value: 3: must be greater than or equal to `minReplicas`"]
+            vec![
+                "spec.maxReplicas: Invalid value: 3: must be greater than or equal to `minReplicas`"
+            ]
         );
         let mut o = hpa_v2();
         o["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] = json!(0);
@@ -962,9 +1013,21 @@ mod tests {
         o["status"] = json!({});
         assert_eq!(targets(&o), "cpu: <unknown>/50%, memory: <unknown>/100Mi");
         let cells = cells(&hpa_v2(), Utc::now());
-        assert_eq!(cells, vec![json!("Deployment/web"), json!("cpu: 120%/50%, memory: 52428800/100Mi"), json!("1"), json!(3), json!(2)]);
+        assert_eq!(
+            cells,
+            vec![
+                json!("Deployment/web"),
+                json!("cpu: 120%/50%, memory: 52428800/100Mi"),
+                json!("1"),
+                json!(3),
+                json!(2)
+            ]
+        );
         let mut v1 = hpa_v2();
         convert(&mut v1, V1);
-        assert_eq!(super::cells(&v1, Utc::now())[1], json!("cpu: 120%/50%, memory: 52428800/100Mi"));
+        assert_eq!(
+            super::cells(&v1, Utc::now())[1],
+            json!("cpu: 120%/50%, memory: 52428800/100Mi")
+        );
     }
 }

@@ -42,7 +42,12 @@ fn kubectl(k: &Path, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
         .expect("running kubectl")
 }
 
-fn kubectl_stdin(k: &Path, kubeconfig: &Path, args: &[&str], input: &Value) -> std::process::Output {
+fn kubectl_stdin(
+    k: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    input: &Value,
+) -> std::process::Output {
     let mut child = Command::new(k)
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -89,7 +94,13 @@ fn row(table: &str, name: &str) -> Option<Vec<String>> {
 /// The utilization shown in a TARGETS cell pair `cpu:` `N%/50%`.
 fn current_percent(cells: &[String]) -> Option<i64> {
     let i = cells.iter().position(|c| c == "cpu:")?;
-    cells.get(i + 1)?.split('/').next()?.strip_suffix('%')?.parse().ok()
+    cells
+        .get(i + 1)?
+        .split('/')
+        .next()?
+        .strip_suffix('%')?
+        .parse()
+        .ok()
 }
 
 fn deployment(name: &str, burn: bool, cpu_request: Option<&str>) -> Value {
@@ -181,17 +192,21 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
     };
 
     // Bad input, through both versions: upstream's messages.
-    let bad = |api: &str, spec: Value| {
-        json!({"apiVersion": api, "kind": "HorizontalPodAutoscaler", "metadata": {"name": "bad"}, "spec": spec})
-    };
+    let bad = |api: &str, spec: Value| json!({"apiVersion": api, "kind": "HorizontalPodAutoscaler", "metadata": {"name": "bad"}, "spec": spec});
     let target = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"});
     let cases = [
         (
-            bad("autoscaling/v2", json!({"scaleTargetRef": target, "minReplicas": 0, "maxReplicas": 3})),
+            bad(
+                "autoscaling/v2",
+                json!({"scaleTargetRef": target, "minReplicas": 0, "maxReplicas": 3}),
+            ),
             "spec.minReplicas: Invalid value: 0: must be greater than or equal to 1",
         ),
         (
-            bad("autoscaling/v2", json!({"scaleTargetRef": target, "minReplicas": 4, "maxReplicas": 3})),
+            bad(
+                "autoscaling/v2",
+                json!({"scaleTargetRef": target, "minReplicas": 4, "maxReplicas": 3}),
+            ),
             "spec.maxReplicas: Invalid value: 3: must be greater than or equal to `minReplicas`",
         ),
         (
@@ -200,12 +215,18 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
             "* spec.scaleTargetRef.kind: Required value\n* spec.scaleTargetRef.name: Required value",
         ),
         (
-            bad("autoscaling/v1", json!({"scaleTargetRef": target, "maxReplicas": 3, "targetCPUUtilizationPercentage": 0})),
+            bad(
+                "autoscaling/v1",
+                json!({"scaleTargetRef": target, "maxReplicas": 3, "targetCPUUtilizationPercentage": 0}),
+            ),
             "spec.targetCPUUtilizationPercentage: Invalid value: 0: must be greater than 0",
         ),
         (
-            bad("autoscaling/v2", json!({"scaleTargetRef": target, "maxReplicas": 3,
-                "behavior": {"scaleDown": {"selectPolicy": "Most", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 0}]}}})),
+            bad(
+                "autoscaling/v2",
+                json!({"scaleTargetRef": target, "maxReplicas": 3,
+                "behavior": {"scaleDown": {"selectPolicy": "Most", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 0}]}}}),
+            ),
             "spec.behavior.scaleDown.selectPolicy: Unsupported value: \"Most\": supported values: \"Disabled\", \"Max\", \"Min\"",
         ),
     ];
@@ -245,7 +266,10 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", diagnose(&new_k), s1.log()));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     eventually(LONG, "the burner Running and Ready", || async {
-        let list = pods.list(&ListParams::default().labels("app=burn")).await.ok()?;
+        let list = pods
+            .list(&ListParams::default().labels("app=burn"))
+            .await
+            .ok()?;
         list.items.iter().any(running_ready).then_some(())
     })
     .await
@@ -256,13 +280,22 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
     let o = kubectl(
         &old_k,
         &kubeconfig,
-        &["autoscale", "deploy/burn", "--cpu-percent=50", "--min=1", "--max=3", "-v=6"],
+        &[
+            "autoscale",
+            "deploy/burn",
+            "--cpu-percent=50",
+            "--min=1",
+            "--max=3",
+            "-v=6",
+        ],
     );
     let t = text(&o);
     assert!(o.status.success(), "kubectl 1.{old_minor} autoscale: {t}");
     let posted = |version: &str| {
-        let path = format!("/apis/autoscaling/{version}/namespaces/default/horizontalpodautoscalers");
-        t.lines().any(|l| l.contains("POST") && l.contains(&path) && l.contains("201"))
+        let path =
+            format!("/apis/autoscaling/{version}/namespaces/default/horizontalpodautoscalers");
+        t.lines()
+            .any(|l| l.contains("POST") && l.contains(&path) && l.contains("201"))
     };
     let (posted_v2, posted_v1) = (posted("v2"), posted("v1"));
     assert!(posted_v1 || posted_v2, "{t}");
@@ -292,15 +325,27 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
         json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}])
     );
     // Defaults filled in for the unset direction, as upstream.
-    assert_eq!(hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"], 0, "{hpa}");
-    assert_eq!(hpa["spec"]["behavior"]["scaleDown"]["selectPolicy"], "Max", "{hpa}");
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"], 0,
+        "{hpa}"
+    );
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleDown"]["selectPolicy"], "Max",
+        "{hpa}"
+    );
 
     // Up to the maximum.
     eventually(LONG, "burn scaled up to 3", || async {
         (replicas(&deploys, "burn").await? == 3).then_some(())
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", diagnose(&new_k), hpa_events(&new_k, &kubeconfig, "burn")));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            diagnose(&new_k),
+            hpa_events(&new_k, &kubeconfig, "burn")
+        )
+    });
     println!("scaled up {:?} after kubectl autoscale", started.elapsed());
     let events = hpa_events(&new_k, &kubeconfig, "burn");
     assert!(
@@ -318,7 +363,15 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
         let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
         assert_eq!(
             header,
-            ["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"],
+            [
+                "NAME",
+                "REFERENCE",
+                "TARGETS",
+                "MINPODS",
+                "MAXPODS",
+                "REPLICAS",
+                "AGE"
+            ],
             "{table}"
         );
         let r = row(&table, "burn").unwrap();
@@ -329,32 +382,65 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
     }
     let o = kubectl(&new_k, &kubeconfig, &["get", "hpa", "burn", "-o", "json"]);
     let hpa: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let conds = hpa["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    let cond = |ty: &str| conds.iter().find(|c| c["type"] == ty).cloned().unwrap_or_default();
+    let conds = hpa["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let cond = |ty: &str| {
+        conds
+            .iter()
+            .find(|c| c["type"] == ty)
+            .cloned()
+            .unwrap_or_default()
+    };
     assert_eq!(cond("ScalingActive")["status"], "True", "{hpa}");
     assert_eq!(cond("ScalingActive")["reason"], "ValidMetricFound", "{hpa}");
     assert_eq!(cond("AbleToScale")["status"], "True", "{hpa}");
     assert!(hpa["status"]["lastScaleTime"].is_string(), "{hpa}");
     // The same object through autoscaling/v1.
-    let o = kubectl(&new_k, &kubeconfig, &["get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/burn"]);
+    let o = kubectl(
+        &new_k,
+        &kubeconfig,
+        &[
+            "get",
+            "--raw",
+            "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/burn",
+        ],
+    );
     let v1: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
     assert_eq!(v1["apiVersion"], "autoscaling/v1", "{v1}");
     assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 50, "{v1}");
-    assert!(v1["status"]["currentCPUUtilizationPercentage"].as_i64().unwrap_or(0) > 50, "{v1}");
+    assert!(
+        v1["status"]["currentCPUUtilizationPercentage"]
+            .as_i64()
+            .unwrap_or(0)
+            > 50,
+        "{v1}"
+    );
     assert!(
         v1["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/behavior"].is_string(),
         "{v1}"
     );
 
     // The burn off: idle pods roll in, and the HPA scales back down.
-    let o = kubectl(&new_k, &kubeconfig, &["set", "env", "deploy/burn", "BURN=0"]);
+    let o = kubectl(
+        &new_k,
+        &kubeconfig,
+        &["set", "env", "deploy/burn", "BURN=0"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let stopped = Instant::now();
     eventually(LONG, "burn scaled back down to 1", || async {
         (replicas(&deploys, "burn").await? == 1).then_some(())
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", diagnose(&new_k), hpa_events(&new_k, &kubeconfig, "burn")));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            diagnose(&new_k),
+            hpa_events(&new_k, &kubeconfig, "burn")
+        )
+    });
     println!("scaled down {:?} after the burn stopped", stopped.elapsed());
     let events = hpa_events(&new_k, &kubeconfig, "burn");
     assert!(
@@ -370,7 +456,15 @@ async fn hpa_scales_a_cpu_burner_up_and_back_down() {
         &new_k,
         &kubeconfig,
         // The newest kubectl's own flag (`--cpu-percent` is deprecated there).
-        &["autoscale", "deployment", "norequest", "--cpu=50%", "--min=1", "--max=2", "-v=6"],
+        &[
+            "autoscale",
+            "deployment",
+            "norequest",
+            "--cpu=50%",
+            "--min=1",
+            "--max=2",
+            "-v=6",
+        ],
     );
     let t = text(&o);
     assert!(o.status.success(), "kubectl 1.{new_minor} autoscale: {t}");

@@ -54,7 +54,12 @@ struct Groups {
     ignored: BTreeSet<String>,
 }
 
-fn group_pods(pods: &[PodInfo], metrics: &BTreeMap<String, PodMetric>, cpu: bool, now: i64) -> Groups {
+fn group_pods(
+    pods: &[PodInfo],
+    metrics: &BTreeMap<String, PodMetric>,
+    cpu: bool,
+    now: i64,
+) -> Groups {
     let mut g = Groups::default();
     for p in pods {
         if p.deleting || p.phase == "Failed" {
@@ -187,13 +192,27 @@ pub fn resource_replicas(
                 0
             };
             if ratio != 1.0 {
-                metrics.insert(name.clone(), PodMetric { value, timestamp: now, window: 0 });
+                metrics.insert(
+                    name.clone(),
+                    PodMetric {
+                        value,
+                        timestamp: now,
+                        window: 0,
+                    },
+                );
             }
         }
     }
     if scale_up_with_unready {
         for name in &g.unready {
-            metrics.insert(name.clone(), PodMetric { value: 0, timestamp: now, window: 0 });
+            metrics.insert(
+                name.clone(),
+                PodMetric {
+                    value: 0,
+                    timestamp: now,
+                    window: 0,
+                },
+            );
         }
     }
     let (new_ratio, _, _) = utilization_ratio(&metrics, &requests, target)?;
@@ -257,11 +276,25 @@ pub fn raw_resource_replicas(
     }
     for name in &g.missing {
         let value = if ratio < 1.0 { target } else { 0 };
-        metrics.insert(name.clone(), PodMetric { value, timestamp: now, window: 0 });
+        metrics.insert(
+            name.clone(),
+            PodMetric {
+                value,
+                timestamp: now,
+                window: 0,
+            },
+        );
     }
     if scale_up_with_unready {
         for name in &g.unready {
-            metrics.insert(name.clone(), PodMetric { value: 0, timestamp: now, window: 0 });
+            metrics.insert(
+                name.clone(),
+                PodMetric {
+                    value: 0,
+                    timestamp: now,
+                    window: 0,
+                },
+            );
         }
     }
     let (new_ratio, _) = usage_ratio(&metrics);
@@ -309,8 +342,16 @@ impl Rules {
             window_secs: 0,
             select: Select::Max,
             policies: vec![
-                Policy { pods: true, value: 4, period_secs: 15 },
-                Policy { pods: false, value: 100, period_secs: 15 },
+                Policy {
+                    pods: true,
+                    value: 4,
+                    period_secs: 15,
+                },
+                Policy {
+                    pods: false,
+                    value: 100,
+                    period_secs: 15,
+                },
             ],
         }
     }
@@ -320,7 +361,11 @@ impl Rules {
         Rules {
             window_secs: 300,
             select: Select::Max,
-            policies: vec![Policy { pods: false, value: 100, period_secs: 15 }],
+            policies: vec![Policy {
+                pods: false,
+                value: 100,
+                period_secs: 15,
+            }],
         }
     }
 }
@@ -373,9 +418,18 @@ const UP_STABILIZED: Why = (
     "ScaleUpStabilized",
     "recent recommendations were lower than current one, applying the lowest recent recommendation",
 );
-const WITHIN_RANGE: Why = ("DesiredWithinRange", "the desired count is within the acceptable range");
-const TOO_FEW: Why = ("TooFewReplicas", "the desired replica count is less than the minimum replica count");
-const TOO_MANY: Why = ("TooManyReplicas", "the desired replica count is more than the maximum replica count");
+const WITHIN_RANGE: Why = (
+    "DesiredWithinRange",
+    "the desired count is within the acceptable range",
+);
+const TOO_FEW: Why = (
+    "TooFewReplicas",
+    "the desired replica count is less than the minimum replica count",
+);
+const TOO_MANY: Why = (
+    "TooManyReplicas",
+    "the desired replica count is more than the maximum replica count",
+);
 const UP_LIMIT: Why = (
     "ScaleUpLimit",
     "the desired replica count is increasing faster than the maximum scale rate",
@@ -522,7 +576,11 @@ fn scale_up_limit(h: &History, rules: &Rules, current: i32, now: i64) -> i32 {
         Select::Min => i32::min,
         Select::Max => i32::max,
     };
-    let mut result = if rules.select == Select::Min { i32::MAX } else { i32::MIN };
+    let mut result = if rules.select == Select::Min {
+        i32::MAX
+    } else {
+        i32::MIN
+    };
     for p in &rules.policies {
         let start = current - change_in_period(&h.up, p.period_secs, now)
             + change_in_period(&h.down, p.period_secs, now);
@@ -544,7 +602,11 @@ fn scale_down_limit(h: &History, rules: &Rules, current: i32, now: i64) -> i32 {
         Select::Min => i32::max,
         Select::Max => i32::min,
     };
-    let mut result = if rules.select == Select::Min { i32::MIN } else { i32::MAX };
+    let mut result = if rules.select == Select::Min {
+        i32::MIN
+    } else {
+        i32::MAX
+    };
     for p in &rules.policies {
         let start = current - change_in_period(&h.up, p.period_secs, now)
             + change_in_period(&h.down, p.period_secs, now);
@@ -570,13 +632,21 @@ fn rate_limit(
 ) -> (i32, Why) {
     if desired > current {
         let limit = scale_up_limit(h, &b.up, current, now).max(current);
-        let (allowed, why) = if max > limit { (limit, UP_LIMIT) } else { (max, TOO_MANY) };
+        let (allowed, why) = if max > limit {
+            (limit, UP_LIMIT)
+        } else {
+            (max, TOO_MANY)
+        };
         if desired > allowed {
             return (allowed, why);
         }
     } else if desired < current {
         let limit = scale_down_limit(h, &b.down, current, now).min(current);
-        let (allowed, why) = if min < limit { (limit, DOWN_LIMIT) } else { (min, TOO_FEW) };
+        let (allowed, why) = if min < limit {
+            (limit, DOWN_LIMIT)
+        } else {
+            (min, TOO_FEW)
+        };
         if desired < allowed {
             return (allowed, why);
         }
@@ -586,21 +656,36 @@ fn rate_limit(
 
 /// Remembers an applied change for the policies' periods (upstream's
 /// `storeScaleEvent`; only HPAs with `behavior` keep them).
-pub fn store_scale_event(h: &mut History, behavior: Option<&Behavior>, prev: i32, new: i32, now: i64) {
+pub fn store_scale_event(
+    h: &mut History,
+    behavior: Option<&Behavior>,
+    prev: i32,
+    new: i32,
+    now: i64,
+) {
     let Some(b) = behavior else { return };
     let (events, rules, change) = if new > prev {
         (&mut h.up, &b.up, new - prev)
     } else {
         (&mut h.down, &b.down, prev - new)
     };
-    let longest = rules.policies.iter().map(|p| p.period_secs).max().unwrap_or(0);
+    let longest = rules
+        .policies
+        .iter()
+        .map(|p| p.period_secs)
+        .max()
+        .unwrap_or(0);
     let cutoff = now - longest * 1000;
     for e in events.iter_mut() {
         if e.at < cutoff {
             e.outdated = true;
         }
     }
-    let ev = ScaleEvent { change, at: now, outdated: false };
+    let ev = ScaleEvent {
+        change,
+        at: now,
+        outdated: false,
+    };
     match events.iter().position(|e| e.outdated) {
         Some(i) => events[i] = ev,
         None => events.push(ev),
@@ -639,7 +724,11 @@ mod tests {
     }
 
     fn metric(value: i64) -> PodMetric {
-        PodMetric { value, timestamp: NOW - 5_000, window: 15_000 }
+        PodMetric {
+            value,
+            timestamp: NOW - 5_000,
+            window: 15_000,
+        }
     }
 
     fn metrics(v: &[(&str, i64)]) -> BTreeMap<String, PodMetric> {
@@ -650,26 +739,51 @@ mod tests {
     fn utilization_scales_up_by_the_ratio() {
         // 2 pods of 100m request using 150m and 170m: 160 % vs 50 %.
         let pods = [pod("a", 100), pod("b", 100)];
-        let p = resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 150), ("b", 170)]), NOW).unwrap();
-        assert_eq!(p, Proposal { replicas: 7, utilization: Some(160), average: 160 });
+        let p = resource_replicas(
+            2,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 150), ("b", 170)]),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Proposal {
+                replicas: 7,
+                utilization: Some(160),
+                average: 160
+            }
+        );
     }
 
     #[test]
     fn within_tolerance_keeps_the_count() {
         let pods = [pod("a", 100), pod("b", 100)];
         // 54 %: ratio 1.08, inside 10 %.
-        let p = resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 54), ("b", 54)]), NOW).unwrap();
+        let p =
+            resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 54), ("b", 54)]), NOW).unwrap();
         assert_eq!(p.replicas, 2);
         assert_eq!(p.utilization, Some(54));
         // 56 %: ratio 1.12, outside: ceil(1.12 * 2) = 3.
-        let p = resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 56), ("b", 56)]), NOW).unwrap();
+        let p =
+            resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 56), ("b", 56)]), NOW).unwrap();
         assert_eq!(p.replicas, 3);
     }
 
     #[test]
     fn scales_down_when_idle() {
         let pods = [pod("a", 100), pod("b", 100), pod("c", 100)];
-        let p = resource_replicas(3, 50, "cpu", &pods, &metrics(&[("a", 1), ("b", 0), ("c", 2)]), NOW).unwrap();
+        let p = resource_replicas(
+            3,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 1), ("b", 0), ("c", 2)]),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.replicas, 1, "ceil(0.02 * 3)");
         assert_eq!(p.utilization, Some(1));
     }
@@ -678,8 +792,15 @@ mod tests {
     fn missing_request_is_an_error_naming_the_container() {
         let mut b = pod("b", 0);
         b.request = Err("burn".into());
-        let e = resource_replicas(2, 50, "cpu", &[pod("a", 100), b], &metrics(&[("a", 10), ("b", 10)]), NOW)
-            .unwrap_err();
+        let e = resource_replicas(
+            2,
+            50,
+            "cpu",
+            &[pod("a", 100), b],
+            &metrics(&[("a", 10), ("b", 10)]),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(e, "missing request for cpu in container burn of Pod b");
     }
 
@@ -701,12 +822,21 @@ mod tests {
     fn missing_pods_count_conservatively() {
         // Scale-up: the missing pod counts as 0 %, damping the step.
         let pods = [pod("a", 100), pod("b", 100), pod("c", 100)];
-        let p = resource_replicas(3, 50, "cpu", &pods, &metrics(&[("a", 100), ("b", 100)]), NOW).unwrap();
+        let p = resource_replicas(
+            3,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 100), ("b", 100)]),
+            NOW,
+        )
+        .unwrap();
         // Raw ratio 2.0 over 2 pods; with c at 0: 200/300 → 66 % → 1.33 → ceil(1.33*3) = 4.
         assert_eq!(p.replicas, 4);
         assert_eq!(p.utilization, Some(100));
         // Scale-down: the missing pod counts as 100 %, so no flip to 1.
-        let p = resource_replicas(3, 50, "cpu", &pods, &metrics(&[("a", 10), ("b", 10)]), NOW).unwrap();
+        let p =
+            resource_replicas(3, 50, "cpu", &pods, &metrics(&[("a", 10), ("b", 10)]), NOW).unwrap();
         // (10+10+100)/300 = 40 % → 0.8 → ceil(0.8*3) = 3: unchanged.
         assert_eq!(p.replicas, 3);
         // A flip of direction keeps the count: 40 % measured, missing at
@@ -758,7 +888,15 @@ mod tests {
         let mut b = pod("b", 100);
         b.phase = "Failed".into();
         let pods = [a, b, pod("c", 100)];
-        let p = resource_replicas(3, 50, "cpu", &pods, &metrics(&[("a", 900), ("b", 900), ("c", 50)]), NOW).unwrap();
+        let p = resource_replicas(
+            3,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 900), ("b", 900), ("c", 50)]),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.utilization, Some(50));
         assert_eq!(p.replicas, 3, "within tolerance");
     }
@@ -770,7 +908,14 @@ mod tests {
         let pods = [pod("a", 0), pod("b", 0)];
         let m = metrics(&[("a", 150 * mi), ("b", 250 * mi)]);
         let p = raw_resource_replicas(2, 100 * mi, "memory", &pods, &m, NOW).unwrap();
-        assert_eq!(p, Proposal { replicas: 4, utilization: None, average: 200 * mi });
+        assert_eq!(
+            p,
+            Proposal {
+                replicas: 4,
+                utilization: None,
+                average: 200 * mi
+            }
+        );
         // Missing pod on a scale-down counts as the target.
         let pods = [pod("a", 0), pod("b", 0), pod("c", 0)];
         let m = metrics(&[("a", 10 * mi), ("b", 10 * mi)]);
@@ -788,7 +933,7 @@ mod tests {
         assert_eq!(n.able, READY_FOR_NEW_SCALE);
         // A lower recommendation within 5 minutes keeps the highest.
         let n = normalize(&mut h, None, 4, 2, 1, 10, NOW + MIN);
-        assert_eq!(n.replicas, 10.min(8), "the recommendation of 10, capped at 2*4");
+        assert_eq!(n.replicas, 8, "the recommendation of 10, capped at 2*4");
         assert_eq!(n.able, DOWN_STABILIZED);
         // Past the window, the old recommendations are gone.
         let mut h = History::default();
@@ -805,7 +950,10 @@ mod tests {
     }
 
     fn behavior() -> Behavior {
-        Behavior { up: Rules::default_up(), down: Rules::default_down() }
+        Behavior {
+            up: Rules::default_up(),
+            down: Rules::default_down(),
+        }
     }
 
     #[test]
@@ -838,7 +986,11 @@ mod tests {
     #[test]
     fn policies_limit_the_rate_and_count_recent_events() {
         let mut b = behavior();
-        b.up.policies = vec![Policy { pods: true, value: 1, period_secs: 60 }];
+        b.up.policies = vec![Policy {
+            pods: true,
+            value: 1,
+            period_secs: 60,
+        }];
         let mut h = History::default();
         let n = normalize(&mut h, Some(&b), 2, 6, 1, 10, NOW);
         assert_eq!((n.replicas, n.limited), (3, (true, UP_LIMIT)));
@@ -857,8 +1009,16 @@ mod tests {
         let mut b = behavior();
         b.down.window_secs = 0;
         b.down.policies = vec![
-            Policy { pods: true, value: 1, period_secs: 15 },
-            Policy { pods: false, value: 50, period_secs: 15 },
+            Policy {
+                pods: true,
+                value: 1,
+                period_secs: 15,
+            },
+            Policy {
+                pods: false,
+                value: 50,
+                period_secs: 15,
+            },
         ];
         // Max: the policy allowing the biggest change (50 % of 10 = 5 gone).
         let n = normalize(&mut h, Some(&b), 10, 1, 1, 10, NOW);
@@ -870,7 +1030,11 @@ mod tests {
         let n = normalize(&mut History::default(), Some(&b), 10, 1, 1, 10, NOW);
         assert_eq!(n.replicas, 10);
         // Scale-up Percent: ceil(3 * 1.5) = 5.
-        b.up.policies = vec![Policy { pods: false, value: 50, period_secs: 15 }];
+        b.up.policies = vec![Policy {
+            pods: false,
+            value: 50,
+            period_secs: 15,
+        }];
         let n = normalize(&mut History::default(), Some(&b), 3, 9, 1, 10, NOW);
         assert_eq!(n.replicas, 5);
         // The max bound wins over a generous policy.
@@ -880,7 +1044,10 @@ mod tests {
 
     #[test]
     fn out_of_range_targets_are_brought_back() {
-        assert_eq!(out_of_range(5, 1, 3), Some((3, "Current number of replicas above Spec.MaxReplicas")));
+        assert_eq!(
+            out_of_range(5, 1, 3),
+            Some((3, "Current number of replicas above Spec.MaxReplicas"))
+        );
         assert_eq!(out_of_range(0, 1, 3).map(|x| x.0), Some(1));
         assert_eq!(out_of_range(2, 1, 3), None);
     }

@@ -215,7 +215,12 @@ pub fn pod_info(pod: &Pod, resource: &str) -> PodInfo {
         })
     });
     let mut request = Ok(0i64);
-    for c in pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default() {
+    for c in pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+    {
         let r = c
             .resources
             .as_ref()
@@ -296,10 +301,17 @@ async fn resource_metric(
     let pods = pods
         .list(&ListParams::default().labels(selector))
         .await
-        .map_err(|e| fail(format!("unable to get pods while calculating replica count: {}", api_message(&e))))?;
-    let metrics = fetch_pod_metrics(client, ns, selector)
-        .await
-        .map_err(|e| fail(format!("unable to get metrics for resource {resource}: {e}")))?;
+        .map_err(|e| {
+            fail(format!(
+                "unable to get pods while calculating replica count: {}",
+                api_message(&e)
+            ))
+        })?;
+    let metrics = fetch_pod_metrics(client, ns, selector).await.map_err(|e| {
+        fail(format!(
+            "unable to get metrics for resource {resource}: {e}"
+        ))
+    })?;
     let metrics = pod_metrics(&metrics, &resource);
     if metrics.is_empty() {
         return Err(fail(format!(
@@ -330,7 +342,11 @@ async fn resource_metric(
     })
 }
 
-async fn fetch_pod_metrics(client: &kube::Client, ns: &str, selector: &str) -> Result<Value, String> {
+async fn fetch_pod_metrics(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+) -> Result<Value, String> {
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "PodMetrics"),
         "pods",
@@ -339,7 +355,12 @@ async fn fetch_pod_metrics(client: &kube::Client, ns: &str, selector: &str) -> R
     let list = api
         .list(&ListParams::default().labels(selector))
         .await
-        .map_err(|e| format!("unable to fetch metrics from resource metrics API: {}", api_message(&e)))?;
+        .map_err(|e| {
+            format!(
+                "unable to fetch metrics from resource metrics API: {}",
+                api_message(&e)
+            )
+        })?;
     let items: Vec<Value> = list
         .items
         .into_iter()
@@ -349,13 +370,21 @@ async fn fetch_pod_metrics(client: &kube::Client, ns: &str, selector: &str) -> R
 }
 
 /// The target's API through its `scale` subresource.
-async fn scale_api(client: &kube::Client, ns: &str, target: &Value) -> Result<Api<DynamicObject>, String> {
+async fn scale_api(
+    client: &kube::Client,
+    ns: &str,
+    target: &Value,
+) -> Result<Api<DynamicObject>, String> {
     let api_version = target["apiVersion"].as_str().unwrap_or("");
     let kind = target["kind"].as_str().unwrap_or("");
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None if !api_version.is_empty() => ("", api_version),
-        None => return Err(format!("invalid API version in scale target reference: {api_version:?}")),
+        None => {
+            return Err(format!(
+                "invalid API version in scale target reference: {api_version:?}"
+            ));
+        }
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);
     let (ar, _) = kube::discovery::pinned_kind(client, &gvk)
@@ -365,13 +394,20 @@ async fn scale_api(client: &kube::Client, ns: &str, target: &Value) -> Result<Ap
 }
 
 /// One sync of one HPA.
-async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut History) -> Result<(), String> {
+async fn reconcile(
+    client: &kube::Client,
+    hpa: &HorizontalPodAutoscaler,
+    h: &mut History,
+) -> Result<(), String> {
     let ns = hpa.metadata.namespace.clone().unwrap_or_default();
     let name = hpa.metadata.name.clone().unwrap_or_default();
     let obj = serde_json::to_value(hpa).map_err(|e| e.to_string())?;
     let spec = &obj["spec"];
     let old_status = obj["status"].clone();
-    let mut conds: Vec<Value> = old_status["conditions"].as_array().cloned().unwrap_or_default();
+    let mut conds: Vec<Value> = old_status["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let target = &spec["scaleTargetRef"];
     let reference = format!(
         "{}/{}/{}",
@@ -456,7 +492,11 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
         desired = d;
         reason = why.to_string();
     } else {
-        let selector = scale.status.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        let selector = scale
+            .status
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
         let mut proposals: Vec<MetricResult> = Vec::new();
         let mut statuses = Vec::new();
         let mut first_error: Option<MetricError> = None;
@@ -481,7 +521,10 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
                     let ty = other.unwrap_or("");
                     Err(MetricError {
                         reason: format!("FailedGet{ty}Metric"),
-                        error: format!("unable to get {} metric: only resource metrics (metrics.k8s.io) are served by this cluster", ty.to_lowercase()),
+                        error: format!(
+                            "unable to get {} metric: only resource metrics (metrics.k8s.io) are served by this cluster",
+                            ty.to_lowercase()
+                        ),
                     })
                 }
             };
@@ -510,9 +553,17 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
                 "ScalingActive",
                 false,
                 &e.reason,
-                &format!("the HPA was unable to compute the replica count: {}", e.error),
+                &format!(
+                    "the HPA was unable to compute the replica count: {}",
+                    e.error
+                ),
             );
-            status["currentMetrics"] = json!(statuses.into_iter().filter(|s| s["type"] != "").collect::<Vec<_>>());
+            status["currentMetrics"] = json!(
+                statuses
+                    .into_iter()
+                    .filter(|s| s["type"] != "")
+                    .collect::<Vec<_>>()
+            );
             write_status(client, &obj, status, conds).await;
             event("Warning", "FailedComputeMetricsReplicas", e.error.clone()).await;
             return Err(format!(
@@ -526,9 +577,16 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
             "ScalingActive",
             true,
             "ValidMetricFound",
-            &format!("the HPA was able to successfully calculate a replica count from {metric_name}"),
+            &format!(
+                "the HPA was able to successfully calculate a replica count from {metric_name}"
+            ),
         );
-        status["currentMetrics"] = json!(statuses.into_iter().filter(|s| s["type"] != "").collect::<Vec<_>>());
+        status["currentMetrics"] = json!(
+            statuses
+                .into_iter()
+                .filter(|s| s["type"] != "")
+                .collect::<Vec<_>>()
+        );
         let proposed = best_replicas.max(0);
         if proposed > current {
             reason = format!("{metric_name} above target");
@@ -537,7 +595,13 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
         }
         let n = calc::normalize(h, behavior.as_ref(), current, proposed, min, max, now);
         set_condition(&mut conds, "AbleToScale", true, n.able.0, n.able.1);
-        set_condition(&mut conds, "ScalingLimited", n.limited.0, n.limited.1.0, n.limited.1.1);
+        set_condition(
+            &mut conds,
+            "ScalingLimited",
+            n.limited.0,
+            n.limited.1.0,
+            n.limited.1.1,
+        );
         desired = n.replicas;
     }
 
@@ -548,11 +612,20 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
         let mut updated = scale.clone();
         updated.spec.get_or_insert_with(Default::default).replicas = Some(desired);
         if let Err(e) = api
-            .replace_scale(target["name"].as_str().unwrap_or(""), &PostParams::default(), &updated)
+            .replace_scale(
+                target["name"].as_str().unwrap_or(""),
+                &PostParams::default(),
+                &updated,
+            )
             .await
         {
             let e = api_message(&e);
-            event("Warning", "FailedRescale", format!("New size: {desired}; reason: {reason}; error: {e}")).await;
+            event(
+                "Warning",
+                "FailedRescale",
+                format!("New size: {desired}; reason: {reason}; error: {e}"),
+            )
+            .await;
             set_condition(
                 &mut conds,
                 "AbleToScale",
@@ -570,7 +643,12 @@ async fn reconcile(client: &kube::Client, hpa: &HorizontalPodAutoscaler, h: &mut
             "SucceededRescale",
             &format!("the HPA controller was able to update the target scale to {desired}"),
         );
-        event("Normal", "SuccessfulRescale", format!("New size: {desired}; reason: {reason}")).await;
+        event(
+            "Normal",
+            "SuccessfulRescale",
+            format!("New size: {desired}; reason: {reason}"),
+        )
+        .await;
         calc::store_scale_event(h, behavior.as_ref(), current, desired, now);
         info!(hpa = %format!("{ns}/{name}"), from = current, to = desired, %reason, "rescaled");
         status["lastScaleTime"] = json!(now_rfc3339());
@@ -642,7 +720,10 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m["a"].value, 1120);
         assert_eq!(m["a"].window, 15_000);
-        assert_eq!(pod_metrics(&list, "memory")["b"].value, 10 * 1024 * 1024 * 1000);
+        assert_eq!(
+            pod_metrics(&list, "memory")["b"].value,
+            10 * 1024 * 1024 * 1000
+        );
     }
 
     #[test]
@@ -665,7 +746,8 @@ mod tests {
 
     #[test]
     fn behavior_defaults_for_unset_parts() {
-        let b = behavior_of(&json!({"behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}}})).unwrap();
+        let b = behavior_of(&json!({"behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}}}))
+            .unwrap();
         assert_eq!(b.up, Rules::default_up());
         assert_eq!(b.down.window_secs, 5);
         assert_eq!(b.down.policies, Rules::default_down().policies);
@@ -674,7 +756,9 @@ mod tests {
 
     #[test]
     fn conditions_keep_their_transition_time_while_unchanged() {
-        let mut c = vec![json!({"type": "AbleToScale", "status": "True", "lastTransitionTime": "then", "reason": "x", "message": "y"})];
+        let mut c = vec![
+            json!({"type": "AbleToScale", "status": "True", "lastTransitionTime": "then", "reason": "x", "message": "y"}),
+        ];
         set_condition(&mut c, "AbleToScale", true, "ReadyForNewScale", "m");
         assert_eq!(c[0]["lastTransitionTime"], "then");
         assert_eq!(c[0]["reason"], "ReadyForNewScale");
