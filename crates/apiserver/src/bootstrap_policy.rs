@@ -1517,6 +1517,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "job-controller",
     "cronjob-controller",
     "disruption-controller",
+    "horizontal-pod-autoscaler",
     "resourcequota-controller",
     "ttl-after-finished-controller",
     "generic-garbage-collector",

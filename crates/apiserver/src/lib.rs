@@ -27,6 +27,7 @@ pub mod aggregator;
 pub mod allocator;
 pub mod audit;
 pub mod authz;
+pub mod autoscaling;
 pub mod batch;
 pub mod bootstrap;
 pub mod bootstrap_policy;

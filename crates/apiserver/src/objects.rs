@@ -28,10 +28,11 @@ pub fn name_of(obj: &Value) -> &str {
 
 /// Sets `metadata.resourceVersion` and the type fields on a stored object.
 /// The version served is written over the stored one (`None` conversion),
-/// unless a conversion webhook must see the stored one: then the handler
-/// converts ([`crate::crd::conversion`]).
+/// unless a conversion (a webhook, a built-in one) must see the stored
+/// one: then the handler converts ([`crate::crd::conversion`]).
 pub fn decorate(rt: &ResourceType, obj: &mut Value, rv: i64) {
-    let webhook = rt.strategy.conversion_webhook().is_some();
+    let webhook =
+        rt.strategy.conversion_webhook().is_some() || rt.strategy.convert_version().is_some();
     if let Some(m) = obj.as_object_mut() {
         if !(webhook && m.get("apiVersion").is_some_and(Value::is_string)) {
             m.insert("apiVersion".into(), json!(rt.api_version()));

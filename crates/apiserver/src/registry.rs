@@ -74,6 +74,8 @@ pub enum Printer {
     PriorityClass,
     /// NAME AGE REQUEST LIMIT (`quota`).
     ResourceQuota,
+    /// NAME REFERENCE TARGETS MINPODS MAXPODS REPLICAS AGE (`autoscaling`).
+    HorizontalPodAutoscaler,
     /// NAME, the given columns (a CRD's `additionalPrinterColumns`; AGE
     /// is one of them by default).
     Columns(Vec<PrinterColumn>),
@@ -276,6 +278,9 @@ fn builtin_table() -> Vec<Arc<ResourceType>> {
         rt!("", "v1", "LimitRange", "limitranges", "limitrange", true, short: ["limits"], cat: [], sub: [], fields: [], Printer::Default, status: false, gen: false, typed: api::core::v1::LimitRange, strategy: crate::quota::LimitRange),
         rt!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, short: ["sc"], cat: [], sub: [], fields: [], Printer::StorageClass, status: false, gen: false, typed: api::storage::v1::StorageClass, strategy: crate::storage::StorageClass),
         rt!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, short: ["pc"], cat: [], sub: [], fields: [], Printer::PriorityClass, status: false, gen: false, typed: api::scheduling::v1::PriorityClass, strategy: crate::scheduling::PriorityClass),
+        // One storage (autoscaling/v2), two served versions (autoscaling.rs).
+        rt!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, short: ["hpa"], cat: ["all"], sub: ["status"], fields: [], Printer::HorizontalPodAutoscaler, status: true, gen: true, typed: api::autoscaling::v2::HorizontalPodAutoscaler, strategy: crate::autoscaling::HorizontalPodAutoscaler),
+        rt!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, short: ["hpa"], cat: ["all"], sub: ["status"], fields: [], Printer::HorizontalPodAutoscaler, status: true, gen: true, typed: api::autoscaling::v1::HorizontalPodAutoscaler, strategy: crate::autoscaling::HorizontalPodAutoscaler),
         rt!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", false, short: ["csr"], cat: [], sub: ["status", "approval"], fields: ["spec.signerName"], Printer::CertificateSigningRequest, status: true, gen: false, typed: api::certificates::v1::CertificateSigningRequest, strategy: strategy::CertificateSigningRequest),
     ]
 }
@@ -498,9 +503,17 @@ mod tests {
                 "apiextensions.k8s.io",
                 "storage.k8s.io",
                 "scheduling.k8s.io",
+                "autoscaling",
                 "certificates.k8s.io",
             ]
         );
+        // Two versions of one storage: v2 preferred, as upstream.
+        let autoscaling = reg
+            .group_versions()
+            .into_iter()
+            .find(|(g, _)| g == "autoscaling")
+            .map(|(_, v)| v);
+        assert_eq!(autoscaling, Some(vec!["v2".to_string(), "v1".to_string()]));
     }
 
     #[test]

@@ -235,7 +235,17 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     fn conversion_webhook(&self) -> Option<&crate::crd::conversion::Webhook> {
         None
     }
+
+    /// The built-in conversion of a type served in more versions than
+    /// the one it is stored in (HorizontalPodAutoscalers): converts an
+    /// object to the given `group/version` in place.
+    fn convert_version(&self) -> Option<ConvertFn> {
+        None
+    }
 }
+
+/// A built-in conversion: the object, the `group/version` wanted.
+pub type ConvertFn = fn(&mut Value, &str);
 
 /// A type with no behaviour of its own.
 #[derive(Debug)]

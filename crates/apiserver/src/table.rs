@@ -97,6 +97,12 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             v.push(age);
             v
         }
+        Printer::HorizontalPodAutoscaler => {
+            let mut v = vec![name];
+            v.extend(crate::autoscaling::columns());
+            v.push(age);
+            v
+        }
         Printer::ResourceQuota => {
             let mut v = vec![name];
             v.extend(crate::quota::columns());
@@ -815,6 +821,12 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
         Printer::PodDisruptionBudget => {
             let mut v = vec![name];
             v.extend(crate::disruption::cells(obj, now));
+            v.push(a);
+            v
+        }
+        Printer::HorizontalPodAutoscaler => {
+            let mut v = vec![name];
+            v.extend(crate::autoscaling::cells(obj, now));
             v.push(a);
             v
         }

@@ -1100,3 +1100,152 @@ async fn evictions_honour_disruption_budgets() {
         "{ev}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscalers_are_served_in_v2_and_v1_from_one_storage() {
+    let api = Api::start().await;
+    let v2 = format!("/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers");
+    let v1 = format!("/apis/autoscaling/v1/namespaces/{NS}/horizontalpodautoscalers");
+    let mut w1 = api.watch(&format!("{v1}?watch=true")).await;
+    // Created through v1 (what kubectl 1.29 autoscale sends).
+    let (code, created) = api
+        .call(
+            Method::POST,
+            &v1,
+            json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "web"},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                         "maxReplicas": 3, "targetCPUUtilizationPercentage": 50}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["apiVersion"], "autoscaling/v1");
+    assert_eq!(created["spec"]["minReplicas"], 1);
+    let ev = w1.next().await;
+    assert_eq!(ev["type"], "ADDED", "{ev}");
+    assert_eq!(ev["object"]["apiVersion"], "autoscaling/v1", "{ev}");
+    assert_eq!(
+        ev["object"]["spec"]["targetCPUUtilizationPercentage"], 50,
+        "{ev}"
+    );
+    // Read through v2: the cpu metric, no annotations.
+    let (code, got) = api
+        .call(Method::GET, &format!("{v2}/web"), Value::Null)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{got}");
+    assert_eq!(got["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        got["spec"]["metrics"],
+        json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}])
+    );
+    assert!(got["metadata"]["annotations"].is_null(), "{got}");
+    // A v2-only field (behavior) and a status written through v2 ...
+    let (code, patched) = api
+        .call_as(
+            Method::PATCH,
+            &format!("{v2}/web"),
+            "application/merge-patch+json",
+            json!({"spec": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 10}}}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{patched}");
+    assert_eq!(
+        patched["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"], 0,
+        "defaulted: {patched}"
+    );
+    let (code, st) = api
+        .call_as(
+            Method::PATCH,
+            &format!("{v2}/web/status"),
+            "application/merge-patch+json",
+            json!({"status": {"currentReplicas": 2, "desiredReplicas": 3, "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 120, "averageValue": "120m"}}}]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{st}");
+    // ... read through v1, list and watch included.
+    let (_, list) = api.call(Method::GET, &v1, Value::Null).await;
+    let item = &list["items"][0];
+    assert_eq!(list["apiVersion"], "autoscaling/v1", "{list}");
+    assert_eq!(
+        item["status"]["currentCPUUtilizationPercentage"], 120,
+        "{list}"
+    );
+    assert!(
+        item["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/behavior"].is_string(),
+        "{list}"
+    );
+    let ev = w1.next().await;
+    assert_eq!(ev["type"], "MODIFIED", "{ev}");
+    assert_eq!(ev["object"]["apiVersion"], "autoscaling/v1", "{ev}");
+    // A v1 update keeps the v2 fields it carried in annotations.
+    let mut upd = item.clone();
+    upd["spec"]["maxReplicas"] = json!(5);
+    let (code, put) = api.call(Method::PUT, &format!("{v1}/web"), upd).await;
+    assert_eq!(code, StatusCode::OK, "{put}");
+    let (_, got) = api
+        .call(Method::GET, &format!("{v2}/web"), Value::Null)
+        .await;
+    assert_eq!(got["spec"]["maxReplicas"], 5, "{got}");
+    assert_eq!(
+        got["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 10,
+        "{got}"
+    );
+    assert!(got["metadata"]["annotations"].is_null(), "{got}");
+    // Bad input names the field, in either version.
+    let (code, st) = api
+        .call(
+            Method::POST,
+            &v2,
+            json!({"metadata": {"name": "bad"}, "spec": {"minReplicas": 0, "maxReplicas": 1,
+                "scaleTargetRef": {"kind": "Deployment", "name": "web"}}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{st}");
+    assert_eq!(
+        st["message"],
+        "HorizontalPodAutoscaler.autoscaling \"bad\" is invalid: [spec.minReplicas: Invalid value: 0: must be greater than or equal to 1, spec.metrics: Forbidden: must specify at least one Object or External metric to support scaling to zero replicas]"
+    );
+    // The Table kubectl prints.
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri(&v2)
+        .header(
+            http::header::ACCEPT,
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )
+        .body(Body::empty())
+        .expect("request");
+    req.extensions_mut().insert(Some(Identity {
+        user: "verbs-admin".into(),
+        groups: vec!["system:masters".into()],
+    }));
+    let resp = api.router.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let table: Value = serde_json::from_slice(&bytes).expect("a Table");
+    let cols: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            "Name",
+            "Reference",
+            "Targets",
+            "MinPods",
+            "MaxPods",
+            "Replicas",
+            "Age"
+        ]
+    );
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(cells[1], "Deployment/web");
+    assert_eq!(cells[2], "cpu: 120%/50%");
+    assert_eq!(cells[3], "1");
+    assert_eq!(cells[4], 5);
+    assert_eq!(cells[5], 2);
+}

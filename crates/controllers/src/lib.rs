@@ -17,6 +17,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod helm;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod leader;

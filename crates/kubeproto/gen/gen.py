@@ -48,6 +48,7 @@ ROOTS = [
     ("api/authorization/v1", "SelfSubjectRulesReview"), ("api/authorization/v1", "LocalSubjectAccessReview"),
     ("api/certificates/v1", "CertificateSigningRequest"),
     ("api/storage/v1", "StorageClass"),
+    ("api/autoscaling/v2", "HorizontalPodAutoscaler"), ("api/autoscaling/v1", "HorizontalPodAutoscaler"),
 ]
 
 # Go pointer scalars (`*bool`, `*int32`, `*string`, ...) whose zero value is
@@ -116,6 +117,10 @@ StorageClass.allowVolumeExpansion StorageClass.reclaimPolicy StorageClass.volume
 DeleteOptions.gracePeriodSeconds DeleteOptions.orphanDependents DeleteOptions.propagationPolicy
 DeleteOptions.ignoreStoreReadErrorWithClusterBreakingPotential
 Event.series EventSeries.count
+HorizontalPodAutoscalerSpec.minReplicas HorizontalPodAutoscalerSpec.targetCPUUtilizationPercentage
+HorizontalPodAutoscalerStatus.observedGeneration HorizontalPodAutoscalerStatus.currentCPUUtilizationPercentage
+HPAScalingRules.stabilizationWindowSeconds HPAScalingRules.selectPolicy
+MetricTarget.averageUtilization MetricValueStatus.averageUtilization
 """.split())
 
 # Subresource kinds without a k8s-pb Resource impl.

@@ -53,6 +53,8 @@ pub(crate) const SUPPORTED: &[(&str, &str)] = &[
     ("authorization.k8s.io/v1", "LocalSubjectAccessReview"),
     ("certificates.k8s.io/v1", "CertificateSigningRequest"),
     ("storage.k8s.io/v1", "StorageClass"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("autoscaling/v1", "HorizontalPodAutoscaler"),
 ];
 
 /// Decodes `raw` as the prost type for (apiVersion, kind); `None` if unsupported.
@@ -305,6 +307,22 @@ pub(crate) fn dispatch(
             "StorageClass",
             storage_v1_StorageClass,
         ),
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+            h::root::<pb::api::autoscaling::v2::HorizontalPodAutoscaler>(
+                raw,
+                "autoscaling/v2",
+                "HorizontalPodAutoscaler",
+                autoscaling_v2_HorizontalPodAutoscaler,
+            )
+        }
+        ("autoscaling/v1", "HorizontalPodAutoscaler") => {
+            h::root::<pb::api::autoscaling::v1::HorizontalPodAutoscaler>(
+                raw,
+                "autoscaling/v1",
+                "HorizontalPodAutoscaler",
+                autoscaling_v1_HorizontalPodAutoscaler,
+            )
+        }
         _ => return None,
     })
 }
@@ -1508,6 +1526,62 @@ pub(crate) fn storage_v1_StorageClass(m: &pb::api::storage::v1::StorageClass) ->
         "allowedTopologies",
         &m.allowed_topologies,
         core_v1_TopologySelectorTerm,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_HorizontalPodAutoscaler(
+    m: &pb::api::autoscaling::v2::HorizontalPodAutoscaler,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metadata",
+        m.metadata.as_ref(),
+        meta_v1_ObjectMeta,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "spec",
+        m.spec.as_ref(),
+        autoscaling_v2_HorizontalPodAutoscalerSpec,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "status",
+        m.status.as_ref(),
+        autoscaling_v2_HorizontalPodAutoscalerStatus,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v1_HorizontalPodAutoscaler(
+    m: &pb::api::autoscaling::v1::HorizontalPodAutoscaler,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metadata",
+        m.metadata.as_ref(),
+        meta_v1_ObjectMeta,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "spec",
+        m.spec.as_ref(),
+        autoscaling_v1_HorizontalPodAutoscalerSpec,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "status",
+        m.status.as_ref(),
+        autoscaling_v1_HorizontalPodAutoscalerStatus,
         h::Mode::Omit,
     );
     Value::Object(o)
@@ -3731,6 +3805,127 @@ pub(crate) fn core_v1_TopologySelectorTerm(m: &pb::api::core::v1::TopologySelect
     Value::Object(o)
 }
 
+pub(crate) fn autoscaling_v2_HorizontalPodAutoscalerSpec(
+    m: &pb::api::autoscaling::v2::HorizontalPodAutoscalerSpec,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "scaleTargetRef",
+        m.scale_target_ref.as_ref(),
+        autoscaling_v2_CrossVersionObjectReference,
+        h::Mode::Req,
+    );
+    h::scalar(&mut o, "minReplicas", &m.min_replicas, h::Mode::Ptr);
+    h::scalar(&mut o, "maxReplicas", &m.max_replicas, h::Mode::Req);
+    h::list(
+        &mut o,
+        "metrics",
+        &m.metrics,
+        autoscaling_v2_MetricSpec,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "behavior",
+        m.behavior.as_ref(),
+        autoscaling_v2_HorizontalPodAutoscalerBehavior,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_HorizontalPodAutoscalerStatus(
+    m: &pb::api::autoscaling::v2::HorizontalPodAutoscalerStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(
+        &mut o,
+        "observedGeneration",
+        &m.observed_generation,
+        h::Mode::Ptr,
+    );
+    h::special(
+        &mut o,
+        "lastScaleTime",
+        m.last_scale_time.as_ref(),
+        h::time,
+        h::Mode::Omit,
+    );
+    h::scalar(
+        &mut o,
+        "currentReplicas",
+        &m.current_replicas,
+        h::Mode::Omit,
+    );
+    h::scalar(&mut o, "desiredReplicas", &m.desired_replicas, h::Mode::Req);
+    h::list(
+        &mut o,
+        "currentMetrics",
+        &m.current_metrics,
+        autoscaling_v2_MetricStatus,
+        h::Mode::Omit,
+    );
+    h::list(
+        &mut o,
+        "conditions",
+        &m.conditions,
+        autoscaling_v2_HorizontalPodAutoscalerCondition,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v1_HorizontalPodAutoscalerSpec(
+    m: &pb::api::autoscaling::v1::HorizontalPodAutoscalerSpec,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "scaleTargetRef",
+        m.scale_target_ref.as_ref(),
+        autoscaling_v1_CrossVersionObjectReference,
+        h::Mode::Req,
+    );
+    h::scalar(&mut o, "minReplicas", &m.min_replicas, h::Mode::Ptr);
+    h::scalar(&mut o, "maxReplicas", &m.max_replicas, h::Mode::Req);
+    h::scalar(
+        &mut o,
+        "targetCPUUtilizationPercentage",
+        &m.target_cpu_utilization_percentage,
+        h::Mode::Ptr,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v1_HorizontalPodAutoscalerStatus(
+    m: &pb::api::autoscaling::v1::HorizontalPodAutoscalerStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(
+        &mut o,
+        "observedGeneration",
+        &m.observed_generation,
+        h::Mode::Ptr,
+    );
+    h::special(
+        &mut o,
+        "lastScaleTime",
+        m.last_scale_time.as_ref(),
+        h::time,
+        h::Mode::Omit,
+    );
+    h::scalar(&mut o, "currentReplicas", &m.current_replicas, h::Mode::Req);
+    h::scalar(&mut o, "desiredReplicas", &m.desired_replicas, h::Mode::Req);
+    h::scalar(
+        &mut o,
+        "currentCPUUtilizationPercentage",
+        &m.current_cpu_utilization_percentage,
+        h::Mode::Ptr,
+    );
+    Value::Object(o)
+}
+
 pub(crate) fn meta_v1_Preconditions(
     m: &pb::apimachinery::pkg::apis::meta::v1::Preconditions,
 ) -> Value {
@@ -5478,6 +5673,147 @@ pub(crate) fn core_v1_TopologySelectorLabelRequirement(
     Value::Object(o)
 }
 
+pub(crate) fn autoscaling_v2_CrossVersionObjectReference(
+    m: &pb::api::autoscaling::v2::CrossVersionObjectReference,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "kind", &m.kind, h::Mode::Req);
+    h::scalar(&mut o, "name", &m.name, h::Mode::Req);
+    h::scalar(&mut o, "apiVersion", &m.api_version, h::Mode::Omit);
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_MetricSpec(m: &pb::api::autoscaling::v2::MetricSpec) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "type", &m.r#type, h::Mode::Req);
+    h::msg(
+        &mut o,
+        "object",
+        m.object.as_ref(),
+        autoscaling_v2_ObjectMetricSource,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "pods",
+        m.pods.as_ref(),
+        autoscaling_v2_PodsMetricSource,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "resource",
+        m.resource.as_ref(),
+        autoscaling_v2_ResourceMetricSource,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "containerResource",
+        m.container_resource.as_ref(),
+        autoscaling_v2_ContainerResourceMetricSource,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "external",
+        m.external.as_ref(),
+        autoscaling_v2_ExternalMetricSource,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_HorizontalPodAutoscalerBehavior(
+    m: &pb::api::autoscaling::v2::HorizontalPodAutoscalerBehavior,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "scaleUp",
+        m.scale_up.as_ref(),
+        autoscaling_v2_HpaScalingRules,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "scaleDown",
+        m.scale_down.as_ref(),
+        autoscaling_v2_HpaScalingRules,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_MetricStatus(m: &pb::api::autoscaling::v2::MetricStatus) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "type", &m.r#type, h::Mode::Req);
+    h::msg(
+        &mut o,
+        "object",
+        m.object.as_ref(),
+        autoscaling_v2_ObjectMetricStatus,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "pods",
+        m.pods.as_ref(),
+        autoscaling_v2_PodsMetricStatus,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "resource",
+        m.resource.as_ref(),
+        autoscaling_v2_ResourceMetricStatus,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "containerResource",
+        m.container_resource.as_ref(),
+        autoscaling_v2_ContainerResourceMetricStatus,
+        h::Mode::Omit,
+    );
+    h::msg(
+        &mut o,
+        "external",
+        m.external.as_ref(),
+        autoscaling_v2_ExternalMetricStatus,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_HorizontalPodAutoscalerCondition(
+    m: &pb::api::autoscaling::v2::HorizontalPodAutoscalerCondition,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "type", &m.r#type, h::Mode::Req);
+    h::scalar(&mut o, "status", &m.status, h::Mode::Req);
+    h::special(
+        &mut o,
+        "lastTransitionTime",
+        m.last_transition_time.as_ref(),
+        h::time,
+        h::Mode::Omit,
+    );
+    h::scalar(&mut o, "reason", &m.reason, h::Mode::Omit);
+    h::scalar(&mut o, "message", &m.message, h::Mode::Omit);
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v1_CrossVersionObjectReference(
+    m: &pb::api::autoscaling::v1::CrossVersionObjectReference,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "kind", &m.kind, h::Mode::Req);
+    h::scalar(&mut o, "name", &m.name, h::Mode::Req);
+    h::scalar(&mut o, "apiVersion", &m.api_version, h::Mode::Omit);
+    Value::Object(o)
+}
+
 pub(crate) fn core_v1_ConfigMapNodeConfigSource(
     m: &pb::api::core::v1::ConfigMapNodeConfigSource,
 ) -> Value {
@@ -6967,6 +7303,236 @@ pub(crate) fn authorization_v1_LabelSelectorAttributes(
     Value::Object(o)
 }
 
+pub(crate) fn autoscaling_v2_ObjectMetricSource(
+    m: &pb::api::autoscaling::v2::ObjectMetricSource,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "describedObject",
+        m.described_object.as_ref(),
+        autoscaling_v2_CrossVersionObjectReference,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "target",
+        m.target.as_ref(),
+        autoscaling_v2_MetricTarget,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "metric",
+        m.metric.as_ref(),
+        autoscaling_v2_MetricIdentifier,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_PodsMetricSource(
+    m: &pb::api::autoscaling::v2::PodsMetricSource,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metric",
+        m.metric.as_ref(),
+        autoscaling_v2_MetricIdentifier,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "target",
+        m.target.as_ref(),
+        autoscaling_v2_MetricTarget,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_ResourceMetricSource(
+    m: &pb::api::autoscaling::v2::ResourceMetricSource,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "name", &m.name, h::Mode::Req);
+    h::msg(
+        &mut o,
+        "target",
+        m.target.as_ref(),
+        autoscaling_v2_MetricTarget,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_ContainerResourceMetricSource(
+    m: &pb::api::autoscaling::v2::ContainerResourceMetricSource,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "name", &m.name, h::Mode::Req);
+    h::msg(
+        &mut o,
+        "target",
+        m.target.as_ref(),
+        autoscaling_v2_MetricTarget,
+        h::Mode::Req,
+    );
+    h::scalar(&mut o, "container", &m.container, h::Mode::Req);
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_ExternalMetricSource(
+    m: &pb::api::autoscaling::v2::ExternalMetricSource,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metric",
+        m.metric.as_ref(),
+        autoscaling_v2_MetricIdentifier,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "target",
+        m.target.as_ref(),
+        autoscaling_v2_MetricTarget,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_HpaScalingRules(
+    m: &pb::api::autoscaling::v2::HpaScalingRules,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(
+        &mut o,
+        "stabilizationWindowSeconds",
+        &m.stabilization_window_seconds,
+        h::Mode::Ptr,
+    );
+    h::scalar(&mut o, "selectPolicy", &m.select_policy, h::Mode::Ptr);
+    h::list(
+        &mut o,
+        "policies",
+        &m.policies,
+        autoscaling_v2_HpaScalingPolicy,
+        h::Mode::Omit,
+    );
+    h::special(
+        &mut o,
+        "tolerance",
+        m.tolerance.as_ref(),
+        h::quantity,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_ObjectMetricStatus(
+    m: &pb::api::autoscaling::v2::ObjectMetricStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metric",
+        m.metric.as_ref(),
+        autoscaling_v2_MetricIdentifier,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "current",
+        m.current.as_ref(),
+        autoscaling_v2_MetricValueStatus,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "describedObject",
+        m.described_object.as_ref(),
+        autoscaling_v2_CrossVersionObjectReference,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_PodsMetricStatus(
+    m: &pb::api::autoscaling::v2::PodsMetricStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metric",
+        m.metric.as_ref(),
+        autoscaling_v2_MetricIdentifier,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "current",
+        m.current.as_ref(),
+        autoscaling_v2_MetricValueStatus,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_ResourceMetricStatus(
+    m: &pb::api::autoscaling::v2::ResourceMetricStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "name", &m.name, h::Mode::Req);
+    h::msg(
+        &mut o,
+        "current",
+        m.current.as_ref(),
+        autoscaling_v2_MetricValueStatus,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_ContainerResourceMetricStatus(
+    m: &pb::api::autoscaling::v2::ContainerResourceMetricStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "name", &m.name, h::Mode::Req);
+    h::msg(
+        &mut o,
+        "current",
+        m.current.as_ref(),
+        autoscaling_v2_MetricValueStatus,
+        h::Mode::Req,
+    );
+    h::scalar(&mut o, "container", &m.container, h::Mode::Req);
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_ExternalMetricStatus(
+    m: &pb::api::autoscaling::v2::ExternalMetricStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::msg(
+        &mut o,
+        "metric",
+        m.metric.as_ref(),
+        autoscaling_v2_MetricIdentifier,
+        h::Mode::Req,
+    );
+    h::msg(
+        &mut o,
+        "current",
+        m.current.as_ref(),
+        autoscaling_v2_MetricValueStatus,
+        h::Mode::Req,
+    );
+    Value::Object(o)
+}
+
 pub(crate) fn core_v1_SecretReference(m: &pb::api::core::v1::SecretReference) -> Value {
     let mut o = Map::new();
     h::scalar(&mut o, "name", &m.name, h::Mode::Omit);
@@ -7693,6 +8259,84 @@ pub(crate) fn meta_v1_FieldSelectorRequirement(
         &m.values,
         |x| Value::from(x.clone()),
         h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_MetricTarget(m: &pb::api::autoscaling::v2::MetricTarget) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "type", &m.r#type, h::Mode::Req);
+    h::special(
+        &mut o,
+        "value",
+        m.value.as_ref(),
+        h::quantity,
+        h::Mode::Omit,
+    );
+    h::special(
+        &mut o,
+        "averageValue",
+        m.average_value.as_ref(),
+        h::quantity,
+        h::Mode::Omit,
+    );
+    h::scalar(
+        &mut o,
+        "averageUtilization",
+        &m.average_utilization,
+        h::Mode::Ptr,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_MetricIdentifier(
+    m: &pb::api::autoscaling::v2::MetricIdentifier,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "name", &m.name, h::Mode::Req);
+    h::msg(
+        &mut o,
+        "selector",
+        m.selector.as_ref(),
+        meta_v1_LabelSelector,
+        h::Mode::Omit,
+    );
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_HpaScalingPolicy(
+    m: &pb::api::autoscaling::v2::HpaScalingPolicy,
+) -> Value {
+    let mut o = Map::new();
+    h::scalar(&mut o, "type", &m.r#type, h::Mode::Req);
+    h::scalar(&mut o, "value", &m.value, h::Mode::Req);
+    h::scalar(&mut o, "periodSeconds", &m.period_seconds, h::Mode::Req);
+    Value::Object(o)
+}
+
+pub(crate) fn autoscaling_v2_MetricValueStatus(
+    m: &pb::api::autoscaling::v2::MetricValueStatus,
+) -> Value {
+    let mut o = Map::new();
+    h::special(
+        &mut o,
+        "value",
+        m.value.as_ref(),
+        h::quantity,
+        h::Mode::Omit,
+    );
+    h::special(
+        &mut o,
+        "averageValue",
+        m.average_value.as_ref(),
+        h::quantity,
+        h::Mode::Omit,
+    );
+    h::scalar(
+        &mut o,
+        "averageUtilization",
+        &m.average_utilization,
+        h::Mode::Ptr,
     );
     Value::Object(o)
 }

@@ -1177,6 +1177,10 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                     clients.of("disruption-controller"),
                     lead.clone(),
                 ));
+                loops.spawn(c::hpa::run(
+                    clients.of("horizontal-pod-autoscaler"),
+                    lead.clone(),
+                ));
                 loops.spawn(c::resourcequota::run(
                     clients.of("resourcequota-controller"),
                     lead.clone(),

@@ -69,6 +69,23 @@ fn gvk(obj: &Value) -> String {
     format!("{api_version}, Kind={kind}")
 }
 
+/// Converts `objects` of type `rt` to `desired`: through the type's
+/// built-in conversion when it has one, else as [`convert`] does.
+pub async fn convert_for(
+    state: &ApiState,
+    rt: &crate::registry::ResourceType,
+    objects: &mut [Value],
+    desired: &str,
+) -> ApiResult<()> {
+    if let Some(conv) = rt.strategy.convert_version() {
+        for o in objects.iter_mut() {
+            conv(o, desired);
+        }
+        return Ok(());
+    }
+    convert(state, rt.strategy.conversion_webhook(), objects, desired).await
+}
+
 /// The error of a failed conversion: upstream returns a plain error,
 /// which becomes a 500 Status with no reason.
 fn failed(message: String) -> ApiError {

@@ -263,15 +263,14 @@ async fn read_object(ctx: &Ctx<'_>, name: &str) -> ApiResult<(Value, i64)> {
 }
 
 /// Converts objects read from storage to the version of the request
-/// (custom types whose CRD converts through a webhook; the rest are
-/// already in it).
+/// (custom types whose CRD converts through a webhook, built-in types
+/// served in several versions; the rest are already in it).
 async fn to_served(ctx: &Ctx<'_>, objs: &mut [Value]) -> ApiResult<()> {
     let rt = ctx.rt();
-    match rt.strategy.conversion_webhook() {
-        Some(hook) => {
-            crate::crd::conversion::convert(ctx.state, Some(hook), objs, &rt.api_version()).await
-        }
-        None => Ok(()),
+    if rt.strategy.conversion_webhook().is_some() || rt.strategy.convert_version().is_some() {
+        crate::crd::conversion::convert_for(ctx.state, rt, objs, &rt.api_version()).await
+    } else {
+        Ok(())
     }
 }
 
@@ -281,8 +280,7 @@ async fn to_storage(ctx: &Ctx<'_>, obj: &mut Value) -> ApiResult<()> {
     let rt = ctx.rt();
     match rt.strategy.storage_api_version() {
         Some(storage) => {
-            let hook = rt.strategy.conversion_webhook();
-            crate::crd::conversion::convert(ctx.state, hook, std::slice::from_mut(obj), storage)
+            crate::crd::conversion::convert_for(ctx.state, rt, std::slice::from_mut(obj), storage)
                 .await
         }
         None => Ok(()),

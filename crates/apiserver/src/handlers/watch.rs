@@ -193,7 +193,9 @@ pub(super) async fn watch(ctx: Ctx<'_>) -> ApiResult<Response> {
         bookmarks,
         timeout,
         last_rev: start_rev,
-        converts: rt.strategy.conversion_webhook().map(|_| ctx.state.clone()),
+        converts: (rt.strategy.conversion_webhook().is_some()
+            || rt.strategy.convert_version().is_some())
+        .then(|| ctx.state.clone()),
     };
     match subscription {
         Some(sub) => {
@@ -388,7 +390,7 @@ impl WatchOut {
                             objs.push(b);
                         }
                         let desired = rt.api_version();
-                        if let Err(e) = crate::crd::conversion::convert(state, rt.strategy.conversion_webhook(), &mut objs, &desired).await {
+                        if let Err(e) = crate::crd::conversion::convert_for(state, &rt, &mut objs, &desired).await {
                             let _ = self.tx.send(Ok(event_line("ERROR", &e.to_status()))).await;
                             break;
                         }
