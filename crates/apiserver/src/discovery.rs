@@ -146,9 +146,14 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> Option<SubresourceInfo> {
         "finalize" => own(&["update"]),
         // Proxied to the node API (`proxy.rs`).
         "log" => own(&["get"]),
-        // Nodes: to the node API, GET only (`proxy::node_proxy`); pods
+        // Nodes: to the node API, every verb (`proxy::node_proxy`); pods
         // and Services: any method (`workload_proxy`).
-        "proxy" if rt.plural == "nodes" => other("", "v1", "NodeProxyOptions", &["get"]),
+        "proxy" if rt.plural == "nodes" => other(
+            "",
+            "v1",
+            "NodeProxyOptions",
+            &["create", "delete", "get", "patch", "update"],
+        ),
         "proxy" => other(
             "",
             "v1",

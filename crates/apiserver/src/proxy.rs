@@ -695,20 +695,21 @@ pub fn node_proxy_path(request_path: &str, node: &str) -> Option<String> {
     }
 }
 
-/// Serves `GET /api/v1/nodes/<name>/proxy/<path>` (authorized already as
-/// `get` on `nodes/proxy`): the node API's answer for `<path>` and the
-/// query, streamed, as the apiserver's kubelet client (so the node lets
-/// it in; the user was authorized here). Only GET is proxied.
+/// Serves `/api/v1/nodes/<name>/proxy/<path>` (authorized already, the
+/// verb from the method as upstream's): the node API's answer for `<path>`
+/// and the query, streamed, as the apiserver's kubelet client (so the node
+/// lets it in; the user was authorized here). Every method is passed on
+/// with its body and `Content-Type`, and a WebSocket or SPDY upgrade (an
+/// exec, attach or port-forward on the node's own paths) is relayed as
+/// `pods/exec` is.
 pub async fn node_proxy(
     state: &ApiState,
     name: &str,
     request_path: &str,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
+    body: Option<Body>,
 ) -> Response {
     let serve = async {
-        if parts.method != Method::GET {
-            return Err(ApiError::method_not_allowed(parts.method.as_str(), nodes()));
-        }
         let path = node_proxy_path(request_path, name).ok_or_else(ApiError::no_route)?;
         let node = read(state, nodes(), None, name).await?;
         let addr = node_address(&node)?;
@@ -722,7 +723,48 @@ pub async fn node_proxy(
             addr,
             path_and_query,
         };
-        forward_stream(&state.config().node_client, &target).await
+        let tls = &state.config().node_client;
+        if parts.headers.contains_key(header::UPGRADE) {
+            let protocol = stream_upgrade(&parts.headers)?;
+            let client = parts
+                .extensions
+                .remove::<OnUpgrade>()
+                .ok_or_else(|| ApiError::bad_request("the connection cannot be upgraded"))?;
+            return forward_upgrade(
+                tls,
+                &target,
+                &parts.method,
+                &parts.headers,
+                protocol,
+                client,
+            )
+            .await;
+        }
+        if parts.method == Method::GET {
+            return forward_stream(tls, &target).await;
+        }
+        let mut req = request(&parts.method, &target);
+        for name in [header::CONTENT_TYPE, header::ACCEPT] {
+            if let Some(v) = parts.headers.get(&name) {
+                req = req.header(name, v);
+            }
+        }
+        let req = req
+            .body(body.unwrap_or_default())
+            .map_err(|e| ApiError::internal(format!("building the node request: {e}")))?;
+        let resp = send(tls, &target, req)
+            .await
+            .map_err(|e| e.into_api(&target))?;
+        if !resp.status().is_success() {
+            return Ok(node_error(&target, resp).await);
+        }
+        let (head, incoming) = resp.into_parts();
+        let mut out = Response::new(Body::new(incoming));
+        *out.status_mut() = head.status;
+        if let Some(ct) = head.headers.get(header::CONTENT_TYPE) {
+            out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        }
+        Ok(out)
     };
     match serve.await {
         Ok(r) => r,
@@ -835,11 +877,16 @@ impl DialError {
 /// Sends one request on a fresh TLS connection to the node and returns its
 /// answer head (the body streams on). The connection task lives until the
 /// body or upgrade is done with.
-async fn send(
+async fn send<B>(
     tls: &NodeClientTls,
     target: &NodeTarget,
-    req: Request<Empty<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, DialError> {
+    req: Request<B>,
+) -> Result<hyper::Response<hyper::body::Incoming>, DialError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     let name = ServerName::IpAddress(target.addr.ip().into());
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -877,7 +924,7 @@ fn request(method: &Method, target: &NodeTarget) -> http::request::Builder {
 /// arrives (Content-Type kept, `text/plain` when the node sent none).
 pub async fn forward_stream(tls: &NodeClientTls, target: &NodeTarget) -> ApiResult<Response> {
     let req = request(&Method::GET, target)
-        .body(Empty::new())
+        .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::internal(format!("building the node request: {e}")))?;
     let resp = send(tls, target, req)
         .await
@@ -918,7 +965,7 @@ pub async fn forward_upgrade(
         }
     }
     let req = builder
-        .body(Empty::new())
+        .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::internal(format!("building the node request: {e}")))?;
     let resp = send(tls, target, req)
         .await

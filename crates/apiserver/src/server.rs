@@ -508,11 +508,13 @@ async fn route(
                     Err(e) => return e.into_response(),
                 };
             if rp.subresource.as_deref() == Some("proxy") && rp.rt.plural == "nodes" {
+                let mut parts = parts;
                 return crate::proxy::node_proxy(
                     &state,
                     rp.name.as_deref().unwrap_or(""),
                     &path,
-                    &parts,
+                    &mut parts,
+                    body.take(),
                 )
                 .await;
             }

@@ -507,6 +507,23 @@ async fn grpc_probes() {
         format!("error trying to reach service: dial tcp {echo_ip}:1: connect: connection refused")
     );
 
+    // nodes/proxy passes every method on to the node API: a POST reaches
+    // the node's exec handler (which then wants an upgrade), a DELETE the
+    // node's own router.
+    let (code, _, body) = send(
+        "POST",
+        "/api/v1/nodes/s1/proxy/exec/default/echo/echo?command=true&stdout=true",
+        "",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("served over WebSocket"), "{body}");
+    let (code, _, body) = send("DELETE", "/api/v1/nodes/s1/proxy/healthz", "").await;
+    assert_eq!(code, 405, "{body}");
+    assert!(
+        body.contains("answered 405"),
+        "the node answered, not the apiserver: {body}"
+    );
     // kubectl debug: an ephemeral container in the echo container's
     // process namespace, fed through stdin, oldest and newest kubectl.
     for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
