@@ -81,6 +81,8 @@ pub struct Schedule {
     /// The IANA zone of a `TZ=`/`CRON_TZ=` prefix (upstream refuses it in
     /// `spec.schedule`, the validation reports it by itself).
     pub zone: Option<String>,
+    /// `@every <duration>`: a constant delay instead of the fields.
+    every: Option<std::time::Duration>,
 }
 
 /// Why a schedule does not parse; `Display` is upstream's text.
@@ -228,9 +230,19 @@ pub fn parse(spec: &str) -> Result<Schedule, CronError> {
             "@daily" | "@midnight" => (one(0), one(0), all(&DOM), all(&MONTHS), all(&DOW)),
             "@hourly" => (one(0), all(&HOURS), all(&DOM), all(&MONTHS), all(&DOW)),
             _ if spec.starts_with("@every ") => {
-                // Upstream's parser takes it, but it does not make a
-                // crontab the controller can step: refused like a bad one.
-                return Err(err(format!("unrecognized descriptor: {spec}")));
+                let d = crate::duration::parse_go_duration(&spec["@every ".len()..])
+                    .map_err(|e| err(format!("failed to parse duration {spec}: {e}")))?;
+                // robfig/cron: whole seconds, at least one.
+                let d = std::time::Duration::from_secs(d.as_secs().max(1));
+                return Ok(Schedule {
+                    minute: 0,
+                    hour: 0,
+                    dom: 0,
+                    month: 0,
+                    dow: 0,
+                    zone,
+                    every: Some(d),
+                });
             }
             _ => return Err(err(format!("unrecognized descriptor: {spec}"))),
         };
@@ -241,6 +253,7 @@ pub fn parse(spec: &str) -> Result<Schedule, CronError> {
             month,
             dow,
             zone,
+            every: None,
         });
     }
     let fields: Vec<&str> = spec.split_whitespace().collect();
@@ -258,6 +271,7 @@ pub fn parse(spec: &str) -> Result<Schedule, CronError> {
         month: field(fields[3], &MONTHS)?,
         dow: field(fields[4], &DOW)?,
         zone,
+        every: None,
     })
 }
 
@@ -266,6 +280,14 @@ fn has(set: u64, v: u32) -> bool {
 }
 
 impl Schedule {
+    /// The delay of an `@every` schedule, which fires that long after the
+    /// previous time (whole seconds, time-zone free) rather than on
+    /// civil minutes: [`Schedule::matches`] and [`Schedule::next`] do not
+    /// apply to it.
+    pub fn every(&self) -> Option<std::time::Duration> {
+        self.every
+    }
+
     fn day_matches(&self, d: NaiveDate) -> bool {
         let dom = has(self.dom, d.day());
         let dow = has(self.dow, d.weekday().num_days_from_sunday());
@@ -322,6 +344,28 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_takes_go_durations_in_whole_seconds() {
+        assert_eq!(
+            parse("@every 1h30m").unwrap().every(),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse("@every 1500ms").unwrap().every(),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse("@every 10ms").unwrap().every(),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(parse("@hourly").unwrap().every(), None);
+        let e = parse("@every soon").unwrap_err().to_string();
+        assert!(
+            e.starts_with("failed to parse duration @every soon: "),
+            "{e}"
+        );
+    }
 
     fn at(s: &str) -> NaiveDateTime {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap()

@@ -325,45 +325,7 @@ impl fmt::Debug for S3Config {
     }
 }
 
-/// A Go duration as the `etcd-s3-timeout` flag takes it (`5m0s`, `30s`,
-/// `1h30m`, `250ms`), positive.
-pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let bad = || format!("{t:?} is not a duration such as 5m0s, 30s or 1h");
-    let mut rest = t;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if n == 0 {
-            return Err(bad());
-        }
-        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..u] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "\u{b5}s" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(bad()),
-        };
-        total += value * scale;
-        rest = &rest[u..];
-    }
-    if total <= 0.0 {
-        return Err(format!("{t:?}: must be positive"));
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
-}
+pub use rke2_apimachinery::duration::parse_go_duration;
 
 /// A `profile` value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,7 +29,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeZone, Timelike, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -88,6 +88,11 @@ impl Zoned {
 
     /// The first scheduled instant strictly after `t`.
     pub fn next(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if let Some(d) = self.schedule.every() {
+            // robfig/cron's constant delay: the whole second of `t` plus
+            // the delay.
+            return Some(t.with_nanosecond(0)? + chrono::Duration::from_std(d).ok()?);
+        }
         let mut civil: NaiveDateTime = t.with_timezone(&self.tz).naive_local();
         // A civil minute that does not exist (skipped by a DST change) is
         // passed over, as robfig/cron does.
@@ -125,6 +130,12 @@ pub fn most_recent(
     let mut t = z.next(start)?;
     if t > now {
         return None;
+    }
+    if let Some(d) = z.schedule.every() {
+        // Counted rather than stepped: `@every 1s` over a year.
+        let d = chrono::Duration::from_std(d).ok()?;
+        let missed = (now - t).num_seconds() / d.num_seconds().max(1);
+        return Some((t + d * i32::try_from(missed).ok()?, missed as usize));
     }
     let mut missed = 0usize;
     loop {
@@ -569,6 +580,28 @@ mod tests {
             most_recent(&z, utc("2024-01-01T10:03:00Z"), utc("2024-01-01T10:03:59Z")).is_none()
         );
         assert_eq!(job_name("c", t), format!("c-{}", t.timestamp() / 60));
+    }
+
+    #[test]
+    fn every_is_a_constant_delay_counted_not_stepped() {
+        let z = Zoned::of("@every 90s", Some("Europe/Berlin")).unwrap();
+        assert_eq!(
+            z.next(utc("2024-01-01T10:00:00.700Z")),
+            Some(utc("2024-01-01T10:01:30Z"))
+        );
+        let (t, missed) =
+            most_recent(&z, utc("2024-01-01T10:00:00Z"), utc("2024-01-01T10:05:00Z")).unwrap();
+        // 10:01:30, 10:03:00, 10:04:30: the last, two passed over.
+        assert_eq!((t, missed), (utc("2024-01-01T10:04:30Z"), 2));
+        assert!(
+            most_recent(&z, utc("2024-01-01T10:04:30Z"), utc("2024-01-01T10:05:59Z")).is_none()
+        );
+        // A second's schedule over a year is counted at once.
+        let z = Zoned::of("@every 1s", None).unwrap();
+        let (_, missed) =
+            most_recent(&z, utc("2023-01-01T00:00:00Z"), utc("2024-01-01T00:00:00Z")).unwrap();
+        // 2023 has 365 days: fires at 00:00:01 .. 2024-01-01T00:00:00.
+        assert_eq!(missed, 365 * 86400 - 1);
     }
 
     #[test]
