@@ -130,7 +130,9 @@ etcdctl0() { ETCDCTL_API=3 etcdctl --endpoints="https://${IPS[0]}:2379" --cacert
 # until it goes stale, only a new heartbeat shows the node is back.
 fresh_ready() {
     local since=$1; shift
-    kc get nodes -o json 2>/dev/null | python3 "$WORK/fresh.py" "$since" "$@"
+    local out
+    out=$(kc get nodes -o json 2>/dev/null) || return 1
+    python3 "$WORK/fresh.py" "$since" "$@" <<<"$out"
 }
 voters() { etcdctl0 member list 2>/dev/null | awk -F', ' '$2 == "started" && $6 == "false"' | wc -l; }
 wait_until() { # what, command...
