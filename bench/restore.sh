@@ -8,11 +8,11 @@
 # one snapshot on the first server (`rke2 etcd-snapshot save`) and writes a
 # marker ConfigMap after it. Then per run, the three servers stopped
 # (SIGTERM) before each measurement:
-#   1. the reference, a plain restart: time from starting the first server
-#      until its Node is Ready with a heartbeat newer than the start
-#      ("first Ready"), then the other two started, until all three Nodes
-#      are Ready again with fresh heartbeats and etcd has three started
-#      voters ("all re-joined");
+#   1. the reference, a plain restart: the three servers started together
+#      (one alone has no etcd quorum); time until the first server's Node
+#      is Ready with a heartbeat newer than the start ("first Ready"), and
+#      until all three Nodes are Ready with fresh heartbeats and etcd has
+#      three started voters ("all re-joined");
 #   2. the restore: time from starting `rke2 server --cluster-reset
 #      --cluster-reset-restore-path=<snapshot>` (which restores and exits)
 #      through starting the first server again until its Node is Ready
@@ -189,15 +189,16 @@ log "snapshot $SNAP ($(stat -c %s "$SNAP") bytes)"
 
 stop_all() { for i in 2 1 0; do stop_server "$i"; done; }
 declare -a REF_FIRST REF_ALL RES_FIRST RES_ALL
-# bring_back T0: start server 0 (already restored or not), then the others;
-# sets FIRST and ALL (seconds since T0).
+# bring_back T0 SINCE together|first: start the servers (all three at once
+# for a plain restart: one alone has no etcd quorum; the restored one first
+# for a restore, as its next steps say); sets FIRST and ALL (s since T0).
 bring_back() {
-    local t0=$1 since=$2
+    local t0=$1 since=$2 how=$3
     start_server 0
+    if [[ "$how" == together ]]; then start_server 1; start_server 2; fi
     wait_until "server 0 Ready" fresh_ready "$since" "$(node 0)"
     FIRST=$(sub "$(now)" "$t0")
-    start_server 1
-    start_server 2
+    if [[ "$how" != together ]]; then start_server 1; start_server 2; fi
     wait_until "three Ready nodes" fresh_ready "$since" "$(node 0)" "$(node 1)" "$(node 2)"
     wait_until "three etcd voters" three_voters
     ALL=$(sub "$(now)" "$t0")
@@ -207,7 +208,7 @@ for r in $(seq 1 "$RUNS"); do
     since=$(( $(date +%s) + 1 ))
     sleep 1  # heartbeats have second resolution: none of the old ones count
     t0=$(now)
-    bring_back "$t0" "$since"
+    bring_back "$t0" "$since" together
     REF_FIRST+=("$FIRST"); REF_ALL+=("$ALL")
 
     stop_all
@@ -218,7 +219,7 @@ for r in $(seq 1 "$RUNS"); do
     CONTAINERD_HTTP_PROXY=http://127.0.0.1:9 "$RKE2" "${args[@]}" --cluster-reset \
         "--cluster-reset-restore-path=$SNAP" >>"$WORK/s0/server.log" 2>&1 \
         || die "the restore failed; log: $WORK/s0/server.log"
-    bring_back "$t0" "$since"
+    bring_back "$t0" "$since" first
     RES_FIRST+=("$FIRST"); RES_ALL+=("$ALL")
     ! kc get configmap after-snapshot >/dev/null 2>&1 || die "the write after the snapshot survived the restore"
     kc get configmap "bench-$(printf '%06d' $((OBJECTS - 1)))" >/dev/null || die "an object before the snapshot is missing"
