@@ -132,6 +132,21 @@ pub const STORAGE_FORMAT_KEY: &str = "/rke2/storage-format";
 /// record existed (format 1).
 pub const STORAGE_FORMAT: u64 = 2;
 
+/// The `format` and `writtenBy` of a stored [`STORAGE_FORMAT_KEY`] record
+/// (`an unknown release` when it names none).
+pub fn parse_storage_format(value: &[u8]) -> Result<(u64, String)> {
+    let stored: Value = serde_json::from_slice(value)
+        .with_context(|| format!("{STORAGE_FORMAT_KEY} in etcd is not a storage format record"))?;
+    let format = stored["format"]
+        .as_u64()
+        .with_context(|| format!("{STORAGE_FORMAT_KEY} in etcd has no numeric `format`"))?;
+    let by = stored["writtenBy"]
+        .as_str()
+        .unwrap_or("an unknown release")
+        .to_string();
+    Ok((format, by))
+}
+
 /// Refuses to serve a cluster whose data a newer release has written in a
 /// format this build does not know, and records this build's format when
 /// it is the newest so far. Runs before this server writes anything.
@@ -146,13 +161,7 @@ pub async fn check_storage_format(store: &Store, version: &str) -> Result<()> {
         let written = match current {
             None => store.create(STORAGE_FORMAT_KEY, record.clone()).await,
             Some(kv) => {
-                let stored: Value = serde_json::from_slice(&kv.value).with_context(|| {
-                    format!("{STORAGE_FORMAT_KEY} in etcd is not a storage format record")
-                })?;
-                let format = stored["format"].as_u64().with_context(|| {
-                    format!("{STORAGE_FORMAT_KEY} in etcd has no numeric `format`")
-                })?;
-                let by = stored["writtenBy"].as_str().unwrap_or("an unknown release");
+                let (format, by) = parse_storage_format(&kv.value)?;
                 if format > STORAGE_FORMAT {
                     bail!(
                         "this cluster's data is in storage format {format}, written by {by}; this rke2 ({version}) reads formats up to {STORAGE_FORMAT} and must not serve it: upgrade this server to {by} or later (servers are upgraded one at a time, and an upgraded cluster is not served by older servers)"

@@ -845,8 +845,8 @@ async fn run_cli(sub: &str, m: &clap::ArgMatches) -> Result<String> {
         .with_context(|| format!("secrets-encrypt {sub} at {server}"))
 }
 
-/// k3s's status layout.
-fn status_text(v: &Value) -> String {
+/// k3s's status layout (also shown by `rke2 status`).
+pub(crate) fn status_text(v: &Value) -> String {
     if v["stage"].as_str().unwrap_or("").is_empty() {
         return "Encryption Status: Disabled, no configuration file found\n".into();
     }

@@ -70,9 +70,47 @@ struct Report {
     healthy_voters: usize,
     failures_tolerated: usize,
     nodes: Vec<NodeRow>,
+    /// As `rke2 secrets-encrypt status -o json` reports it (`null` when
+    /// this server's supervisor did not answer).
+    secrets_encryption: Option<serde_json::Value>,
+    /// The cluster's storage format record (`null` when etcd did not answer).
+    storage_format: Option<StorageFormat>,
+    ca_bundles: Vec<CaBundle>,
     checks: Vec<Check>,
     healthy: bool,
 }
+
+/// The cluster's `/rke2/storage-format` record against this binary's.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct StorageFormat {
+    /// The stored format (1 when the record is absent: written before it existed).
+    format: u64,
+    written_by: String,
+    /// The newest format this binary reads.
+    binary_format: u64,
+}
+
+/// One CA file: how many CA certificates it trusts (more than one after
+/// `rke2 certificate rotate-ca`, until the old one is dropped).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CaBundle {
+    file: String,
+    certificates: usize,
+    subjects: Vec<String>,
+    /// When the first certificate of the file (the one that signs) ends, RFC 3339.
+    not_after: String,
+}
+
+/// The CA files of a server, relative to `server/tls`.
+const CA_FILES: &[&str] = &[
+    "server-ca.crt",
+    "client-ca.crt",
+    "request-header-ca.crt",
+    "etcd/server-ca.crt",
+    "etcd/peer-ca.crt",
+];
 
 /// Runs `rke2 status [-o json] [server flags]`; returns the exit code.
 pub fn main(args: &[std::ffi::OsString]) -> i32 {
@@ -182,15 +220,20 @@ async fn gather(cfg: &Config) -> Result<Report> {
         )
     );
     let mut members = Vec::new();
+    let mut local_store = None;
     let list = match tokio::time::timeout(PROBE, async {
         let store =
             rke2_datastore::Store::connect(std::slice::from_ref(&local_etcd), Some(&etcd_tls))
                 .await?;
-        store.members().await
+        let members = store.members().await?;
+        Ok::<_, rke2_datastore::StoreError>((store, members))
     })
     .await
     {
-        Ok(Ok(m)) => Some(m),
+        Ok(Ok((store, m))) => {
+            local_store = Some(store);
+            Some(m)
+        }
         Ok(Err(e)) => {
             check(
                 &mut checks,
@@ -308,6 +351,50 @@ async fn gather(cfg: &Config) -> Result<Report> {
                 Health::Warn,
                 format!("raft index {} behind the leader", m.lag.unwrap_or(0)),
             );
+        }
+    }
+
+    // The storage format: a newer one than this binary's means this binary
+    // must not serve the cluster (a server of it would refuse to start).
+    let mut storage_format = None;
+    if let Some(store) = &local_store {
+        match tokio::time::timeout(PROBE, store.get(crate::cluster::STORAGE_FORMAT_KEY)).await {
+            Ok(Ok(kv)) => {
+                let parsed = match kv {
+                    None => Ok((1, "a release before the record existed".to_string())),
+                    Some(kv) => crate::cluster::parse_storage_format(&kv.value),
+                };
+                match parsed {
+                    Ok((format, written_by)) => {
+                        let f = StorageFormat {
+                            format,
+                            written_by,
+                            binary_format: crate::cluster::STORAGE_FORMAT,
+                        };
+                        let (health, detail) = storage_format_check(&f);
+                        check(&mut checks, "storage format", health, detail);
+                        storage_format = Some(f);
+                    }
+                    Err(e) => check(
+                        &mut checks,
+                        "storage format",
+                        Health::Fail,
+                        format!("{e:#}"),
+                    ),
+                }
+            }
+            Ok(Err(e)) => check(
+                &mut checks,
+                "storage format",
+                Health::Fail,
+                format!("reading {}: {e}", crate::cluster::STORAGE_FORMAT_KEY),
+            ),
+            Err(_) => check(
+                &mut checks,
+                "storage format",
+                Health::Fail,
+                format!("no answer within {PROBE:?}"),
+            ),
         }
     }
 
@@ -452,6 +539,59 @@ async fn gather(cfg: &Config) -> Result<Report> {
         .await;
     }
 
+    // Secrets encryption, as `rke2 secrets-encrypt status` reports it: this
+    // server's supervisor answers from the cluster's record in etcd and
+    // every server's applied hash.
+    let local_supervisor = format!("https://{}:{}", url_host(&api_host), cfg.supervisor_port);
+    let secrets_encryption = match &token {
+        None => {
+            check(
+                &mut checks,
+                "secrets encryption",
+                Health::Warn,
+                "no server/token to authenticate with",
+            );
+            None
+        }
+        Some(token) => {
+            let probe = async {
+                rke2_supervisor::SupervisorClient::new(
+                    &local_supervisor,
+                    ca.as_bytes(),
+                    rke2_trust::SERVER_USER,
+                    &token.password,
+                )?
+                .encrypt_status()
+                .await
+            };
+            match tokio::time::timeout(PROBE, probe).await {
+                Ok(Ok(v)) => {
+                    let (health, detail) = encryption_check(&v);
+                    check(&mut checks, "secrets encryption", health, detail);
+                    Some(v)
+                }
+                Ok(Err(e)) => {
+                    check(
+                        &mut checks,
+                        "secrets encryption",
+                        Health::Fail,
+                        format!("{local_supervisor}: {e}"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    check(
+                        &mut checks,
+                        "secrets encryption",
+                        Health::Fail,
+                        format!("{local_supervisor}: no answer within {PROBE:?}"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+
     // The registration address, and whether the serving certificate covers it.
     let serving_sans = read("serving-kube-apiserver.crt")
         .ok()
@@ -540,6 +680,44 @@ async fn gather(cfg: &Config) -> Result<Report> {
         );
     }
 
+    // The CAs: a file holding more than one is mid-rotation (rotate-ca
+    // keeps the old CA trusted beside the new one).
+    let mut ca_bundles = Vec::new();
+    for f in CA_FILES {
+        let Ok(infos) = rke2_trust::describe_cert_file(&tls.join(f)) else {
+            continue;
+        };
+        let Some(first) = infos.first() else {
+            continue;
+        };
+        ca_bundles.push(CaBundle {
+            file: format!("server/tls/{f}"),
+            certificates: infos.len(),
+            subjects: infos.iter().map(|i| i.subject.clone()).collect(),
+            not_after: chrono::DateTime::from_timestamp(first.not_after, 0)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+    }
+    let bundled: Vec<String> = ca_bundles
+        .iter()
+        .filter(|b| b.certificates > 1)
+        .map(|b| format!("{} ({})", b.file, b.certificates))
+        .collect();
+    check(
+        &mut checks,
+        "CA certificates",
+        Health::Ok,
+        if bundled.is_empty() {
+            format!("{} CA files, one CA each", ca_bundles.len())
+        } else {
+            format!(
+                "bundles after a CA rotation, old CAs still trusted: {}",
+                bundled.join(", ")
+            )
+        },
+    );
+
     // Snapshots: the newest in `etcd-snapshot-dir` (sidecars and
     // unfinished `.part` files are not snapshots), and the next scheduled one.
     let snap_dir = &cfg.etcd_snapshot.dir;
@@ -592,6 +770,9 @@ async fn gather(cfg: &Config) -> Result<Report> {
         healthy_voters,
         failures_tolerated,
         nodes,
+        secrets_encryption,
+        storage_format,
+        ca_bundles,
         checks,
         healthy,
     })
@@ -639,6 +820,73 @@ async fn supervisor_check(
             Health::Fail,
             format!("no answer within {PROBE:?}"),
         ),
+    }
+}
+
+/// A stored format newer than this binary's is a failure: this binary's
+/// server would refuse to start on the cluster.
+fn storage_format_check(f: &StorageFormat) -> (Health, String) {
+    if f.format > f.binary_format {
+        (
+            Health::Fail,
+            format!(
+                "the cluster's data is in format {}, written by {}; this rke2 ({}) reads formats up to {}: upgrade it before it serves this cluster",
+                f.format,
+                f.written_by,
+                crate::VERSION,
+                f.binary_format
+            ),
+        )
+    } else {
+        (
+            Health::Ok,
+            format!(
+                "format {} (written by {}); this rke2 reads up to {}",
+                f.format, f.written_by, f.binary_format
+            ),
+        )
+    }
+}
+
+/// One line from `rke2 secrets-encrypt status -o json`: enabled or not,
+/// the stage and the active key; servers applying different
+/// configurations (mid-rotation) are a warning.
+fn encryption_check(v: &serde_json::Value) -> (Health, String) {
+    let stage = v["stage"].as_str().unwrap_or("");
+    if stage.is_empty() {
+        return (Health::Ok, "disabled (no configuration)".into());
+    }
+    let active = v["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["active"] == true)
+        .map(|k| {
+            format!(
+                "{} ({})",
+                k["name"].as_str().unwrap_or(""),
+                k["type"].as_str().unwrap_or("")
+            )
+        })
+        .unwrap_or_else(|| "none".into());
+    let state = if v["enable"] == true {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    if v["hashMatch"] == true {
+        (
+            Health::Ok,
+            format!("{state}, stage {stage}, current key {active}"),
+        )
+    } else {
+        (
+            Health::Warn,
+            format!(
+                "{state}, stage {stage}, current key {active}; servers differ: {}",
+                v["hashError"].as_str().unwrap_or("")
+            ),
+        )
     }
 }
 
@@ -707,6 +955,33 @@ fn render(r: &Report, colour: bool) -> String {
             n.version
         ));
     }
+    if let Some(f) = &r.storage_format {
+        out.push_str(&format!(
+            "\nStorage format: {} (written by {}; this rke2 reads up to {})\n",
+            f.format, f.written_by, f.binary_format
+        ));
+    }
+    if let Some(v) = &r.secrets_encryption {
+        out.push_str("\nSecrets encryption:\n");
+        for line in crate::secrets_encrypt::status_text(v).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    if !r.ca_bundles.is_empty() {
+        out.push_str(&format!(
+            "\nCAs:\n  {:<32} {:>5}  {:<22} {}\n",
+            "FILE", "CERTS", "SIGNING CA ENDS", "SUBJECTS"
+        ));
+        for b in &r.ca_bundles {
+            out.push_str(&format!(
+                "  {:<32} {:>5}  {:<22} {}\n",
+                b.file,
+                b.certificates,
+                b.not_after,
+                b.subjects.join(", ")
+            ));
+        }
+    }
     out.push_str("\nChecks:\n");
     for c in &r.checks {
         out.push_str(&format!(
@@ -725,4 +1000,41 @@ fn render(r: &Report, colour: bool) -> String {
         }
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_storage_format_fails() {
+        let f = |format| StorageFormat {
+            format,
+            written_by: "v9.9.9".into(),
+            binary_format: 2,
+        };
+        assert_eq!(storage_format_check(&f(2)).0, Health::Ok);
+        assert_eq!(storage_format_check(&f(1)).0, Health::Ok);
+        let (h, d) = storage_format_check(&f(3));
+        assert_eq!(h, Health::Fail);
+        assert!(d.contains("format 3, written by v9.9.9"), "{d}");
+    }
+
+    #[test]
+    fn encryption_line() {
+        let v = serde_json::json!({"enable": true, "stage": "start", "hashMatch": true, "hashError": "",
+            "keys": [{"active": true, "type": "AES-CBC", "name": "aescbckey"}]});
+        assert_eq!(
+            encryption_check(&v),
+            (
+                Health::Ok,
+                "enabled, stage start, current key aescbckey (AES-CBC)".into()
+            )
+        );
+        let v = serde_json::json!({"enable": true, "stage": "prepare", "hashMatch": false, "hashError": "x differs",
+            "keys": []});
+        assert_eq!(encryption_check(&v).0, Health::Warn);
+        let v = serde_json::json!({"enable": false, "stage": "", "keys": []});
+        assert_eq!(encryption_check(&v).0, Health::Ok);
+    }
 }

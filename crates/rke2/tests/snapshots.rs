@@ -4,7 +4,9 @@
 //! etcd-snapshot save|ls|list|prune|delete` on disk and in S3, the SHA-256
 //! sidecars (checked with `sha256sum -c`), snapshots etcd's own tools read
 //! (`etcdctl snapshot status`), `ETCDSnapshotFile` records listed with
-//! kubectl, and a wrong S3 credential refused with nothing changed.
+//! kubectl, a wrong S3 credential refused with nothing changed, and
+//! scheduled snapshots whose upload failed (the S3 server stopped)
+//! recorded as failed `ETCDSnapshotFile`s, bounded by the retention.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -421,6 +423,70 @@ async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<(
         .filter(|n| !n.starts_with(&scheduled))
         .collect();
     ensure!(after_s3 == before_s3, "{before_s3:?} -> {after_s3:?}");
+
+    // The bucket goes away: scheduled snapshots go on locally, and each
+    // failed upload is recorded as k3s records it (an S3 ETCDSnapshotFile,
+    // readyToUse false, status.error with the message and time), never
+    // more of them than the retention.
+    let endpoint = s3.endpoint.clone();
+    drop(s3);
+    let mut failed_seen = BTreeSet::new();
+    let mut most_failed = 0;
+    let mut last = None;
+    eventually(DEADLINE, "3 failed S3 snapshots recorded, 2 kept", || {
+        let failed: Vec<Value> = records(&server, &kubectl)
+            .map(|r| {
+                r.into_values()
+                    .filter(|r| r["status"]["error"].is_object())
+                    .collect()
+            })
+            .unwrap_or_default();
+        most_failed = most_failed.max(failed.len());
+        failed_seen.extend(failed.iter().map(|r| {
+            r["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }));
+        last = failed.last().cloned();
+        let done = failed_seen.len() >= 3;
+        async move { done.then_some(()) }
+    })
+    .await?;
+    ensure!(
+        most_failed <= 2,
+        "{most_failed} failed records kept, retention 2"
+    );
+    let rec = last.context("no failed record")?;
+    ensure!(rec["status"]["readyToUse"] == false, "{rec}");
+    ensure!(rec["spec"]["s3"]["bucket"] == BUCKET, "{rec}");
+    ensure!(rec["spec"]["nodeName"] == node.as_str(), "{rec}");
+    ensure!(
+        rec["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("s3-etcd-snapshot-"),
+        "{rec}"
+    );
+    let message = rec["status"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(message.contains(&endpoint), "{rec}");
+    ensure!(
+        chrono::DateTime::parse_from_rfc3339(
+            rec["status"]["error"]["time"].as_str().unwrap_or_default()
+        )
+        .is_ok(),
+        "{rec}"
+    );
+    // Local snapshots are unaffected and their records ready.
+    let recs = records(&server, &kubectl)?;
+    ensure!(
+        recs.iter()
+            .any(|(k, r)| k.starts_with(&scheduled) && r["status"]["readyToUse"] == true),
+        "{:?}",
+        recs.keys()
+    );
 
     // A bad schedule is refused at start (exit 2), before anything runs.
     let bad_cron = Command::new(env!("CARGO_BIN_EXE_rke2"))

@@ -7,7 +7,10 @@
 //! back, the cluster serving reads and writes afterwards. On the same bed
 //! `rke2 status` (json and text) reports three healthy voters, one leader,
 //! every apiserver and supervisor ready and exit code 0; with one server
-//! stopped it names that member and exits 1.
+//! stopped it names that member and exits 1. It also shows Secrets
+//! encryption as `secrets-encrypt status` does (enabled, stage, current
+//! key), the CA files, and the cluster's storage format, failing when that
+//! is newer than the binary's.
 //!
 //! Needs root and etcd (scripts/install.sh).
 
@@ -255,6 +258,45 @@ async fn rotate_then_restart_every_server_and_status() {
             .count();
         assert_eq!(ok, 3, "{kind}: {report}");
     }
+    // Secrets encryption (on by default, as RKE2) as `secrets-encrypt
+    // status` reports it; the storage format this build writes; the CAs.
+    let enc = &report["secretsEncryption"];
+    assert_eq!(enc["enable"], true, "{report}");
+    assert_eq!(enc["stage"], "start", "{report}");
+    assert_eq!(enc["hashMatch"], true, "{report}");
+    let active = enc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["active"] == true)
+        .unwrap_or_else(|| panic!("no active key: {report}"));
+    assert_eq!(active["type"], "AES-CBC", "{report}");
+    let key_name = active["name"].as_str().unwrap().to_string();
+    assert!(key_name.starts_with("aescbckey"), "{report}");
+    let storage = &report["storageFormat"];
+    assert_eq!(storage["format"], storage["binaryFormat"], "{report}");
+    assert!(storage["format"].as_u64().unwrap() >= 2, "{report}");
+    assert!(
+        storage["writtenBy"].as_str().unwrap().starts_with('v'),
+        "{report}"
+    );
+    let cas = report["caBundles"].as_array().unwrap();
+    assert!(
+        cas.iter()
+            .any(|b| b["file"] == "server/tls/server-ca.crt" && b["certificates"] == 1),
+        "{report}"
+    );
+    let check_of = |v: &serde_json::Value, what: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["what"] == what)
+            .unwrap_or_else(|| panic!("no {what} check: {v}"))
+            .clone()
+    };
+    assert_eq!(check_of(&report, "storage format")["health"], "ok");
+    assert_eq!(check_of(&report, "secrets encryption")["health"], "ok");
     let plain = status(&s1, false);
     let shown = String::from_utf8_lossy(&plain.stdout).to_string();
     assert!(plain.status.success(), "{}", text(&plain));
@@ -263,6 +305,45 @@ async fn rotate_then_restart_every_server_and_status() {
         shown.contains("3 voters, 3 healthy, 1 more may fail"),
         "{shown}"
     );
+    assert!(shown.contains("Encryption Status: Enabled"), "{shown}");
+    assert!(shown.contains("Current Rotation Stage: start"), "{shown}");
+    assert!(shown.contains(&key_name), "{shown}");
+    assert!(shown.contains("Storage format: "), "{shown}");
+    assert!(shown.contains("server/tls/server-ca.crt"), "{shown}");
+
+    // A storage format newer than this binary's (as a newer release would
+    // leave it) is named as a problem, with exit code 1.
+    let newer = storage["binaryFormat"].as_u64().unwrap() + 1;
+    let put = rke2_testbed::etcdctl(
+        &s1.data_dir,
+        &s1.ip,
+        &[
+            "put",
+            "/rke2/storage-format",
+            &format!(r#"{{"format":{newer},"writtenBy":"v99.0.0"}}"#),
+        ],
+    );
+    assert!(put.status.success(), "{put:?}");
+    let o = status(&s1, true);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["storageFormat"]["format"], newer, "{v}");
+    let c = check_of(&v, "storage format");
+    assert_eq!(c["health"], "fail", "{v}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("written by v99.0.0"),
+        "{v}"
+    );
+    let put = rke2_testbed::etcdctl(
+        &s1.data_dir,
+        &s1.ip,
+        &[
+            "put",
+            "/rke2/storage-format",
+            &json!({"format": storage["format"], "writtenBy": storage["writtenBy"]}).to_string(),
+        ],
+    );
+    assert!(put.status.success(), "{put:?}");
 
     // One server down: named, and the exit code says so.
     s3.stop_with(nix::sys::signal::Signal::SIGTERM, READY)

@@ -303,10 +303,40 @@ impl Target {
             unix += 1;
         }
         let name = snapshot_name(base, &self.node, unix);
-        let info = local::save(etcd, &self.cfg.dir, &name, &self.node, self.cfg.compress).await?;
+        // What was attempted, for the record of a failure (k3s records a
+        // failed snapshot as an ETCDSnapshotFile with `status.error`).
+        let attempted = |s3: bool| SnapshotInfo {
+            name: name.clone(),
+            location: match (s3, &self.cfg.s3) {
+                (true, Some(c)) if c.folder.is_empty() => format!("s3://{}/{name}", c.bucket),
+                (true, Some(c)) => format!("s3://{}/{}/{name}", c.bucket, c.folder),
+                _ => format!("file://{}", self.cfg.dir.join(&name).display()),
+            },
+            size: 0,
+            created: unix,
+            node: self.node.clone(),
+            sha256: None,
+            s3,
+        };
+        let mut failed = Vec::new();
+        let info =
+            match local::save(etcd, &self.cfg.dir, &name, &self.node, self.cfg.compress).await {
+                Ok(i) => i,
+                Err(e) => {
+                    if let Some(c) = client {
+                        failed.push(self.failed_record(&attempted(false), &e));
+                        self.sync_records_with_failures(c, s3.as_ref(), &failed)
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
         let mut out = vec![info.clone()];
         let prefix = retention_prefix(base, &self.node);
         let mut s3_error = s3_error;
+        if let Some(e) = &s3_error {
+            failed.push(self.failed_record(&attempted(true), e));
+        }
         if let Some(store) = &s3 {
             match store.upload(&self.cfg.dir.join(&info.name), &info).await {
                 Ok(up) => {
@@ -315,21 +345,54 @@ impl Target {
                         s3_error = Some(e);
                     }
                 }
-                Err(e) if on_s3_failure == S3Failure::KeepLocal => s3_error = Some(e),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed.push(self.failed_record(&attempted(true), &e));
+                    if on_s3_failure == S3Failure::KeepLocal {
+                        s3_error = Some(e);
+                    } else {
+                        if let Some(c) = client {
+                            self.sync_records_with_failures(c, Some(store), &failed)
+                                .await;
+                        }
+                        return Err(e);
+                    }
+                }
             }
         }
         local::prune(&self.cfg.dir, &prefix, self.cfg.retention)?;
         if let Some(c) = client {
-            self.sync_records(c, s3.as_ref()).await;
+            self.sync_records_with_failures(c, s3.as_ref(), &failed)
+                .await;
         }
         Ok((out, s3_error))
+    }
+
+    /// The record of a failed attempt.
+    fn failed_record(&self, s: &SnapshotInfo, e: &SnapshotError) -> serde_json::Value {
+        records::failed_record(
+            s,
+            &self.node,
+            &Default::default(),
+            if s.s3 { self.cfg.s3.as_ref() } else { None },
+            &e.to_string(),
+        )
     }
 
     /// Brings this node's `ETCDSnapshotFile` records in line with its
     /// snapshot directory and its snapshots in the bucket; failures are
     /// logged (the files are what counts; the next run catches up).
     pub async fn sync_records(&self, client: &kube::Client, s3: Option<&s3::S3Store>) {
+        self.sync_records_with_failures(client, s3, &[]).await
+    }
+
+    /// [`Self::sync_records`], adding the records of `failed` snapshots
+    /// (kept to the retention, newest first).
+    pub async fn sync_records_with_failures(
+        &self,
+        client: &kube::Client,
+        s3: Option<&s3::S3Store>,
+        failed: &[serde_json::Value],
+    ) {
         let local = match local::list(&self.cfg.dir, &self.node) {
             Ok(l) => l,
             Err(e) => {
@@ -352,7 +415,17 @@ impl Target {
             (Some(l), Some(c)) => Some((l.as_slice(), c)),
             _ => None,
         };
-        if let Err(e) = records::reconcile(client, &self.node, &local, s3_arg, &metadata).await {
+        if let Err(e) = records::reconcile(
+            client,
+            &self.node,
+            &local,
+            s3_arg,
+            &metadata,
+            failed,
+            self.cfg.retention.max(1),
+        )
+        .await
+        {
             tracing::warn!(error = %e, "updating the ETCDSnapshotFile records");
         }
     }

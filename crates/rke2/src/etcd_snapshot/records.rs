@@ -206,6 +206,30 @@ pub fn record(
     })
 }
 
+/// The record of a snapshot that failed (as k3s records one): `s` names
+/// what was attempted (an S3 upload when `s.s3`), `status.readyToUse` is
+/// false and `status.error` holds the message and the time it failed.
+pub fn failed_record(
+    s: &SnapshotInfo,
+    node: &str,
+    metadata: &BTreeMap<String, String>,
+    s3: Option<&rke2_config::S3Config>,
+    message: &str,
+) -> Value {
+    let mut r = record(s, node, metadata, s3);
+    r["status"]["readyToUse"] = json!(false);
+    r["status"]["error"] = json!({
+        "message": message,
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    r
+}
+
+/// Whether a record is one of a failed snapshot.
+fn is_failed(obj: &Value) -> bool {
+    obj["status"]["error"].is_object()
+}
+
 /// The extra metadata to record with new snapshots: the data of the
 /// `rke2-etcd-snapshot-extra-metadata` ConfigMap in kube-system, when it
 /// exists and is at most [`MAX_METADATA_BYTES`].
@@ -234,12 +258,19 @@ pub async fn extra_metadata(client: &kube::Client) -> BTreeMap<String, String> {
 /// this node): creates missing records, deletes records of snapshots that
 /// are gone. Records of other nodes are never touched. Existing records
 /// keep the metadata they were created with.
+///
+/// Records of failed snapshots ([`failed_record`]; `failed` are new ones)
+/// have no file to match: the newest `keep_failed` of the node's are kept
+/// (by the time they failed), older ones deleted, so a bucket that stays
+/// down leaves a bounded trail.
 pub async fn reconcile(
     client: &kube::Client,
     node: &str,
     local: &[SnapshotInfo],
     s3: Option<(&[SnapshotInfo], &rke2_config::S3Config)>,
     metadata: &BTreeMap<String, String>,
+    failed: &[Value],
+    keep_failed: usize,
 ) -> Result<(), kube::Error> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource());
     let mut wanted: BTreeMap<String, Value> = local
@@ -252,11 +283,30 @@ pub async fn reconcile(
             wanted.insert(record_name(s, node), record(s, node, metadata, Some(cfg)));
         }
     }
+    // Failed records, new and existing, newest first: (time, name, new record).
+    let mut failures: Vec<(String, String, Option<Value>)> = failed
+        .iter()
+        .filter_map(|r| {
+            let name = r["metadata"]["name"].as_str()?.to_string();
+            let time = r["status"]["error"]["time"].as_str()?.to_string();
+            Some((time, name, Some(r.clone())))
+        })
+        .collect();
     let existing = api.list(&ListParams::default()).await?;
     for obj in existing.items {
         let Some(name) = obj.metadata.name.clone() else {
             continue;
         };
+        if is_failed(&obj.data) && obj.data["spec"]["nodeName"] == node {
+            if !failures.iter().any(|(_, n, _)| *n == name) {
+                let time = obj.data["status"]["error"]["time"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                failures.push((time, name, None));
+            }
+            continue;
+        }
         let spec_node = obj.data["spec"]["nodeName"].as_str().unwrap_or_default();
         let storage = obj
             .metadata
@@ -275,6 +325,20 @@ pub async fn reconcile(
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
             }
+        }
+    }
+    failures.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    for (i, (_, name, new)) in failures.into_iter().enumerate() {
+        match (i < keep_failed, new) {
+            (true, Some(obj)) => {
+                wanted.insert(name, obj);
+            }
+            (true, None) | (false, Some(_)) => {}
+            (false, None) => match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            },
         }
     }
     for (name, obj) in wanted {
@@ -316,6 +380,32 @@ mod tests {
         assert_eq!(n.len(), "local-etcd-snapshot-n1-1700000000-".len() + 6);
         let n = record_name(&info("Bad_Name", true), "n1.example");
         assert!(n.starts_with("s3-etcd-snapshot-n1-1700000000-"), "{n}");
+    }
+
+    #[test]
+    fn a_failed_record_says_why() {
+        let r = failed_record(
+            &info("etcd-snapshot-n1-1700000000", true),
+            "n1",
+            &BTreeMap::new(),
+            None,
+            "S3 down",
+        );
+        assert_eq!(r["status"]["readyToUse"], false);
+        assert_eq!(r["status"]["error"]["message"], "S3 down");
+        assert!(
+            r["status"]["error"]["time"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
+        assert!(is_failed(&r));
+        assert!(!is_failed(&record(
+            &info("x", false),
+            "n1",
+            &BTreeMap::new(),
+            None
+        )));
     }
 
     #[test]
