@@ -140,9 +140,8 @@ async fn servers_upgraded_one_at_a_time_lose_no_acknowledged_write() {
     };
 
     let mut servers = [s1, s2, s3];
-    for i in 0..3 {
+    for (i, s) in servers.iter_mut().enumerate() {
         let down_at = Instant::now();
-        let s = &mut servers[i];
         let st = s
             .stop_with(nix::sys::signal::Signal::SIGTERM, LONG)
             .unwrap();
@@ -155,8 +154,9 @@ async fn servers_upgraded_one_at_a_time_lose_no_acknowledged_write() {
         s.wait_ready(LONG)
             .await
             .unwrap_or_else(|e| panic!("upgrading server {i}: {e}\n{}", s.log_text()));
+        let s = &*s;
         eventually(LONG, "three started etcd voters", || async {
-            (voters(&servers[i]) == 3).then_some(())
+            (voters(s) == 3).then_some(())
         })
         .await
         .unwrap_or_else(|e| panic!("after upgrading server {i}: {e}"));
