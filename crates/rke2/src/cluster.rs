@@ -161,11 +161,7 @@ pub async fn check_storage_format(store: &Store, version: &str) -> Result<()> {
                 if format == STORAGE_FORMAT {
                     return Ok(());
                 }
-                info!(
-                    from = format,
-                    to = STORAGE_FORMAT,
-                    "raising the cluster's storage format"
-                );
+                info!(from = format, to = STORAGE_FORMAT, "raising the cluster's storage format");
                 store
                     .update(STORAGE_FORMAT_KEY, record.clone(), kv.mod_revision)
                     .await
@@ -179,9 +175,7 @@ pub async fn check_storage_format(store: &Store, version: &str) -> Result<()> {
                 rke2_datastore::StoreError::AlreadyExists
                 | rke2_datastore::StoreError::Conflict { .. },
             ) => continue,
-            Err(e) => {
-                return Err(e).with_context(|| format!("writing {STORAGE_FORMAT_KEY} to etcd"));
-            }
+            Err(e) => return Err(e).with_context(|| format!("writing {STORAGE_FORMAT_KEY} to etcd")),
         }
     }
 }
