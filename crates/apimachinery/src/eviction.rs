@@ -1,9 +1,15 @@
-//! kubelet's hard eviction thresholds (`--eviction-hard`, RKE2's
-//! `kubelet-arg: [eviction-hard=…]`): `<signal><value>` pairs such as
-//! `memory.available<100Mi` or `nodefs.available<10%`, parsed with
-//! kubelet's signal names and defaults.
+//! kubelet's eviction settings (`--eviction-hard`, `--eviction-soft`,
+//! `--eviction-soft-grace-period`, `--eviction-minimum-reclaim`,
+//! `--eviction-max-pod-grace-period`,
+//! `--eviction-pressure-transition-period`; RKE2's `kubelet-arg:
+//! [eviction-hard=…]`): `<signal><value>` pairs such as
+//! `memory.available<100Mi` or `nodefs.available<10%`, `<signal>=<value>`
+//! pairs for grace periods and minimum reclaims, parsed with kubelet's
+//! signal names, defaults and messages.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use crate::quantity::parse_quantity;
 
@@ -51,10 +57,7 @@ impl Threshold {
     /// The amount below which the signal meets the threshold, for a
     /// resource of `capacity`.
     pub fn quantity(&self, capacity: i128) -> i128 {
-        match self.value {
-            ThresholdValue::Quantity(q) => q,
-            ThresholdValue::Percentage(p) => (capacity as f64 * p / 100.0) as i128,
-        }
+        value_quantity(&self.value, capacity)
     }
 }
 
@@ -82,6 +85,11 @@ pub fn parse_thresholds(s: &str) -> Result<Vec<Threshold>, String> {
                 "found duplicate eviction threshold for signal {signal:?}"
             ));
         }
+        // kubelet ignores 0% and 100% (kind turns the disk signals off
+        // with `nodefs.available<0%`).
+        if value == "0%" || value == "100%" {
+            continue;
+        }
         let parsed = if let Some(p) = value.strip_suffix('%') {
             match p.parse::<f64>() {
                 Ok(p) if p > 0.0 && p <= 100.0 => ThresholdValue::Percentage(p),
@@ -94,7 +102,7 @@ pub fn parse_thresholds(s: &str) -> Result<Vec<Threshold>, String> {
         } else {
             let q =
                 parse_quantity(value).map_err(|e| format!("eviction threshold {pair:?}: {e}"))?;
-            if q.as_nanos() < 0 {
+            if q.as_nanos() <= 0 {
                 return Err(format!(
                     "eviction threshold {signal} must be positive: {value}"
                 ));
@@ -115,6 +123,145 @@ pub fn default_hard() -> Vec<Threshold> {
     parse_thresholds(DEFAULT_HARD).expect("the defaults parse")
 }
 
+/// kubelet's default `--eviction-pressure-transition-period`.
+pub const DEFAULT_PRESSURE_TRANSITION_PERIOD: Duration = Duration::from_secs(300);
+
+/// The node-pressure eviction settings of a node, as kubelet's eviction
+/// manager takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictionConfig {
+    /// Hard thresholds: met, a pod is killed at once.
+    pub hard: Vec<Threshold>,
+    /// Soft thresholds, each with the grace period it must be met for
+    /// (without a break) before pods are evicted.
+    pub soft: Vec<(Threshold, Duration)>,
+    /// `eviction-max-pod-grace-period`: the longest termination grace a
+    /// pod evicted for a soft threshold gets (kubelet's default 0: the
+    /// pod's own `terminationGracePeriodSeconds` is capped at 0 seconds,
+    /// i.e. it is killed at once, unless this is set).
+    pub max_pod_grace_period_seconds: i64,
+    /// `eviction-pressure-transition-period`: how long a pressure
+    /// condition stays True after its signal recovered.
+    pub pressure_transition_period: Duration,
+    /// `eviction-minimum-reclaim` per signal: once met, a threshold stays
+    /// met until the signal is this much above it.
+    pub minimum_reclaim: BTreeMap<String, ThresholdValue>,
+}
+
+impl Default for EvictionConfig {
+    fn default() -> Self {
+        EvictionConfig {
+            hard: default_hard(),
+            soft: Vec::new(),
+            max_pod_grace_period_seconds: 0,
+            pressure_transition_period: DEFAULT_PRESSURE_TRANSITION_PERIOD,
+            minimum_reclaim: BTreeMap::new(),
+        }
+    }
+}
+
+impl EvictionConfig {
+    /// Puts the parsed flags together as kubelet's `ParseThresholdConfig`
+    /// does: every soft threshold needs a grace period.
+    pub fn new(
+        hard: Vec<Threshold>,
+        soft: Vec<Threshold>,
+        grace: BTreeMap<String, Duration>,
+        minimum_reclaim: BTreeMap<String, ThresholdValue>,
+    ) -> Result<EvictionConfig, String> {
+        let mut with_grace = Vec::new();
+        for t in soft {
+            let Some(g) = grace.get(&t.signal) else {
+                return Err(format!(
+                    "grace period must be specified for the soft eviction threshold {}",
+                    t.signal
+                ));
+            };
+            with_grace.push((t, *g));
+        }
+        Ok(EvictionConfig {
+            hard,
+            soft: with_grace,
+            minimum_reclaim,
+            ..Default::default()
+        })
+    }
+}
+
+fn signal_pairs(s: &str, what: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((signal, value)) = pair.split_once('=') else {
+            return Err(format!(
+                "invalid eviction {what} syntax {pair:?}, expected <signal>=<value>"
+            ));
+        };
+        if !SIGNALS.contains(&signal) {
+            return Err(format!("unsupported eviction signal {signal:?}"));
+        }
+        if out.iter().any(|(s, _)| s == signal) {
+            return Err(format!("duplicate eviction {what} for signal {signal:?}"));
+        }
+        out.push((signal.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
+/// Parses `eviction-soft-grace-period` (`memory.available=1m30s,…`) with
+/// `duration` reading each value (a Go duration).
+pub fn parse_grace_periods(
+    s: &str,
+    duration: impl Fn(&str) -> Result<Duration, String>,
+) -> Result<BTreeMap<String, Duration>, String> {
+    let mut out = BTreeMap::new();
+    for (signal, value) in signal_pairs(s, "grace period")? {
+        let d = duration(&value).map_err(|e| format!("eviction grace period {signal}: {e}"))?;
+        if d.is_zero() {
+            return Err(format!(
+                "eviction grace period must be positive: {signal}={value}"
+            ));
+        }
+        out.insert(signal, d);
+    }
+    Ok(out)
+}
+
+/// Parses `eviction-minimum-reclaim` (`memory.available=0Mi,nodefs.available=500Mi,imagefs.available=2%`).
+pub fn parse_minimum_reclaims(s: &str) -> Result<BTreeMap<String, ThresholdValue>, String> {
+    let mut out = BTreeMap::new();
+    for (signal, value) in signal_pairs(s, "minimum reclaim")? {
+        let v = if let Some(p) = value.strip_suffix('%') {
+            match p.parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => ThresholdValue::Percentage(p),
+                _ => {
+                    return Err(format!(
+                        "eviction minimum reclaim {signal} must be >= 0% and <= 100%: {value}"
+                    ));
+                }
+            }
+        } else {
+            let q = parse_quantity(&value)
+                .map_err(|e| format!("eviction minimum reclaim {signal}={value}: {e}"))?;
+            if q.as_nanos() < 0 {
+                return Err(format!(
+                    "negative reclaim defined for signal {signal}: {value}"
+                ));
+            }
+            ThresholdValue::Quantity(q.value())
+        };
+        out.insert(signal, v);
+    }
+    Ok(out)
+}
+
+/// The amount `value` stands for against `capacity`.
+pub fn value_quantity(value: &ThresholdValue, capacity: i128) -> i128 {
+    match value {
+        ThresholdValue::Quantity(q) => *q,
+        ThresholdValue::Percentage(p) => (capacity as f64 * p / 100.0) as i128,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,14 +279,89 @@ mod tests {
                 "memory.free<1Gi",
                 "unsupported eviction signal \"memory.free\"",
             ),
-            ("nodefs.available<0%", "must be > 0% and <= 100%"),
+            ("nodefs.available<101%", "must be > 0% and <= 100%"),
             (
                 "memory.available<lots",
                 "eviction threshold \"memory.available<lots\"",
             ),
             ("memory.available<1Gi,memory.available<2Gi", "duplicate"),
+            ("memory.available<0", "must be positive"),
         ] {
             let e = parse_thresholds(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn zero_and_full_percentages_are_ignored_as_kubelet() {
+        let t =
+            parse_thresholds("memory.available<100Mi,nodefs.available<0%,imagefs.available<100%")
+                .unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].signal, "memory.available");
+    }
+
+    fn secs(s: &str) -> Result<Duration, String> {
+        s.strip_suffix('s')
+            .and_then(|n| n.parse().ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is not a duration"))
+    }
+
+    #[test]
+    fn soft_thresholds_need_grace_periods() {
+        let soft = parse_thresholds("memory.available<1Gi,nodefs.available<20%").unwrap();
+        let grace = parse_grace_periods("memory.available=30s", secs).unwrap();
+        let e =
+            EvictionConfig::new(default_hard(), soft.clone(), grace, BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            e,
+            "grace period must be specified for the soft eviction threshold nodefs.available"
+        );
+        let grace =
+            parse_grace_periods("memory.available=30s, nodefs.available=90s", secs).unwrap();
+        let c = EvictionConfig::new(default_hard(), soft, grace, BTreeMap::new()).unwrap();
+        assert_eq!(c.soft[1].1, Duration::from_secs(90));
+        assert_eq!(c.pressure_transition_period, Duration::from_secs(300));
+        for (bad, want) in [
+            (
+                "memory.available:30s",
+                "invalid eviction grace period syntax",
+            ),
+            ("memory.free=30s", "unsupported eviction signal"),
+            (
+                "memory.available=soon",
+                "eviction grace period memory.available",
+            ),
+            ("memory.available=0s", "must be positive"),
+            ("memory.available=1s,memory.available=2s", "duplicate"),
+        ] {
+            let e = parse_grace_periods(bad, secs).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn minimum_reclaims_parse() {
+        let m = parse_minimum_reclaims(
+            "memory.available=0Mi,nodefs.available=500Mi,imagefs.available=2%",
+        )
+        .unwrap();
+        assert_eq!(m["nodefs.available"], ThresholdValue::Quantity(500 << 20));
+        assert_eq!(value_quantity(&m["imagefs.available"], 1000), 20);
+        for (bad, want) in [
+            (
+                "nodefs.available<1Gi",
+                "invalid eviction minimum reclaim syntax",
+            ),
+            ("nodefs.available=101%", "must be >= 0% and <= 100%"),
+            ("nodefs.available=-1Gi", "negative reclaim"),
+            (
+                "nodefs.available=lots",
+                "eviction minimum reclaim nodefs.available=lots",
+            ),
+        ] {
+            let e = parse_minimum_reclaims(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
     }

@@ -254,9 +254,12 @@ pub struct Config {
     /// `cluster-reset-restore-path`: the snapshot to restore (a file, or
     /// its name in the bucket with `etcd-s3`); only with `cluster-reset`.
     pub cluster_reset_restore_path: Option<String>,
-    /// kubelet's hard eviction thresholds: `kubelet-arg:
-    /// [eviction-hard=…]`, else kubelet's defaults.
-    pub eviction_hard: Vec<rke2_apimachinery::eviction::Threshold>,
+    /// kubelet's node-pressure eviction settings: `kubelet-arg:
+    /// [eviction-hard=…, eviction-soft=…, eviction-soft-grace-period=…,
+    /// eviction-max-pod-grace-period=…,
+    /// eviction-pressure-transition-period=…, eviction-minimum-reclaim=…]`,
+    /// else kubelet's defaults.
+    pub eviction: rke2_apimachinery::eviction::EvictionConfig,
 }
 
 /// What `rke2 server` and `rke2 etcd-snapshot` need to take, keep and
@@ -1149,7 +1152,7 @@ fn build(
         });
     }
     let cluster_reset_restore_path = cluster_reset_restore_path.map(|(p, _)| p);
-    let eviction_hard = kubelet_args(&r, warnings)?;
+    let eviction = kubelet_args(&r, warnings)?;
     Ok(Config {
         role,
         config_file,
@@ -1208,40 +1211,96 @@ fn build(
         etcd_snapshot,
         cluster_reset,
         cluster_reset_restore_path,
-        eviction_hard,
+        eviction,
     })
 }
 
-/// `kubelet-arg`: `eviction-hard` is applied (kubelet's defaults without
-/// it); the node role is not kubelet, so other flags are warned about and
-/// ignored rather than refused.
+/// `kubelet-arg`: the `eviction-*` flags are applied (kubelet's defaults
+/// without them); the node role is not kubelet, so other flags are warned
+/// about and ignored rather than refused.
 fn kubelet_args(
     r: &Resolver,
     warnings: &mut Vec<String>,
-) -> Result<Vec<rke2_apimachinery::eviction::Threshold>, ConfigError> {
+) -> Result<rke2_apimachinery::eviction::EvictionConfig, ConfigError> {
+    use rke2_apimachinery::eviction as ev;
     let mut hard = None;
+    let mut soft = Vec::new();
+    let mut grace = std::collections::BTreeMap::new();
+    let mut reclaim = std::collections::BTreeMap::new();
+    let mut max_pod_grace = None;
+    let mut transition = None;
+    // The flag the soft-threshold check is blamed on.
+    let mut soft_origin = None;
     for (arg, origin) in r.list("kubelet-arg") {
         let flag = arg.trim_start_matches('-');
         let (name, value) = flag.split_once('=').unwrap_or((flag, ""));
+        let invalid = |reason: String| ConfigError::InvalidValue {
+            origin: origin.clone(),
+            key: "kubelet-arg".into(),
+            value: arg.clone(),
+            reason,
+        };
         match name {
-            "eviction-hard" => {
-                hard = Some(
-                    rke2_apimachinery::eviction::parse_thresholds(value).map_err(|reason| {
-                        ConfigError::InvalidValue {
-                            origin,
-                            key: "kubelet-arg".into(),
-                            value: arg.clone(),
-                            reason,
-                        }
-                    })?,
-                );
+            "eviction-hard" => hard = Some(ev::parse_thresholds(value).map_err(invalid)?),
+            "eviction-soft" => {
+                soft = ev::parse_thresholds(value).map_err(invalid)?;
+                soft_origin = Some((arg.clone(), origin.clone()));
+            }
+            "eviction-soft-grace-period" => {
+                grace = ev::parse_grace_periods(value, parse_go_duration).map_err(invalid)?;
+                soft_origin.get_or_insert((arg.clone(), origin.clone()));
+            }
+            "eviction-minimum-reclaim" => {
+                reclaim = ev::parse_minimum_reclaims(value).map_err(invalid)?
+            }
+            "eviction-max-pod-grace-period" => {
+                max_pod_grace = Some(value.trim().parse::<i64>().map_err(|_| {
+                    invalid(format!(
+                        "eviction-max-pod-grace-period must be a whole number of seconds: {value:?}"
+                    ))
+                })?)
+            }
+            "eviction-pressure-transition-period" => {
+                transition = Some(
+                    parse_go_duration(value)
+                        .or_else(|e| {
+                            // A Go duration of zero ("0s") is valid here.
+                            if value.trim().trim_end_matches(['s', 'm', 'h']) == "0" {
+                                Ok(std::time::Duration::ZERO)
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .map_err(|e| {
+                            invalid(format!("eviction-pressure-transition-period: {e}"))
+                        })?,
+                )
             }
             _ => warnings.push(format!(
                 "kubelet-arg {arg:?} ({origin}): not supported by this node role; ignored"
             )),
         }
     }
-    Ok(hard.unwrap_or_else(rke2_apimachinery::eviction::default_hard))
+    let mut cfg =
+        ev::EvictionConfig::new(hard.unwrap_or_else(ev::default_hard), soft, grace, reclaim)
+            .map_err(|reason| {
+                let (value, origin) = soft_origin
+                    .clone()
+                    .unwrap_or((String::new(), Origin::Default));
+                ConfigError::InvalidValue {
+                    origin,
+                    key: "kubelet-arg".into(),
+                    value,
+                    reason,
+                }
+            })?;
+    if let Some(m) = max_pod_grace {
+        cfg.max_pod_grace_period_seconds = m;
+    }
+    if let Some(t) = transition {
+        cfg.pressure_transition_period = t;
+    }
+    Ok(cfg)
 }
 
 /// The `etcd-snapshot-*` and `etcd-s3-*` keys.

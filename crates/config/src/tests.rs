@@ -1251,8 +1251,8 @@ fn kubelet_arg_eviction_hard_and_unsupported_flags() {
     let (_d, cfg) = setup(Some(""), &[]);
     let l = server(&cfg, &[]).unwrap();
     assert_eq!(
-        l.config.eviction_hard,
-        rke2_apimachinery::eviction::default_hard()
+        l.config.eviction,
+        rke2_apimachinery::eviction::EvictionConfig::default()
     );
     let (_d, cfg) = setup(
         Some(
@@ -1263,7 +1263,8 @@ fn kubelet_arg_eviction_hard_and_unsupported_flags() {
     let l = server(&cfg, &[]).unwrap();
     let signals: Vec<String> = l
         .config
-        .eviction_hard
+        .eviction
+        .hard
         .iter()
         .map(|t| t.to_string())
         .collect();
@@ -1277,4 +1278,70 @@ fn kubelet_arg_eviction_hard_and_unsupported_flags() {
         e.contains("unsupported eviction signal \"memory.free\""),
         "{e}"
     );
+}
+
+#[test]
+fn kubelet_arg_soft_eviction_and_its_periods() {
+    let (_d, cfg) = setup(
+        Some(
+            "kubelet-arg:\n  - eviction-soft=memory.available<1Gi,nodefs.available<20%\n  - eviction-soft-grace-period=memory.available=1m30s,nodefs.available=2m\n  - eviction-max-pod-grace-period=60\n  - eviction-pressure-transition-period=30s\n  - eviction-minimum-reclaim=nodefs.available=500Mi\n",
+        ),
+        &[],
+    );
+    let l = server(&cfg, &[]).unwrap();
+    let e = &l.config.eviction;
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(e.hard, rke2_apimachinery::eviction::default_hard());
+    assert_eq!(e.soft.len(), 2);
+    assert_eq!(e.soft[0].0.to_string(), "memory.available<1Gi");
+    assert_eq!(e.soft[0].1, std::time::Duration::from_secs(90));
+    assert_eq!(e.soft[1].1, std::time::Duration::from_secs(120));
+    assert_eq!(e.max_pod_grace_period_seconds, 60);
+    assert_eq!(
+        e.pressure_transition_period,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(
+        e.minimum_reclaim["nodefs.available"],
+        rke2_apimachinery::eviction::ThresholdValue::Quantity(500 << 20)
+    );
+    let (_d, cfg) = setup(
+        Some("kubelet-arg: [eviction-pressure-transition-period=0s]\n"),
+        &[],
+    );
+    let l = server(&cfg, &[]).unwrap();
+    assert!(l.config.eviction.pressure_transition_period.is_zero());
+    for (arg, want) in [
+        (
+            "eviction-soft=memory.available<1Gi",
+            "grace period must be specified for the soft eviction threshold memory.available",
+        ),
+        (
+            "eviction-soft-grace-period=memory.available:1m",
+            "invalid eviction grace period syntax",
+        ),
+        (
+            "eviction-soft-grace-period=memory.available=soon",
+            "eviction grace period memory.available",
+        ),
+        (
+            "eviction-minimum-reclaim=nodefs.available=-1Gi",
+            "negative reclaim",
+        ),
+        (
+            "eviction-max-pod-grace-period=a-minute",
+            "eviction-max-pod-grace-period must be a whole number",
+        ),
+        (
+            "eviction-pressure-transition-period=later",
+            "eviction-pressure-transition-period",
+        ),
+    ] {
+        let (_d, cfg) = setup(Some(&format!("kubelet-arg: [\"{arg}\"]\n")), &[]);
+        let r = server(&cfg, &[]);
+        let code = r.as_ref().err().map(|e| e.exit_code());
+        let e = err_text(r);
+        assert!(e.contains("kubelet-arg") && e.contains(want), "{arg}: {e}");
+        assert_eq!(code, Some(2), "{arg}");
+    }
 }

@@ -142,9 +142,21 @@ pub fn node_status(cfg: &NodeConfig, now: &str, rt: Option<&RuntimeState>) -> Va
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mem = format!("{}Ki", machine_memory_kib());
-    let capacity =
-        json!({"cpu": cpus.to_string(), "memory": mem, "pods": "110", "ephemeral-storage": "0"});
+    let mem_kib = machine_memory_kib();
+    let facts = cfg.pressure.facts();
+    let storage = facts.ephemeral_storage.unwrap_or(0);
+    let (alloc_mem, alloc_storage) = facts.allocatable(i128::from(mem_kib) * 1024, storage);
+    let mut capacity =
+        json!({"cpu": cpus.to_string(), "memory": format!("{mem_kib}Ki"), "pods": "110"});
+    // As kubelet: allocatable is the capacity less the hard eviction
+    // thresholds of memory and the node filesystem; the filesystem's
+    // size is known once the eviction loop looked at it.
+    let mut allocatable = capacity.clone();
+    allocatable["memory"] = json!(eviction::format_bytes(alloc_mem));
+    if facts.ephemeral_storage.is_some() {
+        capacity["ephemeral-storage"] = json!(eviction::format_bytes(storage));
+        allocatable["ephemeral-storage"] = json!(eviction::format_bytes(alloc_storage));
+    }
     let mut addresses: Vec<Value> = cfg
         .addresses
         .iter()
@@ -157,7 +169,7 @@ pub fn node_status(cfg: &NodeConfig, now: &str, rt: Option<&RuntimeState>) -> Va
     };
     json!({
         "capacity": capacity,
-        "allocatable": capacity,
+        "allocatable": allocatable,
         "addresses": addresses,
         "conditions": [
             if cfg.pressure.memory() {
@@ -165,8 +177,16 @@ pub fn node_status(cfg: &NodeConfig, now: &str, rt: Option<&RuntimeState>) -> Va
             } else {
                 cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
             },
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            if cfg.pressure.disk() {
+                cond("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure")
+            } else {
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+            },
+            if cfg.pressure.pid() {
+                cond("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+            } else {
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+            },
             match rt {
                 Some(rt) if !rt.ready => cond("Ready", "False", "KubeletNotReady", &rt.message),
                 _ => cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
@@ -486,6 +506,47 @@ mod tests {
         assert_eq!(s["addresses"][0]["address"], "10.0.0.5");
         // The literal must deserialize as a real Node status.
         let _: k8s_openapi::api::core::v1::NodeStatus = serde_json::from_value(s).unwrap();
+    }
+
+    #[test]
+    fn status_reports_pressure_and_allocatable() {
+        let c = cfg();
+        c.pressure.set(eviction::Condition::Disk, true);
+        c.pressure.set_facts(eviction::NodeFacts {
+            ephemeral_storage: Some(100 << 30),
+            memory_threshold: Some(rke2_apimachinery::eviction::ThresholdValue::Quantity(
+                100 << 20,
+            )),
+            nodefs_threshold: Some(rke2_apimachinery::eviction::ThresholdValue::Percentage(
+                10.0,
+            )),
+        });
+        let s = node_status(&c, "2024-01-01T00:00:00Z", None);
+        let cond = |t: &str| {
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(cond("DiskPressure")["status"], "True");
+        assert_eq!(cond("DiskPressure")["reason"], "KubeletHasDiskPressure");
+        assert_eq!(cond("PIDPressure")["status"], "False");
+        assert_eq!(cond("MemoryPressure")["status"], "False");
+        assert_eq!(s["capacity"]["ephemeral-storage"], "100Gi");
+        assert_eq!(s["allocatable"]["ephemeral-storage"], "90Gi");
+        let kib: i128 = s["capacity"]["memory"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("Ki")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s["allocatable"]["memory"],
+            eviction::format_bytes(kib * 1024 - (100 << 20))
+        );
     }
 
     #[test]

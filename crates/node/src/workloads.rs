@@ -42,8 +42,8 @@ pub struct WorkloadConfig {
     pub cluster_cidr: ipnet::IpNet,
     /// The `kubernetes` service (first IP of service-cidr, 443).
     pub kubernetes_service: Option<(String, i32)>,
-    /// Hard eviction thresholds (`kubelet-arg: [eviction-hard=…]`).
-    pub eviction_hard: Vec<rke2_apimachinery::eviction::Threshold>,
+    /// Node-pressure eviction settings (`kubelet-arg: [eviction-…]`).
+    pub eviction: rke2_apimachinery::eviction::EvictionConfig,
     /// Where the eviction loop reports pressure (the node status reads it).
     pub pressure: Arc<crate::eviction::Pressure>,
 }
@@ -160,7 +160,11 @@ impl Workloads {
         let (evict_tx, evict_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(crate::eviction::run(
             ctx.clone(),
-            cfg.eviction_hard.clone(),
+            cfg.eviction.clone(),
+            crate::eviction::FsPaths {
+                node: cfg.agent_dir.clone(),
+                image: ccfg.root_dir(),
+            },
             cfg.pressure.clone(),
             evict_tx,
             stop.clone(),

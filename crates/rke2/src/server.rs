@@ -1316,7 +1316,7 @@ pub fn workload_config(cfg: &Config, node_ip: IpAddr) -> rke2_node::workloads::W
         resolv_conf: cfg.resolv_conf.clone(),
         cluster_cidr: cfg.cluster_cidr,
         kubernetes_service: Some((first.to_string(), 443)),
-        eviction_hard: cfg.eviction_hard.clone(),
+        eviction: cfg.eviction.clone(),
         pressure: Default::default(),
     }
 }

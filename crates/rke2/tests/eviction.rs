@@ -8,6 +8,14 @@
 //! keep running; the pressure then ends. A bad `eviction-hard` is refused
 //! at start with exit 2.
 //!
+//! Then disk pressure without filling the disk: the server restarts with
+//! `eviction-hard=nodefs.available<Y%`, Y a little above the share of
+//! its filesystem free now (read with statvfs); `DiskPressure=True`, the
+//! `EvictionThresholdMet` event on the Node, and a BestEffort pod that
+//! wrote 64 MiB into a disk-backed emptyDir is evicted for
+//! ephemeral-storage before any other pod. The Node reports
+//! `capacity.ephemeral-storage` and an allocatable less the thresholds.
+//!
 //! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd
 //! (scripts/install.sh) and 6 GiB of free memory.
 
@@ -50,13 +58,44 @@ fn phase(p: &Pod) -> String {
 }
 
 fn memory_pressure(n: &Node) -> Option<String> {
+    condition(n, "MemoryPressure")
+}
+
+fn condition(n: &Node, t: &str) -> Option<String> {
     n.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == "MemoryPressure")
+        .find(|c| c.type_ == t)
         .map(|c| c.status.clone())
+}
+
+/// The share of `path`'s filesystem free for unprivileged use, percent
+/// (kubelet's `nodefs.available` against the size).
+fn free_percent(path: &Path) -> f64 {
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%a %b"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    v[0] * 100.0 / v[1]
+}
+
+fn disruption_time(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok()?.as_str().map(String::from))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +133,7 @@ async fn memory_pressure_evicts_best_effort_first() {
     let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
     let hs = bed.add_host("s1").unwrap();
     let cfg = format!(
-        "token: eviction-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n  - rke2-coredns\nkubelet-arg:\n  - eviction-hard=memory.available<{threshold}\n"
+        "token: eviction-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n  - rke2-coredns\nkubelet-arg:\n  - eviction-hard=memory.available<{threshold}\n  - eviction-pressure-transition-period=0s\n"
     );
     let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &cfg, &[]).unwrap();
     rke2_testbed::seed_images(&s1.data_dir()).unwrap();
@@ -213,6 +252,137 @@ async fn memory_pressure_evicts_best_effort_first() {
     })
     .await
     .unwrap();
+
+    // The node reports its filesystem and what the thresholds hold back.
+    let n = nodes.get("s1").await.unwrap();
+    let st = n.status.clone().unwrap();
+    let cap = st.capacity.clone().unwrap();
+    let alloc = st.allocatable.clone().unwrap();
+    assert!(
+        cap.contains_key("ephemeral-storage") && cap["ephemeral-storage"].0 != "0",
+        "{cap:?}"
+    );
+    let bytes = |q: &str| {
+        rke2_apimachinery::quantity::parse_quantity(q)
+            .unwrap()
+            .value()
+    };
+    assert_eq!(
+        bytes(&cap["memory"].0) - bytes(&alloc["memory"].0),
+        bytes(&threshold),
+        "allocatable memory is the capacity less the hard threshold"
+    );
+    // Only memory has a threshold here: all the filesystem is allocatable.
+    assert_eq!(cap["ephemeral-storage"], alloc["ephemeral-storage"]);
+
+    // Disk pressure. A BestEffort pod writes 64 MiB into an emptyDir on
+    // disk (it lives on; the other two have next to nothing on disk).
+    let writer: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "writer"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "w", "image": TEST_BUSYBOX_IMAGE,
+                "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/f bs=1048576 count=64; sleep 3600"],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &writer).await.unwrap();
+    eventually(LONG, "the writer running", || async {
+        let p = pods.get("writer").await.ok()?;
+        (phase(&p) == "Running").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let scratch = s1.data_dir().join("agent/pods");
+    eventually(LONG, "64 MiB written", || async {
+        let out = std::process::Command::new("du")
+            .args(["-s", "-m"])
+            .arg(&scratch)
+            .output()
+            .ok()?;
+        let mib: u64 = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        (mib >= 64).then_some(())
+    })
+    .await
+    .unwrap();
+    // A threshold 3 points above the free share now: met at once, whatever
+    // else the machine writes meanwhile, without filling anything.
+    let free = free_percent(&s1.data_dir());
+    let pct = (free + 3.0).min(100.0).ceil();
+    assert!(pct < 100.0, "the disk is almost empty ({free:.1}% free)");
+    s1.kill9();
+    std::fs::write(
+        s1.dir.join("config.yaml"),
+        format!(
+            "token: eviction-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n  - rke2-coredns\nkubelet-arg:\n  - eviction-hard=nodefs.available<{pct}%\n"
+        ),
+    )
+    .unwrap();
+    s1.start(&bed).unwrap();
+    eventually(LONG, "DiskPressure=True on the node", || async {
+        let n = nodes.get("s1").await.ok()?;
+        (condition(&n, "DiskPressure").as_deref() == Some("True")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let evicted = eventually(LONG, "the writer evicted", || async {
+        let p = pods.get("writer").await.ok()?;
+        (phase(&p) == "Failed").then_some(p)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let st = evicted.status.clone().unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    let message = st.message.unwrap_or_default();
+    assert!(
+        message
+            .starts_with("The node was low on resource: ephemeral-storage. Threshold quantity: "),
+        "{message}"
+    );
+    // The others go after it, if at all (one pod per period).
+    let writer_at = disruption_time(&evicted).expect("a DisruptionTarget condition");
+    for name in ["guaranteed", "burstable"] {
+        let p = pods.get(name).await.unwrap();
+        if phase(&p) != "Running" {
+            let at = disruption_time(&p).unwrap_or_default();
+            assert!(
+                at > writer_at,
+                "{name} evicted at {at}, the writer at {writer_at}"
+            );
+        }
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    eventually(
+        LONG,
+        "the EvictionThresholdMet event on the Node",
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("EvictionThresholdMet")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.involved_object.kind.as_deref() == Some("Node")
+                        && e.message.as_deref() == Some("Attempting to reclaim ephemeral-storage")
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let n = nodes.get("s1").await.unwrap();
+    let st = n.status.unwrap();
+    let cap = bytes(&st.capacity.unwrap()["ephemeral-storage"].0);
+    let alloc = bytes(&st.allocatable.unwrap()["ephemeral-storage"].0);
+    let held = (cap as f64 * pct / 100.0) as i128;
+    assert!(
+        (cap - alloc - held).abs() <= 1024,
+        "allocatable ephemeral-storage {alloc} = capacity {cap} less {pct}%"
+    );
     drop(s1);
     drop(bed);
 }

@@ -108,8 +108,9 @@ impl PodContext {
 
 enum Msg {
     Pod(Box<Pod>),
-    /// Evict the pod under node pressure, with kubelet's message.
-    Evict(String),
+    /// Evict the pod under node pressure, with kubelet's message and
+    /// this grace (seconds).
+    Evict(String, i64),
     /// The node's relist saw one of its containers or sandboxes change.
     Wake,
     Gone,
@@ -119,7 +120,7 @@ enum Msg {
 /// when it stops (a restart adopts them), as with a kubelet.
 pub async fn run(
     ctx: Arc<PodContext>,
-    mut evictions: mpsc::UnboundedReceiver<(String, String)>,
+    mut evictions: mpsc::UnboundedReceiver<crate::eviction::Eviction>,
     stop: CancellationToken,
 ) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
@@ -142,9 +143,9 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             Some(uid) = done_rx.recv() => { workers.remove(&uid); }
-            Some((uid, message)) = evictions.recv() => {
+            Some((uid, message, grace)) = evictions.recv() => {
                 if let Some(tx) = workers.get(&uid) {
-                    let _ = tx.send(Msg::Evict(message));
+                    let _ = tx.send(Msg::Evict(message, grace));
                 }
             }
             _ = relist.tick() => {
@@ -248,7 +249,7 @@ async fn work(
         };
         match msg {
             Some(Msg::Wake) => {}
-            Some(Msg::Evict(message)) => w.evict(message).await,
+            Some(Msg::Evict(message, grace)) => w.evict(message, grace).await,
             Some(Msg::Pod(p)) => {
                 // Several updates may be queued; only the newest counts
                 // (a Gone behind them still ends the worker).
@@ -258,7 +259,7 @@ async fn work(
                     match m {
                         Msg::Pod(next) => p = next,
                         Msg::Wake => {}
-                        Msg::Evict(message) => w.evict(message).await,
+                        Msg::Evict(message, grace) => w.evict(message, grace).await,
                         Msg::Gone => gone = true,
                     }
                 }

@@ -1413,17 +1413,17 @@ impl Worker {
         }
     }
 
-    /// Evicts the pod under node pressure (a hard threshold: no grace):
-    /// its containers are killed and it ends `Failed` with reason
+    /// Evicts the pod under node pressure (`grace` seconds: 0 for a hard
+    /// threshold): its containers are stopped and it ends `Failed` with reason
     /// `Evicted`, kubelet's message and a `DisruptionTarget` condition
     /// (`TerminationByKubelet`); its controller replaces it.
-    pub async fn evict(&mut self, message: String) {
+    pub async fn evict(&mut self, message: String, grace: i64) {
         let Some(before) = self.fire(Event::Evicted) else {
             return;
         };
         self.event("Warning", "Evicted", message.clone());
-        // The pre-stop hooks (given no time) see the IP the pod had.
-        self.kill_all(0, before.pod_ip().unwrap_or_default().to_string())
+        // The pre-stop hooks see the IP the pod had.
+        self.kill_all(grace, before.pod_ip().unwrap_or_default().to_string())
             .await;
         let found = self.find_containers().await.unwrap_or_default();
         let mut st = self.status(&found);
