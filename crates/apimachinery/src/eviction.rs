@@ -26,9 +26,16 @@ pub const SIGNALS: [&str; 9] = [
     "pid.available",
 ];
 
-/// kubelet's defaults on Linux, used when `eviction-hard` is not given
-/// (given, it replaces all of them, as kubelet does).
-pub const DEFAULT_HARD: &str = "memory.available<100Mi,nodefs.available<10%,imagefs.available<15%,nodefs.inodesFree<5%,imagefs.inodesFree<5%";
+/// RKE2's (k3s's) default `eviction-hard`, which it passes to every
+/// kubelet instead of kubelet's own (`memory.available<100Mi`,
+/// `nodefs.available<10%`, `imagefs.available<15%`, inodes 5%): disk
+/// only, at 5%. Used when `eviction-hard` is not given; given, it replaces
+/// all of them, as kubelet does.
+pub const DEFAULT_HARD: &str = "imagefs.available<5%,nodefs.available<5%";
+
+/// RKE2's (k3s's) default `eviction-minimum-reclaim`, replaced as a whole
+/// by a given one.
+pub const DEFAULT_MINIMUM_RECLAIM: &str = "imagefs.available=10%,nodefs.available=10%";
 
 /// A threshold's value: an amount, or a share of the capacity.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,9 +125,14 @@ pub fn parse_thresholds(s: &str) -> Result<Vec<Threshold>, String> {
     Ok(out)
 }
 
-/// kubelet's default hard thresholds.
+/// The default hard thresholds ([`DEFAULT_HARD`]).
 pub fn default_hard() -> Vec<Threshold> {
     parse_thresholds(DEFAULT_HARD).expect("the defaults parse")
+}
+
+/// The default minimum reclaims ([`DEFAULT_MINIMUM_RECLAIM`]).
+pub fn default_minimum_reclaim() -> BTreeMap<String, ThresholdValue> {
+    parse_minimum_reclaims(DEFAULT_MINIMUM_RECLAIM).expect("the defaults parse")
 }
 
 /// kubelet's default `--eviction-pressure-transition-period`.
@@ -155,7 +167,7 @@ impl Default for EvictionConfig {
             soft: Vec::new(),
             max_pod_grace_period_seconds: 0,
             pressure_transition_period: DEFAULT_PRESSURE_TRANSITION_PERIOD,
-            minimum_reclaim: BTreeMap::new(),
+            minimum_reclaim: default_minimum_reclaim(),
         }
     }
 }
@@ -272,7 +284,8 @@ mod tests {
         assert_eq!(t[0].value, ThresholdValue::Quantity(1 << 30));
         assert_eq!(t[0].to_string(), "memory.available<1Gi");
         assert_eq!(t[1].quantity(1000), 100);
-        assert_eq!(default_hard().len(), 5);
+        assert_eq!(default_hard().len(), 2);
+        assert_eq!(default_minimum_reclaim().len(), 2);
         for (bad, want) in [
             ("memory.available>1Gi", "invalid eviction threshold syntax"),
             (

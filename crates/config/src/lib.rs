@@ -258,7 +258,8 @@ pub struct Config {
     /// [eviction-hard=…, eviction-soft=…, eviction-soft-grace-period=…,
     /// eviction-max-pod-grace-period=…,
     /// eviction-pressure-transition-period=…, eviction-minimum-reclaim=…]`,
-    /// else kubelet's defaults.
+    /// else RKE2's defaults (`imagefs.available<5%,nodefs.available<5%`,
+    /// minimum reclaim 10% each).
     pub eviction: rke2_apimachinery::eviction::EvictionConfig,
 }
 
@@ -1215,7 +1216,7 @@ fn build(
     })
 }
 
-/// `kubelet-arg`: the `eviction-*` flags are applied (kubelet's defaults
+/// `kubelet-arg`: the `eviction-*` flags are applied (RKE2's defaults
 /// without them); the node role is not kubelet, so other flags are warned
 /// about and ignored rather than refused.
 fn kubelet_args(
@@ -1226,7 +1227,7 @@ fn kubelet_args(
     let mut hard = None;
     let mut soft = Vec::new();
     let mut grace = std::collections::BTreeMap::new();
-    let mut reclaim = std::collections::BTreeMap::new();
+    let mut reclaim = ev::default_minimum_reclaim();
     let mut max_pod_grace = None;
     let mut transition = None;
     // The flag the soft-threshold check is blamed on.

@@ -5,7 +5,7 @@
 //! `pid.available` as the smaller of `kernel.pid_max` and
 //! `kernel.threads-max` less the tasks that exist) and compares them with
 //! the hard and soft thresholds (`kubelet-arg: [eviction-hard=…,
-//! eviction-soft=…]`, kubelet's defaults without them).
+//! eviction-soft=…]`, RKE2's defaults without them: disk at 5%).
 //!
 //! [`Manager::sync`] is the pure part, kubelet's `synchronize`: a
 //! threshold met stays met until its signal is `eviction-minimum-reclaim`

@@ -124,7 +124,6 @@ impl Server {
         let cfg = self.dir.path().join("config.yaml");
         let text = self.opts.config_yaml.clone().unwrap_or_default();
         std::fs::write(&cfg, &text)?;
-        write_eviction_dropin(&cfg, &text)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -628,29 +627,4 @@ pub fn started_voters(member_list: &[u8]) -> usize {
         .lines()
         .filter(|l| l.contains(", started,") && l.trim_end().ends_with("false"))
         .count()
-}
-
-/// The drop-in (`<config>.d/00-testbed-eviction.yaml`) that turns
-/// kubelet's filesystem eviction thresholds off for a node whose config
-/// does not set `eviction-hard` itself, as kind does for its nodes: a
-/// test machine's disk may well be fuller than kubelet's defaults allow
-/// (`imagefs.available<15%`), and DiskPressure would then taint every
-/// test node and evict its pods. Memory keeps kubelet's default.
-pub fn write_eviction_dropin(config: &Path, config_text: &str) -> std::io::Result<()> {
-    let dir = config.with_file_name(format!(
-        "{}.d",
-        config.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let file = dir.join("00-testbed-eviction.yaml");
-    if config_text.contains("eviction-hard") {
-        return match std::fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    }
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        file,
-        "kubelet-arg+:\n  - eviction-hard=memory.available<100Mi\n",
-    )
 }

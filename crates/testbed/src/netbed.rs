@@ -974,7 +974,6 @@ impl NodeProc {
         let dir = bed.dir().join(&host.name);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("config.yaml"), config)?;
-        crate::write_eviction_dropin(&dir.join("config.yaml"), config)?;
         let mut args: Vec<String> = vec![
             role.into(),
             "--config".into(),
