@@ -118,6 +118,10 @@ fn validate_served(rt: &ResourceType, obj: &Value, min_bound: i64, causes: &mut 
 }
 
 fn defaults_v1(obj: &mut Value) {
+    // Not an object: the type check refuses it; nothing to default.
+    if !obj.is_object() {
+        return;
+    }
     if !obj["spec"].is_object() {
         obj["spec"] = json!({});
     }
@@ -127,6 +131,9 @@ fn defaults_v1(obj: &mut Value) {
 }
 
 fn defaults_v2(obj: &mut Value) {
+    if !obj.is_object() {
+        return;
+    }
     if !obj["spec"].is_object() {
         obj["spec"] = json!({});
     }
@@ -552,17 +559,29 @@ fn take_annotation(obj: &mut Value, key: &str) -> Option<Value> {
 }
 
 fn put_annotation(obj: &mut Value, key: &str, value: &Value) {
-    if !obj["metadata"]["annotations"].is_object() {
-        obj["metadata"]["annotations"] = json!({});
+    // Indexing to assign panics on anything but an object (or null): a
+    // malformed body's `metadata` is left for validation to refuse.
+    let Some(meta) = obj
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+    if !ann.is_object() {
+        *ann = json!({});
     }
-    obj["metadata"]["annotations"][key] = json!(value.to_string());
+    ann[key] = json!(value.to_string());
 }
 
 /// Converts an HPA between `autoscaling/v1` and `autoscaling/v2` in place
 /// (to `desired`; an object already there is left as is).
 pub fn convert(obj: &mut Value, desired: &str) {
     let from = obj["apiVersion"].as_str().unwrap_or("").to_string();
-    if from == desired {
+    // Not an object (a malformed body, refused by the type check): there
+    // is nothing to convert.
+    if from == desired || !obj.is_object() {
         return;
     }
     if desired == V1 {
@@ -886,6 +905,24 @@ mod tests {
                 "conditions": [{"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale"}],
             },
         })
+    }
+
+    #[test]
+    fn malformed_bodies_do_not_panic() {
+        for body in [
+            json!([1, 2]),
+            json!("x"),
+            json!({"metadata": [1], "spec": {"targetCPUUtilizationPercentage": 5}}),
+            json!({"metadata": {"annotations": "x"}, "spec": {"metrics": [{"type": "Pods"}]}}),
+        ] {
+            for desired in [V1, STORAGE_VERSION] {
+                let mut o = body.clone();
+                convert(&mut o, desired);
+            }
+            let mut o = body.clone();
+            defaults_v1(&mut o);
+            defaults_v2(&mut o);
+        }
     }
 
     #[test]
