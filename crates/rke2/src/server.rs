@@ -78,9 +78,10 @@ fn url_host(ip: &IpAddr) -> String {
 }
 
 /// Resolves the cluster token: the given one (its CA hash must match ours),
-/// else the stored one, else a new one. Writes nothing: the token files
-/// are written only once etcd confirmed the bootstrap data (see
-/// [`write_tokens`]), so a refused token never replaces the stored one.
+/// else the stored one, else a new one. A given token is not written
+/// here: the token files are written only once etcd confirmed the
+/// bootstrap data (see [`write_tokens`]), so a refused token never
+/// replaces the stored one. A new one is written at once (`server/token`).
 fn resolve_token(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result<Token> {
     let ca = trust.server_ca.cert_pem.as_bytes();
     let token_path = server_dir.join("token");
@@ -101,7 +102,17 @@ fn resolve_token(cfg: &Config, server_dir: &Path, trust: &ServerTrust) -> Result
                     .with_context(|| format!("parsing the stored token {}", token_path.display()))?
                     .password
             }
-            _ => rke2_trust::generate_password(),
+            _ => {
+                // A generated password is kept before etcd sees it: a
+                // start killed after storing the bootstrap data (sealed
+                // with it) but before `write_tokens` would otherwise
+                // generate another and find that data unreadable.
+                let password = rke2_trust::generate_password();
+                let text = format!("{}\n", Token::server(ca, &password));
+                rke2_trust::write_file_atomic(&token_path, text.as_bytes(), 0o600)
+                    .with_context(|| format!("writing {}", token_path.display()))?;
+                password
+            }
         },
     };
     Ok(Token::server(ca, &password))
@@ -1454,5 +1465,50 @@ mod tests {
         assert!(!etcd_data.join("member").exists());
         assert!(!first_start_marker(&etcd_data).exists());
         assert!(etcd_data.exists(), "only etcd's member dir goes");
+    }
+
+    /// A generated token survives a start killed before `write_tokens`:
+    /// the bootstrap data etcd may already hold is sealed with it.
+    #[test]
+    fn a_generated_token_is_kept_before_etcd_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap().to_string();
+        let load = |extra: &[&str]| {
+            let mut args: Vec<std::ffi::OsString> = ["--config", "/dev/null", "--node-name", "n1"]
+                .iter()
+                .map(Into::into)
+                .collect();
+            args.push("--data-dir".into());
+            args.push(data.clone().into());
+            args.extend(extra.iter().map(Into::into));
+            rke2_config::load(rke2_config::Role::Server, &args, &Default::default())
+                .unwrap()
+                .config
+        };
+        let cfg = load(&[]);
+        let trust = rke2_trust::ensure_server_trust(&ServerTrustParams {
+            data_dir: cfg.data_dir.clone(),
+            node_name: "n1".into(),
+            serving_sans: vec!["n1".into()],
+            etcd_sans: vec!["n1".into()],
+        })
+        .unwrap();
+        let server_dir = cfg.data_dir.join("server");
+        let first = resolve_token(&cfg, &server_dir, &trust).unwrap();
+        let path = server_dir.join("token");
+        let stored = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(stored.trim(), first.to_string());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The restarted start reads it instead of generating another.
+        let again = resolve_token(&cfg, &server_dir, &trust).unwrap();
+        assert_eq!(again.password, first.password);
+        // A given token is not written before etcd confirmed it.
+        let given = resolve_token(&load(&["--token", "given-pw"]), &server_dir, &trust).unwrap();
+        assert_eq!(given.password, "given-pw");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), stored);
     }
 }
