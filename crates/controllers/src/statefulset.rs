@@ -38,9 +38,20 @@
 //! revision becomes the update revision once every pod is updated and
 //! Ready (RollingUpdate).
 //!
-//! Not done: adopting orphan pods and claims that match the selector,
-//! the `StatefulSetStartOrdinal` rename of pods when `ordinals.start`
-//! changes (pods outside the range are simply condemned).
+//! Pods are claimed as upstream's `ControllerRefManager.ClaimPods` does
+//! ([`claim_pods`]): of the pods in the namespace, an orphan (no
+//! controller reference) that matches the selector and is named like a
+//! member (`<set>-<digits>`, upstream's `isMemberOf`) is adopted — the
+//! set's controller reference added, after a fresh read of the set
+//! confirmed it is the same one (uid) and not being deleted; a pod the set
+//! controls that no longer matches is released (reference removed). So
+//! `kubectl delete sts x --cascade=orphan` and a recreation of `x` keep
+//! the running pods. Claims of the templates follow the retention policy
+//! for every pod the set has, adopted ones included; a reference to an
+//! earlier set of the same name (another uid) is replaced.
+//!
+//! Not done: the `StatefulSetStartOrdinal` rename of pods when
+//! `ordinals.start` changes (pods outside the range are simply condemned).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -55,10 +66,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use rke2_apimachinery::selectors::label_selector_from_json;
+use rke2_apimachinery::selectors::{LabelSelector, label_selector_from_json};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -106,6 +118,205 @@ pub struct Plan {
     pub status: StatefulSetStatus,
     /// When availability may change by itself (minReadySeconds).
     pub recheck_after: Option<Duration>,
+}
+
+/// Whether `pod` is named as a member of the set `set`: upstream's
+/// `isMemberOf`, the name minus a final `-<digits>` is the set's.
+pub fn is_member(set: &str, pod: &str) -> bool {
+    pod.rsplit_once('-').is_some_and(|(parent, n)| {
+        parent == set && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// What claiming does with the pods of the set's namespace.
+#[derive(Debug, Default)]
+pub struct PodClaims {
+    /// Pods the set controls and keeps.
+    pub owned: Vec<Pod>,
+    /// Orphans to adopt.
+    pub adopt: Vec<Pod>,
+    /// Pods the set controls that no longer match: to release.
+    pub release: Vec<Pod>,
+}
+
+/// The controller reference of an object.
+fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// Upstream's `ClaimPods` decisions for `set` (not being deleted) over
+/// `pods`: a pod matches when its labels match `selector` and its name
+/// is a member's. Pods controlled by others are left alone, orphans being
+/// deleted are not adopted.
+pub fn sort_pods(set: &StatefulSet, selector: &LabelSelector, pods: Vec<Pod>) -> PodClaims {
+    let name = set_name(set);
+    let uid = set.metadata.uid.as_deref().unwrap_or_default();
+    let ns = set.metadata.namespace.as_deref().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let mut out = PodClaims::default();
+    for p in pods {
+        if p.metadata.namespace.as_deref().unwrap_or_default() != ns {
+            continue;
+        }
+        let matches = selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty))
+            && is_member(&name, p.metadata.name.as_deref().unwrap_or_default());
+        match controller_of(&p.metadata) {
+            Some(r) if r.uid == uid => {
+                if matches {
+                    out.owned.push(p);
+                } else {
+                    out.release.push(p);
+                }
+            }
+            Some(_) => {}
+            None if matches && !terminating(&p) => out.adopt.push(p),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Claims the pods of `set` among `pods` (all of its namespace): releases
+/// and adopts as [`sort_pods`] decides and returns the pods the set
+/// controls afterwards. Before the first adoption the set is read afresh
+/// (upstream's `canAdoptFunc`): gone, replaced (another uid) or being
+/// deleted, nothing is adopted and the reconcile fails with the reason.
+/// Patches carry the resourceVersion they were decided on; a pod changed
+/// or deleted meanwhile is skipped (the next reconcile decides again).
+async fn claim_pods(
+    client: &kube::Client,
+    set: &StatefulSet,
+    selector: &LabelSelector,
+    pods: Vec<Pod>,
+) -> Result<Vec<Pod>, Error> {
+    let ns = set.metadata.namespace.clone().unwrap_or_default();
+    let name = set_name(set);
+    let uid = set.metadata.uid.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let claims = sort_pods(set, selector, pods);
+    let mut owned = claims.owned;
+    for p in claims.release {
+        let pname = p.metadata.name.clone().unwrap_or_default();
+        let rest: Vec<&OwnerReference> = p
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.uid != uid)
+            .collect();
+        let patch = json!({"metadata": {
+            "ownerReferences": rest,
+            "resourceVersion": p.metadata.resource_version,
+        }});
+        match api
+            .patch(&pname, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(statefulset = %format!("{ns}/{name}"), pod = %pname, "released pod"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if claims.adopt.is_empty() {
+        return Ok(owned);
+    }
+    can_adopt(client, set)
+        .await
+        .map_err(|why| Error::Adoption("Pods", why))?;
+    for p in claims.adopt {
+        let pname = p.metadata.name.clone().unwrap_or_default();
+        let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
+        refs.push(owner_ref(set, true));
+        let patch = json!({"metadata": {
+            "ownerReferences": refs,
+            "resourceVersion": p.metadata.resource_version,
+        }});
+        match api
+            .patch(&pname, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(adopted) => {
+                info!(statefulset = %format!("{ns}/{name}"), pod = %pname, "adopted pod");
+                owned.push(adopted);
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(owned)
+}
+
+/// Upstream's `canAdoptFunc`: the set read afresh is still the one we
+/// decided for (same uid) and not being deleted; otherwise why not.
+async fn can_adopt(client: &kube::Client, set: &StatefulSet) -> Result<(), String> {
+    let ns = set.metadata.namespace.clone().unwrap_or_default();
+    let name = set_name(set);
+    let uid = set.metadata.uid.clone().unwrap_or_default();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let fresh = match sets.get_opt(&name).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(format!("original StatefulSet {ns}/{name} is gone")),
+        Err(e) => return Err(format!("reading StatefulSet {ns}/{name}: {e}")),
+    };
+    let fresh_uid = fresh.metadata.uid.clone().unwrap_or_default();
+    if fresh_uid != uid {
+        return Err(format!(
+            "original StatefulSet {ns}/{name} is gone: got uid {fresh_uid}, wanted {uid}"
+        ));
+    }
+    if fresh.metadata.deletion_timestamp.is_some() {
+        return Err(format!("{ns}/{name} has just been deleted"));
+    }
+    Ok(())
+}
+
+/// Upstream's `adoptOrphanRevisions`: ControllerRevisions matching the
+/// selector without a controller (left by a set of this name deleted
+/// with `--cascade=orphan`) become this set's, so a recreated set finds
+/// its history and the revision its pods carry instead of making a new
+/// one (which would roll every adopted pod).
+async fn adopt_orphan_revisions(
+    client: &kube::Client,
+    api: &Api<ControllerRevision>,
+    set: &StatefulSet,
+    selector: &str,
+) -> Result<(), Error> {
+    let orphans: Vec<ControllerRevision> = api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| controller_of(&r.metadata).is_none() && r.metadata.deletion_timestamp.is_none())
+        .collect();
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    can_adopt(client, set)
+        .await
+        .map_err(|why| Error::Adoption("ControllerRevisions", why))?;
+    for r in orphans {
+        let rname = r.metadata.name.clone().unwrap_or_default();
+        let mut refs = r.metadata.owner_references.clone().unwrap_or_default();
+        refs.push(owner_ref(set, true));
+        let patch = json!({"metadata": {
+            "ownerReferences": refs,
+            "resourceVersion": r.metadata.resource_version,
+        }});
+        match api
+            .patch(&rname, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(statefulset = %set_name(set), revision = %rname, "adopted ControllerRevision"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The ordinal of `pod` if it is named `<set>-<n>`.
@@ -279,7 +490,13 @@ fn claim_owners(
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|r| r.uid != set_uid && !set_pod_uids.contains(&r.uid))
+        .filter(|r| {
+            // A reference to an earlier set of this name (upstream's
+            // `matchesRef` compares names, not uids) is replaced too.
+            let to_a_set_so_named =
+                r.kind == "StatefulSet" && r.api_version.starts_with("apps/") && r.name == set_name(set);
+            r.uid != set_uid && !to_a_set_so_named && !set_pod_uids.contains(&r.uid)
+        })
         .collect();
     let scaled_away = policy.when_scaled.as_deref() == Some("Delete") && condemned_pod.is_some();
     // A claim scaled away belongs to its pod alone (upstream): with the
@@ -553,6 +770,10 @@ pub enum Error {
     /// The revision could not be recorded.
     #[error(transparent)]
     Revision(#[from] revisions::Error),
+    /// Orphans (of the kind named) may not be adopted: the set is gone,
+    /// replaced or being deleted (upstream's `canAdoptFunc`).
+    #[error("can't adopt {0}: {1}")]
+    Adoption(&'static str, String),
 }
 
 struct Ctx {
@@ -581,12 +802,13 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     let uid = set.metadata.uid.clone().unwrap_or_default();
     let spec = set.spec.clone().unwrap_or_default();
     let sel_json = serde_json::to_value(&spec.selector).unwrap_or_default();
-    let selector = label_selector_from_json(&sel_json)
-        .map_err(|e| Error::Selector(e.to_string()))?
-        .to_string();
+    let label_selector =
+        label_selector_from_json(&sel_json).map_err(|e| Error::Selector(e.to_string()))?;
+    let selector = label_selector.to_string();
 
     // Revisions: the template as the update revision.
     let revs: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    adopt_orphan_revisions(client, &revs, &set, &selector).await?;
     let mut history = revisions::list(&revs, &selector, &uid).await?;
     let owner = revisions::Owner {
         api_version: "apps/v1".into(),
@@ -639,20 +861,10 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
         .unwrap_or_else(|| update.clone());
 
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| {
-            p.metadata
-                .owner_references
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .any(|r| r.controller == Some(true) && r.uid == uid)
-        })
-        .collect();
+    // Every pod of the namespace: owned ones that stopped matching the
+    // selector are released, matching orphans adopted.
+    let in_namespace = pods_api.list(&ListParams::default()).await?.items;
+    let pods = claim_pods(client, &set, &label_selector, in_namespace).await?;
     let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let claims = if spec
         .volume_claim_templates
@@ -814,6 +1026,19 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     })
 }
 
+/// Whether `set` would adopt the orphan `pod` (selector and name).
+fn adopts(set: &StatefulSet, pod: &Pod) -> bool {
+    let Some(spec) = set.spec.as_ref() else {
+        return false;
+    };
+    let empty = BTreeMap::new();
+    serde_json::to_value(&spec.selector)
+        .ok()
+        .and_then(|v| label_selector_from_json(&v).ok())
+        .is_some_and(|sel| sel.matches(pod.metadata.labels.as_ref().unwrap_or(&empty)))
+        && is_member(&set_name(set), pod.metadata.name.as_deref().unwrap_or_default())
+}
+
 fn error_policy(set: Arc<StatefulSet>, e: &Error, _: Arc<Ctx>) -> Action {
     warn!(statefulset = ?set.metadata.name, namespace = ?set.metadata.namespace, error = %e, "statefulset reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
@@ -828,8 +1053,27 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
     let pods: Api<Pod> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { client });
     info!("statefulset controller started");
-    Controller::new(sets, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
+    let controller = Controller::new(sets, watcher::Config::default());
+    let store = controller.store();
+    // A pod wakes the set that controls it, or, an orphan, every set of
+    // its namespace that would adopt it (upstream's `getPodStatefulSets`).
+    controller
+        .watches(pods, watcher::Config::default(), move |pod: Pod| {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            match controller_of(&pod.metadata) {
+                Some(r) => (r.kind == "StatefulSet" && r.api_version.starts_with("apps/"))
+                    .then(|| ObjectRef::new(&r.name).within(&ns))
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                None => store
+                    .state()
+                    .iter()
+                    .filter(|set| set.metadata.namespace.as_deref() == Some(ns.as_str()))
+                    .filter(|set| adopts(set, &pod))
+                    .map(|set| ObjectRef::from_obj(set.as_ref()))
+                    .collect(),
+            }
+        })
         .graceful_shutdown_on(stop.cancelled_owned())
         .with_config(controller::Config::default().concurrency(WORKERS))
         .run(reconcile, error_policy, ctx)

@@ -9,7 +9,9 @@
 //! rolls a template change out with a partition (only ordinals at or
 //! above it change), finishes it, and `kubectl rollout undo` takes it
 //! back, with `rollout status|history` as upstream prints them; a
-//! `Parallel` set creates all its pods without waiting; claims are made
+//! `Parallel` set creates all its pods without waiting; a set deleted
+//! with `--cascade=orphan` leaves its pods running and, applied again,
+//! adopts them (same uids, no restart, no roll); claims are made
 //! per ordinal from `volumeClaimTemplates` and follow the retention
 //! policy (the pods that use them do not start here: binding claims is
 //! not on this branch); a claim template change is refused with
@@ -494,6 +496,78 @@ async fn statefulsets_and_daemonset_rollouts() {
     // The scale subresource: down to 2 takes web-2 away.
     k.ok(&["scale", "statefulset", "web", "--replicas=2"]);
     wait_ready(&pods, "web", &["web-0", "web-1"], "v1", "web scaled to 2").await;
+
+    // Orphaned, then adopted: `--cascade=orphan` leaves web's pods
+    // running; the set applied again adopts them (same uids, no restart)
+    // and its revisions with them, so nothing rolls.
+    let identity = |list: &[Pod]| -> Vec<(String, String, i32, String)> {
+        list.iter()
+            .map(|p| {
+                let restarts = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .map(|c| c.iter().map(|c| c.restart_count).sum())
+                    .unwrap_or(0);
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.metadata.uid.clone().unwrap_or_default(),
+                    restarts,
+                    label(p, "controller-revision-hash").to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = identity(&pods_of(&pods, "web").await);
+    let old_set_uid = sets.get("web").await.unwrap().metadata.uid.unwrap();
+    k.ok(&["delete", "statefulset", "web", "--cascade=orphan"]);
+    eventually(LONG, "web gone, its pods orphaned", || async {
+        if sets.get_opt("web").await.ok()?.is_some() {
+            return None;
+        }
+        let list = pods_of(&pods, "web").await;
+        (list.len() == 2
+            && list
+                .iter()
+                .all(|p| p.metadata.owner_references.as_deref().unwrap_or_default().is_empty()))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    let mut again = sts_manifest("web", "OrderedReady", "sleep 2; touch /tmp/ready");
+    again["spec"]["replicas"] = json!(2);
+    apply(&again);
+    let new_set_uid = sets.get("web").await.unwrap().metadata.uid.unwrap();
+    assert_ne!(new_set_uid, old_set_uid);
+    eventually(LONG, "web's pods adopted by the new set", || async {
+        let list = pods_of(&pods, "web").await;
+        let st = sets.get("web").await.ok()?.status?;
+        (list.len() == 2
+            && list.iter().all(|p| {
+                p.metadata
+                    .owner_references
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.controller == Some(true) && r.uid == new_set_uid)
+            })
+            && st.ready_replicas == Some(2)
+            && st.update_revision.as_deref() == Some(rev1.as_str()))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(identity(&pods_of(&pods, "web").await), before);
+    let adopted = revs.get(&rev1).await.unwrap();
+    assert!(
+        adopted
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.uid == new_set_uid),
+        "revision {rev1} not adopted"
+    );
 
     // Parallel: all three pods exist while none is Ready.
     apply(&sts_manifest("par", "Parallel", "true"));

@@ -3,7 +3,7 @@
 //! pods whose removal lets it fit, and pick the node where that hurts
 //! least — fewest PodDisruptionBudgets broken, then the lowest
 //! highest-priority victim, the smallest sum of victim priorities, the
-//! fewest victims.
+//! fewest victims, the latest start among the highest-priority victims.
 //!
 //! Pure functions over the scheduler's own view ([`NodeInfo`], the pods on
 //! each node, the budgets); the scheduling loop does the API writes
@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rke2_apimachinery::selectors::{LabelSelector, label_selector_from_json};
 
@@ -27,6 +28,30 @@ pub const NOT_ELIGIBLE_TERMINATING: &str =
 /// A pod's priority (`spec.priority`, 0 when unset).
 pub fn priority_of(pod: &Pod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// When the pod started (`status.startTime`); a pod not started yet
+/// counts as starting now, later than any that did, as upstream's
+/// `GetPodStartTime` has it.
+pub fn start_of(pod: &Pod) -> Timestamp {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0)
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// Upstream's `MoreImportantPod` as a sort key: higher priority first,
+/// then the one that started earlier; the key last, for a stable order.
+fn importance<'a>(p: &OnNode<'a>) -> (std::cmp::Reverse<i32>, Timestamp, &'a str) {
+    (std::cmp::Reverse(priority_of(p.pod)), start_of(p.pod), p.key)
+}
+
+/// What one victim adds to [`Victims::sum`]: its priority shifted by
+/// 2^31 so every term is positive, as upstream sums them — otherwise more
+/// victims of a negative priority would look cheaper than fewer.
+fn sum_term(priority: i32) -> i64 {
+    i64::from(priority) + (1i64 << 31)
 }
 
 /// Whether the pod's policy lets it preempt others at all.
@@ -98,15 +123,20 @@ pub struct Victims {
     pub pdb_violations: usize,
     /// The highest victim priority.
     pub highest: i32,
-    /// The sum of victim priorities.
+    /// The sum of victim priorities, each shifted by 2^31 as upstream's
+    /// `minSumPrioritiesScoreFunc` does.
     pub sum: i64,
+    /// The earliest start among the victims of the highest priority
+    /// (upstream's `GetEarliestPodStartTime`); [`Timestamp::MAX`] when
+    /// none has started.
+    pub earliest_start: Timestamp,
 }
 
 /// Upstream's `selectVictimsOnNode`: every lower-priority pod removed,
 /// does the preemptor fit? If so, put back as many as possible — those
 /// whose eviction would break a budget first, then the others, each group
-/// highest priority first — and the ones that cannot come back are the
-/// victims. `None` when removing all of them is not enough (or there are
+/// most important first (higher priority, then earlier start) — and the
+/// ones that cannot come back are the victims. `None` when removing all of them is not enough (or there are
 /// none).
 pub fn select_victims(
     preemptor: &Pod,
@@ -123,7 +153,7 @@ pub fn select_victims(
     if lower.is_empty() {
         return None;
     }
-    lower.sort_by_key(|p| (std::cmp::Reverse(priority_of(p.pod)), p.key));
+    lower.sort_by_key(|p| importance(p));
     let mut info = info.clone();
     for p in &lower {
         info.remove(p.footprint);
@@ -160,30 +190,59 @@ pub fn select_victims(
             }
         }
     }
-    victims.sort_by_key(|p| (std::cmp::Reverse(priority_of(p.pod)), p.key));
+    victims.sort_by_key(|p| importance(p));
+    let highest = victims.first().map(|p| priority_of(p.pod)).unwrap_or(0);
     Some(Victims {
         node: node.metadata.name.clone().unwrap_or_default(),
-        highest: victims.first().map(|p| priority_of(p.pod)).unwrap_or(0),
-        sum: victims.iter().map(|p| i64::from(priority_of(p.pod))).sum(),
+        highest,
+        sum: victims.iter().map(|p| sum_term(priority_of(p.pod))).sum(),
+        earliest_start: victims
+            .iter()
+            .filter(|p| priority_of(p.pod) == highest)
+            .map(|p| start_of(p.pod))
+            .min()
+            .unwrap_or(Timestamp::MAX),
         pods: victims.iter().map(|p| p.key.to_string()).collect(),
         pdb_violations,
     })
 }
 
-/// Upstream's `pickOneNodeForPreemption` (without the start-time
-/// tie-breaks): fewest budget violations, then the lowest
-/// highest-priority victim, the smallest priority sum, the fewest
-/// victims; the node name last, so the choice is deterministic.
+/// Upstream's `pickOneNodeForPreemption`: fewest budget violations, then
+/// the lowest highest-priority victim, the smallest priority sum, the
+/// fewest victims, then the latest start among the highest-priority
+/// victims (the youngest work is lost); upstream takes "the first" node
+/// of what is left, here the smallest name, so the choice is
+/// deterministic.
 pub fn pick(candidates: Vec<Victims>) -> Option<Victims> {
     candidates.into_iter().min_by(|a, b| {
-        (a.pdb_violations, a.highest, a.sum, a.pods.len(), &a.node).cmp(&(
-            b.pdb_violations,
-            b.highest,
-            b.sum,
-            b.pods.len(),
-            &b.node,
-        ))
+        let order = |v: &Victims| {
+            (
+                v.pdb_violations,
+                v.highest,
+                v.sum,
+                v.pods.len(),
+                std::cmp::Reverse(v.earliest_start),
+            )
+        };
+        order(a).cmp(&order(b)).then_with(|| a.node.cmp(&b.node))
     })
+}
+
+/// Upstream's `getLowerPriorityNominatedPods`: of the pods nominated
+/// (`nominated`: key → node), those on `node` with a priority below
+/// `priority`. When a preemptor is nominated there, their nomination is
+/// cleared so they look for room elsewhere instead of waiting for room
+/// that will go to the preemptor.
+pub fn lower_priority_nominated<'a>(
+    nominated: impl IntoIterator<Item = (&'a str, &'a str, &'a Pod)>,
+    node: &str,
+    priority: i32,
+) -> Vec<&'a str> {
+    nominated
+        .into_iter()
+        .filter(|(_, n, pod)| *n == node && priority_of(pod) < priority)
+        .map(|(key, _, _)| key)
+        .collect()
 }
 
 #[cfg(test)]
@@ -328,33 +387,149 @@ mod tests {
         assert_eq!(victims(&all, &n, &pods, &roomy).unwrap().pdb_violations, 0);
     }
 
-    #[test]
-    fn the_node_hurt_least_is_picked() {
-        let v = |node: &str, pdb: usize, highest: i32, sum: i64, n: usize| Victims {
+    /// Candidate victims on `node`: `n` pods, the highest of priority
+    /// `highest`, priorities summing (unshifted) to `sum`.
+    fn v(node: &str, pdb: usize, highest: i32, sum: i64, n: usize) -> Victims {
+        Victims {
             node: node.into(),
             pods: (0..n).map(|i| format!("p{i}")).collect(),
             pdb_violations: pdb,
             highest,
-            sum,
-        };
-        let pick_name = |c: Vec<Victims>| pick(c).map(|v| v.node);
+            sum: sum + i64::try_from(n).unwrap() * (1 << 31),
+            earliest_start: Timestamp::MAX,
+        }
+    }
+
+    fn pick_name(c: Vec<Victims>) -> Option<String> {
+        pick(c).map(|v| v.node)
+    }
+
+    #[test]
+    fn fewest_budget_violations_first() {
+        // b is worse on every later criterion and still wins.
         assert_eq!(
-            pick_name(vec![v("a", 1, 0, 0, 1), v("b", 0, 50, 50, 1)]),
+            pick_name(vec![v("a", 1, 0, 0, 1), v("b", 0, 50, 150, 3)]),
             Some("b".into())
         );
+        assert_eq!(pick_name(vec![]), None);
+    }
+
+    #[test]
+    fn then_the_lowest_highest_victim_priority() {
         assert_eq!(
             pick_name(vec![v("a", 0, 50, 50, 1), v("b", 0, 10, 30, 3)]),
             Some("b".into())
         );
+    }
+
+    #[test]
+    fn then_the_smallest_sum_of_priorities() {
         assert_eq!(
             pick_name(vec![v("a", 0, 10, 20, 2), v("b", 0, 10, 10, 1)]),
             Some("b".into())
         );
+        // Upstream shifts every priority by 2^31 before summing: two
+        // victims of -10 cost more than one, though -20 < -10.
         assert_eq!(
-            pick_name(vec![v("b", 0, 0, 0, 2), v("a", 0, 0, 0, 1)]),
-            Some("a".into())
+            pick_name(vec![v("a", 0, -10, -20, 2), v("b", 0, -10, -10, 1)]),
+            Some("b".into())
         );
-        assert_eq!(pick_name(vec![]), None);
+    }
+
+    #[test]
+    fn then_the_fewest_victims() {
+        // Shifted sums tie only at the edges of the range: victims
+        // {MAX, MIN} against {MAX} both sum to 2^32 - 1.
+        let mut a = v("a", 0, i32::MAX, 0, 2);
+        a.sum = sum_term(i32::MAX) + sum_term(i32::MIN);
+        let mut b = v("b", 0, i32::MAX, 0, 1);
+        b.sum = sum_term(i32::MAX);
+        assert_eq!(a.sum, b.sum);
+        assert_eq!(pick_name(vec![a, b]), Some("b".into()));
+    }
+
+    #[test]
+    fn then_the_latest_start_of_the_highest_priority_victims() {
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let mut old = v("a", 0, 10, 10, 1);
+        old.earliest_start = at(1_000);
+        let mut young = v("b", 0, 10, 10, 1);
+        young.earliest_start = at(2_000);
+        assert_eq!(
+            pick_name(vec![young.clone(), old.clone()]),
+            Some("b".into())
+        );
+        // Not started at all counts as now: younger than any.
+        let mut pending = v("c", 0, 10, 10, 1);
+        pending.earliest_start = Timestamp::MAX;
+        assert_eq!(pick_name(vec![old, young, pending]), Some("c".into()));
+        // A full tie: the first name.
+        assert_eq!(
+            pick_name(vec![v("z", 0, 0, 0, 1), v("m", 0, 0, 0, 1)]),
+            Some("m".into())
+        );
+    }
+
+    fn started(mut p: Pod, second: i64) -> Pod {
+        p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(second).unwrap(),
+            )),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn victims_record_the_earliest_start_of_their_highest_priority() {
+        let n = node("n1", "3");
+        let pods = [
+            started(pod("a", 5, "1", json!({})), 3_000),
+            started(pod("b", 5, "1", json!({})), 2_000),
+            started(pod("c", 1, "1", json!({})), 1_000),
+        ];
+        let all = pod("all", 10, "3", json!({}));
+        let got = victims(&all, &n, &pods, &[]).unwrap();
+        // Priority 5 is the highest; of those, b started first. The
+        // older priority-1 pod does not count.
+        assert_eq!(got.earliest_start, Timestamp::from_second(2_000).unwrap());
+        // Most important first: priority, then the earlier start.
+        assert_eq!(got.pods, ["default/b", "default/a", "default/c"]);
+        assert_eq!(got.sum, 11 + 3 * (1 << 31));
+    }
+
+    #[test]
+    fn the_younger_of_equal_priority_pods_is_the_victim() {
+        // Upstream puts back the more important pod first: of two of the
+        // same priority, the one that started earlier stays, whatever
+        // the names say.
+        let n = node("n1", "2");
+        let pods = [
+            started(pod("a-young", 0, "1", json!({})), 5_000),
+            started(pod("b-old", 0, "1", json!({})), 1_000),
+        ];
+        let p = pod("p", 10, "1", json!({}));
+        assert_eq!(
+            victims(&p, &n, &pods, &[]).unwrap().pods,
+            ["default/a-young"]
+        );
+    }
+
+    #[test]
+    fn lower_priority_nominations_on_the_node_are_found() {
+        let low = pod("low", 5, "1", json!({}));
+        let peer = pod("peer", 10, "1", json!({}));
+        let elsewhere = pod("elsewhere", 1, "1", json!({}));
+        let nominated = [
+            ("default/low", "n1", &low),
+            ("default/peer", "n1", &peer),
+            ("default/elsewhere", "n2", &elsewhere),
+        ];
+        assert_eq!(
+            lower_priority_nominated(nominated, "n1", 10),
+            ["default/low"]
+        );
+        assert!(lower_priority_nominated(nominated, "n1", 5).is_empty());
     }
 
     #[test]

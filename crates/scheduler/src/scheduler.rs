@@ -434,6 +434,27 @@ struct Scheduler {
     nominated: BTreeMap<Key, (String, String)>,
 }
 
+/// The pods nominated (`nominated`, as [`Scheduler::nominated`]) to
+/// `node` whose priority is below `preemptor`'s: upstream's
+/// `getLowerPriorityNominatedPods`, for the nominations to clear when
+/// `preemptor` is nominated there. A nomination of a pod since replaced
+/// under the same name is left alone.
+fn nominations_to_clear(
+    nominated: &BTreeMap<Key, (String, String)>,
+    pods: &BTreeMap<Key, Pod>,
+    node: &str,
+    preemptor: &Pod,
+) -> Vec<Key> {
+    let current = nominated.iter().filter_map(|(k, (uid, n))| {
+        let p = pods.get(k).filter(|p| uid_of(p) == uid)?;
+        Some((k.as_str(), n.as_str(), p))
+    });
+    preemption::lower_priority_nominated(current, node, priority_of(preemptor))
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Runs the scheduler until `stop` is cancelled.
 ///
 /// Call it only while holding the [`crate::SCHEDULER_LEASE`] Lease, e.g.
@@ -885,6 +906,18 @@ impl Scheduler {
         }
         self.nominated
             .insert(key.clone(), (uid_of(pod).to_string(), node.clone()));
+        // Lower-priority pods waiting for room on this node would wait
+        // for room that now goes to this pod: their nomination is
+        // cleared and they are tried again at once, as upstream's
+        // `prepareCandidate` does.
+        for other in nominations_to_clear(&self.nominated, &self.pods, &node, pod) {
+            if let Some(p) = self.pods.get(&other).cloned() {
+                info!(pod = %other, %node, preemptor = %key, "clearing the nomination of a lower-priority pod");
+                self.clear_nomination(&p, &other).await;
+                self.parked.remove(&other);
+                self.active.push(other, &p);
+            }
+        }
         let message = format!(
             "{}: preempting to accommodate a higher priority pod",
             pod.spec
@@ -1625,6 +1658,40 @@ mod tests {
             got.requested.0.retain(|_, v| *v != 0);
             assert_eq!(got, want, "node {n}");
         }
+    }
+
+    #[test]
+    fn a_preemptor_clears_lower_priority_nominations_on_its_node() {
+        let with_priority = |name: &str, uid: &str, priority: i32| {
+            pod(name, uid, json!({"spec": {"priority": priority}}))
+        };
+        let pods: BTreeMap<Key, Pod> = [
+            with_priority("low", "u-low", 5),
+            with_priority("equal", "u-eq", 10),
+            with_priority("other-node", "u-on", 1),
+            with_priority("replaced", "u-new", 1),
+            with_priority("preemptor", "u-p", 10),
+        ]
+        .into_iter()
+        .map(|p| (key_of(&p), p))
+        .collect();
+        let nominated: BTreeMap<Key, (String, String)> = [
+            ("low", "u-low", "n1"),
+            ("equal", "u-eq", "n1"),
+            ("other-node", "u-on", "n2"),
+            // Nominated under its old uid: not this pod's nomination.
+            ("replaced", "u-old", "n1"),
+            ("preemptor", "u-p", "n1"),
+        ]
+        .into_iter()
+        .map(|(n, uid, node)| (key(n), (uid.to_string(), node.to_string())))
+        .collect();
+        let preemptor = &pods[&key("preemptor")];
+        assert_eq!(
+            nominations_to_clear(&nominated, &pods, "n1", preemptor),
+            [key("low")]
+        );
+        assert!(nominations_to_clear(&nominated, &pods, "n3", preemptor).is_empty());
     }
 
     #[test]

@@ -306,3 +306,96 @@ fn claims_follow_the_retention_policy() {
         2
     );
 }
+
+#[test]
+fn membership_is_the_name_minus_a_final_ordinal() {
+    assert!(is_member("web", "web-0"));
+    assert!(is_member("web", "web-12"));
+    assert!(is_member("my-web", "my-web-3"));
+    assert!(!is_member("web", "web"));
+    assert!(!is_member("web", "web-"));
+    assert!(!is_member("web", "web-x"));
+    assert!(!is_member("web", "web-x-1"));
+    assert!(!is_member("my", "my-web-1"));
+    assert!(!is_member("web", "webs-1"));
+}
+
+/// A pod named `name` labelled `labels`, controlled by `owner` (a uid).
+fn loose_pod(name: &str, labels: serde_json::Value, owner: Option<&str>) -> Pod {
+    let refs = owner.map(|uid| {
+        json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web",
+                "uid": uid, "controller": true, "blockOwnerDeletion": true}])
+    });
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}"),
+                     "labels": labels, "ownerReferences": refs},
+    }))
+    .unwrap()
+}
+
+fn names(pods: &[Pod]) -> Vec<&str> {
+    pods.iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect()
+}
+
+#[test]
+fn orphans_that_match_are_adopted_and_strays_released() {
+    let s = set(json!({}));
+    let sel = label_selector_from_json(&json!({"matchLabels": {"app": "w"}})).unwrap();
+    let mut elsewhere = loose_pod("web-5", json!({"app": "w"}), None);
+    elsewhere.metadata.namespace = Some("other".into());
+    let mut going = loose_pod("web-4", json!({"app": "w"}), None);
+    going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now(),
+    ));
+    let pods = vec![
+        loose_pod("web-0", json!({"app": "w"}), Some("set-uid")),
+        // Orphans: matching, wrong labels, wrong name.
+        loose_pod("web-1", json!({"app": "w"}), None),
+        loose_pod("web-2", json!({"app": "x"}), None),
+        loose_pod("other-2", json!({"app": "w"}), None),
+        loose_pod("web-extra", json!({"app": "w"}), None),
+        // Ours but no longer matching: by labels, by name.
+        loose_pod("web-3", json!({"app": "x"}), Some("set-uid")),
+        loose_pod("stray", json!({"app": "w"}), Some("set-uid")),
+        // Someone else's.
+        loose_pod("web-6", json!({"app": "w"}), Some("another-set")),
+        elsewhere,
+        going,
+    ];
+    let c = sort_pods(&s, &sel, pods);
+    assert_eq!(names(&c.owned), ["web-0"]);
+    assert_eq!(names(&c.adopt), ["web-1"]);
+    assert_eq!(names(&c.release), ["web-3", "stray"]);
+}
+
+#[test]
+fn claims_of_an_earlier_set_of_the_same_name_are_taken_over() {
+    let templates = json!([{"metadata": {"name": "data"},
+        "spec": {"resources": {"requests": {"storage": "1Gi"}}}}]);
+    let s = set(json!({"spec": {"replicas": 1, "volumeClaimTemplates": templates,
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}}}));
+    let r = rev("web-1", &s);
+    let pods = vec![pod(&s, "web-1", 0, true)];
+    let mut old = s.clone();
+    old.metadata.uid = Some("old-set-uid".into());
+    let mut orphan = new_claims(&s, 0).remove(0);
+    orphan.metadata.owner_references = None;
+    let mut stale = orphan.clone();
+    stale.metadata.owner_references = Some(vec![owner_ref(&old, false)]);
+    for claim in [orphan, stale] {
+        let p = plan(&s, &pods, &[claim], &r, &r, Timestamp::now());
+        let owners: Vec<&Vec<OwnerReference>> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::SetClaimOwners(n, refs) if n == "data-web-0" => Some(refs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(owners.len(), 1, "{:?}", p.steps);
+        let uids: Vec<&str> = owners[0].iter().map(|r| r.uid.as_str()).collect();
+        assert_eq!(uids, ["set-uid"]);
+    }
+}
