@@ -320,7 +320,7 @@ mod tests {
         // One cpu is enough: the mid pod is put back first (highest
         // priority), then one of the low ones; the other one goes.
         assert_eq!(v.pods, ["default/low-b"]);
-        assert_eq!((v.highest, v.sum, v.pdb_violations), (0, 0, 0));
+        assert_eq!((v.highest, v.sum, v.pdb_violations), (0, 1 << 31, 0));
         // Two cpus: both low ones go, the mid one stays.
         let big = pod("big", 1000, "2", json!({}));
         assert_eq!(
