@@ -311,7 +311,9 @@ async fn adopt_orphan_revisions(
             .patch(&rname, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => info!(statefulset = %set_name(set), revision = %rname, "adopted ControllerRevision"),
+            Ok(_) => {
+                info!(statefulset = %set_name(set), revision = %rname, "adopted ControllerRevision")
+            }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
@@ -493,8 +495,9 @@ fn claim_owners(
         .filter(|r| {
             // A reference to an earlier set of this name (upstream's
             // `matchesRef` compares names, not uids) is replaced too.
-            let to_a_set_so_named =
-                r.kind == "StatefulSet" && r.api_version.starts_with("apps/") && r.name == set_name(set);
+            let to_a_set_so_named = r.kind == "StatefulSet"
+                && r.api_version.starts_with("apps/")
+                && r.name == set_name(set);
             r.uid != set_uid && !to_a_set_so_named && !set_pod_uids.contains(&r.uid)
         })
         .collect();
@@ -1036,7 +1039,10 @@ fn adopts(set: &StatefulSet, pod: &Pod) -> bool {
         .ok()
         .and_then(|v| label_selector_from_json(&v).ok())
         .is_some_and(|sel| sel.matches(pod.metadata.labels.as_ref().unwrap_or(&empty)))
-        && is_member(&set_name(set), pod.metadata.name.as_deref().unwrap_or_default())
+        && is_member(
+            &set_name(set),
+            pod.metadata.name.as_deref().unwrap_or_default(),
+        )
 }
 
 fn error_policy(set: Arc<StatefulSet>, e: &Error, _: Arc<Ctx>) -> Action {

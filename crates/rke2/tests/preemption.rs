@@ -378,7 +378,8 @@ async fn a_high_priority_pod_preempts_a_low_one_on_a_full_node() {
     .unwrap();
 
     // A budget protects low-b: without it, low-b would be the victim (of
-    // equal priorities, upstream's order puts low-a back first).
+    // equal priorities, upstream's order puts back first the one that
+    // started earlier, low-a, or in the same second the first name).
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
     pdbs.create(
         &PostParams::default(),

@@ -527,9 +527,13 @@ async fn statefulsets_and_daemonset_rollouts() {
         }
         let list = pods_of(&pods, "web").await;
         (list.len() == 2
-            && list
-                .iter()
-                .all(|p| p.metadata.owner_references.as_deref().unwrap_or_default().is_empty()))
+            && list.iter().all(|p| {
+                p.metadata
+                    .owner_references
+                    .as_deref()
+                    .unwrap_or_default()
+                    .is_empty()
+            }))
         .then_some(())
     })
     .await

@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
 use rke2_apimachinery::selectors::{LabelSelector, label_selector_from_json};
 
 use crate::predicates::{self, Footprint, NodeInfo};
@@ -44,7 +44,11 @@ pub fn start_of(pod: &Pod) -> Timestamp {
 /// Upstream's `MoreImportantPod` as a sort key: higher priority first,
 /// then the one that started earlier; the key last, for a stable order.
 fn importance<'a>(p: &OnNode<'a>) -> (std::cmp::Reverse<i32>, Timestamp, &'a str) {
-    (std::cmp::Reverse(priority_of(p.pod)), start_of(p.pod), p.key)
+    (
+        std::cmp::Reverse(priority_of(p.pod)),
+        start_of(p.pod),
+        p.key,
+    )
 }
 
 /// What one victim adds to [`Victims::sum`]: its priority shifted by

@@ -374,8 +374,10 @@ fn orphans_that_match_are_adopted_and_strays_released() {
 fn claims_of_an_earlier_set_of_the_same_name_are_taken_over() {
     let templates = json!([{"metadata": {"name": "data"},
         "spec": {"resources": {"requests": {"storage": "1Gi"}}}}]);
-    let s = set(json!({"spec": {"replicas": 1, "volumeClaimTemplates": templates,
-        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}}}));
+    let s = set(
+        json!({"spec": {"replicas": 1, "volumeClaimTemplates": templates,
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}}}),
+    );
     let r = rev("web-1", &s);
     let pods = vec![pod(&s, "web-1", 0, true)];
     let mut old = s.clone();
