@@ -221,7 +221,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Without etcd data, a joining server gets its CA from the cluster
     // and a restoring one from the snapshot: a pinned hash is checked there.
     let ca_from_elsewhere = !has_etcd_data
-        && (cfg.server.is_some() || (cfg.cluster_reset && cfg.cluster_reset_restore_path.is_some()));
+        && (cfg.server.is_some()
+            || (cfg.cluster_reset && cfg.cluster_reset_restore_path.is_some()));
     crate::preflight::server_tokens(&cfg, ca_from_elsewhere)?;
     crate::preflight::profile(&cfg)?;
     let snapshot_schedule = crate::preflight::etcd_snapshots(&cfg)?;

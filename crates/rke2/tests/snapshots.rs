@@ -871,7 +871,11 @@ async fn a_fresh_server_restores_a_snapshot_with_the_clusters_token() -> Result<
         },
     )?;
     let nothing_written = |f: &Server, case: &str| -> Result<()> {
-        for p in ["server/tls/server-ca.crt", "server/tls", "server/db/etcd/member"] {
+        for p in [
+            "server/tls/server-ca.crt",
+            "server/tls",
+            "server/db/etcd/member",
+        ] {
             ensure!(
                 !f.data_dir.join(p).exists(),
                 "{case}: {p} was written\n{}",
@@ -913,13 +917,21 @@ async fn a_fresh_server_restores_a_snapshot_with_the_clusters_token() -> Result<
         "no next steps in\n{log}"
     );
     let tls_f = f.data_dir.join("server/tls");
-    for file in ["server-ca.crt", "client-ca.crt", "etcd/server-ca.crt", "service.key"] {
+    for file in [
+        "server-ca.crt",
+        "client-ca.crt",
+        "etcd/server-ca.crt",
+        "service.key",
+    ] {
         ensure!(
             std::fs::read(tls_f.join(file)).ok() == Some(std::fs::read(tls_a.join(file))?),
             "{file} is not the old cluster's"
         );
     }
-    ensure!(etcd_old_dirs(&f).is_empty(), "a fresh server had no database to keep");
+    ensure!(
+        etcd_old_dirs(&f).is_empty(),
+        "a fresh server had no database to keep"
+    );
 
     // The normal start that follows.
     f.opts.args.clear();

@@ -135,7 +135,8 @@ async fn open_bootstrap(
             etcd_data.display()
         );
     };
-    let token = rke2_trust::Token::parse(given).context("parsing the token (config key `token`)")?;
+    let token =
+        rke2_trust::Token::parse(given).context("parsing the token (config key `token`)")?;
     let sealed = read_bootstrap_keys(cfg, snap).await?;
     if sealed.is_empty() {
         bail!(
