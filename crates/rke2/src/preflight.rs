@@ -323,11 +323,12 @@ fn bind_all(listens: &[Listen]) -> Result<Vec<TcpListener>, (&Listen, std::io::E
 
 /// A `token` or `agent-token` that pins a CA (`K10<hash>::...`) must fit
 /// the CA this server will use: the one in its data dir, or, when there is
-/// none, the one of the cluster it joins (checked by the join itself). A
+/// none and `ca_from_elsewhere`, the one of the cluster it joins or of the
+/// snapshot it restores (checked by the join or the restore itself). A
 /// new cluster gets a new CA, which no given hash can match; refusing that
 /// now spares writing trust material that the token check would refuse
 /// afterwards.
-pub fn server_tokens(cfg: &Config, joining: bool) -> Result<(), Refused> {
+pub fn server_tokens(cfg: &Config, ca_from_elsewhere: bool) -> Result<(), Refused> {
     let ca_path = rke2_trust::tls_dir(&cfg.data_dir).join("server-ca.crt");
     let ca = match std::fs::read(&ca_path) {
         Ok(ca) => Some(ca),
@@ -355,7 +356,7 @@ pub fn server_tokens(cfg: &Config, joining: bool) -> Result<(), Refused> {
                 )));
             }
             Some(_) => {}
-            None if joining => {}
+            None if ca_from_elsewhere => {}
             None => {
                 return Err(Refused(format!(
                     "{key}: it pins a cluster CA (K10<hash>::...), but {} holds no CA and `server` is not set: a new cluster gets a new CA, which no hash given in advance matches; give only the password (the part after the last ':'), or set `server` to join the cluster the token belongs to",

@@ -218,7 +218,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut has_etcd_data = etcd_data.join("member").exists();
     // Also before writing anything (exit 2): a token pinning a CA this
     // server will not have, and addresses we cannot listen on.
-    crate::preflight::server_tokens(&cfg, cfg.server.is_some() && !has_etcd_data)?;
+    // Without etcd data, a joining server gets its CA from the cluster
+    // and a restoring one from the snapshot: a pinned hash is checked there.
+    let ca_from_elsewhere = !has_etcd_data
+        && (cfg.server.is_some()
+            || (cfg.cluster_reset && cfg.cluster_reset_restore_path.is_some()));
+    crate::preflight::server_tokens(&cfg, ca_from_elsewhere)?;
     crate::preflight::profile(&cfg)?;
     let snapshot_schedule = crate::preflight::etcd_snapshots(&cfg)?;
     let pod_security = crate::preflight::pod_security(&cfg)?;
@@ -265,6 +270,17 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(b) = cfg.bind_address.filter(|b| !b.is_unspecified()) {
         tls_sans.push(b.to_string());
     }
+    // A fresh server restoring a snapshot takes the cluster's CAs from it
+    // (read and checked with the token by `prepare`) before any
+    // certificate is issued, as a joining server takes them from the
+    // cluster.
+    let restored_passwd = match reset_snapshot.as_ref().and_then(|s| s.bootstrap.as_ref()) {
+        Some(doc) => Some(
+            rke2_supervisor::bootstrap::unpack(doc, &rke2_trust::tls_dir(data_dir))
+                .context("writing the cluster's CA material from the snapshot")?,
+        ),
+        None => None,
+    };
     let trust = rke2_trust::ensure_server_trust(&ServerTrustParams {
         data_dir: data_dir.clone(),
         node_name: cfg.node_name.clone(),
@@ -279,9 +295,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     })
     .context("preparing certificates")?;
     let token = resolve_token(&cfg, &server_dir, &trust)?;
-    let passwd = match &join {
-        Some(plan) => plan.passwd.clone(),
-        None => rke2_supervisor::bootstrap::Passwd {
+    let passwd = match (&join, restored_passwd) {
+        (Some(plan), _) => plan.passwd.clone(),
+        (None, Some(restored)) => restored,
+        (None, None) => rke2_supervisor::bootstrap::Passwd {
             server: token.password.clone(),
             // Without `agent-token`, agents use the server password (as
             // k3s); a given one was checked at load and is never replaced.
@@ -349,9 +366,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     let mut reset_old_db = None;
     if let Some(snap) = &reset_snapshot {
-        reset_old_db = Some(crate::etcd_snapshot::restore::restore_into(
-            snap, &etcd_data, &name, &peer_url,
-        )?);
+        reset_old_db =
+            crate::etcd_snapshot::restore::restore_into(snap, &etcd_data, &name, &peer_url)?;
         info!(snapshot = %snap.source, old = ?reset_old_db, "etcd database restored from the snapshot");
     }
     if !etcd_data.join("member").exists() {

@@ -788,3 +788,173 @@ async fn cluster_reset_restores_a_snapshot_and_the_others_rejoin() -> Result<()>
     }
     Ok(())
 }
+
+/// Whether `name`'s Node reports Ready=True.
+async fn node_ready(client: &kube::Client, name: &str) -> Option<()> {
+    let node: k8s_openapi::api::core::v1::Node = kube::api::Api::all(client.clone())
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()?;
+    node.status?
+        .conditions?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+        .then_some(())
+}
+
+/// A fresh server (a new data dir: no etcd data, no CAs) restores the
+/// snapshot of another one, with that cluster's token: refused without a
+/// token and with a wrong one (exit 1, the reason named, no CA or etcd
+/// data written); with the right token, from the S3 name, it ends with
+/// the old cluster's CAs (same bytes), prints the next steps, and after
+/// the normal start that follows serves the objects from before the
+/// snapshot and its node is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_restores_a_snapshot_with_the_clusters_token() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bin = Path::new(env!("CARGO_BIN_EXE_rke2"));
+    let s3 = S3Server::start().context("starting the S3 server")?;
+    let s3_keys = format!(
+        "etcd-disable-snapshots: true\n\
+         etcd-s3: true\n\
+         etcd-s3-endpoint: {}\n\
+         etcd-s3-insecure: true\n\
+         etcd-s3-bucket: {BUCKET}\n\
+         etcd-s3-folder: {FOLDER}\n\
+         etcd-s3-access-key: {ACCESS_KEY}\n\
+         etcd-s3-secret-key: {SECRET_KEY}\n",
+        s3.endpoint
+    );
+    let token = "fresh-restore-secret";
+    let mut a = Server::start(
+        bin,
+        ServerOpts {
+            config_yaml: Some(format!("token: {token}\n{s3_keys}")),
+            ..Default::default()
+        },
+    )?;
+    let ca = a
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("a ready")?;
+    put_configmap(&ca, "before-snapshot").await?;
+    let out = ok(snapshot(&a, &["save", "--name", "fresh"]), "save")?;
+    let name = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Snapshot "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("snapshot name")?
+        .to_string();
+    let file = a.data_dir.join("server/db/snapshots").join(&name);
+    ensure!(
+        s3.folder().join(&name).is_file(),
+        "{name} not uploaded to S3"
+    );
+    put_configmap(&ca, "after-snapshot").await?;
+    let tls_a = a.data_dir.join("server/tls");
+    a.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+
+    // The fresh server: first without a token, from the S3 name.
+    let reset = |path: &str| {
+        vec![
+            "--cluster-reset".to_string(),
+            format!("--cluster-reset-restore-path={path}"),
+        ]
+    };
+    let mut f = Server::start(
+        bin,
+        ServerOpts {
+            args: reset(&name),
+            config_yaml: Some(s3_keys.clone()),
+            ..Default::default()
+        },
+    )?;
+    let nothing_written = |f: &Server, case: &str| -> Result<()> {
+        for p in [
+            "server/tls/server-ca.crt",
+            "server/tls",
+            "server/db/etcd/member",
+        ] {
+            ensure!(
+                !f.data_dir.join(p).exists(),
+                "{case}: {p} was written\n{}",
+                f.log_text()
+            );
+        }
+        ensure!(etcd_old_dirs(f).is_empty(), "{case}: a database was moved");
+        Ok(())
+    };
+    let code = f.wait_exit(Duration::from_secs(300))?.code();
+    let log = f.log_text();
+    ensure!(code == Some(1), "no token: exit {code:?}\n{log}");
+    ensure!(
+        log.contains("the cluster's `token` is needed"),
+        "no token: reason not named\n{log}"
+    );
+    nothing_written(&f, "no token")?;
+
+    // A wrong token, from the file.
+    f.opts.config_yaml = Some(format!("token: not-{token}\n{s3_keys}"));
+    f.opts.args = reset(&file.display().to_string());
+    let (code, log) = run_once(&mut f, &[])?;
+    ensure!(code == Some(1), "wrong token: exit {code:?}\n{log}");
+    ensure!(
+        log.contains("encrypted with a different token"),
+        "wrong token: reason not named\n{log}"
+    );
+    nothing_written(&f, "wrong token")?;
+
+    // The cluster's token, from the S3 name: the restore.
+    f.opts.config_yaml = Some(format!("token: {token}\n{s3_keys}"));
+    f.opts.args = reset(&name);
+    let (code, log) = run_once(&mut f, &[])?;
+    ensure!(code == Some(0), "restore: exit {code:?}\n{log}");
+    ensure!(
+        log.contains(&format!(
+            "Etcd is restored from s3://{BUCKET}/{name}; managed etcd cluster membership has been reset, restart without --cluster-reset flag now."
+        )),
+        "no next steps in\n{log}"
+    );
+    let tls_f = f.data_dir.join("server/tls");
+    for file in [
+        "server-ca.crt",
+        "client-ca.crt",
+        "etcd/server-ca.crt",
+        "service.key",
+    ] {
+        ensure!(
+            std::fs::read(tls_f.join(file)).ok() == Some(std::fs::read(tls_a.join(file))?),
+            "{file} is not the old cluster's"
+        );
+    }
+    ensure!(
+        etcd_old_dirs(&f).is_empty(),
+        "a fresh server had no database to keep"
+    );
+
+    // The normal start that follows.
+    f.opts.args.clear();
+    f.spawn()?;
+    let cf = f
+        .wait_ready(Duration::from_secs(180))
+        .await
+        .context("the fresh server after the restore")?;
+    ensure!(
+        configmap(&cf, "before-snapshot").await.is_some(),
+        "write before the snapshot lost"
+    );
+    ensure!(
+        configmap(&cf, "after-snapshot").await.is_none(),
+        "write after the snapshot kept"
+    );
+    let node = f.node_name.clone();
+    eventually(DEADLINE, "the fresh server's node Ready", || {
+        let cf = cf.clone();
+        let node = node.clone();
+        async move { node_ready(&cf, &node).await }
+    })
+    .await?;
+    f.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60))?;
+    Ok(())
+}

@@ -5,6 +5,14 @@
 //! Nothing is moved before the snapshot is checked (its SHA-256 sidecar,
 //! then etcd's own hash); the old database is renamed to
 //! `<data-dir>/server/db/etcd-old-<unix time>`, never deleted.
+//!
+//! On a fresh server (no etcd data, no CAs) the snapshot also supplies the
+//! cluster's trust: its bootstrap data (CAs, service-account key,
+//! supervisor passwords) is sealed with the cluster token, so it is read
+//! from a throwaway etcd started on a scratch copy of the snapshot and
+//! opened with the given `token` before anything is written under the
+//! data dir; the server then writes those CAs instead of generating its
+//! own (k3s likewise reads bootstrap data through a temporary etcd).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +30,11 @@ pub struct VerifiedSnapshot {
     pub db: PathBuf,
     /// Where it came from, for messages.
     pub source: String,
+    /// On a server without etcd data: the cluster's bootstrap document
+    /// (plain JSON, `rke2_supervisor::bootstrap`) read from the snapshot
+    /// and opened with the token, already checked to unpack; the server
+    /// writes its files into `server/tls` before issuing any certificate.
+    pub bootstrap: Option<Vec<u8>>,
     scratch: PathBuf,
 }
 
@@ -56,17 +69,12 @@ pub async fn prepare(cfg: &Config, etcd_data: &Path) -> Result<Option<VerifiedSn
         }
         return Ok(None);
     };
-    if !has_data {
-        bail!(
-            "--cluster-reset-restore-path on a server without etcd data ({}) is not supported by this build: restore on a server that was a member of the cluster (it holds the cluster's certificates)",
-            etcd_data.display()
-        );
-    }
     find_etcdctl()?;
     let scratch = scratch_dir()?;
     let mut verified = VerifiedSnapshot {
         db: PathBuf::new(),
         source: spec.clone(),
+        bootstrap: None,
         scratch: scratch.clone(),
     };
     let path = Path::new(spec);
@@ -106,7 +114,170 @@ pub async fn prepare(cfg: &Config, etcd_data: &Path) -> Result<Option<VerifiedSn
     verified.db = verify(&file, expected.as_deref(), &scratch)
         .with_context(|| format!("refusing to restore {}", verified.source))?;
     info!(snapshot = %verified.source, "snapshot verified");
+    if !has_data {
+        verified.bootstrap = Some(open_bootstrap(cfg, &verified, etcd_data).await?);
+    }
     Ok(Some(verified))
+}
+
+/// A fresh server's restore: the snapshot's bootstrap data, opened with
+/// the configured token and checked to unpack (into the scratch dir), or
+/// a refusal naming why. Writes nothing under the data dir.
+async fn open_bootstrap(
+    cfg: &Config,
+    snap: &VerifiedSnapshot,
+    etcd_data: &Path,
+) -> Result<Vec<u8>> {
+    use rke2_supervisor::bootstrap;
+    let Some(given) = cfg.token.as_deref() else {
+        bail!(
+            "--cluster-reset-restore-path on a server without etcd data ({}): the cluster's `token` is needed: the snapshot's bootstrap data (the cluster's CAs and keys) is encrypted with it and cannot be read without it; give the token of the cluster the snapshot was taken from (config key `token`)",
+            etcd_data.display()
+        );
+    };
+    let token =
+        rke2_trust::Token::parse(given).context("parsing the token (config key `token`)")?;
+    let sealed = read_bootstrap_keys(cfg, snap).await?;
+    if sealed.is_empty() {
+        bail!(
+            "{}: the snapshot holds no rke2 bootstrap data (no /bootstrap/ key): it was not taken from an rke2 cluster, and a fresh server cannot get the cluster's certificates from it",
+            snap.source
+        );
+    }
+    let key = bootstrap::storage_key(&token.password);
+    let wrong = || {
+        anyhow::anyhow!(
+            "{}: {}: the snapshot's bootstrap data was sealed with another token than the configured one; give the `token` of the cluster the snapshot was taken from (nothing was written)",
+            snap.source,
+            bootstrap::BootstrapError::WrongToken
+        )
+    };
+    let Some((_, value)) = sealed.iter().find(|(k, _)| *k == key) else {
+        return Err(wrong());
+    };
+    let doc = bootstrap::decrypt(&token.password, &String::from_utf8_lossy(value))
+        .map_err(|_| wrong())?;
+    // Unpacked once into the scratch dir: the whole document is checked
+    // (every CA and key parses) before the data dir sees any of it.
+    let check = snap.scratch.join("tls");
+    bootstrap::unpack(&doc, &check)
+        .with_context(|| format!("{}: the bootstrap data in the snapshot", snap.source))?;
+    if token.ca_hash.is_some() {
+        let ca = std::fs::read(check.join("server-ca.crt"))
+            .context("reading the snapshot's server CA")?;
+        if !token.ca_matches(&ca) {
+            bail!(
+                "{}: the token's CA hash (K10<hash>::…) is not the hash of the server CA in the snapshot: the token belongs to another cluster",
+                snap.source
+            );
+        }
+    }
+    info!(snapshot = %snap.source, "the cluster's bootstrap data was read from the snapshot with the configured token");
+    Ok(doc)
+}
+
+/// The `/bootstrap/` keys of a verified snapshot, read through a
+/// throwaway etcd (plain HTTP on loopback ports, its data a restore of
+/// the snapshot in the scratch dir): etcd's database format is read by
+/// etcd. The etcd is stopped before returning.
+async fn read_bootstrap_keys(
+    cfg: &Config,
+    snap: &VerifiedSnapshot,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    use std::time::{Duration, Instant};
+    let etcd = rke2_datastore::etcd::find_binary(&cfg.etcd_binary)?;
+    let etcdctl = find_etcdctl()?;
+    let free_port = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free loopback port for the snapshot's etcd")?
+            .port())
+    };
+    let (client_port, peer_port) = (free_port()?, free_port()?);
+    let name = "rke2-restore-check";
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let data = snap.scratch.join("bootstrap-etcd");
+    let out = Command::new(&etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg("snapshot")
+        .arg("restore")
+        .arg(&snap.db)
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--name={name}"))
+        .arg(format!("--initial-cluster={name}={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .output()
+        .context("running etcdctl snapshot restore")?;
+    if !out.status.success() {
+        bail!(
+            "{}: etcdctl snapshot restore (into a scratch dir, to read the bootstrap data): {}",
+            snap.source,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let log_path = snap.scratch.join("bootstrap-etcd.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(&etcd);
+    cmd.arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster={name}={peer}"))
+        .arg("--logger=zap")
+        .arg("--log-outputs=stderr")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe: a killed server does not leave
+    // this etcd behind.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} on the snapshot", etcd.display()))?;
+    let result = async {
+        let store = rke2_datastore::Store::connect(std::slice::from_ref(&client), None)
+            .await
+            .context("connecting to the snapshot's etcd")?;
+        let started = Instant::now();
+        while !store.healthy().await {
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "the etcd started on the snapshot (to read its bootstrap data) exited with {st}; its log: {}",
+                    log_path.display()
+                );
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "the etcd started on the snapshot (to read its bootstrap data) was not healthy within 120 s"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let page = store
+            .list("/bootstrap/", None, 0, 0)
+            .await
+            .context("reading the bootstrap data from the snapshot's etcd")?;
+        Ok(page
+            .items
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect())
+    }
+    .await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    result
 }
 
 fn find_etcdctl() -> Result<PathBuf> {
@@ -133,15 +304,27 @@ pub fn move_aside(etcd_data: &Path) -> Result<PathBuf> {
 
 /// Restores `snap` as the data of a one-member cluster (`name` at
 /// `peer_url`) in `etcd_data`, the old data moved aside first; on failure
-/// the old data is put back. Returns where the old data went.
+/// the old data is put back. Returns where the old data went (`None` on a
+/// fresh server, which had no database: its etcd dir held at most the
+/// member name, which is written again).
 pub fn restore_into(
     snap: &VerifiedSnapshot,
     etcd_data: &Path,
     name: &str,
     peer_url: &str,
-) -> Result<PathBuf> {
+) -> Result<Option<PathBuf>> {
     let etcdctl = find_etcdctl()?;
-    let old = move_aside(etcd_data)?;
+    let old = if etcd_data.join("member").exists() {
+        Some(move_aside(etcd_data)?)
+    } else {
+        // etcdctl refuses an existing data dir.
+        match std::fs::remove_dir_all(etcd_data) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", etcd_data.display()));
+            }
+            _ => None,
+        }
+    };
     let out = Command::new(&etcdctl)
         .env("ETCDCTL_API", "3")
         .arg("snapshot")
@@ -159,12 +342,14 @@ pub fn restore_into(
     };
     if let Some(reason) = failed {
         let _ = std::fs::remove_dir_all(etcd_data);
-        std::fs::rename(&old, etcd_data).with_context(|| {
-            format!(
-                "putting the old database back from {} after a failed restore",
-                old.display()
-            )
-        })?;
+        if let Some(old) = &old {
+            std::fs::rename(old, etcd_data).with_context(|| {
+                format!(
+                    "putting the old database back from {} after a failed restore",
+                    old.display()
+                )
+            })?;
+        }
         bail!(
             "restoring {}: etcdctl snapshot restore: {reason}",
             snap.source
