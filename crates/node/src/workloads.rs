@@ -156,6 +156,7 @@ impl Workloads {
             ),
             kubernetes_service: cfg.kubernetes_service.clone(),
             addon_image: addon_image.clone(),
+            pressure: cfg.pressure.clone(),
         });
         let (evict_tx, evict_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(crate::eviction::run(
@@ -165,6 +166,10 @@ impl Workloads {
                 node: cfg.agent_dir.clone(),
                 image: ccfg.root_dir(),
             },
+            vec![
+                cfg.pause_image.clone(),
+                rke2_runtime::addon_image::reference(),
+            ],
             cfg.pressure.clone(),
             evict_tx,
             stop.clone(),
