@@ -1204,7 +1204,7 @@ pub async fn run(
     ctx: Arc<PodContext>,
     cfg: EvictionConfig,
     paths: FsPaths,
-    protected_images: Vec<String>,
+    protected_images: crate::image_gc::Protected,
     pressure: Arc<Pressure>,
     evict: mpsc::UnboundedSender<Eviction>,
     stop: CancellationToken,

@@ -8,7 +8,9 @@
 //!
 //! Never removed: an image a container (running or exited) was created
 //! from, one the runtime pins (containerd pins the sandbox image), the
-//! configured pause image and this binary's addon image, and one first
+//! configured pause image and this binary's addon image, the images
+//! imported from the air-gap folder (RKE2 pins them: no registry may
+//! serve them again), and one first
 //! seen less than [`MIN_AGE`] ago (kubelet's `image-minimum-gc-age`: an
 //! image just pulled for a pod about to start stays).
 
@@ -42,13 +44,22 @@ struct Record {
     last_used: Instant,
 }
 
+/// What is never collected.
+#[derive(Debug, Clone, Default)]
+pub struct Protected {
+    /// Image references (the pause and addon images).
+    pub references: Vec<String>,
+    /// The references imported from the air-gap folder (filled as the
+    /// importer imports).
+    pub imported: rke2_runtime::images::ImportedRefs,
+}
+
 /// The collector's memory of the images: kept across periods so that
 /// "least recently used" means something.
 #[derive(Debug, Default)]
 pub struct ImageGc {
     records: HashMap<String, Record>,
-    /// Image references never removed (the pause and addon images).
-    protected: Vec<String>,
+    protected: Protected,
 }
 
 /// How many bytes to free for image filesystem usage to go from above
@@ -66,8 +77,8 @@ pub fn bytes_to_free(capacity: i128, available: i128, high: u8, low: u8) -> i128
 }
 
 impl ImageGc {
-    /// A collector that never removes the `protected` references.
-    pub fn new(protected: Vec<String>) -> ImageGc {
+    /// A collector that never removes the `protected` images.
+    pub fn new(protected: Protected) -> ImageGc {
         ImageGc {
             records: HashMap::new(),
             protected,
@@ -125,12 +136,18 @@ impl ImageGc {
     }
 
     fn is_protected(&self, tag: &str) -> bool {
-        self.protected.iter().any(|p| {
+        let same = |p: &String| {
             p == tag
                 // A reference without a registry is stored under docker.io.
                 || format!("docker.io/{p}") == tag
                 || format!("docker.io/library/{p}") == tag
-        })
+        };
+        self.protected.references.iter().any(same)
+            || self
+                .protected
+                .imported
+                .lock()
+                .is_ok_and(|set| set.iter().any(same))
     }
 
     /// One round against the runtime: frees `want` bytes of unused images
@@ -242,10 +259,19 @@ mod tests {
     fn least_recently_used_first_and_never_what_is_kept() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut gc = ImageGc::new(vec![
-            "rancher/mirrored-pause:3.6".into(),
-            "rke2.local/rke2-addons:v1".into(),
-        ]);
+        let protected = Protected {
+            references: vec![
+                "rancher/mirrored-pause:3.6".into(),
+                "rke2.local/rke2-addons:v1".into(),
+            ],
+            imported: Default::default(),
+        };
+        protected
+            .imported
+            .lock()
+            .unwrap()
+            .insert("docker.io/library/airgap:1".into());
+        let mut gc = ImageGc::new(protected);
         let mut pinned = img("sha256:pin", "k8s.gcr.io/other:1", 100);
         pinned.pinned = true;
         let images = vec![
@@ -254,6 +280,7 @@ mod tests {
             img("sha256:busy", "docker.io/library/busy:1", 500),
             img("sha256:pause", "docker.io/rancher/mirrored-pause:3.6", 50),
             img("sha256:addon", "rke2.local/rke2-addons:v1", 400),
+            img("sha256:airgap", "docker.io/library/airgap:1", 400),
             pinned,
         ];
         let busy: HashSet<String> = ["sha256:busy".to_string()].into();
