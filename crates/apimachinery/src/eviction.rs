@@ -228,7 +228,9 @@ pub fn parse_reserved(s: &str) -> Result<Reserved, String> {
         let q = parse_quantity(v)
             .map_err(|e| format!("failed to parse quantity {v:?} for {k:?} resource: {e}"))?;
         if q.as_nanos() < 0 {
-            return Err(format!("resource quantity for {k:?} cannot be negative: {v}"));
+            return Err(format!(
+                "resource quantity for {k:?} cannot be negative: {v}"
+            ));
         }
         *slot = if k == "cpu" { q.as_milli() } else { q.value() };
     }
@@ -496,7 +498,11 @@ mod tests {
                 .unwrap_err()
                 .contains("--image-gc-high-threshold) 101 must be between 0 and 100")
         );
-        assert!(check_image_gc(85, -1).unwrap_err().contains("low-threshold) -1"));
+        assert!(
+            check_image_gc(85, -1)
+                .unwrap_err()
+                .contains("low-threshold) -1")
+        );
         assert!(
             check_image_gc(80, 80)
                 .unwrap_err()

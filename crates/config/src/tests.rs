@@ -1352,7 +1352,10 @@ fn kubelet_arg_reservations_and_image_gc_thresholds() {
     let (_d, cfg) = setup(Some(""), &[]);
     let e = server(&cfg, &[]).unwrap().config.eviction;
     assert_eq!(e.kube_reserved, Reserved::default());
-    assert_eq!((e.image_gc_high_threshold, e.image_gc_low_threshold), (85, 80));
+    assert_eq!(
+        (e.image_gc_high_threshold, e.image_gc_low_threshold),
+        (85, 80)
+    );
     let (_d, cfg) = setup(
         Some(
             "kubelet-arg:\n  - kube-reserved=cpu=500m,memory=1Gi,ephemeral-storage=1Gi,pid=100\n  - --system-reserved=memory=512Mi\n  - image-gc-high-threshold=90\n  - image-gc-low-threshold=70\n",
@@ -1372,7 +1375,10 @@ fn kubelet_arg_reservations_and_image_gc_thresholds() {
         }
     );
     assert_eq!(e.system_reserved.memory, 512 << 20);
-    assert_eq!((e.image_gc_high_threshold, e.image_gc_low_threshold), (90, 70));
+    assert_eq!(
+        (e.image_gc_high_threshold, e.image_gc_low_threshold),
+        (90, 70)
+    );
     for (arg, want) in [
         (
             "kube-reserved=memory=lots",

@@ -1245,7 +1245,11 @@ pub async fn run(
         });
         if want > 0 || periods % IMAGE_GC_EVERY == 0 {
             if want > 0 {
-                info!(bytes = want, high = cfg.image_gc_high_threshold, "image filesystem over the image GC high threshold");
+                info!(
+                    bytes = want,
+                    high = cfg.image_gc_high_threshold,
+                    "image filesystem over the image GC high threshold"
+                );
             }
             if gc.collect(&ctx.cri, want).await > 0 {
                 (obs, dedicated) = observe(&paths);
@@ -1699,8 +1703,7 @@ mod tests {
             "cpu=500m,memory=1Gi,ephemeral-storage=1Gi,pid=100",
         )
         .unwrap();
-        let system =
-            rke2_apimachinery::eviction::parse_reserved("cpu=250m,memory=512Mi").unwrap();
+        let system = rke2_apimachinery::eviction::parse_reserved("cpu=250m,memory=512Mi").unwrap();
         f.reserved = kube.plus(&system);
         assert_eq!(
             f.allocatable(2000, 4 << 30, 100 << 30),
@@ -1826,11 +1829,10 @@ mod tests {
         );
         assert_eq!(local_storage_violation(&spec, &u, true), None);
         // Without limits nothing is measured against anything.
-        let plain: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(
-            json!({"containers": [{"name": "c", "image": "x"}],
-                "volumes": [{"name": "e", "emptyDir": {}}]}),
-        )
-        .unwrap();
+        let plain: k8s_openapi::api::core::v1::PodSpec =
+            serde_json::from_value(json!({"containers": [{"name": "c", "image": "x"}],
+                "volumes": [{"name": "e", "emptyDir": {}}]}))
+            .unwrap();
         assert!(!has_storage_limits(&plain));
         assert!(has_storage_limits(&spec));
         let huge = PodStorage {

@@ -115,9 +115,7 @@ impl ImageGc {
         let mut candidates: Vec<(&ImageInfo, Record)> = images
             .iter()
             .filter(|i| {
-                !in_use.contains(&i.id)
-                    && !i.pinned
-                    && !i.tags.iter().any(|t| self.is_protected(t))
+                !in_use.contains(&i.id) && !i.pinned && !i.tags.iter().any(|t| self.is_protected(t))
             })
             .filter_map(|i| Some((i, *self.records.get(&i.id)?)))
             .filter(|(_, r)| now.saturating_duration_since(r.first_detected) >= MIN_AGE)
@@ -251,7 +249,11 @@ mod tests {
         let g = 1i128 << 30;
         assert_eq!(bytes_to_free(100 * g, 10 * g, 85, 80), 10 * g);
         assert_eq!(bytes_to_free(100 * g, 16 * g, 85, 80), 0, "84% is below");
-        assert_eq!(bytes_to_free(100 * g, 15 * g, 85, 80), 5 * g, "85% is at it");
+        assert_eq!(
+            bytes_to_free(100 * g, 15 * g, 85, 80),
+            5 * g,
+            "85% is at it"
+        );
         assert_eq!(bytes_to_free(0, 0, 85, 80), 0);
     }
 
@@ -296,10 +298,7 @@ mod tests {
         let all = ids(gc.select(&images, &busy, i128::MAX, at(300)));
         assert_eq!(all, ["sha256:old", "sha256:recent"]);
         // Only as much as asked: the least recently used is enough.
-        assert_eq!(
-            ids(gc.select(&images, &busy, 250, at(300))),
-            ["sha256:old"]
-        );
+        assert_eq!(ids(gc.select(&images, &busy, 250, at(300))), ["sha256:old"]);
         assert_eq!(
             ids(gc.select(&images, &busy, 301, at(300))),
             ["sha256:old", "sha256:recent"]

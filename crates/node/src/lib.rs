@@ -146,11 +146,8 @@ pub fn node_status(cfg: &NodeConfig, now: &str, rt: Option<&RuntimeState>) -> Va
     let mem_kib = machine_memory_kib();
     let facts = cfg.pressure.facts();
     let storage = facts.ephemeral_storage.unwrap_or(0);
-    let (alloc_cpu, alloc_mem, alloc_storage) = facts.allocatable(
-        cpus as i128 * 1000,
-        i128::from(mem_kib) * 1024,
-        storage,
-    );
+    let (alloc_cpu, alloc_mem, alloc_storage) =
+        facts.allocatable(cpus as i128 * 1000, i128::from(mem_kib) * 1024, storage);
     let mut capacity =
         json!({"cpu": cpus.to_string(), "memory": format!("{mem_kib}Ki"), "pods": "110"});
     // As kubelet: allocatable is the capacity less kube-reserved and

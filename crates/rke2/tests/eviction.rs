@@ -324,7 +324,9 @@ async fn memory_pressure_evicts_best_effort_first() {
                 "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}
     }))
     .unwrap();
-    pods.create(&PostParams::default(), &overflow).await.unwrap();
+    pods.create(&PostParams::default(), &overflow)
+        .await
+        .unwrap();
     let evicted = eventually(LONG, "the emptyDir over its limit evicted", || async {
         let p = pods.get("overflow").await.ok()?;
         (phase(&p) == "Failed").then_some(p)
@@ -451,10 +453,11 @@ async fn memory_pressure_evicts_best_effort_first() {
         Some("Pod was rejected: The node had condition: [DiskPressure]. ")
     );
     assert!(
-        st.container_statuses
-            .unwrap_or_default()
-            .iter()
-            .all(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none()),
+        st.container_statuses.unwrap_or_default().iter().all(|c| c
+            .state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_none()),
         "nothing of it ran"
     );
     let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");

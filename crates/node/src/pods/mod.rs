@@ -310,9 +310,7 @@ fn never_ran(pod: &Pod) -> bool {
             c.state
                 .as_ref()
                 .is_none_or(|s| s.running.is_none() && s.terminated.is_none())
-                && c.last_state
-                    .as_ref()
-                    .is_none_or(|s| s.terminated.is_none())
+                && c.last_state.as_ref().is_none_or(|s| s.terminated.is_none())
         })
 }
 
