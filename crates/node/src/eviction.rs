@@ -955,14 +955,17 @@ pub fn admit(pod: &Pod, conditions: &[Condition]) -> Result<(), String> {
     Err(format!("The node had condition: [{}]. ", names.join(" ")))
 }
 
+/// (bytes, inodes) of one part of a pod's storage.
+pub type Usage = (i128, i128);
+
 /// A pod's local storage as measured now (kubelet's pod stats).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodStorage {
     /// Per container: (name, writable layer (bytes, inodes), logs (bytes,
     /// inodes)).
-    pub containers: Vec<(String, (i128, i128), (i128, i128))>,
+    pub containers: Vec<(String, Usage, Usage)>,
     /// Per emptyDir volume: (name, memory-backed, (bytes, inodes)).
-    pub empty_dirs: Vec<(String, bool, (i128, i128))>,
+    pub empty_dirs: Vec<(String, bool, Usage)>,
 }
 
 fn limit_of(
@@ -1243,7 +1246,7 @@ pub async fn run(
                 cfg.image_gc_low_threshold,
             )
         });
-        if want > 0 || periods % IMAGE_GC_EVERY == 0 {
+        if want > 0 || periods.is_multiple_of(IMAGE_GC_EVERY) {
             if want > 0 {
                 info!(
                     bytes = want,
