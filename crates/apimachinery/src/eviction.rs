@@ -158,6 +158,104 @@ pub struct EvictionConfig {
     /// `eviction-minimum-reclaim` per signal: once met, a threshold stays
     /// met until the signal is this much above it.
     pub minimum_reclaim: BTreeMap<String, ThresholdValue>,
+    /// `kube-reserved`: held back from pods for the node's own agents
+    /// (allocatable is the capacity less this, `system-reserved` and the
+    /// hard eviction thresholds).
+    pub kube_reserved: Reserved,
+    /// `system-reserved`: held back from pods for the operating system.
+    pub system_reserved: Reserved,
+    /// `image-gc-high-threshold`: image filesystem use (percent) at which
+    /// unused images are garbage-collected.
+    pub image_gc_high_threshold: u8,
+    /// `image-gc-low-threshold`: the use (percent) image garbage
+    /// collection frees down to.
+    pub image_gc_low_threshold: u8,
+}
+
+/// kubelet's default `image-gc-high-threshold`.
+pub const DEFAULT_IMAGE_GC_HIGH: u8 = 85;
+/// kubelet's default `image-gc-low-threshold`.
+pub const DEFAULT_IMAGE_GC_LOW: u8 = 80;
+
+/// A reservation (`kube-reserved`, `system-reserved`): what is held back
+/// from pods, per resource; zero where not given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// `cpu`, millicores.
+    pub cpu_milli: i128,
+    /// `memory`, bytes.
+    pub memory: i128,
+    /// `ephemeral-storage`, bytes.
+    pub ephemeral_storage: i128,
+    /// `pid`, processes.
+    pub pid: i128,
+}
+
+impl Reserved {
+    /// Both reservations together.
+    pub fn plus(&self, o: &Reserved) -> Reserved {
+        Reserved {
+            cpu_milli: self.cpu_milli + o.cpu_milli,
+            memory: self.memory + o.memory,
+            ephemeral_storage: self.ephemeral_storage + o.ephemeral_storage,
+            pid: self.pid + o.pid,
+        }
+    }
+}
+
+/// Parses a reservation as kubelet's `--kube-reserved`/`--system-reserved`
+/// (`cpu=500m,memory=1Gi,ephemeral-storage=1Gi,pid=100`), with kubelet's
+/// messages: only those four resources, non-negative quantities.
+pub fn parse_reserved(s: &str) -> Result<Reserved, String> {
+    let mut r = Reserved::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(format!("malformed pair {pair:?}, expect string=string"));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if seen.contains(&k) {
+            return Err(format!("duplicate reservation of {k:?}"));
+        }
+        seen.push(k);
+        let slot = match k {
+            "cpu" => &mut r.cpu_milli,
+            "memory" => &mut r.memory,
+            "ephemeral-storage" => &mut r.ephemeral_storage,
+            "pid" => &mut r.pid,
+            _ => return Err(format!("cannot reserve {k:?} resource")),
+        };
+        let q = parse_quantity(v)
+            .map_err(|e| format!("failed to parse quantity {v:?} for {k:?} resource: {e}"))?;
+        if q.as_nanos() < 0 {
+            return Err(format!(
+                "resource quantity for {k:?} cannot be negative: {v}"
+            ));
+        }
+        *slot = if k == "cpu" { q.as_milli() } else { q.value() };
+    }
+    Ok(r)
+}
+
+/// Checks the image garbage collection thresholds as kubelet validates
+/// its configuration.
+pub fn check_image_gc(high: i64, low: i64) -> Result<(), String> {
+    if !(0..=100).contains(&high) {
+        return Err(format!(
+            "imageGCHighThresholdPercent (--image-gc-high-threshold) {high} must be between 0 and 100, inclusive"
+        ));
+    }
+    if !(0..=100).contains(&low) {
+        return Err(format!(
+            "imageGCLowThresholdPercent (--image-gc-low-threshold) {low} must be between 0 and 100, inclusive"
+        ));
+    }
+    if low >= high {
+        return Err(format!(
+            "imageGCLowThresholdPercent (--image-gc-low-threshold) {low} must be less than imageGCHighThresholdPercent (--image-gc-high-threshold) {high}"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for EvictionConfig {
@@ -168,6 +266,10 @@ impl Default for EvictionConfig {
             max_pod_grace_period_seconds: 0,
             pressure_transition_period: DEFAULT_PRESSURE_TRANSITION_PERIOD,
             minimum_reclaim: default_minimum_reclaim(),
+            kube_reserved: Reserved::default(),
+            system_reserved: Reserved::default(),
+            image_gc_high_threshold: DEFAULT_IMAGE_GC_HIGH,
+            image_gc_low_threshold: DEFAULT_IMAGE_GC_LOW,
         }
     }
 }
@@ -352,6 +454,60 @@ mod tests {
             let e = parse_grace_periods(bad, secs).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn reservations_parse_as_kubelet() {
+        let r = parse_reserved("cpu=500m, memory=1Gi,ephemeral-storage=1Gi,pid=100").unwrap();
+        assert_eq!(
+            r,
+            Reserved {
+                cpu_milli: 500,
+                memory: 1 << 30,
+                ephemeral_storage: 1 << 30,
+                pid: 100
+            }
+        );
+        let s = parse_reserved("cpu=1,memory=512Mi").unwrap();
+        assert_eq!(r.plus(&s).cpu_milli, 1500);
+        assert_eq!(r.plus(&s).memory, (1 << 30) + (512 << 20));
+        assert_eq!(parse_reserved("").unwrap(), Reserved::default());
+        for (bad, want) in [
+            ("memory", "malformed pair \"memory\", expect string=string"),
+            ("gpu=1", "cannot reserve \"gpu\" resource"),
+            (
+                "memory=lots",
+                "failed to parse quantity \"lots\" for \"memory\" resource",
+            ),
+            (
+                "cpu=-1",
+                "resource quantity for \"cpu\" cannot be negative: -1",
+            ),
+            ("cpu=1,cpu=2", "duplicate reservation of \"cpu\""),
+        ] {
+            let e = parse_reserved(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn image_gc_thresholds_are_checked() {
+        assert!(check_image_gc(85, 80).is_ok());
+        assert!(
+            check_image_gc(101, 80)
+                .unwrap_err()
+                .contains("--image-gc-high-threshold) 101 must be between 0 and 100")
+        );
+        assert!(
+            check_image_gc(85, -1)
+                .unwrap_err()
+                .contains("low-threshold) -1")
+        );
+        assert!(
+            check_image_gc(80, 80)
+                .unwrap_err()
+                .contains("80 must be less than imageGCHighThresholdPercent")
+        );
     }
 
     #[test]

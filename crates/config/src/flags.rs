@@ -197,7 +197,7 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         None,
         "RKE2_KUBELET_ARG",
         true,
-        "Customized flag for kubelet process (this node role applies eviction-hard; others are warned about and ignored)",
+        "Customized flag for kubelet process (this node role applies the eviction-*, kube-reserved, system-reserved and image-gc-* flags; others are warned about and ignored)",
     ),
     flag(
         "write-kubeconfig",

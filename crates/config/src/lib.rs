@@ -259,7 +259,10 @@ pub struct Config {
     /// eviction-max-pod-grace-period=…,
     /// eviction-pressure-transition-period=…, eviction-minimum-reclaim=…]`,
     /// else RKE2's defaults (`imagefs.available<5%,nodefs.available<5%`,
-    /// minimum reclaim 10% each).
+    /// minimum reclaim 10% each); with the node's reservations
+    /// (`kube-reserved=…`, `system-reserved=…`) and image garbage
+    /// collection thresholds (`image-gc-high-threshold=…`,
+    /// `image-gc-low-threshold=…`).
     pub eviction: rke2_apimachinery::eviction::EvictionConfig,
 }
 
@@ -1232,6 +1235,11 @@ fn kubelet_args(
     let mut transition = None;
     // The flag the soft-threshold check is blamed on.
     let mut soft_origin = None;
+    let mut kube_reserved = None;
+    let mut system_reserved = None;
+    // (percent, flag, origin) of the image GC thresholds given.
+    let mut gc_high = None;
+    let mut gc_low = None;
     for (arg, origin) in r.list("kubelet-arg") {
         let flag = arg.trim_start_matches('-');
         let (name, value) = flag.split_once('=').unwrap_or((flag, ""));
@@ -1277,10 +1285,49 @@ fn kubelet_args(
                         })?,
                 )
             }
+            "kube-reserved" => {
+                kube_reserved = Some(
+                    ev::parse_reserved(value)
+                        .map_err(|e| invalid(format!("kube-reserved: {e}")))?,
+                )
+            }
+            "system-reserved" => {
+                system_reserved = Some(
+                    ev::parse_reserved(value)
+                        .map_err(|e| invalid(format!("system-reserved: {e}")))?,
+                )
+            }
+            "image-gc-high-threshold" | "image-gc-low-threshold" => {
+                let v = value.trim().parse::<i64>().map_err(|_| {
+                    invalid(format!("{name} must be a whole percentage: {value:?}"))
+                })?;
+                let slot = if name == "image-gc-high-threshold" {
+                    &mut gc_high
+                } else {
+                    &mut gc_low
+                };
+                *slot = Some((v, arg.clone(), origin.clone()));
+            }
             _ => warnings.push(format!(
                 "kubelet-arg {arg:?} ({origin}): not supported by this node role; ignored"
             )),
         }
+    }
+    let high = gc_high
+        .as_ref()
+        .map_or(i64::from(ev::DEFAULT_IMAGE_GC_HIGH), |g| g.0);
+    let low = gc_low
+        .as_ref()
+        .map_or(i64::from(ev::DEFAULT_IMAGE_GC_LOW), |g| g.0);
+    if let Err(reason) = ev::check_image_gc(high, low) {
+        // Blamed on the flag given (the low one when both are).
+        let (_, value, origin) = gc_low.or(gc_high).expect("the defaults pass the check");
+        return Err(ConfigError::InvalidValue {
+            origin,
+            key: "kubelet-arg".into(),
+            value,
+            reason,
+        });
     }
     let mut cfg =
         ev::EvictionConfig::new(hard.unwrap_or_else(ev::default_hard), soft, grace, reclaim)
@@ -1301,6 +1348,11 @@ fn kubelet_args(
     if let Some(t) = transition {
         cfg.pressure_transition_period = t;
     }
+    cfg.kube_reserved = kube_reserved.unwrap_or_default();
+    cfg.system_reserved = system_reserved.unwrap_or_default();
+    // Checked to be within 0..=100 above.
+    cfg.image_gc_high_threshold = high as u8;
+    cfg.image_gc_low_threshold = low as u8;
     Ok(cfg)
 }
 

@@ -1345,3 +1345,68 @@ fn kubelet_arg_soft_eviction_and_its_periods() {
         assert_eq!(code, Some(2), "{arg}");
     }
 }
+
+#[test]
+fn kubelet_arg_reservations_and_image_gc_thresholds() {
+    use rke2_apimachinery::eviction::Reserved;
+    let (_d, cfg) = setup(Some(""), &[]);
+    let e = server(&cfg, &[]).unwrap().config.eviction;
+    assert_eq!(e.kube_reserved, Reserved::default());
+    assert_eq!(
+        (e.image_gc_high_threshold, e.image_gc_low_threshold),
+        (85, 80)
+    );
+    let (_d, cfg) = setup(
+        Some(
+            "kubelet-arg:\n  - kube-reserved=cpu=500m,memory=1Gi,ephemeral-storage=1Gi,pid=100\n  - --system-reserved=memory=512Mi\n  - image-gc-high-threshold=90\n  - image-gc-low-threshold=70\n",
+        ),
+        &[],
+    );
+    let l = server(&cfg, &[]).unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let e = l.config.eviction;
+    assert_eq!(
+        e.kube_reserved,
+        Reserved {
+            cpu_milli: 500,
+            memory: 1 << 30,
+            ephemeral_storage: 1 << 30,
+            pid: 100
+        }
+    );
+    assert_eq!(e.system_reserved.memory, 512 << 20);
+    assert_eq!(
+        (e.image_gc_high_threshold, e.image_gc_low_threshold),
+        (90, 70)
+    );
+    for (arg, want) in [
+        (
+            "kube-reserved=memory=lots",
+            "kube-reserved: failed to parse quantity \"lots\" for \"memory\" resource",
+        ),
+        (
+            "system-reserved=gpu=1",
+            "system-reserved: cannot reserve \"gpu\" resource",
+        ),
+        ("system-reserved=cpu", "system-reserved: malformed pair"),
+        (
+            "image-gc-high-threshold=101",
+            "imageGCHighThresholdPercent (--image-gc-high-threshold) 101 must be between 0 and 100",
+        ),
+        (
+            "image-gc-low-threshold=90",
+            "imageGCLowThresholdPercent (--image-gc-low-threshold) 90 must be less than imageGCHighThresholdPercent (--image-gc-high-threshold) 85",
+        ),
+        (
+            "image-gc-low-threshold=most",
+            "image-gc-low-threshold must be a whole percentage",
+        ),
+    ] {
+        let (_d, cfg) = setup(Some(&format!("kubelet-arg: [\"{arg}\"]\n")), &[]);
+        let e = err_text(server(&cfg, &[]));
+        assert!(
+            e.contains("kubelet-arg") && e.contains(arg) && e.contains(want),
+            "{arg}: {e}"
+        );
+    }
+}

@@ -22,10 +22,25 @@
 //! min(`terminationGracePeriodSeconds`, `eviction-max-pod-grace-period`)
 //! for a soft one, and ends `Failed`, reason `Evicted`, kubelet's message.
 //!
-//! Not done: kubelet's node-level reclaim before evicting under disk
-//! pressure (image and dead-container garbage collection), and the
-//! admission of new pods refused under pressure (the pressure taints keep
-//! the scheduler away instead).
+//! Before a pod is evicted for the disk, every unused image is removed
+//! ([`crate::image_gc`], kubelet's node-level reclaim); if that resolves
+//! the threshold no pod goes. Images are also collected by the
+//! `image-gc-high-threshold`/`image-gc-low-threshold` settings.
+//!
+//! Each period also enforces the local storage limits before anything
+//! else (kubelet's `localStorageEviction`, [`local_storage_violation`]):
+//! an emptyDir over its `sizeLimit`, a pod over the sum of its
+//! containers' `ephemeral-storage` limits, a container over its own;
+//! such a pod is killed at once with kubelet's message (no
+//! `DisruptionTarget` condition), and the period evicts nothing else.
+//!
+//! A pod new to the node is admitted as kubelet's eviction manager
+//! admits it ([`admit`]): under memory pressure alone a BestEffort pod is
+//! refused, under disk or PID pressure every pod, critical pods never
+//! (`Failed`, reason `Evicted`, `Pod was rejected: The node had
+//! condition: [DiskPressure]. `).
+//!
+//! Not done: dead-container garbage collection in the node-level reclaim.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,7 +51,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use rke2_apimachinery::eviction::{EvictionConfig, Threshold, ThresholdValue, value_quantity};
+use rke2_apimachinery::eviction::{
+    EvictionConfig, Reserved, Threshold, ThresholdValue, value_quantity,
+};
 use rke2_runtime::cri::api;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
@@ -62,6 +79,17 @@ pub enum Condition {
     Disk,
     /// `PIDPressure`.
     Pid,
+}
+
+impl Condition {
+    /// The node condition type (`MemoryPressure`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Condition::Memory => "MemoryPressure",
+            Condition::Disk => "DiskPressure",
+            Condition::Pid => "PIDPressure",
+        }
+    }
 }
 
 /// What a threshold's pods are ranked and measured by (kubelet's
@@ -137,9 +165,12 @@ pub struct Pressure {
 }
 
 /// What the node status needs from the eviction side: the size of the
-/// node filesystem and what the hard thresholds hold back from pods.
+/// node filesystem and what the reservations and hard thresholds hold
+/// back from pods.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct NodeFacts {
+    /// `kube-reserved` and `system-reserved` together.
+    pub reserved: Reserved,
     /// The node filesystem's size, bytes (`capacity.ephemeral-storage`).
     pub ephemeral_storage: Option<i128>,
     /// The hard `memory.available` threshold (kubelet subtracts it from
@@ -151,16 +182,23 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
-    /// `status.allocatable` from `capacity` (kubelet's: capacity less
-    /// the reservations less the hard eviction thresholds; no
-    /// kube-reserved/system-reserved here), same units as capacity.
-    pub fn allocatable(&self, memory: i128, storage: i128) -> (i128, i128) {
-        let less = |cap: i128, t: &Option<ThresholdValue>| {
-            (cap - t.as_ref().map(|t| value_quantity(t, cap)).unwrap_or(0)).max(0)
+    /// `status.allocatable` from `capacity` as kubelet's node allocatable:
+    /// the capacity less `kube-reserved`, less `system-reserved`, less the
+    /// hard eviction threshold (memory and the node filesystem), never
+    /// below zero; (cpu millicores, memory bytes, ephemeral-storage
+    /// bytes).
+    pub fn allocatable(&self, cpu_milli: i128, memory: i128, storage: i128) -> (i128, i128, i128) {
+        let less = |cap: i128, reserved: i128, t: &Option<ThresholdValue>| {
+            (cap - reserved - t.as_ref().map(|t| value_quantity(t, cap)).unwrap_or(0)).max(0)
         };
         (
-            less(memory, &self.memory_threshold),
-            less(storage, &self.nodefs_threshold),
+            less(cpu_milli, self.reserved.cpu_milli, &None),
+            less(memory, self.reserved.memory, &self.memory_threshold),
+            less(
+                storage,
+                self.reserved.ephemeral_storage,
+                &self.nodefs_threshold,
+            ),
         )
     }
 }
@@ -211,6 +249,14 @@ impl Pressure {
             *cur = f;
             self.changed.notify_one();
         }
+    }
+
+    /// The pressure conditions that are True now, in kubelet's order.
+    pub fn conditions(&self) -> Vec<Condition> {
+        [Condition::Memory, Condition::Disk, Condition::Pid]
+            .into_iter()
+            .filter(|c| pressure_of(self, *c))
+            .collect()
     }
 
     /// Resolves when a condition changed since the last call.
@@ -631,15 +677,13 @@ fn pod_processes(uid: &str) -> i128 {
     0
 }
 
-/// The pods of this node that may be evicted, measured for `resource`.
-async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let Ok(list) = pods
-        .list(&ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name)))
-        .await
-    else {
-        return Vec::new();
-    };
+/// Per (pod uid, container name): the running container's (working set,
+/// writable layer bytes, writable layer inodes), from CRI
+/// `ListContainerStats` (containerd reports the writable layer from its
+/// snapshotter).
+type RuntimeUsage = HashMap<(String, String), (i128, i128, i128)>;
+
+async fn runtime_usage(ctx: &PodContext) -> Option<RuntimeUsage> {
     let mut rt = ctx.cri.runtime();
     let (Ok(ctrs), Ok(stats)) = (
         rt.list_containers(api::ListContainersRequest { filter: None })
@@ -647,9 +691,8 @@ async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
         rt.list_container_stats(api::ListContainerStatsRequest { filter: None })
             .await,
     ) else {
-        return Vec::new();
+        return None;
     };
-    // container id -> (working set, writable layer bytes, inodes).
     let measured: HashMap<String, (i128, i128, i128)> = stats
         .into_inner()
         .stats
@@ -673,8 +716,7 @@ async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
             Some((id, (ws, wb, wi)))
         })
         .collect();
-    // (pod uid, container name) -> measures of its running container.
-    let mut usage: HashMap<(String, String), (i128, i128, i128)> = HashMap::new();
+    let mut usage = RuntimeUsage::new();
     for c in ctrs.into_inner().containers {
         if c.state != api::ContainerState::ContainerRunning as i32 {
             continue;
@@ -692,14 +734,65 @@ async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
             e.2 += m.2;
         }
     }
+    Some(usage)
+}
+
+/// Measures `pod`'s local storage: writable layers from `usage`, logs and
+/// emptyDirs by walking their directories.
+fn pod_storage(ctx: &PodContext, pod: &Pod, usage: &RuntimeUsage) -> PodStorage {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let log_dir = ctx.paths.log_dir(pod);
+    let mut out = PodStorage::default();
+    for c in &spec.containers {
+        let (_, wb, wi) = usage
+            .get(&(uid.clone(), c.name.clone()))
+            .copied()
+            .unwrap_or_default();
+        out.containers
+            .push((c.name.clone(), (wb, wi), du(&log_dir.join(&c.name))));
+    }
+    for v in spec.volumes.iter().flatten() {
+        let Some(e) = &v.empty_dir else { continue };
+        out.empty_dirs.push((
+            v.name.clone(),
+            e.medium.as_deref() == Some("Memory"),
+            du(&ctx.paths.volume_dir(&uid, &v.name)),
+        ));
+    }
+    out
+}
+
+/// The pods of this node that are neither finished nor being deleted.
+async fn active_pods(ctx: &PodContext) -> Option<Vec<Pod>> {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let list = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name)))
+        .await
+        .ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect(),
+    )
+}
+
+/// The pods of this node that may be evicted, measured for `resource`.
+async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
+    let Some(pods) = active_pods(ctx).await else {
+        return Vec::new();
+    };
+    let Some(usage) = runtime_usage(ctx).await else {
+        return Vec::new();
+    };
     let disk = matches!(resource, Resource::Storage(_) | Resource::Inodes(_));
     let mut out = Vec::new();
-    for p in list.items {
-        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) || p.metadata.deletion_timestamp.is_some()
-        {
-            continue;
-        }
+    for p in pods {
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let spec = p.spec.clone().unwrap_or_default();
         let get = |c: &str| {
@@ -720,7 +813,11 @@ async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
                 p.metadata.name.as_deref().unwrap_or("")
             ),
             uid: uid.clone(),
-            priority: spec.priority.unwrap_or(0),
+            priority: if is_critical(&p) {
+                SYSTEM_CRITICAL_PRIORITY
+            } else {
+                spec.priority.unwrap_or(0)
+            },
             grace_seconds: spec.termination_grace_period_seconds.unwrap_or(30),
             request: containers.iter().map(|c| c.2).sum(),
             usage: containers.iter().map(|c| c.1).sum(),
@@ -733,28 +830,23 @@ async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
             ..Default::default()
         };
         if disk {
-            let log_dir = ctx.paths.log_dir(&p);
-            for c in &spec.containers {
-                let (_, wb, wi) = get(&c.name);
-                let logs = du(&log_dir.join(&c.name));
-                cand.disk.root.0 += wb;
-                cand.disk.root.1 += wi;
+            let st = pod_storage(ctx, &p, &usage);
+            for (c, (name, root, logs)) in spec.containers.iter().zip(&st.containers) {
+                cand.disk.root.0 += root.0;
+                cand.disk.root.1 += root.1;
                 cand.disk.logs.0 += logs.0;
                 cand.disk.logs.1 += logs.1;
                 cand.container_storage.push((
-                    c.name.clone(),
-                    wb + logs.0,
+                    name.clone(),
+                    root.0 + logs.0,
                     request_of(c, "ephemeral-storage"),
                 ));
             }
-            for v in spec.volumes.iter().flatten() {
-                let Some(e) = &v.empty_dir else { continue };
-                if e.medium.as_deref() == Some("Memory") {
-                    continue;
+            for (_, memory, u) in &st.empty_dirs {
+                if !memory {
+                    cand.disk.volumes.0 += u.0;
+                    cand.disk.volumes.1 += u.1;
                 }
-                let u = du(&ctx.paths.volume_dir(&uid, &v.name));
-                cand.disk.volumes.0 += u.0;
-                cand.disk.volumes.1 += u.1;
             }
         }
         if resource == Resource::Pids {
@@ -763,6 +855,235 @@ async fn candidates(ctx: &PodContext, resource: Resource) -> Vec<Candidate> {
         out.push(cand);
     }
     out
+}
+
+/// The pods over a local storage limit ([`local_storage_violation`]),
+/// critical ones left out: (uid, name, message).
+async fn local_storage_evictions(
+    ctx: &PodContext,
+    dedicated_imagefs: bool,
+) -> Vec<(String, String, String)> {
+    let Some(pods) = active_pods(ctx).await else {
+        return Vec::new();
+    };
+    let limited: Vec<Pod> = pods
+        .into_iter()
+        .filter(|p| !is_critical(p) && p.spec.as_ref().is_some_and(has_storage_limits))
+        .collect();
+    if limited.is_empty() {
+        return Vec::new();
+    }
+    let Some(usage) = runtime_usage(ctx).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in limited {
+        let st = pod_storage(ctx, &p, &usage);
+        let spec = p.spec.clone().unwrap_or_default();
+        if let Some(msg) = local_storage_violation(&spec, &st, dedicated_imagefs) {
+            out.push((
+                p.metadata.uid.clone().unwrap_or_default(),
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or(""),
+                    p.metadata.name.as_deref().unwrap_or("")
+                ),
+                msg,
+            ));
+        }
+    }
+    out
+}
+
+/// Whether kubelet counts `pod` as critical (`IsCriticalPod`): a mirror
+/// or static pod, or one of priority `system-cluster-critical` and up.
+/// Critical pods are admitted under pressure and never evicted.
+pub fn is_critical(pod: &Pod) -> bool {
+    let annotations = pod.metadata.annotations.as_ref();
+    let static_or_mirror = annotations.is_some_and(|a| {
+        a.contains_key("kubernetes.io/config.mirror")
+            || a.get("kubernetes.io/config.source")
+                .is_some_and(|s| s != "api")
+    });
+    static_or_mirror
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority)
+            .is_some_and(|p| p >= SYSTEM_CRITICAL_PRIORITY)
+}
+
+/// Whether `pod` tolerates the `node.kubernetes.io/memory-pressure:NoSchedule`
+/// taint.
+fn tolerates_memory_pressure(pod: &Pod) -> bool {
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
+    tolerations.into_iter().flatten().any(|t| {
+        let effect_ok = matches!(t.effect.as_deref(), None | Some("") | Some("NoSchedule"));
+        let key = t.key.as_deref().unwrap_or("");
+        match t.operator.as_deref() {
+            Some("Exists") => {
+                effect_ok && (key.is_empty() || key == "node.kubernetes.io/memory-pressure")
+            }
+            _ => {
+                effect_ok
+                    && key == "node.kubernetes.io/memory-pressure"
+                    && t.value.as_deref().unwrap_or("").is_empty()
+            }
+        }
+    })
+}
+
+/// kubelet's eviction admission (`Admit`) of a pod new to the node under
+/// the pressure `conditions`: critical pods are admitted; under memory
+/// pressure alone every pod but a BestEffort one (unless it tolerates
+/// the memory-pressure taint); under any other pressure none. The error
+/// is kubelet's message (`The node had condition: [DiskPressure]. `).
+pub fn admit(pod: &Pod, conditions: &[Condition]) -> Result<(), String> {
+    if conditions.is_empty() || is_critical(pod) {
+        return Ok(());
+    }
+    if conditions == [Condition::Memory] {
+        let best_effort = pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| crate::pods::worker::qos_class(s) == "BestEffort");
+        if !best_effort || tolerates_memory_pressure(pod) {
+            return Ok(());
+        }
+    }
+    let names: Vec<&str> = conditions.iter().map(Condition::name).collect();
+    Err(format!("The node had condition: [{}]. ", names.join(" ")))
+}
+
+/// (bytes, inodes) of one part of a pod's storage.
+pub type Usage = (i128, i128);
+
+/// A pod's local storage as measured now (kubelet's pod stats).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodStorage {
+    /// Per container: (name, writable layer (bytes, inodes), logs (bytes,
+    /// inodes)).
+    pub containers: Vec<(String, Usage, Usage)>,
+    /// Per emptyDir volume: (name, memory-backed, (bytes, inodes)).
+    pub empty_dirs: Vec<(String, bool, Usage)>,
+}
+
+fn limit_of(
+    r: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+    resource: &str,
+) -> Option<rke2_apimachinery::quantity::Quantity> {
+    let q = r?.limits.as_ref()?.get(resource)?;
+    rke2_apimachinery::quantity::parse_quantity(&q.0).ok()
+}
+
+/// kubelet's local storage limits (`localStorageEviction`), in its order:
+/// an emptyDir over its `sizeLimit`, the pod over the sum of its
+/// containers' `ephemeral-storage` limits (writable layers, logs and
+/// disk-backed emptyDirs), a container whose logs (and writable layer,
+/// unless the image filesystem is its own) are over its limit. The
+/// message of the first one broken, as kubelet words it.
+pub fn local_storage_violation(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    usage: &PodStorage,
+    dedicated_imagefs: bool,
+) -> Option<String> {
+    use rke2_apimachinery::quantity::{Quantity, parse_quantity};
+    for v in spec.volumes.iter().flatten() {
+        let Some(size) = v
+            .empty_dir
+            .as_ref()
+            .and_then(|e| e.size_limit.as_ref())
+            .and_then(|q| parse_quantity(&q.0).ok())
+        else {
+            continue;
+        };
+        let used = usage
+            .empty_dirs
+            .iter()
+            .find(|(n, _, _)| *n == v.name)
+            .map(|(_, _, u)| u.0);
+        if let Some(used) = used
+            && size.as_nanos() > 0
+            && used > size.value()
+        {
+            return Some(format!(
+                "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                v.name,
+                size.canonical()
+            ));
+        }
+    }
+    // The pod's limit: the containers' summed, at least any init
+    // container's (upstream's `PodLimits`).
+    let mut pod_limit: Option<Quantity> = None;
+    for c in &spec.containers {
+        if let Some(l) = limit_of(c.resources.as_ref(), "ephemeral-storage") {
+            pod_limit = Some(match pod_limit {
+                Some(p) => p.add(&l),
+                None => l,
+            });
+        }
+    }
+    for c in spec.init_containers.iter().flatten() {
+        if let Some(l) = limit_of(c.resources.as_ref(), "ephemeral-storage")
+            && pod_limit.as_ref().is_none_or(|p| l > *p)
+        {
+            pod_limit = Some(l);
+        }
+    }
+    if let Some(limit) = pod_limit {
+        let used: i128 = usage
+            .containers
+            .iter()
+            .map(|(_, root, logs)| root.0 + logs.0)
+            .sum::<i128>()
+            + usage
+                .empty_dirs
+                .iter()
+                .filter(|(_, memory, _)| !memory)
+                .map(|(_, _, u)| u.0)
+                .sum::<i128>();
+        if used > limit.value() {
+            return Some(format!(
+                "Pod ephemeral local storage usage exceeds the total limit of containers {}. ",
+                limit.canonical()
+            ));
+        }
+    }
+    for c in &spec.containers {
+        let Some(limit) = limit_of(c.resources.as_ref(), "ephemeral-storage") else {
+            continue;
+        };
+        if limit.is_zero() {
+            continue;
+        }
+        let Some((_, root, logs)) = usage.containers.iter().find(|(n, _, _)| *n == c.name) else {
+            continue;
+        };
+        let used = logs.0 + if dedicated_imagefs { 0 } else { root.0 };
+        if used > limit.value() {
+            return Some(format!(
+                "Container {} exceeded its local ephemeral storage limit {:?}. ",
+                c.name,
+                limit.canonical()
+            ));
+        }
+    }
+    None
+}
+
+/// Whether kubelet would measure `pod` for its local storage limits at
+/// all: an emptyDir `sizeLimit` or an `ephemeral-storage` limit.
+fn has_storage_limits(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    spec.volumes
+        .iter()
+        .flatten()
+        .any(|v| v.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()))
+        || spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| limit_of(c.resources.as_ref(), "ephemeral-storage").is_some())
 }
 
 /// Where the node's filesystems are.
@@ -860,20 +1181,40 @@ impl NodeEvents {
     }
 }
 
-/// An eviction for the pod workers: (pod uid, message, grace seconds).
-pub type Eviction = (String, String, i64);
+/// An eviction for the pod workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eviction {
+    /// The pod's uid.
+    pub uid: String,
+    /// kubelet's message (the pod's `status.message`).
+    pub message: String,
+    /// The termination grace, seconds.
+    pub grace: i64,
+    /// Whether the pod gets the `DisruptionTarget` condition (node
+    /// pressure: yes; a local storage limit: no, as kubelet).
+    pub disruption_condition: bool,
+}
+
+/// How many monitoring periods between image garbage collection rounds
+/// below the high threshold (which only keep the images' last use
+/// current): one a minute.
+const IMAGE_GC_EVERY: u32 = 6;
 
 /// Watches the signals against `cfg` until `stop`, reporting pressure to
-/// `pressure` and sending an [`Eviction`] for each pod to evict.
+/// `pressure` and sending an [`Eviction`] for each pod to evict; collects
+/// unused images (never `protected_images`) by the image GC thresholds.
 pub async fn run(
     ctx: Arc<PodContext>,
     cfg: EvictionConfig,
     paths: FsPaths,
+    protected_images: crate::image_gc::Protected,
     pressure: Arc<Pressure>,
     evict: mpsc::UnboundedSender<Eviction>,
     stop: CancellationToken,
 ) {
     let mut manager = Manager::new(&cfg);
+    let mut gc = crate::image_gc::ImageGc::new(protected_images);
+    let mut periods: u32 = 0;
     let hard = |s: &str| {
         cfg.hard
             .iter()
@@ -894,8 +1235,32 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (obs, dedicated) = observe(&paths);
+        let (mut obs, mut dedicated) = observe(&paths);
+        // Image garbage collection by its thresholds (kubelet runs it on
+        // its own period; here with the monitoring).
+        let want = obs.get("imagefs.available").map_or(0, |o| {
+            crate::image_gc::bytes_to_free(
+                o.capacity,
+                o.available,
+                cfg.image_gc_high_threshold,
+                cfg.image_gc_low_threshold,
+            )
+        });
+        if want > 0 || periods.is_multiple_of(IMAGE_GC_EVERY) {
+            if want > 0 {
+                info!(
+                    bytes = want,
+                    high = cfg.image_gc_high_threshold,
+                    "image filesystem over the image GC high threshold"
+                );
+            }
+            if gc.collect(&ctx.cri, want).await > 0 {
+                (obs, dedicated) = observe(&paths);
+            }
+        }
+        periods = periods.wrapping_add(1);
         pressure.set_facts(NodeFacts {
+            reserved: cfg.kube_reserved.plus(&cfg.system_reserved),
             ephemeral_storage: obs.get("nodefs.available").map(|o| o.capacity),
             memory_threshold: hard("memory.available"),
             nodefs_threshold: hard("nodefs.available"),
@@ -912,6 +1277,21 @@ pub async fn run(
             }
             pressure.set(c, on);
         }
+        // Local storage limits first; a period that evicts for them does
+        // nothing else (kubelet's `localStorageEviction`).
+        let local = local_storage_evictions(&ctx, dedicated).await;
+        if !local.is_empty() {
+            for (uid, name, message) in local {
+                info!(pod = %name, %message, "evicting a pod over its local storage limit");
+                let _ = evict.send(Eviction {
+                    uid,
+                    message,
+                    grace: 0,
+                    disruption_condition: false,
+                });
+            }
+            continue;
+        }
         let Some(i) = d.reclaim else {
             last = None;
             events.open.clear();
@@ -919,6 +1299,18 @@ pub async fn run(
         };
         let w = manager.watched[i].clone();
         let resource = w.resource();
+        // Node-level reclaim before a pod goes (kubelet's
+        // `reclaimNodeLevelResources`): for the disk, every unused image.
+        if matches!(resource, Resource::Storage(_) | Resource::Inodes(_))
+            && gc.collect(&ctx.cri, i128::MAX).await > 0
+        {
+            let (again, _) = observe(&paths);
+            if !w.met(&again, false) {
+                info!(threshold = %w.threshold, "disk pressure relieved by removing unused images; no pod evicted");
+                continue;
+            }
+            obs = again;
+        }
         let o = obs[&w.threshold.signal];
         warn!(threshold = %w.threshold, available = %format_amount(resource, o.available), "eviction threshold met: attempting to reclaim {}", resource.name());
         events.record(resource.name()).await;
@@ -941,7 +1333,12 @@ pub async fn run(
         };
         info!(pod = %victim.name, resource = resource.name(), grace, "evicting a pod under node pressure");
         last = Some(victim.uid.clone());
-        let _ = evict.send((victim.uid, msg, grace));
+        let _ = evict.send(Eviction {
+            uid: victim.uid,
+            message: msg,
+            grace,
+            disruption_condition: true,
+        });
     }
 }
 
@@ -1293,16 +1690,158 @@ mod tests {
     }
 
     #[test]
-    fn allocatable_less_the_hard_thresholds() {
-        let f = NodeFacts {
+    fn allocatable_less_the_reservations_and_hard_thresholds() {
+        let mut f = NodeFacts {
             ephemeral_storage: Some(100 << 30),
             memory_threshold: Some(ThresholdValue::Quantity(100 << 20)),
             nodefs_threshold: Some(ThresholdValue::Percentage(10.0)),
+            ..Default::default()
         };
         assert_eq!(
-            f.allocatable(4 << 30, 100 << 30),
-            ((4 << 30) - (100 << 20), 90 << 30)
+            f.allocatable(2000, 4 << 30, 100 << 30),
+            (2000, (4 << 30) - (100 << 20), 90 << 30)
         );
-        assert_eq!(NodeFacts::default().allocatable(5, 7), (5, 7));
+        assert_eq!(NodeFacts::default().allocatable(3, 5, 7), (3, 5, 7));
+        let kube = rke2_apimachinery::eviction::parse_reserved(
+            "cpu=500m,memory=1Gi,ephemeral-storage=1Gi,pid=100",
+        )
+        .unwrap();
+        let system = rke2_apimachinery::eviction::parse_reserved("cpu=250m,memory=512Mi").unwrap();
+        f.reserved = kube.plus(&system);
+        assert_eq!(
+            f.allocatable(2000, 4 << 30, 100 << 30),
+            (
+                1250,
+                (4 << 30) - (1 << 30) - (512 << 20) - (100 << 20),
+                (90 << 30) - (1 << 30)
+            )
+        );
+        // More reserved than there is: nothing allocatable, not negative.
+        assert_eq!(f.allocatable(500, 1 << 20, 1 << 20), (0, 0, 0));
+    }
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn admission_under_pressure_is_kubelets() {
+        let best_effort = pod(json!({"metadata": {"name": "be"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}));
+        let burstable = pod(json!({"metadata": {"name": "b"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"memory": "10Mi"}}}]}}));
+        let critical = pod(json!({"metadata": {"name": "k"},
+            "spec": {"priority": 2_000_001_000, "containers": [{"name": "c", "image": "i"}]}}));
+        let tolerant = pod(json!({"metadata": {"name": "t"},
+            "spec": {"tolerations": [{"key": "node.kubernetes.io/memory-pressure",
+                "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "c", "image": "i"}]}}));
+        let mirror = pod(json!({"metadata": {"name": "m",
+                "annotations": {"kubernetes.io/config.mirror": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}));
+        for p in [&best_effort, &burstable, &critical] {
+            assert_eq!(admit(p, &[]), Ok(()));
+        }
+        let mem = [Condition::Memory];
+        assert_eq!(
+            admit(&best_effort, &mem),
+            Err("The node had condition: [MemoryPressure]. ".into())
+        );
+        assert_eq!(admit(&burstable, &mem), Ok(()));
+        assert_eq!(admit(&tolerant, &mem), Ok(()));
+        assert_eq!(admit(&critical, &mem), Ok(()));
+        for conds in [
+            &[Condition::Disk][..],
+            &[Condition::Pid],
+            &[Condition::Memory, Condition::Disk],
+        ] {
+            for p in [&best_effort, &burstable, &tolerant] {
+                assert!(admit(p, conds).is_err(), "{conds:?}");
+            }
+            assert_eq!(admit(&critical, conds), Ok(()));
+            assert_eq!(admit(&mirror, conds), Ok(()));
+        }
+        assert_eq!(
+            admit(&burstable, &[Condition::Disk]),
+            Err("The node had condition: [DiskPressure]. ".into())
+        );
+        assert_eq!(
+            admit(&burstable, &[Condition::Memory, Condition::Pid]),
+            Err("The node had condition: [MemoryPressure PIDPressure]. ".into())
+        );
+        let p = Pressure::default();
+        p.set(Condition::Pid, true);
+        p.set(Condition::Memory, true);
+        assert_eq!(p.conditions(), [Condition::Memory, Condition::Pid]);
+    }
+
+    #[test]
+    fn local_storage_limits_are_kubelets() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+            "volumes": [
+                {"name": "v", "emptyDir": {"sizeLimit": "1Mi"}},
+                {"name": "ram", "emptyDir": {"medium": "Memory"}},
+                {"name": "free", "emptyDir": {}}],
+            "initContainers": [{"name": "i", "image": "x",
+                "resources": {"limits": {"ephemeral-storage": "1536Ki"}}}],
+            "containers": [
+                {"name": "a", "image": "x", "resources": {"limits": {"ephemeral-storage": "1Mi"}}},
+                {"name": "b", "image": "x", "resources": {"limits": {"ephemeral-storage": "1024Ki"}}},
+                {"name": "c", "image": "x"}]
+        }))
+        .unwrap();
+        let fine = PodStorage {
+            containers: vec![
+                ("a".into(), (100 << 10, 5), (10 << 10, 1)),
+                ("b".into(), (0, 0), (0, 0)),
+                ("c".into(), (500 << 10, 9), (0, 0)),
+            ],
+            empty_dirs: vec![
+                ("v".into(), false, (1 << 20, 1)),
+                ("ram".into(), true, (900 << 20, 1)),
+                ("free".into(), false, (100 << 10, 1)),
+            ],
+        };
+        assert_eq!(local_storage_violation(&spec, &fine, false), None);
+        // The emptyDir just over its limit.
+        let mut u = fine.clone();
+        u.empty_dirs[0].2.0 = (1 << 20) + 1;
+        assert_eq!(
+            local_storage_violation(&spec, &u, false).as_deref(),
+            Some("Usage of EmptyDir volume \"v\" exceeds the limit \"1Mi\". ")
+        );
+        // The pod over 2Mi (1Mi + 1024Ki, above the init container's
+        // 1536Ki): writable layers, logs and disk-backed emptyDirs count,
+        // the memory-backed one does not.
+        let mut u = fine.clone();
+        u.empty_dirs[2].2.0 = 600 << 10;
+        assert_eq!(
+            local_storage_violation(&spec, &u, false).as_deref(),
+            Some("Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. ")
+        );
+        // One container over its own: writable layer + logs, the layer
+        // only when the image filesystem is the node's.
+        let mut u = fine.clone();
+        u.empty_dirs[0].2 = (0, 0);
+        u.containers[1].1 = (1 << 20, 3);
+        u.containers[1].2 = (1, 1);
+        assert_eq!(
+            local_storage_violation(&spec, &u, false).as_deref(),
+            Some("Container b exceeded its local ephemeral storage limit \"1Mi\". ")
+        );
+        assert_eq!(local_storage_violation(&spec, &u, true), None);
+        // Without limits nothing is measured against anything.
+        let plain: k8s_openapi::api::core::v1::PodSpec =
+            serde_json::from_value(json!({"containers": [{"name": "c", "image": "x"}],
+                "volumes": [{"name": "e", "emptyDir": {}}]}))
+            .unwrap();
+        assert!(!has_storage_limits(&plain));
+        assert!(has_storage_limits(&spec));
+        let huge = PodStorage {
+            containers: vec![("c".into(), (1 << 40, 1), (1 << 40, 1))],
+            empty_dirs: vec![("e".into(), false, (1 << 40, 1))],
+        };
+        assert_eq!(local_storage_violation(&plain, &huge, false), None);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod eviction;
+pub mod image_gc;
 pub mod network;
 pub mod pods;
 pub mod workloads;
@@ -145,13 +146,20 @@ pub fn node_status(cfg: &NodeConfig, now: &str, rt: Option<&RuntimeState>) -> Va
     let mem_kib = machine_memory_kib();
     let facts = cfg.pressure.facts();
     let storage = facts.ephemeral_storage.unwrap_or(0);
-    let (alloc_mem, alloc_storage) = facts.allocatable(i128::from(mem_kib) * 1024, storage);
+    let (alloc_cpu, alloc_mem, alloc_storage) =
+        facts.allocatable(cpus as i128 * 1000, i128::from(mem_kib) * 1024, storage);
     let mut capacity =
         json!({"cpu": cpus.to_string(), "memory": format!("{mem_kib}Ki"), "pods": "110"});
-    // As kubelet: allocatable is the capacity less the hard eviction
-    // thresholds of memory and the node filesystem; the filesystem's
-    // size is known once the eviction loop looked at it.
+    // As kubelet: allocatable is the capacity less kube-reserved and
+    // system-reserved, less the hard eviction thresholds of memory and
+    // the node filesystem; the filesystem's size is known once the
+    // eviction loop looked at it.
     let mut allocatable = capacity.clone();
+    allocatable["cpu"] = json!(if alloc_cpu % 1000 == 0 {
+        (alloc_cpu / 1000).to_string()
+    } else {
+        format!("{alloc_cpu}m")
+    });
     allocatable["memory"] = json!(eviction::format_bytes(alloc_mem));
     if facts.ephemeral_storage.is_some() {
         capacity["ephemeral-storage"] = json!(eviction::format_bytes(storage));
@@ -513,6 +521,12 @@ mod tests {
         let c = cfg();
         c.pressure.set(eviction::Condition::Disk, true);
         c.pressure.set_facts(eviction::NodeFacts {
+            reserved: rke2_apimachinery::eviction::Reserved {
+                cpu_milli: 250,
+                memory: 1 << 30,
+                ephemeral_storage: 1 << 30,
+                pid: 0,
+            },
             ephemeral_storage: Some(100 << 30),
             memory_threshold: Some(rke2_apimachinery::eviction::ThresholdValue::Quantity(
                 100 << 20,
@@ -536,7 +550,13 @@ mod tests {
         assert_eq!(cond("PIDPressure")["status"], "False");
         assert_eq!(cond("MemoryPressure")["status"], "False");
         assert_eq!(s["capacity"]["ephemeral-storage"], "100Gi");
-        assert_eq!(s["allocatable"]["ephemeral-storage"], "90Gi");
+        assert_eq!(s["allocatable"]["ephemeral-storage"], "89Gi");
+        let cpus: i128 = s["capacity"]["cpu"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            s["allocatable"]["cpu"],
+            format!("{}m", cpus * 1000 - 250),
+            "capacity less kube-reserved and system-reserved"
+        );
         let kib: i128 = s["capacity"]["memory"]
             .as_str()
             .unwrap()
@@ -545,7 +565,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             s["allocatable"]["memory"],
-            eviction::format_bytes(kib * 1024 - (100 << 20))
+            eviction::format_bytes(kib * 1024 - (1 << 30) - (100 << 20))
         );
     }
 

@@ -81,7 +81,9 @@ impl Workloads {
         let conf_dir = ccfg.cni_conf_dir.clone();
         let containerd = Containerd::start(ccfg.clone()).await?;
         let cri = Cri::connect(&ccfg.socket())?;
-        let mut importer = ImageImporter::new(&cfg.images_dir(), &ccfg.socket());
+        let imported_refs = rke2_runtime::images::ImportedRefs::default();
+        let mut importer = ImageImporter::new(&cfg.images_dir(), &ccfg.socket())
+            .with_imported(imported_refs.clone());
         let imported = importer.scan().await;
         info!(files = imported.len(), took = ?started.elapsed(), "container runtime up; air-gap images imported");
         tokio::spawn(importer.run(stop.clone()));
@@ -156,6 +158,7 @@ impl Workloads {
             ),
             kubernetes_service: cfg.kubernetes_service.clone(),
             addon_image: addon_image.clone(),
+            pressure: cfg.pressure.clone(),
         });
         let (evict_tx, evict_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(crate::eviction::run(
@@ -164,6 +167,13 @@ impl Workloads {
             crate::eviction::FsPaths {
                 node: cfg.agent_dir.clone(),
                 image: ccfg.root_dir(),
+            },
+            crate::image_gc::Protected {
+                references: vec![
+                    cfg.pause_image.clone(),
+                    rke2_runtime::addon_image::reference(),
+                ],
+                imported: imported_refs,
             },
             cfg.pressure.clone(),
             evict_tx,

@@ -15,6 +15,15 @@
 //! wrote 64 MiB into a disk-backed emptyDir is evicted for
 //! ephemeral-storage before any other pod. The Node reports
 //! `capacity.ephemeral-storage` and an allocatable less the thresholds.
+//! Under that disk pressure a pod bound to the node is refused at
+//! admission (`Pod was rejected: The node had condition:
+//! [DiskPressure]. `) and a `system-node-critical` one is admitted.
+//!
+//! In the memory part the node also has `kube-reserved` and
+//! `system-reserved`, which its allocatable cpu, memory and
+//! ephemeral-storage leave out (a bad one is refused at start with exit
+//! 2), and a pod writing 4 MiB into an emptyDir of `sizeLimit: 1Mi` is
+//! evicted with kubelet's message.
 //!
 //! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd
 //! (scripts/install.sh) and 6 GiB of free memory.
@@ -129,11 +138,26 @@ async fn memory_pressure_evicts_best_effort_first() {
         "{err}"
     );
     assert!(!dir.path().join("data").exists(), "nothing written");
+    std::fs::write(&cfg, "kubelet-arg: [\"kube-reserved=memory=lots\"]\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["server", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("kube-reserved: failed to parse quantity \"lots\" for \"memory\" resource"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing written");
 
     let mut bed = NetBed::new().expect("this test needs root and iproute2 (scripts/install.sh)");
     let hs = bed.add_host("s1").unwrap();
     let cfg = format!(
-        "token: eviction-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n  - rke2-coredns\nkubelet-arg:\n  - eviction-hard=memory.available<{threshold}\n  - eviction-pressure-transition-period=0s\n"
+        "token: eviction-secret\npause-image: {TEST_PAUSE_IMAGE}\ndisable:\n  - rke2-ingress-nginx\n  - rke2-metrics-server\n  - rke2-coredns\nkubelet-arg:\n  - eviction-hard=memory.available<{threshold}\n  - eviction-pressure-transition-period=0s\n  - kube-reserved=cpu=500m,memory=1Gi,ephemeral-storage=1Gi,pid=100\n  - system-reserved=memory=512Mi\n"
     );
     let mut s1 = NodeProc::new(&bed, bin(), &hs, "server", &cfg, &[]).unwrap();
     rke2_testbed::seed_images(&s1.data_dir()).unwrap();
@@ -269,11 +293,54 @@ async fn memory_pressure_evicts_best_effort_first() {
     };
     assert_eq!(
         bytes(&cap["memory"].0) - bytes(&alloc["memory"].0),
-        bytes(&threshold),
-        "allocatable memory is the capacity less the hard threshold"
+        bytes(&threshold) + (1 << 30) + (512 << 20),
+        "allocatable memory is the capacity less kube-reserved, system-reserved and the hard threshold"
     );
-    // Only memory has a threshold here: all the filesystem is allocatable.
-    assert_eq!(cap["ephemeral-storage"], alloc["ephemeral-storage"]);
+    let milli = |q: &str| {
+        rke2_apimachinery::quantity::parse_quantity(q)
+            .unwrap()
+            .as_milli()
+    };
+    assert_eq!(
+        milli(&cap["cpu"].0) - milli(&alloc["cpu"].0),
+        500,
+        "allocatable cpu is the capacity less kube-reserved: {cap:?} {alloc:?}"
+    );
+    // Only memory has a threshold here: the filesystem less kube-reserved.
+    assert_eq!(
+        bytes(&cap["ephemeral-storage"].0) - bytes(&alloc["ephemeral-storage"].0),
+        1 << 30
+    );
+
+    // Local storage limits: an emptyDir written past its sizeLimit gets
+    // its pod evicted at once, with kubelet's message and no
+    // DisruptionTarget condition (no node pressure here).
+    let overflow: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "overflow"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "v", "emptyDir": {"sizeLimit": "1Mi"}}],
+            "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE,
+                "command": ["sh", "-c", "dd if=/dev/zero of=/v/f bs=1048576 count=4; sleep 3600"],
+                "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &overflow)
+        .await
+        .unwrap();
+    let evicted = eventually(LONG, "the emptyDir over its limit evicted", || async {
+        let p = pods.get("overflow").await.ok()?;
+        (phase(&p) == "Failed").then_some(p)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let st = evicted.status.clone().unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        st.message.as_deref(),
+        Some("Usage of EmptyDir volume \"v\" exceeds the limit \"1Mi\". ")
+    );
+    assert_eq!(disruption_time(&evicted), None);
+    pods.delete("overflow", &Default::default()).await.unwrap();
 
     // Disk pressure. A BestEffort pod writes 64 MiB into an emptyDir on
     // disk (it lives on; the other two have next to nothing on disk).
@@ -355,6 +422,63 @@ async fn memory_pressure_evicts_best_effort_first() {
             );
         }
     }
+    // Admission under disk pressure: a pod bound to the node is refused
+    // (it never starts); a critical one is admitted.
+    let bound = |name: &str, priority_class: Option<&str>| -> Pod {
+        let mut p = json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": "s1", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": TEST_BUSYBOX_IMAGE,
+                    "command": ["sleep", "3600"],
+                    "resources": {"requests": {"memory": "8Mi"}}}]}
+        });
+        if let Some(pc) = priority_class {
+            p["spec"]["priorityClassName"] = json!(pc);
+        }
+        serde_json::from_value(p).unwrap()
+    };
+    pods.create(&PostParams::default(), &bound("late", None))
+        .await
+        .unwrap();
+    let refused = eventually(LONG, "the late pod refused", || async {
+        let p = pods.get("late").await.ok()?;
+        (phase(&p) == "Failed").then_some(p)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let st = refused.status.clone().unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        st.message.as_deref(),
+        Some("Pod was rejected: The node had condition: [DiskPressure]. ")
+    );
+    assert!(
+        st.container_statuses.unwrap_or_default().iter().all(|c| c
+            .state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_none()),
+        "nothing of it ran"
+    );
+    let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    system
+        .create(
+            &PostParams::default(),
+            &bound("critical-late", Some("system-node-critical")),
+        )
+        .await
+        .unwrap();
+    eventually(LONG, "the critical pod admitted and running", || async {
+        let p = system.get("critical-late").await.ok()?;
+        (phase(&p) == "Running").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    system
+        .delete("critical-late", &Default::default())
+        .await
+        .unwrap();
+
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
     eventually(
         LONG,

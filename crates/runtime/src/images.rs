@@ -26,7 +26,13 @@ pub struct ImageImporter {
     socket: PathBuf,
     ctr: PathBuf,
     seen: HashMap<PathBuf, (u64, SystemTime)>,
+    imported: Option<ImportedRefs>,
 }
+
+/// The image references imported from the air-gap folder, shared with the
+/// node's image garbage collection, which keeps them (as RKE2 pins
+/// imported images: no registry may serve them again).
+pub type ImportedRefs = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
 /// The outcome of importing one file.
 #[derive(Debug)]
@@ -57,7 +63,14 @@ impl ImageImporter {
             socket: socket.to_path_buf(),
             ctr: PathBuf::from("ctr"),
             seen: HashMap::new(),
+            imported: None,
         }
+    }
+
+    /// Records every reference imported into `refs` as well.
+    pub fn with_imported(mut self, refs: ImportedRefs) -> ImageImporter {
+        self.imported = Some(refs);
+        self
     }
 
     /// Imports every file that is new or changed since the last call.
@@ -102,7 +115,14 @@ impl ImageImporter {
             }
             let result = self.import(&file, decomp).await;
             match &result {
-                Ok(refs) => info!(file = %file.display(), images = ?refs, "imported images"),
+                Ok(refs) => {
+                    info!(file = %file.display(), images = ?refs, "imported images");
+                    if let Some(set) = &self.imported
+                        && let Ok(mut set) = set.lock()
+                    {
+                        set.extend(refs.iter().cloned());
+                    }
+                }
                 Err(e) => warn!(file = %file.display(), error = %e, "image tarball not imported"),
             }
             self.seen.insert(file.clone(), stamp);

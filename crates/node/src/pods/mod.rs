@@ -58,6 +58,8 @@ pub struct PodContext {
     /// The image of this binary, built and imported when a pod first
     /// needs it (the bundled addons' image; no registry serves it).
     pub addon_image: Arc<rke2_runtime::addon_image::AddonImage>,
+    /// The node's pressure conditions, for the admission of new pods.
+    pub pressure: Arc<crate::eviction::Pressure>,
 }
 
 impl PodContext {
@@ -108,9 +110,8 @@ impl PodContext {
 
 enum Msg {
     Pod(Box<Pod>),
-    /// Evict the pod under node pressure, with kubelet's message and
-    /// this grace (seconds).
-    Evict(String, i64),
+    /// Evict the pod (node pressure or a local storage limit).
+    Evict(crate::eviction::Eviction),
     /// The node's relist saw one of its containers or sandboxes change.
     Wake,
     Gone,
@@ -143,9 +144,9 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             Some(uid) = done_rx.recv() => { workers.remove(&uid); }
-            Some((uid, message, grace)) = evictions.recv() => {
-                if let Some(tx) = workers.get(&uid) {
-                    let _ = tx.send(Msg::Evict(message, grace));
+            Some(e) = evictions.recv() => {
+                if let Some(tx) = workers.get(&e.uid) {
+                    let _ = tx.send(Msg::Evict(e));
                 }
             }
             _ = relist.tick() => {
@@ -236,7 +237,18 @@ async fn work(
         .as_ref()
         .and_then(|s| s.termination_grace_period_seconds)
         .unwrap_or(30);
+    // Admission, as kubelet's eviction manager admits a pod new to the
+    // node: one that never ran is refused under pressure.
+    let refused = if never_ran(&pod) {
+        crate::eviction::admit(&pod, &ctx.pressure.conditions()).err()
+    } else {
+        None
+    };
     let mut w = worker::Worker::new(ctx, pod);
+    if let Some(message) = refused {
+        info!(pod = %name, %message, "pod not admitted under node pressure");
+        w.reject("Evicted", message).await;
+    }
     loop {
         if w.sync().await == worker::Next::Done {
             info!(pod = %name, "pod terminated and removed");
@@ -249,7 +261,7 @@ async fn work(
         };
         match msg {
             Some(Msg::Wake) => {}
-            Some(Msg::Evict(message, grace)) => w.evict(message, grace).await,
+            Some(Msg::Evict(e)) => w.evict(e).await,
             Some(Msg::Pod(p)) => {
                 // Several updates may be queued; only the newest counts
                 // (a Gone behind them still ends the worker).
@@ -259,7 +271,7 @@ async fn work(
                     match m {
                         Msg::Pod(next) => p = next,
                         Msg::Wake => {}
-                        Msg::Evict(message, grace) => w.evict(message, grace).await,
+                        Msg::Evict(e) => w.evict(e).await,
                         Msg::Gone => gone = true,
                     }
                 }
@@ -280,6 +292,26 @@ async fn work(
         }
     }
     let _ = done.send(uid);
+}
+
+/// Whether `pod` never ran: Pending (or no phase yet) with no container
+/// that started. Only such a pod goes through admission; a running one
+/// found again after a node role restart is kept.
+fn never_ran(pod: &Pod) -> bool {
+    let Some(st) = &pod.status else { return true };
+    if !matches!(st.phase.as_deref(), None | Some("Pending")) {
+        return false;
+    }
+    st.container_statuses
+        .iter()
+        .chain(st.init_container_statuses.iter())
+        .flatten()
+        .all(|c| {
+            c.state
+                .as_ref()
+                .is_none_or(|s| s.running.is_none() && s.terminated.is_none())
+                && c.last_state.as_ref().is_none_or(|s| s.terminated.is_none())
+        })
 }
 
 /// Lists every container and sandbox once and returns the pod uids whose

@@ -18,6 +18,7 @@
 //!              └──────────── SandboxLost ─────┘
 //!   NoSandbox/Running ── Completed ──► Finished{Completed}
 //!   NoSandbox/Running/Finished{Completed} ── Evicted ──► Finished{Evicted}
+//!   NoSandbox ── Rejected ──► Finished{Rejected}
 //!   Finished{_, stopped: false} ── SandboxesStopped ──► Finished{_, stopped: true}
 //!   NoSandbox/Running/Finished ── Deleting ──► Terminating{remove: true}
 //!   any but Done ── Gone ──► Terminating{remove: false}
@@ -50,6 +51,8 @@ pub enum Ending {
     Completed,
     /// Evicted under node pressure by this node.
     Evicted,
+    /// Refused at admission (node pressure): it never started.
+    Rejected,
 }
 
 /// The phase of a pod on this node.
@@ -122,6 +125,9 @@ pub enum Event {
     /// turn that saw the deletion, so an eviction arriving later finds
     /// nothing to kill.
     Evicted,
+    /// This node refuses a pod new to it (admission under node
+    /// pressure): nothing of it starts.
+    Rejected,
     /// Every sandbox of a finished pod was stopped.
     SandboxesStopped,
     /// The pod has a deletion timestamp: stop it gracefully, then delete
@@ -187,6 +193,10 @@ impl Phase {
                 E::Evicted,
             ) => P::Finished {
                 ending: Ending::Evicted,
+                sandboxes_stopped: false,
+            },
+            (P::NoSandbox { .. }, E::Rejected) => P::Finished {
+                ending: Ending::Rejected,
                 sandboxes_stopped: false,
             },
             (
@@ -392,6 +402,27 @@ mod tests {
             assert_eq!(p.on(Event::Steady(true)), None);
             assert_eq!(p.on(Event::Completed), None);
         }
+    }
+
+    #[test]
+    fn only_a_pod_without_a_sandbox_is_rejected() {
+        let p = Phase::new().on(Event::Rejected).unwrap();
+        assert_eq!(p, finished(Ending::Rejected, false));
+        assert!(!p.runs());
+        assert_eq!(p.on(Event::SandboxReady(sandbox())), None);
+        assert_eq!(p.on(Event::Rejected), None);
+        assert_eq!(p.on(Event::Evicted), None, "a rejected pod is not evicted");
+        assert_eq!(running(false).on(Event::Rejected), None);
+        assert_eq!(finished(Ending::Completed, true).on(Event::Rejected), None);
+        // Deleted later, it goes as any finished pod.
+        let p = p.on(Event::SandboxesStopped).unwrap();
+        assert!(matches!(
+            p.on(Event::Deleting),
+            Some(Phase::Terminating {
+                remove_object: true,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1413,11 +1413,49 @@ impl Worker {
         }
     }
 
-    /// Evicts the pod under node pressure (`grace` seconds: 0 for a hard
-    /// threshold): its containers are stopped and it ends `Failed` with reason
-    /// `Evicted`, kubelet's message and a `DisruptionTarget` condition
-    /// (`TerminationByKubelet`); its controller replaces it.
-    pub async fn evict(&mut self, message: String, grace: i64) {
+    /// Refuses the pod at admission (kubelet's `rejectPod`): nothing of it
+    /// starts; it ends `Failed` with `reason` and `Pod was rejected:
+    /// <message>`, and a Warning event `reason` with `message`.
+    pub async fn reject(&mut self, reason: &str, message: String) {
+        if self.fire(Event::Rejected).is_none() {
+            return;
+        }
+        self.event("Warning", reason, message.clone());
+        let st = json!({
+            "phase": "Failed",
+            "reason": reason,
+            "message": format!("Pod was rejected: {message}"),
+            "qosClass": qos_class(&self.spec()),
+        });
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        match api
+            .patch_status(
+                &self.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": st})),
+            )
+            .await
+        {
+            Ok(p) => {
+                self.pod = p;
+                self.last_status = Some(st);
+            }
+            Err(e) => warn!(pod = %self.name(), error = %e, "recording a rejection failed"),
+        }
+    }
+
+    /// Evicts the pod (`grace` seconds: 0 for a hard threshold or a local
+    /// storage limit): its containers are stopped and it ends `Failed`
+    /// with reason `Evicted`, kubelet's message and, under node pressure,
+    /// a `DisruptionTarget` condition (`TerminationByKubelet`); its
+    /// controller replaces it.
+    pub async fn evict(&mut self, e: crate::eviction::Eviction) {
+        let crate::eviction::Eviction {
+            message,
+            grace,
+            disruption_condition,
+            ..
+        } = e;
         let Some(before) = self.fire(Event::Evicted) else {
             return;
         };
@@ -1437,9 +1475,11 @@ impl Worker {
                     c["reason"] = json!("PodFailed");
                 }
             }
-            conds.push(json!({"type": "DisruptionTarget", "status": "True",
-                "reason": "TerminationByKubelet", "message": message,
-                "lastProbeTime": null, "lastTransitionTime": now()}));
+            if disruption_condition {
+                conds.push(json!({"type": "DisruptionTarget", "status": "True",
+                    "reason": "TerminationByKubelet", "message": message,
+                    "lastProbeTime": null, "lastTransitionTime": now()}));
+            }
         }
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
         match api
