@@ -681,6 +681,11 @@ fn transport_failure(e: &reqwest::Error) -> Failure {
             }
         }
         let text = err.to_string();
+        // Connectors may box the handshake error in types of their own that
+        // hide it from downcasts; rustls' words for it are stable.
+        if text.contains("invalid peer certificate") {
+            certificate = true;
+        }
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
