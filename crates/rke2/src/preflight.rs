@@ -369,19 +369,19 @@ pub fn server_tokens(cfg: &Config, ca_from_elsewhere: bool) -> Result<(), Refuse
 }
 
 /// The etcd snapshot settings that need more than the config crate can
-/// check: the schedule parses (RKE2's cron syntax) and the S3 settings are
-/// usable by this build. `None` when `etcd-disable-snapshots`.
+/// check: the schedule parses (RKE2's cron syntax) and the S3 endpoint's CA
+/// file (`etcd-s3-endpoint-ca`) holds certificates. `None` when `etcd-disable-snapshots`.
 pub fn etcd_snapshots(
     cfg: &Config,
 ) -> Result<Option<crate::etcd_snapshot::schedule::Schedule>, Refused> {
     let snap = &cfg.etcd_snapshot;
+    // The CA file of the S3 endpoint reads as PEM certificates now, not
+    // at the first scheduled upload hours later.
     if let Some(s3) = &snap.s3
-        && s3.endpoint_ca.is_some()
+        && let Some(ca) = &s3.endpoint_ca
+        && !s3.skip_ssl_verify
     {
-        return Err(Refused(format!(
-            "etcd-s3-endpoint-ca: not supported by this build (its S3 client verifies {} against the public web PKI only); use a publicly trusted certificate, or etcd-s3-skip-ssl-verify",
-            s3.endpoint
-        )));
+        crate::etcd_snapshot::s3::endpoint_ca_roots(ca).map_err(Refused)?;
     }
     if snap.disable {
         return Ok(None);

@@ -6,7 +6,10 @@
 //! (`etcdctl snapshot status`), `ETCDSnapshotFile` records listed with
 //! kubectl, a wrong S3 credential refused with nothing changed, and
 //! scheduled snapshots whose upload failed (the S3 server stopped)
-//! recorded as failed `ETCDSnapshotFile`s, bounded by the retention.
+//! recorded as failed `ETCDSnapshotFile`s, bounded by the retention; the
+//! same store behind TLS (HAProxy with a test CA's certificate):
+//! `etcd-s3-endpoint-ca` trusted, an unknown certificate refused naming
+//! the endpoint, `etcd-s3-skip-ssl-verify`, a bad CA file refused.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -138,6 +141,293 @@ fn records(server: &Server, kubectl: &Path) -> Result<std::collections::BTreeMap
         .collect())
 }
 
+/// The CA, a CA that has nothing to do with the endpoint, and the
+/// endpoint's certificate (for 127.0.0.1, signed by the CA) with its key,
+/// as PEM: `(ca, other_ca, server_cert_and_key)`.
+fn test_pki() -> Result<(String, String, String)> {
+    let ca_params = |cn: &str| -> Result<rcgen::CertificateParams> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        Ok(p)
+    };
+    let ca = rcgen::CertifiedIssuer::self_signed(
+        ca_params("rke2 test S3 CA")?,
+        rcgen::KeyPair::generate()?,
+    )?;
+    let other = rcgen::CertifiedIssuer::self_signed(
+        ca_params("rke2 test unrelated CA")?,
+        rcgen::KeyPair::generate()?,
+    )?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "s3 endpoint");
+    let cert = params.signed_by(&key, &ca)?;
+    Ok((
+        ca.pem(),
+        other.pem(),
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    ))
+}
+
+/// HAProxy terminating TLS (the test CA's certificate for 127.0.0.1) in
+/// front of the S3 server, as an operator puts one in front of a plain
+/// HTTP store; killed by its pid when dropped.
+struct TlsFront {
+    child: Child,
+    endpoint: String,
+}
+
+impl TlsFront {
+    async fn start(dir: &Path, cert_and_key: &Path, backend: &str) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cfg = dir.join("haproxy-s3.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 256\n\n\
+                 defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 5m\n    timeout server 5m\n\n\
+                 frontend s3-tls\n    bind 127.0.0.1:{port} ssl crt {}\n    default_backend s3\n\n\
+                 backend s3\n    server s3s-fs {backend}\n",
+                cert_and_key.display()
+            ),
+        )?;
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting haproxy (scripts/install.sh)")?;
+        let front = Self {
+            child,
+            endpoint: format!("127.0.0.1:{port}"),
+        };
+        let addr = front.endpoint.clone();
+        eventually(DEADLINE, "HAProxy's TLS frontend accepts", || {
+            let up = std::net::TcpStream::connect(&addr).is_ok();
+            async move { up.then_some(()) }
+        })
+        .await?;
+        Ok(front)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rke2 etcd-snapshot <args>` with another config file.
+fn snapshot_with(server: &Server, config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rke2"))
+        .arg("etcd-snapshot")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .arg("--config")
+        .arg(config)
+        .args(["--node-name", &server.node_name])
+        .output()
+        .expect("running rke2 etcd-snapshot")
+}
+
+/// The snapshot name `save` printed.
+fn saved_name(out: &str) -> Result<String> {
+    Ok(out
+        .lines()
+        .find_map(|l| l.strip_prefix("Snapshot "))
+        .and_then(|l| l.split_whitespace().next())
+        .with_context(|| format!("no snapshot name in {out:?}"))?
+        .to_string())
+}
+
+/// The S3 store over HTTPS: `etcd-s3-endpoint-ca` trusted for the endpoint
+/// (save, ls, delete), refused without it (the certificate and endpoint
+/// named, nothing written) or with a CA that did not sign it,
+/// `etcd-s3-skip-ssl-verify` accepted, and a CA file that is missing or
+/// no PEM refused naming the key and the file.
+async fn s3_over_tls(server: &Server, s3: &S3Server, dir: &Path, plain_config: &str) -> Result<()> {
+    let pki = tempfile::Builder::new().prefix("rke2-s3-tls-").tempdir()?;
+    let (ca, other_ca, cert_and_key) = test_pki()?;
+    let ca_file = pki.path().join("ca.pem");
+    let other_file = pki.path().join("other-ca.pem");
+    let cert_file = pki.path().join("s3.pem");
+    let garbled = pki.path().join("garbled.pem");
+    std::fs::write(&ca_file, ca)?;
+    std::fs::write(&other_file, other_ca)?;
+    std::fs::write(&cert_file, cert_and_key)?;
+    std::fs::write(&garbled, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n")?;
+    let front = TlsFront::start(pki.path(), &cert_file, &s3.endpoint).await?;
+    // The server's config with the endpoint behind TLS (no etcd-s3-insecure).
+    let config = pki.path().join("config.yaml");
+    let text: String = plain_config
+        .lines()
+        .filter(|l| !l.starts_with("etcd-s3-insecure"))
+        .map(|l| {
+            if l.starts_with("etcd-s3-endpoint:") {
+                format!("etcd-s3-endpoint: {}\n", front.endpoint)
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&config, text)?;
+    let https = format!("https://{}", front.endpoint);
+    let ca_arg = ca_file.to_str().context("temp path")?;
+
+    // With the CA: save, ls and delete work over HTTPS.
+    let out = ok(
+        snapshot_with(
+            server,
+            &config,
+            &["save", "--name", "tls", "--s3-endpoint-ca", ca_arg],
+        ),
+        "etcd-snapshot save over https with etcd-s3-endpoint-ca",
+    )?;
+    let name = saved_name(&out)?;
+    ensure!(
+        std::fs::read(dir.join(&name))? == std::fs::read(s3.folder().join(&name))?,
+        "the S3 copy of {name} differs"
+    );
+    let table = ok(
+        snapshot_with(server, &config, &["ls", "--s3-endpoint-ca", ca_arg]),
+        "etcd-snapshot ls over https",
+    )?;
+    let remote = format!("s3://{BUCKET}/{FOLDER}/{name}");
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(remote.as_str())),
+        "no S3 row {remote} in\n{table}"
+    );
+    ok(
+        snapshot_with(
+            server,
+            &config,
+            &["delete", &name, "--s3-endpoint-ca", ca_arg],
+        ),
+        "etcd-snapshot delete over https",
+    )?;
+    ensure!(
+        !s3.folder().join(&name).exists() && !dir.join(&name).exists(),
+        "{name} left after delete"
+    );
+
+    // Without the CA (the system's roots) and with a CA that did not sign
+    // the endpoint's certificate: refused, the certificate and the
+    // endpoint named, nothing written locally or in the bucket.
+    for (label, extra) in [
+        ("no CA", vec![]),
+        (
+            "another CA",
+            vec!["--s3-endpoint-ca", other_file.to_str().context("path")?],
+        ),
+    ] {
+        let mut args = vec!["save", "--name", "untrusted"];
+        args.extend(extra);
+        let bad = snapshot_with(server, &config, &args);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        ensure!(!bad.status.success(), "{label}: {bad:?}");
+        ensure!(
+            err.contains("certificate") && err.contains(&https),
+            "{label}: {err}"
+        );
+        ensure!(
+            files(dir, "untrusted-").is_empty() && files(&s3.folder(), "untrusted-").is_empty(),
+            "{label}: a file was written"
+        );
+    }
+    let bad = snapshot_with(
+        server,
+        &config,
+        &[
+            "save",
+            "--name",
+            "untrusted",
+            "--s3-endpoint-ca",
+            other_file.to_str().context("path")?,
+        ],
+    );
+    ensure!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains(&format!("etcd-s3-endpoint-ca ({})", other_file.display())),
+        "{bad:?}"
+    );
+
+    // etcd-s3-skip-ssl-verify: no verification, the upload goes through.
+    let out = ok(
+        snapshot_with(
+            server,
+            &config,
+            &["save", "--name", "tlsskip", "--s3-skip-ssl-verify"],
+        ),
+        "etcd-snapshot save with etcd-s3-skip-ssl-verify",
+    )?;
+    let name = saved_name(&out)?;
+    ensure!(s3.folder().join(&name).exists(), "{name} not in the bucket");
+    ok(
+        snapshot_with(server, &config, &["delete", &name, "--s3-skip-ssl-verify"]),
+        "etcd-snapshot delete with etcd-s3-skip-ssl-verify",
+    )?;
+    ensure!(
+        files(&s3.folder(), "tlsskip-").is_empty(),
+        "tlsskip left in the bucket"
+    );
+
+    // A CA file that is missing or not PEM: refused naming the key and
+    // the file, nothing written.
+    let missing = pki.path().join("missing.pem");
+    for file in [&missing, &garbled] {
+        let path = file.to_str().context("path")?;
+        let bad = snapshot_with(
+            server,
+            &config,
+            &["save", "--name", "badca", "--s3-endpoint-ca", path],
+        );
+        let err = String::from_utf8_lossy(&bad.stderr);
+        ensure!(!bad.status.success(), "{bad:?}");
+        ensure!(
+            err.contains("etcd-s3-endpoint-ca") && err.contains(path),
+            "{err}"
+        );
+        ensure!(
+            files(dir, "badca-").is_empty() && files(&s3.folder(), "badca-").is_empty(),
+            "a file was written"
+        );
+        // And `rke2 server` refuses it at load (exit 2), before writing.
+        let never = pki.path().join("never");
+        let start = Command::new(env!("CARGO_BIN_EXE_rke2"))
+            .args(["server", "--etcd-s3", "--etcd-s3-bucket", BUCKET])
+            .args([
+                "--etcd-s3-endpoint",
+                &front.endpoint,
+                "--etcd-s3-endpoint-ca",
+                path,
+            ])
+            .arg("--data-dir")
+            .arg(&never)
+            .output()?;
+        let err = String::from_utf8_lossy(&start.stderr);
+        ensure!(start.status.code() == Some(2), "{start:?}");
+        ensure!(
+            err.contains("etcd-s3-endpoint-ca") && err.contains(path),
+            "{err}"
+        );
+        ensure!(!never.exists(), "data dir written");
+    }
+    drop(front);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -157,7 +447,7 @@ async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<(
     let mut server = Server::start(
         Path::new(env!("CARGO_BIN_EXE_rke2")),
         ServerOpts {
-            config_yaml: Some(config),
+            config_yaml: Some(config.clone()),
             ..Default::default()
         },
     )
@@ -423,6 +713,12 @@ async fn snapshots_on_disk_and_in_s3_scheduled_recorded_and_pruned() -> Result<(
         .filter(|n| !n.starts_with(&scheduled))
         .collect();
     ensure!(after_s3 == before_s3, "{before_s3:?} -> {after_s3:?}");
+
+    // The same store behind TLS, with the endpoint's CA, without it, and
+    // with verification off.
+    s3_over_tls(&server, &s3, &dir, &config)
+        .await
+        .context("S3 over TLS")?;
 
     // The bucket goes away: scheduled snapshots go on locally, and each
     // failed upload is recorded as k3s records it (an S3 ETCDSnapshotFile,
