@@ -121,7 +121,11 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    validate_job_spec(&spec["jobTemplate"]["spec"], "spec.jobTemplate.spec", causes);
+    validate_job_spec(
+        &spec["jobTemplate"]["spec"],
+        "spec.jobTemplate.spec",
+        causes,
+    );
     let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
     if pod["containers"]
         .as_array()
@@ -454,7 +458,9 @@ pub fn validate_job_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             causes.push(invalid(
                 &format!("{path}.parallelism"),
                 p.to_string(),
-                format!("must be less than or equal to {MAX_INDEXED} when completion mode is Indexed"),
+                format!(
+                    "must be less than or equal to {MAX_INDEXED} when completion mode is Indexed"
+                ),
             ));
         }
         if let (Some(c), Some(m)) = (completions, max_failed)
@@ -524,10 +530,7 @@ pub fn validate_job_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
                 "" => causes.push((
                     at,
                     "Required value".into(),
-                    format!(
-                        "valid values: [{}]",
-                        ACTIONS.map(quoted).join(" ")
-                    ),
+                    format!("valid values: [{}]", ACTIONS.map(quoted).join(" ")),
                 )),
                 "FailIndex" if per_index.is_none() => causes.push(invalid(
                     &at,
@@ -553,10 +556,17 @@ pub fn validate_job_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
     let at = format!("{path}.successPolicy");
     if !indexed {
-        causes.push(invalid(&at, shown(policy), "requires indexed completion mode"));
+        causes.push(invalid(
+            &at,
+            shown(policy),
+            "requires indexed completion mode",
+        ));
         return;
     }
-    let rules = policy["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let rules = policy["rules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if rules.is_empty() {
         causes.push((
             format!("{at}.rules"),
@@ -608,7 +618,11 @@ pub fn validate_job_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
         if let Some(c) = count {
             let f = format!("{rule_at}.succeededCount");
             if c < 0 {
-                causes.push(invalid(&f, c.to_string(), "must be greater than or equal to 0"));
+                causes.push(invalid(
+                    &f,
+                    c.to_string(),
+                    "must be greater than or equal to 0",
+                ));
             }
             if c > completions {
                 causes.push(invalid(
@@ -703,18 +717,28 @@ mod job_tests {
         );
         assert_eq!(
             causes_of(indexed(json!({"successPolicy": {"rules": []}}))),
-            ["spec.successPolicy.rules: Required value: at least one rules must be specified when the successPolicy is specified"]
+            [
+                "spec.successPolicy.rules: Required value: at least one rules must be specified when the successPolicy is specified"
+            ]
         );
         assert_eq!(
             causes_of(indexed(json!({"successPolicy": {"rules": [{}]}}))),
-            ["spec.successPolicy.rules[0]: Required value: at least one of succeededCount or succeededIndexes must be specified"]
+            [
+                "spec.successPolicy.rules[0]: Required value: at least one of succeededCount or succeededIndexes must be specified"
+            ]
         );
         assert_eq!(
-            causes_of(indexed(json!({"successPolicy": {"rules": [{"succeededIndexes": "0,7"}]}}))),
-            ["spec.successPolicy.rules[0].succeededIndexes: Invalid value: \"0,7\": error parsing succeededIndexes: too large index: \"7\""]
+            causes_of(indexed(
+                json!({"successPolicy": {"rules": [{"succeededIndexes": "0,7"}]}})
+            )),
+            [
+                "spec.successPolicy.rules[0].succeededIndexes: Invalid value: \"0,7\": error parsing succeededIndexes: too large index: \"7\""
+            ]
         );
         assert_eq!(
-            causes_of(indexed(json!({"successPolicy": {"rules": [{"succeededIndexes": "0-1", "succeededCount": 6}]}}))),
+            causes_of(indexed(
+                json!({"successPolicy": {"rules": [{"succeededIndexes": "0-1", "succeededCount": 6}]}})
+            )),
             [
                 "spec.successPolicy.rules[0].succeededCount: Invalid value: 6: must be less than or equal to 5 (the number of specified completions)",
                 "spec.successPolicy.rules[0].succeededCount: Invalid value: 6: must be less than or equal to 2 (the number of indexes in the specified succeededIndexes field)"
@@ -739,11 +763,17 @@ mod job_tests {
             ["spec.backoffLimitPerIndex: Invalid value: -1: must be greater than or equal to 0"]
         );
         assert_eq!(
-            causes_of(json!({"completionMode": "Indexed", "completions": 200000, "backoffLimitPerIndex": 1})),
-            ["spec.maxFailedIndexes: Required value: must be specified when completions is above 100000"]
+            causes_of(
+                json!({"completionMode": "Indexed", "completions": 200000, "backoffLimitPerIndex": 1})
+            ),
+            [
+                "spec.maxFailedIndexes: Required value: must be specified when completions is above 100000"
+            ]
         );
         assert_eq!(
-            causes_of(json!({"podFailurePolicy": {"rules": [{"action": "FailIndex"}, {"action": "Nope"}, {}]}})),
+            causes_of(
+                json!({"podFailurePolicy": {"rules": [{"action": "FailIndex"}, {"action": "Nope"}, {}]}})
+            ),
             [
                 "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
                 "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Nope\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",

@@ -206,7 +206,10 @@ impl Intervals {
 
     /// How many indexes the set holds.
     pub fn total(&self) -> i64 {
-        self.0.iter().map(|&(a, b)| i64::from(b) - i64::from(a) + 1).sum()
+        self.0
+            .iter()
+            .map(|&(a, b)| i64::from(b) - i64::from(a) + 1)
+            .sum()
     }
 
     /// How many indexes the set shares with `other`.
@@ -442,10 +445,7 @@ pub fn success_policy_match(job: &Job, succeeded: &Intervals) -> Option<String> 
                     continue;
                 }
                 let have = wanted.overlap(succeeded);
-                have == wanted.total()
-                    || rule
-                        .succeeded_count
-                        .is_some_and(|c| have >= i64::from(c))
+                have == wanted.total() || rule.succeeded_count.is_some_and(|c| have >= i64::from(c))
             }
             None => rule
                 .succeeded_count
@@ -498,13 +498,15 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
     let mut done_indexes = Intervals::default();
     if indexed {
-        done_indexes = Intervals::parse(old.completed_indexes.as_deref().unwrap_or(""), completions)
-            .merge(&Intervals::from_indexes(
-                live.iter()
-                    .filter(|p| phase(p) == "Succeeded")
-                    .filter_map(|p| index_of(p))
-                    .filter(|i| *i < completions),
-            ));
+        done_indexes =
+            Intervals::parse(old.completed_indexes.as_deref().unwrap_or(""), completions).merge(
+                &Intervals::from_indexes(
+                    live.iter()
+                        .filter(|p| phase(p) == "Succeeded")
+                        .filter_map(|p| index_of(p))
+                        .filter(|i| *i < completions),
+                ),
+            );
         st.completed_indexes = Some(done_indexes.to_string());
     }
     let succeeded = if indexed {
@@ -582,18 +584,26 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     let mut conds = old.conditions.clone().unwrap_or_default();
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
     // Upstream's default: no global limit when indexes have their own.
-    let backoff_limit = spec
-        .backoff_limit
-        .unwrap_or(if per_index.is_some() { i32::MAX } else { 6 });
+    let backoff_limit =
+        spec.backoff_limit
+            .unwrap_or(if per_index.is_some() { i32::MAX } else { 6 });
     let suspended = spec.suspend.unwrap_or(false);
     st.succeeded = Some(succeeded);
     st.failed = Some(failed);
     st.terminating = Some(terminating);
     let keep_active;
-    let interim_success = true_condition(&conds, "SuccessCriteriaMet")
-        .map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()));
-    let interim_failure = true_condition(&conds, "FailureTarget")
-        .map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()));
+    let interim_success = true_condition(&conds, "SuccessCriteriaMet").map(|c| {
+        (
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default(),
+        )
+    });
+    let interim_failure = true_condition(&conds, "FailureTarget").map(|c| {
+        (
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default(),
+        )
+    });
     if suspended && interim_success.is_none() && interim_failure.is_none() {
         out.delete = names(&active);
         keep_active = 0;
@@ -678,7 +688,11 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
         } else if let Some(msg) = &fail_job {
             Some((false, REASON_POD_FAILURE_POLICY.into(), msg.clone()))
         } else if failed > backoff_limit || past_on_failure {
-            Some((false, REASON_BACKOFF_LIMIT.into(), MESSAGE_BACKOFF_LIMIT.into()))
+            Some((
+                false,
+                REASON_BACKOFF_LIMIT.into(),
+                MESSAGE_BACKOFF_LIMIT.into(),
+            ))
         } else if deadline_passed.is_some() {
             Some((
                 false,
@@ -901,7 +915,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let index = plan.indexes.get(n).copied();
         let mut pod = new_pod(&job, index);
         if let Some((counted, ignored)) = index.and_then(|i| plan.index_failures.get(&i)) {
-            let annotations = pod.metadata.annotations.get_or_insert_with(Default::default);
+            let annotations = pod
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
             annotations.insert(INDEX_FAILURE_COUNT.into(), counted.to_string());
             if *ignored > 0 {
                 annotations.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
@@ -1286,7 +1303,10 @@ mod tests {
         let env = &spec.containers[0].env.as_ref().unwrap()[0];
         assert_eq!(env.name, "JOB_COMPLETION_INDEX");
         assert_eq!(Intervals::parse("1,3-5", 10).to_string(), "1,3-5");
-        assert_eq!(Intervals::from_indexes([7, 1, 3, 4, 5]).to_string(), "1,3-5,7");
+        assert_eq!(
+            Intervals::from_indexes([7, 1, 3, 4, 5]).to_string(),
+            "1,3-5,7"
+        );
     }
 
     #[test]
@@ -1379,7 +1399,10 @@ mod tests {
             Intervals::parse("1-2,5", 10).first_missing(4, 7),
             vec![0, 3, 4, 6]
         );
-        assert_eq!(Intervals::parse("0-4", 5).first_missing(4, 5), Vec::<i32>::new());
+        assert_eq!(
+            Intervals::parse("0-4", 5).first_missing(4, 5),
+            Vec::<i32>::new()
+        );
     }
 
     fn ip(name: &str, i: i32, phase: &str) -> Pod {
@@ -1427,13 +1450,18 @@ mod tests {
             )
             .is_some()
         );
-        assert!(success_policy_match(&j(json!([{"succeededCount": 0}])), &Intervals::default()).is_none());
+        assert!(
+            success_policy_match(&j(json!([{"succeededCount": 0}])), &Intervals::default())
+                .is_none()
+        );
     }
 
     #[test]
     fn success_policy_ends_the_job_early() {
-        let j = job(json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
-            "successPolicy": {"rules": [{"succeededIndexes": "0", "succeededCount": 1}]}}));
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
+            "successPolicy": {"rules": [{"succeededIndexes": "0", "succeededCount": 1}]}}),
+        );
         let now = Timestamp::now();
         let pods = [
             ip("a", 0, "Succeeded"),
@@ -1460,10 +1488,12 @@ mod tests {
 
     #[test]
     fn backoff_limit_per_index_and_fail_index() {
-        let j = job(json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
             "backoffLimitPerIndex": 1,
             "podFailurePolicy": {"rules": [
-                {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]}}));
+                {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]}}),
+        );
         let now = Timestamp::now();
         let fails = |name: &str, i: i32, before: i32, code: i32| {
             let mut p = ip(name, i, "Failed");
@@ -1484,7 +1514,12 @@ mod tests {
         // First failure of index 1: retried, its pod told one failure.
         let p = plan(
             &j,
-            &[ip("a", 0, "Running"), fails("b", 1, 0, 1), ip("c", 2, "Running"), ip("d", 3, "Running")],
+            &[
+                ip("a", 0, "Running"),
+                fails("b", 1, 0, 1),
+                ip("c", 2, "Running"),
+                ip("d", 3, "Running"),
+            ],
             now,
         );
         assert_eq!(p.indexes, vec![1]);
@@ -1525,15 +1560,21 @@ mod tests {
             Some(REASON_FAILED_INDEXES)
         );
         // maxFailedIndexes: a second failed index is one too many.
-        let mut m = job(json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
-            "backoffLimitPerIndex": 0, "maxFailedIndexes": 1}));
+        let mut m = job(
+            json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
+            "backoffLimitPerIndex": 0, "maxFailedIndexes": 1}),
+        );
         m.status = Some(JobStatus {
             failed_indexes: Some("1".into()),
             ..JobStatus::default()
         });
         let p = plan(
             &m,
-            &[ip("a", 0, "Running"), fails("c", 2, 0, 1), ip("d", 3, "Running")],
+            &[
+                ip("a", 0, "Running"),
+                fails("c", 2, 0, 1),
+                ip("d", 3, "Running"),
+            ],
             now,
         );
         assert_eq!(p.status.failed_indexes.as_deref(), Some("1,2"));
@@ -1542,8 +1583,10 @@ mod tests {
         assert_eq!(target.message.as_deref(), Some(MESSAGE_MAX_FAILED_INDEXES));
         assert_eq!(p.delete, vec!["a", "d"]);
         // No global backoffLimit by default with per-index limits.
-        let many = job(json!({"completionMode": "Indexed", "completions": 20, "parallelism": 20,
-            "backoffLimitPerIndex": 1}));
+        let many = job(
+            json!({"completionMode": "Indexed", "completions": 20, "parallelism": 20,
+            "backoffLimitPerIndex": 1}),
+        );
         let pods: Vec<Pod> = (0..10).map(|i| fails(&format!("p{i}"), i, 0, 1)).collect();
         let p = plan(&many, &pods, now);
         assert!(cond(&p.status, "FailureTarget").is_none());

@@ -456,9 +456,20 @@ async fn jobs_and_cronjobs_run_for_real() {
     // FailIndex rule allowed index 2 no retry.
     assert_eq!(
         runs,
-        [("0", "0"), ("1", "0"), ("1", "1"), ("2", "0")].map(|(a, b)| (a.to_string(), b.to_string()))
+        [("0", "0"), ("1", "0"), ("1", "1"), ("2", "0")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
     );
-    let o = kubectl(&k, &kubeconfig, &["get", "job", "perindex", "-o", "jsonpath={.status.failedIndexes}"]);
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &[
+            "get",
+            "job",
+            "perindex",
+            "-o",
+            "jsonpath={.status.failedIndexes}",
+        ],
+    );
     assert_eq!(text(&o).trim(), "1,2");
 
     let policy = eventually(LONG, "the pod failure policy fails the Job", || async {
