@@ -1094,8 +1094,15 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 "Complete"
             } else if has("Failed") {
                 "Failed"
+            } else if !obj["metadata"]["deletionTimestamp"].is_null() {
+                "Terminating"
             } else if has("Suspended") {
                 "Suspended"
+            } else if has("FailureTarget") {
+                // The interim conditions, while its pods are stopped.
+                "FailureTarget"
+            } else if has("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
             } else {
                 "Running"
             };
