@@ -1223,6 +1223,27 @@ mod tests {
     }
 
     #[test]
+    fn job_status_shows_interim_conditions() {
+        let rt = find("batch", "v1", "jobs").unwrap();
+        let now = Utc::now();
+        let with = |conds: Value, deleting: bool| {
+            let mut job = json!({"metadata": {"name": "j", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"completions": 3}, "status": {"conditions": conds}});
+            if deleting {
+                job["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:01Z");
+            }
+            cells(rt, &job, now)[1].clone()
+        };
+        let t = |ty: &str| json!({"type": ty, "status": "True"});
+        assert_eq!(with(json!([]), false), "Running");
+        assert_eq!(with(json!([t("FailureTarget")]), false), "FailureTarget");
+        assert_eq!(with(json!([t("SuccessCriteriaMet")]), false), "SuccessCriteriaMet");
+        assert_eq!(with(json!([t("SuccessCriteriaMet"), t("Complete")]), false), "Complete");
+        assert_eq!(with(json!([t("FailureTarget"), t("Failed")]), true), "Failed");
+        assert_eq!(with(json!([t("FailureTarget")]), true), "Terminating");
+    }
+
+    #[test]
     fn every_printer_has_as_many_cells_as_columns() {
         let obj = json!({"metadata": {"name": "x", "creationTimestamp": "2024-01-01T00:00:00Z"}});
         for rt in crate::registry::builtin() {
