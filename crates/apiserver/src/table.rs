@@ -1237,9 +1237,18 @@ mod tests {
         let t = |ty: &str| json!({"type": ty, "status": "True"});
         assert_eq!(with(json!([]), false), "Running");
         assert_eq!(with(json!([t("FailureTarget")]), false), "FailureTarget");
-        assert_eq!(with(json!([t("SuccessCriteriaMet")]), false), "SuccessCriteriaMet");
-        assert_eq!(with(json!([t("SuccessCriteriaMet"), t("Complete")]), false), "Complete");
-        assert_eq!(with(json!([t("FailureTarget"), t("Failed")]), true), "Failed");
+        assert_eq!(
+            with(json!([t("SuccessCriteriaMet")]), false),
+            "SuccessCriteriaMet"
+        );
+        assert_eq!(
+            with(json!([t("SuccessCriteriaMet"), t("Complete")]), false),
+            "Complete"
+        );
+        assert_eq!(
+            with(json!([t("FailureTarget"), t("Failed")]), true),
+            "Failed"
+        );
         assert_eq!(with(json!([t("FailureTarget")]), true), "Terminating");
     }
 
