@@ -1,7 +1,11 @@
 //! CronJobs (`batch/v1`): upstream's defaults and validation (the
 //! schedule through `rke2_apimachinery::cron`, whose error texts are the
 //! ones kube-apiserver answers; `timeZone` against the IANA database of
-//! chrono-tz) and the Table columns kubectl prints.
+//! chrono-tz) and the Table columns kubectl prints; and the Job spec
+//! checks Jobs and CronJob templates share ([`validate_job_spec`]:
+//! `successPolicy`, `backoffLimitPerIndex`, `maxFailedIndexes`, index
+//! formats, pod failure policy actions; [`validate_job_update`]: the
+//! fields fixed at creation).
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -117,6 +121,11 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
+    validate_job_spec(
+        &spec["jobTemplate"]["spec"],
+        "spec.jobTemplate.spec",
+        causes,
+    );
     let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
     if pod["containers"]
         .as_array()
@@ -313,5 +322,471 @@ mod tests {
         let mut long = cj("* * * * *", json!({}));
         long["metadata"]["name"] = json!("x".repeat(53));
         assert_eq!(problems(long).len(), 1);
+    }
+}
+
+// Jobs: the parts of upstream's `validateJobSpec` about indexes (success
+// policies, per-index backoff limits) and pod failure policy actions.
+
+/// Upstream's cap on `parallelism` of an Indexed Job (and on
+/// `maxFailedIndexes`).
+const MAX_INDEXED: i64 = 100_000;
+/// Above this many completions a per-index limit needs `maxFailedIndexes`.
+const COMPLETIONS_SOFT_LIMIT: i64 = 100_000;
+/// `parallelism` and `maxFailedIndexes` cap above the soft limit.
+const LIMIT_FOR_HIGH_COMPLETIONS: i64 = 10_000;
+/// At most this many success policy rules.
+const MAX_SUCCESS_POLICY_RULES: usize = 20;
+/// At most this long a rule's `succeededIndexes`.
+const MAX_SUCCEEDED_INDEXES_LEN: usize = 64 * 1024;
+/// The pod failure policy actions, sorted as upstream lists them.
+const ACTIONS: [&str; 4] = ["Count", "FailIndex", "FailJob", "Ignore"];
+
+/// A JSON value as upstream's field errors print it (strings quoted,
+/// objects as JSON).
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => quoted(s),
+        Value::Null => "null".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Upstream's `validateIndexesFormat`: `1,3-5` with every index below
+/// `completions` and increasing; answers how many indexes it names.
+pub fn validate_indexes_format(s: &str, completions: i64) -> Result<i64, String> {
+    if s.is_empty() {
+        return Ok(0);
+    }
+    let mut last: Option<i64> = None;
+    let mut total = 0;
+    for part in s.split(',') {
+        let limits: Vec<&str> = part.split('-').collect();
+        if limits.len() > 2 {
+            return Err(format!(
+                "the fragment {} violates the requirement that an index interval can have at most two parts separated by '-'",
+                quoted(part)
+            ));
+        }
+        let num = |t: &str| -> Result<i64, String> {
+            let n: i64 = t.parse().map_err(|_| {
+                format!("cannot convert string to integer for index: {}", quoted(t))
+            })?;
+            if n >= completions {
+                return Err(format!("too large index: {}", quoted(t)));
+            }
+            Ok(n)
+        };
+        let x = num(limits[0])?;
+        let y = match limits.get(1) {
+            Some(t) => {
+                let y = num(t)?;
+                if x >= y {
+                    return Err(format!("non-increasing order, previous: {x}, current: {y}"));
+                }
+                y
+            }
+            None => x,
+        };
+        if let Some(l) = last
+            && l >= x
+        {
+            return Err(format!("non-increasing order, previous: {l}, current: {x}"));
+        }
+        total += y - x + 1;
+        last = Some(y);
+    }
+    Ok(total)
+}
+
+fn nonnegative(spec: &Value, path: &str, key: &str, causes: &mut Vec<Cause>) {
+    if let Some(n) = spec[key].as_i64()
+        && n < 0
+    {
+        causes.push(invalid(
+            &format!("{path}.{key}"),
+            n.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// Upstream's checks of a Job spec at `path` (`spec`, or
+/// `spec.jobTemplate.spec` of a CronJob) for the index features:
+/// `backoffLimitPerIndex`, `maxFailedIndexes`, `successPolicy`, the
+/// pod failure policy's actions.
+pub fn validate_job_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    for key in [
+        "parallelism",
+        "completions",
+        "activeDeadlineSeconds",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        nonnegative(spec, path, key, causes);
+    }
+    let per_index = spec["backoffLimitPerIndex"].as_i64();
+    let max_failed = spec["maxFailedIndexes"].as_i64();
+    let completions = spec["completions"].as_i64();
+    let parallelism = spec["parallelism"].as_i64();
+    if max_failed.is_some() && per_index.is_none() {
+        causes.push((
+            format!("{path}.backoffLimitPerIndex"),
+            "Required value".into(),
+            "when maxFailedIndexes is specified".into(),
+        ));
+    }
+    let mode = spec["completionMode"].as_str();
+    match mode {
+        None | Some("NonIndexed") | Some("Indexed") => {}
+        Some(other) => causes.push((
+            format!("{path}.completionMode"),
+            "Unsupported value".into(),
+            format!(
+                "{}: supported values: \"NonIndexed\", \"Indexed\"",
+                quoted(other)
+            ),
+        )),
+    }
+    let indexed = mode == Some("Indexed");
+    if indexed {
+        if let Some(p) = parallelism
+            && p > MAX_INDEXED
+        {
+            causes.push(invalid(
+                &format!("{path}.parallelism"),
+                p.to_string(),
+                format!(
+                    "must be less than or equal to {MAX_INDEXED} when completion mode is Indexed"
+                ),
+            ));
+        }
+        if let (Some(c), Some(m)) = (completions, max_failed)
+            && m > c
+        {
+            causes.push(invalid(
+                &format!("{path}.maxFailedIndexes"),
+                m.to_string(),
+                "must be less than or equal to completions",
+            ));
+        }
+        if let Some(m) = max_failed
+            && m > MAX_INDEXED
+        {
+            causes.push(invalid(
+                &format!("{path}.maxFailedIndexes"),
+                m.to_string(),
+                format!("must be less than or equal to {MAX_INDEXED}"),
+            ));
+        }
+        if let Some(c) = completions
+            && c > COMPLETIONS_SOFT_LIMIT
+            && per_index.is_some()
+        {
+            let high = format!(
+                "must be less than or equal to {LIMIT_FOR_HIGH_COMPLETIONS} when completions are above {COMPLETIONS_SOFT_LIMIT} and used with backoff limit per index"
+            );
+            match max_failed {
+                None => causes.push((
+                    format!("{path}.maxFailedIndexes"),
+                    "Required value".into(),
+                    format!("must be specified when completions is above {COMPLETIONS_SOFT_LIMIT}"),
+                )),
+                Some(m) if m > LIMIT_FOR_HIGH_COMPLETIONS => causes.push(invalid(
+                    &format!("{path}.maxFailedIndexes"),
+                    m.to_string(),
+                    high.clone(),
+                )),
+                Some(_) => {}
+            }
+            if let Some(p) = parallelism
+                && p > LIMIT_FOR_HIGH_COMPLETIONS
+            {
+                causes.push(invalid(&format!("{path}.parallelism"), p.to_string(), high));
+            }
+        }
+    } else {
+        if let Some(b) = per_index {
+            causes.push(invalid(
+                &format!("{path}.backoffLimitPerIndex"),
+                b.to_string(),
+                "requires indexed completion mode",
+            ));
+        }
+        if let Some(m) = max_failed {
+            causes.push(invalid(
+                &format!("{path}.maxFailedIndexes"),
+                m.to_string(),
+                "requires indexed completion mode",
+            ));
+        }
+    }
+    if let Some(rules) = spec["podFailurePolicy"]["rules"].as_array() {
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("{path}.podFailurePolicy.rules[{i}].action");
+            match rule["action"].as_str().unwrap_or("") {
+                "" => causes.push((
+                    at,
+                    "Required value".into(),
+                    format!("valid values: [{}]", ACTIONS.map(quoted).join(" ")),
+                )),
+                "FailIndex" if per_index.is_none() => causes.push(invalid(
+                    &at,
+                    quoted("FailIndex"),
+                    "requires the backoffLimitPerIndex to be set",
+                )),
+                a if ACTIONS.contains(&a) => {}
+                a => causes.push((
+                    at,
+                    "Unsupported value".into(),
+                    format!(
+                        "{}: supported values: {}",
+                        quoted(a),
+                        ACTIONS.map(quoted).join(", ")
+                    ),
+                )),
+            }
+        }
+    }
+    let policy = &spec["successPolicy"];
+    if policy.is_null() {
+        return;
+    }
+    let at = format!("{path}.successPolicy");
+    if !indexed {
+        causes.push(invalid(
+            &at,
+            shown(policy),
+            "requires indexed completion mode",
+        ));
+        return;
+    }
+    let rules = policy["rules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if rules.is_empty() {
+        causes.push((
+            format!("{at}.rules"),
+            "Required value".into(),
+            "at least one rules must be specified when the successPolicy is specified".into(),
+        ));
+    }
+    if rules.len() > MAX_SUCCESS_POLICY_RULES {
+        causes.push((
+            format!("{at}.rules"),
+            "Too many".into(),
+            format!(
+                "{}: must have at most {MAX_SUCCESS_POLICY_RULES} items",
+                rules.len()
+            ),
+        ));
+    }
+    let completions = completions.unwrap_or(0);
+    for (i, rule) in rules.iter().enumerate() {
+        let rule_at = format!("{at}.rules[{i}]");
+        let indexes = rule["succeededIndexes"].as_str();
+        let count = rule["succeededCount"].as_i64();
+        if indexes.is_none() && count.is_none() {
+            causes.push((
+                rule_at.clone(),
+                "Required value".into(),
+                "at least one of succeededCount or succeededIndexes must be specified".into(),
+            ));
+        }
+        let mut total = 0;
+        if let Some(s) = indexes {
+            let f = format!("{rule_at}.succeededIndexes");
+            if s.len() > MAX_SUCCEEDED_INDEXES_LEN {
+                causes.push((
+                    f.clone(),
+                    "Too long".into(),
+                    format!("may not be more than {MAX_SUCCEEDED_INDEXES_LEN} bytes"),
+                ));
+            }
+            match validate_indexes_format(s, completions) {
+                Ok(n) => total = n,
+                Err(e) => causes.push(invalid(
+                    &f,
+                    quoted(s),
+                    format!("error parsing succeededIndexes: {e}"),
+                )),
+            }
+        }
+        if let Some(c) = count {
+            let f = format!("{rule_at}.succeededCount");
+            if c < 0 {
+                causes.push(invalid(
+                    &f,
+                    c.to_string(),
+                    "must be greater than or equal to 0",
+                ));
+            }
+            if c > completions {
+                causes.push(invalid(
+                    &f,
+                    c.to_string(),
+                    format!("must be less than or equal to {completions} (the number of specified completions)"),
+                ));
+            }
+            if indexes.is_some() && c > total {
+                causes.push(invalid(
+                    &f,
+                    c.to_string(),
+                    format!("must be less than or equal to {total} (the number of indexes in the specified succeededIndexes field)"),
+                ));
+            }
+        }
+    }
+}
+
+/// Upstream's `ValidateJobSpecUpdate` for the fields a Job keeps from its
+/// creation on (the template and selector are checked elsewhere).
+pub fn validate_job_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    for key in [
+        "completionMode",
+        "podFailurePolicy",
+        "backoffLimitPerIndex",
+        "successPolicy",
+    ] {
+        if old["spec"][key] != new["spec"][key] {
+            causes.push(invalid(
+                &format!("spec.{key}"),
+                shown(&new["spec"][key]),
+                "field is immutable",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+
+    fn causes_of(spec: Value) -> Vec<String> {
+        let mut causes = Vec::new();
+        validate_job_spec(&spec, "spec", &mut causes);
+        causes
+            .into_iter()
+            .map(|(f, t, d)| format!("{f}: {t}: {d}"))
+            .collect()
+    }
+
+    #[test]
+    fn indexes_format_as_upstream() {
+        assert_eq!(validate_indexes_format("", 5), Ok(0));
+        assert_eq!(validate_indexes_format("0,2-4", 5), Ok(4));
+        assert_eq!(
+            validate_indexes_format("1-2-3", 5).unwrap_err(),
+            "the fragment \"1-2-3\" violates the requirement that an index interval can have at most two parts separated by '-'"
+        );
+        assert_eq!(
+            validate_indexes_format("a", 5).unwrap_err(),
+            "cannot convert string to integer for index: \"a\""
+        );
+        assert_eq!(
+            validate_indexes_format("1,5", 5).unwrap_err(),
+            "too large index: \"5\""
+        );
+        assert_eq!(
+            validate_indexes_format("3,1", 5).unwrap_err(),
+            "non-increasing order, previous: 3, current: 1"
+        );
+        assert_eq!(
+            validate_indexes_format("3-1", 5).unwrap_err(),
+            "non-increasing order, previous: 3, current: 1"
+        );
+    }
+
+    #[test]
+    fn success_policy_and_per_index_limits() {
+        let indexed = |extra: Value| {
+            let mut s = json!({"completionMode": "Indexed", "completions": 5});
+            for (k, v) in extra.as_object().unwrap() {
+                s[k] = v.clone();
+            }
+            s
+        };
+        assert!(causes_of(indexed(json!({"successPolicy": {"rules": [{"succeededIndexes": "0-2", "succeededCount": 2}]},
+            "backoffLimitPerIndex": 1, "maxFailedIndexes": 2}))).is_empty());
+        assert_eq!(
+            causes_of(json!({"successPolicy": {"rules": []}})),
+            ["spec.successPolicy: Invalid value: {\"rules\":[]}: requires indexed completion mode"]
+        );
+        assert_eq!(
+            causes_of(indexed(json!({"successPolicy": {"rules": []}}))),
+            [
+                "spec.successPolicy.rules: Required value: at least one rules must be specified when the successPolicy is specified"
+            ]
+        );
+        assert_eq!(
+            causes_of(indexed(json!({"successPolicy": {"rules": [{}]}}))),
+            [
+                "spec.successPolicy.rules[0]: Required value: at least one of succeededCount or succeededIndexes must be specified"
+            ]
+        );
+        assert_eq!(
+            causes_of(indexed(
+                json!({"successPolicy": {"rules": [{"succeededIndexes": "0,7"}]}})
+            )),
+            [
+                "spec.successPolicy.rules[0].succeededIndexes: Invalid value: \"0,7\": error parsing succeededIndexes: too large index: \"7\""
+            ]
+        );
+        assert_eq!(
+            causes_of(indexed(
+                json!({"successPolicy": {"rules": [{"succeededIndexes": "0-1", "succeededCount": 6}]}})
+            )),
+            [
+                "spec.successPolicy.rules[0].succeededCount: Invalid value: 6: must be less than or equal to 5 (the number of specified completions)",
+                "spec.successPolicy.rules[0].succeededCount: Invalid value: 6: must be less than or equal to 2 (the number of indexes in the specified succeededIndexes field)"
+            ]
+        );
+        assert_eq!(
+            causes_of(json!({"backoffLimitPerIndex": 1, "maxFailedIndexes": 1})),
+            [
+                "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode",
+                "spec.maxFailedIndexes: Invalid value: 1: requires indexed completion mode"
+            ]
+        );
+        assert_eq!(
+            causes_of(indexed(json!({"maxFailedIndexes": 6}))),
+            [
+                "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
+                "spec.maxFailedIndexes: Invalid value: 6: must be less than or equal to completions"
+            ]
+        );
+        assert_eq!(
+            causes_of(indexed(json!({"backoffLimitPerIndex": -1}))),
+            ["spec.backoffLimitPerIndex: Invalid value: -1: must be greater than or equal to 0"]
+        );
+        assert_eq!(
+            causes_of(
+                json!({"completionMode": "Indexed", "completions": 200000, "backoffLimitPerIndex": 1})
+            ),
+            [
+                "spec.maxFailedIndexes: Required value: must be specified when completions is above 100000"
+            ]
+        );
+        assert_eq!(
+            causes_of(
+                json!({"podFailurePolicy": {"rules": [{"action": "FailIndex"}, {"action": "Nope"}, {}]}})
+            ),
+            [
+                "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+                "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Nope\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+                "spec.podFailurePolicy.rules[2].action: Required value: valid values: [\"Count\" \"FailIndex\" \"FailJob\" \"Ignore\"]"
+            ]
+        );
+        let mut causes = Vec::new();
+        validate_job_update(
+            &json!({"spec": {"successPolicy": {"rules": [{"succeededCount": 1}]}}}),
+            &json!({"spec": {"successPolicy": {"rules": [{"succeededCount": 2}]}}}),
+            &mut causes,
+        );
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].0, "spec.successPolicy");
     }
 }

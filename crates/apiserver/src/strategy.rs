@@ -961,7 +961,13 @@ impl Strategy for Job {
         if let Some(m) = obj["spec"].as_object_mut() {
             default_val(m, "completions", json!(1));
             default_val(m, "parallelism", json!(1));
-            default_val(m, "backoffLimit", json!(6));
+            // Upstream: no global limit when each index has its own.
+            let limit = if m.get("backoffLimitPerIndex").is_some_and(|v| !v.is_null()) {
+                i32::MAX
+            } else {
+                6
+            };
+            default_val(m, "backoffLimit", json!(limit));
             default_str(m, "completionMode", "NonIndexed");
             default_val(m, "suspend", json!(false));
         }
@@ -981,7 +987,18 @@ impl Strategy for Job {
         default_pod_spec(&mut obj["spec"]["template"]["spec"]);
     }
 
+    fn validate_update(
+        &self,
+        _rt: &ResourceType,
+        old: &Value,
+        new: &Value,
+        causes: &mut Vec<Cause>,
+    ) {
+        crate::batch::validate_job_update(old, new, causes);
+    }
+
     fn validate(&self, _rt: &ResourceType, obj: &Value, causes: &mut Vec<Cause>) {
+        crate::batch::validate_job_spec(&obj["spec"], "spec", causes);
         if obj["spec"]["completionMode"] == "Indexed" && !obj["spec"]["completions"].is_i64() {
             causes.push((
                 "spec.completions".into(),

@@ -1094,8 +1094,15 @@ pub fn cells(rt: &ResourceType, obj: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 "Complete"
             } else if has("Failed") {
                 "Failed"
+            } else if !obj["metadata"]["deletionTimestamp"].is_null() {
+                "Terminating"
             } else if has("Suspended") {
                 "Suspended"
+            } else if has("FailureTarget") {
+                // The interim conditions, while its pods are stopped.
+                "FailureTarget"
+            } else if has("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
             } else {
                 "Running"
             };
@@ -1213,6 +1220,36 @@ mod tests {
         assert_eq!(c[3], "90s");
         assert_eq!(c[5], "10.0.0.1");
         assert_eq!(columns(rt).len(), c.len());
+    }
+
+    #[test]
+    fn job_status_shows_interim_conditions() {
+        let rt = find("batch", "v1", "jobs").unwrap();
+        let now = Utc::now();
+        let with = |conds: Value, deleting: bool| {
+            let mut job = json!({"metadata": {"name": "j", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"completions": 3}, "status": {"conditions": conds}});
+            if deleting {
+                job["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:01Z");
+            }
+            cells(rt, &job, now)[1].clone()
+        };
+        let t = |ty: &str| json!({"type": ty, "status": "True"});
+        assert_eq!(with(json!([]), false), "Running");
+        assert_eq!(with(json!([t("FailureTarget")]), false), "FailureTarget");
+        assert_eq!(
+            with(json!([t("SuccessCriteriaMet")]), false),
+            "SuccessCriteriaMet"
+        );
+        assert_eq!(
+            with(json!([t("SuccessCriteriaMet"), t("Complete")]), false),
+            "Complete"
+        );
+        assert_eq!(
+            with(json!([t("FailureTarget"), t("Failed")]), true),
+            "Failed"
+        );
+        assert_eq!(with(json!([t("FailureTarget")]), true), "Terminating");
     }
 
     #[test]

@@ -11,14 +11,21 @@
 //!   the `batch.kubernetes.io/job-tracking` pod finalizer, not done here);
 //!   `active` = the other pods not being deleted; `ready` = active pods
 //!   with `Ready=True`; `terminating` = pods being deleted;
-//! * `failed > backoffLimit` (default 6) → conditions `FailureTarget` and
-//!   `Failed` (reason `BackoffLimitExceeded`) and the active pods are
-//!   deleted; likewise `activeDeadlineSeconds` past `startTime` (reason
-//!   `DeadlineExceeded`);
-//! * `succeeded >= completions` (or, without `completions`, one success
-//!   and no active pod) → conditions `SuccessCriteriaMet` and `Complete`
-//!   (reason `CompletionsReached`), `completionTime`, leftover active pods
-//!   deleted;
+//! * a Job ends in two steps as upstream's: the interim condition
+//!   (`FailureTarget` or `SuccessCriteriaMet`) is set and the active pods
+//!   deleted, then the final one (`Failed` or `Complete`, same reason and
+//!   message; `completionTime` for `Complete`) once no pod of the Job runs
+//!   or terminates;
+//! * failures, first match wins: a `FailJob` rule (`PodFailurePolicy`),
+//!   `failed > backoffLimit` (default 6, unlimited with
+//!   `backoffLimitPerIndex`; `BackoffLimitExceeded`),
+//!   `activeDeadlineSeconds` past `startTime` (`DeadlineExceeded`), more
+//!   failed indexes than `maxFailedIndexes` (`MaxFailedIndexesExceeded`),
+//!   every index finished with some failed (`FailedIndexes`);
+//! * success: a `successPolicy` rule met ([`success_policy_match`],
+//!   reason `SuccessPolicy`, message `Matched rules at index N`), or
+//!   `succeeded >= completions` (or, without `completions`, one success
+//!   and no active pod; reason `CompletionsReached`);
 //! * otherwise active pods are brought to `min(parallelism, completions -
 //!   succeeded)` (without `completions`: `parallelism` until the first
 //!   success, then no new pods);
@@ -37,20 +44,27 @@
 //! hostname `<job>-<index>`; `status.completedIndexes` (`0-2,5`) counts
 //! as `succeeded`, and the Job completes when every index is done.
 //!
+//! `backoffLimitPerIndex` (Indexed only): each index has its own limit.
+//! A replacement pod carries the failures of its index so far in the
+//! annotations `batch.kubernetes.io/job-index-failure-count` (and
+//! `…-ignored-failure-count` for failures a policy ignored); a counted
+//! failure of a pod whose count already reached the limit, or a
+//! `FailIndex` rule, fails the index: it is not run again and shows in
+//! `status.failedIndexes` (upstream's compressed form, [`Intervals`]).
+//!
 //! `podFailurePolicy` ([`failure_rule`]): the first rule whose
 //! `onExitCodes` (non-zero exit codes of the named or any container) or
 //! `onPodConditions` matches a failed pod decides: `Ignore` leaves the
 //! failure out of `failed` (a replacement is made), `FailJob` fails the
-//! Job at once (reason `PodFailurePolicy`, upstream's message), `Count`
-//! counts it as usual.
+//! Job at once (reason `PodFailurePolicy`, upstream's message),
+//! `FailIndex` fails the pod's index, `Count` counts it as usual.
 //!
 //! `ttlSecondsAfterFinished` is [`run_ttl`] (upstream's
 //! ttl-after-finished controller, under its own account): a finished Job
 //! is deleted (foreground) that many seconds after its `Complete` or
 //! `Failed` condition.
 //!
-//! Not done: success policies, `backoffLimitPerIndex` and `FailIndex`,
-//! backoff delays between re-creations, `podReplacementPolicy`.
+//! Not done: backoff delays between re-creations, `podReplacementPolicy`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,43 +134,139 @@ pub fn index_of(p: &Pod) -> Option<i32> {
         .filter(|i: &i32| *i >= 0)
 }
 
-/// Parses `status.completedIndexes` (`1,3-5`).
-pub fn parse_indexes(s: &str) -> std::collections::BTreeSet<i32> {
-    let mut out = std::collections::BTreeSet::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
-                    out.extend(a..=b);
-                }
+/// A set of completion indexes as ordered, disjoint, non-adjacent
+/// intervals (upstream's `orderedIntervals`): what `completedIndexes`,
+/// `failedIndexes` and a success policy's `succeededIndexes` hold. Kept as
+/// intervals so `0-99999` costs one entry, not a hundred thousand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intervals(Vec<(i32, i32)>);
+
+impl Intervals {
+    /// Parses `1,3-5` leniently as the controller does: a malformed part is
+    /// skipped, parsing stops at the first index `>= completions` and an
+    /// interval running past `completions` is cut there (the apiserver
+    /// refuses malformed strings in the spec; the status is ours).
+    pub fn parse(s: &str, completions: i32) -> Self {
+        let mut out = Intervals::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let mut limits = part.split('-');
+            let Some(Ok(first)) = limits.next().map(str::parse::<i32>) else {
+                continue;
+            };
+            if first >= completions {
+                break;
             }
-            None => {
-                if let Ok(i) = part.parse() {
-                    out.insert(i);
-                }
+            let last = match limits.next() {
+                Some(b) => match b.parse::<i32>() {
+                    Ok(b) => b.min(completions - 1),
+                    Err(_) => continue,
+                },
+                None => first,
+            };
+            if first < 0 || last < first {
+                continue;
+            }
+            out = out.merge(&Intervals(vec![(first, last)]));
+        }
+        out
+    }
+
+    /// The set of the given indexes (any order, repeats allowed).
+    pub fn from_indexes(it: impl IntoIterator<Item = i32>) -> Self {
+        let set: std::collections::BTreeSet<i32> = it.into_iter().collect();
+        let mut v: Vec<(i32, i32)> = Vec::new();
+        for i in set {
+            match v.last_mut() {
+                Some(last) if last.1 + 1 == i => last.1 = i,
+                _ => v.push((i, i)),
             }
         }
+        Intervals(v)
     }
-    out
+
+    /// The union with `other`.
+    pub fn merge(&self, other: &Intervals) -> Self {
+        let mut all: Vec<(i32, i32)> = self.0.iter().chain(other.0.iter()).copied().collect();
+        all.sort_unstable();
+        let mut v: Vec<(i32, i32)> = Vec::with_capacity(all.len());
+        for (a, b) in all {
+            match v.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => v.push((a, b)),
+            }
+        }
+        Intervals(v)
+    }
+
+    /// Whether index `i` is in the set.
+    pub fn has(&self, i: i32) -> bool {
+        let at = self.0.partition_point(|&(_, last)| last < i);
+        self.0.get(at).is_some_and(|&(first, _)| first <= i)
+    }
+
+    /// How many indexes the set holds.
+    pub fn total(&self) -> i64 {
+        self.0
+            .iter()
+            .map(|&(a, b)| i64::from(b) - i64::from(a) + 1)
+            .sum()
+    }
+
+    /// How many indexes the set shares with `other`.
+    pub fn overlap(&self, other: &Intervals) -> i64 {
+        let (mut i, mut j, mut n) = (0, 0, 0i64);
+        while i < self.0.len() && j < other.0.len() {
+            let (a, b) = (self.0[i], other.0[j]);
+            let lo = a.0.max(b.0);
+            let hi = a.1.min(b.1);
+            if hi >= lo {
+                n += i64::from(hi) - i64::from(lo) + 1;
+            }
+            if a.1 < b.1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        n
+    }
+
+    /// The first `count` indexes below `completions` not in the set.
+    pub fn first_missing(&self, count: usize, completions: i32) -> Vec<i32> {
+        let mut out = Vec::new();
+        let mut candidate = 0;
+        for &(first, last) in &self.0 {
+            while candidate < completions && out.len() < count && candidate < first {
+                out.push(candidate);
+                candidate += 1;
+            }
+            candidate = candidate.max(last.saturating_add(1));
+        }
+        while candidate < completions && out.len() < count {
+            out.push(candidate);
+            candidate += 1;
+        }
+        out
+    }
 }
 
-/// Formats indexes as upstream's `completedIndexes` (runs of consecutive
-/// values as `a-b`).
-pub fn format_indexes(set: &std::collections::BTreeSet<i32>) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut it = set.iter().copied().peekable();
-    while let Some(start) = it.next() {
-        let mut end = start;
-        while it.peek() == Some(&(end + 1)) {
-            end = it.next().unwrap_or(end);
+impl std::fmt::Display for Intervals {
+    /// Upstream's text: `a-b` for three or more consecutive indexes, a
+    /// pair as `a,b` (`0,1` and `0-2`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, &(a, b)) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+            if b == a + 1 {
+                write!(f, ",{b}")?;
+            } else if b > a {
+                write!(f, "-{b}")?;
+            }
         }
-        if end == start {
-            parts.push(start.to_string());
-        } else {
-            parts.push(format!("{start}-{end}"));
-        }
+        Ok(())
     }
-    parts.join(",")
 }
 
 /// What the Job's `podFailurePolicy` says of a failed pod: the action of
@@ -244,6 +354,9 @@ pub struct Plan {
     /// The completion indexes of the pods to create (`Indexed` Jobs; as
     /// many as `create`).
     pub indexes: Vec<i32>,
+    /// With `backoffLimitPerIndex`: the failures (counted, ignored) of an
+    /// index before its new pod, for the pod's annotations.
+    pub index_failures: std::collections::BTreeMap<i32, (i32, i32)>,
     /// Pods (names) to delete.
     pub delete: Vec<String>,
     /// The new status.
@@ -279,7 +392,78 @@ fn set_condition(
     });
 }
 
+fn true_condition<'a>(conds: &'a [JobCondition], ty: &str) -> Option<&'a JobCondition> {
+    conds.iter().find(|c| c.type_ == ty && c.status == "True")
+}
+
+/// Annotation of a pod of a Job with `backoffLimitPerIndex`: how many
+/// failures of its index counted before it.
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// Annotation: how many failures of its index a pod failure policy
+/// ignored before it.
+pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
+/// Reason of the conditions of a Job whose success policy matched.
+pub const REASON_SUCCESS_POLICY: &str = "SuccessPolicy";
+/// Reason of the failure conditions when more indexes failed than
+/// `maxFailedIndexes`.
+pub const REASON_MAX_FAILED_INDEXES: &str = "MaxFailedIndexesExceeded";
+/// Message of the failure conditions when more indexes failed than
+/// `maxFailedIndexes`.
+pub const MESSAGE_MAX_FAILED_INDEXES: &str =
+    "Job has exceeded the specified maximal number of failed indexes";
+/// Reason of the failure conditions when every index finished and some
+/// failed.
+pub const REASON_FAILED_INDEXES: &str = "FailedIndexes";
+/// Message of the failure conditions when every index finished and some
+/// failed.
+pub const MESSAGE_FAILED_INDEXES: &str = "Job has failed indexes";
+
+fn annotation_count(p: &Pod, key: &str) -> i32 {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|v| *v >= 0)
+        .unwrap_or(0)
+}
+
+/// The first rule of the success policy that the succeeded indexes meet,
+/// as upstream's message (`Matched rules at index 0`).
+pub fn success_policy_match(job: &Job, succeeded: &Intervals) -> Option<String> {
+    let spec = job.spec.as_ref()?;
+    let policy = spec.success_policy.as_ref()?;
+    let completions = spec.completions.unwrap_or(0);
+    if succeeded.total() == 0 {
+        return None;
+    }
+    for (n, rule) in policy.rules.iter().enumerate() {
+        let hit = match &rule.succeeded_indexes {
+            Some(s) => {
+                let wanted = Intervals::parse(s, completions);
+                if wanted.total() == 0 {
+                    continue;
+                }
+                let have = wanted.overlap(succeeded);
+                have == wanted.total() || rule.succeeded_count.is_some_and(|c| have >= i64::from(c))
+            }
+            None => rule
+                .succeeded_count
+                .is_some_and(|c| succeeded.total() >= i64::from(c)),
+        };
+        if hit {
+            return Some(format!("Matched rules at index {n}"));
+        }
+    }
+    None
+}
+
 /// Computes the plan for `job` given the pods it controls.
+///
+/// A Job ends in two steps, as upstream's: the interim condition
+/// (`SuccessCriteriaMet` or `FailureTarget`) is set and the pods still
+/// running deleted; the final one (`Complete` or `Failed`, same reason and
+/// message) once none of its pods runs or terminates any more.
 pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     let spec = job.spec.clone().unwrap_or_default();
     let old = job.status.clone().unwrap_or_default();
@@ -310,40 +494,82 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
         )
     });
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-    let mut done_indexes = parse_indexes(old.completed_indexes.as_deref().unwrap_or(""));
+    let completions = spec.completions.unwrap_or(0);
+    let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
+    let mut done_indexes = Intervals::default();
     if indexed {
-        let completions = spec.completions.unwrap_or(0);
-        done_indexes.extend(
-            live.iter()
-                .filter(|p| phase(p) == "Succeeded")
-                .filter_map(|p| index_of(p))
-                .filter(|i| *i < completions),
-        );
-        st.completed_indexes = Some(format_indexes(&done_indexes));
+        done_indexes =
+            Intervals::parse(old.completed_indexes.as_deref().unwrap_or(""), completions).merge(
+                &Intervals::from_indexes(
+                    live.iter()
+                        .filter(|p| phase(p) == "Succeeded")
+                        .filter_map(|p| index_of(p))
+                        .filter(|i| *i < completions),
+                ),
+            );
+        st.completed_indexes = Some(done_indexes.to_string());
     }
     let succeeded = if indexed {
-        done_indexes.len() as i32
+        done_indexes.total().min(i64::from(i32::MAX)) as i32
     } else {
         live.iter().filter(|p| phase(p) == "Succeeded").count() as i32
     };
     // podFailurePolicy: `Ignore` failures do not count, a `FailJob` one
-    // fails the Job.
+    // fails the Job, a `FailIndex` one fails its index. With
+    // `backoffLimitPerIndex` an index fails once a counted failure had
+    // that many before it; its replacement carries the counts.
     let mut fail_job: Option<String> = None;
-    let failed = live
-        .iter()
-        .filter(|p| phase(p) == "Failed")
-        .filter(|p| match failure_rule(job, p) {
-            Some((action, _, msg)) => match action.as_str() {
-                "Ignore" => false,
-                "FailJob" => {
-                    fail_job.get_or_insert(msg);
-                    true
-                }
-                _ => true,
-            },
-            None => true,
-        })
-        .count() as i32;
+    let mut failed = 0;
+    let mut newly_failed_indexes = Vec::new();
+    for p in live.iter().filter(|p| phase(p) == "Failed") {
+        let action = failure_rule(job, p).map(|(action, _, msg)| {
+            if action == "FailJob" {
+                fail_job.get_or_insert(msg);
+            }
+            action
+        });
+        let counted = action.as_deref() != Some("Ignore");
+        if counted {
+            failed += 1;
+        }
+        let (Some(limit), Some(i)) = (per_index, index_of(p)) else {
+            continue;
+        };
+        if i >= completions {
+            continue;
+        }
+        let index_failed = action.as_deref() == Some("FailIndex")
+            || (counted && annotation_count(p, INDEX_FAILURE_COUNT) >= limit);
+        if index_failed {
+            newly_failed_indexes.push(i);
+        }
+        // What the next pod of this index is told: the counts of its
+        // latest failure plus this one.
+        let before = (
+            annotation_count(p, INDEX_FAILURE_COUNT),
+            annotation_count(p, INDEX_IGNORED_FAILURE_COUNT),
+        );
+        let after = if counted {
+            (before.0 + 1, before.1)
+        } else {
+            (before.0, before.1 + 1)
+        };
+        let e = out.index_failures.entry(i).or_insert(after);
+        if after.0 + after.1 > e.0 + e.1 {
+            *e = after;
+        }
+    }
+    let mut failed_indexes = Intervals::default();
+    if per_index.is_some() {
+        let prev = Intervals::parse(old.failed_indexes.as_deref().unwrap_or(""), completions);
+        let new = Intervals::from_indexes(
+            newly_failed_indexes
+                .into_iter()
+                .filter(|i| !done_indexes.has(*i)),
+        );
+        failed_indexes = prev.merge(&new);
+        st.failed_indexes = Some(failed_indexes.to_string());
+    }
     let terminating = pods
         .iter()
         .filter(|p| {
@@ -357,13 +583,28 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
     };
     let mut conds = old.conditions.clone().unwrap_or_default();
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
-    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    // Upstream's default: no global limit when indexes have their own.
+    let backoff_limit =
+        spec.backoff_limit
+            .unwrap_or(if per_index.is_some() { i32::MAX } else { 6 });
     let suspended = spec.suspend.unwrap_or(false);
     st.succeeded = Some(succeeded);
     st.failed = Some(failed);
     st.terminating = Some(terminating);
     let keep_active;
-    if suspended {
+    let interim_success = true_condition(&conds, "SuccessCriteriaMet").map(|c| {
+        (
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default(),
+        )
+    });
+    let interim_failure = true_condition(&conds, "FailureTarget").map(|c| {
+        (
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default(),
+        )
+    });
+    if suspended && interim_success.is_none() && interim_failure.is_none() {
         out.delete = names(&active);
         keep_active = 0;
         set_condition(
@@ -438,64 +679,100 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
             } else {
                 restarts >= backoff_limit
             };
-        if fail_job.is_some()
-            || failed > backoff_limit
-            || past_on_failure
-            || deadline_passed.is_some()
+        // Which end, if any, in upstream's order: an interim condition
+        // already set wins, then the failures, then success.
+        let ending: Option<(bool, String, String)> = if let Some((r, m)) = interim_success {
+            Some((true, r, m))
+        } else if let Some((r, m)) = interim_failure {
+            Some((false, r, m))
+        } else if let Some(msg) = &fail_job {
+            Some((false, REASON_POD_FAILURE_POLICY.into(), msg.clone()))
+        } else if failed > backoff_limit || past_on_failure {
+            Some((
+                false,
+                REASON_BACKOFF_LIMIT.into(),
+                MESSAGE_BACKOFF_LIMIT.into(),
+            ))
+        } else if deadline_passed.is_some() {
+            Some((
+                false,
+                REASON_DEADLINE.into(),
+                "Job was active longer than specified deadline".into(),
+            ))
+        } else if per_index.is_some()
+            && spec
+                .max_failed_indexes
+                .is_some_and(|m| failed_indexes.total() > i64::from(m))
         {
-            let (reason, message) = if let Some(msg) = &fail_job {
-                (REASON_POD_FAILURE_POLICY, msg.as_str())
-            } else if failed > backoff_limit || past_on_failure {
-                (REASON_BACKOFF_LIMIT, MESSAGE_BACKOFF_LIMIT)
-            } else {
-                (
-                    REASON_DEADLINE,
-                    "Job was active longer than specified deadline",
-                )
-            };
-            set_condition(&mut conds, "FailureTarget", reason, message, now);
-            set_condition(&mut conds, "Failed", reason, message, now);
-            out.delete = names(&active);
-            keep_active = 0;
-            out.recheck_after = None;
+            Some((
+                false,
+                REASON_MAX_FAILED_INDEXES.into(),
+                MESSAGE_MAX_FAILED_INDEXES.into(),
+            ))
+        } else if per_index.is_some()
+            && failed_indexes.total() > 0
+            && failed_indexes.total() + done_indexes.total() >= i64::from(completions)
+        {
+            Some((
+                false,
+                REASON_FAILED_INDEXES.into(),
+                MESSAGE_FAILED_INDEXES.into(),
+            ))
+        } else if let Some(msg) = indexed
+            .then(|| success_policy_match(job, &done_indexes))
+            .flatten()
+        {
+            Some((true, REASON_SUCCESS_POLICY.into(), msg))
         } else if complete {
-            set_condition(
-                &mut conds,
-                "SuccessCriteriaMet",
-                REASON_COMPLETIONS_REACHED,
-                MESSAGE_COMPLETIONS_REACHED,
-                now,
-            );
-            set_condition(
-                &mut conds,
-                "Complete",
-                REASON_COMPLETIONS_REACHED,
-                MESSAGE_COMPLETIONS_REACHED,
-                now,
-            );
-            st.completion_time = Some(Time(now));
+            Some((
+                true,
+                REASON_COMPLETIONS_REACHED.into(),
+                MESSAGE_COMPLETIONS_REACHED.into(),
+            ))
+        } else {
+            None
+        };
+        if let Some((success, reason, message)) = ending {
+            let (interim, last) = if success {
+                ("SuccessCriteriaMet", "Complete")
+            } else {
+                ("FailureTarget", "Failed")
+            };
+            set_condition(&mut conds, interim, &reason, &message, now);
+            // The final condition once nothing of the Job runs any more.
+            if active.is_empty() && terminating == 0 {
+                set_condition(&mut conds, last, &reason, &message, now);
+                if success {
+                    st.completion_time = Some(Time(now));
+                }
+            }
             out.delete = names(&active);
             keep_active = 0;
             out.recheck_after = None;
         } else if indexed {
-            // One active pod per index not yet done, lowest first.
-            let completions = spec.completions.unwrap_or(0);
+            // One active pod per index not yet done nor failed, lowest
+            // first.
             let mut seen = std::collections::BTreeSet::new();
             let mut keep: Vec<&Pod> = Vec::new();
             let mut extra: Vec<&Pod> = Vec::new();
             for p in &active {
                 match index_of(p) {
-                    Some(i) if i < completions && !done_indexes.contains(&i) && seen.insert(i) => {
+                    Some(i)
+                        if i < completions
+                            && !done_indexes.has(i)
+                            && !failed_indexes.has(i)
+                            && seen.insert(i) =>
+                    {
                         keep.push(p)
                     }
                     _ => extra.push(p),
                 }
             }
             let room = (parallelism as usize).saturating_sub(keep.len());
-            out.indexes = (0..completions)
-                .filter(|i| !done_indexes.contains(i) && !seen.contains(i))
-                .take(room)
-                .collect();
+            let busy = done_indexes
+                .merge(&failed_indexes)
+                .merge(&Intervals::from_indexes(seen.iter().copied()));
+            out.indexes = busy.first_missing(room, completions);
             out.create = out.indexes.len();
             out.delete = names(&extra);
             keep_active = keep.len() + out.create;
@@ -514,6 +791,15 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> Plan {
                 keep_active = want;
             }
         }
+    }
+    if per_index.is_some() {
+        let wanted: std::collections::BTreeSet<i32> = out.indexes.iter().copied().collect();
+        out.index_failures.retain(|i, _| wanted.contains(i));
+        for i in &out.indexes {
+            out.index_failures.entry(*i).or_insert((0, 0));
+        }
+    } else {
+        out.index_failures.clear();
     }
     let kept = &active[..keep_active.min(active.len())];
     st.active = Some(keep_active as i32);
@@ -626,13 +912,19 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let plan = plan(&job, &pods, Timestamp::now());
     let who = format!("{ns}/{name}");
     for n in 0..plan.create {
-        match pods_api
-            .create(
-                &PostParams::default(),
-                &new_pod(&job, plan.indexes.get(n).copied()),
-            )
-            .await
-        {
+        let index = plan.indexes.get(n).copied();
+        let mut pod = new_pod(&job, index);
+        if let Some((counted, ignored)) = index.and_then(|i| plan.index_failures.get(&i)) {
+            let annotations = pod
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            annotations.insert(INDEX_FAILURE_COUNT.into(), counted.to_string());
+            if *ignored > 0 {
+                annotations.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+            }
+        }
+        match pods_api.create(&PostParams::default(), &pod).await {
             Ok(p) => debug!(job = %who, pod = ?p.metadata.name, "created job pod"),
             Err(kube::Error::Api(s)) if s.code == 403 => {
                 debug!(job = %who, "pod creation forbidden: {}", s.message);
@@ -886,9 +1178,10 @@ mod tests {
         assert!(cond(&plan(&j, &[restarted(1)], now).status, "Failed").is_none());
         let p = plan(&j, &[restarted(2)], now);
         assert_eq!(
-            cond(&p.status, "Failed").unwrap().reason.as_deref(),
+            cond(&p.status, "FailureTarget").unwrap().reason.as_deref(),
             Some(REASON_BACKOFF_LIMIT)
         );
+        assert!(cond(&p.status, "Failed").is_none(), "its pod still runs");
         assert_eq!(p.delete, vec!["a".to_string()]);
     }
 
@@ -904,11 +1197,23 @@ mod tests {
             &[pod("a", "Failed"), pod("bb", "Failed"), pod("c", "Running")],
             now,
         );
-        let failed = cond(&p.status, "Failed").unwrap();
-        assert_eq!(failed.reason.as_deref(), Some(REASON_BACKOFF_LIMIT));
-        assert!(cond(&p.status, "FailureTarget").is_some());
+        let target = cond(&p.status, "FailureTarget").unwrap();
+        assert_eq!(target.reason.as_deref(), Some(REASON_BACKOFF_LIMIT));
+        // Failed only once the running pod is gone.
+        assert!(cond(&p.status, "Failed").is_none());
         assert_eq!(p.delete, vec!["c"]);
         assert_eq!(p.create, 0);
+        let mut j2 = j.clone();
+        j2.status = Some(p.status.clone());
+        let mut c = pod("c", "Running");
+        c.metadata.deletion_timestamp = Some(Time(now));
+        let still = plan(&j2, &[pod("a", "Failed"), pod("bb", "Failed"), c], now);
+        assert!(cond(&still.status, "Failed").is_none());
+        assert_eq!(still.status.terminating, Some(1));
+        let p = plan(&j2, &[pod("a", "Failed"), pod("bb", "Failed")], now);
+        let failed = cond(&p.status, "Failed").unwrap();
+        assert_eq!(failed.reason.as_deref(), Some(REASON_BACKOFF_LIMIT));
+        assert_eq!(failed.message.as_deref(), Some(MESSAGE_BACKOFF_LIMIT));
         assert!(p.status.completion_time.is_none());
     }
 
@@ -997,8 +1302,11 @@ mod tests {
         assert_eq!(spec.hostname.as_deref(), Some("j-2"));
         let env = &spec.containers[0].env.as_ref().unwrap()[0];
         assert_eq!(env.name, "JOB_COMPLETION_INDEX");
-        assert_eq!(parse_indexes("1,3-5"), [1, 3, 4, 5].into());
-        assert_eq!(format_indexes(&[1, 3, 4, 5, 7].into()), "1,3-5,7");
+        assert_eq!(Intervals::parse("1,3-5", 10).to_string(), "1,3-5");
+        assert_eq!(
+            Intervals::from_indexes([7, 1, 3, 4, 5]).to_string(),
+            "1,3-5,7"
+        );
     }
 
     #[test]
@@ -1058,6 +1366,231 @@ mod tests {
         assert_eq!(ttl_expiry(&j).map(|t| t.as_second()), Some(1_700_000_030));
         j.spec.as_mut().unwrap().ttl_seconds_after_finished = None;
         assert!(ttl_expiry(&j).is_none(), "no ttl, kept");
+    }
+
+    #[test]
+    fn intervals_parse_format_and_count() {
+        let i = Intervals::parse("1,3-5,7-9", 20);
+        assert_eq!(i.to_string(), "1,3-5,7-9");
+        assert_eq!(i.total(), 7);
+        assert!(i.has(4) && i.has(9) && !i.has(2) && !i.has(6) && !i.has(10));
+        // Upstream writes a pair as two indexes, three or more as a range.
+        assert_eq!(Intervals::from_indexes([0, 1]).to_string(), "0,1");
+        assert_eq!(Intervals::from_indexes([0, 1, 2]).to_string(), "0-2");
+        assert_eq!(Intervals::from_indexes([]).to_string(), "");
+        // Lenient: adjacent parts join, junk is skipped, indexes at or past
+        // completions are cut off.
+        assert_eq!(Intervals::parse("0,1,2", 5).to_string(), "0-2");
+        assert_eq!(Intervals::parse("x,2,4-9", 6).to_string(), "2,4,5");
+        assert_eq!(Intervals::parse("1,7", 5).to_string(), "1");
+        let big = Intervals::parse("0-99999", 100_000);
+        assert_eq!(big.total(), 100_000);
+        assert_eq!(
+            Intervals::parse("1-3", 10)
+                .merge(&Intervals::parse("4,8", 10))
+                .to_string(),
+            "1-4,8"
+        );
+        assert_eq!(
+            Intervals::parse("1-5,8-9", 10).overlap(&Intervals::parse("0-2,4,9", 10)),
+            4
+        );
+        assert_eq!(
+            Intervals::parse("1-2,5", 10).first_missing(4, 7),
+            vec![0, 3, 4, 6]
+        );
+        assert_eq!(
+            Intervals::parse("0-4", 5).first_missing(4, 5),
+            Vec::<i32>::new()
+        );
+    }
+
+    fn ip(name: &str, i: i32, phase: &str) -> Pod {
+        let mut p = pod(name, phase);
+        p.metadata.namespace = Some("default".into());
+        p.metadata.annotations = Some([(COMPLETION_INDEX.to_string(), i.to_string())].into());
+        p
+    }
+
+    #[test]
+    fn success_policy_rules_match_as_upstream() {
+        let j = |rules: serde_json::Value| {
+            job(json!({"completionMode": "Indexed", "completions": 10,
+                       "successPolicy": {"rules": rules}}))
+        };
+        let done = Intervals::parse("0-2,5", 10);
+        // succeededIndexes alone: every listed index.
+        assert_eq!(
+            success_policy_match(&j(json!([{"succeededIndexes": "0,1"}])), &done).as_deref(),
+            Some("Matched rules at index 0")
+        );
+        assert!(success_policy_match(&j(json!([{"succeededIndexes": "0-3"}])), &done).is_none());
+        // succeededCount alone: that many indexes.
+        assert!(success_policy_match(&j(json!([{"succeededCount": 5}])), &done).is_none());
+        assert_eq!(
+            success_policy_match(
+                &j(json!([{"succeededCount": 5}, {"succeededCount": 4}])),
+                &done
+            )
+            .as_deref(),
+            Some("Matched rules at index 1")
+        );
+        // Both: that many among the listed ones.
+        assert!(
+            success_policy_match(
+                &j(json!([{"succeededIndexes": "2-6", "succeededCount": 3}])),
+                &done
+            )
+            .is_none()
+        );
+        assert!(
+            success_policy_match(
+                &j(json!([{"succeededIndexes": "2-6", "succeededCount": 2}])),
+                &done
+            )
+            .is_some()
+        );
+        assert!(
+            success_policy_match(&j(json!([{"succeededCount": 0}])), &Intervals::default())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn success_policy_ends_the_job_early() {
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
+            "successPolicy": {"rules": [{"succeededIndexes": "0", "succeededCount": 1}]}}),
+        );
+        let now = Timestamp::now();
+        let pods = [
+            ip("a", 0, "Succeeded"),
+            ip("b", 1, "Running"),
+            ip("c", 2, "Running"),
+            ip("d", 3, "Pending"),
+        ];
+        let p = plan(&j, &pods, now);
+        let met = cond(&p.status, "SuccessCriteriaMet").unwrap();
+        assert_eq!(met.reason.as_deref(), Some(REASON_SUCCESS_POLICY));
+        assert_eq!(met.message.as_deref(), Some("Matched rules at index 0"));
+        assert!(cond(&p.status, "Complete").is_none());
+        assert_eq!(p.delete, vec!["b", "c", "d"]);
+        assert_eq!((p.create, p.status.active), (0, Some(0)));
+        // Its pods gone (killed ones fail): Complete with the same reason.
+        let mut j2 = j.clone();
+        j2.status = Some(p.status);
+        let p = plan(&j2, &[ip("a", 0, "Succeeded")], now);
+        let done = cond(&p.status, "Complete").unwrap();
+        assert_eq!(done.reason.as_deref(), Some(REASON_SUCCESS_POLICY));
+        assert_eq!(p.status.completed_indexes.as_deref(), Some("0"));
+        assert!(p.status.completion_time.is_some());
+    }
+
+    #[test]
+    fn backoff_limit_per_index_and_fail_index() {
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
+            "backoffLimitPerIndex": 1,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]}}),
+        );
+        let now = Timestamp::now();
+        let fails = |name: &str, i: i32, before: i32, code: i32| {
+            let mut p = ip(name, i, "Failed");
+            p.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(INDEX_FAILURE_COUNT.into(), before.to_string());
+            p.status.as_mut().unwrap().container_statuses = Some(vec![
+                serde_json::from_value(
+                    json!({"name": "c", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": code}}}),
+                )
+                .unwrap(),
+            ]);
+            p
+        };
+        // First failure of index 1: retried, its pod told one failure.
+        let p = plan(
+            &j,
+            &[
+                ip("a", 0, "Running"),
+                fails("b", 1, 0, 1),
+                ip("c", 2, "Running"),
+                ip("d", 3, "Running"),
+            ],
+            now,
+        );
+        assert_eq!(p.indexes, vec![1]);
+        assert_eq!(p.index_failures.get(&1), Some(&(1, 0)));
+        assert_eq!(p.status.failed_indexes.as_deref(), Some(""));
+        // Second failure: the index failed, not retried; index 3 fails at
+        // once by the FailIndex rule. The Job runs on with index 0 and 2.
+        let p = plan(
+            &j,
+            &[
+                ip("a", 0, "Running"),
+                fails("b", 1, 0, 1),
+                fails("b2", 1, 1, 1),
+                ip("c", 2, "Running"),
+                fails("d", 3, 0, 3),
+            ],
+            now,
+        );
+        assert!(p.indexes.is_empty(), "{:?}", p.indexes);
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("1,3"));
+        assert_eq!(p.status.failed, Some(3));
+        assert!(cond(&p.status, "FailureTarget").is_none());
+        // Every index done or failed: FailedIndexes.
+        let mut j2 = j.clone();
+        j2.status = Some(p.status);
+        let p = plan(
+            &j2,
+            &[ip("a", 0, "Succeeded"), ip("c", 2, "Succeeded")],
+            now,
+        );
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("1,3"));
+        assert_eq!(p.status.completed_indexes.as_deref(), Some("0,2"));
+        let failed = cond(&p.status, "Failed").unwrap();
+        assert_eq!(failed.reason.as_deref(), Some(REASON_FAILED_INDEXES));
+        assert_eq!(failed.message.as_deref(), Some(MESSAGE_FAILED_INDEXES));
+        assert_eq!(
+            cond(&p.status, "FailureTarget").unwrap().reason.as_deref(),
+            Some(REASON_FAILED_INDEXES)
+        );
+        // maxFailedIndexes: a second failed index is one too many.
+        let mut m = job(
+            json!({"completionMode": "Indexed", "completions": 4, "parallelism": 4,
+            "backoffLimitPerIndex": 0, "maxFailedIndexes": 1}),
+        );
+        m.status = Some(JobStatus {
+            failed_indexes: Some("1".into()),
+            ..JobStatus::default()
+        });
+        let p = plan(
+            &m,
+            &[
+                ip("a", 0, "Running"),
+                fails("c", 2, 0, 1),
+                ip("d", 3, "Running"),
+            ],
+            now,
+        );
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("1,2"));
+        let target = cond(&p.status, "FailureTarget").unwrap();
+        assert_eq!(target.reason.as_deref(), Some(REASON_MAX_FAILED_INDEXES));
+        assert_eq!(target.message.as_deref(), Some(MESSAGE_MAX_FAILED_INDEXES));
+        assert_eq!(p.delete, vec!["a", "d"]);
+        // No global backoffLimit by default with per-index limits.
+        let many = job(
+            json!({"completionMode": "Indexed", "completions": 20, "parallelism": 20,
+            "backoffLimitPerIndex": 1}),
+        );
+        let pods: Vec<Pod> = (0..10).map(|i| fails(&format!("p{i}"), i, 0, 1)).collect();
+        let p = plan(&many, &pods, now);
+        assert!(cond(&p.status, "FailureTarget").is_none());
+        assert_eq!(p.create, 20);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! `concurrencyPolicy: Forbid` skips while its Job runs, `kubectl create
 //! job --from=cronjob/`, invalid cron syntax refused with upstream's 422;
 //! an Indexed Job, a pod failure policy, `activeDeadlineSeconds`,
-//! `ttlSecondsAfterFinished` and `suspend`.
+//! `ttlSecondsAfterFinished` and `suspend`; an Indexed Job ended early by
+//! its `successPolicy`, one failed by `backoffLimitPerIndex` and a
+//! `FailIndex` rule (`failedIndexes`), and their invalid forms refused.
 //!
 //! Needs root, containerd, runc, the CNI plugins, busybox-static, etcd
 //! (scripts/install.sh). Takes a few minutes: the CronJobs need three
@@ -21,6 +23,8 @@ use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
 use rke2_testbed::netbed::{NetBed, NodeProc};
 use rke2_testbed::{TEST_BUSYBOX_IMAGE, TEST_PAUSE_IMAGE, eventually};
 use serde_json::json;
+
+const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rke2"))
@@ -305,6 +309,57 @@ async fn jobs_and_cronjobs_run_for_real() {
     .await
     .unwrap();
 
+    // A success policy: index 0 is enough, the others (which would run
+    // for an hour) are stopped and the Job completes early.
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "early",
+            json!({"completionMode": "Indexed", "completions": 3, "parallelism": 3,
+                   "successPolicy": {"rules": [{"succeededIndexes": "0"}]},
+                   "command": "[ \"$JOB_COMPLETION_INDEX\" = 0 ] || sleep 3600"}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Per-index limits: index 1 fails twice (its limit is one retry),
+    // index 2 once by a FailIndex rule; index 0 succeeds; the Job fails
+    // with its failed indexes listed.
+    jobs.create(
+        &PostParams::default(),
+        &job(
+            "perindex",
+            json!({"completionMode": "Indexed", "completions": 3, "parallelism": 3,
+                   "backoffLimitPerIndex": 1,
+                   "podFailurePolicy": {"rules": [{"action": "FailIndex",
+                       "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}}]},
+                   "command": "case $JOB_COMPLETION_INDEX in 1) exit 1;; 2) exit 42;; esac"}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Bad input: upstream's field paths and messages, nothing stored.
+    for (spec, want) in [
+        (
+            json!({"backoffLimitPerIndex": 1}),
+            "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode",
+        ),
+        (
+            json!({"completionMode": "Indexed", "completions": 3,
+                   "successPolicy": {"rules": [{"succeededIndexes": "2-1"}]}}),
+            "spec.successPolicy.rules[0].succeededIndexes: Invalid value: \"2-1\": error parsing succeededIndexes: non-increasing order, previous: 2, current: 1",
+        ),
+    ] {
+        match jobs.create(&PostParams::default(), &job("bad", spec)).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422);
+                assert!(s.message.contains(want), "{}", s.message);
+            }
+            other => panic!("an invalid Job was accepted: {other:?}"),
+        }
+    }
+    assert!(jobs.get_opt("bad").await.unwrap().is_none());
+
     let indexed = eventually(LONG, "the Indexed Job Complete", || async {
         jobs.get("indexed")
             .await
@@ -332,6 +387,90 @@ async fn jobs_and_cronjobs_run_for_real() {
         seen.insert(index);
     }
     assert_eq!(seen, ["0", "1", "2"].map(String::from).into());
+
+    let early = eventually(LONG, "the success policy completes the Job", || async {
+        jobs.get("early")
+            .await
+            .ok()
+            .filter(|j| condition(j, "Complete").is_some())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let want = Some((
+        "SuccessPolicy".to_string(),
+        "Matched rules at index 0".to_string(),
+    ));
+    assert_eq!(condition(&early, "SuccessCriteriaMet"), want);
+    assert_eq!(condition(&early, "Complete"), want);
+    let st = early.status.clone().unwrap();
+    assert_eq!(st.completed_indexes.as_deref(), Some("0"));
+    assert_eq!((st.succeeded, st.active), (Some(1), Some(0)));
+    // Complete only once the stopped pods were gone.
+    assert_eq!(st.terminating, Some(0));
+    for p in job_pods(&pods, "early").await {
+        let index = &p.metadata.annotations.as_ref().unwrap()[COMPLETION_INDEX];
+        let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+        if index == "0" {
+            assert_eq!(phase, "Succeeded");
+        } else {
+            assert!(
+                p.metadata.deletion_timestamp.is_some() || phase == "Failed",
+                "index {index} still {phase}"
+            );
+        }
+    }
+
+    let perindex = eventually(LONG, "the per-index limits fail the Job", || async {
+        jobs.get("perindex")
+            .await
+            .ok()
+            .filter(|j| condition(j, "Failed").is_some())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
+    let want = Some((
+        "FailedIndexes".to_string(),
+        "Job has failed indexes".to_string(),
+    ));
+    assert_eq!(condition(&perindex, "FailureTarget"), want);
+    assert_eq!(condition(&perindex, "Failed"), want);
+    let st = perindex.status.clone().unwrap();
+    assert_eq!(st.failed_indexes.as_deref(), Some("1,2"));
+    assert_eq!(st.completed_indexes.as_deref(), Some("0"));
+    assert_eq!((st.failed, st.succeeded), (Some(3), Some(1)));
+    let mut runs: Vec<(String, String)> = job_pods(&pods, "perindex")
+        .await
+        .iter()
+        .map(|p| {
+            let a = p.metadata.annotations.as_ref().unwrap();
+            (
+                a[COMPLETION_INDEX].clone(),
+                a.get("batch.kubernetes.io/job-index-failure-count")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    runs.sort();
+    // Index 1 ran twice, its second pod told of the first failure; the
+    // FailIndex rule allowed index 2 no retry.
+    assert_eq!(
+        runs,
+        [("0", "0"), ("1", "0"), ("1", "1"), ("2", "0")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    let o = kubectl(
+        &k,
+        &kubeconfig,
+        &[
+            "get",
+            "job",
+            "perindex",
+            "-o",
+            "jsonpath={.status.failedIndexes}",
+        ],
+    );
+    assert_eq!(text(&o).trim(), "1,2");
 
     let policy = eventually(LONG, "the pod failure policy fails the Job", || async {
         jobs.get("policy")
