@@ -181,14 +181,20 @@ fn is_sidecar(c: &Value) -> bool {
 /// Upstream's `ValidatePodResize` of an update from `old` to `new` (both
 /// whole pods, `new` prepared by [`take_resize`]).
 pub fn validate(old: &Value, new: &Value) -> Vec<Cause> {
-    let forbidden = |field: &str, msg: &str| (field.to_string(), "Forbidden".to_string(), msg.to_string());
+    let forbidden =
+        |field: &str, msg: &str| (field.to_string(), "Forbidden".to_string(), msg.to_string());
     let pod_level = |p: &Value| {
-        ["requests", "limits"]
-            .iter()
-            .any(|b| p["spec"]["resources"][*b].as_object().is_some_and(|m| !m.is_empty()))
+        ["requests", "limits"].iter().any(|b| {
+            p["spec"]["resources"][*b]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+        })
     };
     if pod_level(old) || pod_level(new) {
-        return vec![forbidden("", "pods with pod-level resources cannot be resized")];
+        return vec![forbidden(
+            "",
+            "pods with pod-level resources cannot be resized",
+        )];
     }
     if old["metadata"]["annotations"]
         .get("kubernetes.io/config.mirror")
@@ -222,7 +228,10 @@ pub fn validate(old: &Value, new: &Value) -> Vec<Cause> {
         .flatten()
         .find(|s| s["state"]["running"].is_object());
     if first_running.is_some_and(|s| !s["resources"].is_object()) {
-        causes.push(forbidden("spec", "Pod running on node without support for resize"));
+        causes.push(forbidden(
+            "spec",
+            "Pod running on node without support for resize",
+        ));
     }
     let list = |p: &Value, key: &str| p["spec"][key].as_array().cloned().unwrap_or_default();
     let (old_inits, new_inits) = (list(old, "initContainers"), list(new, "initContainers"));
@@ -231,20 +240,34 @@ pub fn validate(old: &Value, new: &Value) -> Vec<Cause> {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x["name"] == y["name"])
     };
     if !same_shape(&old_cs, &new_cs) || !same_shape(&old_inits, &new_inits) {
-        causes.push(forbidden("spec", "only cpu and memory resources are mutable"));
+        causes.push(forbidden(
+            "spec",
+            "only cpu and memory resources are mutable",
+        ));
         return causes;
     }
     let removals = |causes: &mut Vec<Cause>, at: String, n: &Value, o: &Value| {
         if removed(&n["resources"]["requests"], &o["resources"]["requests"]) {
-            causes.push(forbidden(&format!("{at}.requests"), "resource requests cannot be removed"));
+            causes.push(forbidden(
+                &format!("{at}.requests"),
+                "resource requests cannot be removed",
+            ));
         }
         if removed(&n["resources"]["limits"], &o["resources"]["limits"]) {
-            causes.push(forbidden(&format!("{at}.limits"), "resource limits cannot be removed"));
+            causes.push(forbidden(
+                &format!("{at}.limits"),
+                "resource limits cannot be removed",
+            ));
         }
     };
     for (i, (o, n)) in old_inits.iter().zip(&new_inits).enumerate() {
         if is_sidecar(o) {
-            removals(&mut causes, format!("spec.initContainers[{i}].resources"), n, o);
+            removals(
+                &mut causes,
+                format!("spec.initContainers[{i}].resources"),
+                n,
+                o,
+            );
         }
     }
     for (i, (o, n)) in old_cs.iter().zip(&new_cs).enumerate() {
@@ -252,7 +275,10 @@ pub fn validate(old: &Value, new: &Value) -> Vec<Cause> {
     }
     for (o, n) in old_cs.iter().zip(&new_cs) {
         if comparable(&without_cpu_memory_changes(n, o)) != comparable(o) {
-            causes.push(forbidden("spec", "only cpu and memory resources are mutable"));
+            causes.push(forbidden(
+                "spec",
+                "only cpu and memory resources are mutable",
+            ));
         }
     }
     for (o, n) in old_inits.iter().zip(&new_inits) {
@@ -282,7 +308,10 @@ pub fn validate(old: &Value, new: &Value) -> Vec<Cause> {
             }
         }
         if a != b {
-            causes.push(forbidden("spec", "only cpu and memory resources are mutable"));
+            causes.push(forbidden(
+                "spec",
+                "only cpu and memory resources are mutable",
+            ));
         }
     }
     causes
@@ -295,9 +324,9 @@ pub fn resources_changed(old_spec: &Value, new_spec: &Value) -> bool {
         let a = old_spec[*key].as_array().cloned().unwrap_or_default();
         let b = new_spec[*key].as_array().cloned().unwrap_or_default();
         a.iter().zip(&b).any(|(x, y)| {
-            ["requests", "limits"].iter().any(|bag| {
-                !same_resources(&x["resources"][*bag], &y["resources"][*bag])
-            })
+            ["requests", "limits"]
+                .iter()
+                .any(|bag| !same_resources(&x["resources"][*bag], &y["resources"][*bag]))
         })
     })
 }
@@ -365,8 +394,15 @@ mod tests {
         assert!(is_resize(&new));
         assert_eq!(new["spec"]["containers"][0]["image"], "i");
         assert!(new["metadata"]["labels"].is_null());
-        assert_eq!(new["spec"]["containers"][0]["resources"]["limits"]["memory"], "128Mi");
-        assert!(validate(&old, &new).is_empty(), "{:?}", validate(&old, &new));
+        assert_eq!(
+            new["spec"]["containers"][0]["resources"]["limits"]["memory"],
+            "128Mi"
+        );
+        assert!(
+            validate(&old, &new).is_empty(),
+            "{:?}",
+            validate(&old, &new)
+        );
         assert!(resources_changed(&old["spec"], &new["spec"]));
         // 1.35: a memory limit may go down with NotRequired.
         let mut down = old.clone();
@@ -395,7 +431,9 @@ mod tests {
                 p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1", "memory": "64Mi"},
                     "limits": {"cpu": "1", "memory": "64Mi"}});
             }),
-            vec!["spec: Invalid value: \"Burstable\": Pod QOS Class may not change as a result of resizing"]
+            vec![
+                "spec: Invalid value: \"Burstable\": Pod QOS Class may not change as a result of resizing"
+            ]
         );
         assert_eq!(
             resize(&|p| {
@@ -404,17 +442,21 @@ mod tests {
                     .unwrap()
                     .remove("memory");
             }),
-            vec!["spec.containers[0].resources.limits: Forbidden: resource limits cannot be removed"]
+            vec![
+                "spec.containers[0].resources.limits: Forbidden: resource limits cannot be removed"
+            ]
         );
         assert_eq!(
             resize(&|p| {
-                p["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("1Gi");
+                p["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] =
+                    json!("1Gi");
             }),
             vec!["spec: Forbidden: only cpu and memory resources are mutable"]
         );
         assert_eq!(
             resize(&|p| {
-                p["spec"]["containers"][0]["resizePolicy"][1]["restartPolicy"] = json!("RestartContainer");
+                p["spec"]["containers"][0]["resizePolicy"][1]["restartPolicy"] =
+                    json!("RestartContainer");
             }),
             vec!["spec: Forbidden: only cpu and memory resources are mutable"]
         );
@@ -429,7 +471,10 @@ mod tests {
         );
         let mut mirror = old.clone();
         mirror["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"});
-        assert_eq!(msgs(&validate(&mirror, &mirror)), vec![": Forbidden: static pods cannot be resized"]);
+        assert_eq!(
+            msgs(&validate(&mirror, &mirror)),
+            vec![": Forbidden: static pods cannot be resized"]
+        );
         let mut old_node = old.clone();
         old_node["status"]["containerStatuses"][0]
             .as_object_mut()
@@ -440,7 +485,8 @@ mod tests {
             vec!["spec: Forbidden: Pod running on node without support for resize"]
         );
         let mut init = old.clone();
-        init["spec"]["initContainers"] = json!([{"name": "i", "image": "i", "resources": {"requests": {"cpu": "1"}}}]);
+        init["spec"]["initContainers"] =
+            json!([{"name": "i", "image": "i", "resources": {"requests": {"cpu": "1"}}}]);
         let mut new = init.clone();
         new["spec"]["initContainers"][0]["resources"]["requests"]["cpu"] = json!("2");
         take_resize(&init, &mut new);

@@ -110,7 +110,12 @@ pub fn held_by(pod: &Pod) -> (i128, i128) {
         .unwrap_or_default();
     let never = infeasible(pod);
     let mut total = (0, 0);
-    for c in pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default() {
+    for c in pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+    {
         let spec = of_container(c);
         let status = statuses.iter().find(|s| s.name == c.name);
         let alloc = status
@@ -210,7 +215,9 @@ mod tests {
         assert_eq!(l.cpu_quota, 100_000);
         assert_eq!(l.cpu_shares, 102);
         assert_eq!(
-            of_container(&container(json!({"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "1Gi"}}}))),
+            of_container(&container(
+                json!({"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "1Gi"}}})
+            )),
             json!({"limits": {"memory": "1Gi"}})
         );
     }
@@ -229,7 +236,9 @@ mod tests {
         );
         assert_eq!(
             fit((3000, gi), (0, 0), (2000, 4 * gi)),
-            Fit::Infeasible("Node didn't have enough capacity: cpu, requested: 3000, capacity: 2000".into())
+            Fit::Infeasible(
+                "Node didn't have enough capacity: cpu, requested: 3000, capacity: 2000".into()
+            )
         );
         assert_eq!(
             fit((1500, gi), (1000, gi), (2000, 4 * gi)),

@@ -325,7 +325,10 @@ impl Worker {
             .into_iter()
             .filter_map(|cs| {
                 let r = cs.resources.as_ref()?;
-                Some((cs.name.clone(), resize::only_cpu_memory(&serde_json::to_value(r).ok()?)))
+                Some((
+                    cs.name.clone(),
+                    resize::only_cpu_memory(&serde_json::to_value(r).ok()?),
+                ))
             })
             .collect();
         Worker {
@@ -735,10 +738,7 @@ impl Worker {
     async fn resize_fit(&self, desired: &[(String, Value)]) -> Result<Fit, kube::Error> {
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
         let node = nodes.get(&self.ctx.node_name).await?;
-        let alloc = node
-            .status
-            .and_then(|s| s.allocatable)
-            .unwrap_or_default();
+        let alloc = node.status.and_then(|s| s.allocatable).unwrap_or_default();
         let alloc = serde_json::to_value(alloc).unwrap_or_default();
         let allocatable = (
             resize::amount(&json!({"r": alloc}), "r", "cpu").unwrap_or(0),
@@ -779,10 +779,7 @@ impl Worker {
             .await
             .ok()?
             .into_inner();
-        st.stats?
-            .memory?
-            .usage_bytes
-            .map(|u| i128::from(u.value))
+        st.stats?.memory?.usage_bytes.map(|u| i128::from(u.value))
     }
 
     fn should_restart(&self, exit_code: i32) -> bool {
@@ -1928,15 +1925,19 @@ impl Worker {
                     .get(&c.name)
                     .cloned()
                     .unwrap_or_else(|| resize::of_container(c));
-                let actual = match self.actuated.get(&c.name) {
-                    Some((id, r)) if *id == f.latest.id => r.clone(),
-                    _ => alloc.clone(),
+                let applied = match self.actuated.get(&c.name) {
+                    Some((id, r)) if *id == f.latest.id => Some(r.clone()),
+                    _ => None,
                 };
-                if f.latest.state == api::ContainerState::ContainerRunning as i32
-                    && !matches!(self.actuated.get(&c.name), Some((id, r)) if *id == f.latest.id && resize::changed(r, &alloc).is_empty())
+                let running = f.latest.state == api::ContainerState::ContainerRunning as i32;
+                if running
+                    && applied
+                        .as_ref()
+                        .is_none_or(|r| !resize::changed(r, &alloc).is_empty())
                 {
                     resizing = true;
                 }
+                let actual = applied.unwrap_or_else(|| alloc.clone());
                 if let Some(req) = alloc.get("requests") {
                     s["allocatedResources"] = req.clone();
                 }
