@@ -142,7 +142,9 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> Option<SubresourceInfo> {
         })
     };
     match sub {
-        "status" | "approval" | "ephemeralcontainers" => own(&["get", "patch", "update"]),
+        "status" | "approval" | "ephemeralcontainers" | "resize" => {
+            own(&["get", "patch", "update"])
+        }
         "finalize" => own(&["update"]),
         // Proxied to the node API (`proxy.rs`).
         "log" => own(&["get"]),

@@ -51,6 +51,7 @@ pub mod rbac;
 pub mod rbac_objects;
 pub mod registry;
 pub mod request;
+pub mod resize;
 pub mod scheduling;
 pub mod schema;
 pub mod server;

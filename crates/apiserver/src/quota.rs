@@ -629,11 +629,39 @@ pub async fn admit_limits(
     old: Option<&Value>,
     obj: &mut Value,
 ) -> ApiResult<()> {
+    if rt.plural == "pods" && old.is_some() {
+        return Ok(());
+    }
+    limit_ranger(state, rt, obj, old.is_none()).await
+}
+
+/// Admission of a pod resize (`pods/resize`): LimitRange constraints
+/// checked against the new resources (nothing defaulted), then the
+/// growth charged to the namespace's quotas.
+pub async fn admit_pod_resize(
+    state: &ApiState,
+    rt: &ResourceType,
+    old: &Value,
+    new: &mut Value,
+    dry_run: bool,
+) -> ApiResult<()> {
+    limit_ranger(state, rt, new, false).await?;
+    charge_quota(state, rt, Some(old), new, dry_run, true).await
+}
+
+/// LimitRanger: pods (defaulted first when `default_pod`) and claims
+/// checked against the namespace's LimitRanges.
+async fn limit_ranger(
+    state: &ApiState,
+    rt: &ResourceType,
+    obj: &mut Value,
+    default_pod: bool,
+) -> ApiResult<()> {
     if !rt.group.is_empty() {
         return Ok(());
     }
     let pod = match rt.plural.as_str() {
-        "pods" if old.is_none() => true,
+        "pods" => true,
         "persistentvolumeclaims" => false,
         _ => return Ok(()),
     };
@@ -650,7 +678,7 @@ pub async fn admit_limits(
     }
     let mut errs = Vec::new();
     for (lr, _) in &ranges {
-        if pod {
+        if pod && default_pod {
             q::default_pod(lr, obj);
         }
     }
@@ -698,10 +726,23 @@ pub async fn admit_quota(
     obj: &Value,
     dry_run: bool,
 ) -> ApiResult<()> {
+    charge_quota(state, rt, old, obj, dry_run, false).await
+}
+
+/// [`admit_quota`], and for `resize` also an update of a pod.
+async fn charge_quota(
+    state: &ApiState,
+    rt: &ResourceType,
+    old: Option<&Value>,
+    obj: &Value,
+    dry_run: bool,
+    resize: bool,
+) -> ApiResult<()> {
     if ignored(rt) {
         return Ok(());
     }
     if old.is_some()
+        && !resize
         && !(rt.group.is_empty()
             && matches!(rt.plural.as_str(), "services" | "persistentvolumeclaims"))
     {

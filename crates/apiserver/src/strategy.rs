@@ -354,6 +354,7 @@ impl Strategy for Pod {
     fn defaults(&self, _rt: &ResourceType, obj: &mut Value) {
         default_pod_spec(&mut obj["spec"]);
         default_requests_to_limits(&mut obj["spec"]);
+        crate::resize::default_resize_policy(&mut obj["spec"]);
         if !obj["status"]["phase"].is_string() {
             obj["status"]["phase"] = json!("Pending");
         }
@@ -383,6 +384,10 @@ impl Strategy for Pod {
         new: &Value,
         causes: &mut Vec<Cause>,
     ) {
+        if crate::resize::is_resize(new) {
+            causes.extend(crate::resize::validate(old, new));
+            return;
+        }
         if old["spec"] != new["spec"] {
             // With today's defaults, as `new` has them.
             let mut old = old.clone();
@@ -403,7 +408,14 @@ impl Strategy for Pod {
         if at.subresource == Some("ephemeralcontainers") {
             crate::ephemeral::take_ephemeral_containers(old, new);
         }
+        let resize = at.subresource == Some("resize");
+        if resize {
+            crate::resize::take_resize(old, new);
+        }
         objects::prepare_update(at.rt, old, new, at.subresource == Some("status"));
+        if resize {
+            crate::resize::unmark(new);
+        }
         Box::pin(async { Ok(()) })
     }
 

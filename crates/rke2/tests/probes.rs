@@ -167,6 +167,15 @@ async fn grpc_probes() {
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    // Pods are refused until the controllers made the namespace's
+    // default service account.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    eventually(LONG, "the default service account", || async {
+        accounts.get_opt("default").await.ok()?
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
     pods.create(&PostParams::default(), &pod).await.unwrap();
 
     // Serving: the readiness probe passes (the other container's liveness
@@ -454,7 +463,22 @@ async fn grpc_probes() {
     );
     let (code, location, _) = send("GET", pod_base, "").await;
     assert_eq!((code, location), (301, Some(format!("{pod_base}/"))));
-    // services/proxy by port name and by number, through real kubectl.
+    // services/proxy by port name and by number, through real kubectl,
+    // once the Service's endpoints list the pod (the EndpointSlice
+    // controller may lag the pod's readiness on a busy box).
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    eventually(LONG, "the echo Service's ready endpoint", || async {
+        let lp = ListParams::default().labels("kubernetes.io/service-name=echo");
+        let list = slices.list(&lp).await.ok()?;
+        list.items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s1.log()));
     for (minor, k) in [kubectls.first().unwrap(), kubectls.last().unwrap()] {
         for id in ["echo:web", "http:echo:80"] {
             let o = std::process::Command::new(k)

@@ -346,9 +346,40 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     let requests = |c: &k8s_openapi::api::core::v1::Container| {
         Resources::from_map(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
     };
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    // An in-place resize (`pods/resize`): until the node applied it, the
+    // pod holds the larger of its spec and what its node allocated and
+    // runs; a resize the node found infeasible never applies, so only
+    // the latter count (upstream's `PodRequests` with status resources).
+    let infeasible = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "PodResizePending" && c.reason.as_deref() == Some("Infeasible"));
     let mut total = Resources::default();
     for c in &spec.containers {
-        total.add(&requests(c));
+        let status = statuses.iter().find(|s| s.name == c.name);
+        let mut held = Resources::default();
+        if let Some(s) = status {
+            held.max_with(&Resources::from_map(s.allocated_resources.as_ref()));
+            held.max_with(&Resources::from_map(
+                s.resources.as_ref().and_then(|r| r.requests.as_ref()),
+            ));
+        }
+        if status.is_none() || held.0.is_empty() {
+            total.add(&requests(c));
+        } else {
+            if !infeasible {
+                held.max_with(&requests(c));
+            }
+            total.add(&held);
+        }
     }
     let mut sidecars = Resources::default();
     let mut init_peak = Resources::default();
@@ -1162,6 +1193,27 @@ mod tests {
         }));
         // Sidecar runs alongside: containers 100m+200m; init step 250m+200m.
         assert_eq!(pod_requests(&sidecar).get("cpu"), 450);
+    }
+
+    #[test]
+    fn a_pending_resize_counts_the_larger_of_spec_and_allocation() {
+        let resized = |cond: Option<&str>| -> Pod {
+            let mut p = pod(json!({"containers": [
+                {"name": "a", "image": "i", "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}]}));
+            p.status = serde_json::from_value(json!({
+                "conditions": cond.map(|r| vec![json!({"type": "PodResizePending", "status": "True", "reason": r})]),
+                "containerStatuses": [{"name": "a", "image": "i", "imageID": "", "ready": true,
+                    "restartCount": 0, "allocatedResources": {"cpu": "1", "memory": "2Gi"},
+                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]}))
+            .unwrap();
+            p
+        };
+        // Deferred (or not applied yet): max(spec, allocated).
+        let r = pod_requests(&resized(Some("Deferred")));
+        assert_eq!((r.get("cpu"), r.get("memory")), (2000, 2 << 30));
+        // Infeasible: it never applies; what runs counts.
+        let r = pod_requests(&resized(Some("Infeasible")));
+        assert_eq!((r.get("cpu"), r.get("memory")), (1000, 2 << 30));
     }
 
     #[test]

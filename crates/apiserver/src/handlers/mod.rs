@@ -201,7 +201,7 @@ pub async fn handle(
         (
             &Method::GET,
             true,
-            None | Some("status") | Some("approval") | Some("ephemeralcontainers"),
+            None | Some("status") | Some("approval") | Some("ephemeralcontainers") | Some("resize"),
         ) => {
             if ctx.path.legacy_watch || ctx.query.flag("watch") {
                 return ApiError::bad_request(
@@ -226,12 +226,13 @@ pub async fn handle(
             | Some("status")
             | Some("finalize")
             | Some("approval")
-            | Some("ephemeralcontainers"),
+            | Some("ephemeralcontainers")
+            | Some("resize"),
         ) => update(&ctx, content_type, &body).await,
         (
             &Method::PATCH,
             true,
-            None | Some("status") | Some("approval") | Some("ephemeralcontainers"),
+            None | Some("status") | Some("approval") | Some("ephemeralcontainers") | Some("resize"),
         ) => patch(&ctx, content_type, &body).await,
         (&Method::DELETE, true, None) => delete(&ctx, content_type, &body).await,
         (&Method::DELETE, false, None) => delete_collection(&ctx, content_type, &body).await,

@@ -365,6 +365,13 @@ pub(super) async fn admit_quota_update(
     old: &Value,
     new: &mut Value,
 ) -> ApiResult<()> {
+    if ctx.path.subresource.as_deref() == Some("resize") {
+        // LimitRanger validates (never defaults) a resize, and quota
+        // charges what it adds (upstream's pod evaluator handles the
+        // `resize` subresource).
+        crate::quota::admit_pod_resize(ctx.state, ctx.rt(), old, new, ctx.dry_run()).await?;
+        return Ok(());
+    }
     if ctx.path.subresource.is_some() {
         return Ok(());
     }

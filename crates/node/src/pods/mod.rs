@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod phase;
 pub mod probes;
+pub mod resize;
 pub mod spec;
 pub mod volumes;
 pub mod worker;

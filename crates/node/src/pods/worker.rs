@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::PodContext;
 use super::phase::{Event, Phase, Sandbox};
 use super::probes::{self, Outcome, ProbeState};
+use super::resize::{self, Fit};
 use super::spec::{self, LABEL_CONTAINER_KIND, LABEL_CONTAINER_NAME, LABEL_POD_UID};
 use super::volumes::{self, VolumeError};
 
@@ -225,6 +226,18 @@ pub struct Worker {
     last_found: Option<HashMap<String, Found>>,
     /// A probe killed a container after the last read.
     acted_since_read: bool,
+    /// In-place resize: the cpu/memory requests and limits this node
+    /// admitted per regular container (what its containers are created
+    /// with; [`resize::of_container`] shape).
+    allocated: HashMap<String, Value>,
+    /// In-place resize: what the running container of each name was
+    /// created with or last updated to, with its CRI id.
+    actuated: HashMap<String, (String, Value)>,
+    /// A resize that does not fit: (reason, message) of the
+    /// `PodResizePending` condition.
+    resize_pending: Option<(&'static str, String)>,
+    /// Why the last attempt to apply an admitted resize failed.
+    resize_error: Option<String>,
 }
 
 fn key(init: bool, name: &str) -> String {
@@ -302,6 +315,22 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.start_time.as_ref())
             .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        // What an earlier run of this node role admitted, as the status
+        // it wrote says (kubelet keeps a checkpoint; the API is ours).
+        let allocated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|cs| {
+                let r = cs.resources.as_ref()?;
+                Some((
+                    cs.name.clone(),
+                    resize::only_cpu_memory(&serde_json::to_value(r).ok()?),
+                ))
+            })
+            .collect();
         Worker {
             ctx,
             pod,
@@ -316,6 +345,10 @@ impl Worker {
             start_time,
             last_found: None,
             acted_since_read: false,
+            allocated,
+            actuated: HashMap::new(),
+            resize_pending: None,
+            resize_error: None,
         }
     }
 
@@ -574,6 +607,9 @@ impl Worker {
                 }
             }
         }
+        if inits_done {
+            self.resize(&found).await;
+        }
         // Ephemeral containers: started once, after the pod runs; one that
         // exited stays exited.
         if inits_done {
@@ -595,6 +631,155 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// In-place resize: admits a change of the regular containers'
+    /// cpu/memory (when it fits the node, else records why it is
+    /// pending), then applies what is admitted to the running containers
+    /// through CRI `UpdateContainerResources`, or restarts a container
+    /// whose `resizePolicy` asks for it. The pod cgroup has no limits of
+    /// its own here (only the containers' cgroups do), so nothing else
+    /// changes.
+    async fn resize(&mut self, found: &HashMap<String, Found>) {
+        let spec = self.spec();
+        let desired: Vec<(String, Value)> = spec
+            .containers
+            .iter()
+            .map(|c| (c.name.clone(), resize::of_container(c)))
+            .collect();
+        for (name, d) in &desired {
+            self.allocated
+                .entry(name.clone())
+                .or_insert_with(|| d.clone());
+        }
+        let wanted = desired
+            .iter()
+            .any(|(name, d)| !resize::changed(&self.allocated[name], d).is_empty());
+        if !wanted {
+            self.resize_pending = None;
+        } else {
+            match self.resize_fit(&desired).await {
+                Ok(Fit::Fits) => {
+                    info!(pod = %self.name(), "resize admitted");
+                    self.allocated.extend(desired);
+                    self.resize_pending = None;
+                }
+                Ok(Fit::Deferred(m)) => self.resize_pending = Some(("Deferred", m)),
+                Ok(Fit::Infeasible(m)) => self.resize_pending = Some(("Infeasible", m)),
+                Err(e) => debug!(pod = %self.name(), error = %e, "cannot judge a resize"),
+            }
+        }
+        self.resize_error = None;
+        for c in &spec.containers {
+            let Some(f) = found.get(&key(false, &c.name)) else {
+                continue;
+            };
+            if f.latest.state != api::ContainerState::ContainerRunning as i32 {
+                continue;
+            }
+            let id = f.latest.id.clone();
+            let alloc = self.allocated[&c.name].clone();
+            let applied = match self.actuated.get(&c.name) {
+                Some((aid, r)) if *aid == id => Some(r.clone()),
+                _ => None,
+            };
+            let changes = applied
+                .as_ref()
+                .map(|a| resize::changed(a, &alloc))
+                .unwrap_or_default();
+            if applied.is_some() && changes.is_empty() {
+                continue;
+            }
+            if resize::restart_needed(c, &changes) {
+                // Its successor is created with the allocation.
+                self.actuated.remove(&c.name);
+                self.kill_for_restart(c, &id, "needs a restart to be resized")
+                    .await;
+                continue;
+            }
+            // Kubelet's best effort against an OOM kill: a memory limit
+            // is not lowered below what the container uses.
+            if let (Some(a), Some(limit)) = (&applied, resize::amount(&alloc, "limits", "memory"))
+                && resize::amount(a, "limits", "memory").is_none_or(|old| limit < old)
+                && let Some(usage) = self.memory_usage(&id).await
+                && usage > limit
+            {
+                self.resize_error = Some(resize::below_usage(&c.name, limit, usage));
+                continue;
+            }
+            let req = api::UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(resize::linux(c, &alloc)),
+                ..Default::default()
+            };
+            match self.ctx.cri.runtime().update_container_resources(req).await {
+                Ok(_) => {
+                    if applied.is_some() {
+                        info!(pod = %self.name(), container = %c.name, "container resized");
+                    }
+                    self.actuated.insert(c.name.clone(), (id, alloc));
+                }
+                Err(s) => {
+                    self.resize_error = Some(format!(
+                        "updating the resources of container {:?}: {}",
+                        c.name,
+                        s.message()
+                    ));
+                }
+            }
+        }
+        if self.resize_error.is_some() {
+            self.unsettle();
+        }
+    }
+
+    /// Whether the containers' resources `desired` fit this node: the
+    /// node's allocatable against the other pods bound to it.
+    async fn resize_fit(&self, desired: &[(String, Value)]) -> Result<Fit, kube::Error> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
+        let node = nodes.get(&self.ctx.node_name).await?;
+        let alloc = node.status.and_then(|s| s.allocatable).unwrap_or_default();
+        let alloc = serde_json::to_value(alloc).unwrap_or_default();
+        let allocatable = (
+            resize::amount(&json!({"r": alloc}), "r", "cpu").unwrap_or(0),
+            resize::amount(&json!({"r": alloc}), "r", "memory").unwrap_or(0),
+        );
+        let want = resize::requests(desired.iter().map(|(_, d)| d));
+        if want.0 > allocatable.0 || want.1 > allocatable.1 {
+            return Ok(resize::fit(want, (0, 0), allocatable));
+        }
+        let pods: Api<Pod> = Api::all(self.ctx.client.clone());
+        let lp = kube::api::ListParams::default()
+            .fields(&format!("spec.nodeName={}", self.ctx.node_name));
+        let mut others = (0, 0);
+        for p in pods.list(&lp).await? {
+            let done = matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            if done || p.metadata.uid.as_deref() == Some(self.uid.as_str()) {
+                continue;
+            }
+            let (cpu, mem) = resize::held_by(&p);
+            others.0 += cpu;
+            others.1 += mem;
+        }
+        Ok(resize::fit(want, others, allocatable))
+    }
+
+    /// The memory container `id` uses now, as the runtime measures it.
+    async fn memory_usage(&self, id: &str) -> Option<i128> {
+        let st = self
+            .ctx
+            .cri
+            .runtime()
+            .container_stats(api::ContainerStatsRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        st.stats?.memory?.usage_bytes.map(|u| i128::from(u.value))
     }
 
     fn should_restart(&self, exit_code: i32) -> bool {
@@ -1009,6 +1194,17 @@ impl Worker {
             &mounts,
             kind.is_init(),
         );
+        // A regular container runs with what this node admitted for it,
+        // which differs from its spec while a resize is pending.
+        let admitted = (*kind == Kind::Regular).then(|| {
+            self.allocated
+                .entry(c.name.clone())
+                .or_insert_with(|| resize::of_container(c))
+                .clone()
+        });
+        if let (Some(res), Some(l)) = (&admitted, cfg.linux.as_mut()) {
+            l.resources = Some(resize::linux(c, res));
+        }
         if let Kind::Ephemeral { target } = kind {
             cfg.labels
                 .insert(LABEL_CONTAINER_KIND.into(), "ephemeral".into());
@@ -1052,6 +1248,9 @@ impl Worker {
             &format!("Created/{k}"),
             format!("Created container {}", c.name),
         );
+        if let Some(res) = admitted {
+            self.actuated.insert(c.name.clone(), (id.clone(), res));
+        }
         self.start_created(c, kind, &id).await;
     }
 
@@ -1702,6 +1901,7 @@ impl Worker {
             init_statuses.push(s);
         }
         let mut statuses = Vec::new();
+        let mut resizing = false;
         let (mut any_running, mut all_ready, mut never_ran, mut waiting_restart) =
             (false, true, false, false);
         let (mut succeeded, mut failed) = (0, 0);
@@ -1757,6 +1957,32 @@ impl Worker {
                 None => json!({}),
             };
             s["lastState"] = last;
+            if let Some(f) = f {
+                // What this node admitted (requests) and what the
+                // container runs with now.
+                let alloc = self
+                    .allocated
+                    .get(&c.name)
+                    .cloned()
+                    .unwrap_or_else(|| resize::of_container(c));
+                let applied = match self.actuated.get(&c.name) {
+                    Some((id, r)) if *id == f.latest.id => Some(r.clone()),
+                    _ => None,
+                };
+                let running = f.latest.state == api::ContainerState::ContainerRunning as i32;
+                if running
+                    && applied
+                        .as_ref()
+                        .is_none_or(|r| !resize::changed(r, &alloc).is_empty())
+                {
+                    resizing = true;
+                }
+                let actual = applied.unwrap_or_else(|| alloc.clone());
+                if let Some(req) = alloc.get("requests") {
+                    s["allocatedResources"] = req.clone();
+                }
+                s["resources"] = actual;
+            }
             statuses.push(s);
         }
         let phase = if init_failed {
@@ -1794,6 +2020,24 @@ impl Worker {
             ),
             scheduled,
         ];
+        // In-place resize (upstream 1.35's conditions).
+        let generation = self.pod.metadata.generation;
+        if let Some((reason, message)) = &self.resize_pending {
+            let mut c = cond("PodResizePending", true, None);
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+            c["observedGeneration"] = json!(generation);
+            conditions.push(c);
+        }
+        if (resizing || self.resize_error.is_some()) && !terminal {
+            let mut c = cond("PodResizeInProgress", true, None);
+            c["observedGeneration"] = json!(generation);
+            if let Some(e) = &self.resize_error {
+                c["reason"] = json!("Error");
+                c["message"] = json!(e);
+            }
+            conditions.push(c);
+        }
         if terminal {
             for c in conditions.iter_mut() {
                 if c["type"] == "Ready" || c["type"] == "ContainersReady" {
@@ -1810,6 +2054,9 @@ impl Worker {
             "containerStatuses": statuses,
             "qosClass": qos_class(&spec),
         });
+        if let Some(g) = generation {
+            st["observedGeneration"] = json!(g);
+        }
         if !init_statuses.is_empty() {
             st["initContainerStatuses"] = json!(init_statuses);
         }
