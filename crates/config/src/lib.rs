@@ -261,6 +261,11 @@ pub struct Config {
     /// else RKE2's defaults (`imagefs.available<5%,nodefs.available<5%`,
     /// minimum reclaim 10% each).
     pub eviction: rke2_apimachinery::eviction::EvictionConfig,
+    /// The HPA controller's settings: `kube-controller-manager-arg:
+    /// [horizontal-pod-autoscaler-sync-period=…, …-tolerance=…,
+    /// …-downscale-stabilization=…, …-cpu-initialization-period=…,
+    /// …-initial-readiness-delay=…]`, else upstream's defaults.
+    pub hpa: rke2_apimachinery::autoscaling::HpaSettings,
 }
 
 /// What `rke2 server` and `rke2 etcd-snapshot` need to take, keep and
@@ -1154,6 +1159,7 @@ fn build(
     }
     let cluster_reset_restore_path = cluster_reset_restore_path.map(|(p, _)| p);
     let eviction = kubelet_args(&r, warnings)?;
+    let hpa = kube_controller_manager_args(&r, warnings)?;
     Ok(Config {
         role,
         config_file,
@@ -1213,6 +1219,7 @@ fn build(
         cluster_reset,
         cluster_reset_restore_path,
         eviction,
+        hpa,
     })
 }
 
@@ -1302,6 +1309,34 @@ fn kubelet_args(
         cfg.pressure_transition_period = t;
     }
     Ok(cfg)
+}
+
+/// `kube-controller-manager-arg`: the `horizontal-pod-autoscaler-*`
+/// flags are applied (upstream's defaults without them); the controllers
+/// run inside this binary, so other flags are warned about and ignored.
+fn kube_controller_manager_args(
+    r: &Resolver,
+    warnings: &mut Vec<String>,
+) -> Result<rke2_apimachinery::autoscaling::HpaSettings, ConfigError> {
+    let mut hpa = rke2_apimachinery::autoscaling::HpaSettings::default();
+    for (arg, origin) in r.list("kube-controller-manager-arg") {
+        let flag = arg.trim_start_matches('-');
+        let (name, value) = flag.split_once('=').unwrap_or((flag, ""));
+        let applied = hpa
+            .apply(name, value)
+            .map_err(|reason| ConfigError::InvalidValue {
+                origin: origin.clone(),
+                key: "kube-controller-manager-arg".into(),
+                value: arg.clone(),
+                reason,
+            })?;
+        if !applied {
+            warnings.push(format!(
+                "kube-controller-manager-arg {arg:?} ({origin}): not supported by this server; ignored"
+            ));
+        }
+    }
+    Ok(hpa)
 }
 
 /// The `etcd-snapshot-*` and `etcd-s3-*` keys.
