@@ -80,9 +80,10 @@ impl HpaSettings {
                 self.sync_period = d;
             }
             "horizontal-pod-autoscaler-tolerance" => {
-                let t: f64 = value.trim().parse().map_err(|_| {
-                    format!("{name}: {value:?} is not a number such as 0.1")
-                })?;
+                let t: f64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name}: {value:?} is not a number such as 0.1"))?;
                 if !t.is_finite() || t < 0.0 {
                     return Err(format!("{name}: must be greater than or equal to 0"));
                 }
@@ -116,13 +117,19 @@ mod tests {
             s.apply("horizontal-pod-autoscaler-sync-period", "30s"),
             Ok(true)
         );
-        assert_eq!(s.apply("horizontal-pod-autoscaler-tolerance", "0.05"), Ok(true));
+        assert_eq!(
+            s.apply("horizontal-pod-autoscaler-tolerance", "0.05"),
+            Ok(true)
+        );
         assert_eq!(
             s.apply("horizontal-pod-autoscaler-downscale-stabilization", "0s"),
             Ok(true)
         );
         assert_eq!(
-            s.apply("horizontal-pod-autoscaler-cpu-initialization-period", "1m30s"),
+            s.apply(
+                "horizontal-pod-autoscaler-cpu-initialization-period",
+                "1m30s"
+            ),
             Ok(true)
         );
         assert_eq!(
@@ -146,17 +153,48 @@ mod tests {
     fn bad_values_name_the_flag() {
         let mut s = HpaSettings::default();
         for (name, value, needle) in [
-            ("horizontal-pod-autoscaler-sync-period", "0s", "must be greater than 0"),
-            ("horizontal-pod-autoscaler-sync-period", "fast", "not a duration"),
-            ("horizontal-pod-autoscaler-sync-period", "-5s", "not a duration"),
+            (
+                "horizontal-pod-autoscaler-sync-period",
+                "0s",
+                "must be greater than 0",
+            ),
+            (
+                "horizontal-pod-autoscaler-sync-period",
+                "fast",
+                "not a duration",
+            ),
+            (
+                "horizontal-pod-autoscaler-sync-period",
+                "-5s",
+                "not a duration",
+            ),
             ("horizontal-pod-autoscaler-tolerance", "ten", "not a number"),
-            ("horizontal-pod-autoscaler-tolerance", "-0.1", "greater than or equal to 0"),
-            ("horizontal-pod-autoscaler-tolerance", "NaN", "greater than or equal to 0"),
-            ("horizontal-pod-autoscaler-downscale-stabilization", "", "not a duration"),
-            ("horizontal-pod-autoscaler-initial-readiness-delay", "30", "not a duration"),
+            (
+                "horizontal-pod-autoscaler-tolerance",
+                "-0.1",
+                "greater than or equal to 0",
+            ),
+            (
+                "horizontal-pod-autoscaler-tolerance",
+                "NaN",
+                "greater than or equal to 0",
+            ),
+            (
+                "horizontal-pod-autoscaler-downscale-stabilization",
+                "",
+                "not a duration",
+            ),
+            (
+                "horizontal-pod-autoscaler-initial-readiness-delay",
+                "30",
+                "not a duration",
+            ),
         ] {
             let e = s.apply(name, value).unwrap_err();
-            assert!(e.starts_with(name) && e.contains(needle), "{name}={value}: {e}");
+            assert!(
+                e.starts_with(name) && e.contains(needle),
+                "{name}={value}: {e}"
+            );
         }
         assert_eq!(s, HpaSettings::default(), "nothing half-applied");
     }

@@ -1058,7 +1058,9 @@ mod tests {
         o["spec"]["behavior"]["scaleUp"] = json!({"tolerance": "0", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}]});
         assert_eq!(
             messages(&o),
-            vec!["spec.behavior.scaleDown.tolerance: Invalid value: -50m: must be greater than or equal to 0"]
+            vec![
+                "spec.behavior.scaleDown.tolerance: Invalid value: -50m: must be greater than or equal to 0"
+            ]
         );
         o["spec"]["behavior"]["scaleDown"]["tolerance"] = json!("0.05");
         assert!(messages(&o).is_empty(), "{:?}", messages(&o));

@@ -195,9 +195,8 @@ impl LinkRewriter {
                 Ok(())
             }),
         );
-        let mut rewriter = lol_html::HtmlRewriter::new(settings, |c: &[u8]| {
-            out.extend_from_slice(c)
-        });
+        let mut rewriter =
+            lol_html::HtmlRewriter::new(settings, |c: &[u8]| out.extend_from_slice(c));
         rewriter.write(html)?;
         rewriter.end()?;
         Ok(out)
@@ -311,7 +310,8 @@ impl LinkRewriter {
         match encoding {
             Encoding::Identity => Some(out),
             Encoding::Gzip => {
-                let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                let mut w =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 w.write_all(&out).ok()?;
                 w.finish().ok()
             }
@@ -367,10 +367,7 @@ mod tests {
         // An absolute path on no host, the backend or the apiserver.
         assert_eq!(r.rewrite_url("/login"), format!("{p}/login"));
         assert_eq!(r.rewrite_url("/a/b/?x=1#f"), format!("{p}/a/b/?x=1#f"));
-        assert_eq!(
-            r.rewrite_url("http://10.42.0.7:80/x/y"),
-            format!("{p}/x/y")
-        );
+        assert_eq!(r.rewrite_url("http://10.42.0.7:80/x/y"), format!("{p}/x/y"));
         assert_eq!(
             r.rewrite_url("https://127.0.0.1:6443/x"),
             format!("https://127.0.0.1:6443{p}/x")
@@ -445,7 +442,12 @@ mod tests {
     }
 
     async fn body_of(resp: Response) -> Vec<u8> {
-        resp.into_body().collect().await.unwrap().to_bytes().to_vec()
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
     }
 
     #[tokio::test]

@@ -1386,9 +1386,18 @@ fn kube_controller_manager_arg_hpa_flags() {
     assert_eq!(l.config.hpa.tolerance, 0.0);
     // A bad value is refused naming the key and the flag.
     for (arg, want) in [
-        ("horizontal-pod-autoscaler-sync-period=0s", "must be greater than 0"),
-        ("horizontal-pod-autoscaler-tolerance=lots", "is not a number"),
-        ("horizontal-pod-autoscaler-downscale-stabilization=5", "not a duration"),
+        (
+            "horizontal-pod-autoscaler-sync-period=0s",
+            "must be greater than 0",
+        ),
+        (
+            "horizontal-pod-autoscaler-tolerance=lots",
+            "is not a number",
+        ),
+        (
+            "horizontal-pod-autoscaler-downscale-stabilization=5",
+            "not a duration",
+        ),
     ] {
         let (_d, cfg) = setup(
             Some(&format!("kube-controller-manager-arg: [{arg}]\n")),
