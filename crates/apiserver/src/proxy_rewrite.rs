@@ -257,6 +257,10 @@ impl LinkRewriter {
                 .chain(rest.into_data_stream());
             return Response::from_parts(head, Body::from_stream(stream));
         }
+        if read.is_empty() {
+            // A HEAD, 204 or 304: its headers describe a body not sent.
+            return Response::from_parts(head, Body::empty());
+        }
         let rw = self.clone();
         let input = read.clone();
         let rewritten = tokio::task::spawn_blocking(move || rw.rewrite_encoded(&input, encoding))
@@ -506,6 +510,16 @@ mod tests {
             body_of(r.rewrite_response(json).await).await,
             br#"{"href":"/x"}"#
         );
+
+        // No body (a HEAD): the headers stay as the backend sent them.
+        let head_resp = Response::builder()
+            .header(header::CONTENT_TYPE, "text/html")
+            .header(header::CONTENT_LENGTH, "1234")
+            .body(Body::empty())
+            .unwrap();
+        let out = r.rewrite_response(head_resp).await;
+        assert_eq!(out.headers()[header::CONTENT_LENGTH], "1234");
+        assert!(body_of(out).await.is_empty());
 
         // A redirect: Location rewritten, body left alone.
         let redirect = Response::builder()
