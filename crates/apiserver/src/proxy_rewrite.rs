@@ -88,7 +88,7 @@ struct UrlRef<'a> {
 
 fn split_url(s: &str) -> Option<UrlRef<'_>> {
     // A scheme is a letter then letters, digits, `+`, `-`, `.` up to `:`.
-    let scheme_end = s.find(|c: char| matches!(c, ':' | '/' | '?' | '#'));
+    let scheme_end = s.find([':', '/', '?', '#']);
     let after_scheme = match scheme_end {
         Some(i) if s.as_bytes()[i] == b':' => {
             let scheme = &s[..i];
@@ -110,9 +110,7 @@ fn split_url(s: &str) -> Option<UrlRef<'_>> {
     let rest = &s[after_scheme..];
     let (host, path_start) = match rest.strip_prefix("//") {
         Some(auth) => {
-            let end = auth
-                .find(|c: char| matches!(c, '/' | '?' | '#'))
-                .unwrap_or(auth.len());
+            let end = auth.find(['/', '?', '#']).unwrap_or(auth.len());
             let authority = &auth[..end];
             let host = authority.rsplit('@').next().unwrap_or(authority);
             (host, after_scheme + 2 + end)

@@ -487,6 +487,8 @@ const DOWN_LIMIT: Why = (
 /// Upstream's `normalizeDesiredReplicas` (no `behavior`: a 5 min
 /// downscale window, scale-up capped at max(2×current, 4)) and
 /// `normalizeDesiredReplicasWithBehaviors`.
+// Upstream's inputs one by one, as the tests read them.
+#[allow(clippy::too_many_arguments)]
 pub fn normalize(
     t: &Tuning,
     h: &mut History,
