@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod autoscaling;
 pub mod cron;
 pub mod duration;
 pub mod eviction;

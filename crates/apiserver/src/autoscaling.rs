@@ -294,6 +294,18 @@ fn validate_rules(rules: &Value, path: &str, causes: &mut Vec<Cause>) {
             ));
         }
     }
+    // HPAConfigurableTolerance (beta, on by default in 1.35).
+    let tolerance = &rules["tolerance"];
+    if !tolerance.is_null() {
+        let text = quantity_text(tolerance);
+        if parse_quantity(&text).is_ok_and(|q| q.as_nanos() < 0) {
+            causes.push(invalid(
+                &format!("{path}.tolerance"),
+                text,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
     let select = &rules["selectPolicy"];
     if !select.is_null() && !matches!(select.as_str(), Some("Max" | "Min" | "Disabled")) {
         causes.push(not_supported(
@@ -1040,6 +1052,18 @@ mod tests {
                 "spec.behavior.scaleDown.policies[0].periodSeconds: Invalid value: 0: must be greater than zero",
             ]
         );
+        // HPAConfigurableTolerance: a quantity, not negative.
+        let mut o = hpa_v2();
+        o["spec"]["behavior"]["scaleDown"]["tolerance"] = json!("-50m");
+        o["spec"]["behavior"]["scaleUp"] = json!({"tolerance": "0", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}]});
+        assert_eq!(
+            messages(&o),
+            vec![
+                "spec.behavior.scaleDown.tolerance: Invalid value: -50m: must be greater than or equal to 0"
+            ]
+        );
+        o["spec"]["behavior"]["scaleDown"]["tolerance"] = json!("0.05");
+        assert!(messages(&o).is_empty(), "{:?}", messages(&o));
     }
 
     #[test]

@@ -123,6 +123,18 @@ pub fn update_causes(old_spec: &Value, new_spec: &Value) -> Vec<Cause> {
     causes
 }
 
+/// Whether `spec.ephemeralContainers` differs between two pod specs
+/// (absent, null and empty all mean none).
+pub fn changed(old_spec: &Value, new_spec: &Value) -> bool {
+    let list = |s: &Value| {
+        s["ephemeralContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    list(old_spec) != list(new_spec)
+}
+
 /// A create may not carry ephemeral containers.
 pub fn create_causes(spec: &Value) -> Vec<Cause> {
     match spec["ephemeralContainers"].as_array() {

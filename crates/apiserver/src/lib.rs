@@ -46,6 +46,7 @@ pub mod objects;
 pub mod openapi;
 pub mod pod_security;
 pub mod proxy;
+pub mod proxy_rewrite;
 pub mod quota;
 pub mod rbac;
 pub mod rbac_objects;

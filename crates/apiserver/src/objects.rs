@@ -520,6 +520,25 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, new: &mut Value, status_on
     }
 }
 
+/// Adds a cause to the update rules `new` breaks (see
+/// [`UPDATE_VIOLATIONS`]) for a rule a strategy can only judge in its
+/// `prepare_update`, unless the same cause is there already.
+pub(crate) fn add_update_violation(new: &mut Value, (f, t, d): (String, String, String)) {
+    let cause = json!([f, t, d]);
+    if !new.is_object() {
+        // Refused by the type check anyway.
+        return;
+    }
+    if !new[UPDATE_VIOLATIONS].is_array() {
+        new[UPDATE_VIOLATIONS] = json!([]);
+    }
+    if let Some(list) = new[UPDATE_VIOLATIONS].as_array_mut()
+        && !list.contains(&cause)
+    {
+        list.push(cause);
+    }
+}
+
 /// Where [`prepare_update`] leaves the update rules an object broke for
 /// [`validate`] to report: every update path runs `prepare_update` (which
 /// cannot fail) and then `validate` (which only sees the new object), so

@@ -740,8 +740,22 @@ pub async fn node_proxy(
             )
             .await;
         }
+        // Links in an HTML answer stay under the proxy, as upstream's
+        // node proxy transport has them.
+        let links = crate::proxy_rewrite::LinkRewriter {
+            prefix: format!("/api/v1/nodes/{name}/proxy"),
+            backend: addr.to_string(),
+            own_host: parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+        };
         if parts.method == Method::GET {
-            return forward_stream(tls, &target).await;
+            return Ok(links
+                .rewrite_response(forward_stream(tls, &target).await?)
+                .await);
         }
         let mut req = request(&parts.method, &target);
         for name in [header::CONTENT_TYPE, header::ACCEPT] {
@@ -764,7 +778,7 @@ pub async fn node_proxy(
         if let Some(ct) = head.headers.get(header::CONTENT_TYPE) {
             out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
         }
-        Ok(out)
+        Ok(links.rewrite_response(out).await)
     };
     match serve.await {
         Ok(r) => r,

@@ -416,6 +416,9 @@ impl Strategy for Pod {
         if resize {
             crate::resize::unmark(new);
         }
+        if at.subresource.is_none() {
+            refuse_ephemeral_change(self, at.rt, old, new);
+        }
         Box::pin(async { Ok(()) })
     }
 
@@ -1377,7 +1380,8 @@ fn pod_spec_update(old: &Value, new: &Value) -> Option<(String, String, String)>
         }
     }
     take(&mut allowed, new, "activeDeadlineSeconds");
-    // Judged by `crate::ephemeral::update_causes`.
+    // Judged by `crate::ephemeral::update_causes` (through the
+    // subresource) or refused in `Pod::prepare_update` (a plain update).
     take(&mut allowed, new, "ephemeralContainers");
     let items = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
     let old_tolerations = items(old, "tolerations");
@@ -1394,13 +1398,40 @@ fn pod_spec_update(old: &Value, new: &Value) -> Option<(String, String, String)>
     {
         take(&mut allowed, new, "schedulingGates");
     }
-    (allowed != *new).then(|| {
-        (
-            "spec".to_string(),
-            "Forbidden".to_string(),
-            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".to_string(),
-        )
-    })
+    (allowed != *new).then(pod_spec_forbidden)
+}
+
+/// Upstream's ValidatePodUpdate does not let a plain update (PUT, PATCH,
+/// apply of the pod) touch `spec.ephemeralContainers`: only the
+/// `ephemeralcontainers` subresource may. `validate_update` cannot tell
+/// the two paths apart, so the plain path records the violation here.
+fn refuse_ephemeral_change(pod: &Pod, rt: &ResourceType, old: &Value, new: &mut Value) {
+    let mut old = old.clone();
+    pod.defaults(rt, &mut old);
+    if crate::ephemeral::changed(&old["spec"], &new["spec"]) {
+        // The subresource's own rules (`may not be removed`) are not
+        // upstream's answer to a plain update: this one is.
+        if let Some(list) = new
+            .get_mut(objects::UPDATE_VIOLATIONS)
+            .and_then(Value::as_array_mut)
+        {
+            list.retain(|c| {
+                !c[0]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with("spec.ephemeralContainers"))
+            });
+        }
+        objects::add_update_violation(new, pod_spec_forbidden());
+    }
+}
+
+/// Upstream's cause for a pod update that changes what it may not.
+fn pod_spec_forbidden() -> (String, String, String) {
+    (
+        "spec".to_string(),
+        "Forbidden".to_string(),
+        "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".to_string(),
+    )
 }
 
 /// A Node's pod CIDRs as upstream's internal object has them:
@@ -1454,6 +1485,64 @@ mod tests {
         );
         let rb = find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
         assert!(rb.strategy.watch_index().is_some_and(|i| i.field.is_none()));
+    }
+
+    #[test]
+    fn ephemeral_containers_change_only_through_their_subresource() {
+        let rt = find("", "v1", "pods").unwrap();
+        let mut old = json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {
+            "containers": [{"name": "c", "image": "i:1"}]}});
+        rt.strategy.defaults(rt, &mut old);
+        let mut added = old.clone();
+        added["spec"]["ephemeralContainers"] =
+            json!([{"name": "dbg", "image": "busybox", "stdin": true}]);
+        rt.strategy.defaults(rt, &mut added);
+        let violations = |new: &Value| new[objects::UPDATE_VIOLATIONS].clone();
+
+        // A plain update adding one: upstream's pod-update 422.
+        let mut plain = added.clone();
+        objects::prepare_update(rt, &old, &mut plain, false);
+        refuse_ephemeral_change(&Pod, rt, &old, &mut plain);
+        let (f, t, d) = pod_spec_forbidden();
+        assert_eq!(violations(&plain), json!([[f, t, d]]));
+        let e = objects::validate(rt, &plain).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .contains("spec: Forbidden: pod updates may not change fields other than"),
+            "{}",
+            e.message
+        );
+
+        // The same change through the subresource (what `prepare_update`
+        // does for it) is fine.
+        let mut sub = added.clone();
+        crate::ephemeral::take_ephemeral_containers(&old, &mut sub);
+        objects::prepare_update(rt, &old, &mut sub, false);
+        assert!(violations(&sub).is_null(), "{}", violations(&sub));
+
+        // Unchanged ones (absent and empty alike) pass a plain update, as
+        // does a change that is allowed (an image).
+        let mut image = added.clone();
+        image["spec"]["containers"][0]["image"] = json!("i:2");
+        objects::prepare_update(rt, &added, &mut image, false);
+        refuse_ephemeral_change(&Pod, rt, &added, &mut image);
+        assert!(violations(&image).is_null(), "{}", violations(&image));
+        let mut empty = old.clone();
+        empty["spec"]["ephemeralContainers"] = json!([]);
+        refuse_ephemeral_change(&Pod, rt, &old, &mut empty);
+        assert!(violations(&empty).is_null());
+
+        // Removing one by a plain update is refused the same way, once.
+        let mut removed = old.clone();
+        objects::prepare_update(rt, &added, &mut removed, false);
+        refuse_ephemeral_change(&Pod, rt, &added, &mut removed);
+        assert_eq!(violations(&removed).as_array().map(Vec::len), Some(1));
+
+        // A body that is not an object is left for the type check.
+        let mut junk = json!("x");
+        refuse_ephemeral_change(&Pod, rt, &added, &mut junk);
+        assert_eq!(junk, json!("x"));
     }
 
     #[test]

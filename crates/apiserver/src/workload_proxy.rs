@@ -5,9 +5,9 @@
 //! `ProxyREST` does. `<id>` is `[scheme:]name[:port]` (scheme `http` or
 //! `https`; the pod's certificate is not checked, as upstream's proxy
 //! transport does not). The caller's credentials are not passed on. A
-//! redirect's `Location` on the backend is rewritten under the proxy path,
-//! as upstream's proxy transport does; HTML bodies are relayed unchanged
-//! (upstream rewrites their links).
+//! redirect's `Location` and the links of an HTML answer are rewritten
+//! under the proxy path as upstream's proxy transport does
+//! ([`crate::proxy_rewrite`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -258,31 +258,6 @@ fn os_error_text(e: &std::io::Error) -> String {
     }
 }
 
-/// Rewrites a backend redirect's `Location` under the proxy prefix (on
-/// the apiserver's own scheme and host), as upstream's proxy transport
-/// does: relative references and other hosts are left alone.
-pub fn rewrite_location(location: &str, backend: SocketAddr, prefix: &str, own: &str) -> String {
-    let (host, path) = if let Some(rest) = location
-        .strip_prefix("http://")
-        .or_else(|| location.strip_prefix("https://"))
-    {
-        match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        }
-    } else {
-        ("", location)
-    };
-    let same_host = host.is_empty() || host == backend.to_string() || host == own;
-    if !same_host || !path.starts_with('/') {
-        return location.to_string();
-    }
-    if path.starts_with(prefix) {
-        return format!("https://{own}{path}");
-    }
-    format!("https://{own}{prefix}{path}")
-}
-
 /// Serves one authorized pods/services proxy request.
 pub async fn serve(
     state: &ApiState,
@@ -345,19 +320,16 @@ pub async fn serve(
         let mut out = Response::new(Body::new(incoming));
         *out.status_mut() = head.status;
         for (k, v) in &head.headers {
-            if hop_by_hop(k) {
-                continue;
+            if !hop_by_hop(k) {
+                out.headers_mut().append(k.clone(), v.clone());
             }
-            if k == header::LOCATION
-                && let Ok(loc) = v.to_str()
-                && let Ok(nv) = HeaderValue::from_str(&rewrite_location(loc, addr, prefix, &own))
-            {
-                out.headers_mut().append(k.clone(), nv);
-                continue;
-            }
-            out.headers_mut().append(k.clone(), v.clone());
         }
-        Ok(out)
+        let links = crate::proxy_rewrite::LinkRewriter {
+            prefix: prefix.to_string(),
+            backend: addr.to_string(),
+            own_host: own,
+        };
+        Ok(links.rewrite_response(out).await)
     }
     .await;
     match result {
@@ -428,26 +400,6 @@ mod tests {
         assert_eq!(
             (e.code, e.message.as_str()),
             (503, "no service port 81 found for service \"s\"")
-        );
-    }
-
-    #[test]
-    fn redirects_stay_under_the_proxy() {
-        let backend: SocketAddr = "10.42.0.7:8080".parse().unwrap();
-        let prefix = "/api/v1/namespaces/d/pods/p:8080/proxy";
-        let own = "10.0.0.1:6443";
-        assert_eq!(
-            rewrite_location("/login", backend, prefix, own),
-            format!("https://{own}{prefix}/login")
-        );
-        assert_eq!(
-            rewrite_location("http://10.42.0.7:8080/x/", backend, prefix, own),
-            format!("https://{own}{prefix}/x/")
-        );
-        assert_eq!(rewrite_location("next", backend, prefix, own), "next");
-        assert_eq!(
-            rewrite_location("https://example.org/a", backend, prefix, own),
-            "https://example.org/a"
         );
     }
 }

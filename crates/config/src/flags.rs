@@ -200,6 +200,14 @@ pub(crate) const FLAGS: &[FlagDef] = &[
         "Customized flag for kubelet process (this node role applies the eviction-*, kube-reserved, system-reserved and image-gc-* flags; others are warned about and ignored)",
     ),
     flag(
+        "kube-controller-manager-arg",
+        List,
+        None,
+        "RKE2_KUBE_CONTROLLER_MANAGER_ARG",
+        false,
+        "Customized flag for kube-controller-manager process (the horizontal-pod-autoscaler-* flags apply; others are warned about and ignored)",
+    ),
+    flag(
         "write-kubeconfig",
         Str,
         Some(DEFAULT_WRITE_KUBECONFIG),

@@ -264,6 +264,11 @@ pub struct Config {
     /// collection thresholds (`image-gc-high-threshold=…`,
     /// `image-gc-low-threshold=…`).
     pub eviction: rke2_apimachinery::eviction::EvictionConfig,
+    /// The HPA controller's settings: `kube-controller-manager-arg:
+    /// [horizontal-pod-autoscaler-sync-period=…, …-tolerance=…,
+    /// …-downscale-stabilization=…, …-cpu-initialization-period=…,
+    /// …-initial-readiness-delay=…]`, else upstream's defaults.
+    pub hpa: rke2_apimachinery::autoscaling::HpaSettings,
 }
 
 /// What `rke2 server` and `rke2 etcd-snapshot` need to take, keep and
@@ -1157,6 +1162,7 @@ fn build(
     }
     let cluster_reset_restore_path = cluster_reset_restore_path.map(|(p, _)| p);
     let eviction = kubelet_args(&r, warnings)?;
+    let hpa = kube_controller_manager_args(&r, warnings)?;
     Ok(Config {
         role,
         config_file,
@@ -1216,6 +1222,7 @@ fn build(
         cluster_reset,
         cluster_reset_restore_path,
         eviction,
+        hpa,
     })
 }
 
@@ -1354,6 +1361,34 @@ fn kubelet_args(
     cfg.image_gc_high_threshold = high as u8;
     cfg.image_gc_low_threshold = low as u8;
     Ok(cfg)
+}
+
+/// `kube-controller-manager-arg`: the `horizontal-pod-autoscaler-*`
+/// flags are applied (upstream's defaults without them); the controllers
+/// run inside this binary, so other flags are warned about and ignored.
+fn kube_controller_manager_args(
+    r: &Resolver,
+    warnings: &mut Vec<String>,
+) -> Result<rke2_apimachinery::autoscaling::HpaSettings, ConfigError> {
+    let mut hpa = rke2_apimachinery::autoscaling::HpaSettings::default();
+    for (arg, origin) in r.list("kube-controller-manager-arg") {
+        let flag = arg.trim_start_matches('-');
+        let (name, value) = flag.split_once('=').unwrap_or((flag, ""));
+        let applied = hpa
+            .apply(name, value)
+            .map_err(|reason| ConfigError::InvalidValue {
+                origin: origin.clone(),
+                key: "kube-controller-manager-arg".into(),
+                value: arg.clone(),
+                reason,
+            })?;
+        if !applied {
+            warnings.push(format!(
+                "kube-controller-manager-arg {arg:?} ({origin}): not supported by this server; ignored"
+            ));
+        }
+    }
+    Ok(hpa)
 }
 
 /// The `etcd-snapshot-*` and `etcd-s3-*` keys.

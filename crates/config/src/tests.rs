@@ -1410,3 +1410,67 @@ fn kubelet_arg_reservations_and_image_gc_thresholds() {
         );
     }
 }
+
+
+#[test]
+fn kube_controller_manager_arg_hpa_flags() {
+    use rke2_apimachinery::autoscaling::HpaSettings;
+    let (_d, cfg) = setup(Some(""), &[]);
+    let l = server(&cfg, &[]).unwrap();
+    assert_eq!(l.config.hpa, HpaSettings::default());
+    let (_d, cfg) = setup(
+        Some(
+            "kube-controller-manager-arg:\n  - horizontal-pod-autoscaler-sync-period=5s\n  - --horizontal-pod-autoscaler-tolerance=0.2\n  - horizontal-pod-autoscaler-downscale-stabilization=1m\n  - horizontal-pod-autoscaler-cpu-initialization-period=2m\n  - horizontal-pod-autoscaler-initial-readiness-delay=10s\n  - node-monitor-grace-period=20s\n",
+        ),
+        &[],
+    );
+    let l = server(&cfg, &[]).unwrap();
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(
+        l.config.hpa,
+        HpaSettings {
+            sync_period: secs(5),
+            tolerance: 0.2,
+            downscale_stabilization: secs(60),
+            cpu_initialization_period: secs(120),
+            initial_readiness_delay: secs(10),
+        }
+    );
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].contains("node-monitor-grace-period=20s"),
+        "{:?}",
+        l.warnings
+    );
+    // On the command line too (repeatable).
+    let (_d, cfg) = setup(Some(""), &[]);
+    let l = server(
+        &cfg,
+        &["--kube-controller-manager-arg=horizontal-pod-autoscaler-tolerance=0"],
+    )
+    .unwrap();
+    assert_eq!(l.config.hpa.tolerance, 0.0);
+    // A bad value is refused naming the key and the flag.
+    for (arg, want) in [
+        (
+            "horizontal-pod-autoscaler-sync-period=0s",
+            "must be greater than 0",
+        ),
+        (
+            "horizontal-pod-autoscaler-tolerance=lots",
+            "is not a number",
+        ),
+        (
+            "horizontal-pod-autoscaler-downscale-stabilization=5",
+            "not a duration",
+        ),
+    ] {
+        let (_d, cfg) = setup(
+            Some(&format!("kube-controller-manager-arg: [{arg}]\n")),
+            &[],
+        );
+        let e = err_text(server(&cfg, &[]));
+        assert!(e.contains("kube-controller-manager-arg"), "{e}");
+        assert!(e.contains(arg) && e.contains(want), "{arg}: {e}");
+    }
+}

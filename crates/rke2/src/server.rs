@@ -899,6 +899,7 @@ async fn run_with_etcd(
                 duration: rke2_controllers::csr_signing::CLUSTER_SIGNING_DURATION,
             },
             enable_servicelb: cfg.enable_servicelb,
+            hpa: cfg.hpa.clone(),
             local_path: rke2_controllers::local_path::Settings {
                 path: cfg.default_local_storage_path.clone(),
                 helper_image: rke2_runtime::addon_image::reference(),
@@ -958,6 +959,8 @@ struct ControlPlane {
     signers: rke2_controllers::csr_signing::Signers,
     /// `enable-servicelb`: run ServiceLB.
     enable_servicelb: bool,
+    /// `kube-controller-manager-arg`'s HPA settings.
+    hpa: rke2_apimachinery::autoscaling::HpaSettings,
     /// The built-in local-path provisioner (off with `disable: local-storage`).
     local_path: rke2_controllers::local_path::Settings,
     /// What the HelmChart controller's Jobs run with.
@@ -1111,6 +1114,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
         cluster_cidr,
         signers,
         enable_servicelb,
+        hpa: hpa_settings,
         local_path,
         helm_jobs,
         ..
@@ -1133,6 +1137,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
             let signers = signers.clone();
             let helm_jobs = helm_jobs.clone();
             let local_path = local_path.clone();
+            let hpa_settings = hpa_settings.clone();
             async move {
                 let mut loops = tokio::task::JoinSet::new();
                 loops.spawn(rke2_controllers::server_removal::run(
@@ -1206,6 +1211,7 @@ async fn run_controllers(clients: ControlPlaneClients, cp: ControlPlane, stop: C
                 ));
                 loops.spawn(c::hpa::run(
                     clients.of("horizontal-pod-autoscaler"),
+                    hpa_settings.clone(),
                     lead.clone(),
                 ));
                 loops.spawn(c::resourcequota::run(

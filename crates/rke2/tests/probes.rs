@@ -463,6 +463,39 @@ async fn grpc_probes() {
     );
     let (code, location, _) = send("GET", pod_base, "").await;
     assert_eq!((code, location), (301, Some(format!("{pod_base}/"))));
+    // An HTML page's absolute links stay under the proxy (plain and
+    // gzip-encoded, the encoding kept), other hosts are left alone.
+    for page in ["page", "page.gz"] {
+        let req = http::Request::builder()
+            .uri(format!("{pod_base}/{page}"))
+            .body(kube::client::Body::empty())
+            .unwrap();
+        let resp = client.send(req).await.unwrap();
+        let code = resp.status().as_u16();
+        let gzipped = resp
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v == "gzip");
+        assert_eq!(gzipped, page == "page.gz", "{page}");
+        let raw = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let mut body = String::new();
+        if gzipped {
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&raw[..]), &mut body)
+                .unwrap();
+        } else {
+            body = String::from_utf8_lossy(&raw).to_string();
+        }
+        assert_eq!(code, 200, "{page}: {body}");
+        assert!(
+            body.contains(&format!(r#"<a href="{pod_base}/landing">"#))
+                && body.contains(&format!(r#"<img src="{pod_base}/i.png">"#))
+                && body.contains(r#"<a href="https://example.org/">"#),
+            "{page}: {body}"
+        );
+    }
     // services/proxy by port name and by number, through real kubectl,
     // once the Service's endpoints list the pod (the EndpointSlice
     // controller may lag the pod's readiness on a busy box).
@@ -665,6 +698,36 @@ async fn grpc_probes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("may not be changed"), "{err}");
+    // Nor added by a plain update of the pod: only the subresource may.
+    let e = pods
+        .patch(
+            "echo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(json!({"spec": {"ephemeralContainers": [
+                {"name": "sneaky", "image": TEST_BUSYBOX_IMAGE}]}})),
+        )
+        .await
+        .unwrap_err();
+    match e {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(
+                s.message
+                    .contains("spec: Forbidden: pod updates may not change fields other than"),
+                "{s:?}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    let p = pods.get("echo").await.unwrap();
+    assert!(
+        !p.spec
+            .unwrap()
+            .ephemeral_containers
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name == "sneaky")
+    );
     // The pod itself keeps serving, never restarted by the debugging.
     let p = pods.get("echo").await.unwrap();
     let st = p.status.unwrap();

@@ -6,15 +6,57 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Upstream's `--horizontal-pod-autoscaler-tolerance`.
-pub const TOLERANCE: f64 = 0.1;
-/// `--horizontal-pod-autoscaler-cpu-initialization-period` (5 min).
-pub const CPU_INITIALIZATION_PERIOD_MS: i64 = 5 * 60 * 1000;
-/// `--horizontal-pod-autoscaler-initial-readiness-delay` (30 s).
-pub const INITIAL_READINESS_DELAY_MS: i64 = 30 * 1000;
-/// `--horizontal-pod-autoscaler-downscale-stabilization` (5 min), the
-/// window of an HPA without `behavior`.
-pub const DOWNSCALE_STABILIZATION_MS: i64 = 5 * 60 * 1000;
+/// The tolerances of one HPA (upstream's `Tolerances`): the cluster's
+/// `--horizontal-pod-autoscaler-tolerance` in both directions unless the
+/// HPA's `behavior.scaleDown/scaleUp.tolerance` sets its own
+/// (HPAConfigurableTolerance).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerances {
+    /// How far below 1 the metric ratio may fall without a scale-down.
+    pub scale_down: f64,
+    /// How far above 1 it may rise without a scale-up.
+    pub scale_up: f64,
+}
+
+impl Tolerances {
+    /// Whether `ratio` (current / target) calls for no change.
+    pub fn is_within(&self, ratio: f64) -> bool {
+        1.0 - self.scale_down <= ratio && ratio <= 1.0 + self.scale_up
+    }
+}
+
+/// What the calculation and normalization of one HPA are tuned by:
+/// kube-controller-manager's `--horizontal-pod-autoscaler-*` flags (see
+/// `rke2_apimachinery::autoscaling::HpaSettings`) and the HPA's own
+/// tolerances. Times in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    /// The tolerances.
+    pub tolerances: Tolerances,
+    /// `--horizontal-pod-autoscaler-cpu-initialization-period`.
+    pub cpu_initialization_period_ms: i64,
+    /// `--horizontal-pod-autoscaler-initial-readiness-delay`.
+    pub initial_readiness_delay_ms: i64,
+    /// `--horizontal-pod-autoscaler-downscale-stabilization`: the window
+    /// of an HPA without `behavior`.
+    pub downscale_stabilization_ms: i64,
+}
+
+impl Default for Tuning {
+    /// Upstream's defaults: 10 % tolerance, 5 min CPU initialization
+    /// period, 30 s initial readiness delay, 5 min downscale window.
+    fn default() -> Self {
+        Tuning {
+            tolerances: Tolerances {
+                scale_down: 0.1,
+                scale_up: 0.1,
+            },
+            cpu_initialization_period_ms: 5 * 60 * 1000,
+            initial_readiness_delay_ms: 30 * 1000,
+            downscale_stabilization_ms: 5 * 60 * 1000,
+        }
+    }
+}
 
 /// What the calculator needs of one pod the target's selector matches.
 #[derive(Debug, Clone)]
@@ -55,6 +97,7 @@ struct Groups {
 }
 
 fn group_pods(
+    t: &Tuning,
     pods: &[PodInfo],
     metrics: &BTreeMap<String, PodMetric>,
     cpu: bool,
@@ -77,13 +120,13 @@ fn group_pods(
         if cpu {
             let unready = match (p.ready, p.start_time) {
                 (Some((ready, transition)), Some(start)) => {
-                    if start + CPU_INITIALIZATION_PERIOD_MS > now {
+                    if start + t.cpu_initialization_period_ms > now {
                         // Still initializing: unready, or no full window
                         // measured since the last transition.
                         !ready || m.timestamp < transition + m.window
                     } else {
                         // Unready and never ready since it started.
-                        !ready && start + INITIAL_READINESS_DELAY_MS > transition
+                        !ready && start + t.initial_readiness_delay_ms > transition
                     }
                 }
                 _ => true,
@@ -135,6 +178,7 @@ pub struct Proposal {
 /// Upstream's `GetResourceReplicas`: the replicas that bring the average
 /// utilization (usage / requests, in percent) to `target`.
 pub fn resource_replicas(
+    t: &Tuning,
     current: i32,
     target: i64,
     resource: &str,
@@ -145,7 +189,7 @@ pub fn resource_replicas(
     if pods.is_empty() {
         return Err("no pods returned by selector while calculating replica count".into());
     }
-    let g = group_pods(pods, metrics, resource == "cpu", now);
+    let g = group_pods(t, pods, metrics, resource == "cpu", now);
     let mut metrics: BTreeMap<String, PodMetric> = metrics
         .iter()
         .filter(|(n, _)| !g.ignored.contains(*n) && !g.unready.contains(*n))
@@ -176,7 +220,7 @@ pub fn resource_replicas(
     };
     let scale_up_with_unready = !g.unready.is_empty() && ratio > 1.0;
     if !scale_up_with_unready && g.missing.is_empty() {
-        if (1.0 - ratio).abs() <= TOLERANCE {
+        if t.tolerances.is_within(ratio) {
             return Ok(done(current));
         }
         return Ok(done((ratio * g.ready as f64).ceil() as i32));
@@ -216,13 +260,13 @@ pub fn resource_replicas(
         }
     }
     let (new_ratio, _, _) = utilization_ratio(&metrics, &requests, target)?;
-    Ok(done(settle(current, ratio, new_ratio, metrics.len())))
+    Ok(done(settle(t, current, ratio, new_ratio, metrics.len())))
 }
 
 /// The second pass shared by both calculators: no change within the
 /// tolerance or when the direction flipped.
-fn settle(current: i32, ratio: f64, new_ratio: f64, counted: usize) -> i32 {
-    if (1.0 - new_ratio).abs() <= TOLERANCE
+fn settle(t: &Tuning, current: i32, ratio: f64, new_ratio: f64, counted: usize) -> i32 {
+    if t.tolerances.is_within(new_ratio)
         || (ratio < 1.0 && new_ratio > 1.0)
         || (ratio > 1.0 && new_ratio < 1.0)
     {
@@ -238,6 +282,7 @@ fn settle(current: i32, ratio: f64, new_ratio: f64, counted: usize) -> i32 {
 /// Upstream's `GetRawResourceReplicas` (`calcPlainMetricReplicas`): the
 /// replicas that bring the average usage per pod to `target` (milli-units).
 pub fn raw_resource_replicas(
+    t: &Tuning,
     current: i32,
     target: i64,
     resource: &str,
@@ -248,7 +293,7 @@ pub fn raw_resource_replicas(
     if pods.is_empty() {
         return Err("no pods returned by selector while calculating replica count".into());
     }
-    let g = group_pods(pods, metrics, resource == "cpu", now);
+    let g = group_pods(t, pods, metrics, resource == "cpu", now);
     let mut metrics: BTreeMap<String, PodMetric> = metrics
         .iter()
         .filter(|(n, _)| !g.ignored.contains(*n) && !g.unready.contains(*n))
@@ -269,7 +314,7 @@ pub fn raw_resource_replicas(
     };
     let scale_up_with_unready = !g.unready.is_empty() && ratio > 1.0;
     if !scale_up_with_unready && g.missing.is_empty() {
-        if (1.0 - ratio).abs() <= TOLERANCE {
+        if t.tolerances.is_within(ratio) {
             return Ok(done(current));
         }
         return Ok(done((ratio * g.ready as f64).ceil() as i32));
@@ -298,7 +343,7 @@ pub fn raw_resource_replicas(
         }
     }
     let (new_ratio, _) = usage_ratio(&metrics);
-    Ok(done(settle(current, ratio, new_ratio, metrics.len())))
+    Ok(done(settle(t, current, ratio, new_ratio, metrics.len())))
 }
 
 /// `selectPolicy` of a scaling direction.
@@ -442,7 +487,10 @@ const DOWN_LIMIT: Why = (
 /// Upstream's `normalizeDesiredReplicas` (no `behavior`: a 5 min
 /// downscale window, scale-up capped at max(2×current, 4)) and
 /// `normalizeDesiredReplicasWithBehaviors`.
+// Upstream's inputs one by one, as the tests read them.
+#[allow(clippy::too_many_arguments)]
 pub fn normalize(
+    t: &Tuning,
     h: &mut History,
     behavior: Option<&Behavior>,
     current: i32,
@@ -453,7 +501,7 @@ pub fn normalize(
 ) -> Normalized {
     match behavior {
         None => {
-            let stabilized = stabilize(h, desired, now);
+            let stabilized = stabilize(h, t.downscale_stabilization_ms, desired, now);
             let able = if stabilized != desired {
                 DOWN_STABILIZED
             } else {
@@ -497,8 +545,8 @@ pub fn normalize(
 
 /// Records the recommendation; the highest of the window's (upstream's
 /// `stabilizeRecommendation`).
-fn stabilize(h: &mut History, desired: i32, now: i64) -> i32 {
-    let cutoff = now - DOWNSCALE_STABILIZATION_MS;
+fn stabilize(h: &mut History, window_ms: i64, desired: i32, now: i64) -> i32 {
+    let cutoff = now - window_ms;
     let mut best = desired;
     let mut old = None;
     for (i, (at, rec)) in h.recommendations.iter().enumerate() {
@@ -740,6 +788,7 @@ mod tests {
         // 2 pods of 100m request using 150m and 170m: 160 % vs 50 %.
         let pods = [pod("a", 100), pod("b", 100)];
         let p = resource_replicas(
+            &Tuning::default(),
             2,
             50,
             "cpu",
@@ -762,20 +811,152 @@ mod tests {
     fn within_tolerance_keeps_the_count() {
         let pods = [pod("a", 100), pod("b", 100)];
         // 54 %: ratio 1.08, inside 10 %.
-        let p =
-            resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 54), ("b", 54)]), NOW).unwrap();
+        let p = resource_replicas(
+            &Tuning::default(),
+            2,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 54), ("b", 54)]),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.replicas, 2);
         assert_eq!(p.utilization, Some(54));
         // 56 %: ratio 1.12, outside: ceil(1.12 * 2) = 3.
-        let p =
-            resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 56), ("b", 56)]), NOW).unwrap();
+        let p = resource_replicas(
+            &Tuning::default(),
+            2,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 56), ("b", 56)]),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.replicas, 3);
+    }
+
+    #[test]
+    fn tolerances_apply_per_direction_and_from_the_flags() {
+        let pods = [pod("a", 100), pod("b", 100)];
+        let at = |t: &Tuning, used: i64| {
+            resource_replicas(
+                t,
+                2,
+                50,
+                "cpu",
+                &pods,
+                &metrics(&[("a", used), ("b", used)]),
+                NOW,
+            )
+            .unwrap()
+            .replicas
+        };
+        // A cluster-wide tolerance of 20 % (the flag): 56 % and 44 % of a
+        // 50 % target (ratios 1.12 and 0.88) no longer scale.
+        let wide = Tuning {
+            tolerances: Tolerances {
+                scale_down: 0.2,
+                scale_up: 0.2,
+            },
+            ..Tuning::default()
+        };
+        assert_eq!((at(&wide, 56), at(&wide, 44)), (2, 2));
+        // 0 % up, 50 % down (an HPA's behavior): the slightest rise
+        // scales up, a fall to 30 % (ratio 0.6) does not scale down.
+        let skewed = Tuning {
+            tolerances: Tolerances {
+                scale_down: 0.5,
+                scale_up: 0.0,
+            },
+            ..Tuning::default()
+        };
+        assert_eq!(at(&skewed, 51), 3);
+        assert_eq!(at(&skewed, 30), 2);
+        assert_eq!(at(&skewed, 20), 1, "ratio 0.4 is past 50 %");
+        assert!(skewed.tolerances.is_within(1.0));
+        // Half the target: at the edge of 50 % (kept), past the default
+        // 10 % (halved).
+        assert_eq!(at(&skewed, 25), 2);
+        assert_eq!(at(&Tuning::default(), 25), 1);
+    }
+
+    #[test]
+    fn cpu_initialization_and_readiness_delay_come_from_the_flags() {
+        // Started 2 min ago, Ready since 1 min, sampled after a full
+        // window: with the default 5 min initialization period the pod is
+        // still initializing but its sample counts (ready, full window).
+        let mut young = pod("a", 100);
+        young.start_time = Some(NOW - 2 * MIN);
+        young.ready = Some((true, NOW - MIN));
+        // Unready, turned so 20 s after its start 10 min ago: never ready
+        // with the default 30 s delay, counted as ready (its sample used)
+        // with a 10 s delay.
+        let mut late = pod("b", 100);
+        late.start_time = Some(NOW - 10 * MIN);
+        late.ready = Some((false, NOW - 10 * MIN + 20_000));
+        let m = metrics(&[("a", 100), ("b", 100)]);
+        let d = Tuning::default();
+        let g = group_pods(&d, &[young.clone(), late.clone()], &m, true, NOW);
+        assert_eq!((g.ready, g.unready.len()), (1, 1));
+        assert!(g.unready.contains("b"));
+        let short = Tuning {
+            initial_readiness_delay_ms: 10_000,
+            ..d
+        };
+        let g = group_pods(&short, &[young.clone(), late.clone()], &m, true, NOW);
+        assert_eq!((g.ready, g.unready.len()), (2, 0));
+        // A sample taken before a full window since the pod turned Ready
+        // is not trusted within the initialization period, and is once
+        // the period (1 min by the flag) is over.
+        let mut fresh = pod("c", 100);
+        fresh.start_time = Some(NOW - 2 * MIN);
+        fresh.ready = Some((true, NOW - 10_000));
+        let m = metrics(&[("c", 100)]);
+        let g = group_pods(&d, std::slice::from_ref(&fresh), &m, true, NOW);
+        assert_eq!(g.ready, 0);
+        let quick = Tuning {
+            cpu_initialization_period_ms: MIN,
+            ..d
+        };
+        let g = group_pods(&quick, std::slice::from_ref(&fresh), &m, true, NOW);
+        assert_eq!(g.ready, 1);
+    }
+
+    #[test]
+    fn downscale_stabilization_comes_from_the_flag() {
+        let t = Tuning {
+            downscale_stabilization_ms: MIN,
+            ..Tuning::default()
+        };
+        let mut h = History::default();
+        normalize(&t, &mut h, None, 3, 3, 1, 10, NOW);
+        // 2 min later the 1 min window has forgotten the 3.
+        let n = normalize(&t, &mut h, None, 3, 1, 1, 10, NOW + 2 * MIN);
+        assert_eq!(n.replicas, 1);
+        // The default 5 min window still holds it.
+        let mut h = History::default();
+        let d = Tuning::default();
+        normalize(&d, &mut h, None, 3, 3, 1, 10, NOW);
+        let n = normalize(&d, &mut h, None, 3, 1, 1, 10, NOW + 2 * MIN);
+        assert_eq!((n.replicas, n.able), (3, DOWN_STABILIZED));
+        // A zero window does not stabilize at all.
+        let zero = Tuning {
+            downscale_stabilization_ms: 0,
+            ..d
+        };
+        let mut h = History::default();
+        normalize(&zero, &mut h, None, 3, 3, 1, 10, NOW);
+        let n = normalize(&zero, &mut h, None, 3, 1, 1, 10, NOW + 1);
+        assert_eq!(n.replicas, 1);
     }
 
     #[test]
     fn scales_down_when_idle() {
         let pods = [pod("a", 100), pod("b", 100), pod("c", 100)];
         let p = resource_replicas(
+            &Tuning::default(),
             3,
             50,
             "cpu",
@@ -793,6 +974,7 @@ mod tests {
         let mut b = pod("b", 0);
         b.request = Err("burn".into());
         let e = resource_replicas(
+            &Tuning::default(),
             2,
             50,
             "cpu",
@@ -807,13 +989,23 @@ mod tests {
     #[test]
     fn no_pods_or_no_metrics_are_errors() {
         assert_eq!(
-            resource_replicas(1, 50, "cpu", &[], &BTreeMap::new(), NOW).unwrap_err(),
+            resource_replicas(&Tuning::default(), 1, 50, "cpu", &[], &BTreeMap::new(), NOW)
+                .unwrap_err(),
             "no pods returned by selector while calculating replica count"
         );
         let mut p = pod("a", 100);
         p.phase = "Pending".into();
         assert_eq!(
-            resource_replicas(1, 50, "cpu", &[p], &metrics(&[("a", 10)]), NOW).unwrap_err(),
+            resource_replicas(
+                &Tuning::default(),
+                1,
+                50,
+                "cpu",
+                &[p],
+                &metrics(&[("a", 10)]),
+                NOW
+            )
+            .unwrap_err(),
             "did not receive metrics for targeted pods (pods might be unready)"
         );
     }
@@ -823,6 +1015,7 @@ mod tests {
         // Scale-up: the missing pod counts as 0 %, damping the step.
         let pods = [pod("a", 100), pod("b", 100), pod("c", 100)];
         let p = resource_replicas(
+            &Tuning::default(),
             3,
             50,
             "cpu",
@@ -835,14 +1028,31 @@ mod tests {
         assert_eq!(p.replicas, 4);
         assert_eq!(p.utilization, Some(100));
         // Scale-down: the missing pod counts as 100 %, so no flip to 1.
-        let p =
-            resource_replicas(3, 50, "cpu", &pods, &metrics(&[("a", 10), ("b", 10)]), NOW).unwrap();
+        let p = resource_replicas(
+            &Tuning::default(),
+            3,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 10), ("b", 10)]),
+            NOW,
+        )
+        .unwrap();
         // (10+10+100)/300 = 40 % → 0.8 → ceil(0.8*3) = 3: unchanged.
         assert_eq!(p.replicas, 3);
         // A flip of direction keeps the count: 40 % measured, missing at
         // 100 % → 60 % > 50 %.
         let pods = [pod("a", 100), pod("b", 100)];
-        let p = resource_replicas(2, 50, "cpu", &pods, &metrics(&[("a", 40)]), NOW).unwrap();
+        let p = resource_replicas(
+            &Tuning::default(),
+            2,
+            50,
+            "cpu",
+            &pods,
+            &metrics(&[("a", 40)]),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.replicas, 2);
     }
 
@@ -855,11 +1065,11 @@ mod tests {
         let m = metrics(&[("a", 100), ("b", 100), ("c", 100)]);
         // 100 % over a and b (ratio 2); c (initializing, unready) at 0:
         // 66 % → ratio 1.33 → ceil(1.33 * 3) = 4.
-        let p = resource_replicas(3, 50, "cpu", &pods, &m, NOW).unwrap();
+        let p = resource_replicas(&Tuning::default(), 3, 50, "cpu", &pods, &m, NOW).unwrap();
         assert_eq!(p.replicas, 4);
         // Scale-down ignores the unready pod: 10 % over a and b → ceil(0.2*2) = 1.
         let m = metrics(&[("a", 10), ("b", 10), ("c", 10)]);
-        let p = resource_replicas(3, 50, "cpu", &pods, &m, NOW).unwrap();
+        let p = resource_replicas(&Tuning::default(), 3, 50, "cpu", &pods, &m, NOW).unwrap();
         assert_eq!(p.replicas, 1);
     }
 
@@ -869,15 +1079,21 @@ mod tests {
         let mut a = pod("a", 100);
         a.start_time = Some(NOW - MIN);
         a.ready = Some((true, NOW - 2_000));
-        let g = group_pods(&[a.clone()], &metrics(&[("a", 90)]), true, NOW);
+        let g = group_pods(
+            &Tuning::default(),
+            &[a.clone()],
+            &metrics(&[("a", 90)]),
+            true,
+            NOW,
+        );
         assert!(g.unready.contains("a"));
         // Memory does not care.
-        let g = group_pods(&[a], &metrics(&[("a", 90)]), false, NOW);
+        let g = group_pods(&Tuning::default(), &[a], &metrics(&[("a", 90)]), false, NOW);
         assert_eq!(g.ready, 1);
         // Long started, unready but was ready once: counted as ready.
         let mut b = pod("b", 100);
         b.ready = Some((false, NOW - 5 * MIN));
-        let g = group_pods(&[b], &metrics(&[("b", 90)]), true, NOW);
+        let g = group_pods(&Tuning::default(), &[b], &metrics(&[("b", 90)]), true, NOW);
         assert_eq!(g.ready, 1);
     }
 
@@ -889,6 +1105,7 @@ mod tests {
         b.phase = "Failed".into();
         let pods = [a, b, pod("c", 100)];
         let p = resource_replicas(
+            &Tuning::default(),
             3,
             50,
             "cpu",
@@ -907,7 +1124,8 @@ mod tests {
         let mi = 1024 * 1024 * 1000;
         let pods = [pod("a", 0), pod("b", 0)];
         let m = metrics(&[("a", 150 * mi), ("b", 250 * mi)]);
-        let p = raw_resource_replicas(2, 100 * mi, "memory", &pods, &m, NOW).unwrap();
+        let p = raw_resource_replicas(&Tuning::default(), 2, 100 * mi, "memory", &pods, &m, NOW)
+            .unwrap();
         assert_eq!(
             p,
             Proposal {
@@ -919,7 +1137,8 @@ mod tests {
         // Missing pod on a scale-down counts as the target.
         let pods = [pod("a", 0), pod("b", 0), pod("c", 0)];
         let m = metrics(&[("a", 10 * mi), ("b", 10 * mi)]);
-        let p = raw_resource_replicas(3, 100 * mi, "memory", &pods, &m, NOW).unwrap();
+        let p = raw_resource_replicas(&Tuning::default(), 3, 100 * mi, "memory", &pods, &m, NOW)
+            .unwrap();
         // (10+10+100)/3 = 40 → 0.4 → ceil(1.2) = 2.
         assert_eq!(p.replicas, 2);
     }
@@ -927,25 +1146,43 @@ mod tests {
     #[test]
     fn without_behavior_scale_up_is_capped_and_down_stabilized() {
         let mut h = History::default();
-        let n = normalize(&mut h, None, 1, 10, 1, 10, NOW);
+        let n = normalize(&Tuning::default(), &mut h, None, 1, 10, 1, 10, NOW);
         assert_eq!(n.replicas, 4, "max(2*1, 4)");
         assert_eq!(n.limited, (true, UP_LIMIT));
         assert_eq!(n.able, READY_FOR_NEW_SCALE);
         // A lower recommendation within 5 minutes keeps the highest.
-        let n = normalize(&mut h, None, 4, 2, 1, 10, NOW + MIN);
+        let n = normalize(&Tuning::default(), &mut h, None, 4, 2, 1, 10, NOW + MIN);
         assert_eq!(n.replicas, 8, "the recommendation of 10, capped at 2*4");
         assert_eq!(n.able, DOWN_STABILIZED);
         // Past the window, the old recommendations are gone.
         let mut h = History::default();
-        normalize(&mut h, None, 3, 3, 1, 10, NOW);
-        let n = normalize(&mut h, None, 3, 1, 1, 10, NOW + 6 * MIN);
+        normalize(&Tuning::default(), &mut h, None, 3, 3, 1, 10, NOW);
+        let n = normalize(&Tuning::default(), &mut h, None, 3, 1, 1, 10, NOW + 6 * MIN);
         assert_eq!(n.replicas, 1);
         assert_eq!(n.limited, (false, WITHIN_RANGE));
         // Below min.
-        let n = normalize(&mut History::default(), None, 3, 1, 2, 10, NOW);
+        let n = normalize(
+            &Tuning::default(),
+            &mut History::default(),
+            None,
+            3,
+            1,
+            2,
+            10,
+            NOW,
+        );
         assert_eq!((n.replicas, n.limited), (2, (true, TOO_FEW)));
         // Above max.
-        let n = normalize(&mut History::default(), None, 3, 6, 1, 5, NOW);
+        let n = normalize(
+            &Tuning::default(),
+            &mut History::default(),
+            None,
+            3,
+            6,
+            1,
+            5,
+            NOW,
+        );
         assert_eq!((n.replicas, n.limited), (5, (true, TOO_MANY)));
     }
 
@@ -960,14 +1197,23 @@ mod tests {
     fn default_behavior_down_window_is_300s_and_up_is_immediate() {
         let b = behavior();
         let mut h = History::default();
-        let n = normalize(&mut h, Some(&b), 2, 3, 1, 10, NOW);
+        let n = normalize(&Tuning::default(), &mut h, Some(&b), 2, 3, 1, 10, NOW);
         assert_eq!(n.replicas, 3);
         // A drop 60 s later is held by the 300 s window.
-        let n = normalize(&mut h, Some(&b), 3, 1, 1, 10, NOW + MIN);
+        let n = normalize(&Tuning::default(), &mut h, Some(&b), 3, 1, 1, 10, NOW + MIN);
         assert_eq!(n.replicas, 3);
         assert_eq!(n.able, DOWN_STABILIZED);
         // After the window the drop goes through (100 % per 15 s allows it).
-        let n = normalize(&mut h, Some(&b), 3, 1, 1, 10, NOW + 6 * MIN + 1000);
+        let n = normalize(
+            &Tuning::default(),
+            &mut h,
+            Some(&b),
+            3,
+            1,
+            1,
+            10,
+            NOW + 6 * MIN + 1000,
+        );
         assert_eq!(n.replicas, 1);
         assert_eq!(n.able, READY_FOR_NEW_SCALE);
     }
@@ -977,8 +1223,17 @@ mod tests {
         let mut b = behavior();
         b.up.window_secs = 60;
         let mut h = History::default();
-        normalize(&mut h, Some(&b), 2, 2, 1, 10, NOW);
-        let n = normalize(&mut h, Some(&b), 2, 5, 1, 10, NOW + 10_000);
+        normalize(&Tuning::default(), &mut h, Some(&b), 2, 2, 1, 10, NOW);
+        let n = normalize(
+            &Tuning::default(),
+            &mut h,
+            Some(&b),
+            2,
+            5,
+            1,
+            10,
+            NOW + 10_000,
+        );
         assert_eq!(n.replicas, 2);
         assert_eq!(n.able, UP_STABILIZED);
     }
@@ -992,14 +1247,32 @@ mod tests {
             period_secs: 60,
         }];
         let mut h = History::default();
-        let n = normalize(&mut h, Some(&b), 2, 6, 1, 10, NOW);
+        let n = normalize(&Tuning::default(), &mut h, Some(&b), 2, 6, 1, 10, NOW);
         assert_eq!((n.replicas, n.limited), (3, (true, UP_LIMIT)));
         store_scale_event(&mut h, Some(&b), 2, 3, NOW);
         // 30 s later the period still holds the +1: no more room.
-        let n = normalize(&mut h, Some(&b), 3, 6, 1, 10, NOW + 30_000);
+        let n = normalize(
+            &Tuning::default(),
+            &mut h,
+            Some(&b),
+            3,
+            6,
+            1,
+            10,
+            NOW + 30_000,
+        );
         assert_eq!(n.replicas, 3);
         // After the period, one more.
-        let n = normalize(&mut h, Some(&b), 3, 6, 1, 10, NOW + 61_000);
+        let n = normalize(
+            &Tuning::default(),
+            &mut h,
+            Some(&b),
+            3,
+            6,
+            1,
+            10,
+            NOW + 61_000,
+        );
         assert_eq!(n.replicas, 4);
     }
 
@@ -1021,13 +1294,31 @@ mod tests {
             },
         ];
         // Max: the policy allowing the biggest change (50 % of 10 = 5 gone).
-        let n = normalize(&mut h, Some(&b), 10, 1, 1, 10, NOW);
+        let n = normalize(&Tuning::default(), &mut h, Some(&b), 10, 1, 1, 10, NOW);
         assert_eq!((n.replicas, n.limited), (5, (true, DOWN_LIMIT)));
         b.down.select = Select::Min;
-        let n = normalize(&mut History::default(), Some(&b), 10, 1, 1, 10, NOW);
+        let n = normalize(
+            &Tuning::default(),
+            &mut History::default(),
+            Some(&b),
+            10,
+            1,
+            1,
+            10,
+            NOW,
+        );
         assert_eq!(n.replicas, 9);
         b.down.select = Select::Disabled;
-        let n = normalize(&mut History::default(), Some(&b), 10, 1, 1, 10, NOW);
+        let n = normalize(
+            &Tuning::default(),
+            &mut History::default(),
+            Some(&b),
+            10,
+            1,
+            1,
+            10,
+            NOW,
+        );
         assert_eq!(n.replicas, 10);
         // Scale-up Percent: ceil(3 * 1.5) = 5.
         b.up.policies = vec![Policy {
@@ -1035,10 +1326,28 @@ mod tests {
             value: 50,
             period_secs: 15,
         }];
-        let n = normalize(&mut History::default(), Some(&b), 3, 9, 1, 10, NOW);
+        let n = normalize(
+            &Tuning::default(),
+            &mut History::default(),
+            Some(&b),
+            3,
+            9,
+            1,
+            10,
+            NOW,
+        );
         assert_eq!(n.replicas, 5);
         // The max bound wins over a generous policy.
-        let n = normalize(&mut History::default(), Some(&b), 3, 9, 1, 4, NOW);
+        let n = normalize(
+            &Tuning::default(),
+            &mut History::default(),
+            Some(&b),
+            3,
+            9,
+            1,
+            4,
+            NOW,
+        );
         assert_eq!((n.replicas, n.limited), (4, (true, TOO_MANY)));
     }
 

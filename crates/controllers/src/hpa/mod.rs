@@ -1,8 +1,10 @@
 //! HorizontalPodAutoscalers, as kube-controller-manager's HPA controller
 //! computes them on resource metrics.
 //!
-//! Every [`SYNC_PERIOD`] (15 s, upstream's
-//! `--horizontal-pod-autoscaler-sync-period`) each HPA is read
+//! Every sync period (`--horizontal-pod-autoscaler-sync-period`, 15 s;
+//! this and the other `--horizontal-pod-autoscaler-*` flags come through
+//! `kube-controller-manager-arg`, see
+//! `rke2_apimachinery::autoscaling::HpaSettings`) each HPA is read
 //! (`autoscaling/v2`) and reconciled:
 //!
 //! * the target's `scale` subresource gives the current replicas and the
@@ -10,8 +12,10 @@
 //! * a target outside `[minReplicas, maxReplicas]` is brought back first;
 //! * else every `Resource` metric (cpu, memory; `Utilization` against the
 //!   containers' requests, or `AverageValue`) is computed from the pods'
-//!   `metrics.k8s.io/v1beta1` PodMetrics with [`calc`] (the 10 %
-//!   tolerance, unready and missing pods counted conservatively); the
+//!   `metrics.k8s.io/v1beta1` PodMetrics with [`calc`] (the tolerance,
+//!   10 % or the flag's, or per direction the HPA's
+//!   `behavior.scaleUp/scaleDown.tolerance`; unready and missing pods
+//!   counted conservatively); the
 //!   largest proposal wins; metric errors become the `ScalingActive`
 //!   condition and Warning events (`FailedGetResourceMetric`,
 //!   `FailedComputeMetricsReplicas`);
@@ -39,23 +43,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::replicaset::{api_message, record_event};
-use calc::{Behavior, History, PodInfo, PodMetric, Policy, Rules, Select};
+use calc::{Behavior, History, PodInfo, PodMetric, Policy, Rules, Select, Tolerances, Tuning};
+use rke2_apimachinery::autoscaling::HpaSettings;
 
-/// Upstream's default sync period.
-pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
 const COMPONENT: &str = "horizontal-pod-autoscaler";
 
-/// Runs the controller with upstream's sync period until `stop`.
-pub async fn run(client: kube::Client, stop: CancellationToken) {
-    run_every(client, SYNC_PERIOD, stop).await
-}
-
-/// Runs the controller syncing every HPA each `period` until `stop`.
-pub async fn run_every(client: kube::Client, period: Duration, stop: CancellationToken) {
-    info!(?period, "horizontal pod autoscaler controller started");
+/// Runs the controller with `settings` (kube-controller-manager's
+/// `--horizontal-pod-autoscaler-*` flags) until `stop`.
+pub async fn run(client: kube::Client, settings: HpaSettings, stop: CancellationToken) {
+    info!(?settings, "horizontal pod autoscaler controller started");
     let hpas: Api<HorizontalPodAutoscaler> = Api::all(client.clone());
     let mut histories: HashMap<String, History> = HashMap::new();
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(settings.sync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -74,7 +73,7 @@ pub async fn run_every(client: kube::Client, period: Duration, stop: Cancellatio
             let uid = hpa.metadata.uid.clone().unwrap_or_default();
             seen.push(uid.clone());
             let h = histories.entry(uid).or_default();
-            if let Err(e) = reconcile(&client, hpa, h).await {
+            if let Err(e) = reconcile(&client, &settings, hpa, h).await {
                 debug!(hpa = %crate::namespaced_name(&hpa.metadata), error = %e, "hpa sync");
             }
         }
@@ -146,6 +145,35 @@ pub fn behavior_of(spec: &Value) -> Option<Behavior> {
         up: rules(&b["scaleUp"], Rules::default_up()),
         down: rules(&b["scaleDown"], Rules::default_down()),
     })
+}
+
+/// The calculation's tuning for one HPA: the controller's settings, with
+/// the tolerances of `spec.behavior.scaleUp/scaleDown.tolerance` where
+/// set (upstream's `tolerancesForHpa`; HPAConfigurableTolerance is on by
+/// default in 1.35).
+pub fn tuning_of(settings: &HpaSettings, spec: &Value) -> Tuning {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let tolerance = |rules: &Value| {
+        let text = match &rules["tolerance"] {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        parse_quantity(&text)
+            .ok()
+            .map(|q| q.as_nanos() as f64 / 1e9)
+            .filter(|t| *t >= 0.0)
+    };
+    let b = &spec["behavior"];
+    Tuning {
+        tolerances: Tolerances {
+            scale_down: tolerance(&b["scaleDown"]).unwrap_or(settings.tolerance),
+            scale_up: tolerance(&b["scaleUp"]).unwrap_or(settings.tolerance),
+        },
+        cpu_initialization_period_ms: ms(settings.cpu_initialization_period),
+        initial_readiness_delay_ms: ms(settings.initial_readiness_delay),
+        downscale_stabilization_ms: ms(settings.downscale_stabilization),
+    }
 }
 
 fn milli(q: &Value) -> Option<i64> {
@@ -285,6 +313,7 @@ struct MetricError {
 }
 
 async fn resource_metric(
+    t: &Tuning,
     client: &kube::Client,
     ns: &str,
     selector: &str,
@@ -321,7 +350,7 @@ async fn resource_metric(
     let infos: Vec<PodInfo> = pods.items.iter().map(|p| pod_info(p, &resource)).collect();
     let now = now_ms();
     if let Some(avg) = milli(&target["averageValue"]) {
-        let p = calc::raw_resource_replicas(current, avg, &resource, &infos, &metrics, now)
+        let p = calc::raw_resource_replicas(t, current, avg, &resource, &infos, &metrics, now)
             .map_err(|e| fail(format!("failed to get {resource} usage: {e}")))?;
         return Ok(MetricResult {
             replicas: p.replicas,
@@ -332,7 +361,7 @@ async fn resource_metric(
     let Some(util) = target["averageUtilization"].as_i64() else {
         return Err(fail("invalid resource metric source: neither an average utilization target nor an average value (usage) target was set".into()));
     };
-    let p = calc::resource_replicas(current, util, &resource, &infos, &metrics, now)
+    let p = calc::resource_replicas(t, current, util, &resource, &infos, &metrics, now)
         .map_err(|e| fail(format!("failed to get {resource} utilization: {e}")))?;
     Ok(MetricResult {
         replicas: p.replicas,
@@ -396,6 +425,7 @@ async fn scale_api(
 /// One sync of one HPA.
 async fn reconcile(
     client: &kube::Client,
+    settings: &HpaSettings,
     hpa: &HorizontalPodAutoscaler,
     h: &mut History,
 ) -> Result<(), String> {
@@ -475,6 +505,7 @@ async fn reconcile(
     let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
     status["currentReplicas"] = json!(current);
     let behavior = behavior_of(spec);
+    let tuning = tuning_of(settings, spec);
     let now = now_ms();
 
     let mut reason = String::new();
@@ -516,7 +547,9 @@ async fn reconcile(
         }
         for m in &metrics {
             let result = match m["type"].as_str() {
-                Some("Resource") => resource_metric(client, &ns, &selector, m, current).await,
+                Some("Resource") => {
+                    resource_metric(&tuning, client, &ns, &selector, m, current).await
+                }
                 other => {
                     let ty = other.unwrap_or("");
                     Err(MetricError {
@@ -593,7 +626,16 @@ async fn reconcile(
         } else if proposed < current {
             reason = "All metrics below target".into();
         }
-        let n = calc::normalize(h, behavior.as_ref(), current, proposed, min, max, now);
+        let n = calc::normalize(
+            &tuning,
+            h,
+            behavior.as_ref(),
+            current,
+            proposed,
+            min,
+            max,
+            now,
+        );
         set_condition(&mut conds, "AbleToScale", true, n.able.0, n.able.1);
         set_condition(
             &mut conds,
@@ -752,6 +794,57 @@ mod tests {
         assert_eq!(b.down.window_secs, 5);
         assert_eq!(b.down.policies, Rules::default_down().policies);
         assert!(behavior_of(&json!({})).is_none());
+    }
+
+    #[test]
+    fn tuning_takes_the_flags_and_the_hpas_tolerances() {
+        let settings = HpaSettings {
+            sync_period: Duration::from_secs(5),
+            tolerance: 0.2,
+            downscale_stabilization: Duration::from_secs(60),
+            cpu_initialization_period: Duration::from_secs(120),
+            initial_readiness_delay: Duration::from_secs(10),
+        };
+        let t = tuning_of(&settings, &json!({}));
+        assert_eq!(
+            t,
+            Tuning {
+                tolerances: Tolerances {
+                    scale_down: 0.2,
+                    scale_up: 0.2
+                },
+                cpu_initialization_period_ms: 120_000,
+                initial_readiness_delay_ms: 10_000,
+                downscale_stabilization_ms: 60_000,
+            }
+        );
+        // Per direction from spec.behavior (a quantity: "50m" is 0.05).
+        let t = tuning_of(
+            &settings,
+            &json!({"behavior": {"scaleUp": {"tolerance": "50m"}, "scaleDown": {"tolerance": 0.5}}}),
+        );
+        assert_eq!(
+            t.tolerances,
+            Tolerances {
+                scale_down: 0.5,
+                scale_up: 0.05
+            }
+        );
+        let t = tuning_of(
+            &HpaSettings::default(),
+            &json!({"behavior": {"scaleDown": {"tolerance": "0"}}}),
+        );
+        assert_eq!(
+            t.tolerances,
+            Tolerances {
+                scale_down: 0.0,
+                scale_up: 0.1
+            }
+        );
+        assert_eq!(
+            tuning_of(&HpaSettings::default(), &json!({})),
+            Tuning::default()
+        );
     }
 
     #[test]

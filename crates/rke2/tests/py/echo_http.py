@@ -1,7 +1,10 @@
 """An HTTP server that answers every request with what it received (method,
-path, headers, body) as JSON; `/redirect` answers 302 to `/landing`.
+path, headers, body) as JSON; `/redirect` answers 302 to `/landing`;
+`/page` is an HTML page with absolute links (`/page.gz` the same,
+gzip-encoded).
 Used by tests of the apiserver's pods/proxy and services/proxy.
 Usage: echo_http.py <port>"""
+import gzip
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +17,19 @@ class Echo(BaseHTTPRequestHandler):
             self.send_header("Location", "/landing")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if self.path in ("/page", "/page.gz"):
+            page = (b'<html><body><a href="/landing">in</a> '
+                    b'<a href="https://example.org/">out</a> '
+                    b'<img src="/i.png"></body></html>')
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            if self.path == "/page.gz":
+                page = gzip.compress(page)
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
             return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
