@@ -1411,7 +1411,6 @@ fn kubelet_arg_reservations_and_image_gc_thresholds() {
     }
 }
 
-
 #[test]
 fn kube_controller_manager_arg_hpa_flags() {
     use rke2_apimachinery::autoscaling::HpaSettings;
