@@ -10,7 +10,6 @@
 //! (`<endpoint>/<bucket>/<key>`), which every S3-compatible server serves.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
@@ -21,9 +20,7 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rke2_config::S3Config;
 use rustls::RootCertStore;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
@@ -67,14 +64,15 @@ pub fn endpoint_ca_roots(path: &Path) -> Result<RootCertStore, String> {
 
 /// The rustls client configuration for `cfg`'s endpoint.
 fn tls_config(cfg: &S3Config) -> Result<rustls::ClientConfig, SnapshotError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = rke2_trust::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| SnapshotError::S3(format!("S3 TLS configuration: {e}")))?;
     let config = if cfg.skip_ssl_verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
+            // `etcd-s3-skip-ssl-verify`; handshake signatures are still checked.
+            .with_custom_certificate_verifier(rke2_trust::AcceptAnyServerCert::new(provider))
             .with_no_client_auth()
     } else {
         let roots = match &cfg.endpoint_ca {
@@ -94,57 +92,6 @@ fn tls_config(cfg: &S3Config) -> Result<rustls::ClientConfig, SnapshotError> {
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(config)
-}
-
-/// `etcd-s3-skip-ssl-verify`: any certificate is accepted (the handshake
-/// signatures are still checked, so the peer holds the key of the
-/// certificate it showed).
-#[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Why a request failed, before it is put in words with the bucket.
