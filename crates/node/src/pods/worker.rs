@@ -1612,6 +1612,22 @@ impl Worker {
         }
     }
 
+    /// Merges `st` into the pod's stored status; once stored, the answer
+    /// becomes `self.pod` and `st` what was last written (so an
+    /// unchanged status is not written again).
+    async fn patch_status(&mut self, st: Value) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        self.pod = api
+            .patch_status(
+                &self.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "status": &st })),
+            )
+            .await?;
+        self.last_status = Some(st);
+        Ok(())
+    }
+
     /// Refuses the pod at admission (kubelet's `rejectPod`): nothing of it
     /// starts; it ends `Failed` with `reason` and `Pod was rejected:
     /// <message>`, and a Warning event `reason` with `message`.
@@ -1626,20 +1642,8 @@ impl Worker {
             "message": format!("Pod was rejected: {message}"),
             "qosClass": qos_class(&self.spec()),
         });
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
-        match api
-            .patch_status(
-                &self.name(),
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": st})),
-            )
-            .await
-        {
-            Ok(p) => {
-                self.pod = p;
-                self.last_status = Some(st);
-            }
-            Err(e) => warn!(pod = %self.name(), error = %e, "recording a rejection failed"),
+        if let Err(e) = self.patch_status(st).await {
+            warn!(pod = %self.name(), error = %e, "recording a rejection failed");
         }
     }
 
@@ -1680,19 +1684,9 @@ impl Worker {
                     "lastProbeTime": null, "lastTransitionTime": now()}));
             }
         }
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
-        match api
-            .patch_status(
-                &self.name(),
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": st})),
-            )
-            .await
-        {
-            Ok(p) => {
-                info!(pod = %format!("{}/{}", self.namespace(), self.name()), "pod evicted");
-                self.pod = p;
-                self.last_status = Some(st);
+        match self.patch_status(st).await {
+            Ok(()) => {
+                info!(pod = %format!("{}/{}", self.namespace(), self.name()), "pod evicted")
             }
             Err(e) => warn!(pod = %self.name(), error = %e, "recording an eviction failed"),
         }
@@ -2094,29 +2088,20 @@ impl Worker {
         if self.last_status.as_ref() == Some(&st) {
             return Next::Continue;
         }
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
-        match api
-            .patch_status(
-                &self.name(),
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": st})),
-            )
-            .await
-        {
-            Ok(p) => {
-                if st["phase"]
-                    != self
-                        .pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase.clone())
-                        .map(Value::from)
-                        .unwrap_or(Value::Null)
-                {
-                    info!(pod = %format!("{}/{}", self.namespace(), self.name()), phase = %st["phase"], "pod phase");
+        let phase = st["phase"].clone();
+        let phase_changed = phase
+            != self
+                .pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .map(Value::from)
+                .unwrap_or(Value::Null);
+        match self.patch_status(st).await {
+            Ok(()) => {
+                if phase_changed {
+                    info!(pod = %format!("{}/{}", self.namespace(), self.name()), phase = %phase, "pod phase");
                 }
-                self.pod = p;
-                self.last_status = Some(st);
                 Next::Continue
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {
