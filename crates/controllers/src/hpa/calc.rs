@@ -229,35 +229,18 @@ pub fn resource_replicas(
         // Conservative: on a scale-down missing pods count as using
         // 100 % (or the target, when above), on a scale-up as 0 %.
         let fallback = target.max(100);
-        for name in &g.missing {
-            let value = if ratio < 1.0 {
-                requests.get(name).copied().unwrap_or(0) * fallback / 100
-            } else {
-                0
-            };
-            if ratio != 1.0 {
-                metrics.insert(
-                    name.clone(),
-                    PodMetric {
-                        value,
-                        timestamp: now,
-                        window: 0,
-                    },
-                );
-            }
+        if ratio != 1.0 {
+            assume(&mut metrics, &g.missing, now, |name| {
+                if ratio < 1.0 {
+                    requests.get(name).copied().unwrap_or(0) * fallback / 100
+                } else {
+                    0
+                }
+            });
         }
     }
     if scale_up_with_unready {
-        for name in &g.unready {
-            metrics.insert(
-                name.clone(),
-                PodMetric {
-                    value: 0,
-                    timestamp: now,
-                    window: 0,
-                },
-            );
-        }
+        assume(&mut metrics, &g.unready, now, |_| 0);
     }
     let (new_ratio, _, _) = utilization_ratio(&metrics, &requests, target)?;
     Ok(done(settle(t, current, ratio, new_ratio, metrics.len())))
@@ -265,6 +248,27 @@ pub fn resource_replicas(
 
 /// The second pass shared by both calculators: no change within the
 /// tolerance or when the direction flipped.
+/// Adds an assumed sample (`value_of` the pod, taken `now`) for each of
+/// `names`: kube-controller-manager's conservative stand-ins for pods
+/// without a usable metric.
+fn assume<'a>(
+    metrics: &mut BTreeMap<String, PodMetric>,
+    names: impl IntoIterator<Item = &'a String>,
+    now: i64,
+    value_of: impl Fn(&str) -> i64,
+) {
+    for name in names {
+        metrics.insert(
+            name.clone(),
+            PodMetric {
+                value: value_of(name),
+                timestamp: now,
+                window: 0,
+            },
+        );
+    }
+}
+
 fn settle(t: &Tuning, current: i32, ratio: f64, new_ratio: f64, counted: usize) -> i32 {
     if t.tolerances.is_within(new_ratio)
         || (ratio < 1.0 && new_ratio > 1.0)
@@ -319,28 +323,11 @@ pub fn raw_resource_replicas(
         }
         return Ok(done((ratio * g.ready as f64).ceil() as i32));
     }
-    for name in &g.missing {
-        let value = if ratio < 1.0 { target } else { 0 };
-        metrics.insert(
-            name.clone(),
-            PodMetric {
-                value,
-                timestamp: now,
-                window: 0,
-            },
-        );
-    }
+    assume(&mut metrics, &g.missing, now, |_| {
+        if ratio < 1.0 { target } else { 0 }
+    });
     if scale_up_with_unready {
-        for name in &g.unready {
-            metrics.insert(
-                name.clone(),
-                PodMetric {
-                    value: 0,
-                    timestamp: now,
-                    window: 0,
-                },
-            );
-        }
+        assume(&mut metrics, &g.unready, now, |_| 0);
     }
     let (new_ratio, _) = usage_ratio(&metrics);
     Ok(done(settle(t, current, ratio, new_ratio, metrics.len())))
